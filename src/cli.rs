@@ -1,0 +1,308 @@
+//! The command line: `run`, `check`, `demo`, `dev-certs`, `mock-bank`, `loadgen`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::runtime::Shared;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A security inspection reverse proxy for financial APIs (mTLS, FAPI, open banking).",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the proxy with a config file; reloads on SIGHUP and on file change, drains on
+    /// SIGTERM/SIGINT.
+    Run {
+        /// The YAML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file with its policies, certificates and keys; print a summary or
+    /// every error (file, field, reason). Exits 1 on error.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the proxy on the embedded demo config with dev certificates and a built-in mock bank,
+    /// and print ready-to-paste curl commands with their results.
+    Demo {
+        /// Where to write the demo's certificates, config and audit log
+        /// (default: $TMPDIR/portcullis-demo).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// Run the examples, print them and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Write development certificates (a dev CA, a localhost server certificate, two TPP client
+    /// certificates with PSD2 roles, an expired one, a revoked one with its CRL, and one from an
+    /// untrusted CA). Never use them in production.
+    DevCerts {
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+    },
+    /// Serve the built-in mock bank API over plain HTTP (for benchmarks and local trials).
+    MockBank {
+        #[arg(long, default_value = "127.0.0.1:9080")]
+        listen: SocketAddr,
+    },
+    /// Drive an HTTPS target with a client certificate, closed loop, and report latency.
+    Loadgen {
+        /// Target address, e.g. 127.0.0.1:8443.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// TLS server name and Host header.
+        #[arg(long, default_value = "localhost")]
+        server_name: String,
+        #[arg(long, default_value = "/open-banking/v3.1/aisp/accounts")]
+        path: String,
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Duration, e.g. 10s.
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        #[arg(long)]
+        http2: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C).
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn load_or_report(path: &std::path::Path) -> Option<Config> {
+    match Config::load(path) {
+        Ok(c) => Some(c),
+        Err(errors) => {
+            eprintln!("{} error(s) in the configuration:", errors.0.len());
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+            None
+        }
+    }
+}
+
+/// Runs a parsed command; returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    crate::tls::install_crypto_provider();
+    match cli.command {
+        Command::Run { config } => {
+            crate::telemetry::init_tracing();
+            let Some(c) = load_or_report(&config) else {
+                return ExitCode::from(2);
+            };
+            let audit = match AuditLog::start(&c.audit.sink, c.audit.queue_capacity) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("cannot open the audit sink: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let shared = Arc::new(Shared::new(c, audit, Some(config)));
+            let running = match crate::server::start(Arc::clone(&shared)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let token = running.shutdown_token();
+            if let Err(e) = crate::reload::watch(Arc::clone(&shared), token.clone()) {
+                tracing::warn!(error = %e, "file watching is off; SIGHUP still reloads");
+            }
+            #[cfg(unix)]
+            if let Err(e) = crate::reload::on_sighup(Arc::clone(&shared), token) {
+                tracing::warn!(error = %e, "SIGHUP reload is off");
+            }
+            wait_for_signal().await;
+            tracing::info!("draining");
+            if running.shutdown().await {
+                tracing::info!("drained; bye");
+            } else {
+                tracing::warn!("drain timeout reached; closing remaining connections");
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Check { config } => {
+            let Some(c) = load_or_report(&config) else {
+                return ExitCode::from(1);
+            };
+            print!("{}", summary(&c));
+            ExitCode::SUCCESS
+        }
+        Command::Demo {
+            dir,
+            listen,
+            admin,
+            once,
+        } => {
+            let opts = crate::demo::DemoOptions {
+                dir,
+                listen,
+                admin,
+                once,
+            };
+            match crate::demo::run(opts).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo failed: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::DevCerts { out } => match crate::pki::devcerts::generate(&out) {
+            Ok(d) => {
+                println!("wrote development certificates to {}", d.dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dev-certs failed: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::MockBank { listen } => {
+            let l = match tokio::net::TcpListener::bind(listen).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("cannot bind {listen}: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            eprintln!("mock bank on http://{listen}");
+            let token = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(crate::mockbank::serve(l, token.clone()));
+            wait_for_signal().await;
+            token.cancel();
+            ExitCode::SUCCESS
+        }
+        Command::Loadgen {
+            addr,
+            server_name,
+            path,
+            ca,
+            cert,
+            key,
+            connections,
+            duration,
+            http2,
+            json,
+        } => {
+            let duration = match crate::config::ConfigDuration::parse(&duration) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("--duration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let opts = crate::loadgen::LoadOptions {
+                addr,
+                server_name,
+                path,
+                ca,
+                cert,
+                key,
+                connections,
+                duration,
+                http2,
+            };
+            match crate::loadgen::run(opts).await {
+                Ok(r) if json => {
+                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Ok(r) => {
+                    println!("{}", r.text());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("loadgen failed: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+/// The `check` summary: listener, upstreams, routes.
+pub fn summary(c: &Config) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let l = &c.listener;
+    let _ = writeln!(s, "config {} is valid", c.source.display());
+    let _ = writeln!(
+        s,
+        "listener {} (mTLS {:?}, {} client CA(s), {} CRL(s))",
+        l.address, l.tls.client_auth, l.tls.client_ca_count, l.tls.crl_count
+    );
+    if let Some(a) = c.admin {
+        let _ = writeln!(s, "admin    {a}");
+    }
+    for (name, u) in &c.upstreams {
+        let _ = writeln!(
+            s,
+            "upstream {name} -> {}://{}{}{}",
+            u.scheme,
+            u.authority,
+            u.base_path,
+            if u.tls.is_some() { " (pinned TLS)" } else { "" }
+        );
+    }
+    let _ = writeln!(
+        s,
+        "routes   {} (policy version {})",
+        c.policies.routes().len(),
+        c.policies.version
+    );
+    for r in c.policies.routes() {
+        let _ = writeln!(
+            s,
+            "  {:<7} {:<62} -> {:<8} {}",
+            r.method.as_str(),
+            r.template,
+            r.upstream,
+            r.id
+        );
+    }
+    s
+}

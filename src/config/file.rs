@@ -1,0 +1,129 @@
+//! The config file as written: serde types, every struct `deny_unknown_fields`.
+//!
+//! Nothing here is trusted; `super::Config::load` validates each field and names it in errors.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::duration::ConfigDuration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    pub listener: FileListener,
+    #[serde(default)]
+    pub admin: Option<FileAdmin>,
+    pub upstreams: BTreeMap<String, FileUpstream>,
+    #[serde(default)]
+    pub forwarding: FileForwarding,
+    #[serde(default)]
+    pub fapi: FileFapi,
+    #[serde(default)]
+    pub audit: FileAudit,
+    /// Policy files or directories of `*.yaml` files, relative to this file.
+    pub policies: Vec<String>,
+    #[serde(default)]
+    pub shutdown: FileShutdown,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileListener {
+    pub address: String,
+    pub tls: FileTls,
+    #[serde(default)]
+    pub limits: FileLimits,
+    /// Accepted `Host` / `:authority` names (port ignored); empty accepts any.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileTls {
+    pub certificate: String,
+    pub private_key: String,
+    #[serde(default)]
+    pub client_ca: Vec<String>,
+    #[serde(default)]
+    pub crl: Vec<String>,
+    #[serde(default)]
+    pub client_auth: Option<String>,
+    #[serde(default)]
+    pub handshake_timeout: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileLimits {
+    pub max_header_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub max_uri_bytes: Option<usize>,
+    pub default_body_limit: Option<u64>,
+    pub header_read_timeout: Option<ConfigDuration>,
+    pub request_timeout: Option<ConfigDuration>,
+    pub idle_timeout: Option<ConfigDuration>,
+    pub max_connections: Option<usize>,
+    pub h2_max_concurrent_streams: Option<u32>,
+    pub h2_max_pending_reset_streams: Option<usize>,
+    pub h2_max_local_error_reset_streams: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileAdmin {
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileUpstream {
+    pub url: String,
+    pub connect_timeout: Option<ConfigDuration>,
+    pub response_timeout: Option<ConfigDuration>,
+    pub pool_idle_timeout: Option<ConfigDuration>,
+    pub pool_max_idle_per_host: Option<usize>,
+    #[serde(default)]
+    pub http2: bool,
+    #[serde(default)]
+    pub tls: Option<FileUpstreamTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileUpstreamTls {
+    #[serde(default)]
+    pub ca: Vec<String>,
+    pub client_certificate: Option<String>,
+    pub client_private_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileForwarding {
+    /// `rfc9440` (default), `xfcc` or `none`.
+    pub client_cert: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileFapi {
+    /// `echo_or_generate` (default) or `reject_invalid`.
+    pub interaction_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileAudit {
+    /// `file` (default), `stdout` or `none`.
+    pub sink: Option<String>,
+    pub path: Option<String>,
+    pub queue_capacity: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileShutdown {
+    pub drain_timeout: Option<ConfigDuration>,
+}

@@ -1,0 +1,58 @@
+//! Per-connection facts, gathered once after the handshake and shared by every request on it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use crate::pki::ClientCert;
+
+/// What the proxy knows about a connection; immutable after the handshake.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls_version: &'static str,
+    pub cipher: &'static str,
+    pub alpn: Option<&'static str>,
+    /// The verified client certificate, when one was presented.
+    pub client_cert: Option<Arc<ClientCert>>,
+}
+
+impl ConnInfo {
+    pub(crate) fn from_stream(id: u64, tls: &TlsStream<TcpStream>) -> std::io::Result<ConnInfo> {
+        let (tcp, session) = tls.get_ref();
+        let tls_version = match session.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "unknown",
+        };
+        let cipher = session
+            .negotiated_cipher_suite()
+            .and_then(|c| c.suite().as_str())
+            .unwrap_or("unknown");
+        let alpn = match session.alpn_protocol() {
+            Some(b"h2") => Some("h2"),
+            Some(b"http/1.1") => Some("http/1.1"),
+            _ => None,
+        };
+        // The verifier has already checked the chain; a leaf we cannot parse for its fields is
+        // treated as no usable identity rather than a crash.
+        let client_cert = session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|leaf| ClientCert::from_der(leaf.as_ref()).ok())
+            .map(Arc::new);
+        Ok(ConnInfo {
+            id,
+            peer: tcp.peer_addr()?,
+            local: tcp.local_addr()?,
+            tls_version,
+            cipher,
+            alpn,
+            client_cert,
+        })
+    }
+}

@@ -1,0 +1,159 @@
+//! A built-in mock bank API (plain HTTP on loopback) for the demo and the load comparison:
+//! accounts, balances, transactions, domestic payment consents and payments in OBIE-like JSON.
+//! It is a stand-in upstream, not part of the security boundary.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const BASE: &str = "/open-banking/v3.1";
+
+/// Serves the mock bank on `listener` until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
+    let ids = Arc::new(AtomicU64::new(1000));
+    loop {
+        let (tcp, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            _ = shutdown.cancelled() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let ids = Arc::clone(&ids);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(req, Arc::clone(&ids)));
+            let mut b = auto::Builder::new(TokioExecutor::new());
+            b.http1().timer(TokioTimer::new());
+            let _ = b.serve_connection(TokioIo::new(tcp), svc).await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn links(path: &str) -> Value {
+    json!({ "Links": { "Self": format!("https://api.bank.example{path}") }, "Meta": { "TotalPages": 1 } })
+}
+
+fn account(id: &str) -> Value {
+    json!({
+        "AccountId": id, "Currency": "GBP", "AccountType": "Personal", "AccountSubType": "CurrentAccount",
+        "Nickname": format!("Account {id}"),
+        "Account": [{ "SchemeName": "UK.OBIE.SortCodeAccountNumber", "Identification": "80200110203345", "Name": "Mr Kevin" }]
+    })
+}
+
+fn merge(mut a: Value, b: Value) -> Value {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    ids: Arc<AtomicU64>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let body = match Limited::new(req.into_body(), 1024 * 1024).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => return Ok(reply(StatusCode::BAD_REQUEST, json!({"Code": "400"}))),
+    };
+    let Some(rest) = path.strip_prefix(BASE) else {
+        return Ok(reply(StatusCode::NOT_FOUND, json!({"Code": "404"})));
+    };
+    let segs: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+    let next_id = |prefix: &str| format!("{prefix}-{}", ids.fetch_add(1, Ordering::Relaxed));
+    let resp = match (method, segs.as_slice()) {
+        (Method::GET, ["aisp", "accounts"]) => reply(
+            StatusCode::OK,
+            merge(json!({"Data": {"Account": [account("acc-1"), account("acc-2")]}}), links(&path)),
+        ),
+        (Method::GET, ["aisp", "accounts", id]) => reply(
+            StatusCode::OK,
+            merge(json!({"Data": {"Account": [account(id)]}}), links(&path)),
+        ),
+        (Method::GET, ["aisp", "accounts", id, "balances"]) => reply(
+            StatusCode::OK,
+            merge(
+                json!({"Data": {"Balance": [{
+                    "AccountId": id, "CreditDebitIndicator": "Credit", "Type": "InterimAvailable",
+                    "DateTime": "2026-11-22T09:00:00+00:00",
+                    "Amount": {"Amount": "1230.45", "Currency": "GBP"}
+                }]}}),
+                links(&path),
+            ),
+        ),
+        (Method::GET, ["aisp", "accounts", id, "transactions"]) => reply(
+            StatusCode::OK,
+            merge(
+                json!({"Data": {"Transaction": [
+                    {"AccountId": id, "TransactionId": "tx-1", "CreditDebitIndicator": "Debit", "Status": "Booked",
+                     "BookingDateTime": "2026-11-20T10:00:00+00:00", "Amount": {"Amount": "10.50", "Currency": "GBP"},
+                     "TransactionInformation": "Coffee"},
+                    {"AccountId": id, "TransactionId": "tx-2", "CreditDebitIndicator": "Credit", "Status": "Booked",
+                     "BookingDateTime": "2026-11-21T08:00:00+00:00", "Amount": {"Amount": "2500.00", "Currency": "GBP"},
+                     "TransactionInformation": "Salary"}
+                ]}}),
+                links(&path),
+            ),
+        ),
+        (Method::POST, ["pisp", "domestic-payment-consents"]) => {
+            let initiation = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.pointer("/Data/Initiation").cloned())
+                .unwrap_or(Value::Null);
+            reply(
+                StatusCode::CREATED,
+                merge(
+                    json!({"Data": {"ConsentId": next_id("pdc"), "Status": "AwaitingAuthorisation",
+                        "CreationDateTime": "2026-11-22T09:00:00+00:00", "Initiation": initiation},
+                        "Risk": {}}),
+                    links(&path),
+                ),
+            )
+        }
+        (Method::GET, ["pisp", "domestic-payment-consents", id]) => reply(
+            StatusCode::OK,
+            merge(
+                json!({"Data": {"ConsentId": id, "Status": "Authorised"}, "Risk": {}}),
+                links(&path),
+            ),
+        ),
+        (Method::POST, ["pisp", "domestic-payments"]) => reply(
+            StatusCode::CREATED,
+            merge(
+                json!({"Data": {"DomesticPaymentId": next_id("dp"), "Status": "AcceptedSettlementInProcess",
+                    "CreationDateTime": "2026-11-22T09:00:00+00:00"}}),
+                links(&path),
+            ),
+        ),
+        (Method::GET, ["pisp", "domestic-payments", id]) => reply(
+            StatusCode::OK,
+            merge(
+                json!({"Data": {"DomesticPaymentId": id, "Status": "AcceptedSettlementCompleted"}}),
+                links(&path),
+            ),
+        ),
+        _ => reply(StatusCode::NOT_FOUND, json!({"Code": "404", "Message": "Not found"})),
+    };
+    Ok(resp)
+}

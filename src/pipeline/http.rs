@@ -1,0 +1,194 @@
+//! HTTP framing, size limits and header hygiene, checked before anything reads the request.
+//!
+//! hyper already refuses what it cannot parse (obs-fold, bad header names, spaces before the
+//! colon, malformed chunking) with a 400 and a closed connection. These checks cover what hyper
+//! lets through but a proxy must not: both Content-Length and Transfer-Encoding, repeated
+//! Content-Length, any Transfer-Encoding but `chunked`, header names with `_`, method-override
+//! and upgrade headers, and the configured header and URI limits.
+
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::request::Parts;
+
+use crate::config::Limits;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpError {
+    ConflictingFraming,
+    BadContentLength,
+    BadTransferEncoding,
+    UriTooLong,
+    TooManyHeaders,
+    HeadersTooLarge,
+    HeaderUnderscore,
+    MethodOverride,
+    UpgradeRefused,
+    MisdirectedHost,
+    MissingHost,
+    BodyTooLarge,
+    BodyTimeout,
+    BodyRead,
+}
+
+const METHOD_OVERRIDE: &[&str] = &["x-http-method-override", "x-http-method", "x-method-override"];
+
+pub fn check(parts: &Parts, limits: &Limits, server_names: &[String]) -> Result<(), HttpError> {
+    let uri_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if uri_len > limits.max_uri_bytes {
+        return Err(HttpError::UriTooLong);
+    }
+    let headers = &parts.headers;
+    if headers.len() > limits.max_headers {
+        return Err(HttpError::TooManyHeaders);
+    }
+    let mut bytes = 0usize;
+    for (name, value) in headers {
+        bytes += name.as_str().len() + value.len() + 4;
+        if name.as_str().contains('_') {
+            return Err(HttpError::HeaderUnderscore);
+        }
+    }
+    if bytes > limits.max_header_bytes {
+        return Err(HttpError::HeadersTooLarge);
+    }
+    let mut cl = headers.get_all(CONTENT_LENGTH).iter();
+    if let Some(v) = cl.next() {
+        let ok = !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit);
+        if !ok || cl.next().is_some() {
+            return Err(HttpError::BadContentLength);
+        }
+    }
+    let mut te = headers.get_all(TRANSFER_ENCODING).iter();
+    if let Some(v) = te.next() {
+        if headers.contains_key(CONTENT_LENGTH) {
+            return Err(HttpError::ConflictingFraming);
+        }
+        if te.next().is_some()
+            || !v.as_bytes().eq_ignore_ascii_case(b"chunked")
+            || parts.version != http::Version::HTTP_11
+        {
+            return Err(HttpError::BadTransferEncoding);
+        }
+    }
+    if METHOD_OVERRIDE.iter().any(|h| headers.contains_key(*h)) {
+        return Err(HttpError::MethodOverride);
+    }
+    if headers.contains_key(UPGRADE) || headers.contains_key("http2-settings") {
+        return Err(HttpError::UpgradeRefused);
+    }
+    check_host(parts, server_names)
+}
+
+/// The request's host name, lower-cased, without port: `:authority` for HTTP/2, else `Host`.
+pub fn host(parts: &Parts) -> Option<String> {
+    let raw = match parts.uri.authority() {
+        Some(a) => a.host().to_string(),
+        None => {
+            let v = parts.headers.get(HOST)?.to_str().ok()?;
+            let a: http::uri::Authority = v.parse().ok()?;
+            a.host().to_string()
+        }
+    };
+    Some(raw.to_ascii_lowercase())
+}
+
+fn check_host(parts: &Parts, server_names: &[String]) -> Result<(), HttpError> {
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(HttpError::MissingHost);
+    }
+    if parts.version == http::Version::HTTP_2 {
+        // RFC 9113 §8.3.1: a Host that disagrees with :authority is malformed.
+        if let (Some(a), Some(h)) = (parts.uri.authority(), first) {
+            if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) {
+                return Err(HttpError::MisdirectedHost);
+            }
+        }
+    }
+    let Some(name) = host(parts) else {
+        return Err(HttpError::MissingHost);
+    };
+    if !server_names.is_empty() && !server_names.contains(&name) {
+        return Err(HttpError::MisdirectedHost);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(build: http::request::Builder) -> Parts {
+        build.body(()).unwrap().into_parts().0
+    }
+
+    fn get(uri: &str) -> http::request::Builder {
+        http::Request::get(uri).header(HOST, "api.example")
+    }
+
+    #[test]
+    fn a_plain_request_passes() {
+        let l = Limits::default();
+        assert_eq!(check(&parts(get("/a")), &l, &[]), Ok(()));
+    }
+
+    #[test]
+    fn framing_and_hygiene_errors_are_named() {
+        let l = Limits::default();
+        let cases = [
+            (
+                get("/a").header("content-length", "5").header("transfer-encoding", "chunked"),
+                HttpError::ConflictingFraming,
+            ),
+            (
+                get("/a").header("content-length", "5").header("content-length", "5"),
+                HttpError::BadContentLength,
+            ),
+            (get("/a").header("content-length", "+5"), HttpError::BadContentLength),
+            (get("/a").header("transfer-encoding", "gzip"), HttpError::BadTransferEncoding),
+            (
+                get("/a").header("transfer-encoding", "chunked, chunked"),
+                HttpError::BadTransferEncoding,
+            ),
+            (get("/a").header("x_forwarded_for", "1.2.3.4"), HttpError::HeaderUnderscore),
+            (get("/a").header("x-http-method-override", "DELETE"), HttpError::MethodOverride),
+            (get("/a").header("upgrade", "h2c"), HttpError::UpgradeRefused),
+            (http::Request::get("/a"), HttpError::MissingHost),
+            (
+                get("/a").header(HOST, "other.example"),
+                HttpError::MissingHost,
+            ),
+        ];
+        for (req, want) in cases {
+            assert_eq!(check(&parts(req), &l, &[]), Err(want));
+        }
+    }
+
+    #[test]
+    fn limits_give_414_and_431_reasons() {
+        let l = Limits {
+            max_uri_bytes: 300,
+            max_headers: 10,
+            max_header_bytes: 2000,
+            ..Limits::default()
+        };
+        let long = format!("/{}", "a".repeat(400));
+        assert_eq!(check(&parts(get(&long)), &l, &[]), Err(HttpError::UriTooLong));
+        let mut many = get("/a");
+        for i in 0..11 {
+            many = many.header(format!("x-h{i}"), "v");
+        }
+        assert_eq!(check(&parts(many), &l, &[]), Err(HttpError::TooManyHeaders));
+        let big = get("/a").header("x-big", "v".repeat(3000));
+        assert_eq!(check(&parts(big), &l, &[]), Err(HttpError::HeadersTooLarge));
+    }
+
+    #[test]
+    fn server_names_refuse_other_hosts_with_421() {
+        let l = Limits::default();
+        let names = vec!["api.example".to_string()];
+        assert_eq!(check(&parts(get("/a")), &l, &names), Ok(()));
+        let other = http::Request::get("/a").header(HOST, "admin.internal:8443");
+        assert_eq!(check(&parts(other), &l, &names), Err(HttpError::MisdirectedHost));
+    }
+}

@@ -1,0 +1,200 @@
+//! The request handler: an outer `handle` that owns the audit record and turns refusals into
+//! responses, and an inner handler that runs the pipeline and forwards.
+//!
+//! `handle` settles the interaction id first (every response, refusals included, carries it),
+//! calls [`inner`], maps a [`Rejection`] through [`crate::rejection::respond`] — the only place
+//! responses for refusals are made — and emits exactly one audit record, on every path.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH};
+use http::{HeaderMap, Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Incoming};
+
+use crate::audit::{bounded, Record, RequestRecord};
+use crate::conn::ConnInfo;
+use crate::pipeline::{self, fapi, http::HttpError};
+use crate::rejection::{self, Rejection};
+use crate::runtime::{Runtime, Shared};
+use crate::upstream::{self, UpstreamError, Vouched};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every request we send and every response we return.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(b: Bytes) -> ProxyBody {
+    Full::new(b).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Handles one request on a connection; never fails (refusals are responses).
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let rt = shared.runtime.load_full();
+    let (interaction_id, id_refusal) = fapi::interaction_id(req.headers(), rt.config.interaction_id);
+    let mut record = start_record(&req, &conn, &rt, &interaction_id);
+
+    let result = match id_refusal {
+        Some(e) => Err(e.into()),
+        None => inner(req, &conn, &rt, &interaction_id, &mut record).await,
+    };
+    let mut resp = match result {
+        Ok(resp) => {
+            record.decision = "allow";
+            resp
+        }
+        Err(rejection) => {
+            let w = rejection.wire();
+            record.decision = match rejection {
+                Rejection::Upstream(_) => "error",
+                _ => "deny",
+            };
+            record.stage = Some(rejection.stage().as_str());
+            record.reason = Some(w.reason);
+            rejection::respond(&rejection, &interaction_id)
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&interaction_id) {
+        resp.headers_mut().insert(fapi::INTERACTION_ID, v);
+    }
+    let took = started.elapsed();
+    record.status = resp.status().as_u16();
+    record.total_latency_us = took.as_micros() as u64;
+    shared.metrics.request(
+        record.route_id.as_deref(),
+        record.status,
+        record.reason.unwrap_or("ok"),
+        took,
+    );
+    shared.audit.emit(Record::Request(Box::new(record)));
+    Ok(resp)
+}
+
+fn start_record(
+    req: &Request<Incoming>,
+    conn: &ConnInfo,
+    rt: &Runtime,
+    interaction_id: &str,
+) -> RequestRecord {
+    let cert = conn.client_cert.as_deref();
+    RequestRecord {
+        interaction_id: interaction_id.to_string(),
+        conn_id: conn.id,
+        peer: conn.peer.to_string(),
+        tls_version: conn.tls_version,
+        cipher: conn.cipher,
+        http_version: match req.version() {
+            http::Version::HTTP_2 => "HTTP/2",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        client_cert_thumbprint: cert.map(|c| c.thumbprint.clone()),
+        client_subject: cert.map(|c| bounded(&c.subject)),
+        client_org_id: cert.and_then(|c| c.organization_identifier.as_deref().map(bounded)),
+        method: bounded(req.method().as_str()),
+        path: bounded(req.uri().path()),
+        has_query: req.uri().query().is_some(),
+        policy_version: rt.config.policies.version.clone(),
+        ..RequestRecord::default()
+    }
+}
+
+async fn inner(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    rt: &Runtime,
+    interaction_id: &str,
+    record: &mut RequestRecord,
+) -> Result<Response<ProxyBody>, Rejection> {
+    let (parts, body) = req.into_parts();
+    let inspected = pipeline::inspect(&parts, conn, &rt.config, record)?;
+    let route = &inspected.route.route;
+    // The config loader refuses routes that name an unknown upstream, so this is unreachable;
+    // it still fails closed rather than panicking.
+    let upstream = rt
+        .upstreams
+        .get(&route.upstream)
+        .ok_or(UpstreamError::Connect)?;
+    let body = request_body(
+        body,
+        &parts.headers,
+        route.body_limit,
+        rt.config.listener.limits.request_timeout,
+    )
+    .await?;
+
+    let uri = upstream
+        .uri(parts.uri.path(), parts.uri.query())
+        .map_err(|_| UpstreamError::Protocol)?;
+    let host = pipeline::http::host(&parts);
+    let mut out = Request::new(body);
+    *out.method_mut() = parts.method;
+    *out.uri_mut() = uri;
+    *out.headers_mut() = parts.headers;
+    upstream::prepare_headers(
+        out.headers_mut(),
+        &Vouched {
+            peer_ip: conn.peer.ip(),
+            host: host.as_deref(),
+            client_cert: inspected.identity.cert.as_ref(),
+            forwarding: rt.config.client_cert_forwarding,
+            interaction_id,
+        },
+    );
+    let (resp, took) = upstream.send(out).await?;
+    record.upstream_status = Some(resp.status().as_u16());
+    record.upstream_latency_us = Some(took.as_micros() as u64);
+    let (mut parts, body) = resp.into_parts();
+    upstream::clean_response_headers(&mut parts.headers);
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(BoxError::from).boxed_unsync(),
+    ))
+}
+
+/// The body to forward. A declared length is checked against the route limit before a byte is
+/// read and then streamed (hyper enforces the length). A body of unknown length (chunked, or
+/// HTTP/2 without content-length) is buffered up to the limit first, so an oversize body is
+/// refused with 413 before anything reaches the upstream.
+async fn request_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: u64,
+    timeout: Duration,
+) -> Result<ProxyBody, HttpError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared {
+        if len > limit {
+            return Err(HttpError::BodyTooLarge);
+        }
+        if len == 0 {
+            return Ok(empty());
+        }
+        return Ok(body.map_err(BoxError::from).boxed_unsync());
+    }
+    if body.is_end_stream() {
+        return Ok(empty());
+    }
+    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(HttpError::BodyTimeout),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(HttpError::BodyTooLarge),
+        Ok(Err(_)) => Err(HttpError::BodyRead),
+        Ok(Ok(collected)) => Ok(full(collected.to_bytes())),
+    }
+}

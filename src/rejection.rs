@@ -1,0 +1,377 @@
+//! The one place that turns a refusal into a response.
+//!
+//! Stages return typed errors; they never build responses. Here every error maps to an HTTP
+//! status, a stable reason code, an optional `WWW-Authenticate` challenge and an RFC 9457
+//! `application/problem+json` body that carries the reason code and the
+//! `x-fapi-interaction-id`. The matches are exhaustive — no catch-all arm — so a new error cannot
+//! silently become a 500. The body says what is wrong in public words; the detail goes to the
+//! audit record.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+
+use crate::path::PathError;
+use crate::pipeline::fapi::FapiError;
+use crate::pipeline::http::HttpError;
+use crate::pipeline::identity::IdentityError;
+use crate::policy::NoRoute;
+use crate::proxy::{full, ProxyBody};
+use crate::upstream::UpstreamError;
+
+/// Every way a request is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    Http(HttpError),
+    Path(PathError),
+    Route(NoRoute),
+    Fapi(FapiError),
+    Identity(IdentityError),
+    Upstream(UpstreamError),
+}
+
+/// The stage a refusal came from, for the audit record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Http,
+    Route,
+    Fapi,
+    Identity,
+    Upstream,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Http => "http",
+            Stage::Route => "route",
+            Stage::Fapi => "fapi",
+            Stage::Identity => "identity",
+            Stage::Upstream => "upstream",
+        }
+    }
+}
+
+impl From<HttpError> for Rejection {
+    fn from(e: HttpError) -> Self {
+        Rejection::Http(e)
+    }
+}
+impl From<PathError> for Rejection {
+    fn from(e: PathError) -> Self {
+        Rejection::Path(e)
+    }
+}
+impl From<NoRoute> for Rejection {
+    fn from(e: NoRoute) -> Self {
+        Rejection::Route(e)
+    }
+}
+impl From<FapiError> for Rejection {
+    fn from(e: FapiError) -> Self {
+        Rejection::Fapi(e)
+    }
+}
+impl From<IdentityError> for Rejection {
+    fn from(e: IdentityError) -> Self {
+        Rejection::Identity(e)
+    }
+}
+impl From<UpstreamError> for Rejection {
+    fn from(e: UpstreamError) -> Self {
+        Rejection::Upstream(e)
+    }
+}
+
+/// Status, reason code and public message of one refusal.
+pub struct Wire {
+    pub status: StatusCode,
+    pub reason: &'static str,
+    pub detail: &'static str,
+}
+
+fn wire(status: StatusCode, reason: &'static str, detail: &'static str) -> Wire {
+    Wire {
+        status,
+        reason,
+        detail,
+    }
+}
+
+impl Rejection {
+    pub fn stage(&self) -> Stage {
+        match self {
+            Rejection::Http(_) => Stage::Http,
+            Rejection::Path(_) | Rejection::Route(_) => Stage::Route,
+            Rejection::Fapi(_) => Stage::Fapi,
+            Rejection::Identity(_) => Stage::Identity,
+            Rejection::Upstream(_) => Stage::Upstream,
+        }
+    }
+
+    /// Whether the connection should be closed after this response (framing is in doubt).
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Rejection::Http(
+                HttpError::ConflictingFraming
+                    | HttpError::BadContentLength
+                    | HttpError::BadTransferEncoding
+                    | HttpError::BodyTooLarge
+                    | HttpError::BodyTimeout
+                    | HttpError::BodyRead
+            )
+        )
+    }
+
+    pub fn wire(&self) -> Wire {
+        use StatusCode as S;
+        match self {
+            Rejection::Http(e) => match e {
+                // RFC 9112 §6.1: a message with both Transfer-Encoding and Content-Length "ought
+                // to be handled as an error"; we refuse it and close (request smuggling).
+                HttpError::ConflictingFraming => wire(
+                    S::BAD_REQUEST,
+                    "http.conflicting_framing",
+                    "the request has both Content-Length and Transfer-Encoding",
+                ),
+                // RFC 9110 §8.6: differing or malformed Content-Length is unrecoverable.
+                HttpError::BadContentLength => wire(
+                    S::BAD_REQUEST,
+                    "http.bad_content_length",
+                    "the Content-Length header is malformed or repeated",
+                ),
+                // RFC 9112 §6.1: chunked must be the final and only coding we accept.
+                HttpError::BadTransferEncoding => wire(
+                    S::BAD_REQUEST,
+                    "http.bad_transfer_encoding",
+                    "the Transfer-Encoding header is not exactly chunked",
+                ),
+                // RFC 9110 §15.5.15.
+                HttpError::UriTooLong => wire(
+                    S::URI_TOO_LONG,
+                    "http.uri_too_long",
+                    "the request target is too long",
+                ),
+                // RFC 6585 §5.
+                HttpError::TooManyHeaders => wire(
+                    S::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "http.too_many_headers",
+                    "the request has too many header fields",
+                ),
+                // RFC 6585 §5.
+                HttpError::HeadersTooLarge => wire(
+                    S::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "http.headers_too_large",
+                    "the request header fields are too large",
+                ),
+                // RFC 9110 §5.1 allows `_`; proxies that map `_` to `-` make it a spoofing
+                // vector (Envoy headers_with_underscores_action), so we refuse it.
+                HttpError::HeaderUnderscore => wire(
+                    S::BAD_REQUEST,
+                    "http.header_underscore",
+                    "header names with underscores are not accepted",
+                ),
+                // Method-override headers would let the upstream run a method we did not check.
+                HttpError::MethodOverride => wire(
+                    S::BAD_REQUEST,
+                    "http.method_override",
+                    "method-override headers are not accepted",
+                ),
+                // RFC 9110 §7.8: no protocol switch around per-request inspection.
+                HttpError::UpgradeRefused => wire(
+                    S::BAD_REQUEST,
+                    "http.upgrade_refused",
+                    "protocol upgrades are not accepted",
+                ),
+                // RFC 9110 §15.5.20.
+                HttpError::MisdirectedHost => wire(
+                    S::MISDIRECTED_REQUEST,
+                    "http.misdirected",
+                    "this server does not serve the requested host",
+                ),
+                // RFC 9112 §3.2: a client MUST send Host in HTTP/1.1.
+                HttpError::MissingHost => wire(
+                    S::BAD_REQUEST,
+                    "http.missing_host",
+                    "the request has no Host",
+                ),
+                // RFC 9110 §15.5.14.
+                HttpError::BodyTooLarge => wire(
+                    S::PAYLOAD_TOO_LARGE,
+                    "http.body_too_large",
+                    "the request body exceeds the limit of this route",
+                ),
+                // RFC 9110 §15.5.9.
+                HttpError::BodyTimeout => wire(
+                    S::REQUEST_TIMEOUT,
+                    "http.body_timeout",
+                    "the request body was not received in time",
+                ),
+                // RFC 9110 §15.5.1.
+                HttpError::BodyRead => wire(
+                    S::BAD_REQUEST,
+                    "http.body_read",
+                    "the request body could not be read",
+                ),
+            },
+            // RFC 3986 §6 / RFC 9110 §4.2.3: we accept only the canonical form (see path.rs).
+            Rejection::Path(e) => Wire {
+                status: S::BAD_REQUEST,
+                reason: e.reason(),
+                detail: e.detail(),
+            },
+            Rejection::Route(e) => match e {
+                // Default deny: an undeclared path does not exist (RFC 9110 §15.5.5).
+                NoRoute::NotFound => wire(S::NOT_FOUND, "route.not_found", "no such resource"),
+                // RFC 9110 §15.5.6, with Allow.
+                NoRoute::MethodNotAllowed { .. } => wire(
+                    S::METHOD_NOT_ALLOWED,
+                    "route.method_not_allowed",
+                    "the method is not allowed on this resource",
+                ),
+            },
+            Rejection::Fapi(e) => match e {
+                // FAPI 1.0 Part 1 §6.2.1-11: the interaction id is a RFC 4122 UUID.
+                FapiError::InteractionIdInvalid => wire(
+                    S::BAD_REQUEST,
+                    "fapi.interaction_id_invalid",
+                    "x-fapi-interaction-id must be a UUID",
+                ),
+                // FAPI 1.0 Part 1 §6.2.2-4: x-fapi-customer-ip-address carries an IP address.
+                FapiError::CustomerIpInvalid => wire(
+                    S::BAD_REQUEST,
+                    "fapi.customer_ip_invalid",
+                    "x-fapi-customer-ip-address must be an IPv4 or IPv6 address",
+                ),
+            },
+            Rejection::Identity(e) => match e {
+                // RFC 8705 §2 / FAPI: the route needs a mutually authenticated client.
+                IdentityError::ClientCertRequired => wire(
+                    S::UNAUTHORIZED,
+                    "identity.client_cert_required",
+                    "this resource requires a client certificate",
+                ),
+            },
+            Rejection::Upstream(e) => match e {
+                // RFC 9110 §15.6.3.
+                UpstreamError::Connect => wire(
+                    S::BAD_GATEWAY,
+                    "upstream.connect_failed",
+                    "the upstream service is unavailable",
+                ),
+                // RFC 9110 §15.6.3.
+                UpstreamError::Protocol => wire(
+                    S::BAD_GATEWAY,
+                    "upstream.bad_response",
+                    "the upstream service failed to answer",
+                ),
+                // RFC 9110 §15.6.5.
+                UpstreamError::Timeout => wire(
+                    S::GATEWAY_TIMEOUT,
+                    "upstream.timeout",
+                    "the upstream service did not answer in time",
+                ),
+            },
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge, where the refusal is about credentials.
+    pub fn challenge(&self) -> Option<&'static str> {
+        match self {
+            Rejection::Http(_)
+            | Rejection::Path(_)
+            | Rejection::Route(_)
+            | Rejection::Fapi(_)
+            | Rejection::Upstream(_) => None,
+            // A missing client certificate is a TLS-level credential; there is no HTTP auth
+            // scheme for it, so no challenge (RFC 9110 §11.6.1 requires one only for schemes).
+            Rejection::Identity(IdentityError::ClientCertRequired) => None,
+        }
+    }
+}
+
+/// Builds the refusal response. `interaction_id` is already validated or generated.
+pub fn respond(rejection: &Rejection, interaction_id: &str) -> Response<ProxyBody> {
+    let w = rejection.wire();
+    let body = serde_json::json!({
+        "type": format!("urn:portcullis:problem:{}", w.reason),
+        "title": w.status.canonical_reason().unwrap_or("Error"),
+        "status": w.status.as_u16(),
+        "detail": w.detail,
+        "reason": w.reason,
+        "interaction_id": interaction_id,
+    });
+    let mut resp = Response::new(full(Bytes::from(body.to_string())));
+    *resp.status_mut() = w.status;
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if let Some(c) = rejection.challenge() {
+        h.insert(WWW_AUTHENTICATE, HeaderValue::from_static(c));
+    }
+    if let Rejection::Route(NoRoute::MethodNotAllowed { allow }) = rejection {
+        let list: Vec<&str> = allow.iter().map(|m| m.as_str()).collect();
+        if let Ok(v) = HeaderValue::from_str(&list.join(", ")) {
+            h.insert(ALLOW, v);
+        }
+    }
+    if rejection.closes_connection() {
+        h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// Every reason code with its status, for the README table and the test that keeps it true.
+pub fn all_reasons() -> Vec<(u16, &'static str, &'static str)> {
+    let mut all: Vec<Rejection> = vec![
+        HttpError::ConflictingFraming.into(),
+        HttpError::BadContentLength.into(),
+        HttpError::BadTransferEncoding.into(),
+        HttpError::UriTooLong.into(),
+        HttpError::TooManyHeaders.into(),
+        HttpError::HeadersTooLarge.into(),
+        HttpError::HeaderUnderscore.into(),
+        HttpError::MethodOverride.into(),
+        HttpError::UpgradeRefused.into(),
+        HttpError::MisdirectedHost.into(),
+        HttpError::MissingHost.into(),
+        HttpError::BodyTooLarge.into(),
+        HttpError::BodyTimeout.into(),
+        HttpError::BodyRead.into(),
+        NoRoute::NotFound.into(),
+        NoRoute::MethodNotAllowed { allow: vec![] }.into(),
+        FapiError::InteractionIdInvalid.into(),
+        FapiError::CustomerIpInvalid.into(),
+        IdentityError::ClientCertRequired.into(),
+        UpstreamError::Connect.into(),
+        UpstreamError::Protocol.into(),
+        UpstreamError::Timeout.into(),
+    ];
+    all.extend(
+        [
+            PathError::NotOriginForm,
+            PathError::DotSegment,
+            PathError::EncodedSeparator,
+            PathError::EncodedDot,
+            PathError::DoubleEncoding,
+            PathError::NeedlessEncoding,
+            PathError::BadEscape,
+            PathError::Backslash,
+            PathError::ControlChar,
+            PathError::Fragment,
+            PathError::NonAscii,
+            PathError::EmptySegment,
+            PathError::InvalidChar,
+        ]
+        .map(Rejection::Path),
+    );
+    all.iter()
+        .map(|r| {
+            let w = r.wire();
+            (w.status.as_u16(), w.reason, w.detail)
+        })
+        .collect()
+}

@@ -1,0 +1,87 @@
+//! Hot reload: on SIGHUP or when a watched file changes, load the config again and swap it in
+//! only when it is fully valid (see [`crate::runtime::Shared::reload`]).
+//!
+//! Directories are watched, not files: editors and Kubernetes ConfigMaps replace files by
+//! rename or symlink swap, which a file watch would miss. Events are debounced.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::Shared;
+
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+fn watch_dirs(shared: &Shared) -> BTreeSet<PathBuf> {
+    shared
+        .runtime
+        .load()
+        .config
+        .watched
+        .iter()
+        .map(|p| crate::policy::watch_root(p).to_path_buf())
+        .collect()
+}
+
+/// Starts watching the config's files; reloads until `shutdown` is cancelled.
+pub fn watch(shared: Arc<Shared>, shutdown: CancellationToken) -> notify::Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if !ev.kind.is_access() {
+                let _ = tx.send(());
+            }
+        }
+    })?;
+    let mut watched = BTreeSet::new();
+    for dir in watch_dirs(&shared) {
+        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+        watched.insert(dir);
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                got = rx.recv() => if got.is_none() { break },
+                _ = shutdown.cancelled() => break,
+            }
+            // Debounce: wait until the burst of events settles.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(DEBOUNCE) => break,
+                    got = rx.recv() => if got.is_none() { return },
+                }
+            }
+            if shared.reload().is_ok() {
+                for dir in watch_dirs(&shared) {
+                    if !watched.contains(&dir) && watcher.watch(&dir, RecursiveMode::NonRecursive).is_ok() {
+                        watched.insert(dir);
+                    }
+                }
+            }
+        }
+        drop(watcher);
+    });
+    Ok(())
+}
+
+/// Reloads on every SIGHUP until `shutdown` is cancelled.
+#[cfg(unix)]
+pub fn on_sighup(shared: Arc<Shared>, shutdown: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                got = hup.recv() => if got.is_none() { break },
+                _ = shutdown.cancelled() => break,
+            }
+            tracing::info!("SIGHUP: reloading");
+            let _ = shared.reload();
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,283 @@
+//! The listener: accept loop, TLS handshake, HTTP/1.1 and HTTP/2 (hyper-util auto), limits,
+//! timeouts, idle close, connection cap, graceful drain, and the admin listener.
+//!
+//! hyper's timers do nothing until a timer is set; both protocol builders get a `TokioTimer`,
+//! so `header_read_timeout` (slowloris) and HTTP/2 keep-alive really fire. HTTP/2 is bounded
+//! by `max_concurrent_streams`, the pending-accept and local-error reset limits (rapid reset)
+//! and `max_header_list_size` (CONTINUATION floods).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::audit::{HandshakeRecord, Record};
+use crate::conn::ConnInfo;
+use crate::proxy::{self, full, ProxyBody};
+use crate::runtime::Shared;
+
+/// A started proxy: its bound addresses and the handle to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Running {
+    /// Stops accepting, asks every connection to finish its in-flight requests, and waits up to
+    /// the configured drain timeout. Returns whether every connection closed in time.
+    pub async fn shutdown(self) -> bool {
+        self.shutdown.cancel();
+        self.tracker.close();
+        let drain = self.shared.runtime.load().config.drain_timeout;
+        tokio::time::timeout(drain, self.tracker.wait()).await.is_ok()
+    }
+
+    /// A token that, when cancelled, starts the same drain as [`Running::shutdown`].
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Binds the listener and the admin listener and starts serving.
+pub async fn start(shared: Arc<Shared>) -> std::io::Result<Running> {
+    let config = Arc::clone(&shared.runtime.load().config);
+    let listener = TcpListener::bind(config.listener.address).await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let admin_addr = match config.admin {
+        Some(a) => {
+            let l = TcpListener::bind(a).await?;
+            let bound = l.local_addr()?;
+            tokio::spawn(admin_loop(l, Arc::clone(&shared), shutdown.clone()));
+            Some(bound)
+        }
+        None => None,
+    };
+    tokio::spawn(accept_loop(
+        listener,
+        Arc::clone(&shared),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    tracing::info!(%addr, admin = ?admin_addr, routes = config.policies.routes().len(), policy_version = %config.policies.version, "portcullis listening");
+    Ok(Running {
+        addr,
+        admin_addr,
+        shared,
+        shutdown,
+        tracker,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let cap = shared.runtime.load().config.listener.limits.max_connections;
+    let slots = Arc::new(Semaphore::new(cap));
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let shared = Arc::clone(&shared);
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            serve_connection(tcp, peer, shared, shutdown).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Tracks in-flight requests and the last activity on one connection, for the idle timeout.
+struct Activity {
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        Some(self.epoch.elapsed().saturating_sub(last))
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let _ = tcp.set_nodelay(true);
+    let rt = shared.runtime.load_full();
+    let listener = &rt.config.listener;
+    let tls = match crate::tls::accept(
+        Arc::clone(&listener.tls.server_config),
+        tcp,
+        listener.tls.handshake_timeout,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(failure) => {
+            shared.metrics.handshake_failure(failure.as_str());
+            tracing::info!(%peer, failure = failure.as_str(), "tls handshake failed");
+            shared.audit.emit(Record::TlsHandshake(HandshakeRecord {
+                peer: peer.to_string(),
+                failure: failure.as_str(),
+            }));
+            return;
+        }
+    };
+    let info = match ConnInfo::from_stream(shared.next_conn_id(), &tls) {
+        Ok(i) => Arc::new(i),
+        Err(_) => return,
+    };
+    shared.metrics.connection_opened();
+    let limits = listener.limits.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size((limits.max_header_bytes + limits.max_uri_bytes).max(8192))
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+        .max_header_list_size((limits.max_header_bytes + limits.max_uri_bytes) as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    drop(rt);
+
+    let activity = Arc::new(Activity {
+        epoch: Instant::now(),
+        in_flight: AtomicUsize::new(0),
+        last_ms: AtomicU64::new(0),
+    });
+    let svc = {
+        let activity = Arc::clone(&activity);
+        let shared = Arc::clone(&shared);
+        service_fn(move |req: Request<Incoming>| {
+            activity.in_flight.fetch_add(1, Ordering::Relaxed);
+            let activity = Arc::clone(&activity);
+            let fut = proxy::handle(req, Arc::clone(&info), Arc::clone(&shared));
+            async move {
+                let r = fut.await;
+                activity.touch();
+                activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+                r
+            }
+        })
+    };
+    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+    tokio::pin!(conn);
+    let tick = (limits.idle_timeout / 4).max(Duration::from_millis(50));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = shutdown.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = tokio::time::sleep(tick), if !closing => {
+                if activity.idle_for().is_some_and(|d| d >= limits.idle_timeout) {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+    shared.metrics.connection_closed();
+}
+
+async fn admin_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            _ = shutdown.cancelled() => break,
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, std::convert::Infallible>(admin(req, &shared)) }
+            });
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5));
+            let _ = b.serve_connection(TokioIo::new(tcp), svc).await;
+        });
+    }
+}
+
+fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
+    let text = |status: u16, body: String, ctype: &'static str| {
+        let mut r = Response::new(full(body.into()));
+        *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
+        r.headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+        r
+    };
+    if req.method() != http::Method::GET {
+        return text(405, "method not allowed\n".into(), "text/plain");
+    }
+    match req.uri().path() {
+        "/healthz" => text(200, "ok\n".into(), "text/plain"),
+        "/readyz" if shared.ready() => text(200, "ready\n".into(), "text/plain"),
+        "/readyz" => text(503, "not ready\n".into(), "text/plain"),
+        "/metrics" => text(
+            200,
+            shared.metrics.render(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        _ => text(404, "not found\n".into(), "text/plain"),
+    }
+}

@@ -1,0 +1,291 @@
+//! Upstreams: pooled clients, header hygiene and the forwarding headers we vouch for.
+//!
+//! Order matters in [`prepare_headers`]: first every hop-by-hop header goes (the fixed list and
+//! whatever the client names in `Connection`), then every client copy of a header we vouch for
+//! (forwarding, identity, original-path and our own), and only then are ours added. So no client
+//! header can remove, forge or shadow them.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
+use http::{HeaderMap, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::{ClientCertForwarding, Upstream};
+use crate::pki::ClientCert;
+use crate::proxy::ProxyBody;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamError {
+    Connect,
+    Protocol,
+    Timeout,
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus legacy ones proxies must not forward.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+/// Headers only the proxy may set: client copies are always removed.
+const VOUCHED: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-client-cert",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "client-cert",
+    "client-cert-chain",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-envoy-original-path",
+];
+
+/// Prefixes of header families only the proxy may set.
+const VOUCHED_PREFIXES: &[&str] = &["x-portcullis-", "x-envoy-", "x-forwarded-"];
+
+/// A pooled client for one upstream.
+pub struct UpstreamClient {
+    pub config: Upstream,
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+}
+
+impl UpstreamClient {
+    pub fn new(config: &Upstream) -> UpstreamClient {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let tls = match &config.tls {
+            Some(t) => (*t.client_config).clone(),
+            None => rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())
+                .with_safe_default_protocol_versions()
+                .map(|b| {
+                    b.with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth()
+                })
+                .unwrap_or_else(|_| {
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth()
+                }),
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .http2_only(config.http2)
+            .build(connector);
+        UpstreamClient {
+            config: config.clone(),
+            client,
+        }
+    }
+
+    /// The upstream URI for an already checked path and query.
+    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        let c = &self.config;
+        let pq = match query {
+            Some(q) => format!("{}{path}?{q}", c.base_path),
+            None => format!("{}{path}", c.base_path),
+        };
+        Uri::builder()
+            .scheme(c.scheme.clone())
+            .authority(c.authority.clone())
+            .path_and_query(pq)
+            .build()
+    }
+
+    /// Sends the request; returns the response and the time to its headers.
+    pub async fn send(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Duration), UpstreamError> {
+        let start = Instant::now();
+        match tokio::time::timeout(self.config.response_timeout, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::Timeout),
+            Ok(Err(e)) if e.is_connect() => {
+                tracing::warn!(upstream = %self.config.name, failure = "connect", error = %e, "upstream connect failed");
+                Err(UpstreamError::Connect)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(upstream = %self.config.name, failure = "protocol", error = %e, "upstream request failed");
+                Err(UpstreamError::Protocol)
+            }
+            Ok(Ok(r)) => Ok((r, start.elapsed())),
+        }
+    }
+}
+
+fn remove_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(*n);
+    }
+}
+
+/// What the proxy vouches for on a forwarded request.
+pub struct Vouched<'a> {
+    pub peer_ip: IpAddr,
+    pub host: Option<&'a str>,
+    pub client_cert: Option<&'a Arc<ClientCert>>,
+    pub forwarding: ClientCertForwarding,
+    pub interaction_id: &'a str,
+}
+
+/// Cleans a client's request headers and adds ours (see the module doc for the order).
+pub fn prepare_headers(h: &mut HeaderMap, v: &Vouched<'_>) {
+    remove_hop_by_hop(h);
+    for n in VOUCHED {
+        h.remove(*n);
+    }
+    let prefixed: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| VOUCHED_PREFIXES.iter().any(|p| k.as_str().starts_with(p)))
+        .cloned()
+        .collect();
+    for n in prefixed {
+        h.remove(n);
+    }
+    // The upstream authority comes from the request URI; the client's Host is passed as data.
+    h.remove(HOST);
+    let set = |h: &mut HeaderMap, name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    };
+    set(h, "x-forwarded-for", &v.peer_ip.to_string());
+    set(h, "x-forwarded-proto", "https");
+    if let Some(host) = v.host {
+        set(h, "x-forwarded-host", host);
+    }
+    set(h, crate::pipeline::fapi::INTERACTION_ID, v.interaction_id);
+    if let Some(cert) = v.client_cert {
+        match v.forwarding {
+            ClientCertForwarding::Rfc9440 => {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&cert.der);
+                set(h, "client-cert", &format!(":{b64}:"));
+            }
+            ClientCertForwarding::Xfcc => {
+                let hash = hex_sha256(&cert.der);
+                let subject = cert.subject.replace(['"', '\\'], "");
+                set(
+                    h,
+                    "x-forwarded-client-cert",
+                    &format!("Hash={hash};Subject=\"{subject}\""),
+                );
+            }
+            ClientCertForwarding::None => {}
+        }
+    }
+}
+
+/// Cleans an upstream response's headers before they go to the client.
+pub fn clean_response_headers(h: &mut HeaderMap) {
+    remove_hop_by_hop(h);
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_copies_of_vouched_headers_never_survive() {
+        let mut h = HeaderMap::new();
+        for (k, val) in [
+            ("connection", "x-forwarded-for, x-keep-me-not"),
+            ("x-keep-me-not", "1"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("client-cert", ":Zm9yZ2Vk:"),
+            ("x-forwarded-client-cert", "Hash=forged"),
+            ("x-envoy-original-path", "/admin"),
+            ("x-portcullis-client", "forged"),
+            ("x-fapi-interaction-id", "forged"),
+            ("te", "trailers"),
+            ("keep-alive", "timeout=5"),
+            ("host", "evil.example"),
+            ("accept", "application/json"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(val));
+        }
+        prepare_headers(
+            &mut h,
+            &Vouched {
+                peer_ip: "127.0.0.9".parse().unwrap(),
+                host: Some("api.example"),
+                client_cert: None,
+                forwarding: ClientCertForwarding::Rfc9440,
+                interaction_id: "93bac548-d2de-4546-b106-880a5018460d",
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "127.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "api.example");
+        assert_eq!(
+            h["x-fapi-interaction-id"],
+            "93bac548-d2de-4546-b106-880a5018460d"
+        );
+        assert_eq!(h["accept"], "application/json");
+        for gone in [
+            "connection",
+            "x-keep-me-not",
+            "forwarded",
+            "x-real-ip",
+            "client-cert",
+            "x-forwarded-client-cert",
+            "x-envoy-original-path",
+            "x-portcullis-client",
+            "te",
+            "keep-alive",
+            "host",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} survived");
+        }
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+}
