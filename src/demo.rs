@@ -79,10 +79,30 @@ fn examples() -> Vec<Example> {
                 "/open-banking/v3.1/pisp/domestic-payment-consents",
             )
         },
-        e("no client certificate: refused in the TLS handshake", Caller::NoCert, "GET", ACC),
-        e("a revoked certificate (in the CRL): refused in the TLS handshake", Caller::Revoked, "GET", ACC),
-        e("an expired certificate: refused in the TLS handshake", Caller::Expired, "GET", ACC),
-        e("a certificate from an unknown CA: refused in the TLS handshake", Caller::Rogue, "GET", ACC),
+        e(
+            "no client certificate: refused in the TLS handshake",
+            Caller::NoCert,
+            "GET",
+            ACC,
+        ),
+        e(
+            "a revoked certificate (in the CRL): refused in the TLS handshake",
+            Caller::Revoked,
+            "GET",
+            ACC,
+        ),
+        e(
+            "an expired certificate: refused in the TLS handshake",
+            Caller::Expired,
+            "GET",
+            ACC,
+        ),
+        e(
+            "a certificate from an unknown CA: refused in the TLS handshake",
+            Caller::Rogue,
+            "GET",
+            ACC,
+        ),
         e(
             "path traversal: refused, never normalized into another route",
             Caller::Tpp1,
@@ -95,20 +115,45 @@ fn examples() -> Vec<Example> {
             "GET",
             "/open-banking/v3.1/aisp/accounts/acc-1%2Fbalances",
         ),
-        e("an undeclared path: default deny", Caller::Tpp1, "GET", "/admin"),
-        e("a method the route does not declare", Caller::Tpp1, "DELETE", ACC),
+        e(
+            "an undeclared path: default deny",
+            Caller::Tpp1,
+            "GET",
+            "/admin",
+        ),
+        e(
+            "a method the route does not declare",
+            Caller::Tpp1,
+            "DELETE",
+            ACC,
+        ),
         Example {
             headers: &[("x-fapi-customer-ip-address", "not-an-ip")],
-            ..e("x-fapi-customer-ip-address that is not an IP", Caller::Tpp1, "GET", ACC)
+            ..e(
+                "x-fapi-customer-ip-address that is not an IP",
+                Caller::Tpp1,
+                "GET",
+                ACC,
+            )
         },
         Example {
             headers: &[("x_forwarded_for", "10.0.0.1")],
-            ..e("a header name with an underscore (spoofing vector)", Caller::Tpp1, "GET", ACC)
+            ..e(
+                "a header name with an underscore (spoofing vector)",
+                Caller::Tpp1,
+                "GET",
+                ACC,
+            )
         },
         Example {
             body: Some("{}"),
             headers: &[("content-type", "application/json")],
-            ..e("a body on a route whose body limit is 0", Caller::Tpp1, "GET", ACC)
+            ..e(
+                "a body on a route whose body limit is 0",
+                Caller::Tpp1,
+                "GET",
+                ACC,
+            )
         },
     ]
 }
@@ -149,8 +194,17 @@ fn curl(ex: &Example, certs: &Path, port: u16) -> String {
 
 async fn try_example(ex: &Example, certs: &Path, addr: SocketAddr) -> String {
     let ca = certs.join("ca.pem");
-    let id = identity(ex.caller).map(|i| (certs.join(format!("{i}.pem")), certs.join(format!("{i}.key"))));
-    let config = match tls_config(&ca, id.as_ref().map(|(c, k)| (c.as_path(), k.as_path())), false) {
+    let id = identity(ex.caller).map(|i| {
+        (
+            certs.join(format!("{i}.pem")),
+            certs.join(format!("{i}.key")),
+        )
+    });
+    let config = match tls_config(
+        &ca,
+        id.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        false,
+    ) {
         Ok(c) => c,
         Err(e) => return format!("client setup failed: {e}"),
     };
@@ -178,7 +232,11 @@ async fn try_example(ex: &Example, certs: &Path, addr: SocketAddr) -> String {
                     a.status.as_u16(),
                     j["detail"].as_str().unwrap_or("")
                 ),
-                None => format!("{} {}", a.status.as_u16(), a.status.canonical_reason().unwrap_or("")),
+                None => format!(
+                    "{} {}",
+                    a.status.as_u16(),
+                    a.status.canonical_reason().unwrap_or("")
+                ),
             }
         }
         // TLS 1.3: a refused client certificate shows up on the first read, not in connect().
@@ -218,12 +276,18 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let running = crate::server::start(Arc::clone(&shared)).await?;
     let certs = dir.join("certs");
     println!("portcullis demo");
-    println!("  proxy   https://localhost:{}  (mTLS required)", running.addr.port());
+    println!(
+        "  proxy   https://localhost:{}  (mTLS required)",
+        running.addr.port()
+    );
     if let Some(a) = running.admin_addr {
         println!("  admin   http://{a}/healthz /readyz /metrics");
     }
     println!("  bank    http://{bank_addr}  (built-in mock, behind the proxy)");
-    println!("  files   {}  (certs/, config/demo.yaml, policies/)", dir.display());
+    println!(
+        "  files   {}  (certs/, config/demo.yaml, policies/)",
+        dir.display()
+    );
     println!("  audit   {}", dir.join("audit.log").display());
     println!();
     println!("Each example was just run against the proxy; its result is shown under it.");

@@ -85,7 +85,10 @@ async fn handle(
     let resp = match (method, segs.as_slice()) {
         (Method::GET, ["aisp", "accounts"]) => reply(
             StatusCode::OK,
-            merge(json!({"Data": {"Account": [account("acc-1"), account("acc-2")]}}), links(&path)),
+            merge(
+                json!({"Data": {"Account": [account("acc-1"), account("acc-2")]}}),
+                links(&path),
+            ),
         ),
         (Method::GET, ["aisp", "accounts", id]) => reply(
             StatusCode::OK,
@@ -153,7 +156,10 @@ async fn handle(
                 links(&path),
             ),
         ),
-        _ => reply(StatusCode::NOT_FOUND, json!({"Code": "404", "Message": "Not found"})),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            json!({"Code": "404", "Message": "Not found"}),
+        ),
     };
     Ok(resp)
 }

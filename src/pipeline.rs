@@ -51,7 +51,11 @@ pub fn inspect(
     config: &Config,
     record: &mut RequestRecord,
 ) -> Result<Inspected, Rejection> {
-    http::check(parts, &config.listener.limits, &config.listener.server_names)?;
+    http::check(
+        parts,
+        &config.listener.limits,
+        &config.listener.server_names,
+    )?;
     fapi::check_customer_ip(&parts.headers)?;
     let route = route::resolve(parts, &config.policies)?;
     record.route_id = Some(route.route.id.clone());

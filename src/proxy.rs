@@ -43,7 +43,8 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let rt = shared.runtime.load_full();
-    let (interaction_id, id_refusal) = fapi::interaction_id(req.headers(), rt.config.interaction_id);
+    let (interaction_id, id_refusal) =
+        fapi::interaction_id(req.headers(), rt.config.interaction_id);
     let mut record = start_record(&req, &conn, &rt, &interaction_id);
 
     let result = match id_refusal {

@@ -27,13 +27,25 @@ fn watch_dirs(shared: &Shared) -> BTreeSet<PathBuf> {
         .collect()
 }
 
+/// Whether a change to `paths` can change the config: a watched file itself, or a file inside a
+/// watched directory.
+fn concerns_config(shared: &Shared, paths: &[PathBuf]) -> bool {
+    let rt = shared.runtime.load();
+    let watched = &rt.config.watched;
+    paths.iter().any(|p| {
+        watched
+            .iter()
+            .any(|w| w == p || (w.is_dir() && p.parent() == Some(w.as_path())))
+    })
+}
+
 /// Starts watching the config's files; reloads until `shutdown` is cancelled.
 pub fn watch(shared: Arc<Shared>, shutdown: CancellationToken) -> notify::Result<()> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<PathBuf>>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
             if !ev.kind.is_access() {
-                let _ = tx.send(());
+                let _ = tx.send(ev.paths);
             }
         }
     })?;
@@ -44,20 +56,33 @@ pub fn watch(shared: Arc<Shared>, shutdown: CancellationToken) -> notify::Result
     }
     tokio::spawn(async move {
         loop {
-            tokio::select! {
-                got = rx.recv() => if got.is_none() { break },
+            let paths = tokio::select! {
+                got = rx.recv() => match got { Some(p) => p, None => break },
                 _ = shutdown.cancelled() => break,
+            };
+            if !concerns_config(&shared, &paths) {
+                continue;
             }
-            // Debounce: wait until the burst of events settles.
+            // Debounce: wait until the burst of events about config files settles. Other files
+            // in the same directories (an audit log, say) change all the time and are ignored.
+            let mut quiet_at = tokio::time::Instant::now() + DEBOUNCE;
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(DEBOUNCE) => break,
-                    got = rx.recv() => if got.is_none() { return },
+                    _ = tokio::time::sleep_until(quiet_at) => break,
+                    got = rx.recv() => match got {
+                        Some(p) if concerns_config(&shared, &p) => {
+                            quiet_at = tokio::time::Instant::now() + DEBOUNCE;
+                        }
+                        Some(_) => {}
+                        None => return,
+                    },
                 }
             }
             if shared.reload().is_ok() {
                 for dir in watch_dirs(&shared) {
-                    if !watched.contains(&dir) && watcher.watch(&dir, RecursiveMode::NonRecursive).is_ok() {
+                    if !watched.contains(&dir)
+                        && watcher.watch(&dir, RecursiveMode::NonRecursive).is_ok()
+                    {
                         watched.insert(dir);
                     }
                 }

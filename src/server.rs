@@ -42,7 +42,9 @@ impl Running {
         self.shutdown.cancel();
         self.tracker.close();
         let drain = self.shared.runtime.load().config.drain_timeout;
-        tokio::time::timeout(drain, self.tracker.wait()).await.is_ok()
+        tokio::time::timeout(drain, self.tracker.wait())
+            .await
+            .is_ok()
     }
 
     /// A token that, when cancelled, starts the same drain as [`Running::shutdown`].
@@ -177,8 +179,10 @@ async fn serve_connection(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size((limits.max_header_bytes + limits.max_uri_bytes).max(8192))
-        .max_headers(limits.max_headers)
+        // hyper's own limits are a backstop at twice ours, so that our checks — which give a
+        // reason code and an audit record — decide every ordinary case.
+        .max_buf_size((2 * (limits.max_header_bytes + limits.max_uri_bytes)).max(8192))
+        .max_headers((2 * limits.max_headers).max(100))
         .keep_alive(true);
     builder
         .http2()
@@ -186,7 +190,7 @@ async fn serve_connection(
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
         .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
-        .max_header_list_size((limits.max_header_bytes + limits.max_uri_bytes) as u32)
+        .max_header_list_size((2 * (limits.max_header_bytes + limits.max_uri_bytes)) as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     drop(rt);
@@ -262,8 +266,10 @@ fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
     let text = |status: u16, body: String, ctype: &'static str| {
         let mut r = Response::new(full(body.into()));
         *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
-        r.headers_mut()
-            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(ctype),
+        );
         r
     };
     if req.method() != http::Method::GET {

@@ -118,7 +118,9 @@ impl Metrics {
             self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
         );
         let _ = writeln!(out, "portcullis_request_duration_seconds_count {count}");
-        out.push_str("# HELP portcullis_tls_handshake_failures_total Failed handshakes by category.\n");
+        out.push_str(
+            "# HELP portcullis_tls_handshake_failures_total Failed handshakes by category.\n",
+        );
         out.push_str("# TYPE portcullis_tls_handshake_failures_total counter\n");
         let mut hs: Vec<_> = self
             .handshake_failures
@@ -133,7 +135,10 @@ impl Metrics {
             );
         }
         let gauge = |out: &mut String, name: &str, kind: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
         };
         gauge(
             &mut out,

@@ -39,7 +39,13 @@ impl fmt::Display for ConfigError {
         if self.field.is_empty() {
             write!(f, "{}: {}", self.file.display(), self.reason)
         } else {
-            write!(f, "{}: {}: {}", self.file.display(), self.field, self.reason)
+            write!(
+                f,
+                "{}: {}: {}",
+                self.file.display(),
+                self.field,
+                self.reason
+            )
         }
     }
 }
@@ -347,12 +353,20 @@ fn validate(
         .unwrap_or(Duration::from_secs(15));
 
     if f.policies.is_empty() {
-        p.push("policies", "at least one policy file or directory is required");
+        p.push(
+            "policies",
+            "at least one policy file or directory is required",
+        );
     }
     let policy_paths: Vec<PathBuf> = f.policies.iter().map(|s| resolve(base, s)).collect();
     watched.extend(policy_paths.iter().cloned());
     let upstream_names: Vec<&str> = upstreams.keys().map(String::as_str).collect();
-    let policies = crate::policy::load(&policy_paths, &upstream_names, limits.default_body_limit, errors);
+    let policies = crate::policy::load(
+        &policy_paths,
+        &upstream_names,
+        limits.default_body_limit,
+        errors,
+    );
 
     let tls = tls?;
     Some(Config {
@@ -381,10 +395,7 @@ fn parse_addr(p: &mut Problems<'_>, field: &str, text: &str) -> Option<SocketAdd
     match text.parse() {
         Ok(a) => Some(a),
         Err(_) => {
-            p.push(
-                field,
-                format!("`{text}` is not an IP:port socket address"),
-            );
+            p.push(field, format!("`{text}` is not an IP:port socket address"));
             None
         }
     }
@@ -453,7 +464,10 @@ fn read_certs(p: &mut Problems<'_>, field: &str, path: &Path) -> Vec<Certificate
     match certs {
         Ok(c) if !c.is_empty() => c,
         Ok(_) => {
-            p.push(field, format!("{} holds no PEM certificate", path.display()));
+            p.push(
+                field,
+                format!("{} holds no PEM certificate", path.display()),
+            );
             Vec::new()
         }
         Err(e) => {
@@ -510,7 +524,11 @@ fn validate_listener_tls(
     for (i, ca) in f.client_ca.iter().enumerate() {
         let path = resolve(base, ca);
         watched.push(path.clone());
-        cas.extend(read_certs(p, &format!("listener.tls.client_ca[{i}]"), &path));
+        cas.extend(read_certs(
+            p,
+            &format!("listener.tls.client_ca[{i}]"),
+            &path,
+        ));
     }
     if f.client_ca.is_empty() {
         p.push(
@@ -545,9 +563,7 @@ fn validate_listener_tls(
         Ok(server_config) => Some(ListenerTls {
             server_config,
             client_auth,
-            handshake_timeout: f
-                .handshake_timeout
-                .map_or(Duration::from_secs(10), |d| d.0),
+            handshake_timeout: f.handshake_timeout.map_or(Duration::from_secs(10), |d| d.0),
             client_ca_count,
             crl_count,
         }),

@@ -92,8 +92,14 @@ mod tests {
 
     #[test]
     fn customer_ip_must_be_one_ip_literal() {
-        assert_eq!(check_customer_ip(&headers(&[(CUSTOMER_IP, "10.1.2.3")])), Ok(()));
-        assert_eq!(check_customer_ip(&headers(&[(CUSTOMER_IP, "2001:db8::1")])), Ok(()));
+        assert_eq!(
+            check_customer_ip(&headers(&[(CUSTOMER_IP, "10.1.2.3")])),
+            Ok(())
+        );
+        assert_eq!(
+            check_customer_ip(&headers(&[(CUSTOMER_IP, "2001:db8::1")])),
+            Ok(())
+        );
         for bad in ["evil.example", "10.1.2.3, 10.0.0.1", "", "10.1.2.3:80"] {
             assert_eq!(
                 check_customer_ip(&headers(&[(CUSTOMER_IP, bad)])),

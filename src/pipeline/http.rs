@@ -29,7 +29,11 @@ pub enum HttpError {
     BodyRead,
 }
 
-const METHOD_OVERRIDE: &[&str] = &["x-http-method-override", "x-http-method", "x-method-override"];
+const METHOD_OVERRIDE: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 pub fn check(parts: &Parts, limits: &Limits, server_names: &[String]) -> Result<(), HttpError> {
     let uri_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -137,22 +141,41 @@ mod tests {
         let l = Limits::default();
         let cases = [
             (
-                get("/a").header("content-length", "5").header("transfer-encoding", "chunked"),
+                get("/a")
+                    .header("content-length", "5")
+                    .header("transfer-encoding", "chunked"),
                 HttpError::ConflictingFraming,
             ),
             (
-                get("/a").header("content-length", "5").header("content-length", "5"),
+                get("/a")
+                    .header("content-length", "5")
+                    .header("content-length", "5"),
                 HttpError::BadContentLength,
             ),
-            (get("/a").header("content-length", "+5"), HttpError::BadContentLength),
-            (get("/a").header("transfer-encoding", "gzip"), HttpError::BadTransferEncoding),
+            (
+                get("/a").header("content-length", "+5"),
+                HttpError::BadContentLength,
+            ),
+            (
+                get("/a").header("transfer-encoding", "gzip"),
+                HttpError::BadTransferEncoding,
+            ),
             (
                 get("/a").header("transfer-encoding", "chunked, chunked"),
                 HttpError::BadTransferEncoding,
             ),
-            (get("/a").header("x_forwarded_for", "1.2.3.4"), HttpError::HeaderUnderscore),
-            (get("/a").header("x-http-method-override", "DELETE"), HttpError::MethodOverride),
-            (get("/a").header("upgrade", "h2c"), HttpError::UpgradeRefused),
+            (
+                get("/a").header("x_forwarded_for", "1.2.3.4"),
+                HttpError::HeaderUnderscore,
+            ),
+            (
+                get("/a").header("x-http-method-override", "DELETE"),
+                HttpError::MethodOverride,
+            ),
+            (
+                get("/a").header("upgrade", "h2c"),
+                HttpError::UpgradeRefused,
+            ),
             (http::Request::get("/a"), HttpError::MissingHost),
             (
                 get("/a").header(HOST, "other.example"),
@@ -173,7 +196,10 @@ mod tests {
             ..Limits::default()
         };
         let long = format!("/{}", "a".repeat(400));
-        assert_eq!(check(&parts(get(&long)), &l, &[]), Err(HttpError::UriTooLong));
+        assert_eq!(
+            check(&parts(get(&long)), &l, &[]),
+            Err(HttpError::UriTooLong)
+        );
         let mut many = get("/a");
         for i in 0..11 {
             many = many.header(format!("x-h{i}"), "v");
@@ -189,6 +215,9 @@ mod tests {
         let names = vec!["api.example".to_string()];
         assert_eq!(check(&parts(get("/a")), &l, &names), Ok(()));
         let other = http::Request::get("/a").header(HOST, "admin.internal:8443");
-        assert_eq!(check(&parts(other), &l, &names), Err(HttpError::MisdirectedHost));
+        assert_eq!(
+            check(&parts(other), &l, &names),
+            Err(HttpError::MisdirectedHost)
+        );
     }
 }

@@ -162,12 +162,16 @@ fn check_template(t: &str) -> Result<(), String> {
         }
         if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(format!("parameter `{seg}` must be {{Name}} with letters, digits or _"));
+                return Err(format!(
+                    "parameter `{seg}` must be {{Name}} with letters, digits or _"
+                ));
             }
         } else if seg == "." || seg == ".." {
             return Err("must not contain dot segments".into());
         } else if crate::path::check_path(&format!("/{seg}")).is_err() {
-            return Err(format!("segment `{seg}` is not a canonical literal or a {{Name}} parameter"));
+            return Err(format!(
+                "segment `{seg}` is not a canonical literal or a {{Name}} parameter"
+            ));
         }
     }
     Ok(())
@@ -219,7 +223,10 @@ pub(crate) fn load(
         }
         for (i, r) in parsed.routes.iter().enumerate() {
             let field = |s: &str| format!("routes[{i}].{s}");
-            let upstream = r.upstream.clone().unwrap_or_else(|| parsed.upstream.clone());
+            let upstream = r
+                .upstream
+                .clone()
+                .unwrap_or_else(|| parsed.upstream.clone());
             if !upstreams.contains(&upstream.as_str()) {
                 let f = if r.upstream.is_some() {
                     field("upstream")
@@ -273,7 +280,10 @@ pub(crate) fn load(
             });
             let router = by_method.entry(method.clone()).or_default();
             if let Err(e) = router.insert(r.path.clone(), Arc::clone(&route)) {
-                p.push(field("path"), format!("conflicts with another {method} route: {e}"));
+                p.push(
+                    field("path"),
+                    format!("conflicts with another {method} route: {e}"),
+                );
                 continue;
             }
             templates.entry(r.path.clone()).or_default().push(method);

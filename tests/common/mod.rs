@@ -1,0 +1,394 @@
+//! Integration-test harness: dev certificates made at run time, a recording upstream, the proxy
+//! on 127.0.0.1:0 with its audit log in a temp directory, and real TLS clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use portcullis::audit::AuditLog;
+use portcullis::client::{tls_config, Answer, Conn};
+use portcullis::config::Config;
+use portcullis::runtime::Shared;
+use portcullis::server::Running;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// One set of dev certificates per test binary (generation is the slow part).
+pub fn certs() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        portcullis::tls::install_crypto_provider();
+        let d = tempfile::tempdir().expect("tempdir");
+        portcullis::pki::devcerts::generate(d.path()).expect("dev certs");
+        d
+    })
+    .path()
+}
+
+/// A request as the upstream received it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Behaviour {
+    /// 200 with a small JSON body.
+    Ok,
+    /// Waits, then answers 200.
+    Delay(Duration),
+}
+
+/// An in-process upstream that records every request it receives.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub async fn start(behaviour: Behaviour) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let rec = Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let rec = Arc::clone(&rec);
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let rec = Arc::clone(&rec);
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            rec.lock().unwrap().push(Seen {
+                                method: parts.method.to_string(),
+                                path_and_query: parts
+                                    .uri
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default(),
+                                headers: parts.headers,
+                                body,
+                            });
+                            if let Behaviour::Delay(d) = behaviour {
+                                tokio::time::sleep(d).await;
+                            }
+                            let mut r = http::Response::new(Full::new(Bytes::from_static(
+                                b"{\"Data\":{}}",
+                            )));
+                            r.headers_mut()
+                                .insert("content-type", "application/json".parse().unwrap());
+                            r.headers_mut()
+                                .insert("connection", "x-upstream-secret".parse().unwrap());
+                            r.headers_mut()
+                                .insert("x-upstream-secret", "hop".parse().unwrap());
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                    let mut b = auto::Builder::new(TokioExecutor::new());
+                    b.http1().timer(TokioTimer::new());
+                    let _ = b.serve_connection(TokioIo::new(tcp), svc).await;
+                });
+            }
+        });
+        Upstream { addr, seen }
+    }
+
+    /// An address where nothing listens.
+    pub async fn dead_addr() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        drop(l);
+        a
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+pub const POLICY: &str = r#"
+group: test
+upstream: bank
+routes:
+  - id: accounts.list
+    method: GET
+    path: /open-banking/v3.1/aisp/accounts
+  - id: accounts.get
+    method: GET
+    path: /open-banking/v3.1/aisp/accounts/{AccountId}
+  - id: consents.create
+    method: POST
+    path: /open-banking/v3.1/pisp/domestic-payment-consents
+    body_limit: 1024
+  - id: public.status
+    method: GET
+    path: /status
+    client_cert: optional
+"#;
+
+/// Options for one proxy under test.
+pub struct Options {
+    pub upstream: SocketAddr,
+    pub client_auth: &'static str,
+    /// Extra YAML under `listener.limits`.
+    pub limits: &'static str,
+    /// Extra top-level YAML (e.g. `fapi:`), replacing the defaults where it names a section.
+    pub extra: String,
+    pub response_timeout: &'static str,
+    pub policy: String,
+}
+
+impl Options {
+    pub fn new(upstream: SocketAddr) -> Options {
+        Options {
+            upstream,
+            client_auth: "required",
+            limits: "",
+            extra: String::new(),
+            response_timeout: "5s",
+            policy: POLICY.to_string(),
+        }
+    }
+}
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub shared: Arc<Shared>,
+    pub running: Option<Running>,
+}
+
+pub fn config_text(o: &Options, certs: &Path) -> String {
+    let c = |f: &str| certs.join(f).display().to_string();
+    format!(
+        r#"
+listener:
+  address: "127.0.0.1:0"
+  tls:
+    certificate: {server}
+    private_key: {key}
+    client_ca: [{ca}]
+    crl: [{crl}]
+    client_auth: {auth}
+    handshake_timeout: 2s
+  limits:
+    default_body_limit: 4096
+{limits}
+admin:
+  address: "127.0.0.1:0"
+upstreams:
+  bank:
+    url: http://{up}
+    connect_timeout: 500ms
+    response_timeout: {rt}
+audit:
+  sink: file
+  path: audit.log
+policies: [policies]
+shutdown:
+  drain_timeout: 5s
+{extra}
+"#,
+        server = c("server.pem"),
+        key = c("server.key"),
+        ca = c("ca.pem"),
+        crl = c("ca.crl"),
+        auth = o.client_auth,
+        limits = o.limits,
+        up = o.upstream,
+        rt = o.response_timeout,
+        extra = o.extra,
+    )
+}
+
+impl Proxy {
+    pub async fn start(o: Options) -> Proxy {
+        let certs = certs();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+        std::fs::write(dir.path().join("policies/test.yaml"), &o.policy).unwrap();
+        let path = dir.path().join("portcullis.yaml");
+        std::fs::write(&path, config_text(&o, certs)).unwrap();
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
+        let audit = AuditLog::start(&config.audit.sink, 1024).unwrap();
+        let shared = Arc::new(Shared::new(config, audit, Some(path)));
+        let running = portcullis::server::start(Arc::clone(&shared))
+            .await
+            .unwrap();
+        Proxy {
+            addr: running.addr,
+            admin: running.admin_addr.unwrap(),
+            dir,
+            shared,
+            running: Some(running),
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("portcullis.yaml")
+    }
+
+    /// A connected client presenting `identity` (`tpp1`, `revoked`, ... or `None`).
+    pub async fn client(
+        &self,
+        identity: Option<&str>,
+        h2: bool,
+    ) -> Result<Conn, portcullis::client::BoxError> {
+        let certs = certs();
+        let id = identity.map(|i| {
+            (
+                certs.join(format!("{i}.pem")),
+                certs.join(format!("{i}.key")),
+            )
+        });
+        let cfg = tls_config(
+            &certs.join("ca.pem"),
+            id.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+            h2,
+        )?;
+        Conn::connect(self.addr, "localhost", cfg).await
+    }
+
+    /// Sends a GET with a fresh interaction id as TPP One over HTTP/1.1.
+    pub async fn get(&self, path: &str) -> (Answer, String) {
+        self.send(req("GET", path).body(Full::new(Bytes::new())).unwrap())
+            .await
+    }
+
+    /// Sends `r` (adding a fresh interaction id) as TPP One; returns the answer and the id.
+    pub async fn send(&self, mut r: http::Request<Full<Bytes>>) -> (Answer, String) {
+        let id = uuid::Uuid::new_v4().to_string();
+        r.headers_mut()
+            .insert("x-fapi-interaction-id", id.parse().unwrap());
+        let mut c = self.client(Some("tpp1"), false).await.expect("connect");
+        (c.send(r).await.expect("send"), id)
+    }
+
+    /// Every audit record written so far.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
+    }
+
+    /// Waits for the audit records matching `pred`; returns them once `n` exist.
+    pub async fn audit_where(
+        &self,
+        n: usize,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        for _ in 0..200 {
+            let found: Vec<_> = self.audit().into_iter().filter(|r| pred(r)).collect();
+            if found.len() >= n {
+                // Give a duplicate a chance to show up before we say "exactly n".
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return self.audit().into_iter().filter(|r| pred(r)).collect();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.audit().into_iter().filter(|r| pred(r)).collect()
+    }
+
+    /// The one audit record of interaction `id`.
+    pub async fn audit_of(&self, id: &str) -> serde_json::Value {
+        let recs = self.audit_where(1, |r| r["interaction_id"] == id).await;
+        assert_eq!(recs.len(), 1, "exactly one audit record for {id}: {recs:?}");
+        recs.into_iter().next().unwrap()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let mut tcp = tokio::net::TcpStream::connect(self.admin).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out).to_string();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (status, body)
+    }
+
+    /// Writes raw bytes on a TLS connection as TPP One and reads until the server closes or
+    /// `wait` passes.
+    pub async fn raw(&self, bytes: &[u8], wait: Duration) -> String {
+        let certs = certs();
+        let cfg = tls_config(
+            &certs.join("ca.pem"),
+            Some((&certs.join("tpp1.pem"), &certs.join("tpp1.key"))),
+            false,
+        )
+        .unwrap();
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        tls.write_all(bytes).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(wait, tls.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).to_string()
+    }
+}
+
+pub fn req(method: &str, path: &str) -> http::request::Builder {
+    http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+}
+
+/// Asserts a refusal three ways: status and reason, nothing upstream, one audit record.
+pub async fn assert_refused(
+    p: &Proxy,
+    up: &Upstream,
+    a: &Answer,
+    id: &str,
+    status: u16,
+    reason: &str,
+) {
+    assert_eq!(
+        a.status.as_u16(),
+        status,
+        "status; body {}",
+        String::from_utf8_lossy(&a.body)
+    );
+    let j = a.json();
+    assert_eq!(j["reason"], reason, "reason in {j}");
+    assert_eq!(a.headers["content-type"], "application/problem+json");
+    assert_eq!(a.headers["x-fapi-interaction-id"], id);
+    assert_eq!(j["interaction_id"], id);
+    assert_eq!(up.count(), 0, "upstream must receive nothing");
+    let rec = p.audit_of(id).await;
+    assert_eq!(rec["reason"], reason);
+    assert_eq!(rec["status"], status);
+    assert_eq!(rec["decision"], "deny");
+}
