@@ -194,7 +194,7 @@ impl Rejection {
                 HttpError::MissingHost => wire(
                     S::BAD_REQUEST,
                     "http.missing_host",
-                    "the request has no Host",
+                    "the request must carry exactly one valid Host",
                 ),
                 // RFC 9110 §15.5.14.
                 HttpError::BodyTooLarge => wire(

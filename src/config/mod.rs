@@ -358,7 +358,18 @@ fn validate(
             "at least one policy file or directory is required",
         );
     }
-    let policy_paths: Vec<PathBuf> = f.policies.iter().map(|s| resolve(base, s)).collect();
+    let mut policy_paths = Vec::new();
+    for (i, s) in f.policies.iter().enumerate() {
+        let path = resolve(base, s);
+        if path.exists() {
+            policy_paths.push(path);
+        } else {
+            p.push(
+                format!("policies[{i}]"),
+                format!("{} does not exist", path.display()),
+            );
+        }
+    }
     watched.extend(policy_paths.iter().cloned());
     let upstream_names: Vec<&str> = upstreams.keys().map(String::as_str).collect();
     let policies = crate::policy::load(

@@ -1,1 +1,155 @@
+use super::*;
 
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const OK: &str = r#"
+group: g
+upstream: bank
+routes:
+  - id: list
+    method: GET
+    path: /accounts
+  - id: get
+    method: GET
+    path: /accounts/{AccountId}
+  - id: balances
+    method: GET
+    path: /accounts/{AccountId}/balances
+  - id: create
+    method: POST
+    path: /accounts
+    body_limit: 10
+    client_cert: optional
+"#;
+
+#[test]
+fn routes_match_by_method_and_template_with_params() {
+    let d = tempfile::tempdir().unwrap();
+    let f = write(d.path(), "p.yaml", OK);
+    let set = load_files(&[f], &["bank"], 100).unwrap();
+    let m = set.lookup(&http::Method::GET, "/accounts/acc-1").unwrap();
+    assert_eq!(m.route.id, "get");
+    assert_eq!(
+        m.params,
+        vec![("AccountId".to_string(), "acc-1".to_string())]
+    );
+    assert_eq!(m.route.body_limit, 100);
+    let m = set.lookup(&http::Method::POST, "/accounts").unwrap();
+    assert_eq!((m.route.id.as_str(), m.route.body_limit), ("create", 10));
+    assert_eq!(m.route.client_cert, CertRequirement::Optional);
+    assert_eq!(
+        set.lookup(&http::Method::DELETE, "/accounts").unwrap_err(),
+        NoRoute::MethodNotAllowed {
+            allow: vec![http::Method::GET, http::Method::POST]
+        }
+    );
+    assert_eq!(
+        set.lookup(&http::Method::GET, "/accounts/acc-1/other")
+            .unwrap_err(),
+        NoRoute::NotFound
+    );
+    assert_eq!(
+        set.lookup(&http::Method::GET, "/").unwrap_err(),
+        NoRoute::NotFound
+    );
+    assert_eq!(set.version.len(), 16);
+}
+
+#[test]
+fn the_policy_version_changes_with_the_content() {
+    let d = tempfile::tempdir().unwrap();
+    let f = write(d.path(), "p.yaml", OK);
+    let a = load_files(std::slice::from_ref(&f), &["bank"], 100)
+        .unwrap()
+        .version;
+    write(
+        d.path(),
+        "p.yaml",
+        &OK.replace("body_limit: 10", "body_limit: 11"),
+    );
+    let b = load_files(&[f], &["bank"], 100).unwrap().version;
+    assert_ne!(a, b);
+}
+
+#[test]
+fn a_directory_loads_its_yaml_files_in_order_and_skips_test_files() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "b.yaml", &OK.replace("group: g", "group: b"));
+    write(
+        d.path(),
+        "a.yml",
+        "group: a\nupstream: bank\nroutes:\n  - id: other\n    method: GET\n    path: /other\n",
+    );
+    write(d.path(), "x.test.yaml", "this is not a policy");
+    write(d.path(), "notes.txt", "ignored");
+    let set = load_files(&[d.path().to_path_buf()], &["bank"], 100).unwrap();
+    let groups: Vec<&str> = set.routes().iter().map(|r| r.group.as_str()).collect();
+    assert_eq!(groups, ["a", "b", "b", "b", "b"]);
+}
+
+fn errors_of(text: &str) -> Vec<String> {
+    let d = tempfile::tempdir().unwrap();
+    let f = write(d.path(), "bad.yaml", text);
+    match load_files(&[f], &["bank"], 100) {
+        Ok(_) => vec![],
+        Err(e) => {
+            e.0.iter()
+                .map(|e| format!("{}: {}", e.field, e.reason))
+                .collect()
+        }
+    }
+}
+
+#[test]
+fn bad_policies_are_refused_with_the_field_and_reason() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "group: g\nupstream: nowhere\nroutes:\n  - id: a\n    method: GET\n    path: /a\n",
+            "upstream: unknown upstream `nowhere`",
+        ),
+        (
+            "group: g\nupstream: bank\nroutes:\n  - id: a\n    method: FETCH\n    path: /a\n",
+            "routes[0].method: `FETCH` is not one of",
+        ),
+        (
+            "group: g\nupstream: bank\nroutes:\n  - id: a\n    method: GET\n    path: /a/../b\n",
+            "routes[0].path: must not contain dot segments",
+        ),
+        (
+            "group: g\nupstream: bank\nroutes:\n  - id: a\n    method: GET\n    path: /a//b\n",
+            "routes[0].path: must not contain empty segments",
+        ),
+        (
+            "group: g\nupstream: bank\nroutes:\n  - id: a\n    method: GET\n    path: /a/{*rest}\n",
+            "routes[0].path: parameter `{*rest}`",
+        ),
+        (
+            "group: g\nupstream: bank\nroutes:\n  - id: a\n    method: GET\n    path: /a\n  - id: a\n    method: POST\n    path: /a\n",
+            "routes[1].id: `a` is already used",
+        ),
+        (
+            "group: g\nupstream: bank\nroutes:\n  - id: a\n    method: GET\n    path: /a/{x}\n  - id: b\n    method: GET\n    path: /a/{y}\n",
+            "routes[1].path: conflicts with another GET route",
+        ),
+        (
+            "group: g\nupstream: bank\nroutes:\n  - id: a\n    method: GET\n    path: /a\n    client_cert: sometimes\n",
+            "routes[0].client_cert: unknown value `sometimes`",
+        ),
+        (
+            "group: g\nupstream: bank\nroutes:\n  - id: a\n    method: GET\n    path: /a\n    scopes: [x]\n",
+            "unknown field `scopes`",
+        ),
+        ("group: g\nupstream: bank\nroutes: []\n", "routes: at least one route"),
+    ];
+    for (text, want) in cases {
+        let errs = errors_of(text);
+        assert!(
+            errs.iter().any(|e| e.contains(want)),
+            "want `{want}` in {errs:?}"
+        );
+    }
+}
