@@ -102,6 +102,7 @@ pub enum HandshakeFailure {
     UnknownCa,
     Expired,
     Revoked,
+    RevocationUnknown,
     CrlExpired,
     BadCert,
     ProtocolVersion,
@@ -119,6 +120,7 @@ impl HandshakeFailure {
             HandshakeFailure::UnknownCa => "unknown_ca",
             HandshakeFailure::Expired => "cert_expired",
             HandshakeFailure::Revoked => "cert_revoked",
+            HandshakeFailure::RevocationUnknown => "revocation_unknown",
             HandshakeFailure::CrlExpired => "crl_expired",
             HandshakeFailure::BadCert => "bad_cert",
             HandshakeFailure::ProtocolVersion => "protocol_version",
@@ -140,6 +142,10 @@ impl HandshakeFailure {
                 C::UnknownIssuer => HandshakeFailure::UnknownCa,
                 C::Expired | C::ExpiredContext { .. } => HandshakeFailure::Expired,
                 C::Revoked => HandshakeFailure::Revoked,
+                C::UnknownRevocationStatus => HandshakeFailure::RevocationUnknown,
+                C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => {
+                    HandshakeFailure::CrlExpired
+                }
                 _ => HandshakeFailure::BadCert,
             },
             E::InvalidCertRevocationList(_) => HandshakeFailure::CrlExpired,

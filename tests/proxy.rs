@@ -714,3 +714,170 @@ async fn many_concurrent_requests_leave_exactly_one_audit_record_each() {
     seqs.sort();
     assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_client_ca_governs_new_connections_only() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let p = Proxy::start(Options::new(up.addr)).await;
+    let mut old = p.client(Some("tpp1"), false).await.unwrap();
+    assert_eq!(
+        old.send(
+            req("GET", "/open-banking/v3.1/aisp/accounts")
+                .body(empty())
+                .unwrap()
+        )
+        .await
+        .unwrap()
+        .status,
+        200
+    );
+    // Trust only the rogue CA from now on.
+    let path = p.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let rogue_ca = certs().join("rogue-ca.pem").display().to_string();
+    let ca = certs().join("ca.pem").display().to_string();
+    // The dev CRL is the old CA's; with it, every rogue-CA certificate would have an unknown
+    // revocation status and be refused (fail closed), so the new config drops it.
+    let crl = certs().join("ca.crl").display().to_string();
+    let text = text
+        .replace(
+            &format!("client_ca: [{ca}]"),
+            &format!("client_ca: [{rogue_ca}]"),
+        )
+        .replace(&format!("crl: [{crl}]"), "crl: []");
+    std::fs::write(&path, text).unwrap();
+    p.shared.reload().expect("reload");
+    let refused = match p.client(Some("tpp1"), false).await {
+        Err(_) => true,
+        Ok(mut c) => c
+            .send(
+                req("GET", "/open-banking/v3.1/aisp/accounts")
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+            .is_err(),
+    };
+    assert!(
+        refused,
+        "a new connection with a certificate of the old CA is refused"
+    );
+    let mut rogue = p.client(Some("rogue"), false).await.unwrap();
+    assert_eq!(
+        rogue
+            .send(
+                req("GET", "/open-banking/v3.1/aisp/accounts")
+                    .body(empty())
+                    .unwrap()
+            )
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    // The connection made before the reload was verified then; it keeps its identity.
+    assert_eq!(
+        old.send(
+            req("GET", "/open-banking/v3.1/aisp/accounts")
+                .body(empty())
+                .unwrap()
+        )
+        .await
+        .unwrap()
+        .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.limits = "    idle_timeout: 300ms\n";
+    let p = Proxy::start(o).await;
+    for h2 in [false, true] {
+        let mut c = p.client(Some("tpp1"), h2).await.unwrap();
+        let uri = if h2 {
+            "https://localhost/open-banking/v3.1/aisp/accounts"
+        } else {
+            "/open-banking/v3.1/aisp/accounts"
+        };
+        assert_eq!(
+            c.send(req("GET", uri).body(empty()).unwrap())
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+        let mut closed = false;
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if !c.is_open() {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "idle connection (h2={h2}) must be closed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_holds_new_connections_until_a_slot_frees() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.limits = "    max_connections: 1\n";
+    let p = Proxy::start(o).await;
+    let mut first = p.client(Some("tpp1"), false).await.unwrap();
+    assert_eq!(
+        first
+            .send(
+                req("GET", "/open-banking/v3.1/aisp/accounts")
+                    .body(empty())
+                    .unwrap()
+            )
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let second =
+        tokio::time::timeout(Duration::from_millis(500), p.client(Some("tpp1"), false)).await;
+    assert!(
+        second.is_err(),
+        "the second handshake waits while the cap is reached"
+    );
+    drop(first);
+    let mut second = tokio::time::timeout(Duration::from_secs(3), p.client(Some("tpp1"), false))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        second
+            .send(
+                req("GET", "/open-banking/v3.1/aisp/accounts")
+                    .body(empty())
+                    .unwrap()
+            )
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_of_unknown_length_is_408_and_never_forwarded() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.limits = "    request_timeout: 400ms\n";
+    let p = Proxy::start(o).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let raw = format!(
+        "POST /open-banking/v3.1/pisp/domestic-payment-consents HTTP/1.1\r\nHost: localhost\r\nx-fapi-interaction-id: {id}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"
+    );
+    let out = p.raw(raw.as_bytes(), Duration::from_secs(3)).await;
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(out.contains("http.body_timeout"));
+    assert_eq!(up.count(), 0);
+    assert_eq!(p.audit_of(&id).await["reason"], "http.body_timeout");
+}
