@@ -366,7 +366,7 @@ cat >"$WORK/haproxy.cfg" <<EOF
 # forwarding headers set, the same timeouts, keep-alive on both sides, no request log.
 global
     nbthread $NPROC
-    maxconn 10000
+    maxconn 4096
     ssl-default-bind-options ssl-min-ver TLSv1.2
     log stdout format raw local0
 

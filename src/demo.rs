@@ -180,7 +180,9 @@ fn curl(ex: &Example, certs: &Path, port: u16) -> String {
     if ex.path.contains("..") {
         c += " --path-as-is";
     }
-    if ex.method != "GET" {
+    // curl turns --data into a POST; say the method whenever it is not what curl would pick.
+    let curl_default = if ex.body.is_some() { "POST" } else { "GET" };
+    if ex.method != curl_default {
         c += &format!(" -X {}", ex.method);
     }
     for (k, v) in ex.headers {
@@ -192,7 +194,46 @@ fn curl(ex: &Example, certs: &Path, port: u16) -> String {
     c + &format!(" https://localhost:{port}{}", ex.path)
 }
 
-async fn try_example(ex: &Example, certs: &Path, addr: SocketAddr) -> String {
+/// The failure category of the newest failed handshake in the audit log (the server's view of
+/// why a TLS refusal happened; the client only sees an alert or a closed channel).
+fn last_handshake_failure(audit: &Path) -> String {
+    std::fs::read_to_string(audit)
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["kind"] == "tls_handshake")
+        .and_then(|v| v["failure"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+async fn try_example(ex: &Example, certs: &Path, addr: SocketAddr, audit: &Path) -> String {
+    let before = handshake_failures(audit);
+    let answer = send_example(ex, certs, addr).await;
+    if answer.starts_with("TLS refused") {
+        // Wait for this refusal's own record, then name its category.
+        for _ in 0..50 {
+            if handshake_failures(audit) > before {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        return format!(
+            "TLS handshake refused; audit record says failure={}",
+            last_handshake_failure(audit)
+        );
+    }
+    answer
+}
+
+fn handshake_failures(audit: &Path) -> usize {
+    std::fs::read_to_string(audit)
+        .unwrap_or_default()
+        .matches("\"kind\":\"tls_handshake\"")
+        .count()
+}
+
+async fn send_example(ex: &Example, certs: &Path, addr: SocketAddr) -> String {
     let ca = certs.join("ca.pem");
     let id = identity(ex.caller).map(|i| {
         (
@@ -292,7 +333,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     println!();
     println!("Each example was just run against the proxy; its result is shown under it.");
     for ex in examples() {
-        let got = try_example(&ex, &certs, running.addr).await;
+        let got = try_example(&ex, &certs, running.addr, &dir.join("audit.log")).await;
         println!();
         println!("# {}", ex.what);
         println!("{}", curl(&ex, &certs, running.addr.port()));

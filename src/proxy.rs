@@ -46,6 +46,7 @@ pub async fn handle(
     let (interaction_id, id_refusal) =
         fapi::interaction_id(req.headers(), rt.config.interaction_id);
     let mut record = start_record(&req, &conn, &rt, &interaction_id);
+    let version = req.version();
 
     let result = match id_refusal {
         Some(e) => Err(e.into()),
@@ -64,7 +65,7 @@ pub async fn handle(
             };
             record.stage = Some(rejection.stage().as_str());
             record.reason = Some(w.reason);
-            rejection::respond(&rejection, &interaction_id)
+            rejection::respond(&rejection, &interaction_id, version)
         }
     };
     if let Ok(v) = HeaderValue::from_str(&interaction_id) {

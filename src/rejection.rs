@@ -291,8 +291,13 @@ impl Rejection {
     }
 }
 
-/// Builds the refusal response. `interaction_id` is already validated or generated.
-pub fn respond(rejection: &Rejection, interaction_id: &str) -> Response<ProxyBody> {
+/// Builds the refusal response. `interaction_id` is already validated or generated; `version`
+/// is the request's HTTP version.
+pub fn respond(
+    rejection: &Rejection,
+    interaction_id: &str,
+    version: http::Version,
+) -> Response<ProxyBody> {
     let w = rejection.wire();
     let body = serde_json::json!({
         "type": format!("urn:portcullis:problem:{}", w.reason),
@@ -318,7 +323,9 @@ pub fn respond(rejection: &Rejection, interaction_id: &str) -> Response<ProxyBod
             h.insert(ALLOW, v);
         }
     }
-    if rejection.closes_connection() {
+    // HTTP/1 only: `Connection` is a connection-specific header that HTTP/2 forbids
+    // (RFC 9113 §8.2.2); there the stream simply ends.
+    if rejection.closes_connection() && version < http::Version::HTTP_2 {
         h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp

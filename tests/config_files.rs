@@ -199,7 +199,10 @@ fn the_demo_runs_its_examples_with_the_promised_outcomes() {
     for want in [
         "=> 200 OK",
         "=> 201 Created",
-        "=> TLS refused",
+        "=> TLS handshake refused; audit record says failure=cert_revoked",
+        "failure=no_client_cert",
+        "failure=cert_expired",
+        "failure=unknown_ca",
         "=> 400 path.dot_segment",
         "=> 400 path.encoded_separator",
         "=> 404 route.not_found",
@@ -214,7 +217,11 @@ fn the_demo_runs_its_examples_with_the_promised_outcomes() {
             "missing `{want}` in demo output:\n{text}"
         );
     }
-    assert_eq!(text.matches("=> TLS refused").count(), 4, "{text}");
+    assert_eq!(
+        text.matches("=> TLS handshake refused").count(),
+        4,
+        "{text}"
+    );
     let audit = std::fs::read_to_string(d.path().join("audit.log")).unwrap();
     assert!(audit.lines().count() >= 14, "{audit}");
 }

@@ -114,7 +114,30 @@ async fn http2_requests_are_proxied_and_refused_the_same_way() {
         .unwrap();
     assert_eq!(bad.status, 400);
     assert_eq!(bad.json()["reason"], "path.encoded_separator");
+    let big = c
+        .send(
+            http::Request::post(
+                "https://localhost/open-banking/v3.1/pisp/domestic-payment-consents",
+            )
+            .body(Full::new(Bytes::from(vec![b'x'; 5000])))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(big.status, 413);
+    assert_eq!(big.json()["reason"], "http.body_too_large");
+    assert!(!big.headers.contains_key("connection"));
     assert_eq!(up.count(), 1);
+    // The connection is still usable after refusals.
+    let ok = c
+        .send(
+            http::Request::get("https://localhost/open-banking/v3.1/aisp/accounts")
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 200);
 }
 
 async fn handshake_refused(identity: Option<&str>, failure: &str) {
