@@ -121,8 +121,15 @@ async fn inner(
     record: &mut RequestRecord,
 ) -> Result<Response<ProxyBody>, Rejection> {
     let (parts, body) = req.into_parts();
-    let inspected = pipeline::inspect(&parts, conn, &rt.config, record)?;
+    let inspected = match pipeline::inspect(&parts, conn, &rt.config, record) {
+        Ok(i) => i,
+        Err(e) => return Err(refuse_unread(e, body).await),
+    };
     let route = &inspected.route.route;
+    let declared = declared_length(&parts.headers);
+    if declared.is_some_and(|n| n > route.body_limit) {
+        return Err(refuse_unread(HttpError::BodyTooLarge.into(), body).await);
+    }
     // The config loader refuses routes that name an unknown upstream, so this is unreachable;
     // it still fails closed rather than panicking.
     let upstream = rt
@@ -131,7 +138,7 @@ async fn inner(
         .ok_or(UpstreamError::Connect)?;
     let body = request_body(
         body,
-        &parts.headers,
+        declared,
         route.body_limit,
         rt.config.listener.limits.request_timeout,
     )
@@ -166,24 +173,37 @@ async fn inner(
     ))
 }
 
-/// The body to forward. A declared length is checked against the route limit before a byte is
-/// read and then streamed (hyper enforces the length). A body of unknown length (chunked, or
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Refuses a request whose body has not been read. A small declared remainder is read and
+/// dropped first (never forwarded), so HTTP/2 ends the stream cleanly instead of resetting it
+/// while the client is still sending, and HTTP/1 keeps the connection in sync. A large or
+/// unknown-length body is not read: the stream is reset or the connection closed instead.
+async fn refuse_unread(rejection: Rejection, body: Incoming) -> Rejection {
+    const DRAIN_MAX: u64 = 64 * 1024;
+    if !body.is_end_stream() && body.size_hint().upper().is_some_and(|n| n <= DRAIN_MAX) {
+        let drain = Limited::new(body, DRAIN_MAX as usize).collect();
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    }
+    rejection
+}
+
+/// The body to forward, for a request whose declared length (if any) is within `limit`. A
+/// declared length is streamed (hyper enforces it). A body of unknown length (chunked, or
 /// HTTP/2 without content-length) is buffered up to the limit first, so an oversize body is
 /// refused with 413 before anything reaches the upstream.
 async fn request_body(
     body: Incoming,
-    headers: &HeaderMap,
+    declared: Option<u64>,
     limit: u64,
     timeout: Duration,
 ) -> Result<ProxyBody, HttpError> {
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     if let Some(len) = declared {
-        if len > limit {
-            return Err(HttpError::BodyTooLarge);
-        }
         if len == 0 {
             return Ok(empty());
         }
