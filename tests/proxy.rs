@@ -904,3 +904,36 @@ async fn a_stalled_body_of_unknown_length_is_408_and_never_forwarded() {
     assert_eq!(up.count(), 0);
     assert_eq!(p.audit_of(&id).await["reason"], "http.body_timeout");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_is_reached_over_pinned_tls_with_the_proxy_client_certificate() {
+    for h2 in [false, true] {
+        let up = Upstream::start_tls(Behaviour::Ok).await;
+        let mut o = Options::new(up.addr);
+        let c = |f: &str| certs().join(f).display().to_string();
+        o.upstream_yaml = Some(format!(
+            "    url: https://localhost:{}\n    http2: {h2}\n    tls:\n      ca: [{}]\n      client_certificate: {}\n      client_private_key: {}",
+            up.addr.port(),
+            c("ca.pem"),
+            c("tpp2.pem"),
+            c("tpp2.key")
+        ));
+        let p = Proxy::start(o).await;
+        let (a, _) = p.get("/open-banking/v3.1/aisp/accounts").await;
+        assert_eq!(
+            a.status,
+            200,
+            "h2={h2}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        let seen = up.seen();
+        assert_eq!(seen.len(), 1);
+        use rustls_pki_types::pem::PemObject;
+        let tpp2 =
+            rustls_pki_types::CertificateDer::from_pem_file(certs().join("tpp2.pem")).unwrap();
+        assert_eq!(
+            seen[0].headers["x-test-peer-cert"],
+            portcullis::pki::thumbprint_s256(tpp2.as_ref()).as_str()
+        );
+    }
+}

@@ -32,6 +32,11 @@ pub fn certs() -> &'static Path {
     .path()
 }
 
+enum Io {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
 /// A request as the upstream received it.
 #[derive(Clone, Debug)]
 pub struct Seen {
@@ -57,6 +62,41 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(behaviour: Behaviour) -> Upstream {
+        Upstream::start_with(behaviour, None).await
+    }
+
+    /// An upstream that terminates TLS with the dev server certificate and requires a client
+    /// certificate from the dev CA; it records the thumbprint of the certificate it saw in the
+    /// `x-test-peer-cert` pseudo-header of each [`Seen`].
+    pub async fn start_tls(behaviour: Behaviour) -> Upstream {
+        use rustls_pki_types::pem::PemObject;
+        let certs = certs();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls_pki_types::CertificateDer::from_pem_file(certs.join("ca.pem")).unwrap())
+            .unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+            .build()
+            .unwrap();
+        let chain: Vec<_> =
+            rustls_pki_types::CertificateDer::pem_file_iter(certs.join("server.pem"))
+                .unwrap()
+                .map(|c| c.unwrap())
+                .collect();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(certs.join("server.key")).unwrap();
+        let mut cfg = rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Upstream::start_with(
+            behaviour,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))),
+        )
+        .await
+    }
+
+    async fn start_with(behaviour: Behaviour, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -67,11 +107,31 @@ impl Upstream {
                     return;
                 };
                 let rec = Arc::clone(&rec);
+                let tls = tls.clone();
                 tokio::spawn(async move {
+                    let (io, peer_cert) = match tls {
+                        None => (Io::Plain(tcp), None),
+                        Some(acceptor) => {
+                            let Ok(s) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            let thumb = s
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|c| portcullis::pki::thumbprint_s256(c.as_ref()));
+                            (Io::Tls(Box::new(s)), thumb)
+                        }
+                    };
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let rec = Arc::clone(&rec);
+                        let peer_cert = peer_cert.clone();
                         async move {
-                            let (parts, body) = req.into_parts();
+                            let (mut parts, body) = req.into_parts();
+                            if let Some(t) = peer_cert {
+                                parts.headers.insert("x-test-peer-cert", t.parse().unwrap());
+                            }
                             let body = body
                                 .collect()
                                 .await
@@ -104,7 +164,10 @@ impl Upstream {
                     });
                     let mut b = auto::Builder::new(TokioExecutor::new());
                     b.http1().timer(TokioTimer::new());
-                    let _ = b.serve_connection(TokioIo::new(tcp), svc).await;
+                    let _ = match io {
+                        Io::Plain(t) => b.serve_connection(TokioIo::new(t), svc).await,
+                        Io::Tls(t) => b.serve_connection(TokioIo::new(*t), svc).await,
+                    };
                 });
             }
         });
@@ -158,6 +221,8 @@ pub struct Options {
     pub extra: String,
     pub response_timeout: &'static str,
     pub policy: String,
+    /// Replaces the body of the `upstreams.bank` entry (url and the rest) when set.
+    pub upstream_yaml: Option<String>,
 }
 
 impl Options {
@@ -169,6 +234,7 @@ impl Options {
             extra: String::new(),
             response_timeout: "5s",
             policy: POLICY.to_string(),
+            upstream_yaml: None,
         }
     }
 }
@@ -201,9 +267,7 @@ admin:
   address: "127.0.0.1:0"
 upstreams:
   bank:
-    url: http://{up}
-    connect_timeout: 500ms
-    response_timeout: {rt}
+{upstream}
 audit:
   sink: file
   path: audit.log
@@ -218,8 +282,10 @@ shutdown:
         crl = c("ca.crl"),
         auth = o.client_auth,
         limits = o.limits,
-        up = o.upstream,
-        rt = o.response_timeout,
+        upstream = o.upstream_yaml.clone().unwrap_or_else(|| format!(
+            "    url: http://{}\n    connect_timeout: 500ms\n    response_timeout: {}",
+            o.upstream, o.response_timeout
+        )),
         extra = o.extra,
     )
 }
