@@ -58,19 +58,27 @@ stop_pid() {
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
     wait "$pid" 2>/dev/null || true
+}
+
+# Drops a pid that has been reaped, so that cleanup never signals a reused pid.
+forget_pid() {
+    local keep=() p
+    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
 }
 
 cleanup() {
     local rc=$?
-    trap - EXIT INT TERM
+    trap - EXIT INT TERM ERR
     local i
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
         stop_pid "${PIDS[i]}"
     done
     if [[ -n $WORK && -d $WORK ]]; then
-        if [[ $KEEP_WORKDIR == 1 || $rc -ne 0 ]]; then
+        # Kept when asked, or after a failure (its logs say why); not after Ctrl-C or SIGTERM.
+        if [[ $KEEP_WORKDIR == 1 || ($rc -ne 0 && $rc -ne 130 && $rc -ne 143) ]]; then
             log "work directory kept: $WORK"
         else
             rm -rf "$WORK"
@@ -78,6 +86,7 @@ cleanup() {
     fi
     exit "$rc"
 }
+trap 'printf "error: line %s: %s exited %s\n" "$LINENO" "$BASH_COMMAND" "$?" >&2' ERR
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -116,19 +125,28 @@ loadgen() {
     local pid=$!
     PIDS+=("$pid")
     wait "$pid" || { cat "$out.stderr" >&2; die "loadgen against 127.0.0.1:$port failed"; }
+    forget_pid "$pid"
+}
+
+# CPU time (user + system, clock ticks) a process has used so far.
+cpu_ticks() {
+    local f
+    read -r -a f <"/proc/$1/stat"
+    echo $((f[13] + f[14]))
 }
 
 # --- prerequisites ---------------------------------------------------------------------------
 
-if ! command -v haproxy >/dev/null 2>&1; then
+# /usr/sbin is not on every user's PATH.
+find_haproxy() { command -v haproxy 2>/dev/null || { [[ -x /usr/sbin/haproxy ]] && echo /usr/sbin/haproxy; }; }
+if ! HAPROXY=$(find_haproxy); then
     log "installing haproxy from Debian's packages"
-    SUDO=()
-    [[ $(id -u) -eq 0 ]] || SUDO=(sudo)
-    export DEBIAN_FRONTEND=noninteractive
-    "${SUDO[@]}" apt-get install -y haproxy ||
-        { "${SUDO[@]}" apt-get update && "${SUDO[@]}" apt-get install -y haproxy; }
+    AS_ROOT=(env DEBIAN_FRONTEND=noninteractive)
+    [[ $(id -u) -eq 0 ]] || AS_ROOT=(sudo DEBIAN_FRONTEND=noninteractive)
+    "${AS_ROOT[@]}" apt-get install -y haproxy ||
+        { "${AS_ROOT[@]}" apt-get update && "${AS_ROOT[@]}" apt-get install -y haproxy; }
+    HAPROXY=$(find_haproxy) || die "haproxy is still not installed"
 fi
-HAPROXY=$(command -v haproxy)
 
 log "building portcullis (cargo build --release)"
 (cd "$ROOT" && cargo build --release)
@@ -189,7 +207,13 @@ def final(raw, out):
     for r in range(1, rounds + 1):
         for c in contenders:
             with open(os.path.join(raw, f"run-{r}-{c}.json")) as f:
-                runs.append({"round": r, "proxy": c, **json.load(f)})
+                rep = json.load(f)
+            with open(os.path.join(raw, f"run-{r}-{c}.cpu")) as f:
+                cpu_s = int(f.read()) / int(e["BENCH_CLK_TCK"])
+            rep["proxy_cpu_seconds"] = round(cpu_s, 2)
+            rep["proxy_cpu_us_per_request"] = (
+                round(cpu_s * 1e6 / rep["requests"], 1) if rep["requests"] else None)
+            runs.append({"round": r, "proxy": c, **rep})
 
     problems = []
     for x in runs:
@@ -201,16 +225,21 @@ def final(raw, out):
     med = {}
     for c in contenders:
         mine = [x for x in runs if x["proxy"] == c]
-        med[c] = {k: statistics.median(x[k] for x in mine) for k in ("rps", "p50_us", "p99_us")}
+        med[c] = {}
+        for k in ("rps", "p50_us", "p99_us", "proxy_cpu_us_per_request"):
+            vals = [x[k] for x in mine if x[k] is not None]
+            med[c][k] = statistics.median(vals) if vals else None
 
     def ratio(a, b):
-        return round(a / b, 3) if b else None
+        return round(a / b, 3) if a is not None and b else None
 
     ratios = {
         c: {
             "throughput": ratio(med[c]["rps"], med["haproxy"]["rps"]),
             "p50": ratio(med[c]["p50_us"], med["haproxy"]["p50_us"]),
             "p99": ratio(med[c]["p99_us"], med["haproxy"]["p99_us"]),
+            "cpu_per_request": ratio(med[c]["proxy_cpu_us_per_request"],
+                                     med["haproxy"]["proxy_cpu_us_per_request"]),
         }
         for c in contenders if c != "haproxy"
     }
@@ -232,28 +261,34 @@ def final(raw, out):
     print(f"              {s['connections']} connections, {s['duration']} per run after a {s['warmup']} warm-up,")
     print(f"              {rounds} round(s), {s['order']}")
     print(f"  route       {s['route']} -> shared mock bank (~600-byte JSON)")
-    print(f"  haproxy     {h['version']}")
-    print(f"              OpenSSL {h['openssl']}, nbthread {h['nbthread']}, no request log, {h['keep_alive']}")
+    print(f"  haproxy     {h['version']}, {h['openssl']}")
+    print(f"              nbthread {h['nbthread']}, no request log, {h['keep_alive']}")
     print(f"              negotiated with the load generator: {h['negotiated']}")
     print(f"  portcullis  {p['revision']}, {p['threads']}, {p['tls']}")
     print(f"              negotiated with the load generator: {p['negotiated']}")
     print(f"  work        both: client certificate required + CRL, one route allowed, client-cert")
-    print(f"              (RFC 9440), x-forwarded-*, x-fapi-interaction-id; audit: {p['audit']}")
+    print(f"              (RFC 9440), x-forwarded-*, x-fapi-interaction-id set on the way up")
+    print(f"  audit       {p['audit']}")
     print()
     w = max(len(c) for c in contenders)
-    print(f"  {'round':>5}  {'proxy':<{w}}  {'req/s':>9}  {'p50 us':>8}  {'p99 us':>8}  {'p99.9 us':>8}  {'errors':>6}")
+    print(f"  {'round':<6}  {'proxy':<{w}}  {'req/s':>9}  {'p50 us':>8}  {'p99 us':>8}  "
+          f"{'p99.9 us':>8}  {'errors':>6}  {'proxy CPU us/req':>16}")
     for x in runs:
-        print(f"  {x['round']:>5}  {x['proxy']:<{w}}  {x['rps']:>9.0f}  {x['p50_us']:>8}  "
-              f"{x['p99_us']:>8}  {x['p999_us']:>8}  {x['errors']:>6}")
+        print(f"  {x['round']:<6}  {x['proxy']:<{w}}  {x['rps']:>9.0f}  {x['p50_us']:>8}  "
+              f"{x['p99_us']:>8}  {x['p999_us']:>8}  {x['errors']:>6}  "
+              f"{str(x['proxy_cpu_us_per_request']):>16}")
     print()
-    print(f"  {'median':>5}  {'proxy':<{w}}  {'req/s':>9}  {'p50 us':>8}  {'p99 us':>8}")
     for c in contenders:
         m = med[c]
-        print(f"  {'':>5}  {c:<{w}}  {m['rps']:>9.0f}  {m['p50_us']:>8.0f}  {m['p99_us']:>8.0f}")
+        print(f"  {'median':<6}  {c:<{w}}  {m['rps']:>9.0f}  {m['p50_us']:>8.0f}  {m['p99_us']:>8.0f}  "
+              f"{'':>8}  {'':>6}  {str(m['proxy_cpu_us_per_request']):>16}")
     print()
     for c, r in ratios.items():
-        print(f"  {c} / haproxy:  throughput {r['throughput']}   p50 {r['p50']}   p99 {r['p99']}")
+        print(f"  {c} / haproxy:  throughput {r['throughput']}   p50 {r['p50']}   "
+              f"p99 {r['p99']}   CPU per request {r['cpu_per_request']}")
     print("  (throughput >= 1.0 and p99 <= 1.0 mean portcullis is no worse)")
+    print("  (proxy CPU us/req: the proxy process's user+system CPU time during the measured run /")
+    print("   requests; the load generator and the upstream share the same cores)")
     if "portcullis-audit" in contenders:
         print(f"  audit log written by portcullis-audit: {result['audit_log_bytes']} bytes")
     if problems:
@@ -267,7 +302,6 @@ def final(raw, out):
 if __name__ == "__main__":
     {"line": line, "final": final}[sys.argv[1]](*sys.argv[2:])
 EOF
-
 
 # Free loopback ports, all distinct: upstream, haproxy, haproxy probe, portcullis (+ admin),
 # portcullis with audit (+ admin).
@@ -367,7 +401,12 @@ cat >"$WORK/haproxy.cfg" <<EOF
 global
     nbthread $NPROC
     maxconn 4096
+    # portcullis's protocol policy (src/tls.rs): TLS 1.3 AEAD suites, TLS 1.2 ECDHE + AES-GCM,
+    # in its order, so that both servers negotiate the same suite with the load generator.
+    # (Left alone, HAProxy's server preference picks AES-256-GCM, rustls AES-128-GCM.)
     ssl-default-bind-options ssl-min-ver TLSv1.2
+    ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
+    ssl-default-bind-ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384
     log stdout format raw local0
 
 defaults
@@ -388,10 +427,9 @@ frontend mtls
     http-request deny deny_status 421 unless host_ok
     http-request deny deny_status 404 unless route_accounts
     http-request deny deny_status 405 unless METH_GET
-    # Vouched headers: client copies never survive; set from the TLS session instead.
-    http-request del-header client-cert
+    # Vouched headers: client copies never survive (set-header replaces, del-header drops);
+    # the client certificate comes from the TLS session.
     http-request del-header x-forwarded-client-cert
-    http-request del-header x-forwarded-for
     http-request del-header forwarded
     http-request del-header x-real-ip
     http-request set-header client-cert :%[ssl_c_der,base64]:
@@ -462,17 +500,22 @@ log "portcullis negotiated: ${TLS_PC:-unknown}"
 
 CONTENDERS=(haproxy portcullis)
 declare -A PORT=([haproxy]=$P_HA [portcullis]=$P_PC [portcullis-audit]=$P_PCA)
+declare -A PID_OF=([haproxy]=$PID_HA [portcullis]=$PID_PC [portcullis-audit]=$PID_PCA)
 if [[ $AUDIT == 1 ]]; then
     CONTENDERS+=(portcullis-audit)
 else
     stop_pid "$PID_PCA"
+    forget_pid "$PID_PCA"
 fi
 
 # --- measure ---------------------------------------------------------------------------------
 
-CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
-HA_VERSION=$("$HAPROXY" -v | head -1)
-HA_OPENSSL=$("$HAPROXY" -vv | sed -n 's/^Running on OpenSSL version : //p' | head -1)
+# (No `| head`: with pipefail, SIGPIPE in the writer would end the script.)
+CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo)
+CPU_MODEL=${CPU_MODEL%%$'\n'*}
+HA_VV=$("$HAPROXY" -vv)
+HA_VERSION=$(sed -n '1s/ - https:.*//p' <<<"$HA_VV")
+HA_OPENSSL=$(sed -n 's/^Running on OpenSSL version : //p' <<<"$HA_VV")
 PC_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ $PC_REV != unknown ]] && ! (cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null); then
     PC_REV="$PC_REV+dirty"
@@ -482,7 +525,9 @@ log "measuring: $ROUNDS round(s) of ${CONTENDERS[*]}, $CONNECTIONS connections, 
 for ((round = 1; round <= ROUNDS; round++)); do
     for c in "${CONTENDERS[@]}"; do
         loadgen "${PORT[$c]}" "$CONNECTIONS" "$WARMUP" "$RAW/warmup-$round-$c.json"
+        before=$(cpu_ticks "${PID_OF[$c]}")
         loadgen "${PORT[$c]}" "$CONNECTIONS" "$DURATION" "$RAW/run-$round-$c.json"
+        echo $(($(cpu_ticks "${PID_OF[$c]}") - before)) >"$RAW/run-$round-$c.cpu"
         log "round $round $c: $(python3 "$WORK/report.py" line "$RAW/run-$round-$c.json")"
     done
 done
@@ -493,8 +538,11 @@ AUDIT_BYTES=0
 
 mkdir -p "$TARGET_DIR"
 export BENCH_CONTENDERS="${CONTENDERS[*]}" BENCH_ROUNDS=$ROUNDS BENCH_CORES=$NPROC
-export BENCH_CPU=$CPU_MODEL BENCH_KERNEL=$(uname -r) BENCH_CONNECTIONS=$CONNECTIONS
+KERNEL=$(uname -r)
+CLK_TCK=$(getconf CLK_TCK)
+export BENCH_CPU=$CPU_MODEL BENCH_KERNEL=$KERNEL BENCH_CONNECTIONS=$CONNECTIONS
 export BENCH_DURATION=$DURATION BENCH_WARMUP=$WARMUP BENCH_ROUTE=$ROUTE BENCH_BANK=127.0.0.1:$P_BANK
 export BENCH_HA_VERSION=$HA_VERSION BENCH_HA_OPENSSL=$HA_OPENSSL BENCH_TLS_HA=${TLS_HA:-unknown}
+export BENCH_CLK_TCK=$CLK_TCK
 export BENCH_PC_REV=$PC_REV BENCH_TLS_PC=${TLS_PC:-unknown} BENCH_AUDIT_BYTES=$AUDIT_BYTES
 python3 "$WORK/report.py" final "$RAW" "$RESULT_JSON"

@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod conn;
 pub mod demo;
+pub mod jose;
 pub mod loadgen;
 pub mod mockbank;
 pub mod path;

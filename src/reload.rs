@@ -27,15 +27,22 @@ fn watch_dirs(shared: &Shared) -> BTreeSet<PathBuf> {
         .collect()
 }
 
-/// Whether a change to `paths` can change the config: a watched file itself, or a file inside a
-/// watched directory.
+/// Whether a change to `paths` can change the config: a watched file itself, a file inside a
+/// watched directory, or the `..data` link swap by which Kubernetes updates a mounted ConfigMap
+/// or Secret beside a watched file.
 fn concerns_config(shared: &Shared, paths: &[PathBuf]) -> bool {
     let rt = shared.runtime.load();
     let watched = &rt.config.watched;
     paths.iter().any(|p| {
-        watched
-            .iter()
-            .any(|w| w == p || (w.is_dir() && p.parent() == Some(w.as_path())))
+        let k8s_swap = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(".."));
+        watched.iter().any(|w| {
+            w == p
+                || (w.is_dir() && p.parent() == Some(w.as_path()))
+                || (k8s_swap && p.parent().is_some() && p.parent() == w.parent())
+        })
     })
 }
 

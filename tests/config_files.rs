@@ -234,3 +234,119 @@ fn the_readme_lists_every_reason_code_with_its_status() {
         assert!(readme.contains(&row), "README lacks the row `{row}`");
     }
 }
+
+#[test]
+fn the_kubernetes_sidecar_manifest_points_at_files_and_ports_that_exist() {
+    portcullis::tls::install_crypto_provider();
+    let text = std::fs::read_to_string(repo().join("config/k8s-sidecar.yaml")).unwrap();
+    let docs: Vec<serde_json::Value> = text
+        .split("\n---")
+        .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
+        .map(|d| serde_saphyr::from_str(d).unwrap_or_else(|e| panic!("manifest document: {e}")))
+        .collect();
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(kinds, ["ConfigMap", "Deployment", "Service"]);
+    let cm = &docs[0]["data"];
+    let deploy = &docs[1];
+    let pod = &deploy["spec"]["template"]["spec"];
+    let sidecar = pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "portcullis")
+        .expect("sidecar");
+    let embedded = cm["sidecar.yaml"].as_str().unwrap();
+
+    // The embedded config loads once its mount paths point at dev certificates.
+    let d = tempfile::tempdir().unwrap();
+    portcullis::pki::devcerts::generate(&d.path().join("certs")).unwrap();
+    std::fs::write(
+        d.path().join("policies.yaml"),
+        cm["policies.yaml"].as_str().unwrap(),
+    )
+    .unwrap();
+    let local = embedded
+        .replace(
+            "/etc/portcullis/certs",
+            &d.path().join("certs").display().to_string(),
+        )
+        .replace("/etc/portcullis/config", &d.path().display().to_string());
+    std::fs::write(d.path().join("sidecar.yaml"), &local).unwrap();
+    let c = Config::load(&d.path().join("sidecar.yaml"))
+        .unwrap_or_else(|e| panic!("embedded config: {e}"));
+
+    // Probes hit the admin port; the container exposes the listener port.
+    let admin = c.admin.expect("admin listener").port();
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(sidecar[probe]["httpGet"]["port"], admin, "{probe}");
+    }
+    assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(sidecar["livenessProbe"]["httpGet"]["path"], "/healthz");
+    let ports: Vec<u64> = sidecar["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["containerPort"].as_u64())
+        .collect();
+    assert!(
+        ports.contains(&u64::from(c.listener.address.port())),
+        "{ports:?}"
+    );
+
+    // Every path the embedded config names is under a volume mount, and every file the config
+    // needs is projected into its volume.
+    let mounts: Vec<&str> = sidecar["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["mountPath"].as_str())
+        .collect();
+    let named: Vec<&str> = embedded
+        .split(|c: char| c.is_whitespace() || c == '[' || c == ']' || c == ',')
+        .filter(|w| w.starts_with("/etc/portcullis/"))
+        .collect();
+    assert!(named.len() >= 5, "{named:?}");
+    let projected: Vec<String> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|v| {
+            let items = v["configMap"]["items"]
+                .as_array()
+                .or(v["secret"]["items"].as_array())
+                .cloned()
+                .unwrap_or_default();
+            let name = v["name"].as_str().unwrap_or("").to_string();
+            items
+                .into_iter()
+                .map(move |i| format!("{name}/{}", i["path"].as_str().unwrap_or("")))
+        })
+        .collect();
+    for path in named {
+        let mount = mounts
+            .iter()
+            .find(|m| path.starts_with(&format!("{m}/")))
+            .unwrap_or_else(|| panic!("{path} is not under a mount {mounts:?}"));
+        let file = &path[mount.len() + 1..];
+        let volume = sidecar["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == *mount)
+            .unwrap()["name"]
+            .as_str()
+            .unwrap();
+        assert!(
+            projected.contains(&format!("{volume}/{file}")),
+            "{path}: {volume}/{file} not in {projected:?}"
+        );
+    }
+    // The Service exposes the listener port and only it.
+    let svc_ports: Vec<u64> = docs[2]["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["port"].as_u64())
+        .collect();
+    assert_eq!(svc_ports, [u64::from(c.listener.address.port())]);
+}

@@ -1,0 +1,473 @@
+//! JOSE unit tests, including the public vectors in `../shared/vectors`.
+
+use serde_json::{json, Value};
+
+use super::dpop::{self, DpopError, Expect};
+use super::jws::{parse, JwsError, KeySet, KeySetError};
+use super::sign::SigningKey;
+use super::*;
+
+const ALL: &[Alg] = &[Alg::ES256, Alg::PS256, Alg::EdDSA];
+
+fn vectors() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors")
+}
+
+fn load(name: &str) -> Option<Value> {
+    let text = std::fs::read_to_string(vectors().join(name)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+#[test]
+fn a_minted_token_verifies_and_any_tampering_fails() {
+    for alg in [Alg::ES256, Alg::EdDSA] {
+        let k = SigningKey::generate(alg, "k1").unwrap();
+        let set = KeySet::from_json(k.jwks().to_string().as_bytes()).unwrap();
+        let t = k.access_token(&json!({"iss": "x", "exp": 1}));
+        let c = parse(&t, ALL).unwrap();
+        assert_eq!(c.kid(), Some("k1"));
+        assert!(c.typ_is("at+jwt"));
+        c.verify_with(set.get("k1").unwrap()).unwrap();
+        let mut bad = t.clone().into_bytes();
+        let i = bad.len() / 2;
+        bad[i] = if bad[i] == b'A' { b'B' } else { b'A' };
+        let bad = String::from_utf8(bad).unwrap();
+        let r = parse(&bad, ALL).and_then(|c| c.verify_with(set.get("k1").unwrap()));
+        assert!(r.is_err());
+    }
+}
+
+#[test]
+fn structural_damage_and_unknown_algorithms_are_refused() {
+    let k = SigningKey::generate(Alg::ES256, "k1").unwrap();
+    let t = k.access_token(&json!({"iss": "x"}));
+    let (h, rest) = t.split_once('.').unwrap();
+    let (p, s) = rest.split_once('.').unwrap();
+    for bad in [
+        String::new(),
+        format!("{h}.{p}"),
+        format!("{h}.{p}.{s}.x"),
+        format!("{h}.{p}."),
+        format!("{h}=.{p}.{s}"),
+        format!("{h}.{p}.{s} "),
+        format!(" {h}.{p}.{s}"),
+        format!("{h}.{p}.+{}", &s[1..]),
+        format!("{{\"alg\":\"ES256\"}}.{p}.{s}"),
+    ] {
+        assert!(parse(&bad, ALL).is_err(), "{bad}");
+    }
+    let hdr = |v: Value| format!("{}.{p}.{s}", b64url(v.to_string().as_bytes()));
+    for (h, want) in [
+        (json!({"alg": "none"}), JwsError::AlgNotAllowed),
+        (json!({"alg": "None"}), JwsError::AlgNotAllowed),
+        (json!({"alg": "HS256"}), JwsError::AlgNotAllowed),
+        (json!({"alg": "ES256 "}), JwsError::AlgNotAllowed),
+        (json!({"alg": "RS256"}), JwsError::AlgNotAllowed),
+        (
+            json!({"alg": "ES256", "crit": ["urn:x"], "urn:x": 1}),
+            JwsError::Crit,
+        ),
+        (json!({"alg": "ES256", "crit": []}), JwsError::Crit),
+        (
+            json!({"alg": "ES256", "b64": false}),
+            JwsError::ForbiddenHeader,
+        ),
+        (json!({"kid": "k1"}), JwsError::Malformed),
+    ] {
+        assert_eq!(parse(&hdr(h.clone()), ALL).unwrap_err(), want, "{h}");
+    }
+    assert_eq!(
+        parse(&t, &[Alg::PS256]).unwrap_err(),
+        JwsError::AlgNotAllowed
+    );
+}
+
+#[test]
+fn a_key_verifies_only_its_own_algorithm() {
+    let ec = SigningKey::generate(Alg::ES256, "k").unwrap();
+    let ed = SigningKey::generate(Alg::EdDSA, "k").unwrap();
+    let ed_set = KeySet::from_json(ed.jwks().to_string().as_bytes()).unwrap();
+    let t = ec.access_token(&json!({}));
+    assert_eq!(
+        parse(&t, ALL)
+            .unwrap()
+            .verify_with(ed_set.get("k").unwrap()),
+        Err(JwsError::KeyAlgMismatch)
+    );
+}
+
+#[test]
+fn key_sets_refuse_duplicate_kids_and_skip_unusable_keys() {
+    let a = SigningKey::generate(Alg::ES256, "a").unwrap();
+    let b = SigningKey::generate(Alg::EdDSA, "a").unwrap();
+    let dup = json!({"keys": [a.public_jwk(true), b.public_jwk(true)]});
+    assert_eq!(
+        KeySet::from_json(dup.to_string().as_bytes()).unwrap_err(),
+        KeySetError::DuplicateKid("a".into())
+    );
+    let mut private = a.public_jwk(true);
+    private["d"] = json!("AAAA");
+    private["kid"] = json!("p");
+    let mut enc = b.public_jwk(true);
+    enc["use"] = json!("enc");
+    enc["kid"] = json!("e");
+    let set = json!({"keys": [a.public_jwk(true), private, enc, {"kty": "oct", "k": "AAAA", "kid": "s"}]});
+    let set = KeySet::from_json(set.to_string().as_bytes()).unwrap();
+    assert_eq!(set.len(), 1);
+    assert_eq!(set.skipped.len(), 3);
+    assert_eq!(
+        KeySet::from_json(br#"{"keys":[]}"#).unwrap_err(),
+        KeySetError::NoUsableKey
+    );
+}
+
+/// RFC 7638 §3.1 example thumbprint.
+#[test]
+fn rfc7638_thumbprint_of_the_example_key() {
+    let jwk = json!({
+        "kty": "RSA",
+        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+        "e": "AQAB",
+        "alg": "PS256",
+        "kid": "2011-04-29"
+    });
+    let k = jwk::from_jwk(jwk.as_object().unwrap()).unwrap();
+    assert_eq!(k.thumbprint, "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+}
+
+#[test]
+fn the_rfc9449_example_proofs_verify_with_their_thumbprints() {
+    let Some(v) = load("rfc9449-dpop-examples.json") else {
+        panic!("missing ../shared/vectors/rfc9449-dpop-examples.json");
+    };
+    let jkt = v["jkt"].as_str().unwrap();
+    for name in ["token_endpoint_proof", "resource_proof"] {
+        let ex = &v[name];
+        let proof = ex["proof"].as_str().unwrap();
+        let htu_n = dpop::normalize_htu(ex["htu"].as_str().unwrap()).unwrap();
+        let iat = ex["iat"].as_i64().unwrap();
+        let e = Expect {
+            method: ex["htm"].as_str().unwrap(),
+            htu: &htu_n,
+            access_token: ex["access_token"].as_str(),
+            now: iat,
+            max_age: 60,
+            skew: 5,
+            algs: ALL,
+            nonce: None,
+        };
+        let p = dpop::verify(proof, &e).unwrap_or_else(|err| panic!("{name}: {err:?}"));
+        assert_eq!(p.jkt, jkt, "{name}");
+        if let Some(ath) = ex["ath"].as_str() {
+            assert_eq!(
+                sha256_b64url(ex["access_token"].as_str().unwrap().as_bytes()),
+                ath
+            );
+        }
+        // The same proof with the clock set a day later, or for another method, is refused.
+        let late = Expect {
+            now: iat + 86_400,
+            ..e
+        };
+        assert_eq!(dpop::verify(proof, &late).unwrap_err(), DpopError::Iat);
+        let other = Expect {
+            method: "DELETE",
+            now: iat,
+            ..late
+        };
+        assert_eq!(dpop::verify(proof, &other).unwrap_err(), DpopError::Method);
+    }
+}
+
+fn dpop_expect<'a>(htu: &'a str, token: Option<&'a str>, now: i64) -> Expect<'a> {
+    Expect {
+        method: "GET",
+        htu,
+        access_token: token,
+        now,
+        max_age: 60,
+        skew: 5,
+        algs: ALL,
+        nonce: None,
+    }
+}
+
+#[test]
+fn dpop_proofs_fail_each_check_with_its_own_error() {
+    let k = SigningKey::generate(Alg::ES256, "c").unwrap();
+    let htu = "https://rs.example/accounts";
+    let now = 1_700_000_000;
+    let ok = k.dpop_proof("GET", htu, Some("tok"), now, "j1", None);
+    let p = dpop::verify(&ok, &dpop_expect(htu, Some("tok"), now)).unwrap();
+    assert_eq!(p.jkt, k.thumbprint());
+    let cases: Vec<(String, Expect<'_>, DpopError)> = vec![
+        (
+            k.dpop_proof("POST", htu, Some("tok"), now, "j", None),
+            dpop_expect(htu, Some("tok"), now),
+            DpopError::Method,
+        ),
+        (
+            k.dpop_proof("get", htu, Some("tok"), now, "j", None),
+            dpop_expect(htu, Some("tok"), now),
+            DpopError::Method,
+        ),
+        (
+            k.dpop_proof(
+                "GET",
+                "https://rs.example/other",
+                Some("tok"),
+                now,
+                "j",
+                None,
+            ),
+            dpop_expect(htu, Some("tok"), now),
+            DpopError::Uri,
+        ),
+        (
+            k.dpop_proof(
+                "GET",
+                "https://rs.example/accounts?x=1",
+                Some("tok"),
+                now,
+                "j",
+                None,
+            ),
+            dpop_expect(htu, Some("tok"), now),
+            DpopError::Uri,
+        ),
+        (
+            k.dpop_proof("GET", htu, Some("tok"), now - 120, "j", None),
+            dpop_expect(htu, Some("tok"), now),
+            DpopError::Iat,
+        ),
+        (
+            k.dpop_proof("GET", htu, Some("tok"), now + 60, "j", None),
+            dpop_expect(htu, Some("tok"), now),
+            DpopError::Iat,
+        ),
+        (
+            k.dpop_proof("GET", htu, None, now, "j", None),
+            dpop_expect(htu, Some("tok"), now),
+            DpopError::Ath,
+        ),
+        (
+            k.dpop_proof("GET", htu, Some("other"), now, "j", None),
+            dpop_expect(htu, Some("tok"), now),
+            DpopError::Ath,
+        ),
+        (
+            k.dpop_proof("GET", htu, Some("tok"), now, "j", None),
+            Expect {
+                nonce: Some("n1"),
+                ..dpop_expect(htu, Some("tok"), now)
+            },
+            DpopError::NonceRequired,
+        ),
+        (
+            k.dpop_proof("GET", htu, Some("tok"), now, "j", Some("n0")),
+            Expect {
+                nonce: Some("n1"),
+                ..dpop_expect(htu, Some("tok"), now)
+            },
+            DpopError::NonceStale,
+        ),
+        (
+            k.access_token(&json!({"jti": "j", "htm": "GET", "htu": htu, "iat": now})),
+            dpop_expect(htu, None, now),
+            DpopError::Typ,
+        ),
+        (
+            k.sign_compact(
+                &json!({"typ": "dpop+jwt"}),
+                &json!({"jti": "j", "htm": "GET", "htu": htu, "iat": now}),
+            ),
+            dpop_expect(htu, None, now),
+            DpopError::Key,
+        ),
+        (
+            k.sign_compact(
+                &json!({"typ": "dpop+jwt", "jwk": k.public_jwk(false)}),
+                &json!({"htm": "GET", "htu": htu, "iat": now}),
+            ),
+            dpop_expect(htu, None, now),
+            DpopError::MissingClaim,
+        ),
+        (
+            k.sign_compact(
+                &json!({"typ": "dpop+jwt", "jwk": k.public_jwk(false)}),
+                &json!({"jti": "j", "htm": "GET", "htu": htu, "iat": "now"}),
+            ),
+            dpop_expect(htu, None, now),
+            DpopError::MissingClaim,
+        ),
+    ];
+    for (proof, e, want) in cases {
+        assert_eq!(dpop::verify(&proof, &e).unwrap_err(), want);
+    }
+    // A proof signed by another key than the one it carries.
+    let other = SigningKey::generate(Alg::ES256, "o").unwrap();
+    let forged = other.sign_compact(
+        &json!({"typ": "dpop+jwt", "jwk": k.public_jwk(false)}),
+        &json!({"jti": "j", "htm": "GET", "htu": htu, "iat": now}),
+    );
+    assert_eq!(
+        dpop::verify(&forged, &dpop_expect(htu, None, now)).unwrap_err(),
+        DpopError::BadSignature
+    );
+    // A jwk with private material.
+    let mut private = k.public_jwk(false);
+    private["d"] = json!("AAAA");
+    let p = k.sign_compact(
+        &json!({"typ": "dpop+jwt", "jwk": private}),
+        &json!({"jti": "j", "htm": "GET", "htu": htu, "iat": now}),
+    );
+    assert_eq!(
+        dpop::verify(&p, &dpop_expect(htu, None, now)).unwrap_err(),
+        DpopError::Key
+    );
+}
+
+/// Wycheproof JWS: every case marked invalid is refused end to end (parse, key from the
+/// group's JWKS, verify); valid cases with our algorithms verify.
+#[test]
+fn wycheproof_jws_invalid_cases_are_all_refused() {
+    let Some(v) = load("wycheproof/json_web_signature_test.json") else {
+        panic!("missing wycheproof/json_web_signature_test.json");
+    };
+    let (mut refused, mut accepted) = (0, 0);
+    for group in v["testGroups"].as_array().into_iter().flatten() {
+        let set = group
+            .get("public")
+            .map(|k| json!({"keys": [k]}))
+            .or_else(|| group.get("publicKeyset").cloned())
+            .or_else(|| group.get("publicKeys").cloned());
+        let set = set.and_then(|s| KeySet::from_json(s.to_string().as_bytes()).ok());
+        for t in group["tests"].as_array().into_iter().flatten() {
+            let Some(jws) = t["jws"].as_str() else {
+                continue;
+            };
+            let ok = set.as_ref().is_some_and(|set| {
+                parse(jws, ALL).is_ok_and(|c| {
+                    let key = c.kid().and_then(|k| set.get(k));
+                    key.is_some_and(|k| c.verify_with(k).is_ok())
+                })
+            });
+            match t["result"].as_str() {
+                Some("invalid") => {
+                    assert!(!ok, "tcId {} accepted: {}", t["tcId"], t["comment"]);
+                    refused += 1;
+                }
+                Some("valid") if ok => accepted += 1,
+                _ => {}
+            }
+        }
+    }
+    assert!(refused > 100, "refused {refused}");
+    eprintln!("wycheproof jws: {refused} invalid refused, {accepted} valid accepted");
+}
+
+/// Wycheproof JWK: each group gives a (private) key or key set and tokens; with the public part
+/// loaded as an issuer key set, every token marked invalid is refused.
+#[test]
+fn wycheproof_jwk_invalid_cases_are_refused() {
+    let Some(v) = load("wycheproof/json_web_key_test.json") else {
+        panic!("missing wycheproof/json_web_key_test.json");
+    };
+    let public = |k: &Value| {
+        let mut k = k.clone();
+        if let Some(m) = k.as_object_mut() {
+            for p in ["d", "p", "q", "dp", "dq", "qi"] {
+                m.remove(p);
+            }
+        }
+        k
+    };
+    let (mut refused, mut accepted) = (0, 0);
+    for group in v["testGroups"].as_array().into_iter().flatten() {
+        let private = &group["private"];
+        let keys: Vec<Value> = match private.get("keys").and_then(Value::as_array) {
+            Some(ks) => ks.iter().map(public).collect(),
+            None => vec![public(private)],
+        };
+        let set = KeySet::from_json(json!({ "keys": keys }).to_string().as_bytes()).ok();
+        for t in group["tests"].as_array().into_iter().flatten() {
+            let Some(jws) = t["jws"].as_str() else {
+                continue;
+            };
+            let ok = set.as_ref().is_some_and(|set| {
+                parse(jws, ALL).is_ok_and(|c| {
+                    c.kid()
+                        .and_then(|k| set.get(k))
+                        .is_some_and(|k| c.verify_with(k).is_ok())
+                })
+            });
+            match t["result"].as_str() {
+                Some("invalid") => {
+                    assert!(!ok, "tcId {} accepted: {}", t["tcId"], t["comment"]);
+                    refused += 1;
+                }
+                Some("valid") if ok => accepted += 1,
+                _ => {}
+            }
+        }
+    }
+    assert!(refused >= 20, "refused {refused}");
+    eprintln!("wycheproof jwk: {refused} invalid refused, {accepted} valid accepted");
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}
+
+/// The primitive files: our verify path (JWK -> pre-parsed key -> verify) agrees with every
+/// Wycheproof verdict for ES256 (P1363), PS256 and Ed25519.
+#[test]
+fn wycheproof_primitives_agree_with_the_verify_function() {
+    let files = [
+        (
+            "wycheproof/ecdsa_secp256r1_sha256_p1363_test.json",
+            Alg::ES256,
+        ),
+        (
+            "wycheproof/rsa_pss_2048_sha256_mgf1_32_test.json",
+            Alg::PS256,
+        ),
+        ("wycheproof/ed25519_test.json", Alg::EdDSA),
+    ];
+    for (file, alg) in files {
+        let Some(v) = load(file) else {
+            panic!("missing {file}")
+        };
+        let mut checked = 0;
+        for group in v["testGroups"].as_array().into_iter().flatten() {
+            let jwk = group
+                .get("jwk")
+                .or_else(|| group.get("publicKeyJwk"))
+                .cloned();
+            let Some(mut jwk) = jwk else { continue };
+            if let Some(m) = jwk.as_object_mut() {
+                m.remove("kid");
+                m.remove("d");
+            }
+            let Ok(key) = jwk::from_jwk(jwk.as_object().unwrap()) else {
+                continue;
+            };
+            assert_eq!(key.alg, alg);
+            for t in group["tests"].as_array().into_iter().flatten() {
+                let msg = hex(t["msg"].as_str().unwrap_or(""));
+                let sig = hex(t["sig"].as_str().unwrap_or(""));
+                let ok = key.verify(&msg, &sig);
+                match t["result"].as_str() {
+                    Some("valid") => assert!(ok, "{file} tcId {} valid refused", t["tcId"]),
+                    Some("invalid") => assert!(!ok, "{file} tcId {} invalid accepted", t["tcId"]),
+                    _ => {}
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 50, "{file}: only {checked} cases");
+        eprintln!("{file}: {checked} cases agree");
+    }
+}
