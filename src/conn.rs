@@ -3,10 +3,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use http::HeaderValue;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+use crate::config::ClientCertForwarding;
 use crate::pki::ClientCert;
+use crate::upstream::client_cert_value;
 
 /// What the proxy knows about a connection; immutable after the handshake.
 #[derive(Debug)]
@@ -19,6 +22,11 @@ pub struct ConnInfo {
     pub alpn: Option<&'static str>,
     /// The verified client certificate, when one was presented.
     pub client_cert: Option<Arc<ClientCert>>,
+    /// Header values computed once per connection rather than per request: the peer address
+    /// (`x-forwarded-for`) and the certificate in each forwarding form.
+    pub peer_ip_header: HeaderValue,
+    cert_rfc9440: Option<HeaderValue>,
+    cert_xfcc: Option<HeaderValue>,
 }
 
 impl ConnInfo {
@@ -45,14 +53,33 @@ impl ConnInfo {
             .and_then(|c| c.first())
             .and_then(|leaf| ClientCert::from_der(leaf.as_ref()).ok())
             .map(Arc::new);
+        let peer = tcp.peer_addr()?;
+        let encode = |form| {
+            client_cert
+                .as_deref()
+                .and_then(|c| client_cert_value(c, form))
+        };
         Ok(ConnInfo {
             id,
-            peer: tcp.peer_addr()?,
+            peer_ip_header: HeaderValue::from_str(&peer.ip().to_string())
+                .map_err(std::io::Error::other)?,
+            cert_rfc9440: encode(ClientCertForwarding::Rfc9440),
+            cert_xfcc: encode(ClientCertForwarding::Xfcc),
+            peer,
             local: tcp.local_addr()?,
             tls_version,
             cipher,
             alpn,
             client_cert,
         })
+    }
+
+    /// The client certificate as the upstream header of `form` carries it.
+    pub fn forwarded_cert(&self, form: ClientCertForwarding) -> Option<&HeaderValue> {
+        match form {
+            ClientCertForwarding::Rfc9440 => self.cert_rfc9440.as_ref(),
+            ClientCertForwarding::Xfcc => self.cert_xfcc.as_ref(),
+            ClientCertForwarding::None => None,
+        }
     }
 }

@@ -48,9 +48,11 @@ pub async fn handle(
     let mut record = start_record(&req, &conn, &rt, &interaction_id);
     let version = req.version();
 
+    // The id is always a UUID, so this never fails; it is built once for both directions.
+    let id_header = HeaderValue::from_str(&interaction_id).unwrap_or(HeaderValue::from_static(""));
     let result = match id_refusal {
         Some(e) => Err(e.into()),
-        None => inner(req, &conn, &rt, &interaction_id, &mut record).await,
+        None => inner(req, &conn, &rt, &id_header, &mut record).await,
     };
     let mut resp = match result {
         Ok(resp) => {
@@ -68,9 +70,7 @@ pub async fn handle(
             rejection::respond(&rejection, &interaction_id, version)
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&interaction_id) {
-        resp.headers_mut().insert(fapi::INTERACTION_ID, v);
-    }
+    resp.headers_mut().insert(fapi::INTERACTION_ID, id_header);
     let took = started.elapsed();
     record.status = resp.status().as_u16();
     record.total_latency_us = took.as_micros() as u64;
@@ -117,7 +117,7 @@ async fn inner(
     req: Request<Incoming>,
     conn: &ConnInfo,
     rt: &Runtime,
-    interaction_id: &str,
+    interaction_id: &HeaderValue,
     record: &mut RequestRecord,
 ) -> Result<Response<ProxyBody>, Rejection> {
     let (parts, body) = req.into_parts();
@@ -152,13 +152,18 @@ async fn inner(
     *out.method_mut() = parts.method;
     *out.uri_mut() = uri;
     *out.headers_mut() = parts.headers;
+    let forwarding = rt.config.client_cert_forwarding;
     upstream::prepare_headers(
         out.headers_mut(),
         &Vouched {
-            peer_ip: conn.peer.ip(),
+            peer_ip: &conn.peer_ip_header,
             host: host.as_deref(),
-            client_cert: inspected.identity.cert.as_ref(),
-            forwarding: rt.config.client_cert_forwarding,
+            client_cert: inspected
+                .identity
+                .cert
+                .as_ref()
+                .and_then(|_| conn.forwarded_cert(forwarding)),
+            forwarding,
             interaction_id,
         },
     );

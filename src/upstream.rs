@@ -5,12 +5,10 @@
 //! (forwarding, identity, original-path and our own), and only then are ours added. So no client
 //! header can remove, forge or shadow them.
 
-use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
+use http::header::{HeaderName, HeaderValue, CONNECTION};
 use http::{HeaderMap, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -30,41 +28,50 @@ pub enum UpstreamError {
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus legacy ones proxies must not forward.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
-];
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "http2-settings"
+    )
+}
 
-/// Headers only the proxy may set: client copies are always removed.
-const VOUCHED: &[&str] = &[
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-client-cert",
-    "x-real-ip",
-    "x-client-ip",
-    "true-client-ip",
-    "client-cert",
-    "client-cert-chain",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-original-uri",
-    "x-envoy-original-path",
-];
+/// Headers only the proxy may set: client copies are always removed. `host` is among them: the
+/// upstream authority comes from the request URI, and the client's Host travels as
+/// `x-forwarded-host`.
+fn is_vouched(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "forwarded"
+            | "x-real-ip"
+            | "x-client-ip"
+            | "true-client-ip"
+            | "client-cert"
+            | "client-cert-chain"
+            | "x-original-url"
+            | "x-rewrite-url"
+            | "x-original-uri"
+    ) || ["x-portcullis-", "x-envoy-", "x-forwarded-"]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
 
-/// Prefixes of header families only the proxy may set.
-const VOUCHED_PREFIXES: &[&str] = &["x-portcullis-", "x-envoy-", "x-forwarded-"];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+const CLIENT_CERT: HeaderName = HeaderName::from_static("client-cert");
+const INTERACTION_ID: HeaderName = HeaderName::from_static("x-fapi-interaction-id");
+const HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// A pooled client for one upstream.
 pub struct UpstreamClient {
@@ -146,81 +153,75 @@ impl UpstreamClient {
     }
 }
 
-fn remove_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
+/// Removes the headers `drop` selects and those named in `Connection`, in one pass over the
+/// (few) header names rather than one lookup per listed header.
+fn remove_where(h: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
+    let mut doomed: Vec<HeaderName> = h
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    for n in named {
+    doomed.extend(h.keys().filter(|k| drop(k.as_str())).cloned());
+    for n in doomed {
         h.remove(n);
-    }
-    for n in HOP_BY_HOP {
-        h.remove(*n);
     }
 }
 
 /// What the proxy vouches for on a forwarded request.
 pub struct Vouched<'a> {
-    pub peer_ip: IpAddr,
+    pub peer_ip: &'a HeaderValue,
     pub host: Option<&'a str>,
-    pub client_cert: Option<&'a Arc<ClientCert>>,
+    /// The verified client certificate, already encoded for the configured header.
+    pub client_cert: Option<&'a HeaderValue>,
     pub forwarding: ClientCertForwarding,
-    pub interaction_id: &'a str,
+    pub interaction_id: &'a HeaderValue,
 }
 
 /// Cleans a client's request headers and adds ours (see the module doc for the order).
 pub fn prepare_headers(h: &mut HeaderMap, v: &Vouched<'_>) {
-    remove_hop_by_hop(h);
-    for n in VOUCHED {
-        h.remove(*n);
+    remove_where(h, |n| is_hop_by_hop(n) || is_vouched(n));
+    h.insert(X_FORWARDED_FOR, v.peer_ip.clone());
+    h.insert(X_FORWARDED_PROTO, HTTPS);
+    if let Some(host) = v.host.and_then(|x| HeaderValue::from_str(x).ok()) {
+        h.insert(X_FORWARDED_HOST, host);
     }
-    let prefixed: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| VOUCHED_PREFIXES.iter().any(|p| k.as_str().starts_with(p)))
-        .cloned()
-        .collect();
-    for n in prefixed {
-        h.remove(n);
-    }
-    // The upstream authority comes from the request URI; the client's Host is passed as data.
-    h.remove(HOST);
-    let set = |h: &mut HeaderMap, name: &'static str, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            h.insert(name, v);
-        }
-    };
-    set(h, "x-forwarded-for", &v.peer_ip.to_string());
-    set(h, "x-forwarded-proto", "https");
-    if let Some(host) = v.host {
-        set(h, "x-forwarded-host", host);
-    }
-    set(h, crate::pipeline::fapi::INTERACTION_ID, v.interaction_id);
+    h.insert(INTERACTION_ID, v.interaction_id.clone());
     if let Some(cert) = v.client_cert {
         match v.forwarding {
             ClientCertForwarding::Rfc9440 => {
-                let b64 = base64::engine::general_purpose::STANDARD.encode(&cert.der);
-                set(h, "client-cert", &format!(":{b64}:"));
+                h.insert(CLIENT_CERT, cert.clone());
             }
             ClientCertForwarding::Xfcc => {
-                let hash = hex_sha256(&cert.der);
-                let subject = cert.subject.replace(['"', '\\'], "");
-                set(
-                    h,
-                    "x-forwarded-client-cert",
-                    &format!("Hash={hash};Subject=\"{subject}\""),
-                );
+                h.insert(X_FORWARDED_CLIENT_CERT, cert.clone());
             }
             ClientCertForwarding::None => {}
         }
     }
 }
 
+/// The header value that carries `cert` upstream in the given form; computed once per
+/// connection.
+pub fn client_cert_value(cert: &ClientCert, form: ClientCertForwarding) -> Option<HeaderValue> {
+    let text = match form {
+        ClientCertForwarding::Rfc9440 => format!(
+            ":{}:",
+            base64::engine::general_purpose::STANDARD.encode(&cert.der)
+        ),
+        ClientCertForwarding::Xfcc => format!(
+            "Hash={};Subject=\"{}\"",
+            hex_sha256(&cert.der),
+            cert.subject.replace(['"', '\\'], "")
+        ),
+        ClientCertForwarding::None => return None,
+    };
+    HeaderValue::from_str(&text).ok()
+}
+
 /// Cleans an upstream response's headers before they go to the client.
 pub fn clean_response_headers(h: &mut HeaderMap) {
-    remove_hop_by_hop(h);
+    remove_where(h, is_hop_by_hop);
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
@@ -256,11 +257,11 @@ mod tests {
         prepare_headers(
             &mut h,
             &Vouched {
-                peer_ip: "127.0.0.9".parse().unwrap(),
+                peer_ip: &HeaderValue::from_static("127.0.0.9"),
                 host: Some("api.example"),
                 client_cert: None,
                 forwarding: ClientCertForwarding::Rfc9440,
-                interaction_id: "93bac548-d2de-4546-b106-880a5018460d",
+                interaction_id: &HeaderValue::from_static("93bac548-d2de-4546-b106-880a5018460d"),
             },
         );
         assert_eq!(h["x-forwarded-for"], "127.0.0.9");

@@ -6,7 +6,7 @@
 //! Content-Length, any Transfer-Encoding but `chunked`, header names with `_`, method-override
 //! and upgrade headers, and the configured header and URI limits.
 
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::request::Parts;
 
 use crate::config::Limits;
@@ -44,11 +44,19 @@ pub fn check(parts: &Parts, limits: &Limits, server_names: &[String]) -> Result<
     if headers.len() > limits.max_headers {
         return Err(HttpError::TooManyHeaders);
     }
+    // One pass over the fields: size, and the names we refuse outright.
     let mut bytes = 0usize;
     for (name, value) in headers {
-        bytes += name.as_str().len() + value.len() + 4;
-        if name.as_str().contains('_') {
+        let name = name.as_str();
+        bytes += name.len() + value.len() + 4;
+        if name.contains('_') {
             return Err(HttpError::HeaderUnderscore);
+        }
+        if METHOD_OVERRIDE.contains(&name) {
+            return Err(HttpError::MethodOverride);
+        }
+        if name == "upgrade" || name == "http2-settings" {
+            return Err(HttpError::UpgradeRefused);
         }
     }
     if bytes > limits.max_header_bytes {
@@ -72,12 +80,6 @@ pub fn check(parts: &Parts, limits: &Limits, server_names: &[String]) -> Result<
         {
             return Err(HttpError::BadTransferEncoding);
         }
-    }
-    if METHOD_OVERRIDE.iter().any(|h| headers.contains_key(*h)) {
-        return Err(HttpError::MethodOverride);
-    }
-    if headers.contains_key(UPGRADE) || headers.contains_key("http2-settings") {
-        return Err(HttpError::UpgradeRefused);
     }
     check_host(parts, server_names)
 }
