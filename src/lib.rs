@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod demo;
@@ -25,6 +26,7 @@ pub mod rejection;
 pub mod reload;
 pub mod runtime;
 pub mod server;
+pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

@@ -14,9 +14,10 @@
 //! 5. **Identity** ([`identity`]) — the verified mTLS client certificate, required unless the
 //!    route says otherwise. Every later stage keys on this identity, never on a header.
 //! 6. *Client rate limit* — issue #6; keyed by the identity from step 5.
-//! 7. *Access token* — issue #3; JWT/introspection, needs the route (audience, issuer).
-//! 8. *Sender constraint (binding)* — issue #3; needs the token and the identity (RFC 8705
-//!    `cnf.x5t#S256`) or the DPoP proof.
+//! 7. **Access token** ([`token`]) — on routes with `auth`: the one credential, verified for
+//!    the route's issuer (signature once per token while cached; time claims every request).
+//! 8. **Sender constraint** ([`binding`]) — needs the token and the identity (RFC 8705
+//!    `cnf.x5t#S256`) or a DPoP proof (RFC 9449); only after it is a token evidence of anything.
 //! 9. *Request signature* — issue #4; needs the caller's identity to pick its keys.
 //! 10. *Authorization* — issue #5; needs the bound token, so it runs only on proven callers.
 //! 11. *Idempotency* — issue #6; last, so a refused request never reserves a key.
@@ -24,41 +25,100 @@
 //! Steps in italics are not built yet: a route cannot ask for them, because the policy format
 //! does not have their fields until their issue lands. No stage here pretends to check them.
 
+pub mod binding;
 pub mod fapi;
 pub mod http;
 pub mod identity;
 pub mod route;
+pub mod token;
 
 use ::http::request::Parts;
 
 use crate::audit::RequestRecord;
-use crate::config::Config;
 use crate::conn::ConnInfo;
 use crate::policy::RouteMatch;
 use crate::rejection::Rejection;
+use crate::runtime::{Runtime, Shared};
 
 /// The evidence a request carries once every stage has passed.
 #[derive(Debug)]
 pub struct Inspected {
     pub route: RouteMatch,
     pub identity: identity::ClientIdentity,
+    /// The bound token, on routes that require one.
+    pub token: Option<binding::BoundToken>,
 }
 
 /// Runs the chain in order; the first refusal ends it.
-pub fn inspect(
+pub async fn inspect(
     parts: &Parts,
     conn: &ConnInfo,
-    config: &Config,
+    rt: &Runtime,
+    shared: &Shared,
     record: &mut RequestRecord,
 ) -> Result<Inspected, Rejection> {
-    http::check(
-        parts,
-        &config.listener.limits,
-        &config.listener.server_names,
-    )?;
+    let config = &rt.config;
+    http::check(parts, &config.listener.limits, &config.listener.server_names)?;
     fapi::check_customer_ip(&parts.headers)?;
     let route = route::resolve(parts, &config.policies)?;
     record.route_id = Some(route.route.id.clone());
     let identity = identity::identify(conn, &route.route)?;
-    Ok(Inspected { route, identity })
+    let token = match &route.route.auth {
+        None => None,
+        Some(auth) => Some(authenticate(parts, &identity, auth, rt, shared, record).await?),
+    };
+    Ok(Inspected {
+        route,
+        identity,
+        token,
+    })
+}
+
+/// Stages 7 and 8: the access token and its sender constraint.
+async fn authenticate(
+    parts: &Parts,
+    identity: &identity::ClientIdentity,
+    auth: &crate::policy::RouteAuth,
+    rt: &Runtime,
+    shared: &Shared,
+    record: &mut RequestRecord,
+) -> Result<binding::BoundToken, Rejection> {
+    let cred = token::extract(parts).map_err(|e| Rejection::Token(e, token::Scheme::Bearer))?;
+    let scheme = cred.scheme;
+    let (Some(issuer), Some(keys)) = (
+        rt.config.auth.issuers.get(&auth.issuer),
+        rt.keys.get(&auth.issuer),
+    ) else {
+        // The config loader refuses routes naming unknown issuers; fail closed regardless.
+        return Err(Rejection::Token(token::TokenError::KeysUnavailable, scheme));
+    };
+    let now = shared.clock.now();
+    let verified = token::verify(cred.token, issuer, keys, &rt.tokens, now)
+        .await
+        .map_err(|e| Rejection::Token(e, scheme))?;
+    record.client_id = verified.client_id.as_deref().map(crate::audit::bounded);
+    record.subject = verified.sub.as_deref().map(crate::audit::bounded);
+    record.token_jti = verified.jti.as_deref().map(crate::audit::bounded);
+    record.token_hash = Some(verified.hash.clone());
+    record.scopes = Some(verified.scopes.iter().map(|s| crate::audit::bounded(s)).collect());
+    let dpop = &rt.config.auth.dpop;
+    let htu = verified
+        .cnf_jkt
+        .as_ref()
+        .and_then(|_| http::external_htu(parts, dpop.public_base_url.as_deref()));
+    let bound = binding::bind(
+        verified,
+        &binding::Presented {
+            parts,
+            scheme,
+            raw_token: cred.token,
+            htu: htu.as_deref(),
+            client_cert: identity.cert.as_deref(),
+        },
+        auth.profile,
+        dpop,
+        shared.replay.as_ref(),
+        now,
+    )?;
+    Ok(bound)
 }

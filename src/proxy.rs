@@ -52,7 +52,7 @@ pub async fn handle(
     let id_header = HeaderValue::from_str(&interaction_id).unwrap_or(HeaderValue::from_static(""));
     let result = match id_refusal {
         Some(e) => Err(e.into()),
-        None => inner(req, &conn, &rt, &id_header, &mut record).await,
+        None => inner(req, &conn, &rt, &shared, &id_header, &mut record).await,
     };
     let mut resp = match result {
         Ok(resp) => {
@@ -117,11 +117,12 @@ async fn inner(
     req: Request<Incoming>,
     conn: &ConnInfo,
     rt: &Runtime,
+    shared: &Shared,
     interaction_id: &HeaderValue,
     record: &mut RequestRecord,
 ) -> Result<Response<ProxyBody>, Rejection> {
     let (parts, body) = req.into_parts();
-    let inspected = match pipeline::inspect(&parts, conn, &rt.config, record) {
+    let inspected = match pipeline::inspect(&parts, conn, rt, shared, record).await {
         Ok(i) => i,
         Err(e) => return Err(refuse_unread(e, body).await),
     };
@@ -167,6 +168,7 @@ async fn inner(
             interaction_id,
         },
     );
+    vouch_for_token(out.headers_mut(), &inspected, &rt.config.auth.identity_headers);
     let (resp, took) = upstream.send(out).await?;
     record.upstream_status = Some(resp.status().as_u16());
     record.upstream_latency_us = Some(took.as_micros() as u64);
@@ -176,6 +178,47 @@ async fn inner(
         parts,
         body.map_err(BoxError::from).boxed_unsync(),
     ))
+}
+
+/// Identity headers from the bound token's claims (client copies are always removed first), and
+/// the credentials removed unless the route forwards them.
+fn vouch_for_token(
+    h: &mut HeaderMap,
+    inspected: &pipeline::Inspected,
+    identity_headers: &[(String, http::HeaderName)],
+) {
+    for (_, name) in identity_headers {
+        h.remove(name);
+    }
+    let Some(bound) = &inspected.token else {
+        return;
+    };
+    let forward = inspected
+        .route
+        .route
+        .auth
+        .as_ref()
+        .is_some_and(|a| a.forward_credentials);
+    if !forward {
+        h.remove(http::header::AUTHORIZATION);
+        h.remove("dpop");
+    }
+    for (claim, name) in identity_headers {
+        let value = match bound.token.claims.get(claim) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => continue,
+        };
+        // A claim that cannot be a header value is not forwarded rather than mangled.
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name.clone(), v);
+        }
+    }
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {

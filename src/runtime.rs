@@ -1,9 +1,12 @@
-//! What a running proxy holds: the swappable [`Runtime`] (config + upstream clients) and the
-//! process-wide [`Shared`] parts (metrics, audit, reload).
+//! What a running proxy holds: the swappable [`Runtime`] (config, upstream clients, key sources,
+//! verified-token cache) and the process-wide [`Shared`] parts (metrics, audit, replay store,
+//! clock, reload).
 //!
 //! A reload builds a whole new `Runtime` from a fully valid `Config` and swaps it in with one
 //! atomic store. Requests take a snapshot when they start and keep it to the end; TLS handshakes
-//! take the listener config of the snapshot current when the connection is accepted.
+//! take the listener config of the snapshot current when the connection is accepted. The token
+//! cache starts empty with each config (a token verified under old keys or rules is verified
+//! again); remote key sources and the replay store live across reloads.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,27 +14,62 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
-use crate::config::{Config, ConfigErrors};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, ConfigErrors, JwksSource};
+use crate::jose::source::KeySource;
+use crate::pipeline::token::TokenCache;
+use crate::state::replay::{MemoryReplayStore, ReplayStore};
 use crate::telemetry::Metrics;
 use crate::upstream::UpstreamClient;
 
 pub struct Runtime {
     pub config: Arc<Config>,
     pub upstreams: HashMap<String, Arc<UpstreamClient>>,
+    /// Key source per issuer name.
+    pub keys: HashMap<String, Arc<KeySource>>,
+    pub tokens: TokenCache,
 }
 
 impl Runtime {
-    pub fn new(config: Config) -> Runtime {
+    /// Builds the runtime for `config`, reusing remote key sources from `remotes` (keyed by
+    /// issuer name and URL) so a reload does not drop fetched keys.
+    fn new(config: Config, remotes: &DashMap<(String, String), Arc<KeySource>>, background: &CancellationToken) -> Runtime {
         let upstreams = config
             .upstreams
             .iter()
             .map(|(name, u)| (name.clone(), Arc::new(UpstreamClient::new(u))))
             .collect();
+        let keys = config
+            .auth
+            .issuers
+            .iter()
+            .map(|(name, issuer)| {
+                let source = match &issuer.jwks {
+                    JwksSource::File { keys, .. } => Arc::new(KeySource::fixed(name, Arc::clone(keys))),
+                    JwksSource::Url(remote) => {
+                        let key = (name.clone(), remote.uri.to_string());
+                        let existing = remotes.get(&key).map(|r| Arc::clone(r.value()));
+                        existing.unwrap_or_else(|| {
+                            let s = Arc::new(KeySource::remote(name, remote.clone()));
+                            s.spawn_refresh(background.child_token());
+                            remotes.insert(key, Arc::clone(&s));
+                            s
+                        })
+                    }
+                };
+                (name.clone(), source)
+            })
+            .collect();
+        let tokens = TokenCache::new(config.auth.cache_entries);
         Runtime {
             config: Arc::new(config),
             upstreams,
+            keys,
+            tokens,
         }
     }
 }
@@ -42,16 +80,46 @@ pub struct Shared {
     pub audit: AuditLog,
     /// The file reloads read; `None` when the config did not come from a file.
     pub config_path: Option<PathBuf>,
+    pub clock: Arc<dyn Clock>,
+    /// DPoP `jti` replay store (in memory; issue #6 adds Redis for a fleet).
+    pub replay: Arc<dyn ReplayStore>,
+    remotes: DashMap<(String, String), Arc<KeySource>>,
+    /// Cancelled on drop: stops key refresh tasks.
+    background: CancellationToken,
     conn_ids: AtomicU64,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.background.cancel();
+    }
 }
 
 impl Shared {
     pub fn new(config: Config, audit: AuditLog, config_path: Option<PathBuf>) -> Shared {
+        Shared::with_clock(config, audit, config_path, Arc::new(SystemClock))
+    }
+
+    /// As [`Shared::new`], with the clock token and DPoP checks read (tests move it).
+    pub fn with_clock(
+        config: Config,
+        audit: AuditLog,
+        config_path: Option<PathBuf>,
+        clock: Arc<dyn Clock>,
+    ) -> Shared {
+        let remotes = DashMap::new();
+        let background = CancellationToken::new();
+        let replay = Arc::new(MemoryReplayStore::new(config.auth.dpop.replay_capacity));
+        let runtime = Runtime::new(config, &remotes, &background);
         Shared {
-            runtime: ArcSwap::from_pointee(Runtime::new(config)),
+            runtime: ArcSwap::from_pointee(runtime),
             metrics: Metrics::default(),
             audit,
             config_path,
+            clock,
+            replay,
+            remotes,
+            background,
             conn_ids: AtomicU64::new(1),
         }
     }
@@ -60,9 +128,10 @@ impl Shared {
         self.conn_ids.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Ready to serve: a valid config is loaded. (Issue #3 adds: every key set fetched.)
+    /// Ready to serve: a valid config is loaded and every issuer has a good key set.
     pub fn ready(&self) -> bool {
-        !self.runtime.load().config.policies.routes().is_empty()
+        let rt = self.runtime.load();
+        !rt.config.policies.routes().is_empty() && rt.keys.values().all(|k| k.is_ready())
     }
 
     /// Re-reads the config file; swaps it in only when it is fully valid.
@@ -82,7 +151,8 @@ impl Shared {
                     );
                 }
                 let version = new.policies.version.clone();
-                self.runtime.store(Arc::new(Runtime::new(new)));
+                self.runtime
+                    .store(Arc::new(Runtime::new(new, &self.remotes, &self.background)));
                 self.metrics.reload(true);
                 tracing::info!(policy_version = %version, "config reloaded");
                 Ok(())

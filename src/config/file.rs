@@ -25,6 +25,12 @@ pub(crate) struct FileConfig {
     pub policies: Vec<String>,
     #[serde(default)]
     pub shutdown: FileShutdown,
+    #[serde(default)]
+    pub issuers: BTreeMap<String, super::auth::FileIssuer>,
+    #[serde(default)]
+    pub dpop: super::auth::FileDpop,
+    #[serde(default)]
+    pub tokens: super::auth::FileTokens,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +126,22 @@ pub(crate) struct FileAudit {
     pub sink: Option<String>,
     pub path: Option<String>,
     pub queue_capacity: Option<usize>,
+    /// `block` (default), `refuse` or `drop`.
+    pub queue_full: Option<String>,
+    /// fsync the file at most this long after a write; `0ms` = after every batch.
+    pub fsync_interval: Option<ConfigDuration>,
+    /// Rotate the file once it reaches this many bytes (file sink only).
+    pub rotate_bytes: Option<u64>,
+    /// Rotate the file once it is this old (file sink only).
+    pub rotate_age: Option<ConfigDuration>,
+    /// Rotated files to keep; 0 keeps all (file sink only).
+    pub retain: Option<usize>,
+    /// Ed25519 PKCS#8 PEM key that signs checkpoints.
+    pub signing_key: Option<String>,
+    /// Records between signed checkpoints; 0 = by time only.
+    pub checkpoint_every: Option<u64>,
+    /// Longest time between signed checkpoints (when records were written).
+    pub checkpoint_interval: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

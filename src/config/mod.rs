@@ -6,6 +6,7 @@
 //! reason. Nothing half-applies: a caller swaps a `Config` in only once `load` returned `Ok`.
 //! Relative paths are resolved against the directory of the file that names them.
 
+mod auth;
 mod duration;
 mod file;
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
+pub use auth::{Auth, DpopSettings, Issuer, JwksSource};
 pub use duration::ConfigDuration;
 use file::FileConfig;
 
@@ -123,10 +125,35 @@ pub enum AuditSink {
     None,
 }
 
+/// The audit log: sink, queue, durability, rotation and checkpoints (see `crate::audit`).
 #[derive(Clone, Debug)]
 pub struct AuditSettings {
     pub sink: AuditSink,
     pub queue_capacity: usize,
+    pub queue_full: crate::audit::QueueFull,
+    /// `Some(ZERO)`: fsync after every batch.
+    pub fsync_interval: Option<Duration>,
+    pub rotation: crate::audit::Rotation,
+    pub signing_key: Option<Arc<crate::audit::AuditKey>>,
+    /// Records between signed checkpoints; 0 = by time only.
+    pub checkpoint_every: u64,
+    pub checkpoint_interval: Option<Duration>,
+}
+
+impl AuditSettings {
+    /// Defaults for `sink`: block when full, fsync every second, no rotation, no key.
+    pub fn new(sink: AuditSink) -> AuditSettings {
+        AuditSettings {
+            sink,
+            queue_capacity: 65_536,
+            queue_full: crate::audit::QueueFull::Block,
+            fsync_interval: Some(Duration::from_secs(1)),
+            rotation: crate::audit::Rotation::default(),
+            signing_key: None,
+            checkpoint_every: 0,
+            checkpoint_interval: None,
+        }
+    }
 }
 
 /// Limits enforced on every connection and request.
@@ -216,6 +243,8 @@ pub struct Config {
     pub audit: AuditSettings,
     pub policies: Arc<PolicySet>,
     pub drain_timeout: Duration,
+    /// Access-token issuers, DPoP settings, token cache and identity headers.
+    pub auth: Auth,
     /// Files and directories whose change triggers a reload.
     pub watched: Vec<PathBuf>,
 }
@@ -346,6 +375,7 @@ fn validate(
     if queue_capacity == 0 {
         p.push("audit.queue_capacity", "must be at least 1");
     }
+    let audit = validate_audit(&mut p, base, &f.audit, sink, queue_capacity);
     let drain_timeout = f
         .shutdown
         .drain_timeout
@@ -371,13 +401,13 @@ fn validate(
         }
     }
     watched.extend(policy_paths.iter().cloned());
-    let upstream_names: Vec<&str> = upstreams.keys().map(String::as_str).collect();
-    let policies = crate::policy::load(
-        &policy_paths,
-        &upstream_names,
-        limits.default_body_limit,
-        errors,
-    );
+    let auth = auth::validate(&mut p, base, &f.issuers, &f.dpop, &f.tokens, &mut watched);
+    let known = crate::policy::Known {
+        upstreams: upstreams.keys().map(String::as_str).collect(),
+        issuers: auth.issuers.keys().map(String::as_str).collect(),
+        default_body_limit: limits.default_body_limit,
+    };
+    let policies = crate::policy::load(&policy_paths, &known, errors);
 
     let tls = tls?;
     Some(Config {
@@ -392,14 +422,87 @@ fn validate(
         upstreams,
         client_cert_forwarding,
         interaction_id,
-        audit: AuditSettings {
-            sink,
-            queue_capacity,
-        },
+        audit,
         policies: Arc::new(policies?),
         drain_timeout,
+        auth,
         watched,
     })
+}
+
+fn validate_audit(
+    p: &mut Problems<'_>,
+    base: &Path,
+    f: &file::FileAudit,
+    sink: AuditSink,
+    queue_capacity: usize,
+) -> AuditSettings {
+    use crate::audit::QueueFull;
+    let mut a = AuditSettings::new(sink);
+    a.queue_capacity = queue_capacity;
+    a.queue_full = match f.queue_full.as_deref() {
+        None | Some("block") => QueueFull::Block,
+        Some("refuse") => QueueFull::Refuse,
+        Some("drop") => QueueFull::Drop,
+        Some(other) => {
+            p.push(
+                "audit.queue_full",
+                format!("unknown value `{other}` (block, refuse or drop)"),
+            );
+            QueueFull::Block
+        }
+    };
+    if let Some(d) = f.fsync_interval {
+        a.fsync_interval = Some(d.0);
+    }
+    let is_file = matches!(a.sink, AuditSink::File(_));
+    for (field, set) in [
+        ("audit.rotate_bytes", f.rotate_bytes.is_some()),
+        ("audit.rotate_age", f.rotate_age.is_some()),
+        ("audit.retain", f.retain.is_some()),
+    ] {
+        if set && !is_file {
+            p.push(field, "applies only to audit.sink: file");
+        }
+    }
+    if let Some(b) = f.rotate_bytes {
+        if b < 4096 {
+            p.push("audit.rotate_bytes", format!("{b} is below the minimum of 4096"));
+        }
+    }
+    if f.rotate_age.is_some_and(|d| d.0 < Duration::from_secs(1)) {
+        p.push("audit.rotate_age", "must be at least 1s");
+    }
+    a.rotation = crate::audit::Rotation {
+        max_bytes: f.rotate_bytes,
+        max_age: f.rotate_age.map(|d| d.0),
+        retain: f.retain.unwrap_or(0),
+    };
+    if let Some(k) = &f.signing_key {
+        let path = resolve(base, k);
+        match crate::audit::AuditKey::from_file(&path) {
+            Ok(key) => a.signing_key = Some(Arc::new(key)),
+            Err(e) => p.push("audit.signing_key", format!("{}: {e}", path.display())),
+        }
+        a.checkpoint_every = f.checkpoint_every.unwrap_or(1000);
+        a.checkpoint_interval = Some(
+            f.checkpoint_interval
+                .map_or(Duration::from_secs(60), |d| d.0),
+        );
+        if f.checkpoint_interval.is_some_and(|d| d.0.is_zero()) {
+            p.push("audit.checkpoint_interval", "must be greater than 0");
+        }
+    } else {
+        for (field, set) in [
+            ("audit.checkpoint_every", f.checkpoint_every.is_some()),
+            ("audit.checkpoint_interval", f.checkpoint_interval.is_some()),
+        ] {
+            if set {
+                p.push(field, "checkpoints are signed: set audit.signing_key too");
+            }
+        }
+    }
+    a
 }
 
 fn parse_addr(p: &mut Problems<'_>, field: &str, text: &str) -> Option<SocketAddr> {
@@ -463,7 +566,7 @@ fn validate_limits(p: &mut Problems<'_>, f: &file::FileLimits) -> Limits {
     l
 }
 
-fn read_certs(p: &mut Problems<'_>, field: &str, path: &Path) -> Vec<CertificateDer<'static>> {
+pub(crate) fn read_certs(p: &mut Problems<'_>, field: &str, path: &Path) -> Vec<CertificateDer<'static>> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => {

@@ -16,6 +16,7 @@ pub mod json;
 pub mod jwk;
 pub mod jws;
 pub mod sign;
+pub mod source;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;

@@ -97,6 +97,24 @@ pub fn host(parts: &Parts) -> Option<String> {
     Some(raw.to_ascii_lowercase())
 }
 
+/// The request's external target URI without query, for DPoP `htu` (RFC 9449 §4.3 check 9):
+/// `base` (the configured public base URL) or `https://` + Host / `:authority`, then the path,
+/// normalized as the proof's `htu` is.
+pub fn external_htu(parts: &Parts, base: Option<&str>) -> Option<String> {
+    let path = parts.uri.path();
+    let uri = match base {
+        Some(b) => format!("{b}{path}"),
+        None => {
+            let authority = match parts.uri.authority() {
+                Some(a) => a.as_str().to_string(),
+                None => parts.headers.get(HOST)?.to_str().ok()?.to_string(),
+            };
+            format!("https://{authority}{path}")
+        }
+    };
+    crate::jose::dpop::normalize_htu(&uri)
+}
+
 fn check_host(parts: &Parts, server_names: &[String]) -> Result<(), HttpError> {
     let mut hosts = parts.headers.get_all(HOST).iter();
     let first = hosts.next();

@@ -40,6 +40,58 @@ struct FileRoute {
     /// Overrides the group's upstream.
     #[serde(default)]
     upstream: Option<String>,
+    /// Access-token requirement; absent means the route takes no token.
+    #[serde(default)]
+    auth: Option<FileAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    /// `fapi2`, `fapi1-advanced` or `bearer`.
+    profile: String,
+    /// The issuer (a key of the config's `issuers`); optional when there is exactly one.
+    #[serde(default)]
+    issuer: Option<String>,
+    /// Keep `Authorization` and `DPoP` on the forwarded request (default: removed).
+    #[serde(default)]
+    forward_credentials: bool,
+}
+
+/// How a route's access token must be bound to its presenter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// FAPI 2.0: bound by mTLS (`cnf.x5t#S256`) or DPoP (`cnf.jkt`); never a plain bearer.
+    Fapi2,
+    /// FAPI 1.0 Advanced: bound by mTLS only.
+    Fapi1Advanced,
+    /// Not FAPI: a plain bearer token is accepted, but a bound token is still checked.
+    Bearer,
+}
+
+impl Profile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Fapi2 => "fapi2",
+            Profile::Fapi1Advanced => "fapi1-advanced",
+            Profile::Bearer => "bearer",
+        }
+    }
+}
+
+/// A route's token requirement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteAuth {
+    pub profile: Profile,
+    pub issuer: String,
+    pub forward_credentials: bool,
+}
+
+/// Names a policy may refer to, from the config.
+pub struct Known<'a> {
+    pub upstreams: Vec<&'a str>,
+    pub issuers: Vec<&'a str>,
+    pub default_body_limit: u64,
 }
 
 /// Whether a route needs a verified client certificate on the connection.
@@ -59,6 +111,7 @@ pub struct Route {
     pub upstream: String,
     pub body_limit: u64,
     pub client_cert: CertRequirement,
+    pub auth: Option<RouteAuth>,
     pub file: PathBuf,
 }
 
@@ -180,10 +233,10 @@ fn check_template(t: &str) -> Result<(), String> {
 /// Loads and compiles every policy file; problems go to `errors`.
 pub(crate) fn load(
     paths: &[PathBuf],
-    upstreams: &[&str],
-    default_body_limit: u64,
+    known: &Known<'_>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<PolicySet> {
+    let (upstreams, default_body_limit) = (&known.upstreams, known.default_body_limit);
     let files = policy_files(paths, errors);
     let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut routes: Vec<Arc<Route>> = Vec::new();
@@ -267,6 +320,44 @@ pub(crate) fn load(
                     CertRequirement::Required
                 }
             };
+            let auth = r.auth.as_ref().and_then(|a| {
+                let profile = match a.profile.as_str() {
+                    "fapi2" => Profile::Fapi2,
+                    "fapi1-advanced" => Profile::Fapi1Advanced,
+                    "bearer" => Profile::Bearer,
+                    o => {
+                        p.push(
+                            field("auth.profile"),
+                            format!("unknown profile `{o}` (fapi2, fapi1-advanced or bearer)"),
+                        );
+                        return None;
+                    }
+                };
+                let issuer = match (&a.issuer, known.issuers.as_slice()) {
+                    (Some(i), all) if all.contains(&i.as_str()) => i.clone(),
+                    (Some(i), _) => {
+                        p.push(field("auth.issuer"), format!("unknown issuer `{i}`"));
+                        return None;
+                    }
+                    (None, [only]) => only.to_string(),
+                    (None, []) => {
+                        p.push(field("auth"), "the config defines no issuers");
+                        return None;
+                    }
+                    (None, _) => {
+                        p.push(field("auth.issuer"), "required when the config defines several issuers");
+                        return None;
+                    }
+                };
+                if profile == Profile::Fapi1Advanced && client_cert == CertRequirement::Optional {
+                    p.push(field("client_cert"), "fapi1-advanced binds tokens to the client certificate; it cannot be optional");
+                }
+                Some(RouteAuth {
+                    profile,
+                    issuer,
+                    forward_credentials: a.forward_credentials,
+                })
+            });
             let Some(method) = method else { continue };
             let route = Arc::new(Route {
                 id: r.id.clone(),
@@ -276,6 +367,7 @@ pub(crate) fn load(
                 upstream,
                 body_limit: r.body_limit.unwrap_or(default_body_limit),
                 client_cert,
+                auth,
                 file: file.clone(),
             });
             let router = by_method.entry(method.clone()).or_default();
@@ -317,11 +409,10 @@ pub(crate) fn load(
 /// Loads a policy set from files alone (used by tests and `check`).
 pub fn load_files(
     paths: &[PathBuf],
-    upstreams: &[&str],
-    default_body_limit: u64,
+    known: &Known<'_>,
 ) -> Result<PolicySet, crate::config::ConfigErrors> {
     let mut errors = Vec::new();
-    match load(paths, upstreams, default_body_limit, &mut errors) {
+    match load(paths, known, &mut errors) {
         Some(p) if errors.is_empty() => Ok(p),
         _ => Err(crate::config::ConfigErrors(errors)),
     }

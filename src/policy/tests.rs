@@ -1,5 +1,13 @@
 use super::*;
 
+fn known<'a>(upstreams: &[&'a str], limit: u64) -> Known<'a> {
+    Known {
+        upstreams: upstreams.to_vec(),
+        issuers: vec!["as"],
+        default_body_limit: limit,
+    }
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -30,7 +38,7 @@ routes:
 fn routes_match_by_method_and_template_with_params() {
     let d = tempfile::tempdir().unwrap();
     let f = write(d.path(), "p.yaml", OK);
-    let set = load_files(&[f], &["bank"], 100).unwrap();
+    let set = load_files(&[f], &known(&["bank"], 100)).unwrap();
     let m = set.lookup(&http::Method::GET, "/accounts/acc-1").unwrap();
     assert_eq!(m.route.id, "get");
     assert_eq!(
@@ -63,7 +71,7 @@ fn routes_match_by_method_and_template_with_params() {
 fn the_policy_version_changes_with_the_content() {
     let d = tempfile::tempdir().unwrap();
     let f = write(d.path(), "p.yaml", OK);
-    let a = load_files(std::slice::from_ref(&f), &["bank"], 100)
+    let a = load_files(std::slice::from_ref(&f), &known(&["bank"], 100))
         .unwrap()
         .version;
     write(
@@ -71,7 +79,7 @@ fn the_policy_version_changes_with_the_content() {
         "p.yaml",
         &OK.replace("body_limit: 10", "body_limit: 11"),
     );
-    let b = load_files(&[f], &["bank"], 100).unwrap().version;
+    let b = load_files(&[f], &known(&["bank"], 100)).unwrap().version;
     assert_ne!(a, b);
 }
 
@@ -86,7 +94,7 @@ fn a_directory_loads_its_yaml_files_in_order_and_skips_test_files() {
     );
     write(d.path(), "x.test.yaml", "this is not a policy");
     write(d.path(), "notes.txt", "ignored");
-    let set = load_files(&[d.path().to_path_buf()], &["bank"], 100).unwrap();
+    let set = load_files(&[d.path().to_path_buf()], &known(&["bank"], 100)).unwrap();
     let groups: Vec<&str> = set.routes().iter().map(|r| r.group.as_str()).collect();
     assert_eq!(groups, ["a", "b", "b", "b", "b"]);
 }
@@ -94,7 +102,7 @@ fn a_directory_loads_its_yaml_files_in_order_and_skips_test_files() {
 fn errors_of(text: &str) -> Vec<String> {
     let d = tempfile::tempdir().unwrap();
     let f = write(d.path(), "bad.yaml", text);
-    match load_files(&[f], &["bank"], 100) {
+    match load_files(&[f], &known(&["bank"], 100)) {
         Ok(_) => vec![],
         Err(e) => {
             e.0.iter()
