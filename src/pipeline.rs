@@ -58,7 +58,11 @@ pub async fn inspect(
     record: &mut RequestRecord,
 ) -> Result<Inspected, Rejection> {
     let config = &rt.config;
-    http::check(parts, &config.listener.limits, &config.listener.server_names)?;
+    http::check(
+        parts,
+        &config.listener.limits,
+        &config.listener.server_names,
+    )?;
     fapi::check_customer_ip(&parts.headers)?;
     let route = route::resolve(parts, &config.policies)?;
     record.route_id = Some(route.route.id.clone());
@@ -100,7 +104,13 @@ async fn authenticate(
     record.subject = verified.sub.as_deref().map(crate::audit::bounded);
     record.token_jti = verified.jti.as_deref().map(crate::audit::bounded);
     record.token_hash = Some(verified.hash.clone());
-    record.scopes = Some(verified.scopes.iter().map(|s| crate::audit::bounded(s)).collect());
+    record.scopes = Some(
+        verified
+            .scopes
+            .iter()
+            .map(|s| crate::audit::bounded(s))
+            .collect(),
+    );
     let dpop = &rt.config.auth.dpop;
     let htu = verified
         .cnf_jkt

@@ -168,7 +168,11 @@ async fn inner(
             interaction_id,
         },
     );
-    vouch_for_token(out.headers_mut(), &inspected, &rt.config.auth.identity_headers);
+    vouch_for_token(
+        out.headers_mut(),
+        &inspected,
+        &rt.config.auth.identity_headers,
+    );
     let (resp, took) = upstream.send(out).await?;
     record.upstream_status = Some(resp.status().as_u16());
     record.upstream_latency_us = Some(took.as_micros() as u64);

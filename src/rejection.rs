@@ -11,11 +11,11 @@ use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
+use crate::jose::dpop::DpopError;
 use crate::path::PathError;
+use crate::pipeline::binding::BindingError;
 use crate::pipeline::fapi::FapiError;
 use crate::pipeline::http::HttpError;
-use crate::jose::dpop::DpopError;
-use crate::pipeline::binding::BindingError;
 use crate::pipeline::identity::IdentityError;
 use crate::pipeline::token::{Scheme, TokenError};
 use crate::policy::NoRoute;
@@ -348,47 +348,127 @@ fn token_wire(e: TokenError) -> Wire {
     use StatusCode as S;
     let (status, reason, detail) = match e {
         // RFC 6750 §3.1: no credentials: 401 without an error code.
-        TokenError::Missing => (S::UNAUTHORIZED, "token.missing", "an access token is required"),
+        TokenError::Missing => (
+            S::UNAUTHORIZED,
+            "token.missing",
+            "an access token is required",
+        ),
         // FAPI 2.0 SP §5.3.4 / RFC 6750 §2.3: tokens are never accepted in the query.
-        TokenError::InQuery => (S::BAD_REQUEST, "token.in_query", "access tokens are not accepted in the query"),
+        TokenError::InQuery => (
+            S::BAD_REQUEST,
+            "token.in_query",
+            "access tokens are not accepted in the query",
+        ),
         // RFC 6750 §2: exactly one method of sending the token.
-        TokenError::Multiple => (S::BAD_REQUEST, "token.multiple", "more than one credential was sent"),
+        TokenError::Multiple => (
+            S::BAD_REQUEST,
+            "token.multiple",
+            "more than one credential was sent",
+        ),
         // RFC 9110 §11.4 / RFC 6750 §2.1: `scheme SP token68`.
-        TokenError::BadHeader => (S::BAD_REQUEST, "token.bad_header", "the Authorization header is malformed"),
+        TokenError::BadHeader => (
+            S::BAD_REQUEST,
+            "token.bad_header",
+            "the Authorization header is malformed",
+        ),
         // RFC 9110 §11.6.2: only Bearer and DPoP.
-        TokenError::UnsupportedScheme => (S::UNAUTHORIZED, "token.unsupported_scheme", "use the Bearer or DPoP scheme"),
+        TokenError::UnsupportedScheme => (
+            S::UNAUTHORIZED,
+            "token.unsupported_scheme",
+            "use the Bearer or DPoP scheme",
+        ),
         // Bound before any parsing or crypto.
-        TokenError::TooLarge => (S::UNAUTHORIZED, "token.too_large", "the access token is too large"),
+        TokenError::TooLarge => (
+            S::UNAUTHORIZED,
+            "token.too_large",
+            "the access token is too large",
+        ),
         // RFC 7515 §7.1 / RFC 8725 §3.11.
-        TokenError::Malformed => (S::UNAUTHORIZED, "token.malformed", "the access token is not a valid JWT"),
+        TokenError::Malformed => (
+            S::UNAUTHORIZED,
+            "token.malformed",
+            "the access token is not a valid JWT",
+        ),
         // RFC 8725 §3.1: an allow-list, never none or HMAC with public keys.
-        TokenError::AlgNotAllowed => (S::UNAUTHORIZED, "token.alg_not_allowed", "the token algorithm is not allowed"),
+        TokenError::AlgNotAllowed => (
+            S::UNAUTHORIZED,
+            "token.alg_not_allowed",
+            "the token algorithm is not allowed",
+        ),
         // RFC 8725 §3.10 / RFC 7515 §4.1.11: no self-carried keys, no unknown crit.
-        TokenError::ForbiddenHeader => (S::UNAUTHORIZED, "token.forbidden_header", "the token header is not acceptable"),
+        TokenError::ForbiddenHeader => (
+            S::UNAUTHORIZED,
+            "token.forbidden_header",
+            "the token header is not acceptable",
+        ),
         // RFC 7515 §4.1.4: keys only from the issuer's key set.
-        TokenError::UnknownKey => (S::UNAUTHORIZED, "token.unknown_key", "the token was not signed by a known key"),
+        TokenError::UnknownKey => (
+            S::UNAUTHORIZED,
+            "token.unknown_key",
+            "the token was not signed by a known key",
+        ),
         // RFC 8725 §3.1: each key is used with exactly one algorithm.
-        TokenError::KeyMismatch => (S::UNAUTHORIZED, "token.key_mismatch", "the token algorithm does not match its key"),
+        TokenError::KeyMismatch => (
+            S::UNAUTHORIZED,
+            "token.key_mismatch",
+            "the token algorithm does not match its key",
+        ),
         // RFC 7515 §5.2.
-        TokenError::BadSignature => (S::UNAUTHORIZED, "token.bad_signature", "the token signature is invalid"),
+        TokenError::BadSignature => (
+            S::UNAUTHORIZED,
+            "token.bad_signature",
+            "the token signature is invalid",
+        ),
         // RFC 9068 §4 / RFC 8725 §3.11: `typ: at+jwt`.
-        TokenError::Typ => (S::UNAUTHORIZED, "token.typ", "the token is not an access token (typ)"),
+        TokenError::Typ => (
+            S::UNAUTHORIZED,
+            "token.typ",
+            "the token is not an access token (typ)",
+        ),
         // RFC 9068 §4 / RFC 8725 §3.8.
-        TokenError::Issuer => (S::UNAUTHORIZED, "token.issuer", "the token issuer is not trusted"),
+        TokenError::Issuer => (
+            S::UNAUTHORIZED,
+            "token.issuer",
+            "the token issuer is not trusted",
+        ),
         // RFC 9068 §4 / RFC 8725 §3.9.
-        TokenError::Audience => (S::UNAUTHORIZED, "token.audience", "the token is not for this audience"),
+        TokenError::Audience => (
+            S::UNAUTHORIZED,
+            "token.audience",
+            "the token is not for this audience",
+        ),
         // RFC 9068 §2.2: exp is required.
-        TokenError::ExpMissing => (S::UNAUTHORIZED, "token.exp_missing", "the token has no expiry"),
+        TokenError::ExpMissing => (
+            S::UNAUTHORIZED,
+            "token.exp_missing",
+            "the token has no expiry",
+        ),
         // RFC 7519 §4.1.4.
         TokenError::Expired => (S::UNAUTHORIZED, "token.expired", "the token has expired"),
         // RFC 7519 §4.1.5.
-        TokenError::NotYetValid => (S::UNAUTHORIZED, "token.not_yet_valid", "the token is not valid yet"),
+        TokenError::NotYetValid => (
+            S::UNAUTHORIZED,
+            "token.not_yet_valid",
+            "the token is not valid yet",
+        ),
         // RFC 7519 §4.1.6 with the configured skew and maximum age.
-        TokenError::IssuedAt => (S::UNAUTHORIZED, "token.issued_at", "the token issue time is not acceptable"),
+        TokenError::IssuedAt => (
+            S::UNAUTHORIZED,
+            "token.issued_at",
+            "the token issue time is not acceptable",
+        ),
         // RFC 7519 §2: NumericDate and string claims have fixed types (CVE-2026-25537).
-        TokenError::ClaimType => (S::UNAUTHORIZED, "token.claim_type", "a token claim has the wrong type"),
+        TokenError::ClaimType => (
+            S::UNAUTHORIZED,
+            "token.claim_type",
+            "a token claim has the wrong type",
+        ),
         // Fail closed: no key set for the issuer yet (RFC 9110 §15.6.4).
-        TokenError::KeysUnavailable => (S::SERVICE_UNAVAILABLE, "token.keys_unavailable", "token keys are not available"),
+        TokenError::KeysUnavailable => (
+            S::SERVICE_UNAVAILABLE,
+            "token.keys_unavailable",
+            "token keys are not available",
+        ),
     };
     wire(status, reason, detail)
 }
@@ -398,41 +478,100 @@ fn binding_wire(e: BindingError) -> Wire {
     let dpop = |reason, detail| wire(S::UNAUTHORIZED, reason, detail);
     match e {
         // FAPI 2.0 SP §5.3.4: sender-constrained tokens only.
-        BindingError::Unbound => wire(S::UNAUTHORIZED, "binding.unbound_token", "this resource requires a sender-constrained token"),
+        BindingError::Unbound => wire(
+            S::UNAUTHORIZED,
+            "binding.unbound_token",
+            "this resource requires a sender-constrained token",
+        ),
         // FAPI 1.0 Part 2 §6.2.1-1: certificate-bound tokens.
-        BindingError::MtlsRequired => wire(S::UNAUTHORIZED, "binding.mtls_required", "this resource requires a certificate-bound token"),
+        BindingError::MtlsRequired => wire(
+            S::UNAUTHORIZED,
+            "binding.mtls_required",
+            "this resource requires a certificate-bound token",
+        ),
         // RFC 8705 §3: the thumbprint must match the presented certificate.
-        BindingError::CertMismatch => wire(S::UNAUTHORIZED, "binding.cert_mismatch", "the token is bound to another certificate"),
+        BindingError::CertMismatch => wire(
+            S::UNAUTHORIZED,
+            "binding.cert_mismatch",
+            "the token is bound to another certificate",
+        ),
         // RFC 8705 §3.
-        BindingError::NoClientCert => wire(S::UNAUTHORIZED, "binding.no_client_cert", "the token is certificate-bound but no certificate was presented"),
+        BindingError::NoClientCert => wire(
+            S::UNAUTHORIZED,
+            "binding.no_client_cert",
+            "the token is certificate-bound but no certificate was presented",
+        ),
         // RFC 9449 §7.2.
-        BindingError::BearerForDpopToken => wire(S::UNAUTHORIZED, "binding.dpop_required", "a DPoP-bound token must use the DPoP scheme"),
+        BindingError::BearerForDpopToken => wire(
+            S::UNAUTHORIZED,
+            "binding.dpop_required",
+            "a DPoP-bound token must use the DPoP scheme",
+        ),
         // RFC 9449 §7.1.
-        BindingError::SchemeWithoutJkt => wire(S::UNAUTHORIZED, "binding.not_dpop_bound", "the DPoP scheme needs a DPoP-bound token"),
+        BindingError::SchemeWithoutJkt => wire(
+            S::UNAUTHORIZED,
+            "binding.not_dpop_bound",
+            "the DPoP scheme needs a DPoP-bound token",
+        ),
         // RFC 9449 §7.1.
-        BindingError::ProofMissing => dpop("binding.dpop_proof_missing", "a DPoP proof is required"),
+        BindingError::ProofMissing => {
+            dpop("binding.dpop_proof_missing", "a DPoP proof is required")
+        }
         // RFC 9449 §4.3 check 1.
-        BindingError::ProofMultiple => wire(S::BAD_REQUEST, "binding.dpop_proof_multiple", "exactly one DPoP proof is allowed"),
+        BindingError::ProofMultiple => wire(
+            S::BAD_REQUEST,
+            "binding.dpop_proof_multiple",
+            "exactly one DPoP proof is allowed",
+        ),
         // RFC 9449 §4.3, each check.
         BindingError::Proof(p) => match p {
-            DpopError::Malformed => dpop("binding.dpop_malformed", "the DPoP proof is not a valid JWT"),
+            DpopError::Malformed => dpop(
+                "binding.dpop_malformed",
+                "the DPoP proof is not a valid JWT",
+            ),
             DpopError::Typ => dpop("binding.dpop_typ", "the DPoP proof typ must be dpop+jwt"),
-            DpopError::AlgNotAllowed => dpop("binding.dpop_alg", "the DPoP proof algorithm is not allowed"),
+            DpopError::AlgNotAllowed => dpop(
+                "binding.dpop_alg",
+                "the DPoP proof algorithm is not allowed",
+            ),
             DpopError::Key => dpop("binding.dpop_key", "the DPoP proof key is not acceptable"),
-            DpopError::BadSignature => dpop("binding.dpop_signature", "the DPoP proof signature is invalid"),
-            DpopError::MissingClaim => dpop("binding.dpop_claims", "the DPoP proof lacks a required claim"),
+            DpopError::BadSignature => dpop(
+                "binding.dpop_signature",
+                "the DPoP proof signature is invalid",
+            ),
+            DpopError::MissingClaim => dpop(
+                "binding.dpop_claims",
+                "the DPoP proof lacks a required claim",
+            ),
             DpopError::Method => dpop("binding.dpop_htm", "the DPoP proof is for another method"),
             DpopError::Uri => dpop("binding.dpop_htu", "the DPoP proof is for another URI"),
-            DpopError::Iat => dpop("binding.dpop_iat", "the DPoP proof is too old or from the future"),
-            DpopError::Ath => dpop("binding.dpop_ath", "the DPoP proof is not bound to this token"),
-            DpopError::NonceRequired | DpopError::NonceStale => dpop("binding.dpop_nonce", "the DPoP proof nonce is missing or stale"),
+            DpopError::Iat => dpop(
+                "binding.dpop_iat",
+                "the DPoP proof is too old or from the future",
+            ),
+            DpopError::Ath => dpop(
+                "binding.dpop_ath",
+                "the DPoP proof is not bound to this token",
+            ),
+            DpopError::NonceRequired | DpopError::NonceStale => dpop(
+                "binding.dpop_nonce",
+                "the DPoP proof nonce is missing or stale",
+            ),
         },
         // RFC 9449 §6.1: the proof key must be the one the token is bound to.
-        BindingError::JktMismatch => wire(S::UNAUTHORIZED, "binding.jkt_mismatch", "the DPoP key does not match the token binding"),
+        BindingError::JktMismatch => wire(
+            S::UNAUTHORIZED,
+            "binding.jkt_mismatch",
+            "the DPoP key does not match the token binding",
+        ),
         // RFC 9449 §11.1.
         BindingError::Replay => dpop("binding.dpop_replay", "the DPoP proof was already used"),
         // Fail closed rather than forget a jti (RFC 9110 §15.6.4).
-        BindingError::ReplayStoreFull => wire(S::SERVICE_UNAVAILABLE, "binding.replay_store_unavailable", "replay protection is unavailable"),
+        BindingError::ReplayStoreFull => wire(
+            S::SERVICE_UNAVAILABLE,
+            "binding.replay_store_unavailable",
+            "replay protection is unavailable",
+        ),
     }
 }
 
@@ -459,7 +598,10 @@ pub fn respond(
         CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
-    if let Some(c) = rejection.challenge().and_then(|c| HeaderValue::from_str(&c).ok()) {
+    if let Some(c) = rejection
+        .challenge()
+        .and_then(|c| HeaderValue::from_str(&c).ok())
+    {
         h.insert(WWW_AUTHENTICATE, c);
     }
     if let Rejection::Route(NoRoute::MethodNotAllowed { allow }) = rejection {

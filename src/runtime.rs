@@ -37,7 +37,11 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the runtime for `config`, reusing remote key sources from `remotes` (keyed by
     /// issuer name and URL) so a reload does not drop fetched keys.
-    fn new(config: Config, remotes: &DashMap<(String, String), Arc<KeySource>>, background: &CancellationToken) -> Runtime {
+    fn new(
+        config: Config,
+        remotes: &DashMap<(String, String), Arc<KeySource>>,
+        background: &CancellationToken,
+    ) -> Runtime {
         let upstreams = config
             .upstreams
             .iter()
@@ -49,7 +53,9 @@ impl Runtime {
             .iter()
             .map(|(name, issuer)| {
                 let source = match &issuer.jwks {
-                    JwksSource::File { keys, .. } => Arc::new(KeySource::fixed(name, Arc::clone(keys))),
+                    JwksSource::File { keys, .. } => {
+                        Arc::new(KeySource::fixed(name, Arc::clone(keys)))
+                    }
                     JwksSource::Url(remote) => {
                         let key = (name.clone(), remote.uri.to_string());
                         let existing = remotes.get(&key).map(|r| Arc::clone(r.value()));

@@ -168,7 +168,10 @@ fn validate_issuer(
                     }
                 },
                 Err(e) => {
-                    p.push(field("jwks.file"), format!("cannot read {}: {e}", path.display()));
+                    p.push(
+                        field("jwks.file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
                     None
                 }
             }
@@ -176,7 +179,9 @@ fn validate_issuer(
         (None, Some(url)) => {
             let uri: Option<http::Uri> = url.parse().ok();
             match uri {
-                Some(u) if u.scheme() == Some(&http::uri::Scheme::HTTPS) && u.authority().is_some() => {
+                Some(u)
+                    if u.scheme() == Some(&http::uri::Scheme::HTTPS) && u.authority().is_some() =>
+                {
                     let mut roots = rustls::RootCertStore::empty();
                     for (i, ca) in f.jwks.ca.iter().enumerate() {
                         let path = resolve(base, ca);
@@ -186,7 +191,10 @@ fn validate_issuer(
                         }
                     }
                     if roots.is_empty() {
-                        p.push(field("jwks.ca"), "a JWKS URL needs its CA bundle (trust is pinned)");
+                        p.push(
+                            field("jwks.ca"),
+                            "a JWKS URL needs its CA bundle (trust is pinned)",
+                        );
                         None
                     } else {
                         crate::tls::upstream_client_config(roots, None)
@@ -196,9 +204,18 @@ fn validate_issuer(
                                 JwksSource::Url(Remote {
                                     uri: u,
                                     tls,
-                                    refresh: f.jwks.refresh_interval.map_or(Duration::from_secs(300), |d| d.0),
-                                    min_refetch: f.jwks.min_refetch_interval.map_or(Duration::from_secs(30), |d| d.0),
-                                    timeout: f.jwks.fetch_timeout.map_or(Duration::from_secs(5), |d| d.0),
+                                    refresh: f
+                                        .jwks
+                                        .refresh_interval
+                                        .map_or(Duration::from_secs(300), |d| d.0),
+                                    min_refetch: f
+                                        .jwks
+                                        .min_refetch_interval
+                                        .map_or(Duration::from_secs(30), |d| d.0),
+                                    timeout: f
+                                        .jwks
+                                        .fetch_timeout
+                                        .map_or(Duration::from_secs(5), |d| d.0),
                                 })
                             })
                     }
@@ -237,17 +254,27 @@ pub(crate) fn validate(
 ) -> Auth {
     let issuers = issuers
         .iter()
-        .filter_map(|(name, f)| validate_issuer(p, base, name, f, watched).map(|i| (name.clone(), i)))
+        .filter_map(|(name, f)| {
+            validate_issuer(p, base, name, f, watched).map(|i| (name.clone(), i))
+        })
         .collect();
-    let public_base_url = dpop.public_base_url.as_ref().and_then(|u| {
-        match crate::jose::dpop::normalize_htu(u) {
-            Some(n) if n.ends_with('/') && n.matches('/').count() == 3 => Some(n.trim_end_matches('/').to_string()),
-            _ => {
-                p.push("dpop.public_base_url", format!("`{u}` must be an absolute http(s) URL with no path, query or fragment"));
-                None
-            }
-        }
-    });
+    let public_base_url =
+        dpop.public_base_url
+            .as_ref()
+            .and_then(|u| match crate::jose::dpop::normalize_htu(u) {
+                Some(n) if n.ends_with('/') && n.matches('/').count() == 3 => {
+                    Some(n.trim_end_matches('/').to_string())
+                }
+                _ => {
+                    p.push(
+                        "dpop.public_base_url",
+                        format!(
+                            "`{u}` must be an absolute http(s) URL with no path, query or fragment"
+                        ),
+                    );
+                    None
+                }
+            });
     let dpop = DpopSettings {
         algorithms: algorithms(p, "dpop.algorithms", &dpop.algorithms),
         max_age: secs(dpop.max_age, 60),

@@ -106,7 +106,10 @@ impl KeySource {
 
     /// The key for `kid`, if the current set has it.
     pub fn get(&self, kid: &str) -> Option<Arc<VerifyingKey>> {
-        self.current.load().as_ref().and_then(|s| s.get(kid).cloned())
+        self.current
+            .load()
+            .as_ref()
+            .and_then(|s| s.get(kid).cloned())
     }
 
     /// Fetches once now (single flight), unless a fetch happened less than `min_gap` ago.
@@ -147,7 +150,10 @@ impl KeySource {
 
     async fn fetch(&self, r: &RemoteState) -> Result<KeySet, &'static str> {
         let req = http::Request::get(r.cfg.uri.clone())
-            .header(http::header::ACCEPT, "application/jwk-set+json, application/json")
+            .header(
+                http::header::ACCEPT,
+                "application/jwk-set+json, application/json",
+            )
             .body(Empty::new())
             .map_err(|_| "request")?;
         let resp = tokio::time::timeout(r.cfg.timeout, r.client.request(req))
@@ -177,7 +183,11 @@ impl KeySource {
             loop {
                 // Retry quickly until the first good set, then on the interval.
                 let ok = me.refresh(Duration::ZERO).await;
-                let wait = if ok { every } else { Duration::from_secs(2).min(every) };
+                let wait = if ok {
+                    every
+                } else {
+                    Duration::from_secs(2).min(every)
+                };
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.cancelled() => return,

@@ -95,7 +95,9 @@ pub fn bind(
         let proof = match (proofs.next(), proofs.next()) {
             (None, _) => return Err(BindingError::ProofMissing),
             (Some(_), Some(_)) => return Err(BindingError::ProofMultiple),
-            (Some(p), None) => p.to_str().map_err(|_| BindingError::Proof(DpopError::Malformed))?,
+            (Some(p), None) => p
+                .to_str()
+                .map_err(|_| BindingError::Proof(DpopError::Malformed))?,
         };
         if proof.contains(',') {
             return Err(BindingError::ProofMultiple);
@@ -119,7 +121,11 @@ pub fn bind(
             return Err(BindingError::JktMismatch);
         }
         // The proof is accepted for max_age after its iat (plus skew): remember its jti that long.
-        let until = p.iat.saturating_add(dpop.max_age).saturating_add(dpop.skew).max(now + 1);
+        let until = p
+            .iat
+            .saturating_add(dpop.max_age)
+            .saturating_add(dpop.skew)
+            .max(now + 1);
         match replay.first_use(p.jti_hash, until, now) {
             Ok(true) => {}
             Ok(false) => return Err(BindingError::Replay),

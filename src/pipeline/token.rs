@@ -82,9 +82,9 @@ pub struct AccessToken {
 fn is_token68(s: &str) -> bool {
     let body = s.trim_end_matches('=');
     !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
 }
 
 fn query_has_access_token(q: &str) -> bool {
@@ -166,7 +166,9 @@ fn check_time(t: &AccessToken, issuer: &Issuer, now: i64) -> Result<(), TokenErr
     if now >= t.exp.saturating_add(issuer.skew) {
         return Err(TokenError::Expired);
     }
-    if t.nbf.is_some_and(|nbf| now.saturating_add(issuer.skew) < nbf) {
+    if t.nbf
+        .is_some_and(|nbf| now.saturating_add(issuer.skew) < nbf)
+    {
         return Err(TokenError::NotYetValid);
     }
     Ok(())
@@ -180,7 +182,12 @@ fn opt_string(m: &Map<String, Value>, name: &str) -> Result<Option<String>, Toke
     }
 }
 
-fn claims(m: Map<String, Value>, issuer: &Issuer, hash: String, now: i64) -> Result<AccessToken, TokenError> {
+fn claims(
+    m: Map<String, Value>,
+    issuer: &Issuer,
+    hash: String,
+    now: i64,
+) -> Result<AccessToken, TokenError> {
     match string(&m, "iss") {
         Typed::Present(iss) if iss == issuer.issuer => {}
         Typed::WrongType => return Err(TokenError::ClaimType),
@@ -192,7 +199,8 @@ fn claims(m: Map<String, Value>, issuer: &Issuer, hash: String, now: i64) -> Res
             if list.iter().any(|v| !v.is_string()) {
                 return Err(TokenError::ClaimType);
             }
-            list.iter().any(|v| v.as_str() == Some(issuer.audience.as_str()))
+            list.iter()
+                .any(|v| v.as_str() == Some(issuer.audience.as_str()))
         }
         Some(_) => return Err(TokenError::ClaimType),
         None => false,
@@ -225,7 +233,11 @@ fn claims(m: Map<String, Value>, issuer: &Issuer, hash: String, now: i64) -> Res
         }
     }
     let scopes = match string(&m, "scope") {
-        Typed::Present(s) => s.split(' ').filter(|x| !x.is_empty()).map(str::to_string).collect(),
+        Typed::Present(s) => s
+            .split(' ')
+            .filter(|x| !x.is_empty())
+            .map(str::to_string)
+            .collect(),
         Typed::Absent => Vec::new(),
         Typed::WrongType => return Err(TokenError::ClaimType),
     };
@@ -331,7 +343,11 @@ mod tests {
             (&["Basic dXNlcjpwYXNz"], "/x", TokenError::UnsupportedScheme),
         ];
         for (auth, uri, want) in cases {
-            assert_eq!(extract(&parts(auth, uri)).unwrap_err(), *want, "{auth:?} {uri}");
+            assert_eq!(
+                extract(&parts(auth, uri)).unwrap_err(),
+                *want,
+                "{auth:?} {uri}"
+            );
         }
         // A parameter merely containing the name is not a token.
         assert!(extract(&parts(&["Bearer a"], "/x?not_access_token=1")).is_ok());
