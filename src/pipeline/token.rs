@@ -9,6 +9,7 @@
 //! skips the signature but still checks `exp`/`nbf` against `now`, and the binding stage always
 //! runs. Keys come only from the issuer's key source, chosen by exact `kid`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -121,6 +122,9 @@ pub fn extract(parts: &Parts) -> Result<Credential<'_>, TokenError> {
 pub struct TokenCache {
     map: DashMap<[u8; 32], Arc<AccessToken>>,
     capacity: usize,
+    /// Lookups answered from the cache, and signatures verified (misses).
+    pub hits: AtomicU64,
+    pub verifications: AtomicU64,
 }
 
 impl TokenCache {
@@ -128,6 +132,8 @@ impl TokenCache {
         TokenCache {
             map: DashMap::new(),
             capacity,
+            hits: AtomicU64::new(0),
+            verifications: AtomicU64::new(0),
         }
     }
 
@@ -274,6 +280,7 @@ pub async fn verify(
     }
     let key = cache_key(&issuer.name, token);
     if let Some(hit) = cache.map.get(&key).map(|r| Arc::clone(r.value())) {
+        cache.hits.fetch_add(1, Ordering::Relaxed);
         check_time(&hit, issuer, now)?;
         return Ok(hit);
     }
@@ -300,6 +307,7 @@ pub async fn verify(
             }
         }
     };
+    cache.verifications.fetch_add(1, Ordering::Relaxed);
     jws.verify_with(&vk).map_err(|e| match e {
         JwsError::KeyAlgMismatch => TokenError::KeyMismatch,
         _ => TokenError::BadSignature,

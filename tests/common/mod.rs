@@ -223,6 +223,8 @@ pub struct Options {
     pub policy: String,
     /// Replaces the body of the `upstreams.bank` entry (url and the rest) when set.
     pub upstream_yaml: Option<String>,
+    /// The clock token and DPoP checks read (default: the system clock).
+    pub clock: Option<Arc<dyn portcullis::clock::Clock>>,
 }
 
 impl Options {
@@ -235,6 +237,7 @@ impl Options {
             response_timeout: "5s",
             policy: POLICY.to_string(),
             upstream_yaml: None,
+            clock: None,
         }
     }
 }
@@ -299,8 +302,12 @@ impl Proxy {
         let path = dir.path().join("portcullis.yaml");
         std::fs::write(&path, config_text(&o, certs)).unwrap();
         let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
-        let audit = AuditLog::start(&config.audit.sink, 1024).unwrap();
-        let shared = Arc::new(Shared::new(config, audit, Some(path)));
+        let audit = AuditLog::start(&config.audit).unwrap();
+        let clock = o
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::new(portcullis::clock::SystemClock));
+        let shared = Arc::new(Shared::with_clock(config, audit, Some(path), clock));
         let running = portcullis::server::start(Arc::clone(&shared))
             .await
             .unwrap();
