@@ -65,6 +65,12 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:9080")]
         listen: SocketAddr,
     },
+    /// Audit log tools: verify the hash chain and signed checkpoints, report per client,
+    /// make an audit signing key.
+    Audit {
+        #[command(subcommand)]
+        command: crate::audit::cmd::AuditCommand,
+    },
     /// Drive an HTTPS target with a client certificate, closed loop, and report latency.
     Loadgen {
         /// Target address, e.g. 127.0.0.1:8443.
@@ -132,7 +138,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             let Some(c) = load_or_report(&config) else {
                 return ExitCode::from(2);
             };
-            let audit = match AuditLog::start(&c.audit.sink, c.audit.queue_capacity) {
+            let audit = match AuditLog::start(&c.audit) {
                 Ok(a) => a,
                 Err(e) => {
                     eprintln!("cannot open the audit sink: {e}");
@@ -162,6 +168,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             } else {
                 tracing::warn!("drain timeout reached; closing remaining connections");
             }
+            shared.audit.close(std::time::Duration::from_secs(10));
             ExitCode::SUCCESS
         }
         Command::Check { config } => {
@@ -216,6 +223,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             token.cancel();
             ExitCode::SUCCESS
         }
+        Command::Audit { command } => crate::audit::cmd::run(command),
         Command::Loadgen {
             addr,
             server_name,

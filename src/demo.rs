@@ -312,7 +312,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     if let Some(up) = config.upstreams.get_mut("bank") {
         up.authority = bank_addr.to_string().parse()?;
     }
-    let audit = AuditLog::start(&config.audit.sink, config.audit.queue_capacity)?;
+    let audit = AuditLog::start(&config.audit)?;
     let shared = Arc::new(Shared::new(config, audit, None));
     let running = crate::server::start(Arc::clone(&shared)).await?;
     let certs = dir.join("certs");

@@ -1,236 +1,349 @@
-//! Audit: exactly one JSON-lines record per request, and one per failed TLS handshake.
+//! Audit: exactly one tamper-evident JSON line per request, and one per failed TLS handshake.
 //!
-//! The request path only fills a record and enqueues it; a dedicated writer thread behind a
-//! bounded queue assigns the sequence number, serializes and writes in batches. When the queue
-//! is full the request blocks (no record is ever dropped). Records never carry credentials or
-//! bodies; attacker-controlled strings are truncated with a marker, and JSON escaping keeps
-//! every record one line.
+//! How it works: the request path fills a [`RequestRecord`], and [`AuditLog::emit`] serializes
+//! it (with the event time) on the calling thread and puts the bytes on a bounded queue. One
+//! writer thread (`writer.rs`) numbers, chains and seals each record (`chain.rs` defines the
+//! canonical bytes and the hash), writes in batches, fsyncs on an interval, writes Ed25519-signed
+//! checkpoints every N records and/or T seconds, and rotates files by size and age with
+//! retention. `portcullis audit verify` ([`verify`]) checks a log; `portcullis audit report`
+//! ([`report`]) summarizes it per client.
 //!
-//! (The tamper-evident hash chain, signed checkpoints, rotation and `audit verify` are issue #7.)
+//! Invariants:
+//! - One record per request on every path, and one per failed handshake; each is exactly one
+//!   valid JSON line (`json.rs` escapes C0/C1 controls, U+2028/U+2029 and bidi overrides).
+//! - Records never carry credentials or bodies: no `Authorization`, DPoP proof, JWS signature,
+//!   cookie or body content; tokens only as [`token_hash`]. Attacker-controlled strings are
+//!   bounded with a marker ([`bounded`], [`bounded_bytes`]).
+//! - When the queue is full, [`QueueFull`] decides: `block` (the default) never loses a
+//!   record; `refuse` lets [`AuditLog::refusing`] turn new requests away with 503
+//!   `audit.unavailable` while requests already admitted still block for their record; `drop`
+//!   drops and counts, and the next record written carries `dropped_before`. A failing output
+//!   (disk full, unwritable) stops the writer from draining the queue until a retry succeeds,
+//!   so the same policy applies; `refusing` is true at once while the output fails.
 
-use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod chain;
+pub mod cmd;
+mod json;
+mod record;
+pub mod report;
+pub mod verify;
+mod writer;
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use serde::Serialize;
+use crossbeam_channel::{Sender, TrySendError};
 
-use crate::config::AuditSink;
+pub use chain::{split_hash, split_sig, AuditKey, AuditPublicKey, KeyError, GENESIS};
+pub use json::SafeFormatter;
+pub use record::{
+    bounded, bounded_bytes, token_hash, HandshakeRecord, RateLimitRecord, Record, RequestRecord,
+    SignatureRecord, MAX_FIELD, TRUNCATED,
+};
+pub use writer::{rotated_files, rotated_name};
 
-/// Longest attacker-controlled string kept in a record.
-const MAX_FIELD: usize = 512;
-const TRUNCATED: &str = "...[truncated]";
+use crate::config::{AuditSettings, AuditSink};
+use crate::telemetry::Histogram;
+use writer::{FileOut, Msg, Output, Resume, Writer};
 
-/// Truncates `s` at a char boundary to `MAX_FIELD` bytes, marking the cut.
-pub fn bounded(s: &str) -> String {
-    if s.len() <= MAX_FIELD {
-        return s.to_string();
+/// The reason code of a request refused because the audit log cannot take its record.
+pub const UNAVAILABLE_REASON: &str = "audit.unavailable";
+
+/// What to do when the audit queue is full (or the output is failing and the queue fills).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueueFull {
+    /// Wait for room: no record is ever lost; requests slow down with the disk.
+    #[default]
+    Block,
+    /// Refuse new requests with 503 `audit.unavailable`; admitted requests still block.
+    Refuse,
+    /// Drop the record, count it, and report the count in the next record written.
+    Drop,
+}
+
+impl QueueFull {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueFull::Block => "block",
+            QueueFull::Refuse => "refuse",
+            QueueFull::Drop => "drop",
+        }
     }
-    let mut end = MAX_FIELD;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{TRUNCATED}", &s[..end])
 }
 
-/// One request's record; filled by the outer handler as the request moves through the stages.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct RequestRecord {
-    pub interaction_id: String,
-    pub conn_id: u64,
-    pub peer: String,
-    pub tls_version: &'static str,
-    pub cipher: &'static str,
-    pub http_version: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_cert_thumbprint: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_subject: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_org_id: Option<String>,
-    pub method: String,
-    /// The request path (no query: query values may be sensitive), bounded.
-    pub path: String,
-    pub has_query: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub route_id: Option<String>,
-    pub decision: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stage: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
-    pub status: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream_status: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream_latency_us: Option<u64>,
-    pub total_latency_us: u64,
-    pub policy_version: String,
+/// File rotation: by size and/or age, keeping `retain` rotated files (0 keeps all).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rotation {
+    pub max_bytes: Option<u64>,
+    pub max_age: Option<Duration>,
+    pub retain: usize,
 }
 
-/// A failed handshake: there is no request, only the connection and a bounded category.
-#[derive(Clone, Debug, Serialize)]
-pub struct HandshakeRecord {
-    pub peer: String,
-    pub failure: &'static str,
+/// A refusal made on the audit log's account (see [`AuditLog::refusing`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditError {
+    /// The audit queue is full or the audit output is failing, under `queue_full: refuse`.
+    Unavailable,
 }
 
-#[derive(Debug, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Record {
-    Request(Box<RequestRecord>),
-    TlsHandshake(HandshakeRecord),
+const WRITE_BUCKETS: [f64; 10] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25,
+];
+
+/// Counters the writer and `emit` keep; rendered by the metrics endpoint.
+pub struct AuditStats {
+    written: AtomicU64,
+    dropped: AtomicU64,
+    dropped_unreported: AtomicU64,
+    write_errors: AtomicU64,
+    failing: AtomicBool,
+    checkpoints: AtomicU64,
+    rotations: AtomicU64,
+    write_latency: Histogram,
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    seq: u64,
-    time: String,
-    #[serde(flatten)]
-    record: &'a Record,
-}
-
-/// Handle for enqueueing records; cheap to clone.
-#[derive(Clone)]
-pub struct AuditLog {
-    tx: Option<crossbeam_channel::Sender<Record>>,
-    written: Arc<AtomicU64>,
-}
-
-impl AuditLog {
-    /// Starts the writer thread for `sink`. Fails if the file cannot be opened.
-    pub fn start(sink: &AuditSink, capacity: usize) -> std::io::Result<AuditLog> {
-        let written = Arc::new(AtomicU64::new(0));
-        let out: Box<dyn Write + Send> = match sink {
-            AuditSink::None => {
-                return Ok(AuditLog { tx: None, written });
-            }
-            AuditSink::Stdout => Box::new(std::io::stdout()),
-            AuditSink::File(p) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?,
-            ),
-        };
-        let (tx, rx) = crossbeam_channel::bounded::<Record>(capacity.max(1));
-        let counter = Arc::clone(&written);
-        std::thread::Builder::new()
-            .name("portcullis-audit".into())
-            .spawn(move || writer(rx, out, counter))?;
-        Ok(AuditLog {
-            tx: Some(tx),
-            written,
-        })
-    }
-
-    /// A log that discards everything (for `check` and tests of other parts).
-    pub fn disabled() -> AuditLog {
-        AuditLog {
-            tx: None,
-            written: Arc::new(AtomicU64::new(0)),
+impl AuditStats {
+    fn new() -> AuditStats {
+        AuditStats {
+            written: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            dropped_unreported: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            checkpoints: AtomicU64::new(0),
+            rotations: AtomicU64::new(0),
+            write_latency: Histogram::new(&WRITE_BUCKETS),
         }
     }
 
-    /// Enqueues a record, waiting for room when the queue is full.
-    pub fn emit(&self, record: Record) {
-        let Some(tx) = &self.tx else { return };
-        match tx.try_send(record) {
-            Ok(()) => {}
-            Err(crossbeam_channel::TrySendError::Full(r)) => {
-                let block = || {
-                    let _ = tx.send(r);
-                };
-                match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-                    Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
-                        tokio::task::block_in_place(block)
-                    }
-                    _ => block(),
-                }
+    /// Records written to the output (checkpoints and markers included).
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+    /// Records dropped (`drop` policy, or best-effort records under `refuse`).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+    /// Failed write or fsync attempts.
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors.load(Ordering::Relaxed)
+    }
+    /// Whether the output is failing right now.
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+    pub fn checkpoints(&self) -> u64 {
+        self.checkpoints.load(Ordering::Relaxed)
+    }
+    pub fn rotations(&self) -> u64 {
+        self.rotations.load(Ordering::Relaxed)
+    }
+    /// Time per batch write.
+    pub fn write_latency(&self) -> &Histogram {
+        &self.write_latency
+    }
+}
+
+struct Inner {
+    tx: Sender<Msg>,
+    policy: QueueFull,
+    capacity: usize,
+    stats: Arc<AuditStats>,
+}
+
+/// Handle for enqueueing records; cheap to clone. The writer stops when every clone is gone
+/// or [`AuditLog::close`] is called.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Option<Arc<Inner>>,
+}
+
+/// Runs a blocking call without stalling a multi-threaded Tokio runtime.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+impl AuditLog {
+    /// Starts the writer thread for `settings`. For a file sink this opens the file and
+    /// resumes the chain from its last record; it fails if the file cannot be opened or its
+    /// last line is not a sealed record (a torn last line is recovered, see `writer.rs`).
+    pub fn start(settings: &AuditSettings) -> io::Result<AuditLog> {
+        let (out, resume) = match &settings.sink {
+            AuditSink::None => return Ok(AuditLog::disabled()),
+            AuditSink::Stdout => (Output::Stream(Box::new(io::stdout())), Resume::genesis()),
+            AuditSink::File(p) => {
+                let (f, r) = FileOut::open(p, settings.rotation.clone())?;
+                (Output::File(f), r)
             }
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+        };
+        AuditLog::spawn(settings, out, resume)
+    }
+
+    /// Starts a writer on any byte sink (tests, benches): a fresh chain, no rotation.
+    pub fn start_with_writer(
+        settings: &AuditSettings,
+        out: Box<dyn io::Write + Send>,
+    ) -> io::Result<AuditLog> {
+        AuditLog::spawn(settings, Output::Stream(out), Resume::genesis())
+    }
+
+    fn spawn(settings: &AuditSettings, out: Output, resume: Resume) -> io::Result<AuditLog> {
+        let capacity = settings.queue_capacity.max(1);
+        let (tx, rx) = crossbeam_channel::bounded::<Msg>(capacity);
+        let stats = Arc::new(AuditStats::new());
+        let w = Writer::new(
+            out,
+            writer::Settings {
+                key: settings.signing_key.clone(),
+                checkpoint_every: settings.checkpoint_every,
+                checkpoint_interval: settings.checkpoint_interval,
+                fsync_interval: settings.fsync_interval,
+            },
+            Arc::clone(&stats),
+            &resume,
+        );
+        let torn = resume.torn;
+        std::thread::Builder::new()
+            .name("portcullis-audit".into())
+            .spawn(move || w.run(rx, torn))?;
+        if settings.queue_full != QueueFull::Block {
+            tracing::warn!(
+                queue_full = settings.queue_full.as_str(),
+                "audit queue-full policy is not `block`: records or requests may be refused or dropped under pressure"
+            );
+        }
+        Ok(AuditLog {
+            inner: Some(Arc::new(Inner {
+                tx,
+                policy: settings.queue_full,
+                capacity,
+                stats,
+            })),
+        })
+    }
+
+    /// A log that discards everything (`audit.sink: none`, `check`, tests of other parts).
+    pub fn disabled() -> AuditLog {
+        AuditLog { inner: None }
+    }
+
+    /// Serializes `record` with the current time and enqueues it; what happens when the queue
+    /// is full depends on the [`QueueFull`] policy (see the module doc).
+    pub fn emit(&self, record: Record) {
+        let Some(inner) = &self.inner else { return };
+        let Some(body) = encode(&record) else {
+            tracing::error!(
+                failure = "audit_encode",
+                "audit record could not be serialized"
+            );
+            return;
+        };
+        let best_effort = match inner.policy {
+            QueueFull::Block => false,
+            QueueFull::Drop => true,
+            // Under `refuse`, a request that was let through always gets its record; the
+            // records of requests refused for the audit's sake, and of failed handshakes,
+            // are best effort (counted when dropped).
+            QueueFull::Refuse => match &record {
+                Record::Request(r) => r.reason == Some(UNAVAILABLE_REASON),
+                Record::TlsHandshake(_) => true,
+            },
+        };
+        match inner.tx.try_send(Msg::Record(body)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(msg)) if !best_effort => {
+                let _ = blocking(|| inner.tx.send(msg));
+            }
+            Err(TrySendError::Full(_)) => {
+                inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                inner
+                    .stats
+                    .dropped_unreported
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(failure = "audit_writer_gone", "audit record lost");
             }
         }
     }
 
+    /// True when new requests must be refused with `audit.unavailable`: the policy is
+    /// `refuse` and the queue is full or the output is failing.
+    pub fn refusing(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_some_and(|i| i.policy == QueueFull::Refuse && (i.tx.is_full() || i.stats.failing()))
+    }
+
+    /// False while the audit output is failing (for readiness).
+    pub fn healthy(&self) -> bool {
+        self.inner.as_ref().is_none_or(|i| !i.stats.failing())
+    }
+
     /// Records written so far.
     pub fn written(&self) -> u64 {
-        self.written.load(Ordering::Relaxed)
+        self.inner.as_ref().map_or(0, |i| i.stats.written())
+    }
+
+    /// Records waiting in the queue, and its capacity.
+    pub fn queue_depth(&self) -> (usize, usize) {
+        self.inner
+            .as_ref()
+            .map_or((0, 0), |i| (i.tx.len(), i.capacity))
+    }
+
+    pub fn stats(&self) -> Option<&AuditStats> {
+        self.inner.as_deref().map(|i| &*i.stats)
+    }
+
+    pub fn policy(&self) -> Option<QueueFull> {
+        self.inner.as_ref().map(|i| i.policy)
+    }
+
+    /// Waits (up to `timeout`) until every record enqueued before this call is written and
+    /// fsynced; true when that happened.
+    pub fn sync(&self, timeout: Duration) -> bool {
+        self.ask(timeout, Msg::Sync)
+    }
+
+    /// Writes a final checkpoint (when a key is configured), fsyncs and stops the writer;
+    /// waits up to `timeout`. Records emitted afterwards are counted as dropped.
+    pub fn close(&self, timeout: Duration) -> bool {
+        self.ask(timeout, Msg::Close)
+    }
+
+    fn ask(&self, timeout: Duration, msg: fn(Sender<bool>) -> Msg) -> bool {
+        let Some(inner) = &self.inner else {
+            return true;
+        };
+        let (ack, done) = crossbeam_channel::bounded(1);
+        blocking(|| {
+            inner.tx.send_timeout(msg(ack), timeout).is_ok()
+                && done.recv_timeout(timeout).unwrap_or(false)
+        })
     }
 }
 
-fn writer(
-    rx: crossbeam_channel::Receiver<Record>,
-    out: Box<dyn Write + Send>,
-    written: Arc<AtomicU64>,
-) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    let mut seq: u64 = 0;
-    let mut buf = Vec::with_capacity(1024);
-    while let Ok(first) = rx.recv() {
-        let mut batch = 0u64;
-        let mut next = Some(first);
-        while let Some(record) = next.take() {
-            seq += 1;
-            buf.clear();
-            let line = Line {
-                seq,
-                time: now_rfc3339(),
-                record: &record,
-            };
-            if serde_json::to_writer(&mut buf, &line).is_ok() {
-                buf.push(b'\n');
-                if let Err(e) = out.write_all(&buf) {
-                    tracing::error!(failure = "audit_write", error = %e, "audit write failed");
-                }
-            }
-            batch += 1;
-            if batch < 512 {
-                next = rx.try_recv().ok();
-            }
-        }
-        if let Err(e) = out.flush() {
-            tracing::error!(failure = "audit_flush", error = %e, "audit flush failed");
-        }
-        written.fetch_add(batch, Ordering::Relaxed);
-    }
-    let _ = out.flush();
+/// The members of one record as the writer splices them: `"time":"…","kind":"…",…`.
+pub fn encode(record: &Record) -> Option<Vec<u8>> {
+    let mut body = Vec::with_capacity(1024);
+    body.extend_from_slice(b"\"time\":\"");
+    body.extend_from_slice(now_rfc3339().as_bytes());
+    body.extend_from_slice(b"\",");
+    json::to_line_body(record, &mut body).then_some(body)
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_hostile_values_are_truncated_with_a_marker_on_a_char_boundary() {
-        let s = "é".repeat(400);
-        let b = bounded(&s);
-        assert!(b.ends_with(TRUNCATED));
-        assert!(b.len() <= MAX_FIELD + TRUNCATED.len());
-        assert_eq!(bounded("short"), "short");
-    }
-
-    #[test]
-    fn a_record_with_control_characters_stays_one_json_line() {
-        let r = Record::Request(Box::new(RequestRecord {
-            path: bounded("/a\r\n{\"forged\":1}\u{2028}"),
-            ..RequestRecord::default()
-        }));
-        let line = serde_json::to_string(&Line {
-            seq: 1,
-            time: now_rfc3339(),
-            record: &r,
-        })
-        .unwrap();
-        assert!(!line.contains('\n') && !line.contains('\r'));
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v["kind"], "request");
-        assert_eq!(v["path"], "/a\r\n{\"forged\":1}\u{2028}");
-    }
-}
+mod tests;

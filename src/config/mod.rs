@@ -467,7 +467,10 @@ fn validate_audit(
     }
     if let Some(b) = f.rotate_bytes {
         if b < 4096 {
-            p.push("audit.rotate_bytes", format!("{b} is below the minimum of 4096"));
+            p.push(
+                "audit.rotate_bytes",
+                format!("{b} is below the minimum of 4096"),
+            );
         }
     }
     if f.rotate_age.is_some_and(|d| d.0 < Duration::from_secs(1)) {
