@@ -556,7 +556,8 @@ async fn a_dpop_bound_token_needs_a_fresh_matching_proof_every_time() {
         .starts_with("DPoP error=\"invalid_dpop_proof\""));
     // Proof-level failures.
     let other = SigningKey::generate(Alg::ES256, "o").unwrap();
-    let cases: Vec<(Vec<(&str, String)>, u16, &str)> = vec![
+    type Case<'a> = (Vec<(&'a str, String)>, u16, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (vec![auth.clone()], 401, "binding.dpop_proof_missing"),
         (
             vec![
