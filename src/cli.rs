@@ -71,6 +71,22 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::audit::cmd::AuditCommand,
     },
+    /// Inspect an access token against a config: every check the proxy runs, with its outcome.
+    Token {
+        #[command(subcommand)]
+        command: crate::tokentool::TokenCommand,
+    },
+    /// Dev keys, access tokens and DPoP proofs for trying a setup (never for production).
+    DevToken {
+        #[command(subcommand)]
+        command: crate::tokentool::DevTokenCommand,
+    },
+    /// Audit log tools: verify the hash chain and signed checkpoints, report per client,
+    /// make an audit signing key.
+    Audit {
+        #[command(subcommand)]
+        command: crate::audit::cmd::AuditCommand,
+    },
     /// Drive an HTTPS target with a client certificate, closed loop, and report latency.
     Loadgen {
         /// Target address, e.g. 127.0.0.1:8443.
@@ -223,6 +239,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             token.cancel();
             ExitCode::SUCCESS
         }
+        Command::Audit { command } => crate::audit::cmd::run(command),
+        Command::Token { command } => crate::tokentool::run_token(command).await,
+        Command::DevToken { command } => crate::tokentool::run_dev(command),
         Command::Audit { command } => crate::audit::cmd::run(command),
         Command::Loadgen {
             addr,

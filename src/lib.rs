@@ -29,4 +29,5 @@ pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod tokentool;
 pub mod upstream;

@@ -974,3 +974,123 @@ impl JwksServer {
         self.hits.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+#[test]
+fn dev_token_mints_what_token_inspect_accepts_and_inspect_names_the_failed_check() {
+    let bin = env!("CARGO_BIN_EXE_portcullis");
+    let d = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .current_dir(d.path())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    assert_eq!(run(&["dev-certs", "--out", "certs"]).0, Some(0));
+    assert_eq!(run(&["dev-token", "keygen", "--out", "certs"]).0, Some(0));
+    std::fs::create_dir_all(d.path().join("policies")).unwrap();
+    std::fs::write(
+        d.path().join("policies/p.yaml"),
+        "group: g\nupstream: bank\nroutes:\n  - id: acc\n    method: GET\n    path: /accounts\n    auth: {profile: fapi2}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.path().join("c.yaml"),
+        "listener:\n  address: \"127.0.0.1:0\"\n  tls: {certificate: certs/server.pem, private_key: certs/server.key, client_ca: [certs/ca.pem]}\nupstreams: {bank: {url: \"http://127.0.0.1:9\"}}\nissuers:\n  as:\n    issuer: https://as.example\n    audience: https://rs.example\n    jwks: {file: certs/as-jwks.json}\npolicies: [policies]\n",
+    )
+    .unwrap();
+    let (code, token) = run(&[
+        "dev-token",
+        "access",
+        "--cert",
+        "certs/tpp1.pem",
+        "--issuer",
+        "https://as.example",
+        "--audience",
+        "https://rs.example",
+    ]);
+    assert_eq!(code, Some(0));
+    let token = token.trim();
+    let (code, out) = run(&[
+        "token",
+        "inspect",
+        "--config",
+        "c.yaml",
+        "--route",
+        "acc",
+        "--cert",
+        "certs/tpp1.pem",
+        token,
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("result: accepted"), "{out}");
+    let (code, out) = run(&[
+        "token",
+        "inspect",
+        "--config",
+        "c.yaml",
+        "--route",
+        "acc",
+        "--cert",
+        "certs/tpp2.pem",
+        token,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("FAIL cnf.x5t#S256"), "{out}");
+    // An unbound token fails the route's profile; a DPoP-bound one passes it.
+    let (_, unbound) = run(&[
+        "dev-token",
+        "access",
+        "--issuer",
+        "https://as.example",
+        "--audience",
+        "https://rs.example",
+    ]);
+    let (code, out) = run(&[
+        "token",
+        "inspect",
+        "--config",
+        "c.yaml",
+        "--route",
+        "acc",
+        unbound.trim(),
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("FAIL profile"), "{out}");
+    let (_, dpop) = run(&[
+        "dev-token",
+        "access",
+        "--dpop-key",
+        "certs/dpop.key",
+        "--issuer",
+        "https://as.example",
+        "--audience",
+        "https://rs.example",
+    ]);
+    let (code, out) = run(&[
+        "token",
+        "inspect",
+        "--config",
+        "c.yaml",
+        "--route",
+        "acc",
+        dpop.trim(),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, proof) = run(&[
+        "dev-token",
+        "proof",
+        "--dpop-key",
+        "certs/dpop.key",
+        "--url",
+        "https://rs.example/accounts",
+        "--token",
+        dpop.trim(),
+    ]);
+    assert_eq!(code, Some(0));
+    assert_eq!(proof.trim().split('.').count(), 3);
+}
