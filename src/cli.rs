@@ -81,12 +81,6 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::tokentool::DevTokenCommand,
     },
-    /// Audit log tools: verify the hash chain and signed checkpoints, report per client,
-    /// make an audit signing key.
-    Audit {
-        #[command(subcommand)]
-        command: crate::audit::cmd::AuditCommand,
-    },
     /// Drive an HTTPS target with a client certificate, closed loop, and report latency.
     Loadgen {
         /// Target address, e.g. 127.0.0.1:8443.
@@ -242,7 +236,6 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Audit { command } => crate::audit::cmd::run(command),
         Command::Token { command } => crate::tokentool::run_token(command).await,
         Command::DevToken { command } => crate::tokentool::run_dev(command),
-        Command::Audit { command } => crate::audit::cmd::run(command),
         Command::Loadgen {
             addr,
             server_name,
