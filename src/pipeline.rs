@@ -47,6 +47,8 @@ pub struct Inspected {
     pub identity: identity::ClientIdentity,
     /// The bound token, on routes that require one.
     pub token: Option<binding::BoundToken>,
+    /// The DPoP nonce to hand out with the response, on routes that require nonces.
+    pub dpop_nonce: Option<String>,
 }
 
 /// Runs the chain in order; the first refusal ends it.
@@ -71,10 +73,17 @@ pub async fn inspect(
         None => None,
         Some(auth) => Some(authenticate(parts, &identity, auth, rt, shared, record).await?),
     };
+    let dpop_nonce = route
+        .route
+        .auth
+        .as_ref()
+        .filter(|a| a.dpop_nonce)
+        .map(|_| shared.nonces.current(shared.clock.now()));
     Ok(Inspected {
         route,
         identity,
         token,
+        dpop_nonce,
     })
 }
 
@@ -116,6 +125,7 @@ async fn authenticate(
         .cnf_jkt
         .as_ref()
         .and_then(|_| http::external_htu(parts, dpop.public_base_url.as_deref()));
+    let accepts = |n: &str| shared.nonces.is_valid(n, now);
     let bound = binding::bind(
         verified,
         &binding::Presented {
@@ -124,11 +134,18 @@ async fn authenticate(
             raw_token: cred.token,
             htu: htu.as_deref(),
             client_cert: identity.cert.as_deref(),
+            nonce: auth.dpop_nonce.then_some(&accepts as &dyn Fn(&str) -> bool),
         },
         auth.profile,
         dpop,
         shared.replay.as_ref(),
         now,
-    )?;
-    Ok(bound)
+    );
+    match bound {
+        // RFC 9449 §9: answer with a fresh nonce the client must use.
+        Err(binding::BindingError::Proof(
+            crate::jose::dpop::DpopError::NonceRequired | crate::jose::dpop::DpopError::NonceStale,
+        )) => Err(Rejection::UseDpopNonce(shared.nonces.current(now))),
+        other => Ok(other?),
+    }
 }

@@ -47,12 +47,17 @@ pub async fn handle(
         fapi::interaction_id(req.headers(), rt.config.interaction_id);
     let mut record = start_record(&req, &conn, &rt, &interaction_id);
     let version = req.version();
+    let trace = crate::telemetry::TraceContext::from_headers(req.headers());
+    record.trace_id = Some(trace.trace_id());
+    record.span_id = Some(trace.span_id());
 
     // The id is always a UUID, so this never fails; it is built once for both directions.
     let id_header = HeaderValue::from_str(&interaction_id).unwrap_or(HeaderValue::from_static(""));
     let result = match id_refusal {
         Some(e) => Err(e.into()),
-        None => inner(req, &conn, &rt, &shared, &id_header, &mut record).await,
+        // Before any stage runs: under `audit.queue_full: refuse`, nothing we cannot audit.
+        None if shared.audit.refusing() => Err(crate::audit::AuditError::Unavailable.into()),
+        None => inner(req, &conn, &rt, &shared, &id_header, &trace, &mut record).await,
     };
     let mut resp = match result {
         Ok(resp) => {
@@ -62,7 +67,7 @@ pub async fn handle(
         Err(rejection) => {
             let w = rejection.wire();
             record.decision = match rejection {
-                Rejection::Upstream(_) => "error",
+                Rejection::Upstream(_) | Rejection::Audit(_) => "error",
                 _ => "deny",
             };
             record.stage = Some(rejection.stage().as_str());
@@ -74,12 +79,16 @@ pub async fn handle(
     let took = started.elapsed();
     record.status = resp.status().as_u16();
     record.total_latency_us = took.as_micros() as u64;
+    record.bytes_out = declared_length(resp.headers());
     shared.metrics.request(
         record.route_id.as_deref(),
         record.status,
         record.reason.unwrap_or("ok"),
         took,
     );
+    shared
+        .metrics
+        .request_outcome(record.decision, record.upstream_latency_us);
     shared.audit.emit(Record::Request(Box::new(record)));
     Ok(resp)
 }
@@ -94,6 +103,7 @@ fn start_record(
     RequestRecord {
         interaction_id: interaction_id.to_string(),
         conn_id: conn.id,
+        listener: Some(conn.local.to_string()),
         peer: conn.peer.to_string(),
         tls_version: conn.tls_version,
         cipher: conn.cipher,
@@ -105,6 +115,8 @@ fn start_record(
         client_cert_thumbprint: cert.map(|c| c.thumbprint.clone()),
         client_subject: cert.map(|c| bounded(&c.subject)),
         client_org_id: cert.and_then(|c| c.organization_identifier.as_deref().map(bounded)),
+        client_cert_not_after: cert.and_then(|c| crate::audit::unix_to_rfc3339(c.not_after)),
+        bytes_in: declared_length(req.headers()),
         method: bounded(req.method().as_str()),
         path: bounded(req.uri().path()),
         has_query: req.uri().query().is_some(),
@@ -119,6 +131,7 @@ async fn inner(
     rt: &Runtime,
     shared: &Shared,
     interaction_id: &HeaderValue,
+    trace: &crate::telemetry::TraceContext,
     record: &mut RequestRecord,
 ) -> Result<Response<ProxyBody>, Rejection> {
     let (parts, body) = req.into_parts();
@@ -168,6 +181,7 @@ async fn inner(
             interaction_id,
         },
     );
+    trace.inject(out.headers_mut());
     vouch_for_token(
         out.headers_mut(),
         &inspected,
@@ -178,6 +192,10 @@ async fn inner(
     record.upstream_latency_us = Some(took.as_micros() as u64);
     let (mut parts, body) = resp.into_parts();
     upstream::clean_response_headers(&mut parts.headers);
+    // RFC 9449 §8.2: a fresh nonce rides on successful responses of nonce routes too.
+    if let Some(n) = inspected.dpop_nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        parts.headers.insert("dpop-nonce", n);
+    }
     Ok(Response::from_parts(
         parts,
         body.map_err(BoxError::from).boxed_unsync(),

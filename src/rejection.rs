@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
+use crate::audit::AuditError;
 use crate::jose::dpop::DpopError;
 use crate::path::PathError;
 use crate::pipeline::binding::BindingError;
@@ -33,7 +34,11 @@ pub enum Rejection {
     /// A token error, with the scheme the client used (for the challenge).
     Token(TokenError, Scheme),
     Binding(BindingError),
+    /// RFC 9449 §9: the proof needs (a fresh) server nonce; carries the nonce to send.
+    UseDpopNonce(String),
     Upstream(UpstreamError),
+    /// The audit log cannot take the record (`audit.queue_full: refuse`).
+    Audit(AuditError),
 }
 
 /// The stage a refusal came from, for the audit record.
@@ -46,6 +51,7 @@ pub enum Stage {
     Token,
     Binding,
     Upstream,
+    Audit,
 }
 
 impl Stage {
@@ -58,6 +64,7 @@ impl Stage {
             Stage::Token => "token",
             Stage::Binding => "binding",
             Stage::Upstream => "upstream",
+            Stage::Audit => "audit",
         }
     }
 }
@@ -65,6 +72,11 @@ impl Stage {
 impl From<HttpError> for Rejection {
     fn from(e: HttpError) -> Self {
         Rejection::Http(e)
+    }
+}
+impl From<AuditError> for Rejection {
+    fn from(e: AuditError) -> Self {
+        Rejection::Audit(e)
     }
 }
 impl From<PathError> for Rejection {
@@ -121,8 +133,9 @@ impl Rejection {
             Rejection::Fapi(_) => Stage::Fapi,
             Rejection::Identity(_) => Stage::Identity,
             Rejection::Token(..) => Stage::Token,
-            Rejection::Binding(_) => Stage::Binding,
+            Rejection::Binding(_) | Rejection::UseDpopNonce(_) => Stage::Binding,
             Rejection::Upstream(_) => Stage::Upstream,
+            Rejection::Audit(_) => Stage::Audit,
         }
     }
 
@@ -272,6 +285,12 @@ impl Rejection {
             },
             Rejection::Token(e, _) => token_wire(*e),
             Rejection::Binding(e) => binding_wire(*e),
+            // RFC 9449 §9: 401 with `use_dpop_nonce` and a `DPoP-Nonce` header.
+            Rejection::UseDpopNonce(_) => wire(
+                StatusCode::UNAUTHORIZED,
+                "binding.dpop_nonce",
+                "the DPoP proof must carry the server nonce in DPoP-Nonce",
+            ),
             Rejection::Upstream(e) => match e {
                 // RFC 9110 §15.6.3.
                 UpstreamError::Connect => wire(
@@ -292,6 +311,13 @@ impl Rejection {
                     "the upstream service did not answer in time",
                 ),
             },
+            // RFC 9110 §15.6.4: a temporary condition; we fail closed rather than serve a
+            // request we cannot audit.
+            Rejection::Audit(AuditError::Unavailable) => wire(
+                S::SERVICE_UNAVAILABLE,
+                crate::audit::UNAVAILABLE_REASON,
+                "the service cannot record this request now; try again later",
+            ),
         }
     }
 
@@ -306,7 +332,8 @@ impl Rejection {
             | Rejection::Path(_)
             | Rejection::Route(_)
             | Rejection::Fapi(_)
-            | Rejection::Upstream(_) => None,
+            | Rejection::Upstream(_)
+            | Rejection::Audit(_) => None,
             // A missing client certificate is a TLS-level credential; there is no HTTP auth
             // scheme for it, so no challenge (RFC 9110 §11.6.1 requires one only for schemes).
             Rejection::Identity(IdentityError::ClientCertRequired) => None,
@@ -340,6 +367,7 @@ impl Rejection {
                 }
                 BindingError::ReplayStoreFull => None,
             },
+            Rejection::UseDpopNonce(_) => dpop("use_dpop_nonce"),
         }
     }
 }
@@ -604,6 +632,12 @@ pub fn respond(
     {
         h.insert(WWW_AUTHENTICATE, c);
     }
+    if let Some(n) = match rejection {
+        Rejection::UseDpopNonce(n) => HeaderValue::from_str(n).ok(),
+        _ => None,
+    } {
+        h.insert("dpop-nonce", n);
+    }
     if let Rejection::Route(NoRoute::MethodNotAllowed { allow }) = rejection {
         let list: Vec<&str> = allow.iter().map(|m| m.as_str()).collect();
         if let Ok(v) = HeaderValue::from_str(&list.join(", ")) {
@@ -654,6 +688,7 @@ pub fn all_reasons() -> Vec<(u16, &'static str, &'static str)> {
         BindingError::Replay.into(),
         BindingError::ReplayStoreFull.into(),
         UpstreamError::Timeout.into(),
+        AuditError::Unavailable.into(),
     ];
     all.extend(
         [

@@ -89,6 +89,8 @@ pub struct Shared {
     pub clock: Arc<dyn Clock>,
     /// DPoP `jti` replay store (in memory; issue #6 adds Redis for a fleet).
     pub replay: Arc<dyn ReplayStore>,
+    /// DPoP server nonces (secret fixed at start-up).
+    pub nonces: crate::state::nonce::NonceIssuer,
     remotes: DashMap<(String, String), Arc<KeySource>>,
     /// Cancelled on drop: stops key refresh tasks.
     background: CancellationToken,
@@ -116,14 +118,23 @@ impl Shared {
         let remotes = DashMap::new();
         let background = CancellationToken::new();
         let replay = Arc::new(MemoryReplayStore::new(config.auth.dpop.replay_capacity));
+        let dpop = &config.auth.dpop;
+        let nonces = match &dpop.nonce_secret {
+            Some(s) => crate::state::nonce::NonceIssuer::new(s, dpop.nonce_lifetime),
+            None => crate::state::nonce::NonceIssuer::random(dpop.nonce_lifetime),
+        };
         let runtime = Runtime::new(config, &remotes, &background);
+        let metrics = Metrics::default();
+        metrics.attach_audit(audit.clone());
+        metrics.server_cert(runtime.config.listener.tls.server_cert_not_after);
         Shared {
             runtime: ArcSwap::from_pointee(runtime),
-            metrics: Metrics::default(),
+            metrics,
             audit,
             config_path,
             clock,
             replay,
+            nonces,
             remotes,
             background,
             conn_ids: AtomicU64::new(1),
@@ -137,7 +148,9 @@ impl Shared {
     /// Ready to serve: a valid config is loaded and every issuer has a good key set.
     pub fn ready(&self) -> bool {
         let rt = self.runtime.load();
-        !rt.config.policies.routes().is_empty() && rt.keys.values().all(|k| k.is_ready())
+        !rt.config.policies.routes().is_empty()
+            && rt.keys.values().all(|k| k.is_ready())
+            && self.audit.healthy()
     }
 
     /// Re-reads the config file; swaps it in only when it is fully valid.
@@ -157,6 +170,8 @@ impl Shared {
                     );
                 }
                 let version = new.policies.version.clone();
+                self.metrics
+                    .server_cert(new.listener.tls.server_cert_not_after);
                 self.runtime
                     .store(Arc::new(Runtime::new(new, &self.remotes, &self.background)));
                 self.metrics.reload(true);

@@ -173,6 +173,9 @@ async fn serve_connection(
         Err(_) => return,
     };
     shared.metrics.connection_opened();
+    if let Some(c) = &info.client_cert {
+        shared.metrics.client_cert_seen(&c.thumbprint, c.not_after);
+    }
     let limits = listener.limits.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

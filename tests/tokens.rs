@@ -40,6 +40,10 @@ routes:
     method: GET
     path: /bearer/accounts
     auth: {profile: bearer, forward_credentials: true}
+  - id: nonce.accounts
+    method: GET
+    path: /nonce/accounts
+    auth: {profile: fapi2, dpop_nonce: true}
 "#;
 
 struct Env {
@@ -1093,4 +1097,74 @@ fn dev_token_mints_what_token_inspect_accepts_and_inspect_names_the_failed_check
     ]);
     assert_eq!(code, Some(0));
     assert_eq!(proof.trim().split('.').count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nonce_route_hands_out_nonces_and_refuses_proofs_without_a_current_one() {
+    let e = env().await;
+    let client = SigningKey::generate(Alg::ES256, "c").unwrap();
+    let t = e.key.access_token(&claims(
+        json!({"cnf": {"jkt": client.thumbprint()}, "exp": NOW + 3600}),
+    ));
+    let auth = ("authorization", format!("DPoP {t}"));
+    let url = format!("{BASE}/nonce/accounts");
+    let p0 = client.dpop_proof("GET", &url, Some(&t), NOW, "n0", None);
+    let a = e
+        .refused(
+            "tpp1",
+            "/nonce/accounts",
+            &[auth.clone(), ("dpop", p0)],
+            401,
+            "binding.dpop_nonce",
+        )
+        .await;
+    assert!(a.headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("DPoP error=\"use_dpop_nonce\""));
+    let nonce = a.headers["dpop-nonce"].to_str().unwrap().to_string();
+    let p1 = client.dpop_proof("GET", &url, Some(&t), NOW, "n1", Some(&nonce));
+    let (ok, _) = e
+        .send(
+            "tpp1",
+            "GET",
+            "/nonce/accounts",
+            &[auth.clone(), ("dpop", p1)],
+        )
+        .await;
+    assert_eq!(ok.status, 200);
+    assert!(ok.headers.contains_key("dpop-nonce"));
+    // A nonce we never issued, and ours after its lifetime.
+    let forged = client.dpop_proof(
+        "GET",
+        &url,
+        Some(&t),
+        NOW,
+        "n2",
+        Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+    );
+    e.refused(
+        "tpp1",
+        "/nonce/accounts",
+        &[auth.clone(), ("dpop", forged)],
+        401,
+        "binding.dpop_nonce",
+    )
+    .await;
+    e.clock.advance(400);
+    let late = client.dpop_proof("GET", &url, Some(&t), NOW + 400, "n3", Some(&nonce));
+    let a = e
+        .refused(
+            "tpp1",
+            "/nonce/accounts",
+            &[auth.clone(), ("dpop", late)],
+            401,
+            "binding.dpop_nonce",
+        )
+        .await;
+    assert_ne!(
+        a.headers["dpop-nonce"].to_str().unwrap(),
+        nonce,
+        "a fresh nonce is offered"
+    );
 }

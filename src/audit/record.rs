@@ -52,6 +52,14 @@ pub fn bounded_bytes(b: &[u8]) -> String {
     bounded(&out)
 }
 
+/// Unix seconds as RFC 3339 UTC (`2027-01-01T00:00:00Z`); `None` when out of range.
+pub fn unix_to_rfc3339(secs: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
 /// The audit form of an access token: unpadded base64url SHA-256 of its bytes. The token
 /// itself is never recorded.
 pub fn token_hash(token: &[u8]) -> String {

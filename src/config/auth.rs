@@ -56,6 +56,11 @@ pub(crate) struct FileDpop {
     /// `https://api.bank.example`. Default: `https://` + the request's Host.
     pub public_base_url: Option<String>,
     pub replay_capacity: Option<usize>,
+    /// How long a server nonce is accepted (it rotates every half of this).
+    pub nonce_lifetime: Option<ConfigDuration>,
+    /// A file holding the nonce secret (at least 32 bytes), shared by a fleet; default: a
+    /// random secret per process.
+    pub nonce_secret_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -95,6 +100,8 @@ pub struct DpopSettings {
     /// `scheme://authority` without a trailing slash, normalized; `None` uses the Host.
     pub public_base_url: Option<String>,
     pub replay_capacity: usize,
+    pub nonce_lifetime: i64,
+    pub nonce_secret: Option<Vec<u8>>,
 }
 
 #[derive(Clone)]
@@ -281,6 +288,22 @@ pub(crate) fn validate(
         skew: secs(dpop.clock_skew, 5),
         public_base_url,
         replay_capacity: dpop.replay_capacity.unwrap_or(1_000_000),
+        nonce_lifetime: secs(dpop.nonce_lifetime, 300),
+        nonce_secret: dpop.nonce_secret_file.as_ref().and_then(|f| {
+            let path = resolve(base, f);
+            watched.push(path.clone());
+            match std::fs::read(&path) {
+                Ok(b) if b.len() >= 32 => Some(b),
+                Ok(_) => {
+                    p.push("dpop.nonce_secret_file", "the secret must be at least 32 bytes");
+                    None
+                }
+                Err(e) => {
+                    p.push("dpop.nonce_secret_file", format!("cannot read {}: {e}", path.display()));
+                    None
+                }
+            }
+        }),
     };
     let default_headers: BTreeMap<String, String> = [
         ("client_id", "x-portcullis-client-id"),

@@ -198,6 +198,8 @@ pub struct ListenerTls {
     pub handshake_timeout: Duration,
     pub client_ca_count: usize,
     pub crl_count: usize,
+    /// notAfter of the listener certificate (unix seconds), for the expiry metric.
+    pub server_cert_not_after: Option<i64>,
 }
 
 #[derive(Clone)]
@@ -676,6 +678,10 @@ fn validate_listener_tls(
         return None;
     }
     let (client_ca_count, crl_count) = (cas.len(), crls.len());
+    let server_cert_not_after = chain
+        .first()
+        .and_then(|c| crate::pki::ClientCert::from_der(c.as_ref()).ok())
+        .map(|c| c.not_after);
     match tls::server_config(chain, key, cas, crls, client_auth) {
         Ok(server_config) => Some(ListenerTls {
             server_config,
@@ -683,6 +689,7 @@ fn validate_listener_tls(
             handshake_timeout: f.handshake_timeout.map_or(Duration::from_secs(10), |d| d.0),
             client_ca_count,
             crl_count,
+            server_cert_not_after,
         }),
         Err(e) => {
             p.push("listener.tls", e);

@@ -52,8 +52,9 @@ pub struct Expect<'a> {
     /// How far in the future `iat` may be (clock skew), in seconds.
     pub skew: i64,
     pub algs: &'a [Alg],
-    /// The server nonce the proof must carry, when one is required.
-    pub nonce: Option<&'a str>,
+    /// When the server requires nonces: whether a given nonce is one it issued and still
+    /// accepts.
+    pub nonce: Option<&'a dyn Fn(&str) -> bool>,
 }
 
 /// Verifies one proof; never panics on hostile input.
@@ -111,9 +112,9 @@ pub fn verify(proof: &str, e: &Expect<'_>) -> Result<Proof, DpopError> {
             _ => return Err(DpopError::Ath),
         }
     }
-    if let Some(expected) = e.nonce {
+    if let Some(accepts) = e.nonce {
         match string(&claims, "nonce") {
-            Typed::Present(n) if n == expected => {}
+            Typed::Present(n) if accepts(n) => {}
             Typed::Present(_) => return Err(DpopError::NonceStale),
             _ => return Err(DpopError::NonceRequired),
         }

@@ -258,7 +258,7 @@ fn dpop_proofs_fail_each_check_with_its_own_error() {
         (
             k.dpop_proof("GET", htu, Some("tok"), now, "j", None),
             Expect {
-                nonce: Some("n1"),
+                nonce: Some(&|n: &str| n == "n1"),
                 ..dpop_expect(htu, Some("tok"), now)
             },
             DpopError::NonceRequired,
@@ -266,7 +266,7 @@ fn dpop_proofs_fail_each_check_with_its_own_error() {
         (
             k.dpop_proof("GET", htu, Some("tok"), now, "j", Some("n0")),
             Expect {
-                nonce: Some("n1"),
+                nonce: Some(&|n: &str| n == "n1"),
                 ..dpop_expect(htu, Some("tok"), now)
             },
             DpopError::NonceStale,

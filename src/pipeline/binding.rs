@@ -73,6 +73,8 @@ pub struct Presented<'a> {
     /// The request's external target URI without query, normalized (for `htu`).
     pub htu: Option<&'a str>,
     pub client_cert: Option<&'a ClientCert>,
+    /// When the route requires server nonces: whether a nonce is one we accept now.
+    pub nonce: Option<&'a dyn Fn(&str) -> bool>,
 }
 
 pub fn bind(
@@ -113,7 +115,7 @@ pub fn bind(
                 max_age: dpop.max_age,
                 skew: dpop.skew,
                 algs: &dpop.algorithms,
-                nonce: None,
+                nonce: r.nonce,
             },
         )
         .map_err(BindingError::Proof)?;

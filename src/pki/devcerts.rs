@@ -15,6 +15,8 @@
 //! - `revoked.pem`/`.key`: currently valid, signed by the dev CA, listed in `ca.crl`.
 //! - `rogue-ca.pem`, `rogue.pem`/`.key`: another CA and a client certificate it issued that
 //!   copies tpp1's subject and roles; the proxy must not trust it.
+//! - `audit.key`, `audit.pub`: an Ed25519 audit signing key (PKCS#8) and its public key (SPKI),
+//!   for the audit log's signed checkpoints (`audit.signing_key`, `audit verify --public-key`).
 //! - `README.txt`.
 
 use std::fs::{self, OpenOptions};
@@ -33,7 +35,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use time::{Duration, OffsetDateTime};
 
 /// Every file [`generate`] writes.
-pub const FILES: [&str; 17] = [
+pub const FILES: [&str; 19] = [
     "ca.pem",
     "ca.key",
     "ca.crl",
@@ -50,6 +52,8 @@ pub const FILES: [&str; 17] = [
     "rogue-ca.pem",
     "rogue.pem",
     "rogue.key",
+    "audit.key",
+    "audit.pub",
     "README.txt",
 ];
 
@@ -63,7 +67,7 @@ const MUST_BE_CURRENT: [&str; 6] = [
     "rogue.pem",
 ];
 
-const PRIVATE_KEYS: [&str; 7] = [
+const PRIVATE_KEYS: [&str; 8] = [
     "ca.key",
     "server.key",
     "tpp1.key",
@@ -71,6 +75,7 @@ const PRIVATE_KEYS: [&str; 7] = [
     "expired.key",
     "revoked.key",
     "rogue.key",
+    "audit.key",
 ];
 
 const README: &str = "\
@@ -90,6 +95,7 @@ expired.pem / .key       client certificate from the dev CA that expired a year 
 revoked.pem / .key       client certificate from the dev CA that ca.crl revokes
 rogue-ca.pem             a CA the proxy does not trust
 rogue.pem / rogue.key    client certificate from rogue-ca.pem copying tpp1's identity
+audit.key / audit.pub    Ed25519 key signing audit checkpoints, and its public key
 
 Regenerate with: portcullis dev-certs --out DIR
 ";
@@ -296,6 +302,12 @@ pub fn generate(out_dir: &Path) -> Result<DevCerts, DevCertError> {
     let rogue_ca = CertifiedIssuer::self_signed(rogue_ca_params, new_key()?)?;
     write(&out, "rogue-ca.pem", rogue_ca.pem().as_bytes(), false)?;
     issue(&out, "rogue", &tpp1.params(leaf_from, leaf_to)?, &rogue_ca)?;
+
+    // The audit log's checkpoint signing key (Ed25519).
+    let (_, audit_private, audit_public) =
+        crate::audit::AuditKey::generate().map_err(|_| DevCertError::Random)?;
+    write(&out, "audit.key", audit_private.as_bytes(), true)?;
+    write(&out, "audit.pub", audit_public.as_bytes(), false)?;
 
     write(&out, "README.txt", README.as_bytes(), false)?;
     Ok(out)

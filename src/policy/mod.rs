@@ -56,6 +56,9 @@ struct FileAuth {
     /// Keep `Authorization` and `DPoP` on the forwarded request (default: removed).
     #[serde(default)]
     forward_credentials: bool,
+    /// Require DPoP proofs to carry a server nonce (RFC 9449 §9).
+    #[serde(default)]
+    dpop_nonce: bool,
 }
 
 /// How a route's access token must be bound to its presenter.
@@ -85,6 +88,7 @@ pub struct RouteAuth {
     pub profile: Profile,
     pub issuer: String,
     pub forward_credentials: bool,
+    pub dpop_nonce: bool,
 }
 
 /// Names a policy may refer to, from the config.
@@ -356,6 +360,7 @@ pub(crate) fn load(
                     profile,
                     issuer,
                     forward_credentials: a.forward_credentials,
+                    dpop_nonce: a.dpop_nonce,
                 })
             });
             let Some(method) = method else { continue };

@@ -2,4 +2,5 @@
 //! and idempotency keys), behind interfaces with an in-memory backend; Redis backs the same
 //! interfaces for a fleet.
 
+pub mod nonce;
 pub mod replay;

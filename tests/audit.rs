@@ -1,0 +1,913 @@
+//! The audit log through the real proxy: one record per request on every path, no secrets,
+//! hostile values stay one JSON line, `audit verify` catches each tampering of a real rotated
+//! log, the queue-full policies and a failing disk behave as configured, the report matches what
+//! the clients did, and the trace context reaches the upstream.
+
+mod common;
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use portcullis::audit::verify::{self, DamageKind};
+use portcullis::audit::{AuditLog, AuditPublicKey};
+use portcullis::config::Config;
+use portcullis::runtime::Shared;
+
+const WAIT: Duration = Duration::from_secs(10);
+const ACCOUNTS: &str = "/open-banking/v3.1/aisp/accounts";
+const CONSENTS: &str = "/open-banking/v3.1/pisp/domestic-payment-consents";
+
+fn empty() -> Full<Bytes> {
+    Full::new(Bytes::new())
+}
+
+/// A byte sink for the audit writer that the test can read, fail, or hold shut.
+#[derive(Clone, Default)]
+struct Sink {
+    buf: Arc<Mutex<Vec<u8>>>,
+    fail: Arc<AtomicBool>,
+    gate: Arc<(Mutex<bool>, Condvar)>,
+    held: Arc<AtomicBool>,
+    waiting: Arc<AtomicBool>,
+}
+
+impl Sink {
+    fn text(&self) -> String {
+        String::from_utf8(self.buf.lock().unwrap().clone()).unwrap()
+    }
+    fn records(&self) -> Vec<serde_json::Value> {
+        self.text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+    fn hold(&self) {
+        self.held.store(true, Ordering::SeqCst);
+    }
+    fn release(&self) {
+        self.held.store(false, Ordering::SeqCst);
+        let (m, c) = &*self.gate;
+        *m.lock().unwrap() = true;
+        c.notify_all();
+    }
+    async fn wait_until_stuck(&self) {
+        for _ in 0..1000 {
+            if self.waiting.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the audit writer never reached the held write");
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        if self.held.load(Ordering::SeqCst) {
+            self.waiting.store(true, Ordering::SeqCst);
+            let (m, c) = &*self.gate;
+            let mut open = m.lock().unwrap();
+            while !*open {
+                open = c.wait(open).unwrap();
+            }
+        }
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(io::Error::other("no space left on device"));
+        }
+        self.buf.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Starts a proxy whose `audit:` section is `audit_yaml`, writing to `sink` when given.
+async fn start_audited(
+    up: std::net::SocketAddr,
+    audit_yaml: &str,
+    sink: Option<&Sink>,
+    tweak: impl FnOnce(&mut Options),
+) -> Proxy {
+    let certs = certs();
+    let mut o = Options::new(up);
+    tweak(&mut o);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/test.yaml"), &o.policy).unwrap();
+    let default = "audit:\n  sink: file\n  path: audit.log\n";
+    let text = config_text(&o, certs);
+    assert!(text.contains(default));
+    let text = text.replace(default, audit_yaml);
+    let path = dir.path().join("portcullis.yaml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
+    let log = match sink {
+        Some(s) => AuditLog::start_with_writer(&config.audit, Box::new(s.clone())),
+        None => AuditLog::start(&config.audit),
+    }
+    .unwrap();
+    let shared = Arc::new(Shared::new(config, log, Some(path)));
+    let running = portcullis::server::start(Arc::clone(&shared))
+        .await
+        .unwrap();
+    Proxy {
+        addr: running.addr,
+        admin: running.admin_addr.unwrap(),
+        dir,
+        shared,
+        running: Some(running),
+    }
+}
+
+fn signed_yaml(extra: &str) -> String {
+    format!(
+        "audit:\n  sink: file\n  path: audit.log\n  signing_key: {}\n  fsync_interval: 0ms\n{extra}",
+        certs().join("audit.key").display()
+    )
+}
+
+fn public_key() -> AuditPublicKey {
+    AuditPublicKey::from_file(&certs().join("audit.pub")).unwrap()
+}
+
+/// Rotated files oldest first, then the current file.
+fn log_files(p: &Proxy) -> Vec<PathBuf> {
+    let current = p.dir.path().join("audit.log");
+    let mut files = portcullis::audit::rotated_files(&current);
+    files.push(current);
+    files
+}
+
+fn cli(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn verify_args<'a>(public: &'a str, files: &'a [String]) -> Vec<&'a str> {
+    let mut args = vec!["audit", "verify", "--public-key", public];
+    args.extend(files.iter().map(String::as_str));
+    args
+}
+
+fn close(p: &Proxy) {
+    assert!(p.shared.audit.close(WAIT), "the audit log closes cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_path_writes_exactly_one_record_with_its_reason() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let p = Proxy::start(Options::new(up.addr)).await;
+    let cases = vec![
+        (req("GET", "/nope").body(empty()), 404, "route.not_found"),
+        (
+            req("DELETE", ACCOUNTS).body(empty()),
+            405,
+            "route.method_not_allowed",
+        ),
+        (
+            req("GET", "/open-banking/v3.1/aisp/accounts/a%2fb").body(empty()),
+            400,
+            "path.encoded_separator",
+        ),
+        (
+            req("GET", "/open-banking/v3.1/aisp/accounts/./x").body(empty()),
+            400,
+            "path.dot_segment",
+        ),
+        (
+            req("GET", ACCOUNTS).header("x_user", "1").body(empty()),
+            400,
+            "http.header_underscore",
+        ),
+        (
+            req("GET", ACCOUNTS)
+                .header("x-http-method-override", "DELETE")
+                .body(empty()),
+            400,
+            "http.method_override",
+        ),
+        (
+            req("GET", ACCOUNTS)
+                .header("x-fapi-customer-ip-address", "not-an-ip")
+                .body(empty()),
+            400,
+            "fapi.customer_ip_invalid",
+        ),
+        (
+            req("POST", CONSENTS).body(Full::new(Bytes::from(vec![b'x'; 2048]))),
+            413,
+            "http.body_too_large",
+        ),
+        (
+            req("GET", ACCOUNTS)
+                .header("x-big", "a".repeat(20_000))
+                .body(empty()),
+            431,
+            "http.headers_too_large",
+        ),
+    ];
+    let n = cases.len();
+    for (r, status, reason) in cases {
+        let (a, id) = p.send(r.unwrap()).await;
+        assert_refused(&p, &up, &a, &id, status, reason).await;
+    }
+    // One failed handshake, one record.
+    assert!(p.client(Some("expired"), false).await.is_err());
+    let hs = p.audit_where(1, |r| r["kind"] == "tls_handshake").await;
+    assert_eq!(hs.len(), 1);
+    assert_eq!(hs[0]["failure"], "cert_expired");
+    // Nothing else was written: exactly one record per request.
+    let requests = p.audit_where(n, |r| r["kind"] == "request").await;
+    assert_eq!(requests.len(), n);
+
+    // The upstream's failure is an `error`, still one record.
+    let dead = Upstream::dead_addr().await;
+    let p = Proxy::start(Options::new(dead)).await;
+    let (a, id) = p.get(ACCOUNTS).await;
+    assert_eq!(a.status, 502);
+    let rec = p.audit_of(&id).await;
+    assert_eq!(
+        (rec["decision"].as_str(), rec["reason"].as_str()),
+        (Some("error"), Some("upstream.connect_failed"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_cookies_signatures_and_bodies_never_reach_the_audit_log() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let p = Proxy::start(Options::new(up.addr)).await;
+    let secrets = [
+        "SECRET-TOKEN-9a7e41",
+        "SECRET-COOKIE-51c2aa",
+        "SECRET-DPOP-8e0b12",
+        "SECRET-JWS-2b6d90",
+        "SECRET-BODY-4d1f33",
+        "SECRET-QUERY-77aa01",
+    ];
+    let body = format!("{{\"InstructedAmount\":\"{}\"}}", secrets[4]);
+    let with_secrets = |method: &str, path: &str, body: &str| {
+        req(method, path)
+            .header("authorization", format!("Bearer {}", secrets[0]))
+            .header("cookie", format!("session={}", secrets[1]))
+            .header("dpop", secrets[2])
+            .header("x-jws-signature", format!("eyJhbGciOiJQUzI1NiJ9..{}", secrets[3]))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    let mut ids = Vec::new();
+    for (method, path) in [
+        ("POST", CONSENTS),
+        ("GET", "/nope"),
+        ("GET", &*format!("{ACCOUNTS}?token={}", secrets[5])),
+    ] {
+        let b = if method == "POST" { body.as_str() } else { "" };
+        let (_, id) = p.send(with_secrets(method, path, b)).await;
+        ids.push(id);
+    }
+    let post = p.audit_of(&ids[0]).await;
+    assert_eq!(post["bytes_in"], body.len());
+    assert_eq!(p.audit_of(&ids[2]).await["has_query"], true);
+    let raw = std::fs::read(p.dir.path().join("audit.log")).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    for s in secrets {
+        assert!(!text.contains(s), "{s} reached the audit log:\n{text}");
+    }
+    for header in ["authorization", "cookie", "dpop", "x-jws-signature", "Bearer"] {
+        assert!(!text.contains(header), "{header} named in the audit log");
+    }
+}
+
+/// A client certificate from the dev CA whose subject carries hostile characters (a TPP picks
+/// the names in its CSR).
+fn hostile_identity() -> &'static str {
+    static MADE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    MADE.get_or_init(|| {
+        let dir = certs();
+        let ca_key =
+            rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key")).unwrap())
+                .unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(
+            &std::fs::read_to_string(dir.join("ca.pem")).unwrap(),
+            ca_key,
+        )
+        .unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(
+            rcgen::DnType::CommonName,
+            "evil\u{2028}\"},{\"decision\":\"allow\"}\u{2029}\u{202e}\u{9b}31m",
+        );
+        dn.push(rcgen::DnType::OrganizationName, "Evil\r\nLtd\u{1b}[2J");
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(30);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join("hostile.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("hostile.key"), key.serialize_pem()).unwrap();
+    });
+    "hostile"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_values_leave_exactly_one_valid_json_line_per_record() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let p = Proxy::start(Options::new(up.addr)).await;
+    // A subject with U+2028/2029, a bidi override, a C1 CSI, CR/LF, ESC and a forged member.
+    let mut c = p.client(Some(hostile_identity()), false).await.unwrap();
+    let a = c
+        .send(req("GET", ACCOUNTS).body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200);
+    // Quotes and braces in a path (refused, and recorded as sent).
+    let forged = "/open-banking/v3.1/aisp/accounts/\"},{\"decision\":\"allow\"";
+    let raw = format!("GET {forged} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let answer = p.raw(raw.as_bytes(), Duration::from_secs(2)).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // A path with raw U+2028, C1 CSI and a bidi override (refused as non-ASCII, recorded).
+    let raw = b"GET /open-banking/v3.1/aisp/accounts/\xe2\x80\xa8\xc2\x9b\xe2\x80\xae HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let answer = p.raw(raw, Duration::from_secs(2)).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // Header values with obs-text (U+2028 as UTF-8 bytes) and a 1 MB header.
+    let mut raw = b"GET /open-banking/v3.1/aisp/accounts HTTP/1.1\r\nHost: localhost\r\nx-a: \xe2\x80\xa8\xc2\x9b\r\nConnection: close\r\n\r\n".to_vec();
+    let answer = p.raw(&raw, Duration::from_secs(2)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    raw = format!(
+        "GET {ACCOUNTS} HTTP/1.1\r\nHost: localhost\r\nx-big: {}\r\n\r\n",
+        "A".repeat(1 << 20)
+    )
+    .into_bytes();
+    let answer = p.raw(&raw, Duration::from_secs(2)).await;
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    let recs = p.audit_where(4, |r| r["kind"] == "request").await;
+    assert_eq!(recs.len(), 4);
+    assert!(recs.iter().any(|r| r["reason"] == "path.non_ascii"
+        && r["path"].as_str().unwrap().ends_with("\u{2028}\u{9b}\u{202e}")));
+    let bytes = std::fs::read(p.dir.path().join("audit.log")).unwrap();
+    for (needle, what) in [
+        (&b"\xe2\x80\xa8"[..], "U+2028"),
+        (b"\xe2\x80\xa9", "U+2029"),
+        (b"\xe2\x80\xae", "U+202E"),
+        (b"\xc2\x9b", "C1 CSI"),
+        (b"\x1b", "ESC"),
+        (b"\r", "CR"),
+    ] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "raw {what} in the audit log"
+        );
+    }
+    let text = String::from_utf8(bytes).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), recs.len(), "one line per record");
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(v["decision"].is_string());
+    }
+    let hostile = recs
+        .iter()
+        .find(|r| {
+            r["client_subject"]
+                .as_str()
+                .is_some_and(|s| s.contains('\u{2028}'))
+        })
+        .expect("the hostile subject round-trips");
+    assert_eq!(hostile["decision"], "allow");
+    assert!(text.contains("\\u2028") && text.contains("\\u202e") && text.contains("\\u009b"));
+    let quoted = recs.iter().find(|r| r["path"] == forged).unwrap();
+    assert_eq!(quoted["decision"], "deny");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_passes_a_rotated_proxy_log_and_names_each_kind_of_tampering() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let p = start_audited(
+        up.addr,
+        &signed_yaml("  checkpoint_every: 5\n  rotate_bytes: 4096\n"),
+        None,
+        |_| {},
+    )
+    .await;
+    for i in 0..60 {
+        let path = if i % 4 == 3 { "/nope" } else { ACCOUNTS };
+        p.get(path).await;
+    }
+    close(&p);
+    let files = log_files(&p);
+    assert!(files.len() >= 4, "rotated into several files: {files:?}");
+    let public = certs().join("audit.pub").display().to_string();
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let (code, out) = cli(&verify_args(&public, &names));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("OK:"), "{out}");
+
+    let outcome = verify::verify_files(
+        &files,
+        &verify::Options {
+            keys: vec![public_key()],
+            check_signatures: true,
+            anchor: None,
+        },
+    )
+    .unwrap();
+    let requests = outcome.records - outcome.checkpoints;
+    assert!(requests >= 60, "{outcome}");
+    let anchor = outcome.last_checkpoint.clone().unwrap();
+
+    // Each tampering on a copy of the files, checked with the CLI.
+    let tamper = |name: &str, f: &dyn Fn(&mut Vec<Vec<String>>)| -> (Vec<String>, String) {
+        let d = p.dir.path().join(format!("t-{name}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let mut contents: Vec<Vec<String>> = files
+            .iter()
+            .map(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .collect();
+        f(&mut contents);
+        let mut out = Vec::new();
+        for (i, lines) in contents.iter().enumerate() {
+            let path = d.join(files[i].file_name().unwrap());
+            let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            if name == "torn" && i + 1 == contents.len() {
+                text.truncate(text.len() - 30);
+            }
+            std::fs::write(&path, text).unwrap();
+            out.push(path.display().to_string());
+        }
+        (out.clone(), d.display().to_string())
+    };
+    let cases: Vec<(&str, &str, Box<dyn Fn(&mut Vec<Vec<String>>)>)> = vec![
+        (
+            "edit",
+            "edited",
+            Box::new(|c| c[1][2] = c[1][2].replace("\"status\":200", "\"status\":201")),
+        ),
+        ("delete", "deleted", Box::new(|c| drop(c[1].remove(3)))),
+        (
+            "insert",
+            "inserted",
+            Box::new(|c| {
+                let dup = c[1][2].clone();
+                c[1].insert(4, dup);
+            }),
+        ),
+        ("reorder", "reordered", Box::new(|c| c[1].swap(2, 3))),
+        (
+            "cut-earlier-file",
+            "truncated",
+            Box::new(|c| {
+                let n = c[1].len();
+                c[1].truncate(n - 2);
+            }),
+        ),
+        ("torn", "truncated", Box::new(|_| {})),
+        (
+            "forged-checkpoint",
+            "bad_signature",
+            Box::new(|c| {
+                let i = c[0]
+                    .iter()
+                    .position(|l| l.contains("\"kind\":\"checkpoint\""))
+                    .unwrap();
+                let l = &c[0][i];
+                // Re-hash a changed checkpoint so that only its signature can tell.
+                let (prefix, _) = portcullis::audit::split_hash(l.as_bytes()).unwrap();
+                let mut canonical = String::from_utf8(prefix.to_vec()).unwrap();
+                canonical = canonical.replace("\"dropped_total\":0", "\"dropped_total\":9");
+                canonical.push('}');
+                let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+                use base64::Engine;
+                let h = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.as_ref());
+                canonical.pop();
+                c[0][i] = format!("{canonical},\"hash\":\"{h}\"}}");
+            }),
+        ),
+    ];
+    for (name, kind, f) in cases {
+        let (paths, _) = tamper(name, &*f);
+        let (code, out) = cli(&verify_args(&public, &paths));
+        assert_eq!(code, 1, "{name}: {out}");
+        assert!(out.starts_with(&format!("DAMAGED: {kind}")), "{name}: {out}");
+    }
+
+    // Truncated cleanly before the last checkpoint: the files alone cannot tell, the anchor can.
+    let (paths, _) = tamper("cut-before-checkpoint", &|c| {
+        let last = c.len() - 1;
+        let i = c[last]
+            .iter()
+            .rposition(|l| l.contains("\"kind\":\"checkpoint\""))
+            .unwrap();
+        c[last].truncate(i.saturating_sub(1).max(1));
+    });
+    let (code, out) = cli(&verify_args(&public, &paths));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("cannot be detected"), "{out}");
+    let anchor_arg = format!("{}:{}", anchor.seq, anchor.hash);
+    let mut args = verify_args(&public, &paths);
+    args.extend(["--anchor", &anchor_arg]);
+    let (code, out) = cli(&args);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("DAMAGED: missing_anchor"), "{out}");
+    let mut args = verify_args(&public, &names);
+    args.extend(["--anchor", &anchor_arg]);
+    assert_eq!(cli(&args).0, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_requests_leave_one_record_each_in_one_verified_chain() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let p = Arc::new(
+        start_audited(
+            up.addr,
+            &signed_yaml("  checkpoint_every: 10\n  queue_capacity: 8\n"),
+            None,
+            |_| {},
+        )
+        .await,
+    );
+    let n = 80;
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let p = Arc::clone(&p);
+            tokio::spawn(async move {
+                let path = if i % 3 == 0 { "/nope" } else { ACCOUNTS };
+                let mut r = req("GET", path).body(empty()).unwrap();
+                let id = uuid::Uuid::new_v4().to_string();
+                r.headers_mut()
+                    .insert("x-fapi-interaction-id", id.parse().unwrap());
+                let mut c = p.client(Some("tpp1"), i % 2 == 0).await.unwrap();
+                if i % 2 == 0 {
+                    *r.uri_mut() = format!("https://localhost{path}").parse().unwrap();
+                    r.headers_mut().remove("host");
+                }
+                c.send(r).await.unwrap();
+                id
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    close(&p);
+    let recs: Vec<serde_json::Value> = p
+        .audit()
+        .into_iter()
+        .filter(|r| r["kind"] == "request")
+        .collect();
+    assert_eq!(recs.len(), n);
+    for id in &ids {
+        assert_eq!(
+            recs.iter().filter(|r| r["interaction_id"] == id.as_str()).count(),
+            1
+        );
+    }
+    let o = verify::verify_files(
+        &log_files(&p),
+        &verify::Options {
+            keys: vec![public_key()],
+            check_signatures: true,
+            anchor: None,
+        },
+    )
+    .unwrap();
+    assert!(o.ok(), "{o}");
+    assert_eq!(o.unsigned_tail, 0, "the shutdown checkpoint covers everything");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_with_refuse_answers_503_and_reports_what_it_dropped() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let sink = Sink::default();
+    let p = start_audited(
+        up.addr,
+        "audit:\n  sink: stdout\n  queue_capacity: 2\n  queue_full: refuse\n",
+        Some(&sink),
+        |_| {},
+    )
+    .await;
+    sink.hold();
+    assert_eq!(p.get(ACCOUNTS).await.0.status, 200);
+    sink.wait_until_stuck().await;
+    for _ in 0..2 {
+        assert_eq!(p.get(ACCOUNTS).await.0.status, 200);
+    }
+    let (a, id) = p.get(ACCOUNTS).await;
+    assert_eq!(a.status, 503);
+    assert_eq!(a.json()["reason"], "audit.unavailable");
+    assert_eq!(a.json()["interaction_id"], id.as_str());
+    assert_eq!(up.count(), 3, "the refused request never reached the upstream");
+    let (_, metrics) = p.admin_get("/metrics").await;
+    assert!(metrics.contains("portcullis_audit_queue_depth 2"), "{metrics}");
+    assert!(metrics.contains("portcullis_audit_records_dropped_total 1"), "{metrics}");
+    assert!(metrics.contains("portcullis_requests_by_decision_total{decision=\"error\"} 1"));
+    sink.release();
+    assert!(p.shared.audit.sync(WAIT));
+    assert_eq!(p.get(ACCOUNTS).await.0.status, 200);
+    assert!(p.shared.audit.sync(WAIT));
+    let recs = sink.records();
+    assert_eq!(recs.len(), 4, "the admitted requests all have their record");
+    let reported: u64 = recs
+        .iter()
+        .filter_map(|r| r["dropped_before"].as_u64())
+        .sum();
+    assert_eq!(reported, 1);
+    let o = verify::verify_bytes(
+        &[(Path::new("stdout"), sink.text().as_bytes())],
+        &verify::Options::default(),
+    );
+    assert!(o.ok(), "{o}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_with_block_holds_the_response_until_the_record_is_queued() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let sink = Sink::default();
+    let p = Arc::new(
+        start_audited(
+            up.addr,
+            "audit:\n  sink: stdout\n  queue_capacity: 2\n",
+            Some(&sink),
+            |_| {},
+        )
+        .await,
+    );
+    sink.hold();
+    assert_eq!(p.get(ACCOUNTS).await.0.status, 200);
+    sink.wait_until_stuck().await;
+    for _ in 0..2 {
+        assert_eq!(p.get(ACCOUNTS).await.0.status, 200);
+    }
+    let blocked = {
+        let p = Arc::clone(&p);
+        tokio::spawn(async move { p.get(ACCOUNTS).await.0.status })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!blocked.is_finished(), "block waits for room in the queue");
+    sink.release();
+    assert_eq!(blocked.await.unwrap(), 200);
+    assert!(p.shared.audit.sync(WAIT));
+    assert_eq!(sink.records().len(), 4);
+    assert_eq!(p.shared.audit.stats().unwrap().dropped(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_with_drop_serves_counts_and_reports_the_gap() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let sink = Sink::default();
+    let p = start_audited(
+        up.addr,
+        "audit:\n  sink: stdout\n  queue_capacity: 2\n  queue_full: drop\n",
+        Some(&sink),
+        |_| {},
+    )
+    .await;
+    sink.hold();
+    assert_eq!(p.get(ACCOUNTS).await.0.status, 200);
+    sink.wait_until_stuck().await;
+    for _ in 0..4 {
+        assert_eq!(p.get(ACCOUNTS).await.0.status, 200);
+    }
+    let (_, metrics) = p.admin_get("/metrics").await;
+    assert!(metrics.contains("portcullis_audit_records_dropped_total 2"), "{metrics}");
+    sink.release();
+    assert!(p.shared.audit.sync(WAIT));
+    p.get(ACCOUNTS).await;
+    assert!(p.shared.audit.sync(WAIT));
+    let recs = sink.records();
+    assert_eq!(recs.len(), 4);
+    let reported: u64 = recs
+        .iter()
+        .filter_map(|r| r["dropped_before"].as_u64())
+        .sum();
+    assert_eq!(reported, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_audit_disk_is_counted_unready_and_refused_until_it_recovers() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let sink = Sink::default();
+    let p = start_audited(
+        up.addr,
+        "audit:\n  sink: stdout\n  queue_full: refuse\n",
+        Some(&sink),
+        |_| {},
+    )
+    .await;
+    sink.fail.store(true, Ordering::SeqCst);
+    assert_eq!(p.get(ACCOUNTS).await.0.status, 200, "admitted before the failure shows");
+    for _ in 0..500 {
+        if !p.shared.audit.healthy() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (a, refused_id) = p.get(ACCOUNTS).await;
+    assert_eq!(a.status, 503);
+    assert_eq!(a.json()["reason"], "audit.unavailable");
+    assert_eq!(p.admin_get("/readyz").await.0, 503);
+    let (_, metrics) = p.admin_get("/metrics").await;
+    assert!(metrics.contains("portcullis_audit_output_failing 1"), "{metrics}");
+    assert!(!metrics.contains("portcullis_audit_write_errors_total 0"), "{metrics}");
+    sink.fail.store(false, Ordering::SeqCst);
+    assert!(p.shared.audit.sync(WAIT));
+    assert_eq!(p.admin_get("/readyz").await.0, 200);
+    assert_eq!(p.get(ACCOUNTS).await.0.status, 200);
+    assert!(p.shared.audit.sync(WAIT));
+    let recs = sink.records();
+    assert_eq!(recs.len(), 3, "nothing lost while the disk failed");
+    let refused = recs
+        .iter()
+        .find(|r| r["interaction_id"] == refused_id.as_str())
+        .unwrap();
+    assert_eq!(refused["reason"], "audit.unavailable");
+    assert_eq!(refused["status"], 503);
+    let o = verify::verify_bytes(
+        &[(Path::new("stdout"), sink.text().as_bytes())],
+        &verify::Options::default(),
+    );
+    assert!(o.ok(), "{o}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_behind_a_file_sink_refuses_under_refuse() {
+    if !Path::new("/dev/full").exists() {
+        return;
+    }
+    let up = Upstream::start(Behaviour::Ok).await;
+    let p = start_audited(
+        up.addr,
+        "audit:\n  sink: file\n  path: /dev/full\n  queue_full: refuse\n",
+        None,
+        |_| {},
+    )
+    .await;
+    p.get(ACCOUNTS).await;
+    for _ in 0..500 {
+        if !p.shared.audit.healthy() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (a, _) = p.get(ACCOUNTS).await;
+    assert_eq!(a.status, 503);
+    assert_eq!(a.json()["reason"], "audit.unavailable");
+    assert!(p.shared.audit.stats().unwrap().write_errors() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_matches_what_the_clients_did() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let p = start_audited(up.addr, &signed_yaml(""), None, |_| {}).await;
+    for _ in 0..3 {
+        p.get(ACCOUNTS).await;
+    }
+    for _ in 0..2 {
+        p.get("/open-banking/v3.1/aisp/accounts/acc-1").await;
+    }
+    p.get("/nope").await;
+    p.send(
+        req("POST", CONSENTS)
+            .body(Full::new(Bytes::from(vec![b'x'; 2048])))
+            .unwrap(),
+    )
+    .await;
+    let mut c = p.client(Some("tpp2"), false).await.unwrap();
+    c.send(req("GET", ACCOUNTS).body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert!(p.client(Some("expired"), false).await.is_err());
+    p.audit_where(1, |r| r["kind"] == "tls_handshake").await;
+    close(&p);
+
+    let config = p.config_path().display().to_string();
+    let log = p.dir.path().join("audit.log").display().to_string();
+    let (code, out) = cli(&["audit", "report", "--config", &config, "--json", &log]);
+    assert_eq!(code, 0, "{out}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["requests"], 8);
+    let client = |org: &str| {
+        r["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["org_id"] == org)
+            .unwrap_or_else(|| panic!("{org} in {r}"))
+            .clone()
+    };
+    let tpp1 = client("PSDGB-FCA-123456");
+    assert_eq!(tpp1["requests"], 7);
+    assert_eq!(tpp1["routes"]["accounts.list"]["allowed"], 3);
+    assert_eq!(tpp1["routes"]["accounts.get"]["allowed"], 2);
+    assert_eq!(tpp1["routes"]["consents.create"]["refused"], 1);
+    assert_eq!(tpp1["refusals"]["route.not_found"], 1);
+    assert_eq!(tpp1["refusals"]["http.body_too_large"], 1);
+    assert!(tpp1["cert_not_after"].as_str().unwrap().ends_with('Z'));
+    assert!(tpp1["first_seen"].as_str().unwrap() <= tpp1["last_seen"].as_str().unwrap());
+    assert_eq!(tpp1["scopes_granted"], serde_json::json!([]));
+    let tpp2 = client("PSDGB-FCA-654321");
+    assert_eq!(tpp2["routes"]["accounts.list"]["allowed"], 1);
+    assert_eq!(r["handshake_failures"]["cert_expired"], 1);
+    assert_eq!(r["routes_never_called"], serde_json::json!(["public.status"]));
+    let (code, text) = cli(&["audit", "report", &log]);
+    assert_eq!(code, 0);
+    assert!(text.contains("client  thumbprint"), "{text}");
+    assert!(text.contains("give --config"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_context_reaches_the_upstream_and_the_record() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let p = Proxy::start(Options::new(up.addr)).await;
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (a, id) = p
+        .send(
+            req("GET", ACCOUNTS)
+                .header("traceparent", incoming)
+                .header("tracestate", "bank=1")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, 200);
+    let seen = &up.seen()[0];
+    let sent = seen.headers["traceparent"].to_str().unwrap().to_string();
+    assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{sent}");
+    assert!(!sent.contains("00f067aa0ba902b7"));
+    assert_eq!(seen.headers["tracestate"], "bank=1");
+    let rec = p.audit_of(&id).await;
+    assert_eq!(rec["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(rec["span_id"].as_str().unwrap(), &sent[36..52]);
+    assert_eq!(rec["listener"], p.addr.to_string());
+
+    let (_, id) = p
+        .send(
+            req("GET", ACCOUNTS)
+                .header("traceparent", "00-zz-bad")
+                .header("tracestate", "bank=1")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    let seen = &up.seen()[1];
+    let sent = seen.headers["traceparent"].to_str().unwrap().to_string();
+    assert!(portcullis::telemetry::parse_traceparent(sent.as_bytes()).is_some());
+    assert!(!seen.headers.contains_key("tracestate"));
+    let rec = p.audit_of(&id).await;
+    assert_eq!(rec["trace_id"].as_str().unwrap(), &sent[3..35]);
+
+    // A refusal still has a trace id.
+    let (_, id) = p.get("/nope").await;
+    assert_eq!(p.audit_of(&id).await["trace_id"].as_str().unwrap().len(), 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_decisions_upstream_latency_audit_and_certificate_expiry() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let p = Proxy::start(Options::new(up.addr)).await;
+    p.get(ACCOUNTS).await;
+    p.get("/nope").await;
+    p.shared.audit.sync(WAIT);
+    let (_, m) = p.admin_get("/metrics").await;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join("tpp1.pem"));
+    use rustls_pki_types::pem::PemObject;
+    let thumbprint = portcullis::pki::thumbprint_s256(der.unwrap().as_ref());
+    for want in [
+        "portcullis_requests_by_decision_total{decision=\"allow\"} 1".to_string(),
+        "portcullis_requests_by_decision_total{decision=\"deny\"} 1".to_string(),
+        "portcullis_upstream_duration_seconds_count 1".to_string(),
+        "portcullis_audit_queue_capacity 65536".to_string(),
+        "portcullis_audit_records_written_total 2".to_string(),
+        "portcullis_audit_write_seconds_count".to_string(),
+        "portcullis_server_cert_expiry_days 7".to_string(),
+        format!("portcullis_client_cert_expiry_days{{thumbprint=\"{thumbprint}\"}} 7"),
+    ] {
+        assert!(m.contains(&want), "{want} missing in\n{m}");
+    }
+}
