@@ -37,10 +37,11 @@ fn issuer(keys: KeySet) -> (Issuer, KeySource) {
         name: "as".into(),
         issuer: "https://as.example".into(),
         audience: "https://rs.example".into(),
-        jwks: JwksSource::File {
+        jwks: Some(JwksSource::File {
             path: PathBuf::from("bench"),
             keys: Arc::clone(&keys),
-        },
+        }),
+        introspection: None,
         algorithms: vec![Alg::PS256, Alg::ES256, Alg::EdDSA],
         require_typ: true,
         skew: 30,
@@ -116,7 +117,8 @@ fn token_checks(c: &mut Criterion) {
             ready(verify(
                 black_box(&es_token),
                 &es_issuer,
-                &es_keys,
+                Some(&es_keys),
+                None,
                 &no_cache,
                 NOW,
             ))
@@ -128,7 +130,8 @@ fn token_checks(c: &mut Criterion) {
             ready(verify(
                 black_box(&ps_token),
                 &ps_issuer,
-                &ps_keys,
+                Some(&ps_keys),
+                None,
                 &no_cache,
                 NOW,
             ))
@@ -136,14 +139,15 @@ fn token_checks(c: &mut Criterion) {
         })
     });
     let cache = TokenCache::new(1024);
-    ready(verify(&es_token, &es_issuer, &es_keys, &cache, NOW)).unwrap();
-    ready(verify(&ps_token, &ps_issuer, &ps_keys, &cache, NOW)).unwrap();
+    ready(verify(&es_token, &es_issuer, Some(&es_keys), None, &cache, NOW)).unwrap();
+    ready(verify(&ps_token, &ps_issuer, Some(&ps_keys), None, &cache, NOW)).unwrap();
     g.bench_function("es256_hit", |b| {
         b.iter(|| {
             ready(verify(
                 black_box(&es_token),
                 &es_issuer,
-                &es_keys,
+                Some(&es_keys),
+                None,
                 &cache,
                 NOW,
             ))
@@ -155,7 +159,8 @@ fn token_checks(c: &mut Criterion) {
             ready(verify(
                 black_box(&ps_token),
                 &ps_issuer,
-                &ps_keys,
+                Some(&ps_keys),
+                None,
                 &cache,
                 NOW,
             ))

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod demo;
+pub mod introspect;
 pub mod jose;
 pub mod loadgen;
 pub mod mockbank;

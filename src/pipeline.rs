@@ -98,15 +98,14 @@ async fn authenticate(
 ) -> Result<binding::BoundToken, Rejection> {
     let cred = token::extract(parts).map_err(|e| Rejection::Token(e, token::Scheme::Bearer))?;
     let scheme = cred.scheme;
-    let (Some(issuer), Some(keys)) = (
-        rt.config.auth.issuers.get(&auth.issuer),
-        rt.keys.get(&auth.issuer),
-    ) else {
+    let Some(issuer) = rt.config.auth.issuers.get(&auth.issuer) else {
         // The config loader refuses routes naming unknown issuers; fail closed regardless.
         return Err(Rejection::Token(token::TokenError::KeysUnavailable, scheme));
     };
+    let keys = rt.keys.get(&auth.issuer).map(|k| k.as_ref());
+    let introspector = rt.introspectors.get(&auth.issuer).map(|i| i.as_ref());
     let now = shared.clock.now();
-    let verified = token::verify(cred.token, issuer, keys, &rt.tokens, now)
+    let verified = token::verify(cred.token, issuer, keys, introspector, &rt.tokens, now)
         .await
         .map_err(|e| Rejection::Token(e, scheme))?;
     record.client_id = verified.client_id.as_deref().map(crate::audit::bounded);

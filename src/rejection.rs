@@ -341,7 +341,10 @@ impl Rejection {
             Rejection::Token(TokenError::Missing | TokenError::UnsupportedScheme, _) => {
                 Some(format!("Bearer, DPoP {ALGS}"))
             }
-            Rejection::Token(TokenError::KeysUnavailable, _) => None,
+            Rejection::Token(
+                TokenError::KeysUnavailable | TokenError::IntrospectionUnavailable,
+                _,
+            ) => None,
             Rejection::Token(
                 TokenError::InQuery | TokenError::Multiple | TokenError::BadHeader,
                 Scheme::Bearer,
@@ -496,6 +499,14 @@ fn token_wire(e: TokenError) -> Wire {
             S::SERVICE_UNAVAILABLE,
             "token.keys_unavailable",
             "token keys are not available",
+        ),
+        // RFC 7662 §2.2: `active: false`.
+        TokenError::Inactive => (S::UNAUTHORIZED, "token.inactive", "the access token is not active"),
+        // Fail closed: introspection gave no decision (RFC 9110 §15.6.4).
+        TokenError::IntrospectionUnavailable => (
+            S::SERVICE_UNAVAILABLE,
+            "token.introspection_unavailable",
+            "token introspection is unavailable",
         ),
     };
     wire(status, reason, detail)
@@ -731,6 +742,8 @@ pub fn all_reasons() -> Vec<(u16, &'static str, &'static str)> {
             TokenError::IssuedAt,
             TokenError::ClaimType,
             TokenError::KeysUnavailable,
+            TokenError::Inactive,
+            TokenError::IntrospectionUnavailable,
         ]
         .map(|e| Rejection::Token(e, Scheme::Bearer)),
     );

@@ -31,6 +31,8 @@ pub struct Runtime {
     pub upstreams: HashMap<String, Arc<UpstreamClient>>,
     /// Key source per issuer name.
     pub keys: HashMap<String, Arc<KeySource>>,
+    /// Introspection client per issuer that has one.
+    pub introspectors: HashMap<String, Arc<crate::introspect::Introspector>>,
     pub tokens: TokenCache,
 }
 
@@ -51,8 +53,9 @@ impl Runtime {
             .auth
             .issuers
             .iter()
-            .map(|(name, issuer)| {
-                let source = match &issuer.jwks {
+            .filter_map(|(name, issuer)| Some((name, issuer.jwks.as_ref()?)))
+            .map(|(name, jwks)| {
+                let source = match jwks {
                     JwksSource::File { keys, .. } => {
                         Arc::new(KeySource::fixed(name, Arc::clone(keys)))
                     }
@@ -70,11 +73,21 @@ impl Runtime {
                 (name.clone(), source)
             })
             .collect();
+        let introspectors = config
+            .auth
+            .issuers
+            .iter()
+            .filter_map(|(name, i)| {
+                let c = i.introspection.clone()?;
+                Some((name.clone(), Arc::new(crate::introspect::Introspector::new(c))))
+            })
+            .collect();
         let tokens = TokenCache::new(config.auth.cache_entries);
         Runtime {
             config: Arc::new(config),
             upstreams,
             keys,
+            introspectors,
             tokens,
         }
     }

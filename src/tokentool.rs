@@ -252,11 +252,15 @@ pub async fn run_token(cmd: TokenCommand) -> ExitCode {
         return ExitCode::from(2);
     };
     let keys = match &iss.jwks {
-        JwksSource::File { keys, .. } => KeySource::fixed(&iss.name, keys.clone()),
-        JwksSource::Url(remote) => {
+        Some(JwksSource::File { keys, .. }) => KeySource::fixed(&iss.name, keys.clone()),
+        Some(JwksSource::Url(remote)) => {
             let s = KeySource::remote(&iss.name, remote.clone());
             s.refresh(std::time::Duration::ZERO).await;
             s
+        }
+        None => {
+            eprintln!("issuer {} uses introspection only; inspect works on JWT access tokens", iss.name);
+            return ExitCode::from(2);
         }
     };
     let mut r = Report {

@@ -1168,3 +1168,179 @@ async fn a_nonce_route_hands_out_nonces_and_refuses_proofs_without_a_current_one
         "a fresh nonce is offered"
     );
 }
+
+type Handler = Arc<dyn Fn(&http::request::Parts, &[u8]) -> (u16, String) + Send + Sync>;
+
+/// An HTTPS endpoint (dev server certificate) answering with a handler the test supplies.
+async fn https_endpoint(handler: Handler) -> std::net::SocketAddr {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let certs = certs();
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(certs.join("server.pem"))
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(certs.join("server.key")).unwrap();
+    let cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            let (acceptor, handler) = (acceptor.clone(), handler.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let handler = handler.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            let (status, text) = handler(&parts, &body);
+                            let mut r = http::Response::new(Full::new(Bytes::from(text)));
+                            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tokens_are_introspected_cached_and_refused_when_inactive_or_unknowable() {
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let x5t = thumb("tpp1");
+    let handler: Handler = {
+        let (calls, down, x5t) = (calls.clone(), down.clone(), x5t.clone());
+        Arc::new(move |parts, body| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if down.load(std::sync::atomic::Ordering::SeqCst) {
+                return (500, String::new());
+            }
+            let basic = base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                "rs-client:s3cret",
+            );
+            if parts
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                != Some(&format!("Basic {basic}"))
+            {
+                return (401, "{}".into());
+            }
+            let body = String::from_utf8_lossy(body).to_string();
+            let answer = if body.starts_with("token=opaque-good&") {
+                json!({"active": true, "iss": ISS, "aud": AUD, "exp": NOW + 600, "client_id": "tpp-one", "scope": "accounts", "cnf": {"x5t#S256": x5t}})
+            } else if body.starts_with("token=opaque-garbage&") {
+                return (200, "not json".into());
+            } else {
+                json!({"active": false})
+            };
+            (200, answer.to_string())
+        })
+    };
+    let addr = https_endpoint(handler).await;
+    let secret = tempfile::tempdir().unwrap();
+    std::fs::write(secret.path().join("secret"), "s3cret\n").unwrap();
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.policy = POLICY.to_string();
+    o.extra = format!(
+        "issuers:\n  as:\n    issuer: {ISS}\n    audience: {AUD}\n    introspection:\n      url: https://localhost:{}/introspect\n      ca: [{}]\n      client_id: rs-client\n      client_secret_file: {}\n      cache_ttl: 60s\n",
+        addr.port(),
+        certs().join("ca.pem").display(),
+        secret.path().join("secret").display()
+    );
+    let clock = Arc::new(ManualClock::new(NOW));
+    o.clock = Some(clock.clone() as Arc<dyn Clock>);
+    let p = Proxy::start(o).await;
+    let e = Env {
+        p,
+        up,
+        key: SigningKey::generate(Alg::ES256, "unused").unwrap(),
+        clock,
+        _jwks: secret,
+    };
+    let n = || calls.load(std::sync::atomic::Ordering::SeqCst);
+    // Active and bound to tpp1: forwarded; the answer is cached for the TTL.
+    assert_eq!(
+        e.send("tpp1", "GET", "/accounts", &[bearer("opaque-good")])
+            .await
+            .0
+            .status,
+        200
+    );
+    assert_eq!(
+        e.send("tpp1", "GET", "/accounts", &[bearer("opaque-good")])
+            .await
+            .0
+            .status,
+        200
+    );
+    assert_eq!(n(), 1, "the second request used the cached answer");
+    assert_eq!(e.up.seen()[0].headers["x-portcullis-client-id"], "tpp-one");
+    // The binding still holds for introspected tokens.
+    e.refused(
+        "tpp2",
+        "/accounts",
+        &[bearer("opaque-good")],
+        401,
+        "binding.cert_mismatch",
+    )
+    .await;
+    // After the TTL it is asked again.
+    e.clock.advance(61);
+    assert_eq!(
+        e.send("tpp1", "GET", "/accounts", &[bearer("opaque-good")])
+            .await
+            .0
+            .status,
+        200
+    );
+    assert_eq!(n(), 2);
+    e.refused(
+        "tpp1",
+        "/accounts",
+        &[bearer("opaque-revoked")],
+        401,
+        "token.inactive",
+    )
+    .await;
+    e.refused(
+        "tpp1",
+        "/accounts",
+        &[bearer("opaque-garbage")],
+        503,
+        "token.introspection_unavailable",
+    )
+    .await;
+    down.store(true, std::sync::atomic::Ordering::SeqCst);
+    e.clock.advance(61);
+    e.refused(
+        "tpp1",
+        "/accounts",
+        &[bearer("opaque-good")],
+        503,
+        "token.introspection_unavailable",
+    )
+    .await;
+}

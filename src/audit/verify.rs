@@ -177,48 +177,35 @@ struct State<'o> {
     torn: Option<(u64, String, u64)>,
 }
 
-/// Verifies `files` in order.
+/// Verifies `files` in order. Files are read twice, one at a time (a first pass collects the
+/// sequence numbers, to tell a reordering from a deletion), so memory holds one file and one
+/// number per record.
 pub fn verify_files(files: &[PathBuf], opts: &Options) -> std::io::Result<Outcome> {
-    let mut data = Vec::with_capacity(files.len());
+    let mut all_seqs = HashSet::new();
     for f in files {
-        data.push((f.clone(), std::fs::read(f)?));
+        let data = std::fs::read(f)?;
+        all_seqs.extend(lines(&data).into_iter().filter_map(|l| quick_seq(l.bytes)));
     }
-    Ok(verify_bytes(
-        &data
-            .iter()
-            .map(|(p, d)| (p.as_path(), d.as_slice()))
-            .collect::<Vec<_>>(),
-        opts,
-    ))
+    let mut st = State::new(opts, files.len(), all_seqs);
+    for (fi, f) in files.iter().enumerate() {
+        let data = std::fs::read(f)?;
+        if !st.file(&f.display().to_string(), &data, fi, files.len()) {
+            break;
+        }
+    }
+    Ok(st.finish(files.last().map(|p| p.display().to_string())))
 }
 
 /// Verifies files already in memory, in order.
 pub fn verify_bytes(files: &[(&Path, &[u8])], opts: &Options) -> Outcome {
-    let mut st = State {
-        opts,
-        out: Outcome {
-            files: files.len(),
-            signatures_checked: opts.check_signatures,
-            ..Outcome::default()
-        },
-        expected: None,
-        prev: None,
-        all_seqs: files
-            .iter()
-            .flat_map(|(_, d)| lines(d).into_iter().filter_map(|l| quick_seq(l.bytes)))
-            .collect(),
-        anchor_found: false,
-        torn: None,
-    };
-    'files: for (fi, (path, data)) in files.iter().enumerate() {
-        let name = path.display().to_string();
-        let last_file = fi + 1 == files.len();
-        for (li, line) in lines(data).iter().enumerate() {
-            let at = (name.as_str(), li as u64 + 1, fi > 0 && li == 0);
-            if let Err(d) = st.line(line, at, last_file) {
-                st.out.damage = Some(d);
-                break 'files;
-            }
+    let all_seqs = files
+        .iter()
+        .flat_map(|(_, d)| lines(d).into_iter().filter_map(|l| quick_seq(l.bytes)))
+        .collect();
+    let mut st = State::new(opts, files.len(), all_seqs);
+    for (fi, (path, data)) in files.iter().enumerate() {
+        if !st.file(&path.display().to_string(), data, fi, files.len()) {
+            break;
         }
     }
     st.finish(files.last().map(|(p, _)| p.display().to_string()))
@@ -236,7 +223,36 @@ fn damage(kind: DamageKind, seq: Option<u64>, at: At<'_>, detail: impl Into<Stri
     }
 }
 
-impl State<'_> {
+impl<'o> State<'o> {
+    fn new(opts: &'o Options, files: usize, all_seqs: HashSet<u64>) -> State<'o> {
+        State {
+            opts,
+            out: Outcome {
+                files,
+                signatures_checked: opts.check_signatures,
+                ..Outcome::default()
+            },
+            expected: None,
+            prev: None,
+            all_seqs,
+            anchor_found: false,
+            torn: None,
+        }
+    }
+
+    /// Checks one file (index `fi` of `count`); false once damage is found.
+    fn file(&mut self, name: &str, data: &[u8], fi: usize, count: usize) -> bool {
+        let last_file = fi + 1 == count;
+        for (li, line) in lines(data).iter().enumerate() {
+            let at = (name, li as u64 + 1, fi > 0 && li == 0);
+            if let Err(d) = self.line(line, at, last_file) {
+                self.out.damage = Some(d);
+                return false;
+            }
+        }
+        true
+    }
+
     fn line(&mut self, line: &Line<'_>, at: At<'_>, last_file: bool) -> Result<(), Damage> {
         let guess = self.expected;
         if !line.complete {

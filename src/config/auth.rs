@@ -22,7 +22,10 @@ pub(crate) struct FileIssuer {
     pub issuer: String,
     /// A value `aud` must contain.
     pub audience: String,
-    pub jwks: FileJwks,
+    /// Keys for JWT access tokens.
+    pub jwks: Option<FileJwks>,
+    /// RFC 7662 introspection for opaque access tokens.
+    pub introspection: Option<FileIntrospection>,
     pub algorithms: Option<Vec<String>>,
     /// Require `typ: at+jwt` (RFC 9068). Default true.
     pub require_typ: Option<bool>,
@@ -42,6 +45,22 @@ pub(crate) struct FileJwks {
     pub refresh_interval: Option<ConfigDuration>,
     pub min_refetch_interval: Option<ConfigDuration>,
     pub fetch_timeout: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileIntrospection {
+    pub url: String,
+    #[serde(default)]
+    pub ca: Vec<String>,
+    /// Client authentication by HTTP Basic: the client id and a file holding the secret.
+    pub client_id: Option<String>,
+    pub client_secret_file: Option<String>,
+    /// Client authentication by mutual TLS.
+    pub client_certificate: Option<String>,
+    pub client_private_key: Option<String>,
+    pub cache_ttl: Option<ConfigDuration>,
+    pub timeout: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,7 +103,8 @@ pub struct Issuer {
     pub name: String,
     pub issuer: String,
     pub audience: String,
-    pub jwks: JwksSource,
+    pub jwks: Option<JwksSource>,
+    pub introspection: Option<crate::introspect::IntrospectionConfig>,
     pub algorithms: Vec<Alg>,
     pub require_typ: bool,
     pub skew: i64,
@@ -154,7 +174,123 @@ fn validate_issuer(
         p.push(field("audience"), "must not be empty");
     }
     let algorithms = algorithms(p, &field("algorithms"), &f.algorithms);
-    let jwks = match (&f.jwks.file, &f.jwks.url) {
+    let introspection = f
+        .introspection
+        .as_ref()
+        .and_then(|i| validate_introspection(p, base, name, i, watched));
+    if f.jwks.is_none() && f.introspection.is_none() {
+        p.push(field("jwks"), "an issuer needs jwks (JWT tokens), introspection (opaque tokens), or both");
+    }
+    let jwks = match f.jwks.as_ref() {
+        None => None,
+        Some(j) => validate_jwks(p, base, name, j, watched),
+    };
+    if f.jwks.is_some() && jwks.is_none() {
+        return None;
+    }
+    Some(Issuer {
+        name: name.to_string(),
+        issuer: f.issuer.clone(),
+        audience: f.audience.clone(),
+        jwks,
+        introspection,
+        algorithms,
+        require_typ: f.require_typ.unwrap_or(true),
+        skew: secs(f.clock_skew, 30),
+        max_token_bytes: f.max_token_bytes.unwrap_or(8192),
+        max_age: f.max_token_age.map(|d| d.0.as_secs() as i64),
+    })
+}
+
+fn validate_introspection(
+    p: &mut Problems<'_>,
+    base: &Path,
+    name: &str,
+    f: &FileIntrospection,
+    watched: &mut Vec<PathBuf>,
+) -> Option<crate::introspect::IntrospectionConfig> {
+    let field = |s: &str| format!("issuers.{name}.introspection.{s}");
+    let uri: http::Uri = match f.url.parse::<http::Uri>() {
+        Ok(u) if matches!(u.scheme_str(), Some("https")) => u,
+        _ => {
+            p.push(field("url"), format!("`{}` is not an https:// URL", f.url));
+            return None;
+        }
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, ca) in f.ca.iter().enumerate() {
+        let path = resolve(base, ca);
+        watched.push(path.clone());
+        for c in read_certs(p, &field(&format!("ca[{i}]")), &path) {
+            let _ = roots.add(c);
+        }
+    }
+    if roots.is_empty() {
+        p.push(field("ca"), "the introspection endpoint needs its CA bundle (trust is pinned)");
+        return None;
+    }
+    let identity = match (&f.client_certificate, &f.client_private_key) {
+        (Some(c), Some(k)) => {
+            let (cp, kp) = (resolve(base, c), resolve(base, k));
+            watched.push(cp.clone());
+            watched.push(kp.clone());
+            let chain = read_certs(p, &field("client_certificate"), &cp);
+            let key = super::read_key(p, &field("client_private_key"), &kp)?;
+            Some((chain, key))
+        }
+        (None, None) => None,
+        _ => {
+            p.push(field("client_certificate"), "client_certificate and client_private_key go together");
+            return None;
+        }
+    };
+    let basic = match (&f.client_id, &f.client_secret_file) {
+        (Some(id), Some(file)) => {
+            let path = resolve(base, file);
+            watched.push(path.clone());
+            match std::fs::read_to_string(&path) {
+                Ok(s) if !s.trim().is_empty() => Some((id.clone(), s.trim().to_string())),
+                Ok(_) => {
+                    p.push(field("client_secret_file"), "the secret file is empty");
+                    return None;
+                }
+                Err(e) => {
+                    p.push(field("client_secret_file"), format!("cannot read {}: {e}", path.display()));
+                    return None;
+                }
+            }
+        }
+        (None, None) => None,
+        _ => {
+            p.push(field("client_id"), "client_id and client_secret_file go together");
+            return None;
+        }
+    };
+    if basic.is_none() && identity.is_none() {
+        p.push(field("client_id"), "the proxy must authenticate to the endpoint (client_id + client_secret_file, or a client certificate)");
+        return None;
+    }
+    let tls = crate::tls::upstream_client_config(roots, identity)
+        .map_err(|e| p.push(field("client_certificate"), e))
+        .ok()?;
+    Some(crate::introspect::IntrospectionConfig {
+        uri,
+        tls,
+        basic,
+        timeout: f.timeout.map_or(Duration::from_secs(2), |d| d.0),
+        cache_ttl: secs(f.cache_ttl, 60),
+    })
+}
+
+fn validate_jwks(
+    p: &mut Problems<'_>,
+    base: &Path,
+    name: &str,
+    jwks: &FileJwks,
+    watched: &mut Vec<PathBuf>,
+) -> Option<JwksSource> {
+    let field = |s: &str| format!("issuers.{name}.{s}");
+    match (&jwks.file, &jwks.url) {
         (Some(file), None) => {
             let path = resolve(base, file);
             watched.push(path.clone());
@@ -190,7 +326,7 @@ fn validate_issuer(
                     if u.scheme() == Some(&http::uri::Scheme::HTTPS) && u.authority().is_some() =>
                 {
                     let mut roots = rustls::RootCertStore::empty();
-                    for (i, ca) in f.jwks.ca.iter().enumerate() {
+                    for (i, ca) in jwks.ca.iter().enumerate() {
                         let path = resolve(base, ca);
                         watched.push(path.clone());
                         for c in read_certs(p, &field(&format!("jwks.ca[{i}]")), &path) {
@@ -211,17 +347,11 @@ fn validate_issuer(
                                 JwksSource::Url(Remote {
                                     uri: u,
                                     tls,
-                                    refresh: f
-                                        .jwks
-                                        .refresh_interval
+                                    refresh: jwks.refresh_interval
                                         .map_or(Duration::from_secs(300), |d| d.0),
-                                    min_refetch: f
-                                        .jwks
-                                        .min_refetch_interval
+                                    min_refetch: jwks.min_refetch_interval
                                         .map_or(Duration::from_secs(30), |d| d.0),
-                                    timeout: f
-                                        .jwks
-                                        .fetch_timeout
+                                    timeout: jwks.fetch_timeout
                                         .map_or(Duration::from_secs(5), |d| d.0),
                                 })
                             })
@@ -237,18 +367,7 @@ fn validate_issuer(
             p.push(field("jwks"), "set exactly one of file or url");
             None
         }
-    };
-    Some(Issuer {
-        name: name.to_string(),
-        issuer: f.issuer.clone(),
-        audience: f.audience.clone(),
-        jwks: jwks?,
-        algorithms,
-        require_typ: f.require_typ.unwrap_or(true),
-        skew: secs(f.clock_skew, 30),
-        max_token_bytes: f.max_token_bytes.unwrap_or(8192),
-        max_age: f.max_token_age.map(|d| d.0.as_secs() as i64),
-    })
+    }
 }
 
 pub(crate) fn validate(

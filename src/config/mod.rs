@@ -596,7 +596,7 @@ pub(crate) fn read_certs(p: &mut Problems<'_>, field: &str, path: &Path) -> Vec<
     }
 }
 
-fn read_key(p: &mut Problems<'_>, field: &str, path: &Path) -> Option<PrivateKeyDer<'static>> {
+pub(crate) fn read_key(p: &mut Problems<'_>, field: &str, path: &Path) -> Option<PrivateKeyDer<'static>> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => {

@@ -20,6 +20,7 @@ use crate::config::Issuer;
 use crate::jose::json::{numeric_date, parse_object, string, Typed};
 use crate::jose::jws::{parse, JwsError};
 use crate::jose::source::KeySource;
+use crate::introspect::{IntrospectError, Introspector};
 use crate::jose::{sha256, sha256_b64url};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +46,10 @@ pub enum TokenError {
     IssuedAt,
     ClaimType,
     KeysUnavailable,
+    /// Introspection answered `active: false` (RFC 7662 §2.2).
+    Inactive,
+    /// Introspection gave no decision: unreachable, timed out, or a bad answer.
+    IntrospectionUnavailable,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +82,9 @@ pub struct AccessToken {
     pub cnf_jkt: Option<String>,
     /// base64url SHA-256 of the token: what the audit log records instead of the token.
     pub hash: String,
+    /// Until when the cached verdict may be reused (`exp` for a JWT; min(`exp`, TTL) for an
+    /// introspected token).
+    pub cache_until: i64,
     pub claims: Map<String, Value>,
 }
 
@@ -188,15 +196,26 @@ fn opt_string(m: &Map<String, Value>, name: &str) -> Result<Option<String>, Toke
     }
 }
 
+/// Whether the claims come from a signed JWT (every RFC 9068 claim required) or from an
+/// introspection answer (RFC 7662: `iss`, `aud` and `exp` checked when present).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Jwt,
+    Introspection { ttl: i64 },
+}
+
 fn claims(
     m: Map<String, Value>,
     issuer: &Issuer,
     hash: String,
     now: i64,
+    source: Source,
 ) -> Result<AccessToken, TokenError> {
+    let strict = source == Source::Jwt;
     match string(&m, "iss") {
         Typed::Present(iss) if iss == issuer.issuer => {}
         Typed::WrongType => return Err(TokenError::ClaimType),
+        Typed::Absent if !strict => {}
         _ => return Err(TokenError::Issuer),
     }
     let aud_ok = match m.get("aud") {
@@ -209,15 +228,20 @@ fn claims(
                 .any(|v| v.as_str() == Some(issuer.audience.as_str()))
         }
         Some(_) => return Err(TokenError::ClaimType),
-        None => false,
+        None => !strict,
     };
     if !aud_ok {
         return Err(TokenError::Audience);
     }
-    let exp = match numeric_date(&m, "exp") {
-        Typed::Present(e) => e,
-        Typed::Absent => return Err(TokenError::ExpMissing),
-        Typed::WrongType => return Err(TokenError::ClaimType),
+    let exp = match (numeric_date(&m, "exp"), source) {
+        (Typed::Present(e), _) => e,
+        (Typed::Absent, Source::Introspection { ttl }) => now.saturating_add(ttl),
+        (Typed::Absent, Source::Jwt) => return Err(TokenError::ExpMissing),
+        (Typed::WrongType, _) => return Err(TokenError::ClaimType),
+    };
+    let cache_until = match source {
+        Source::Jwt => exp.saturating_add(issuer.skew),
+        Source::Introspection { ttl } => exp.min(now.saturating_add(ttl)),
     };
     let nbf = match numeric_date(&m, "nbf") {
         Typed::Present(n) => Some(n),
@@ -263,6 +287,7 @@ fn claims(
         cnf_x5t,
         cnf_jkt,
         hash,
+        cache_until,
         claims: m,
     })
 }
@@ -271,7 +296,8 @@ fn claims(
 pub async fn verify(
     token: &str,
     issuer: &Issuer,
-    keys: &KeySource,
+    keys: Option<&KeySource>,
+    introspector: Option<&Introspector>,
     cache: &TokenCache,
     now: i64,
 ) -> Result<Arc<AccessToken>, TokenError> {
@@ -280,10 +306,47 @@ pub async fn verify(
     }
     let key = cache_key(&issuer.name, token);
     if let Some(hit) = cache.map.get(&key).map(|r| Arc::clone(r.value())) {
-        cache.hits.fetch_add(1, Ordering::Relaxed);
-        check_time(&hit, issuer, now)?;
-        return Ok(hit);
+        if now < hit.cache_until {
+            cache.hits.fetch_add(1, Ordering::Relaxed);
+            check_time(&hit, issuer, now)?;
+            return Ok(hit);
+        }
     }
+    // A compact JWS goes to the key set; anything else (an opaque token) to introspection.
+    let looks_like_jws = token.matches('.').count() == 2;
+    let t = match (keys, introspector) {
+        (Some(keys), None) => verify_jwt(token, issuer, keys, cache, now).await?,
+        (Some(keys), Some(_)) if looks_like_jws => {
+            verify_jwt(token, issuer, keys, cache, now).await?
+        }
+        (_, Some(i)) => {
+            cache.verifications.fetch_add(1, Ordering::Relaxed);
+            let m = match i.introspect(token).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Err(TokenError::Inactive),
+                Err(IntrospectError::Unavailable) => {
+                    return Err(TokenError::IntrospectionUnavailable)
+                }
+            };
+            let ttl = i.config.cache_ttl;
+            let hash = sha256_b64url(token.as_bytes());
+            claims(m, issuer, hash, now, Source::Introspection { ttl })?
+        }
+        (None, None) => return Err(TokenError::KeysUnavailable),
+    };
+    let t = Arc::new(t);
+    check_time(&t, issuer, now)?;
+    cache.insert(key, Arc::clone(&t), now);
+    Ok(t)
+}
+
+async fn verify_jwt(
+    token: &str,
+    issuer: &Issuer,
+    keys: &KeySource,
+    cache: &TokenCache,
+    now: i64,
+) -> Result<AccessToken, TokenError> {
     let jws = parse(token, &issuer.algorithms).map_err(|e| match e {
         JwsError::AlgNotAllowed => TokenError::AlgNotAllowed,
         JwsError::Crit | JwsError::ForbiddenHeader => TokenError::ForbiddenHeader,
@@ -313,10 +376,7 @@ pub async fn verify(
         _ => TokenError::BadSignature,
     })?;
     let m = parse_object(&jws.payload).ok_or(TokenError::Malformed)?;
-    let t = Arc::new(claims(m, issuer, sha256_b64url(token.as_bytes()), now)?);
-    check_time(&t, issuer, now)?;
-    cache.insert(key, Arc::clone(&t), now);
-    Ok(t)
+    claims(m, issuer, sha256_b64url(token.as_bytes()), now, Source::Jwt)
 }
 
 #[cfg(test)]
