@@ -104,6 +104,9 @@ pub enum Command {
         duration: String,
         #[arg(long)]
         http2: bool,
+        /// An extra request header, `name: value` (repeatable), e.g. an Authorization header.
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -246,8 +249,25 @@ pub async fn run(cli: Cli) -> ExitCode {
             connections,
             duration,
             http2,
+            headers,
             json,
         } => {
+            let mut parsed = Vec::new();
+            for h in &headers {
+                let pair = h.split_once(':').and_then(|(n, v)| {
+                    Some((
+                        http::HeaderName::from_bytes(n.trim().as_bytes()).ok()?,
+                        http::HeaderValue::from_str(v.trim()).ok()?,
+                    ))
+                });
+                match pair {
+                    Some(p) => parsed.push(p),
+                    None => {
+                        eprintln!("--header: `{h}` is not `name: value`");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             let duration = match crate::config::ConfigDuration::parse(&duration) {
                 Ok(d) => d,
                 Err(e) => {
@@ -265,6 +285,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 connections,
                 duration,
                 http2,
+                headers: parsed,
             };
             match crate::loadgen::run(opts).await {
                 Ok(r) if json => {

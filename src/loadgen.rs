@@ -25,6 +25,8 @@ pub struct LoadOptions {
     pub connections: usize,
     pub duration: Duration,
     pub http2: bool,
+    /// Extra headers sent on every request.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -57,6 +59,7 @@ pub async fn run(o: LoadOptions) -> Result<Report, BoxError> {
     for _ in 0..o.connections.max(1) {
         let config = config.clone();
         let (addr, name, path) = (o.addr, o.server_name.clone(), o.path.clone());
+        let extra = o.headers.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat: Vec<u32> = Vec::with_capacity(100_000);
             let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
@@ -77,7 +80,10 @@ pub async fn run(o: LoadOptions) -> Result<Report, BoxError> {
                 let req = http::Request::get(path.as_str())
                     .header(http::header::HOST, name.as_str())
                     .body(Full::new(Bytes::new()));
-                let Ok(req) = req else { break };
+                let Ok(mut req) = req else { break };
+                for (n, v) in &extra {
+                    req.headers_mut().append(n.clone(), v.clone());
+                }
                 let t = Instant::now();
                 match c.send(req).await {
                     Ok(a) => {
