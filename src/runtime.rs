@@ -79,7 +79,10 @@ impl Runtime {
             .iter()
             .filter_map(|(name, i)| {
                 let c = i.introspection.clone()?;
-                Some((name.clone(), Arc::new(crate::introspect::Introspector::new(c))))
+                Some((
+                    name.clone(),
+                    Arc::new(crate::introspect::Introspector::new(c)),
+                ))
             })
             .collect();
         let tokens = TokenCache::new(config.auth.cache_entries);
@@ -90,6 +93,126 @@ impl Runtime {
             introspectors,
             tokens,
         }
+    }
+}
+
+impl Runtime {
+    /// Prometheus text for the token machinery of this config: per issuer, the key source
+    /// (ready, keys, fetches, failures, age of the last good set) and introspection calls; the
+    /// verified-token cache (hits and signature verifications). Labels are config names only.
+    pub fn render_metrics(&self, now: i64) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in rows {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        let mut names: Vec<&String> = self.keys.keys().collect();
+        names.sort();
+        let rows = |f: &dyn Fn(&KeySource) -> String| -> Vec<(String, String)> {
+            names
+                .iter()
+                .map(|n| (format!("{{issuer=\"{n}\"}}"), f(&self.keys[*n])))
+                .collect()
+        };
+        family(
+            "portcullis_key_source_ready",
+            "gauge",
+            "1 when the issuer has a good key set.",
+            rows(&|k| u8::from(k.is_ready()).to_string()),
+        );
+        family(
+            "portcullis_key_source_keys",
+            "gauge",
+            "Keys in the current set.",
+            rows(&|k| k.key_count().to_string()),
+        );
+        family(
+            "portcullis_key_source_fetches_total",
+            "counter",
+            "Key set fetches.",
+            rows(&|k| k.fetches.load(Ordering::Relaxed).to_string()),
+        );
+        family(
+            "portcullis_key_source_failures_total",
+            "counter",
+            "Failed key set fetches.",
+            rows(&|k| k.failures.load(Ordering::Relaxed).to_string()),
+        );
+        family(
+            "portcullis_key_source_age_seconds",
+            "gauge",
+            "Age of the current key set.",
+            rows(&|k| {
+                let t = k.last_good.load(Ordering::Relaxed);
+                if t == 0 {
+                    "NaN".to_string()
+                } else {
+                    (now - t).max(0).to_string()
+                }
+            }),
+        );
+        let mut intro: Vec<(&String, &Arc<crate::introspect::Introspector>)> =
+            self.introspectors.iter().collect();
+        intro.sort_by_key(|(n, _)| n.as_str());
+        family(
+            "portcullis_introspection_calls_total",
+            "counter",
+            "Introspection requests.",
+            intro
+                .iter()
+                .map(|(n, i)| {
+                    (
+                        format!("{{issuer=\"{n}\"}}"),
+                        i.calls.load(Ordering::Relaxed).to_string(),
+                    )
+                })
+                .collect(),
+        );
+        family(
+            "portcullis_introspection_failures_total",
+            "counter",
+            "Introspection requests without a decision.",
+            intro
+                .iter()
+                .map(|(n, i)| {
+                    (
+                        format!("{{issuer=\"{n}\"}}"),
+                        i.failures.load(Ordering::Relaxed).to_string(),
+                    )
+                })
+                .collect(),
+        );
+        family(
+            "portcullis_token_cache_hits_total",
+            "counter",
+            "Token checks answered from the verified-token cache.",
+            vec![(
+                String::new(),
+                self.tokens.hits.load(Ordering::Relaxed).to_string(),
+            )],
+        );
+        family(
+            "portcullis_token_verifications_total",
+            "counter",
+            "Token signatures verified or tokens introspected (cache misses).",
+            vec![(
+                String::new(),
+                self.tokens
+                    .verifications
+                    .load(Ordering::Relaxed)
+                    .to_string(),
+            )],
+        );
+        family(
+            "portcullis_token_cache_entries",
+            "gauge",
+            "Tokens in the verified-token cache.",
+            vec![(String::new(), self.tokens.len().to_string())],
+        );
+        out
     }
 }
 

@@ -284,7 +284,8 @@ fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
         "/readyz" => text(503, "not ready\n".into(), "text/plain"),
         "/metrics" => text(
             200,
-            shared.metrics.render(),
+            shared.metrics.render()
+                + &shared.runtime.load().render_metrics(shared.clock.now()),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         _ => text(404, "not found\n".into(), "text/plain"),

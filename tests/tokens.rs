@@ -917,6 +917,10 @@ async fn readiness_waits_for_key_sets_and_a_rotated_remote_key_is_fetched_on_an_
         server.hits() - before
     );
     assert_eq!(up.count(), 3);
+    let (_, m) = p.admin_get("/metrics").await;
+    assert!(m.contains("portcullis_key_source_ready{issuer=\"as\"} 1"), "{m}");
+    assert!(m.contains("portcullis_key_source_keys{issuer=\"as\"} 2"), "{m}");
+    assert!(m.contains("portcullis_key_source_failures_total{issuer=\"as\"}"), "{m}");
 }
 
 /// An HTTPS JWKS endpoint whose answer the test sets.
