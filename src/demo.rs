@@ -343,11 +343,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     if opts.once {
         shutdown.cancel();
         running.shutdown().await;
+        shared.audit.close(std::time::Duration::from_secs(5));
         return Ok(());
     }
     println!("Serving; press Ctrl-C to stop.");
     crate::cli::wait_for_signal().await;
     shutdown.cancel();
     running.shutdown().await;
+    shared.audit.close(std::time::Duration::from_secs(5));
     Ok(())
 }

@@ -13,6 +13,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod consent;
 pub mod demo;
 pub mod introspect;
 pub mod jose;

@@ -19,12 +19,14 @@
 //! 8. **Sender constraint** ([`binding`]) — needs the token and the identity (RFC 8705
 //!    `cnf.x5t#S256`) or a DPoP proof (RFC 9449); only after it is a token evidence of anything.
 //! 9. *Request signature* — issue #4; needs the caller's identity to pick its keys.
-//! 10. *Authorization* — issue #5; needs the bound token, so it runs only on proven callers.
+//! 10. **Authorization** ([`authz`]) — scopes, consent and object rules; needs the bound token,
+//!     so it runs only on proven callers, and the buffered body when a rule reads it.
 //! 11. *Idempotency* — issue #6; last, so a refused request never reserves a key.
 //!
 //! Steps in italics are not built yet: a route cannot ask for them, because the policy format
 //! does not have their fields until their issue lands. No stage here pretends to check them.
 
+pub mod authz;
 pub mod binding;
 pub mod fapi;
 pub mod http;
@@ -147,4 +149,36 @@ async fn authenticate(
         )) => Err(Rejection::UseDpopNonce(shared.nonces.current(now))),
         other => Ok(other?),
     }
+}
+
+/// Stages 9 to 11, which may read the request body (buffered by the caller when
+/// [`needs_body`] says so).
+pub async fn authorize(
+    inspected: &Inspected,
+    parts: &Parts,
+    body: Option<&[u8]>,
+    rt: &Runtime,
+    shared: &Shared,
+    record: &mut RequestRecord,
+) -> Result<authz::Permit, Rejection> {
+    // 9. Request signature: issue #4.
+    // 10. Authorization.
+    let permit = authz::authorize(inspected, parts, body, rt, shared)
+        .await
+        .map_err(Rejection::Authz)?;
+    record.consent_id = permit.consent_id.as_deref().map(crate::audit::bounded);
+    if let Some(d) = &permit.shadow_denial {
+        let r = Rejection::Authz(d.clone());
+        record.stage = Some("authz");
+        record.reason = Some(r.audit_reason());
+        record.rule_id = Some(d.rule.clone());
+    }
+    // 11. Idempotency: issue #6.
+    Ok(permit)
+}
+
+/// Whether a stage after binding reads the request body, so it must be buffered (once, up to
+/// the route limit) before those stages run.
+pub fn needs_body(route: &crate::policy::Route) -> bool {
+    route.authz.reads_body()
 }

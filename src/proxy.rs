@@ -61,7 +61,15 @@ pub async fn handle(
     };
     let mut resp = match result {
         Ok(resp) => {
-            record.decision = "allow";
+            // A shadow denial was recorded by the authorization stage and not enforced.
+            record.decision = if record.rule_id.is_some() && record.reason.is_some() {
+                shared
+                    .metrics
+                    .would_deny(record.route_id.as_deref(), record.reason.unwrap_or(""));
+                "shadow_deny"
+            } else {
+                "allow"
+            };
             resp
         }
         Err(rejection) => {
@@ -70,8 +78,12 @@ pub async fn handle(
                 Rejection::Upstream(_) | Rejection::Audit(_) => "error",
                 _ => "deny",
             };
+            let _ = &w;
             record.stage = Some(rejection.stage().as_str());
-            record.reason = Some(w.reason);
+            record.reason = Some(rejection.audit_reason());
+            if let Rejection::Authz(d) = &rejection {
+                record.rule_id = Some(d.rule.clone());
+            }
             rejection::respond(&rejection, &interaction_id, version)
         }
     };
@@ -150,13 +162,20 @@ async fn inner(
         .upstreams
         .get(&route.upstream)
         .ok_or(UpstreamError::Connect)?;
-    let body = request_body(
-        body,
-        declared,
-        route.body_limit,
-        rt.config.listener.limits.request_timeout,
-    )
-    .await?;
+    let timeout = rt.config.listener.limits.request_timeout;
+    // Stages that read the body get it buffered once, up to the route limit; the bytes they
+    // checked are the bytes forwarded.
+    let (body, buffered) = if pipeline::needs_body(route) {
+        let bytes = buffer_body(body, route.body_limit, timeout).await?;
+        (full(bytes.clone()), Some(bytes))
+    } else {
+        (
+            request_body(body, declared, route.body_limit, timeout).await?,
+            None,
+        )
+    };
+    let permit =
+        pipeline::authorize(&inspected, &parts, buffered.as_deref(), rt, shared, record).await?;
 
     let uri = upstream
         .uri(parts.uri.path(), parts.uri.query())
@@ -192,14 +211,79 @@ async fn inner(
     record.upstream_latency_us = Some(took.as_micros() as u64);
     let (mut parts, body) = resp.into_parts();
     upstream::clean_response_headers(&mut parts.headers);
+    let body = if route.authz.response_rules.is_empty() {
+        body.map_err(BoxError::from).boxed_unsync()
+    } else {
+        let claims = inspected.token.as_ref().map(|t| &t.token.claims);
+        check_response(&mut parts, body, route, claims, permit.consent.as_ref()).await?
+    };
     // RFC 9449 §8.2: a fresh nonce rides on successful responses of nonce routes too.
-    if let Some(n) = inspected.dpop_nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+    if let Some(n) = inspected
+        .dpop_nonce
+        .and_then(|n| HeaderValue::from_str(&n).ok())
+    {
         parts.headers.insert("dpop-nonce", n);
     }
-    Ok(Response::from_parts(
-        parts,
-        body.map_err(BoxError::from).boxed_unsync(),
-    ))
+    Ok(Response::from_parts(parts, body))
+}
+
+const MAX_CHECKED_RESPONSE: usize = 16 * 1024 * 1024;
+
+/// Response rules: the JSON response is buffered and every value the rules name must be in the
+/// granted set; a `withhold` rule refuses the response (502), a `remove` rule drops offending
+/// array elements. A successful response that is not JSON cannot be checked and is withheld.
+async fn check_response(
+    parts: &mut http::response::Parts,
+    body: Incoming,
+    route: &crate::policy::Route,
+    claims: Option<&serde_json::Map<String, serde_json::Value>>,
+    consent: Option<&crate::policy::rules::ConsentRecord>,
+) -> Result<ProxyBody, Rejection> {
+    use crate::policy::rules::{AuthzError, Denial};
+    let leak = |rule: &str| {
+        Rejection::Authz(Denial {
+            error: AuthzError::ResponseLeak,
+            rule: rule.to_string(),
+            status: 502,
+            shadow: false,
+        })
+    };
+    let first_rule = route.authz.response_rules[0].id.as_str();
+    let bytes = Limited::new(body, MAX_CHECKED_RESPONSE)
+        .collect()
+        .await
+        .map_err(|_| leak(first_rule))?
+        .to_bytes();
+    let mut doc: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(_) if !parts.status.is_success() => return Ok(full(bytes)),
+        Err(_) => return Err(leak(first_rule)),
+    };
+    let empty = serde_json::Map::new();
+    let changed = crate::policy::rules::check_response(
+        &route.authz.response_rules,
+        claims.unwrap_or(&empty),
+        consent,
+        &mut doc,
+    )
+    .map_err(|rule| leak(&rule))?;
+    if !changed {
+        return Ok(full(bytes));
+    }
+    let out = Bytes::from(doc.to_string());
+    parts.headers.remove(CONTENT_LENGTH);
+    Ok(full(out))
+}
+
+/// Reads the whole body, up to `limit` bytes and within `timeout`.
+async fn buffer_body(body: Incoming, limit: u64, timeout: Duration) -> Result<Bytes, HttpError> {
+    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(HttpError::BodyTimeout),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(HttpError::BodyTooLarge),
+        Ok(Err(_)) => Err(HttpError::BodyRead),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
 }
 
 /// Identity headers from the bound token's claims (client copies are always removed first), and

@@ -18,6 +18,7 @@ use crate::pipeline::binding::BindingError;
 use crate::pipeline::fapi::FapiError;
 use crate::pipeline::http::HttpError;
 use crate::pipeline::identity::IdentityError;
+use crate::policy::rules::{AuthzError, Denial};
 use crate::pipeline::token::{Scheme, TokenError};
 use crate::policy::NoRoute;
 use crate::proxy::{full, ProxyBody};
@@ -36,6 +37,8 @@ pub enum Rejection {
     Binding(BindingError),
     /// RFC 9449 §9: the proof needs (a fresh) server nonce; carries the nonce to send.
     UseDpopNonce(String),
+    /// A scope, consent, object or response rule denied the request.
+    Authz(Denial),
     Upstream(UpstreamError),
     /// The audit log cannot take the record (`audit.queue_full: refuse`).
     Audit(AuditError),
@@ -50,6 +53,7 @@ pub enum Stage {
     Identity,
     Token,
     Binding,
+    Authz,
     Upstream,
     Audit,
 }
@@ -63,6 +67,7 @@ impl Stage {
             Stage::Identity => "identity",
             Stage::Token => "token",
             Stage::Binding => "binding",
+            Stage::Authz => "authz",
             Stage::Upstream => "upstream",
             Stage::Audit => "audit",
         }
@@ -126,6 +131,15 @@ fn wire(status: StatusCode, reason: &'static str, detail: &'static str) -> Wire 
 }
 
 impl Rejection {
+    /// The reason recorded in the audit log and metrics: the wire reason, except that a denial
+    /// hidden as 404 records why it was denied.
+    pub fn audit_reason(&self) -> &'static str {
+        match self {
+            Rejection::Authz(d) if d.status == 404 => "authz.object_hidden",
+            other => other.wire().reason,
+        }
+    }
+
     pub fn stage(&self) -> Stage {
         match self {
             Rejection::Http(_) => Stage::Http,
@@ -134,6 +148,7 @@ impl Rejection {
             Rejection::Identity(_) => Stage::Identity,
             Rejection::Token(..) => Stage::Token,
             Rejection::Binding(_) | Rejection::UseDpopNonce(_) => Stage::Binding,
+            Rejection::Authz(_) => Stage::Authz,
             Rejection::Upstream(_) => Stage::Upstream,
             Rejection::Audit(_) => Stage::Audit,
         }
@@ -285,6 +300,7 @@ impl Rejection {
             },
             Rejection::Token(e, _) => token_wire(*e),
             Rejection::Binding(e) => binding_wire(*e),
+            Rejection::Authz(d) => authz_wire(d),
             // RFC 9449 §9: 401 with `use_dpop_nonce` and a `DPoP-Nonce` header.
             Rejection::UseDpopNonce(_) => wire(
                 StatusCode::UNAUTHORIZED,
@@ -371,6 +387,12 @@ impl Rejection {
                 BindingError::ReplayStoreFull => None,
             },
             Rejection::UseDpopNonce(_) => dpop("use_dpop_nonce"),
+            // RFC 6750 §3.1: insufficient_scope names the scope the request needs.
+            Rejection::Authz(Denial {
+                error: AuthzError::Scope(scope),
+                ..
+            }) => Some(format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"")),
+            Rejection::Authz(_) => None,
         }
     }
 }
@@ -614,6 +636,37 @@ fn binding_wire(e: BindingError) -> Wire {
     }
 }
 
+fn authz_wire(d: &Denial) -> Wire {
+    use StatusCode as S;
+    // A rule that hides existence answers exactly like an unknown resource; the audit record
+    // keeps the real reason ([`Rejection::audit_reason`]).
+    if d.status == 404 {
+        return wire(S::NOT_FOUND, "route.not_found", "no such resource");
+    }
+    let (status, reason, detail) = match &d.error {
+        // RFC 6750 §3.1.
+        AuthzError::Scope(_) => (S::FORBIDDEN, "authz.scope", "the token lacks a required scope"),
+        // OBIE: the consent named by the token governs access (403).
+        AuthzError::ConsentMissing => (S::FORBIDDEN, "authz.consent_missing", "the token names no consent"),
+        AuthzError::ConsentNotFound => (S::FORBIDDEN, "authz.consent_not_found", "the consent does not exist"),
+        AuthzError::ConsentStatus => (S::FORBIDDEN, "authz.consent_status", "the consent is not authorised"),
+        AuthzError::ConsentExpired => (S::FORBIDDEN, "authz.consent_expired", "the consent has expired"),
+        AuthzError::ConsentPermission => (S::FORBIDDEN, "authz.consent_permission", "the consent lacks a required permission"),
+        // Fail closed: no decision without the consent record (RFC 9110 §15.6.4).
+        AuthzError::ConsentUnavailable => (S::SERVICE_UNAVAILABLE, "authz.consent_unavailable", "consent cannot be checked now"),
+        // OWASP API1:2023 (BOLA): the object is not one the caller was granted.
+        AuthzError::Object => (S::FORBIDDEN, "authz.object", "the requested object is not covered by the grant"),
+        AuthzError::ObjectMissing => (S::FORBIDDEN, "authz.object_missing", "the request does not name the object a rule checks"),
+        // RFC 9110 §15.5.1: ambiguous requests are refused, never resolved.
+        AuthzError::Ambiguous => (S::BAD_REQUEST, "authz.ambiguous", "a value the policy checks is repeated or ambiguous"),
+        AuthzError::Mismatch => (S::BAD_REQUEST, "authz.mismatch", "identifiers in the request disagree"),
+        AuthzError::BodyNotJson => (S::BAD_REQUEST, "authz.body_not_json", "the body must be a JSON object"),
+        // RFC 9110 §15.6.3: the upstream answered with objects outside the grant.
+        AuthzError::ResponseLeak => (S::BAD_GATEWAY, "authz.response_leak", "the upstream response was withheld"),
+    };
+    wire(status, reason, detail)
+}
+
 /// Builds the refusal response. `interaction_id` is already validated or generated; `version`
 /// is the request's HTTP version.
 pub fn respond(
@@ -762,6 +815,32 @@ pub fn all_reasons() -> Vec<(u16, &'static str, &'static str)> {
             DpopError::NonceRequired,
         ]
         .map(|e| Rejection::Binding(BindingError::Proof(e))),
+    );
+    let denial = |error| {
+        Rejection::Authz(Denial {
+            error,
+            rule: String::new(),
+            status: 403,
+            shadow: false,
+        })
+    };
+    all.extend(
+        [
+            AuthzError::Scope(String::new()),
+            AuthzError::ConsentMissing,
+            AuthzError::ConsentNotFound,
+            AuthzError::ConsentStatus,
+            AuthzError::ConsentExpired,
+            AuthzError::ConsentPermission,
+            AuthzError::ConsentUnavailable,
+            AuthzError::Object,
+            AuthzError::ObjectMissing,
+            AuthzError::Ambiguous,
+            AuthzError::Mismatch,
+            AuthzError::BodyNotJson,
+            AuthzError::ResponseLeak,
+        ]
+        .map(denial),
     );
     all.iter()
         .map(|r| {

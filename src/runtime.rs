@@ -34,6 +34,8 @@ pub struct Runtime {
     /// Introspection client per issuer that has one.
     pub introspectors: HashMap<String, Arc<crate::introspect::Introspector>>,
     pub tokens: TokenCache,
+    /// The consent source, when the config has one.
+    pub consent: Option<Arc<crate::consent::ConsentSource>>,
 }
 
 impl Runtime {
@@ -86,12 +88,17 @@ impl Runtime {
             })
             .collect();
         let tokens = TokenCache::new(config.auth.cache_entries);
+        let consent = config
+            .consent
+            .clone()
+            .map(|c| Arc::new(crate::consent::ConsentSource::new(c)));
         Runtime {
             config: Arc::new(config),
             upstreams,
             keys,
             introspectors,
             tokens,
+            consent,
         }
     }
 }

@@ -108,6 +108,7 @@ pub struct Metrics {
     key_source_refreshes: DashMap<(&'static str, bool), AtomicU64>,
     cache_lookups: DashMap<(&'static str, bool), AtomicU64>,
     rate_limit_refusals: DashMap<&'static str, AtomicU64>,
+    would_deny: DashMap<(String, &'static str), AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -129,6 +130,7 @@ impl Default for Metrics {
             key_source_refreshes: DashMap::new(),
             cache_lookups: DashMap::new(),
             rate_limit_refusals: DashMap::new(),
+            would_deny: DashMap::new(),
         }
     }
 }
@@ -249,6 +251,11 @@ impl Metrics {
     /// Hook: a request refused by a rate limit of `scope` (`peer`, `client`, ...).
     pub fn rate_limit_refused(&self, scope: &'static str) {
         bump(&self.rate_limit_refusals, scope);
+    }
+
+    /// A shadow rule would have denied a request on `route` for `reason` (not enforced).
+    pub fn would_deny(&self, route: Option<&str>, reason: &'static str) {
+        bump(&self.would_deny, (route.unwrap_or("none").to_string(), reason));
     }
 
     /// Renders the Prometheus text exposition format.
@@ -485,6 +492,18 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "portcullis_rate_limit_refusals_total{{scope=\"{scope}\"}} {n}"
+            );
+        }
+        header(
+            out,
+            "portcullis_would_deny_total",
+            "counter",
+            "Requests a shadow rule would have denied, by route and reason (not enforced).",
+        );
+        for ((route, reason), n) in sorted(&self.would_deny) {
+            let _ = writeln!(
+                out,
+                "portcullis_would_deny_total{{route=\"{route}\",reason=\"{reason}\"}} {n}"
             );
         }
     }

@@ -54,7 +54,7 @@ fn every_shipped_config_and_policy_file_loads() {
         assert!(!c.policies.routes().is_empty());
     }
     for dir in ["policies", "policies/sidecar"] {
-        let set = portcullis::policy::load_files(&[repo().join(dir)], &portcullis::policy::Known { upstreams: vec!["bank", "api"], issuers: vec![], default_body_limit: 1024 })
+        let set = portcullis::policy::load_files(&[repo().join(dir)], &portcullis::policy::Known { upstreams: vec!["bank", "api"], issuers: vec![], default_body_limit: 1024, has_consent: false })
             .unwrap_or_else(|e| panic!("{dir}: {e}"));
         assert!(!set.routes().is_empty());
     }

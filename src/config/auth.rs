@@ -82,6 +82,97 @@ pub(crate) struct FileDpop {
     pub nonce_secret_file: Option<String>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConsentSource {
+    /// A YAML/JSON file `consents: {id: record}` (dev and tests).
+    pub file: Option<String>,
+    /// An HTTPS URL template with `{id}`.
+    pub url: Option<String>,
+    #[serde(default)]
+    pub ca: Vec<String>,
+    pub ttl: Option<ConfigDuration>,
+    pub timeout: Option<ConfigDuration>,
+}
+
+pub(crate) fn validate_consent(
+    p: &mut Problems<'_>,
+    base: &Path,
+    f: &FileConsentSource,
+    watched: &mut Vec<PathBuf>,
+) -> Option<crate::consent::ConsentConfig> {
+    use crate::consent::{record_from_json, ConsentConfig, RemoteConsent};
+    match (&f.file, &f.url) {
+        (Some(file), None) => {
+            let path = resolve(base, file);
+            watched.push(path.clone());
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    p.push("consent.file", format!("cannot read {}: {e}", path.display()));
+                    return None;
+                }
+            };
+            let doc: serde_json::Value = match serde_saphyr::from_str(&text) {
+                Ok(v) => v,
+                Err(e) => {
+                    p.push("consent.file", format!("{}: invalid YAML: {e}", path.display()));
+                    return None;
+                }
+            };
+            let Some(all) = doc.get("consents").and_then(serde_json::Value::as_object) else {
+                p.push("consent.file", format!("{}: expected `consents: {{id: record}}`", path.display()));
+                return None;
+            };
+            let mut map = std::collections::HashMap::new();
+            for (id, rec) in all {
+                match record_from_json(rec) {
+                    Some(r) => {
+                        map.insert(id.clone(), r);
+                    }
+                    None => p.push(
+                        format!("consent.file: consents.{id}"),
+                        "a record needs a status, and expires/permissions of the right types",
+                    ),
+                }
+            }
+            Some(ConsentConfig::File(Arc::new(map)))
+        }
+        (None, Some(url)) => {
+            let ok = url.starts_with("https://") && url.contains("{id}") && url.replace("{id}", "x").parse::<http::Uri>().is_ok();
+            if !ok {
+                p.push("consent.url", format!("`{url}` must be an https:// URL template containing {{id}}"));
+                return None;
+            }
+            let mut roots = rustls::RootCertStore::empty();
+            for (i, ca) in f.ca.iter().enumerate() {
+                let path = resolve(base, ca);
+                watched.push(path.clone());
+                for c in read_certs(p, &format!("consent.ca[{i}]"), &path) {
+                    let _ = roots.add(c);
+                }
+            }
+            if roots.is_empty() {
+                p.push("consent.ca", "the consent endpoint needs its CA bundle (trust is pinned)");
+                return None;
+            }
+            let tls = crate::tls::upstream_client_config(roots, None)
+                .map_err(|e| p.push("consent", e))
+                .ok()?;
+            Some(ConsentConfig::Url(RemoteConsent {
+                url_template: url.clone(),
+                tls,
+                ttl: f.ttl.map_or(Duration::from_secs(30), |d| d.0),
+                timeout: f.timeout.map_or(Duration::from_secs(2), |d| d.0),
+            }))
+        }
+        _ => {
+            p.push("consent", "set exactly one of file or url");
+            None
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileTokens {

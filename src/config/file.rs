@@ -31,6 +31,8 @@ pub(crate) struct FileConfig {
     pub dpop: super::auth::FileDpop,
     #[serde(default)]
     pub tokens: super::auth::FileTokens,
+    #[serde(default)]
+    pub consent: Option<super::auth::FileConsentSource>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -247,6 +247,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Access-token issuers, DPoP settings, token cache and identity headers.
     pub auth: Auth,
+    /// Where consent records come from, for routes that check consent.
+    pub consent: Option<crate::consent::ConsentConfig>,
     /// Files and directories whose change triggers a reload.
     pub watched: Vec<PathBuf>,
 }
@@ -404,9 +406,14 @@ fn validate(
     }
     watched.extend(policy_paths.iter().cloned());
     let auth = auth::validate(&mut p, base, &f.issuers, &f.dpop, &f.tokens, &mut watched);
+    let consent = f
+        .consent
+        .as_ref()
+        .and_then(|c| auth::validate_consent(&mut p, base, c, &mut watched));
     let known = crate::policy::Known {
         upstreams: upstreams.keys().map(String::as_str).collect(),
         issuers: auth.issuers.keys().map(String::as_str).collect(),
+        has_consent: consent.is_some(),
         default_body_limit: limits.default_body_limit,
     };
     let policies = crate::policy::load(&policy_paths, &known, errors);
@@ -428,6 +435,7 @@ fn validate(
         policies: Arc::new(policies?),
         drain_timeout,
         auth,
+        consent,
         watched,
     })
 }

@@ -17,10 +17,10 @@ use http::request::Parts;
 use serde_json::{Map, Value};
 
 use crate::config::Issuer;
+use crate::introspect::{IntrospectError, Introspector};
 use crate::jose::json::{numeric_date, parse_object, string, Typed};
 use crate::jose::jws::{parse, JwsError};
 use crate::jose::source::KeySource;
-use crate::introspect::{IntrospectError, Introspector};
 use crate::jose::{sha256, sha256_b64url};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

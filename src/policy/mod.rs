@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+pub mod rules;
+
 use crate::config::{ConfigError, Problems};
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +45,21 @@ struct FileRoute {
     /// Access-token requirement; absent means the route takes no token.
     #[serde(default)]
     auth: Option<FileAuth>,
+    /// Required scopes (`all_of` / `any_of`).
+    #[serde(default)]
+    scopes: Option<rules::FileScopes>,
+    /// The consent the token names must be in a given status and hold permissions.
+    #[serde(default)]
+    consent: Option<rules::FileConsent>,
+    /// Object-level rules: request values that must be in what the token or consent grants.
+    #[serde(default)]
+    rules: Vec<rules::FileRule>,
+    /// Values in the upstream response that must be in the granted set.
+    #[serde(default)]
+    response_rules: Vec<rules::FileResponseRule>,
+    /// Decide and record, but do not enforce (roll a policy out safely).
+    #[serde(default)]
+    shadow: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +113,8 @@ pub struct Known<'a> {
     pub upstreams: Vec<&'a str>,
     pub issuers: Vec<&'a str>,
     pub default_body_limit: u64,
+    /// Whether the config has a consent source (routes with `consent` need one).
+    pub has_consent: bool,
 }
 
 /// Whether a route needs a verified client certificate on the connection.
@@ -116,7 +135,23 @@ pub struct Route {
     pub body_limit: u64,
     pub client_cert: CertRequirement,
     pub auth: Option<RouteAuth>,
+    /// Scopes, consent, object and response rules (empty: any bound token will do).
+    pub authz: rules::Authz,
     pub file: PathBuf,
+}
+
+impl Route {
+    /// The template's parameter names, in order.
+    pub fn params(&self) -> Vec<String> {
+        template_params(&self.template)
+    }
+}
+
+fn template_params(t: &str) -> Vec<String> {
+    t.split('/')
+        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(str::to_string)
+        .collect()
 }
 
 /// All routes, compiled for lookup.
@@ -363,7 +398,24 @@ pub(crate) fn load(
                     dpop_nonce: a.dpop_nonce,
                 })
             });
+            let authz = rules::compile(
+                &mut p,
+                &field,
+                rules::FileAuthz {
+                    scopes: &r.scopes,
+                    consent: &r.consent,
+                    rules: &r.rules,
+                    response_rules: &r.response_rules,
+                    shadow: r.shadow,
+                },
+                &template_params(&r.path),
+                r.auth.is_some(),
+            );
+            if r.consent.is_some() && !known.has_consent {
+                p.push(field("consent"), "the config has no `consent` source");
+            }
             let Some(method) = method else { continue };
+            let Some(authz) = authz else { continue };
             let route = Arc::new(Route {
                 id: r.id.clone(),
                 group: parsed.group.clone(),
@@ -373,6 +425,7 @@ pub(crate) fn load(
                 body_limit: r.body_limit.unwrap_or(default_body_limit),
                 client_cert,
                 auth,
+                authz,
                 file: file.clone(),
             });
             let router = by_method.entry(method.clone()).or_default();

@@ -5,6 +5,7 @@ fn known<'a>(upstreams: &[&'a str], limit: u64) -> Known<'a> {
         upstreams: upstreams.to_vec(),
         issuers: vec!["as"],
         default_body_limit: limit,
+        has_consent: true,
     }
 }
 
@@ -148,8 +149,8 @@ fn bad_policies_are_refused_with_the_field_and_reason() {
             "routes[0].client_cert: unknown value `sometimes`",
         ),
         (
-            "group: g\nupstream: bank\nroutes:\n  - id: a\n    method: GET\n    path: /a\n    scopes: [x]\n",
-            "unknown field `scopes`",
+            "group: g\nupstream: bank\nroutes:\n  - id: a\n    method: GET\n    path: /a\n    bogus_field: [x]\n",
+            "unknown field `bogus_field`",
         ),
         ("group: g\nupstream: bank\nroutes: []\n", "routes: at least one route"),
     ];
