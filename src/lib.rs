@@ -15,6 +15,7 @@ pub mod config;
 pub mod conn;
 pub mod consent;
 pub mod demo;
+pub mod httpsig;
 pub mod introspect;
 pub mod jose;
 pub mod loadgen;

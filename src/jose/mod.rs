@@ -11,10 +11,12 @@
 //! algorithm it was loaded for; the only keys that verify an access token are the configured
 //! issuer's (a token can never bring its own key).
 
+pub mod detached;
 pub mod dpop;
 pub mod json;
 pub mod jwk;
 pub mod jws;
+pub mod keypair;
 pub mod sign;
 pub mod source;
 
