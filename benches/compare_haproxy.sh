@@ -9,19 +9,37 @@
 # It prints requests/s, p50 and p99 per run, the medians per proxy and the ratios
 # portcullis / haproxy, and writes everything as JSON to target/compare_haproxy.json.
 #
+# SCENARIO=token measures a second pair in front of the same upstream: every request also carries
+# a certificate-bound access token (ES256 JWT from `portcullis dev-token`, RFC 9068 + RFC 8705
+# `cnf.x5t#S256` bound to TPP One's certificate). HAProxy verifies it on every request with
+# jwt_verify plus ACLs on the header and claims (alg, typ, kid, iss, aud, exp, nbf, iat, scope,
+# cnf.x5t#S256 against the connection's certificate); portcullis runs the route with
+# `auth: {profile: fapi2}` (signature verified once per token and cached; exp/nbf and the
+# certificate binding checked on every request). Before measuring, both must answer 200 to the
+# good token and 401 to no token, a token bound to TPP Two, an unbound token, a token for another
+# audience and a token with a broken signature; with python3's `cryptography` package also to
+# crafted tokens (expired beyond the 30 s skew, nbf/iat ahead, other issuer, typ, kid, alg).
+# Results: target/compare_haproxy_token.json.
+# What each side checks, and where they differ, is printed with the table and kept in the JSON.
+#
 # Knobs (environment):
+#   SCENARIO=passthrough   passthrough (mTLS only), token (mTLS + access token) or both
 #   CONNECTIONS=32   concurrent keep-alive connections of the load generator
 #   DURATION=10s     length of each measured run
 #   ROUNDS=3         rounds; each round measures every proxy once
 #   WARMUP=2s        warm-up before every measured run (discarded)
 #   AUDIT=0          1 adds a third contender: portcullis with its audit log written to a file
 #   KEEP_WORKDIR=0   1 keeps the temporary directory (configs, certs, logs, raw results)
+# (AUDIT=1 adds its third contender to the passthrough scenario only.)
 #
 # Everything listens on 127.0.0.1 only, every load run stops by itself, and every process this
 # script starts is stopped on exit (including Ctrl-C).
 #
 # Example: DURATION=3s ROUNDS=1 benches/compare_haproxy.sh
+#          SCENARIO=both DURATION=3s ROUNDS=1 benches/compare_haproxy.sh
 set -euo pipefail
+
+SCENARIO=${SCENARIO:-passthrough}
 
 CONNECTIONS=${CONNECTIONS:-32}
 DURATION=${DURATION:-10s}
@@ -36,10 +54,22 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 case $TARGET_DIR in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
 BIN=$TARGET_DIR/release/portcullis
 RESULT_JSON=$TARGET_DIR/compare_haproxy.json
+RESULT_JSON_TOKEN=$TARGET_DIR/compare_haproxy_token.json
+# The access tokens' issuer and audience, and the scope HAProxy requires.
+AS_ISSUER=https://as.bank.example
+AS_AUDIENCE=https://api.bank.example
+TOKEN_SCOPE=accounts
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+case $SCENARIO in
+    passthrough) SCENARIOS=(passthrough) ;;
+    token) SCENARIOS=(token) ;;
+    both) SCENARIOS=(passthrough token) ;;
+    *) die "SCENARIO must be passthrough, token or both (got '$SCENARIO')" ;;
+esac
+want() { [[ " ${SCENARIOS[*]} " == *" $1 "* ]]; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
 [[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer (got '$CONNECTIONS')"
 command -v python3 >/dev/null || die "python3 is required"
@@ -115,13 +145,15 @@ wait_200() {
     die "no 200 from: curl $* (last status '$code')"
 }
 
-# Runs the load generator against a port; the JSON report goes to OUT. It runs in the
-# background so that Ctrl-C interrupts the wait at once.
+# Runs the load generator against a port; the JSON report goes to OUT; further arguments go to
+# the load generator (e.g. --header). It runs in the background so that Ctrl-C interrupts the
+# wait at once.
 loadgen() {
     local port=$1 conns=$2 duration=$3 out=$4
+    shift 4
     "$BIN" loadgen --addr "127.0.0.1:$port" --server-name localhost --path "$ROUTE" \
         --ca "$CERTS/ca.pem" --cert "$CERTS/tpp1.pem" --key "$CERTS/tpp1.key" \
-        --connections "$conns" --duration "$duration" --json >"$out" 2>"$out.stderr" &
+        --connections "$conns" --duration "$duration" --json "$@" >"$out" 2>"$out.stderr" &
     local pid=$!
     PIDS+=("$pid")
     wait "$pid" || { cat "$out.stderr" >&2; die "loadgen against 127.0.0.1:$port failed"; }
@@ -160,7 +192,7 @@ mkdir -p "$RAW" "$WORK/policies" "$WORK/audit"
 
 # The JSON arithmetic and the table, in python3 (no jq needed).
 cat >"$WORK/report.py" <<'EOF'
-import json, os, statistics, sys
+import json, os, statistics, sys, textwrap
 
 def line(path):
     r = json.load(open(path))
@@ -173,7 +205,9 @@ def final(raw, out):
     contenders = e["BENCH_CONTENDERS"].split()
     rounds = int(e["BENCH_ROUNDS"])
     cores = int(e["BENCH_CORES"])
+    scenario = e["BENCH_SCENARIO"]
     setup = {
+        "scenario": scenario,
         "machine": {"cores": cores, "cpu": e["BENCH_CPU"], "kernel": e["BENCH_KERNEL"]},
         "connections": int(e["BENCH_CONNECTIONS"]),
         "duration": e["BENCH_DURATION"],
@@ -244,8 +278,19 @@ def final(raw, out):
         for c in contenders if c != "haproxy"
     }
 
+    token = target = None
+    if scenario == "token":
+        with open(e["BENCH_TOKEN_INFO"]) as f:
+            token = json.load(f)
+        setup["token"] = token
+        setup["portcullis"]["audit"] = "sink none, like HAProxy without a request log"
+        tp = ratios["portcullis"]["throughput"]
+        target = {"throughput_ratio": 2.0, "met": tp is not None and tp >= 2.0}
+
     result = {"setup": setup, "runs": runs, "median": med, "ratio_vs_haproxy": ratios,
               "valid": not problems, "problems": problems}
+    if target:
+        result["target"] = target
     if "portcullis-audit" in contenders:
         result["audit_log_bytes"] = int(e["BENCH_AUDIT_BYTES"])
     with open(out, "w") as f:
@@ -254,7 +299,11 @@ def final(raw, out):
 
     s, h, p = setup, setup["haproxy"], setup["portcullis"]
     print()
-    print("portcullis vs HAProxy: mTLS termination, keep-alive, pass-through to the same upstream")
+    if token:
+        print("token scenario -- portcullis vs HAProxy: mTLS + certificate-bound access token on every")
+        print("request, keep-alive, pass-through to the same upstream")
+    else:
+        print("portcullis vs HAProxy: mTLS termination, keep-alive, pass-through to the same upstream")
     print(f"  machine     {cores} cores ({s['machine']['cpu']}), Linux {s['machine']['kernel']};")
     print(f"              load generator, proxy and upstream all share these cores, nothing pinned")
     print(f"  load        portcullis loadgen for both: closed loop, HTTP/1.1 keep-alive, rustls client,")
@@ -269,6 +318,31 @@ def final(raw, out):
     print(f"  work        both: client certificate required + CRL, one route allowed, client-cert")
     print(f"              (RFC 9440), x-forwarded-*, x-fapi-interaction-id set on the way up")
     print(f"  audit       {p['audit']}")
+    if token:
+        def para(head, text):
+            print(textwrap.fill(text, 100, initial_indent=f"  {head:<12}",
+                                subsequent_indent=" " * 14))
+        def items(xs):
+            for x in xs:
+                print(textwrap.fill(x, 100, initial_indent=" " * 14 + "- ",
+                                    subsequent_indent=" " * 16))
+        para("token", token["presented"])
+        para("checks", "haproxy, on EVERY request (no verified-token cache):")
+        items(token["haproxy_checks"])
+        para("", f"portcullis, {token['portcullis_route']}:")
+        items(token["portcullis_checks"])
+        para("NOT EQUAL", "where the two differ:")
+        items(token["asymmetries"])
+        para("verified", "before measuring, on TPP One's connection: answer haproxy / "
+                         "portcullis (* = recorded, not required):")
+        for what, r in token["checks_before_measuring"].items():
+            def cell(x):
+                return f"{x['got']}{'' if x['required'] is not None else '*'}"
+            print(f"                {cell(r['haproxy']):>4} / {cell(r['portcullis']):<4}  {what}")
+        tc = token["portcullis_token_cache"]
+        para("cache", f"portcullis over the token scenario's warm-ups and runs: "
+                      f"{tc['signature_verifications']} signature verification(s), "
+                      f"{tc['cache_hits']} cache hits ({tc['note']})")
     print()
     w = max(len(c) for c in contenders)
     print(f"  {'round':<6}  {'proxy':<{w}}  {'req/s':>9}  {'p50 us':>8}  {'p99 us':>8}  "
@@ -287,6 +361,9 @@ def final(raw, out):
         print(f"  {c} / haproxy:  throughput {r['throughput']}   p50 {r['p50']}   "
               f"p99 {r['p99']}   CPU per request {r['cpu_per_request']}")
     print("  (throughput >= 1.0 and p99 <= 1.0 mean portcullis is no worse)")
+    if token:
+        print(f"  token scenario target (issue): portcullis throughput >= "
+              f"{target['throughput_ratio']} x HAProxy's: {'met' if target['met'] else 'NOT met'} in this run")
     print("  (proxy CPU us/req: the proxy process's user+system CPU time during the measured run /")
     print("   requests; the load generator and the upstream share the same cores)")
     if "portcullis-audit" in contenders:
@@ -304,11 +381,11 @@ if __name__ == "__main__":
 EOF
 
 # Free loopback ports, all distinct: upstream, haproxy, haproxy probe, portcullis (+ admin),
-# portcullis with audit (+ admin).
-read -r P_BANK P_HA P_HA_PROBE P_PC P_PC_ADMIN P_PCA P_PCA_ADMIN < <(python3 - <<'EOF'
+# portcullis with audit (+ admin), haproxy token frontend, portcullis with tokens (+ admin).
+read -r P_BANK P_HA P_HA_PROBE P_PC P_PC_ADMIN P_PCA P_PCA_ADMIN P_HAT P_PCT P_PCT_ADMIN < <(python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(7):
+for _ in range(10):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -322,6 +399,116 @@ start_bg "$WORK/mock-bank.log" "$BIN" mock-bank --listen "127.0.0.1:$P_BANK"
 PID_BANK=$STARTED_PID
 wait_200 "$PID_BANK" "$WORK/mock-bank.log" "http://127.0.0.1:$P_BANK$ROUTE"
 
+# --- access tokens (token scenario) ----------------------------------------------------------
+
+if want token; then
+    TOK=$WORK/tokens
+    "$BIN" dev-token keygen --out "$TOK" >/dev/null
+    # $1 audience, then more `dev-token access` arguments. 24 h: valid for the whole run.
+    mint() {
+        local aud=$1
+        shift
+        "$BIN" dev-token access --key "$TOK/as.key" --kid as-1 --issuer "$AS_ISSUER" \
+            --audience "$aud" --ttl 24h "$@"
+    }
+    # The one the load generator sends: bound to TPP One, whose certificate it presents.
+    TOKEN_GOOD=$(mint "$AS_AUDIENCE" --scope "accounts payments" --cert "$CERTS/tpp1.pem")
+    # Tokens that must be refused on TPP One's connection.
+    TOKEN_TPP2=$(mint "$AS_AUDIENCE" --scope "accounts payments" --cert "$CERTS/tpp2.pem")
+    TOKEN_UNBOUND=$(mint "$AS_AUDIENCE" --scope "accounts payments")
+    TOKEN_OTHER_AUD=$(mint https://other.bank.example --scope "accounts payments" --cert "$CERTS/tpp1.pem")
+    # Without the scope HAProxy requires (portcullis does not check scopes yet: issue #5).
+    TOKEN_NO_SCOPE=$(mint "$AS_AUDIENCE" --scope "payments" --cert "$CERTS/tpp1.pem")
+    # The good token with one signature character changed (well inside: no padding bits).
+    sig=${TOKEN_GOOD##*.}
+    c=${sig:20:1}
+    if [[ $c == A ]]; then c=B; else c=A; fi
+    TOKEN_BAD_SIG=${TOKEN_GOOD%.*}.${sig:0:20}$c${sig:21}
+    # HAProxy's jwt_verify takes a PEM public key: build the P-256 SubjectPublicKeyInfo from the
+    # JWK's x and y (a fixed DER prefix, then 04 || x || y).
+    python3 - "$TOK/as-jwks.json" "$TOK/as-pub.pem" <<'EOF'
+import base64, json, sys
+keys = [k for k in json.load(open(sys.argv[1]))["keys"] if k.get("kid") == "as-1"]
+assert len(keys) == 1, "no single key as-1 in the JWKS"
+k = keys[0]
+assert (k["kty"], k["crv"]) == ("EC", "P-256"), k
+b = lambda s: base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+x, y = b(k["x"]), b(k["y"])
+assert len(x) == len(y) == 32
+der = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200") + b"\x04" + x + y
+b64 = base64.b64encode(der).decode()
+with open(sys.argv[2], "w") as f:
+    f.write("-----BEGIN PUBLIC KEY-----\n")
+    f.write("".join(b64[i:i + 64] + "\n" for i in range(0, len(b64), 64)))
+    f.write("-----END PUBLIC KEY-----\n")
+EOF
+    if command -v openssl >/dev/null; then
+        # Cross-check: the PEM is the public half of the AS signing key.
+        [[ $(openssl pkey -in "$TOK/as.key" -pubout) == "$(cat "$TOK/as-pub.pem")" ]] ||
+            die "$TOK/as-pub.pem is not the public key of $TOK/as.key"
+    fi
+
+    # The checks before measuring, all on TPP One's connection: the answer each proxy must give
+    # (* = recorded only: a documented difference between the two), what, the token.
+    {
+        printf '200\t200\tgood token (bound to TPP One)\t%s\n' "$TOKEN_GOOD"
+        printf '401\t401\tno token\t\n'
+        printf '401\t401\ttoken bound to TPP Two\t%s\n' "$TOKEN_TPP2"
+        printf '401\t401\tunbound token (no cnf)\t%s\n' "$TOKEN_UNBOUND"
+        printf '401\t401\ttoken for another audience\t%s\n' "$TOKEN_OTHER_AUD"
+        printf '401\t401\ttoken with a broken signature\t%s\n' "$TOKEN_BAD_SIG"
+        # portcullis does not check scopes yet (issue #5).
+        printf '401\t*\ttoken without the %s scope\t%s\n' "'$TOKEN_SCOPE'" "$TOKEN_NO_SCOPE"
+    } >"$TOK/cases.tsv"
+    # Claims `dev-token` cannot produce (expired, not yet valid, other issuer, typ, kid, alg),
+    # signed with the same AS key, when python3 has the `cryptography` package.
+    if python3 -c 'import cryptography' 2>/dev/null; then
+        python3 - "$TOK/as.key" "$CERTS/tpp1.pem" "$AS_ISSUER" "$AS_AUDIENCE" >>"$TOK/cases.tsv" <<'EOF'
+import base64, hashlib, json, sys, time
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+key_path, cert_path, iss, aud = sys.argv[1:5]
+key = serialization.load_pem_private_key(open(key_path, "rb").read(), None)
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+der = x509.load_pem_x509_certificate(open(cert_path, "rb").read()).public_bytes(
+    serialization.Encoding.DER)
+now = int(time.time())
+
+def token(header=None, **claims):
+    h = {"alg": "ES256", "typ": "at+jwt", "kid": "as-1", **(header or {})}
+    c = {"iss": iss, "aud": aud, "exp": now + 86400, "nbf": now, "iat": now,
+         "scope": "accounts payments", "client_id": "tpp-one", "sub": "psu-1",
+         "jti": f"crafted-{now}", "cnf": {"x5t#S256": b64(hashlib.sha256(der).digest())},
+         **claims}
+    c = {k: v for k, v in c.items() if v is not None}
+    si = (b64(json.dumps(h).encode()) + "." + b64(json.dumps(c).encode())).encode()
+    r, s = utils.decode_dss_signature(key.sign(si, ec.ECDSA(hashes.SHA256())))
+    return si.decode() + "." + b64(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+for want_ha, want_pc, what, t in [
+    ("200", "200", "typ application/at+jwt", token({"typ": "application/at+jwt"})),
+    ("401", "401", "expired 31 s ago (beyond the 30 s skew)", token(exp=now - 31)),
+    ("200", "200", "expired 10 s ago (within the 30 s skew)", token(exp=now - 10)),
+    ("401", "401", "no exp", token(exp=None)),
+    ("401", "401", "nbf 60 s ahead", token(nbf=now + 60)),
+    ("401", "401", "iat 60 s ahead", token(iat=now + 60)),
+    ("401", "401", "another issuer", token(iss="https://other-as.bank.example")),
+    ("401", "401", "typ JWT", token({"typ": "JWT"})),
+    ("401", "401", "kid as-2", token({"kid": "as-2"})),
+    ("401", "401", "alg ES384 in the header (ES256 signature)", token({"alg": "ES384"})),
+    ("*", "*", "aud an array holding the audience", token(aud=[aud, "https://x.example"])),
+    ("*", "*", "a jku header", token({"jku": "https://evil.example/jwks"})),
+    ("*", "*", "nbf an object", token(nbf={"a": 1})),
+]:
+    print(f"{want_ha}\t{want_pc}\t{what}\t{t}")
+EOF
+    else
+        log "python3 has no 'cryptography': skipping the crafted-claim checks (expired, nbf, iss, typ, kid, alg)"
+    fi
+fi
+
 # --- portcullis ------------------------------------------------------------------------------
 
 cat >"$WORK/policies/bench.yaml" <<EOF
@@ -334,8 +521,20 @@ routes:
     path: $ROUTE
     body_limit: 0
 EOF
+# The token scenario: the same route, requiring a FAPI 2.0 sender-constrained access token.
+cat >"$WORK/policies/bench-token.yaml" <<EOF
+# The one route the token scenario drives: a certificate-bound (or DPoP-bound) token required.
+group: bench
+upstream: bank
+routes:
+  - id: aisp.accounts.list
+    method: GET
+    path: $ROUTE
+    body_limit: 0
+    auth: {profile: fapi2}
+EOF
 
-# $1 port, $2 admin port, $3 audit block
+# $1 port, $2 admin port, $3 audit (and issuers) block, $4 policy file (default bench.yaml)
 portcullis_config() {
     cat <<EOF
 listener:
@@ -364,7 +563,7 @@ forwarding:
 fapi:
   interaction_id: echo_or_generate
 $3
-policies: [policies/bench.yaml]
+policies: [${4:-policies/bench.yaml}]
 shutdown:
   drain_timeout: 1s
 EOF
@@ -376,6 +575,18 @@ portcullis_config "$P_PCA" "$P_PCA_ADMIN" "audit:
   path: audit/audit.log" >"$WORK/portcullis-audit.yaml"
 "$BIN" check --config "$WORK/portcullis.yaml" >/dev/null
 "$BIN" check --config "$WORK/portcullis-audit.yaml" >/dev/null
+if want token; then
+    # ES256 only, like HAProxy's jwt_verify(ES256, ...); skew and everything else as defaulted.
+    portcullis_config "$P_PCT" "$P_PCT_ADMIN" "audit:
+  sink: none
+issuers:
+  as:
+    issuer: $AS_ISSUER
+    audience: $AS_AUDIENCE
+    algorithms: [ES256]
+    jwks: {file: tokens/as-jwks.json}" policies/bench-token.yaml >"$WORK/portcullis-token.yaml"
+    "$BIN" check --config "$WORK/portcullis-token.yaml" >/dev/null
+fi
 
 CURL_MTLS=(--cacert "$CERTS/ca.pem" --cert "$CERTS/tpp1.pem" --key "$CERTS/tpp1.key")
 
@@ -388,6 +599,12 @@ wait_200 "$PID_PC" "$WORK/portcullis.log" "http://127.0.0.1:$P_PC_ADMIN/readyz"
 start_bg "$WORK/portcullis-audit.log" "$BIN" run --config "$WORK/portcullis-audit.yaml"
 PID_PCA=$STARTED_PID
 wait_200 "$PID_PCA" "$WORK/portcullis-audit.log" "http://127.0.0.1:$P_PCA_ADMIN/readyz"
+
+if want token; then
+    start_bg "$WORK/portcullis-token.log" "$BIN" run --config "$WORK/portcullis-token.yaml"
+    PID_PCT=$STARTED_PID
+    wait_200 "$PID_PCT" "$WORK/portcullis-token.log" "http://127.0.0.1:$P_PCT_ADMIN/readyz"
+fi
 
 # --- haproxy ---------------------------------------------------------------------------------
 
@@ -451,6 +668,22 @@ frontend probe
 backend bank
     server bank 127.0.0.1:$P_BANK
 EOF
+if want token; then
+    # The token frontend: benches/haproxy-token.cfg.tmpl with its placeholders filled in.
+    python3 - "$ROOT/benches/haproxy-token.cfg.tmpl" >>"$WORK/haproxy.cfg" \
+        BIND="127.0.0.1:$P_HAT $BIND_TLS" ROUTE="$ROUTE" AS_PUB="$TOK/as-pub.pem" KID=as-1 \
+        ISSUER="$AS_ISSUER" AUDIENCE="$AS_AUDIENCE" SKEW=30 SCOPE="$TOKEN_SCOPE" <<'EOF'
+import re, sys
+text = open(sys.argv[1]).read()
+for kv in sys.argv[2:]:
+    k, v = kv.split("=", 1)
+    text = text.replace(f"@@{k}@@", v)
+left = set(re.findall(r"@@[A-Z_]+@@", text))
+if left:
+    sys.exit(f"unfilled placeholders in {sys.argv[1]}: {sorted(left)}")
+sys.stdout.write("\n" + text)
+EOF
+fi
 "$HAPROXY" -c -q -f "$WORK/haproxy.cfg" || die "haproxy rejects $WORK/haproxy.cfg"
 start_bg "$WORK/haproxy.log" "$HAPROXY" -db -f "$WORK/haproxy.cfg"
 PID_HA=$STARTED_PID
@@ -498,14 +731,56 @@ EOF
 log "haproxy negotiated:    ${TLS_HA:-unknown}"
 log "portcullis negotiated: ${TLS_PC:-unknown}"
 
-CONTENDERS=(haproxy portcullis)
-declare -A PORT=([haproxy]=$P_HA [portcullis]=$P_PC [portcullis-audit]=$P_PCA)
-declare -A PID_OF=([haproxy]=$PID_HA [portcullis]=$PID_PC [portcullis-audit]=$PID_PCA)
-if [[ $AUDIT == 1 ]]; then
-    CONTENDERS+=(portcullis-audit)
+# The passthrough portcullis is not needed for a token-only run (it was started for the checks).
+if ! want passthrough; then
+    stop_pid "$PID_PC"
+    forget_pid "$PID_PC"
+fi
+if [[ $AUDIT == 1 ]] && want passthrough; then
+    PASSTHROUGH_CONTENDERS=(haproxy portcullis portcullis-audit)
 else
+    PASSTHROUGH_CONTENDERS=(haproxy portcullis)
     stop_pid "$PID_PCA"
     forget_pid "$PID_PCA"
+fi
+
+# --- token scenario: checks before measuring ---------------------------------------------------
+
+# One proxy's token checks, from $TOK/cases.tsv; every answer is recorded in $TOK/checks.tsv.
+token_checks() {
+    local name=$1 port=$2
+    local url="https://localhost:$port$ROUTE"
+    local res=(--resolve "localhost:$port:127.0.0.1")
+    local good=(-H "authorization: Bearer $TOKEN_GOOD")
+    # The token frontends terminate mTLS like the others.
+    check_status 000 "$name (token), no client certificate" "${res[@]}" --cacert "$CERTS/ca.pem" \
+        "${good[@]}" "$url"
+    check_status 000 "$name (token), revoked certificate" "${res[@]}" --cacert "$CERTS/ca.pem" \
+        --cert "$CERTS/revoked.pem" --key "$CERTS/revoked.key" "${good[@]}" "$url"
+    local want_ha want_pc what token want got hdr n=0 noted=""
+    while IFS=$'\t' read -r want_ha want_pc what token; do
+        if [[ $name == haproxy ]]; then want=$want_ha; else want=$want_pc; fi
+        hdr=()
+        [[ -n $token ]] && hdr=(-H "authorization: Bearer $token")
+        got=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "${res[@]}" "${CURL_MTLS[@]}" \
+            "${hdr[@]}" "$url" 2>/dev/null || true)
+        got=${got:-none}
+        if [[ $want == '*' ]]; then
+            noted+="; $got for $what"
+        elif [[ $got != "$want" ]]; then
+            die "$name (token), TPP One's connection, $what: expected $want, got '$got'"
+        else
+            n=$((n + 1))
+        fi
+        printf '%s\t%s\t%s\t%s\n' "$name" "$what" "$want" "$got" >>"$TOK/checks.tsv"
+    done <"$TOK/cases.tsv"
+    log "$name (token) on 127.0.0.1:$port: no certificate and a revoked one refused;" \
+        "$n token cases answered as required (200 only for valid tokens bound to TPP One)$noted"
+}
+if want token; then
+    : >"$TOK/checks.tsv"
+    token_checks haproxy "$P_HAT"
+    token_checks portcullis "$P_PCT"
 fi
 
 # --- measure ---------------------------------------------------------------------------------
@@ -521,23 +796,57 @@ if [[ $PC_REV != unknown ]] && ! (cd "$ROOT" && git diff --quiet HEAD -- src Car
     PC_REV="$PC_REV+dirty"
 fi
 
-log "measuring: $ROUNDS round(s) of ${CONTENDERS[*]}, $CONNECTIONS connections, $DURATION each after a $WARMUP warm-up"
-for ((round = 1; round <= ROUNDS; round++)); do
-    for c in "${CONTENDERS[@]}"; do
-        loadgen "${PORT[$c]}" "$CONNECTIONS" "$WARMUP" "$RAW/warmup-$round-$c.json"
-        before=$(cpu_ticks "${PID_OF[$c]}")
-        loadgen "${PORT[$c]}" "$CONNECTIONS" "$DURATION" "$RAW/run-$round-$c.json"
-        echo $(($(cpu_ticks "${PID_OF[$c]}") - before)) >"$RAW/run-$round-$c.cpu"
-        log "round $round $c: $(python3 "$WORK/report.py" line "$RAW/run-$round-$c.json")"
+# Measures one scenario: alternating rounds over CONTENDERS (PORT, PID_OF by contender name),
+# raw results in $1; further arguments go to every load generator run.
+measure() {
+    local raw=$1 round c before
+    shift
+    mkdir -p "$raw"
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for c in "${CONTENDERS[@]}"; do
+            loadgen "${PORT[$c]}" "$CONNECTIONS" "$WARMUP" "$raw/warmup-$round-$c.json" "$@"
+            before=$(cpu_ticks "${PID_OF[$c]}")
+            loadgen "${PORT[$c]}" "$CONNECTIONS" "$DURATION" "$raw/run-$round-$c.json" "$@"
+            echo $(($(cpu_ticks "${PID_OF[$c]}") - before)) >"$raw/run-$round-$c.cpu"
+            log "$SCENARIO_NOW round $round $c: $(python3 "$WORK/report.py" line "$raw/run-$round-$c.json")"
+        done
     done
-done
+}
+
+# portcullis's verified-token cache counters: "hits verifications".
+token_counters() {
+    curl -s --max-time 5 "http://127.0.0.1:$P_PCT_ADMIN/metrics" | awk '
+        $1 == "portcullis_token_cache_hits_total" { h = $2 }
+        $1 == "portcullis_token_verifications_total" { v = $2 }
+        END { print (h == "" ? "unknown" : h), (v == "" ? "unknown" : v) }'
+}
+
+declare -A PORT PID_OF
+if want passthrough; then
+    SCENARIO_NOW=passthrough
+    CONTENDERS=("${PASSTHROUGH_CONTENDERS[@]}")
+    PORT=([haproxy]=$P_HA [portcullis]=$P_PC [portcullis-audit]=$P_PCA)
+    PID_OF=([haproxy]=$PID_HA [portcullis]=$PID_PC [portcullis-audit]=$PID_PCA)
+    log "measuring passthrough: $ROUNDS round(s) of ${CONTENDERS[*]}, $CONNECTIONS connections, $DURATION each after a $WARMUP warm-up"
+    measure "$RAW/passthrough"
+fi
 AUDIT_BYTES=0
 [[ $AUDIT == 1 && -f $WORK/audit/audit.log ]] && AUDIT_BYTES=$(stat -c %s "$WORK/audit/audit.log")
+if want token; then
+    SCENARIO_NOW=token
+    CONTENDERS=(haproxy portcullis)
+    PORT=([haproxy]=$P_HAT [portcullis]=$P_PCT)
+    PID_OF=([haproxy]=$PID_HA [portcullis]=$PID_PCT)
+    log "measuring token: $ROUNDS round(s) of ${CONTENDERS[*]}, $CONNECTIONS connections, $DURATION each after a $WARMUP warm-up"
+    read -r HITS0 VERIF0 < <(token_counters)
+    measure "$RAW/token" --header "authorization: Bearer $TOKEN_GOOD"
+    read -r HITS1 VERIF1 < <(token_counters)
+fi
 
 # --- report ----------------------------------------------------------------------------------
 
 mkdir -p "$TARGET_DIR"
-export BENCH_CONTENDERS="${CONTENDERS[*]}" BENCH_ROUNDS=$ROUNDS BENCH_CORES=$NPROC
+export BENCH_ROUNDS=$ROUNDS BENCH_CORES=$NPROC
 KERNEL=$(uname -r)
 CLK_TCK=$(getconf CLK_TCK)
 export BENCH_CPU=$CPU_MODEL BENCH_KERNEL=$KERNEL BENCH_CONNECTIONS=$CONNECTIONS
@@ -545,4 +854,108 @@ export BENCH_DURATION=$DURATION BENCH_WARMUP=$WARMUP BENCH_ROUTE=$ROUTE BENCH_BA
 export BENCH_HA_VERSION=$HA_VERSION BENCH_HA_OPENSSL=$HA_OPENSSL BENCH_TLS_HA=${TLS_HA:-unknown}
 export BENCH_CLK_TCK=$CLK_TCK
 export BENCH_PC_REV=$PC_REV BENCH_TLS_PC=${TLS_PC:-unknown} BENCH_AUDIT_BYTES=$AUDIT_BYTES
-python3 "$WORK/report.py" final "$RAW" "$RESULT_JSON"
+
+if want passthrough; then
+    BENCH_SCENARIO=passthrough BENCH_CONTENDERS="${PASSTHROUGH_CONTENDERS[*]}" \
+        python3 "$WORK/report.py" final "$RAW/passthrough" "$RESULT_JSON"
+fi
+
+if want token; then
+    # What each side checks, for the report: HAProxy's own config lines, portcullis's route, and
+    # the differences between the two.
+    python3 - "$WORK/haproxy.cfg" "$TOK/checks.tsv" "$TOK/info.json" <<EOF
+import json, sys
+cfg, checks, out = sys.argv[1:4]
+lines, inside = [], False
+for l in open(cfg):
+    if "-- access token, BEGIN" in l:
+        inside = True
+    elif "-- access token, END" in l:
+        inside = False
+    elif inside and l.strip() and not l.lstrip().startswith("#"):
+        lines.append(l.strip())
+pre = {}
+for l in open(checks):
+    proxy, what, want, got = l.rstrip("\n").split("\t")
+    pre.setdefault(what, {})[proxy] = {"required": None if want == "*" else int(want),
+                                       "got": int(got) if got.isdigit() else got}
+scope_pc = str(pre["token without the '$TOKEN_SCOPE' scope"]["portcullis"]["got"])
+def num(s):
+    return int(s) if s.isdigit() else None
+h0, v0, h1, v1 = (num(x) for x in "$HITS0 $VERIF0 $HITS1 $VERIF1".split())
+info = {
+    "presented": "Authorization: Bearer <ES256 JWT, typ at+jwt, kid as-1, iss $AS_ISSUER, "
+                 "aud $AS_AUDIENCE, scope 'accounts payments', cnf.x5t#S256 = TPP One's "
+                 "certificate>, the same token on every request of every connection",
+    "haproxy_checks": [
+        "Authorization: Bearer token present (http_auth_bearer)",
+        "header: alg == ES256, typ at+jwt, kid == as-1 (jwt_header_query)",
+        "signature: jwt_verify(ES256, AS public key PEM) == 1, on every request (no cache)",
+        "claims: iss, aud (string) equal; exp required, exp/nbf/iat against date with 30 s skew",
+        "scope contains '$TOKEN_SCOPE'",
+        "cnf.x5t#S256 == ssl_c_der,digest(sha256),ub64enc of this connection's certificate",
+        "upstream: Authorization/DPoP removed; x-portcullis-client-id/subject/scope/token-jti "
+        "set from the claims (as portcullis does)",
+    ],
+    "haproxy_config_lines": lines,
+    "portcullis_route": "auth: {profile: fapi2}, issuer 'as' (jwks file, algorithms [ES256], "
+                        "defaults otherwise: typ at+jwt required, 30 s skew)",
+    "portcullis_checks": [
+        "exactly one Authorization header, Bearer or DPoP scheme, token68; no access_token "
+        "in the query; at most 8192 bytes",
+        "verified-token cache lookup by SHA-256(issuer, token); on a miss only: JWS parse, "
+        "alg ES256, no jwk/jku/x5c/x5u/crit header, typ at+jwt, key by kid from the JWKS, "
+        "ES256 signature, iss, aud (string or array), exp required, claim types, iat not in "
+        "the future",
+        "every request, cache hit or not: exp/nbf against now with 30 s skew; token must be "
+        "bound (fapi2); cnf.x5t#S256 == base64url SHA-256 of this connection's verified "
+        "certificate (computed once per connection)",
+        "scope: NOT checked (issue #5); answered " + scope_pc + " to a token without '$TOKEN_SCOPE'",
+        "upstream: Authorization/DPoP removed; x-portcullis-client-id/subject/scope/token-jti "
+        "set from the claims",
+    ],
+    "asymmetries": [
+        "signature: HAProxy verifies ES256 on every request; portcullis once per token, then "
+        "serves the cached verdict (the design under test; the issue allows caching)",
+        ("scope: HAProxy requires '$TOKEN_SCOPE' (one regex on the claim); portcullis does not "
+         "check scopes yet (issue #5) -- a little more work for HAProxy")
+        if scope_pc == "200" else
+        "scope: both refuse a token without '$TOKEN_SCOPE' (portcullis answered " + scope_pc + ")",
+        "portcullis also refuses what this HAProxy config lets through: two Authorization "
+        "headers, access_token in the query, key-carrying (jwk/jku/x5c/x5u) or crit JOSE "
+        "headers, tokens over 8 KiB, claims of the wrong JSON type (e.g. an object nbf, a "
+        "numeric sub)",
+        "aud: HAProxy accepts only a string equal to the audience, portcullis also an array "
+        "containing it (no effect on this token)",
+        "keys: HAProxy has one fixed PEM key and requires kid as-1; portcullis picks the key "
+        "by kid from the JWKS (file here; could be a URL with refresh)",
+        "binding: both compare cnf.x5t#S256 with the live connection's certificate; HAProxy "
+        "hashes the certificate on every request, portcullis once per connection",
+    ],
+    "checks_before_measuring": pre,
+    "portcullis_token_cache": {
+        "window": "the token scenario's warm-ups and measured runs",
+        "cache_hits": (h1 - h0) if None not in (h0, h1) else "unknown",
+        "signature_verifications": (v1 - v0) if None not in (v0, v1) else "unknown",
+        "note": "the token was verified once already by the checks before measuring",
+    },
+}
+json.dump(info, open(out, "w"), indent=2)
+EOF
+    BENCH_SCENARIO=token BENCH_CONTENDERS="haproxy portcullis" BENCH_TOKEN_INFO=$TOK/info.json \
+        python3 "$WORK/report.py" final "$RAW/token" "$RESULT_JSON_TOKEN"
+fi
+
+if want passthrough && want token; then
+    python3 - "$RESULT_JSON" "$RESULT_JSON_TOKEN" <<'EOF'
+import json, sys
+print("summary (portcullis / haproxy, medians):")
+for label, path in zip(("passthrough", "token"), sys.argv[1:]):
+    r = json.load(open(path))
+    q = r["ratio_vs_haproxy"]["portcullis"]
+    m = r["median"]
+    print(f"  {label:<12} throughput {q['throughput']}  ({m['portcullis']['rps']:.0f} vs "
+          f"{m['haproxy']['rps']:.0f} req/s)   p50 {q['p50']}   p99 {q['p99']}   "
+          f"CPU per request {q['cpu_per_request']}" + ("" if r["valid"] else "   (NOT VALID)"))
+EOF
+fi
