@@ -71,6 +71,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::audit::cmd::AuditCommand,
     },
+    /// Policy tools: run the policy test files, or explain one decision.
+    Policy {
+        #[command(subcommand)]
+        command: crate::policy::testing::PolicyCommand,
+    },
     /// Inspect an access token against a config: every check the proxy runs, with its outcome.
     Token {
         #[command(subcommand)]
@@ -80,6 +85,12 @@ pub enum Command {
     DevToken {
         #[command(subcommand)]
         command: crate::tokentool::DevTokenCommand,
+    },
+    /// Sign a body as OBIE x-jws-signature or a request as RFC 9421 with a dev key, or make a
+    /// dev signing key and its JWK set (never for production).
+    Sign {
+        #[command(subcommand)]
+        command: crate::signature::cli::SignCommand,
     },
     /// Drive an HTTPS target with a client certificate, closed loop, and report latency.
     Loadgen {
@@ -238,7 +249,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Command::Audit { command } => crate::audit::cmd::run(command),
         Command::Token { command } => crate::tokentool::run_token(command).await,
+        Command::Policy { command } => crate::policy::testing::run_command(command),
         Command::DevToken { command } => crate::tokentool::run_dev(command),
+        Command::Sign { command } => crate::signature::cli::run(command),
         Command::Loadgen {
             addr,
             server_name,

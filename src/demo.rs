@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::runtime::Shared;
 
 const DEMO_CONFIG: &str = include_str!("../config/demo.yaml");
+const DEV_CONSENTS: &str = include_str!("../config/dev-consents.json");
 const POLICIES: &[(&str, &str)] = &[
     ("obie-aisp.yaml", include_str!("../policies/obie-aisp.yaml")),
     ("obie-pisp.yaml", include_str!("../policies/obie-pisp.yaml")),
@@ -34,6 +35,7 @@ pub struct DemoOptions {
 #[derive(Clone, Copy)]
 enum Caller {
     Tpp1,
+    Tpp2,
     NoCert,
     Revoked,
     Expired,
@@ -47,6 +49,8 @@ struct Example {
     path: &'static str,
     headers: &'static [(&'static str, &'static str)],
     body: Option<&'static str>,
+    /// Sends the demo's access token (certificate-bound to TPP One, consent aac-demo).
+    token: bool,
 }
 
 const ACC: &str = "/open-banking/v3.1/aisp/accounts";
@@ -60,9 +64,26 @@ fn examples() -> Vec<Example> {
         path,
         headers: &[],
         body: None,
+        token: true,
     };
     vec![
         e("list accounts as TPP One", Caller::Tpp1, "GET", ACC),
+        e(
+            "BOLA: an account outside the consent (aac-demo grants acc-1 and acc-2)",
+            Caller::Tpp1,
+            "GET",
+            "/open-banking/v3.1/aisp/accounts/acc-3/balances",
+        ),
+        Example {
+            token: false,
+            ..e("no access token", Caller::Tpp1, "GET", ACC)
+        },
+        e(
+            "TPP One's certificate-bound token presented by TPP Two",
+            Caller::Tpp2,
+            "GET",
+            ACC,
+        ),
         e(
             "read a balance",
             Caller::Tpp1,
@@ -161,6 +182,7 @@ fn examples() -> Vec<Example> {
 fn identity(c: Caller) -> Option<&'static str> {
     match c {
         Caller::Tpp1 => Some("tpp1"),
+        Caller::Tpp2 => Some("tpp2"),
         Caller::NoCert => None,
         Caller::Revoked => Some("revoked"),
         Caller::Expired => Some("expired"),
@@ -185,6 +207,9 @@ fn curl(ex: &Example, certs: &Path, port: u16) -> String {
     if ex.method != curl_default {
         c += &format!(" -X {}", ex.method);
     }
+    if ex.token {
+        c += " -H \"Authorization: Bearer $TOKEN\"";
+    }
     for (k, v) in ex.headers {
         c += &format!(" -H '{k}: {v}'");
     }
@@ -207,9 +232,15 @@ fn last_handshake_failure(audit: &Path) -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-async fn try_example(ex: &Example, certs: &Path, addr: SocketAddr, audit: &Path) -> String {
+async fn try_example(
+    ex: &Example,
+    certs: &Path,
+    addr: SocketAddr,
+    audit: &Path,
+    token: &str,
+) -> String {
     let before = handshake_failures(audit);
-    let answer = send_example(ex, certs, addr).await;
+    let answer = send_example(ex, certs, addr, token).await;
     if answer.starts_with("TLS refused") {
         // Wait for this refusal's own record, then name its category.
         for _ in 0..50 {
@@ -233,7 +264,7 @@ fn handshake_failures(audit: &Path) -> usize {
         .count()
 }
 
-async fn send_example(ex: &Example, certs: &Path, addr: SocketAddr) -> String {
+async fn send_example(ex: &Example, certs: &Path, addr: SocketAddr, token: &str) -> String {
     let ca = certs.join("ca.pem");
     let id = identity(ex.caller).map(|i| {
         (
@@ -257,6 +288,9 @@ async fn send_example(ex: &Example, certs: &Path, addr: SocketAddr) -> String {
         .method(ex.method)
         .uri(ex.path)
         .header("host", format!("localhost:{}", addr.port()));
+    if ex.token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
     for (k, v) in ex.headers {
         req = req.header(*k, *v);
     }
@@ -285,12 +319,33 @@ async fn send_example(ex: &Example, certs: &Path, addr: SocketAddr) -> String {
     }
 }
 
+/// A one-hour access token for TPP One from the dev AS key.
+fn demo_token(certs: &Path) -> anyhow::Result<String> {
+    use rustls_pki_types::pem::PemObject;
+    let key = crate::jose::sign::SigningKey::from_pkcs8_pem(
+        &std::fs::read_to_string(certs.join("as.key"))?,
+        "as-1",
+    )?;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(certs.join("tpp1.pem"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    Ok(key.access_token(&serde_json::json!({
+        "iss": "https://as.bank.example", "aud": "https://api.bank.example",
+        "iat": now, "nbf": now, "exp": now + 3600, "jti": uuid::Uuid::new_v4().to_string(),
+        "client_id": "tpp-one", "sub": "psu-demo", "scope": "accounts payments",
+        "openbanking_intent_id": "aac-demo",
+        "cnf": {"x5t#S256": crate::pki::thumbprint_s256(der.as_ref())},
+    })))
+}
+
 /// Prepares the demo directory and returns the loaded config.
 fn prepare(dir: &Path) -> anyhow::Result<Config> {
     crate::pki::devcerts::write_if_missing(&dir.join("certs"))?;
     std::fs::create_dir_all(dir.join("config"))?;
     std::fs::create_dir_all(dir.join("policies"))?;
     std::fs::write(dir.join("config/demo.yaml"), DEMO_CONFIG)?;
+    std::fs::write(dir.join("config/dev-consents.json"), DEV_CONSENTS)?;
     for (name, text) in POLICIES {
         std::fs::write(dir.join("policies").join(name), text)?;
     }
@@ -330,10 +385,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         dir.display()
     );
     println!("  audit   {}", dir.join("audit.log").display());
+    let token = demo_token(&certs)?;
+    println!();
+    println!("The access token the examples use (certificate-bound to TPP One, scope");
+    println!("\"accounts payments\", consent aac-demo), signed by the dev authorization server:");
+    println!("export TOKEN={token}");
     println!();
     println!("Each example was just run against the proxy; its result is shown under it.");
     for ex in examples() {
-        let got = try_example(&ex, &certs, running.addr, &dir.join("audit.log")).await;
+        let got = try_example(&ex, &certs, running.addr, &dir.join("audit.log"), &token).await;
         println!();
         println!("# {}", ex.what);
         println!("{}", curl(&ex, &certs, running.addr.port()));

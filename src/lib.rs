@@ -29,6 +29,7 @@ pub mod rejection;
 pub mod reload;
 pub mod runtime;
 pub mod server;
+pub mod signature;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

@@ -18,7 +18,9 @@
 //!    the route's issuer (signature once per token while cached; time claims every request).
 //! 8. **Sender constraint** ([`binding`]) — needs the token and the identity (RFC 8705
 //!    `cnf.x5t#S256`) or a DPoP proof (RFC 9449); only after it is a token evidence of anything.
-//! 9. *Request signature* — issue #4; needs the caller's identity to pick its keys.
+//! 9. **Request signature** ([`signature`]) — OBIE `x-jws-signature` or RFC 9421, per route;
+//!    needs the caller's identity and token (to name it and find its keys) and the buffered
+//!    body; before authorization, so nothing whose bytes are unproven is ever authorized.
 //! 10. **Authorization** ([`authz`]) — scopes, consent and object rules; needs the bound token,
 //!     so it runs only on proven callers, and the buffered body when a rule reads it.
 //! 11. *Idempotency* — issue #6; last, so a refused request never reserves a key.
@@ -32,6 +34,7 @@ pub mod fapi;
 pub mod http;
 pub mod identity;
 pub mod route;
+pub mod signature;
 pub mod token;
 
 use ::http::request::Parts;
@@ -151,6 +154,40 @@ async fn authenticate(
     }
 }
 
+/// Stage 9: the route's request signature over the buffered body (the whole body, as
+/// received); its evidence goes to the audit record and back to the caller (response signing,
+/// idempotency). Runs before [`authorize`].
+pub async fn verify_signature(
+    inspected: &Inspected,
+    parts: &Parts,
+    body: Option<&[u8]>,
+    rt: &Runtime,
+    shared: &Shared,
+    record: &mut RequestRecord,
+) -> Result<Option<crate::signature::VerifiedSignature>, Rejection> {
+    let Some(sig) = &inspected.route.route.signature else {
+        return Ok(None);
+    };
+    let v = signature::verify(
+        sig,
+        parts,
+        body.unwrap_or_default(),
+        &inspected.identity,
+        inspected.token.as_ref(),
+        rt,
+        shared,
+    )
+    .await
+    .map_err(Rejection::Signature)?;
+    record.signature = Some(crate::audit::SignatureRecord {
+        kind: v.kind,
+        kid: crate::audit::bounded(&v.kid),
+        alg: crate::audit::bounded(&v.alg),
+        hash: v.hash.clone(),
+    });
+    Ok(Some(v))
+}
+
 /// Stages 9 to 11, which may read the request body (buffered by the caller when
 /// [`needs_body`] says so).
 pub async fn authorize(
@@ -161,7 +198,7 @@ pub async fn authorize(
     shared: &Shared,
     record: &mut RequestRecord,
 ) -> Result<authz::Permit, Rejection> {
-    // 9. Request signature: issue #4.
+    // 9. Request signature: [`verify_signature`], which the caller runs just before.
     // 10. Authorization.
     let permit = authz::authorize(inspected, parts, body, rt, shared)
         .await
@@ -180,5 +217,5 @@ pub async fn authorize(
 /// Whether a stage after binding reads the request body, so it must be buffered (once, up to
 /// the route limit) before those stages run.
 pub fn needs_body(route: &crate::policy::Route) -> bool {
-    route.authz.reads_body()
+    route.authz.reads_body() || route.signature.is_some()
 }

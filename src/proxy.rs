@@ -174,6 +174,9 @@ async fn inner(
             None,
         )
     };
+    let verified =
+        pipeline::verify_signature(&inspected, &parts, buffered.as_deref(), rt, shared, record)
+            .await?;
     let permit =
         pipeline::authorize(&inspected, &parts, buffered.as_deref(), rt, shared, record).await?;
 
@@ -216,6 +219,21 @@ async fn inner(
     } else {
         let claims = inspected.token.as_ref().map(|t| &t.token.claims);
         check_response(&mut parts, body, route, claims, permit.consent.as_ref()).await?
+    };
+    // Routes with `sign_response` sign what they send (issue #4); only they buffer responses.
+    let body = match (route.signature, &rt.config.signatures.response) {
+        (Some(s), Some(key)) if s.sign_response => {
+            crate::signature::response::sign_response(
+                &mut parts,
+                body,
+                s.kind,
+                verified.as_ref(),
+                key,
+                shared.clock.now(),
+            )
+            .await?
+        }
+        _ => body,
     };
     // RFC 9449 §8.2: a fresh nonce rides on successful responses of nonce routes too.
     if let Some(n) = inspected

@@ -18,6 +18,9 @@ use crate::pipeline::binding::BindingError;
 use crate::pipeline::fapi::FapiError;
 use crate::pipeline::http::HttpError;
 use crate::pipeline::identity::IdentityError;
+use crate::httpsig::{ComponentError, HttpSigError};
+use crate::jose::detached::{DetachedError, OB_IAT, OB_ISS, OB_TAN};
+use crate::pipeline::signature::{JwsSigError, SignatureError};
 use crate::policy::rules::{AuthzError, Denial};
 use crate::pipeline::token::{Scheme, TokenError};
 use crate::policy::NoRoute;
@@ -37,6 +40,9 @@ pub enum Rejection {
     Binding(BindingError),
     /// RFC 9449 §9: the proof needs (a fresh) server nonce; carries the nonce to send.
     UseDpopNonce(String),
+    /// A request signature is missing or does not verify (OBIE `x-jws-signature`: 400 with the
+    /// OBIE error body; RFC 9421: 401).
+    Signature(SignatureError),
     /// A scope, consent, object or response rule denied the request.
     Authz(Denial),
     Upstream(UpstreamError),
@@ -53,6 +59,7 @@ pub enum Stage {
     Identity,
     Token,
     Binding,
+    Signature,
     Authz,
     Upstream,
     Audit,
@@ -67,6 +74,7 @@ impl Stage {
             Stage::Identity => "identity",
             Stage::Token => "token",
             Stage::Binding => "binding",
+            Stage::Signature => "signature",
             Stage::Authz => "authz",
             Stage::Upstream => "upstream",
             Stage::Audit => "audit",
@@ -148,6 +156,7 @@ impl Rejection {
             Rejection::Identity(_) => Stage::Identity,
             Rejection::Token(..) => Stage::Token,
             Rejection::Binding(_) | Rejection::UseDpopNonce(_) => Stage::Binding,
+            Rejection::Signature(_) => Stage::Signature,
             Rejection::Authz(_) => Stage::Authz,
             Rejection::Upstream(_) => Stage::Upstream,
             Rejection::Audit(_) => Stage::Audit,
@@ -300,6 +309,7 @@ impl Rejection {
             },
             Rejection::Token(e, _) => token_wire(*e),
             Rejection::Binding(e) => binding_wire(*e),
+            Rejection::Signature(e) => signature_wire(*e),
             Rejection::Authz(d) => authz_wire(d),
             // RFC 9449 §9: 401 with `use_dpop_nonce` and a `DPoP-Nonce` header.
             Rejection::UseDpopNonce(_) => wire(
@@ -392,6 +402,9 @@ impl Rejection {
                 error: AuthzError::Scope(scope),
                 ..
             }) => Some(format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"")),
+            // OBIE answers in its error body, without a challenge; RFC 9421 defines no
+            // authentication scheme to challenge with (its `Accept-Signature` is not sent).
+            Rejection::Signature(_) => None,
             Rejection::Authz(_) => None,
         }
     }
@@ -675,21 +688,25 @@ pub fn respond(
     version: http::Version,
 ) -> Response<ProxyBody> {
     let w = rejection.wire();
-    let body = serde_json::json!({
-        "type": format!("urn:portcullis:problem:{}", w.reason),
-        "title": w.status.canonical_reason().unwrap_or("Error"),
-        "status": w.status.as_u16(),
-        "detail": w.detail,
-        "reason": w.reason,
-        "interaction_id": interaction_id,
-    });
+    let (body, content_type) = match rejection.obie_error() {
+        // OBIE routes answer in the OBIE error body (OBErrorResponse1).
+        Some(ob) => (obie_body(&w, &ob, interaction_id), "application/json"),
+        None => (
+            serde_json::json!({
+                "type": format!("urn:portcullis:problem:{}", w.reason),
+                "title": w.status.canonical_reason().unwrap_or("Error"),
+                "status": w.status.as_u16(),
+                "detail": w.detail,
+                "reason": w.reason,
+                "interaction_id": interaction_id,
+            }),
+            "application/problem+json",
+        ),
+    };
     let mut resp = Response::new(full(Bytes::from(body.to_string())));
     *resp.status_mut() = w.status;
     let h = resp.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Some(c) = rejection
         .challenge()
         .and_then(|c| HeaderValue::from_str(&c).ok())
@@ -842,10 +859,235 @@ pub fn all_reasons() -> Vec<(u16, &'static str, &'static str)> {
         ]
         .map(denial),
     );
+    all.extend(
+        [
+            JwsSigError::Missing,
+            JwsSigError::Multiple,
+            JwsSigError::UnknownClient,
+            JwsSigError::UnknownKey,
+            JwsSigError::KeysUnavailable,
+        ]
+        .into_iter()
+        .chain(
+            [
+                DetachedError::Malformed,
+                DetachedError::AlgNotAllowed,
+                DetachedError::KidMissing,
+                DetachedError::CritMissing,
+                DetachedError::Crit,
+                DetachedError::B64Missing,
+                DetachedError::B64,
+                DetachedError::IatMissing,
+                DetachedError::Iat,
+                DetachedError::IssMissing,
+                DetachedError::Iss,
+                DetachedError::TanMissing,
+                DetachedError::Tan,
+                DetachedError::Header,
+                DetachedError::KeyMismatch,
+                DetachedError::BadSignature,
+            ]
+            .map(JwsSigError::Detached),
+        )
+        .map(|e| Rejection::Signature(SignatureError::Jws(e))),
+    );
+    all.extend(
+        [
+            HttpSigError::Missing,
+            HttpSigError::Malformed,
+            HttpSigError::Label,
+            HttpSigError::Ambiguous,
+            HttpSigError::Coverage,
+            HttpSigError::Component(ComponentError::Missing),
+            HttpSigError::Component(ComponentError::Unsupported),
+            HttpSigError::Component(ComponentError::Duplicate),
+            HttpSigError::Component(ComponentError::Invalid),
+            HttpSigError::CreatedMissing,
+            HttpSigError::Created,
+            HttpSigError::Expired,
+            HttpSigError::KeyidMissing,
+            HttpSigError::NonceMissing,
+            HttpSigError::Replay,
+            HttpSigError::ReplayUnavailable,
+            HttpSigError::UnknownClient,
+            HttpSigError::UnknownKey,
+            HttpSigError::KeysUnavailable,
+            HttpSigError::Alg,
+            HttpSigError::BadSignature,
+            HttpSigError::DigestMissing,
+            HttpSigError::DigestMalformed,
+            HttpSigError::DigestMismatch,
+        ]
+        .map(|e| Rejection::Signature(SignatureError::Http(e))),
+    );
     all.iter()
         .map(|r| {
             let w = r.wire();
             (w.status.as_u16(), w.reason, w.detail)
         })
         .collect()
+}
+
+/// The OBIE error code (and the header member it concerns) of a refusal on an OBIE route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObieError {
+    pub code: &'static str,
+    pub path: Option<&'static str>,
+}
+
+impl Rejection {
+    /// Refusals answered in the OBIE error body: `x-jws-signature` failures (OBIE Read/Write
+    /// API "Standard Error Codes": `UK.OBIE.Signature.*`).
+    pub fn obie_error(&self) -> Option<ObieError> {
+        let Rejection::Signature(SignatureError::Jws(e)) = self else {
+            return None;
+        };
+        let ob = |code, path| Some(ObieError { code, path });
+        const MISSING: &str = "UK.OBIE.Signature.Missing";
+        const MALFORMED: &str = "UK.OBIE.Signature.Malformed";
+        const INVALID: &str = "UK.OBIE.Signature.Invalid";
+        const INVALID_CLAIM: &str = "UK.OBIE.Signature.InvalidClaim";
+        const MISSING_CLAIM: &str = "UK.OBIE.Signature.MissingClaim";
+        match e {
+            JwsSigError::Missing => ob(MISSING, None),
+            JwsSigError::Multiple => ob(MALFORMED, None),
+            JwsSigError::UnknownClient | JwsSigError::UnknownKey => ob(INVALID_CLAIM, Some("kid")),
+            JwsSigError::KeysUnavailable => ob("UK.OBIE.UnexpectedError", None),
+            JwsSigError::Detached(d) => match d {
+                DetachedError::Malformed => ob(MALFORMED, None),
+                // OBIE has no algorithm code: a disallowed alg is an invalid header claim.
+                DetachedError::AlgNotAllowed | DetachedError::KeyMismatch => {
+                    ob(INVALID_CLAIM, Some("alg"))
+                }
+                DetachedError::KidMissing => ob(MISSING_CLAIM, Some("kid")),
+                DetachedError::CritMissing => ob(MISSING_CLAIM, Some("crit")),
+                DetachedError::Crit => ob(INVALID_CLAIM, Some("crit")),
+                DetachedError::B64Missing => ob(MISSING_CLAIM, Some("b64")),
+                DetachedError::B64 => ob(INVALID_CLAIM, Some("b64")),
+                DetachedError::IatMissing => ob(MISSING_CLAIM, Some(OB_IAT)),
+                DetachedError::Iat => ob(INVALID_CLAIM, Some(OB_IAT)),
+                DetachedError::IssMissing => ob(MISSING_CLAIM, Some(OB_ISS)),
+                DetachedError::Iss => ob(INVALID_CLAIM, Some(OB_ISS)),
+                DetachedError::TanMissing => ob(MISSING_CLAIM, Some(OB_TAN)),
+                DetachedError::Tan => ob(INVALID_CLAIM, Some(OB_TAN)),
+                DetachedError::Header => ob(INVALID_CLAIM, None),
+                DetachedError::BadSignature => ob(INVALID, None),
+            },
+        }
+    }
+}
+
+/// OBErrorResponse1: `Code` (status and phrase), `Id` (the interaction id), `Message`, and
+/// `Errors[{ErrorCode, Message, Path}]`.
+fn obie_body(w: &Wire, ob: &ObieError, interaction_id: &str) -> serde_json::Value {
+    let phrase: String = w
+        .status
+        .canonical_reason()
+        .unwrap_or("Error")
+        .split_whitespace()
+        .collect();
+    let mut err = serde_json::json!({"ErrorCode": ob.code, "Message": w.detail});
+    if let Some(p) = ob.path {
+        err["Path"] = serde_json::Value::String(p.into());
+    }
+    serde_json::json!({
+        "Code": format!("{} {phrase}", w.status.as_u16()),
+        "Id": interaction_id,
+        "Message": w.detail,
+        "Errors": [err],
+    })
+}
+
+fn signature_wire(e: SignatureError) -> Wire {
+    use StatusCode as S;
+    let bad = |reason, detail| wire(S::BAD_REQUEST, reason, detail);
+    let unauth = |reason, detail| wire(S::UNAUTHORIZED, reason, detail);
+    match e {
+        SignatureError::Jws(j) => match j {
+            // OBIE Read/Write Data API profile, message signing: a missing or failed
+            // signature where one is required is 400.
+            JwsSigError::Missing => bad("signature.jws_missing", "the request must carry an x-jws-signature"),
+            // RFC 9110 §5.3: one field line only; a comma-joined JWS is ambiguous.
+            JwsSigError::Multiple => bad("signature.jws_multiple", "exactly one x-jws-signature is allowed"),
+            // OBIE: the signing key must resolve for this client at the trust anchor.
+            JwsSigError::UnknownClient => bad("signature.jws_unknown_client", "no signing keys are registered for this client"),
+            JwsSigError::UnknownKey => bad("signature.jws_unknown_key", "the x-jws-signature kid is not a key of this client"),
+            // Fail closed (RFC 9110 §15.6.4).
+            JwsSigError::KeysUnavailable => wire(S::SERVICE_UNAVAILABLE, "signature.jws_keys_unavailable", "signing keys cannot be checked now"),
+            JwsSigError::Detached(d) => match d {
+                // RFC 7515 Appendix F: `header..signature`, the payload is the body.
+                DetachedError::Malformed => bad("signature.jws_malformed", "the x-jws-signature is not a detached JWS"),
+                // OBIE: PS256 (RFC 8725 §3.1: an allow-list).
+                DetachedError::AlgNotAllowed => bad("signature.jws_alg", "the x-jws-signature algorithm is not allowed"),
+                // RFC 7515 §4.1.4.
+                DetachedError::KidMissing => bad("signature.jws_kid_missing", "the x-jws-signature header has no kid"),
+                // RFC 7515 §4.1.11 and OBIE: crit lists exactly the OB claims.
+                DetachedError::CritMissing => bad("signature.jws_crit_missing", "the x-jws-signature header has no crit"),
+                DetachedError::Crit => bad("signature.jws_crit", "the x-jws-signature crit is not the required set"),
+                // RFC 7797 §3 and OBIE 3.1.3: b64 false.
+                DetachedError::B64Missing => bad("signature.jws_b64_missing", "this API version requires b64: false"),
+                // RFC 7797 §6 and OBIE 3.1.4: no b64.
+                DetachedError::B64 => bad("signature.jws_b64", "the x-jws-signature b64 header does not fit this API version"),
+                // OBIE: http://openbanking.org.uk/iat, a JSON number in the past.
+                DetachedError::IatMissing => bad("signature.jws_iat_missing", "the x-jws-signature has no iat claim"),
+                DetachedError::Iat => bad("signature.jws_iat", "the x-jws-signature iat is too old, in the future or not a number"),
+                // OBIE: http://openbanking.org.uk/iss names the signer.
+                DetachedError::IssMissing => bad("signature.jws_iss_missing", "the x-jws-signature has no iss claim"),
+                DetachedError::Iss => bad("signature.jws_iss", "the x-jws-signature iss is not the calling client"),
+                // OBIE: http://openbanking.org.uk/tan is a trust anchor we accept.
+                DetachedError::TanMissing => bad("signature.jws_tan_missing", "the x-jws-signature has no tan claim"),
+                DetachedError::Tan => bad("signature.jws_tan", "the x-jws-signature trust anchor is not accepted"),
+                // RFC 8725 §3.10: no key-carrying headers; OBIE typ JOSE, cty json.
+                DetachedError::Header => bad("signature.jws_header", "the x-jws-signature header has a member that is not accepted"),
+                // RFC 8725 §3.1: a key verifies one algorithm.
+                DetachedError::KeyMismatch => bad("signature.jws_key_mismatch", "the x-jws-signature algorithm does not match its key"),
+                // RFC 7515 §5.2 over the body exactly as received.
+                DetachedError::BadSignature => bad("signature.jws_invalid", "the x-jws-signature does not verify over the body"),
+            },
+        },
+        SignatureError::Http(h) => match h {
+            // FAPI 2.0 Message Signing: missing or invalid signatures are rejected with 401.
+            HttpSigError::Missing => unauth("signature.http_missing", "a request signature (RFC 9421) with the required tag is required"),
+            // RFC 9421 §4 / RFC 8941: both fields are dictionaries.
+            HttpSigError::Malformed => unauth("signature.http_malformed", "Signature-Input or Signature is malformed"),
+            // RFC 9421 §3.2 step 1.
+            HttpSigError::Label => unauth("signature.http_label", "Signature-Input names a signature that Signature does not carry"),
+            // RFC 9421 §7.2.6: multiple signature confusion.
+            HttpSigError::Ambiguous => unauth("signature.http_ambiguous", "more than one signature carries the required tag"),
+            // RFC 9421 §3.2.1 / FAPI 2.0: @method, @target-uri, authorization, dpop, content-digest.
+            HttpSigError::Coverage => unauth("signature.http_coverage", "the signature does not cover a required component"),
+            // RFC 9421 §2 and §7.5: components that are absent or could be read two ways.
+            HttpSigError::Component(c) => match c {
+                ComponentError::Missing => unauth("signature.http_component_missing", "a covered component is not in the request"),
+                ComponentError::Unsupported => unauth("signature.http_component_unsupported", "a covered component is not supported"),
+                ComponentError::Duplicate => unauth("signature.http_component_duplicate", "a component is covered twice"),
+                ComponentError::Invalid => unauth("signature.http_component_invalid", "a covered component value is ambiguous or not ASCII"),
+            },
+            // FAPI 2.0: created is required and within the window (RFC 9421 §3.2.1).
+            HttpSigError::CreatedMissing => unauth("signature.http_created_missing", "the signature has no created parameter"),
+            HttpSigError::Created => unauth("signature.http_created", "the signature is too old or from the future"),
+            // RFC 9421 §2.3 expires.
+            HttpSigError::Expired => unauth("signature.http_expired", "the signature has expired"),
+            // RFC 9421 §3.2 step 5: the key is found by keyid.
+            HttpSigError::KeyidMissing => unauth("signature.http_keyid_missing", "the signature has no keyid"),
+            // RFC 9421 §7.2.2: signature replay.
+            HttpSigError::NonceMissing => unauth("signature.http_nonce_missing", "this resource requires a signature nonce"),
+            HttpSigError::Replay => unauth("signature.http_replay", "the signature nonce was already used"),
+            // Fail closed rather than forget a nonce (RFC 9110 §15.6.4).
+            HttpSigError::ReplayUnavailable => wire(S::SERVICE_UNAVAILABLE, "signature.http_replay_unavailable", "replay protection is unavailable"),
+            // FAPI 2.0: the client's keys come from its registration.
+            HttpSigError::UnknownClient => unauth("signature.http_unknown_client", "no signing keys are registered for this client"),
+            HttpSigError::UnknownKey => unauth("signature.http_unknown_key", "the signature keyid is not a key of this client"),
+            HttpSigError::KeysUnavailable => wire(S::SERVICE_UNAVAILABLE, "signature.http_keys_unavailable", "signing keys cannot be checked now"),
+            // RFC 9421 §3.2 step 6.4 / §7.3.6: alg must agree with the key.
+            HttpSigError::Alg => unauth("signature.http_alg", "the signature algorithm does not match the key or is not allowed"),
+            // RFC 9421 §3.3.
+            HttpSigError::BadSignature => unauth("signature.http_invalid", "the request signature does not verify"),
+            // RFC 9530 / FAPI 2.0: a body must be covered by Content-Digest.
+            HttpSigError::DigestMissing => unauth("signature.digest_missing", "a request with a body must carry Content-Digest"),
+            HttpSigError::DigestMalformed => unauth("signature.digest_malformed", "Content-Digest is malformed or has no sha-256 or sha-512"),
+            // RFC 9421 §7.2.8: the digest is recomputed over the body received.
+            HttpSigError::DigestMismatch => unauth("signature.digest_mismatch", "Content-Digest does not match the body"),
+        },
+    }
 }

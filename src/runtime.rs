@@ -36,6 +36,9 @@ pub struct Runtime {
     pub tokens: TokenCache,
     /// The consent source, when the config has one.
     pub consent: Option<Arc<crate::consent::ConsentSource>>,
+    /// Callers' request-signature keys, when the config names a source (issue #4); a reload
+    /// starts an empty cache.
+    pub client_keys: Option<Arc<crate::signature::clientkeys::ClientKeys>>,
 }
 
 impl Runtime {
@@ -88,6 +91,11 @@ impl Runtime {
             })
             .collect();
         let tokens = TokenCache::new(config.auth.cache_entries);
+        let client_keys = config
+            .signatures
+            .client_keys
+            .clone()
+            .map(|c| Arc::new(crate::signature::clientkeys::ClientKeys::new(c)));
         let consent = config
             .consent
             .clone()
@@ -99,6 +107,7 @@ impl Runtime {
             introspectors,
             tokens,
             consent,
+            client_keys,
         }
     }
 }

@@ -107,7 +107,15 @@ fn cert_thumbprint(path: &Path) -> Result<String, String> {
 pub fn keygen(out: &Path) -> Result<(), String> {
     std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
     let write = |name: &str, text: String| {
-        std::fs::write(out.join(name), text).map_err(|e| format!("{name}: {e}"))
+        let path = out.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("{name}: {e}"))?;
+        #[cfg(unix)]
+        if name.ends_with(".key") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("{name}: {e}"))?;
+        }
+        Ok::<(), String>(())
     };
     let as_key = SigningKey::generate(Alg::ES256, "as-1").map_err(|e| e.to_string())?;
     let dpop = SigningKey::generate(Alg::ES256, "dpop").map_err(|e| e.to_string())?;
@@ -259,7 +267,10 @@ pub async fn run_token(cmd: TokenCommand) -> ExitCode {
             s
         }
         None => {
-            eprintln!("issuer {} uses introspection only; inspect works on JWT access tokens", iss.name);
+            eprintln!(
+                "issuer {} uses introspection only; inspect works on JWT access tokens",
+                iss.name
+            );
             return ExitCode::from(2);
         }
     };

@@ -54,7 +54,7 @@ fn every_shipped_config_and_policy_file_loads() {
         assert!(!c.policies.routes().is_empty());
     }
     for dir in ["policies", "policies/sidecar"] {
-        let set = portcullis::policy::load_files(&[repo().join(dir)], &portcullis::policy::Known { upstreams: vec!["bank", "api"], issuers: vec![], default_body_limit: 1024, has_consent: false })
+        let set = portcullis::policy::load_files(&[repo().join(dir)], &portcullis::policy::Known::standalone())
             .unwrap_or_else(|e| panic!("{dir}: {e}"));
         assert!(!set.routes().is_empty());
     }
@@ -199,6 +199,11 @@ fn the_demo_runs_its_examples_with_the_promised_outcomes() {
     for want in [
         "=> 200 OK",
         "=> 201 Created",
+        "=> 403 authz.object",
+        "=> 401 token.missing",
+        "=> 401 binding.cert_mismatch",
+        "export TOKEN=",
+        "-H \"Authorization: Bearer $TOKEN\"",
         "=> TLS handshake refused; audit record says failure=cert_revoked",
         "failure=no_client_cert",
         "failure=cert_expired",

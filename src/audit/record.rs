@@ -70,11 +70,14 @@ pub fn token_hash(token: &[u8]) -> String {
 /// A verified request signature, as the audit log sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SignatureRecord {
+    /// `obie-jws` (x-jws-signature) or `http-sig` (RFC 9421).
+    pub kind: &'static str,
     /// The key id that verified the signature.
     pub kid: String,
     /// The JWS / RFC 9421 algorithm, e.g. `PS256`.
     pub alg: String,
-    /// Unpadded base64url SHA-256 of the signed content (never the signature or the content).
+    /// Unpadded base64url SHA-256 of the signature value: names the exact signature a
+    /// non-repudiation store keeps, without the record holding the signature or the content.
     pub hash: String,
 }
 

@@ -33,6 +33,9 @@ pub(crate) struct FileConfig {
     pub tokens: super::auth::FileTokens,
     #[serde(default)]
     pub consent: Option<super::auth::FileConsentSource>,
+    /// Request-signature verification and response signing (issue #4).
+    #[serde(default)]
+    pub signatures: super::signatures::FileSignatures,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,6 +9,7 @@
 mod auth;
 mod duration;
 mod file;
+mod signatures;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +23,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 
 pub use auth::{Auth, DpopSettings, Issuer, JwksSource};
 pub use duration::ConfigDuration;
+pub use signatures::{HttpSigSettings, JwsSettings, ResponseSigning, Signatures};
 use file::FileConfig;
 
 use crate::policy::PolicySet;
@@ -249,6 +251,8 @@ pub struct Config {
     pub auth: Auth,
     /// Where consent records come from, for routes that check consent.
     pub consent: Option<crate::consent::ConsentConfig>,
+    /// Request-signature verification and response signing (issue #4).
+    pub signatures: Signatures,
     /// Files and directories whose change triggers a reload.
     pub watched: Vec<PathBuf>,
 }
@@ -410,13 +414,24 @@ fn validate(
         .consent
         .as_ref()
         .and_then(|c| auth::validate_consent(&mut p, base, c, &mut watched));
+    let signatures = signatures::validate(
+        &mut p,
+        base,
+        &f.signatures,
+        auth.dpop.public_base_url.as_deref(),
+        &mut watched,
+    );
     let known = crate::policy::Known {
         upstreams: upstreams.keys().map(String::as_str).collect(),
         issuers: auth.issuers.keys().map(String::as_str).collect(),
         has_consent: consent.is_some(),
+        standalone: false,
         default_body_limit: limits.default_body_limit,
     };
     let policies = crate::policy::load(&policy_paths, &known, errors);
+    if let Some(set) = &policies {
+        signatures::check_routes(&signatures, set, errors);
+    }
 
     let tls = tls?;
     Some(Config {
@@ -436,6 +451,7 @@ fn validate(
         drain_timeout,
         auth,
         consent,
+        signatures,
         watched,
     })
 }

@@ -35,7 +35,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use time::{Duration, OffsetDateTime};
 
 /// Every file [`generate`] writes.
-pub const FILES: [&str; 19] = [
+pub const FILES: [&str; 22] = [
     "ca.pem",
     "ca.key",
     "ca.crl",
@@ -54,6 +54,9 @@ pub const FILES: [&str; 19] = [
     "rogue.key",
     "audit.key",
     "audit.pub",
+    "as.key",
+    "as-jwks.json",
+    "dpop.key",
     "README.txt",
 ];
 
@@ -96,6 +99,8 @@ revoked.pem / .key       client certificate from the dev CA that ca.crl revokes
 rogue-ca.pem             a CA the proxy does not trust
 rogue.pem / rogue.key    client certificate from rogue-ca.pem copying tpp1's identity
 audit.key / audit.pub    Ed25519 key signing audit checkpoints, and its public key
+as.key / as-jwks.json    a dev authorization server's ES256 token signing key (kid as-1) and JWKS
+dpop.key                 a dev client DPoP key (ES256)
 
 Regenerate with: portcullis dev-certs --out DIR
 ";
@@ -308,6 +313,9 @@ pub fn generate(out_dir: &Path) -> Result<DevCerts, DevCertError> {
         crate::audit::AuditKey::generate().map_err(|_| DevCertError::Random)?;
     write(&out, "audit.key", audit_private.as_bytes(), true)?;
     write(&out, "audit.pub", audit_public.as_bytes(), false)?;
+
+    // A dev authorization server key (tokens for the demo and tests) and a client DPoP key.
+    crate::tokentool::keygen(out_dir).map_err(|_| DevCertError::Random)?;
 
     write(&out, "README.txt", README.as_bytes(), false)?;
     Ok(out)

@@ -73,6 +73,9 @@ pub struct ClientCert {
     pub organization: Option<String>,
     /// Subject organizationIdentifier (2.5.4.97), e.g. `PSDGB-FCA-123456`.
     pub organization_identifier: Option<String>,
+    /// Subject organizationalUnitName (2.5.4.11); OB Directory certificates carry the OB
+    /// organisation id here. `None` if absent, repeated or not a string.
+    pub organizational_unit: Option<String>,
     /// Subject countryName (2.5.4.6).
     pub country: Option<String>,
     /// RFC 4514-style issuer, for logs only.
@@ -154,6 +157,7 @@ impl ClientCert {
             common_name: single_attribute(subject, &OID_CN),
             organization: single_attribute(subject, &OID_O),
             organization_identifier: single_attribute(subject, &OID_ORG_ID),
+            organizational_unit: single_attribute(subject, &OID_OU),
             country: single_attribute(subject, &OID_C),
             issuer: format_name(cert.issuer()),
             serial_hex: serial_hex(cert.raw_serial()),

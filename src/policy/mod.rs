@@ -15,6 +15,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 pub mod rules;
+pub mod testing;
+pub mod signature;
 
 use crate::config::{ConfigError, Problems};
 
@@ -60,6 +62,9 @@ struct FileRoute {
     /// Decide and record, but do not enforce (roll a policy out safely).
     #[serde(default)]
     shadow: bool,
+    /// Request signature (OBIE `x-jws-signature` or RFC 9421) and response signing (issue #4).
+    #[serde(default)]
+    signature: Option<signature::FileSignature>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +120,22 @@ pub struct Known<'a> {
     pub default_body_limit: u64,
     /// Whether the config has a consent source (routes with `consent` need one).
     pub has_consent: bool,
+    /// Policy files alone (`policy test`, `policy explain`): any upstream, issuer and consent
+    /// source name is accepted, since no config is loaded.
+    pub standalone: bool,
+}
+
+impl Known<'_> {
+    /// For checking policy files without a config.
+    pub fn standalone() -> Known<'static> {
+        Known {
+            upstreams: Vec::new(),
+            issuers: Vec::new(),
+            default_body_limit: 1024 * 1024,
+            has_consent: true,
+            standalone: true,
+        }
+    }
 }
 
 /// Whether a route needs a verified client certificate on the connection.
@@ -137,6 +158,8 @@ pub struct Route {
     pub auth: Option<RouteAuth>,
     /// Scopes, consent, object and response rules (empty: any bound token will do).
     pub authz: rules::Authz,
+    /// The request signature the route needs and whether responses are signed (issue #4).
+    pub signature: Option<signature::RouteSignature>,
     pub file: PathBuf,
 }
 
@@ -319,7 +342,7 @@ pub(crate) fn load(
                 .upstream
                 .clone()
                 .unwrap_or_else(|| parsed.upstream.clone());
-            if !upstreams.contains(&upstream.as_str()) {
+            if !known.standalone && !upstreams.contains(&upstream.as_str()) {
                 let f = if r.upstream.is_some() {
                     field("upstream")
                 } else {
@@ -373,6 +396,8 @@ pub(crate) fn load(
                     }
                 };
                 let issuer = match (&a.issuer, known.issuers.as_slice()) {
+                    (Some(i), _) if known.standalone => i.clone(),
+                    (None, _) if known.standalone => "default".to_string(),
                     (Some(i), all) if all.contains(&i.as_str()) => i.clone(),
                     (Some(i), _) => {
                         p.push(field("auth.issuer"), format!("unknown issuer `{i}`"));
@@ -414,6 +439,13 @@ pub(crate) fn load(
             if r.consent.is_some() && !known.has_consent {
                 p.push(field("consent"), "the config has no `consent` source");
             }
+            let signature = match &r.signature {
+                None => None,
+                Some(s) => match signature::validate(s, &mut p, &field) {
+                    Some(s) => Some(s),
+                    None => continue,
+                },
+            };
             let Some(method) = method else { continue };
             let Some(authz) = authz else { continue };
             let route = Arc::new(Route {
@@ -426,6 +458,7 @@ pub(crate) fn load(
                 client_cert,
                 auth,
                 authz,
+                signature,
                 file: file.clone(),
             });
             let router = by_method.entry(method.clone()).or_default();

@@ -6,6 +6,7 @@ fn known<'a>(upstreams: &[&'a str], limit: u64) -> Known<'a> {
         issuers: vec!["as"],
         default_body_limit: limit,
         has_consent: true,
+        standalone: false,
     }
 }
 

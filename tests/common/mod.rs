@@ -52,6 +52,8 @@ pub enum Behaviour {
     Ok,
     /// Waits, then answers 200.
     Delay(Duration),
+    /// 200 with this JSON body.
+    Json(&'static str),
 }
 
 /// An in-process upstream that records every request it receives.
@@ -150,9 +152,12 @@ impl Upstream {
                             if let Behaviour::Delay(d) = behaviour {
                                 tokio::time::sleep(d).await;
                             }
-                            let mut r = http::Response::new(Full::new(Bytes::from_static(
-                                b"{\"Data\":{}}",
-                            )));
+                            let body: &'static str = match behaviour {
+                                Behaviour::Json(j) => j,
+                                _ => "{\"Data\":{}}",
+                            };
+                            let mut r =
+                                http::Response::new(Full::new(Bytes::from_static(body.as_bytes())));
                             r.headers_mut()
                                 .insert("content-type", "application/json".parse().unwrap());
                             r.headers_mut()

@@ -1,0 +1,254 @@
+//! Object-level authorization through the proxy: consent-bound account access, hidden objects,
+//! a consent source that is down, response rules against a leaking upstream, shadow mode; and
+//! `portcullis policy test` on the shipped examples.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use portcullis::clock::{Clock, ManualClock};
+use portcullis::jose::sign::SigningKey;
+use portcullis::jose::Alg;
+use rustls_pki_types::pem::PemObject;
+use serde_json::json;
+
+const NOW: i64 = 1_800_000_000;
+
+const POLICY: &str = r#"
+group: t
+upstream: bank
+routes:
+  - id: balances
+    method: GET
+    path: /accounts/{AccountId}/balances
+    auth: {profile: fapi2}
+    scopes: {all_of: [accounts]}
+    consent: {claim: openbanking_intent_id, permissions: [ReadBalances]}
+    rules:
+      - {id: account-in-consent, value: {path: AccountId}, in: {consent: accounts}}
+  - id: hidden
+    method: GET
+    path: /hidden/{AccountId}
+    auth: {profile: fapi2}
+    rules:
+      - {id: hide, value: {path: AccountId}, in: {claim: accounts}, deny_status: 404}
+  - id: list-withhold
+    method: GET
+    path: /accounts
+    auth: {profile: fapi2}
+    response_rules:
+      - {id: listed-in-grant, pointer: /Data/Account/*/AccountId, in: {claim: accounts}}
+  - id: list-remove
+    method: GET
+    path: /accounts-filtered
+    auth: {profile: fapi2}
+    response_rules:
+      - {id: drop-foreign, pointer: /Data/Account/*/AccountId, in: {claim: accounts}, action: remove}
+  - id: shadowed
+    method: GET
+    path: /shadow/{AccountId}
+    auth: {profile: fapi2}
+    shadow: true
+    rules:
+      - {id: would-deny, value: {path: AccountId}, in: {claim: accounts}}
+"#;
+
+const LEAKY: &str = r#"{"Data":{"Account":[{"AccountId":"acc-1"},{"AccountId":"acc-victim"}]}}"#;
+
+struct Env {
+    p: Proxy,
+    up: Upstream,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn env(consent_yaml: &str) -> Env {
+    let key = SigningKey::generate(Alg::ES256, "as-1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), key.jwks().to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("consents.json"),
+        json!({"consents": {"aac-1": {"status": "Authorised", "permissions": ["ReadBalances"], "accounts": ["acc-1"]}}}).to_string(),
+    )
+    .unwrap();
+    let up = Upstream::start(Behaviour::Json(LEAKY)).await;
+    let mut o = Options::new(up.addr);
+    o.policy = POLICY.to_string();
+    let consent = consent_yaml.replace("DIR", &dir.path().display().to_string());
+    o.extra = format!(
+        "issuers:\n  as:\n    issuer: https://as\n    audience: https://rs\n    jwks: {{file: {}}}\n{consent}",
+        dir.path().join("jwks.json").display()
+    );
+    o.clock = Some(Arc::new(ManualClock::new(NOW)) as Arc<dyn Clock>);
+    let p = Proxy::start(o).await;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join("tpp1.pem")).unwrap();
+    let token = key.access_token(&json!({
+        "iss": "https://as", "aud": "https://rs", "exp": NOW + 300, "scope": "accounts",
+        "openbanking_intent_id": "aac-1", "accounts": ["acc-1"],
+        "cnf": {"x5t#S256": portcullis::pki::thumbprint_s256(der.as_ref())},
+    }));
+    Env {
+        p,
+        up,
+        token,
+        _dir: dir,
+    }
+}
+
+impl Env {
+    async fn get(&self, path: &str) -> (portcullis::client::Answer, String) {
+        self.p
+            .send(
+                req("GET", path)
+                    .header("authorization", format!("Bearer {}", self.token))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_outside_the_consent_is_403_with_the_rule_in_the_audit_record() {
+    let e = env("consent:\n  file: DIR/consents.json\n").await;
+    let (a, _) = e.get("/accounts/acc-1/balances").await;
+    assert_eq!(a.status, 200);
+    let rec = e.p.audit_where(1, |r| r["status"] == 200).await;
+    assert_eq!(rec[0]["consent_id"], "aac-1");
+    let before = e.up.count();
+    let (a, id) = e.get("/accounts/acc-victim/balances").await;
+    assert_refused_after(&e, &a, &id, 403, "authz.object", before).await;
+    assert_eq!(e.p.audit_of(&id).await["rule_id"], "account-in-consent");
+    // A hidden object answers exactly like an unknown route; the audit record keeps why.
+    let (a, id) = e.get("/hidden/acc-victim").await;
+    assert_eq!(a.status, 404);
+    assert_eq!(a.json()["reason"], "route.not_found");
+    let rec = e.p.audit_of(&id).await;
+    assert_eq!(
+        (rec["reason"].as_str(), rec["rule_id"].as_str()),
+        (Some("authz.object_hidden"), Some("hide"))
+    );
+    assert_eq!(e.up.count(), before);
+}
+
+async fn assert_refused_after(
+    e: &Env,
+    a: &portcullis::client::Answer,
+    id: &str,
+    status: u16,
+    reason: &str,
+    before: usize,
+) {
+    assert_eq!(
+        a.status.as_u16(),
+        status,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    assert_eq!(a.json()["reason"], reason);
+    assert_eq!(e.up.count(), before, "nothing upstream");
+    let rec = e.p.audit_of(id).await;
+    assert_eq!(
+        (rec["reason"].as_str(), rec["decision"].as_str()),
+        (Some(reason), Some("deny"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_source_that_is_down_refuses_with_503() {
+    let e = env(&format!(
+        "consent:\n  url: https://localhost:{}/consents/{{id}}\n  ca: [{}]\n  timeout: 300ms\n",
+        Upstream::dead_addr().await.port(),
+        certs().join("ca.pem").display()
+    ))
+    .await;
+    let (a, id) = e.get("/accounts/acc-1/balances").await;
+    assert_eq!(a.status, 503);
+    assert_eq!(a.json()["reason"], "authz.consent_unavailable");
+    assert_eq!(e.up.count(), 0);
+    assert_eq!(
+        e.p.audit_of(&id).await["reason"],
+        "authz.consent_unavailable"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_rules_withhold_or_filter_a_leaking_upstream() {
+    let e = env("consent:\n  file: DIR/consents.json\n").await;
+    let (a, id) = e.get("/accounts").await;
+    assert_eq!(a.status, 502);
+    assert_eq!(a.json()["reason"], "authz.response_leak");
+    assert!(!String::from_utf8_lossy(&a.body).contains("acc-victim"));
+    let rec = e.p.audit_of(&id).await;
+    assert_eq!(
+        (rec["rule_id"].as_str(), rec["upstream_status"].as_u64()),
+        (Some("listed-in-grant"), Some(200))
+    );
+    let (a, _) = e.get("/accounts-filtered").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.json(),
+        json!({"Data": {"Account": [{"AccountId": "acc-1"}]}})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_route_forwards_and_records_what_it_would_have_denied() {
+    let e = env("consent:\n  file: DIR/consents.json\n").await;
+    let (a, id) = e.get("/shadow/acc-victim").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(e.up.count(), 1);
+    let rec = e.p.audit_of(&id).await;
+    assert_eq!(rec["decision"], "shadow_deny");
+    assert_eq!(rec["reason"], "authz.object");
+    assert_eq!(rec["rule_id"], "would-deny");
+    let (_, m) = e.p.admin_get("/metrics").await;
+    assert!(
+        m.contains("portcullis_would_deny_total{route=\"shadowed\",reason=\"authz.object\"} 1"),
+        "{m}"
+    );
+}
+
+#[test]
+fn policy_test_passes_on_the_examples_and_fails_readably_on_a_wrong_expectation() {
+    let bin = env!("CARGO_BIN_EXE_portcullis");
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(bin)
+        .args(["policy", "test"])
+        .arg(repo.join("policies"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(" 0 failed"), "{text}");
+    let d = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        repo.join("policies/obie-aisp.yaml"),
+        d.path().join("obie-aisp.yaml"),
+    )
+    .unwrap();
+    let wrong = std::fs::read_to_string(repo.join("policies/obie-aisp.test.yaml"))
+        .unwrap()
+        .replace(
+            "expect: {deny: {status: 403, reason: authz.object, rule: account-in-consent}}",
+            "expect: allow",
+        );
+    std::fs::write(d.path().join("obie-aisp.test.yaml"), wrong).unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["policy", "test"])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAIL")
+            && text.contains("expected: allow")
+            && text.contains("got:      deny 403 authz.object (account-in-consent)"),
+        "{text}"
+    );
+    assert!(text.contains("1 failed"), "{text}");
+}
