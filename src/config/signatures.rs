@@ -169,7 +169,12 @@ impl Default for Signatures {
     }
 }
 
-fn algorithms(p: &mut Problems<'_>, field: &str, names: &Option<Vec<String>>, default: &[Alg]) -> Vec<Alg> {
+fn algorithms(
+    p: &mut Problems<'_>,
+    field: &str,
+    names: &Option<Vec<String>>,
+    default: &[Alg],
+) -> Vec<Alg> {
     let Some(names) = names else {
         return default.to_vec();
     };
@@ -196,7 +201,12 @@ fn secs(d: Option<ConfigDuration>, default: i64) -> i64 {
     d.map_or(default, |d| d.0.as_secs() as i64)
 }
 
-fn template(p: &mut Problems<'_>, field: &str, value: &Option<String>, default: Template) -> Template {
+fn template(
+    p: &mut Problems<'_>,
+    field: &str,
+    value: &Option<String>,
+    default: Template,
+) -> Template {
     match value {
         None => default,
         Some(s) => Template::parse(s).unwrap_or_else(|e| {
@@ -213,7 +223,9 @@ fn client_keys(
     watched: &mut Vec<PathBuf>,
 ) -> Option<ClientKeysConfig> {
     let refresh = f.refresh_interval.map_or(Duration::from_secs(300), |d| d.0);
-    let min_refetch = f.min_refetch_interval.map_or(Duration::from_secs(30), |d| d.0);
+    let min_refetch = f
+        .min_refetch_interval
+        .map_or(Duration::from_secs(30), |d| d.0);
     match (&f.directory, &f.url) {
         (Some(d), None) => {
             let dir = resolve(base, d);
@@ -274,7 +286,10 @@ fn client_keys(
             })
         }
         _ => {
-            p.push("signatures.client_keys", "set exactly one of directory or url");
+            p.push(
+                "signatures.client_keys",
+                "set exactly one of directory or url",
+            );
             None
         }
     }
@@ -295,11 +310,19 @@ pub(crate) fn validate(
         .and_then(|c| client_keys(p, base, c, watched));
     for (i, t) in f.jws.trust_anchors.iter().enumerate() {
         if t.is_empty() {
-            p.push(format!("signatures.jws.trust_anchors[{i}]"), "must not be empty");
+            p.push(
+                format!("signatures.jws.trust_anchors[{i}]"),
+                "must not be empty",
+            );
         }
     }
     let jws = JwsSettings {
-        algorithms: algorithms(p, "signatures.jws.algorithms", &f.jws.algorithms, &d.jws.algorithms),
+        algorithms: algorithms(
+            p,
+            "signatures.jws.algorithms",
+            &f.jws.algorithms,
+            &d.jws.algorithms,
+        ),
         trust_anchors: f.jws.trust_anchors.clone(),
         iss: template(p, "signatures.jws.iss", &f.jws.iss, d.jws.iss),
         max_age: secs(f.jws.max_age, d.jws.max_age),
@@ -314,7 +337,9 @@ pub(crate) fn validate(
             _ => {
                 p.push(
                     "signatures.http.public_base_url",
-                    format!("`{u}` must be an absolute http(s) URL with no path, query or fragment"),
+                    format!(
+                        "`{u}` must be an absolute http(s) URL with no path, query or fragment"
+                    ),
                 );
                 None
             }
@@ -325,7 +350,12 @@ pub(crate) fn validate(
         p.push("signatures.http.tag", "must not be empty");
     }
     let http = HttpSigSettings {
-        algorithms: algorithms(p, "signatures.http.algorithms", &f.http.algorithms, &d.http.algorithms),
+        algorithms: algorithms(
+            p,
+            "signatures.http.algorithms",
+            &f.http.algorithms,
+            &d.http.algorithms,
+        ),
         tag,
         window: secs(f.http.window, d.http.window),
         skew: secs(f.http.clock_skew, d.http.skew),
@@ -338,7 +368,10 @@ pub(crate) fn validate(
             Ok(pem) => match KeyPair::from_pem(&pem, &r.kid) {
                 Ok(k) => k,
                 Err(e) => {
-                    p.push("signatures.response.key", format!("{}: {e}", path.display()));
+                    p.push(
+                        "signatures.response.key",
+                        format!("{}: {e}", path.display()),
+                    );
                     return None;
                 }
             },
@@ -382,13 +415,22 @@ pub(crate) fn check_routes(s: &Signatures, policies: &PolicySet, errors: &mut Ve
         let mut p = Problems::new(&route.file, errors);
         let field = format!("route {}: signature", route.id);
         if s.client_keys.is_none() {
-            p.push(&field, "the config has no `signatures.client_keys` to verify it with");
+            p.push(
+                &field,
+                "the config has no `signatures.client_keys` to verify it with",
+            );
         }
         if matches!(sig.kind, SignatureKind::ObieJws(_)) && s.jws.trust_anchors.is_empty() {
-            p.push(&field, "obie-jws needs `signatures.jws.trust_anchors` in the config");
+            p.push(
+                &field,
+                "obie-jws needs `signatures.jws.trust_anchors` in the config",
+            );
         }
         if sig.sign_response && s.response.is_none() {
-            p.push(&field, "sign_response needs `signatures.response` (key and kid) in the config");
+            p.push(
+                &field,
+                "sign_response needs `signatures.response` (key and kid) in the config",
+            );
         }
     }
 }

@@ -5,6 +5,9 @@ use sfv::{BareItem, InnerList, Item, Key, Parameters};
 
 use super::base::{signature_base, signature_params, ComponentError, Message};
 
+/// A component identifier (an RFC 8941 string item with parameters).
+pub type ComponentItem = Item;
+
 /// The signature parameters to add (`created` and `keyid` always).
 #[derive(Clone, Debug, Default)]
 pub struct Params<'a> {

@@ -109,15 +109,15 @@ async fn obie(
     )
     .map_err(JwsSigError::Detached)?;
     let client = cfg.client.render(facts).ok_or(JwsSigError::UnknownClient)?;
-    let keys = rt.client_keys.as_ref().ok_or(JwsSigError::KeysUnavailable)?;
-    let key = keys
-        .key(&client, checked.kid)
-        .await
-        .map_err(|e| match e {
-            LookupError::UnknownClient => JwsSigError::UnknownClient,
-            LookupError::UnknownKey => JwsSigError::UnknownKey,
-            LookupError::Unavailable => JwsSigError::KeysUnavailable,
-        })?;
+    let keys = rt
+        .client_keys
+        .as_ref()
+        .ok_or(JwsSigError::KeysUnavailable)?;
+    let key = keys.key(&client, checked.kid).await.map_err(|e| match e {
+        LookupError::UnknownClient => JwsSigError::UnknownClient,
+        LookupError::UnknownKey => JwsSigError::UnknownKey,
+        LookupError::Unavailable => JwsSigError::KeysUnavailable,
+    })?;
     detached::verify(&d, &checked, body, &key).map_err(JwsSigError::Detached)?;
     Ok(VerifiedSignature {
         kind: "obie-jws",
@@ -137,7 +137,12 @@ fn external(parts: &Parts, base: Option<&str>) -> Option<(String, String)> {
     }
     let raw = match parts.uri.authority() {
         Some(a) => a.as_str().to_string(),
-        None => parts.headers.get(http::header::HOST)?.to_str().ok()?.to_string(),
+        None => parts
+            .headers
+            .get(http::header::HOST)?
+            .to_str()
+            .ok()?
+            .to_string(),
     };
     Some((
         "https".to_string(),
@@ -184,10 +189,8 @@ async fn http_sig(
     if !digest::check(h, body)? && !body.is_empty() {
         return Err(HttpSigError::DigestMissing);
     }
-    let (scheme, authority) =
-        external(parts, cfg.http.public_base_url.as_deref()).ok_or(HttpSigError::Component(
-            httpsig::ComponentError::Missing,
-        ))?;
+    let (scheme, authority) = external(parts, cfg.http.public_base_url.as_deref())
+        .ok_or(HttpSigError::Component(httpsig::ComponentError::Missing))?;
     let view = RequestView {
         method: parts.method.as_str(),
         scheme: &scheme,
@@ -196,7 +199,10 @@ async fn http_sig(
         query: parts.uri.query(),
         headers: h,
     };
-    let client = cfg.client.render(facts).ok_or(HttpSigError::UnknownClient)?;
+    let client = cfg
+        .client
+        .render(facts)
+        .ok_or(HttpSigError::UnknownClient)?;
     let keys = rt
         .client_keys
         .as_ref()
@@ -219,10 +225,7 @@ async fn http_sig(
             .saturating_add(cfg.http.window)
             .saturating_add(cfg.http.skew)
             .max(now + 1);
-        match shared
-            .replay
-            .first_use(crate::jose::sha256(&k), until, now)
-        {
+        match shared.replay.first_use(crate::jose::sha256(&k), until, now) {
             Ok(true) => {}
             Ok(false) => return Err(HttpSigError::Replay),
             Err(ReplayError::Full) => return Err(HttpSigError::ReplayUnavailable),

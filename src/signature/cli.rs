@@ -126,10 +126,15 @@ pub fn http_headers(
     created: i64,
 ) -> Result<Vec<(String, String)>, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("--url: {e}"))?;
-    let scheme = uri.scheme_str().ok_or("--url must be absolute")?.to_ascii_lowercase();
+    let scheme = uri
+        .scheme_str()
+        .ok_or("--url must be absolute")?
+        .to_ascii_lowercase();
     let authority = crate::httpsig::base::normalize_authority(
         &scheme,
-        uri.authority().map(|a| a.as_str()).ok_or("--url has no authority")?,
+        uri.authority()
+            .map(|a| a.as_str())
+            .ok_or("--url has no authority")?,
     )
     .ok_or("--url authority is not valid")?;
     let mut headers = extra.clone();
@@ -223,7 +228,10 @@ fn run_inner(cmd: SignCommand) -> Result<(), String> {
                 Profile::from_name(&profile).ok_or("--profile must be obie-3.1.3 or obie-3.1.4")?;
             let body = read_body(&body)?;
             let header = ob_header(profile, k.alg, &kid, iat.unwrap_or_else(now), &iss, &tan);
-            println!("x-jws-signature: {}", sign_detached(&header, &body, |m| k.sign(m)));
+            println!(
+                "x-jws-signature: {}",
+                sign_detached(&header, &body, |m| k.sign(m))
+            );
         }
         SignCommand::Http {
             key,
@@ -247,7 +255,9 @@ fn run_inner(cmd: SignCommand) -> Result<(), String> {
                     .map_err(|_| format!("-H `{h}`: bad name"))?;
                 extra.append(
                     name,
-                    v.trim().parse().map_err(|_| format!("-H `{h}`: bad value"))?,
+                    v.trim()
+                        .parse()
+                        .map_err(|_| format!("-H `{h}`: bad value"))?,
                 );
             }
             let body = body.as_deref().map(read_body).transpose()?;

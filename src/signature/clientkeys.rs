@@ -121,7 +121,8 @@ impl ClientKeys {
                 min_refetch,
                 timeout,
             } => {
-                let source = self.remote(client, template, tls, *refresh, *min_refetch, *timeout)?;
+                let source =
+                    self.remote(client, template, tls, *refresh, *min_refetch, *timeout)?;
                 let stale = source.last_good.load(std::sync::atomic::Ordering::Relaxed)
                     < now_unix().saturating_sub(refresh.as_secs() as i64);
                 if !source.is_ready() {
@@ -280,9 +281,18 @@ mod tests {
             min_refetch: Duration::ZERO,
         });
         assert_eq!(keys.key("tpp", "k1").await.unwrap().alg, Alg::ES256);
-        assert_eq!(keys.key("tpp", "k2").await.err(), Some(LookupError::UnknownKey));
-        assert_eq!(keys.key("nobody", "k1").await.err(), Some(LookupError::UnknownClient));
-        assert_eq!(keys.key("../tpp", "k1").await.err(), Some(LookupError::UnknownClient));
+        assert_eq!(
+            keys.key("tpp", "k2").await.err(),
+            Some(LookupError::UnknownKey)
+        );
+        assert_eq!(
+            keys.key("nobody", "k1").await.err(),
+            Some(LookupError::UnknownClient)
+        );
+        assert_eq!(
+            keys.key("../tpp", "k1").await.err(),
+            Some(LookupError::UnknownClient)
+        );
         // A new key appears: found on the unknown-kid re-read.
         let k2 = KeyPair::generate(Alg::PS256, "k2").unwrap();
         let both = serde_json::json!({"keys": [k1.public_jwk(), k2.public_jwk()]});

@@ -62,7 +62,12 @@ pub fn sign_bytes(
     now: i64,
 ) -> Result<(), UpstreamError> {
     let h = &mut parts.headers;
-    for name in ["x-jws-signature", "signature", "signature-input", "content-digest"] {
+    for name in [
+        "x-jws-signature",
+        "signature",
+        "signature-input",
+        "content-digest",
+    ] {
         h.remove(name);
     }
     let kp = &key.key;

@@ -1,0 +1,1474 @@
+//! Signed requests and responses through the proxy (attacks.md groups B and C): OBIE detached
+//! JWS under both profiles with the OBIE error body, RFC 9421 with Content-Digest, signature
+//! evidence in the audit record, and signed responses. Every refusal is checked three ways:
+//! status and reason, nothing upstream, one audit record with the reason.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http::HeaderMap;
+use http_body_util::Full;
+use portcullis::client::Answer;
+use portcullis::clock::{Clock, ManualClock};
+use portcullis::httpsig::base::signature_base;
+use portcullis::httpsig::digest::{content_digest, DigestAlg};
+use portcullis::httpsig::fields::{input, parse_field, signature_bytes};
+use portcullis::httpsig::sign::{component, sign, Params};
+use portcullis::httpsig::{Message, RequestView, ResponseView};
+use portcullis::jose::detached::{
+    ob_header, sign_detached, signing_input, Profile, OB_IAT, OB_ISS, OB_TAN,
+};
+use portcullis::jose::jwk::{from_jwk, VerifyingKey};
+use portcullis::jose::keypair::KeyPair;
+use portcullis::jose::sign::SigningKey;
+use portcullis::jose::{b64url, sha256_b64url, Alg};
+use rustls_pki_types::pem::PemObject;
+use serde_json::{json, Map, Value};
+
+const NOW: i64 = 1_800_000_000;
+const ISS: &str = "https://as.example";
+const AUD: &str = "https://rs.example";
+/// tpp1's OBIE iss under `iss: "{org_id}/{cert_cn}"`.
+const TPP1_ISS: &str = "PSDGB-FCA-123456/tpp-one-software-id";
+const TAN: &str = "openbanking.org.uk";
+const P314: &str = "/open-banking/v3.1.10/pisp/domestic-payments";
+const P313: &str = "/open-banking/v3.1.2/pisp/domestic-payments";
+const FAPI: &str = "/fapi/payments";
+const FAPI_NONCE: &str = "/fapi/nonce-payments";
+const PAYMENT: &[u8] = br#"{"Data":{"ConsentId":"c-1","Initiation":{"InstructionIdentification":"ACME412","EndToEndIdentification":"FRESCO.21302.GFX.20","InstructedAmount":{"Amount":"165.88","Currency":"GBP"},"CreditorAccount":{"SchemeName":"UK.OBIE.SortCodeAccountNumber","Identification":"08080021325698","Name":"ACME Inc"},"RemittanceInformation":{"Reference":"FRESCO-101","Unstructured":"Internal ops code 5120101"}}},"Risk":{"PaymentContextCode":"EcommerceGoods","MerchantCategoryCode":"5967","MerchantCustomerIdentification":"053598653254","DeliveryAddress":{"AddressLine":["Flat 7","Acacia Lodge"],"StreetName":"Acacia Avenue","BuildingNumber":"27","PostCode":"GU31 2ZZ","TownName":"Sparsholt","CountrySubDivision":"Wessex","Country":"UK"}}}"#;
+
+const POLICY: &str = r#"
+group: signed
+upstream: bank
+routes:
+  - id: obie314.payments
+    method: POST
+    path: /open-banking/v3.1.10/pisp/domestic-payments
+    body_limit: 4096
+    signature: {kind: obie-jws, profile: obie-3.1.4, sign_response: true}
+  - id: obie313.payments
+    method: POST
+    path: /open-banking/v3.1.2/pisp/domestic-payments
+    signature: {kind: obie-jws, profile: obie-3.1.3}
+  - id: fapi.payments
+    method: POST
+    path: /fapi/payments
+    auth: {profile: fapi2}
+    signature: {kind: http-sig, sign_response: true}
+  - id: fapi.nonce
+    method: POST
+    path: /fapi/nonce-payments
+    auth: {profile: fapi2}
+    signature: {kind: http-sig, nonce: required}
+  - id: fapi.accounts
+    method: GET
+    path: /fapi/accounts
+    auth: {profile: fapi2}
+    signature: {kind: http-sig}
+"#;
+
+struct Env {
+    p: Proxy,
+    up: Upstream,
+    clock: Arc<ManualClock>,
+    /// tpp1's keys: PS256 (OBIE and RFC 9421), ES256 and Ed25519 (RFC 9421).
+    ps: KeyPair,
+    es: KeyPair,
+    ed: KeyPair,
+    /// tpp2's key: valid, but not tpp1's.
+    other: KeyPair,
+    /// The proxy's response-signing key.
+    bank: VerifyingKey,
+    token: String,
+    _dirs: tempfile::TempDir,
+}
+
+fn thumb(name: &str) -> String {
+    let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join(format!("{name}.pem")))
+        .unwrap();
+    portcullis::pki::thumbprint_s256(der.as_ref())
+}
+
+async fn env() -> Env {
+    let dirs = tempfile::tempdir().unwrap();
+    let clients = dirs.path().join("clients");
+    std::fs::create_dir_all(&clients).unwrap();
+    let ps = KeyPair::generate(Alg::PS256, "tpp1-ps").unwrap();
+    let es = KeyPair::generate(Alg::ES256, "tpp1-es").unwrap();
+    let ed = KeyPair::generate(Alg::EdDSA, "tpp1-ed").unwrap();
+    let other = KeyPair::generate(Alg::PS256, "tpp2-ps").unwrap();
+    let set = json!({"keys": [ps.public_jwk(), es.public_jwk(), ed.public_jwk()]});
+    std::fs::write(clients.join("PSDGB-FCA-123456.json"), set.to_string()).unwrap();
+    std::fs::write(
+        clients.join("PSDGB-FCA-654321.json"),
+        other.jwks().to_string(),
+    )
+    .unwrap();
+    let bank = KeyPair::generate(Alg::PS256, "bank-1").unwrap();
+    let bank_key = dirs.path().join("bank.key");
+    std::fs::write(&bank_key, bank.to_pkcs8_pem()).unwrap();
+    let as_key = SigningKey::generate(Alg::ES256, "as-1").unwrap();
+    let jwks = dirs.path().join("as-jwks.json");
+    std::fs::write(&jwks, as_key.jwks().to_string()).unwrap();
+    let token = as_key.access_token(&json!({
+        "iss": ISS, "aud": AUD, "exp": NOW + 3600, "iat": NOW, "client_id": "tpp-one",
+        "scope": "payments", "jti": "t-1", "cnf": {"x5t#S256": thumb("tpp1")},
+    }));
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.policy = POLICY.to_string();
+    o.extra = format!(
+        r#"issuers:
+  as:
+    issuer: {ISS}
+    audience: {AUD}
+    jwks: {{file: {jwks}}}
+signatures:
+  client: "{{org_id}}"
+  client_keys:
+    directory: {clients}
+    min_refetch_interval: 0s
+  jws:
+    trust_anchors: [{TAN}]
+    iss: "{{org_id}}/{{cert_cn}}"
+    max_age: 5m
+    clock_skew: 30s
+  http:
+    public_base_url: https://rs.example
+  response:
+    key: {bank_key}
+    kid: bank-1
+    iss: bank-org/bank-ssa
+"#,
+        jwks = jwks.display(),
+        clients = clients.display(),
+        bank_key = bank_key.display(),
+    );
+    let clock = Arc::new(ManualClock::new(NOW));
+    o.clock = Some(clock.clone() as Arc<dyn Clock>);
+    let p = Proxy::start(o).await;
+    Env {
+        p,
+        up,
+        clock,
+        bank: from_jwk(bank.public_jwk().as_object().unwrap()).unwrap(),
+        ps,
+        es,
+        ed,
+        other,
+        token,
+        _dirs: dirs,
+    }
+}
+
+impl Env {
+    async fn send(
+        &self,
+        identity: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+        h2: bool,
+    ) -> (Answer, String) {
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut r = req(method, path).header("x-fapi-interaction-id", &id);
+        for (k, v) in headers {
+            r = r.header(*k, v.as_str());
+        }
+        let mut c = self.p.client(Some(identity), h2).await.unwrap();
+        let a = c
+            .send(r.body(Full::new(Bytes::copy_from_slice(body))).unwrap())
+            .await
+            .unwrap();
+        (a, id)
+    }
+
+    /// A refusal on an OBIE route: 400 with the OBIE error body, nothing upstream, one record.
+    async fn refused_obie(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+        reason: &str,
+        code: &str,
+    ) -> Value {
+        let before = self.up.count();
+        let (a, id) = self.send("tpp1", "POST", path, headers, body, false).await;
+        let j = a.json();
+        assert_eq!(
+            a.status,
+            400,
+            "{reason}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        assert_eq!(a.headers["content-type"], "application/json", "{reason}");
+        assert_eq!(j["Code"], "400 BadRequest", "{reason}");
+        assert_eq!(j["Id"], id.as_str(), "{reason}");
+        assert!(j["Message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(j["Errors"][0]["ErrorCode"], code, "{reason}: {j}");
+        assert_eq!(a.headers["x-fapi-interaction-id"], id.as_str());
+        assert_eq!(
+            self.up.count(),
+            before,
+            "{reason}: the upstream must receive nothing"
+        );
+        let rec = self.p.audit_of(&id).await;
+        assert_eq!(rec["reason"], reason, "{rec}");
+        assert_eq!(rec["stage"], "signature");
+        assert_eq!(rec["decision"], "deny");
+        assert!(
+            rec.get("signature").is_none(),
+            "no evidence for a refused signature"
+        );
+        j
+    }
+
+    /// A refusal on an RFC 9421 route: 401 (or `status`) problem+json, nothing upstream, one
+    /// record.
+    async fn refused_http(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+        status: u16,
+        reason: &str,
+    ) {
+        let before = self.up.count();
+        let method = if path.starts_with("/fapi/accounts") {
+            "GET"
+        } else {
+            "POST"
+        };
+        let (a, id) = self.send("tpp1", method, path, headers, body, false).await;
+        assert_eq!(
+            a.status,
+            status,
+            "{reason}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        assert_eq!(a.headers["content-type"], "application/problem+json");
+        assert_eq!(
+            a.json()["reason"],
+            reason,
+            "{}",
+            String::from_utf8_lossy(&a.body)
+        );
+        assert_eq!(a.json()["interaction_id"], id.as_str());
+        assert_eq!(
+            self.up.count(),
+            before,
+            "{reason}: the upstream must receive nothing"
+        );
+        let rec = self.p.audit_of(&id).await;
+        assert_eq!(rec["reason"], reason);
+        assert_eq!(rec["stage"], "signature");
+        assert_eq!(rec["decision"], "deny");
+    }
+
+    fn jws(&self, header: &Map<String, Value>, body: &[u8]) -> (&'static str, String) {
+        (
+            "x-jws-signature",
+            sign_detached(header, body, |m| self.ps.sign(m)),
+        )
+    }
+}
+
+fn obie_header(profile: Profile) -> Map<String, Value> {
+    ob_header(profile, Alg::PS256, "tpp1-ps", NOW - 5, TPP1_ISS, TAN)
+}
+
+fn sent_body_is(up: &Upstream, body: &[u8]) {
+    let seen = up.seen();
+    let last = seen.last().expect("forwarded");
+    assert_eq!(
+        last.body.as_ref(),
+        body,
+        "the bytes verified are the bytes forwarded"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Group B: OBIE detached JWS.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn obie_signed_payments_pass_under_both_profiles_with_evidence_and_a_signed_response() {
+    let e = env().await;
+    for (path, profile) in [(P314, Profile::Obie314), (P313, Profile::Obie313)] {
+        let sig = e.jws(&obie_header(profile), PAYMENT);
+        for h2 in [false, true] {
+            let (a, id) = e
+                .send(
+                    "tpp1",
+                    "POST",
+                    path,
+                    std::slice::from_ref(&sig),
+                    PAYMENT,
+                    h2,
+                )
+                .await;
+            assert_eq!(
+                a.status,
+                200,
+                "{path}: {}",
+                String::from_utf8_lossy(&a.body)
+            );
+            sent_body_is(&e.up, PAYMENT);
+            let rec = e.p.audit_of(&id).await;
+            let s = &rec["signature"];
+            assert_eq!(s["kind"], "obie-jws");
+            assert_eq!(s["kid"], "tpp1-ps");
+            assert_eq!(s["alg"], "PS256");
+            let raw_sig = sig.1.rsplit('.').next().unwrap();
+            assert_eq!(
+                s["hash"],
+                sha256_b64url(&portcullis::jose::b64url_decode(raw_sig).unwrap())
+            );
+            let log = std::fs::read_to_string(e.p.dir.path().join("audit.log")).unwrap();
+            assert!(
+                !log.contains(&sig.1),
+                "the signature never reaches the audit log"
+            );
+            if path == P314 {
+                // The response is signed by the bank key over exactly the bytes sent back.
+                let jws = a.headers["x-jws-signature"].to_str().unwrap();
+                let (h, s) = jws.split_once("..").unwrap();
+                let header: Value =
+                    serde_json::from_slice(&portcullis::jose::b64url_decode(h).unwrap()).unwrap();
+                assert_eq!(header["kid"], "bank-1");
+                assert_eq!(header["alg"], "PS256");
+                assert_eq!(header[OB_ISS], "bank-org/bank-ssa");
+                assert_eq!(header[OB_TAN], TAN);
+                assert_eq!(header[OB_IAT], NOW);
+                assert!(header.get("b64").is_none());
+                let input = signing_input(h, &a.body, true);
+                let sig = portcullis::jose::b64url_decode(s).unwrap();
+                assert!(e.bank.verify(&input, &sig), "response signature verifies");
+            } else {
+                assert!(
+                    !a.headers.contains_key("x-jws-signature"),
+                    "not a signing route"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b01_b14_missing_or_repeated_signatures_are_refused() {
+    let e = env().await;
+    e.refused_obie(
+        P314,
+        &[],
+        PAYMENT,
+        "signature.jws_missing",
+        "UK.OBIE.Signature.Missing",
+    )
+    .await;
+    let sig = e.jws(&obie_header(Profile::Obie314), PAYMENT);
+    e.refused_obie(
+        P314,
+        &[sig.clone(), sig.clone()],
+        PAYMENT,
+        "signature.jws_multiple",
+        "UK.OBIE.Signature.Malformed",
+    )
+    .await;
+    e.refused_obie(
+        P314,
+        &[("x-jws-signature", format!("{},{}", sig.1, sig.1))],
+        PAYMENT,
+        "signature.jws_multiple",
+        "UK.OBIE.Signature.Malformed",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b02_a_body_changed_after_signing_is_refused_bytes_not_meaning() {
+    let e = env().await;
+    let sig = e.jws(&obie_header(Profile::Obie314), PAYMENT);
+    let text = std::str::from_utf8(PAYMENT).unwrap();
+    let mut one_byte = PAYMENT.to_vec();
+    let i = text.find("165.88").unwrap();
+    one_byte[i] = b'9';
+    let value: Value = serde_json::from_slice(PAYMENT).unwrap();
+    let reserialized = serde_json::to_vec_pretty(&value).unwrap();
+    let whitespace = [PAYMENT, b" "].concat();
+    let reordered = text.replacen(
+        r#""InstructedAmount":{"Amount":"165.88","Currency":"GBP"}"#,
+        r#""InstructedAmount":{"Currency":"GBP","Amount":"165.88"}"#,
+        1,
+    );
+    let escaped = text.replacen("ACME Inc", "ACME \\u0049nc", 1);
+    for body in [
+        one_byte,
+        reserialized,
+        whitespace,
+        reordered.into_bytes(),
+        escaped.into_bytes(),
+    ] {
+        assert_ne!(body, PAYMENT);
+        e.refused_obie(
+            P314,
+            std::slice::from_ref(&sig),
+            &body,
+            "signature.jws_invalid",
+            "UK.OBIE.Signature.Invalid",
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b03_b04_b11_b64_rules_follow_the_route_profile() {
+    let e = env().await;
+    // B03: header says b64: false but base64url(body) was signed, and the reverse.
+    for (path, profile, encoded) in [
+        (P313, Profile::Obie313, true),
+        (P314, Profile::Obie314, false),
+    ] {
+        let h = obie_header(profile);
+        let protected = b64url(Value::Object(h).to_string().as_bytes());
+        let sig = e.ps.sign(&signing_input(&protected, PAYMENT, encoded));
+        e.refused_obie(
+            path,
+            &[("x-jws-signature", format!("{protected}..{}", b64url(&sig)))],
+            PAYMENT,
+            "signature.jws_invalid",
+            "UK.OBIE.Signature.Invalid",
+        )
+        .await;
+    }
+    // B04: b64: false without b64 in crit.
+    let mut h = obie_header(Profile::Obie313);
+    h.insert("crit".into(), json!([OB_IAT, OB_ISS, OB_TAN]));
+    let j = e
+        .refused_obie(
+            P313,
+            &[e.jws(&h, PAYMENT)],
+            PAYMENT,
+            "signature.jws_b64",
+            "UK.OBIE.Signature.InvalidClaim",
+        )
+        .await;
+    assert_eq!(j["Errors"][0]["Path"], "b64");
+    // B11: a 3.1.3 signature on a 3.1.4 route, and a 3.1.4 one on a 3.1.3 route.
+    let old = e.jws(&obie_header(Profile::Obie313), PAYMENT);
+    e.refused_obie(
+        P314,
+        &[old],
+        PAYMENT,
+        "signature.jws_b64",
+        "UK.OBIE.Signature.InvalidClaim",
+    )
+    .await;
+    let new = e.jws(&obie_header(Profile::Obie314), PAYMENT);
+    let j = e
+        .refused_obie(
+            P313,
+            &[new],
+            PAYMENT,
+            "signature.jws_b64_missing",
+            "UK.OBIE.Signature.MissingClaim",
+        )
+        .await;
+    assert_eq!(j["Errors"][0]["Path"], "b64");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b05_to_b08_b12_header_claims_are_checked() {
+    let e = env().await;
+    type Edit = fn(&mut Map<String, Value>);
+    let cases: Vec<(Edit, &str, &str, Option<&str>)> = vec![
+        (
+            |h| {
+                h.remove("crit");
+            },
+            "signature.jws_crit_missing",
+            "UK.OBIE.Signature.MissingClaim",
+            Some("crit"),
+        ),
+        (
+            |h| {
+                h.insert("crit".into(), json!([OB_IAT, OB_ISS]));
+            },
+            "signature.jws_crit",
+            "UK.OBIE.Signature.InvalidClaim",
+            Some("crit"),
+        ),
+        (
+            |h| {
+                h.insert(
+                    "crit".into(),
+                    json!([OB_IAT, OB_ISS, OB_TAN, "urn:unknown"]),
+                );
+            },
+            "signature.jws_crit",
+            "UK.OBIE.Signature.InvalidClaim",
+            Some("crit"),
+        ),
+        (
+            |h| {
+                h.remove(OB_IAT);
+            },
+            "signature.jws_iat_missing",
+            "UK.OBIE.Signature.MissingClaim",
+            Some(OB_IAT),
+        ),
+        (
+            |h| {
+                h.insert(OB_IAT.into(), json!(NOW + 120));
+            },
+            "signature.jws_iat",
+            "UK.OBIE.Signature.InvalidClaim",
+            Some(OB_IAT),
+        ),
+        (
+            |h| {
+                h.insert(OB_IAT.into(), json!(NOW - 301));
+            },
+            "signature.jws_iat",
+            "UK.OBIE.Signature.InvalidClaim",
+            Some(OB_IAT),
+        ),
+        (
+            |h| {
+                h.insert(OB_IAT.into(), json!(NOW.to_string()));
+            },
+            "signature.jws_iat",
+            "UK.OBIE.Signature.InvalidClaim",
+            Some(OB_IAT),
+        ),
+        (
+            |h| {
+                h.insert(OB_ISS.into(), json!("PSDGB-FCA-654321/tpp-two-software-id"));
+            },
+            "signature.jws_iss",
+            "UK.OBIE.Signature.InvalidClaim",
+            Some(OB_ISS),
+        ),
+        (
+            |h| {
+                h.remove(OB_ISS);
+            },
+            "signature.jws_iss_missing",
+            "UK.OBIE.Signature.MissingClaim",
+            Some(OB_ISS),
+        ),
+        (
+            |h| {
+                h.insert(OB_TAN.into(), json!("evil.example"));
+            },
+            "signature.jws_tan",
+            "UK.OBIE.Signature.InvalidClaim",
+            Some(OB_TAN),
+        ),
+        (
+            |h| {
+                h.remove(OB_TAN);
+            },
+            "signature.jws_tan_missing",
+            "UK.OBIE.Signature.MissingClaim",
+            Some(OB_TAN),
+        ),
+        (
+            |h| {
+                h.insert("alg".into(), json!("RS256"));
+            },
+            "signature.jws_alg",
+            "UK.OBIE.Signature.InvalidClaim",
+            Some("alg"),
+        ),
+        (
+            |h| {
+                h.insert("alg".into(), json!("HS256"));
+            },
+            "signature.jws_alg",
+            "UK.OBIE.Signature.InvalidClaim",
+            Some("alg"),
+        ),
+        (
+            |h| {
+                h.insert("alg".into(), json!("none"));
+            },
+            "signature.jws_alg",
+            "UK.OBIE.Signature.InvalidClaim",
+            Some("alg"),
+        ),
+        (
+            |h| {
+                h.remove("kid");
+            },
+            "signature.jws_kid_missing",
+            "UK.OBIE.Signature.MissingClaim",
+            Some("kid"),
+        ),
+        (
+            |h| {
+                h.insert("jku".into(), json!("https://evil.example/jwks"));
+            },
+            "signature.jws_header",
+            "UK.OBIE.Signature.InvalidClaim",
+            None,
+        ),
+    ];
+    for (edit, reason, code, path) in cases {
+        let mut h = obie_header(Profile::Obie314);
+        edit(&mut h);
+        let j = e
+            .refused_obie(P314, &[e.jws(&h, PAYMENT)], PAYMENT, reason, code)
+            .await;
+        match path {
+            Some(p) => assert_eq!(j["Errors"][0]["Path"], p, "{reason}"),
+            None => assert!(j["Errors"][0].get("Path").is_none()),
+        }
+    }
+    // B06 once more with the clock: a signature made 4 minutes ago passes, 6 minutes fails.
+    let sig = e.jws(&obie_header(Profile::Obie314), PAYMENT);
+    e.clock.advance(240);
+    let (a, _) = e
+        .send(
+            "tpp1",
+            "POST",
+            P314,
+            std::slice::from_ref(&sig),
+            PAYMENT,
+            false,
+        )
+        .await;
+    assert_eq!(a.status, 200);
+    e.clock.advance(120);
+    e.refused_obie(
+        P314,
+        &[sig],
+        PAYMENT,
+        "signature.jws_iat",
+        "UK.OBIE.Signature.InvalidClaim",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b07_b09_keys_come_only_from_the_calling_clients_set() {
+    let e = env().await;
+    // B09: unknown kid, and a traversal string as kid.
+    for kid in [
+        "nope",
+        "../../PSDGB-FCA-654321",
+        "https://evil.example/jwks",
+    ] {
+        let mut h = obie_header(Profile::Obie314);
+        h.insert("kid".into(), json!(kid));
+        let j = e
+            .refused_obie(
+                P314,
+                &[e.jws(&h, PAYMENT)],
+                PAYMENT,
+                "signature.jws_unknown_key",
+                "UK.OBIE.Signature.InvalidClaim",
+            )
+            .await;
+        assert_eq!(j["Errors"][0]["Path"], "kid");
+    }
+    // B07: tpp2's own valid key and iss, presented over tpp1's connection.
+    let h = ob_header(
+        Profile::Obie314,
+        Alg::PS256,
+        "tpp2-ps",
+        NOW,
+        "PSDGB-FCA-654321/tpp-two-software-id",
+        TAN,
+    );
+    let sig = (
+        "x-jws-signature",
+        sign_detached(&h, PAYMENT, |m| e.other.sign(m)),
+    );
+    e.refused_obie(
+        P314,
+        std::slice::from_ref(&sig),
+        PAYMENT,
+        "signature.jws_iss",
+        "UK.OBIE.Signature.InvalidClaim",
+    )
+    .await;
+    // tpp2's key under tpp1's iss: the kid is not in tpp1's set.
+    let h = ob_header(Profile::Obie314, Alg::PS256, "tpp2-ps", NOW, TPP1_ISS, TAN);
+    let sig2 = (
+        "x-jws-signature",
+        sign_detached(&h, PAYMENT, |m| e.other.sign(m)),
+    );
+    e.refused_obie(
+        P314,
+        &[sig2],
+        PAYMENT,
+        "signature.jws_unknown_key",
+        "UK.OBIE.Signature.InvalidClaim",
+    )
+    .await;
+    // The same signature from tpp2's own connection is accepted.
+    let (a, _) = e.send("tpp2", "POST", P314, &[sig], PAYMENT, false).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    // A PS256 header verified with a key of the same kid signed by another key: invalid.
+    let h = obie_header(Profile::Obie314);
+    let forged = (
+        "x-jws-signature",
+        sign_detached(&h, PAYMENT, |m| e.other.sign(m)),
+    );
+    e.refused_obie(
+        P314,
+        &[forged],
+        PAYMENT,
+        "signature.jws_invalid",
+        "UK.OBIE.Signature.Invalid",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b10_an_attached_payload_is_malformed() {
+    let e = env().await;
+    let (_, sig) = e.jws(&obie_header(Profile::Obie314), PAYMENT);
+    let (h, s) = sig.split_once("..").unwrap();
+    for bad in [
+        format!("{h}.{}.{s}", b64url(PAYMENT)),
+        format!("{h}.{s}"),
+        "garbage".to_string(),
+    ] {
+        e.refused_obie(
+            P314,
+            &[("x-jws-signature", bad)],
+            PAYMENT,
+            "signature.jws_malformed",
+            "UK.OBIE.Signature.Malformed",
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b13_a_compressed_body_is_verified_and_forwarded_as_the_same_bytes() {
+    let e = env().await;
+    // Stand-in compressed bytes: the proxy never decompresses, so the signature is over the
+    // bytes on the wire and those bytes go upstream with their Content-Encoding.
+    let gz: Vec<u8> = (0u8..=255).cycle().take(600).collect();
+    let sig = e.jws(&obie_header(Profile::Obie314), &gz);
+    let (a, _) = e
+        .send(
+            "tpp1",
+            "POST",
+            P314,
+            &[sig, ("content-encoding", "gzip".into())],
+            &gz,
+            false,
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    sent_body_is(&e.up, &gz);
+    assert_eq!(
+        e.up.seen().last().unwrap().headers["content-encoding"],
+        "gzip"
+    );
+    // A signature over the decompressed content does not verify over the compressed bytes.
+    let sig = e.jws(&obie_header(Profile::Obie314), PAYMENT);
+    e.refused_obie(
+        P314,
+        &[sig, ("content-encoding", "gzip".into())],
+        &gz,
+        "signature.jws_invalid",
+        "UK.OBIE.Signature.Invalid",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_route_refuses_an_oversize_body_with_413_before_verifying() {
+    let e = env().await;
+    let big = vec![b'a'; 5000];
+    let sig = e.jws(&obie_header(Profile::Obie314), &big);
+    let (a, id) = e.send("tpp1", "POST", P314, &[sig], &big, false).await;
+    assert_eq!(a.status, 413);
+    assert_eq!(e.up.count(), 0);
+    assert_eq!(e.p.audit_of(&id).await["reason"], "http.body_too_large");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Group C: RFC 9421.
+
+/// The request facts a client signs.
+struct Signed {
+    headers: Vec<(&'static str, String)>,
+    map: HeaderMap,
+}
+
+fn base_headers(e: &Env, body: &[u8]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        "authorization",
+        format!("Bearer {}", e.token).parse().unwrap(),
+    );
+    if !body.is_empty() {
+        h.insert(
+            "content-digest",
+            content_digest(DigestAlg::Sha256, body).parse().unwrap(),
+        );
+    }
+    h
+}
+
+#[allow(clippy::too_many_arguments)]
+fn http_sign(
+    key: &KeyPair,
+    label: &str,
+    comps: Vec<portcullis::httpsig::sign::ComponentItem>,
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    params: Params<'_>,
+) -> (String, String) {
+    let view = RequestView {
+        method,
+        scheme: "https",
+        authority: "rs.example",
+        path,
+        query,
+        headers,
+    };
+    sign(label, comps, &params, Message::Request(&view), |m| {
+        key.sign(m)
+    })
+    .unwrap()
+}
+
+fn comps(names: &[&str]) -> Vec<portcullis::httpsig::sign::ComponentItem> {
+    names
+        .iter()
+        .map(|n| component(n, &[], &[]).unwrap())
+        .collect()
+}
+
+const FAPI_COMPONENTS: &[&str] = &["@method", "@target-uri", "authorization", "content-digest"];
+
+fn params<'a>(key: &'a KeyPair, created: i64) -> Params<'a> {
+    Params {
+        created,
+        keyid: &key.kid,
+        tag: Some("fapi-2-request"),
+        ..Params::default()
+    }
+}
+
+/// A FAPI 2.0 signed POST of `body` to `path` by `key`.
+fn fapi_signed(e: &Env, key: &KeyPair, path: &str, body: &[u8], p: Params<'_>) -> Signed {
+    let map = base_headers(e, body);
+    let names: Vec<&str> = if body.is_empty() {
+        FAPI_COMPONENTS[..3].to_vec()
+    } else {
+        FAPI_COMPONENTS.to_vec()
+    };
+    let (si, s) = http_sign(key, "sig1", comps(&names), "POST", path, None, &map, p);
+    with_sig(map, si, s)
+}
+
+fn with_sig(mut map: HeaderMap, si: String, s: String) -> Signed {
+    map.append("signature-input", si.parse().unwrap());
+    map.append("signature", s.parse().unwrap());
+    let headers = map
+        .iter()
+        .map(|(k, v)| (static_name(k.as_str()), v.to_str().unwrap().to_string()))
+        .collect();
+    Signed { headers, map }
+}
+
+fn static_name(n: &str) -> &'static str {
+    match n {
+        "authorization" => "authorization",
+        "content-digest" => "content-digest",
+        "signature-input" => "signature-input",
+        "signature" => "signature",
+        "x-payment-ref" => "x-payment-ref",
+        "dpop" => "dpop",
+        other => panic!("unexpected header {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c01_signed_requests_pass_with_each_key_type_and_the_response_is_signed() {
+    let e = env().await;
+    for (key, alg) in [
+        (&e.es, None),
+        (&e.es, Some("ecdsa-p256-sha256")),
+        (&e.ed, Some("ed25519")),
+        (&e.ps, None),
+    ] {
+        let p = Params {
+            alg,
+            ..params(key, NOW - 2)
+        };
+        let s = fapi_signed(&e, key, FAPI, PAYMENT, p);
+        for h2 in [false, true] {
+            let (a, id) = e.send("tpp1", "POST", FAPI, &s.headers, PAYMENT, h2).await;
+            assert_eq!(
+                a.status,
+                200,
+                "{:?}: {}",
+                key.alg,
+                String::from_utf8_lossy(&a.body)
+            );
+            sent_body_is(&e.up, PAYMENT);
+            let rec = e.p.audit_of(&id).await;
+            assert_eq!(rec["signature"]["kind"], "http-sig");
+            assert_eq!(rec["signature"]["kid"], key.kid.as_str());
+            let want_alg = alg.map_or(key.alg.name().to_string(), str::to_string);
+            assert_eq!(rec["signature"]["alg"], want_alg.as_str());
+            let dict = parse_field(s.map.get_all("signature")).unwrap().unwrap();
+            let raw = signature_bytes(&dict, "sig1").unwrap();
+            assert_eq!(rec["signature"]["hash"], sha256_b64url(raw));
+            // The response: content-digest of the body sent, signed with tag fapi-2-response,
+            // bound to this request (method, target URI, its digest and its signature).
+            assert_eq!(
+                a.headers["content-digest"].to_str().unwrap(),
+                content_digest(DigestAlg::Sha256, &a.body)
+            );
+            let rdict = parse_field(a.headers.get_all("signature-input"))
+                .unwrap()
+                .unwrap();
+            let si = input("sig1", rdict.get("sig1").unwrap()).unwrap();
+            assert_eq!(si.tag.as_deref(), Some("fapi-2-response"));
+            assert_eq!(si.keyid.as_deref(), Some("bank-1"));
+            assert_eq!(si.created, Some(NOW));
+            let ids: Vec<String> = si
+                .covered
+                .items
+                .iter()
+                .map(portcullis::httpsig::base::identifier)
+                .collect();
+            assert_eq!(
+                ids,
+                [
+                    r#""@status""#,
+                    r#""content-digest""#,
+                    r#""@method";req"#,
+                    r#""@target-uri";req"#,
+                    r#""content-digest";req"#,
+                    r#""signature";req;key="sig1""#
+                ]
+            );
+            let req_view = RequestView {
+                method: "POST",
+                scheme: "https",
+                authority: "rs.example",
+                path: FAPI,
+                query: None,
+                headers: &s.map,
+            };
+            let resp = ResponseView {
+                status: 200,
+                headers: &a.headers,
+            };
+            let base =
+                signature_base(&si.covered, Message::Response(&resp, Some(&req_view))).unwrap();
+            let rs = parse_field(a.headers.get_all("signature"))
+                .unwrap()
+                .unwrap();
+            assert!(e
+                .bank
+                .verify(base.as_bytes(), signature_bytes(&rs, "sig1").unwrap()));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c02_c03_c15_missing_minimal_mislabelled_or_malformed_signatures_are_refused() {
+    let e = env().await;
+    e.refused_http(
+        FAPI,
+        &[("authorization", format!("Bearer {}", e.token))],
+        PAYMENT,
+        401,
+        "signature.http_missing",
+    )
+    .await;
+    // C02: B.2.1-style minimal signature over ().
+    let map = base_headers(&e, PAYMENT);
+    let (si, s) = http_sign(
+        &e.es,
+        "sig1",
+        vec![],
+        "POST",
+        FAPI,
+        None,
+        &map,
+        params(&e.es, NOW),
+    );
+    e.refused_http(
+        FAPI,
+        &with_sig(map.clone(), si, s).headers,
+        PAYMENT,
+        401,
+        "signature.http_coverage",
+    )
+    .await;
+    // Each FAPI component left out in turn.
+    for skip in 0..FAPI_COMPONENTS.len() {
+        let names: Vec<&str> = FAPI_COMPONENTS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != skip)
+            .map(|(_, n)| *n)
+            .collect();
+        let (si, s) = http_sign(
+            &e.es,
+            "sig1",
+            comps(&names),
+            "POST",
+            FAPI,
+            None,
+            &map,
+            params(&e.es, NOW),
+        );
+        e.refused_http(
+            FAPI,
+            &with_sig(map.clone(), si, s).headers,
+            PAYMENT,
+            401,
+            "signature.http_coverage",
+        )
+        .await;
+    }
+    // C03: the Signature member has another label.
+    let good = fapi_signed(&e, &e.es, FAPI, PAYMENT, params(&e.es, NOW));
+    let mut h = good.headers.clone();
+    for (k, v) in h.iter_mut() {
+        if *k == "signature" {
+            *v = v.replacen("sig1=", "sig2=", 1);
+        }
+    }
+    e.refused_http(FAPI, &h, PAYMENT, 401, "signature.http_label")
+        .await;
+    // C15: malformed structured fields.
+    for (name, value) in [
+        ("signature-input", "sig1=(\"@method\""),
+        (
+            "signature-input",
+            "sig1=(\"@method\");created=1, sig1=(\"@path\")",
+        ),
+        ("signature", "sig1=not-base64"),
+        (
+            "signature-input",
+            "sig1=(\"@method\");created=\"now\";tag=\"fapi-2-request\"",
+        ),
+    ] {
+        let mut h: Vec<(&str, String)> = good
+            .headers
+            .iter()
+            .filter(|(k, _)| *k != name)
+            .cloned()
+            .collect();
+        h.push((name, value.to_string()));
+        e.refused_http(FAPI, &h, PAYMENT, 401, "signature.http_malformed")
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c04_a_second_signature_grants_nothing() {
+    let e = env().await;
+    let good = fapi_signed(&e, &e.es, FAPI, PAYMENT, params(&e.es, NOW));
+    // An extra untagged signature under another client's key beside the good one: ignored; the
+    // evidence names the client's key.
+    let (si, s) = http_sign(
+        &e.other,
+        "attacker",
+        comps(&["@method"]),
+        "POST",
+        FAPI,
+        None,
+        &good.map,
+        Params {
+            created: NOW,
+            keyid: "tpp2-ps",
+            ..Params::default()
+        },
+    );
+    let mut h = good.headers.clone();
+    h.push(("signature-input", si));
+    h.push(("signature", s));
+    let (a, id) = e.send("tpp1", "POST", FAPI, &h, PAYMENT, false).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(e.p.audit_of(&id).await["signature"]["kid"], "tpp1-es");
+    // A second signature with the FAPI tag: ambiguous, refused.
+    let (si, s) = http_sign(
+        &e.other,
+        "attacker",
+        comps(FAPI_COMPONENTS),
+        "POST",
+        FAPI,
+        None,
+        &good.map,
+        Params {
+            created: NOW,
+            keyid: "tpp2-ps",
+            tag: Some("fapi-2-request"),
+            ..Params::default()
+        },
+    );
+    let mut h = good.headers.clone();
+    h.push(("signature-input", si));
+    h.push(("signature", s));
+    e.refused_http(FAPI, &h, PAYMENT, 401, "signature.http_ambiguous")
+        .await;
+    // The other client's key alone: not a key of this caller (C08 too).
+    let only = fapi_signed(&e, &e.other, FAPI, PAYMENT, params(&e.other, NOW));
+    e.refused_http(
+        FAPI,
+        &only.headers,
+        PAYMENT,
+        401,
+        "signature.http_unknown_key",
+    )
+    .await;
+    let unknown = fapi_signed(
+        &e,
+        &e.es,
+        FAPI,
+        PAYMENT,
+        Params {
+            keyid: "no-such-key",
+            ..params(&e.es, NOW)
+        },
+    );
+    e.refused_http(
+        FAPI,
+        &unknown.headers,
+        PAYMENT,
+        401,
+        "signature.http_unknown_key",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c05_c06_time_window_expiry_and_nonce_replay() {
+    let e = env().await;
+    for created in [NOW + 6, NOW - 61] {
+        let s = fapi_signed(&e, &e.es, FAPI, PAYMENT, params(&e.es, created));
+        e.refused_http(FAPI, &s.headers, PAYMENT, 401, "signature.http_created")
+            .await;
+    }
+    let s = fapi_signed(
+        &e,
+        &e.es,
+        FAPI,
+        PAYMENT,
+        Params {
+            expires: Some(NOW),
+            ..params(&e.es, NOW - 10)
+        },
+    );
+    e.refused_http(FAPI, &s.headers, PAYMENT, 401, "signature.http_expired")
+        .await;
+    let no_created = {
+        let map = base_headers(&e, PAYMENT);
+        let (si, s) = http_sign(
+            &e.es,
+            "sig1",
+            comps(FAPI_COMPONENTS),
+            "POST",
+            FAPI,
+            None,
+            &map,
+            params(&e.es, NOW),
+        );
+        let si = si.replace(&format!(";created={NOW}"), "");
+        with_sig(map, si, s)
+    };
+    e.refused_http(
+        FAPI,
+        &no_created.headers,
+        PAYMENT,
+        401,
+        "signature.http_created_missing",
+    )
+    .await;
+    // C06: a nonce is required on this route and used once.
+    let s = fapi_signed(&e, &e.es, FAPI_NONCE, PAYMENT, params(&e.es, NOW));
+    e.refused_http(
+        FAPI_NONCE,
+        &s.headers,
+        PAYMENT,
+        401,
+        "signature.http_nonce_missing",
+    )
+    .await;
+    let s = fapi_signed(
+        &e,
+        &e.es,
+        FAPI_NONCE,
+        PAYMENT,
+        Params {
+            nonce: Some("n-1"),
+            ..params(&e.es, NOW)
+        },
+    );
+    let (a, _) = e
+        .send("tpp1", "POST", FAPI_NONCE, &s.headers, PAYMENT, false)
+        .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    e.refused_http(
+        FAPI_NONCE,
+        &s.headers,
+        PAYMENT,
+        401,
+        "signature.http_replay",
+    )
+    .await;
+    // On the optional-nonce route a nonce is still checked when present.
+    let s = fapi_signed(
+        &e,
+        &e.es,
+        FAPI,
+        PAYMENT,
+        Params {
+            nonce: Some("n-2"),
+            ..params(&e.es, NOW)
+        },
+    );
+    let (a, _) = e
+        .send("tpp1", "POST", FAPI, &s.headers, PAYMENT, false)
+        .await;
+    assert_eq!(a.status, 200);
+    e.refused_http(FAPI, &s.headers, PAYMENT, 401, "signature.http_replay")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c07_an_alg_that_disagrees_with_the_key_is_refused() {
+    let e = env().await;
+    for (key, alg) in [
+        (&e.es, "hmac-sha256"),
+        (&e.es, "ed25519"),
+        (&e.ps, "rsa-pss-sha512"),
+        (&e.ed, "ecdsa-p256-sha256"),
+    ] {
+        let s = fapi_signed(
+            &e,
+            key,
+            FAPI,
+            PAYMENT,
+            Params {
+                alg: Some(alg),
+                ..params(key, NOW)
+            },
+        );
+        e.refused_http(FAPI, &s.headers, PAYMENT, 401, "signature.http_alg")
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c09_the_digest_is_recomputed_over_the_body_received() {
+    let e = env().await;
+    let s = fapi_signed(&e, &e.es, FAPI, PAYMENT, params(&e.es, NOW));
+    let mut changed = PAYMENT.to_vec();
+    changed[20] ^= 1;
+    e.refused_http(FAPI, &s.headers, &changed, 401, "signature.digest_mismatch")
+        .await;
+    // The same meaning, re-serialized.
+    let value: Value = serde_json::from_slice(PAYMENT).unwrap();
+    let pretty = serde_json::to_vec_pretty(&value).unwrap();
+    e.refused_http(FAPI, &s.headers, &pretty, 401, "signature.digest_mismatch")
+        .await;
+    // The digest header altered to match the altered body: the signature covers it.
+    let mut h = s.headers.clone();
+    for (k, v) in h.iter_mut() {
+        if *k == "content-digest" {
+            *v = content_digest(DigestAlg::Sha256, &changed);
+        }
+    }
+    e.refused_http(FAPI, &h, &changed, 401, "signature.http_invalid")
+        .await;
+    // Covered but absent.
+    let h: Vec<(&str, String)> = s
+        .headers
+        .iter()
+        .filter(|(k, _)| *k != "content-digest")
+        .cloned()
+        .collect();
+    e.refused_http(FAPI, &h, PAYMENT, 401, "signature.digest_missing")
+        .await;
+    // A digest with no algorithm we check.
+    let mut h = s.headers.clone();
+    for (k, v) in h.iter_mut() {
+        if *k == "content-digest" {
+            *v = "md5=:AAAA:".into();
+        }
+    }
+    e.refused_http(FAPI, &h, PAYMENT, 401, "signature.digest_malformed")
+        .await;
+    // A bodiless GET needs no digest.
+    let map = base_headers(&e, b"");
+    let (si, sg) = http_sign(
+        &e.es,
+        "sig1",
+        comps(&FAPI_COMPONENTS[..3]),
+        "GET",
+        "/fapi/accounts",
+        None,
+        &map,
+        params(&e.es, NOW),
+    );
+    let (a, _) = e
+        .send(
+            "tpp1",
+            "GET",
+            "/fapi/accounts",
+            &with_sig(map, si, sg).headers,
+            b"",
+            false,
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c10_c12_repeated_fields_and_query_parameters_are_not_resolved_in_the_attackers_favour() {
+    let e = env().await;
+    // C10: a covered field sent twice: the combined value is not what was signed.
+    let mut map = base_headers(&e, PAYMENT);
+    map.insert("x-payment-ref", "ref-1".parse().unwrap());
+    let mut names = FAPI_COMPONENTS.to_vec();
+    names.push("x-payment-ref");
+    let (si, s) = http_sign(
+        &e.es,
+        "sig1",
+        comps(&names),
+        "POST",
+        FAPI,
+        None,
+        &map,
+        params(&e.es, NOW),
+    );
+    let good = with_sig(map, si, s);
+    let (a, _) = e
+        .send("tpp1", "POST", FAPI, &good.headers, PAYMENT, false)
+        .await;
+    assert_eq!(a.status, 200);
+    let mut h = good.headers.clone();
+    h.push(("x-payment-ref", "ref-2".into()));
+    e.refused_http(FAPI, &h, PAYMENT, 401, "signature.http_invalid")
+        .await;
+    // C12: the client signs one AccountId; a second one is appended (a server reading the last
+    // would see another account). Our own signer refuses to sign such a query at all.
+    let map = base_headers(&e, b"");
+    let mut c = comps(&FAPI_COMPONENTS[..3]);
+    c.push(component("@query-param", &[("name", "AccountId")], &[]).unwrap());
+    let twice = RequestView {
+        method: "GET",
+        scheme: "https",
+        authority: "rs.example",
+        path: "/fapi/accounts",
+        query: Some("AccountId=1&AccountId=2"),
+        headers: &map,
+    };
+    assert!(
+        sign("s", c, &params(&e.es, NOW), Message::Request(&twice), |m| e
+            .es
+            .sign(m))
+        .is_err()
+    );
+    let map = base_headers(&e, b"");
+    let mut c = comps(&FAPI_COMPONENTS[..3]);
+    c.push(component("@query-param", &[("name", "AccountId")], &[]).unwrap());
+    let (si, s) = http_sign(
+        &e.es,
+        "sig1",
+        c,
+        "GET",
+        "/fapi/accounts",
+        Some("AccountId=1"),
+        &map,
+        params(&e.es, NOW),
+    );
+    let signed = with_sig(map, si, s);
+    let (a, _) = e
+        .send(
+            "tpp1",
+            "GET",
+            "/fapi/accounts?AccountId=1",
+            &signed.headers,
+            b"",
+            false,
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    e.refused_http(
+        "/fapi/accounts?AccountId=1&AccountId=2",
+        &signed.headers,
+        b"",
+        401,
+        "signature.http_component_invalid",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c13_c14_the_external_target_uri_is_what_is_signed_over_both_http_versions() {
+    let e = env().await;
+    // Signed for the upstream's URI instead of the external one: refused.
+    let map = base_headers(&e, PAYMENT);
+    let view = RequestView {
+        method: "POST",
+        scheme: "http",
+        authority: &e.up.addr.to_string(),
+        path: FAPI,
+        query: None,
+        headers: &map,
+    };
+    let (si, s) = sign(
+        "sig1",
+        comps(FAPI_COMPONENTS),
+        &params(&e.es, NOW),
+        Message::Request(&view),
+        |m| e.es.sign(m),
+    )
+    .unwrap();
+    e.refused_http(
+        FAPI,
+        &with_sig(map, si, s).headers,
+        PAYMENT,
+        401,
+        "signature.http_invalid",
+    )
+    .await;
+    // @authority is the same component over HTTP/1.1 (Host) and HTTP/2 (:authority).
+    let map = base_headers(&e, PAYMENT);
+    let mut names = FAPI_COMPONENTS.to_vec();
+    names.push("@authority");
+    let (si, s) = http_sign(
+        &e.es,
+        "sig1",
+        comps(&names),
+        "POST",
+        FAPI,
+        None,
+        &map,
+        params(&e.es, NOW),
+    );
+    let signed = with_sig(map, si, s);
+    for h2 in [false, true] {
+        let (a, _) = e
+            .send("tpp1", "POST", FAPI, &signed.headers, PAYMENT, h2)
+            .await;
+        assert_eq!(
+            a.status,
+            200,
+            "h2={h2}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+    }
+}
