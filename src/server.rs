@@ -172,6 +172,7 @@ async fn serve_connection(
         Ok(i) => Arc::new(i),
         Err(_) => return,
     };
+    let info_id = info.id;
     shared.metrics.connection_opened();
     if let Some(c) = &info.client_cert {
         shared.metrics.client_cert_seen(&c.thumbprint, c.not_after);
@@ -227,6 +228,14 @@ async fn serve_connection(
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    // Requests hyper refused itself never reached our handler: record them.
+                    if let Some(failure) = parser_refusal(e.as_ref()) {
+                        shared.audit.emit(Record::HttpError(crate::audit::HttpErrorRecord {
+                            peer: peer.to_string(),
+                            conn_id: info_id,
+                            failure,
+                        }));
+                    }
                 }
                 break;
             }
@@ -284,10 +293,23 @@ fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
         "/readyz" => text(503, "not ready\n".into(), "text/plain"),
         "/metrics" => text(
             200,
-            shared.metrics.render()
-                + &shared.runtime.load().render_metrics(shared.clock.now()),
+            shared.metrics.render() + &shared.runtime.load().render_metrics(shared.clock.now()),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         _ => text(404, "not found\n".into(), "text/plain"),
+    }
+}
+
+/// A bounded category for a request the HTTP parser refused before any handler ran.
+fn parser_refusal(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let h = e.downcast_ref::<hyper::Error>()?;
+    if h.is_parse_too_large() {
+        Some("http_headers_too_large")
+    } else if h.is_parse() {
+        Some("http_malformed")
+    } else if h.is_timeout() {
+        Some("http_header_timeout")
+    } else {
+        None
     }
 }

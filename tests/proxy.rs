@@ -432,6 +432,13 @@ async fn smuggling_framing_is_refused_and_nothing_extra_reaches_the_upstream() {
         );
     }
     assert_eq!(up.count(), forwarded, "{:?}", up.seen());
+    // hyper refuses most of these itself, before any handler: each still leaves a record.
+    let parser = p
+        .audit_where(4, |r| {
+            r["kind"] == "http_error" && r["failure"] == "http_malformed"
+        })
+        .await;
+    assert!(parser.len() >= 4, "{parser:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -567,6 +574,12 @@ async fn slow_headers_are_cut_off_at_the_header_read_timeout() {
         "{text}"
     );
     assert_eq!(up.count(), 0);
+    let rec = p
+        .audit_where(1, |r| {
+            r["kind"] == "http_error" && r["failure"] == "http_header_timeout"
+        })
+        .await;
+    assert_eq!(rec.len(), 1, "{rec:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,6 +39,7 @@ use crossbeam_channel::{Sender, TrySendError};
 pub use chain::{split_hash, split_sig, AuditKey, AuditPublicKey, KeyError, GENESIS};
 pub use json::SafeFormatter;
 pub use record::{
+    HttpErrorRecord,
     bounded, bounded_bytes, token_hash, unix_to_rfc3339, HandshakeRecord, RateLimitRecord, Record,
     RequestRecord, SignatureRecord, MAX_FIELD, TRUNCATED,
 };
@@ -251,7 +252,7 @@ impl AuditLog {
             // are best effort (counted when dropped).
             QueueFull::Refuse => match &record {
                 Record::Request(r) => r.reason == Some(UNAVAILABLE_REASON),
-                Record::TlsHandshake(_) => true,
+                Record::TlsHandshake(_) | Record::HttpError(_) => true,
             },
         };
         match inner.tx.try_send(Msg::Record(body)) {

@@ -192,6 +192,18 @@ pub struct HandshakeRecord {
 pub enum Record {
     Request(Box<RequestRecord>),
     TlsHandshake(HandshakeRecord),
+    /// A request the HTTP parser refused before any handler ran (malformed, over hyper's
+    /// backstop limits, or too slow to send its headers): there is no request to record, only
+    /// the connection and a bounded category.
+    HttpError(HttpErrorRecord),
+}
+
+/// See [`Record::HttpError`].
+#[derive(Clone, Debug, Serialize)]
+pub struct HttpErrorRecord {
+    pub peer: String,
+    pub conn_id: u64,
+    pub failure: &'static str,
 }
 
 #[cfg(test)]
