@@ -19,6 +19,8 @@ pub mod httpsig;
 pub mod introspect;
 pub mod jose;
 pub mod loadgen;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod mockbank;
 pub mod path;
 pub mod pipeline;

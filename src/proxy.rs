@@ -101,6 +101,21 @@ pub async fn handle(
     shared
         .metrics
         .request_outcome(record.decision, record.upstream_latency_us);
+    #[cfg(feature = "otlp")]
+    if let Some(x) = &shared.otlp {
+        let end = std::time::SystemTime::now();
+        x.record(crate::otlp::Span {
+            trace_id: record.trace_id.clone().unwrap_or_default(),
+            span_id: record.span_id.clone().unwrap_or_default(),
+            name: record.route_id.clone().unwrap_or_else(|| "unrouted".into()),
+            start: end - took,
+            end,
+            method: record.method.clone(),
+            status: record.status,
+            decision: record.decision,
+            reason: record.reason,
+        });
+    }
     shared.audit.emit(Record::Request(Box::new(record)));
     Ok(resp)
 }

@@ -243,6 +243,9 @@ pub struct Shared {
     pub replay: Arc<dyn ReplayStore>,
     /// DPoP server nonces (secret fixed at start-up).
     pub nonces: crate::state::nonce::NonceIssuer,
+    /// OTLP span export (feature `otlp`; endpoint fixed at start-up).
+    #[cfg(feature = "otlp")]
+    pub otlp: Option<crate::otlp::Exporter>,
     remotes: DashMap<(String, String), Arc<KeySource>>,
     /// Cancelled on drop: stops key refresh tasks.
     background: CancellationToken,
@@ -275,6 +278,11 @@ impl Shared {
             Some(s) => crate::state::nonce::NonceIssuer::new(s, dpop.nonce_lifetime),
             None => crate::state::nonce::NonceIssuer::random(dpop.nonce_lifetime),
         };
+        #[cfg(feature = "otlp")]
+        let otlp = config
+            .otlp
+            .clone()
+            .map(|(uri, service)| crate::otlp::Exporter::start(uri, service));
         let runtime = Runtime::new(config, &remotes, &background);
         let metrics = Metrics::default();
         metrics.attach_audit(audit.clone());
@@ -287,6 +295,8 @@ impl Shared {
             clock,
             replay,
             nonces,
+            #[cfg(feature = "otlp")]
+            otlp,
             remotes,
             background,
             conn_ids: AtomicU64::new(1),

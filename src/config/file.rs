@@ -33,6 +33,8 @@ pub(crate) struct FileConfig {
     pub tokens: super::auth::FileTokens,
     #[serde(default)]
     pub consent: Option<super::auth::FileConsentSource>,
+    #[serde(default)]
+    pub tracing: FileTracing,
     /// Request-signature verification and response signing (issue #4).
     #[serde(default)]
     pub signatures: super::signatures::FileSignatures,
@@ -153,4 +155,13 @@ pub(crate) struct FileAudit {
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileShutdown {
     pub drain_timeout: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileTracing {
+    /// OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces` (needs the `otlp`
+    /// cargo feature).
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
 }

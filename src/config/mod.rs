@@ -251,6 +251,8 @@ pub struct Config {
     pub auth: Auth,
     /// Where consent records come from, for routes that check consent.
     pub consent: Option<crate::consent::ConsentConfig>,
+    /// OTLP trace export: endpoint and service name.
+    pub otlp: Option<(http::Uri, String)>,
     /// Request-signature verification and response signing (issue #4).
     pub signatures: Signatures,
     /// Files and directories whose change triggers a reload.
@@ -414,6 +416,22 @@ fn validate(
         .consent
         .as_ref()
         .and_then(|c| auth::validate_consent(&mut p, base, c, &mut watched));
+    let otlp = f.tracing.otlp_endpoint.as_ref().and_then(|e| {
+        if !cfg!(feature = "otlp") {
+            p.push("tracing.otlp_endpoint", "this build has no OTLP export (cargo feature `otlp`)");
+            return None;
+        }
+        match e.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => Some((
+                u,
+                f.tracing.service_name.clone().unwrap_or_else(|| "portcullis".into()),
+            )),
+            _ => {
+                p.push("tracing.otlp_endpoint", format!("`{e}` must be an http:// URL (OTLP/HTTP)"));
+                None
+            }
+        }
+    });
     let signatures = signatures::validate(
         &mut p,
         base,
@@ -452,6 +470,7 @@ fn validate(
         auth,
         consent,
         signatures,
+        otlp,
         watched,
     })
 }
