@@ -252,3 +252,38 @@ fn policy_test_passes_on_the_examples_and_fails_readably_on_a_wrong_expectation(
     );
     assert!(text.contains("1 failed"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_consent_source_is_asked_once_per_ttl_and_its_answer_governs() {
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let handler: Handler = {
+        let calls = calls.clone();
+        Arc::new(move |parts, _| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match parts.uri.path() {
+                // OBIE-shaped record.
+                "/consents/aac-1" => (200, json!({"Data": {"ConsentId": "aac-1", "Status": "Authorised",
+                    "ExpirationDateTime": "2099-01-01T00:00:00+00:00", "Permissions": ["ReadBalances"], "accounts": ["acc-1"]}}).to_string()),
+                _ => (404, String::new()),
+            }
+        })
+    };
+    let addr = https_endpoint(handler).await;
+    let e = env(&format!(
+        "consent:\n  url: https://localhost:{}/consents/{{id}}\n  ca: [{}]\n  ttl: 60s\n",
+        addr.port(),
+        certs().join("ca.pem").display()
+    ))
+    .await;
+    let (a, _) = e.get("/accounts/acc-1/balances").await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let (a, _) = e.get("/accounts/acc-1/balances").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "cached for the TTL"
+    );
+    let (a, _) = e.get("/accounts/acc-2/balances").await;
+    assert_eq!(a.json()["reason"], "authz.object");
+}
