@@ -1472,3 +1472,193 @@ async fn c13_c14_the_external_target_uri_is_what_is_signed_over_both_http_versio
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// `portcullis sign`.
+
+fn run_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portcullis_sign_makes_requests_the_proxy_accepts() {
+    let e = env().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().to_str().unwrap();
+    run_cli(&[
+        "sign", "keygen", "--alg", "PS256", "--kid", "cli-ps", "--out", out,
+    ]);
+    run_cli(&[
+        "sign", "keygen", "--alg", "ES256", "--kid", "cli-es", "--out", out,
+    ]);
+    // Add the new public keys to tpp1's set: found on the unknown-kid re-read, no reload.
+    let set_path = e._dirs.path().join("clients/PSDGB-FCA-123456.json");
+    let mut set: Value =
+        serde_json::from_str(&std::fs::read_to_string(&set_path).unwrap()).unwrap();
+    for kid in ["cli-ps", "cli-es"] {
+        let one: Value = serde_json::from_str(
+            &std::fs::read_to_string(tmp.path().join(format!("{kid}.jwks.json"))).unwrap(),
+        )
+        .unwrap();
+        set["keys"]
+            .as_array_mut()
+            .unwrap()
+            .push(one["keys"][0].clone());
+    }
+    std::fs::write(&set_path, set.to_string()).unwrap();
+    let body = tmp.path().join("payment.json");
+    std::fs::write(&body, PAYMENT).unwrap();
+    let key = |k: &str| tmp.path().join(format!("{k}.key")).display().to_string();
+    let now = NOW.to_string();
+    let line = run_cli(&[
+        "sign",
+        "jws",
+        "--key",
+        &key("cli-ps"),
+        "--kid",
+        "cli-ps",
+        "--iss",
+        TPP1_ISS,
+        "--iat",
+        &now,
+        "--body",
+        body.to_str().unwrap(),
+    ]);
+    let value = line
+        .trim()
+        .strip_prefix("x-jws-signature: ")
+        .unwrap()
+        .to_string();
+    let (a, id) = e
+        .send(
+            "tpp1",
+            "POST",
+            P314,
+            &[("x-jws-signature", value)],
+            PAYMENT,
+            false,
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(e.p.audit_of(&id).await["signature"]["kid"], "cli-ps");
+    let auth = format!("authorization: Bearer {}", e.token);
+    let lines = run_cli(&[
+        "sign",
+        "http",
+        "--key",
+        &key("cli-es"),
+        "--kid",
+        "cli-es",
+        "--url",
+        "https://rs.example/fapi/payments",
+        "--body",
+        body.to_str().unwrap(),
+        "-H",
+        &auth,
+        "--created",
+        &now,
+    ]);
+    let mut headers: Vec<(&str, String)> = vec![("authorization", format!("Bearer {}", e.token))];
+    for l in lines.lines() {
+        let (n, v) = l.split_once(": ").unwrap();
+        let n = match n {
+            "Content-Digest" => "content-digest",
+            "Signature-Input" => "signature-input",
+            "Signature" => "signature",
+            other => panic!("unexpected line {other}"),
+        };
+        headers.push((n, v.to_string()));
+    }
+    let (a, id) = e.send("tpp1", "POST", FAPI, &headers, PAYMENT, false).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(
+        e.p.audit_of(&id).await["signature"]["alg"],
+        "ecdsa-p256-sha256"
+    );
+}
+
+#[test]
+fn signature_config_and_route_requirements_are_validated_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    let policy = r#"
+group: g
+upstream: bank
+routes:
+  - id: a
+    method: POST
+    path: /a
+    signature: {kind: obie-jws, profile: obie-3.1.4, sign_response: true}
+  - id: b
+    method: POST
+    path: /b
+    signature: {kind: http-sig}
+"#;
+    std::fs::write(dir.path().join("policies/p.yaml"), policy).unwrap();
+    let load = |extra: &str| {
+        let mut o = Options::new("127.0.0.1:9".parse().unwrap());
+        o.extra = extra.to_string();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, config_text(&o, certs())).unwrap();
+        portcullis::config::Config::load(&path)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let err = load("").unwrap_err();
+    for want in [
+        "route a: signature: the config has no `signatures.client_keys`",
+        "route a: signature: obie-jws needs `signatures.jws.trust_anchors`",
+        "route a: signature: sign_response needs `signatures.response`",
+        "route b: signature: the config has no `signatures.client_keys`",
+    ] {
+        assert!(err.contains(want), "{want} not in:\n{err}");
+    }
+    let err = load(
+        "signatures:\n  client: \"{nope}\"\n  client_keys: {url: \"http://x/{client}\"}\n  jws: {algorithms: [HS256], iss: \"{org_id\"}\n  response: {key: missing.key, kid: k}\n",
+    )
+    .unwrap_err();
+    for want in [
+        "signatures.client: unknown placeholder `{nope}`",
+        "signatures.client_keys.url",
+        "signatures.jws.algorithms[0]",
+        "signatures.jws.iss: unclosed",
+        "signatures.response.key",
+    ] {
+        assert!(err.contains(want), "{want} not in:\n{err}");
+    }
+    std::fs::create_dir_all(dir.path().join("clients")).unwrap();
+    let bank = KeyPair::generate(Alg::ES256, "bank").unwrap();
+    std::fs::write(dir.path().join("bank.key"), bank.to_pkcs8_pem()).unwrap();
+    load(&format!(
+        "signatures:\n  client_keys: {{directory: {}}}\n  jws: {{trust_anchors: [{TAN}]}}\n  response: {{key: {}, kid: bank}}\n",
+        dir.path().join("clients").display(),
+        dir.path().join("bank.key").display()
+    ))
+    .unwrap();
+    // Route fields are checked too.
+    std::fs::write(
+        dir.path().join("policies/p.yaml"),
+        policy
+            .replace("profile: obie-3.1.4", "profile: obie-4")
+            .replace("kind: http-sig", "kind: http-sig, profile: obie-3.1.3"),
+    )
+    .unwrap();
+    let err = load("").unwrap_err();
+    assert!(
+        err.contains("signature.profile: unknown profile `obie-4`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("signature.profile: applies only to kind obie-jws"),
+        "{err}"
+    );
+}

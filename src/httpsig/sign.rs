@@ -61,13 +61,16 @@ pub fn sign(
     if let Some(e) = p.expires {
         params.insert(key("expires"), BareItem::Integer(int(e)?));
     }
-    params.insert(key("keyid"), string(p.keyid)?);
-    if let Some(a) = p.alg {
-        params.insert(key("alg"), string(a)?);
-    }
+    // The order RFC 9421 §2.3 lists them in. Verifiers must use the order received (ours
+    // does), but at least one implementation re-serializes in this fixed order, so signing in
+    // it is the interoperable choice.
     if let Some(n) = p.nonce {
         params.insert(key("nonce"), string(n)?);
     }
+    if let Some(a) = p.alg {
+        params.insert(key("alg"), string(a)?);
+    }
+    params.insert(key("keyid"), string(p.keyid)?);
     if let Some(t) = p.tag {
         params.insert(key("tag"), string(t)?);
     }
