@@ -9,11 +9,13 @@
 //! 3. **Path check and route match** ([`route`]) — one canonical path, refused if ambiguous, then a
 //!    radix-tree lookup. Unknown path: 404; known path, other method: 405. Everything after this
 //!    works on the matched route, and the path matched is the path forwarded.
-//! 4. *Pre-authentication rate limit per peer* — issue #6; bounds crypto CPU before any signature
-//!    is checked, so it sits before every stage that verifies a signature.
+//! 4. **Pre-authentication rate limit per peer** ([`ratelimit`]) — bounds crypto CPU before any
+//!    signature is checked, so it sits before every stage that verifies a signature.
 //! 5. **Identity** ([`identity`]) — the verified mTLS client certificate, required unless the
 //!    route says otherwise. Every later stage keys on this identity, never on a header.
-//! 6. *Client rate limit* — issue #6; keyed by the identity from step 5.
+//! 6. **Client rate limit** ([`ratelimit`]) — the route class's quota, keyed by the identity
+//!    from step 5 (the certificate thumbprint; without a certificate, the verified token's
+//!    client id after step 8, else the peer address).
 //! 7. **Access token** ([`token`]) — on routes with `auth`: the one credential, verified for
 //!    the route's issuer (signature once per token while cached; time claims every request).
 //! 8. **Sender constraint** ([`binding`]) — needs the token and the identity (RFC 8705
@@ -33,6 +35,8 @@ pub mod binding;
 pub mod fapi;
 pub mod http;
 pub mod identity;
+pub mod idempotency;
+pub mod ratelimit;
 pub mod route;
 pub mod signature;
 pub mod token;
@@ -73,11 +77,21 @@ pub async fn inspect(
     fapi::check_customer_ip(&parts.headers)?;
     let route = route::resolve(parts, &config.policies)?;
     record.route_id = Some(route.route.id.clone());
+    ratelimit::check_peer(conn, rt, shared, record)?;
     let identity = identity::identify(conn, &route.route)?;
+    // 6. With a certificate the client is known now; otherwise after the token (its client id).
+    if identity.cert.is_some() {
+        let key = ratelimit::client_key(&identity, None, conn);
+        ratelimit::check_client(&route.route, &key, rt, shared, record)?;
+    }
     let token = match &route.route.auth {
         None => None,
         Some(auth) => Some(authenticate(parts, &identity, auth, rt, shared, record).await?),
     };
+    if identity.cert.is_none() {
+        let key = ratelimit::client_key(&identity, token.as_ref(), conn);
+        ratelimit::check_client(&route.route, &key, rt, shared, record)?;
+    }
     let dpop_nonce = route
         .route
         .auth

@@ -48,6 +48,10 @@ pub enum Rejection {
     Upstream(UpstreamError),
     /// The audit log cannot take the record (`audit.queue_full: refuse`).
     Audit(AuditError),
+    /// A rate limit refused the request (issue #6).
+    RateLimited(crate::pipeline::ratelimit::Limited),
+    /// An idempotency-key refusal (issue #6).
+    Idempotency(crate::pipeline::idempotency::IdempotencyError),
 }
 
 /// The stage a refusal came from, for the audit record.
@@ -63,6 +67,8 @@ pub enum Stage {
     Authz,
     Upstream,
     Audit,
+    RateLimit,
+    Idempotency,
 }
 
 impl Stage {
@@ -78,6 +84,8 @@ impl Stage {
             Stage::Authz => "authz",
             Stage::Upstream => "upstream",
             Stage::Audit => "audit",
+            Stage::RateLimit => "rate_limit",
+            Stage::Idempotency => "idempotency",
         }
     }
 }
@@ -160,6 +168,8 @@ impl Rejection {
             Rejection::Authz(_) => Stage::Authz,
             Rejection::Upstream(_) => Stage::Upstream,
             Rejection::Audit(_) => Stage::Audit,
+            Rejection::RateLimited(_) => Stage::RateLimit,
+            Rejection::Idempotency(_) => Stage::Idempotency,
         }
     }
 
@@ -337,6 +347,55 @@ impl Rejection {
                     "the upstream service did not answer in time",
                 ),
             },
+            // RFC 6585 §4: 429 with Retry-After; draft-ietf-httpapi-ratelimit-headers.
+            Rejection::RateLimited(l) => match l.scope {
+                "peer" => wire(
+                    S::TOO_MANY_REQUESTS,
+                    "rate_limit.peer",
+                    "too many requests from this address; retry after the time in Retry-After",
+                ),
+                _ => wire(
+                    S::TOO_MANY_REQUESTS,
+                    "rate_limit.client",
+                    "too many requests from this client; retry after the time in Retry-After",
+                ),
+            },
+            Rejection::Idempotency(e) => {
+                use crate::pipeline::idempotency::IdempotencyError as I;
+                match e {
+                    // draft-ietf-httpapi-idempotency-key-header §2.7: missing key: 400.
+                    I::KeyMissing => wire(
+                        S::BAD_REQUEST,
+                        "idempotency.key_missing",
+                        "this resource requires an x-idempotency-key or Idempotency-Key header",
+                    ),
+                    // OBIE: x-idempotency-key is at most 40 characters; one key only.
+                    I::KeyInvalid => wire(
+                        S::BAD_REQUEST,
+                        "idempotency.key_invalid",
+                        "the idempotency key must be one value of 1 to 40 printable characters",
+                    ),
+                    // draft-ietf-httpapi-idempotency-key-header §2.7: concurrent retry: 409.
+                    I::InFlight => wire(
+                        S::CONFLICT,
+                        "idempotency.in_flight",
+                        "a request with this idempotency key is still being processed",
+                    ),
+                    // draft-ietf-httpapi-idempotency-key-header §2.7: key reused with another
+                    // payload: 422.
+                    I::Mismatch => wire(
+                        S::UNPROCESSABLE_ENTITY,
+                        "idempotency.key_reused",
+                        "this idempotency key was used for a different request",
+                    ),
+                    // Fail closed rather than risk a duplicate payment (RFC 9110 §15.6.4).
+                    I::Unavailable => wire(
+                        S::SERVICE_UNAVAILABLE,
+                        "idempotency.unavailable",
+                        "idempotency keys cannot be checked now; try again later",
+                    ),
+                }
+            }
             // RFC 9110 §15.6.4: a temporary condition; we fail closed rather than serve a
             // request we cannot audit.
             Rejection::Audit(AuditError::Unavailable) => wire(
@@ -359,7 +418,9 @@ impl Rejection {
             | Rejection::Route(_)
             | Rejection::Fapi(_)
             | Rejection::Upstream(_)
-            | Rejection::Audit(_) => None,
+            | Rejection::Audit(_)
+            | Rejection::RateLimited(_)
+            | Rejection::Idempotency(_) => None,
             // A missing client certificate is a TLS-level credential; there is no HTTP auth
             // scheme for it, so no challenge (RFC 9110 §11.6.1 requires one only for schemes).
             Rejection::Identity(IdentityError::ClientCertRequired) => None,
@@ -719,6 +780,20 @@ pub fn respond(
     } {
         h.insert("dpop-nonce", n);
     }
+    // RFC 6585 §4 / RFC 9110 §10.2.3, and draft-ietf-httpapi-ratelimit-headers.
+    if let Rejection::RateLimited(l) = rejection {
+        let t = l.retry_after_s;
+        let rows = [
+            (http::header::RETRY_AFTER.as_str(), t.to_string()),
+            ("ratelimit-policy", l.policy.clone()),
+            ("ratelimit", format!("\"{}\";r=0;t={t}", l.name)),
+        ];
+        for (name, v) in rows {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(name, v);
+            }
+        }
+    }
     if let Rejection::Route(NoRoute::MethodNotAllowed { allow }) = rejection {
         let list: Vec<&str> = allow.iter().map(|m| m.as_str()).collect();
         if let Ok(v) = HeaderValue::from_str(&list.join(", ")) {
@@ -735,7 +810,23 @@ pub fn respond(
 
 /// Every reason code with its status, for the README table and the test that keeps it true.
 pub fn all_reasons() -> Vec<(u16, &'static str, &'static str)> {
+    let limited = |scope| {
+        Rejection::RateLimited(crate::pipeline::ratelimit::Limited {
+            scope,
+            policy: String::new(),
+            name: String::new(),
+            retry_after_s: 1,
+        })
+    };
+    use crate::pipeline::idempotency::IdempotencyError as I;
     let mut all: Vec<Rejection> = vec![
+        limited("peer"),
+        limited("client"),
+        Rejection::Idempotency(I::KeyMissing),
+        Rejection::Idempotency(I::KeyInvalid),
+        Rejection::Idempotency(I::InFlight),
+        Rejection::Idempotency(I::Mismatch),
+        Rejection::Idempotency(I::Unavailable),
         HttpError::ConflictingFraming.into(),
         HttpError::BadContentLength.into(),
         HttpError::BadTransferEncoding.into(),

@@ -39,6 +39,8 @@ pub struct Runtime {
     /// Callers' request-signature keys, when the config names a source (issue #4); a reload
     /// starts an empty cache.
     pub client_keys: Option<Arc<crate::signature::clientkeys::ClientKeys>>,
+    /// Local rate limiters of this config (issue #6); a reload starts them empty.
+    pub rate_limits: Arc<crate::state::ratelimit::RateLimits>,
 }
 
 impl Runtime {
@@ -100,7 +102,10 @@ impl Runtime {
             .consent
             .clone()
             .map(|c| Arc::new(crate::consent::ConsentSource::new(c)));
+        let rate_limits = Arc::new(crate::state::ratelimit::RateLimits::new(&config.rate_limits));
+        crate::state::ratelimit::RateLimits::spawn_maintenance(&rate_limits, background.child_token());
         Runtime {
+            rate_limits,
             config: Arc::new(config),
             upstreams,
             keys,

@@ -38,6 +38,9 @@ pub(crate) struct FileConfig {
     /// Request-signature verification and response signing (issue #4).
     #[serde(default)]
     pub signatures: super::signatures::FileSignatures,
+    /// Rate limits: the pre-auth limit per peer and per-client classes (issue #6).
+    #[serde(default)]
+    pub rate_limits: crate::state::ratelimit::FileRateLimits,
 }
 
 #[derive(Debug, Deserialize)]

@@ -255,6 +255,8 @@ pub struct Config {
     pub otlp: Option<(http::Uri, String)>,
     /// Request-signature verification and response signing (issue #4).
     pub signatures: Signatures,
+    /// Rate limits (issue #6).
+    pub rate_limits: crate::state::ratelimit::RateLimitConfig,
     /// Files and directories whose change triggers a reload.
     pub watched: Vec<PathBuf>,
 }
@@ -439,6 +441,7 @@ fn validate(
         auth.dpop.public_base_url.as_deref(),
         &mut watched,
     );
+    let rate_limits = crate::state::ratelimit::validate(&mut p, &f.rate_limits);
     let known = crate::policy::Known {
         upstreams: upstreams.keys().map(String::as_str).collect(),
         issuers: auth.issuers.keys().map(String::as_str).collect(),
@@ -449,6 +452,7 @@ fn validate(
     let policies = crate::policy::load(&policy_paths, &known, errors);
     if let Some(set) = &policies {
         signatures::check_routes(&signatures, set, errors);
+        crate::state::ratelimit::check_routes(&rate_limits, set, errors);
     }
 
     let tls = tls?;
@@ -470,6 +474,7 @@ fn validate(
         auth,
         consent,
         signatures,
+        rate_limits,
         otlp,
         watched,
     })

@@ -65,6 +65,12 @@ struct FileRoute {
     /// Request signature (OBIE `x-jws-signature` or RFC 9421) and response signing (issue #4).
     #[serde(default)]
     signature: Option<signature::FileSignature>,
+    /// The per-client rate limit class (a key of the config's `rate_limits.classes`; issue #6).
+    #[serde(default)]
+    rate_limit: Option<String>,
+    /// `required`, `optional` or `none` (default): idempotency keys (issue #6).
+    #[serde(default)]
+    idempotency: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,6 +166,10 @@ pub struct Route {
     pub authz: rules::Authz,
     /// The request signature the route needs and whether responses are signed (issue #4).
     pub signature: Option<signature::RouteSignature>,
+    /// The per-client rate limit class, checked against the config (issue #6).
+    pub rate_limit: Option<String>,
+    /// Idempotency keys on this route (issue #6).
+    pub idempotency: crate::state::idempotency::IdempotencyMode,
     pub file: PathBuf,
 }
 
@@ -446,6 +456,19 @@ pub(crate) fn load(
                     None => continue,
                 },
             };
+            let idempotency = match r.idempotency.as_deref() {
+                None => crate::state::idempotency::IdempotencyMode::None,
+                Some(v) => match crate::state::idempotency::IdempotencyMode::parse(v) {
+                    Some(m) => m,
+                    None => {
+                        p.push(
+                            field("idempotency"),
+                            format!("unknown value `{v}` (required, optional or none)"),
+                        );
+                        continue;
+                    }
+                },
+            };
             let Some(method) = method else { continue };
             let Some(authz) = authz else { continue };
             let route = Arc::new(Route {
@@ -459,6 +482,8 @@ pub(crate) fn load(
                 auth,
                 authz,
                 signature,
+                rate_limit: r.rate_limit.clone(),
+                idempotency,
                 file: file.clone(),
             });
             let router = by_method.entry(method.clone()).or_default();

@@ -2,5 +2,7 @@
 //! and idempotency keys), behind interfaces with an in-memory backend; Redis backs the same
 //! interfaces for a fleet.
 
+pub mod idempotency;
 pub mod nonce;
+pub mod ratelimit;
 pub mod replay;
