@@ -273,6 +273,30 @@ fn policy_files(paths: &[PathBuf], errors: &mut Vec<ConfigError>) -> Vec<PathBuf
     out
 }
 
+/// The 1-based line of each item of the top-level `routes:` list (block style).
+fn route_lines(text: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut in_routes = false;
+    let mut indent: Option<usize> = None;
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let col = line.len() - trimmed.len();
+        if col == 0 {
+            in_routes = trimmed.starts_with("routes:");
+            indent = None;
+            continue;
+        }
+        if in_routes && trimmed.starts_with("- ") && indent.is_none_or(|i| i == col) {
+            indent = Some(col);
+            out.push(n + 1);
+        }
+    }
+    out
+}
+
 /// Validates a path template: `/` then segments that are literals or one `{Name}`.
 fn check_template(t: &str) -> Result<(), String> {
     if !t.starts_with('/') {
@@ -322,6 +346,7 @@ pub(crate) fn load(
         }
     }
     for file in &files {
+        let file_start = errors.len();
         let mut p = Problems::new(file, errors);
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
@@ -496,6 +521,21 @@ pub(crate) fn load(
             }
             templates.entry(r.path.clone()).or_default().push(method);
             routes.push(route);
+        }
+        // Point each route's problems at its line as well as its field path.
+        let lines = route_lines(&text);
+        for e in errors[file_start..].iter_mut() {
+            let Some(i) = e
+                .field
+                .strip_prefix("routes[")
+                .and_then(|r| r.split(']').next())
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            if let Some(line) = lines.get(i) {
+                e.reason = format!("{} (route at line {line})", e.reason);
+            }
         }
     }
     let mut any_method = matchit::Router::new();

@@ -163,3 +163,14 @@ fn bad_policies_are_refused_with_the_field_and_reason() {
         );
     }
 }
+
+#[test]
+fn route_problems_name_the_line_of_the_route() {
+    let errs = errors_of(
+        "group: g\nupstream: bank\nroutes:\n  - id: a\n    method: GET\n    path: /a\n\n  # a comment\n  - id: b\n    method: FETCH\n    path: /b\n",
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("routes[1].method") && e.contains("(route at line 9)")),
+        "{errs:?}"
+    );
+}
