@@ -58,6 +58,8 @@ pub struct Inspected {
     pub token: Option<binding::BoundToken>,
     /// The DPoP nonce to hand out with the response, on routes that require nonces.
     pub dpop_nonce: Option<String>,
+    /// The authenticated client as a rate-limit and idempotency scope (issue #6).
+    pub client_key: String,
 }
 
 /// Runs the chain in order; the first refusal ends it.
@@ -88,9 +90,9 @@ pub async fn inspect(
         None => None,
         Some(auth) => Some(authenticate(parts, &identity, auth, rt, shared, record).await?),
     };
+    let client_key = ratelimit::client_key(&identity, token.as_ref(), conn);
     if identity.cert.is_none() {
-        let key = ratelimit::client_key(&identity, token.as_ref(), conn);
-        ratelimit::check_client(&route.route, &key, rt, shared, record)?;
+        ratelimit::check_client(&route.route, &client_key, rt, shared, record)?;
     }
     let dpop_nonce = route
         .route
@@ -103,6 +105,7 @@ pub async fn inspect(
         identity,
         token,
         dpop_nonce,
+        client_key,
     })
 }
 
@@ -224,12 +227,15 @@ pub async fn authorize(
         record.reason = Some(r.audit_reason());
         record.rule_id = Some(d.rule.clone());
     }
-    // 11. Idempotency: issue #6.
+    // 11. Idempotency: [`idempotency::reserve`], which the caller runs just after (it returns
+    // a stored response or a reservation the caller completes with the upstream's answer).
     Ok(permit)
 }
 
 /// Whether a stage after binding reads the request body, so it must be buffered (once, up to
 /// the route limit) before those stages run.
 pub fn needs_body(route: &crate::policy::Route) -> bool {
-    route.authz.reads_body() || route.signature.is_some()
+    route.authz.reads_body()
+        || route.signature.is_some()
+        || route.idempotency != crate::state::idempotency::IdempotencyMode::None
 }

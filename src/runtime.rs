@@ -246,6 +246,8 @@ pub struct Shared {
     pub clock: Arc<dyn Clock>,
     /// DPoP `jti` replay store (in memory; issue #6 adds Redis for a fleet).
     pub replay: Arc<dyn ReplayStore>,
+    /// Idempotency keys (issue #6; in memory, capacity fixed at start-up).
+    pub idempotency: Arc<dyn crate::state::idempotency::IdempotencyStore>,
     /// DPoP server nonces (secret fixed at start-up).
     pub nonces: crate::state::nonce::NonceIssuer,
     /// OTLP span export (feature `otlp`; endpoint fixed at start-up).
@@ -278,6 +280,9 @@ impl Shared {
         let remotes = DashMap::new();
         let background = CancellationToken::new();
         let replay = Arc::new(MemoryReplayStore::new(config.auth.dpop.replay_capacity));
+        let idempotency = Arc::new(crate::state::idempotency::MemoryIdempotencyStore::new(
+            config.idempotency.capacity,
+        ));
         let dpop = &config.auth.dpop;
         let nonces = match &dpop.nonce_secret {
             Some(s) => crate::state::nonce::NonceIssuer::new(s, dpop.nonce_lifetime),
@@ -299,6 +304,7 @@ impl Shared {
             config_path,
             clock,
             replay,
+            idempotency,
             nonces,
             #[cfg(feature = "otlp")]
             otlp,

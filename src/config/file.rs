@@ -41,6 +41,9 @@ pub(crate) struct FileConfig {
     /// Rate limits: the pre-auth limit per peer and per-client classes (issue #6).
     #[serde(default)]
     pub rate_limits: crate::state::ratelimit::FileRateLimits,
+    /// Idempotency keys: TTL, capacity, release on upstream failure (issue #6).
+    #[serde(default)]
+    pub idempotency: crate::state::idempotency::FileIdempotency,
 }
 
 #[derive(Debug, Deserialize)]

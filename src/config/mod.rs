@@ -257,6 +257,8 @@ pub struct Config {
     pub signatures: Signatures,
     /// Rate limits (issue #6).
     pub rate_limits: crate::state::ratelimit::RateLimitConfig,
+    /// Idempotency keys (issue #6).
+    pub idempotency: crate::state::idempotency::IdempotencyConfig,
     /// Files and directories whose change triggers a reload.
     pub watched: Vec<PathBuf>,
 }
@@ -442,6 +444,7 @@ fn validate(
         &mut watched,
     );
     let rate_limits = crate::state::ratelimit::validate(&mut p, &f.rate_limits);
+    let idempotency = crate::state::idempotency::validate(&mut p, &f.idempotency);
     let known = crate::policy::Known {
         upstreams: upstreams.keys().map(String::as_str).collect(),
         issuers: auth.issuers.keys().map(String::as_str).collect(),
@@ -475,6 +478,7 @@ fn validate(
         consent,
         signatures,
         rate_limits,
+        idempotency,
         otlp,
         watched,
     })

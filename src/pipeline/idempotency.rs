@@ -14,3 +14,212 @@ pub enum IdempotencyError {
     /// The store cannot be reached: fail closed.
     Unavailable,
 }
+
+use std::sync::Arc;
+
+use http::request::Parts;
+
+use crate::audit::RequestRecord;
+use crate::pipeline::Inspected;
+use crate::rejection::Rejection;
+use crate::runtime::Shared;
+use crate::state::idempotency::{Begin, IdempotencyMode, IdempotencyStore, StoredResponse};
+
+/// OBIE `x-idempotency-key` is at most 40 characters.
+pub const MAX_KEY: usize = 40;
+
+/// The header that marks a replayed response.
+pub const REPLAY_HEADER: &str = "x-idempotent-replay";
+
+/// The key the client sent: `x-idempotency-key` (OBIE) or `Idempotency-Key` (IETF draft);
+/// both may be sent only with the same value.
+pub fn key(parts: &Parts) -> Result<Option<String>, IdempotencyError> {
+    let mut found: Option<&[u8]> = None;
+    for name in ["x-idempotency-key", "idempotency-key"] {
+        for v in parts.headers.get_all(name) {
+            match found {
+                Some(f) if f != v.as_bytes() => return Err(IdempotencyError::KeyInvalid),
+                _ => found = Some(v.as_bytes()),
+            }
+        }
+    }
+    let Some(k) = found else { return Ok(None) };
+    let printable = k.iter().all(|b| (0x20..0x7f).contains(b));
+    if k.is_empty() || k.len() > MAX_KEY || !printable || k[0] == b' ' || k[k.len() - 1] == b' ' {
+        return Err(IdempotencyError::KeyInvalid);
+    }
+    Ok(Some(String::from_utf8_lossy(k).into_owned()))
+}
+
+/// SHA-256 over method, path and SHA-256 of the raw body bytes (semantically equal JSON with
+/// other bytes is another request).
+pub fn fingerprint(parts: &Parts, body: &[u8]) -> [u8; 32] {
+    let mut m = Vec::new();
+    m.extend_from_slice(parts.method.as_str().as_bytes());
+    m.push(0);
+    m.extend_from_slice(parts.uri.path().as_bytes());
+    m.push(0);
+    m.extend_from_slice(&crate::jose::sha256(body));
+    crate::jose::sha256(&m)
+}
+
+/// What stage 11 decided.
+pub enum Outcome {
+    /// The route takes no key, or none was sent on an optional route.
+    None,
+    /// A stored response to send instead of forwarding.
+    Replay(Arc<StoredResponse>),
+    /// The key is reserved for this request; complete or drop it.
+    Reserved(Reservation),
+}
+
+/// A reserved key. Dropped without [`Reservation::complete`], it is released (the request
+/// failed or the client went away), so the client may retry.
+pub struct Reservation {
+    store: Arc<dyn IdempotencyStore>,
+    key: [u8; 32],
+    fingerprint: [u8; 32],
+    ttl: i64,
+    pub release_on_upstream_error: bool,
+    done: bool,
+}
+
+impl Reservation {
+    pub async fn complete(mut self, response: StoredResponse, now: i64) {
+        self.done = true;
+        let _ = self
+            .store
+            .complete(self.key, self.fingerprint, response, now, self.ttl)
+            .await;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let store = Arc::clone(&self.store);
+        let key = self.key;
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            h.spawn(async move {
+                let _ = store.release(key).await;
+            });
+        }
+    }
+}
+
+fn settings(shared: &Shared) -> (i64, bool, i64, Arc<dyn IdempotencyStore>) {
+    let rt = shared.runtime.load();
+    let c = &rt.config.idempotency;
+    (
+        c.ttl.as_secs() as i64,
+        c.release_on_upstream_error,
+        shared.clock.now(),
+        Arc::clone(&shared.idempotency),
+    )
+}
+
+/// Stage 11: on routes with `idempotency`, reserves the client-scoped key or answers from it.
+/// Runs after authorization, so a refused request never reserves a key.
+pub async fn reserve(
+    inspected: &Inspected,
+    parts: &Parts,
+    body: Option<&[u8]>,
+    shared: &Shared,
+    record: &mut RequestRecord,
+) -> Result<Outcome, Rejection> {
+    let mode = inspected.route.route.idempotency;
+    if mode == IdempotencyMode::None {
+        return Ok(Outcome::None);
+    }
+    let k = match key(parts).map_err(Rejection::Idempotency)? {
+        Some(k) => k,
+        None if mode == IdempotencyMode::Required => {
+            return Err(Rejection::Idempotency(IdempotencyError::KeyMissing))
+        }
+        None => return Ok(Outcome::None),
+    };
+    // Scoped to the authenticated client: another client's same key is another key.
+    let mut scoped = inspected.client_key.as_bytes().to_vec();
+    scoped.push(0);
+    scoped.extend_from_slice(k.as_bytes());
+    let key = crate::jose::sha256(&scoped);
+    let fp = fingerprint(parts, body.unwrap_or_default());
+    let (ttl, release_on_upstream_error, now, store) = settings(shared);
+    let begun = store.begin(key, fp, now, ttl).await;
+    let (outcome, label) = match begun {
+        Err(_) => return Err(Rejection::Idempotency(IdempotencyError::Unavailable)),
+        Ok(Begin::InFlight) => {
+            record.idempotency = Some("in_flight");
+            return Err(Rejection::Idempotency(IdempotencyError::InFlight));
+        }
+        Ok(Begin::Mismatch) => {
+            record.idempotency = Some("mismatch");
+            return Err(Rejection::Idempotency(IdempotencyError::Mismatch));
+        }
+        Ok(Begin::Completed(r)) => (Outcome::Replay(r), "replayed"),
+        Ok(Begin::Reserved) => (
+            Outcome::Reserved(Reservation {
+                store,
+                key,
+                fingerprint: fp,
+                ttl,
+                release_on_upstream_error,
+                done: false,
+            }),
+            "new",
+        ),
+    };
+    record.idempotency = Some(label);
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::post("/pay");
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn keys_are_bounded_printable_and_unambiguous() {
+        assert_eq!(key(&parts(&[])), Ok(None));
+        assert_eq!(
+            key(&parts(&[("x-idempotency-key", "abc")])),
+            Ok(Some("abc".into()))
+        );
+        assert_eq!(
+            key(&parts(&[("idempotency-key", "abc")])),
+            Ok(Some("abc".into()))
+        );
+        assert_eq!(
+            key(&parts(&[
+                ("idempotency-key", "abc"),
+                ("x-idempotency-key", "abc")
+            ])),
+            Ok(Some("abc".into()))
+        );
+        let bad = IdempotencyError::KeyInvalid;
+        assert_eq!(
+            key(&parts(&[
+                ("idempotency-key", "abc"),
+                ("x-idempotency-key", "abd")
+            ])),
+            Err(bad)
+        );
+        assert_eq!(
+            key(&parts(&[("x-idempotency-key", &"a".repeat(41))])),
+            Err(bad)
+        );
+        assert_eq!(key(&parts(&[("x-idempotency-key", "")])), Err(bad));
+        assert_eq!(key(&parts(&[("x-idempotency-key", " a")])), Err(bad));
+        assert_eq!(key(&parts(&[("x-idempotency-key", "a\tb")])), Err(bad));
+        assert!(key(&parts(&[("x-idempotency-key", &"a".repeat(40))])).is_ok());
+    }
+}
