@@ -17,7 +17,6 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Map, Value};
 
 use crate::policy::rules::{AuthzError, ConsentRecord};
@@ -90,17 +89,7 @@ impl ConsentSource {
     pub fn new(config: ConsentConfig) -> ConsentSource {
         let client = match &config {
             ConsentConfig::File(_) => None,
-            ConsentConfig::Url(r) => {
-                let mut http = HttpConnector::new();
-                http.enforce_http(false);
-                http.set_connect_timeout(Some(r.timeout));
-                let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config((*r.tls).clone())
-                    .https_only()
-                    .enable_http1()
-                    .wrap_connector(http);
-                Some(Client::builder(TokioExecutor::new()).build(connector))
-            }
+            ConsentConfig::Url(r) => Some(crate::tls::pinned_https_client(&r.tls, r.timeout)),
         };
         ConsentSource {
             config,

@@ -17,7 +17,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Map, Value};
 
 const MAX_BODY: usize = 64 * 1024;
@@ -63,16 +62,8 @@ fn form_encode(s: &str) -> String {
 
 impl Introspector {
     pub fn new(config: IntrospectionConfig) -> Introspector {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(config.timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*config.tls).clone())
-            .https_only()
-            .enable_http1()
-            .wrap_connector(http);
         Introspector {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: crate::tls::pinned_https_client(&config.tls, config.timeout),
             config,
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -81,7 +72,10 @@ impl Introspector {
 
     /// Asks the endpoint about `token`; returns the answer's members (with `active: true`), or
     /// `Ok(None)` for an inactive token.
-    pub async fn introspect(&self, token: &str) -> Result<Option<Map<String, Value>>, IntrospectError> {
+    pub async fn introspect(
+        &self,
+        token: &str,
+    ) -> Result<Option<Map<String, Value>>, IntrospectError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let r = self.call(token).await;
         if r.is_err() {
@@ -93,7 +87,10 @@ impl Introspector {
     async fn call(&self, token: &str) -> Result<Option<Map<String, Value>>, IntrospectError> {
         let body = format!("token={}&token_type_hint=access_token", form_encode(token));
         let mut req = http::Request::post(self.config.uri.clone())
-            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
             .header(http::header::ACCEPT, "application/json");
         if let Some((id, secret)) = &self.config.basic {
             // RFC 6749 §2.3.1: form-encode, then base64.

@@ -408,7 +408,7 @@ impl Writer {
             // batch of one. Sleeping briefly after a batch keeps the request path free of
             // wake-ups and makes batches real. Records reach the file at most LINGER later;
             // durability is governed by the fsync interval either way.
-            if taken > 1 || rx.len() > 0 {
+            if taken > 1 || !rx.is_empty() {
                 std::thread::sleep(LINGER);
             } else if taken == 1 {
                 std::thread::sleep(LINGER / 4);

@@ -17,7 +17,6 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
 
 use super::jwk::VerifyingKey;
@@ -73,15 +72,7 @@ impl KeySource {
 
     /// A source fetched from `remote`; empty until the first good fetch.
     pub fn remote(issuer: &str, remote: Remote) -> KeySource {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(remote.timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*remote.tls).clone())
-            .https_only()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = crate::tls::pinned_https_client(&remote.tls, remote.timeout);
         KeySource {
             issuer: issuer.to_string(),
             current: ArcSwapOption::empty(),

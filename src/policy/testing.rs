@@ -61,6 +61,20 @@ enum Expect {
     },
 }
 
+/// The request's headers as a map (lower-cased names; unparseable ones skipped).
+fn header_map(req: &Request) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in &req.headers {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            headers.append(k, v);
+        }
+    }
+    headers
+}
+
 /// The decision for one request, as the proxy would make it after the token checks.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -115,15 +129,7 @@ pub fn decide(
         Ok(m) => m,
         Err(e) => return deny(&e.into(), None, None),
     };
-    let mut headers = http::HeaderMap::new();
-    for (k, v) in &req.headers {
-        if let (Ok(k), Ok(v)) = (
-            http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
-            http::HeaderValue::from_str(v),
-        ) {
-            headers.append(k, v);
-        }
-    }
+    let headers = header_map(req);
     let facts = Facts {
         params: &m.params,
         query,
@@ -336,15 +342,7 @@ pub fn explain(
                     body: req.body.clone(),
                 };
                 let _ = &single;
-                let mut headers = http::HeaderMap::new();
-                for (k, v) in &req.headers {
-                    if let (Ok(k), Ok(v)) = (
-                        http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
-                        http::HeaderValue::from_str(v),
-                    ) {
-                        headers.append(k, v);
-                    }
-                }
+                let headers = header_map(req);
                 let facts = Facts {
                     params: &m.params,
                     query: req.path.split_once('?').map(|x| x.1),
