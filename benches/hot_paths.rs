@@ -32,7 +32,17 @@ fn path_check(c: &mut Criterion) {
 
 fn route_lookup(c: &mut Criterion) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies");
-    let set = portcullis::policy::load_files(&[dir], &portcullis::policy::Known { upstreams: vec!["bank"], issuers: vec![], default_body_limit: 1024, has_consent: false, standalone: false }).expect("policies load");
+    let set = portcullis::policy::load_files(
+        &[dir],
+        &portcullis::policy::Known {
+            upstreams: vec!["bank"],
+            issuers: vec![],
+            default_body_limit: 1024,
+            has_consent: false,
+            standalone: false,
+        },
+    )
+    .expect("policies load");
     let get = http::Method::GET;
     let mut g = c.benchmark_group("route");
     for (name, p) in [

@@ -139,8 +139,24 @@ fn token_checks(c: &mut Criterion) {
         })
     });
     let cache = TokenCache::new(1024);
-    ready(verify(&es_token, &es_issuer, Some(&es_keys), None, &cache, NOW)).unwrap();
-    ready(verify(&ps_token, &ps_issuer, Some(&ps_keys), None, &cache, NOW)).unwrap();
+    ready(verify(
+        &es_token,
+        &es_issuer,
+        Some(&es_keys),
+        None,
+        &cache,
+        NOW,
+    ))
+    .unwrap();
+    ready(verify(
+        &ps_token,
+        &ps_issuer,
+        Some(&ps_keys),
+        None,
+        &cache,
+        NOW,
+    ))
+    .unwrap();
     g.bench_function("es256_hit", |b| {
         b.iter(|| {
             ready(verify(

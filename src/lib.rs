@@ -19,9 +19,9 @@ pub mod httpsig;
 pub mod introspect;
 pub mod jose;
 pub mod loadgen;
+pub mod mockbank;
 #[cfg(feature = "otlp")]
 pub mod otlp;
-pub mod mockbank;
 pub mod path;
 pub mod pipeline;
 pub mod pki;

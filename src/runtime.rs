@@ -102,8 +102,13 @@ impl Runtime {
             .consent
             .clone()
             .map(|c| Arc::new(crate::consent::ConsentSource::new(c)));
-        let rate_limits = Arc::new(crate::state::ratelimit::RateLimits::new(&config.rate_limits));
-        crate::state::ratelimit::RateLimits::spawn_maintenance(&rate_limits, background.child_token());
+        let rate_limits = Arc::new(crate::state::ratelimit::RateLimits::new(
+            &config.rate_limits,
+        ));
+        crate::state::ratelimit::RateLimits::spawn_maintenance(
+            &rate_limits,
+            background.child_token(),
+        );
         Runtime {
             rate_limits,
             config: Arc::new(config),

@@ -255,7 +255,10 @@ impl Metrics {
 
     /// A shadow rule would have denied a request on `route` for `reason` (not enforced).
     pub fn would_deny(&self, route: Option<&str>, reason: &'static str) {
-        bump(&self.would_deny, (route.unwrap_or("none").to_string(), reason));
+        bump(
+            &self.would_deny,
+            (route.unwrap_or("none").to_string(), reason),
+        );
     }
 
     /// Renders the Prometheus text exposition format.

@@ -54,8 +54,11 @@ fn every_shipped_config_and_policy_file_loads() {
         assert!(!c.policies.routes().is_empty());
     }
     for dir in ["policies", "policies/sidecar"] {
-        let set = portcullis::policy::load_files(&[repo().join(dir)], &portcullis::policy::Known::standalone())
-            .unwrap_or_else(|e| panic!("{dir}: {e}"));
+        let set = portcullis::policy::load_files(
+            &[repo().join(dir)],
+            &portcullis::policy::Known::standalone(),
+        )
+        .unwrap_or_else(|e| panic!("{dir}: {e}"));
         assert!(!set.routes().is_empty());
     }
 }

@@ -39,9 +39,8 @@ use crossbeam_channel::{Sender, TrySendError};
 pub use chain::{split_hash, split_sig, AuditKey, AuditPublicKey, KeyError, GENESIS};
 pub use json::SafeFormatter;
 pub use record::{
-    HttpErrorRecord,
-    bounded, bounded_bytes, token_hash, unix_to_rfc3339, HandshakeRecord, RateLimitRecord, Record,
-    RequestRecord, SignatureRecord, MAX_FIELD, TRUNCATED,
+    bounded, bounded_bytes, token_hash, unix_to_rfc3339, HandshakeRecord, HttpErrorRecord,
+    RateLimitRecord, Record, RequestRecord, SignatureRecord, MAX_FIELD, TRUNCATED,
 };
 pub use writer::{rotated_files, rotated_name};
 

@@ -109,19 +109,28 @@ pub(crate) fn validate_consent(
             let text = match std::fs::read_to_string(&path) {
                 Ok(t) => t,
                 Err(e) => {
-                    p.push("consent.file", format!("cannot read {}: {e}", path.display()));
+                    p.push(
+                        "consent.file",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
                     return None;
                 }
             };
             let doc: serde_json::Value = match serde_saphyr::from_str(&text) {
                 Ok(v) => v,
                 Err(e) => {
-                    p.push("consent.file", format!("{}: invalid YAML: {e}", path.display()));
+                    p.push(
+                        "consent.file",
+                        format!("{}: invalid YAML: {e}", path.display()),
+                    );
                     return None;
                 }
             };
             let Some(all) = doc.get("consents").and_then(serde_json::Value::as_object) else {
-                p.push("consent.file", format!("{}: expected `consents: {{id: record}}`", path.display()));
+                p.push(
+                    "consent.file",
+                    format!("{}: expected `consents: {{id: record}}`", path.display()),
+                );
                 return None;
             };
             let mut map = std::collections::HashMap::new();
@@ -139,9 +148,14 @@ pub(crate) fn validate_consent(
             Some(ConsentConfig::File(Arc::new(map)))
         }
         (None, Some(url)) => {
-            let ok = url.starts_with("https://") && url.contains("{id}") && url.replace("{id}", "x").parse::<http::Uri>().is_ok();
+            let ok = url.starts_with("https://")
+                && url.contains("{id}")
+                && url.replace("{id}", "x").parse::<http::Uri>().is_ok();
             if !ok {
-                p.push("consent.url", format!("`{url}` must be an https:// URL template containing {{id}}"));
+                p.push(
+                    "consent.url",
+                    format!("`{url}` must be an https:// URL template containing {{id}}"),
+                );
                 return None;
             }
             let mut roots = rustls::RootCertStore::empty();
@@ -153,7 +167,10 @@ pub(crate) fn validate_consent(
                 }
             }
             if roots.is_empty() {
-                p.push("consent.ca", "the consent endpoint needs its CA bundle (trust is pinned)");
+                p.push(
+                    "consent.ca",
+                    "the consent endpoint needs its CA bundle (trust is pinned)",
+                );
                 return None;
             }
             let tls = crate::tls::upstream_client_config(roots, None)
@@ -270,7 +287,10 @@ fn validate_issuer(
         .as_ref()
         .and_then(|i| validate_introspection(p, base, name, i, watched));
     if f.jwks.is_none() && f.introspection.is_none() {
-        p.push(field("jwks"), "an issuer needs jwks (JWT tokens), introspection (opaque tokens), or both");
+        p.push(
+            field("jwks"),
+            "an issuer needs jwks (JWT tokens), introspection (opaque tokens), or both",
+        );
     }
     let jwks = match f.jwks.as_ref() {
         None => None,
@@ -317,7 +337,10 @@ fn validate_introspection(
         }
     }
     if roots.is_empty() {
-        p.push(field("ca"), "the introspection endpoint needs its CA bundle (trust is pinned)");
+        p.push(
+            field("ca"),
+            "the introspection endpoint needs its CA bundle (trust is pinned)",
+        );
         return None;
     }
     let identity = match (&f.client_certificate, &f.client_private_key) {
@@ -331,7 +354,10 @@ fn validate_introspection(
         }
         (None, None) => None,
         _ => {
-            p.push(field("client_certificate"), "client_certificate and client_private_key go together");
+            p.push(
+                field("client_certificate"),
+                "client_certificate and client_private_key go together",
+            );
             return None;
         }
     };
@@ -346,14 +372,20 @@ fn validate_introspection(
                     return None;
                 }
                 Err(e) => {
-                    p.push(field("client_secret_file"), format!("cannot read {}: {e}", path.display()));
+                    p.push(
+                        field("client_secret_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
                     return None;
                 }
             }
         }
         (None, None) => None,
         _ => {
-            p.push(field("client_id"), "client_id and client_secret_file go together");
+            p.push(
+                field("client_id"),
+                "client_id and client_secret_file go together",
+            );
             return None;
         }
     };
@@ -438,11 +470,14 @@ fn validate_jwks(
                                 JwksSource::Url(Remote {
                                     uri: u,
                                     tls,
-                                    refresh: jwks.refresh_interval
+                                    refresh: jwks
+                                        .refresh_interval
                                         .map_or(Duration::from_secs(300), |d| d.0),
-                                    min_refetch: jwks.min_refetch_interval
+                                    min_refetch: jwks
+                                        .min_refetch_interval
                                         .map_or(Duration::from_secs(30), |d| d.0),
-                                    timeout: jwks.fetch_timeout
+                                    timeout: jwks
+                                        .fetch_timeout
                                         .map_or(Duration::from_secs(5), |d| d.0),
                                 })
                             })
@@ -505,11 +540,17 @@ pub(crate) fn validate(
             match std::fs::read(&path) {
                 Ok(b) if b.len() >= 32 => Some(b),
                 Ok(_) => {
-                    p.push("dpop.nonce_secret_file", "the secret must be at least 32 bytes");
+                    p.push(
+                        "dpop.nonce_secret_file",
+                        "the secret must be at least 32 bytes",
+                    );
                     None
                 }
                 Err(e) => {
-                    p.push("dpop.nonce_secret_file", format!("cannot read {}: {e}", path.display()));
+                    p.push(
+                        "dpop.nonce_secret_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
                     None
                 }
             }

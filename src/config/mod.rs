@@ -23,8 +23,8 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 
 pub use auth::{Auth, DpopSettings, Issuer, JwksSource};
 pub use duration::ConfigDuration;
-pub use signatures::{HttpSigSettings, JwsSettings, ResponseSigning, Signatures};
 use file::FileConfig;
+pub use signatures::{HttpSigSettings, JwsSettings, ResponseSigning, Signatures};
 
 use crate::policy::PolicySet;
 use crate::tls;
@@ -422,16 +422,25 @@ fn validate(
         .and_then(|c| auth::validate_consent(&mut p, base, c, &mut watched));
     let otlp = f.tracing.otlp_endpoint.as_ref().and_then(|e| {
         if !cfg!(feature = "otlp") {
-            p.push("tracing.otlp_endpoint", "this build has no OTLP export (cargo feature `otlp`)");
+            p.push(
+                "tracing.otlp_endpoint",
+                "this build has no OTLP export (cargo feature `otlp`)",
+            );
             return None;
         }
         match e.parse::<http::Uri>() {
             Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => Some((
                 u,
-                f.tracing.service_name.clone().unwrap_or_else(|| "portcullis".into()),
+                f.tracing
+                    .service_name
+                    .clone()
+                    .unwrap_or_else(|| "portcullis".into()),
             )),
             _ => {
-                p.push("tracing.otlp_endpoint", format!("`{e}` must be an http:// URL (OTLP/HTTP)"));
+                p.push(
+                    "tracing.otlp_endpoint",
+                    format!("`{e}` must be an http:// URL (OTLP/HTTP)"),
+                );
                 None
             }
         }
@@ -623,7 +632,11 @@ fn validate_limits(p: &mut Problems<'_>, f: &file::FileLimits) -> Limits {
     l
 }
 
-pub(crate) fn read_certs(p: &mut Problems<'_>, field: &str, path: &Path) -> Vec<CertificateDer<'static>> {
+pub(crate) fn read_certs(
+    p: &mut Problems<'_>,
+    field: &str,
+    path: &Path,
+) -> Vec<CertificateDer<'static>> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => {
@@ -648,7 +661,11 @@ pub(crate) fn read_certs(p: &mut Problems<'_>, field: &str, path: &Path) -> Vec<
     }
 }
 
-pub(crate) fn read_key(p: &mut Problems<'_>, field: &str, path: &Path) -> Option<PrivateKeyDer<'static>> {
+pub(crate) fn read_key(
+    p: &mut Problems<'_>,
+    field: &str,
+    path: &Path,
+) -> Option<PrivateKeyDer<'static>> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => {

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 pub mod rules;
-pub mod testing;
 pub mod signature;
+pub mod testing;
 
 use crate::config::{ConfigError, Problems};
 

@@ -170,7 +170,8 @@ fn route_problems_name_the_line_of_the_route() {
         "group: g\nupstream: bank\nroutes:\n  - id: a\n    method: GET\n    path: /a\n\n  # a comment\n  - id: b\n    method: FETCH\n    path: /b\n",
     );
     assert!(
-        errs.iter().any(|e| e.contains("routes[1].method") && e.contains("(route at line 9)")),
+        errs.iter()
+            .any(|e| e.contains("routes[1].method") && e.contains("(route at line 9)")),
         "{errs:?}"
     );
 }
