@@ -93,6 +93,12 @@ fn thumb(name: &str) -> String {
 }
 
 async fn env() -> Env {
+    env_with(None).await
+}
+
+/// The proxy with tpp1's and tpp2's keys in a directory, or (with `keys_url`) fetched from a
+/// URL template over TLS pinned to the dev CA.
+async fn env_with(keys_url: Option<String>) -> Env {
     let dirs = tempfile::tempdir().unwrap();
     let clients = dirs.path().join("clients");
     std::fs::create_dir_all(&clients).unwrap();
@@ -129,7 +135,7 @@ async fn env() -> Env {
 signatures:
   client: "{{org_id}}"
   client_keys:
-    directory: {clients}
+{keys_source}
     min_refetch_interval: 0s
   jws:
     trust_anchors: [{TAN}]
@@ -144,7 +150,13 @@ signatures:
     iss: bank-org/bank-ssa
 "#,
         jwks = jwks.display(),
-        clients = clients.display(),
+        keys_source = match &keys_url {
+            None => format!("    directory: {}", clients.display()),
+            Some(u) => format!(
+                "    url: \"{u}\"\n    ca: [{}]",
+                certs().join("ca.pem").display()
+            ),
+        },
         bank_key = bank_key.display(),
     );
     let clock = Arc::new(ManualClock::new(NOW));
@@ -1660,5 +1672,124 @@ routes:
     assert!(
         err.contains("signature.profile: applies only to kind obie-jws"),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_keys_can_come_from_a_url_template_over_pinned_tls() {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let served: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let (s2, f2) = (Arc::clone(&served), Arc::clone(&fetches));
+    let addr = https_endpoint(Arc::new(move |parts: &http::request::Parts, _: &[u8]| {
+        f2.fetch_add(1, Ordering::SeqCst);
+        match s2.lock().unwrap().get(parts.uri.path()) {
+            Some(b) => (200, b.clone()),
+            None => (404, "{}".to_string()),
+        }
+    }))
+    .await;
+    let e = env_with(Some(format!(
+        "https://localhost:{}/keys/{{client}}.json",
+        addr.port()
+    )))
+    .await;
+    let path = "/keys/PSDGB-FCA-123456.json".to_string();
+    served.lock().unwrap().insert(
+        path.clone(),
+        json!({"keys": [e.ps.public_jwk()]}).to_string(),
+    );
+    let sig = e.jws(&obie_header(Profile::Obie314), PAYMENT);
+    for _ in 0..2 {
+        let (a, _) = e
+            .send(
+                "tpp1",
+                "POST",
+                P314,
+                std::slice::from_ref(&sig),
+                PAYMENT,
+                false,
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    }
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        1,
+        "fetched once, then cached"
+    );
+    // A key published later is found by the one refetch an unknown kid triggers.
+    let k2 = KeyPair::generate(Alg::PS256, "tpp1-new").unwrap();
+    served.lock().unwrap().insert(
+        path.clone(),
+        json!({"keys": [e.ps.public_jwk(), k2.public_jwk()]}).to_string(),
+    );
+    let h = ob_header(Profile::Obie314, Alg::PS256, "tpp1-new", NOW, TPP1_ISS, TAN);
+    let sig2 = (
+        "x-jws-signature",
+        sign_detached(&h, PAYMENT, |m| k2.sign(m)),
+    );
+    let (a, _) = e
+        .send(
+            "tpp1",
+            "POST",
+            P314,
+            std::slice::from_ref(&sig2),
+            PAYMENT,
+            false,
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    // Garbage never replaces the good set.
+    served.lock().unwrap().insert(path, "{garbage".into());
+    let mut h = obie_header(Profile::Obie314);
+    h.insert("kid".into(), json!("unknown"));
+    e.refused_obie(
+        P314,
+        &[e.jws(&h, PAYMENT)],
+        PAYMENT,
+        "signature.jws_unknown_key",
+        "UK.OBIE.Signature.InvalidClaim",
+    )
+    .await;
+    let (a, _) = e
+        .send(
+            "tpp1",
+            "POST",
+            P314,
+            std::slice::from_ref(&sig),
+            PAYMENT,
+            false,
+        )
+        .await;
+    assert_eq!(a.status, 200);
+    // A client whose set cannot be fetched: fail closed, 503 in the OBIE body.
+    let before = e.up.count();
+    let h = ob_header(
+        Profile::Obie314,
+        Alg::PS256,
+        "tpp2-ps",
+        NOW,
+        "PSDGB-FCA-654321/tpp-two-software-id",
+        TAN,
+    );
+    let sig = (
+        "x-jws-signature",
+        sign_detached(&h, PAYMENT, |m| e.other.sign(m)),
+    );
+    let (a, id) = e.send("tpp2", "POST", P314, &[sig], PAYMENT, false).await;
+    assert_eq!(a.status, 503);
+    assert_eq!(a.json()["Code"], "503 ServiceUnavailable");
+    assert_eq!(
+        a.json()["Errors"][0]["ErrorCode"],
+        "UK.OBIE.UnexpectedError"
+    );
+    assert_eq!(e.up.count(), before);
+    assert_eq!(
+        e.p.audit_of(&id).await["reason"],
+        "signature.jws_keys_unavailable"
     );
 }

@@ -368,7 +368,10 @@ impl Proxy {
     /// Every audit record written so far.
     pub fn audit(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default();
-        text.lines()
+        // The writer may be mid-write: only lines that end in a newline are complete.
+        let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+        complete
+            .lines()
             .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
             .collect()
     }
