@@ -1793,3 +1793,51 @@ async fn client_keys_can_come_from_a_url_template_over_pinned_tls() {
         "signature.jws_keys_unavailable"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dpop_header_must_be_covered_when_present() {
+    let e = env().await;
+    let mut map = base_headers(&e, PAYMENT);
+    map.insert("dpop", "eyJhbGciOiJFUzI1NiJ9.e30.c2ln".parse().unwrap());
+    let (si, s) = http_sign(
+        &e.es,
+        "sig1",
+        comps(FAPI_COMPONENTS),
+        "POST",
+        FAPI,
+        None,
+        &map,
+        params(&e.es, NOW),
+    );
+    e.refused_http(
+        FAPI,
+        &with_sig(map.clone(), si, s).headers,
+        PAYMENT,
+        401,
+        "signature.http_coverage",
+    )
+    .await;
+    let mut names = FAPI_COMPONENTS.to_vec();
+    names.push("dpop");
+    let (si, s) = http_sign(
+        &e.es,
+        "sig1",
+        comps(&names),
+        "POST",
+        FAPI,
+        None,
+        &map,
+        params(&e.es, NOW),
+    );
+    let (a, _) = e
+        .send(
+            "tpp1",
+            "POST",
+            FAPI,
+            &with_sig(map, si, s).headers,
+            PAYMENT,
+            false,
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+}
