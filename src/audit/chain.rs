@@ -134,16 +134,7 @@ fn key_id_of(raw_public: &[u8]) -> String {
     id
 }
 
-fn pem(label: &str, der: &[u8]) -> String {
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in body.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
+use crate::jose::pem;
 
 /// The private audit key that signs checkpoints.
 pub struct AuditKey {

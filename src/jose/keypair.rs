@@ -110,15 +110,7 @@ impl KeyPair {
 
     /// PKCS#8 PEM (`PRIVATE KEY`).
     pub fn to_pkcs8_pem(&self) -> String {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.pkcs8);
-        let mut out = String::from("-----BEGIN PRIVATE KEY-----\n");
-        for chunk in b64.as_bytes().chunks(64) {
-            out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-            out.push('\n');
-        }
-        out.push_str("-----END PRIVATE KEY-----\n");
-        out
+        super::pem("PRIVATE KEY", &self.pkcs8)
     }
 
     /// Signs `msg` with the key's algorithm (PS256: RSASSA-PSS SHA-256, ES256: raw r‖s,

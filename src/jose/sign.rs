@@ -76,14 +76,7 @@ impl SigningKey {
     }
 
     pub fn to_pkcs8_pem(&self) -> String {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.pkcs8);
-        let mut out = String::from("-----BEGIN PRIVATE KEY-----\n");
-        for chunk in b64.as_bytes().chunks(64) {
-            out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-            out.push('\n');
-        }
-        out.push_str("-----END PRIVATE KEY-----\n");
-        out
+        super::pem("PRIVATE KEY", &self.pkcs8)
     }
 
     /// The public JWK (RFC 7638 members only, plus `kid`, `alg` and `use` when `with_meta`).
