@@ -25,10 +25,10 @@
 //!    body; before authorization, so nothing whose bytes are unproven is ever authorized.
 //! 10. **Authorization** ([`authz`]) — scopes, consent and object rules; needs the bound token,
 //!     so it runs only on proven callers, and the buffered body when a rule reads it.
-//! 11. *Idempotency* — issue #6; last, so a refused request never reserves a key.
-//!
-//! Steps in italics are not built yet: a route cannot ask for them, because the policy format
-//! does not have their fields until their issue lands. No stage here pretends to check them.
+//! 11. **Idempotency** ([`idempotency`]) — on routes that ask for it: the client-scoped key and
+//!     the fingerprint of the buffered body; last, so a refused request never reserves a key.
+//!     It answers from the store (a replay) or reserves the key, which the caller completes
+//!     with the upstream's answer.
 
 pub mod authz;
 pub mod binding;
@@ -84,7 +84,7 @@ pub async fn inspect(
     // 6. With a certificate the client is known now; otherwise after the token (its client id).
     if identity.cert.is_some() {
         let key = ratelimit::client_key(&identity, None, conn);
-        ratelimit::check_client(&route.route, &key, rt, shared, record)?;
+        ratelimit::check_client(&route.route, &key, rt, shared, record).await?;
     }
     let token = match &route.route.auth {
         None => None,
@@ -92,7 +92,7 @@ pub async fn inspect(
     };
     let client_key = ratelimit::client_key(&identity, token.as_ref(), conn);
     if identity.cert.is_none() {
-        ratelimit::check_client(&route.route, &client_key, rt, shared, record)?;
+        ratelimit::check_client(&route.route, &client_key, rt, shared, record).await?;
     }
     let dpop_nonce = route
         .route
@@ -155,13 +155,16 @@ async fn authenticate(
             raw_token: cred.token,
             htu: htu.as_deref(),
             client_cert: identity.cert.as_deref(),
-            nonce: auth.dpop_nonce.then_some(&accepts as &dyn Fn(&str) -> bool),
+            nonce: auth
+                .dpop_nonce
+                .then_some(&accepts as &(dyn Fn(&str) -> bool + Sync)),
         },
         auth.profile,
         dpop,
         shared.replay.as_ref(),
         now,
-    );
+    )
+    .await;
     match bound {
         // RFC 9449 §9: answer with a fresh nonce the client must use.
         Err(binding::BindingError::Proof(

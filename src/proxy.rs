@@ -18,6 +18,7 @@ use hyper::body::{Body, Incoming};
 
 use crate::audit::{bounded, Record, RequestRecord};
 use crate::conn::ConnInfo;
+use crate::pipeline::idempotency::{Outcome, Settled};
 use crate::pipeline::{self, fapi, http::HttpError};
 use crate::rejection::{self, Rejection};
 use crate::runtime::{Runtime, Shared};
@@ -194,6 +195,31 @@ async fn inner(
             .await?;
     let permit =
         pipeline::authorize(&inspected, &parts, buffered.as_deref(), rt, shared, record).await?;
+    // 11. Idempotency: last, so a refused request never reserves a key.
+    let reservation = match pipeline::idempotency::reserve(
+        &inspected,
+        &parts,
+        buffered.as_deref(),
+        shared,
+        record,
+    )
+    .await?
+    {
+        Outcome::None => None,
+        Outcome::Reserved(r) => Some(r),
+        Outcome::Replay(stored) => {
+            let (parts, bytes) = pipeline::idempotency::replay(&stored).into_parts();
+            return finish(
+                parts,
+                full(bytes),
+                &inspected,
+                verified.as_ref(),
+                rt,
+                shared,
+            )
+            .await;
+        }
+    };
 
     let uri = upstream
         .uri(parts.uri.path(), parts.uri.query())
@@ -224,7 +250,22 @@ async fn inner(
         &inspected,
         &rt.config.auth.identity_headers,
     );
-    let (resp, took) = upstream.send(out).await?;
+    let (resp, took) = match upstream.send(out).await {
+        Ok(sent) => sent,
+        Err(e) => {
+            // No answer: release the key so the client may retry, or keep it reserved (the
+            // upstream may have acted) when so configured.
+            if let Some(r) = reservation {
+                if r.release_on_upstream_error {
+                    record.idempotency = Some("released");
+                } else {
+                    record.idempotency = Some("kept");
+                    r.keep();
+                }
+            }
+            return Err(e.into());
+        }
+    };
     record.upstream_status = Some(resp.status().as_u16());
     record.upstream_latency_us = Some(took.as_micros() as u64);
     let (mut parts, body) = resp.into_parts();
@@ -235,14 +276,41 @@ async fn inner(
         let claims = inspected.token.as_ref().map(|t| &t.token.claims);
         check_response(&mut parts, body, route, claims, permit.consent.as_ref()).await?
     };
+    let body = match reservation {
+        None => body,
+        Some(r) => {
+            let max = rt.config.idempotency.max_response_bytes;
+            let now = shared.clock.now();
+            match pipeline::idempotency::settle(r, &parts, body, max, now, record).await {
+                Settled::Send(bytes) => full(bytes),
+                Settled::Withheld => return Err(UpstreamError::Protocol.into()),
+            }
+        }
+    };
+    finish(parts, body, &inspected, verified.as_ref(), rt, shared).await
+}
+
+/// The last steps of every response that passed the pipeline, forwarded or replayed: the
+/// route's response signature, and a fresh DPoP nonce on nonce routes.
+async fn finish(
+    mut parts: http::response::Parts,
+    body: ProxyBody,
+    inspected: &pipeline::Inspected,
+    verified: Option<&crate::signature::VerifiedSignature>,
+    rt: &Runtime,
+    shared: &Shared,
+) -> Result<Response<ProxyBody>, Rejection> {
     // Routes with `sign_response` sign what they send (issue #4); only they buffer responses.
-    let body = match (route.signature, &rt.config.signatures.response) {
+    let body = match (
+        inspected.route.route.signature,
+        &rt.config.signatures.response,
+    ) {
         (Some(s), Some(key)) if s.sign_response => {
             crate::signature::response::sign_response(
                 &mut parts,
                 body,
                 s.kind,
-                verified.as_ref(),
+                verified,
                 key,
                 shared.clock.now(),
             )
@@ -253,7 +321,8 @@ async fn inner(
     // RFC 9449 §8.2: a fresh nonce rides on successful responses of nonce routes too.
     if let Some(n) = inspected
         .dpop_nonce
-        .and_then(|n| HeaderValue::from_str(&n).ok())
+        .as_deref()
+        .and_then(|n| HeaderValue::from_str(n).ok())
     {
         parts.headers.insert("dpop-nonce", n);
     }

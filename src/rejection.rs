@@ -50,8 +50,12 @@ pub enum Rejection {
     Audit(AuditError),
     /// A rate limit refused the request (issue #6).
     RateLimited(crate::pipeline::ratelimit::Limited),
-    /// An idempotency-key refusal (issue #6).
-    Idempotency(crate::pipeline::idempotency::IdempotencyError),
+    /// An idempotency-key refusal (issue #6), in the route's error dialect (OBIE routes answer
+    /// in the OBIE error body).
+    Idempotency(
+        crate::pipeline::idempotency::IdempotencyError,
+        crate::pipeline::idempotency::Dialect,
+    ),
 }
 
 /// The stage a refusal came from, for the audit record.
@@ -169,7 +173,7 @@ impl Rejection {
             Rejection::Upstream(_) => Stage::Upstream,
             Rejection::Audit(_) => Stage::Audit,
             Rejection::RateLimited(_) => Stage::RateLimit,
-            Rejection::Idempotency(_) => Stage::Idempotency,
+            Rejection::Idempotency(..) => Stage::Idempotency,
         }
     }
 
@@ -354,15 +358,29 @@ impl Rejection {
                     "rate_limit.peer",
                     "too many requests from this address; retry after the time in Retry-After",
                 ),
+                // The fleet quota (Redis) cannot be checked and state.on_outage.rate_limits is
+                // `refuse`: RFC 9110 §15.6.4, with Retry-After.
+                "unavailable" => wire(
+                    S::SERVICE_UNAVAILABLE,
+                    "rate_limit.unavailable",
+                    "rate limits cannot be checked now; try again later",
+                ),
                 _ => wire(
                     S::TOO_MANY_REQUESTS,
                     "rate_limit.client",
                     "too many requests from this client; retry after the time in Retry-After",
                 ),
             },
-            Rejection::Idempotency(e) => {
-                use crate::pipeline::idempotency::IdempotencyError as I;
+            Rejection::Idempotency(e, dialect) => {
+                use crate::pipeline::idempotency::{Dialect, IdempotencyError as I};
                 match e {
+                    // OBIE answers request validation failures with 400 and an error code;
+                    // a key reused for another payload is an invalid x-idempotency-key.
+                    I::Mismatch if *dialect == Dialect::Obie => wire(
+                        S::BAD_REQUEST,
+                        "idempotency.key_reused",
+                        "this idempotency key was used for a different request",
+                    ),
                     // draft-ietf-httpapi-idempotency-key-header §2.7: missing key: 400.
                     I::KeyMissing => wire(
                         S::BAD_REQUEST,
@@ -420,7 +438,7 @@ impl Rejection {
             | Rejection::Upstream(_)
             | Rejection::Audit(_)
             | Rejection::RateLimited(_)
-            | Rejection::Idempotency(_) => None,
+            | Rejection::Idempotency(..) => None,
             // A missing client certificate is a TLS-level credential; there is no HTTP auth
             // scheme for it, so no challenge (RFC 9110 §11.6.1 requires one only for schemes).
             Rejection::Identity(IdentityError::ClientCertRequired) => None,
@@ -876,15 +894,16 @@ pub fn all_reasons() -> Vec<(u16, &'static str, &'static str)> {
             retry_after_s: 1,
         })
     };
-    use crate::pipeline::idempotency::IdempotencyError as I;
+    use crate::pipeline::idempotency::{Dialect as D, IdempotencyError as I};
     let mut all: Vec<Rejection> = vec![
         limited("peer"),
         limited("client"),
-        Rejection::Idempotency(I::KeyMissing),
-        Rejection::Idempotency(I::KeyInvalid),
-        Rejection::Idempotency(I::InFlight),
-        Rejection::Idempotency(I::Mismatch),
-        Rejection::Idempotency(I::Unavailable),
+        limited("unavailable"),
+        Rejection::Idempotency(I::KeyMissing, D::Ietf),
+        Rejection::Idempotency(I::KeyInvalid, D::Ietf),
+        Rejection::Idempotency(I::InFlight, D::Ietf),
+        Rejection::Idempotency(I::Mismatch, D::Ietf),
+        Rejection::Idempotency(I::Unavailable, D::Ietf),
         HttpError::ConflictingFraming.into(),
         HttpError::BadContentLength.into(),
         HttpError::BadTransferEncoding.into(),
@@ -1085,13 +1104,23 @@ pub struct ObieError {
 }
 
 impl Rejection {
-    /// Refusals answered in the OBIE error body: `x-jws-signature` failures (OBIE Read/Write
-    /// API "Standard Error Codes": `UK.OBIE.Signature.*`).
+    /// Refusals answered in the OBIE error body (OBIE Read/Write API "Standard Error Codes"):
+    /// `x-jws-signature` failures (`UK.OBIE.Signature.*`) and idempotency-key refusals on
+    /// OBIE routes (`UK.OBIE.Header.*`).
     pub fn obie_error(&self) -> Option<ObieError> {
+        let ob = |code, path| Some(ObieError { code, path });
+        if let Rejection::Idempotency(e, crate::pipeline::idempotency::Dialect::Obie) = self {
+            use crate::pipeline::idempotency::IdempotencyError as I;
+            const KEY: Option<&str> = Some("x-idempotency-key");
+            return match e {
+                I::KeyMissing => ob("UK.OBIE.Header.Missing", KEY),
+                I::KeyInvalid | I::Mismatch | I::InFlight => ob("UK.OBIE.Header.Invalid", KEY),
+                I::Unavailable => ob("UK.OBIE.UnexpectedError", None),
+            };
+        }
         let Rejection::Signature(SignatureError::Jws(e)) = self else {
             return None;
         };
-        let ob = |code, path| Some(ObieError { code, path });
         const MISSING: &str = "UK.OBIE.Signature.Missing";
         const MALFORMED: &str = "UK.OBIE.Signature.Malformed";
         const INVALID: &str = "UK.OBIE.Signature.Invalid";
@@ -1372,5 +1401,41 @@ fn signature_wire(e: SignatureError) -> Wire {
                 "Content-Digest does not match the body",
             ),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::idempotency::{Dialect, IdempotencyError as I};
+    use http_body_util::BodyExt;
+
+    async fn answer(r: &Rejection) -> (u16, serde_json::Value) {
+        let resp = respond(r, "id-1", http::Version::HTTP_11);
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn idempotency_refusals_on_obie_routes_use_the_obie_error_body() {
+        let (s, b) = answer(&Rejection::Idempotency(I::Mismatch, Dialect::Ietf)).await;
+        assert_eq!(
+            (s, b["reason"].as_str()),
+            (422, Some("idempotency.key_reused"))
+        );
+        let cases = [
+            (I::Mismatch, 400, "UK.OBIE.Header.Invalid"),
+            (I::KeyMissing, 400, "UK.OBIE.Header.Missing"),
+            (I::KeyInvalid, 400, "UK.OBIE.Header.Invalid"),
+            (I::InFlight, 409, "UK.OBIE.Header.Invalid"),
+            (I::Unavailable, 503, "UK.OBIE.UnexpectedError"),
+        ];
+        for (e, status, code) in cases {
+            let (s, b) = answer(&Rejection::Idempotency(e, Dialect::Obie)).await;
+            assert_eq!(s, status, "{e:?}");
+            assert_eq!(b["Errors"][0]["ErrorCode"], code, "{e:?}");
+            assert_eq!(b["Id"], "id-1");
+        }
     }
 }

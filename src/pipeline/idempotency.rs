@@ -15,9 +15,34 @@ pub enum IdempotencyError {
     Unavailable,
 }
 
+/// The error body an idempotency refusal is answered in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// RFC 9457 problem+json with the IETF draft's statuses (400, 409, 422, 503).
+    Ietf,
+    /// The OBIE error body on routes that require an OBIE `x-jws-signature`; a reused key is
+    /// 400 `UK.OBIE.Header.Invalid` there.
+    Obie,
+}
+
+impl Dialect {
+    pub fn of(route: &crate::policy::Route) -> Dialect {
+        match route.signature {
+            Some(crate::policy::signature::RouteSignature {
+                kind: crate::policy::signature::SignatureKind::ObieJws(_),
+                ..
+            }) => Dialect::Obie,
+            _ => Dialect::Ietf,
+        }
+    }
+}
+
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use http_body_util::BodyExt;
 
 use crate::audit::RequestRecord;
 use crate::pipeline::Inspected;
@@ -85,12 +110,21 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    pub async fn complete(mut self, response: StoredResponse, now: i64) {
+    pub async fn complete(
+        mut self,
+        response: StoredResponse,
+        now: i64,
+    ) -> Result<(), crate::state::idempotency::StoreUnavailable> {
         self.done = true;
-        let _ = self
-            .store
+        self.store
             .complete(self.key, self.fingerprint, response, now, self.ttl)
-            .await;
+            .await
+    }
+
+    /// Leaves the key reserved until its TTL ends: the upstream may have acted, but there is
+    /// no response to replay, so a retry gets 409 rather than a second execution.
+    pub fn keep(mut self) {
+        self.done = true;
     }
 }
 
@@ -133,10 +167,12 @@ pub async fn reserve(
     if mode == IdempotencyMode::None {
         return Ok(Outcome::None);
     }
-    let k = match key(parts).map_err(Rejection::Idempotency)? {
+    let dialect = Dialect::of(&inspected.route.route);
+    let refuse = |e| Rejection::Idempotency(e, dialect);
+    let k = match key(parts).map_err(refuse)? {
         Some(k) => k,
         None if mode == IdempotencyMode::Required => {
-            return Err(Rejection::Idempotency(IdempotencyError::KeyMissing))
+            return Err(refuse(IdempotencyError::KeyMissing))
         }
         None => return Ok(Outcome::None),
     };
@@ -149,14 +185,17 @@ pub async fn reserve(
     let (ttl, release_on_upstream_error, now, store) = settings(shared);
     let begun = store.begin(key, fp, now, ttl).await;
     let (outcome, label) = match begun {
-        Err(_) => return Err(Rejection::Idempotency(IdempotencyError::Unavailable)),
+        Err(_) => {
+            record.idempotency = Some("unavailable");
+            return Err(refuse(IdempotencyError::Unavailable));
+        }
         Ok(Begin::InFlight) => {
             record.idempotency = Some("in_flight");
-            return Err(Rejection::Idempotency(IdempotencyError::InFlight));
+            return Err(refuse(IdempotencyError::InFlight));
         }
         Ok(Begin::Mismatch) => {
             record.idempotency = Some("mismatch");
-            return Err(Rejection::Idempotency(IdempotencyError::Mismatch));
+            return Err(refuse(IdempotencyError::Mismatch));
         }
         Ok(Begin::Completed(r)) => (Outcome::Replay(r), "replayed"),
         Ok(Begin::Reserved) => (
@@ -173,6 +212,110 @@ pub async fn reserve(
     };
     record.idempotency = Some(label);
     Ok(outcome)
+}
+
+/// Response headers that are not stored: they describe one exchange, not the resource (the
+/// proxy sets its own `Date`, interaction id and nonce on the replay), or must not be handed
+/// out twice.
+const NOT_STORED: [&str; 6] = [
+    "date",
+    "content-length",
+    "x-fapi-interaction-id",
+    "dpop-nonce",
+    "set-cookie",
+    REPLAY_HEADER,
+];
+
+/// The response of a replayed key: the stored status, headers and body, marked as a replay.
+pub fn replay(stored: &StoredResponse) -> http::Response<Bytes> {
+    let mut resp = http::Response::new(stored.body.clone());
+    *resp.status_mut() =
+        http::StatusCode::from_u16(stored.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    let h = resp.headers_mut();
+    for (name, value) in &stored.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            h.append(n, v);
+        }
+    }
+    h.insert(REPLAY_HEADER, HeaderValue::from_static("true"));
+    resp
+}
+
+fn stored_headers(h: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    h.iter()
+        .filter(|(n, _)| !NOT_STORED.contains(&n.as_str()))
+        .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// The whole body, or `None` when it is larger than `limit` or fails.
+async fn read_bounded(mut body: crate::proxy::ProxyBody, limit: usize) -> Option<Bytes> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.ok()?.into_data() {
+            if buf.len() + data.len() > limit {
+                return None;
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Some(buf.freeze())
+}
+
+/// What happened to a reserved key once the upstream answered.
+pub enum Settled<B> {
+    /// The response to send (stored for replay, or the key released / kept).
+    Send(B),
+    /// The body could not be read in full (too large beyond the hard limit, or it failed):
+    /// the key stays reserved (the upstream may have acted) and the response is withheld.
+    Withheld,
+}
+
+/// Stores the upstream's answer under a reserved key: 5xx releases the key when so configured
+/// (the client may retry); any other response is read (up to `max_stored` bytes) and stored,
+/// so a retry replays it. A larger body is still sent, and the key stays reserved until its
+/// TTL (retries get 409, never a second execution).
+pub async fn settle(
+    reservation: Reservation,
+    parts: &http::response::Parts,
+    body: crate::proxy::ProxyBody,
+    max_stored: usize,
+    now: i64,
+    record: &mut RequestRecord,
+) -> Settled<Bytes> {
+    const HARD_LIMIT: usize = 16 * 1024 * 1024;
+    let status = parts.status.as_u16();
+    let release = parts.status.is_server_error() && reservation.release_on_upstream_error;
+    let Some(bytes) = read_bounded(body, HARD_LIMIT).await else {
+        record.idempotency = Some("kept");
+        reservation.keep();
+        return Settled::Withheld;
+    };
+    if release {
+        record.idempotency = Some("released");
+        drop(reservation);
+        return Settled::Send(bytes);
+    }
+    if bytes.len() > max_stored {
+        record.idempotency = Some("kept");
+        reservation.keep();
+        return Settled::Send(bytes);
+    }
+    let stored = StoredResponse {
+        status,
+        headers: stored_headers(&parts.headers),
+        body: bytes.clone(),
+    };
+    record.idempotency = match reservation.complete(stored, now).await {
+        Ok(()) => Some("stored"),
+        // The store went away after the reservation: the key stays reserved there (or expires)
+        // and the client still gets the answer.
+        Err(_) => Some("store_failed"),
+    };
+    Settled::Send(bytes)
 }
 
 #[cfg(test)]

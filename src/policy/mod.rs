@@ -484,18 +484,7 @@ pub(crate) fn load(
             let idempotency = match r.idempotency.as_deref() {
                 None => crate::state::idempotency::IdempotencyMode::None,
                 Some(v) => match crate::state::idempotency::IdempotencyMode::parse(v) {
-                    // The store and the stage exist; the proxy does not run the stage yet, so a
-                    // route may not ask for it (nothing pretends to check it).
-                    Some(crate::state::idempotency::IdempotencyMode::None) => {
-                        crate::state::idempotency::IdempotencyMode::None
-                    }
-                    Some(_) => {
-                        p.push(
-                            field("idempotency"),
-                            "idempotency keys are not enforced by this build yet (issue #6)",
-                        );
-                        continue;
-                    }
+                    Some(mode) => mode,
                     None => {
                         p.push(
                             field("idempotency"),

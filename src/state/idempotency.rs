@@ -43,9 +43,14 @@ pub struct FileIdempotency {
     #[serde(default)]
     pub capacity: Option<usize>,
     /// Release the key when the upstream fails (no answer or 5xx) so the client may retry
-    /// (default true); otherwise the failure is stored and replayed.
+    /// (default true). Otherwise a 5xx is stored and replayed, and a request that got no answer
+    /// keeps its key reserved until the TTL ends (the upstream may have acted; retries get 409).
     #[serde(default)]
     pub release_on_upstream_error: Option<bool>,
+    /// The largest response body stored for replay (default 1 MiB). A larger response is
+    /// sent but not stored, and its key stays reserved until the TTL ends (retries get 409).
+    #[serde(default)]
+    pub max_response_bytes: Option<usize>,
 }
 
 /// The validated `idempotency:` section.
@@ -54,6 +59,7 @@ pub struct IdempotencyConfig {
     pub ttl: Duration,
     pub capacity: usize,
     pub release_on_upstream_error: bool,
+    pub max_response_bytes: usize,
 }
 
 impl Default for IdempotencyConfig {
@@ -62,6 +68,7 @@ impl Default for IdempotencyConfig {
             ttl: Duration::from_secs(24 * 3600),
             capacity: 100_000,
             release_on_upstream_error: true,
+            max_response_bytes: 1024 * 1024,
         }
     }
 }
@@ -79,10 +86,18 @@ pub(crate) fn validate(
     if capacity == 0 {
         p.push("idempotency.capacity", "must be at least 1");
     }
+    let max_response_bytes = f.max_response_bytes.unwrap_or(d.max_response_bytes);
+    if max_response_bytes > 16 * 1024 * 1024 {
+        p.push(
+            "idempotency.max_response_bytes",
+            "must be at most 16777216 (16 MiB)",
+        );
+    }
     IdempotencyConfig {
         ttl,
         capacity,
         release_on_upstream_error: f.release_on_upstream_error.unwrap_or(true),
+        max_response_bytes,
     }
 }
 

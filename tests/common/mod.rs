@@ -54,6 +54,11 @@ pub enum Behaviour {
     Delay(Duration),
     /// 200 with this JSON body.
     Json(&'static str),
+    /// 201 with a body and `Location` naming the request's number (1, 2, ...), so a replayed
+    /// response can be told from a second execution.
+    Created,
+    /// This status with a small JSON body.
+    Status(u16),
 }
 
 /// An in-process upstream that records every request it receives.
@@ -139,25 +144,44 @@ impl Upstream {
                                 .await
                                 .map(|c| c.to_bytes())
                                 .unwrap_or_default();
-                            rec.lock().unwrap().push(Seen {
-                                method: parts.method.to_string(),
-                                path_and_query: parts
-                                    .uri
-                                    .path_and_query()
-                                    .map(|p| p.to_string())
-                                    .unwrap_or_default(),
-                                headers: parts.headers,
-                                body,
-                            });
+                            let n = {
+                                let mut seen = rec.lock().unwrap();
+                                seen.push(Seen {
+                                    method: parts.method.to_string(),
+                                    path_and_query: parts
+                                        .uri
+                                        .path_and_query()
+                                        .map(|p| p.to_string())
+                                        .unwrap_or_default(),
+                                    headers: parts.headers,
+                                    body,
+                                });
+                                seen.len()
+                            };
                             if let Behaviour::Delay(d) = behaviour {
                                 tokio::time::sleep(d).await;
                             }
-                            let body: &'static str = match behaviour {
-                                Behaviour::Json(j) => j,
-                                _ => "{\"Data\":{}}",
+                            let body: Bytes = match behaviour {
+                                Behaviour::Json(j) => Bytes::from_static(j.as_bytes()),
+                                Behaviour::Created => {
+                                    Bytes::from(format!("{{\"Data\":{{\"PaymentId\":\"p-{n}\"}}}}"))
+                                }
+                                _ => Bytes::from_static(b"{\"Data\":{}}"),
                             };
-                            let mut r =
-                                http::Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                            let mut r = http::Response::new(Full::new(body));
+                            match behaviour {
+                                Behaviour::Created => {
+                                    *r.status_mut() = http::StatusCode::CREATED;
+                                    r.headers_mut().insert(
+                                        "location",
+                                        format!("/payments/p-{n}").parse().unwrap(),
+                                    );
+                                }
+                                Behaviour::Status(s) => {
+                                    *r.status_mut() = http::StatusCode::from_u16(s).unwrap();
+                                }
+                                _ => {}
+                            }
                             r.headers_mut()
                                 .insert("content-type", "application/json".parse().unwrap());
                             r.headers_mut()
