@@ -50,6 +50,7 @@ impl Runtime {
         config: Config,
         remotes: &DashMap<(String, String), Arc<KeySource>>,
         background: &CancellationToken,
+        redis: Option<&Arc<crate::state::redis::RedisState>>,
     ) -> Runtime {
         let upstreams = config
             .upstreams
@@ -102,8 +103,17 @@ impl Runtime {
             .consent
             .clone()
             .map(|c| Arc::new(crate::consent::ConsentSource::new(c)));
-        let rate_limits = Arc::new(crate::state::ratelimit::RateLimits::new(
+        let fleet = redis.map(|r| {
+            crate::state::redis::FleetLimiter::new(
+                Arc::clone(r),
+                config.state.lease_max_tokens,
+                config.state.lease_ttl,
+                config.state.rate_limits,
+            )
+        });
+        let rate_limits = Arc::new(crate::state::ratelimit::RateLimits::with_fleet(
             &config.rate_limits,
+            fleet,
         ));
         crate::state::ratelimit::RateLimits::spawn_maintenance(
             &rate_limits,
@@ -249,10 +259,13 @@ pub struct Shared {
     /// The file reloads read; `None` when the config did not come from a file.
     pub config_path: Option<PathBuf>,
     pub clock: Arc<dyn Clock>,
-    /// DPoP `jti` replay store (in memory; issue #6 adds Redis for a fleet).
+    /// Replay store for DPoP `jti`s and RFC 9421 nonces: memory, or Redis for a fleet
+    /// (`state:`, fixed at start-up).
     pub replay: Arc<dyn ReplayStore>,
-    /// Idempotency keys (issue #6; in memory, capacity fixed at start-up).
+    /// Idempotency keys: memory (capacity fixed at start-up) or Redis.
     pub idempotency: Arc<dyn crate::state::idempotency::IdempotencyStore>,
+    /// The Redis connection and its health, when `state.backend` is `redis`.
+    pub redis: Option<Arc<crate::state::redis::RedisState>>,
     /// DPoP server nonces (secret fixed at start-up).
     pub nonces: crate::state::nonce::NonceIssuer,
     /// OTLP span export (feature `otlp`; endpoint fixed at start-up).
@@ -262,6 +275,54 @@ pub struct Shared {
     /// Cancelled on drop: stops key refresh tasks.
     background: CancellationToken,
     conn_ids: AtomicU64,
+}
+
+/// The stores `config.state` asks for: memory, or Redis (one connection for all of them).
+#[allow(clippy::type_complexity)]
+fn state_backend(
+    config: &Config,
+    clock: &Arc<dyn Clock>,
+    background: &CancellationToken,
+) -> (
+    Option<Arc<crate::state::redis::RedisState>>,
+    Arc<dyn ReplayStore>,
+    Arc<dyn crate::state::idempotency::IdempotencyStore>,
+) {
+    use crate::state::redis::{RedisIdempotencyStore, RedisReplayStore, RedisState};
+    use crate::state::settings::{Backend, OnOutage};
+    let s = &config.state;
+    let Backend::Redis(r) = &s.backend else {
+        return (
+            None,
+            Arc::new(MemoryReplayStore::new(config.auth.dpop.replay_capacity)),
+            Arc::new(crate::state::idempotency::MemoryIdempotencyStore::new(
+                config.idempotency.capacity,
+            )),
+        );
+    };
+    // The longest time a DPoP proof or an RFC 9421 nonce is accepted, skew on both sides.
+    let dpop = &config.auth.dpop;
+    let http = &config.signatures.http;
+    let window = (dpop.max_age + 2 * dpop.skew).max(http.window + 2 * http.skew);
+    let redis = RedisState::start(r, Arc::clone(clock), window, background.child_token());
+    for (feature, action) in [("replay", s.replay), ("rate_limits", s.rate_limits)] {
+        if action == OnOutage::Local {
+            tracing::warn!(
+                feature,
+                "state.on_outage: this feature uses per-instance state while Redis is unavailable (fail-open across the fleet)"
+            );
+        }
+    }
+    tracing::info!(endpoint = %redis.endpoint(), "shared state on Redis");
+    (
+        Some(Arc::clone(&redis)),
+        Arc::new(RedisReplayStore::new(
+            Arc::clone(&redis),
+            s.replay,
+            config.auth.dpop.replay_capacity,
+        )),
+        Arc::new(RedisIdempotencyStore::new(redis)),
+    )
 }
 
 impl Drop for Shared {
@@ -284,10 +345,7 @@ impl Shared {
     ) -> Shared {
         let remotes = DashMap::new();
         let background = CancellationToken::new();
-        let replay = Arc::new(MemoryReplayStore::new(config.auth.dpop.replay_capacity));
-        let idempotency = Arc::new(crate::state::idempotency::MemoryIdempotencyStore::new(
-            config.idempotency.capacity,
-        ));
+        let (redis, replay, idempotency) = state_backend(&config, &clock, &background);
         let dpop = &config.auth.dpop;
         let nonces = match &dpop.nonce_secret {
             Some(s) => crate::state::nonce::NonceIssuer::new(s, dpop.nonce_lifetime),
@@ -298,7 +356,7 @@ impl Shared {
             .otlp
             .clone()
             .map(|(uri, service)| crate::otlp::Exporter::start(uri, service));
-        let runtime = Runtime::new(config, &remotes, &background);
+        let runtime = Runtime::new(config, &remotes, &background, redis.as_ref());
         let metrics = Metrics::default();
         metrics.attach_audit(audit.clone());
         metrics.server_cert(runtime.config.listener.tls.server_cert_not_after);
@@ -310,6 +368,7 @@ impl Shared {
             clock,
             replay,
             idempotency,
+            redis,
             nonces,
             #[cfg(feature = "otlp")]
             otlp,
@@ -323,12 +382,46 @@ impl Shared {
         self.conn_ids.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Ready to serve: a valid config is loaded and every issuer has a good key set.
+    /// Ready to serve: a valid config is loaded, every issuer has a good key set, the audit
+    /// log is healthy, and the shared state can answer for every fail-closed feature the
+    /// routes use ([`Shared::state_ready`]).
     pub fn ready(&self) -> bool {
         let rt = self.runtime.load();
         !rt.config.policies.routes().is_empty()
             && rt.keys.values().all(|k| k.is_ready())
             && self.audit.healthy()
+            && self.state_ready(&rt.config).is_ok()
+    }
+
+    /// Whether the shared state backend can serve the routes of `config`: with Redis, not while
+    /// it is down (or its replay history is younger than one replay window) if some route uses
+    /// a feature that then refuses — replay checks (routes with `auth`, which may carry DPoP
+    /// proofs, or RFC 9421 signatures) with `on_outage.replay: refuse`, idempotency keys, or
+    /// rate-limit classes with `on_outage.rate_limits: refuse`. The error names what is missing.
+    pub fn state_ready(&self, config: &Config) -> Result<(), &'static str> {
+        use crate::state::idempotency::IdempotencyMode;
+        use crate::state::settings::OnOutage;
+        let Some(redis) = &self.redis else {
+            return Ok(());
+        };
+        let routes = config.policies.routes();
+        let s = &config.state;
+        let replay = s.replay == OnOutage::Refuse
+            && routes
+                .iter()
+                .any(|r| r.auth.is_some() || r.signature.is_some());
+        let idempotency = routes
+            .iter()
+            .any(|r| r.idempotency != IdempotencyMode::None);
+        let limits =
+            s.rate_limits == OnOutage::Refuse && routes.iter().any(|r| r.rate_limit.is_some());
+        if !redis.is_up() && (replay || idempotency || limits) {
+            return Err("the shared state backend (Redis) is unavailable");
+        }
+        if replay && !redis.replay_trusted(self.clock.now()) {
+            return Err("the shared replay history (Redis) is younger than one replay window");
+        }
+        Ok(())
     }
 
     /// Re-reads the config file; swaps it in only when it is fully valid.
@@ -350,8 +443,15 @@ impl Shared {
                 let version = new.policies.version.clone();
                 self.metrics
                     .server_cert(new.listener.tls.server_cert_not_after);
-                self.runtime
-                    .store(Arc::new(Runtime::new(new, &self.remotes, &self.background)));
+                if new.state != old.config.state {
+                    tracing::warn!("state backend changes take effect only after a restart");
+                }
+                self.runtime.store(Arc::new(Runtime::new(
+                    new,
+                    &self.remotes,
+                    &self.background,
+                    self.redis.as_ref(),
+                )));
                 self.metrics.reload(true);
                 tracing::info!(policy_version = %version, "config reloaded");
                 Ok(())

@@ -290,12 +290,23 @@ fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
     match req.uri().path() {
         "/healthz" => text(200, "ok\n".into(), "text/plain"),
         "/readyz" if shared.ready() => text(200, "ready\n".into(), "text/plain"),
-        "/readyz" => text(503, "not ready\n".into(), "text/plain"),
-        "/metrics" => text(
-            200,
-            shared.metrics.render() + &shared.runtime.load().render_metrics(shared.clock.now()),
-            "text/plain; version=0.0.4; charset=utf-8",
-        ),
+        "/readyz" => {
+            // Say which part is missing when it is the shared state (issue #6).
+            let why = shared.state_ready(&shared.runtime.load().config).err();
+            text(
+                503,
+                why.map_or("not ready\n".into(), |w| format!("not ready: {w}\n")),
+                "text/plain",
+            )
+        }
+        "/metrics" => {
+            let now = shared.clock.now();
+            let mut m = shared.metrics.render() + &shared.runtime.load().render_metrics(now);
+            if let Some(r) = &shared.redis {
+                m.push_str(&r.render_metrics(now));
+            }
+            text(200, m, "text/plain; version=0.0.4; charset=utf-8")
+        }
         _ => text(404, "not found\n".into(), "text/plain"),
     }
 }

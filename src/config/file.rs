@@ -44,6 +44,9 @@ pub(crate) struct FileConfig {
     /// Idempotency keys: TTL, capacity, release on upstream failure (issue #6).
     #[serde(default)]
     pub idempotency: crate::state::idempotency::FileIdempotency,
+    /// Shared state backend: memory or Redis, and outage behaviour (issue #6).
+    #[serde(default)]
+    pub state: crate::state::settings::FileState,
 }
 
 #[derive(Debug, Deserialize)]

@@ -259,6 +259,8 @@ pub struct Config {
     pub rate_limits: crate::state::ratelimit::RateLimitConfig,
     /// Idempotency keys (issue #6).
     pub idempotency: crate::state::idempotency::IdempotencyConfig,
+    /// Shared state backend and outage behaviour (issue #6).
+    pub state: crate::state::settings::StateConfig,
     /// Files and directories whose change triggers a reload.
     pub watched: Vec<PathBuf>,
 }
@@ -454,6 +456,7 @@ fn validate(
     );
     let rate_limits = crate::state::ratelimit::validate(&mut p, &f.rate_limits);
     let idempotency = crate::state::idempotency::validate(&mut p, &f.idempotency);
+    let state = crate::state::settings::validate(&mut p, base, &f.state);
     let known = crate::policy::Known {
         upstreams: upstreams.keys().map(String::as_str).collect(),
         issuers: auth.issuers.keys().map(String::as_str).collect(),
@@ -488,6 +491,7 @@ fn validate(
         signatures,
         rate_limits,
         idempotency,
+        state,
         otlp,
         watched,
     })

@@ -37,6 +37,7 @@ pub enum BindingError {
     Proof(DpopError),
     JktMismatch,
     Replay,
+    /// The replay store is full or cannot answer (503 `binding.replay_store_unavailable`).
     ReplayStoreFull,
 }
 
@@ -74,10 +75,12 @@ pub struct Presented<'a> {
     pub htu: Option<&'a str>,
     pub client_cert: Option<&'a ClientCert>,
     /// When the route requires server nonces: whether a nonce is one we accept now.
-    pub nonce: Option<&'a dyn Fn(&str) -> bool>,
+    pub nonce: Option<&'a (dyn Fn(&str) -> bool + Sync)>,
 }
 
-pub fn bind(
+/// Asynchronous only for the replay check, which a fleet answers from Redis; every other check
+/// runs first, so a proof that fails them never reaches the store.
+pub async fn bind(
     token: Arc<AccessToken>,
     r: &Presented<'_>,
     profile: Profile,
@@ -115,7 +118,7 @@ pub fn bind(
                 max_age: dpop.max_age,
                 skew: dpop.skew,
                 algs: &dpop.algorithms,
-                nonce: r.nonce,
+                nonce: r.nonce.map(|f| f as &dyn Fn(&str) -> bool),
             },
         )
         .map_err(BindingError::Proof)?;
@@ -128,10 +131,13 @@ pub fn bind(
             .saturating_add(dpop.max_age)
             .saturating_add(dpop.skew)
             .max(now + 1);
-        match replay.first_use(p.jti_hash, until, now) {
+        match replay.first_use(p.jti_hash, until, now).await {
             Ok(true) => {}
             Ok(false) => return Err(BindingError::Replay),
-            Err(ReplayError::Full) => return Err(BindingError::ReplayStoreFull),
+            // Full, or a shared store that cannot answer: never admit a possible replay.
+            Err(ReplayError::Full | ReplayError::Unavailable) => {
+                return Err(BindingError::ReplayStoreFull)
+            }
         }
         binding = Binding::Dpop;
     } else if r.scheme == Scheme::DPoP {

@@ -92,8 +92,11 @@ pub fn client_key(
     format!("ip:{}", conn.peer.ip())
 }
 
-/// Stage 6: the route class's limit for `key`.
-pub fn check_client(
+/// Stage 6: the route class's limit for `key` — fleet-wide when the state backend is Redis
+/// (the local limiter then counts what the fleet admitted here, and decides alone while Redis
+/// is unavailable, or the request is refused with 503 `rate_limit.unavailable`, per
+/// `state.on_outage.rate_limits`).
+pub async fn check_client(
     route: &Route,
     key: &str,
     rt: &Runtime,
@@ -107,6 +110,34 @@ pub fn check_client(
     let Some(l) = rt.rate_limits.classes.get(class) else {
         return Ok(());
     };
-    let d = l.check(&key.to_string());
+    let Some(fleet) = &rt.rate_limits.fleet else {
+        let d = l.check(&key.to_string());
+        return apply("client", &l.spec, d, shared, record);
+    };
+    use crate::state::settings::OnOutage;
+    let d = match fleet.check(&l.spec, key).await {
+        Ok(d) => {
+            if d.allowed {
+                // Keeps this instance's limiter warm for an outage.
+                let _ = l.check(&key.to_string());
+            }
+            d
+        }
+        Err(_) => {
+            use crate::state::redis::Feature;
+            fleet
+                .state()
+                .count_outage(Feature::RateLimit, fleet.on_outage);
+            if fleet.on_outage == OnOutage::Refuse {
+                return Err(Rejection::RateLimited(Limited {
+                    scope: "unavailable",
+                    policy: l.spec.policy_header(),
+                    name: l.spec.name.clone(),
+                    retry_after_s: 1,
+                }));
+            }
+            l.check(&key.to_string())
+        }
+    };
     apply("client", &l.spec, d, shared, record)
 }

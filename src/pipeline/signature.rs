@@ -225,10 +225,17 @@ async fn http_sig(
             .saturating_add(cfg.http.window)
             .saturating_add(cfg.http.skew)
             .max(now + 1);
-        match shared.replay.first_use(crate::jose::sha256(&k), until, now) {
+        match shared
+            .replay
+            .first_use(crate::jose::sha256(&k), until, now)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => return Err(HttpSigError::Replay),
-            Err(ReplayError::Full) => return Err(HttpSigError::ReplayUnavailable),
+            // Full, or a shared store that cannot answer: never admit a possible replay.
+            Err(ReplayError::Full | ReplayError::Unavailable) => {
+                return Err(HttpSigError::ReplayUnavailable)
+            }
         }
     }
     let mut kept = http::HeaderMap::new();

@@ -9,6 +9,11 @@
 //! runs that periodically, so memory is bounded by the keys active within one replenish period.
 //!
 //! The limiters live in the [`crate::runtime::Runtime`]: a reload starts them empty.
+//!
+//! With `state.backend: redis` the class quotas are fleet-wide ([`crate::state::redis::FleetLimiter`]:
+//! tokens leased from a GCRA in Redis); the local limiters then count what the fleet admitted
+//! here, and decide alone while Redis is unavailable (`state.on_outage.rate_limits: local`).
+//! The pre-authentication limit per peer stays local: it bounds this instance's crypto work.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -245,12 +250,23 @@ pub struct RateLimits {
     pub peer: Option<Limiter<IpAddr>>,
     /// Keyed by the authenticated client: `x5t:<thumbprint>`, `cid:<client_id>` or `ip:<addr>`.
     pub classes: BTreeMap<String, Limiter<String>>,
+    /// Fleet-wide class quotas on Redis (`state.backend: redis`).
+    pub fleet: Option<crate::state::redis::FleetLimiter>,
     maintenance_interval: Duration,
 }
 
 impl RateLimits {
     pub fn new(c: &RateLimitConfig) -> RateLimits {
+        RateLimits::with_fleet(c, None)
+    }
+
+    /// As [`RateLimits::new`], with the class quotas shared by a fleet through `fleet`.
+    pub fn with_fleet(
+        c: &RateLimitConfig,
+        fleet: Option<crate::state::redis::FleetLimiter>,
+    ) -> RateLimits {
         RateLimits {
+            fleet: fleet.filter(|_| !c.classes.is_empty()),
             peer: c.peer.clone().map(Limiter::new),
             classes: c
                 .classes
@@ -277,6 +293,9 @@ impl RateLimits {
         }
         for l in self.classes.values() {
             l.retain_recent();
+        }
+        if let Some(f) = &self.fleet {
+            f.retain_recent();
         }
     }
 

@@ -2,6 +2,8 @@
 //! on 127.0.0.1:0 with its audit log in a temp directory, and real TLS clients.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
