@@ -48,6 +48,11 @@ routes:
     path: /signed
     auth: {profile: fapi2}
     signature: {kind: http-sig, nonce: required}
+  - id: payments.create
+    method: POST
+    path: /payments
+    body_limit: 4096
+    idempotency: required
 "#;
 
 fn thumb(name: &str) -> String {
@@ -74,6 +79,11 @@ struct Fleet {
 
 /// Two instances on one Redis; `b_state` is extra YAML under `state:` for instance B.
 async fn fleet(b_state: &str) -> Fleet {
+    fleet_with(b_state, [Behaviour::Ok, Behaviour::Ok]).await
+}
+
+/// As [`fleet`], with the behaviour of A's and B's upstreams.
+async fn fleet_with(b_state: &str, behaviours: [Behaviour; 2]) -> Fleet {
     let redis = RedisServer::start();
     let dirs = tempfile::tempdir().unwrap();
     let clients = dirs.path().join("clients");
@@ -114,8 +124,8 @@ rate_limits:
         )
     };
     let mut instances = Vec::new();
-    for state in ["", b_state] {
-        let up = Upstream::start(Behaviour::Ok).await;
+    for (state, behaviour) in [("", behaviours[0]), (b_state, behaviours[1])] {
+        let up = Upstream::start(behaviour).await;
         let mut o = Options::new(up.addr);
         o.policy = POLICY.to_string();
         o.extra = extra(state);
@@ -437,7 +447,8 @@ async fn d13_c06_a_dpop_proof_or_signature_nonce_used_on_one_instance_is_refused
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_refuses_replay_checks_falls_back_for_rate_limits_and_recovers() {
     // A: default outage settings (replay refuse, rate limits local); B: rate limits refuse.
-    let mut f = fleet("  on_outage: {rate_limits: refuse}\n  rate_limit_lease: {ttl: 50ms}\n").await;
+    let mut f =
+        fleet("  on_outage: {rate_limits: refuse}\n  rate_limit_lease: {ttl: 50ms}\n").await;
     let token = f.dpop_token();
     let before_outage = f.dpop_headers(&token, "before-outage");
     admitted(&f.a, "GET", "/accounts", &before_outage, b"").await;
@@ -569,6 +580,116 @@ async fn redis_outage_refuses_replay_checks_falls_back_for_rate_limits_and_recov
     assert_eq!(
         metric(&f.a.p, "portcullis_state_backend_up{backend=\"redis\"}").await,
         1.0
+    );
+}
+
+fn payment(key: &str, body: &str) -> http::Request<Full<Bytes>> {
+    req("POST", "/payments")
+        .header("content-type", "application/json")
+        .header("x-idempotency-key", key)
+        .header("x-fapi-interaction-id", uuid::Uuid::new_v4().to_string())
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+async fn pay(i: &Instance, key: &str, body: &str) -> (Answer, String) {
+    let r = payment(key, body);
+    let id = r.headers()["x-fapi-interaction-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut c = i.p.client(Some("tpp1"), false).await.unwrap();
+    (c.send(r).await.unwrap(), id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn j02_an_idempotent_payment_is_replayed_across_instances() {
+    // A's upstream is slow (for the in-flight case); B's creates payments p-1, p-2, ...
+    let mut f = fleet_with(
+        "",
+        [
+            Behaviour::Delay(Duration::from_millis(1500)),
+            Behaviour::Created,
+        ],
+    )
+    .await;
+    let body = r#"{"Data":{"Amount":"10.00","Currency":"GBP"}}"#;
+    let (first, _) = pay(&f.b, "k-1", body).await;
+    assert_eq!(
+        first.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    assert_eq!(first.headers["location"], "/payments/p-1");
+    assert_eq!(f.b.up.count(), 1);
+    // The retry lands on the other instance: the stored response, without any upstream.
+    let (again, id) = pay(&f.a, "k-1", body).await;
+    assert_eq!(again.status, 201);
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.headers["location"], "/payments/p-1");
+    assert_eq!(again.headers["x-idempotent-replay"], "true");
+    assert_eq!(f.a.up.count(), 0, "a replay never reaches the upstream");
+    assert_eq!(f.b.up.count(), 1);
+    let rec = f.a.p.audit_of(&id).await;
+    assert_eq!(rec["idempotency"], "replayed");
+    assert_eq!(rec["status"], 201);
+    // J01 across instances: the same key with another body.
+    let (a, id) = pay(&f.a, "k-1", r#"{"Data":{"Amount":"9999.00"}}"#).await;
+    assert_eq!(a.status, 422);
+    assert_eq!(a.json()["reason"], "idempotency.key_reused");
+    assert_eq!(f.a.up.count(), 0);
+    assert_eq!(
+        f.a.p.audit_of(&id).await["reason"],
+        "idempotency.key_reused"
+    );
+
+    // J02 across instances: while A is still waiting for its upstream, B says 409.
+    let slow = {
+        let r = payment("k-2", body);
+        let c = f.a.p.client(Some("tpp1"), false).await.unwrap();
+        tokio::spawn(async move {
+            let mut c = c;
+            c.send(r).await.unwrap()
+        })
+    };
+    for _ in 0..200 {
+        if f.a.up.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(f.a.up.count(), 1, "the first request reached A's upstream");
+    let (a, id) = pay(&f.b, "k-2", body).await;
+    assert_eq!(a.status, 409, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["reason"], "idempotency.in_flight");
+    assert_eq!(f.b.up.count(), 1, "nothing more upstream");
+    let rec = f.b.p.audit_of(&id).await;
+    assert_eq!(rec["reason"], "idempotency.in_flight");
+    let done = slow.await.unwrap();
+    assert_eq!(done.status, 200);
+    let (a, _) = pay(&f.b, "k-2", body).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, done.body);
+    assert_eq!(a.headers["x-idempotent-replay"], "true");
+    assert_eq!(f.b.up.count(), 1);
+
+    // Redis away: a key cannot be checked, so the payment is refused, never run.
+    f.redis.stop();
+    let (a, id) = pay(&f.b, "k-3", body).await;
+    assert_eq!(a.status, 503, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["reason"], "idempotency.unavailable");
+    assert_eq!(f.b.up.count(), 1);
+    let rec = f.b.p.audit_of(&id).await;
+    assert_eq!(rec["reason"], "idempotency.unavailable");
+    assert_eq!(rec["decision"], "deny");
+    assert!(
+        metric(
+            &f.b.p,
+            "portcullis_state_unavailable_refusals_total{feature=\"idempotency\"}"
+        )
+        .await
+            >= 1.0
     );
 }
 
