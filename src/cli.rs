@@ -92,22 +92,28 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::signature::cli::SignCommand,
     },
-    /// Drive an HTTPS target with a client certificate, closed loop, and report latency.
+    /// Drive an HTTPS target with load and report throughput, latency and errors: a FAPI
+    /// scenario file (`--scenario`: client certificates, bound tokens, DPoP proofs, signed
+    /// bodies, a weighted mix, closed or open loop, thresholds), or one route from flags.
+    /// Exits 1 when a scenario threshold is missed, 2 when the scenario or a flag is invalid.
     Loadgen {
-        /// Target address, e.g. 127.0.0.1:8443.
-        #[arg(long)]
-        addr: SocketAddr,
+        /// A scenario YAML file (see README, Load testing); the route flags do not apply.
+        #[arg(long, conflicts_with_all = ["server_name", "path", "ca", "cert", "key", "connections", "duration", "http2", "headers"])]
+        scenario: Option<PathBuf>,
+        /// Target address, e.g. 127.0.0.1:8443 (with --scenario: instead of target.address).
+        #[arg(long, required_unless_present = "scenario")]
+        addr: Option<SocketAddr>,
         /// TLS server name and Host header.
         #[arg(long, default_value = "localhost")]
         server_name: String,
         #[arg(long, default_value = "/open-banking/v3.1/aisp/accounts")]
         path: String,
-        #[arg(long)]
-        ca: PathBuf,
-        #[arg(long)]
-        cert: PathBuf,
-        #[arg(long)]
-        key: PathBuf,
+        #[arg(long, required_unless_present = "scenario")]
+        ca: Option<PathBuf>,
+        #[arg(long, required_unless_present = "scenario")]
+        cert: Option<PathBuf>,
+        #[arg(long, required_unless_present = "scenario")]
+        key: Option<PathBuf>,
         #[arg(long, default_value_t = 32)]
         connections: usize,
         /// Duration, e.g. 10s.
@@ -118,9 +124,10 @@ pub enum Command {
         /// An extra request header, `name: value` (repeatable), e.g. an Authorization header.
         #[arg(long = "header", short = 'H')]
         headers: Vec<String>,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
+        /// Write the report as JSON to FILE (`-` or no value: standard output, and the text
+        /// report, if any, goes to standard error).
+        #[arg(long, num_args = 0..=1, default_missing_value = "-", value_name = "FILE")]
+        json: Option<PathBuf>,
     },
 }
 
@@ -253,6 +260,13 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::DevToken { command } => crate::tokentool::run_dev(command),
         Command::Sign { command } => crate::signature::cli::run(command),
         Command::Loadgen {
+            scenario: Some(file),
+            addr,
+            json,
+            ..
+        } => run_scenario(&file, addr, json.as_deref()).await,
+        Command::Loadgen {
+            scenario: None,
             addr,
             server_name,
             path,
@@ -265,6 +279,10 @@ pub async fn run(cli: Cli) -> ExitCode {
             headers,
             json,
         } => {
+            let (Some(addr), Some(ca), Some(cert), Some(key)) = (addr, ca, cert, key) else {
+                eprintln!("loadgen: give --scenario FILE, or --addr, --ca, --cert and --key");
+                return ExitCode::from(2);
+            };
             let mut parsed = Vec::new();
             for h in &headers {
                 let pair = h.split_once(':').and_then(|(n, v)| {
@@ -301,20 +319,87 @@ pub async fn run(cli: Cli) -> ExitCode {
                 headers: parsed,
             };
             match crate::loadgen::run(opts).await {
-                Ok(r) if json => {
-                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
-                    ExitCode::SUCCESS
-                }
-                Ok(r) => {
-                    println!("{}", r.text());
-                    ExitCode::SUCCESS
-                }
+                Ok(r) => match json {
+                    Some(file) => {
+                        let text = serde_json::to_string(&r).unwrap_or_default();
+                        if write_out(&file, &text) {
+                            ExitCode::SUCCESS
+                        } else {
+                            ExitCode::from(1)
+                        }
+                    }
+                    None => {
+                        println!("{}", r.text());
+                        ExitCode::SUCCESS
+                    }
+                },
                 Err(e) => {
                     eprintln!("loadgen failed: {e}");
                     ExitCode::from(1)
                 }
             }
         }
+    }
+}
+
+/// Writes `text` to `file`, or prints it when `file` is `-`; reports a failure.
+fn write_out(file: &std::path::Path, text: &str) -> bool {
+    if file == std::path::Path::new("-") {
+        println!("{text}");
+        return true;
+    }
+    match std::fs::write(file, format!("{text}\n")) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("cannot write {}: {e}", file.display());
+            false
+        }
+    }
+}
+
+/// `loadgen --scenario`: 0 when every threshold holds, 1 when one is missed (or the run
+/// failed), 2 when the scenario file is invalid.
+async fn run_scenario(
+    file: &std::path::Path,
+    addr: Option<SocketAddr>,
+    json: Option<&std::path::Path>,
+) -> ExitCode {
+    let mut s = match crate::loadgen::Scenario::load(file) {
+        Ok(s) => s,
+        Err(errors) => {
+            eprintln!("{} error(s) in the scenario:", errors.0.len());
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(a) = addr {
+        s.target.address = a;
+    }
+    let summary = match crate::loadgen::run_scenario(s).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loadgen failed: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let to_stdout = json.is_some_and(|f| f == std::path::Path::new("-"));
+    if to_stdout {
+        eprint!("{}", summary.text());
+    } else {
+        print!("{}", summary.text());
+    }
+    if let Some(f) = json {
+        let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
+        if !write_out(f, &text) {
+            return ExitCode::from(1);
+        }
+    }
+    if summary.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

@@ -1,20 +1,37 @@
-//! `portcullis loadgen`: a closed-loop HTTPS load generator with a client certificate.
+//! `portcullis loadgen`: a load generator that makes valid FAPI traffic.
 //!
-//! N connections each send requests back to back until the duration ends; every latency is
-//! kept (microseconds) and reported as throughput, p50/p90/p99/p99.9 and errors by status.
-//! (Issue #8 grows this into the FAPI scenario generator.)
+//! Each request can carry what a FAPI resource server demands: the client's certificate (mTLS),
+//! an access token minted from a given authorization-server key and bound to that certificate
+//! or to a DPoP key, a fresh DPoP proof, and an OBIE detached JWS of the body. A scenario file
+//! says what to send ([`scenario`]); [`fapi`] builds the requests; [`engine`] drives them closed
+//! loop (N connections back to back) or open loop (a fixed arrival rate, latency measured from
+//! the intended send time); [`report`] turns the measurements into throughput, percentiles and
+//! errors by status and reason, checks the scenario's thresholds, and prints text or JSON.
+//!
+//! The flag mode (`--addr --path --cert ...`, used by `benches/compare_haproxy.sh`) is a
+//! one-route, one-client scenario without a token, run by the same engine and printed in its
+//! original report shape ([`Report`]).
+
+pub mod engine;
+pub mod fapi;
+pub mod report;
+pub mod scenario;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use serde::Serialize;
 
-use crate::client::{tls_config, BoxError, Conn};
+pub use report::Summary;
+pub use scenario::Scenario;
 
+use crate::client::{tls_config, BoxError};
+use scenario::{Client, Load, Mode, Pair, Route, Stop, Target, Text, Thresholds};
+
+/// The flag mode's options.
 pub struct LoadOptions {
     pub addr: SocketAddr,
     pub server_name: String,
@@ -29,6 +46,7 @@ pub struct LoadOptions {
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
+/// The flag mode's report (the shape `benches/compare_haproxy.sh` reads).
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub requests: u64,
@@ -40,89 +58,86 @@ pub struct Report {
     pub p999_us: u64,
     pub max_us: u64,
     pub statuses: BTreeMap<u16, u64>,
+    /// Requests without an answer (connection failures, timeouts); statuses are not errors here.
     pub errors: u64,
 }
 
-fn percentile(sorted: &[u32], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    u64::from(sorted[i.min(sorted.len() - 1)])
+/// Runs a validated scenario.
+pub async fn run_scenario(s: Scenario) -> Result<Summary, BoxError> {
+    engine::run(Arc::new(s)).await
 }
 
+/// The flag mode: closed loop, one GET route, one client certificate, no token.
 pub async fn run(o: LoadOptions) -> Result<Report, BoxError> {
-    let config = tls_config(&o.ca, Some((&o.cert, &o.key)), o.http2)?;
-    let start = Instant::now();
-    let deadline = start + o.duration;
-    let mut tasks = Vec::new();
-    for _ in 0..o.connections.max(1) {
-        let config = config.clone();
-        let (addr, name, path) = (o.addr, o.server_name.clone(), o.path.clone());
-        let extra = o.headers.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat: Vec<u32> = Vec::with_capacity(100_000);
-            let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
-            let mut errors = 0u64;
-            let mut conn: Option<Conn> = None;
-            while Instant::now() < deadline {
-                if conn.as_ref().is_none_or(|c| !c.is_open()) {
-                    match Conn::connect(addr, &name, config.clone()).await {
-                        Ok(c) => conn = Some(c),
-                        Err(_) => {
-                            errors += 1;
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        }
-                    }
-                }
-                let Some(c) = conn.as_mut() else { continue };
-                let req = http::Request::get(path.as_str())
-                    .header(http::header::HOST, name.as_str())
-                    .body(Full::new(Bytes::new()));
-                let Ok(mut req) = req else { break };
-                for (n, v) in &extra {
-                    req.headers_mut().append(n.clone(), v.clone());
-                }
-                let t = Instant::now();
-                match c.send(req).await {
-                    Ok(a) => {
-                        lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                        *statuses.entry(a.status.as_u16()).or_default() += 1;
-                    }
-                    Err(_) => {
-                        errors += 1;
-                        conn = None;
-                    }
-                }
-            }
-            (lat, statuses, errors)
-        }));
-    }
-    let mut all = Vec::new();
-    let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (lat, st, e) = t.await?;
-        all.extend(lat);
-        for (k, v) in st {
-            *statuses.entry(k).or_default() += v;
-        }
-        errors += e;
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    all.sort_unstable();
+    let tls = tls_config(&o.ca, Some((&o.cert, &o.key)), o.http2)?;
+    let der = {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::from_pem_file(&o.cert)?
+    };
+    let pq = http::uri::PathAndQuery::try_from(o.path.as_str())?;
+    let base_url = format!("https://{}", o.server_name);
+    let s = Scenario {
+        name: "flags".into(),
+        file: PathBuf::new(),
+        target: Target {
+            address: o.addr,
+            server_name: o.server_name.clone(),
+            host: o.server_name.clone(),
+            ca: o.ca.clone(),
+            base_url: base_url.clone(),
+            timeout: Duration::from_secs(30),
+        },
+        clients: vec![Client {
+            name: "client".into(),
+            cert: o.cert.clone(),
+            key: o.key.clone(),
+            tls,
+            cert_thumbprint: crate::pki::thumbprint_s256(der.as_ref()),
+            weight: 1,
+            token: None,
+        }],
+        routes: vec![Route {
+            name: o.path.clone(),
+            method: http::Method::GET,
+            path: pq.as_str().to_string(),
+            htu: format!("{base_url}{}", pq.path()),
+            headers: o
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), Text::literal(v.as_bytes())))
+                .collect(),
+            body: None,
+            jws: None,
+            expect: None,
+        }],
+        mix: vec![Pair {
+            route: 0,
+            client: 0,
+            weight: 1,
+        }],
+        load: Load {
+            http2: o.http2,
+            mode: Mode::Closed,
+            connections: o.connections.max(1),
+            stop: Stop::After(o.duration),
+            warmup: Duration::ZERO,
+        },
+        thresholds: Thresholds::default(),
+    };
+    let sum = run_scenario(s).await?;
+    let t = &sum.total;
+    let failures = t.errors - t.errors_by_status.values().sum::<u64>();
     Ok(Report {
-        requests: all.len() as u64,
-        seconds,
-        rps: all.len() as f64 / seconds,
-        p50_us: percentile(&all, 0.50),
-        p90_us: percentile(&all, 0.90),
-        p99_us: percentile(&all, 0.99),
-        p999_us: percentile(&all, 0.999),
-        max_us: all.last().copied().map_or(0, u64::from),
-        statuses,
-        errors,
+        requests: t.requests,
+        seconds: sum.seconds,
+        rps: t.rps,
+        p50_us: t.latency.p50_us,
+        p90_us: t.latency.p90_us,
+        p99_us: t.latency.p99_us,
+        p999_us: t.latency.p999_us,
+        max_us: t.latency.max_us,
+        statuses: t.statuses.clone(),
+        errors: failures,
     })
 }
 
