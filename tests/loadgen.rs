@@ -1,0 +1,358 @@
+//! `portcullis loadgen --scenario` against the real proxy: DPoP-bound and certificate-bound
+//! tokens minted from the dev AS key, a fresh proof per request (including a route that demands
+//! DPoP nonces), OBIE-signed payments the proxy verifies, unique idempotency keys, thresholds
+//! and exit codes. Runs are bounded by request counts; nothing asserts on wall-clock speed.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use portcullis::jose::keypair::KeyPair;
+use portcullis::jose::Alg;
+use serde_json::{json, Value};
+
+const ISS: &str = "https://as.example";
+const AUD: &str = "https://rs.example";
+const BASE: &str = "https://rs.example";
+const PAY: &str = "/open-banking/v3.1.10/pisp/domestic-payments";
+
+const POLICY: &str = r#"
+group: lg
+upstream: bank
+routes:
+  - id: dpop.accounts
+    method: GET
+    path: /dpop/accounts
+    auth: {profile: fapi2}
+  - id: nonce.accounts
+    method: GET
+    path: /nonce/accounts
+    auth: {profile: fapi2, dpop_nonce: true}
+  - id: cert.accounts
+    method: GET
+    path: /cert/accounts
+    auth: {profile: fapi1-advanced}
+  - id: payments
+    method: POST
+    path: /open-banking/v3.1.10/pisp/domestic-payments
+    body_limit: 4096
+    auth: {profile: fapi2}
+    signature: {kind: obie-jws, profile: obie-3.1.4}
+"#;
+
+struct Env {
+    p: Proxy,
+    up: Upstream,
+    dir: tempfile::TempDir,
+}
+
+/// The proxy with a DPoP route, a nonce route, a certificate-bound route and an OBIE-signed
+/// payment route; tpp1's JWS key in its client key directory.
+async fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let clients = dir.path().join("clients");
+    std::fs::create_dir_all(&clients).unwrap();
+    let jws = KeyPair::generate(Alg::PS256, "tpp1-sig").unwrap();
+    std::fs::write(dir.path().join("jws.key"), jws.to_pkcs8_pem()).unwrap();
+    std::fs::write(
+        clients.join("PSDGB-FCA-123456.json"),
+        jws.jwks().to_string(),
+    )
+    .unwrap();
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.policy = POLICY.to_string();
+    o.extra = format!(
+        r#"issuers:
+  as:
+    issuer: {ISS}
+    audience: {AUD}
+    jwks: {{file: {jwks}}}
+dpop:
+  public_base_url: {BASE}
+signatures:
+  client: "{{org_id}}"
+  client_keys:
+    directory: {clients}
+  jws:
+    trust_anchors: [openbanking.org.uk]
+    iss: "{{org_id}}/{{cert_cn}}"
+"#,
+        jwks = certs().join("as-jwks.json").display(),
+        clients = clients.display(),
+    );
+    let p = Proxy::start(o).await;
+    Env { p, up, dir }
+}
+
+/// A scenario against `env`'s proxy: `routes` and `load` YAML spliced into the common parts.
+fn scenario(e: &Env, name: &str, routes: &str, load: &str) -> PathBuf {
+    let c = |f: &str| certs().join(f).display().to_string();
+    let token = |binding: &str, scopes: &str, extra: &str| {
+        format!(
+            "      signing_key: {as_key}\n      issuer: {ISS}\n      audience: {AUD}\n      client_id: tpp-one\n      scopes: {scopes}\n      binding: {binding}\n{extra}",
+            as_key = c("as.key"),
+        )
+    };
+    let text = format!(
+        r#"name: {name}
+target:
+  address: {addr}
+  server_name: localhost
+  ca: {ca}
+  public_base_url: {BASE}
+clients:
+  - name: dpop
+    cert: {cert}
+    key: {key}
+    token:
+{dpop_token}
+  - name: cert
+    cert: {cert}
+    key: {key}
+    token:
+{cert_token}
+routes:
+{routes}
+{load}
+"#,
+        addr = e.p.addr,
+        ca = c("ca.pem"),
+        cert = c("tpp1.pem"),
+        key = c("tpp1.key"),
+        dpop_token = token(
+            "dpop",
+            "[accounts, payments]",
+            &format!("      dpop_key: {}\n", c("dpop.key"))
+        ),
+        cert_token = token("cert", "[accounts]", ""),
+    );
+    let path = e.dir.path().join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const ROUTES: &str = r#"  - name: dpop.accounts
+    path: /dpop/accounts
+    headers: {x-fapi-interaction-id: "{uuid}"}
+    clients: [dpop]
+    weight: 3
+    expect: [200]
+  - name: nonce.accounts
+    path: /nonce/accounts
+    clients: [dpop]
+    weight: 1
+  - name: cert.accounts
+    path: /cert/accounts
+    clients: [cert]
+    weight: 2
+  - name: payment
+    method: POST
+    path: /open-banking/v3.1.10/pisp/domestic-payments
+    headers: {content-type: application/json, x-idempotency-key: "{uuid}"}
+    body: {inline: '{"Data":{"ConsentId":"c-1","Initiation":{"InstructionIdentification":"{uuid}","InstructedAmount":{"Amount":"1.00","Currency":"GBP"}}},"Risk":{}}'}
+    jws: {format: obie, key: JWS_KEY, kid: tpp1-sig, iss: PSDGB-FCA-123456/tpp-one-software-id}
+    clients: [dpop]
+    weight: 2
+    expect: [200]"#;
+
+fn routes(e: &Env) -> String {
+    ROUTES.replace(
+        "JWS_KEY",
+        &e.dir.path().join("jws.key").display().to_string(),
+    )
+}
+
+/// Runs `portcullis loadgen` with `args` off the async runtime (the proxy keeps serving);
+/// returns the exit code, standard output and standard error.
+async fn loadgen(args: Vec<String>) -> (Option<i32>, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("loadgen")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+fn arg(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fapi_scenario_runs_without_unexpected_errors_and_every_proof_is_fresh() {
+    let e = env().await;
+    let s = scenario(
+        &e,
+        "mix",
+        &routes(&e),
+        "load: {connections: 4, requests: 160}\nthresholds: {max_error_rate: 0}",
+    );
+    let json = e.dir.path().join("report.json");
+    let (code, out, err) = loadgen(vec![
+        "--scenario".into(),
+        arg(&s),
+        "--json".into(),
+        arg(&json),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("result: PASSED"), "{out}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["requests"], 160, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(r["statuses"], json!({"200": 160}));
+    assert_eq!(r["tokens_minted"], 2);
+    assert_eq!(r["passed"], true);
+    for route in [
+        "dpop.accounts",
+        "nonce.accounts",
+        "cert.accounts",
+        "payment",
+    ] {
+        assert!(
+            r["routes"][route]["ok"].as_u64().unwrap() > 0,
+            "{route} was sent: {r}"
+        );
+    }
+    // The nonce route answered use_dpop_nonce until the generator had a nonce; each such
+    // answer was followed by one retry with it.
+    let retries = r["dpop_nonce_retries"].as_u64().unwrap();
+    assert!((1..=4).contains(&retries), "{retries} nonce retries");
+
+    // The proxy's view: every request allowed except the nonce challenges; no proof replayed.
+    let recs =
+        e.p.audit_where(160 + retries as usize, |r| r["kind"] == "request")
+            .await;
+    assert_eq!(recs.len(), 160 + retries as usize);
+    let refused: Vec<&Value> = recs.iter().filter(|r| r["decision"] != "allow").collect();
+    assert!(
+        refused.iter().all(|r| r["reason"] == "binding.dpop_nonce"),
+        "refusals other than nonce challenges: {refused:?}"
+    );
+    assert_eq!(refused.len() as u64, retries);
+    assert!(!recs.iter().any(|r| r["reason"] == "binding.dpop_replay"));
+
+    // Upstream: exactly the allowed requests; each payment with its own idempotency key and
+    // its own body (a {uuid} in each).
+    let seen = e.up.seen();
+    assert_eq!(seen.len(), 160);
+    let payments: Vec<_> = seen.iter().filter(|s| s.path_and_query == PAY).collect();
+    assert_eq!(
+        payments.len() as u64,
+        r["routes"]["payment"]["ok"].as_u64().unwrap()
+    );
+    let keys: HashSet<_> = payments
+        .iter()
+        .map(|s| s.headers["x-idempotency-key"].to_str().unwrap().to_string())
+        .collect();
+    let bodies: HashSet<_> = payments.iter().map(|s| s.body.clone()).collect();
+    assert_eq!(keys.len(), payments.len());
+    assert_eq!(bodies.len(), payments.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_loop_http2_run_counts_every_request() {
+    let e = env().await;
+    let s = scenario(
+        &e,
+        "open",
+        &routes(&e),
+        "load: {protocol: http2, mode: open, rate: 200, connections: 4, max_outstanding: 1000, requests: 60}",
+    );
+    let json = e.dir.path().join("open.json");
+    let (code, out, err) = loadgen(vec![
+        "--scenario".into(),
+        arg(&s),
+        "--json".into(),
+        arg(&json),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["mode"], "open");
+    assert_eq!(r["protocol"], "http2");
+    assert_eq!(r["requests"], 60, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(e.up.count(), 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_threshold_or_an_unexpected_status_fails_the_run() {
+    let e = env().await;
+    // Thresholds no run can meet.
+    let s = scenario(
+        &e,
+        "impossible",
+        &routes(&e),
+        "load: {connections: 2, requests: 20}\nthresholds: {min_rps: 1000000000, max_p99_ms: 0.000001}",
+    );
+    let (code, out, _) = loadgen(vec!["--scenario".into(), arg(&s)]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL min_rps"), "{out}");
+    assert!(out.contains("FAIL max_p99_ms"), "{out}");
+    assert!(out.contains("ok   max_error_rate"), "{out}");
+    assert!(out.contains("result: FAILED"), "{out}");
+
+    // A DPoP-bound token on a route that needs a certificate-bound one: every answer is a 401
+    // the route does not expect, counted by status and by the problem+json reason.
+    let wrong = r#"  - name: wrong
+    path: /cert/accounts
+    clients: [dpop]"#;
+    let s = scenario(&e, "wrong", wrong, "load: {connections: 1, requests: 5}");
+    let json = e.dir.path().join("wrong.json");
+    let (code, out, err) = loadgen(vec![
+        "--scenario".into(),
+        arg(&s),
+        "--json".into(),
+        arg(&json),
+    ])
+    .await;
+    assert_eq!(code, Some(1), "stdout:\n{out}\nstderr:\n{err}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["errors"], 5);
+    assert_eq!(r["errors_by_status"], json!({"401": 5}));
+    let reasons = r["errors_by_reason"].as_object().unwrap();
+    assert_eq!(reasons.len(), 1, "{r}");
+    let (reason, n) = reasons.iter().next().unwrap();
+    assert!(reason.starts_with("binding."), "{reason}");
+    assert_eq!(n, 5);
+    let recs = e.p.audit_where(5, |r| r["reason"] == reason.as_str()).await;
+    assert_eq!(recs.len(), 5);
+    assert_eq!(
+        e.up.count(),
+        20,
+        "only the first run's requests reached the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_scenario_is_refused_with_file_field_and_reason() {
+    let e = env().await;
+    let s = scenario(
+        &e,
+        "invalid",
+        "  - name: r\n    path: no-slash\n    weight: 0",
+        "load: {connections: 1}",
+    );
+    let (code, _, err) = loadgen(vec!["--scenario".into(), arg(&s)]).await;
+    assert_eq!(code, Some(2), "{err}");
+    let file = arg(&s);
+    for want in [
+        format!("{file}: routes[0].path: must be an absolute path"),
+        format!("{file}: routes[0].weight: must be between 1 and 1000"),
+        format!("{file}: load: give exactly one of `duration` and `requests`"),
+    ] {
+        assert!(err.contains(&want), "missing `{want}` in:\n{err}");
+    }
+    assert_eq!(e.up.count(), 0);
+}
