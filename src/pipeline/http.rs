@@ -129,6 +129,16 @@ fn check_host(parts: &Parts, server_names: &[String]) -> Result<(), HttpError> {
             }
         }
     }
+    // RFC 9112 §3.2 and RFC 9113 §8.3.1: no userinfo in Host or :authority (two parsers
+    // could take different hosts from `a@b`).
+    let userinfo = parts
+        .uri
+        .authority()
+        .is_some_and(|a| a.as_str().contains('@'))
+        || first.is_some_and(|h| h.as_bytes().contains(&b'@'));
+    if userinfo {
+        return Err(HttpError::MissingHost);
+    }
     let Some(name) = host(parts) else {
         return Err(HttpError::MissingHost);
     };
@@ -197,6 +207,14 @@ mod tests {
                 HttpError::UpgradeRefused,
             ),
             (http::Request::get("/a"), HttpError::MissingHost),
+            (
+                http::Request::get("/a").header(HOST, "evil@api.example"),
+                HttpError::MissingHost,
+            ),
+            (
+                http::Request::get("https://evil@api.example/a").header(HOST, "api.example"),
+                HttpError::MissingHost,
+            ),
             (
                 get("/a").header(HOST, "other.example"),
                 HttpError::MissingHost,
