@@ -30,13 +30,22 @@
 #   WARMUP=2s        warm-up before every measured run (discarded)
 #   AUDIT=0          1 adds a third contender: portcullis with its audit log written to a file
 #   KEEP_WORKDIR=0   1 keeps the temporary directory (configs, certs, logs, raw results)
-# (AUDIT=1 adds its third contender to the passthrough scenario only.)
+#   STATE=memory     redis adds two contenders to the passthrough scenario, both with a client
+#                    rate-limit class on the route (a quota it never reaches): 'portcullis-limited'
+#                    keeps the limiter in memory, 'portcullis-redis' has `state.backend: redis`
+#                    (fleet quota on a private redis-server on a free loopback port, no
+#                    persistence; installed from Debian's packages when missing); the ratio
+#                    redis / memory is printed and kept in the JSON (ratio_redis_vs_memory)
+#   STATE_LEASE=10   with STATE=redis: state.rate_limit_lease.max_tokens (1 = a Redis round
+#                    trip per request)
+# (AUDIT=1 and STATE=redis add their contenders to the passthrough scenario only.)
 #
 # Everything listens on 127.0.0.1 only, every load run stops by itself, and every process this
 # script starts is stopped on exit (including Ctrl-C).
 #
 # Example: DURATION=3s ROUNDS=1 benches/compare_haproxy.sh
 #          SCENARIO=both DURATION=3s ROUNDS=1 benches/compare_haproxy.sh
+#          STATE=redis DURATION=8s ROUNDS=3 benches/compare_haproxy.sh
 set -euo pipefail
 
 SCENARIO=${SCENARIO:-passthrough}
@@ -47,6 +56,8 @@ ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2s}
 AUDIT=${AUDIT:-0}
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}
+STATE=${STATE:-memory}
+STATE_LEASE=${STATE_LEASE:-10}
 ROUTE=/open-banking/v3.1/aisp/accounts
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -70,6 +81,8 @@ case $SCENARIO in
     *) die "SCENARIO must be passthrough, token or both (got '$SCENARIO')" ;;
 esac
 want() { [[ " ${SCENARIOS[*]} " == *" $1 "* ]]; }
+[[ $STATE == memory || $STATE == redis ]] || die "STATE must be memory or redis (got '$STATE')"
+[[ $STATE_LEASE =~ ^[1-9][0-9]*$ ]] || die "STATE_LEASE must be a positive integer (got '$STATE_LEASE')"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
 [[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer (got '$CONNECTIONS')"
 command -v python3 >/dev/null || die "python3 is required"
@@ -178,6 +191,15 @@ if ! HAPROXY=$(find_haproxy); then
     "${AS_ROOT[@]}" apt-get install -y haproxy ||
         { "${AS_ROOT[@]}" apt-get update && "${AS_ROOT[@]}" apt-get install -y haproxy; }
     HAPROXY=$(find_haproxy) || die "haproxy is still not installed"
+fi
+
+if [[ $STATE == redis ]] && ! command -v redis-server >/dev/null 2>&1; then
+    log "installing redis-server from Debian's packages"
+    AS_ROOT=(env DEBIAN_FRONTEND=noninteractive)
+    [[ $(id -u) -eq 0 ]] || AS_ROOT=(sudo DEBIAN_FRONTEND=noninteractive)
+    "${AS_ROOT[@]}" apt-get install -y redis-server ||
+        { "${AS_ROOT[@]}" apt-get update && "${AS_ROOT[@]}" apt-get install -y redis-server; }
+    command -v redis-server >/dev/null 2>&1 || die "redis-server is still not installed"
 fi
 
 log "building portcullis (cargo build --release)"
@@ -381,11 +403,13 @@ if __name__ == "__main__":
 EOF
 
 # Free loopback ports, all distinct: upstream, haproxy, haproxy probe, portcullis (+ admin),
-# portcullis with audit (+ admin), haproxy token frontend, portcullis with tokens (+ admin).
-read -r P_BANK P_HA P_HA_PROBE P_PC P_PC_ADMIN P_PCA P_PCA_ADMIN P_HAT P_PCT P_PCT_ADMIN < <(python3 - <<'EOF'
+# portcullis with audit (+ admin), haproxy token frontend, portcullis with tokens (+ admin),
+# portcullis with a rate limit in memory (+ admin) and on Redis (+ admin), redis-server.
+read -r P_BANK P_HA P_HA_PROBE P_PC P_PC_ADMIN P_PCA P_PCA_ADMIN P_HAT P_PCT P_PCT_ADMIN \
+    P_PCL P_PCL_ADMIN P_PCR P_PCR_ADMIN P_REDIS < <(python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(10):
+for _ in range(15):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -534,6 +558,19 @@ routes:
     auth: {profile: fapi2}
 EOF
 
+# STATE=redis: the same route with a client rate-limit class (a quota it never reaches).
+cat >"$WORK/policies/bench-limited.yaml" <<EOF
+# The one route the STATE=redis contenders drive: one rate-limit check per request.
+group: bench
+upstream: bank
+routes:
+  - id: aisp.accounts.list
+    method: GET
+    path: $ROUTE
+    body_limit: 0
+    rate_limit: bench
+EOF
+
 # $1 port, $2 admin port, $3 audit (and issuers) block, $4 policy file (default bench.yaml)
 portcullis_config() {
     cat <<EOF
@@ -588,6 +625,25 @@ issuers:
     "$BIN" check --config "$WORK/portcullis-token.yaml" >/dev/null
 fi
 
+if [[ $STATE == redis ]] && want passthrough; then
+    LIMITS="audit:
+  sink: none
+rate_limits:
+  classes:
+    bench: {rate: 1000000000, per: 1s, burst: 1000000}"
+    portcullis_config "$P_PCL" "$P_PCL_ADMIN" "$LIMITS" policies/bench-limited.yaml \
+        >"$WORK/portcullis-limited.yaml"
+    portcullis_config "$P_PCR" "$P_PCR_ADMIN" "$LIMITS
+state:
+  backend: redis
+  redis:
+    url: redis://127.0.0.1:$P_REDIS/0
+  rate_limit_lease:
+    max_tokens: $STATE_LEASE" policies/bench-limited.yaml >"$WORK/portcullis-redis.yaml"
+    "$BIN" check --config "$WORK/portcullis-limited.yaml" >/dev/null
+    "$BIN" check --config "$WORK/portcullis-redis.yaml" >/dev/null
+fi
+
 CURL_MTLS=(--cacert "$CERTS/ca.pem" --cert "$CERTS/tpp1.pem" --key "$CERTS/tpp1.key")
 
 start_bg "$WORK/portcullis.log" "$BIN" run --config "$WORK/portcullis.yaml"
@@ -599,6 +655,20 @@ wait_200 "$PID_PC" "$WORK/portcullis.log" "http://127.0.0.1:$P_PC_ADMIN/readyz"
 start_bg "$WORK/portcullis-audit.log" "$BIN" run --config "$WORK/portcullis-audit.yaml"
 PID_PCA=$STARTED_PID
 wait_200 "$PID_PCA" "$WORK/portcullis-audit.log" "http://127.0.0.1:$P_PCA_ADMIN/readyz"
+
+if [[ $STATE == redis ]] && want passthrough; then
+    mkdir -p "$WORK/redis"
+    start_bg "$WORK/redis.log" redis-server --port "$P_REDIS" --bind 127.0.0.1 --save "" \
+        --appendonly no --dir "$WORK/redis"
+    PID_REDIS=$STARTED_PID
+    start_bg "$WORK/portcullis-limited.log" "$BIN" run --config "$WORK/portcullis-limited.yaml"
+    PID_PCL=$STARTED_PID
+    wait_200 "$PID_PCL" "$WORK/portcullis-limited.log" "http://127.0.0.1:$P_PCL_ADMIN/readyz"
+    start_bg "$WORK/portcullis-redis.log" "$BIN" run --config "$WORK/portcullis-redis.yaml"
+    PID_PCR=$STARTED_PID
+    wait_200 "$PID_PCR" "$WORK/portcullis-redis.log" "http://127.0.0.1:$P_PCR_ADMIN/readyz"
+    kill -0 "$PID_REDIS" 2>/dev/null || { cat "$WORK/redis.log" >&2; die "redis-server exited"; }
+fi
 
 if want token; then
     start_bg "$WORK/portcullis-token.log" "$BIN" run --config "$WORK/portcullis-token.yaml"
@@ -743,6 +813,9 @@ else
     stop_pid "$PID_PCA"
     forget_pid "$PID_PCA"
 fi
+if [[ $STATE == redis ]] && want passthrough; then
+    PASSTHROUGH_CONTENDERS+=(portcullis-limited portcullis-redis)
+fi
 
 # --- token scenario: checks before measuring ---------------------------------------------------
 
@@ -813,6 +886,13 @@ measure() {
     done
 }
 
+# Redis calls the STATE=redis contender made for rate limits (leases), from its metrics.
+state_calls() {
+    curl -s --max-time 5 "http://127.0.0.1:$P_PCR_ADMIN/metrics" | awk '
+        $1 == "portcullis_state_commands_total{feature=\"rate_limit\"}" { n = $2 }
+        END { print (n == "" ? "unknown" : n) }'
+}
+
 # portcullis's verified-token cache counters: "hits verifications".
 token_counters() {
     curl -s --max-time 5 "http://127.0.0.1:$P_PCT_ADMIN/metrics" | awk '
@@ -827,8 +907,14 @@ if want passthrough; then
     CONTENDERS=("${PASSTHROUGH_CONTENDERS[@]}")
     PORT=([haproxy]=$P_HA [portcullis]=$P_PC [portcullis-audit]=$P_PCA)
     PID_OF=([haproxy]=$PID_HA [portcullis]=$PID_PC [portcullis-audit]=$PID_PCA)
+    if [[ $STATE == redis ]]; then
+        PORT+=([portcullis-limited]=$P_PCL [portcullis-redis]=$P_PCR)
+        PID_OF+=([portcullis-limited]=$PID_PCL [portcullis-redis]=$PID_PCR)
+        REDIS_CALLS0=$(state_calls)
+    fi
     log "measuring passthrough: $ROUNDS round(s) of ${CONTENDERS[*]}, $CONNECTIONS connections, $DURATION each after a $WARMUP warm-up"
     measure "$RAW/passthrough"
+    if [[ $STATE == redis ]]; then REDIS_CALLS1=$(state_calls); fi
 fi
 AUDIT_BYTES=0
 [[ $AUDIT == 1 && -f $WORK/audit/audit.log ]] && AUDIT_BYTES=$(stat -c %s "$WORK/audit/audit.log")
@@ -858,6 +944,34 @@ export BENCH_PC_REV=$PC_REV BENCH_TLS_PC=${TLS_PC:-unknown} BENCH_AUDIT_BYTES=$A
 if want passthrough; then
     BENCH_SCENARIO=passthrough BENCH_CONTENDERS="${PASSTHROUGH_CONTENDERS[*]}" \
         python3 "$WORK/report.py" final "$RAW/passthrough" "$RESULT_JSON"
+    if [[ $STATE == redis ]]; then
+        python3 - "$RESULT_JSON" "$REDIS_CALLS0" "$REDIS_CALLS1" "$STATE_LEASE" <<'EOF'
+import json, sys
+path, c0, c1, lease = sys.argv[1:5]
+r = json.load(open(path))
+m = r["median"]
+def ratio(a, b):
+    return round(a / b, 3) if a is not None and b else None
+mem, red = m["portcullis-limited"], m["portcullis-redis"]
+reqs = sum(x["requests"] for x in r["runs"] if x["proxy"] == "portcullis-redis")
+calls = (float(c1) - float(c0)) if "unknown" not in (c0, c1) else None
+r["ratio_redis_vs_memory"] = {
+    "throughput": ratio(red["rps"], mem["rps"]),
+    "p50": ratio(red["p50_us"], mem["p50_us"]),
+    "p99": ratio(red["p99_us"], mem["p99_us"]),
+    "cpu_per_request": ratio(red["proxy_cpu_us_per_request"], mem["proxy_cpu_us_per_request"]),
+    "lease_max_tokens": int(lease),
+    "redis_rate_limit_calls_in_measured_runs_and_warmups": calls,
+    "measured_requests": reqs,
+}
+json.dump(r, open(path, "w"), indent=2)
+q = r["ratio_redis_vs_memory"]
+print(f"  state on Redis / in memory (rate-limited route, lease {lease}): throughput {q['throughput']}"
+      f"   p50 {q['p50']}   p99 {q['p99']}   CPU per request {q['cpu_per_request']}")
+print(f"  Redis rate-limit calls during the runs (warm-ups included): {calls}, "
+      f"for {reqs} measured requests")
+EOF
+    fi
 fi
 
 if want token; then
