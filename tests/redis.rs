@@ -79,11 +79,11 @@ struct Fleet {
 
 /// Two instances on one Redis; `b_state` is extra YAML under `state:` for instance B.
 async fn fleet(b_state: &str) -> Fleet {
-    fleet_with(b_state, [Behaviour::Ok, Behaviour::Ok]).await
+    fleet_with(["", b_state], [Behaviour::Ok, Behaviour::Ok]).await
 }
 
-/// As [`fleet`], with the behaviour of A's and B's upstreams.
-async fn fleet_with(b_state: &str, behaviours: [Behaviour; 2]) -> Fleet {
+/// As [`fleet`], with extra `state:` YAML and the upstream behaviour of A and B.
+async fn fleet_with(states: [&str; 2], behaviours: [Behaviour; 2]) -> Fleet {
     let redis = RedisServer::start();
     let dirs = tempfile::tempdir().unwrap();
     let clients = dirs.path().join("clients");
@@ -124,7 +124,7 @@ rate_limits:
         )
     };
     let mut instances = Vec::new();
-    for (state, behaviour) in [("", behaviours[0]), (b_state, behaviours[1])] {
+    for (state, behaviour) in [(states[0], behaviours[0]), (states[1], behaviours[1])] {
         let up = Upstream::start(behaviour).await;
         let mut o = Options::new(up.addr);
         o.policy = POLICY.to_string();
@@ -331,7 +331,9 @@ async fn admitted(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h06_two_instances_share_a_client_quota_within_the_lease_bound() {
-    let f = fleet("").await;
+    // Leases that outlive the test, so a slow machine cannot let leased tokens expire unspent.
+    let long = "  rate_limit_lease: {ttl: 60s}\n";
+    let f = fleet_with([long, long], [Behaviour::Ok, Behaviour::Ok]).await;
     // 100 requests of one client (tpp1's certificate), alternating between the instances.
     let mut ok = 0u64;
     let mut limited = 0u64;
@@ -606,11 +608,8 @@ async fn pay(i: &Instance, key: &str, body: &str) -> (Answer, String) {
 async fn j02_an_idempotent_payment_is_replayed_across_instances() {
     // A's upstream is slow (for the in-flight case); B's creates payments p-1, p-2, ...
     let mut f = fleet_with(
-        "",
-        [
-            Behaviour::Delay(Duration::from_millis(1500)),
-            Behaviour::Created,
-        ],
+        ["", ""],
+        [Behaviour::Delay(Duration::from_secs(3)), Behaviour::Created],
     )
     .await;
     let body = r#"{"Data":{"Amount":"10.00","Currency":"GBP"}}"#;
