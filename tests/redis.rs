@@ -781,6 +781,16 @@ async fn redis_stores_answer_like_the_memory_stores() {
         i2.begin([7; 32], [9; 32], t, 3600).await,
         Ok(Begin::Completed(_))
     ));
+    // An error answer (here a key of the wrong type) fails that call, closed, but is not an
+    // outage: Redis stays up for everything else.
+    let wrong = format!("t:i:{}", "06".repeat(32));
+    assert_eq!(
+        common::redis::command(redis.port, &format!("LPUSH {wrong} x")).as_deref(),
+        Some(":1")
+    );
+    assert!(i1.begin([6; 32], [9; 32], t, 3600).await.is_err());
+    assert!(one.is_up());
+    assert_eq!(r1.first_use([9; 32], t + 60, t).await, Ok(true));
 
     // Two instances, 8 concurrent callers each, one budget of 50 that does not refill within
     // the test, leases of up to 5 tokens: at most 50 admitted, at most 2 × 4 left unspent.

@@ -145,7 +145,7 @@ if avail < 1 then
 end
 local n = math.min(want, avail)
 tat = tat + n * T
-redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', string.format('%.0f', math.ceil((tat - now) / 1000) + 1000))
 return {n, avail - n, tat - now}",
     )
 });
@@ -188,6 +188,8 @@ pub struct RedisState {
     trusted_from: AtomicI64,
     /// The longest replay window seen or configured (seconds).
     replay_window: AtomicI64,
+    /// When an error answer was last logged (clock seconds).
+    last_error_log: AtomicI64,
     stats: Stats,
 }
 
@@ -234,6 +236,7 @@ impl RedisState {
             epoch: Mutex::new(None),
             trusted_from: AtomicI64::new(i64::MAX),
             replay_window: AtomicI64::new(replay_window.max(1)),
+            last_error_log: AtomicI64::new(i64::MIN),
             stats: Stats::default(),
         });
         if state.conn.is_some() {
@@ -302,8 +305,31 @@ impl RedisState {
                 self.stats.ok[feature as usize].fetch_add(1, Ordering::Relaxed);
                 Ok(v)
             }
-            Ok(Err(e)) => {
+            // Connection trouble marks Redis down for every feature; an error answer (a script
+            // or command error) fails this call only.
+            Ok(Err(e)) if e.is_unrecoverable_error() || e.is_io_error() || e.is_timeout() => {
                 self.mark_down(feature, category(&e));
+                Err(Unavailable)
+            }
+            Ok(Err(e)) => {
+                self.stats.failed[feature as usize].fetch_add(1, Ordering::Relaxed);
+                // At most one line per 10 s: a persistent error must not flood the log.
+                let now = self.clock.now();
+                let last = self.last_error_log.load(Ordering::Relaxed);
+                if now.saturating_sub(last) < 10
+                    || self
+                        .last_error_log
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_err()
+                {
+                    return Err(Unavailable);
+                }
+                tracing::warn!(
+                    endpoint = %self.endpoint,
+                    failure = category(&e),
+                    code = e.code().unwrap_or("none"),
+                    "shared state: Redis refused a command"
+                );
                 Err(Unavailable)
             }
             Err(_) => {
