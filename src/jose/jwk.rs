@@ -192,7 +192,7 @@ pub fn from_jwk(m: &Map<String, Value>) -> Result<VerifyingKey, JwkError> {
         "RSA" => {
             let (n, e) = (b64_member(m, "n")?, b64_member(m, "e")?);
             let n_trim: &[u8] = &n[n.iter().take_while(|b| **b == 0).count()..];
-            let bits = n_trim.len() * 8 - n_trim.first().map_or(8, |b| b.leading_zeros() as usize);
+            let bits = n_trim.len() * 8 - n_trim.first().map_or(0, |b| b.leading_zeros() as usize);
             if bits < 2048 {
                 return Err(JwkError::WeakKey);
             }
