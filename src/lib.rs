@@ -15,6 +15,8 @@ pub mod config;
 pub mod conn;
 pub mod consent;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod httpsig;
 pub mod introspect;
 pub mod jose;
