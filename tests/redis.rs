@@ -881,3 +881,50 @@ async fn redis_stores_answer_like_the_memory_stores() {
     assert!(fleet[1].check(&spec, "x5t:third").await.unwrap().allowed);
     stop.cancel();
 }
+
+/// `password_file`: the password reaches Redis (AUTH) and nothing we print; a wrong one is an
+/// outage, not an admission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_password_is_used_and_never_shown() {
+    use portcullis::state::redis::{RedisReplayStore, RedisState};
+    use portcullis::state::replay::{ReplayError, ReplayStore};
+    use portcullis::state::settings::{OnOutage, RedisSettings, Secret};
+
+    let redis = RedisServer::start_with(&["--requirepass", "s3cret-pw"]);
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(NOW));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let settings = |pw: &str| RedisSettings {
+        url: redis.url(),
+        password: Some(Secret(pw.to_string())),
+        connect_timeout: Duration::from_millis(500),
+        command_timeout: Duration::from_millis(500),
+        health_interval: Duration::from_millis(100),
+        key_prefix: "pw:".into(),
+    };
+    let good = RedisState::start(&settings("s3cret-pw"), clock.clone(), 1, stop.clone());
+    let bad = RedisState::start(&settings("wrong"), clock.clone(), 1, stop.clone());
+    for _ in 0..200 {
+        if good.is_up() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(good.is_up(), "authenticated with the password");
+    let t = NOW + 10;
+    let store = RedisReplayStore::new(good.clone(), OnOutage::Refuse, 10);
+    assert_eq!(store.first_use([1; 32], t + 60, t).await, Ok(true));
+    assert_eq!(store.first_use([1; 32], t + 60, t).await, Ok(false));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!bad.is_up(), "a wrong password never connects");
+    let refused = RedisReplayStore::new(bad.clone(), OnOutage::Refuse, 10);
+    assert_eq!(
+        refused.first_use([2; 32], t + 60, t).await,
+        Err(ReplayError::Unavailable)
+    );
+    for s in [&good, &bad] {
+        assert!(!s.endpoint().contains("s3cret"), "{}", s.endpoint());
+        assert!(!s.render_metrics(t).contains("s3cret"));
+    }
+    assert!(!format!("{:?}", settings("s3cret-pw")).contains("s3cret"));
+    stop.cancel();
+}

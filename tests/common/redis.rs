@@ -11,6 +11,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Extra server arguments (e.g. `--requirepass`).
+    extra: Vec<String>,
 }
 
 fn binary() -> &'static str {
@@ -41,10 +43,16 @@ pub fn command(port: u16, cmd: &str) -> Option<String> {
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// As [`RedisServer::start`], with extra server arguments.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let mut s = RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         s.launch();
         s
@@ -64,6 +72,7 @@ impl RedisServer {
                 "--dir",
                 &self.dir.path().display().to_string(),
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -73,7 +82,9 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if command(self.port, "PING").as_deref() == Some("+PONG") {
+            // With a password, an unauthenticated PING answers -NOAUTH: it is up all the same.
+            if command(self.port, "PING").is_some_and(|r| r == "+PONG" || r.starts_with("-NOAUTH"))
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
