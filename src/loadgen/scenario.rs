@@ -590,18 +590,18 @@ fn validate_target(p: &mut Problems<'_>, l: &Loader<'_>, t: &FileTarget) -> Opti
     if host.is_empty() || http::uri::Authority::try_from(host.as_str()).is_err() {
         p.push("target.host", format!("`{host}` is not a host[:port]"));
     }
-    let ca = p.ok("target.ca", l.path(&t.ca));
-    if let Some(ca) = &ca {
-        let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca)
-            .map(|i| i.filter_map(Result::ok).count())
-            .unwrap_or(0);
+    let ca = p.ok("target.ca", l.read(&t.ca)).map(|(ca, pem)| {
+        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+            .filter_map(Result::ok)
+            .count();
         if certs == 0 {
             p.push(
                 "target.ca",
                 format!("{}: no PEM certificate found", ca.display()),
             );
         }
-    }
+        ca
+    });
     let base = t
         .public_base_url
         .clone()

@@ -158,6 +158,7 @@ fn each_invalid_field_is_named_with_its_reason() {
     let cases: &[(&str, &str, &str, &str)] = &[
         ("127.0.0.1:8443", "localhost:8443", "target.address", "not an IP:port"),
         ("${CERTS}/ca.pem", "${NOPE}/ca.pem", "target.ca", "NOPE is not set"),
+        ("${CERTS}/ca.pem", "${CERTS}/nope.pem", "target.ca", "cannot read"),
         ("${CERTS}/ca.pem", "${CERTS}/as-jwks.json", "target.ca", "no PEM certificate"),
         ("cert: ${CERTS}/tpp2.pem", "cert: ${CERTS}/none.pem", "clients[1].cert", "none.pem"),
         ("weight: 3", "weight: 0", "clients[1].weight", "between 1 and 1000"),
