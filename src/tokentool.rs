@@ -303,8 +303,8 @@ pub async fn run_token(cmd: TokenCommand) -> ExitCode {
     );
     r.check(
         "key headers",
-        !jws.has_key_carrying_header(),
-        "no jwk/jku/x5u/x5c",
+        !jws.has_key_carrying_header() && !jws.is_nested(),
+        "no jwk/jku/x5u/x5c, not a nested JWT (cty)",
     );
     match jws.kid().and_then(|k| keys.get(k)) {
         Some(k) => {

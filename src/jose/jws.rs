@@ -109,6 +109,15 @@ impl Compact<'_> {
         }
     }
 
+    /// `cty: JWT` says the payload is itself a JWT (RFC 7519 §5.2): a nested token another
+    /// reader would unwrap while we read the payload as claims (RFC 8725 §2.3).
+    pub fn is_nested(&self) -> bool {
+        self.header
+            .get("cty")
+            .and_then(Value::as_str)
+            .is_some_and(|c| c.eq_ignore_ascii_case("jwt"))
+    }
+
     /// Headers that carry or point to a key: a token must never bring its own key
     /// (RFC 8725 §3.10; CVE-2018-0114).
     pub fn has_key_carrying_header(&self) -> bool {

@@ -352,7 +352,7 @@ async fn verify_jwt(
         JwsError::Crit | JwsError::ForbiddenHeader => TokenError::ForbiddenHeader,
         _ => TokenError::Malformed,
     })?;
-    if jws.has_key_carrying_header() {
+    if jws.has_key_carrying_header() || jws.is_nested() {
         return Err(TokenError::ForbiddenHeader);
     }
     if issuer.require_typ && !jws.typ_is("at+jwt") {

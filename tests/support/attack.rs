@@ -260,6 +260,8 @@ pub struct LabOptions {
     pub dpop: &'static str,
     /// What the `bank` upstream answers (the `slow` upstream always waits 1.5 s, then 200).
     pub behaviour: Behaviour,
+    /// More JWKs in the issuer's key set, beside the lab key `as-1`.
+    pub extra_keys: Vec<Value>,
 }
 
 impl LabOptions {
@@ -272,6 +274,7 @@ impl LabOptions {
             issuer: "",
             dpop: "",
             behaviour: Behaviour::Ok,
+            extra_keys: Vec::new(),
         }
     }
 }
@@ -293,7 +296,9 @@ impl Lab {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::generate(Alg::ES256, "as-1").unwrap();
         let jwks = dir.path().join("as-jwks.json");
-        std::fs::write(&jwks, key.jwks().to_string()).unwrap();
+        let mut set = key.jwks();
+        set["keys"].as_array_mut().unwrap().extend(o.extra_keys);
+        std::fs::write(&jwks, set.to_string()).unwrap();
         let up = Upstream::start(o.behaviour).await;
         let slow = Upstream::start(Behaviour::Delay(Duration::from_millis(1500))).await;
         let mut opts = Options::new(up.addr);
