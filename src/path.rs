@@ -7,7 +7,8 @@
 //! - dot segments (`.`, `..`) and their encoded forms (`%2e`), encoded `/` and `\` (`%2f`, `%5c`);
 //! - empty segments: duplicate slashes (`//`) and a trailing slash;
 //! - `%25` (a second layer of encoding) and needless encoding of unreserved characters (`%41`);
-//! - malformed escapes (`%4`, `%zz`), encoded or raw control bytes, NUL, space, and any byte
+//! - malformed escapes (`%4`, `%zz`) and escapes with lower-case hex digits (`%3a`: only `%3A`
+//!   is canonical, RFC 3986 §6.2.2.1), encoded or raw control bytes, NUL, space, and any byte
 //!   outside ASCII;
 //! - a raw backslash, and `#`.
 //!
@@ -143,6 +144,9 @@ fn escape(bytes: &[u8], i: usize) -> Result<u8, PathError> {
         0x00..=0x1f | 0x7f => Err(PathError::ControlChar),
         0x80..=0xff => Err(PathError::NonAscii),
         v if is_unreserved(v) => Err(PathError::NeedlessEncoding),
+        // RFC 3986 §6.2.2.1: `%3a` and `%3A` are the same octet; only the upper-case spelling
+        // is canonical, so a path has one spelling.
+        _ if bytes[i + 1..i + 3].iter().any(u8::is_ascii_lowercase) => Err(PathError::BadEscape),
         v => Ok(v),
     }
 }
