@@ -104,6 +104,8 @@ pub enum Expect {
     Obie(&'static str, &'static str),
     /// Answered 2xx, forwarded exactly once, one `allow` record.
     Allowed,
+    /// Answered 2xx without the upstream (an idempotent replay), one `allow` record.
+    Served,
     /// This many pipelined requests answered (2xx), exactly that many forwarded.
     Forwarded(usize),
     /// hyper refused it before any handler: this status on the wire (0: only a close),
@@ -147,12 +149,32 @@ pub struct Case {
     /// Requests sent first on their own connections (e.g. to spend a quota or a proof), each
     /// answered with the given status.
     pub before: Vec<(Req, u16)>,
+    /// A request started first and still in flight (it reached an upstream) while the case is
+    /// sent; it must then complete with 2xx.
+    pub background: Option<Req>,
+    /// Seconds the lab clock moves forward after the steps before (and back after the case).
+    pub advance: i64,
+    /// The reason the audit record must hold when the answer shows another (a hidden object
+    /// answers exactly like an unknown path).
+    pub recorded_as: Option<&'static str>,
     pub check: Option<Check>,
 }
 
 impl Case {
     pub fn before(mut self, r: Req, status: u16) -> Case {
         self.before.push((r, status));
+        self
+    }
+    pub fn background(mut self, r: Req) -> Case {
+        self.background = Some(r);
+        self
+    }
+    pub fn recorded_as(mut self, reason: &'static str) -> Case {
+        self.recorded_as = Some(reason);
+        self
+    }
+    pub fn advance(mut self, secs: i64) -> Case {
+        self.advance = secs;
         self
     }
     pub fn check(
@@ -171,6 +193,9 @@ pub fn case(id: &'static str, what: impl Into<String>, r: Req, expect: Expect) -
         wire: Wire::Client(r),
         expect,
         before: Vec::new(),
+        background: None,
+        advance: 0,
+        recorded_as: None,
         check: None,
     }
 }
@@ -182,6 +207,9 @@ pub fn raw(id: &'static str, what: impl Into<String>, text: String, expect: Expe
         wire: Wire::Raw(Some("tpp1"), text),
         expect,
         before: Vec::new(),
+        background: None,
+        advance: 0,
+        recorded_as: None,
         check: None,
     }
 }
@@ -198,6 +226,9 @@ pub fn h2(
         wire: Wire::H2(Box::new(frames)),
         expect,
         before: Vec::new(),
+        background: None,
+        advance: 0,
+        recorded_as: None,
         check: None,
     }
 }
@@ -214,6 +245,9 @@ pub fn handshake(
         wire: Wire::Handshake(identity),
         expect,
         before: Vec::new(),
+        background: None,
+        advance: 0,
+        recorded_as: None,
         check: None,
     }
 }
@@ -602,6 +636,47 @@ async fn run_one(lab: &Lab, c: &Case) -> Result<(), String> {
             ));
         }
     }
+    let background = match &c.background {
+        None => None,
+        Some(r) => {
+            let before = lab.counts();
+            let (r, id) = (r.clone(), uuid::Uuid::new_v4().to_string());
+            let conn = lab
+                .p
+                .client(r.identity, r.h2)
+                .await
+                .map_err(|e| e.to_string())?;
+            let task = tokio::spawn(async move {
+                let mut conn = conn;
+                conn.send(build(&r, &id)?).await.map_err(|e| e.to_string())
+            });
+            for _ in 0..500 {
+                if lab.counts() != before {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if lab.counts() == before {
+                return Err("the background request never reached an upstream".into());
+            }
+            Some(task)
+        }
+    };
+    lab.clock.advance(c.advance);
+    let result = run_case(lab, c).await;
+    lab.clock.advance(-c.advance);
+    if let Some(task) = background {
+        match task.await {
+            Ok(Ok(a)) if a.status.is_success() => {}
+            Ok(Ok(a)) => return Err(format!("the background request got {}", a.status)),
+            Ok(Err(e)) => return Err(format!("the background request failed: {e}")),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    result
+}
+
+async fn run_case(lab: &Lab, c: &Case) -> Result<(), String> {
     let base = lab.counts();
     let id = uuid::Uuid::new_v4().to_string();
     let http_errors = count_kind(lab, "http_error");
@@ -697,7 +772,8 @@ async fn run_one(lab: &Lab, c: &Case) -> Result<(), String> {
                 return Err(format!("interaction id not echoed: {body}"));
             }
             nothing_forwarded(lab, base).await?;
-            o.record = one_record(lab, &settled, status, reason, &secret_values).await?;
+            let recorded = c.recorded_as.unwrap_or(reason);
+            o.record = one_record(lab, &settled, status, recorded, &secret_values).await?;
         }
         Expect::Obie(reason, code) => {
             let j = o.json();
@@ -710,16 +786,20 @@ async fn run_one(lab: &Lab, c: &Case) -> Result<(), String> {
             nothing_forwarded(lab, base).await?;
             o.record = one_record(lab, &settled, 400, reason, &secret_values).await?;
         }
-        Expect::Allowed | Expect::Forwarded(_) => {
-            let n = match c.expect {
-                Expect::Forwarded(n) => n,
-                _ => 1,
+        Expect::Allowed | Expect::Forwarded(_) | Expect::Served => {
+            let (n, answers) = match c.expect {
+                Expect::Forwarded(n) => (n, n),
+                Expect::Served => (0, 1),
+                _ => (1, 1),
             };
             if !(200..300).contains(&o.status) {
                 return Err(format!("got {} {body} (want 2xx)", o.status));
             }
-            if o.responses != n {
-                return Err(format!("{} responses on the wire (want {n})", o.responses));
+            if o.responses != answers {
+                return Err(format!(
+                    "{} responses on the wire (want {answers})",
+                    o.responses
+                ));
             }
             o.forwarded = lab.since(base);
             if o.forwarded.len() != n {
@@ -729,7 +809,7 @@ async fn run_one(lab: &Lab, c: &Case) -> Result<(), String> {
                     o.forwarded
                 ));
             }
-            if n == 1 {
+            if answers == 1 {
                 let recs = lab
                     .p
                     .audit_where(1, |r| r["interaction_id"] == settled.as_str())
