@@ -150,21 +150,38 @@ pub fn normalize_htu(uri: &str) -> Option<String> {
         None => (rest, "/"),
     };
     let authority = authority.to_ascii_lowercase();
-    let authority = match authority.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
-            if port == default_port || port.is_empty() {
-                host.to_string()
-            } else if port.bytes().all(|b| b.is_ascii_digit()) {
-                authority.clone()
-            } else {
+    // host [":" port], the host an IP literal in brackets or a name without ':' (RFC 3986
+    // §3.2.2); anything else (a second ':', a stray bracket) is not a URI we compare.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(rest) => {
+            let (inside, after) = rest.split_once(']')?;
+            if inside.is_empty()
+                || !inside
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+            {
                 return None;
             }
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':')?),
+            };
+            (&authority[..inside.len() + 2], port)
         }
-        _ => authority.clone(),
+        None => match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority.as_str(), None),
+        },
     };
-    if authority.is_empty() {
+    if host.is_empty() || (!host.starts_with('[') && host.contains([':', '[', ']'])) {
         return None;
     }
+    let authority = match port {
+        None | Some("") => host.to_string(),
+        Some(p) if p == default_port => host.to_string(),
+        Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => format!("{host}:{p}"),
+        Some(_) => return None,
+    };
     let mut out = format!("{scheme}://{authority}");
     let bytes = path.as_bytes();
     let mut i = 0;
@@ -217,6 +234,8 @@ mod tests {
             n("https://[::1]:8443/x").as_deref(),
             Some("https://[::1]:8443/x")
         );
+        assert_eq!(n("https://[::1]:443/x").as_deref(), Some("https://[::1]/x"));
+        assert_eq!(n("https://[::1]/x").as_deref(), Some("https://[::1]/x"));
         for bad in [
             "https://a.example/x?q=1",
             "https://a.example/x#f",
@@ -226,6 +245,10 @@ mod tests {
             "https://a.example/%zz",
             "https://a.example:80x/",
             "https:///x",
+            // Found by the dpop fuzz target: normal forms that were not their own normal form.
+            "https://a.example::443/",
+            "https://[::1/",
+            "https://a]/",
         ] {
             assert_eq!(n(bad), None, "{bad}");
         }
