@@ -1,0 +1,881 @@
+//! Fault injection: what the proxy does when what it depends on fails — the upstream (refusing,
+//! slow, resetting before or during its answer), the issuer's key source (down, slow, garbage),
+//! the consent source, the audit disk, a bad config on reload, and a client certificate that
+//! expires while its connection is open. README "Failure behaviour" lists each with its reason.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use portcullis::audit::AuditLog;
+use portcullis::config::Config;
+use portcullis::runtime::Shared;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn empty() -> Full<Bytes> {
+    Full::new(Bytes::new())
+}
+
+const ACCOUNTS: &str = "/open-banking/v3.1/aisp/accounts";
+
+/// Starts a proxy from `o` with the config text passed through `edit` first (the audit
+/// section, certificate paths, ...).
+async fn start_edited(o: Options, edit: impl FnOnce(String) -> String) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/test.yaml"), &o.policy).unwrap();
+    let path = dir.path().join("portcullis.yaml");
+    std::fs::write(&path, edit(config_text(&o, certs()))).unwrap();
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
+    let audit = AuditLog::start(&config.audit).unwrap();
+    let clock = o
+        .clock
+        .clone()
+        .unwrap_or_else(|| Arc::new(portcullis::clock::SystemClock));
+    let shared = Arc::new(Shared::with_clock(config, audit, Some(path), clock));
+    let running = portcullis::server::start(Arc::clone(&shared))
+        .await
+        .unwrap();
+    Proxy {
+        addr: running.addr,
+        admin: running.admin_addr.unwrap(),
+        dir,
+        shared,
+        running: Some(running),
+    }
+}
+
+async fn metrics(p: &Proxy) -> String {
+    p.admin_get("/metrics").await.1
+}
+
+/// The value of the first metric line starting with `prefix` (0 when absent).
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// How a scripted upstream treats the next connections.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Script {
+    /// 200 with a small JSON body.
+    Answer,
+    /// Reads the request and never answers.
+    Hang,
+    /// Reads the request, then resets the connection before any byte of an answer.
+    ResetBeforeHead,
+    /// Sends the head (Content-Length 1000) and 10 bytes of body, then resets.
+    ResetMidBody,
+}
+
+/// A hand-written HTTP/1.1 upstream (GET only) whose behaviour the test switches.
+struct Scripted {
+    addr: SocketAddr,
+    script: Arc<Mutex<Script>>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl Scripted {
+    async fn start(script: Script) -> Scripted {
+        Scripted::bind("127.0.0.1:0".parse().unwrap(), script).await
+    }
+
+    async fn bind(addr: SocketAddr, script: Script) -> Scripted {
+        let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let script = Arc::new(Mutex::new(script));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (s, n) = (script.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = l.accept().await {
+                let (s, n) = (s.clone(), n.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match tcp.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        buf.drain(..end);
+                        n.fetch_add(1, Ordering::SeqCst);
+                        let script = *s.lock().unwrap();
+                        match script {
+                            Script::Answer => {
+                                let body = "{\"Data\":{}}";
+                                let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                                if tcp.write_all(head.as_bytes()).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Script::Hang => {
+                                tokio::time::sleep(Duration::from_secs(3600)).await;
+                                return;
+                            }
+                            Script::ResetBeforeHead => {
+                                let _ = tcp.set_zero_linger();
+                                return;
+                            }
+                            Script::ResetMidBody => {
+                                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"Data\":{";
+                                let _ = tcp.write_all(head.as_bytes()).await;
+                                let _ = tcp.flush().await;
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                let _ = tcp.set_zero_linger();
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Scripted {
+            addr,
+            script,
+            requests,
+        }
+    }
+
+    fn set(&self, s: Script) {
+        *self.script.lock().unwrap() = s;
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// How an HTTPS dependency (key source, consent source) answers.
+#[derive(Clone, Debug)]
+enum Answer {
+    With(u16, String),
+    Hang,
+}
+
+/// An HTTPS endpoint (dev server certificate) whose answer the test switches.
+struct Source {
+    addr: SocketAddr,
+    answer: Arc<Mutex<Answer>>,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Source {
+    async fn start(answer: Answer) -> Source {
+        use rustls_pki_types::pem::PemObject;
+        let chain: Vec<_> =
+            rustls_pki_types::CertificateDer::pem_file_iter(certs().join("server.pem"))
+                .unwrap()
+                .map(|c| c.unwrap())
+                .collect();
+        let key =
+            rustls_pki_types::PrivateKeyDer::from_pem_file(certs().join("server.key")).unwrap();
+        let cfg = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let answer = Arc::new(Mutex::new(answer));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (a, h) = (answer.clone(), hits.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                let (acceptor, a, h) = (acceptor.clone(), a.clone(), h.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let (a, h) = (a.clone(), h.clone());
+                        async move {
+                            h.fetch_add(1, Ordering::SeqCst);
+                            let answer = a.lock().unwrap().clone();
+                            let (status, body) = match answer {
+                                Answer::With(s, b) => (s, b),
+                                Answer::Hang => {
+                                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                                    (500, String::new())
+                                }
+                            };
+                            let mut r = http::Response::new(Full::new(Bytes::from(body)));
+                            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+                });
+            }
+        });
+        Source { addr, answer, hits }
+    }
+
+    fn set(&self, a: Answer) {
+        *self.answer.lock().unwrap() = a;
+    }
+}
+
+/// Sends GET `path` as tpp1 over HTTP/1.1 or HTTP/2; the answer (or the client's error) and
+/// the interaction id.
+async fn get_as(
+    p: &Proxy,
+    path: &str,
+    h2: bool,
+) -> (Result<portcullis::client::Answer, String>, String) {
+    let id = uuid::Uuid::new_v4().to_string();
+    let uri = if h2 {
+        format!("https://localhost{path}")
+    } else {
+        path.to_string()
+    };
+    let mut r = http::Request::get(uri).header("x-fapi-interaction-id", &id);
+    if !h2 {
+        r = r.header("host", "localhost");
+    }
+    let mut c = p.client(Some("tpp1"), h2).await.expect("connect");
+    (
+        c.send(r.body(empty()).unwrap())
+            .await
+            .map_err(|e| e.to_string()),
+        id,
+    )
+}
+
+/// A refusal the proxy made for a failing dependency: status and reason on the wire, one
+/// record with decision `error` (upstream) or `deny`, and the metric by reason.
+async fn assert_failed(
+    p: &Proxy,
+    a: &portcullis::client::Answer,
+    id: &str,
+    status: u16,
+    reason: &str,
+) -> serde_json::Value {
+    assert_eq!(
+        a.status.as_u16(),
+        status,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    assert_eq!(a.json()["reason"], reason);
+    assert_eq!(a.headers["x-fapi-interaction-id"], id);
+    let rec = p.audit_of(id).await;
+    assert_eq!(rec["reason"], reason);
+    assert_eq!(rec["status"], status);
+    rec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_refusing_connections_is_502_and_it_recovers_when_it_listens_again() {
+    let dead = Upstream::dead_addr().await;
+    let p = Proxy::start(Options::new(dead)).await;
+    for h2 in [false, true] {
+        let (a, id) = get_as(&p, ACCOUNTS, h2).await;
+        let rec = assert_failed(&p, &a.unwrap(), &id, 502, "upstream.connect_failed").await;
+        assert_eq!(
+            (rec["decision"].as_str(), rec["stage"].as_str()),
+            (Some("error"), Some("upstream"))
+        );
+        assert!(rec.get("upstream_status").is_none());
+    }
+    let m = metrics(&p).await;
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_requests_by_decision_total{decision=\"error\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+    assert!(m.contains("reason=\"upstream.connect_failed\""), "{m}");
+    // The upstream comes back on the same address: the next request goes through (a failed
+    // connect is not remembered).
+    let up = Scripted::bind(dead, Script::Answer).await;
+    let (a, _) = get_as(&p, ACCOUNTS, false).await;
+    assert_eq!(a.unwrap().status, 200);
+    assert_eq!(up.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_is_504_at_the_response_timeout_and_the_next_request_is_unaffected() {
+    let up = Scripted::start(Script::Hang).await;
+    let mut o = Options::new(up.addr);
+    o.response_timeout = "500ms";
+    let p = Proxy::start(o).await;
+    let t = Instant::now();
+    let (a, id) = get_as(&p, ACCOUNTS, false).await;
+    let took = t.elapsed();
+    let rec = assert_failed(&p, &a.unwrap(), &id, 504, "upstream.timeout").await;
+    assert_eq!(rec["decision"], "error");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    up.set(Script::Answer);
+    let (a, _) = get_as(&p, ACCOUNTS, true).await;
+    assert_eq!(a.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_reset_before_its_answer_is_502_bad_response() {
+    let up = Scripted::start(Script::ResetBeforeHead).await;
+    let p = Proxy::start(Options::new(up.addr)).await;
+    for h2 in [false, true] {
+        let (a, id) = get_as(&p, ACCOUNTS, h2).await;
+        let rec = assert_failed(&p, &a.unwrap(), &id, 502, "upstream.bad_response").await;
+        assert_eq!(rec["decision"], "error");
+    }
+    up.set(Script::Answer);
+    assert_eq!(get_as(&p, ACCOUNTS, false).await.0.unwrap().status, 200);
+}
+
+/// The response streams back, so a reset after the head reaches the client as a truncated
+/// body (HTTP/1.1: the connection closes short of Content-Length; HTTP/2: RST_STREAM), and the
+/// audit record — written when the head is sent — says 200 from the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_reset_mid_body_truncates_the_response_the_client_sees() {
+    let up = Scripted::start(Script::ResetMidBody).await;
+    let p = Proxy::start(Options::new(up.addr)).await;
+    for h2 in [false, true] {
+        let (a, id) = get_as(&p, ACCOUNTS, h2).await;
+        let e = match a {
+            Err(e) => e,
+            Ok(a) => panic!("a complete answer {} with {} bytes", a.status, a.body.len()),
+        };
+        eprintln!(
+            "reset mid-body, {}: client error: {e}",
+            if h2 { "HTTP/2" } else { "HTTP/1.1" }
+        );
+        let rec = p.audit_of(&id).await;
+        assert_eq!(
+            (rec["status"].as_u64(), rec["upstream_status"].as_u64()),
+            (Some(200), Some(200)),
+            "{rec}"
+        );
+    }
+    // The proxy keeps serving.
+    up.set(Script::Answer);
+    assert_eq!(get_as(&p, ACCOUNTS, true).await.0.unwrap().status, 200);
+}
+
+use portcullis::jose::sign::SigningKey;
+use portcullis::jose::Alg;
+
+const ISS: &str = "https://as.example";
+const AUD: &str = "https://rs.example";
+
+fn thumb(name: &str) -> String {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join(format!("{name}.pem")))
+        .unwrap();
+    portcullis::pki::thumbprint_s256(der.as_ref())
+}
+
+fn now() -> i64 {
+    use portcullis::clock::Clock;
+    portcullis::clock::SystemClock.now()
+}
+
+/// A certificate-bound token for tpp1 from `key`, with `extra` claims.
+fn token(key: &SigningKey, extra: serde_json::Value) -> String {
+    let mut c = serde_json::json!({"iss": ISS, "aud": AUD, "exp": now() + 300, "iat": now(),
+        "scope": "accounts", "cnf": {"x5t#S256": thumb("tpp1")}});
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    key.access_token(&c)
+}
+
+async fn with_token(
+    p: &Proxy,
+    path: &str,
+    token: &str,
+) -> (portcullis::client::Answer, String, Duration) {
+    let t = Instant::now();
+    let (a, id) = p
+        .send(
+            req("GET", path)
+                .header("authorization", format!("Bearer {token}"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    (a, id, t.elapsed())
+}
+
+async fn ready_within(p: &Proxy, limit: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if p.admin_get("/readyz").await.0 == 200 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+const AUTH_POLICY: &str = "group: t\nupstream: bank\nroutes:\n  - id: accounts\n    method: GET\n    path: /accounts\n    auth: {profile: fapi2}\n  - id: balances\n    method: GET\n    path: /accounts/{AccountId}/balances\n    auth: {profile: fapi2}\n    consent: {claim: openbanking_intent_id, permissions: [ReadBalances]}\n    rules:\n      - {id: in-consent, value: {path: AccountId}, in: {consent: accounts}}\n";
+
+/// The key source (JWKS URL) down or slow before any set: not ready and 503 within the fetch
+/// timeout; once a set is good, a slow, failing or garbage source never replaces it, known keys
+/// keep working without waiting for the source, and an unknown kid waits at most the fetch
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_garbage_key_source_keeps_the_last_good_set() {
+    let key = SigningKey::generate(Alg::ES256, "k1").unwrap();
+    let jwks = Source::start(Answer::Hang).await;
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.policy = AUTH_POLICY.split("  - id: balances").next().unwrap().into();
+    o.extra = format!(
+        "issuers:\n  as:\n    issuer: {ISS}\n    audience: {AUD}\n    jwks:\n      url: https://localhost:{}/jwks\n      ca: [{}]\n      refresh_interval: 1s\n      min_refetch_interval: 1s\n      fetch_timeout: 500ms\n",
+        jwks.addr.port(),
+        certs().join("ca.pem").display()
+    );
+    let p = Proxy::start(o).await;
+    // Slow before any set.
+    assert_eq!(p.admin_get("/readyz").await.0, 503);
+    let (a, id, took) = with_token(&p, "/accounts", &token(&key, serde_json::json!({}))).await;
+    assert_failed(&p, &a, &id, 503, "token.keys_unavailable").await;
+    assert!(
+        took < Duration::from_secs(3),
+        "waited {took:?} for a slow key source"
+    );
+    // Down (500) before any set: the same.
+    jwks.set(Answer::With(500, String::new()));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (a, id, _) = with_token(&p, "/accounts", &token(&key, serde_json::json!({}))).await;
+    assert_failed(&p, &a, &id, 503, "token.keys_unavailable").await;
+    assert_eq!(p.admin_get("/readyz").await.0, 503);
+    // The source answers: ready, and tokens pass.
+    jwks.set(Answer::With(200, key.jwks().to_string()));
+    assert!(
+        ready_within(&p, Duration::from_secs(10)).await,
+        "never ready"
+    );
+    assert_eq!(
+        with_token(&p, "/accounts", &token(&key, serde_json::json!({})))
+            .await
+            .0
+            .status,
+        200
+    );
+    // Then it goes bad in every way; the set it had keeps serving.
+    let huge = format!("{{\"keys\":[],\"pad\":\"{}\"}}", "x".repeat(2 << 20));
+    let unusable =
+        serde_json::json!({"keys": [{"kty": "oct", "kid": "k1", "k": "c2VjcmV0"}]}).to_string();
+    for (what, answer) in [
+        ("slow", Answer::Hang),
+        ("down", Answer::With(503, String::new())),
+        ("not JSON", Answer::With(200, "<html>".into())),
+        ("an empty set", Answer::With(200, "{\"keys\":[]}".into())),
+        ("only unusable keys", Answer::With(200, unusable)),
+        ("2 MiB", Answer::With(200, huge)),
+    ] {
+        jwks.set(answer);
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        let (a, _, took) = with_token(&p, "/accounts", &token(&key, serde_json::json!({}))).await;
+        assert_eq!(
+            a.status,
+            200,
+            "{what}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "{what}: a known key waited {took:?}"
+        );
+        assert_eq!(p.admin_get("/readyz").await.0, 200, "{what}");
+    }
+    // An unknown kid while the source is slow waits at most the fetch timeout.
+    jwks.set(Answer::Hang);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let other = SigningKey::generate(Alg::ES256, "k2").unwrap();
+    let (a, id, took) = with_token(&p, "/accounts", &token(&other, serde_json::json!({}))).await;
+    assert_failed(&p, &a, &id, 401, "token.unknown_key").await;
+    assert!(
+        took < Duration::from_secs(3),
+        "an unknown kid waited {took:?}"
+    );
+    let m = metrics(&p).await;
+    assert!(
+        metric(&m, "portcullis_key_source_failures_total{issuer=\"as\"}") >= 6.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "portcullis_key_source_ready{issuer=\"as\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "portcullis_key_source_keys{issuer=\"as\"}"),
+        1.0,
+        "{m}"
+    );
+}
+
+/// A consent source that is slow, failing or answering garbage refuses with 503 (never
+/// allows), within its timeout; failures are not cached, so it recovers at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_consent_source_refuses_with_503_and_recovers() {
+    let key = SigningKey::generate(Alg::ES256, "k1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), key.jwks().to_string()).unwrap();
+    let consent = Source::start(Answer::Hang).await;
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.policy = AUTH_POLICY.into();
+    o.extra = format!(
+        "issuers:\n  as:\n    issuer: {ISS}\n    audience: {AUD}\n    jwks: {{file: {}}}\nconsent:\n  url: https://localhost:{}/consents/{{id}}\n  ca: [{}]\n  timeout: 500ms\n  ttl: 60s\n",
+        dir.path().join("jwks.json").display(),
+        consent.addr.port(),
+        certs().join("ca.pem").display()
+    );
+    let p = Proxy::start(o).await;
+    let t = token(&key, serde_json::json!({"openbanking_intent_id": "aac-1"}));
+    let good = serde_json::json!({"Data": {"ConsentId": "aac-1", "Status": "Authorised",
+        "ExpirationDateTime": "2099-01-01T00:00:00+00:00", "Permissions": ["ReadBalances"], "accounts": ["acc-1"]}});
+    for (what, answer) in [
+        ("slow", Answer::Hang),
+        ("500", Answer::With(500, String::new())),
+        ("not JSON", Answer::With(200, "<html>".into())),
+        (
+            "JSON that is not a consent",
+            Answer::With(200, "{\"Data\":7}".into()),
+        ),
+    ] {
+        consent.set(answer);
+        let (a, id, took) = with_token(&p, "/accounts/acc-1/balances", &t).await;
+        let rec = assert_failed(&p, &a, &id, 503, "authz.consent_unavailable").await;
+        assert_eq!(rec["stage"], "authz", "{what}");
+        assert!(took < Duration::from_secs(3), "{what}: waited {took:?}");
+    }
+    assert_eq!(
+        up.count(),
+        0,
+        "nothing was allowed while the consent was unknown"
+    );
+    assert!(
+        consent.hits.load(Ordering::SeqCst) >= 4,
+        "a failure is not cached: each request asked again"
+    );
+    consent.set(Answer::With(200, good.to_string()));
+    let (a, _, _) = with_token(&p, "/accounts/acc-1/balances", &t).await;
+    assert_eq!(
+        a.status,
+        200,
+        "recovered: {}",
+        String::from_utf8_lossy(&a.body)
+    );
+    // A known answer is cached for its TTL; a consent not yet known is refused while the source
+    // is down.
+    consent.set(Answer::With(503, String::new()));
+    assert_eq!(
+        with_token(&p, "/accounts/acc-1/balances", &t)
+            .await
+            .0
+            .status,
+        200
+    );
+    let t2 = token(&key, serde_json::json!({"openbanking_intent_id": "aac-2"}));
+    let (a, id, _) = with_token(&p, "/accounts/acc-1/balances", &t2).await;
+    assert_failed(&p, &a, &id, 503, "authz.consent_unavailable").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The audit disk. Running as root, permissions do not stop writes, so the audit path is a
+// symlink: to /dev/full (every write fails with ENOSPC), later swapped for a regular file. On a
+// write error the writer reopens the path, so the swap is the disk coming back.
+
+const DEFAULT_AUDIT: &str = "audit:\n  sink: file\n  path: audit.log\n";
+
+/// A proxy whose audit path is a symlink to /dev/full; returns it, the symlink and the file the
+/// symlink will point to once the disk "recovers".
+async fn on_a_full_disk(
+    up: SocketAddr,
+    policy: &str,
+) -> (
+    Proxy,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    tempfile::TempDir,
+) {
+    let d = tempfile::tempdir().unwrap();
+    let link = d.path().join("audit.log");
+    std::os::unix::fs::symlink("/dev/full", &link).unwrap();
+    let target = d.path().join("recovered.log");
+    let yaml = format!(
+        "audit:\n  sink: file\n  path: {}\n  queue_capacity: 4\n{policy}",
+        link.display()
+    );
+    let p = start_edited(Options::new(up), |text| {
+        assert!(text.contains(DEFAULT_AUDIT));
+        text.replace(DEFAULT_AUDIT, &yaml)
+    })
+    .await;
+    (p, link, target, d)
+}
+
+/// Points the symlink at a regular file (atomically, as a remount or a freed disk would).
+fn disk_recovers(link: &std::path::Path, target: &std::path::Path) {
+    std::fs::write(target, b"").unwrap();
+    let tmp = link.with_extension("tmp");
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, link).unwrap();
+}
+
+fn records(file: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn chain_verifies(file: &std::path::Path) {
+    let bytes = std::fs::read(file).unwrap();
+    let o = portcullis::audit::verify::verify_bytes(
+        &[(file, &bytes)],
+        &portcullis::audit::verify::Options::default(),
+    );
+    assert!(o.ok(), "{o}");
+}
+
+async fn until_unhealthy(p: &Proxy) {
+    for _ in 0..500 {
+        if !p.shared.audit.healthy() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the audit output never showed as failing");
+}
+
+/// Under `block` (the default), a failing disk is counted and makes the proxy unready; the
+/// records of requests already answered wait in the bounded queue, and once it is full the next
+/// response is held until its record can be queued — so no request is answered without its
+/// record, and at most the queue capacity (+1 being written) are answered while the disk fails.
+/// When the disk comes back every record is written, in one verified chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_audit_disk_under_block_holds_responses_once_the_queue_is_full() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let (p, link, target, _d) = on_a_full_disk(up.addr, "").await;
+    let p = Arc::new(p);
+    let mut answered = Vec::new();
+    let mut held = None;
+    for _ in 0..10 {
+        let p2 = p.clone();
+        let task = tokio::spawn(async move { p2.get(ACCOUNTS).await });
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if task.is_finished() {
+            let (a, id) = task.await.unwrap();
+            assert_eq!(a.status, 200);
+            answered.push(id);
+        } else {
+            held = Some(task);
+            break;
+        }
+    }
+    let held = held.expect("a response is held once the queue is full");
+    assert!(
+        (1..=6).contains(&answered.len()),
+        "{} answered while the disk failed",
+        answered.len()
+    );
+    assert!(!p.shared.audit.healthy());
+    assert_eq!(p.admin_get("/readyz").await.0, 503);
+    let m = metrics(&p).await;
+    assert_eq!(metric(&m, "portcullis_audit_output_failing"), 1.0, "{m}");
+    assert!(
+        metric(&m, "portcullis_audit_write_errors_total") >= 1.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "portcullis_audit_queue_depth"), 4.0, "{m}");
+    assert_eq!(
+        metric(&m, "portcullis_audit_records_dropped_total"),
+        0.0,
+        "{m}"
+    );
+    disk_recovers(&link, &target);
+    let (a, id) = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the held response is released when the disk recovers")
+        .unwrap();
+    assert_eq!(a.status, 200);
+    answered.push(id);
+    assert!(p.shared.audit.sync(Duration::from_secs(10)));
+    assert_eq!(p.admin_get("/readyz").await.0, 200);
+    let recs = records(&target);
+    for id in &answered {
+        assert_eq!(
+            recs.iter()
+                .filter(|r| r["interaction_id"] == id.as_str())
+                .count(),
+            1,
+            "{id}"
+        );
+    }
+    chain_verifies(&target);
+    assert_eq!(p.get(ACCOUNTS).await.0.status, 200);
+}
+
+/// Under `refuse`, a failing disk refuses new requests at once (503 `audit.unavailable`, nothing
+/// forwarded), is counted and makes the proxy unready; it serves again when writes work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_audit_disk_under_refuse_refuses_until_writes_work() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let (p, link, target, _d) = on_a_full_disk(up.addr, "  queue_full: refuse\n").await;
+    let (a, first) = p.get(ACCOUNTS).await;
+    assert_eq!(a.status, 200, "admitted before the failure shows");
+    until_unhealthy(&p).await;
+    let before = up.count();
+    for _ in 0..3 {
+        let (a, id) = p.get(ACCOUNTS).await;
+        assert_eq!(a.status, 503);
+        assert_eq!(a.json()["reason"], "audit.unavailable");
+        assert_eq!(a.json()["interaction_id"], id.as_str());
+    }
+    assert_eq!(
+        up.count(),
+        before,
+        "nothing forwarded while the audit fails"
+    );
+    assert_eq!(p.admin_get("/readyz").await.0, 503);
+    let m = metrics(&p).await;
+    assert_eq!(metric(&m, "portcullis_audit_output_failing"), 1.0, "{m}");
+    assert!(
+        metric(&m, "portcullis_audit_write_errors_total") >= 1.0,
+        "{m}"
+    );
+    assert!(m.contains("reason=\"audit.unavailable\""), "{m}");
+    disk_recovers(&link, &target);
+    assert!(p.shared.audit.sync(Duration::from_secs(10)));
+    assert!(p.shared.audit.healthy());
+    assert_eq!(p.admin_get("/readyz").await.0, 200);
+    let (a, last) = p.get(ACCOUNTS).await;
+    assert_eq!(a.status, 200);
+    assert!(p.shared.audit.sync(Duration::from_secs(10)));
+    let recs = records(&target);
+    for id in [&first, &last] {
+        assert_eq!(
+            recs.iter()
+                .filter(|r| r["interaction_id"] == id.as_str())
+                .count(),
+            1,
+            "{id}"
+        );
+    }
+    chain_verifies(&target);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A bad config on reload.
+
+/// Each kind of bad change is refused whole, naming the file; the old config keeps serving;
+/// every refusal is counted; a good change afterwards applies. One bad change arrives through
+/// the file watcher rather than a direct reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_config_on_reload_keeps_the_old_one_serving_and_is_counted() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let p = Proxy::start(Options::new(up.addr)).await;
+    let config = p.config_path();
+    let policy = p.dir.path().join("policies/test.yaml");
+    let good_config = std::fs::read_to_string(&config).unwrap();
+    let good_policy = std::fs::read_to_string(&policy).unwrap();
+    let junk = p.dir.path().join("junk.pem");
+    std::fs::write(
+        &junk,
+        "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let new_route = "  - id: new.route\n    method: GET\n    path: /new\n";
+    let server_key = certs().join("server.key").display().to_string();
+    let cases: Vec<(&str, String, String, &str)> = vec![
+        ("YAML syntax", good_config.clone() + "listener: [\n", good_policy.clone() + new_route, "portcullis.yaml"),
+        ("unknown field", good_config.clone() + "surprise: 1\n", good_policy.clone() + new_route, "surprise"),
+        ("missing certificate file", good_config.replace(&server_key, "/nonexistent/server.key"), good_policy.clone() + new_route, "/nonexistent/server.key"),
+        ("garbage private key", good_config.replace(&server_key, &junk.display().to_string()), good_policy.clone() + new_route, "listener.tls"),
+        ("garbage issuer key set", good_config.clone() + &format!("issuers:\n  as:\n    issuer: https://as\n    audience: https://rs\n    jwks: {{file: {}}}\n", junk.display()), good_policy.clone() + new_route, "junk.pem"),
+        ("route naming an unknown upstream", good_config.clone(), good_policy.clone() + new_route + "    upstream: nowhere\n", "nowhere"),
+        ("duplicate route id", good_config.clone(), good_policy.clone() + "  - id: accounts.list\n    method: GET\n    path: /dup\n", "accounts.list"),
+    ];
+    let n = cases.len() as f64;
+    for (what, c, pol, named) in cases {
+        std::fs::write(&config, &c).unwrap();
+        std::fs::write(&policy, &pol).unwrap();
+        let err = p.shared.reload().expect_err(what).to_string();
+        assert!(
+            err.contains(named),
+            "{what}: the error names {named}: {err}"
+        );
+        assert_eq!(
+            p.get(ACCOUNTS).await.0.status,
+            200,
+            "{what}: the old config serves"
+        );
+        assert_eq!(
+            p.get("/new").await.0.status,
+            404,
+            "{what}: nothing of the new config applies"
+        );
+    }
+    let m = metrics(&p).await;
+    assert_eq!(
+        metric(&m, "portcullis_config_reloads_total{result=\"failed\"}"),
+        n,
+        "{m}"
+    );
+    // Through the watcher.
+    std::fs::write(&config, &good_config).unwrap();
+    std::fs::write(&policy, &good_policy).unwrap();
+    portcullis::reload::watch(p.shared.clone(), tokio_util::sync::CancellationToken::new())
+        .unwrap();
+    let tmp = p.dir.path().join("policies/.tmp");
+    std::fs::write(
+        &tmp,
+        good_policy.clone() + "  - id: broken\n    method: FETCH\n    path: /x\n",
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &policy).unwrap();
+    let mut counted = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if metric(
+            &metrics(&p).await,
+            "portcullis_config_reloads_total{result=\"failed\"}",
+        ) > n
+        {
+            counted = true;
+            break;
+        }
+    }
+    assert!(counted, "the watcher's failed reload is counted");
+    assert_eq!(p.get(ACCOUNTS).await.0.status, 200);
+    // A good change applies.
+    std::fs::write(&tmp, good_policy + new_route).unwrap();
+    std::fs::rename(&tmp, &policy).unwrap();
+    let mut status = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = p.get("/new").await.0.status.as_u16();
+        if status == 200 {
+            break;
+        }
+    }
+    assert_eq!(status, 200, "a good change after bad ones applies");
+}
