@@ -80,7 +80,7 @@ pub async fn inspect(
     let route = route::resolve(parts, &config.policies)?;
     record.route_id = Some(route.route.id.clone());
     ratelimit::check_peer(conn, rt, shared, record)?;
-    let identity = identity::identify(conn, &route.route)?;
+    let identity = identity::identify(conn, &route.route, shared.clock.now())?;
     // 6. With a certificate the client is known now; otherwise after the token (its client id).
     if identity.cert.is_some() {
         let key = ratelimit::client_key(&identity, None, conn);

@@ -188,7 +188,7 @@ impl Rejection {
                     | HttpError::BodyTooLarge
                     | HttpError::BodyTimeout
                     | HttpError::BodyRead
-            )
+            ) | Rejection::Identity(IdentityError::ClientCertExpired)
         )
     }
 
@@ -320,6 +320,12 @@ impl Rejection {
                     "identity.client_cert_required",
                     "this resource requires a client certificate",
                 ),
+                // The certificate was valid at the handshake and has expired since.
+                IdentityError::ClientCertExpired => wire(
+                    S::UNAUTHORIZED,
+                    "identity.client_cert_expired",
+                    "the client certificate has expired; connect again with a valid one",
+                ),
             },
             Rejection::Token(e, _) => token_wire(*e),
             Rejection::Binding(e) => binding_wire(*e),
@@ -441,7 +447,7 @@ impl Rejection {
             | Rejection::Idempotency(..) => None,
             // A missing client certificate is a TLS-level credential; there is no HTTP auth
             // scheme for it, so no challenge (RFC 9110 §11.6.1 requires one only for schemes).
-            Rejection::Identity(IdentityError::ClientCertRequired) => None,
+            Rejection::Identity(_) => None,
             // RFC 6750 §3.1: no error code when no credentials were sent; both schemes offered.
             Rejection::Token(TokenError::Missing | TokenError::UnsupportedScheme, _) => {
                 Some(format!("Bearer, DPoP {ALGS}"))
@@ -923,6 +929,7 @@ pub fn all_reasons() -> Vec<(u16, &'static str, &'static str)> {
         FapiError::InteractionIdInvalid.into(),
         FapiError::CustomerIpInvalid.into(),
         IdentityError::ClientCertRequired.into(),
+        IdentityError::ClientCertExpired.into(),
         UpstreamError::Connect.into(),
         UpstreamError::Protocol.into(),
         BindingError::Unbound.into(),

@@ -879,3 +879,129 @@ async fn a_bad_config_on_reload_keeps_the_old_one_serving_and_is_counted() {
     }
     assert_eq!(status, 200, "a good change after bad ones applies");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Certificates expiring while running.
+
+/// A client certificate from the dev CA valid until `not_after`, written beside the dev
+/// certificates as `{stem}.pem` / `{stem}.key`.
+fn short_lived_client(stem: &str, not_after: time::OffsetDateTime) {
+    use rcgen::{DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
+    let dir = certs();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(DnType::OrganizationName, "Tpp Short Ltd");
+    p.distinguished_name
+        .push(DnType::CustomDnType(vec![2, 5, 4, 97]), "PSDGB-FCA-777777");
+    p.distinguished_name.push(DnType::CommonName, stem);
+    p.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    p.not_after = not_after;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key")).unwrap()).unwrap();
+    let mut ca = rcgen::CertificateParams::default();
+    ca.distinguished_name = rcgen::DistinguishedName::new();
+    ca.distinguished_name
+        .push(DnType::OrganizationName, "portcullis dev");
+    ca.distinguished_name
+        .push(DnType::CommonName, "portcullis dev CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = p.signed_by(&key, &rcgen::Issuer::new(ca, ca_key)).unwrap();
+    std::fs::write(dir.join(format!("{stem}.pem")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+}
+
+async fn get_on(
+    c: &mut portcullis::client::Conn,
+    h2: bool,
+) -> (portcullis::client::Answer, String) {
+    let id = uuid::Uuid::new_v4().to_string();
+    let uri = if h2 {
+        format!("https://localhost{ACCOUNTS}")
+    } else {
+        ACCOUNTS.to_string()
+    };
+    let mut r = http::Request::get(uri).header("x-fapi-interaction-id", &id);
+    if !h2 {
+        r = r.header("host", "localhost");
+    }
+    (c.send(r.body(empty()).unwrap()).await.expect("send"), id)
+}
+
+/// A client certificate that expires while its connections are open: new handshakes fail
+/// (`cert_expired`), and requests on the connections already open are refused from then on
+/// (401 `identity.client_cert_expired`) — an open keep-alive or HTTP/2 connection does not
+/// outlive its certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_expiring_mid_connection_is_refused_from_then_on() {
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(4);
+    short_lived_client("short", expires);
+    let up = Upstream::start(Behaviour::Ok).await;
+    let p = Proxy::start(Options::new(up.addr)).await;
+    let mut h1 = p.client(Some("short"), false).await.unwrap();
+    let mut h2 = p.client(Some("short"), true).await.unwrap();
+    assert_eq!(get_on(&mut h1, false).await.0.status, 200);
+    assert_eq!(get_on(&mut h2, true).await.0.status, 200);
+    let wait = (expires - time::OffsetDateTime::now_utc())
+        .whole_milliseconds()
+        .max(0) as u64;
+    tokio::time::sleep(Duration::from_millis(wait + 1500)).await;
+    let refused = match p.client(Some("short"), false).await {
+        Err(_) => true,
+        Ok(mut c) => c
+            .send(req("GET", ACCOUNTS).body(empty()).unwrap())
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a new handshake with the expired certificate");
+    let recs = p.audit_where(1, |r| r["kind"] == "tls_handshake").await;
+    assert_eq!(recs.last().unwrap()["failure"], "cert_expired");
+    let forwarded = up.count();
+    for (c, is_h2) in [(&mut h1, false), (&mut h2, true)] {
+        let (a, id) = get_on(c, is_h2).await;
+        assert_eq!(a.status, 401, "{}", String::from_utf8_lossy(&a.body));
+        assert_eq!(a.json()["reason"], "identity.client_cert_expired");
+        let rec = p.audit_of(&id).await;
+        assert_eq!(rec["reason"], "identity.client_cert_expired");
+        assert_eq!(rec["stage"], "identity");
+    }
+    assert_eq!(
+        up.count(),
+        forwarded,
+        "nothing forwarded for an expired certificate"
+    );
+}
+
+/// The same with the proxy's clock (Options.clock) moved past a long-lived certificate's
+/// notAfter: the check reads the clock every request, not the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_expiry_check_reads_the_proxys_clock_on_every_request() {
+    use portcullis::clock::{Clock, ManualClock};
+    let clock = Arc::new(ManualClock::new(now()));
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.clock = Some(clock.clone() as Arc<dyn Clock>);
+    let p = Proxy::start(o).await;
+    let mut c = p.client(Some("tpp1"), false).await.unwrap();
+    assert_eq!(get_on(&mut c, false).await.0.status, 200);
+    clock.advance(3 * 365 * 86_400);
+    let (a, id) = get_on(&mut c, false).await;
+    assert_eq!(a.status, 401, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["reason"], "identity.client_cert_expired");
+    assert_eq!(
+        p.audit_of(&id).await["reason"],
+        "identity.client_cert_expired"
+    );
+    assert_eq!(
+        up.count(),
+        1,
+        "only the request before expiry was forwarded"
+    );
+}

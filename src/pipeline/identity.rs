@@ -9,6 +9,8 @@ use crate::policy::{CertRequirement, Route};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdentityError {
     ClientCertRequired,
+    /// The connection's certificate has expired since its handshake.
+    ClientCertExpired,
 }
 
 /// The authenticated caller. `cert` is `None` only on routes that allow anonymous TLS.
@@ -17,8 +19,12 @@ pub struct ClientIdentity {
     pub cert: Option<Arc<ClientCert>>,
 }
 
-pub fn identify(conn: &ConnInfo, route: &Route) -> Result<ClientIdentity, IdentityError> {
+/// The caller on `conn` at `now` (Unix seconds). rustls checks validity only at the handshake;
+/// a keep-alive or HTTP/2 connection must not outlive its certificate, so every request checks
+/// `notAfter` again.
+pub fn identify(conn: &ConnInfo, route: &Route, now: i64) -> Result<ClientIdentity, IdentityError> {
     match (&conn.client_cert, route.client_cert) {
+        (Some(c), _) if c.not_after < now => Err(IdentityError::ClientCertExpired),
         (Some(c), _) => Ok(ClientIdentity {
             cert: Some(Arc::clone(c)),
         }),
