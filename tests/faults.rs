@@ -1005,3 +1005,120 @@ async fn the_expiry_check_reads_the_proxys_clock_on_every_request() {
         "only the request before expiry was forwarded"
     );
 }
+
+/// A server certificate for `localhost` from the dev CA, valid from `from` to `to`, written to
+/// `dir` as `server.pem` / `server.key` (replacing what is there).
+fn server_cert(
+    dir: &std::path::Path,
+    from: time::OffsetDateTime,
+    to: time::OffsetDateTime,
+) -> Vec<u8> {
+    use rcgen::{DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
+    let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, "localhost");
+    p.not_before = from;
+    p.not_after = to;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(certs().join("ca.key")).unwrap()).unwrap();
+    let mut ca = rcgen::CertificateParams::default();
+    ca.distinguished_name = rcgen::DistinguishedName::new();
+    ca.distinguished_name
+        .push(DnType::OrganizationName, "portcullis dev");
+    ca.distinguished_name
+        .push(DnType::CommonName, "portcullis dev CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = p.signed_by(&key, &rcgen::Issuer::new(ca, ca_key)).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    cert.der().to_vec()
+}
+
+/// The certificate the proxy presents to a new connection.
+async fn presented(p: &Proxy) -> Vec<u8> {
+    let cfg = portcullis::client::tls_config(
+        &certs().join("ca.pem"),
+        Some((&certs().join("tpp1.pem"), &certs().join("tpp1.key"))),
+        false,
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0]
+        .as_ref()
+        .to_vec()
+}
+
+/// The server certificate close to expiry shows in the metric; a renewed one written to the
+/// same files is presented to new connections after a reload; an expired replacement is
+/// refused at reload (the old, still valid one keeps serving) and a proxy never starts with one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_certificate_near_expiry_is_renewed_by_reload_and_an_expired_one_refused() {
+    let now = time::OffsetDateTime::now_utc();
+    let d = tempfile::tempdir().unwrap();
+    let first = server_cert(
+        d.path(),
+        now - time::Duration::hours(1),
+        now + time::Duration::hours(12),
+    );
+    let up = Upstream::start(Behaviour::Ok).await;
+    let (pem, key) = (
+        certs().join("server.pem").display().to_string(),
+        certs().join("server.key").display().to_string(),
+    );
+    let (new_pem, new_key) = (
+        d.path().join("server.pem").display().to_string(),
+        d.path().join("server.key").display().to_string(),
+    );
+    let p = start_edited(Options::new(up.addr), |t| {
+        t.replace(&pem, &new_pem).replace(&key, &new_key)
+    })
+    .await;
+    assert_eq!(presented(&p).await, first);
+    let days = metric(&metrics(&p).await, "portcullis_server_cert_expiry_days");
+    assert!(days > 0.0 && days < 1.0, "expiry in {days} days");
+    // Renewed on disk, then reloaded (SIGHUP or the watcher do the same).
+    let renewed = server_cert(
+        d.path(),
+        now - time::Duration::hours(1),
+        now + time::Duration::days(90),
+    );
+    p.shared.reload().expect("a renewed certificate reloads");
+    assert_eq!(presented(&p).await, renewed);
+    let days = metric(&metrics(&p).await, "portcullis_server_cert_expiry_days");
+    assert!(days > 89.0, "expiry in {days} days");
+    assert_eq!(p.get(ACCOUNTS).await.0.status, 200);
+    // An expired replacement: refused, the renewed one keeps serving.
+    server_cert(
+        d.path(),
+        now - time::Duration::days(30),
+        now - time::Duration::days(1),
+    );
+    let err = p
+        .shared
+        .reload()
+        .expect_err("an expired server certificate")
+        .to_string();
+    assert!(
+        err.contains("listener.tls.certificate") && err.contains("expired"),
+        "{err}"
+    );
+    assert_eq!(presented(&p).await, renewed);
+    let config = Config::load(&p.config_path())
+        .err()
+        .expect("start-up refuses it too")
+        .to_string();
+    assert!(config.contains("expired"), "{config}");
+}

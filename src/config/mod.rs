@@ -755,6 +755,19 @@ fn validate_listener_tls(
         .first()
         .and_then(|c| crate::pki::ClientCert::from_der(c.as_ref()).ok())
         .map(|c| c.not_after);
+    // An expired server certificate would fail every handshake: refuse it (at start-up, and at
+    // reload, where the current one keeps serving).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    if let Some(t) = server_cert_not_after.filter(|t| *t < now) {
+        let when = crate::audit::unix_to_rfc3339(t).unwrap_or_default();
+        p.push(
+            "listener.tls.certificate",
+            format!("the server certificate expired at {when}; renew it"),
+        );
+        return None;
+    }
     match tls::server_config(chain, key, cas, crls, client_auth) {
         Ok(server_config) => Some(ListenerTls {
             server_config,
