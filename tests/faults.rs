@@ -681,7 +681,8 @@ async fn a_failing_audit_disk_under_block_holds_responses_once_the_queue_is_full
     for _ in 0..10 {
         let p2 = p.clone();
         let task = tokio::spawn(async move { p2.get(ACCOUNTS).await });
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        // A request that has not finished in 1.5 s is held (a served one takes milliseconds).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         if task.is_finished() {
             let (a, id) = task.await.unwrap();
             assert_eq!(a.status, 200);
@@ -692,6 +693,16 @@ async fn a_failing_audit_disk_under_block_holds_responses_once_the_queue_is_full
         }
     }
     let held = held.expect("a response is held once the queue is full");
+    eprintln!(
+        "audit disk failing under block: {} answered, then held; upstream saw {}",
+        answered.len(),
+        up.count()
+    );
+    assert_eq!(
+        up.count(),
+        answered.len() + 1,
+        "the held request has reached the upstream"
+    );
     assert!(
         (1..=6).contains(&answered.len()),
         "{} answered while the disk failed",
