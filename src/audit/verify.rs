@@ -340,7 +340,14 @@ impl<'o> State<'o> {
                 }
             }
             Some(exp) if seq > exp => {
-                let moved = (exp..seq).find(|s| self.all_seqs.contains(s));
+                // The first record of the gap that appears elsewhere: scan the records there
+                // are, not the gap (a forged seq near u64::MAX would make that endless).
+                let moved = self
+                    .all_seqs
+                    .iter()
+                    .copied()
+                    .filter(|s| (exp..seq).contains(s))
+                    .min();
                 return Err(match moved {
                     Some(s) => damage(
                         DamageKind::Reordered,
@@ -377,6 +384,16 @@ impl<'o> State<'o> {
                 ));
             }
         }
+        let Some(next) = seq.checked_add(1) else {
+            return Err(damage(
+                DamageKind::Malformed,
+                Some(seq),
+                at,
+                format!(
+                    "record {seq} has the largest sequence number there is; no writer reaches it"
+                ),
+            ));
+        };
         if kind == "checkpoint" {
             self.checkpoint(v, prefix, seq, hash, at)?;
         } else {
@@ -398,7 +415,7 @@ impl<'o> State<'o> {
         self.out.records += 1;
         self.out.first_seq.get_or_insert(seq);
         self.out.last_seq = Some(seq);
-        self.expected = Some(seq + 1);
+        self.expected = Some(next);
         self.prev = Some(hash.to_string());
         Ok(())
     }
