@@ -705,16 +705,16 @@ pub struct FuzzRequest {
     pub body: Vec<u8>,
 }
 
-/// Parses `METHOD target \n name: value ... \n\n body`; lines that are not valid fields are
-/// skipped.
+/// Parses `METHOD target \n name: value ... \n\n body` (the method and target as `http`
+/// parses them; otherwise `None`); lines that are not valid fields are skipped.
 pub fn parse_request(data: &[u8]) -> Option<FuzzRequest> {
     let (first, mut rest) = split_line(data);
     let first = std::str::from_utf8(first).ok()?;
     let (method, target) = first.split_once(' ').unwrap_or((first, "/"));
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), Some(q.to_string())),
-        None => (target.to_string(), None),
-    };
+    // What the pipeline hands the signature stage: a method and a URI hyper accepted.
+    let method = http::Method::from_bytes(method.as_bytes()).ok()?;
+    let uri = http::Uri::try_from(target).ok()?;
+    let (path, query) = (uri.path().to_string(), uri.query().map(str::to_string));
     let mut headers = http::HeaderMap::new();
     loop {
         if rest.is_empty() {
@@ -735,7 +735,7 @@ pub fn parse_request(data: &[u8]) -> Option<FuzzRequest> {
         }
     }
     Some(FuzzRequest {
-        method: method.to_string(),
+        method: method.as_str().to_string(),
         path,
         query,
         headers,
