@@ -27,6 +27,8 @@ pub struct ConnInfo {
     pub peer_ip_header: HeaderValue,
     cert_rfc9440: Option<HeaderValue>,
     cert_xfcc: Option<HeaderValue>,
+    /// The connection's facts as audit-record members, encoded once.
+    pub audit_members: Arc<str>,
 }
 
 impl ConnInfo {
@@ -59,7 +61,7 @@ impl ConnInfo {
                 .as_deref()
                 .and_then(|c| client_cert_value(c, form))
         };
-        Ok(ConnInfo {
+        let mut info = ConnInfo {
             id,
             peer_ip_header: HeaderValue::from_str(&peer.ip().to_string())
                 .map_err(std::io::Error::other)?,
@@ -71,7 +73,10 @@ impl ConnInfo {
             cipher,
             alpn,
             client_cert,
-        })
+            audit_members: Arc::from(""),
+        };
+        info.audit_members = crate::audit::connection_members(&info);
+        Ok(info)
     }
 
     /// The client certificate as the upstream header of `form` carries it.

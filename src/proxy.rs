@@ -127,23 +127,15 @@ fn start_record(
     rt: &Runtime,
     interaction_id: &str,
 ) -> RequestRecord {
-    let cert = conn.client_cert.as_deref();
     RequestRecord {
         interaction_id: interaction_id.to_string(),
         conn_id: conn.id,
-        listener: Some(conn.local.to_string()),
-        peer: conn.peer.to_string(),
-        tls_version: conn.tls_version,
-        cipher: conn.cipher,
+        conn_members: Some(Arc::clone(&conn.audit_members)),
         http_version: match req.version() {
             http::Version::HTTP_2 => "HTTP/2",
             http::Version::HTTP_10 => "HTTP/1.0",
             _ => "HTTP/1.1",
         },
-        client_cert_thumbprint: cert.map(|c| c.thumbprint.clone()),
-        client_subject: cert.map(|c| bounded(&c.subject)),
-        client_org_id: cert.and_then(|c| c.organization_identifier.as_deref().map(bounded)),
-        client_cert_not_after: cert.and_then(|c| crate::audit::unix_to_rfc3339(c.not_after)),
         bytes_in: declared_length(req.headers()),
         method: bounded(req.method().as_str()),
         path: bounded(req.uri().path()),

@@ -39,8 +39,8 @@ use crossbeam_channel::{Sender, TrySendError};
 pub use chain::{split_hash, split_sig, AuditKey, AuditPublicKey, KeyError, GENESIS};
 pub use json::SafeFormatter;
 pub use record::{
-    bounded, bounded_bytes, token_hash, unix_to_rfc3339, HandshakeRecord, HttpErrorRecord,
-    RateLimitRecord, Record, RequestRecord, SignatureRecord, MAX_FIELD, TRUNCATED,
+    bounded, bounded_bytes, connection_members, token_hash, unix_to_rfc3339, HandshakeRecord,
+    HttpErrorRecord, RateLimitRecord, Record, RequestRecord, SignatureRecord, MAX_FIELD, TRUNCATED,
 };
 pub use writer::{rotated_files, rotated_name};
 
@@ -336,7 +336,16 @@ pub fn encode(record: &Record) -> Option<Vec<u8>> {
     body.extend_from_slice(b"\"time\":\"");
     body.extend_from_slice(now_rfc3339().as_bytes());
     body.extend_from_slice(b"\",");
-    json::to_line_body(record, &mut body).then_some(body)
+    if !json::to_line_body(record, &mut body) {
+        return None;
+    }
+    if let Record::Request(r) = record {
+        if let Some(m) = r.conn_members.as_deref().filter(|m| !m.is_empty()) {
+            body.push(b',');
+            body.extend_from_slice(m.as_bytes());
+        }
+    }
+    Some(body)
 }
 
 pub(crate) fn now_rfc3339() -> String {

@@ -107,12 +107,21 @@ pub struct RequestRecord {
     /// Our span id: the `parent-id` the upstream receives in `traceparent` (16 hex).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub span_id: Option<String>,
+    /// The connection's facts (listener, peer, TLS version and cipher, client certificate
+    /// thumbprint, subject, organization id and notAfter) as JSON members encoded once per
+    /// connection by [`connection_members`]; the encoder appends them to every record of the
+    /// connection. When set, the per-field forms below are left empty.
+    #[serde(skip)]
+    pub conn_members: Option<std::sync::Arc<str>>,
     /// The local address of the listener that accepted the connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listener: Option<String>,
     pub conn_id: u64,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub peer: String,
+    #[serde(skip_serializing_if = "is_empty")]
     pub tls_version: &'static str,
+    #[serde(skip_serializing_if = "is_empty")]
     pub cipher: &'static str,
     pub http_version: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -177,6 +186,47 @@ pub struct RequestRecord {
     pub upstream_latency_us: Option<u64>,
     pub total_latency_us: u64,
     pub policy_version: String,
+}
+
+fn is_empty(s: &&str) -> bool {
+    s.is_empty()
+}
+
+/// The members a connection adds to each of its request records, encoded once per connection
+/// (escaped and bounded like every other value): `"listener":…,"peer":…,"tls_version":…,
+/// "cipher":…` and, with a client certificate, its thumbprint, subject, organization id and
+/// notAfter.
+pub fn connection_members(conn: &crate::conn::ConnInfo) -> std::sync::Arc<str> {
+    #[derive(Serialize)]
+    struct Facts<'a> {
+        listener: String,
+        peer: String,
+        tls_version: &'static str,
+        cipher: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_cert_thumbprint: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_subject: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_org_id: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_cert_not_after: Option<String>,
+    }
+    let cert = conn.client_cert.as_deref();
+    let facts = Facts {
+        listener: conn.local.to_string(),
+        peer: conn.peer.to_string(),
+        tls_version: conn.tls_version,
+        cipher: conn.cipher,
+        client_cert_thumbprint: cert.map(|c| c.thumbprint.as_str()),
+        client_subject: cert.map(|c| bounded(&c.subject)),
+        client_org_id: cert.and_then(|c| c.organization_identifier.as_deref().map(bounded)),
+        client_cert_not_after: cert.and_then(|c| unix_to_rfc3339(c.not_after)),
+    };
+    let mut out = Vec::with_capacity(512);
+    super::json::to_line_body(&facts, &mut out);
+    // The members are escaped JSON, so valid UTF-8.
+    String::from_utf8(out).unwrap_or_default().into()
 }
 
 /// A failed handshake: there is no request, only the connection and a bounded category.
