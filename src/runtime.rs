@@ -55,7 +55,12 @@ impl Runtime {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|(name, u)| (name.clone(), Arc::new(UpstreamClient::new(u))))
+            .map(|(name, u)| {
+                (
+                    name.clone(),
+                    Arc::new(UpstreamClient::new(u, config.listener.workers)),
+                )
+            })
             .collect();
         let keys = config
             .auth

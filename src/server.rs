@@ -26,7 +26,8 @@ use crate::conn::ConnInfo;
 use crate::proxy::{self, full, ProxyBody};
 use crate::runtime::Shared;
 
-/// A started proxy: its bound addresses and the handle to stop it.
+/// A started proxy: its bound addresses and the handle to stop it. Dropping it starts the same
+/// drain as [`Running::shutdown`] without waiting for it.
 pub struct Running {
     pub addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
@@ -53,10 +54,38 @@ impl Running {
     }
 }
 
+impl Drop for Running {
+    fn drop(&mut self) {
+        // The workers' threads end once their connections have drained.
+        self.shutdown.cancel();
+        self.tracker.close();
+    }
+}
+
+thread_local! {
+    /// 1 + the index of the data-plane worker running on this thread; 0 on any other thread.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Which data-plane worker this thread is (1-based), or 0 when it is not one. Per-worker state
+/// such as the upstream pools is indexed by it.
+pub fn worker_index() -> usize {
+    WORKER.with(|w| w.get())
+}
+
 /// Binds the listener and the admin listener and starts serving.
+///
+/// The data plane is `listener.workers` threads, each with its own single-threaded Tokio
+/// runtime accepting from the one listening socket: a connection, the requests on it and the
+/// upstream connections they use (one pool per worker, see `upstream.rs`) stay on one thread
+/// and one event loop, as in HAProxy or nginx, instead of hopping between the threads of a
+/// work-stealing runtime with a wake-up per hand-off. Idle workers race for each new
+/// connection, so a busy worker takes fewer. The admin listener, reloads and background
+/// refreshes run on the caller's runtime.
 pub async fn start(shared: Arc<Shared>) -> std::io::Result<Running> {
     let config = Arc::clone(&shared.runtime.load().config);
-    let listener = TcpListener::bind(config.listener.address).await?;
+    let listener = std::net::TcpListener::bind(config.listener.address)?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -69,13 +98,33 @@ pub async fn start(shared: Arc<Shared>) -> std::io::Result<Running> {
         }
         None => None,
     };
-    tokio::spawn(accept_loop(
-        listener,
-        Arc::clone(&shared),
-        shutdown.clone(),
-        tracker.clone(),
-    ));
-    tracing::info!(%addr, admin = ?admin_addr, routes = config.policies.routes().len(), policy_version = %config.policies.version, "portcullis listening");
+    let slots = Arc::new(Semaphore::new(config.listener.limits.max_connections));
+    for i in 0..config.listener.workers {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let listener = listener.try_clone()?;
+        let (shared, shutdown, tracker, slots) = (
+            Arc::clone(&shared),
+            shutdown.clone(),
+            tracker.clone(),
+            Arc::clone(&slots),
+        );
+        std::thread::Builder::new()
+            .name(format!("portcullis-worker-{i}"))
+            .spawn(move || {
+                WORKER.with(|w| w.set(i + 1));
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => accept_loop(l, shared, slots, shutdown, tracker.clone()).await,
+                        Err(e) => tracing::error!(error = %e, "worker cannot listen"),
+                    }
+                    // Every connection task lives on this runtime: keep it until they end.
+                    tracker.wait().await;
+                });
+            })?;
+    }
+    tracing::info!(%addr, admin = ?admin_addr, workers = config.listener.workers, routes = config.policies.routes().len(), policy_version = %config.policies.version, "portcullis listening");
     Ok(Running {
         addr,
         admin_addr,
@@ -88,11 +137,10 @@ pub async fn start(shared: Arc<Shared>) -> std::io::Result<Running> {
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
+    slots: Arc<Semaphore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let cap = shared.runtime.load().config.listener.limits.max_connections;
-    let slots = Arc::new(Semaphore::new(cap));
     loop {
         let permit = tokio::select! {
             p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => break },

@@ -73,14 +73,29 @@ const CLIENT_CERT: HeaderName = HeaderName::from_static("client-cert");
 const INTERACTION_ID: HeaderName = HeaderName::from_static("x-fapi-interaction-id");
 const HTTPS: HeaderValue = HeaderValue::from_static("https");
 
-/// A pooled client for one upstream.
+type Pool = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+
+/// Pooled clients for one upstream: one pool per data-plane worker, so a request is sent on a
+/// connection driven by the same thread and event loop as the downstream connection it came
+/// from (no cross-thread hand-off per request), plus one for every other thread.
 pub struct UpstreamClient {
     pub config: Upstream,
-    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    pools: Vec<Pool>,
 }
 
 impl UpstreamClient {
-    pub fn new(config: &Upstream) -> UpstreamClient {
+    /// A client with a pool for each of `workers` data-plane workers.
+    pub fn new(config: &Upstream, workers: usize) -> UpstreamClient {
+        let pools = (0..=workers)
+            .map(|_| UpstreamClient::pool(config))
+            .collect();
+        UpstreamClient {
+            config: config.clone(),
+            pools,
+        }
+    }
+
+    fn pool(config: &Upstream) -> Pool {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -105,17 +120,13 @@ impl UpstreamClient {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
+        Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .http2_only(config.http2)
-            .build(connector);
-        UpstreamClient {
-            config: config.clone(),
-            client,
-        }
+            .build(connector)
     }
 
     /// The upstream URI for an already checked path and query.
@@ -138,7 +149,11 @@ impl UpstreamClient {
         req: Request<ProxyBody>,
     ) -> Result<(Response<Incoming>, Duration), UpstreamError> {
         let start = Instant::now();
-        match tokio::time::timeout(self.config.response_timeout, self.client.request(req)).await {
+        let pool = self
+            .pools
+            .get(crate::server::worker_index())
+            .unwrap_or(&self.pools[0]);
+        match tokio::time::timeout(self.config.response_timeout, pool.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Err(e)) if e.is_connect() => {
                 tracing::warn!(upstream = %self.config.name, failure = "connect", error = %e, "upstream connect failed");

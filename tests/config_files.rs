@@ -81,6 +81,13 @@ fn bad_config_is_refused_naming_the_file_the_field_and_the_reason() {
             "listener.address: `localhost:8443` is not an IP:port",
         ),
         (
+            good.replace(
+                "address: \"127.0.0.1:8443\"",
+                "address: \"127.0.0.1:8443\"\n  workers: 0",
+            ),
+            "listener.workers: must be between 1 and 256",
+        ),
+        (
             good.replace("client_auth: required", "client_auth: maybe"),
             "listener.tls.client_auth: unknown value `maybe`",
         ),

@@ -59,6 +59,9 @@ pub(crate) struct FileListener {
     /// Accepted `Host` / `:authority` names (port ignored); empty accepts any.
     #[serde(default)]
     pub server_names: Vec<String>,
+    /// Data-plane threads (each its own event loop); default: one per available core.
+    #[serde(default)]
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

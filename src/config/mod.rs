@@ -211,6 +211,8 @@ pub struct Listener {
     pub limits: Limits,
     /// Lower-case host names accepted in `Host` / `:authority`; empty accepts any.
     pub server_names: Vec<String>,
+    /// Data-plane threads, each running its own single-threaded event loop (see `server.rs`).
+    pub workers: usize,
 }
 
 /// An upstream TLS client identity and trust.
@@ -298,6 +300,9 @@ pub(crate) fn resolve(base: &Path, p: &str) -> PathBuf {
     }
 }
 
+/// The most data-plane threads a listener may ask for.
+const MAX_WORKERS: usize = 256;
+
 fn validate(
     path: &Path,
     base: &Path,
@@ -336,6 +341,18 @@ fn validate(
             }
         })
         .collect();
+
+    let workers = match f.listener.workers {
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Some(n) if (1..=MAX_WORKERS).contains(&n) => n,
+        Some(_) => {
+            p.push(
+                "listener.workers",
+                format!("must be between 1 and {MAX_WORKERS}"),
+            );
+            1
+        }
+    };
 
     let mut upstreams = BTreeMap::new();
     if f.upstreams.is_empty() {
@@ -478,6 +495,7 @@ fn validate(
             tls,
             limits,
             server_names,
+            workers,
         },
         admin,
         upstreams,
