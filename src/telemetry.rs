@@ -528,8 +528,10 @@ pub struct TraceContext {
 }
 
 fn hex_into(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
-        let _ = write!(out, "{b:02x}");
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
 }
 
@@ -640,7 +642,8 @@ impl TraceContext {
         hex_into(&mut s, &self.trace_id);
         s.push('-');
         hex_into(&mut s, &self.span_id);
-        let _ = write!(s, "-{:02x}", self.flags);
+        s.push('-');
+        hex_into(&mut s, &[self.flags]);
         s
     }
 
