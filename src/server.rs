@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -76,16 +76,16 @@ pub fn worker_index() -> usize {
 /// Binds the listener and the admin listener and starts serving.
 ///
 /// The data plane is `listener.workers` threads, each with its own single-threaded Tokio
-/// runtime accepting from the one listening socket: a connection, the requests on it and the
-/// upstream connections they use (one pool per worker, see `upstream.rs`) stay on one thread
-/// and one event loop, as in HAProxy or nginx, instead of hopping between the threads of a
-/// work-stealing runtime with a wake-up per hand-off. Idle workers race for each new
-/// connection, so a busy worker takes fewer. The admin listener, reloads and background
-/// refreshes run on the caller's runtime.
+/// runtime: a connection, the requests on it and the upstream connections they use (one pool
+/// per worker, see `upstream.rs`) stay on one thread and one event loop, as in HAProxy or
+/// nginx, instead of hopping between the threads of a work-stealing runtime with a wake-up per
+/// hand-off. One accept loop on the caller's runtime hands each new connection to the worker
+/// with the fewest open connections, so keep-alive load stays balanced (workers racing for
+/// accepts left one with most of a load generator's connections). The admin listener, reloads
+/// and background refreshes run on the caller's runtime too.
 pub async fn start(shared: Arc<Shared>) -> std::io::Result<Running> {
     let config = Arc::clone(&shared.runtime.load().config);
-    let listener = std::net::TcpListener::bind(config.listener.address)?;
-    listener.set_nonblocking(true)?;
+    let listener = TcpListener::bind(config.listener.address).await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -98,32 +98,12 @@ pub async fn start(shared: Arc<Shared>) -> std::io::Result<Running> {
         }
         None => None,
     };
-    let slots = Arc::new(Semaphore::new(config.listener.limits.max_connections));
+    let mut workers = Vec::with_capacity(config.listener.workers);
     for i in 0..config.listener.workers {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let listener = listener.try_clone()?;
-        let (shared, shutdown, tracker, slots) = (
-            Arc::clone(&shared),
-            shutdown.clone(),
-            tracker.clone(),
-            Arc::clone(&slots),
-        );
-        std::thread::Builder::new()
-            .name(format!("portcullis-worker-{i}"))
-            .spawn(move || {
-                WORKER.with(|w| w.set(i + 1));
-                runtime.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(l) => accept_loop(l, shared, slots, shutdown, tracker.clone()).await,
-                        Err(e) => tracing::error!(error = %e, "worker cannot listen"),
-                    }
-                    // Every connection task lives on this runtime: keep it until they end.
-                    tracker.wait().await;
-                });
-            })?;
+        workers.push(Worker::spawn(i, &shared, &shutdown, &tracker)?);
     }
+    let slots = Arc::new(Semaphore::new(config.listener.limits.max_connections));
+    tokio::spawn(accept_loop(listener, workers, slots, shutdown.clone()));
     tracing::info!(%addr, admin = ?admin_addr, workers = config.listener.workers, routes = config.policies.routes().len(), policy_version = %config.policies.version, "portcullis listening");
     Ok(Running {
         addr,
@@ -134,12 +114,65 @@ pub async fn start(shared: Arc<Shared>) -> std::io::Result<Running> {
     })
 }
 
+/// An accepted connection on its way to a worker, with its connection-cap permit.
+type Handoff = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
+
+/// One data-plane thread: where new connections are sent, and how many it serves.
+struct Worker {
+    tx: tokio::sync::mpsc::UnboundedSender<Handoff>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    fn spawn(
+        i: usize,
+        shared: &Arc<Shared>,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> std::io::Result<Worker> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Handoff>();
+        let open = Arc::new(AtomicUsize::new(0));
+        let (shared, shutdown, tracker, count) = (
+            Arc::clone(shared),
+            shutdown.clone(),
+            tracker.clone(),
+            Arc::clone(&open),
+        );
+        std::thread::Builder::new()
+            .name(format!("portcullis-worker-{i}"))
+            .spawn(move || {
+                WORKER.with(|w| w.set(i + 1));
+                runtime.block_on(async move {
+                    // Ends when the accept loop stops (its senders are dropped).
+                    while let Some((std_tcp, peer, permit)) = rx.recv().await {
+                        let count = Arc::clone(&count);
+                        let Ok(tcp) = TcpStream::from_std(std_tcp) else {
+                            count.fetch_sub(1, Ordering::Relaxed);
+                            continue;
+                        };
+                        let (shared, shutdown) = (Arc::clone(&shared), shutdown.clone());
+                        tracker.spawn(async move {
+                            serve_connection(tcp, peer, shared, shutdown).await;
+                            count.fetch_sub(1, Ordering::Relaxed);
+                            drop(permit);
+                        });
+                    }
+                    // Every connection task lives on this runtime: keep it until they end.
+                    tracker.wait().await;
+                });
+            })?;
+        Ok(Worker { tx, open })
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    workers: Vec<Worker>,
     slots: Arc<Semaphore>,
     shutdown: CancellationToken,
-    tracker: TaskTracker,
 ) {
     loop {
         let permit = tokio::select! {
@@ -158,12 +191,20 @@ async fn accept_loop(
             },
             _ = shutdown.cancelled() => break,
         };
-        let shared = Arc::clone(&shared);
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            serve_connection(tcp, peer, shared, shutdown).await;
-            drop(permit);
-        });
+        // Leave this runtime's reactor; the worker registers it with its own.
+        let Ok(std_tcp) = tcp.into_std() else {
+            continue;
+        };
+        let Some(w) = workers
+            .iter()
+            .min_by_key(|w| w.open.load(Ordering::Relaxed))
+        else {
+            break;
+        };
+        w.open.fetch_add(1, Ordering::Relaxed);
+        if w.tx.send((std_tcp, peer, permit)).is_err() {
+            w.open.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
