@@ -310,7 +310,7 @@ listener:
     client_auth: required
     handshake_timeout: 5s
   limits:
-    header_read_timeout: 10s
+    header_read_timeout: ${HEADER_READ_TIMEOUT:-10s}
     request_timeout: 30s
     idle_timeout: ${IDLE_TIMEOUT:-60s}
   server_names: [localhost]
@@ -380,7 +380,7 @@ clients:
       claims:
         authorization_details:
           - {type: account_information, accounts: [$FAPI_ACCOUNT]}
-      lifetime: 1h
+      lifetime: ${FAPI_TOKEN_LIFETIME:-1h}
       binding: dpop
       dpop_key: $TOK/dpop.key
   - name: tpp-one-no-scope
@@ -396,7 +396,7 @@ clients:
       claims:
         authorization_details:
           - {type: account_information, accounts: [$FAPI_ACCOUNT]}
-      lifetime: 1h
+      lifetime: ${FAPI_TOKEN_LIFETIME:-1h}
       binding: dpop
       dpop_key: $TOK/dpop.key
     weight: 1
