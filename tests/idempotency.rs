@@ -69,9 +69,7 @@ async fn assert_idem_refused(
     before: usize,
     a: &portcullis::client::Answer,
     id: &str,
-    status: u16,
-    reason: &str,
-    outcome: Option<&str>,
+    (status, reason, outcome): (u16, &str, Option<&str>),
 ) {
     assert_eq!(
         a.status.as_u16(),
@@ -160,9 +158,7 @@ async fn j01_j04_j08_the_same_key_for_another_request_is_422() {
         1,
         &a,
         &id,
-        422,
-        "idempotency.key_reused",
-        Some("mismatch"),
+        (422, "idempotency.key_reused", Some("mismatch")),
     )
     .await;
     // J08: the same JSON with other bytes is another request (fingerprint over raw bytes).
@@ -174,9 +170,7 @@ async fn j01_j04_j08_the_same_key_for_another_request_is_422() {
         1,
         &a,
         &id,
-        422,
-        "idempotency.key_reused",
-        Some("mismatch"),
+        (422, "idempotency.key_reused", Some("mismatch")),
     )
     .await;
     // J04: another path, and another method on the same path.
@@ -187,9 +181,7 @@ async fn j01_j04_j08_the_same_key_for_another_request_is_422() {
         1,
         &a,
         &id,
-        422,
-        "idempotency.key_reused",
-        Some("mismatch"),
+        (422, "idempotency.key_reused", Some("mismatch")),
     )
     .await;
     let put = req("PUT", "/payments")
@@ -203,9 +195,7 @@ async fn j01_j04_j08_the_same_key_for_another_request_is_422() {
         1,
         &a,
         &id,
-        422,
-        "idempotency.key_reused",
-        Some("mismatch"),
+        (422, "idempotency.key_reused", Some("mismatch")),
     )
     .await;
     // The original still replays.
@@ -236,9 +226,7 @@ async fn j02_a_concurrent_duplicate_is_409_and_the_first_still_completes() {
         1,
         &a,
         &id,
-        409,
-        "idempotency.in_flight",
-        Some("in_flight"),
+        (409, "idempotency.in_flight", Some("in_flight")),
     )
     .await;
     let (a1, _) = first.await.unwrap();
@@ -256,7 +244,7 @@ async fn j05_j06_a_missing_or_malformed_key_is_400() {
     let (p, up) = start_with(Behaviour::Created, "").await;
     // J05: required and missing.
     let (a, id) = p.send(post("/payments", None, BODY)).await;
-    assert_idem_refused(&p, &up, 0, &a, &id, 400, "idempotency.key_missing", None).await;
+    assert_idem_refused(&p, &up, 0, &a, &id, (400, "idempotency.key_missing", None)).await;
     // J06: too long (OBIE: at most 40 characters), empty, a tab, non-ASCII, and two
     // different values.
     let long = "k".repeat(41);
@@ -274,7 +262,7 @@ async fn j05_j06_a_missing_or_malformed_key_is_400() {
             b = b.header(*n, http::HeaderValue::from_bytes(v).unwrap());
         }
         let (a, id) = p.send(b.body(Full::new(Bytes::from(BODY))).unwrap()).await;
-        assert_idem_refused(&p, &up, 0, &a, &id, 400, "idempotency.key_invalid", None).await;
+        assert_idem_refused(&p, &up, 0, &a, &id, (400, "idempotency.key_invalid", None)).await;
     }
     // Exactly 40 characters is fine.
     let (a, _) = p.send(post("/payments", Some(&"k".repeat(40)), BODY)).await;
@@ -419,9 +407,7 @@ async fn a_response_larger_than_the_store_limit_is_sent_and_the_key_kept() {
         1,
         &b,
         &id,
-        409,
-        "idempotency.in_flight",
-        Some("in_flight"),
+        (409, "idempotency.in_flight", Some("in_flight")),
     )
     .await;
 }
@@ -439,9 +425,7 @@ async fn a_full_store_fails_closed() {
         1,
         &b,
         &id,
-        503,
-        "idempotency.unavailable",
-        Some("unavailable"),
+        (503, "idempotency.unavailable", Some("unavailable")),
     )
     .await;
 }
