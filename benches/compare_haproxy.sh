@@ -370,7 +370,7 @@ EOF
         python3 - "$ROOT/benches/haproxy-token.cfg.tmpl" >>"$WORK/haproxy.cfg" \
             BIND="127.0.0.1:$P_HAT $BIND_TLS" ROUTE="$ROUTE" AS_PUB="$TOK/as-pub.pem" KID=as-1 \
             ISSUER="$AS_ISSUER" AUDIENCE="$AS_AUDIENCE" SKEW=30 SCOPE="$TOKEN_SCOPE" \
-            RATE=1000000000 <<'EOF'
+            RATE=1000000 <<'EOF'
 import re, sys
 text = open(sys.argv[1]).read()
 for kv in sys.argv[2:]:

@@ -113,7 +113,7 @@ if [[ $MODE == soak ]]; then
   connections: $CONNECTIONS
   duration: $CAPACITY_DURATION
   warmup: $WARMUP"
-    CAPACITY=$(json_field "$RAW/capacity.json" ok_rps)
+    CAPACITY=$(python3 -c "import json, sys; print(round(json.load(open(sys.argv[1]))['ok_rps'], 1))" "$RAW/capacity.json")
     [[ $(json_field "$RAW/capacity.json" errors) == 0 ]] ||
         die "the capacity run had errors (report: $RAW/capacity.json)"
     RATE=$(python3 -c "print(max(1.0, round($CAPACITY * $SOAK_FRACTION, 1)))")
