@@ -1,5 +1,6 @@
 //! A small HTTPS client with a client certificate: used by `loadgen`, the demo's self-check and
-//! the integration tests. One connection per [`Conn`], HTTP/1.1 keep-alive or HTTP/2.
+//! the integration tests. One connection per [`Conn`], HTTP/1.1 keep-alive or HTTP/2 (plain
+//! TCP too, for measuring an upstream directly).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -83,6 +84,24 @@ impl Conn {
             .await?;
         let io = TokioIo::new(tls);
         let sender = if h2 {
+            let (s, c) = http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(c);
+            Sender::H2(s)
+        } else {
+            let (s, c) = http1::handshake(io).await?;
+            tokio::spawn(c);
+            Sender::H1(s)
+        };
+        Ok(Conn { sender })
+    }
+
+    /// Connects over plain TCP, no TLS (HTTP/2 with prior knowledge when `http2`): for
+    /// measuring an upstream such as the mock bank directly (`loadgen`, `target.plaintext`).
+    pub async fn connect_plain(addr: SocketAddr, http2: bool) -> Result<Conn, BoxError> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let io = TokioIo::new(tcp);
+        let sender = if http2 {
             let (s, c) = http2::handshake(TokioExecutor::new(), io).await?;
             tokio::spawn(c);
             Sender::H2(s)

@@ -356,3 +356,98 @@ async fn an_invalid_scenario_is_refused_with_file_field_and_reason() {
     }
     assert_eq!(e.up.count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_target_is_driven_over_plain_http() {
+    // The upstream measured directly (as benches/compare_haproxy.sh SCENARIO=latency does with
+    // the mock bank): no TLS, no certificate, open loop.
+    let up = Upstream::start(Behaviour::Ok).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path().join("plain.yaml");
+    std::fs::write(
+        &s,
+        format!(
+            "target: {{address: \"{}\", plaintext: true}}\nclients: [{{name: direct}}]\n\
+             routes: [{{name: accounts, path: /open-banking/v3.1/aisp/accounts, expect: [200]}}]\n\
+             load: {{mode: open, rate: 200, connections: 2, requests: 40}}\n",
+            up.addr
+        ),
+    )
+    .unwrap();
+    let json = dir.path().join("plain.json");
+    let (code, out, err) = loadgen(vec![
+        "--scenario".into(),
+        arg(&s),
+        "--json".into(),
+        arg(&json),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["statuses"], json!({"200": 40}), "{r}");
+    assert_eq!(up.count(), 40);
+    let seen = up.seen();
+    assert!(seen
+        .iter()
+        .all(|s| s.path_and_query == "/open-banking/v3.1/aisp/accounts"
+            && s.headers["host"] == "localhost"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_replayed_proof_is_refused_by_the_proxy() {
+    let e = env().await;
+    let routes = r#"  - name: no-proof
+    path: /dpop/accounts
+    clients: [dpop]
+    dpop_proof: none
+    expect: [401]
+  - name: replayed
+    path: /dpop/accounts
+    clients: [dpop]
+    dpop_proof: replay
+    expect: [200, 401]"#;
+    let s = scenario(
+        &e,
+        "refusals",
+        routes,
+        "load: {connections: 1, requests: 10}",
+    );
+    let json = e.dir.path().join("refusals.json");
+    let (code, out, err) = loadgen(vec![
+        "--scenario".into(),
+        arg(&s),
+        "--json".into(),
+        arg(&json),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let none = &r["routes"]["no-proof"];
+    let replayed = &r["routes"]["replayed"];
+    let n_none = none["requests"].as_u64().unwrap();
+    let n_replayed = replayed["requests"].as_u64().unwrap();
+    assert!(n_none > 0 && n_replayed > 1, "{r}");
+    assert_eq!(none["statuses"], json!({"401": n_none}), "{r}");
+    // The first use of the kept proof is accepted, every later one is a replay.
+    assert_eq!(
+        replayed["statuses"],
+        json!({"200": 1, "401": n_replayed - 1}),
+        "{r}"
+    );
+    let recs = e.p.audit_where(10, |r| r["kind"] == "request").await;
+    let reasons: Vec<&str> = recs.iter().filter_map(|r| r["reason"].as_str()).collect();
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| **r == "binding.dpop_replay")
+            .count() as u64,
+        n_replayed - 1,
+        "{reasons:?}"
+    );
+    assert_eq!(reasons.len() as u64, 9, "{reasons:?}");
+    assert_eq!(
+        e.up.count(),
+        1,
+        "only the first use of the proof went upstream"
+    );
+}

@@ -103,8 +103,12 @@ impl Worker {
         let t = &s.scenario.target;
         let slot = &mut self.conns[pair.client];
         if slot.as_ref().is_none_or(|c| !c.is_open()) {
-            let tls = Arc::clone(&s.scenario.clients[pair.client].tls);
-            let connect = Conn::connect(t.address, &t.server_name, tls);
+            let connect = async {
+                match &s.scenario.clients[pair.client].tls {
+                    Some(tls) => Conn::connect(t.address, &t.server_name, Arc::clone(tls)).await,
+                    None => Conn::connect_plain(t.address, s.scenario.load.http2).await,
+                }
+            };
             match tokio::time::timeout(t.timeout, connect).await {
                 Ok(Ok(c)) => *slot = Some(c),
                 _ => {

@@ -22,7 +22,7 @@ use http::{HeaderName, HeaderValue, Request, Uri};
 use http_body_util::Full;
 use serde_json::{json, Map, Value};
 
-use super::scenario::{Binding, Scenario, Text, TokenSpec};
+use super::scenario::{Binding, ProofMode, Scenario, Text, TokenSpec};
 use crate::client::Answer;
 use crate::jose::detached::{ob_header, sign_detached};
 use crate::jose::keypair::KeyPair;
@@ -109,10 +109,11 @@ struct TokenState {
     prover: Option<Prover>,
 }
 
-/// Signs an RFC 9068 access token for `spec` (bound as it says) at `iat`.
+/// Signs an RFC 9068 access token for `spec` (bound as it says) at `iat`; a certificate-bound
+/// token needs `cert_thumbprint`.
 pub fn mint(
     spec: &TokenSpec,
-    cert_thumbprint: &str,
+    cert_thumbprint: Option<&str>,
     jkt: Option<&str>,
     iat: i64,
 ) -> Result<String, String> {
@@ -131,7 +132,8 @@ pub fn mint(
     claims.insert("jti".into(), Value::String(jti()));
     match (&spec.binding, jkt) {
         (Binding::Cert, _) => {
-            claims.insert("cnf".into(), json!({"x5t#S256": cert_thumbprint}));
+            let x5t = cert_thumbprint.ok_or("a certificate-bound token needs a certificate")?;
+            claims.insert("cnf".into(), json!({"x5t#S256": x5t}));
         }
         (Binding::Dpop(_), Some(j)) => {
             claims.insert("cnf".into(), json!({"jkt": j}));
@@ -163,6 +165,8 @@ pub struct BuildError(String);
 struct PreparedRoute {
     uri: Uri,
     htu_json: String,
+    /// `dpop_proof: replay`: the proof of the route's first request, per client.
+    replayed: Vec<std::sync::OnceLock<HeaderValue>>,
     /// Literal headers as values; headers with `{uuid}` holes are rendered per request.
     literal: Vec<(HeaderName, HeaderValue)>,
     templated: Vec<(HeaderName, Text)>,
@@ -215,6 +219,11 @@ impl Fapi {
             routes.push(PreparedRoute {
                 uri,
                 htu_json: Value::String(r.htu.clone()).to_string(),
+                replayed: scenario
+                    .clients
+                    .iter()
+                    .map(|_| std::sync::OnceLock::new())
+                    .collect(),
                 literal,
                 templated,
             });
@@ -237,7 +246,7 @@ impl Fapi {
                 Binding::Dpop(k) => Some(Prover::new(Arc::clone(k)).map_err(BuildError)?),
                 _ => None,
             };
-            let minted = fapi.mint_for(spec, &c.cert_thumbprint, prover.as_ref())?;
+            let minted = fapi.mint_for(spec, c.cert_thumbprint.as_deref(), prover.as_ref())?;
             tokens.push(Some(TokenState {
                 current: ArcSwap::from_pointee(minted),
                 refreshing: AtomicBool::new(false),
@@ -250,7 +259,7 @@ impl Fapi {
     fn mint_for(
         &self,
         spec: &TokenSpec,
-        thumbprint: &str,
+        thumbprint: Option<&str>,
         prover: Option<&Prover>,
     ) -> Result<Minted, BuildError> {
         let iat = now();
@@ -278,7 +287,9 @@ impl Fapi {
         {
             let c = &self.scenario.clients[client];
             if let Some(spec) = &c.token {
-                if let Ok(m) = self.mint_for(spec, &c.cert_thumbprint, state.prover.as_ref()) {
+                if let Ok(m) =
+                    self.mint_for(spec, c.cert_thumbprint.as_deref(), state.prover.as_ref())
+                {
                     state.current.store(Arc::new(m));
                     current = state.current.load_full();
                 }
@@ -311,20 +322,34 @@ impl Fapi {
         }
         if let Some((minted, prover)) = self.token(client, now) {
             h.insert(http::header::AUTHORIZATION, minted.authorization.clone());
-            if let Some(p) = prover {
-                let nonce = self.nonce.load();
-                let proof = p.proof(
-                    r.method.as_str(),
-                    &prepared.htu_json,
-                    &minted.ath,
-                    nonce.as_deref().map(String::as_str),
-                    now,
-                    &jti(),
-                );
-                h.insert(
-                    DPOP,
-                    HeaderValue::from_str(&proof).map_err(|_| BuildError("proof".into()))?,
-                );
+            if let Some(p) = prover.filter(|_| r.dpop_proof != ProofMode::None) {
+                let fresh = || {
+                    let nonce = self.nonce.load();
+                    let proof = p.proof(
+                        r.method.as_str(),
+                        &prepared.htu_json,
+                        &minted.ath,
+                        nonce.as_deref().map(String::as_str),
+                        now,
+                        &jti(),
+                    );
+                    HeaderValue::from_str(&proof).map_err(|_| BuildError("proof".into()))
+                };
+                let value = match r.dpop_proof {
+                    // The first proof made is kept (a racing second one is dropped unsent).
+                    ProofMode::Replay => {
+                        let slot = &prepared.replayed[client];
+                        match slot.get() {
+                            Some(v) => v.clone(),
+                            None => {
+                                let v = fresh()?;
+                                slot.get_or_init(|| v).clone()
+                            }
+                        }
+                    }
+                    _ => fresh()?,
+                };
+                h.insert(DPOP, value);
             }
         }
         for (n, v) in &prepared.literal {

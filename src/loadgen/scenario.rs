@@ -17,6 +17,8 @@
 //!   ca: ${PORTCULLIS_CERTS:-certs}/ca.pem
 //!   # public_base_url: https://api.bank.example   # the proxy's dpop.public_base_url, if set
 //!   # timeout: 10s
+//!   # plaintext: true               # plain HTTP, no TLS (an upstream measured directly):
+//!   #                               # no `ca`, no client `cert`/`key`, no cert-bound tokens
 //! clients:
 //!   - name: tpp-one
 //!     cert: ${PORTCULLIS_CERTS:-certs}/tpp1.pem
@@ -39,6 +41,7 @@
 //!     weight: 3
 //!     # clients: [tpp-one]            # who sends this route (default: every client)
 //!     expect: [200]                   # default: any 2xx
+//!     # dpop_proof: fresh             # fresh (default) | none | replay: refusal checks
 //! load:
 //!   protocol: http1                   # http1 | http2
 //!   mode: closed                      # closed: `connections` back to back
@@ -84,7 +87,11 @@ struct FileTarget {
     address: String,
     server_name: Option<String>,
     host: Option<String>,
-    ca: String,
+    /// Required with TLS; not used with `plaintext`.
+    ca: Option<String>,
+    /// Plain HTTP, no TLS: for measuring an upstream (the mock bank) directly.
+    #[serde(default)]
+    plaintext: bool,
     public_base_url: Option<String>,
     timeout: Option<ConfigDuration>,
 }
@@ -93,8 +100,9 @@ struct FileTarget {
 #[serde(deny_unknown_fields)]
 struct FileClient {
     name: String,
-    cert: String,
-    key: String,
+    /// Required with TLS; not used with `target.plaintext`.
+    cert: Option<String>,
+    key: Option<String>,
     weight: Option<u32>,
     token: Option<FileToken>,
 }
@@ -138,6 +146,18 @@ struct FileRoute {
     weight: Option<u32>,
     clients: Option<Vec<String>>,
     expect: Option<Vec<u16>>,
+    #[serde(default)]
+    dpop_proof: FileProof,
+}
+
+/// The DPoP proof a route's requests carry (for DPoP-bound clients).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum FileProof {
+    #[default]
+    Fresh,
+    None,
+    Replay,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,8 +239,12 @@ pub struct Target {
     pub server_name: String,
     /// The Host header (HTTP/1.1) and `:authority` (HTTP/2).
     pub host: String,
-    pub ca: PathBuf,
-    /// `https://host[:port]` the proxy sees itself as: the DPoP `htu` is this plus the path.
+    /// `None` with `plaintext`.
+    pub ca: Option<PathBuf>,
+    /// Plain HTTP over TCP, no TLS (`target.plaintext: true`).
+    pub plaintext: bool,
+    /// `https://host[:port]` the proxy sees itself as (`http://` with `plaintext`): the DPoP
+    /// `htu` is this plus the path.
     pub base_url: String,
     pub timeout: Duration,
 }
@@ -228,12 +252,14 @@ pub struct Target {
 #[derive(Debug)]
 pub struct Client {
     pub name: String,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// TLS client configuration presenting this client's certificate (one per protocol).
-    pub tls: Arc<rustls::ClientConfig>,
-    /// `x5t#S256` of the client certificate.
-    pub cert_thumbprint: String,
+    /// `None` with `target.plaintext`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// TLS client configuration presenting this client's certificate (one per protocol);
+    /// `None` with `target.plaintext` (no TLS).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// `x5t#S256` of the client certificate (`None` without one).
+    pub cert_thumbprint: Option<String>,
     pub weight: u32,
     pub token: Option<TokenSpec>,
 }
@@ -277,6 +303,22 @@ pub struct Route {
     pub jws: Option<JwsSpec>,
     /// Statuses that count as success; `None`: any 2xx.
     pub expect: Option<Vec<u16>>,
+    /// The DPoP proof its requests carry, for DPoP-bound clients.
+    pub dpop_proof: ProofMode,
+}
+
+/// Which DPoP proof a route's requests carry (`dpop_proof:`), for DPoP-bound clients. Anything
+/// but `fresh` makes requests a correct proxy refuses: for checking that it does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProofMode {
+    /// A new proof per request (the default).
+    #[default]
+    Fresh,
+    /// No `DPoP` header (the token is still sent with the `DPoP` scheme).
+    None,
+    /// Every request of the route (per client) carries the proof made for its first request:
+    /// the first may be accepted, every later one is a replay.
+    Replay,
 }
 
 /// An OBIE detached JWS (`x-jws-signature`) over each body.
@@ -553,7 +595,14 @@ impl Scenario {
         let load = validate_load(&mut p, &parsed.load);
         let target = validate_target(&mut p, &loader, &parsed.target);
         let http2 = load.as_ref().is_some_and(|l| l.http2);
-        let clients = validate_clients(&mut p, &loader, &parsed.clients, target.as_ref(), http2);
+        let clients = validate_clients(
+            &mut p,
+            &loader,
+            &parsed.clients,
+            target.as_ref(),
+            parsed.target.plaintext,
+            http2,
+        );
         let routes = validate_routes(&mut p, &loader, &parsed.routes, target.as_ref());
         let mix = validate_mix(&mut p, &parsed, &clients);
         let thresholds = validate_thresholds(&mut p, &parsed.thresholds);
@@ -590,22 +639,37 @@ fn validate_target(p: &mut Problems<'_>, l: &Loader<'_>, t: &FileTarget) -> Opti
     if host.is_empty() || http::uri::Authority::try_from(host.as_str()).is_err() {
         p.push("target.host", format!("`{host}` is not a host[:port]"));
     }
-    let ca = p.ok("target.ca", l.read(&t.ca)).map(|(ca, pem)| {
-        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
-            .filter_map(Result::ok)
-            .count();
-        if certs == 0 {
+    let ca = match (&t.ca, t.plaintext) {
+        (Some(_), true) => {
             p.push(
                 "target.ca",
-                format!("{}: no PEM certificate found", ca.display()),
+                "not used with plaintext: true (there is no TLS)",
             );
+            None
         }
-        ca
-    });
+        (None, true) => None,
+        (None, false) => {
+            p.push("target.ca", "required (unless plaintext: true)");
+            None
+        }
+        (Some(text), false) => p.ok("target.ca", l.read(text)).map(|(ca, pem)| {
+            let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+                .filter_map(Result::ok)
+                .count();
+            if certs == 0 {
+                p.push(
+                    "target.ca",
+                    format!("{}: no PEM certificate found", ca.display()),
+                );
+            }
+            ca
+        }),
+    };
+    let scheme = if t.plaintext { "http" } else { "https" };
     let base = t
         .public_base_url
         .clone()
-        .unwrap_or_else(|| format!("https://{host}"));
+        .unwrap_or_else(|| format!("{scheme}://{host}"));
     let base_url = match crate::jose::dpop::normalize_htu(&base) {
         Some(b) => Some(b.trim_end_matches('/').to_string()),
         None => {
@@ -620,11 +684,15 @@ fn validate_target(p: &mut Problems<'_>, l: &Loader<'_>, t: &FileTarget) -> Opti
     if timeout.is_zero() {
         p.push("target.timeout", "must be more than 0");
     }
+    if !t.plaintext && ca.is_none() {
+        return None;
+    }
     Some(Target {
         address: address?,
         server_name,
         host,
-        ca: ca?,
+        ca,
+        plaintext: t.plaintext,
         base_url: base_url?,
         timeout,
     })
@@ -637,6 +705,7 @@ fn validate_clients(
     l: &Loader<'_>,
     clients: &[FileClient],
     target: Option<&Target>,
+    plaintext: bool,
     http2: bool,
 ) -> Vec<Client> {
     if clients.is_empty() {
@@ -651,40 +720,76 @@ fn validate_clients(
             p.push(f("name"), format!("`{}` is used by another client", c.name));
         }
         let weight = weight(p, &f("weight"), c.weight);
-        let cert = p.ok(&f("cert"), l.path(&c.cert));
-        let key = p.ok(&f("key"), l.path(&c.key));
+        let token = c
+            .token
+            .as_ref()
+            .and_then(|t| validate_token(p, l, &format!("clients[{i}].token"), t, &c.name));
+        if c.token.is_some() && token.is_none() {
+            continue;
+        }
+        if plaintext {
+            // No TLS: no certificate to present, none to bind a token to.
+            for (name, given) in [("cert", c.cert.is_some()), ("key", c.key.is_some())] {
+                if given {
+                    p.push(f(name), "not used with target.plaintext (there is no TLS)");
+                }
+            }
+            if token
+                .as_ref()
+                .is_some_and(|t| matches!(t.binding, Binding::Cert))
+            {
+                p.push(
+                    format!("clients[{i}].token.binding"),
+                    "cert needs a client certificate: not with target.plaintext",
+                );
+            }
+            out.push(Client {
+                name: c.name.clone(),
+                cert: None,
+                key: None,
+                tls: None,
+                cert_thumbprint: None,
+                weight,
+                token,
+            });
+            continue;
+        }
+        let (Some(cert), Some(key)) = (&c.cert, &c.key) else {
+            for (name, given) in [("cert", c.cert.is_some()), ("key", c.key.is_some())] {
+                if !given {
+                    p.push(f(name), "required (unless target.plaintext: true)");
+                }
+            }
+            continue;
+        };
+        let cert = p.ok(&f("cert"), l.path(cert));
+        let key = p.ok(&f("key"), l.path(key));
         let thumbprint = cert.as_ref().and_then(|cert| {
             let r = rustls_pki_types::CertificateDer::from_pem_file(cert)
                 .map(|d| crate::pki::thumbprint_s256(d.as_ref()))
                 .map_err(|e| format!("{}: {e}", cert.display()));
             p.ok(&f("cert"), r)
         });
-        let tls = match (target, &cert, &key, &thumbprint) {
-            (Some(t), Some(cert), Some(key), Some(_)) => {
-                let r = crate::client::tls_config(&t.ca, Some((cert, key)), http2)
+        let tls = match (target.and_then(|t| t.ca.as_ref()), &cert, &key, &thumbprint) {
+            (Some(ca), Some(cert), Some(key), Some(_)) => {
+                let r = crate::client::tls_config(ca, Some((cert, key)), http2)
                     .map_err(|e| format!("cannot use this certificate and key: {e}"));
                 p.ok(&f("key"), r)
             }
             _ => None,
         };
-        let token = c
-            .token
-            .as_ref()
-            .and_then(|t| validate_token(p, l, &format!("clients[{i}].token"), t, &c.name));
         if let (Some(cert), Some(key), Some(tls), Some(cert_thumbprint)) =
             (cert, key, tls, thumbprint)
         {
-            if c.token.is_none() || token.is_some() {
-                out.push(Client {
-                    name: c.name.clone(),
-                    cert,
-                    key,
-                    tls,
-                    cert_thumbprint,
-                    weight,
-                    token,
-                });
-            }
+            out.push(Client {
+                name: c.name.clone(),
+                cert: Some(cert),
+                key: Some(key),
+                tls: Some(tls),
+                cert_thumbprint: Some(cert_thumbprint),
+                weight,
+                token,
+            });
         }
     }
     out
@@ -880,6 +985,11 @@ fn validate_routes(
                 body,
                 jws,
                 expect: r.expect.clone(),
+                dpop_proof: match r.dpop_proof {
+                    FileProof::Fresh => ProofMode::Fresh,
+                    FileProof::None => ProofMode::None,
+                    FileProof::Replay => ProofMode::Replay,
+                },
             });
         }
     }
@@ -911,6 +1021,23 @@ fn validate_mix(p: &mut Problems<'_>, f: &FileScenario, clients: &[Client]) -> V
                 v
             }
         };
+        if r.dpop_proof != FileProof::Fresh {
+            for &c in &who {
+                let dpop = clients[c]
+                    .token
+                    .as_ref()
+                    .is_some_and(|t| matches!(t.binding, Binding::Dpop(_)));
+                if !dpop {
+                    p.push(
+                        format!("routes[{i}].dpop_proof"),
+                        format!(
+                            "client `{}` sends no DPoP proofs (only for token binding: dpop)",
+                            clients[c].name
+                        ),
+                    );
+                }
+            }
+        }
         // The route's weight is its share; its clients split it by their own weights.
         let total: u64 = who.iter().map(|&c| u64::from(clients[c].weight)).sum();
         for &c in &who {

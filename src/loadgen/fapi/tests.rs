@@ -169,7 +169,10 @@ fn a_cert_bound_token_is_bearer_with_the_certificate_thumbprint_and_no_proof() {
     assert!(!r.headers().contains_key("dpop"));
     let token = header(&r, "authorization").strip_prefix("Bearer ").unwrap();
     let c = claims(token);
-    assert_eq!(c["cnf"]["x5t#S256"], s.clients[1].cert_thumbprint.as_str());
+    assert_eq!(
+        c["cnf"]["x5t#S256"],
+        s.clients[1].cert_thumbprint.as_deref().unwrap()
+    );
     assert!(c.get("scope").is_none());
     assert!(!f.uses_dpop(1));
     assert!(f.uses_dpop(0));
@@ -256,4 +259,52 @@ fn a_proof_verifies_only_for_its_own_request() {
     };
     assert_eq!(verify(&proof, &expect("GET")).unwrap().jkt, p.jkt);
     assert!(verify(&proof, &expect("POST")).is_err());
+}
+
+#[test]
+fn dpop_proof_modes_make_the_refusals_a_proxy_must_give() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = |f: &str| certs().join(f).display().to_string();
+    let text = format!(
+        r#"
+target: {{address: 127.0.0.1:1, ca: {ca}}}
+clients:
+  - name: d
+    cert: {cert}
+    key: {key}
+    token: {{signing_key: {as_key}, issuer: https://as, audience: https://rs, binding: dpop}}
+routes:
+  - {{name: fresh, path: /a}}
+  - {{name: none, path: /a, dpop_proof: none}}
+  - {{name: replay, path: /a, dpop_proof: replay}}
+load: {{requests: 1}}
+"#,
+        ca = c("ca.pem"),
+        cert = c("tpp1.pem"),
+        key = c("tpp1.key"),
+        as_key = c("as.key"),
+    );
+    let path = dir.path().join("s.yaml");
+    std::fs::write(&path, text).unwrap();
+    let s = Arc::new(Scenario::load_with(&path, &|_| None).unwrap_or_else(|e| panic!("{e}")));
+    let f = Fapi::new(Arc::clone(&s)).unwrap();
+    let proof = |route: usize| {
+        f.request(route, 0)
+            .unwrap()
+            .headers()
+            .get("dpop")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let (a, b) = (proof(0).unwrap(), proof(0).unwrap());
+    assert_ne!(a, b, "fresh: a new proof per request");
+    assert_eq!(proof(1), None, "none: no DPoP header");
+    let none = f.request(1, 0).unwrap();
+    assert!(
+        header(&none, "authorization").starts_with("DPoP "),
+        "the token is still sent"
+    );
+    let first = proof(2).unwrap();
+    assert_ne!(first, a);
+    assert_eq!(proof(2).unwrap(), first, "replay: the first proof again");
+    assert_eq!(proof(2).unwrap(), first);
 }

@@ -183,6 +183,11 @@ fn each_invalid_field_is_named_with_its_reason() {
         ("mode: open", "mode: closed", "load.rate", "only with mode: open"),
         ("max_error_rate: 0.01", "max_error_rate: 5", "thresholds.max_error_rate", "between 0 and 1"),
         ("name: two", "name: one", "clients[1].name", "used by another client"),
+        ("  ca: ${CERTS}/ca.pem\n", "", "target.ca", "required (unless plaintext: true)"),
+        ("    cert: ${CERTS}/tpp2.pem\n", "", "clients[1].cert", "required (unless target.plaintext"),
+        ("expect: [201]", "expect: [201]\n    dpop_proof: replay\n  - name: x\n    path: /x\n    clients: [two]\n    dpop_proof: none",
+         "routes[2].dpop_proof", "client `two` sends no DPoP proofs"),
+        ("expect: [201]", "expect: [201]\n    dpop_proof: again", "", "again"),
     ];
     for (from, to, field, reason) in cases {
         assert!(
@@ -213,4 +218,77 @@ fn the_example_scenarios_load() {
         }
     }
     assert!(n >= 2, "example scenarios in {}", dir.display());
+}
+
+const PLAIN: &str = r#"
+target:
+  address: 127.0.0.1:8080
+  plaintext: true
+clients:
+  - name: direct
+  - name: dpop
+    token:
+      signing_key: ${CERTS}/as.key
+      issuer: https://as.example
+      audience: https://rs.example
+      binding: dpop
+routes:
+  - name: accounts
+    path: /open-banking/v3.1/aisp/accounts
+    clients: [direct]
+  - name: dpop
+    path: /dpop
+    clients: [dpop]
+    dpop_proof: replay
+load: {mode: open, rate: 10, requests: 10}
+"#;
+
+#[test]
+fn a_plaintext_target_needs_no_certificates() {
+    let s = load(PLAIN).unwrap();
+    assert!(s.target.plaintext);
+    assert_eq!(s.target.ca, None);
+    assert_eq!(s.target.base_url, "http://localhost");
+    assert_eq!(
+        s.routes[0].htu,
+        "http://localhost/open-banking/v3.1/aisp/accounts"
+    );
+    assert!(s
+        .clients
+        .iter()
+        .all(|c| c.tls.is_none() && c.cert.is_none()));
+    assert_eq!(s.routes[0].dpop_proof, ProofMode::Fresh);
+    assert_eq!(s.routes[1].dpop_proof, ProofMode::Replay);
+    // TLS settings make no sense without TLS, and a certificate-bound token has no certificate.
+    let bad = PLAIN
+        .replace(
+            "  plaintext: true\n",
+            "  plaintext: true\n  ca: ${CERTS}/ca.pem\n",
+        )
+        .replace(
+            "  - name: direct\n",
+            "  - name: direct\n    cert: ${CERTS}/tpp1.pem\n    key: ${CERTS}/tpp1.key\n",
+        )
+        .replace("binding: dpop", "binding: cert");
+    let errs = errors(&bad);
+    assert!(
+        has(&errs, "target.ca", "not used with plaintext"),
+        "{errs:?}"
+    );
+    assert!(
+        has(&errs, "clients[0].cert", "not used with target.plaintext"),
+        "{errs:?}"
+    );
+    assert!(
+        has(&errs, "clients[0].key", "not used with target.plaintext"),
+        "{errs:?}"
+    );
+    assert!(
+        has(
+            &errs,
+            "clients[1].token.binding",
+            "needs a client certificate"
+        ),
+        "{errs:?}"
+    );
 }

@@ -1,0 +1,410 @@
+"""The JSON arithmetic and the tables of benches/compare_haproxy.sh (python3, no jq needed).
+
+  compare_report.py line RUN.json                one measured run, one line
+  compare_report.py final RAW_DIR OUT.json       a throughput scenario (BENCH_* environment)
+  compare_report.py latency RAW_DIR OUT.json     SCENARIO=latency
+"""
+import json
+import os
+import statistics
+import sys
+import textwrap
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def line(path):
+    r = load(path)
+    if "latency" in r:  # a scenario report (open loop)
+        t = r["latency"]
+        print(f"{r['rps']:.0f} answers/s, p50 {t['p50_us']} us, p99 {t['p99_us']} us, "
+              f"errors {r['errors']}" + (f" {r['errors_by_reason']}" if r["errors"] else ""))
+        return
+    bad = {k: v for k, v in r["statuses"].items() if k != "200"}
+    extra = f", statuses {r['statuses']}, {r['errors']} errors" if bad or r["errors"] else ""
+    print(f"{r['rps']:.0f} req/s, p50 {r['p50_us']} us, p99 {r['p99_us']} us{extra}")
+
+
+def ratio(a, b):
+    return round(a / b, 3) if a is not None and b else None
+
+
+def median_of(runs, key):
+    vals = [x[key] for x in runs if x.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def problems_of(runs):
+    out = []
+    for x in runs:
+        other = {k: v for k, v in x["statuses"].items() if k != "200"}
+        if x["errors"] or other or not x["requests"]:
+            out.append(f"round {x['round']} {x['proxy']}: {x['requests']} requests, "
+                       f"statuses {x['statuses']}, {x['errors']} errors")
+    return out
+
+
+def machine():
+    e = os.environ
+    return {"cores": int(e["BENCH_CORES"]), "cpu": e["BENCH_CPU"], "kernel": e["BENCH_KERNEL"]}
+
+
+# What each contender is, for the setup block and the table.
+CONTENDERS = {
+    "haproxy": "HAProxy, mTLS pass-through",
+    "haproxy-token": "HAProxy, mTLS + stick-table rate limit + jwt_verify/claims/scope/cnf "
+                     "on every request (the token frontend)",
+    "portcullis": "portcullis, mTLS pass-through (audit sink none)",
+    "portcullis-audit": "portcullis, mTLS pass-through, audit log to a file",
+    "portcullis-limited": "portcullis, pass-through + client rate-limit class (memory)",
+    "portcullis-redis": "portcullis, pass-through + client rate-limit class (state on Redis)",
+    "portcullis-token": "portcullis, mTLS + cert-bound token (fapi2) + scope + rate-limit class",
+    "portcullis-fapi": "portcullis, full FAPI: mTLS + DPoP-bound token (fapi2) + fresh DPoP "
+                       "proof per request + scope + object rule + rate-limit class + audit "
+                       "log (file)",
+}
+
+
+def final(raw, out):
+    e = os.environ
+    contenders = e["BENCH_CONTENDERS"].split()
+    baseline = e.get("BENCH_BASELINE", "haproxy")
+    rounds = int(e["BENCH_ROUNDS"])
+    clk = int(e["BENCH_CLK_TCK"])
+    scenario = e["BENCH_SCENARIO"]
+    cores = int(e["BENCH_CORES"])
+    setup = {
+        "scenario": scenario,
+        "machine": machine(),
+        "connections": int(e["BENCH_CONNECTIONS"]),
+        "duration": e["BENCH_DURATION"],
+        "warmup": e["BENCH_WARMUP"],
+        "rounds": rounds,
+        "order": "alternating: " + ", ".join(contenders) + " in every round",
+        "contenders": {c: CONTENDERS.get(c, c) for c in contenders},
+        "route": "GET " + e["BENCH_ROUTE"],
+        "load_generator": "portcullis loadgen: closed loop, HTTP/1.1 keep-alive, rustls client, "
+                          "TPP One's client certificate; the same for every proxy",
+        "upstream": f"one portcullis mock-bank on {e['BENCH_BANK']} (plain HTTP/1.1), shared",
+        "shared_cores": "load generator, proxy and upstream run on the same cores",
+        "haproxy": {
+            "version": e["BENCH_HA_VERSION"],
+            "openssl": e["BENCH_HA_OPENSSL"],
+            "nbthread": cores,
+            "negotiated": e["BENCH_TLS_HA"],
+            "request_log": "none",
+            "keep_alive": "option http-keep-alive, http-reuse always",
+        },
+        "portcullis": {
+            "revision": e["BENCH_PC_REV"],
+            "threads": f"tokio default: one worker per core ({cores})",
+            "tls": "rustls with aws-lc-rs",
+            "negotiated": e["BENCH_TLS_PC"],
+            "audit": "sink none for 'portcullis', like HAProxy without a request log"
+                     + ("; sink file for 'portcullis-audit'" if "portcullis-audit" in contenders else "")
+                     + ("; sink file for 'portcullis-fapi'" if "portcullis-fapi" in contenders else ""),
+        },
+    }
+    if scenario == "fapi":
+        setup["route"] = (f"GET {e['BENCH_ROUTE']} for the pass-through and HAProxy contenders; "
+                          f"GET {e['BENCH_FAPI_PATH']} for portcullis-fapi")
+        setup["load_generator"] += (
+            "; portcullis-fapi: `portcullis loadgen --scenario` (the same engine, closed loop, "
+            "the same connections) minting one DPoP-bound token and signing a fresh ES256 DPoP "
+            "proof per request on the same cores (its CPU is in loadgen_cpu_us_per_request)")
+
+    runs = []
+    for r in range(1, rounds + 1):
+        for c in contenders:
+            rep = load(os.path.join(raw, f"run-{r}-{c}.json"))
+            with open(os.path.join(raw, f"run-{r}-{c}.cpu")) as f:
+                cpu_s = int(f.read()) / clk
+            rep["proxy_cpu_seconds"] = round(cpu_s, 2)
+            rep["proxy_cpu_us_per_request"] = (
+                round(cpu_s * 1e6 / rep["requests"], 1) if rep["requests"] else None)
+            lg = os.path.join(raw, f"run-{r}-{c}.json.lgcpu")
+            if os.path.exists(lg):
+                with open(lg) as f:
+                    ms = int(f.read())
+                rep["loadgen_cpu_us_per_request"] = (
+                    round(ms * 1e3 / rep["requests"], 1) if rep["requests"] else None)
+            runs.append({"round": r, "proxy": c, **rep})
+
+    problems = problems_of(runs)
+    keys = ("rps", "p50_us", "p99_us", "proxy_cpu_us_per_request", "loadgen_cpu_us_per_request")
+    med = {c: {k: median_of([x for x in runs if x["proxy"] == c], k) for k in keys}
+           for c in contenders}
+
+    def ratios_vs(base):
+        return {
+            c: {
+                "throughput": ratio(med[c]["rps"], med[base]["rps"]),
+                "p50": ratio(med[c]["p50_us"], med[base]["p50_us"]),
+                "p99": ratio(med[c]["p99_us"], med[base]["p99_us"]),
+                "cpu_per_request": ratio(med[c]["proxy_cpu_us_per_request"],
+                                         med[base]["proxy_cpu_us_per_request"]),
+            }
+            for c in contenders if c != base
+        }
+
+    ratios = ratios_vs(baseline)
+    result = {"setup": setup, "runs": runs, "median": med, "baseline": baseline,
+              "ratio_vs_" + baseline.replace("-", "_"): ratios}
+    # The old key, kept for tools that read it.
+    if baseline == "haproxy":
+        result["ratio_vs_haproxy"] = ratios
+
+    token = target = None
+    if scenario == "passthrough":
+        q = ratios["portcullis"]
+        target = {"name": "mTLS pass-through: >= 1.0 x HAProxy throughput, p99 no worse",
+                  "met": q["throughput"] is not None and q["throughput"] >= 1.0
+                  and q["p99"] is not None and q["p99"] <= 1.0}
+    elif scenario == "token":
+        token = load(e["BENCH_TOKEN_INFO"])
+        setup["token"] = token
+        setup["portcullis"]["audit"] = "sink none, like HAProxy without a request log"
+        tp = ratios["portcullis"]["throughput"]
+        target = {"name": "mTLS + JWT + cnf + scope + rate limit: >= 2.0 x HAProxy throughput",
+                  "throughput_ratio": 2.0, "met": tp is not None and tp >= 2.0}
+    elif scenario == "fapi":
+        result["fapi_checks"] = load(e["BENCH_FAPI_CHECKS"])
+        vs_pt = ratios_vs("portcullis")["portcullis-fapi"]
+        result["ratio_fapi_vs_portcullis_passthrough"] = vs_pt
+        tp = ratios["portcullis-fapi"]["throughput"]
+        target = {"name": "full FAPI (DPoP + audit): >= 1.0 x HAProxy's JWT pipeline throughput",
+                  "throughput_ratio": 1.0, "met": tp is not None and tp >= 1.0}
+    if target:
+        result["target"] = target
+    result["valid"] = not problems
+    result["problems"] = problems
+    if "portcullis-audit" in contenders:
+        result["audit_log_bytes"] = int(e["BENCH_AUDIT_BYTES"])
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+
+    def para(head, text):
+        print(textwrap.fill(text, 100, initial_indent=f"  {head:<12}", subsequent_indent=" " * 14))
+
+    def items(xs):
+        for x in xs:
+            print(textwrap.fill(x, 100, initial_indent=" " * 14 + "- ", subsequent_indent=" " * 16))
+
+    s, h, p = setup, setup["haproxy"], setup["portcullis"]
+    print()
+    if scenario == "token":
+        print("token scenario -- portcullis vs HAProxy: mTLS + client rate limit + certificate-bound")
+        print("access token with a required scope on every request, keep-alive, pass-through to the")
+        print("same upstream")
+    elif scenario == "fapi":
+        print("fapi scenario -- portcullis's full FAPI pipeline vs HAProxy's JWT pipeline (token")
+        print("frontend) and vs portcullis pass-through, keep-alive, the same upstream")
+    else:
+        print("portcullis vs HAProxy: mTLS termination, keep-alive, pass-through to the same upstream")
+    print(f"  machine     {cores} cores ({s['machine']['cpu']}), Linux {s['machine']['kernel']};")
+    print("              load generator, proxy and upstream all share these cores, nothing pinned")
+    print("  load        portcullis loadgen for all: closed loop, HTTP/1.1 keep-alive, rustls client,")
+    print(f"              {s['connections']} connections, {s['duration']} per run after a {s['warmup']} warm-up,")
+    print(f"              {rounds} round(s), {s['order']}")
+    para("route", f"{s['route']} -> shared mock bank (~600-byte JSON)")
+    print(f"  haproxy     {h['version']}, {h['openssl']}")
+    print(f"              nbthread {h['nbthread']}, no request log, {h['keep_alive']}")
+    print(f"              negotiated with the load generator: {h['negotiated']}")
+    print(f"  portcullis  {p['revision']}, {p['threads']}, {p['tls']}")
+    print(f"              negotiated with the load generator: {p['negotiated']}")
+    print("  work        all: client certificate required + CRL, one route allowed, client-cert")
+    print("              (RFC 9440), x-forwarded-*, x-fapi-interaction-id set on the way up")
+    print(f"  audit       {p['audit']}")
+
+    if scenario == "fapi":
+        print("  contenders")
+        items([f"{c}: {CONTENDERS.get(c, c)}" for c in contenders])
+        para("verified", "before measuring, portcullis-fapi refused (statuses and reasons of "
+                         "`portcullis loadgen` on one connection):")
+        for name, r in result["fapi_checks"]["routes"].items():
+            reasons = r.get("errors_by_reason") or {}
+            print(f"                {name:<22} statuses {r['statuses']}"
+                  + (f", reasons {reasons}" if reasons else ""))
+    if token:
+        para("token", token["presented"])
+        para("checks", "haproxy, on EVERY request (no verified-token cache):")
+        items(token["haproxy_checks"])
+        para("", f"portcullis, {token['portcullis_route']}:")
+        items(token["portcullis_checks"])
+        para("NOT EQUAL", "where the two differ:")
+        items(token["asymmetries"])
+        para("verified", "before measuring, on TPP One's connection: answer haproxy / "
+                         "portcullis (* = recorded, not required):")
+        for what, r in token["checks_before_measuring"].items():
+            def cell(x):
+                return f"{x['got']}{'' if x['required'] is not None else '*'}"
+            print(f"                {cell(r['haproxy']):>4} / {cell(r['portcullis']):<4}  {what}")
+        tc = token["portcullis_token_cache"]
+        para("cache", f"portcullis over the token scenario's warm-ups and runs: "
+                      f"{tc['signature_verifications']} signature verification(s), "
+                      f"{tc['cache_hits']} cache hits ({tc['note']})")
+    print()
+    w = max(len(c) for c in contenders)
+    has_lg = any("loadgen_cpu_us_per_request" in x for x in runs)
+    lg_head = f"  {'loadgen CPU us/req':>18}" if has_lg else ""
+    print(f"  {'round':<6}  {'proxy':<{w}}  {'req/s':>9}  {'p50 us':>8}  {'p99 us':>8}  "
+          f"{'p99.9 us':>8}  {'errors':>6}  {'proxy CPU us/req':>16}{lg_head}")
+    for x in runs:
+        lg = f"  {str(x.get('loadgen_cpu_us_per_request')):>18}" if has_lg else ""
+        print(f"  {x['round']:<6}  {x['proxy']:<{w}}  {x['rps']:>9.0f}  {x['p50_us']:>8}  "
+              f"{x['p99_us']:>8}  {x['p999_us']:>8}  {x['errors']:>6}  "
+              f"{str(x['proxy_cpu_us_per_request']):>16}{lg}")
+    print()
+    for c in contenders:
+        m = med[c]
+        lg = f"  {str(m['loadgen_cpu_us_per_request']):>18}" if has_lg else ""
+        print(f"  {'median':<6}  {c:<{w}}  {m['rps']:>9.0f}  {m['p50_us']:>8.0f}  {m['p99_us']:>8.0f}  "
+              f"{'':>8}  {'':>6}  {str(m['proxy_cpu_us_per_request']):>16}{lg}")
+    print()
+    for c, r in ratios.items():
+        print(f"  {c} / {baseline}:  throughput {r['throughput']}   p50 {r['p50']}   "
+              f"p99 {r['p99']}   CPU per request {r['cpu_per_request']}")
+    if scenario == "fapi":
+        r = result["ratio_fapi_vs_portcullis_passthrough"]
+        print(f"  portcullis-fapi / portcullis (pass-through):  throughput {r['throughput']}   "
+              f"p50 {r['p50']}   p99 {r['p99']}   CPU per request {r['cpu_per_request']}")
+    print(f"  (throughput >= 1.0 and p99 <= 1.0 mean no worse than {baseline})")
+    if target:
+        print(f"  target (issue #8): {target['name']}: "
+              f"{'met' if target['met'] else 'NOT met'} in this run")
+    print("  (proxy CPU us/req: the proxy process's user+system CPU time during the measured run /")
+    print("   requests; the load generator and the upstream share the same cores)")
+    if has_lg:
+        print("  (loadgen CPU us/req: the load generator's own CPU per request; the full-FAPI one")
+        print("   signs a DPoP proof per request, on the cores the proxy under test also uses)")
+    if "portcullis-audit" in contenders:
+        print(f"  audit log written by portcullis-audit: {result['audit_log_bytes']} bytes")
+    if problems:
+        print()
+        print("  WARNING: runs with errors or non-200 answers; these numbers are not comparable:")
+        for x in problems:
+            print(f"    {x}")
+    print()
+    print(f"  results: {out}")
+
+
+def latency(raw, out):
+    """SCENARIO=latency: closed-loop maxima, then open loop at a fraction of them against the
+    proxy and against the mock bank directly; added p99 = proxy p99 - direct p99."""
+    e = os.environ
+    rounds = int(e["BENCH_ROUNDS"])
+    fraction = float(e["BENCH_LATENCY_FRACTION"])
+    pipelines = e["BENCH_PIPELINES"].split()
+    result = {
+        "setup": {
+            "machine": machine(),
+            "revision": e["BENCH_PC_REV"],
+            "connections": int(e["BENCH_CONNECTIONS"]),
+            "duration": e["BENCH_DURATION"],
+            "warmup": e["BENCH_WARMUP"],
+            "rounds": rounds,
+            "rate_fraction": fraction,
+            "method": [
+                "1. maximum: closed loop, CONNECTIONS connections, median req/s over ROUNDS runs "
+                "(each after a warm-up)",
+                f"2. open loop (`mode: open`, latency from the intended send time, so queueing "
+                f"behind a stall counts) at {fraction} x that maximum, over the same number of "
+                "connections, against (a) portcullis and (b) the mock bank directly over plain "
+                "HTTP (`target.plaintext: true`), alternating a, b in every round",
+                "3. added p99 = median p99 of (a) - median p99 of (b). The direct path has no "
+                "TLS, so the added latency includes TLS termination (record decryption and "
+                "encryption on the keep-alive connection; no handshakes after the first)",
+            ],
+            "pipelines": {
+                "passthrough": "mTLS pass-through route, TPP One's certificate, no token",
+                "token": "mTLS + certificate-bound token (minted by loadgen, scope accounts), "
+                         "scope + rate-limit class (the token scenario's portcullis)",
+            },
+            "shared_cores": "load generator, proxy and mock bank share the same cores",
+        },
+        "pipelines": {},
+        "problems": [],
+    }
+    for pl in pipelines:
+        closed = []
+        for r in range(1, rounds + 1):
+            x = load(os.path.join(raw, f"max-{r}-{pl}.json"))
+            closed.append({"round": r, **x})
+        max_rps = median_of(closed, "rps")
+        rate = load(os.path.join(raw, f"rate-{pl}.json"))["rate"]
+        opens = {"proxy": [], "direct": []}
+        for r in range(1, rounds + 1):
+            for side in opens:
+                s = load(os.path.join(raw, f"open-{r}-{pl}-{side}.json"))
+                row = {"round": r, "requests": s["requests"], "rps": s["rps"],
+                       "statuses": s["statuses"], "errors": s["errors"],
+                       "errors_by_reason": s["errors_by_reason"], **s["latency"]}
+                opens[side].append(row)
+                if s["errors"] or not s["requests"]:
+                    result["problems"].append(
+                        f"{pl} round {r} {side}: {s['requests']} answers, {s['errors']} errors "
+                        f"{s['errors_by_reason']}")
+        med = {side: {k: median_of(rows, k) for k in ("rps", "p50_us", "p99_us", "p999_us")}
+               for side, rows in opens.items()}
+        added = (med["proxy"]["p99_us"] - med["direct"]["p99_us"]
+                 if None not in (med["proxy"]["p99_us"], med["direct"]["p99_us"]) else None)
+        added_p50 = (med["proxy"]["p50_us"] - med["direct"]["p50_us"]
+                     if None not in (med["proxy"]["p50_us"], med["direct"]["p50_us"]) else None)
+        result["pipelines"][pl] = {
+            "closed_loop_max": {"runs": closed, "median_rps": max_rps},
+            "open_loop_rate": rate,
+            "open_loop": opens,
+            "median": med,
+            "added_p50_us": added_p50,
+            "added_p99_us": added,
+            "target": {"name": "added p99 <= 1 ms at half of the maximum throughput",
+                       "met": added is not None and added <= 1000},
+        }
+    result["valid"] = not result["problems"]
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+
+    s = result["setup"]
+    print()
+    print("latency scenario -- latency portcullis adds over calling the upstream directly")
+    print(f"  machine     {s['machine']['cores']} cores ({s['machine']['cpu']}), Linux "
+          f"{s['machine']['kernel']}; load generator, proxy and mock bank share them")
+    print(f"  portcullis  {s['revision']}")
+    for m in s["method"]:
+        print(textwrap.fill(m, 100, initial_indent="  ", subsequent_indent="     "))
+    print(f"  runs        {s['connections']} connections, {s['duration']} per run after a "
+          f"{s['warmup']} warm-up, {rounds} round(s)")
+    for pl, r in result["pipelines"].items():
+        print()
+        print(f"  {pl}: {s['pipelines'][pl]}")
+        print(f"    closed-loop maximum: " + ", ".join(f"{x['rps']:.0f}" for x in r["closed_loop_max"]["runs"])
+              + f" req/s -> median {r['closed_loop_max']['median_rps']:.0f}")
+        print(f"    open loop at {r['open_loop_rate']:.0f} req/s:")
+        print(f"      {'round':<6} {'target':<10} {'answers/s':>10} {'p50 us':>8} {'p99 us':>8} "
+              f"{'p99.9 us':>8} {'errors':>6}")
+        for side in ("proxy", "direct"):
+            for x in r["open_loop"][side]:
+                name = "portcullis" if side == "proxy" else "mock bank"
+                print(f"      {x['round']:<6} {name:<10} {x['rps']:>10.0f} {x['p50_us']:>8} "
+                      f"{x['p99_us']:>8} {x['p999_us']:>8} {x['errors']:>6}")
+        m = r["median"]
+        print(f"      median portcullis p50 {m['proxy']['p50_us']:.0f} us, p99 {m['proxy']['p99_us']:.0f} us;"
+              f" mock bank direct p50 {m['direct']['p50_us']:.0f} us, p99 {m['direct']['p99_us']:.0f} us")
+        print(f"    added: p50 {r['added_p50_us']:.0f} us, p99 {r['added_p99_us']:.0f} us -> target "
+              f"(added p99 <= 1000 us): {'met' if r['target']['met'] else 'NOT met'} in this run")
+    if result["problems"]:
+        print()
+        print("  WARNING: runs with errors; these numbers are not valid:")
+        for x in result["problems"]:
+            print(f"    {x}")
+    print()
+    print(f"  results: {out}")
+
+
+if __name__ == "__main__":
+    {"line": line, "final": final, "latency": latency}[sys.argv[1]](*sys.argv[2:])

@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# Long runs of the full FAPI pipeline: a soak (issue #9) and a saturation run (issue #8).
+#
+# portcullis runs the full-FAPI config of benches/compare_haproxy.sh SCENARIO=fapi (mTLS, a
+# DPoP-bound token with a fresh proof per request, scope, an object rule, a client rate-limit
+# class, the audit log to a file -- rotated at 64 MiB, 4 kept, so the disk stays bounded) in
+# front of the mock bank. Before any load, the route must refuse a missing proof, a replayed
+# proof, an account outside the grant and a token without the scope (benches/lib.sh
+# fapi_checks). The load is `portcullis loadgen --scenario` (fresh proofs, one DPoP-bound token
+# per client, re-minted every three quarters of FAPI_TOKEN_LIFETIME).
+#
+# MODE=soak (default): measures capacity (closed loop, CONNECTIONS connections, CAPACITY_DURATION
+#   after a warm-up), then runs open loop (latency from the intended send time) at SOAK_FRACTION
+#   of it for SOAK_DURATION, sampling the proxy's RSS, open descriptors and threads every
+#   SAMPLE_EVERY seconds (default 30). -> target/soak.json
+# MODE=saturation: closed loop at full speed for DURATION (default 5m), sampling every
+#   SAMPLE_EVERY seconds (default 10). -> target/saturation.json
+#
+# Pass (exit 0) when all of:
+#   - errors: zero -- every request is valid, so any answer but 200, any transport error and
+#     (open loop) any request that could not be sent is unintended;
+#   - RSS flat: the samples after the first SETTLE % of the run (the warm-up: the upstream
+#     pool, the allocator and the DPoP replay cache settle there -- the replay cache keeps every
+#     proof's jti until it holds dpop.replay_capacity, 1M, entries, and only then sweeps; at
+#     6,000 proofs/s that takes about 170 s) all lie within max(FLAT_PCT % of their median,
+#     FLAT_MIB MiB) of that median;
+#   - no descriptor growth: the largest descriptor count after the warm-up is at most the
+#     largest during it plus FD_SLACK.
+# Exit 1 otherwise (the JSON says which check failed), 2 for bad knobs.
+#
+# Knobs (environment):
+#   MODE=soak             soak | saturation
+#   SOAK_DURATION=30m     soak: length of the open-loop run
+#   SOAK_FRACTION=0.7     soak: open-loop rate as a fraction of the measured capacity
+#   CAPACITY_DURATION=10s soak: the capacity run (after WARMUP)
+#   DURATION=5m           saturation: length of the closed-loop run
+#   CONNECTIONS=32        load-generator connections (both modes)
+#   WARMUP=5s             warm-up of every load run (not measured)
+#   SAMPLE_EVERY=         seconds between samples (default 30 for soak, 10 for saturation)
+#   SETTLE=50 FLAT_PCT=10 FLAT_MIB=8 FD_SLACK=8   the pass criteria above (SETTLE: percent of
+#                         the samples counted as warm-up)
+#   FAPI_TOKEN_LIFETIME=10m   token lifetime (re-minted at three quarters of it)
+#   BUILD=1               0 skips `cargo build --release`
+#   KEEP_WORKDIR=0        1 keeps the temporary directory (configs, logs, audit, raw reports)
+#
+# Time: soak ~ WARMUP + CAPACITY_DURATION + WARMUP + SOAK_DURATION (~31 minutes by default);
+#       saturation ~ WARMUP + DURATION (~5 minutes). Loopback only; every run stops by itself;
+#       everything started is stopped on exit.
+#
+# Example: SOAK_DURATION=2m SAMPLE_EVERY=10 benches/soak.sh
+#          MODE=saturation DURATION=1m benches/soak.sh
+set -euo pipefail
+
+MODE=${MODE:-soak}
+SOAK_DURATION=${SOAK_DURATION:-30m}
+SOAK_FRACTION=${SOAK_FRACTION:-0.7}
+CAPACITY_DURATION=${CAPACITY_DURATION:-10s}
+DURATION=${DURATION:-5m}
+CONNECTIONS=${CONNECTIONS:-32}
+WARMUP=${WARMUP:-5s}
+SETTLE=${SETTLE:-50}
+FLAT_PCT=${FLAT_PCT:-10}
+FLAT_MIB=${FLAT_MIB:-8}
+FD_SLACK=${FD_SLACK:-8}
+export FAPI_TOKEN_LIFETIME=${FAPI_TOKEN_LIFETIME:-10m}
+KEEP_WORKDIR=${KEEP_WORKDIR:-0}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
+bench_traps
+
+usage() { printf 'error: %s\n' "$*" >&2; exit 2; }
+case $MODE in
+    soak) SAMPLE_EVERY=${SAMPLE_EVERY:-30} RUN_DURATION=$SOAK_DURATION RESULT_JSON=$TARGET_DIR/soak.json ;;
+    saturation) SAMPLE_EVERY=${SAMPLE_EVERY:-10} RUN_DURATION=$DURATION RESULT_JSON=$TARGET_DIR/saturation.json ;;
+    *) usage "MODE must be soak or saturation (got '$MODE')" ;;
+esac
+for v in CONNECTIONS SAMPLE_EVERY FLAT_PCT FLAT_MIB; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || usage "$v must be a positive integer (got '${!v}')"
+done
+[[ $FD_SLACK =~ ^[0-9]+$ ]] || usage "FD_SLACK must be a whole number (got '$FD_SLACK')"
+[[ $SETTLE =~ ^[0-9]+$ && $SETTLE -le 90 ]] || usage "SETTLE must be a percentage from 0 to 90 (got '$SETTLE')"
+[[ $SOAK_FRACTION =~ ^0?\.[0-9]+$|^1(\.0*)?$ ]] || usage "SOAK_FRACTION must be in (0, 1] (got '$SOAK_FRACTION')"
+for v in RUN_DURATION CAPACITY_DURATION WARMUP FAPI_TOKEN_LIFETIME; do
+    [[ ${!v} =~ ^[0-9]+(ms|s|m|h)$ ]] || usage "$v must be a duration such as 30s, 5m or 1h (got '${!v}')"
+done
+require_tools python3 curl
+
+ensure_binary
+bench_workdir "$MODE"
+write_policies
+read -r P_BANK P_PCF P_PCF_ADMIN < <(free_ports 3)
+start_mock_bank "$P_BANK"
+fapi_config "$P_PCF" "$P_PCF_ADMIN" fapi.log >"$WORK/portcullis-fapi.yaml"
+start_portcullis "$WORK/portcullis-fapi.yaml" portcullis-fapi "$P_PCF_ADMIN"
+PID_PCF=$STARTED_PID
+RAW=$WORK/results
+
+log "$MODE: refusal checks on the full-FAPI route (loadgen, one connection)"
+fapi_checks "$P_PCF" "$RAW/fapi-checks.json"
+
+# One loadgen scenario run: $1 name, $2 load block; the report in $RAW/$1.json. The exit status
+# (1 on errors) is left to the checks below, which read the report.
+run_load() {
+    fapi_scenario "$P_PCF" "$2" "$FAPI_ROUTE_LOAD" >"$WORK/$1.yaml"
+    run_fg "$BIN" loadgen --scenario "$WORK/$1.yaml" --json "$RAW/$1.json" \
+        >"$RAW/$1.stdout" 2>"$RAW/$1.stderr" || true
+    [[ -s $RAW/$1.json ]] || { cat "$RAW/$1.stderr" >&2; die "loadgen ($1) did not finish"; }
+}
+json_field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$@"; }
+
+RATE=""
+CAPACITY=""
+if [[ $MODE == soak ]]; then
+    log "soak: capacity, closed loop, $CONNECTIONS connections, $CAPACITY_DURATION after $WARMUP"
+    run_load capacity "  mode: closed
+  connections: $CONNECTIONS
+  duration: $CAPACITY_DURATION
+  warmup: $WARMUP"
+    CAPACITY=$(python3 -c "import json, sys; print(round(json.load(open(sys.argv[1]))['ok_rps'], 1))" "$RAW/capacity.json")
+    [[ $(json_field "$RAW/capacity.json" errors) == 0 ]] ||
+        die "the capacity run had errors (report: $RAW/capacity.json)"
+    RATE=$(python3 -c "print(max(1.0, round($CAPACITY * $SOAK_FRACTION, 1)))")
+    log "soak: capacity $CAPACITY req/s; open loop at $RATE req/s for $SOAK_DURATION, sampling every $SAMPLE_EVERY s"
+    LOAD="  mode: open
+  rate: $RATE
+  connections: $CONNECTIONS
+  duration: $SOAK_DURATION
+  warmup: $WARMUP"
+else
+    log "saturation: closed loop, $CONNECTIONS connections, $DURATION after $WARMUP, sampling every $SAMPLE_EVERY s"
+    LOAD="  mode: closed
+  connections: $CONNECTIONS
+  duration: $DURATION
+  warmup: $WARMUP"
+fi
+
+# The run, with the sampler beside it.
+SAMPLES=$WORK/samples.tsv
+: >"$SAMPLES"
+sample_process "$PID_PCF" "$SAMPLE_EVERY" "$SAMPLES" "$WORK/sampler.stop" &
+PID_SAMPLER=$!
+PIDS+=("$PID_SAMPLER")
+run_load "$MODE" "$LOAD"
+touch "$WORK/sampler.stop"
+wait "$PID_SAMPLER" || true
+forget_pid "$PID_SAMPLER"
+kill -0 "$PID_PCF" 2>/dev/null || { tail -20 "$WORK/portcullis-fapi.log" >&2; die "portcullis exited during the run"; }
+# One last sample after the load.
+printf 'end\t%s\t%s\t%s\t%s\n' "$(status_kib "$PID_PCF" VmRSS)" "$(status_kib "$PID_PCF" VmHWM)" \
+    "$(fd_count "$PID_PCF")" "$(thread_count "$PID_PCF")" >>"$SAMPLES"
+AUDIT_BYTES=$(cat "$WORK"/audit/fapi.log* 2>/dev/null | wc -c)
+AUDIT_FILES=$(find "$WORK/audit" -name 'fapi.log*' | wc -l)
+
+mkdir -p "$TARGET_DIR"
+rc=0
+python3 - "$RAW/$MODE.json" "$SAMPLES" "$RESULT_JSON" "$RAW/fapi-checks.json" <<EOF || rc=$?
+import json, statistics, sys
+report_p, samples_p, out, checks_p = sys.argv[1:5]
+r = json.load(open(report_p))
+rows = [l.rstrip("\n").split("\t") for l in open(samples_p) if l.strip()]
+samples = [{"t_s": float(t), "vmrss_kib": int(rss), "vmhwm_kib": int(hwm), "fds": int(fd),
+            "threads": int(th)} for t, rss, hwm, fd, th in rows if t != "end"]
+after = [{"vmrss_kib": int(rss), "vmhwm_kib": int(hwm), "fds": int(fd), "threads": int(th)}
+         for t, rss, hwm, fd, th in rows if t == "end"]
+mode, settle, flat_pct, flat_mib, fd_slack = "$MODE", $SETTLE, $FLAT_PCT, $FLAT_MIB, $FD_SLACK
+failures = []
+if r["errors"] or not r["ok"]:
+    failures.append(f"errors: {r['errors']} ({r['errors_by_reason']}), {r['ok']} answered 200")
+cut = min(len(samples) - 1, max(1, len(samples) * settle // 100)) if samples else 0
+first, second = samples[:cut], samples[cut:]
+flat = fd_ok = None
+if len(samples) < 4:
+    failures.append(f"only {len(samples)} samples: too short a run for the memory checks")
+else:
+    rss2 = [s["vmrss_kib"] for s in second]
+    m = statistics.median(rss2)
+    tol = max(m * flat_pct / 100, flat_mib * 1024)
+    worst = max(abs(x - m) for x in rss2)
+    # Least-squares slope after the warm-up, for information (MiB per hour).
+    ts = [s["t_s"] for s in second]
+    tm = statistics.mean(ts)
+    den = sum((t - tm) ** 2 for t in ts) or 1
+    slope = sum((t - tm) * (x - statistics.mean(rss2)) for t, x in zip(ts, rss2)) / den
+    flat = {"definition": f"samples after the first {settle}% within max({flat_pct}% of "
+                          f"their median, {flat_mib} MiB) of it",
+            "median_after_warmup_kib": m, "tolerance_kib": round(tol), "worst_deviation_kib": worst,
+            "slope_mib_per_hour": round(slope * 3600 / 1024, 1), "met": worst <= tol}
+    if not flat["met"]:
+        failures.append(f"RSS not flat: a sample after the warm-up {worst} KiB from the median {m} KiB "
+                        f"(tolerance {round(tol)} KiB)")
+    fd1, fd2 = max(s["fds"] for s in first), max(s["fds"] for s in second)
+    fd_ok = {"definition": f"max fds after the warm-up <= max during it + {fd_slack}",
+             "warmup_max": fd1, "after_warmup_max": fd2, "met": fd2 <= fd1 + fd_slack}
+    if not fd_ok["met"]:
+        failures.append(f"descriptors grew: {fd1} -> {fd2}")
+rss = [s["vmrss_kib"] for s in samples]
+result = {
+    "mode": mode,
+    "revision": "$(revision)",
+    "cores": $(nproc),
+    "pipeline": "full FAPI: mTLS + DPoP-bound token (fapi2) + fresh DPoP proof per request + "
+                "scope + object rule (authorization_details) + client rate-limit class + audit "
+                "log (file, rotated at 64 MiB, 4 kept)",
+    "load": {"connections": $CONNECTIONS, "duration": "$RUN_DURATION", "warmup": "$WARMUP",
+             "mode": r["mode"], "rate": r["rate"],
+             "capacity_rps": ${CAPACITY:-None}, "fraction": ${SOAK_FRACTION} if mode == "soak" else None,
+             "token_lifetime": "$FAPI_TOKEN_LIFETIME", "tokens_minted": r["tokens_minted"]},
+    "fapi_checks": json.load(open(checks_p))["routes"],
+    "result": {"requests": r["requests"], "ok": r["ok"], "rps": r["rps"], "ok_rps": r["ok_rps"],
+               "latency": r["latency"], "statuses": r["statuses"], "errors": r["errors"],
+               "errors_by_reason": r["errors_by_reason"], "seconds": r["seconds"]},
+    "memory": {"first_kib": rss[0] if rss else None, "last_kib": rss[-1] if rss else None,
+               "max_kib": max(rss) if rss else None, "after_run": after[0] if after else None,
+               "flat": flat},
+    "fds": {"first": samples[0]["fds"] if samples else None,
+            "last": samples[-1]["fds"] if samples else None,
+            "max": max(s["fds"] for s in samples) if samples else None, "growth": fd_ok},
+    "audit": {"bytes_on_disk": $AUDIT_BYTES, "files": $AUDIT_FILES},
+    "samples": samples,
+    "every_s": $SAMPLE_EVERY,
+    "passed": not failures,
+    "failures": failures,
+}
+json.dump(result, open(out, "w"), indent=2)
+mib = lambda k: f"{k / 1024:.1f} MiB"
+t = r["latency"]
+print()
+print(f"{mode} -- portcullis {result['revision']}, full FAPI pipeline, {result['cores']} cores shared "
+      f"with the load generator and the mock bank")
+if mode == "soak":
+    print(f"  load     open loop at {r['rate']} req/s ({result['load']['fraction']} of the capacity "
+          f"{result['load']['capacity_rps']:.0f} req/s measured closed loop), {$CONNECTIONS} connections, "
+          f"$RUN_DURATION after $WARMUP")
+else:
+    print(f"  load     closed loop, {$CONNECTIONS} connections, $RUN_DURATION after $WARMUP")
+print(f"  checks   refused before the run: " + ", ".join(
+    f"{k} {v['statuses']}" for k, v in result["fapi_checks"].items() if k != "account"))
+print(f"  result   {r['requests']} answers ({r['ok']} ok) = {r['rps']:.0f} req/s; latency p50 "
+      f"{t['p50_us']} us, p99 {t['p99_us']} us, p99.9 {t['p999_us']} us, max {t['max_us']} us")
+print(f"  errors   {r['errors']}" + (f" {r['errors_by_reason']}" if r["errors"] else "")
+      + f"; tokens minted {r['tokens_minted']}")
+if samples:
+    print(f"  RSS      first {mib(rss[0])}, last {mib(rss[-1])}, max {mib(max(rss))} "
+          f"({len(samples)} samples every $SAMPLE_EVERY s)")
+    print("  RSS MiB  " + " ".join(f"{x / 1024:.0f}" for x in rss))
+if flat:
+    print(f"  flat     {flat['definition']}: worst {mib(flat['worst_deviation_kib'])} from "
+          f"{mib(flat['median_after_warmup_kib'])} (tolerance {mib(flat['tolerance_kib'])}), slope "
+          f"{flat['slope_mib_per_hour']} MiB/h: {'yes' if flat['met'] else 'NO'}")
+if samples:
+    print(f"  fds      first {result['fds']['first']}, last {result['fds']['last']}, max "
+          f"{result['fds']['max']}" + (f": growth {'none' if fd_ok['met'] else 'YES'} "
+          f"({fd_ok['warmup_max']} -> {fd_ok['after_warmup_max']})" if fd_ok else ""))
+print(f"  audit    {result['audit']['bytes_on_disk']} bytes in {result['audit']['files']} file(s)")
+print(f"  result   {'PASSED' if not failures else 'FAILED: ' + '; '.join(failures)}")
+print(f"  results  {out}")
+sys.exit(0 if not failures else 1)
+EOF
+exit "$rc"
