@@ -6,7 +6,9 @@
 //! IP address (pre-auth) or the authenticated client (certificate thumbprint, else the token's
 //! `client_id`) — never a header. governor's keyed maps grow by about 100 B per key until
 //! `retain_recent` drops the keys whose buckets are full again; [`RateLimits::spawn_maintenance`]
-//! runs that periodically, so memory is bounded by the keys active within one replenish period.
+//! runs that periodically. governor keeps a key until one full replenish period (`per`) after
+//! its bucket refilled, so memory is bounded by the keys active within about two periods (plus
+//! the maintenance interval).
 //!
 //! The limiters live in the [`crate::runtime::Runtime`]: a reload starts them empty.
 //!
