@@ -100,7 +100,7 @@ def final(raw, out):
         },
         "portcullis": {
             "revision": e["BENCH_PC_REV"],
-            "threads": f"tokio default: one worker per core ({cores})",
+            "threads": f"listener.workers default: one event-loop thread per core ({cores}), connections handed to the least-loaded",
             "tls": "rustls with aws-lc-rs",
             "negotiated": e["BENCH_TLS_PC"],
             "audit": "sink none for 'portcullis', like HAProxy without a request log"
