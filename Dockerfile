@@ -13,6 +13,7 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo ./.cargo
 # benches/ is needed: Cargo.toml declares the hot_paths bench target.
 COPY src ./src
 COPY benches ./benches
