@@ -334,7 +334,7 @@ impl AuditLog {
 pub fn encode(record: &Record) -> Option<Vec<u8>> {
     let mut body = Vec::with_capacity(1024);
     body.extend_from_slice(b"\"time\":\"");
-    body.extend_from_slice(now_rfc3339().as_bytes());
+    push_now_rfc3339(&mut body);
     body.extend_from_slice(b"\",");
     if !json::to_line_body(record, &mut body) {
         return None;
@@ -349,9 +349,55 @@ pub fn encode(record: &Record) -> Option<Vec<u8>> {
 }
 
 pub(crate) fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    let mut out = Vec::with_capacity(32);
+    push_now_rfc3339(&mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends the current UTC time as RFC 3339 with the fraction of a second as the `time`
+/// crate writes it (nanoseconds, trailing zeros dropped, none when zero):
+/// `2026-12-02T15:04:05.123456789Z`. The date and time of day are formatted once per second
+/// per thread; the request path only writes the fraction.
+pub(crate) fn push_now_rfc3339(out: &mut Vec<u8>) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    push_rfc3339(out, now.as_secs(), now.subsec_nanos());
+}
+
+fn push_rfc3339(out: &mut Vec<u8>, secs: u64, nanos: u32) {
+    use std::cell::RefCell;
+    thread_local! {
+        /// The last second formatted on this thread, and its `YYYY-MM-DDTHH:MM:SS`.
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    SECOND.with_borrow_mut(|(cached, prefix)| {
+        if *cached != secs {
+            let full = i64::try_from(secs)
+                .ok()
+                .and_then(unix_to_rfc3339)
+                .unwrap_or_default();
+            *prefix = full.trim_end_matches('Z').to_string();
+            *cached = secs;
+        }
+        out.extend_from_slice(prefix.as_bytes());
+    });
+    if nanos != 0 {
+        let digits = format_nanos(nanos);
+        let keep = digits.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
+        out.push(b'.');
+        out.extend_from_slice(&digits[..keep]);
+    }
+    out.push(b'Z');
+}
+
+fn format_nanos(mut n: u32) -> [u8; 9] {
+    let mut d = [b'0'; 9];
+    for slot in d.iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    d
 }
 
 #[cfg(test)]

@@ -591,3 +591,30 @@ fn many_threads_emitting_at_once_leave_exactly_one_record_each_in_one_chain() {
         .collect();
     assert_eq!(ids.len(), 2000);
 }
+
+#[test]
+fn event_times_are_written_as_the_time_crate_writes_rfc3339() {
+    use time::format_description::well_known::Rfc3339;
+    let cases: [(u64, u32); 7] = [
+        (0, 0),
+        (1_796_223_845, 0),
+        (1_796_223_845, 1),
+        (1_796_223_845, 120_000_000),
+        (1_796_223_845, 999_999_999),
+        (1_796_223_846, 450_000),
+        (4_102_444_799, 10),
+    ];
+    for (secs, nanos) in cases {
+        let mut ours = b"x".to_vec();
+        super::push_rfc3339(&mut ours, secs, nanos);
+        let expected = time::OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(secs) * 1_000_000_000 + i128::from(nanos),
+        )
+        .unwrap()
+        .format(&Rfc3339)
+        .unwrap();
+        assert_eq!(String::from_utf8(ours).unwrap(), format!("x{expected}"));
+    }
+    let now = now_rfc3339();
+    assert!(time::OffsetDateTime::parse(&now, &Rfc3339).is_ok(), "{now}");
+}

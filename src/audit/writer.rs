@@ -37,7 +37,7 @@ use super::{json, AuditStats, Rotation};
 /// Most records sealed before the buffer is written.
 pub(crate) const BATCH: usize = 512;
 /// How long the writer lets records accumulate after writing a batch.
-const LINGER: Duration = Duration::from_millis(2);
+const LINGER: Duration = Duration::from_millis(10);
 
 /// Pending bytes that end a batch early.
 const BATCH_BYTES: usize = 256 * 1024;
@@ -401,13 +401,21 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
+            // A full batch means the queue was not drained: write it and go on at once, so the
+            // writer keeps up with any rate instead of BATCH records per LINGER.
+            let full = taken >= BATCH || self.pending.len() >= BATCH_BYTES;
             self.write_out();
             self.maintain();
             // Under load, let records accumulate instead of parking on the queue: a parked
             // writer is woken by every enqueue (a futex call on the request path) and writes a
             // batch of one. Sleeping briefly after a batch keeps the request path free of
-            // wake-ups and makes batches real. Records reach the file at most LINGER later;
-            // durability is governed by the fsync interval either way.
+            // wake-ups and makes batches real (at 45k records/s and 10 ms, ~450 a write
+            // instead of ~90 at 2 ms: fewer wake-ups of a thread that shares the cores with
+            // the workers). Records reach the file at most LINGER later; durability is
+            // governed by the fsync interval either way.
+            if full {
+                continue;
+            }
             if taken > 1 || !rx.is_empty() {
                 std::thread::sleep(LINGER);
             } else if taken == 1 {
