@@ -20,11 +20,11 @@
 #   - errors: zero -- every request is valid, so any answer but 200, any transport error and
 #     (open loop) any request that could not be sent is unintended;
 #   - RSS flat: the samples after the first SETTLE % of the run (the warm-up: the upstream
-#     pool, the allocator and the DPoP replay cache settle there -- the replay cache holds two
-#     generations of proof jtis and drops the older whole once all of its entries are past
-#     their window (dpop.max_age, 60 s, plus the clock skew), so it grows for about two windows,
-#     two to three minutes, and then cycles at one to two windows of traffic) all lie within
-#     max(FLAT_PCT % of their median, FLAT_MIB MiB) of that median;
+#     pool, the allocator and the DPoP replay cache settle there -- the replay cache keeps
+#     proof jtis in generations of a sixteenth of its capacity and drops one whole once all of
+#     its entries are past their window (dpop.max_age, 60 s, plus the clock skew), so it grows
+#     for about one window and then holds that window plus at most one generation) all lie
+#     within max(FLAT_PCT % of their median, FLAT_MIB MiB) of that median;
 #   - no descriptor growth: the largest descriptor count after the warm-up is at most the
 #     largest during it plus FD_SLACK.
 # Exit 1 otherwise (the JSON says which check failed), 2 for bad knobs.

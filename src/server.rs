@@ -145,6 +145,7 @@ impl Worker {
             .name(format!("portcullis-worker-{i}"))
             .spawn(move || {
                 WORKER.with(|w| w.set(i + 1));
+                shared.metrics.worker_started(i);
                 runtime.block_on(async move {
                     // Ends when the accept loop stops (its senders are dropped).
                     while let Some((std_tcp, peer, permit)) = rx.recv().await {

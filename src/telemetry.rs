@@ -86,6 +86,24 @@ impl Histogram {
     }
 }
 
+/// The calling thread's id, from the `/proc/thread-self` link (`PID/task/TID`).
+fn current_thread_id() -> Option<u32> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
+}
+
+/// User + system CPU seconds of thread `tid` of this process, from `/proc/self/task/TID/stat`
+/// (fields 14 and 15, in USER_HZ ticks, 100 a second on Linux).
+fn thread_cpu_seconds(tid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
 fn days_until(not_after: i64) -> f64 {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     (not_after - now) as f64 / 86_400.0
@@ -109,6 +127,8 @@ pub struct Metrics {
     cache_lookups: DashMap<(&'static str, bool), AtomicU64>,
     rate_limit_refusals: DashMap<&'static str, AtomicU64>,
     would_deny: DashMap<(String, &'static str), AtomicU64>,
+    /// The thread ids of the data-plane workers, by worker index (Linux).
+    workers: Mutex<Vec<Option<u32>>>,
 }
 
 impl Default for Metrics {
@@ -131,6 +151,7 @@ impl Default for Metrics {
             cache_lookups: DashMap::new(),
             rate_limit_refusals: DashMap::new(),
             would_deny: DashMap::new(),
+            workers: Mutex::new(Vec::new()),
         }
     }
 }
@@ -261,6 +282,29 @@ impl Metrics {
         );
     }
 
+    /// Called on data-plane worker `index`'s own thread when it starts: remembers its thread
+    /// id so that its CPU time can be reported (Linux; a no-op where `/proc` is missing).
+    pub fn worker_started(&self, index: usize) {
+        let Some(tid) = current_thread_id() else {
+            return;
+        };
+        let mut w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() <= index {
+            w.resize(index + 1, None);
+        }
+        w[index] = Some(tid);
+    }
+
+    /// CPU time (user + system, seconds) each data-plane worker thread has used so far, by
+    /// worker index; workers whose time cannot be read are left out.
+    pub fn worker_cpu_seconds(&self) -> Vec<(usize, f64)> {
+        let w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        w.iter()
+            .enumerate()
+            .filter_map(|(i, tid)| Some((i, thread_cpu_seconds((*tid)?)?)))
+            .collect()
+    }
+
     /// Renders the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8192);
@@ -328,6 +372,18 @@ impl Metrics {
             "Open TLS connections.",
             self.connections_active.load(Ordering::Relaxed).to_string(),
         );
+        header(
+            &mut out,
+            "portcullis_worker_cpu_seconds_total",
+            "counter",
+            "CPU time (user + system) of each data-plane worker thread.",
+        );
+        for (i, secs) in self.worker_cpu_seconds() {
+            let _ = writeln!(
+                out,
+                "portcullis_worker_cpu_seconds_total{{worker=\"{i}\"}} {secs}"
+            );
+        }
         let (ok, failed) = self.reloads();
         let _ = writeln!(
             out,

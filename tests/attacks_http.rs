@@ -842,7 +842,9 @@ async fn the_http_attack_table() {
 // Memory is bounded by the proxy's HTTP/2 settings (max_concurrent_streams 100, pending-accept
 // resets 20, local-error resets 1024, max_header_list_size 2 × (16 KiB + 8 KiB)); the test
 // measures it as the growth of this process's RSS (proxy, upstreams and attacker all live here)
-// against the volume the attacker sent.
+// against the volume the attacker sent. CPU is the user + system time of the proxy's own
+// data-plane worker threads (`portcullis_worker_cpu_seconds_total`; the attacker, the good
+// client and the upstreams run on the test's threads), bounded per flood.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -941,6 +943,36 @@ fn attacker_forwarded(lab: &Lab) -> usize {
         .count()
 }
 
+// CPU limits per flood, seconds of the proxy's worker threads (unoptimized test build; a run
+// took: rapid reset and CONTINUATION < 0.01 s — the connection is closed early —, 130 streams
+// 0.11 s, header lists 0.02 s, each control flood of 20,000 frames ~0.2 s).
+const CPU_LIMIT_RAPID_RESET: f64 = 1.0;
+const CPU_LIMIT_CONTINUATION: f64 = 1.0;
+const CPU_LIMIT_STREAMS: f64 = 1.0;
+const CPU_LIMIT_HEADER_LISTS: f64 = 0.5;
+const CPU_LIMIT_CONTROL_FLOOD: f64 = 1.5;
+
+/// CPU seconds the proxy's data-plane worker threads have used so far.
+fn proxy_cpu(lab: &Lab) -> f64 {
+    let workers = lab.p.shared.metrics.worker_cpu_seconds();
+    assert!(
+        !workers.is_empty(),
+        "no worker thread's CPU time is readable"
+    );
+    workers.iter().map(|(_, s)| s).sum()
+}
+
+/// Prints what a flood cost the proxy in CPU and asserts it stayed within `limit` seconds
+/// (the tests run unoptimized; the limits are several times what a run takes).
+fn assert_cpu(what: &str, cpu0: f64, lab: &Lab, sent: usize, limit: f64) {
+    let used = proxy_cpu(lab) - cpu0;
+    eprintln!("{what}: proxy CPU {used:.2} s for {} KiB sent", sent / 1024);
+    assert!(
+        used <= limit,
+        "{what}: the proxy spent {used:.2} s of CPU (limit {limit} s)"
+    );
+}
+
 fn report(what: &str, sent: usize, rss: (u64, u64), seen: &h2raw::Seen, good: (usize, Duration)) {
     eprintln!(
         "{what}: sent {} KiB; RSS {} -> {} KiB; goaway {:?}; {} resets (codes {:?}); {} streams answered; closed {}; good client {} answers, worst {:?}",
@@ -961,6 +993,7 @@ fn report(what: &str, sent: usize, rss: (u64, u64), seen: &h2raw::Seen, good: (u
 async fn rapid_reset(lab: &Lab) {
     let good = Good::start(&lab.p).await;
     let rss0 = h2raw::rss_kib();
+    let cpu0 = proxy_cpu(lab);
     let slow_before = lab.slow.count();
     let mut a = H2::connect(lab.p.addr, common::certs(), "tpp2").await;
     let (mut buf, mut sent) = (Vec::new(), 0);
@@ -984,6 +1017,7 @@ async fn rapid_reset(lab: &Lab) {
     let forwarded = lab.slow.count() - slow_before;
     let g = good.finish("rapid reset").await;
     report("G24 rapid reset", sent, (rss0, rss1), &seen, g);
+    assert_cpu("G24 rapid reset", cpu0, lab, sent, CPU_LIMIT_RAPID_RESET);
     eprintln!("G24: {forwarded} of 5000 reset requests reached the slow upstream");
     let goaway = seen.goaway.as_ref().map(|g| g.1);
     assert_eq!(goaway, Some(h2raw::ENHANCE_YOUR_CALM), "{seen:?}");
@@ -1003,6 +1037,7 @@ async fn rapid_reset(lab: &Lab) {
 async fn continuation_flood(lab: &Lab) {
     let good = Good::start(&lab.p).await;
     let rss0 = h2raw::rss_kib();
+    let cpu0 = proxy_cpu(lab);
     let a = H2::connect(lab.p.addr, common::certs(), "tpp2").await;
     let first = h2raw::request_block("GET", "/accounts/attack", &id(), &[]);
     let mut sent = 0;
@@ -1026,6 +1061,13 @@ async fn continuation_flood(lab: &Lab) {
     let rss1 = h2raw::rss_kib();
     let g = good.finish("continuation flood").await;
     report("G25 CONTINUATION flood", sent, (rss0, rss1), &seen, g);
+    assert_cpu(
+        "G25 CONTINUATION flood",
+        cpu0,
+        lab,
+        sent,
+        CPU_LIMIT_CONTINUATION,
+    );
     assert!(seen.goaway.is_some() || seen.closed, "{seen:?}");
     assert!(
         sent < 64 << 20,
@@ -1046,6 +1088,7 @@ async fn continuation_flood(lab: &Lab) {
 async fn stream_limit(lab: &Lab) {
     let good = Good::start(&lab.p).await;
     let before = lab.slow.count();
+    let cpu0 = proxy_cpu(lab);
     let mut a = H2::connect(lab.p.addr, common::certs(), "tpp2").await;
     let settings = a
         .wait(Duration::from_secs(3), |s| !s.settings.is_empty())
@@ -1077,6 +1120,13 @@ async fn stream_limit(lab: &Lab) {
         .await;
     let g = good.finish("stream limit").await;
     report("G27 streams over the limit", buf.len(), (0, 0), &seen, g);
+    assert_cpu(
+        "G27 streams over the limit",
+        cpu0,
+        lab,
+        buf.len(),
+        CPU_LIMIT_STREAMS,
+    );
     let answered = streams.iter().filter(|s| seen.headers.contains(s)).count();
     let refused = streams
         .iter()
@@ -1099,6 +1149,7 @@ async fn stream_limit(lab: &Lab) {
 async fn oversized_header_lists(lab: &Lab) {
     let good = Good::start(&lab.p).await;
     let rss0 = h2raw::rss_kib();
+    let cpu0 = proxy_cpu(lab);
     let a = H2::connect(lab.p.addr, common::certs(), "tpp2").await;
     let mut big = h2raw::request_block("GET", "/accounts/attack", &id(), &[]);
     for i in 0..64 {
@@ -1132,6 +1183,13 @@ async fn oversized_header_lists(lab: &Lab) {
     let rss1 = h2raw::rss_kib();
     let g = good.finish("oversized header lists").await;
     report("G26 HPACK bomb", bomb.len(), (rss0, rss1), &bombed, g);
+    assert_cpu(
+        "G14/G26 oversized header lists",
+        cpu0,
+        lab,
+        big.len() + bomb.len(),
+        CPU_LIMIT_HEADER_LISTS,
+    );
     // Over h2's own limit the codec answers 431 itself (no body, no handler: no record); the
     // bomb, decoded past the limit, ends the connection.
     assert_eq!(seen.status(1), Some(431), "64 KiB list: {seen:?}");
@@ -1181,6 +1239,7 @@ async fn control_floods(lab: &Lab) {
         ),
     ];
     for (what, open, one) in floods {
+        let cpu0 = proxy_cpu(lab);
         let a = H2::connect(lab.p.addr, common::certs(), "tpp2").await;
         a.send(&open).await;
         let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 1000).collect();
@@ -1200,6 +1259,13 @@ async fn control_floods(lab: &Lab) {
             seen.goaway.as_ref().map(|g| (g.0, g.1)),
             seen.closed,
             seen.ping_acks
+        );
+        assert_cpu(
+            &format!("G28 {what} flood"),
+            cpu0,
+            lab,
+            sent,
+            CPU_LIMIT_CONTROL_FLOOD,
         );
         outcomes.push((what, seen));
     }
