@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::fapi::Fapi;
 use super::report::{Failure, Outcome, Recorder, RunFacts, Summary};
@@ -209,14 +209,9 @@ struct Job {
     _permit: OwnedSemaphorePermit,
 }
 
-async fn open_worker(
-    shared: Arc<Shared>,
-    jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
-) -> Worker {
+async fn open_worker(shared: Arc<Shared>, jobs: Arc<Jobs>) -> Worker {
     let mut w = Worker::new(shared);
-    loop {
-        let job = jobs.lock().await.recv().await;
-        let Some(job) = job else { break };
+    while let Some(job) = jobs.next().await {
         let (_, outcome) = w.exec(job.pair).await;
         if job.measured {
             w.record(job.pair, job.intended.elapsed(), outcome);
@@ -225,13 +220,69 @@ async fn open_worker(
     w
 }
 
+/// The open loop's queue: the dispatcher pushes, any idle worker takes. A push wakes one
+/// waiting worker directly (a receiver behind a lock handed jobs out one lock hand-off at a
+/// time, and the queue grew behind that chain on busy cores).
+struct Jobs {
+    queue: std::sync::Mutex<(std::collections::VecDeque<Job>, bool)>,
+    ready: Notify,
+}
+
+impl Jobs {
+    fn new() -> Jobs {
+        Jobs {
+            queue: std::sync::Mutex::new((std::collections::VecDeque::new(), false)),
+            ready: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (std::collections::VecDeque<Job>, bool)> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, job: Job) {
+        self.lock().0.push_back(job);
+        self.ready.notify_one();
+    }
+
+    /// No more jobs: workers finish the queue and stop.
+    fn close(&self) {
+        self.lock().1 = true;
+        self.ready.notify_waiters();
+    }
+
+    /// The next job, or `None` once the queue is closed and empty.
+    async fn next(&self) -> Option<Job> {
+        loop {
+            let notified = self.ready.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so a push between the look and the wait is not lost.
+            notified.as_mut().enable();
+            {
+                let mut q = self.lock();
+                if let Some(job) = q.0.pop_front() {
+                    if !q.0.is_empty() {
+                        // More are waiting: pass the wake-up on.
+                        self.ready.notify_one();
+                    }
+                    return Some(job);
+                }
+                if q.1 {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
 /// Schedules requests at `rate`; returns the recorder of the ones it could not send.
 async fn dispatch(
     shared: Arc<Shared>,
     clock: Arc<Clock>,
     rate: f64,
     max_outstanding: usize,
-    tx: mpsc::UnboundedSender<Job>,
+    jobs: Arc<Jobs>,
 ) -> Recorder {
     let mut unsent = Recorder::new(shared.scenario.routes.len());
     let permits = Arc::new(Semaphore::new(max_outstanding));
@@ -256,9 +307,7 @@ async fn dispatch(
                     measured,
                     _permit: permit,
                 };
-                if tx.send(job).is_err() {
-                    break;
-                }
+                jobs.push(job);
             }
             Err(_) if measured => {
                 let expect = shared.scenario.routes[pair.route].expect.as_deref();
@@ -272,6 +321,7 @@ async fn dispatch(
             Err(_) => {}
         }
     }
+    jobs.close();
     unsent
 }
 
@@ -308,12 +358,11 @@ pub async fn run(scenario: Arc<Scenario>) -> Result<Summary, BoxError> {
             rate,
             max_outstanding,
         } => {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let rx = Arc::new(Mutex::new(rx));
+            let jobs = Arc::new(Jobs::new());
             for _ in 0..load.connections {
                 workers.push(tokio::spawn(open_worker(
                     Arc::clone(&shared),
-                    Arc::clone(&rx),
+                    Arc::clone(&jobs),
                 )));
             }
             dispatcher = Some(tokio::spawn(dispatch(
@@ -321,7 +370,7 @@ pub async fn run(scenario: Arc<Scenario>) -> Result<Summary, BoxError> {
                 Arc::clone(&clock),
                 rate,
                 max_outstanding,
-                tx,
+                jobs,
             )));
         }
     }
