@@ -116,16 +116,15 @@ impl MemoryReplayStore {
         let dropped: Vec<Arc<Generation>> = {
             let mut g = self.generations.write().unwrap_or_else(|p| p.into_inner());
             let mut dropped = Vec::new();
-            while g.len() > 1 && g[0].last_expiry.load(Ordering::Relaxed) < now {
+            while g
+                .front()
+                .is_some_and(|f| f.last_expiry.load(Ordering::Relaxed) < now)
+            {
                 dropped.extend(g.pop_front());
             }
-            if g.len() == 1 && g[0].last_expiry.load(Ordering::Relaxed) < now {
-                // A lone generation that has expired whole is replaced by an empty one.
-                dropped.extend(g.pop_front());
-                g.push_back(Generation::new());
-            }
+            // None left (all expired), or the newest is full: open a new one.
             if g.back()
-                .is_some_and(|n| n.count.load(Ordering::Relaxed) >= self.slice)
+                .is_none_or(|n| n.count.load(Ordering::Relaxed) >= self.slice)
             {
                 g.push_back(Generation::new());
             }
@@ -223,6 +222,14 @@ mod tests {
         assert_eq!(s.check([2; 32], 200, 101), Ok(true));
     }
 
+    /// The `i`th value of second `t`.
+    fn key(t: i64, i: u32) -> [u8; 32] {
+        let mut k = [0u8; 32];
+        k[..8].copy_from_slice(&t.to_be_bytes());
+        k[8..12].copy_from_slice(&i.to_be_bytes());
+        k
+    }
+
     #[test]
     fn expired_generations_go_without_ever_forgetting_a_live_value() {
         let s = MemoryReplayStore::new(16_000);
@@ -231,14 +238,9 @@ mod tests {
         let mut max_len = 0;
         for t in 0..600i64 {
             for i in 0..100u32 {
-                let mut k = [0u8; 32];
-                k[..8].copy_from_slice(&t.to_be_bytes());
-                k[8..12].copy_from_slice(&i.to_be_bytes());
-                assert_eq!(s.check(k, t + 60, t), Ok(true));
+                assert_eq!(s.check(key(t, i), t + 60, t), Ok(true));
                 // The value from 59 s ago is still refused.
-                let mut old = [0u8; 32];
-                old[..8].copy_from_slice(&(t - 59).max(0).to_be_bytes());
-                old[8..12].copy_from_slice(&i.to_be_bytes());
+                let old = key((t - 59).max(0), i);
                 assert_eq!(s.check(old, t + 60, t), Ok(false), "t={t} i={i}");
             }
             max_len = max_len.max(s.len());
@@ -256,10 +258,7 @@ mod tests {
         let mut max_len = 0;
         for t in 0..400i64 {
             for i in 0..130u32 {
-                let mut k = [0u8; 32];
-                k[..8].copy_from_slice(&t.to_be_bytes());
-                k[8..12].copy_from_slice(&i.to_be_bytes());
-                assert_eq!(s.check(k, t + 60, t), Ok(true), "t={t} i={i}");
+                assert_eq!(s.check(key(t, i), t + 60, t), Ok(true), "t={t} i={i}");
             }
             max_len = max_len.max(s.len());
         }
