@@ -501,14 +501,21 @@ EOF
 
 # --- sampling --------------------------------------------------------------------------------
 
+# CPU time the hypervisor gave to other guests ("steal", /proc/stat), summed over all cores,
+# in milliseconds since boot; 0 where the kernel does not account it.
+steal_ms() {
+    awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" { printf "%d", ($9 + 0) * 1000 / hz; exit }' /proc/stat 2>/dev/null || echo 0
+}
+
 # Samples a process every $2 seconds into $3 (TSV: seconds since start, VmRSS KiB, VmHWM KiB,
-# open fds, threads) until the file $4 exists or the process ends. Run it in the background.
+# open fds, threads, the machine's CPU steal in ms since boot) until the file $4 exists or the
+# process ends. Run it in the background.
 sample_process() {
     local pid=$1 every=$2 out=$3 stop=$4 t0=$EPOCHREALTIME
     while kill -0 "$pid" 2>/dev/null && [[ ! -e $stop ]]; do
-        printf '%s\t%s\t%s\t%s\t%s\n' "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')" \
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')" \
             "$(status_kib "$pid" VmRSS)" "$(status_kib "$pid" VmHWM)" "$(fd_count "$pid")" \
-            "$(thread_count "$pid")" >>"$out"
+            "$(thread_count "$pid")" "$(steal_ms)" >>"$out"
         # Sleep in short steps, so that the stop file ends the sampler promptly.
         local i
         for ((i = 0; i < every * 10; i++)); do
