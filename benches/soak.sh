@@ -217,7 +217,7 @@ rss = [s["vmrss_kib"] for s in samples]
 result = {
     "mode": mode,
     "revision": "$(revision)",
-    "cores": $(nproc),
+    "cores": cores,
     "pipeline": "full FAPI: mTLS + DPoP-bound token (fapi2) + fresh DPoP proof per request + "
                 "scope + object rule (authorization_details) + client rate-limit class + audit "
                 "log (file, rotated at 64 MiB, 4 kept)",
