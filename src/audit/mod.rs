@@ -1,8 +1,8 @@
 //! Audit: exactly one tamper-evident JSON line per request, and one per failed TLS handshake.
 //!
-//! How it works: the request path fills a [`RequestRecord`], and [`AuditLog::emit`] serializes
-//! it (with the event time) on the calling thread and puts the bytes on a bounded queue. One
-//! writer thread (`writer.rs`) numbers, chains and seals each record (`chain.rs` defines the
+//! How it works: the request path fills a [`RequestRecord`], and [`AuditLog::emit`] encodes it
+//! (with the event time) on the calling thread, by hand (`json.rs`), and puts the bytes on a
+//! bounded queue. One writer thread (`writer.rs`) numbers, chains and seals each record (`chain.rs` defines the
 //! canonical bytes and the hash), writes in batches, fsyncs on an interval, writes Ed25519-signed
 //! checkpoints every N records and/or T seconds, and rotates files by size and age with
 //! retention. `portcullis audit verify` ([`verify`]) checks a log; `portcullis audit report`
@@ -10,7 +10,8 @@
 //!
 //! Invariants:
 //! - One record per request on every path, and one per failed handshake; each is exactly one
-//!   valid JSON line (`json.rs` escapes C0/C1 controls, U+2028/U+2029 and bidi overrides).
+//!   valid JSON line (`json.rs` writes it by hand and escapes C0/C1 controls, U+2028/U+2029
+//!   and bidi overrides).
 //! - Records never carry credentials or bodies: no `Authorization`, DPoP proof, JWS signature,
 //!   cookie or body content; tokens only as [`token_hash`]. Attacker-controlled strings are
 //!   bounded with a marker ([`bounded`], [`bounded_bytes`]).
@@ -37,7 +38,6 @@ use std::time::Duration;
 use crossbeam_channel::{Sender, TrySendError};
 
 pub use chain::{split_hash, split_sig, AuditKey, AuditPublicKey, KeyError, GENESIS};
-pub use json::SafeFormatter;
 pub use record::{
     bounded, bounded_bytes, connection_members, token_hash, unix_to_rfc3339, HandshakeRecord,
     HttpErrorRecord, RateLimitRecord, Record, RequestRecord, SignatureRecord, MAX_FIELD, TRUNCATED,
@@ -232,17 +232,11 @@ impl AuditLog {
         AuditLog { inner: None }
     }
 
-    /// Serializes `record` with the current time and enqueues it; what happens when the queue
+    /// Encodes `record` with the current time and enqueues it; what happens when the queue
     /// is full depends on the [`QueueFull`] policy (see the module doc).
     pub fn emit(&self, record: Record) {
         let Some(inner) = &self.inner else { return };
-        let Some(body) = encode(&record) else {
-            tracing::error!(
-                failure = "audit_encode",
-                "audit record could not be serialized"
-            );
-            return;
-        };
+        let body = encode(&record);
         let best_effort = match inner.policy {
             QueueFull::Block => false,
             QueueFull::Drop => true,
@@ -331,21 +325,13 @@ impl AuditLog {
 }
 
 /// The members of one record as the writer splices them: `"time":"…","kind":"…",…`.
-pub fn encode(record: &Record) -> Option<Vec<u8>> {
+pub fn encode(record: &Record) -> Vec<u8> {
     let mut body = Vec::with_capacity(1024);
     body.extend_from_slice(b"\"time\":\"");
     push_now_rfc3339(&mut body);
-    body.extend_from_slice(b"\",");
-    if !json::to_line_body(record, &mut body) {
-        return None;
-    }
-    if let Record::Request(r) = record {
-        if let Some(m) = r.conn_members.as_deref().filter(|m| !m.is_empty()) {
-            body.push(b',');
-            body.extend_from_slice(m.as_bytes());
-        }
-    }
-    Some(body)
+    body.push(b'"');
+    record.write(&mut json::Members::after(&mut body));
+    body
 }
 
 pub(crate) fn now_rfc3339() -> String {

@@ -6,11 +6,12 @@
 //!   signatures only as key id, algorithm and a digest, never the signature value or the key.
 //! - Every attacker-controlled string goes through [`bounded`] (or [`bounded_bytes`] for raw
 //!   header bytes) before it is stored, so no field is longer than [`MAX_FIELD`] bytes plus the
-//!   [`TRUNCATED`] marker; escaping is the serializer's job (see `json.rs`).
+//!   [`TRUNCATED`] marker; escaping is the encoder's job (see `json.rs`).
 //! - Optional fields are skipped when `None`, so a stage that has not run adds no noise.
 
 use base64::Engine;
-use serde::Serialize;
+
+use super::json::Members;
 
 /// Longest attacker-controlled string kept in a record, in bytes.
 pub const MAX_FIELD: usize = 512;
@@ -68,7 +69,7 @@ pub fn token_hash(token: &[u8]) -> String {
 }
 
 /// A verified request signature, as the audit log sees it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SignatureRecord {
     /// `obie-jws` (x-jws-signature) or `http-sig` (RFC 9421).
     pub kind: &'static str,
@@ -82,7 +83,7 @@ pub struct SignatureRecord {
 }
 
 /// The rate-limit state a request met (issue #6 fills it).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RateLimitRecord {
     /// Which limit: `peer`, `client`, `route`, ... (a bounded set).
     pub scope: &'static str,
@@ -98,98 +99,133 @@ pub struct RateLimitRecord {
 ///
 /// Stages that have not landed yet leave their fields `None`; they are then absent from the
 /// JSON line.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default)]
 pub struct RequestRecord {
     pub interaction_id: String,
     /// W3C trace id (32 lower-case hex), from a valid incoming `traceparent` or generated.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
     /// Our span id: the `parent-id` the upstream receives in `traceparent` (16 hex).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub span_id: Option<String>,
     /// The connection's facts (listener, peer, TLS version and cipher, client certificate
     /// thumbprint, subject, organization id and notAfter) as JSON members encoded once per
     /// connection by [`connection_members`]; the encoder appends them to every record of the
     /// connection. When set, the per-field forms below are left empty.
-    #[serde(skip)]
     pub conn_members: Option<std::sync::Arc<str>>,
     /// The local address of the listener that accepted the connection.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub listener: Option<String>,
     pub conn_id: u64,
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub peer: String,
-    #[serde(skip_serializing_if = "is_empty")]
     pub tls_version: &'static str,
-    #[serde(skip_serializing_if = "is_empty")]
     pub cipher: &'static str,
     pub http_version: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cert_thumbprint: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_subject: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_org_id: Option<String>,
     /// The client certificate's notAfter, RFC 3339.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cert_not_after: Option<String>,
     /// OAuth client id from the access token (issue #3).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     /// The token's `sub` (issue #3).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub token_jti: Option<String>,
     /// [`token_hash`] of the access token; never the token.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub token_hash: Option<String>,
     /// Scopes the token grants.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub scopes: Option<Vec<String>>,
     /// Scopes the matched route requires (the scopes this request used).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub scopes_required: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub consent_id: Option<String>,
     pub method: String,
     /// The request path (no query: query values may be sensitive), bounded.
     pub path: String,
     pub has_query: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub route_id: Option<String>,
     /// The policy rule that decided (issue #5).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub rule_id: Option<String>,
     pub decision: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub stage: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
     pub status: u16,
     /// Request body bytes, where the request declared a length.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_in: Option<u64>,
     /// Response body bytes, where the response declared a length.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_out: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub signature: Option<SignatureRecord>,
     /// Idempotency outcome (issue #6): a bounded set such as `new`, `replayed`, `conflict`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitRecord>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_latency_us: Option<u64>,
     pub total_latency_us: u64,
     pub policy_version: String,
 }
 
-fn is_empty(s: &&str) -> bool {
-    s.is_empty()
+impl RequestRecord {
+    /// The members in their fixed order; the connection's members (when set) come last.
+    fn write(&self, m: &mut Members<'_>) {
+        m.str("interaction_id", &self.interaction_id);
+        m.opt_str("trace_id", self.trace_id.as_deref());
+        m.opt_str("span_id", self.span_id.as_deref());
+        m.opt_str("listener", self.listener.as_deref());
+        m.u64("conn_id", self.conn_id);
+        m.nonempty_str("peer", &self.peer);
+        m.nonempty_str("tls_version", self.tls_version);
+        m.nonempty_str("cipher", self.cipher);
+        m.str("http_version", self.http_version);
+        m.opt_str(
+            "client_cert_thumbprint",
+            self.client_cert_thumbprint.as_deref(),
+        );
+        m.opt_str("client_subject", self.client_subject.as_deref());
+        m.opt_str("client_org_id", self.client_org_id.as_deref());
+        m.opt_str(
+            "client_cert_not_after",
+            self.client_cert_not_after.as_deref(),
+        );
+        m.opt_str("client_id", self.client_id.as_deref());
+        m.opt_str("subject", self.subject.as_deref());
+        m.opt_str("token_jti", self.token_jti.as_deref());
+        m.opt_str("token_hash", self.token_hash.as_deref());
+        m.opt_strs("scopes", self.scopes.as_deref());
+        m.opt_strs("scopes_required", self.scopes_required.as_deref());
+        m.opt_str("consent_id", self.consent_id.as_deref());
+        m.str("method", &self.method);
+        m.str("path", &self.path);
+        m.bool("has_query", self.has_query);
+        m.opt_str("route_id", self.route_id.as_deref());
+        m.opt_str("rule_id", self.rule_id.as_deref());
+        m.str("decision", self.decision);
+        m.opt_str("stage", self.stage);
+        m.opt_str("reason", self.reason);
+        m.u64("status", u64::from(self.status));
+        m.opt_u64("bytes_in", self.bytes_in);
+        m.opt_u64("bytes_out", self.bytes_out);
+        if let Some(s) = &self.signature {
+            m.object("signature", |o| {
+                o.str("kind", s.kind);
+                o.str("kid", &s.kid);
+                o.str("alg", &s.alg);
+                o.str("hash", &s.hash);
+            });
+        }
+        m.opt_str("idempotency", self.idempotency);
+        if let Some(r) = &self.rate_limit {
+            m.object("rate_limit", |o| {
+                o.str("scope", r.scope);
+                o.u64("limit", r.limit);
+                o.u64("remaining", r.remaining);
+                o.u64("reset_s", r.reset_s);
+                o.bool("limited", r.limited);
+            });
+        }
+        m.opt_u64("upstream_status", self.upstream_status.map(u64::from));
+        m.opt_u64("upstream_latency_us", self.upstream_latency_us);
+        m.u64("total_latency_us", self.total_latency_us);
+        m.str("policy_version", &self.policy_version);
+        if let Some(c) = &self.conn_members {
+            m.splice(c.as_bytes());
+        }
+    }
 }
 
 /// The members a connection adds to each of its request records, encoded once per connection
@@ -197,48 +233,38 @@ fn is_empty(s: &&str) -> bool {
 /// "cipher":…` and, with a client certificate, its thumbprint, subject, organization id and
 /// notAfter.
 pub fn connection_members(conn: &crate::conn::ConnInfo) -> std::sync::Arc<str> {
-    #[derive(Serialize)]
-    struct Facts<'a> {
-        listener: String,
-        peer: String,
-        tls_version: &'static str,
-        cipher: &'static str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        client_cert_thumbprint: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        client_subject: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        client_org_id: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        client_cert_not_after: Option<String>,
-    }
     let cert = conn.client_cert.as_deref();
-    let facts = Facts {
-        listener: conn.local.to_string(),
-        peer: conn.peer.to_string(),
-        tls_version: conn.tls_version,
-        cipher: conn.cipher,
-        client_cert_thumbprint: cert.map(|c| c.thumbprint.as_str()),
-        client_subject: cert.map(|c| bounded(&c.subject)),
-        client_org_id: cert.and_then(|c| c.organization_identifier.as_deref().map(bounded)),
-        client_cert_not_after: cert.and_then(|c| unix_to_rfc3339(c.not_after)),
-    };
     let mut out = Vec::with_capacity(512);
-    super::json::to_line_body(&facts, &mut out);
+    let mut m = Members::new(&mut out);
+    m.str("listener", &conn.local.to_string());
+    m.str("peer", &conn.peer.to_string());
+    m.str("tls_version", conn.tls_version);
+    m.str("cipher", conn.cipher);
+    if let Some(c) = cert {
+        m.str("client_cert_thumbprint", &c.thumbprint);
+        m.str("client_subject", &bounded(&c.subject));
+        m.opt_str(
+            "client_org_id",
+            c.organization_identifier.as_deref().map(bounded).as_deref(),
+        );
+        m.opt_str(
+            "client_cert_not_after",
+            unix_to_rfc3339(c.not_after).as_deref(),
+        );
+    }
     // The members are escaped JSON, so valid UTF-8.
     String::from_utf8(out).unwrap_or_default().into()
 }
 
 /// A failed handshake: there is no request, only the connection and a bounded category.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct HandshakeRecord {
     pub peer: String,
     pub failure: &'static str,
 }
 
 /// An event the request path hands to the writer.
-#[derive(Debug, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[derive(Debug)]
 pub enum Record {
     Request(Box<RequestRecord>),
     TlsHandshake(HandshakeRecord),
@@ -248,8 +274,31 @@ pub enum Record {
     HttpError(HttpErrorRecord),
 }
 
+impl Record {
+    /// The record's members after `time`, `kind` first, as the writer frames them.
+    pub(crate) fn write(&self, m: &mut Members<'_>) {
+        match self {
+            Record::Request(r) => {
+                m.str("kind", "request");
+                r.write(m);
+            }
+            Record::TlsHandshake(h) => {
+                m.str("kind", "tls_handshake");
+                m.str("peer", &h.peer);
+                m.str("failure", h.failure);
+            }
+            Record::HttpError(h) => {
+                m.str("kind", "http_error");
+                m.str("peer", &h.peer);
+                m.u64("conn_id", h.conn_id);
+                m.str("failure", h.failure);
+            }
+        }
+    }
+}
+
 /// See [`Record::HttpError`].
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct HttpErrorRecord {
     pub peer: String,
     pub conn_id: u64,
@@ -288,18 +337,94 @@ mod tests {
         );
     }
 
+    fn json(record: &Record) -> serde_json::Value {
+        let mut out = b"{".to_vec();
+        record.write(&mut Members::new(&mut out));
+        out.push(b'}');
+        serde_json::from_slice(&out).unwrap()
+    }
+
     #[test]
     fn stages_that_did_not_run_leave_no_fields() {
-        let v = serde_json::to_value(Record::Request(Box::default())).unwrap();
+        let v = json(&Record::Request(Box::default()));
         for absent in [
             "trace_id",
             "token_hash",
             "scopes",
             "signature",
             "rate_limit",
+            "peer",
+            "cipher",
         ] {
             assert!(v.get(absent).is_none(), "{absent} present: {v}");
         }
         assert_eq!(v["kind"], "request");
+        assert_eq!(v["status"], 0);
+    }
+
+    #[test]
+    fn every_member_is_written_under_its_name_with_its_value() {
+        let r = RequestRecord {
+            interaction_id: "i\n".into(),
+            trace_id: Some("t".into()),
+            conn_id: 7,
+            conn_members: Some("\"peer\":\"p\"".into()),
+            http_version: "HTTP/2",
+            scopes: Some(vec!["a".into(), "b".into()]),
+            scopes_required: Some(vec![]),
+            method: "GET".into(),
+            path: "/x\u{2028}".into(),
+            has_query: true,
+            decision: "deny",
+            reason: Some("authz.scope"),
+            status: 403,
+            signature: Some(SignatureRecord {
+                kind: "obie-jws",
+                kid: "k".into(),
+                alg: "PS256".into(),
+                hash: "h".into(),
+            }),
+            rate_limit: Some(RateLimitRecord {
+                scope: "client",
+                limit: 10,
+                remaining: 9,
+                reset_s: 1,
+                limited: false,
+            }),
+            upstream_status: Some(502),
+            total_latency_us: 12,
+            policy_version: "v".into(),
+            ..RequestRecord::default()
+        };
+        let v = json(&Record::Request(Box::new(r)));
+        let expected = serde_json::json!({
+            "kind": "request", "interaction_id": "i\n", "trace_id": "t", "conn_id": 7,
+            "http_version": "HTTP/2", "scopes": ["a", "b"], "scopes_required": [],
+            "method": "GET", "path": "/x\u{2028}", "has_query": true, "decision": "deny",
+            "reason": "authz.scope", "status": 403,
+            "signature": {"kind": "obie-jws", "kid": "k", "alg": "PS256", "hash": "h"},
+            "rate_limit": {"scope": "client", "limit": 10, "remaining": 9, "reset_s": 1,
+                           "limited": false},
+            "upstream_status": 502, "total_latency_us": 12, "policy_version": "v", "peer": "p",
+        });
+        assert_eq!(v, expected);
+        let h = json(&Record::HttpError(HttpErrorRecord {
+            peer: "q".into(),
+            conn_id: 3,
+            failure: "header_timeout",
+        }));
+        assert_eq!(
+            h,
+            serde_json::json!({"kind": "http_error", "peer": "q", "conn_id": 3,
+                               "failure": "header_timeout"})
+        );
+        let t = json(&Record::TlsHandshake(HandshakeRecord {
+            peer: "q".into(),
+            failure: "no_client_cert",
+        }));
+        assert_eq!(
+            t,
+            serde_json::json!({"kind": "tls_handshake", "peer": "q", "failure": "no_client_cert"})
+        );
     }
 }

@@ -474,7 +474,7 @@ impl Writer {
     fn append_marker(&mut self, kind: &str, extra: &str) {
         let mut members = Vec::with_capacity(128 + extra.len());
         members.extend_from_slice(b"\"time\":");
-        json::write_str(&mut members, &super::now_rfc3339());
+        json::push_str(&mut members, &super::now_rfc3339());
         let _ = write!(members, ",\"kind\":\"{kind}\"");
         if !extra.is_empty() {
             members.push(b',');
@@ -492,7 +492,7 @@ impl Writer {
         self.seq += 1;
         let start = self.pending.len();
         let _ = write!(self.pending, "{{\"seq\":{},\"time\":", self.seq);
-        json::write_str(&mut self.pending, &super::now_rfc3339());
+        json::push_str(&mut self.pending, &super::now_rfc3339());
         let _ = write!(
             self.pending,
             ",\"kind\":\"checkpoint\",\"reason\":\"{reason}\",\"first_seq\":{},\"last_seq\":{covered_last},\"records\":{},\"dropped_total\":{},\"write_errors\":{},\"key_id\":\"{}\",\"prev\":\"{}\"}}",
@@ -642,7 +642,7 @@ impl Writer {
             .unwrap_or_default()
             .to_string();
         let mut extra = b"\"previous_file\":".to_vec();
-        json::write_str(&mut extra, &previous);
+        json::push_str(&mut extra, &previous);
         self.append_marker("rotation", &String::from_utf8_lossy(&extra));
         self.write_out();
         if retain > 0 {
