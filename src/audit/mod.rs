@@ -2,10 +2,10 @@
 //!
 //! How it works: the request path fills a [`RequestRecord`], and [`AuditLog::emit`] encodes it
 //! (with the event time) on the calling thread, by hand (`json.rs`), and puts the bytes on a
-//! bounded queue. One writer thread (`writer.rs`) numbers, chains and seals each record (`chain.rs` defines the
-//! canonical bytes and the hash), writes in batches, fsyncs on an interval, writes Ed25519-signed
-//! checkpoints every N records and/or T seconds, and rotates files by size and age with
-//! retention. `portcullis audit verify` ([`verify`]) checks a log; `portcullis audit report`
+//! bounded queue. One writer thread (`writer.rs`) numbers, chains and seals each record
+//! (`chain.rs` defines the canonical bytes and the hash), writes in batches, fsyncs on an
+//! interval, writes Ed25519-signed checkpoints every N records and/or T seconds, and rotates
+//! files by size and age with retention. `portcullis audit verify` ([`verify`]) checks a log; `portcullis audit report`
 //! ([`report`]) summarizes it per client.
 //!
 //! Invariants:
