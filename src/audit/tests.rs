@@ -147,6 +147,53 @@ fn records_are_numbered_chained_and_verify_across_batches_and_short_writes() {
     assert_eq!(log.written(), 1500);
 }
 
+/// The nice values of this process's threads named `comm` (15 bytes at most), from
+/// `/proc/self/task/TID/stat` (field 19, counted after the parenthesised name).
+fn nice_of_threads(comm: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let dir = task.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if name.trim_end() != comm {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if let Some(n) = rest.split_whitespace().nth(16).and_then(|f| f.parse().ok()) {
+            out.push(n);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_writer_thread_runs_below_the_data_plane_priority() {
+    let sink = Sink::default();
+    let log = AuditLog::start_with_writer(&settings(), Box::new(sink.clone())).unwrap();
+    log.emit(request(0));
+    // Once a record is through, this log's writer has set its priority.
+    assert!(log.sync(WAIT));
+    // The writer started at this thread's nice value (inherited) and raised its own only.
+    let me = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let mine: i64 = me
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(16)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let want = (mine + i64::from(writer::WRITER_NICE)).min(19);
+    let writers = nice_of_threads("portcullis-audi");
+    assert!(
+        writers.contains(&want),
+        "writers' nice values {writers:?}, want {want}"
+    );
+}
+
 #[test]
 fn signed_checkpoints_cover_every_n_records_and_the_shutdown() {
     let (s, public) = keyed(10);
