@@ -92,15 +92,19 @@ fn current_thread_id() -> Option<u32> {
     link.file_name()?.to_str()?.parse().ok()
 }
 
+/// Field `n` (numbered from 1 as in proc(5)) of a `/proc/.../stat` line, from field 3 on.
+pub(crate) fn stat_field(stat: &str, n: usize) -> Option<&str> {
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(n.checked_sub(3)?)
+}
+
 /// User + system CPU seconds of thread `tid` of this process, from `/proc/self/task/TID/stat`
 /// (fields 14 and 15, in USER_HZ ticks, 100 a second on Linux).
 fn thread_cpu_seconds(tid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: count after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
+    let utime: u64 = stat_field(&stat, 14)?.parse().ok()?;
+    let stime: u64 = stat_field(&stat, 15)?.parse().ok()?;
     Some((utime + stime) as f64 / 100.0)
 }
 

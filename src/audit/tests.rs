@@ -147,8 +147,12 @@ fn records_are_numbered_chained_and_verify_across_batches_and_short_writes() {
     assert_eq!(log.written(), 1500);
 }
 
-/// The nice values of this process's threads named `comm` (15 bytes at most), from
-/// `/proc/self/task/TID/stat` (field 19, counted after the parenthesised name).
+/// The nice value (field 19) in a `/proc/.../stat` line.
+fn nice_in(stat: &str) -> Option<i64> {
+    crate::telemetry::stat_field(stat, 19)?.parse().ok()
+}
+
+/// The nice values of this process's threads named `comm` (15 bytes at most).
 fn nice_of_threads(comm: &str) -> Vec<i64> {
     let mut out = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
@@ -158,12 +162,7 @@ fn nice_of_threads(comm: &str) -> Vec<i64> {
             continue;
         }
         let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        if let Some(n) = rest.split_whitespace().nth(16).and_then(|f| f.parse().ok()) {
-            out.push(n);
-        }
+        out.extend(nice_in(&stat));
     }
     out
 }
@@ -176,16 +175,7 @@ fn the_writer_thread_runs_below_the_data_plane_priority() {
     // Once a record is through, this log's writer has set its priority.
     assert!(log.sync(WAIT));
     // The writer started at this thread's nice value (inherited) and raised its own only.
-    let me = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    let mine: i64 = me
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .nth(16)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let mine = nice_in(&std::fs::read_to_string("/proc/thread-self/stat").unwrap()).unwrap();
     let want = (mine + i64::from(writer::WRITER_NICE)).min(19);
     let writers = nice_of_threads("portcullis-audi");
     assert!(
