@@ -20,6 +20,7 @@ pub mod fuzzing;
 pub mod httpsig;
 pub mod introspect;
 pub mod jose;
+pub mod linger;
 pub mod loadgen;
 pub mod mockbank;
 #[cfg(feature = "otlp")]

@@ -309,38 +309,44 @@ async fn serve_connection(
             }
         })
     };
-    let conn = builder.serve_connection(TokioIo::new(tls), svc);
-    tokio::pin!(conn);
-    let tick = (limits.idle_timeout / 4).max(Duration::from_millis(50));
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    // Requests hyper refused itself never reached our handler: record them.
-                    if let Some(failure) = parser_refusal(e.as_ref()) {
-                        shared.audit.emit(Record::HttpError(crate::audit::HttpErrorRecord {
-                            peer: peer.to_string(),
-                            conn_id: info_id,
-                            failure,
-                        }));
+    let (io, returned) = crate::linger::Returnable::new(tls);
+    // The connection lives in this block; when it ends, hyper has dropped the stream and it
+    // is back in `returned` for a lingering close.
+    {
+        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        let tick = (limits.idle_timeout / 4).max(Duration::from_millis(50));
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        // Requests hyper refused itself never reached our handler: record them.
+                        if let Some(failure) = parser_refusal(e.as_ref()) {
+                            shared.audit.emit(Record::HttpError(crate::audit::HttpErrorRecord {
+                                peer: peer.to_string(),
+                                conn_id: info_id,
+                                failure,
+                            }));
+                        }
                     }
+                    break;
                 }
-                break;
-            }
-            _ = shutdown.cancelled(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = tokio::time::sleep(tick), if !closing => {
-                if activity.idle_for().is_some_and(|d| d >= limits.idle_timeout) {
+                _ = shutdown.cancelled(), if !closing => {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
+                }
+                _ = tokio::time::sleep(tick), if !closing => {
+                    if activity.idle_for().is_some_and(|d| d >= limits.idle_timeout) {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
                 }
             }
         }
     }
+    crate::linger::close(&returned).await;
     shared.metrics.connection_closed();
 }
 

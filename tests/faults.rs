@@ -90,7 +90,10 @@ impl Scripted {
     }
 
     async fn bind(addr: SocketAddr, script: Script) -> Scripted {
-        let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+        Scripted::serve(tokio::net::TcpListener::bind(addr).await.unwrap(), script)
+    }
+
+    fn serve(l: tokio::net::TcpListener, script: Script) -> Scripted {
         let addr = l.local_addr().unwrap();
         let script = Arc::new(Mutex::new(script));
         let requests = Arc::new(AtomicUsize::new(0));
@@ -305,7 +308,7 @@ async fn an_upstream_refusing_connections_is_502_and_it_recovers_when_it_listens
     assert!(m.contains("reason=\"upstream.connect_failed\""), "{m}");
     // The upstream comes back on the same address: the next request goes through (a failed
     // connect is not remembered).
-    let up = Scripted::bind(dead, Script::Answer).await;
+    let up = Scripted::serve(Upstream::revive(dead), Script::Answer);
     let (a, _) = get_as(&p, ACCOUNTS, false).await;
     assert_eq!(a.unwrap().status, 200);
     assert_eq!(up.requests(), 1);

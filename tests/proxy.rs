@@ -382,6 +382,46 @@ async fn bodies_over_the_route_limit_are_413_before_anything_is_forwarded() {
     assert!(seen.iter().all(|s| s.body == body.as_bytes()));
 }
 
+/// The proxy answers before the client has finished sending (a header block over hyper's
+/// buffer, a body over the limit) and closes: with a lingering close the client still reads the
+/// answer, instead of a reset that can destroy it in its receive queue (`src/linger.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_given_while_the_client_is_still_sending_reaches_it() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let p = Proxy::start(Options::new(up.addr)).await;
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let big =
+            req("GET", "/open-banking/v3.1/aisp/accounts").header("x-big", "v".repeat(1 << 20));
+        let mut c = p.client(Some("tpp1"), false).await.expect("connect");
+        seen.push(
+            c.send(big.body(empty()).unwrap())
+                .await
+                .map(|a| a.status.as_u16())
+                .map_err(|e| e.to_string()),
+        );
+        let body = req("POST", "/open-banking/v3.1/pisp/domestic-payment-consents")
+            .body(Full::new(Bytes::from(vec![b'x'; 4 << 20])))
+            .unwrap();
+        let mut c = p.client(Some("tpp1"), false).await.expect("connect");
+        seen.push(
+            c.send(body)
+                .await
+                .map(|a| a.status.as_u16())
+                .map_err(|e| e.to_string()),
+        );
+    }
+    let want: Vec<Result<u16, String>> = (0..10).flat_map(|_| [Ok(431), Ok(413)]).collect();
+    assert_eq!(seen, want);
+    assert_eq!(up.count(), 0);
+    let recs = p
+        .audit_where(20, |r| {
+            r["kind"] == "http_error" || r["reason"] == "http.body_too_large"
+        })
+        .await;
+    assert_eq!(recs.len(), 20, "{recs:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_framing_is_refused_and_nothing_extra_reaches_the_upstream() {
     let up = Upstream::start(Behaviour::Ok).await;

@@ -205,12 +205,28 @@ impl Upstream {
         Upstream { addr, seen }
     }
 
-    /// An address where nothing listens.
+    /// An address where nothing listens: a socket bound there without listening (a connect
+    /// is refused), kept for the life of the test process so that no other test's listener
+    /// can be given the port meanwhile (binding and closing a listener left a window in which
+    /// a test running beside this one could take the port and answer). [`Upstream::revive`]
+    /// makes it listen.
     pub async fn dead_addr() -> SocketAddr {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = l.local_addr().unwrap();
-        drop(l);
+        // No SO_REUSEADDR on this socket: no other socket can share the port.
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let a = s.local_addr().unwrap();
+        DEAD.lock().unwrap().push(s);
         a
+    }
+
+    /// The listener on a [`Upstream::dead_addr`]: the same socket, now listening.
+    pub fn revive(addr: SocketAddr) -> TcpListener {
+        let mut dead = DEAD.lock().unwrap();
+        let i = dead
+            .iter()
+            .position(|s| s.local_addr().ok() == Some(addr))
+            .expect("an address from dead_addr");
+        dead.swap_remove(i).listen(1024).unwrap()
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -221,6 +237,9 @@ impl Upstream {
         self.seen.lock().unwrap().len()
     }
 }
+
+/// The sockets behind [`Upstream::dead_addr`].
+static DEAD: Mutex<Vec<tokio::net::TcpSocket>> = Mutex::new(Vec::new());
 
 pub const POLICY: &str = r#"
 group: test
