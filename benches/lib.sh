@@ -115,15 +115,32 @@ run_fg() {
     return "$rc"
 }
 
-# Prints N free loopback TCP ports, all distinct.
+# Prints N free loopback TCP ports, all distinct, from below the kernel's ephemeral range:
+# a port inside it can still be held by a TIME_WAIT socket of a client connection closed a
+# moment ago (the previous run's load generator), and a listener's bind there then fails with
+# "Address already in use" although nothing listens (seen twice in a row between runs).
 free_ports() {
     python3 - "$1" <<'EOF'
-import socket, sys
+import random, socket, sys
+n = int(sys.argv[1])
+try:
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError, IndexError):
+    low = 32768
+candidates = list(range(10000, max(low, 10000 + 4 * n)))
+random.shuffle(candidates)
 socks = []
-for _ in range(int(sys.argv[1])):
+for port in candidates:
+    if len(socks) == n:
+        break
     s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
+    try:
+        s.bind(("127.0.0.1", port))
+        socks.append(s)
+    except OSError:
+        s.close()
+if len(socks) < n:
+    sys.exit("no %d free ports below %d" % (n, low))
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }

@@ -1,5 +1,6 @@
 //! The listener: accept loop, TLS handshake, HTTP/1.1 and HTTP/2 (hyper-util auto), limits,
-//! timeouts, idle close, connection cap, graceful drain, and the admin listener.
+//! timeouts, idle close, connection cap, graceful drain, the lingering close at the end of a
+//! connection (`linger.rs`), and the admin listener.
 //!
 //! hyper's timers do nothing until a timer is set; both protocol builders get a `TokioTimer`,
 //! so `header_read_timeout` (slowloris) and HTTP/2 keep-alive really fire. HTTP/2 is bounded
