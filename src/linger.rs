@@ -59,8 +59,8 @@ impl Returnable {
 
 impl Drop for Returnable {
     fn drop(&mut self) {
-        if let (Some(io), Ok(mut slot)) = (self.io.take(), self.slot.lock()) {
-            *slot = Some(io);
+        if let Some(io) = self.io.take() {
+            *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(io);
         }
     }
 }
@@ -123,7 +123,7 @@ impl AsyncWrite for Returnable {
 /// Closes the stream in `slot` (if hyper gave it back): `close_notify` and the TCP write side
 /// shut down, then the client's remaining bytes drained within the bounds above.
 pub async fn close(slot: &Slot) {
-    let Some(mut tls) = slot.lock().ok().and_then(|mut s| s.take()) else {
+    let Some(mut tls) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() else {
         return;
     };
     let _ = tokio::time::timeout(LINGER_READ, tls.shutdown()).await;

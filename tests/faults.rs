@@ -86,11 +86,8 @@ struct Scripted {
 
 impl Scripted {
     async fn start(script: Script) -> Scripted {
-        Scripted::bind("127.0.0.1:0".parse().unwrap(), script).await
-    }
-
-    async fn bind(addr: SocketAddr, script: Script) -> Scripted {
-        Scripted::serve(tokio::net::TcpListener::bind(addr).await.unwrap(), script)
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Scripted::serve(l, script)
     }
 
     fn serve(l: tokio::net::TcpListener, script: Script) -> Scripted {
