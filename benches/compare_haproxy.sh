@@ -583,12 +583,19 @@ drive() {
 }
 
 # Measures one scenario: alternating rounds over CONTENDERS (PORT, PID_OF by contender name),
-# raw results in $1.
+# raw results in $1. Even rounds run the contenders in reverse order, so that no contender
+# always runs first or always right after another (a drift of the machine's speed within a
+# round then does not favour one side of a comparison).
 measure() {
-    local raw=$1 round c before
+    local raw=$1 round c before i order
     mkdir -p "$raw"
     for ((round = 1; round <= ROUNDS; round++)); do
-        for c in "${CONTENDERS[@]}"; do
+        order=("${CONTENDERS[@]}")
+        if ((round % 2 == 0)); then
+            order=()
+            for ((i = ${#CONTENDERS[@]} - 1; i >= 0; i--)); do order+=("${CONTENDERS[i]}"); done
+        fi
+        for c in "${order[@]}"; do
             drive "$c" "$WARMUP" "$raw/warmup-$round-$c.json"
             before=$(cpu_ticks "${PID_OF[$c]}")
             drive "$c" "$DURATION" "$raw/run-$round-$c.json"

@@ -524,6 +524,22 @@ steal_ms() {
     awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" { printf "%d", ($9 + 0) * 1000 / hz; exit }' /proc/stat 2>/dev/null || echo 0
 }
 
+# Samples the machine's CPU steal and a process's CPU time every second into $2 (TSV: unix
+# time, steal ms since boot, the process's user+system ms) until the file $3 exists or the
+# process is gone -- one awk per second, so the sampler itself costs next to nothing.
+sample_cpu() {
+    local pid=$1 out=$2 stop=$3 hz
+    hz=$(getconf CLK_TCK)
+    while kill -0 "$pid" 2>/dev/null && [[ ! -e $stop ]]; do
+        awk -v hz="$hz" -v now="$EPOCHREALTIME" '
+            FNR == NR && $1 == "cpu" { steal = $9 }
+            FNR != NR { sub(/^.*\) /, ""); cpu = $12 + $13 }
+            END { printf "%s\t%d\t%d\n", now, steal * 1000 / hz, cpu * 1000 / hz }' \
+            /proc/stat "/proc/$pid/stat" >>"$out" 2>/dev/null || true
+        sleep 1
+    done
+}
+
 # Samples a process every $2 seconds into $3 (TSV: seconds since start, VmRSS KiB, VmHWM KiB,
 # open fds, threads, the machine's CPU steal in ms since boot) until the file $4 exists or the
 # process ends. Run it in the background.

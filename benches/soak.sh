@@ -18,7 +18,11 @@
 #
 # Pass (exit 0) when all of:
 #   - errors: zero -- every request is valid, so any answer but 200, any transport error and
-#     (open loop) any request that could not be sent is unintended;
+#     (open loop) any request not answered within the target timeout (10 s) of its intended
+#     send time is unintended. The open loop may hold that timeout's worth of requests (rate x
+#     10 s) queued or under way; one due beyond that is not sent and an error as well. A
+#     request that waits in the queue is late, not lost: its latency counts from the intended
+#     time, so every stall shows in the percentiles and in the timeline;
 #   - RSS flat: the samples after the first SETTLE % of the run (the warm-up: the upstream
 #     pool, the allocator and the DPoP replay cache settle there -- the replay cache keeps
 #     proof jtis in generations of a sixteenth of its capacity and drops one whole once all of
@@ -31,7 +35,10 @@
 # Reported beside the checks, not judged: the machine's CPU steal (/proc/stat) over the run and
 # in the worst sampling interval -- on a shared VM the hypervisor can take a large share of the
 # cores for minutes, the capacity measured at the start then no longer holds, and the open loop
-# falls behind (`loadgen.not_sent`) for reasons outside the proxy.
+# falls behind for reasons outside the proxy -- and the timeline: per second of the run, the
+# requests due, errors, the slowest answer, the backlog (requests queued or under way), the
+# steal and the proxy's CPU, with the seconds in which more than 1,000 requests were
+# outstanding (the open loop's default bound, which runs 1-11 were judged by).
 #
 # Knobs (environment):
 #   MODE=soak             soak | saturation
@@ -130,6 +137,7 @@ if [[ $MODE == soak ]]; then
     log "soak: capacity $CAPACITY req/s; open loop at $RATE req/s for $SOAK_DURATION, sampling every $SAMPLE_EVERY s"
     LOAD="  mode: open
   rate: $RATE
+  max_outstanding: $(python3 -c "import math; print(max(1000, math.ceil($RATE * 10)))")
   connections: $CONNECTIONS
   duration: $SOAK_DURATION
   warmup: $WARMUP"
@@ -147,10 +155,16 @@ SAMPLES=$WORK/samples.tsv
 sample_process "$PID_PCF" "$SAMPLE_EVERY" "$SAMPLES" "$WORK/sampler.stop" &
 PID_SAMPLER=$!
 PIDS+=("$PID_SAMPLER")
+CPU_SAMPLES=$WORK/cpu.tsv
+: >"$CPU_SAMPLES"
+sample_cpu "$PID_PCF" "$CPU_SAMPLES" "$WORK/sampler.stop" &
+PID_CPU_SAMPLER=$!
+PIDS+=("$PID_CPU_SAMPLER")
 run_load "$MODE" "$LOAD"
 touch "$WORK/sampler.stop"
-wait "$PID_SAMPLER" || true
+wait "$PID_SAMPLER" "$PID_CPU_SAMPLER" || true
 forget_pid "$PID_SAMPLER"
+forget_pid "$PID_CPU_SAMPLER"
 kill -0 "$PID_PCF" 2>/dev/null || { tail -20 "$WORK/portcullis-fapi.log" >&2; die "portcullis exited during the run"; }
 # One last sample after the load.
 printf 'end\t%s\t%s\t%s\t%s\t%s\n' "$(status_kib "$PID_PCF" VmRSS)" "$(status_kib "$PID_PCF" VmHWM)" \
@@ -160,9 +174,9 @@ AUDIT_FILES=$(find "$WORK/audit" -name 'fapi.log*' | wc -l)
 
 mkdir -p "$TARGET_DIR"
 rc=0
-python3 - "$RAW/$MODE.json" "$SAMPLES" "$RESULT_JSON" "$RAW/fapi-checks.json" <<EOF || rc=$?
-import json, statistics, sys
-report_p, samples_p, out, checks_p = sys.argv[1:5]
+python3 - "$RAW/$MODE.json" "$SAMPLES" "$RESULT_JSON" "$RAW/fapi-checks.json" "$CPU_SAMPLES" <<EOF || rc=$?
+import bisect, json, statistics, sys
+report_p, samples_p, out, checks_p, cpu_p = sys.argv[1:6]
 r = json.load(open(report_p))
 rows = [l.rstrip("\n").split("\t") for l in open(samples_p) if l.strip()]
 samples = [{"t_s": float(t), "vmrss_kib": int(rss), "vmhwm_kib": int(hwm), "fds": int(fd),
@@ -183,6 +197,42 @@ if len(samples) >= 2:
              "max_interval_pct": round(max(100 * st / (max(dt, 1e-9) * 1000 * cores)
                                            for dt, st in spans), 1)}
 mode, settle, flat_pct, flat_mib, fd_slack = "$MODE", $SETTLE, $FLAT_PCT, $FLAT_MIB, $FD_SLACK
+# The timeline: the load generator's seconds (from the end of its warm-up) beside the steal and
+# the proxy's CPU sampled every second, matched by wall-clock time.
+cpu = [tuple(float(x) for x in l.split("\t")) for l in open(cpu_p) if l.count("\t") == 2]
+cpu_t = [c[0] for c in cpu]
+def cpu_share(t0, t1):
+    """Steal (% of all cores) and proxy CPU (% of one core) between unix times t0 and t1."""
+    i, j = bisect.bisect_left(cpu_t, t0), bisect.bisect_right(cpu_t, t1) - 1
+    i, j = max(i - 1, 0), min(j + 1, len(cpu) - 1)
+    if j <= i:
+        return None, None
+    dt = (cpu[j][0] - cpu[i][0]) * 1000
+    return (round(100 * (cpu[j][1] - cpu[i][1]) / (dt * cores), 1),
+            round(100 * (cpu[j][2] - cpu[i][2]) / dt, 1))
+BOUND = 1000
+timeline = []
+for k, tk in enumerate(r.get("timeline", [])):
+    st, pc = cpu_share(r["started_unix_s"] + k, r["started_unix_s"] + k + 1)
+    timeline.append({"t_s": k, **tk, "steal_pct": st, "proxy_cpu_pct": pc})
+over = [s for s in timeline if s["backlog"] > BOUND]
+rest = [s for s in timeline if s["backlog"] <= BOUND]
+longest = run_len = 0
+for s in timeline:
+    run_len = run_len + 1 if s["backlog"] > BOUND else 0
+    longest = max(longest, run_len)
+mean = lambda xs: round(statistics.mean(xs), 1) if xs else None
+tl = None
+if timeline:
+    tl = {"seconds": len(timeline),
+          "seconds_with_errors": sum(1 for s in timeline if s["errors"]),
+          "max_backlog": max(s["backlog"] for s in timeline),
+          "seconds_over_bound": len(over), "bound": BOUND, "longest_over_bound_s": longest,
+          "requests_due_over_bound": sum(s["requests"] for s in over),
+          "steal_pct_over_bound": mean([s["steal_pct"] for s in over if s["steal_pct"] is not None]),
+          "steal_pct_other": mean([s["steal_pct"] for s in rest if s["steal_pct"] is not None]),
+          "proxy_cpu_pct_over_bound": mean([s["proxy_cpu_pct"] for s in over if s["proxy_cpu_pct"] is not None]),
+          "proxy_cpu_pct_other": mean([s["proxy_cpu_pct"] for s in rest if s["proxy_cpu_pct"] is not None])}
 failures = []
 if r["errors"] or not r["ok"]:
     failures.append(f"errors: {r['errors']} ({r['errors_by_reason']}), {r['ok']} answered 200")
@@ -237,6 +287,8 @@ result = {
             "max": max(s["fds"] for s in samples) if samples else None, "growth": fd_ok},
     "audit": {"bytes_on_disk": $AUDIT_BYTES, "files": $AUDIT_FILES},
     "cpu_steal": steal,
+    "timeline_summary": tl,
+    "timeline": timeline,
     "samples": samples,
     "every_s": $SAMPLE_EVERY,
     "passed": not failures,
@@ -276,6 +328,16 @@ print(f"  audit    {result['audit']['bytes_on_disk']} bytes in {result['audit'][
 if steal:
     print(f"  steal    the hypervisor took {steal['run_pct']} % of the {cores} cores over the run, "
           f"{steal['max_interval_pct']} % in the worst {$SAMPLE_EVERY} s")
+if tl:
+    print(f"  backlog  most outstanding at once {tl['max_backlog']}; {tl['seconds_over_bound']} of "
+          f"{tl['seconds']} s over {BOUND} (longest {tl['longest_over_bound_s']} s, "
+          f"{tl['requests_due_over_bound']} requests due then); steal {tl['steal_pct_over_bound']} % "
+          f"in those seconds, {tl['steal_pct_other']} % in the others; proxy CPU "
+          f"{tl['proxy_cpu_pct_over_bound']} % / {tl['proxy_cpu_pct_other']} % of a core")
+    print(f"  errors   in {tl['seconds_with_errors']} of {tl['seconds']} s")
+    worst = sorted(timeline, key=lambda s: (-s["backlog"], -s["max_us"]))[:5]
+    print("  worst s  " + "; ".join(f"t={s['t_s']} backlog {s['backlog']} max {s['max_us'] // 1000} ms "
+                                    f"steal {s['steal_pct']} % proxy {s['proxy_cpu_pct']} %" for s in worst))
 print(f"  result   {'PASSED' if not failures else 'FAILED: ' + '; '.join(failures)}")
 print(f"  results  {out}")
 sys.exit(0 if not failures else 1)

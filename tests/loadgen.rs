@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::*;
 use portcullis::jose::keypair::KeyPair;
@@ -391,6 +392,70 @@ async fn a_plaintext_target_is_driven_over_plain_http() {
         .iter()
         .all(|s| s.path_and_query == "/open-banking/v3.1/aisp/accounts"
             && s.headers["host"] == "localhost"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_loop_times_requests_from_their_intended_send_time_and_keeps_a_timeline() {
+    // One connection to an upstream that takes 100 ms, 100 requests a second due: the queue
+    // grows by 90 ms a request. The 300 ms timeout runs from each request's intended send
+    // time: a request taken up with little of it left times out (`loadgen.timeout`), one taken
+    // up after it is not sent (`loadgen.late`), no answer comes later than the timeout
+    // (without it the last of the 50 would take ~4.5 s), and the per-second timeline accounts
+    // for every request.
+    let up = Upstream::start(Behaviour::Delay(Duration::from_millis(100))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path().join("late.yaml");
+    std::fs::write(
+        &s,
+        format!(
+            "target: {{address: \"{}\", plaintext: true, timeout: 300ms}}\n\
+             clients: [{{name: direct}}]\n\
+             routes: [{{name: accounts, path: /open-banking/v3.1/aisp/accounts, expect: [200]}}]\n\
+             load: {{mode: open, rate: 100, connections: 1, requests: 50}}\n",
+            up.addr
+        ),
+    )
+    .unwrap();
+    let json = dir.path().join("late.json");
+    let (code, out, err) = loadgen(vec![
+        "--scenario".into(),
+        arg(&s),
+        "--json".into(),
+        arg(&json),
+    ])
+    .await;
+    assert_eq!(
+        code,
+        Some(1),
+        "errors fail the run\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let late = n(&r["errors_by_reason"]["loadgen.late"]);
+    let timed_out = n(&r["errors_by_reason"]["loadgen.timeout"]);
+    let answered = n(&r["statuses"]["200"]);
+    assert!(late + timed_out >= 20, "most waited past the timeout: {r}");
+    assert!(answered >= 2, "{r}");
+    assert_eq!(answered + late + timed_out, 50, "{r}");
+    assert_eq!(n(&r["errors"]), late + timed_out, "{r}");
+    let sent = up.count() as u64;
+    assert!(
+        (answered..=50 - late).contains(&sent),
+        "late requests are never sent: {sent} sent, {answered} answered, {late} late"
+    );
+    assert!(
+        n(&r["latency"]["max_us"]) < 1_000_000,
+        "an answer comes within the timeout of its intended time: {r}"
+    );
+    let ticks = r["timeline"].as_array().unwrap();
+    let sum = |k: &str| ticks.iter().map(|t| n(&t[k])).sum::<u64>();
+    assert_eq!(sum("requests"), 50, "{r}");
+    assert_eq!(sum("errors"), late + timed_out, "{r}");
+    assert!(
+        ticks.iter().any(|t| n(&t["backlog"]) >= 10),
+        "the queue shows: {r}"
+    );
+    assert!(r["started_unix_s"].as_f64().unwrap() > 1.7e9, "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

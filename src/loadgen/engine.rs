@@ -12,6 +12,8 @@
 //! *intended* send time — time spent waiting behind a stalled server counts, so coordinated
 //! omission cannot hide a stall. At most `max_outstanding` requests are queued or under way; a
 //! request due when that many are is not sent and is counted as an error (`loadgen.not_sent`).
+//! The target's timeout, too, runs from the intended time: a request that waited for a free
+//! connection until it passed is not sent (`loadgen.late`), and one sent later has what is left.
 //!
 //! Warm-up requests are sent like the others and not recorded. The measured time runs from the
 //! end of the warm-up to the last measured answer.
@@ -78,6 +80,8 @@ struct Worker {
     shared: Arc<Shared>,
     conns: Vec<Option<Conn>>,
     rec: Recorder,
+    /// The end of the warm-up: second 0 of the timeline.
+    measure_start: Instant,
 }
 
 /// The `reason` member of a problem+json body.
@@ -88,17 +92,19 @@ fn reason(a: &Answer) -> Option<String> {
 }
 
 impl Worker {
-    fn new(shared: Arc<Shared>) -> Worker {
+    fn new(shared: Arc<Shared>, measure_start: Instant) -> Worker {
         let (routes, clients) = (shared.scenario.routes.len(), shared.scenario.clients.len());
         Worker {
             shared,
             conns: (0..clients).map(|_| None).collect(),
             rec: Recorder::new(routes),
+            measure_start,
         }
     }
 
-    /// Sends one request of `pair`; returns the instant it was handed to the connection.
-    async fn exec(&mut self, pair: Pair) -> (Instant, Outcome) {
+    /// Sends one request of `pair`, connecting and answering within `budget`; returns the
+    /// instant it was handed to the connection.
+    async fn exec(&mut self, pair: Pair, budget: Duration) -> (Instant, Outcome) {
         let s = Arc::clone(&self.shared);
         let t = &s.scenario.target;
         let slot = &mut self.conns[pair.client];
@@ -109,7 +115,7 @@ impl Worker {
                     None => Conn::connect_plain(t.address, s.scenario.load.http2).await,
                 }
             };
-            match tokio::time::timeout(t.timeout, connect).await {
+            match tokio::time::timeout(budget, connect).await {
                 Ok(Ok(c)) => *slot = Some(c),
                 _ => {
                     *slot = None;
@@ -127,7 +133,7 @@ impl Worker {
                 return (Instant::now(), Outcome::Failed(Failure::Build));
             };
             let start = *sent.get_or_insert_with(Instant::now);
-            let answer = match tokio::time::timeout(t.timeout, conn.send(req)).await {
+            let answer = match tokio::time::timeout(budget, conn.send(req)).await {
                 Ok(Ok(a)) => a,
                 Ok(Err(_)) => {
                     *slot = None;
@@ -153,9 +159,11 @@ impl Worker {
         }
     }
 
-    fn record(&mut self, pair: Pair, latency: Duration, outcome: Outcome) {
+    /// Records a measured request of `pair` due at `due`.
+    fn record(&mut self, due: Instant, pair: Pair, latency: Duration, outcome: Outcome) {
         let expect = self.shared.scenario.routes[pair.route].expect.as_deref();
-        self.rec.record(pair.route, expect, latency, outcome);
+        let at = due.saturating_duration_since(self.measure_start);
+        self.rec.record(at, pair.route, expect, latency, outcome);
     }
 }
 
@@ -182,17 +190,18 @@ impl Clock {
 }
 
 async fn closed(shared: Arc<Shared>, clock: Arc<Clock>, counter: Arc<AtomicU64>) -> Worker {
-    let mut w = Worker::new(shared);
+    let mut w = Worker::new(shared, clock.measure_start);
+    let timeout = w.shared.scenario.target.timeout;
     while let Some(measured) = clock.admit(Instant::now()) {
         let pair = w
             .shared
             .picker
             .pick(counter.fetch_add(1, Ordering::Relaxed));
-        let (start, outcome) = w.exec(pair).await;
+        let (start, outcome) = w.exec(pair, timeout).await;
         let latency = start.elapsed();
         let failed_connect = matches!(outcome, Outcome::Failed(Failure::Connect));
         if measured {
-            w.record(pair, latency, outcome);
+            w.record(start, pair, latency, outcome);
         }
         if failed_connect {
             // Do not spin on a target that refuses connections.
@@ -209,12 +218,16 @@ struct Job {
     _permit: OwnedSemaphorePermit,
 }
 
-async fn open_worker(shared: Arc<Shared>, jobs: Arc<Jobs>) -> Worker {
-    let mut w = Worker::new(shared);
+async fn open_worker(shared: Arc<Shared>, jobs: Arc<Jobs>, measure_start: Instant) -> Worker {
+    let mut w = Worker::new(shared, measure_start);
+    let timeout = w.shared.scenario.target.timeout;
     while let Some(job) = jobs.next().await {
-        let (_, outcome) = w.exec(job.pair).await;
+        let outcome = match timeout.checked_sub(job.intended.elapsed()) {
+            Some(left) if !left.is_zero() => w.exec(job.pair, left).await.1,
+            _ => Outcome::Failed(Failure::Late),
+        };
         if job.measured {
-            w.record(job.pair, job.intended.elapsed(), outcome);
+            w.record(job.intended, job.pair, job.intended.elapsed(), outcome);
         }
     }
     w
@@ -276,7 +289,8 @@ impl Jobs {
     }
 }
 
-/// Schedules requests at `rate`; returns the recorder of the ones it could not send.
+/// Schedules requests at `rate`; returns the recorder of the ones it could not send and of
+/// the backlog.
 async fn dispatch(
     shared: Arc<Shared>,
     clock: Arc<Clock>,
@@ -301,6 +315,10 @@ async fn dispatch(
         i += 1;
         match Arc::clone(&permits).try_acquire_owned() {
             Ok(permit) => {
+                if measured {
+                    let at = intended.saturating_duration_since(clock.measure_start);
+                    unsent.backlog(at, max_outstanding - permits.available_permits());
+                }
                 let job = Job {
                     pair,
                     intended,
@@ -312,6 +330,7 @@ async fn dispatch(
             Err(_) if measured => {
                 let expect = shared.scenario.routes[pair.route].expect.as_deref();
                 unsent.record(
+                    intended.saturating_duration_since(clock.measure_start),
                     pair.route,
                     expect,
                     Duration::ZERO,
@@ -335,6 +354,11 @@ pub async fn run(scenario: Arc<Scenario>) -> Result<Summary, BoxError> {
         nonce_retries: AtomicU64::new(0),
     });
     let load = scenario.load;
+    let started_unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+        + load.warmup.as_secs_f64();
     let clock = Arc::new(Clock {
         measure_start: Instant::now() + load.warmup,
         stop: load.stop,
@@ -363,6 +387,7 @@ pub async fn run(scenario: Arc<Scenario>) -> Result<Summary, BoxError> {
                 workers.push(tokio::spawn(open_worker(
                     Arc::clone(&shared),
                     Arc::clone(&jobs),
+                    clock.measure_start,
                 )));
             }
             dispatcher = Some(tokio::spawn(dispatch(
@@ -400,6 +425,7 @@ pub async fn run(scenario: Arc<Scenario>) -> Result<Summary, BoxError> {
             tokens_minted: shared.fapi.tokens_minted.load(Ordering::Relaxed),
             dpop_nonce_retries: shared.nonce_retries.load(Ordering::Relaxed),
             thresholds: scenario.thresholds,
+            started_unix_s,
         },
     ))
 }

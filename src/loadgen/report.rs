@@ -6,6 +6,12 @@
 //! request that got no answer (`loadgen.*` reasons), or — open loop — one that could not be sent
 //! because `max_outstanding` requests were already under way (`loadgen.not_sent`). The reason of
 //! an error answer is the `reason` member of its problem+json body, `(none)` without one.
+//! In the open loop the target's timeout runs from the intended send time: a request still
+//! waiting for a free connection when it has passed is not sent (`loadgen.late`).
+//!
+//! The timeline counts, per second of the run (by intended send time in the open loop, by send
+//! time in the closed loop), requests, errors, the slowest answer and (open loop) the most
+//! requests queued or under way at once — where in a long run the errors and stalls were.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -20,6 +26,7 @@ pub enum Failure {
     Timeout,
     ConnectionLost,
     NotSent,
+    Late,
     Build,
 }
 
@@ -30,6 +37,7 @@ impl Failure {
             Failure::Timeout => "loadgen.timeout",
             Failure::ConnectionLost => "loadgen.connection_lost",
             Failure::NotSent => "loadgen.not_sent",
+            Failure::Late => "loadgen.late",
             Failure::Build => "loadgen.build_failed",
         }
     }
@@ -56,21 +64,58 @@ struct RouteRec {
     errors: u64,
 }
 
+/// One second of the run.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Tick {
+    /// Measured requests due in this second (answered or not).
+    pub requests: u64,
+    pub errors: u64,
+    /// The slowest answer of a request due in this second.
+    pub max_us: u32,
+    /// Open loop: the most requests queued or under way at once.
+    pub backlog: u32,
+}
+
+/// Seconds the timeline keeps; later requests count in its last second.
+const TIMELINE_SECONDS: usize = 86_400;
+
+fn second(at: Duration) -> usize {
+    (at.as_secs() as usize).min(TIMELINE_SECONDS - 1)
+}
+
 /// One worker's measurements (no sharing while running; merged at the end).
 pub struct Recorder {
     routes: Vec<RouteRec>,
+    timeline: Vec<Tick>,
 }
 
 impl Recorder {
     pub fn new(routes: usize) -> Recorder {
         Recorder {
             routes: (0..routes).map(|_| RouteRec::default()).collect(),
+            timeline: Vec::new(),
         }
     }
 
-    /// Records one measured request of `route`; `expect` is the route's expected statuses.
+    fn tick(&mut self, at: Duration) -> &mut Tick {
+        let i = second(at);
+        if self.timeline.len() <= i {
+            self.timeline.resize(i + 1, Tick::default());
+        }
+        &mut self.timeline[i]
+    }
+
+    /// Notes `n` requests queued or under way `at` (since the end of the warm-up).
+    pub fn backlog(&mut self, at: Duration, n: usize) {
+        let t = self.tick(at);
+        t.backlog = t.backlog.max(n.min(u32::MAX as usize) as u32);
+    }
+
+    /// Records one measured request of `route` due `at` (since the end of the warm-up);
+    /// `expect` is the route's expected statuses.
     pub fn record(
         &mut self,
+        at: Duration,
         route: usize,
         expect: Option<&[u16]>,
         latency: Duration,
@@ -79,10 +124,10 @@ impl Recorder {
         let Some(r) = self.routes.get_mut(route) else {
             return;
         };
-        match outcome {
+        let us = latency.as_micros().min(u128::from(u32::MAX)) as u32;
+        let (answered, ok) = match outcome {
             Outcome::Answer { status, reason } => {
-                r.latencies_us
-                    .push(latency.as_micros().min(u128::from(u32::MAX)) as u32);
+                r.latencies_us.push(us);
                 *r.statuses.entry(status).or_default() += 1;
                 let expected = match expect {
                     Some(list) => list.contains(&status),
@@ -97,15 +142,34 @@ impl Recorder {
                         .entry(reason.unwrap_or_else(|| "(none)".into()))
                         .or_default() += 1;
                 }
+                (true, expected)
             }
             Outcome::Failed(f) => {
                 r.errors += 1;
                 *r.errors_by_reason.entry(f.as_str().into()).or_default() += 1;
+                (false, false)
             }
+        };
+        let tick = self.tick(at);
+        tick.requests += 1;
+        if !ok {
+            tick.errors += 1;
+        }
+        if answered {
+            tick.max_us = tick.max_us.max(us);
         }
     }
 
     pub fn merge(&mut self, other: Recorder) {
+        if self.timeline.len() < other.timeline.len() {
+            self.timeline.resize(other.timeline.len(), Tick::default());
+        }
+        for (a, b) in self.timeline.iter_mut().zip(&other.timeline) {
+            a.requests += b.requests;
+            a.errors += b.errors;
+            a.max_us = a.max_us.max(b.max_us);
+            a.backlog = a.backlog.max(b.backlog);
+        }
         for (a, b) in self.routes.iter_mut().zip(other.routes) {
             add_counts(a, &b);
             a.latencies_us.extend(b.latencies_us);
@@ -229,6 +293,9 @@ pub struct Summary {
     pub dpop_nonce_retries: u64,
     pub thresholds: Vec<Check>,
     pub passed: bool,
+    /// Unix time (seconds) of the end of the warm-up: second 0 of the timeline.
+    pub started_unix_s: f64,
+    pub timeline: Vec<Tick>,
 }
 
 /// What [`Summary::build`] needs besides the recorder.
@@ -244,6 +311,7 @@ pub struct RunFacts<'a> {
     pub tokens_minted: u64,
     pub dpop_nonce_retries: u64,
     pub thresholds: super::scenario::Thresholds,
+    pub started_unix_s: f64,
 }
 
 impl Summary {
@@ -299,6 +367,8 @@ impl Summary {
             dpop_nonce_retries: f.dpop_nonce_retries,
             thresholds: checks,
             passed,
+            started_unix_s: f.started_unix_s,
+            timeline: std::mem::take(&mut rec.timeline),
         }
     }
 
@@ -420,12 +490,28 @@ mod tests {
     fn errors_are_unexpected_statuses_and_requests_without_an_answer() {
         let mut a = Recorder::new(2);
         let ms = Duration::from_millis;
-        a.record(0, None, ms(1), answer(200, None));
-        a.record(0, None, ms(2), answer(401, Some("binding.dpop_replay")));
+        let s = Duration::from_secs;
+        a.record(s(0), 0, None, ms(1), answer(200, None));
+        a.record(
+            s(2),
+            0,
+            None,
+            ms(2),
+            answer(401, Some("binding.dpop_replay")),
+        );
+        a.backlog(ms(2500), 7);
         let mut b = Recorder::new(2);
-        b.record(1, Some(&[201]), ms(3), answer(201, None));
-        b.record(1, Some(&[201]), ms(4), answer(200, None));
-        b.record(1, Some(&[201]), ms(0), Outcome::Failed(Failure::NotSent));
+        b.record(ms(300), 1, Some(&[201]), ms(3), answer(201, None));
+        b.record(ms(2100), 1, Some(&[201]), ms(4), answer(200, None));
+        b.record(
+            ms(2200),
+            1,
+            Some(&[201]),
+            ms(0),
+            Outcome::Failed(Failure::Late),
+        );
+        b.backlog(ms(2900), 5);
+        b.backlog(s(3), 2);
         a.merge(b);
         let s = Summary::build(
             a,
@@ -444,6 +530,7 @@ mod tests {
                     max_error_rate: Some(0.5),
                     ..Default::default()
                 },
+                started_unix_s: 1.5,
             },
         );
         assert_eq!(s.total.requests, 4);
@@ -456,11 +543,28 @@ mod tests {
         );
         assert_eq!(s.total.errors_by_reason["binding.dpop_replay"], 1);
         assert_eq!(s.total.errors_by_reason["(none)"], 1);
-        assert_eq!(s.total.errors_by_reason["loadgen.not_sent"], 1);
+        assert_eq!(s.total.errors_by_reason["loadgen.late"], 1);
         assert_eq!(s.routes["r1"].errors, 2);
         assert_eq!(s.total.latency.max_us, 4000);
         assert_eq!(s.total.latency.p50_us, 2000);
         assert!(!s.passed, "0.6 > 0.5");
+        let tick = |requests, errors, max_us, backlog| Tick {
+            requests,
+            errors,
+            max_us,
+            backlog,
+        };
+        assert_eq!(
+            s.timeline,
+            vec![
+                tick(2, 0, 3000, 0),
+                tick(0, 0, 0, 0),
+                tick(3, 3, 4000, 7),
+                tick(0, 0, 0, 2),
+            ],
+            "per second: requests, errors, slowest answer, largest backlog"
+        );
+        assert_eq!(s.started_unix_s, 1.5);
     }
 
     #[test]

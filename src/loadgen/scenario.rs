@@ -16,7 +16,7 @@
 //!   server_name: localhost        # TLS server name; also the Host header (`host:` to change)
 //!   ca: ${PORTCULLIS_CERTS:-certs}/ca.pem
 //!   # public_base_url: https://api.bank.example   # the proxy's dpop.public_base_url, if set
-//!   # timeout: 10s
+//!   # timeout: 10s                 # per request; open loop: from its intended send time
 //!   # plaintext: true               # plain HTTP, no TLS (an upstream measured directly):
 //!   #                               # no `ca`, no client `cert`/`key`, no cert-bound tokens
 //! clients:
