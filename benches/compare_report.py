@@ -169,7 +169,9 @@ def final(raw, out):
 
     ratios = ratios_vs(baseline)
     result = {"setup": setup, "runs": runs, "median": med, "baseline": baseline,
-              "ratio_vs_" + baseline.replace("-", "_"): ratios}
+              "ratio_vs_" + baseline.replace("-", "_"): ratios,
+              "paired_vs_" + baseline.replace("-", "_"):
+                  {c: paired(runs, c, baseline) for c in contenders if c != baseline}}
     # The old key, kept for tools that read it.
     if baseline == "haproxy":
         result["ratio_vs_haproxy"] = ratios
@@ -292,6 +294,11 @@ def final(raw, out):
     for c, r in ratios.items():
         print(f"  {c} / {baseline}:  throughput {r['throughput']}   p50 {r['p50']}   "
               f"p99 {r['p99']}   CPU per request {r['cpu_per_request']}")
+    for c, pr in result["paired_vs_" + baseline.replace("-", "_")].items():
+        if pr and pr["rounds"] > 1:
+            print(f"  {c} / {baseline}, per round (back to back): throughput median "
+                  f"{pr['median']}, mean {pr['mean']}, 95 % interval of the mean "
+                  f"{pr['mean_ci95'][0]}-{pr['mean_ci95'][1]}")
     if scenario == "fapi":
         r = result["ratio_fapi_vs_portcullis_passthrough"]
         print(f"  portcullis-fapi / portcullis (pass-through):  throughput {r['throughput']}   "
