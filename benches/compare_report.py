@@ -100,7 +100,7 @@ def final(raw, out):
         "duration": e["BENCH_DURATION"],
         "warmup": e["BENCH_WARMUP"],
         "rounds": rounds,
-        "order": "alternating: " + ", ".join(contenders) + " in every round",
+        "order": "alternating: " + ", ".join(contenders) + " in odd rounds, the reverse in even ones",
         "contenders": {c: CONTENDERS.get(c, c) for c in contenders},
         "route": "GET " + e["BENCH_ROUTE"],
         "load_generator": "portcullis loadgen: closed loop, HTTP/1.1 keep-alive, rustls client, "
