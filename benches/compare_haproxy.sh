@@ -587,7 +587,7 @@ drive() {
 # always runs first or always right after another (a drift of the machine's speed within a
 # round then does not favour one side of a comparison).
 measure() {
-    local raw=$1 round c before i order
+    local raw=$1 round c before writer i order
     mkdir -p "$raw"
     for ((round = 1; round <= ROUNDS; round++)); do
         order=("${CONTENDERS[@]}")
@@ -598,8 +598,10 @@ measure() {
         for c in "${order[@]}"; do
             drive "$c" "$WARMUP" "$raw/warmup-$round-$c.json"
             before=$(cpu_ticks "${PID_OF[$c]}")
+            writer=$(audit_writer_ticks "${PID_OF[$c]}")
             drive "$c" "$DURATION" "$raw/run-$round-$c.json"
             echo $(($(cpu_ticks "${PID_OF[$c]}") - before)) >"$raw/run-$round-$c.cpu"
+            echo $(($(audit_writer_ticks "${PID_OF[$c]}") - writer)) >"$raw/run-$round-$c.writer"
             log "$SCENARIO_NOW round $round $c: $("${REPORT[@]}" line "$raw/run-$round-$c.json")"
         done
     done

@@ -142,6 +142,12 @@ def final(raw, out):
             rep["proxy_cpu_seconds"] = round(cpu_s, 2)
             rep["proxy_cpu_us_per_request"] = (
                 round(cpu_s * 1e6 / rep["requests"], 1) if rep["requests"] else None)
+            wr = os.path.join(raw, f"run-{r}-{c}.writer")
+            if c == "portcullis-audit" and os.path.exists(wr):
+                with open(wr) as f:
+                    w_s = int(f.read()) / clk
+                rep["audit_writer_cpu_us_per_request"] = (
+                    round(w_s * 1e6 / rep["requests"], 2) if rep["requests"] else None)
             lg = os.path.join(raw, f"run-{r}-{c}.json.lgcpu")
             if os.path.exists(lg):
                 with open(lg) as f:
@@ -209,6 +215,18 @@ def final(raw, out):
             pr["target"] = "audit on / off >= 0.95 (at most 5 % of throughput), the whole interval"
             pr["shown"] = pr["mean_ci95"][0] >= 0.95
         result["audit_paired"] = pr
+        # Where the audit's CPU goes: the writer thread (sealing, hashing, writing) and the rest
+        # of the proxy's extra CPU per request (encoding and queueing on the workers).
+        writer = median_of([x for x in runs if x["proxy"] == "portcullis-audit"],
+                           "audit_writer_cpu_us_per_request")
+        plain = med["portcullis"]["proxy_cpu_us_per_request"]
+        audited = med["portcullis-audit"]["proxy_cpu_us_per_request"]
+        if writer is not None and plain is not None and audited is not None:
+            result["audit_cpu_us_per_request"] = {
+                "proxy_extra": round(audited - plain, 2),
+                "writer_thread": writer,
+                "rest": round(audited - plain - writer, 2),
+            }
     with open(out, "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
@@ -314,6 +332,11 @@ def final(raw, out):
         print("   signs a DPoP proof per request, on the cores the proxy under test also uses)")
     if "portcullis-audit" in contenders:
         print(f"  audit log written by portcullis-audit: {result['audit_log_bytes']} bytes")
+        split = result.get("audit_cpu_us_per_request")
+        if split:
+            print(f"  audit CPU per request (medians): proxy +{split['proxy_extra']} us, of which the "
+                  f"writer thread {split['writer_thread']} us and the rest (encoding and queueing on "
+                  f"the workers, effects on them) {split['rest']} us")
         pr = result["audit_paired"]
         if pr:
             print(f"  audit on / off, per round (back to back): median {pr['median']}, mean "

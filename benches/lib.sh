@@ -154,6 +154,18 @@ cpu_ticks() {
     echo $((f[13] + f[14]))
 }
 
+# User+system CPU ticks of the audit writer thread of process $1 (thread name
+# `portcullis-audit`, shown as `portcullis-audi`); 0 when it has none.
+audit_writer_ticks() {
+    local t f n=0
+    for t in /proc/"$1"/task/*; do
+        [[ $(<"$t/comm") == portcullis-audi* ]] || continue
+        read -r -a f <"$t/stat"
+        n=$((f[13] + f[14]))
+    done
+    echo "$n"
+}
+
 # A kB field of /proc/PID/status (VmRSS, VmHWM, RssAnon, ...), in KiB.
 status_kib() {
     awk -v f="$2:" '$1 == f { print $2; found = 1 } END { if (!found) print "" }' "/proc/$1/status"
