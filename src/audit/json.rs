@@ -43,7 +43,28 @@ fn escaped_non_ascii(b: &[u8], i: usize) -> Option<(u32, usize)> {
     }
 }
 
+/// True when none of the eight bytes of `w` needs a look: each is printable ASCII
+/// (0x20..=0x7e) and neither `"` nor `\`. Exact (no false positives or negatives): the
+/// byte-wise tests below are the classic `hasless`/`haszero` word tricks, whose "any byte"
+/// answers are exact.
+#[inline]
+fn plain_word(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    // A byte below 0x20.
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+    // A byte of 0x7f or above (0x7f + 1 sets the high bit; a byte >= 0x80 has it already).
+    let high = (w | w.wrapping_add(ONES)) & HIGHS;
+    let quote = has_zero(w ^ (ONES * u64::from(b'"')));
+    let backslash = has_zero(w ^ (ONES * u64::from(b'\\')));
+    (control | high | quote | backslash) == 0
+}
+
 /// Appends `s` as a JSON string, quotes included, with the escapes of the module doc.
+///
+/// Runs of plain ASCII are skipped eight bytes at a time ([`plain_word`]); every other byte
+/// is looked at one by one.
 pub fn push_str(out: &mut Vec<u8>, s: &str) {
     let b = s.as_bytes();
     out.reserve(b.len() + 2);
@@ -51,6 +72,12 @@ pub fn push_str(out: &mut Vec<u8>, s: &str) {
     let mut start = 0;
     let mut i = 0;
     while i < b.len() {
+        if let Some(word) = b.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
+            if plain_word(u64::from_le_bytes(word)) {
+                i += 8;
+                continue;
+            }
+        }
         let c = b[i];
         if (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\' {
             i += 1;
@@ -237,6 +264,44 @@ mod tests {
         }
     }
 
+    #[test]
+    fn every_byte_value_is_found_at_every_offset_of_a_word() {
+        // Each escaped code point and its unescaped neighbours, at offsets 0..16 inside plain
+        // ASCII, so the eight-byte skip meets it at every position of a word and across two.
+        let mut cps: Vec<u32> = (0..0x100).collect();
+        cps.extend([
+            0x2027, 0x2028, 0x2029, 0x202a, 0x202e, 0x202f, 0x2065, 0x2066, 0x2069,
+        ]);
+        cps.extend([0x206a, 0x10ffff, 0xe9]);
+        for cp in cps {
+            let Some(c) = char::from_u32(cp) else {
+                continue;
+            };
+            for before in 0..16 {
+                for after in [0, 1, 7, 8, 9] {
+                    let s = format!("{}{c}{}", "a".repeat(before), "z".repeat(after));
+                    assert_eq!(ours(&s), reference(&s), "U+{cp:04X} after {before} bytes");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn plain_word_accepts_exactly_printable_ascii_without_quote_and_backslash() {
+        for v in 0u8..=255 {
+            let plain = (0x20..0x7f).contains(&v) && v != b'"' && v != b'\\';
+            for pos in 0..8 {
+                let mut w = *b"abcdefgh";
+                w[pos] = v;
+                assert_eq!(
+                    plain_word(u64::from_le_bytes(w)),
+                    plain,
+                    "byte {v:#04x} at {pos}"
+                );
+            }
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn any_string_is_one_safe_line_that_reads_back(s in "\\PC*|[\\x00-\\x20\"\\\\\u{7f}-\u{a0}\u{2028}-\u{202f}\u{2066}-\u{2069}a-z]{0,40}") {
@@ -245,6 +310,13 @@ mod tests {
             proptest::prop_assert!(text.bytes().all(|b| b >= 0x20));
             let back: String = serde_json::from_str(&text).unwrap();
             proptest::prop_assert_eq!(back, s);
+        }
+
+        #[test]
+        fn plain_word_is_the_byte_wise_test(bytes in proptest::array::uniform8(0x10u8..0x90)) {
+            let w = u64::from_le_bytes(bytes);
+            let plain = bytes.iter().all(|&v| (0x20..0x7f).contains(&v) && v != b'"' && v != b'\\');
+            proptest::prop_assert_eq!(plain_word(w), plain);
         }
     }
 

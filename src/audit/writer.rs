@@ -456,7 +456,10 @@ impl Writer {
     fn append(&mut self, members: &[u8]) {
         self.seq += 1;
         let start = self.pending.len();
-        let _ = write!(self.pending, "{{\"seq\":{},", self.seq);
+        self.pending.extend_from_slice(b"{\"seq\":");
+        self.pending
+            .extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
+        self.pending.push(b',');
         self.pending.extend_from_slice(members);
         let dropped = self.stats.dropped_unreported.swap(0, Ordering::Relaxed);
         if dropped > 0 {
