@@ -265,7 +265,7 @@ mod tests {
     }
 
     #[test]
-    fn every_byte_value_is_found_at_every_offset_of_a_word() {
+    fn every_escaped_code_point_is_found_at_every_offset_of_a_word() {
         // Each escaped code point and its unescaped neighbours, at offsets 0..16 inside plain
         // ASCII, so the eight-byte skip meets it at every position of a word and across two.
         let mut cps: Vec<u32> = (0..0x100).collect();
