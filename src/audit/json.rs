@@ -43,10 +43,15 @@ fn escaped_non_ascii(b: &[u8], i: usize) -> Option<(u32, usize)> {
     }
 }
 
-/// True when none of the eight bytes of `w` needs a look: each is printable ASCII
-/// (0x20..=0x7e) and neither `"` nor `\`. Exact (no false positives or negatives): the
-/// byte-wise tests below are the classic `hasless`/`haszero` word tricks, whose "any byte"
-/// answers are exact.
+/// True when `c` is written as it is: printable ASCII other than `"` and `\`.
+#[inline]
+fn plain_byte(c: u8) -> bool {
+    (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\'
+}
+
+/// True when none of the eight bytes of `w` needs a look (each is a [`plain_byte`]). Exact
+/// (no false positives or negatives): the byte-wise tests below are the classic
+/// `hasless`/`haszero` word tricks, whose "any byte" answers are exact.
 #[inline]
 fn plain_word(w: u64) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
@@ -79,7 +84,7 @@ pub fn push_str(out: &mut Vec<u8>, s: &str) {
             }
         }
         let c = b[i];
-        if (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\' {
+        if plain_byte(c) {
             i += 1;
             continue;
         }
@@ -289,7 +294,7 @@ mod tests {
     #[test]
     fn plain_word_accepts_exactly_printable_ascii_without_quote_and_backslash() {
         for v in 0u8..=255 {
-            let plain = (0x20..0x7f).contains(&v) && v != b'"' && v != b'\\';
+            let plain = plain_byte(v);
             for pos in 0..8 {
                 let mut w = *b"abcdefgh";
                 w[pos] = v;
@@ -315,7 +320,7 @@ mod tests {
         #[test]
         fn plain_word_is_the_byte_wise_test(bytes in proptest::array::uniform8(0x10u8..0x90)) {
             let w = u64::from_le_bytes(bytes);
-            let plain = bytes.iter().all(|&v| (0x20..0x7f).contains(&v) && v != b'"' && v != b'\\');
+            let plain = bytes.into_iter().all(plain_byte);
             proptest::prop_assert_eq!(plain_word(w), plain);
         }
     }
