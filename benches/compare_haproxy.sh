@@ -39,7 +39,9 @@
 #                pass-through and of its token pipeline, then open loop (loadgen `mode: open`,
 #                latency from the intended send time) at LATENCY_FRACTION of each maximum
 #                against (a) portcullis and (b) the mock bank directly over plain HTTP; the
-#                added p99 is (a) - (b), so it includes TLS termination. No HAProxy.
+#                added p99 is (a) - (b), so it includes TLS termination. For reference, the
+#                pass-through pipeline also measures (c) HAProxy's mTLS pass-through at the
+#                same rate: what a mature proxy adds on the same machine in the same run.
 #                Target: added p99 <= 1 ms at half the maximum. -> target/latency.json
 #   both         passthrough + token
 #   all          passthrough + token + fapi + latency
@@ -105,8 +107,8 @@ case $SCENARIO in
     *) die "SCENARIO must be passthrough, token, fapi, latency, both or all (got '$SCENARIO')" ;;
 esac
 want() { [[ " ${SCENARIOS[*]} " == *" $1 "* ]]; }
-# What has to run: HAProxy (not for latency alone), the token pipeline, the fapi instance.
-need_haproxy() { want passthrough || want token || want fapi; }
+# What has to run: HAProxy, the token pipeline, the fapi instance.
+need_haproxy() { want passthrough || want token || want fapi || want latency; }
 need_token() { want token || want fapi || want latency; }
 [[ $STATE == memory || $STATE == redis ]] || die "STATE must be memory or redis (got '$STATE')"
 [[ $STATE_LEASE =~ ^[1-9][0-9]*$ ]] || die "STATE_LEASE must be a positive integer (got '$STATE_LEASE')"
@@ -677,16 +679,19 @@ if want latency; then
             log "latency round $round $pl maximum: $("${REPORT[@]}" line "$LAT/max-$round-$pl.json")"
         done
     done
-    # 2. Open loop at LATENCY_FRACTION of each maximum: (a) portcullis, (b) the mock bank directly.
-    # $1 pipeline, $2 proxy|direct, $3 rate; the scenario on stdout.
+    # 2. Open loop at LATENCY_FRACTION of each maximum: (a) portcullis, (b) the mock bank
+    # directly, (c) pass-through only: HAProxy's pass-through at portcullis's rate (reference).
+    declare -A LAT_SIDES=([passthrough]="proxy direct haproxy" [token]="proxy direct")
+    # $1 pipeline, $2 proxy|direct|haproxy, $3 rate; the scenario on stdout.
     open_scenario() {
-        local target client token=""
+        local target client token="" port=${LAT_PORT[$1]}
+        [[ $2 == haproxy ]] && port=$P_HA
         if [[ $2 == direct ]]; then
             target="  address: 127.0.0.1:$P_BANK
   plaintext: true"
             client="  - name: direct"
         else
-            target="  address: 127.0.0.1:${LAT_PORT[$1]}
+            target="  address: 127.0.0.1:$port
   server_name: localhost
   ca: $CERTS/ca.pem"
             client="  - name: tpp-one
@@ -735,15 +740,15 @@ json.dump({"max_rps": m, "fraction": fraction, "rate": max(1.0, round(m * fracti
           open(os.path.join(lat, f"rate-{pl}.json"), "w"))
 PY
         rate=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["rate"])' "$LAT/rate-$pl.json")
-        for side in proxy direct; do
+        for side in ${LAT_SIDES[$pl]}; do
             open_scenario "$pl" "$side" "$rate" >"$WORK/latency-$pl-$side.yaml"
         done
         log "latency: $pl open loop at $rate req/s ($LATENCY_FRACTION of the median maximum)"
     done
-    log "measuring latency (2/2): open loop, $ROUNDS round(s) of portcullis / mock bank direct per pipeline"
+    log "measuring latency (2/2): open loop, $ROUNDS round(s) of portcullis / mock bank direct (/ haproxy for pass-through) per pipeline"
     for ((round = 1; round <= ROUNDS; round++)); do
         for pl in "${PIPELINES[@]}"; do
-            for side in proxy direct; do
+            for side in ${LAT_SIDES[$pl]}; do
                 out=$LAT/open-$round-$pl-$side.json
                 loadgen_scenario "$WORK/latency-$pl-$side.yaml" "$out"
                 log "latency round $round $pl $side: $("${REPORT[@]}" line "$out")"

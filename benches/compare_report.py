@@ -375,10 +375,13 @@ def latency(raw, out):
                 f"2. open loop (`mode: open`, latency from the intended send time, so queueing "
                 f"behind a stall counts) at {fraction} x that maximum, over the same number of "
                 "connections, against (a) portcullis and (b) the mock bank directly over plain "
-                "HTTP (`target.plaintext: true`), alternating a, b in every round",
+                "HTTP (`target.plaintext: true`), and for the pass-through pipeline (c) HAProxy's "
+                "mTLS pass-through at the same rate, as a reference; in this order in every round",
+
                 "3. added p99 = median p99 of (a) - median p99 of (b). The direct path has no "
                 "TLS, so the added latency includes TLS termination (record decryption and "
-                "encryption on the keep-alive connection; no handshakes after the first)",
+                "encryption on the keep-alive connection; no handshakes after the first); "
+                "HAProxy's added p99 = median p99 of (c) - median p99 of (b)",
             ],
             "pipelines": {
                 "passthrough": "mTLS pass-through route, TPP One's certificate, no token",
@@ -398,6 +401,8 @@ def latency(raw, out):
         max_rps = median_of(closed, "rps")
         rate = load(os.path.join(raw, f"rate-{pl}.json"))["rate"]
         opens = {"proxy": [], "direct": []}
+        if os.path.exists(os.path.join(raw, f"open-1-{pl}-haproxy.json")):
+            opens["haproxy"] = []
         for r in range(1, rounds + 1):
             for side in opens:
                 s = load(os.path.join(raw, f"open-{r}-{pl}-{side}.json"))
@@ -415,6 +420,12 @@ def latency(raw, out):
                  if None not in (med["proxy"]["p99_us"], med["direct"]["p99_us"]) else None)
         added_p50 = (med["proxy"]["p50_us"] - med["direct"]["p50_us"]
                      if None not in (med["proxy"]["p50_us"], med["direct"]["p50_us"]) else None)
+        reference = None
+        if "haproxy" in med and None not in (med["haproxy"]["p99_us"], med["direct"]["p99_us"]):
+            reference = {
+                "added_p50_us": med["haproxy"]["p50_us"] - med["direct"]["p50_us"],
+                "added_p99_us": med["haproxy"]["p99_us"] - med["direct"]["p99_us"],
+            }
         result["pipelines"][pl] = {
             "closed_loop_max": {"runs": closed, "median_rps": max_rps},
             "open_loop_rate": rate,
@@ -422,6 +433,7 @@ def latency(raw, out):
             "median": med,
             "added_p50_us": added_p50,
             "added_p99_us": added,
+            "haproxy_reference": reference,
             "target": {"name": "added p99 <= 1 ms at half of the maximum throughput",
                        "met": added is not None and added <= 1000},
         }
@@ -448,9 +460,10 @@ def latency(raw, out):
         print(f"    open loop at {r['open_loop_rate']:.0f} req/s:")
         print(f"      {'round':<6} {'target':<10} {'answers/s':>10} {'p50 us':>8} {'p99 us':>8} "
               f"{'p99.9 us':>8} {'errors':>6}")
-        for side in ("proxy", "direct"):
+        names = {"proxy": "portcullis", "direct": "mock bank", "haproxy": "haproxy"}
+        for side in r["open_loop"]:
             for x in r["open_loop"][side]:
-                name = "portcullis" if side == "proxy" else "mock bank"
+                name = names[side]
                 print(f"      {x['round']:<6} {name:<10} {x['rps']:>10.0f} {x['p50_us']:>8} "
                       f"{x['p99_us']:>8} {x['p999_us']:>8} {x['errors']:>6}")
         m = r["median"]
@@ -458,6 +471,11 @@ def latency(raw, out):
               f" mock bank direct p50 {m['direct']['p50_us']:.0f} us, p99 {m['direct']['p99_us']:.0f} us")
         print(f"    added: p50 {r['added_p50_us']:.0f} us, p99 {r['added_p99_us']:.0f} us -> target "
               f"(added p99 <= 1000 us): {'met' if r['target']['met'] else 'NOT met'} in this run")
+        if r["haproxy_reference"]:
+            h, hm = r["haproxy_reference"], m["haproxy"]
+            print(f"    haproxy (reference, same rate): median p50 {hm['p50_us']:.0f} us, p99 "
+                  f"{hm['p99_us']:.0f} us -> added p50 {h['added_p50_us']:.0f} us, p99 "
+                  f"{h['added_p99_us']:.0f} us")
     if result["problems"]:
         print()
         print("  WARNING: runs with errors; these numbers are not valid:")
