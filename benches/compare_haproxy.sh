@@ -589,7 +589,7 @@ drive() {
 # always runs first or always right after another (a drift of the machine's speed within a
 # round then does not favour one side of a comparison).
 measure() {
-    local raw=$1 round c before writer i order
+    local raw=$1 round c before writer steal i order
     mkdir -p "$raw"
     for ((round = 1; round <= ROUNDS; round++)); do
         order=("${CONTENDERS[@]}")
@@ -601,9 +601,11 @@ measure() {
             drive "$c" "$WARMUP" "$raw/warmup-$round-$c.json"
             before=$(cpu_ticks "${PID_OF[$c]}")
             writer=$(audit_writer_ticks "${PID_OF[$c]}")
+            steal=$(steal_ticks)
             drive "$c" "$DURATION" "$raw/run-$round-$c.json"
             echo $(($(cpu_ticks "${PID_OF[$c]}") - before)) >"$raw/run-$round-$c.cpu"
             echo $(($(audit_writer_ticks "${PID_OF[$c]}") - writer)) >"$raw/run-$round-$c.writer"
+            echo $(($(steal_ticks) - steal)) >"$raw/run-$round-$c.steal"
             log "$SCENARIO_NOW round $round $c: $("${REPORT[@]}" line "$raw/run-$round-$c.json")"
         done
     done

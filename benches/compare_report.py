@@ -148,6 +148,13 @@ def final(raw, out):
                     w_s = int(f.read()) / clk
                 rep["audit_writer_cpu_us_per_request"] = (
                     round(w_s * 1e6 / rep["requests"], 2) if rep["requests"] else None)
+            st = os.path.join(raw, f"run-{r}-{c}.steal")
+            if os.path.exists(st):
+                with open(st) as f:
+                    st_s = int(f.read()) / clk
+                # The machine's, not the proxy's: what the hypervisor took from the cores.
+                rep["steal_us_per_request"] = (
+                    round(st_s * 1e6 / rep["requests"], 2) if rep["requests"] else None)
             lg = os.path.join(raw, f"run-{r}-{c}.json.lgcpu")
             if os.path.exists(lg):
                 with open(lg) as f:
@@ -224,9 +231,15 @@ def final(raw, out):
         if writer is not None and plain is not None and audited is not None:
             result["audit_cpu_us_per_request"] = {
                 "proxy_extra": round(audited - plain, 2),
-                "writer_thread": writer,
+                "writer_thread": round(writer, 2),
                 "rest": round(audited - plain - writer, 2),
             }
+            # The host's work for the audit's disk writes shows as steal, outside the proxy.
+            steal = {c: median_of([x for x in runs if x["proxy"] == c], "steal_us_per_request")
+                     for c in ("portcullis", "portcullis-audit")}
+            if None not in steal.values():
+                result["audit_cpu_us_per_request"]["machine_steal_extra"] = round(
+                    steal["portcullis-audit"] - steal["portcullis"], 2)
     with open(out, "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
@@ -337,6 +350,9 @@ def final(raw, out):
             print(f"  audit CPU per request (medians): proxy +{split['proxy_extra']} us, of which the "
                   f"writer thread {split['writer_thread']} us and the rest (encoding and queueing on "
                   f"the workers, effects on them) {split['rest']} us")
+            if "machine_steal_extra" in split:
+                print(f"  and the machine's steal (the host, e.g. emulating the disk writes): "
+                      f"+{split['machine_steal_extra']} us per request")
         pr = result["audit_paired"]
         if pr:
             print(f"  audit on / off, per round (back to back): median {pr['median']}, mean "

@@ -154,6 +154,14 @@ cpu_ticks() {
     echo $((f[13] + f[14]))
 }
 
+# Steal ticks of the whole machine so far (/proc/stat, all CPUs): time the hypervisor ran
+# something else while a virtual CPU wanted to run, e.g. the host emulating a disk write.
+steal_ticks() {
+    local f
+    read -r -a f </proc/stat
+    echo "${f[8]:-0}"
+}
+
 # User+system CPU ticks of the audit writer thread of process $1 (thread name
 # `portcullis-audit`, shown as `portcullis-audi`); 0 when it has none.
 audit_writer_ticks() {
