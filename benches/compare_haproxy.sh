@@ -642,8 +642,13 @@ if want passthrough; then
     measure "$RAW/passthrough"
     [[ $STATE == redis ]] && REDIS_CALLS1=$(state_calls)
 fi
-AUDIT_BYTES=0
-[[ $AUDIT == 1 && -f $WORK/audit/audit.log ]] && AUDIT_BYTES=$(stat -c %s "$WORK/audit/audit.log")
+# The current audit file (the earlier ones were rotated at 64 MiB and all but 4 deleted): its
+# size and lines give the bytes per record.
+AUDIT_BYTES=0 AUDIT_LINES=0
+if [[ $AUDIT == 1 && -f $WORK/audit/audit.log ]]; then
+    AUDIT_BYTES=$(stat -c %s "$WORK/audit/audit.log")
+    AUDIT_LINES=$(wc -l <"$WORK/audit/audit.log")
+fi
 if want token; then
     SCENARIO_NOW=token
     # Named haproxy/portcullis in this scenario's report (as before).
@@ -767,7 +772,7 @@ export BENCH_CPU=$CPU_MODEL BENCH_KERNEL=$(uname -r) BENCH_CONNECTIONS=$CONNECTI
 export BENCH_DURATION=$DURATION BENCH_WARMUP=$WARMUP BENCH_ROUTE=$ROUTE BENCH_BANK=127.0.0.1:$P_BANK
 export BENCH_HA_VERSION=$HA_VERSION BENCH_HA_OPENSSL=$HA_OPENSSL BENCH_TLS_HA=${TLS_HA:-unknown}
 export BENCH_CLK_TCK=$(getconf CLK_TCK)
-export BENCH_PC_REV=$PC_REV BENCH_TLS_PC=${TLS_PC:-unknown} BENCH_AUDIT_BYTES=$AUDIT_BYTES
+export BENCH_PC_REV=$PC_REV BENCH_TLS_PC=${TLS_PC:-unknown} BENCH_AUDIT_BYTES=$AUDIT_BYTES BENCH_AUDIT_LINES=$AUDIT_LINES
 
 if want passthrough; then
     BENCH_SCENARIO=passthrough BENCH_CONTENDERS="${PASSTHROUGH_CONTENDERS[*]}" \

@@ -35,7 +35,11 @@ def ratio(a, b):
 
 def median_of(runs, key):
     vals = [x[key] for x in runs if x.get(key) is not None]
-    return statistics.median(vals) if vals else None
+    if not vals:
+        return None
+    m = statistics.median(vals)
+    # The mean of the two middle values (22.95, not 22.950000000000003).
+    return round(m, 3) if isinstance(m, float) else m
 
 
 def problems_of(runs):
@@ -215,6 +219,9 @@ def final(raw, out):
     result["problems"] = problems
     if "portcullis-audit" in contenders:
         result["audit_log_bytes"] = int(e["BENCH_AUDIT_BYTES"])
+        lines = int(e.get("BENCH_AUDIT_LINES", "0"))
+        result["audit_bytes_per_record"] = (
+            round(result["audit_log_bytes"] / lines) if lines else None)
         # Issue #7: auditing costs at most 5 % of throughput. Shown only when the whole 95 %
         # interval of the mean per-round ratio is at or above 0.95.
         pr = paired(runs, "portcullis-audit", "portcullis")
@@ -344,7 +351,8 @@ def final(raw, out):
         print("  (loadgen CPU us/req: the load generator's own CPU per request; the full-FAPI one")
         print("   signs a DPoP proof per request, on the cores the proxy under test also uses)")
     if "portcullis-audit" in contenders:
-        print(f"  audit log written by portcullis-audit: {result['audit_log_bytes']} bytes")
+        print(f"  audit log of portcullis-audit, current file: {result['audit_log_bytes']} bytes, "
+              f"{result['audit_bytes_per_record']} bytes per record (rotated at 64 MiB)")
         split = result.get("audit_cpu_us_per_request")
         if split:
             print(f"  audit CPU per request (medians): proxy +{split['proxy_extra']} us, of which the "
