@@ -72,7 +72,7 @@
 #
 # Time: setup ~10 s, then per measured run WARMUP + DURATION (12 s by default):
 #   passthrough 2 x ROUNDS runs (+1 per AUDIT/STATE contender), token 2 x ROUNDS,
-#   fapi 3 x ROUNDS, latency 6 x ROUNDS. Defaults: SCENARIO=all ~ 8 minutes.
+#   fapi 3 x ROUNDS, latency 7 x ROUNDS. Defaults: SCENARIO=all ~ 8 minutes.
 #
 # Example: DURATION=3s ROUNDS=1 benches/compare_haproxy.sh
 #          SCENARIO=all DURATION=3s ROUNDS=1 WARMUP=1s benches/compare_haproxy.sh

@@ -401,7 +401,6 @@ def latency(raw, out):
                 "connections, against (a) portcullis and (b) the mock bank directly over plain "
                 "HTTP (`target.plaintext: true`), and for the pass-through pipeline (c) HAProxy's "
                 "mTLS pass-through at the same rate, as a reference; in this order in every round",
-
                 "3. added p99 = median p99 of (a) - median p99 of (b). The direct path has no "
                 "TLS, so the added latency includes TLS termination (record decryption and "
                 "encryption on the keep-alive connection; no handshakes after the first); "
