@@ -146,25 +146,19 @@ def final(raw, out):
             rep["proxy_cpu_seconds"] = round(cpu_s, 2)
             rep["proxy_cpu_us_per_request"] = (
                 round(cpu_s * 1e6 / rep["requests"], 1) if rep["requests"] else None)
-            wr = os.path.join(raw, f"run-{r}-{c}.writer")
-            if c == "portcullis-audit" and os.path.exists(wr):
-                with open(wr) as f:
-                    w_s = int(f.read()) / clk
-                rep["audit_writer_cpu_us_per_request"] = (
-                    round(w_s * 1e6 / rep["requests"], 2) if rep["requests"] else None)
-            st = os.path.join(raw, f"run-{r}-{c}.steal")
-            if os.path.exists(st):
-                with open(st) as f:
-                    st_s = int(f.read()) / clk
-                # The machine's, not the proxy's: what the hypervisor took from the cores.
-                rep["steal_us_per_request"] = (
-                    round(st_s * 1e6 / rep["requests"], 2) if rep["requests"] else None)
-            lg = os.path.join(raw, f"run-{r}-{c}.json.lgcpu")
-            if os.path.exists(lg):
-                with open(lg) as f:
-                    ms = int(f.read())
-                rep["loadgen_cpu_us_per_request"] = (
-                    round(ms * 1e3 / rep["requests"], 1) if rep["requests"] else None)
+            # Counters sampled around the run, where the script wrote them: (file, key, µs per
+            # unit, digits). The writer thread's only for the audited contender; steal is the
+            # machine's, not the proxy's: what the hypervisor took from the cores.
+            counters = [(".steal", "steal_us_per_request", 1e6 / clk, 2),
+                        (".json.lgcpu", "loadgen_cpu_us_per_request", 1e3, 1)]
+            if c == "portcullis-audit":
+                counters.insert(0, (".writer", "audit_writer_cpu_us_per_request", 1e6 / clk, 2))
+            for suffix, key, us, digits in counters:
+                path = os.path.join(raw, f"run-{r}-{c}{suffix}")
+                if os.path.exists(path):
+                    with open(path) as f:
+                        n = int(f.read())
+                    rep[key] = round(n * us / rep["requests"], digits) if rep["requests"] else None
             runs.append({"round": r, "proxy": c, **rep})
 
     problems = problems_of(runs)
