@@ -29,10 +29,17 @@ pub struct ConnInfo {
     cert_xfcc: Option<HeaderValue>,
     /// The connection's facts as audit-record members, encoded once.
     pub audit_members: Arc<str>,
+    /// Where work that must outlive the client goes (an exchange the upstream may act on), so
+    /// that a graceful drain waits for it.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl ConnInfo {
-    pub(crate) fn from_stream(id: u64, tls: &TlsStream<TcpStream>) -> std::io::Result<ConnInfo> {
+    pub(crate) fn from_stream(
+        id: u64,
+        tls: &TlsStream<TcpStream>,
+        tasks: tokio_util::task::TaskTracker,
+    ) -> std::io::Result<ConnInfo> {
         let (tcp, session) = tls.get_ref();
         let tls_version = match session.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
@@ -74,6 +81,7 @@ impl ConnInfo {
             alpn,
             client_cert,
             audit_members: Arc::from(""),
+            tasks,
         };
         info.audit_members = crate::audit::connection_members(&info);
         Ok(info)

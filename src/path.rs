@@ -10,7 +10,14 @@
 //! - malformed escapes (`%4`, `%zz`) and escapes with lower-case hex digits (`%3a`: only `%3A`
 //!   is canonical, RFC 3986 §6.2.2.1), encoded or raw control bytes, NUL, space, and any byte
 //!   outside ASCII;
-//! - a raw backslash, and `#`.
+//! - a raw backslash, and `#`;
+//! - a segment whose part before a `;` is empty or a dot segment (`..;x`): servlet containers
+//!   (Tomcat, Jetty, Spring) strip `;` path parameters before they resolve dot segments, so to
+//!   them `/a/..;/b` is `/b`.
+//!
+//! Path parameters themselves (`;` or `%3B` in a segment) are refused after the route match
+//! unless the route allows them ([`has_parameters`]): the upstream may strip them, so the
+//! segment a rule read is not the segment the upstream acts on.
 //!
 //! The check is a single pass over the bytes, allocation-free, and never panics.
 
@@ -34,6 +41,8 @@ pub enum PathError {
     EmptySegment,
     /// A byte that RFC 3986 does not allow unencoded in a path or query.
     InvalidChar,
+    /// A `;` path parameter on a route that does not allow them.
+    Parameter,
 }
 
 impl PathError {
@@ -53,6 +62,7 @@ impl PathError {
             PathError::NonAscii => "path.non_ascii",
             PathError::EmptySegment => "path.empty_segment",
             PathError::InvalidChar => "path.invalid_char",
+            PathError::Parameter => "path.parameter",
         }
     }
 }
@@ -74,6 +84,9 @@ impl PathError {
             PathError::NonAscii => "the path contains a non-ASCII byte",
             PathError::EmptySegment => "the path contains an empty segment (// or a trailing /)",
             PathError::InvalidChar => "the path contains a character that must be encoded",
+            PathError::Parameter => {
+                "the path contains a ; parameter, which this route does not take"
+            }
         }
     }
 }
@@ -167,9 +180,11 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
         match b {
             None | Some(b'/') => {
                 let seg = &bytes[seg_start..i];
-                match seg {
-                    b"" => return Err(PathError::EmptySegment),
-                    b"." | b".." => return Err(PathError::DotSegment),
+                // What a servlet container resolves: the segment without its parameters.
+                let stem = seg.split(|&c| c == b';').next().unwrap_or_default();
+                match (seg, stem) {
+                    (b"", _) | (_, b"") => return Err(PathError::EmptySegment),
+                    (_, b"." | b"..") => return Err(PathError::DotSegment),
                     _ => {}
                 }
                 if b.is_none() {
@@ -186,6 +201,68 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
             Some(b) => return Err(raw_error(b)),
         }
     }
+}
+
+/// Whether a checked path carries `;` path parameters, raw or encoded.
+pub fn has_parameters(path: &str) -> bool {
+    let b = path.as_bytes();
+    b.contains(&b';') || b.windows(3).any(|w| w == b"%3B")
+}
+
+/// One query component decoded the way form decoders do (`+` is a space, then percent escapes;
+/// WHATWG `application/x-www-form-urlencoded`), which is how upstream frameworks read names and
+/// values. `None` for a malformed escape or bytes that are not UTF-8.
+pub fn decode_query_component(s: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let b = s.as_bytes();
+    if !b.iter().any(|&c| c == b'%' || c == b'+') {
+        return Some(std::borrow::Cow::Borrowed(s));
+    }
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'%' => {
+                let (Some(h), Some(l)) = (
+                    b.get(i + 1).copied().and_then(hex),
+                    b.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return None;
+                };
+                out.push(h << 4 | l);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok().map(std::borrow::Cow::Owned)
+}
+
+/// The query's `name=value` pairs, raw (empty pieces between `&`s skipped).
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+}
+
+/// Whether two member or parameter names are the same to a case-insensitive binder (ASP.NET
+/// Core, Jackson's case-insensitive properties): equal under ASCII case folding, or under
+/// Unicode lower- or upper-casing.
+pub fn same_name_ignoring_case(a: &str, b: &str) -> bool {
+    if a.eq_ignore_ascii_case(b) {
+        return true;
+    }
+    if a.is_ascii() && b.is_ascii() {
+        return false;
+    }
+    a.to_lowercase() == b.to_lowercase() || a.to_uppercase() == b.to_uppercase()
 }
 
 /// Accepts a query string (without `?`): pchars, `/`, `?` and well-formed escapes of bytes

@@ -3,10 +3,22 @@
 //!
 //! `handle` settles the interaction id first (every response, refusals included, carries it),
 //! calls [`inner`], maps a [`Rejection`] through [`crate::rejection::respond`] — the only place
-//! responses for refusals are made — and emits exactly one audit record, on every path.
+//! responses for refusals are made — and leaves exactly one audit record, on every path:
+//!
+//! - The record lives in a [`Pending`] guard from the first line. If hyper drops the handler
+//!   (the client reset the stream or closed the connection), the guard's `Drop` writes the
+//!   record as `cancelled`, `client_gone`.
+//! - An answered record rides in the response body ([`Sealed`]) and is written when hyper is
+//!   done with the body: in full, or dropped early because the client left (`client_gone`).
+//! - A request the upstream might act on (a method that is not safe, or a reserved
+//!   idempotency key) is forwarded by a detached task that owns the record: the exchange
+//!   finishes, the answer is stored under the key, and the record is written, whether or not
+//!   the client is still there. A safe request whose client left is cancelled.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,11 +26,11 @@ use http::header::{HeaderValue, CONTENT_LENGTH};
 use http::{HeaderMap, Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::audit::{bounded, Record, RequestRecord};
 use crate::conn::ConnInfo;
-use crate::pipeline::idempotency::{Outcome, Settled};
+use crate::pipeline::idempotency::{Outcome, Reservation, Settled};
 use crate::pipeline::{self, fapi, http::HttpError};
 use crate::rejection::{self, Rejection};
 use crate::runtime::{Runtime, Shared};
@@ -36,6 +48,10 @@ fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// The status recorded for a request whose client left before any answer was made (the
+/// convention of nginx's logs, which operators know).
+const CLIENT_CLOSED: u16 = 499;
+
 /// Handles one request on a connection; never fails (refusals are responses).
 pub async fn handle(
     req: Request<Incoming>,
@@ -47,24 +63,144 @@ pub async fn handle(
     let (interaction_id, id_refusal) =
         fapi::interaction_id(req.headers(), rt.config.interaction_id);
     let mut record = start_record(&req, &conn, &rt, &interaction_id);
-    let version = req.version();
     let trace = crate::telemetry::TraceContext::from_headers(req.headers());
     record.trace_id = Some(trace.trace_id());
     record.span_id = Some(trace.span_id());
-
     // The id is always a UUID, so this never fails; it is built once for both directions.
     let id_header = HeaderValue::from_str(&interaction_id).unwrap_or(HeaderValue::from_static(""));
+    let answer = Answer {
+        shared: Arc::clone(&shared),
+        id_header,
+        version: req.version(),
+        head_only: req.method() == http::Method::HEAD,
+        started,
+    };
+    let mut pending = Pending::new(record, answer);
     let result = match id_refusal {
         Some(e) => Err(e.into()),
         // Before any stage runs: under `audit.queue_full: refuse`, nothing we cannot audit.
         None if shared.audit.refusing() => Err(crate::audit::AuditError::Unavailable.into()),
-        None => inner(req, &conn, &rt, &shared, &id_header, &trace, &mut record).await,
+        None => inner(req, &conn, &rt, &trace, &mut pending).await,
     };
+    Ok(pending.conclude(result))
+}
+
+/// Everything needed to turn a result into the response and seal the record, wherever the
+/// request ends (the handler, or a detached exchange).
+#[derive(Clone)]
+struct Answer {
+    shared: Arc<Shared>,
+    id_header: HeaderValue,
+    version: http::Version,
+    /// HEAD: hyper sends no body, so an unread body is no sign that the client left.
+    head_only: bool,
+    started: Instant,
+}
+
+/// A request's record until it is written. Exactly one of three things writes it: the body of
+/// the answer once delivered or dropped ([`Sealed`]), [`Pending::abandon`] when the client left
+/// a detached exchange, or `Drop` when the handler itself was dropped.
+struct Pending {
+    record: Option<Box<RequestRecord>>,
+    answer: Answer,
+    /// Set once the request was handed to the upstream: a cancelled record says so.
+    forwarded: bool,
+}
+
+impl Pending {
+    fn new(record: RequestRecord, answer: Answer) -> Pending {
+        Pending {
+            record: Some(Box::new(record)),
+            answer,
+            forwarded: false,
+        }
+    }
+
+    /// The record, for the stages to fill; a placeholder only if it was already handed on,
+    /// which the handler never does before it is done with the stages.
+    fn record(&mut self) -> &mut RequestRecord {
+        self.record
+            .get_or_insert_with(|| Box::new(RequestRecord::default()))
+    }
+
+    /// Maps the result to the response; the record travels in the response body and is
+    /// written when hyper is done with it.
+    fn conclude(mut self, result: Result<Response<ProxyBody>, Rejection>) -> Response<ProxyBody> {
+        let Some(mut record) = self.record.take() else {
+            return compose(&mut RequestRecord::default(), &self.answer, result);
+        };
+        let resp = compose(&mut record, &self.answer, result);
+        let (parts, body) = resp.into_parts();
+        let bodiless = self.answer.head_only
+            || parts.status.is_informational()
+            || parts.status == http::StatusCode::NO_CONTENT
+            || parts.status == http::StatusCode::NOT_MODIFIED;
+        let sealed = Sealed {
+            body,
+            record: Some(record),
+            shared: Arc::clone(&self.answer.shared),
+            bodiless,
+        };
+        Response::from_parts(parts, sealed.boxed_unsync())
+    }
+
+    /// The client is gone and the exchange finished without it: the record is composed as if
+    /// answered, marked `client_gone`, and written now.
+    fn abandon(mut self, result: Result<Response<ProxyBody>, Rejection>) {
+        if let Some(mut record) = self.record.take() {
+            drop(compose(&mut record, &self.answer, result));
+            record.client_gone = true;
+            seal(&self.answer.shared, record);
+        }
+    }
+
+    /// Moves the record (and the duty to write it) into a new guard, for a detached exchange.
+    fn hand_over(&mut self) -> Pending {
+        Pending {
+            record: self.record.take(),
+            answer: self.answer.clone(),
+            forwarded: true,
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        // The handler was dropped before it answered: the client reset the stream or closed
+        // the connection.
+        record.client_gone = true;
+        if record.decision.is_empty() {
+            record.decision = "cancelled";
+        }
+        if record.reason.is_none() {
+            record.reason = Some("client_gone");
+        }
+        if record.stage.is_none() && self.forwarded {
+            record.stage = Some("upstream");
+        }
+        if record.status == 0 {
+            record.status = CLIENT_CLOSED;
+        }
+        record.total_latency_us = self.answer.started.elapsed().as_micros() as u64;
+        seal(&self.answer.shared, record);
+    }
+}
+
+/// The one place a request's result becomes its response and its record's decision, stage,
+/// reason and status.
+fn compose(
+    record: &mut RequestRecord,
+    a: &Answer,
+    result: Result<Response<ProxyBody>, Rejection>,
+) -> Response<ProxyBody> {
     let mut resp = match result {
         Ok(resp) => {
             // A shadow denial was recorded by the authorization stage and not enforced.
             record.decision = if record.rule_id.is_some() && record.reason.is_some() {
-                shared
+                a.shared
                     .metrics
                     .would_deny(record.route_id.as_deref(), record.reason.unwrap_or(""));
                 "shadow_deny"
@@ -74,31 +210,38 @@ pub async fn handle(
             resp
         }
         Err(rejection) => {
-            let w = rejection.wire();
             record.decision = match rejection {
                 Rejection::Upstream(_) | Rejection::Audit(_) => "error",
                 _ => "deny",
             };
-            let _ = &w;
             record.stage = Some(rejection.stage().as_str());
             record.reason = Some(rejection.audit_reason());
             if let Rejection::Authz(d) = &rejection {
                 record.rule_id = Some(d.rule.clone());
             }
-            rejection::respond(&rejection, &interaction_id, version)
+            let id = a.id_header.to_str().unwrap_or_default();
+            rejection::respond(&rejection, id, a.version)
         }
     };
-    resp.headers_mut().insert(fapi::INTERACTION_ID, id_header);
-    let took = started.elapsed();
+    resp.headers_mut()
+        .insert(fapi::INTERACTION_ID, a.id_header.clone());
     record.status = resp.status().as_u16();
-    record.total_latency_us = took.as_micros() as u64;
+    record.total_latency_us = a.started.elapsed().as_micros() as u64;
     record.bytes_out = declared_length(resp.headers());
-    shared.metrics.request(
-        record.route_id.as_deref(),
-        record.status,
-        record.reason.unwrap_or("ok"),
-        took,
-    );
+    resp
+}
+
+/// Writes a finished record: metrics, the trace span and the audit log, together.
+fn seal(shared: &Shared, record: Box<RequestRecord>) {
+    let took = Duration::from_micros(record.total_latency_us);
+    let reason = match (record.reason, record.client_gone) {
+        (Some(r), _) => r,
+        (None, true) => "client_gone",
+        (None, false) => "ok",
+    };
+    shared
+        .metrics
+        .request(record.route_id.as_deref(), record.status, reason, took);
     shared
         .metrics
         .request_outcome(record.decision, record.upstream_latency_us);
@@ -117,8 +260,47 @@ pub async fn handle(
             reason: record.reason,
         });
     }
-    shared.audit.emit(Record::Request(Box::new(record)));
-    Ok(resp)
+    shared.audit.emit(Record::Request(record));
+}
+
+/// The response body with the request's record: written when hyper drops the body, marked
+/// `client_gone` when the body had not been sent in full.
+struct Sealed {
+    body: ProxyBody,
+    record: Option<Box<RequestRecord>>,
+    shared: Arc<Shared>,
+    bodiless: bool,
+}
+
+impl Body for Sealed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Sealed {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.record.take() {
+            if !self.bodiless && !self.body.is_end_stream() {
+                record.client_gone = true;
+            }
+            seal(&self.shared, record);
+        }
+    }
 }
 
 fn start_record(
@@ -148,18 +330,18 @@ fn start_record(
 async fn inner(
     req: Request<Incoming>,
     conn: &ConnInfo,
-    rt: &Runtime,
-    shared: &Shared,
-    interaction_id: &HeaderValue,
+    rt: &Arc<Runtime>,
     trace: &crate::telemetry::TraceContext,
-    record: &mut RequestRecord,
+    pending: &mut Pending,
 ) -> Result<Response<ProxyBody>, Rejection> {
+    let shared = Arc::clone(&pending.answer.shared);
+    let record = pending.record();
     let (parts, body) = req.into_parts();
-    let inspected = match pipeline::inspect(&parts, conn, rt, shared, record).await {
+    let inspected = match pipeline::inspect(&parts, conn, rt, &shared, record).await {
         Ok(i) => i,
         Err(e) => return Err(refuse_unread(e, body).await),
     };
-    let route = &inspected.route.route;
+    let route = Arc::clone(&inspected.route.route);
     let declared = declared_length(&parts.headers);
     if declared.is_some_and(|n| n > route.body_limit) {
         return Err(refuse_unread(HttpError::BodyTooLarge.into(), body).await);
@@ -169,11 +351,12 @@ async fn inner(
     let upstream = rt
         .upstreams
         .get(&route.upstream)
+        .cloned()
         .ok_or(UpstreamError::Connect)?;
     let timeout = rt.config.listener.limits.request_timeout;
     // Stages that read the body get it buffered once, up to the route limit; the bytes they
     // checked are the bytes forwarded.
-    let (body, buffered) = if pipeline::needs_body(route) {
+    let (body, buffered) = if pipeline::needs_body(&route) {
         let bytes = buffer_body(body, route.body_limit, timeout).await?;
         (full(bytes.clone()), Some(bytes))
     } else {
@@ -183,16 +366,16 @@ async fn inner(
         )
     };
     let verified =
-        pipeline::verify_signature(&inspected, &parts, buffered.as_deref(), rt, shared, record)
+        pipeline::verify_signature(&inspected, &parts, buffered.as_deref(), rt, &shared, record)
             .await?;
     let permit =
-        pipeline::authorize(&inspected, &parts, buffered.as_deref(), rt, shared, record).await?;
+        pipeline::authorize(&inspected, &parts, buffered.as_deref(), rt, &shared, record).await?;
     // 11. Idempotency: last, so a refused request never reserves a key.
     let reservation = match pipeline::idempotency::reserve(
         &inspected,
         &parts,
         buffered.as_deref(),
-        shared,
+        &shared,
         record,
     )
     .await?
@@ -207,7 +390,7 @@ async fn inner(
                 &inspected,
                 verified.as_ref(),
                 rt,
-                shared,
+                &shared,
             )
             .await;
         }
@@ -217,6 +400,8 @@ async fn inner(
         .uri(parts.uri.path(), parts.uri.query())
         .map_err(|_| UpstreamError::Protocol)?;
     let host = pipeline::http::host(&parts);
+    // Safe methods change nothing upstream, so they may be cancelled with their client.
+    let detach = reservation.is_some() || !parts.method.is_safe();
     let mut out = Request::new(body);
     *out.method_mut() = parts.method;
     *out.uri_mut() = uri;
@@ -233,7 +418,7 @@ async fn inner(
                 .as_ref()
                 .and_then(|_| conn.forwarded_cert(forwarding)),
             forwarding,
-            interaction_id,
+            interaction_id: &pending.answer.id_header,
         },
     );
     trace.inject(out.headers_mut());
@@ -242,44 +427,108 @@ async fn inner(
         &inspected,
         &rt.config.auth.identity_headers,
     );
-    let (resp, took) = match upstream.send(out).await {
-        Ok(sent) => sent,
-        Err(e) => {
-            // No answer: release the key so the client may retry, or keep it reserved (the
-            // upstream may have acted) when so configured.
-            if let Some(r) = reservation {
-                if r.release_on_upstream_error {
-                    record.idempotency = Some("released");
-                } else {
-                    record.idempotency = Some("kept");
-                    r.keep();
+    let exchange = Exchange {
+        out,
+        upstream,
+        reservation,
+        inspected,
+        verified,
+        consent: permit.consent,
+        rt: Arc::clone(rt),
+        shared,
+    };
+    if !detach {
+        pending.forwarded = true;
+        return exchange.run(pending.record()).await;
+    }
+    // Once forwarded, a request the upstream may act on is finished by the proxy: the task
+    // owns the record, so it is written (and a reserved key completed) even if this handler is
+    // dropped because the client left.
+    let mut owned = pending.hand_over();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    conn.tasks.spawn(async move {
+        let result = exchange.run(owned.record()).await;
+        if let Err((owned, result)) = tx.send((owned, result)) {
+            owned.abandon(result);
+        }
+    });
+    match rx.await {
+        Ok((owned, result)) => {
+            *pending = owned;
+            result
+        }
+        // The task ended without an answer (it cannot, short of a panic); its guard wrote the
+        // record.
+        Err(_) => Err(UpstreamError::Protocol.into()),
+    }
+}
+
+/// A request ready for the upstream, with what its answer needs: the reserved idempotency key,
+/// the evidence for response rules and response signing. Owns everything, so it can run
+/// detached from the client's connection.
+struct Exchange {
+    out: Request<ProxyBody>,
+    upstream: Arc<upstream::UpstreamClient>,
+    reservation: Option<Reservation>,
+    inspected: pipeline::Inspected,
+    verified: Option<crate::signature::VerifiedSignature>,
+    consent: Option<crate::policy::rules::ConsentRecord>,
+    rt: Arc<Runtime>,
+    shared: Arc<Shared>,
+}
+
+impl Exchange {
+    async fn run(self, record: &mut RequestRecord) -> Result<Response<ProxyBody>, Rejection> {
+        let Exchange {
+            out,
+            upstream,
+            reservation,
+            inspected,
+            verified,
+            consent,
+            rt,
+            shared,
+        } = self;
+        let route = &inspected.route.route;
+        let (resp, took) = match upstream.send(out).await {
+            Ok(sent) => sent,
+            Err(e) => {
+                // No answer: release the key so the client may retry, or keep it reserved
+                // (the upstream may have acted) when so configured.
+                if let Some(r) = reservation {
+                    if r.release_on_upstream_error {
+                        record.idempotency = Some("released");
+                    } else {
+                        record.idempotency = Some("kept");
+                        r.keep();
+                    }
+                }
+                return Err(e.into());
+            }
+        };
+        record.upstream_status = Some(resp.status().as_u16());
+        record.upstream_latency_us = Some(took.as_micros() as u64);
+        let (mut parts, body) = resp.into_parts();
+        upstream::clean_response_headers(&mut parts.headers);
+        let body = if route.authz.response_rules.is_empty() {
+            body.map_err(BoxError::from).boxed_unsync()
+        } else {
+            let claims = inspected.token.as_ref().map(|t| &t.token.claims);
+            check_response(&mut parts, body, route, claims, consent.as_ref()).await?
+        };
+        let body = match reservation {
+            None => body,
+            Some(r) => {
+                let max = rt.config.idempotency.max_response_bytes;
+                let now = shared.clock.now();
+                match pipeline::idempotency::settle(r, &parts, body, max, now, record).await {
+                    Settled::Send(bytes) => full(bytes),
+                    Settled::Withheld => return Err(UpstreamError::Protocol.into()),
                 }
             }
-            return Err(e.into());
-        }
-    };
-    record.upstream_status = Some(resp.status().as_u16());
-    record.upstream_latency_us = Some(took.as_micros() as u64);
-    let (mut parts, body) = resp.into_parts();
-    upstream::clean_response_headers(&mut parts.headers);
-    let body = if route.authz.response_rules.is_empty() {
-        body.map_err(BoxError::from).boxed_unsync()
-    } else {
-        let claims = inspected.token.as_ref().map(|t| &t.token.claims);
-        check_response(&mut parts, body, route, claims, permit.consent.as_ref()).await?
-    };
-    let body = match reservation {
-        None => body,
-        Some(r) => {
-            let max = rt.config.idempotency.max_response_bytes;
-            let now = shared.clock.now();
-            match pipeline::idempotency::settle(r, &parts, body, max, now, record).await {
-                Settled::Send(bytes) => full(bytes),
-                Settled::Withheld => return Err(UpstreamError::Protocol.into()),
-            }
-        }
-    };
-    finish(parts, body, &inspected, verified.as_ref(), rt, shared).await
+        };
+        finish(parts, body, &inspected, verified.as_ref(), &rt, &shared).await
+    }
 }
 
 /// The last steps of every response that passed the pipeline, forwarded or replayed: the

@@ -244,7 +244,19 @@ impl Rejection {
                 HttpError::MethodOverride => wire(
                     S::BAD_REQUEST,
                     "http.method_override",
-                    "method-override headers are not accepted",
+                    "method overrides (headers or a _method parameter) are not accepted",
+                ),
+                // The upstream would route on a path we did not check.
+                HttpError::UrlOverride => wire(
+                    S::BAD_REQUEST,
+                    "http.url_override",
+                    "URL-override headers are not accepted",
+                ),
+                // A hop would strip the nominated field after we checked it.
+                HttpError::ConnectionNominates => wire(
+                    S::BAD_REQUEST,
+                    "http.connection_nominates",
+                    "Connection may nominate only close, keep-alive and te",
                 ),
                 // RFC 9110 §7.8: no protocol switch around per-request inspection.
                 HttpError::UpgradeRefused => wire(
@@ -610,6 +622,18 @@ fn token_wire(e: TokenError) -> Wire {
             "token.issued_at",
             "the token issue time is not acceptable",
         ),
+        // RFC 7800 §3: a confirmation method we cannot verify is not ignored.
+        TokenError::ConfirmationUnsupported => (
+            S::UNAUTHORIZED,
+            "token.cnf_unsupported",
+            "the token is bound by a confirmation method this server does not support",
+        ),
+        // RFC 7662 §2.1: introspection finds refresh tokens too.
+        TokenError::NotAccessToken => (
+            S::UNAUTHORIZED,
+            "token.not_access_token",
+            "the token is not an access token",
+        ),
         // RFC 7519 §2: NumericDate and string claims have fixed types (CVE-2026-25537).
         TokenError::ClaimType => (
             S::UNAUTHORIZED,
@@ -918,6 +942,8 @@ pub fn all_reasons() -> Vec<(u16, &'static str, &'static str)> {
         HttpError::HeadersTooLarge.into(),
         HttpError::HeaderUnderscore.into(),
         HttpError::MethodOverride.into(),
+        HttpError::UrlOverride.into(),
+        HttpError::ConnectionNominates.into(),
         HttpError::UpgradeRefused.into(),
         HttpError::MisdirectedHost.into(),
         HttpError::MissingHost.into(),
@@ -961,6 +987,7 @@ pub fn all_reasons() -> Vec<(u16, &'static str, &'static str)> {
             PathError::NonAscii,
             PathError::EmptySegment,
             PathError::InvalidChar,
+            PathError::Parameter,
         ]
         .map(Rejection::Path),
     );
@@ -989,6 +1016,8 @@ pub fn all_reasons() -> Vec<(u16, &'static str, &'static str)> {
             TokenError::KeysUnavailable,
             TokenError::Inactive,
             TokenError::IntrospectionUnavailable,
+            TokenError::ConfirmationUnsupported,
+            TokenError::NotAccessToken,
         ]
         .map(|e| Rejection::Token(e, Scheme::Bearer)),
     );

@@ -156,8 +156,9 @@ impl Worker {
                             continue;
                         };
                         let (shared, shutdown) = (Arc::clone(&shared), shutdown.clone());
+                        let tasks = tracker.clone();
                         tracker.spawn(async move {
-                            serve_connection(tcp, peer, shared, shutdown).await;
+                            serve_connection(tcp, peer, shared, shutdown, tasks).await;
                             count.fetch_sub(1, Ordering::Relaxed);
                             drop(permit);
                         });
@@ -237,6 +238,7 @@ async fn serve_connection(
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    tasks: TaskTracker,
 ) {
     let _ = tcp.set_nodelay(true);
     let rt = shared.runtime.load_full();
@@ -259,7 +261,7 @@ async fn serve_connection(
             return;
         }
     };
-    let info = match ConnInfo::from_stream(shared.next_conn_id(), &tls) {
+    let info = match ConnInfo::from_stream(shared.next_conn_id(), &tls, tasks) {
         Ok(i) => Arc::new(i),
         Err(_) => return,
     };

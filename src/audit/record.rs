@@ -158,6 +158,9 @@ pub struct RequestRecord {
     pub upstream_latency_us: Option<u64>,
     pub total_latency_us: u64,
     pub policy_version: String,
+    /// The client left before the answer was delivered (it reset the stream or closed the
+    /// connection); the request may still have been forwarded and finished.
+    pub client_gone: bool,
 }
 
 impl RequestRecord {
@@ -222,6 +225,9 @@ impl RequestRecord {
         m.opt_u64("upstream_latency_us", self.upstream_latency_us);
         m.u64("total_latency_us", self.total_latency_us);
         m.str("policy_version", &self.policy_version);
+        if self.client_gone {
+            m.bool("client_gone", true);
+        }
         if let Some(c) = &self.conn_members {
             m.splice(c.as_bytes());
         }

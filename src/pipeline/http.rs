@@ -21,6 +21,10 @@ pub enum HttpError {
     HeadersTooLarge,
     HeaderUnderscore,
     MethodOverride,
+    /// A header that names another target (`X-Original-URL`, `X-Rewrite-URL`).
+    UrlOverride,
+    /// `Connection` nominates an end-to-end field (which a hop would then strip).
+    ConnectionNominates,
     UpgradeRefused,
     MisdirectedHost,
     MissingHost,
@@ -29,11 +33,25 @@ pub enum HttpError {
     BodyRead,
 }
 
+/// Headers with which frameworks let a request name another method (ASP.NET, Spring's
+/// HiddenHttpMethodFilter variants, Express's method-override, Laravel, nginx and IIS rewrites).
 const METHOD_OVERRIDE: &[&str] = &[
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    "x-original-method",
 ];
+
+/// Headers with which IIS, Symfony and Zend let a request name another path.
+const URL_OVERRIDE: &[&str] = &["x-original-url", "x-rewrite-url"];
+
+/// The query parameter Rails, Laravel, Symfony and Express's method-override read as the
+/// method (compared after decoding, ignoring case).
+pub const METHOD_PARAM: &str = "_method";
+
+/// What `Connection` may nominate: the hop-by-hop fields of RFC 9110 §7.6.1 that a client has a
+/// reason to send. Anything else is an end-to-end field a hop would strip.
+const CONNECTION_OPTIONS: &[&str] = &["close", "keep-alive", "te"];
 
 pub fn check(parts: &Parts, limits: &Limits, server_names: &[String]) -> Result<(), HttpError> {
     let uri_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -54,6 +72,12 @@ pub fn check(parts: &Parts, limits: &Limits, server_names: &[String]) -> Result<
         }
         if METHOD_OVERRIDE.contains(&name) {
             return Err(HttpError::MethodOverride);
+        }
+        if URL_OVERRIDE.contains(&name) {
+            return Err(HttpError::UrlOverride);
+        }
+        if name == "connection" && !connection_options_ok(value.as_bytes()) {
+            return Err(HttpError::ConnectionNominates);
         }
         if name == "upgrade" || name == "http2-settings" {
             return Err(HttpError::UpgradeRefused);
@@ -82,6 +106,33 @@ pub fn check(parts: &Parts, limits: &Limits, server_names: &[String]) -> Result<
         }
     }
     check_host(parts, server_names)
+}
+
+/// RFC 9110 §7.6.1: `Connection` lists fields the next hop removes. A client that nominates a
+/// signature, an idempotency key or a content type would have the proxy verify a field the
+/// upstream never sees, so only the hop-by-hop options are accepted.
+fn connection_options_ok(value: &[u8]) -> bool {
+    value.split(|&b| b == b',').all(|opt| {
+        let opt = opt.trim_ascii();
+        opt.is_empty()
+            || CONNECTION_OPTIONS
+                .iter()
+                .any(|o| o.as_bytes().eq_ignore_ascii_case(opt))
+    })
+}
+
+/// Whether the query carries a method override (`_method`, however encoded or cased).
+pub fn query_overrides_method(query: &str) -> bool {
+    crate::path::query_pairs(query).any(|(k, _)| {
+        match crate::path::decode_query_component(k) {
+            Some(name) => crate::path::same_name_ignoring_case(
+                name.split('[').next().unwrap_or_default(),
+                METHOD_PARAM,
+            ),
+            // An undecodable name cannot be told apart from `_method`.
+            None => true,
+        }
+    })
 }
 
 /// The request's host name, lower-cased, without port: `:authority` for HTTP/2, else `Host`.

@@ -76,13 +76,19 @@ pub fn key(parts: &Parts) -> Result<Option<String>, IdempotencyError> {
     Ok(Some(String::from_utf8_lossy(k).into_owned()))
 }
 
-/// SHA-256 over method, path and SHA-256 of the raw body bytes (semantically equal JSON with
-/// other bytes is another request).
+/// SHA-256 over method, path, query and SHA-256 of the raw body bytes (semantically equal JSON
+/// with other bytes is another request; so is the same body with another query).
 pub fn fingerprint(parts: &Parts, body: &[u8]) -> [u8; 32] {
     let mut m = Vec::new();
     m.extend_from_slice(parts.method.as_str().as_bytes());
     m.push(0);
     m.extend_from_slice(parts.uri.path().as_bytes());
+    m.push(0);
+    // `?` marks a query (even an empty one), so `/p` and `/p?` differ as the upstream sees them.
+    if let Some(q) = parts.uri.query() {
+        m.push(b'?');
+        m.extend_from_slice(q.as_bytes());
+    }
     m.push(0);
     m.extend_from_slice(&crate::jose::sha256(body));
     crate::jose::sha256(&m)
@@ -143,6 +149,33 @@ impl Drop for Reservation {
     }
 }
 
+/// Who owns a key. OBIE: a key is idempotent for the same TPP within 24 hours, so the scope is
+/// the OAuth client (the verified token's issuer and client id), which survives a certificate
+/// rotation or a retry over the TPP's other certificate and tells an aggregator's clients on one
+/// certificate apart. Without a token: the certificate's organization id, else its thumbprint,
+/// else the peer address.
+pub fn scope(inspected: &Inspected, shared: &Shared) -> String {
+    if let Some(t) = &inspected.token {
+        if let Some(cid) = t.token.client_id.as_deref() {
+            let rt = shared.runtime.load();
+            let iss = rt
+                .config
+                .auth
+                .issuers
+                .get(&t.token.issuer)
+                .map_or(t.token.issuer.as_str(), |i| i.issuer.as_str());
+            return format!("client:{}:{iss}\0{cid}", iss.len());
+        }
+    }
+    if let Some(c) = &inspected.identity.cert {
+        if let Some(org) = c.organization_identifier.as_deref() {
+            return format!("org:{org}");
+        }
+        return format!("x5t:{}", c.thumbprint);
+    }
+    inspected.client_key.clone()
+}
+
 fn settings(shared: &Shared) -> (i64, bool, i64, Arc<dyn IdempotencyStore>) {
     let rt = shared.runtime.load();
     let c = &rt.config.idempotency;
@@ -177,7 +210,7 @@ pub async fn reserve(
         None => return Ok(Outcome::None),
     };
     // Scoped to the authenticated client: another client's same key is another key.
-    let mut scoped = inspected.client_key.as_bytes().to_vec();
+    let mut scoped = scope(inspected, shared).into_bytes();
     scoped.push(0);
     scoped.extend_from_slice(k.as_bytes());
     let key = crate::jose::sha256(&scoped);

@@ -2,7 +2,8 @@
 
 use http::request::Parts;
 
-use crate::path::{check_path, check_query, PathError};
+use crate::path::{check_path, check_query, has_parameters, PathError};
+use crate::pipeline::http::{query_overrides_method, HttpError};
 use crate::policy::{PolicySet, RouteMatch};
 use crate::rejection::Rejection;
 
@@ -18,5 +19,13 @@ pub fn resolve(parts: &Parts, policies: &PolicySet) -> Result<RouteMatch, Reject
     if let Some(q) = parts.uri.query() {
         check_query(q)?;
     }
-    Ok(policies.lookup(&parts.method, path)?)
+    let m = policies.lookup(&parts.method, path)?;
+    // After the match: a route may take `;` parameters or `_method` on purpose.
+    if !m.route.path_parameters && has_parameters(path) {
+        return Err(PathError::Parameter.into());
+    }
+    if !m.route.method_override && parts.uri.query().is_some_and(query_overrides_method) {
+        return Err(HttpError::MethodOverride.into());
+    }
+    Ok(m)
 }

@@ -50,6 +50,13 @@ pub enum TokenError {
     Inactive,
     /// Introspection gave no decision: unreachable, timed out, or a bad answer.
     IntrospectionUnavailable,
+    /// `cnf` names a confirmation method this proxy does not verify (RFC 7800 §3: `jwk`, `kid`,
+    /// `jku`, ...), or none at all: a token whose binding cannot be checked is not accepted as a
+    /// bearer token.
+    ConfirmationUnsupported,
+    /// Introspection answered for a token that is not an access token (`token_type`
+    /// `refresh_token`, say: RFC 7662 §2.1 lets the AS find any of its tokens).
+    NotAccessToken,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,9 +103,14 @@ fn is_token68(s: &str) -> bool {
         })
 }
 
+/// RFC 6750 §2.3 names the query form `access_token`; names are compared as the upstream's
+/// form decoder reads them (`access%5Ftoken`, `%61ccess_token` and `ACCESS_TOKEN` are the same
+/// parameter to it), so a token cannot slip past under another spelling into access logs.
 fn query_has_access_token(q: &str) -> bool {
-    q.split('&')
-        .any(|kv| kv.split('=').next() == Some("access_token"))
+    crate::path::query_pairs(q).any(|(k, _)| match crate::path::decode_query_component(k) {
+        Some(name) => name.eq_ignore_ascii_case("access_token"),
+        None => false,
+    })
 }
 
 /// Finds the request's one credential.
@@ -228,10 +240,20 @@ fn claims(
                 .any(|v| v.as_str() == Some(issuer.audience.as_str()))
         }
         Some(_) => return Err(TokenError::ClaimType),
-        None => !strict,
+        // An introspection answer without `aud` may be about a refresh token or a token for
+        // another resource (RFC 7662 §2.1 has the AS search every token it issued): refused.
+        None => false,
     };
     if !aud_ok {
         return Err(TokenError::Audience);
+    }
+    if !strict {
+        match string(&m, "token_type") {
+            Typed::Absent => {}
+            Typed::Present(t) if is_access_token_type(t) => {}
+            Typed::Present(_) => return Err(TokenError::NotAccessToken),
+            Typed::WrongType => return Err(TokenError::ClaimType),
+        }
     }
     let exp = match (numeric_date(&m, "exp"), source) {
         (Typed::Present(e), _) => e,
@@ -273,7 +295,14 @@ fn claims(
     };
     let (cnf_x5t, cnf_jkt) = match m.get("cnf") {
         None => (None, None),
-        Some(Value::Object(cnf)) => (opt_string(cnf, "x5t#S256")?, opt_string(cnf, "jkt")?),
+        Some(Value::Object(cnf)) => {
+            // RFC 8705 and RFC 9449 are the methods we verify; any other member would be a
+            // binding we silently skip.
+            if cnf.is_empty() || cnf.keys().any(|k| k != "x5t#S256" && k != "jkt") {
+                return Err(TokenError::ConfirmationUnsupported);
+            }
+            (opt_string(cnf, "x5t#S256")?, opt_string(cnf, "jkt")?)
+        }
         Some(_) => return Err(TokenError::ClaimType),
     };
     Ok(AccessToken {
@@ -290,6 +319,15 @@ fn claims(
         cache_until,
         claims: m,
     })
+}
+
+/// RFC 7662 §2.2 `token_type` values that name an access token: the schemes it is used with
+/// (RFC 6750 `Bearer`, RFC 9449 `DPoP`, `N_A` for RFC 8693 exchanges) and RFC 8693's URI.
+fn is_access_token_type(t: &str) -> bool {
+    ["bearer", "dpop", "n_a", "access_token"]
+        .iter()
+        .any(|a| t.eq_ignore_ascii_case(a))
+        || t == "urn:ietf:params:oauth:token-type:access_token"
 }
 
 /// Verifies `token` for `issuer` (see the module doc).
@@ -403,6 +441,9 @@ mod tests {
             (&["Bearer a", "Bearer b"], "/x", TokenError::Multiple),
             (&["Bearer a"], "/x?access_token=a", TokenError::InQuery),
             (&[], "/x?b=1&access_token=a", TokenError::InQuery),
+            (&["Bearer a"], "/x?access%5Ftoken=a", TokenError::InQuery),
+            (&["Bearer a"], "/x?%61ccess_token=a", TokenError::InQuery),
+            (&["Bearer a"], "/x?b=1&Access_Token=a", TokenError::InQuery),
             (&["Bearer  a"], "/x", TokenError::BadHeader),
             (&["Bearer\ta"], "/x", TokenError::BadHeader),
             (&["Bearer a b"], "/x", TokenError::BadHeader),

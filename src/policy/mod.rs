@@ -71,6 +71,14 @@ struct FileRoute {
     /// `required`, `optional` or `none` (default): idempotency keys (issue #6).
     #[serde(default)]
     idempotency: Option<String>,
+    /// Let `;` path parameters through (refused by default: servlet containers strip them, so
+    /// the segment a rule read is not the one the upstream acts on).
+    #[serde(default)]
+    path_parameters: bool,
+    /// Let a `_method` query parameter through (refused by default: Rails, Laravel and
+    /// Express's method-override run the method it names).
+    #[serde(default)]
+    method_override: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +178,10 @@ pub struct Route {
     pub rate_limit: Option<String>,
     /// Idempotency keys on this route (issue #6).
     pub idempotency: crate::state::idempotency::IdempotencyMode,
+    /// Whether `;` path parameters are accepted on this route.
+    pub path_parameters: bool,
+    /// Whether a `_method` query parameter is accepted on this route.
+    pub method_override: bool,
     pub file: PathBuf,
 }
 
@@ -509,6 +521,8 @@ pub(crate) fn load(
                 signature,
                 rate_limit: r.rate_limit.clone(),
                 idempotency,
+                path_parameters: r.path_parameters,
+                method_override: r.method_override,
                 file: file.clone(),
             });
             let router = by_method.entry(method.clone()).or_default();

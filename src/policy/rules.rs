@@ -540,44 +540,43 @@ pub fn granted(
     }
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let h = (*b.get(i + 1)? as char).to_digit(16)?;
-            let l = (*b.get(i + 2)? as char).to_digit(16)?;
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// JSON values at `ptr` (with `*` over arrays) in `doc`.
-fn at_pointer<'a>(doc: &'a Value, ptr: &[String], out: &mut Vec<&'a Value>) {
+/// JSON values at `ptr` (with `*` over arrays) in `doc`. A member is found the way a
+/// case-insensitive binder finds it (ASP.NET Core, Jackson's case-insensitive properties): two
+/// siblings whose names differ only in case are ambiguous, and a lone member whose name differs
+/// in case from the rule's is the value such an upstream reads.
+fn at_pointer<'a>(
+    doc: &'a Value,
+    ptr: &[String],
+    out: &mut Vec<&'a Value>,
+) -> Result<(), AuthzError> {
     let Some((first, rest)) = ptr.split_first() else {
         out.push(doc);
-        return;
+        return Ok(());
     };
     match (first.as_str(), doc) {
-        ("*", Value::Array(a)) => a.iter().for_each(|v| at_pointer(v, rest, out)),
+        ("*", Value::Array(a)) => {
+            for v in a {
+                at_pointer(v, rest, out)?;
+            }
+        }
         (k, Value::Object(m)) => {
-            if let Some(v) = m.get(k) {
-                at_pointer(v, rest, out)
+            let mut twins = m
+                .iter()
+                .filter(|(name, _)| crate::path::same_name_ignoring_case(name, k));
+            match (twins.next(), twins.next()) {
+                (Some(_), Some(_)) => return Err(AuthzError::Ambiguous),
+                (Some((_, v)), None) => at_pointer(v, rest, out)?,
+                (None, _) => {}
             }
         }
         (k, Value::Array(a)) => {
             if let Some(v) = k.parse::<usize>().ok().and_then(|i| a.get(i)) {
-                at_pointer(v, rest, out)
+                at_pointer(v, rest, out)?;
             }
         }
         _ => {}
     }
+    Ok(())
 }
 
 /// The request values a source yields: `Ok(vec![])` when absent, `Err` when ambiguous.
@@ -594,12 +593,25 @@ fn values(
             .map(|(_, v)| v.clone())
             .collect()),
         ValueSource::Query(name) => {
+            // Names as upstream frameworks read them: form-decoded, compared ignoring case
+            // (ASP.NET Core binds `accountid` to `AccountId`), and `name[]` / `name[x]` is the
+            // same parameter to qs, PHP and Rails. More than one such parameter is ambiguous;
+            // so is a bracketed one, whose value a framework reads as an array or a map.
             let mut found = Vec::new();
-            for kv in f.query.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                if percent_decode(k).as_deref() == Some(name.as_str()) {
-                    found.push(percent_decode(v).ok_or(AuthzError::Ambiguous)?);
+            for (k, v) in crate::path::query_pairs(f.query.unwrap_or("")) {
+                let key = crate::path::decode_query_component(k).ok_or(AuthzError::Ambiguous)?;
+                let (stem, bracketed) = match key.split_once('[') {
+                    Some((stem, _)) => (stem, true),
+                    None => (key.as_ref(), false),
+                };
+                if !crate::path::same_name_ignoring_case(stem, name) {
+                    continue;
                 }
+                if bracketed {
+                    return Err(AuthzError::Ambiguous);
+                }
+                let value = crate::path::decode_query_component(v).ok_or(AuthzError::Ambiguous)?;
+                found.push(value.into_owned());
             }
             if found.len() > 1 {
                 return Err(AuthzError::Ambiguous);
@@ -620,7 +632,7 @@ fn values(
         ValueSource::Json(ptr) => {
             let doc = body.as_ref().ok_or(AuthzError::BodyNotJson)?;
             let mut found = Vec::new();
-            at_pointer(doc, ptr, &mut found);
+            at_pointer(doc, ptr, &mut found)?;
             found
                 .into_iter()
                 .map(|v| match v {
@@ -751,7 +763,10 @@ pub fn check_response(
         match r.action {
             ResponseAction::Withhold => {
                 let mut found = Vec::new();
-                at_pointer(doc, &r.pointer, &mut found);
+                // Case twins in the response are as ambiguous to the client as to us.
+                if at_pointer(doc, &r.pointer, &mut found).is_err() {
+                    return Err(r.id.clone());
+                }
                 if found.iter().any(|v| {
                     !strings(v).iter().all(|s| granted.contains(s))
                         || !(v.is_string() || v.is_array())
@@ -793,11 +808,11 @@ fn remove_outside(doc: &mut Value, ptr: &[String], granted: &BTreeSet<String>) -
             let before = items.len();
             items.retain(|item| {
                 let mut found = Vec::new();
-                at_pointer(item, tail, &mut found);
-                found.iter().all(|v| {
-                    strings(v).iter().all(|s| granted.contains(s))
-                        && (v.is_string() || v.is_array())
-                })
+                at_pointer(item, tail, &mut found).is_ok()
+                    && found.iter().all(|v| {
+                        strings(v).iter().all(|s| granted.contains(s))
+                            && (v.is_string() || v.is_array())
+                    })
             });
             changed |= items.len() != before;
         }
