@@ -8,7 +8,8 @@
 //!    interaction id is settled by the outer handler before any stage so every refusal carries it.
 //! 3. **Path check and route match** ([`route`]) — one canonical path, refused if ambiguous, then a
 //!    radix-tree lookup. Unknown path: 404; known path, other method: 405. Everything after this
-//!    works on the matched route, and the path matched is the path forwarded.
+//!    works on the matched route, and the path matched is the path forwarded. A declared body
+//!    over the route's limit is refused here (413), before any crypto.
 //! 4. **Pre-authentication rate limit per peer** ([`ratelimit`]) — bounds crypto CPU before any
 //!    signature is checked, so it sits before every stage that verifies a signature.
 //! 5. **Identity** ([`identity`]) — the verified mTLS client certificate, required unless the
@@ -79,8 +80,22 @@ pub async fn inspect(
     fapi::check_customer_ip(&parts.headers)?;
     let route = route::resolve(parts, &config.policies)?;
     record.route_id = Some(route.route.id.clone());
+    // A declared body over the route's limit is refused before any signature is checked.
+    let declared = parts
+        .headers
+        .get(::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > route.route.body_limit) {
+        return Err(http::HttpError::BodyTooLarge.into());
+    }
     ratelimit::check_peer(conn, rt, shared, record)?;
-    let identity = identity::identify(conn, &route.route, shared.clock.now())?;
+    let identity = identity::identify(
+        conn,
+        &route.route,
+        &config.listener.tls.revoked,
+        shared.clock.now(),
+    )?;
     // 6. With a certificate the client is known now; otherwise after the token (its client id).
     if identity.cert.is_some() {
         let key = ratelimit::client_key(&identity, None, conn);
@@ -224,6 +239,7 @@ pub async fn authorize(
         .await
         .map_err(Rejection::Authz)?;
     record.consent_id = permit.consent_id.as_deref().map(crate::audit::bounded);
+    record.scopes_required = scopes_used(&inspected.route.route.authz, inspected.token.as_ref());
     if let Some(d) = &permit.shadow_denial {
         let r = Rejection::Authz(d.clone());
         record.stage = Some("authz");
@@ -233,6 +249,25 @@ pub async fn authorize(
     // 11. Idempotency: [`idempotency::reserve`], which the caller runs just after (it returns
     // a stored response or a reservation the caller completes with the upstream's answer).
     Ok(permit)
+}
+
+/// The scopes this request used: every `all_of` scope, and the `any_of` scopes the token holds
+/// (what `audit report` counts as used). `None` on routes that require no scope.
+fn scopes_used(
+    authz: &crate::policy::rules::Authz,
+    token: Option<&binding::BoundToken>,
+) -> Option<Vec<String>> {
+    if authz.all_of.is_empty() && authz.any_of.is_empty() {
+        return None;
+    }
+    let held = token.map_or(&[][..], |t| t.token.scopes.as_slice());
+    let used = authz
+        .all_of
+        .iter()
+        .chain(authz.any_of.iter().filter(|s| held.contains(s)))
+        .map(|s| crate::audit::bounded(s))
+        .collect();
+    Some(used)
 }
 
 /// Whether a stage after binding reads the request body, so it must be buffered (once, up to

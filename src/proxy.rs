@@ -220,7 +220,9 @@ fn compose(
                 record.rule_id = Some(d.rule.clone());
             }
             let id = a.id_header.to_str().unwrap_or_default();
-            rejection::respond(&rejection, id, a.version)
+            let rt = a.shared.runtime.load();
+            let algs: Vec<&str> = rt.config.auth.dpop.algorithms.iter().map(|x| x.name()).collect();
+            rejection::respond(&rejection, id, a.version, &algs.join(" "))
         }
     };
     resp.headers_mut()
@@ -343,9 +345,6 @@ async fn inner(
     };
     let route = Arc::clone(&inspected.route.route);
     let declared = declared_length(&parts.headers);
-    if declared.is_some_and(|n| n > route.body_limit) {
-        return Err(refuse_unread(HttpError::BodyTooLarge.into(), body).await);
-    }
     // The config loader refuses routes that name an unknown upstream, so this is unreachable;
     // it still fails closed rather than panicking.
     let upstream = rt
@@ -361,7 +360,7 @@ async fn inner(
         (full(bytes.clone()), Some(bytes))
     } else {
         (
-            request_body(body, declared, route.body_limit, timeout).await?,
+            request_body(body, declared, parts.version, route.body_limit, timeout).await?,
             None,
         )
     };
@@ -694,17 +693,25 @@ async fn refuse_unread(rejection: Rejection, body: Incoming) -> Rejection {
 /// declared length is streamed (hyper enforces it). A body of unknown length (chunked, or
 /// HTTP/2 without content-length) is buffered up to the limit first, so an oversize body is
 /// refused with 413 before anything reaches the upstream.
+///
+/// HTTP/2 bodies are buffered too: the length an HTTP/2 request declares is only checked
+/// against its DATA frames when the stream ends, and an answer sent before then would let
+/// excess data follow a request the upstream already took. Client trailers are never forwarded
+/// (they could carry fields the header checks never saw).
 async fn request_body(
     body: Incoming,
     declared: Option<u64>,
+    version: http::Version,
     limit: u64,
     timeout: Duration,
 ) -> Result<ProxyBody, HttpError> {
     if let Some(len) = declared {
-        if len == 0 {
+        if len == 0 && body.is_end_stream() {
             return Ok(empty());
         }
-        return Ok(body.map_err(BoxError::from).boxed_unsync());
+        if version != http::Version::HTTP_2 {
+            return Ok(NoTrailers(body).boxed_unsync());
+        }
     }
     if body.is_end_stream() {
         return Ok(empty());
@@ -715,5 +722,34 @@ async fn request_body(
         Ok(Err(e)) if e.is::<LengthLimitError>() => Err(HttpError::BodyTooLarge),
         Ok(Err(_)) => Err(HttpError::BodyRead),
         Ok(Ok(collected)) => Ok(full(collected.to_bytes())),
+    }
+}
+
+/// A streamed request body without its trailers.
+struct NoTrailers(Incoming);
+
+impl Body for NoTrailers {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            return match Pin::new(&mut self.0).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) if !frame.is_data() => continue,
+                Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(BoxError::from))),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
     }
 }

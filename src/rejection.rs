@@ -188,7 +188,9 @@ impl Rejection {
                     | HttpError::BodyTooLarge
                     | HttpError::BodyTimeout
                     | HttpError::BodyRead
-            ) | Rejection::Identity(IdentityError::ClientCertExpired)
+            ) | Rejection::Identity(
+                IdentityError::ClientCertExpired | IdentityError::ClientCertRevoked
+            )
         )
     }
 
@@ -246,17 +248,11 @@ impl Rejection {
                     "http.method_override",
                     "method overrides (headers or a _method parameter) are not accepted",
                 ),
-                // The upstream would route on a path we did not check.
-                HttpError::UrlOverride => wire(
-                    S::BAD_REQUEST,
-                    "http.url_override",
-                    "URL-override headers are not accepted",
-                ),
                 // A hop would strip the nominated field after we checked it.
                 HttpError::ConnectionNominates => wire(
                     S::BAD_REQUEST,
                     "http.connection_nominates",
-                    "Connection may nominate only close, keep-alive and te",
+                    "Connection may nominate only hop-by-hop options (close, keep-alive, te)",
                 ),
                 // RFC 9110 §7.8: no protocol switch around per-request inspection.
                 HttpError::UpgradeRefused => wire(
@@ -337,6 +333,12 @@ impl Rejection {
                     S::UNAUTHORIZED,
                     "identity.client_cert_expired",
                     "the client certificate has expired; connect again with a valid one",
+                ),
+                // The CRLs were reloaded since the handshake and now revoke it.
+                IdentityError::ClientCertRevoked => wire(
+                    S::UNAUTHORIZED,
+                    "identity.client_cert_revoked",
+                    "the client certificate has been revoked",
                 ),
             },
             Rejection::Token(e, _) => token_wire(*e),
@@ -444,10 +446,12 @@ impl Rejection {
 
     /// The `WWW-Authenticate` challenge, where the refusal is about credentials
     /// (RFC 6750 §3, RFC 9449 §7.1).
-    pub fn challenge(&self) -> Option<String> {
-        const ALGS: &str = "algs=\"PS256 ES256 EdDSA\"";
+    /// `dpop_algs` are the DPoP proof algorithms this server accepts, space-separated: the
+    /// `algs` parameter must name what the verifier really takes.
+    pub fn challenge(&self, dpop_algs: &str) -> Option<String> {
+        let algs = format!("algs=\"{dpop_algs}\"");
         let bearer = |err: &str| Some(format!("Bearer error=\"{err}\""));
-        let dpop = |err: &str| Some(format!("DPoP error=\"{err}\", {ALGS}"));
+        let dpop = |err: &str| Some(format!("DPoP error=\"{err}\", {algs}"));
         match self {
             Rejection::Http(_)
             | Rejection::Path(_)
@@ -462,7 +466,7 @@ impl Rejection {
             Rejection::Identity(_) => None,
             // RFC 6750 §3.1: no error code when no credentials were sent; both schemes offered.
             Rejection::Token(TokenError::Missing | TokenError::UnsupportedScheme, _) => {
-                Some(format!("Bearer, DPoP {ALGS}"))
+                Some(format!("Bearer, DPoP {algs}"))
             }
             Rejection::Token(
                 TokenError::KeysUnavailable | TokenError::IntrospectionUnavailable,
@@ -853,6 +857,7 @@ pub fn respond(
     rejection: &Rejection,
     interaction_id: &str,
     version: http::Version,
+    dpop_algs: &str,
 ) -> Response<ProxyBody> {
     let w = rejection.wire();
     let (body, content_type) = match rejection.obie_error() {
@@ -875,7 +880,7 @@ pub fn respond(
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Some(c) = rejection
-        .challenge()
+        .challenge(dpop_algs)
         .and_then(|c| HeaderValue::from_str(&c).ok())
     {
         h.insert(WWW_AUTHENTICATE, c);
@@ -942,7 +947,6 @@ pub fn all_reasons() -> Vec<(u16, &'static str, &'static str)> {
         HttpError::HeadersTooLarge.into(),
         HttpError::HeaderUnderscore.into(),
         HttpError::MethodOverride.into(),
-        HttpError::UrlOverride.into(),
         HttpError::ConnectionNominates.into(),
         HttpError::UpgradeRefused.into(),
         HttpError::MisdirectedHost.into(),
@@ -956,6 +960,7 @@ pub fn all_reasons() -> Vec<(u16, &'static str, &'static str)> {
         FapiError::CustomerIpInvalid.into(),
         IdentityError::ClientCertRequired.into(),
         IdentityError::ClientCertExpired.into(),
+        IdentityError::ClientCertRevoked.into(),
         UpstreamError::Connect.into(),
         UpstreamError::Protocol.into(),
         BindingError::Unbound.into(),
@@ -1447,10 +1452,21 @@ mod tests {
     use http_body_util::BodyExt;
 
     async fn answer(r: &Rejection) -> (u16, serde_json::Value) {
-        let resp = respond(r, "id-1", http::Version::HTTP_11);
+        let resp = respond(r, "id-1", http::Version::HTTP_11, "ES256");
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[test]
+    fn dpop_challenges_name_the_configured_algorithms() {
+        let r = Rejection::Token(TokenError::Missing, Scheme::Bearer);
+        let resp = respond(&r, "id-1", http::Version::HTTP_11, "ES256");
+        let c = resp.headers()[WWW_AUTHENTICATE].to_str().unwrap();
+        assert_eq!(c, "Bearer, DPoP algs=\"ES256\"");
+        let r = Rejection::Token(TokenError::Expired, Scheme::DPoP);
+        let c = r.challenge("PS256 EdDSA").unwrap();
+        assert_eq!(c, "DPoP error=\"invalid_token\", algs=\"PS256 EdDSA\"");
     }
 
     #[tokio::test]

@@ -318,7 +318,10 @@ async fn serve_connection(
     {
         let conn = builder.serve_connection(TokioIo::new(io), svc);
         tokio::pin!(conn);
-        let tick = (limits.idle_timeout / 4).max(Duration::from_millis(50));
+        let shortest = limits
+            .max_connection_age
+            .map_or(limits.idle_timeout, |a| a.min(limits.idle_timeout));
+        let tick = (shortest / 4).max(Duration::from_millis(50));
         let mut closing = false;
         loop {
             tokio::select! {
@@ -341,7 +344,10 @@ async fn serve_connection(
                     closing = true;
                 }
                 _ = tokio::time::sleep(tick), if !closing => {
-                    if activity.idle_for().is_some_and(|d| d >= limits.idle_timeout) {
+                    let too_old = limits
+                        .max_connection_age
+                        .is_some_and(|max| activity.epoch.elapsed() >= max);
+                    if too_old || activity.idle_for().is_some_and(|d| d >= limits.idle_timeout) {
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }

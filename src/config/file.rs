@@ -89,6 +89,7 @@ pub(crate) struct FileLimits {
     pub header_read_timeout: Option<ConfigDuration>,
     pub request_timeout: Option<ConfigDuration>,
     pub idle_timeout: Option<ConfigDuration>,
+    pub max_connection_age: Option<ConfigDuration>,
     pub max_connections: Option<usize>,
     pub h2_max_concurrent_streams: Option<u32>,
     pub h2_max_pending_reset_streams: Option<usize>,

@@ -168,6 +168,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub request_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A connection older than this is closed gracefully after its in-flight requests, so a
+    /// client re-handshakes (and meets the current CAs and CRLs) at least this often.
+    pub max_connection_age: Option<Duration>,
     pub max_connections: usize,
     pub h2_max_concurrent_streams: u32,
     pub h2_max_pending_reset_streams: usize,
@@ -184,6 +187,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            max_connection_age: None,
             max_connections: 10_000,
             h2_max_concurrent_streams: 100,
             h2_max_pending_reset_streams: 20,
@@ -202,6 +206,8 @@ pub struct ListenerTls {
     pub crl_count: usize,
     /// notAfter of the listener certificate (unix seconds), for the expiry metric.
     pub server_cert_not_after: Option<i64>,
+    /// What the CRLs revoke, checked on every request (see [`crate::pki::Revoked`]).
+    pub revoked: Arc<crate::pki::Revoked>,
 }
 
 #[derive(Clone)]
@@ -613,6 +619,7 @@ fn validate_limits(p: &mut Problems<'_>, f: &file::FileLimits) -> Limits {
         header_read_timeout: f.header_read_timeout.map_or(d.header_read_timeout, |x| x.0),
         request_timeout: f.request_timeout.map_or(d.request_timeout, |x| x.0),
         idle_timeout: f.idle_timeout.map_or(d.idle_timeout, |x| x.0),
+        max_connection_age: f.max_connection_age.map(|x| x.0),
         max_connections: f.max_connections.unwrap_or(d.max_connections),
         h2_max_concurrent_streams: f
             .h2_max_concurrent_streams
@@ -651,6 +658,9 @@ fn validate_limits(p: &mut Problems<'_>, f: &file::FileLimits) -> Limits {
     nonzero(p, "header_read_timeout", l.header_read_timeout);
     nonzero(p, "request_timeout", l.request_timeout);
     nonzero(p, "idle_timeout", l.idle_timeout);
+    if let Some(age) = l.max_connection_age {
+        nonzero(p, "max_connection_age", age);
+    }
     l
 }
 
@@ -769,6 +779,13 @@ fn validate_listener_tls(
         return None;
     }
     let (client_ca_count, crl_count) = (cas.len(), crls.len());
+    let revoked = match crate::pki::Revoked::from_crls(crls.iter().map(|c| c.as_ref())) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            p.push("listener.tls.crl", e);
+            return None;
+        }
+    };
     let server_cert_not_after = chain
         .first()
         .and_then(|c| crate::pki::ClientCert::from_der(c.as_ref()).ok())
@@ -794,6 +811,7 @@ fn validate_listener_tls(
             client_ca_count,
             crl_count,
             server_cert_not_after,
+            revoked,
         }),
         Err(e) => {
             p.push("listener.tls", e);

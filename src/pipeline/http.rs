@@ -21,8 +21,6 @@ pub enum HttpError {
     HeadersTooLarge,
     HeaderUnderscore,
     MethodOverride,
-    /// A header that names another target (`X-Original-URL`, `X-Rewrite-URL`).
-    UrlOverride,
     /// `Connection` nominates an end-to-end field (which a hop would then strip).
     ConnectionNominates,
     UpgradeRefused,
@@ -42,16 +40,14 @@ const METHOD_OVERRIDE: &[&str] = &[
     "x-original-method",
 ];
 
-/// Headers with which IIS, Symfony and Zend let a request name another path.
-const URL_OVERRIDE: &[&str] = &["x-original-url", "x-rewrite-url"];
-
 /// The query parameter Rails, Laravel, Symfony and Express's method-override read as the
 /// method (compared after decoding, ignoring case).
 pub const METHOD_PARAM: &str = "_method";
 
 /// What `Connection` may nominate: the hop-by-hop fields of RFC 9110 §7.6.1 that a client has a
-/// reason to send. Anything else is an end-to-end field a hop would strip.
-const CONNECTION_OPTIONS: &[&str] = &["close", "keep-alive", "te"];
+/// reason to send (an upgrade is refused on its own, by name). Anything else is an end-to-end
+/// field a hop would strip.
+const CONNECTION_OPTIONS: &[&str] = &["close", "keep-alive", "te", "upgrade", "http2-settings"];
 
 pub fn check(parts: &Parts, limits: &Limits, server_names: &[String]) -> Result<(), HttpError> {
     let uri_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -72,9 +68,6 @@ pub fn check(parts: &Parts, limits: &Limits, server_names: &[String]) -> Result<
         }
         if METHOD_OVERRIDE.contains(&name) {
             return Err(HttpError::MethodOverride);
-        }
-        if URL_OVERRIDE.contains(&name) {
-            return Err(HttpError::UrlOverride);
         }
         if name == "connection" && !connection_options_ok(value.as_bytes()) {
             return Err(HttpError::ConnectionNominates);

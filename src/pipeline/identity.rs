@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::conn::ConnInfo;
-use crate::pki::ClientCert;
+use crate::pki::{ClientCert, Revoked};
 use crate::policy::{CertRequirement, Route};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -11,6 +11,8 @@ pub enum IdentityError {
     ClientCertRequired,
     /// The connection's certificate has expired since its handshake.
     ClientCertExpired,
+    /// The connection's certificate is revoked by the CRLs loaded now.
+    ClientCertRevoked,
 }
 
 /// The authenticated caller. `cert` is `None` only on routes that allow anonymous TLS.
@@ -19,12 +21,18 @@ pub struct ClientIdentity {
     pub cert: Option<Arc<ClientCert>>,
 }
 
-/// The caller on `conn` at `now` (Unix seconds). rustls checks validity only at the handshake;
-/// a keep-alive or HTTP/2 connection must not outlive its certificate, so every request checks
-/// `notAfter` again.
-pub fn identify(conn: &ConnInfo, route: &Route, now: i64) -> Result<ClientIdentity, IdentityError> {
+/// The caller on `conn` at `now` (Unix seconds). rustls checks validity and revocation only at
+/// the handshake; a keep-alive or HTTP/2 connection must not outlive its certificate, so every
+/// request checks `notAfter` and the current CRLs again.
+pub fn identify(
+    conn: &ConnInfo,
+    route: &Route,
+    revoked: &Revoked,
+    now: i64,
+) -> Result<ClientIdentity, IdentityError> {
     match (&conn.client_cert, route.client_cert) {
         (Some(c), _) if c.not_after < now => Err(IdentityError::ClientCertExpired),
+        (Some(c), _) if revoked.contains(c) => Err(IdentityError::ClientCertRevoked),
         (Some(c), _) => Ok(ClientIdentity {
             cert: Some(Arc::clone(c)),
         }),

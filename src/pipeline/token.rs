@@ -51,8 +51,7 @@ pub enum TokenError {
     /// Introspection gave no decision: unreachable, timed out, or a bad answer.
     IntrospectionUnavailable,
     /// `cnf` names a confirmation method this proxy does not verify (RFC 7800 §3: `jwk`, `kid`,
-    /// `jku`, ...), or none at all: a token whose binding cannot be checked is not accepted as a
-    /// bearer token.
+    /// `jku`, ...): a token whose binding cannot be checked is not accepted as a bearer token.
     ConfirmationUnsupported,
     /// Introspection answered for a token that is not an access token (`token_type`
     /// `refresh_token`, say: RFC 7662 §2.1 lets the AS find any of its tokens).
@@ -298,7 +297,7 @@ fn claims(
         Some(Value::Object(cnf)) => {
             // RFC 8705 and RFC 9449 are the methods we verify; any other member would be a
             // binding we silently skip.
-            if cnf.is_empty() || cnf.keys().any(|k| k != "x5t#S256" && k != "jkt") {
+            if cnf.keys().any(|k| k != "x5t#S256" && k != "jkt") {
                 return Err(TokenError::ConfirmationUnsupported);
             }
             (opt_string(cnf, "x5t#S256")?, opt_string(cnf, "jkt")?)

@@ -82,6 +82,9 @@ pub struct ClientCert {
     pub issuer: String,
     /// Serial number, lower-case hex without separators or DER sign padding.
     pub serial_hex: String,
+    /// The issuer name and serial number as DER, the pair a CRL entry names.
+    pub issuer_der: Vec<u8>,
+    pub serial_der: Vec<u8>,
     /// notAfter, unix seconds.
     pub not_after: i64,
     /// Subject alternative names as `dns:..`, `uri:..`, `email:..`, `ip:..`; other kinds skipped.
@@ -161,11 +164,53 @@ impl ClientCert {
             country: single_attribute(subject, &OID_C),
             issuer: format_name(cert.issuer()),
             serial_hex: serial_hex(cert.raw_serial()),
+            issuer_der: cert.issuer().as_raw().to_vec(),
+            serial_der: cert.raw_serial().to_vec(),
             not_after: cert.validity().not_after.timestamp(),
             sans,
             psd2_roles: psd2.roles,
             psd2_nca_id: psd2.nca_id,
         })
+    }
+}
+
+/// The certificates the loaded CRLs revoke, as (issuer name DER, serial DER) pairs: the
+/// handshake's verifier checks them once per connection, and every request checks the current
+/// set again, so a CRL reload ends a revoked client's open keep-alive and HTTP/2 connections.
+#[derive(Debug, Default)]
+pub struct Revoked {
+    entries: std::collections::HashSet<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Revoked {
+    /// The entries of DER CRLs; a CRL that does not parse is an error naming why (the caller
+    /// says which file).
+    pub fn from_crls<'a>(crls: impl IntoIterator<Item = &'a [u8]>) -> Result<Revoked, String> {
+        let mut entries = std::collections::HashSet::new();
+        for der in crls {
+            let (_, crl) = x509_parser::parse_x509_crl(der)
+                .map_err(|e| format!("the CRL cannot be parsed: {e}"))?;
+            let issuer = crl.issuer().as_raw().to_vec();
+            for r in crl.iter_revoked_certificates() {
+                entries.insert((issuer.clone(), r.raw_serial().to_vec()));
+            }
+        }
+        Ok(Revoked { entries })
+    }
+
+    pub fn contains(&self, cert: &ClientCert) -> bool {
+        !self.entries.is_empty()
+            && self
+                .entries
+                .contains(&(cert.issuer_der.clone(), cert.serial_der.clone()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 }
 

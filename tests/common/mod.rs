@@ -46,6 +46,8 @@ pub struct Seen {
     pub path_and_query: String,
     pub headers: http::HeaderMap,
     pub body: Bytes,
+    /// Trailer fields, when the request had any.
+    pub trailers: Option<http::HeaderMap>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -61,6 +63,10 @@ pub enum Behaviour {
     Created,
     /// This status with a small JSON body.
     Status(u16),
+    /// Waits, then answers as [`Behaviour::Created`]: a payment that takes its time.
+    DelayCreated(Duration),
+    /// 200 at once, then a 64 KiB body in 1 KiB pieces 50 ms apart (a slow download).
+    Trickle,
 }
 
 /// An in-process upstream that records every request it receives.
@@ -141,11 +147,9 @@ impl Upstream {
                             if let Some(t) = peer_cert {
                                 parts.headers.insert("x-test-peer-cert", t.parse().unwrap());
                             }
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|c| c.to_bytes())
-                                .unwrap_or_default();
+                            let collected = body.collect().await.ok();
+                            let trailers = collected.as_ref().and_then(|c| c.trailers().cloned());
+                            let body = collected.map(|c| c.to_bytes()).unwrap_or_default();
                             let n = {
                                 let mut seen = rec.lock().unwrap();
                                 seen.push(Seen {
@@ -157,22 +161,26 @@ impl Upstream {
                                         .unwrap_or_default(),
                                     headers: parts.headers,
                                     body,
+                                    trailers,
                                 });
                                 seen.len()
                             };
-                            if let Behaviour::Delay(d) = behaviour {
+                            if let Behaviour::Delay(d) | Behaviour::DelayCreated(d) = behaviour {
                                 tokio::time::sleep(d).await;
+                            }
+                            if let Behaviour::Trickle = behaviour {
+                                return Ok(trickle());
                             }
                             let body: Bytes = match behaviour {
                                 Behaviour::Json(j) => Bytes::from_static(j.as_bytes()),
-                                Behaviour::Created => {
+                                Behaviour::Created | Behaviour::DelayCreated(_) => {
                                     Bytes::from(format!("{{\"Data\":{{\"PaymentId\":\"p-{n}\"}}}}"))
                                 }
                                 _ => Bytes::from_static(b"{\"Data\":{}}"),
                             };
-                            let mut r = http::Response::new(Full::new(body));
+                            let mut r = http::Response::new(Full::new(body).boxed_unsync());
                             match behaviour {
-                                Behaviour::Created => {
+                                Behaviour::Created | Behaviour::DelayCreated(_) => {
                                     *r.status_mut() = http::StatusCode::CREATED;
                                     r.headers_mut().insert(
                                         "location",
@@ -235,6 +243,42 @@ impl Upstream {
 
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+}
+
+/// The [`Behaviour::Trickle`] answer: 64 pieces of 1 KiB, 50 ms apart.
+fn trickle() -> http::Response<UpstreamBody> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    tokio::spawn(async move {
+        for _ in 0..64 {
+            if tx.send(Bytes::from(vec![b'x'; 1024])).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut r = http::Response::new(Channel(rx).boxed_unsync());
+    r.headers_mut()
+        .insert("content-type", "application/octet-stream".parse().unwrap());
+    r
+}
+
+type UpstreamBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+/// A response body fed by a channel.
+struct Channel(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for Channel {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
     }
 }
 

@@ -117,6 +117,10 @@ pub enum Expect {
     /// code before any handler ran: nothing upstream, and no request record (the h2 codec
     /// refuses it; hyper's service never sees it).
     H2Reset(u32),
+    /// HTTP/2 only: stream 1 is reset with this code after the handler took the request (its
+    /// framing failed while the body was read): nothing upstream, and exactly one request record
+    /// with this reason, marked `client_gone` (the answer could not be delivered).
+    H2ResetRecorded(u32, &'static str),
 }
 
 /// What came back, for a case's own extra checks.
@@ -729,7 +733,7 @@ async fn run_case(lab: &Lab, c: &Case) -> Result<(), String> {
             o.body = Bytes::from(seen.data.get(&1).cloned().unwrap_or_default());
             o.status = o.json()["status"].as_u64().unwrap_or(0) as u16;
             o.responses = usize::from(seen.headers.contains(&1));
-            if let Expect::H2Reset(code) = c.expect {
+            if let Expect::H2Reset(code) | Expect::H2ResetRecorded(code, _) = c.expect {
                 let got = seen
                     .resets
                     .get(&1)
@@ -869,6 +873,14 @@ async fn run_case(lab: &Lab, c: &Case) -> Result<(), String> {
                 return Err(format!("handshake record {rec} (want failure {failure})"));
             }
             o.record = rec.clone();
+        }
+        Expect::H2ResetRecorded(_, reason) => {
+            nothing_forwarded(lab, base).await?;
+            let recs = lab.p.audit_where(1, |r| r["interaction_id"] == id.as_str()).await;
+            match recs.as_slice() {
+                [r] if r["reason"] == reason && r["client_gone"] == true => {}
+                _ => return Err(format!("want one {reason} client_gone record, got {recs:?}")),
+            }
         }
         Expect::H2Reset(_) => {
             nothing_forwarded(lab, base).await?;
