@@ -140,6 +140,7 @@ impl Pending {
             record: Some(record),
             shared: Arc::clone(&self.answer.shared),
             bodiless,
+            ended: false,
         };
         Response::from_parts(parts, sealed.boxed_unsync())
     }
@@ -221,7 +222,14 @@ fn compose(
             }
             let id = a.id_header.to_str().unwrap_or_default();
             let rt = a.shared.runtime.load();
-            let algs: Vec<&str> = rt.config.auth.dpop.algorithms.iter().map(|x| x.name()).collect();
+            let algs: Vec<&str> = rt
+                .config
+                .auth
+                .dpop
+                .algorithms
+                .iter()
+                .map(|x| x.name())
+                .collect();
             rejection::respond(&rejection, id, a.version, &algs.join(" "))
         }
     };
@@ -272,6 +280,8 @@ struct Sealed {
     record: Option<Box<RequestRecord>>,
     shared: Arc<Shared>,
     bodiless: bool,
+    /// The body reached its end (or failed upstream): hyper had all there was to send.
+    ended: bool,
 }
 
 impl Body for Sealed {
@@ -282,7 +292,11 @@ impl Body for Sealed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) || self.body.is_end_stream() {
+            self.ended = true;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -297,7 +311,7 @@ impl Body for Sealed {
 impl Drop for Sealed {
     fn drop(&mut self) {
         if let Some(mut record) = self.record.take() {
-            if !self.bodiless && !self.body.is_end_stream() {
+            if !self.bodiless && !self.ended && !self.body.is_end_stream() {
                 record.client_gone = true;
             }
             seal(&self.shared, record);
@@ -356,11 +370,19 @@ async fn inner(
     // Stages that read the body get it buffered once, up to the route limit; the bytes they
     // checked are the bytes forwarded.
     let (body, buffered) = if pipeline::needs_body(&route) {
-        let bytes = buffer_body(body, route.body_limit, timeout).await?;
+        let bytes = buffer_body(body, route.body_limit, timeout, record).await?;
         (full(bytes.clone()), Some(bytes))
     } else {
         (
-            request_body(body, declared, parts.version, route.body_limit, timeout).await?,
+            request_body(
+                body,
+                declared,
+                parts.version,
+                route.body_limit,
+                timeout,
+                record,
+            )
+            .await?,
             None,
         )
     };
@@ -618,14 +640,59 @@ async fn check_response(
 }
 
 /// Reads the whole body, up to `limit` bytes and within `timeout`.
-async fn buffer_body(body: Incoming, limit: u64, timeout: Duration) -> Result<Bytes, HttpError> {
+async fn buffer_body(
+    body: Incoming,
+    limit: u64,
+    timeout: Duration,
+    record: &mut RequestRecord,
+) -> Result<Bytes, HttpError> {
     let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     match tokio::time::timeout(timeout, limited.collect()).await {
         Err(_) => Err(HttpError::BodyTimeout),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(HttpError::BodyTooLarge),
-        Ok(Err(_)) => Err(HttpError::BodyRead),
+        Ok(Err(e)) => Err(read_error(&e, record)),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
+}
+
+/// Why a request body could not be read; a body that ended because the client closed the
+/// connection or reset the stream marks the record `client_gone` (no answer will reach it).
+fn read_error(e: &BoxError, record: &mut RequestRecord) -> HttpError {
+    if e.is::<LengthLimitError>() {
+        return HttpError::BodyTooLarge;
+    }
+    if peer_left(e.as_ref()) {
+        record.client_gone = true;
+    }
+    HttpError::BodyRead
+}
+
+/// Whether an error (or one of its sources) says the client went away: the connection ended
+/// before the declared length (HTTP/1.1), or the peer reset the stream (HTTP/2).
+fn peer_left(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            if matches!(
+                io.kind(),
+                K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe
+            ) {
+                return true;
+            }
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            if h2.is_remote() && h2.is_reset() {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Identity headers from the bound token's claims (client copies are always removed first), and
@@ -704,6 +771,7 @@ async fn request_body(
     version: http::Version,
     limit: u64,
     timeout: Duration,
+    record: &mut RequestRecord,
 ) -> Result<ProxyBody, HttpError> {
     if let Some(len) = declared {
         if len == 0 && body.is_end_stream() {
@@ -719,8 +787,7 @@ async fn request_body(
     let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     match tokio::time::timeout(timeout, limited.collect()).await {
         Err(_) => Err(HttpError::BodyTimeout),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(HttpError::BodyTooLarge),
-        Ok(Err(_)) => Err(HttpError::BodyRead),
+        Ok(Err(e)) => Err(read_error(&e, record)),
         Ok(Ok(collected)) => Ok(full(collected.to_bytes())),
     }
 }

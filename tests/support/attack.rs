@@ -876,10 +876,17 @@ async fn run_case(lab: &Lab, c: &Case) -> Result<(), String> {
         }
         Expect::H2ResetRecorded(_, reason) => {
             nothing_forwarded(lab, base).await?;
-            let recs = lab.p.audit_where(1, |r| r["interaction_id"] == id.as_str()).await;
+            let recs = lab
+                .p
+                .audit_where(1, |r| r["interaction_id"] == id.as_str())
+                .await;
             match recs.as_slice() {
                 [r] if r["reason"] == reason && r["client_gone"] == true => {}
-                _ => return Err(format!("want one {reason} client_gone record, got {recs:?}")),
+                _ => {
+                    return Err(format!(
+                        "want one {reason} client_gone record, got {recs:?}"
+                    ))
+                }
             }
         }
         Expect::H2Reset(_) => {
