@@ -10,10 +10,15 @@ const express = require('express');
 const methodOverride = require('method-override');
 
 const app = express();
-let count = 0;
+// Requests the app saw, by X-Fapi-Interaction-Id (the harness asks per request).
+const seen = new Map();
 
-app.get('/__count', (req, res) => res.type('text/plain').send(String(count)));
-app.use((req, res, next) => { count++; next(); });
+app.get('/__seen/:id', (req, res) => res.type('text/plain').send(String(seen.get(req.params.id) || 0)));
+app.use((req, res, next) => {
+  const id = req.get('x-fapi-interaction-id') || '';
+  seen.set(id, (seen.get(id) || 0) + 1);
+  next();
+});
 app.use(methodOverride('X-HTTP-Method-Override'));
 app.use(methodOverride('_method'));
 app.use(express.json({ type: () => true }));

@@ -37,16 +37,17 @@ class HTTPMethodOverrideMiddleware:
 
 
 app = Flask(__name__)
-COUNT = 0
+# Requests the app saw, by X-Fapi-Interaction-Id (the harness asks per request).
+SEEN = {}
 LOCK = threading.Lock()
 
 
 @app.before_request
 def counted():
-    global COUNT
-    if request.path != "/__count":
+    if not request.path.startswith("/__seen/"):
+        key = request.headers.get("x-fapi-interaction-id", "")
         with LOCK:
-            COUNT += 1
+            SEEN[key] = SEEN.get(key, 0) + 1
 
 
 def echo(handler, ids, status=200):
@@ -58,9 +59,10 @@ def ids(name, src, values):
     return [{"name": name, "from": src, "value": str(v)} for v in values if v is not None]
 
 
-@app.get("/__count")
-def count():
-    return str(COUNT)
+@app.get("/__seen/<key>")
+def seen(key):
+    with LOCK:
+        return str(SEEN.get(key, 0))
 
 
 @app.get("/accounts")

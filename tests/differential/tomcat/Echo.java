@@ -15,7 +15,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
-import java.util.concurrent.atomic.AtomicLong;
+import java.util.concurrent.ConcurrentHashMap;
 
 import com.fasterxml.jackson.databind.DeserializationFeature;
 import com.fasterxml.jackson.databind.MapperFeature;
@@ -32,7 +32,8 @@ import org.apache.catalina.connector.Connector;
 import org.apache.catalina.startup.Tomcat;
 
 public class Echo extends HttpServlet {
-    static final AtomicLong COUNT = new AtomicLong();
+    // Requests the app code saw, by X-Fapi-Interaction-Id (the harness asks per request).
+    static final Map<String, Integer> SEEN = new ConcurrentHashMap<>();
     static final ObjectMapper PLAIN = new ObjectMapper();
     // The case-insensitive binder: a payment bound to a class, as a Spring/JAX-RS app does.
     static final ObjectMapper CI = JsonMapper.builder()
@@ -46,12 +47,13 @@ public class Echo extends HttpServlet {
     @Override
     protected void service(HttpServletRequest req, HttpServletResponse resp) throws IOException {
         String path = req.getServletPath() + (req.getPathInfo() == null ? "" : req.getPathInfo());
-        if (path.equals("/__count")) {
+        if (path.startsWith("/__seen/")) {
             resp.setContentType("text/plain");
-            resp.getWriter().print(COUNT.get());
+            resp.getWriter().print(SEEN.getOrDefault(path.substring(8), 0));
             return;
         }
-        COUNT.incrementAndGet();
+        String fapiId = req.getHeader("x-fapi-interaction-id");
+        SEEN.merge(fapiId == null ? "" : fapiId, 1, Integer::sum);
         String method = req.getMethod();
         String override = req.getParameter("_method");
         if (method.equals("POST") && override != null) {
