@@ -575,6 +575,15 @@ async fn send_raw(p: &Proxy, bytes: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// The audit record of interaction `id` (`null` when none appears).
+async fn record(g: &Gate, id: &str) -> Value {
+    g.p.audit_where(1, |r| r["interaction_id"] == id)
+        .await
+        .into_iter()
+        .next()
+        .unwrap_or(Value::Null)
+}
+
 fn wire(c: &Case, token: &str, id: &str) -> Vec<u8> {
     let mut w = Vec::new();
     w.extend_from_slice(c.method.as_bytes());
@@ -610,14 +619,8 @@ async fn run_case(g: &Gate, fw: &Framework, c: &Case) -> Verdict {
     let problem = headers
         .get("content-type")
         .is_some_and(|v| v.as_bytes() == b"application/problem+json");
-    let rec = g
-        .p
-        .audit_where(1, |r| r["interaction_id"] == id.as_str())
-        .await
-        .into_iter()
-        .next()
-        .unwrap_or(Value::Null);
     let echo: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let answer: Value = if problem { echo.clone() } else { Value::Null };
     if echo["framework"] != fw.name {
         if forwarded {
             return Verdict::Mismatch(format!(
@@ -625,24 +628,26 @@ async fn run_case(g: &Gate, fw: &Framework, c: &Case) -> Verdict {
                 String::from_utf8_lossy(&body)
             ));
         }
-        if problem || rec["decision"] == "deny" {
-            let reason = rec["reason"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| {
-                    serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null)["reason"]
-                        .to_string()
-                });
-            return Verdict::Refused(status, reason);
+        // The proxy's own refusal names its reason; nothing to wait for.
+        if let Some(reason) = answer["reason"].as_str() {
+            return Verdict::Refused(status, reason.to_string());
         }
-        // Forwarded, and refused by the framework's server before any app code ran (Tomcat's
-        // connector refuses %2F, for one).
-        return Verdict::NotDispatched(status);
+        let rec = record(g, &id).await;
+        // Forwarded (an `allow` record), and refused by the framework's server before any app
+        // code ran.
+        if rec["decision"] == "allow" {
+            return Verdict::NotDispatched(status);
+        }
+        // Refused by the proxy's HTTP parser (no handler ran, so no record of this id) or with
+        // an answer in another format (OBIE errors).
+        let reason = rec["reason"].as_str().unwrap_or("http parser, no request record");
+        return Verdict::Refused(status, reason.to_string());
     }
     if !forwarded {
         return Verdict::Mismatch("an echo answer, but the framework counted no request".into());
     }
     // What the proxy authorized.
+    let rec = record(g, &id).await;
     let route_id = rec["route_id"].as_str().unwrap_or("?").to_string();
     let route = ROUTES.iter().find(|r| r.0 == route_id);
     // The path the proxy matched: the target before any query (and fragment, which hyper's URI
