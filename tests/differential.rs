@@ -1,6 +1,6 @@
 //! The differential harness: real upstream frameworks behind the proxy are the oracle.
 //!
-//! Three echo apps (tests/differential/): Tomcat 10 embedded with one servlet (and Jackson with
+//! Three echo apps (tests/frameworks/): Tomcat 10 embedded with one servlet (and Jackson with
 //! ACCEPT_CASE_INSENSITIVE_PROPERTIES, plus an ASP.NET-Core-like case-insensitive query
 //! binder), Express 5 with `method-override`, and Flask/Werkzeug. Each answers with what it
 //! parsed: the method after any override, the path as it resolved it, the handler that matched
@@ -154,7 +154,7 @@ fn skip() -> bool {
 }
 
 fn src_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/differential")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/frameworks")
 }
 
 fn work_dir() -> PathBuf {
@@ -177,7 +177,10 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    eprintln!("differential: {what} took {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "differential: {what} took {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -274,7 +277,10 @@ fn prepare(name: &str) -> Result<Command, String> {
                     "express: npm ci",
                 )
                 .map_err(|e| {
-                    format!("{e}\nrun: cd {} && npm ci   (needs the npm registry)", work.display())
+                    format!(
+                        "{e}\nrun: cd {} && npm ci   (needs the npm registry)",
+                        work.display()
+                    )
                 })?;
             }
             let mut c = Command::new("node");
@@ -298,7 +304,14 @@ fn prepare(name: &str) -> Result<Command, String> {
                 .map_err(|e| format!("{e}\nrun: apt-get install -y python3-venv"))?;
                 run(
                     Command::new(&py)
-                        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"])
+                        .args([
+                            "-m",
+                            "pip",
+                            "install",
+                            "-q",
+                            "--disable-pip-version-check",
+                            "-r",
+                        ])
                         .arg(work.join("requirements.txt")),
                     "flask: pip install",
                 )
@@ -340,10 +353,10 @@ fn start(name: &'static str, mut cmd: Command) -> Result<Framework, String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
-        let port = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("PORT ").and_then(|p| p.trim().parse::<u16>().ok()));
+        let port = lines.by_ref().map_while(Result::ok).find_map(|l| {
+            l.strip_prefix("PORT ")
+                .and_then(|p| p.trim().parse::<u16>().ok())
+        });
         let _ = tx.send(port);
         // Keep draining, so that a chatty app never blocks on a full pipe.
         lines.for_each(drop);
@@ -482,7 +495,10 @@ fn get(target: impl AsRef<[u8]>) -> Case {
 fn post(target: &str, body: impl AsRef<[u8]>) -> Case {
     let body = body.as_ref().to_vec();
     Case {
-        name: format!("POST {target} {}", String::from_utf8_lossy(&body).escape_debug()),
+        name: format!(
+            "POST {target} {}",
+            String::from_utf8_lossy(&body).escape_debug()
+        ),
         method: "POST",
         target: target.as_bytes().to_vec(),
         headers: vec![("Content-Type".into(), "application/json".into())],
@@ -590,7 +606,9 @@ fn wire(c: &Case, token: &str, id: &str) -> Vec<u8> {
     w.push(b' ');
     w.extend_from_slice(&c.target);
     w.extend_from_slice(b" HTTP/1.1\r\nHost: localhost\r\n");
-    w.extend_from_slice(format!("Authorization: Bearer {token}\r\nX-Fapi-Interaction-Id: {id}\r\n").as_bytes());
+    w.extend_from_slice(
+        format!("Authorization: Bearer {token}\r\nX-Fapi-Interaction-Id: {id}\r\n").as_bytes(),
+    );
     let mut connection = "close".to_string();
     for (k, v) in &c.headers {
         if k.eq_ignore_ascii_case("connection") {
@@ -640,7 +658,9 @@ async fn run_case(g: &Gate, fw: &Framework, c: &Case) -> Verdict {
         }
         // Refused by the proxy's HTTP parser (no handler ran, so no record of this id) or with
         // an answer in another format (OBIE errors).
-        let reason = rec["reason"].as_str().unwrap_or("http parser, no request record");
+        let reason = rec["reason"]
+            .as_str()
+            .unwrap_or("http parser, no request record");
         return Verdict::Refused(status, reason.to_string());
     }
     if !forwarded {
@@ -652,7 +672,11 @@ async fn run_case(g: &Gate, fw: &Framework, c: &Case) -> Verdict {
     let route = ROUTES.iter().find(|r| r.0 == route_id);
     // The path the proxy matched: the target before any query (and fragment, which hyper's URI
     // parser drops before the proxy sees the target).
-    let raw_path = c.target.split(|b| *b == b'?' || *b == b'#').next().unwrap_or(&[]);
+    let raw_path = c
+        .target
+        .split(|b| *b == b'?' || *b == b'#')
+        .next()
+        .unwrap_or(&[]);
     let params = route.map_or_else(BTreeMap::new, |r| proxy_params(r.2, raw_path));
     let mut diffs = Vec::new();
     let handler = echo["handler"].as_str().unwrap_or("?");
@@ -745,7 +769,10 @@ async fn corpus(category: &str, cases: Vec<Case>) {
             }
             Verdict::NotDispatched(s) => {
                 undispatched += 1;
-                ("not dispatched", format!("the framework's server answered {s}"))
+                (
+                    "not dispatched",
+                    format!("the framework's server answered {s}"),
+                )
             }
             Verdict::Mismatch(m) => {
                 mismatches.push(format!("  {fw:<8} {name}\n           {m}"));
@@ -864,8 +891,14 @@ fn path_corpus() -> Vec<Case> {
     .iter()
     .map(get)
     .collect();
-    v.push(get(b"/payments/\xc3\xa9/details".as_slice()).named("/payments/<raw UTF-8 e-acute>/details"));
-    v.push(get(b"/payments/\xc0\xae\xc0\xae/details".as_slice()).named("/payments/<raw overlong ..>/details"));
+    v.push(
+        get(b"/payments/\xc3\xa9/details".as_slice())
+            .named("/payments/<raw UTF-8 e-acute>/details"),
+    );
+    v.push(
+        get(b"/payments/\xc0\xae\xc0\xae/details".as_slice())
+            .named("/payments/<raw overlong ..>/details"),
+    );
     v
 }
 
@@ -967,13 +1000,19 @@ fn body_corpus() -> Vec<Case> {
     .map(|b| post("/payments", b))
     .collect();
     // A byte order mark before the document.
-    for b in [r#"{"Data":{"ConsentId":"pdc-a"}}"#, r#"{"Data":{"ConsentId":"pdc-b"}}"#] {
+    for b in [
+        r#"{"Data":{"ConsentId":"pdc-a"}}"#,
+        r#"{"Data":{"ConsentId":"pdc-b"}}"#,
+    ] {
         let mut bytes = b"\xef\xbb\xbf".to_vec();
         bytes.extend_from_slice(b.as_bytes());
         v.push(post("/payments", bytes).named(&format!("POST /payments <BOM>{b}")));
     }
     // Not declared as JSON, read as JSON anyway by a lenient app.
-    let mut c = post("/payments", r#"{"Data":{"ConsentId":"pdc-a","consentId":"pdc-b"}}"#);
+    let mut c = post(
+        "/payments",
+        r#"{"Data":{"ConsentId":"pdc-a","consentId":"pdc-b"}}"#,
+    );
     c.headers = vec![("Content-Type".into(), "text/plain".into())];
     v.push(c.named("POST /payments (text/plain) case twins"));
     v
