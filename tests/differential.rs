@@ -236,12 +236,12 @@ fn prepare(name: &str) -> Result<Command, String> {
     match name {
         "tomcat" => {
             let cp = tomcat_classpath()?;
+            if which("java").is_none() || which("javac").is_none() {
+                return Err(format!("tomcat: java or javac is missing; run: {APT}"));
+            }
             let changed = sync("tomcat", &["Echo.java"]);
             let classes = work.join("classes");
             if changed || !classes.join("Echo.class").exists() {
-                if which("javac").is_none() {
-                    return Err(format!("tomcat: javac is missing; run: {APT}"));
-                }
                 let _ = std::fs::remove_dir_all(&classes);
                 run(
                     Command::new("javac")
