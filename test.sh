@@ -14,4 +14,22 @@ if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; 
   # The tests start their own servers; the packaged service is not needed.
   if command -v systemctl >/dev/null 2>&1; then $sudo systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
 fi
+# The differential harness (tests/differential.rs) runs real frameworks behind the proxy: Tomcat's
+# libraries, Jackson and a JDK from Debian, Node for Express, Python's venv for Flask. The test
+# itself installs the npm and pip packages under target/tmp/differential.
+diff_pkgs=""
+[ -f /usr/share/java/tomcat10-catalina.jar ] || diff_pkgs="$diff_pkgs libtomcat10-java"
+[ -f /usr/share/java/jackson-databind.jar ] || diff_pkgs="$diff_pkgs libjackson2-databind-java"
+command -v javac >/dev/null 2>&1 || diff_pkgs="$diff_pkgs default-jdk-headless"
+command -v npm >/dev/null 2>&1 || diff_pkgs="$diff_pkgs nodejs npm"
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || diff_pkgs="$diff_pkgs python3-venv"
+if [ -n "$diff_pkgs" ] && [ "${PORTCULLIS_SKIP_DIFFERENTIAL:-}" != 1 ]; then
+  echo "test.sh: installing$diff_pkgs (Debian packages) for the differential harness" >&2
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  # shellcheck disable=SC2086
+  $sudo apt-get install -y -qq --no-install-recommends $diff_pkgs >/dev/null
+fi
 cargo test --locked --all-features "$@"
