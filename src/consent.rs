@@ -76,9 +76,12 @@ pub struct ConsentSource {
     pub failures: AtomicU64,
 }
 
-/// Consent ids travel in a URL path: only unreserved characters.
+/// Consent ids travel in a URL path as one segment: only unreserved characters, and not a dot
+/// segment (`..` would climb out of the template's path; `%2E%2E` is the same to RFC 3986).
 fn safe_id(id: &str) -> bool {
     !id.is_empty()
+        && id != "."
+        && id != ".."
         && id.len() <= 256
         && id
             .bytes()
@@ -141,7 +144,7 @@ impl ConsentSource {
         let client = self.client.as_ref().ok_or(AuthzError::ConsentUnavailable)?;
         let uri: http::Uri = r
             .url_template
-            .replace("{id}", &encode_segment(id))
+            .replace("{id}", id)
             .parse()
             .map_err(|_| AuthzError::ConsentUnavailable)?;
         let req = http::Request::get(uri)
@@ -172,32 +175,17 @@ impl ConsentSource {
     }
 }
 
-/// An AS-issued id as one path segment: every byte but RFC 3986 unreserved characters is
-/// percent-encoded, and so are the dots of a `.` or `..` id, so `/`, `..`, `?` or `#` in an id
-/// cannot steer the lookup elsewhere.
-fn encode_segment(id: &str) -> String {
-    let dots = id == "." || id == "..";
-    let mut out = String::with_capacity(id.len());
-    for b in id.bytes() {
-        let unreserved = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~' | b'.');
-        if unreserved && !(dots && b == b'.') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
-mod encode_tests {
+mod id_tests {
     #[test]
     fn ids_cannot_leave_their_path_segment() {
-        assert_eq!(super::encode_segment("pdc-a1_~"), "pdc-a1_~");
-        assert_eq!(super::encode_segment("../x?y#z"), "..%2Fx%3Fy%23z");
-        assert_eq!(super::encode_segment(".."), "%2E%2E");
-        assert_eq!(super::encode_segment("pdc.1"), "pdc.1");
-        assert_eq!(super::encode_segment("a b%"), "a%20b%25");
-        assert_eq!(super::encode_segment("é"), "%C3%A9");
+        for good in ["pdc-a1_~", "pdc.1", "a..b"] {
+            assert!(super::safe_id(good), "{good}");
+        }
+        for bad in [
+            "", ".", "..", "../x", "a/b", "a?b", "a#b", "a b", "a%2Fb", "é",
+        ] {
+            assert!(!super::safe_id(bad), "{bad}");
+        }
     }
 }

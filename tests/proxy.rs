@@ -27,7 +27,7 @@ async fn an_mtls_request_reaches_the_upstream_with_only_vouched_identity_headers
     .header("client-cert", ":Zm9yZ2Vk:")
     .header("x-forwarded-client-cert", "Hash=forged")
     .header("x-envoy-original-path", "/admin")
-    .header("connection", "x-forwarded-for, client-cert")
+    .header("connection", "keep-alive")
     .header("x-fapi-customer-ip-address", "203.0.113.7")
     .body(empty())
     .unwrap();

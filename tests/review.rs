@@ -564,18 +564,71 @@ async fn rx_the_audit_record_names_the_scopes_a_request_used() {
         };
         assert_eq!(rec["scopes_required"], want, "{}", r.path);
     }
-    // The report now sees accounts, payments and balances used by tpp-one.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["audit", "report"])
-        .arg(lab.p.dir.path().join("audit.log"))
-        .output()
+    // The report counts every scope these requests needed as used (it listed them all as
+    // unused while records carried no `scopes_required`).
+    let log = std::fs::read(lab.p.dir.path().join("audit.log")).unwrap();
+    let report = portcullis::audit::report::build(&[&log], None);
+    let used: std::collections::BTreeSet<String> = report
+        .clients
+        .iter()
+        .flat_map(|c| c.scopes_used.iter().cloned())
+        .collect();
+    for scope in ["accounts", "payments", "balances"] {
+        assert!(used.contains(scope), "{scope} not used: {report:?}");
+    }
+    let tpp1 = report
+        .clients
+        .iter()
+        .find(|c| c.scopes_granted.contains("payments"))
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    assert!(
-        !text.contains("accounts") || !text.contains("unused: accounts"),
-        "accounts reported unused: {text}"
+    assert!(tpp1.scopes_unused.is_empty(), "{tpp1:?}");
+}
+
+/// An AS-issued consent id is one path segment of the consent lookup: an id that could leave it
+/// (`..`, `/`, `?`, `#`) is never looked up, and the consent is not found.
+#[tokio::test]
+async fn rx_a_consent_id_cannot_steer_the_consent_lookup() {
+    let asked: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let seen = Arc::clone(&asked);
+    let handler: Handler = Arc::new(move |parts: &http::request::Parts, _: &[u8]| {
+        let pq = parts.uri.path_and_query().map(|p| p.to_string());
+        seen.lock().unwrap().push(pq.unwrap_or_default());
+        (404, "{}".into())
+    });
+    let addr = https_endpoint(handler).await;
+    let policy = "group: c\nupstream: bank\nroutes:\n  - id: balances\n    method: GET\n    path: /balances\n    auth: {profile: fapi2}\n    consent: {claim: openbanking_intent_id, permissions: [ReadBalances]}\n";
+    let mut o = LabOptions::new(policy);
+    o.extra = format!(
+        "consent:\n  url: https://localhost:{}/consents/{{id}}\n  ca: [{}]\n",
+        addr.port(),
+        certs().join("ca.pem").display()
     );
+    let lab = Lab::start(o).await;
+    let cases = ["..", ".", "../admin?x=1#f", "a/b"]
+        .into_iter()
+        .map(|id| {
+            let t = lab.token(json!({ "openbanking_intent_id": id }));
+            case(
+                "Rx",
+                format!("consent id {id:?}"),
+                Req::get("/balances").bearer(&t),
+                refused(403, "authz.consent_not_found"),
+            )
+        })
+        .collect();
+    run(&lab, cases).await;
+    assert!(
+        asked.lock().unwrap().is_empty(),
+        "{:?}",
+        asked.lock().unwrap()
+    );
+    // An ordinary id is looked up as its own segment.
+    let t = lab.token(json!({"openbanking_intent_id": "pdc-1.a"}));
+    let a = send(&lab.p, &Req::get("/balances").bearer(&t), "x")
+        .await
+        .unwrap();
+    assert_eq!(a.status, 403);
+    assert_eq!(asked.lock().unwrap().as_slice(), ["/consents/pdc-1.a"]);
 }
 
 // --- a client that leaves ------------------------------------------------------------------
@@ -848,6 +901,60 @@ async fn r01_a_client_leaving_during_the_response_body_is_recorded() {
     assert_eq!(a.body.len(), 64 * 1024);
     let r = p.audit_of(&id).await;
     assert!(r.get("client_gone").is_none(), "{r}");
+}
+
+/// A client that leaves while a stage waits (a slow introspection endpoint): the handler is
+/// dropped, and its guard writes the record as `cancelled`.
+#[tokio::test]
+async fn r01_a_client_leaving_while_a_stage_waits_leaves_a_cancelled_record() {
+    let handler: Handler = Arc::new(|_: &http::request::Parts, _: &[u8]| {
+        let a = json!({"active": true, "iss": ISS, "aud": AUD, "exp": NOW + 600,
+            "client_id": "tpp-one", "scope": "accounts"});
+        (200, a.to_string())
+    });
+    let addr = https_endpoint_after(Duration::from_millis(600), handler).await;
+    let secret = tempfile::tempdir().unwrap();
+    std::fs::write(secret.path().join("secret"), "s3cret\n").unwrap();
+    let issuer = format!(
+        "    introspection:\n      url: https://localhost:{}/introspect\n      ca: [{}]\n      client_id: rs-client\n      client_secret_file: {}\n      cache_ttl: 60s\n      timeout: 5s\n",
+        addr.port(),
+        certs().join("ca.pem").display(),
+        secret.path().join("secret").display()
+    );
+    let mut o = LabOptions::new(POLICY);
+    o.issuer = Box::leak(issuer.into_boxed_str());
+    let lab = Lab::start(o).await;
+    for h2 in [false, true] {
+        let id = uuid::Uuid::new_v4().to_string();
+        let token = format!("opaque-{h2}");
+        if h2 {
+            let r = http::Request::get("https://localhost/bearer/accounts")
+                .header("x-fapi-interaction-id", &id)
+                .header("authorization", format!("Bearer {token}"))
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            h2_and_reset(&lab.p, r, Duration::from_millis(150)).await;
+        } else {
+            let head = format!(
+                "GET /bearer/accounts HTTP/1.1\r\nHost: localhost\r\nx-fapi-interaction-id: {id}\r\nauthorization: Bearer {token}\r\n\r\n"
+            );
+            h1_and_leave(&lab.p, &head, b"", Duration::from_millis(150)).await;
+        }
+        let recs = lab
+            .p
+            .audit_where(1, |r| r["interaction_id"] == id.as_str())
+            .await;
+        assert_eq!(recs.len(), 1, "h2 {h2}: {recs:?}");
+        let r = &recs[0];
+        assert_eq!(r["decision"], "cancelled", "{r}");
+        assert_eq!(r["reason"], "client_gone", "{r}");
+        assert_eq!(r["status"], 499, "{r}");
+        assert_eq!(r["client_gone"], true, "{r}");
+        assert!(r.get("stage").is_none(), "{r}");
+    }
+    // The introspection answers arrive later; nothing is forwarded for the abandoned requests.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(lab.forwarded().len(), 0);
 }
 
 /// A request body fed by a channel (never ends while the sender lives).

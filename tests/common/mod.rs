@@ -567,6 +567,12 @@ pub type Handler = Arc<dyn Fn(&http::request::Parts, &[u8]) -> (u16, String) + S
 
 /// An HTTPS endpoint (dev server certificate) answering with a handler the test supplies.
 pub async fn https_endpoint(handler: Handler) -> std::net::SocketAddr {
+    https_endpoint_after(Duration::ZERO, handler).await
+}
+
+/// [`https_endpoint`] that waits `delay` before each answer (a slow key, consent or
+/// introspection service).
+pub async fn https_endpoint_after(delay: Duration, handler: Handler) -> std::net::SocketAddr {
     use http_body_util::BodyExt;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use rustls_pki_types::pem::PemObject;
@@ -603,6 +609,7 @@ pub async fn https_endpoint(handler: Handler) -> std::net::SocketAddr {
                                 .await
                                 .map(|c| c.to_bytes())
                                 .unwrap_or_default();
+                            tokio::time::sleep(delay).await;
                             let (status, text) = handler(&parts, &body);
                             let mut r = http::Response::new(Full::new(Bytes::from(text)));
                             *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
