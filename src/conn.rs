@@ -32,6 +32,10 @@ pub struct ConnInfo {
     /// Where work that must outlive the client goes (an exchange the upstream may act on), so
     /// that a graceful drain waits for it.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Bounds the exchanges of this connection that run on without their client (as many as
+    /// HTTP/2 streams it may open): a client that resets streams as fast as it opens them gets
+    /// no more upstream work in flight than one that waits for its answers.
+    pub detached: Arc<tokio::sync::Semaphore>,
 }
 
 impl ConnInfo {
@@ -39,6 +43,7 @@ impl ConnInfo {
         id: u64,
         tls: &TlsStream<TcpStream>,
         tasks: tokio_util::task::TaskTracker,
+        max_detached: usize,
     ) -> std::io::Result<ConnInfo> {
         let (tcp, session) = tls.get_ref();
         let tls_version = match session.protocol_version() {
@@ -82,6 +87,7 @@ impl ConnInfo {
             client_cert,
             audit_members: Arc::from(""),
             tasks,
+            detached: Arc::new(tokio::sync::Semaphore::new(max_detached.max(1))),
         };
         info.audit_members = crate::audit::connection_members(&info);
         Ok(info)

@@ -465,10 +465,14 @@ async fn inner(
     // Once forwarded, a request the upstream may act on is finished by the proxy: the task
     // owns the record, so it is written (and a reserved key completed) even if this handler is
     // dropped because the client left.
+    let Ok(permit) = Arc::clone(&conn.detached).acquire_owned().await else {
+        return Err(UpstreamError::Connect.into());
+    };
     let mut owned = pending.hand_over();
     let (tx, rx) = tokio::sync::oneshot::channel();
     conn.tasks.spawn(async move {
         let result = exchange.run(owned.record()).await;
+        drop(permit);
         if let Err((owned, result)) = tx.send((owned, result)) {
             owned.abandon(result);
         }

@@ -261,7 +261,8 @@ async fn serve_connection(
             return;
         }
     };
-    let info = match ConnInfo::from_stream(shared.next_conn_id(), &tls, tasks) {
+    let max_detached = listener.limits.h2_max_concurrent_streams as usize;
+    let info = match ConnInfo::from_stream(shared.next_conn_id(), &tls, tasks, max_detached) {
         Ok(i) => Arc::new(i),
         Err(_) => return,
     };
