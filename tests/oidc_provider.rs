@@ -11,8 +11,11 @@
 //! - the refresh token of a confidential client on a `bearer` route: 401 `token.audience`;
 //! - the DPoP-bound refresh token of a public client, with a valid proof by its key, on a `fapi2`
 //!   route: 401 `token.audience`;
+//! - the certificate-bound (RFC 8705) refresh token of a public client, over that client's
+//!   certificate, on a `fapi2` route: 401 `token.audience`;
 //! - an access token for another resource: 401 `token.audience`;
-//! - the access tokens for our resource (Bearer, and DPoP-bound with a proof): forwarded.
+//! - the access tokens for our resource (Bearer, DPoP-bound with a proof, certificate-bound over
+//!   its certificate): forwarded.
 //!
 //! Every refusal is checked three ways: status and reason code, the recording upstream saw
 //! nothing, and exactly one audit record with that reason.
@@ -176,6 +179,8 @@ fn start_as(dpop: &SigningKey) -> As {
         .env("AS_CA", certs.join("ca.pem"))
         .env("AS_RS_SECRET_FILE", dir.path().join("rs-secret"))
         .env("AS_DPOP_KEY", dir.path().join("dpop.key"))
+        .env("AS_CLIENT_CERT", certs.join("tpp1.pem"))
+        .env("AS_CLIENT_KEY", certs.join("tpp1.key"))
         .env("AS_AUDIENCE", AUD)
         .env("AS_OTHER_AUDIENCE", OTHER_AUD)
         .stdin(Stdio::piped())
@@ -287,6 +292,14 @@ impl Env {
     }
 }
 
+/// The RFC 8705 thumbprint of a test client certificate.
+fn thumb(name: &str) -> String {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join(format!("{name}.pem")))
+        .unwrap();
+    portcullis::pki::thumbprint_s256(der.as_ref())
+}
+
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -314,7 +327,7 @@ async fn introspection_answers_for_refresh_tokens_and_other_audiences_are_refuse
     // `token_type` (so the proxy's `aud` check, which comes first, refuses them); access tokens
     // carry our audience and their scheme.
     let i = &asrv.introspection;
-    for rt in ["refresh", "dpop_refresh"] {
+    for rt in ["refresh", "dpop_refresh", "mtls_refresh"] {
         assert_eq!(i[rt]["active"], true, "{rt}: {i}");
         assert_eq!(i[rt]["sub"], "psu-1", "{rt}: {i}");
         assert!(i[rt].get("aud").is_none(), "{rt}: {i}");
@@ -328,6 +341,11 @@ async fn introspection_answers_for_refresh_tokens_and_other_audiences_are_refuse
     assert_eq!(i["dpop_access"]["token_type"], "DPoP", "{i}");
     assert_eq!(i["dpop_access"]["cnf"]["jkt"], dpop.thumbprint(), "{i}");
     assert_eq!(i["other_audience"]["aud"], OTHER_AUD, "{i}");
+    let x5t = thumb("tpp1");
+    assert_eq!(i["mtls_refresh"]["cnf"]["x5t#S256"], x5t, "{i}");
+    assert_eq!(i["mtls_access"]["aud"], AUD, "{i}");
+    assert_eq!(i["mtls_access"]["token_type"], "Bearer", "{i}");
+    assert_eq!(i["mtls_access"]["cnf"]["x5t#S256"], x5t, "{i}");
 
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
@@ -379,6 +397,16 @@ async fn introspection_answers_for_refresh_tokens_and_other_audiences_are_refuse
     )
     .await;
 
+    // The certificate-bound refresh token of a public client, over its certificate (tpp1).
+    e.refused(
+        "certificate-bound refresh token over its certificate on a fapi2 route",
+        "/accounts",
+        &[bearer(&asrv.token("mtls_refresh"))],
+        401,
+        "token.audience",
+    )
+    .await;
+
     // The controls: the provider's access tokens for our resource are accepted, so the refusals
     // above are about the kind and audience of the tokens, not the connection to the provider.
     let seen = e
@@ -401,6 +429,14 @@ async fn introspection_answers_for_refresh_tokens_and_other_audiences_are_refuse
         .await;
     assert_eq!(seen.headers["x-portcullis-client-id"], "tpp-spa");
     assert_eq!(seen.headers["x-portcullis-subject"], "psu-1");
+    let seen = e
+        .forwarded(
+            "certificate-bound access token over its certificate on a fapi2 route",
+            "/accounts",
+            &[bearer(&asrv.token("mtls_access"))],
+        )
+        .await;
+    assert_eq!(seen.headers["x-portcullis-client-id"], "tpp-mtls");
     eprintln!("oidc-provider: done in {:.1} s", t.elapsed().as_secs_f64());
 }
 

@@ -11,7 +11,10 @@
 //   AS_CERT, AS_KEY     the server certificate chain and key (the dev certificate: localhost)
 //   AS_CA               the CA that signed it (this script's own HTTPS client trusts it)
 //   AS_RS_SECRET_FILE   the secret of the resource server's client `rs-client`
-//   AS_DPOP_KEY         a PKCS#8 P-256 key: the DPoP key of the public client
+//   AS_DPOP_KEY         a PKCS#8 P-256 key: the DPoP key of the public client `tpp-spa`
+//   AS_CLIENT_CERT, AS_CLIENT_KEY
+//                       the TLS client certificate of the public client `tpp-mtls`, whose
+//                       tokens are certificate-bound (RFC 8705; the proxy's test client tpp1)
 //   AS_AUDIENCE         our resource (the proxy's audience), AS_OTHER_AUDIENCE another one
 //
 // Prints one JSON line on stdout once ready: {port, issuer, tokens, introspection}, where
@@ -38,11 +41,20 @@ const RS = env('AS_AUDIENCE');
 const OTHER = env('AS_OTHER_AUDIENCE');
 const rsSecret = readFileSync(env('AS_RS_SECRET_FILE'), 'utf8').trim();
 const dpopKey = crypto.createPrivateKey(readFileSync(env('AS_DPOP_KEY')));
+const clientTls = { cert: readFileSync(env('AS_CLIENT_CERT')), key: readFileSync(env('AS_CLIENT_KEY')) };
 const appSecret = crypto.randomBytes(24).toString('hex');
 const REDIRECT = 'https://tpp.example/cb';
 const b64url = (b) => Buffer.from(b).toString('base64url');
 
-const server = https.createServer({ cert: readFileSync(env('AS_CERT')), key: readFileSync(env('AS_KEY')) });
+// A client certificate is asked for but not required: only the token requests of `tpp-mtls`
+// present one, and only one the test CA signed binds a token (getCertificate below).
+const server = https.createServer({
+  cert: readFileSync(env('AS_CERT')),
+  key: readFileSync(env('AS_KEY')),
+  ca,
+  requestCert: true,
+  rejectUnauthorized: false,
+});
 await new Promise((resolve) => { server.listen(0, '127.0.0.1', resolve); });
 const { port } = server.address();
 const issuer = `https://localhost:${port}`;
@@ -81,6 +93,15 @@ const provider = new Provider(issuer, {
       redirect_uris: [REDIRECT],
       dpop_bound_access_tokens: true,
     },
+    // A public client whose tokens are bound to its TLS client certificate (cnf.x5t#S256).
+    {
+      client_id: 'tpp-mtls',
+      token_endpoint_auth_method: 'none',
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      redirect_uris: [REDIRECT],
+      tls_client_certificate_bound_access_tokens: true,
+    },
   ],
   scopes: ['openid', 'offline_access', 'accounts', 'payments'],
   findAccount: (ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }),
@@ -91,6 +112,16 @@ const provider = new Provider(issuer, {
     introspection: { enabled: true },
     clientCredentials: { enabled: true },
     dPoP: { enabled: true },
+    mTLS: {
+      enabled: true,
+      certificateBoundAccessTokens: true,
+      getCertificate(ctx) {
+        const socket = ctx.req.socket;
+        const peer = socket.getPeerCertificate?.();
+        if (!socket.authorized || !peer?.raw) return undefined;
+        return new crypto.X509Certificate(peer.raw);
+      },
+    },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => RS,
@@ -110,14 +141,18 @@ server.on('request', provider.callback());
 // ---------------------------------------------------------------------------------------------
 // A client: HTTPS trusting only the test CA, manual redirects, a cookie jar per flow.
 
-function request(method, url, { headers = {}, form, cookies } = {}) {
+function request(method, url, {
+  headers = {}, form, cookies, tls,
+} = {}) {
   const u = new URL(url);
   const body = form ? new URLSearchParams(form).toString() : undefined;
   const h = { ...headers };
   if (body) h['content-type'] = 'application/x-www-form-urlencoded';
   if (cookies?.size) h.cookie = [...cookies].map(([k, v]) => `${k}=${v}`).join('; ');
   return new Promise((resolve, reject) => {
-    const req = https.request(u, { method, headers: h, ca }, (res) => {
+    const req = https.request(u, {
+      method, headers: h, ca, ...tls,
+    }, (res) => {
       const chunks = [];
       res.on('data', (c) => chunks.push(c));
       res.on('end', () => {
@@ -150,11 +185,11 @@ function dpopProof(method, htu) {
   return `${input}.${b64url(sig)}`;
 }
 
-async function token(form, { auth, dpop } = {}) {
+async function token(form, { auth, dpop, tls } = {}) {
   const headers = {};
   if (auth) headers.authorization = auth;
   if (dpop) headers.dpop = dpopProof('POST', `${issuer}/token`);
-  const r = await request('POST', `${issuer}/token`, { headers, form });
+  const r = await request('POST', `${issuer}/token`, { headers, form, tls });
   if (r.status !== 200) throw new Error(`token endpoint ${r.status}: ${r.body}`);
   return JSON.parse(r.body);
 }
@@ -162,7 +197,7 @@ async function token(form, { auth, dpop } = {}) {
 // The authorization code flow through the dev interaction pages: login as psu-1, consent,
 // then the code at the token endpoint. Refresh tokens need offline_access, which oidc-provider
 // keeps only with prompt=consent.
-async function codeFlow(clientId, { auth, dpop }) {
+async function codeFlow(clientId, { auth, dpop, tls }) {
   const verifier = b64url(crypto.randomBytes(32));
   const cookies = new Map();
   let url = `${issuer}/auth?${new URLSearchParams({
@@ -191,7 +226,7 @@ async function codeFlow(clientId, { auth, dpop }) {
       return token({
         grant_type: 'authorization_code', code, redirect_uri: REDIRECT, code_verifier: verifier, resource: RS,
         ...(auth ? {} : { client_id: clientId }),
-      }, { auth, dpop });
+      }, { auth, dpop, tls });
     }
     url = next.href;
   }
@@ -211,6 +246,7 @@ try {
   const appAuth = basic('tpp-app', appSecret);
   const app = await codeFlow('tpp-app', { auth: appAuth });
   const spa = await codeFlow('tpp-spa', { dpop: true });
+  const mtls = await codeFlow('tpp-mtls', { tls: clientTls });
   const other = await token(
     { grant_type: 'client_credentials', resource: OTHER, scope: 'accounts' },
     { auth: appAuth },
@@ -220,6 +256,8 @@ try {
     refresh: app.refresh_token,
     dpop_access: spa.access_token,
     dpop_refresh: spa.refresh_token,
+    mtls_access: mtls.access_token,
+    mtls_refresh: mtls.refresh_token,
     other_audience: other.access_token,
   };
   for (const [k, v] of Object.entries(tokens)) {
@@ -227,7 +265,12 @@ try {
   }
   const introspection = {};
   for (const [k, v] of Object.entries(tokens)) introspection[k] = await introspect(v);
-  const token_types = { access: app.token_type, dpop_access: spa.token_type, other_audience: other.token_type };
+  const token_types = {
+    access: app.token_type,
+    dpop_access: spa.token_type,
+    mtls_access: mtls.token_type,
+    other_audience: other.token_type,
+  };
   console.log(JSON.stringify({
     port, issuer, tokens, token_types, introspection,
   }));
