@@ -23,8 +23,14 @@ diff_pkgs=""
 command -v javac >/dev/null 2>&1 || diff_pkgs="$diff_pkgs default-jdk-headless"
 command -v npm >/dev/null 2>&1 || diff_pkgs="$diff_pkgs nodejs npm"
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || diff_pkgs="$diff_pkgs python3-venv"
-if [ -n "$diff_pkgs" ] && [ "${PORTCULLIS_SKIP_DIFFERENTIAL:-}" != 1 ]; then
-  echo "test.sh: installing$diff_pkgs (Debian packages) for the differential harness" >&2
+# tests/oidc_provider.rs runs oidc-provider (Node) as a real authorization server: Node is needed
+# even when the harness is skipped.
+if [ "${PORTCULLIS_SKIP_DIFFERENTIAL:-}" = 1 ]; then
+  diff_pkgs=""
+  command -v npm >/dev/null 2>&1 || diff_pkgs=" nodejs npm"
+fi
+if [ -n "$diff_pkgs" ]; then
+  echo "test.sh: installing$diff_pkgs (Debian packages) for the differential harness and the oidc-provider test" >&2
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive

@@ -1,0 +1,460 @@
+//! Introspection against a real authorization server: oidc-provider 9 (OpenID-certified), run
+//! by tests/frameworks/oidc-provider/as.js over HTTPS on a loopback port.
+//!
+//! RFC 7662 §2.1 lets an authorization server answer for any token it issued, and oidc-provider
+//! does: asked about a refresh token (even with `token_type_hint=access_token`), it answers
+//! `active: true` with the subject and the scopes, and neither `aud` nor `token_type`. A proxy
+//! that took every active answer as an access token let a refresh token through as one. Here
+//! every token comes from the provider's own token endpoint (the authorization code flow through
+//! its development interaction pages, and client credentials), and the proxy introspects them
+//! at the provider's endpoint as `rs-client` (HTTP Basic, pinned CA):
+//! - the refresh token of a confidential client on a `bearer` route: 401 `token.audience`;
+//! - the DPoP-bound refresh token of a public client, with a valid proof by its key, on a `fapi2`
+//!   route: 401 `token.audience`;
+//! - the certificate-bound (RFC 8705) refresh token of a public client, over that client's
+//!   certificate, on a `fapi2` route: 401 `token.audience`;
+//! - an access token for another resource: 401 `token.audience`;
+//! - the access tokens for our resource (Bearer, DPoP-bound with a proof, certificate-bound over
+//!   its certificate): forwarded.
+//!
+//! Every refusal is checked three ways: status and reason code, the recording upstream saw
+//! nothing, and exactly one audit record with that reason.
+//!
+//! The npm packages are installed (`npm ci`, pinned by package-lock.json) under
+//! target/tmp/oidc-provider when missing or when the manifest changed; a missing piece fails
+//! the test with the command to run. The provider's log: target/tmp/oidc-provider/as.log.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use portcullis::jose::sign::SigningKey;
+use portcullis::jose::Alg;
+use serde_json::Value;
+
+const AUD: &str = "https://rs.example";
+const OTHER_AUD: &str = "https://other.example";
+/// The external base URL clients sign (DPoP `htu`).
+const BASE: &str = "https://rs.example";
+
+const POLICY: &str = r#"
+group: oidc
+upstream: bank
+routes:
+  - id: bearer.accounts
+    method: GET
+    path: /bearer/accounts
+    auth: {profile: bearer}
+  - id: fapi2.accounts
+    method: GET
+    path: /accounts
+    auth: {profile: fapi2}
+"#;
+
+// ---------------------------------------------------------------------------------------------
+// Preparing and starting the authorization server (the pattern of tests/differential.rs).
+
+fn src_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/frameworks/oidc-provider")
+}
+
+fn work_dir() -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oidc-provider");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(tool))
+            .find(|f| f.is_file())
+    })
+}
+
+/// Copies `files` from the source dir to the work dir; true if any changed.
+fn sync(files: &[&str]) -> bool {
+    let (src, dst) = (src_dir(), work_dir());
+    let mut changed = false;
+    for f in files {
+        let new = std::fs::read(src.join(f)).unwrap();
+        if std::fs::read(dst.join(f)).ok().as_ref() != Some(&new) {
+            std::fs::write(dst.join(f), new).unwrap();
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Installs the npm packages when missing or changed; the error names the command to run.
+fn prepare() -> Result<(), String> {
+    for tool in ["node", "npm"] {
+        if which(tool).is_none() {
+            return Err(format!(
+                "oidc-provider: {tool} is missing; run: apt-get install -y nodejs npm"
+            ));
+        }
+    }
+    let work = work_dir();
+    let changed = sync(&["package.json", "package-lock.json"]);
+    sync(&["as.js"]);
+    if changed
+        || !work
+            .join("node_modules/oidc-provider/package.json")
+            .exists()
+    {
+        let t = Instant::now();
+        let mut cmd = Command::new("npm");
+        cmd.args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&work);
+        let out = cmd
+            .output()
+            .map_err(|e| format!("oidc-provider: cannot run {cmd:?}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "oidc-provider: {cmd:?} failed ({}):\n{}{}\nrun: cd {} && npm ci   (needs the npm registry)",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                work.display()
+            ));
+        }
+        eprintln!(
+            "oidc-provider: npm ci took {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// The running authorization server and what it printed once ready.
+struct As {
+    child: Child,
+    issuer: String,
+    port: u16,
+    tokens: Value,
+    introspection: Value,
+    /// The secret of `rs-client` and the DPoP key file.
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for As {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl As {
+    fn token(&self, name: &str) -> String {
+        self.tokens[name].as_str().unwrap().to_string()
+    }
+
+    fn secret_file(&self) -> PathBuf {
+        self._dir.path().join("rs-secret")
+    }
+}
+
+fn start_as(dpop: &SigningKey) -> As {
+    if let Err(e) = prepare() {
+        panic!("the oidc-provider test could not prepare its authorization server:\n{e}");
+    }
+    let certs = certs();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    std::fs::write(dir.path().join("rs-secret"), format!("{secret}\n")).unwrap();
+    std::fs::write(dir.path().join("dpop.key"), dpop.to_pkcs8_pem()).unwrap();
+    let log = work_dir().join("as.log");
+    let mut child = Command::new("node")
+        .arg(work_dir().join("as.js"))
+        .current_dir(work_dir())
+        .env("AS_CERT", certs.join("server.pem"))
+        .env("AS_KEY", certs.join("server.key"))
+        .env("AS_CA", certs.join("ca.pem"))
+        .env("AS_RS_SECRET_FILE", dir.path().join("rs-secret"))
+        .env("AS_DPOP_KEY", dir.path().join("dpop.key"))
+        .env("AS_CLIENT_CERT", certs.join("tpp1.pem"))
+        .env("AS_CLIENT_KEY", certs.join("tpp1.key"))
+        .env("AS_AUDIENCE", AUD)
+        .env("AS_OTHER_AUDIENCE", OTHER_AUD)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start node: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| serde_json::from_str::<Value>(&l).ok());
+        let _ = tx.send(ready);
+        lines.for_each(drop);
+    });
+    let ready = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Some(v)) => v,
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "oidc-provider did not start; its log {}:\n{}",
+                log.display(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+    };
+    As {
+        child,
+        issuer: ready["issuer"].as_str().unwrap().to_string(),
+        port: ready["port"].as_u64().unwrap() as u16,
+        tokens: ready["tokens"].clone(),
+        introspection: ready["introspection"].clone(),
+        _dir: dir,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The proxy in front of a recording upstream, trusting the provider through introspection.
+
+struct Env {
+    p: Proxy,
+    up: Upstream,
+}
+
+impl Env {
+    async fn send(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> (portcullis::client::Answer, String) {
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut r = req("GET", path).header("x-fapi-interaction-id", &id);
+        for (k, v) in headers {
+            r = r.header(*k, v.as_str());
+        }
+        let mut c = self.p.client(Some("tpp1"), false).await.unwrap();
+        let a = c
+            .send(r.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        (a, id)
+    }
+
+    /// Asserts a refusal three ways: status and reason, nothing upstream, one audit record.
+    async fn refused(
+        &self,
+        what: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        status: u16,
+        reason: &str,
+    ) {
+        let before = self.up.count();
+        let (a, id) = self.send(path, headers).await;
+        let body = String::from_utf8_lossy(&a.body).to_string();
+        assert_eq!(a.status.as_u16(), status, "{what}: {body}");
+        assert_eq!(a.json()["reason"], reason, "{what}: {body}");
+        assert_eq!(
+            self.up.count(),
+            before,
+            "{what}: the upstream must receive nothing"
+        );
+        let rec = self.p.audit_of(&id).await;
+        assert_eq!(rec["reason"], reason, "{what}: {rec}");
+        assert_eq!(rec["status"], status, "{what}: {rec}");
+        assert_eq!(rec["decision"], "deny", "{what}: {rec}");
+        eprintln!("oidc-provider: {what}: {status} {reason}");
+    }
+
+    /// Asserts that the request reached the upstream; returns what the upstream saw.
+    async fn forwarded(&self, what: &str, path: &str, headers: &[(&str, String)]) -> Seen {
+        let before = self.up.count();
+        let (a, id) = self.send(path, headers).await;
+        assert_eq!(
+            a.status,
+            200,
+            "{what}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        assert_eq!(self.up.count(), before + 1, "{what}: forwarded once");
+        let rec = self.p.audit_of(&id).await;
+        assert_eq!(rec["decision"], "allow", "{what}: {rec}");
+        eprintln!("oidc-provider: {what}: 200 forwarded");
+        self.up.seen().pop().unwrap()
+    }
+}
+
+/// The RFC 8705 thumbprint of a test client certificate.
+fn thumb(name: &str) -> String {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join(format!("{name}.pem")))
+        .unwrap();
+    portcullis::pki::thumbprint_s256(der.as_ref())
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_answers_for_refresh_tokens_and_other_audiences_are_refused() {
+    let t = Instant::now();
+    let dpop = SigningKey::generate(Alg::ES256, "dpop").unwrap();
+    let asrv = start_as(&dpop);
+    eprintln!(
+        "oidc-provider: ready (tokens from its token endpoint) in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    // What the provider answers the resource server (no secret in it: oidc-provider omits `jti`
+    // when it is the token itself).
+    eprintln!(
+        "oidc-provider: introspection answers {}",
+        serde_json::to_string_pretty(&asrv.introspection).unwrap()
+    );
+
+    // The premise, from the provider itself: refresh tokens are active with no `aud` and no
+    // `token_type` (so the proxy's `aud` check, which comes first, refuses them); access tokens
+    // carry our audience and their scheme.
+    let i = &asrv.introspection;
+    for rt in ["refresh", "dpop_refresh", "mtls_refresh"] {
+        assert_eq!(i[rt]["active"], true, "{rt}: {i}");
+        assert_eq!(i[rt]["sub"], "psu-1", "{rt}: {i}");
+        assert!(i[rt].get("aud").is_none(), "{rt}: {i}");
+        assert!(i[rt].get("token_type").is_none(), "{rt}: {i}");
+    }
+    assert_eq!(i["dpop_refresh"]["cnf"]["jkt"], dpop.thumbprint(), "{i}");
+    assert_eq!(i["access"]["aud"], AUD, "{i}");
+    assert_eq!(i["access"]["token_type"], "Bearer", "{i}");
+    assert!(i["access"].get("cnf").is_none(), "{i}");
+    assert_eq!(i["dpop_access"]["aud"], AUD, "{i}");
+    assert_eq!(i["dpop_access"]["token_type"], "DPoP", "{i}");
+    assert_eq!(i["dpop_access"]["cnf"]["jkt"], dpop.thumbprint(), "{i}");
+    assert_eq!(i["other_audience"]["aud"], OTHER_AUD, "{i}");
+    let x5t = thumb("tpp1");
+    assert_eq!(i["mtls_refresh"]["cnf"]["x5t#S256"], x5t, "{i}");
+    assert_eq!(i["mtls_access"]["aud"], AUD, "{i}");
+    assert_eq!(i["mtls_access"]["token_type"], "Bearer", "{i}");
+    assert_eq!(i["mtls_access"]["cnf"]["x5t#S256"], x5t, "{i}");
+
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.policy = POLICY.to_string();
+    o.extra = format!(
+        "issuers:\n  as:\n    issuer: {}\n    audience: {AUD}\n    introspection:\n      url: https://localhost:{}/token/introspection\n      ca: [{}]\n      client_id: rs-client\n      client_secret_file: {}\n      cache_ttl: 60s\ndpop:\n  public_base_url: {BASE}\n",
+        asrv.issuer,
+        asrv.port,
+        certs().join("ca.pem").display(),
+        asrv.secret_file().display()
+    );
+    let e = Env {
+        p: Proxy::start(o).await,
+        up,
+    };
+    let bearer = |t: &str| ("authorization", format!("Bearer {t}"));
+    let dpop_auth = |t: &str| ("authorization", format!("DPoP {t}"));
+    let proof = |t: &str| {
+        let p = dpop.proof_for(&format!("{BASE}/accounts"), t);
+        ("dpop", p)
+    };
+
+    // The refresh token of a confidential client, where a bearer access token would do.
+    e.refused(
+        "refresh token on a bearer route",
+        "/bearer/accounts",
+        &[bearer(&asrv.token("refresh"))],
+        401,
+        "token.audience",
+    )
+    .await;
+    // An access token the provider issued for another resource.
+    e.refused(
+        "access token for another audience on a bearer route",
+        "/bearer/accounts",
+        &[bearer(&asrv.token("other_audience"))],
+        401,
+        "token.audience",
+    )
+    .await;
+    // The DPoP-bound refresh token of a public client, presented with a valid proof by its key.
+    let rt = asrv.token("dpop_refresh");
+    e.refused(
+        "DPoP-bound refresh token with a proof on a fapi2 route",
+        "/accounts",
+        &[dpop_auth(&rt), proof(&rt)],
+        401,
+        "token.audience",
+    )
+    .await;
+
+    // The certificate-bound refresh token of a public client, over its certificate (tpp1).
+    e.refused(
+        "certificate-bound refresh token over its certificate on a fapi2 route",
+        "/accounts",
+        &[bearer(&asrv.token("mtls_refresh"))],
+        401,
+        "token.audience",
+    )
+    .await;
+
+    // The controls: the provider's access tokens for our resource are accepted, so the refusals
+    // above are about the kind and audience of the tokens, not the connection to the provider.
+    let seen = e
+        .forwarded(
+            "access token on a bearer route",
+            "/bearer/accounts",
+            &[bearer(&asrv.token("access"))],
+        )
+        .await;
+    assert_eq!(seen.headers["x-portcullis-subject"], "psu-1");
+    assert_eq!(seen.headers["x-portcullis-client-id"], "tpp-app");
+    assert_eq!(seen.headers["x-portcullis-scope"], "accounts payments");
+    let at = asrv.token("dpop_access");
+    let seen = e
+        .forwarded(
+            "DPoP-bound access token with a proof on a fapi2 route",
+            "/accounts",
+            &[dpop_auth(&at), proof(&at)],
+        )
+        .await;
+    assert_eq!(seen.headers["x-portcullis-client-id"], "tpp-spa");
+    assert_eq!(seen.headers["x-portcullis-subject"], "psu-1");
+    let seen = e
+        .forwarded(
+            "certificate-bound access token over its certificate on a fapi2 route",
+            "/accounts",
+            &[bearer(&asrv.token("mtls_access"))],
+        )
+        .await;
+    assert_eq!(seen.headers["x-portcullis-client-id"], "tpp-mtls");
+    eprintln!("oidc-provider: done in {:.1} s", t.elapsed().as_secs_f64());
+}
+
+trait Proof {
+    fn proof_for(&self, htu: &str, token: &str) -> String;
+}
+
+impl Proof for SigningKey {
+    /// A fresh DPoP proof for `GET htu` with `token`, at the real time (the provider's tokens
+    /// live on the system clock).
+    fn proof_for(&self, htu: &str, token: &str) -> String {
+        self.dpop_proof(
+            "GET",
+            htu,
+            Some(token),
+            now(),
+            &uuid::Uuid::new_v4().to_string(),
+            None,
+        )
+    }
+}
