@@ -61,7 +61,7 @@ fn pair(header: &Value, payload: &Value) -> Vec<u8> {
 }
 
 /// Writes every seed under `out/<target>/`; `repo` is the repository root (config files) and
-/// `vectors` the shared test vectors.
+/// `vectors` the vendored test vectors (`tests/vectors/`).
 pub fn write_all(repo: &Path, vectors: &Path, out: &Path) -> io::Result<usize> {
     let seeds = all(repo, vectors)?;
     let mut n = 0;
