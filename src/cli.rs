@@ -33,7 +33,7 @@ pub enum Command {
         config: PathBuf,
     },
     /// Validate a config file with its policies, certificates and keys; print a summary or
-    /// every error (file, field, reason). Exits 1 on error.
+    /// every error (file, field, reason), and any load-time warning on stderr. Exits 1 on error.
     Check {
         #[arg(long, short)]
         config: PathBuf,
@@ -57,6 +57,9 @@ pub enum Command {
     /// certificates with PSD2 roles, an expired one, a revoked one with its CRL, and one from an
     /// untrusted CA). Never use them in production.
     DevCerts {
+        /// The directory to write to. The default, `certs` under the current directory, is the
+        /// repository's git-ignored `certs/` when run from the repository root: where the
+        /// example configs in `config/` look (`../certs/...`).
         #[arg(long, default_value = "certs")]
         out: PathBuf,
     },
@@ -203,6 +206,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { config } => {
+            crate::telemetry::init_check_tracing();
             let Some(c) = load_or_report(&config) else {
                 return ExitCode::from(1);
             };

@@ -23,7 +23,7 @@ use crate::config::{Config, ConfigErrors, JwksSource};
 use crate::jose::source::KeySource;
 use crate::pipeline::token::TokenCache;
 use crate::state::replay::{MemoryReplayStore, ReplayStore};
-use crate::telemetry::Metrics;
+use crate::telemetry::{LabelValue, Metrics};
 use crate::upstream::UpstreamClient;
 
 pub struct Runtime {
@@ -140,7 +140,8 @@ impl Runtime {
 impl Runtime {
     /// Prometheus text for the token machinery of this config: per issuer, the key source
     /// (ready, keys, fetches, failures, age of the last good set) and introspection calls; the
-    /// verified-token cache (hits and signature verifications). Labels are config names only.
+    /// verified-token cache (hits and signature verifications). Labels are config names only,
+    /// escaped all the same (a name with a quote must not break the scrape).
     pub fn render_metrics(&self, now: i64) -> String {
         use std::fmt::Write;
         let mut out = String::new();
@@ -155,7 +156,12 @@ impl Runtime {
         let rows = |f: &dyn Fn(&KeySource) -> String| -> Vec<(String, String)> {
             names
                 .iter()
-                .map(|n| (format!("{{issuer=\"{n}\"}}"), f(&self.keys[*n])))
+                .map(|n| {
+                    (
+                        format!("{{issuer=\"{}\"}}", LabelValue(n)),
+                        f(&self.keys[*n]),
+                    )
+                })
                 .collect()
         };
         family(
@@ -206,7 +212,7 @@ impl Runtime {
                 .iter()
                 .map(|(n, i)| {
                     (
-                        format!("{{issuer=\"{n}\"}}"),
+                        format!("{{issuer=\"{}\"}}", LabelValue(n)),
                         i.calls.load(Ordering::Relaxed).to_string(),
                     )
                 })
@@ -220,7 +226,7 @@ impl Runtime {
                 .iter()
                 .map(|(n, i)| {
                     (
-                        format!("{{issuer=\"{n}\"}}"),
+                        format!("{{issuer=\"{}\"}}", LabelValue(n)),
                         i.failures.load(Ordering::Relaxed).to_string(),
                     )
                 })

@@ -29,6 +29,28 @@ const BUCKETS_SECONDS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// A Prometheus label value, escaped as the text exposition format requires: `\` as `\\`,
+/// `"` as `\"` and a line feed as `\n`. Route ids and issuer names come from config files, and
+/// one unescaped quote or newline would make the whole scrape unparseable, so every label value
+/// written to `/metrics` goes through this, bounded set or not.
+pub struct LabelValue<'a>(pub &'a str);
+
+impl std::fmt::Display for LabelValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut rest = self.0;
+        while let Some(i) = rest.find(['\\', '"', '\n']) {
+            f.write_str(&rest[..i])?;
+            f.write_str(match rest.as_bytes()[i] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = &rest[i + 1..];
+        }
+        f.write_str(rest)
+    }
+}
+
 /// Distinct client certificates whose expiry is tracked.
 pub const MAX_CLIENT_CERTS: usize = 256;
 
@@ -319,6 +341,7 @@ impl Metrics {
             "Requests by route, status and reason.",
         );
         for ((route, status, reason), n) in sorted(&self.requests) {
+            let (route, reason) = (LabelValue(&route), LabelValue(reason));
             let _ = writeln!(
                 out,
                 "portcullis_requests_total{{route=\"{route}\",status=\"{status}\",reason=\"{reason}\"}} {n}"
@@ -331,6 +354,7 @@ impl Metrics {
             "Requests by decision (allow, deny, error).",
         );
         for (d, n) in sorted(&self.decisions) {
+            let d = LabelValue(d);
             let _ = writeln!(
                 out,
                 "portcullis_requests_by_decision_total{{decision=\"{d}\"}} {n}"
@@ -353,6 +377,7 @@ impl Metrics {
             "Failed handshakes by category.",
         );
         for (cat, n) in sorted(&self.handshake_failures) {
+            let cat = LabelValue(cat);
             let _ = writeln!(
                 out,
                 "portcullis_tls_handshake_failures_total{{failure=\"{cat}\"}} {n}"
@@ -427,6 +452,7 @@ impl Metrics {
             .unwrap_or_default();
         certs.sort();
         for (thumbprint, not_after) in certs {
+            let thumbprint = LabelValue(&thumbprint);
             let _ = writeln!(
                 out,
                 "portcullis_client_cert_expiry_days{{thumbprint=\"{thumbprint}\"}} {:.3}",
@@ -526,6 +552,7 @@ impl Metrics {
             "Key source refreshes by source and result.",
         );
         for ((source, ok), n) in sorted(&self.key_source_refreshes) {
+            let source = LabelValue(source);
             let _ = writeln!(
                 out,
                 "portcullis_key_source_refreshes_total{{source=\"{source}\",result=\"{}\"}} {n}",
@@ -539,6 +566,7 @@ impl Metrics {
             "Cache lookups by cache and result (hit ratio = hit / total).",
         );
         for ((cache, hit), n) in sorted(&self.cache_lookups) {
+            let cache = LabelValue(cache);
             let _ = writeln!(
                 out,
                 "portcullis_cache_lookups_total{{cache=\"{cache}\",result=\"{}\"}} {n}",
@@ -552,6 +580,7 @@ impl Metrics {
             "Requests refused by a rate limit, by scope.",
         );
         for (scope, n) in sorted(&self.rate_limit_refusals) {
+            let scope = LabelValue(scope);
             let _ = writeln!(
                 out,
                 "portcullis_rate_limit_refusals_total{{scope=\"{scope}\"}} {n}"
@@ -564,6 +593,7 @@ impl Metrics {
             "Requests a shadow rule would have denied, by route and reason (not enforced).",
         );
         for ((route, reason), n) in sorted(&self.would_deny) {
+            let (route, reason) = (LabelValue(&route), LabelValue(reason));
             let _ = writeln!(
                 out,
                 "portcullis_would_deny_total{{route=\"{route}\",reason=\"{reason}\"}} {n}"
@@ -717,6 +747,22 @@ impl TraceContext {
             h.remove(TRACESTATE);
         }
     }
+}
+
+/// The subscriber for `portcullis check`: what the config load warns about (a JWKS key
+/// skipped, ...) goes to stderr as plain lines beside the errors, warnings and up by default
+/// (`RUST_LOG` overrides). Without it those warnings would be dropped and `check` would pass in
+/// silence over a key the proxy will never use.
+pub fn init_check_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .try_init();
 }
 
 /// Installs the tracing subscriber: JSON lines on stderr, level from `RUST_LOG` (default info).

@@ -1,4 +1,4 @@
-//! The attack suite, credentials side (attacks.md groups A tokens, B OBIE detached JWS,
+//! The attack suite, credentials side (docs/attacks.md groups A tokens, B OBIE detached JWS,
 //! C RFC 9421, D DPoP, E mTLS and certificate binding, and cases it does not list: a token
 //! in a cookie or a form body, Proxy-Authorization). One table run through
 //! `support::attack::run` (status + reason, nothing upstream, one audit record without the

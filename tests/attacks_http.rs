@@ -1,4 +1,4 @@
-//! The attack suite, HTTP side (attacks.md groups F and G, and the cases it does not list:
+//! The attack suite, HTTP side (docs/attacks.md groups F and G, and the cases it does not list:
 //! HTTP/1.0 without Host, absolute-form and `*` targets, CONNECT/TRACE, duplicate and
 //! case-variant headers, oversize values, Unicode look-alikes, header injection, HTTP/2
 //! pseudo-header abuse). One table run through `support::attack::run` (status + reason,
@@ -776,7 +776,7 @@ fn group_g_h2() -> Vec<Case> {
     ]
 }
 
-/// Cases attacks.md does not list: Host handling, request-target forms, look-alikes,
+/// Cases docs/attacks.md does not list: Host handling, request-target forms, look-alikes,
 /// duplicate and case-variant headers, injection and oversize values.
 fn extras() -> Vec<Case> {
     let r400 = |reason| refused(400, reason);

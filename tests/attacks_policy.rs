@@ -1,4 +1,4 @@
-//! The attack suite, policy side (attacks.md F BOLA rows, H rate limits, I audit hygiene,
+//! The attack suite, policy side (docs/attacks.md F BOLA rows, H rate limits, I audit hygiene,
 //! J idempotency, and cases it does not list: consent states, an object named in a header
 //! twice). One table run through `support::attack::run` (status + reason, nothing upstream,
 //! one audit record each), and the pre-authentication limit (H08, G34) on its own proxy.

@@ -6,6 +6,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use base64::Engine as _;
+
 use portcullis::config::Config;
 
 fn repo() -> PathBuf {
@@ -15,8 +17,15 @@ fn repo() -> PathBuf {
 /// A copy of the repository's config/ and policies/ beside freshly generated dev certs, laid
 /// out as the files expect (`../certs`, `../policies`).
 fn staged() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
+    let d = staged_without_certs();
     portcullis::pki::devcerts::generate(&d.path().join("certs")).unwrap();
+    d
+}
+
+/// The repository's config/ and policies/ copied into an empty directory, as a fresh clone has
+/// them: no certificates yet.
+fn staged_without_certs() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
     for sub in ["config", "policies", "policies/sidecar"] {
         std::fs::create_dir_all(d.path().join(sub)).unwrap();
         for e in std::fs::read_dir(repo().join(sub)).unwrap() {
@@ -364,4 +373,226 @@ fn the_kubernetes_sidecar_manifest_points_at_files_and_ports_that_exist() {
         .filter_map(|p| p["port"].as_u64())
         .collect();
     assert_eq!(svc_ports, [u64::from(c.listener.address.port())]);
+}
+
+/// `portcullis check --config <file>` run from `dir`: (success, stdout, stderr).
+fn check(dir: &Path, config: &Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .current_dir(dir)
+        .args(["check", "--config"])
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn after_dev_certs_every_shipped_config_passes_check() {
+    // What a new user does in a fresh clone: `portcullis dev-certs` from the top directory
+    // (default output `certs/`), then `check` on each example config, whose paths say
+    // `../certs/...`. Run in a copy of the layout, so the repository's own certs/ is never
+    // written by the tests.
+    let d = staged_without_certs();
+    let before = std::fs::read_dir(repo().join("certs"))
+        .map(|r| r.count())
+        .unwrap_or(0);
+    let (c, _, _) = check(d.path(), &d.path().join("config/demo.yaml"));
+    assert!(!c, "without certificates the example configs cannot pass");
+    let gen = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .current_dir(d.path())
+        .arg("dev-certs")
+        .output()
+        .unwrap();
+    assert!(
+        gen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
+    for f in portcullis::pki::devcerts::FILES {
+        assert!(
+            d.path().join("certs").join(f).is_file(),
+            "certs/{f} not written"
+        );
+    }
+    let configs = config_files();
+    assert!(configs.len() >= 4, "{configs:?}");
+    for f in configs {
+        let name = f.file_name().unwrap();
+        // Checked from another directory too: relative paths are the config file's, not the
+        // working directory's.
+        for cwd in [d.path().to_path_buf(), d.path().join("policies")] {
+            let (ok, out, err) = check(&cwd, &d.path().join("config").join(name));
+            assert!(ok, "{}: {out}{err}", f.display());
+            assert!(out.contains("listener "), "{}: {out}", f.display());
+            assert!(
+                !err.contains("WARN"),
+                "{}: unexpected warning: {err}",
+                f.display()
+            );
+        }
+    }
+    let after = std::fs::read_dir(repo().join("certs"))
+        .map(|r| r.count())
+        .unwrap_or(0);
+    assert_eq!(
+        before, after,
+        "the tests must not write into the repository's certs/"
+    );
+}
+
+/// DER: tag, definite length, content.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let n = content.len();
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        let bytes: Vec<u8> = n
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// A version 1 CRL (no `version`, no extensions, so no CRL Number), properly signed by the
+/// dev CA: what an old `openssl ca -gencrl` without a `crlnumber` file and extensions writes.
+fn v1_crl_signed_by_the_dev_ca(certs: &Path) -> String {
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+    use rustls_pki_types::pem::PemObject;
+
+    let ca = rustls_pki_types::CertificateDer::from_pem_file(certs.join("ca.pem")).unwrap();
+    let (_, ca) = x509_parser::parse_x509_certificate(ca.as_ref()).unwrap();
+    let key = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_file(certs.join("ca.key")).unwrap();
+    let key =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, key.secret_pkcs8_der()).unwrap();
+    // ecdsa-with-SHA256, 1.2.840.10045.4.3.2
+    let alg = der(
+        0x30,
+        &der(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]),
+    );
+    let utc = |t: time::OffsetDateTime| {
+        let s = format!(
+            "{:02}{:02}{:02}{:02}{:02}{:02}Z",
+            t.year() % 100,
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        );
+        der(0x17, s.as_bytes())
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let tbs = der(
+        0x30,
+        &[
+            alg.clone(),
+            ca.subject().as_raw().to_vec(),
+            utc(now - time::Duration::hours(1)),
+            utc(now + time::Duration::days(30)),
+        ]
+        .concat(),
+    );
+    let sig = key.sign(&SystemRandom::new(), &tbs).unwrap();
+    let mut bits = vec![0u8];
+    bits.extend_from_slice(sig.as_ref());
+    let crl = der(0x30, &[tbs, alg, der(0x03, &bits)].concat());
+    // The CRL itself is well-formed: an independent parser reads it, and the signature
+    // checks against the CA's public key.
+    let (_, parsed) = x509_parser::parse_x509_crl(&crl).unwrap();
+    assert!(parsed.crl_number().is_none());
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+        ca.public_key().subject_public_key.data.as_ref(),
+    )
+    .verify(
+        parsed.tbs_cert_list.as_ref(),
+        parsed.signature_value.data.as_ref(),
+    )
+    .unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&crl);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN X509 CRL-----\n{}\n-----END X509 CRL-----\n",
+        lines.join("\n")
+    )
+}
+
+#[test]
+fn a_crl_rustls_cannot_use_is_refused_naming_the_file_the_field_and_the_reason() {
+    portcullis::tls::install_crypto_provider();
+    let d = staged();
+    let certs = d.path().join("certs");
+    std::fs::write(certs.join("v1.crl"), v1_crl_signed_by_the_dev_ca(&certs)).unwrap();
+    let cfg = d.path().join("config/bad-crl.yaml");
+    let text = std::fs::read_to_string(d.path().join("config/demo.yaml"))
+        .unwrap()
+        .replace(
+            "crl: [../certs/ca.crl]",
+            "crl: [../certs/ca.crl, ../certs/v1.crl]",
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let msg = Config::load(&cfg)
+        .err()
+        .expect("must be refused")
+        .to_string();
+    for want in [
+        "bad-crl.yaml",
+        "listener.tls.crl[1]",
+        "v1.crl: CRL 1 of 1",
+        "portcullis dev CA",
+        "the CRL Number extension is absent (RFC 5280 §5.2.3",
+        "field `version` is not v2",
+        "rustls: provided CRL could not be parsed: ParseError",
+    ] {
+        assert!(msg.contains(want), "want `{want}` in: {msg}");
+    }
+    // Only the bad file is blamed: the dev CA's own CRL (v2, numbered) is fine.
+    assert!(!msg.contains("crl[0]"), "{msg}");
+    assert!(!msg.contains("listener.tls: cannot build"), "{msg}");
+
+    let (ok, _, err) = check(d.path(), &cfg);
+    assert!(!ok);
+    assert!(
+        err.contains("listener.tls.crl[1]") && err.contains("v1.crl") && err.contains("CRL Number"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_prints_the_warnings_of_the_load() {
+    // A JWKS key the proxy will skip (an encryption key) is a warning at load; `check` shows it
+    // and still passes.
+    let d = staged();
+    let jwks_path = d.path().join("certs/as-jwks.json");
+    let mut jwks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&jwks_path).unwrap()).unwrap();
+    let mut enc = jwks["keys"][0].clone();
+    enc["kid"] = "enc-1".into();
+    enc["use"] = "enc".into();
+    jwks["keys"].as_array_mut().unwrap().push(enc);
+    std::fs::write(&jwks_path, jwks.to_string()).unwrap();
+    let (ok, out, err) = check(d.path(), &d.path().join("config/demo.yaml"));
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("WARN") && err.contains("JWKS key skipped") && err.contains("enc-1"),
+        "{err}"
+    );
+    // Plain lines for a person, not JSON.
+    assert!(!err.trim_start().starts_with('{'), "{err}");
 }

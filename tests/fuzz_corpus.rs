@@ -50,12 +50,12 @@ fn every_seed_and_regression_input_replays_through_its_target() {
 }
 
 /// Regenerates the seed corpora from the harness keys, the repository's config and policy
-/// files, the shared test vectors and the real audit writer:
+/// files, the vendored test vectors (`tests/vectors/`) and the real audit writer:
 /// `cargo test --test fuzz_corpus -- --ignored write_seeds`.
 #[test]
 #[ignore = "writes fuzz/corpus; run by hand"]
 fn write_seeds() {
-    let vectors = repo().join("../shared/vectors");
+    let vectors = repo().join("tests/vectors");
     let n = portcullis::fuzzing::seeds::write_all(&repo(), &vectors, &repo().join("fuzz/corpus"))
         .expect("write the seeds");
     println!("wrote {n} seed files");

@@ -1,4 +1,4 @@
-//! Idempotency keys through the proxy (attacks.md group J): a completed request is replayed
+//! Idempotency keys through the proxy (docs/attacks.md group J): a completed request is replayed
 //! from the store without touching the upstream; a concurrent duplicate is 409; another body,
 //! path or method under the same key is 422; a missing or malformed key is 400; keys are scoped
 //! to the authenticated client; an upstream failure releases the key (or keeps it, by config);

@@ -757,6 +757,45 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_id_with_quotes_and_newlines_does_not_break_the_metrics_page() {
+    // Route ids are free text in policy files; the scrape must stay parseable whatever they hold.
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.policy = POLICY.replace(
+        "id: accounts.list",
+        r#"id: "accounts \"list\"\\v1\nportcullis_forged 1""#,
+    );
+    let p = Proxy::start(o).await;
+    assert_eq!(
+        p.get("/open-banking/v3.1/aisp/accounts").await.0.status,
+        200
+    );
+    let (s, m) = p.admin_get("/metrics").await;
+    assert_eq!(s, 200);
+    let want = r#"portcullis_requests_total{route="accounts \"list\"\\v1\nportcullis_forged 1",status="200",reason="ok"} 1"#;
+    assert!(m.lines().any(|l| l == want), "{want} missing in\n{m}");
+    assert!(
+        !m.lines().any(|l| l.starts_with("portcullis_forged")),
+        "{m}"
+    );
+    for line in m.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        // Outside the label values (whose escapes were checked above), a sample is
+        // `name{labels} value`: a stray quote would leave an odd count of unescaped quotes.
+        let unescaped_quotes = line
+            .replace("\\\\", "")
+            .replace("\\\"", "")
+            .matches('"')
+            .count();
+        assert_eq!(unescaped_quotes % 2, 0, "{line}");
+        assert!(
+            line.rsplit_once(' ')
+                .is_some_and(|(_, v)| v.parse::<f64>().is_ok()),
+            "{line}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_requests_leave_exactly_one_audit_record_each() {
     let up = Upstream::start(Behaviour::Ok).await;
     let p = std::sync::Arc::new(Proxy::start(Options::new(up.addr)).await);

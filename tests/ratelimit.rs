@@ -1,4 +1,4 @@
-//! Rate limits through the proxy (attacks.md group H): the per-client class limit keyed by the
+//! Rate limits through the proxy (docs/attacks.md group H): the per-client class limit keyed by the
 //! authenticated identity, the pre-authentication limit per peer, the 429 response and its
 //! headers, HTTP/2 streams, token rotation, shadow mode and config checks.
 

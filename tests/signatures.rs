@@ -1,4 +1,4 @@
-//! Signed requests and responses through the proxy (attacks.md groups B and C): OBIE detached
+//! Signed requests and responses through the proxy (docs/attacks.md groups B and C): OBIE detached
 //! JWS under both profiles with the OBIE error body, RFC 9421 with Content-Digest, signature
 //! evidence in the audit record, and signed responses. Every refusal is checked three ways:
 //! status and reason, nothing upstream, one audit record with the reason.

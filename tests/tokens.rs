@@ -1,4 +1,4 @@
-//! Access tokens and sender constraints through the proxy (attacks.md groups A, D and E): real
+//! Access tokens and sender constraints through the proxy (docs/attacks.md groups A, D and E): real
 //! TLS clients, a recording upstream, and each refusal checked three ways.
 
 mod common;
@@ -738,7 +738,7 @@ async fn the_wycheproof_jws_vectors_are_refused_as_bearer_tokens_end_to_end() {
     // Every Wycheproof JWS case marked invalid, sent as an access token with its group's key as
     // the issuer key: refused, nothing forwarded.
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/vectors/wycheproof/json_web_signature_test.json");
+        .join("tests/vectors/wycheproof/json_web_signature_test.json");
     let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let up = Upstream::start(Behaviour::Ok).await;
     let jwks = tempfile::tempdir().unwrap();

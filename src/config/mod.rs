@@ -757,6 +757,7 @@ fn validate_listener_tls(
         );
     }
     let mut crls = Vec::new();
+    let mut crl_refused = false;
     for (i, crl) in f.crl.iter().enumerate() {
         let path = resolve(base, crl);
         watched.push(path.clone());
@@ -766,7 +767,26 @@ fn validate_listener_tls(
                 let parsed: Result<Vec<_>, _> =
                     CertificateRevocationListDer::pem_slice_iter(&bytes).collect();
                 match parsed {
-                    Ok(list) if !list.is_empty() => crls.extend(list),
+                    Ok(list) if !list.is_empty() => {
+                        // rustls parses every CRL only when the verifier is built, and then
+                        // says "could not be parsed: ParseError" for all of them at once: find
+                        // the one it refuses here, so the error names its file and its defect.
+                        for (n, crl) in list.iter().enumerate() {
+                            if let Some(why) = crl_refusal(&cas, crl) {
+                                p.push(
+                                    field.clone(),
+                                    format!(
+                                        "{}: CRL {} of {}: {why}",
+                                        path.display(),
+                                        n + 1,
+                                        list.len()
+                                    ),
+                                );
+                                crl_refused = true;
+                            }
+                        }
+                        crls.extend(list)
+                    }
                     Ok(_) => p.push(field, format!("{} holds no PEM CRL", path.display())),
                     Err(e) => p.push(field, format!("{} is not valid PEM: {e}", path.display())),
                 }
@@ -775,7 +795,7 @@ fn validate_listener_tls(
         }
     }
     let key = key?;
-    if chain.is_empty() || cas.is_empty() {
+    if chain.is_empty() || cas.is_empty() || crl_refused {
         return None;
     }
     let (client_ca_count, crl_count) = (cas.len(), crls.len());
@@ -818,6 +838,55 @@ fn validate_listener_tls(
             None
         }
     }
+}
+
+/// Why rustls would refuse this CRL, or `None` when it takes it. The verdict is rustls's own
+/// (a verifier built over the configured CAs and this one CRL, as the listener will be); the
+/// reason adds the field at fault where it is one of the RFC 5280 requirements rustls enforces
+/// when parsing, since rustls reports those only as `ParseError`. Without a usable CA there is
+/// nothing to probe with, and the CA's own error is reported instead.
+fn crl_refusal(
+    cas: &[CertificateDer<'static>],
+    crl: &CertificateRevocationListDer<'static>,
+) -> Option<String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca.clone()).ok()?;
+    }
+    if roots.is_empty() {
+        return None;
+    }
+    let err = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        tls::crypto_provider(),
+    )
+    .with_crls([crl.clone()])
+    .build()
+    .err()?;
+    let why = match x509_parser::parse_x509_crl(crl.as_ref()) {
+        Err(e) => format!("not a DER X.509 CertificateList ({e})"),
+        Ok((_, c)) => {
+            let tbs = &c.tbs_cert_list;
+            let mut defects = Vec::new();
+            if tbs.version != Some(x509_parser::x509::X509Version::V2) {
+                defects.push("field `version` is not v2 (RFC 5280 §5.1.2.1)");
+            }
+            if tbs.next_update.is_none() {
+                defects.push("field `nextUpdate` is absent (RFC 5280 §5.1.2.5 requires it)");
+            }
+            if c.crl_number().is_none() {
+                defects.push(
+                    "the CRL Number extension is absent (RFC 5280 §5.2.3 requires it in every CRL)",
+                );
+            }
+            if defects.is_empty() {
+                format!("issuer `{}`", tbs.issuer)
+            } else {
+                format!("issuer `{}`: {}", tbs.issuer, defects.join("; "))
+            }
+        }
+    };
+    Some(format!("{why}; reissue the CRL (rustls: {err})"))
 }
 
 fn validate_upstream(

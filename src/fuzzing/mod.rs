@@ -23,6 +23,8 @@
 //! - `policy`, `config`: a YAML file.
 //! - `audit`: mode 0 raw log; 1 log re-sealed by the harness (each line's `prev`, checkpoint
 //!   `sig` and `hash` recomputed); NUL bytes separate files.
+//! - `head`: the HTTP version (`0` HTTP/1.0, `1` HTTP/1.1, `2` HTTP/2), then
+//!   `METHOD target \n name: value ... \n\n`: the request head checks.
 
 pub mod seeds;
 
@@ -51,6 +53,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("policy", policy),
     ("config", config),
     ("audit", audit),
+    ("head", head),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -1128,4 +1131,225 @@ pub fn audit(data: &[u8]) {
         !outcomes[1] || outcomes[0],
         "signatures accepted what the chain refused"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request head: framing, limits, header names, Host / :authority, FAPI headers, query.
+
+/// Small limits, so the fuzzer reaches every limit with short inputs.
+fn head_limits() -> crate::config::Limits {
+    crate::config::Limits {
+        max_header_bytes: 512,
+        max_headers: 12,
+        max_uri_bytes: 256,
+        ..crate::config::Limits::default()
+    }
+}
+
+/// The request head checks that run before routing (`pipeline::http::check`, the FAPI header
+/// checks) and the values later stages take from the head (`host`, `external_htu`, the query
+/// check), on a head `http` accepts. Every accepted head is re-checked here against the rules
+/// written out independently: what the checks let through is what the README promises.
+pub fn head(data: &[u8]) {
+    use crate::config::InteractionIdMode;
+    use crate::pipeline::{fapi, http as head_check};
+    use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+
+    let Some((&v, rest)) = data.split_first() else {
+        return;
+    };
+    let version = match v {
+        b'0' => http::Version::HTTP_10,
+        b'2' => http::Version::HTTP_2,
+        _ => http::Version::HTTP_11,
+    };
+    let (first, mut rest) = split_line(rest);
+    let Ok(first) = std::str::from_utf8(first) else {
+        return;
+    };
+    let (method, target) = first.split_once(' ').unwrap_or((first, "/"));
+    let Ok(mut builder) = http::Method::from_bytes(method.as_bytes()).map(|m| {
+        http::Request::builder()
+            .method(m)
+            .uri(target)
+            .version(version)
+    }) else {
+        return;
+    };
+    while !rest.is_empty() {
+        let (line, next) = split_line(rest);
+        rest = next;
+        if line.is_empty() {
+            break;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = http::HeaderName::from_bytes(&line[..colon]);
+        let value = http::HeaderValue::from_bytes(line[colon + 1..].trim_ascii());
+        if let (Ok(n), Ok(v)) = (name, value) {
+            builder = builder.header(n, v);
+        }
+    }
+    let Ok(req) = builder.body(()) else {
+        return;
+    };
+    let (parts, ()) = req.into_parts();
+    let h = &parts.headers;
+    let limits = head_limits();
+    let names = ["bank.example".to_string(), "127.0.0.1".to_string()];
+
+    for server_names in [&[][..], &names[..]] {
+        if head_check::check(&parts, &limits, server_names).is_err() {
+            continue;
+        }
+        let uri_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+        assert!(
+            uri_len <= limits.max_uri_bytes,
+            "URI over the limit accepted"
+        );
+        assert!(h.len() <= limits.max_headers, "too many headers accepted");
+        let bytes: usize = h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        assert!(
+            bytes <= limits.max_header_bytes,
+            "header block over the limit accepted"
+        );
+        for name in h.keys() {
+            let n = name.as_str();
+            assert!(!n.contains('_'), "header name with `_` accepted: {n}");
+            assert!(
+                ![
+                    "x-http-method-override",
+                    "x-http-method",
+                    "x-method-override"
+                ]
+                .contains(&n),
+                "method override accepted: {n}"
+            );
+            assert!(n != "upgrade" && n != "http2-settings", "upgrade accepted");
+        }
+        let cl: Vec<_> = h.get_all(CONTENT_LENGTH).iter().collect();
+        assert!(cl.len() <= 1, "repeated Content-Length accepted");
+        if let Some(v) = cl.first() {
+            assert!(
+                !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit),
+                "malformed Content-Length accepted: {v:?}"
+            );
+        }
+        let te: Vec<_> = h.get_all(TRANSFER_ENCODING).iter().collect();
+        if !te.is_empty() {
+            assert!(
+                cl.is_empty(),
+                "Content-Length with Transfer-Encoding accepted"
+            );
+            assert_eq!(te.len(), 1, "repeated Transfer-Encoding accepted");
+            assert!(
+                te[0].as_bytes().eq_ignore_ascii_case(b"chunked"),
+                "Transfer-Encoding {:?} accepted",
+                te[0]
+            );
+            assert_eq!(parts.version, http::Version::HTTP_11, "TE outside HTTP/1.1");
+        }
+        let hosts: Vec<_> = h.get_all(HOST).iter().collect();
+        assert!(hosts.len() <= 1, "repeated Host accepted");
+        let authority = parts.uri.authority().map(|a| a.as_str());
+        assert!(
+            authority.is_some() || hosts.len() == 1,
+            "a request without Host or :authority accepted"
+        );
+        assert!(
+            !authority.is_some_and(|a| a.contains('@'))
+                && !hosts.first().is_some_and(|v| v.as_bytes().contains(&b'@')),
+            "userinfo in the authority accepted"
+        );
+        if let (true, Some(a), Some(v)) = (
+            parts.version == http::Version::HTTP_2,
+            authority,
+            hosts.first(),
+        ) {
+            assert!(
+                a.as_bytes().eq_ignore_ascii_case(v.as_bytes()),
+                "Host {v:?} disagreeing with :authority {a} accepted"
+            );
+        }
+        let host = head_check::host(&parts).expect("an accepted head has a host");
+        assert_eq!(host, host.to_ascii_lowercase(), "host not lower-cased");
+        assert!(!host.contains('@'));
+        if !server_names.is_empty() {
+            assert!(server_names.contains(&host), "host {host} is not ours");
+        }
+        // The DPoP `htu` the head yields is already in normal form.
+        for base in [None, Some("https://bank.example")] {
+            if let Some(htu) = head_check::external_htu(&parts, base) {
+                assert!(htu.starts_with("https://"), "{htu}");
+                assert_eq!(
+                    crate::jose::dpop::normalize_htu(&htu).as_deref(),
+                    Some(htu.as_str()),
+                    "htu is not a fixed point of its normalization"
+                );
+            }
+        }
+    }
+
+    // FAPI headers. The interaction id handed back is always a fresh or echoed canonical UUID
+    // (safe to log and to put in a response header); the client's is echoed only when it is one.
+    let given: Vec<_> = h.get_all(fapi::INTERACTION_ID).iter().collect();
+    let single_uuid = match given.as_slice() {
+        [v] => v.to_str().ok().and_then(|s| uuid::Uuid::try_parse(s).ok()),
+        _ => None,
+    };
+    for mode in [
+        InteractionIdMode::EchoOrGenerate,
+        InteractionIdMode::RejectInvalid,
+    ] {
+        let (id, refused) = fapi::interaction_id(h, mode);
+        let parsed = uuid::Uuid::try_parse(&id).expect("interaction id is a UUID");
+        assert_eq!(
+            id,
+            parsed.hyphenated().to_string(),
+            "not the canonical form"
+        );
+        if let Some(u) = single_uuid {
+            assert_eq!(parsed, u, "a valid interaction id was not echoed");
+        }
+        let bad = !given.is_empty() && single_uuid.is_none();
+        assert_eq!(
+            refused.is_some(),
+            bad && mode == InteractionIdMode::RejectInvalid,
+            "interaction id refusal for {given:?}"
+        );
+    }
+    let ips: Vec<_> = h.get_all(fapi::CUSTOMER_IP).iter().collect();
+    let ip_ok = match ips.as_slice() {
+        [] => true,
+        [v] => v
+            .to_str()
+            .is_ok_and(|s| s.parse::<std::net::IpAddr>().is_ok()),
+        _ => false,
+    };
+    assert_eq!(
+        fapi::check_customer_ip(h).is_ok(),
+        ip_ok,
+        "customer IP {ips:?}"
+    );
+
+    // The query as routing checks it: an accepted query holds only visible ASCII and
+    // well-formed escapes of visible ASCII.
+    if let Some(q) = parts.uri.query() {
+        if crate::path::check_query(q).is_ok() {
+            let b = q.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                assert!(b[i].is_ascii_graphic(), "query byte {:#x} accepted", b[i]);
+                if b[i] == b'%' {
+                    let hex = std::str::from_utf8(&b[i + 1..i + 3]).expect("escape in range");
+                    let c = u8::from_str_radix(hex, 16).expect("hex escape");
+                    assert!((0x20..0x7f).contains(&c), "escape %{hex} accepted");
+                    i += 3;
+                } else {
+                    i += 1;
+                }
+            }
+        }
+    }
 }

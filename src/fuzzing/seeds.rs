@@ -61,7 +61,7 @@ fn pair(header: &Value, payload: &Value) -> Vec<u8> {
 }
 
 /// Writes every seed under `out/<target>/`; `repo` is the repository root (config files) and
-/// `vectors` the shared test vectors.
+/// `vectors` the vendored test vectors (`tests/vectors/`).
 pub fn write_all(repo: &Path, vectors: &Path, out: &Path) -> io::Result<usize> {
     let seeds = all(repo, vectors)?;
     let mut n = 0;
@@ -85,7 +85,127 @@ pub fn all(repo: &Path, vectors: &Path) -> io::Result<Seeds> {
     httpsig_seeds(&mut s);
     file_seeds(&mut s, repo)?;
     audit_seeds(&mut s)?;
+    head_seeds(&mut s);
     Ok(s)
+}
+
+/// Request heads for the `head` target: a good one per HTTP version, then one of each refusal
+/// the head checks make (docs/attacks.md G04, G05, G12, G14, G18–G23, Gx07–Gx14), so the fuzzer
+/// starts next to every branch.
+fn head_seeds(s: &mut Seeds) {
+    const GOOD: &str = "GET /open-banking/v3.1/aisp/accounts?page=2&x=%2F\nhost: bank.example\n\
+        x-fapi-interaction-id: 93bac548-d2de-4546-b106-880a5018460d\n\
+        x-fapi-customer-ip-address: 198.51.100.7\nauthorization: Bearer a.b.c\n\n";
+    let heads: &[(&str, String)] = &[
+        ("good-h11", format!("1{GOOD}")),
+        ("good-h10", format!("0{GOOD}")),
+        (
+            "good-h2",
+            "2GET https://bank.example/open-banking/v3.1/aisp/accounts\nhost: bank.example\n\n"
+                .into(),
+        ),
+        (
+            "post-chunked",
+            "1POST /open-banking/v3.1/pisp/domestic-payments\nhost: bank.example\n\
+             transfer-encoding: chunked\n\n"
+                .into(),
+        ),
+        (
+            "post-length",
+            "1POST /p\nhost: bank.example\ncontent-length: 42\n\n".into(),
+        ),
+        (
+            "cl-and-te",
+            "1POST /p\nhost: a\ncontent-length: 5\ntransfer-encoding: chunked\n\n".into(),
+        ),
+        (
+            "two-cl",
+            "1POST /p\nhost: a\ncontent-length: 5\ncontent-length: 6\n\n".into(),
+        ),
+        (
+            "cl-plus",
+            "1POST /p\nhost: a\ncontent-length: +5\n\n".into(),
+        ),
+        (
+            "te-gzip",
+            "1POST /p\nhost: a\ntransfer-encoding: gzip, chunked\n\n".into(),
+        ),
+        (
+            "te-h10",
+            "0POST /p\nhost: a\ntransfer-encoding: chunked\n\n".into(),
+        ),
+        (
+            "underscore",
+            "1GET /a\nhost: a\nx_forwarded_for: 1.2.3.4\n\n".into(),
+        ),
+        (
+            "method-override",
+            "1POST /a\nhost: a\nx-http-method-override: DELETE\n\n".into(),
+        ),
+        (
+            "upgrade",
+            "1GET /a\nhost: a\nconnection: Upgrade, HTTP2-Settings\nupgrade: h2c\n\
+             http2-settings: AAMAAABkAAQAoAAAAAIAAAAA\n\n"
+                .into(),
+        ),
+        ("no-host", "1GET /a\n\n".into()),
+        ("two-hosts", "1GET /a\nhost: a\nhost: b\n\n".into()),
+        ("userinfo", "1GET /a\nhost: evil@bank.example\n\n".into()),
+        (
+            "h2-host-mismatch",
+            "2GET https://bank.example/a\nhost: other.example\n\n".into(),
+        ),
+        ("not-ours", "1GET /a\nhost: admin.internal\n\n".into()),
+        ("host-port", "1GET /a\nhost: BANK.example:8443\n\n".into()),
+        (
+            "absolute-form",
+            "1GET http://other.example/admin\nhost: bank.example\n\n".into(),
+        ),
+        (
+            "bad-interaction-id",
+            "1GET /a\nhost: a\nx-fapi-interaction-id: not-a-uuid\r\n\n".into(),
+        ),
+        (
+            "two-interaction-ids",
+            "1GET /a\nhost: a\nx-fapi-interaction-id: 93bac548-d2de-4546-b106-880a5018460d\n\
+             x-fapi-interaction-id: 93bac548-d2de-4546-b106-880a5018460e\n\n"
+                .into(),
+        ),
+        (
+            "customer-ip-name",
+            "1GET /a\nhost: a\nx-fapi-customer-ip-address: localhost\n\n".into(),
+        ),
+        (
+            "customer-ip-v6",
+            "1GET /a\nhost: a\nx-fapi-customer-ip-address: 2001:db8::1\n\n".into(),
+        ),
+        (
+            "forwarded",
+            "1GET /a\nhost: a\nx-forwarded-for: 10.0.0.1\nforwarded: for=10.0.0.1\n\n".into(),
+        ),
+        (
+            "query-escapes",
+            "1GET /a?q=%00&r=%C3%A9&s=%zz&access_token=x\nhost: a\n\n".into(),
+        ),
+        (
+            "uri-too-long",
+            format!("1GET /{}\nhost: a\n\n", "a".repeat(300)),
+        ),
+        (
+            "too-many-headers",
+            format!(
+                "1GET /a\nhost: a\n{}\n",
+                (0..14).map(|i| format!("x-h{i}: v\n")).collect::<String>()
+            ),
+        ),
+        (
+            "headers-too-large",
+            format!("1GET /a\nhost: a\nx-big: {}\n\n", "v".repeat(600)),
+        ),
+    ];
+    for (name, text) in heads {
+        add(s, "head", format!("head-{name}"), text.as_bytes());
+    }
 }
 
 fn path_seeds(s: &mut Seeds) {

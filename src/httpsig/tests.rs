@@ -1,4 +1,4 @@
-//! RFC 9421 Appendix B, read from `../shared/vectors/rfc9421/appendix-b-examples.md`: every
+//! RFC 9421 Appendix B, read from `tests/vectors/rfc9421/appendix-b-examples.md`: every
 //! signature base rebuilt byte for byte from the example messages, the HMAC and Ed25519
 //! signatures reproduced exactly, the RSA-PSS and ECDSA signatures verified, the §B.4
 //! transformations accepted or refused as the RFC says; and RFC 9530 digests of the examples.
@@ -23,7 +23,7 @@ fn b64() -> base64::engine::GeneralPurpose {
 
 fn doc() -> String {
     let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/vectors/rfc9421/appendix-b-examples.md");
+        .join("tests/vectors/rfc9421/appendix-b-examples.md");
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 

@@ -406,7 +406,7 @@ impl RedisState {
                 .iter()
                 .map(|(f, n)| {
                     (
-                        format!("{{feature=\"{n}\"}}"),
+                        format!("{{feature=\"{}\"}}", crate::telemetry::LabelValue(n)),
                         arr[*f as usize].load(Ordering::Relaxed),
                     )
                 })

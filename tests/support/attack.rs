@@ -1,4 +1,4 @@
-//! The attack-suite runner (attacks.md groups A–J): a table of cases, each a request (method,
+//! The attack-suite runner (docs/attacks.md groups A–J): a table of cases, each a request (method,
 //! path, headers, body, client certificate, HTTP version — or raw bytes on the wire, or a TLS
 //! handshake) and what must happen. Every refusal is checked three ways: exact status and
 //! reason code, nothing reached any recording upstream, and exactly one audit record with that
@@ -145,7 +145,7 @@ impl Outcome {
 pub type Check = Box<dyn Fn(&Outcome) -> Result<(), String> + Send + Sync>;
 
 pub struct Case {
-    /// attacks.md id (`A01`), or the group letter and `x` for a case it does not list (`Gx03`).
+    /// docs/attacks.md id (`A01`), or the group letter and `x` for a case it does not list (`Gx03`).
     pub id: &'static str,
     pub what: String,
     pub wire: Wire,
