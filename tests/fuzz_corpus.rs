@@ -60,3 +60,47 @@ fn write_seeds() {
         .expect("write the seeds");
     println!("wrote {n} seed files");
 }
+
+/// The `head` seeds sit on both sides of the request head checks, so the invariants the target
+/// asserts after an accepted head run from the first input on: the good heads pass (a host of
+/// ours too), each refusal seed is refused.
+#[test]
+fn the_head_seeds_reach_both_sides_of_the_head_checks() {
+    let dir = repo().join("fuzz/corpus/head");
+    let outcome = |name: &str| {
+        let data = std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        portcullis::fuzzing::head_accepted(&data).unwrap_or_else(|| panic!("{name} is no head"))
+    };
+    for good in [
+        "head-good-h11",
+        "head-good-h10",
+        "head-good-h2",
+        "head-post-chunked",
+    ] {
+        assert_eq!(outcome(good), [true, true], "{good}");
+    }
+    assert_eq!(
+        outcome("head-not-ours"),
+        [true, false],
+        "a host that is not ours"
+    );
+    for bad in [
+        "head-cl-and-te",
+        "head-two-cl",
+        "head-cl-plus",
+        "head-te-gzip",
+        "head-te-h10",
+        "head-underscore",
+        "head-method-override",
+        "head-upgrade",
+        "head-no-host",
+        "head-two-hosts",
+        "head-userinfo",
+        "head-h2-host-mismatch",
+        "head-uri-too-long",
+        "head-too-many-headers",
+        "head-headers-too-large",
+    ] {
+        assert_eq!(outcome(bad), [false, false], "{bad}");
+    }
+}

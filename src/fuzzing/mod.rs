@@ -1151,13 +1151,18 @@ fn head_limits() -> crate::config::Limits {
 /// check), on a head `http` accepts. Every accepted head is re-checked here against the rules
 /// written out independently: what the checks let through is what the README promises.
 pub fn head(data: &[u8]) {
+    let _ = head_accepted(data);
+}
+
+/// [`head`], returning whether `pipeline::http::check` accepted the head with and without
+/// `server_names` (`None`: the bytes are not a head `http` builds), so the replay test can tell
+/// that the seeds reach both sides of the checks.
+pub fn head_accepted(data: &[u8]) -> Option<[bool; 2]> {
     use crate::config::InteractionIdMode;
     use crate::pipeline::{fapi, http as head_check};
     use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 
-    let Some((&v, rest)) = data.split_first() else {
-        return;
-    };
+    let (&v, rest) = data.split_first()?;
     let version = match v {
         b'0' => http::Version::HTTP_10,
         b'2' => http::Version::HTTP_2,
@@ -1165,7 +1170,7 @@ pub fn head(data: &[u8]) {
     };
     let (first, mut rest) = split_line(rest);
     let Ok(first) = std::str::from_utf8(first) else {
-        return;
+        return None;
     };
     let (method, target) = first.split_once(' ').unwrap_or((first, "/"));
     let Ok(mut builder) = http::Method::from_bytes(method.as_bytes()).map(|m| {
@@ -1174,7 +1179,7 @@ pub fn head(data: &[u8]) {
             .uri(target)
             .version(version)
     }) else {
-        return;
+        return None;
     };
     while !rest.is_empty() {
         let (line, next) = split_line(rest);
@@ -1192,17 +1197,19 @@ pub fn head(data: &[u8]) {
         }
     }
     let Ok(req) = builder.body(()) else {
-        return;
+        return None;
     };
     let (parts, ()) = req.into_parts();
     let h = &parts.headers;
     let limits = head_limits();
     let names = ["bank.example".to_string(), "127.0.0.1".to_string()];
 
-    for server_names in [&[][..], &names[..]] {
+    let mut accepted = [false; 2];
+    for (k, server_names) in [&[][..], &names[..]].into_iter().enumerate() {
         if head_check::check(&parts, &limits, server_names).is_err() {
             continue;
         }
+        accepted[k] = true;
         let uri_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
         assert!(
             uri_len <= limits.max_uri_bytes,
@@ -1352,4 +1359,5 @@ pub fn head(data: &[u8]) {
             }
         }
     }
+    Some(accepted)
 }
