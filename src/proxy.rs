@@ -70,6 +70,7 @@ pub async fn handle(
     let id_header = HeaderValue::from_str(&interaction_id).unwrap_or(HeaderValue::from_static(""));
     let answer = Answer {
         shared: Arc::clone(&shared),
+        rt: Arc::clone(&rt),
         id_header,
         version: req.version(),
         head_only: req.method() == http::Method::HEAD,
@@ -90,6 +91,8 @@ pub async fn handle(
 #[derive(Clone)]
 struct Answer {
     shared: Arc<Shared>,
+    /// The config snapshot this request runs on, start to end.
+    rt: Arc<Runtime>,
     id_header: HeaderValue,
     version: http::Version,
     /// HEAD: hyper sends no body, so an unread body is no sign that the client left.
@@ -221,16 +224,8 @@ fn compose(
                 record.rule_id = Some(d.rule.clone());
             }
             let id = a.id_header.to_str().unwrap_or_default();
-            let rt = a.shared.runtime.load();
-            let algs: Vec<&str> = rt
-                .config
-                .auth
-                .dpop
-                .algorithms
-                .iter()
-                .map(|x| x.name())
-                .collect();
-            rejection::respond(&rejection, id, a.version, &algs.join(" "))
+            let algs = &a.rt.config.auth.dpop.challenge_algs;
+            rejection::respond(&rejection, id, a.version, algs)
         }
     };
     resp.headers_mut()

@@ -223,6 +223,8 @@ pub struct Issuer {
 #[derive(Clone, Debug)]
 pub struct DpopSettings {
     pub algorithms: Vec<Alg>,
+    /// `algorithms` as the `algs` of a DPoP challenge (RFC 9449 §7.1): names, space-separated.
+    pub challenge_algs: String,
     pub max_age: i64,
     pub skew: i64,
     /// `scheme://authority` without a trailing slash, normalized; `None` uses the Host.
@@ -527,8 +529,14 @@ pub(crate) fn validate(
                     None
                 }
             });
+    let dpop_algs = algorithms(p, "dpop.algorithms", &dpop.algorithms);
     let dpop = DpopSettings {
-        algorithms: algorithms(p, "dpop.algorithms", &dpop.algorithms),
+        challenge_algs: dpop_algs
+            .iter()
+            .map(|a| a.name())
+            .collect::<Vec<_>>()
+            .join(" "),
+        algorithms: dpop_algs,
         max_age: secs(dpop.max_age, 60),
         skew: secs(dpop.clock_skew, 5),
         public_base_url,

@@ -154,16 +154,17 @@ impl Drop for Reservation {
 /// rotation or a retry over the TPP's other certificate and tells an aggregator's clients on one
 /// certificate apart. Without a token: the certificate's organization id, else its thumbprint,
 /// else the peer address.
-pub fn scope(inspected: &Inspected, shared: &Shared) -> String {
+pub fn scope(inspected: &Inspected) -> String {
     if let Some(t) = &inspected.token {
         if let Some(cid) = t.token.client_id.as_deref() {
-            let rt = shared.runtime.load();
-            let iss = rt
-                .config
-                .auth
-                .issuers
-                .get(&t.token.issuer)
-                .map_or(t.token.issuer.as_str(), |i| i.issuer.as_str());
+            // The verified `iss` (a JWT's is checked equal to the issuer's; an introspection
+            // answer may omit it, and then the issuer's config name stands in).
+            let iss = t
+                .token
+                .claims
+                .get("iss")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or(&t.token.issuer);
             return format!("client:{}:{iss}\0{cid}", iss.len());
         }
     }
@@ -210,7 +211,7 @@ pub async fn reserve(
         None => return Ok(Outcome::None),
     };
     // Scoped to the authenticated client: another client's same key is another key.
-    let mut scoped = scope(inspected, shared).into_bytes();
+    let mut scoped = scope(inspected).into_bytes();
     scoped.push(0);
     scoped.extend_from_slice(k.as_bytes());
     let key = crate::jose::sha256(&scoped);
