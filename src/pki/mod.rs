@@ -179,38 +179,32 @@ impl ClientCert {
 /// set again, so a CRL reload ends a revoked client's open keep-alive and HTTP/2 connections.
 #[derive(Debug, Default)]
 pub struct Revoked {
-    entries: std::collections::HashSet<(Vec<u8>, Vec<u8>)>,
+    /// Revoked serial numbers (DER) by issuer name (DER).
+    by_issuer: std::collections::HashMap<Vec<u8>, std::collections::HashSet<Vec<u8>>>,
 }
 
 impl Revoked {
     /// The entries of DER CRLs; a CRL that does not parse is an error naming why (the caller
     /// says which file).
     pub fn from_crls<'a>(crls: impl IntoIterator<Item = &'a [u8]>) -> Result<Revoked, String> {
-        let mut entries = std::collections::HashSet::new();
+        let mut by_issuer: std::collections::HashMap<_, std::collections::HashSet<_>> =
+            std::collections::HashMap::new();
         for der in crls {
             let (_, crl) = x509_parser::parse_x509_crl(der)
                 .map_err(|e| format!("the CRL cannot be parsed: {e}"))?;
-            let issuer = crl.issuer().as_raw().to_vec();
+            let serials = by_issuer.entry(crl.issuer().as_raw().to_vec()).or_default();
             for r in crl.iter_revoked_certificates() {
-                entries.insert((issuer.clone(), r.raw_serial().to_vec()));
+                serials.insert(r.raw_serial().to_vec());
             }
         }
-        Ok(Revoked { entries })
+        Ok(Revoked { by_issuer })
     }
 
+    /// Checked on every request: two hash lookups, no allocation.
     pub fn contains(&self, cert: &ClientCert) -> bool {
-        !self.entries.is_empty()
-            && self
-                .entries
-                .contains(&(cert.issuer_der.clone(), cert.serial_der.clone()))
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.by_issuer
+            .get(cert.issuer_der.as_slice())
+            .is_some_and(|serials| serials.contains(cert.serial_der.as_slice()))
     }
 }
 
