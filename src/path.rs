@@ -209,14 +209,10 @@ pub fn has_parameters(path: &str) -> bool {
     b.contains(&b';') || b.windows(3).any(|w| w == b"%3B")
 }
 
-/// One query component decoded the way form decoders do (`+` is a space, then percent escapes;
-/// WHATWG `application/x-www-form-urlencoded`), which is how upstream frameworks read names and
-/// values. `None` for a malformed escape or bytes that are not UTF-8.
-pub fn decode_query_component(s: &str) -> Option<std::borrow::Cow<'_, str>> {
+/// `application/x-www-form-urlencoded` percent-decoding (WHATWG): `+` is a space, then percent
+/// escapes. `None` for a malformed escape. The bytes need not be UTF-8.
+pub fn form_decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
-    if !b.iter().any(|&c| c == b'%' || c == b'+') {
-        return Some(std::borrow::Cow::Borrowed(s));
-    }
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while let Some(&c) = b.get(i) {
@@ -241,7 +237,18 @@ pub fn decode_query_component(s: &str) -> Option<std::borrow::Cow<'_, str>> {
             }
         }
     }
-    String::from_utf8(out).ok().map(std::borrow::Cow::Owned)
+    Some(out)
+}
+
+/// One query component as upstream frameworks read names and values ([`form_decode`]), as
+/// text. `None` for a malformed escape or bytes that are not UTF-8.
+pub fn decode_query_component(s: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if !s.bytes().any(|c| c == b'%' || c == b'+') {
+        return Some(std::borrow::Cow::Borrowed(s));
+    }
+    String::from_utf8(form_decode(s)?)
+        .ok()
+        .map(std::borrow::Cow::Owned)
 }
 
 /// The query's `name=value` pairs, raw (empty pieces between `&`s skipped).

@@ -794,7 +794,7 @@ async fn r01_a_client_leaving_during_the_request_leaves_one_record_and_nothing_u
     // HTTP/2: the headers and no body, then RST_STREAM.
     let id2 = uuid::Uuid::new_v4().to_string();
     let (_tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-    let body = ChannelBody(rx);
+    let body = Channel(rx);
     let r = http::Request::post("https://localhost/payments")
         .header("x-fapi-interaction-id", &id2)
         .header("x-idempotency-key", "k-none")
@@ -955,23 +955,6 @@ async fn r01_a_client_leaving_while_a_stage_waits_leaves_a_cancelled_record() {
     // The introspection answers arrive later; nothing is forwarded for the abandoned requests.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(lab.forwarded().len(), 0);
-}
-
-/// A request body fed by a channel (never ends while the sender lives).
-struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
-
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
-    }
 }
 
 // --- trailers, revocation, HTTP/2 framing ---------------------------------------------------

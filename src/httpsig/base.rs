@@ -132,32 +132,6 @@ fn trim(mut b: &[u8]) -> &[u8] {
     b
 }
 
-/// `application/x-www-form-urlencoded` percent-decoding (`+` is a space).
-fn form_decode(s: &str) -> Option<Vec<u8>> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let h = (*b.get(i + 1)? as char).to_digit(16)?;
-                let l = (*b.get(i + 2)? as char).to_digit(16)?;
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    Some(out)
-}
-
 /// Percent-encoding with the `application/x-www-form-urlencoded` percent-encode set, space as
 /// `%20` (RFC 9421 §2.2.8).
 fn form_encode(b: &[u8]) -> String {
@@ -178,14 +152,14 @@ fn query_param(query: Option<&str>, name: &str) -> Result<String, ComponentError
     let mut found = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let n = form_decode(n).ok_or(ComponentError::Invalid)?;
+        let n = crate::path::form_decode(n).ok_or(ComponentError::Invalid)?;
         if form_encode(&n) != name {
             continue;
         }
         if found.is_some() {
             return Err(ComponentError::Invalid);
         }
-        let v = form_decode(v).ok_or(ComponentError::Invalid)?;
+        let v = crate::path::form_decode(v).ok_or(ComponentError::Invalid)?;
         found = Some(form_encode(&v));
     }
     found.ok_or(ComponentError::Missing)

@@ -265,8 +265,8 @@ fn trickle() -> http::Response<UpstreamBody> {
 
 type UpstreamBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
 
-/// A response body fed by a channel.
-struct Channel(tokio::sync::mpsc::Receiver<Bytes>);
+/// A body fed by a channel: it ends when the sender is dropped, and never while it lives.
+pub struct Channel(pub tokio::sync::mpsc::Receiver<Bytes>);
 
 impl hyper::body::Body for Channel {
     type Data = Bytes;
