@@ -25,6 +25,7 @@
 
 mod common;
 mod support {
+    pub mod apps;
     pub mod attack;
     pub mod h2raw;
 }
@@ -44,6 +45,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::*;
+use support::apps::{self, run, which};
 use support::attack::{claims, parse_raw, thumb, AUD, BASE, ISS, NOW};
 
 // ---------------------------------------------------------------------------------------------
@@ -163,41 +165,9 @@ fn work_dir() -> PathBuf {
     d
 }
 
-/// Runs a preparation command; on failure, the error names the command.
-fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
-    let t = Instant::now();
-    let out = cmd
-        .output()
-        .map_err(|e| format!("{what}: cannot run {cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{what}: {cmd:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    eprintln!(
-        "differential: {what} took {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
 /// Copies `files` from the source dir of `app` to its work dir; true if any changed.
 fn sync(app: &str, files: &[&str]) -> bool {
-    // Not short-circuiting: every file is copied.
-    let (src, dst) = (src_dir().join(app), work_dir().join(app));
-    std::fs::create_dir_all(&dst).unwrap();
-    let mut changed = false;
-    for f in files {
-        let new = std::fs::read(src.join(f)).unwrap();
-        if std::fs::read(dst.join(f)).ok().as_ref() != Some(&new) {
-            std::fs::write(dst.join(f), new).unwrap();
-            changed = true;
-        }
-    }
-    changed
+    apps::sync(&src_dir().join(app), &work_dir().join(app), files)
 }
 
 const APT: &str = "apt-get install -y --no-install-recommends libtomcat10-java libjackson2-databind-java default-jdk-headless";
@@ -260,29 +230,15 @@ fn prepare(name: &str) -> Result<Command, String> {
             Ok(c)
         }
         "express" => {
-            for tool in ["node", "npm"] {
-                if which(tool).is_none() {
-                    return Err(format!(
-                        "express: {tool} is missing; run: apt-get install -y nodejs npm"
-                    ));
-                }
-            }
+            apps::need_node("express")?;
             let changed = sync("express", &["package.json", "package-lock.json"]);
             sync("express", &["app.js"]);
-            if changed || !work.join("node_modules/express/package.json").exists() {
-                run(
-                    Command::new("npm")
-                        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-                        .current_dir(&work),
-                    "express: npm ci",
-                )
-                .map_err(|e| {
-                    format!(
-                        "{e}\nrun: cd {} && npm ci   (needs the npm registry)",
-                        work.display()
-                    )
-                })?;
-            }
+            apps::npm_ci(
+                &work,
+                changed,
+                "node_modules/express/package.json",
+                "express",
+            )?;
             let mut c = Command::new("node");
             c.arg(work.join("app.js"));
             Ok(c)
@@ -330,14 +286,6 @@ fn prepare(name: &str) -> Result<Command, String> {
         }
         _ => unreachable!(),
     }
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(tool))
-            .find(|f| f.is_file())
-    })
 }
 
 /// Starts a prepared app; waits for its "PORT n" line.

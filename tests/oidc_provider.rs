@@ -25,6 +25,9 @@
 //! the test with the command to run. The provider's log: target/tmp/oidc-provider/as.log.
 
 mod common;
+mod support {
+    pub mod apps;
+}
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -37,6 +40,7 @@ use http_body_util::Full;
 use portcullis::jose::sign::SigningKey;
 use portcullis::jose::Alg;
 use serde_json::Value;
+use support::apps;
 
 const AUD: &str = "https://rs.example";
 const OTHER_AUD: &str = "https://other.example";
@@ -70,67 +74,18 @@ fn work_dir() -> PathBuf {
     d
 }
 
-fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(tool))
-            .find(|f| f.is_file())
-    })
-}
-
-/// Copies `files` from the source dir to the work dir; true if any changed.
-fn sync(files: &[&str]) -> bool {
-    let (src, dst) = (src_dir(), work_dir());
-    let mut changed = false;
-    for f in files {
-        let new = std::fs::read(src.join(f)).unwrap();
-        if std::fs::read(dst.join(f)).ok().as_ref() != Some(&new) {
-            std::fs::write(dst.join(f), new).unwrap();
-            changed = true;
-        }
-    }
-    changed
-}
-
 /// Installs the npm packages when missing or changed; the error names the command to run.
 fn prepare() -> Result<(), String> {
-    for tool in ["node", "npm"] {
-        if which(tool).is_none() {
-            return Err(format!(
-                "oidc-provider: {tool} is missing; run: apt-get install -y nodejs npm"
-            ));
-        }
-    }
+    apps::need_node("oidc-provider")?;
     let work = work_dir();
-    let changed = sync(&["package.json", "package-lock.json"]);
-    sync(&["as.js"]);
-    if changed
-        || !work
-            .join("node_modules/oidc-provider/package.json")
-            .exists()
-    {
-        let t = Instant::now();
-        let mut cmd = Command::new("npm");
-        cmd.args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&work);
-        let out = cmd
-            .output()
-            .map_err(|e| format!("oidc-provider: cannot run {cmd:?}: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "oidc-provider: {cmd:?} failed ({}):\n{}{}\nrun: cd {} && npm ci   (needs the npm registry)",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
-                work.display()
-            ));
-        }
-        eprintln!(
-            "oidc-provider: npm ci took {:.1} s",
-            t.elapsed().as_secs_f64()
-        );
-    }
-    Ok(())
+    let changed = apps::sync(&src_dir(), &work, &["package.json", "package-lock.json"]);
+    apps::sync(&src_dir(), &work, &["as.js"]);
+    apps::npm_ci(
+        &work,
+        changed,
+        "node_modules/oidc-provider/package.json",
+        "oidc-provider",
+    )
 }
 
 /// The running authorization server and what it printed once ready.
