@@ -81,12 +81,7 @@ pub async fn inspect(
     let route = route::resolve(parts, &config.policies)?;
     record.route_id = Some(route.route.id.clone());
     // A declared body over the route's limit is refused before any signature is checked.
-    let declared = parts
-        .headers
-        .get(::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > route.route.body_limit) {
+    if http::declared_length(&parts.headers).is_some_and(|n| n > route.route.body_limit) {
         return Err(http::HttpError::BodyTooLarge.into());
     }
     ratelimit::check_peer(conn, rt, shared, record)?;

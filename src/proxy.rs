@@ -232,7 +232,7 @@ fn compose(
         .insert(fapi::INTERACTION_ID, a.id_header.clone());
     record.status = resp.status().as_u16();
     record.total_latency_us = a.started.elapsed().as_micros() as u64;
-    record.bytes_out = declared_length(resp.headers());
+    record.bytes_out = pipeline::http::declared_length(resp.headers());
     resp
 }
 
@@ -329,7 +329,7 @@ fn start_record(
             http::Version::HTTP_10 => "HTTP/1.0",
             _ => "HTTP/1.1",
         },
-        bytes_in: declared_length(req.headers()),
+        bytes_in: pipeline::http::declared_length(req.headers()),
         method: bounded(req.method().as_str()),
         path: bounded(req.uri().path()),
         has_query: req.uri().query().is_some(),
@@ -353,7 +353,7 @@ async fn inner(
         Err(e) => return Err(refuse_unread(e, body).await),
     };
     let route = Arc::clone(&inspected.route.route);
-    let declared = declared_length(&parts.headers);
+    let declared = pipeline::http::declared_length(&parts.headers);
     // The config loader refuses routes that name an unknown upstream, so this is unreachable;
     // it still fails closed rather than panicking.
     let upstream = rt
@@ -733,13 +733,6 @@ fn vouch_for_token(
             h.insert(name.clone(), v);
         }
     }
-}
-
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// Refuses a request whose body has not been read. A small declared remainder is read and

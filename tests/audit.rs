@@ -170,19 +170,7 @@ fn verify_args<'a>(public: &'a str, files: &'a [String]) -> Vec<&'a str> {
 /// connection while we are still writing (it refuses a 1 MB header early).
 async fn raw_lenient(p: &Proxy, bytes: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let certs = certs();
-    let cfg = portcullis::client::tls_config(
-        &certs.join("ca.pem"),
-        Some((&certs.join("tpp1.pem"), &certs.join("tpp1.key"))),
-        false,
-    )
-    .unwrap();
-    let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut tls = p.tls(Some("tpp1"), false).await.unwrap();
     let _ = tls.write_all(bytes).await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(2), tls.read_to_end(&mut out)).await;

@@ -518,21 +518,7 @@ fn proxy_params(template: &str, path: &[u8]) -> BTreeMap<String, String> {
 /// Writes `bytes` on a fresh TLS connection as tpp1 and reads the answer until the proxy
 /// closes (the request says `Connection: close`).
 async fn send_raw(p: &Proxy, bytes: &[u8]) -> Result<Vec<u8>, String> {
-    let certs = certs();
-    let cfg = portcullis::client::tls_config(
-        &certs.join("ca.pem"),
-        Some((&certs.join("tpp1.pem"), &certs.join("tpp1.key"))),
-        false,
-    )
-    .map_err(|e| e.to_string())?;
-    let tcp = tokio::net::TcpStream::connect(p.addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
+    let mut tls = p.tls(Some("tpp1"), false).await?;
     tls.write_all(bytes).await.map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;

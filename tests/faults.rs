@@ -1055,18 +1055,7 @@ fn server_cert(
 
 /// The certificate the proxy presents to a new connection.
 async fn presented(p: &Proxy) -> Vec<u8> {
-    let cfg = portcullis::client::tls_config(
-        &certs().join("ca.pem"),
-        Some((&certs().join("tpp1.pem"), &certs().join("tpp1.key"))),
-        false,
-    )
-    .unwrap();
-    let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = p.tls(Some("tpp1"), false).await.unwrap();
     tls.get_ref().1.peer_certificates().unwrap()[0]
         .as_ref()
         .to_vec()

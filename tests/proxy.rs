@@ -586,19 +586,7 @@ async fn slow_headers_are_cut_off_at_the_header_read_timeout() {
     let mut o = Options::new(up.addr);
     o.limits = "    header_read_timeout: 500ms\n";
     let p = Proxy::start(o).await;
-    let certs = certs();
-    let cfg = portcullis::client::tls_config(
-        &certs.join("ca.pem"),
-        Some((&certs.join("tpp1.pem"), &certs.join("tpp1.key"))),
-        false,
-    )
-    .unwrap();
-    let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut tls = p.tls(Some("tpp1"), false).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     tls.write_all(b"GET /open-banking/v3.1/aisp/accounts HTTP/1.1\r\nHost: local")
         .await

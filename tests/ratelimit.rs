@@ -113,19 +113,7 @@ async fn h01_h07_the_client_limit_ignores_forwarded_headers_and_429_says_when_to
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h04_every_http2_stream_is_counted() {
     let (p, up) = start(LIMITS).await;
-    let certs = certs();
-    let cfg = portcullis::client::tls_config(
-        &certs.join("ca.pem"),
-        Some((&certs.join("tpp1.pem"), &certs.join("tpp1.key"))),
-        true,
-    )
-    .unwrap();
-    let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = p.tls(Some("tpp1"), true).await.unwrap();
     let (sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(tls),

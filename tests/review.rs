@@ -661,21 +661,9 @@ routes:
 
 const PAYMENT: &str = r#"{"Data":{"Amount":"10.00"}}"#;
 
-/// A TLS connection to the proxy as tpp1 offering only `alpn`.
+/// A TLS connection to the proxy as tpp1, offering only `h2` or only `http/1.1`.
 async fn tls(p: &Proxy, h2: bool) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let c = certs();
-    let cfg = portcullis::client::tls_config(
-        &c.join("ca.pem"),
-        Some((&c.join("tpp1.pem"), &c.join("tpp1.key"))),
-        h2,
-    )
-    .unwrap();
-    let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    tokio_rustls::TlsConnector::from(cfg)
-        .connect(name, tcp)
-        .await
-        .unwrap()
+    p.tls(Some("tpp1"), h2).await.unwrap()
 }
 
 /// Writes an HTTP/1.1 request head (and `body`) and closes the connection after `wait`.

@@ -711,18 +711,28 @@ pub struct FuzzRequest {
 /// Parses `METHOD target \n name: value ... \n\n body` (the method and target as `http`
 /// parses them; otherwise `None`); lines that are not valid fields are skipped.
 pub fn parse_request(data: &[u8]) -> Option<FuzzRequest> {
-    let (first, mut rest) = split_line(data);
+    let (first, rest) = split_line(data);
     let first = std::str::from_utf8(first).ok()?;
     let (method, target) = first.split_once(' ').unwrap_or((first, "/"));
     // What the pipeline hands the signature stage: a method and a URI hyper accepted.
     let method = http::Method::from_bytes(method.as_bytes()).ok()?;
     let uri = http::Uri::try_from(target).ok()?;
     let (path, query) = (uri.path().to_string(), uri.query().map(str::to_string));
+    let (headers, rest) = field_lines(rest);
+    Some(FuzzRequest {
+        method: method.as_str().to_string(),
+        path,
+        query,
+        headers,
+        body: rest.to_vec(),
+    })
+}
+
+/// `name: value` lines up to an empty line (or the end), as header fields; lines that are not
+/// valid fields are skipped. Returns the fields and what follows the empty line.
+fn field_lines(mut rest: &[u8]) -> (http::HeaderMap, &[u8]) {
     let mut headers = http::HeaderMap::new();
-    loop {
-        if rest.is_empty() {
-            break;
-        }
+    while !rest.is_empty() {
         let (line, next) = split_line(rest);
         rest = next;
         if line.is_empty() {
@@ -737,13 +747,7 @@ pub fn parse_request(data: &[u8]) -> Option<FuzzRequest> {
             headers.append(n, v);
         }
     }
-    Some(FuzzRequest {
-        method: method.as_str().to_string(),
-        path,
-        query,
-        headers,
-        body: rest.to_vec(),
-    })
+    (headers, rest)
 }
 
 /// RFC 9421 structured fields, signature bases, `Content-Digest`, and verification.
@@ -1168,12 +1172,12 @@ pub fn head_accepted(data: &[u8]) -> Option<[bool; 2]> {
         b'2' => http::Version::HTTP_2,
         _ => http::Version::HTTP_11,
     };
-    let (first, mut rest) = split_line(rest);
+    let (first, rest) = split_line(rest);
     let Ok(first) = std::str::from_utf8(first) else {
         return None;
     };
     let (method, target) = first.split_once(' ').unwrap_or((first, "/"));
-    let Ok(mut builder) = http::Method::from_bytes(method.as_bytes()).map(|m| {
+    let Ok(builder) = http::Method::from_bytes(method.as_bytes()).map(|m| {
         http::Request::builder()
             .method(m)
             .uri(target)
@@ -1181,25 +1185,11 @@ pub fn head_accepted(data: &[u8]) -> Option<[bool; 2]> {
     }) else {
         return None;
     };
-    while !rest.is_empty() {
-        let (line, next) = split_line(rest);
-        rest = next;
-        if line.is_empty() {
-            break;
-        }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let name = http::HeaderName::from_bytes(&line[..colon]);
-        let value = http::HeaderValue::from_bytes(line[colon + 1..].trim_ascii());
-        if let (Ok(n), Ok(v)) = (name, value) {
-            builder = builder.header(n, v);
-        }
-    }
     let Ok(req) = builder.body(()) else {
         return None;
     };
-    let (parts, ()) = req.into_parts();
+    let (mut parts, ()) = req.into_parts();
+    parts.headers = field_lines(rest).0;
     let h = &parts.headers;
     let limits = head_limits();
     let names = ["bank.example".to_string(), "127.0.0.1".to_string()];

@@ -128,6 +128,14 @@ pub fn query_overrides_method(query: &str) -> bool {
     })
 }
 
+/// The body length a message declares in `Content-Length`, when it declares one we read.
+pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 /// The request's host name, lower-cased, without port: `:authority` for HTTP/2, else `Host`.
 pub fn host(parts: &Parts) -> Option<String> {
     let raw = match parts.uri.authority() {

@@ -506,22 +506,40 @@ impl Proxy {
         (status, body)
     }
 
+    /// A TLS connection to the proxy presenting `identity` (`tpp1`, ... or `None`), offering
+    /// only `h2` or only `http/1.1`, for tests that write bytes or drive a protocol themselves.
+    pub async fn tls(
+        &self,
+        identity: Option<&str>,
+        h2: bool,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+        let certs = certs();
+        let id = identity.map(|i| {
+            (
+                certs.join(format!("{i}.pem")),
+                certs.join(format!("{i}.key")),
+            )
+        });
+        let cfg = tls_config(
+            &certs.join("ca.pem"),
+            id.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+            h2,
+        )
+        .map_err(|e| e.to_string())?;
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))
+    }
+
     /// Writes raw bytes on a TLS connection as TPP One and reads until the server closes or
     /// `wait` passes.
     pub async fn raw(&self, bytes: &[u8], wait: Duration) -> String {
-        let certs = certs();
-        let cfg = tls_config(
-            &certs.join("ca.pem"),
-            Some((&certs.join("tpp1.pem"), &certs.join("tpp1.key"))),
-            false,
-        )
-        .unwrap();
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(cfg)
-            .connect(name, tcp)
-            .await
-            .unwrap();
+        let mut tls = self.tls(Some("tpp1"), false).await.unwrap();
         tls.write_all(bytes).await.unwrap();
         let mut out = Vec::new();
         let _ = tokio::time::timeout(wait, tls.read_to_end(&mut out)).await;

@@ -458,27 +458,7 @@ pub async fn send_raw(
     bytes: &[u8],
     wait: Duration,
 ) -> Result<Vec<u8>, String> {
-    let certs = certs();
-    let id = identity.map(|i| {
-        (
-            certs.join(format!("{i}.pem")),
-            certs.join(format!("{i}.key")),
-        )
-    });
-    let cfg = portcullis::client::tls_config(
-        &certs.join("ca.pem"),
-        id.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
-        false,
-    )
-    .map_err(|e| e.to_string())?;
-    let tcp = tokio::net::TcpStream::connect(p.addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
+    let mut tls = p.tls(identity, false).await?;
     // `{pause:N}` in the bytes: flush, wait N ms, go on (a header split across reads, a
     // trickled body).
     let text = String::from_utf8_lossy(bytes).to_string();
