@@ -17,7 +17,7 @@ fn bench(c: &mut Criterion) {
         .as_object()
         .cloned()
         .unwrap();
-    let consent: ConsentRecord = portcullis::consent::record_from_json(&json!({
+    let consent: ConsentRecord = portcullis_policy::rules::ConsentRecord::from_json(&json!({
         "status": "Authorised", "permissions": ["ReadBalances"], "accounts": ["acc-1", "acc-2"]
     }))
     .unwrap();

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::audit::AuditLog;
-use crate::config::Config;
-use crate::runtime::Shared;
+use portcullis_audit::AuditLog;
+use portcullis_proxy::config::Config;
+use portcullis_proxy::runtime::Shared;
 
 #[derive(Parser)]
 #[command(
@@ -18,7 +18,7 @@ use crate::runtime::Shared;
     about = "A security inspection reverse proxy for financial APIs (mTLS, FAPI, open banking).",
     long_about = None
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
@@ -72,28 +72,28 @@ pub enum Command {
     /// make an audit signing key.
     Audit {
         #[command(subcommand)]
-        command: crate::audit::cmd::AuditCommand,
+        command: portcullis_tools::auditcmd::AuditCommand,
     },
     /// Policy tools: run the policy test files, or explain one decision.
     Policy {
         #[command(subcommand)]
-        command: crate::policy::testing::PolicyCommand,
+        command: portcullis_tools::policytest::PolicyCommand,
     },
     /// Inspect an access token against a config: every check the proxy runs, with its outcome.
     Token {
         #[command(subcommand)]
-        command: crate::tokentool::TokenCommand,
+        command: portcullis_tools::tokentool::TokenCommand,
     },
     /// Dev keys, access tokens and DPoP proofs for trying a setup (never for production).
     DevToken {
         #[command(subcommand)]
-        command: crate::tokentool::DevTokenCommand,
+        command: portcullis_tools::tokentool::DevTokenCommand,
     },
     /// Sign a body as OBIE x-jws-signature or a request as RFC 9421 with a dev key, or make a
     /// dev signing key and its JWK set (never for production).
     Sign {
         #[command(subcommand)]
-        command: crate::signature::cli::SignCommand,
+        command: portcullis_tools::sign::SignCommand,
     },
     /// Drive an HTTPS target with load and report throughput, latency and errors: a FAPI
     /// scenario file (`--scenario`: client certificates, bound tokens, DPoP proofs, signed
@@ -134,21 +134,6 @@ pub enum Command {
     },
 }
 
-/// Waits for SIGTERM or SIGINT (Ctrl-C).
-pub async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
 
 fn load_or_report(path: &std::path::Path) -> Option<Config> {
     match Config::load(path) {
@@ -164,11 +149,11 @@ fn load_or_report(path: &std::path::Path) -> Option<Config> {
 }
 
 /// Runs a parsed command; returns the process exit code.
-pub async fn run(cli: Cli) -> ExitCode {
-    crate::tls::install_crypto_provider();
+pub(crate) async fn run(cli: Cli) -> ExitCode {
+    portcullis_proxy::tls::install_crypto_provider();
     match cli.command {
         Command::Run { config } => {
-            crate::telemetry::init_tracing();
+            portcullis_proxy::telemetry::init_tracing();
             let Some(c) = load_or_report(&config) else {
                 return ExitCode::from(2);
             };
@@ -180,7 +165,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
             };
             let shared = Arc::new(Shared::new(c, audit, Some(config)));
-            let running = match crate::server::start(Arc::clone(&shared)).await {
+            let running = match portcullis_proxy::server::start(Arc::clone(&shared)).await {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("cannot start: {e}");
@@ -188,14 +173,14 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
             };
             let token = running.shutdown_token();
-            if let Err(e) = crate::reload::watch(Arc::clone(&shared), token.clone()) {
+            if let Err(e) = portcullis_proxy::reload::watch(Arc::clone(&shared), token.clone()) {
                 tracing::warn!(error = %e, "file watching is off; SIGHUP still reloads");
             }
             #[cfg(unix)]
-            if let Err(e) = crate::reload::on_sighup(Arc::clone(&shared), token) {
+            if let Err(e) = portcullis_proxy::reload::on_sighup(Arc::clone(&shared), token) {
                 tracing::warn!(error = %e, "SIGHUP reload is off");
             }
-            wait_for_signal().await;
+            portcullis_proxy::server::wait_for_signal().await;
             tracing::info!("draining");
             if running.shutdown().await {
                 tracing::info!("drained; bye");
@@ -206,7 +191,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { config } => {
-            crate::telemetry::init_check_tracing();
+            portcullis_proxy::telemetry::init_check_tracing();
             let Some(c) = load_or_report(&config) else {
                 return ExitCode::from(1);
             };
@@ -219,13 +204,13 @@ pub async fn run(cli: Cli) -> ExitCode {
             admin,
             once,
         } => {
-            let opts = crate::demo::DemoOptions {
+            let opts = portcullis_tools::demo::DemoOptions {
                 dir,
                 listen,
                 admin,
                 once,
             };
-            match crate::demo::run(opts).await {
+            match portcullis_tools::demo::run(opts).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("demo failed: {e}");
@@ -233,7 +218,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::DevCerts { out } => match crate::pki::devcerts::generate(&out) {
+        Command::DevCerts { out } => match portcullis_tools::devcerts::generate(&out) {
             Ok(d) => {
                 println!("wrote development certificates to {}", d.dir.display());
                 ExitCode::SUCCESS
@@ -253,16 +238,16 @@ pub async fn run(cli: Cli) -> ExitCode {
             };
             eprintln!("mock bank on http://{listen}");
             let token = tokio_util::sync::CancellationToken::new();
-            tokio::spawn(crate::mockbank::serve(l, token.clone()));
-            wait_for_signal().await;
+            tokio::spawn(portcullis_tools::mockbank::serve(l, token.clone()));
+            portcullis_proxy::server::wait_for_signal().await;
             token.cancel();
             ExitCode::SUCCESS
         }
-        Command::Audit { command } => crate::audit::cmd::run(command),
-        Command::Token { command } => crate::tokentool::run_token(command).await,
-        Command::Policy { command } => crate::policy::testing::run_command(command),
-        Command::DevToken { command } => crate::tokentool::run_dev(command),
-        Command::Sign { command } => crate::signature::cli::run(command),
+        Command::Audit { command } => portcullis_tools::auditcmd::run(command),
+        Command::Token { command } => portcullis_tools::tokentool::run_token(command).await,
+        Command::Policy { command } => portcullis_tools::policytest::run_command(command),
+        Command::DevToken { command } => portcullis_tools::tokentool::run_dev(command),
+        Command::Sign { command } => portcullis_tools::sign::run(command),
         Command::Loadgen {
             scenario: Some(file),
             addr,
@@ -303,14 +288,14 @@ pub async fn run(cli: Cli) -> ExitCode {
                     }
                 }
             }
-            let duration = match crate::config::ConfigDuration::parse(&duration) {
+            let duration = match portcullis_base::duration::ConfigDuration::parse(&duration) {
                 Ok(d) => d,
                 Err(e) => {
                     eprintln!("--duration: {e}");
                     return ExitCode::from(2);
                 }
             };
-            let opts = crate::loadgen::LoadOptions {
+            let opts = portcullis_loadgen::LoadOptions {
                 addr,
                 server_name,
                 path,
@@ -322,7 +307,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 http2,
                 headers: parsed,
             };
-            match crate::loadgen::run(opts).await {
+            match portcullis_loadgen::run(opts).await {
                 Ok(r) => match json {
                     Some(file) => {
                         let text = serde_json::to_string(&r).unwrap_or_default();
@@ -368,7 +353,7 @@ async fn run_scenario(
     addr: Option<SocketAddr>,
     json: Option<&std::path::Path>,
 ) -> ExitCode {
-    let mut s = match crate::loadgen::Scenario::load(file) {
+    let mut s = match portcullis_loadgen::Scenario::load(file) {
         Ok(s) => s,
         Err(errors) => {
             eprintln!("{} error(s) in the scenario:", errors.0.len());
@@ -381,7 +366,7 @@ async fn run_scenario(
     if let Some(a) = addr {
         s.target.address = a;
     }
-    let summary = match crate::loadgen::run_scenario(s).await {
+    let summary = match portcullis_loadgen::run_scenario(s).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("loadgen failed: {e}");
@@ -408,7 +393,7 @@ async fn run_scenario(
 }
 
 /// The `check` summary: listener, upstreams, routes.
-pub fn summary(c: &Config) -> String {
+pub(crate) fn summary(c: &Config) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let l = &c.listener;

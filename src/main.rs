@@ -1,5 +1,7 @@
 //! The `portcullis` binary: parses the command line and hands it to the library.
 
+mod cli;
+
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -12,5 +14,5 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    portcullis::cli::run(portcullis::cli::Cli::parse()).await
+    cli::run(cli::Cli::parse()).await
 }

@@ -1,0 +1,857 @@
+//! Authorization rules of a route: required scopes, consent, object rules and response rules.
+//!
+//! A rule ties a value from the request — a path parameter, a query parameter, a header, or a
+//! JSON body member by JSON pointer — to a set the caller was granted: a token claim, the
+//! entries of RFC 9396 `authorization_details` of one `type`, or a member of the consent
+//! record. Values are compared as exact strings (no case folding, no Unicode normalization).
+//! Ambiguity is refused, never resolved: a repeated query parameter, a header sent twice, a JSON
+//! body with duplicate members or that is not JSON, a path id that disagrees with a body id.
+//!
+//! Everything here is pure: [`evaluate`] takes the request facts, the token claims, the consent
+//! record and `now`, and returns a decision. The proxy, `policy test` and `policy explain` all
+//! call the same function.
+
+use std::collections::BTreeSet;
+
+use http::HeaderMap;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use portcullis_base::problems::Problems;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileScopes {
+    #[serde(default)]
+    all_of: Vec<String>,
+    #[serde(default)]
+    any_of: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConsent {
+    /// The token claim that names the consent (e.g. `openbanking_intent_id`).
+    claim: String,
+    /// Acceptable statuses; default `[Authorised]`.
+    #[serde(default)]
+    status: Option<Vec<String>>,
+    /// Permissions the consent must hold (all of them).
+    #[serde(default)]
+    permissions: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileValue {
+    path: Option<String>,
+    query: Option<String>,
+    header: Option<String>,
+    json: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileAuthDetails {
+    r#type: String,
+    field: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileSet {
+    claim: Option<String>,
+    authorization_details: Option<FileAuthDetails>,
+    consent: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileRule {
+    id: String,
+    value: FileValue,
+    /// The value must be in this set…
+    #[serde(default, rename = "in")]
+    in_set: Option<FileSet>,
+    /// …and/or equal this other request value (a path id and a body id, say).
+    #[serde(default)]
+    equals: Option<FileValue>,
+    /// 403 (default) or 404 (hide that the object exists).
+    #[serde(default)]
+    deny_status: Option<u16>,
+    /// Whether an absent value denies (default true).
+    #[serde(default)]
+    required: Option<bool>,
+    #[serde(default)]
+    shadow: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileResponseRule {
+    id: String,
+    /// A JSON pointer; `*` matches every element of an array (e.g. `/Data/Account/*/AccountId`).
+    pointer: String,
+    #[serde(rename = "in")]
+    in_set: FileSet,
+    /// `withhold` (default: 502) or `remove` (drop the offending array elements).
+    #[serde(default)]
+    action: Option<String>,
+}
+
+/// Where a request value comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ValueSource {
+    Path(String),
+    Query(String),
+    Header(http::HeaderName),
+    Json(Vec<String>),
+}
+
+/// Where the granted set comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SetSource {
+    Claim(Vec<String>),
+    AuthorizationDetails { kind: String, field: String },
+    Consent(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectRule {
+    pub id: String,
+    pub value: ValueSource,
+    pub in_set: Option<SetSource>,
+    pub equals: Option<ValueSource>,
+    pub deny_status: u16,
+    pub required: bool,
+    pub shadow: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsentReq {
+    pub claim: String,
+    pub status: Vec<String>,
+    pub permissions: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResponseAction {
+    Withhold,
+    Remove,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseRule {
+    pub id: String,
+    pub pointer: Vec<String>,
+    pub in_set: SetSource,
+    pub action: ResponseAction,
+}
+
+/// A route's compiled authorization.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Authz {
+    pub all_of: Vec<String>,
+    pub any_of: Vec<String>,
+    pub consent: Option<ConsentReq>,
+    pub rules: Vec<ObjectRule>,
+    pub response_rules: Vec<ResponseRule>,
+    /// The whole route decides and records but does not enforce.
+    pub shadow: bool,
+}
+
+impl Authz {
+    /// Whether a rule reads the request body (so the proxy must buffer it first).
+    pub fn reads_body(&self) -> bool {
+        self.rules.iter().any(|r| {
+            matches!(r.value, ValueSource::Json(_))
+                || matches!(r.equals, Some(ValueSource::Json(_)))
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all_of.is_empty()
+            && self.any_of.is_empty()
+            && self.consent.is_none()
+            && self.rules.is_empty()
+            && self.response_rules.is_empty()
+    }
+}
+
+/// RFC 6901 pointer into segments; `~1` and `~0` unescaped. `*` stays a wildcard.
+fn pointer(p: &str) -> Option<Vec<String>> {
+    if p.is_empty() {
+        return Some(Vec::new());
+    }
+    let rest = p.strip_prefix('/')?;
+    rest.split('/')
+        .map(|s| {
+            if s.contains('~')
+                && !s
+                    .replace("~0", "")
+                    .replace("~1", "")
+                    .chars()
+                    .all(|c| c != '~')
+            {
+                None
+            } else {
+                Some(s.replace("~1", "/").replace("~0", "~"))
+            }
+        })
+        .collect()
+}
+
+fn compile_value(
+    p: &mut Problems<'_>,
+    field: &str,
+    v: &FileValue,
+    params: &[String],
+) -> Option<ValueSource> {
+    let set = [&v.path, &v.query, &v.header, &v.json]
+        .iter()
+        .filter(|x| x.is_some())
+        .count();
+    if set != 1 {
+        p.push(field, "name exactly one of path, query, header or json");
+        return None;
+    }
+    if let Some(name) = &v.path {
+        if !params.contains(name) {
+            p.push(
+                format!("{field}.path"),
+                format!("the route template has no parameter {{{name}}}"),
+            );
+            return None;
+        }
+        return Some(ValueSource::Path(name.clone()));
+    }
+    if let Some(q) = &v.query {
+        return Some(ValueSource::Query(q.clone()));
+    }
+    if let Some(h) = &v.header {
+        return match http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+            Ok(n) => Some(ValueSource::Header(n)),
+            Err(_) => {
+                p.push(
+                    format!("{field}.header"),
+                    format!("`{h}` is not a header name"),
+                );
+                None
+            }
+        };
+    }
+    let j = v.json.as_deref().unwrap_or("");
+    match pointer(j) {
+        Some(segs) if !segs.is_empty() => Some(ValueSource::Json(segs)),
+        _ => {
+            p.push(
+                format!("{field}.json"),
+                format!("`{j}` is not a JSON pointer such as /Data/Initiation/DebtorAccount/Identification"),
+            );
+            None
+        }
+    }
+}
+
+fn compile_set(p: &mut Problems<'_>, field: &str, s: &FileSet) -> Option<SetSource> {
+    match (&s.claim, &s.authorization_details, &s.consent) {
+        (Some(c), None, None) if !c.is_empty() && c.split('.').all(|x| !x.is_empty()) => {
+            Some(SetSource::Claim(c.split('.').map(str::to_string).collect()))
+        }
+        (Some(c), None, None) => {
+            p.push(
+                format!("{field}.claim"),
+                format!("`{c}` is not a claim path (name or a.b.c)"),
+            );
+            None
+        }
+        (None, Some(a), None) => Some(SetSource::AuthorizationDetails {
+            kind: a.r#type.clone(),
+            field: a.field.clone(),
+        }),
+        (None, None, Some(c)) => Some(SetSource::Consent(c.clone())),
+        _ => {
+            p.push(
+                field,
+                "name exactly one of claim, authorization_details or consent",
+            );
+            None
+        }
+    }
+}
+
+pub(crate) struct FileAuthz<'a> {
+    pub scopes: &'a Option<FileScopes>,
+    pub consent: &'a Option<FileConsent>,
+    pub rules: &'a [FileRule],
+    pub response_rules: &'a [FileResponseRule],
+    pub shadow: bool,
+}
+
+/// Compiles a route's authorization; `params` are the template's parameter names.
+pub(crate) fn compile(
+    p: &mut Problems<'_>,
+    field: &dyn Fn(&str) -> String,
+    f: FileAuthz<'_>,
+    params: &[String],
+    has_auth: bool,
+) -> Option<Authz> {
+    let mut ok = true;
+    let mut out = Authz {
+        shadow: f.shadow,
+        ..Authz::default()
+    };
+    if let Some(s) = f.scopes {
+        out.all_of = s.all_of.clone();
+        out.any_of = s.any_of.clone();
+        if s.all_of.is_empty() && s.any_of.is_empty() {
+            p.push(field("scopes"), "list all_of or any_of scopes");
+            ok = false;
+        }
+    }
+    if let Some(c) = f.consent {
+        out.consent = Some(ConsentReq {
+            claim: c.claim.clone(),
+            status: c
+                .status
+                .clone()
+                .unwrap_or_else(|| vec!["Authorised".into()]),
+            permissions: c.permissions.clone(),
+        });
+    }
+    let mut ids = BTreeSet::new();
+    for (i, r) in f.rules.iter().enumerate() {
+        let rf = |s: &str| field(&format!("rules[{i}].{s}"));
+        if !ids.insert(r.id.clone()) || r.id.is_empty() {
+            p.push(rf("id"), format!("`{}` is empty or used twice", r.id));
+            ok = false;
+        }
+        let value = compile_value(p, &rf("value"), &r.value, params);
+        let in_set = r.in_set.as_ref().map(|s| compile_set(p, &rf("in"), s));
+        let equals = r
+            .equals
+            .as_ref()
+            .map(|v| compile_value(p, &rf("equals"), v, params));
+        if r.in_set.is_none() && r.equals.is_none() {
+            p.push(
+                field(&format!("rules[{i}]")),
+                "a rule needs `in` (a granted set) or `equals`",
+            );
+            ok = false;
+        }
+        let deny_status = r.deny_status.unwrap_or(403);
+        if deny_status != 403 && deny_status != 404 {
+            p.push(rf("deny_status"), "must be 403 or 404");
+            ok = false;
+        }
+        let needs_consent = r.in_set.as_ref().and_then(|s| s.consent.as_ref()).is_some();
+        if needs_consent && f.consent.is_none() {
+            p.push(
+                rf("in.consent"),
+                "the route has no `consent` section to read",
+            );
+            ok = false;
+        }
+        match (value, in_set, equals) {
+            (Some(value), in_set, equals)
+                if in_set.as_ref().is_none_or(|s| s.is_some())
+                    && equals.as_ref().is_none_or(|e| e.is_some()) =>
+            {
+                out.rules.push(ObjectRule {
+                    id: r.id.clone(),
+                    value,
+                    in_set: in_set.flatten(),
+                    equals: equals.flatten(),
+                    deny_status,
+                    required: r.required.unwrap_or(true),
+                    shadow: r.shadow,
+                })
+            }
+            _ => ok = false,
+        }
+    }
+    for (i, r) in f.response_rules.iter().enumerate() {
+        let rf = |s: &str| field(&format!("response_rules[{i}].{s}"));
+        let ptr = pointer(&r.pointer).filter(|s| !s.is_empty());
+        if ptr.is_none() {
+            p.push(
+                rf("pointer"),
+                format!("`{}` is not a JSON pointer", r.pointer),
+            );
+            ok = false;
+        }
+        let set = compile_set(p, &rf("in"), &r.in_set);
+        let action = match r.action.as_deref() {
+            None | Some("withhold") => Some(ResponseAction::Withhold),
+            Some("remove") => Some(ResponseAction::Remove),
+            Some(o) => {
+                p.push(
+                    rf("action"),
+                    format!("unknown action `{o}` (withhold or remove)"),
+                );
+                None
+            }
+        };
+        if action == Some(ResponseAction::Remove)
+            && !ptr.as_ref().is_some_and(|s| s.iter().any(|x| x == "*"))
+        {
+            p.push(
+                rf("action"),
+                "remove needs a `*` in the pointer (the array element to drop)",
+            );
+            ok = false;
+        }
+        if r.in_set.consent.is_some() && f.consent.is_none() {
+            p.push(
+                rf("in.consent"),
+                "the route has no `consent` section to read",
+            );
+            ok = false;
+        }
+        match (ptr, set, action) {
+            (Some(pointer), Some(in_set), Some(action)) => out.response_rules.push(ResponseRule {
+                id: r.id.clone(),
+                pointer,
+                in_set,
+                action,
+            }),
+            _ => ok = false,
+        }
+    }
+    if !out.is_empty() && !has_auth {
+        p.push(
+            field("auth"),
+            "scopes, consent and object rules need a token: add `auth`",
+        );
+        ok = false;
+    }
+    ok.then_some(out)
+}
+
+/// A consent record (OBIE-style).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConsentRecord {
+    pub status: String,
+    /// Unix seconds; `None` never expires.
+    pub expires_at: Option<i64>,
+    pub permissions: Vec<String>,
+    /// Every member, for `in: {consent: <member>}`.
+    pub raw: Map<String, Value>,
+}
+
+impl ConsentRecord {
+    /// Reads one record from JSON (OBIE `Data` wrapper or flat).
+    pub fn from_json(v: &Value) -> Option<ConsentRecord> {
+        let m: &serde_json::Map<String, Value> = v.get("Data").and_then(Value::as_object).or(v.as_object())?;
+        let get = |a: &str, b: &str| m.get(a).or_else(|| m.get(b));
+        let status = get("status", "Status")?.as_str()?.to_string();
+        let expires_at = match get("expires", "ExpirationDateTime") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => Some(n.as_i64()?),
+            Some(Value::String(s)) => Some(
+                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                    .ok()?
+                    .unix_timestamp(),
+            ),
+            Some(_) => return None,
+        };
+        let permissions = match get("permissions", "Permissions") {
+            None => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect(),
+            Some(_) => return None,
+        };
+        Some(ConsentRecord {
+            status,
+            expires_at,
+            permissions,
+            raw: m.clone(),
+        })
+    }
+}
+
+/// The request facts rules read.
+pub struct Facts<'a> {
+    pub params: &'a [(String, String)],
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub body: Option<&'a [u8]>,
+}
+
+/// Why a request is not authorized.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthzError {
+    /// The token lacks a required scope (the scopes it needs, for the challenge).
+    Scope(String),
+    ConsentMissing,
+    ConsentNotFound,
+    ConsentStatus,
+    ConsentExpired,
+    ConsentPermission,
+    ConsentUnavailable,
+    /// A value is not in the granted set.
+    Object,
+    /// A required value is absent.
+    ObjectMissing,
+    /// A repeated query parameter or header, or duplicate JSON members.
+    Ambiguous,
+    /// Two request values that must agree do not.
+    Mismatch,
+    /// A rule reads JSON and the body is not a JSON object.
+    BodyNotJson,
+    /// A response carried an object outside the granted set.
+    ResponseLeak,
+}
+
+/// A refusal with the rule that made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    pub error: AuthzError,
+    pub rule: String,
+    /// 403, or 404 when the rule hides existence.
+    pub status: u16,
+    pub shadow: bool,
+}
+
+impl Denial {
+    fn new(error: AuthzError, rule: &str, status: u16, shadow: bool) -> Denial {
+        Denial {
+            error,
+            rule: rule.to_string(),
+            status,
+            shadow,
+        }
+    }
+}
+
+fn claim_at<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    rest.iter()
+        .try_fold(claims.get(first)?, |v, k| v.as_object()?.get(k))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The granted set named by `s`.
+pub fn granted(
+    s: &SetSource,
+    claims: &Map<String, Value>,
+    consent: Option<&ConsentRecord>,
+) -> BTreeSet<String> {
+    match s {
+        SetSource::Claim(path) => claim_at(claims, path)
+            .map(strings)
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        SetSource::AuthorizationDetails { kind, field } => claims
+            .get("authorization_details")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|d| d.get("type").and_then(Value::as_str) == Some(kind.as_str()))
+            .filter_map(|d| d.get(field))
+            .flat_map(strings)
+            .collect(),
+        SetSource::Consent(member) => consent
+            .and_then(|c| c.raw.get(member))
+            .map(strings)
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// JSON values at `ptr` (with `*` over arrays) in `doc`. A member is found the way a
+/// case-insensitive binder finds it (ASP.NET Core, Jackson's case-insensitive properties): two
+/// siblings whose names differ only in case are ambiguous, and a lone member whose name differs
+/// in case from the rule's is the value such an upstream reads.
+fn at_pointer<'a>(
+    doc: &'a Value,
+    ptr: &[String],
+    out: &mut Vec<&'a Value>,
+) -> Result<(), AuthzError> {
+    let Some((first, rest)) = ptr.split_first() else {
+        out.push(doc);
+        return Ok(());
+    };
+    match (first.as_str(), doc) {
+        ("*", Value::Array(a)) => {
+            for v in a {
+                at_pointer(v, rest, out)?;
+            }
+        }
+        (k, Value::Object(m)) => {
+            let mut twins = m
+                .iter()
+                .filter(|(name, _)| portcullis_base::path::same_name_ignoring_case(name, k));
+            match (twins.next(), twins.next()) {
+                (Some(_), Some(_)) => return Err(AuthzError::Ambiguous),
+                (Some((_, v)), None) => at_pointer(v, rest, out)?,
+                (None, _) => {}
+            }
+        }
+        (k, Value::Array(a)) => {
+            if let Some(v) = k.parse::<usize>().ok().and_then(|i| a.get(i)) {
+                at_pointer(v, rest, out)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The request values a source yields: `Ok(vec![])` when absent, `Err` when ambiguous.
+fn values(
+    src: &ValueSource,
+    f: &Facts<'_>,
+    body: &Option<Value>,
+) -> Result<Vec<String>, AuthzError> {
+    match src {
+        ValueSource::Path(name) => Ok(f
+            .params
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()),
+        ValueSource::Query(name) => {
+            // Names as upstream frameworks read them: form-decoded, compared ignoring case
+            // (ASP.NET Core binds `accountid` to `AccountId`), and `name[]` / `name[x]` is the
+            // same parameter to qs, PHP and Rails. More than one such parameter is ambiguous;
+            // so is a bracketed one, whose value a framework reads as an array or a map.
+            let mut found = Vec::new();
+            for (k, v) in portcullis_base::path::query_pairs(f.query.unwrap_or("")) {
+                let key = portcullis_base::path::decode_query_component(k).ok_or(AuthzError::Ambiguous)?;
+                let (stem, bracketed) = match key.split_once('[') {
+                    Some((stem, _)) => (stem, true),
+                    None => (key.as_ref(), false),
+                };
+                if !portcullis_base::path::same_name_ignoring_case(stem, name) {
+                    continue;
+                }
+                if bracketed {
+                    return Err(AuthzError::Ambiguous);
+                }
+                let value = portcullis_base::path::decode_query_component(v).ok_or(AuthzError::Ambiguous)?;
+                found.push(value.into_owned());
+            }
+            if found.len() > 1 {
+                return Err(AuthzError::Ambiguous);
+            }
+            Ok(found)
+        }
+        ValueSource::Header(name) => {
+            let all: Vec<_> = f.headers.get_all(name).iter().collect();
+            match all.as_slice() {
+                [] => Ok(vec![]),
+                [one] => Ok(vec![one
+                    .to_str()
+                    .map_err(|_| AuthzError::Ambiguous)?
+                    .to_string()]),
+                _ => Err(AuthzError::Ambiguous),
+            }
+        }
+        ValueSource::Json(ptr) => {
+            let doc = body.as_ref().ok_or(AuthzError::BodyNotJson)?;
+            let mut found = Vec::new();
+            at_pointer(doc, ptr, &mut found)?;
+            found
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.clone()),
+                    Value::Number(n) => Ok(n.to_string()),
+                    _ => Err(AuthzError::Ambiguous),
+                })
+                .collect()
+        }
+    }
+}
+
+/// The consent id the token names, if the route checks consent.
+pub fn consent_id<'a>(authz: &Authz, claims: &'a Map<String, Value>) -> Option<&'a str> {
+    let c = authz.consent.as_ref()?;
+    claims.get(&c.claim).and_then(Value::as_str)
+}
+
+/// Decides a request. `consent` is the record the token's consent claim names (looked up by the
+/// caller), `Err(ConsentUnavailable)` when the source could not answer.
+pub fn evaluate(
+    authz: &Authz,
+    scopes: &[String],
+    claims: &Map<String, Value>,
+    consent: Result<Option<&ConsentRecord>, AuthzError>,
+    facts: &Facts<'_>,
+    now: i64,
+) -> Result<(), Denial> {
+    let shadow = authz.shadow;
+    let missing: Vec<&String> = authz
+        .all_of
+        .iter()
+        .filter(|s| !scopes.contains(s))
+        .collect();
+    let any_ok = authz.any_of.is_empty() || authz.any_of.iter().any(|s| scopes.contains(s));
+    if !missing.is_empty() || !any_ok {
+        let need = if !missing.is_empty() {
+            authz.all_of.join(" ")
+        } else {
+            authz.any_of.join(" ")
+        };
+        return Err(Denial::new(AuthzError::Scope(need), "scopes", 403, shadow));
+    }
+    let mut record = None;
+    if let Some(req) = &authz.consent {
+        let deny = |e| Err(Denial::new(e, "consent", 403, shadow));
+        if consent_id(authz, claims).is_none() {
+            return deny(AuthzError::ConsentMissing);
+        }
+        let c = match consent {
+            Err(e) => return Err(Denial::new(e, "consent", 503, shadow)),
+            Ok(None) => return deny(AuthzError::ConsentNotFound),
+            Ok(Some(c)) => c,
+        };
+        if !req.status.contains(&c.status) {
+            return deny(AuthzError::ConsentStatus);
+        }
+        if c.expires_at.is_some_and(|t| t <= now) {
+            return deny(AuthzError::ConsentExpired);
+        }
+        if req.permissions.iter().any(|p| !c.permissions.contains(p)) {
+            return deny(AuthzError::ConsentPermission);
+        }
+        record = Some(c);
+    }
+    // The body is parsed once, strictly (duplicate members refused), and only if a rule reads it.
+    let body = if authz.reads_body() {
+        match facts.body.map(portcullis_base::json::parse_object) {
+            Some(Some(m)) => Some(Value::Object(m)),
+            Some(None) => {
+                let dup = facts
+                    .body
+                    .is_some_and(|b| serde_json::from_slice::<Value>(b).is_ok());
+                let e = if dup {
+                    AuthzError::Ambiguous
+                } else {
+                    AuthzError::BodyNotJson
+                };
+                return Err(Denial::new(e, "body", 400, shadow));
+            }
+            None => None,
+        }
+    } else {
+        None
+    };
+    for r in &authz.rules {
+        let shadow = shadow || r.shadow;
+        let bad = |e, status| Err(Denial::new(e, &r.id, status, shadow));
+        let got = match values(&r.value, facts, &body) {
+            Ok(v) => v,
+            Err(e) => return bad(e, 400),
+        };
+        if got.is_empty() {
+            if r.required {
+                return bad(AuthzError::ObjectMissing, r.deny_status);
+            }
+            continue;
+        }
+        if let Some(other) = &r.equals {
+            match values(other, facts, &body) {
+                Ok(o) if o.iter().all(|x| got.contains(x)) && got.iter().all(|x| o.contains(x)) => {
+                }
+                Ok(_) => return bad(AuthzError::Mismatch, 400),
+                Err(e) => return bad(e, 400),
+            }
+        }
+        if let Some(set) = &r.in_set {
+            let granted = granted(set, claims, record);
+            if !got.iter().all(|v| granted.contains(v)) {
+                return bad(AuthzError::Object, r.deny_status);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks (and, for `remove` rules, edits) an upstream JSON response. Returns the rule that
+/// withheld it, if any.
+pub fn check_response(
+    rules: &[ResponseRule],
+    claims: &Map<String, Value>,
+    consent: Option<&ConsentRecord>,
+    doc: &mut Value,
+) -> Result<bool, String> {
+    let mut changed = false;
+    for r in rules {
+        let granted = granted(&r.in_set, claims, consent);
+        match r.action {
+            ResponseAction::Withhold => {
+                let mut found = Vec::new();
+                // Case twins in the response are as ambiguous to the client as to us.
+                if at_pointer(doc, &r.pointer, &mut found).is_err() {
+                    return Err(r.id.clone());
+                }
+                if found.iter().any(|v| {
+                    !strings(v).iter().all(|s| granted.contains(s))
+                        || !(v.is_string() || v.is_array())
+                }) {
+                    return Err(r.id.clone());
+                }
+            }
+            ResponseAction::Remove => {
+                changed |= remove_outside(doc, &r.pointer, &granted);
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// Drops, from the array at the last `*` of `ptr`, each element whose value under the rest of
+/// the pointer is not in `granted`.
+fn remove_outside(doc: &mut Value, ptr: &[String], granted: &BTreeSet<String>) -> bool {
+    let Some(star) = ptr.iter().rposition(|s| s == "*") else {
+        return false;
+    };
+    let (to_array, tail) = (&ptr[..star], &ptr[star + 1..]);
+    let mut arrays = vec![doc];
+    for seg in to_array {
+        arrays = arrays
+            .into_iter()
+            .flat_map(|v| -> Vec<&mut Value> {
+                match (seg.as_str(), v) {
+                    ("*", Value::Array(a)) => a.iter_mut().collect(),
+                    (k, Value::Object(m)) => m.get_mut(k).into_iter().collect(),
+                    _ => Vec::new(),
+                }
+            })
+            .collect();
+    }
+    let mut changed = false;
+    for a in arrays {
+        if let Value::Array(items) = a {
+            let before = items.len();
+            items.retain(|item| {
+                let mut found = Vec::new();
+                at_pointer(item, tail, &mut found).is_ok()
+                    && found.iter().all(|v| {
+                        strings(v).iter().all(|s| granted.contains(s))
+                            && (v.is_string() || v.is_array())
+                    })
+            });
+            changed |= items.len() != before;
+        }
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,365 @@
+use serde_json::json;
+
+use super::*;
+
+fn compile_yaml(yaml: &str, params: &[&str], has_auth: bool) -> Result<Authz, Vec<String>> {
+    #[derive(Deserialize)]
+    struct R {
+        #[serde(default)]
+        scopes: Option<FileScopes>,
+        #[serde(default)]
+        consent: Option<FileConsent>,
+        #[serde(default)]
+        rules: Vec<FileRule>,
+        #[serde(default)]
+        response_rules: Vec<FileResponseRule>,
+        #[serde(default)]
+        shadow: bool,
+    }
+    let r: R = serde_saphyr::from_str(yaml).unwrap();
+    let mut errors = Vec::new();
+    let path = std::path::PathBuf::from("t.yaml");
+    let mut p = Problems::new(&path, &mut errors);
+    let params: Vec<String> = params.iter().map(|s| s.to_string()).collect();
+    let out = compile(
+        &mut p,
+        &|s: &str| s.to_string(),
+        FileAuthz {
+            scopes: &r.scopes,
+            consent: &r.consent,
+            rules: &r.rules,
+            response_rules: &r.response_rules,
+            shadow: r.shadow,
+        },
+        &params,
+        has_auth,
+    );
+    match out {
+        Some(a) if errors.is_empty() => Ok(a),
+        _ => Err(errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.reason))
+            .collect()),
+    }
+}
+
+fn claims(v: serde_json::Value) -> Map<String, Value> {
+    v.as_object().unwrap().clone()
+}
+
+fn consent(status: &str, expires: Option<i64>, perms: &[&str], accounts: &[&str]) -> ConsentRecord {
+    record_of(
+        json!({"status": status, "expires": expires, "permissions": perms, "accounts": accounts}),
+    )
+}
+
+fn record_of(v: serde_json::Value) -> ConsentRecord {
+    crate::rules::ConsentRecord::from_json(&v).unwrap()
+}
+
+struct Req {
+    params: Vec<(String, String)>,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Option<Vec<u8>>,
+}
+
+impl Req {
+    fn path(p: &[(&str, &str)]) -> Req {
+        Req {
+            params: p
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            query: None,
+            headers: HeaderMap::new(),
+            body: None,
+        }
+    }
+    fn facts(&self) -> Facts<'_> {
+        Facts {
+            params: &self.params,
+            query: self.query.as_deref(),
+            headers: &self.headers,
+            body: self.body.as_deref(),
+        }
+    }
+}
+
+fn decide(
+    a: &Authz,
+    scopes: &[&str],
+    c: &Map<String, Value>,
+    rec: Option<&ConsentRecord>,
+    r: &Req,
+) -> Result<(), (AuthzError, String, u16)> {
+    let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+    evaluate(a, &scopes, c, Ok(rec), &r.facts(), 1000).map_err(|d| (d.error, d.rule, d.status))
+}
+
+#[test]
+fn scopes_all_of_and_any_of() {
+    let a = compile_yaml("scopes: {all_of: [accounts, balances]}", &[], true).unwrap();
+    let c = claims(json!({}));
+    let r = Req::path(&[]);
+    assert!(decide(&a, &["accounts", "balances", "x"], &c, None, &r).is_ok());
+    assert_eq!(
+        decide(&a, &["accounts"], &c, None, &r).unwrap_err().0,
+        AuthzError::Scope("accounts balances".into())
+    );
+    let a = compile_yaml("scopes: {any_of: [accounts, payments]}", &[], true).unwrap();
+    assert!(decide(&a, &["payments"], &c, None, &r).is_ok());
+    assert!(decide(&a, &["openid"], &c, None, &r).is_err());
+}
+
+#[test]
+fn object_rules_bind_request_values_to_claims_details_and_consent() {
+    let a = compile_yaml(
+        "rules:\n  - {id: r1, value: {path: AccountId}, in: {claim: ob.account_ids}}\n",
+        &["AccountId"],
+        true,
+    )
+    .unwrap();
+    let c = claims(json!({"ob": {"account_ids": ["acc-1", "acc-2"]}}));
+    assert!(decide(&a, &[], &c, None, &Req::path(&[("AccountId", "acc-1")])).is_ok());
+    assert_eq!(
+        decide(&a, &[], &c, None, &Req::path(&[("AccountId", "acc-3")])).unwrap_err(),
+        (AuthzError::Object, "r1".into(), 403)
+    );
+    // Exact bytes: no case folding.
+    assert!(decide(&a, &[], &c, None, &Req::path(&[("AccountId", "ACC-1")])).is_err());
+
+    let rar = compile_yaml(
+        "rules:\n  - {id: rar, value: {path: AccountId}, in: {authorization_details: {type: account_information, field: accounts}}, deny_status: 404}\n",
+        &["AccountId"],
+        true,
+    )
+    .unwrap();
+    let c = claims(json!({"authorization_details": [
+        {"type": "account_information", "accounts": ["acc-9"]},
+        {"type": "payment_initiation", "accounts": ["acc-7"]}
+    ]}));
+    assert!(decide(&rar, &[], &c, None, &Req::path(&[("AccountId", "acc-9")])).is_ok());
+    assert_eq!(
+        decide(&rar, &[], &c, None, &Req::path(&[("AccountId", "acc-7")]))
+            .unwrap_err()
+            .2,
+        404
+    );
+
+    let con = compile_yaml(
+        "consent: {claim: openbanking_intent_id, permissions: [ReadBalances]}\nrules:\n  - {id: c1, value: {path: AccountId}, in: {consent: accounts}}\n",
+        &["AccountId"],
+        true,
+    )
+    .unwrap();
+    let c = claims(json!({"openbanking_intent_id": "aac-1"}));
+    let good = consent("Authorised", Some(2000), &["ReadBalances"], &["acc-1"]);
+    let r = Req::path(&[("AccountId", "acc-1")]);
+    assert!(decide(&con, &[], &c, Some(&good), &r).is_ok());
+    assert_eq!(
+        decide(
+            &con,
+            &[],
+            &c,
+            Some(&good),
+            &Req::path(&[("AccountId", "acc-2")])
+        )
+        .unwrap_err()
+        .0,
+        AuthzError::Object
+    );
+    for (rec, want) in [
+        (
+            consent("AwaitingAuthorisation", None, &["ReadBalances"], &["acc-1"]),
+            AuthzError::ConsentStatus,
+        ),
+        (
+            consent("Authorised", Some(500), &["ReadBalances"], &["acc-1"]),
+            AuthzError::ConsentExpired,
+        ),
+        (
+            consent("Authorised", None, &["ReadAccountsBasic"], &["acc-1"]),
+            AuthzError::ConsentPermission,
+        ),
+    ] {
+        assert_eq!(decide(&con, &[], &c, Some(&rec), &r).unwrap_err().0, want);
+    }
+    assert_eq!(
+        decide(&con, &[], &c, None, &r).unwrap_err().0,
+        AuthzError::ConsentNotFound
+    );
+    assert_eq!(
+        decide(&con, &[], &claims(json!({})), Some(&good), &r)
+            .unwrap_err()
+            .0,
+        AuthzError::ConsentMissing
+    );
+    let down = evaluate(
+        &con,
+        &[],
+        &c,
+        Err(AuthzError::ConsentUnavailable),
+        &r.facts(),
+        1000,
+    )
+    .unwrap_err();
+    assert_eq!(
+        (down.error, down.status),
+        (AuthzError::ConsentUnavailable, 503)
+    );
+}
+
+#[test]
+fn ambiguity_is_refused_never_resolved() {
+    let q = compile_yaml(
+        "rules:\n  - {id: q, value: {query: accountId}, in: {claim: accounts}}\n",
+        &[],
+        true,
+    )
+    .unwrap();
+    let c = claims(json!({"accounts": ["mine"]}));
+    let mut r = Req::path(&[]);
+    r.query = Some("accountId=mine".into());
+    assert!(decide(&q, &[], &c, None, &r).is_ok());
+    r.query = Some("accountId=mine&accountId=victim".into());
+    assert_eq!(
+        decide(&q, &[], &c, None, &r).unwrap_err(),
+        (AuthzError::Ambiguous, "q".into(), 400)
+    );
+    r.query = Some("accountId=mine&account%49d=victim".into());
+    assert_eq!(
+        decide(&q, &[], &c, None, &r).unwrap_err().0,
+        AuthzError::Ambiguous
+    );
+    r.query = None;
+    assert_eq!(
+        decide(&q, &[], &c, None, &r).unwrap_err().0,
+        AuthzError::ObjectMissing
+    );
+
+    let j = compile_yaml(
+        "rules:\n  - {id: j, value: {json: /Data/Initiation/DebtorAccount/Identification}, in: {claim: accounts}, equals: {path: AccountId}}\n",
+        &["AccountId"],
+        true,
+    )
+    .unwrap();
+    let mut r = Req::path(&[("AccountId", "mine")]);
+    r.body =
+        Some(br#"{"Data":{"Initiation":{"DebtorAccount":{"Identification":"mine"}}}}"#.to_vec());
+    assert!(decide(&j, &[], &c, None, &r).is_ok());
+    r.body = Some(br#"{"Data":{"Initiation":{"DebtorAccount":{"Identification":"mine","Identification":"victim"}}}}"#.to_vec());
+    assert_eq!(
+        decide(&j, &[], &c, None, &r).unwrap_err().0,
+        AuthzError::Ambiguous
+    );
+    r.body =
+        Some(br#"{"Data":{"Initiation":{"DebtorAccount":{"Identification":"victim"}}}}"#.to_vec());
+    assert_eq!(
+        decide(&j, &[], &c, None, &r).unwrap_err().0,
+        AuthzError::Mismatch
+    );
+    r.body = Some(b"accountId=mine".to_vec());
+    assert_eq!(
+        decide(&j, &[], &c, None, &r).unwrap_err().0,
+        AuthzError::BodyNotJson
+    );
+
+    let h = compile_yaml(
+        "rules:\n  - {id: h, value: {header: x-account}, in: {claim: accounts}}\n",
+        &[],
+        true,
+    )
+    .unwrap();
+    let mut r = Req::path(&[]);
+    r.headers.append("x-account", "mine".parse().unwrap());
+    r.headers.append("x-account", "victim".parse().unwrap());
+    assert_eq!(
+        decide(&h, &[], &c, None, &r).unwrap_err().0,
+        AuthzError::Ambiguous
+    );
+}
+
+#[test]
+fn shadow_rules_decide_but_say_so() {
+    let a = compile_yaml(
+        "rules:\n  - {id: s, value: {path: Id}, in: {claim: ids}, shadow: true}\n",
+        &["Id"],
+        true,
+    )
+    .unwrap();
+    let d = evaluate(
+        &a,
+        &[],
+        &claims(json!({"ids": ["a"]})),
+        Ok(None),
+        &Req::path(&[("Id", "b")]).facts(),
+        0,
+    )
+    .unwrap_err();
+    assert!(d.shadow);
+    let a = compile_yaml("shadow: true\nscopes: {all_of: [x]}\n", &[], true).unwrap();
+    assert!(
+        evaluate(
+            &a,
+            &[],
+            &claims(json!({})),
+            Ok(None),
+            &Req::path(&[]).facts(),
+            0
+        )
+        .unwrap_err()
+        .shadow
+    );
+}
+
+#[test]
+fn response_rules_withhold_or_remove_foreign_objects() {
+    let w = compile_yaml(
+        "response_rules:\n  - {id: w, pointer: /Data/Account/*/AccountId, in: {claim: accounts}}\n",
+        &[],
+        true,
+    )
+    .unwrap();
+    let c = claims(json!({"accounts": ["acc-1"]}));
+    let mut doc = json!({"Data": {"Account": [{"AccountId": "acc-1"}, {"AccountId": "acc-2"}]}});
+    assert_eq!(
+        check_response(&w.response_rules, &c, None, &mut doc),
+        Err("w".into())
+    );
+    let mut ok = json!({"Data": {"Account": [{"AccountId": "acc-1"}]}});
+    assert_eq!(
+        check_response(&w.response_rules, &c, None, &mut ok),
+        Ok(false)
+    );
+    let r = compile_yaml(
+        "response_rules:\n  - {id: r, pointer: /Data/Account/*/AccountId, in: {claim: accounts}, action: remove}\n",
+        &[],
+        true,
+    )
+    .unwrap();
+    assert_eq!(
+        check_response(&r.response_rules, &c, None, &mut doc),
+        Ok(true)
+    );
+    assert_eq!(doc, json!({"Data": {"Account": [{"AccountId": "acc-1"}]}}));
+}
+
+#[test]
+fn bad_rules_are_refused_at_load_with_the_field() {
+    for (yaml, params, auth, want) in [
+        ("rules:\n  - {id: a, value: {path: Nope}, in: {claim: x}}\n", &["Id"][..], true, "no parameter {Nope}"),
+        ("rules:\n  - {id: a, value: {path: Id, query: q}, in: {claim: x}}\n", &["Id"][..], true, "exactly one of path"),
+        ("rules:\n  - {id: a, value: {json: Data/x}, in: {claim: x}}\n", &[][..], true, "not a JSON pointer"),
+        ("rules:\n  - {id: a, value: {query: q}}\n", &[][..], true, "needs `in`"),
+        ("rules:\n  - {id: a, value: {query: q}, in: {claim: x}, deny_status: 401}\n", &[][..], true, "403 or 404"),
+        ("rules:\n  - {id: a, value: {query: q}, in: {consent: accounts}}\n", &[][..], true, "no `consent` section"),
+        ("rules:\n  - {id: a, value: {query: q}, in: {claim: x}}\n  - {id: a, value: {query: r}, in: {claim: x}}\n", &[][..], true, "used twice"),
+        ("rules:\n  - {id: a, value: {query: q}, in: {claim: a..b}}\n", &[][..], true, "not a claim path"),
+        ("scopes: {all_of: [x]}\n", &[][..], false, "need a token"),
+        ("response_rules:\n  - {id: a, pointer: /Data/x, in: {claim: x}, action: remove}\n", &[][..], true, "remove needs a `*`"),
+    ] {
+        let errs = compile_yaml(yaml, params, auth).unwrap_err();
+        assert!(errs.iter().any(|e| e.contains(want)), "want `{want}` in {errs:?}");
+    }
+}

@@ -1,0 +1,594 @@
+//! The token section of the config: issuers (their key sources and rules), DPoP settings, the
+//! verified-token cache and the identity headers sent upstream.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::Deserialize;
+
+use super::duration::ConfigDuration;
+use super::{read_certs, resolve, Problems};
+use portcullis_crypto::jose::jws::KeySet;
+use portcullis_sources::keys::Remote;
+use portcullis_crypto::jose::Alg;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileIssuer {
+    /// The exact `iss` value.
+    pub issuer: String,
+    /// A value `aud` must contain.
+    pub audience: String,
+    /// Keys for JWT access tokens.
+    pub jwks: Option<FileJwks>,
+    /// RFC 7662 introspection for opaque access tokens.
+    pub introspection: Option<FileIntrospection>,
+    pub algorithms: Option<Vec<String>>,
+    /// Require `typ: at+jwt` (RFC 9068). Default true.
+    pub require_typ: Option<bool>,
+    pub clock_skew: Option<ConfigDuration>,
+    pub max_token_bytes: Option<usize>,
+    /// Refuse tokens whose `iat` is older than this.
+    pub max_token_age: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileJwks {
+    pub file: Option<String>,
+    pub url: Option<String>,
+    #[serde(default)]
+    pub ca: Vec<String>,
+    pub refresh_interval: Option<ConfigDuration>,
+    pub min_refetch_interval: Option<ConfigDuration>,
+    pub fetch_timeout: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileIntrospection {
+    pub url: String,
+    #[serde(default)]
+    pub ca: Vec<String>,
+    /// Client authentication by HTTP Basic: the client id and a file holding the secret.
+    pub client_id: Option<String>,
+    pub client_secret_file: Option<String>,
+    /// Client authentication by mutual TLS.
+    pub client_certificate: Option<String>,
+    pub client_private_key: Option<String>,
+    pub cache_ttl: Option<ConfigDuration>,
+    pub timeout: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileDpop {
+    pub algorithms: Option<Vec<String>>,
+    /// How old a proof may be.
+    pub max_age: Option<ConfigDuration>,
+    /// How far in the future a proof's `iat` may be.
+    pub clock_skew: Option<ConfigDuration>,
+    /// The external base URL clients sign in `htu` (behind a load balancer), e.g.
+    /// `https://api.bank.example`. Default: `https://` + the request's Host.
+    pub public_base_url: Option<String>,
+    pub replay_capacity: Option<usize>,
+    /// How long a server nonce is accepted (it rotates every half of this).
+    pub nonce_lifetime: Option<ConfigDuration>,
+    /// A file holding the nonce secret (at least 32 bytes), shared by a fleet; default: a
+    /// random secret per process.
+    pub nonce_secret_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConsentSource {
+    /// A YAML/JSON file `consents: {id: record}` (dev and tests).
+    pub file: Option<String>,
+    /// An HTTPS URL template with `{id}`.
+    pub url: Option<String>,
+    #[serde(default)]
+    pub ca: Vec<String>,
+    pub ttl: Option<ConfigDuration>,
+    pub timeout: Option<ConfigDuration>,
+}
+
+pub(crate) fn validate_consent(
+    p: &mut Problems<'_>,
+    base: &Path,
+    f: &FileConsentSource,
+    watched: &mut Vec<PathBuf>,
+) -> Option<portcullis_sources::consent::ConsentConfig> {
+    use portcullis_sources::consent::{record_from_json, ConsentConfig, RemoteConsent};
+    match (&f.file, &f.url) {
+        (Some(file), None) => {
+            let path = resolve(base, file);
+            watched.push(path.clone());
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    p.push(
+                        "consent.file",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    return None;
+                }
+            };
+            let doc: serde_json::Value = match serde_saphyr::from_str(&text) {
+                Ok(v) => v,
+                Err(e) => {
+                    p.push(
+                        "consent.file",
+                        format!("{}: invalid YAML: {e}", path.display()),
+                    );
+                    return None;
+                }
+            };
+            let Some(all) = doc.get("consents").and_then(serde_json::Value::as_object) else {
+                p.push(
+                    "consent.file",
+                    format!("{}: expected `consents: {{id: record}}`", path.display()),
+                );
+                return None;
+            };
+            let mut map = std::collections::HashMap::new();
+            for (id, rec) in all {
+                match record_from_json(rec) {
+                    Some(r) => {
+                        map.insert(id.clone(), r);
+                    }
+                    None => p.push(
+                        format!("consent.file: consents.{id}"),
+                        "a record needs a status, and expires/permissions of the right types",
+                    ),
+                }
+            }
+            Some(ConsentConfig::File(Arc::new(map)))
+        }
+        (None, Some(url)) => {
+            let ok = url.starts_with("https://")
+                && url.contains("{id}")
+                && url.replace("{id}", "x").parse::<http::Uri>().is_ok();
+            if !ok {
+                p.push(
+                    "consent.url",
+                    format!("`{url}` must be an https:// URL template containing {{id}}"),
+                );
+                return None;
+            }
+            let mut roots = rustls::RootCertStore::empty();
+            for (i, ca) in f.ca.iter().enumerate() {
+                let path = resolve(base, ca);
+                watched.push(path.clone());
+                for c in read_certs(p, &format!("consent.ca[{i}]"), &path) {
+                    let _ = roots.add(c);
+                }
+            }
+            if roots.is_empty() {
+                p.push(
+                    "consent.ca",
+                    "the consent endpoint needs its CA bundle (trust is pinned)",
+                );
+                return None;
+            }
+            let tls = crate::tls::upstream_client_config(roots, None)
+                .map_err(|e| p.push("consent", e))
+                .ok()?;
+            Some(ConsentConfig::Url(RemoteConsent {
+                url_template: url.clone(),
+                tls,
+                ttl: f.ttl.map_or(Duration::from_secs(30), |d| d.0),
+                timeout: f.timeout.map_or(Duration::from_secs(2), |d| d.0),
+            }))
+        }
+        _ => {
+            p.push("consent", "set exactly one of file or url");
+            None
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileTokens {
+    pub cache_entries: Option<usize>,
+    /// Claim name -> header sent upstream with its value.
+    pub identity_headers: Option<BTreeMap<String, String>>,
+}
+
+/// Where an issuer's keys come from.
+#[derive(Clone)]
+pub enum JwksSource {
+    File { path: PathBuf, keys: Arc<KeySet> },
+    Url(Remote),
+}
+
+/// One trusted access-token issuer.
+#[derive(Clone)]
+pub struct Issuer {
+    pub name: String,
+    pub issuer: String,
+    pub audience: String,
+    pub jwks: Option<JwksSource>,
+    pub introspection: Option<portcullis_sources::introspect::IntrospectionConfig>,
+    pub algorithms: Vec<Alg>,
+    pub require_typ: bool,
+    pub skew: i64,
+    pub max_token_bytes: usize,
+    pub max_age: Option<i64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DpopSettings {
+    pub algorithms: Vec<Alg>,
+    /// `algorithms` as the `algs` of a DPoP challenge (RFC 9449 §7.1): names, space-separated.
+    pub challenge_algs: String,
+    pub max_age: i64,
+    pub skew: i64,
+    /// `scheme://authority` without a trailing slash, normalized; `None` uses the Host.
+    pub public_base_url: Option<String>,
+    pub replay_capacity: usize,
+    pub nonce_lifetime: i64,
+    pub nonce_secret: Option<Vec<u8>>,
+}
+
+#[derive(Clone)]
+pub struct Auth {
+    pub issuers: BTreeMap<String, Issuer>,
+    pub dpop: DpopSettings,
+    pub cache_entries: usize,
+    /// (claim, header) pairs, in claim order.
+    pub identity_headers: Vec<(String, HeaderName)>,
+}
+
+const DEFAULT_ALGS: [Alg; 3] = [Alg::PS256, Alg::ES256, Alg::EdDSA];
+
+fn algorithms(p: &mut Problems<'_>, field: &str, names: &Option<Vec<String>>) -> Vec<Alg> {
+    let Some(names) = names else {
+        return DEFAULT_ALGS.to_vec();
+    };
+    let mut out = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        match Alg::from_name(n) {
+            Some(a) => out.push(a),
+            None => p.push(
+                format!("{field}[{i}]"),
+                format!("`{n}` is not an allowed algorithm (PS256, ES256, EdDSA; none and HMAC are never allowed)"),
+            ),
+        }
+    }
+    if names.is_empty() {
+        p.push(field, "must list at least one algorithm");
+    }
+    out
+}
+
+fn secs(d: Option<ConfigDuration>, default: u64) -> i64 {
+    d.map_or(default as i64, |d| d.0.as_secs() as i64)
+}
+
+fn validate_issuer(
+    p: &mut Problems<'_>,
+    base: &Path,
+    name: &str,
+    f: &FileIssuer,
+    watched: &mut Vec<PathBuf>,
+) -> Option<Issuer> {
+    let field = |s: &str| format!("issuers.{name}.{s}");
+    if f.issuer.is_empty() {
+        p.push(field("issuer"), "must not be empty");
+    }
+    if f.audience.is_empty() {
+        p.push(field("audience"), "must not be empty");
+    }
+    let algorithms = algorithms(p, &field("algorithms"), &f.algorithms);
+    let introspection = f
+        .introspection
+        .as_ref()
+        .and_then(|i| validate_introspection(p, base, name, i, watched));
+    if f.jwks.is_none() && f.introspection.is_none() {
+        p.push(
+            field("jwks"),
+            "an issuer needs jwks (JWT tokens), introspection (opaque tokens), or both",
+        );
+    }
+    let jwks = match f.jwks.as_ref() {
+        None => None,
+        Some(j) => validate_jwks(p, base, name, j, watched),
+    };
+    if f.jwks.is_some() && jwks.is_none() {
+        return None;
+    }
+    Some(Issuer {
+        name: name.to_string(),
+        issuer: f.issuer.clone(),
+        audience: f.audience.clone(),
+        jwks,
+        introspection,
+        algorithms,
+        require_typ: f.require_typ.unwrap_or(true),
+        skew: secs(f.clock_skew, 30),
+        max_token_bytes: f.max_token_bytes.unwrap_or(8192),
+        max_age: f.max_token_age.map(|d| d.0.as_secs() as i64),
+    })
+}
+
+fn validate_introspection(
+    p: &mut Problems<'_>,
+    base: &Path,
+    name: &str,
+    f: &FileIntrospection,
+    watched: &mut Vec<PathBuf>,
+) -> Option<portcullis_sources::introspect::IntrospectionConfig> {
+    let field = |s: &str| format!("issuers.{name}.introspection.{s}");
+    let uri: http::Uri = match f.url.parse::<http::Uri>() {
+        Ok(u) if matches!(u.scheme_str(), Some("https")) => u,
+        _ => {
+            p.push(field("url"), format!("`{}` is not an https:// URL", f.url));
+            return None;
+        }
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, ca) in f.ca.iter().enumerate() {
+        let path = resolve(base, ca);
+        watched.push(path.clone());
+        for c in read_certs(p, &field(&format!("ca[{i}]")), &path) {
+            let _ = roots.add(c);
+        }
+    }
+    if roots.is_empty() {
+        p.push(
+            field("ca"),
+            "the introspection endpoint needs its CA bundle (trust is pinned)",
+        );
+        return None;
+    }
+    let identity = match (&f.client_certificate, &f.client_private_key) {
+        (Some(c), Some(k)) => {
+            let (cp, kp) = (resolve(base, c), resolve(base, k));
+            watched.push(cp.clone());
+            watched.push(kp.clone());
+            let chain = read_certs(p, &field("client_certificate"), &cp);
+            let key = super::read_key(p, &field("client_private_key"), &kp)?;
+            Some((chain, key))
+        }
+        (None, None) => None,
+        _ => {
+            p.push(
+                field("client_certificate"),
+                "client_certificate and client_private_key go together",
+            );
+            return None;
+        }
+    };
+    let basic = match (&f.client_id, &f.client_secret_file) {
+        (Some(id), Some(file)) => {
+            let path = resolve(base, file);
+            watched.push(path.clone());
+            match std::fs::read_to_string(&path) {
+                Ok(s) if !s.trim().is_empty() => Some((id.clone(), s.trim().to_string())),
+                Ok(_) => {
+                    p.push(field("client_secret_file"), "the secret file is empty");
+                    return None;
+                }
+                Err(e) => {
+                    p.push(
+                        field("client_secret_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    return None;
+                }
+            }
+        }
+        (None, None) => None,
+        _ => {
+            p.push(
+                field("client_id"),
+                "client_id and client_secret_file go together",
+            );
+            return None;
+        }
+    };
+    if basic.is_none() && identity.is_none() {
+        p.push(field("client_id"), "the proxy must authenticate to the endpoint (client_id + client_secret_file, or a client certificate)");
+        return None;
+    }
+    let tls = crate::tls::upstream_client_config(roots, identity)
+        .map_err(|e| p.push(field("client_certificate"), e))
+        .ok()?;
+    Some(portcullis_sources::introspect::IntrospectionConfig {
+        uri,
+        tls,
+        basic,
+        timeout: f.timeout.map_or(Duration::from_secs(2), |d| d.0),
+        cache_ttl: secs(f.cache_ttl, 60),
+    })
+}
+
+fn validate_jwks(
+    p: &mut Problems<'_>,
+    base: &Path,
+    name: &str,
+    jwks: &FileJwks,
+    watched: &mut Vec<PathBuf>,
+) -> Option<JwksSource> {
+    let field = |s: &str| format!("issuers.{name}.{s}");
+    match (&jwks.file, &jwks.url) {
+        (Some(file), None) => {
+            let path = resolve(base, file);
+            watched.push(path.clone());
+            match std::fs::read(&path) {
+                Ok(bytes) => match KeySet::from_json(&bytes) {
+                    Ok(keys) => {
+                        for (kid, why) in &keys.skipped {
+                            tracing::warn!(issuer = name, kid = ?kid, why = why.as_str(), "JWKS key skipped");
+                        }
+                        Some(JwksSource::File {
+                            path,
+                            keys: Arc::new(keys),
+                        })
+                    }
+                    Err(e) => {
+                        p.push(field("jwks.file"), format!("{}: {e}", path.display()));
+                        None
+                    }
+                },
+                Err(e) => {
+                    p.push(
+                        field("jwks.file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        }
+        (None, Some(url)) => {
+            let uri: Option<http::Uri> = url.parse().ok();
+            match uri {
+                Some(u)
+                    if u.scheme() == Some(&http::uri::Scheme::HTTPS) && u.authority().is_some() =>
+                {
+                    let mut roots = rustls::RootCertStore::empty();
+                    for (i, ca) in jwks.ca.iter().enumerate() {
+                        let path = resolve(base, ca);
+                        watched.push(path.clone());
+                        for c in read_certs(p, &field(&format!("jwks.ca[{i}]")), &path) {
+                            let _ = roots.add(c);
+                        }
+                    }
+                    if roots.is_empty() {
+                        p.push(
+                            field("jwks.ca"),
+                            "a JWKS URL needs its CA bundle (trust is pinned)",
+                        );
+                        None
+                    } else {
+                        crate::tls::upstream_client_config(roots, None)
+                            .map_err(|e| p.push(field("jwks"), e))
+                            .ok()
+                            .map(|tls| {
+                                JwksSource::Url(Remote {
+                                    uri: u,
+                                    tls,
+                                    refresh: jwks
+                                        .refresh_interval
+                                        .map_or(Duration::from_secs(300), |d| d.0),
+                                    min_refetch: jwks
+                                        .min_refetch_interval
+                                        .map_or(Duration::from_secs(30), |d| d.0),
+                                    timeout: jwks
+                                        .fetch_timeout
+                                        .map_or(Duration::from_secs(5), |d| d.0),
+                                })
+                            })
+                    }
+                }
+                _ => {
+                    p.push(field("jwks.url"), format!("`{url}` is not an https:// URL"));
+                    None
+                }
+            }
+        }
+        _ => {
+            p.push(field("jwks"), "set exactly one of file or url");
+            None
+        }
+    }
+}
+
+pub(crate) fn validate(
+    p: &mut Problems<'_>,
+    base: &Path,
+    issuers: &BTreeMap<String, FileIssuer>,
+    dpop: &FileDpop,
+    tokens: &FileTokens,
+    watched: &mut Vec<PathBuf>,
+) -> Auth {
+    let issuers = issuers
+        .iter()
+        .filter_map(|(name, f)| {
+            validate_issuer(p, base, name, f, watched).map(|i| (name.clone(), i))
+        })
+        .collect();
+    let public_base_url =
+        dpop.public_base_url
+            .as_ref()
+            .and_then(|u| match portcullis_crypto::jose::dpop::normalize_htu(u) {
+                Some(n) if n.ends_with('/') && n.matches('/').count() == 3 => {
+                    Some(n.trim_end_matches('/').to_string())
+                }
+                _ => {
+                    p.push(
+                        "dpop.public_base_url",
+                        format!(
+                            "`{u}` must be an absolute http(s) URL with no path, query or fragment"
+                        ),
+                    );
+                    None
+                }
+            });
+    let dpop_algs = algorithms(p, "dpop.algorithms", &dpop.algorithms);
+    let dpop = DpopSettings {
+        challenge_algs: dpop_algs
+            .iter()
+            .map(|a| a.name())
+            .collect::<Vec<_>>()
+            .join(" "),
+        algorithms: dpop_algs,
+        max_age: secs(dpop.max_age, 60),
+        skew: secs(dpop.clock_skew, 5),
+        public_base_url,
+        replay_capacity: dpop.replay_capacity.unwrap_or(1_000_000),
+        nonce_lifetime: secs(dpop.nonce_lifetime, 300),
+        nonce_secret: dpop.nonce_secret_file.as_ref().and_then(|f| {
+            let path = resolve(base, f);
+            watched.push(path.clone());
+            match std::fs::read(&path) {
+                Ok(b) if b.len() >= 32 => Some(b),
+                Ok(_) => {
+                    p.push(
+                        "dpop.nonce_secret_file",
+                        "the secret must be at least 32 bytes",
+                    );
+                    None
+                }
+                Err(e) => {
+                    p.push(
+                        "dpop.nonce_secret_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        }),
+    };
+    let default_headers: BTreeMap<String, String> = [
+        ("client_id", "x-portcullis-client-id"),
+        ("sub", "x-portcullis-subject"),
+        ("scope", "x-portcullis-scope"),
+        ("jti", "x-portcullis-token-jti"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    let mut identity_headers = Vec::new();
+    for (claim, header) in tokens.identity_headers.as_ref().unwrap_or(&default_headers) {
+        match HeaderName::from_bytes(header.as_bytes()) {
+            Ok(h) if !header.contains('_') && header.to_ascii_lowercase() == *header => {
+                identity_headers.push((claim.clone(), h))
+            }
+            _ => p.push(
+                format!("tokens.identity_headers.{claim}"),
+                format!("`{header}` is not a lower-case header name without `_`"),
+            ),
+        }
+    }
+    Auth {
+        issuers,
+        dpop,
+        cache_entries: tokens.cache_entries.unwrap_or(100_000),
+        identity_headers,
+    }
+}

@@ -1,0 +1,889 @@
+//! Configuration: `config.yaml -> FileConfig (serde) -> Config (validated)`.
+//!
+//! The file types in [`file`] mirror the YAML and refuse unknown fields. [`Config::load`] reads
+//! the file, the policy files and every certificate, key and CRL it names, and returns a fully
+//! validated [`Config`] — or every problem found, each naming the file, the field path and the
+//! reason. Nothing half-applies: a caller swaps a `Config` in only once `load` returned `Ok`.
+//! Relative paths are resolved against the directory of the file that names them.
+
+mod auth;
+mod duration;
+mod file;
+mod signatures;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+pub use auth::{Auth, DpopSettings, Issuer, JwksSource};
+pub use duration::ConfigDuration;
+use file::FileConfig;
+pub use signatures::{HttpSigSettings, JwsSettings, ResponseSigning, Signatures};
+
+use portcullis_policy::PolicySet;
+use crate::tls;
+
+pub use portcullis_base::problems::{resolve, ConfigError, ConfigErrors, Problems};
+
+/// Whether the TLS handshake demands a client certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No certificate, no connection.
+    Required,
+    /// A certificate is verified when presented; routes decide whether they need one.
+    Optional,
+}
+
+/// How the verified client certificate is passed upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientCertForwarding {
+    /// RFC 9440 `Client-Cert: :<base64 DER>:`.
+    Rfc9440,
+    /// Envoy-style `X-Forwarded-Client-Cert: Hash=..;Subject="..";URI=..`.
+    Xfcc,
+    None,
+}
+
+/// What to do with an `x-fapi-interaction-id` that is not a UUID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InteractionIdMode {
+    /// Echo a UUID; replace anything else (or nothing) with a fresh one.
+    EchoOrGenerate,
+    /// Echo a UUID, generate one when absent, refuse a present non-UUID with 400.
+    RejectInvalid,
+}
+
+pub use portcullis_audit::{AuditSettings, AuditSink};
+
+/// Limits enforced on every connection and request.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_bytes: usize,
+    pub default_body_limit: u64,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// A connection older than this is closed gracefully after its in-flight requests, so a
+    /// client re-handshakes (and meets the current CAs and CRLs) at least this often.
+    pub max_connection_age: Option<Duration>,
+    pub max_connections: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_pending_reset_streams: usize,
+    pub h2_max_local_error_reset_streams: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            default_body_limit: 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connection_age: None,
+            max_connections: 10_000,
+            h2_max_concurrent_streams: 100,
+            h2_max_pending_reset_streams: 20,
+            h2_max_local_error_reset_streams: 1024,
+        }
+    }
+}
+
+/// The TLS material of the listener, already parsed and checked by building a rustls config.
+#[derive(Clone)]
+pub struct ListenerTls {
+    pub server_config: Arc<rustls::ServerConfig>,
+    pub client_auth: ClientAuth,
+    pub handshake_timeout: Duration,
+    pub client_ca_count: usize,
+    pub crl_count: usize,
+    /// notAfter of the listener certificate (unix seconds), for the expiry metric.
+    pub server_cert_not_after: Option<i64>,
+    /// What the CRLs revoke, checked on every request (see [`portcullis_crypto::pki::Revoked`]).
+    pub revoked: Arc<portcullis_crypto::pki::Revoked>,
+}
+
+#[derive(Clone)]
+pub struct Listener {
+    pub address: SocketAddr,
+    pub tls: ListenerTls,
+    pub limits: Limits,
+    /// Lower-case host names accepted in `Host` / `:authority`; empty accepts any.
+    pub server_names: Vec<String>,
+    /// Data-plane threads, each running its own single-threaded event loop (see `server.rs`).
+    pub workers: usize,
+}
+
+/// An upstream TLS client identity and trust.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    pub client_config: Arc<rustls::ClientConfig>,
+}
+
+#[derive(Clone)]
+pub struct Upstream {
+    pub name: String,
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Path prefix prepended to the forwarded path (no trailing slash; may be empty).
+    pub base_path: String,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    pub http2: bool,
+    pub tls: Option<UpstreamTls>,
+}
+
+/// A validated configuration: everything the proxy needs to serve.
+#[derive(Clone)]
+pub struct Config {
+    pub source: PathBuf,
+    pub listener: Listener,
+    pub admin: Option<SocketAddr>,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub client_cert_forwarding: ClientCertForwarding,
+    pub interaction_id: InteractionIdMode,
+    pub audit: AuditSettings,
+    pub policies: Arc<PolicySet>,
+    pub drain_timeout: Duration,
+    /// Access-token issuers, DPoP settings, token cache and identity headers.
+    pub auth: Auth,
+    /// Where consent records come from, for routes that check consent.
+    pub consent: Option<portcullis_sources::consent::ConsentConfig>,
+    /// OTLP trace export: endpoint and service name.
+    pub otlp: Option<(http::Uri, String)>,
+    /// Request-signature verification and response signing (issue #4).
+    pub signatures: Signatures,
+    /// Rate limits (issue #6).
+    pub rate_limits: portcullis_state::ratelimit::RateLimitConfig,
+    /// Idempotency keys (issue #6).
+    pub idempotency: portcullis_state::idempotency::IdempotencyConfig,
+    /// Shared state backend and outage behaviour (issue #6).
+    pub state: portcullis_state::settings::StateConfig,
+    /// Files and directories whose change triggers a reload.
+    pub watched: Vec<PathBuf>,
+}
+
+impl Config {
+    /// Reads and validates `path` and everything it names.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let one = |field: &str, reason: String| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                field: field.to_string(),
+                reason,
+            }])
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| one("", format!("cannot read the file: {e}")))?;
+        let parsed: FileConfig =
+            serde_saphyr::from_str(&text).map_err(|e| one("", format!("invalid YAML: {e}")))?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let config = validate(path, &base, parsed, &mut errors);
+        match config {
+            Some(c) if errors.is_empty() => Ok(c),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+}
+
+
+/// The most data-plane threads a listener may ask for.
+const MAX_WORKERS: usize = 256;
+
+fn validate(
+    path: &Path,
+    base: &Path,
+    f: FileConfig,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Config> {
+    let mut watched = vec![path.to_path_buf()];
+    let mut p = Problems::new(path, errors);
+
+    let address = parse_addr(&mut p, "listener.address", &f.listener.address);
+    let admin = f
+        .admin
+        .as_ref()
+        .and_then(|a| parse_addr(&mut p, "admin.address", &a.address));
+    let limits = validate_limits(&mut p, &f.listener.limits);
+    let tls = validate_listener_tls(&mut p, base, &f.listener.tls, &mut watched);
+    let server_names = f
+        .listener
+        .server_names
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            let lower = n.to_ascii_lowercase();
+            if lower.is_empty()
+                || !lower
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                p.push(
+                    format!("listener.server_names[{i}]"),
+                    "must be a DNS name or IP address without port",
+                );
+                None
+            } else {
+                Some(lower)
+            }
+        })
+        .collect();
+
+    let workers = match f.listener.workers {
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Some(n) if (1..=MAX_WORKERS).contains(&n) => n,
+        Some(_) => {
+            p.push(
+                "listener.workers",
+                format!("must be between 1 and {MAX_WORKERS}"),
+            );
+            1
+        }
+    };
+
+    let mut upstreams = BTreeMap::new();
+    if f.upstreams.is_empty() {
+        p.push("upstreams", "at least one upstream is required");
+    }
+    for (name, u) in &f.upstreams {
+        if let Some(up) = validate_upstream(&mut p, base, name, u, &mut watched) {
+            upstreams.insert(name.clone(), up);
+        }
+    }
+
+    let client_cert_forwarding = match f.forwarding.client_cert.as_deref() {
+        None | Some("rfc9440") => ClientCertForwarding::Rfc9440,
+        Some("xfcc") => ClientCertForwarding::Xfcc,
+        Some("none") => ClientCertForwarding::None,
+        Some(other) => {
+            p.push(
+                "forwarding.client_cert",
+                format!("unknown value `{other}` (rfc9440, xfcc or none)"),
+            );
+            ClientCertForwarding::None
+        }
+    };
+    let interaction_id = match f.fapi.interaction_id.as_deref() {
+        None | Some("echo_or_generate") => InteractionIdMode::EchoOrGenerate,
+        Some("reject_invalid") => InteractionIdMode::RejectInvalid,
+        Some(other) => {
+            p.push(
+                "fapi.interaction_id",
+                format!("unknown value `{other}` (echo_or_generate or reject_invalid)"),
+            );
+            InteractionIdMode::EchoOrGenerate
+        }
+    };
+    let sink = match (f.audit.sink.as_deref(), f.audit.path.as_deref()) {
+        (None | Some("file"), Some(path)) => AuditSink::File(resolve(base, path)),
+        (None, None) => AuditSink::Stdout,
+        (Some("file"), None) => {
+            p.push("audit.path", "required when audit.sink is file");
+            AuditSink::None
+        }
+        (Some("stdout"), _) => AuditSink::Stdout,
+        (Some("none"), _) => AuditSink::None,
+        (Some(other), _) => {
+            p.push(
+                "audit.sink",
+                format!("unknown value `{other}` (file, stdout or none)"),
+            );
+            AuditSink::None
+        }
+    };
+    let queue_capacity = f.audit.queue_capacity.unwrap_or(65_536);
+    if queue_capacity == 0 {
+        p.push("audit.queue_capacity", "must be at least 1");
+    }
+    let audit = validate_audit(&mut p, base, &f.audit, sink, queue_capacity);
+    let drain_timeout = f
+        .shutdown
+        .drain_timeout
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(15));
+
+    if f.policies.is_empty() {
+        p.push(
+            "policies",
+            "at least one policy file or directory is required",
+        );
+    }
+    let mut policy_paths = Vec::new();
+    for (i, s) in f.policies.iter().enumerate() {
+        let path = resolve(base, s);
+        if path.exists() {
+            policy_paths.push(path);
+        } else {
+            p.push(
+                format!("policies[{i}]"),
+                format!("{} does not exist", path.display()),
+            );
+        }
+    }
+    watched.extend(policy_paths.iter().cloned());
+    let auth = auth::validate(&mut p, base, &f.issuers, &f.dpop, &f.tokens, &mut watched);
+    let consent = f
+        .consent
+        .as_ref()
+        .and_then(|c| auth::validate_consent(&mut p, base, c, &mut watched));
+    let otlp = f.tracing.otlp_endpoint.as_ref().and_then(|e| {
+        if !cfg!(feature = "otlp") {
+            p.push(
+                "tracing.otlp_endpoint",
+                "this build has no OTLP export (cargo feature `otlp`)",
+            );
+            return None;
+        }
+        match e.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => Some((
+                u,
+                f.tracing
+                    .service_name
+                    .clone()
+                    .unwrap_or_else(|| "portcullis".into()),
+            )),
+            _ => {
+                p.push(
+                    "tracing.otlp_endpoint",
+                    format!("`{e}` must be an http:// URL (OTLP/HTTP)"),
+                );
+                None
+            }
+        }
+    });
+    let signatures = signatures::validate(
+        &mut p,
+        base,
+        &f.signatures,
+        auth.dpop.public_base_url.as_deref(),
+        &mut watched,
+    );
+    let rate_limits = portcullis_state::ratelimit::validate(&mut p, &f.rate_limits);
+    let idempotency = portcullis_state::idempotency::validate(&mut p, &f.idempotency);
+    let state = portcullis_state::settings::validate(&mut p, base, &f.state);
+    let known = portcullis_policy::Known {
+        upstreams: upstreams.keys().map(String::as_str).collect(),
+        issuers: auth.issuers.keys().map(String::as_str).collect(),
+        has_consent: consent.is_some(),
+        standalone: false,
+        default_body_limit: limits.default_body_limit,
+    };
+    let policies = portcullis_policy::load(&policy_paths, &known, errors);
+    if let Some(set) = &policies {
+        signatures::check_routes(&signatures, set, errors);
+        portcullis_state::ratelimit::check_routes(&rate_limits, set, errors);
+    }
+
+    let tls = tls?;
+    Some(Config {
+        source: path.to_path_buf(),
+        listener: Listener {
+            address: address?,
+            tls,
+            limits,
+            server_names,
+            workers,
+        },
+        admin,
+        upstreams,
+        client_cert_forwarding,
+        interaction_id,
+        audit,
+        policies: Arc::new(policies?),
+        drain_timeout,
+        auth,
+        consent,
+        signatures,
+        rate_limits,
+        idempotency,
+        state,
+        otlp,
+        watched,
+    })
+}
+
+fn validate_audit(
+    p: &mut Problems<'_>,
+    base: &Path,
+    f: &file::FileAudit,
+    sink: AuditSink,
+    queue_capacity: usize,
+) -> AuditSettings {
+    use portcullis_audit::QueueFull;
+    let mut a = AuditSettings::new(sink);
+    a.queue_capacity = queue_capacity;
+    a.queue_full = match f.queue_full.as_deref() {
+        None | Some("block") => QueueFull::Block,
+        Some("refuse") => QueueFull::Refuse,
+        Some("drop") => QueueFull::Drop,
+        Some(other) => {
+            p.push(
+                "audit.queue_full",
+                format!("unknown value `{other}` (block, refuse or drop)"),
+            );
+            QueueFull::Block
+        }
+    };
+    if let Some(d) = f.fsync_interval {
+        a.fsync_interval = Some(d.0);
+    }
+    let is_file = matches!(a.sink, AuditSink::File(_));
+    for (field, set) in [
+        ("audit.rotate_bytes", f.rotate_bytes.is_some()),
+        ("audit.rotate_age", f.rotate_age.is_some()),
+        ("audit.retain", f.retain.is_some()),
+    ] {
+        if set && !is_file {
+            p.push(field, "applies only to audit.sink: file");
+        }
+    }
+    if let Some(b) = f.rotate_bytes {
+        if b < 4096 {
+            p.push(
+                "audit.rotate_bytes",
+                format!("{b} is below the minimum of 4096"),
+            );
+        }
+    }
+    if f.rotate_age.is_some_and(|d| d.0 < Duration::from_secs(1)) {
+        p.push("audit.rotate_age", "must be at least 1s");
+    }
+    a.rotation = portcullis_audit::Rotation {
+        max_bytes: f.rotate_bytes,
+        max_age: f.rotate_age.map(|d| d.0),
+        retain: f.retain.unwrap_or(0),
+    };
+    if let Some(k) = &f.signing_key {
+        let path = resolve(base, k);
+        match portcullis_audit::AuditKey::from_file(&path) {
+            Ok(key) => a.signing_key = Some(Arc::new(key)),
+            Err(e) => p.push("audit.signing_key", format!("{}: {e}", path.display())),
+        }
+        a.checkpoint_every = f.checkpoint_every.unwrap_or(1000);
+        a.checkpoint_interval = Some(
+            f.checkpoint_interval
+                .map_or(Duration::from_secs(60), |d| d.0),
+        );
+        if f.checkpoint_interval.is_some_and(|d| d.0.is_zero()) {
+            p.push("audit.checkpoint_interval", "must be greater than 0");
+        }
+    } else {
+        for (field, set) in [
+            ("audit.checkpoint_every", f.checkpoint_every.is_some()),
+            ("audit.checkpoint_interval", f.checkpoint_interval.is_some()),
+        ] {
+            if set {
+                p.push(field, "checkpoints are signed: set audit.signing_key too");
+            }
+        }
+    }
+    a
+}
+
+fn parse_addr(p: &mut Problems<'_>, field: &str, text: &str) -> Option<SocketAddr> {
+    match text.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.push(field, format!("`{text}` is not an IP:port socket address"));
+            None
+        }
+    }
+}
+
+fn validate_limits(p: &mut Problems<'_>, f: &file::FileLimits) -> Limits {
+    let d = Limits::default();
+    let l = Limits {
+        max_header_bytes: f.max_header_bytes.unwrap_or(d.max_header_bytes),
+        max_headers: f.max_headers.unwrap_or(d.max_headers),
+        max_uri_bytes: f.max_uri_bytes.unwrap_or(d.max_uri_bytes),
+        default_body_limit: f.default_body_limit.unwrap_or(d.default_body_limit),
+        header_read_timeout: f.header_read_timeout.map_or(d.header_read_timeout, |x| x.0),
+        request_timeout: f.request_timeout.map_or(d.request_timeout, |x| x.0),
+        idle_timeout: f.idle_timeout.map_or(d.idle_timeout, |x| x.0),
+        max_connection_age: f.max_connection_age.map(|x| x.0),
+        max_connections: f.max_connections.unwrap_or(d.max_connections),
+        h2_max_concurrent_streams: f
+            .h2_max_concurrent_streams
+            .unwrap_or(d.h2_max_concurrent_streams),
+        h2_max_pending_reset_streams: f
+            .h2_max_pending_reset_streams
+            .unwrap_or(d.h2_max_pending_reset_streams),
+        h2_max_local_error_reset_streams: f
+            .h2_max_local_error_reset_streams
+            .unwrap_or(d.h2_max_local_error_reset_streams),
+    };
+    let range = |p: &mut Problems<'_>, name: &str, v: usize, lo: usize, hi: usize| {
+        if v < lo || v > hi {
+            p.push(
+                format!("listener.limits.{name}"),
+                format!("{v} is outside {lo}..={hi}"),
+            );
+        }
+    };
+    range(p, "max_header_bytes", l.max_header_bytes, 1024, 1024 * 1024);
+    range(p, "max_headers", l.max_headers, 8, 1000);
+    range(p, "max_uri_bytes", l.max_uri_bytes, 256, 64 * 1024);
+    range(p, "max_connections", l.max_connections, 1, 1_000_000);
+    range(
+        p,
+        "h2_max_concurrent_streams",
+        l.h2_max_concurrent_streams as usize,
+        1,
+        1000,
+    );
+    let nonzero = |p: &mut Problems<'_>, name: &str, v: Duration| {
+        if v.is_zero() {
+            p.push(format!("listener.limits.{name}"), "must be greater than 0");
+        }
+    };
+    nonzero(p, "header_read_timeout", l.header_read_timeout);
+    nonzero(p, "request_timeout", l.request_timeout);
+    nonzero(p, "idle_timeout", l.idle_timeout);
+    if let Some(age) = l.max_connection_age {
+        nonzero(p, "max_connection_age", age);
+    }
+    l
+}
+
+pub(crate) fn read_certs(
+    p: &mut Problems<'_>,
+    field: &str,
+    path: &Path,
+) -> Vec<CertificateDer<'static>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            p.push(field, format!("cannot read {}: {e}", path.display()));
+            return Vec::new();
+        }
+    };
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
+    match certs {
+        Ok(c) if !c.is_empty() => c,
+        Ok(_) => {
+            p.push(
+                field,
+                format!("{} holds no PEM certificate", path.display()),
+            );
+            Vec::new()
+        }
+        Err(e) => {
+            p.push(field, format!("{} is not valid PEM: {e}", path.display()));
+            Vec::new()
+        }
+    }
+}
+
+pub(crate) fn read_key(
+    p: &mut Problems<'_>,
+    field: &str,
+    path: &Path,
+) -> Option<PrivateKeyDer<'static>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            p.push(field, format!("cannot read {}: {e}", path.display()));
+            return None;
+        }
+    };
+    match PrivateKeyDer::from_pem_slice(&bytes) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            p.push(
+                field,
+                format!("{} holds no usable PEM private key: {e}", path.display()),
+            );
+            None
+        }
+    }
+}
+
+fn validate_listener_tls(
+    p: &mut Problems<'_>,
+    base: &Path,
+    f: &file::FileTls,
+    watched: &mut Vec<PathBuf>,
+) -> Option<ListenerTls> {
+    let client_auth = match f.client_auth.as_deref() {
+        None | Some("required") => ClientAuth::Required,
+        Some("optional") => ClientAuth::Optional,
+        Some(other) => {
+            p.push(
+                "listener.tls.client_auth",
+                format!("unknown value `{other}` (required or optional)"),
+            );
+            return None;
+        }
+    };
+    let cert_path = resolve(base, &f.certificate);
+    let key_path = resolve(base, &f.private_key);
+    watched.push(cert_path.clone());
+    watched.push(key_path.clone());
+    let chain = read_certs(p, "listener.tls.certificate", &cert_path);
+    let key = read_key(p, "listener.tls.private_key", &key_path);
+    let mut cas = Vec::new();
+    for (i, ca) in f.client_ca.iter().enumerate() {
+        let path = resolve(base, ca);
+        watched.push(path.clone());
+        cas.extend(read_certs(
+            p,
+            &format!("listener.tls.client_ca[{i}]"),
+            &path,
+        ));
+    }
+    if f.client_ca.is_empty() {
+        p.push(
+            "listener.tls.client_ca",
+            "at least one client CA bundle is required (portcullis always verifies client certificates)",
+        );
+    }
+    let mut crls = Vec::new();
+    let mut crl_refused = false;
+    for (i, crl) in f.crl.iter().enumerate() {
+        let path = resolve(base, crl);
+        watched.push(path.clone());
+        let field = format!("listener.tls.crl[{i}]");
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let parsed: Result<Vec<_>, _> =
+                    CertificateRevocationListDer::pem_slice_iter(&bytes).collect();
+                match parsed {
+                    Ok(list) if !list.is_empty() => {
+                        // rustls parses every CRL only when the verifier is built, and then
+                        // says "could not be parsed: ParseError" for all of them at once: find
+                        // the one it refuses here, so the error names its file and its defect.
+                        for (n, crl) in list.iter().enumerate() {
+                            if let Some(why) = crl_refusal(&cas, crl) {
+                                p.push(
+                                    field.clone(),
+                                    format!(
+                                        "{}: CRL {} of {}: {why}",
+                                        path.display(),
+                                        n + 1,
+                                        list.len()
+                                    ),
+                                );
+                                crl_refused = true;
+                            }
+                        }
+                        crls.extend(list)
+                    }
+                    Ok(_) => p.push(field, format!("{} holds no PEM CRL", path.display())),
+                    Err(e) => p.push(field, format!("{} is not valid PEM: {e}", path.display())),
+                }
+            }
+            Err(e) => p.push(field, format!("cannot read {}: {e}", path.display())),
+        }
+    }
+    let key = key?;
+    if chain.is_empty() || cas.is_empty() || crl_refused {
+        return None;
+    }
+    let (client_ca_count, crl_count) = (cas.len(), crls.len());
+    let revoked = match portcullis_crypto::pki::Revoked::from_crls(crls.iter().map(|c| c.as_ref())) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            p.push("listener.tls.crl", e);
+            return None;
+        }
+    };
+    let server_cert_not_after = chain
+        .first()
+        .and_then(|c| portcullis_crypto::pki::ClientCert::from_der(c.as_ref()).ok())
+        .map(|c| c.not_after);
+    // An expired server certificate would fail every handshake: refuse it (at start-up, and at
+    // reload, where the current one keeps serving).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    if let Some(t) = server_cert_not_after.filter(|t| *t < now) {
+        let when = portcullis_audit::unix_to_rfc3339(t).unwrap_or_default();
+        p.push(
+            "listener.tls.certificate",
+            format!("the server certificate expired at {when}; renew it"),
+        );
+        return None;
+    }
+    match tls::server_config(chain, key, cas, crls, client_auth) {
+        Ok(server_config) => Some(ListenerTls {
+            server_config,
+            client_auth,
+            handshake_timeout: f.handshake_timeout.map_or(Duration::from_secs(10), |d| d.0),
+            client_ca_count,
+            crl_count,
+            server_cert_not_after,
+            revoked,
+        }),
+        Err(e) => {
+            p.push("listener.tls", e);
+            None
+        }
+    }
+}
+
+/// Why rustls would refuse this CRL, or `None` when it takes it. The verdict is rustls's own
+/// (a verifier built over the configured CAs and this one CRL, as the listener will be); the
+/// reason adds the field at fault where it is one of the RFC 5280 requirements rustls enforces
+/// when parsing, since rustls reports those only as `ParseError`. Without a usable CA there is
+/// nothing to probe with, and the CA's own error is reported instead.
+fn crl_refusal(
+    cas: &[CertificateDer<'static>],
+    crl: &CertificateRevocationListDer<'static>,
+) -> Option<String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca.clone()).ok()?;
+    }
+    if roots.is_empty() {
+        return None;
+    }
+    let err = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        tls::crypto_provider(),
+    )
+    .with_crls([crl.clone()])
+    .build()
+    .err()?;
+    let why = match x509_parser::parse_x509_crl(crl.as_ref()) {
+        Err(e) => format!("not a DER X.509 CertificateList ({e})"),
+        Ok((_, c)) => {
+            let tbs = &c.tbs_cert_list;
+            let mut defects = Vec::new();
+            if tbs.version != Some(x509_parser::x509::X509Version::V2) {
+                defects.push("field `version` is not v2 (RFC 5280 §5.1.2.1)");
+            }
+            if tbs.next_update.is_none() {
+                defects.push("field `nextUpdate` is absent (RFC 5280 §5.1.2.5 requires it)");
+            }
+            if c.crl_number().is_none() {
+                defects.push(
+                    "the CRL Number extension is absent (RFC 5280 §5.2.3 requires it in every CRL)",
+                );
+            }
+            if defects.is_empty() {
+                format!("issuer `{}`", tbs.issuer)
+            } else {
+                format!("issuer `{}`: {}", tbs.issuer, defects.join("; "))
+            }
+        }
+    };
+    Some(format!("{why}; reissue the CRL (rustls: {err})"))
+}
+
+fn validate_upstream(
+    p: &mut Problems<'_>,
+    base: &Path,
+    name: &str,
+    f: &file::FileUpstream,
+    watched: &mut Vec<PathBuf>,
+) -> Option<Upstream> {
+    let field = |s: &str| format!("upstreams.{name}.{s}");
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        p.push(
+            format!("upstreams.{name}"),
+            "names use letters, digits, `-` and `_` only",
+        );
+    }
+    let uri: http::Uri = match f.url.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            p.push(field("url"), format!("`{}` is not a URL: {e}", f.url));
+            return None;
+        }
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
+        p.push(field("url"), "must be an absolute http:// or https:// URL");
+        return None;
+    };
+    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+        p.push(field("url"), "scheme must be http or https");
+        return None;
+    }
+    if uri.query().is_some() {
+        p.push(field("url"), "must not carry a query");
+    }
+    let base_path = uri.path().trim_end_matches('/').to_string();
+    let tls = match (&f.tls, scheme == http::uri::Scheme::HTTPS) {
+        (Some(_), false) => {
+            p.push(field("tls"), "only applies to an https:// url");
+            None
+        }
+        (t, true) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let mut identity = None;
+            if let Some(t) = t {
+                for (i, ca) in t.ca.iter().enumerate() {
+                    let path = resolve(base, ca);
+                    watched.push(path.clone());
+                    for c in read_certs(p, &field(&format!("tls.ca[{i}]")), &path) {
+                        if let Err(e) = roots.add(c) {
+                            p.push(field(&format!("tls.ca[{i}]")), format!("bad CA: {e}"));
+                        }
+                    }
+                }
+                match (&t.client_certificate, &t.client_private_key) {
+                    (Some(c), Some(k)) => {
+                        let cp = resolve(base, c);
+                        let kp = resolve(base, k);
+                        watched.push(cp.clone());
+                        watched.push(kp.clone());
+                        let chain = read_certs(p, &field("tls.client_certificate"), &cp);
+                        let key = read_key(p, &field("tls.client_private_key"), &kp);
+                        identity = key.map(|k| (chain, k));
+                    }
+                    (None, None) => {}
+                    _ => p.push(
+                        field("tls"),
+                        "client_certificate and client_private_key go together",
+                    ),
+                }
+            }
+            if roots.is_empty() {
+                p.push(
+                    field("tls.ca"),
+                    "an https upstream needs its CA bundle (portcullis pins upstream trust)",
+                );
+                None
+            } else {
+                match tls::upstream_client_config(roots, identity) {
+                    Ok(c) => Some(UpstreamTls { client_config: c }),
+                    Err(e) => {
+                        p.push(field("tls"), e);
+                        None
+                    }
+                }
+            }
+        }
+        (None, false) => None,
+    };
+    Some(Upstream {
+        name: name.to_string(),
+        scheme,
+        authority,
+        base_path,
+        connect_timeout: f.connect_timeout.map_or(Duration::from_secs(2), |d| d.0),
+        response_timeout: f.response_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        pool_idle_timeout: f.pool_idle_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        pool_max_idle_per_host: f.pool_max_idle_per_host.unwrap_or(256),
+        http2: f.http2,
+        tls,
+    })
+}

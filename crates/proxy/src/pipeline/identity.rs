@@ -1,0 +1,42 @@
+//! Identity: who the caller is, from the verified mTLS certificate only.
+
+use std::sync::Arc;
+
+use crate::conn::ConnInfo;
+use portcullis_crypto::pki::{ClientCert, Revoked};
+use portcullis_policy::{CertRequirement, Route};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdentityError {
+    ClientCertRequired,
+    /// The connection's certificate has expired since its handshake.
+    ClientCertExpired,
+    /// The connection's certificate is revoked by the CRLs loaded now.
+    ClientCertRevoked,
+}
+
+/// The authenticated caller. `cert` is `None` only on routes that allow anonymous TLS.
+#[derive(Clone, Debug)]
+pub struct ClientIdentity {
+    pub cert: Option<Arc<ClientCert>>,
+}
+
+/// The caller on `conn` at `now` (Unix seconds). rustls checks validity and revocation only at
+/// the handshake; a keep-alive or HTTP/2 connection must not outlive its certificate, so every
+/// request checks `notAfter` and the current CRLs again.
+pub fn identify(
+    conn: &ConnInfo,
+    route: &Route,
+    revoked: &Revoked,
+    now: i64,
+) -> Result<ClientIdentity, IdentityError> {
+    match (&conn.client_cert, route.client_cert) {
+        (Some(c), _) if c.not_after < now => Err(IdentityError::ClientCertExpired),
+        (Some(c), _) if revoked.contains(c) => Err(IdentityError::ClientCertRevoked),
+        (Some(c), _) => Ok(ClientIdentity {
+            cert: Some(Arc::clone(c)),
+        }),
+        (None, CertRequirement::Optional) => Ok(ClientIdentity { cert: None }),
+        (None, CertRequirement::Required) => Err(IdentityError::ClientCertRequired),
+    }
+}

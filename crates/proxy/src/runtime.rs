@@ -1,0 +1,477 @@
+//! What a running proxy holds: the swappable [`Runtime`] (config, upstream clients, key sources,
+//! verified-token cache) and the process-wide [`Shared`] parts (metrics, audit, replay store,
+//! clock, reload).
+//!
+//! A reload builds a whole new `Runtime` from a fully valid `Config` and swaps it in with one
+//! atomic store. Requests take a snapshot when they start and keep it to the end; TLS handshakes
+//! take the listener config of the snapshot current when the connection is accepted. The token
+//! cache starts empty with each config (a token verified under old keys or rules is verified
+//! again); remote key sources and the replay store live across reloads.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
+
+use portcullis_audit::AuditLog;
+use portcullis_base::clock::{Clock, SystemClock};
+use crate::config::{Config, ConfigErrors, JwksSource};
+use portcullis_sources::keys::KeySource;
+use crate::pipeline::token::TokenCache;
+use portcullis_state::replay::{MemoryReplayStore, ReplayStore};
+use crate::telemetry::{LabelValue, Metrics};
+use crate::upstream::UpstreamClient;
+
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub upstreams: HashMap<String, Arc<UpstreamClient>>,
+    /// Key source per issuer name.
+    pub keys: HashMap<String, Arc<KeySource>>,
+    /// Introspection client per issuer that has one.
+    pub introspectors: HashMap<String, Arc<portcullis_sources::introspect::Introspector>>,
+    pub tokens: TokenCache,
+    /// The consent source, when the config has one.
+    pub consent: Option<Arc<portcullis_sources::consent::ConsentSource>>,
+    /// Callers' request-signature keys, when the config names a source (issue #4); a reload
+    /// starts an empty cache.
+    pub client_keys: Option<Arc<crate::signature::clientkeys::ClientKeys>>,
+    /// Local rate limiters of this config (issue #6); a reload starts them empty.
+    pub rate_limits: Arc<portcullis_state::ratelimit::RateLimits>,
+}
+
+impl Runtime {
+    /// Builds the runtime for `config`, reusing remote key sources from `remotes` (keyed by
+    /// issuer name and URL) so a reload does not drop fetched keys.
+    fn new(
+        config: Config,
+        remotes: &DashMap<(String, String), Arc<KeySource>>,
+        background: &CancellationToken,
+        redis: Option<&Arc<portcullis_state::redis::RedisState>>,
+    ) -> Runtime {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|(name, u)| {
+                (
+                    name.clone(),
+                    Arc::new(UpstreamClient::new(u, config.listener.workers)),
+                )
+            })
+            .collect();
+        let keys = config
+            .auth
+            .issuers
+            .iter()
+            .filter_map(|(name, issuer)| Some((name, issuer.jwks.as_ref()?)))
+            .map(|(name, jwks)| {
+                let source = match jwks {
+                    JwksSource::File { keys, .. } => {
+                        Arc::new(KeySource::fixed(name, Arc::clone(keys)))
+                    }
+                    JwksSource::Url(remote) => {
+                        let key = (name.clone(), remote.uri.to_string());
+                        let existing = remotes.get(&key).map(|r| Arc::clone(r.value()));
+                        existing.unwrap_or_else(|| {
+                            let s = Arc::new(KeySource::remote(name, remote.clone()));
+                            s.spawn_refresh(background.child_token());
+                            remotes.insert(key, Arc::clone(&s));
+                            s
+                        })
+                    }
+                };
+                (name.clone(), source)
+            })
+            .collect();
+        let introspectors = config
+            .auth
+            .issuers
+            .iter()
+            .filter_map(|(name, i)| {
+                let c = i.introspection.clone()?;
+                Some((
+                    name.clone(),
+                    Arc::new(portcullis_sources::introspect::Introspector::new(c)),
+                ))
+            })
+            .collect();
+        let tokens = TokenCache::new(config.auth.cache_entries);
+        let client_keys = config
+            .signatures
+            .client_keys
+            .clone()
+            .map(|c| Arc::new(crate::signature::clientkeys::ClientKeys::new(c)));
+        let consent = config
+            .consent
+            .clone()
+            .map(|c| Arc::new(portcullis_sources::consent::ConsentSource::new(c)));
+        let fleet = redis.map(|r| {
+            portcullis_state::redis::FleetLimiter::new(
+                Arc::clone(r),
+                config.state.lease_max_tokens,
+                config.state.lease_ttl,
+                config.state.rate_limits,
+            )
+        });
+        let rate_limits = Arc::new(portcullis_state::ratelimit::RateLimits::with_fleet(
+            &config.rate_limits,
+            fleet,
+        ));
+        portcullis_state::ratelimit::RateLimits::spawn_maintenance(
+            &rate_limits,
+            background.child_token(),
+        );
+        Runtime {
+            rate_limits,
+            config: Arc::new(config),
+            upstreams,
+            keys,
+            introspectors,
+            tokens,
+            consent,
+            client_keys,
+        }
+    }
+}
+
+impl Runtime {
+    /// Prometheus text for the token machinery of this config: per issuer, the key source
+    /// (ready, keys, fetches, failures, age of the last good set) and introspection calls; the
+    /// verified-token cache (hits and signature verifications). Labels are config names only,
+    /// escaped all the same (a name with a quote must not break the scrape).
+    pub fn render_metrics(&self, now: i64) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in rows {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        let mut names: Vec<&String> = self.keys.keys().collect();
+        names.sort();
+        let rows = |f: &dyn Fn(&KeySource) -> String| -> Vec<(String, String)> {
+            names
+                .iter()
+                .map(|n| {
+                    (
+                        format!("{{issuer=\"{}\"}}", LabelValue(n)),
+                        f(&self.keys[*n]),
+                    )
+                })
+                .collect()
+        };
+        family(
+            "portcullis_key_source_ready",
+            "gauge",
+            "1 when the issuer has a good key set.",
+            rows(&|k| u8::from(k.is_ready()).to_string()),
+        );
+        family(
+            "portcullis_key_source_keys",
+            "gauge",
+            "Keys in the current set.",
+            rows(&|k| k.key_count().to_string()),
+        );
+        family(
+            "portcullis_key_source_fetches_total",
+            "counter",
+            "Key set fetches.",
+            rows(&|k| k.fetches.load(Ordering::Relaxed).to_string()),
+        );
+        family(
+            "portcullis_key_source_failures_total",
+            "counter",
+            "Failed key set fetches.",
+            rows(&|k| k.failures.load(Ordering::Relaxed).to_string()),
+        );
+        family(
+            "portcullis_key_source_age_seconds",
+            "gauge",
+            "Age of the current key set.",
+            rows(&|k| {
+                let t = k.last_good.load(Ordering::Relaxed);
+                if t == 0 {
+                    "NaN".to_string()
+                } else {
+                    (now - t).max(0).to_string()
+                }
+            }),
+        );
+        let mut intro: Vec<(&String, &Arc<portcullis_sources::introspect::Introspector>)> =
+            self.introspectors.iter().collect();
+        intro.sort_by_key(|(n, _)| n.as_str());
+        family(
+            "portcullis_introspection_calls_total",
+            "counter",
+            "Introspection requests.",
+            intro
+                .iter()
+                .map(|(n, i)| {
+                    (
+                        format!("{{issuer=\"{}\"}}", LabelValue(n)),
+                        i.calls.load(Ordering::Relaxed).to_string(),
+                    )
+                })
+                .collect(),
+        );
+        family(
+            "portcullis_introspection_failures_total",
+            "counter",
+            "Introspection requests without a decision.",
+            intro
+                .iter()
+                .map(|(n, i)| {
+                    (
+                        format!("{{issuer=\"{}\"}}", LabelValue(n)),
+                        i.failures.load(Ordering::Relaxed).to_string(),
+                    )
+                })
+                .collect(),
+        );
+        family(
+            "portcullis_token_cache_hits_total",
+            "counter",
+            "Token checks answered from the verified-token cache.",
+            vec![(
+                String::new(),
+                self.tokens.hits.load(Ordering::Relaxed).to_string(),
+            )],
+        );
+        family(
+            "portcullis_token_verifications_total",
+            "counter",
+            "Token signatures verified or tokens introspected (cache misses).",
+            vec![(
+                String::new(),
+                self.tokens
+                    .verifications
+                    .load(Ordering::Relaxed)
+                    .to_string(),
+            )],
+        );
+        family(
+            "portcullis_token_cache_entries",
+            "gauge",
+            "Tokens in the verified-token cache.",
+            vec![(String::new(), self.tokens.len().to_string())],
+        );
+        out
+    }
+}
+
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub metrics: Metrics,
+    pub audit: AuditLog,
+    /// The file reloads read; `None` when the config did not come from a file.
+    pub config_path: Option<PathBuf>,
+    pub clock: Arc<dyn Clock>,
+    /// Replay store for DPoP `jti`s and RFC 9421 nonces: memory, or Redis for a fleet
+    /// (`state:`, fixed at start-up).
+    pub replay: Arc<dyn ReplayStore>,
+    /// Idempotency keys: memory (capacity fixed at start-up) or Redis.
+    pub idempotency: Arc<dyn portcullis_state::idempotency::IdempotencyStore>,
+    /// The Redis connection and its health, when `state.backend` is `redis`.
+    pub redis: Option<Arc<portcullis_state::redis::RedisState>>,
+    /// DPoP server nonces (secret fixed at start-up).
+    pub nonces: portcullis_state::nonce::NonceIssuer,
+    /// OTLP span export (feature `otlp`; endpoint fixed at start-up).
+    #[cfg(feature = "otlp")]
+    pub otlp: Option<crate::otlp::Exporter>,
+    remotes: DashMap<(String, String), Arc<KeySource>>,
+    /// Cancelled on drop: stops key refresh tasks.
+    background: CancellationToken,
+    conn_ids: AtomicU64,
+}
+
+/// The stores `config.state` asks for: memory, or Redis (one connection for all of them).
+#[allow(clippy::type_complexity)]
+fn state_backend(
+    config: &Config,
+    clock: &Arc<dyn Clock>,
+    background: &CancellationToken,
+) -> (
+    Option<Arc<portcullis_state::redis::RedisState>>,
+    Arc<dyn ReplayStore>,
+    Arc<dyn portcullis_state::idempotency::IdempotencyStore>,
+) {
+    use portcullis_state::redis::{RedisIdempotencyStore, RedisReplayStore, RedisState};
+    use portcullis_state::settings::{Backend, OnOutage};
+    let s = &config.state;
+    let Backend::Redis(r) = &s.backend else {
+        return (
+            None,
+            Arc::new(MemoryReplayStore::new(config.auth.dpop.replay_capacity)),
+            Arc::new(portcullis_state::idempotency::MemoryIdempotencyStore::new(
+                config.idempotency.capacity,
+            )),
+        );
+    };
+    // The longest time a DPoP proof or an RFC 9421 nonce is accepted, skew on both sides.
+    let dpop = &config.auth.dpop;
+    let http = &config.signatures.http;
+    let window = (dpop.max_age + 2 * dpop.skew).max(http.window + 2 * http.skew);
+    let redis = RedisState::start(r, Arc::clone(clock), window, background.child_token());
+    for (feature, action) in [("replay", s.replay), ("rate_limits", s.rate_limits)] {
+        if action == OnOutage::Local {
+            tracing::warn!(
+                feature,
+                "state.on_outage: this feature uses per-instance state while Redis is unavailable (fail-open across the fleet)"
+            );
+        }
+    }
+    tracing::info!(endpoint = %redis.endpoint(), "shared state on Redis");
+    (
+        Some(Arc::clone(&redis)),
+        Arc::new(RedisReplayStore::new(
+            Arc::clone(&redis),
+            s.replay,
+            config.auth.dpop.replay_capacity,
+        )),
+        Arc::new(RedisIdempotencyStore::new(redis)),
+    )
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.background.cancel();
+    }
+}
+
+impl Shared {
+    pub fn new(config: Config, audit: AuditLog, config_path: Option<PathBuf>) -> Shared {
+        Shared::with_clock(config, audit, config_path, Arc::new(SystemClock))
+    }
+
+    /// As [`Shared::new`], with the clock token and DPoP checks read (tests move it).
+    pub fn with_clock(
+        config: Config,
+        audit: AuditLog,
+        config_path: Option<PathBuf>,
+        clock: Arc<dyn Clock>,
+    ) -> Shared {
+        let remotes = DashMap::new();
+        let background = CancellationToken::new();
+        let (redis, replay, idempotency) = state_backend(&config, &clock, &background);
+        let dpop = &config.auth.dpop;
+        let nonces = match &dpop.nonce_secret {
+            Some(s) => portcullis_state::nonce::NonceIssuer::new(s, dpop.nonce_lifetime),
+            None => portcullis_state::nonce::NonceIssuer::random(dpop.nonce_lifetime),
+        };
+        #[cfg(feature = "otlp")]
+        let otlp = config
+            .otlp
+            .clone()
+            .map(|(uri, service)| crate::otlp::Exporter::start(uri, service));
+        let runtime = Runtime::new(config, &remotes, &background, redis.as_ref());
+        let metrics = Metrics::default();
+        metrics.attach_audit(audit.clone());
+        metrics.server_cert(runtime.config.listener.tls.server_cert_not_after);
+        Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            metrics,
+            audit,
+            config_path,
+            clock,
+            replay,
+            idempotency,
+            redis,
+            nonces,
+            #[cfg(feature = "otlp")]
+            otlp,
+            remotes,
+            background,
+            conn_ids: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.conn_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Ready to serve: a valid config is loaded, every issuer has a good key set, the audit
+    /// log is healthy, and the shared state can answer for every fail-closed feature the
+    /// routes use ([`Shared::state_ready`]).
+    pub fn ready(&self) -> bool {
+        let rt = self.runtime.load();
+        !rt.config.policies.routes().is_empty()
+            && rt.keys.values().all(|k| k.is_ready())
+            && self.audit.healthy()
+            && self.state_ready(&rt.config).is_ok()
+    }
+
+    /// Whether the shared state backend can serve the routes of `config`: with Redis, not while
+    /// it is down (or its replay history is younger than one replay window) if some route uses
+    /// a feature that then refuses — replay checks (routes with `auth`, which may carry DPoP
+    /// proofs, or RFC 9421 signatures) with `on_outage.replay: refuse`, idempotency keys, or
+    /// rate-limit classes with `on_outage.rate_limits: refuse`. The error names what is missing.
+    pub fn state_ready(&self, config: &Config) -> Result<(), &'static str> {
+        use portcullis_policy::IdempotencyMode;
+        use portcullis_state::settings::OnOutage;
+        let Some(redis) = &self.redis else {
+            return Ok(());
+        };
+        let routes = config.policies.routes();
+        let s = &config.state;
+        let replay = s.replay == OnOutage::Refuse
+            && routes
+                .iter()
+                .any(|r| r.auth.is_some() || r.signature.is_some());
+        let idempotency = routes
+            .iter()
+            .any(|r| r.idempotency != IdempotencyMode::None);
+        let limits =
+            s.rate_limits == OnOutage::Refuse && routes.iter().any(|r| r.rate_limit.is_some());
+        if !redis.is_up() && (replay || idempotency || limits) {
+            return Err("the shared state backend (Redis) is unavailable");
+        }
+        if replay && !redis.replay_trusted(self.clock.now()) {
+            return Err("the shared replay history (Redis) is younger than one replay window");
+        }
+        Ok(())
+    }
+
+    /// Re-reads the config file; swaps it in only when it is fully valid.
+    pub fn reload(&self) -> Result<(), ConfigErrors> {
+        let Some(path) = &self.config_path else {
+            return Ok(());
+        };
+        match Config::load(path) {
+            Ok(new) => {
+                let old = self.runtime.load();
+                if new.listener.address != old.config.listener.address
+                    || new.admin != old.config.admin
+                    || new.audit.sink != old.config.audit.sink
+                {
+                    tracing::warn!(
+                        "listener, admin or audit sink changes take effect only after a restart"
+                    );
+                }
+                let version = new.policies.version.clone();
+                self.metrics
+                    .server_cert(new.listener.tls.server_cert_not_after);
+                if new.state != old.config.state {
+                    tracing::warn!("state backend changes take effect only after a restart");
+                }
+                self.runtime.store(Arc::new(Runtime::new(
+                    new,
+                    &self.remotes,
+                    &self.background,
+                    self.redis.as_ref(),
+                )));
+                self.metrics.reload(true);
+                tracing::info!(policy_version = %version, "config reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.reload(false);
+                tracing::error!(errors = %e, "config reload refused; the previous config stays");
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! The listener: accept loop, TLS handshake, HTTP/1.1 and HTTP/2 (hyper-util auto), limits,
+//! timeouts, idle close, connection cap, graceful drain, the lingering close at the end of a
+//! connection (`linger.rs`), and the admin listener.
+//!
+//! hyper's timers do nothing until a timer is set; both protocol builders get a `TokioTimer`,
+//! so `header_read_timeout` (slowloris) and HTTP/2 keep-alive really fire. HTTP/2 is bounded
+//! by `max_concurrent_streams`, the pending-accept and local-error reset limits (rapid reset)
+//! and `max_header_list_size` (CONTINUATION floods).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use portcullis_audit::{HandshakeRecord, Record};
+use crate::conn::ConnInfo;
+use crate::proxy::{self, full, ProxyBody};
+use crate::runtime::Shared;
+
+/// A started proxy: its bound addresses and the handle to stop it. Dropping it starts the same
+/// drain as [`Running::shutdown`] without waiting for it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Running {
+    /// Stops accepting, asks every connection to finish its in-flight requests, and waits up to
+    /// the configured drain timeout. Returns whether every connection closed in time.
+    pub async fn shutdown(self) -> bool {
+        self.shutdown.cancel();
+        self.tracker.close();
+        let drain = self.shared.runtime.load().config.drain_timeout;
+        tokio::time::timeout(drain, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+
+    /// A token that, when cancelled, starts the same drain as [`Running::shutdown`].
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // The workers' threads end once their connections have drained.
+        self.shutdown.cancel();
+        self.tracker.close();
+    }
+}
+
+thread_local! {
+    /// 1 + the index of the data-plane worker running on this thread; 0 on any other thread.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Which data-plane worker this thread is (1-based), or 0 when it is not one. Per-worker state
+/// such as the upstream pools is indexed by it.
+pub fn worker_index() -> usize {
+    WORKER.with(|w| w.get())
+}
+
+/// Binds the listener and the admin listener and starts serving.
+///
+/// The data plane is `listener.workers` threads, each with its own single-threaded Tokio
+/// runtime: a connection, the requests on it and the upstream connections they use (one pool
+/// per worker, see `upstream.rs`) stay on one thread and one event loop, as in HAProxy or
+/// nginx, instead of hopping between the threads of a work-stealing runtime with a wake-up per
+/// hand-off. One accept loop on the caller's runtime hands each new connection to the worker
+/// with the fewest open connections, so keep-alive load stays balanced (workers racing for
+/// accepts left one with most of a load generator's connections). The admin listener, reloads
+/// and background refreshes run on the caller's runtime too.
+pub async fn start(shared: Arc<Shared>) -> std::io::Result<Running> {
+    let config = Arc::clone(&shared.runtime.load().config);
+    let listener = TcpListener::bind(config.listener.address).await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let admin_addr = match config.admin {
+        Some(a) => {
+            let l = TcpListener::bind(a).await?;
+            let bound = l.local_addr()?;
+            tokio::spawn(admin_loop(l, Arc::clone(&shared), shutdown.clone()));
+            Some(bound)
+        }
+        None => None,
+    };
+    let mut workers = Vec::with_capacity(config.listener.workers);
+    for i in 0..config.listener.workers {
+        workers.push(Worker::spawn(i, &shared, &shutdown, &tracker)?);
+    }
+    let slots = Arc::new(Semaphore::new(config.listener.limits.max_connections));
+    tokio::spawn(accept_loop(listener, workers, slots, shutdown.clone()));
+    tracing::info!(%addr, admin = ?admin_addr, workers = config.listener.workers, routes = config.policies.routes().len(), policy_version = %config.policies.version, "portcullis listening");
+    Ok(Running {
+        addr,
+        admin_addr,
+        shared,
+        shutdown,
+        tracker,
+    })
+}
+
+/// An accepted connection on its way to a worker, with its connection-cap permit.
+type Handoff = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
+
+/// One data-plane thread: where new connections are sent, and how many it serves.
+struct Worker {
+    tx: tokio::sync::mpsc::UnboundedSender<Handoff>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    fn spawn(
+        i: usize,
+        shared: &Arc<Shared>,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> std::io::Result<Worker> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Handoff>();
+        let open = Arc::new(AtomicUsize::new(0));
+        let (shared, shutdown, tracker, count) = (
+            Arc::clone(shared),
+            shutdown.clone(),
+            tracker.clone(),
+            Arc::clone(&open),
+        );
+        std::thread::Builder::new()
+            .name(format!("portcullis-worker-{i}"))
+            .spawn(move || {
+                WORKER.with(|w| w.set(i + 1));
+                shared.metrics.worker_started(i);
+                runtime.block_on(async move {
+                    // Ends when the accept loop stops (its senders are dropped).
+                    while let Some((std_tcp, peer, permit)) = rx.recv().await {
+                        let count = Arc::clone(&count);
+                        let Ok(tcp) = TcpStream::from_std(std_tcp) else {
+                            count.fetch_sub(1, Ordering::Relaxed);
+                            continue;
+                        };
+                        let (shared, shutdown) = (Arc::clone(&shared), shutdown.clone());
+                        let tasks = tracker.clone();
+                        tracker.spawn(async move {
+                            serve_connection(tcp, peer, shared, shutdown, tasks).await;
+                            count.fetch_sub(1, Ordering::Relaxed);
+                            drop(permit);
+                        });
+                    }
+                    // Every connection task lives on this runtime: keep it until they end.
+                    tracker.wait().await;
+                });
+            })?;
+        Ok(Worker { tx, open })
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    workers: Vec<Worker>,
+    slots: Arc<Semaphore>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        // Leave this runtime's reactor; the worker registers it with its own.
+        let Ok(std_tcp) = tcp.into_std() else {
+            continue;
+        };
+        let Some(w) = workers
+            .iter()
+            .min_by_key(|w| w.open.load(Ordering::Relaxed))
+        else {
+            break;
+        };
+        w.open.fetch_add(1, Ordering::Relaxed);
+        if w.tx.send((std_tcp, peer, permit)).is_err() {
+            w.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Tracks in-flight requests and the last activity on one connection, for the idle timeout.
+struct Activity {
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        Some(self.epoch.elapsed().saturating_sub(last))
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let _ = tcp.set_nodelay(true);
+    let rt = shared.runtime.load_full();
+    let listener = &rt.config.listener;
+    let tls = match crate::tls::accept(
+        Arc::clone(&listener.tls.server_config),
+        tcp,
+        listener.tls.handshake_timeout,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(failure) => {
+            shared.metrics.handshake_failure(failure.as_str());
+            tracing::info!(%peer, failure = failure.as_str(), "tls handshake failed");
+            shared.audit.emit(Record::TlsHandshake(HandshakeRecord {
+                peer: peer.to_string(),
+                failure: failure.as_str(),
+            }));
+            return;
+        }
+    };
+    let max_detached = listener.limits.h2_max_concurrent_streams as usize;
+    let info = match ConnInfo::from_stream(shared.next_conn_id(), &tls, tasks, max_detached) {
+        Ok(i) => Arc::new(i),
+        Err(_) => return,
+    };
+    let info_id = info.id;
+    shared.metrics.connection_opened();
+    if let Some(c) = &info.client_cert {
+        shared.metrics.client_cert_seen(&c.thumbprint, c.not_after);
+    }
+    let limits = listener.limits.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper's own limits are a backstop at twice ours, so that our checks — which give a
+        // reason code and an audit record — decide every ordinary case.
+        .max_buf_size((2 * (limits.max_header_bytes + limits.max_uri_bytes)).max(8192))
+        .max_headers((2 * limits.max_headers).max(100))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+        .max_header_list_size((2 * (limits.max_header_bytes + limits.max_uri_bytes)) as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    drop(rt);
+
+    let activity = Arc::new(Activity {
+        epoch: Instant::now(),
+        in_flight: AtomicUsize::new(0),
+        last_ms: AtomicU64::new(0),
+    });
+    let svc = {
+        let activity = Arc::clone(&activity);
+        let shared = Arc::clone(&shared);
+        service_fn(move |req: Request<Incoming>| {
+            activity.in_flight.fetch_add(1, Ordering::Relaxed);
+            let activity = Arc::clone(&activity);
+            let fut = proxy::handle(req, Arc::clone(&info), Arc::clone(&shared));
+            async move {
+                let r = fut.await;
+                activity.touch();
+                activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+                r
+            }
+        })
+    };
+    let (io, returned) = crate::linger::Returnable::new(tls);
+    // The connection lives in this block; when it ends, hyper has dropped the stream and it
+    // is back in `returned` for a lingering close.
+    {
+        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        let shortest = limits
+            .max_connection_age
+            .map_or(limits.idle_timeout, |a| a.min(limits.idle_timeout));
+        let tick = (shortest / 4).max(Duration::from_millis(50));
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        // Requests hyper refused itself never reached our handler: record them.
+                        if let Some(failure) = parser_refusal(e.as_ref()) {
+                            shared.audit.emit(Record::HttpError(portcullis_audit::HttpErrorRecord {
+                                peer: peer.to_string(),
+                                conn_id: info_id,
+                                failure,
+                            }));
+                        }
+                    }
+                    break;
+                }
+                _ = shutdown.cancelled(), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = tokio::time::sleep(tick), if !closing => {
+                    let too_old = limits
+                        .max_connection_age
+                        .is_some_and(|max| activity.epoch.elapsed() >= max);
+                    if too_old || activity.idle_for().is_some_and(|d| d >= limits.idle_timeout) {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
+        }
+    }
+    crate::linger::close(&returned).await;
+    shared.metrics.connection_closed();
+}
+
+async fn admin_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            _ = shutdown.cancelled() => break,
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, std::convert::Infallible>(admin(req, &shared)) }
+            });
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5));
+            let _ = b.serve_connection(TokioIo::new(tcp), svc).await;
+        });
+    }
+}
+
+fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
+    let text = |status: u16, body: String, ctype: &'static str| {
+        let mut r = Response::new(full(body.into()));
+        *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(ctype),
+        );
+        r
+    };
+    if req.method() != http::Method::GET {
+        return text(405, "method not allowed\n".into(), "text/plain");
+    }
+    match req.uri().path() {
+        "/healthz" => text(200, "ok\n".into(), "text/plain"),
+        "/readyz" if shared.ready() => text(200, "ready\n".into(), "text/plain"),
+        "/readyz" => {
+            // Say which part is missing when it is the shared state (issue #6).
+            let why = shared.state_ready(&shared.runtime.load().config).err();
+            text(
+                503,
+                why.map_or("not ready\n".into(), |w| format!("not ready: {w}\n")),
+                "text/plain",
+            )
+        }
+        "/metrics" => {
+            let now = shared.clock.now();
+            let mut m = shared.metrics.render() + &shared.runtime.load().render_metrics(now);
+            if let Some(r) = &shared.redis {
+                m.push_str(&r.render_metrics(now));
+            }
+            text(200, m, "text/plain; version=0.0.4; charset=utf-8")
+        }
+        _ => text(404, "not found\n".into(), "text/plain"),
+    }
+}
+
+/// A bounded category for a request the HTTP parser refused before any handler ran.
+fn parser_refusal(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let h = e.downcast_ref::<hyper::Error>()?;
+    if h.is_parse_too_large() {
+        Some("http_headers_too_large")
+    } else if h.is_parse() {
+        Some("http_malformed")
+    } else if h.is_timeout() {
+        Some("http_header_timeout")
+    } else {
+        None
+    }
+}
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C).
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

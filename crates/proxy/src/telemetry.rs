@@ -1,0 +1,697 @@
+//! Metrics in Prometheus text format, W3C trace context, and the tracing subscriber.
+//!
+//! The registry is hand-rolled and lock-light: counters are atomics, keyed where needed in a
+//! `DashMap` by values from bounded sets — route ids from the config, reason codes from the
+//! rejection table, `&'static str` categories from the code. Nothing a client sends becomes a
+//! label. The one label derived from a connection, the client certificate thumbprint on the
+//! expiry gauge, is bounded by [`MAX_CLIENT_CERTS`]: past the cap only certificates expiring
+//! sooner than the latest-expiring tracked one replace it, so the gauge always shows the
+//! soonest expiries seen.
+//!
+//! Trace context ([`TraceContext`]): a valid incoming `traceparent` (W3C Trace Context level 1)
+//! keeps its trace id and flags and gets our span id as the new parent id; an absent or invalid
+//! one is replaced by a generated trace (flags `00`, not sampled: we record no spans), and an
+//! incoming `tracestate` is then dropped, as the specification requires.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use http::header::{HeaderName, HeaderValue};
+use http::HeaderMap;
+
+use portcullis_audit::AuditLog;
+
+const BUCKETS_SECONDS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Distinct client certificates whose expiry is tracked.
+pub const MAX_CLIENT_CERTS: usize = 256;
+
+/// The calling thread's id, from the `/proc/thread-self` link (`PID/task/TID`).
+fn current_thread_id() -> Option<u32> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
+}
+
+/// User + system CPU seconds of thread `tid` of this process, from `/proc/self/task/TID/stat`
+/// (fields 14 and 15, in USER_HZ ticks, 100 a second on Linux).
+fn thread_cpu_seconds(tid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    let utime: u64 = stat_field(&stat, 14)?.parse().ok()?;
+    let stime: u64 = stat_field(&stat, 15)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+fn days_until(not_after: i64) -> f64 {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    (not_after - now) as f64 / 86_400.0
+}
+
+pub struct Metrics {
+    requests: DashMap<(String, u16, &'static str), AtomicU64>,
+    latency: Histogram,
+    decisions: DashMap<&'static str, AtomicU64>,
+    upstream_latency: Histogram,
+    handshake_failures: DashMap<&'static str, AtomicU64>,
+    connections_total: AtomicU64,
+    connections_active: AtomicU64,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    audit: OnceLock<AuditLog>,
+    server_cert_not_after: AtomicI64,
+    client_certs: Mutex<HashMap<String, i64>>,
+    client_certs_untracked: AtomicU64,
+    key_source_refreshes: DashMap<(&'static str, bool), AtomicU64>,
+    cache_lookups: DashMap<(&'static str, bool), AtomicU64>,
+    rate_limit_refusals: DashMap<&'static str, AtomicU64>,
+    would_deny: DashMap<(String, &'static str), AtomicU64>,
+    /// The thread ids of the data-plane workers, by worker index (Linux).
+    workers: Mutex<Vec<Option<u32>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: DashMap::new(),
+            latency: Histogram::new(&BUCKETS_SECONDS),
+            decisions: DashMap::new(),
+            upstream_latency: Histogram::new(&BUCKETS_SECONDS),
+            handshake_failures: DashMap::new(),
+            connections_total: AtomicU64::new(0),
+            connections_active: AtomicU64::new(0),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            audit: OnceLock::new(),
+            server_cert_not_after: AtomicI64::new(i64::MIN),
+            client_certs: Mutex::new(HashMap::new()),
+            client_certs_untracked: AtomicU64::new(0),
+            key_source_refreshes: DashMap::new(),
+            cache_lookups: DashMap::new(),
+            rate_limit_refusals: DashMap::new(),
+            would_deny: DashMap::new(),
+            workers: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+fn bump<K: std::hash::Hash + Eq + Clone>(map: &DashMap<K, AtomicU64>, key: K) {
+    if let Some(c) = map.get(&key) {
+        c.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    map.entry(key).or_default().fetch_add(1, Ordering::Relaxed);
+}
+
+fn sorted<K: Ord + Clone + std::hash::Hash + Eq>(map: &DashMap<K, AtomicU64>) -> Vec<(K, u64)> {
+    let mut rows: Vec<_> = map
+        .iter()
+        .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+impl Metrics {
+    pub fn request(&self, route: Option<&str>, status: u16, reason: &'static str, took: Duration) {
+        let key = (route.unwrap_or("none").to_string(), status, reason);
+        bump(&self.requests, key);
+        self.latency.observe(took);
+    }
+
+    /// The outcome of one request: its decision (`allow`, `deny`, `error`) and, when it was
+    /// forwarded, the upstream's time to response headers.
+    pub fn request_outcome(&self, decision: &'static str, upstream_latency_us: Option<u64>) {
+        bump(&self.decisions, decision);
+        if let Some(us) = upstream_latency_us {
+            self.upstream_latency.observe(Duration::from_micros(us));
+        }
+    }
+
+    pub fn handshake_failure(&self, category: &'static str) {
+        bump(&self.handshake_failures, category);
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.connections_active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let c = if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.reloads_ok.load(Ordering::Relaxed),
+            self.reloads_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Makes the audit queue and writer visible on `/metrics` (once; later calls are ignored).
+    pub fn attach_audit(&self, audit: AuditLog) {
+        let _ = self.audit.set(audit);
+    }
+
+    /// The listener certificate's notAfter (unix seconds), for the expiry gauge.
+    pub fn server_cert(&self, not_after: Option<i64>) {
+        self.server_cert_not_after
+            .store(not_after.unwrap_or(i64::MIN), Ordering::Relaxed);
+    }
+
+    /// A verified client certificate was seen on a connection (see the module doc for the cap).
+    pub fn client_cert_seen(&self, thumbprint: &str, not_after: i64) {
+        let Ok(mut certs) = self.client_certs.lock() else {
+            return;
+        };
+        if let Some(t) = certs.get_mut(thumbprint) {
+            *t = not_after;
+            return;
+        }
+        if certs.len() < MAX_CLIENT_CERTS {
+            certs.insert(thumbprint.to_string(), not_after);
+            return;
+        }
+        self.client_certs_untracked.fetch_add(1, Ordering::Relaxed);
+        let latest = certs
+            .iter()
+            .max_by_key(|(_, t)| **t)
+            .map(|(k, t)| (k.clone(), *t));
+        if let Some((k, t)) = latest {
+            if not_after < t {
+                certs.remove(&k);
+                certs.insert(thumbprint.to_string(), not_after);
+            }
+        }
+    }
+
+    /// Hook: a key source (JWKS, introspection, ...) refreshed, successfully or not.
+    pub fn key_source_refresh(&self, source: &'static str, ok: bool) {
+        bump(&self.key_source_refreshes, (source, ok));
+    }
+
+    /// Hook: a cache lookup (`token`, `jwks`, ...) hit or missed.
+    pub fn cache_lookup(&self, cache: &'static str, hit: bool) {
+        bump(&self.cache_lookups, (cache, hit));
+    }
+
+    /// Hook: a request refused by a rate limit of `scope` (`peer`, `client`, ...).
+    pub fn rate_limit_refused(&self, scope: &'static str) {
+        bump(&self.rate_limit_refusals, scope);
+    }
+
+    /// A shadow rule would have denied a request on `route` for `reason` (not enforced).
+    pub fn would_deny(&self, route: Option<&str>, reason: &'static str) {
+        bump(
+            &self.would_deny,
+            (route.unwrap_or("none").to_string(), reason),
+        );
+    }
+
+    /// Called on data-plane worker `index`'s own thread when it starts: remembers its thread
+    /// id so that its CPU time can be reported (Linux; a no-op where `/proc` is missing).
+    pub fn worker_started(&self, index: usize) {
+        let Some(tid) = current_thread_id() else {
+            return;
+        };
+        let mut w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() <= index {
+            w.resize(index + 1, None);
+        }
+        w[index] = Some(tid);
+    }
+
+    /// CPU time (user + system, seconds) each data-plane worker thread has used so far, by
+    /// worker index; workers whose time cannot be read are left out.
+    pub fn worker_cpu_seconds(&self) -> Vec<(usize, f64)> {
+        let w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        w.iter()
+            .enumerate()
+            .filter_map(|(i, tid)| Some((i, thread_cpu_seconds((*tid)?)?)))
+            .collect()
+    }
+
+    /// Renders the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        header(
+            &mut out,
+            "portcullis_requests_total",
+            "counter",
+            "Requests by route, status and reason.",
+        );
+        for ((route, status, reason), n) in sorted(&self.requests) {
+            let (route, reason) = (LabelValue(&route), LabelValue(reason));
+            let _ = writeln!(
+                out,
+                "portcullis_requests_total{{route=\"{route}\",status=\"{status}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
+            "portcullis_requests_by_decision_total",
+            "counter",
+            "Requests by decision (allow, deny, error).",
+        );
+        for (d, n) in sorted(&self.decisions) {
+            let d = LabelValue(d);
+            let _ = writeln!(
+                out,
+                "portcullis_requests_by_decision_total{{decision=\"{d}\"}} {n}"
+            );
+        }
+        self.latency.render(
+            &mut out,
+            "portcullis_request_duration_seconds",
+            "Time to response headers.",
+        );
+        self.upstream_latency.render(
+            &mut out,
+            "portcullis_upstream_duration_seconds",
+            "Upstream time to response headers.",
+        );
+        header(
+            &mut out,
+            "portcullis_tls_handshake_failures_total",
+            "counter",
+            "Failed handshakes by category.",
+        );
+        for (cat, n) in sorted(&self.handshake_failures) {
+            let cat = LabelValue(cat);
+            let _ = writeln!(
+                out,
+                "portcullis_tls_handshake_failures_total{{failure=\"{cat}\"}} {n}"
+            );
+        }
+        let gauge = |out: &mut String, name: &str, kind: &str, help: &str, v: String| {
+            header(out, name, kind, help);
+            let _ = writeln!(out, "{name} {v}");
+        };
+        gauge(
+            &mut out,
+            "portcullis_connections_total",
+            "counter",
+            "Accepted TLS connections.",
+            self.connections_total.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "portcullis_connections_active",
+            "gauge",
+            "Open TLS connections.",
+            self.connections_active.load(Ordering::Relaxed).to_string(),
+        );
+        header(
+            &mut out,
+            "portcullis_worker_cpu_seconds_total",
+            "counter",
+            "CPU time (user + system) of each data-plane worker thread.",
+        );
+        for (i, secs) in self.worker_cpu_seconds() {
+            let _ = writeln!(
+                out,
+                "portcullis_worker_cpu_seconds_total{{worker=\"{i}\"}} {secs}"
+            );
+        }
+        let (ok, failed) = self.reloads();
+        let _ = writeln!(
+            out,
+            "# HELP portcullis_config_reloads_total Config reloads by result.\n# TYPE portcullis_config_reloads_total counter\nportcullis_config_reloads_total{{result=\"ok\"}} {ok}\nportcullis_config_reloads_total{{result=\"failed\"}} {failed}"
+        );
+        self.render_certs(&mut out, &gauge);
+        self.render_audit(&mut out, &gauge);
+        self.render_hooks(&mut out);
+        out
+    }
+
+    fn render_certs(
+        &self,
+        out: &mut String,
+        gauge: &impl Fn(&mut String, &str, &str, &str, String),
+    ) {
+        let server = self.server_cert_not_after.load(Ordering::Relaxed);
+        if server != i64::MIN {
+            gauge(
+                out,
+                "portcullis_server_cert_expiry_days",
+                "gauge",
+                "Days until the listener certificate expires.",
+                format!("{:.3}", days_until(server)),
+            );
+        }
+        header(
+            out,
+            "portcullis_client_cert_expiry_days",
+            "gauge",
+            "Days until each client certificate seen expires (the soonest 256).",
+        );
+        let mut certs: Vec<(String, i64)> = self
+            .client_certs
+            .lock()
+            .map(|c| c.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
+        certs.sort();
+        for (thumbprint, not_after) in certs {
+            let thumbprint = LabelValue(&thumbprint);
+            let _ = writeln!(
+                out,
+                "portcullis_client_cert_expiry_days{{thumbprint=\"{thumbprint}\"}} {:.3}",
+                days_until(not_after)
+            );
+        }
+        gauge(
+            out,
+            "portcullis_client_certs_untracked_total",
+            "counter",
+            "Client certificates seen beyond the tracking cap.",
+            self.client_certs_untracked
+                .load(Ordering::Relaxed)
+                .to_string(),
+        );
+    }
+
+    fn render_audit(
+        &self,
+        out: &mut String,
+        gauge: &impl Fn(&mut String, &str, &str, &str, String),
+    ) {
+        let Some(audit) = self.audit.get() else {
+            return;
+        };
+        let Some(stats) = audit.stats() else {
+            return;
+        };
+        let (depth, capacity) = audit.queue_depth();
+        gauge(
+            out,
+            "portcullis_audit_queue_depth",
+            "gauge",
+            "Audit records waiting for the writer.",
+            depth.to_string(),
+        );
+        gauge(
+            out,
+            "portcullis_audit_queue_capacity",
+            "gauge",
+            "Capacity of the audit queue.",
+            capacity.to_string(),
+        );
+        for (name, kind, help, v) in [
+            (
+                "portcullis_audit_records_written_total",
+                "counter",
+                "Audit records written (checkpoints and markers included).",
+                stats.written(),
+            ),
+            (
+                "portcullis_audit_records_dropped_total",
+                "counter",
+                "Audit records dropped under the drop policy or best effort.",
+                stats.dropped(),
+            ),
+            (
+                "portcullis_audit_write_errors_total",
+                "counter",
+                "Failed audit write or fsync attempts.",
+                stats.write_errors(),
+            ),
+            (
+                "portcullis_audit_output_failing",
+                "gauge",
+                "1 while the audit output fails.",
+                u64::from(stats.failing()),
+            ),
+            (
+                "portcullis_audit_checkpoints_total",
+                "counter",
+                "Signed audit checkpoints written.",
+                stats.checkpoints(),
+            ),
+            (
+                "portcullis_audit_rotations_total",
+                "counter",
+                "Audit file rotations.",
+                stats.rotations(),
+            ),
+        ] {
+            gauge(out, name, kind, help, v.to_string());
+        }
+        stats.write_latency().render(
+            out,
+            "portcullis_audit_write_seconds",
+            "Time to write one batch of audit records.",
+        );
+    }
+
+    fn render_hooks(&self, out: &mut String) {
+        let result = |ok: bool, yes: &'static str, no: &'static str| if ok { yes } else { no };
+        header(
+            out,
+            "portcullis_key_source_refreshes_total",
+            "counter",
+            "Key source refreshes by source and result.",
+        );
+        for ((source, ok), n) in sorted(&self.key_source_refreshes) {
+            let source = LabelValue(source);
+            let _ = writeln!(
+                out,
+                "portcullis_key_source_refreshes_total{{source=\"{source}\",result=\"{}\"}} {n}",
+                result(ok, "ok", "failed")
+            );
+        }
+        header(
+            out,
+            "portcullis_cache_lookups_total",
+            "counter",
+            "Cache lookups by cache and result (hit ratio = hit / total).",
+        );
+        for ((cache, hit), n) in sorted(&self.cache_lookups) {
+            let cache = LabelValue(cache);
+            let _ = writeln!(
+                out,
+                "portcullis_cache_lookups_total{{cache=\"{cache}\",result=\"{}\"}} {n}",
+                result(hit, "hit", "miss")
+            );
+        }
+        header(
+            out,
+            "portcullis_rate_limit_refusals_total",
+            "counter",
+            "Requests refused by a rate limit, by scope.",
+        );
+        for (scope, n) in sorted(&self.rate_limit_refusals) {
+            let scope = LabelValue(scope);
+            let _ = writeln!(
+                out,
+                "portcullis_rate_limit_refusals_total{{scope=\"{scope}\"}} {n}"
+            );
+        }
+        header(
+            out,
+            "portcullis_would_deny_total",
+            "counter",
+            "Requests a shadow rule would have denied, by route and reason (not enforced).",
+        );
+        for ((route, reason), n) in sorted(&self.would_deny) {
+            let (route, reason) = (LabelValue(&route), LabelValue(reason));
+            let _ = writeln!(
+                out,
+                "portcullis_would_deny_total{{route=\"{route}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
+}
+
+/// `traceparent` (W3C Trace Context).
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// `tracestate` (W3C Trace Context).
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// The trace context of one request as it leaves the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    flags: u8,
+    /// Whether the incoming `traceparent` was valid (so its `tracestate` may travel on).
+    continued: bool,
+}
+
+fn hex_into(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+}
+
+fn parse_lower_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; N];
+    for (i, pair) in s.chunks(2).enumerate() {
+        out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    while out.iter().all(|b| *b == 0) {
+        let u = uuid::Uuid::new_v4();
+        let n = N.min(16);
+        out[..n].copy_from_slice(&u.as_bytes()[..n]);
+        if N > 16 {
+            let v = uuid::Uuid::new_v4();
+            out[16..].copy_from_slice(&v.as_bytes()[..N - 16]);
+        }
+    }
+    out
+}
+
+/// Parses a `traceparent` value: trace id, parent id and flags, or `None` when invalid.
+///
+/// Version `00` must be exactly `00-<32 hex>-<16 hex>-<2 hex>`, lower-case; a later version
+/// may append `-…` fields, which are ignored; version `ff` is invalid, as are all-zero ids.
+pub fn parse_traceparent(value: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
+    if value.len() < 55 {
+        return None;
+    }
+    let version = parse_lower_hex::<1>(&value[0..2])?[0];
+    if version == 0xff || (version == 0 && value.len() != 55) {
+        return None;
+    }
+    if value.len() > 55 && value[55] != b'-' {
+        return None;
+    }
+    if value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+        return None;
+    }
+    let trace = parse_lower_hex::<16>(&value[3..35])?;
+    let parent = parse_lower_hex::<8>(&value[36..52])?;
+    let flags = parse_lower_hex::<1>(&value[53..55])?[0];
+    if trace == [0; 16] || parent == [0; 8] {
+        return None;
+    }
+    Some((trace, parent, flags))
+}
+
+impl TraceContext {
+    /// Continues the incoming trace when there is exactly one valid `traceparent`; otherwise
+    /// starts a new one. Either way the span id is ours and fresh.
+    pub fn from_headers(h: &HeaderMap) -> TraceContext {
+        let mut values = h.get_all(TRACEPARENT).iter();
+        let incoming = match (values.next(), values.next()) {
+            (Some(v), None) => parse_traceparent(v.as_bytes()),
+            _ => None,
+        };
+        match incoming {
+            Some((trace_id, _, flags)) => TraceContext {
+                trace_id,
+                span_id: random_bytes(),
+                // Level 1 defines only the sampled bit; the others are passed as zero.
+                flags: flags & 0x01,
+                continued: true,
+            },
+            None => TraceContext {
+                trace_id: random_bytes(),
+                span_id: random_bytes(),
+                flags: 0,
+                continued: false,
+            },
+        }
+    }
+
+    /// Whether an incoming `traceparent` was continued.
+    pub fn continued(&self) -> bool {
+        self.continued
+    }
+
+    pub fn trace_id(&self) -> String {
+        let mut s = String::with_capacity(32);
+        hex_into(&mut s, &self.trace_id);
+        s
+    }
+
+    pub fn span_id(&self) -> String {
+        let mut s = String::with_capacity(16);
+        hex_into(&mut s, &self.span_id);
+        s
+    }
+
+    /// The `traceparent` the upstream receives: our span id as its parent.
+    pub fn traceparent(&self) -> String {
+        let mut s = String::with_capacity(55);
+        s.push_str("00-");
+        hex_into(&mut s, &self.trace_id);
+        s.push('-');
+        hex_into(&mut s, &self.span_id);
+        s.push('-');
+        hex_into(&mut s, &[self.flags]);
+        s
+    }
+
+    /// Sets `traceparent` on a forwarded request, replacing the client's; drops `tracestate`
+    /// when the client's `traceparent` was not continued.
+    pub fn inject(&self, h: &mut HeaderMap) {
+        if let Ok(v) = HeaderValue::from_str(&self.traceparent()) {
+            h.insert(TRACEPARENT, v);
+        }
+        if !self.continued {
+            h.remove(TRACESTATE);
+        }
+    }
+}
+
+/// The subscriber for `portcullis check`: what the config load warns about (a JWKS key
+/// skipped, ...) goes to stderr as plain lines beside the errors, warnings and up by default
+/// (`RUST_LOG` overrides). Without it those warnings would be dropped and `check` would pass in
+/// silence over a key the proxy will never use.
+pub fn init_check_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
+
+/// Installs the tracing subscriber: JSON lines on stderr, level from `RUST_LOG` (default info).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .json()
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,189 @@
+//! Key sources: where an issuer's verification keys come from, and how they stay fresh.
+//!
+//! A file source is read at config load (a bad file is a config error). A URL source is fetched
+//! over HTTPS with the configured CA bundle: at start-up, on a refresh interval, and — when a
+//! token names a `kid` we do not have — at most once per `min_refetch_interval`, single-flight
+//! (concurrent requests wait for the one fetch). A failed or garbage fetch never replaces the
+//! last good set. Until the first good set arrives the source is not ready (`/readyz` says so)
+//! and tokens for that issuer are refused (fail closed).
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use tokio_util::sync::CancellationToken;
+
+use portcullis_crypto::jose::jwk::VerifyingKey;
+use portcullis_crypto::jose::jws::KeySet;
+
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// How a remote key set is fetched and refreshed.
+#[derive(Clone)]
+pub struct Remote {
+    pub uri: http::Uri,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub refresh: Duration,
+    pub min_refetch: Duration,
+    pub timeout: Duration,
+}
+
+pub struct KeySource {
+    pub issuer: String,
+    current: ArcSwapOption<KeySet>,
+    remote: Option<RemoteState>,
+    pub fetches: AtomicU64,
+    pub failures: AtomicU64,
+    /// Unix seconds of the last good set (0: never).
+    pub last_good: AtomicI64,
+}
+
+struct RemoteState {
+    cfg: Remote,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    /// Single flight: held for the duration of one fetch.
+    fetching: tokio::sync::Mutex<Option<Instant>>,
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl KeySource {
+    /// A source with a fixed set (from a file).
+    pub fn fixed(issuer: &str, keys: Arc<KeySet>) -> KeySource {
+        KeySource {
+            issuer: issuer.to_string(),
+            current: ArcSwapOption::from(Some(keys)),
+            remote: None,
+            fetches: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            last_good: AtomicI64::new(now_unix()),
+        }
+    }
+
+    /// A source fetched from `remote`; empty until the first good fetch.
+    pub fn remote(issuer: &str, remote: Remote) -> KeySource {
+        let client = crate::https::pinned_https_client(&remote.tls, remote.timeout);
+        KeySource {
+            issuer: issuer.to_string(),
+            current: ArcSwapOption::empty(),
+            remote: Some(RemoteState {
+                cfg: remote,
+                client,
+                fetching: tokio::sync::Mutex::new(None),
+            }),
+            fetches: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            last_good: AtomicI64::new(0),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.current.load().as_ref().map_or(0, |k| k.len())
+    }
+
+    /// The key for `kid`, if the current set has it.
+    pub fn get(&self, kid: &str) -> Option<Arc<VerifyingKey>> {
+        self.current
+            .load()
+            .as_ref()
+            .and_then(|s| s.get(kid).cloned())
+    }
+
+    /// Fetches once now (single flight), unless a fetch happened less than `min_gap` ago.
+    /// Returns whether a good set is in place afterwards.
+    pub async fn refresh(&self, min_gap: Duration) -> bool {
+        let Some(r) = &self.remote else {
+            return self.is_ready();
+        };
+        let mut last = r.fetching.lock().await;
+        if last.is_some_and(|t| t.elapsed() < min_gap) {
+            return self.is_ready();
+        }
+        *last = Some(Instant::now());
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        match self.fetch(r).await {
+            Ok(set) => {
+                if !set.skipped.is_empty() {
+                    tracing::warn!(issuer = %self.issuer, skipped = set.skipped.len(), "JWKS keys skipped");
+                }
+                self.current.store(Some(Arc::new(set)));
+                self.last_good.store(now_unix(), Ordering::Relaxed);
+            }
+            Err(why) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(issuer = %self.issuer, failure = why, "JWKS fetch failed; keeping the last good set");
+            }
+        }
+        self.is_ready()
+    }
+
+    /// On an unknown `kid`: one rate-limited, single-flight refetch.
+    pub async fn refetch_for_unknown_kid(&self) -> bool {
+        match &self.remote {
+            Some(r) => self.refresh(r.cfg.min_refetch).await,
+            None => false,
+        }
+    }
+
+    async fn fetch(&self, r: &RemoteState) -> Result<KeySet, &'static str> {
+        let req = http::Request::get(r.cfg.uri.clone())
+            .header(
+                http::header::ACCEPT,
+                "application/jwk-set+json, application/json",
+            )
+            .body(Empty::new())
+            .map_err(|_| "request")?;
+        let resp = tokio::time::timeout(r.cfg.timeout, r.client.request(req))
+            .await
+            .map_err(|_| "timeout")?
+            .map_err(|_| "connect")?;
+        if resp.status() != http::StatusCode::OK {
+            return Err("status");
+        }
+        let body = tokio::time::timeout(
+            r.cfg.timeout,
+            Limited::new(resp.into_body(), MAX_JWKS_BYTES).collect(),
+        )
+        .await
+        .map_err(|_| "timeout")?
+        .map_err(|_| "body")?
+        .to_bytes();
+        KeySet::from_json(&body).map_err(|_| "invalid_jwks")
+    }
+
+    /// Fetches now and then every refresh interval until `shutdown`.
+    pub fn spawn_refresh(self: &Arc<Self>, shutdown: CancellationToken) {
+        let Some(r) = &self.remote else { return };
+        let every = r.cfg.refresh;
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                // Retry quickly until the first good set, then on the interval.
+                let ok = me.refresh(Duration::ZERO).await;
+                let wait = if ok {
+                    every
+                } else {
+                    Duration::from_secs(2).min(every)
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,9 @@
+//! Where keys and consent records come from: JWKS (a file or an HTTPS endpoint, refreshed),
+//! RFC 7662 token introspection, and consent records (a file or an HTTPS endpoint). The I/O of
+//! the proxy's checks lives here; the checks themselves are pure (`portcullis-crypto`,
+//! `portcullis-policy`).
+
+pub mod consent;
+pub mod https;
+pub mod introspect;
+pub mod keys;

@@ -1,0 +1,205 @@
+//! `portcullis audit …`: `verify`, `report` and `keygen`.
+//!
+//! Exit codes: 0 when the log verifies (or the report / key was written), 1 when `verify`
+//! finds damage, 2 on a usage or I/O error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use super::chain::{AuditKey, AuditPublicKey};
+use super::{report, verify};
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check the hash chain and the signed checkpoints of audit files, in the order given
+    /// (rotated files oldest first, then the current one: `audit.log.* audit.log`). Names the
+    /// first damaged record and the kind of damage; exits 1 when there is one.
+    Verify {
+        /// The audit public key (SPKI PEM); repeat for logs signed by several keys.
+        #[arg(long = "public-key")]
+        public_key: Vec<PathBuf>,
+        /// Check the chain only, not checkpoint signatures.
+        #[arg(long)]
+        no_signatures: bool,
+        /// `SEQ:HASH` of a checkpoint recorded elsewhere (the proxy logs each one); the log
+        /// must contain it, which detects a truncation back past it.
+        #[arg(long)]
+        anchor: Option<String>,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Summarize audit files per client: routes, scopes granted vs used, refusals by reason,
+    /// first/last seen, certificate expiry; with --config, policy routes never called.
+    Report {
+        /// The proxy config, to list policy routes that were never called.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Write a new Ed25519 audit key: DIR/audit.key (PKCS#8 PEM, mode 0600) and
+    /// DIR/audit.pub (SPKI PEM). Refuses to overwrite an existing key.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Runs one `audit` subcommand; returns the exit code.
+pub fn run(cmd: AuditCommand) -> ExitCode {
+    match cmd {
+        AuditCommand::Verify {
+            public_key,
+            no_signatures,
+            anchor,
+            json,
+            files,
+        } => run_verify(&public_key, no_signatures, anchor.as_deref(), json, &files),
+        AuditCommand::Report {
+            config,
+            json,
+            files,
+        } => run_report(config, json, &files),
+        AuditCommand::Keygen { out } => match keygen(&out) {
+            Ok((key, public)) => {
+                println!(
+                    "wrote {} and {} (key id {})",
+                    out.join("audit.key").display(),
+                    public.display(),
+                    key
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("audit keygen: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn run_verify(
+    public_key: &[PathBuf],
+    no_signatures: bool,
+    anchor: Option<&str>,
+    json: bool,
+    files: &[PathBuf],
+) -> ExitCode {
+    if public_key.is_empty() && !no_signatures {
+        eprintln!(
+            "audit verify: give --public-key PUB (or --no-signatures to check the chain only)"
+        );
+        return ExitCode::from(2);
+    }
+    let mut keys = Vec::new();
+    for p in public_key {
+        match AuditPublicKey::from_file(p) {
+            Ok(k) => keys.push(k),
+            Err(e) => {
+                eprintln!("audit verify: {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let anchor = match anchor.map(verify::parse_anchor) {
+        None => None,
+        Some(Some(a)) => Some(a),
+        Some(None) => {
+            eprintln!(
+                "audit verify: --anchor must be SEQ:HASH (the hash is 43 base64url characters)"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let opts = verify::Options {
+        keys,
+        check_signatures: !no_signatures,
+        anchor,
+    };
+    let outcome = match verify::verify_files(files, &opts) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("audit verify: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string(&outcome).unwrap_or_default());
+    } else {
+        print!("{outcome}");
+    }
+    if outcome.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn run_report(config: Option<PathBuf>, json: bool, files: &[PathBuf]) -> ExitCode {
+    let routes = match config {
+        None => None,
+        Some(path) => match portcullis_proxy::config::Config::load(&path) {
+            Ok(c) => Some(
+                c.policies
+                    .routes()
+                    .iter()
+                    .map(|r| r.id.clone())
+                    .collect::<Vec<_>>(),
+            ),
+            Err(e) => {
+                eprintln!("audit report: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let mut data = Vec::new();
+    for f in files {
+        match std::fs::read(f) {
+            Ok(d) => data.push(d),
+            Err(e) => {
+                eprintln!("audit report: {}: {e}", f.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let logs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+    let r = report::build(&logs, routes.as_deref());
+    if json {
+        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+    } else {
+        print!("{r}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// Writes `audit.key` and `audit.pub` into `dir`; returns the key id and the public key path.
+pub fn keygen(dir: &std::path::Path) -> Result<(String, PathBuf), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let (key, private_pem, public_pem) = AuditKey::generate().map_err(|e| e.to_string())?;
+    let private = dir.join("audit.key");
+    let public = dir.join("audit.pub");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(&private)
+        .map_err(|e| format!("{}: {e}", private.display()))?;
+    use std::io::Write as _;
+    f.write_all(private_pem.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("{}: {e}", private.display()))?;
+    std::fs::write(&public, public_pem).map_err(|e| format!("{}: {e}", public.display()))?;
+    Ok((key.key_id().to_string(), public))
+}
