@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use portcullis::audit::{AuditKey, AuditLog, Record, RequestRecord};
-use portcullis::config::{AuditSettings, AuditSink};
+use portcullis_audit::{AuditKey, AuditLog, Record, RequestRecord};
+use portcullis_proxy::config::{AuditSettings, AuditSink};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -57,7 +57,7 @@ fn enqueue(c: &mut Criterion) {
     let mut g = c.benchmark_group("audit_request_path");
     g.bench_function("encode_one_record", |b| {
         let r = record();
-        b.iter(|| portcullis::audit::encode(black_box(&r)))
+        b.iter(|| portcullis_audit::encode(black_box(&r)))
     });
     let log = AuditLog::start_with_writer(&settings(AuditSink::Stdout), Box::new(std::io::sink()))
         .expect("writer");

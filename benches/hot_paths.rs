@@ -24,7 +24,7 @@ fn path_check(c: &mut Criterion) {
         ),
     ] {
         g.bench_function(name, |b| {
-            b.iter(|| portcullis::path::check_path(black_box(p)))
+            b.iter(|| portcullis_base::path::check_path(black_box(p)))
         });
     }
     g.finish();
@@ -32,9 +32,9 @@ fn path_check(c: &mut Criterion) {
 
 fn route_lookup(c: &mut Criterion) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies");
-    let set = portcullis::policy::load_files(
+    let set = portcullis_policy::load_files(
         &[dir],
-        &portcullis::policy::Known {
+        &portcullis_policy::Known {
             upstreams: vec!["bank"],
             issuers: vec![],
             default_body_limit: 1024,

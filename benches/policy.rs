@@ -6,8 +6,8 @@ use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use portcullis::policy::rules::{evaluate, ConsentRecord, Facts};
-use portcullis::policy::{load_files, Known};
+use portcullis_policy::rules::{evaluate, ConsentRecord, Facts};
+use portcullis_policy::{load_files, Known};
 use serde_json::json;
 
 fn bench(c: &mut Criterion) {

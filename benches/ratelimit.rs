@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use portcullis::clock::{Clock, SystemClock};
-use portcullis::state::ratelimit::{Limiter, QuotaSpec};
-use portcullis::state::redis::{FleetLimiter, RedisReplayStore, RedisState};
-use portcullis::state::replay::ReplayStore;
-use portcullis::state::settings::{OnOutage, RedisSettings};
+use portcullis_base::clock::{Clock, SystemClock};
+use portcullis_state::ratelimit::{Limiter, QuotaSpec};
+use portcullis_state::redis::{FleetLimiter, RedisReplayStore, RedisState};
+use portcullis_state::replay::ReplayStore;
+use portcullis_state::settings::{OnOutage, RedisSettings};
 
 fn spec() -> QuotaSpec {
     // Never runs out within a bench: a billion per second, burst 100 (lease = burst / 10).

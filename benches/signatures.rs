@@ -13,14 +13,14 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::HeaderMap;
-use portcullis::httpsig::digest::{self, content_digest, DigestAlg};
-use portcullis::httpsig::sign::{component, sign, Params};
-use portcullis::httpsig::verify::{select, verify_with, Policy};
-use portcullis::httpsig::{Message, RequestView};
-use portcullis::jose::detached::{self, ob_header, sign_detached, Expect, Profile};
-use portcullis::jose::jws::KeySet;
-use portcullis::jose::keypair::KeyPair;
-use portcullis::jose::Alg;
+use portcullis_crypto::httpsig::digest::{self, content_digest, DigestAlg};
+use portcullis_crypto::httpsig::sign::{component, sign, Params};
+use portcullis_crypto::httpsig::verify::{select, verify_with, Policy};
+use portcullis_crypto::httpsig::{Message, RequestView};
+use portcullis_crypto::jose::detached::{self, ob_header, sign_detached, Expect, Profile};
+use portcullis_crypto::jose::jws::KeySet;
+use portcullis_crypto::jose::keypair::KeyPair;
+use portcullis_crypto::jose::Alg;
 
 const NOW: i64 = 1_800_000_000;
 const ISS: &str = "0015800001041REAAY/tpp-one-software-id";
@@ -171,19 +171,19 @@ struct Bed {
 }
 
 fn bed() -> Bed {
-    portcullis::tls::install_crypto_provider();
+    portcullis_proxy::tls::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    portcullis::pki::devcerts::generate(dir.path()).unwrap();
+    portcullis_tools::devcerts::generate(dir.path()).unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let upstream = rt.block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let a = l.local_addr().unwrap();
-        tokio::spawn(portcullis::mockbank::serve(l, shutdown.clone()));
+        tokio::spawn(portcullis_tools::mockbank::serve(l, shutdown.clone()));
         a
     });
     Bed {
@@ -233,11 +233,11 @@ signatures:
     );
     let path = d.join(format!("{name}.yaml"));
     std::fs::write(&path, config).unwrap();
-    let config = portcullis::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let config = portcullis_proxy::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     b.rt.block_on(async {
-        let audit = portcullis::audit::AuditLog::start(&config.audit).unwrap();
-        let shared = std::sync::Arc::new(portcullis::runtime::Shared::new(config, audit, None));
-        let running = portcullis::server::start(shared).await.unwrap();
+        let audit = portcullis_audit::AuditLog::start(&config.audit).unwrap();
+        let shared = std::sync::Arc::new(portcullis_proxy::runtime::Shared::new(config, audit, None));
+        let running = portcullis_proxy::server::start(shared).await.unwrap();
         let addr = running.addr;
         std::mem::forget(running);
         addr
@@ -268,7 +268,7 @@ fn roundtrip(c: &mut Criterion) {
         &body,
         |m| ps.sign(m),
     );
-    let http_sig = portcullis::signature::cli::http_headers(
+    let http_sig = portcullis_tools::sign::http_headers(
         &es,
         "POST",
         &format!("https://rs.example{PAY}"),
@@ -294,7 +294,7 @@ fn roundtrip(c: &mut Criterion) {
             http_sig,
         ),
     ];
-    let tls = portcullis::client::tls_config(
+    let tls = portcullis_tools::client::tls_config(
         &d.join("ca.pem"),
         Some((&d.join("tpp1.pem"), &d.join("tpp1.key"))),
         false,
@@ -304,7 +304,7 @@ fn roundtrip(c: &mut Criterion) {
     for (name, signature, headers) in cases {
         let addr = proxy(&b, name, &signature);
         let mut conn =
-            b.rt.block_on(portcullis::client::Conn::connect(
+            b.rt.block_on(portcullis_tools::client::Conn::connect(
                 addr,
                 "localhost",
                 tls.clone(),

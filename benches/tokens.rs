@@ -11,13 +11,13 @@ use std::task::{Context, Poll, Waker};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, KeyPair, RsaKeyPair};
 use criterion::{criterion_group, criterion_main, Criterion};
-use portcullis::config::{Issuer, JwksSource};
-use portcullis::jose::dpop::{self, Expect};
-use portcullis::jose::jws::KeySet;
-use portcullis::jose::sign::SigningKey;
-use portcullis::jose::source::KeySource;
-use portcullis::jose::{b64url, Alg};
-use portcullis::pipeline::token::{verify, TokenCache};
+use portcullis_proxy::config::{Issuer, JwksSource};
+use portcullis_crypto::jose::dpop::{self, Expect};
+use portcullis_crypto::jose::jws::KeySet;
+use portcullis_crypto::jose::sign::SigningKey;
+use portcullis_sources::keys::KeySource;
+use portcullis_crypto::jose::{b64url, Alg};
+use portcullis_proxy::pipeline::token::{verify, TokenCache};
 use serde_json::json;
 
 const NOW: i64 = 1_800_000_000;
@@ -105,9 +105,9 @@ fn token_checks(c: &mut Criterion) {
     let mut g = c.benchmark_group("token");
     // The floor: one raw ES256 verify over the same signing input, key pre-parsed.
     let (input, sig) = es_token.rsplit_once('.').unwrap();
-    let sig = portcullis::jose::b64url_decode(sig).unwrap();
+    let sig = portcullis_crypto::jose::b64url_decode(sig).unwrap();
     let jwk = es.public_jwk(false);
-    let vk = portcullis::jose::jwk::from_jwk(jwk.as_object().unwrap()).unwrap();
+    let vk = portcullis_crypto::jose::jwk::from_jwk(jwk.as_object().unwrap()).unwrap();
     g.bench_function("raw_es256_verify", |b| {
         b.iter(|| assert!(vk.verify(black_box(input.as_bytes()), black_box(&sig))))
     });

@@ -13,10 +13,10 @@ mod support {
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use portcullis::jose::detached::{ob_header, sign_detached, signing_input, Profile, OB_IAT};
-use portcullis::jose::keypair::KeyPair;
-use portcullis::jose::sign::SigningKey;
-use portcullis::jose::{b64url, Alg};
+use portcullis_crypto::jose::detached::{ob_header, sign_detached, signing_input, Profile, OB_IAT};
+use portcullis_crypto::jose::keypair::KeyPair;
+use portcullis_crypto::jose::sign::SigningKey;
+use portcullis_crypto::jose::{b64url, Alg};
 use serde_json::{json, Map, Value};
 use support::attack::*;
 
@@ -249,15 +249,15 @@ fn group_a(lab: &Lab, c: &Canary) -> Vec<Case> {
     let jwks = lab.key.jwks().to_string();
     let point = {
         let j = lab.key.public_jwk(false);
-        let x = portcullis::jose::b64url_decode(j["x"].as_str().unwrap()).unwrap();
-        let y = portcullis::jose::b64url_decode(j["y"].as_str().unwrap()).unwrap();
+        let x = portcullis_crypto::jose::b64url_decode(j["x"].as_str().unwrap()).unwrap();
+        let y = portcullis_crypto::jose::b64url_decode(j["y"].as_str().unwrap()).unwrap();
         [&[4u8][..], &x, &y].concat()
     };
     let hs = |key: &[u8]| {
         let input = input_with("HS256");
         format!("{input}.{}", b64url(&hmac(key, &input)))
     };
-    let es_sig = portcullis::jose::b64url_decode(good_sig).unwrap();
+    let es_sig = portcullis_crypto::jose::b64url_decode(good_sig).unwrap();
     // A25: the same signature as DER.
     let der = {
         let int = |b: &[u8]| {
@@ -272,7 +272,7 @@ fn group_a(lab: &Lab, c: &Canary) -> Vec<Case> {
         let body = [int(&es_sig[..32]), int(&es_sig[32..])].concat();
         [&[0x30u8, body.len() as u8][..], &body].concat()
     };
-    let n = portcullis::jose::b64url_decode("_____wAAAAD__________7zm-q2nF56E87nKwvxjJVE").unwrap();
+    let n = portcullis_crypto::jose::b64url_decode("_____wAAAAD__________7zm-q2nF56E87nKwvxjJVE").unwrap();
     let with_sig = |sig: &[u8]| format!("{good_head}.{payload}.{}", b64url(sig));
     let other_issuer = SigningKey::generate(Alg::ES256, "as-1").unwrap();
     vec![
@@ -891,11 +891,11 @@ fn group_b(k: &Keys) -> Vec<Case> {
         case("B03", "no b64 header, raw payload signed", obie(P314, Some(mismatched(false, Profile::Obie314)), PAYMENT), invalid),
         case("B04", "b64 false without b64 in crit", obie(P313, Some({
             let mut h = hdr(Profile::Obie313);
-            h.insert("crit".into(), json!([OB_IAT, portcullis::jose::detached::OB_ISS, portcullis::jose::detached::OB_TAN]));
+            h.insert("crit".into(), json!([OB_IAT, portcullis_crypto::jose::detached::OB_ISS, portcullis_crypto::jose::detached::OB_TAN]));
             sign(&h, PAYMENT)
         }), PAYMENT), claim("signature.jws_b64")),
         case("B05", "crit missing", obie(P314, Some(edited(&|h| { h.remove("crit"); })), PAYMENT), missing("signature.jws_crit_missing")),
-        case("B05", "crit lacks tan", obie(P314, Some(edited(&|h| { h.insert("crit".into(), json!([OB_IAT, portcullis::jose::detached::OB_ISS])); })), PAYMENT), claim("signature.jws_crit")),
+        case("B05", "crit lacks tan", obie(P314, Some(edited(&|h| { h.insert("crit".into(), json!([OB_IAT, portcullis_crypto::jose::detached::OB_ISS])); })), PAYMENT), claim("signature.jws_crit")),
         case("B05", "crit names an unknown claim", obie(P314, Some(edited(&|h| {
             let mut c = h["crit"].as_array().unwrap().clone();
             c.push(json!("urn:x"));
@@ -905,10 +905,10 @@ fn group_b(k: &Keys) -> Vec<Case> {
         case("B06", "iat in the future", obie(P314, Some(edited(&|h| { h.insert(OB_IAT.into(), json!(NOW + 120)); })), PAYMENT), claim("signature.jws_iat")),
         case("B06", "iat stale", obie(P314, Some(edited(&|h| { h.insert(OB_IAT.into(), json!(NOW - 301)); })), PAYMENT), claim("signature.jws_iat")),
         case("B06", "iat as a string", obie(P314, Some(edited(&|h| { h.insert(OB_IAT.into(), json!(NOW.to_string())); })), PAYMENT), claim("signature.jws_iat")),
-        case("B07", "iss of another TPP", obie(P314, Some(edited(&|h| { h.insert(portcullis::jose::detached::OB_ISS.into(), json!("PSDGB-FCA-654321/tpp-two-software-id")); })), PAYMENT), claim("signature.jws_iss")),
+        case("B07", "iss of another TPP", obie(P314, Some(edited(&|h| { h.insert(portcullis_crypto::jose::detached::OB_ISS.into(), json!("PSDGB-FCA-654321/tpp-two-software-id")); })), PAYMENT), claim("signature.jws_iss")),
         case("B07", "tpp2's own valid signature over tpp1's connection", obie(P314, Some(sign_detached(&ob_header(Profile::Obie314, Alg::PS256, "tpp2-ps", NOW - 5, "PSDGB-FCA-654321/tpp-two-software-id", TAN), PAYMENT, |m| k.other.sign(m))), PAYMENT), claim("signature.jws_iss")),
         case("B07", "tpp2's key with tpp1's iss", obie(P314, Some(sign_detached(&ob_header(Profile::Obie314, Alg::PS256, "tpp2-ps", NOW - 5, TPP1_ISS, TAN), PAYMENT, |m| k.other.sign(m))), PAYMENT), claim("signature.jws_unknown_key")),
-        case("B08", "unknown trust anchor", obie(P314, Some(edited(&|h| { h.insert(portcullis::jose::detached::OB_TAN.into(), json!("evil.example")); })), PAYMENT), claim("signature.jws_tan")),
+        case("B08", "unknown trust anchor", obie(P314, Some(edited(&|h| { h.insert(portcullis_crypto::jose::detached::OB_TAN.into(), json!("evil.example")); })), PAYMENT), claim("signature.jws_tan")),
         case("B09", "unknown kid", obie(P314, Some(edited(&|h| { h.insert("kid".into(), json!("nope")); })), PAYMENT), claim("signature.jws_unknown_key")),
         case("B09", "traversal kid", obie(P314, Some(edited(&|h| { h.insert("kid".into(), json!("../../PSDGB-FCA-654321")); })), PAYMENT), claim("signature.jws_unknown_key")),
         case("B09", "jku in the header", obie(P314, Some(edited(&|h| { h.insert("jku".into(), json!("https://127.0.0.1/jwks")); })), PAYMENT), claim("signature.jws_header")),
@@ -929,11 +929,11 @@ fn group_b(k: &Keys) -> Vec<Case> {
     v
 }
 
-use portcullis::httpsig::digest::{content_digest, DigestAlg};
-use portcullis::httpsig::sign::{component, sign as http_sign, Params};
-use portcullis::httpsig::{Message, RequestView};
+use portcullis_crypto::httpsig::digest::{content_digest, DigestAlg};
+use portcullis_crypto::httpsig::sign::{component, sign as http_sign, Params};
+use portcullis_crypto::httpsig::{Message, RequestView};
 
-type Item = portcullis::httpsig::sign::ComponentItem;
+type Item = portcullis_crypto::httpsig::sign::ComponentItem;
 
 fn comps(names: &[&str]) -> Vec<Item> {
     names
@@ -1156,7 +1156,7 @@ fn group_d(lab: &Lab) -> Vec<Case> {
     let dpop = |p: String| auth(Req::get("/accounts")).header("dpop", p);
     let jti = || uuid::Uuid::new_v4().to_string();
     let p = |method: &str, url: &str| client.dpop_proof(method, url, Some(&t), NOW, &jti(), None);
-    let ath = portcullis::jose::sha256_b64url(t.as_bytes());
+    let ath = portcullis_crypto::jose::sha256_b64url(t.as_bytes());
     let base_claims = |extra: Value| {
         let mut c = json!({"jti": jti(), "htm": "GET", "htu": format!("{BASE}/accounts"), "iat": NOW, "ath": ath});
         for (k, v) in extra.as_object().unwrap() {
@@ -1470,7 +1470,7 @@ fn group_d(lab: &Lab) -> Vec<Case> {
                 &client,
                 hdr(json!({})),
                 base_claims(
-                    json!({"ath": portcullis::jose::sha256_b64url(format!("DPoP {t}").as_bytes())}),
+                    json!({"ath": portcullis_crypto::jose::sha256_b64url(format!("DPoP {t}").as_bytes())}),
                 ),
             )),
             d401("binding.dpop_ath"),
@@ -1562,7 +1562,7 @@ fn group_d(lab: &Lab) -> Vec<Case> {
 fn group_e(lab: &Lab) -> Vec<Case> {
     let t = lab.token(json!({"jti": "e-token"}));
     let right = thumb("tpp1");
-    let raw = portcullis::jose::b64url_decode(&right).unwrap();
+    let raw = portcullis_crypto::jose::b64url_decode(&right).unwrap();
     let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
     let std_b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &raw);
     let variant = |v: String| lab.token(json!({"cnf": {"x5t#S256": v}}));
@@ -1797,7 +1797,7 @@ async fn unusable_issuer_keys_are_never_used() {
     e1["e"] = json!("AQ");
     let mut rsa1024 = rsa.public_jwk();
     rsa1024["kid"] = json!("rsa-1024");
-    let n = portcullis::jose::b64url_decode(rsa1024["n"].as_str().unwrap()).unwrap();
+    let n = portcullis_crypto::jose::b64url_decode(rsa1024["n"].as_str().unwrap()).unwrap();
     rsa1024["n"] = json!(b64url(&n[..128]));
     let mut private_jwk = with(&private, json!({}));
     private_jwk["d"] = json!(b64url(&[9u8; 32]));
@@ -1906,7 +1906,7 @@ async fn unusable_issuer_keys_are_never_used() {
         common::config_text(&opts, common::certs()),
     )
     .unwrap();
-    let err = portcullis::config::Config::load(&dup.path().join("c.yaml"))
+    let err = portcullis_proxy::config::Config::load(&dup.path().join("c.yaml"))
         .err()
         .expect("a duplicate kid must be refused")
         .to_string();

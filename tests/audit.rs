@@ -14,10 +14,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
-use portcullis::audit::verify;
-use portcullis::audit::{AuditLog, AuditPublicKey};
-use portcullis::config::Config;
-use portcullis::runtime::Shared;
+use portcullis_audit::verify;
+use portcullis_audit::{AuditLog, AuditPublicKey};
+use portcullis_proxy::config::Config;
+use portcullis_proxy::runtime::Shared;
 
 const WAIT: Duration = Duration::from_secs(10);
 const ACCOUNTS: &str = "/open-banking/v3.1/aisp/accounts";
@@ -114,7 +114,7 @@ async fn start_audited(
     }
     .unwrap();
     let shared = Arc::new(Shared::new(config, log, Some(path)));
-    let running = portcullis::server::start(Arc::clone(&shared))
+    let running = portcullis_proxy::server::start(Arc::clone(&shared))
         .await
         .unwrap();
     Proxy {
@@ -140,7 +140,7 @@ fn public_key() -> AuditPublicKey {
 /// Rotated files oldest first, then the current file.
 fn log_files(p: &Proxy) -> Vec<PathBuf> {
     let current = p.dir.path().join("audit.log");
-    let mut files = portcullis::audit::rotated_files(&current);
+    let mut files = portcullis_audit::rotated_files(&current);
     files.push(current);
     files
 }
@@ -563,7 +563,7 @@ async fn verify_passes_a_rotated_proxy_log_and_names_each_kind_of_tampering() {
                     .unwrap();
                 let l = &c[0][i];
                 // Re-hash a changed checkpoint so that only its signature can tell.
-                let (prefix, _) = portcullis::audit::split_hash(l.as_bytes()).unwrap();
+                let (prefix, _) = portcullis_audit::split_hash(l.as_bytes()).unwrap();
                 let mut canonical = String::from_utf8(prefix.to_vec()).unwrap();
                 canonical = canonical.replace("\"dropped_total\":0", "\"dropped_total\":9");
                 canonical.push('}');
@@ -980,7 +980,7 @@ async fn the_trace_context_reaches_the_upstream_and_the_record() {
         .await;
     let seen = &up.seen()[1];
     let sent = seen.headers["traceparent"].to_str().unwrap().to_string();
-    assert!(portcullis::telemetry::parse_traceparent(sent.as_bytes()).is_some());
+    assert!(portcullis_proxy::telemetry::parse_traceparent(sent.as_bytes()).is_some());
     assert!(!seen.headers.contains_key("tracestate"));
     let rec = p.audit_of(&id).await;
     assert_eq!(rec["trace_id"].as_str().unwrap(), &sent[3..35]);
@@ -1003,7 +1003,7 @@ async fn metrics_show_decisions_upstream_latency_audit_and_certificate_expiry() 
     let (_, m) = p.admin_get("/metrics").await;
     let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join("tpp1.pem"));
     use rustls_pki_types::pem::PemObject;
-    let thumbprint = portcullis::pki::thumbprint_s256(der.unwrap().as_ref());
+    let thumbprint = portcullis_crypto::pki::thumbprint_s256(der.unwrap().as_ref());
     for want in [
         "portcullis_requests_by_decision_total{decision=\"allow\"} 1".to_string(),
         "portcullis_requests_by_decision_total{decision=\"deny\"} 1".to_string(),

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use base64::Engine as _;
 
-use portcullis::config::Config;
+use portcullis_proxy::config::Config;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -18,7 +18,7 @@ fn repo() -> PathBuf {
 /// out as the files expect (`../certs`, `../policies`).
 fn staged() -> tempfile::TempDir {
     let d = staged_without_certs();
-    portcullis::pki::devcerts::generate(&d.path().join("certs")).unwrap();
+    portcullis_tools::devcerts::generate(&d.path().join("certs")).unwrap();
     d
 }
 
@@ -53,7 +53,7 @@ fn config_files() -> Vec<PathBuf> {
 
 #[test]
 fn every_shipped_config_and_policy_file_loads() {
-    portcullis::tls::install_crypto_provider();
+    portcullis_proxy::tls::install_crypto_provider();
     let d = staged();
     let files = config_files();
     assert!(files.len() >= 3, "{files:?}");
@@ -63,9 +63,9 @@ fn every_shipped_config_and_policy_file_loads() {
         assert!(!c.policies.routes().is_empty());
     }
     for dir in ["policies", "policies/sidecar"] {
-        let set = portcullis::policy::load_files(
+        let set = portcullis_policy::load_files(
             &[repo().join(dir)],
-            &portcullis::policy::Known::standalone(),
+            &portcullis_policy::Known::standalone(),
         )
         .unwrap_or_else(|e| panic!("{dir}: {e}"));
         assert!(!set.routes().is_empty());
@@ -80,7 +80,7 @@ fn load_err(dir: &Path, yaml: &str) -> String {
 
 #[test]
 fn bad_config_is_refused_naming_the_file_the_field_and_the_reason() {
-    portcullis::tls::install_crypto_provider();
+    portcullis_proxy::tls::install_crypto_provider();
     let d = staged();
     let cfg = d.path().join("config");
     let good = std::fs::read_to_string(cfg.join("demo.yaml")).unwrap();
@@ -253,7 +253,7 @@ fn the_demo_runs_its_examples_with_the_promised_outcomes() {
 #[test]
 fn the_readme_lists_every_reason_code_with_its_status() {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    for (status, reason, _) in portcullis::rejection::all_reasons() {
+    for (status, reason, _) in portcullis_proxy::rejection::all_reasons() {
         let row = format!("| `{reason}` | {status} |");
         assert!(readme.contains(&row), "README lacks the row `{row}`");
     }
@@ -261,7 +261,7 @@ fn the_readme_lists_every_reason_code_with_its_status() {
 
 #[test]
 fn the_kubernetes_sidecar_manifest_points_at_files_and_ports_that_exist() {
-    portcullis::tls::install_crypto_provider();
+    portcullis_proxy::tls::install_crypto_provider();
     let text = std::fs::read_to_string(repo().join("config/k8s-sidecar.yaml")).unwrap();
     let docs: Vec<serde_json::Value> = text
         .split("\n---")
@@ -283,7 +283,7 @@ fn the_kubernetes_sidecar_manifest_points_at_files_and_ports_that_exist() {
 
     // The embedded config loads once its mount paths point at dev certificates.
     let d = tempfile::tempdir().unwrap();
-    portcullis::pki::devcerts::generate(&d.path().join("certs")).unwrap();
+    portcullis_tools::devcerts::generate(&d.path().join("certs")).unwrap();
     std::fs::write(
         d.path().join("policies.yaml"),
         cm["policies.yaml"].as_str().unwrap(),
@@ -413,7 +413,7 @@ fn after_dev_certs_every_shipped_config_passes_check() {
         "{}",
         String::from_utf8_lossy(&gen.stderr)
     );
-    for f in portcullis::pki::devcerts::FILES {
+    for f in portcullis_tools::devcerts::FILES {
         assert!(
             d.path().join("certs").join(f).is_file(),
             "certs/{f} not written"
@@ -535,7 +535,7 @@ fn v1_crl_signed_by_the_dev_ca(certs: &Path) -> String {
 
 #[test]
 fn a_crl_rustls_cannot_use_is_refused_naming_the_file_the_field_and_the_reason() {
-    portcullis::tls::install_crypto_provider();
+    portcullis_proxy::tls::install_crypto_provider();
     let d = staged();
     let certs = d.path().join("certs");
     std::fs::write(certs.join("v1.crl"), v1_crl_signed_by_the_dev_ca(&certs)).unwrap();

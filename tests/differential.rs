@@ -38,9 +38,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use portcullis::clock::{Clock, ManualClock};
-use portcullis::jose::sign::SigningKey;
-use portcullis::jose::Alg;
+use portcullis_base::clock::{Clock, ManualClock};
+use portcullis_crypto::jose::sign::SigningKey;
+use portcullis_crypto::jose::Alg;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
-use portcullis::audit::AuditLog;
-use portcullis::config::Config;
-use portcullis::runtime::Shared;
+use portcullis_audit::AuditLog;
+use portcullis_proxy::config::Config;
+use portcullis_proxy::runtime::Shared;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn empty() -> Full<Bytes> {
@@ -37,9 +37,9 @@ async fn start_edited(o: Options, edit: impl FnOnce(String) -> String) -> Proxy 
     let clock = o
         .clock
         .clone()
-        .unwrap_or_else(|| Arc::new(portcullis::clock::SystemClock));
+        .unwrap_or_else(|| Arc::new(portcullis_base::clock::SystemClock));
     let shared = Arc::new(Shared::with_clock(config, audit, Some(path), clock));
-    let running = portcullis::server::start(Arc::clone(&shared))
+    let running = portcullis_proxy::server::start(Arc::clone(&shared))
         .await
         .unwrap();
     Proxy {
@@ -237,7 +237,7 @@ async fn get_as(
     p: &Proxy,
     path: &str,
     h2: bool,
-) -> (Result<portcullis::client::Answer, String>, String) {
+) -> (Result<portcullis_tools::client::Answer, String>, String) {
     let id = uuid::Uuid::new_v4().to_string();
     let uri = if h2 {
         format!("https://localhost{path}")
@@ -261,7 +261,7 @@ async fn get_as(
 /// record with decision `error` (upstream) or `deny`, and the metric by reason.
 async fn assert_failed(
     p: &Proxy,
-    a: &portcullis::client::Answer,
+    a: &portcullis_tools::client::Answer,
     id: &str,
     status: u16,
     reason: &str,
@@ -373,8 +373,8 @@ async fn an_upstream_reset_mid_body_truncates_the_response_the_client_sees() {
     assert_eq!(get_as(&p, ACCOUNTS, true).await.0.unwrap().status, 200);
 }
 
-use portcullis::jose::sign::SigningKey;
-use portcullis::jose::Alg;
+use portcullis_crypto::jose::sign::SigningKey;
+use portcullis_crypto::jose::Alg;
 
 const ISS: &str = "https://as.example";
 const AUD: &str = "https://rs.example";
@@ -383,12 +383,12 @@ fn thumb(name: &str) -> String {
     use rustls_pki_types::pem::PemObject;
     let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join(format!("{name}.pem")))
         .unwrap();
-    portcullis::pki::thumbprint_s256(der.as_ref())
+    portcullis_crypto::pki::thumbprint_s256(der.as_ref())
 }
 
 fn now() -> i64 {
-    use portcullis::clock::Clock;
-    portcullis::clock::SystemClock.now()
+    use portcullis_base::clock::Clock;
+    portcullis_base::clock::SystemClock.now()
 }
 
 /// A certificate-bound token for tpp1 from `key`, with `extra` claims.
@@ -405,7 +405,7 @@ async fn with_token(
     p: &Proxy,
     path: &str,
     token: &str,
-) -> (portcullis::client::Answer, String, Duration) {
+) -> (portcullis_tools::client::Answer, String, Duration) {
     let t = Instant::now();
     let (a, id) = p
         .send(
@@ -649,9 +649,9 @@ fn records(file: &std::path::Path) -> Vec<serde_json::Value> {
 
 fn chain_verifies(file: &std::path::Path) {
     let bytes = std::fs::read(file).unwrap();
-    let o = portcullis::audit::verify::verify_bytes(
+    let o = portcullis_audit::verify::verify_bytes(
         &[(file, &bytes)],
-        &portcullis::audit::verify::Options::default(),
+        &portcullis_audit::verify::Options::default(),
     );
     assert!(o.ok(), "{o}");
 }
@@ -854,7 +854,7 @@ async fn a_bad_config_on_reload_keeps_the_old_one_serving_and_is_counted() {
     // Through the watcher.
     std::fs::write(&config, &good_config).unwrap();
     std::fs::write(&policy, &good_policy).unwrap();
-    portcullis::reload::watch(p.shared.clone(), tokio_util::sync::CancellationToken::new())
+    portcullis_proxy::reload::watch(p.shared.clone(), tokio_util::sync::CancellationToken::new())
         .unwrap();
     let tmp = p.dir.path().join("policies/.tmp");
     std::fs::write(
@@ -930,9 +930,9 @@ fn short_lived_client(stem: &str, not_after: time::OffsetDateTime) {
 }
 
 async fn get_on(
-    c: &mut portcullis::client::Conn,
+    c: &mut portcullis_tools::client::Conn,
     h2: bool,
-) -> (portcullis::client::Answer, String) {
+) -> (portcullis_tools::client::Answer, String) {
     let id = uuid::Uuid::new_v4().to_string();
     let uri = if h2 {
         format!("https://localhost{ACCOUNTS}")
@@ -994,7 +994,7 @@ async fn a_client_certificate_expiring_mid_connection_is_refused_from_then_on() 
 /// notAfter: the check reads the clock every request, not the handshake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_expiry_check_reads_the_proxys_clock_on_every_request() {
-    use portcullis::clock::{Clock, ManualClock};
+    use portcullis_base::clock::{Clock, ManualClock};
     let clock = Arc::new(ManualClock::new(now()));
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);

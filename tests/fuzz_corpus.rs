@@ -1,11 +1,11 @@
 //! Corpus replay: every file of `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/` goes
 //! through the same entry function as the cargo-fuzz target of that name
-//! (`portcullis::fuzzing`), under stable Rust, as part of the ordinary test suite. A crash the
+//! (`portcullis_fuzzing`), under stable Rust, as part of the ordinary test suite. A crash the
 //! fuzzer found stays fixed because its input stays in `fuzz/regressions/`.
 
 use std::path::{Path, PathBuf};
 
-use portcullis::fuzzing::TARGETS;
+use portcullis_fuzzing::TARGETS;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -56,7 +56,7 @@ fn every_seed_and_regression_input_replays_through_its_target() {
 #[ignore = "writes fuzz/corpus; run by hand"]
 fn write_seeds() {
     let vectors = repo().join("tests/vectors");
-    let n = portcullis::fuzzing::seeds::write_all(&repo(), &vectors, &repo().join("fuzz/corpus"))
+    let n = portcullis_fuzzing::seeds::write_all(&repo(), &vectors, &repo().join("fuzz/corpus"))
         .expect("write the seeds");
     println!("wrote {n} seed files");
 }
@@ -69,7 +69,7 @@ fn the_head_seeds_reach_both_sides_of_the_head_checks() {
     let dir = repo().join("fuzz/corpus/head");
     let outcome = |name: &str| {
         let data = std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-        portcullis::fuzzing::head_accepted(&data).unwrap_or_else(|| panic!("{name} is no head"))
+        portcullis_fuzzing::head_accepted(&data).unwrap_or_else(|| panic!("{name} is no head"))
     };
     for good in [
         "head-good-h11",

@@ -18,10 +18,10 @@ use httpsig_hyper::prelude::{AlgorithmName, HttpSignatureParams, PublicKey, Secr
 use httpsig_hyper::{
     ContentDigestType, MessageSignatureReq, MessageSignatureRes, RequestContentDigest,
 };
-use portcullis::clock::{Clock, ManualClock};
-use portcullis::jose::keypair::KeyPair;
-use portcullis::jose::sign::SigningKey;
-use portcullis::jose::{b64url_decode, Alg};
+use portcullis_base::clock::{Clock, ManualClock};
+use portcullis_crypto::jose::keypair::KeyPair;
+use portcullis_crypto::jose::sign::SigningKey;
+use portcullis_crypto::jose::{b64url_decode, Alg};
 use rustls_pki_types::pem::PemObject;
 use serde_json::json;
 
@@ -61,7 +61,7 @@ async fn env() -> Env {
     let token = as_key.access_token(&json!({
         "iss": "https://as.example", "aud": "https://rs.example", "exp": NOW + 3600,
         "iat": NOW, "client_id": "tpp-one", "jti": "t-1",
-        "cnf": {"x5t#S256": portcullis::pki::thumbprint_s256(der.as_ref())},
+        "cnf": {"x5t#S256": portcullis_crypto::pki::thumbprint_s256(der.as_ref())},
     }));
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
@@ -217,7 +217,7 @@ async fn requests_signed_by_our_signer_verify_with_httpsig() {
             "authorization",
             format!("Bearer {}", e.token).parse().unwrap(),
         );
-        let lines = portcullis::signature::cli::http_headers(
+        let lines = portcullis_tools::sign::http_headers(
             key,
             "POST",
             URL,

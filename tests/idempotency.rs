@@ -67,7 +67,7 @@ async fn assert_idem_refused(
     p: &Proxy,
     up: &Upstream,
     before: usize,
-    a: &portcullis::client::Answer,
+    a: &portcullis_tools::client::Answer,
     id: &str,
     (status, reason, outcome): (u16, &str, Option<&str>),
 ) {
@@ -316,7 +316,7 @@ async fn keys_are_scoped_to_the_authenticated_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn j07_a_key_is_new_again_after_its_ttl() {
-    let clock = Arc::new(portcullis::clock::ManualClock::new(1_700_000_000));
+    let clock = Arc::new(portcullis_base::clock::ManualClock::new(1_700_000_000));
     let up = Upstream::start(Behaviour::Created).await;
     let mut o = Options::new(up.addr);
     o.policy = POLICY.to_string();
@@ -440,7 +440,7 @@ async fn bad_idempotency_config_is_refused_with_the_field() {
     std::fs::write(dir.path().join("policies/test.yaml"), &o.policy).unwrap();
     let path = dir.path().join("portcullis.yaml");
     std::fs::write(&path, config_text(&o, certs())).unwrap();
-    let err = portcullis::config::Config::load(&path)
+    let err = portcullis_proxy::config::Config::load(&path)
         .err()
         .expect("refused")
         .to_string();
@@ -454,7 +454,7 @@ async fn bad_idempotency_config_is_refused_with_the_field() {
     };
     std::fs::write(dir.path().join("policies/test.yaml"), POLICY).unwrap();
     std::fs::write(&path, config_text(&o, certs())).unwrap();
-    let err = portcullis::config::Config::load(&path)
+    let err = portcullis_proxy::config::Config::load(&path)
         .err()
         .expect("refused")
         .to_string();

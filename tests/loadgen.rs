@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use portcullis::jose::keypair::KeyPair;
-use portcullis::jose::Alg;
+use portcullis_crypto::jose::keypair::KeyPair;
+use portcullis_crypto::jose::Alg;
 use serde_json::{json, Value};
 
 const ISS: &str = "https://as.example";

@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
-use portcullis::jose::sign::SigningKey;
-use portcullis::jose::Alg;
+use portcullis_crypto::jose::sign::SigningKey;
+use portcullis_crypto::jose::Alg;
 use serde_json::Value;
 use support::apps;
 
@@ -189,7 +189,7 @@ impl Env {
         &self,
         path: &str,
         headers: &[(&str, String)],
-    ) -> (portcullis::client::Answer, String) {
+    ) -> (portcullis_tools::client::Answer, String) {
         let id = uuid::Uuid::new_v4().to_string();
         let mut r = req("GET", path).header("x-fapi-interaction-id", &id);
         for (k, v) in headers {
@@ -252,7 +252,7 @@ fn thumb(name: &str) -> String {
     use rustls_pki_types::pem::PemObject;
     let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join(format!("{name}.pem")))
         .unwrap();
-    portcullis::pki::thumbprint_s256(der.as_ref())
+    portcullis_crypto::pki::thumbprint_s256(der.as_ref())
 }
 
 fn now() -> i64 {

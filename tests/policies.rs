@@ -9,9 +9,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
-use portcullis::clock::{Clock, ManualClock};
-use portcullis::jose::sign::SigningKey;
-use portcullis::jose::Alg;
+use portcullis_base::clock::{Clock, ManualClock};
+use portcullis_crypto::jose::sign::SigningKey;
+use portcullis_crypto::jose::Alg;
 use rustls_pki_types::pem::PemObject;
 use serde_json::json;
 
@@ -88,7 +88,7 @@ async fn env(consent_yaml: &str) -> Env {
     let token = key.access_token(&json!({
         "iss": "https://as", "aud": "https://rs", "exp": NOW + 300, "scope": "accounts",
         "openbanking_intent_id": "aac-1", "accounts": ["acc-1"],
-        "cnf": {"x5t#S256": portcullis::pki::thumbprint_s256(der.as_ref())},
+        "cnf": {"x5t#S256": portcullis_crypto::pki::thumbprint_s256(der.as_ref())},
     }));
     Env {
         p,
@@ -99,7 +99,7 @@ async fn env(consent_yaml: &str) -> Env {
 }
 
 impl Env {
-    async fn get(&self, path: &str) -> (portcullis::client::Answer, String) {
+    async fn get(&self, path: &str) -> (portcullis_tools::client::Answer, String) {
         self.p
             .send(
                 req("GET", path)
@@ -136,7 +136,7 @@ async fn an_account_outside_the_consent_is_403_with_the_rule_in_the_audit_record
 
 async fn assert_refused_after(
     e: &Env,
-    a: &portcullis::client::Answer,
+    a: &portcullis_tools::client::Answer,
     id: &str,
     status: u16,
     reason: &str,

@@ -79,7 +79,7 @@ async fn an_mtls_request_reaches_the_upstream_with_only_vouched_identity_headers
     assert_eq!(rec["client_org_id"], "PSDGB-FCA-123456");
     assert_eq!(
         rec["client_cert_thumbprint"],
-        portcullis::pki::thumbprint_s256(der.as_ref())
+        portcullis_crypto::pki::thumbprint_s256(der.as_ref())
     );
     assert_eq!(rec["path"], "/open-banking/v3.1/aisp/accounts/acc-1");
     assert_eq!(rec["has_query"], true);
@@ -691,7 +691,7 @@ async fn a_valid_reload_applies_and_an_invalid_one_keeps_the_old_config() {
 async fn a_changed_file_is_reloaded_by_the_watcher() {
     let up = Upstream::start(Behaviour::Ok).await;
     let p = Proxy::start(Options::new(up.addr)).await;
-    portcullis::reload::watch(p.shared.clone(), tokio_util::sync::CancellationToken::new())
+    portcullis_proxy::reload::watch(p.shared.clone(), tokio_util::sync::CancellationToken::new())
         .unwrap();
     let policy = p.dir.path().join("policies/test.yaml");
     let text = std::fs::read_to_string(&policy).unwrap()
@@ -1013,7 +1013,7 @@ async fn an_https_upstream_is_reached_over_pinned_tls_with_the_proxy_client_cert
             rustls_pki_types::CertificateDer::from_pem_file(certs().join("tpp2.pem")).unwrap();
         assert_eq!(
             seen[0].headers["x-test-peer-cert"],
-            portcullis::pki::thumbprint_s256(tpp2.as_ref()).as_str()
+            portcullis_crypto::pki::thumbprint_s256(tpp2.as_ref()).as_str()
         );
     }
 }

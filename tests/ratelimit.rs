@@ -7,8 +7,8 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
-use portcullis::jose::sign::SigningKey;
-use portcullis::jose::Alg;
+use portcullis_crypto::jose::sign::SigningKey;
+use portcullis_crypto::jose::Alg;
 use serde_json::json;
 
 const POLICY: &str = r#"
@@ -250,7 +250,7 @@ fn a_route_naming_an_unknown_class_or_a_bad_quota_is_refused_at_load() {
     std::fs::write(dir.path().join("policies/t.yaml"), &o.policy).unwrap();
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, config_text(&o, certs())).unwrap();
-    let e = portcullis::config::Config::load(&path)
+    let e = portcullis_proxy::config::Config::load(&path)
         .err()
         .expect("refused")
         .to_string();

@@ -13,14 +13,14 @@ use bytes::Bytes;
 use common::redis::RedisServer;
 use common::*;
 use http_body_util::Full;
-use portcullis::client::Answer;
-use portcullis::clock::{Clock, ManualClock};
-use portcullis::httpsig::digest::{content_digest, DigestAlg};
-use portcullis::httpsig::sign::{component, sign, Params};
-use portcullis::httpsig::{Message, RequestView};
-use portcullis::jose::keypair::KeyPair;
-use portcullis::jose::sign::SigningKey;
-use portcullis::jose::Alg;
+use portcullis_tools::client::Answer;
+use portcullis_base::clock::{Clock, ManualClock};
+use portcullis_crypto::httpsig::digest::{content_digest, DigestAlg};
+use portcullis_crypto::httpsig::sign::{component, sign, Params};
+use portcullis_crypto::httpsig::{Message, RequestView};
+use portcullis_crypto::jose::keypair::KeyPair;
+use portcullis_crypto::jose::sign::SigningKey;
+use portcullis_crypto::jose::Alg;
 use rustls_pki_types::pem::PemObject;
 use serde_json::json;
 
@@ -58,7 +58,7 @@ routes:
 fn thumb(name: &str) -> String {
     let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join(format!("{name}.pem")))
         .unwrap();
-    portcullis::pki::thumbprint_s256(der.as_ref())
+    portcullis_crypto::pki::thumbprint_s256(der.as_ref())
 }
 
 struct Instance {
@@ -696,13 +696,13 @@ async fn j02_an_idempotent_payment_is_replayed_across_instances() {
 /// and the lease bound with concurrent checks from two "instances".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stores_answer_like_the_memory_stores() {
-    use portcullis::state::idempotency::{Begin, IdempotencyStore, StoredResponse};
-    use portcullis::state::ratelimit::QuotaSpec;
-    use portcullis::state::redis::{
+    use portcullis_state::idempotency::{Begin, IdempotencyStore, StoredResponse};
+    use portcullis_state::ratelimit::QuotaSpec;
+    use portcullis_state::redis::{
         FleetLimiter, RedisIdempotencyStore, RedisReplayStore, RedisState,
     };
-    use portcullis::state::replay::{ReplayError, ReplayStore};
-    use portcullis::state::settings::{OnOutage, RedisSettings};
+    use portcullis_state::replay::{ReplayError, ReplayStore};
+    use portcullis_state::settings::{OnOutage, RedisSettings};
 
     let mut redis = RedisServer::start();
     let settings = RedisSettings {
@@ -886,9 +886,9 @@ async fn redis_stores_answer_like_the_memory_stores() {
 /// outage, not an admission.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_password_is_used_and_never_shown() {
-    use portcullis::state::redis::{RedisReplayStore, RedisState};
-    use portcullis::state::replay::{ReplayError, ReplayStore};
-    use portcullis::state::settings::{OnOutage, RedisSettings, Secret};
+    use portcullis_state::redis::{RedisReplayStore, RedisState};
+    use portcullis_state::replay::{ReplayError, ReplayStore};
+    use portcullis_state::settings::{OnOutage, RedisSettings, Secret};
 
     let redis = RedisServer::start_with(&["--requirepass", "s3cret-pw"]);
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(NOW));

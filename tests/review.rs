@@ -567,7 +567,7 @@ async fn rx_the_audit_record_names_the_scopes_a_request_used() {
     // The report counts every scope these requests needed as used (it listed them all as
     // unused while records carried no `scopes_required`).
     let log = std::fs::read(lab.p.dir.path().join("audit.log")).unwrap();
-    let report = portcullis::audit::report::build(&[&log], None);
+    let report = portcullis_audit::report::build(&[&log], None);
     let used: std::collections::BTreeSet<String> = report
         .clients
         .iter()
@@ -1037,7 +1037,7 @@ fn crl_revoking_tpp1() -> String {
         .push(rcgen::DnType::CommonName, "portcullis dev CA");
     let issuer = rcgen::Issuer::new(ca, ca_key);
     let der = rustls_pki_types::CertificateDer::from_pem_file(c.join("tpp1.pem")).unwrap();
-    let tpp1 = portcullis::pki::ClientCert::from_der(der.as_ref()).unwrap();
+    let tpp1 = portcullis_crypto::pki::ClientCert::from_der(der.as_ref()).unwrap();
     let now = time::OffsetDateTime::now_utc();
     rcgen::CertificateRevocationListParams {
         this_update: now - time::Duration::minutes(1),

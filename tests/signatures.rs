@@ -11,20 +11,20 @@ use bytes::Bytes;
 use common::*;
 use http::HeaderMap;
 use http_body_util::Full;
-use portcullis::client::Answer;
-use portcullis::clock::{Clock, ManualClock};
-use portcullis::httpsig::base::signature_base;
-use portcullis::httpsig::digest::{content_digest, DigestAlg};
-use portcullis::httpsig::fields::{input, parse_field, signature_bytes};
-use portcullis::httpsig::sign::{component, sign, Params};
-use portcullis::httpsig::{Message, RequestView, ResponseView};
-use portcullis::jose::detached::{
+use portcullis_tools::client::Answer;
+use portcullis_base::clock::{Clock, ManualClock};
+use portcullis_crypto::httpsig::base::signature_base;
+use portcullis_crypto::httpsig::digest::{content_digest, DigestAlg};
+use portcullis_crypto::httpsig::fields::{input, parse_field, signature_bytes};
+use portcullis_crypto::httpsig::sign::{component, sign, Params};
+use portcullis_crypto::httpsig::{Message, RequestView, ResponseView};
+use portcullis_crypto::jose::detached::{
     ob_header, sign_detached, signing_input, Profile, OB_IAT, OB_ISS, OB_TAN,
 };
-use portcullis::jose::jwk::{from_jwk, VerifyingKey};
-use portcullis::jose::keypair::KeyPair;
-use portcullis::jose::sign::SigningKey;
-use portcullis::jose::{b64url, sha256_b64url, Alg};
+use portcullis_crypto::jose::jwk::{from_jwk, VerifyingKey};
+use portcullis_crypto::jose::keypair::KeyPair;
+use portcullis_crypto::jose::sign::SigningKey;
+use portcullis_crypto::jose::{b64url, sha256_b64url, Alg};
 use rustls_pki_types::pem::PemObject;
 use serde_json::{json, Map, Value};
 
@@ -89,7 +89,7 @@ struct Env {
 fn thumb(name: &str) -> String {
     let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join(format!("{name}.pem")))
         .unwrap();
-    portcullis::pki::thumbprint_s256(der.as_ref())
+    portcullis_crypto::pki::thumbprint_s256(der.as_ref())
 }
 
 async fn env() -> Env {
@@ -337,7 +337,7 @@ async fn obie_signed_payments_pass_under_both_profiles_with_evidence_and_a_signe
             let raw_sig = sig.1.rsplit('.').next().unwrap();
             assert_eq!(
                 s["hash"],
-                sha256_b64url(&portcullis::jose::b64url_decode(raw_sig).unwrap())
+                sha256_b64url(&portcullis_crypto::jose::b64url_decode(raw_sig).unwrap())
             );
             let log = std::fs::read_to_string(e.p.dir.path().join("audit.log")).unwrap();
             assert!(
@@ -349,7 +349,7 @@ async fn obie_signed_payments_pass_under_both_profiles_with_evidence_and_a_signe
                 let jws = a.headers["x-jws-signature"].to_str().unwrap();
                 let (h, s) = jws.split_once("..").unwrap();
                 let header: Value =
-                    serde_json::from_slice(&portcullis::jose::b64url_decode(h).unwrap()).unwrap();
+                    serde_json::from_slice(&portcullis_crypto::jose::b64url_decode(h).unwrap()).unwrap();
                 assert_eq!(header["kid"], "bank-1");
                 assert_eq!(header["alg"], "PS256");
                 assert_eq!(header[OB_ISS], "bank-org/bank-ssa");
@@ -357,7 +357,7 @@ async fn obie_signed_payments_pass_under_both_profiles_with_evidence_and_a_signe
                 assert_eq!(header[OB_IAT], NOW);
                 assert!(header.get("b64").is_none());
                 let input = signing_input(h, &a.body, true);
-                let sig = portcullis::jose::b64url_decode(s).unwrap();
+                let sig = portcullis_crypto::jose::b64url_decode(s).unwrap();
                 assert!(e.bank.verify(&input, &sig), "response signature verifies");
             } else {
                 assert!(
@@ -835,7 +835,7 @@ fn base_headers(e: &Env, body: &[u8]) -> HeaderMap {
 fn http_sign(
     key: &KeyPair,
     label: &str,
-    comps: Vec<portcullis::httpsig::sign::ComponentItem>,
+    comps: Vec<portcullis_crypto::httpsig::sign::ComponentItem>,
     method: &str,
     path: &str,
     query: Option<&str>,
@@ -856,7 +856,7 @@ fn http_sign(
     .unwrap()
 }
 
-fn comps(names: &[&str]) -> Vec<portcullis::httpsig::sign::ComponentItem> {
+fn comps(names: &[&str]) -> Vec<portcullis_crypto::httpsig::sign::ComponentItem> {
     names
         .iter()
         .map(|n| component(n, &[], &[]).unwrap())
@@ -957,7 +957,7 @@ async fn c01_signed_requests_pass_with_each_key_type_and_the_response_is_signed(
                 .covered
                 .items
                 .iter()
-                .map(portcullis::httpsig::base::identifier)
+                .map(portcullis_crypto::httpsig::base::identifier)
                 .collect();
             assert_eq!(
                 ids,
@@ -1621,7 +1621,7 @@ routes:
         o.extra = extra.to_string();
         let path = dir.path().join("c.yaml");
         std::fs::write(&path, config_text(&o, certs())).unwrap();
-        portcullis::config::Config::load(&path)
+        portcullis_proxy::config::Config::load(&path)
             .map(|_| ())
             .map_err(|e| e.to_string())
     };

@@ -9,9 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
-use portcullis::clock::{Clock, ManualClock};
-use portcullis::jose::sign::SigningKey;
-use portcullis::jose::{b64url, Alg};
+use portcullis_base::clock::{Clock, ManualClock};
+use portcullis_crypto::jose::sign::SigningKey;
+use portcullis_crypto::jose::{b64url, Alg};
 use rustls_pki_types::pem::PemObject;
 use serde_json::{json, Value};
 
@@ -57,7 +57,7 @@ struct Env {
 fn thumb(name: &str) -> String {
     let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join(format!("{name}.pem")))
         .unwrap();
-    portcullis::pki::thumbprint_s256(der.as_ref())
+    portcullis_crypto::pki::thumbprint_s256(der.as_ref())
 }
 
 async fn env() -> Env {
@@ -113,7 +113,7 @@ impl Env {
         method: &str,
         path: &str,
         headers: &[(&str, String)],
-    ) -> (portcullis::client::Answer, String) {
+    ) -> (portcullis_tools::client::Answer, String) {
         let id = uuid::Uuid::new_v4().to_string();
         let mut r = req(method, path).header("x-fapi-interaction-id", &id);
         for (k, v) in headers {
@@ -135,7 +135,7 @@ impl Env {
         headers: &[(&str, String)],
         status: u16,
         reason: &str,
-    ) -> portcullis::client::Answer {
+    ) -> portcullis_tools::client::Answer {
         let before = self.up.count();
         let (a, id) = self.send(identity, "GET", path, headers).await;
         assert_eq!(
@@ -192,7 +192,7 @@ async fn a_certificate_bound_token_over_its_certificate_is_forwarded_with_vouche
     assert_eq!(rec["token_jti"], "tok-1");
     assert_eq!(
         rec["token_hash"],
-        portcullis::jose::sha256_b64url(t.as_bytes())
+        portcullis_crypto::jose::sha256_b64url(t.as_bytes())
     );
     let log = std::fs::read_to_string(e.p.dir.path().join("audit.log")).unwrap();
     assert!(!log.contains(&t), "the token never reaches the audit log");
@@ -268,7 +268,7 @@ async fn certificate_binding_failures_are_401_invalid_token() {
     );
     // E08: encoding variants of the right thumbprint never match.
     let right = thumb("tpp1");
-    let raw = portcullis::jose::b64url_decode(&right).unwrap();
+    let raw = portcullis_crypto::jose::b64url_decode(&right).unwrap();
     let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
     let std_b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &raw);
     for variant in [
@@ -768,7 +768,7 @@ async fn the_wycheproof_jws_vectors_are_refused_as_bearer_tokens_end_to_end() {
             std::fs::create_dir_all(d.path().join("policies")).unwrap();
             std::fs::write(d.path().join("policies/p.yaml"), &o2.policy).unwrap();
             std::fs::write(d.path().join("c.yaml"), common::config_text(&o2, certs())).unwrap();
-            portcullis::config::Config::load(&d.path().join("c.yaml")).is_ok()
+            portcullis_proxy::config::Config::load(&d.path().join("c.yaml")).is_ok()
         };
         if !cfg_ok {
             continue;
@@ -823,7 +823,7 @@ async fn readiness_waits_for_key_sets_and_a_rotated_remote_key_is_fetched_on_an_
     // No key set yet: not ready, and tokens are refused with 503 (fail closed).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(p.admin_get("/readyz").await.0, 503);
-    let now = portcullis::clock::SystemClock.now();
+    let now = portcullis_base::clock::SystemClock.now();
     let cl = |k: &SigningKey, jti: &str| {
         k.access_token(&json!({"iss": ISS, "aud": AUD, "exp": now + 300, "jti": jti, "cnf": {"x5t#S256": thumb("tpp1")}}))
     };

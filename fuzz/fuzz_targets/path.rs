@@ -1,4 +1,4 @@
 #![no_main]
-//! cargo-fuzz target `path`: see `portcullis::fuzzing::path` (shared with tests/fuzz_corpus.rs).
+//! cargo-fuzz target `path`: see `portcullis_fuzzing::path` (shared with tests/fuzz_corpus.rs).
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| portcullis::fuzzing::path(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| portcullis_fuzzing::path(data));

@@ -14,11 +14,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use portcullis::audit::AuditLog;
-use portcullis::client::{tls_config, Answer, Conn};
-use portcullis::config::Config;
-use portcullis::runtime::Shared;
-use portcullis::server::Running;
+use portcullis_audit::AuditLog;
+use portcullis_tools::client::{tls_config, Answer, Conn};
+use portcullis_proxy::config::Config;
+use portcullis_proxy::runtime::Shared;
+use portcullis_proxy::server::Running;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -26,9 +26,9 @@ use tokio::net::TcpListener;
 pub fn certs() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
-        portcullis::tls::install_crypto_provider();
+        portcullis_proxy::tls::install_crypto_provider();
         let d = tempfile::tempdir().expect("tempdir");
-        portcullis::pki::devcerts::generate(d.path()).expect("dev certs");
+        portcullis_tools::devcerts::generate(d.path()).expect("dev certs");
         d
     })
     .path()
@@ -135,7 +135,7 @@ impl Upstream {
                                 .1
                                 .peer_certificates()
                                 .and_then(|c| c.first())
-                                .map(|c| portcullis::pki::thumbprint_s256(c.as_ref()));
+                                .map(|c| portcullis_crypto::pki::thumbprint_s256(c.as_ref()));
                             (Io::Tls(Box::new(s)), thumb)
                         }
                     };
@@ -318,7 +318,7 @@ pub struct Options {
     /// Replaces the body of the `upstreams.bank` entry (url and the rest) when set.
     pub upstream_yaml: Option<String>,
     /// The clock token and DPoP checks read (default: the system clock).
-    pub clock: Option<Arc<dyn portcullis::clock::Clock>>,
+    pub clock: Option<Arc<dyn portcullis_base::clock::Clock>>,
 }
 
 impl Options {
@@ -400,9 +400,9 @@ impl Proxy {
         let clock = o
             .clock
             .clone()
-            .unwrap_or_else(|| Arc::new(portcullis::clock::SystemClock));
+            .unwrap_or_else(|| Arc::new(portcullis_base::clock::SystemClock));
         let shared = Arc::new(Shared::with_clock(config, audit, Some(path), clock));
-        let running = portcullis::server::start(Arc::clone(&shared))
+        let running = portcullis_proxy::server::start(Arc::clone(&shared))
             .await
             .unwrap();
         Proxy {
@@ -423,7 +423,7 @@ impl Proxy {
         &self,
         identity: Option<&str>,
         h2: bool,
-    ) -> Result<Conn, portcullis::client::BoxError> {
+    ) -> Result<Conn, portcullis_tools::client::BoxError> {
         let certs = certs();
         let id = identity.map(|i| {
             (

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use portcullis::clock::{Clock, ManualClock};
-use portcullis::jose::sign::SigningKey;
-use portcullis::jose::Alg;
+use portcullis_base::clock::{Clock, ManualClock};
+use portcullis_crypto::jose::sign::SigningKey;
+use portcullis_crypto::jose::Alg;
 use rustls_pki_types::pem::PemObject;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -265,7 +265,7 @@ pub fn refused(status: u16, reason: &'static str) -> Expect {
 pub fn thumb(name: &str) -> String {
     let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join(format!("{name}.pem")))
         .unwrap();
-    portcullis::pki::thumbprint_s256(der.as_ref())
+    portcullis_crypto::pki::thumbprint_s256(der.as_ref())
 }
 
 /// Access-token claims for tpp-one at [`NOW`]; `null` members of `extra` remove a claim.
@@ -441,7 +441,7 @@ fn build(r: &Req, id: &str) -> Result<http::Request<Full<Bytes>>, String> {
 }
 
 /// Sends `r` on a fresh connection.
-pub async fn send(p: &Proxy, r: &Req, id: &str) -> Result<portcullis::client::Answer, String> {
+pub async fn send(p: &Proxy, r: &Req, id: &str) -> Result<portcullis_tools::client::Answer, String> {
     let mut c = p
         .client(r.identity, r.h2)
         .await

@@ -207,7 +207,7 @@ impl H2 {
     /// Connects as `identity` with ALPN h2 and sends the preface and our SETTINGS (a large
     /// window, so the server is never blocked on us).
     pub async fn connect(addr: SocketAddr, certs: &std::path::Path, identity: &str) -> H2 {
-        let cfg = portcullis::client::tls_config(
+        let cfg = portcullis_tools::client::tls_config(
             &certs.join("ca.pem"),
             Some((
                 &certs.join(format!("{identity}.pem")),

@@ -25,19 +25,19 @@ use portcullis_crypto::jose::keypair::KeyPair;
 pub const POLICY_FILES: &[(&str, &str)] = &[
     (
         "obie-aisp.yaml",
-        include_str!("../../policies/obie-aisp.yaml"),
+        include_str!("../../../policies/obie-aisp.yaml"),
     ),
     (
         "obie-pisp.yaml",
-        include_str!("../../policies/obie-pisp.yaml"),
+        include_str!("../../../policies/obie-pisp.yaml"),
     ),
     (
         "fapi2-rar.yaml",
-        include_str!("../../policies/fapi2-rar.yaml"),
+        include_str!("../../../policies/fapi2-rar.yaml"),
     ),
     (
         "sidecar/api.yaml",
-        include_str!("../../policies/sidecar/api.yaml"),
+        include_str!("../../../policies/sidecar/api.yaml"),
     ),
 ];
 

@@ -361,7 +361,7 @@ fn check_template(t: &str) -> Result<(), String> {
 }
 
 /// Loads and compiles every policy file; problems go to `errors`.
-pub(crate) fn load(
+pub fn load(
     paths: &[PathBuf],
     known: &Known<'_>,
     errors: &mut Vec<ConfigError>,

@@ -24,6 +24,8 @@ use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 
 use portcullis_audit::AuditLog;
+pub use portcullis_base::metrics::LabelValue;
+use portcullis_base::metrics::{stat_field, Histogram};
 
 const BUCKETS_SECONDS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

@@ -292,7 +292,7 @@ fn validate_redis(p: &mut Problems<'_>, base: &Path, r: &FileRedis) -> Option<Re
 }
 
 /// Validates `state:`; problems go to `p`.
-pub(crate) fn validate(p: &mut Problems<'_>, base: &Path, f: &FileState) -> StateConfig {
+pub fn validate(p: &mut Problems<'_>, base: &Path, f: &FileState) -> StateConfig {
     let d = StateConfig::default();
     let backend = match (f.backend.as_deref(), &f.redis) {
         (None | Some("memory"), None) => Backend::Memory,

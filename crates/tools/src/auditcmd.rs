@@ -8,8 +8,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use super::chain::{AuditKey, AuditPublicKey};
-use super::{report, verify};
+use portcullis_audit::{report, verify, AuditKey, AuditPublicKey};
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {

@@ -16,11 +16,11 @@ use crate::client::{tls_config, Conn};
 use portcullis_proxy::config::Config;
 use portcullis_proxy::runtime::Shared;
 
-const DEMO_CONFIG: &str = include_str!("../config/demo.yaml");
-const DEV_CONSENTS: &str = include_str!("../config/dev-consents.json");
+const DEMO_CONFIG: &str = include_str!("../../../config/demo.yaml");
+const DEV_CONSENTS: &str = include_str!("../../../config/dev-consents.json");
 const POLICIES: &[(&str, &str)] = &[
-    ("obie-aisp.yaml", include_str!("../policies/obie-aisp.yaml")),
-    ("obie-pisp.yaml", include_str!("../policies/obie-pisp.yaml")),
+    ("obie-aisp.yaml", include_str!("../../../policies/obie-aisp.yaml")),
+    ("obie-pisp.yaml", include_str!("../../../policies/obie-pisp.yaml")),
 ];
 
 pub struct DemoOptions {
@@ -341,7 +341,7 @@ fn demo_token(certs: &Path) -> anyhow::Result<String> {
 
 /// Prepares the demo directory and returns the loaded config.
 fn prepare(dir: &Path) -> anyhow::Result<Config> {
-    portcullis_tools::devcerts::write_if_missing(&dir.join("certs"))?;
+    crate::devcerts::write_if_missing(&dir.join("certs"))?;
     std::fs::create_dir_all(dir.join("config"))?;
     std::fs::create_dir_all(dir.join("policies"))?;
     std::fs::write(dir.join("config/demo.yaml"), DEMO_CONFIG)?;

@@ -147,7 +147,7 @@ impl DevCerts {
         let certs_current = MUST_BE_CURRENT.iter().all(|f| {
             CertificateDer::from_pem_file(self.path(f))
                 .ok()
-                .and_then(|der| super::ClientCert::from_der(&der).ok())
+                .and_then(|der| portcullis_crypto::pki::ClientCert::from_der(&der).ok())
                 .is_some_and(|c| c.not_after > soon)
         });
         let keys_parse = PRIVATE_KEYS

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::rules::{self, ConsentRecord, Facts};
-use super::{load_files, Known, PolicySet};
+use portcullis_policy::rules::{self, ConsentRecord, Facts};
+use portcullis_policy::{load_files, Known, PolicySet};
 use portcullis_proxy::rejection::Rejection;
 
 #[derive(Debug, Deserialize)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::Deserialize;
 
-use super::duration::ConfigDuration;
+use portcullis_base::duration::ConfigDuration;
 use super::{read_certs, resolve, Problems};
 use portcullis_crypto::jose::jws::KeySet;
 use portcullis_sources::keys::Remote;
@@ -101,7 +101,8 @@ pub(crate) fn validate_consent(
     f: &FileConsentSource,
     watched: &mut Vec<PathBuf>,
 ) -> Option<portcullis_sources::consent::ConsentConfig> {
-    use portcullis_sources::consent::{record_from_json, ConsentConfig, RemoteConsent};
+    use portcullis_policy::rules::ConsentRecord;
+    use portcullis_sources::consent::{ConsentConfig, RemoteConsent};
     match (&f.file, &f.url) {
         (Some(file), None) => {
             let path = resolve(base, file);
@@ -135,7 +136,7 @@ pub(crate) fn validate_consent(
             };
             let mut map = std::collections::HashMap::new();
             for (id, rec) in all {
-                match record_from_json(rec) {
+                match ConsentRecord::from_json(rec) {
                     Some(r) => {
                         map.insert(id.clone(), r);
                     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::duration::ConfigDuration;
+use portcullis_base::duration::ConfigDuration;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

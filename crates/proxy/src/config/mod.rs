@@ -7,12 +7,10 @@
 //! Relative paths are resolved against the directory of the file that names them.
 
 mod auth;
-mod duration;
 mod file;
 mod signatures;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +20,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 pub use auth::{Auth, DpopSettings, Issuer, JwksSource};
-pub use duration::ConfigDuration;
+pub use portcullis_base::duration::ConfigDuration;
 use file::FileConfig;
 pub use signatures::{HttpSigSettings, JwsSettings, ResponseSigning, Signatures};
 

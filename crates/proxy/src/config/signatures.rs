@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::duration::ConfigDuration;
+use portcullis_base::duration::ConfigDuration;
 use super::{read_certs, resolve, ConfigError, Problems};
 use portcullis_crypto::jose::keypair::KeyPair;
 use portcullis_crypto::jose::Alg;

@@ -6,7 +6,6 @@
 //! The verification itself is a pipeline stage (`crate::pipeline::signature`) built on
 //! `portcullis_crypto::jose::detached` (OBIE `x-jws-signature`) and `portcullis_crypto::httpsig` (RFC 9421).
 
-pub mod cli;
 pub mod clientkeys;
 pub mod response;
 pub mod template;
