@@ -65,7 +65,14 @@
 #   STATE_LEASE=10   with STATE=redis: state.rate_limit_lease.max_tokens (1 = a Redis round
 #                    trip per request)
 #   BUILD=1          0 skips `cargo build --release` (the binary must exist)
+#   CARGO_TARGET_DIR=target   where the binary is (release/portcullis) and the results go
 #   KEEP_WORKDIR=0   1 keeps the temporary directory (configs, certs, logs, raw results)
+#   TMPDIR=/tmp      where the temporary directory is made
+#
+# Results: target/compare_haproxy.json (passthrough), compare_haproxy_token.json,
+# compare_haproxy_fapi.json and latency.json, in CARGO_TARGET_DIR; the tables on stdout,
+# progress on stderr. The Python steps: benches/py/compare_setup.py (before measuring) and
+# benches/compare_report.py (the JSON arithmetic and the tables).
 #
 # Everything listens on 127.0.0.1 only, every load run stops by itself, and every process this
 # script starts is stopped on exit (including Ctrl-C).
@@ -107,8 +114,7 @@ case $SCENARIO in
     *) die "SCENARIO must be passthrough, token, fapi, latency, both or all (got '$SCENARIO')" ;;
 esac
 want() { [[ " ${SCENARIOS[*]} " == *" $1 "* ]]; }
-# What has to run: HAProxy, the token pipeline, the fapi instance.
-need_haproxy() { want passthrough || want token || want fapi || want latency; }
+# Every scenario runs HAProxy (latency: as the reference); these also need the token pipeline.
 need_token() { want token || want fapi || want latency; }
 [[ $STATE == memory || $STATE == redis ]] || die "STATE must be memory or redis (got '$STATE')"
 [[ $STATE_LEASE =~ ^[1-9][0-9]*$ ]] || die "STATE_LEASE must be a positive integer (got '$STATE_LEASE')"
@@ -121,12 +127,9 @@ require_tools python3 curl
 
 # /usr/sbin is not on every user's PATH.
 find_haproxy() { command -v haproxy 2>/dev/null || { [[ -x /usr/sbin/haproxy ]] && echo /usr/sbin/haproxy; }; }
-HAPROXY=""
-if need_haproxy; then
-    if ! HAPROXY=$(find_haproxy); then
-        apt_install haproxy
-        HAPROXY=$(find_haproxy) || die "haproxy is still not installed"
-    fi
+if ! HAPROXY=$(find_haproxy); then
+    apt_install haproxy
+    HAPROXY=$(find_haproxy) || die "haproxy is still not installed"
 fi
 if [[ $STATE == redis ]] && ! command -v redis-server >/dev/null 2>&1; then
     apt_install redis-server
@@ -174,22 +177,7 @@ if need_token; then
     TOKEN_BAD_SIG=${TOKEN_GOOD%.*}.${sig:0:20}$c${sig:21}
     # HAProxy's jwt_verify takes a PEM public key: build the P-256 SubjectPublicKeyInfo from the
     # JWK's x and y (a fixed DER prefix, then 04 || x || y).
-    python3 - "$TOK/as-jwks.json" "$TOK/as-pub.pem" <<'EOF'
-import base64, json, sys
-keys = [k for k in json.load(open(sys.argv[1]))["keys"] if k.get("kid") == "as-1"]
-assert len(keys) == 1, "no single key as-1 in the JWKS"
-k = keys[0]
-assert (k["kty"], k["crv"]) == ("EC", "P-256"), k
-b = lambda s: base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
-x, y = b(k["x"]), b(k["y"])
-assert len(x) == len(y) == 32
-der = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200") + b"\x04" + x + y
-b64 = base64.b64encode(der).decode()
-with open(sys.argv[2], "w") as f:
-    f.write("-----BEGIN PUBLIC KEY-----\n")
-    f.write("".join(b64[i:i + 64] + "\n" for i in range(0, len(b64), 64)))
-    f.write("-----END PUBLIC KEY-----\n")
-EOF
+    python3 "$ROOT/benches/py/compare_setup.py" jwk-pem "$TOK/as-jwks.json" "$TOK/as-pub.pem"
     if command -v openssl >/dev/null; then
         # Cross-check: the PEM is the public half of the AS signing key.
         [[ $(openssl pkey -in "$TOK/as.key" -pubout) == "$(cat "$TOK/as-pub.pem")" ]] ||
@@ -210,47 +198,8 @@ EOF
     # Claims `dev-token` cannot produce (expired, not yet valid, other issuer, typ, kid, alg),
     # signed with the same AS key, when python3 has the `cryptography` package.
     if python3 -c 'import cryptography' 2>/dev/null; then
-        python3 - "$TOK/as.key" "$CERTS/tpp1.pem" "$AS_ISSUER" "$AS_AUDIENCE" >>"$TOK/cases.tsv" <<'EOF'
-import base64, hashlib, json, sys, time
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, utils
-
-key_path, cert_path, iss, aud = sys.argv[1:5]
-key = serialization.load_pem_private_key(open(key_path, "rb").read(), None)
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-der = x509.load_pem_x509_certificate(open(cert_path, "rb").read()).public_bytes(
-    serialization.Encoding.DER)
-now = int(time.time())
-
-def token(header=None, **claims):
-    h = {"alg": "ES256", "typ": "at+jwt", "kid": "as-1", **(header or {})}
-    c = {"iss": iss, "aud": aud, "exp": now + 86400, "nbf": now, "iat": now,
-         "scope": "accounts payments", "client_id": "tpp-one", "sub": "psu-1",
-         "jti": f"crafted-{now}", "cnf": {"x5t#S256": b64(hashlib.sha256(der).digest())},
-         **claims}
-    c = {k: v for k, v in c.items() if v is not None}
-    si = (b64(json.dumps(h).encode()) + "." + b64(json.dumps(c).encode())).encode()
-    r, s = utils.decode_dss_signature(key.sign(si, ec.ECDSA(hashes.SHA256())))
-    return si.decode() + "." + b64(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
-
-for want_ha, want_pc, what, t in [
-    ("200", "200", "typ application/at+jwt", token({"typ": "application/at+jwt"})),
-    ("401", "401", "expired 31 s ago (beyond the 30 s skew)", token(exp=now - 31)),
-    ("200", "200", "expired 10 s ago (within the 30 s skew)", token(exp=now - 10)),
-    ("401", "401", "no exp", token(exp=None)),
-    ("401", "401", "nbf 60 s ahead", token(nbf=now + 60)),
-    ("401", "401", "iat 60 s ahead", token(iat=now + 60)),
-    ("401", "401", "another issuer", token(iss="https://other-as.bank.example")),
-    ("401", "401", "typ JWT", token({"typ": "JWT"})),
-    ("401", "401", "kid as-2", token({"kid": "as-2"})),
-    ("401", "401", "alg ES384 in the header (ES256 signature)", token({"alg": "ES384"})),
-    ("*", "*", "aud an array holding the audience", token(aud=[aud, "https://x.example"])),
-    ("*", "*", "a jku header", token({"jku": "https://evil.example/jwks"})),
-    ("*", "*", "nbf an object", token(nbf={"a": 1})),
-]:
-    print(f"{want_ha}\t{want_pc}\t{what}\t{t}")
-EOF
+        python3 "$ROOT/benches/py/compare_setup.py" crafted-tokens "$TOK/as.key" "$CERTS/tpp1.pem" \
+            "$AS_ISSUER" "$AS_AUDIENCE" >>"$TOK/cases.tsv"
     else
         log "python3 has no 'cryptography': skipping the crafted-claim checks (expired, nbf, iss, typ, kid, alg)"
     fi
@@ -307,10 +256,9 @@ fi
 # --- haproxy ---------------------------------------------------------------------------------
 
 NPROC=$(nproc)
-if need_haproxy; then
-    cat "$CERTS/server.pem" "$CERTS/server.key" >"$CERTS/haproxy-server.pem"
-    BIND_TLS="ssl crt $CERTS/haproxy-server.pem ca-file $CERTS/ca.pem crl-file $CERTS/ca.crl verify required alpn h2,http/1.1"
-    cat >"$WORK/haproxy.cfg" <<EOF
+cat "$CERTS/server.pem" "$CERTS/server.key" >"$CERTS/haproxy-server.pem"
+BIND_TLS="ssl crt $CERTS/haproxy-server.pem ca-file $CERTS/ca.pem crl-file $CERTS/ca.crl verify required alpn h2,http/1.1"
+cat >"$WORK/haproxy.cfg" <<EOF
 # Generated by benches/compare_haproxy.sh. Mirrors the portcullis config above as far as
 # HAProxy can: mTLS required against the same CA and CRL, one route forwarded, the same
 # forwarding headers set, the same timeouts, keep-alive on both sides, no request log.
@@ -367,29 +315,18 @@ frontend probe
 backend bank
     server bank 127.0.0.1:$P_BANK
 EOF
-    if want token || want fapi; then
-        # The token frontend: benches/haproxy-token.cfg.tmpl with its placeholders filled in.
-        python3 - "$ROOT/benches/haproxy-token.cfg.tmpl" >>"$WORK/haproxy.cfg" \
-            BIND="127.0.0.1:$P_HAT $BIND_TLS" ROUTE="$ROUTE" AS_PUB="$TOK/as-pub.pem" KID=as-1 \
-            ISSUER="$AS_ISSUER" AUDIENCE="$AS_AUDIENCE" SKEW=30 SCOPE="$TOKEN_SCOPE" \
-            RATE=1000000 <<'EOF'
-import re, sys
-text = open(sys.argv[1]).read()
-for kv in sys.argv[2:]:
-    k, v = kv.split("=", 1)
-    text = text.replace(f"@@{k}@@", v)
-left = set(re.findall(r"@@[A-Z_]+@@", text))
-if left:
-    sys.exit(f"unfilled placeholders in {sys.argv[1]}: {sorted(left)}")
-sys.stdout.write("\n" + text)
-EOF
-    fi
-    "$HAPROXY" -c -q -f "$WORK/haproxy.cfg" || die "haproxy rejects $WORK/haproxy.cfg"
-    start_bg "$WORK/haproxy.log" "$HAPROXY" -db -f "$WORK/haproxy.cfg"
-    PID_HA=$STARTED_PID
-    wait_200 "$PID_HA" "$WORK/haproxy.log" "${CURL_MTLS[@]}" "https://localhost:$P_HA$ROUTE" \
-        --resolve "localhost:$P_HA:127.0.0.1"
+if want token || want fapi; then
+    # The token frontend: benches/haproxy-token.cfg.tmpl with its placeholders filled in.
+    python3 "$ROOT/benches/py/compare_setup.py" fill-template "$ROOT/benches/haproxy-token.cfg.tmpl" \
+        BIND="127.0.0.1:$P_HAT $BIND_TLS" ROUTE="$ROUTE" AS_PUB="$TOK/as-pub.pem" KID=as-1 \
+        ISSUER="$AS_ISSUER" AUDIENCE="$AS_AUDIENCE" SKEW=30 SCOPE="$TOKEN_SCOPE" \
+        RATE=1000000 >>"$WORK/haproxy.cfg"
 fi
+"$HAPROXY" -c -q -f "$WORK/haproxy.cfg" || die "haproxy rejects $WORK/haproxy.cfg"
+start_bg "$WORK/haproxy.log" "$HAPROXY" -db -f "$WORK/haproxy.cfg"
+PID_HA=$STARTED_PID
+wait_200 "$PID_HA" "$WORK/haproxy.log" "${CURL_MTLS[@]}" "https://localhost:$P_HA$ROUTE" \
+    --resolve "localhost:$P_HA:127.0.0.1"
 
 # --- load runs -------------------------------------------------------------------------------
 
@@ -450,9 +387,7 @@ check_status() {
     got=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" 2>/dev/null || true)
     [[ $got == "$want" ]] || die "$what: expected $want, got '${got:-no answer}'"
 }
-MTLS_CHECKED=("portcullis:$P_PC")
-need_haproxy && MTLS_CHECKED=("haproxy:$P_HA" "${MTLS_CHECKED[@]}")
-for name_port in "${MTLS_CHECKED[@]}"; do
+for name_port in "haproxy:$P_HA" "portcullis:$P_PC"; do
     name=${name_port%%:*} port=${name_port##*:}
     url="https://localhost:$port$ROUTE"
     res=(--resolve "localhost:$port:127.0.0.1")
@@ -465,28 +400,12 @@ for name_port in "${MTLS_CHECKED[@]}"; do
 done
 
 # What the load generator negotiates with each (one connection, one second).
-TLS_HA=""
-if need_haproxy; then
-    loadgen "$P_HA_PROBE" 1 1s "$RAW/probe-haproxy.json"
-fi
+loadgen "$P_HA_PROBE" 1 1s "$RAW/probe-haproxy.json"
 loadgen "$P_PCA" 1 1s "$RAW/probe-portcullis.json"
 sleep 0.5 # the haproxy log line and the audit writer's batch
-if need_haproxy; then
-    TLS_HA=$(grep -m1 '^probe ' "$WORK/haproxy.log" | sed 's/^probe //; s/ status=.*//' || true)
-fi
-TLS_PC=$(python3 - "$WORK/audit/audit.log" <<'EOF'
-import json, sys
-try:
-    for line in open(sys.argv[1]):
-        r = json.loads(line)
-        if r.get("kind") == "request":
-            print(f"tls={r['tls_version']} cipher={r['cipher']} http={r['http_version']}")
-            break
-except OSError:
-    pass
-EOF
-)
-log "haproxy negotiated:    ${TLS_HA:-not run}"
+TLS_HA=$(grep -m1 '^probe ' "$WORK/haproxy.log" | sed 's/^probe //; s/ status=.*//' || true)
+TLS_PC=$(python3 "$ROOT/benches/py/compare_setup.py" negotiated-tls "$WORK/audit/audit.log")
+log "haproxy negotiated:    ${TLS_HA:-unknown}"
 log "portcullis negotiated: ${TLS_PC:-unknown}"
 
 if [[ $AUDIT == 1 ]] && want passthrough; then
@@ -542,34 +461,21 @@ if want fapi; then
     fapi_checks "$P_PCF" "$RAW/fapi-checks.json"
     # And the audit log has a record with the client rate-limit class applied.
     sleep 1.2 # the audit writer's batch
-    python3 - "$WORK/audit/fapi.log" <<'EOF' || die "portcullis-fapi's audit log has no rate-limited, allowed request"
-import json, sys
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    if (r.get("kind") == "request" and r.get("decision") == "allow"
-            and (r.get("rate_limit") or {}).get("scope") == "client"):
-        print(f"  audit: allowed with rate_limit {r['rate_limit']}, route {r['route_id']}",
-              file=sys.stderr)
-        sys.exit(0)
-sys.exit(1)
-EOF
+    python3 "$ROOT/benches/py/compare_setup.py" audit-rate-limited "$WORK/audit/fapi.log" ||
+        die "portcullis-fapi's audit log has no rate-limited, allowed request"
 fi
-if want token || want fapi || want latency; then
-    # The token pipeline is not needed by fapi (HAProxy's is) but by latency; stop otherwise.
-    if ! want token && ! want latency; then stop_started "$PID_PCT"; fi
-fi
+# portcullis's token pipeline ran the token checks for fapi; measuring fapi needs only
+# HAProxy's, so it is stopped unless the token or latency scenario measures it.
+if want fapi && ! want token && ! want latency; then stop_started "$PID_PCT"; fi
 
 # --- measure ---------------------------------------------------------------------------------
 
 # (No `| head`: with pipefail, SIGPIPE in the writer would end the script.)
 CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo)
 CPU_MODEL=${CPU_MODEL%%$'\n'*}
-HA_VERSION=unknown HA_OPENSSL=unknown
-if need_haproxy; then
-    HA_VV=$("$HAPROXY" -vv)
-    HA_VERSION=$(sed -n '1s/ - https:.*//p' <<<"$HA_VV")
-    HA_OPENSSL=$(sed -n 's/^Running on OpenSSL version : //p' <<<"$HA_VV")
-fi
+HA_VV=$("$HAPROXY" -vv)
+HA_VERSION=$(sed -n '1s/ - https:.*//p' <<<"$HA_VV")
+HA_OPENSSL=$(sed -n 's/^Running on OpenSSL version : //p' <<<"$HA_VV")
 PC_REV=$(revision)
 
 # One measured run (or warm-up) of contender $1 for $2, report in $3: flag mode (with the good
@@ -627,10 +533,10 @@ token_counters() {
 }
 
 declare -A PORT PID_OF SENDS_TOKEN
-PORT=([haproxy]=${P_HA:-} [portcullis]=$P_PC [portcullis-audit]=$P_PCA [haproxy-token]=$P_HAT
+PORT=([haproxy]=$P_HA [portcullis]=$P_PC [portcullis-audit]=$P_PCA [haproxy-token]=$P_HAT
     [portcullis-token]=$P_PCT [portcullis-limited]=$P_PCL [portcullis-redis]=$P_PCR)
-PID_OF=([haproxy]=${PID_HA:-} [portcullis]=$PID_PC [portcullis-audit]=$PID_PCA
-    [haproxy-token]=${PID_HA:-} [portcullis-token]=${PID_PCT:-} [portcullis-limited]=${PID_PCL:-}
+PID_OF=([haproxy]=$PID_HA [portcullis]=$PID_PC [portcullis-audit]=$PID_PCA
+    [haproxy-token]=$PID_HA [portcullis-token]=${PID_PCT:-} [portcullis-limited]=${PID_PCL:-}
     [portcullis-redis]=${PID_PCR:-} [portcullis-fapi]=${PID_PCF:-})
 SENDS_TOKEN=([haproxy-token]=1 [portcullis-token]=1)
 
@@ -660,7 +566,7 @@ if want token; then
     read -r HITS0 VERIF0 < <(token_counters)
     measure "$RAW/token"
     read -r HITS1 VERIF1 < <(token_counters)
-    PORT[haproxy]=${P_HA:-} PORT[portcullis]=$P_PC PID_OF[portcullis]=$PID_PC
+    PORT[haproxy]=$P_HA PORT[portcullis]=$P_PC PID_OF[portcullis]=$PID_PC
     SENDS_TOKEN[haproxy]=0 SENDS_TOKEN[portcullis]=0
 fi
 if want fapi; then
@@ -738,15 +644,7 @@ load:
 YAML
     }
     for pl in "${PIPELINES[@]}"; do
-        python3 - "$LAT" "$pl" "$ROUNDS" "$LATENCY_FRACTION" <<'PY'
-import json, os, statistics, sys
-lat, pl, rounds, fraction = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-rps = [json.load(open(os.path.join(lat, f"max-{r}-{pl}.json")))["rps"] for r in range(1, rounds + 1)]
-m = statistics.median(rps)
-json.dump({"max_rps": m, "fraction": fraction, "rate": max(1.0, round(m * fraction, 1))},
-          open(os.path.join(lat, f"rate-{pl}.json"), "w"))
-PY
-        rate=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["rate"])' "$LAT/rate-$pl.json")
+        rate=$("${REPORT[@]}" open-rate "$LAT" "$pl" "$ROUNDS" "$LATENCY_FRACTION")
         for side in ${LAT_SIDES[$pl]}; do
             open_scenario "$pl" "$side" "$rate" >"$WORK/latency-$pl-$side.yaml"
         done
@@ -778,122 +676,15 @@ if want passthrough; then
     BENCH_SCENARIO=passthrough BENCH_CONTENDERS="${PASSTHROUGH_CONTENDERS[*]}" \
         "${REPORT[@]}" final "$RAW/passthrough" "$RESULT_JSON"
     if [[ $STATE == redis ]]; then
-        python3 - "$RESULT_JSON" "$REDIS_CALLS0" "$REDIS_CALLS1" "$STATE_LEASE" <<'EOF'
-import json, sys
-path, c0, c1, lease = sys.argv[1:5]
-r = json.load(open(path))
-m = r["median"]
-def ratio(a, b):
-    return round(a / b, 3) if a is not None and b else None
-mem, red = m["portcullis-limited"], m["portcullis-redis"]
-reqs = sum(x["requests"] for x in r["runs"] if x["proxy"] == "portcullis-redis")
-calls = (float(c1) - float(c0)) if "unknown" not in (c0, c1) else None
-r["ratio_redis_vs_memory"] = {
-    "throughput": ratio(red["rps"], mem["rps"]),
-    "p50": ratio(red["p50_us"], mem["p50_us"]),
-    "p99": ratio(red["p99_us"], mem["p99_us"]),
-    "cpu_per_request": ratio(red["proxy_cpu_us_per_request"], mem["proxy_cpu_us_per_request"]),
-    "lease_max_tokens": int(lease),
-    "redis_rate_limit_calls_in_measured_runs_and_warmups": calls,
-    "measured_requests": reqs,
-}
-json.dump(r, open(path, "w"), indent=2)
-q = r["ratio_redis_vs_memory"]
-print(f"  state on Redis / in memory (rate-limited route, lease {lease}): throughput {q['throughput']}"
-      f"   p50 {q['p50']}   p99 {q['p99']}   CPU per request {q['cpu_per_request']}")
-print(f"  Redis rate-limit calls during the runs (warm-ups included): {calls}, "
-      f"for {reqs} measured requests")
-EOF
+        "${REPORT[@]}" redis-ratio "$RESULT_JSON" "$REDIS_CALLS0" "$REDIS_CALLS1" "$STATE_LEASE"
     fi
 fi
 
 if want token; then
     # What each side checks, for the report: HAProxy's own config lines, portcullis's route, and
     # the differences between the two.
-    python3 - "$WORK/haproxy.cfg" "$TOK/checks.tsv" "$TOK/info.json" <<EOF
-import json, sys
-cfg, checks, out = sys.argv[1:4]
-lines, inside = [], False
-for l in open(cfg):
-    if "-- rate limit, BEGIN" in l or "-- access token, BEGIN" in l:
-        inside = True
-    elif "-- rate limit, END" in l or "-- access token, END" in l:
-        inside = False
-    elif inside and l.strip() and not l.lstrip().startswith("#"):
-        lines.append(l.strip())
-pre = {}
-for l in open(checks):
-    proxy, what, want, got = l.rstrip("\n").split("\t")
-    pre.setdefault(what, {})[proxy] = {"required": None if want == "*" else int(want),
-                                       "got": int(got) if got.isdigit() else got}
-def num(s):
-    return int(s) if s.isdigit() else None
-h0, v0, h1, v1 = (num(x) for x in "$HITS0 $VERIF0 $HITS1 $VERIF1".split())
-info = {
-    "presented": "Authorization: Bearer <ES256 JWT, typ at+jwt, kid as-1, iss $AS_ISSUER, "
-                 "aud $AS_AUDIENCE, scope 'accounts payments', cnf.x5t#S256 = TPP One's "
-                 "certificate>, the same token on every request of every connection",
-    "haproxy_checks": [
-        "rate limit: stick table keyed by SHA-256 of the client certificate's DER, "
-        "http_req_rate(1s) against a quota never reached (429 beyond)",
-        "Authorization: Bearer token present (http_auth_bearer)",
-        "header: alg == ES256, typ at+jwt, kid == as-1 (jwt_header_query)",
-        "signature: jwt_verify(ES256, AS public key PEM) == 1, on every request (no cache)",
-        "claims: iss, aud (string) equal; exp required, exp/nbf/iat against date with 30 s skew",
-        "scope contains '$TOKEN_SCOPE' (403 otherwise)",
-        "cnf.x5t#S256 == ssl_c_der,digest(sha256),ub64enc of this connection's certificate",
-        "upstream: Authorization/DPoP removed; x-portcullis-client-id/subject/scope/token-jti "
-        "set from the claims (as portcullis does)",
-    ],
-    "haproxy_config_lines": lines,
-    "portcullis_route": "auth: {profile: fapi2}, scopes: {all_of: [$TOKEN_SCOPE]}, "
-                        "rate_limit: bench (a class never reached), issuer 'as' (jwks file, "
-                        "algorithms [ES256], defaults otherwise: typ at+jwt required, 30 s skew)",
-    "portcullis_checks": [
-        "client rate limit: GCRA (governor) keyed by the certificate thumbprint, before the "
-        "token; a quota never reached (429 beyond)",
-        "exactly one Authorization header, Bearer or DPoP scheme, token68; no access_token "
-        "in the query; at most 8192 bytes",
-        "verified-token cache lookup by SHA-256(issuer, token); on a miss only: JWS parse, "
-        "alg ES256, no jwk/jku/x5c/x5u/crit header, typ at+jwt, key by kid from the JWKS, "
-        "ES256 signature, iss, aud (string or array), exp required, claim types, iat not in "
-        "the future",
-        "every request, cache hit or not: exp/nbf against now with 30 s skew; token must be "
-        "bound (fapi2); cnf.x5t#S256 == base64url SHA-256 of this connection's verified "
-        "certificate (computed once per connection)",
-        "scope: all of ['$TOKEN_SCOPE'] (403 authz.scope otherwise)",
-        "upstream: Authorization/DPoP removed; x-portcullis-client-id/subject/scope/token-jti "
-        "set from the claims",
-    ],
-    "asymmetries": [
-        "signature: HAProxy verifies ES256 on every request; portcullis once per token, then "
-        "serves the cached verdict (the design under test; the issue allows caching)",
-        "rate limit: HAProxy counts a sliding 1 s request rate per certificate; portcullis "
-        "runs a GCRA bucket per certificate thumbprint; both one lookup and update per request",
-        "order: HAProxy checks the scope right after the signature and claims, before the "
-        "binding; portcullis after the binding (a token both unbound and without the scope "
-        "gets 403 from HAProxy, 401 from portcullis; the cases here are bound)",
-        "portcullis also refuses what this HAProxy config lets through: two Authorization "
-        "headers, access_token in the query, key-carrying (jwk/jku/x5c/x5u) or crit JOSE "
-        "headers, tokens over 8 KiB, claims of the wrong JSON type (e.g. an object nbf, a "
-        "numeric sub)",
-        "aud: HAProxy accepts only a string equal to the audience, portcullis also an array "
-        "containing it (no effect on this token)",
-        "keys: HAProxy has one fixed PEM key and requires kid as-1; portcullis picks the key "
-        "by kid from the JWKS (file here; could be a URL with refresh)",
-        "binding: both compare cnf.x5t#S256 with the live connection's certificate; HAProxy "
-        "hashes the certificate on every request, portcullis once per connection",
-    ],
-    "checks_before_measuring": pre,
-    "portcullis_token_cache": {
-        "window": "the token scenario's warm-ups and measured runs",
-        "cache_hits": (h1 - h0) if None not in (h0, h1) else "unknown",
-        "signature_verifications": (v1 - v0) if None not in (v0, v1) else "unknown",
-        "note": "the token was verified once already by the checks before measuring",
-    },
-}
-json.dump(info, open(out, "w"), indent=2)
-EOF
+    "${REPORT[@]}" token-info "$WORK/haproxy.cfg" "$TOK/checks.tsv" "$TOK/info.json" \
+        "$AS_ISSUER" "$AS_AUDIENCE" "$TOKEN_SCOPE" "$HITS0" "$VERIF0" "$HITS1" "$VERIF1"
     BENCH_SCENARIO=token BENCH_CONTENDERS="haproxy portcullis" BENCH_TOKEN_INFO=$TOK/info.json \
         "${REPORT[@]}" final "$RAW/token" "$RESULT_JSON_TOKEN"
 fi
@@ -910,30 +701,6 @@ if want latency; then
 fi
 
 if ((${#SCENARIOS[@]} > 1)); then
-    python3 - "$RESULT_JSON" "$RESULT_JSON_TOKEN" "$RESULT_JSON_FAPI" "$RESULT_JSON_LATENCY" \
-        "${SCENARIOS[@]}" <<'EOF'
-import json, sys
-paths = dict(zip(("passthrough", "token", "fapi", "latency"), sys.argv[1:5]))
-print("summary (medians of this run):")
-for label in sys.argv[5:]:
-    r = json.load(open(paths[label]))
-    valid = "" if r["valid"] else "   (NOT VALID)"
-    if label == "latency":
-        for pl, x in r["pipelines"].items():
-            print(f"  latency      {pl}: added p99 {x['added_p99_us']:.0f} us at "
-                  f"{x['open_loop_rate']:.0f} req/s (target <= 1000 us: "
-                  f"{'met' if x['target']['met'] else 'NOT met'}){valid}")
-        continue
-    base = r["baseline"]
-    q = r["ratio_vs_" + base.replace("-", "_")]
-    c = "portcullis-fapi" if label == "fapi" else "portcullis"
-    m = r["median"]
-    print(f"  {label:<12} {c} / {base}: throughput {q[c]['throughput']}  ({m[c]['rps']:.0f} vs "
-          f"{m[base]['rps']:.0f} req/s)   p99 {q[c]['p99']}   target "
-          f"{'met' if r['target']['met'] else 'NOT met'}{valid}")
-    if label == "fapi":
-        p = r["ratio_fapi_vs_portcullis_passthrough"]
-        print(f"  {'':<12} portcullis-fapi / portcullis pass-through: throughput {p['throughput']}"
-              f"   p99 {p['p99']}")
-EOF
+    "${REPORT[@]}" summary "$RESULT_JSON" "$RESULT_JSON_TOKEN" "$RESULT_JSON_FAPI" "$RESULT_JSON_LATENCY" \
+        "${SCENARIOS[@]}"
 fi

@@ -1,8 +1,25 @@
-"""The JSON arithmetic and the tables of benches/compare_haproxy.sh (python3, no jq needed).
+"""The JSON arithmetic and the tables of benches/compare_haproxy.sh (python3, standard library
+only, no jq needed).
 
   compare_report.py line RUN.json                one measured run, one line
+  compare_report.py open-rate LAT_DIR PIPELINE ROUNDS FRACTION
+                                                 SCENARIO=latency: the open-loop rate, FRACTION
+                                                 of the median closed-loop maximum in
+                                                 LAT_DIR/max-ROUND-PIPELINE.json; written to
+                                                 LAT_DIR/rate-PIPELINE.json and printed
   compare_report.py final RAW_DIR OUT.json       a throughput scenario (BENCH_* environment)
+  compare_report.py redis-ratio OUT.json CALLS_BEFORE CALLS_AFTER LEASE
+                                                 STATE=redis: adds ratio_redis_vs_memory to the
+                                                 passthrough result OUT.json, prints two lines
+  compare_report.py token-info HAPROXY_CFG CHECKS_TSV OUT.json ISSUER AUDIENCE SCOPE
+                    CACHE_HITS_BEFORE VERIFICATIONS_BEFORE CACHE_HITS_AFTER VERIFICATIONS_AFTER
+                                                 SCENARIO=token: what each side checks (HAProxy's
+                                                 own config lines, portcullis's route), the
+                                                 checks before measuring and the token-cache
+                                                 counters, as JSON for `final`; prints nothing
   compare_report.py latency RAW_DIR OUT.json     SCENARIO=latency
+  compare_report.py summary PASSTHROUGH.json TOKEN.json FAPI.json LATENCY.json SCENARIO...
+                                                 the summary of a run of several scenarios
 """
 import json
 import os
@@ -66,6 +83,122 @@ def paired(runs, a, b):
     return {"rounds": len(rs), "ratios": [round(x, 3) for x in rs],
             "median": round(statistics.median(rs), 3), "mean": round(statistics.mean(rs), 3),
             "mean_ci95": [round(means[249], 3), round(means[9749], 3)]}
+
+
+def open_rate(lat, pl, rounds, fraction):
+    rounds, fraction = int(rounds), float(fraction)
+    rps = [load(os.path.join(lat, f"max-{r}-{pl}.json"))["rps"] for r in range(1, rounds + 1)]
+    m = statistics.median(rps)
+    rate = {"max_rps": m, "fraction": fraction, "rate": max(1.0, round(m * fraction, 1))}
+    json.dump(rate, open(os.path.join(lat, f"rate-{pl}.json"), "w"))
+    print(rate["rate"])
+
+
+def redis_ratio(path, c0, c1, lease):
+    r = load(path)
+    m = r["median"]
+    mem, red = m["portcullis-limited"], m["portcullis-redis"]
+    reqs = sum(x["requests"] for x in r["runs"] if x["proxy"] == "portcullis-redis")
+    calls = (float(c1) - float(c0)) if "unknown" not in (c0, c1) else None
+    r["ratio_redis_vs_memory"] = {
+        "throughput": ratio(red["rps"], mem["rps"]),
+        "p50": ratio(red["p50_us"], mem["p50_us"]),
+        "p99": ratio(red["p99_us"], mem["p99_us"]),
+        "cpu_per_request": ratio(red["proxy_cpu_us_per_request"], mem["proxy_cpu_us_per_request"]),
+        "lease_max_tokens": int(lease),
+        "redis_rate_limit_calls_in_measured_runs_and_warmups": calls,
+        "measured_requests": reqs,
+    }
+    json.dump(r, open(path, "w"), indent=2)
+    q = r["ratio_redis_vs_memory"]
+    print(f"  state on Redis / in memory (rate-limited route, lease {lease}): throughput {q['throughput']}"
+          f"   p50 {q['p50']}   p99 {q['p99']}   CPU per request {q['cpu_per_request']}")
+    print(f"  Redis rate-limit calls during the runs (warm-ups included): {calls}, "
+          f"for {reqs} measured requests")
+
+
+def token_info(cfg, checks, out, issuer, audience, scope, hits0, verif0, hits1, verif1):
+    lines, inside = [], False
+    for l in open(cfg):
+        if "-- rate limit, BEGIN" in l or "-- access token, BEGIN" in l:
+            inside = True
+        elif "-- rate limit, END" in l or "-- access token, END" in l:
+            inside = False
+        elif inside and l.strip() and not l.lstrip().startswith("#"):
+            lines.append(l.strip())
+    pre = {}
+    for l in open(checks):
+        proxy, what, want, got = l.rstrip("\n").split("\t")
+        pre.setdefault(what, {})[proxy] = {"required": None if want == "*" else int(want),
+                                           "got": int(got) if got.isdigit() else got}
+
+    def num(s):
+        return int(s) if s.isdigit() else None
+    h0, v0, h1, v1 = (num(x) for x in (hits0, verif0, hits1, verif1))
+    info = {
+        "presented": f"Authorization: Bearer <ES256 JWT, typ at+jwt, kid as-1, iss {issuer}, "
+                     f"aud {audience}, scope 'accounts payments', cnf.x5t#S256 = TPP One's "
+                     "certificate>, the same token on every request of every connection",
+        "haproxy_checks": [
+            "rate limit: stick table keyed by SHA-256 of the client certificate's DER, "
+            "http_req_rate(1s) against a quota never reached (429 beyond)",
+            "Authorization: Bearer token present (http_auth_bearer)",
+            "header: alg == ES256, typ at+jwt, kid == as-1 (jwt_header_query)",
+            "signature: jwt_verify(ES256, AS public key PEM) == 1, on every request (no cache)",
+            "claims: iss, aud (string) equal; exp required, exp/nbf/iat against date with 30 s skew",
+            f"scope contains '{scope}' (403 otherwise)",
+            "cnf.x5t#S256 == ssl_c_der,digest(sha256),ub64enc of this connection's certificate",
+            "upstream: Authorization/DPoP removed; x-portcullis-client-id/subject/scope/token-jti "
+            "set from the claims (as portcullis does)",
+        ],
+        "haproxy_config_lines": lines,
+        "portcullis_route": f"auth: {{profile: fapi2}}, scopes: {{all_of: [{scope}]}}, "
+                            "rate_limit: bench (a class never reached), issuer 'as' (jwks file, "
+                            "algorithms [ES256], defaults otherwise: typ at+jwt required, 30 s skew)",
+        "portcullis_checks": [
+            "client rate limit: GCRA (governor) keyed by the certificate thumbprint, before the "
+            "token; a quota never reached (429 beyond)",
+            "exactly one Authorization header, Bearer or DPoP scheme, token68; no access_token "
+            "in the query; at most 8192 bytes",
+            "verified-token cache lookup by SHA-256(issuer, token); on a miss only: JWS parse, "
+            "alg ES256, no jwk/jku/x5c/x5u/crit header, typ at+jwt, key by kid from the JWKS, "
+            "ES256 signature, iss, aud (string or array), exp required, claim types, iat not in "
+            "the future",
+            "every request, cache hit or not: exp/nbf against now with 30 s skew; token must be "
+            "bound (fapi2); cnf.x5t#S256 == base64url SHA-256 of this connection's verified "
+            "certificate (computed once per connection)",
+            f"scope: all of ['{scope}'] (403 authz.scope otherwise)",
+            "upstream: Authorization/DPoP removed; x-portcullis-client-id/subject/scope/token-jti "
+            "set from the claims",
+        ],
+        "asymmetries": [
+            "signature: HAProxy verifies ES256 on every request; portcullis once per token, then "
+            "serves the cached verdict (the design under test; the issue allows caching)",
+            "rate limit: HAProxy counts a sliding 1 s request rate per certificate; portcullis "
+            "runs a GCRA bucket per certificate thumbprint; both one lookup and update per request",
+            "order: HAProxy checks the scope right after the signature and claims, before the "
+            "binding; portcullis after the binding (a token both unbound and without the scope "
+            "gets 403 from HAProxy, 401 from portcullis; the cases here are bound)",
+            "portcullis also refuses what this HAProxy config lets through: two Authorization "
+            "headers, access_token in the query, key-carrying (jwk/jku/x5c/x5u) or crit JOSE "
+            "headers, tokens over 8 KiB, claims of the wrong JSON type (e.g. an object nbf, a "
+            "numeric sub)",
+            "aud: HAProxy accepts only a string equal to the audience, portcullis also an array "
+            "containing it (no effect on this token)",
+            "keys: HAProxy has one fixed PEM key and requires kid as-1; portcullis picks the key "
+            "by kid from the JWKS (file here; could be a URL with refresh)",
+            "binding: both compare cnf.x5t#S256 with the live connection's certificate; HAProxy "
+            "hashes the certificate on every request, portcullis once per connection",
+        ],
+        "checks_before_measuring": pre,
+        "portcullis_token_cache": {
+            "window": "the token scenario's warm-ups and measured runs",
+            "cache_hits": (h1 - h0) if None not in (h0, h1) else "unknown",
+            "signature_verifications": (v1 - v0) if None not in (v0, v1) else "unknown",
+            "note": "the token was verified once already by the checks before measuring",
+        },
+    }
+    json.dump(info, open(out, "w"), indent=2)
 
 
 def machine():
@@ -510,5 +643,31 @@ def latency(raw, out):
     print(f"  results: {out}")
 
 
+def summary(passthrough, token, fapi, latency_json, *scenarios):
+    paths = {"passthrough": passthrough, "token": token, "fapi": fapi, "latency": latency_json}
+    print("summary (medians of this run):")
+    for label in scenarios:
+        r = load(paths[label])
+        valid = "" if r["valid"] else "   (NOT VALID)"
+        if label == "latency":
+            for pl, x in r["pipelines"].items():
+                print(f"  latency      {pl}: added p99 {x['added_p99_us']:.0f} us at "
+                      f"{x['open_loop_rate']:.0f} req/s (target <= 1000 us: "
+                      f"{'met' if x['target']['met'] else 'NOT met'}){valid}")
+            continue
+        base = r["baseline"]
+        q = r["ratio_vs_" + base.replace("-", "_")]
+        c = "portcullis-fapi" if label == "fapi" else "portcullis"
+        m = r["median"]
+        print(f"  {label:<12} {c} / {base}: throughput {q[c]['throughput']}  ({m[c]['rps']:.0f} vs "
+              f"{m[base]['rps']:.0f} req/s)   p99 {q[c]['p99']}   target "
+              f"{'met' if r['target']['met'] else 'NOT met'}{valid}")
+        if label == "fapi":
+            p = r["ratio_fapi_vs_portcullis_passthrough"]
+            print(f"  {'':<12} portcullis-fapi / portcullis pass-through: throughput {p['throughput']}"
+                  f"   p99 {p['p99']}")
+
+
 if __name__ == "__main__":
-    {"line": line, "final": final, "latency": latency}[sys.argv[1]](*sys.argv[2:])
+    {"line": line, "open-rate": open_rate, "final": final, "redis-ratio": redis_ratio,
+     "token-info": token_info, "latency": latency, "summary": summary}[sys.argv[1]](*sys.argv[2:])

@@ -6,6 +6,13 @@
 # A script sets ROOT and KEEP_WORKDIR, sources this file, calls `bench_traps`, and then
 # `bench_workdir NAME` (sets WORK and CERTS). Everything listens on 127.0.0.1 only; every
 # process started with `start_bg` is stopped on exit (including Ctrl-C).
+#
+# The environment it reads: CARGO_TARGET_DIR (default target/: the binary
+# release/portcullis, and where the scripts write their results), BUILD (0: no cargo build),
+# KEEP_WORKDIR, TMPDIR (the work directory); HEADER_READ_TIMEOUT and IDLE_TIMEOUT (the
+# listener's, for portcullis_config) and FAPI_TOKEN_LIFETIME (fapi_scenario), which the
+# scripts set. Its Python steps are benches/py/lib.py.
+# shellcheck shell=bash
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 case $TARGET_DIR in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
@@ -120,29 +127,7 @@ run_fg() {
 # moment ago (the previous run's load generator), and a listener's bind there then fails with
 # "Address already in use" although nothing listens (seen twice in a row between runs).
 free_ports() {
-    python3 - "$1" <<'EOF'
-import random, socket, sys
-n = int(sys.argv[1])
-try:
-    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-except (OSError, ValueError, IndexError):
-    low = 32768
-candidates = list(range(10000, max(low, 10000 + 4 * n)))
-random.shuffle(candidates)
-socks = []
-for port in candidates:
-    if len(socks) == n:
-        break
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-        socks.append(s)
-    except OSError:
-        s.close()
-if len(socks) < n:
-    sys.exit("no %d free ports below %d" % (n, low))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
+    python3 "$ROOT/benches/py/lib.py" free-ports "$1"
 }
 
 # --- /proc -----------------------------------------------------------------------------------
@@ -490,50 +475,15 @@ fapi_checks() {
     run_fg "$BIN" loadgen --scenario "$WORK/fapi-checks.yaml" --json "$out" \
         >"$out.stdout" 2>"$out.stderr" || true
     [[ -s $out ]] || { cat "$out.stderr" >&2; die "the full-FAPI checks did not run"; }
-    python3 - "$out" <<'EOF' || die "the full-FAPI route did not refuse as required (report: $out)"
-import json, sys
-r = json.load(open(sys.argv[1]))["routes"]
-want = {  # route: (statuses, errors by reason) -- n = requests of that route
-    "account": lambda n: ({"200": n}, {}),
-    "no-proof": lambda n: ({"401": n}, {"binding.dpop_proof_missing": n}),
-    "replayed-proof": lambda n: ({"200": 1, "401": n - 1}, {"binding.dpop_replay": n - 1}),
-    "account-outside-grant": lambda n: ({"403": n}, {"authz.object": n}),
-    "token-without-scope": lambda n: ({"403": n}, {"authz.scope": n}),
-}
-bad = 0
-for name, f in want.items():
-    got = r.get(name, {})
-    n = got.get("requests", 0) + sum(v for k, v in got.get("errors_by_reason", {}).items()
-                                     if k.startswith("loadgen."))
-    statuses, reasons = f(n)
-    gs = {str(k): v for k, v in got.get("statuses", {}).items()}
-    gr = got.get("errors_by_reason", {})
-    ok = n >= (2 if name == "replayed-proof" else 1) and gs == statuses and gr == reasons
-    bad += not ok
-    print(f"  {'ok ' if ok else 'BAD'} {name:<22} {n:>3} requests: statuses {gs}"
-          + (f", reasons {gr}" if gr else "")
-          + ("" if ok else f"  (required: {statuses}, {reasons})"), file=sys.stderr)
-sys.exit(1 if bad else 0)
-EOF
+    python3 "$ROOT/benches/py/lib.py" fapi-checks "$out" ||
+        die "the full-FAPI route did not refuse as required (report: $out)"
 }
 
 # Converts a scenario report ($1) to the flag-mode report shape the compare script reads
 # (requests, rps, p50_us ... statuses, errors = requests without an answer), in place; the
 # original is kept as $1.scenario.json.
 flatten_report() {
-    python3 - "$1" <<'EOF'
-import json, shutil, sys
-path = sys.argv[1]
-s = json.load(open(path))
-shutil.copy(path, path + ".scenario.json")
-t = s["latency"]
-r = {"requests": s["requests"], "seconds": s["seconds"], "rps": s["rps"],
-     "p50_us": t["p50_us"], "p90_us": t["p90_us"], "p99_us": t["p99_us"],
-     "p999_us": t["p999_us"], "max_us": t["max_us"], "statuses": s["statuses"],
-     "errors": s["errors"] - sum(s["errors_by_status"].values()),
-     "errors_by_reason": s["errors_by_reason"]}
-json.dump(r, open(path, "w"))
-EOF
+    python3 "$ROOT/benches/py/lib.py" flatten "$1"
 }
 
 # --- sampling --------------------------------------------------------------------------------

@@ -45,12 +45,16 @@
 #   MAINTENANCE=10s       rate_limits.maintenance_interval of the keys instance
 #   KEYS_TIMEOUT=1200     seconds the feed may take before it is stopped (a failure)
 #   BUILD=1               0 skips `cargo build --release`
+#   CARGO_TARGET_DIR=target   where the binary is (release/portcullis) and the results go
 #   KEEP_WORKDIR=0        1 keeps the temporary directory
+#   TMPDIR=/tmp           where the temporary directory is made
 # Needs python3 with the `cryptography` package for part 2 (python3-cryptography).
 #
 # Time: part 1 ~ IDLE_HOLD + 10 s; part 2 ~ feed (KEYS / request rate: about 3 minutes for 1M
 # keys at ~5,500 req/s on the 2-core VM) + 2 x KEY_REFILL + MAINTENANCE: about 9 minutes.
-# Results: target/memory.json. Loopback only; everything started is stopped on exit.
+# Results: target/memory.json (in CARGO_TARGET_DIR), the report on stdout, progress on stderr.
+# The clients are benches/py/idle_client.py and benches/py/key_feeder.py; the JSON and the
+# report are benches/py/memory.py. Loopback only; everything started is stopped on exit.
 #
 # Example: PART=idle IDLE_HOLD=3 benches/memory.sh
 #          PART=keys KEYS=20000 KEY_REFILL=20s MAINTENANCE=5s benches/memory.sh
@@ -127,54 +131,10 @@ $RATE_LIMITS" policies/full.yaml >"$WORK/full.yaml"
     read -r RSS0 HWM0 FD0 < <(proc_line "$PID_FULL")
     log "idle: baseline VmRSS ${RSS0} KiB, VmHWM ${HWM0} KiB, ${FD0} fds; opening $IDLE_CONNECTIONS connections"
 
-    cat >"$WORK/idle.py" <<'EOF'
-# Opens N mTLS keep-alive connections, one GET on each, then holds them until the stop file
-# appears (or the deadline passes); writes "ready" to the ready file once all are answered.
-import os, socket, ssl, sys, time
-port, n, certs, path, ready, stop, deadline = sys.argv[1:8]
-n, deadline = int(n), time.time() + float(deadline)
-ctx = ssl.create_default_context(cafile=f"{certs}/ca.pem")
-ctx.load_cert_chain(f"{certs}/tpp1.pem", f"{certs}/tpp1.key")
-req = f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
-conns, statuses = [], {}
-for i in range(n):
-    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(port))), server_hostname="localhost")
-    s.sendall(req)
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            sys.exit(f"connection {i} closed before an answer")
-        buf += chunk
-    head, body = buf.split(b"\r\n\r\n", 1)
-    lines = head.decode().split("\r\n")
-    status = lines[0].split()[1]
-    length = next(int(l.split(":", 1)[1]) for l in lines if l.lower().startswith("content-length:"))
-    while len(body) < length:
-        body += s.recv(65536)
-    statuses[status] = statuses.get(status, 0) + 1
-    conns.append(s)
-with open(ready, "w") as f:
-    f.write(" ".join(f"{k}:{v}" for k, v in statuses.items()))
-while not os.path.exists(stop) and time.time() < deadline:
-    time.sleep(0.1)
-# Still open? A closed connection reads b"" at once.
-for s in conns:
-    s.setblocking(False)
-closed = 0
-for s in conns:
-    try:
-        if s.recv(1) == b"":
-            closed += 1
-    except (ssl.SSLWantReadError, BlockingIOError):
-        pass
-    except OSError:
-        closed += 1
-with open(stop + ".result", "w") as f:
-    f.write(str(closed))
-EOF
+    # The client opens the connections, one GET on each, writes their answers to idle.ready,
+    # holds them until idle.stop exists and writes how many the proxy closed to idle.stop.result.
     T0=$EPOCHREALTIME
-    start_bg "$WORK/idle-client.log" python3 "$WORK/idle.py" "$P_FULL" "$IDLE_CONNECTIONS" \
+    start_bg "$WORK/idle-client.log" python3 "$ROOT/benches/py/idle_client.py" "$P_FULL" "$IDLE_CONNECTIONS" \
         "$CERTS" "$ROUTE" "$WORK/idle.ready" "$WORK/idle.stop" $((IDLE_HOLD_S + 300))
     PID_IDLE=$STARTED_PID
     while [[ ! -s $WORK/idle.ready ]]; do
@@ -195,23 +155,10 @@ EOF
     forget_pid "$PID_IDLE"
     CLOSED=$(cat "$WORK/idle.stop.result")
     log "idle: after ${IDLE_HOLD_S} s VmRSS ${RSS2} KiB, VmHWM ${HWM2} KiB, ${FD2} fds, ${ACTIVE2} active; $CLOSED closed by the proxy"
-    python3 - "$IDLE_JSON" <<EOF
-import json, sys
-n = $IDLE_CONNECTIONS
-r = {
-    "connections": n, "answers": "$IDLE_STATUSES", "open_seconds": $OPEN_S,
-    "hold_seconds": $IDLE_HOLD_S, "closed_by_proxy_during_hold": $CLOSED,
-    "baseline": {"vmrss_kib": $RSS0, "vmhwm_kib": $HWM0, "fds": $FD0},
-    "connected": {"vmrss_kib": $RSS1, "vmhwm_kib": $HWM1, "fds": $FD1, "active": "$ACTIVE1"},
-    "after_hold": {"vmrss_kib": $RSS2, "vmhwm_kib": $HWM2, "fds": $FD2, "active": "$ACTIVE2"},
-    "per_connection_kib": round(($RSS2 - $RSS0) / n, 1),
-    "target": {"name": "<= 64 MiB RSS with 1,000 idle keep-alive connections",
-               "limit_kib": 65536, "vmrss_kib": max($RSS1, $RSS2),
-               "met": max($RSS1, $RSS2) <= 65536 and n >= 1000 and $CLOSED == 0
-                      and "$IDLE_STATUSES" == f"200:{n}"},
-}
-json.dump(r, open(sys.argv[1], "w"), indent=2)
-EOF
+    python3 "$ROOT/benches/py/memory.py" idle-json "$IDLE_JSON" --connections "$IDLE_CONNECTIONS" \
+        --answers "$IDLE_STATUSES" --open-seconds "$OPEN_S" --hold-seconds "$IDLE_HOLD_S" \
+        --closed "$CLOSED" --baseline "$RSS0" "$HWM0" "$FD0" \
+        --connected "$RSS1" "$HWM1" "$FD1" "$ACTIVE1" --after-hold "$RSS2" "$HWM2" "$FD2" "$ACTIVE2"
     stop_started "$PID_FULL"
 fi
 
@@ -234,21 +181,7 @@ routes:
     auth: {profile: bearer}
     rate_limit: keys
 EOF
-    python3 - "$WORK/keys" <<'EOF'
-# An Ed25519 authorization-server key and its JWKS (kid keys-1).
-import base64, json, os, sys
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-d = sys.argv[1]
-os.makedirs(d, exist_ok=True)
-k = ed25519.Ed25519PrivateKey.generate()
-open(f"{d}/as.key", "wb").write(k.private_bytes(serialization.Encoding.PEM,
-    serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-x = k.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-jwk = {"kty": "OKP", "crv": "Ed25519", "kid": "keys-1", "alg": "EdDSA", "use": "sig",
-       "x": base64.urlsafe_b64encode(x).rstrip(b"=").decode()}
-json.dump({"keys": [jwk]}, open(f"{d}/jwks.json", "w"))
-EOF
+    python3 "$ROOT/benches/py/memory.py" keygen "$WORK/keys"
     portcullis_config "$P_KEYS" "$P_KEYS_ADMIN" "$AUDIT_NONE
 issuers:
   as:
@@ -266,101 +199,21 @@ rate_limits:
     start_portcullis "$WORK/keys.yaml" keys "$P_KEYS_ADMIN"
     PID_KEYS=$STARTED_PID
 
-    cat >"$WORK/feed.py" <<'EOF'
-# Feeds distinct client_ids (one fresh EdDSA token each) over one TLS connection without a
-# client certificate, BATCH pipelined requests per write. Prints JSON: statuses, seconds.
-#   feed.py PORT CERTS KEYDIR ISS AUD PATH FIRST COUNT BATCH DEADLINE [SAME]
-# SAME=1: COUNT requests all with the token of client FIRST (the keying check).
-import base64, json, socket, ssl, sys, time
-from cryptography.hazmat.primitives import serialization
-port, certs, keydir, iss, aud, path = sys.argv[1:7]
-first, count, batch, deadline = (int(x) for x in sys.argv[7:11])
-same = len(sys.argv) > 11 and sys.argv[11] == "1"
-deadline += time.time()
-key = serialization.load_pem_private_key(open(f"{keydir}/as.key", "rb").read(), None)
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
-head = b64(json.dumps({"alg": "EdDSA", "typ": "at+jwt", "kid": "keys-1"}).encode())
-now = int(time.time())
-def token(i):
-    # client_id: 43 characters, like an x5t#S256 thumbprint.
-    c = (f'{{"iss":"{iss}","aud":"{aud}","sub":"psu","client_id":"c{i:042d}",'
-         f'"scope":"accounts","iat":{now},"exp":{now + 7200},"jti":"j{i}"}}').encode()
-    si = head + b"." + b64(c)
-    return si + b"." + b64(key.sign(si))
-ctx = ssl.create_default_context(cafile=f"{certs}/ca.pem")
-s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(port))), server_hostname="localhost")
-pre = f"GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ".encode()
-buf, statuses, reasons, done, t0 = b"", {}, {}, 0, time.time()
-
-def read_one():
-    """One response from buf (reading more as needed): its status and body."""
-    global buf
-    while b"\r\n\r\n" not in buf:
-        more = s.recv(262144)
-        if not more:
-            raise SystemExit("the proxy closed the connection")
-        buf += more
-    head_end = buf.index(b"\r\n\r\n")
-    lines = buf[:head_end].decode("latin-1").split("\r\n")
-    status = lines[0].split()[1]
-    hdrs = {l.split(":", 1)[0].strip().lower(): l.split(":", 1)[1].strip() for l in lines[1:]}
-    buf = buf[head_end + 4:]
-    if "content-length" in hdrs:
-        n = int(hdrs["content-length"])
-        while len(buf) < n:
-            buf += s.recv(262144)
-        body, buf = buf[:n], buf[n:]
-    elif hdrs.get("transfer-encoding", "").lower() == "chunked":
-        body = b""
-        while True:
-            while b"\r\n" not in buf:
-                buf += s.recv(262144)
-            size_line, rest = buf.split(b"\r\n", 1)
-            size = int(size_line.split(b";")[0], 16)
-            while len(rest) < size + 2:
-                rest += s.recv(262144)
-            body += rest[:size]
-            buf = rest[size + 2:]
-            if size == 0:
-                while not buf.startswith(b"\r\n") and b"\r\n\r\n" not in buf:
-                    buf += s.recv(262144)
-                buf = buf[2:] if buf.startswith(b"\r\n") else buf[buf.index(b"\r\n\r\n") + 4:]
-                break
-    else:
-        body = b""
-    return status, body
-
-while done < count:
-    if time.time() > deadline:
-        raise SystemExit(f"deadline passed after {done} of {count} requests")
-    n = min(batch, count - done)
-    ids = [first] * n if same else range(first + done, first + done + n)
-    s.sendall(b"".join(pre + token(i) + b"\r\n\r\n" for i in ids))
-    for _ in range(n):
-        st, body = read_one()
-        statuses[st] = statuses.get(st, 0) + 1
-        if st != "200":
-            try:
-                r = json.loads(body).get("reason", "(none)")
-            except ValueError:
-                r = "(not json)"
-            reasons[r] = reasons.get(r, 0) + 1
-    done += n
-print(json.dumps({"statuses": statuses, "reasons": reasons, "seconds": round(time.time() - t0, 2)}))
-EOF
-    feed() { # first count batch [same] -> JSON on stdout
-        python3 "$WORK/feed.py" "$P_KEYS" "$CERTS" "$WORK/keys" "$AS_ISSUER" "$AS_AUDIENCE" \
+    # One key feeder: FIRST COUNT BATCH DEADLINE_S [SAME] -> one JSON line on stdout (statuses,
+    # reasons of the refusals, seconds).
+    feed() {
+        python3 "$ROOT/benches/py/key_feeder.py" "$P_KEYS" "$CERTS" "$WORK/keys" "$AS_ISSUER" "$AS_AUDIENCE" \
             "$ROUTE" "$@"
     }
     # The keying check: two requests with one token at once (burst 1): 200 then 429.
     CHECK=$(feed 0 2 2 30 1)
-    python3 -c 'import json, sys; r = json.loads(sys.argv[1]); sys.exit(0 if r["statuses"] == {"200": 1, "429": 1} and r["reasons"] == {"rate_limit.client": 1} else 1)' "$CHECK" ||
+    python3 "$ROOT/benches/py/memory.py" keying-check "$CHECK" ||
         die "keying check: two requests with one token should answer 200 then 429 rate_limit.client (got $CHECK)"
     log "keys: the class keys on the token's client_id (one token twice at once: $CHECK)"
     # Warm-up: a few distinct keys (held in the baseline: 2,000 of them), then the baseline.
     feed 1 2000 "$BATCH" 60 >/dev/null
     sleep 1
-    read -r KRSS0 KHWM0 KFD0 < <(proc_line "$PID_KEYS")
+    read -r KRSS0 KHWM0 _ < <(proc_line "$PID_KEYS")
     log "keys: baseline VmRSS ${KRSS0} KiB, VmHWM ${KHWM0} KiB; feeding $KEYS distinct keys over $DRIVERS connection(s)"
 
     # The feed: DRIVERS processes, distinct id ranges (from 10^6 on, away from the warm-up's).
@@ -370,7 +223,7 @@ EOF
     for ((d = 0; d < DRIVERS; d++)); do
         first=$((1000000 + d * per))
         n=$((d == DRIVERS - 1 ? KEYS - d * per : per))
-        start_bg "$WORK/feed-$d.json" python3 "$WORK/feed.py" "$P_KEYS" "$CERTS" "$WORK/keys" \
+        start_bg "$WORK/feed-$d.json" python3 "$ROOT/benches/py/key_feeder.py" "$P_KEYS" "$CERTS" "$WORK/keys" \
             "$AS_ISSUER" "$AS_AUDIENCE" "$ROUTE" "$first" "$n" "$BATCH" "$KEYS_TIMEOUT"
         FEED_PIDS+=("$STARTED_PID")
     done
@@ -389,7 +242,7 @@ EOF
         forget_pid "$p"
     done
     FEED_S=$(awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
-    read -r KRSS1 KHWM1 KFD1 < <(proc_line "$PID_KEYS")
+    read -r KRSS1 KHWM1 _ < <(proc_line "$PID_KEYS")
     log "keys: $KEYS keys fed (done within ${FEED_S} s); VmRSS ${KRSS1} KiB, VmHWM ${KHWM1} KiB"
     # After maintenance: every 5 s until the last key is droppable (2 x KEY_REFILL after its
     # request) and one more maintenance pass has run (the drops show when retain_recent runs).
@@ -402,85 +255,17 @@ EOF
         printf '%s\t%s\n' "$(awk -v a="$T1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", b - a }')" \
             "$(status_kib "$PID_KEYS" VmRSS)" >>"$WORK/keys-after.tsv"
     done
-    read -r KRSS2 KHWM2 KFD2 < <(proc_line "$PID_KEYS")
+    read -r KRSS2 KHWM2 _ < <(proc_line "$PID_KEYS")
     KRSSANON2=$(status_kib "$PID_KEYS" RssAnon)
     log "keys: after maintenance VmRSS ${KRSS2} KiB (RssAnon ${KRSSANON2} KiB)"
-    python3 - "$KEYS_JSON" "$WORK" "$DRIVERS" <<EOF
-import json, sys
-out, work, drivers = sys.argv[1], sys.argv[2], int(sys.argv[3])
-statuses, reasons, feed_s = {}, {}, 0
-for d in range(drivers):
-    r = json.loads(open(f"{work}/feed-{d}.json").read().strip().splitlines()[-1])
-    feed_s = max(feed_s, r["seconds"])
-    for k, v in r["statuses"].items():
-        statuses[k] = statuses.get(k, 0) + v
-    for k, v in r["reasons"].items():
-        reasons[k] = reasons.get(k, 0) + v
-tsv = lambda f: [[float(x) for x in l.split()] for l in open(f"{work}/{f}") if l.strip()]
-keys = $KEYS
-r = {
-    "keys": keys, "feed_seconds": feed_s, "feed_rate": round(keys / max(feed_s, 0.001)),
-    "statuses": statuses, "reasons": reasons, "keying_check": json.loads('$CHECK'),
-    "baseline": {"vmrss_kib": $KRSS0, "vmhwm_kib": $KHWM0},
-    "after_feed": {"vmrss_kib": $KRSS1, "vmhwm_kib": $KHWM1},
-    "after_maintenance": {"vmrss_kib": $KRSS2, "vmhwm_kib": $KHWM2, "rssanon_kib": $KRSSANON2,
-                          "wait_seconds": $WAIT_S},
-    "key_refill_s": $KEY_REFILL_S,
-    "all_keys_held_at_end_of_feed": feed_s < 2 * $KEY_REFILL_S,
-    "bytes_per_key": round(($KRSS1 - $KRSS0) * 1024 / keys),
-    "rss_while_feeding": tsv("keys-rss.tsv"),
-    "rss_after_feed": tsv("keys-after.tsv"),
-    "maintenance_interval_s": $MAINTENANCE_S,
-    "how": "end to end: KEYS distinct EdDSA tokens (client_id 43 chars) over DRIVERS pipelined "
-           "TLS connections without a client certificate; the class keys on cid:<client_id>; "
-           "token cache off, audit none",
-    "target": {"name": "<= 256 MiB after 1M distinct rate-limit keys", "limit_kib": 262144,
-               "vmrss_kib": max($KRSS1, $KHWM1),
-               "met": max($KRSS1, $KHWM1) <= 262144 and keys >= 1000000
-                      and statuses == {"200": keys} and feed_s < 2 * $KEY_REFILL_S},
-}
-json.dump(r, open(out, "w"), indent=2)
-EOF
+    python3 "$ROOT/benches/py/memory.py" keys-json "$KEYS_JSON" "$WORK" "$DRIVERS" --keys "$KEYS" \
+        --keying-check "$CHECK" --baseline "$KRSS0" "$KHWM0" --after-feed "$KRSS1" "$KHWM1" \
+        --after-maintenance "$KRSS2" "$KHWM2" "$KRSSANON2" "$WAIT_S" \
+        --key-refill-s "$KEY_REFILL_S" --maintenance-s "$MAINTENANCE_S"
     stop_started "$PID_KEYS"
 fi
 
 # --- report ----------------------------------------------------------------------------------
 
 mkdir -p "$TARGET_DIR"
-python3 - "$RESULT_JSON" "$IDLE_JSON" "$KEYS_JSON" "$PC_REV" "$(nproc)" <<'EOF'
-import json, os, sys
-out, idle_p, keys_p, rev, cores = sys.argv[1:6]
-res = {"revision": rev, "cores": int(cores)}
-mib = lambda k: f"{k / 1024:.1f} MiB"
-print()
-print(f"memory targets -- portcullis {rev}, release build, {cores} cores (shared with the clients)")
-if os.path.exists(idle_p):
-    r = res["idle_connections"] = json.load(open(idle_p))
-    t = r["target"]
-    print(f"  idle: {r['connections']} mTLS keep-alive connections (python3 ssl, TPP One's certificate),")
-    print(f"        one GET each (answers {r['answers']}), then held {r['hold_seconds']} s; full config")
-    print(f"        (both routes, issuer, rate-limit class, audit file)")
-    print(f"        VmRSS baseline {mib(r['baseline']['vmrss_kib'])}, connected {mib(r['connected']['vmrss_kib'])}, "
-          f"after the hold {mib(r['after_hold']['vmrss_kib'])} (VmHWM {mib(r['after_hold']['vmhwm_kib'])})")
-    print(f"        {r['per_connection_kib']} KiB per connection; fds {r['baseline']['fds']} -> "
-          f"{r['after_hold']['fds']}; connections_active {r['after_hold']['active']}; "
-          f"closed by the proxy during the hold: {r['closed_by_proxy_during_hold']}")
-    print(f"        target {t['name']}: {'met' if t['met'] else 'NOT met'} ({mib(t['vmrss_kib'])})")
-if os.path.exists(keys_p):
-    r = res["rate_limit_keys"] = json.load(open(keys_p))
-    t = r["target"]
-    print(f"  keys: {r['keys']} distinct client rate-limit keys (cid:<43-char client_id>, one EdDSA token")
-    print(f"        each, pipelined over TLS) in {r['feed_seconds']} s ({r['feed_rate']} req/s); answers {r['statuses']}")
-    print(f"        keying check (one token twice at once): {r['keying_check']['statuses']}")
-    print(f"        VmRSS baseline {mib(r['baseline']['vmrss_kib'])}, after the feed {mib(r['after_feed']['vmrss_kib'])}"
-          f" (VmHWM {mib(r['after_feed']['vmhwm_kib'])}), ~{r['bytes_per_key']} B per key")
-    held = "all held at the end of the feed" if r["all_keys_held_at_end_of_feed"] else \
-        "NOT all held at once: the feed took longer than 2 x KEY_REFILL, raise it"
-    print(f"        (one request per client per {r['key_refill_s']} s: {held})")
-    print(f"        {r['after_maintenance']['wait_seconds']} s later (every key droppable, maintenance every "
-          f"{r['maintenance_interval_s']} s: retain_recent + shrink_to_fit): VmRSS "
-          f"{mib(r['after_maintenance']['vmrss_kib'])}, RssAnon {mib(r['after_maintenance']['rssanon_kib'])}")
-    print(f"        target {t['name']}: {'met' if t['met'] else 'NOT met'} ({mib(t['vmrss_kib'])})")
-json.dump(res, open(out, "w"), indent=2)
-print(f"  results: {out}")
-EOF
+python3 "$ROOT/benches/py/memory.py" report "$RESULT_JSON" "$IDLE_JSON" "$KEYS_JSON" "$PC_REV" "$(nproc)"

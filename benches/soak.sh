@@ -53,7 +53,12 @@
 #                         the samples counted as warm-up)
 #   FAPI_TOKEN_LIFETIME=10m   token lifetime (re-minted at three quarters of it)
 #   BUILD=1               0 skips `cargo build --release`
+#   CARGO_TARGET_DIR=target   where the binary is (release/portcullis) and the results go
 #   KEEP_WORKDIR=0        1 keeps the temporary directory (configs, logs, audit, raw reports)
+#   TMPDIR=/tmp           where the temporary directory is made
+#
+# Results: target/soak.json or target/saturation.json (in CARGO_TARGET_DIR), the report on
+# stdout, progress on stderr; the checks and the report are benches/py/soak.py.
 #
 # Time: soak ~ WARMUP + CAPACITY_DURATION + WARMUP + SOAK_DURATION (~31 minutes by default);
 #       saturation ~ WARMUP + DURATION (~5 minutes). Loopback only; every run stops by itself;
@@ -120,9 +125,7 @@ run_load() {
         >"$RAW/$1.stdout" 2>"$RAW/$1.stderr" || true
     [[ -s $RAW/$1.json ]] || { cat "$RAW/$1.stderr" >&2; die "loadgen ($1) did not finish"; }
 }
-json_field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$@"; }
 
-RATE=""
 CAPACITY=""
 if [[ $MODE == soak ]]; then
     log "soak: capacity, closed loop, $CONNECTIONS connections, $CAPACITY_DURATION after $WARMUP"
@@ -130,14 +133,15 @@ if [[ $MODE == soak ]]; then
   connections: $CONNECTIONS
   duration: $CAPACITY_DURATION
   warmup: $WARMUP"
-    CAPACITY=$(python3 -c "import json, sys; print(round(json.load(open(sys.argv[1]))['ok_rps'], 1))" "$RAW/capacity.json")
-    [[ $(json_field "$RAW/capacity.json" errors) == 0 ]] ||
-        die "the capacity run had errors (report: $RAW/capacity.json)"
-    RATE=$(python3 -c "print(max(1.0, round($CAPACITY * $SOAK_FRACTION, 1)))")
+    # The capacity (answers 200 per second), the capacity run's errors, the open-loop rate
+    # (SOAK_FRACTION of the capacity) and its max_outstanding (10 s of that rate, at least 1000).
+    OPEN_LOOP=$(python3 "$ROOT/benches/py/soak.py" open-loop "$RAW/capacity.json" "$SOAK_FRACTION")
+    read -r CAPACITY CAPACITY_ERRORS RATE MAX_OUTSTANDING <<<"$OPEN_LOOP"
+    [[ $CAPACITY_ERRORS == 0 ]] || die "the capacity run had errors (report: $RAW/capacity.json)"
     log "soak: capacity $CAPACITY req/s; open loop at $RATE req/s for $SOAK_DURATION, sampling every $SAMPLE_EVERY s"
     LOAD="  mode: open
   rate: $RATE
-  max_outstanding: $(python3 -c "import math; print(max(1000, math.ceil($RATE * 10)))")
+  max_outstanding: $MAX_OUTSTANDING
   connections: $CONNECTIONS
   duration: $SOAK_DURATION
   warmup: $WARMUP"
@@ -174,172 +178,10 @@ AUDIT_FILES=$(find "$WORK/audit" -name 'fapi.log*' | wc -l)
 
 mkdir -p "$TARGET_DIR"
 rc=0
-python3 - "$RAW/$MODE.json" "$SAMPLES" "$RESULT_JSON" "$RAW/fapi-checks.json" "$CPU_SAMPLES" <<EOF || rc=$?
-import bisect, json, statistics, sys
-report_p, samples_p, out, checks_p, cpu_p = sys.argv[1:6]
-r = json.load(open(report_p))
-rows = [l.rstrip("\n").split("\t") for l in open(samples_p) if l.strip()]
-samples = [{"t_s": float(t), "vmrss_kib": int(rss), "vmhwm_kib": int(hwm), "fds": int(fd),
-            "threads": int(th), "steal_ms": int(st)} for t, rss, hwm, fd, th, st in rows if t != "end"]
-after = [{"vmrss_kib": int(rss), "vmhwm_kib": int(hwm), "fds": int(fd), "threads": int(th)}
-         for t, rss, hwm, fd, th, st in rows if t == "end"]
-# CPU steal: time the hypervisor ran other guests instead of this machine's cores, as a share
-# of the cores' time -- a run on a contended VM loses that much capacity while it lasts, so a
-# failure next to a high steal share says more about the machine than about the proxy.
-cores = $(nproc)
-steal = None
-if len(samples) >= 2:
-    spans = [(b["t_s"] - a["t_s"], b["steal_ms"] - a["steal_ms"]) for a, b in zip(samples, samples[1:])]
-    total_s = samples[-1]["t_s"] - samples[0]["t_s"]
-    steal = {"definition": "CPU steal (/proc/stat) as a share of all cores' time between samples",
-             "run_pct": round(100 * (samples[-1]["steal_ms"] - samples[0]["steal_ms"])
-                              / (max(total_s, 1e-9) * 1000 * cores), 1),
-             "max_interval_pct": round(max(100 * st / (max(dt, 1e-9) * 1000 * cores)
-                                           for dt, st in spans), 1)}
-mode, settle, flat_pct, flat_mib, fd_slack = "$MODE", $SETTLE, $FLAT_PCT, $FLAT_MIB, $FD_SLACK
-# The timeline: the load generator's seconds (from the end of its warm-up) beside the steal and
-# the proxy's CPU sampled every second, matched by wall-clock time.
-cpu = [tuple(float(x) for x in l.split("\t")) for l in open(cpu_p) if l.count("\t") == 2]
-cpu_t = [c[0] for c in cpu]
-def cpu_share(t0, t1):
-    """Steal (% of all cores) and proxy CPU (% of one core) between unix times t0 and t1."""
-    i, j = bisect.bisect_left(cpu_t, t0), bisect.bisect_right(cpu_t, t1) - 1
-    i, j = max(i - 1, 0), min(j + 1, len(cpu) - 1)
-    if j <= i:
-        return None, None
-    dt = (cpu[j][0] - cpu[i][0]) * 1000
-    return (round(100 * (cpu[j][1] - cpu[i][1]) / (dt * cores), 1),
-            round(100 * (cpu[j][2] - cpu[i][2]) / dt, 1))
-BOUND = 1000
-timeline = []
-for k, tk in enumerate(r.get("timeline", [])):
-    st, pc = cpu_share(r["started_unix_s"] + k, r["started_unix_s"] + k + 1)
-    timeline.append({"t_s": k, **tk, "steal_pct": st, "proxy_cpu_pct": pc})
-over = [s for s in timeline if s["backlog"] > BOUND]
-rest = [s for s in timeline if s["backlog"] <= BOUND]
-longest = run_len = 0
-for s in timeline:
-    run_len = run_len + 1 if s["backlog"] > BOUND else 0
-    longest = max(longest, run_len)
-mean = lambda xs: round(statistics.mean(xs), 1) if xs else None
-tl = None
-if timeline:
-    tl = {"seconds": len(timeline),
-          "seconds_with_errors": sum(1 for s in timeline if s["errors"]),
-          "max_backlog": max(s["backlog"] for s in timeline),
-          "seconds_over_bound": len(over), "bound": BOUND, "longest_over_bound_s": longest,
-          "requests_due_over_bound": sum(s["requests"] for s in over),
-          "steal_pct_over_bound": mean([s["steal_pct"] for s in over if s["steal_pct"] is not None]),
-          "steal_pct_other": mean([s["steal_pct"] for s in rest if s["steal_pct"] is not None]),
-          "proxy_cpu_pct_over_bound": mean([s["proxy_cpu_pct"] for s in over if s["proxy_cpu_pct"] is not None]),
-          "proxy_cpu_pct_other": mean([s["proxy_cpu_pct"] for s in rest if s["proxy_cpu_pct"] is not None])}
-failures = []
-if r["errors"] or not r["ok"]:
-    failures.append(f"errors: {r['errors']} ({r['errors_by_reason']}), {r['ok']} answered 200")
-cut = min(len(samples) - 1, max(1, len(samples) * settle // 100)) if samples else 0
-first, second = samples[:cut], samples[cut:]
-flat = fd_ok = None
-if len(samples) < 4:
-    failures.append(f"only {len(samples)} samples: too short a run for the memory checks")
-else:
-    rss2 = [s["vmrss_kib"] for s in second]
-    m = statistics.median(rss2)
-    tol = max(m * flat_pct / 100, flat_mib * 1024)
-    worst = max(abs(x - m) for x in rss2)
-    # Least-squares slope after the warm-up, for information (MiB per hour).
-    ts = [s["t_s"] for s in second]
-    tm = statistics.mean(ts)
-    den = sum((t - tm) ** 2 for t in ts) or 1
-    slope = sum((t - tm) * (x - statistics.mean(rss2)) for t, x in zip(ts, rss2)) / den
-    flat = {"definition": f"samples after the first {settle}% within max({flat_pct}% of "
-                          f"their median, {flat_mib} MiB) of it",
-            "median_after_warmup_kib": m, "tolerance_kib": round(tol), "worst_deviation_kib": worst,
-            "slope_mib_per_hour": round(slope * 3600 / 1024, 1), "met": worst <= tol}
-    if not flat["met"]:
-        failures.append(f"RSS not flat: a sample after the warm-up {worst} KiB from the median {m} KiB "
-                        f"(tolerance {round(tol)} KiB)")
-    fd1, fd2 = max(s["fds"] for s in first), max(s["fds"] for s in second)
-    fd_ok = {"definition": f"max fds after the warm-up <= max during it + {fd_slack}",
-             "warmup_max": fd1, "after_warmup_max": fd2, "met": fd2 <= fd1 + fd_slack}
-    if not fd_ok["met"]:
-        failures.append(f"descriptors grew: {fd1} -> {fd2}")
-rss = [s["vmrss_kib"] for s in samples]
-result = {
-    "mode": mode,
-    "revision": "$(revision)",
-    "cores": cores,
-    "pipeline": "full FAPI: mTLS + DPoP-bound token (fapi2) + fresh DPoP proof per request + "
-                "scope + object rule (authorization_details) + client rate-limit class + audit "
-                "log (file, rotated at 64 MiB, 4 kept)",
-    "load": {"connections": $CONNECTIONS, "duration": "$RUN_DURATION", "warmup": "$WARMUP",
-             "mode": r["mode"], "rate": r["rate"],
-             "capacity_rps": ${CAPACITY:-None}, "fraction": ${SOAK_FRACTION} if mode == "soak" else None,
-             "token_lifetime": "$FAPI_TOKEN_LIFETIME", "tokens_minted": r["tokens_minted"]},
-    "fapi_checks": json.load(open(checks_p))["routes"],
-    "result": {"requests": r["requests"], "ok": r["ok"], "rps": r["rps"], "ok_rps": r["ok_rps"],
-               "latency": r["latency"], "statuses": r["statuses"], "errors": r["errors"],
-               "errors_by_reason": r["errors_by_reason"], "seconds": r["seconds"]},
-    "memory": {"first_kib": rss[0] if rss else None, "last_kib": rss[-1] if rss else None,
-               "max_kib": max(rss) if rss else None, "after_run": after[0] if after else None,
-               "flat": flat},
-    "fds": {"first": samples[0]["fds"] if samples else None,
-            "last": samples[-1]["fds"] if samples else None,
-            "max": max(s["fds"] for s in samples) if samples else None, "growth": fd_ok},
-    "audit": {"bytes_on_disk": $AUDIT_BYTES, "files": $AUDIT_FILES},
-    "cpu_steal": steal,
-    "timeline_summary": tl,
-    "timeline": timeline,
-    "samples": samples,
-    "every_s": $SAMPLE_EVERY,
-    "passed": not failures,
-    "failures": failures,
-}
-json.dump(result, open(out, "w"), indent=2)
-mib = lambda k: f"{k / 1024:.1f} MiB"
-t = r["latency"]
-print()
-print(f"{mode} -- portcullis {result['revision']}, full FAPI pipeline, {result['cores']} cores shared "
-      f"with the load generator and the mock bank")
-if mode == "soak":
-    print(f"  load     open loop at {r['rate']} req/s ({result['load']['fraction']} of the capacity "
-          f"{result['load']['capacity_rps']:.0f} req/s measured closed loop), {$CONNECTIONS} connections, "
-          f"$RUN_DURATION after $WARMUP")
-else:
-    print(f"  load     closed loop, {$CONNECTIONS} connections, $RUN_DURATION after $WARMUP")
-print(f"  checks   refused before the run: " + ", ".join(
-    f"{k} {v['statuses']}" for k, v in result["fapi_checks"].items() if k != "account"))
-print(f"  result   {r['requests']} answers ({r['ok']} ok) = {r['rps']:.0f} req/s; latency p50 "
-      f"{t['p50_us']} us, p99 {t['p99_us']} us, p99.9 {t['p999_us']} us, max {t['max_us']} us")
-print(f"  errors   {r['errors']}" + (f" {r['errors_by_reason']}" if r["errors"] else "")
-      + f"; tokens minted {r['tokens_minted']}")
-if samples:
-    print(f"  RSS      first {mib(rss[0])}, last {mib(rss[-1])}, max {mib(max(rss))} "
-          f"({len(samples)} samples every $SAMPLE_EVERY s)")
-    print("  RSS MiB  " + " ".join(f"{x / 1024:.0f}" for x in rss))
-if flat:
-    print(f"  flat     {flat['definition']}: worst {mib(flat['worst_deviation_kib'])} from "
-          f"{mib(flat['median_after_warmup_kib'])} (tolerance {mib(flat['tolerance_kib'])}), slope "
-          f"{flat['slope_mib_per_hour']} MiB/h: {'yes' if flat['met'] else 'NO'}")
-if samples:
-    print(f"  fds      first {result['fds']['first']}, last {result['fds']['last']}, max "
-          f"{result['fds']['max']}" + (f": growth {'none' if fd_ok['met'] else 'YES'} "
-          f"({fd_ok['warmup_max']} -> {fd_ok['after_warmup_max']})" if fd_ok else ""))
-print(f"  audit    {result['audit']['bytes_on_disk']} bytes in {result['audit']['files']} file(s)")
-if steal:
-    print(f"  steal    the hypervisor took {steal['run_pct']} % of the {cores} cores over the run, "
-          f"{steal['max_interval_pct']} % in the worst {$SAMPLE_EVERY} s")
-if tl:
-    print(f"  backlog  most outstanding at once {tl['max_backlog']}; {tl['seconds_over_bound']} of "
-          f"{tl['seconds']} s over {BOUND} (longest {tl['longest_over_bound_s']} s, "
-          f"{tl['requests_due_over_bound']} requests due then); steal {tl['steal_pct_over_bound']} % "
-          f"in those seconds, {tl['steal_pct_other']} % in the others; proxy CPU "
-          f"{tl['proxy_cpu_pct_over_bound']} % / {tl['proxy_cpu_pct_other']} % of a core")
-    print(f"  errors   in {tl['seconds_with_errors']} of {tl['seconds']} s")
-    worst = sorted(timeline, key=lambda s: (-s["backlog"], -s["max_us"]))[:5]
-    print("  worst s  " + "; ".join(f"t={s['t_s']} backlog {s['backlog']} max {s['max_us'] // 1000} ms "
-                                    f"steal {s['steal_pct']} % proxy {s['proxy_cpu_pct']} %" for s in worst))
-print(f"  result   {'PASSED' if not failures else 'FAILED: ' + '; '.join(failures)}")
-print(f"  results  {out}")
-sys.exit(0 if not failures else 1)
-EOF
+python3 "$ROOT/benches/py/soak.py" report "$RAW/$MODE.json" "$SAMPLES" "$CPU_SAMPLES" \
+    "$RAW/fapi-checks.json" "$RESULT_JSON" --mode "$MODE" --revision "$(revision)" --cores "$(nproc)" \
+    --connections "$CONNECTIONS" --duration "$RUN_DURATION" --warmup "$WARMUP" \
+    --capacity "$CAPACITY" --fraction "$SOAK_FRACTION" --token-lifetime "$FAPI_TOKEN_LIFETIME" \
+    --every "$SAMPLE_EVERY" --settle "$SETTLE" --flat-pct "$FLAT_PCT" --flat-mib "$FLAT_MIB" \
+    --fd-slack "$FD_SLACK" --audit-bytes "$AUDIT_BYTES" --audit-files "$AUDIT_FILES" || rc=$?
 exit "$rc"
