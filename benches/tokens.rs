@@ -11,13 +11,13 @@ use std::task::{Context, Poll, Waker};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, KeyPair, RsaKeyPair};
 use criterion::{criterion_group, criterion_main, Criterion};
-use portcullis_proxy::config::{Issuer, JwksSource};
 use portcullis_crypto::jose::dpop::{self, Expect};
 use portcullis_crypto::jose::jws::KeySet;
 use portcullis_crypto::jose::sign::SigningKey;
-use portcullis_sources::keys::KeySource;
 use portcullis_crypto::jose::{b64url, Alg};
+use portcullis_proxy::config::{Issuer, JwksSource};
 use portcullis_proxy::pipeline::token::{verify, TokenCache};
+use portcullis_sources::keys::KeySource;
 use serde_json::json;
 
 const NOW: i64 = 1_800_000_000;

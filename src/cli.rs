@@ -134,7 +134,6 @@ pub enum Command {
     },
 }
 
-
 fn load_or_report(path: &std::path::Path) -> Option<Config> {
     match Config::load(path) {
         Ok(c) => Some(c),

@@ -272,7 +272,8 @@ fn group_a(lab: &Lab, c: &Canary) -> Vec<Case> {
         let body = [int(&es_sig[..32]), int(&es_sig[32..])].concat();
         [&[0x30u8, body.len() as u8][..], &body].concat()
     };
-    let n = portcullis_crypto::jose::b64url_decode("_____wAAAAD__________7zm-q2nF56E87nKwvxjJVE").unwrap();
+    let n = portcullis_crypto::jose::b64url_decode("_____wAAAAD__________7zm-q2nF56E87nKwvxjJVE")
+        .unwrap();
     let with_sig = |sig: &[u8]| format!("{good_head}.{payload}.{}", b64url(sig));
     let other_issuer = SigningKey::generate(Alg::ES256, "as-1").unwrap();
     vec![

@@ -13,7 +13,6 @@ use bytes::Bytes;
 use common::redis::RedisServer;
 use common::*;
 use http_body_util::Full;
-use portcullis_tools::client::Answer;
 use portcullis_base::clock::{Clock, ManualClock};
 use portcullis_crypto::httpsig::digest::{content_digest, DigestAlg};
 use portcullis_crypto::httpsig::sign::{component, sign, Params};
@@ -21,6 +20,7 @@ use portcullis_crypto::httpsig::{Message, RequestView};
 use portcullis_crypto::jose::keypair::KeyPair;
 use portcullis_crypto::jose::sign::SigningKey;
 use portcullis_crypto::jose::Alg;
+use portcullis_tools::client::Answer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::json;
 

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use common::*;
 use http::HeaderMap;
 use http_body_util::Full;
-use portcullis_tools::client::Answer;
 use portcullis_base::clock::{Clock, ManualClock};
 use portcullis_crypto::httpsig::base::signature_base;
 use portcullis_crypto::httpsig::digest::{content_digest, DigestAlg};
@@ -25,6 +24,7 @@ use portcullis_crypto::jose::jwk::{from_jwk, VerifyingKey};
 use portcullis_crypto::jose::keypair::KeyPair;
 use portcullis_crypto::jose::sign::SigningKey;
 use portcullis_crypto::jose::{b64url, sha256_b64url, Alg};
+use portcullis_tools::client::Answer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::{json, Map, Value};
 
@@ -349,7 +349,8 @@ async fn obie_signed_payments_pass_under_both_profiles_with_evidence_and_a_signe
                 let jws = a.headers["x-jws-signature"].to_str().unwrap();
                 let (h, s) = jws.split_once("..").unwrap();
                 let header: Value =
-                    serde_json::from_slice(&portcullis_crypto::jose::b64url_decode(h).unwrap()).unwrap();
+                    serde_json::from_slice(&portcullis_crypto::jose::b64url_decode(h).unwrap())
+                        .unwrap();
                 assert_eq!(header["kid"], "bank-1");
                 assert_eq!(header["alg"], "PS256");
                 assert_eq!(header[OB_ISS], "bank-org/bank-ssa");

@@ -15,10 +15,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use portcullis_audit::AuditLog;
-use portcullis_tools::client::{tls_config, Answer, Conn};
 use portcullis_proxy::config::Config;
 use portcullis_proxy::runtime::Shared;
 use portcullis_proxy::server::Running;
+use portcullis_tools::client::{tls_config, Answer, Conn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

@@ -441,7 +441,11 @@ fn build(r: &Req, id: &str) -> Result<http::Request<Full<Bytes>>, String> {
 }
 
 /// Sends `r` on a fresh connection.
-pub async fn send(p: &Proxy, r: &Req, id: &str) -> Result<portcullis_tools::client::Answer, String> {
+pub async fn send(
+    p: &Proxy,
+    r: &Req,
+    id: &str,
+) -> Result<portcullis_tools::client::Answer, String> {
     let mut c = p
         .client(r.identity, r.h2)
         .await

@@ -15,4 +15,3 @@ pub fn full(b: Bytes) -> ProxyBody {
 pub fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
-

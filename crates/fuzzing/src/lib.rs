@@ -336,15 +336,17 @@ fn issuers() -> &'static [portcullis_proxy::config::Issuer; 2] {
 fn key_source() -> &'static portcullis_sources::keys::KeySource {
     static SOURCE: OnceLock<portcullis_sources::keys::KeySource> = OnceLock::new();
     SOURCE.get_or_init(|| {
-        let set = portcullis_crypto::jose::jws::KeySet::from_json(keys().jwks.to_string().as_bytes())
-            .expect("the harness JWKS loads");
+        let set =
+            portcullis_crypto::jose::jws::KeySet::from_json(keys().jwks.to_string().as_bytes())
+                .expect("the harness JWKS loads");
         portcullis_sources::keys::KeySource::fixed("fuzz", Arc::new(set))
     })
 }
 
 fn verify_token(token: &str) {
     use portcullis_proxy::pipeline::token::{verify, TokenCache};
-    if let Ok(c) = portcullis_crypto::jose::jws::parse(token, &[Alg::PS256, Alg::ES256, Alg::EdDSA]) {
+    if let Ok(c) = portcullis_crypto::jose::jws::parse(token, &[Alg::PS256, Alg::ES256, Alg::EdDSA])
+    {
         assert_reserializes(token);
         let _ = (c.kid(), c.typ_is("at+jwt"), c.has_key_carrying_header());
     }
@@ -428,7 +430,10 @@ fn verify_token(token: &str) {
                 .expect("iat when max_age");
             assert!(iat + max_age as f64 >= NOW as f64 - 1.0, "too old");
         }
-        assert_eq!(t.hash, portcullis_crypto::jose::sha256_b64url(token.as_bytes()));
+        assert_eq!(
+            t.hash,
+            portcullis_crypto::jose::sha256_b64url(token.as_bytes())
+        );
     }
 }
 
@@ -816,7 +821,9 @@ pub fn httpsig(data: &[u8]) {
                 if let (Some(sigs), Some(key)) =
                     (&sigs, si.keyid.as_deref().and_then(|k| keys().get(k)))
                 {
-                    if let Ok(sig) = portcullis_crypto::httpsig::fields::signature_bytes(sigs, &si.label) {
+                    if let Ok(sig) =
+                        portcullis_crypto::httpsig::fields::signature_bytes(sigs, &si.label)
+                    {
                         let _ = key.verify(base.as_bytes(), sig);
                     }
                 }
@@ -973,16 +980,20 @@ pub fn config(data: &[u8]) {
     if names_a_device(data) {
         return;
     }
-    with_file("config", data, |p| match portcullis_proxy::config::Config::load(p) {
-        Ok(c) => {
-            assert!(!c.upstreams.is_empty());
-            assert!(!c.policies.routes().is_empty());
-        }
-        Err(e) => {
-            assert!(!e.0.is_empty(), "an error without a problem");
-            let _ = e.to_string();
-        }
-    });
+    with_file(
+        "config",
+        data,
+        |p| match portcullis_proxy::config::Config::load(p) {
+            Ok(c) => {
+                assert!(!c.upstreams.is_empty());
+                assert!(!c.policies.routes().is_empty());
+            }
+            Err(e) => {
+                assert!(!e.0.is_empty(), "an error without a problem");
+                let _ = e.to_string();
+            }
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -995,8 +1006,10 @@ pub fn audit_key() -> &'static portcullis_audit::AuditKey {
         let der = base64::engine::general_purpose::STANDARD
             .decode(ED25519_PKCS8_B64)
             .expect("ed25519 test key");
-        portcullis_audit::AuditKey::from_pem(portcullis_crypto::jose::pem("PRIVATE KEY", &der).as_bytes())
-            .expect("audit test key")
+        portcullis_audit::AuditKey::from_pem(
+            portcullis_crypto::jose::pem("PRIVATE KEY", &der).as_bytes(),
+        )
+        .expect("audit test key")
     })
 }
 
@@ -1162,9 +1175,9 @@ pub fn head(data: &[u8]) {
 /// `server_names` (`None`: the bytes are not a head `http` builds), so the replay test can tell
 /// that the seeds reach both sides of the checks.
 pub fn head_accepted(data: &[u8]) -> Option<[bool; 2]> {
+    use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
     use portcullis_proxy::config::InteractionIdMode;
     use portcullis_proxy::pipeline::{fapi, http as head_check};
-    use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 
     let (&v, rest) = data.split_first()?;
     let version = match v {

@@ -23,10 +23,10 @@ use http_body_util::Full;
 use serde_json::{json, Map, Value};
 
 use super::scenario::{Binding, ProofMode, Scenario, Text, TokenSpec};
-use portcullis_tools::client::Answer;
 use portcullis_crypto::jose::detached::{ob_header, sign_detached};
 use portcullis_crypto::jose::keypair::KeyPair;
 use portcullis_crypto::jose::{b64url, sha256_b64url};
+use portcullis_tools::client::Answer;
 
 fn now() -> i64 {
     std::time::SystemTime::now()

@@ -61,10 +61,10 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use portcullis_proxy::config::{ConfigDuration, ConfigError, ConfigErrors};
 use portcullis_crypto::jose::detached::Profile;
 use portcullis_crypto::jose::keypair::KeyPair;
 use portcullis_crypto::jose::Alg;
+use portcullis_proxy::config::{ConfigDuration, ConfigError, ConfigErrors};
 
 // --- the file ---------------------------------------------------------------------------------
 
@@ -899,7 +899,11 @@ fn validate_routes(
         };
         let htu = match (target, &pq) {
             (Some(t), Some(pq)) => {
-                let h = portcullis_crypto::jose::dpop::normalize_htu(&format!("{}{}", t.base_url, pq.path()));
+                let h = portcullis_crypto::jose::dpop::normalize_htu(&format!(
+                    "{}{}",
+                    t.base_url,
+                    pq.path()
+                ));
                 if h.is_none() {
                     p.push(
                         f("path"),

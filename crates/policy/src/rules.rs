@@ -442,7 +442,8 @@ pub struct ConsentRecord {
 impl ConsentRecord {
     /// Reads one record from JSON (OBIE `Data` wrapper or flat).
     pub fn from_json(v: &Value) -> Option<ConsentRecord> {
-        let m: &serde_json::Map<String, Value> = v.get("Data").and_then(Value::as_object).or(v.as_object())?;
+        let m: &serde_json::Map<String, Value> =
+            v.get("Data").and_then(Value::as_object).or(v.as_object())?;
         let get = |a: &str, b: &str| m.get(a).or_else(|| m.get(b));
         let status = get("status", "Status")?.as_str()?.to_string();
         let expires_at = match get("expires", "ExpirationDateTime") {
@@ -632,7 +633,8 @@ fn values(
             // so is a bracketed one, whose value a framework reads as an array or a map.
             let mut found = Vec::new();
             for (k, v) in portcullis_base::path::query_pairs(f.query.unwrap_or("")) {
-                let key = portcullis_base::path::decode_query_component(k).ok_or(AuthzError::Ambiguous)?;
+                let key = portcullis_base::path::decode_query_component(k)
+                    .ok_or(AuthzError::Ambiguous)?;
                 let (stem, bracketed) = match key.split_once('[') {
                     Some((stem, _)) => (stem, true),
                     None => (key.as_ref(), false),
@@ -643,7 +645,8 @@ fn values(
                 if bracketed {
                     return Err(AuthzError::Ambiguous);
                 }
-                let value = portcullis_base::path::decode_query_component(v).ok_or(AuthzError::Ambiguous)?;
+                let value = portcullis_base::path::decode_query_component(v)
+                    .ok_or(AuthzError::Ambiguous)?;
                 found.push(value.into_owned());
             }
             if found.len() > 1 {

@@ -8,8 +8,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use crate::config::ClientCertForwarding;
-use portcullis_crypto::pki::ClientCert;
 use crate::upstream::client_cert_value;
+use portcullis_crypto::pki::ClientCert;
 
 /// What the proxy knows about a connection; immutable after the handshake.
 #[derive(Debug)]
@@ -89,13 +89,14 @@ impl ConnInfo {
             tasks,
             detached: Arc::new(tokio::sync::Semaphore::new(max_detached.max(1))),
         };
-        info.audit_members = portcullis_audit::connection_members(&portcullis_audit::ConnectionFacts {
-            local: info.local,
-            peer: info.peer,
-            tls_version: info.tls_version,
-            cipher: info.cipher,
-            client_cert: info.client_cert.as_deref(),
-        });
+        info.audit_members =
+            portcullis_audit::connection_members(&portcullis_audit::ConnectionFacts {
+                local: info.local,
+                peer: info.peer,
+                tls_version: info.tls_version,
+                cipher: info.cipher,
+                client_cert: info.client_cert.as_deref(),
+            });
         Ok(info)
     }
 

@@ -44,11 +44,11 @@ pub mod token;
 
 use ::http::request::Parts;
 
-use portcullis_audit::RequestRecord;
 use crate::conn::ConnInfo;
-use portcullis_policy::RouteMatch;
 use crate::rejection::Rejection;
 use crate::runtime::{Runtime, Shared};
+use portcullis_audit::RequestRecord;
+use portcullis_policy::RouteMatch;
 
 /// The evidence a request carries once every stage has passed.
 #[derive(Debug)]
@@ -140,7 +140,10 @@ async fn authenticate(
     let verified = token::verify(cred.token, issuer, keys, introspector, &rt.tokens, now)
         .await
         .map_err(|e| Rejection::Token(e, scheme))?;
-    record.client_id = verified.client_id.as_deref().map(portcullis_base::text::bounded);
+    record.client_id = verified
+        .client_id
+        .as_deref()
+        .map(portcullis_base::text::bounded);
     record.subject = verified.sub.as_deref().map(portcullis_base::text::bounded);
     record.token_jti = verified.jti.as_deref().map(portcullis_base::text::bounded);
     record.token_hash = Some(verified.hash.clone());
@@ -178,7 +181,8 @@ async fn authenticate(
     match bound {
         // RFC 9449 §9: answer with a fresh nonce the client must use.
         Err(binding::BindingError::Proof(
-            portcullis_crypto::jose::dpop::DpopError::NonceRequired | portcullis_crypto::jose::dpop::DpopError::NonceStale,
+            portcullis_crypto::jose::dpop::DpopError::NonceRequired
+            | portcullis_crypto::jose::dpop::DpopError::NonceStale,
         )) => Err(Rejection::UseDpopNonce(shared.nonces.current(now))),
         other => Ok(other?),
     }
@@ -233,7 +237,10 @@ pub async fn authorize(
     let permit = authz::authorize(inspected, parts, body, rt, shared)
         .await
         .map_err(Rejection::Authz)?;
-    record.consent_id = permit.consent_id.as_deref().map(portcullis_base::text::bounded);
+    record.consent_id = permit
+        .consent_id
+        .as_deref()
+        .map(portcullis_base::text::bounded);
     record.scopes_required = scopes_used(&inspected.route.route.authz, inspected.token.as_ref());
     if let Some(d) = &permit.shadow_denial {
         let r = Rejection::Authz(d.clone());

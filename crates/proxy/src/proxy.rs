@@ -27,13 +27,13 @@ use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use portcullis_audit::{bounded, Record, RequestRecord};
 use crate::conn::ConnInfo;
 use crate::pipeline::idempotency::{Outcome, Reservation, Settled};
 use crate::pipeline::{self, fapi, http::HttpError};
 use crate::rejection::{self, Rejection};
 use crate::runtime::{Runtime, Shared};
 use crate::upstream::{self, UpstreamError, Vouched};
+use portcullis_audit::{bounded, Record, RequestRecord};
 
 pub use portcullis_base::body::{empty, full, BoxError, ProxyBody};
 

@@ -11,21 +11,21 @@ use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
-use portcullis_audit::AuditError;
-use portcullis_crypto::httpsig::{ComponentError, HttpSigError};
-use portcullis_crypto::jose::detached::{DetachedError, OB_IAT, OB_ISS, OB_TAN};
-use portcullis_crypto::jose::dpop::DpopError;
-use portcullis_base::path::PathError;
 use crate::pipeline::binding::BindingError;
 use crate::pipeline::fapi::FapiError;
 use crate::pipeline::http::HttpError;
 use crate::pipeline::identity::IdentityError;
 use crate::pipeline::signature::{JwsSigError, SignatureError};
 use crate::pipeline::token::{Scheme, TokenError};
+use crate::upstream::UpstreamError;
+use portcullis_audit::AuditError;
+use portcullis_base::body::{full, ProxyBody};
+use portcullis_base::path::PathError;
+use portcullis_crypto::httpsig::{ComponentError, HttpSigError};
+use portcullis_crypto::jose::detached::{DetachedError, OB_IAT, OB_ISS, OB_TAN};
+use portcullis_crypto::jose::dpop::DpopError;
 use portcullis_policy::rules::{AuthzError, Denial};
 use portcullis_policy::NoRoute;
-use portcullis_base::body::{full, ProxyBody};
-use crate::upstream::UpstreamError;
 
 /// Every way a request is refused.
 #[derive(Clone, Debug, PartialEq, Eq)]

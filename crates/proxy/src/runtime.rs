@@ -17,14 +17,14 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
-use portcullis_audit::AuditLog;
-use portcullis_base::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigErrors, JwksSource};
-use portcullis_sources::keys::KeySource;
 use crate::pipeline::token::TokenCache;
-use portcullis_state::replay::{MemoryReplayStore, ReplayStore};
 use crate::telemetry::{LabelValue, Metrics};
 use crate::upstream::UpstreamClient;
+use portcullis_audit::AuditLog;
+use portcullis_base::clock::{Clock, SystemClock};
+use portcullis_sources::keys::KeySource;
+use portcullis_state::replay::{MemoryReplayStore, ReplayStore};
 
 pub struct Runtime {
     pub config: Arc<Config>,

@@ -22,10 +22,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use portcullis_audit::{HandshakeRecord, Record};
 use crate::conn::ConnInfo;
 use crate::proxy::{self, full, ProxyBody};
 use crate::runtime::Shared;
+use portcullis_audit::{HandshakeRecord, Record};
 
 /// A started proxy: its bound addresses and the handle to stop it. Dropping it starts the same
 /// drain as [`Running::shutdown`] without waiting for it.

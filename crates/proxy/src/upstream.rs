@@ -17,8 +17,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{ClientCertForwarding, Upstream};
-use portcullis_crypto::pki::ClientCert;
 use portcullis_base::body::ProxyBody;
+use portcullis_crypto::pki::ClientCert;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpstreamError {

@@ -29,7 +29,10 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use serde::Deserialize;
 
-use portcullis_base::{duration::ConfigDuration, problems::{ConfigError, Problems}};
+use portcullis_base::{
+    duration::ConfigDuration,
+    problems::{ConfigError, Problems},
+};
 use portcullis_policy::PolicySet;
 
 /// `rate_limits:` as written.

@@ -45,13 +45,11 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
-use portcullis_base::clock::Clock;
-use crate::idempotency::{
-    Begin, IdempotencyStore, StoreFuture, StoreUnavailable, StoredResponse,
-};
+use crate::idempotency::{Begin, IdempotencyStore, StoreFuture, StoreUnavailable, StoredResponse};
 use crate::ratelimit::{Decision, QuotaSpec};
 use crate::replay::{MemoryReplayStore, ReplayError, ReplayStore};
 use crate::settings::{OnOutage, RedisSettings};
+use portcullis_base::clock::Clock;
 
 /// Redis did not answer (down, timed out, or an answer we cannot read).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -406,7 +404,10 @@ impl RedisState {
                 .iter()
                 .map(|(f, n)| {
                     (
-                        format!("{{feature=\"{}\"}}", portcullis_base::metrics::LabelValue(n)),
+                        format!(
+                            "{{feature=\"{}\"}}",
+                            portcullis_base::metrics::LabelValue(n)
+                        ),
                         arr[*f as usize].load(Ordering::Relaxed),
                     )
                 })

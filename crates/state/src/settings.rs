@@ -415,7 +415,8 @@ mod tests {
     #[test]
     fn the_readme_example_is_valid() {
         let readme =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+                .unwrap();
         let start = readme
             .find("```yaml\nstate:\n")
             .expect("README has a state: example")

@@ -11,16 +11,22 @@ use http_body_util::Full;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use portcullis_audit::AuditLog;
 use crate::client::{tls_config, Conn};
+use portcullis_audit::AuditLog;
 use portcullis_proxy::config::Config;
 use portcullis_proxy::runtime::Shared;
 
 const DEMO_CONFIG: &str = include_str!("../../../config/demo.yaml");
 const DEV_CONSENTS: &str = include_str!("../../../config/dev-consents.json");
 const POLICIES: &[(&str, &str)] = &[
-    ("obie-aisp.yaml", include_str!("../../../policies/obie-aisp.yaml")),
-    ("obie-pisp.yaml", include_str!("../../../policies/obie-pisp.yaml")),
+    (
+        "obie-aisp.yaml",
+        include_str!("../../../policies/obie-aisp.yaml"),
+    ),
+    (
+        "obie-pisp.yaml",
+        include_str!("../../../policies/obie-pisp.yaml"),
+    ),
 ];
 
 pub struct DemoOptions {

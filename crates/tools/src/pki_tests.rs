@@ -340,7 +340,8 @@ fn crl_is_issued_by_the_dev_ca_and_revokes_exactly_the_revoked_cert() {
     let revoked_serial = portcullis_crypto::pki::serial_hex(revoked[0].raw_serial());
     assert_eq!(revoked_serial, parsed(&dc, "revoked").serial_hex);
     // The per-request check reads the same CRL the same way.
-    let set = portcullis_crypto::pki::Revoked::from_crls(crl_der.iter().map(|c| c.as_ref())).expect("CRL set");
+    let set = portcullis_crypto::pki::Revoked::from_crls(crl_der.iter().map(|c| c.as_ref()))
+        .expect("CRL set");
     assert!(set.contains(&parsed(&dc, "revoked")));
     for other in ["tpp1", "tpp2", "server", "ca"] {
         assert!(!set.contains(&parsed(&dc, other)), "{other}");

@@ -7,12 +7,12 @@ use std::process::ExitCode;
 
 use serde_json::{json, Map, Value};
 
-use portcullis_proxy::config::{Config, JwksSource};
 use portcullis_base::json::{numeric_date, parse_object, string, Typed};
 use portcullis_crypto::jose::jws::parse;
 use portcullis_crypto::jose::sign::SigningKey;
-use portcullis_sources::keys::KeySource;
 use portcullis_crypto::jose::Alg;
+use portcullis_proxy::config::{Config, JwksSource};
+use portcullis_sources::keys::KeySource;
 
 #[derive(clap::Subcommand)]
 pub enum TokenCommand {

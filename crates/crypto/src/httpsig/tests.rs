@@ -23,6 +23,7 @@ fn b64() -> base64::engine::GeneralPurpose {
 
 fn doc() -> String {
     let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
         .join("tests/vectors/rfc9421/appendix-b-examples.md");
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }

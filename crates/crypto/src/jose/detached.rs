@@ -22,9 +22,9 @@
 
 use serde_json::{Map, Value};
 
-use portcullis_base::json::{numeric_date, parse_object, string, Typed};
 use super::jwk::VerifyingKey;
 use super::{b64url, b64url_decode, Alg};
+use portcullis_base::json::{numeric_date, parse_object, string, Typed};
 
 /// `http://openbanking.org.uk/iat`: when the signature was made (JSON number).
 pub const OB_IAT: &str = "http://openbanking.org.uk/iat";

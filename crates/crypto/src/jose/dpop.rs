@@ -7,10 +7,10 @@
 
 use serde_json::Value;
 
-use portcullis_base::json::{numeric_date, string, Typed};
 use super::jwk::from_jwk;
 use super::jws::{parse, JwsError};
 use super::{sha256, sha256_b64url, Alg};
+use portcullis_base::json::{numeric_date, string, Typed};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DpopError {

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use portcullis_base::json::parse_object;
 use super::jwk::{from_jwk, JwkError, VerifyingKey};
 use super::{b64url_decode, Alg};
+use portcullis_base::json::parse_object;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JwsError {

@@ -10,7 +10,9 @@ use super::*;
 const ALL: &[Alg] = &[Alg::ES256, Alg::PS256, Alg::EdDSA];
 
 fn vectors() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join("tests/vectors")
 }
 
 /// A vendored vector file; a missing or unreadable file fails the test that needs it.

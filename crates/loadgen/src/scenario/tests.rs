@@ -204,7 +204,7 @@ fn each_invalid_field_is_named_with_its_reason() {
 
 #[test]
 fn the_example_scenarios_load() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/scenarios");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/scenarios");
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();

@@ -9,11 +9,11 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::Deserialize;
 
-use portcullis_base::duration::ConfigDuration;
 use super::{read_certs, resolve, Problems};
+use portcullis_base::duration::ConfigDuration;
 use portcullis_crypto::jose::jws::KeySet;
-use portcullis_sources::keys::Remote;
 use portcullis_crypto::jose::Alg;
+use portcullis_sources::keys::Remote;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -513,23 +513,22 @@ pub(crate) fn validate(
             validate_issuer(p, base, name, f, watched).map(|i| (name.clone(), i))
         })
         .collect();
-    let public_base_url =
-        dpop.public_base_url
-            .as_ref()
-            .and_then(|u| match portcullis_crypto::jose::dpop::normalize_htu(u) {
-                Some(n) if n.ends_with('/') && n.matches('/').count() == 3 => {
-                    Some(n.trim_end_matches('/').to_string())
-                }
-                _ => {
-                    p.push(
-                        "dpop.public_base_url",
-                        format!(
-                            "`{u}` must be an absolute http(s) URL with no path, query or fragment"
-                        ),
-                    );
-                    None
-                }
-            });
+    let public_base_url = dpop.public_base_url.as_ref().and_then(|u| {
+        match portcullis_crypto::jose::dpop::normalize_htu(u) {
+            Some(n) if n.ends_with('/') && n.matches('/').count() == 3 => {
+                Some(n.trim_end_matches('/').to_string())
+            }
+            _ => {
+                p.push(
+                    "dpop.public_base_url",
+                    format!(
+                        "`{u}` must be an absolute http(s) URL with no path, query or fragment"
+                    ),
+                );
+                None
+            }
+        }
+    });
     let dpop_algs = algorithms(p, "dpop.algorithms", &dpop.algorithms);
     let dpop = DpopSettings {
         challenge_algs: dpop_algs

@@ -20,12 +20,12 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 pub use auth::{Auth, DpopSettings, Issuer, JwksSource};
-pub use portcullis_base::duration::ConfigDuration;
 use file::FileConfig;
+pub use portcullis_base::duration::ConfigDuration;
 pub use signatures::{HttpSigSettings, JwsSettings, ResponseSigning, Signatures};
 
-use portcullis_policy::PolicySet;
 use crate::tls;
+use portcullis_policy::PolicySet;
 
 pub use portcullis_base::problems::{resolve, ConfigError, ConfigErrors, Problems};
 
@@ -197,7 +197,6 @@ impl Config {
         }
     }
 }
-
 
 /// The most data-plane threads a listener may ask for.
 const MAX_WORKERS: usize = 256;
@@ -692,7 +691,8 @@ fn validate_listener_tls(
         return None;
     }
     let (client_ca_count, crl_count) = (cas.len(), crls.len());
-    let revoked = match portcullis_crypto::pki::Revoked::from_crls(crls.iter().map(|c| c.as_ref())) {
+    let revoked = match portcullis_crypto::pki::Revoked::from_crls(crls.iter().map(|c| c.as_ref()))
+    {
         Ok(r) => Arc::new(r),
         Err(e) => {
             p.push("listener.tls.crl", e);

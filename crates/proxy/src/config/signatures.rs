@@ -40,14 +40,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use portcullis_base::duration::ConfigDuration;
 use super::{read_certs, resolve, ConfigError, Problems};
+use crate::signature::clientkeys::ClientKeysConfig;
+use crate::signature::template::Template;
+use portcullis_base::duration::ConfigDuration;
 use portcullis_crypto::jose::keypair::KeyPair;
 use portcullis_crypto::jose::Alg;
 use portcullis_policy::signature::SignatureKind;
 use portcullis_policy::PolicySet;
-use crate::signature::clientkeys::ClientKeysConfig;
-use crate::signature::template::Template;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -4,8 +4,8 @@
 
 use http::request::Parts;
 
-use portcullis_policy::rules::{self, ConsentRecord, Denial, Facts};
 use crate::runtime::{Runtime, Shared};
+use portcullis_policy::rules::{self, ConsentRecord, Denial, Facts};
 
 use super::Inspected;
 

@@ -44,10 +44,10 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body_util::BodyExt;
 
-use portcullis_audit::RequestRecord;
 use crate::pipeline::Inspected;
 use crate::rejection::Rejection;
 use crate::runtime::Shared;
+use portcullis_audit::RequestRecord;
 use portcullis_policy::IdempotencyMode;
 use portcullis_state::idempotency::{Begin, IdempotencyStore, StoredResponse};
 

@@ -6,13 +6,13 @@
 //! address. Headers such as `X-Forwarded-For` never take part, and tokens do not either, so a
 //! client rotating tokens stays in one bucket.
 
-use portcullis_audit::{RateLimitRecord, RequestRecord};
 use crate::conn::ConnInfo;
 use crate::pipeline::binding::BoundToken;
 use crate::pipeline::identity::ClientIdentity;
-use portcullis_policy::Route;
 use crate::rejection::Rejection;
 use crate::runtime::{Runtime, Shared};
+use portcullis_audit::{RateLimitRecord, RequestRecord};
+use portcullis_policy::Route;
 use portcullis_state::ratelimit::{Decision, QuotaSpec};
 
 /// A request refused by a rate limit.

@@ -2,10 +2,10 @@
 
 use http::request::Parts;
 
-use portcullis_base::path::{check_path, check_query, has_parameters, PathError};
 use crate::pipeline::http::{query_overrides_method, HttpError};
-use portcullis_policy::{PolicySet, RouteMatch};
 use crate::rejection::Rejection;
+use portcullis_base::path::{check_path, check_query, has_parameters, PathError};
+use portcullis_policy::{PolicySet, RouteMatch};
 
 /// Checks the request target and finds its route.
 pub fn resolve(parts: &Parts, policies: &PolicySet) -> Result<RouteMatch, Rejection> {

@@ -14,14 +14,14 @@ use http::request::Parts;
 
 use super::binding::BoundToken;
 use super::identity::ClientIdentity;
-use portcullis_crypto::httpsig::{self, digest, verify, HttpSigError, Message, RequestView};
-use portcullis_crypto::jose::detached::{self, DetachedError};
-use portcullis_crypto::jose::sha256_b64url;
-use portcullis_policy::signature::{RouteSignature, SignatureKind};
 use crate::runtime::{Runtime, Shared};
 use crate::signature::clientkeys::LookupError;
 use crate::signature::template::Facts;
 use crate::signature::{SignedRequest, VerifiedSignature};
+use portcullis_crypto::httpsig::{self, digest, verify, HttpSigError, Message, RequestView};
+use portcullis_crypto::jose::detached::{self, DetachedError};
+use portcullis_crypto::jose::sha256_b64url;
+use portcullis_policy::signature::{RouteSignature, SignatureKind};
 use portcullis_state::replay::ReplayError;
 
 /// Why an OBIE `x-jws-signature` was refused (400, OBIE error body).

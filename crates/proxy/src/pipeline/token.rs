@@ -17,11 +17,11 @@ use http::request::Parts;
 use serde_json::{Map, Value};
 
 use crate::config::Issuer;
-use portcullis_sources::introspect::{IntrospectError, Introspector};
 use portcullis_base::json::{numeric_date, parse_object, string, Typed};
 use portcullis_crypto::jose::jws::{parse, JwsError};
-use portcullis_sources::keys::KeySource;
 use portcullis_crypto::jose::{sha256, sha256_b64url};
+use portcullis_sources::introspect::{IntrospectError, Introspector};
+use portcullis_sources::keys::KeySource;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenError {
@@ -106,9 +106,11 @@ fn is_token68(s: &str) -> bool {
 /// form decoder reads them (`access%5Ftoken`, `%61ccess_token` and `ACCESS_TOKEN` are the same
 /// parameter to it), so a token cannot slip past under another spelling into access logs.
 fn query_has_access_token(q: &str) -> bool {
-    portcullis_base::path::query_pairs(q).any(|(k, _)| match portcullis_base::path::decode_query_component(k) {
-        Some(name) => name.eq_ignore_ascii_case("access_token"),
-        None => false,
+    portcullis_base::path::query_pairs(q).any(|(k, _)| {
+        match portcullis_base::path::decode_query_component(k) {
+            Some(name) => name.eq_ignore_ascii_case("access_token"),
+            None => false,
+        }
     })
 }
 

@@ -14,13 +14,13 @@ use http_body_util::BodyExt;
 
 use super::VerifiedSignature;
 use crate::config::ResponseSigning;
+use crate::upstream::UpstreamError;
+use portcullis_base::body::{full, ProxyBody};
 use portcullis_crypto::httpsig::digest::{content_digest, DigestAlg};
 use portcullis_crypto::httpsig::sign::{component, sign, Params};
 use portcullis_crypto::httpsig::{registry_name, Message, ResponseView};
 use portcullis_crypto::jose::detached::{ob_header, sign_detached};
 use portcullis_policy::signature::SignatureKind;
-use portcullis_base::body::{full, ProxyBody};
-use crate::upstream::UpstreamError;
 
 /// Largest response body a signed route buffers.
 pub const MAX_SIGNED_RESPONSE: usize = 16 * 1024 * 1024;

@@ -10,6 +10,7 @@ use crate::jose::keypair::KeyPair;
 
 fn vector() -> Value {
     let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
         .join("tests/vectors/rfc7797-unencoded-payload.json");
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).unwrap()
