@@ -40,7 +40,7 @@ pub struct Runtime {
     /// starts an empty cache.
     pub client_keys: Option<Arc<crate::signature::clientkeys::ClientKeys>>,
     /// Local rate limiters of this config (issue #6); a reload starts them empty.
-    pub rate_limits: Arc<portcullis_state::ratelimit::RateLimits>,
+    pub rate_limits: Arc<portcullis_state::limits::RateLimits>,
 }
 
 impl Runtime {
@@ -116,11 +116,11 @@ impl Runtime {
                 config.state.rate_limits,
             )
         });
-        let rate_limits = Arc::new(portcullis_state::ratelimit::RateLimits::with_fleet(
+        let rate_limits = Arc::new(portcullis_state::limits::RateLimits::with_fleet(
             &config.rate_limits,
             fleet,
         ));
-        portcullis_state::ratelimit::RateLimits::spawn_maintenance(
+        portcullis_state::limits::RateLimits::spawn_maintenance(
             &rate_limits,
             background.child_token(),
         );

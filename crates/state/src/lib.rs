@@ -4,6 +4,7 @@
 //! section ([`settings`]). DPoP nonces need no store: a fleet shares `dpop.nonce_secret_file`.
 
 pub mod idempotency;
+pub mod limits;
 pub mod nonce;
 pub mod ratelimit;
 pub mod redis;

@@ -5,7 +5,7 @@
 //! with up to `burst` at once (default: `rate`). Keys are only what the proxy verified: the peer
 //! IP address (pre-auth) or the authenticated client (certificate thumbprint, else the token's
 //! `client_id`) — never a header. governor's keyed maps grow by about 100 B per key until
-//! `retain_recent` drops the keys whose buckets are full again; [`RateLimits::spawn_maintenance`]
+//! `retain_recent` drops the keys whose buckets are full again; [`crate::limits::RateLimits::spawn_maintenance`]
 //! runs that periodically. governor keeps a key until one full replenish period (`per`) after
 //! its bucket refilled, so memory is bounded by the keys active within about two periods (plus
 //! the maintenance interval).
@@ -18,9 +18,8 @@
 //! The pre-authentication limit per peer stays local: it bounds this instance's crypto work.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock as _, DefaultClock};
@@ -258,81 +257,6 @@ impl<K: std::hash::Hash + Eq + Clone> Limiter<K> {
     }
 }
 
-/// The limiters of one config.
-pub struct RateLimits {
-    pub peer: Option<Limiter<IpAddr>>,
-    /// Keyed by the authenticated client: `x5t:<thumbprint>`, `cid:<client_id>` or `ip:<addr>`.
-    pub classes: BTreeMap<String, Limiter<String>>,
-    /// Fleet-wide class quotas on Redis (`state.backend: redis`).
-    pub fleet: Option<crate::redis::FleetLimiter>,
-    maintenance_interval: Duration,
-}
-
-impl RateLimits {
-    pub fn new(c: &RateLimitConfig) -> RateLimits {
-        RateLimits::with_fleet(c, None)
-    }
-
-    /// As [`RateLimits::new`], with the class quotas shared by a fleet through `fleet`.
-    pub fn with_fleet(
-        c: &RateLimitConfig,
-        fleet: Option<crate::redis::FleetLimiter>,
-    ) -> RateLimits {
-        RateLimits {
-            fleet: fleet.filter(|_| !c.classes.is_empty()),
-            peer: c.peer.clone().map(Limiter::new),
-            classes: c
-                .classes
-                .iter()
-                .map(|(n, s)| (n.clone(), Limiter::new(s.clone())))
-                .collect(),
-            maintenance_interval: c.maintenance_interval.unwrap_or(Duration::from_secs(60)),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.peer.is_none() && self.classes.is_empty()
-    }
-
-    /// Keys held across all limiters.
-    pub fn keys(&self) -> usize {
-        self.peer.as_ref().map_or(0, |l| l.len())
-            + self.classes.values().map(|l| l.len()).sum::<usize>()
-    }
-
-    pub fn retain_recent(&self) {
-        if let Some(p) = &self.peer {
-            p.retain_recent();
-        }
-        for l in self.classes.values() {
-            l.retain_recent();
-        }
-        if let Some(f) = &self.fleet {
-            f.retain_recent();
-        }
-    }
-
-    /// One maintenance task for all limiters of this config; it ends when the config is
-    /// replaced (the limiters are dropped) or `stop` is cancelled. Needs a tokio runtime;
-    /// without one, nothing is spawned.
-    pub fn spawn_maintenance(this: &Arc<RateLimits>, stop: tokio_util::sync::CancellationToken) {
-        if this.is_empty() || tokio::runtime::Handle::try_current().is_err() {
-            return;
-        }
-        let weak: Weak<RateLimits> = Arc::downgrade(this);
-        let every = this.maintenance_interval;
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(every) => {}
-                }
-                let Some(l) = weak.upgrade() else { return };
-                l.retain_recent();
-            }
-        });
-    }
-}
 
 #[cfg(test)]
 mod tests {
