@@ -119,8 +119,8 @@ fn report(what: &str, failures: Vec<String>) {
     );
 }
 
-/// A directory laid out as the config samples expect (docs/configuration.md): the repository's
-/// config/ and policies/, dev certificates in certs/ (plus response.key), an empty clients/
+/// A directory laid out as the samples expect (docs/configuration.md): the repository's config/
+/// and policies/, dev certificates in certs/ (plus response.key and k1.key), an empty clients/
 /// and the secret files the samples name in secrets/.
 fn staged() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
@@ -135,8 +135,10 @@ fn staged() -> tempfile::TempDir {
     }
     let certs = d.path().join("certs");
     portcullis::pki::devcerts::generate(&certs).unwrap();
-    // A response signing key (P-256, so ES256): any PEM key of a supported kind will do.
+    // Signing keys the samples name: a response signing key (config) and a client's JWS key
+    // (scenario). P-256 keys, so ES256; any PEM key of a supported kind would do.
     std::fs::copy(certs.join("as.key"), certs.join("response.key")).unwrap();
+    std::fs::copy(certs.join("dpop.key"), certs.join("k1.key")).unwrap();
     std::fs::create_dir_all(d.path().join("clients")).unwrap();
     let secrets = d.path().join("secrets");
     std::fs::create_dir_all(&secrets).unwrap();
