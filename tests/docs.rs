@@ -9,8 +9,8 @@
 //! - ```` ```yaml policy-test ```` — `policy::testing::run` against the repository's policies;
 //!   every case must pass;
 //! - ```` ```yaml scenario ```` — `loadgen::Scenario::load_with`, beside the staged `certs/`;
-//! - ```` ```yaml not-loadable ```` — a deliberate fragment; there may be no more of them than
-//!   [`NOT_LOADABLE`] allows.
+//! - ```` ```yaml not-loadable ```` — a deliberate fragment; there must be exactly
+//!   [`NOT_LOADABLE`] of them.
 //!
 //! A ```` ```yaml ```` fence without a kind fails, and so does finding no samples at all.
 
@@ -142,7 +142,11 @@ fn staged() -> tempfile::TempDir {
     std::fs::create_dir_all(d.path().join("clients")).unwrap();
     let secrets = d.path().join("secrets");
     std::fs::create_dir_all(&secrets).unwrap();
-    std::fs::write(secrets.join("introspection"), "introspection-client-secret\n").unwrap();
+    std::fs::write(
+        secrets.join("introspection"),
+        "introspection-client-secret\n",
+    )
+    .unwrap();
     std::fs::write(secrets.join("redis-password"), "redis-password\n").unwrap();
     std::fs::write(secrets.join("dpop-nonce"), [7u8; 32]).unwrap();
     d
@@ -164,11 +168,7 @@ fn every_yaml_sample_is_marked_and_there_are_samples() {
     ];
     let unmarked: Vec<String> = all
         .iter()
-        .filter(|s| {
-            s.kind
-                .first()
-                .is_none_or(|k| !known.contains(&k.as_str()))
-        })
+        .filter(|s| s.kind.first().is_none_or(|k| !known.contains(&k.as_str())))
         .map(|s| format!("{}: ```yaml {}", s.place, s.kind.join(" ")))
         .collect();
     assert!(
@@ -187,10 +187,11 @@ fn every_yaml_sample_is_marked_and_there_are_samples() {
         .collect();
     assert!(odd_flags.is_empty(), "unknown flags at {odd_flags:?}");
     let not_loadable = of_kind(&all, "not-loadable");
-    assert!(
-        not_loadable.len() <= NOT_LOADABLE,
-        "{} not-loadable YAML blocks, at most {NOT_LOADABLE} allowed: {:?}",
+    // Exactly as many as allowed: more is a sample that does not load, fewer a stale count.
+    assert_eq!(
         not_loadable.len(),
+        NOT_LOADABLE,
+        "`yaml not-loadable` blocks: {:?}",
         not_loadable.iter().map(|s| &s.place).collect::<Vec<_>>()
     );
     for kind in ["config", "policy", "policy-test", "scenario"] {
