@@ -251,11 +251,14 @@ fn the_demo_runs_its_examples_with_the_promised_outcomes() {
 }
 
 #[test]
-fn the_readme_lists_every_reason_code_with_its_status() {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+fn the_reason_code_table_lists_every_reason_code_with_its_status() {
+    let table = std::fs::read_to_string(repo().join("docs/reason-codes.md")).unwrap();
     for (status, reason, _) in portcullis_proxy::rejection::all_reasons() {
         let row = format!("| `{reason}` | {status} |");
-        assert!(readme.contains(&row), "README lacks the row `{row}`");
+        assert!(
+            table.contains(&row),
+            "docs/reason-codes.md lacks the row `{row}`"
+        );
     }
 }
 

@@ -1,7 +1,7 @@
 //! Fault injection: what the proxy does when what it depends on fails — the upstream (refusing,
 //! slow, resetting before or during its answer), the issuer's key source (down, slow, garbage),
 //! the consent source, the audit disk, a bad config on reload, and a client certificate that
-//! expires while its connection is open. README "Failure behaviour" lists each with its reason.
+//! expires while its connection is open. docs/failure-behaviour.md lists each with its reason.
 
 mod common;
 

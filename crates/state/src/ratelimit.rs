@@ -19,7 +19,6 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock as _, DefaultClock};
@@ -256,7 +255,6 @@ impl<K: std::hash::Hash + Eq + Clone> Limiter<K> {
         self.keyed.shrink_to_fit();
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -413,31 +413,6 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_example_is_valid() {
-        let readme =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
-                .unwrap();
-        let start = readme
-            .find("```yaml\nstate:\n")
-            .expect("README has a state: example")
-            + 8;
-        let block = &readme[start..];
-        let block = &block[..block.find("```").unwrap()];
-        let doc: serde_json::Value = serde_saphyr::from_str(block).unwrap();
-        let f: FileState = serde_json::from_value(doc["state"].clone()).unwrap();
-        let mut errors = Vec::new();
-        let c = {
-            let mut p = Problems::new(Path::new("README.md"), &mut errors);
-            validate(&mut p, Path::new("/nonexistent"), &f)
-        };
-        // Only the example's password file is missing here.
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert_eq!(errors[0].field, "state.redis.password_file");
-        assert_eq!(c.lease_max_tokens, 10);
-        assert_eq!(c.replay, OnOutage::Refuse);
-    }
-
-    #[test]
     fn bad_values_name_the_field_and_never_echo_a_password() {
         let cases = [
             ("backend: etcd", "state.backend: unknown value `etcd`"),
