@@ -253,7 +253,7 @@ fn the_demo_runs_its_examples_with_the_promised_outcomes() {
 #[test]
 fn the_reason_code_table_lists_every_reason_code_with_its_status() {
     let table = std::fs::read_to_string(repo().join("docs/reason-codes.md")).unwrap();
-    for (status, reason, _) in portcullis_proxy::rejection::all_reasons() {
+    for (status, reason, _) in portcullis_proxy::pipeline::rejection::all_reasons() {
         let row = format!("| `{reason}` | {status} |");
         assert!(
             table.contains(&row),

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 pub mod rules;
 pub mod signature;
+pub mod template;
 
 use portcullis_base::problems::{ConfigError, Problems};
 

@@ -3,12 +3,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use base64::Engine as _;
 use http::HeaderValue;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use crate::config::ClientCertForwarding;
-use crate::upstream::client_cert_value;
 use portcullis_crypto::pki::ClientCert;
 
 /// What the proxy knows about a connection; immutable after the handshake.
@@ -108,4 +108,27 @@ impl ConnInfo {
             ClientCertForwarding::None => None,
         }
     }
+}
+
+/// The header value that carries `cert` upstream in the given form; computed once per
+/// connection.
+pub fn client_cert_value(cert: &ClientCert, form: ClientCertForwarding) -> Option<HeaderValue> {
+    let text = match form {
+        ClientCertForwarding::Rfc9440 => format!(
+            ":{}:",
+            base64::engine::general_purpose::STANDARD.encode(&cert.der)
+        ),
+        ClientCertForwarding::Xfcc => format!(
+            "Hash={};Subject=\"{}\"",
+            hex_sha256(&cert.der),
+            cert.subject.replace(['"', '\\'], "")
+        ),
+        ClientCertForwarding::None => return None,
+    };
+    HeaderValue::from_str(&text).ok()
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -12,11 +12,13 @@ pub mod linger;
 pub mod otlp;
 pub mod pipeline;
 pub mod proxy;
-pub mod rejection;
+mod record;
+
 pub mod reload;
+pub mod response_signing;
 pub mod runtime;
 pub mod server;
-pub mod signature;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod worker;

@@ -1,4 +1,9 @@
-//! The ordered inspection chain: each stage takes the evidence of the stages before it.
+//! The ordered inspection chain, run top to bottom by [`run`]: each stage takes only its own
+//! context and the evidence of the stages before it, and returns its own evidence. Evidence
+//! types have private fields and are made only by their stage, so the compiler keeps the order:
+//! authorization takes the signature stage's [`signature::Checked`], idempotency takes the
+//! authorization's [`authz::Permit`]. What the stages established is kept in a [`Trail`], from
+//! which the audit record is composed in one place (`crate::record`); no stage writes a record.
 //!
 //! Order, and why:
 //!
@@ -9,7 +14,8 @@
 //! 3. **Path check and route match** ([`route`]) — one canonical path, refused if ambiguous, then a
 //!    radix-tree lookup. Unknown path: 404; known path, other method: 405. Everything after this
 //!    works on the matched route, and the path matched is the path forwarded. A declared body
-//!    over the route's limit is refused here (413), before any crypto.
+//!    over the route's limit is refused right after the match (413, [`body`]), before any
+//!    crypto.
 //! 4. **Pre-authentication rate limit per peer** ([`ratelimit`]) — bounds crypto CPU before any
 //!    signature is checked, so it sits before every stage that verifies a signature.
 //! 5. **Identity** ([`identity`]) — the verified mTLS client certificate, required unless the
@@ -21,145 +27,300 @@
 //!    the route's issuer (signature once per token while cached; time claims every request).
 //! 8. **Sender constraint** ([`binding`]) — needs the token and the identity (RFC 8705
 //!    `cnf.x5t#S256`) or a DPoP proof (RFC 9449); only after it is a token evidence of anything.
-//! 9. **Request signature** ([`signature`]) — OBIE `x-jws-signature` or RFC 9421, per route;
+//! 9. **Body admission** ([`body`]) — buffered once, up to the route's limit, only when a later
+//!    stage reads it (signature, a body rule, idempotency); otherwise streamed.
+//! 10. **Request signature** ([`signature`]) — OBIE `x-jws-signature` or RFC 9421, per route;
 //!    needs the caller's identity and token (to name it and find its keys) and the buffered
 //!    body; before authorization, so nothing whose bytes are unproven is ever authorized.
-//! 10. **Authorization** ([`authz`]) — scopes, consent and object rules; needs the bound token,
+//! 11. **Authorization** ([`authz`]) — scopes, consent and object rules; needs the bound token,
 //!     so it runs only on proven callers, and the buffered body when a rule reads it.
-//! 11. **Idempotency** ([`idempotency`]) — on routes that ask for it: the client-scoped key and
+//! 12. **Idempotency** ([`idempotency`]) — on routes that ask for it: the client-scoped key and
 //!     the fingerprint of the buffered body; last, so a refused request never reserves a key.
 //!     It answers from the store (a replay) or reserves the key, which the caller completes
 //!     with the upstream's answer.
+//!
+//! A refusal from any stage is a [`Rejection`]; [`rejection`] is the one place it becomes a
+//! response.
 
 pub mod authz;
 pub mod binding;
+pub mod body;
 pub mod fapi;
 pub mod http;
 pub mod idempotency;
 pub mod identity;
 pub mod ratelimit;
+pub mod rejection;
 pub mod route;
 pub mod signature;
 pub mod token;
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
 use ::http::request::Parts;
 
-use crate::conn::ConnInfo;
-use crate::rejection::Rejection;
-use crate::runtime::{Runtime, Shared};
-use portcullis_audit::RequestRecord;
-use portcullis_policy::RouteMatch;
+use hyper::body::Incoming;
 
-/// The evidence a request carries once every stage has passed.
-#[derive(Debug)]
-pub struct Inspected {
+use crate::config::Config;
+use portcullis_audit::RateLimitRecord;
+use portcullis_base::body::ProxyBody;
+use portcullis_base::clock::Clock;
+use portcullis_crypto::jose::dpop::DpopError;
+use portcullis_crypto::pki::ClientCert;
+use portcullis_policy::RouteMatch;
+use portcullis_sources::clientkeys::ClientKeys;
+use portcullis_sources::consent::ConsentSource;
+use portcullis_sources::introspect::Introspector;
+use portcullis_sources::keys::KeySource;
+use portcullis_state::idempotency::IdempotencyStore;
+use portcullis_state::limits::RateLimits;
+use portcullis_state::nonce::NonceIssuer;
+use portcullis_state::replay::ReplayStore;
+pub use rejection::Rejection;
+
+/// What the stages need from the running proxy, for one request: one config snapshot, start to
+/// end, and the sources and stores that go with it.
+pub struct Context<'a> {
+    pub config: &'a Config,
+    /// Key source per issuer name.
+    pub keys: &'a HashMap<String, Arc<KeySource>>,
+    /// Introspection client per issuer that has one.
+    pub introspectors: &'a HashMap<String, Arc<Introspector>>,
+    pub tokens: &'a token::TokenCache,
+    pub consent: Option<&'a ConsentSource>,
+    pub client_keys: Option<&'a ClientKeys>,
+    pub rate_limits: &'a RateLimits,
+    pub replay: &'a dyn ReplayStore,
+    pub idempotency: &'a Arc<dyn IdempotencyStore>,
+    pub nonces: &'a NonceIssuer,
+    pub clock: &'a dyn Clock,
+}
+
+/// The connection facts the stages read.
+pub struct Peer<'a> {
+    pub ip: IpAddr,
+    /// The verified client certificate of the connection.
+    pub cert: Option<&'a Arc<ClientCert>>,
+}
+
+/// What the request has established so far, stage by stage, and what became of it: the audit
+/// record is composed from this and the outcome (`crate::record`).
+#[derive(Debug, Default)]
+pub struct Trail {
+    pub(crate) route_id: Option<String>,
+    /// The last rate limit applied.
+    pub(crate) rate_limit: Option<RateLimitRecord>,
+    pub(crate) token: Option<Arc<token::AccessToken>>,
+    pub(crate) signature: Option<signature::VerifiedSignature>,
+    pub(crate) consent_id: Option<String>,
+    pub(crate) scopes_required: Option<Vec<String>>,
+    /// A refusal recorded and not enforced (a shadow quota or a shadow policy rule), with the
+    /// rule that made it.
+    pub(crate) shadow: Option<(Rejection, String)>,
+    pub(crate) idempotency: Option<&'static str>,
+    /// The upstream's status and how long it took to answer.
+    pub(crate) upstream: Option<(u16, Duration)>,
+    /// The request was handed to the upstream.
+    pub(crate) forwarded: bool,
+    /// The client left before the answer was delivered.
+    pub(crate) client_gone: bool,
+}
+
+impl Trail {
+    /// Keeps what a rate limit decided; its refusal, unless the quota is a shadow one.
+    fn rate_limited(&mut self, applied: Option<ratelimit::Applied>) -> Result<(), Rejection> {
+        let Some(a) = applied else {
+            return Ok(());
+        };
+        if let Some(l) = a.shadow() {
+            self.shadow = Some((
+                Rejection::RateLimited(l.clone()),
+                format!("rate_limit:{}", l.name),
+            ));
+        }
+        self.rate_limit = Some(a.facts().clone());
+        a.enforced().map_err(Rejection::RateLimited)
+    }
+}
+
+/// A request every stage let through: its evidence, the body to forward and what the
+/// idempotency stage decided.
+pub struct Admitted {
     pub route: RouteMatch,
     pub identity: identity::ClientIdentity,
     /// The bound token, on routes that require one.
     pub token: Option<binding::BoundToken>,
+    pub signature: signature::Checked,
+    pub permit: authz::Permit,
+    pub idempotency: idempotency::Outcome,
     /// The DPoP nonce to hand out with the response, on routes that require nonces.
     pub dpop_nonce: Option<String>,
-    /// The authenticated client as a rate-limit and idempotency scope (issue #6).
-    pub client_key: String,
+    pub body: ProxyBody,
 }
 
-/// Runs the chain in order; the first refusal ends it.
-pub async fn inspect(
+/// Runs the chain in order; the first refusal ends it. The body of a request refused before
+/// its body was admitted is discarded here.
+pub async fn run(
     parts: &Parts,
-    conn: &ConnInfo,
-    rt: &Runtime,
-    shared: &Shared,
-    record: &mut RequestRecord,
-) -> Result<Inspected, Rejection> {
-    let config = &rt.config;
-    http::check(
-        parts,
-        &config.listener.limits,
-        &config.listener.server_names,
-    )?;
-    fapi::check_customer_ip(&parts.headers)?;
-    let route = route::resolve(parts, &config.policies)?;
-    record.route_id = Some(route.route.id.clone());
-    // A declared body over the route's limit is refused before any signature is checked.
-    if http::declared_length(&parts.headers).is_some_and(|n| n > route.route.body_limit) {
-        return Err(http::HttpError::BodyTooLarge.into());
-    }
-    ratelimit::check_peer(conn, rt, shared, record)?;
-    let identity = identity::identify(
-        conn,
-        &route.route,
-        &config.listener.tls.revoked,
-        shared.clock.now(),
-    )?;
-    // 6. With a certificate the client is known now; otherwise after the token (its client id).
-    if identity.cert.is_some() {
-        let key = ratelimit::client_key(&identity, None, conn);
-        ratelimit::check_client(&route.route, &key, rt, shared, record).await?;
-    }
-    let token = match &route.route.auth {
-        None => None,
-        Some(auth) => Some(authenticate(parts, &identity, auth, rt, shared, record).await?),
+    body: Incoming,
+    peer: &Peer<'_>,
+    cx: &Context<'_>,
+    trail: &mut Trail,
+) -> Result<Admitted, Rejection> {
+    let config = cx.config;
+    let head = async {
+        http::check(
+            parts,
+            &config.listener.limits,
+            &config.listener.server_names,
+        )?;
+        fapi::check_customer_ip(&parts.headers)?;
+        let route = route::resolve(parts, &config.policies)?;
+        trail.route_id = Some(route.route.id.clone());
+        let declared = http::declared_length(&parts.headers);
+        if declared.is_some_and(|n| n > route.route.body_limit) {
+            return Err(http::HttpError::BodyTooLarge.into());
+        }
+        trail.rate_limited(ratelimit::check_peer(peer.ip, cx.rate_limits))?;
+        let identity = identity::identify(
+            peer.cert,
+            &route.route,
+            &config.listener.tls.revoked,
+            cx.clock.now(),
+        )?;
+        // With a certificate the client is known now; otherwise after the token (its client id).
+        if identity.cert().is_some() {
+            let key = ratelimit::client_key(&identity, None, peer.ip);
+            let applied = ratelimit::check_client(&route.route, &key, cx.rate_limits).await?;
+            trail.rate_limited(applied)?;
+        }
+        let token = match &route.route.auth {
+            None => None,
+            Some(auth) => Some(authenticate(parts, &identity, auth, cx, trail).await?),
+        };
+        let client_key = ratelimit::client_key(&identity, token.as_ref(), peer.ip);
+        if identity.cert().is_none() {
+            let applied =
+                ratelimit::check_client(&route.route, &client_key, cx.rate_limits).await?;
+            trail.rate_limited(applied)?;
+        }
+        Ok((route, declared, identity, token, client_key))
     };
-    let client_key = ratelimit::client_key(&identity, token.as_ref(), conn);
-    if identity.cert.is_none() {
-        ratelimit::check_client(&route.route, &client_key, rt, shared, record).await?;
+    let (route, declared, identity, token, client_key) = match head.await {
+        Ok(h) => h,
+        Err(e) => {
+            body::discard(body).await;
+            return Err(e);
+        }
+    };
+    let timeout = config.listener.limits.request_timeout;
+    let admitted = body::admit(body, &route.route, declared, parts.version, timeout)
+        .await
+        .map_err(|e| {
+            trail.client_gone |= e.client_gone;
+            e.error
+        })?;
+    let buffered = admitted.buffered.as_deref();
+    let now = cx.clock.now();
+    let signature = signature::verify(
+        route.route.signature.as_ref(),
+        parts,
+        buffered.unwrap_or_default(),
+        &identity,
+        token.as_ref(),
+        &signature::Keys {
+            config: &config.signatures,
+            client_keys: cx.client_keys,
+            replay: cx.replay,
+        },
+        now,
+    )
+    .await
+    .map_err(Rejection::Signature)?;
+    trail.signature = signature.verified().cloned();
+    let permit = authz::authorize(
+        &route,
+        parts,
+        buffered,
+        token.as_ref(),
+        &signature,
+        cx.consent,
+        cx.clock.now(),
+    )
+    .await
+    .map_err(Rejection::Authz)?;
+    trail.consent_id = permit.consent_id().map(portcullis_base::text::bounded);
+    trail.scopes_required = permit.scopes_used().map(<[String]>::to_vec);
+    if let Some(d) = permit.shadow_denial() {
+        trail.shadow = Some((Rejection::Authz(d.clone()), d.rule.clone()));
     }
+    let scope = idempotency::scope(&identity, token.as_ref(), &client_key);
+    let (idempotency, label) = idempotency::reserve(
+        &route.route,
+        parts,
+        buffered,
+        &scope,
+        &permit,
+        &idempotency::Store {
+            store: cx.idempotency,
+            config: &config.idempotency,
+        },
+        cx.clock.now(),
+    )
+    .await
+    .map_err(|(e, dialect)| {
+        trail.idempotency = e.label();
+        Rejection::Idempotency(e, dialect)
+    })?;
+    trail.idempotency = label;
     let dpop_nonce = route
         .route
         .auth
         .as_ref()
         .filter(|a| a.dpop_nonce)
-        .map(|_| shared.nonces.current(shared.clock.now()));
-    Ok(Inspected {
+        .map(|_| cx.nonces.current(cx.clock.now()));
+    Ok(Admitted {
         route,
         identity,
         token,
+        signature,
+        permit,
+        idempotency,
         dpop_nonce,
-        client_key,
+        body: admitted.forward,
     })
 }
 
-/// Stages 7 and 8: the access token and its sender constraint.
+/// The access token and its sender constraint.
 async fn authenticate(
     parts: &Parts,
     identity: &identity::ClientIdentity,
     auth: &portcullis_policy::RouteAuth,
-    rt: &Runtime,
-    shared: &Shared,
-    record: &mut RequestRecord,
+    cx: &Context<'_>,
+    trail: &mut Trail,
 ) -> Result<binding::BoundToken, Rejection> {
     let cred = token::extract(parts).map_err(|e| Rejection::Token(e, token::Scheme::Bearer))?;
     let scheme = cred.scheme;
-    let Some(issuer) = rt.config.auth.issuers.get(&auth.issuer) else {
+    let Some(issuer) = cx.config.auth.issuers.get(&auth.issuer) else {
         // The config loader refuses routes naming unknown issuers; fail closed regardless.
         return Err(Rejection::Token(token::TokenError::KeysUnavailable, scheme));
     };
-    let keys = rt.keys.get(&auth.issuer).map(|k| k.as_ref());
-    let introspector = rt.introspectors.get(&auth.issuer).map(|i| i.as_ref());
-    let now = shared.clock.now();
-    let verified = token::verify(cred.token, issuer, keys, introspector, &rt.tokens, now)
+    let keys = cx.keys.get(&auth.issuer).map(|k| k.as_ref());
+    let introspector = cx.introspectors.get(&auth.issuer).map(|i| i.as_ref());
+    let now = cx.clock.now();
+    let verified = token::verify(cred.token, issuer, keys, introspector, cx.tokens, now)
         .await
         .map_err(|e| Rejection::Token(e, scheme))?;
-    record.client_id = verified
-        .client_id
-        .as_deref()
-        .map(portcullis_base::text::bounded);
-    record.subject = verified.sub.as_deref().map(portcullis_base::text::bounded);
-    record.token_jti = verified.jti.as_deref().map(portcullis_base::text::bounded);
-    record.token_hash = Some(verified.hash.clone());
-    record.scopes = Some(
-        verified
-            .scopes
-            .iter()
-            .map(|s| portcullis_base::text::bounded(s))
-            .collect(),
-    );
-    let dpop = &rt.config.auth.dpop;
+    trail.token = Some(Arc::clone(&verified));
+    let dpop = &cx.config.auth.dpop;
     let htu = verified
         .cnf_jkt
         .as_ref()
         .and_then(|_| http::external_htu(parts, dpop.public_base_url.as_deref()));
-    let accepts = |n: &str| shared.nonces.is_valid(n, now);
+    let accepts = |n: &str| cx.nonces.is_valid(n, now);
     let bound = binding::bind(
         verified,
         &binding::Presented {
@@ -167,115 +328,22 @@ async fn authenticate(
             scheme,
             raw_token: cred.token,
             htu: htu.as_deref(),
-            client_cert: identity.cert.as_deref(),
+            client_cert: identity.cert(),
             nonce: auth
                 .dpop_nonce
                 .then_some(&accepts as &(dyn Fn(&str) -> bool + Sync)),
         },
         auth.profile,
         dpop,
-        shared.replay.as_ref(),
+        cx.replay,
         now,
     )
     .await;
     match bound {
         // RFC 9449 §9: answer with a fresh nonce the client must use.
-        Err(binding::BindingError::Proof(
-            portcullis_crypto::jose::dpop::DpopError::NonceRequired
-            | portcullis_crypto::jose::dpop::DpopError::NonceStale,
-        )) => Err(Rejection::UseDpopNonce(shared.nonces.current(now))),
+        Err(binding::BindingError::Proof(DpopError::NonceRequired | DpopError::NonceStale)) => {
+            Err(Rejection::UseDpopNonce(cx.nonces.current(now)))
+        }
         other => Ok(other?),
     }
-}
-
-/// Stage 9: the route's request signature over the buffered body (the whole body, as
-/// received); its evidence goes to the audit record and back to the caller (response signing,
-/// idempotency). Runs before [`authorize`].
-pub async fn verify_signature(
-    inspected: &Inspected,
-    parts: &Parts,
-    body: Option<&[u8]>,
-    rt: &Runtime,
-    shared: &Shared,
-    record: &mut RequestRecord,
-) -> Result<Option<crate::signature::VerifiedSignature>, Rejection> {
-    let Some(sig) = &inspected.route.route.signature else {
-        return Ok(None);
-    };
-    let v = signature::verify(
-        sig,
-        parts,
-        body.unwrap_or_default(),
-        &inspected.identity,
-        inspected.token.as_ref(),
-        rt,
-        shared,
-    )
-    .await
-    .map_err(Rejection::Signature)?;
-    record.signature = Some(portcullis_audit::SignatureRecord {
-        kind: v.kind,
-        kid: portcullis_base::text::bounded(&v.kid),
-        alg: portcullis_base::text::bounded(&v.alg),
-        hash: v.hash.clone(),
-    });
-    Ok(Some(v))
-}
-
-/// Stages 9 to 11, which may read the request body (buffered by the caller when
-/// [`needs_body`] says so).
-pub async fn authorize(
-    inspected: &Inspected,
-    parts: &Parts,
-    body: Option<&[u8]>,
-    rt: &Runtime,
-    shared: &Shared,
-    record: &mut RequestRecord,
-) -> Result<authz::Permit, Rejection> {
-    // 9. Request signature: [`verify_signature`], which the caller runs just before.
-    // 10. Authorization.
-    let permit = authz::authorize(inspected, parts, body, rt, shared)
-        .await
-        .map_err(Rejection::Authz)?;
-    record.consent_id = permit
-        .consent_id
-        .as_deref()
-        .map(portcullis_base::text::bounded);
-    record.scopes_required = scopes_used(&inspected.route.route.authz, inspected.token.as_ref());
-    if let Some(d) = &permit.shadow_denial {
-        let r = Rejection::Authz(d.clone());
-        record.stage = Some("authz");
-        record.reason = Some(r.audit_reason());
-        record.rule_id = Some(d.rule.clone());
-    }
-    // 11. Idempotency: [`idempotency::reserve`], which the caller runs just after (it returns
-    // a stored response or a reservation the caller completes with the upstream's answer).
-    Ok(permit)
-}
-
-/// The scopes this request used: every `all_of` scope, and the `any_of` scopes the token holds
-/// (what `audit report` counts as used). `None` on routes that require no scope.
-fn scopes_used(
-    authz: &portcullis_policy::rules::Authz,
-    token: Option<&binding::BoundToken>,
-) -> Option<Vec<String>> {
-    if authz.all_of.is_empty() && authz.any_of.is_empty() {
-        return None;
-    }
-    let held = token.map_or(&[][..], |t| t.token.scopes.as_slice());
-    let used = authz
-        .all_of
-        .iter()
-        .chain(authz.any_of.iter().filter(|s| held.contains(s)))
-        .map(|s| portcullis_base::text::bounded(s))
-        .collect();
-    Some(used)
-}
-
-/// Whether a stage after binding reads the request body, so it must be buffered (once, up to
-/// the route limit) before those stages run.
-pub fn needs_body(route: &portcullis_policy::Route) -> bool {
-    route.authz.reads_body()
-        || route.signature.is_some()
-        || route.idempotency != portcullis_policy::IdempotencyMode::None
 }

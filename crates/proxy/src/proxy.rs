@@ -1,17 +1,19 @@
-//! The request handler: an outer `handle` that owns the audit record and turns refusals into
-//! responses, and an inner handler that runs the pipeline and forwards.
+//! The request handler: a guard that owns the request's audit trail from the first line, the
+//! pipeline ([`pipeline::run`]), the exchange with the upstream, and the response.
 //!
 //! `handle` settles the interaction id first (every response, refusals included, carries it),
-//! calls [`inner`], maps a [`Rejection`] through [`crate::rejection::respond`] — the only place
-//! responses for refusals are made — and leaves exactly one audit record, on every path:
+//! runs [`inner`], maps a [`Rejection`] through [`crate::pipeline::rejection::respond`] — the
+//! only place responses for refusals are made — and leaves exactly one audit record, composed
+//! by [`crate::record::compose`], on every path:
 //!
-//! - The record lives in a [`Pending`] guard from the first line. If hyper drops the handler
+//! - The trail lives in a [`Pending`] guard from the first line. If hyper drops the handler
 //!   (the client reset the stream or closed the connection), the guard's `Drop` writes the
 //!   record as `cancelled`, `client_gone`.
-//! - An answered record rides in the response body ([`Sealed`]) and is written when hyper is
-//!   done with the body: in full, or dropped early because the client left (`client_gone`).
+//! - An answered request's trail rides in the response body ([`Sealed`]) and its record is
+//!   written when hyper is done with the body: in full, or dropped early because the client
+//!   left (`client_gone`).
 //! - A request the upstream might act on (a method that is not safe, or a reserved
-//!   idempotency key) is forwarded by a detached task that owns the record: the exchange
+//!   idempotency key) is forwarded by a detached task that owns the trail: the exchange
 //!   finishes, the answer is stored under the key, and the record is written, whether or not
 //!   the client is still there. A safe request whose client left is cancelled.
 
@@ -24,22 +26,19 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH};
 use http::{HeaderMap, Request, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::conn::ConnInfo;
 use crate::pipeline::idempotency::{Outcome, Reservation, Settled};
-use crate::pipeline::{self, fapi, http::HttpError};
-use crate::rejection::{self, Rejection};
+use crate::pipeline::{self, fapi, rejection, Admitted, Rejection, Trail};
+use crate::record::{self, Head, Refusal};
 use crate::runtime::{Runtime, Shared};
 use crate::upstream::{self, UpstreamError, Vouched};
-use portcullis_audit::{bounded, Record, RequestRecord};
-
+use portcullis_audit::Record;
 pub use portcullis_base::body::{empty, full, BoxError, ProxyBody};
-
-/// The status recorded for a request whose client left before any answer was made (the
-/// convention of nginx's logs, which operators know).
-const CLIENT_CLOSED: u16 = 499;
+use portcullis_base::text::bounded;
+use portcullis_policy::signature::RouteSignature;
 
 /// Handles one request on a connection; never fails (refusals are responses).
 pub async fn handle(
@@ -51,12 +50,26 @@ pub async fn handle(
     let rt = shared.runtime.load_full();
     let (interaction_id, id_refusal) =
         fapi::interaction_id(req.headers(), rt.config.interaction_id);
-    let mut record = start_record(&req, &conn, &rt, &interaction_id);
     let trace = crate::telemetry::TraceContext::from_headers(req.headers());
-    record.trace_id = Some(trace.trace_id());
-    record.span_id = Some(trace.span_id());
     // The id is always a UUID, so this never fails; it is built once for both directions.
     let id_header = HeaderValue::from_str(&interaction_id).unwrap_or(HeaderValue::from_static(""));
+    let head = Head {
+        interaction_id,
+        trace_id: trace.trace_id(),
+        span_id: trace.span_id(),
+        conn_id: conn.id,
+        conn_members: Arc::clone(&conn.audit_members),
+        http_version: match req.version() {
+            http::Version::HTTP_2 => "HTTP/2",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        bytes_in: pipeline::http::declared_length(req.headers()),
+        method: bounded(req.method().as_str()),
+        path: bounded(req.uri().path()),
+        has_query: req.uri().query().is_some(),
+        policy_version: rt.config.policies.version.clone(),
+    };
     let answer = Answer {
         shared: Arc::clone(&shared),
         rt: Arc::clone(&rt),
@@ -65,7 +78,7 @@ pub async fn handle(
         head_only: req.method() == http::Method::HEAD,
         started,
     };
-    let mut pending = Pending::new(record, answer);
+    let mut pending = Pending::new(head, answer);
     let result = match id_refusal {
         Some(e) => Err(e.into()),
         // Before any stage runs: under `audit.queue_full: refuse`, nothing we cannot audit.
@@ -75,7 +88,7 @@ pub async fn handle(
     Ok(pending.conclude(result))
 }
 
-/// Everything needed to turn a result into the response and seal the record, wherever the
+/// Everything needed to turn a result into the response and write the record, wherever the
 /// request ends (the handler, or a detached exchange).
 #[derive(Clone)]
 struct Answer {
@@ -89,39 +102,79 @@ struct Answer {
     started: Instant,
 }
 
-/// A request's record until it is written. Exactly one of three things writes it: the body of
-/// the answer once delivered or dropped ([`Sealed`]), [`Pending::abandon`] when the client left
-/// a detached exchange, or `Drop` when the handler itself was dropped.
+impl Answer {
+    /// The response for `result`, and how the record states it.
+    fn respond(
+        &self,
+        result: Result<Response<ProxyBody>, Rejection>,
+    ) -> (Response<ProxyBody>, record::Outcome) {
+        let (mut resp, refusal) = match result {
+            Ok(resp) => (resp, None),
+            Err(rejection) => {
+                let id = self.id_header.to_str().unwrap_or_default();
+                let algs = &self.rt.config.auth.dpop.challenge_algs;
+                let resp = rejection::respond(&rejection, id, self.version, algs);
+                (resp, Some(Refusal::of(&rejection)))
+            }
+        };
+        resp.headers_mut()
+            .insert(fapi::INTERACTION_ID, self.id_header.clone());
+        let outcome = record::Outcome::Answered {
+            status: resp.status().as_u16(),
+            bytes_out: pipeline::http::declared_length(resp.headers()),
+            took: self.started.elapsed(),
+            refusal,
+        };
+        (resp, outcome)
+    }
+}
+
+/// What a request's record is composed from, until it is written.
+struct Open {
+    head: Head,
+    trail: Trail,
+}
+
+/// A request's trail until its record is written. Exactly one of three things writes it: the
+/// body of the answer once delivered or dropped ([`Sealed`]), [`Pending::abandon`] when the
+/// client left a detached exchange, or `Drop` when the handler itself was dropped.
 struct Pending {
-    record: Option<Box<RequestRecord>>,
+    open: Option<Box<Open>>,
     answer: Answer,
-    /// Set once the request was handed to the upstream: a cancelled record says so.
-    forwarded: bool,
 }
 
 impl Pending {
-    fn new(record: RequestRecord, answer: Answer) -> Pending {
+    fn new(head: Head, answer: Answer) -> Pending {
         Pending {
-            record: Some(Box::new(record)),
+            open: Some(Box::new(Open {
+                head,
+                trail: Trail::default(),
+            })),
             answer,
-            forwarded: false,
         }
     }
 
-    /// The record, for the stages to fill; a placeholder only if it was already handed on,
-    /// which the handler never does before it is done with the stages.
-    fn record(&mut self) -> &mut RequestRecord {
-        self.record
-            .get_or_insert_with(|| Box::new(RequestRecord::default()))
+    /// The trail, for the pipeline and the exchange to extend; a placeholder only if it was
+    /// already handed on, which the handler never does before it is done with it.
+    fn trail(&mut self) -> &mut Trail {
+        &mut self
+            .open
+            .get_or_insert_with(|| {
+                Box::new(Open {
+                    head: Head::default(),
+                    trail: Trail::default(),
+                })
+            })
+            .trail
     }
 
-    /// Maps the result to the response; the record travels in the response body and is
-    /// written when hyper is done with it.
+    /// Maps the result to the response; the trail travels in the response body and the record
+    /// is written when hyper is done with it.
     fn conclude(mut self, result: Result<Response<ProxyBody>, Rejection>) -> Response<ProxyBody> {
-        let Some(mut record) = self.record.take() else {
-            return compose(&mut RequestRecord::default(), &self.answer, result);
+        let (resp, outcome) = self.answer.respond(result);
+        let Some(open) = self.open.take() else {
+            return resp;
         };
-        let resp = compose(&mut record, &self.answer, result);
         let (parts, body) = resp.into_parts();
         let bodiless = self.answer.head_only
             || parts.status.is_informational()
@@ -129,7 +182,8 @@ impl Pending {
             || parts.status == http::StatusCode::NOT_MODIFIED;
         let sealed = Sealed {
             body,
-            record: Some(record),
+            open: Some(open),
+            outcome: Some(outcome),
             shared: Arc::clone(&self.answer.shared),
             bodiless,
             ended: false,
@@ -140,94 +194,59 @@ impl Pending {
     /// The client is gone and the exchange finished without it: the record is composed as if
     /// answered, marked `client_gone`, and written now.
     fn abandon(mut self, result: Result<Response<ProxyBody>, Rejection>) {
-        if let Some(mut record) = self.record.take() {
-            drop(compose(&mut record, &self.answer, result));
-            record.client_gone = true;
-            seal(&self.answer.shared, record);
+        let (_, outcome) = self.answer.respond(result);
+        if let Some(mut open) = self.open.take() {
+            open.trail.client_gone = true;
+            seal(&self.answer.shared, open, outcome);
         }
     }
 
-    /// Moves the record (and the duty to write it) into a new guard, for a detached exchange.
+    /// Moves the trail (and the duty to write the record) into a new guard, for a detached
+    /// exchange.
     fn hand_over(&mut self) -> Pending {
         Pending {
-            record: self.record.take(),
+            open: self.open.take(),
             answer: self.answer.clone(),
-            forwarded: true,
         }
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let Some(mut record) = self.record.take() else {
-            return;
-        };
-        // The handler was dropped before it answered: the client reset the stream or closed
-        // the connection.
-        record.client_gone = true;
-        if record.decision.is_empty() {
-            record.decision = "cancelled";
+        if let Some(open) = self.open.take() {
+            let took = self.answer.started.elapsed();
+            seal(
+                &self.answer.shared,
+                open,
+                record::Outcome::Cancelled { took },
+            );
         }
-        if record.reason.is_none() {
-            record.reason = Some("client_gone");
-        }
-        if record.stage.is_none() && self.forwarded {
-            record.stage = Some("upstream");
-        }
-        if record.status == 0 {
-            record.status = CLIENT_CLOSED;
-        }
-        record.total_latency_us = self.answer.started.elapsed().as_micros() as u64;
-        seal(&self.answer.shared, record);
     }
 }
 
-/// The one place a request's result becomes its response and its record's decision, stage,
-/// reason and status.
-fn compose(
-    record: &mut RequestRecord,
-    a: &Answer,
-    result: Result<Response<ProxyBody>, Rejection>,
-) -> Response<ProxyBody> {
-    let mut resp = match result {
-        Ok(resp) => {
-            // A shadow denial was recorded by the authorization stage and not enforced.
-            record.decision = if record.rule_id.is_some() && record.reason.is_some() {
-                a.shared
-                    .metrics
-                    .would_deny(record.route_id.as_deref(), record.reason.unwrap_or(""));
-                "shadow_deny"
-            } else {
-                "allow"
-            };
-            resp
-        }
-        Err(rejection) => {
-            record.decision = match rejection {
-                Rejection::Upstream(_) | Rejection::Audit(_) => "error",
-                _ => "deny",
-            };
-            record.stage = Some(rejection.stage().as_str());
-            record.reason = Some(rejection.audit_reason());
-            if let Rejection::Authz(d) = &rejection {
-                record.rule_id = Some(d.rule.clone());
-            }
-            let id = a.id_header.to_str().unwrap_or_default();
-            let algs = &a.rt.config.auth.dpop.challenge_algs;
-            rejection::respond(&rejection, id, a.version, algs)
-        }
-    };
-    resp.headers_mut()
-        .insert(fapi::INTERACTION_ID, a.id_header.clone());
-    record.status = resp.status().as_u16();
-    record.total_latency_us = a.started.elapsed().as_micros() as u64;
-    record.bytes_out = pipeline::http::declared_length(resp.headers());
-    resp
-}
-
-/// Writes a finished record: metrics, the trace span and the audit log, together.
-fn seal(shared: &Shared, record: Box<RequestRecord>) {
+/// Writes a finished request: metrics, the trace span and the audit record, together.
+fn seal(shared: &Shared, open: Box<Open>, outcome: record::Outcome) {
+    let Open { head, trail } = *open;
+    if let Some((Rejection::RateLimited(_), _)) = &trail.shadow {
+        shared.metrics.rate_limit_refused("shadow");
+    }
+    if let record::Outcome::Answered {
+        refusal: Some(Refusal {
+            limited: Some(scope),
+            ..
+        }),
+        ..
+    } = &outcome
+    {
+        shared.metrics.rate_limit_refused(scope);
+    }
+    let record = Box::new(record::compose(head, trail, outcome));
     let took = Duration::from_micros(record.total_latency_us);
+    if record.decision == "shadow_deny" {
+        shared
+            .metrics
+            .would_deny(record.route_id.as_deref(), record.reason.unwrap_or(""));
+    }
     let reason = match (record.reason, record.client_gone) {
         (Some(r), _) => r,
         (None, true) => "client_gone",
@@ -257,11 +276,12 @@ fn seal(shared: &Shared, record: Box<RequestRecord>) {
     shared.audit.emit(Record::Request(record));
 }
 
-/// The response body with the request's record: written when hyper drops the body, marked
-/// `client_gone` when the body had not been sent in full.
+/// The response body with the request's trail: the record is written when hyper drops the
+/// body, marked `client_gone` when the body had not been sent in full.
 struct Sealed {
     body: ProxyBody,
-    record: Option<Box<RequestRecord>>,
+    open: Option<Box<Open>>,
+    outcome: Option<record::Outcome>,
     shared: Arc<Shared>,
     bodiless: bool,
     /// The body reached its end (or failed upstream): hyper had all there was to send.
@@ -294,36 +314,12 @@ impl Body for Sealed {
 
 impl Drop for Sealed {
     fn drop(&mut self) {
-        if let Some(mut record) = self.record.take() {
+        if let (Some(mut open), Some(outcome)) = (self.open.take(), self.outcome.take()) {
             if !self.bodiless && !self.ended && !self.body.is_end_stream() {
-                record.client_gone = true;
+                open.trail.client_gone = true;
             }
-            seal(&self.shared, record);
+            seal(&self.shared, open, outcome);
         }
-    }
-}
-
-fn start_record(
-    req: &Request<Incoming>,
-    conn: &ConnInfo,
-    rt: &Runtime,
-    interaction_id: &str,
-) -> RequestRecord {
-    RequestRecord {
-        interaction_id: interaction_id.to_string(),
-        conn_id: conn.id,
-        conn_members: Some(Arc::clone(&conn.audit_members)),
-        http_version: match req.version() {
-            http::Version::HTTP_2 => "HTTP/2",
-            http::Version::HTTP_10 => "HTTP/1.0",
-            _ => "HTTP/1.1",
-        },
-        bytes_in: pipeline::http::declared_length(req.headers()),
-        method: bounded(req.method().as_str()),
-        path: bounded(req.uri().path()),
-        has_query: req.uri().query().is_some(),
-        policy_version: rt.config.policies.version.clone(),
-        ..RequestRecord::default()
     }
 }
 
@@ -335,14 +331,14 @@ async fn inner(
     pending: &mut Pending,
 ) -> Result<Response<ProxyBody>, Rejection> {
     let shared = Arc::clone(&pending.answer.shared);
-    let record = pending.record();
     let (parts, body) = req.into_parts();
-    let inspected = match pipeline::inspect(&parts, conn, rt, &shared, record).await {
-        Ok(i) => i,
-        Err(e) => return Err(refuse_unread(e, body).await),
+    let peer = pipeline::Peer {
+        ip: conn.peer.ip(),
+        cert: conn.client_cert.as_ref(),
     };
-    let route = Arc::clone(&inspected.route.route);
-    let declared = pipeline::http::declared_length(&parts.headers);
+    let mut admitted =
+        pipeline::run(&parts, body, &peer, &rt.context(&shared), pending.trail()).await?;
+    let route = Arc::clone(&admitted.route.route);
     // The config loader refuses routes that name an unknown upstream, so this is unreachable;
     // it still fails closed rather than panicking.
     let upstream = rt
@@ -350,63 +346,21 @@ async fn inner(
         .get(&route.upstream)
         .cloned()
         .ok_or(UpstreamError::Connect)?;
-    let timeout = rt.config.listener.limits.request_timeout;
-    // Stages that read the body get it buffered once, up to the route limit; the bytes they
-    // checked are the bytes forwarded.
-    let (body, buffered) = if pipeline::needs_body(&route) {
-        let bytes = buffer_body(body, route.body_limit, timeout, record).await?;
-        (full(bytes.clone()), Some(bytes))
-    } else {
-        (
-            request_body(
-                body,
-                declared,
-                parts.version,
-                route.body_limit,
-                timeout,
-                record,
-            )
-            .await?,
-            None,
-        )
-    };
-    let verified =
-        pipeline::verify_signature(&inspected, &parts, buffered.as_deref(), rt, &shared, record)
-            .await?;
-    let permit =
-        pipeline::authorize(&inspected, &parts, buffered.as_deref(), rt, &shared, record).await?;
-    // 11. Idempotency: last, so a refused request never reserves a key.
-    let reservation = match pipeline::idempotency::reserve(
-        &inspected,
-        &parts,
-        buffered.as_deref(),
-        &shared,
-        record,
-    )
-    .await?
-    {
+    let reservation = match std::mem::replace(&mut admitted.idempotency, Outcome::None) {
         Outcome::None => None,
         Outcome::Reserved(r) => Some(r),
         Outcome::Replay(stored) => {
             let (parts, bytes) = pipeline::idempotency::replay(&stored).into_parts();
-            return finish(
-                parts,
-                full(bytes),
-                &inspected,
-                verified.as_ref(),
-                rt,
-                &shared,
-            )
-            .await;
+            return finish(parts, full(bytes), &Evidence::of(admitted), rt, &shared).await;
         }
     };
-
     let uri = upstream
         .uri(parts.uri.path(), parts.uri.query())
         .map_err(|_| UpstreamError::Protocol)?;
     let host = pipeline::http::host(&parts);
     // Safe methods change nothing upstream, so they may be cancelled with their client.
     let detach = reservation.is_some() || !parts.method.is_safe();
+    let body = std::mem::replace(&mut admitted.body, portcullis_base::body::empty());
     let mut out = Request::new(body);
     *out.method_mut() = parts.method;
     *out.uri_mut() = uri;
@@ -417,10 +371,9 @@ async fn inner(
         &Vouched {
             peer_ip: &conn.peer_ip_header,
             host: host.as_deref(),
-            client_cert: inspected
+            client_cert: admitted
                 .identity
-                .cert
-                .as_ref()
+                .cert()
                 .and_then(|_| conn.forwarded_cert(forwarding)),
             forwarding,
             interaction_id: &pending.answer.id_header,
@@ -429,33 +382,32 @@ async fn inner(
     trace.inject(out.headers_mut());
     vouch_for_token(
         out.headers_mut(),
-        &inspected,
+        &admitted,
         &rt.config.auth.identity_headers,
     );
     let exchange = Exchange {
         out,
         upstream,
         reservation,
-        inspected,
-        verified,
-        consent: permit.consent,
+        evidence: Evidence::of(admitted),
         rt: Arc::clone(rt),
         shared,
     };
     if !detach {
-        pending.forwarded = true;
-        return exchange.run(pending.record()).await;
+        pending.trail().forwarded = true;
+        return exchange.run(pending.trail()).await;
     }
     // Once forwarded, a request the upstream may act on is finished by the proxy: the task
-    // owns the record, so it is written (and a reserved key completed) even if this handler is
-    // dropped because the client left.
+    // owns the trail, so the record is written (and a reserved key completed) even if this
+    // handler is dropped because the client left.
     let Ok(permit) = Arc::clone(&conn.detached).acquire_owned().await else {
         return Err(UpstreamError::Connect.into());
     };
     let mut owned = pending.hand_over();
+    owned.trail().forwarded = true;
     let (tx, rx) = tokio::sync::oneshot::channel();
     conn.tasks.spawn(async move {
-        let result = exchange.run(owned.record()).await;
+        let result = exchange.run(owned.trail()).await;
         drop(permit);
         if let Err((owned, result)) = tx.send((owned, result)) {
             owned.abandon(result);
@@ -472,6 +424,30 @@ async fn inner(
     }
 }
 
+/// What the answer of an admitted request still needs of its evidence: response rules, the
+/// response signature and the DPoP nonce.
+struct Evidence {
+    route: Arc<portcullis_policy::Route>,
+    signature_route: Option<RouteSignature>,
+    signature: pipeline::signature::Checked,
+    claims: Option<Arc<pipeline::token::AccessToken>>,
+    consent: Option<portcullis_policy::rules::ConsentRecord>,
+    dpop_nonce: Option<String>,
+}
+
+impl Evidence {
+    fn of(a: Admitted) -> Evidence {
+        Evidence {
+            signature_route: a.route.route.signature,
+            route: a.route.route,
+            signature: a.signature,
+            claims: a.token.map(|t| Arc::clone(t.token())),
+            consent: a.permit.into_consent(),
+            dpop_nonce: a.dpop_nonce,
+        }
+    }
+}
+
 /// A request ready for the upstream, with what its answer needs: the reserved idempotency key,
 /// the evidence for response rules and response signing. Owns everything, so it can run
 /// detached from the client's connection.
@@ -479,26 +455,22 @@ struct Exchange {
     out: Request<ProxyBody>,
     upstream: Arc<upstream::UpstreamClient>,
     reservation: Option<Reservation>,
-    inspected: pipeline::Inspected,
-    verified: Option<crate::signature::VerifiedSignature>,
-    consent: Option<portcullis_policy::rules::ConsentRecord>,
+    evidence: Evidence,
     rt: Arc<Runtime>,
     shared: Arc<Shared>,
 }
 
 impl Exchange {
-    async fn run(self, record: &mut RequestRecord) -> Result<Response<ProxyBody>, Rejection> {
+    async fn run(self, trail: &mut Trail) -> Result<Response<ProxyBody>, Rejection> {
         let Exchange {
             out,
             upstream,
             reservation,
-            inspected,
-            verified,
-            consent,
+            evidence,
             rt,
             shared,
         } = self;
-        let route = &inspected.route.route;
+        let route = Arc::clone(&evidence.route);
         let (resp, took) = match upstream.send(out).await {
             Ok(sent) => sent,
             Err(e) => {
@@ -506,37 +478,39 @@ impl Exchange {
                 // (the upstream may have acted) when so configured.
                 if let Some(r) = reservation {
                     if r.release_on_upstream_error {
-                        record.idempotency = Some("released");
+                        trail.idempotency = Some("released");
                     } else {
-                        record.idempotency = Some("kept");
+                        trail.idempotency = Some("kept");
                         r.keep();
                     }
                 }
                 return Err(e.into());
             }
         };
-        record.upstream_status = Some(resp.status().as_u16());
-        record.upstream_latency_us = Some(took.as_micros() as u64);
+        trail.upstream = Some((resp.status().as_u16(), took));
         let (mut parts, body) = resp.into_parts();
         upstream::clean_response_headers(&mut parts.headers);
         let body = if route.authz.response_rules.is_empty() {
             body.map_err(BoxError::from).boxed_unsync()
         } else {
-            let claims = inspected.token.as_ref().map(|t| &t.token.claims);
-            check_response(&mut parts, body, route, claims, consent.as_ref()).await?
+            let claims = evidence.claims.as_ref().map(|t| &t.claims);
+            check_response(&mut parts, body, &route, claims, evidence.consent.as_ref()).await?
         };
         let body = match reservation {
             None => body,
             Some(r) => {
                 let max = rt.config.idempotency.max_response_bytes;
                 let now = shared.clock.now();
-                match pipeline::idempotency::settle(r, &parts, body, max, now, record).await {
+                let (settled, label) =
+                    pipeline::idempotency::settle(r, &parts, body, max, now).await;
+                trail.idempotency = Some(label);
+                match settled {
                     Settled::Send(bytes) => full(bytes),
                     Settled::Withheld => return Err(UpstreamError::Protocol.into()),
                 }
             }
         };
-        finish(parts, body, &inspected, verified.as_ref(), &rt, &shared).await
+        finish(parts, body, &evidence, &rt, &shared).await
     }
 }
 
@@ -545,22 +519,18 @@ impl Exchange {
 async fn finish(
     mut parts: http::response::Parts,
     body: ProxyBody,
-    inspected: &pipeline::Inspected,
-    verified: Option<&crate::signature::VerifiedSignature>,
+    sealed: &Evidence,
     rt: &Runtime,
     shared: &Shared,
 ) -> Result<Response<ProxyBody>, Rejection> {
-    // Routes with `sign_response` sign what they send (issue #4); only they buffer responses.
-    let body = match (
-        inspected.route.route.signature,
-        &rt.config.signatures.response,
-    ) {
+    // Routes with `sign_response` sign what they send; only they buffer responses.
+    let body = match (sealed.signature_route, &rt.config.signatures.response) {
         (Some(s), Some(key)) if s.sign_response => {
-            crate::signature::response::sign_response(
+            crate::response_signing::sign_response(
                 &mut parts,
                 body,
                 s.kind,
-                verified,
+                sealed.signature.verified(),
                 key,
                 shared.clock.now(),
             )
@@ -569,7 +539,7 @@ async fn finish(
         _ => body,
     };
     // RFC 9449 §8.2: a fresh nonce rides on successful responses of nonce routes too.
-    if let Some(n) = inspected
+    if let Some(n) = sealed
         .dpop_nonce
         .as_deref()
         .and_then(|n| HeaderValue::from_str(n).ok())
@@ -627,76 +597,20 @@ async fn check_response(
     Ok(full(out))
 }
 
-/// Reads the whole body, up to `limit` bytes and within `timeout`.
-async fn buffer_body(
-    body: Incoming,
-    limit: u64,
-    timeout: Duration,
-    record: &mut RequestRecord,
-) -> Result<Bytes, HttpError> {
-    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match tokio::time::timeout(timeout, limited.collect()).await {
-        Err(_) => Err(HttpError::BodyTimeout),
-        Ok(Err(e)) => Err(read_error(&e, record)),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-    }
-}
-
-/// Why a request body could not be read; a body that ended because the client closed the
-/// connection or reset the stream marks the record `client_gone` (no answer will reach it).
-fn read_error(e: &BoxError, record: &mut RequestRecord) -> HttpError {
-    if e.is::<LengthLimitError>() {
-        return HttpError::BodyTooLarge;
-    }
-    if peer_left(e.as_ref()) {
-        record.client_gone = true;
-    }
-    HttpError::BodyRead
-}
-
-/// Whether an error (or one of its sources) says the client went away: the connection ended
-/// before the declared length (HTTP/1.1), or the peer reset the stream (HTTP/2).
-fn peer_left(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind as K;
-            if matches!(
-                io.kind(),
-                K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe
-            ) {
-                return true;
-            }
-        }
-        if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            if h.is_incomplete_message() || h.is_canceled() {
-                return true;
-            }
-        }
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            if h2.is_remote() && h2.is_reset() {
-                return true;
-            }
-        }
-        cur = err.source();
-    }
-    false
-}
-
 /// Identity headers from the bound token's claims (client copies are always removed first), and
 /// the credentials removed unless the route forwards them.
 fn vouch_for_token(
     h: &mut HeaderMap,
-    inspected: &pipeline::Inspected,
+    admitted: &Admitted,
     identity_headers: &[(String, http::HeaderName)],
 ) {
     for (_, name) in identity_headers {
         h.remove(name);
     }
-    let Some(bound) = &inspected.token else {
+    let Some(bound) = &admitted.token else {
         return;
     };
-    let forward = inspected
+    let forward = admitted
         .route
         .route
         .auth
@@ -707,7 +621,7 @@ fn vouch_for_token(
         h.remove("dpop");
     }
     for (claim, name) in identity_headers {
-        let value = match bound.token.claims.get(claim) {
+        let value = match bound.token().claims.get(claim) {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(serde_json::Value::Number(n)) => n.to_string(),
             Some(serde_json::Value::Array(a)) => a
@@ -721,83 +635,5 @@ fn vouch_for_token(
         if let Ok(v) = HeaderValue::from_str(&value) {
             h.insert(name.clone(), v);
         }
-    }
-}
-
-/// Refuses a request whose body has not been read. A small declared remainder is read and
-/// dropped first (never forwarded), so HTTP/2 ends the stream cleanly instead of resetting it
-/// while the client is still sending, and HTTP/1 keeps the connection in sync. A large or
-/// unknown-length body is not read: the stream is reset or the connection closed instead.
-async fn refuse_unread(rejection: Rejection, body: Incoming) -> Rejection {
-    const DRAIN_MAX: u64 = 64 * 1024;
-    if !body.is_end_stream() && body.size_hint().upper().is_some_and(|n| n <= DRAIN_MAX) {
-        let drain = Limited::new(body, DRAIN_MAX as usize).collect();
-        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
-    }
-    rejection
-}
-
-/// The body to forward, for a request whose declared length (if any) is within `limit`. A
-/// declared length is streamed (hyper enforces it). A body of unknown length (chunked, or
-/// HTTP/2 without content-length) is buffered up to the limit first, so an oversize body is
-/// refused with 413 before anything reaches the upstream.
-///
-/// HTTP/2 bodies are buffered too: the length an HTTP/2 request declares is only checked
-/// against its DATA frames when the stream ends, and an answer sent before then would let
-/// excess data follow a request the upstream already took. Client trailers are never forwarded
-/// (they could carry fields the header checks never saw).
-async fn request_body(
-    body: Incoming,
-    declared: Option<u64>,
-    version: http::Version,
-    limit: u64,
-    timeout: Duration,
-    record: &mut RequestRecord,
-) -> Result<ProxyBody, HttpError> {
-    if let Some(len) = declared {
-        if len == 0 && body.is_end_stream() {
-            return Ok(empty());
-        }
-        if version != http::Version::HTTP_2 {
-            return Ok(NoTrailers(body).boxed_unsync());
-        }
-    }
-    if body.is_end_stream() {
-        return Ok(empty());
-    }
-    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match tokio::time::timeout(timeout, limited.collect()).await {
-        Err(_) => Err(HttpError::BodyTimeout),
-        Ok(Err(e)) => Err(read_error(&e, record)),
-        Ok(Ok(collected)) => Ok(full(collected.to_bytes())),
-    }
-}
-
-/// A streamed request body without its trailers.
-struct NoTrailers(Incoming);
-
-impl Body for NoTrailers {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        loop {
-            return match Pin::new(&mut self.0).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) if !frame.is_data() => continue,
-                Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(BoxError::from))),
-                Poll::Pending => Poll::Pending,
-            };
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.0.size_hint()
     }
 }

@@ -38,9 +38,28 @@ pub struct Runtime {
     pub consent: Option<Arc<portcullis_sources::consent::ConsentSource>>,
     /// Callers' request-signature keys, when the config names a source (issue #4); a reload
     /// starts an empty cache.
-    pub client_keys: Option<Arc<crate::signature::clientkeys::ClientKeys>>,
+    pub client_keys: Option<Arc<portcullis_sources::clientkeys::ClientKeys>>,
     /// Local rate limiters of this config (issue #6); a reload starts them empty.
     pub rate_limits: Arc<portcullis_state::limits::RateLimits>,
+}
+
+impl Runtime {
+    /// What the pipeline needs for one request: this snapshot and the process-wide stores.
+    pub fn context<'a>(&'a self, shared: &'a Shared) -> crate::pipeline::Context<'a> {
+        crate::pipeline::Context {
+            config: &self.config,
+            keys: &self.keys,
+            introspectors: &self.introspectors,
+            tokens: &self.tokens,
+            consent: self.consent.as_deref(),
+            client_keys: self.client_keys.as_deref(),
+            rate_limits: &self.rate_limits,
+            replay: shared.replay.as_ref(),
+            idempotency: &shared.idempotency,
+            nonces: &shared.nonces,
+            clock: shared.clock.as_ref(),
+        }
+    }
 }
 
 impl Runtime {
@@ -103,7 +122,7 @@ impl Runtime {
             .signatures
             .client_keys
             .clone()
-            .map(|c| Arc::new(crate::signature::clientkeys::ClientKeys::new(c)));
+            .map(|c| Arc::new(portcullis_sources::clientkeys::ClientKeys::new(c)));
         let consent = config
             .consent
             .clone()

@@ -63,17 +63,6 @@ impl Drop for Running {
     }
 }
 
-thread_local! {
-    /// 1 + the index of the data-plane worker running on this thread; 0 on any other thread.
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Which data-plane worker this thread is (1-based), or 0 when it is not one. Per-worker state
-/// such as the upstream pools is indexed by it.
-pub fn worker_index() -> usize {
-    WORKER.with(|w| w.get())
-}
-
 /// Binds the listener and the admin listener and starts serving.
 ///
 /// The data plane is `listener.workers` threads, each with its own single-threaded Tokio
@@ -145,7 +134,7 @@ impl Worker {
         std::thread::Builder::new()
             .name(format!("portcullis-worker-{i}"))
             .spawn(move || {
-                WORKER.with(|w| w.set(i + 1));
+                crate::worker::enter(i + 1);
                 shared.metrics.worker_started(i);
                 runtime.block_on(async move {
                     // Ends when the accept loop stops (its senders are dropped).

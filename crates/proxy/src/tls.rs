@@ -17,7 +17,14 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use crate::config::ClientAuth;
+/// Whether the TLS handshake demands a client certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No certificate, no connection.
+    Required,
+    /// A certificate is verified when presented; routes decide whether they need one.
+    Optional,
+}
 
 /// The one crypto provider, restricted to the suites we allow.
 pub fn crypto_provider() -> Arc<CryptoProvider> {

@@ -7,7 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use http::header::{HeaderName, HeaderValue, CONNECTION};
 use http::{HeaderMap, Request, Response, Uri};
 use hyper::body::Incoming;
@@ -18,7 +17,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{ClientCertForwarding, Upstream};
 use portcullis_base::body::ProxyBody;
-use portcullis_crypto::pki::ClientCert;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpstreamError {
@@ -151,7 +149,7 @@ impl UpstreamClient {
         let start = Instant::now();
         let pool = self
             .pools
-            .get(crate::server::worker_index())
+            .get(crate::worker::worker_index())
             .unwrap_or(&self.pools[0]);
         match tokio::time::timeout(self.config.response_timeout, pool.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout),
@@ -216,32 +214,9 @@ pub fn prepare_headers(h: &mut HeaderMap, v: &Vouched<'_>) {
     }
 }
 
-/// The header value that carries `cert` upstream in the given form; computed once per
-/// connection.
-pub fn client_cert_value(cert: &ClientCert, form: ClientCertForwarding) -> Option<HeaderValue> {
-    let text = match form {
-        ClientCertForwarding::Rfc9440 => format!(
-            ":{}:",
-            base64::engine::general_purpose::STANDARD.encode(&cert.der)
-        ),
-        ClientCertForwarding::Xfcc => format!(
-            "Hash={};Subject=\"{}\"",
-            hex_sha256(&cert.der),
-            cert.subject.replace(['"', '\\'], "")
-        ),
-        ClientCertForwarding::None => return None,
-    };
-    HeaderValue::from_str(&text).ok()
-}
-
 /// Cleans an upstream response's headers before they go to the client.
 pub fn clean_response_headers(h: &mut HeaderMap) {
     remove_where(h, is_hop_by_hop);
-}
-
-fn hex_sha256(bytes: &[u8]) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! the proxy's checks lives here; the checks themselves are pure (`portcullis-crypto`,
 //! `portcullis-policy`).
 
+pub mod clientkeys;
 pub mod consent;
 pub mod https;
 pub mod introspect;

@@ -259,6 +259,7 @@ impl<K: std::hash::Hash + Eq + Clone> Limiter<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn spec(rate: u32, per_ms: u64, burst: u32) -> QuotaSpec {
         QuotaSpec {

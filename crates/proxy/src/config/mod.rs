@@ -29,14 +29,7 @@ use portcullis_policy::PolicySet;
 
 pub use portcullis_base::problems::{resolve, ConfigError, ConfigErrors, Problems};
 
-/// Whether the TLS handshake demands a client certificate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// No certificate, no connection.
-    Required,
-    /// A certificate is verified when presented; routes decide whether they need one.
-    Optional,
-}
+pub use crate::tls::ClientAuth;
 
 /// How the verified client certificate is passed upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

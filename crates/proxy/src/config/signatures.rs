@@ -41,13 +41,13 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{read_certs, resolve, ConfigError, Problems};
-use crate::signature::clientkeys::ClientKeysConfig;
-use crate::signature::template::Template;
 use portcullis_base::duration::ConfigDuration;
 use portcullis_crypto::jose::keypair::KeyPair;
 use portcullis_crypto::jose::Alg;
 use portcullis_policy::signature::SignatureKind;
+use portcullis_policy::template::Template;
 use portcullis_policy::PolicySet;
+use portcullis_sources::clientkeys::ClientKeysConfig;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

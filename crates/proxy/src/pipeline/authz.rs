@@ -1,71 +1,124 @@
-//! Authorization (stage 10): scopes, consent and object rules of the route, decided by
-//! [`portcullis_policy::rules::evaluate`] on the bound token's claims, the consent record it names
-//! and the request facts. A shadow denial is recorded, counted and not enforced.
+//! Authorization: scopes, consent and object rules of the route, decided by
+//! [`portcullis_policy::rules::evaluate`] on the bound token's claims, the consent record it
+//! names and the request facts. A shadow denial is recorded, counted and not enforced.
 
 use http::request::Parts;
 
-use crate::runtime::{Runtime, Shared};
-use portcullis_policy::rules::{self, ConsentRecord, Denial, Facts};
+use super::binding::BoundToken;
+use super::signature;
+use portcullis_policy::rules::{self, AuthzError, ConsentRecord, Denial, Facts};
+use portcullis_policy::RouteMatch;
+use portcullis_sources::consent::ConsentSource;
 
-use super::Inspected;
-
-/// What authorization established: the consent record (for response rules and the audit), and
-/// a shadow denial that was recorded but not enforced.
-#[derive(Debug, Default)]
+/// What authorization established; made only by [`authorize`].
+#[derive(Debug)]
 pub struct Permit {
-    pub consent: Option<ConsentRecord>,
-    pub consent_id: Option<String>,
-    pub shadow_denial: Option<Denial>,
+    consent: Option<ConsentRecord>,
+    consent_id: Option<String>,
+    scopes_used: Option<Vec<String>>,
+    shadow_denial: Option<Denial>,
 }
 
+impl Permit {
+    /// The consent record the token named (for response rules).
+    pub fn consent(&self) -> Option<&ConsentRecord> {
+        self.consent.as_ref()
+    }
+
+    pub fn into_consent(self) -> Option<ConsentRecord> {
+        self.consent
+    }
+
+    pub fn consent_id(&self) -> Option<&str> {
+        self.consent_id.as_deref()
+    }
+
+    /// The scopes this request used: every `all_of` scope, and the `any_of` scopes the token
+    /// holds (what `audit report` counts as used). `None` on routes that require no scope.
+    pub fn scopes_used(&self) -> Option<&[String]> {
+        self.scopes_used.as_deref()
+    }
+
+    /// A denial that was recorded and not enforced.
+    pub fn shadow_denial(&self) -> Option<&Denial> {
+        self.shadow_denial.as_ref()
+    }
+}
+
+/// Authorizes the request. Takes the signature stage's evidence, so it runs only after the
+/// request's bytes were proven (on routes that sign them).
 pub async fn authorize(
-    inspected: &Inspected,
+    route: &RouteMatch,
     parts: &Parts,
     body: Option<&[u8]>,
-    rt: &Runtime,
-    shared: &Shared,
+    token: Option<&BoundToken>,
+    _signed: &signature::Checked,
+    consent_source: Option<&ConsentSource>,
+    now: i64,
 ) -> Result<Permit, Denial> {
-    let route = &inspected.route.route;
-    let authz = &route.authz;
-    let Some(bound) = &inspected.token else {
-        return Ok(Permit::default());
+    let authz = &route.route.authz;
+    let scopes_used = scopes_used(authz, token);
+    let Some(bound) = token else {
+        return Ok(Permit {
+            consent: None,
+            consent_id: None,
+            scopes_used,
+            shadow_denial: None,
+        });
     };
     if authz.is_empty() {
-        return Ok(Permit::default());
+        return Ok(Permit {
+            consent: None,
+            consent_id: None,
+            scopes_used,
+            shadow_denial: None,
+        });
     }
-    let claims = &bound.token.claims;
+    let claims = &bound.token().claims;
     let consent_id = rules::consent_id(authz, claims).map(str::to_string);
-    let consent = match (&authz.consent, &consent_id, &rt.consent) {
+    let consent = match (&authz.consent, &consent_id, consent_source) {
         (Some(_), Some(id), Some(source)) => source.get(id).await,
-        (Some(_), Some(_), None) => Err(rules::AuthzError::ConsentUnavailable),
+        (Some(_), Some(_), None) => Err(AuthzError::ConsentUnavailable),
         _ => Ok(None),
     };
     let facts = Facts {
-        params: &inspected.route.params,
+        params: &route.params,
         query: parts.uri.query(),
         headers: &parts.headers,
         body,
     };
     let decision = rules::evaluate(
         authz,
-        &bound.token.scopes,
+        &bound.token().scopes,
         claims,
         consent.as_ref().map(Option::as_ref).map_err(Clone::clone),
         &facts,
-        shared.clock.now(),
+        now,
     );
     let consent = consent.ok().flatten();
-    match decision {
-        Ok(()) => Ok(Permit {
-            consent,
-            consent_id,
-            shadow_denial: None,
-        }),
-        Err(d) if d.shadow => Ok(Permit {
-            consent,
-            consent_id,
-            shadow_denial: Some(d),
-        }),
-        Err(d) => Err(d),
+    let shadow_denial = match decision {
+        Ok(()) => None,
+        Err(d) if d.shadow => Some(d),
+        Err(d) => return Err(d),
+    };
+    Ok(Permit {
+        consent,
+        consent_id,
+        scopes_used,
+        shadow_denial,
+    })
+}
+
+fn scopes_used(authz: &rules::Authz, token: Option<&BoundToken>) -> Option<Vec<String>> {
+    if authz.all_of.is_empty() && authz.any_of.is_empty() {
+        return None;
     }
+    let held = token.map_or(&[][..], |t| t.token().scopes.as_slice());
+    let used = authz
+        .all_of
+        .iter()
+        .chain(authz.any_of.iter().filter(|s| held.contains(s)))
+        .map(|s| portcullis_base::text::bounded(s))
+        .collect();
+    Some(used)
 }

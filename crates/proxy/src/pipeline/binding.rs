@@ -59,11 +59,22 @@ impl Binding {
     }
 }
 
-/// A token proven to belong to its presenter (or accepted as bearer by the route's profile).
+/// A token proven to belong to its presenter (or accepted as bearer by the route's profile);
+/// made only by [`bind`].
 #[derive(Debug)]
 pub struct BoundToken {
-    pub token: Arc<AccessToken>,
-    pub binding: Binding,
+    token: Arc<AccessToken>,
+    binding: Binding,
+}
+
+impl BoundToken {
+    pub fn token(&self) -> &Arc<AccessToken> {
+        &self.token
+    }
+
+    pub fn binding(&self) -> Binding {
+        self.binding
+    }
 }
 
 /// What the binding check needs to know about the request.

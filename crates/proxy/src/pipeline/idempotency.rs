@@ -1,4 +1,6 @@
-//! Stage 11: idempotency keys on routes that ask for them (see [`portcullis_state::idempotency`]).
+//! Idempotency keys on routes that ask for them (see [`portcullis_state::idempotency`]): the
+//! client-scoped key is reserved, or a stored answer replayed, after authorization; the
+//! upstream's answer is stored under the key ([`settle`]).
 
 /// Why a request was refused by the idempotency stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,6 +15,18 @@ pub enum IdempotencyError {
     Mismatch,
     /// The store cannot be reached: fail closed.
     Unavailable,
+}
+
+impl IdempotencyError {
+    /// What the audit record says of the key, where the refusal concerns a key the store knows.
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            IdempotencyError::KeyMissing | IdempotencyError::KeyInvalid => None,
+            IdempotencyError::InFlight => Some("in_flight"),
+            IdempotencyError::Mismatch => Some("mismatch"),
+            IdempotencyError::Unavailable => Some("unavailable"),
+        }
+    }
 }
 
 /// The error body an idempotency refusal is answered in.
@@ -44,12 +58,11 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body_util::BodyExt;
 
-use crate::pipeline::Inspected;
-use crate::rejection::Rejection;
-use crate::runtime::Shared;
-use portcullis_audit::RequestRecord;
-use portcullis_policy::IdempotencyMode;
-use portcullis_state::idempotency::{Begin, IdempotencyStore, StoredResponse};
+use super::authz::Permit;
+use super::binding::BoundToken;
+use super::identity::ClientIdentity;
+use portcullis_policy::{IdempotencyMode, Route};
+use portcullis_state::idempotency::{Begin, IdempotencyConfig, IdempotencyStore, StoredResponse};
 
 /// OBIE `x-idempotency-key` is at most 40 characters.
 pub const MAX_KEY: usize = 40;
@@ -95,7 +108,7 @@ pub fn fingerprint(parts: &Parts, body: &[u8]) -> [u8; 32] {
     portcullis_crypto::jose::sha256(&m)
 }
 
-/// What stage 11 decided.
+/// What the idempotency stage decided.
 pub enum Outcome {
     /// The route takes no key, or none was sent on an optional route.
     None,
@@ -155,98 +168,84 @@ impl Drop for Reservation {
 /// rotation or a retry over the TPP's other certificate and tells an aggregator's clients on one
 /// certificate apart. Without a token: the certificate's organization id, else its thumbprint,
 /// else the peer address.
-pub fn scope(inspected: &Inspected) -> String {
-    if let Some(t) = &inspected.token {
-        if let Some(cid) = t.token.client_id.as_deref() {
+pub fn scope(identity: &ClientIdentity, token: Option<&BoundToken>, client_key: &str) -> String {
+    if let Some(t) = token.map(BoundToken::token) {
+        if let Some(cid) = t.client_id.as_deref() {
             // The verified `iss` (a JWT's is checked equal to the issuer's; an introspection
             // answer may omit it, and then the issuer's config name stands in).
             let iss = t
-                .token
                 .claims
                 .get("iss")
                 .and_then(serde_json::Value::as_str)
-                .unwrap_or(&t.token.issuer);
+                .unwrap_or(&t.issuer);
             return format!("client:{}:{iss}\0{cid}", iss.len());
         }
     }
-    if let Some(c) = &inspected.identity.cert {
+    if let Some(c) = identity.cert() {
         if let Some(org) = c.organization_identifier.as_deref() {
             return format!("org:{org}");
         }
         return format!("x5t:{}", c.thumbprint);
     }
-    inspected.client_key.clone()
+    client_key.to_string()
 }
 
-fn settings(shared: &Shared) -> (i64, bool, i64, Arc<dyn IdempotencyStore>) {
-    let rt = shared.runtime.load();
-    let c = &rt.config.idempotency;
-    (
-        c.ttl.as_secs() as i64,
-        c.release_on_upstream_error,
-        shared.clock.now(),
-        Arc::clone(&shared.idempotency),
-    )
+/// What the idempotency stage needs: the store and the `idempotency:` config of this request's
+/// snapshot.
+pub struct Store<'a> {
+    pub store: &'a Arc<dyn IdempotencyStore>,
+    pub config: &'a IdempotencyConfig,
 }
 
-/// Stage 11: on routes with `idempotency`, reserves the client-scoped key or answers from it.
-/// Runs after authorization, so a refused request never reserves a key.
+/// On routes with `idempotency`, reserves the client-scoped key or answers from it, with what
+/// the audit record says of the key. Takes the authorization's permit, so a refused request
+/// never reserves a key.
 pub async fn reserve(
-    inspected: &Inspected,
+    route: &Route,
     parts: &Parts,
     body: Option<&[u8]>,
-    shared: &Shared,
-    record: &mut RequestRecord,
-) -> Result<Outcome, Rejection> {
-    let mode = inspected.route.route.idempotency;
+    scope: &str,
+    _permit: &Permit,
+    store: &Store<'_>,
+    now: i64,
+) -> Result<(Outcome, Option<&'static str>), (IdempotencyError, Dialect)> {
+    let mode = route.idempotency;
     if mode == IdempotencyMode::None {
-        return Ok(Outcome::None);
+        return Ok((Outcome::None, None));
     }
-    let dialect = Dialect::of(&inspected.route.route);
-    let refuse = |e| Rejection::Idempotency(e, dialect);
+    let refuse = |e| (e, Dialect::of(route));
     let k = match key(parts).map_err(refuse)? {
         Some(k) => k,
         None if mode == IdempotencyMode::Required => {
             return Err(refuse(IdempotencyError::KeyMissing))
         }
-        None => return Ok(Outcome::None),
+        None => return Ok((Outcome::None, None)),
     };
     // Scoped to the authenticated client: another client's same key is another key.
-    let mut scoped = scope(inspected).into_bytes();
+    let mut scoped = scope.as_bytes().to_vec();
     scoped.push(0);
     scoped.extend_from_slice(k.as_bytes());
     let key = portcullis_crypto::jose::sha256(&scoped);
     let fp = fingerprint(parts, body.unwrap_or_default());
-    let (ttl, release_on_upstream_error, now, store) = settings(shared);
-    let begun = store.begin(key, fp, now, ttl).await;
-    let (outcome, label) = match begun {
-        Err(_) => {
-            record.idempotency = Some("unavailable");
-            return Err(refuse(IdempotencyError::Unavailable));
-        }
-        Ok(Begin::InFlight) => {
-            record.idempotency = Some("in_flight");
-            return Err(refuse(IdempotencyError::InFlight));
-        }
-        Ok(Begin::Mismatch) => {
-            record.idempotency = Some("mismatch");
-            return Err(refuse(IdempotencyError::Mismatch));
-        }
-        Ok(Begin::Completed(r)) => (Outcome::Replay(r), "replayed"),
-        Ok(Begin::Reserved) => (
+    let ttl = store.config.ttl.as_secs() as i64;
+    let begun = store.store.begin(key, fp, now, ttl).await;
+    match begun {
+        Err(_) => Err(refuse(IdempotencyError::Unavailable)),
+        Ok(Begin::InFlight) => Err(refuse(IdempotencyError::InFlight)),
+        Ok(Begin::Mismatch) => Err(refuse(IdempotencyError::Mismatch)),
+        Ok(Begin::Completed(r)) => Ok((Outcome::Replay(r), Some("replayed"))),
+        Ok(Begin::Reserved) => Ok((
             Outcome::Reserved(Reservation {
-                store,
+                store: Arc::clone(store.store),
                 key,
                 fingerprint: fp,
                 ttl,
-                release_on_upstream_error,
+                release_on_upstream_error: store.config.release_on_upstream_error,
                 done: false,
             }),
-            "new",
-        ),
-    };
-    record.idempotency = Some(label);
-    Ok(outcome)
+            Some("new"),
+        )),
+    }
 }
 
 /// Response headers that are not stored: they describe one exchange, not the resource (the
@@ -319,38 +318,34 @@ pub async fn settle(
     body: portcullis_base::body::ProxyBody,
     max_stored: usize,
     now: i64,
-    record: &mut RequestRecord,
-) -> Settled<Bytes> {
+) -> (Settled<Bytes>, &'static str) {
     const HARD_LIMIT: usize = 16 * 1024 * 1024;
     let status = parts.status.as_u16();
     let release = parts.status.is_server_error() && reservation.release_on_upstream_error;
     let Some(bytes) = read_bounded(body, HARD_LIMIT).await else {
-        record.idempotency = Some("kept");
         reservation.keep();
-        return Settled::Withheld;
+        return (Settled::Withheld, "kept");
     };
     if release {
-        record.idempotency = Some("released");
         drop(reservation);
-        return Settled::Send(bytes);
+        return (Settled::Send(bytes), "released");
     }
     if bytes.len() > max_stored {
-        record.idempotency = Some("kept");
         reservation.keep();
-        return Settled::Send(bytes);
+        return (Settled::Send(bytes), "kept");
     }
     let stored = StoredResponse {
         status,
         headers: stored_headers(&parts.headers),
         body: bytes.clone(),
     };
-    record.idempotency = match reservation.complete(stored, now).await {
-        Ok(()) => Some("stored"),
+    let label = match reservation.complete(stored, now).await {
+        Ok(()) => "stored",
         // The store went away after the reservation: the key stays reserved there (or expires)
         // and the client still gets the answer.
-        Err(_) => Some("store_failed"),
+        Err(_) => "store_failed",
     };
-    Settled::Send(bytes)
+    (Settled::Send(bytes), label)
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use crate::conn::ConnInfo;
 use portcullis_crypto::pki::{ClientCert, Revoked};
 use portcullis_policy::{CertRequirement, Route};
 
@@ -15,22 +14,29 @@ pub enum IdentityError {
     ClientCertRevoked,
 }
 
-/// The authenticated caller. `cert` is `None` only on routes that allow anonymous TLS.
+/// The authenticated caller; made only by [`identify`].
 #[derive(Clone, Debug)]
 pub struct ClientIdentity {
-    pub cert: Option<Arc<ClientCert>>,
+    cert: Option<Arc<ClientCert>>,
 }
 
-/// The caller on `conn` at `now` (Unix seconds). rustls checks validity and revocation only at
+impl ClientIdentity {
+    /// The verified certificate; `None` only on routes that allow anonymous TLS.
+    pub fn cert(&self) -> Option<&ClientCert> {
+        self.cert.as_deref()
+    }
+}
+
+/// The caller holding `cert` (the connection's verified certificate) at `now` (Unix seconds). rustls checks validity and revocation only at
 /// the handshake; a keep-alive or HTTP/2 connection must not outlive its certificate, so every
 /// request checks `notAfter` and the current CRLs again.
 pub fn identify(
-    conn: &ConnInfo,
+    cert: Option<&Arc<ClientCert>>,
     route: &Route,
     revoked: &Revoked,
     now: i64,
 ) -> Result<ClientIdentity, IdentityError> {
-    match (&conn.client_cert, route.client_cert) {
+    match (cert, route.client_cert) {
         (Some(c), _) if c.not_after < now => Err(IdentityError::ClientCertExpired),
         (Some(c), _) if revoked.contains(c) => Err(IdentityError::ClientCertRevoked),
         (Some(c), _) => Ok(ClientIdentity {

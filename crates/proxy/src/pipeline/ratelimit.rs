@@ -6,13 +6,13 @@
 //! address. Headers such as `X-Forwarded-For` never take part, and tokens do not either, so a
 //! client rotating tokens stays in one bucket.
 
-use crate::conn::ConnInfo;
+use std::net::IpAddr;
+
 use crate::pipeline::binding::BoundToken;
 use crate::pipeline::identity::ClientIdentity;
-use crate::rejection::Rejection;
-use crate::runtime::{Runtime, Shared};
-use portcullis_audit::{RateLimitRecord, RequestRecord};
+use portcullis_audit::RateLimitRecord;
 use portcullis_policy::Route;
+use portcullis_state::limits::RateLimits;
 use portcullis_state::ratelimit::{Decision, QuotaSpec};
 
 /// A request refused by a rate limit.
@@ -27,92 +27,92 @@ pub struct Limited {
     pub retry_after_s: u64,
 }
 
-fn apply(
-    scope: &'static str,
-    spec: &QuotaSpec,
-    d: Decision,
-    shared: &Shared,
-    record: &mut RequestRecord,
-) -> Result<(), Rejection> {
-    record.rate_limit = Some(RateLimitRecord {
+/// What a limit decided: the facts for the audit record, and the refusal, if the quota refused
+/// (enforced, or recorded only on a shadow quota).
+#[derive(Debug)]
+pub struct Applied {
+    facts: RateLimitRecord,
+    refused: Option<Limited>,
+    shadow: bool,
+}
+
+impl Applied {
+    pub fn facts(&self) -> &RateLimitRecord {
+        &self.facts
+    }
+
+    /// The refusal of a shadow quota: recorded, not enforced.
+    pub fn shadow(&self) -> Option<&Limited> {
+        self.refused.as_ref().filter(|_| self.shadow)
+    }
+
+    /// The refusal to enforce.
+    pub fn enforced(self) -> Result<(), Limited> {
+        match self.refused {
+            Some(l) if !self.shadow => Err(l),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn apply(scope: &'static str, spec: &QuotaSpec, d: Decision) -> Applied {
+    let facts = RateLimitRecord {
         scope,
         limit: u64::from(spec.burst),
         remaining: d.remaining,
         reset_s: d.reset_s,
         limited: !d.allowed,
-    });
-    if d.allowed {
-        return Ok(());
-    }
-    let limited = Limited {
+    };
+    let refused = (!d.allowed).then(|| Limited {
         scope,
         policy: spec.policy_header(),
         name: spec.name.clone(),
         retry_after_s: d.reset_s,
-    };
-    if spec.shadow {
-        // Recorded as a shadow denial (decision `shadow_deny`), not enforced.
-        shared.metrics.rate_limit_refused("shadow");
-        let r = Rejection::RateLimited(limited);
-        record.stage = Some("rate_limit");
-        record.reason = Some(r.audit_reason());
-        record.rule_id = Some(format!("rate_limit:{}", spec.name));
-        return Ok(());
+    });
+    Applied {
+        facts,
+        refused,
+        shadow: spec.shadow,
     }
-    shared.metrics.rate_limit_refused(scope);
-    Err(Rejection::RateLimited(limited))
 }
 
-/// Stage 4: the pre-authentication limit per peer IP address.
-pub fn check_peer(
-    conn: &ConnInfo,
-    rt: &Runtime,
-    shared: &Shared,
-    record: &mut RequestRecord,
-) -> Result<(), Rejection> {
-    let Some(l) = &rt.rate_limits.peer else {
-        return Ok(());
-    };
-    let d = l.check(&conn.peer.ip());
-    apply("peer", &l.spec, d, shared, record)
+/// The pre-authentication limit per peer IP address.
+pub fn check_peer(peer: IpAddr, limits: &RateLimits) -> Option<Applied> {
+    let l = limits.peer.as_ref()?;
+    Some(apply("peer", &l.spec, l.check(&peer)))
 }
 
 /// The client key: certificate thumbprint, else the token's client id, else the peer address.
-pub fn client_key(
-    identity: &ClientIdentity,
-    token: Option<&BoundToken>,
-    conn: &ConnInfo,
-) -> String {
-    if let Some(c) = &identity.cert {
+pub fn client_key(identity: &ClientIdentity, token: Option<&BoundToken>, peer: IpAddr) -> String {
+    if let Some(c) = identity.cert() {
         return format!("x5t:{}", c.thumbprint);
     }
-    if let Some(cid) = token.and_then(|t| t.token.client_id.as_deref()) {
+    if let Some(cid) = token.and_then(|t| t.token().client_id.as_deref()) {
         return format!("cid:{cid}");
     }
-    format!("ip:{}", conn.peer.ip())
+    format!("ip:{peer}")
 }
 
-/// Stage 6: the route class's limit for `key` — fleet-wide when the state backend is Redis
+/// The route class's limit for `key` — fleet-wide when the state backend is Redis
 /// (the local limiter then counts what the fleet admitted here, and decides alone while Redis
 /// is unavailable, or the request is refused with 503 `rate_limit.unavailable`, per
-/// `state.on_outage.rate_limits`).
+/// `state.on_outage.rate_limits`). The `Err` is that refusal; a quota's own refusal is in the
+/// [`Applied`].
 pub async fn check_client(
     route: &Route,
     key: &str,
-    rt: &Runtime,
-    shared: &Shared,
-    record: &mut RequestRecord,
-) -> Result<(), Rejection> {
+    limits: &RateLimits,
+) -> Result<Option<Applied>, Limited> {
     let Some(class) = &route.rate_limit else {
-        return Ok(());
+        return Ok(None);
     };
     // The config loader refuses unknown classes; a missing limiter means none applies.
-    let Some(l) = rt.rate_limits.classes.get(class) else {
-        return Ok(());
+    let Some(l) = limits.classes.get(class) else {
+        return Ok(None);
     };
-    let Some(fleet) = &rt.rate_limits.fleet else {
+    let Some(fleet) = &limits.fleet else {
         let d = l.check(&key.to_string());
-        return apply("client", &l.spec, d, shared, record);
+        return Ok(Some(apply("client", &l.spec, d)));
     };
     use portcullis_state::settings::OnOutage;
     let d = match fleet.check(&l.spec, key).await {
@@ -129,15 +129,15 @@ pub async fn check_client(
                 .state()
                 .count_outage(Feature::RateLimit, fleet.on_outage);
             if fleet.on_outage == OnOutage::Refuse {
-                return Err(Rejection::RateLimited(Limited {
+                return Err(Limited {
                     scope: "unavailable",
                     policy: l.spec.policy_header(),
                     name: l.spec.name.clone(),
                     retry_after_s: 1,
-                }));
+                });
             }
             l.check(&key.to_string())
         }
     };
-    apply("client", &l.spec, d, shared, record)
+    Ok(Some(apply("client", &l.spec, d)))
 }

@@ -3,7 +3,7 @@
 use http::request::Parts;
 
 use crate::pipeline::http::{query_overrides_method, HttpError};
-use crate::rejection::Rejection;
+use crate::pipeline::rejection::Rejection;
 use portcullis_base::path::{check_path, check_query, has_parameters, PathError};
 use portcullis_policy::{PolicySet, RouteMatch};
 

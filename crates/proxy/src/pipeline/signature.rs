@@ -14,15 +14,14 @@ use http::request::Parts;
 
 use super::binding::BoundToken;
 use super::identity::ClientIdentity;
-use crate::runtime::{Runtime, Shared};
-use crate::signature::clientkeys::LookupError;
-use crate::signature::template::Facts;
-use crate::signature::{SignedRequest, VerifiedSignature};
+use crate::config::Signatures;
 use portcullis_crypto::httpsig::{self, digest, verify, HttpSigError, Message, RequestView};
 use portcullis_crypto::jose::detached::{self, DetachedError};
 use portcullis_crypto::jose::sha256_b64url;
 use portcullis_policy::signature::{RouteSignature, SignatureKind};
-use portcullis_state::replay::ReplayError;
+use portcullis_policy::template::Facts;
+use portcullis_sources::clientkeys::{ClientKeys, LookupError};
+use portcullis_state::replay::{ReplayError, ReplayStore};
 
 /// Why an OBIE `x-jws-signature` was refused (400, OBIE error body).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,27 +48,64 @@ pub enum SignatureError {
 
 pub const JWS_HEADER: &str = "x-jws-signature";
 
-/// Verifies the route's request signature over `body` (the whole body, as received).
+/// What the signature stage needs: the `signatures:` config, the callers' keys and the replay
+/// store for RFC 9421 nonces.
+pub struct Keys<'a> {
+    pub config: &'a Signatures,
+    pub client_keys: Option<&'a ClientKeys>,
+    pub replay: &'a dyn ReplayStore,
+}
+
+/// The signature stage's evidence: the verified signature on routes that require one, nothing
+/// on routes that do not. Made only by [`verify`], so whatever takes it ran after the signature
+/// check.
+#[derive(Debug)]
+pub struct Checked(Option<VerifiedSignature>);
+
+impl Checked {
+    pub fn verified(&self) -> Option<&VerifiedSignature> {
+        self.0.as_ref()
+    }
+}
+
+/// Verifies the route's request signature, if it has one, over `body` (the whole body, as
+/// received).
 pub async fn verify(
-    sig: &RouteSignature,
+    sig: Option<&RouteSignature>,
     parts: &Parts,
     body: &[u8],
     identity: &ClientIdentity,
     token: Option<&BoundToken>,
-    rt: &Runtime,
-    shared: &Shared,
-) -> Result<VerifiedSignature, SignatureError> {
-    let facts = Facts::of(identity, token);
-    let now = shared.clock.now();
-    match sig.kind {
-        SignatureKind::ObieJws(profile) => obie(profile, parts, body, &facts, rt, now)
+    keys: &Keys<'_>,
+    now: i64,
+) -> Result<Checked, SignatureError> {
+    let Some(sig) = sig else {
+        return Ok(Checked(None));
+    };
+    let facts = facts(identity, token);
+    let verified = match sig.kind {
+        SignatureKind::ObieJws(profile) => obie(profile, parts, body, &facts, keys, now)
             .await
-            .map_err(SignatureError::Jws),
+            .map_err(SignatureError::Jws)?,
         SignatureKind::HttpSig { nonce_required } => {
-            http_sig(nonce_required, parts, body, &facts, rt, shared, now)
+            http_sig(nonce_required, parts, body, &facts, keys, now)
                 .await
-                .map_err(SignatureError::Http)
+                .map_err(SignatureError::Http)?
         }
+    };
+    Ok(Checked(Some(verified)))
+}
+
+/// The facts a name template can use: from the certificate of the connection and the bound
+/// token, never from a header.
+fn facts<'a>(identity: &'a ClientIdentity, token: Option<&'a BoundToken>) -> Facts<'a> {
+    let cert = identity.cert();
+    Facts {
+        client_id: token.and_then(|t| t.token().client_id.as_deref()),
+        org_id: cert.and_then(|c| c.organization_identifier.as_deref()),
+        cert_cn: cert.and_then(|c| c.common_name.as_deref()),
+        cert_o: cert.and_then(|c| c.organization.as_deref()),
+        cert_ou: cert.and_then(|c| c.organizational_unit.as_deref()),
     }
 }
 
@@ -78,10 +114,10 @@ async fn obie(
     parts: &Parts,
     body: &[u8],
     facts: &Facts<'_>,
-    rt: &Runtime,
+    keys: &Keys<'_>,
     now: i64,
 ) -> Result<VerifiedSignature, JwsSigError> {
-    let cfg = &rt.config.signatures;
+    let cfg = keys.config;
     let mut values = parts.headers.get_all(JWS_HEADER).iter();
     let value = match (values.next(), values.next()) {
         (None, _) => return Err(JwsSigError::Missing),
@@ -109,15 +145,15 @@ async fn obie(
     )
     .map_err(JwsSigError::Detached)?;
     let client = cfg.client.render(facts).ok_or(JwsSigError::UnknownClient)?;
-    let keys = rt
-        .client_keys
-        .as_ref()
-        .ok_or(JwsSigError::KeysUnavailable)?;
-    let key = keys.key(&client, checked.kid).await.map_err(|e| match e {
-        LookupError::UnknownClient => JwsSigError::UnknownClient,
-        LookupError::UnknownKey => JwsSigError::UnknownKey,
-        LookupError::Unavailable => JwsSigError::KeysUnavailable,
-    })?;
+    let client_keys = keys.client_keys.ok_or(JwsSigError::KeysUnavailable)?;
+    let key = client_keys
+        .key(&client, checked.kid)
+        .await
+        .map_err(|e| match e {
+            LookupError::UnknownClient => JwsSigError::UnknownClient,
+            LookupError::UnknownKey => JwsSigError::UnknownKey,
+            LookupError::Unavailable => JwsSigError::KeysUnavailable,
+        })?;
     detached::verify(&d, &checked, body, &key).map_err(JwsSigError::Detached)?;
     Ok(VerifiedSignature {
         kind: "obie-jws",
@@ -155,11 +191,10 @@ async fn http_sig(
     parts: &Parts,
     body: &[u8],
     facts: &Facts<'_>,
-    rt: &Runtime,
-    shared: &Shared,
+    keys: &Keys<'_>,
     now: i64,
 ) -> Result<VerifiedSignature, HttpSigError> {
-    let cfg = &rt.config.signatures;
+    let cfg = keys.config;
     let h = &parts.headers;
     // FAPI 2.0 Message Signing: @method, @target-uri, Authorization; DPoP when present;
     // content-digest when there is a body.
@@ -203,15 +238,15 @@ async fn http_sig(
         .client
         .render(facts)
         .ok_or(HttpSigError::UnknownClient)?;
-    let keys = rt
-        .client_keys
-        .as_ref()
-        .ok_or(HttpSigError::KeysUnavailable)?;
-    let key = keys.key(&client, &sel.keyid).await.map_err(|e| match e {
-        LookupError::UnknownClient => HttpSigError::UnknownClient,
-        LookupError::UnknownKey => HttpSigError::UnknownKey,
-        LookupError::Unavailable => HttpSigError::KeysUnavailable,
-    })?;
+    let client_keys = keys.client_keys.ok_or(HttpSigError::KeysUnavailable)?;
+    let key = client_keys
+        .key(&client, &sel.keyid)
+        .await
+        .map_err(|e| match e {
+            LookupError::UnknownClient => HttpSigError::UnknownClient,
+            LookupError::UnknownKey => HttpSigError::UnknownKey,
+            LookupError::Unavailable => HttpSigError::KeysUnavailable,
+        })?;
     verify::verify_with(&sel, Message::Request(&view), &key, &cfg.http.algorithms)?;
     // RFC 9421 §7.2.2: a nonce is used once within the window.
     if let Some(nonce) = &sel.input.nonce {
@@ -225,7 +260,7 @@ async fn http_sig(
             .saturating_add(cfg.http.window)
             .saturating_add(cfg.http.skew)
             .max(now + 1);
-        match shared
+        match keys
             .replay
             .first_use(portcullis_crypto::jose::sha256(&k), until, now)
             .await
@@ -263,4 +298,83 @@ async fn http_sig(
             headers: kept,
         }),
     })
+}
+
+/// What a verified request signature proves, for the audit record, the idempotency
+/// fingerprint and the response signature. Never the signature value or the key.
+#[derive(Clone, Debug)]
+pub struct VerifiedSignature {
+    /// `obie-jws` or `http-sig`.
+    kind: &'static str,
+    /// The key id that verified it (from the caller's key set).
+    kid: String,
+    /// The algorithm: a JOSE name (`PS256`), or the RFC 9421 `alg` parameter when one was given.
+    alg: String,
+    /// Unpadded base64url SHA-256 of the signature bytes: names this exact signature (for
+    /// non-repudiation records) without storing it.
+    hash: String,
+    /// RFC 9421 only: the request facts a response signature binds to with `req`.
+    request: Option<SignedRequest>,
+}
+
+/// The parts of a signed request that a response signature covers with `req` (FAPI 2.0
+/// Message Signing: `@method`, `@target-uri`, `content-digest` and the request signature).
+#[derive(Clone, Debug)]
+pub struct SignedRequest {
+    label: String,
+    method: String,
+    scheme: String,
+    authority: String,
+    path: String,
+    query: Option<String>,
+    /// `content-digest`, `signature` and `signature-input` as received.
+    headers: http::HeaderMap,
+}
+
+impl VerifiedSignature {
+    /// `obie-jws` or `http-sig`.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn alg(&self) -> &str {
+        &self.alg
+    }
+
+    /// Unpadded base64url SHA-256 of the signature bytes.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// RFC 9421 only: the request facts a response signature binds to.
+    pub fn request(&self) -> Option<&SignedRequest> {
+        self.request.as_ref()
+    }
+}
+
+impl SignedRequest {
+    /// The label of the request's signature (what `req` names in a response signature).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Whether the signed request carried `content-digest`.
+    pub fn has_content_digest(&self) -> bool {
+        self.headers.contains_key("content-digest")
+    }
+
+    pub fn view(&self) -> portcullis_crypto::httpsig::RequestView<'_> {
+        portcullis_crypto::httpsig::RequestView {
+            method: &self.method,
+            scheme: &self.scheme,
+            authority: &self.authority,
+            path: &self.path,
+            query: self.query.as_deref(),
+            headers: &self.headers,
+        }
+    }
 }

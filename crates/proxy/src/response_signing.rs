@@ -12,8 +12,8 @@ use bytes::Bytes;
 use http::HeaderValue;
 use http_body_util::BodyExt;
 
-use super::VerifiedSignature;
 use crate::config::ResponseSigning;
+use crate::pipeline::signature::VerifiedSignature;
 use crate::upstream::UpstreamError;
 use portcullis_base::body::{full, ProxyBody};
 use portcullis_crypto::httpsig::digest::{content_digest, DigestAlg};
@@ -91,14 +91,14 @@ pub fn sign_bytes(
                 );
                 comps.push(component("content-digest", &[], &[]).map_err(bad)?);
             }
-            let req = verified.and_then(|v| v.request.as_ref());
+            let req = verified.and_then(|v| v.request());
             if let Some(r) = req {
                 comps.push(component("@method", &[], &["req"]).map_err(bad)?);
                 comps.push(component("@target-uri", &[], &["req"]).map_err(bad)?);
-                if r.headers.contains_key("content-digest") {
+                if r.has_content_digest() {
                     comps.push(component("content-digest", &[], &["req"]).map_err(bad)?);
                 }
-                comps.push(component("signature", &[("key", &r.label)], &["req"]).map_err(bad)?);
+                comps.push(component("signature", &[("key", r.label())], &["req"]).map_err(bad)?);
             }
             let view = req.map(|r| r.view());
             let resp = ResponseView {

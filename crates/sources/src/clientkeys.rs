@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+use crate::keys::{KeySource, Remote};
 use portcullis_crypto::jose::jwk::VerifyingKey;
 use portcullis_crypto::jose::jws::KeySet;
-use portcullis_sources::keys::{KeySource, Remote};
 
 /// Most clients held in the cache; beyond it the cache is cleared (keys are reloaded on demand).
 const MAX_CLIENTS: usize = 10_000;

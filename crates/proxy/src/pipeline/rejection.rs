@@ -135,6 +135,39 @@ impl From<UpstreamError> for Rejection {
     }
 }
 
+impl From<crate::pipeline::ratelimit::Limited> for Rejection {
+    fn from(e: crate::pipeline::ratelimit::Limited) -> Self {
+        Rejection::RateLimited(e)
+    }
+}
+
+/// What the audit record says was decided about a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// A shadow rule or quota would have refused it; it was let through.
+    ShadowDeny,
+    /// A check refused it.
+    Deny,
+    /// Nothing was decided about the request itself: a dependency could not answer (fail
+    /// closed), the upstream failed, or the audit log could not take the record.
+    Error,
+    /// The client left before an answer was made.
+    Cancelled,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::ShadowDeny => "shadow_deny",
+            Decision::Deny => "deny",
+            Decision::Error => "error",
+            Decision::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// Status, reason code and public message of one refusal.
 pub struct Wire {
     pub status: StatusCode,
@@ -157,6 +190,57 @@ impl Rejection {
         match self {
             Rejection::Authz(d) if d.status == 404 => "authz.object_hidden",
             other => other.wire().reason,
+        }
+    }
+
+    /// Deny, or error when nothing could be decided: an unavailable dependency is refused with
+    /// 503 by the stage that needed it, and the upstream's and the audit log's failures are
+    /// errors too.
+    pub fn decision(&self) -> Decision {
+        match self {
+            Rejection::Upstream(_) | Rejection::Audit(_) => Decision::Error,
+            Rejection::Token(..)
+            | Rejection::Binding(_)
+            | Rejection::Signature(_)
+            | Rejection::Authz(_)
+            | Rejection::RateLimited(_)
+            | Rejection::Idempotency(..)
+                if self.wire().status == StatusCode::SERVICE_UNAVAILABLE =>
+            {
+                Decision::Error
+            }
+            Rejection::Http(_)
+            | Rejection::Path(_)
+            | Rejection::Route(_)
+            | Rejection::Fapi(_)
+            | Rejection::Identity(_)
+            | Rejection::Token(..)
+            | Rejection::Binding(_)
+            | Rejection::UseDpopNonce(_)
+            | Rejection::Signature(_)
+            | Rejection::Authz(_)
+            | Rejection::RateLimited(_)
+            | Rejection::Idempotency(..) => Decision::Deny,
+        }
+    }
+
+    /// The policy rule that refused, where one did.
+    pub fn rule(&self) -> Option<&str> {
+        match self {
+            Rejection::Authz(d) => Some(&d.rule),
+            Rejection::Http(_)
+            | Rejection::Path(_)
+            | Rejection::Route(_)
+            | Rejection::Fapi(_)
+            | Rejection::Identity(_)
+            | Rejection::Token(..)
+            | Rejection::Binding(_)
+            | Rejection::UseDpopNonce(_)
+            | Rejection::Signature(_)
+            | Rejection::Upstream(_)
+            | Rejection::Audit(_)
+            | Rejection::RateLimited(_)
+            | Rejection::Idempotency(..) => None,
         }
     }
 

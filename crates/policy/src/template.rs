@@ -8,9 +8,6 @@
 //! template renders only when every placeholder it uses has a value: a caller that cannot be
 //! named is refused, never matched against a partial name.
 
-use crate::pipeline::binding::BoundToken;
-use crate::pipeline::identity::ClientIdentity;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Var {
     ClientId,
@@ -41,20 +38,6 @@ pub struct Facts<'a> {
     pub cert_cn: Option<&'a str>,
     pub cert_o: Option<&'a str>,
     pub cert_ou: Option<&'a str>,
-}
-
-impl<'a> Facts<'a> {
-    /// From the certificate of the connection and the bound token, never from a header.
-    pub fn of(identity: &'a ClientIdentity, token: Option<&'a BoundToken>) -> Facts<'a> {
-        let cert = identity.cert.as_deref();
-        Facts {
-            client_id: token.and_then(|t| t.token.client_id.as_deref()),
-            org_id: cert.and_then(|c| c.organization_identifier.as_deref()),
-            cert_cn: cert.and_then(|c| c.common_name.as_deref()),
-            cert_o: cert.and_then(|c| c.organization.as_deref()),
-            cert_ou: cert.and_then(|c| c.organizational_unit.as_deref()),
-        }
-    }
 }
 
 impl Template {
