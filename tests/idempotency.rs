@@ -84,7 +84,9 @@ async fn assert_idem_refused(
     let rec = p.audit_of(id).await;
     assert_eq!(rec["reason"], reason);
     assert_eq!(rec["status"], status);
-    assert_eq!(rec["decision"], "deny");
+    // Fail closed: a dependency that cannot answer decides nothing about the request.
+    let decision = if status == 503 { "error" } else { "deny" };
+    assert_eq!(rec["decision"], decision);
     assert_eq!(rec["stage"], "idempotency");
     match outcome {
         Some(o) => assert_eq!(rec["idempotency"], o),

@@ -312,7 +312,9 @@ async fn refused(
     let rec = i.p.audit_of(&id).await;
     assert_eq!(rec["reason"], reason, "{rec}");
     assert_eq!(rec["status"], status);
-    assert_eq!(rec["decision"], "deny");
+    // Fail closed: a dependency that cannot answer decides nothing about the request.
+    let decision = if status == 503 { "error" } else { "deny" };
+    assert_eq!(rec["decision"], decision);
     a
 }
 
@@ -681,7 +683,7 @@ async fn j02_an_idempotent_payment_is_replayed_across_instances() {
     assert_eq!(f.b.up.count(), 1);
     let rec = f.b.p.audit_of(&id).await;
     assert_eq!(rec["reason"], "idempotency.unavailable");
-    assert_eq!(rec["decision"], "deny");
+    assert_eq!(rec["decision"], "error");
     assert!(
         metric(
             &f.b.p,

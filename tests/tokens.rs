@@ -157,7 +157,9 @@ impl Env {
         );
         let rec = self.p.audit_of(&id).await;
         assert_eq!(rec["reason"], reason);
-        assert_eq!(rec["decision"], "deny");
+        // Fail closed: a dependency that cannot answer decides nothing about the request.
+        let decision = if status == 503 { "error" } else { "deny" };
+        assert_eq!(rec["decision"], decision);
         a
     }
 }
