@@ -81,11 +81,13 @@ pub struct Rotation {
     pub retain: usize,
 }
 
-/// A refusal made on the audit log's account (see [`AuditLog::refusing`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuditError {
-    /// The audit queue is full or the audit output is failing, under `queue_full: refuse`.
-    Unavailable,
+portcullis_base::variants! {
+    /// A refusal made on the audit log's account (see [`AuditLog::refusing`]).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum AuditError {
+        /// The audit queue is full or the audit output is failing, under `queue_full: refuse`.
+        Unavailable,
+    }
 }
 
 const WRITE_BUCKETS: [f64; 10] = [

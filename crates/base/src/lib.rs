@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod path;
 pub mod problems;
 pub mod text;
+pub mod variants;

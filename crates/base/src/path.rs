@@ -23,26 +23,28 @@
 
 use std::fmt;
 
-/// Why a path or query was refused. Each maps to its own reason code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PathError {
-    /// Does not start with `/` (absolute-form and authority-form targets included).
-    NotOriginForm,
-    DotSegment,
-    EncodedSeparator,
-    EncodedDot,
-    DoubleEncoding,
-    NeedlessEncoding,
-    BadEscape,
-    Backslash,
-    ControlChar,
-    Fragment,
-    NonAscii,
-    EmptySegment,
-    /// A byte that RFC 3986 does not allow unencoded in a path or query.
-    InvalidChar,
-    /// A `;` path parameter on a route that does not allow them.
-    Parameter,
+crate::variants! {
+    /// Why a path or query was refused. Each maps to its own reason code.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum PathError {
+        /// Does not start with `/` (absolute-form and authority-form targets included).
+        NotOriginForm,
+        DotSegment,
+        EncodedSeparator,
+        EncodedDot,
+        DoubleEncoding,
+        NeedlessEncoding,
+        BadEscape,
+        Backslash,
+        ControlChar,
+        Fragment,
+        NonAscii,
+        EmptySegment,
+        /// A byte that RFC 3986 does not allow unencoded in a path or query.
+        InvalidChar,
+        /// A `;` path parameter on a route that does not allow them.
+        Parameter,
+    }
 }
 
 impl PathError {

@@ -240,11 +240,13 @@ pub struct RouteMatch {
     pub params: Vec<(String, String)>,
 }
 
-/// Why no route matched.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NoRoute {
-    NotFound,
-    MethodNotAllowed { allow: Vec<http::Method> },
+portcullis_base::variants! {
+    /// Why no route matched.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum NoRoute {
+        NotFound,
+        MethodNotAllowed { allow: Vec<http::Method> },
+    }
 }
 
 impl PolicySet {

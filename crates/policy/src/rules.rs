@@ -122,7 +122,8 @@ pub struct ObjectRule {
     pub value: ValueSource,
     pub in_set: Option<SetSource>,
     pub equals: Option<ValueSource>,
-    pub deny_status: u16,
+    /// `deny_status: 404`: a refusal answers as if the object did not exist.
+    pub hide: bool,
     pub required: bool,
     pub shadow: bool,
 }
@@ -362,7 +363,7 @@ pub(crate) fn compile(
                     value,
                     in_set: in_set.flatten(),
                     equals: equals.flatten(),
-                    deny_status,
+                    hide: deny_status == 404,
                     required: r.required.unwrap_or(true),
                     shadow: r.shadow,
                 })
@@ -481,29 +482,31 @@ pub struct Facts<'a> {
     pub body: Option<&'a [u8]>,
 }
 
-/// Why a request is not authorized.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AuthzError {
-    /// The token lacks a required scope (the scopes it needs, for the challenge).
-    Scope(String),
-    ConsentMissing,
-    ConsentNotFound,
-    ConsentStatus,
-    ConsentExpired,
-    ConsentPermission,
-    ConsentUnavailable,
-    /// A value is not in the granted set.
-    Object,
-    /// A required value is absent.
-    ObjectMissing,
-    /// A repeated query parameter or header, or duplicate JSON members.
-    Ambiguous,
-    /// Two request values that must agree do not.
-    Mismatch,
-    /// A rule reads JSON and the body is not a JSON object.
-    BodyNotJson,
-    /// A response carried an object outside the granted set.
-    ResponseLeak,
+portcullis_base::variants! {
+    /// Why a request is not authorized.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum AuthzError {
+        /// The token lacks a required scope (the scopes it needs, for the challenge).
+        Scope(String),
+        ConsentMissing,
+        ConsentNotFound,
+        ConsentStatus,
+        ConsentExpired,
+        ConsentPermission,
+        ConsentUnavailable,
+        /// A value is not in the granted set.
+        Object,
+        /// A required value is absent.
+        ObjectMissing,
+        /// A repeated query parameter or header, or duplicate JSON members.
+        Ambiguous,
+        /// Two request values that must agree do not.
+        Mismatch,
+        /// A rule reads JSON and the body is not a JSON object.
+        BodyNotJson,
+        /// A response carried an object outside the granted set.
+        ResponseLeak,
+    }
 }
 
 /// A refusal with the rule that made it.
@@ -511,19 +514,32 @@ pub enum AuthzError {
 pub struct Denial {
     pub error: AuthzError,
     pub rule: String,
-    /// 403, or 404 when the rule hides existence.
-    pub status: u16,
+    /// The rule hides the object's existence (`deny_status: 404`): the refusal must be told
+    /// from an unknown resource by nobody but the audit log.
+    pub hidden: bool,
     pub shadow: bool,
 }
 
 impl Denial {
-    fn new(error: AuthzError, rule: &str, status: u16, shadow: bool) -> Denial {
+    fn new(error: AuthzError, rule: &str, hidden: bool, shadow: bool) -> Denial {
         Denial {
             error,
             rule: rule.to_string(),
-            status,
+            hidden,
             shadow,
         }
+    }
+}
+
+impl portcullis_base::variants::Variants for Denial {
+    fn variants() -> Vec<Self> {
+        let mut all = Vec::new();
+        for error in AuthzError::variants() {
+            for hidden in [false, true] {
+                all.push(Denial::new(error.clone(), "", hidden, false));
+            }
+        }
+        all
     }
 }
 
@@ -710,16 +726,21 @@ pub fn evaluate(
         } else {
             authz.any_of.join(" ")
         };
-        return Err(Denial::new(AuthzError::Scope(need), "scopes", 403, shadow));
+        return Err(Denial::new(
+            AuthzError::Scope(need),
+            "scopes",
+            false,
+            shadow,
+        ));
     }
     let mut record = None;
     if let Some(req) = &authz.consent {
-        let deny = |e| Err(Denial::new(e, "consent", 403, shadow));
+        let deny = |e| Err(Denial::new(e, "consent", false, shadow));
         if consent_id(authz, claims).is_none() {
             return deny(AuthzError::ConsentMissing);
         }
         let c = match consent {
-            Err(e) => return Err(Denial::new(e, "consent", 503, shadow)),
+            Err(e) => return Err(Denial::new(e, "consent", false, shadow)),
             Ok(None) => return deny(AuthzError::ConsentNotFound),
             Ok(Some(c)) => c,
         };
@@ -747,7 +768,7 @@ pub fn evaluate(
                 } else {
                     AuthzError::BodyNotJson
                 };
-                return Err(Denial::new(e, "body", 400, shadow));
+                return Err(Denial::new(e, "body", false, shadow));
             }
             None => None,
         }
@@ -756,14 +777,14 @@ pub fn evaluate(
     };
     for r in &authz.rules {
         let shadow = shadow || r.shadow;
-        let bad = |e, status| Err(Denial::new(e, &r.id, status, shadow));
+        let bad = |e, hidden| Err(Denial::new(e, &r.id, hidden, shadow));
         let got = match values(&r.value, facts, &body) {
             Ok(v) => v,
-            Err(e) => return bad(e, 400),
+            Err(e) => return bad(e, false),
         };
         if got.is_empty() {
             if r.required {
-                return bad(AuthzError::ObjectMissing, r.deny_status);
+                return bad(AuthzError::ObjectMissing, r.hide);
             }
             continue;
         }
@@ -771,14 +792,14 @@ pub fn evaluate(
             match values(other, facts, &body) {
                 Ok(o) if o.iter().all(|x| got.contains(x)) && got.iter().all(|x| o.contains(x)) => {
                 }
-                Ok(_) => return bad(AuthzError::Mismatch, 400),
-                Err(e) => return bad(e, 400),
+                Ok(_) => return bad(AuthzError::Mismatch, false),
+                Err(e) => return bad(e, false),
             }
         }
         if let Some(set) = &r.in_set {
             let granted = granted(set, claims, record);
             if !got.iter().all(|v| granted.contains(v)) {
-                return bad(AuthzError::Object, r.deny_status);
+                return bad(AuthzError::Object, r.hide);
             }
         }
     }

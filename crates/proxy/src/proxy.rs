@@ -566,7 +566,7 @@ async fn check_response(
         Rejection::Authz(Denial {
             error: AuthzError::ResponseLeak,
             rule: rule.to_string(),
-            status: 502,
+            hidden: false,
             shadow: false,
         })
     };

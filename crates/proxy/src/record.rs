@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::pipeline::ratelimit::Scope;
 use crate::pipeline::rejection::Decision;
 use crate::pipeline::{Rejection, Trail};
 use portcullis_audit::{RequestRecord, SignatureRecord};
@@ -46,7 +47,7 @@ impl Refusal {
     pub(crate) fn of(r: &Rejection) -> Refusal {
         let mut limited = None;
         if let Rejection::RateLimited(l) = r {
-            limited = (l.scope != "unavailable").then_some(l.scope);
+            limited = (l.scope != Scope::Unavailable).then_some(l.scope.as_str());
         }
         Refusal {
             decision: r.decision(),

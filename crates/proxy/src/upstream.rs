@@ -18,11 +18,13 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::config::{ClientCertForwarding, Upstream};
 use portcullis_base::body::ProxyBody;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpstreamError {
-    Connect,
-    Protocol,
-    Timeout,
+portcullis_base::variants! {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum UpstreamError {
+        Connect,
+        Protocol,
+        Timeout,
+    }
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus legacy ones proxies must not forward.

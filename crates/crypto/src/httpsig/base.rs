@@ -41,18 +41,20 @@ pub enum Message<'a> {
     Response(&'a ResponseView<'a>, Option<&'a RequestView<'a>>),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ComponentError {
-    /// A covered component is not in the message.
-    Missing,
-    /// Not a component we can evaluate: not a string, an unknown derived component, an unknown
-    /// or ill-typed parameter, `tr`, a field name that is not lower-case, `@signature-params`.
-    Unsupported,
-    /// The same component identifier is covered twice.
-    Duplicate,
-    /// The value cannot be put in the base unambiguously: bytes outside printable ASCII, a
-    /// repeated query parameter, an `sf`/`key` value that does not parse.
-    Invalid,
+portcullis_base::variants! {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum ComponentError {
+        /// A covered component is not in the message.
+        Missing,
+        /// Not a component we can evaluate: not a string, an unknown derived component, an unknown
+        /// or ill-typed parameter, `tr`, a field name that is not lower-case, `@signature-params`.
+        Unsupported,
+        /// The same component identifier is covered twice.
+        Duplicate,
+        /// The value cannot be put in the base unambiguously: bytes outside printable ASCII, a
+        /// repeated query parameter, an `sf`/`key` value that does not parse.
+        Invalid,
+    }
 }
 
 /// RFC 9110 §4.2.3 / RFC 9421 §2.2.3: lower-case host, default port for the scheme removed.

@@ -27,47 +27,49 @@ use crate::jose::Alg;
 
 pub use base::{ComponentError, Message, RequestView, ResponseView};
 
-/// Why a request signature was refused: one condition each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HttpSigError {
-    /// No `Signature-Input`/`Signature`, or no signature with the required `tag`.
-    Missing,
-    /// A field is not a valid dictionary, a label is repeated, or a member or parameter has the
-    /// wrong type.
-    Malformed,
-    /// A `Signature-Input` label with no matching `Signature` byte sequence.
-    Label,
-    /// More than one signature carries the required `tag`.
-    Ambiguous,
-    /// A component the profile requires is not covered.
-    Coverage,
-    /// A covered component is absent, unsupported, repeated or ambiguous.
-    Component(ComponentError),
-    CreatedMissing,
-    /// `created` outside the window (too old or in the future).
-    Created,
-    /// `expires` has passed.
-    Expired,
-    KeyidMissing,
-    NonceMissing,
-    /// The `nonce` was already used.
-    Replay,
-    /// The replay store is full: refused rather than forget (fail closed).
-    ReplayUnavailable,
-    /// The caller cannot be named, so its keys cannot be found.
-    UnknownClient,
-    UnknownKey,
-    /// The caller's key set cannot be loaded (fail closed).
-    KeysUnavailable,
-    /// The `alg` parameter disagrees with the key, or the key's algorithm is not allowed.
-    Alg,
-    BadSignature,
-    /// There is a body and no `Content-Digest`.
-    DigestMissing,
-    /// `Content-Digest` does not parse or has no algorithm we check (sha-256, sha-512).
-    DigestMalformed,
-    /// `Content-Digest` does not match the body received.
-    DigestMismatch,
+portcullis_base::variants! {
+    /// Why a request signature was refused: one condition each.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum HttpSigError {
+        /// No `Signature-Input`/`Signature`, or no signature with the required `tag`.
+        Missing,
+        /// A field is not a valid dictionary, a label is repeated, or a member or parameter has the
+        /// wrong type.
+        Malformed,
+        /// A `Signature-Input` label with no matching `Signature` byte sequence.
+        Label,
+        /// More than one signature carries the required `tag`.
+        Ambiguous,
+        /// A component the profile requires is not covered.
+        Coverage,
+        /// A covered component is absent, unsupported, repeated or ambiguous.
+        Component(ComponentError),
+        CreatedMissing,
+        /// `created` outside the window (too old or in the future).
+        Created,
+        /// `expires` has passed.
+        Expired,
+        KeyidMissing,
+        NonceMissing,
+        /// The `nonce` was already used.
+        Replay,
+        /// The replay store is full: refused rather than forget (fail closed).
+        ReplayUnavailable,
+        /// The caller cannot be named, so its keys cannot be found.
+        UnknownClient,
+        UnknownKey,
+        /// The caller's key set cannot be loaded (fail closed).
+        KeysUnavailable,
+        /// The `alg` parameter disagrees with the key, or the key's algorithm is not allowed.
+        Alg,
+        BadSignature,
+        /// There is a body and no `Content-Digest`.
+        DigestMissing,
+        /// `Content-Digest` does not parse or has no algorithm we check (sha-256, sha-512).
+        DigestMalformed,
+        /// `Content-Digest` does not match the body received.
+        DigestMismatch,
+    }
 }
 
 /// Whether a signature's `alg` parameter agrees with a key whose JOSE algorithm is `key_alg`

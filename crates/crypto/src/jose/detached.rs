@@ -67,38 +67,40 @@ impl Profile {
     }
 }
 
-/// Why a detached JWS was refused: one condition each, so the audit record can say which.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DetachedError {
-    /// Not `header..signature`: an attached payload, a wrong number of segments, bad base64url,
-    /// or a header that is not one JSON object without duplicate members.
-    Malformed,
-    /// `alg` absent, unknown, or not on the allow-list.
-    AlgNotAllowed,
-    KidMissing,
-    CritMissing,
-    /// `crit` is not exactly the profile's set (an unknown name, a missing or repeated one).
-    Crit,
-    /// `obie-3.1.3`: `b64` absent.
-    B64Missing,
-    /// `b64` present on `obie-3.1.4`, not `false` on `obie-3.1.3`, or not listed in `crit`
-    /// (RFC 7797 §6).
-    B64,
-    IatMissing,
-    /// `iat` not a number, in the future, or older than the allowed age.
-    Iat,
-    IssMissing,
-    /// `iss` is not the calling client.
-    Iss,
-    TanMissing,
-    /// `tan` is not a configured trust anchor.
-    Tan,
-    /// A header member with a value we refuse: `typ` other than `JOSE`, `cty` other than
-    /// `json`, or a key-carrying member.
-    Header,
-    /// The key's algorithm is not the header's.
-    KeyMismatch,
-    BadSignature,
+portcullis_base::variants! {
+    /// Why a detached JWS was refused: one condition each, so the audit record can say which.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum DetachedError {
+        /// Not `header..signature`: an attached payload, a wrong number of segments, bad base64url,
+        /// or a header that is not one JSON object without duplicate members.
+        Malformed,
+        /// `alg` absent, unknown, or not on the allow-list.
+        AlgNotAllowed,
+        KidMissing,
+        CritMissing,
+        /// `crit` is not exactly the profile's set (an unknown name, a missing or repeated one).
+        Crit,
+        /// `obie-3.1.3`: `b64` absent.
+        B64Missing,
+        /// `b64` present on `obie-3.1.4`, not `false` on `obie-3.1.3`, or not listed in `crit`
+        /// (RFC 7797 §6).
+        B64,
+        IatMissing,
+        /// `iat` not a number, in the future, or older than the allowed age.
+        Iat,
+        IssMissing,
+        /// `iss` is not the calling client.
+        Iss,
+        TanMissing,
+        /// `tan` is not a configured trust anchor.
+        Tan,
+        /// A header member with a value we refuse: `typ` other than `JOSE`, `cty` other than
+        /// `json`, or a key-carrying member.
+        Header,
+        /// The key's algorithm is not the header's.
+        KeyMismatch,
+        BadSignature,
+    }
 }
 
 /// A parsed, not yet checked, detached JWS.

@@ -12,23 +12,25 @@ use super::jws::{parse, JwsError};
 use super::{sha256, sha256_b64url, Alg};
 use portcullis_base::json::{numeric_date, string, Typed};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DpopError {
-    Malformed,
-    Typ,
-    AlgNotAllowed,
-    /// No `jwk`, a private or invalid one, or another key-carrying header.
-    Key,
-    BadSignature,
-    /// `jti`, `htm`, `htu` or `iat` missing or of the wrong type.
-    MissingClaim,
-    Method,
-    Uri,
-    Iat,
-    /// `ath` missing or not the hash of the presented token.
-    Ath,
-    NonceRequired,
-    NonceStale,
+portcullis_base::variants! {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum DpopError {
+        Malformed,
+        Typ,
+        AlgNotAllowed,
+        /// No `jwk`, a private or invalid one, or another key-carrying header.
+        Key,
+        BadSignature,
+        /// `jti`, `htm`, `htu` or `iat` missing or of the wrong type.
+        MissingClaim,
+        Method,
+        Uri,
+        Iat,
+        /// `ath` missing or not the hash of the presented token.
+        Ath,
+        NonceRequired,
+        NonceStale,
+    }
 }
 
 /// What a valid proof establishes.

@@ -92,9 +92,9 @@ fn decide(
     c: &Map<String, Value>,
     rec: Option<&ConsentRecord>,
     r: &Req,
-) -> Result<(), (AuthzError, String, u16)> {
+) -> Result<(), (AuthzError, String, bool)> {
     let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
-    evaluate(a, &scopes, c, Ok(rec), &r.facts(), 1000).map_err(|d| (d.error, d.rule, d.status))
+    evaluate(a, &scopes, c, Ok(rec), &r.facts(), 1000).map_err(|d| (d.error, d.rule, d.hidden))
 }
 
 #[test]
@@ -124,7 +124,7 @@ fn object_rules_bind_request_values_to_claims_details_and_consent() {
     assert!(decide(&a, &[], &c, None, &Req::path(&[("AccountId", "acc-1")])).is_ok());
     assert_eq!(
         decide(&a, &[], &c, None, &Req::path(&[("AccountId", "acc-3")])).unwrap_err(),
-        (AuthzError::Object, "r1".into(), 403)
+        (AuthzError::Object, "r1".into(), false)
     );
     // Exact bytes: no case folding.
     assert!(decide(&a, &[], &c, None, &Req::path(&[("AccountId", "ACC-1")])).is_err());
@@ -144,7 +144,7 @@ fn object_rules_bind_request_values_to_claims_details_and_consent() {
         decide(&rar, &[], &c, None, &Req::path(&[("AccountId", "acc-7")]))
             .unwrap_err()
             .2,
-        404
+        true
     );
 
     let con = compile_yaml(
@@ -205,8 +205,8 @@ fn object_rules_bind_request_values_to_claims_details_and_consent() {
     )
     .unwrap_err();
     assert_eq!(
-        (down.error, down.status),
-        (AuthzError::ConsentUnavailable, 503)
+        (down.error, down.hidden),
+        (AuthzError::ConsentUnavailable, false)
     );
 }
 
@@ -225,7 +225,7 @@ fn ambiguity_is_refused_never_resolved() {
     r.query = Some("accountId=mine&accountId=victim".into());
     assert_eq!(
         decide(&q, &[], &c, None, &r).unwrap_err(),
-        (AuthzError::Ambiguous, "q".into(), 400)
+        (AuthzError::Ambiguous, "q".into(), false)
     );
     r.query = Some("accountId=mine&account%49d=victim".into());
     assert_eq!(

@@ -20,25 +20,27 @@ use portcullis_crypto::pki::ClientCert;
 use portcullis_policy::Profile;
 use portcullis_state::replay::{ReplayError, ReplayStore};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BindingError {
-    /// The profile needs a bound token and this one has no `cnf`.
-    Unbound,
-    /// The profile needs certificate binding (fapi1-advanced).
-    MtlsRequired,
-    CertMismatch,
-    NoClientCert,
-    /// A DPoP-bound token presented as `Bearer`.
-    BearerForDpopToken,
-    /// The `DPoP` scheme with a token that is not DPoP-bound.
-    SchemeWithoutJkt,
-    ProofMissing,
-    ProofMultiple,
-    Proof(DpopError),
-    JktMismatch,
-    Replay,
-    /// The replay store is full or cannot answer (503 `binding.replay_store_unavailable`).
-    ReplayStoreFull,
+portcullis_base::variants! {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum BindingError {
+        /// The profile needs a bound token and this one has no `cnf`.
+        Unbound,
+        /// The profile needs certificate binding (fapi1-advanced).
+        MtlsRequired,
+        CertMismatch,
+        NoClientCert,
+        /// A DPoP-bound token presented as `Bearer`.
+        BearerForDpopToken,
+        /// The `DPoP` scheme with a token that is not DPoP-bound.
+        SchemeWithoutJkt,
+        ProofMissing,
+        ProofMultiple,
+        Proof(DpopError),
+        JktMismatch,
+        Replay,
+        /// The replay store is full or cannot answer (503 `binding.replay_store_unavailable`).
+        ReplayStoreFull,
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,10 +12,12 @@ use crate::config::InteractionIdMode;
 pub const INTERACTION_ID: &str = "x-fapi-interaction-id";
 pub const CUSTOMER_IP: &str = "x-fapi-customer-ip-address";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FapiError {
-    InteractionIdInvalid,
-    CustomerIpInvalid,
+portcullis_base::variants! {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum FapiError {
+        InteractionIdInvalid,
+        CustomerIpInvalid,
+    }
 }
 
 /// The interaction id for this request, and a refusal when the mode says a bad one is refused.

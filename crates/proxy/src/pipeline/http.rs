@@ -11,24 +11,26 @@ use http::request::Parts;
 
 use crate::config::Limits;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HttpError {
-    ConflictingFraming,
-    BadContentLength,
-    BadTransferEncoding,
-    UriTooLong,
-    TooManyHeaders,
-    HeadersTooLarge,
-    HeaderUnderscore,
-    MethodOverride,
-    /// `Connection` nominates an end-to-end field (which a hop would then strip).
-    ConnectionNominates,
-    UpgradeRefused,
-    MisdirectedHost,
-    MissingHost,
-    BodyTooLarge,
-    BodyTimeout,
-    BodyRead,
+portcullis_base::variants! {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum HttpError {
+        ConflictingFraming,
+        BadContentLength,
+        BadTransferEncoding,
+        UriTooLong,
+        TooManyHeaders,
+        HeadersTooLarge,
+        HeaderUnderscore,
+        MethodOverride,
+        /// `Connection` nominates an end-to-end field (which a hop would then strip).
+        ConnectionNominates,
+        UpgradeRefused,
+        MisdirectedHost,
+        MissingHost,
+        BodyTooLarge,
+        BodyTimeout,
+        BodyRead,
+    }
 }
 
 /// Headers with which frameworks let a request name another method (ASP.NET, Spring's

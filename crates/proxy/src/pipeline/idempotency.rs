@@ -2,19 +2,21 @@
 //! client-scoped key is reserved, or a stored answer replayed, after authorization; the
 //! upstream's answer is stored under the key ([`settle`]).
 
-/// Why a request was refused by the idempotency stage.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IdempotencyError {
-    /// The route requires a key and none was sent.
-    KeyMissing,
-    /// The key is empty, too long, not printable ASCII, or sent twice.
-    KeyInvalid,
-    /// A request with this key is still being processed.
-    InFlight,
-    /// The key was used with another method, path or body.
-    Mismatch,
-    /// The store cannot be reached: fail closed.
-    Unavailable,
+portcullis_base::variants! {
+    /// Why a request was refused by the idempotency stage.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum IdempotencyError {
+        /// The route requires a key and none was sent.
+        KeyMissing,
+        /// The key is empty, too long, not printable ASCII, or sent twice.
+        KeyInvalid,
+        /// A request with this key is still being processed.
+        InFlight,
+        /// The key was used with another method, path or body.
+        Mismatch,
+        /// The store cannot be reached: fail closed.
+        Unavailable,
+    }
 }
 
 impl IdempotencyError {
@@ -29,14 +31,16 @@ impl IdempotencyError {
     }
 }
 
-/// The error body an idempotency refusal is answered in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dialect {
-    /// RFC 9457 problem+json with the IETF draft's statuses (400, 409, 422, 503).
-    Ietf,
-    /// The OBIE error body on routes that require an OBIE `x-jws-signature`; a reused key is
-    /// 400 `UK.OBIE.Header.Invalid` there.
-    Obie,
+portcullis_base::variants! {
+    /// The error body an idempotency refusal is answered in.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Dialect {
+        /// RFC 9457 problem+json with the IETF draft's statuses (400, 409, 422, 503).
+        Ietf,
+        /// The OBIE error body on routes that require an OBIE `x-jws-signature`; a reused key is
+        /// 400 `UK.OBIE.Header.Invalid` there.
+        Obie,
+    }
 }
 
 impl Dialect {

@@ -5,13 +5,15 @@ use std::sync::Arc;
 use portcullis_crypto::pki::{ClientCert, Revoked};
 use portcullis_policy::{CertRequirement, Route};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IdentityError {
-    ClientCertRequired,
-    /// The connection's certificate has expired since its handshake.
-    ClientCertExpired,
-    /// The connection's certificate is revoked by the CRLs loaded now.
-    ClientCertRevoked,
+portcullis_base::variants! {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum IdentityError {
+        ClientCertRequired,
+        /// The connection's certificate has expired since its handshake.
+        ClientCertExpired,
+        /// The connection's certificate is revoked by the CRLs loaded now.
+        ClientCertRevoked,
+    }
 }
 
 /// The authenticated caller; made only by [`identify`].

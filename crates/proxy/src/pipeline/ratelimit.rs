@@ -15,16 +15,53 @@ use portcullis_policy::Route;
 use portcullis_state::limits::RateLimits;
 use portcullis_state::ratelimit::{Decision, QuotaSpec};
 
+portcullis_base::variants! {
+    /// Which limit refused.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Scope {
+        /// The pre-authentication limit of the peer address.
+        Peer,
+        /// The route class's limit of the authenticated client.
+        Client,
+        /// The fleet's limit could not be checked (Redis is unavailable) and the outage
+        /// behaviour is to refuse.
+        Unavailable,
+    }
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Peer => "peer",
+            Scope::Client => "client",
+            Scope::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// A request refused by a rate limit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limited {
-    /// `peer` or `client`.
-    pub scope: &'static str,
+    pub scope: Scope,
     /// `RateLimit-Policy` value.
     pub policy: String,
     /// Quota policy name (for the `RateLimit` header).
     pub name: String,
     pub retry_after_s: u64,
+}
+
+impl portcullis_base::variants::Variants for Limited {
+    fn variants() -> Vec<Self> {
+        Scope::variants()
+            .into_iter()
+            .map(|scope| Limited {
+                scope,
+                policy: String::new(),
+                name: String::new(),
+                retry_after_s: 1,
+            })
+            .collect()
+    }
 }
 
 /// What a limit decided: the facts for the audit record, and the refusal, if the quota refused
@@ -55,9 +92,9 @@ impl Applied {
     }
 }
 
-fn apply(scope: &'static str, spec: &QuotaSpec, d: Decision) -> Applied {
+fn apply(scope: Scope, spec: &QuotaSpec, d: Decision) -> Applied {
     let facts = RateLimitRecord {
-        scope,
+        scope: scope.as_str(),
         limit: u64::from(spec.burst),
         remaining: d.remaining,
         reset_s: d.reset_s,
@@ -79,7 +116,7 @@ fn apply(scope: &'static str, spec: &QuotaSpec, d: Decision) -> Applied {
 /// The pre-authentication limit per peer IP address.
 pub fn check_peer(peer: IpAddr, limits: &RateLimits) -> Option<Applied> {
     let l = limits.peer.as_ref()?;
-    Some(apply("peer", &l.spec, l.check(&peer)))
+    Some(apply(Scope::Peer, &l.spec, l.check(&peer)))
 }
 
 /// The client key: certificate thumbprint, else the token's client id, else the peer address.
@@ -112,7 +149,7 @@ pub async fn check_client(
     };
     let Some(fleet) = &limits.fleet else {
         let d = l.check(&key.to_string());
-        return Ok(Some(apply("client", &l.spec, d)));
+        return Ok(Some(apply(Scope::Client, &l.spec, d)));
     };
     use portcullis_state::settings::OnOutage;
     let d = match fleet.check(&l.spec, key).await {
@@ -130,7 +167,7 @@ pub async fn check_client(
                 .count_outage(Feature::RateLimit, fleet.on_outage);
             if fleet.on_outage == OnOutage::Refuse {
                 return Err(Limited {
-                    scope: "unavailable",
+                    scope: Scope::Unavailable,
                     policy: l.spec.policy_header(),
                     name: l.spec.name.clone(),
                     retry_after_s: 1,
@@ -139,5 +176,5 @@ pub async fn check_client(
             l.check(&key.to_string())
         }
     };
-    Ok(Some(apply("client", &l.spec, d)))
+    Ok(Some(apply(Scope::Client, &l.spec, d)))
 }

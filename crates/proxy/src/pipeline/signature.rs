@@ -23,27 +23,31 @@ use portcullis_policy::template::Facts;
 use portcullis_sources::clientkeys::{ClientKeys, LookupError};
 use portcullis_state::replay::{ReplayError, ReplayStore};
 
-/// Why an OBIE `x-jws-signature` was refused (400, OBIE error body).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JwsSigError {
-    Missing,
-    /// Two `x-jws-signature` fields, or one with a comma-joined value.
-    Multiple,
-    Detached(DetachedError),
-    /// The caller cannot be named (no value for the `client` template), or has no key set.
-    UnknownClient,
-    UnknownKey,
-    /// The caller's key set cannot be loaded (fail closed).
-    KeysUnavailable,
+portcullis_base::variants! {
+    /// Why an OBIE `x-jws-signature` was refused (400, OBIE error body).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum JwsSigError {
+        Missing,
+        /// Two `x-jws-signature` fields, or one with a comma-joined value.
+        Multiple,
+        Detached(DetachedError),
+        /// The caller cannot be named (no value for the `client` template), or has no key set.
+        UnknownClient,
+        UnknownKey,
+        /// The caller's key set cannot be loaded (fail closed).
+        KeysUnavailable,
+    }
 }
 
-/// Why a request signature was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SignatureError {
-    /// OBIE routes: 400 with the OBIE error body.
-    Jws(JwsSigError),
-    /// RFC 9421 routes: 401.
-    Http(HttpSigError),
+portcullis_base::variants! {
+    /// Why a request signature was refused.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum SignatureError {
+        /// OBIE routes: 400 with the OBIE error body.
+        Jws(JwsSigError),
+        /// RFC 9421 routes: 401.
+        Http(HttpSigError),
+    }
 }
 
 pub const JWS_HEADER: &str = "x-jws-signature";

@@ -23,45 +23,49 @@ use portcullis_crypto::jose::{sha256, sha256_b64url};
 use portcullis_sources::introspect::{IntrospectError, Introspector};
 use portcullis_sources::keys::KeySource;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TokenError {
-    Missing,
-    InQuery,
-    Multiple,
-    BadHeader,
-    UnsupportedScheme,
-    TooLarge,
-    Malformed,
-    AlgNotAllowed,
-    ForbiddenHeader,
-    UnknownKey,
-    KeyMismatch,
-    BadSignature,
-    Typ,
-    Issuer,
-    Audience,
-    ExpMissing,
-    Expired,
-    NotYetValid,
-    IssuedAt,
-    ClaimType,
-    KeysUnavailable,
-    /// Introspection answered `active: false` (RFC 7662 §2.2).
-    Inactive,
-    /// Introspection gave no decision: unreachable, timed out, or a bad answer.
-    IntrospectionUnavailable,
-    /// `cnf` names a confirmation method this proxy does not verify (RFC 7800 §3: `jwk`, `kid`,
-    /// `jku`, ...): a token whose binding cannot be checked is not accepted as a bearer token.
-    ConfirmationUnsupported,
-    /// Introspection answered for a token that is not an access token (`token_type`
-    /// `refresh_token`, say: RFC 7662 §2.1 lets the AS find any of its tokens).
-    NotAccessToken,
+portcullis_base::variants! {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum TokenError {
+        Missing,
+        InQuery,
+        Multiple,
+        BadHeader,
+        UnsupportedScheme,
+        TooLarge,
+        Malformed,
+        AlgNotAllowed,
+        ForbiddenHeader,
+        UnknownKey,
+        KeyMismatch,
+        BadSignature,
+        Typ,
+        Issuer,
+        Audience,
+        ExpMissing,
+        Expired,
+        NotYetValid,
+        IssuedAt,
+        ClaimType,
+        KeysUnavailable,
+        /// Introspection answered `active: false` (RFC 7662 §2.2).
+        Inactive,
+        /// Introspection gave no decision: unreachable, timed out, or a bad answer.
+        IntrospectionUnavailable,
+        /// `cnf` names a confirmation method this proxy does not verify (RFC 7800 §3: `jwk`, `kid`,
+        /// `jku`, ...): a token whose binding cannot be checked is not accepted as a bearer token.
+        ConfirmationUnsupported,
+        /// Introspection answered for a token that is not an access token (`token_type`
+        /// `refresh_token`, say: RFC 7662 §2.1 lets the AS find any of its tokens).
+        NotAccessToken,
+    }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scheme {
-    Bearer,
-    DPoP,
+portcullis_base::variants! {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Scheme {
+        Bearer,
+        DPoP,
+    }
 }
 
 /// The credential as presented.

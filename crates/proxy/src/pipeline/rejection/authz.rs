@@ -1,0 +1,110 @@
+//! Scopes, consent, object and response rules.
+
+use http::StatusCode as S;
+
+use super::Wire;
+use portcullis_policy::rules::{AuthzError, Denial};
+
+pub(super) fn wire(d: &Denial) -> Wire {
+    // A rule that hides existence answers exactly like an unknown resource; the audit record
+    // keeps the real reason ([`Rejection::audit_reason`]).
+    if d.hidden {
+        return Wire::new(S::NOT_FOUND, "route.not_found", "no such resource");
+    }
+    let (status, reason, detail) = match &d.error {
+        // RFC 6750 §3.1.
+        AuthzError::Scope(_) => (
+            S::FORBIDDEN,
+            "authz.scope",
+            "the token lacks a required scope",
+        ),
+        // OBIE: the consent named by the token governs access (403).
+        AuthzError::ConsentMissing => (
+            S::FORBIDDEN,
+            "authz.consent_missing",
+            "the token names no consent",
+        ),
+        AuthzError::ConsentNotFound => (
+            S::FORBIDDEN,
+            "authz.consent_not_found",
+            "the consent does not exist",
+        ),
+        AuthzError::ConsentStatus => (
+            S::FORBIDDEN,
+            "authz.consent_status",
+            "the consent is not authorised",
+        ),
+        AuthzError::ConsentExpired => (
+            S::FORBIDDEN,
+            "authz.consent_expired",
+            "the consent has expired",
+        ),
+        AuthzError::ConsentPermission => (
+            S::FORBIDDEN,
+            "authz.consent_permission",
+            "the consent lacks a required permission",
+        ),
+        // Fail closed: no decision without the consent record (RFC 9110 §15.6.4).
+        AuthzError::ConsentUnavailable => (
+            S::SERVICE_UNAVAILABLE,
+            "authz.consent_unavailable",
+            "consent cannot be checked now",
+        ),
+        // OWASP API1:2023 (BOLA): the object is not one the caller was granted.
+        AuthzError::Object => (
+            S::FORBIDDEN,
+            "authz.object",
+            "the requested object is not covered by the grant",
+        ),
+        AuthzError::ObjectMissing => (
+            S::FORBIDDEN,
+            "authz.object_missing",
+            "the request does not name the object a rule checks",
+        ),
+        // RFC 9110 §15.5.1: ambiguous requests are refused, never resolved.
+        AuthzError::Ambiguous => (
+            S::BAD_REQUEST,
+            "authz.ambiguous",
+            "a value the policy checks is repeated or ambiguous",
+        ),
+        AuthzError::Mismatch => (
+            S::BAD_REQUEST,
+            "authz.mismatch",
+            "identifiers in the request disagree",
+        ),
+        AuthzError::BodyNotJson => (
+            S::BAD_REQUEST,
+            "authz.body_not_json",
+            "the body must be a JSON object",
+        ),
+        // RFC 9110 §15.6.3: the upstream answered with objects outside the grant.
+        AuthzError::ResponseLeak => (
+            S::BAD_GATEWAY,
+            "authz.response_leak",
+            "the upstream response was withheld",
+        ),
+    };
+    Wire::new(status, reason, detail)
+}
+
+/// RFC 6750 §3.1: `insufficient_scope` names the scope the request needs; other denials carry
+/// no challenge.
+pub(super) fn challenge(d: &Denial) -> Option<String> {
+    match &d.error {
+        AuthzError::Scope(scope) => Some(format!(
+            "Bearer error=\"insufficient_scope\", scope=\"{scope}\""
+        )),
+        AuthzError::ConsentMissing
+        | AuthzError::ConsentNotFound
+        | AuthzError::ConsentStatus
+        | AuthzError::ConsentExpired
+        | AuthzError::ConsentPermission
+        | AuthzError::ConsentUnavailable
+        | AuthzError::Object
+        | AuthzError::ObjectMissing
+        | AuthzError::Ambiguous
+        | AuthzError::Mismatch
+        | AuthzError::BodyNotJson
+        | AuthzError::ResponseLeak => None,
+    }
+}

@@ -1,0 +1,29 @@
+//! The caller's certificate (RFC 8705 §2, FAPI).
+
+use http::StatusCode as S;
+
+use super::Wire;
+use crate::pipeline::identity::IdentityError;
+
+pub(super) fn wire(e: IdentityError) -> Wire {
+    match e {
+        // RFC 8705 §2 / FAPI: the route needs a mutually authenticated client.
+        IdentityError::ClientCertRequired => Wire::new(
+            S::UNAUTHORIZED,
+            "identity.client_cert_required",
+            "this resource requires a client certificate",
+        ),
+        // The certificate was valid at the handshake and has expired since.
+        IdentityError::ClientCertExpired => Wire::new(
+            S::UNAUTHORIZED,
+            "identity.client_cert_expired",
+            "the client certificate has expired; connect again with a valid one",
+        ),
+        // The CRLs were reloaded since the handshake and now revoke it.
+        IdentityError::ClientCertRevoked => Wire::new(
+            S::UNAUTHORIZED,
+            "identity.client_cert_revoked",
+            "the client certificate has been revoked",
+        ),
+    }
+}
