@@ -171,7 +171,7 @@ struct Bed {
 }
 
 fn bed() -> Bed {
-    portcullis_proxy::tls::install_crypto_provider();
+    portcullis_proxy::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -237,8 +237,8 @@ signatures:
     b.rt.block_on(async {
         let audit = portcullis_audit::AuditLog::start(&config.audit).unwrap();
         let shared =
-            std::sync::Arc::new(portcullis_proxy::runtime::Shared::new(config, audit, None));
-        let running = portcullis_proxy::server::start(shared).await.unwrap();
+            std::sync::Arc::new(portcullis_proxy::Shared::new(config, audit, None));
+        let running = portcullis_proxy::start(shared).await.unwrap();
         let addr = running.addr;
         std::mem::forget(running);
         addr

@@ -16,7 +16,7 @@ use portcullis_crypto::jose::jws::KeySet;
 use portcullis_crypto::jose::sign::SigningKey;
 use portcullis_crypto::jose::{b64url, Alg};
 use portcullis_proxy::config::{Issuer, JwksSource};
-use portcullis_proxy::pipeline::token::{verify, TokenCache};
+use portcullis_proxy::internals::token::{verify, TokenCache};
 use portcullis_sources::keys::KeySource;
 use serde_json::json;
 

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use portcullis_audit::AuditLog;
 use portcullis_proxy::config::Config;
-use portcullis_proxy::runtime::Shared;
+use portcullis_proxy::Shared;
 
 #[derive(Parser)]
 #[command(
@@ -149,10 +149,10 @@ fn load_or_report(path: &std::path::Path) -> Option<Config> {
 
 /// Runs a parsed command; returns the process exit code.
 pub(crate) async fn run(cli: Cli) -> ExitCode {
-    portcullis_proxy::tls::install_crypto_provider();
+    portcullis_proxy::install_crypto_provider();
     match cli.command {
         Command::Run { config } => {
-            portcullis_proxy::telemetry::init_tracing();
+            portcullis_proxy::init_tracing();
             let Some(c) = load_or_report(&config) else {
                 return ExitCode::from(2);
             };
@@ -164,7 +164,7 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
                 }
             };
             let shared = Arc::new(Shared::new(c, audit, Some(config)));
-            let running = match portcullis_proxy::server::start(Arc::clone(&shared)).await {
+            let running = match portcullis_proxy::start(Arc::clone(&shared)).await {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("cannot start: {e}");
@@ -172,14 +172,14 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
                 }
             };
             let token = running.shutdown_token();
-            if let Err(e) = portcullis_proxy::reload::watch(Arc::clone(&shared), token.clone()) {
+            if let Err(e) = portcullis_proxy::watch(Arc::clone(&shared), token.clone()) {
                 tracing::warn!(error = %e, "file watching is off; SIGHUP still reloads");
             }
             #[cfg(unix)]
-            if let Err(e) = portcullis_proxy::reload::on_sighup(Arc::clone(&shared), token) {
+            if let Err(e) = portcullis_proxy::on_sighup(Arc::clone(&shared), token) {
                 tracing::warn!(error = %e, "SIGHUP reload is off");
             }
-            portcullis_proxy::server::wait_for_signal().await;
+            portcullis_proxy::wait_for_signal().await;
             tracing::info!("draining");
             if running.shutdown().await {
                 tracing::info!("drained; bye");
@@ -190,7 +190,7 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { config } => {
-            portcullis_proxy::telemetry::init_check_tracing();
+            portcullis_proxy::init_check_tracing();
             let Some(c) = load_or_report(&config) else {
                 return ExitCode::from(1);
             };
@@ -238,7 +238,7 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
             eprintln!("mock bank on http://{listen}");
             let token = tokio_util::sync::CancellationToken::new();
             tokio::spawn(portcullis_tools::mockbank::serve(l, token.clone()));
-            portcullis_proxy::server::wait_for_signal().await;
+            portcullis_proxy::wait_for_signal().await;
             token.cancel();
             ExitCode::SUCCESS
         }

@@ -17,7 +17,7 @@ use http_body_util::Full;
 use portcullis_audit::verify;
 use portcullis_audit::{AuditLog, AuditPublicKey};
 use portcullis_proxy::config::Config;
-use portcullis_proxy::runtime::Shared;
+use portcullis_proxy::Shared;
 
 const WAIT: Duration = Duration::from_secs(10);
 const ACCOUNTS: &str = "/open-banking/v3.1/aisp/accounts";
@@ -114,7 +114,7 @@ async fn start_audited(
     }
     .unwrap();
     let shared = Arc::new(Shared::new(config, log, Some(path)));
-    let running = portcullis_proxy::server::start(Arc::clone(&shared))
+    let running = portcullis_proxy::start(Arc::clone(&shared))
         .await
         .unwrap();
     Proxy {
@@ -980,7 +980,7 @@ async fn the_trace_context_reaches_the_upstream_and_the_record() {
         .await;
     let seen = &up.seen()[1];
     let sent = seen.headers["traceparent"].to_str().unwrap().to_string();
-    assert!(portcullis_proxy::telemetry::parse_traceparent(sent.as_bytes()).is_some());
+    assert!(portcullis_proxy::internals::parse_traceparent(sent.as_bytes()).is_some());
     assert!(!seen.headers.contains_key("tracestate"));
     let rec = p.audit_of(&id).await;
     assert_eq!(rec["trace_id"].as_str().unwrap(), &sent[3..35]);

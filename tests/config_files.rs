@@ -53,7 +53,7 @@ fn config_files() -> Vec<PathBuf> {
 
 #[test]
 fn every_shipped_config_and_policy_file_loads() {
-    portcullis_proxy::tls::install_crypto_provider();
+    portcullis_proxy::install_crypto_provider();
     let d = staged();
     let files = config_files();
     assert!(files.len() >= 3, "{files:?}");
@@ -80,7 +80,7 @@ fn load_err(dir: &Path, yaml: &str) -> String {
 
 #[test]
 fn bad_config_is_refused_naming_the_file_the_field_and_the_reason() {
-    portcullis_proxy::tls::install_crypto_provider();
+    portcullis_proxy::install_crypto_provider();
     let d = staged();
     let cfg = d.path().join("config");
     let good = std::fs::read_to_string(cfg.join("demo.yaml")).unwrap();
@@ -261,7 +261,7 @@ fn the_reason_code_table_is_generated_from_the_error_types() {
     let a = doc.find(begin).expect("the table's begin marker") + begin.len();
     let b = doc.find(end).expect("the table's end marker");
     let mut table = String::from("| reason | status | meaning |\n|---|---|---|\n");
-    let reasons = portcullis_proxy::pipeline::rejection::all_reasons();
+    let reasons = portcullis_proxy::all_reasons();
     for (status, reason, detail) in &reasons {
         table.push_str(&format!("| `{reason}` | {status} | {detail} |\n"));
     }
@@ -279,7 +279,7 @@ fn the_reason_code_table_is_generated_from_the_error_types() {
 
 #[test]
 fn the_kubernetes_sidecar_manifest_points_at_files_and_ports_that_exist() {
-    portcullis_proxy::tls::install_crypto_provider();
+    portcullis_proxy::install_crypto_provider();
     let text = std::fs::read_to_string(repo().join("config/k8s-sidecar.yaml")).unwrap();
     let docs: Vec<serde_json::Value> = text
         .split("\n---")
@@ -553,7 +553,7 @@ fn v1_crl_signed_by_the_dev_ca(certs: &Path) -> String {
 
 #[test]
 fn a_crl_rustls_cannot_use_is_refused_naming_the_file_the_field_and_the_reason() {
-    portcullis_proxy::tls::install_crypto_provider();
+    portcullis_proxy::install_crypto_provider();
     let d = staged();
     let certs = d.path().join("certs");
     std::fs::write(certs.join("v1.crl"), v1_crl_signed_by_the_dev_ca(&certs)).unwrap();

@@ -204,7 +204,7 @@ fn every_yaml_sample_is_marked_and_there_are_samples() {
 
 #[test]
 fn every_config_sample_loads() {
-    portcullis_proxy::tls::install_crypto_provider();
+    portcullis_proxy::install_crypto_provider();
     let all = samples();
     let configs = of_kind(&all, "config");
     assert!(!configs.is_empty(), "no config samples found");
@@ -290,7 +290,7 @@ fn every_policy_test_sample_passes_against_the_repository_policies() {
 
 #[test]
 fn every_scenario_sample_loads() {
-    portcullis_proxy::tls::install_crypto_provider();
+    portcullis_proxy::install_crypto_provider();
     let all = samples();
     let scenarios = of_kind(&all, "scenario");
     assert!(!scenarios.is_empty(), "no scenario samples found");

@@ -15,7 +15,7 @@ use common::*;
 use http_body_util::Full;
 use portcullis_audit::AuditLog;
 use portcullis_proxy::config::Config;
-use portcullis_proxy::runtime::Shared;
+use portcullis_proxy::Shared;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn empty() -> Full<Bytes> {
@@ -39,7 +39,7 @@ async fn start_edited(o: Options, edit: impl FnOnce(String) -> String) -> Proxy 
         .clone()
         .unwrap_or_else(|| Arc::new(portcullis_base::clock::SystemClock));
     let shared = Arc::new(Shared::with_clock(config, audit, Some(path), clock));
-    let running = portcullis_proxy::server::start(Arc::clone(&shared))
+    let running = portcullis_proxy::start(Arc::clone(&shared))
         .await
         .unwrap();
     Proxy {
@@ -854,7 +854,7 @@ async fn a_bad_config_on_reload_keeps_the_old_one_serving_and_is_counted() {
     // Through the watcher.
     std::fs::write(&config, &good_config).unwrap();
     std::fs::write(&policy, &good_policy).unwrap();
-    portcullis_proxy::reload::watch(p.shared.clone(), tokio_util::sync::CancellationToken::new())
+    portcullis_proxy::watch(p.shared.clone(), tokio_util::sync::CancellationToken::new())
         .unwrap();
     let tmp = p.dir.path().join("policies/.tmp");
     std::fs::write(

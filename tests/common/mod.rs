@@ -16,8 +16,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use portcullis_audit::AuditLog;
 use portcullis_proxy::config::Config;
-use portcullis_proxy::runtime::Shared;
-use portcullis_proxy::server::Running;
+use portcullis_proxy::Shared;
+use portcullis_proxy::Running;
 use portcullis_tools::client::{tls_config, Answer, Conn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 pub fn certs() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
-        portcullis_proxy::tls::install_crypto_provider();
+        portcullis_proxy::install_crypto_provider();
         let d = tempfile::tempdir().expect("tempdir");
         portcullis_tools::devcerts::generate(d.path()).expect("dev certs");
         d
@@ -402,7 +402,7 @@ impl Proxy {
             .clone()
             .unwrap_or_else(|| Arc::new(portcullis_base::clock::SystemClock));
         let shared = Arc::new(Shared::with_clock(config, audit, Some(path), clock));
-        let running = portcullis_proxy::server::start(Arc::clone(&shared))
+        let running = portcullis_proxy::start(Arc::clone(&shared))
             .await
             .unwrap();
         Proxy {

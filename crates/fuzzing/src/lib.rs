@@ -275,7 +275,7 @@ pub fn path(data: &[u8]) {
                 return;
             };
             let (parts, ()) = req.into_parts();
-            let Ok(m) = portcullis_proxy::pipeline::route::resolve(&parts, route_policies()) else {
+            let Ok(m) = portcullis_proxy::internals::route::resolve(&parts, route_policies()) else {
                 continue;
             };
             let path = parts.uri.path();
@@ -344,7 +344,7 @@ fn key_source() -> &'static portcullis_sources::keys::KeySource {
 }
 
 fn verify_token(token: &str) {
-    use portcullis_proxy::pipeline::token::{verify, TokenCache};
+    use portcullis_proxy::internals::token::{verify, TokenCache};
     if let Ok(c) = portcullis_crypto::jose::jws::parse(token, &[Alg::PS256, Alg::ES256, Alg::EdDSA])
     {
         assert_reserializes(token);
@@ -463,7 +463,7 @@ pub fn jwt(data: &[u8]) {
                 .body(())
                 .expect("a request")
                 .into_parts();
-            if let Ok(c) = portcullis_proxy::pipeline::token::extract(&parts) {
+            if let Ok(c) = portcullis_proxy::internals::token::extract(&parts) {
                 let raw = parts.headers[http::header::AUTHORIZATION]
                     .to_str()
                     .expect("extracted from a string");
@@ -1177,7 +1177,7 @@ pub fn head(data: &[u8]) {
 pub fn head_accepted(data: &[u8]) -> Option<[bool; 2]> {
     use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
     use portcullis_proxy::config::InteractionIdMode;
-    use portcullis_proxy::pipeline::{fapi, http as head_check};
+    use portcullis_proxy::internals::{fapi, http as head_check};
 
     let (&v, rest) = data.split_first()?;
     let version = match v {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{tls_config, Conn};
 use portcullis_audit::AuditLog;
 use portcullis_proxy::config::Config;
-use portcullis_proxy::runtime::Shared;
+use portcullis_proxy::Shared;
 
 const DEMO_CONFIG: &str = include_str!("../../../config/demo.yaml");
 const DEV_CONSENTS: &str = include_str!("../../../config/dev-consents.json");
@@ -375,7 +375,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     }
     let audit = AuditLog::start(&config.audit)?;
     let shared = Arc::new(Shared::new(config, audit, None));
-    let running = portcullis_proxy::server::start(Arc::clone(&shared)).await?;
+    let running = portcullis_proxy::start(Arc::clone(&shared)).await?;
     let certs = dir.join("certs");
     println!("portcullis demo");
     println!(
@@ -413,7 +413,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("Serving; press Ctrl-C to stop.");
-    portcullis_proxy::server::wait_for_signal().await;
+    portcullis_proxy::wait_for_signal().await;
     shutdown.cancel();
     running.shutdown().await;
     shared.audit.close(std::time::Duration::from_secs(5));

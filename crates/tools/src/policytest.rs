@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use portcullis_policy::rules::{self, ConsentRecord, Facts};
 use portcullis_policy::{load_files, Known, PolicySet};
-use portcullis_proxy::pipeline::rejection::Rejection;
+use portcullis_proxy::Rejection;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

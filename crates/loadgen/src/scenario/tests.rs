@@ -6,7 +6,7 @@ use super::*;
 fn certs() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
-        portcullis_proxy::tls::install_crypto_provider();
+        portcullis_proxy::install_crypto_provider();
         let d = tempfile::tempdir().unwrap();
         portcullis_tools::devcerts::generate(d.path()).unwrap();
         d
