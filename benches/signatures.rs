@@ -236,8 +236,7 @@ signatures:
     let config = portcullis_proxy::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     b.rt.block_on(async {
         let audit = portcullis_audit::AuditLog::start(&config.audit).unwrap();
-        let shared =
-            std::sync::Arc::new(portcullis_proxy::Shared::new(config, audit, None));
+        let shared = std::sync::Arc::new(portcullis_proxy::Shared::new(config, audit, None));
         let running = portcullis_proxy::start(shared).await.unwrap();
         let addr = running.addr;
         std::mem::forget(running);

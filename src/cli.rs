@@ -24,7 +24,7 @@ pub(crate) struct Cli {
 }
 
 #[derive(Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the proxy with a config file; reloads on SIGHUP and on file change, drains on
     /// SIGTERM/SIGINT.
     Run {

@@ -5,8 +5,8 @@
 
 mod common;
 mod support {
-    pub mod attack;
-    pub mod h2raw;
+    pub(crate) mod attack;
+    pub(crate) mod h2raw;
 }
 
 use serde_json::{json, Value};

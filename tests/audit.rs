@@ -114,9 +114,7 @@ async fn start_audited(
     }
     .unwrap();
     let shared = Arc::new(Shared::new(config, log, Some(path)));
-    let running = portcullis_proxy::start(Arc::clone(&shared))
-        .await
-        .unwrap();
+    let running = portcullis_proxy::start(Arc::clone(&shared)).await.unwrap();
     Proxy {
         addr: running.addr,
         admin: running.admin_addr.unwrap(),

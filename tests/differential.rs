@@ -25,9 +25,9 @@
 
 mod common;
 mod support {
-    pub mod apps;
-    pub mod attack;
-    pub mod h2raw;
+    pub(crate) mod apps;
+    pub(crate) mod attack;
+    pub(crate) mod h2raw;
 }
 
 use std::collections::BTreeMap;

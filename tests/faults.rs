@@ -39,9 +39,7 @@ async fn start_edited(o: Options, edit: impl FnOnce(String) -> String) -> Proxy 
         .clone()
         .unwrap_or_else(|| Arc::new(portcullis_base::clock::SystemClock));
     let shared = Arc::new(Shared::with_clock(config, audit, Some(path), clock));
-    let running = portcullis_proxy::start(Arc::clone(&shared))
-        .await
-        .unwrap();
+    let running = portcullis_proxy::start(Arc::clone(&shared)).await.unwrap();
     Proxy {
         addr: running.addr,
         admin: running.admin_addr.unwrap(),
@@ -854,8 +852,7 @@ async fn a_bad_config_on_reload_keeps_the_old_one_serving_and_is_counted() {
     // Through the watcher.
     std::fs::write(&config, &good_config).unwrap();
     std::fs::write(&policy, &good_policy).unwrap();
-    portcullis_proxy::watch(p.shared.clone(), tokio_util::sync::CancellationToken::new())
-        .unwrap();
+    portcullis_proxy::watch(p.shared.clone(), tokio_util::sync::CancellationToken::new()).unwrap();
     let tmp = p.dir.path().join("policies/.tmp");
     std::fs::write(
         &tmp,

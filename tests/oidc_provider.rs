@@ -26,7 +26,7 @@
 
 mod common;
 mod support {
-    pub mod apps;
+    pub(crate) mod apps;
 }
 
 use std::io::{BufRead, BufReader};

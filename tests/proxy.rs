@@ -691,8 +691,7 @@ async fn a_valid_reload_applies_and_an_invalid_one_keeps_the_old_config() {
 async fn a_changed_file_is_reloaded_by_the_watcher() {
     let up = Upstream::start(Behaviour::Ok).await;
     let p = Proxy::start(Options::new(up.addr)).await;
-    portcullis_proxy::watch(p.shared.clone(), tokio_util::sync::CancellationToken::new())
-        .unwrap();
+    portcullis_proxy::watch(p.shared.clone(), tokio_util::sync::CancellationToken::new()).unwrap();
     let policy = p.dir.path().join("policies/test.yaml");
     let text = std::fs::read_to_string(&policy).unwrap()
         + "  - id: tx.get\n    method: GET\n    path: /open-banking/v3.1/aisp/accounts/{AccountId}/transactions\n";

@@ -2,7 +2,7 @@
 //! on 127.0.0.1:0 with its audit log in a temp directory, and real TLS clients.
 #![allow(dead_code)]
 
-pub mod redis;
+pub(crate) mod redis;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,14 +16,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use portcullis_audit::AuditLog;
 use portcullis_proxy::config::Config;
-use portcullis_proxy::Shared;
 use portcullis_proxy::Running;
+use portcullis_proxy::Shared;
 use portcullis_tools::client::{tls_config, Answer, Conn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// One set of dev certificates per test binary (generation is the slow part).
-pub fn certs() -> &'static Path {
+pub(crate) fn certs() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         portcullis_proxy::install_crypto_provider();
@@ -41,7 +41,7 @@ enum Io {
 
 /// A request as the upstream received it.
 #[derive(Clone, Debug)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub method: String,
     pub path_and_query: String,
     pub headers: http::HeaderMap,
@@ -51,7 +51,7 @@ pub struct Seen {
 }
 
 #[derive(Clone, Copy, Debug)]
-pub enum Behaviour {
+pub(crate) enum Behaviour {
     /// 200 with a small JSON body.
     Ok,
     /// Waits, then answers 200.
@@ -70,20 +70,20 @@ pub enum Behaviour {
 }
 
 /// An in-process upstream that records every request it receives.
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl Upstream {
-    pub async fn start(behaviour: Behaviour) -> Upstream {
+    pub(crate) async fn start(behaviour: Behaviour) -> Upstream {
         Upstream::start_with(behaviour, None).await
     }
 
     /// An upstream that terminates TLS with the dev server certificate and requires a client
     /// certificate from the dev CA; it records the thumbprint of the certificate it saw in the
     /// `x-test-peer-cert` pseudo-header of each [`Seen`].
-    pub async fn start_tls(behaviour: Behaviour) -> Upstream {
+    pub(crate) async fn start_tls(behaviour: Behaviour) -> Upstream {
         use rustls_pki_types::pem::PemObject;
         let certs = certs();
         let mut roots = rustls::RootCertStore::empty();
@@ -218,7 +218,7 @@ impl Upstream {
     /// can be given the port meanwhile (binding and closing a listener left a window in which
     /// a test running beside this one could take the port and answer). [`Upstream::revive`]
     /// makes it listen.
-    pub async fn dead_addr() -> SocketAddr {
+    pub(crate) async fn dead_addr() -> SocketAddr {
         // No SO_REUSEADDR on this socket: no other socket can share the port.
         let s = tokio::net::TcpSocket::new_v4().unwrap();
         s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -228,7 +228,7 @@ impl Upstream {
     }
 
     /// The listener on a [`Upstream::dead_addr`]: the same socket, now listening.
-    pub fn revive(addr: SocketAddr) -> TcpListener {
+    pub(crate) fn revive(addr: SocketAddr) -> TcpListener {
         let mut dead = DEAD.lock().unwrap();
         let i = dead
             .iter()
@@ -237,11 +237,11 @@ impl Upstream {
         dead.swap_remove(i).listen(1024).unwrap()
     }
 
-    pub fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
 
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
     }
 }
@@ -266,7 +266,7 @@ fn trickle() -> http::Response<UpstreamBody> {
 type UpstreamBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
 
 /// A body fed by a channel: it ends when the sender is dropped, and never while it lives.
-pub struct Channel(pub tokio::sync::mpsc::Receiver<Bytes>);
+pub(crate) struct Channel(pub tokio::sync::mpsc::Receiver<Bytes>);
 
 impl hyper::body::Body for Channel {
     type Data = Bytes;
@@ -285,7 +285,7 @@ impl hyper::body::Body for Channel {
 /// The sockets behind [`Upstream::dead_addr`].
 static DEAD: Mutex<Vec<tokio::net::TcpSocket>> = Mutex::new(Vec::new());
 
-pub const POLICY: &str = r#"
+pub(crate) const POLICY: &str = r#"
 group: test
 upstream: bank
 routes:
@@ -306,7 +306,7 @@ routes:
 "#;
 
 /// Options for one proxy under test.
-pub struct Options {
+pub(crate) struct Options {
     pub upstream: SocketAddr,
     pub client_auth: &'static str,
     /// Extra YAML under `listener.limits`.
@@ -322,7 +322,7 @@ pub struct Options {
 }
 
 impl Options {
-    pub fn new(upstream: SocketAddr) -> Options {
+    pub(crate) fn new(upstream: SocketAddr) -> Options {
         Options {
             upstream,
             client_auth: "required",
@@ -336,7 +336,7 @@ impl Options {
     }
 }
 
-pub struct Proxy {
+pub(crate) struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
@@ -344,7 +344,7 @@ pub struct Proxy {
     pub running: Option<Running>,
 }
 
-pub fn config_text(o: &Options, certs: &Path) -> String {
+pub(crate) fn config_text(o: &Options, certs: &Path) -> String {
     let c = |f: &str| certs.join(f).display().to_string();
     format!(
         r#"
@@ -388,7 +388,7 @@ shutdown:
 }
 
 impl Proxy {
-    pub async fn start(o: Options) -> Proxy {
+    pub(crate) async fn start(o: Options) -> Proxy {
         let certs = certs();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("policies")).unwrap();
@@ -402,9 +402,7 @@ impl Proxy {
             .clone()
             .unwrap_or_else(|| Arc::new(portcullis_base::clock::SystemClock));
         let shared = Arc::new(Shared::with_clock(config, audit, Some(path), clock));
-        let running = portcullis_proxy::start(Arc::clone(&shared))
-            .await
-            .unwrap();
+        let running = portcullis_proxy::start(Arc::clone(&shared)).await.unwrap();
         Proxy {
             addr: running.addr,
             admin: running.admin_addr.unwrap(),
@@ -414,12 +412,12 @@ impl Proxy {
         }
     }
 
-    pub fn config_path(&self) -> PathBuf {
+    pub(crate) fn config_path(&self) -> PathBuf {
         self.dir.path().join("portcullis.yaml")
     }
 
     /// A connected client presenting `identity` (`tpp1`, `revoked`, ... or `None`).
-    pub async fn client(
+    pub(crate) async fn client(
         &self,
         identity: Option<&str>,
         h2: bool,
@@ -440,13 +438,13 @@ impl Proxy {
     }
 
     /// Sends a GET with a fresh interaction id as TPP One over HTTP/1.1.
-    pub async fn get(&self, path: &str) -> (Answer, String) {
+    pub(crate) async fn get(&self, path: &str) -> (Answer, String) {
         self.send(req("GET", path).body(Full::new(Bytes::new())).unwrap())
             .await
     }
 
     /// Sends `r` (adding a fresh interaction id) as TPP One; returns the answer and the id.
-    pub async fn send(&self, mut r: http::Request<Full<Bytes>>) -> (Answer, String) {
+    pub(crate) async fn send(&self, mut r: http::Request<Full<Bytes>>) -> (Answer, String) {
         let id = uuid::Uuid::new_v4().to_string();
         r.headers_mut()
             .insert("x-fapi-interaction-id", id.parse().unwrap());
@@ -455,7 +453,7 @@ impl Proxy {
     }
 
     /// Every audit record written so far.
-    pub fn audit(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn audit(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default();
         // The writer may be mid-write: only lines that end in a newline are complete.
         let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
@@ -466,7 +464,7 @@ impl Proxy {
     }
 
     /// Waits for the audit records matching `pred`; returns them once `n` exist.
-    pub async fn audit_where(
+    pub(crate) async fn audit_where(
         &self,
         n: usize,
         pred: impl Fn(&serde_json::Value) -> bool,
@@ -484,13 +482,13 @@ impl Proxy {
     }
 
     /// The one audit record of interaction `id`.
-    pub async fn audit_of(&self, id: &str) -> serde_json::Value {
+    pub(crate) async fn audit_of(&self, id: &str) -> serde_json::Value {
         let recs = self.audit_where(1, |r| r["interaction_id"] == id).await;
         assert_eq!(recs.len(), 1, "exactly one audit record for {id}: {recs:?}");
         recs.into_iter().next().unwrap()
     }
 
-    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn admin_get(&self, path: &str) -> (u16, String) {
         let mut tcp = tokio::net::TcpStream::connect(self.admin).await.unwrap();
         let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
         tcp.write_all(req.as_bytes()).await.unwrap();
@@ -508,7 +506,7 @@ impl Proxy {
 
     /// A TLS connection to the proxy presenting `identity` (`tpp1`, ... or `None`), offering
     /// only `h2` or only `http/1.1`, for tests that write bytes or drive a protocol themselves.
-    pub async fn tls(
+    pub(crate) async fn tls(
         &self,
         identity: Option<&str>,
         h2: bool,
@@ -538,7 +536,7 @@ impl Proxy {
 
     /// Writes raw bytes on a TLS connection as TPP One and reads until the server closes or
     /// `wait` passes.
-    pub async fn raw(&self, bytes: &[u8], wait: Duration) -> String {
+    pub(crate) async fn raw(&self, bytes: &[u8], wait: Duration) -> String {
         let mut tls = self.tls(Some("tpp1"), false).await.unwrap();
         tls.write_all(bytes).await.unwrap();
         let mut out = Vec::new();
@@ -547,7 +545,7 @@ impl Proxy {
     }
 }
 
-pub fn req(method: &str, path: &str) -> http::request::Builder {
+pub(crate) fn req(method: &str, path: &str) -> http::request::Builder {
     http::Request::builder()
         .method(method)
         .uri(path)
@@ -555,7 +553,7 @@ pub fn req(method: &str, path: &str) -> http::request::Builder {
 }
 
 /// Asserts a refusal three ways: status and reason, nothing upstream, one audit record.
-pub async fn assert_refused(
+pub(crate) async fn assert_refused(
     p: &Proxy,
     up: &Upstream,
     a: &Answer,
@@ -581,16 +579,19 @@ pub async fn assert_refused(
     assert_eq!(rec["decision"], "deny");
 }
 
-pub type Handler = Arc<dyn Fn(&http::request::Parts, &[u8]) -> (u16, String) + Send + Sync>;
+pub(crate) type Handler = Arc<dyn Fn(&http::request::Parts, &[u8]) -> (u16, String) + Send + Sync>;
 
 /// An HTTPS endpoint (dev server certificate) answering with a handler the test supplies.
-pub async fn https_endpoint(handler: Handler) -> std::net::SocketAddr {
+pub(crate) async fn https_endpoint(handler: Handler) -> std::net::SocketAddr {
     https_endpoint_after(Duration::ZERO, handler).await
 }
 
 /// [`https_endpoint`] that waits `delay` before each answer (a slow key, consent or
 /// introspection service).
-pub async fn https_endpoint_after(delay: Duration, handler: Handler) -> std::net::SocketAddr {
+pub(crate) async fn https_endpoint_after(
+    delay: Duration,
+    handler: Handler,
+) -> std::net::SocketAddr {
     use http_body_util::BodyExt;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use rustls_pki_types::pem::PemObject;

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub struct RedisServer {
+pub(crate) struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -30,7 +30,7 @@ fn free_port() -> u16 {
 }
 
 /// Sends one inline command and returns the first reply line (`+PONG`, `:1`, ...).
-pub fn command(port: u16, cmd: &str) -> Option<String> {
+pub(crate) fn command(port: u16, cmd: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
@@ -42,12 +42,12 @@ pub fn command(port: u16, cmd: &str) -> Option<String> {
 
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING.
-    pub fn start() -> RedisServer {
+    pub(crate) fn start() -> RedisServer {
         RedisServer::start_with(&[])
     }
 
     /// As [`RedisServer::start`], with extra server arguments.
-    pub fn start_with(extra: &[&str]) -> RedisServer {
+    pub(crate) fn start_with(extra: &[&str]) -> RedisServer {
         let mut s = RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
@@ -92,12 +92,12 @@ impl RedisServer {
         panic!("redis-server on port {} did not answer PING", self.port);
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
     /// Kills the server (all its data is lost) and waits until the port refuses connections.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -109,13 +109,13 @@ impl RedisServer {
     }
 
     /// Starts the server again on the same port, empty.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.stop();
         self.launch();
     }
 
     /// A `state:` config section that uses this server.
-    pub fn state_yaml(&self, extra: &str) -> String {
+    pub(crate) fn state_yaml(&self, extra: &str) -> String {
         format!(
             "state:\n  backend: redis\n  redis:\n    url: {}\n    command_timeout: 500ms\n    connect_timeout: 500ms\n    health_interval: 100ms\n{extra}",
             self.url()

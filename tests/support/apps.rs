@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Instant;
 
 /// The tool's path on PATH, if it is there.
-pub fn which(tool: &str) -> Option<PathBuf> {
+pub(crate) fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
         std::env::split_paths(&p)
             .map(|d| d.join(tool))
@@ -18,7 +18,7 @@ pub fn which(tool: &str) -> Option<PathBuf> {
 }
 
 /// Copies `files` from `src` to `dst` (created if missing); true if any changed.
-pub fn sync(src: &Path, dst: &Path, files: &[&str]) -> bool {
+pub(crate) fn sync(src: &Path, dst: &Path, files: &[&str]) -> bool {
     std::fs::create_dir_all(dst).unwrap();
     // Not short-circuiting: every file is copied.
     let mut changed = false;
@@ -33,7 +33,7 @@ pub fn sync(src: &Path, dst: &Path, files: &[&str]) -> bool {
 }
 
 /// Runs a preparation command; on failure, the error names the command and its output.
-pub fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
     let t = Instant::now();
     let out = cmd
         .output()
@@ -51,7 +51,7 @@ pub fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
 }
 
 /// Node and npm, or the command that installs them.
-pub fn need_node(what: &str) -> Result<(), String> {
+pub(crate) fn need_node(what: &str) -> Result<(), String> {
     for tool in ["node", "npm"] {
         if which(tool).is_none() {
             return Err(format!(
@@ -64,7 +64,12 @@ pub fn need_node(what: &str) -> Result<(), String> {
 
 /// `npm ci` in `work` (pinned by its package-lock.json) when the manifest `changed` or
 /// `installed` (a file inside node_modules) is missing.
-pub fn npm_ci(work: &Path, changed: bool, installed: &str, what: &str) -> Result<(), String> {
+pub(crate) fn npm_ci(
+    work: &Path,
+    changed: bool,
+    installed: &str,
+    what: &str,
+) -> Result<(), String> {
     if !changed && work.join(installed).exists() {
         return Ok(());
     }

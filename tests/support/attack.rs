@@ -21,15 +21,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::*;
 
-pub const NOW: i64 = 1_800_000_000;
-pub const ISS: &str = "https://as.example";
-pub const AUD: &str = "https://rs.example";
+pub(crate) const NOW: i64 = 1_800_000_000;
+pub(crate) const ISS: &str = "https://as.example";
+pub(crate) const AUD: &str = "https://rs.example";
 /// The external base URL clients sign (DPoP `htu`, RFC 9421 `@target-uri`).
-pub const BASE: &str = "https://rs.example";
+pub(crate) const BASE: &str = "https://rs.example";
 
 /// One request as a client sends it.
 #[derive(Clone, Debug)]
-pub struct Req {
+pub(crate) struct Req {
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
@@ -40,7 +40,7 @@ pub struct Req {
 }
 
 impl Req {
-    pub fn new(method: &str, path: &str) -> Req {
+    pub(crate) fn new(method: &str, path: &str) -> Req {
         Req {
             method: method.to_string(),
             path: path.to_string(),
@@ -50,33 +50,33 @@ impl Req {
             h2: false,
         }
     }
-    pub fn get(path: &str) -> Req {
+    pub(crate) fn get(path: &str) -> Req {
         Req::new("GET", path)
     }
-    pub fn post(path: &str, body: &[u8]) -> Req {
+    pub(crate) fn post(path: &str, body: &[u8]) -> Req {
         let mut r = Req::new("POST", path);
         r.body = Bytes::copy_from_slice(body);
         r.header("content-type", "application/json")
     }
-    pub fn header(mut self, name: &str, value: impl Into<String>) -> Req {
+    pub(crate) fn header(mut self, name: &str, value: impl Into<String>) -> Req {
         self.headers.push((name.to_string(), value.into()));
         self
     }
-    pub fn bearer(self, token: &str) -> Req {
+    pub(crate) fn bearer(self, token: &str) -> Req {
         self.header("authorization", format!("Bearer {token}"))
     }
-    pub fn as_(mut self, identity: Option<&'static str>) -> Req {
+    pub(crate) fn as_(mut self, identity: Option<&'static str>) -> Req {
         self.identity = identity;
         self
     }
-    pub fn h2(mut self) -> Req {
+    pub(crate) fn h2(mut self) -> Req {
         self.h2 = true;
         self
     }
 }
 
 /// How a case reaches the proxy.
-pub enum Wire {
+pub(crate) enum Wire {
     /// Through the hyper client (HTTP/1.1 or HTTP/2), with a fresh interaction id added unless
     /// the request names one.
     Client(Req),
@@ -93,11 +93,11 @@ pub enum Wire {
 }
 
 /// Builds the HTTP/2 frames of a case for an interaction id.
-pub type Frames = Box<dyn Fn(&str) -> Vec<u8> + Send + Sync>;
+pub(crate) type Frames = Box<dyn Fn(&str) -> Vec<u8> + Send + Sync>;
 
 /// What must happen.
 #[derive(Clone, Copy, Debug)]
-pub enum Expect {
+pub(crate) enum Expect {
     /// A refusal with this status and reason code (problem+json), nothing upstream, one record.
     Refused(u16, &'static str),
     /// A refusal in the OBIE error body (400): the audit reason and the OBIE ErrorCode.
@@ -125,7 +125,7 @@ pub enum Expect {
 
 /// What came back, for a case's own extra checks.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub status: u16,
     pub headers: http::HeaderMap,
     pub body: Bytes,
@@ -137,14 +137,14 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
 }
 
-pub type Check = Box<dyn Fn(&Outcome) -> Result<(), String> + Send + Sync>;
+pub(crate) type Check = Box<dyn Fn(&Outcome) -> Result<(), String> + Send + Sync>;
 
-pub struct Case {
+pub(crate) struct Case {
     /// docs/attacks.md id (`A01`), or the group letter and `x` for a case it does not list (`Gx03`).
     pub id: &'static str,
     pub what: String,
@@ -165,23 +165,23 @@ pub struct Case {
 }
 
 impl Case {
-    pub fn before(mut self, r: Req, status: u16) -> Case {
+    pub(crate) fn before(mut self, r: Req, status: u16) -> Case {
         self.before.push((r, status));
         self
     }
-    pub fn background(mut self, r: Req) -> Case {
+    pub(crate) fn background(mut self, r: Req) -> Case {
         self.background = Some(r);
         self
     }
-    pub fn recorded_as(mut self, reason: &'static str) -> Case {
+    pub(crate) fn recorded_as(mut self, reason: &'static str) -> Case {
         self.recorded_as = Some(reason);
         self
     }
-    pub fn advance(mut self, secs: i64) -> Case {
+    pub(crate) fn advance(mut self, secs: i64) -> Case {
         self.advance = secs;
         self
     }
-    pub fn check(
+    pub(crate) fn check(
         mut self,
         f: impl Fn(&Outcome) -> Result<(), String> + Send + Sync + 'static,
     ) -> Case {
@@ -190,7 +190,7 @@ impl Case {
     }
 }
 
-pub fn case(id: &'static str, what: impl Into<String>, r: Req, expect: Expect) -> Case {
+pub(crate) fn case(id: &'static str, what: impl Into<String>, r: Req, expect: Expect) -> Case {
     Case {
         id,
         what: what.into(),
@@ -204,7 +204,7 @@ pub fn case(id: &'static str, what: impl Into<String>, r: Req, expect: Expect) -
     }
 }
 
-pub fn raw(id: &'static str, what: impl Into<String>, text: String, expect: Expect) -> Case {
+pub(crate) fn raw(id: &'static str, what: impl Into<String>, text: String, expect: Expect) -> Case {
     Case {
         id,
         what: what.into(),
@@ -218,7 +218,7 @@ pub fn raw(id: &'static str, what: impl Into<String>, text: String, expect: Expe
     }
 }
 
-pub fn h2(
+pub(crate) fn h2(
     id: &'static str,
     what: impl Into<String>,
     frames: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static,
@@ -237,7 +237,7 @@ pub fn h2(
     }
 }
 
-pub fn handshake(
+pub(crate) fn handshake(
     id: &'static str,
     what: impl Into<String>,
     identity: Option<&'static str>,
@@ -257,19 +257,19 @@ pub fn handshake(
 }
 
 /// Shorthands for the expectation of a case.
-pub fn refused(status: u16, reason: &'static str) -> Expect {
+pub(crate) fn refused(status: u16, reason: &'static str) -> Expect {
     Expect::Refused(status, reason)
 }
 
 /// The SHA-256 thumbprint (`x5t#S256`) of a dev certificate.
-pub fn thumb(name: &str) -> String {
+pub(crate) fn thumb(name: &str) -> String {
     let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join(format!("{name}.pem")))
         .unwrap();
     portcullis_crypto::pki::thumbprint_s256(der.as_ref())
 }
 
 /// Access-token claims for tpp-one at [`NOW`]; `null` members of `extra` remove a claim.
-pub fn claims(extra: Value) -> Value {
+pub(crate) fn claims(extra: Value) -> Value {
     let mut c = json!({
         "iss": ISS, "aud": AUD, "exp": NOW + 300, "iat": NOW, "nbf": NOW - 1,
         "client_id": "tpp-one", "sub": "psu-1", "scope": "accounts payments", "jti": "tok-1",
@@ -285,7 +285,7 @@ pub fn claims(extra: Value) -> Value {
 }
 
 /// What a lab proxy is built from.
-pub struct LabOptions {
+pub(crate) struct LabOptions {
     pub policy: String,
     /// Extra top-level YAML after the `issuers` and `dpop` sections the lab writes.
     pub extra: String,
@@ -303,7 +303,7 @@ pub struct LabOptions {
 }
 
 impl LabOptions {
-    pub fn new(policy: &str) -> LabOptions {
+    pub(crate) fn new(policy: &str) -> LabOptions {
         LabOptions {
             policy: policy.to_string(),
             extra: String::new(),
@@ -320,7 +320,7 @@ impl LabOptions {
 /// A proxy under attack: the `bank` and `slow` recording upstreams, the issuer's signing key
 /// (ES256, kid `as-1`, whose set the proxy reads from a file), and the clock the token, DPoP
 /// and signature checks read, at [`NOW`].
-pub struct Lab {
+pub(crate) struct Lab {
     pub p: Proxy,
     pub up: Upstream,
     pub slow: Upstream,
@@ -330,7 +330,7 @@ pub struct Lab {
 }
 
 impl Lab {
-    pub async fn start(o: LabOptions) -> Lab {
+    pub(crate) async fn start(o: LabOptions) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::generate(Alg::ES256, "as-1").unwrap();
         let jwks = dir.path().join("as-jwks.json");
@@ -368,11 +368,11 @@ impl Lab {
     }
 
     /// An access token bound to tpp1's certificate, with `extra` claims (see [`claims`]).
-    pub fn token(&self, extra: Value) -> String {
+    pub(crate) fn token(&self, extra: Value) -> String {
         self.token_for("tpp1", extra)
     }
 
-    pub fn token_for(&self, identity: &str, extra: Value) -> String {
+    pub(crate) fn token_for(&self, identity: &str, extra: Value) -> String {
         let mut c = claims(extra);
         if c.get("cnf").is_none() {
             c["cnf"] = json!({"x5t#S256": thumb(identity)});
@@ -381,14 +381,14 @@ impl Lab {
     }
 
     /// A token bound to `client`'s DPoP key.
-    pub fn dpop_token(&self, client: &SigningKey, extra: Value) -> String {
+    pub(crate) fn dpop_token(&self, client: &SigningKey, extra: Value) -> String {
         let mut c = claims(extra);
         c["cnf"] = json!({"jkt": client.thumbprint()});
         self.key.access_token(&c)
     }
 
     /// Every request both upstreams received so far.
-    pub fn forwarded(&self) -> Vec<Seen> {
+    pub(crate) fn forwarded(&self) -> Vec<Seen> {
         let mut v = self.up.seen();
         v.extend(self.slow.seen());
         v
@@ -406,7 +406,13 @@ impl Lab {
 }
 
 /// A DPoP proof by `client` for `method` on [`BASE`] + `path`, bound to `token`.
-pub fn proof(client: &SigningKey, method: &str, path: &str, token: &str, jti: &str) -> String {
+pub(crate) fn proof(
+    client: &SigningKey,
+    method: &str,
+    path: &str,
+    token: &str,
+    jti: &str,
+) -> String {
     client.dpop_proof(
         method,
         &format!("{BASE}{path}"),
@@ -441,7 +447,7 @@ fn build(r: &Req, id: &str) -> Result<http::Request<Full<Bytes>>, String> {
 }
 
 /// Sends `r` on a fresh connection.
-pub async fn send(
+pub(crate) async fn send(
     p: &Proxy,
     r: &Req,
     id: &str,
@@ -456,7 +462,7 @@ pub async fn send(
 }
 
 /// Writes raw bytes on a TLS connection as `identity`; reads until close or `wait`.
-pub async fn send_raw(
+pub(crate) async fn send_raw(
     p: &Proxy,
     identity: Option<&str>,
     bytes: &[u8],
@@ -487,7 +493,7 @@ pub async fn send_raw(
 
 /// The first response in raw bytes: status, headers, body (Content-Length or chunked), and
 /// how many responses the bytes hold.
-pub fn parse_raw(out: &[u8]) -> (u16, http::HeaderMap, Bytes, usize) {
+pub(crate) fn parse_raw(out: &[u8]) -> (u16, http::HeaderMap, Bytes, usize) {
     let text = String::from_utf8_lossy(out);
     let responses = text.matches("HTTP/1.1 ").count() + text.matches("HTTP/1.0 ").count();
     let Some(head_end) = text.find("\r\n\r\n") else {
@@ -582,7 +588,7 @@ fn group(id: &str) -> char {
 
 /// Runs every case in order; fails once at the end listing every mismatch. Returns the
 /// number of cases per group (and prints it).
-pub async fn run(lab: &Lab, cases: Vec<Case>) -> BTreeMap<char, usize> {
+pub(crate) async fn run(lab: &Lab, cases: Vec<Case>) -> BTreeMap<char, usize> {
     let mut failures = Vec::new();
     let mut counts: BTreeMap<char, usize> = BTreeMap::new();
     let mut ids: BTreeMap<char, std::collections::BTreeSet<&'static str>> = BTreeMap::new();

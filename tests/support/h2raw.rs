@@ -14,30 +14,30 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-pub const DATA: u8 = 0;
-pub const HEADERS: u8 = 1;
-pub const PRIORITY: u8 = 2;
-pub const RST_STREAM: u8 = 3;
-pub const SETTINGS: u8 = 4;
-pub const PING: u8 = 6;
-pub const GOAWAY: u8 = 7;
-pub const WINDOW_UPDATE: u8 = 8;
-pub const CONTINUATION: u8 = 9;
+pub(crate) const DATA: u8 = 0;
+pub(crate) const HEADERS: u8 = 1;
+pub(crate) const PRIORITY: u8 = 2;
+pub(crate) const RST_STREAM: u8 = 3;
+pub(crate) const SETTINGS: u8 = 4;
+pub(crate) const PING: u8 = 6;
+pub(crate) const GOAWAY: u8 = 7;
+pub(crate) const WINDOW_UPDATE: u8 = 8;
+pub(crate) const CONTINUATION: u8 = 9;
 
-pub const END_STREAM: u8 = 0x1;
-pub const ACK: u8 = 0x1;
-pub const END_HEADERS: u8 = 0x4;
+pub(crate) const END_STREAM: u8 = 0x1;
+pub(crate) const ACK: u8 = 0x1;
+pub(crate) const END_HEADERS: u8 = 0x4;
 
-pub const NO_ERROR: u32 = 0;
-pub const PROTOCOL_ERROR: u32 = 1;
-pub const CANCEL: u32 = 8;
-pub const COMPRESSION_ERROR: u32 = 9;
-pub const REFUSED_STREAM: u32 = 7;
-pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+pub(crate) const NO_ERROR: u32 = 0;
+pub(crate) const PROTOCOL_ERROR: u32 = 1;
+pub(crate) const CANCEL: u32 = 8;
+pub(crate) const COMPRESSION_ERROR: u32 = 9;
+pub(crate) const REFUSED_STREAM: u32 = 7;
+pub(crate) const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// What the server sent so far.
 #[derive(Debug, Default, Clone)]
-pub struct Seen {
+pub(crate) struct Seen {
     /// Last stream id, error code and debug data of a GOAWAY.
     pub goaway: Option<(u32, u32, Vec<u8>)>,
     /// RST_STREAM error codes by stream.
@@ -63,7 +63,7 @@ impl Seen {
     /// The `:status` the server sent on `stream`, when its header block starts with it (as
     /// servers send it): a static-table index, or a literal with the indexed name `:status`,
     /// plain or Huffman-coded (only digits are decoded).
-    pub fn status(&self, stream: u32) -> Option<u16> {
+    pub(crate) fn status(&self, stream: u32) -> Option<u16> {
         let b = self.blocks.get(&stream)?;
         let first = *b.first()?;
         let statics = [
@@ -105,7 +105,7 @@ impl Seen {
     }
 
     /// The problem+json body the server sent on `stream`, if any.
-    pub fn json(&self, stream: u32) -> serde_json::Value {
+    pub(crate) fn json(&self, stream: u32) -> serde_json::Value {
         self.data
             .get(&stream)
             .and_then(|d| serde_json::from_slice(d).ok())
@@ -113,14 +113,14 @@ impl Seen {
     }
 }
 
-pub struct H2 {
+pub(crate) struct H2 {
     w: Arc<tokio::sync::Mutex<WriteHalf<TlsStream<TcpStream>>>>,
     pub seen: Arc<Mutex<Seen>>,
     next_stream: u32,
 }
 
 /// HPACK integer with an `n`-bit prefix; `first` holds the bits above the prefix.
-pub fn hpack_int(out: &mut Vec<u8>, first: u8, n: u8, v: usize) {
+pub(crate) fn hpack_int(out: &mut Vec<u8>, first: u8, n: u8, v: usize) {
     let max = (1usize << n) - 1;
     if v < max {
         out.push(first | v as u8);
@@ -141,26 +141,26 @@ fn hpack_str(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 /// A literal header field without indexing, new name (RFC 7541 §6.2.2).
-pub fn literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(crate) fn literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.push(0x00);
     hpack_str(out, name);
     hpack_str(out, value);
 }
 
 /// A literal header field with incremental indexing, new name (RFC 7541 §6.2.1).
-pub fn literal_indexed(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(crate) fn literal_indexed(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.push(0x40);
     hpack_str(out, name);
     hpack_str(out, value);
 }
 
 /// An indexed header field (RFC 7541 §6.1); dynamic entries start at 62.
-pub fn indexed(out: &mut Vec<u8>, index: usize) {
+pub(crate) fn indexed(out: &mut Vec<u8>, index: usize) {
     hpack_int(out, 0x80, 7, index);
 }
 
 /// A header block of literals.
-pub fn block(fields: &[(&str, &str)]) -> Vec<u8> {
+pub(crate) fn block(fields: &[(&str, &str)]) -> Vec<u8> {
     let mut b = Vec::new();
     for (n, v) in fields {
         literal(&mut b, n.as_bytes(), v.as_bytes());
@@ -169,7 +169,7 @@ pub fn block(fields: &[(&str, &str)]) -> Vec<u8> {
 }
 
 /// The request pseudo-headers and a fresh interaction id, then `extra`.
-pub fn request_block(method: &str, path: &str, id: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+pub(crate) fn request_block(method: &str, path: &str, id: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     let mut fields = vec![
         (":method", method),
         (":scheme", "https"),
@@ -181,7 +181,7 @@ pub fn request_block(method: &str, path: &str, id: &str, extra: &[(&str, &str)])
     block(&fields)
 }
 
-pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len();
     let mut f = Vec::with_capacity(9 + len);
     f.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags]);
@@ -190,7 +190,7 @@ pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-pub fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
+pub(crate) fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
     let mut p = Vec::new();
     for (id, v) in pairs {
         p.extend_from_slice(&id.to_be_bytes());
@@ -199,14 +199,14 @@ pub fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
     frame(SETTINGS, 0, 0, &p)
 }
 
-pub fn rst(stream: u32, code: u32) -> Vec<u8> {
+pub(crate) fn rst(stream: u32, code: u32) -> Vec<u8> {
     frame(RST_STREAM, 0, stream, &code.to_be_bytes())
 }
 
 impl H2 {
     /// Connects as `identity` with ALPN h2 and sends the preface and our SETTINGS (a large
     /// window, so the server is never blocked on us).
-    pub async fn connect(addr: SocketAddr, certs: &std::path::Path, identity: &str) -> H2 {
+    pub(crate) async fn connect(addr: SocketAddr, certs: &std::path::Path, identity: &str) -> H2 {
         let cfg = portcullis_tools::client::tls_config(
             &certs.join("ca.pem"),
             Some((
@@ -307,30 +307,30 @@ impl H2 {
     }
 
     /// Writes raw bytes; false once the server has closed the connection.
-    pub async fn send(&self, bytes: &[u8]) -> bool {
+    pub(crate) async fn send(&self, bytes: &[u8]) -> bool {
         let mut w = self.w.lock().await;
         w.write_all(bytes).await.is_ok() && w.flush().await.is_ok()
     }
 
     /// The next client stream id (odd, increasing).
-    pub fn stream(&mut self) -> u32 {
+    pub(crate) fn stream(&mut self) -> u32 {
         let s = self.next_stream;
         self.next_stream += 2;
         s
     }
 
     /// One HEADERS frame with END_HEADERS (and END_STREAM when `end`).
-    pub fn headers_frame(stream: u32, block: &[u8], end: bool) -> Vec<u8> {
+    pub(crate) fn headers_frame(stream: u32, block: &[u8], end: bool) -> Vec<u8> {
         let flags = END_HEADERS | if end { END_STREAM } else { 0 };
         frame(HEADERS, flags, stream, block)
     }
 
-    pub fn snapshot(&self) -> Seen {
+    pub(crate) fn snapshot(&self) -> Seen {
         self.seen.lock().unwrap().clone()
     }
 
     /// Waits until `done` holds for what was seen, or `limit` passes; returns the last view.
-    pub async fn wait(&self, limit: Duration, done: impl Fn(&Seen) -> bool) -> Seen {
+    pub(crate) async fn wait(&self, limit: Duration, done: impl Fn(&Seen) -> bool) -> Seen {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let s = self.snapshot();
@@ -343,7 +343,7 @@ impl H2 {
 }
 
 /// Resident set size of this process in KiB (Linux), 0 where unknown.
-pub fn rss_kib() -> u64 {
+pub(crate) fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -43,9 +43,9 @@ use rustls_pki_types::{PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer};
 /// `prev` of the first record ever: 32 zero bytes, base64url.
 pub const GENESIS: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 /// Length of a hash in base64url (32 bytes, unpadded).
-pub const HASH_LEN: usize = 43;
+pub(crate) const HASH_LEN: usize = 43;
 /// Length of an Ed25519 signature in base64url (64 bytes, unpadded).
-pub const SIG_LEN: usize = 86;
+pub(crate) const SIG_LEN: usize = 86;
 
 const HASH_PREFIX: &[u8] = b",\"hash\":\"";
 const SIG_PREFIX: &[u8] = b",\"sig\":\"";
@@ -60,7 +60,7 @@ fn b64(bytes: &[u8]) -> String {
 
 /// Seals the line in `buf[start..]`, a complete JSON object ending in `}` (the canonical
 /// bytes): appends the `hash` member and the newline, and returns the hash.
-pub fn seal(buf: &mut Vec<u8>, start: usize) -> String {
+pub(crate) fn seal(buf: &mut Vec<u8>, start: usize) -> String {
     let d = digest::digest(&digest::SHA256, &buf[start..]);
     let line = buf;
     let h = b64(d.as_ref());
@@ -103,7 +103,7 @@ fn split_member<'a>(line: &'a [u8], prefix: &[u8], len: usize) -> Option<(&'a [u
 }
 
 /// The hash of canonical bytes given as `prefix + "}"`.
-pub fn hash_of(prefix: &[u8]) -> String {
+pub(crate) fn hash_of(prefix: &[u8]) -> String {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(prefix);
     ctx.update(b"}");

@@ -70,7 +70,7 @@ fn plain_word(w: u64) -> bool {
 ///
 /// Runs of plain ASCII are skipped eight bytes at a time ([`plain_word`]); every other byte
 /// is looked at one by one.
-pub fn push_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_str(out: &mut Vec<u8>, s: &str) {
     let b = s.as_bytes();
     out.reserve(b.len() + 2);
     out.push(b'"');
@@ -120,19 +120,19 @@ pub fn push_str(out: &mut Vec<u8>, s: &str) {
 /// Writes the members of one JSON object, `"k":v,"k2":v2`, without the braces (the writer
 /// frames them); optional members are skipped when absent, so a stage that has not run adds
 /// no noise. Keys are our own constants and are written as they are.
-pub struct Members<'a> {
+pub(crate) struct Members<'a> {
     out: &'a mut Vec<u8>,
     first: bool,
 }
 
 impl<'a> Members<'a> {
     /// Members appended to `out`; the first one is written without a leading comma.
-    pub fn new(out: &'a mut Vec<u8>) -> Members<'a> {
+    pub(crate) fn new(out: &'a mut Vec<u8>) -> Members<'a> {
         Members { out, first: true }
     }
 
     /// Members continuing a list `out` already holds members of.
-    pub fn after(out: &'a mut Vec<u8>) -> Members<'a> {
+    pub(crate) fn after(out: &'a mut Vec<u8>) -> Members<'a> {
         Members { out, first: false }
     }
 
@@ -146,46 +146,46 @@ impl<'a> Members<'a> {
         self.out.extend_from_slice(b"\":");
     }
 
-    pub fn str(&mut self, k: &str, v: &str) {
+    pub(crate) fn str(&mut self, k: &str, v: &str) {
         self.key(k);
         push_str(self.out, v);
     }
 
     /// A string member, skipped when `v` is `None`.
-    pub fn opt_str(&mut self, k: &str, v: Option<&str>) {
+    pub(crate) fn opt_str(&mut self, k: &str, v: Option<&str>) {
         if let Some(v) = v {
             self.str(k, v);
         }
     }
 
     /// A string member, skipped when `v` is empty.
-    pub fn nonempty_str(&mut self, k: &str, v: &str) {
+    pub(crate) fn nonempty_str(&mut self, k: &str, v: &str) {
         if !v.is_empty() {
             self.str(k, v);
         }
     }
 
-    pub fn u64(&mut self, k: &str, v: u64) {
+    pub(crate) fn u64(&mut self, k: &str, v: u64) {
         self.key(k);
         self.out
             .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
     }
 
     /// A number member, skipped when `v` is `None`.
-    pub fn opt_u64(&mut self, k: &str, v: Option<u64>) {
+    pub(crate) fn opt_u64(&mut self, k: &str, v: Option<u64>) {
         if let Some(v) = v {
             self.u64(k, v);
         }
     }
 
-    pub fn bool(&mut self, k: &str, v: bool) {
+    pub(crate) fn bool(&mut self, k: &str, v: bool) {
         self.key(k);
         self.out
             .extend_from_slice(if v { b"true" } else { b"false" });
     }
 
     /// An array of strings, skipped when `v` is `None`.
-    pub fn opt_strs(&mut self, k: &str, v: Option<&[String]>) {
+    pub(crate) fn opt_strs(&mut self, k: &str, v: Option<&[String]>) {
         let Some(v) = v else { return };
         self.key(k);
         self.out.push(b'[');
@@ -199,7 +199,7 @@ impl<'a> Members<'a> {
     }
 
     /// A nested object whose members `f` writes.
-    pub fn object(&mut self, k: &str, f: impl FnOnce(&mut Members<'_>)) {
+    pub(crate) fn object(&mut self, k: &str, f: impl FnOnce(&mut Members<'_>)) {
         self.key(k);
         self.out.push(b'{');
         f(&mut Members::new(self.out));
@@ -208,7 +208,7 @@ impl<'a> Members<'a> {
 
     /// Members encoded earlier by a [`Members`] (so already escaped), spliced in as they are;
     /// nothing when `members` is empty.
-    pub fn splice(&mut self, members: &[u8]) {
+    pub(crate) fn splice(&mut self, members: &[u8]) {
         if members.is_empty() {
             return;
         }

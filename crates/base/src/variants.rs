@@ -53,6 +53,8 @@ macro_rules! variants {
         }
 
         impl $crate::variants::Variants for $name {
+            // One push per variant, however many there are.
+            #[allow(clippy::vec_init_then_push)]
             fn variants() -> Vec<Self> {
                 let mut all = Vec::new();
                 $(

@@ -275,7 +275,8 @@ pub fn path(data: &[u8]) {
                 return;
             };
             let (parts, ()) = req.into_parts();
-            let Ok(m) = portcullis_proxy::internals::route::resolve(&parts, route_policies()) else {
+            let Ok(m) = portcullis_proxy::internals::route::resolve(&parts, route_policies())
+            else {
                 continue;
             };
             let path = parts.uri.path();

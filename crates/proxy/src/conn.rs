@@ -13,13 +13,12 @@ use portcullis_crypto::pki::ClientCert;
 
 /// What the proxy knows about a connection; immutable after the handshake.
 #[derive(Debug)]
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     pub id: u64,
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub tls_version: &'static str,
     pub cipher: &'static str,
-    pub alpn: Option<&'static str>,
     /// The verified client certificate, when one was presented.
     pub client_cert: Option<Arc<ClientCert>>,
     /// Header values computed once per connection rather than per request: the peer address
@@ -55,11 +54,6 @@ impl ConnInfo {
             .negotiated_cipher_suite()
             .and_then(|c| c.suite().as_str())
             .unwrap_or("unknown");
-        let alpn = match session.alpn_protocol() {
-            Some(b"h2") => Some("h2"),
-            Some(b"http/1.1") => Some("http/1.1"),
-            _ => None,
-        };
         // The verifier has already checked the chain; a leaf we cannot parse for its fields is
         // treated as no usable identity rather than a crash.
         let client_cert = session
@@ -83,7 +77,6 @@ impl ConnInfo {
             local: tcp.local_addr()?,
             tls_version,
             cipher,
-            alpn,
             client_cert,
             audit_members: Arc::from(""),
             tasks,
@@ -101,7 +94,7 @@ impl ConnInfo {
     }
 
     /// The client certificate as the upstream header of `form` carries it.
-    pub fn forwarded_cert(&self, form: ClientCertForwarding) -> Option<&HeaderValue> {
+    pub(crate) fn forwarded_cert(&self, form: ClientCertForwarding) -> Option<&HeaderValue> {
         match form {
             ClientCertForwarding::Rfc9440 => self.cert_rfc9440.as_ref(),
             ClientCertForwarding::Xfcc => self.cert_xfcc.as_ref(),
@@ -112,7 +105,10 @@ impl ConnInfo {
 
 /// The header value that carries `cert` upstream in the given form; computed once per
 /// connection.
-pub fn client_cert_value(cert: &ClientCert, form: ClientCertForwarding) -> Option<HeaderValue> {
+pub(crate) fn client_cert_value(
+    cert: &ClientCert,
+    form: ClientCertForwarding,
+) -> Option<HeaderValue> {
     let text = match form {
         ClientCertForwarding::Rfc9440 => format!(
             ":{}:",

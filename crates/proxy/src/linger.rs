@@ -24,26 +24,26 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 /// Longest a closing connection is drained.
-pub const LINGER_TIME: Duration = Duration::from_secs(2);
+pub(crate) const LINGER_TIME: Duration = Duration::from_secs(2);
 /// Longest wait for the client's next bytes while draining.
-pub const LINGER_READ: Duration = Duration::from_millis(500);
+pub(crate) const LINGER_READ: Duration = Duration::from_millis(500);
 /// Most bytes discarded while draining.
-pub const LINGER_BYTES: usize = 8 << 20;
+pub(crate) const LINGER_BYTES: usize = 8 << 20;
 
 type Tls = TlsStream<TcpStream>;
 
 /// Where a [`Returnable`] puts its stream when it is dropped.
-pub type Slot = Arc<Mutex<Option<Tls>>>;
+pub(crate) type Slot = Arc<Mutex<Option<Tls>>>;
 
 /// The connection's TLS stream as hyper sees it; on drop the stream goes back to its slot
 /// instead of being closed.
-pub struct Returnable {
+pub(crate) struct Returnable {
     io: Option<Tls>,
     slot: Slot,
 }
 
 impl Returnable {
-    pub fn new(io: Tls) -> (Returnable, Slot) {
+    pub(crate) fn new(io: Tls) -> (Returnable, Slot) {
         let slot = Slot::default();
         let r = Returnable {
             io: Some(io),
@@ -122,7 +122,7 @@ impl AsyncWrite for Returnable {
 
 /// Closes the stream in `slot` (if hyper gave it back): `close_notify` and the TCP write side
 /// shut down, then the client's remaining bytes drained within the bounds above.
-pub async fn close(slot: &Slot) {
+pub(crate) async fn close(slot: &Slot) {
     let Some(mut tls) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() else {
         return;
     };

@@ -30,8 +30,8 @@
 //! 9. **Body admission** ([`body`]) — buffered once, up to the route's limit, only when a later
 //!    stage reads it (signature, a body rule, idempotency); otherwise streamed.
 //! 10. **Request signature** ([`signature`]) — OBIE `x-jws-signature` or RFC 9421, per route;
-//!    needs the caller's identity and token (to name it and find its keys) and the buffered
-//!    body; before authorization, so nothing whose bytes are unproven is ever authorized.
+//!     needs the caller's identity and token (to name it and find its keys) and the buffered
+//!     body; before authorization, so nothing whose bytes are unproven is ever authorized.
 //! 11. **Authorization** ([`authz`]) — scopes, consent and object rules; needs the bound token,
 //!     so it runs only on proven callers, and the buffered body when a rule reads it.
 //! 12. **Idempotency** ([`idempotency`]) — on routes that ask for it: the client-scoped key and
@@ -42,17 +42,17 @@
 //! A refusal from any stage is a [`Rejection`]; [`rejection`] is the one place it becomes a
 //! response.
 
-pub mod authz;
-pub mod binding;
-pub mod body;
+pub(crate) mod authz;
+pub(crate) mod binding;
+pub(crate) mod body;
 pub mod fapi;
 pub mod http;
-pub mod idempotency;
-pub mod identity;
-pub mod ratelimit;
-pub mod rejection;
+pub(crate) mod idempotency;
+pub(crate) mod identity;
+pub(crate) mod ratelimit;
+pub(crate) mod rejection;
 pub mod route;
-pub mod signature;
+pub(crate) mod signature;
 pub mod token;
 
 use std::collections::HashMap;
@@ -79,7 +79,7 @@ use portcullis_state::idempotency::IdempotencyStore;
 use portcullis_state::limits::RateLimits;
 use portcullis_state::nonce::NonceIssuer;
 use portcullis_state::replay::ReplayStore;
-pub use rejection::Rejection;
+pub(crate) use rejection::Rejection;
 
 /// What the stages need from the running proxy, for one request: one config snapshot, start to
 /// end, and the sources and stores that go with it.
@@ -100,7 +100,7 @@ pub struct Context<'a> {
 }
 
 /// The connection facts the stages read.
-pub struct Peer<'a> {
+pub(crate) struct Peer<'a> {
     pub ip: IpAddr,
     /// The verified client certificate of the connection.
     pub cert: Option<&'a Arc<ClientCert>>,
@@ -109,7 +109,7 @@ pub struct Peer<'a> {
 /// What the request has established so far, stage by stage, and what became of it: the audit
 /// record is composed from this and the outcome (`crate::record`).
 #[derive(Debug, Default)]
-pub struct Trail {
+pub(crate) struct Trail {
     pub(crate) route_id: Option<String>,
     /// The last rate limit applied.
     pub(crate) rate_limit: Option<RateLimitRecord>,
@@ -148,7 +148,7 @@ impl Trail {
 
 /// A request every stage let through: its evidence, the body to forward and what the
 /// idempotency stage decided.
-pub struct Admitted {
+pub(crate) struct Admitted {
     pub route: RouteMatch,
     pub identity: identity::ClientIdentity,
     /// The bound token, on routes that require one.
@@ -163,7 +163,7 @@ pub struct Admitted {
 
 /// Runs the chain in order; the first refusal ends it. The body of a request refused before
 /// its body was admitted is discarded here.
-pub async fn run(
+pub(crate) async fn run(
     parts: &Parts,
     body: Incoming,
     peer: &Peer<'_>,

@@ -36,12 +36,12 @@ use crate::record::{self, Head, Refusal};
 use crate::runtime::{Runtime, Shared};
 use crate::upstream::{self, UpstreamError, Vouched};
 use portcullis_audit::Record;
-pub use portcullis_base::body::{empty, full, BoxError, ProxyBody};
+pub(crate) use portcullis_base::body::{full, BoxError, ProxyBody};
 use portcullis_base::text::bounded;
 use portcullis_policy::signature::RouteSignature;
 
 /// Handles one request on a connection; never fails (refusals are responses).
-pub async fn handle(
+pub(crate) async fn handle(
     req: Request<Incoming>,
     conn: Arc<ConnInfo>,
     shared: Arc<Shared>,

@@ -23,10 +23,10 @@ use portcullis_crypto::jose::detached::{ob_header, sign_detached};
 use portcullis_policy::signature::SignatureKind;
 
 /// Largest response body a signed route buffers.
-pub const MAX_SIGNED_RESPONSE: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_SIGNED_RESPONSE: usize = 16 * 1024 * 1024;
 
 /// Reads the response body and signs it; returns the body to send.
-pub async fn sign_response(
+pub(crate) async fn sign_response(
     parts: &mut http::response::Parts,
     body: ProxyBody,
     kind: SignatureKind,
@@ -53,7 +53,7 @@ pub async fn sign_response(
 }
 
 /// Adds the signature headers for `body` to `parts`.
-pub fn sign_bytes(
+pub(crate) fn sign_bytes(
     parts: &mut http::response::Parts,
     body: &Bytes,
     kind: SignatureKind,

@@ -24,7 +24,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 
 use portcullis_audit::AuditLog;
-pub use portcullis_base::metrics::LabelValue;
+pub(crate) use portcullis_base::metrics::LabelValue;
 use portcullis_base::metrics::{stat_field, Histogram};
 
 const BUCKETS_SECONDS: [f64; 14] = [
@@ -32,7 +32,7 @@ const BUCKETS_SECONDS: [f64; 14] = [
 ];
 
 /// Distinct client certificates whose expiry is tracked.
-pub const MAX_CLIENT_CERTS: usize = 256;
+pub(crate) const MAX_CLIENT_CERTS: usize = 256;
 
 /// The calling thread's id, from the `/proc/thread-self` link (`PID/task/TID`).
 fn current_thread_id() -> Option<u32> {
@@ -522,13 +522,13 @@ impl Metrics {
 }
 
 /// `traceparent` (W3C Trace Context).
-pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// `tracestate` (W3C Trace Context).
-pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub(crate) const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The trace context of one request as it leaves the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TraceContext {
+pub(crate) struct TraceContext {
     trace_id: [u8; 16],
     span_id: [u8; 8],
     flags: u8,
@@ -604,7 +604,7 @@ pub fn parse_traceparent(value: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
 impl TraceContext {
     /// Continues the incoming trace when there is exactly one valid `traceparent`; otherwise
     /// starts a new one. Either way the span id is ours and fresh.
-    pub fn from_headers(h: &HeaderMap) -> TraceContext {
+    pub(crate) fn from_headers(h: &HeaderMap) -> TraceContext {
         let mut values = h.get_all(TRACEPARENT).iter();
         let incoming = match (values.next(), values.next()) {
             (Some(v), None) => parse_traceparent(v.as_bytes()),
@@ -628,24 +628,25 @@ impl TraceContext {
     }
 
     /// Whether an incoming `traceparent` was continued.
-    pub fn continued(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn continued(&self) -> bool {
         self.continued
     }
 
-    pub fn trace_id(&self) -> String {
+    pub(crate) fn trace_id(&self) -> String {
         let mut s = String::with_capacity(32);
         hex_into(&mut s, &self.trace_id);
         s
     }
 
-    pub fn span_id(&self) -> String {
+    pub(crate) fn span_id(&self) -> String {
         let mut s = String::with_capacity(16);
         hex_into(&mut s, &self.span_id);
         s
     }
 
     /// The `traceparent` the upstream receives: our span id as its parent.
-    pub fn traceparent(&self) -> String {
+    pub(crate) fn traceparent(&self) -> String {
         let mut s = String::with_capacity(55);
         s.push_str("00-");
         hex_into(&mut s, &self.trace_id);
@@ -658,7 +659,7 @@ impl TraceContext {
 
     /// Sets `traceparent` on a forwarded request, replacing the client's; drops `tracestate`
     /// when the client's `traceparent` was not continued.
-    pub fn inject(&self, h: &mut HeaderMap) {
+    pub(crate) fn inject(&self, h: &mut HeaderMap) {
         if let Ok(v) = HeaderValue::from_str(&self.traceparent()) {
             h.insert(TRACEPARENT, v);
         }

@@ -103,7 +103,7 @@ pub(crate) fn upstream_client_config(
 
 /// A bounded category for a failed handshake: safe as a metric label and a log field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HandshakeFailure {
+pub(crate) enum HandshakeFailure {
     Timeout,
     NoClientCert,
     UnknownCa,
@@ -120,7 +120,7 @@ pub enum HandshakeFailure {
 }
 
 impl HandshakeFailure {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             HandshakeFailure::Timeout => "timeout",
             HandshakeFailure::NoClientCert => "no_client_cert",

@@ -185,7 +185,7 @@ fn remove_where(h: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
 }
 
 /// What the proxy vouches for on a forwarded request.
-pub struct Vouched<'a> {
+pub(crate) struct Vouched<'a> {
     pub peer_ip: &'a HeaderValue,
     pub host: Option<&'a str>,
     /// The verified client certificate, already encoded for the configured header.
@@ -195,7 +195,7 @@ pub struct Vouched<'a> {
 }
 
 /// Cleans a client's request headers and adds ours (see the module doc for the order).
-pub fn prepare_headers(h: &mut HeaderMap, v: &Vouched<'_>) {
+pub(crate) fn prepare_headers(h: &mut HeaderMap, v: &Vouched<'_>) {
     remove_where(h, |n| is_hop_by_hop(n) || is_vouched(n));
     h.insert(X_FORWARDED_FOR, v.peer_ip.clone());
     h.insert(X_FORWARDED_PROTO, HTTPS);
@@ -217,7 +217,7 @@ pub fn prepare_headers(h: &mut HeaderMap, v: &Vouched<'_>) {
 }
 
 /// Cleans an upstream response's headers before they go to the client.
-pub fn clean_response_headers(h: &mut HeaderMap) {
+pub(crate) fn clean_response_headers(h: &mut HeaderMap) {
     remove_where(h, is_hop_by_hop);
 }
 

@@ -8,7 +8,7 @@ thread_local! {
 
 /// Which data-plane worker this thread is (1-based), or 0 when it is not one. Per-worker state
 /// such as the upstream pools is indexed by it.
-pub fn worker_index() -> usize {
+pub(crate) fn worker_index() -> usize {
     WORKER.with(|w| w.get())
 }
 

@@ -12,7 +12,7 @@ use portcullis_sources::consent::ConsentSource;
 
 /// What authorization established; made only by [`authorize`].
 #[derive(Debug)]
-pub struct Permit {
+pub(crate) struct Permit {
     consent: Option<ConsentRecord>,
     consent_id: Option<String>,
     scopes_used: Option<Vec<String>>,
@@ -21,33 +21,29 @@ pub struct Permit {
 
 impl Permit {
     /// The consent record the token named (for response rules).
-    pub fn consent(&self) -> Option<&ConsentRecord> {
-        self.consent.as_ref()
-    }
-
-    pub fn into_consent(self) -> Option<ConsentRecord> {
+    pub(crate) fn into_consent(self) -> Option<ConsentRecord> {
         self.consent
     }
 
-    pub fn consent_id(&self) -> Option<&str> {
+    pub(crate) fn consent_id(&self) -> Option<&str> {
         self.consent_id.as_deref()
     }
 
     /// The scopes this request used: every `all_of` scope, and the `any_of` scopes the token
     /// holds (what `audit report` counts as used). `None` on routes that require no scope.
-    pub fn scopes_used(&self) -> Option<&[String]> {
+    pub(crate) fn scopes_used(&self) -> Option<&[String]> {
         self.scopes_used.as_deref()
     }
 
     /// A denial that was recorded and not enforced.
-    pub fn shadow_denial(&self) -> Option<&Denial> {
+    pub(crate) fn shadow_denial(&self) -> Option<&Denial> {
         self.shadow_denial.as_ref()
     }
 }
 
 /// Authorizes the request. Takes the signature stage's evidence, so it runs only after the
 /// request's bytes were proven (on routes that sign them).
-pub async fn authorize(
+pub(crate) async fn authorize(
     route: &RouteMatch,
     parts: &Parts,
     body: Option<&[u8]>,

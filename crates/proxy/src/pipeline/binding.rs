@@ -44,43 +44,28 @@ portcullis_base::variants! {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Binding {
+pub(crate) enum Binding {
     Mtls,
     Dpop,
     /// A plain bearer token on a `bearer` route.
     None,
 }
 
-impl Binding {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Binding::Mtls => "mtls",
-            Binding::Dpop => "dpop",
-            Binding::None => "none",
-        }
-    }
-}
-
 /// A token proven to belong to its presenter (or accepted as bearer by the route's profile);
 /// made only by [`bind`].
 #[derive(Debug)]
-pub struct BoundToken {
+pub(crate) struct BoundToken {
     token: Arc<AccessToken>,
-    binding: Binding,
 }
 
 impl BoundToken {
-    pub fn token(&self) -> &Arc<AccessToken> {
+    pub(crate) fn token(&self) -> &Arc<AccessToken> {
         &self.token
-    }
-
-    pub fn binding(&self) -> Binding {
-        self.binding
     }
 }
 
 /// What the binding check needs to know about the request.
-pub struct Presented<'a> {
+pub(crate) struct Presented<'a> {
     pub parts: &'a Parts,
     pub scheme: Scheme,
     pub raw_token: &'a str,
@@ -93,7 +78,7 @@ pub struct Presented<'a> {
 
 /// Asynchronous only for the replay check, which a fleet answers from Redis; every other check
 /// runs first, so a proof that fails them never reaches the store.
-pub async fn bind(
+pub(crate) async fn bind(
     token: Arc<AccessToken>,
     r: &Presented<'_>,
     profile: Profile,
@@ -165,6 +150,6 @@ pub async fn bind(
     }
     match (binding, profile) {
         (Binding::None, Profile::Fapi2 | Profile::Fapi1Advanced) => Err(BindingError::Unbound),
-        (b, _) => Ok(BoundToken { token, binding: b }),
+        (Binding::Mtls | Binding::Dpop | Binding::None, _) => Ok(BoundToken { token }),
     }
 }

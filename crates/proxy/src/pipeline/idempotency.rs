@@ -69,14 +69,14 @@ use portcullis_policy::{IdempotencyMode, Route};
 use portcullis_state::idempotency::{Begin, IdempotencyConfig, IdempotencyStore, StoredResponse};
 
 /// OBIE `x-idempotency-key` is at most 40 characters.
-pub const MAX_KEY: usize = 40;
+pub(crate) const MAX_KEY: usize = 40;
 
 /// The header that marks a replayed response.
-pub const REPLAY_HEADER: &str = "x-idempotent-replay";
+pub(crate) const REPLAY_HEADER: &str = "x-idempotent-replay";
 
 /// The key the client sent: `x-idempotency-key` (OBIE) or `Idempotency-Key` (IETF draft);
 /// both may be sent only with the same value.
-pub fn key(parts: &Parts) -> Result<Option<String>, IdempotencyError> {
+pub(crate) fn key(parts: &Parts) -> Result<Option<String>, IdempotencyError> {
     let mut found: Option<&[u8]> = None;
     for name in ["x-idempotency-key", "idempotency-key"] {
         for v in parts.headers.get_all(name) {
@@ -96,7 +96,7 @@ pub fn key(parts: &Parts) -> Result<Option<String>, IdempotencyError> {
 
 /// SHA-256 over method, path, query and SHA-256 of the raw body bytes (semantically equal JSON
 /// with other bytes is another request; so is the same body with another query).
-pub fn fingerprint(parts: &Parts, body: &[u8]) -> [u8; 32] {
+pub(crate) fn fingerprint(parts: &Parts, body: &[u8]) -> [u8; 32] {
     let mut m = Vec::new();
     m.extend_from_slice(parts.method.as_str().as_bytes());
     m.push(0);
@@ -113,7 +113,7 @@ pub fn fingerprint(parts: &Parts, body: &[u8]) -> [u8; 32] {
 }
 
 /// What the idempotency stage decided.
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The route takes no key, or none was sent on an optional route.
     None,
     /// A stored response to send instead of forwarding.
@@ -124,7 +124,7 @@ pub enum Outcome {
 
 /// A reserved key. Dropped without [`Reservation::complete`], it is released (the request
 /// failed or the client went away), so the client may retry.
-pub struct Reservation {
+pub(crate) struct Reservation {
     store: Arc<dyn IdempotencyStore>,
     key: [u8; 32],
     fingerprint: [u8; 32],
@@ -134,7 +134,7 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    pub async fn complete(
+    pub(crate) async fn complete(
         mut self,
         response: StoredResponse,
         now: i64,
@@ -147,7 +147,7 @@ impl Reservation {
 
     /// Leaves the key reserved until its TTL ends: the upstream may have acted, but there is
     /// no response to replay, so a retry gets 409 rather than a second execution.
-    pub fn keep(mut self) {
+    pub(crate) fn keep(mut self) {
         self.done = true;
     }
 }
@@ -172,7 +172,11 @@ impl Drop for Reservation {
 /// rotation or a retry over the TPP's other certificate and tells an aggregator's clients on one
 /// certificate apart. Without a token: the certificate's organization id, else its thumbprint,
 /// else the peer address.
-pub fn scope(identity: &ClientIdentity, token: Option<&BoundToken>, client_key: &str) -> String {
+pub(crate) fn scope(
+    identity: &ClientIdentity,
+    token: Option<&BoundToken>,
+    client_key: &str,
+) -> String {
     if let Some(t) = token.map(BoundToken::token) {
         if let Some(cid) = t.client_id.as_deref() {
             // The verified `iss` (a JWT's is checked equal to the issuer's; an introspection
@@ -196,7 +200,7 @@ pub fn scope(identity: &ClientIdentity, token: Option<&BoundToken>, client_key: 
 
 /// What the idempotency stage needs: the store and the `idempotency:` config of this request's
 /// snapshot.
-pub struct Store<'a> {
+pub(crate) struct Store<'a> {
     pub store: &'a Arc<dyn IdempotencyStore>,
     pub config: &'a IdempotencyConfig,
 }
@@ -204,7 +208,7 @@ pub struct Store<'a> {
 /// On routes with `idempotency`, reserves the client-scoped key or answers from it, with what
 /// the audit record says of the key. Takes the authorization's permit, so a refused request
 /// never reserves a key.
-pub async fn reserve(
+pub(crate) async fn reserve(
     route: &Route,
     parts: &Parts,
     body: Option<&[u8]>,
@@ -265,7 +269,7 @@ const NOT_STORED: [&str; 6] = [
 ];
 
 /// The response of a replayed key: the stored status, headers and body, marked as a replay.
-pub fn replay(stored: &StoredResponse) -> http::Response<Bytes> {
+pub(crate) fn replay(stored: &StoredResponse) -> http::Response<Bytes> {
     let mut resp = http::Response::new(stored.body.clone());
     *resp.status_mut() =
         http::StatusCode::from_u16(stored.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
@@ -304,7 +308,7 @@ async fn read_bounded(mut body: portcullis_base::body::ProxyBody, limit: usize) 
 }
 
 /// What happened to a reserved key once the upstream answered.
-pub enum Settled<B> {
+pub(crate) enum Settled<B> {
     /// The response to send (stored for replay, or the key released / kept).
     Send(B),
     /// The body could not be read in full (too large beyond the hard limit, or it failed):
@@ -316,7 +320,7 @@ pub enum Settled<B> {
 /// (the client may retry); any other response is read (up to `max_stored` bytes) and stored,
 /// so a retry replays it. A larger body is still sent, and the key stays reserved until its
 /// TTL (retries get 409, never a second execution).
-pub async fn settle(
+pub(crate) async fn settle(
     reservation: Reservation,
     parts: &http::response::Parts,
     body: portcullis_base::body::ProxyBody,

@@ -6,6 +6,8 @@ use portcullis_crypto::pki::{ClientCert, Revoked};
 use portcullis_policy::{CertRequirement, Route};
 
 portcullis_base::variants! {
+    // Named like their reason codes (`identity.client_cert_*`).
+    #[allow(clippy::enum_variant_names)]
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum IdentityError {
         ClientCertRequired,
@@ -18,13 +20,13 @@ portcullis_base::variants! {
 
 /// The authenticated caller; made only by [`identify`].
 #[derive(Clone, Debug)]
-pub struct ClientIdentity {
+pub(crate) struct ClientIdentity {
     cert: Option<Arc<ClientCert>>,
 }
 
 impl ClientIdentity {
     /// The verified certificate; `None` only on routes that allow anonymous TLS.
-    pub fn cert(&self) -> Option<&ClientCert> {
+    pub(crate) fn cert(&self) -> Option<&ClientCert> {
         self.cert.as_deref()
     }
 }
@@ -32,7 +34,7 @@ impl ClientIdentity {
 /// The caller holding `cert` (the connection's verified certificate) at `now` (Unix seconds). rustls checks validity and revocation only at
 /// the handshake; a keep-alive or HTTP/2 connection must not outlive its certificate, so every
 /// request checks `notAfter` and the current CRLs again.
-pub fn identify(
+pub(crate) fn identify(
     cert: Option<&Arc<ClientCert>>,
     route: &Route,
     revoked: &Revoked,

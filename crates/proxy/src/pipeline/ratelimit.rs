@@ -67,24 +67,24 @@ impl portcullis_base::variants::Variants for Limited {
 /// What a limit decided: the facts for the audit record, and the refusal, if the quota refused
 /// (enforced, or recorded only on a shadow quota).
 #[derive(Debug)]
-pub struct Applied {
+pub(crate) struct Applied {
     facts: RateLimitRecord,
     refused: Option<Limited>,
     shadow: bool,
 }
 
 impl Applied {
-    pub fn facts(&self) -> &RateLimitRecord {
+    pub(crate) fn facts(&self) -> &RateLimitRecord {
         &self.facts
     }
 
     /// The refusal of a shadow quota: recorded, not enforced.
-    pub fn shadow(&self) -> Option<&Limited> {
+    pub(crate) fn shadow(&self) -> Option<&Limited> {
         self.refused.as_ref().filter(|_| self.shadow)
     }
 
     /// The refusal to enforce.
-    pub fn enforced(self) -> Result<(), Limited> {
+    pub(crate) fn enforced(self) -> Result<(), Limited> {
         match self.refused {
             Some(l) if !self.shadow => Err(l),
             _ => Ok(()),
@@ -114,13 +114,17 @@ fn apply(scope: Scope, spec: &QuotaSpec, d: Decision) -> Applied {
 }
 
 /// The pre-authentication limit per peer IP address.
-pub fn check_peer(peer: IpAddr, limits: &RateLimits) -> Option<Applied> {
+pub(crate) fn check_peer(peer: IpAddr, limits: &RateLimits) -> Option<Applied> {
     let l = limits.peer.as_ref()?;
     Some(apply(Scope::Peer, &l.spec, l.check(&peer)))
 }
 
 /// The client key: certificate thumbprint, else the token's client id, else the peer address.
-pub fn client_key(identity: &ClientIdentity, token: Option<&BoundToken>, peer: IpAddr) -> String {
+pub(crate) fn client_key(
+    identity: &ClientIdentity,
+    token: Option<&BoundToken>,
+    peer: IpAddr,
+) -> String {
     if let Some(c) = identity.cert() {
         return format!("x5t:{}", c.thumbprint);
     }
@@ -135,7 +139,7 @@ pub fn client_key(identity: &ClientIdentity, token: Option<&BoundToken>, peer: I
 /// is unavailable, or the request is refused with 503 `rate_limit.unavailable`, per
 /// `state.on_outage.rate_limits`). The `Err` is that refusal; a quota's own refusal is in the
 /// [`Applied`].
-pub async fn check_client(
+pub(crate) async fn check_client(
     route: &Route,
     key: &str,
     limits: &RateLimits,

@@ -341,7 +341,7 @@ impl Rejection {
 
 /// Builds the refusal response. `interaction_id` is already validated or generated; `version`
 /// is the request's HTTP version.
-pub fn respond(
+pub(crate) fn respond(
     rejection: &Rejection,
     interaction_id: &str,
     version: ::http::Version,

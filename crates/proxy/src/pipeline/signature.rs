@@ -50,11 +50,11 @@ portcullis_base::variants! {
     }
 }
 
-pub const JWS_HEADER: &str = "x-jws-signature";
+pub(crate) const JWS_HEADER: &str = "x-jws-signature";
 
 /// What the signature stage needs: the `signatures:` config, the callers' keys and the replay
 /// store for RFC 9421 nonces.
-pub struct Keys<'a> {
+pub(crate) struct Keys<'a> {
     pub config: &'a Signatures,
     pub client_keys: Option<&'a ClientKeys>,
     pub replay: &'a dyn ReplayStore,
@@ -64,17 +64,17 @@ pub struct Keys<'a> {
 /// on routes that do not. Made only by [`verify`], so whatever takes it ran after the signature
 /// check.
 #[derive(Debug)]
-pub struct Checked(Option<VerifiedSignature>);
+pub(crate) struct Checked(Option<VerifiedSignature>);
 
 impl Checked {
-    pub fn verified(&self) -> Option<&VerifiedSignature> {
+    pub(crate) fn verified(&self) -> Option<&VerifiedSignature> {
         self.0.as_ref()
     }
 }
 
 /// Verifies the route's request signature, if it has one, over `body` (the whole body, as
 /// received).
-pub async fn verify(
+pub(crate) async fn verify(
     sig: Option<&RouteSignature>,
     parts: &Parts,
     body: &[u8],
@@ -307,7 +307,7 @@ async fn http_sig(
 /// What a verified request signature proves, for the audit record, the idempotency
 /// fingerprint and the response signature. Never the signature value or the key.
 #[derive(Clone, Debug)]
-pub struct VerifiedSignature {
+pub(crate) struct VerifiedSignature {
     /// `obie-jws` or `http-sig`.
     kind: &'static str,
     /// The key id that verified it (from the caller's key set).
@@ -324,7 +324,7 @@ pub struct VerifiedSignature {
 /// The parts of a signed request that a response signature covers with `req` (FAPI 2.0
 /// Message Signing: `@method`, `@target-uri`, `content-digest` and the request signature).
 #[derive(Clone, Debug)]
-pub struct SignedRequest {
+pub(crate) struct SignedRequest {
     label: String,
     method: String,
     scheme: String,
@@ -337,41 +337,41 @@ pub struct SignedRequest {
 
 impl VerifiedSignature {
     /// `obie-jws` or `http-sig`.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         self.kind
     }
 
-    pub fn kid(&self) -> &str {
+    pub(crate) fn kid(&self) -> &str {
         &self.kid
     }
 
-    pub fn alg(&self) -> &str {
+    pub(crate) fn alg(&self) -> &str {
         &self.alg
     }
 
     /// Unpadded base64url SHA-256 of the signature bytes.
-    pub fn hash(&self) -> &str {
+    pub(crate) fn hash(&self) -> &str {
         &self.hash
     }
 
     /// RFC 9421 only: the request facts a response signature binds to.
-    pub fn request(&self) -> Option<&SignedRequest> {
+    pub(crate) fn request(&self) -> Option<&SignedRequest> {
         self.request.as_ref()
     }
 }
 
 impl SignedRequest {
     /// The label of the request's signature (what `req` names in a response signature).
-    pub fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &str {
         &self.label
     }
 
     /// Whether the signed request carried `content-digest`.
-    pub fn has_content_digest(&self) -> bool {
+    pub(crate) fn has_content_digest(&self) -> bool {
         self.headers.contains_key("content-digest")
     }
 
-    pub fn view(&self) -> portcullis_crypto::httpsig::RequestView<'_> {
+    pub(crate) fn view(&self) -> portcullis_crypto::httpsig::RequestView<'_> {
         portcullis_crypto::httpsig::RequestView {
             method: &self.method,
             scheme: &self.scheme,
