@@ -34,7 +34,7 @@ pub use reload::{on_sighup, watch};
 pub use runtime::Shared;
 pub use server::{start, wait_for_signal, Running};
 pub use telemetry::{init_check_tracing, init_tracing, Metrics};
-pub use tls::install_crypto_provider;
+pub use tls::{crypto_provider, install_crypto_provider};
 
 /// Entry points for the fuzz harness and the benchmarks: functions on the request path that
 /// they drive directly. Not part of the API; the shipped binary is built without it.
@@ -43,5 +43,4 @@ pub use tls::install_crypto_provider;
 pub mod internals {
     pub use crate::pipeline::{fapi, http, route, token};
     pub use crate::telemetry::parse_traceparent;
-    pub use crate::tls::crypto_provider;
 }

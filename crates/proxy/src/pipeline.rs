@@ -45,14 +45,19 @@
 pub(crate) mod authz;
 pub(crate) mod binding;
 pub(crate) mod body;
+// `fapi`, `http`, `route` and `token` are public for the `internals` feature.
+#[cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
 pub mod fapi;
+#[cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
 pub mod http;
 pub(crate) mod idempotency;
 pub(crate) mod identity;
 pub(crate) mod ratelimit;
 pub(crate) mod rejection;
+#[cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
 pub mod route;
 pub(crate) mod signature;
+#[cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
 pub mod token;
 
 use std::collections::HashMap;

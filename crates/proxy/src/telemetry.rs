@@ -578,6 +578,8 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 ///
 /// Version `00` must be exactly `00-<32 hex>-<16 hex>-<2 hex>`, lower-case; a later version
 /// may append `-…` fields, which are ignored; version `ff` is invalid, as are all-zero ids.
+// Public for the `internals` feature (the fuzz harness).
+#[cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
 pub fn parse_traceparent(value: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     if value.len() < 55 {
         return None;

@@ -27,10 +27,9 @@ pub fn tls_config(
     for c in CertificateDer::pem_file_iter(ca)? {
         roots.add(c?)?;
     }
-    let b =
-        rustls::ClientConfig::builder_with_provider(portcullis_proxy::internals::crypto_provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots);
+    let b = rustls::ClientConfig::builder_with_provider(portcullis_proxy::crypto_provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
     let mut config = match identity {
         Some((cert, key)) => {
             let chain: Result<Vec<_>, _> = CertificateDer::pem_file_iter(cert)?.collect();

@@ -5,6 +5,9 @@
 //! The customer IP address is the TPP's statement about its user: it must be an IP literal, it
 //! is forwarded as data, and it is never trusted for anything (rate limits, allow-lists).
 
+// Public for the `internals` feature (the fuzz harness and the benchmarks drive it directly).
+#![cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
+
 use http::HeaderMap;
 
 use crate::config::InteractionIdMode;

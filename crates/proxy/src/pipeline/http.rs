@@ -6,6 +6,9 @@
 //! Content-Length, any Transfer-Encoding but `chunked`, header names with `_`, method-override
 //! and upgrade headers, and the configured header and URI limits.
 
+// Public for the `internals` feature (the fuzz harness and the benchmarks drive it directly).
+#![cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
+
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::request::Parts;
 

@@ -1,5 +1,8 @@
 //! Path check and route match: the only place a request path is interpreted.
 
+// Public for the `internals` feature (the fuzz harness and the benchmarks drive it directly).
+#![cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
+
 use http::request::Parts;
 
 use crate::pipeline::http::{query_overrides_method, HttpError};

@@ -9,6 +9,9 @@
 //! skips the signature but still checks `exp`/`nbf` against `now`, and the binding stage always
 //! runs. Keys come only from the issuer's key source, chosen by exact `kid`.
 
+// Public for the `internals` feature (the fuzz harness and the benchmarks drive it directly).
+#![cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
