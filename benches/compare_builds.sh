@@ -37,8 +37,11 @@ require_tools curl python3
 bench_workdir builds
 write_policies
 
-read -r P_BANK P_OLD_PT A_OLD_PT P_NEW_PT A_NEW_PT P_OLD_TK A_OLD_TK P_NEW_TK A_NEW_TK \
-    P_OLD_FA A_OLD_FA P_NEW_FA A_NEW_FA < <(free_ports 13 | tr '\n' ' ')
+read -r -a P < <(free_ports 13; echo)
+P_BANK=${P[0]}
+P_OLD_PT=${P[1]} A_OLD_PT=${P[2]} P_NEW_PT=${P[3]} A_NEW_PT=${P[4]}
+P_OLD_TK=${P[5]} A_OLD_TK=${P[6]} P_NEW_TK=${P[7]} A_NEW_TK=${P[8]}
+P_OLD_FA=${P[9]} A_OLD_FA=${P[10]} P_NEW_FA=${P[11]} A_NEW_FA=${P[12]}
 start_mock_bank "$P_BANK"
 
 TOKEN=$("$NEW" dev-token access --key "$TOK/as.key" --kid as-1 --issuer "$AS_ISSUER" \
@@ -106,4 +109,3 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 
 python3 "$ROOT/benches/py/compare_builds.py" "$RAW" "$ROUNDS" "$OLD" "$NEW" "$OUT"
-[[ $KEEP_WORKDIR == 1 ]] && log "work directory kept: $WORK"

@@ -470,7 +470,7 @@ def final(raw, out):
               f"p50 {r['p50']}   p99 {r['p99']}   CPU per request {r['cpu_per_request']}")
     print(f"  (throughput >= 1.0 and p99 <= 1.0 mean no worse than {baseline})")
     if target:
-        print(f"  target (issue #8): {target['name']}: "
+        print(f"  target: {target['name']}: "
               f"{'met' if target['met'] else 'NOT met'} in this run")
     print("  (proxy CPU us/req: the proxy process's user+system CPU time during the measured run /")
     print("   requests; the load generator and the upstream share the same cores)")
@@ -493,7 +493,7 @@ def final(raw, out):
             print(f"  audit on / off, per round (back to back): median {pr['median']}, mean "
                   f"{pr['mean']}, 95 % interval of the mean {pr['mean_ci95'][0]}-"
                   f"{pr['mean_ci95'][1]} over {pr['rounds']} rounds")
-            print(f"  target (issue #7): at most 5 % of throughput (the whole interval >= 0.95): "
+            print(f"  target: at most 5 % of throughput (the whole interval >= 0.95): "
                   f"{'shown' if pr['shown'] else 'NOT shown'} in this run")
     if problems:
         print()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Memory targets (issue #8): <= 64 MiB RSS with 1,000 idle keep-alive connections, and
+# Memory targets: <= 64 MiB RSS with 1,000 idle keep-alive connections, and
 # <= 256 MiB after 1M distinct rate-limit keys -- measured end to end on a release build.
 #
 # Part 1, idle connections: portcullis runs the full config (mTLS required + CRL, the

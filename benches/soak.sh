@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Long runs of the full FAPI pipeline: a soak (issue #9) and a saturation run (issue #8).
+# Long runs of the full FAPI pipeline: a soak and a saturation run.
 #
 # portcullis runs the full-FAPI config of benches/compare_haproxy.sh SCENARIO=fapi (mTLS, a
 # DPoP-bound token with a fresh proof per request, scope, an object rule, a client rate-limit

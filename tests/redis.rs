@@ -1,4 +1,4 @@
-//! Shared state on Redis for a fleet (issue #6; docs/attacks.md H06 and the replay rows of D and C):
+//! Shared state on Redis for a fleet (docs/attacks.md H06 and the replay rows of D and C):
 //! two proxy instances on one private `redis-server` share client quotas, DPoP `jti`s and
 //! RFC 9421 nonces; Redis stopped mid-test gives the configured behaviour (replay checks refuse,
 //! rate limits fall back or refuse) without a crash or an admitted replay; Redis back (empty)

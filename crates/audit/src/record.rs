@@ -44,7 +44,7 @@ pub struct SignatureRecord {
     pub hash: String,
 }
 
-/// The rate-limit state a request met (issue #6 fills it).
+/// The rate-limit state a request met.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RateLimitRecord {
     /// Which limit: `peer`, `client`, `route`, ... (a bounded set).
@@ -85,9 +85,9 @@ pub struct RequestRecord {
     pub client_org_id: Option<String>,
     /// The client certificate's notAfter, RFC 3339.
     pub client_cert_not_after: Option<String>,
-    /// OAuth client id from the access token (issue #3).
+    /// OAuth client id from the access token.
     pub client_id: Option<String>,
-    /// The token's `sub` (issue #3).
+    /// The token's `sub`.
     pub subject: Option<String>,
     pub token_jti: Option<String>,
     /// [`token_hash`] of the access token; never the token.
@@ -102,7 +102,7 @@ pub struct RequestRecord {
     pub path: String,
     pub has_query: bool,
     pub route_id: Option<String>,
-    /// The policy rule that decided (issue #5).
+    /// The policy rule that decided.
     pub rule_id: Option<String>,
     pub decision: &'static str,
     pub stage: Option<&'static str>,
@@ -113,7 +113,7 @@ pub struct RequestRecord {
     /// Response body bytes, where the response declared a length.
     pub bytes_out: Option<u64>,
     pub signature: Option<SignatureRecord>,
-    /// Idempotency outcome (issue #6): a bounded set such as `new`, `replayed`, `conflict`.
+    /// Idempotency outcome: a bounded set such as `new`, `replayed`, `conflict`.
     pub idempotency: Option<&'static str>,
     pub rate_limit: Option<RateLimitRecord>,
     pub upstream_status: Option<u16>,

@@ -5,8 +5,9 @@
 //! one `matchit` radix tree per method plus one over all methods (to tell 404 from 405), so a
 //! lookup is a tree walk, not a scan. Anything not declared is refused: default deny.
 //!
-//! This first format is deliberately small; later issues add scopes, bindings, signatures,
-//! object rules and consent to the same `routes` entries.
+//! A route also says what its requests must prove: the access token and its binding profile,
+//! scopes, object rules and consent, the request signature, the rate-limit class and
+//! idempotency keys.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -62,13 +63,13 @@ struct FileRoute {
     /// Decide and record, but do not enforce (roll a policy out safely).
     #[serde(default)]
     shadow: bool,
-    /// Request signature (OBIE `x-jws-signature` or RFC 9421) and response signing (issue #4).
+    /// Request signature (OBIE `x-jws-signature` or RFC 9421) and response signing.
     #[serde(default)]
     signature: Option<signature::FileSignature>,
-    /// The per-client rate limit class (a key of the config's `rate_limits.classes`; issue #6).
+    /// The per-client rate limit class (a key of the config's `rate_limits.classes`).
     #[serde(default)]
     rate_limit: Option<String>,
-    /// `required`, `optional` or `none` (default): idempotency keys (issue #6).
+    /// `required`, `optional` or `none` (default): idempotency keys.
     #[serde(default)]
     idempotency: Option<String>,
     /// Let `;` path parameters through (refused by default: servlet containers strip them, so
@@ -195,11 +196,11 @@ pub struct Route {
     pub auth: Option<RouteAuth>,
     /// Scopes, consent, object and response rules (empty: any bound token will do).
     pub authz: rules::Authz,
-    /// The request signature the route needs and whether responses are signed (issue #4).
+    /// The request signature the route needs and whether responses are signed.
     pub signature: Option<signature::RouteSignature>,
-    /// The per-client rate limit class, checked against the config (issue #6).
+    /// The per-client rate limit class, checked against the config.
     pub rate_limit: Option<String>,
-    /// Idempotency keys on this route (issue #6).
+    /// Idempotency keys on this route.
     pub idempotency: crate::IdempotencyMode,
     /// Whether `;` path parameters are accepted on this route.
     pub path_parameters: bool,

@@ -1,4 +1,4 @@
-//! A route's message-signature requirement (issue #4): which kind of request signature it
+//! A route's message-signature requirement: which kind of request signature it
 //! needs, under which profile, and whether its responses are signed.
 //!
 //! ```yaml

@@ -246,7 +246,7 @@ pub(crate) async fn run(
     .await
     .map_err(Rejection::Signature)?;
     trail.signature = signature.verified().cloned();
-    let permit = authz::authorize(
+    let mut permit = authz::authorize(
         &route,
         parts,
         buffered,
@@ -258,16 +258,15 @@ pub(crate) async fn run(
     .await
     .map_err(Rejection::Authz)?;
     trail.consent_id = permit.consent_id().map(portcullis_base::text::bounded);
-    trail.scopes_required = permit.scopes_used().map(<[String]>::to_vec);
+    trail.scopes_required = permit.take_scopes_used();
     if let Some(d) = permit.shadow_denial() {
         trail.shadow = Some((Rejection::Authz(d.clone()), d.rule.clone()));
     }
-    let scope = idempotency::scope(&identity, token.as_ref(), &client_key);
     let (idempotency, label) = idempotency::reserve(
         &route.route,
         parts,
         buffered,
-        &scope,
+        || idempotency::scope(&identity, token.as_ref(), &client_key),
         &permit,
         &idempotency::Store {
             store: cx.idempotency,

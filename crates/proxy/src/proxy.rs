@@ -336,7 +336,7 @@ async fn inner(
         ip: conn.peer.ip(),
         cert: conn.client_cert.as_ref(),
     };
-    let mut admitted =
+    let admitted =
         pipeline::run(&parts, body, &peer, &rt.context(&shared), pending.trail()).await?;
     let route = Arc::clone(&admitted.route.route);
     // The config loader refuses routes that name an unknown upstream, so this is unreachable;
@@ -346,12 +346,13 @@ async fn inner(
         .get(&route.upstream)
         .cloned()
         .ok_or(UpstreamError::Connect)?;
-    let reservation = match std::mem::replace(&mut admitted.idempotency, Outcome::None) {
+    let (evidence, idempotency, body) = Evidence::of(admitted);
+    let reservation = match idempotency {
         Outcome::None => None,
         Outcome::Reserved(r) => Some(r),
         Outcome::Replay(stored) => {
             let (parts, bytes) = pipeline::idempotency::replay(&stored).into_parts();
-            return finish(parts, full(bytes), &Evidence::of(admitted), rt, &shared).await;
+            return finish(parts, full(bytes), &evidence, rt, &shared).await;
         }
     };
     let uri = upstream
@@ -360,7 +361,6 @@ async fn inner(
     let host = pipeline::http::host(&parts);
     // Safe methods change nothing upstream, so they may be cancelled with their client.
     let detach = reservation.is_some() || !parts.method.is_safe();
-    let body = std::mem::replace(&mut admitted.body, portcullis_base::body::empty());
     let mut out = Request::new(body);
     *out.method_mut() = parts.method;
     *out.uri_mut() = uri;
@@ -371,10 +371,10 @@ async fn inner(
         &Vouched {
             peer_ip: &conn.peer_ip_header,
             host: host.as_deref(),
-            client_cert: admitted
-                .identity
-                .cert()
-                .and_then(|_| conn.forwarded_cert(forwarding)),
+            client_cert: evidence
+                .has_client_cert
+                .then(|| conn.forwarded_cert(forwarding))
+                .flatten(),
             forwarding,
             interaction_id: &pending.answer.id_header,
         },
@@ -382,14 +382,14 @@ async fn inner(
     trace.inject(out.headers_mut());
     vouch_for_token(
         out.headers_mut(),
-        &admitted,
+        &evidence,
         &rt.config.auth.identity_headers,
     );
     let exchange = Exchange {
         out,
         upstream,
         reservation,
-        evidence: Evidence::of(admitted),
+        evidence,
         rt: Arc::clone(rt),
         shared,
     };
@@ -428,6 +428,8 @@ async fn inner(
 /// response signature and the DPoP nonce.
 struct Evidence {
     route: Arc<portcullis_policy::Route>,
+    /// The caller presented a verified client certificate (forwarded upstream).
+    has_client_cert: bool,
     signature_route: Option<RouteSignature>,
     signature: pipeline::signature::Checked,
     claims: Option<Arc<pipeline::token::AccessToken>>,
@@ -436,15 +438,18 @@ struct Evidence {
 }
 
 impl Evidence {
-    fn of(a: Admitted) -> Evidence {
-        Evidence {
+    /// The evidence, the idempotency outcome and the body of an admitted request.
+    fn of(a: Admitted) -> (Evidence, Outcome, ProxyBody) {
+        let evidence = Evidence {
             signature_route: a.route.route.signature,
             route: a.route.route,
+            has_client_cert: a.identity.cert().is_some(),
             signature: a.signature,
             claims: a.token.map(|t| Arc::clone(t.token())),
             consent: a.permit.into_consent(),
             dpop_nonce: a.dpop_nonce,
-        }
+        };
+        (evidence, a.idempotency, a.body)
     }
 }
 
@@ -470,7 +475,7 @@ impl Exchange {
             rt,
             shared,
         } = self;
-        let route = Arc::clone(&evidence.route);
+        let route = &evidence.route;
         let (resp, took) = match upstream.send(out).await {
             Ok(sent) => sent,
             Err(e) => {
@@ -494,7 +499,7 @@ impl Exchange {
             body.map_err(BoxError::from).boxed_unsync()
         } else {
             let claims = evidence.claims.as_ref().map(|t| &t.claims);
-            check_response(&mut parts, body, &route, claims, evidence.consent.as_ref()).await?
+            check_response(&mut parts, body, route, claims, evidence.consent.as_ref()).await?
         };
         let body = match reservation {
             None => body,
@@ -601,17 +606,16 @@ async fn check_response(
 /// the credentials removed unless the route forwards them.
 fn vouch_for_token(
     h: &mut HeaderMap,
-    admitted: &Admitted,
+    evidence: &Evidence,
     identity_headers: &[(String, http::HeaderName)],
 ) {
     for (_, name) in identity_headers {
         h.remove(name);
     }
-    let Some(bound) = &admitted.token else {
+    let Some(token) = &evidence.claims else {
         return;
     };
-    let forward = admitted
-        .route
+    let forward = evidence
         .route
         .auth
         .as_ref()
@@ -621,7 +625,7 @@ fn vouch_for_token(
         h.remove("dpop");
     }
     for (claim, name) in identity_headers {
-        let value = match bound.token().claims.get(claim) {
+        let value = match token.claims.get(claim) {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(serde_json::Value::Number(n)) => n.to_string(),
             Some(serde_json::Value::Array(a)) => a

@@ -36,10 +36,10 @@ pub struct Runtime {
     pub tokens: TokenCache,
     /// The consent source, when the config has one.
     pub consent: Option<Arc<portcullis_sources::consent::ConsentSource>>,
-    /// Callers' request-signature keys, when the config names a source (issue #4); a reload
+    /// Callers' request-signature keys, when the config names a source; a reload
     /// starts an empty cache.
     pub client_keys: Option<Arc<portcullis_sources::clientkeys::ClientKeys>>,
-    /// Local rate limiters of this config (issue #6); a reload starts them empty.
+    /// Local rate limiters of this config; a reload starts them empty.
     pub rate_limits: Arc<portcullis_state::limits::RateLimits>,
 }
 

@@ -386,7 +386,7 @@ fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
         "/healthz" => text(200, "ok\n".into(), "text/plain"),
         "/readyz" if shared.ready() => text(200, "ready\n".into(), "text/plain"),
         "/readyz" => {
-            // Say which part is missing when it is the shared state (issue #6).
+            // Say which part is missing when it is the shared state.
             let why = shared.state_ready(&shared.runtime.load().config).err();
             text(
                 503,

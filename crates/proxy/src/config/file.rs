@@ -35,16 +35,16 @@ pub(crate) struct FileConfig {
     pub consent: Option<super::auth::FileConsentSource>,
     #[serde(default)]
     pub tracing: FileTracing,
-    /// Request-signature verification and response signing (issue #4).
+    /// Request-signature verification and response signing.
     #[serde(default)]
     pub signatures: super::signatures::FileSignatures,
-    /// Rate limits: the pre-auth limit per peer and per-client classes (issue #6).
+    /// Rate limits: the pre-auth limit per peer and per-client classes.
     #[serde(default)]
     pub rate_limits: portcullis_state::ratelimit::FileRateLimits,
-    /// Idempotency keys: TTL, capacity, release on upstream failure (issue #6).
+    /// Idempotency keys: TTL, capacity, release on upstream failure.
     #[serde(default)]
     pub idempotency: portcullis_state::idempotency::FileIdempotency,
-    /// Shared state backend: memory or Redis, and outage behaviour (issue #6).
+    /// Shared state backend: memory or Redis, and outage behaviour.
     #[serde(default)]
     pub state: portcullis_state::settings::FileState,
 }

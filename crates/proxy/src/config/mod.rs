@@ -155,13 +155,13 @@ pub struct Config {
     pub consent: Option<portcullis_sources::consent::ConsentConfig>,
     /// OTLP trace export: endpoint and service name.
     pub otlp: Option<(http::Uri, String)>,
-    /// Request-signature verification and response signing (issue #4).
+    /// Request-signature verification and response signing.
     pub signatures: Signatures,
-    /// Rate limits (issue #6).
+    /// Rate limits.
     pub rate_limits: portcullis_state::ratelimit::RateLimitConfig,
-    /// Idempotency keys (issue #6).
+    /// Idempotency keys.
     pub idempotency: portcullis_state::idempotency::IdempotencyConfig,
-    /// Shared state backend and outage behaviour (issue #6).
+    /// Shared state backend and outage behaviour.
     pub state: portcullis_state::settings::StateConfig,
     /// Files and directories whose change triggers a reload.
     pub watched: Vec<PathBuf>,

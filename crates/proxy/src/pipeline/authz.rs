@@ -30,9 +30,10 @@ impl Permit {
     }
 
     /// The scopes this request used: every `all_of` scope, and the `any_of` scopes the token
-    /// holds (what `audit report` counts as used). `None` on routes that require no scope.
-    pub(crate) fn scopes_used(&self) -> Option<&[String]> {
-        self.scopes_used.as_deref()
+    /// holds (what `audit report` counts as used), taken for the audit record. `None` on routes
+    /// that require no scope.
+    pub(crate) fn take_scopes_used(&mut self) -> Option<Vec<String>> {
+        self.scopes_used.take()
     }
 
     /// A denial that was recorded and not enforced.

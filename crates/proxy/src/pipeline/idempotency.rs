@@ -212,7 +212,7 @@ pub(crate) async fn reserve(
     route: &Route,
     parts: &Parts,
     body: Option<&[u8]>,
-    scope: &str,
+    scope: impl FnOnce() -> String,
     _permit: &Permit,
     store: &Store<'_>,
     now: i64,
@@ -230,7 +230,7 @@ pub(crate) async fn reserve(
         None => return Ok((Outcome::None, None)),
     };
     // Scoped to the authenticated client: another client's same key is another key.
-    let mut scoped = scope.as_bytes().to_vec();
+    let mut scoped = scope().into_bytes();
     scoped.push(0);
     scoped.extend_from_slice(k.as_bytes());
     let key = portcullis_crypto::jose::sha256(&scoped);
