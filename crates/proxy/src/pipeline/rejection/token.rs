@@ -157,64 +157,37 @@ pub(super) fn wire(e: TokenError) -> Wire {
     Wire::new(status, reason, detail)
 }
 
-/// The `WWW-Authenticate` challenge (RFC 6750 §3); `algs` names the DPoP proof algorithms this
-/// server accepts.
+/// The `WWW-Authenticate` challenge (RFC 6750 §3), in the scheme the client used; `algs` names
+/// the DPoP proof algorithms this server accepts.
 pub(super) fn challenge(e: TokenError, scheme: Scheme, algs: &str) -> Option<String> {
-    let bearer = |err: &str| Some(format!("Bearer error=\"{err}\""));
-    let dpop = |err: &str| Some(format!("DPoP error=\"{err}\", {algs}"));
-    match (e, scheme) {
+    let error = match e {
         // RFC 6750 §3.1: no error code when no credentials were sent; both schemes offered.
-        (TokenError::Missing | TokenError::UnsupportedScheme, _) => {
-            Some(format!("Bearer, DPoP {algs}"))
+        TokenError::Missing | TokenError::UnsupportedScheme => {
+            return Some(format!("Bearer, DPoP {algs}"))
         }
-        (TokenError::KeysUnavailable | TokenError::IntrospectionUnavailable, _) => None,
-        (TokenError::InQuery | TokenError::Multiple | TokenError::BadHeader, Scheme::Bearer) => {
-            bearer("invalid_request")
-        }
-        (TokenError::InQuery | TokenError::Multiple | TokenError::BadHeader, Scheme::DPoP) => {
-            dpop("invalid_request")
-        }
-        (
-            TokenError::TooLarge
-            | TokenError::Malformed
-            | TokenError::AlgNotAllowed
-            | TokenError::ForbiddenHeader
-            | TokenError::UnknownKey
-            | TokenError::KeyMismatch
-            | TokenError::BadSignature
-            | TokenError::Typ
-            | TokenError::Issuer
-            | TokenError::Audience
-            | TokenError::ExpMissing
-            | TokenError::Expired
-            | TokenError::NotYetValid
-            | TokenError::IssuedAt
-            | TokenError::ClaimType
-            | TokenError::Inactive
-            | TokenError::ConfirmationUnsupported
-            | TokenError::NotAccessToken,
-            Scheme::Bearer,
-        ) => bearer("invalid_token"),
-        (
-            TokenError::TooLarge
-            | TokenError::Malformed
-            | TokenError::AlgNotAllowed
-            | TokenError::ForbiddenHeader
-            | TokenError::UnknownKey
-            | TokenError::KeyMismatch
-            | TokenError::BadSignature
-            | TokenError::Typ
-            | TokenError::Issuer
-            | TokenError::Audience
-            | TokenError::ExpMissing
-            | TokenError::Expired
-            | TokenError::NotYetValid
-            | TokenError::IssuedAt
-            | TokenError::ClaimType
-            | TokenError::Inactive
-            | TokenError::ConfirmationUnsupported
-            | TokenError::NotAccessToken,
-            Scheme::DPoP,
-        ) => dpop("invalid_token"),
-    }
+        TokenError::KeysUnavailable | TokenError::IntrospectionUnavailable => return None,
+        TokenError::InQuery | TokenError::Multiple | TokenError::BadHeader => "invalid_request",
+        TokenError::TooLarge
+        | TokenError::Malformed
+        | TokenError::AlgNotAllowed
+        | TokenError::ForbiddenHeader
+        | TokenError::UnknownKey
+        | TokenError::KeyMismatch
+        | TokenError::BadSignature
+        | TokenError::Typ
+        | TokenError::Issuer
+        | TokenError::Audience
+        | TokenError::ExpMissing
+        | TokenError::Expired
+        | TokenError::NotYetValid
+        | TokenError::IssuedAt
+        | TokenError::ClaimType
+        | TokenError::Inactive
+        | TokenError::ConfirmationUnsupported
+        | TokenError::NotAccessToken => "invalid_token",
+    };
+    Some(match scheme {
+        Scheme::Bearer => format!("Bearer error=\"{error}\""),
+        Scheme::DPoP => format!("DPoP error=\"{error}\", {algs}"),
+    })
 }
