@@ -2,6 +2,8 @@
 //! `cargo metadata` gives (cargo itself forbids cycles between crates), and no module imports,
 //! at any level of any crate, a sibling module that imports it back.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -66,23 +68,9 @@ fn render(graph: &BTreeMap<String, BTreeSet<String>>) -> String {
 
 #[test]
 fn the_crate_graph_in_the_docs_is_the_one_cargo_metadata_gives() {
-    let path = repo().join("docs/architecture.md");
-    let doc = std::fs::read_to_string(&path).unwrap();
-    let (begin, end) = ("<!-- crates: begin -->\n", "<!-- crates: end -->");
-    let a = doc.find(begin).expect("the graph's begin marker") + begin.len();
-    let b = doc.find(end).expect("the graph's end marker");
     let graph = crate_graph();
     assert!(graph.len() >= 10, "{graph:?}");
-    let chart = render(&graph);
-    if doc[a..b] != chart && std::env::var_os("PORTCULLIS_WRITE_DOCS").is_some() {
-        std::fs::write(&path, format!("{}{chart}{}", &doc[..a], &doc[b..])).unwrap();
-        return;
-    }
-    assert_eq!(
-        doc[a..b],
-        chart,
-        "docs/architecture.md's crate graph is stale: PORTCULLIS_WRITE_DOCS=1 cargo test --test architecture"
-    );
+    common::check_generated("docs/architecture.md", "crates", &render(&graph));
 }
 
 /// A module's path from its file: `src/a/b.rs` and `src/a/b/mod.rs` are `a::b`; `lib.rs`,

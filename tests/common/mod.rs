@@ -643,3 +643,25 @@ pub(crate) async fn https_endpoint_after(
     });
     addr
 }
+
+/// Checks that the section of the repository file `rel` between `<!-- NAME: begin -->` and
+/// `<!-- NAME: end -->` is exactly `generated`; with `PORTCULLIS_WRITE_DOCS` set, rewrites it.
+pub(crate) fn check_generated(rel: &str, name: &str, generated: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let (begin, end) = (
+        format!("<!-- {name}: begin -->\n"),
+        format!("<!-- {name}: end -->"),
+    );
+    let a = doc.find(&begin).expect("the begin marker") + begin.len();
+    let b = doc.find(&end).expect("the end marker");
+    if doc[a..b] != *generated && std::env::var_os("PORTCULLIS_WRITE_DOCS").is_some() {
+        std::fs::write(&path, format!("{}{generated}{}", &doc[..a], &doc[b..])).unwrap();
+        return;
+    }
+    assert_eq!(
+        doc[a..b],
+        *generated,
+        "{rel} is not what the code generates: run the test with PORTCULLIS_WRITE_DOCS=1"
+    );
+}
