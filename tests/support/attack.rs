@@ -586,9 +586,28 @@ fn group(id: &str) -> char {
     id.chars().next().unwrap_or('?')
 }
 
-/// Runs every case in order; fails once at the end listing every mismatch. Returns the
-/// number of cases per group (and prints it).
+/// The case filter: `PORTCULLIS_CASE` names one case id (`A07`) or an id prefix (`A0`, `G`);
+/// unset or empty, every case runs.
+pub(crate) fn case_filter() -> Option<String> {
+    std::env::var("PORTCULLIS_CASE")
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// Runs every case in order (only those whose id is or starts with `PORTCULLIS_CASE` when that
+/// is set); fails once at the end listing every mismatch. Returns the number of cases run per
+/// group (and prints it).
 pub(crate) async fn run(lab: &Lab, cases: Vec<Case>) -> BTreeMap<char, usize> {
+    let filter = case_filter();
+    let total = cases.len();
+    let cases: Vec<Case> = match &filter {
+        None => cases,
+        Some(f) => cases
+            .into_iter()
+            .filter(|c| c.id.starts_with(f.as_str()))
+            .collect(),
+    };
     let mut failures = Vec::new();
     let mut counts: BTreeMap<char, usize> = BTreeMap::new();
     let mut ids: BTreeMap<char, std::collections::BTreeSet<&'static str>> = BTreeMap::new();
@@ -605,7 +624,18 @@ pub(crate) async fn run(lab: &Lab, cases: Vec<Case>) -> BTreeMap<char, usize> {
         .iter()
         .map(|(g, n)| format!("{g}: {n} cases ({} ids)", ids[g].len()))
         .collect();
-    eprintln!("attack cases by group: {}", summary.join(", "));
+    match &filter {
+        None => eprintln!("attack cases by group: {}", summary.join(", ")),
+        Some(f) => eprintln!(
+            "PORTCULLIS_CASE={f}: ran {} of {total} attack cases; by group: {}",
+            cases.len(),
+            if summary.is_empty() {
+                "none matched".to_string()
+            } else {
+                summary.join(", ")
+            }
+        ),
+    }
     assert!(
         failures.is_empty(),
         "{} of {} attack cases failed:\n{}",
