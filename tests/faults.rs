@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
-use portcullis_audit::AuditLog;
 use portcullis_proxy::config::Config;
-use portcullis_proxy::Shared;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn empty() -> Full<Bytes> {
@@ -23,31 +21,6 @@ fn empty() -> Full<Bytes> {
 }
 
 const ACCOUNTS: &str = "/open-banking/v3.1/aisp/accounts";
-
-/// Starts a proxy from `o` with the config text passed through `edit` first (the audit
-/// section, certificate paths, ...).
-async fn start_edited(o: Options, edit: impl FnOnce(String) -> String) -> Proxy {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
-    std::fs::write(dir.path().join("policies/test.yaml"), &o.policy).unwrap();
-    let path = dir.path().join("portcullis.yaml");
-    std::fs::write(&path, edit(config_text(&o, certs()))).unwrap();
-    let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
-    let audit = AuditLog::start(&config.audit).unwrap();
-    let clock = o
-        .clock
-        .clone()
-        .unwrap_or_else(|| Arc::new(portcullis_base::clock::SystemClock));
-    let shared = Arc::new(Shared::with_clock(config, audit, Some(path), clock));
-    let running = portcullis_proxy::start(Arc::clone(&shared)).await.unwrap();
-    Proxy {
-        addr: running.addr,
-        admin: running.admin_addr.unwrap(),
-        dir,
-        shared,
-        running: Some(running),
-    }
-}
 
 async fn metrics(p: &Proxy) -> String {
     p.admin_get("/metrics").await.1
@@ -313,7 +286,7 @@ async fn an_upstream_refusing_connections_is_502_and_it_recovers_when_it_listens
 async fn a_slow_upstream_is_504_at_the_response_timeout_and_the_next_request_is_unaffected() {
     let up = Scripted::start(Script::Hang).await;
     let mut o = Options::new(up.addr);
-    o.response_timeout = "500ms";
+    o.bank().response_timeout = Some(dur("500ms"));
     let p = Proxy::start(o).await;
     let t = Instant::now();
     let (a, id) = get_as(&p, ACCOUNTS, false).await;
@@ -440,11 +413,21 @@ async fn a_slow_or_garbage_key_source_keeps_the_last_good_set() {
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
     o.policy = AUTH_POLICY.split("  - id: balances").next().unwrap().into();
-    o.extra = format!(
-        "issuers:\n  as:\n    issuer: {ISS}\n    audience: {AUD}\n    jwks:\n      url: https://localhost:{}/jwks\n      ca: [{}]\n      refresh_interval: 1s\n      min_refetch_interval: 1s\n      fetch_timeout: 500ms\n",
-        jwks.addr.port(),
-        certs().join("ca.pem").display()
-    );
+    let keys = FileJwks {
+        url: Some(format!("https://localhost:{}/jwks", jwks.addr.port())),
+        ca: vec![certs().join("ca.pem").display().to_string()],
+        refresh_interval: Some(dur("1s")),
+        min_refetch_interval: Some(dur("1s")),
+        fetch_timeout: Some(dur("500ms")),
+        ..FileJwks::default()
+    };
+    let issuer = FileIssuer {
+        issuer: ISS.into(),
+        audience: AUD.into(),
+        jwks: Some(keys),
+        ..FileIssuer::default()
+    };
+    o.config.issuers.insert("as".into(), issuer);
     let p = Proxy::start(o).await;
     // Slow before any set.
     assert_eq!(p.admin_get("/readyz").await.0, 503);
@@ -538,12 +521,20 @@ async fn a_failing_consent_source_refuses_with_503_and_recovers() {
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
     o.policy = AUTH_POLICY.into();
-    o.extra = format!(
-        "issuers:\n  as:\n    issuer: {ISS}\n    audience: {AUD}\n    jwks: {{file: {}}}\nconsent:\n  url: https://localhost:{}/consents/{{id}}\n  ca: [{}]\n  timeout: 500ms\n  ttl: 60s\n",
-        dir.path().join("jwks.json").display(),
-        consent.addr.port(),
-        certs().join("ca.pem").display()
+    o.config.issuers.insert(
+        "as".into(),
+        file_issuer(ISS, AUD, &dir.path().join("jwks.json")),
     );
+    o.config.consent = Some(FileConsentSource {
+        url: Some(format!(
+            "https://localhost:{}/consents/{{id}}",
+            consent.addr.port()
+        )),
+        ca: vec![certs().join("ca.pem").display().to_string()],
+        timeout: Some(dur("500ms")),
+        ttl: Some(dur("60s")),
+        ..FileConsentSource::default()
+    });
     let p = Proxy::start(o).await;
     let t = token(&key, serde_json::json!({"openbanking_intent_id": "aac-1"}));
     let good = serde_json::json!({"Data": {"ConsentId": "aac-1", "Status": "Authorised",
@@ -600,13 +591,12 @@ async fn a_failing_consent_source_refuses_with_503_and_recovers() {
 // symlink: to /dev/full (every write fails with ENOSPC), later swapped for a regular file. On a
 // write error the writer reopens the path, so the swap is the disk coming back.
 
-const DEFAULT_AUDIT: &str = "audit:\n  sink: file\n  path: audit.log\n";
-
 /// A proxy whose audit path is a symlink to /dev/full; returns it, the symlink and the file the
-/// symlink will point to once the disk "recovers".
+/// symlink will point to once the disk "recovers". `queue_full` is the audit queue policy
+/// (default: block).
 async fn on_a_full_disk(
     up: SocketAddr,
-    policy: &str,
+    queue_full: Option<&str>,
 ) -> (
     Proxy,
     std::path::PathBuf,
@@ -617,15 +607,15 @@ async fn on_a_full_disk(
     let link = d.path().join("audit.log");
     std::os::unix::fs::symlink("/dev/full", &link).unwrap();
     let target = d.path().join("recovered.log");
-    let yaml = format!(
-        "audit:\n  sink: file\n  path: {}\n  queue_capacity: 4\n{policy}",
-        link.display()
-    );
-    let p = start_edited(Options::new(up), |text| {
-        assert!(text.contains(DEFAULT_AUDIT));
-        text.replace(DEFAULT_AUDIT, &yaml)
-    })
-    .await;
+    let mut o = Options::new(up);
+    o.config.audit = FileAudit {
+        sink: Some("file".into()),
+        path: Some(link.display().to_string()),
+        queue_capacity: Some(4),
+        queue_full: queue_full.map(Into::into),
+        ..FileAudit::default()
+    };
+    let p = Proxy::start(o).await;
     (p, link, target, d)
 }
 
@@ -672,7 +662,7 @@ async fn until_unhealthy(p: &Proxy) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_audit_disk_under_block_holds_responses_once_the_queue_is_full() {
     let up = Upstream::start(Behaviour::Ok).await;
-    let (p, link, target, _d) = on_a_full_disk(up.addr, "").await;
+    let (p, link, target, _d) = on_a_full_disk(up.addr, None).await;
     let p = Arc::new(p);
     let mut answered = Vec::new();
     let mut held = None;
@@ -748,7 +738,7 @@ async fn a_failing_audit_disk_under_block_holds_responses_once_the_queue_is_full
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_audit_disk_under_refuse_refuses_until_writes_work() {
     let up = Upstream::start(Behaviour::Ok).await;
-    let (p, link, target, _d) = on_a_full_disk(up.addr, "  queue_full: refuse\n").await;
+    let (p, link, target, _d) = on_a_full_disk(up.addr, Some("refuse")).await;
     let (a, first) = p.get(ACCOUNTS).await;
     assert_eq!(a.status, 200, "admitted before the failure shows");
     until_unhealthy(&p).await;
@@ -814,14 +804,61 @@ async fn a_bad_config_on_reload_keeps_the_old_one_serving_and_is_counted() {
     .unwrap();
     let new_route = "  - id: new.route\n    method: GET\n    path: /new\n";
     let server_key = certs().join("server.key").display().to_string();
+    // The config file is the kit's typed config written as JSON: edits are made to its value.
+    let unknown_field = {
+        let mut v: serde_json::Value = serde_json::from_str(&good_config).unwrap();
+        v["surprise"] = 1.into();
+        v.to_string()
+    };
+    let bad_issuer = {
+        let mut f: FileConfig = serde_json::from_str(&good_config).unwrap();
+        f.issuers
+            .insert("as".into(), file_issuer("https://as", "https://rs", &junk));
+        serde_json::to_string_pretty(&f).unwrap()
+    };
     let cases: Vec<(&str, String, String, &str)> = vec![
-        ("YAML syntax", good_config.clone() + "listener: [\n", good_policy.clone() + new_route, "portcullis.yaml"),
-        ("unknown field", good_config.clone() + "surprise: 1\n", good_policy.clone() + new_route, "surprise"),
-        ("missing certificate file", good_config.replace(&server_key, "/nonexistent/server.key"), good_policy.clone() + new_route, "/nonexistent/server.key"),
-        ("garbage private key", good_config.replace(&server_key, &junk.display().to_string()), good_policy.clone() + new_route, "listener.tls"),
-        ("garbage issuer key set", good_config.clone() + &format!("issuers:\n  as:\n    issuer: https://as\n    audience: https://rs\n    jwks: {{file: {}}}\n", junk.display()), good_policy.clone() + new_route, "junk.pem"),
-        ("route naming an unknown upstream", good_config.clone(), good_policy.clone() + new_route + "    upstream: nowhere\n", "nowhere"),
-        ("duplicate route id", good_config.clone(), good_policy.clone() + "  - id: accounts.list\n    method: GET\n    path: /dup\n", "accounts.list"),
+        (
+            "YAML syntax",
+            good_config.clone() + "listener: [\n",
+            good_policy.clone() + new_route,
+            "portcullis.yaml",
+        ),
+        (
+            "unknown field",
+            unknown_field,
+            good_policy.clone() + new_route,
+            "surprise",
+        ),
+        (
+            "missing certificate file",
+            good_config.replace(&server_key, "/nonexistent/server.key"),
+            good_policy.clone() + new_route,
+            "/nonexistent/server.key",
+        ),
+        (
+            "garbage private key",
+            good_config.replace(&server_key, &junk.display().to_string()),
+            good_policy.clone() + new_route,
+            "listener.tls",
+        ),
+        (
+            "garbage issuer key set",
+            bad_issuer,
+            good_policy.clone() + new_route,
+            "junk.pem",
+        ),
+        (
+            "route naming an unknown upstream",
+            good_config.clone(),
+            good_policy.clone() + new_route + "    upstream: nowhere\n",
+            "nowhere",
+        ),
+        (
+            "duplicate route id",
+            good_config.clone(),
+            good_policy.clone() + "  - id: accounts.list\n    method: GET\n    path: /dup\n",
+            "accounts.list",
+        ),
     ];
     let n = cases.len() as f64;
     for (what, c, pol, named) in cases {
@@ -1071,18 +1108,10 @@ async fn a_server_certificate_near_expiry_is_renewed_by_reload_and_an_expired_on
         now + time::Duration::hours(12),
     );
     let up = Upstream::start(Behaviour::Ok).await;
-    let (pem, key) = (
-        certs().join("server.pem").display().to_string(),
-        certs().join("server.key").display().to_string(),
-    );
-    let (new_pem, new_key) = (
-        d.path().join("server.pem").display().to_string(),
-        d.path().join("server.key").display().to_string(),
-    );
-    let p = start_edited(Options::new(up.addr), |t| {
-        t.replace(&pem, &new_pem).replace(&key, &new_key)
-    })
-    .await;
+    let mut o = Options::new(up.addr);
+    o.config.listener.tls.certificate = d.path().join("server.pem").display().to_string();
+    o.config.listener.tls.private_key = d.path().join("server.key").display().to_string();
+    let p = Proxy::start(o).await;
     assert_eq!(presented(&p).await, first);
     let days = metric(&metrics(&p).await, "portcullis_server_cert_expiry_days");
     assert!(days > 0.0 && days < 1.0, "expiry in {days} days");

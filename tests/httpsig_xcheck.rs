@@ -76,22 +76,27 @@ routes:
     signature: {kind: http-sig, sign_response: true}
 "#
     .to_string();
-    o.extra = format!(
-        r#"issuers:
-  as:
-    issuer: https://as.example
-    audience: https://rs.example
-    jwks: {{file: {jwks}}}
-signatures:
-  client: "{{client_id}}"
-  client_keys: {{directory: {clients}}}
-  http: {{public_base_url: "https://rs.example"}}
-  response: {{key: {bank_key}, kid: bank-1}}
-"#,
-        jwks = jwks.display(),
-        clients = clients.display(),
-        bank_key = bank_key.display(),
+    o.config.issuers.insert(
+        "as".into(),
+        file_issuer("https://as.example", "https://rs.example", &jwks),
     );
+    o.config.signatures = FileSignatures {
+        client: Some("{client_id}".into()),
+        client_keys: Some(FileClientKeys {
+            directory: Some(clients.display().to_string()),
+            ..FileClientKeys::default()
+        }),
+        http: FileHttpSig {
+            public_base_url: Some("https://rs.example".into()),
+            ..FileHttpSig::default()
+        },
+        response: Some(FileResponse {
+            key: bank_key.display().to_string(),
+            kid: "bank-1".into(),
+            ..FileResponse::default()
+        }),
+        ..FileSignatures::default()
+    };
     o.clock = Some(Arc::new(ManualClock::new(NOW)) as Arc<dyn Clock>);
     let p = Proxy::start(o).await;
     Env {

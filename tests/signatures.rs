@@ -126,39 +126,45 @@ async fn env_with(keys_url: Option<String>) -> Env {
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
     o.policy = POLICY.to_string();
-    o.extra = format!(
-        r#"issuers:
-  as:
-    issuer: {ISS}
-    audience: {AUD}
-    jwks: {{file: {jwks}}}
-signatures:
-  client: "{{org_id}}"
-  client_keys:
-{keys_source}
-    min_refetch_interval: 0s
-  jws:
-    trust_anchors: [{TAN}]
-    iss: "{{org_id}}/{{cert_cn}}"
-    max_age: 5m
-    clock_skew: 30s
-  http:
-    public_base_url: https://rs.example
-  response:
-    key: {bank_key}
-    kid: bank-1
-    iss: bank-org/bank-ssa
-"#,
-        jwks = jwks.display(),
-        keys_source = match &keys_url {
-            None => format!("    directory: {}", clients.display()),
-            Some(u) => format!(
-                "    url: \"{u}\"\n    ca: [{}]",
-                certs().join("ca.pem").display()
-            ),
+    o.config
+        .issuers
+        .insert("as".into(), file_issuer(ISS, AUD, &jwks));
+    let ca = certs().join("ca.pem").display().to_string();
+    let client_keys = match &keys_url {
+        None => FileClientKeys {
+            directory: Some(clients.display().to_string()),
+            ..FileClientKeys::default()
         },
-        bank_key = bank_key.display(),
-    );
+        Some(u) => FileClientKeys {
+            url: Some(u.clone()),
+            ca: vec![ca],
+            ..FileClientKeys::default()
+        },
+    };
+    o.config.signatures = FileSignatures {
+        client: Some("{org_id}".into()),
+        client_keys: Some(FileClientKeys {
+            min_refetch_interval: Some(dur("0s")),
+            ..client_keys
+        }),
+        jws: FileJws {
+            trust_anchors: vec![TAN.into()],
+            iss: Some("{org_id}/{cert_cn}".into()),
+            max_age: Some(dur("5m")),
+            clock_skew: Some(dur("30s")),
+            ..FileJws::default()
+        },
+        http: FileHttpSig {
+            public_base_url: Some("https://rs.example".into()),
+            ..FileHttpSig::default()
+        },
+        response: Some(FileResponse {
+            key: bank_key.display().to_string(),
+            kid: "bank-1".into(),
+            iss: Some("bank-org/bank-ssa".into()),
+            ..FileResponse::default()
+        }),
+    };
     let clock = Arc::new(ManualClock::new(NOW));
     o.clock = Some(clock.clone() as Arc<dyn Clock>);
     let p = Proxy::start(o).await;
@@ -1617,16 +1623,16 @@ routes:
     signature: {kind: http-sig}
 "#;
     std::fs::write(dir.path().join("policies/p.yaml"), policy).unwrap();
-    let load = |extra: &str| {
+    let load = |signatures: FileSignatures| {
         let mut o = Options::new("127.0.0.1:9".parse().unwrap());
-        o.extra = extra.to_string();
+        o.config.signatures = signatures;
         let path = dir.path().join("c.yaml");
-        std::fs::write(&path, config_text(&o, certs())).unwrap();
+        std::fs::write(&path, o.config_text()).unwrap();
         portcullis_proxy::config::Config::load(&path)
             .map(|_| ())
             .map_err(|e| e.to_string())
     };
-    let err = load("").unwrap_err();
+    let err = load(FileSignatures::default()).unwrap_err();
     for want in [
         "route a: signature: the config has no `signatures.client_keys`",
         "route a: signature: obie-jws needs `signatures.jws.trust_anchors`",
@@ -1635,9 +1641,24 @@ routes:
     ] {
         assert!(err.contains(want), "{want} not in:\n{err}");
     }
-    let err = load(
-        "signatures:\n  client: \"{nope}\"\n  client_keys: {url: \"http://x/{client}\"}\n  jws: {algorithms: [HS256], iss: \"{org_id\"}\n  response: {key: missing.key, kid: k}\n",
-    )
+    let err = load(FileSignatures {
+        client: Some("{nope}".into()),
+        client_keys: Some(FileClientKeys {
+            url: Some("http://x/{client}".into()),
+            ..FileClientKeys::default()
+        }),
+        jws: FileJws {
+            algorithms: Some(vec!["HS256".into()]),
+            iss: Some("{org_id".into()),
+            ..FileJws::default()
+        },
+        response: Some(FileResponse {
+            key: "missing.key".into(),
+            kid: "k".into(),
+            ..FileResponse::default()
+        }),
+        ..FileSignatures::default()
+    })
     .unwrap_err();
     for want in [
         "signatures.client: unknown placeholder `{nope}`",
@@ -1651,11 +1672,22 @@ routes:
     std::fs::create_dir_all(dir.path().join("clients")).unwrap();
     let bank = KeyPair::generate(Alg::ES256, "bank").unwrap();
     std::fs::write(dir.path().join("bank.key"), bank.to_pkcs8_pem()).unwrap();
-    load(&format!(
-        "signatures:\n  client_keys: {{directory: {}}}\n  jws: {{trust_anchors: [{TAN}]}}\n  response: {{key: {}, kid: bank}}\n",
-        dir.path().join("clients").display(),
-        dir.path().join("bank.key").display()
-    ))
+    load(FileSignatures {
+        client_keys: Some(FileClientKeys {
+            directory: Some(dir.path().join("clients").display().to_string()),
+            ..FileClientKeys::default()
+        }),
+        jws: FileJws {
+            trust_anchors: vec![TAN.into()],
+            ..FileJws::default()
+        },
+        response: Some(FileResponse {
+            key: dir.path().join("bank.key").display().to_string(),
+            kid: "bank".into(),
+            ..FileResponse::default()
+        }),
+        ..FileSignatures::default()
+    })
     .unwrap();
     // Route fields are checked too.
     std::fs::write(
@@ -1665,7 +1697,7 @@ routes:
             .replace("kind: http-sig", "kind: http-sig, profile: obie-3.1.3"),
     )
     .unwrap();
-    let err = load("").unwrap_err();
+    let err = load(FileSignatures::default()).unwrap_err();
     assert!(
         err.contains("signature.profile: unknown profile `obie-4`"),
         "{err}"

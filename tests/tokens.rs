@@ -68,10 +68,12 @@ async fn env() -> Env {
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
     o.policy = POLICY.to_string();
-    o.extra = format!(
-        "issuers:\n  as:\n    issuer: {ISS}\n    audience: {AUD}\n    jwks:\n      file: {}\n    clock_skew: 10s\ndpop:\n  public_base_url: {BASE}\n",
-        jwks_path.display()
-    );
+    let issuer = FileIssuer {
+        clock_skew: Some(dur("10s")),
+        ..file_issuer(ISS, AUD, &jwks_path)
+    };
+    o.config.issuers.insert("as".into(), issuer);
+    o.config.dpop.public_base_url = Some(BASE.into());
     let clock = Arc::new(ManualClock::new(NOW));
     o.clock = Some(clock.clone() as Arc<dyn Clock>);
     let p = Proxy::start(o).await;
@@ -761,7 +763,11 @@ async fn the_wycheproof_jws_vectors_are_refused_as_bearer_tokens_end_to_end() {
         std::fs::write(&file, set.to_string()).unwrap();
         let mut o = Options::new(up.addr);
         o.policy = "group: w\nupstream: bank\nroutes:\n  - id: w\n    method: GET\n    path: /w\n    auth: {profile: bearer}\n".into();
-        o.extra = format!("issuers:\n  as:\n    issuer: x\n    audience: y\n    require_typ: false\n    jwks:\n      file: {}\n", file.display());
+        let issuer = FileIssuer {
+            require_typ: Some(false),
+            ..file_issuer("x", "y", &file)
+        };
+        o.config.issuers.insert("as".into(), issuer);
         let mut o2 = o;
         // A group whose key set we refuse outright (weak or ambiguous keys) cannot be loaded at
         // all, which is also a refusal; skip those groups here (the unit test covers them).
@@ -769,13 +775,13 @@ async fn the_wycheproof_jws_vectors_are_refused_as_bearer_tokens_end_to_end() {
             let d = tempfile::tempdir().unwrap();
             std::fs::create_dir_all(d.path().join("policies")).unwrap();
             std::fs::write(d.path().join("policies/p.yaml"), &o2.policy).unwrap();
-            std::fs::write(d.path().join("c.yaml"), common::config_text(&o2, certs())).unwrap();
+            std::fs::write(d.path().join("c.yaml"), o2.config_text()).unwrap();
             portcullis_proxy::config::Config::load(&d.path().join("c.yaml")).is_ok()
         };
         if !cfg_ok {
             continue;
         }
-        o2.response_timeout = "2s";
+        o2.bank().response_timeout = Some(dur("2s"));
         let p = Proxy::start(o2).await;
         for t in group["tests"].as_array().unwrap() {
             if t["result"] != "invalid" {
@@ -816,11 +822,20 @@ async fn readiness_waits_for_key_sets_and_a_rotated_remote_key_is_fetched_on_an_
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
     o.policy = POLICY.to_string();
-    o.extra = format!(
-        "issuers:\n  as:\n    issuer: {ISS}\n    audience: {AUD}\n    jwks:\n      url: https://localhost:{}/jwks\n      ca: [{}]\n      refresh_interval: 1h\n      min_refetch_interval: 1s\n",
-        server.addr.port(),
-        certs().join("ca.pem").display()
-    );
+    let jwks = FileJwks {
+        url: Some(format!("https://localhost:{}/jwks", server.addr.port())),
+        ca: vec![certs().join("ca.pem").display().to_string()],
+        refresh_interval: Some(dur("1h")),
+        min_refetch_interval: Some(dur("1s")),
+        ..FileJwks::default()
+    };
+    let issuer = FileIssuer {
+        issuer: ISS.into(),
+        audience: AUD.into(),
+        jwks: Some(jwks),
+        ..FileIssuer::default()
+    };
+    o.config.issuers.insert("as".into(), issuer);
     let p = Proxy::start(o).await;
     // No key set yet: not ready, and tokens are refused with 503 (fail closed).
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1225,12 +1240,21 @@ async fn opaque_tokens_are_introspected_cached_and_refused_when_inactive_or_unkn
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
     o.policy = POLICY.to_string();
-    o.extra = format!(
-        "issuers:\n  as:\n    issuer: {ISS}\n    audience: {AUD}\n    introspection:\n      url: https://localhost:{}/introspect\n      ca: [{}]\n      client_id: rs-client\n      client_secret_file: {}\n      cache_ttl: 60s\n",
-        addr.port(),
-        certs().join("ca.pem").display(),
-        secret.path().join("secret").display()
-    );
+    let introspection = FileIntrospection {
+        url: format!("https://localhost:{}/introspect", addr.port()),
+        ca: vec![certs().join("ca.pem").display().to_string()],
+        client_id: Some("rs-client".into()),
+        client_secret_file: Some(secret.path().join("secret").display().to_string()),
+        cache_ttl: Some(dur("60s")),
+        ..FileIntrospection::default()
+    };
+    let issuer = FileIssuer {
+        issuer: ISS.into(),
+        audience: AUD.into(),
+        introspection: Some(introspection),
+        ..FileIssuer::default()
+    };
+    o.config.issuers.insert("as".into(), issuer);
     let clock = Arc::new(ManualClock::new(NOW));
     o.clock = Some(clock.clone() as Arc<dyn Clock>);
     let p = Proxy::start(o).await;

@@ -15,6 +15,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use portcullis_audit::AuditLog;
+/// The typed config file: what a test builds its proxy's config from.
+#[allow(unused_imports)]
+pub(crate) use portcullis_proxy::config::file::*;
 use portcullis_proxy::config::Config;
 use portcullis_proxy::Running;
 use portcullis_proxy::Shared;
@@ -305,18 +308,80 @@ routes:
     client_cert: optional
 "#;
 
+/// A duration in the config's text form (`"250ms"`, `"5s"`): a typed field's value.
+pub(crate) fn dur(text: &str) -> ConfigDuration {
+    ConfigDuration(ConfigDuration::parse(text).unwrap_or_else(|e| panic!("duration: {e}")))
+}
+
+/// The config every test starts from: the listener on 127.0.0.1:0 with the dev certificates
+/// (client certificates required, 2 s handshakes, 4 KiB default body limit), the admin
+/// listener, one `bank` upstream at `upstream` (500 ms connect, 5 s response), the file audit
+/// sink `audit.log`, the `policies` directory and a 5 s drain.
+pub(crate) fn base_config(upstream: SocketAddr) -> FileConfig {
+    let c = |f: &str| certs().join(f).display().to_string();
+    FileConfig {
+        listener: FileListener {
+            address: "127.0.0.1:0".into(),
+            tls: FileTls {
+                certificate: c("server.pem"),
+                private_key: c("server.key"),
+                client_ca: vec![c("ca.pem")],
+                crl: vec![c("ca.crl")],
+                client_auth: Some("required".into()),
+                handshake_timeout: Some(dur("2s")),
+            },
+            limits: FileLimits {
+                default_body_limit: Some(4096),
+                ..FileLimits::default()
+            },
+            ..FileListener::default()
+        },
+        admin: Some(FileAdmin {
+            address: "127.0.0.1:0".into(),
+        }),
+        upstreams: [("bank".to_string(), upstream_at(upstream))].into(),
+        audit: FileAudit {
+            sink: Some("file".into()),
+            path: Some("audit.log".into()),
+            ..FileAudit::default()
+        },
+        policies: vec!["policies".into()],
+        shutdown: FileShutdown {
+            drain_timeout: Some(dur("5s")),
+        },
+        ..FileConfig::default()
+    }
+}
+
+/// A plain-HTTP upstream at `addr` with a 500 ms connect and 5 s response timeout.
+pub(crate) fn upstream_at(addr: SocketAddr) -> FileUpstream {
+    FileUpstream {
+        url: format!("http://{addr}"),
+        connect_timeout: Some(dur("500ms")),
+        response_timeout: Some(dur("5s")),
+        ..FileUpstream::default()
+    }
+}
+
+/// An issuer whose keys are read from the key-set file `jwks`.
+pub(crate) fn file_issuer(issuer: &str, audience: &str, jwks: &Path) -> FileIssuer {
+    FileIssuer {
+        issuer: issuer.into(),
+        audience: audience.into(),
+        jwks: Some(FileJwks {
+            file: Some(jwks.display().to_string()),
+            ..FileJwks::default()
+        }),
+        ..FileIssuer::default()
+    }
+}
+
 /// Options for one proxy under test.
 pub(crate) struct Options {
-    pub upstream: SocketAddr,
-    pub client_auth: &'static str,
-    /// Extra YAML under `listener.limits`.
-    pub limits: &'static str,
-    /// Extra top-level YAML (e.g. `fapi:`), replacing the defaults where it names a section.
-    pub extra: String,
-    pub response_timeout: &'static str,
+    /// The config file as a value, written out as JSON (which is YAML) by [`Proxy::start`];
+    /// tests change its typed fields. Default: [`base_config`].
+    pub config: FileConfig,
     pub policy: String,
-    /// Replaces the body of the `upstreams.bank` entry (url and the rest) when set.
-    pub upstream_yaml: Option<String>,
     /// The clock token and DPoP checks read (default: the system clock).
     pub clock: Option<Arc<dyn portcullis_base::clock::Clock>>,
 }
@@ -324,15 +389,23 @@ pub(crate) struct Options {
 impl Options {
     pub(crate) fn new(upstream: SocketAddr) -> Options {
         Options {
-            upstream,
-            client_auth: "required",
-            limits: "",
-            extra: String::new(),
-            response_timeout: "5s",
+            config: base_config(upstream),
             policy: POLICY.to_string(),
-            upstream_yaml: None,
             clock: None,
         }
+    }
+
+    /// The `bank` upstream's entry.
+    pub(crate) fn bank(&mut self) -> &mut FileUpstream {
+        self.config
+            .upstreams
+            .get_mut("bank")
+            .expect("a bank upstream")
+    }
+
+    /// The config file's text: [`Options::config`] serialized as JSON (which is YAML).
+    pub(crate) fn config_text(&self) -> String {
+        serde_json::to_string_pretty(&self.config).expect("the config serializes")
     }
 }
 
@@ -344,57 +417,13 @@ pub(crate) struct Proxy {
     pub running: Option<Running>,
 }
 
-pub(crate) fn config_text(o: &Options, certs: &Path) -> String {
-    let c = |f: &str| certs.join(f).display().to_string();
-    format!(
-        r#"
-listener:
-  address: "127.0.0.1:0"
-  tls:
-    certificate: {server}
-    private_key: {key}
-    client_ca: [{ca}]
-    crl: [{crl}]
-    client_auth: {auth}
-    handshake_timeout: 2s
-  limits:
-    default_body_limit: 4096
-{limits}
-admin:
-  address: "127.0.0.1:0"
-upstreams:
-  bank:
-{upstream}
-audit:
-  sink: file
-  path: audit.log
-policies: [policies]
-shutdown:
-  drain_timeout: 5s
-{extra}
-"#,
-        server = c("server.pem"),
-        key = c("server.key"),
-        ca = c("ca.pem"),
-        crl = c("ca.crl"),
-        auth = o.client_auth,
-        limits = o.limits,
-        upstream = o.upstream_yaml.clone().unwrap_or_else(|| format!(
-            "    url: http://{}\n    connect_timeout: 500ms\n    response_timeout: {}",
-            o.upstream, o.response_timeout
-        )),
-        extra = o.extra,
-    )
-}
-
 impl Proxy {
     pub(crate) async fn start(o: Options) -> Proxy {
-        let certs = certs();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("policies")).unwrap();
         std::fs::write(dir.path().join("policies/test.yaml"), &o.policy).unwrap();
         let path = dir.path().join("portcullis.yaml");
-        std::fs::write(&path, config_text(&o, certs)).unwrap();
+        std::fs::write(&path, o.config_text()).unwrap();
         let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
         let audit = AuditLog::start(&config.audit).unwrap();
         let clock = o
@@ -414,6 +443,20 @@ impl Proxy {
 
     pub(crate) fn config_path(&self) -> PathBuf {
         self.dir.path().join("portcullis.yaml")
+    }
+
+    /// The config file as it is on disk now, as a typed value.
+    pub(crate) fn file_config(&self) -> FileConfig {
+        let text = std::fs::read_to_string(self.config_path()).unwrap();
+        serde_json::from_str(&text).expect("the config file is the kit's JSON")
+    }
+
+    /// Rewrites the config file through `edit` on its typed value (for a reload to pick up).
+    pub(crate) fn edit_config(&self, edit: impl FnOnce(&mut FileConfig)) {
+        let mut c = self.file_config();
+        edit(&mut c);
+        let text = serde_json::to_string_pretty(&c).expect("the config serializes");
+        std::fs::write(self.config_path(), text).unwrap();
     }
 
     /// A connected client presenting `identity` (`tpp1`, `revoked`, ... or `None`).

@@ -287,15 +287,10 @@ pub(crate) fn claims(extra: Value) -> Value {
 /// What a lab proxy is built from.
 pub(crate) struct LabOptions {
     pub policy: String,
-    /// Extra top-level YAML after the `issuers` and `dpop` sections the lab writes.
-    pub extra: String,
-    /// Extra lines under `listener.limits` (indented by four spaces).
-    pub limits: &'static str,
-    pub client_auth: &'static str,
-    /// Extra lines under `issuers.as` (indented by four spaces).
-    pub issuer: &'static str,
-    /// Extra lines under `dpop` (indented by two spaces).
-    pub dpop: &'static str,
+    /// The config file as a value: [`base_config`] with the lab's issuer `as` ([`ISS`],
+    /// [`AUD`], 10 s clock skew) and `dpop.public_base_url` [`BASE`]. [`Lab::start`] fills in
+    /// the `bank` and `slow` upstreams and the issuer's key file.
+    pub config: FileConfig,
     /// What the `bank` upstream answers (the `slow` upstream always waits 1.5 s, then 200).
     pub behaviour: Behaviour,
     /// More JWKs in the issuer's key set, beside the lab key `as-1`.
@@ -304,16 +299,29 @@ pub(crate) struct LabOptions {
 
 impl LabOptions {
     pub(crate) fn new(policy: &str) -> LabOptions {
+        let mut config = base_config(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.issuers.insert(
+            "as".into(),
+            FileIssuer {
+                issuer: ISS.into(),
+                audience: AUD.into(),
+                jwks: Some(FileJwks::default()),
+                clock_skew: Some(dur("10s")),
+                ..FileIssuer::default()
+            },
+        );
+        config.dpop.public_base_url = Some(BASE.into());
         LabOptions {
             policy: policy.to_string(),
-            extra: String::new(),
-            limits: "",
-            client_auth: "required",
-            issuer: "",
-            dpop: "",
+            config,
             behaviour: Behaviour::Ok,
             extra_keys: Vec::new(),
         }
+    }
+
+    /// The lab issuer `as`.
+    pub(crate) fn issuer(&mut self) -> &mut FileIssuer {
+        self.config.issuers.get_mut("as").expect("the lab issuer")
     }
 }
 
@@ -341,19 +349,20 @@ impl Lab {
         let slow = Upstream::start(Behaviour::Delay(Duration::from_millis(1500))).await;
         let mut opts = Options::new(up.addr);
         opts.policy = o.policy;
-        opts.limits = o.limits;
-        opts.client_auth = o.client_auth;
-        opts.upstream_yaml = Some(format!(
-            "    url: http://{}\n    connect_timeout: 500ms\n    response_timeout: 5s\n  slow:\n    url: http://{}\n    connect_timeout: 500ms\n    response_timeout: 5s",
-            up.addr, slow.addr
-        ));
-        opts.extra = format!(
-            "issuers:\n  as:\n    issuer: {ISS}\n    audience: {AUD}\n    jwks:\n      file: {}\n    clock_skew: 10s\n{}dpop:\n  public_base_url: {BASE}\n{}{}",
-            jwks.display(),
-            o.issuer,
-            o.dpop,
-            o.extra
-        );
+        opts.config = o.config;
+        opts.config.upstreams = [
+            ("bank".to_string(), upstream_at(up.addr)),
+            ("slow".to_string(), upstream_at(slow.addr)),
+        ]
+        .into();
+        if let Some(j) = opts
+            .config
+            .issuers
+            .get_mut("as")
+            .and_then(|i| i.jwks.as_mut())
+        {
+            j.file = Some(jwks.display().to_string());
+        }
         let clock = Arc::new(ManualClock::new(NOW));
         opts.clock = Some(clock.clone() as Arc<dyn Clock>);
         let p = Proxy::start(opts).await;
