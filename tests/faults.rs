@@ -14,7 +14,6 @@ use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
 use portcullis_proxy::config::Config;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn empty() -> Full<Bytes> {
     Full::new(Bytes::new())
@@ -33,99 +32,6 @@ fn metric(text: &str, prefix: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
-}
-
-/// How a scripted upstream treats the next connections.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Script {
-    /// 200 with a small JSON body.
-    Answer,
-    /// Reads the request and never answers.
-    Hang,
-    /// Reads the request, then resets the connection before any byte of an answer.
-    ResetBeforeHead,
-    /// Sends the head (Content-Length 1000) and 10 bytes of body, then resets.
-    ResetMidBody,
-}
-
-/// A hand-written HTTP/1.1 upstream (GET only) whose behaviour the test switches.
-struct Scripted {
-    addr: SocketAddr,
-    script: Arc<Mutex<Script>>,
-    requests: Arc<AtomicUsize>,
-}
-
-impl Scripted {
-    async fn start(script: Script) -> Scripted {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Scripted::serve(l, script)
-    }
-
-    fn serve(l: tokio::net::TcpListener, script: Script) -> Scripted {
-        let addr = l.local_addr().unwrap();
-        let script = Arc::new(Mutex::new(script));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let (s, n) = (script.clone(), requests.clone());
-        tokio::spawn(async move {
-            while let Ok((mut tcp, _)) = l.accept().await {
-                let (s, n) = (s.clone(), n.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match tcp.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                            }
-                        }
-                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                        buf.drain(..end);
-                        n.fetch_add(1, Ordering::SeqCst);
-                        let script = *s.lock().unwrap();
-                        match script {
-                            Script::Answer => {
-                                let body = "{\"Data\":{}}";
-                                let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
-                                if tcp.write_all(head.as_bytes()).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Script::Hang => {
-                                tokio::time::sleep(Duration::from_secs(3600)).await;
-                                return;
-                            }
-                            Script::ResetBeforeHead => {
-                                let _ = tcp.set_zero_linger();
-                                return;
-                            }
-                            Script::ResetMidBody => {
-                                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"Data\":{";
-                                let _ = tcp.write_all(head.as_bytes()).await;
-                                let _ = tcp.flush().await;
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                                let _ = tcp.set_zero_linger();
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        Scripted {
-            addr,
-            script,
-            requests,
-        }
-    }
-
-    fn set(&self, s: Script) {
-        *self.script.lock().unwrap() = s;
-    }
-
-    fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
 }
 
 /// How an HTTPS dependency (key source, consent source) answers.
@@ -276,15 +182,15 @@ async fn an_upstream_refusing_connections_is_502_and_it_recovers_when_it_listens
     assert!(m.contains("reason=\"upstream.connect_failed\""), "{m}");
     // The upstream comes back on the same address: the next request goes through (a failed
     // connect is not remembered).
-    let up = Scripted::serve(Upstream::revive(dead), Script::Answer);
+    let up = Upstream::serve(Upstream::revive(dead), Behaviour::Ok);
     let (a, _) = get_as(&p, ACCOUNTS, false).await;
     assert_eq!(a.unwrap().status, 200);
-    assert_eq!(up.requests(), 1);
+    assert_eq!(up.count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_upstream_is_504_at_the_response_timeout_and_the_next_request_is_unaffected() {
-    let up = Scripted::start(Script::Hang).await;
+    let up = Upstream::start(Behaviour::Hang).await;
     let mut o = Options::new(up.addr);
     o.bank().response_timeout = Some(dur("500ms"));
     let p = Proxy::start(o).await;
@@ -297,21 +203,21 @@ async fn a_slow_upstream_is_504_at_the_response_timeout_and_the_next_request_is_
         took >= Duration::from_millis(450) && took < Duration::from_secs(5),
         "{took:?}"
     );
-    up.set(Script::Answer);
+    up.set(Behaviour::Ok);
     let (a, _) = get_as(&p, ACCOUNTS, true).await;
     assert_eq!(a.unwrap().status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_reset_before_its_answer_is_502_bad_response() {
-    let up = Scripted::start(Script::ResetBeforeHead).await;
+    let up = Upstream::start(Behaviour::ResetBeforeHead).await;
     let p = Proxy::start(Options::new(up.addr)).await;
     for h2 in [false, true] {
         let (a, id) = get_as(&p, ACCOUNTS, h2).await;
         let rec = assert_failed(&p, &a.unwrap(), &id, 502, "upstream.bad_response").await;
         assert_eq!(rec["decision"], "error");
     }
-    up.set(Script::Answer);
+    up.set(Behaviour::Ok);
     assert_eq!(get_as(&p, ACCOUNTS, false).await.0.unwrap().status, 200);
 }
 
@@ -320,7 +226,7 @@ async fn an_upstream_reset_before_its_answer_is_502_bad_response() {
 /// audit record — written when the head is sent — says 200 from the upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_reset_mid_body_truncates_the_response_the_client_sees() {
-    let up = Scripted::start(Script::ResetMidBody).await;
+    let up = Upstream::start(Behaviour::ResetMidBody).await;
     let p = Proxy::start(Options::new(up.addr)).await;
     for h2 in [false, true] {
         let (a, id) = get_as(&p, ACCOUNTS, h2).await;
@@ -340,7 +246,7 @@ async fn an_upstream_reset_mid_body_truncates_the_response_the_client_sees() {
         );
     }
     // The proxy keeps serving.
-    up.set(Script::Answer);
+    up.set(Behaviour::Ok);
     assert_eq!(get_as(&p, ACCOUNTS, true).await.0.unwrap().status, 200);
 }
 

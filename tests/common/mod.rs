@@ -70,12 +70,32 @@ pub(crate) enum Behaviour {
     DelayCreated(Duration),
     /// 200 at once, then a 64 KiB body in 1 KiB pieces 50 ms apart (a slow download).
     Trickle,
+    /// Reads the request and never answers.
+    Hang,
+    /// Reads the request, then resets the connection before any byte of an answer.
+    ResetBeforeHead,
+    /// Sends the head (Content-Length 1000) and 10 bytes of body, then resets.
+    ResetMidBody,
 }
 
-/// An in-process upstream that records every request it receives.
+impl Behaviour {
+    /// The behaviours played on the bytes of the connection (a hand-written HTTP/1.1 server):
+    /// a plain connection accepted while one of these is set is served that way, each request
+    /// as the behaviour set when it arrives ([`Behaviour::Ok`] for any other).
+    fn on_the_wire(self) -> bool {
+        matches!(
+            self,
+            Behaviour::Hang | Behaviour::ResetBeforeHead | Behaviour::ResetMidBody
+        )
+    }
+}
+
+/// An in-process upstream that records every request it receives; its behaviour can be
+/// switched while it runs ([`Upstream::set`]).
 pub(crate) struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    behaviour: Arc<Mutex<Behaviour>>,
 }
 
 impl Upstream {
@@ -116,9 +136,24 @@ impl Upstream {
 
     async fn start_with(behaviour: Behaviour, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Upstream::serve_with(listener, behaviour, tls)
+    }
+
+    /// An upstream on `listener` (e.g. a revived [`Upstream::dead_addr`]).
+    pub(crate) fn serve(listener: TcpListener, behaviour: Behaviour) -> Upstream {
+        Upstream::serve_with(listener, behaviour, None)
+    }
+
+    fn serve_with(
+        listener: TcpListener,
+        behaviour: Behaviour,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Upstream {
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let rec = Arc::clone(&seen);
+        let behaviour = Arc::new(Mutex::new(behaviour));
+        let current = Arc::clone(&behaviour);
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -126,7 +161,12 @@ impl Upstream {
                 };
                 let rec = Arc::clone(&rec);
                 let tls = tls.clone();
+                let current = Arc::clone(&current);
                 tokio::spawn(async move {
+                    let wire = current.lock().unwrap().on_the_wire();
+                    if tls.is_none() && wire {
+                        return on_the_wire(tcp, &rec, &current).await;
+                    }
                     let (io, peer_cert) = match tls {
                         None => (Io::Plain(tcp), None),
                         Some(acceptor) => {
@@ -145,6 +185,7 @@ impl Upstream {
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let rec = Arc::clone(&rec);
                         let peer_cert = peer_cert.clone();
+                        let behaviour = *current.lock().unwrap();
                         async move {
                             let (mut parts, body) = req.into_parts();
                             if let Some(t) = peer_cert {
@@ -170,6 +211,14 @@ impl Upstream {
                             };
                             if let Behaviour::Delay(d) | Behaviour::DelayCreated(d) = behaviour {
                                 tokio::time::sleep(d).await;
+                            }
+                            if behaviour.on_the_wire() {
+                                // A connection that was open before the switch: hang, or close
+                                // it without an answer (hyper cannot reset it mid-body).
+                                if matches!(behaviour, Behaviour::Hang) {
+                                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                                }
+                                return Err("scripted failure");
                             }
                             if let Behaviour::Trickle = behaviour {
                                 return Ok(trickle());
@@ -201,7 +250,7 @@ impl Upstream {
                                 .insert("connection", "x-upstream-secret".parse().unwrap());
                             r.headers_mut()
                                 .insert("x-upstream-secret", "hop".parse().unwrap());
-                            Ok::<_, std::convert::Infallible>(r)
+                            Ok::<_, &'static str>(r)
                         }
                     });
                     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -213,7 +262,16 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, seen }
+        Upstream {
+            addr,
+            seen,
+            behaviour,
+        }
+    }
+
+    /// Switches what the upstream does with the requests that arrive from now on.
+    pub(crate) fn set(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
     }
 
     /// An address where nothing listens: a socket bound there without listening (a connect
@@ -246,6 +304,85 @@ impl Upstream {
 
     pub(crate) fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+}
+
+/// Serves a plain connection by hand (HTTP/1.1, requests without a body), so that the
+/// behaviours [`Behaviour::on_the_wire`] can hang or reset it; each request is recorded (method,
+/// target and headers) and played as the behaviour set when it arrives.
+async fn on_the_wire(
+    mut tcp: tokio::net::TcpStream,
+    rec: &Mutex<Vec<Seen>>,
+    current: &Mutex<Behaviour>,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        }
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head: Vec<u8> = buf.drain(..end).collect();
+        rec.lock().unwrap().push(parse_head(&head));
+        let behaviour = *current.lock().unwrap();
+        match behaviour {
+            Behaviour::Hang => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return;
+            }
+            Behaviour::ResetBeforeHead => {
+                let _ = tcp.set_zero_linger();
+                return;
+            }
+            Behaviour::ResetMidBody => {
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"Data\":{";
+                let _ = tcp.write_all(head.as_bytes()).await;
+                let _ = tcp.flush().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = tcp.set_zero_linger();
+                return;
+            }
+            _ => {
+                let body = "{\"Data\":{}}";
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if tcp.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The request line and header fields of an HTTP/1.1 request head, as a [`Seen`].
+fn parse_head(head: &[u8]) -> Seen {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let method = first.next().unwrap_or_default().to_string();
+    let path_and_query = first.next().unwrap_or_default().to_string();
+    let mut headers = http::HeaderMap::new();
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name.trim().as_bytes()),
+                http::HeaderValue::from_str(value.trim()),
+            ) {
+                headers.append(n, v);
+            }
+        }
+    }
+    Seen {
+        method,
+        path_and_query,
+        headers,
+        body: Bytes::new(),
+        trailers: None,
     }
 }
 
