@@ -43,12 +43,6 @@ routes:
     signature: {kind: obie-jws, profile: obie-3.1.4}
 "#;
 
-struct Env {
-    p: Proxy,
-    up: Upstream,
-    dir: tempfile::TempDir,
-}
-
 /// The proxy with a DPoP route, a nonce route, a certificate-bound route and an OBIE-signed
 /// payment route; tpp1's JWS key in its client key directory.
 async fn env() -> Env {
@@ -83,8 +77,7 @@ async fn env() -> Env {
         },
         ..FileSignatures::default()
     };
-    let p = Proxy::start(o).await;
-    Env { p, up, dir }
+    Env::start(o, up, dir, None).await
 }
 
 /// A scenario against `env`'s proxy: `routes` and `load` YAML spliced into the common parts.

@@ -179,11 +179,6 @@ fn start_as(dpop: &SigningKey) -> As {
 // ---------------------------------------------------------------------------------------------
 // The proxy in front of a recording upstream, trusting the provider through introspection.
 
-struct Env {
-    p: Proxy,
-    up: Upstream,
-}
-
 impl Env {
     async fn send(
         &self,
@@ -321,10 +316,7 @@ async fn introspection_answers_for_refresh_tokens_and_other_audiences_are_refuse
     };
     o.config.issuers.insert("as".into(), issuer);
     o.config.dpop.public_base_url = Some(BASE.into());
-    let e = Env {
-        p: Proxy::start(o).await,
-        up,
-    };
+    let e = Env::start(o, up, tempfile::tempdir().unwrap(), None).await;
     let bearer = |t: &str| ("authorization", format!("Bearer {t}"));
     let dpop_auth = |t: &str| ("authorization", format!("DPoP {t}"));
     let proof = |t: &str| {

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
-use portcullis_base::clock::{Clock, ManualClock};
 use portcullis_crypto::jose::sign::SigningKey;
 use portcullis_crypto::jose::Alg;
 use rustls_pki_types::pem::PemObject;
@@ -58,11 +57,17 @@ routes:
 
 const LEAKY: &str = r#"{"Data":{"Account":[{"AccountId":"acc-1"},{"AccountId":"acc-victim"}]}}"#;
 
-struct Env {
-    p: Proxy,
-    up: Upstream,
+/// The kit's [`Env`] (on a manual clock at [`NOW`]) and tpp1's access token.
+struct PolicyEnv {
+    env: Env,
     token: String,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for PolicyEnv {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.env
+    }
 }
 
 /// The consent file `consents.json` that [`env`] writes (`DIR` is its directory).
@@ -73,7 +78,7 @@ fn consents_file() -> FileConsentSource {
     }
 }
 
-async fn env(mut consent: FileConsentSource) -> Env {
+async fn env(mut consent: FileConsentSource) -> PolicyEnv {
     let key = SigningKey::generate(Alg::ES256, "as-1").unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jwks.json"), key.jwks().to_string()).unwrap();
@@ -93,23 +98,17 @@ async fn env(mut consent: FileConsentSource) -> Env {
         file_issuer("https://as", "https://rs", &dir.path().join("jwks.json")),
     );
     o.config.consent = Some(consent);
-    o.clock = Some(Arc::new(ManualClock::new(NOW)) as Arc<dyn Clock>);
-    let p = Proxy::start(o).await;
+    let env = Env::start(o, up, dir, Some(NOW)).await;
     let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join("tpp1.pem")).unwrap();
     let token = key.access_token(&json!({
         "iss": "https://as", "aud": "https://rs", "exp": NOW + 300, "scope": "accounts",
         "openbanking_intent_id": "aac-1", "accounts": ["acc-1"],
         "cnf": {"x5t#S256": portcullis_crypto::pki::thumbprint_s256(der.as_ref())},
     }));
-    Env {
-        p,
-        up,
-        token,
-        _dir: dir,
-    }
+    PolicyEnv { env, token }
 }
 
-impl Env {
+impl PolicyEnv {
     async fn get(&self, path: &str) -> (portcullis_tools::client::Answer, String) {
         self.p
             .send(
@@ -146,7 +145,7 @@ async fn an_account_outside_the_consent_is_403_with_the_rule_in_the_audit_record
 }
 
 async fn assert_refused_after(
-    e: &Env,
+    e: &PolicyEnv,
     a: &portcullis_tools::client::Answer,
     id: &str,
     status: u16,

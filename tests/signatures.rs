@@ -11,7 +11,6 @@ use bytes::Bytes;
 use common::*;
 use http::HeaderMap;
 use http_body_util::Full;
-use portcullis_base::clock::{Clock, ManualClock};
 use portcullis_crypto::httpsig::base::signature_base;
 use portcullis_crypto::httpsig::digest::{content_digest, DigestAlg};
 use portcullis_crypto::httpsig::fields::{input, parse_field, signature_bytes};
@@ -70,10 +69,9 @@ routes:
     signature: {kind: http-sig}
 "#;
 
-struct Env {
-    p: Proxy,
-    up: Upstream,
-    clock: Arc<ManualClock>,
+/// The kit's [`Env`] (on a manual clock at [`NOW`]) and the keys and token of the signing tests.
+struct SigEnv {
+    env: Env,
     /// tpp1's keys: PS256 (OBIE and RFC 9421), ES256 and Ed25519 (RFC 9421).
     ps: KeyPair,
     es: KeyPair,
@@ -83,7 +81,13 @@ struct Env {
     /// The proxy's response-signing key.
     bank: VerifyingKey,
     token: String,
-    _dirs: tempfile::TempDir,
+}
+
+impl std::ops::Deref for SigEnv {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.env
+    }
 }
 
 fn thumb(name: &str) -> String {
@@ -92,13 +96,13 @@ fn thumb(name: &str) -> String {
     portcullis_crypto::pki::thumbprint_s256(der.as_ref())
 }
 
-async fn env() -> Env {
+async fn env() -> SigEnv {
     env_with(None).await
 }
 
 /// The proxy with tpp1's and tpp2's keys in a directory, or (with `keys_url`) fetched from a
 /// URL template over TLS pinned to the dev CA.
-async fn env_with(keys_url: Option<String>) -> Env {
+async fn env_with(keys_url: Option<String>) -> SigEnv {
     let dirs = tempfile::tempdir().unwrap();
     let clients = dirs.path().join("clients");
     std::fs::create_dir_all(&clients).unwrap();
@@ -165,24 +169,18 @@ async fn env_with(keys_url: Option<String>) -> Env {
             ..FileResponse::default()
         }),
     };
-    let clock = Arc::new(ManualClock::new(NOW));
-    o.clock = Some(clock.clone() as Arc<dyn Clock>);
-    let p = Proxy::start(o).await;
-    Env {
-        p,
-        up,
-        clock,
+    SigEnv {
+        env: Env::start(o, up, dirs, Some(NOW)).await,
         bank: from_jwk(bank.public_jwk().as_object().unwrap()).unwrap(),
         ps,
         es,
         ed,
         other,
         token,
-        _dirs: dirs,
     }
 }
 
-impl Env {
+impl SigEnv {
     async fn send(
         &self,
         identity: &str,
@@ -648,7 +646,7 @@ async fn b05_to_b08_b12_header_claims_are_checked() {
     }
     // B06 once more with the clock: a signature made 4 minutes ago passes, 6 minutes fails.
     let sig = e.jws(&obie_header(Profile::Obie314), PAYMENT);
-    e.clock.advance(240);
+    e.clock().advance(240);
     let (a, _) = e
         .send(
             "tpp1",
@@ -660,7 +658,7 @@ async fn b05_to_b08_b12_header_claims_are_checked() {
         )
         .await;
     assert_eq!(a.status, 200);
-    e.clock.advance(120);
+    e.clock().advance(120);
     e.refused_obie(
         P314,
         &[sig],
@@ -823,7 +821,7 @@ struct Signed {
     map: HeaderMap,
 }
 
-fn base_headers(e: &Env, body: &[u8]) -> HeaderMap {
+fn base_headers(e: &SigEnv, body: &[u8]) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(
         "authorization",
@@ -882,7 +880,7 @@ fn params<'a>(key: &'a KeyPair, created: i64) -> Params<'a> {
 }
 
 /// A FAPI 2.0 signed POST of `body` to `path` by `key`.
-fn fapi_signed(e: &Env, key: &KeyPair, path: &str, body: &[u8], p: Params<'_>) -> Signed {
+fn fapi_signed(e: &SigEnv, key: &KeyPair, path: &str, body: &[u8], p: Params<'_>) -> Signed {
     let map = base_headers(e, body);
     let names: Vec<&str> = if body.is_empty() {
         FAPI_COMPONENTS[..3].to_vec()
@@ -1520,7 +1518,7 @@ async fn portcullis_sign_makes_requests_the_proxy_accepts() {
         "sign", "keygen", "--alg", "ES256", "--kid", "cli-es", "--out", out,
     ]);
     // Add the new public keys to tpp1's set: found on the unknown-kid re-read, no reload.
-    let set_path = e._dirs.path().join("clients/PSDGB-FCA-123456.json");
+    let set_path = e.dir.path().join("clients/PSDGB-FCA-123456.json");
     let mut set: Value =
         serde_json::from_str(&std::fs::read_to_string(&set_path).unwrap()).unwrap();
     for kid in ["cli-ps", "cli-es"] {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
-use portcullis_base::clock::{Clock, ManualClock};
+use portcullis_base::clock::Clock;
 use portcullis_crypto::jose::sign::SigningKey;
 use portcullis_crypto::jose::{b64url, Alg};
 use rustls_pki_types::pem::PemObject;
@@ -46,12 +46,17 @@ routes:
     auth: {profile: fapi2, dpop_nonce: true}
 "#;
 
-struct Env {
-    p: Proxy,
-    up: Upstream,
+/// The kit's [`Env`] (on a manual clock at [`NOW`]) and the issuer's signing key.
+struct TokenEnv {
+    env: Env,
     key: SigningKey,
-    clock: Arc<ManualClock>,
-    _jwks: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TokenEnv {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.env
+    }
 }
 
 fn thumb(name: &str) -> String {
@@ -60,7 +65,7 @@ fn thumb(name: &str) -> String {
     portcullis_crypto::pki::thumbprint_s256(der.as_ref())
 }
 
-async fn env() -> Env {
+async fn env() -> TokenEnv {
     let key = SigningKey::generate(Alg::ES256, "as-1").unwrap();
     let jwks = tempfile::tempdir().unwrap();
     let jwks_path = jwks.path().join("jwks.json");
@@ -74,15 +79,9 @@ async fn env() -> Env {
     };
     o.config.issuers.insert("as".into(), issuer);
     o.config.dpop.public_base_url = Some(BASE.into());
-    let clock = Arc::new(ManualClock::new(NOW));
-    o.clock = Some(clock.clone() as Arc<dyn Clock>);
-    let p = Proxy::start(o).await;
-    Env {
-        p,
-        up,
+    TokenEnv {
+        env: Env::start(o, up, jwks, Some(NOW)).await,
         key,
-        clock,
-        _jwks: jwks,
     }
 }
 
@@ -101,12 +100,12 @@ fn claims(extra: Value) -> Value {
     c
 }
 
-fn cert_bound(env: &Env) -> String {
+fn cert_bound(env: &TokenEnv) -> String {
     env.key
         .access_token(&claims(json!({"cnf": {"x5t#S256": thumb("tpp1")}})))
 }
 
-impl Env {
+impl TokenEnv {
     /// Sends `method path` as `identity` with the given headers; returns the answer and the
     /// interaction id.
     async fn send(
@@ -238,11 +237,11 @@ async fn a_cached_token_is_verified_once_but_its_expiry_is_checked_every_time() 
     );
     assert_eq!(rt.tokens.hits.load(std::sync::atomic::Ordering::Relaxed), 2);
     drop(rt);
-    e.clock.advance(400);
+    e.clock().advance(400);
     e.refused("tpp1", "/accounts", &[bearer(&t)], 401, "token.expired")
         .await;
     // The binding is checked on every hit too: the cached token from another certificate.
-    e.clock.advance(-400);
+    e.clock().advance(-400);
     e.refused(
         "tpp2",
         "/accounts",
@@ -503,7 +502,7 @@ async fn token_checks_each_refuse_with_their_own_reason() {
     .await;
 }
 
-fn dpop_bound(e: &Env, client: &SigningKey) -> String {
+fn dpop_bound(e: &TokenEnv, client: &SigningKey) -> String {
     e.key
         .access_token(&claims(json!({"cnf": {"jkt": client.thumbprint()}})))
 }
@@ -1181,7 +1180,7 @@ async fn a_nonce_route_hands_out_nonces_and_refuses_proofs_without_a_current_one
         "binding.dpop_nonce",
     )
     .await;
-    e.clock.advance(400);
+    e.clock().advance(400);
     let late = client.dpop_proof("GET", &url, Some(&t), NOW + 400, "n3", Some(&nonce));
     let a = e
         .refused(
@@ -1255,15 +1254,9 @@ async fn opaque_tokens_are_introspected_cached_and_refused_when_inactive_or_unkn
         ..FileIssuer::default()
     };
     o.config.issuers.insert("as".into(), issuer);
-    let clock = Arc::new(ManualClock::new(NOW));
-    o.clock = Some(clock.clone() as Arc<dyn Clock>);
-    let p = Proxy::start(o).await;
-    let e = Env {
-        p,
-        up,
+    let e = TokenEnv {
+        env: Env::start(o, up, secret, Some(NOW)).await,
         key: SigningKey::generate(Alg::ES256, "unused").unwrap(),
-        clock,
-        _jwks: secret,
     };
     let n = || calls.load(std::sync::atomic::Ordering::SeqCst);
     // Active and bound to tpp1: forwarded; the answer is cached for the TTL.
@@ -1293,7 +1286,7 @@ async fn opaque_tokens_are_introspected_cached_and_refused_when_inactive_or_unkn
     )
     .await;
     // After the TTL it is asked again.
-    e.clock.advance(61);
+    e.clock().advance(61);
     assert_eq!(
         e.send("tpp1", "GET", "/accounts", &[bearer("opaque-good")])
             .await
@@ -1319,7 +1312,7 @@ async fn opaque_tokens_are_introspected_cached_and_refused_when_inactive_or_unkn
     )
     .await;
     down.store(true, std::sync::atomic::Ordering::SeqCst);
-    e.clock.advance(61);
+    e.clock().advance(61);
     e.refused(
         "tpp1",
         "/accounts",

@@ -725,6 +725,48 @@ impl Proxy {
     }
 }
 
+/// One proxy under test and what a test reaches it through: the proxy, its recording `bank`
+/// upstream, the manual clock its token, DPoP and signature checks read (when the test runs on
+/// one) and the directory holding the files its config names (key sets, client keys,
+/// consents). A test file adds its own methods (`impl Env` in the file) and, when it has keys
+/// of its own, wraps it (`Lab` in support/attack.rs) and dereferences to it.
+pub(crate) struct Env {
+    pub p: Proxy,
+    pub up: Upstream,
+    pub clock: Option<Arc<portcullis_base::clock::ManualClock>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// Starts the proxy from `o` in front of `up`; with `now`, its checks read a manual clock
+    /// set to that time (otherwise the clock `o` names, by default the system clock). `dir`
+    /// lives as long as the environment.
+    pub(crate) async fn start(
+        mut o: Options,
+        up: Upstream,
+        dir: tempfile::TempDir,
+        now: Option<i64>,
+    ) -> Env {
+        let clock = now.map(|t| Arc::new(portcullis_base::clock::ManualClock::new(t)));
+        if let Some(c) = &clock {
+            o.clock = Some(c.clone() as Arc<dyn portcullis_base::clock::Clock>);
+        }
+        Env {
+            p: Proxy::start(o).await,
+            up,
+            clock,
+            dir,
+        }
+    }
+
+    /// The manual clock (for an environment started with one).
+    pub(crate) fn clock(&self) -> &portcullis_base::clock::ManualClock {
+        self.clock
+            .as_deref()
+            .expect("an environment on a manual clock")
+    }
+}
+
 pub(crate) fn req(method: &str, path: &str) -> http::request::Builder {
     http::Request::builder()
         .method(method)

@@ -7,12 +7,10 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use portcullis_base::clock::{Clock, ManualClock};
 use portcullis_crypto::jose::sign::SigningKey;
 use portcullis_crypto::jose::Alg;
 use rustls_pki_types::pem::PemObject;
@@ -328,13 +326,19 @@ impl LabOptions {
 /// A proxy under attack: the `bank` and `slow` recording upstreams, the issuer's signing key
 /// (ES256, kid `as-1`, whose set the proxy reads from a file), and the clock the token, DPoP
 /// and signature checks read, at [`NOW`].
+/// The kit's [`Env`] (proxy, `bank` upstream, clock, directory) plus the `slow` upstream and
+/// the issuer's key; it dereferences to the [`Env`].
 pub(crate) struct Lab {
-    pub p: Proxy,
-    pub up: Upstream,
+    pub env: Env,
     pub slow: Upstream,
     pub key: SigningKey,
-    pub clock: Arc<ManualClock>,
-    pub dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Lab {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.env
+    }
 }
 
 impl Lab {
@@ -363,16 +367,10 @@ impl Lab {
         {
             j.file = Some(jwks.display().to_string());
         }
-        let clock = Arc::new(ManualClock::new(NOW));
-        opts.clock = Some(clock.clone() as Arc<dyn Clock>);
-        let p = Proxy::start(opts).await;
         Lab {
-            p,
-            up,
+            env: Env::start(opts, up, dir, Some(NOW)).await,
             slow,
             key,
-            clock,
-            dir,
         }
     }
 
@@ -695,9 +693,9 @@ async fn run_one(lab: &Lab, c: &Case) -> Result<(), String> {
             Some(task)
         }
     };
-    lab.clock.advance(c.advance);
+    lab.clock().advance(c.advance);
     let result = run_case(lab, c).await;
-    lab.clock.advance(-c.advance);
+    lab.clock().advance(-c.advance);
     if let Some(task) = background {
         match task.await {
             Ok(Ok(a)) if a.status.is_success() => {}
