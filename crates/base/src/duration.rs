@@ -58,7 +58,7 @@ impl fmt::Display for ConfigDuration {
             return f.write_str("0ms");
         }
         for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-            if ms % size == 0 {
+            if ms.is_multiple_of(size) {
                 return write!(f, "{}{unit}", ms / size);
             }
         }
