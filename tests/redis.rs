@@ -61,10 +61,8 @@ fn thumb(name: &str) -> String {
     portcullis_crypto::pki::thumbprint_s256(der.as_ref())
 }
 
-struct Instance {
-    p: Proxy,
-    up: Upstream,
-}
+/// One instance of the fleet: the kit's [`Env`] on the fleet's shared clock.
+type Instance = Env;
 
 struct Fleet {
     redis: RedisServer,
@@ -133,11 +131,8 @@ async fn fleet_with(states: [fn(&mut FileState); 2], behaviours: [Behaviour; 2])
         let mut o = Options::new(up.addr);
         o.policy = POLICY.to_string();
         config(&mut o, state);
-        o.clock = Some(clock.clone() as Arc<dyn Clock>);
-        instances.push(Instance {
-            p: Proxy::start(o).await,
-            up,
-        });
+        let dir = tempfile::tempdir().unwrap();
+        instances.push(Env::on_clock(o, up, dir, clock.clone()).await);
     }
     let b = instances.pop().unwrap();
     let a = instances.pop().unwrap();

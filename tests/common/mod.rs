@@ -742,19 +742,37 @@ impl Env {
     /// set to that time (otherwise the clock `o` names, by default the system clock). `dir`
     /// lives as long as the environment.
     pub(crate) async fn start(
-        mut o: Options,
+        o: Options,
         up: Upstream,
         dir: tempfile::TempDir,
         now: Option<i64>,
     ) -> Env {
-        let clock = now.map(|t| Arc::new(portcullis_base::clock::ManualClock::new(t)));
-        if let Some(c) = &clock {
-            o.clock = Some(c.clone() as Arc<dyn portcullis_base::clock::Clock>);
+        match now {
+            Some(t) => {
+                let clock = Arc::new(portcullis_base::clock::ManualClock::new(t));
+                Env::on_clock(o, up, dir, clock).await
+            }
+            None => Env {
+                p: Proxy::start(o).await,
+                up,
+                clock: None,
+                dir,
+            },
         }
+    }
+
+    /// As [`Env::start`] on a manual `clock` that other environments may share (a fleet).
+    pub(crate) async fn on_clock(
+        mut o: Options,
+        up: Upstream,
+        dir: tempfile::TempDir,
+        clock: Arc<portcullis_base::clock::ManualClock>,
+    ) -> Env {
+        o.clock = Some(clock.clone() as Arc<dyn portcullis_base::clock::Clock>);
         Env {
             p: Proxy::start(o).await,
             up,
-            clock,
+            clock: Some(clock),
             dir,
         }
     }
