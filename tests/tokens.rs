@@ -956,48 +956,18 @@ struct JwksServer {
 }
 
 impl JwksServer {
+    /// The kit's [`https_endpoint`], answering with the status and body last [`set`].
+    ///
+    /// [`set`]: JwksServer::set
     async fn start() -> JwksServer {
-        use hyper_util::rt::{TokioExecutor, TokioIo};
-        let certs = certs();
-        let chain: Vec<_> =
-            rustls_pki_types::CertificateDer::pem_file_iter(certs.join("server.pem"))
-                .unwrap()
-                .map(|c| c.unwrap())
-                .collect();
-        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(certs.join("server.key")).unwrap();
-        let cfg = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
         let state = Arc::new(std::sync::Mutex::new((503u16, String::new())));
         let hits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (st, h) = (state.clone(), hits.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = l.accept().await else {
-                    return;
-                };
-                let (acceptor, st, h) = (acceptor.clone(), st.clone(), h.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let svc = hyper::service::service_fn(move |_req| {
-                        h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let (status, body) = st.lock().unwrap().clone();
-                        let mut r = http::Response::new(Full::new(Bytes::from(body)));
-                        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                        async move { Ok::<_, std::convert::Infallible>(r) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
-        });
+        let addr = https_endpoint(Arc::new(move |_, _| {
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            st.lock().unwrap().clone()
+        }))
+        .await;
         JwksServer { addr, state, hits }
     }
     fn set(&self, status: u16, body: String) {
