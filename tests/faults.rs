@@ -6,8 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,80 +31,6 @@ fn metric(text: &str, prefix: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
-}
-
-/// How an HTTPS dependency (key source, consent source) answers.
-#[derive(Clone, Debug)]
-enum Answer {
-    With(u16, String),
-    Hang,
-}
-
-/// An HTTPS endpoint (dev server certificate) whose answer the test switches.
-struct Source {
-    addr: SocketAddr,
-    answer: Arc<Mutex<Answer>>,
-    hits: Arc<AtomicUsize>,
-}
-
-impl Source {
-    async fn start(answer: Answer) -> Source {
-        use rustls_pki_types::pem::PemObject;
-        let chain: Vec<_> =
-            rustls_pki_types::CertificateDer::pem_file_iter(certs().join("server.pem"))
-                .unwrap()
-                .map(|c| c.unwrap())
-                .collect();
-        let key =
-            rustls_pki_types::PrivateKeyDer::from_pem_file(certs().join("server.key")).unwrap();
-        let cfg = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let answer = Arc::new(Mutex::new(answer));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let (a, h) = (answer.clone(), hits.clone());
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = l.accept().await {
-                let (acceptor, a, h) = (acceptor.clone(), a.clone(), h.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let svc = hyper::service::service_fn(move |_req| {
-                        let (a, h) = (a.clone(), h.clone());
-                        async move {
-                            h.fetch_add(1, Ordering::SeqCst);
-                            let answer = a.lock().unwrap().clone();
-                            let (status, body) = match answer {
-                                Answer::With(s, b) => (s, b),
-                                Answer::Hang => {
-                                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                                    (500, String::new())
-                                }
-                            };
-                            let mut r = http::Response::new(Full::new(Bytes::from(body)));
-                            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                            Ok::<_, std::convert::Infallible>(r)
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
-                });
-            }
-        });
-        Source { addr, answer, hits }
-    }
-
-    fn set(&self, a: Answer) {
-        *self.answer.lock().unwrap() = a;
-    }
 }
 
 /// Sends GET `path` as tpp1 over HTTP/1.1 or HTTP/2; the answer (or the client's error) and
@@ -315,7 +240,7 @@ const AUTH_POLICY: &str = "group: t\nupstream: bank\nroutes:\n  - id: accounts\n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_or_garbage_key_source_keeps_the_last_good_set() {
     let key = SigningKey::generate(Alg::ES256, "k1").unwrap();
-    let jwks = Source::start(Answer::Hang).await;
+    let jwks = Source::start(Reply::Hang).await;
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
     o.policy = AUTH_POLICY.split("  - id: balances").next().unwrap().into();
@@ -344,13 +269,13 @@ async fn a_slow_or_garbage_key_source_keeps_the_last_good_set() {
         "waited {took:?} for a slow key source"
     );
     // Down (500) before any set: the same.
-    jwks.set(Answer::With(500, String::new()));
+    jwks.set(Reply::With(500, String::new()));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (a, id, _) = with_token(&p, "/accounts", &token(&key, serde_json::json!({}))).await;
     assert_failed(&p, &a, &id, 503, "token.keys_unavailable").await;
     assert_eq!(p.admin_get("/readyz").await.0, 503);
     // The source answers: ready, and tokens pass.
-    jwks.set(Answer::With(200, key.jwks().to_string()));
+    jwks.set(Reply::With(200, key.jwks().to_string()));
     assert!(
         ready_within(&p, Duration::from_secs(10)).await,
         "never ready"
@@ -367,12 +292,12 @@ async fn a_slow_or_garbage_key_source_keeps_the_last_good_set() {
     let unusable =
         serde_json::json!({"keys": [{"kty": "oct", "kid": "k1", "k": "c2VjcmV0"}]}).to_string();
     for (what, answer) in [
-        ("slow", Answer::Hang),
-        ("down", Answer::With(503, String::new())),
-        ("not JSON", Answer::With(200, "<html>".into())),
-        ("an empty set", Answer::With(200, "{\"keys\":[]}".into())),
-        ("only unusable keys", Answer::With(200, unusable)),
-        ("2 MiB", Answer::With(200, huge)),
+        ("slow", Reply::Hang),
+        ("down", Reply::With(503, String::new())),
+        ("not JSON", Reply::With(200, "<html>".into())),
+        ("an empty set", Reply::With(200, "{\"keys\":[]}".into())),
+        ("only unusable keys", Reply::With(200, unusable)),
+        ("2 MiB", Reply::With(200, huge)),
     ] {
         jwks.set(answer);
         tokio::time::sleep(Duration::from_millis(1600)).await;
@@ -390,7 +315,7 @@ async fn a_slow_or_garbage_key_source_keeps_the_last_good_set() {
         assert_eq!(p.admin_get("/readyz").await.0, 200, "{what}");
     }
     // An unknown kid while the source is slow waits at most the fetch timeout.
-    jwks.set(Answer::Hang);
+    jwks.set(Reply::Hang);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let other = SigningKey::generate(Alg::ES256, "k2").unwrap();
     let (a, id, took) = with_token(&p, "/accounts", &token(&other, serde_json::json!({}))).await;
@@ -423,7 +348,7 @@ async fn a_failing_consent_source_refuses_with_503_and_recovers() {
     let key = SigningKey::generate(Alg::ES256, "k1").unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jwks.json"), key.jwks().to_string()).unwrap();
-    let consent = Source::start(Answer::Hang).await;
+    let consent = Source::start(Reply::Hang).await;
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
     o.policy = AUTH_POLICY.into();
@@ -446,12 +371,12 @@ async fn a_failing_consent_source_refuses_with_503_and_recovers() {
     let good = serde_json::json!({"Data": {"ConsentId": "aac-1", "Status": "Authorised",
         "ExpirationDateTime": "2099-01-01T00:00:00+00:00", "Permissions": ["ReadBalances"], "accounts": ["acc-1"]}});
     for (what, answer) in [
-        ("slow", Answer::Hang),
-        ("500", Answer::With(500, String::new())),
-        ("not JSON", Answer::With(200, "<html>".into())),
+        ("slow", Reply::Hang),
+        ("500", Reply::With(500, String::new())),
+        ("not JSON", Reply::With(200, "<html>".into())),
         (
             "JSON that is not a consent",
-            Answer::With(200, "{\"Data\":7}".into()),
+            Reply::With(200, "{\"Data\":7}".into()),
         ),
     ] {
         consent.set(answer);
@@ -466,10 +391,10 @@ async fn a_failing_consent_source_refuses_with_503_and_recovers() {
         "nothing was allowed while the consent was unknown"
     );
     assert!(
-        consent.hits.load(Ordering::SeqCst) >= 4,
+        consent.hits() >= 4,
         "a failure is not cached: each request asked again"
     );
-    consent.set(Answer::With(200, good.to_string()));
+    consent.set(Reply::With(200, good.to_string()));
     let (a, _, _) = with_token(&p, "/accounts/acc-1/balances", &t).await;
     assert_eq!(
         a.status,
@@ -479,7 +404,7 @@ async fn a_failing_consent_source_refuses_with_503_and_recovers() {
     );
     // A known answer is cached for its TTL; a consent not yet known is refused while the source
     // is down.
-    consent.set(Answer::With(503, String::new()));
+    consent.set(Reply::With(503, String::new()));
     assert_eq!(
         with_token(&p, "/accounts/acc-1/balances", &t)
             .await

@@ -816,7 +816,7 @@ async fn the_wycheproof_jws_vectors_are_refused_as_bearer_tokens_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_key_sets_and_a_rotated_remote_key_is_fetched_on_an_unknown_kid() {
-    let server = JwksServer::start().await;
+    let server = Source::start(Reply::With(503, String::new())).await;
     let k1 = SigningKey::generate(Alg::ES256, "k1").unwrap();
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
@@ -856,7 +856,7 @@ async fn readiness_waits_for_key_sets_and_a_rotated_remote_key_is_fetched_on_an_
         (503, json!("token.keys_unavailable"))
     );
     // The endpoint comes up with k1.
-    server.set(200, k1.jwks().to_string());
+    server.set(Reply::With(200, k1.jwks().to_string()));
     let mut ready = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -877,10 +877,10 @@ async fn readiness_waits_for_key_sets_and_a_rotated_remote_key_is_fetched_on_an_
     assert_eq!(a.status, 200);
     // Rotation: the AS publishes k2; a k2 token is accepted without a restart.
     let k2 = SigningKey::generate(Alg::ES256, "k2").unwrap();
-    server.set(
+    server.set(Reply::With(
         200,
         json!({"keys": [k1.public_jwk(true), k2.public_jwk(true)]}).to_string(),
-    );
+    ));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (a, _) = p
         .send(
@@ -892,7 +892,7 @@ async fn readiness_waits_for_key_sets_and_a_rotated_remote_key_is_fetched_on_an_
         .await;
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     // The endpoint goes bad (garbage, then down): the last good set keeps serving.
-    server.set(200, "not json".into());
+    server.set(Reply::With(200, "not json".into()));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let k3 = SigningKey::generate(Alg::ES256, "k3").unwrap();
     let (a, _) = p
@@ -904,7 +904,7 @@ async fn readiness_waits_for_key_sets_and_a_rotated_remote_key_is_fetched_on_an_
         )
         .await;
     assert_eq!(a.json()["reason"], "token.unknown_key");
-    server.set(503, String::new());
+    server.set(Reply::With(503, String::new()));
     let (a, _) = p
         .send(
             req("GET", "/accounts")
@@ -949,35 +949,6 @@ async fn readiness_waits_for_key_sets_and_a_rotated_remote_key_is_fetched_on_an_
 }
 
 /// An HTTPS JWKS endpoint whose answer the test sets.
-struct JwksServer {
-    addr: std::net::SocketAddr,
-    state: Arc<std::sync::Mutex<(u16, String)>>,
-    hits: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl JwksServer {
-    /// The kit's [`https_endpoint`], answering with the status and body last [`set`].
-    ///
-    /// [`set`]: JwksServer::set
-    async fn start() -> JwksServer {
-        let state = Arc::new(std::sync::Mutex::new((503u16, String::new())));
-        let hits = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (st, h) = (state.clone(), hits.clone());
-        let addr = https_endpoint(Arc::new(move |_, _| {
-            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            st.lock().unwrap().clone()
-        }))
-        .await;
-        JwksServer { addr, state, hits }
-    }
-    fn set(&self, status: u16, body: String) {
-        *self.state.lock().unwrap() = (status, body);
-    }
-    fn hits(&self) -> u64 {
-        self.hits.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
 #[test]
 fn dev_token_mints_what_token_inspect_accepts_and_inspect_names_the_failed_check() {
     let bin = env!("CARGO_BIN_EXE_portcullis");

@@ -819,6 +819,94 @@ pub(crate) async fn assert_refused(
     assert_eq!(rec["decision"], "deny");
 }
 
+/// TLS with the dev server certificate and no client authentication (the kit's HTTPS
+/// endpoints).
+fn dev_server_acceptor() -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    let certs = certs();
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(certs.join("server.pem"))
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(certs.join("server.key")).unwrap();
+    let cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+/// How a [`Source`] answers.
+#[derive(Clone, Debug)]
+pub(crate) enum Reply {
+    /// This status and body.
+    With(u16, String),
+    /// Never (the request hangs).
+    Hang,
+}
+
+/// An HTTPS endpoint (dev server certificate) whose answer the test switches: a key-set,
+/// consent or introspection service that is up, down, slow or wrong.
+pub(crate) struct Source {
+    pub addr: SocketAddr,
+    answer: Arc<Mutex<Reply>>,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Source {
+    pub(crate) async fn start(answer: Reply) -> Source {
+        let acceptor = dev_server_acceptor();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let answer = Arc::new(Mutex::new(answer));
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (a, h) = (answer.clone(), hits.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                let (acceptor, a, h) = (acceptor.clone(), a.clone(), h.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let (a, h) = (a.clone(), h.clone());
+                        async move {
+                            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let answer = a.lock().unwrap().clone();
+                            let (status, body) = match answer {
+                                Reply::With(s, b) => (s, b),
+                                Reply::Hang => {
+                                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                                    (500, String::new())
+                                }
+                            };
+                            let mut r = http::Response::new(Full::new(Bytes::from(body)));
+                            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+                });
+            }
+        });
+        Source { addr, answer, hits }
+    }
+
+    /// Switches the answer to the requests from now on.
+    pub(crate) fn set(&self, a: Reply) {
+        *self.answer.lock().unwrap() = a;
+    }
+
+    /// The requests received so far.
+    pub(crate) fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 pub(crate) type Handler = Arc<dyn Fn(&http::request::Parts, &[u8]) -> (u16, String) + Send + Sync>;
 
 /// An HTTPS endpoint (dev server certificate) answering with a handler the test supplies.
@@ -834,18 +922,7 @@ pub(crate) async fn https_endpoint_after(
 ) -> std::net::SocketAddr {
     use http_body_util::BodyExt;
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    use rustls_pki_types::pem::PemObject;
-    let certs = certs();
-    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(certs.join("server.pem"))
-        .unwrap()
-        .map(|c| c.unwrap())
-        .collect();
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(certs.join("server.key")).unwrap();
-    let cfg = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = dev_server_acceptor();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
