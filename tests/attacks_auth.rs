@@ -13,6 +13,7 @@ mod support {
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use common::{dur, FileClientKeys, FileHttpSig, FileJws, FileSignatures};
 use portcullis_crypto::jose::detached::{ob_header, sign_detached, signing_input, Profile, OB_IAT};
 use portcullis_crypto::jose::keypair::KeyPair;
 use portcullis_crypto::jose::sign::SigningKey;
@@ -89,7 +90,7 @@ struct Keys {
     other: KeyPair,
 }
 
-fn signature_config(dir: &std::path::Path) -> (String, Keys) {
+fn signature_config(dir: &std::path::Path) -> (FileSignatures, Keys) {
     let clients = dir.join("clients");
     std::fs::create_dir_all(&clients).unwrap();
     let keys = Keys {
@@ -104,11 +105,26 @@ fn signature_config(dir: &std::path::Path) -> (String, Keys) {
         keys.other.jwks().to_string(),
     )
     .unwrap();
-    let yaml = format!(
-        "signatures:\n  client: \"{{org_id}}\"\n  client_keys:\n    directory: {}\n  jws:\n    trust_anchors: [{TAN}]\n    iss: \"{{org_id}}/{{cert_cn}}\"\n    max_age: 5m\n    clock_skew: 30s\n  http:\n    public_base_url: {BASE}\n",
-        clients.display()
-    );
-    (yaml, keys)
+    let sigs = FileSignatures {
+        client: Some("{org_id}".into()),
+        client_keys: Some(FileClientKeys {
+            directory: Some(clients.display().to_string()),
+            ..FileClientKeys::default()
+        }),
+        jws: FileJws {
+            trust_anchors: vec![TAN.into()],
+            iss: Some("{org_id}/{cert_cn}".into()),
+            max_age: Some(dur("5m")),
+            clock_skew: Some(dur("30s")),
+            ..FileJws::default()
+        },
+        http: FileHttpSig {
+            public_base_url: Some(BASE.into()),
+            ..FileHttpSig::default()
+        },
+        response: None,
+    };
+    (sigs, keys)
 }
 
 /// A client certificate from the dev CA (or self-signed), written as `{stem}.pem`/`.key` beside
@@ -1712,9 +1728,9 @@ fn group_e(lab: &Lab) -> Vec<Case> {
 fn lab_options(policy: &str, dir: &std::path::Path) -> (LabOptions, Keys) {
     let (sigs, keys) = signature_config(dir);
     let mut o = LabOptions::new(policy);
-    o.issuer = "    max_token_age: 1h\n";
-    o.limits = "  server_names: [localhost]\n";
-    o.extra = sigs;
+    o.issuer().max_token_age = Some(dur("1h"));
+    o.config.listener.server_names = vec!["localhost".into()];
+    o.config.signatures = sigs;
     (o, keys)
 }
 
@@ -1744,7 +1760,7 @@ async fn the_auth_attack_table() {
 async fn optional_mtls_rows() {
     let dir = tempfile::tempdir().unwrap();
     let (mut o, _) = lab_options(POLICY, dir.path());
-    o.client_auth = "optional";
+    o.config.listener.tls.client_auth = Some("optional".into());
     let lab = Lab::start(o).await;
     let t = lab.token(json!({"jti": "opt"}));
     let cases = vec![
@@ -1896,17 +1912,12 @@ async fn unusable_issuer_keys_are_never_used() {
     )
     .unwrap();
     let mut opts = common::Options::new(lab.up.addr);
-    opts.extra = format!(
-        "issuers:\n  as:\n    issuer: {ISS}\n    audience: {AUD}\n    jwks:\n      file: {}\n",
-        file.display()
-    );
+    opts.config
+        .issuers
+        .insert("as".into(), common::file_issuer(ISS, AUD, &file));
     std::fs::create_dir_all(dup.path().join("policies")).unwrap();
     std::fs::write(dup.path().join("policies/p.yaml"), common::POLICY).unwrap();
-    std::fs::write(
-        dup.path().join("c.yaml"),
-        common::config_text(&opts, common::certs()),
-    )
-    .unwrap();
+    std::fs::write(dup.path().join("c.yaml"), opts.config_text()).unwrap();
     let err = portcullis_proxy::config::Config::load(&dup.path().join("c.yaml"))
         .err()
         .expect("a duplicate kid must be refused")

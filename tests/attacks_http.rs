@@ -13,6 +13,7 @@ mod support {
 
 use std::time::Duration;
 
+use common::dur;
 use support::attack::*;
 use support::h2raw::{self, H2};
 
@@ -36,13 +37,12 @@ routes:
     upstream: slow
 "#;
 
-/// `server_names` sits under `listener`, after the limits block the harness writes.
-const LIMITS: &str =
-    "    request_timeout: 2s\n    header_read_timeout: 1s\n  server_names: [localhost]\n";
-
 async fn lab() -> Lab {
     let mut o = LabOptions::new(POLICY);
-    o.limits = LIMITS;
+    let listener = &mut o.config.listener;
+    listener.limits.request_timeout = Some(dur("2s"));
+    listener.limits.header_read_timeout = Some(dur("1s"));
+    listener.server_names = vec!["localhost".into()];
     Lab::start(o).await
 }
 

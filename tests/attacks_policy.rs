@@ -9,6 +9,7 @@ mod support {
     pub(crate) mod h2raw;
 }
 
+use common::{dur, FileConsentSource, FileQuota, FileRateLimits};
 use serde_json::{json, Value};
 use support::attack::*;
 
@@ -93,9 +94,27 @@ routes:
     auth: {profile: fapi2}
 "#;
 
-const LIMITS: &str = "rate_limits:\n  classes:\n    h01: {rate: 1, per: 60s, burst: 3}\n    h03: {rate: 1, per: 60s, burst: 3}\n    h05: {rate: 1, per: 60s, burst: 3}\n";
+/// One request a minute with a burst of `burst`.
+fn per_minute(burst: u32) -> FileQuota {
+    FileQuota {
+        rate: 1,
+        per: dur("60s"),
+        burst: Some(burst),
+        shadow: false,
+    }
+}
 
-fn consents(dir: &std::path::Path) -> String {
+/// The rate-limit classes of group H: `h01`, `h03` and `h05`, a burst of three each.
+fn limits() -> FileRateLimits {
+    FileRateLimits {
+        classes: ["h01", "h03", "h05"]
+            .map(|c| (c.to_string(), per_minute(3)))
+            .into(),
+        ..FileRateLimits::default()
+    }
+}
+
+fn consents(dir: &std::path::Path) -> FileConsentSource {
     let file = dir.join("consents.json");
     let c = |status: &str, expires: &str, perms: &[&str]| json!({"status": status, "expires": expires, "permissions": perms, "accounts": ["acc-1"]});
     let all = json!({"consents": {
@@ -105,7 +124,10 @@ fn consents(dir: &std::path::Path) -> String {
         "aac-noperm": c("Authorised", "2099-01-01T00:00:00Z", &["ReadAccountsBasic"]),
     }});
     std::fs::write(&file, all.to_string()).unwrap();
-    format!("consent:\n  file: {}\n", file.display())
+    FileConsentSource {
+        file: Some(file.display().to_string()),
+        ..FileConsentSource::default()
+    }
 }
 
 /// A token for tpp1 with the accounts and payments scopes, consent aac-1 and account acc-1.
@@ -657,7 +679,8 @@ fn group_j() -> Vec<Case> {
 async fn the_policy_attack_table() {
     let dir = tempfile::tempdir().unwrap();
     let mut o = LabOptions::new(POLICY);
-    o.extra = format!("{}{LIMITS}", consents(dir.path()));
+    o.config.consent = Some(consents(dir.path()));
+    o.config.rate_limits = limits();
     let lab = Lab::start(o).await;
     let mut cases = group_f(&lab);
     cases.extend(group_h(&lab));
@@ -671,7 +694,7 @@ async fn the_policy_attack_table() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pre_auth_limit_bounds_an_invalid_token_flood() {
     let mut o = LabOptions::new("group: p\nupstream: bank\nroutes:\n  - id: a\n    method: GET\n    path: /accounts\n    auth: {profile: fapi2}\n");
-    o.extra = "rate_limits:\n  peer: {rate: 1, per: 60s, burst: 20}\n".into();
+    o.config.rate_limits.peer = Some(per_minute(20));
     let lab = Lab::start(o).await;
     let forged = |i: usize| {
         Req::get("/accounts").bearer(&format!(

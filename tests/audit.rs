@@ -88,25 +88,21 @@ impl Write for Sink {
     }
 }
 
-/// Starts a proxy whose `audit:` section is `audit_yaml`, writing to `sink` when given.
+/// Starts a proxy whose `audit:` section is `audit`, writing to `sink` when given.
 async fn start_audited(
     up: std::net::SocketAddr,
-    audit_yaml: &str,
+    audit: FileAudit,
     sink: Option<&Sink>,
     tweak: impl FnOnce(&mut Options),
 ) -> Proxy {
-    let certs = certs();
     let mut o = Options::new(up);
+    o.config.audit = audit;
     tweak(&mut o);
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();
     std::fs::write(dir.path().join("policies/test.yaml"), &o.policy).unwrap();
-    let default = "audit:\n  sink: file\n  path: audit.log\n";
-    let text = config_text(&o, certs);
-    assert!(text.contains(default));
-    let text = text.replace(default, audit_yaml);
     let path = dir.path().join("portcullis.yaml");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, o.config_text()).unwrap();
     let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
     let log = match sink {
         Some(s) => AuditLog::start_with_writer(&config.audit, Box::new(s.clone())),
@@ -124,11 +120,23 @@ async fn start_audited(
     }
 }
 
-fn signed_yaml(extra: &str) -> String {
-    format!(
-        "audit:\n  sink: file\n  path: audit.log\n  signing_key: {}\n  fsync_interval: 0ms\n{extra}",
-        certs().join("audit.key").display()
-    )
+/// The file sink `audit.log`, signed with the dev audit key, fsync after every batch.
+fn signed() -> FileAudit {
+    FileAudit {
+        sink: Some("file".into()),
+        path: Some("audit.log".into()),
+        signing_key: Some(certs().join("audit.key").display().to_string()),
+        fsync_interval: Some(dur("0ms")),
+        ..FileAudit::default()
+    }
+}
+
+/// The `sink` (`stdout`, `file`) with no other setting.
+fn audit_to(sink: &str) -> FileAudit {
+    FileAudit {
+        sink: Some(sink.into()),
+        ..FileAudit::default()
+    }
 }
 
 fn public_key() -> AuditPublicKey {
@@ -459,7 +467,11 @@ async fn verify_passes_a_rotated_proxy_log_and_names_each_kind_of_tampering() {
     let up = Upstream::start(Behaviour::Ok).await;
     let p = start_audited(
         up.addr,
-        &signed_yaml("  checkpoint_every: 5\n  rotate_bytes: 4096\n"),
+        FileAudit {
+            checkpoint_every: Some(5),
+            rotate_bytes: Some(4096),
+            ..signed()
+        },
         None,
         |_| {},
     )
@@ -612,7 +624,11 @@ async fn many_concurrent_requests_leave_one_record_each_in_one_verified_chain() 
     let p = Arc::new(
         start_audited(
             up.addr,
-            &signed_yaml("  checkpoint_every: 10\n  queue_capacity: 8\n"),
+            FileAudit {
+                checkpoint_every: Some(10),
+                queue_capacity: Some(8),
+                ..signed()
+            },
             None,
             |_| {},
         )
@@ -679,7 +695,11 @@ async fn a_full_queue_with_refuse_answers_503_and_reports_what_it_dropped() {
     let sink = Sink::default();
     let p = start_audited(
         up.addr,
-        "audit:\n  sink: stdout\n  queue_capacity: 2\n  queue_full: refuse\n",
+        FileAudit {
+            queue_capacity: Some(2),
+            queue_full: Some("refuse".into()),
+            ..audit_to("stdout")
+        },
         Some(&sink),
         |_| {},
     )
@@ -734,7 +754,10 @@ async fn a_full_queue_with_block_holds_the_response_until_the_record_is_queued()
     let p = Arc::new(
         start_audited(
             up.addr,
-            "audit:\n  sink: stdout\n  queue_capacity: 2\n",
+            FileAudit {
+                queue_capacity: Some(2),
+                ..audit_to("stdout")
+            },
             Some(&sink),
             |_| {},
         )
@@ -765,7 +788,11 @@ async fn a_full_queue_with_drop_serves_counts_and_reports_the_gap() {
     let sink = Sink::default();
     let p = start_audited(
         up.addr,
-        "audit:\n  sink: stdout\n  queue_capacity: 2\n  queue_full: drop\n",
+        FileAudit {
+            queue_capacity: Some(2),
+            queue_full: Some("drop".into()),
+            ..audit_to("stdout")
+        },
         Some(&sink),
         |_| {},
     )
@@ -800,7 +827,10 @@ async fn a_failing_audit_disk_is_counted_unready_and_refused_until_it_recovers()
     let sink = Sink::default();
     let p = start_audited(
         up.addr,
-        "audit:\n  sink: stdout\n  queue_full: refuse\n",
+        FileAudit {
+            queue_full: Some("refuse".into()),
+            ..audit_to("stdout")
+        },
         Some(&sink),
         |_| {},
     )
@@ -858,7 +888,11 @@ async fn a_full_disk_behind_a_file_sink_refuses_under_refuse() {
     let up = Upstream::start(Behaviour::Ok).await;
     let p = start_audited(
         up.addr,
-        "audit:\n  sink: file\n  path: /dev/full\n  queue_full: refuse\n",
+        FileAudit {
+            path: Some("/dev/full".into()),
+            queue_full: Some("refuse".into()),
+            ..audit_to("file")
+        },
         None,
         |_| {},
     )
@@ -879,7 +913,7 @@ async fn a_full_disk_behind_a_file_sink_refuses_under_refuse() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_report_matches_what_the_clients_did() {
     let up = Upstream::start(Behaviour::Ok).await;
-    let p = start_audited(up.addr, &signed_yaml(""), None, |_| {}).await;
+    let p = start_audited(up.addr, signed(), None, |_| {}).await;
     for _ in 0..3 {
         p.get(ACCOUNTS).await;
     }

@@ -72,6 +72,44 @@ fn every_shipped_config_and_policy_file_loads() {
     }
 }
 
+/// The typed file config is what the test kit builds configs from: every shipped config,
+/// read into it and written back as JSON, is the same value and loads the same way.
+#[test]
+fn every_shipped_config_written_back_from_its_typed_value_loads_the_same() {
+    use portcullis_proxy::config::file::FileConfig;
+    portcullis_proxy::install_crypto_provider();
+    let d = staged();
+    for f in config_files() {
+        let staged = d.path().join("config").join(f.file_name().unwrap());
+        let text = std::fs::read_to_string(&staged).unwrap();
+        let typed: FileConfig = serde_saphyr::from_str(&text).unwrap();
+        let json = serde_json::to_string_pretty(&typed).unwrap();
+        let again: FileConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            serde_json::to_value(&again).unwrap(),
+            serde_json::to_value(&typed).unwrap(),
+            "{}",
+            f.display()
+        );
+        let written = staged.with_extension("json.yaml");
+        std::fs::write(&written, &json).unwrap();
+        let a = Config::load(&staged).unwrap();
+        let b = Config::load(&written).unwrap_or_else(|e| panic!("{}: {e}\n{json}", f.display()));
+        assert_eq!(a.listener.address, b.listener.address);
+        assert_eq!(
+            a.upstreams.keys().collect::<Vec<_>>(),
+            b.upstreams.keys().collect::<Vec<_>>()
+        );
+        assert_eq!(a.policies.routes().len(), b.policies.routes().len());
+        assert_eq!(
+            format!("{:?}", a.audit),
+            format!("{:?}", b.audit),
+            "{}",
+            f.display()
+        );
+    }
+}
+
 fn load_err(dir: &Path, yaml: &str) -> String {
     let p = dir.join("bad.yaml");
     std::fs::write(&p, yaml).unwrap();

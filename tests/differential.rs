@@ -394,10 +394,12 @@ async fn gate(fw: &Framework) -> Gate {
     std::fs::write(&jwks, key.jwks().to_string()).unwrap();
     let mut opts = Options::new(fw.addr);
     opts.policy = POLICY.to_string();
-    opts.extra = format!(
-        "issuers:\n  as:\n    issuer: {ISS}\n    audience: {AUD}\n    jwks:\n      file: {}\n    clock_skew: 10s\ndpop:\n  public_base_url: {BASE}\n",
-        jwks.display()
-    );
+    let issuer = FileIssuer {
+        clock_skew: Some(dur("10s")),
+        ..file_issuer(ISS, AUD, &jwks)
+    };
+    opts.config.issuers.insert("as".into(), issuer);
+    opts.config.dpop.public_base_url = Some(BASE.into());
     let clock = Arc::new(ManualClock::new(NOW));
     opts.clock = Some(clock.clone() as Arc<dyn Clock>);
     let p = Proxy::start(opts).await;

@@ -6,48 +6,19 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
-use portcullis_audit::AuditLog;
 use portcullis_proxy::config::Config;
-use portcullis_proxy::Shared;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn empty() -> Full<Bytes> {
     Full::new(Bytes::new())
 }
 
 const ACCOUNTS: &str = "/open-banking/v3.1/aisp/accounts";
-
-/// Starts a proxy from `o` with the config text passed through `edit` first (the audit
-/// section, certificate paths, ...).
-async fn start_edited(o: Options, edit: impl FnOnce(String) -> String) -> Proxy {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
-    std::fs::write(dir.path().join("policies/test.yaml"), &o.policy).unwrap();
-    let path = dir.path().join("portcullis.yaml");
-    std::fs::write(&path, edit(config_text(&o, certs()))).unwrap();
-    let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
-    let audit = AuditLog::start(&config.audit).unwrap();
-    let clock = o
-        .clock
-        .clone()
-        .unwrap_or_else(|| Arc::new(portcullis_base::clock::SystemClock));
-    let shared = Arc::new(Shared::with_clock(config, audit, Some(path), clock));
-    let running = portcullis_proxy::start(Arc::clone(&shared)).await.unwrap();
-    Proxy {
-        addr: running.addr,
-        admin: running.admin_addr.unwrap(),
-        dir,
-        shared,
-        running: Some(running),
-    }
-}
 
 async fn metrics(p: &Proxy) -> String {
     p.admin_get("/metrics").await.1
@@ -60,173 +31,6 @@ fn metric(text: &str, prefix: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
-}
-
-/// How a scripted upstream treats the next connections.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Script {
-    /// 200 with a small JSON body.
-    Answer,
-    /// Reads the request and never answers.
-    Hang,
-    /// Reads the request, then resets the connection before any byte of an answer.
-    ResetBeforeHead,
-    /// Sends the head (Content-Length 1000) and 10 bytes of body, then resets.
-    ResetMidBody,
-}
-
-/// A hand-written HTTP/1.1 upstream (GET only) whose behaviour the test switches.
-struct Scripted {
-    addr: SocketAddr,
-    script: Arc<Mutex<Script>>,
-    requests: Arc<AtomicUsize>,
-}
-
-impl Scripted {
-    async fn start(script: Script) -> Scripted {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Scripted::serve(l, script)
-    }
-
-    fn serve(l: tokio::net::TcpListener, script: Script) -> Scripted {
-        let addr = l.local_addr().unwrap();
-        let script = Arc::new(Mutex::new(script));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let (s, n) = (script.clone(), requests.clone());
-        tokio::spawn(async move {
-            while let Ok((mut tcp, _)) = l.accept().await {
-                let (s, n) = (s.clone(), n.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match tcp.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                            }
-                        }
-                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                        buf.drain(..end);
-                        n.fetch_add(1, Ordering::SeqCst);
-                        let script = *s.lock().unwrap();
-                        match script {
-                            Script::Answer => {
-                                let body = "{\"Data\":{}}";
-                                let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
-                                if tcp.write_all(head.as_bytes()).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Script::Hang => {
-                                tokio::time::sleep(Duration::from_secs(3600)).await;
-                                return;
-                            }
-                            Script::ResetBeforeHead => {
-                                let _ = tcp.set_zero_linger();
-                                return;
-                            }
-                            Script::ResetMidBody => {
-                                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"Data\":{";
-                                let _ = tcp.write_all(head.as_bytes()).await;
-                                let _ = tcp.flush().await;
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                                let _ = tcp.set_zero_linger();
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        Scripted {
-            addr,
-            script,
-            requests,
-        }
-    }
-
-    fn set(&self, s: Script) {
-        *self.script.lock().unwrap() = s;
-    }
-
-    fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
-}
-
-/// How an HTTPS dependency (key source, consent source) answers.
-#[derive(Clone, Debug)]
-enum Answer {
-    With(u16, String),
-    Hang,
-}
-
-/// An HTTPS endpoint (dev server certificate) whose answer the test switches.
-struct Source {
-    addr: SocketAddr,
-    answer: Arc<Mutex<Answer>>,
-    hits: Arc<AtomicUsize>,
-}
-
-impl Source {
-    async fn start(answer: Answer) -> Source {
-        use rustls_pki_types::pem::PemObject;
-        let chain: Vec<_> =
-            rustls_pki_types::CertificateDer::pem_file_iter(certs().join("server.pem"))
-                .unwrap()
-                .map(|c| c.unwrap())
-                .collect();
-        let key =
-            rustls_pki_types::PrivateKeyDer::from_pem_file(certs().join("server.key")).unwrap();
-        let cfg = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let answer = Arc::new(Mutex::new(answer));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let (a, h) = (answer.clone(), hits.clone());
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = l.accept().await {
-                let (acceptor, a, h) = (acceptor.clone(), a.clone(), h.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let svc = hyper::service::service_fn(move |_req| {
-                        let (a, h) = (a.clone(), h.clone());
-                        async move {
-                            h.fetch_add(1, Ordering::SeqCst);
-                            let answer = a.lock().unwrap().clone();
-                            let (status, body) = match answer {
-                                Answer::With(s, b) => (s, b),
-                                Answer::Hang => {
-                                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                                    (500, String::new())
-                                }
-                            };
-                            let mut r = http::Response::new(Full::new(Bytes::from(body)));
-                            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                            Ok::<_, std::convert::Infallible>(r)
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
-                });
-            }
-        });
-        Source { addr, answer, hits }
-    }
-
-    fn set(&self, a: Answer) {
-        *self.answer.lock().unwrap() = a;
-    }
 }
 
 /// Sends GET `path` as tpp1 over HTTP/1.1 or HTTP/2; the answer (or the client's error) and
@@ -303,17 +107,17 @@ async fn an_upstream_refusing_connections_is_502_and_it_recovers_when_it_listens
     assert!(m.contains("reason=\"upstream.connect_failed\""), "{m}");
     // The upstream comes back on the same address: the next request goes through (a failed
     // connect is not remembered).
-    let up = Scripted::serve(Upstream::revive(dead), Script::Answer);
+    let up = Upstream::serve(Upstream::revive(dead), Behaviour::Ok);
     let (a, _) = get_as(&p, ACCOUNTS, false).await;
     assert_eq!(a.unwrap().status, 200);
-    assert_eq!(up.requests(), 1);
+    assert_eq!(up.count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_upstream_is_504_at_the_response_timeout_and_the_next_request_is_unaffected() {
-    let up = Scripted::start(Script::Hang).await;
+    let up = Upstream::start(Behaviour::Hang).await;
     let mut o = Options::new(up.addr);
-    o.response_timeout = "500ms";
+    o.bank().response_timeout = Some(dur("500ms"));
     let p = Proxy::start(o).await;
     let t = Instant::now();
     let (a, id) = get_as(&p, ACCOUNTS, false).await;
@@ -324,21 +128,21 @@ async fn a_slow_upstream_is_504_at_the_response_timeout_and_the_next_request_is_
         took >= Duration::from_millis(450) && took < Duration::from_secs(5),
         "{took:?}"
     );
-    up.set(Script::Answer);
+    up.set(Behaviour::Ok);
     let (a, _) = get_as(&p, ACCOUNTS, true).await;
     assert_eq!(a.unwrap().status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_reset_before_its_answer_is_502_bad_response() {
-    let up = Scripted::start(Script::ResetBeforeHead).await;
+    let up = Upstream::start(Behaviour::ResetBeforeHead).await;
     let p = Proxy::start(Options::new(up.addr)).await;
     for h2 in [false, true] {
         let (a, id) = get_as(&p, ACCOUNTS, h2).await;
         let rec = assert_failed(&p, &a.unwrap(), &id, 502, "upstream.bad_response").await;
         assert_eq!(rec["decision"], "error");
     }
-    up.set(Script::Answer);
+    up.set(Behaviour::Ok);
     assert_eq!(get_as(&p, ACCOUNTS, false).await.0.unwrap().status, 200);
 }
 
@@ -347,7 +151,7 @@ async fn an_upstream_reset_before_its_answer_is_502_bad_response() {
 /// audit record — written when the head is sent — says 200 from the upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_reset_mid_body_truncates_the_response_the_client_sees() {
-    let up = Scripted::start(Script::ResetMidBody).await;
+    let up = Upstream::start(Behaviour::ResetMidBody).await;
     let p = Proxy::start(Options::new(up.addr)).await;
     for h2 in [false, true] {
         let (a, id) = get_as(&p, ACCOUNTS, h2).await;
@@ -367,7 +171,7 @@ async fn an_upstream_reset_mid_body_truncates_the_response_the_client_sees() {
         );
     }
     // The proxy keeps serving.
-    up.set(Script::Answer);
+    up.set(Behaviour::Ok);
     assert_eq!(get_as(&p, ACCOUNTS, true).await.0.unwrap().status, 200);
 }
 
@@ -436,15 +240,25 @@ const AUTH_POLICY: &str = "group: t\nupstream: bank\nroutes:\n  - id: accounts\n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_or_garbage_key_source_keeps_the_last_good_set() {
     let key = SigningKey::generate(Alg::ES256, "k1").unwrap();
-    let jwks = Source::start(Answer::Hang).await;
+    let jwks = Source::start(Reply::Hang).await;
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
     o.policy = AUTH_POLICY.split("  - id: balances").next().unwrap().into();
-    o.extra = format!(
-        "issuers:\n  as:\n    issuer: {ISS}\n    audience: {AUD}\n    jwks:\n      url: https://localhost:{}/jwks\n      ca: [{}]\n      refresh_interval: 1s\n      min_refetch_interval: 1s\n      fetch_timeout: 500ms\n",
-        jwks.addr.port(),
-        certs().join("ca.pem").display()
-    );
+    let keys = FileJwks {
+        url: Some(format!("https://localhost:{}/jwks", jwks.addr.port())),
+        ca: vec![certs().join("ca.pem").display().to_string()],
+        refresh_interval: Some(dur("1s")),
+        min_refetch_interval: Some(dur("1s")),
+        fetch_timeout: Some(dur("500ms")),
+        ..FileJwks::default()
+    };
+    let issuer = FileIssuer {
+        issuer: ISS.into(),
+        audience: AUD.into(),
+        jwks: Some(keys),
+        ..FileIssuer::default()
+    };
+    o.config.issuers.insert("as".into(), issuer);
     let p = Proxy::start(o).await;
     // Slow before any set.
     assert_eq!(p.admin_get("/readyz").await.0, 503);
@@ -455,13 +269,13 @@ async fn a_slow_or_garbage_key_source_keeps_the_last_good_set() {
         "waited {took:?} for a slow key source"
     );
     // Down (500) before any set: the same.
-    jwks.set(Answer::With(500, String::new()));
+    jwks.set(Reply::With(500, String::new()));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (a, id, _) = with_token(&p, "/accounts", &token(&key, serde_json::json!({}))).await;
     assert_failed(&p, &a, &id, 503, "token.keys_unavailable").await;
     assert_eq!(p.admin_get("/readyz").await.0, 503);
     // The source answers: ready, and tokens pass.
-    jwks.set(Answer::With(200, key.jwks().to_string()));
+    jwks.set(Reply::With(200, key.jwks().to_string()));
     assert!(
         ready_within(&p, Duration::from_secs(10)).await,
         "never ready"
@@ -478,12 +292,12 @@ async fn a_slow_or_garbage_key_source_keeps_the_last_good_set() {
     let unusable =
         serde_json::json!({"keys": [{"kty": "oct", "kid": "k1", "k": "c2VjcmV0"}]}).to_string();
     for (what, answer) in [
-        ("slow", Answer::Hang),
-        ("down", Answer::With(503, String::new())),
-        ("not JSON", Answer::With(200, "<html>".into())),
-        ("an empty set", Answer::With(200, "{\"keys\":[]}".into())),
-        ("only unusable keys", Answer::With(200, unusable)),
-        ("2 MiB", Answer::With(200, huge)),
+        ("slow", Reply::Hang),
+        ("down", Reply::With(503, String::new())),
+        ("not JSON", Reply::With(200, "<html>".into())),
+        ("an empty set", Reply::With(200, "{\"keys\":[]}".into())),
+        ("only unusable keys", Reply::With(200, unusable)),
+        ("2 MiB", Reply::With(200, huge)),
     ] {
         jwks.set(answer);
         tokio::time::sleep(Duration::from_millis(1600)).await;
@@ -501,7 +315,7 @@ async fn a_slow_or_garbage_key_source_keeps_the_last_good_set() {
         assert_eq!(p.admin_get("/readyz").await.0, 200, "{what}");
     }
     // An unknown kid while the source is slow waits at most the fetch timeout.
-    jwks.set(Answer::Hang);
+    jwks.set(Reply::Hang);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let other = SigningKey::generate(Alg::ES256, "k2").unwrap();
     let (a, id, took) = with_token(&p, "/accounts", &token(&other, serde_json::json!({}))).await;
@@ -534,27 +348,35 @@ async fn a_failing_consent_source_refuses_with_503_and_recovers() {
     let key = SigningKey::generate(Alg::ES256, "k1").unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jwks.json"), key.jwks().to_string()).unwrap();
-    let consent = Source::start(Answer::Hang).await;
+    let consent = Source::start(Reply::Hang).await;
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
     o.policy = AUTH_POLICY.into();
-    o.extra = format!(
-        "issuers:\n  as:\n    issuer: {ISS}\n    audience: {AUD}\n    jwks: {{file: {}}}\nconsent:\n  url: https://localhost:{}/consents/{{id}}\n  ca: [{}]\n  timeout: 500ms\n  ttl: 60s\n",
-        dir.path().join("jwks.json").display(),
-        consent.addr.port(),
-        certs().join("ca.pem").display()
+    o.config.issuers.insert(
+        "as".into(),
+        file_issuer(ISS, AUD, &dir.path().join("jwks.json")),
     );
+    o.config.consent = Some(FileConsentSource {
+        url: Some(format!(
+            "https://localhost:{}/consents/{{id}}",
+            consent.addr.port()
+        )),
+        ca: vec![certs().join("ca.pem").display().to_string()],
+        timeout: Some(dur("500ms")),
+        ttl: Some(dur("60s")),
+        ..FileConsentSource::default()
+    });
     let p = Proxy::start(o).await;
     let t = token(&key, serde_json::json!({"openbanking_intent_id": "aac-1"}));
     let good = serde_json::json!({"Data": {"ConsentId": "aac-1", "Status": "Authorised",
         "ExpirationDateTime": "2099-01-01T00:00:00+00:00", "Permissions": ["ReadBalances"], "accounts": ["acc-1"]}});
     for (what, answer) in [
-        ("slow", Answer::Hang),
-        ("500", Answer::With(500, String::new())),
-        ("not JSON", Answer::With(200, "<html>".into())),
+        ("slow", Reply::Hang),
+        ("500", Reply::With(500, String::new())),
+        ("not JSON", Reply::With(200, "<html>".into())),
         (
             "JSON that is not a consent",
-            Answer::With(200, "{\"Data\":7}".into()),
+            Reply::With(200, "{\"Data\":7}".into()),
         ),
     ] {
         consent.set(answer);
@@ -569,10 +391,10 @@ async fn a_failing_consent_source_refuses_with_503_and_recovers() {
         "nothing was allowed while the consent was unknown"
     );
     assert!(
-        consent.hits.load(Ordering::SeqCst) >= 4,
+        consent.hits() >= 4,
         "a failure is not cached: each request asked again"
     );
-    consent.set(Answer::With(200, good.to_string()));
+    consent.set(Reply::With(200, good.to_string()));
     let (a, _, _) = with_token(&p, "/accounts/acc-1/balances", &t).await;
     assert_eq!(
         a.status,
@@ -582,7 +404,7 @@ async fn a_failing_consent_source_refuses_with_503_and_recovers() {
     );
     // A known answer is cached for its TTL; a consent not yet known is refused while the source
     // is down.
-    consent.set(Answer::With(503, String::new()));
+    consent.set(Reply::With(503, String::new()));
     assert_eq!(
         with_token(&p, "/accounts/acc-1/balances", &t)
             .await
@@ -600,13 +422,12 @@ async fn a_failing_consent_source_refuses_with_503_and_recovers() {
 // symlink: to /dev/full (every write fails with ENOSPC), later swapped for a regular file. On a
 // write error the writer reopens the path, so the swap is the disk coming back.
 
-const DEFAULT_AUDIT: &str = "audit:\n  sink: file\n  path: audit.log\n";
-
 /// A proxy whose audit path is a symlink to /dev/full; returns it, the symlink and the file the
-/// symlink will point to once the disk "recovers".
+/// symlink will point to once the disk "recovers". `queue_full` is the audit queue policy
+/// (default: block).
 async fn on_a_full_disk(
     up: SocketAddr,
-    policy: &str,
+    queue_full: Option<&str>,
 ) -> (
     Proxy,
     std::path::PathBuf,
@@ -617,15 +438,15 @@ async fn on_a_full_disk(
     let link = d.path().join("audit.log");
     std::os::unix::fs::symlink("/dev/full", &link).unwrap();
     let target = d.path().join("recovered.log");
-    let yaml = format!(
-        "audit:\n  sink: file\n  path: {}\n  queue_capacity: 4\n{policy}",
-        link.display()
-    );
-    let p = start_edited(Options::new(up), |text| {
-        assert!(text.contains(DEFAULT_AUDIT));
-        text.replace(DEFAULT_AUDIT, &yaml)
-    })
-    .await;
+    let mut o = Options::new(up);
+    o.config.audit = FileAudit {
+        sink: Some("file".into()),
+        path: Some(link.display().to_string()),
+        queue_capacity: Some(4),
+        queue_full: queue_full.map(Into::into),
+        ..FileAudit::default()
+    };
+    let p = Proxy::start(o).await;
     (p, link, target, d)
 }
 
@@ -672,7 +493,7 @@ async fn until_unhealthy(p: &Proxy) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_audit_disk_under_block_holds_responses_once_the_queue_is_full() {
     let up = Upstream::start(Behaviour::Ok).await;
-    let (p, link, target, _d) = on_a_full_disk(up.addr, "").await;
+    let (p, link, target, _d) = on_a_full_disk(up.addr, None).await;
     let p = Arc::new(p);
     let mut answered = Vec::new();
     let mut held = None;
@@ -748,7 +569,7 @@ async fn a_failing_audit_disk_under_block_holds_responses_once_the_queue_is_full
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_audit_disk_under_refuse_refuses_until_writes_work() {
     let up = Upstream::start(Behaviour::Ok).await;
-    let (p, link, target, _d) = on_a_full_disk(up.addr, "  queue_full: refuse\n").await;
+    let (p, link, target, _d) = on_a_full_disk(up.addr, Some("refuse")).await;
     let (a, first) = p.get(ACCOUNTS).await;
     assert_eq!(a.status, 200, "admitted before the failure shows");
     until_unhealthy(&p).await;
@@ -814,14 +635,61 @@ async fn a_bad_config_on_reload_keeps_the_old_one_serving_and_is_counted() {
     .unwrap();
     let new_route = "  - id: new.route\n    method: GET\n    path: /new\n";
     let server_key = certs().join("server.key").display().to_string();
+    // The config file is the kit's typed config written as JSON: edits are made to its value.
+    let unknown_field = {
+        let mut v: serde_json::Value = serde_json::from_str(&good_config).unwrap();
+        v["surprise"] = 1.into();
+        v.to_string()
+    };
+    let bad_issuer = {
+        let mut f: FileConfig = serde_json::from_str(&good_config).unwrap();
+        f.issuers
+            .insert("as".into(), file_issuer("https://as", "https://rs", &junk));
+        serde_json::to_string_pretty(&f).unwrap()
+    };
     let cases: Vec<(&str, String, String, &str)> = vec![
-        ("YAML syntax", good_config.clone() + "listener: [\n", good_policy.clone() + new_route, "portcullis.yaml"),
-        ("unknown field", good_config.clone() + "surprise: 1\n", good_policy.clone() + new_route, "surprise"),
-        ("missing certificate file", good_config.replace(&server_key, "/nonexistent/server.key"), good_policy.clone() + new_route, "/nonexistent/server.key"),
-        ("garbage private key", good_config.replace(&server_key, &junk.display().to_string()), good_policy.clone() + new_route, "listener.tls"),
-        ("garbage issuer key set", good_config.clone() + &format!("issuers:\n  as:\n    issuer: https://as\n    audience: https://rs\n    jwks: {{file: {}}}\n", junk.display()), good_policy.clone() + new_route, "junk.pem"),
-        ("route naming an unknown upstream", good_config.clone(), good_policy.clone() + new_route + "    upstream: nowhere\n", "nowhere"),
-        ("duplicate route id", good_config.clone(), good_policy.clone() + "  - id: accounts.list\n    method: GET\n    path: /dup\n", "accounts.list"),
+        (
+            "YAML syntax",
+            good_config.clone() + "listener: [\n",
+            good_policy.clone() + new_route,
+            "portcullis.yaml",
+        ),
+        (
+            "unknown field",
+            unknown_field,
+            good_policy.clone() + new_route,
+            "surprise",
+        ),
+        (
+            "missing certificate file",
+            good_config.replace(&server_key, "/nonexistent/server.key"),
+            good_policy.clone() + new_route,
+            "/nonexistent/server.key",
+        ),
+        (
+            "garbage private key",
+            good_config.replace(&server_key, &junk.display().to_string()),
+            good_policy.clone() + new_route,
+            "listener.tls",
+        ),
+        (
+            "garbage issuer key set",
+            bad_issuer,
+            good_policy.clone() + new_route,
+            "junk.pem",
+        ),
+        (
+            "route naming an unknown upstream",
+            good_config.clone(),
+            good_policy.clone() + new_route + "    upstream: nowhere\n",
+            "nowhere",
+        ),
+        (
+            "duplicate route id",
+            good_config.clone(),
+            good_policy.clone() + "  - id: accounts.list\n    method: GET\n    path: /dup\n",
+            "accounts.list",
+        ),
     ];
     let n = cases.len() as f64;
     for (what, c, pol, named) in cases {
@@ -1071,18 +939,10 @@ async fn a_server_certificate_near_expiry_is_renewed_by_reload_and_an_expired_on
         now + time::Duration::hours(12),
     );
     let up = Upstream::start(Behaviour::Ok).await;
-    let (pem, key) = (
-        certs().join("server.pem").display().to_string(),
-        certs().join("server.key").display().to_string(),
-    );
-    let (new_pem, new_key) = (
-        d.path().join("server.pem").display().to_string(),
-        d.path().join("server.key").display().to_string(),
-    );
-    let p = start_edited(Options::new(up.addr), |t| {
-        t.replace(&pem, &new_pem).replace(&key, &new_key)
-    })
-    .await;
+    let mut o = Options::new(up.addr);
+    o.config.listener.tls.certificate = d.path().join("server.pem").display().to_string();
+    o.config.listener.tls.private_key = d.path().join("server.key").display().to_string();
+    let p = Proxy::start(o).await;
     assert_eq!(presented(&p).await, first);
     let days = metric(&metrics(&p).await, "portcullis_server_cert_expiry_days");
     assert!(days > 0.0 && days < 1.0, "expiry in {days} days");

@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
@@ -18,7 +16,6 @@ use httpsig_hyper::prelude::{AlgorithmName, HttpSignatureParams, PublicKey, Secr
 use httpsig_hyper::{
     ContentDigestType, MessageSignatureReq, MessageSignatureRes, RequestContentDigest,
 };
-use portcullis_base::clock::{Clock, ManualClock};
 use portcullis_crypto::jose::keypair::KeyPair;
 use portcullis_crypto::jose::sign::SigningKey;
 use portcullis_crypto::jose::{b64url_decode, Alg};
@@ -32,17 +29,24 @@ const FAPI: &[&str] = &["@method", "@target-uri", "authorization", "content-dige
 
 type Body = http_body_util::combinators::BoxBody<Bytes, httpsig_hyper::HyperDigestError>;
 
-struct Env {
-    p: Proxy,
-    up: Upstream,
+/// The kit's [`Env`] (on a manual clock at [`NOW`]) and tpp1's keys, the bank's response key
+/// and tpp1's access token.
+struct XcheckEnv {
+    env: Env,
     es: KeyPair,
     ed: KeyPair,
     bank: KeyPair,
     token: String,
-    _dirs: tempfile::TempDir,
 }
 
-async fn env() -> Env {
+impl std::ops::Deref for XcheckEnv {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.env
+    }
+}
+
+async fn env() -> XcheckEnv {
     let dirs = tempfile::tempdir().unwrap();
     let clients = dirs.path().join("clients");
     std::fs::create_dir_all(&clients).unwrap();
@@ -76,32 +80,33 @@ routes:
     signature: {kind: http-sig, sign_response: true}
 "#
     .to_string();
-    o.extra = format!(
-        r#"issuers:
-  as:
-    issuer: https://as.example
-    audience: https://rs.example
-    jwks: {{file: {jwks}}}
-signatures:
-  client: "{{client_id}}"
-  client_keys: {{directory: {clients}}}
-  http: {{public_base_url: "https://rs.example"}}
-  response: {{key: {bank_key}, kid: bank-1}}
-"#,
-        jwks = jwks.display(),
-        clients = clients.display(),
-        bank_key = bank_key.display(),
+    o.config.issuers.insert(
+        "as".into(),
+        file_issuer("https://as.example", "https://rs.example", &jwks),
     );
-    o.clock = Some(Arc::new(ManualClock::new(NOW)) as Arc<dyn Clock>);
-    let p = Proxy::start(o).await;
-    Env {
-        p,
-        up,
+    o.config.signatures = FileSignatures {
+        client: Some("{client_id}".into()),
+        client_keys: Some(FileClientKeys {
+            directory: Some(clients.display().to_string()),
+            ..FileClientKeys::default()
+        }),
+        http: FileHttpSig {
+            public_base_url: Some("https://rs.example".into()),
+            ..FileHttpSig::default()
+        },
+        response: Some(FileResponse {
+            key: bank_key.display().to_string(),
+            kid: "bank-1".into(),
+            ..FileResponse::default()
+        }),
+        ..FileSignatures::default()
+    };
+    XcheckEnv {
+        env: Env::start(o, up, dirs, Some(NOW)).await,
         es,
         ed,
         bank,
         token,
-        _dirs: dirs,
     }
 }
 
@@ -138,7 +143,7 @@ fn body(b: &'static [u8]) -> Body {
 }
 
 /// A FAPI 2.0 request signed by the other implementation.
-async fn their_signed_request(e: &Env, key: &KeyPair) -> http::Request<Body> {
+async fn their_signed_request(e: &XcheckEnv, key: &KeyPair) -> http::Request<Body> {
     let req = http::Request::builder()
         .method("POST")
         .uri(URL)

@@ -45,11 +45,11 @@ routes:
 
 const BODY: &str = r#"{"Data":{"Amount":"10.00","Currency":"GBP"}}"#;
 
-async fn start_with(behaviour: Behaviour, extra: &str) -> (Proxy, Upstream) {
+async fn start_with(behaviour: Behaviour, idempotency: FileIdempotency) -> (Proxy, Upstream) {
     let up = Upstream::start(behaviour).await;
     let mut o = Options::new(up.addr);
     o.policy = POLICY.to_string();
-    o.extra = extra.to_string();
+    o.config.idempotency = idempotency;
     (Proxy::start(o).await, up)
 }
 
@@ -96,7 +96,7 @@ async fn assert_idem_refused(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completed_request_is_replayed_without_the_upstream() {
-    let (p, up) = start_with(Behaviour::Created, "").await;
+    let (p, up) = start_with(Behaviour::Created, FileIdempotency::default()).await;
     let (first, id1) = p.send(post("/payments", Some("k-1"), BODY)).await;
     assert_eq!(first.status, 201);
     assert_eq!(first.headers["location"], "/payments/p-1");
@@ -143,7 +143,7 @@ async fn a_completed_request_is_replayed_without_the_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn j01_j04_j08_the_same_key_for_another_request_is_422() {
-    let (p, up) = start_with(Behaviour::Created, "").await;
+    let (p, up) = start_with(Behaviour::Created, FileIdempotency::default()).await;
     let (first, _) = p.send(post("/payments", Some("k-1"), BODY)).await;
     assert_eq!(first.status, 201);
     // J01: another body.
@@ -208,7 +208,11 @@ async fn j01_j04_j08_the_same_key_for_another_request_is_422() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn j02_a_concurrent_duplicate_is_409_and_the_first_still_completes() {
-    let (p, up) = start_with(Behaviour::Delay(Duration::from_millis(1500)), "").await;
+    let (p, up) = start_with(
+        Behaviour::Delay(Duration::from_millis(1500)),
+        FileIdempotency::default(),
+    )
+    .await;
     let p = Arc::new(p);
     let first = {
         let p = Arc::clone(&p);
@@ -243,7 +247,7 @@ async fn j02_a_concurrent_duplicate_is_409_and_the_first_still_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn j05_j06_a_missing_or_malformed_key_is_400() {
-    let (p, up) = start_with(Behaviour::Created, "").await;
+    let (p, up) = start_with(Behaviour::Created, FileIdempotency::default()).await;
     // J05: required and missing.
     let (a, id) = p.send(post("/payments", None, BODY)).await;
     assert_idem_refused(&p, &up, 0, &a, &id, (400, "idempotency.key_missing", None)).await;
@@ -274,7 +278,7 @@ async fn j05_j06_a_missing_or_malformed_key_is_400() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optional_routes_honour_a_key_and_other_routes_ignore_it() {
-    let (p, up) = start_with(Behaviour::Created, "").await;
+    let (p, up) = start_with(Behaviour::Created, FileIdempotency::default()).await;
     // Optional: without a key every request is forwarded.
     for _ in 0..2 {
         let (a, id) = p.send(post("/consents", None, BODY)).await;
@@ -299,7 +303,7 @@ async fn optional_routes_honour_a_key_and_other_routes_ignore_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_scoped_to_the_authenticated_client() {
-    let (p, up) = start_with(Behaviour::Created, "").await;
+    let (p, up) = start_with(Behaviour::Created, FileIdempotency::default()).await;
     let (a, _) = p.send(post("/payments", Some("shared"), BODY)).await;
     assert_eq!(a.headers["location"], "/payments/p-1");
     // TPP Two sends the same key and body: its own key, its own payment, not TPP One's answer.
@@ -322,7 +326,7 @@ async fn j07_a_key_is_new_again_after_its_ttl() {
     let up = Upstream::start(Behaviour::Created).await;
     let mut o = Options::new(up.addr);
     o.policy = POLICY.to_string();
-    o.extra = "idempotency:\n  ttl: 1h\n".to_string();
+    o.config.idempotency.ttl = Some(dur("1h"));
     o.clock = Some(clock.clone());
     let p = Proxy::start(o).await;
     let (a, _) = p.send(post("/payments", Some("k-1"), BODY)).await;
@@ -341,7 +345,7 @@ async fn j07_a_key_is_new_again_after_its_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_5xx_releases_the_key_by_default() {
-    let (p, up) = start_with(Behaviour::Status(503), "").await;
+    let (p, up) = start_with(Behaviour::Status(503), FileIdempotency::default()).await;
     let (a, id) = p.send(post("/payments", Some("k-1"), BODY)).await;
     assert_eq!(a.status, 503);
     assert_eq!(p.audit_of(&id).await["idempotency"], "released");
@@ -354,8 +358,11 @@ async fn an_upstream_5xx_releases_the_key_by_default() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_release_a_5xx_is_stored_and_replayed() {
-    let extra = "idempotency:\n  release_on_upstream_error: false\n";
-    let (p, up) = start_with(Behaviour::Status(500), extra).await;
+    let idempotency = FileIdempotency {
+        release_on_upstream_error: Some(false),
+        ..FileIdempotency::default()
+    };
+    let (p, up) = start_with(Behaviour::Status(500), idempotency).await;
     let (a, _) = p.send(post("/payments", Some("k-1"), BODY)).await;
     assert_eq!(a.status, 500);
     let (b, id) = p.send(post("/payments", Some("k-1"), BODY)).await;
@@ -383,7 +390,7 @@ async fn an_unanswered_request_releases_its_key_or_keeps_it_by_config() {
     // execution.
     let mut o = Options::new(dead);
     o.policy = POLICY.to_string();
-    o.extra = "idempotency:\n  release_on_upstream_error: false\n".to_string();
+    o.config.idempotency.release_on_upstream_error = Some(false);
     let p = Proxy::start(o).await;
     let (a, id) = p.send(post("/payments", Some("k-1"), BODY)).await;
     assert_eq!(a.status, 502);
@@ -396,8 +403,11 @@ async fn an_unanswered_request_releases_its_key_or_keeps_it_by_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_larger_than_the_store_limit_is_sent_and_the_key_kept() {
-    let extra = "idempotency:\n  max_response_bytes: 10\n";
-    let (p, up) = start_with(Behaviour::Created, extra).await;
+    let idempotency = FileIdempotency {
+        max_response_bytes: Some(10),
+        ..FileIdempotency::default()
+    };
+    let (p, up) = start_with(Behaviour::Created, idempotency).await;
     let (a, id) = p.send(post("/payments", Some("k-1"), BODY)).await;
     assert_eq!(a.status, 201);
     assert!(a.body.len() > 10);
@@ -416,8 +426,11 @@ async fn a_response_larger_than_the_store_limit_is_sent_and_the_key_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_store_fails_closed() {
-    let extra = "idempotency:\n  capacity: 1\n";
-    let (p, up) = start_with(Behaviour::Created, extra).await;
+    let idempotency = FileIdempotency {
+        capacity: Some(1),
+        ..FileIdempotency::default()
+    };
+    let (p, up) = start_with(Behaviour::Created, idempotency).await;
     let (a, _) = p.send(post("/payments", Some("k-1"), BODY)).await;
     assert_eq!(a.status, 201);
     let (b, id) = p.send(post("/payments", Some("k-2"), BODY)).await;
@@ -441,7 +454,7 @@ async fn bad_idempotency_config_is_refused_with_the_field() {
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();
     std::fs::write(dir.path().join("policies/test.yaml"), &o.policy).unwrap();
     let path = dir.path().join("portcullis.yaml");
-    std::fs::write(&path, config_text(&o, certs())).unwrap();
+    std::fs::write(&path, o.config_text()).unwrap();
     let err = portcullis_proxy::config::Config::load(&path)
         .err()
         .expect("refused")
@@ -450,12 +463,10 @@ async fn bad_idempotency_config_is_refused_with_the_field() {
     assert!(err.contains("idempotency"), "{err}");
     assert!(err.contains("sometimes"), "{err}");
     // And the config section: a store limit beyond 16 MiB.
-    let o = Options {
-        extra: "idempotency:\n  max_response_bytes: 99999999\n".into(),
-        ..Options::new(up.addr)
-    };
+    let mut o = Options::new(up.addr);
+    o.config.idempotency.max_response_bytes = Some(99999999);
     std::fs::write(dir.path().join("policies/test.yaml"), POLICY).unwrap();
-    std::fs::write(&path, config_text(&o, certs())).unwrap();
+    std::fs::write(&path, o.config_text()).unwrap();
     let err = portcullis_proxy::config::Config::load(&path)
         .err()
         .expect("refused")

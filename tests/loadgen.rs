@@ -43,12 +43,6 @@ routes:
     signature: {kind: obie-jws, profile: obie-3.1.4}
 "#;
 
-struct Env {
-    p: Proxy,
-    up: Upstream,
-    dir: tempfile::TempDir,
-}
-
 /// The proxy with a DPoP route, a nonce route, a certificate-bound route and an OBIE-signed
 /// payment route; tpp1's JWS key in its client key directory.
 async fn env() -> Env {
@@ -65,27 +59,25 @@ async fn env() -> Env {
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
     o.policy = POLICY.to_string();
-    o.extra = format!(
-        r#"issuers:
-  as:
-    issuer: {ISS}
-    audience: {AUD}
-    jwks: {{file: {jwks}}}
-dpop:
-  public_base_url: {BASE}
-signatures:
-  client: "{{org_id}}"
-  client_keys:
-    directory: {clients}
-  jws:
-    trust_anchors: [openbanking.org.uk]
-    iss: "{{org_id}}/{{cert_cn}}"
-"#,
-        jwks = certs().join("as-jwks.json").display(),
-        clients = clients.display(),
+    o.config.issuers.insert(
+        "as".into(),
+        file_issuer(ISS, AUD, &certs().join("as-jwks.json")),
     );
-    let p = Proxy::start(o).await;
-    Env { p, up, dir }
+    o.config.dpop.public_base_url = Some(BASE.into());
+    o.config.signatures = FileSignatures {
+        client: Some("{org_id}".into()),
+        client_keys: Some(FileClientKeys {
+            directory: Some(clients.display().to_string()),
+            ..FileClientKeys::default()
+        }),
+        jws: FileJws {
+            trust_anchors: vec!["openbanking.org.uk".into()],
+            iss: Some("{org_id}/{cert_cn}".into()),
+            ..FileJws::default()
+        },
+        ..FileSignatures::default()
+    };
+    Env::start(o, up, dir, None).await
 }
 
 /// A scenario against `env`'s proxy: `routes` and `load` YAML spliced into the common parts.

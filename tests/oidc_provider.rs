@@ -179,11 +179,6 @@ fn start_as(dpop: &SigningKey) -> As {
 // ---------------------------------------------------------------------------------------------
 // The proxy in front of a recording upstream, trusting the provider through introspection.
 
-struct Env {
-    p: Proxy,
-    up: Upstream,
-}
-
 impl Env {
     async fn send(
         &self,
@@ -305,17 +300,23 @@ async fn introspection_answers_for_refresh_tokens_and_other_audiences_are_refuse
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
     o.policy = POLICY.to_string();
-    o.extra = format!(
-        "issuers:\n  as:\n    issuer: {}\n    audience: {AUD}\n    introspection:\n      url: https://localhost:{}/token/introspection\n      ca: [{}]\n      client_id: rs-client\n      client_secret_file: {}\n      cache_ttl: 60s\ndpop:\n  public_base_url: {BASE}\n",
-        asrv.issuer,
-        asrv.port,
-        certs().join("ca.pem").display(),
-        asrv.secret_file().display()
-    );
-    let e = Env {
-        p: Proxy::start(o).await,
-        up,
+    let introspection = FileIntrospection {
+        url: format!("https://localhost:{}/token/introspection", asrv.port),
+        ca: vec![certs().join("ca.pem").display().to_string()],
+        client_id: Some("rs-client".into()),
+        client_secret_file: Some(asrv.secret_file().display().to_string()),
+        cache_ttl: Some(dur("60s")),
+        ..FileIntrospection::default()
     };
+    let issuer = FileIssuer {
+        issuer: asrv.issuer.clone(),
+        audience: AUD.into(),
+        introspection: Some(introspection),
+        ..FileIssuer::default()
+    };
+    o.config.issuers.insert("as".into(), issuer);
+    o.config.dpop.public_base_url = Some(BASE.into());
+    let e = Env::start(o, up, tempfile::tempdir().unwrap(), None).await;
     let bearer = |t: &str| ("authorization", format!("Bearer {t}"));
     let dpop_auth = |t: &str| ("authorization", format!("DPoP {t}"));
     let proof = |t: &str| {

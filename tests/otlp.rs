@@ -47,9 +47,10 @@ async fn request_spans_reach_the_collector_with_the_clients_trace_id() {
     });
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
-    o.extra = format!(
-        "tracing:\n  otlp_endpoint: http://{collector}/v1/traces\n  service_name: bank-edge\n"
-    );
+    o.config.tracing = FileTracing {
+        otlp_endpoint: Some(format!("http://{collector}/v1/traces")),
+        service_name: Some("bank-edge".into()),
+    };
     let p = Proxy::start(o).await;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let (a, id) = p

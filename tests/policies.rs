@@ -9,7 +9,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
-use portcullis_base::clock::{Clock, ManualClock};
 use portcullis_crypto::jose::sign::SigningKey;
 use portcullis_crypto::jose::Alg;
 use rustls_pki_types::pem::PemObject;
@@ -58,14 +57,28 @@ routes:
 
 const LEAKY: &str = r#"{"Data":{"Account":[{"AccountId":"acc-1"},{"AccountId":"acc-victim"}]}}"#;
 
-struct Env {
-    p: Proxy,
-    up: Upstream,
+/// The kit's [`Env`] (on a manual clock at [`NOW`]) and tpp1's access token.
+struct PolicyEnv {
+    env: Env,
     token: String,
-    _dir: tempfile::TempDir,
 }
 
-async fn env(consent_yaml: &str) -> Env {
+impl std::ops::Deref for PolicyEnv {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.env
+    }
+}
+
+/// The consent file `consents.json` that [`env`] writes (`DIR` is its directory).
+fn consents_file() -> FileConsentSource {
+    FileConsentSource {
+        file: Some("DIR/consents.json".into()),
+        ..FileConsentSource::default()
+    }
+}
+
+async fn env(mut consent: FileConsentSource) -> PolicyEnv {
     let key = SigningKey::generate(Alg::ES256, "as-1").unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jwks.json"), key.jwks().to_string()).unwrap();
@@ -77,28 +90,25 @@ async fn env(consent_yaml: &str) -> Env {
     let up = Upstream::start(Behaviour::Json(LEAKY)).await;
     let mut o = Options::new(up.addr);
     o.policy = POLICY.to_string();
-    let consent = consent_yaml.replace("DIR", &dir.path().display().to_string());
-    o.extra = format!(
-        "issuers:\n  as:\n    issuer: https://as\n    audience: https://rs\n    jwks: {{file: {}}}\n{consent}",
-        dir.path().join("jwks.json").display()
+    if let Some(f) = consent.file.as_mut() {
+        *f = f.replace("DIR", &dir.path().display().to_string());
+    }
+    o.config.issuers.insert(
+        "as".into(),
+        file_issuer("https://as", "https://rs", &dir.path().join("jwks.json")),
     );
-    o.clock = Some(Arc::new(ManualClock::new(NOW)) as Arc<dyn Clock>);
-    let p = Proxy::start(o).await;
+    o.config.consent = Some(consent);
+    let env = Env::start(o, up, dir, Some(NOW)).await;
     let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join("tpp1.pem")).unwrap();
     let token = key.access_token(&json!({
         "iss": "https://as", "aud": "https://rs", "exp": NOW + 300, "scope": "accounts",
         "openbanking_intent_id": "aac-1", "accounts": ["acc-1"],
         "cnf": {"x5t#S256": portcullis_crypto::pki::thumbprint_s256(der.as_ref())},
     }));
-    Env {
-        p,
-        up,
-        token,
-        _dir: dir,
-    }
+    PolicyEnv { env, token }
 }
 
-impl Env {
+impl PolicyEnv {
     async fn get(&self, path: &str) -> (portcullis_tools::client::Answer, String) {
         self.p
             .send(
@@ -113,7 +123,7 @@ impl Env {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_outside_the_consent_is_403_with_the_rule_in_the_audit_record() {
-    let e = env("consent:\n  file: DIR/consents.json\n").await;
+    let e = env(consents_file()).await;
     let (a, _) = e.get("/accounts/acc-1/balances").await;
     assert_eq!(a.status, 200);
     let rec = e.p.audit_where(1, |r| r["status"] == 200).await;
@@ -135,7 +145,7 @@ async fn an_account_outside_the_consent_is_403_with_the_rule_in_the_audit_record
 }
 
 async fn assert_refused_after(
-    e: &Env,
+    e: &PolicyEnv,
     a: &portcullis_tools::client::Answer,
     id: &str,
     status: u16,
@@ -159,11 +169,15 @@ async fn assert_refused_after(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consent_source_that_is_down_refuses_with_503() {
-    let e = env(&format!(
-        "consent:\n  url: https://localhost:{}/consents/{{id}}\n  ca: [{}]\n  timeout: 300ms\n",
-        Upstream::dead_addr().await.port(),
-        certs().join("ca.pem").display()
-    ))
+    let e = env(FileConsentSource {
+        url: Some(format!(
+            "https://localhost:{}/consents/{{id}}",
+            Upstream::dead_addr().await.port()
+        )),
+        ca: vec![certs().join("ca.pem").display().to_string()],
+        timeout: Some(dur("300ms")),
+        ..FileConsentSource::default()
+    })
     .await;
     let (a, id) = e.get("/accounts/acc-1/balances").await;
     assert_eq!(a.status, 503);
@@ -177,7 +191,7 @@ async fn a_consent_source_that_is_down_refuses_with_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_rules_withhold_or_filter_a_leaking_upstream() {
-    let e = env("consent:\n  file: DIR/consents.json\n").await;
+    let e = env(consents_file()).await;
     let (a, id) = e.get("/accounts").await;
     assert_eq!(a.status, 502);
     assert_eq!(a.json()["reason"], "authz.response_leak");
@@ -197,7 +211,7 @@ async fn response_rules_withhold_or_filter_a_leaking_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_route_forwards_and_records_what_it_would_have_denied() {
-    let e = env("consent:\n  file: DIR/consents.json\n").await;
+    let e = env(consents_file()).await;
     let (a, id) = e.get("/shadow/acc-victim").await;
     assert_eq!(a.status, 200);
     assert_eq!(e.up.count(), 1);
@@ -269,11 +283,12 @@ async fn an_https_consent_source_is_asked_once_per_ttl_and_its_answer_governs() 
         })
     };
     let addr = https_endpoint(handler).await;
-    let e = env(&format!(
-        "consent:\n  url: https://localhost:{}/consents/{{id}}\n  ca: [{}]\n  ttl: 60s\n",
-        addr.port(),
-        certs().join("ca.pem").display()
-    ))
+    let e = env(FileConsentSource {
+        url: Some(format!("https://localhost:{}/consents/{{id}}", addr.port())),
+        ca: vec![certs().join("ca.pem").display().to_string()],
+        ttl: Some(dur("60s")),
+        ..FileConsentSource::default()
+    })
     .await;
     let (a, _) = e.get("/accounts/acc-1/balances").await;
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));

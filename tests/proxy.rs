@@ -193,7 +193,7 @@ async fn a_revoked_certificate_is_refused_through_the_crl() {
 async fn with_optional_mtls_a_route_that_needs_a_certificate_answers_401() {
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
-    o.client_auth = "optional";
+    o.config.listener.tls.client_auth = Some("optional".into());
     let p = Proxy::start(o).await;
     let mut c = p.client(None, false).await.unwrap();
     let id = uuid::Uuid::new_v4().to_string();
@@ -317,7 +317,10 @@ async fn raw_targets_hyper_would_not_build_are_refused_on_the_wire() {
 async fn header_and_uri_limits_answer_431_and_414() {
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
-    o.limits = "    max_headers: 20\n    max_header_bytes: 4096\n    max_uri_bytes: 1024\n";
+    let limits = &mut o.config.listener.limits;
+    limits.max_headers = Some(20);
+    limits.max_header_bytes = Some(4096);
+    limits.max_uri_bytes = Some(1024);
     let p = Proxy::start(o).await;
     let mut many = req("GET", "/open-banking/v3.1/aisp/accounts");
     for i in 0..25 {
@@ -534,7 +537,7 @@ async fn interaction_ids_are_echoed_generated_or_refused_by_config() {
 
     let up2 = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up2.addr);
-    o.extra = "fapi:\n  interaction_id: reject_invalid\n".into();
+    o.config.fapi.interaction_id = Some("reject_invalid".into());
     let strict = Proxy::start(o).await;
     let mut c = strict.client(Some("tpp1"), false).await.unwrap();
     let a = c
@@ -572,7 +575,7 @@ async fn upstream_down_is_502_and_slow_is_504() {
 
     let slow = Upstream::start(Behaviour::Delay(Duration::from_secs(3))).await;
     let mut o = Options::new(slow.addr);
-    o.response_timeout = "300ms";
+    o.bank().response_timeout = Some(dur("300ms"));
     let p = Proxy::start(o).await;
     let (a, id) = p.get("/open-banking/v3.1/aisp/accounts").await;
     assert_eq!(a.status, 504);
@@ -584,7 +587,7 @@ async fn upstream_down_is_502_and_slow_is_504() {
 async fn slow_headers_are_cut_off_at_the_header_read_timeout() {
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
-    o.limits = "    header_read_timeout: 500ms\n";
+    o.config.listener.limits.header_read_timeout = Some(dur("500ms"));
     let p = Proxy::start(o).await;
     let mut tls = p.tls(Some("tpp1"), false).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -834,20 +837,13 @@ async fn a_reloaded_client_ca_governs_new_connections_only() {
         200
     );
     // Trust only the rogue CA from now on.
-    let path = p.config_path();
-    let text = std::fs::read_to_string(&path).unwrap();
     let rogue_ca = certs().join("rogue-ca.pem").display().to_string();
-    let ca = certs().join("ca.pem").display().to_string();
     // The dev CRL is the old CA's; with it, every rogue-CA certificate would have an unknown
     // revocation status and be refused (fail closed), so the new config drops it.
-    let crl = certs().join("ca.crl").display().to_string();
-    let text = text
-        .replace(
-            &format!("client_ca: [{ca}]"),
-            &format!("client_ca: [{rogue_ca}]"),
-        )
-        .replace(&format!("crl: [{crl}]"), "crl: []");
-    std::fs::write(&path, text).unwrap();
+    p.edit_config(|c| {
+        c.listener.tls.client_ca = vec![rogue_ca];
+        c.listener.tls.crl = Vec::new();
+    });
     p.shared.reload().expect("reload");
     let refused = match p.client(Some("tpp1"), false).await {
         Err(_) => true,
@@ -895,7 +891,7 @@ async fn a_reloaded_client_ca_governs_new_connections_only() {
 async fn idle_connections_are_closed_after_the_idle_timeout() {
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
-    o.limits = "    idle_timeout: 300ms\n";
+    o.config.listener.limits.idle_timeout = Some(dur("300ms"));
     let p = Proxy::start(o).await;
     for h2 in [false, true] {
         let mut c = p.client(Some("tpp1"), h2).await.unwrap();
@@ -927,7 +923,7 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
 async fn the_connection_cap_holds_new_connections_until_a_slot_frees() {
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
-    o.limits = "    max_connections: 1\n";
+    o.config.listener.limits.max_connections = Some(1);
     let p = Proxy::start(o).await;
     let mut first = p.client(Some("tpp1"), false).await.unwrap();
     assert_eq!(
@@ -971,7 +967,7 @@ async fn the_connection_cap_holds_new_connections_until_a_slot_frees() {
 async fn a_stalled_body_of_unknown_length_is_408_and_never_forwarded() {
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
-    o.limits = "    request_timeout: 400ms\n";
+    o.config.listener.limits.request_timeout = Some(dur("400ms"));
     let p = Proxy::start(o).await;
     let id = uuid::Uuid::new_v4().to_string();
     let raw = format!(
@@ -990,13 +986,16 @@ async fn an_https_upstream_is_reached_over_pinned_tls_with_the_proxy_client_cert
         let up = Upstream::start_tls(Behaviour::Ok).await;
         let mut o = Options::new(up.addr);
         let c = |f: &str| certs().join(f).display().to_string();
-        o.upstream_yaml = Some(format!(
-            "    url: https://localhost:{}\n    http2: {h2}\n    tls:\n      ca: [{}]\n      client_certificate: {}\n      client_private_key: {}",
-            up.addr.port(),
-            c("ca.pem"),
-            c("tpp2.pem"),
-            c("tpp2.key")
-        ));
+        *o.bank() = FileUpstream {
+            url: format!("https://localhost:{}", up.addr.port()),
+            http2: h2,
+            tls: Some(FileUpstreamTls {
+                ca: vec![c("ca.pem")],
+                client_certificate: Some(c("tpp2.pem")),
+                client_private_key: Some(c("tpp2.key")),
+            }),
+            ..FileUpstream::default()
+        };
         let p = Proxy::start(o).await;
         let (a, _) = p.get("/open-banking/v3.1/aisp/accounts").await;
         assert_eq!(

@@ -37,13 +37,33 @@ const BY_CLIENT_ID: &str = r#"
     rate_limit: tight
 "#;
 
-const LIMITS: &str = "rate_limits:\n  classes:\n    tight: {rate: 1, per: 60s, burst: 3}\n    watch: {rate: 1, per: 60s, burst: 1, shadow: true}\n";
+/// `rate` requests per `per` with a burst of `burst`.
+fn quota(rate: u32, per: &str, burst: Option<u32>, shadow: bool) -> FileQuota {
+    FileQuota {
+        rate,
+        per: dur(per),
+        burst,
+        shadow,
+    }
+}
 
-async fn start(extra: &str) -> (Proxy, Upstream) {
+/// The classes `tight` (burst 3 a minute) and `watch` (burst 1 a minute, shadow).
+fn limits() -> FileRateLimits {
+    FileRateLimits {
+        classes: [
+            ("tight".to_string(), quota(1, "60s", Some(3), false)),
+            ("watch".to_string(), quota(1, "60s", Some(1), true)),
+        ]
+        .into(),
+        ..FileRateLimits::default()
+    }
+}
+
+async fn start(rate_limits: FileRateLimits) -> (Proxy, Upstream) {
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
     o.policy = POLICY.to_string();
-    o.extra = extra.to_string();
+    o.config.rate_limits = rate_limits;
     (Proxy::start(o).await, up)
 }
 
@@ -57,7 +77,7 @@ fn empty() -> Full<Bytes> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h01_h07_the_client_limit_ignores_forwarded_headers_and_429_says_when_to_retry() {
-    let (p, up) = start(LIMITS).await;
+    let (p, up) = start(limits()).await;
     for i in 0..3 {
         let r = get("/tight")
             .header("x-forwarded-for", format!("203.0.113.{i}"))
@@ -112,7 +132,7 @@ async fn h01_h07_the_client_limit_ignores_forwarded_headers_and_429_says_when_to
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h04_every_http2_stream_is_counted() {
-    let (p, up) = start(LIMITS).await;
+    let (p, up) = start(limits()).await;
     let tls = p.tls(Some("tpp1"), true).await.unwrap();
     let (sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -152,10 +172,11 @@ async fn h03_token_rotation_stays_in_the_client_id_bucket() {
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
     o.policy = format!("{POLICY}{}", BY_CLIENT_ID.trim_start_matches('\n'));
-    o.client_auth = "optional";
-    o.extra = format!(
-        "{LIMITS}issuers:\n  as:\n    issuer: https://as\n    audience: https://rs\n    jwks: {{file: {}}}\n",
-        dir.path().join("jwks.json").display()
+    o.config.listener.tls.client_auth = Some("optional".into());
+    o.config.rate_limits = limits();
+    o.config.issuers.insert(
+        "as".into(),
+        file_issuer("https://as", "https://rs", &dir.path().join("jwks.json")),
     );
     let p = Proxy::start(o).await;
     let now = std::time::SystemTime::now()
@@ -197,9 +218,10 @@ async fn h03_token_rotation_stays_in_the_client_id_bucket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h08_the_pre_auth_limit_per_peer_comes_before_identity() {
-    let (p, up) = start(&format!(
-        "{LIMITS}  peer: {{rate: 1, per: 60s, burst: 2}}\n"
-    ))
+    let (p, up) = start(FileRateLimits {
+        peer: Some(quota(1, "60s", Some(2), false)),
+        ..limits()
+    })
     .await;
     let (a, _) = p.get("/free").await;
     assert_eq!(a.status, 200);
@@ -220,7 +242,7 @@ async fn h08_the_pre_auth_limit_per_peer_comes_before_identity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_class_records_but_does_not_refuse() {
-    let (p, up) = start(LIMITS).await;
+    let (p, up) = start(limits()).await;
     let (a, _) = p.get("/shadowed").await;
     assert_eq!(a.status, 200);
     let (a, id) = p.get("/shadowed").await;
@@ -242,14 +264,16 @@ async fn a_shadow_class_records_but_does_not_refuse() {
 fn a_route_naming_an_unknown_class_or_a_bad_quota_is_refused_at_load() {
     let dir = tempfile::tempdir().unwrap();
     let mut o = Options::new("127.0.0.1:9".parse().unwrap());
-    o.extra =
-        "rate_limits:\n  peer: {rate: 0, per: 1s}\n  classes:\n    tight: {rate: 1, per: 0s}\n"
-            .into();
+    o.config.rate_limits = FileRateLimits {
+        peer: Some(quota(0, "1s", None, false)),
+        classes: [("tight".to_string(), quota(1, "0s", None, false))].into(),
+        ..FileRateLimits::default()
+    };
     o.policy = POLICY.to_string();
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();
     std::fs::write(dir.path().join("policies/t.yaml"), &o.policy).unwrap();
     let path = dir.path().join("c.yaml");
-    std::fs::write(&path, config_text(&o, certs())).unwrap();
+    std::fs::write(&path, o.config_text()).unwrap();
     let e = portcullis_proxy::config::Config::load(&path)
         .err()
         .expect("refused")

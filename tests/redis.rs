@@ -61,10 +61,8 @@ fn thumb(name: &str) -> String {
     portcullis_crypto::pki::thumbprint_s256(der.as_ref())
 }
 
-struct Instance {
-    p: Proxy,
-    up: Upstream,
-}
+/// One instance of the fleet: the kit's [`Env`] on the fleet's shared clock.
+type Instance = Env;
 
 struct Fleet {
     redis: RedisServer,
@@ -77,13 +75,16 @@ struct Fleet {
     _dirs: tempfile::TempDir,
 }
 
-/// Two instances on one Redis; `b_state` is extra YAML under `state:` for instance B.
-async fn fleet(b_state: &str) -> Fleet {
-    fleet_with(["", b_state], [Behaviour::Ok, Behaviour::Ok]).await
+/// Leaves an instance's `state:` section as the Redis server writes it.
+fn as_is(_: &mut FileState) {}
+
+/// Two instances on one Redis; `b_state` edits the `state:` section of instance B.
+async fn fleet(b_state: fn(&mut FileState)) -> Fleet {
+    fleet_with([as_is, b_state], [Behaviour::Ok, Behaviour::Ok]).await
 }
 
-/// As [`fleet`], with extra `state:` YAML and the upstream behaviour of A and B.
-async fn fleet_with(states: [&str; 2], behaviours: [Behaviour; 2]) -> Fleet {
+/// As [`fleet`], with edits to the `state:` sections and the upstream behaviour of A and B.
+async fn fleet_with(states: [fn(&mut FileState); 2], behaviours: [Behaviour; 2]) -> Fleet {
     let redis = RedisServer::start();
     let dirs = tempfile::tempdir().unwrap();
     let clients = dirs.path().join("clients");
@@ -98,42 +99,40 @@ async fn fleet_with(states: [&str; 2], behaviours: [Behaviour; 2]) -> Fleet {
     let jwks = dirs.path().join("as-jwks.json");
     std::fs::write(&jwks, as_key.jwks().to_string()).unwrap();
     let clock = Arc::new(ManualClock::new(NOW));
-    let extra = |state: &str| {
-        format!(
-            r#"issuers:
-  as:
-    issuer: {ISS}
-    audience: {AUD}
-    jwks: {{file: {jwks}}}
-dpop:
-  public_base_url: {BASE}
-signatures:
-  client: "{{org_id}}"
-  client_keys:
-    directory: {clients}
-  http:
-    public_base_url: {BASE}
-rate_limits:
-  classes:
-    fleet: {{rate: 1, per: 1h, burst: {BURST}}}
-{state}
-"#,
-            jwks = jwks.display(),
-            clients = clients.display(),
-            state = redis.state_yaml(state),
-        )
+    let config = |o: &mut Options, edit_state: fn(&mut FileState)| {
+        let c = &mut o.config;
+        c.issuers.insert("as".into(), file_issuer(ISS, AUD, &jwks));
+        c.dpop.public_base_url = Some(BASE.into());
+        c.signatures = FileSignatures {
+            client: Some("{org_id}".into()),
+            client_keys: Some(FileClientKeys {
+                directory: Some(clients.display().to_string()),
+                ..FileClientKeys::default()
+            }),
+            http: FileHttpSig {
+                public_base_url: Some(BASE.into()),
+                ..FileHttpSig::default()
+            },
+            ..FileSignatures::default()
+        };
+        let fleet = FileQuota {
+            rate: 1,
+            per: dur("1h"),
+            burst: Some(BURST as u32),
+            shadow: false,
+        };
+        c.rate_limits.classes.insert("fleet".into(), fleet);
+        c.state = redis.state();
+        edit_state(&mut c.state);
     };
     let mut instances = Vec::new();
     for (state, behaviour) in [(states[0], behaviours[0]), (states[1], behaviours[1])] {
         let up = Upstream::start(behaviour).await;
         let mut o = Options::new(up.addr);
         o.policy = POLICY.to_string();
-        o.extra = extra(state);
-        o.clock = Some(clock.clone() as Arc<dyn Clock>);
-        instances.push(Instance {
-            p: Proxy::start(o).await,
-            up,
-        });
+        config(&mut o, state);
+        let dir = tempfile::tempdir().unwrap();
+        instances.push(Env::on_clock(o, up, dir, clock.clone()).await);
     }
     let b = instances.pop().unwrap();
     let a = instances.pop().unwrap();
@@ -334,7 +333,12 @@ async fn admitted(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h06_two_instances_share_a_client_quota_within_the_lease_bound() {
     // Leases that outlive the test, so a slow machine cannot let leased tokens expire unspent.
-    let long = "  rate_limit_lease: {ttl: 60s}\n";
+    let long = |s: &mut FileState| {
+        s.rate_limit_lease = Some(FileLease {
+            ttl: Some(dur("60s")),
+            ..FileLease::default()
+        })
+    };
     let f = fleet_with([long, long], [Behaviour::Ok, Behaviour::Ok]).await;
     // 100 requests of one client (tpp1's certificate), alternating between the instances.
     let mut ok = 0u64;
@@ -386,7 +390,7 @@ async fn h06_two_instances_share_a_client_quota_within_the_lease_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d13_c06_a_dpop_proof_or_signature_nonce_used_on_one_instance_is_refused_on_the_other() {
-    let f = fleet("").await;
+    let f = fleet(as_is).await;
     let token = f.dpop_token();
     let h = f.dpop_headers(&token, "proof-1");
     admitted(&f.a, "GET", "/accounts", &h, b"").await;
@@ -451,8 +455,17 @@ async fn d13_c06_a_dpop_proof_or_signature_nonce_used_on_one_instance_is_refused
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_refuses_replay_checks_falls_back_for_rate_limits_and_recovers() {
     // A: default outage settings (replay refuse, rate limits local); B: rate limits refuse.
-    let mut f =
-        fleet("  on_outage: {rate_limits: refuse}\n  rate_limit_lease: {ttl: 50ms}\n").await;
+    let mut f = fleet(|s| {
+        s.on_outage = Some(FileOnOutage {
+            rate_limits: Some("refuse".into()),
+            ..FileOnOutage::default()
+        });
+        s.rate_limit_lease = Some(FileLease {
+            ttl: Some(dur("50ms")),
+            ..FileLease::default()
+        });
+    })
+    .await;
     let token = f.dpop_token();
     let before_outage = f.dpop_headers(&token, "before-outage");
     admitted(&f.a, "GET", "/accounts", &before_outage, b"").await;
@@ -610,7 +623,7 @@ async fn pay(i: &Instance, key: &str, body: &str) -> (Answer, String) {
 async fn j02_an_idempotent_payment_is_replayed_across_instances() {
     // A's upstream is slow (for the in-flight case); B's creates payments p-1, p-2, ...
     let mut f = fleet_with(
-        ["", ""],
+        [as_is, as_is],
         [Behaviour::Delay(Duration::from_secs(3)), Behaviour::Created],
     )
     .await;

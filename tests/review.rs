@@ -468,14 +468,15 @@ async fn r12_introspection_answers_without_our_audience_or_for_refresh_tokens_ar
     let addr = https_endpoint(handler).await;
     let secret = tempfile::tempdir().unwrap();
     std::fs::write(secret.path().join("secret"), "s3cret\n").unwrap();
-    let issuer = format!(
-        "    introspection:\n      url: https://localhost:{}/introspect\n      ca: [{}]\n      client_id: rs-client\n      client_secret_file: {}\n      cache_ttl: 60s\n",
-        addr.port(),
-        certs().join("ca.pem").display(),
-        secret.path().join("secret").display()
-    );
     let mut o = LabOptions::new(POLICY);
-    o.issuer = Box::leak(issuer.into_boxed_str());
+    o.issuer().introspection = Some(FileIntrospection {
+        url: format!("https://localhost:{}/introspect", addr.port()),
+        ca: vec![certs().join("ca.pem").display().to_string()],
+        client_id: Some("rs-client".into()),
+        client_secret_file: Some(secret.path().join("secret").display().to_string()),
+        cache_ttl: Some(dur("60s")),
+        ..FileIntrospection::default()
+    });
     let lab = Lab::start(o).await;
     let get = |t: &str| Req::get("/accounts").bearer(t);
     let cases = vec![
@@ -525,7 +526,7 @@ async fn rx_a_declared_body_over_the_limit_is_refused_before_any_crypto() {
 #[tokio::test]
 async fn rx_dpop_challenges_name_the_configured_algorithms() {
     let mut o = LabOptions::new(POLICY);
-    o.dpop = "  algorithms: [ES256]\n";
+    o.config.dpop.algorithms = Some(vec!["ES256".into()]);
     let lab = Lab::start(o).await;
     let cases = vec![case(
         "Rx",
@@ -598,11 +599,11 @@ async fn rx_a_consent_id_cannot_steer_the_consent_lookup() {
     let addr = https_endpoint(handler).await;
     let policy = "group: c\nupstream: bank\nroutes:\n  - id: balances\n    method: GET\n    path: /balances\n    auth: {profile: fapi2}\n    consent: {claim: openbanking_intent_id, permissions: [ReadBalances]}\n";
     let mut o = LabOptions::new(policy);
-    o.extra = format!(
-        "consent:\n  url: https://localhost:{}/consents/{{id}}\n  ca: [{}]\n",
-        addr.port(),
-        certs().join("ca.pem").display()
-    );
+    o.config.consent = Some(FileConsentSource {
+        url: Some(format!("https://localhost:{}/consents/{{id}}", addr.port())),
+        ca: vec![certs().join("ca.pem").display().to_string()],
+        ..FileConsentSource::default()
+    });
     let lab = Lab::start(o).await;
     let cases = ["..", ".", "../admin?x=1#f", "a/b"]
         .into_iter()
@@ -903,14 +904,16 @@ async fn r01_a_client_leaving_while_a_stage_waits_leaves_a_cancelled_record() {
     let addr = https_endpoint_after(Duration::from_millis(600), handler).await;
     let secret = tempfile::tempdir().unwrap();
     std::fs::write(secret.path().join("secret"), "s3cret\n").unwrap();
-    let issuer = format!(
-        "    introspection:\n      url: https://localhost:{}/introspect\n      ca: [{}]\n      client_id: rs-client\n      client_secret_file: {}\n      cache_ttl: 60s\n      timeout: 5s\n",
-        addr.port(),
-        certs().join("ca.pem").display(),
-        secret.path().join("secret").display()
-    );
     let mut o = LabOptions::new(POLICY);
-    o.issuer = Box::leak(issuer.into_boxed_str());
+    o.issuer().introspection = Some(FileIntrospection {
+        url: format!("https://localhost:{}/introspect", addr.port()),
+        ca: vec![certs().join("ca.pem").display().to_string()],
+        client_id: Some("rs-client".into()),
+        client_secret_file: Some(secret.path().join("secret").display().to_string()),
+        cache_ttl: Some(dur("60s")),
+        timeout: Some(dur("5s")),
+        ..FileIntrospection::default()
+    });
     let lab = Lab::start(o).await;
     for h2 in [false, true] {
         let id = uuid::Uuid::new_v4().to_string();
@@ -973,10 +976,7 @@ async fn r05_client_trailers_never_reach_an_http2_upstream() {
     o.policy =
         "group: t\nupstream: bank\nroutes:\n  - id: notes\n    method: POST\n    path: /notes\n"
             .into();
-    o.upstream_yaml = Some(format!(
-        "    url: http://{}\n    http2: true\n    connect_timeout: 500ms\n    response_timeout: 5s",
-        up.addr
-    ));
+    o.bank().http2 = true;
     let p = Proxy::start(o).await;
     for declared in [true, false] {
         let mut trailers = http::HeaderMap::new();
@@ -1073,13 +1073,7 @@ async fn r06_a_certificate_revoked_by_a_reloaded_crl_loses_its_open_connection()
     // The CRL file now revokes tpp1 as well; reload.
     let crl = p.dir.path().join("revoking.crl");
     std::fs::write(&crl, crl_revoking_tpp1()).unwrap();
-    let cfg = std::fs::read_to_string(p.config_path()).unwrap();
-    let old = certs().join("ca.crl").display().to_string();
-    std::fs::write(
-        p.config_path(),
-        cfg.replace(&old, &crl.display().to_string()),
-    )
-    .unwrap();
+    p.edit_config(|c| c.listener.tls.crl = vec![crl.display().to_string()]);
     p.shared.reload().expect("reload");
     let before = up.count();
     let id = uuid::Uuid::new_v4().to_string();
@@ -1106,7 +1100,7 @@ async fn r06_a_certificate_revoked_by_a_reloaded_crl_loses_its_open_connection()
 async fn r06_connections_older_than_max_connection_age_are_closed() {
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
-    o.limits = "    max_connection_age: 300ms\n";
+    o.config.listener.limits.max_connection_age = Some(dur("300ms"));
     let p = Proxy::start(o).await;
     let path = "/open-banking/v3.1/aisp/accounts";
     let get = || {

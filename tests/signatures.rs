@@ -11,7 +11,6 @@ use bytes::Bytes;
 use common::*;
 use http::HeaderMap;
 use http_body_util::Full;
-use portcullis_base::clock::{Clock, ManualClock};
 use portcullis_crypto::httpsig::base::signature_base;
 use portcullis_crypto::httpsig::digest::{content_digest, DigestAlg};
 use portcullis_crypto::httpsig::fields::{input, parse_field, signature_bytes};
@@ -70,10 +69,9 @@ routes:
     signature: {kind: http-sig}
 "#;
 
-struct Env {
-    p: Proxy,
-    up: Upstream,
-    clock: Arc<ManualClock>,
+/// The kit's [`Env`] (on a manual clock at [`NOW`]) and the keys and token of the signing tests.
+struct SigEnv {
+    env: Env,
     /// tpp1's keys: PS256 (OBIE and RFC 9421), ES256 and Ed25519 (RFC 9421).
     ps: KeyPair,
     es: KeyPair,
@@ -83,7 +81,13 @@ struct Env {
     /// The proxy's response-signing key.
     bank: VerifyingKey,
     token: String,
-    _dirs: tempfile::TempDir,
+}
+
+impl std::ops::Deref for SigEnv {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.env
+    }
 }
 
 fn thumb(name: &str) -> String {
@@ -92,13 +96,13 @@ fn thumb(name: &str) -> String {
     portcullis_crypto::pki::thumbprint_s256(der.as_ref())
 }
 
-async fn env() -> Env {
+async fn env() -> SigEnv {
     env_with(None).await
 }
 
 /// The proxy with tpp1's and tpp2's keys in a directory, or (with `keys_url`) fetched from a
 /// URL template over TLS pinned to the dev CA.
-async fn env_with(keys_url: Option<String>) -> Env {
+async fn env_with(keys_url: Option<String>) -> SigEnv {
     let dirs = tempfile::tempdir().unwrap();
     let clients = dirs.path().join("clients");
     std::fs::create_dir_all(&clients).unwrap();
@@ -126,57 +130,57 @@ async fn env_with(keys_url: Option<String>) -> Env {
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
     o.policy = POLICY.to_string();
-    o.extra = format!(
-        r#"issuers:
-  as:
-    issuer: {ISS}
-    audience: {AUD}
-    jwks: {{file: {jwks}}}
-signatures:
-  client: "{{org_id}}"
-  client_keys:
-{keys_source}
-    min_refetch_interval: 0s
-  jws:
-    trust_anchors: [{TAN}]
-    iss: "{{org_id}}/{{cert_cn}}"
-    max_age: 5m
-    clock_skew: 30s
-  http:
-    public_base_url: https://rs.example
-  response:
-    key: {bank_key}
-    kid: bank-1
-    iss: bank-org/bank-ssa
-"#,
-        jwks = jwks.display(),
-        keys_source = match &keys_url {
-            None => format!("    directory: {}", clients.display()),
-            Some(u) => format!(
-                "    url: \"{u}\"\n    ca: [{}]",
-                certs().join("ca.pem").display()
-            ),
+    o.config
+        .issuers
+        .insert("as".into(), file_issuer(ISS, AUD, &jwks));
+    let ca = certs().join("ca.pem").display().to_string();
+    let client_keys = match &keys_url {
+        None => FileClientKeys {
+            directory: Some(clients.display().to_string()),
+            ..FileClientKeys::default()
         },
-        bank_key = bank_key.display(),
-    );
-    let clock = Arc::new(ManualClock::new(NOW));
-    o.clock = Some(clock.clone() as Arc<dyn Clock>);
-    let p = Proxy::start(o).await;
-    Env {
-        p,
-        up,
-        clock,
+        Some(u) => FileClientKeys {
+            url: Some(u.clone()),
+            ca: vec![ca],
+            ..FileClientKeys::default()
+        },
+    };
+    o.config.signatures = FileSignatures {
+        client: Some("{org_id}".into()),
+        client_keys: Some(FileClientKeys {
+            min_refetch_interval: Some(dur("0s")),
+            ..client_keys
+        }),
+        jws: FileJws {
+            trust_anchors: vec![TAN.into()],
+            iss: Some("{org_id}/{cert_cn}".into()),
+            max_age: Some(dur("5m")),
+            clock_skew: Some(dur("30s")),
+            ..FileJws::default()
+        },
+        http: FileHttpSig {
+            public_base_url: Some("https://rs.example".into()),
+            ..FileHttpSig::default()
+        },
+        response: Some(FileResponse {
+            key: bank_key.display().to_string(),
+            kid: "bank-1".into(),
+            iss: Some("bank-org/bank-ssa".into()),
+            ..FileResponse::default()
+        }),
+    };
+    SigEnv {
+        env: Env::start(o, up, dirs, Some(NOW)).await,
         bank: from_jwk(bank.public_jwk().as_object().unwrap()).unwrap(),
         ps,
         es,
         ed,
         other,
         token,
-        _dirs: dirs,
     }
 }
 
-impl Env {
+impl SigEnv {
     async fn send(
         &self,
         identity: &str,
@@ -642,7 +646,7 @@ async fn b05_to_b08_b12_header_claims_are_checked() {
     }
     // B06 once more with the clock: a signature made 4 minutes ago passes, 6 minutes fails.
     let sig = e.jws(&obie_header(Profile::Obie314), PAYMENT);
-    e.clock.advance(240);
+    e.clock().advance(240);
     let (a, _) = e
         .send(
             "tpp1",
@@ -654,7 +658,7 @@ async fn b05_to_b08_b12_header_claims_are_checked() {
         )
         .await;
     assert_eq!(a.status, 200);
-    e.clock.advance(120);
+    e.clock().advance(120);
     e.refused_obie(
         P314,
         &[sig],
@@ -817,7 +821,7 @@ struct Signed {
     map: HeaderMap,
 }
 
-fn base_headers(e: &Env, body: &[u8]) -> HeaderMap {
+fn base_headers(e: &SigEnv, body: &[u8]) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(
         "authorization",
@@ -876,7 +880,7 @@ fn params<'a>(key: &'a KeyPair, created: i64) -> Params<'a> {
 }
 
 /// A FAPI 2.0 signed POST of `body` to `path` by `key`.
-fn fapi_signed(e: &Env, key: &KeyPair, path: &str, body: &[u8], p: Params<'_>) -> Signed {
+fn fapi_signed(e: &SigEnv, key: &KeyPair, path: &str, body: &[u8], p: Params<'_>) -> Signed {
     let map = base_headers(e, body);
     let names: Vec<&str> = if body.is_empty() {
         FAPI_COMPONENTS[..3].to_vec()
@@ -1514,7 +1518,7 @@ async fn portcullis_sign_makes_requests_the_proxy_accepts() {
         "sign", "keygen", "--alg", "ES256", "--kid", "cli-es", "--out", out,
     ]);
     // Add the new public keys to tpp1's set: found on the unknown-kid re-read, no reload.
-    let set_path = e._dirs.path().join("clients/PSDGB-FCA-123456.json");
+    let set_path = e.dir.path().join("clients/PSDGB-FCA-123456.json");
     let mut set: Value =
         serde_json::from_str(&std::fs::read_to_string(&set_path).unwrap()).unwrap();
     for kid in ["cli-ps", "cli-es"] {
@@ -1617,16 +1621,16 @@ routes:
     signature: {kind: http-sig}
 "#;
     std::fs::write(dir.path().join("policies/p.yaml"), policy).unwrap();
-    let load = |extra: &str| {
+    let load = |signatures: FileSignatures| {
         let mut o = Options::new("127.0.0.1:9".parse().unwrap());
-        o.extra = extra.to_string();
+        o.config.signatures = signatures;
         let path = dir.path().join("c.yaml");
-        std::fs::write(&path, config_text(&o, certs())).unwrap();
+        std::fs::write(&path, o.config_text()).unwrap();
         portcullis_proxy::config::Config::load(&path)
             .map(|_| ())
             .map_err(|e| e.to_string())
     };
-    let err = load("").unwrap_err();
+    let err = load(FileSignatures::default()).unwrap_err();
     for want in [
         "route a: signature: the config has no `signatures.client_keys`",
         "route a: signature: obie-jws needs `signatures.jws.trust_anchors`",
@@ -1635,9 +1639,24 @@ routes:
     ] {
         assert!(err.contains(want), "{want} not in:\n{err}");
     }
-    let err = load(
-        "signatures:\n  client: \"{nope}\"\n  client_keys: {url: \"http://x/{client}\"}\n  jws: {algorithms: [HS256], iss: \"{org_id\"}\n  response: {key: missing.key, kid: k}\n",
-    )
+    let err = load(FileSignatures {
+        client: Some("{nope}".into()),
+        client_keys: Some(FileClientKeys {
+            url: Some("http://x/{client}".into()),
+            ..FileClientKeys::default()
+        }),
+        jws: FileJws {
+            algorithms: Some(vec!["HS256".into()]),
+            iss: Some("{org_id".into()),
+            ..FileJws::default()
+        },
+        response: Some(FileResponse {
+            key: "missing.key".into(),
+            kid: "k".into(),
+            ..FileResponse::default()
+        }),
+        ..FileSignatures::default()
+    })
     .unwrap_err();
     for want in [
         "signatures.client: unknown placeholder `{nope}`",
@@ -1651,11 +1670,22 @@ routes:
     std::fs::create_dir_all(dir.path().join("clients")).unwrap();
     let bank = KeyPair::generate(Alg::ES256, "bank").unwrap();
     std::fs::write(dir.path().join("bank.key"), bank.to_pkcs8_pem()).unwrap();
-    load(&format!(
-        "signatures:\n  client_keys: {{directory: {}}}\n  jws: {{trust_anchors: [{TAN}]}}\n  response: {{key: {}, kid: bank}}\n",
-        dir.path().join("clients").display(),
-        dir.path().join("bank.key").display()
-    ))
+    load(FileSignatures {
+        client_keys: Some(FileClientKeys {
+            directory: Some(dir.path().join("clients").display().to_string()),
+            ..FileClientKeys::default()
+        }),
+        jws: FileJws {
+            trust_anchors: vec![TAN.into()],
+            ..FileJws::default()
+        },
+        response: Some(FileResponse {
+            key: dir.path().join("bank.key").display().to_string(),
+            kid: "bank".into(),
+            ..FileResponse::default()
+        }),
+        ..FileSignatures::default()
+    })
     .unwrap();
     // Route fields are checked too.
     std::fs::write(
@@ -1665,7 +1695,7 @@ routes:
             .replace("kind: http-sig", "kind: http-sig, profile: obie-3.1.3"),
     )
     .unwrap();
-    let err = load("").unwrap_err();
+    let err = load(FileSignatures::default()).unwrap_err();
     assert!(
         err.contains("signature.profile: unknown profile `obie-4`"),
         "{err}"

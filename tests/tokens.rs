@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
-use portcullis_base::clock::{Clock, ManualClock};
+use portcullis_base::clock::Clock;
 use portcullis_crypto::jose::sign::SigningKey;
 use portcullis_crypto::jose::{b64url, Alg};
 use rustls_pki_types::pem::PemObject;
@@ -46,12 +46,17 @@ routes:
     auth: {profile: fapi2, dpop_nonce: true}
 "#;
 
-struct Env {
-    p: Proxy,
-    up: Upstream,
+/// The kit's [`Env`] (on a manual clock at [`NOW`]) and the issuer's signing key.
+struct TokenEnv {
+    env: Env,
     key: SigningKey,
-    clock: Arc<ManualClock>,
-    _jwks: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TokenEnv {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.env
+    }
 }
 
 fn thumb(name: &str) -> String {
@@ -60,7 +65,7 @@ fn thumb(name: &str) -> String {
     portcullis_crypto::pki::thumbprint_s256(der.as_ref())
 }
 
-async fn env() -> Env {
+async fn env() -> TokenEnv {
     let key = SigningKey::generate(Alg::ES256, "as-1").unwrap();
     let jwks = tempfile::tempdir().unwrap();
     let jwks_path = jwks.path().join("jwks.json");
@@ -68,19 +73,15 @@ async fn env() -> Env {
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
     o.policy = POLICY.to_string();
-    o.extra = format!(
-        "issuers:\n  as:\n    issuer: {ISS}\n    audience: {AUD}\n    jwks:\n      file: {}\n    clock_skew: 10s\ndpop:\n  public_base_url: {BASE}\n",
-        jwks_path.display()
-    );
-    let clock = Arc::new(ManualClock::new(NOW));
-    o.clock = Some(clock.clone() as Arc<dyn Clock>);
-    let p = Proxy::start(o).await;
-    Env {
-        p,
-        up,
+    let issuer = FileIssuer {
+        clock_skew: Some(dur("10s")),
+        ..file_issuer(ISS, AUD, &jwks_path)
+    };
+    o.config.issuers.insert("as".into(), issuer);
+    o.config.dpop.public_base_url = Some(BASE.into());
+    TokenEnv {
+        env: Env::start(o, up, jwks, Some(NOW)).await,
         key,
-        clock,
-        _jwks: jwks,
     }
 }
 
@@ -99,12 +100,12 @@ fn claims(extra: Value) -> Value {
     c
 }
 
-fn cert_bound(env: &Env) -> String {
+fn cert_bound(env: &TokenEnv) -> String {
     env.key
         .access_token(&claims(json!({"cnf": {"x5t#S256": thumb("tpp1")}})))
 }
 
-impl Env {
+impl TokenEnv {
     /// Sends `method path` as `identity` with the given headers; returns the answer and the
     /// interaction id.
     async fn send(
@@ -236,11 +237,11 @@ async fn a_cached_token_is_verified_once_but_its_expiry_is_checked_every_time() 
     );
     assert_eq!(rt.tokens.hits.load(std::sync::atomic::Ordering::Relaxed), 2);
     drop(rt);
-    e.clock.advance(400);
+    e.clock().advance(400);
     e.refused("tpp1", "/accounts", &[bearer(&t)], 401, "token.expired")
         .await;
     // The binding is checked on every hit too: the cached token from another certificate.
-    e.clock.advance(-400);
+    e.clock().advance(-400);
     e.refused(
         "tpp2",
         "/accounts",
@@ -501,7 +502,7 @@ async fn token_checks_each_refuse_with_their_own_reason() {
     .await;
 }
 
-fn dpop_bound(e: &Env, client: &SigningKey) -> String {
+fn dpop_bound(e: &TokenEnv, client: &SigningKey) -> String {
     e.key
         .access_token(&claims(json!({"cnf": {"jkt": client.thumbprint()}})))
 }
@@ -761,7 +762,11 @@ async fn the_wycheproof_jws_vectors_are_refused_as_bearer_tokens_end_to_end() {
         std::fs::write(&file, set.to_string()).unwrap();
         let mut o = Options::new(up.addr);
         o.policy = "group: w\nupstream: bank\nroutes:\n  - id: w\n    method: GET\n    path: /w\n    auth: {profile: bearer}\n".into();
-        o.extra = format!("issuers:\n  as:\n    issuer: x\n    audience: y\n    require_typ: false\n    jwks:\n      file: {}\n", file.display());
+        let issuer = FileIssuer {
+            require_typ: Some(false),
+            ..file_issuer("x", "y", &file)
+        };
+        o.config.issuers.insert("as".into(), issuer);
         let mut o2 = o;
         // A group whose key set we refuse outright (weak or ambiguous keys) cannot be loaded at
         // all, which is also a refusal; skip those groups here (the unit test covers them).
@@ -769,13 +774,13 @@ async fn the_wycheproof_jws_vectors_are_refused_as_bearer_tokens_end_to_end() {
             let d = tempfile::tempdir().unwrap();
             std::fs::create_dir_all(d.path().join("policies")).unwrap();
             std::fs::write(d.path().join("policies/p.yaml"), &o2.policy).unwrap();
-            std::fs::write(d.path().join("c.yaml"), common::config_text(&o2, certs())).unwrap();
+            std::fs::write(d.path().join("c.yaml"), o2.config_text()).unwrap();
             portcullis_proxy::config::Config::load(&d.path().join("c.yaml")).is_ok()
         };
         if !cfg_ok {
             continue;
         }
-        o2.response_timeout = "2s";
+        o2.bank().response_timeout = Some(dur("2s"));
         let p = Proxy::start(o2).await;
         for t in group["tests"].as_array().unwrap() {
             if t["result"] != "invalid" {
@@ -811,16 +816,25 @@ async fn the_wycheproof_jws_vectors_are_refused_as_bearer_tokens_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_key_sets_and_a_rotated_remote_key_is_fetched_on_an_unknown_kid() {
-    let server = JwksServer::start().await;
+    let server = Source::start(Reply::With(503, String::new())).await;
     let k1 = SigningKey::generate(Alg::ES256, "k1").unwrap();
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
     o.policy = POLICY.to_string();
-    o.extra = format!(
-        "issuers:\n  as:\n    issuer: {ISS}\n    audience: {AUD}\n    jwks:\n      url: https://localhost:{}/jwks\n      ca: [{}]\n      refresh_interval: 1h\n      min_refetch_interval: 1s\n",
-        server.addr.port(),
-        certs().join("ca.pem").display()
-    );
+    let jwks = FileJwks {
+        url: Some(format!("https://localhost:{}/jwks", server.addr.port())),
+        ca: vec![certs().join("ca.pem").display().to_string()],
+        refresh_interval: Some(dur("1h")),
+        min_refetch_interval: Some(dur("1s")),
+        ..FileJwks::default()
+    };
+    let issuer = FileIssuer {
+        issuer: ISS.into(),
+        audience: AUD.into(),
+        jwks: Some(jwks),
+        ..FileIssuer::default()
+    };
+    o.config.issuers.insert("as".into(), issuer);
     let p = Proxy::start(o).await;
     // No key set yet: not ready, and tokens are refused with 503 (fail closed).
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -842,7 +856,7 @@ async fn readiness_waits_for_key_sets_and_a_rotated_remote_key_is_fetched_on_an_
         (503, json!("token.keys_unavailable"))
     );
     // The endpoint comes up with k1.
-    server.set(200, k1.jwks().to_string());
+    server.set(Reply::With(200, k1.jwks().to_string()));
     let mut ready = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -863,10 +877,10 @@ async fn readiness_waits_for_key_sets_and_a_rotated_remote_key_is_fetched_on_an_
     assert_eq!(a.status, 200);
     // Rotation: the AS publishes k2; a k2 token is accepted without a restart.
     let k2 = SigningKey::generate(Alg::ES256, "k2").unwrap();
-    server.set(
+    server.set(Reply::With(
         200,
         json!({"keys": [k1.public_jwk(true), k2.public_jwk(true)]}).to_string(),
-    );
+    ));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (a, _) = p
         .send(
@@ -878,7 +892,7 @@ async fn readiness_waits_for_key_sets_and_a_rotated_remote_key_is_fetched_on_an_
         .await;
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     // The endpoint goes bad (garbage, then down): the last good set keeps serving.
-    server.set(200, "not json".into());
+    server.set(Reply::With(200, "not json".into()));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let k3 = SigningKey::generate(Alg::ES256, "k3").unwrap();
     let (a, _) = p
@@ -890,7 +904,7 @@ async fn readiness_waits_for_key_sets_and_a_rotated_remote_key_is_fetched_on_an_
         )
         .await;
     assert_eq!(a.json()["reason"], "token.unknown_key");
-    server.set(503, String::new());
+    server.set(Reply::With(503, String::new()));
     let (a, _) = p
         .send(
             req("GET", "/accounts")
@@ -935,65 +949,6 @@ async fn readiness_waits_for_key_sets_and_a_rotated_remote_key_is_fetched_on_an_
 }
 
 /// An HTTPS JWKS endpoint whose answer the test sets.
-struct JwksServer {
-    addr: std::net::SocketAddr,
-    state: Arc<std::sync::Mutex<(u16, String)>>,
-    hits: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl JwksServer {
-    async fn start() -> JwksServer {
-        use hyper_util::rt::{TokioExecutor, TokioIo};
-        let certs = certs();
-        let chain: Vec<_> =
-            rustls_pki_types::CertificateDer::pem_file_iter(certs.join("server.pem"))
-                .unwrap()
-                .map(|c| c.unwrap())
-                .collect();
-        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(certs.join("server.key")).unwrap();
-        let cfg = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let state = Arc::new(std::sync::Mutex::new((503u16, String::new())));
-        let hits = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (st, h) = (state.clone(), hits.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = l.accept().await else {
-                    return;
-                };
-                let (acceptor, st, h) = (acceptor.clone(), st.clone(), h.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let svc = hyper::service::service_fn(move |_req| {
-                        h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let (status, body) = st.lock().unwrap().clone();
-                        let mut r = http::Response::new(Full::new(Bytes::from(body)));
-                        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                        async move { Ok::<_, std::convert::Infallible>(r) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
-        });
-        JwksServer { addr, state, hits }
-    }
-    fn set(&self, status: u16, body: String) {
-        *self.state.lock().unwrap() = (status, body);
-    }
-    fn hits(&self) -> u64 {
-        self.hits.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
 #[test]
 fn dev_token_mints_what_token_inspect_accepts_and_inspect_names_the_failed_check() {
     let bin = env!("CARGO_BIN_EXE_portcullis");
@@ -1166,7 +1121,7 @@ async fn a_nonce_route_hands_out_nonces_and_refuses_proofs_without_a_current_one
         "binding.dpop_nonce",
     )
     .await;
-    e.clock.advance(400);
+    e.clock().advance(400);
     let late = client.dpop_proof("GET", &url, Some(&t), NOW + 400, "n3", Some(&nonce));
     let a = e
         .refused(
@@ -1225,21 +1180,24 @@ async fn opaque_tokens_are_introspected_cached_and_refused_when_inactive_or_unkn
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
     o.policy = POLICY.to_string();
-    o.extra = format!(
-        "issuers:\n  as:\n    issuer: {ISS}\n    audience: {AUD}\n    introspection:\n      url: https://localhost:{}/introspect\n      ca: [{}]\n      client_id: rs-client\n      client_secret_file: {}\n      cache_ttl: 60s\n",
-        addr.port(),
-        certs().join("ca.pem").display(),
-        secret.path().join("secret").display()
-    );
-    let clock = Arc::new(ManualClock::new(NOW));
-    o.clock = Some(clock.clone() as Arc<dyn Clock>);
-    let p = Proxy::start(o).await;
-    let e = Env {
-        p,
-        up,
+    let introspection = FileIntrospection {
+        url: format!("https://localhost:{}/introspect", addr.port()),
+        ca: vec![certs().join("ca.pem").display().to_string()],
+        client_id: Some("rs-client".into()),
+        client_secret_file: Some(secret.path().join("secret").display().to_string()),
+        cache_ttl: Some(dur("60s")),
+        ..FileIntrospection::default()
+    };
+    let issuer = FileIssuer {
+        issuer: ISS.into(),
+        audience: AUD.into(),
+        introspection: Some(introspection),
+        ..FileIssuer::default()
+    };
+    o.config.issuers.insert("as".into(), issuer);
+    let e = TokenEnv {
+        env: Env::start(o, up, secret, Some(NOW)).await,
         key: SigningKey::generate(Alg::ES256, "unused").unwrap(),
-        clock,
-        _jwks: secret,
     };
     let n = || calls.load(std::sync::atomic::Ordering::SeqCst);
     // Active and bound to tpp1: forwarded; the answer is cached for the TTL.
@@ -1269,7 +1227,7 @@ async fn opaque_tokens_are_introspected_cached_and_refused_when_inactive_or_unkn
     )
     .await;
     // After the TTL it is asked again.
-    e.clock.advance(61);
+    e.clock().advance(61);
     assert_eq!(
         e.send("tpp1", "GET", "/accounts", &[bearer("opaque-good")])
             .await
@@ -1295,7 +1253,7 @@ async fn opaque_tokens_are_introspected_cached_and_refused_when_inactive_or_unkn
     )
     .await;
     down.store(true, std::sync::atomic::Ordering::SeqCst);
-    e.clock.advance(61);
+    e.clock().advance(61);
     e.refused(
         "tpp1",
         "/accounts",

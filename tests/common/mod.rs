@@ -15,6 +15,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use portcullis_audit::AuditLog;
+/// The typed config file: what a test builds its proxy's config from.
+#[allow(unused_imports)]
+pub(crate) use portcullis_proxy::config::file::*;
 use portcullis_proxy::config::Config;
 use portcullis_proxy::Running;
 use portcullis_proxy::Shared;
@@ -67,12 +70,32 @@ pub(crate) enum Behaviour {
     DelayCreated(Duration),
     /// 200 at once, then a 64 KiB body in 1 KiB pieces 50 ms apart (a slow download).
     Trickle,
+    /// Reads the request and never answers.
+    Hang,
+    /// Reads the request, then resets the connection before any byte of an answer.
+    ResetBeforeHead,
+    /// Sends the head (Content-Length 1000) and 10 bytes of body, then resets.
+    ResetMidBody,
 }
 
-/// An in-process upstream that records every request it receives.
+impl Behaviour {
+    /// The behaviours played on the bytes of the connection (a hand-written HTTP/1.1 server):
+    /// a plain connection accepted while one of these is set is served that way, each request
+    /// as the behaviour set when it arrives ([`Behaviour::Ok`] for any other).
+    fn on_the_wire(self) -> bool {
+        matches!(
+            self,
+            Behaviour::Hang | Behaviour::ResetBeforeHead | Behaviour::ResetMidBody
+        )
+    }
+}
+
+/// An in-process upstream that records every request it receives; its behaviour can be
+/// switched while it runs ([`Upstream::set`]).
 pub(crate) struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    behaviour: Arc<Mutex<Behaviour>>,
 }
 
 impl Upstream {
@@ -113,9 +136,24 @@ impl Upstream {
 
     async fn start_with(behaviour: Behaviour, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Upstream::serve_with(listener, behaviour, tls)
+    }
+
+    /// An upstream on `listener` (e.g. a revived [`Upstream::dead_addr`]).
+    pub(crate) fn serve(listener: TcpListener, behaviour: Behaviour) -> Upstream {
+        Upstream::serve_with(listener, behaviour, None)
+    }
+
+    fn serve_with(
+        listener: TcpListener,
+        behaviour: Behaviour,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Upstream {
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let rec = Arc::clone(&seen);
+        let behaviour = Arc::new(Mutex::new(behaviour));
+        let current = Arc::clone(&behaviour);
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -123,7 +161,12 @@ impl Upstream {
                 };
                 let rec = Arc::clone(&rec);
                 let tls = tls.clone();
+                let current = Arc::clone(&current);
                 tokio::spawn(async move {
+                    let wire = current.lock().unwrap().on_the_wire();
+                    if tls.is_none() && wire {
+                        return on_the_wire(tcp, &rec, &current).await;
+                    }
                     let (io, peer_cert) = match tls {
                         None => (Io::Plain(tcp), None),
                         Some(acceptor) => {
@@ -142,6 +185,7 @@ impl Upstream {
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let rec = Arc::clone(&rec);
                         let peer_cert = peer_cert.clone();
+                        let behaviour = *current.lock().unwrap();
                         async move {
                             let (mut parts, body) = req.into_parts();
                             if let Some(t) = peer_cert {
@@ -167,6 +211,14 @@ impl Upstream {
                             };
                             if let Behaviour::Delay(d) | Behaviour::DelayCreated(d) = behaviour {
                                 tokio::time::sleep(d).await;
+                            }
+                            if behaviour.on_the_wire() {
+                                // A connection that was open before the switch: hang, or close
+                                // it without an answer (hyper cannot reset it mid-body).
+                                if matches!(behaviour, Behaviour::Hang) {
+                                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                                }
+                                return Err("scripted failure");
                             }
                             if let Behaviour::Trickle = behaviour {
                                 return Ok(trickle());
@@ -198,7 +250,7 @@ impl Upstream {
                                 .insert("connection", "x-upstream-secret".parse().unwrap());
                             r.headers_mut()
                                 .insert("x-upstream-secret", "hop".parse().unwrap());
-                            Ok::<_, std::convert::Infallible>(r)
+                            Ok::<_, &'static str>(r)
                         }
                     });
                     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -210,7 +262,16 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, seen }
+        Upstream {
+            addr,
+            seen,
+            behaviour,
+        }
+    }
+
+    /// Switches what the upstream does with the requests that arrive from now on.
+    pub(crate) fn set(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
     }
 
     /// An address where nothing listens: a socket bound there without listening (a connect
@@ -243,6 +304,85 @@ impl Upstream {
 
     pub(crate) fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+}
+
+/// Serves a plain connection by hand (HTTP/1.1, requests without a body), so that the
+/// behaviours [`Behaviour::on_the_wire`] can hang or reset it; each request is recorded (method,
+/// target and headers) and played as the behaviour set when it arrives.
+async fn on_the_wire(
+    mut tcp: tokio::net::TcpStream,
+    rec: &Mutex<Vec<Seen>>,
+    current: &Mutex<Behaviour>,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        }
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head: Vec<u8> = buf.drain(..end).collect();
+        rec.lock().unwrap().push(parse_head(&head));
+        let behaviour = *current.lock().unwrap();
+        match behaviour {
+            Behaviour::Hang => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return;
+            }
+            Behaviour::ResetBeforeHead => {
+                let _ = tcp.set_zero_linger();
+                return;
+            }
+            Behaviour::ResetMidBody => {
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"Data\":{";
+                let _ = tcp.write_all(head.as_bytes()).await;
+                let _ = tcp.flush().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = tcp.set_zero_linger();
+                return;
+            }
+            _ => {
+                let body = "{\"Data\":{}}";
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if tcp.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The request line and header fields of an HTTP/1.1 request head, as a [`Seen`].
+fn parse_head(head: &[u8]) -> Seen {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let method = first.next().unwrap_or_default().to_string();
+    let path_and_query = first.next().unwrap_or_default().to_string();
+    let mut headers = http::HeaderMap::new();
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name.trim().as_bytes()),
+                http::HeaderValue::from_str(value.trim()),
+            ) {
+                headers.append(n, v);
+            }
+        }
+    }
+    Seen {
+        method,
+        path_and_query,
+        headers,
+        body: Bytes::new(),
+        trailers: None,
     }
 }
 
@@ -305,18 +445,80 @@ routes:
     client_cert: optional
 "#;
 
+/// A duration in the config's text form (`"250ms"`, `"5s"`): a typed field's value.
+pub(crate) fn dur(text: &str) -> ConfigDuration {
+    ConfigDuration(ConfigDuration::parse(text).unwrap_or_else(|e| panic!("duration: {e}")))
+}
+
+/// The config every test starts from: the listener on 127.0.0.1:0 with the dev certificates
+/// (client certificates required, 2 s handshakes, 4 KiB default body limit), the admin
+/// listener, one `bank` upstream at `upstream` (500 ms connect, 5 s response), the file audit
+/// sink `audit.log`, the `policies` directory and a 5 s drain.
+pub(crate) fn base_config(upstream: SocketAddr) -> FileConfig {
+    let c = |f: &str| certs().join(f).display().to_string();
+    FileConfig {
+        listener: FileListener {
+            address: "127.0.0.1:0".into(),
+            tls: FileTls {
+                certificate: c("server.pem"),
+                private_key: c("server.key"),
+                client_ca: vec![c("ca.pem")],
+                crl: vec![c("ca.crl")],
+                client_auth: Some("required".into()),
+                handshake_timeout: Some(dur("2s")),
+            },
+            limits: FileLimits {
+                default_body_limit: Some(4096),
+                ..FileLimits::default()
+            },
+            ..FileListener::default()
+        },
+        admin: Some(FileAdmin {
+            address: "127.0.0.1:0".into(),
+        }),
+        upstreams: [("bank".to_string(), upstream_at(upstream))].into(),
+        audit: FileAudit {
+            sink: Some("file".into()),
+            path: Some("audit.log".into()),
+            ..FileAudit::default()
+        },
+        policies: vec!["policies".into()],
+        shutdown: FileShutdown {
+            drain_timeout: Some(dur("5s")),
+        },
+        ..FileConfig::default()
+    }
+}
+
+/// A plain-HTTP upstream at `addr` with a 500 ms connect and 5 s response timeout.
+pub(crate) fn upstream_at(addr: SocketAddr) -> FileUpstream {
+    FileUpstream {
+        url: format!("http://{addr}"),
+        connect_timeout: Some(dur("500ms")),
+        response_timeout: Some(dur("5s")),
+        ..FileUpstream::default()
+    }
+}
+
+/// An issuer whose keys are read from the key-set file `jwks`.
+pub(crate) fn file_issuer(issuer: &str, audience: &str, jwks: &Path) -> FileIssuer {
+    FileIssuer {
+        issuer: issuer.into(),
+        audience: audience.into(),
+        jwks: Some(FileJwks {
+            file: Some(jwks.display().to_string()),
+            ..FileJwks::default()
+        }),
+        ..FileIssuer::default()
+    }
+}
+
 /// Options for one proxy under test.
 pub(crate) struct Options {
-    pub upstream: SocketAddr,
-    pub client_auth: &'static str,
-    /// Extra YAML under `listener.limits`.
-    pub limits: &'static str,
-    /// Extra top-level YAML (e.g. `fapi:`), replacing the defaults where it names a section.
-    pub extra: String,
-    pub response_timeout: &'static str,
+    /// The config file as a value, written out as JSON (which is YAML) by [`Proxy::start`];
+    /// tests change its typed fields. Default: [`base_config`].
+    pub config: FileConfig,
     pub policy: String,
-    /// Replaces the body of the `upstreams.bank` entry (url and the rest) when set.
-    pub upstream_yaml: Option<String>,
     /// The clock token and DPoP checks read (default: the system clock).
     pub clock: Option<Arc<dyn portcullis_base::clock::Clock>>,
 }
@@ -324,15 +526,23 @@ pub(crate) struct Options {
 impl Options {
     pub(crate) fn new(upstream: SocketAddr) -> Options {
         Options {
-            upstream,
-            client_auth: "required",
-            limits: "",
-            extra: String::new(),
-            response_timeout: "5s",
+            config: base_config(upstream),
             policy: POLICY.to_string(),
-            upstream_yaml: None,
             clock: None,
         }
+    }
+
+    /// The `bank` upstream's entry.
+    pub(crate) fn bank(&mut self) -> &mut FileUpstream {
+        self.config
+            .upstreams
+            .get_mut("bank")
+            .expect("a bank upstream")
+    }
+
+    /// The config file's text: [`Options::config`] serialized as JSON (which is YAML).
+    pub(crate) fn config_text(&self) -> String {
+        serde_json::to_string_pretty(&self.config).expect("the config serializes")
     }
 }
 
@@ -344,57 +554,13 @@ pub(crate) struct Proxy {
     pub running: Option<Running>,
 }
 
-pub(crate) fn config_text(o: &Options, certs: &Path) -> String {
-    let c = |f: &str| certs.join(f).display().to_string();
-    format!(
-        r#"
-listener:
-  address: "127.0.0.1:0"
-  tls:
-    certificate: {server}
-    private_key: {key}
-    client_ca: [{ca}]
-    crl: [{crl}]
-    client_auth: {auth}
-    handshake_timeout: 2s
-  limits:
-    default_body_limit: 4096
-{limits}
-admin:
-  address: "127.0.0.1:0"
-upstreams:
-  bank:
-{upstream}
-audit:
-  sink: file
-  path: audit.log
-policies: [policies]
-shutdown:
-  drain_timeout: 5s
-{extra}
-"#,
-        server = c("server.pem"),
-        key = c("server.key"),
-        ca = c("ca.pem"),
-        crl = c("ca.crl"),
-        auth = o.client_auth,
-        limits = o.limits,
-        upstream = o.upstream_yaml.clone().unwrap_or_else(|| format!(
-            "    url: http://{}\n    connect_timeout: 500ms\n    response_timeout: {}",
-            o.upstream, o.response_timeout
-        )),
-        extra = o.extra,
-    )
-}
-
 impl Proxy {
     pub(crate) async fn start(o: Options) -> Proxy {
-        let certs = certs();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("policies")).unwrap();
         std::fs::write(dir.path().join("policies/test.yaml"), &o.policy).unwrap();
         let path = dir.path().join("portcullis.yaml");
-        std::fs::write(&path, config_text(&o, certs)).unwrap();
+        std::fs::write(&path, o.config_text()).unwrap();
         let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
         let audit = AuditLog::start(&config.audit).unwrap();
         let clock = o
@@ -414,6 +580,20 @@ impl Proxy {
 
     pub(crate) fn config_path(&self) -> PathBuf {
         self.dir.path().join("portcullis.yaml")
+    }
+
+    /// The config file as it is on disk now, as a typed value.
+    pub(crate) fn file_config(&self) -> FileConfig {
+        let text = std::fs::read_to_string(self.config_path()).unwrap();
+        serde_json::from_str(&text).expect("the config file is the kit's JSON")
+    }
+
+    /// Rewrites the config file through `edit` on its typed value (for a reload to pick up).
+    pub(crate) fn edit_config(&self, edit: impl FnOnce(&mut FileConfig)) {
+        let mut c = self.file_config();
+        edit(&mut c);
+        let text = serde_json::to_string_pretty(&c).expect("the config serializes");
+        std::fs::write(self.config_path(), text).unwrap();
     }
 
     /// A connected client presenting `identity` (`tpp1`, `revoked`, ... or `None`).
@@ -545,6 +725,66 @@ impl Proxy {
     }
 }
 
+/// One proxy under test and what a test reaches it through: the proxy, its recording `bank`
+/// upstream, the manual clock its token, DPoP and signature checks read (when the test runs on
+/// one) and the directory holding the files its config names (key sets, client keys,
+/// consents). A test file adds its own methods (`impl Env` in the file) and, when it has keys
+/// of its own, wraps it (`Lab` in support/attack.rs) and dereferences to it.
+pub(crate) struct Env {
+    pub p: Proxy,
+    pub up: Upstream,
+    pub clock: Option<Arc<portcullis_base::clock::ManualClock>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// Starts the proxy from `o` in front of `up`; with `now`, its checks read a manual clock
+    /// set to that time (otherwise the clock `o` names, by default the system clock). `dir`
+    /// lives as long as the environment.
+    pub(crate) async fn start(
+        o: Options,
+        up: Upstream,
+        dir: tempfile::TempDir,
+        now: Option<i64>,
+    ) -> Env {
+        match now {
+            Some(t) => {
+                let clock = Arc::new(portcullis_base::clock::ManualClock::new(t));
+                Env::on_clock(o, up, dir, clock).await
+            }
+            None => Env {
+                p: Proxy::start(o).await,
+                up,
+                clock: None,
+                dir,
+            },
+        }
+    }
+
+    /// As [`Env::start`] on a manual `clock` that other environments may share (a fleet).
+    pub(crate) async fn on_clock(
+        mut o: Options,
+        up: Upstream,
+        dir: tempfile::TempDir,
+        clock: Arc<portcullis_base::clock::ManualClock>,
+    ) -> Env {
+        o.clock = Some(clock.clone() as Arc<dyn portcullis_base::clock::Clock>);
+        Env {
+            p: Proxy::start(o).await,
+            up,
+            clock: Some(clock),
+            dir,
+        }
+    }
+
+    /// The manual clock (for an environment started with one).
+    pub(crate) fn clock(&self) -> &portcullis_base::clock::ManualClock {
+        self.clock
+            .as_deref()
+            .expect("an environment on a manual clock")
+    }
+}
+
 pub(crate) fn req(method: &str, path: &str) -> http::request::Builder {
     http::Request::builder()
         .method(method)
@@ -579,6 +819,94 @@ pub(crate) async fn assert_refused(
     assert_eq!(rec["decision"], "deny");
 }
 
+/// TLS with the dev server certificate and no client authentication (the kit's HTTPS
+/// endpoints).
+fn dev_server_acceptor() -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    let certs = certs();
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(certs.join("server.pem"))
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(certs.join("server.key")).unwrap();
+    let cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+/// How a [`Source`] answers.
+#[derive(Clone, Debug)]
+pub(crate) enum Reply {
+    /// This status and body.
+    With(u16, String),
+    /// Never (the request hangs).
+    Hang,
+}
+
+/// An HTTPS endpoint (dev server certificate) whose answer the test switches: a key-set,
+/// consent or introspection service that is up, down, slow or wrong.
+pub(crate) struct Source {
+    pub addr: SocketAddr,
+    answer: Arc<Mutex<Reply>>,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Source {
+    pub(crate) async fn start(answer: Reply) -> Source {
+        let acceptor = dev_server_acceptor();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let answer = Arc::new(Mutex::new(answer));
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (a, h) = (answer.clone(), hits.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                let (acceptor, a, h) = (acceptor.clone(), a.clone(), h.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let (a, h) = (a.clone(), h.clone());
+                        async move {
+                            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let answer = a.lock().unwrap().clone();
+                            let (status, body) = match answer {
+                                Reply::With(s, b) => (s, b),
+                                Reply::Hang => {
+                                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                                    (500, String::new())
+                                }
+                            };
+                            let mut r = http::Response::new(Full::new(Bytes::from(body)));
+                            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+                });
+            }
+        });
+        Source { addr, answer, hits }
+    }
+
+    /// Switches the answer to the requests from now on.
+    pub(crate) fn set(&self, a: Reply) {
+        *self.answer.lock().unwrap() = a;
+    }
+
+    /// The requests received so far.
+    pub(crate) fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 pub(crate) type Handler = Arc<dyn Fn(&http::request::Parts, &[u8]) -> (u16, String) + Send + Sync>;
 
 /// An HTTPS endpoint (dev server certificate) answering with a handler the test supplies.
@@ -594,18 +922,7 @@ pub(crate) async fn https_endpoint_after(
 ) -> std::net::SocketAddr {
     use http_body_util::BodyExt;
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    use rustls_pki_types::pem::PemObject;
-    let certs = certs();
-    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(certs.join("server.pem"))
-        .unwrap()
-        .map(|c| c.unwrap())
-        .collect();
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(certs.join("server.key")).unwrap();
-    let cfg = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = dev_server_acceptor();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {

@@ -7,6 +7,8 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::{dur, FileRedis, FileState};
+
 pub(crate) struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
@@ -115,11 +117,20 @@ impl RedisServer {
     }
 
     /// A `state:` config section that uses this server.
-    pub(crate) fn state_yaml(&self, extra: &str) -> String {
-        format!(
-            "state:\n  backend: redis\n  redis:\n    url: {}\n    command_timeout: 500ms\n    connect_timeout: 500ms\n    health_interval: 100ms\n{extra}",
-            self.url()
-        )
+    /// The `state:` section of a proxy on this server: 500 ms connect and command timeouts,
+    /// health checks every 100 ms.
+    pub(crate) fn state(&self) -> FileState {
+        FileState {
+            backend: Some("redis".into()),
+            redis: Some(FileRedis {
+                url: self.url(),
+                command_timeout: Some(dur("500ms")),
+                connect_timeout: Some(dur("500ms")),
+                health_interval: Some(dur("100ms")),
+                ..FileRedis::default()
+            }),
+            ..FileState::default()
+        }
     }
 }
 

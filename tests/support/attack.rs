@@ -7,12 +7,10 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use portcullis_base::clock::{Clock, ManualClock};
 use portcullis_crypto::jose::sign::SigningKey;
 use portcullis_crypto::jose::Alg;
 use rustls_pki_types::pem::PemObject;
@@ -287,15 +285,10 @@ pub(crate) fn claims(extra: Value) -> Value {
 /// What a lab proxy is built from.
 pub(crate) struct LabOptions {
     pub policy: String,
-    /// Extra top-level YAML after the `issuers` and `dpop` sections the lab writes.
-    pub extra: String,
-    /// Extra lines under `listener.limits` (indented by four spaces).
-    pub limits: &'static str,
-    pub client_auth: &'static str,
-    /// Extra lines under `issuers.as` (indented by four spaces).
-    pub issuer: &'static str,
-    /// Extra lines under `dpop` (indented by two spaces).
-    pub dpop: &'static str,
+    /// The config file as a value: [`base_config`] with the lab's issuer `as` ([`ISS`],
+    /// [`AUD`], 10 s clock skew) and `dpop.public_base_url` [`BASE`]. [`Lab::start`] fills in
+    /// the `bank` and `slow` upstreams and the issuer's key file.
+    pub config: FileConfig,
     /// What the `bank` upstream answers (the `slow` upstream always waits 1.5 s, then 200).
     pub behaviour: Behaviour,
     /// More JWKs in the issuer's key set, beside the lab key `as-1`.
@@ -304,29 +297,48 @@ pub(crate) struct LabOptions {
 
 impl LabOptions {
     pub(crate) fn new(policy: &str) -> LabOptions {
+        let mut config = base_config(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.issuers.insert(
+            "as".into(),
+            FileIssuer {
+                issuer: ISS.into(),
+                audience: AUD.into(),
+                jwks: Some(FileJwks::default()),
+                clock_skew: Some(dur("10s")),
+                ..FileIssuer::default()
+            },
+        );
+        config.dpop.public_base_url = Some(BASE.into());
         LabOptions {
             policy: policy.to_string(),
-            extra: String::new(),
-            limits: "",
-            client_auth: "required",
-            issuer: "",
-            dpop: "",
+            config,
             behaviour: Behaviour::Ok,
             extra_keys: Vec::new(),
         }
+    }
+
+    /// The lab issuer `as`.
+    pub(crate) fn issuer(&mut self) -> &mut FileIssuer {
+        self.config.issuers.get_mut("as").expect("the lab issuer")
     }
 }
 
 /// A proxy under attack: the `bank` and `slow` recording upstreams, the issuer's signing key
 /// (ES256, kid `as-1`, whose set the proxy reads from a file), and the clock the token, DPoP
 /// and signature checks read, at [`NOW`].
+/// The kit's [`Env`] (proxy, `bank` upstream, clock, directory) plus the `slow` upstream and
+/// the issuer's key; it dereferences to the [`Env`].
 pub(crate) struct Lab {
-    pub p: Proxy,
-    pub up: Upstream,
+    pub env: Env,
     pub slow: Upstream,
     pub key: SigningKey,
-    pub clock: Arc<ManualClock>,
-    pub dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Lab {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.env
+    }
 }
 
 impl Lab {
@@ -341,29 +353,24 @@ impl Lab {
         let slow = Upstream::start(Behaviour::Delay(Duration::from_millis(1500))).await;
         let mut opts = Options::new(up.addr);
         opts.policy = o.policy;
-        opts.limits = o.limits;
-        opts.client_auth = o.client_auth;
-        opts.upstream_yaml = Some(format!(
-            "    url: http://{}\n    connect_timeout: 500ms\n    response_timeout: 5s\n  slow:\n    url: http://{}\n    connect_timeout: 500ms\n    response_timeout: 5s",
-            up.addr, slow.addr
-        ));
-        opts.extra = format!(
-            "issuers:\n  as:\n    issuer: {ISS}\n    audience: {AUD}\n    jwks:\n      file: {}\n    clock_skew: 10s\n{}dpop:\n  public_base_url: {BASE}\n{}{}",
-            jwks.display(),
-            o.issuer,
-            o.dpop,
-            o.extra
-        );
-        let clock = Arc::new(ManualClock::new(NOW));
-        opts.clock = Some(clock.clone() as Arc<dyn Clock>);
-        let p = Proxy::start(opts).await;
+        opts.config = o.config;
+        opts.config.upstreams = [
+            ("bank".to_string(), upstream_at(up.addr)),
+            ("slow".to_string(), upstream_at(slow.addr)),
+        ]
+        .into();
+        if let Some(j) = opts
+            .config
+            .issuers
+            .get_mut("as")
+            .and_then(|i| i.jwks.as_mut())
+        {
+            j.file = Some(jwks.display().to_string());
+        }
         Lab {
-            p,
-            up,
+            env: Env::start(opts, up, dir, Some(NOW)).await,
             slow,
             key,
-            clock,
-            dir,
         }
     }
 
@@ -586,9 +593,28 @@ fn group(id: &str) -> char {
     id.chars().next().unwrap_or('?')
 }
 
-/// Runs every case in order; fails once at the end listing every mismatch. Returns the
-/// number of cases per group (and prints it).
+/// The case filter: `PORTCULLIS_CASE` names one case id (`A07`) or an id prefix (`A0`, `G`);
+/// unset or empty, every case runs.
+pub(crate) fn case_filter() -> Option<String> {
+    std::env::var("PORTCULLIS_CASE")
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// Runs every case in order (only those whose id is or starts with `PORTCULLIS_CASE` when that
+/// is set); fails once at the end listing every mismatch. Returns the number of cases run per
+/// group (and prints it).
 pub(crate) async fn run(lab: &Lab, cases: Vec<Case>) -> BTreeMap<char, usize> {
+    let filter = case_filter();
+    let total = cases.len();
+    let cases: Vec<Case> = match &filter {
+        None => cases,
+        Some(f) => cases
+            .into_iter()
+            .filter(|c| c.id.starts_with(f.as_str()))
+            .collect(),
+    };
     let mut failures = Vec::new();
     let mut counts: BTreeMap<char, usize> = BTreeMap::new();
     let mut ids: BTreeMap<char, std::collections::BTreeSet<&'static str>> = BTreeMap::new();
@@ -605,7 +631,18 @@ pub(crate) async fn run(lab: &Lab, cases: Vec<Case>) -> BTreeMap<char, usize> {
         .iter()
         .map(|(g, n)| format!("{g}: {n} cases ({} ids)", ids[g].len()))
         .collect();
-    eprintln!("attack cases by group: {}", summary.join(", "));
+    match &filter {
+        None => eprintln!("attack cases by group: {}", summary.join(", ")),
+        Some(f) => eprintln!(
+            "PORTCULLIS_CASE={f}: ran {} of {total} attack cases; by group: {}",
+            cases.len(),
+            if summary.is_empty() {
+                "none matched".to_string()
+            } else {
+                summary.join(", ")
+            }
+        ),
+    }
     assert!(
         failures.is_empty(),
         "{} of {} attack cases failed:\n{}",
@@ -656,9 +693,9 @@ async fn run_one(lab: &Lab, c: &Case) -> Result<(), String> {
             Some(task)
         }
     };
-    lab.clock.advance(c.advance);
+    lab.clock().advance(c.advance);
     let result = run_case(lab, c).await;
-    lab.clock.advance(-c.advance);
+    lab.clock().advance(-c.advance);
     if let Some(task) = background {
         match task.await {
             Ok(Ok(a)) if a.status.is_success() => {}

@@ -42,6 +42,36 @@ impl ConfigDuration {
     }
 }
 
+impl ConfigDuration {
+    /// `ms` milliseconds (a builder's shorthand; written back as `250ms`, `5s`, `2m`, `1h`).
+    pub fn from_millis(ms: u64) -> ConfigDuration {
+        ConfigDuration(Duration::from_millis(ms))
+    }
+}
+
+/// The text form [`ConfigDuration::parse`] reads: the largest of `h`, `m`, `s` that divides
+/// the duration exactly, else `ms` (sub-millisecond parts are not representable and dropped).
+impl fmt::Display for ConfigDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms == 0 {
+            return f.write_str("0ms");
+        }
+        for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+            if ms.is_multiple_of(size) {
+                return write!(f, "{}{unit}", ms / size);
+            }
+        }
+        write!(f, "{ms}ms")
+    }
+}
+
+impl serde::Serialize for ConfigDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for ConfigDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -72,5 +102,22 @@ mod tests {
         assert!(parse_text("s").is_err());
         assert!(parse_text("5 parsecs").is_err());
         assert!(parse_text("99999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn durations_write_back_as_their_text_form() {
+        for (ms, text) in [
+            (0, "0ms"),
+            (250, "250ms"),
+            (1_500, "1500ms"),
+            (5_000, "5s"),
+            (90_000, "90s"),
+            (120_000, "2m"),
+            (3_600_000, "1h"),
+        ] {
+            let d = ConfigDuration::from_millis(ms);
+            assert_eq!(d.to_string(), text);
+            assert_eq!(parse_text(text), Ok(d.0));
+        }
     }
 }

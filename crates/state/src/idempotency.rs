@@ -8,26 +8,30 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `idempotency:` as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileIdempotency {
     /// How long a key and its response are kept (default 24h).
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<portcullis_base::duration::ConfigDuration>,
     /// Keys held at most (default 100000); a full store refuses with 503.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<usize>,
     /// Release the key when the upstream fails (no answer or 5xx) so the client may retry
     /// (default true). Otherwise a 5xx is stored and replayed, and a request that got no answer
     /// keeps its key reserved until the TTL ends (the upstream may have acted; retries get 409).
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub release_on_upstream_error: Option<bool>,
     /// The largest response body stored for replay (default 1 MiB). A larger response is
     /// sent but not stored, and its key stays reserved until the TTL ends (retries get 409).
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_response_bytes: Option<usize>,
 }
 

@@ -25,7 +25,7 @@ use governor::clock::{Clock as _, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use portcullis_base::{
     duration::ConfigDuration,
@@ -34,26 +34,29 @@ use portcullis_base::{
 use portcullis_policy::PolicySet;
 
 /// `rate_limits:` as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRateLimits {
     /// Pre-authentication limit per peer IP address.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<FileQuota>,
     /// Named per-client quotas; a route picks one with `rate_limit: <name>`.
     #[serde(default)]
     pub classes: BTreeMap<String, FileQuota>,
     /// How often idle keys are dropped (default 60s).
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub maintenance_interval: Option<ConfigDuration>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileQuota {
     pub rate: u32,
     pub per: ConfigDuration,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
     /// Decide and record, but do not refuse.
     #[serde(default)]

@@ -29,57 +29,71 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use portcullis_base::{duration::ConfigDuration, problems::Problems};
 
 /// `state:` as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileState {
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub redis: Option<FileRedis>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit_lease: Option<FileLease>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub on_outage: Option<FileOnOutage>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRedis {
     pub url: String,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub password_file: Option<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<ConfigDuration>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub command_timeout: Option<ConfigDuration>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub health_interval: Option<ConfigDuration>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key_prefix: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileLease {
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<ConfigDuration>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileOnOutage {
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub replay: Option<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency: Option<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<String>,
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{read_certs, resolve, Problems};
 use portcullis_base::duration::ConfigDuration;
@@ -15,83 +15,112 @@ use portcullis_crypto::jose::jws::KeySet;
 use portcullis_crypto::jose::Alg;
 use portcullis_sources::keys::Remote;
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileIssuer {
+pub struct FileIssuer {
     /// The exact `iss` value.
     pub issuer: String,
     /// A value `aud` must contain.
     pub audience: String,
     /// Keys for JWT access tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks: Option<FileJwks>,
     /// RFC 7662 introspection for opaque access tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub introspection: Option<FileIntrospection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub algorithms: Option<Vec<String>>,
     /// Require `typ: at+jwt` (RFC 9068). Default true.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub require_typ: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub clock_skew: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_token_bytes: Option<usize>,
     /// Refuse tokens whose `iat` is older than this.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_token_age: Option<ConfigDuration>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileJwks {
+pub struct FileJwks {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     #[serde(default)]
     pub ca: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_interval: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_refetch_interval: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fetch_timeout: Option<ConfigDuration>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileIntrospection {
+pub struct FileIntrospection {
     pub url: String,
     #[serde(default)]
     pub ca: Vec<String>,
     /// Client authentication by HTTP Basic: the client id and a file holding the secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_secret_file: Option<String>,
     /// Client authentication by mutual TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_private_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_ttl: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<ConfigDuration>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileDpop {
+pub struct FileDpop {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub algorithms: Option<Vec<String>>,
     /// How old a proof may be.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_age: Option<ConfigDuration>,
     /// How far in the future a proof's `iat` may be.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub clock_skew: Option<ConfigDuration>,
     /// The external base URL clients sign in `htu` (behind a load balancer), e.g.
     /// `https://api.bank.example`. Default: `https://` + the request's Host.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub public_base_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub replay_capacity: Option<usize>,
     /// How long a server nonce is accepted (it rotates every half of this).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub nonce_lifetime: Option<ConfigDuration>,
     /// A file holding the nonce secret (at least 32 bytes), shared by a fleet; default: a
     /// random secret per process.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub nonce_secret_file: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileConsentSource {
+pub struct FileConsentSource {
     /// A YAML/JSON file `consents: {id: record}` (dev and tests).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
     /// An HTTPS URL template with `{id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     #[serde(default)]
     pub ca: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<ConfigDuration>,
 }
 
@@ -191,11 +220,13 @@ pub(crate) fn validate_consent(
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileTokens {
+pub struct FileTokens {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_entries: Option<usize>,
     /// Claim name -> header sent upstream with its value.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub identity_headers: Option<BTreeMap<String, String>>,
 }
 

@@ -1,18 +1,29 @@
 //! The config file as written: serde types, every struct `deny_unknown_fields`.
 //!
 //! Nothing here is trusted; `super::Config::load` validates each field and names it in errors.
+//! Every type also serializes (optional fields left out when unset), so a value built in code
+//! writes out as a file that loads back unchanged; the sections other crates own are
+//! re-exported here.
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use portcullis_base::duration::ConfigDuration;
+pub use super::auth::{
+    FileConsentSource, FileDpop, FileIntrospection, FileIssuer, FileJwks, FileTokens,
+};
+pub use super::signatures::{FileClientKeys, FileHttpSig, FileJws, FileResponse, FileSignatures};
+pub use portcullis_base::duration::ConfigDuration;
+pub use portcullis_state::idempotency::FileIdempotency;
+pub use portcullis_state::ratelimit::{FileQuota, FileRateLimits};
+pub use portcullis_state::settings::{FileLease, FileOnOutage, FileRedis, FileState};
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileConfig {
+pub struct FileConfig {
     pub listener: FileListener,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<FileAdmin>,
     pub upstreams: BTreeMap<String, FileUpstream>,
     #[serde(default)]
@@ -26,32 +37,33 @@ pub(crate) struct FileConfig {
     #[serde(default)]
     pub shutdown: FileShutdown,
     #[serde(default)]
-    pub issuers: BTreeMap<String, super::auth::FileIssuer>,
+    pub issuers: BTreeMap<String, FileIssuer>,
     #[serde(default)]
-    pub dpop: super::auth::FileDpop,
+    pub dpop: FileDpop,
     #[serde(default)]
-    pub tokens: super::auth::FileTokens,
+    pub tokens: FileTokens,
     #[serde(default)]
-    pub consent: Option<super::auth::FileConsentSource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consent: Option<FileConsentSource>,
     #[serde(default)]
     pub tracing: FileTracing,
     /// Request-signature verification and response signing.
     #[serde(default)]
-    pub signatures: super::signatures::FileSignatures,
+    pub signatures: FileSignatures,
     /// Rate limits: the pre-auth limit per peer and per-client classes.
     #[serde(default)]
-    pub rate_limits: portcullis_state::ratelimit::FileRateLimits,
+    pub rate_limits: FileRateLimits,
     /// Idempotency keys: TTL, capacity, release on upstream failure.
     #[serde(default)]
     pub idempotency: portcullis_state::idempotency::FileIdempotency,
     /// Shared state backend: memory or Redis, and outage behaviour.
     #[serde(default)]
-    pub state: portcullis_state::settings::FileState,
+    pub state: FileState,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileListener {
+pub struct FileListener {
     pub address: String,
     pub tls: FileTls,
     #[serde(default)]
@@ -61,12 +73,13 @@ pub(crate) struct FileListener {
     pub server_names: Vec<String>,
     /// Data-plane threads (each its own event loop); default: one per available core.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileTls {
+pub struct FileTls {
     pub certificate: String,
     pub private_key: String,
     #[serde(default)]
@@ -74,107 +87,144 @@ pub(crate) struct FileTls {
     #[serde(default)]
     pub crl: Vec<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_auth: Option<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_timeout: Option<ConfigDuration>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileLimits {
+pub struct FileLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_header_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_headers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_uri_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub default_body_limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub header_read_timeout: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub request_timeout: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connection_age: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub h2_max_concurrent_streams: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub h2_max_pending_reset_streams: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub h2_max_local_error_reset_streams: Option<usize>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileAdmin {
+pub struct FileAdmin {
     pub address: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileUpstream {
+pub struct FileUpstream {
     pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub response_timeout: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pool_idle_timeout: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pool_max_idle_per_host: Option<usize>,
     #[serde(default)]
     pub http2: bool,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<FileUpstreamTls>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileUpstreamTls {
+pub struct FileUpstreamTls {
     #[serde(default)]
     pub ca: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_private_key: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileForwarding {
+pub struct FileForwarding {
     /// `rfc9440` (default), `xfcc` or `none`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileFapi {
+pub struct FileFapi {
     /// `echo_or_generate` (default) or `reject_invalid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub interaction_id: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileAudit {
+pub struct FileAudit {
     /// `file` (default), `stdout` or `none`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sink: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_capacity: Option<usize>,
     /// `block` (default), `refuse` or `drop`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_full: Option<String>,
     /// fsync the file at most this long after a write; `0ms` = after every batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fsync_interval: Option<ConfigDuration>,
     /// Rotate the file once it reaches this many bytes (file sink only).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rotate_bytes: Option<u64>,
     /// Rotate the file once it is this old (file sink only).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rotate_age: Option<ConfigDuration>,
     /// Rotated files to keep; 0 keeps all (file sink only).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retain: Option<usize>,
     /// Ed25519 PKCS#8 PEM key that signs checkpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub signing_key: Option<String>,
     /// Records between signed checkpoints; 0 = by time only.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<u64>,
     /// Longest time between signed checkpoints (when records were written).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_interval: Option<ConfigDuration>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileShutdown {
+pub struct FileShutdown {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<ConfigDuration>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileTracing {
+pub struct FileTracing {
     /// OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces` (needs the `otlp`
     /// cargo feature).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub service_name: Option<String>,
 }

@@ -5,9 +5,13 @@
 //! validated [`Config`] — or every problem found, each naming the file, the field path and the
 //! reason. Nothing half-applies: a caller swaps a `Config` in only once `load` returned `Ok`.
 //! Relative paths are resolved against the directory of the file that names them.
+//!
+//! The file types are public and serializable: an embedder (or a test) can build a
+//! [`file::FileConfig`] as a value, write it out (JSON is valid YAML) and load it; a serialized
+//! value loads back unchanged.
 
 mod auth;
-mod file;
+pub mod file;
 mod signatures;
 
 use std::collections::BTreeMap;

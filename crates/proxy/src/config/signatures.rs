@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{read_certs, resolve, ConfigError, Problems};
 use portcullis_base::duration::ConfigDuration;
@@ -49,59 +49,79 @@ use portcullis_policy::template::Template;
 use portcullis_policy::PolicySet;
 use portcullis_sources::clientkeys::ClientKeysConfig;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileSignatures {
-    client: Option<String>,
-    client_keys: Option<FileClientKeys>,
+pub struct FileSignatures {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_keys: Option<FileClientKeys>,
     #[serde(default)]
-    jws: FileJws,
+    pub jws: FileJws,
     #[serde(default)]
-    http: FileHttpSig,
-    response: Option<FileResponse>,
+    pub http: FileHttpSig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<FileResponse>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct FileClientKeys {
-    directory: Option<String>,
-    url: Option<String>,
+pub struct FileClientKeys {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub directory: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     #[serde(default)]
-    ca: Vec<String>,
-    refresh_interval: Option<ConfigDuration>,
-    min_refetch_interval: Option<ConfigDuration>,
-    fetch_timeout: Option<ConfigDuration>,
+    pub ca: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_interval: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_refetch_interval: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetch_timeout: Option<ConfigDuration>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct FileJws {
-    algorithms: Option<Vec<String>>,
+pub struct FileJws {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub algorithms: Option<Vec<String>>,
     #[serde(default)]
-    trust_anchors: Vec<String>,
-    iss: Option<String>,
-    max_age: Option<ConfigDuration>,
-    clock_skew: Option<ConfigDuration>,
+    pub trust_anchors: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_skew: Option<ConfigDuration>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct FileHttpSig {
-    algorithms: Option<Vec<String>>,
-    tag: Option<String>,
-    window: Option<ConfigDuration>,
-    clock_skew: Option<ConfigDuration>,
-    public_base_url: Option<String>,
+pub struct FileHttpSig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub algorithms: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_skew: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_base_url: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct FileResponse {
-    key: String,
-    kid: String,
-    iss: Option<String>,
-    tan: Option<String>,
-    tag: Option<String>,
+pub struct FileResponse {
+    pub key: String,
+    pub kid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tan: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
 }
 
 /// OBIE `x-jws-signature` rules.
