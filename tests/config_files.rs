@@ -182,6 +182,54 @@ fn bad_config_is_refused_naming_the_file_the_field_and_the_reason() {
     }
 }
 
+/// Introspection client authentication: a secret needs its client id, and mTLS client
+/// authentication (`tls_client_auth`) needs one too, because RFC 8705 §2 has the client send it.
+#[test]
+fn introspection_client_authentication_is_complete_or_refused() {
+    portcullis_proxy::install_crypto_provider();
+    let d = staged();
+    let cfg = d.path().join("config");
+    std::fs::write(cfg.join("rs-secret"), "s3cret\n").unwrap();
+    let good = std::fs::read_to_string(cfg.join("demo.yaml")).unwrap();
+    let with = |auth: &str| {
+        good.replace(
+            "    jwks: {file: ../certs/as-jwks.json}\n",
+            &format!(
+                "    jwks: {{file: ../certs/as-jwks.json}}\n    introspection:\n      url: https://as.bank.example/introspect\n      ca: [../certs/ca.pem]\n{auth}"
+            ),
+        )
+    };
+    let cert = "      client_certificate: ../certs/tpp1.pem\n      client_private_key: ../certs/tpp1.key\n";
+    for (auth, want) in [
+        (
+            cert.to_string(),
+            "issuers.as.introspection.client_id: mTLS client authentication (RFC 8705 §2) sends the client_id",
+        ),
+        (
+            "      client_secret_file: rs-secret\n".to_string(),
+            "issuers.as.introspection.client_id: client_secret_file needs the client_id",
+        ),
+        (
+            "      client_id: rs\n".to_string(),
+            "issuers.as.introspection.client_id: the proxy must authenticate",
+        ),
+    ] {
+        let msg = load_err(&cfg, &with(&auth));
+        assert!(msg.contains("bad.yaml"), "file named: {msg}");
+        assert!(msg.contains(want), "want `{want}` in: {msg}");
+    }
+    for auth in [
+        format!("      client_id: rs\n{cert}"),
+        "      client_id: rs\n      client_secret_file: rs-secret\n".to_string(),
+    ] {
+        let p = cfg.join("good.yaml");
+        std::fs::write(&p, with(&auth)).unwrap();
+        if let Err(e) = Config::load(&p) {
+            panic!("{auth}: {e}");
+        }
+    }
+}
+
 #[test]
 fn check_prints_a_summary_or_every_error_with_a_nonzero_exit() {
     let d = staged();

@@ -17,6 +17,12 @@
 //! - the access tokens for our resource (Bearer, DPoP-bound with a proof, certificate-bound over
 //!   its certificate): forwarded.
 //!
+//! Then the proxy introspects as `rs-mtls`, authenticated by its client certificate alone
+//! (`tls_client_auth`, RFC 8705 §2, which needs `client_id` in the form): the access token is
+//! forwarded and the refresh token refused as above; with a certificate the provider did not
+//! register for `rs-mtls`, the provider refuses the client and the token is refused 503
+//! `token.introspection_unavailable` (no answer, fail closed).
+//!
 //! Every refusal is checked three ways: status and reason code, the recording upstream saw
 //! nothing, and exactly one audit record with that reason.
 //!
@@ -133,6 +139,7 @@ fn start_as(dpop: &SigningKey) -> As {
         .env("AS_KEY", certs.join("server.key"))
         .env("AS_CA", certs.join("ca.pem"))
         .env("AS_RS_SECRET_FILE", dir.path().join("rs-secret"))
+        .env("AS_RS_CLIENT_CERT", certs.join("tpp2.pem"))
         .env("AS_DPOP_KEY", dir.path().join("dpop.key"))
         .env("AS_CLIENT_CERT", certs.join("tpp1.pem"))
         .env("AS_CLIENT_KEY", certs.join("tpp1.key"))
@@ -220,7 +227,9 @@ impl Env {
         let rec = self.p.audit_of(&id).await;
         assert_eq!(rec["reason"], reason, "{what}: {rec}");
         assert_eq!(rec["status"], status, "{what}: {rec}");
-        assert_eq!(rec["decision"], "deny", "{what}: {rec}");
+        // Fail closed: an endpoint that gives no answer decides nothing about the request.
+        let decision = if status == 503 { "error" } else { "deny" };
+        assert_eq!(rec["decision"], decision, "{what}: {rec}");
         eprintln!("oidc-provider: {what}: {status} {reason}");
     }
 
@@ -259,6 +268,7 @@ fn now() -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn introspection_answers_for_refresh_tokens_and_other_audiences_are_refused() {
+    let log = Log::install();
     let t = Instant::now();
     let dpop = SigningKey::generate(Alg::ES256, "dpop").unwrap();
     let asrv = start_as(&dpop);
@@ -297,26 +307,15 @@ async fn introspection_answers_for_refresh_tokens_and_other_audiences_are_refuse
     assert_eq!(i["mtls_access"]["token_type"], "Bearer", "{i}");
     assert_eq!(i["mtls_access"]["cnf"]["x5t#S256"], x5t, "{i}");
 
-    let up = Upstream::start(Behaviour::Ok).await;
-    let mut o = Options::new(up.addr);
-    o.policy = POLICY.to_string();
-    let introspection = FileIntrospection {
-        url: format!("https://localhost:{}/token/introspection", asrv.port),
-        ca: vec![certs().join("ca.pem").display().to_string()],
-        client_id: Some("rs-client".into()),
-        client_secret_file: Some(asrv.secret_file().display().to_string()),
-        cache_ttl: Some(dur("60s")),
-        ..FileIntrospection::default()
-    };
-    let issuer = FileIssuer {
-        issuer: asrv.issuer.clone(),
-        audience: AUD.into(),
-        introspection: Some(introspection),
-        ..FileIssuer::default()
-    };
-    o.config.issuers.insert("as".into(), issuer);
-    o.config.dpop.public_base_url = Some(BASE.into());
-    let e = Env::start(o, up, tempfile::tempdir().unwrap(), None).await;
+    let e = proxy_for(
+        &asrv,
+        FileIntrospection {
+            client_id: Some("rs-client".into()),
+            client_secret_file: Some(asrv.secret_file().display().to_string()),
+            ..FileIntrospection::default()
+        },
+    )
+    .await;
     let bearer = |t: &str| ("authorization", format!("Bearer {t}"));
     let dpop_auth = |t: &str| ("authorization", format!("DPoP {t}"));
     let proof = |t: &str| {
@@ -393,7 +392,161 @@ async fn introspection_answers_for_refresh_tokens_and_other_audiences_are_refuse
         )
         .await;
     assert_eq!(seen.headers["x-portcullis-client-id"], "tpp-mtls");
+
+    // The proxy authenticating to the endpoint by its client certificate alone (tls_client_auth,
+    // registered at the provider by tpp2's subject): the form carries the client_id, which
+    // RFC 8705 §2 requires and without which the provider answers 400.
+    let by_cert = |name: &str| FileIntrospection {
+        client_id: Some("rs-mtls".into()),
+        client_certificate: Some(certs().join(format!("{name}.pem")).display().to_string()),
+        client_private_key: Some(certs().join(format!("{name}.key")).display().to_string()),
+        ..FileIntrospection::default()
+    };
+    let e = proxy_for(&asrv, by_cert("tpp2")).await;
+    e.forwarded(
+        "access token introspected with tls_client_auth",
+        "/bearer/accounts",
+        &[bearer(&asrv.token("access"))],
+    )
+    .await;
+    e.refused(
+        "refresh token introspected with tls_client_auth",
+        "/bearer/accounts",
+        &[bearer(&asrv.token("refresh"))],
+        401,
+        "token.audience",
+    )
+    .await;
+    // `portcullis token inspect` on the same config asks the endpoint too, as the proxy would.
+    let (code, out) = inspect(&e.p.config_path(), &asrv.token("access")).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("result: accepted"), "{out}");
+    let (code, out) = inspect(&e.p.config_path(), &asrv.token("refresh")).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL aud"), "{out}");
+    eprintln!("oidc-provider: token inspect: access token accepted, refresh token refused (aud)");
+    // Another certificate under that client id: the provider refuses the client (401
+    // invalid_client), so there is no answer and the token is refused, fail closed.
+    let e = proxy_for(&asrv, by_cert("tpp1")).await;
+    e.refused(
+        "introspection with a certificate the provider did not register",
+        "/bearer/accounts",
+        &[bearer(&asrv.token("access"))],
+        503,
+        "token.introspection_unavailable",
+    )
+    .await;
+    // The operator learns why from the log: the status and the provider's error code, not the
+    // token.
+    let logged = log.text();
+    let line = logged
+        .lines()
+        .find(|l| l.contains("token introspection failed"))
+        .unwrap_or_else(|| panic!("no introspection warning in the log:\n{logged}"));
+    assert!(line.contains("status 401, error invalid_client"), "{line}");
+    for (name, token) in asrv.tokens.as_object().unwrap() {
+        assert!(
+            !logged.contains(token.as_str().unwrap()),
+            "the {name} token is in the log"
+        );
+    }
     eprintln!("oidc-provider: done in {:.1} s", t.elapsed().as_secs_f64());
+}
+
+/// Runs `portcullis token inspect` on `config` with the token on standard input; returns the
+/// exit code and what it printed.
+async fn inspect(config: &Path, token: &str) -> (i32, String) {
+    let (config, token) = (config.to_path_buf(), token.to_string());
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["token", "inspect", "--issuer", "as", "--config"])
+            .arg(&config)
+            .arg("-")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(token.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    })
+    .await
+    .unwrap()
+}
+
+/// A proxy in front of a fresh recording upstream that introspects at the provider with the
+/// given client authentication.
+async fn proxy_for(asrv: &As, auth: FileIntrospection) -> Env {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.policy = POLICY.to_string();
+    let introspection = FileIntrospection {
+        url: format!("https://localhost:{}/token/introspection", asrv.port),
+        ca: vec![certs().join("ca.pem").display().to_string()],
+        cache_ttl: Some(dur("60s")),
+        ..auth
+    };
+    let issuer = FileIssuer {
+        issuer: asrv.issuer.clone(),
+        audience: AUD.into(),
+        introspection: Some(introspection),
+        ..FileIssuer::default()
+    };
+    o.config.issuers.insert("as".into(), issuer);
+    o.config.dpop.public_base_url = Some(BASE.into());
+    Env::start(o, up, tempfile::tempdir().unwrap(), None).await
+}
+
+/// The process's log (warnings and above, as JSON lines), captured so the test reads what an
+/// operator would.
+#[derive(Clone, Default)]
+struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Log {
+    fn install() -> Log {
+        let log = Log::default();
+        tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(log.clone())
+            .init();
+        log
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Log {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
+    type Writer = Log;
+
+    fn make_writer(&'a self) -> Log {
+        self.clone()
+    }
 }
 
 trait Proof {

@@ -948,7 +948,90 @@ async fn readiness_waits_for_key_sets_and_a_rotated_remote_key_is_fetched_on_an_
     );
 }
 
-/// An HTTPS JWKS endpoint whose answer the test sets.
+/// An authorization server that rotates right after the proxy started: the start-up fetch
+/// must not use up the unknown-kid refetch, or the new key is refused for the whole
+/// `min_refetch_interval` (30 s by default). Refetches an unknown kid triggers stay limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotated_just_after_start_is_fetched_by_the_first_token_that_names_it() {
+    let k1 = SigningKey::generate(Alg::ES256, "k1").unwrap();
+    let server = Source::start(Reply::With(200, k1.jwks().to_string())).await;
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.policy = POLICY.to_string();
+    let jwks = FileJwks {
+        url: Some(format!("https://localhost:{}/jwks", server.addr.port())),
+        ca: vec![certs().join("ca.pem").display().to_string()],
+        refresh_interval: Some(dur("1h")),
+        // The default, spelled out: what matters is that it is far longer than this test.
+        min_refetch_interval: Some(dur("30s")),
+        ..FileJwks::default()
+    };
+    let issuer = FileIssuer {
+        issuer: ISS.into(),
+        audience: AUD.into(),
+        jwks: Some(jwks),
+        ..FileIssuer::default()
+    };
+    o.config.issuers.insert("as".into(), issuer);
+    let e = TokenEnv {
+        env: Env::start(o, up, tempfile::tempdir().unwrap(), None).await,
+        key: k1,
+    };
+    let mut ready = false;
+    for _ in 0..50 {
+        if e.p.admin_get("/readyz").await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the key set was never fetched");
+    let now = portcullis_base::clock::SystemClock.now();
+    let token = |k: &SigningKey, jti: &str| {
+        bearer(&k.access_token(&json!({
+            "iss": ISS, "aud": AUD, "exp": now + 300, "jti": jti,
+            "cnf": {"x5t#S256": thumb("tpp1")},
+        })))
+    };
+    let (a, _) = e
+        .send("tpp1", "GET", "/accounts", &[token(&e.key, "a")])
+        .await;
+    assert_eq!(a.status, 200);
+
+    // The AS rotates at once: k2 is published (k1 kept for tokens still in flight).
+    let k2 = SigningKey::generate(Alg::ES256, "k2").unwrap();
+    server.set(Reply::With(
+        200,
+        json!({"keys": [e.key.public_jwk(true), k2.public_jwk(true)]}).to_string(),
+    ));
+    let hits = server.hits();
+    let (a, _) = e.send("tpp1", "GET", "/accounts", &[token(&k2, "b")]).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(server.hits(), hits + 1, "one refetch for the new kid");
+
+    // Another unknown kid within min_refetch_interval of that refetch: no fetch, refused.
+    let k3 = SigningKey::generate(Alg::ES256, "k3").unwrap();
+    e.refused(
+        "tpp1",
+        "/accounts",
+        &[token(&k3, "c")],
+        401,
+        "token.unknown_key",
+    )
+    .await;
+    assert_eq!(
+        server.hits(),
+        hits + 1,
+        "the unknown-kid refetch stays limited"
+    );
+    // The documented counter moves with the fetches: start-up, then the one refetch.
+    let (_, m) = e.p.admin_get("/metrics").await;
+    assert!(
+        m.contains("portcullis_key_source_fetches_total{issuer=\"as\"} 2"),
+        "{m}"
+    );
+}
+
 #[test]
 fn dev_token_mints_what_token_inspect_accepts_and_inspect_names_the_failed_check() {
     let bin = env!("CARGO_BIN_EXE_portcullis");

@@ -68,8 +68,6 @@ pub struct Metrics {
     server_cert_not_after: AtomicI64,
     client_certs: Mutex<HashMap<String, i64>>,
     client_certs_untracked: AtomicU64,
-    key_source_refreshes: DashMap<(&'static str, bool), AtomicU64>,
-    cache_lookups: DashMap<(&'static str, bool), AtomicU64>,
     rate_limit_refusals: DashMap<&'static str, AtomicU64>,
     would_deny: DashMap<(String, &'static str), AtomicU64>,
     /// The thread ids of the data-plane workers, by worker index (Linux).
@@ -92,8 +90,6 @@ impl Default for Metrics {
             server_cert_not_after: AtomicI64::new(i64::MIN),
             client_certs: Mutex::new(HashMap::new()),
             client_certs_untracked: AtomicU64::new(0),
-            key_source_refreshes: DashMap::new(),
-            cache_lookups: DashMap::new(),
             rate_limit_refusals: DashMap::new(),
             would_deny: DashMap::new(),
             workers: Mutex::new(Vec::new()),
@@ -202,16 +198,6 @@ impl Metrics {
                 certs.insert(thumbprint.to_string(), not_after);
             }
         }
-    }
-
-    /// Hook: a key source (JWKS, introspection, ...) refreshed, successfully or not.
-    pub fn key_source_refresh(&self, source: &'static str, ok: bool) {
-        bump(&self.key_source_refreshes, (source, ok));
-    }
-
-    /// Hook: a cache lookup (`token`, `jwks`, ...) hit or missed.
-    pub fn cache_lookup(&self, cache: &'static str, hit: bool) {
-        bump(&self.cache_lookups, (cache, hit));
     }
 
     /// Hook: a request refused by a rate limit of `scope` (`peer`, `client`, ...).
@@ -463,35 +449,6 @@ impl Metrics {
     }
 
     fn render_hooks(&self, out: &mut String) {
-        let result = |ok: bool, yes: &'static str, no: &'static str| if ok { yes } else { no };
-        header(
-            out,
-            "portcullis_key_source_refreshes_total",
-            "counter",
-            "Key source refreshes by source and result.",
-        );
-        for ((source, ok), n) in sorted(&self.key_source_refreshes) {
-            let source = LabelValue(source);
-            let _ = writeln!(
-                out,
-                "portcullis_key_source_refreshes_total{{source=\"{source}\",result=\"{}\"}} {n}",
-                result(ok, "ok", "failed")
-            );
-        }
-        header(
-            out,
-            "portcullis_cache_lookups_total",
-            "counter",
-            "Cache lookups by cache and result (hit ratio = hit / total).",
-        );
-        for ((cache, hit), n) in sorted(&self.cache_lookups) {
-            let cache = LabelValue(cache);
-            let _ = writeln!(
-                out,
-                "portcullis_cache_lookups_total{{cache=\"{cache}\",result=\"{}\"}} {n}",
-                result(hit, "hit", "miss")
-            );
-        }
         header(
             out,
             "portcullis_rate_limit_refusals_total",

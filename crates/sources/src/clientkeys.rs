@@ -125,6 +125,7 @@ impl ClientKeys {
                     self.remote(client, template, tls, *refresh, *min_refetch, *timeout)?;
                 let stale = source.last_good.load(std::sync::atomic::Ordering::Relaxed)
                     < now_unix().saturating_sub(refresh.as_secs() as i64);
+                let fetches = source.fetches.load(std::sync::atomic::Ordering::Relaxed);
                 if !source.is_ready() {
                     source.refresh(*min_refetch).await;
                 } else if stale {
@@ -133,7 +134,10 @@ impl ClientKeys {
                 if let Some(k) = source.get(kid) {
                     return Ok(k);
                 }
-                source.refetch_for_unknown_kid().await;
+                // A set fetched by this very call is as fresh as a refetch would be.
+                if source.fetches.load(std::sync::atomic::Ordering::Relaxed) == fetches {
+                    source.refetch_for_unknown_kid().await;
+                }
                 match source.get(kid) {
                     Some(k) => Ok(k),
                     None if !source.is_ready() => Err(LookupError::Unavailable),

@@ -2,12 +2,15 @@
 //!
 //! The proxy POSTs `token=…&token_type_hint=access_token` to the issuer's introspection
 //! endpoint over pinned TLS, authenticating with HTTP Basic (client id and secret) or with its
-//! own client certificate (RFC 8705 §2). `active: false` is an invalid token; an unreachable
-//! endpoint, a non-200 answer or a body that is not a JSON object with a boolean `active` is
-//! not a decision, so the request is refused (fail closed) with its own reason code. Results
-//! are cached by the token verifier for min(`exp`, TTL).
+//! own client certificate (RFC 8705 §2, `tls_client_auth`: the certificate authenticates, and
+//! `client_id` goes in the form because the server needs it to find the client's registered
+//! certificate). `active: false` is an invalid token; an unreachable endpoint, a non-200 answer
+//! or a body that is not a JSON object with a boolean `active` is not a decision, so the request
+//! is refused (fail closed) with its own reason code, and the operator learns why from a warning
+//! (at most one a second, never with the token). Results are cached by the token verifier for
+//! min(`exp`, TTL).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,11 +30,21 @@ pub struct IntrospectionConfig {
     pub uri: http::Uri,
     /// TLS trust (and the client certificate, for mTLS client authentication).
     pub tls: Arc<rustls::ClientConfig>,
-    /// `Authorization: Basic` credentials, when the endpoint uses a client secret.
-    pub basic: Option<(String, String)>,
+    pub auth: ClientAuth,
     pub timeout: Duration,
     /// How long an answer is reused (bounded by the token's `exp`).
     pub cache_ttl: i64,
+}
+
+/// How the proxy authenticates itself to the introspection endpoint (RFC 7662 §2.1 requires
+/// some client authentication).
+#[derive(Clone)]
+pub enum ClientAuth {
+    /// `client_secret_basic` (RFC 6749 §2.3.1): `Authorization: Basic` with the id and secret.
+    Basic { client_id: String, secret: String },
+    /// `tls_client_auth` (RFC 8705 §2): the client certificate in `tls` authenticates;
+    /// `client_id` is sent in the form.
+    TlsClientAuth { client_id: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,11 +53,51 @@ pub enum IntrospectError {
     Unavailable,
 }
 
+/// Why a call gave no decision, for the operator's log.
+enum Failure {
+    Request,
+    Timeout,
+    Connect,
+    /// A non-200 answer, with the OAuth `error` code when the body has a printable one.
+    Status(http::StatusCode, Option<String>),
+    Body,
+    NotAnAnswer,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Request => f.write_str("the request could not be built"),
+            Failure::Timeout => f.write_str("no answer in time"),
+            Failure::Connect => f.write_str("connection or TLS failure"),
+            Failure::Status(s, Some(e)) => write!(f, "status {}, error {e}", s.as_u16()),
+            Failure::Status(s, None) => write!(f, "status {}", s.as_u16()),
+            Failure::Body => f.write_str("the answer body could not be read"),
+            Failure::NotAnAnswer => {
+                f.write_str("the answer is not a JSON object with a boolean `active`")
+            }
+        }
+    }
+}
+
+/// The `error` member of an OAuth error answer (RFC 6749 §5.2), when it is short and printable:
+/// it is the server's own code, safe to log, unlike the rest of the body.
+fn oauth_error(body: &[u8]) -> Option<String> {
+    let m = portcullis_base::json::parse_object(body)?;
+    let e = m.get("error")?.as_str()?;
+    (e.len() <= 64
+        && e.bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\'))
+    .then(|| e.to_string())
+}
+
 pub struct Introspector {
     pub config: IntrospectionConfig,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     pub calls: AtomicU64,
     pub failures: AtomicU64,
+    /// Unix second of the last failure warning (one a second at most).
+    warned: AtomicI64,
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value.
@@ -60,6 +113,15 @@ fn form_encode(s: &str) -> String {
     out
 }
 
+/// RFC 7662 §2.2 `token_type` values that name an access token: the schemes it is used with
+/// (RFC 6750 `Bearer`, RFC 9449 `DPoP`, `N_A` for RFC 8693 exchanges) and RFC 8693's URI.
+pub fn is_access_token_type(t: &str) -> bool {
+    ["bearer", "dpop", "n_a", "access_token"]
+        .iter()
+        .any(|a| t.eq_ignore_ascii_case(a))
+        || t == "urn:ietf:params:oauth:token-type:access_token"
+}
+
 impl Introspector {
     pub fn new(config: IntrospectionConfig) -> Introspector {
         Introspector {
@@ -67,6 +129,7 @@ impl Introspector {
             config,
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            warned: AtomicI64::new(0),
         }
     }
 
@@ -77,48 +140,119 @@ impl Introspector {
         token: &str,
     ) -> Result<Option<Map<String, Value>>, IntrospectError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let r = self.call(token).await;
-        if r.is_err() {
-            self.failures.fetch_add(1, Ordering::Relaxed);
+        match self.call(token).await {
+            Ok(answer) => Ok(answer),
+            Err(why) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                self.warn(&why);
+                Err(IntrospectError::Unavailable)
+            }
         }
-        r
     }
 
-    async fn call(&self, token: &str) -> Result<Option<Map<String, Value>>, IntrospectError> {
-        let body = format!("token={}&token_type_hint=access_token", form_encode(token));
+    fn warn(&self, why: &Failure) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if self.warned.swap(now, Ordering::Relaxed) != now {
+            tracing::warn!(
+                endpoint = %self.config.uri,
+                failure = %why,
+                "token introspection failed; tokens of this issuer are refused until it answers"
+            );
+        }
+    }
+
+    async fn call(&self, token: &str) -> Result<Option<Map<String, Value>>, Failure> {
+        let mut body = format!("token={}&token_type_hint=access_token", form_encode(token));
         let mut req = http::Request::post(self.config.uri.clone())
             .header(
                 http::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
             )
             .header(http::header::ACCEPT, "application/json");
-        if let Some((id, secret)) = &self.config.basic {
-            // RFC 6749 §2.3.1: form-encode, then base64.
-            let raw = format!("{}:{}", form_encode(id), form_encode(secret));
-            let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
-            req = req.header(http::header::AUTHORIZATION, format!("Basic {b64}"));
+        match &self.config.auth {
+            ClientAuth::Basic { client_id, secret } => {
+                // RFC 6749 §2.3.1: form-encode, then base64.
+                let raw = format!("{}:{}", form_encode(client_id), form_encode(secret));
+                let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+                req = req.header(http::header::AUTHORIZATION, format!("Basic {b64}"));
+            }
+            ClientAuth::TlsClientAuth { client_id } => {
+                body.push_str("&client_id=");
+                body.push_str(&form_encode(client_id));
+            }
         }
         let req = req
             .body(Full::new(Bytes::from(body)))
-            .map_err(|_| IntrospectError::Unavailable)?;
+            .map_err(|_| Failure::Request)?;
         let t = self.config.timeout;
         let resp = tokio::time::timeout(t, self.client.request(req))
             .await
-            .map_err(|_| IntrospectError::Unavailable)?
-            .map_err(|_| IntrospectError::Unavailable)?;
-        if resp.status() != http::StatusCode::OK {
-            return Err(IntrospectError::Unavailable);
-        }
+            .map_err(|_| Failure::Timeout)?
+            .map_err(|_| Failure::Connect)?;
+        let status = resp.status();
         let bytes = tokio::time::timeout(t, Limited::new(resp.into_body(), MAX_BODY).collect())
             .await
-            .map_err(|_| IntrospectError::Unavailable)?
-            .map_err(|_| IntrospectError::Unavailable)?
+            .map_err(|_| Failure::Timeout)?
+            .map_err(|_| Failure::Body)?
             .to_bytes();
-        let m = portcullis_base::json::parse_object(&bytes).ok_or(IntrospectError::Unavailable)?;
+        if status != http::StatusCode::OK {
+            return Err(Failure::Status(status, oauth_error(&bytes)));
+        }
+        let m = portcullis_base::json::parse_object(&bytes).ok_or(Failure::NotAnAnswer)?;
         match m.get("active") {
             Some(Value::Bool(true)) => Ok(Some(m)),
             Some(Value::Bool(false)) => Ok(None),
-            _ => Err(IntrospectError::Unavailable),
+            _ => Err(Failure::NotAnAnswer),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_short_printable_oauth_error_code_is_taken_from_a_refusal() {
+        assert_eq!(
+            oauth_error(br#"{"error":"invalid_client","error_description":"x"}"#).as_deref(),
+            Some("invalid_client")
+        );
+        for body in [
+            &br#"{"error":"a\nb"}"#[..],
+            br#"{"error":1}"#,
+            br#"{"error":"a\"b"}"#,
+            b"<html>",
+            b"",
+        ] {
+            assert_eq!(oauth_error(body), None, "{}", String::from_utf8_lossy(body));
+        }
+        let long = format!(r#"{{"error":"{}"}}"#, "e".repeat(65));
+        assert_eq!(oauth_error(long.as_bytes()), None);
+        let s = Failure::Status(
+            http::StatusCode::BAD_REQUEST,
+            Some("invalid_request".into()),
+        );
+        assert_eq!(s.to_string(), "status 400, error invalid_request");
+    }
+
+    #[test]
+    fn access_token_types_are_the_schemes_and_the_rfc_8693_uri() {
+        for t in [
+            "Bearer",
+            "DPoP",
+            "N_A",
+            "urn:ietf:params:oauth:token-type:access_token",
+        ] {
+            assert!(is_access_token_type(t), "{t}");
+        }
+        for t in [
+            "refresh_token",
+            "urn:ietf:params:oauth:token-type:refresh_token",
+            "",
+        ] {
+            assert!(!is_access_token_type(t), "{t}");
         }
     }
 }

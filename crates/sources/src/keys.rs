@@ -2,10 +2,13 @@
 //!
 //! A file source is read at config load (a bad file is a config error). A URL source is fetched
 //! over HTTPS with the configured CA bundle: at start-up, on a refresh interval, and — when a
-//! token names a `kid` we do not have — at most once per `min_refetch_interval`, single-flight
-//! (concurrent requests wait for the one fetch). A failed or garbage fetch never replaces the
-//! last good set. Until the first good set arrives the source is not ready (`/readyz` says so)
-//! and tokens for that issuer are refused (fail closed).
+//! token names a `kid` we do not have — once, single-flight (concurrent requests wait for the
+//! one fetch, and a fetch that ended while they waited is the one they wanted). Only refetches
+//! an unknown `kid` triggered count against `min_refetch_interval`: a start-up or periodic fetch
+//! just before the authorization server rotates must not make the new key wait out the limit.
+//! A failed or garbage fetch never replaces the last good set. Until the first good set arrives
+//! the source is not ready (`/readyz` says so) and tokens for that issuer are refused (fail
+//! closed).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,7 +51,15 @@ struct RemoteState {
     cfg: Remote,
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     /// Single flight: held for the duration of one fetch.
-    fetching: tokio::sync::Mutex<Option<Instant>>,
+    fetching: tokio::sync::Mutex<Fetched>,
+}
+
+/// When fetches started, by what started them.
+#[derive(Default)]
+struct Fetched {
+    last: Option<Instant>,
+    /// The last fetch an unknown `kid` triggered (the rate-limited kind).
+    for_unknown_kid: Option<Instant>,
 }
 
 fn now_unix() -> i64 {
@@ -79,7 +90,7 @@ impl KeySource {
             remote: Some(RemoteState {
                 cfg: remote,
                 client,
-                fetching: tokio::sync::Mutex::new(None),
+                fetching: tokio::sync::Mutex::new(Fetched::default()),
             }),
             fetches: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -109,11 +120,37 @@ impl KeySource {
         let Some(r) = &self.remote else {
             return self.is_ready();
         };
-        let mut last = r.fetching.lock().await;
-        if last.is_some_and(|t| t.elapsed() < min_gap) {
+        let mut f = r.fetching.lock().await;
+        if f.last.is_some_and(|t| t.elapsed() < min_gap) {
             return self.is_ready();
         }
-        *last = Some(Instant::now());
+        f.last = Some(Instant::now());
+        self.fetch_and_store(r).await
+    }
+
+    /// On an unknown `kid`: one single-flight refetch, unless another unknown `kid` triggered
+    /// one less than `min_refetch_interval` ago (a flood of made-up kids costs one fetch per
+    /// interval) or a fetch ended while this call waited for its turn.
+    pub async fn refetch_for_unknown_kid(&self) -> bool {
+        let Some(r) = &self.remote else {
+            return false;
+        };
+        let seen = self.fetches.load(Ordering::Relaxed);
+        let mut f = r.fetching.lock().await;
+        if self.fetches.load(Ordering::Relaxed) != seen
+            || f.for_unknown_kid
+                .is_some_and(|t| t.elapsed() < r.cfg.min_refetch)
+        {
+            return self.is_ready();
+        }
+        let now = Instant::now();
+        f.last = Some(now);
+        f.for_unknown_kid = Some(now);
+        self.fetch_and_store(r).await
+    }
+
+    /// One fetch; called with `fetching` held. A good set replaces the current one.
+    async fn fetch_and_store(&self, r: &RemoteState) -> bool {
         self.fetches.fetch_add(1, Ordering::Relaxed);
         match self.fetch(r).await {
             Ok(set) => {
@@ -129,14 +166,6 @@ impl KeySource {
             }
         }
         self.is_ready()
-    }
-
-    /// On an unknown `kid`: one rate-limited, single-flight refetch.
-    pub async fn refetch_for_unknown_kid(&self) -> bool {
-        match &self.remote {
-            Some(r) => self.refresh(r.cfg.min_refetch).await,
-            None => false,
-        }
     }
 
     async fn fetch(&self, r: &RemoteState) -> Result<KeySet, &'static str> {

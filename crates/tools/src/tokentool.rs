@@ -1,5 +1,6 @@
 //! Token tools for people testing their setup: `portcullis token inspect` runs every check the
-//! proxy would run on a token and prints each outcome; `portcullis dev-token` mints dev keys,
+//! proxy would run on a token and prints each outcome (an opaque token is introspected, as the
+//! proxy would); `portcullis dev-token` mints dev keys,
 //! access tokens and DPoP proofs (what the demo, the load generator and the tests use).
 
 use std::path::{Path, PathBuf};
@@ -11,7 +12,9 @@ use portcullis_base::json::{numeric_date, parse_object, string, Typed};
 use portcullis_crypto::jose::jws::parse;
 use portcullis_crypto::jose::sign::SigningKey;
 use portcullis_crypto::jose::Alg;
-use portcullis_proxy::config::{Config, JwksSource};
+use portcullis_policy::RouteAuth;
+use portcullis_proxy::config::{Config, Issuer, JwksSource};
+use portcullis_sources::introspect::{is_access_token_type, Introspector};
 use portcullis_sources::keys::KeySource;
 
 #[derive(clap::Subcommand)]
@@ -259,21 +262,6 @@ pub async fn run_token(cmd: TokenCommand) -> ExitCode {
         eprintln!("name an issuer (--issuer) or a route with auth (--route)");
         return ExitCode::from(2);
     };
-    let keys = match &iss.jwks {
-        Some(JwksSource::File { keys, .. }) => KeySource::fixed(&iss.name, keys.clone()),
-        Some(JwksSource::Url(remote)) => {
-            let s = KeySource::remote(&iss.name, remote.clone());
-            s.refresh(std::time::Duration::ZERO).await;
-            s
-        }
-        None => {
-            eprintln!(
-                "issuer {} uses introspection only; inspect works on JWT access tokens",
-                iss.name
-            );
-            return ExitCode::from(2);
-        }
-    };
     let mut r = Report {
         lines: Vec::new(),
         failed: false,
@@ -283,6 +271,45 @@ pub async fn run_token(cmd: TokenCommand) -> ExitCode {
         iss.name, iss.issuer, iss.audience
     );
     let now = now();
+    // The proxy's own routing: with a key set, a compact JWS is verified locally; anything else
+    // goes to the introspection endpoint when there is one.
+    let compact = token.matches('.').count() == 2;
+    let keys = match (&iss.jwks, &iss.introspection) {
+        (Some(JwksSource::File { keys, .. }), i) if compact || i.is_none() => {
+            KeySource::fixed(&iss.name, keys.clone())
+        }
+        (Some(JwksSource::Url(remote)), i) if compact || i.is_none() => {
+            let s = KeySource::remote(&iss.name, remote.clone());
+            s.refresh(std::time::Duration::ZERO).await;
+            s
+        }
+        (_, Some(i)) => {
+            println!("not a compact JWS: asking the issuer's introspection endpoint (RFC 7662)");
+            let answer = Introspector::new(i.clone()).introspect(&token).await;
+            match answer {
+                Ok(Some(m)) => {
+                    r.check("active", true, "true");
+                    println!("introspection answer {}", Value::Object(m.clone()));
+                    return claim_checks(r, &m, iss, now, cert.as_deref(), auth.as_ref(), true);
+                }
+                Ok(None) => r.check("active", false, "false: the token is not valid (token.inactive)"),
+                Err(_) => r.check(
+                    "active",
+                    false,
+                    "no answer from the endpoint (see the warning above; token.introspection_unavailable)",
+                ),
+            }
+            print_report(&r);
+            return ExitCode::from(1);
+        }
+        (_, None) => {
+            eprintln!(
+                "issuer {} has no key set and no introspection endpoint",
+                iss.name
+            );
+            return ExitCode::from(2);
+        }
+    };
     let jws = match parse(&token, &iss.algorithms) {
         Ok(j) => {
             r.check("structure", true, "compact JWS, canonical base64url");
@@ -327,23 +354,56 @@ pub async fn run_token(cmd: TokenCommand) -> ExitCode {
         return ExitCode::from(1);
     };
     println!("claims {}", Value::Object(m.clone()));
-    r.check(
-        "iss",
-        string(&m, "iss") == Typed::Present(iss.issuer.as_str()),
-        shown(m.get("iss")),
-    );
+    claim_checks(r, &m, iss, now, cert.as_deref(), auth.as_ref(), false)
+}
+
+/// The claim checks the proxy runs on a verified JWT's claims or an introspection answer
+/// (`introspected`: RFC 7662 members are checked when present, and `token_type` must name an
+/// access token); prints the report and returns the exit code.
+fn claim_checks(
+    mut r: Report,
+    m: &Map<String, Value>,
+    iss: &Issuer,
+    now: i64,
+    cert: Option<&Path>,
+    auth: Option<&RouteAuth>,
+    introspected: bool,
+) -> ExitCode {
+    let iss_ok = match string(m, "iss") {
+        Typed::Present(i) => i == iss.issuer,
+        // RFC 7662 answers may leave `iss` out; a JWT access token may not (RFC 9068).
+        Typed::Absent => introspected,
+        Typed::WrongType => false,
+    };
+    r.check("iss", iss_ok, shown(m.get("iss")));
     let aud_ok = match m.get("aud") {
         Some(Value::String(a)) => a == &iss.audience,
         Some(Value::Array(l)) => l.iter().any(|v| v.as_str() == Some(iss.audience.as_str())),
         _ => false,
     };
     r.check("aud", aud_ok, shown(m.get("aud")));
+    if introspected {
+        let ok = match string(m, "token_type") {
+            Typed::Present(t) => is_access_token_type(t),
+            Typed::Absent => true,
+            Typed::WrongType => false,
+        };
+        r.check("token_type", ok, shown(m.get("token_type")));
+    }
     let skew = iss.skew;
-    time_claim(&mut r, &m, "exp", |e| {
-        (now < e + skew, format!("{e} (now {now}, skew {skew}s)"))
-    });
-    time_claim(&mut r, &m, "nbf", |n| (now + skew >= n, format!("{n}")));
-    time_claim(&mut r, &m, "iat", |i| {
+    if introspected && m.get("exp").is_none() {
+        r.check(
+            "exp",
+            true,
+            "absent: the answer is reused for the cache TTL",
+        );
+    } else {
+        time_claim(&mut r, m, "exp", |e| {
+            (now < e + skew, format!("{e} (now {now}, skew {skew}s)"))
+        });
+    }
+    time_claim(&mut r, m, "nbf", |n| (now + skew >= n, format!("{n}")));
+    time_claim(&mut r, m, "iat", |i| {
         (
             i <= now + skew && iss.max_age.is_none_or(|a| i + a >= now),
             format!("{i}"),
@@ -352,7 +412,7 @@ pub async fn run_token(cmd: TokenCommand) -> ExitCode {
     let cnf = m.get("cnf").and_then(Value::as_object);
     let x5t = cnf.and_then(|c| c.get("x5t#S256")).and_then(Value::as_str);
     let jkt = cnf.and_then(|c| c.get("jkt")).and_then(Value::as_str);
-    match (x5t, &cert) {
+    match (x5t, cert) {
         (Some(t), Some(path)) => match cert_thumbprint(path) {
             Ok(have) => r.check(
                 "cnf.x5t#S256",
@@ -375,7 +435,7 @@ pub async fn run_token(cmd: TokenCommand) -> ExitCode {
             format!("{j}: requests need the DPoP scheme and a proof by this key"),
         );
     }
-    if let Some(a) = &auth {
+    if let Some(a) = auth {
         let bound = x5t.is_some() || jkt.is_some();
         let ok = match a.profile {
             portcullis_policy::Profile::Bearer => true,

@@ -11,6 +11,9 @@
 //   AS_CERT, AS_KEY     the server certificate chain and key (the dev certificate: localhost)
 //   AS_CA               the CA that signed it (this script's own HTTPS client trusts it)
 //   AS_RS_SECRET_FILE   the secret of the resource server's client `rs-client`
+//   AS_RS_CLIENT_CERT   the client certificate of the resource server's client `rs-mtls`, which
+//                       authenticates with it (tls_client_auth, RFC 8705 §2: registered by its
+//                       subject DN)
 //   AS_DPOP_KEY         a PKCS#8 P-256 key: the DPoP key of the public client `tpp-spa`
 //   AS_CLIENT_CERT, AS_CLIENT_KEY
 //                       the TLS client certificate of the public client `tpp-mtls`, whose
@@ -40,6 +43,7 @@ const ca = readFileSync(env('AS_CA'));
 const RS = env('AS_AUDIENCE');
 const OTHER = env('AS_OTHER_AUDIENCE');
 const rsSecret = readFileSync(env('AS_RS_SECRET_FILE'), 'utf8').trim();
+const rsSubject = new crypto.X509Certificate(readFileSync(env('AS_RS_CLIENT_CERT'))).subject;
 const dpopKey = crypto.createPrivateKey(readFileSync(env('AS_DPOP_KEY')));
 const clientTls = { cert: readFileSync(env('AS_CLIENT_CERT')), key: readFileSync(env('AS_CLIENT_KEY')) };
 const appSecret = crypto.randomBytes(24).toString('hex');
@@ -64,13 +68,31 @@ const resources = {
   [OTHER]: { audience: OTHER, scope: 'accounts', accessTokenFormat: 'opaque', accessTokenTTL: 600 },
 };
 
+// The verified client certificate of this request, if any.
+function peerCertificate(ctx) {
+  const socket = ctx.req.socket;
+  const peer = socket.getPeerCertificate?.();
+  if (!socket.authorized || !peer?.raw) return undefined;
+  return new crypto.X509Certificate(peer.raw);
+}
+
 const provider = new Provider(issuer, {
+  clientAuthMethods: ['client_secret_basic', 'none', 'tls_client_auth'],
   clients: [
     // The resource server (the proxy): it only introspects.
     {
       client_id: 'rs-client',
       client_secret: rsSecret,
       token_endpoint_auth_method: 'client_secret_basic',
+      grant_types: [],
+      response_types: [],
+      redirect_uris: [],
+    },
+    // The resource server again, authenticating by its client certificate alone.
+    {
+      client_id: 'rs-mtls',
+      token_endpoint_auth_method: 'tls_client_auth',
+      tls_client_auth_subject_dn: rsSubject,
       grant_types: [],
       response_types: [],
       redirect_uris: [],
@@ -115,12 +137,11 @@ const provider = new Provider(issuer, {
     mTLS: {
       enabled: true,
       certificateBoundAccessTokens: true,
-      getCertificate(ctx) {
-        const socket = ctx.req.socket;
-        const peer = socket.getPeerCertificate?.();
-        if (!socket.authorized || !peer?.raw) return undefined;
-        return new crypto.X509Certificate(peer.raw);
-      },
+      tlsClientAuth: true,
+      getCertificate: peerCertificate,
+      certificateAuthorized: (ctx) => peerCertificate(ctx) !== undefined,
+      certificateSubjectMatches: (ctx, property, expected) => property === 'tls_client_auth_subject_dn'
+        && peerCertificate(ctx)?.subject === expected,
     },
     resourceIndicators: {
       enabled: true,

@@ -13,6 +13,7 @@ use super::{read_certs, resolve, Problems};
 use portcullis_base::duration::ConfigDuration;
 use portcullis_crypto::jose::jws::KeySet;
 use portcullis_crypto::jose::Alg;
+use portcullis_sources::introspect::ClientAuth;
 use portcullis_sources::keys::Remote;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -65,12 +66,13 @@ pub struct FileIntrospection {
     pub url: String,
     #[serde(default)]
     pub ca: Vec<String>,
-    /// Client authentication by HTTP Basic: the client id and a file holding the secret.
+    /// The proxy's client id at the authorization server: with `client_secret_file`, HTTP Basic
+    /// client authentication; with a client certificate alone, `tls_client_auth` (RFC 8705 §2).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_secret_file: Option<String>,
-    /// Client authentication by mutual TLS.
+    /// The proxy's client certificate: mutual TLS client authentication.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -395,12 +397,12 @@ fn validate_introspection(
             return None;
         }
     };
-    let basic = match (&f.client_id, &f.client_secret_file) {
-        (Some(id), Some(file)) => {
+    let secret = match &f.client_secret_file {
+        Some(file) => {
             let path = resolve(base, file);
             watched.push(path.clone());
             match std::fs::read_to_string(&path) {
-                Ok(s) if !s.trim().is_empty() => Some((id.clone(), s.trim().to_string())),
+                Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
                 Ok(_) => {
                     p.push(field("client_secret_file"), "the secret file is empty");
                     return None;
@@ -414,26 +416,40 @@ fn validate_introspection(
                 }
             }
         }
-        (None, None) => None,
-        _ => {
+        None => None,
+    };
+    // A secret means client_secret_basic (the certificate, if any, is then only for the TLS
+    // connection); a certificate alone means tls_client_auth, where RFC 8705 §2 has the client
+    // send its client_id so the server can find the certificate it registered.
+    let auth = match (f.client_id.clone(), secret, identity.is_some()) {
+        (Some(client_id), Some(secret), _) => ClientAuth::Basic { client_id, secret },
+        (Some(client_id), None, true) => ClientAuth::TlsClientAuth { client_id },
+        (None, Some(_), _) => {
             p.push(
                 field("client_id"),
-                "client_id and client_secret_file go together",
+                "client_secret_file needs the client_id it belongs to",
             );
             return None;
         }
+        (None, None, true) => {
+            p.push(
+                field("client_id"),
+                "mTLS client authentication (RFC 8705 §2) sends the client_id: set it beside client_certificate",
+            );
+            return None;
+        }
+        (_, None, false) => {
+            p.push(field("client_id"), "the proxy must authenticate to the endpoint (client_id + client_secret_file, or client_id + client_certificate + client_private_key)");
+            return None;
+        }
     };
-    if basic.is_none() && identity.is_none() {
-        p.push(field("client_id"), "the proxy must authenticate to the endpoint (client_id + client_secret_file, or a client certificate)");
-        return None;
-    }
     let tls = crate::tls::upstream_client_config(roots, identity)
         .map_err(|e| p.push(field("client_certificate"), e))
         .ok()?;
     Some(portcullis_sources::introspect::IntrospectionConfig {
         uri,
         tls,
-        basic,
+        auth,
         timeout: f.timeout.map_or(Duration::from_secs(2), |d| d.0),
         cache_ttl: secs(f.cache_ttl, 60),
     })

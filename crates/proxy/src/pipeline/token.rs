@@ -23,7 +23,7 @@ use crate::config::Issuer;
 use portcullis_base::json::{numeric_date, parse_object, string, Typed};
 use portcullis_crypto::jose::jws::{parse, JwsError};
 use portcullis_crypto::jose::{sha256, sha256_b64url};
-use portcullis_sources::introspect::{IntrospectError, Introspector};
+use portcullis_sources::introspect::{is_access_token_type, IntrospectError, Introspector};
 use portcullis_sources::keys::KeySource;
 
 portcullis_base::variants! {
@@ -327,15 +327,6 @@ fn claims(
         cache_until,
         claims: m,
     })
-}
-
-/// RFC 7662 §2.2 `token_type` values that name an access token: the schemes it is used with
-/// (RFC 6750 `Bearer`, RFC 9449 `DPoP`, `N_A` for RFC 8693 exchanges) and RFC 8693's URI.
-fn is_access_token_type(t: &str) -> bool {
-    ["bearer", "dpop", "n_a", "access_token"]
-        .iter()
-        .any(|a| t.eq_ignore_ascii_case(a))
-        || t == "urn:ietf:params:oauth:token-type:access_token"
 }
 
 /// Verifies `token` for `issuer` (see the module doc).

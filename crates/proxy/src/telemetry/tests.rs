@@ -94,9 +94,6 @@ fn hooks_and_outcomes_render_with_bounded_labels() {
     let m = Metrics::default();
     m.request_outcome("allow", Some(1500));
     m.request_outcome("deny", None);
-    m.key_source_refresh("jwks", false);
-    m.cache_lookup("token", true);
-    m.cache_lookup("token", false);
     m.rate_limit_refused("client");
     m.server_cert(Some(
         time::OffsetDateTime::now_utc().unix_timestamp() + 86_400 * 10 + 3_600,
@@ -108,9 +105,6 @@ fn hooks_and_outcomes_render_with_bounded_labels() {
         "portcullis_requests_by_decision_total{decision=\"deny\"} 1",
         "portcullis_upstream_duration_seconds_count 1",
         "portcullis_upstream_duration_seconds_bucket{le=\"0.0025\"} 1",
-        "portcullis_key_source_refreshes_total{source=\"jwks\",result=\"failed\"} 1",
-        "portcullis_cache_lookups_total{cache=\"token\",result=\"hit\"} 1",
-        "portcullis_cache_lookups_total{cache=\"token\",result=\"miss\"} 1",
         "portcullis_rate_limit_refusals_total{scope=\"client\"} 1",
         "portcullis_server_cert_expiry_days 10.04",
         "portcullis_client_cert_expiry_days{thumbprint=\"abc\"} -",
