@@ -47,6 +47,8 @@ fn issuer(keys: KeySet) -> (Issuer, KeySource) {
         skew: 30,
         max_token_bytes: 8192,
         max_age: None,
+        scope_claim: "scope".into(),
+        client_claim: "client_id".into(),
     };
     (i, KeySource::fixed("as", keys))
 }

@@ -230,6 +230,47 @@ fn introspection_client_authentication_is_complete_or_refused() {
     }
 }
 
+/// Scope and client claims an issuer maps (`scp`, `azp`, ...) are plain member names, never a
+/// registered claim that already means something else.
+#[test]
+fn mapped_claims_are_plain_names_and_not_registered_claims() {
+    portcullis_proxy::install_crypto_provider();
+    let d = staged();
+    let cfg = d.path().join("config");
+    let good = std::fs::read_to_string(cfg.join("demo.yaml")).unwrap();
+    let with = |extra: &str| {
+        good.replace(
+            "    jwks: {file: ../certs/as-jwks.json}\n",
+            &format!("    jwks: {{file: ../certs/as-jwks.json}}\n{extra}"),
+        )
+    };
+    for (extra, want) in [
+        (
+            "    scope_claim: aud\n",
+            "issuers.as.scope_claim: `aud` is a registered claim",
+        ),
+        (
+            "    client_claim: sub\n",
+            "issuers.as.client_claim: `sub` is a registered claim",
+        ),
+        (
+            "    scope_claim: \"\"\n",
+            "issuers.as.scope_claim: `` is not a claim name",
+        ),
+        (
+            "    client_claim: \"a b\"\n",
+            "issuers.as.client_claim: `a b` is not a claim name",
+        ),
+    ] {
+        let msg = load_err(&cfg, &with(extra));
+        assert!(msg.contains("bad.yaml"), "file named: {msg}");
+        assert!(msg.contains(want), "want `{want}` in: {msg}");
+    }
+    let p = cfg.join("good.yaml");
+    std::fs::write(&p, with("    scope_claim: scp\n    client_claim: azp\n")).unwrap();
+    Config::load(&p).unwrap();
+}
+
 #[test]
 fn check_prints_a_summary_or_every_error_with_a_nonzero_exit() {
     let d = staged();

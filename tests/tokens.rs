@@ -1032,6 +1032,86 @@ async fn a_key_rotated_just_after_start_is_fetched_by_the_first_token_that_names
     );
 }
 
+/// Authorization servers that put the scopes in `scp` (a list at some, a space-separated string
+/// at others) and the client in `azp`: mapped per issuer, then checked and vouched for like
+/// `scope` and `client_id`. The mapped claim is the only one read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_and_the_client_are_read_from_the_claims_the_issuer_maps_them_to() {
+    let key = SigningKey::generate(Alg::ES256, "as-1").unwrap();
+    let jwks = tempfile::tempdir().unwrap();
+    let jwks_path = jwks.path().join("jwks.json");
+    std::fs::write(&jwks_path, key.jwks().to_string()).unwrap();
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.policy = r#"
+group: t
+upstream: bank
+routes:
+  - id: scoped
+    method: GET
+    path: /accounts
+    auth: {profile: fapi2}
+    scopes: {all_of: [accounts]}
+"#
+    .to_string();
+    let issuer = FileIssuer {
+        clock_skew: Some(dur("10s")),
+        scope_claim: Some("scp".into()),
+        client_claim: Some("azp".into()),
+        ..file_issuer(ISS, AUD, &jwks_path)
+    };
+    o.config.issuers.insert("as".into(), issuer);
+    let e = TokenEnv {
+        env: Env::start(o, up, jwks, Some(NOW)).await,
+        key,
+    };
+    let token = |extra: Value| {
+        let mut c =
+            claims(json!({"scope": null, "client_id": null, "cnf": {"x5t#S256": thumb("tpp1")}}));
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        bearer(&e.key.access_token(&c))
+    };
+    for (scp, vouched) in [
+        (json!(["accounts", "payments"]), "accounts payments"),
+        (json!("accounts payments"), "accounts payments"),
+    ] {
+        let before = e.up.count();
+        let (a, _) = e
+            .send(
+                "tpp1",
+                "GET",
+                "/accounts",
+                &[token(json!({"scp": scp, "azp": "tpp-azp"}))],
+            )
+            .await;
+        assert_eq!(a.status, 200, "{scp}: {}", String::from_utf8_lossy(&a.body));
+        assert_eq!(e.up.count(), before + 1);
+        let seen = e.up.seen().pop().unwrap();
+        assert_eq!(seen.headers["x-portcullis-scope"], vouched, "{scp}");
+        assert_eq!(seen.headers["x-portcullis-client-id"], "tpp-azp", "{scp}");
+    }
+    // `scope` is not read when the issuer maps scopes to `scp`.
+    e.refused(
+        "tpp1",
+        "/accounts",
+        &[token(json!({"scope": "accounts", "azp": "tpp-azp"}))],
+        403,
+        "authz.scope",
+    )
+    .await;
+    for bad in [
+        json!({"scp": [1], "azp": "tpp-azp"}),
+        json!({"scp": ["accounts payments"], "azp": "tpp-azp"}),
+        json!({"scp": {"accounts": true}, "azp": "tpp-azp"}),
+        json!({"scp": "accounts", "azp": ["tpp-azp"]}),
+    ] {
+        e.refused("tpp1", "/accounts", &[token(bad)], 401, "token.claim_type")
+            .await;
+    }
+}
+
 #[test]
 fn dev_token_mints_what_token_inspect_accepts_and_inspect_names_the_failed_check() {
     let bin = env!("CARGO_BIN_EXE_portcullis");

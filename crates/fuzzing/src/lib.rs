@@ -322,12 +322,17 @@ fn issuers() -> &'static [portcullis_proxy::config::Issuer; 2] {
             skew: 30,
             max_token_bytes: 8192,
             max_age: None,
+            scope_claim: "scope".into(),
+            client_claim: "client_id".into(),
         };
         let lax = portcullis_proxy::config::Issuer {
             name: "fuzz-lax".into(),
             algorithms: vec![Alg::EdDSA],
             require_typ: false,
             max_age: Some(3600),
+            // The mapped claims (`scp` may be a list) get the hostile tokens too.
+            scope_claim: "scp".into(),
+            client_claim: "azp".into(),
             ..base.clone()
         };
         [base, lax]

@@ -625,10 +625,18 @@ fn vouch_for_token(
         h.remove("dpop");
     }
     for (claim, name) in identity_headers {
-        let value = match token.claims.get(claim) {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(serde_json::Value::Number(n)) => n.to_string(),
-            Some(serde_json::Value::Array(a)) => a
+        // `client_id` and `scope` are the verified client and scopes, wherever the issuer puts
+        // them (`azp`, `scp`, ...); other names are read from the claims as they are.
+        let value = match (claim.as_str(), token.claims.get(claim)) {
+            ("client_id", _) => match &token.client_id {
+                Some(c) => c.clone(),
+                None => continue,
+            },
+            ("scope", _) if token.scopes.is_empty() => continue,
+            ("scope", _) => token.scopes.join(" "),
+            (_, Some(serde_json::Value::String(s))) => s.clone(),
+            (_, Some(serde_json::Value::Number(n))) => n.to_string(),
+            (_, Some(serde_json::Value::Array(a))) => a
                 .iter()
                 .filter_map(|v| v.as_str())
                 .collect::<Vec<_>>()

@@ -41,6 +41,12 @@ pub struct FileIssuer {
     /// Refuse tokens whose `iat` is older than this.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_token_age: Option<ConfigDuration>,
+    /// The JWT claim holding the granted scopes (default `scope`, RFC 9068; e.g. `scp`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope_claim: Option<String>,
+    /// The JWT claim naming the OAuth client (default `client_id`, RFC 9068; e.g. `azp`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_claim: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -252,6 +258,10 @@ pub struct Issuer {
     pub skew: i64,
     pub max_token_bytes: usize,
     pub max_age: Option<i64>,
+    /// Where a JWT access token's scopes and client are (introspection answers always use
+    /// RFC 7662's `scope` and `client_id`).
+    pub scope_claim: String,
+    pub client_claim: String,
 }
 
 #[derive(Clone, Debug)]
@@ -332,6 +342,8 @@ fn validate_issuer(
         None => None,
         Some(j) => validate_jwks(p, base, name, j, watched),
     };
+    let scope_claim = mapped_claim(p, &field("scope_claim"), &f.scope_claim, "scope");
+    let client_claim = mapped_claim(p, &field("client_claim"), &f.client_claim, "client_id");
     if f.jwks.is_some() && jwks.is_none() {
         return None;
     }
@@ -346,7 +358,34 @@ fn validate_issuer(
         skew: secs(f.clock_skew, 30),
         max_token_bytes: f.max_token_bytes.unwrap_or(8192),
         max_age: f.max_token_age.map(|d| d.0.as_secs() as i64),
+        scope_claim,
+        client_claim,
     })
+}
+
+/// Claims whose meaning the verifier already fixes: mapping scopes or the client onto one of
+/// them would read, say, the audience as a grant.
+const RESERVED_CLAIMS: [&str; 9] = [
+    "iss", "aud", "exp", "nbf", "iat", "jti", "sub", "cnf", "typ",
+];
+
+/// A configured claim name, or `default`: a plain JSON member name, not a reserved claim.
+fn mapped_claim(p: &mut Problems<'_>, field: &str, name: &Option<String>, default: &str) -> String {
+    let Some(n) = name else {
+        return default.to_string();
+    };
+    if n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_graphic()) {
+        p.push(
+            field,
+            format!("`{n}` is not a claim name (1 to 64 visible ASCII characters)"),
+        );
+    } else if RESERVED_CLAIMS.contains(&n.as_str()) {
+        p.push(
+            field,
+            format!("`{n}` is a registered claim with its own meaning"),
+        );
+    }
+    n.clone()
 }
 
 fn validate_introspection(

@@ -292,14 +292,28 @@ fn claims(
             _ => return Err(TokenError::IssuedAt),
         }
     }
-    let scopes = match string(&m, "scope") {
-        Typed::Present(s) => s
+    // RFC 7662 answers name their members; a JWT's are wherever the issuer puts them.
+    let (scope_claim, client_claim) = match source {
+        Source::Jwt => (issuer.scope_claim.as_str(), issuer.client_claim.as_str()),
+        Source::Introspection { .. } => ("scope", "client_id"),
+    };
+    let scopes = match m.get(scope_claim) {
+        None => Vec::new(),
+        Some(Value::String(s)) => s
             .split(' ')
             .filter(|x| !x.is_empty())
             .map(str::to_string)
             .collect(),
-        Typed::Absent => Vec::new(),
-        Typed::WrongType => return Err(TokenError::ClaimType),
+        // A list of scopes (`scp` at several authorization servers); RFC 9068's own `scope`
+        // is a string and stays one.
+        Some(Value::Array(list)) if scope_claim != "scope" => list
+            .iter()
+            .map(|v| match v {
+                Value::String(s) if !s.is_empty() && !s.contains(' ') => Ok(s.clone()),
+                _ => Err(TokenError::ClaimType),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(TokenError::ClaimType),
     };
     let (cnf_x5t, cnf_jkt) = match m.get("cnf") {
         None => (None, None),
@@ -315,7 +329,7 @@ fn claims(
     };
     Ok(AccessToken {
         issuer: issuer.name.clone(),
-        client_id: opt_string(&m, "client_id")?,
+        client_id: opt_string(&m, client_claim)?,
         sub: opt_string(&m, "sub")?,
         scopes,
         jti: opt_string(&m, "jti")?,
