@@ -37,6 +37,7 @@ fn issuer(keys: KeySet) -> (Issuer, KeySource) {
         name: "as".into(),
         issuer: "https://as.example".into(),
         audience: "https://rs.example".into(),
+        discovery: None,
         jwks: Some(JwksSource::File {
             path: PathBuf::from("bench"),
             keys: Arc::clone(&keys),

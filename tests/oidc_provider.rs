@@ -17,7 +17,9 @@
 //! - the access tokens for our resource (Bearer, DPoP-bound with a proof, certificate-bound over
 //!   its certificate): forwarded.
 //!
-//! Then the proxy introspects as `rs-mtls`, authenticated by its client certificate alone
+//! Then the proxy introspects as `rs-mtls` at the endpoint the provider's metadata names (issuer
+//! discovery: `/.well-known/openid-configuration`, its `issuer` checked), authenticated by its
+//! client certificate alone
 //! (`tls_client_auth`, RFC 8705 §2, which needs `client_id` in the form): the access token is
 //! forwarded and the refresh token refused as above; with a certificate the provider did not
 //! register for `rs-mtls`, the provider refuses the client and the token is refused 503
@@ -314,6 +316,7 @@ async fn introspection_answers_for_refresh_tokens_and_other_audiences_are_refuse
             client_secret_file: Some(asrv.secret_file().display().to_string()),
             ..FileIntrospection::default()
         },
+        Endpoint::Configured,
     )
     .await;
     let bearer = |t: &str| ("authorization", format!("Bearer {t}"));
@@ -395,14 +398,16 @@ async fn introspection_answers_for_refresh_tokens_and_other_audiences_are_refuse
 
     // The proxy authenticating to the endpoint by its client certificate alone (tls_client_auth,
     // registered at the provider by tpp2's subject): the form carries the client_id, which
-    // RFC 8705 §2 requires and without which the provider answers 400.
+    // RFC 8705 §2 requires and without which the provider answers 400. From here on the proxy
+    // finds the endpoint in the provider's metadata (issuer discovery), trusting what the
+    // metadata document was fetched with.
     let by_cert = |name: &str| FileIntrospection {
         client_id: Some("rs-mtls".into()),
         client_certificate: Some(certs().join(format!("{name}.pem")).display().to_string()),
         client_private_key: Some(certs().join(format!("{name}.key")).display().to_string()),
         ..FileIntrospection::default()
     };
-    let e = proxy_for(&asrv, by_cert("tpp2")).await;
+    let e = proxy_for(&asrv, by_cert("tpp2"), Endpoint::Discovered).await;
     e.forwarded(
         "access token introspected with tls_client_auth",
         "/bearer/accounts",
@@ -427,7 +432,7 @@ async fn introspection_answers_for_refresh_tokens_and_other_audiences_are_refuse
     eprintln!("oidc-provider: token inspect: access token accepted, refresh token refused (aud)");
     // Another certificate under that client id: the provider refuses the client (401
     // invalid_client), so there is no answer and the token is refused, fail closed.
-    let e = proxy_for(&asrv, by_cert("tpp1")).await;
+    let e = proxy_for(&asrv, by_cert("tpp1"), Endpoint::Discovered).await;
     e.refused(
         "introspection with a certificate the provider did not register",
         "/bearer/accounts",
@@ -486,21 +491,49 @@ async fn inspect(config: &Path, token: &str) -> (i32, String) {
     .unwrap()
 }
 
+/// Where the proxy learns the introspection endpoint.
+enum Endpoint {
+    Configured,
+    /// From the provider's metadata (OpenID Connect Discovery).
+    Discovered,
+}
+
 /// A proxy in front of a fresh recording upstream that introspects at the provider with the
 /// given client authentication.
-async fn proxy_for(asrv: &As, auth: FileIntrospection) -> Env {
+async fn proxy_for(asrv: &As, auth: FileIntrospection, how: Endpoint) -> Env {
     let up = Upstream::start(Behaviour::Ok).await;
     let mut o = Options::new(up.addr);
     o.policy = POLICY.to_string();
+    let ca = vec![certs().join("ca.pem").display().to_string()];
+    let (url, ca, discovery) = match how {
+        Endpoint::Configured => (
+            Some(format!(
+                "https://localhost:{}/token/introspection",
+                asrv.port
+            )),
+            ca,
+            None,
+        ),
+        // The endpoint and the trust come from the provider's own metadata document.
+        Endpoint::Discovered => (
+            None,
+            Vec::new(),
+            Some(FileDiscovery {
+                ca,
+                ..FileDiscovery::default()
+            }),
+        ),
+    };
     let introspection = FileIntrospection {
-        url: format!("https://localhost:{}/token/introspection", asrv.port),
-        ca: vec![certs().join("ca.pem").display().to_string()],
+        url,
+        ca,
         cache_ttl: Some(dur("60s")),
         ..auth
     };
     let issuer = FileIssuer {
         issuer: asrv.issuer.clone(),
         audience: AUD.into(),
+        discovery,
         introspection: Some(introspection),
         ..FileIssuer::default()
     };

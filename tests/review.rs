@@ -470,7 +470,7 @@ async fn r12_introspection_answers_without_our_audience_or_for_refresh_tokens_ar
     std::fs::write(secret.path().join("secret"), "s3cret\n").unwrap();
     let mut o = LabOptions::new(POLICY);
     o.issuer().introspection = Some(FileIntrospection {
-        url: format!("https://localhost:{}/introspect", addr.port()),
+        url: Some(format!("https://localhost:{}/introspect", addr.port())),
         ca: vec![certs().join("ca.pem").display().to_string()],
         client_id: Some("rs-client".into()),
         client_secret_file: Some(secret.path().join("secret").display().to_string()),
@@ -906,7 +906,7 @@ async fn r01_a_client_leaving_while_a_stage_waits_leaves_a_cancelled_record() {
     std::fs::write(secret.path().join("secret"), "s3cret\n").unwrap();
     let mut o = LabOptions::new(POLICY);
     o.issuer().introspection = Some(FileIntrospection {
-        url: format!("https://localhost:{}/introspect", addr.port()),
+        url: Some(format!("https://localhost:{}/introspect", addr.port())),
         ca: vec![certs().join("ca.pem").display().to_string()],
         client_id: Some("rs-client".into()),
         client_secret_file: Some(secret.path().join("secret").display().to_string()),

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -1112,6 +1113,170 @@ routes:
     }
 }
 
+/// Issuer discovery: the key set's URL comes from the issuer's metadata document, which is
+/// taken only when its `issuer` is exactly ours and its endpoints are https. A document for
+/// another issuer (or naming an http:// key set) leaves the issuer not ready: tokens are
+/// refused 503 and nothing is fetched from the URL it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_set_is_found_through_metadata_that_names_exactly_our_issuer() {
+    let key = SigningKey::generate(Alg::ES256, "k1").unwrap();
+    let jwks = Source::start(Reply::With(200, key.jwks().to_string())).await;
+    let jwks_url = format!("https://localhost:{}/jwks", jwks.addr.port());
+    let doc = |issuer: &str, jwks_uri: &str| {
+        Reply::With(
+            200,
+            json!({"issuer": issuer, "jwks_uri": jwks_uri, "token_endpoint": "https://as.example/token"})
+                .to_string(),
+        )
+    };
+    let metadata = Source::start(doc("https://evil.example", &jwks_url)).await;
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.policy = POLICY.to_string();
+    let issuer = FileIssuer {
+        issuer: ISS.into(),
+        audience: AUD.into(),
+        discovery: Some(FileDiscovery {
+            url: Some(format!(
+                "https://localhost:{}/.well-known/openid-configuration",
+                metadata.addr.port()
+            )),
+            ca: vec![certs().join("ca.pem").display().to_string()],
+            refresh_interval: Some(dur("1s")),
+            ..FileDiscovery::default()
+        }),
+        // No URL and no trust of its own: both from the metadata.
+        jwks: Some(FileJwks::default()),
+        ..FileIssuer::default()
+    };
+    o.config.issuers.insert("as".into(), issuer);
+    let e = TokenEnv {
+        env: Env::start(o, up, tempfile::tempdir().unwrap(), None).await,
+        key,
+    };
+    let now = portcullis_base::clock::SystemClock.now();
+    let token = |jti: &str| {
+        bearer(&e.key.access_token(&json!({
+            "iss": ISS, "aud": AUD, "exp": now + 300, "jti": jti,
+            "cnf": {"x5t#S256": thumb("tpp1")},
+        })))
+    };
+    let wait_ready = |want: u16| {
+        let p = &e.p;
+        async move {
+            for _ in 0..60 {
+                if p.admin_get("/readyz").await.0 == want {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
+        }
+    };
+
+    // Another issuer's document: not taken, never ready, tokens refused, the key set untouched.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(metadata.hits() >= 1, "the metadata was never asked for");
+    assert_eq!(e.p.admin_get("/readyz").await.0, 503);
+    e.refused(
+        "tpp1",
+        "/accounts",
+        &[token("a")],
+        503,
+        "token.keys_unavailable",
+    )
+    .await;
+    assert_eq!(
+        jwks.hits(),
+        0,
+        "a key set named by another issuer's metadata was fetched"
+    );
+    let (_, m) = e.p.admin_get("/metrics").await;
+    assert!(
+        m.contains("portcullis_discovery_ready{issuer=\"as\"} 0"),
+        "{m}"
+    );
+
+    // Our issuer, but an http:// key set: not taken either.
+    metadata.set(doc(ISS, &jwks_url.replace("https://", "http://")));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(e.p.admin_get("/readyz").await.0, 503);
+    assert_eq!(jwks.hits(), 0);
+
+    // Our issuer's document: ready, and the key set it names verifies tokens.
+    metadata.set(doc(ISS, &jwks_url));
+    assert!(wait_ready(200).await, "never ready with a good document");
+    assert!(jwks.hits() >= 1);
+    let (a, _) = e.send("tpp1", "GET", "/accounts", &[token("b")]).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let (_, m) = e.p.admin_get("/metrics").await;
+    assert!(
+        m.contains("portcullis_discovery_ready{issuer=\"as\"} 1"),
+        "{m}"
+    );
+}
+
+/// `trust: system` uses the system's root store (here `SSL_CERT_FILE`, which the root store
+/// honours) instead of a pinned bundle; with another CA there, the key set cannot be fetched.
+/// Run through `portcullis token inspect`, a process of its own, so the environment variable
+/// stays out of this test process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_trust_is_the_system_root_store() {
+    let key = SigningKey::generate(Alg::ES256, "k1").unwrap();
+    let jwks = Source::start(Reply::With(200, key.jwks().to_string())).await;
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = base_config(std::net::SocketAddr::from(([127, 0, 0, 1], 9)));
+    cfg.issuers.insert(
+        "as".into(),
+        FileIssuer {
+            issuer: ISS.into(),
+            audience: AUD.into(),
+            jwks: Some(FileJwks {
+                url: Some(format!("https://localhost:{}/jwks", jwks.addr.port())),
+                trust: Trust::System,
+                ..FileJwks::default()
+            }),
+            require_typ: Some(false),
+            ..FileIssuer::default()
+        },
+    );
+    std::fs::create_dir(d.path().join("policies")).unwrap();
+    std::fs::write(d.path().join("policies/t.yaml"), POLICY).unwrap();
+    let config = d.path().join("config.json");
+    std::fs::write(&config, serde_json::to_string(&cfg).unwrap()).unwrap();
+    let now = portcullis_base::clock::SystemClock.now();
+    let token = key.access_token(&json!({"iss": ISS, "aud": AUD, "exp": now + 300, "jti": "t"}));
+    let run = |roots: PathBuf| {
+        let (config, token) = (config.clone(), token.clone());
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+                .args(["token", "inspect", "--issuer", "as", "--config"])
+                .arg(&config)
+                .arg(&token)
+                .env("SSL_CERT_FILE", roots)
+                .env_remove("SSL_CERT_DIR")
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            )
+        })
+    };
+    let (code, out) = run(certs().join("ca.pem")).await.unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("result: accepted"), "{out}");
+    // A system store without our CA (another CA's certificate): the key set server is not
+    // trusted, so there are no keys and the token is refused.
+    let (code, out) = run(certs().join("rogue-ca.pem")).await.unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL kid"), "{out}");
+}
+
 #[test]
 fn dev_token_mints_what_token_inspect_accepts_and_inspect_names_the_failed_check() {
     let bin = env!("CARGO_BIN_EXE_portcullis");
@@ -1344,7 +1509,7 @@ async fn opaque_tokens_are_introspected_cached_and_refused_when_inactive_or_unkn
     let mut o = Options::new(up.addr);
     o.policy = POLICY.to_string();
     let introspection = FileIntrospection {
-        url: format!("https://localhost:{}/introspect", addr.port()),
+        url: Some(format!("https://localhost:{}/introspect", addr.port())),
         ca: vec![certs().join("ca.pem").display().to_string()],
         client_id: Some("rs-client".into()),
         client_secret_file: Some(secret.path().join("secret").display().to_string()),

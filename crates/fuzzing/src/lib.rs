@@ -315,6 +315,7 @@ fn issuers() -> &'static [portcullis_proxy::config::Issuer; 2] {
             name: "fuzz".into(),
             issuer: ISSUER.into(),
             audience: AUDIENCE.into(),
+            discovery: None,
             jwks: None,
             introspection: None,
             algorithms: vec![Alg::PS256, Alg::ES256, Alg::EdDSA],

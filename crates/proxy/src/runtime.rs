@@ -23,6 +23,7 @@ use crate::telemetry::{LabelValue, Metrics};
 use crate::upstream::UpstreamClient;
 use portcullis_audit::AuditLog;
 use portcullis_base::clock::{Clock, SystemClock};
+use portcullis_sources::discovery::Discovery;
 use portcullis_sources::keys::KeySource;
 use portcullis_state::replay::{MemoryReplayStore, ReplayStore};
 
@@ -31,6 +32,8 @@ pub struct Runtime {
     pub upstreams: HashMap<String, Arc<UpstreamClient>>,
     /// Key source per issuer name.
     pub keys: HashMap<String, Arc<KeySource>>,
+    /// Metadata per issuer that uses discovery.
+    pub discoveries: HashMap<String, Arc<Discovery>>,
     /// Introspection client per issuer that has one.
     pub introspectors: HashMap<String, Arc<portcullis_sources::introspect::Introspector>>,
     pub tokens: TokenCache,
@@ -63,11 +66,11 @@ impl Runtime {
 }
 
 impl Runtime {
-    /// Builds the runtime for `config`, reusing remote key sources from `remotes` (keyed by
-    /// issuer name and URL) so a reload does not drop fetched keys.
+    /// Builds the runtime for `config`, reusing remote sources from `remotes` so a reload does
+    /// not drop fetched keys and metadata.
     fn new(
         config: Config,
-        remotes: &DashMap<(String, String), Arc<KeySource>>,
+        remotes: &Remotes,
         background: &CancellationToken,
         redis: Option<&Arc<portcullis_state::redis::RedisState>>,
     ) -> Runtime {
@@ -81,6 +84,23 @@ impl Runtime {
                 )
             })
             .collect();
+        let discoveries: HashMap<String, Arc<Discovery>> = config
+            .auth
+            .issuers
+            .iter()
+            .filter_map(|(name, issuer)| Some((name, issuer.discovery.as_ref()?)))
+            .map(|(name, d)| {
+                let key = (name.clone(), format!("{} {}", d.uri, d.issuer));
+                let existing = remotes.discoveries.get(&key).map(|r| Arc::clone(r.value()));
+                let source = existing.unwrap_or_else(|| {
+                    let s = Arc::new(Discovery::new(d.clone()));
+                    s.spawn_refresh(background.child_token());
+                    remotes.discoveries.insert(key, Arc::clone(&s));
+                    s
+                });
+                (name.clone(), source)
+            })
+            .collect();
         let keys = config
             .auth
             .issuers
@@ -92,12 +112,19 @@ impl Runtime {
                         Arc::new(KeySource::fixed(name, Arc::clone(keys)))
                     }
                     JwksSource::Url(remote) => {
-                        let key = (name.clone(), remote.uri.to_string());
-                        let existing = remotes.get(&key).map(|r| Arc::clone(r.value()));
+                        let discovery = discoveries.get(name).cloned();
+                        let at = match (&remote.uri, &discovery) {
+                            (Some(u), _) => u.to_string(),
+                            (None, Some(d)) => format!("metadata {}", d.config.uri),
+                            (None, None) => String::new(),
+                        };
+                        let key = (name.clone(), at);
+                        let existing = remotes.keys.get(&key).map(|r| Arc::clone(r.value()));
                         existing.unwrap_or_else(|| {
-                            let s = Arc::new(KeySource::remote(name, remote.clone()));
+                            let s =
+                                Arc::new(KeySource::discovered(name, remote.clone(), discovery));
                             s.spawn_refresh(background.child_token());
-                            remotes.insert(key, Arc::clone(&s));
+                            remotes.keys.insert(key, Arc::clone(&s));
                             s
                         })
                     }
@@ -113,7 +140,10 @@ impl Runtime {
                 let c = i.introspection.clone()?;
                 Some((
                     name.clone(),
-                    Arc::new(portcullis_sources::introspect::Introspector::new(c)),
+                    Arc::new(portcullis_sources::introspect::Introspector::discovered(
+                        c,
+                        discoveries.get(name).cloned(),
+                    )),
                 ))
             })
             .collect();
@@ -148,6 +178,7 @@ impl Runtime {
             config: Arc::new(config),
             upstreams,
             keys,
+            discoveries,
             introspectors,
             tokens,
             consent,
@@ -219,6 +250,25 @@ impl Runtime {
                     (now - t).max(0).to_string()
                 }
             }),
+        );
+        let mut disc: Vec<(&String, &Arc<Discovery>)> = self.discoveries.iter().collect();
+        disc.sort_by_key(|(n, _)| n.as_str());
+        let per_discovery = |f: &dyn Fn(&Discovery) -> String| -> Vec<(String, String)> {
+            disc.iter()
+                .map(|(n, d)| (format!("{{issuer=\"{}\"}}", LabelValue(n)), f(d)))
+                .collect()
+        };
+        family(
+            "portcullis_discovery_ready",
+            "gauge",
+            "1 when the issuer's metadata document has been taken (its issuer matched).",
+            per_discovery(&|d| u8::from(d.is_ready()).to_string()),
+        );
+        family(
+            "portcullis_discovery_failures_total",
+            "counter",
+            "Metadata fetches not taken (unreachable, garbage, another issuer, an http:// endpoint).",
+            per_discovery(&|d| d.failures.load(Ordering::Relaxed).to_string()),
         );
         let mut intro: Vec<(&String, &Arc<portcullis_sources::introspect::Introspector>)> =
             self.introspectors.iter().collect();
@@ -301,10 +351,17 @@ pub struct Shared {
     /// OTLP span export (feature `otlp`; endpoint fixed at start-up).
     #[cfg(feature = "otlp")]
     pub otlp: Option<crate::otlp::Exporter>,
-    remotes: DashMap<(String, String), Arc<KeySource>>,
+    remotes: Remotes,
     /// Cancelled on drop: stops key refresh tasks.
     background: CancellationToken,
     conn_ids: AtomicU64,
+}
+
+/// Remote sources kept across reloads, keyed by issuer name and where they fetch from.
+#[derive(Default)]
+struct Remotes {
+    keys: DashMap<(String, String), Arc<KeySource>>,
+    discoveries: DashMap<(String, String), Arc<Discovery>>,
 }
 
 /// The stores `config.state` asks for: memory, or Redis (one connection for all of them).
@@ -373,7 +430,7 @@ impl Shared {
         config_path: Option<PathBuf>,
         clock: Arc<dyn Clock>,
     ) -> Shared {
-        let remotes = DashMap::new();
+        let remotes = Remotes::default();
         let background = CancellationToken::new();
         let (redis, replay, idempotency) = state_backend(&config, &clock, &background);
         let dpop = &config.auth.dpop;
@@ -412,13 +469,15 @@ impl Shared {
         self.conn_ids.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Ready to serve: a valid config is loaded, every issuer has a good key set, the audit
+    /// Ready to serve: a valid config is loaded, every issuer has a good key set (and, with
+    /// discovery, a metadata document for exactly that issuer), the audit
     /// log is healthy, and the shared state can answer for every fail-closed feature the
     /// routes use ([`Shared::state_ready`]).
     pub fn ready(&self) -> bool {
         let rt = self.runtime.load();
         !rt.config.policies.routes().is_empty()
             && rt.keys.values().all(|k| k.is_ready())
+            && rt.discoveries.values().all(|d| d.is_ready())
             && self.audit.healthy()
             && self.state_ready(&rt.config).is_ok()
     }

@@ -218,7 +218,7 @@ impl ClientKeys {
         let source = Arc::new(KeySource::remote(
             &format!("client:{client}"),
             Remote {
-                uri,
+                uri: Some(uri),
                 tls: Arc::clone(tls),
                 refresh,
                 min_refetch,

@@ -1,7 +1,7 @@
 //! RFC 7662 token introspection for opaque access tokens.
 //!
 //! The proxy POSTs `token=…&token_type_hint=access_token` to the issuer's introspection
-//! endpoint over pinned TLS, authenticating with HTTP Basic (client id and secret) or with its
+//! endpoint (configured, or named by the issuer's metadata) over pinned TLS, authenticating with HTTP Basic (client id and secret) or with its
 //! own client certificate (RFC 8705 §2, `tls_client_auth`: the certificate authenticates, and
 //! `client_id` goes in the form because the server needs it to find the client's registered
 //! certificate). `active: false` is an invalid token; an unreachable endpoint, a non-200 answer
@@ -22,12 +22,15 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use serde_json::{Map, Value};
 
+use crate::discovery::Discovery;
+
 const MAX_BODY: usize = 64 * 1024;
 
 /// How to reach and authenticate to one introspection endpoint.
 #[derive(Clone)]
 pub struct IntrospectionConfig {
-    pub uri: http::Uri,
+    /// The endpoint; `None`: the `introspection_endpoint` of the issuer's metadata.
+    pub uri: Option<http::Uri>,
     /// TLS trust (and the client certificate, for mTLS client authentication).
     pub tls: Arc<rustls::ClientConfig>,
     pub auth: ClientAuth,
@@ -55,6 +58,8 @@ pub enum IntrospectError {
 
 /// Why a call gave no decision, for the operator's log.
 enum Failure {
+    /// No endpoint: the issuer's metadata is not there or names no introspection endpoint.
+    NoMetadata,
     Request,
     Timeout,
     Connect,
@@ -67,6 +72,9 @@ enum Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Failure::NoMetadata => {
+                f.write_str("no introspection_endpoint in the issuer's metadata")
+            }
             Failure::Request => f.write_str("the request could not be built"),
             Failure::Timeout => f.write_str("no answer in time"),
             Failure::Connect => f.write_str("connection or TLS failure"),
@@ -93,6 +101,7 @@ fn oauth_error(body: &[u8]) -> Option<String> {
 
 pub struct Introspector {
     pub config: IntrospectionConfig,
+    discovery: Option<Arc<Discovery>>,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     pub calls: AtomicU64,
     pub failures: AtomicU64,
@@ -124,9 +133,19 @@ pub fn is_access_token_type(t: &str) -> bool {
 
 impl Introspector {
     pub fn new(config: IntrospectionConfig) -> Introspector {
+        Introspector::discovered(config, None)
+    }
+
+    /// An introspector whose endpoint, when the config names none, is the issuer's metadata's
+    /// `introspection_endpoint` (read on every call, so a moved endpoint is followed).
+    pub fn discovered(
+        config: IntrospectionConfig,
+        discovery: Option<Arc<Discovery>>,
+    ) -> Introspector {
         Introspector {
             client: crate::https::pinned_https_client(&config.tls, config.timeout),
             config,
+            discovery,
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             warned: AtomicI64::new(0),
@@ -156,7 +175,7 @@ impl Introspector {
             .map_or(0, |d| d.as_secs() as i64);
         if self.warned.swap(now, Ordering::Relaxed) != now {
             tracing::warn!(
-                endpoint = %self.config.uri,
+                endpoint = %self.config.uri.as_ref().map_or("(from metadata)".to_string(), |u| u.to_string()),
                 failure = %why,
                 "token introspection failed; tokens of this issuer are refused until it answers"
             );
@@ -165,7 +184,18 @@ impl Introspector {
 
     async fn call(&self, token: &str) -> Result<Option<Map<String, Value>>, Failure> {
         let mut body = format!("token={}&token_type_hint=access_token", form_encode(token));
-        let mut req = http::Request::post(self.config.uri.clone())
+        let uri = match (&self.config.uri, &self.discovery) {
+            (Some(u), _) => u.clone(),
+            (None, Some(d)) => d
+                .metadata()
+                .await
+                .ok_or(Failure::NoMetadata)?
+                .introspection_endpoint
+                .clone()
+                .ok_or(Failure::NoMetadata)?,
+            (None, None) => return Err(Failure::NoMetadata),
+        };
+        let mut req = http::Request::post(uri)
             .header(
                 http::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",

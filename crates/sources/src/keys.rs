@@ -22,6 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::discovery::Discovery;
 use portcullis_crypto::jose::jwk::VerifyingKey;
 use portcullis_crypto::jose::jws::KeySet;
 
@@ -30,7 +31,8 @@ const MAX_JWKS_BYTES: usize = 1024 * 1024;
 /// How a remote key set is fetched and refreshed.
 #[derive(Clone)]
 pub struct Remote {
-    pub uri: http::Uri,
+    /// The key set's URL; `None`: the `jwks_uri` of the issuer's metadata ([`Discovery`]).
+    pub uri: Option<http::Uri>,
     pub tls: Arc<rustls::ClientConfig>,
     pub refresh: Duration,
     pub min_refetch: Duration,
@@ -49,6 +51,7 @@ pub struct KeySource {
 
 struct RemoteState {
     cfg: Remote,
+    discovery: Option<Arc<Discovery>>,
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     /// Single flight: held for the duration of one fetch.
     fetching: tokio::sync::Mutex<Fetched>,
@@ -83,12 +86,23 @@ impl KeySource {
 
     /// A source fetched from `remote`; empty until the first good fetch.
     pub fn remote(issuer: &str, remote: Remote) -> KeySource {
+        KeySource::discovered(issuer, remote, None)
+    }
+
+    /// A source fetched from `remote`, or (without a URL there) from the `jwks_uri` of the
+    /// issuer's metadata, read afresh on every fetch so a moved key set is followed.
+    pub fn discovered(
+        issuer: &str,
+        remote: Remote,
+        discovery: Option<Arc<Discovery>>,
+    ) -> KeySource {
         let client = crate::https::pinned_https_client(&remote.tls, remote.timeout);
         KeySource {
             issuer: issuer.to_string(),
             current: ArcSwapOption::empty(),
             remote: Some(RemoteState {
                 cfg: remote,
+                discovery,
                 client,
                 fetching: tokio::sync::Mutex::new(Fetched::default()),
             }),
@@ -169,7 +183,18 @@ impl KeySource {
     }
 
     async fn fetch(&self, r: &RemoteState) -> Result<KeySet, &'static str> {
-        let req = http::Request::get(r.cfg.uri.clone())
+        let uri = match (&r.cfg.uri, &r.discovery) {
+            (Some(u), _) => u.clone(),
+            (None, Some(d)) => d
+                .metadata()
+                .await
+                .ok_or("no_metadata")?
+                .jwks_uri
+                .clone()
+                .ok_or("metadata_without_jwks_uri")?,
+            (None, None) => return Err("no_url"),
+        };
+        let req = http::Request::get(uri)
             .header(
                 http::header::ACCEPT,
                 "application/jwk-set+json, application/json",

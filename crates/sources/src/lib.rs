@@ -1,10 +1,11 @@
 //! Where keys and consent records come from: JWKS (a file or an HTTPS endpoint, refreshed),
-//! RFC 7662 token introspection, and consent records (a file or an HTTPS endpoint). The I/O of
+//! authorization server metadata (RFC 8414), RFC 7662 token introspection, and consent records (a file or an HTTPS endpoint). The I/O of
 //! the proxy's checks lives here; the checks themselves are pure (`portcullis-crypto`,
 //! `portcullis-policy`).
 
 pub mod clientkeys;
 pub mod consent;
+pub mod discovery;
 pub mod https;
 pub mod introspect;
 pub mod keys;

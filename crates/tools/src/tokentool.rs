@@ -14,6 +14,7 @@ use portcullis_crypto::jose::sign::SigningKey;
 use portcullis_crypto::jose::Alg;
 use portcullis_policy::RouteAuth;
 use portcullis_proxy::config::{Config, Issuer, JwksSource};
+use portcullis_sources::discovery::Discovery;
 use portcullis_sources::introspect::{is_access_token_type, Introspector};
 use portcullis_sources::keys::KeySource;
 
@@ -274,18 +275,24 @@ pub async fn run_token(cmd: TokenCommand) -> ExitCode {
     // The proxy's own routing: with a key set, a compact JWS is verified locally; anything else
     // goes to the introspection endpoint when there is one.
     let compact = token.matches('.').count() == 2;
+    let discovery = iss
+        .discovery
+        .clone()
+        .map(|d| std::sync::Arc::new(Discovery::new(d)));
     let keys = match (&iss.jwks, &iss.introspection) {
         (Some(JwksSource::File { keys, .. }), i) if compact || i.is_none() => {
             KeySource::fixed(&iss.name, keys.clone())
         }
         (Some(JwksSource::Url(remote)), i) if compact || i.is_none() => {
-            let s = KeySource::remote(&iss.name, remote.clone());
+            let s = KeySource::discovered(&iss.name, remote.clone(), discovery);
             s.refresh(std::time::Duration::ZERO).await;
             s
         }
         (_, Some(i)) => {
             println!("not a compact JWS: asking the issuer's introspection endpoint (RFC 7662)");
-            let answer = Introspector::new(i.clone()).introspect(&token).await;
+            let answer = Introspector::discovered(i.clone(), discovery)
+                .introspect(&token)
+                .await;
             match answer {
                 Ok(Some(m)) => {
                     r.check("active", true, "true");

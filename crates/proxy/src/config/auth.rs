@@ -9,10 +9,11 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::{Deserialize, Serialize};
 
-use super::{read_certs, resolve, Problems};
+use super::{read_certs, resolve, trust_roots, Problems};
 use portcullis_base::duration::ConfigDuration;
 use portcullis_crypto::jose::jws::KeySet;
 use portcullis_crypto::jose::Alg;
+use portcullis_sources::discovery::DiscoveryConfig;
 use portcullis_sources::introspect::ClientAuth;
 use portcullis_sources::keys::Remote;
 
@@ -23,6 +24,10 @@ pub struct FileIssuer {
     pub issuer: String,
     /// A value `aud` must contain.
     pub audience: String,
+    /// Read the key set's and the introspection endpoint's URLs from the issuer's metadata
+    /// (RFC 8414 / OpenID Connect Discovery).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<FileDiscovery>,
     /// Keys for JWT access tokens.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks: Option<FileJwks>,
@@ -49,6 +54,38 @@ pub struct FileIssuer {
     pub client_claim: Option<String>,
 }
 
+/// Whose certificates an outbound HTTPS call trusts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trust {
+    /// Only the listed `ca` bundles: trust is pinned (the default).
+    #[default]
+    Pinned,
+    /// The system's root store (`SSL_CERT_FILE` / `SSL_CERT_DIR`, else the distribution's
+    /// bundle), read once at start, and the listed `ca` bundles.
+    System,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDiscovery {
+    /// The metadata document (default: the issuer + `/.well-known/openid-configuration`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ca: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_pinned")]
+    pub trust: Trust,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_interval: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetch_timeout: Option<ConfigDuration>,
+}
+
+fn is_pinned(t: &Trust) -> bool {
+    *t == Trust::Pinned
+}
+
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileJwks {
@@ -58,6 +95,8 @@ pub struct FileJwks {
     pub url: Option<String>,
     #[serde(default)]
     pub ca: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_pinned")]
+    pub trust: Trust,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_interval: Option<ConfigDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,9 +108,13 @@ pub struct FileJwks {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileIntrospection {
-    pub url: String,
+    /// The endpoint; without it, the issuer's metadata names it (needs `discovery`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     #[serde(default)]
     pub ca: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_pinned")]
+    pub trust: Trust,
     /// The proxy's client id at the authorization server: with `client_secret_file`, HTTP Basic
     /// client authentication; with a client certificate alone, `tls_client_auth` (RFC 8705 §2).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -251,6 +294,7 @@ pub struct Issuer {
     pub name: String,
     pub issuer: String,
     pub audience: String,
+    pub discovery: Option<DiscoveryConfig>,
     pub jwks: Option<JwksSource>,
     pub introspection: Option<portcullis_sources::introspect::IntrospectionConfig>,
     pub algorithms: Vec<Alg>,
@@ -328,10 +372,14 @@ fn validate_issuer(
         p.push(field("audience"), "must not be empty");
     }
     let algorithms = algorithms(p, &field("algorithms"), &f.algorithms);
+    let discovery = f
+        .discovery
+        .as_ref()
+        .and_then(|d| validate_discovery(p, base, name, &f.issuer, d, watched));
     let introspection = f
         .introspection
         .as_ref()
-        .and_then(|i| validate_introspection(p, base, name, i, watched));
+        .and_then(|i| validate_introspection(p, base, name, i, discovery.as_ref(), watched));
     if f.jwks.is_none() && f.introspection.is_none() {
         p.push(
             field("jwks"),
@@ -340,7 +388,7 @@ fn validate_issuer(
     }
     let jwks = match f.jwks.as_ref() {
         None => None,
-        Some(j) => validate_jwks(p, base, name, j, watched),
+        Some(j) => validate_jwks(p, base, name, j, discovery.as_ref(), watched),
     };
     let scope_claim = mapped_claim(p, &field("scope_claim"), &f.scope_claim, "scope");
     let client_claim = mapped_claim(p, &field("client_claim"), &f.client_claim, "client_id");
@@ -351,6 +399,7 @@ fn validate_issuer(
         name: name.to_string(),
         issuer: f.issuer.clone(),
         audience: f.audience.clone(),
+        discovery,
         jwks,
         introspection,
         algorithms,
@@ -393,31 +442,37 @@ fn validate_introspection(
     base: &Path,
     name: &str,
     f: &FileIntrospection,
+    discovery: Option<&DiscoveryConfig>,
     watched: &mut Vec<PathBuf>,
 ) -> Option<portcullis_sources::introspect::IntrospectionConfig> {
     let field = |s: &str| format!("issuers.{name}.introspection.{s}");
-    let uri: http::Uri = match f.url.parse::<http::Uri>() {
-        Ok(u) if matches!(u.scheme_str(), Some("https")) => u,
-        _ => {
-            p.push(field("url"), format!("`{}` is not an https:// URL", f.url));
+    let uri = match &f.url {
+        Some(url) => match https_url(url) {
+            Some(u) => Some(u),
+            None => {
+                p.push(field("url"), format!("`{url}` is not an https:// URL"));
+                return None;
+            }
+        },
+        None if discovery.is_some() => None,
+        None => {
+            p.push(
+                field("url"),
+                "required (or set the issuer's discovery to read it from the metadata)",
+            );
             return None;
         }
     };
-    let mut roots = rustls::RootCertStore::empty();
-    for (i, ca) in f.ca.iter().enumerate() {
-        let path = resolve(base, ca);
-        watched.push(path.clone());
-        for c in read_certs(p, &field(&format!("ca[{i}]")), &path) {
-            let _ = roots.add(c);
-        }
-    }
-    if roots.is_empty() {
-        p.push(
-            field("ca"),
-            "the introspection endpoint needs its CA bundle (trust is pinned)",
-        );
-        return None;
-    }
+    let roots = trust_roots(
+        p,
+        base,
+        &field(""),
+        &f.ca,
+        f.trust,
+        inherited(uri.is_none(), discovery),
+        "the introspection endpoint",
+        watched,
+    )?;
     let identity = match (&f.client_certificate, &f.client_private_key) {
         (Some(c), Some(k)) => {
             let (cp, kp) = (resolve(base, c), resolve(base, k));
@@ -499,6 +554,7 @@ fn validate_jwks(
     base: &Path,
     name: &str,
     jwks: &FileJwks,
+    discovery: Option<&DiscoveryConfig>,
     watched: &mut Vec<PathBuf>,
 ) -> Option<JwksSource> {
     let field = |s: &str| format!("issuers.{name}.{s}");
@@ -531,58 +587,116 @@ fn validate_jwks(
                 }
             }
         }
-        (None, Some(url)) => {
-            let uri: Option<http::Uri> = url.parse().ok();
-            match uri {
-                Some(u)
-                    if u.scheme() == Some(&http::uri::Scheme::HTTPS) && u.authority().is_some() =>
-                {
-                    let mut roots = rustls::RootCertStore::empty();
-                    for (i, ca) in jwks.ca.iter().enumerate() {
-                        let path = resolve(base, ca);
-                        watched.push(path.clone());
-                        for c in read_certs(p, &field(&format!("jwks.ca[{i}]")), &path) {
-                            let _ = roots.add(c);
-                        }
+        (None, url) => {
+            let uri = match url {
+                Some(url) => match https_url(url) {
+                    Some(u) => Some(u),
+                    None => {
+                        p.push(field("jwks.url"), format!("`{url}` is not an https:// URL"));
+                        return None;
                     }
-                    if roots.is_empty() {
-                        p.push(
-                            field("jwks.ca"),
-                            "a JWKS URL needs its CA bundle (trust is pinned)",
-                        );
-                        None
-                    } else {
-                        crate::tls::upstream_client_config(roots, None)
-                            .map_err(|e| p.push(field("jwks"), e))
-                            .ok()
-                            .map(|tls| {
-                                JwksSource::Url(Remote {
-                                    uri: u,
-                                    tls,
-                                    refresh: jwks
-                                        .refresh_interval
-                                        .map_or(Duration::from_secs(300), |d| d.0),
-                                    min_refetch: jwks
-                                        .min_refetch_interval
-                                        .map_or(Duration::from_secs(30), |d| d.0),
-                                    timeout: jwks
-                                        .fetch_timeout
-                                        .map_or(Duration::from_secs(5), |d| d.0),
-                                })
-                            })
-                    }
+                },
+                None if discovery.is_some() => None,
+                None => {
+                    p.push(
+                        field("jwks"),
+                        "set exactly one of file or url (or set the issuer's discovery to read the url from the metadata)",
+                    );
+                    return None;
                 }
-                _ => {
-                    p.push(field("jwks.url"), format!("`{url}` is not an https:// URL"));
-                    None
-                }
-            }
+            };
+            let roots = trust_roots(
+                p,
+                base,
+                &field("jwks."),
+                &jwks.ca,
+                jwks.trust,
+                inherited(uri.is_none(), discovery),
+                "a JWKS URL",
+                watched,
+            )?;
+            crate::tls::upstream_client_config(roots, None)
+                .map_err(|e| p.push(field("jwks"), e))
+                .ok()
+                .map(|tls| {
+                    JwksSource::Url(Remote {
+                        uri,
+                        tls,
+                        refresh: jwks
+                            .refresh_interval
+                            .map_or(Duration::from_secs(300), |d| d.0),
+                        min_refetch: jwks
+                            .min_refetch_interval
+                            .map_or(Duration::from_secs(30), |d| d.0),
+                        timeout: jwks.fetch_timeout.map_or(Duration::from_secs(5), |d| d.0),
+                    })
+                })
         }
-        _ => {
+        (Some(_), Some(_)) => {
             p.push(field("jwks"), "set exactly one of file or url");
             None
         }
     }
+}
+
+/// An `https://` URL with a host.
+fn https_url(s: &str) -> Option<http::Uri> {
+    s.parse::<http::Uri>()
+        .ok()
+        .filter(|u| u.scheme() == Some(&http::uri::Scheme::HTTPS) && u.host().is_some())
+}
+
+/// The roots of an endpoint the metadata names, when its own section lists no trust: the
+/// metadata document's (the same authorization server).
+fn inherited(
+    from_metadata: bool,
+    discovery: Option<&DiscoveryConfig>,
+) -> Option<&rustls::RootCertStore> {
+    discovery.filter(|_| from_metadata).map(|d| &d.roots)
+}
+
+fn validate_discovery(
+    p: &mut Problems<'_>,
+    base: &Path,
+    name: &str,
+    issuer: &str,
+    f: &FileDiscovery,
+    watched: &mut Vec<PathBuf>,
+) -> Option<DiscoveryConfig> {
+    let field = |s: &str| format!("issuers.{name}.discovery.{s}");
+    let url = f.url.clone().unwrap_or_else(|| {
+        format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        )
+    });
+    let Some(uri) = https_url(&url) else {
+        p.push(field("url"), format!("`{url}` is not an https:// URL"));
+        return None;
+    };
+    let roots = trust_roots(
+        p,
+        base,
+        &field(""),
+        &f.ca,
+        f.trust,
+        None,
+        "the metadata document",
+        watched,
+    )?;
+    let tls = crate::tls::upstream_client_config(roots.clone(), None)
+        .map_err(|e| p.push(field("ca"), e))
+        .ok()?;
+    Some(DiscoveryConfig {
+        uri,
+        issuer: issuer.to_string(),
+        roots,
+        tls,
+        refresh: f
+            .refresh_interval
+            .map_or(Duration::from_secs(3600), |d| d.0),
+        timeout: f.fetch_timeout.map_or(Duration::from_secs(5), |d| d.0),
+    })
 }
 
 pub(crate) fn validate(

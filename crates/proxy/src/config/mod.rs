@@ -23,7 +23,7 @@ use std::time::Duration;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
-pub use auth::{Auth, DpopSettings, Issuer, JwksSource};
+pub use auth::{Auth, DpopSettings, Issuer, JwksSource, Trust};
 use file::FileConfig;
 pub use portcullis_base::duration::ConfigDuration;
 pub use signatures::{HttpSigSettings, JwsSettings, ResponseSigning, Signatures};
@@ -551,6 +551,65 @@ fn validate_limits(p: &mut Problems<'_>, f: &file::FileLimits) -> Limits {
         nonzero(p, "max_connection_age", age);
     }
     l
+}
+
+/// The roots an outbound HTTPS call trusts: the `ca` bundles listed under `prefix`, the
+/// system's root store when `trust` says so, else `fallback` (the metadata document's roots,
+/// for an endpoint the metadata names). Nothing to trust is a config error: trust is pinned
+/// unless the system store is asked for by name.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn trust_roots(
+    p: &mut Problems<'_>,
+    base: &Path,
+    prefix: &str,
+    ca: &[String],
+    trust: auth::Trust,
+    fallback: Option<&rustls::RootCertStore>,
+    what: &str,
+    watched: &mut Vec<PathBuf>,
+) -> Option<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, c) in ca.iter().enumerate() {
+        let path = resolve(base, c);
+        watched.push(path.clone());
+        for cert in read_certs(p, &format!("{prefix}ca[{i}]"), &path) {
+            let _ = roots.add(cert);
+        }
+    }
+    if trust == auth::Trust::System {
+        let system = system_roots();
+        if system.is_empty() {
+            p.push(
+                format!("{prefix}trust"),
+                "the system root store is empty or unreadable (SSL_CERT_FILE, SSL_CERT_DIR or the distribution's ca-certificates)",
+            );
+            return None;
+        }
+        roots.add_parsable_certificates(system.iter().cloned());
+    }
+    if roots.is_empty() {
+        if let Some(f) = fallback.filter(|_| ca.is_empty()) {
+            return Some(f.clone());
+        }
+        p.push(
+            format!("{prefix}ca"),
+            format!("{what} needs its CA bundle (trust is pinned), or trust: system"),
+        );
+        return None;
+    }
+    Some(roots)
+}
+
+/// The system's root certificates, read once per process.
+fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::warn!(error = %e, "part of the system root store could not be read");
+        }
+        found.certs
+    })
 }
 
 pub(crate) fn read_certs(
