@@ -44,11 +44,12 @@ need_packages() {
 }
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
-  echo "test.sh: not a Debian system: install gcc, redis-server, a JDK with Tomcat 10 and Jackson jars, Node with npm and Python's venv with your package manager, then run cargo test --locked --all-features" >&2
+  echo "test.sh: not a Debian system: install gcc, redis-server, the openssl CLI, a JDK with Tomcat 10 and Jackson jars, Node with npm and Python's venv with your package manager, then run cargo test --locked --all-features" >&2
   exit 1
 fi
-# gcc and libc6-dev: aws-lc-sys compiles C; redis-server: tests/redis.rs.
-need_packages gcc libc6-dev redis-server
+# gcc and libc6-dev: aws-lc-sys compiles C; redis-server: tests/redis.rs; openssl: the
+# handshakes rustls cannot offer (TLS 1.0/1.1, CBC suites) in tests/attacks_auth.rs.
+need_packages gcc libc6-dev redis-server openssl
 # tests/differential.rs runs real frameworks behind the proxy (Tomcat's libraries, Jackson and a
 # JDK; Node for Express; Python's venv for Flask) and tests/oidc_provider.rs a real authorization
 # server (Node). These are looked for by what the tests run, not by package name: a Node or JDK

@@ -64,7 +64,7 @@ fn raw(c: &mut Criterion) {
     let msg = body();
     for (name, k) in [("raw_verify/PS256", &ps), ("raw_verify/ES256", &es)] {
         let sig = k.sign(&msg);
-        let vk = set.get(&k.kid).unwrap();
+        let vk = set.select(&k.kid, Some(k.alg)).unwrap();
         c.bench_function(name, |b| {
             b.iter(|| assert!(vk.verify(black_box(&msg), &sig)))
         });
@@ -94,7 +94,7 @@ fn obie(c: &mut Criterion) {
             b.iter(|| {
                 let d = detached::parse(black_box(&value)).unwrap();
                 let checked = detached::check_header(&d, &e).unwrap();
-                let key = set.get(checked.kid).unwrap();
+                let key = set.select(checked.kid, Some(checked.alg)).unwrap();
                 detached::verify(&d, &checked, black_box(&body), key).unwrap();
             })
         });
@@ -150,7 +150,7 @@ fn rfc9421(c: &mut Criterion) {
             b.iter(|| {
                 let sel = select(black_box(&h), &policy).unwrap();
                 assert!(digest::check(&h, black_box(&body)).unwrap());
-                let key = set.get(&sel.keyid).unwrap();
+                let key = set.select(&sel.keyid, None).unwrap();
                 verify_with(
                     &sel,
                     Message::Request(&view(&h)),

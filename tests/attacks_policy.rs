@@ -10,6 +10,8 @@ mod support {
 }
 
 use common::{dur, FileConsentSource, FileQuota, FileRateLimits};
+use portcullis_crypto::jose::sign::SigningKey;
+use portcullis_crypto::jose::Alg;
 use serde_json::{json, Value};
 use support::attack::*;
 
@@ -146,7 +148,37 @@ fn rule(want: &'static str) -> impl Fn(&Outcome) -> Result<(), String> {
     }
 }
 
-/// Group F, the BOLA rows (paths are in attacks_http.rs), and consent states.
+/// The exact `WWW-Authenticate` of the answer (`None`: no challenge at all).
+fn challenge(want: Option<&'static str>) -> impl Fn(&Outcome) -> Result<(), String> {
+    move |o| {
+        let got: Vec<&str> = o
+            .headers
+            .get_all("www-authenticate")
+            .iter()
+            .map(|v| v.to_str().unwrap_or("(not text)"))
+            .collect();
+        match (got.as_slice(), want) {
+            ([], None) => Ok(()),
+            ([g], Some(w)) if *g == w => Ok(()),
+            _ => Err(format!("WWW-Authenticate {got:?}, want {want:?}")),
+        }
+    }
+}
+
+/// Both checks.
+fn and(
+    a: impl Fn(&Outcome) -> Result<(), String>,
+    b: impl Fn(&Outcome) -> Result<(), String>,
+) -> impl Fn(&Outcome) -> Result<(), String> {
+    move |o| a(o).and_then(|()| b(o))
+}
+
+/// RFC 6750 §3.1: a 403 authorization denial of a Bearer caller.
+const INSUFFICIENT: Option<&str> = Some("Bearer error=\"insufficient_scope\"");
+
+/// Group F, the BOLA rows (paths are in attacks_http.rs), and consent states. Every 403 carries
+/// RFC 6750 §3.1 `insufficient_scope` in the caller's scheme; the 400s and the hidden 404 carry
+/// no challenge.
 fn group_f(lab: &Lab) -> Vec<Case> {
     let t = token(lab, json!({}));
     let get = |path: &str| Req::get(path).bearer(&t);
@@ -157,13 +189,26 @@ fn group_f(lab: &Lab) -> Vec<Case> {
             .header("content-type", "application/json")
     };
     let with = |extra: Value| Req::get("/accounts/acc-1/balances").bearer(&token(lab, extra));
+    // The same grant as `token`, bound to a DPoP key and sent with a proof for the request.
+    let client = SigningKey::generate(Alg::ES256, "dpop-client").unwrap();
+    let dpop = |r: Req, extra: Value, jti: &str| {
+        let mut c = json!({"scope": "accounts payments", "openbanking_intent_id": "aac-1", "accounts": ["acc-1"], "jti": jti});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        let t = lab.dpop_token(&client, c);
+        let p = proof(&client, &r.method, &r.path, &t, jti);
+        r.header("authorization", format!("DPoP {t}"))
+            .header("dpop", p)
+    };
     vec![
         case(
             "F16",
             "a repeated identifier parameter",
             get("/transactions?accountId=acc-1&accountId=victim"),
             refused(400, "authz.ambiguous"),
-        ),
+        )
+        .check(challenge(None)),
         case(
             "F16",
             "one identifier parameter passes",
@@ -175,7 +220,8 @@ fn group_f(lab: &Lab) -> Vec<Case> {
             "path and body ids disagree",
             put("/accounts/acc-1", r#"{"Data":{"AccountId":"victim"}}"#),
             refused(400, "authz.mismatch"),
-        ),
+        )
+        .check(challenge(None)),
         case(
             "F17",
             "path and body ids agree",
@@ -190,20 +236,22 @@ fn group_f(lab: &Lab) -> Vec<Case> {
                 r#"{"Data":{"AccountId":"acc-1","AccountId":"victim"}}"#,
             ),
             refused(400, "authz.ambiguous"),
-        ),
+        )
+        .check(challenge(None)),
         case(
             "F19",
             "another PSU's account",
             get("/accounts/acc-victim/balances"),
             refused(403, "authz.object"),
         )
-        .check(rule("account-in-consent")),
+        .check(and(rule("account-in-consent"), challenge(INSUFFICIENT))),
         case(
             "F19",
             "a hidden object answers exactly like an unknown path",
             get("/hidden/acc-victim"),
             refused(404, "route.not_found"),
         )
+        .check(challenge(None))
         .recorded_as("authz.object_hidden")
         .check(rule("hide")),
         case(
@@ -219,16 +267,50 @@ fn group_f(lab: &Lab) -> Vec<Case> {
                 .bearer(&token(lab, json!({"scope": "accounts"}))),
             refused(403, "authz.scope"),
         )
-        .check(|o| {
-            match o
-                .headers
-                .get("www-authenticate")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(v) if v.contains("insufficient_scope") => Ok(()),
-                v => Err(format!("WWW-Authenticate {v:?}")),
-            }
-        }),
+        .check(challenge(Some(
+            "Bearer error=\"insufficient_scope\", scope=\"payments\"",
+        ))),
+        // RFC 9449 §7.1: a DPoP caller is challenged in the DPoP scheme, with `algs`.
+        case(
+            "Fx10",
+            "a DPoP caller's token lacks the scope",
+            dpop(
+                Req::post("/payments", br#"{"Data":{"DebtorAccount":"acc-1"}}"#),
+                json!({"scope": "accounts"}),
+                "fx10",
+            ),
+            refused(403, "authz.scope"),
+        )
+        .check(challenge(Some(
+            "DPoP error=\"insufficient_scope\", scope=\"payments\", algs=\"PS256 ES256 EdDSA\"",
+        ))),
+        case(
+            "Fx10",
+            "a DPoP caller's consent is revoked",
+            dpop(
+                Req::get("/accounts/acc-1/balances"),
+                json!({"openbanking_intent_id": "aac-revoked"}),
+                "fx10-consent",
+            ),
+            refused(403, "authz.consent_status"),
+        )
+        .check(challenge(Some(
+            "DPoP error=\"insufficient_scope\", algs=\"PS256 ES256 EdDSA\"",
+        ))),
+        case(
+            "Fx10",
+            "a DPoP caller's hidden object answers like an unknown path",
+            dpop(Req::get("/hidden/acc-victim"), json!({}), "fx10-hidden"),
+            refused(404, "route.not_found"),
+        )
+        .recorded_as("authz.object_hidden")
+        .check(and(rule("hide"), challenge(None))),
+        case(
+            "Fx10",
+            "a DPoP caller with the scope and consent passes",
+            dpop(Req::get("/accounts/acc-1/balances"), json!({}), "fx10-ok"),
+            Expect::Allowed,
+        ),
         case(
             "F25",
             "a form body where the rule reads JSON",
@@ -239,7 +321,8 @@ fn group_f(lab: &Lab) -> Vec<Case> {
                     .header("content-type", "application/x-www-form-urlencoded")
             },
             refused(400, "authz.body_not_json"),
-        ),
+        )
+        .check(challenge(None)),
         case(
             "F25",
             "JSON with a charset trick in the body",
@@ -255,31 +338,36 @@ fn group_f(lab: &Lab) -> Vec<Case> {
             "a token naming no consent",
             with(json!({"openbanking_intent_id": null})),
             refused(403, "authz.consent_missing"),
-        ),
+        )
+        .check(challenge(INSUFFICIENT)),
         case(
             "Fx02",
             "an unknown consent",
             with(json!({"openbanking_intent_id": "aac-missing"})),
             refused(403, "authz.consent_not_found"),
-        ),
+        )
+        .check(challenge(INSUFFICIENT)),
         case(
             "Fx03",
             "a revoked consent",
             with(json!({"openbanking_intent_id": "aac-revoked"})),
             refused(403, "authz.consent_status"),
-        ),
+        )
+        .check(challenge(INSUFFICIENT)),
         case(
             "Fx04",
             "an expired consent",
             with(json!({"openbanking_intent_id": "aac-expired"})),
             refused(403, "authz.consent_expired"),
-        ),
+        )
+        .check(challenge(INSUFFICIENT)),
         case(
             "Fx05",
             "a consent without the permission",
             with(json!({"openbanking_intent_id": "aac-noperm"})),
             refused(403, "authz.consent_permission"),
-        ),
+        )
+        .check(challenge(INSUFFICIENT)),
         case(
             "Fx06",
             "the object header sent twice",
@@ -287,19 +375,22 @@ fn group_f(lab: &Lab) -> Vec<Case> {
                 .header("x-account-id", "acc-1")
                 .header("x-account-id", "victim"),
             refused(400, "authz.ambiguous"),
-        ),
+        )
+        .check(challenge(None)),
         case(
             "Fx07",
             "the object header missing",
             get("/statements"),
             refused(403, "authz.object_missing"),
-        ),
+        )
+        .check(challenge(INSUFFICIENT)),
         case(
             "Fx08",
             "a case-variant object id",
             get("/accounts/ACC-1/balances"),
             refused(403, "authz.object"),
-        ),
+        )
+        .check(challenge(INSUFFICIENT)),
         case(
             "Fx09",
             "a fullwidth look-alike object id (encoded)",

@@ -271,6 +271,77 @@ fn mapped_claims_are_plain_names_and_not_registered_claims() {
     Config::load(&p).unwrap();
 }
 
+/// FAPI 1 Part 2 §8.5 (every interaction over TLS): keys, issuer metadata, consent records,
+/// introspection answers and client keys are fetched only over https. A plain `http://` URL for any of them is refused at load,
+/// naming the file, the field and the reason (and so is a look-alike scheme).
+#[test]
+fn http_urls_for_keys_consent_introspection_and_client_keys_are_refused_at_load() {
+    portcullis_proxy::install_crypto_provider();
+    let d = staged();
+    let cfg = d.path().join("config");
+    let good = std::fs::read_to_string(cfg.join("edge.yaml")).unwrap();
+    let jwks = "url: https://as.bank.example/.well-known/jwks.json";
+    let consent = "url: https://consents.bank.internal/consents/{id}";
+    let audience = "    audience: https://api.bank.example\n";
+    assert!(good.contains(jwks) && good.contains(consent) && good.contains(audience));
+    let introspection = |url: &str| {
+        good.replace(
+            audience,
+            &format!(
+                "{audience}    introspection:\n      url: {url}\n      ca: [../certs/ca.pem]\n      client_id: rs\n      client_certificate: ../certs/tpp1.pem\n      client_private_key: ../certs/tpp1.key\n"
+            ),
+        )
+    };
+    let client_keys = |url: &str| {
+        format!("{good}\nsignatures:\n  client_keys:\n    url: {url}\n    ca: [../certs/ca.pem]\n")
+    };
+    // The https forms load: each refusal below is the scheme's alone.
+    for ok in [
+        introspection("https://as.bank.example/introspect"),
+        client_keys("https://keystore.bank.example/{client}/jwks.json"),
+    ] {
+        let p = cfg.join("ok.yaml");
+        std::fs::write(&p, &ok).unwrap();
+        if let Err(e) = Config::load(&p) {
+            panic!("the https form must load: {e}");
+        }
+    }
+    let cases = [
+        (
+            good.replace(jwks, "url: http://as.bank.example/.well-known/jwks.json"),
+            "issuers.as.jwks.url: `http://as.bank.example/.well-known/jwks.json` is not an https:// URL",
+        ),
+        (
+            good.replace(consent, "url: http://consents.bank.internal/consents/{id}"),
+            "consent.url: `http://consents.bank.internal/consents/{id}` must be an https:// URL",
+        ),
+        (
+            introspection("http://as.bank.example/introspect"),
+            "issuers.as.introspection.url: `http://as.bank.example/introspect` is not an https:// URL",
+        ),
+        (
+            client_keys("http://keystore.bank.example/{client}/jwks.json"),
+            "signatures.client_keys.url: `http://keystore.bank.example/{client}/jwks.json` must be an https:// URL",
+        ),
+        (
+            good.replace(
+                audience,
+                &format!("{audience}    discovery: {{url: http://as.bank.example/.well-known/openid-configuration, ca: [../certs/ca.pem]}}\n"),
+            ),
+            "issuers.as.discovery.url: `http://as.bank.example/.well-known/openid-configuration` is not an https:// URL",
+        ),
+        (
+            good.replace(jwks, "url: httpss://as.bank.example/jwks.json"),
+            "issuers.as.jwks.url: `httpss://as.bank.example/jwks.json` is not an https:// URL",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let msg = load_err(&cfg, &yaml);
+        assert!(msg.contains("bad.yaml"), "file named: {msg}");
+        assert!(msg.contains(want), "want `{want}` in: {msg}");
+    }
+}
+
 #[test]
 fn check_prints_a_summary_or_every_error_with_a_nonzero_exit() {
     let d = staged();

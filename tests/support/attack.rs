@@ -84,6 +84,9 @@ pub(crate) enum Wire {
     Raw(Option<&'static str>, String),
     /// Only a TLS handshake (and one request, if it completes) as this identity.
     Handshake(Option<&'static str>),
+    /// A TLS handshake by `openssl s_client` as tpp1 with these extra arguments: what rustls
+    /// clients cannot offer (TLS 1.0 and 1.1, CBC or non-ECDHE suites). It must fail.
+    OpenSsl(Vec<&'static str>),
     /// Raw HTTP/2 frames as tpp1 after the preface and SETTINGS (see `h2raw`), built for the
     /// interaction id; the answer on stream 1 is read from its DATA (problem+json carries the
     /// status), since the server's HPACK is not decoded.
@@ -233,6 +236,71 @@ pub(crate) fn h2(
         recorded_as: None,
         check: None,
     }
+}
+
+pub(crate) fn openssl(
+    id: &'static str,
+    what: impl Into<String>,
+    args: &[&'static str],
+    expect: Expect,
+) -> Case {
+    Case {
+        id,
+        what: what.into(),
+        wire: Wire::OpenSsl(args.to_vec()),
+        expect,
+        before: Vec::new(),
+        background: None,
+        advance: 0,
+        recorded_as: None,
+        check: None,
+    }
+}
+
+/// What `openssl s_client` printed, and whether its handshake completed.
+#[derive(Debug)]
+pub(crate) struct SClient {
+    pub completed: bool,
+    pub output: String,
+}
+
+/// Runs `openssl s_client` against `addr` as tpp1 (its certificate and key, the dev CA, SNI
+/// `localhost`) with `args` and no input. `Err` only when openssl cannot be run: a missing
+/// `openssl` fails the case, it never skips it.
+pub(crate) async fn s_client(addr: std::net::SocketAddr, args: &[&str]) -> Result<SClient, String> {
+    let dir = certs();
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .args(["-servername", "localhost"])
+        .arg("-cert")
+        .arg(dir.join("tpp1.pem"))
+        .arg("-key")
+        .arg(dir.join("tpp1.key"))
+        .arg("-CAfile")
+        .arg(dir.join("ca.pem"))
+        .args(args)
+        .stdin(std::process::Stdio::null());
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| {
+            format!("cannot run `openssl s_client` ({e}): these handshakes need the openssl CLI")
+        })?;
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A completed handshake prints the negotiated suite ("Cipher is X", not "(NONE)").
+    let negotiated = output
+        .lines()
+        .any(|l| l.contains("Cipher is ") && !l.contains("Cipher is (NONE)"));
+    Ok(SClient {
+        completed: out.status.success() && negotiated,
+        output,
+    })
 }
 
 pub(crate) fn handshake(
@@ -744,6 +812,12 @@ async fn run_case(lab: &Lab, c: &Case) -> Result<(), String> {
             };
             if !refused {
                 return Err("the handshake succeeded".into());
+            }
+        }
+        Wire::OpenSsl(args) => {
+            let h = s_client(lab.p.addr, args).await?;
+            if h.completed {
+                return Err(format!("the handshake succeeded: {}", h.output));
             }
         }
         Wire::H2(frames) => {

@@ -24,6 +24,14 @@ impl<T> Variants for Vec<T> {
     }
 }
 
+impl<T: Variants> Variants for Option<T> {
+    fn variants() -> Vec<Self> {
+        let mut all = vec![None];
+        all.extend(T::variants().into_iter().map(Some));
+        all
+    }
+}
+
 impl Variants for bool {
     fn variants() -> Vec<Self> {
         vec![false, true]
@@ -114,6 +122,14 @@ mod tests {
             Pair(Inner, bool),
             Named { text: String },
         }
+    }
+
+    #[test]
+    fn an_optional_field_lists_none_and_every_value() {
+        assert_eq!(
+            Option::<Inner>::variants(),
+            vec![None, Some(Inner::A), Some(Inner::B)]
+        );
     }
 
     #[test]

@@ -246,6 +246,7 @@ pub(crate) async fn run(
     .await
     .map_err(Rejection::Signature)?;
     trail.signature = signature.verified().cloned();
+    let scheme = token.as_ref().map(binding::BoundToken::scheme);
     let mut permit = authz::authorize(
         &route,
         parts,
@@ -256,11 +257,11 @@ pub(crate) async fn run(
         cx.clock.now(),
     )
     .await
-    .map_err(Rejection::Authz)?;
+    .map_err(|d| Rejection::Authz(d, scheme))?;
     trail.consent_id = permit.consent_id().map(portcullis_base::text::bounded);
     trail.scopes_required = permit.take_scopes_used();
     if let Some(d) = permit.shadow_denial() {
-        trail.shadow = Some((Rejection::Authz(d.clone()), d.rule.clone()));
+        trail.shadow = Some((Rejection::Authz(d.clone(), scheme), d.rule.clone()));
     }
     let (idempotency, label) = idempotency::reserve(
         &route.route,

@@ -568,12 +568,16 @@ async fn check_response(
 ) -> Result<ProxyBody, Rejection> {
     use portcullis_policy::rules::{AuthzError, Denial};
     let leak = |rule: &str| {
-        Rejection::Authz(Denial {
-            error: AuthzError::ResponseLeak,
-            rule: rule.to_string(),
-            hidden: false,
-            shadow: false,
-        })
+        // A withheld response (502) is no refusal of the token: no challenge, so no scheme.
+        Rejection::Authz(
+            Denial {
+                error: AuthzError::ResponseLeak,
+                rule: rule.to_string(),
+                hidden: false,
+                shadow: false,
+            },
+            None,
+        )
     };
     let first_rule = route.authz.response_rules[0].id.as_str();
     let bytes = Limited::new(body, MAX_CHECKED_RESPONSE)

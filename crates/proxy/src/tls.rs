@@ -156,7 +156,11 @@ impl HandshakeFailure {
                 _ => HandshakeFailure::BadCert,
             },
             E::InvalidCertRevocationList(_) => HandshakeFailure::CrlExpired,
-            E::PeerIncompatible(P::NoCipherSuitesInCommon) => HandshakeFailure::NoCommonCipher,
+            // A TLS 1.2 client offering no ECDHE suite has no key exchange group in common
+            // with us: the same refusal of its suites, not a protocol version problem.
+            E::PeerIncompatible(P::NoCipherSuitesInCommon | P::NoKxGroupsInCommon) => {
+                HandshakeFailure::NoCommonCipher
+            }
             E::PeerIncompatible(_) => HandshakeFailure::ProtocolVersion,
             E::AlertReceived(_) => HandshakeFailure::AlertReceived,
             _ => HandshakeFailure::Protocol,

@@ -22,7 +22,8 @@ use dashmap::DashMap;
 
 use crate::keys::{KeySource, Remote};
 use portcullis_crypto::jose::jwk::VerifyingKey;
-use portcullis_crypto::jose::jws::KeySet;
+use portcullis_crypto::jose::jws::{KeyChoice, KeySet};
+use portcullis_crypto::jose::Alg;
 
 /// Most clients held in the cache; beyond it the cache is cleared (keys are reloaded on demand).
 const MAX_CLIENTS: usize = 10_000;
@@ -51,6 +52,10 @@ pub enum LookupError {
     UnknownClient,
     /// The client's set has no such key id.
     UnknownKey,
+    /// The key id names keys, none for the signature's algorithm.
+    NoKeyForAlg,
+    /// The key id names two different keys for the signature's algorithm.
+    Ambiguous,
     /// The client's set cannot be read or fetched now.
     Unavailable,
 }
@@ -87,8 +92,14 @@ impl ClientKeys {
         }
     }
 
-    /// The key `kid` of `client`.
-    pub async fn key(&self, client: &str, kid: &str) -> Result<Arc<VerifyingKey>, LookupError> {
+    /// The key `kid` of `client` that verifies `alg` (any, if the signature names none; see
+    /// [`KeySet::select`]). Only an unknown `kid` triggers a re-read.
+    pub async fn key(
+        &self,
+        client: &str,
+        kid: &str,
+        alg: Option<Alg>,
+    ) -> Result<Arc<VerifyingKey>, LookupError> {
         if !safe_client_name(client) {
             return Err(LookupError::UnknownClient);
         }
@@ -99,8 +110,9 @@ impl ClientKeys {
                 min_refetch,
             } => {
                 let entry = self.file_entry(dir, client, *refresh, false).await;
-                if let Some(k) = entry.keys.as_ref().and_then(|s| s.get(kid)) {
-                    return Ok(Arc::clone(k));
+                match entry.keys.as_ref().map(|s| s.select(kid, alg)) {
+                    Some(Err(KeyChoice::UnknownKid)) | None => {}
+                    Some(found) => return chosen(found.cloned()),
                 }
                 // One re-read for an unknown kid (or a client added since), rate limited.
                 let entry = if entry.read_at.elapsed() >= *min_refetch {
@@ -109,7 +121,7 @@ impl ClientKeys {
                     entry
                 };
                 match (&entry.keys, entry.absent) {
-                    (Some(s), _) => s.get(kid).cloned().ok_or(LookupError::UnknownKey),
+                    (Some(s), _) => chosen(s.select(kid, alg).cloned()),
                     (None, true) => Err(LookupError::UnknownClient),
                     (None, false) => Err(LookupError::Unavailable),
                 }
@@ -131,17 +143,19 @@ impl ClientKeys {
                 } else if stale {
                     source.refresh(*refresh).await;
                 }
-                if let Some(k) = source.get(kid) {
-                    return Ok(k);
+                match source.select(kid, alg) {
+                    Err(KeyChoice::UnknownKid) => {}
+                    found => return chosen(found),
                 }
                 // A set fetched by this very call is as fresh as a refetch would be.
                 if source.fetches.load(std::sync::atomic::Ordering::Relaxed) == fetches {
                     source.refetch_for_unknown_kid().await;
                 }
-                match source.get(kid) {
-                    Some(k) => Ok(k),
-                    None if !source.is_ready() => Err(LookupError::Unavailable),
-                    None => Err(LookupError::UnknownKey),
+                match source.select(kid, alg) {
+                    Err(KeyChoice::UnknownKid) if !source.is_ready() => {
+                        Err(LookupError::Unavailable)
+                    }
+                    found => chosen(found),
                 }
             }
         }
@@ -238,6 +252,14 @@ impl ClientKeys {
     }
 }
 
+fn chosen(found: Result<Arc<VerifyingKey>, KeyChoice>) -> Result<Arc<VerifyingKey>, LookupError> {
+    found.map_err(|e| match e {
+        KeyChoice::UnknownKid => LookupError::UnknownKey,
+        KeyChoice::NoKeyForAlg => LookupError::NoKeyForAlg,
+        KeyChoice::Ambiguous => LookupError::Ambiguous,
+    })
+}
+
 fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -284,27 +306,66 @@ mod tests {
             refresh: Duration::from_secs(300),
             min_refetch: Duration::ZERO,
         });
-        assert_eq!(keys.key("tpp", "k1").await.unwrap().alg, Alg::ES256);
+        assert_eq!(keys.key("tpp", "k1", None).await.unwrap().alg, Alg::ES256);
         assert_eq!(
-            keys.key("tpp", "k2").await.err(),
+            keys.key("tpp", "k2", None).await.err(),
             Some(LookupError::UnknownKey)
         );
         assert_eq!(
-            keys.key("nobody", "k1").await.err(),
+            keys.key("nobody", "k1", None).await.err(),
             Some(LookupError::UnknownClient)
         );
         assert_eq!(
-            keys.key("../tpp", "k1").await.err(),
+            keys.key("../tpp", "k1", None).await.err(),
             Some(LookupError::UnknownClient)
         );
         // A new key appears: found on the unknown-kid re-read.
         let k2 = KeyPair::generate(Alg::PS256, "k2").unwrap();
         let both = serde_json::json!({"keys": [k1.public_jwk(), k2.public_jwk()]});
         std::fs::write(dir.path().join("tpp.json"), both.to_string()).unwrap();
-        assert_eq!(keys.key("tpp", "k2").await.unwrap().alg, Alg::PS256);
+        assert_eq!(keys.key("tpp", "k2", None).await.unwrap().alg, Alg::PS256);
+        // Keys sharing a kid: the signature's algorithm chooses; without one, or with two keys
+        // of that algorithm, no key is chosen; an algorithm the kid has no key for is told apart.
+        let twin = KeyPair::generate(Alg::ES256, "k1").unwrap();
+        let other = KeyPair::generate(Alg::ES256, "k3").unwrap();
+        let mut enc = KeyPair::generate(Alg::ES256, "k3").unwrap().public_jwk();
+        enc["use"] = serde_json::json!("enc");
+        let shared = serde_json::json!({"keys": [
+            k1.public_jwk(), k2.public_jwk(), twin.public_jwk(),
+            other.public_jwk(), enc,
+        ]});
+        std::fs::write(dir.path().join("tpp.json"), shared.to_string()).unwrap();
+        let keys = ClientKeys::new(ClientKeysConfig::Directory {
+            dir: dir.path().to_path_buf(),
+            refresh: Duration::from_secs(300),
+            min_refetch: Duration::ZERO,
+        });
+        let got = |r: Result<Arc<VerifyingKey>, LookupError>| r.map(|k| k.thumbprint.clone());
+        assert_eq!(
+            got(keys.key("tpp", "k1", Some(Alg::ES256)).await),
+            Err(LookupError::Ambiguous)
+        );
+        assert_eq!(
+            got(keys.key("tpp", "k1", None).await),
+            Err(LookupError::Ambiguous)
+        );
+        assert_eq!(
+            got(keys.key("tpp", "k1", Some(Alg::EdDSA)).await),
+            Err(LookupError::NoKeyForAlg)
+        );
+        assert_eq!(
+            keys.key("tpp", "k2", Some(Alg::PS256)).await.unwrap().alg,
+            Alg::PS256
+        );
+        // k3: an ES256 signing key and an encryption key: the signing key, with or without alg.
+        let sig = keys.key("tpp", "k3", Some(Alg::ES256)).await.unwrap();
+        assert_eq!(
+            got(keys.key("tpp", "k3", None).await),
+            Ok(sig.thumbprint.clone())
+        );
         // A garbage file never replaces the good set.
         std::fs::write(dir.path().join("tpp.json"), "{garbage").unwrap();
-        assert!(keys.key("tpp", "k9").await.is_err());
-        assert_eq!(keys.key("tpp", "k1").await.unwrap().alg, Alg::ES256);
+        assert!(keys.key("tpp", "k9", None).await.is_err());
+        assert_eq!(keys.key("tpp", "k2", None).await.unwrap().alg, Alg::PS256);
     }
 }

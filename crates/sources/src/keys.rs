@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::discovery::Discovery;
 use portcullis_crypto::jose::jwk::VerifyingKey;
-use portcullis_crypto::jose::jws::KeySet;
+use portcullis_crypto::jose::jws::{KeyChoice, KeySet};
+use portcullis_crypto::jose::Alg;
 
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
@@ -120,12 +121,13 @@ impl KeySource {
         self.current.load().as_ref().map_or(0, |k| k.len())
     }
 
-    /// The key for `kid`, if the current set has it.
-    pub fn get(&self, kid: &str) -> Option<Arc<VerifyingKey>> {
-        self.current
-            .load()
-            .as_ref()
-            .and_then(|s| s.get(kid).cloned())
+    /// The key for `kid` and `alg` in the current set ([`KeySet::select`]); without a set,
+    /// every `kid` is unknown.
+    pub fn select(&self, kid: &str, alg: Option<Alg>) -> Result<Arc<VerifyingKey>, KeyChoice> {
+        match self.current.load().as_ref() {
+            Some(s) => s.select(kid, alg).cloned(),
+            None => Err(KeyChoice::UnknownKid),
+        }
     }
 
     /// Fetches once now (single flight), unless a fetch happened less than `min_gap` ago.
@@ -170,6 +172,9 @@ impl KeySource {
             Ok(set) => {
                 if !set.skipped.is_empty() {
                     tracing::warn!(issuer = %self.issuer, skipped = set.skipped.len(), "JWKS keys skipped");
+                }
+                for (kid, alg) in set.ambiguous() {
+                    tracing::warn!(issuer = %self.issuer, kid = %portcullis_base::text::bounded(kid), alg = alg.name(), "JWKS kid names two keys of one algorithm; its signatures are refused");
                 }
                 self.current.store(Some(Arc::new(set)));
                 self.last_good.store(now_unix(), Ordering::Relaxed);

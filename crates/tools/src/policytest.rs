@@ -152,7 +152,7 @@ pub fn decide(
     match rules::evaluate(authz, &scopes, claims, Ok(consent), &facts, now) {
         Ok(()) => Outcome::Allow { route },
         Err(d) if d.shadow => {
-            let reason = Rejection::Authz(d.clone()).audit_reason();
+            let reason = Rejection::Authz(d.clone(), None).audit_reason();
             Outcome::ShadowDeny {
                 route,
                 reason,
@@ -161,7 +161,7 @@ pub fn decide(
         }
         Err(d) => {
             let rule = Some(d.rule.clone());
-            deny(&Rejection::Authz(d), rule, Some(route))
+            deny(&Rejection::Authz(d, None), rule, Some(route))
         }
     }
 }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use serde_json::{json, Map, Value};
 
 use portcullis_base::json::{numeric_date, parse_object, string, Typed};
-use portcullis_crypto::jose::jws::parse;
+use portcullis_crypto::jose::jws::{parse, KeyChoice};
 use portcullis_crypto::jose::sign::SigningKey;
 use portcullis_crypto::jose::Alg;
 use portcullis_policy::RouteAuth;
@@ -340,8 +340,8 @@ pub async fn run_token(cmd: TokenCommand) -> ExitCode {
         !jws.has_key_carrying_header() && !jws.is_nested(),
         "no jwk/jku/x5u/x5c, not a nested JWT (cty)",
     );
-    match jws.kid().and_then(|k| keys.get(k)) {
-        Some(k) => {
+    match jws.kid().map(|k| keys.select(k, Some(jws.alg))) {
+        Some(Ok(k)) => {
             r.check(
                 "kid",
                 true,
@@ -349,7 +349,21 @@ pub async fn run_token(cmd: TokenCommand) -> ExitCode {
             );
             r.check("signature", jws.verify_with(&k).is_ok(), "");
         }
-        None => r.check(
+        Some(Err(KeyChoice::NoKeyForAlg)) => r.check(
+            "kid",
+            false,
+            format!("{:?} names no {} key", jws.kid(), jws.alg.name()),
+        ),
+        Some(Err(KeyChoice::Ambiguous)) => r.check(
+            "kid",
+            false,
+            format!(
+                "{:?} names two {} keys in the issuer's key set",
+                jws.kid(),
+                jws.alg.name()
+            ),
+        ),
+        Some(Err(KeyChoice::UnknownKid)) | None => r.check(
             "kid",
             false,
             format!("{:?} not in the issuer's key set", jws.kid()),

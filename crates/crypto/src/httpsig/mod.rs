@@ -84,6 +84,14 @@ pub fn alg_agrees(param: Option<&str>, key_alg: Alg) -> bool {
     )
 }
 
+/// The JOSE algorithm an RFC 9421 `alg` parameter is the same computation as (the inverse of
+/// [`registry_name`]).
+pub fn jose_alg(param: &str) -> Option<Alg> {
+    [Alg::ES256, Alg::EdDSA, Alg::PS256]
+        .into_iter()
+        .find(|a| registry_name(*a) == Some(param))
+}
+
 /// The RFC 9421 registry name of a JOSE algorithm, where one is the same computation.
 pub fn registry_name(alg: Alg) -> Option<&'static str> {
     match alg {

@@ -127,10 +127,18 @@ impl Compact<'_> {
     }
 }
 
-/// An issuer's key set, by `kid`.
+/// An issuer's (or a client's) verification keys, by `kid`.
+///
+/// One `kid` may name several keys: RFC 7517 §4.5 allows it for keys of different types that
+/// are alternatives, and authorization servers publish their signing and encryption keys, or an
+/// RSA and an EC key, under one `kid`. A key is chosen by `kid` and the algorithm the signature
+/// names (which fixes the key type and curve: every key verifies exactly one algorithm); a
+/// choice that still leaves two different keys is refused for that signature only, never by
+/// trying the keys one after another.
 #[derive(Debug, Default)]
 pub struct KeySet {
-    by_kid: HashMap<String, Arc<VerifyingKey>>,
+    by_kid: HashMap<String, Vec<Arc<VerifyingKey>>>,
+    count: usize,
     /// Keys left out, with why (for logs and `check`).
     pub skipped: Vec<(Option<String>, JwkError)>,
 }
@@ -138,8 +146,6 @@ pub struct KeySet {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeySetError {
     NotAKeySet,
-    /// Two keys share a `kid`: refused whole rather than "try each key" (RFC 7517 §4.5).
-    DuplicateKid(String),
     NoUsableKey,
 }
 
@@ -147,63 +153,91 @@ impl std::fmt::Display for KeySetError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             KeySetError::NotAKeySet => f.write_str("not a JWK set ({\"keys\": [...]})"),
-            KeySetError::DuplicateKid(k) => {
-                write!(
-                    f,
-                    "two keys share the kid {:?}; the set is ambiguous",
-                    portcullis_base::text::bounded(k)
-                )
-            }
             KeySetError::NoUsableKey => f.write_str("no usable signing key with a kid"),
         }
     }
 }
 
+/// Why no key was chosen for a signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyChoice {
+    /// No key has the `kid`.
+    UnknownKid,
+    /// Keys have the `kid`, but none verifies the algorithm.
+    NoKeyForAlg,
+    /// Two different keys fit the `kid` and the algorithm: the signature does not say which.
+    Ambiguous,
+}
+
 impl KeySet {
-    /// Loads `{"keys": [...]}`. Unusable keys (private, weak, wrong use, no `kid`) are skipped
-    /// and reported; a duplicate `kid` refuses the whole set.
+    /// Loads `{"keys": [...]}`. Unusable keys (private, weak, not for verification — `use`
+    /// other than `sig`, `key_ops` without `verify` — or without a `kid`) are skipped and
+    /// reported; keys sharing a `kid` are all kept ([`KeySet::select`] tells them apart).
     pub fn from_json(bytes: &[u8]) -> Result<KeySet, KeySetError> {
         let doc = parse_object(bytes).ok_or(KeySetError::NotAKeySet)?;
         let Some(Value::Array(keys)) = doc.get("keys") else {
             return Err(KeySetError::NotAKeySet);
         };
         let mut set = KeySet::default();
-        let mut seen = std::collections::HashSet::new();
         for k in keys {
             let Value::Object(m) = k else {
                 set.skipped.push((None, JwkError::BadMember("keys")));
                 continue;
             };
             let kid = m.get("kid").and_then(Value::as_str).map(str::to_string);
-            if let Some(kid) = &kid {
-                if !seen.insert(kid.clone()) {
-                    return Err(KeySetError::DuplicateKid(kid.clone()));
-                }
-            }
             match (from_jwk(m), kid) {
                 (Ok(key), Some(kid)) => {
-                    set.by_kid.insert(kid, Arc::new(key));
+                    let same = set.by_kid.entry(kid).or_default();
+                    // The same key listed twice is one key, not an ambiguity.
+                    if !same.iter().any(|k| k.thumbprint == key.thumbprint) {
+                        same.push(Arc::new(key));
+                        set.count += 1;
+                    }
                 }
                 (Ok(_), None) => set.skipped.push((None, JwkError::BadMember("kid"))),
                 (Err(e), kid) => set.skipped.push((kid, e)),
             }
         }
-        if set.by_kid.is_empty() {
+        if set.count == 0 {
             return Err(KeySetError::NoUsableKey);
         }
         Ok(set)
     }
 
-    /// Exact-match lookup; a `kid` is never a path, a query or a URL.
-    pub fn get(&self, kid: &str) -> Option<&Arc<VerifyingKey>> {
-        self.by_kid.get(kid)
+    /// The key named by `kid` (an exact match: a `kid` is never a path, a query or a URL) that
+    /// verifies `alg`. Without an algorithm (an RFC 9421 signature may leave it to the key), the
+    /// `kid` must name one key.
+    pub fn select(&self, kid: &str, alg: Option<Alg>) -> Result<&Arc<VerifyingKey>, KeyChoice> {
+        let keys = self.by_kid.get(kid).ok_or(KeyChoice::UnknownKid)?;
+        let mut fit = keys.iter().filter(|k| alg.is_none_or(|a| k.alg == a));
+        match (fit.next(), fit.next()) {
+            (Some(k), None) => Ok(k),
+            (Some(_), Some(_)) => Err(KeyChoice::Ambiguous),
+            (None, _) => Err(KeyChoice::NoKeyForAlg),
+        }
     }
 
+    /// `kid`s that name two different keys of one algorithm: a signature by either is refused.
+    pub fn ambiguous(&self) -> Vec<(&str, Alg)> {
+        let mut out = Vec::new();
+        for (kid, keys) in &self.by_kid {
+            for (i, k) in keys.iter().enumerate() {
+                if keys[..i].iter().any(|o| o.alg == k.alg) && !out.contains(&(kid.as_str(), k.alg))
+                {
+                    out.push((kid.as_str(), k.alg));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// How many keys the set holds.
     pub fn len(&self) -> usize {
-        self.by_kid.len()
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_kid.is_empty()
+        self.count == 0
     }
 }

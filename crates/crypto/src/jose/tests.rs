@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use super::dpop::{self, DpopError, Expect};
-use super::jws::{parse, JwsError, KeySet, KeySetError};
+use super::jws::{parse, JwsError, KeyChoice, KeySet, KeySetError};
 use super::sign::SigningKey;
 use super::*;
 
@@ -31,12 +31,12 @@ fn a_minted_token_verifies_and_any_tampering_fails() {
         let c = parse(&t, ALL).unwrap();
         assert_eq!(c.kid(), Some("k1"));
         assert!(c.typ_is("at+jwt"));
-        c.verify_with(set.get("k1").unwrap()).unwrap();
+        c.verify_with(set.select("k1", Some(alg)).unwrap()).unwrap();
         let mut bad = t.clone().into_bytes();
         let i = bad.len() / 2;
         bad[i] = if bad[i] == b'A' { b'B' } else { b'A' };
         let bad = String::from_utf8(bad).unwrap();
-        let r = parse(&bad, ALL).and_then(|c| c.verify_with(set.get("k1").unwrap()));
+        let r = parse(&bad, ALL).and_then(|c| c.verify_with(set.select("k1", Some(alg)).unwrap()));
         assert!(r.is_err());
     }
 }
@@ -95,24 +95,95 @@ fn a_key_verifies_only_its_own_algorithm() {
     assert_eq!(
         parse(&t, ALL)
             .unwrap()
-            .verify_with(ed_set.get("k").unwrap()),
+            .verify_with(ed_set.select("k", None).unwrap()),
         Err(JwsError::KeyAlgMismatch)
     );
 }
 
+/// RFC 7517 §4.5: one `kid` may name keys of different types (FAPI authorization servers
+/// publish a signing and an encryption key, or an RSA and an EC key, under one `kid`). Every
+/// verification key is kept; a token's `kid` and `alg` choose one; only two different keys of
+/// one algorithm under one `kid` are ambiguous, and then only for that `kid` and algorithm.
 #[test]
-fn key_sets_refuse_duplicate_kids_and_skip_unusable_keys() {
-    let a = SigningKey::generate(Alg::ES256, "a").unwrap();
-    let b = SigningKey::generate(Alg::EdDSA, "a").unwrap();
-    let dup = json!({"keys": [a.public_jwk(true), b.public_jwk(true)]});
+fn key_sets_keep_keys_sharing_a_kid_choose_by_alg_and_skip_unusable_keys() {
+    let ec = SigningKey::generate(Alg::ES256, "a").unwrap();
+    let ed = SigningKey::generate(Alg::EdDSA, "a").unwrap();
+    let rsa = keypair::KeyPair::generate(Alg::PS256, "a").unwrap();
+    let enc = SigningKey::generate(Alg::ES256, "a").unwrap();
+    let mut enc_jwk = enc.public_jwk(true);
+    enc_jwk["use"] = json!("enc");
+    let mut ops_jwk = SigningKey::generate(Alg::ES256, "a")
+        .unwrap()
+        .public_jwk(true);
+    ops_jwk["key_ops"] = json!(["encrypt"]);
+    // A signing and an encryption key under one kid, plus RSA and EdDSA alternatives, and the
+    // same EC key listed twice (one key, not an ambiguity).
+    let shared = json!({"keys": [
+        enc_jwk, ec.public_jwk(true), ops_jwk, ed.public_jwk(true), rsa.public_jwk(),
+        ec.public_jwk(true),
+    ]});
+    let set = KeySet::from_json(shared.to_string().as_bytes()).unwrap();
+    assert_eq!(set.len(), 3);
+    assert_eq!(set.skipped.len(), 2, "{:?}", set.skipped);
+    assert!(set.ambiguous().is_empty());
+    for (alg, token) in [
+        (Alg::ES256, ec.access_token(&json!({}))),
+        (Alg::EdDSA, ed.access_token(&json!({}))),
+    ] {
+        let c = parse(&token, ALL).unwrap();
+        let key = set.select("a", Some(c.alg)).unwrap();
+        assert_eq!(key.alg, alg);
+        c.verify_with(key).unwrap();
+    }
+    assert_eq!(set.select("a", Some(Alg::PS256)).unwrap().alg, Alg::PS256);
+    // The encryption key never verifies: a token it signed fails against the sig key.
+    let by_enc = enc.access_token(&json!({}));
+    let c = parse(&by_enc, ALL).unwrap();
     assert_eq!(
-        KeySet::from_json(dup.to_string().as_bytes()).unwrap_err(),
-        KeySetError::DuplicateKid("a".into())
+        c.verify_with(set.select("a", Some(c.alg)).unwrap()),
+        Err(JwsError::BadSignature)
     );
+    // Without an algorithm, a kid naming several keys chooses none.
+    assert_eq!(set.select("a", None).unwrap_err(), KeyChoice::Ambiguous);
+    assert_eq!(
+        set.select("b", Some(Alg::ES256)).unwrap_err(),
+        KeyChoice::UnknownKid
+    );
+    assert_eq!(
+        set.select("A", Some(Alg::ES256)).unwrap_err(),
+        KeyChoice::UnknownKid
+    );
+
+    // Two different ES256 keys under one kid: ES256 tokens naming it are refused, EdDSA tokens
+    // naming it and tokens naming other kids still verify.
+    let twin = SigningKey::generate(Alg::ES256, "a").unwrap();
+    let other = SigningKey::generate(Alg::ES256, "b").unwrap();
+    let twins = json!({"keys": [
+        ec.public_jwk(true), twin.public_jwk(true), ed.public_jwk(true), other.public_jwk(true),
+    ]});
+    let set = KeySet::from_json(twins.to_string().as_bytes()).unwrap();
+    assert_eq!(set.len(), 4);
+    assert_eq!(set.ambiguous(), vec![("a", Alg::ES256)]);
+    assert_eq!(
+        set.select("a", Some(Alg::ES256)).unwrap_err(),
+        KeyChoice::Ambiguous
+    );
+    assert_eq!(set.select("a", Some(Alg::EdDSA)).unwrap().alg, Alg::EdDSA);
+    assert_eq!(
+        set.select("a", Some(Alg::PS256)).unwrap_err(),
+        KeyChoice::NoKeyForAlg
+    );
+    let t = other.access_token(&json!({}));
+    let c = parse(&t, ALL).unwrap();
+    c.verify_with(set.select("b", Some(c.alg)).unwrap())
+        .unwrap();
+
+    // Unusable keys are skipped, each with why; a set with none left is refused.
+    let a = SigningKey::generate(Alg::ES256, "a").unwrap();
     let mut private = a.public_jwk(true);
     private["d"] = json!("AAAA");
     private["kid"] = json!("p");
-    let mut enc = b.public_jwk(true);
+    let mut enc = ed.public_jwk(true);
     enc["use"] = json!("enc");
     enc["kid"] = json!("e");
     let set = json!({"keys": [a.public_jwk(true), private, enc, {"kty": "oct", "k": "AAAA", "kid": "s"}]});
@@ -123,6 +194,17 @@ fn key_sets_refuse_duplicate_kids_and_skip_unusable_keys() {
         KeySet::from_json(br#"{"keys":[]}"#).unwrap_err(),
         KeySetError::NoUsableKey
     );
+    let only_enc = json!({"keys": [enc_only(&a)]});
+    assert_eq!(
+        KeySet::from_json(only_enc.to_string().as_bytes()).unwrap_err(),
+        KeySetError::NoUsableKey
+    );
+}
+
+fn enc_only(k: &SigningKey) -> Value {
+    let mut j = k.public_jwk(true);
+    j["use"] = json!("enc");
+    j
 }
 
 /// RFC 7638 §3.1 example thumbprint.
@@ -348,7 +430,7 @@ fn wycheproof_jws_invalid_cases_are_all_refused() {
             };
             let ok = set.as_ref().is_some_and(|set| {
                 parse(jws, ALL).is_ok_and(|c| {
-                    let key = c.kid().and_then(|k| set.get(k));
+                    let key = c.kid().and_then(|k| set.select(k, Some(c.alg)).ok());
                     key.is_some_and(|k| c.verify_with(k).is_ok())
                 })
             });
@@ -395,7 +477,7 @@ fn wycheproof_jwk_invalid_cases_are_refused() {
             let ok = set.as_ref().is_some_and(|set| {
                 parse(jws, ALL).is_ok_and(|c| {
                     c.kid()
-                        .and_then(|k| set.get(k))
+                        .and_then(|k| set.select(k, Some(c.alg)).ok())
                         .is_some_and(|k| c.verify_with(k).is_ok())
                 })
             });

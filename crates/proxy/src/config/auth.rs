@@ -568,6 +568,9 @@ fn validate_jwks(
                         for (kid, why) in &keys.skipped {
                             tracing::warn!(issuer = name, kid = ?kid, why = why.as_str(), "JWKS key skipped");
                         }
+                        for (kid, alg) in keys.ambiguous() {
+                            tracing::warn!(issuer = name, kid = ?kid, alg = alg.name(), "JWKS kid names two keys of one algorithm; its tokens are refused");
+                        }
                         Some(JwksSource::File {
                             path,
                             keys: Arc::new(keys),

@@ -56,11 +56,17 @@ pub(crate) enum Binding {
 #[derive(Debug)]
 pub(crate) struct BoundToken {
     token: Arc<AccessToken>,
+    scheme: Scheme,
 }
 
 impl BoundToken {
     pub(crate) fn token(&self) -> &Arc<AccessToken> {
         &self.token
+    }
+
+    /// The scheme the token came in (a later refusal challenges in it).
+    pub(crate) fn scheme(&self) -> Scheme {
+        self.scheme
     }
 }
 
@@ -150,6 +156,9 @@ pub(crate) async fn bind(
     }
     match (binding, profile) {
         (Binding::None, Profile::Fapi2 | Profile::Fapi1Advanced) => Err(BindingError::Unbound),
-        (Binding::Mtls | Binding::Dpop | Binding::None, _) => Ok(BoundToken { token }),
+        (Binding::Mtls | Binding::Dpop | Binding::None, _) => Ok(BoundToken {
+            token,
+            scheme: r.scheme,
+        }),
     }
 }

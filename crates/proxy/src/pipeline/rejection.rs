@@ -56,8 +56,9 @@ portcullis_base::variants! {
         /// A request signature is missing or does not verify (OBIE `x-jws-signature`: 400 with the
         /// OBIE error body; RFC 9421: 401).
         Signature(SignatureError),
-        /// A scope, consent, object or response rule denied the request.
-        Authz(Denial),
+        /// A scope, consent, object or response rule denied the request; with the scheme the
+        /// client's token came in, on routes that take one (for the challenge).
+        Authz(Denial, Option<Scheme>),
         Upstream(UpstreamError),
         /// The audit log cannot take the record (`audit.queue_full: refuse`).
         Audit(AuditError),
@@ -201,7 +202,7 @@ impl Rejection {
     /// hidden as 404 records why it was denied.
     pub fn audit_reason(&self) -> &'static str {
         match self {
-            Rejection::Authz(d) if d.hidden => "authz.object_hidden",
+            Rejection::Authz(d, _) if d.hidden => "authz.object_hidden",
             other => other.wire().reason,
         }
     }
@@ -215,7 +216,7 @@ impl Rejection {
             Rejection::Token(..)
             | Rejection::Binding(_)
             | Rejection::Signature(_)
-            | Rejection::Authz(_)
+            | Rejection::Authz(..)
             | Rejection::RateLimited(_)
             | Rejection::Idempotency(..)
                 if self.wire().status == StatusCode::SERVICE_UNAVAILABLE =>
@@ -231,7 +232,7 @@ impl Rejection {
             | Rejection::Binding(_)
             | Rejection::UseDpopNonce(_)
             | Rejection::Signature(_)
-            | Rejection::Authz(_)
+            | Rejection::Authz(..)
             | Rejection::RateLimited(_)
             | Rejection::Idempotency(..) => Decision::Deny,
         }
@@ -240,7 +241,7 @@ impl Rejection {
     /// The policy rule that refused, where one did.
     pub fn rule(&self) -> Option<&str> {
         match self {
-            Rejection::Authz(d) => Some(&d.rule),
+            Rejection::Authz(d, _) => Some(&d.rule),
             Rejection::Http(_)
             | Rejection::Path(_)
             | Rejection::Route(_)
@@ -266,7 +267,7 @@ impl Rejection {
             Rejection::Token(..) => Stage::Token,
             Rejection::Binding(_) | Rejection::UseDpopNonce(_) => Stage::Binding,
             Rejection::Signature(_) => Stage::Signature,
-            Rejection::Authz(_) => Stage::Authz,
+            Rejection::Authz(..) => Stage::Authz,
             Rejection::Upstream(_) => Stage::Upstream,
             Rejection::Audit(_) => Stage::Audit,
             Rejection::RateLimited(_) => Stage::RateLimit,
@@ -302,7 +303,7 @@ impl Rejection {
             Rejection::Binding(e) => binding::wire(*e),
             Rejection::UseDpopNonce(_) => binding::use_nonce(),
             Rejection::Signature(e) => signature::wire(*e),
-            Rejection::Authz(d) => authz::wire(d),
+            Rejection::Authz(d, _) => authz::wire(d),
             Rejection::Upstream(e) => upstream::wire(*e),
             Rejection::Audit(e) => upstream::audit(*e),
             Rejection::RateLimited(l) => rate_limit::wire(l),
@@ -320,7 +321,7 @@ impl Rejection {
             Rejection::Token(e, scheme) => token::challenge(*e, *scheme, &algs),
             Rejection::Binding(e) => binding::challenge(*e, &algs),
             Rejection::UseDpopNonce(_) => Some(format!("DPoP error=\"use_dpop_nonce\", {algs}")),
-            Rejection::Authz(d) => authz::challenge(d),
+            Rejection::Authz(d, scheme) => authz::challenge(d, *scheme, &algs),
             // A missing client certificate is a TLS-level credential; there is no HTTP auth
             // scheme for it, so no challenge (RFC 9110 §11.6.1 requires one only for schemes).
             // OBIE answers in its error body, without a challenge; RFC 9421 defines no
@@ -451,7 +452,7 @@ impl Rejection {
             | Rejection::Token(..)
             | Rejection::Binding(_)
             | Rejection::UseDpopNonce(_)
-            | Rejection::Authz(_)
+            | Rejection::Authz(..)
             | Rejection::Upstream(_)
             | Rejection::Audit(_)
             | Rejection::RateLimited(_) => None,
@@ -502,6 +503,56 @@ mod tests {
         let r = Rejection::Token(TokenError::Expired, Scheme::DPoP);
         let c = r.challenge("PS256 EdDSA").unwrap();
         assert_eq!(c, "DPoP error=\"invalid_token\", algs=\"PS256 EdDSA\"");
+    }
+
+    /// RFC 6750 §3.1 / RFC 9449 §7.1: every 403 denial challenges with `insufficient_scope`
+    /// in the client's scheme; no other denial (400, 502, 503, a hidden 404) and no denial on a
+    /// route without a token carries a challenge.
+    #[test]
+    fn denials_challenge_with_insufficient_scope_exactly_when_they_are_403() {
+        let mut seen = 0;
+        for r in Rejection::variants() {
+            let Rejection::Authz(d, scheme) = &r else {
+                continue;
+            };
+            let c = r.challenge("ES256 PS256");
+            let status = r.wire().status;
+            match (status == StatusCode::FORBIDDEN, scheme, &c) {
+                (true, Some(Scheme::Bearer), Some(c)) => {
+                    assert!(c.starts_with("Bearer error=\"insufficient_scope\""), "{c}");
+                    assert!(!c.contains("algs"), "{c}");
+                }
+                (true, Some(Scheme::DPoP), Some(c)) => {
+                    assert!(c.starts_with("DPoP error=\"insufficient_scope\""), "{c}");
+                    assert!(c.ends_with(", algs=\"ES256 PS256\""), "{c}");
+                }
+                (true, None, None) | (false, _, None) => {}
+                other => panic!("{d:?} {status}: {other:?}"),
+            }
+            if d.hidden {
+                assert_eq!((status, &c), (StatusCode::NOT_FOUND, &None), "{d:?}");
+            }
+            seen += 1;
+        }
+        assert!(seen > 40, "{seen}");
+        let scope = |s: Option<Scheme>| {
+            let d = Denial {
+                error: portcullis_policy::rules::AuthzError::Scope("accounts".into()),
+                rule: "scopes".into(),
+                hidden: false,
+                shadow: false,
+            };
+            Rejection::Authz(d, s).challenge("ES256")
+        };
+        assert_eq!(
+            scope(Some(Scheme::Bearer)).as_deref(),
+            Some("Bearer error=\"insufficient_scope\", scope=\"accounts\"")
+        );
+        assert_eq!(
+            scope(Some(Scheme::DPoP)).as_deref(),
+            Some("DPoP error=\"insufficient_scope\", scope=\"accounts\", algs=\"ES256\"")
+        );
+        assert_eq!(scope(None), None);
     }
 
     #[tokio::test]

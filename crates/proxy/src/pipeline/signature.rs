@@ -151,11 +151,13 @@ async fn obie(
     let client = cfg.client.render(facts).ok_or(JwsSigError::UnknownClient)?;
     let client_keys = keys.client_keys.ok_or(JwsSigError::KeysUnavailable)?;
     let key = client_keys
-        .key(&client, checked.kid)
+        .key(&client, checked.kid, Some(checked.alg))
         .await
         .map_err(|e| match e {
             LookupError::UnknownClient => JwsSigError::UnknownClient,
-            LookupError::UnknownKey => JwsSigError::UnknownKey,
+            // A kid that names two keys for the alg identifies no key.
+            LookupError::UnknownKey | LookupError::Ambiguous => JwsSigError::UnknownKey,
+            LookupError::NoKeyForAlg => JwsSigError::Detached(DetachedError::KeyMismatch),
             LookupError::Unavailable => JwsSigError::KeysUnavailable,
         })?;
     detached::verify(&d, &checked, body, &key).map_err(JwsSigError::Detached)?;
@@ -243,12 +245,17 @@ async fn http_sig(
         .render(facts)
         .ok_or(HttpSigError::UnknownClient)?;
     let client_keys = keys.client_keys.ok_or(HttpSigError::KeysUnavailable)?;
+    // RFC 9421 §3.3.7: the `alg` parameter is optional; where it names an algorithm it chooses
+    // among keys sharing the keyid, and without it the keyid must name one key.
+    let alg = sel.input.alg.as_deref().and_then(httpsig::jose_alg);
     let key = client_keys
-        .key(&client, &sel.keyid)
+        .key(&client, &sel.keyid, alg)
         .await
         .map_err(|e| match e {
             LookupError::UnknownClient => HttpSigError::UnknownClient,
-            LookupError::UnknownKey => HttpSigError::UnknownKey,
+            // A keyid that names two keys for the alg identifies no key.
+            LookupError::UnknownKey | LookupError::Ambiguous => HttpSigError::UnknownKey,
+            LookupError::NoKeyForAlg => HttpSigError::Alg,
             LookupError::Unavailable => HttpSigError::KeysUnavailable,
         })?;
     verify::verify_with(&sel, Message::Request(&view), &key, &cfg.http.algorithms)?;

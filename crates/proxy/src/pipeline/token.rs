@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 use crate::config::Issuer;
 use portcullis_base::json::{numeric_date, parse_object, string, Typed};
-use portcullis_crypto::jose::jws::{parse, JwsError};
+use portcullis_crypto::jose::jws::{parse, JwsError, KeyChoice};
 use portcullis_crypto::jose::{sha256, sha256_b64url};
 use portcullis_sources::introspect::{is_access_token_type, IntrospectError, Introspector};
 use portcullis_sources::keys::KeySource;
@@ -39,6 +39,8 @@ portcullis_base::variants! {
         AlgNotAllowed,
         ForbiddenHeader,
         UnknownKey,
+        /// The `kid` names two different keys for the token's algorithm.
+        AmbiguousKey,
         KeyMismatch,
         BadSignature,
         Typ,
@@ -410,16 +412,18 @@ async fn verify_jwt(
         return Err(TokenError::Typ);
     }
     let kid = jws.kid().ok_or(TokenError::UnknownKey)?;
-    let vk = match keys.get(kid) {
-        Some(k) => k,
-        None => {
-            keys.refetch_for_unknown_kid().await;
-            match keys.get(kid) {
-                Some(k) => k,
-                None if !keys.is_ready() => return Err(TokenError::KeysUnavailable),
-                None => return Err(TokenError::UnknownKey),
-            }
-        }
+    // The key is chosen by kid and the token's alg; only an unknown kid is worth a refetch.
+    let mut found = keys.select(kid, Some(jws.alg));
+    if matches!(found, Err(KeyChoice::UnknownKid)) {
+        keys.refetch_for_unknown_kid().await;
+        found = keys.select(kid, Some(jws.alg));
+    }
+    let vk = match found {
+        Ok(k) => k,
+        Err(KeyChoice::UnknownKid) if !keys.is_ready() => return Err(TokenError::KeysUnavailable),
+        Err(KeyChoice::UnknownKid) => return Err(TokenError::UnknownKey),
+        Err(KeyChoice::NoKeyForAlg) => return Err(TokenError::KeyMismatch),
+        Err(KeyChoice::Ambiguous) => return Err(TokenError::AmbiguousKey),
     };
     cache.verifications.fetch_add(1, Ordering::Relaxed);
     jws.verify_with(&vk).map_err(|e| match e {

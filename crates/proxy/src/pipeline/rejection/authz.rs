@@ -3,6 +3,7 @@
 use http::StatusCode as S;
 
 use super::Wire;
+use crate::pipeline::token::Scheme;
 use portcullis_policy::rules::{AuthzError, Denial};
 
 pub(super) fn wire(d: &Denial) -> Wire {
@@ -87,24 +88,44 @@ pub(super) fn wire(d: &Denial) -> Wire {
     Wire::new(status, reason, detail)
 }
 
-/// RFC 6750 §3.1: `insufficient_scope` names the scope the request needs; other denials carry
-/// no challenge.
-pub(super) fn challenge(d: &Denial) -> Option<String> {
-    match &d.error {
-        AuthzError::Scope(scope) => Some(format!(
-            "Bearer error=\"insufficient_scope\", scope=\"{scope}\""
-        )),
+/// The challenge of a denial (RFC 6750 §3, RFC 9449 §7.1), in the scheme the client's token
+/// came in; `algs` names the DPoP proof algorithms.
+///
+/// Every 403 denial carries `error="insufficient_scope"`: the token is valid and bound, but
+/// the grant behind it (its scopes, the consent it names, the objects that consent covers)
+/// does not reach this request, and the remedy is a token with a larger grant. RFC 6750 §3.1
+/// pairs `invalid_token` with 401 and `invalid_request` with 400, so a 403 (what OBIE answers
+/// for consent and object denials) carries neither; only a scope denial names the `scope` it
+/// needs. The other denials carry no challenge: a hidden denial answers exactly like an
+/// unknown resource, whose 404 has none (a challenge would reveal that the object exists); a
+/// request the policy cannot read unambiguously (400) is not about the token; an unavailable
+/// consent source (503) and a withheld response (502) decide nothing about the token.
+pub(super) fn challenge(d: &Denial, scheme: Option<Scheme>, algs: &str) -> Option<String> {
+    if d.hidden {
+        return None;
+    }
+    let scope = match &d.error {
+        AuthzError::Scope(scope) => Some(scope.as_str()),
         AuthzError::ConsentMissing
         | AuthzError::ConsentNotFound
         | AuthzError::ConsentStatus
         | AuthzError::ConsentExpired
         | AuthzError::ConsentPermission
-        | AuthzError::ConsentUnavailable
         | AuthzError::Object
-        | AuthzError::ObjectMissing
+        | AuthzError::ObjectMissing => None,
+        AuthzError::ConsentUnavailable
         | AuthzError::Ambiguous
         | AuthzError::Mismatch
         | AuthzError::BodyNotJson
-        | AuthzError::ResponseLeak => None,
-    }
+        | AuthzError::ResponseLeak => return None,
+    };
+    let params = match scope {
+        Some(s) => format!("error=\"insufficient_scope\", scope=\"{s}\""),
+        None => "error=\"insufficient_scope\"".to_string(),
+    };
+    // No token (a route without auth), no scheme to challenge in.
+    Some(match scheme? {
+        Scheme::Bearer => format!("Bearer {params}"),
+        Scheme::DPoP => format!("DPoP {params}, {algs}"),
+    })
 }

@@ -67,6 +67,13 @@ pub(super) fn wire(e: TokenError) -> Wire {
             "token.unknown_key",
             "the token was not signed by a known key",
         ),
+        // RFC 7517 §4.5: one kid may name keys of different types; the token's alg chooses
+        // among them, and a choice between two keys of one algorithm is never guessed.
+        TokenError::AmbiguousKey => (
+            S::UNAUTHORIZED,
+            "token.ambiguous_key",
+            "the token's key cannot be told apart in the issuer's key set",
+        ),
         // RFC 8725 §3.1: each key is used with exactly one algorithm.
         TokenError::KeyMismatch => (
             S::UNAUTHORIZED,
@@ -172,6 +179,7 @@ pub(super) fn challenge(e: TokenError, scheme: Scheme, algs: &str) -> Option<Str
         | TokenError::AlgNotAllowed
         | TokenError::ForbiddenHeader
         | TokenError::UnknownKey
+        | TokenError::AmbiguousKey
         | TokenError::KeyMismatch
         | TokenError::BadSignature
         | TokenError::Typ
