@@ -47,11 +47,16 @@ use common::*;
 use http_body_util::Full;
 use portcullis_crypto::jose::sign::SigningKey;
 use portcullis_crypto::jose::Alg;
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::apps;
 
 const AUD: &str = "https://rs.example";
 const OTHER_AUD: &str = "https://other.example";
+/// Not a header: in a request's header list, the client certificate to send it over.
+const CLIENT: &str = "(client certificate)";
+
+/// The resource whose access tokens the provider issues as RFC 9068 JWTs.
+const JWT_AUD: &str = "https://rs-jwt.example";
 /// The external base URL clients sign (DPoP `htu`).
 const BASE: &str = "https://rs.example";
 
@@ -99,6 +104,8 @@ fn prepare() -> Result<(), String> {
 /// The running authorization server and what it printed once ready.
 struct As {
     child: Child,
+    /// Later lines it prints (answers to `rotate`).
+    lines: std::sync::mpsc::Receiver<Value>,
     issuer: String,
     port: u16,
     tokens: Value,
@@ -121,6 +128,23 @@ impl As {
 
     fn secret_file(&self) -> PathBuf {
         self._dir.path().join("rs-secret")
+    }
+
+    /// Rotates the provider's access-token signing key (see as.js); returns the new key's id
+    /// and a fresh JWT access token it signed.
+    fn rotate(&mut self) -> (String, String) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"rotate\n").unwrap();
+        stdin.flush().unwrap();
+        let v = self
+            .lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the provider did not rotate its keys");
+        (
+            v["kid"].as_str().unwrap().to_string(),
+            v["jwt_access"].as_str().unwrap().to_string(),
+        )
     }
 }
 
@@ -147,6 +171,7 @@ fn start_as(dpop: &SigningKey) -> As {
         .env("AS_CLIENT_KEY", certs.join("tpp1.key"))
         .env("AS_AUDIENCE", AUD)
         .env("AS_OTHER_AUDIENCE", OTHER_AUD)
+        .env("AS_JWT_AUDIENCE", JWT_AUD)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -155,16 +180,16 @@ fn start_as(dpop: &SigningKey) -> As {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|l| serde_json::from_str::<Value>(&l).ok());
-        let _ = tx.send(ready);
-        lines.for_each(drop);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        }
     });
     let ready = match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(Some(v)) => v,
+        Ok(v) => v,
         _ => {
             let _ = child.kill();
             let _ = child.wait();
@@ -177,6 +202,7 @@ fn start_as(dpop: &SigningKey) -> As {
     };
     As {
         child,
+        lines: rx,
         issuer: ready["issuer"].as_str().unwrap().to_string(),
         port: ready["port"].as_u64().unwrap() as u16,
         tokens: ready["tokens"].clone(),
@@ -189,6 +215,7 @@ fn start_as(dpop: &SigningKey) -> As {
 // The proxy in front of a recording upstream, trusting the provider through introspection.
 
 impl Env {
+    /// Sends `GET path` over the client certificate `CLIENT` (tpp1 unless a test says).
     async fn send(
         &self,
         path: &str,
@@ -196,10 +223,15 @@ impl Env {
     ) -> (portcullis_tools::client::Answer, String) {
         let id = uuid::Uuid::new_v4().to_string();
         let mut r = req("GET", path).header("x-fapi-interaction-id", &id);
+        let mut identity = "tpp1";
         for (k, v) in headers {
+            if *k == CLIENT {
+                identity = v.as_str();
+                continue;
+            }
             r = r.header(*k, v.as_str());
         }
-        let mut c = self.p.client(Some("tpp1"), false).await.unwrap();
+        let mut c = self.p.client(Some(identity), false).await.unwrap();
         let a = c
             .send(r.body(Full::new(Bytes::new())).unwrap())
             .await
@@ -456,6 +488,147 @@ async fn introspection_answers_for_refresh_tokens_and_other_audiences_are_refuse
         );
     }
     eprintln!("oidc-provider: done in {:.1} s", t.elapsed().as_secs_f64());
+}
+
+/// RFC 9068 JWT access tokens from the provider's token endpoint (client credentials, and the
+/// code flow bound to a DPoP key and to the client certificate), verified with the key set the
+/// provider's metadata names; then the provider rotates its signing key twice, without a
+/// restart of either side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_access_tokens_from_the_provider_are_verified_through_its_metadata_and_rotations() {
+    let t = Instant::now();
+    let dpop = SigningKey::generate(Alg::ES256, "dpop").unwrap();
+    let mut asrv = start_as(&dpop);
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.policy = POLICY.to_string();
+    let issuer = FileIssuer {
+        issuer: asrv.issuer.clone(),
+        audience: JWT_AUD.into(),
+        discovery: Some(FileDiscovery {
+            ca: vec![certs().join("ca.pem").display().to_string()],
+            ..FileDiscovery::default()
+        }),
+        // The key set from the metadata's jwks_uri, re-read every second (so a withdrawn key
+        // is gone quickly) and at once on an unknown kid.
+        jwks: Some(FileJwks {
+            refresh_interval: Some(dur("1s")),
+            ..FileJwks::default()
+        }),
+        ..FileIssuer::default()
+    };
+    o.config.issuers.insert("as".into(), issuer);
+    o.config.dpop.public_base_url = Some(BASE.into());
+    let e = Env::start(o, up, tempfile::tempdir().unwrap(), None).await;
+    for _ in 0..50 {
+        if e.p.admin_get("/readyz").await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(e.p.admin_get("/readyz").await.0, 200, "never ready");
+    let bearer = |t: &str| ("authorization", format!("Bearer {t}"));
+    let over = |name: &str| (CLIENT, name.to_string());
+
+    // The premise: what the provider issued is an RFC 9068 JWT signed by its first ES256 key.
+    let header = |jwt: &str| -> Value {
+        let h = jwt.split('.').next().unwrap();
+        serde_json::from_slice(&portcullis_crypto::jose::b64url_decode(h).unwrap()).unwrap()
+    };
+    let access = asrv.token("jwt_access");
+    assert_eq!(header(&access)["typ"], "at+jwt");
+    assert_eq!(header(&access)["alg"], "ES256");
+    assert_eq!(header(&access)["kid"], "es-1");
+
+    // Client credentials: an unbound token is a bearer token, and no more.
+    let seen = e
+        .forwarded(
+            "JWT (client credentials) on a bearer route",
+            "/bearer/accounts",
+            &[bearer(&access)],
+        )
+        .await;
+    assert_eq!(seen.headers["x-portcullis-client-id"], "tpp-app");
+    assert_eq!(seen.headers["x-portcullis-scope"], "accounts payments");
+    e.refused(
+        "unbound JWT on a fapi2 route",
+        "/accounts",
+        &[bearer(&access)],
+        401,
+        "binding.unbound_token",
+    )
+    .await;
+    // Certificate-bound (RFC 8705): over its certificate, and over another one.
+    let mtls = asrv.token("jwt_mtls_access");
+    let seen = e
+        .forwarded(
+            "certificate-bound JWT over its certificate",
+            "/accounts",
+            &[bearer(&mtls)],
+        )
+        .await;
+    assert_eq!(seen.headers["x-portcullis-client-id"], "tpp-mtls");
+    e.refused(
+        "certificate-bound JWT over another certificate",
+        "/accounts",
+        &[bearer(&mtls), over("tpp2")],
+        401,
+        "binding.cert_mismatch",
+    )
+    .await;
+    // DPoP-bound (RFC 9449): with a proof by its key, and without one.
+    let dp = asrv.token("jwt_dpop_access");
+    let proof = dpop.proof_for(&format!("{BASE}/accounts"), &dp);
+    e.forwarded(
+        "DPoP-bound JWT with a proof",
+        "/accounts",
+        &[("authorization", format!("DPoP {dp}")), ("dpop", proof)],
+    )
+    .await;
+    e.refused(
+        "DPoP-bound JWT without a proof",
+        "/accounts",
+        &[("authorization", format!("DPoP {dp}"))],
+        401,
+        "binding.dpop_proof_missing",
+    )
+    .await;
+
+    // Rotation: es-2 is published and signs from now on. Its first token is accepted at once
+    // (the unknown kid fetches the set again), without a restart.
+    let (kid, rotated) = asrv.rotate();
+    assert_eq!(
+        (kid.as_str(), header(&rotated)["kid"].clone()),
+        ("es-2", json!("es-2"))
+    );
+    e.forwarded(
+        "JWT by the rotated-in key",
+        "/bearer/accounts",
+        &[bearer(&rotated)],
+    )
+    .await;
+    // Second rotation: es-3 in, es-1 withdrawn. Once the proxy has read the set again, a token
+    // es-1 signed (never seen before, so not in the verified-token cache) is refused.
+    let (_, newest) = asrv.rotate();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    e.refused(
+        "JWT by a withdrawn key",
+        "/bearer/accounts",
+        &[bearer(&asrv.token("jwt_spare"))],
+        401,
+        "token.unknown_key",
+    )
+    .await;
+    e.forwarded(
+        "JWT by the newest key",
+        "/bearer/accounts",
+        &[bearer(&newest)],
+    )
+    .await;
+    eprintln!(
+        "oidc-provider: JWT flows done in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 }
 
 /// Runs `portcullis token inspect` on `config` with the token on standard input; returns the

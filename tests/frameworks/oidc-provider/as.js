@@ -19,10 +19,15 @@
 //                       the TLS client certificate of the public client `tpp-mtls`, whose
 //                       tokens are certificate-bound (RFC 8705; the proxy's test client tpp1)
 //   AS_AUDIENCE         our resource (the proxy's audience), AS_OTHER_AUDIENCE another one
+//   AS_JWT_AUDIENCE     a resource whose access tokens are RFC 9068 JWTs (ES256)
 //
 // Prints one JSON line on stdout once ready: {port, issuer, tokens, introspection}, where
 // `introspection` is what the endpoint answers `rs-client` for each token (asked as the proxy
-// asks: token_type_hint=access_token). Exits when stdin closes (the test process ended).
+// asks: token_type_hint=access_token). Then each line `rotate` on stdin rotates the access
+// token signing key as an authorization server does, without a restart: a new ES256 key is
+// published first in the key set and signs from then on, the previous one stays published, and
+// the one before it is withdrawn; it answers with one JSON line {rotated, kid, jwt_access} (a
+// fresh client-credentials JWT from the new key). Exits when stdin closes.
 
 import * as crypto from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -42,6 +47,7 @@ function env(name) {
 const ca = readFileSync(env('AS_CA'));
 const RS = env('AS_AUDIENCE');
 const OTHER = env('AS_OTHER_AUDIENCE');
+const JWT = env('AS_JWT_AUDIENCE');
 const rsSecret = readFileSync(env('AS_RS_SECRET_FILE'), 'utf8').trim();
 const rsSubject = new crypto.X509Certificate(readFileSync(env('AS_RS_CLIENT_CERT'))).subject;
 const dpopKey = crypto.createPrivateKey(readFileSync(env('AS_DPOP_KEY')));
@@ -66,7 +72,22 @@ const issuer = `https://localhost:${port}`;
 const resources = {
   [RS]: { audience: RS, scope: 'accounts payments', accessTokenFormat: 'opaque', accessTokenTTL: 600 },
   [OTHER]: { audience: OTHER, scope: 'accounts', accessTokenFormat: 'opaque', accessTokenTTL: 600 },
+  [JWT]: {
+    audience: JWT, scope: 'accounts payments', accessTokenFormat: 'jwt', accessTokenTTL: 600, jwt: { sign: { alg: 'ES256' } },
+  },
 };
+
+// The provider's signing keys: RS256 for ID tokens (the OpenID default), ES256 for access
+// tokens. `es` is newest first; the first signs.
+function privateJwk(kid, alg, key) {
+  return {
+    ...key.export({ format: 'jwk' }), kid, alg, use: 'sig',
+  };
+}
+const rsaKey = privateJwk('rs-1', 'RS256', crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey);
+let generation = 1;
+const newEc = () => privateJwk(`es-${generation}`, 'ES256', crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey);
+let es = [newEc()];
 
 // The verified client certificate of this request, if any.
 function peerCertificate(ctx) {
@@ -76,7 +97,8 @@ function peerCertificate(ctx) {
   return new crypto.X509Certificate(peer.raw);
 }
 
-const provider = new Provider(issuer, {
+const makeProvider = () => new Provider(issuer, {
+  jwks: { keys: [...es, rsaKey] },
   clientAuthMethods: ['client_secret_basic', 'none', 'tls_client_auth'],
   clients: [
     // The resource server (the proxy): it only introspects.
@@ -157,7 +179,9 @@ const provider = new Provider(issuer, {
 });
 // The development interactions and the default introspection policy print warnings; they go
 // to stderr (the test's log file).
-server.on('request', provider.callback());
+let provider = makeProvider();
+let handler = provider.callback();
+server.on('request', (req, res) => handler(req, res));
 
 // ---------------------------------------------------------------------------------------------
 // A client: HTTPS trusting only the test CA, manual redirects, a cookie jar per flow.
@@ -218,7 +242,9 @@ async function token(form, { auth, dpop, tls } = {}) {
 // The authorization code flow through the dev interaction pages: login as psu-1, consent,
 // then the code at the token endpoint. Refresh tokens need offline_access, which oidc-provider
 // keeps only with prompt=consent.
-async function codeFlow(clientId, { auth, dpop, tls }) {
+async function codeFlow(clientId, {
+  auth, dpop, tls, resource = RS,
+}) {
   const verifier = b64url(crypto.randomBytes(32));
   const cookies = new Map();
   let url = `${issuer}/auth?${new URLSearchParams({
@@ -227,7 +253,7 @@ async function codeFlow(clientId, { auth, dpop, tls }) {
     redirect_uri: REDIRECT,
     scope: 'openid offline_access accounts payments',
     prompt: 'consent',
-    resource: RS,
+    resource,
     state: crypto.randomUUID(),
     code_challenge: b64url(crypto.createHash('sha256').update(verifier).digest()),
     code_challenge_method: 'S256',
@@ -245,7 +271,7 @@ async function codeFlow(clientId, { auth, dpop, tls }) {
       const code = next.searchParams.get('code');
       if (!code) throw new Error(`no code: ${next.href}`);
       return token({
-        grant_type: 'authorization_code', code, redirect_uri: REDIRECT, code_verifier: verifier, resource: RS,
+        grant_type: 'authorization_code', code, redirect_uri: REDIRECT, code_verifier: verifier, resource,
         ...(auth ? {} : { client_id: clientId }),
       }, { auth, dpop, tls });
     }
@@ -272,6 +298,18 @@ try {
     { grant_type: 'client_credentials', resource: OTHER, scope: 'accounts' },
     { auth: appAuth },
   );
+  // RFC 9068 JWT access tokens: client credentials (unbound), and through the code flow bound
+  // to a DPoP key and to the client certificate.
+  const jwtApp = await token(
+    { grant_type: 'client_credentials', resource: JWT, scope: 'accounts payments' },
+    { auth: appAuth },
+  );
+  const jwtSpare = await token(
+    { grant_type: 'client_credentials', resource: JWT, scope: 'accounts' },
+    { auth: appAuth },
+  );
+  const jwtSpa = await codeFlow('tpp-spa', { dpop: true, resource: JWT });
+  const jwtMtls = await codeFlow('tpp-mtls', { tls: clientTls, resource: JWT });
   const tokens = {
     access: app.access_token,
     refresh: app.refresh_token,
@@ -281,11 +319,18 @@ try {
     mtls_refresh: mtls.refresh_token,
     other_audience: other.access_token,
   };
-  for (const [k, v] of Object.entries(tokens)) {
+  const jwts = {
+    jwt_access: jwtApp.access_token,
+    jwt_spare: jwtSpare.access_token,
+    jwt_dpop_access: jwtSpa.access_token,
+    jwt_mtls_access: jwtMtls.access_token,
+  };
+  for (const [k, v] of Object.entries({ ...tokens, ...jwts })) {
     if (typeof v !== 'string') throw new Error(`no ${k} from the token endpoint`);
   }
   const introspection = {};
   for (const [k, v] of Object.entries(tokens)) introspection[k] = await introspect(v);
+  Object.assign(tokens, jwts);
   const token_types = {
     access: app.token_type,
     dpop_access: spa.token_type,
@@ -300,6 +345,32 @@ try {
   process.exit(1);
 }
 
-process.stdin.on('data', () => {});
+// Key rotation on request: publish a new key first (it signs from now on), keep the previous
+// one published, withdraw the one before. Grants and clients live in memory per provider, so
+// the new provider answers client credentials at once.
+async function rotate() {
+  generation += 1;
+  es = [newEc(), es[0]];
+  provider = makeProvider();
+  handler = provider.callback();
+  const t = await token(
+    { grant_type: 'client_credentials', resource: JWT, scope: 'accounts payments' },
+    { auth: basic('tpp-app', appSecret) },
+  );
+  console.log(JSON.stringify({ rotated: generation, kid: es[0].kid, jwt_access: t.access_token }));
+}
+
+let pending = '';
+process.stdin.on('data', (chunk) => {
+  pending += chunk;
+  let i;
+  while ((i = pending.indexOf('\n')) >= 0) {
+    const line = pending.slice(0, i).trim();
+    pending = pending.slice(i + 1);
+    if (line === 'rotate') {
+      rotate().catch((e) => { console.error(`as.js: rotate: ${e.stack || e}`); process.exit(1); });
+    }
+  }
+});
 process.stdin.on('end', () => process.exit(0));
 process.stdin.on('close', () => process.exit(0));
