@@ -342,6 +342,34 @@ fn http_urls_for_keys_consent_introspection_and_client_keys_are_refused_at_load(
     }
 }
 
+/// RS256 is not a FAPI algorithm: an issuer may list it only if no FAPI route uses it, and no
+/// other algorithm list may.
+#[test]
+fn rs256_is_refused_wherever_a_fapi_check_would_meet_it() {
+    portcullis_proxy::install_crypto_provider();
+    let d = staged();
+    let cfg = d.path().join("config");
+    let good = std::fs::read_to_string(cfg.join("demo.yaml")).unwrap();
+    let issuer_rs256 = good.replace(
+        "    jwks: {file: ../certs/as-jwks.json}\n",
+        "    jwks: {file: ../certs/as-jwks.json}\n    algorithms: [PS256, RS256]\n",
+    );
+    let msg = load_err(&cfg, &issuer_rs256);
+    assert!(
+        msg.contains(": auth: profile fapi") && msg.contains("but issuer `as` allows RS256"),
+        "{msg}"
+    );
+    assert!(msg.contains(".yaml"), "the policy file is named: {msg}");
+    let msg = load_err(
+        &cfg,
+        &format!("{good}\ndpop:\n  algorithms: [ES256, RS256]\n"),
+    );
+    assert!(
+        msg.contains("dpop.algorithms[1]: RS256 is not a FAPI algorithm"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn check_prints_a_summary_or_every_error_with_a_nonzero_exit() {
     let d = staged();

@@ -125,7 +125,7 @@ fn their_public(k: &KeyPair) -> PublicKey {
             &b64url_decode(jwk["x"].as_str().unwrap()).unwrap(),
         )
         .unwrap(),
-        Alg::PS256 => unreachable!("no PS256 in httpsig"),
+        Alg::PS256 | Alg::RS256 => unreachable!("no RSA in httpsig"),
     }
 }
 

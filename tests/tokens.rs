@@ -1277,6 +1277,90 @@ async fn system_trust_is_the_system_root_store() {
     assert!(out.contains("FAIL kid"), "{out}");
 }
 
+/// RS256 for APIs outside FAPI: an issuer that lists it, used by `bearer` routes only, accepts
+/// RS256 tokens signed with an RSA key that declares no `alg` (as some authorization servers
+/// publish them); an issuer that does not list it refuses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_tokens_are_accepted_only_from_an_issuer_that_allows_them_on_bearer_routes() {
+    use portcullis_crypto::jose::keypair::KeyPair;
+    let rsa = KeyPair::generate(Alg::PS256, "entra-1").unwrap();
+    let mut jwk = rsa.public_jwk();
+    jwk.as_object_mut().unwrap().remove("alg");
+    let jwks = tempfile::tempdir().unwrap();
+    let jwks_path = jwks.path().join("jwks.json");
+    std::fs::write(&jwks_path, json!({"keys": [jwk]}).to_string()).unwrap();
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.policy = r#"
+group: t
+upstream: bank
+routes:
+  - id: legacy
+    method: GET
+    path: /legacy/accounts
+    auth: {profile: bearer, issuer: legacy}
+  - id: strict
+    method: GET
+    path: /strict/accounts
+    auth: {profile: bearer, issuer: strict}
+"#
+    .to_string();
+    for (name, algorithms) in [
+        ("legacy", Some(vec!["RS256".to_string()])),
+        ("strict", None),
+    ] {
+        let issuer = FileIssuer {
+            algorithms,
+            clock_skew: Some(dur("10s")),
+            ..file_issuer(ISS, AUD, &jwks_path)
+        };
+        o.config.issuers.insert(name.into(), issuer);
+    }
+    let e = TokenEnv {
+        env: Env::start(o, up, jwks, Some(NOW)).await,
+        key: SigningKey::generate(Alg::ES256, "unused").unwrap(),
+    };
+    let token = rs256_token(&rsa, &claims(json!({})));
+    let before = e.up.count();
+    let (a, _) = e
+        .send("tpp1", "GET", "/legacy/accounts", &[bearer(&token)])
+        .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(e.up.count(), before + 1);
+    e.refused(
+        "tpp1",
+        "/strict/accounts",
+        &[bearer(&token)],
+        401,
+        "token.alg_not_allowed",
+    )
+    .await;
+}
+
+/// An RS256 JWT (RSASSA-PKCS1-v1_5 SHA-256) of `claims` by `key`, as RS256 authorization
+/// servers mint them (portcullis itself never signs RS256).
+fn rs256_token(key: &portcullis_crypto::jose::keypair::KeyPair, claims: &Value) -> String {
+    use rustls_pki_types::PrivateKeyDer;
+    let header = json!({"alg": "RS256", "typ": "at+jwt", "kid": key.kid});
+    let input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let pem = key.to_pkcs8_pem();
+    let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let rsa = aws_lc_rs::rsa::KeyPair::from_pkcs8(der.secret_der()).unwrap();
+    let mut sig = vec![0u8; rsa.public_modulus_len()];
+    rsa.sign(
+        &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+        &aws_lc_rs::rand::SystemRandom::new(),
+        input.as_bytes(),
+        &mut sig,
+    )
+    .unwrap();
+    format!("{input}.{}", b64url(&sig))
+}
+
 #[test]
 fn dev_token_mints_what_token_inspect_accepts_and_inspect_names_the_failed_check() {
     let bin = env!("CARGO_BIN_EXE_portcullis");

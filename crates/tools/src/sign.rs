@@ -195,7 +195,9 @@ fn run_inner(cmd: SignCommand) -> Result<(), String> {
             client,
             out,
         } => {
-            let alg = Alg::from_name(&alg).ok_or("--alg must be PS256, ES256 or EdDSA")?;
+            let alg = Alg::from_name(&alg)
+                .filter(|a| *a != Alg::RS256)
+                .ok_or("--alg must be PS256, ES256 or EdDSA")?;
             let k = KeyPair::generate(alg, &kid).map_err(|e| e.to_string())?;
             std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
             let key_path = out.join(format!("{kid}.key"));

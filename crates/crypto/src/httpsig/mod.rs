@@ -97,6 +97,6 @@ pub fn registry_name(alg: Alg) -> Option<&'static str> {
     match alg {
         Alg::ES256 => Some("ecdsa-p256-sha256"),
         Alg::EdDSA => Some("ed25519"),
-        Alg::PS256 => None,
+        Alg::PS256 | Alg::RS256 => None,
     }
 }

@@ -130,6 +130,17 @@ fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
 }
 
 /// Parses and checks one JWK object.
+/// An RSA JWK that declares no `alg`, as an RS256 key (every check of [`from_jwk`] applies);
+/// any other JWK is not one.
+pub fn from_jwk_implied_rs256(m: &Map<String, Value>) -> Result<VerifyingKey, JwkError> {
+    if m.contains_key("alg") || m.get("kty").and_then(Value::as_str) != Some("RSA") {
+        return Err(JwkError::AlgMismatch);
+    }
+    let mut declared = m.clone();
+    declared.insert("alg".into(), Value::String("RS256".into()));
+    from_jwk(&declared)
+}
+
 pub fn from_jwk(m: &Map<String, Value>) -> Result<VerifyingKey, JwkError> {
     if PRIVATE_MEMBERS.iter().any(|p| m.contains_key(*p)) {
         return Err(JwkError::PrivateMaterial);
@@ -208,7 +219,14 @@ pub fn from_jwk(m: &Map<String, Value>) -> Result<VerifyingKey, JwkError> {
                 ("kty", "RSA"),
                 ("n", member(m, "n")?),
             ]);
-            (Alg::PS256, rsa_public_key_der(&n, &e), t)
+            // A key declared RS256 is an RS256 key; an RSA key that declares nothing is PS256
+            // (and, where a key set allows it, RS256 too: see `KeySet`).
+            let alg = if declared == Some(Alg::RS256) {
+                Alg::RS256
+            } else {
+                Alg::PS256
+            };
+            (alg, rsa_public_key_der(&n, &e), t)
         }
         _ => return Err(JwkError::UnsupportedKeyType),
     };

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::jwk::{from_jwk, JwkError, VerifyingKey};
+use super::jwk::{from_jwk, from_jwk_implied_rs256, JwkError, VerifyingKey};
 use super::{b64url_decode, Alg};
 use portcullis_base::json::parse_object;
 
@@ -138,6 +138,11 @@ impl Compact<'_> {
 #[derive(Debug, Default)]
 pub struct KeySet {
     by_kid: HashMap<String, Vec<Arc<VerifyingKey>>>,
+    /// RSA keys that declare no `alg`, as RS256 keys: RFC 7517 lets such a key serve any RSA
+    /// algorithm, and several authorization servers publish their RS256 keys that way. Only a
+    /// signature that names RS256 reaches them, and only issuers configured for RS256 accept
+    /// such signatures.
+    implied_rs256: HashMap<String, Vec<Arc<VerifyingKey>>>,
     count: usize,
     /// Keys left out, with why (for logs and `check`).
     pub skipped: Vec<(Option<String>, JwkError)>,
@@ -185,6 +190,12 @@ impl KeySet {
                 continue;
             };
             let kid = m.get("kid").and_then(Value::as_str).map(str::to_string);
+            if let (Some(kid), Ok(key)) = (&kid, from_jwk_implied_rs256(m)) {
+                let same = set.implied_rs256.entry(kid.clone()).or_default();
+                if !same.iter().any(|k| k.thumbprint == key.thumbprint) {
+                    same.push(Arc::new(key));
+                }
+            }
             match (from_jwk(m), kid) {
                 (Ok(key), Some(kid)) => {
                     let same = set.by_kid.entry(kid).or_default();
@@ -209,7 +220,14 @@ impl KeySet {
     /// `kid` must name one key.
     pub fn select(&self, kid: &str, alg: Option<Alg>) -> Result<&Arc<VerifyingKey>, KeyChoice> {
         let keys = self.by_kid.get(kid).ok_or(KeyChoice::UnknownKid)?;
-        let mut fit = keys.iter().filter(|k| alg.is_none_or(|a| k.alg == a));
+        let implied = match alg {
+            Some(Alg::RS256) => self.implied_rs256.get(kid).map_or(&[][..], Vec::as_slice),
+            _ => &[],
+        };
+        let mut fit = keys
+            .iter()
+            .filter(|k| alg.is_none_or(|a| k.alg == a))
+            .chain(implied);
         match (fit.next(), fit.next()) {
             (Some(k), None) => Ok(k),
             (Some(_), Some(_)) => Err(KeyChoice::Ambiguous),

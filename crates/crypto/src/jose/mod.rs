@@ -28,6 +28,11 @@ pub enum Alg {
     ES256,
     PS256,
     EdDSA,
+    /// RSASSA-PKCS1-v1_5 with SHA-256: not a FAPI algorithm (FAPI 1 Part 2 §8.6, FAPI 2.0
+    /// Security Profile allow PS256, ES256 and EdDSA only), but the default of many
+    /// authorization servers. Verified only for access tokens of an issuer whose config lists
+    /// it, and whose routes are all `bearer` (checked at load). Never used to sign.
+    RS256,
 }
 
 impl Alg {
@@ -38,6 +43,7 @@ impl Alg {
             "ES256" => Some(Alg::ES256),
             "PS256" => Some(Alg::PS256),
             "EdDSA" => Some(Alg::EdDSA),
+            "RS256" => Some(Alg::RS256),
             _ => None,
         }
     }
@@ -47,6 +53,7 @@ impl Alg {
             Alg::ES256 => "ES256",
             Alg::PS256 => "PS256",
             Alg::EdDSA => "EdDSA",
+            Alg::RS256 => "RS256",
         }
     }
 
@@ -56,6 +63,7 @@ impl Alg {
             Alg::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
             Alg::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
             Alg::EdDSA => &signature::ED25519,
+            Alg::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
         }
     }
 }

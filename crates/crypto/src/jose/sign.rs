@@ -41,7 +41,7 @@ impl SigningKey {
                 .map_err(|_| KeyError)?
                 .as_ref()
                 .to_vec(),
-            Alg::PS256 => return Err(KeyError),
+            Alg::PS256 | Alg::RS256 => return Err(KeyError),
         };
         SigningKey::from_pkcs8(&pkcs8, kid)
     }

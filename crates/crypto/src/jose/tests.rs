@@ -549,3 +549,92 @@ fn wycheproof_primitives_agree_with_the_verify_function() {
         eprintln!("{file}: {checked} cases agree");
     }
 }
+
+/// An RSA key that declares no `alg` (the layout of several authorization servers' RS256 key
+/// sets) is PS256 and, for a signature that names RS256, RS256; a key that declares one is
+/// that one only; a lookup without an algorithm still sees one key.
+#[test]
+fn rsa_keys_without_alg_serve_rs256_only_when_rs256_is_asked_for() {
+    let rsa = keypair::KeyPair::generate(Alg::PS256, "r").unwrap();
+    let mut undeclared = rsa.public_jwk();
+    undeclared.as_object_mut().unwrap().remove("alg");
+    let mut declared_rs = rsa.public_jwk();
+    declared_rs["kid"] = json!("rs");
+    declared_rs["alg"] = json!("RS256");
+    let mut declared_ps = rsa.public_jwk();
+    declared_ps["kid"] = json!("ps");
+    let set = KeySet::from_json(
+        json!({"keys": [undeclared, declared_rs, declared_ps]})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(set.len(), 3);
+    assert_eq!(set.select("r", Some(Alg::PS256)).unwrap().alg, Alg::PS256);
+    assert_eq!(set.select("r", Some(Alg::RS256)).unwrap().alg, Alg::RS256);
+    assert_eq!(set.select("r", None).unwrap().alg, Alg::PS256);
+    assert_eq!(set.select("rs", Some(Alg::RS256)).unwrap().alg, Alg::RS256);
+    assert_eq!(
+        set.select("rs", Some(Alg::PS256)).unwrap_err(),
+        KeyChoice::NoKeyForAlg
+    );
+    assert_eq!(set.select("ps", Some(Alg::PS256)).unwrap().alg, Alg::PS256);
+    assert_eq!(
+        set.select("ps", Some(Alg::RS256)).unwrap_err(),
+        KeyChoice::NoKeyForAlg
+    );
+    // An RS256 token verifies only with an RS256 key, and is refused by an allow-list
+    // without RS256.
+    let input = format!(
+        "{}.{}",
+        b64url(json!({"alg": "RS256", "kid": "r"}).to_string().as_bytes()),
+        b64url(b"{}")
+    );
+    let sig = rs256_sign(&rsa, input.as_bytes());
+    let token = format!("{input}.{}", b64url(&sig));
+    let jws = parse(&token, &[Alg::RS256]).unwrap();
+    jws.verify_with(set.select("r", Some(jws.alg)).unwrap())
+        .unwrap();
+    assert_eq!(
+        jws.verify_with(set.select("r", Some(Alg::PS256)).unwrap()),
+        Err(JwsError::KeyAlgMismatch)
+    );
+    assert_eq!(
+        parse(&token, &[Alg::PS256, Alg::ES256]).unwrap_err(),
+        JwsError::AlgNotAllowed
+    );
+    // Under 2048 bits an RSA key is no key, whatever it declares.
+    let weak = json!({"kty": "RSA", "kid": "w", "alg": "RS256",
+        "n": b64url(&[0xC3; 128]), "e": "AQAB"});
+    let set = KeySet::from_json(
+        json!({"keys": [weak, rsa.public_jwk()]})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        set.skipped,
+        vec![(Some("w".into()), jwk::JwkError::WeakKey)]
+    );
+    assert_eq!(
+        set.select("w", Some(Alg::RS256)).unwrap_err(),
+        KeyChoice::UnknownKid
+    );
+}
+
+/// RSASSA-PKCS1-v1_5 SHA-256 with a test key (portcullis never signs RS256).
+fn rs256_sign(k: &keypair::KeyPair, msg: &[u8]) -> Vec<u8> {
+    let pem = k.to_pkcs8_pem();
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let rsa = aws_lc_rs::rsa::KeyPair::from_pkcs8(der.secret_der()).unwrap();
+    let mut sig = vec![0u8; rsa.public_modulus_len()];
+    rsa.sign(
+        &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+        &aws_lc_rs::rand::SystemRandom::new(),
+        msg,
+        &mut sig,
+    )
+    .unwrap();
+    sig
+}

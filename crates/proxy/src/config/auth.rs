@@ -333,17 +333,28 @@ pub struct Auth {
 
 const DEFAULT_ALGS: [Alg; 3] = [Alg::PS256, Alg::ES256, Alg::EdDSA];
 
-fn algorithms(p: &mut Problems<'_>, field: &str, names: &Option<Vec<String>>) -> Vec<Alg> {
+/// An allow-list of JWS algorithms; `rs256` says whether RS256 may be on it (an issuer's
+/// access tokens, for `bearer` routes only: see [`check_routes`]).
+fn algorithms(
+    p: &mut Problems<'_>,
+    field: &str,
+    names: &Option<Vec<String>>,
+    rs256: bool,
+) -> Vec<Alg> {
     let Some(names) = names else {
         return DEFAULT_ALGS.to_vec();
     };
     let mut out = Vec::new();
     for (i, n) in names.iter().enumerate() {
         match Alg::from_name(n) {
+            Some(Alg::RS256) if !rs256 => p.push(
+                format!("{field}[{i}]"),
+                "RS256 is not a FAPI algorithm: only an issuer's `algorithms` may list it, for bearer routes",
+            ),
             Some(a) => out.push(a),
             None => p.push(
                 format!("{field}[{i}]"),
-                format!("`{n}` is not an allowed algorithm (PS256, ES256, EdDSA; none and HMAC are never allowed)"),
+                format!("`{n}` is not an allowed algorithm (PS256, ES256, EdDSA, and RS256 for bearer-only issuers; none and HMAC are never allowed)"),
             ),
         }
     }
@@ -371,7 +382,7 @@ fn validate_issuer(
     if f.audience.is_empty() {
         p.push(field("audience"), "must not be empty");
     }
-    let algorithms = algorithms(p, &field("algorithms"), &f.algorithms);
+    let algorithms = algorithms(p, &field("algorithms"), &f.algorithms, true);
     let discovery = f
         .discovery
         .as_ref()
@@ -732,7 +743,7 @@ pub(crate) fn validate(
             }
         }
     });
-    let dpop_algs = algorithms(p, "dpop.algorithms", &dpop.algorithms);
+    let dpop_algs = algorithms(p, "dpop.algorithms", &dpop.algorithms, false);
     let dpop = DpopSettings {
         challenge_algs: dpop_algs
             .iter()
@@ -793,5 +804,35 @@ pub(crate) fn validate(
         dpop,
         cache_entries: tokens.cache_entries.unwrap_or(100_000),
         identity_headers,
+    }
+}
+
+/// RS256 is for APIs outside FAPI: an issuer that allows it may only be used by `bearer`
+/// routes (FAPI 1 Part 2 §8.6 and the FAPI 2.0 Security Profile allow PS256, ES256 and EdDSA),
+/// so a FAPI route can never accept an RS256 token.
+pub(crate) fn check_routes(
+    auth: &Auth,
+    policies: &portcullis_policy::PolicySet,
+    errors: &mut Vec<super::ConfigError>,
+) {
+    for route in policies.routes() {
+        let Some(a) = &route.auth else {
+            continue;
+        };
+        let Some(issuer) = auth.issuers.get(&a.issuer) else {
+            continue;
+        };
+        if a.profile != portcullis_policy::Profile::Bearer
+            && issuer.algorithms.contains(&Alg::RS256)
+        {
+            Problems::new(&route.file, errors).push(
+                format!("route {}: auth", route.id),
+                format!(
+                    "profile {} needs FAPI algorithms, but issuer `{}` allows RS256 (keep RS256 on an issuer used by bearer routes only)",
+                    a.profile.as_str(),
+                    issuer.name
+                ),
+            );
+        }
     }
 }

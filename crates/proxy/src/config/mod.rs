@@ -379,6 +379,7 @@ fn validate(
     let policies = portcullis_policy::load(&policy_paths, &known, errors);
     if let Some(set) = &policies {
         signatures::check_routes(&signatures, set, errors);
+        auth::check_routes(&auth, set, errors);
         portcullis_state::ratelimit::check_routes(&rate_limits, set, errors);
     }
 
