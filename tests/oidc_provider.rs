@@ -25,6 +25,22 @@
 //! register for `rs-mtls`, the provider refuses the client and the token is refused 503
 //! `token.introspection_unavailable` (no answer, fail closed).
 //!
+//! A second test takes RFC 9068 JWT access tokens from the provider (resource
+//! `https://rs-jwt.example`), verified with the key set its metadata names:
+//! - client credentials (unbound): forwarded on a `bearer` route, 401 `binding.unbound_token`
+//!   on a `fapi2` route;
+//! - certificate-bound (code flow of `tpp-mtls`): forwarded over its certificate, 401
+//!   `binding.cert_mismatch` over another;
+//! - DPoP-bound (code flow of `tpp-spa`): forwarded with a proof, 401
+//!   `binding.dpop_proof_missing` without;
+//! - a `private_key_jwt` client's token: forwarded, its client vouched for;
+//! - RFC 9396: `tpp-rar` (tls_client_auth at the token endpoint, so certificate-bound) asks for
+//!   `authorization_details` granting `acc-1`; against the shipped `policies/fapi2-rar.yaml`,
+//!   `acc-1` is forwarded and `acc-2` is a hidden 404 (`authz.object_hidden`);
+//! - the provider rotates its signing key without a restart: the new key's first token is
+//!   forwarded at once; after a second rotation the withdrawn key's token is 401
+//!   `token.unknown_key` and the newest key's is forwarded.
+//!
 //! Every refusal is checked three ways: status and reason code, the recording upstream saw
 //! nothing, and exactly one audit record with that reason.
 //!
@@ -499,34 +515,9 @@ async fn jwt_access_tokens_from_the_provider_are_verified_through_its_metadata_a
     let t = Instant::now();
     let dpop = SigningKey::generate(Alg::ES256, "dpop").unwrap();
     let mut asrv = start_as(&dpop);
-    let up = Upstream::start(Behaviour::Ok).await;
-    let mut o = Options::new(up.addr);
-    o.policy = POLICY.to_string();
-    let issuer = FileIssuer {
-        issuer: asrv.issuer.clone(),
-        audience: JWT_AUD.into(),
-        discovery: Some(FileDiscovery {
-            ca: vec![certs().join("ca.pem").display().to_string()],
-            ..FileDiscovery::default()
-        }),
-        // The key set from the metadata's jwks_uri, re-read every second (so a withdrawn key
-        // is gone quickly) and at once on an unknown kid.
-        jwks: Some(FileJwks {
-            refresh_interval: Some(dur("1s")),
-            ..FileJwks::default()
-        }),
-        ..FileIssuer::default()
-    };
-    o.config.issuers.insert("as".into(), issuer);
-    o.config.dpop.public_base_url = Some(BASE.into());
-    let e = Env::start(o, up, tempfile::tempdir().unwrap(), None).await;
-    for _ in 0..50 {
-        if e.p.admin_get("/readyz").await.0 == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(e.p.admin_get("/readyz").await.0, 200, "never ready");
+    // The key set from the metadata's jwks_uri, re-read every second (so a withdrawn key is
+    // gone quickly) and at once on an unknown kid.
+    let e = proxy_with_policy(&asrv, JWT_AUD, POLICY).await;
     let bearer = |t: &str| ("authorization", format!("Bearer {t}"));
     let over = |name: &str| (CLIENT, name.to_string());
 
@@ -594,6 +585,54 @@ async fn jwt_access_tokens_from_the_provider_are_verified_through_its_metadata_a
     )
     .await;
 
+    // private_key_jwt (RFC 7523) at the token endpoint: the proxy sees the client it names.
+    let seen = e
+        .forwarded(
+            "JWT of a private_key_jwt client",
+            "/bearer/accounts",
+            &[bearer(&asrv.token("jwt_pkj"))],
+        )
+        .await;
+    assert_eq!(seen.headers["x-portcullis-client-id"], "tpp-pkj");
+
+    // RFC 9396: a token whose authorization_details grant acc-1 (tls_client_auth at the token
+    // endpoint, so bound to tpp1), against the shipped policy policies/fapi2-rar.yaml.
+    let rar = asrv.token("jwt_rar");
+    let claims: Value = serde_json::from_slice(
+        &portcullis_crypto::jose::b64url_decode(rar.split('.').nth(1).unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        claims["authorization_details"][0],
+        json!({"type": "account_information", "accounts": ["acc-1"]}),
+        "{claims}"
+    );
+    assert_eq!(claims["cnf"]["x5t#S256"], thumb("tpp1"), "{claims}");
+    let rar_env =
+        proxy_with_policy(&asrv, JWT_AUD, include_str!("../policies/fapi2-rar.yaml")).await;
+    rar_env
+        .forwarded(
+            "RAR-granted account",
+            "/fapi2/accounts/acc-1",
+            &[bearer(&rar)],
+        )
+        .await;
+    // An account outside the grant does not exist for this caller: 404 like an unknown path,
+    // recorded as the hidden object it is, nothing upstream.
+    let before = rar_env.up.count();
+    let (a, id) = rar_env.send("/fapi2/accounts/acc-2", &[bearer(&rar)]).await;
+    assert_eq!(a.status, 404, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["reason"], "route.not_found");
+    assert_eq!(
+        rar_env.up.count(),
+        before,
+        "the upstream must receive nothing"
+    );
+    let rec = rar_env.p.audit_of(&id).await;
+    assert_eq!(rec["reason"], "authz.object_hidden", "{rec}");
+    assert_eq!(rec["decision"], "deny", "{rec}");
+    eprintln!("oidc-provider: RAR account outside the grant: 404 (authz.object_hidden)");
+
     // Rotation: es-2 is published and signs from now on. Its first token is accepted at once
     // (the unknown kid fetches the set again), without a restart.
     let (kid, rotated) = asrv.rotate();
@@ -629,6 +668,37 @@ async fn jwt_access_tokens_from_the_provider_are_verified_through_its_metadata_a
         "oidc-provider: JWT flows done in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+}
+
+/// A proxy trusting the provider's JWTs for `audience` (keys through its metadata) in front
+/// of a fresh recording upstream, with `policy`.
+async fn proxy_with_policy(asrv: &As, audience: &str, policy: &str) -> Env {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.policy = policy.to_string();
+    let issuer = FileIssuer {
+        issuer: asrv.issuer.clone(),
+        audience: audience.into(),
+        discovery: Some(FileDiscovery {
+            ca: vec![certs().join("ca.pem").display().to_string()],
+            ..FileDiscovery::default()
+        }),
+        jwks: Some(FileJwks {
+            refresh_interval: Some(dur("1s")),
+            ..FileJwks::default()
+        }),
+        ..FileIssuer::default()
+    };
+    o.config.issuers.insert("as".into(), issuer);
+    o.config.dpop.public_base_url = Some(BASE.into());
+    let e = Env::start(o, up, tempfile::tempdir().unwrap(), None).await;
+    for _ in 0..50 {
+        if e.p.admin_get("/readyz").await.0 == 200 {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the proxy never became ready");
 }
 
 /// Runs `portcullis token inspect` on `config` with the token on standard input; returns the

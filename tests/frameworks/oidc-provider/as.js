@@ -52,6 +52,9 @@ const rsSecret = readFileSync(env('AS_RS_SECRET_FILE'), 'utf8').trim();
 const rsSubject = new crypto.X509Certificate(readFileSync(env('AS_RS_CLIENT_CERT'))).subject;
 const dpopKey = crypto.createPrivateKey(readFileSync(env('AS_DPOP_KEY')));
 const clientTls = { cert: readFileSync(env('AS_CLIENT_CERT')), key: readFileSync(env('AS_CLIENT_KEY')) };
+const clientSubject = new crypto.X509Certificate(clientTls.cert).subject;
+// The key `tpp-pkj` signs its client assertions with (private_key_jwt).
+const pkjKey = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
 const appSecret = crypto.randomBytes(24).toString('hex');
 const REDIRECT = 'https://tpp.example/cb';
 const b64url = (b) => Buffer.from(b).toString('base64url');
@@ -99,7 +102,7 @@ function peerCertificate(ctx) {
 
 const makeProvider = () => new Provider(issuer, {
   jwks: { keys: [...es, rsaKey] },
-  clientAuthMethods: ['client_secret_basic', 'none', 'tls_client_auth'],
+  clientAuthMethods: ['client_secret_basic', 'none', 'tls_client_auth', 'private_key_jwt'],
   clients: [
     // The resource server (the proxy): it only introspects.
     {
@@ -116,6 +119,28 @@ const makeProvider = () => new Provider(issuer, {
       token_endpoint_auth_method: 'tls_client_auth',
       tls_client_auth_subject_dn: rsSubject,
       grant_types: [],
+      response_types: [],
+      redirect_uris: [],
+    },
+    // A TPP authenticating with its certificate (tls_client_auth, RFC 8705 §2) whose tokens are
+    // bound to it, and which asks for RFC 9396 authorization details.
+    {
+      client_id: 'tpp-rar',
+      token_endpoint_auth_method: 'tls_client_auth',
+      tls_client_auth_subject_dn: clientSubject,
+      tls_client_certificate_bound_access_tokens: true,
+      authorization_details_types: ['account_information', 'payment_initiation'],
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+    },
+    // A client authenticating with a signed assertion (private_key_jwt, RFC 7523).
+    {
+      client_id: 'tpp-pkj',
+      token_endpoint_auth_method: 'private_key_jwt',
+      token_endpoint_auth_signing_alg: 'ES256',
+      jwks: { keys: [{ ...pkjKey.publicKey.export({ format: 'jwk' }), kid: 'pkj-1', alg: 'ES256', use: 'sig' }] },
+      grant_types: ['client_credentials'],
       response_types: [],
       redirect_uris: [],
     },
@@ -153,6 +178,19 @@ const makeProvider = () => new Provider(issuer, {
   pkce: { required: () => true },
   features: {
     devInteractions: { enabled: true },
+    // RFC 9396: the details a client asks for at the token endpoint are what its access token
+    // carries (a real server would apply its consent policy here).
+    richAuthorizationRequests: {
+      enabled: true,
+      types: {
+        account_information: { validate() {} },
+        payment_initiation: { validate() {} },
+      },
+      authorizationDetailsForAccessToken: (ctx, token, source) => (source
+        ? source.rar : JSON.parse(ctx.oidc.params.authorization_details)),
+      authorizationDetailsForGrantSource: (ctx) => JSON.parse(ctx.oidc.params.authorization_details),
+      authorizationDetailsForIntrospection: (ctx, token) => token.rar,
+    },
     introspection: { enabled: true },
     clientCredentials: { enabled: true },
     dPoP: { enabled: true },
@@ -217,6 +255,18 @@ function request(method, url, {
 function basic(id, secret) {
   const enc = encodeURIComponent;
   return `Basic ${Buffer.from(`${enc(id)}:${enc(secret)}`).toString('base64')}`;
+}
+
+// A client assertion for private_key_jwt (RFC 7523 §3), signed by pkjKey.
+function clientAssertion(clientId) {
+  const header = { typ: 'JWT', alg: 'ES256', kid: 'pkj-1' };
+  const now = Math.floor(Date.now() / 1000);
+  const payload = {
+    iss: clientId, sub: clientId, aud: issuer, jti: crypto.randomUUID(), iat: now, exp: now + 60,
+  };
+  const input = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(payload))}`;
+  const sig = crypto.sign('sha256', Buffer.from(input), { key: pkjKey.privateKey, dsaEncoding: 'ieee-p1363' });
+  return `${input}.${b64url(sig)}`;
 }
 
 function dpopProof(method, htu) {
@@ -309,6 +359,23 @@ try {
     { auth: appAuth },
   );
   const jwtSpa = await codeFlow('tpp-spa', { dpop: true, resource: JWT });
+  const jwtRar = await token({
+    grant_type: 'client_credentials',
+    client_id: 'tpp-rar',
+    resource: JWT,
+    scope: 'accounts',
+    authorization_details: JSON.stringify([
+      { type: 'account_information', accounts: ['acc-1'] },
+      { type: 'payment_initiation', debtorAccounts: ['acc-1'] },
+    ]),
+  }, { tls: clientTls });
+  const jwtPkj = await token({
+    grant_type: 'client_credentials',
+    resource: JWT,
+    scope: 'accounts',
+    client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer',
+    client_assertion: clientAssertion('tpp-pkj'),
+  });
   const jwtMtls = await codeFlow('tpp-mtls', { tls: clientTls, resource: JWT });
   const tokens = {
     access: app.access_token,
@@ -322,6 +389,8 @@ try {
   const jwts = {
     jwt_access: jwtApp.access_token,
     jwt_spare: jwtSpare.access_token,
+    jwt_rar: jwtRar.access_token,
+    jwt_pkj: jwtPkj.access_token,
     jwt_dpop_access: jwtSpa.access_token,
     jwt_mtls_access: jwtMtls.access_token,
   };
