@@ -40,7 +40,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{read_certs, resolve, ConfigError, Problems};
+use super::auth::{is_pinned, Trust};
+use super::{resolve, ConfigError, Problems};
 use portcullis_base::duration::ConfigDuration;
 use portcullis_crypto::jose::keypair::KeyPair;
 use portcullis_crypto::jose::Alg;
@@ -73,6 +74,8 @@ pub struct FileClientKeys {
     pub url: Option<String>,
     #[serde(default)]
     pub ca: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_pinned")]
+    pub trust: Trust,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_interval: Option<ConfigDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -257,7 +260,7 @@ fn client_keys(
                 );
                 return None;
             }
-            if !f.ca.is_empty() {
+            if !f.ca.is_empty() || f.trust != Trust::Pinned {
                 p.push("signatures.client_keys.ca", "applies only to url");
             }
             watched.push(dir.clone());
@@ -280,21 +283,16 @@ fn client_keys(
                 );
                 return None;
             }
-            let mut roots = rustls::RootCertStore::empty();
-            for (i, ca) in f.ca.iter().enumerate() {
-                let path = resolve(base, ca);
-                watched.push(path.clone());
-                for c in read_certs(p, &format!("signatures.client_keys.ca[{i}]"), &path) {
-                    let _ = roots.add(c);
-                }
-            }
-            if roots.is_empty() {
-                p.push(
-                    "signatures.client_keys.ca",
-                    "a key set URL needs its CA bundle (trust is pinned)",
-                );
-                return None;
-            }
+            let roots = super::trust_roots(
+                p,
+                base,
+                "signatures.client_keys.",
+                &f.ca,
+                f.trust,
+                None,
+                "a key set URL",
+                watched,
+            )?;
             let tls = crate::tls::upstream_client_config(roots, None)
                 .map_err(|e| p.push("signatures.client_keys", e))
                 .ok()?;
