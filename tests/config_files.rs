@@ -218,6 +218,14 @@ fn introspection_client_authentication_is_complete_or_refused() {
         assert!(msg.contains("bad.yaml"), "file named: {msg}");
         assert!(msg.contains(want), "want `{want}` in: {msg}");
     }
+    // Introspecting JWTs needs JWTs: an issuer without jwks has none.
+    let opaque_only = with(&format!("      client_id: rs\n{cert}      jwts: true\n"))
+        .replace("    jwks: {file: ../certs/as-jwks.json}\n", "");
+    let msg = load_err(&cfg, &opaque_only);
+    assert!(
+        msg.contains("issuers.as.introspection.jwts: applies to JWT access tokens, which need jwks"),
+        "{msg}"
+    );
     for auth in [
         format!("      client_id: rs\n{cert}"),
         "      client_id: rs\n      client_secret_file: rs-secret\n".to_string(),

@@ -1361,6 +1361,107 @@ fn rs256_token(key: &portcullis_crypto::jose::keypair::KeyPair, claims: &Value) 
     format!("{input}.{}", b64url(&sig))
 }
 
+/// With `introspection.jwts`, a JWT access token that verified locally is also introspected,
+/// so a token the authorization server revoked stops working within `cache_ttl`; no answer is
+/// no decision (503). Without it, a JWT never reaches the introspection endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_jwt_access_tokens_are_refused_within_the_introspection_cache_ttl() {
+    let key = SigningKey::generate(Alg::ES256, "as-1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, key.jwks().to_string()).unwrap();
+    std::fs::write(dir.path().join("secret"), "s3cret\n").unwrap();
+    let active = |yes: bool| Reply::With(200, json!({"active": yes}).to_string());
+    let revocation = Source::start(active(true)).await;
+    let plain = Source::start(active(true)).await;
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.policy = r#"
+group: t
+upstream: bank
+routes:
+  - id: checked
+    method: GET
+    path: /checked/accounts
+    auth: {profile: bearer, issuer: checked}
+  - id: plain
+    method: GET
+    path: /plain/accounts
+    auth: {profile: bearer, issuer: plain}
+"#
+    .to_string();
+    for (name, source, jwts) in [("checked", &revocation, true), ("plain", &plain, false)] {
+        let introspection = FileIntrospection {
+            url: Some(format!(
+                "https://localhost:{}/introspect",
+                source.addr.port()
+            )),
+            ca: vec![certs().join("ca.pem").display().to_string()],
+            client_id: Some("rs-client".into()),
+            client_secret_file: Some(dir.path().join("secret").display().to_string()),
+            cache_ttl: Some(dur("1s")),
+            jwts: Some(jwts),
+            ..FileIntrospection::default()
+        };
+        let issuer = FileIssuer {
+            introspection: Some(introspection),
+            ..file_issuer(ISS, AUD, &jwks_path)
+        };
+        o.config.issuers.insert(name.into(), issuer);
+    }
+    let e = TokenEnv {
+        env: Env::start(o, up, dir, None).await,
+        key,
+    };
+    let now = portcullis_base::clock::SystemClock.now();
+    let token = bearer(&e.key.access_token(&json!({
+        "iss": ISS, "aud": AUD, "exp": now + 300, "iat": now, "jti": "j", "client_id": "tpp-one",
+    })));
+    let ok = |path: &'static str| {
+        let (e, token) = (&e, token.clone());
+        async move {
+            let (a, _) = e.send("tpp1", "GET", path, &[token]).await;
+            assert_eq!(
+                a.status,
+                200,
+                "{path}: {}",
+                String::from_utf8_lossy(&a.body)
+            );
+        }
+    };
+    ok("/checked/accounts").await;
+    ok("/plain/accounts").await;
+    assert_eq!(revocation.hits(), 1, "the JWT was introspected");
+    assert_eq!(plain.hits(), 0, "without jwts a JWT is never introspected");
+    // The AS revokes the token: within cache_ttl the cached answer still lets it through
+    // (the documented exposure window), then it is refused.
+    revocation.set(active(false));
+    ok("/checked/accounts").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    e.refused(
+        "tpp1",
+        "/checked/accounts",
+        &[token.clone()],
+        401,
+        "token.inactive",
+    )
+    .await;
+    // No answer: no decision.
+    revocation.set(Reply::With(503, String::new()));
+    e.refused(
+        "tpp1",
+        "/checked/accounts",
+        &[token.clone()],
+        503,
+        "token.introspection_unavailable",
+    )
+    .await;
+    // The other issuer's JWT is good until exp, whatever its endpoint says.
+    plain.set(active(false));
+    ok("/plain/accounts").await;
+    assert_eq!(plain.hits(), 0);
+}
+
 #[test]
 fn dev_token_mints_what_token_inspect_accepts_and_inspect_names_the_failed_check() {
     let bin = env!("CARGO_BIN_EXE_portcullis");

@@ -37,6 +37,8 @@ pub struct IntrospectionConfig {
     pub timeout: Duration,
     /// How long an answer is reused (bounded by the token's `exp`).
     pub cache_ttl: i64,
+    /// Ask about JWT access tokens too (revocation), after their signature and claims passed.
+    pub jwts: bool,
 }
 
 /// How the proxy authenticates itself to the introspection endpoint (RFC 7662 §2.1 requires

@@ -130,6 +130,10 @@ pub struct FileIntrospection {
     pub cache_ttl: Option<ConfigDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<ConfigDuration>,
+    /// Also introspect JWT access tokens that verified locally, so a token the AS revoked
+    /// stops working within `cache_ttl` (default false: a JWT is good until `exp`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwts: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -401,6 +405,16 @@ fn validate_issuer(
         None => None,
         Some(j) => validate_jwks(p, base, name, j, discovery.as_ref(), watched),
     };
+    if f.jwks.is_none()
+        && f.introspection
+            .as_ref()
+            .is_some_and(|i| i.jwts == Some(true))
+    {
+        p.push(
+            field("introspection.jwts"),
+            "applies to JWT access tokens, which need jwks",
+        );
+    }
     let scope_claim = mapped_claim(p, &field("scope_claim"), &f.scope_claim, "scope");
     let client_claim = mapped_claim(p, &field("client_claim"), &f.client_claim, "client_id");
     if f.jwks.is_some() && jwks.is_none() {
@@ -557,6 +571,7 @@ fn validate_introspection(
         auth,
         timeout: f.timeout.map_or(Duration::from_secs(2), |d| d.0),
         cache_ttl: secs(f.cache_ttl, 60),
+        jwts: f.jwts.unwrap_or(false),
     })
 }
 

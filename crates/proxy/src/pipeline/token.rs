@@ -369,8 +369,22 @@ pub async fn verify(
     let looks_like_jws = token.matches('.').count() == 2;
     let t = match (keys, introspector) {
         (Some(keys), None) => verify_jwt(token, issuer, keys, cache, now).await?,
-        (Some(keys), Some(_)) if looks_like_jws => {
-            verify_jwt(token, issuer, keys, cache, now).await?
+        (Some(keys), Some(i)) if looks_like_jws => {
+            let mut t = verify_jwt(token, issuer, keys, cache, now).await?;
+            if i.config.jwts {
+                // A signature says who issued the token, not that it is still good: the AS
+                // answers for revocation. The answer is reused for `cache_ttl` at most, the
+                // window in which a revoked token still passes.
+                match i.introspect(token).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Err(TokenError::Inactive),
+                    Err(IntrospectError::Unavailable) => {
+                        return Err(TokenError::IntrospectionUnavailable)
+                    }
+                }
+                t.cache_until = t.cache_until.min(now.saturating_add(i.config.cache_ttl));
+            }
+            t
         }
         (_, Some(i)) => {
             cache.verifications.fetch_add(1, Ordering::Relaxed);
