@@ -223,7 +223,9 @@ fn introspection_client_authentication_is_complete_or_refused() {
         .replace("    jwks: {file: ../certs/as-jwks.json}\n", "");
     let msg = load_err(&cfg, &opaque_only);
     assert!(
-        msg.contains("issuers.as.introspection.jwts: applies to JWT access tokens, which need jwks"),
+        msg.contains(
+            "issuers.as.introspection.jwts: applies to JWT access tokens, which need jwks"
+        ),
         "{msg}"
     );
     for auth in [

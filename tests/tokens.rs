@@ -1441,7 +1441,7 @@ routes:
     e.refused(
         "tpp1",
         "/checked/accounts",
-        &[token.clone()],
+        std::slice::from_ref(&token),
         401,
         "token.inactive",
     )
@@ -1451,7 +1451,7 @@ routes:
     e.refused(
         "tpp1",
         "/checked/accounts",
-        &[token.clone()],
+        std::slice::from_ref(&token),
         503,
         "token.introspection_unavailable",
     )
