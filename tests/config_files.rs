@@ -324,6 +324,15 @@ fn consent_client_authentication_is_exactly_one_way_and_complete_or_refused() {
         msg.contains("consent.client_auth: client authentication is for a consent url"),
         "{msg}"
     );
+    // The token file is re-read on its own: a rotation must not reload the whole config.
+    let p = cfg.join("good.yaml");
+    std::fs::write(&p, with("    bearer_token_file: consent-token\n")).unwrap();
+    let loaded = Config::load(&p).unwrap();
+    assert!(
+        !loaded.watched.iter().any(|w| w.ends_with("consent-token")),
+        "{:?}",
+        loaded.watched
+    );
     for auth in [
         cert.to_string(),
         "    bearer_token_file: consent-token\n".to_string(),
