@@ -578,3 +578,26 @@ async fn client_credentials_by_client_certificate_reach_an_mtls_token_endpoint_a
     forwarded("second", &e.accounts().await);
     assert_eq!(*issued.lock().unwrap(), ["mtls-1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_credentials_token_the_service_refuses_is_replaced_on_the_next_lookup() {
+    let te = token_endpoint(300).await;
+    let consents = consent_service_for(te.issued.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let auth = client_credentials(&dir, format!("https://localhost:{}/token", te.addr.port()));
+    let e = env(consents.port(), Some(auth), dir).await;
+    forwarded("with the first token", &e.accounts().await);
+    // The service revokes the token long before its expiry: that lookup has no decision...
+    te.issued.lock().unwrap()[0] = "revoked".into();
+    e.refused(
+        "a revoked token",
+        e.accounts().await,
+        503,
+        "authz.consent_unavailable",
+        1,
+    )
+    .await;
+    // ...and the proxy, having dropped it, asks for a new one.
+    forwarded("with a new token", &e.accounts().await);
+    assert_eq!(*te.issued.lock().unwrap(), ["revoked", "cc-2"]);
+}
