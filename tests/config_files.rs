@@ -240,6 +240,123 @@ fn introspection_client_authentication_is_complete_or_refused() {
     }
 }
 
+/// Consent service client authentication: exactly one way, each complete; refusals name the
+/// file, the field and the reason.
+#[test]
+fn consent_client_authentication_is_exactly_one_way_and_complete_or_refused() {
+    portcullis_proxy::install_crypto_provider();
+    let d = staged();
+    let cfg = d.path().join("config");
+    std::fs::write(cfg.join("consent-token"), "abc.def-123\n").unwrap();
+    std::fs::write(cfg.join("empty"), "\n").unwrap();
+    std::fs::write(cfg.join("not-a-token"), "two words\n").unwrap();
+    std::fs::write(cfg.join("client-secret"), "s3cret\n").unwrap();
+    let good = std::fs::read_to_string(cfg.join("edge.yaml")).unwrap();
+    let section =
+        "consent:\n  url: https://consents.bank.internal/consents/{id}\n  ca: [../certs/ca.pem]\n";
+    assert!(good.contains(section));
+    let with = |auth: &str| good.replace(section, &format!("{section}  client_auth:\n{auth}"));
+    let cert =
+        "    client_certificate: ../certs/tpp1.pem\n    client_private_key: ../certs/tpp1.key\n";
+    let cc = |extra: &str| {
+        format!("    client_credentials:\n      token_url: https://as.bank.example/token\n      client_id: portcullis\n{extra}")
+    };
+    let secret = "      client_secret_file: client-secret\n";
+    for (auth, want) in [
+        ("    {}\n".to_string(), "consent.client_auth: set one of client_certificate"),
+        (
+            "    client_certificate: ../certs/tpp1.pem\n".to_string(),
+            "consent.client_auth.client_certificate: client_certificate and client_private_key go together",
+        ),
+        (
+            format!("{cert}    bearer_token_file: consent-token\n"),
+            "consent.client_auth.bearer_token_file: a bearer token file and a client certificate",
+        ),
+        (
+            format!("    bearer_token_file: consent-token\n{}", cc(secret)),
+            "consent.client_auth.bearer_token_file: set one of bearer_token_file and client_credentials",
+        ),
+        (
+            "    bearer_token_file: missing\n".to_string(),
+            "consent.client_auth.bearer_token_file: cannot read",
+        ),
+        (
+            "    bearer_token_file: empty\n".to_string(),
+            "consent.client_auth.bearer_token_file: ",
+        ),
+        (
+            "    bearer_token_file: not-a-token\n".to_string(),
+            "holds no bearer token (RFC 6750 b64token)",
+        ),
+        (
+            cc(""),
+            "consent.client_auth.client_credentials.client_secret_file: the token endpoint needs client authentication",
+        ),
+        (
+            format!("{cert}{}", cc(secret)),
+            "consent.client_auth.client_credentials.client_secret_file: the token endpoint takes client_secret_file or the client certificate, not both",
+        ),
+        (
+            cc(secret).replace("https://as.bank.example/token", "http://as.bank.example/token"),
+            "consent.client_auth.client_credentials.token_url: `http://as.bank.example/token` is not an https:// URL",
+        ),
+        (
+            cc(secret).replace("client_id: portcullis", "client_id: \"\""),
+            "consent.client_auth.client_credentials.client_id: must not be empty",
+        ),
+        (
+            cc(&format!("{secret}      scope: \"a  b\"\n")),
+            "consent.client_auth.client_credentials.scope: must be space-separated scope tokens",
+        ),
+        (
+            cc("      client_secret_file: empty\n"),
+            "consent.client_auth.client_credentials.client_secret_file: the secret file is empty",
+        ),
+        (
+            "    bearer_token: abc\n".to_string(),
+            "unknown field `bearer_token`",
+        ),
+    ] {
+        let msg = load_err(&cfg, &with(&auth));
+        assert!(msg.contains("bad.yaml"), "file named: {msg}");
+        assert!(msg.contains(want), "want `{want}` in: {msg}");
+    }
+    // A client authentication for a consent file is a mistake, not something to ignore.
+    let demo = std::fs::read_to_string(cfg.join("demo.yaml")).unwrap();
+    let msg = load_err(
+        &cfg,
+        &demo.replace(
+            "  file: dev-consents.json\n",
+            "  file: dev-consents.json\n  client_auth:\n    bearer_token_file: consent-token\n",
+        ),
+    );
+    assert!(
+        msg.contains("consent.client_auth: client authentication is for a consent url"),
+        "{msg}"
+    );
+    // The token file is re-read on its own: a rotation must not reload the whole config.
+    let p = cfg.join("good.yaml");
+    std::fs::write(&p, with("    bearer_token_file: consent-token\n")).unwrap();
+    let loaded = Config::load(&p).unwrap();
+    assert!(
+        !loaded.watched.iter().any(|w| w.ends_with("consent-token")),
+        "{:?}",
+        loaded.watched
+    );
+    for auth in [
+        cert.to_string(),
+        "    bearer_token_file: consent-token\n".to_string(),
+        cc(&format!("{secret}      scope: consents:read accounts\n")),
+        format!("{cert}{}", cc("")),
+    ] {
+        let p = cfg.join("good.yaml");
+        std::fs::write(&p, with(&auth)).unwrap();
+        if let Err(e) = Config::load(&p) {
+            panic!("{auth}: {e}");
+        }
+    }
+}
+
 /// Scope and client claims an issuer maps (`scp`, `azp`, ...) are plain member names, never a
 /// registered claim that already means something else.
 #[test]

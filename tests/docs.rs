@@ -148,6 +148,8 @@ fn staged() -> tempfile::TempDir {
     )
     .unwrap();
     std::fs::write(secrets.join("redis-password"), "redis-password\n").unwrap();
+    std::fs::write(secrets.join("consent-token"), "consent-api-token\n").unwrap();
+    std::fs::write(secrets.join("consent-client"), "consent-client-secret\n").unwrap();
     std::fs::write(secrets.join("dpop-nonce"), [7u8; 32]).unwrap();
     d
 }

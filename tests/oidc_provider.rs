@@ -318,7 +318,7 @@ fn now() -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn introspection_answers_for_refresh_tokens_and_other_audiences_are_refused() {
-    let log = Log::install();
+    let log = Log::global();
     let t = Instant::now();
     let dpop = SigningKey::generate(Alg::ES256, "dpop").unwrap();
     let asrv = start_as(&dpop);
@@ -783,46 +783,6 @@ async fn proxy_for(asrv: &As, auth: FileIntrospection, how: Endpoint) -> Env {
     o.config.issuers.insert("as".into(), issuer);
     o.config.dpop.public_base_url = Some(BASE.into());
     Env::start(o, up, tempfile::tempdir().unwrap(), None).await
-}
-
-/// The process's log (warnings and above, as JSON lines), captured so the test reads what an
-/// operator would.
-#[derive(Clone, Default)]
-struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl Log {
-    fn install() -> Log {
-        let log = Log::default();
-        tracing_subscriber::fmt()
-            .json()
-            .with_max_level(tracing::Level::WARN)
-            .with_writer(log.clone())
-            .init();
-        log
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl std::io::Write for Log {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
-    type Writer = Log;
-
-    fn make_writer(&'a self) -> Log {
-        self.clone()
-    }
 }
 
 trait Proof {

@@ -920,9 +920,45 @@ pub(crate) async fn https_endpoint_after(
     delay: Duration,
     handler: Handler,
 ) -> std::net::SocketAddr {
+    serve_https(dev_server_acceptor(), delay, handler).await
+}
+
+/// An HTTPS endpoint that refuses, in the TLS handshake, every client without a certificate
+/// from the dev CA (`ca.pem`): a service that requires mutual TLS.
+pub(crate) async fn https_endpoint_requiring_client_cert(handler: Handler) -> std::net::SocketAddr {
+    use rustls_pki_types::pem::PemObject;
+    let certs = certs();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(certs.join("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .unwrap();
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(certs.join("server.pem"))
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(certs.join("server.key")).unwrap();
+    let cfg = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    serve_https(
+        tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+        Duration::ZERO,
+        handler,
+    )
+    .await
+}
+
+async fn serve_https(
+    acceptor: tokio_rustls::TlsAcceptor,
+    delay: Duration,
+    handler: Handler,
+) -> std::net::SocketAddr {
     use http_body_util::BodyExt;
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    let acceptor = dev_server_acceptor();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -981,4 +1017,49 @@ pub(crate) fn check_generated(rel: &str, name: &str, generated: &str) {
         *generated,
         "{rel} is not what the code generates: run the test with PORTCULLIS_WRITE_DOCS=1"
     );
+}
+
+/// The process's log (warnings and above, as JSON lines), captured so the test reads what an
+/// operator would.
+#[derive(Clone, Default)]
+pub(crate) struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Log {
+    /// The one log of this test process (installed on first use).
+    pub(crate) fn global() -> Log {
+        static LOG: OnceLock<Log> = OnceLock::new();
+        LOG.get_or_init(|| {
+            let log = Log::default();
+            tracing_subscriber::fmt()
+                .json()
+                .with_max_level(tracing::Level::WARN)
+                .with_writer(log.clone())
+                .init();
+            log
+        })
+        .clone()
+    }
+
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Log {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
+    type Writer = Log;
+
+    fn make_writer(&'a self) -> Log {
+        self.clone()
+    }
 }

@@ -112,8 +112,12 @@ pub enum ValueSource {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SetSource {
     Claim(Vec<String>),
-    AuthorizationDetails { kind: String, field: String },
-    Consent(String),
+    AuthorizationDetails {
+        kind: String,
+        field: String,
+    },
+    /// A member of the consent record, by path (`accounts`, `Initiation.CreditorAccount.Identification`).
+    Consent(Vec<String>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -270,7 +274,16 @@ fn compile_set(p: &mut Problems<'_>, field: &str, s: &FileSet) -> Option<SetSour
             kind: a.r#type.clone(),
             field: a.field.clone(),
         }),
-        (None, None, Some(c)) => Some(SetSource::Consent(c.clone())),
+        (None, None, Some(c)) if !c.is_empty() && c.split('.').all(|x| !x.is_empty()) => Some(
+            SetSource::Consent(c.split('.').map(str::to_string).collect()),
+        ),
+        (None, None, Some(c)) => {
+            p.push(
+                format!("{field}.consent"),
+                format!("`{c}` is not a member path (name or Initiation.CreditorAccount.Identification)"),
+            );
+            None
+        }
         _ => {
             p.push(
                 field,
@@ -429,7 +442,7 @@ pub(crate) fn compile(
     ok.then_some(out)
 }
 
-/// A consent record (OBIE-style).
+/// A consent record: an OBIE consent resource's `Data` or a flat record.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConsentRecord {
     pub status: String,
@@ -441,13 +454,26 @@ pub struct ConsentRecord {
 }
 
 impl ConsentRecord {
-    /// Reads one record from JSON (OBIE `Data` wrapper or flat).
+    /// Reads one record from JSON: the `Data` of an OBIE (UK Open Banking Read/Write API v3.1 /
+    /// v4) consent resource, or a flat record.
+    ///
+    /// The OBIE shapes carry their status in `Data.Status` (account access: `Authorised`,
+    /// `AwaitingAuthorisation`, `Rejected`, `Revoked`; payments add `Consumed`) and end at
+    /// `Data.ExpirationDateTime` (account access) or `Data.ControlParameters.ValidToDateTime`
+    /// (VRP); account access consents list `Data.Permissions`. Every other member (a payment's
+    /// `Initiation`, a VRP's `ControlParameters`) stays in [`ConsentRecord::raw`] for rules to
+    /// read by path, e.g. `Initiation.CreditorAccount.Identification`.
     pub fn from_json(v: &Value) -> Option<ConsentRecord> {
         let m: &serde_json::Map<String, Value> =
             v.get("Data").and_then(Value::as_object).or(v.as_object())?;
         let get = |a: &str, b: &str| m.get(a).or_else(|| m.get(b));
         let status = get("status", "Status")?.as_str()?.to_string();
-        let expires_at = match get("expires", "ExpirationDateTime") {
+        let vrp_end = || {
+            m.get("ControlParameters")
+                .and_then(Value::as_object)
+                .and_then(|c| c.get("ValidToDateTime"))
+        };
+        let expires_at = match get("expires", "ExpirationDateTime").or_else(vrp_end) {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => Some(n.as_i64()?),
             Some(Value::String(s)) => Some(
@@ -581,8 +607,8 @@ pub fn granted(
             .filter_map(|d| d.get(field))
             .flat_map(strings)
             .collect(),
-        SetSource::Consent(member) => consent
-            .and_then(|c| c.raw.get(member))
+        SetSource::Consent(path) => consent
+            .and_then(|c| claim_at(&c.raw, path))
             .map(strings)
             .unwrap_or_default()
             .into_iter()

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use base64::Engine;
+
 /// An HTTPS-only client (HTTP/1.1) for the proxy's own calls to a control-plane endpoint — key
 /// sets, introspection, consent — with pinned trust from `tls` and a connect timeout.
 pub fn pinned_https_client<B>(
@@ -25,4 +27,37 @@ where
         .wrap_connector(http);
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build(connector)
+}
+
+/// The `error` member of an OAuth error answer (RFC 6749 §5.2), when it is short and printable:
+/// it is the server's own code, safe to log, unlike the rest of the body.
+pub fn oauth_error(body: &[u8]) -> Option<String> {
+    let m = portcullis_base::json::parse_object(body)?;
+    let e = m.get("error")?.as_str()?;
+    (e.len() <= 64
+        && e.bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\'))
+    .then(|| e.to_string())
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+pub fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `client_secret_basic` (RFC 6749 §2.3.1): the id and secret form-encoded, then base64.
+pub fn basic_auth(client_id: &str, secret: &str) -> String {
+    let raw = format!("{}:{}", form_encode(client_id), form_encode(secret));
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
 }

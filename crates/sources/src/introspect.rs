@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
@@ -23,6 +22,7 @@ use hyper_util::client::legacy::Client;
 use serde_json::{Map, Value};
 
 use crate::discovery::Discovery;
+use crate::https::{basic_auth, form_encode, oauth_error};
 
 const MAX_BODY: usize = 64 * 1024;
 
@@ -90,17 +90,6 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// The `error` member of an OAuth error answer (RFC 6749 §5.2), when it is short and printable:
-/// it is the server's own code, safe to log, unlike the rest of the body.
-fn oauth_error(body: &[u8]) -> Option<String> {
-    let m = portcullis_base::json::parse_object(body)?;
-    let e = m.get("error")?.as_str()?;
-    (e.len() <= 64
-        && e.bytes()
-            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\'))
-    .then(|| e.to_string())
-}
-
 pub struct Introspector {
     pub config: IntrospectionConfig,
     discovery: Option<Arc<Discovery>>,
@@ -109,19 +98,6 @@ pub struct Introspector {
     pub failures: AtomicU64,
     /// Unix second of the last failure warning (one a second at most).
     warned: AtomicI64,
-}
-
-/// `application/x-www-form-urlencoded` encoding of one value.
-fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// RFC 7662 §2.2 `token_type` values that name an access token: the schemes it is used with
@@ -205,10 +181,7 @@ impl Introspector {
             .header(http::header::ACCEPT, "application/json");
         match &self.config.auth {
             ClientAuth::Basic { client_id, secret } => {
-                // RFC 6749 §2.3.1: form-encode, then base64.
-                let raw = format!("{}:{}", form_encode(client_id), form_encode(secret));
-                let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
-                req = req.header(http::header::AUTHORIZATION, format!("Basic {b64}"));
+                req = req.header(http::header::AUTHORIZATION, basic_auth(client_id, secret));
             }
             ClientAuth::TlsClientAuth { client_id } => {
                 body.push_str("&client_id=");

@@ -1,8 +1,10 @@
 //! Where keys and consent records come from: JWKS (a file or an HTTPS endpoint, refreshed),
-//! authorization server metadata (RFC 8414), RFC 7662 token introspection, and consent records (a file or an HTTPS endpoint). The I/O of
+//! authorization server metadata (RFC 8414), RFC 7662 token introspection, consent records (a file or an HTTPS endpoint), and the
+//! proxy's own client authentication to such endpoints (bearer token files, client credentials). The I/O of
 //! the proxy's checks lives here; the checks themselves are pure (`portcullis-crypto`,
 //! `portcullis-policy`).
 
+pub mod client_auth;
 pub mod clientkeys;
 pub mod consent;
 pub mod discovery;

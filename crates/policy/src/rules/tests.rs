@@ -356,10 +356,191 @@ fn bad_rules_are_refused_at_load_with_the_field() {
         ("rules:\n  - {id: a, value: {query: q}, in: {consent: accounts}}\n", &[][..], true, "no `consent` section"),
         ("rules:\n  - {id: a, value: {query: q}, in: {claim: x}}\n  - {id: a, value: {query: r}, in: {claim: x}}\n", &[][..], true, "used twice"),
         ("rules:\n  - {id: a, value: {query: q}, in: {claim: a..b}}\n", &[][..], true, "not a claim path"),
+        ("consent: {claim: c}\nrules:\n  - {id: a, value: {query: q}, in: {consent: Initiation..Identification}}\n", &[][..], true, "not a member path"),
         ("scopes: {all_of: [x]}\n", &[][..], false, "need a token"),
         ("response_rules:\n  - {id: a, pointer: /Data/x, in: {claim: x}, action: remove}\n", &[][..], true, "remove needs a `*`"),
     ] {
         let errs = compile_yaml(yaml, params, auth).unwrap_err();
         assert!(errs.iter().any(|e| e.contains(want)), "want `{want}` in {errs:?}");
     }
+}
+
+/// OBIE consent resources as the UK Open Banking Read/Write API (v3.1 / v4) answers them.
+fn obie(name: &str) -> Value {
+    let text = match name {
+        "account-access" => include_str!("obie/account-access-consent.json"),
+        "domestic-payment" => include_str!("obie/domestic-payment-consent.json"),
+        "domestic-vrp" => include_str!("obie/domestic-vrp-consent.json"),
+        _ => unreachable!(),
+    };
+    serde_json::from_str(text).unwrap()
+}
+
+fn with_data(mut v: Value, member: &str, value: Value) -> Value {
+    v["Data"][member] = value;
+    v
+}
+
+#[test]
+fn an_obie_account_access_consent_gives_status_expiry_and_permissions() {
+    let rec = record_of(obie("account-access"));
+    assert_eq!(rec.status, "Authorised");
+    assert_eq!(rec.expires_at, Some(1_817_164_800)); // 2027-08-02T00:00:00+00:00
+    assert_eq!(rec.permissions.len(), 15);
+    assert!(rec.permissions.iter().any(|p| p == "ReadBalances"));
+    assert_eq!(rec.raw["ConsentId"], "urn-alphabank-intent-88379");
+    let con = compile_yaml(
+        "consent: {claim: openbanking_intent_id, permissions: [ReadBalances, ReadTransactionsDetail]}\n",
+        &[],
+        true,
+    )
+    .unwrap();
+    let c = claims(json!({"openbanking_intent_id": "urn-alphabank-intent-88379"}));
+    let r = Req::path(&[]);
+    let now = 1_800_000_000;
+    let run = |rec: &ConsentRecord| {
+        evaluate(&con, &[], &c, Ok(Some(rec)), &r.facts(), now).map_err(|d| d.error)
+    };
+    assert_eq!(run(&rec), Ok(()));
+    for (status, want) in [
+        ("AwaitingAuthorisation", AuthzError::ConsentStatus),
+        ("Rejected", AuthzError::ConsentStatus),
+        ("Revoked", AuthzError::ConsentStatus),
+    ] {
+        let v = with_data(obie("account-access"), "Status", json!(status));
+        assert_eq!(run(&record_of(v)), Err(want), "{status}");
+    }
+    let v = with_data(
+        obie("account-access"),
+        "ExpirationDateTime",
+        json!("2026-01-01T00:00:00+00:00"),
+    );
+    assert_eq!(run(&record_of(v)), Err(AuthzError::ConsentExpired));
+    let v = with_data(
+        obie("account-access"),
+        "Permissions",
+        json!(["ReadBalances"]),
+    );
+    assert_eq!(run(&record_of(v)), Err(AuthzError::ConsentPermission));
+}
+
+#[test]
+fn an_obie_domestic_payment_consent_binds_the_submission_to_its_initiation() {
+    let rec = record_of(obie("domestic-payment"));
+    assert_eq!(rec.status, "Authorised");
+    // A payment consent has no ExpirationDateTime (its CutOffDateTime is the bank's business).
+    assert_eq!((rec.expires_at, rec.permissions.len()), (None, 0));
+    let con = compile_yaml(
+        "consent: {claim: openbanking_intent_id}\nrules:\n  - {id: creditor, value: {json: /Data/Initiation/CreditorAccount/Identification}, in: {consent: Initiation.CreditorAccount.Identification}}\n  - {id: debtor, value: {json: /Data/Initiation/DebtorAccount/Identification}, in: {consent: Initiation.DebtorAccount.Identification}}\n  - {id: amount, value: {json: /Data/Initiation/InstructedAmount/Amount}, in: {consent: Initiation.InstructedAmount.Amount}}\n  - {id: currency, value: {json: /Data/Initiation/InstructedAmount/Currency}, in: {consent: Initiation.InstructedAmount.Currency}}\n",
+        &[],
+        true,
+    )
+    .unwrap();
+    let c = claims(json!({"openbanking_intent_id": "58923"}));
+    let submission = |initiation: Value| {
+        let mut r = Req::path(&[]);
+        r.body = Some(
+            json!({"Data": {"ConsentId": "58923", "Initiation": initiation}, "Risk": {}})
+                .to_string()
+                .into_bytes(),
+        );
+        r
+    };
+    let initiation = obie("domestic-payment")["Data"]["Initiation"].clone();
+    let run = |rec: &ConsentRecord, r: &Req| {
+        evaluate(&con, &[], &c, Ok(Some(rec)), &r.facts(), 1_800_000_000)
+            .map_err(|d| (d.error, d.rule))
+    };
+    assert_eq!(run(&rec, &submission(initiation.clone())), Ok(()));
+    for (pointer, value, rule) in [
+        (
+            "/CreditorAccount/Identification",
+            "99999999999999",
+            "creditor",
+        ),
+        ("/DebtorAccount/Identification", "99999999999999", "debtor"),
+        ("/InstructedAmount/Amount", "1165.88", "amount"),
+        ("/InstructedAmount/Currency", "EUR", "currency"),
+    ] {
+        let mut changed = initiation.clone();
+        *changed.pointer_mut(pointer).unwrap() = json!(value);
+        assert_eq!(
+            run(&rec, &submission(changed)),
+            Err((AuthzError::Object, rule.to_string())),
+            "{pointer}"
+        );
+    }
+    // A consumed consent pays once: by default only Authorised is accepted.
+    let consumed = record_of(with_data(
+        obie("domestic-payment"),
+        "Status",
+        json!("Consumed"),
+    ));
+    assert_eq!(
+        run(&consumed, &submission(initiation.clone()))
+            .unwrap_err()
+            .0,
+        AuthzError::ConsentStatus
+    );
+}
+
+#[test]
+fn an_obie_domestic_vrp_consent_gives_its_control_parameters_and_ends_at_valid_to() {
+    let rec = record_of(obie("domestic-vrp"));
+    assert_eq!(rec.status, "Authorised");
+    assert_eq!(rec.expires_at, Some(1_806_921_787)); // 2027-04-05T10:43:07+00:00
+    let con = compile_yaml(
+        "consent: {claim: openbanking_intent_id}\nrules:\n  - {id: creditor, value: {json: /Data/Initiation/CreditorAccount/Identification}, in: {consent: Initiation.CreditorAccount.Identification}}\n  - {id: vrp-type, value: {header: x-vrp-type}, in: {consent: ControlParameters.VRPType}}\n  - {id: currency, value: {json: /Data/Instruction/InstructedAmount/Currency}, in: {consent: ControlParameters.MaximumIndividualAmount.Currency}}\n",
+        &[],
+        true,
+    )
+    .unwrap();
+    let c = claims(json!({"openbanking_intent_id": "DVRP-2f5e9a1c"}));
+    let payment = |creditor: &str, currency: &str, vrp_type: &str| {
+        let mut r = Req::path(&[]);
+        r.headers.insert("x-vrp-type", vrp_type.parse().unwrap());
+        r.body = Some(
+            json!({"Data": {"ConsentId": "DVRP-2f5e9a1c",
+                "Initiation": {"CreditorAccount": {"Identification": creditor}},
+                "Instruction": {"InstructedAmount": {"Amount": "10.00", "Currency": currency}}}})
+            .to_string()
+            .into_bytes(),
+        );
+        r
+    };
+    let run = |rec: &ConsentRecord, r: &Req, now: i64| {
+        evaluate(&con, &[], &c, Ok(Some(rec)), &r.facts(), now).map_err(|d| (d.error, d.rule))
+    };
+    let now = 1_800_000_000;
+    let good = payment("30949330000011", "GBP", "UK.OBIE.VRPType.Sweeping");
+    assert_eq!(run(&rec, &good, now), Ok(()));
+    for (r, rule) in [
+        (
+            payment("30949330000099", "GBP", "UK.OBIE.VRPType.Sweeping"),
+            "creditor",
+        ),
+        (
+            payment("30949330000011", "EUR", "UK.OBIE.VRPType.Sweeping"),
+            "currency",
+        ),
+        (
+            payment("30949330000011", "GBP", "UK.OBIE.VRPType.Other"),
+            "vrp-type",
+        ),
+    ] {
+        assert_eq!(
+            run(&rec, &r, now),
+            Err((AuthzError::Object, rule.to_string()))
+        );
+    }
+    // After ControlParameters.ValidToDateTime the consent is over.
+    assert_eq!(
+        run(&rec, &good, 1_806_921_788).unwrap_err().0,
+        AuthzError::ConsentExpired
+    );
+    let revoked = record_of(with_data(obie("domestic-vrp"), "Status", json!("Revoked")));
+    assert_eq!(
+        run(&revoked, &good, now).unwrap_err().0,
+        AuthzError::ConsentStatus
+    );
 }

@@ -173,10 +173,51 @@ pub struct FileConsentSource {
     pub url: Option<String>,
     #[serde(default)]
     pub ca: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_pinned")]
+    pub trust: Trust,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<ConfigDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<ConfigDuration>,
+    /// How the proxy authenticates to the consent service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<FileConsentClientAuth>,
+}
+
+/// Exactly one way for the proxy to prove who it is to the consent service: its client
+/// certificate (mutual TLS), a bearer token from a file, or a client credentials token (which
+/// itself authenticates to the token endpoint with a secret or with the client certificate).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConsentClientAuth {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_private_key: Option<String>,
+    /// A file holding the token (a mounted secret), re-read when it changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_credentials: Option<FileClientCredentials>,
+}
+
+/// An OAuth 2.0 client credentials grant (RFC 6749 §4.4).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClientCredentials {
+    /// The authorization server's token endpoint (https).
+    pub token_url: String,
+    pub client_id: String,
+    /// `client_secret_basic`; without it, the client certificate (`tls_client_auth`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The token endpoint's CA bundles; default: the consent service's trust.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ca: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_pinned")]
+    pub trust: Trust,
 }
 
 pub(crate) fn validate_consent(
@@ -186,8 +227,15 @@ pub(crate) fn validate_consent(
     watched: &mut Vec<PathBuf>,
 ) -> Option<portcullis_sources::consent::ConsentConfig> {
     use portcullis_policy::rules::ConsentRecord;
-    use portcullis_sources::consent::{ConsentConfig, RemoteConsent};
+    use portcullis_sources::consent::{ConsentAuth, ConsentConfig, RemoteConsent};
     match (&f.file, &f.url) {
+        (Some(_), None) if f.client_auth.is_some() => {
+            p.push(
+                "consent.client_auth",
+                "client authentication is for a consent url, not a file",
+            );
+            None
+        }
         (Some(file), None) => {
             let path = resolve(base, file);
             watched.push(path.clone());
@@ -243,34 +291,215 @@ pub(crate) fn validate_consent(
                 );
                 return None;
             }
-            let mut roots = rustls::RootCertStore::empty();
-            for (i, ca) in f.ca.iter().enumerate() {
-                let path = resolve(base, ca);
-                watched.push(path.clone());
-                for c in read_certs(p, &format!("consent.ca[{i}]"), &path) {
-                    let _ = roots.add(c);
-                }
-            }
-            if roots.is_empty() {
-                p.push(
-                    "consent.ca",
-                    "the consent endpoint needs its CA bundle (trust is pinned)",
-                );
-                return None;
-            }
-            let tls = crate::tls::upstream_client_config(roots, None)
-                .map_err(|e| p.push("consent", e))
+            let roots = trust_roots(
+                p,
+                base,
+                "consent.",
+                &f.ca,
+                f.trust,
+                None,
+                "the consent endpoint",
+                watched,
+            )?;
+            let timeout = f.timeout.map_or(Duration::from_secs(2), |d| d.0);
+            let (identity, auth) = match &f.client_auth {
+                Some(a) => validate_consent_client_auth(p, base, a, &roots, timeout, watched)?,
+                None => (None, ConsentAuth::Tls),
+            };
+            let tls = crate::tls::upstream_client_config(roots, identity)
+                .map_err(|e| p.push("consent.client_auth.client_certificate", e))
                 .ok()?;
             Some(ConsentConfig::Url(RemoteConsent {
                 url_template: url.clone(),
                 tls,
+                auth,
                 ttl: f.ttl.map_or(Duration::from_secs(30), |d| d.0),
-                timeout: f.timeout.map_or(Duration::from_secs(2), |d| d.0),
+                timeout,
             }))
         }
         _ => {
             p.push("consent", "set exactly one of file or url");
             None
+        }
+    }
+}
+
+type Identity = (
+    Vec<rustls_pki_types::CertificateDer<'static>>,
+    rustls_pki_types::PrivateKeyDer<'static>,
+);
+
+/// The client certificate (for the consent connection and, with client credentials and no
+/// secret, the token endpoint's) and what goes in each consent request.
+fn validate_consent_client_auth(
+    p: &mut Problems<'_>,
+    base: &Path,
+    f: &FileConsentClientAuth,
+    roots: &rustls::RootCertStore,
+    timeout: Duration,
+    watched: &mut Vec<PathBuf>,
+) -> Option<(Option<Identity>, portcullis_sources::consent::ConsentAuth)> {
+    use portcullis_sources::client_auth::{is_b64token, TokenEndpoint};
+    use portcullis_sources::consent::ConsentAuth;
+    let field = |s: &str| format!("consent.client_auth.{s}");
+    let identity = match (&f.client_certificate, &f.client_private_key) {
+        (Some(c), Some(k)) => {
+            let (cp, kp) = (resolve(base, c), resolve(base, k));
+            watched.push(cp.clone());
+            watched.push(kp.clone());
+            let chain = read_certs(p, &field("client_certificate"), &cp);
+            let key = super::read_key(p, &field("client_private_key"), &kp)?;
+            Some((chain, key))
+        }
+        (None, None) => None,
+        _ => {
+            p.push(
+                field("client_certificate"),
+                "client_certificate and client_private_key go together",
+            );
+            return None;
+        }
+    };
+    match (&f.bearer_token_file, &f.client_credentials) {
+        (None, None) if identity.is_some() => Some((identity, ConsentAuth::Tls)),
+        (None, None) => {
+            p.push(
+                "consent.client_auth",
+                "set one of client_certificate (with client_private_key), bearer_token_file or client_credentials",
+            );
+            None
+        }
+        (Some(_), Some(_)) => {
+            p.push(
+                field("bearer_token_file"),
+                "set one of bearer_token_file and client_credentials, not both",
+            );
+            None
+        }
+        (Some(_), None) if identity.is_some() => {
+            p.push(
+                field("bearer_token_file"),
+                "a bearer token file and a client certificate are two client authentications: set one",
+            );
+            None
+        }
+        (Some(file), None) => {
+            // Not watched: the token is re-read on its own when the file changes, without a
+            // config reload. It must hold a usable token now, so a typo fails at load.
+            let path = resolve(base, file);
+            match std::fs::read_to_string(&path) {
+                Ok(t) if is_b64token(t.trim()) => Some((None, ConsentAuth::BearerFile(path))),
+                Ok(_) => {
+                    p.push(
+                        field("bearer_token_file"),
+                        format!(
+                            "{} holds no bearer token (RFC 6750 b64token)",
+                            path.display()
+                        ),
+                    );
+                    None
+                }
+                Err(e) => {
+                    p.push(
+                        field("bearer_token_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        }
+        (None, Some(cc)) => {
+            let cfield = |s: &str| field(&format!("client_credentials.{s}"));
+            let Some(uri) = https_url(&cc.token_url) else {
+                p.push(
+                    cfield("token_url"),
+                    format!("`{}` is not an https:// URL", cc.token_url),
+                );
+                return None;
+            };
+            if cc.client_id.is_empty() {
+                p.push(cfield("client_id"), "must not be empty");
+                return None;
+            }
+            // RFC 6749 §3.3: scope tokens are printable ASCII without `"` and `\`.
+            if let Some(scope) = &cc.scope {
+                let ok = scope.split(' ').all(|t| {
+                    !t.is_empty()
+                        && t.bytes()
+                            .all(|b| (0x21..0x7f).contains(&b) && b != b'"' && b != b'\\')
+                });
+                if !ok {
+                    p.push(
+                        cfield("scope"),
+                        "must be space-separated scope tokens (RFC 6749 §3.3)",
+                    );
+                    return None;
+                }
+            }
+            let secret = match &cc.client_secret_file {
+                Some(file) => {
+                    let path = resolve(base, file);
+                    watched.push(path.clone());
+                    match std::fs::read_to_string(&path) {
+                        Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+                        Ok(_) => {
+                            p.push(cfield("client_secret_file"), "the secret file is empty");
+                            return None;
+                        }
+                        Err(e) => {
+                            p.push(
+                                cfield("client_secret_file"),
+                                format!("cannot read {}: {e}", path.display()),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                None => None,
+            };
+            let client_id = cc.client_id.clone();
+            let auth = match (secret, identity.is_some()) {
+                (Some(secret), false) => ClientAuth::Basic { client_id, secret },
+                (None, true) => ClientAuth::TlsClientAuth { client_id },
+                (Some(_), true) => {
+                    p.push(
+                        cfield("client_secret_file"),
+                        "the token endpoint takes client_secret_file or the client certificate, not both",
+                    );
+                    return None;
+                }
+                (None, false) => {
+                    p.push(
+                        cfield("client_secret_file"),
+                        "the token endpoint needs client authentication: client_secret_file, or client_certificate and client_private_key beside client_credentials",
+                    );
+                    return None;
+                }
+            };
+            let token_roots = trust_roots(
+                p,
+                base,
+                &cfield(""),
+                &cc.ca,
+                cc.trust,
+                Some(roots),
+                "the token endpoint",
+                watched,
+            )?;
+            let tls = crate::tls::upstream_client_config(
+                token_roots,
+                identity.as_ref().map(|(c, k)| (c.clone(), k.clone_key())),
+            )
+            .map_err(|e| p.push(field("client_certificate"), e))
+            .ok()?;
+            let endpoint = TokenEndpoint {
+                uri,
+                tls,
+                auth,
+                scope: cc.scope.clone(),
+                timeout,
+            };
+            Some((identity, ConsentAuth::ClientCredentials(Box::new(endpoint))))
         }
     }
 }

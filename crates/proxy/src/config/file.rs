@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use super::auth::{
-    FileConsentSource, FileDiscovery, FileDpop, FileIntrospection, FileIssuer, FileJwks,
-    FileTokens, Trust,
+    FileClientCredentials, FileConsentClientAuth, FileConsentSource, FileDiscovery, FileDpop,
+    FileIntrospection, FileIssuer, FileJwks, FileTokens, Trust,
 };
 pub use super::signatures::{FileClientKeys, FileHttpSig, FileJws, FileResponse, FileSignatures};
 pub use portcullis_base::duration::ConfigDuration;
