@@ -946,7 +946,8 @@ async fn c01_signed_requests_pass_with_each_key_type_and_the_response_is_signed(
             let raw = signature_bytes(&dict, "sig1").unwrap();
             assert_eq!(rec["signature"]["hash"], sha256_b64url(raw));
             // The response: content-digest of the body sent, signed with tag fapi-2-response,
-            // bound to this request (method, target URI, its digest and its signature).
+            // bound to this request (method, target URI, its digest, its signature's parameters
+            // and its signature).
             assert_eq!(
                 a.headers["content-digest"].to_str().unwrap(),
                 content_digest(DigestAlg::Sha256, &a.body)
@@ -972,6 +973,7 @@ async fn c01_signed_requests_pass_with_each_key_type_and_the_response_is_signed(
                     r#""@method";req"#,
                     r#""@target-uri";req"#,
                     r#""content-digest";req"#,
+                    r#""signature-input";req;key="sig1""#,
                     r#""signature";req;key="sig1""#
                 ]
             );

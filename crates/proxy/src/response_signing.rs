@@ -1,7 +1,8 @@
 //! Signing responses on routes with `sign_response`: OBIE `x-jws-signature` (detached JWS of the
 //! body with the OB claims, the route's profile) or an RFC 9421 signature (FAPI 2.0 Message
 //! Signing: `tag=fapi-2-response`, `@status`, `content-digest`, `created`, and — bound to the
-//! request with `req` — its `@method`, `@target-uri`, `content-digest` and signature).
+//! request with `req` — its `@method`, `@target-uri`, `content-digest`, `signature-input` and
+//! `signature`).
 //!
 //! Only these routes buffer response bodies (up to [`MAX_SIGNED_RESPONSE`]); the bytes signed
 //! are the bytes sent. Headers the proxy signs with are its own: any the upstream sent
@@ -98,6 +99,11 @@ pub(crate) fn sign_bytes(
                 if r.has_content_digest() {
                     comps.push(component("content-digest", &[], &["req"]).map_err(bad)?);
                 }
+                // The request's signature and its parameters (FAPI 2.0 Message Signing binds
+                // the response to both: a signature value alone does not say what it covered).
+                comps.push(
+                    component("signature-input", &[("key", r.label())], &["req"]).map_err(bad)?,
+                );
                 comps.push(component("signature", &[("key", r.label())], &["req"]).map_err(bad)?);
             }
             let view = req.map(|r| r.view());
