@@ -778,6 +778,37 @@ fn a_crl_rustls_cannot_use_is_refused_naming_the_file_the_field_and_the_reason()
 }
 
 #[test]
+fn check_warns_about_a_crl_past_its_next_update() {
+    // The demo's CRL, reissued by the same CA with a nextUpdate an hour ago: still taken (it is
+    // the best list there is), but `check` names the file, because every client certificate of
+    // that CA is refused until a current CRL replaces it.
+    let d = staged();
+    let certs = d.path().join("certs");
+    let stale = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    std::fs::write(
+        certs.join("ca.crl"),
+        common::dev_ca_crl(&certs, &["revoked"], stale),
+    )
+    .unwrap();
+    let (ok, out, err) = check(d.path(), &d.path().join("config/demo.yaml"));
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("WARN") && err.contains("past its nextUpdate") && err.contains("ca.crl"),
+        "{err}"
+    );
+    // A current CRL: no such warning.
+    let current = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    std::fs::write(
+        certs.join("ca.crl"),
+        common::dev_ca_crl(&certs, &["revoked"], current),
+    )
+    .unwrap();
+    let (ok, out, err) = check(d.path(), &d.path().join("config/demo.yaml"));
+    assert!(ok, "{out}{err}");
+    assert!(!err.contains("nextUpdate"), "{err}");
+}
+
+#[test]
 fn check_prints_the_warnings_of_the_load() {
     // A JWKS key the proxy will skip (an encryption key) is a warning at load; `check` shows it
     // and still passes.

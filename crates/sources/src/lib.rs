@@ -5,6 +5,7 @@
 
 pub mod clientkeys;
 pub mod consent;
+pub mod crl;
 pub mod discovery;
 pub mod https;
 pub mod introspect;

@@ -169,13 +169,42 @@ impl ClientCert {
     }
 }
 
+/// What one CRL says about itself: who issued it and until when it is current.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlInfo {
+    /// The issuer's name, as [`ClientCert::issuer`] writes names.
+    pub issuer: String,
+    /// `thisUpdate` (Unix seconds): when it was issued.
+    pub this_update: i64,
+    /// `nextUpdate` (Unix seconds): after it the CRL no longer says anything (RFC 5280
+    /// §5.1.2.5); `None` when absent (rustls refuses such a CRL).
+    pub next_update: Option<i64>,
+}
+
+impl CrlInfo {
+    /// Reads a DER CRL's issuer and `nextUpdate`; an error says why it does not parse.
+    pub fn from_der(der: &[u8]) -> Result<CrlInfo, String> {
+        let (_, crl) = x509_parser::parse_x509_crl(der)
+            .map_err(|e| format!("the CRL cannot be parsed: {e}"))?;
+        Ok(CrlInfo {
+            issuer: format_name(crl.issuer()),
+            this_update: crl.last_update().timestamp(),
+            next_update: crl.next_update().map(|t| t.timestamp()),
+        })
+    }
+}
+
 /// The certificates the loaded CRLs revoke, as (issuer name DER, serial DER) pairs: the
 /// handshake's verifier checks them once per connection, and every request checks the current
 /// set again, so a CRL reload ends a revoked client's open keep-alive and HTTP/2 connections.
+/// It also keeps each issuer's latest `nextUpdate`, so that an open connection stops once the
+/// CRL covering its certificate has expired, as new handshakes do.
 #[derive(Debug, Default)]
 pub struct Revoked {
     /// Revoked serial numbers (DER) by issuer name (DER).
     by_issuer: std::collections::HashMap<Vec<u8>, std::collections::HashSet<Vec<u8>>>,
+    /// The latest `nextUpdate` (Unix seconds) of the CRLs of each issuer (name DER).
+    next_update: std::collections::HashMap<Vec<u8>, i64>,
 }
 
 impl Revoked {
@@ -184,15 +213,26 @@ impl Revoked {
     pub fn from_crls<'a>(crls: impl IntoIterator<Item = &'a [u8]>) -> Result<Revoked, String> {
         let mut by_issuer: std::collections::HashMap<_, std::collections::HashSet<_>> =
             std::collections::HashMap::new();
+        let mut next_update = std::collections::HashMap::new();
         for der in crls {
             let (_, crl) = x509_parser::parse_x509_crl(der)
                 .map_err(|e| format!("the CRL cannot be parsed: {e}"))?;
-            let serials = by_issuer.entry(crl.issuer().as_raw().to_vec()).or_default();
+            let issuer = crl.issuer().as_raw().to_vec();
+            // A CRL without nextUpdate never expires here; rustls refuses those at load.
+            let until = crl.next_update().map_or(i64::MAX, |t| t.timestamp());
+            next_update
+                .entry(issuer.clone())
+                .and_modify(|t: &mut i64| *t = (*t).max(until))
+                .or_insert(until);
+            let serials = by_issuer.entry(issuer).or_default();
             for r in crl.iter_revoked_certificates() {
                 serials.insert(r.raw_serial().to_vec());
             }
         }
-        Ok(Revoked { by_issuer })
+        Ok(Revoked {
+            by_issuer,
+            next_update,
+        })
     }
 
     /// Checked on every request: two hash lookups, no allocation.
@@ -200,6 +240,15 @@ impl Revoked {
         self.by_issuer
             .get(cert.issuer_der.as_slice())
             .is_some_and(|serials| serials.contains(cert.serial_der.as_slice()))
+    }
+
+    /// Whether every CRL of `cert`'s issuer is past its `nextUpdate` at `now` (Unix seconds):
+    /// its revocation status is then unknown. A certificate whose issuer has no CRL is not
+    /// covered, and so not expired (as rustls treats it).
+    pub fn expired_for(&self, cert: &ClientCert, now: i64) -> bool {
+        self.next_update
+            .get(cert.issuer_der.as_slice())
+            .is_some_and(|t| *t < now)
     }
 }
 

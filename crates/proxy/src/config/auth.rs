@@ -82,7 +82,7 @@ pub struct FileDiscovery {
     pub fetch_timeout: Option<ConfigDuration>,
 }
 
-fn is_pinned(t: &Trust) -> bool {
+pub(crate) fn is_pinned(t: &Trust) -> bool {
     *t == Trust::Pinned
 }
 
