@@ -778,6 +778,36 @@ fn a_crl_rustls_cannot_use_is_refused_naming_the_file_the_field_and_the_reason()
 }
 
 #[test]
+fn a_crl_not_signed_by_its_client_ca_is_refused_at_load() {
+    // rustls checks a CRL's signature only at a handshake, and would then refuse every client
+    // certificate of that CA; the load refuses the file instead, naming it.
+    portcullis_proxy::install_crypto_provider();
+    let d = staged();
+    let certs = d.path().join("certs");
+    std::fs::write(certs.join("forged.crl"), common::forged_dev_ca_crl()).unwrap();
+    let cfg = d.path().join("config/forged-crl.yaml");
+    let text = std::fs::read_to_string(d.path().join("config/demo.yaml"))
+        .unwrap()
+        .replace(
+            "crl: [../certs/ca.crl]",
+            "crl: [../certs/ca.crl, ../certs/forged.crl]",
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let msg = Config::load(&cfg)
+        .err()
+        .expect("must be refused")
+        .to_string();
+    for want in [
+        "listener.tls.crl[1]",
+        "forged.crl: CRL 1 of 1",
+        "signature does not verify with the key of the client CA",
+    ] {
+        assert!(msg.contains(want), "want `{want}` in: {msg}");
+    }
+    assert!(!msg.contains("crl[0]"), "{msg}");
+}
+
+#[test]
 fn check_warns_about_a_crl_past_its_next_update() {
     // The demo's CRL, reissued by the same CA with a nextUpdate an hour ago: still taken (it is
     // the best list there is), but `check` names the file, because every client certificate of

@@ -178,3 +178,206 @@ async fn an_open_connection_stops_when_the_crl_covering_it_expires() {
         open_connection_refused(&p, &up, c, "identity.client_cert_revocation_unknown").await;
     }
 }
+
+/// `python3 -m http.server` serving `dir` on a free loopback port: a real CRL distribution point.
+/// Killed when dropped.
+struct CrlServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl CrlServer {
+    fn start(dir: &Path) -> CrlServer {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("python3")
+            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
+            .arg("--directory")
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 (the CRL server)");
+        // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .split(" port ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the CRL server said {line:?}"));
+        CrlServer { child, port }
+    }
+}
+
+impl Drop for CrlServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The dev CA's CRL as a distribution point serves it: DER (RFC 5280 §4.2.1.13).
+fn der_crl(revoked: &[&str]) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    let pem = dev_ca_crl(certs(), revoked, now() + time::Duration::days(1));
+    rustls_pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .as_ref()
+        .to_vec()
+}
+
+fn replace_bytes(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A listener whose only CRL comes from `url`, refreshed every 300 ms.
+async fn proxy_with_crl_url(up: &Upstream, url: &str) -> Proxy {
+    let mut o = Options::new(up.addr);
+    o.config.listener.tls.crl = Vec::new();
+    o.config.listener.tls.crl_urls = vec![FileCrlUrl {
+        url: url.to_string(),
+        refresh_interval: Some(dur("300ms")),
+        fetch_timeout: Some(dur("5s")),
+        ..FileCrlUrl::default()
+    }];
+    Proxy::start(o).await
+}
+
+/// The value of the metric line starting with `prefix` (name and labels).
+async fn metric(p: &Proxy, prefix: &str) -> Option<f64> {
+    let (_, m) = p.admin_get("/metrics").await;
+    m.lines()
+        .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+}
+
+/// Polls `cond` for up to five seconds.
+async fn eventually<F: std::future::Future<Output = bool>>(mut cond: impl FnMut() -> F) -> bool {
+    for _ in 0..50 {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_fetched_from_a_url_revokes_new_and_open_connections_and_outlives_its_server() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let served = tempfile::tempdir().unwrap();
+    let file = served.path().join("ca.crl");
+    replace_bytes(&file, &der_crl(&["revoked"]));
+    let server = CrlServer::start(served.path());
+    let url = format!("http://127.0.0.1:{}/ca.crl", server.port);
+    let p = proxy_with_crl_url(&up, &url).await;
+    let ready = format!("portcullis_crl_ready{{crl=\"{url}\"}}");
+    assert!(
+        eventually(|| async { metric(&p, &ready).await == Some(1.0) }).await,
+        "the CRL was never fetched"
+    );
+    assert_eq!(p.admin_get("/readyz").await.0, 200);
+    // The fetched CRL is the one in force: the certificate it lists is refused, tpp1 is not.
+    assert!(refused_at_the_handshake(&p, "revoked").await);
+    assert_eq!(handshake_records(&p, 1, "cert_revoked").await.len(), 1);
+    let mut open = p.client(Some("tpp1"), false).await.unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    assert_eq!(open.send(get(&id)).await.unwrap().status, 200);
+    let next_update = format!(
+        "portcullis_crl_next_update_timestamp_seconds{{crl=\"{url}\",issuer=\"CN=portcullis dev CA,O=portcullis dev\"}}"
+    );
+    assert!(metric(&p, &next_update).await.unwrap() > now().unix_timestamp() as f64);
+
+    // The CA publishes a CRL listing tpp1: no reload, no config change.
+    replace_bytes(&file, &der_crl(&["revoked", "tpp1"]));
+    assert!(
+        eventually(|| refused_at_the_handshake(&p, "tpp1")).await,
+        "tpp1's new connections still pass after the served CRL listed it"
+    );
+    assert_eq!(handshake_records(&p, 2, "cert_revoked").await.len(), 2);
+    open_connection_refused(&p, &up, &mut open, "identity.client_cert_revoked").await;
+
+    // The server goes away: the fetches fail and count, the last good CRL stays in force.
+    drop(server);
+    let failures = format!("portcullis_crl_fetch_failures_total{{crl=\"{url}\"}}");
+    let before = metric(&p, &failures).await.unwrap();
+    assert!(
+        eventually(|| async { metric(&p, &failures).await.unwrap() >= before + 2.0 }).await,
+        "failed fetches are not counted"
+    );
+    assert!(refused_at_the_handshake(&p, "tpp1").await);
+    let mut c = p.client(Some("tpp2"), false).await.unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    assert_eq!(c.send(get(&id)).await.unwrap().status, 200);
+    assert_eq!(metric(&p, &ready).await, Some(1.0));
+    assert_eq!(p.admin_get("/readyz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_a_crl_url_delivers_client_certificates_are_refused_and_the_proxy_is_not_ready() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let dead = Upstream::dead_addr().await;
+    let url = format!("http://{dead}/ca.crl");
+    let p = proxy_with_crl_url(&up, &url).await;
+    let failures = format!("portcullis_crl_fetch_failures_total{{crl=\"{url}\"}}");
+    assert!(eventually(|| async { metric(&p, &failures).await.unwrap_or(0.0) >= 1.0 }).await);
+    assert_eq!(p.admin_get("/readyz").await.0, 503);
+    assert_eq!(
+        metric(&p, &format!("portcullis_crl_ready{{crl=\"{url}\"}}")).await,
+        Some(0.0)
+    );
+    // Fail closed: no client certificate is taken while its revocation status is unknown.
+    assert!(refused_at_the_handshake(&p, "tpp1").await);
+    let recs = handshake_records(&p, 1, "revocation_unknown").await;
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(up.count(), 0, "nothing forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetched_body_that_is_not_a_current_crl_of_a_client_ca_is_not_taken() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let served = tempfile::tempdir().unwrap();
+    let file = served.path().join("ca.crl");
+    replace_bytes(&file, &der_crl(&["tpp1"]));
+    let server = CrlServer::start(served.path());
+    let url = format!("http://127.0.0.1:{}/ca.crl", server.port);
+    let p = proxy_with_crl_url(&up, &url).await;
+    let ready = format!("portcullis_crl_ready{{crl=\"{url}\"}}");
+    assert!(eventually(|| async { metric(&p, &ready).await == Some(1.0) }).await);
+    assert!(refused_at_the_handshake(&p, "tpp1").await);
+    let failures = format!("portcullis_crl_fetch_failures_total{{crl=\"{url}\"}}");
+    // Garbage, and a CRL in the CA's name signed by a key that is not the CA's: each fetch
+    // fails, and the CRL that revokes tpp1 stays.
+    let foreign = {
+        use rustls_pki_types::pem::PemObject;
+        let pem = forged_dev_ca_crl();
+        rustls_pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    };
+    for (what, body) in [
+        ("garbage", b"<html>not a CRL</html>".to_vec()),
+        ("a CRL under the CA's name signed by another key", foreign),
+    ] {
+        let before = metric(&p, &failures).await.unwrap_or(0.0);
+        replace_bytes(&file, &body);
+        assert!(
+            eventually(|| async { metric(&p, &failures).await.unwrap_or(0.0) >= before + 2.0 })
+                .await,
+            "{what}: not counted as a failure"
+        );
+        assert!(
+            refused_at_the_handshake(&p, "tpp1").await,
+            "{what} was taken"
+        );
+        let mut c = p.client(Some("tpp2"), false).await.unwrap();
+        let id = uuid::Uuid::new_v4().to_string();
+        assert_eq!(c.send(get(&id)).await.unwrap().status, 200);
+    }
+}

@@ -1014,6 +1014,31 @@ pub(crate) fn dev_ca_crl(
     .unwrap()
 }
 
+/// A PEM CRL in the dev CA's name, well formed and current, signed by a key that is not the
+/// CA's: what someone on the path of an http:// CRL fetch could serve.
+pub(crate) fn forged_dev_ca_crl() -> String {
+    let mut ca = rcgen::CertificateParams::default();
+    ca.distinguished_name = rcgen::DistinguishedName::new();
+    ca.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "portcullis dev");
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "portcullis dev CA");
+    let issuer = rcgen::Issuer::new(ca, rcgen::KeyPair::generate().unwrap());
+    let now = time::OffsetDateTime::now_utc();
+    rcgen::CertificateRevocationListParams {
+        this_update: now,
+        next_update: now + time::Duration::days(1),
+        crl_number: rcgen::SerialNumber::from_slice(&[0x7f, 1, 2, 3, 4, 5, 6, 7]),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap()
+    .pem()
+    .unwrap()
+}
+
 /// Checks that the section of the repository file `rel` between `<!-- NAME: begin -->` and
 /// `<!-- NAME: end -->` is exactly `generated`; with `PORTCULLIS_WRITE_DOCS` set, rewrites it.
 pub(crate) fn check_generated(rel: &str, name: &str, generated: &str) {

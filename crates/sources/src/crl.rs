@@ -73,7 +73,11 @@ impl CrlFeed {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        // No pooled connections: fetches are minutes apart, and a CRL server that closes an
+        // idle connection must not turn the next fetch into a failure.
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
         CrlFeed {
             cfg,
             accept,

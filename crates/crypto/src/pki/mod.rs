@@ -194,6 +194,47 @@ impl CrlInfo {
     }
 }
 
+/// Checks that the DER CRL is signed by one of the DER CA certificates `cas`: one whose subject
+/// is the CRL's issuer and whose key verifies its signature (RFC 5280 §6.3.3 (f), (g)). SHA-1
+/// signatures are refused, as rustls refuses them when it checks the CRL at a handshake. The
+/// error says why, in words for `check` and logs.
+pub fn check_crl_signer<'a>(
+    crl_der: &[u8],
+    cas: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<(), String> {
+    use x509_parser::oid_registry::{OID_PKCS1_SHA1WITHRSA, OID_SHA1_WITH_RSA};
+    let (_, crl) = x509_parser::parse_x509_crl(crl_der)
+        .map_err(|e| format!("the CRL cannot be parsed: {e}"))?;
+    let alg = &crl.signature_algorithm.algorithm;
+    if *alg == OID_PKCS1_SHA1WITHRSA || *alg == OID_SHA1_WITH_RSA {
+        return Err("the CRL is signed with SHA-1".to_string());
+    }
+    let mut named = false;
+    for der in cas {
+        let Ok((_, ca)) = x509_parser::parse_x509_certificate(der) else {
+            continue;
+        };
+        if ca.subject().as_raw() != crl.issuer().as_raw() {
+            continue;
+        }
+        named = true;
+        if crl.verify_signature(ca.public_key()).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(if named {
+        format!(
+            "the CRL's signature does not verify with the key of the client CA `{}`",
+            format_name(crl.issuer())
+        )
+    } else {
+        format!(
+            "the CRL's issuer `{}` is none of the client CAs",
+            format_name(crl.issuer())
+        )
+    })
+}
+
 /// The certificates the loaded CRLs revoke, as (issuer name DER, serial DER) pairs: the
 /// handshake's verifier checks them once per connection, and every request checks the current
 /// set again, so a CRL reload ends a revoked client's open keep-alive and HTTP/2 connections.

@@ -981,7 +981,8 @@ fn warn_if_stale(
     );
 }
 
-/// Why rustls would refuse this CRL, or `None` when it takes it. The verdict is rustls's own
+/// Why this CRL is not taken, or `None` when it is: not signed by one of the client CAs (see
+/// [`portcullis_crypto::pki::check_crl_signer`]), or refused by rustls, whose verdict is its own
 /// (a verifier built over the configured CAs and this one CRL, as the listener will be); the
 /// reason adds the field at fault where it is one of the RFC 5280 requirements rustls enforces
 /// when parsing, since rustls reports those only as `ParseError`. Without a usable CA there is
@@ -997,13 +998,25 @@ fn crl_refusal(
     if roots.is_empty() {
         return None;
     }
-    let err = rustls::server::WebPkiClientVerifier::builder_with_provider(
+    // rustls checks a CRL's signature only at a handshake, and then refuses every certificate
+    // of its issuer: a CRL that is not its CA's own is refused here, before it is used.
+    let err = match rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         tls::crypto_provider(),
     )
     .with_crls([crl.clone()])
     .build()
-    .err()?;
+    {
+        Ok(_) => {
+            return portcullis_crypto::pki::check_crl_signer(
+                crl.as_ref(),
+                cas.iter().map(|c| c.as_ref()),
+            )
+            .err()
+            .map(|why| format!("{why}; use the CRL its CA publishes"));
+        }
+        Err(e) => e,
+    };
     let why = match x509_parser::parse_x509_crl(crl.as_ref()) {
         Err(e) => format!("not a DER X.509 CertificateList ({e})"),
         Ok((_, c)) => {
