@@ -26,10 +26,10 @@ fn now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
-/// Writes `text` to `path` by rename, as editors and ConfigMaps replace files.
-fn replace(path: &Path, text: &str) {
+/// Writes `bytes` to `path` by rename, as editors, ConfigMaps and web roots replace files.
+fn replace(path: &Path, bytes: impl AsRef<[u8]>) {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
+    std::fs::write(&tmp, bytes).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
 
@@ -101,7 +101,7 @@ async fn a_changed_crl_file_is_picked_up_by_the_watcher_for_new_and_open_connect
         200
     );
     // The CA publishes a CRL that revokes tpp1 too; no SIGHUP, no config change.
-    replace(&crl, &dev_ca_crl(certs(), &["revoked", "tpp1"], day));
+    replace(&crl, dev_ca_crl(certs(), &["revoked", "tpp1"], day));
     let mut refused = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -153,7 +153,7 @@ async fn a_crl_past_its_next_update_refuses_its_issuers_certificates_at_the_hand
     // A current CRL from the CA ends it, with a reload (the watcher does it for a changed file).
     replace(
         &crl,
-        &dev_ca_crl(certs(), &["revoked"], now() + time::Duration::days(1)),
+        dev_ca_crl(certs(), &["revoked"], now() + time::Duration::days(1)),
     );
     p.shared.reload().expect("reload");
     let mut c = p.client(Some("tpp1"), false).await.unwrap();
@@ -219,20 +219,22 @@ impl Drop for CrlServer {
     }
 }
 
-/// The dev CA's CRL as a distribution point serves it: DER (RFC 5280 §4.2.1.13).
+/// The dev CA's CRL as a distribution point serves it: DER (RFC 5280 §4.2.1.13), current for a
+/// day.
 fn der_crl(revoked: &[&str]) -> Vec<u8> {
+    der(&dev_ca_crl(
+        certs(),
+        revoked,
+        now() + time::Duration::days(1),
+    ))
+}
+
+fn der(pem: &str) -> Vec<u8> {
     use rustls_pki_types::pem::PemObject;
-    let pem = dev_ca_crl(certs(), revoked, now() + time::Duration::days(1));
     rustls_pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
         .unwrap()
         .as_ref()
         .to_vec()
-}
-
-fn replace_bytes(path: &Path, bytes: &[u8]) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// A listener whose only CRL comes from `url`, refreshed every 300 ms.
@@ -271,7 +273,7 @@ async fn a_crl_fetched_from_a_url_revokes_new_and_open_connections_and_outlives_
     let up = Upstream::start(Behaviour::Ok).await;
     let served = tempfile::tempdir().unwrap();
     let file = served.path().join("ca.crl");
-    replace_bytes(&file, &der_crl(&["revoked"]));
+    replace(&file, der_crl(&["revoked"]));
     let server = CrlServer::start(served.path());
     let url = format!("http://127.0.0.1:{}/ca.crl", server.port);
     let p = proxy_with_crl_url(&up, &url).await;
@@ -293,7 +295,7 @@ async fn a_crl_fetched_from_a_url_revokes_new_and_open_connections_and_outlives_
     assert!(metric(&p, &next_update).await.unwrap() > now().unix_timestamp() as f64);
 
     // The CA publishes a CRL listing tpp1: no reload, no config change.
-    replace_bytes(&file, &der_crl(&["revoked", "tpp1"]));
+    replace(&file, der_crl(&["revoked", "tpp1"]));
     assert!(
         eventually(|| refused_at_the_handshake(&p, "tpp1")).await,
         "tpp1's new connections still pass after the served CRL listed it"
@@ -343,7 +345,7 @@ async fn a_fetched_body_that_is_not_a_current_crl_of_a_client_ca_is_not_taken() 
     let up = Upstream::start(Behaviour::Ok).await;
     let served = tempfile::tempdir().unwrap();
     let file = served.path().join("ca.crl");
-    replace_bytes(&file, &der_crl(&["tpp1"]));
+    replace(&file, der_crl(&["tpp1"]));
     let server = CrlServer::start(served.path());
     let url = format!("http://127.0.0.1:{}/ca.crl", server.port);
     let p = proxy_with_crl_url(&up, &url).await;
@@ -351,22 +353,18 @@ async fn a_fetched_body_that_is_not_a_current_crl_of_a_client_ca_is_not_taken() 
     assert!(eventually(|| async { metric(&p, &ready).await == Some(1.0) }).await);
     assert!(refused_at_the_handshake(&p, "tpp1").await);
     let failures = format!("portcullis_crl_fetch_failures_total{{crl=\"{url}\"}}");
-    // Garbage, and a CRL in the CA's name signed by a key that is not the CA's: each fetch
-    // fails, and the CRL that revokes tpp1 stays.
-    let foreign = {
-        use rustls_pki_types::pem::PemObject;
-        let pem = forged_dev_ca_crl();
-        rustls_pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
-            .unwrap()
-            .as_ref()
-            .to_vec()
-    };
+    // Garbage, a CRL in the CA's name signed by a key that is not the CA's, and a replayed
+    // older CRL: each fetch fails, and the CRL that revokes tpp1 stays.
+    let foreign = der(&forged_dev_ca_crl());
+    // The CA's own list from before tpp1 was revoked (issued earlier), replayed.
+    let older = der(&dev_ca_crl(certs(), &[], now() + time::Duration::hours(1)));
     for (what, body) in [
         ("garbage", b"<html>not a CRL</html>".to_vec()),
         ("a CRL under the CA's name signed by another key", foreign),
+        ("an older CRL of the CA", older),
     ] {
         let before = metric(&p, &failures).await.unwrap_or(0.0);
-        replace_bytes(&file, &body);
+        replace(&file, &body);
         assert!(
             eventually(|| async { metric(&p, &failures).await.unwrap_or(0.0) >= before + 2.0 })
                 .await,

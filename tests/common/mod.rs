@@ -963,9 +963,9 @@ pub(crate) async fn https_endpoint_after(
 }
 
 /// A PEM CRL of the dev CA in `certs` (signed with its `ca.key`) revoking the certificates
-/// named (`tpp1`, ...), issued a minute before now (or before `next_update`, if that is past) and
-/// current until `next_update`, numbered by the clock so that a later one supersedes an earlier
-/// one.
+/// named (`tpp1`, ...), current until `next_update` and issued a minute ago, or a day before
+/// `next_update` when that is earlier (so a CRL with a nearer `next_update` is an older one),
+/// numbered by the clock.
 pub(crate) fn dev_ca_crl(
     certs: &Path,
     revoked: &[&str],
@@ -1001,7 +1001,7 @@ pub(crate) fn dev_ca_crl(
     // A positive CRL number that grows with the clock (nanoseconds, 63 bits).
     let number = (now.unix_timestamp_nanos() as i64).to_be_bytes();
     rcgen::CertificateRevocationListParams {
-        this_update: now.min(next_update) - time::Duration::minutes(1),
+        this_update: (now - time::Duration::minutes(1)).min(next_update - time::Duration::days(1)),
         next_update,
         crl_number: rcgen::SerialNumber::from_slice(&number),
         issuing_distribution_point: None,
