@@ -125,6 +125,8 @@ impl CrlFeed {
             }
             Err(why) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
+                // The reason may quote the fetched body (an issuer name): bounded.
+                let why = portcullis_base::text::bounded(&why);
                 tracing::warn!(url = %self.cfg.uri, failure = %why, "CRL fetch failed; keeping the last good CRL");
             }
         }
