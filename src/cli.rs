@@ -399,8 +399,15 @@ pub(crate) fn summary(c: &Config) -> String {
     let _ = writeln!(s, "config {} is valid", c.source.display());
     let _ = writeln!(
         s,
-        "listener {} (mTLS {:?}, {} client CA(s), {} CRL(s))",
-        l.address, l.tls.client_auth, l.tls.client_ca_count, l.tls.crl_count
+        "listener {} (mTLS {:?}, {} client CA(s), {} CRL(s){})",
+        l.address,
+        l.tls.client_auth,
+        l.tls.client_ca_count,
+        l.tls.crl_count,
+        match l.tls.crl_urls.len() {
+            0 => String::new(),
+            n => format!(", {n} CRL URL(s)"),
+        }
     );
     if let Some(a) = c.admin {
         let _ = writeln!(s, "admin    {a}");

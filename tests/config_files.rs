@@ -933,6 +933,67 @@ fn a_crl_rustls_cannot_use_is_refused_naming_the_file_the_field_and_the_reason()
 }
 
 #[test]
+fn a_crl_not_signed_by_its_client_ca_is_refused_at_load() {
+    // rustls checks a CRL's signature only at a handshake, and would then refuse every client
+    // certificate of that CA; the load refuses the file instead, naming it.
+    portcullis_proxy::install_crypto_provider();
+    let d = staged();
+    let certs = d.path().join("certs");
+    std::fs::write(certs.join("forged.crl"), common::forged_dev_ca_crl()).unwrap();
+    let cfg = d.path().join("config/forged-crl.yaml");
+    let text = std::fs::read_to_string(d.path().join("config/demo.yaml"))
+        .unwrap()
+        .replace(
+            "crl: [../certs/ca.crl]",
+            "crl: [../certs/ca.crl, ../certs/forged.crl]",
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let msg = Config::load(&cfg)
+        .err()
+        .expect("must be refused")
+        .to_string();
+    for want in [
+        "listener.tls.crl[1]",
+        "forged.crl: CRL 1 of 1",
+        "signature does not verify with the key of the client CA",
+    ] {
+        assert!(msg.contains(want), "want `{want}` in: {msg}");
+    }
+    assert!(!msg.contains("crl[0]"), "{msg}");
+}
+
+#[test]
+fn check_warns_about_a_crl_past_its_next_update() {
+    // The demo's CRL, reissued by the same CA with a nextUpdate an hour ago: still taken (it is
+    // the best list there is), but `check` names the file, because every client certificate of
+    // that CA is refused until a current CRL replaces it.
+    let d = staged();
+    let certs = d.path().join("certs");
+    let stale = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    std::fs::write(
+        certs.join("ca.crl"),
+        common::dev_ca_crl(&certs, &["revoked"], stale),
+    )
+    .unwrap();
+    let (ok, out, err) = check(d.path(), &d.path().join("config/demo.yaml"));
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("WARN") && err.contains("past its nextUpdate") && err.contains("ca.crl"),
+        "{err}"
+    );
+    // A current CRL: no such warning.
+    let current = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    std::fs::write(
+        certs.join("ca.crl"),
+        common::dev_ca_crl(&certs, &["revoked"], current),
+    )
+    .unwrap();
+    let (ok, out, err) = check(d.path(), &d.path().join("config/demo.yaml"));
+    assert!(ok, "{out}{err}");
+    assert!(!err.contains("nextUpdate"), "{err}");
+}
+
+#[test]
 fn check_prints_the_warnings_of_the_load() {
     // A JWKS key the proxy will skip (an encryption key) is a warning at load; `check` shows it
     // and still passes.

@@ -15,7 +15,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use http_body_util::BodyExt;
-use rustls_pki_types::pem::PemObject;
 use serde_json::{json, Value};
 use support::attack::*;
 use tokio::io::AsyncWriteExt;
@@ -1025,37 +1024,8 @@ async fn r05_client_trailers_never_reach_an_http2_upstream() {
 
 /// A CRL that revokes tpp1, signed by the dev CA.
 fn crl_revoking_tpp1() -> String {
-    let c = certs();
-    let ca_key =
-        rcgen::KeyPair::from_pem(&std::fs::read_to_string(c.join("ca.key")).unwrap()).unwrap();
-    // The dev CA's name, in the order `dev-certs` writes it: the CRL names its issuer by it.
-    let mut ca = rcgen::CertificateParams::default();
-    ca.distinguished_name = rcgen::DistinguishedName::new();
-    ca.distinguished_name
-        .push(rcgen::DnType::OrganizationName, "portcullis dev");
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "portcullis dev CA");
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let der = rustls_pki_types::CertificateDer::from_pem_file(c.join("tpp1.pem")).unwrap();
-    let tpp1 = portcullis_crypto::pki::ClientCert::from_der(der.as_ref()).unwrap();
     let now = time::OffsetDateTime::now_utc();
-    rcgen::CertificateRevocationListParams {
-        this_update: now - time::Duration::minutes(1),
-        next_update: now + time::Duration::days(1),
-        crl_number: rcgen::SerialNumber::from_slice(&(now.unix_timestamp() + 1).to_be_bytes()),
-        issuing_distribution_point: None,
-        revoked_certs: vec![rcgen::RevokedCertParams {
-            serial_number: rcgen::SerialNumber::from_slice(&tpp1.serial_der),
-            revocation_time: now - time::Duration::minutes(1),
-            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-            invalidity_date: None,
-        }],
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    }
-    .signed_by(&issuer)
-    .unwrap()
-    .pem()
-    .unwrap()
+    dev_ca_crl(certs(), &["tpp1"], now + time::Duration::days(1))
 }
 
 #[tokio::test]

@@ -466,6 +466,7 @@ pub(crate) fn base_config(upstream: SocketAddr) -> FileConfig {
                 crl: vec![c("ca.crl")],
                 client_auth: Some("required".into()),
                 handshake_timeout: Some(dur("2s")),
+                ..FileTls::default()
             },
             limits: FileLimits {
                 default_body_limit: Some(4096),
@@ -995,6 +996,83 @@ async fn serve_https(
         }
     });
     addr
+}
+
+/// A PEM CRL of the dev CA in `certs` (signed with its `ca.key`) revoking the certificates
+/// named (`tpp1`, ...), current until `next_update` and issued a minute ago, or a day before
+/// `next_update` when that is earlier (so a CRL with a nearer `next_update` is an older one),
+/// numbered by the clock.
+pub(crate) fn dev_ca_crl(
+    certs: &Path,
+    revoked: &[&str],
+    next_update: time::OffsetDateTime,
+) -> String {
+    use rustls_pki_types::pem::PemObject;
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(certs.join("ca.key")).unwrap()).unwrap();
+    // The dev CA's name, in the order `dev-certs` writes it: the CRL names its issuer by it.
+    let mut ca = rcgen::CertificateParams::default();
+    ca.distinguished_name = rcgen::DistinguishedName::new();
+    ca.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "portcullis dev");
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "portcullis dev CA");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let now = time::OffsetDateTime::now_utc();
+    let revoked_certs = revoked
+        .iter()
+        .map(|name| {
+            let der =
+                rustls_pki_types::CertificateDer::from_pem_file(certs.join(format!("{name}.pem")))
+                    .unwrap();
+            let cert = portcullis_crypto::pki::ClientCert::from_der(der.as_ref()).unwrap();
+            rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(&cert.serial_der),
+                revocation_time: now - time::Duration::minutes(1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            }
+        })
+        .collect();
+    // A positive CRL number that grows with the clock (nanoseconds, 63 bits).
+    let number = (now.unix_timestamp_nanos() as i64).to_be_bytes();
+    rcgen::CertificateRevocationListParams {
+        this_update: (now - time::Duration::minutes(1)).min(next_update - time::Duration::days(1)),
+        next_update,
+        crl_number: rcgen::SerialNumber::from_slice(&number),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap()
+    .pem()
+    .unwrap()
+}
+
+/// A PEM CRL in the dev CA's name, well formed and current, signed by a key that is not the
+/// CA's: what someone on the path of an http:// CRL fetch could serve.
+pub(crate) fn forged_dev_ca_crl() -> String {
+    let mut ca = rcgen::CertificateParams::default();
+    ca.distinguished_name = rcgen::DistinguishedName::new();
+    ca.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "portcullis dev");
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "portcullis dev CA");
+    let issuer = rcgen::Issuer::new(ca, rcgen::KeyPair::generate().unwrap());
+    let now = time::OffsetDateTime::now_utc();
+    rcgen::CertificateRevocationListParams {
+        this_update: now,
+        next_update: now + time::Duration::days(1),
+        crl_number: rcgen::SerialNumber::from_slice(&[0x7f, 1, 2, 3, 4, 5, 6, 7]),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap()
+    .pem()
+    .unwrap()
 }
 
 /// Checks that the section of the repository file `rel` between `<!-- NAME: begin -->` and

@@ -102,6 +102,8 @@ pub struct Context<'a> {
     pub idempotency: &'a Arc<dyn IdempotencyStore>,
     pub nonces: &'a NonceIssuer,
     pub clock: &'a dyn Clock,
+    /// What the listener's CRLs (files and URLs) revoke now.
+    pub revoked: Arc<portcullis_crypto::pki::Revoked>,
 }
 
 /// The connection facts the stages read.
@@ -190,12 +192,7 @@ pub(crate) async fn run(
             return Err(http::HttpError::BodyTooLarge.into());
         }
         trail.rate_limited(ratelimit::check_peer(peer.ip, cx.rate_limits))?;
-        let identity = identity::identify(
-            peer.cert,
-            &route.route,
-            &config.listener.tls.revoked,
-            cx.clock.now(),
-        )?;
+        let identity = identity::identify(peer.cert, &route.route, &cx.revoked, cx.clock.now())?;
         // With a certificate the client is known now; otherwise after the token (its client id).
         if identity.cert().is_some() {
             let key = ratelimit::client_key(&identity, None, peer.ip);

@@ -17,12 +17,13 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigErrors, JwksSource};
+use crate::config::{Config, ConfigErrors, JwksSource, LoadedCrl};
 use crate::pipeline::token::TokenCache;
 use crate::telemetry::{LabelValue, Metrics};
 use crate::upstream::UpstreamClient;
 use portcullis_audit::AuditLog;
 use portcullis_base::clock::{Clock, SystemClock};
+use portcullis_sources::crl::CrlFeed;
 use portcullis_sources::discovery::Discovery;
 use portcullis_sources::keys::KeySource;
 use portcullis_state::replay::{MemoryReplayStore, ReplayStore};
@@ -44,6 +45,26 @@ pub struct Runtime {
     pub client_keys: Option<Arc<portcullis_sources::clientkeys::ClientKeys>>,
     /// Local rate limiters of this config; a reload starts them empty.
     pub rate_limits: Arc<portcullis_state::limits::RateLimits>,
+    /// The listener's CRL URLs, fetched and refreshed (kept across reloads).
+    pub crl_feeds: Vec<Arc<CrlFeed>>,
+    /// The listener's rustls config and revocation set with the CRLs fetched so far.
+    live_tls: ArcSwap<LiveTls>,
+    /// Held while the listener's TLS is rebuilt for a new fetched CRL.
+    rebuilding: std::sync::Mutex<()>,
+}
+
+/// The listener's TLS as it is now: from the config's files and, with CRL URLs, the CRLs
+/// fetched so far. Handshakes and the per-request revocation check read it.
+pub struct LiveTls {
+    pub server_config: Arc<rustls::ServerConfig>,
+    pub revoked: Arc<portcullis_crypto::pki::Revoked>,
+    /// Every CRL in use, from files and URLs, for the `nextUpdate` gauge.
+    pub crls: Vec<LoadedCrl>,
+    /// Whether every CRL URL has delivered a CRL; until then client certificates are refused
+    /// (their revocation status is unknown: fail closed).
+    pub complete: bool,
+    /// The sum of the feeds' generations this was built from (feeds only ever count up).
+    generation: u64,
 }
 
 impl Runtime {
@@ -61,6 +82,74 @@ impl Runtime {
             idempotency: &shared.idempotency,
             nonces: &shared.nonces,
             clock: shared.clock.as_ref(),
+            revoked: Arc::clone(&self.live_tls().revoked),
+        }
+    }
+
+    /// The listener's TLS now: rebuilt first when a CRL feed has taken a new CRL since.
+    pub fn live_tls(&self) -> Arc<LiveTls> {
+        let now = self.live_tls.load_full();
+        if self.feed_generation() == now.generation {
+            return now;
+        }
+        let _one = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.live_tls.load_full();
+        let generation = self.feed_generation();
+        if generation == now.generation {
+            return now;
+        }
+        let fresh = Arc::new(build_live_tls(
+            &self.config,
+            &self.crl_feeds,
+            generation,
+            &now,
+        ));
+        self.live_tls.store(Arc::clone(&fresh));
+        fresh
+    }
+
+    fn feed_generation(&self) -> u64 {
+        self.crl_feeds.iter().map(|f| f.generation()).sum()
+    }
+}
+
+/// The listener's TLS with the CRLs the feeds hold now. Each fetched CRL passed the listener's
+/// CRL check when it was taken; should the build fail all the same, `previous` stays.
+fn build_live_tls(
+    config: &Config,
+    feeds: &[Arc<CrlFeed>],
+    generation: u64,
+    previous: &LiveTls,
+) -> LiveTls {
+    let tls = &config.listener.tls;
+    let fetched: Vec<_> = feeds.iter().filter_map(|f| f.current()).collect();
+    let ders: Vec<_> = fetched.iter().map(|c| c.der.clone()).collect();
+    match tls.material.build(tls.client_auth, &ders) {
+        Ok((server_config, revoked)) => {
+            let mut crls = tls.crls.clone();
+            for (feed, crl) in feeds.iter().filter_map(|f| Some((f, f.current()?))) {
+                crls.push(LoadedCrl {
+                    source: feed.url(),
+                    info: crl.info.clone(),
+                });
+            }
+            LiveTls {
+                server_config,
+                revoked: Arc::new(revoked),
+                crls,
+                complete: fetched.len() == feeds.len(),
+                generation,
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the listener's TLS cannot take the fetched CRLs; the previous ones stay");
+            LiveTls {
+                server_config: Arc::clone(&previous.server_config),
+                revoked: Arc::clone(&previous.revoked),
+                crls: previous.crls.clone(),
+                complete: previous.complete,
+                generation,
+            }
         }
     }
 }
@@ -173,8 +262,52 @@ impl Runtime {
             &rate_limits,
             background.child_token(),
         );
+        let crl_feeds: Vec<Arc<CrlFeed>> = config
+            .listener
+            .tls
+            .crl_urls
+            .iter()
+            .map(|u| {
+                let material = Arc::clone(&config.listener.tls.material);
+                let cas: Vec<String> = material
+                    .client_cas
+                    .iter()
+                    .map(|c| portcullis_crypto::pki::thumbprint_s256(c.as_ref()))
+                    .collect();
+                // The feed checks what it fetches against these CAs: new CAs, a new feed.
+                let key = format!("{} {}", u.key(), cas.join(","));
+                let existing = remotes.crls.get(&key).map(|r| Arc::clone(r.value()));
+                existing.unwrap_or_else(|| {
+                    let accept: portcullis_sources::crl::Accept =
+                        Arc::new(move |crl| match material.crl_refusal(crl) {
+                            Some(why) => Err(why),
+                            None => Ok(()),
+                        });
+                    let feed = Arc::new(CrlFeed::new(u.remote.clone(), accept));
+                    feed.spawn_refresh(background.child_token());
+                    remotes.crls.insert(key, Arc::clone(&feed));
+                    feed
+                })
+            })
+            .collect();
+        let initial = LiveTls {
+            server_config: Arc::clone(&config.listener.tls.server_config),
+            revoked: Arc::clone(&config.listener.tls.revoked),
+            crls: config.listener.tls.crls.clone(),
+            complete: crl_feeds.is_empty(),
+            generation: 0,
+        };
+        let generation = crl_feeds.iter().map(|f| f.generation()).sum();
+        let live_tls = if generation == 0 {
+            initial
+        } else {
+            build_live_tls(&config, &crl_feeds, generation, &initial)
+        };
         Runtime {
             rate_limits,
+            crl_feeds,
+            live_tls: ArcSwap::from_pointee(live_tls),
+            rebuilding: std::sync::Mutex::new(()),
             config: Arc::new(config),
             upstreams,
             keys,
@@ -250,6 +383,60 @@ impl Runtime {
                     (now - t).max(0).to_string()
                 }
             }),
+        );
+        let live = self.live_tls();
+        let mut crls: Vec<_> = live
+            .crls
+            .iter()
+            .filter_map(|c| {
+                Some((
+                    c.source.as_str(),
+                    c.info.issuer.as_str(),
+                    c.info.next_update?,
+                ))
+            })
+            .collect();
+        crls.sort();
+        family(
+            "portcullis_crl_next_update_timestamp_seconds",
+            "gauge",
+            "nextUpdate of each CRL of the listener (Unix seconds), by file or URL; past it, the certificates of its issuer are refused.",
+            crls.iter()
+                .map(|(source, issuer, t)| {
+                    (
+                        format!(
+                            "{{crl=\"{}\",issuer=\"{}\"}}",
+                            LabelValue(source),
+                            LabelValue(issuer)
+                        ),
+                        t.to_string(),
+                    )
+                })
+                .collect(),
+        );
+        let feeds = |f: &dyn Fn(&CrlFeed) -> String| -> Vec<(String, String)> {
+            self.crl_feeds
+                .iter()
+                .map(|c| (format!("{{crl=\"{}\"}}", LabelValue(&c.url())), f(c)))
+                .collect()
+        };
+        family(
+            "portcullis_crl_fetches_total",
+            "counter",
+            "Fetches of each CRL URL.",
+            feeds(&|c| c.fetches.load(Ordering::Relaxed).to_string()),
+        );
+        family(
+            "portcullis_crl_fetch_failures_total",
+            "counter",
+            "Fetches of each CRL URL not taken (unreachable, garbage, too big, not signed by a client CA, older than the CRL held); the last good CRL stays.",
+            feeds(&|c| c.failures.load(Ordering::Relaxed).to_string()),
+        );
+        family(
+            "portcullis_crl_ready",
+            "gauge",
+            "1 when the CRL URL has delivered a CRL; until then client certificates are refused.",
+            feeds(&|c| u8::from(c.is_ready()).to_string()),
         );
         let mut disc: Vec<(&String, &Arc<Discovery>)> = self.discoveries.iter().collect();
         disc.sort_by_key(|(n, _)| n.as_str());
@@ -362,6 +549,8 @@ pub struct Shared {
 struct Remotes {
     keys: DashMap<(String, String), Arc<KeySource>>,
     discoveries: DashMap<(String, String), Arc<Discovery>>,
+    /// CRL feeds by URL, settings and the client CAs they check against.
+    crls: DashMap<String, Arc<CrlFeed>>,
 }
 
 /// The stores `config.state` asks for: memory, or Redis (one connection for all of them).
@@ -470,7 +659,7 @@ impl Shared {
     }
 
     /// Ready to serve: a valid config is loaded, every issuer has a good key set (and, with
-    /// discovery, a metadata document for exactly that issuer), the audit
+    /// discovery, a metadata document for exactly that issuer), every CRL URL a CRL, the audit
     /// log is healthy, and the shared state can answer for every fail-closed feature the
     /// routes use ([`Shared::state_ready`]).
     pub fn ready(&self) -> bool {
@@ -478,6 +667,7 @@ impl Shared {
         !rt.config.policies.routes().is_empty()
             && rt.keys.values().all(|k| k.is_ready())
             && rt.discoveries.values().all(|d| d.is_ready())
+            && rt.crl_feeds.iter().all(|f| f.is_ready())
             && self.audit.healthy()
             && self.state_ready(&rt.config).is_ok()
     }

@@ -232,13 +232,22 @@ async fn serve_connection(
     let _ = tcp.set_nodelay(true);
     let rt = shared.runtime.load_full();
     let listener = &rt.config.listener;
-    let tls = match crate::tls::accept(
-        Arc::clone(&listener.tls.server_config),
-        tcp,
-        listener.tls.handshake_timeout,
-    )
-    .await
-    {
+    let live = rt.live_tls();
+    let accepted = if live.complete {
+        crate::tls::accept(
+            Arc::clone(&live.server_config),
+            tcp,
+            listener.tls.handshake_timeout,
+        )
+        .await
+    } else {
+        // A CRL URL has not delivered its first CRL: no client certificate's revocation status
+        // is known, so none is taken (fail closed); `/readyz` says not ready meanwhile.
+        drop(tcp);
+        Err(crate::tls::HandshakeFailure::RevocationUnknown)
+    };
+    drop(live);
+    let tls = match accepted {
         Ok(s) => s,
         Err(failure) => {
             shared.metrics.handshake_failure(failure.as_str());

@@ -7,6 +7,7 @@
 pub mod client_auth;
 pub mod clientkeys;
 pub mod consent;
+pub mod crl;
 pub mod discovery;
 pub mod https;
 pub mod introspect;

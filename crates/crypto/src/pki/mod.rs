@@ -169,13 +169,83 @@ impl ClientCert {
     }
 }
 
+/// What one CRL says about itself: who issued it and until when it is current.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlInfo {
+    /// The issuer's name, as [`ClientCert::issuer`] writes names.
+    pub issuer: String,
+    /// `thisUpdate` (Unix seconds): when it was issued.
+    pub this_update: i64,
+    /// `nextUpdate` (Unix seconds): after it the CRL no longer says anything (RFC 5280
+    /// §5.1.2.5); `None` when absent (rustls refuses such a CRL).
+    pub next_update: Option<i64>,
+}
+
+impl CrlInfo {
+    /// Reads a DER CRL's issuer and `nextUpdate`; an error says why it does not parse.
+    pub fn from_der(der: &[u8]) -> Result<CrlInfo, String> {
+        let (_, crl) = x509_parser::parse_x509_crl(der)
+            .map_err(|e| format!("the CRL cannot be parsed: {e}"))?;
+        Ok(CrlInfo {
+            issuer: format_name(crl.issuer()),
+            this_update: crl.last_update().timestamp(),
+            next_update: crl.next_update().map(|t| t.timestamp()),
+        })
+    }
+}
+
+/// Checks that the DER CRL is signed by one of the DER CA certificates `cas`: one whose subject
+/// is the CRL's issuer and whose key verifies its signature (RFC 5280 §6.3.3 (f), (g)). SHA-1
+/// signatures are refused, as rustls refuses them when it checks the CRL at a handshake. The
+/// error says why, in words for `check` and logs.
+pub fn check_crl_signer<'a>(
+    crl_der: &[u8],
+    cas: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<(), String> {
+    use x509_parser::oid_registry::{OID_PKCS1_SHA1WITHRSA, OID_SHA1_WITH_RSA};
+    let (_, crl) = x509_parser::parse_x509_crl(crl_der)
+        .map_err(|e| format!("the CRL cannot be parsed: {e}"))?;
+    let alg = &crl.signature_algorithm.algorithm;
+    if *alg == OID_PKCS1_SHA1WITHRSA || *alg == OID_SHA1_WITH_RSA {
+        return Err("the CRL is signed with SHA-1".to_string());
+    }
+    let mut named = false;
+    for der in cas {
+        let Ok((_, ca)) = x509_parser::parse_x509_certificate(der) else {
+            continue;
+        };
+        if ca.subject().as_raw() != crl.issuer().as_raw() {
+            continue;
+        }
+        named = true;
+        if crl.verify_signature(ca.public_key()).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(if named {
+        format!(
+            "the CRL's signature does not verify with the key of the client CA `{}`",
+            format_name(crl.issuer())
+        )
+    } else {
+        format!(
+            "the CRL's issuer `{}` is none of the client CAs",
+            format_name(crl.issuer())
+        )
+    })
+}
+
 /// The certificates the loaded CRLs revoke, as (issuer name DER, serial DER) pairs: the
 /// handshake's verifier checks them once per connection, and every request checks the current
 /// set again, so a CRL reload ends a revoked client's open keep-alive and HTTP/2 connections.
+/// It also keeps each issuer's latest `nextUpdate`, so that an open connection stops once the
+/// CRL covering its certificate has expired, as new handshakes do.
 #[derive(Debug, Default)]
 pub struct Revoked {
     /// Revoked serial numbers (DER) by issuer name (DER).
     by_issuer: std::collections::HashMap<Vec<u8>, std::collections::HashSet<Vec<u8>>>,
+    /// The latest `nextUpdate` (Unix seconds) of the CRLs of each issuer (name DER).
+    next_update: std::collections::HashMap<Vec<u8>, i64>,
 }
 
 impl Revoked {
@@ -184,15 +254,26 @@ impl Revoked {
     pub fn from_crls<'a>(crls: impl IntoIterator<Item = &'a [u8]>) -> Result<Revoked, String> {
         let mut by_issuer: std::collections::HashMap<_, std::collections::HashSet<_>> =
             std::collections::HashMap::new();
+        let mut next_update = std::collections::HashMap::new();
         for der in crls {
             let (_, crl) = x509_parser::parse_x509_crl(der)
                 .map_err(|e| format!("the CRL cannot be parsed: {e}"))?;
-            let serials = by_issuer.entry(crl.issuer().as_raw().to_vec()).or_default();
+            let issuer = crl.issuer().as_raw().to_vec();
+            // A CRL without nextUpdate never expires here; rustls refuses those at load.
+            let until = crl.next_update().map_or(i64::MAX, |t| t.timestamp());
+            next_update
+                .entry(issuer.clone())
+                .and_modify(|t: &mut i64| *t = (*t).max(until))
+                .or_insert(until);
+            let serials = by_issuer.entry(issuer).or_default();
             for r in crl.iter_revoked_certificates() {
                 serials.insert(r.raw_serial().to_vec());
             }
         }
-        Ok(Revoked { by_issuer })
+        Ok(Revoked {
+            by_issuer,
+            next_update,
+        })
     }
 
     /// Checked on every request: two hash lookups, no allocation.
@@ -200,6 +281,15 @@ impl Revoked {
         self.by_issuer
             .get(cert.issuer_der.as_slice())
             .is_some_and(|serials| serials.contains(cert.serial_der.as_slice()))
+    }
+
+    /// Whether every CRL of `cert`'s issuer is past its `nextUpdate` at `now` (Unix seconds):
+    /// its revocation status is then unknown. A certificate whose issuer has no CRL is not
+    /// covered, and so not expired (as rustls treats it).
+    pub fn expired_for(&self, cert: &ClientCert, now: i64) -> bool {
+        self.next_update
+            .get(cert.issuer_der.as_slice())
+            .is_some_and(|t| *t < now)
     }
 }
 

@@ -87,12 +87,36 @@ pub struct FileTls {
     pub client_ca: Vec<String>,
     #[serde(default)]
     pub crl: Vec<String>,
+    /// CRLs fetched from URLs (a CA's CRL distribution point), refreshed on an interval.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crl_urls: Vec<FileCrlUrl>,
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_auth: Option<String>,
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_timeout: Option<ConfigDuration>,
+}
+
+/// A CRL fetched from a URL: `http://` (a CRL is signed, RFC 5280 §4.2.1.13) or `https://`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCrlUrl {
+    pub url: String,
+    /// Trust for an `https://` URL, as for other outbound HTTPS calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ca: Vec<String>,
+    #[serde(default, skip_serializing_if = "super::auth::is_pinned")]
+    pub trust: Trust,
+    /// Default 1h.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_interval: Option<ConfigDuration>,
+    /// Default 10s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetch_timeout: Option<ConfigDuration>,
+    /// Default 10 MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -106,6 +106,70 @@ pub struct ListenerTls {
     pub server_cert_not_after: Option<i64>,
     /// What the CRLs revoke, checked on every request (see [`portcullis_crypto::pki::Revoked`]).
     pub revoked: Arc<portcullis_crypto::pki::Revoked>,
+    /// Each loaded CRL, by where it came from, for the `nextUpdate` metric.
+    pub crls: Vec<LoadedCrl>,
+    /// CRLs fetched from URLs; with any, the runtime rebuilds the verifier from `material`
+    /// whenever one of them brings a new CRL.
+    pub crl_urls: Vec<CrlUrl>,
+    pub material: Arc<TlsMaterial>,
+}
+
+/// What the listener's rustls config is built from, kept to build it again with fetched CRLs.
+pub struct TlsMaterial {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub client_cas: Vec<CertificateDer<'static>>,
+    /// The CRLs from files.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+}
+
+impl TlsMaterial {
+    /// A rustls config and the per-request revocation set for the file CRLs plus `fetched`.
+    pub(crate) fn build(
+        &self,
+        client_auth: ClientAuth,
+        fetched: &[CertificateRevocationListDer<'static>],
+    ) -> Result<(Arc<rustls::ServerConfig>, portcullis_crypto::pki::Revoked), String> {
+        let crls: Vec<_> = self.crls.iter().chain(fetched).cloned().collect();
+        let revoked = portcullis_crypto::pki::Revoked::from_crls(crls.iter().map(|c| c.as_ref()))?;
+        let config = tls::server_config(
+            self.chain.clone(),
+            self.key.clone_key(),
+            self.client_cas.clone(),
+            crls,
+            client_auth,
+        )?;
+        Ok((config, revoked))
+    }
+
+    /// Why a CRL is not taken for this listener (see [`crl_refusal`]), or `None`.
+    pub(crate) fn crl_refusal(
+        &self,
+        crl: &CertificateRevocationListDer<'static>,
+    ) -> Option<String> {
+        crl_refusal(&self.client_cas, crl)
+    }
+}
+
+/// A CRL fetched from a URL, validated.
+#[derive(Clone)]
+pub struct CrlUrl {
+    pub remote: portcullis_sources::crl::CrlRemote,
+}
+
+impl CrlUrl {
+    /// What identifies the feed across reloads: a change of any setting starts a new one.
+    pub(crate) fn key(&self) -> String {
+        let r = &self.remote;
+        format!("{} {:?} {:?} {}", r.uri, r.refresh, r.timeout, r.max_bytes)
+    }
+}
+
+/// One CRL of the listener: where it came from (a file path) and what it says about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadedCrl {
+    pub source: String,
+    pub info: portcullis_crypto::pki::CrlInfo,
 }
 
 #[derive(Clone)]
@@ -706,7 +770,11 @@ fn validate_listener_tls(
         );
     }
     let mut crls = Vec::new();
+    let mut loaded_crls = Vec::new();
     let mut crl_refused = false;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     for (i, crl) in f.crl.iter().enumerate() {
         let path = resolve(base, crl);
         watched.push(path.clone());
@@ -733,6 +801,13 @@ fn validate_listener_tls(
                                 );
                                 crl_refused = true;
                             }
+                            if let Ok(info) = portcullis_crypto::pki::CrlInfo::from_der(crl) {
+                                warn_if_stale(&path, n, list.len(), &info, now);
+                                loaded_crls.push(LoadedCrl {
+                                    source: path.display().to_string(),
+                                    info,
+                                });
+                            }
                         }
                         crls.extend(list)
                     }
@@ -743,10 +818,12 @@ fn validate_listener_tls(
             Err(e) => p.push(field, format!("cannot read {}: {e}", path.display())),
         }
     }
+    let crl_urls = validate_crl_urls(p, base, &f.crl_urls, watched);
     let key = key?;
     if chain.is_empty() || cas.is_empty() || crl_refused {
         return None;
     }
+    let crl_urls = crl_urls?;
     let (client_ca_count, crl_count) = (cas.len(), crls.len());
     let revoked = match portcullis_crypto::pki::Revoked::from_crls(crls.iter().map(|c| c.as_ref()))
     {
@@ -762,9 +839,6 @@ fn validate_listener_tls(
         .map(|c| c.not_after);
     // An expired server certificate would fail every handshake: refuse it (at start-up, and at
     // reload, where the current one keeps serving).
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
     if let Some(t) = server_cert_not_after.filter(|t| *t < now) {
         let when = portcullis_audit::unix_to_rfc3339(t).unwrap_or_default();
         p.push(
@@ -773,8 +847,14 @@ fn validate_listener_tls(
         );
         return None;
     }
-    match tls::server_config(chain, key, cas, crls, client_auth) {
-        Ok(server_config) => Some(ListenerTls {
+    let material = Arc::new(TlsMaterial {
+        chain,
+        key,
+        client_cas: cas,
+        crls,
+    });
+    match material.build(client_auth, &[]) {
+        Ok((server_config, _)) => Some(ListenerTls {
             server_config,
             client_auth,
             handshake_timeout: f.handshake_timeout.map_or(Duration::from_secs(10), |d| d.0),
@@ -782,6 +862,9 @@ fn validate_listener_tls(
             crl_count,
             server_cert_not_after,
             revoked,
+            crls: loaded_crls,
+            crl_urls,
+            material,
         }),
         Err(e) => {
             p.push("listener.tls", e);
@@ -790,7 +873,117 @@ fn validate_listener_tls(
     }
 }
 
-/// Why rustls would refuse this CRL, or `None` when it takes it. The verdict is rustls's own
+/// `listener.tls.crl_urls`: http:// is allowed here, and only here, because a CRL is signed by
+/// the CA it speaks for (RFC 5280 §4.2.1.13): whoever serves it cannot forge it.
+fn validate_crl_urls(
+    p: &mut Problems<'_>,
+    base: &Path,
+    urls: &[file::FileCrlUrl],
+    watched: &mut Vec<PathBuf>,
+) -> Option<Vec<CrlUrl>> {
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, u) in urls.iter().enumerate() {
+        let field = |s: &str| format!("listener.tls.crl_urls[{i}]{s}");
+        let uri = u
+            .url
+            .parse::<http::Uri>()
+            .ok()
+            .filter(|x| x.host().is_some())
+            .filter(|x| {
+                x.scheme() == Some(&http::uri::Scheme::HTTP)
+                    || x.scheme() == Some(&http::uri::Scheme::HTTPS)
+            });
+        let Some(uri) = uri else {
+            p.push(
+                field(".url"),
+                format!("`{}` is not an http:// or https:// URL", u.url),
+            );
+            ok = false;
+            continue;
+        };
+        let roots = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+            match trust_roots(
+                p,
+                base,
+                &field("."),
+                &u.ca,
+                u.trust,
+                None,
+                "an https:// CRL URL",
+                watched,
+            ) {
+                Some(r) => r,
+                None => {
+                    ok = false;
+                    continue;
+                }
+            }
+        } else {
+            rustls::RootCertStore::empty()
+        };
+        let tls = match tls::upstream_client_config(roots, None) {
+            Ok(t) => t,
+            Err(e) => {
+                p.push(field(""), e);
+                ok = false;
+                continue;
+            }
+        };
+        let refresh = u
+            .refresh_interval
+            .map_or(Duration::from_secs(3600), |d| d.0);
+        let timeout = u.fetch_timeout.map_or(Duration::from_secs(10), |d| d.0);
+        let max_bytes = u.max_bytes.unwrap_or(10 * 1024 * 1024);
+        if refresh.is_zero() || timeout.is_zero() || max_bytes == 0 {
+            p.push(
+                field(""),
+                "refresh_interval, fetch_timeout and max_bytes must be above zero",
+            );
+            ok = false;
+            continue;
+        }
+        out.push(CrlUrl {
+            remote: portcullis_sources::crl::CrlRemote {
+                uri,
+                tls,
+                refresh,
+                timeout,
+                max_bytes,
+            },
+        });
+    }
+    ok.then_some(out)
+}
+
+/// A CRL already past its `nextUpdate` is taken (it is still the best list of what is revoked),
+/// but every client certificate of its issuer is then refused, at the handshake and on open
+/// connections, until a current CRL replaces it: say so at load, naming the file, so that
+/// `check` shows it and the proxy logs it.
+fn warn_if_stale(
+    path: &Path,
+    n: usize,
+    of: usize,
+    info: &portcullis_crypto::pki::CrlInfo,
+    now: i64,
+) {
+    let Some(t) = info.next_update.filter(|t| *t < now) else {
+        return;
+    };
+    let when = portcullis_audit::unix_to_rfc3339(t).unwrap_or_default();
+    tracing::warn!(
+        file = %path.display(),
+        issuer = %info.issuer,
+        "CRL {} of {of} in {} is past its nextUpdate ({when}): client certificates of `{}` are \
+         refused until a current CRL replaces it",
+        n + 1,
+        path.display(),
+        info.issuer,
+    );
+}
+
+/// Why this CRL is not taken, or `None` when it is: not signed by one of the client CAs (see
+/// [`portcullis_crypto::pki::check_crl_signer`]), or refused by rustls, whose verdict is its own
 /// (a verifier built over the configured CAs and this one CRL, as the listener will be); the
 /// reason adds the field at fault where it is one of the RFC 5280 requirements rustls enforces
 /// when parsing, since rustls reports those only as `ParseError`. Without a usable CA there is
@@ -806,13 +999,25 @@ fn crl_refusal(
     if roots.is_empty() {
         return None;
     }
-    let err = rustls::server::WebPkiClientVerifier::builder_with_provider(
+    // rustls checks a CRL's signature only at a handshake, and then refuses every certificate
+    // of its issuer: a CRL that is not its CA's own is refused here, before it is used.
+    let err = match rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         tls::crypto_provider(),
     )
     .with_crls([crl.clone()])
     .build()
-    .err()?;
+    {
+        Ok(_) => {
+            return portcullis_crypto::pki::check_crl_signer(
+                crl.as_ref(),
+                cas.iter().map(|c| c.as_ref()),
+            )
+            .err()
+            .map(|why| format!("{why}; use the CRL its CA publishes"));
+        }
+        Err(e) => e,
+    };
     let why = match x509_parser::parse_x509_crl(crl.as_ref()) {
         Err(e) => format!("not a DER X.509 CertificateList ({e})"),
         Ok((_, c)) => {

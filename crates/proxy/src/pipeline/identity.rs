@@ -15,6 +15,8 @@ portcullis_base::variants! {
         ClientCertExpired,
         /// The connection's certificate is revoked by the CRLs loaded now.
         ClientCertRevoked,
+        /// Every CRL of the certificate's issuer is past its `nextUpdate`.
+        ClientCertRevocationUnknown,
     }
 }
 
@@ -33,7 +35,7 @@ impl ClientIdentity {
 
 /// The caller holding `cert` (the connection's verified certificate) at `now` (Unix seconds). rustls checks validity and revocation only at
 /// the handshake; a keep-alive or HTTP/2 connection must not outlive its certificate, so every
-/// request checks `notAfter` and the current CRLs again.
+/// request checks `notAfter`, the current CRLs and their `nextUpdate` again.
 pub(crate) fn identify(
     cert: Option<&Arc<ClientCert>>,
     route: &Route,
@@ -43,6 +45,9 @@ pub(crate) fn identify(
     match (cert, route.client_cert) {
         (Some(c), _) if c.not_after < now => Err(IdentityError::ClientCertExpired),
         (Some(c), _) if revoked.contains(c) => Err(IdentityError::ClientCertRevoked),
+        (Some(c), _) if revoked.expired_for(c, now) => {
+            Err(IdentityError::ClientCertRevocationUnknown)
+        }
         (Some(c), _) => Ok(ClientIdentity {
             cert: Some(Arc::clone(c)),
         }),

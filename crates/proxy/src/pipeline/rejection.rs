@@ -287,7 +287,9 @@ impl Rejection {
                     | HttpError::BodyTimeout
                     | HttpError::BodyRead
             ) | Rejection::Identity(
-                IdentityError::ClientCertExpired | IdentityError::ClientCertRevoked
+                IdentityError::ClientCertExpired
+                    | IdentityError::ClientCertRevoked
+                    | IdentityError::ClientCertRevocationUnknown
             )
         )
     }

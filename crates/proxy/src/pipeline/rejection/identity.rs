@@ -25,5 +25,12 @@ pub(super) fn wire(e: IdentityError) -> Wire {
             "identity.client_cert_revoked",
             "the client certificate has been revoked",
         ),
+        // The CRL covering it has passed its nextUpdate since the handshake: its status is
+        // unknown, and a new handshake would be refused too (fail closed).
+        IdentityError::ClientCertRevocationUnknown => Wire::new(
+            S::UNAUTHORIZED,
+            "identity.client_cert_revocation_unknown",
+            "the revocation status of the client certificate is unknown",
+        ),
     }
 }

@@ -1,0 +1,381 @@
+//! Revocation from CRLs: a CRL file that changes is picked up without a restart, a CRL past its
+//! `nextUpdate` refuses its issuer's certificates at the handshake and on open connections (fail
+//! closed), and each CRL's `nextUpdate` is a metric to alert on before that happens. Refusals are
+//! checked three ways: the answer (or the failed handshake), nothing at the upstream, and exactly
+//! one audit record saying why.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use portcullis_tools::client::Conn;
+
+const ACCOUNTS: &str = "/open-banking/v3.1/aisp/accounts";
+
+fn get(id: &str) -> http::Request<http_body_util::Full<Bytes>> {
+    req("GET", ACCOUNTS)
+        .header("x-fapi-interaction-id", id)
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap()
+}
+
+fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+/// Writes `bytes` to `path` by rename, as editors, ConfigMaps and web roots replace files.
+fn replace(path: &Path, bytes: impl AsRef<[u8]>) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A proxy whose listener takes its CRL from a file holding `crl`, and that file (in a
+/// directory that lives as long as the returned guard).
+async fn proxy_with_crl(up: &Upstream, crl: &str) -> (Proxy, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ca-now.crl");
+    std::fs::write(&path, crl).unwrap();
+    let mut o = Options::new(up.addr);
+    o.config.listener.tls.crl = vec![path.display().to_string()];
+    (Proxy::start(o).await, path, dir)
+}
+
+/// A request from `identity` on a new connection fails: with TLS 1.3 the client finishes its
+/// side of the handshake before the server refuses its certificate, so the refusal may surface
+/// on the first request.
+async fn refused_at_the_handshake(p: &Proxy, identity: &str) -> bool {
+    let Ok(mut c) = p.client(Some(identity), false).await else {
+        return true;
+    };
+    c.send(get(&uuid::Uuid::new_v4().to_string()))
+        .await
+        .is_err()
+}
+
+/// The `tls_handshake` audit records with `failure`, once `n` are written.
+async fn handshake_records(p: &Proxy, n: usize, failure: &str) -> Vec<serde_json::Value> {
+    p.audit_where(n, |r| {
+        r["kind"] == "tls_handshake" && r["failure"] == failure
+    })
+    .await
+}
+
+/// The request on `open` is refused 401 with `reason`, nothing reaches the upstream, exactly one
+/// audit record says why, and then HTTP/1.1 closes the connection; on HTTP/2 (other streams
+/// may be in flight) every further request is refused the same way.
+async fn open_connection_refused(p: &Proxy, up: &Upstream, open: &mut Conn, reason: &str) {
+    let before = up.count();
+    let id = uuid::Uuid::new_v4().to_string();
+    let a = open.send(get(&id)).await.unwrap();
+    assert_eq!(a.status, 401, "{:?}", a.json());
+    assert_eq!(a.json()["reason"], reason);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(up.count(), before, "nothing forwarded");
+    let rec = p.audit_of(&id).await;
+    assert_eq!(rec["reason"], reason);
+    assert_eq!(rec["decision"], "deny");
+    if let Ok(again) = open.send(get(&uuid::Uuid::new_v4().to_string())).await {
+        assert_eq!(again.status, 401, "a request after the refusal");
+        assert_eq!(again.json()["reason"], reason);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(up.count(), before, "nothing forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_crl_file_is_picked_up_by_the_watcher_for_new_and_open_connections() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let day = now() + time::Duration::days(1);
+    let (p, crl, _dir) = proxy_with_crl(&up, &dev_ca_crl(certs(), &["revoked"], day)).await;
+    portcullis_proxy::watch(p.shared.clone(), tokio_util::sync::CancellationToken::new()).unwrap();
+    let mut open = p.client(Some("tpp1"), false).await.unwrap();
+    assert_eq!(
+        open.send(get(&uuid::Uuid::new_v4().to_string()))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    // The CA publishes a CRL that revokes tpp1 too; no SIGHUP, no config change.
+    replace(&crl, dev_ca_crl(certs(), &["revoked", "tpp1"], day));
+    let mut refused = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if refused_at_the_handshake(&p, "tpp1").await {
+            refused = true;
+            break;
+        }
+    }
+    assert!(
+        refused,
+        "tpp1's new connections still pass after the CRL changed"
+    );
+    assert_eq!(handshake_records(&p, 1, "cert_revoked").await.len(), 1);
+    open_connection_refused(&p, &up, &mut open, "identity.client_cert_revoked").await;
+    // tpp2 is not on the list.
+    let mut c = p.client(Some("tpp2"), false).await.unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    assert_eq!(c.send(get(&id)).await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_past_its_next_update_refuses_its_issuers_certificates_at_the_handshake() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    // Current until three seconds from now: long enough to load, short enough to wait out.
+    let until = now() + time::Duration::seconds(3);
+    let (p, crl, _dir) = proxy_with_crl(&up, &dev_ca_crl(certs(), &["revoked"], until)).await;
+    // The gauge carries nextUpdate as a timestamp: `... - time() < 86400` alerts a day ahead.
+    let (_, m) = p.admin_get("/metrics").await;
+    let line = format!(
+        "portcullis_crl_next_update_timestamp_seconds{{crl=\"{}\",issuer=\"CN=portcullis dev CA,O=portcullis dev\"}} {}",
+        crl.display(),
+        until.unix_timestamp()
+    );
+    assert!(m.contains(&line), "want {line} in\n{m}");
+    // Before: tpp1 passes.
+    let mut c = p.client(Some("tpp1"), false).await.unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    assert_eq!(c.send(get(&id)).await.unwrap().status, 200);
+    drop(c);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // After: every certificate of the dev CA is refused, not only the listed one.
+    let before = up.count();
+    assert!(p.audit().iter().all(|r| r["kind"] != "tls_handshake"));
+    assert!(refused_at_the_handshake(&p, "tpp1").await);
+    let recs = handshake_records(&p, 1, "crl_expired").await;
+    assert_eq!(recs.len(), 1, "one tls_handshake record: {recs:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(up.count(), before, "nothing forwarded");
+    // A current CRL from the CA ends it, with a reload (the watcher does it for a changed file).
+    replace(
+        &crl,
+        dev_ca_crl(certs(), &["revoked"], now() + time::Duration::days(1)),
+    );
+    p.shared.reload().expect("reload");
+    let mut c = p.client(Some("tpp1"), false).await.unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    assert_eq!(c.send(get(&id)).await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_connection_stops_when_the_crl_covering_it_expires() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let until = now() + time::Duration::seconds(3);
+    let (p, _, _dir) = proxy_with_crl(&up, &dev_ca_crl(certs(), &["revoked"], until)).await;
+    // One HTTP/1.1 and one HTTP/2 connection, both good while the CRL is current.
+    let mut h1 = p.client(Some("tpp1"), false).await.unwrap();
+    let mut h2 = p.client(Some("tpp2"), true).await.unwrap();
+    for c in [&mut h1, &mut h2] {
+        let id = uuid::Uuid::new_v4().to_string();
+        assert_eq!(c.send(get(&id)).await.unwrap().status, 200);
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for c in [&mut h1, &mut h2] {
+        open_connection_refused(&p, &up, c, "identity.client_cert_revocation_unknown").await;
+    }
+}
+
+/// `python3 -m http.server` serving `dir` on a free loopback port: a real CRL distribution point.
+/// Killed when dropped.
+struct CrlServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl CrlServer {
+    fn start(dir: &Path) -> CrlServer {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("python3")
+            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
+            .arg("--directory")
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 (the CRL server)");
+        // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .split(" port ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the CRL server said {line:?}"));
+        CrlServer { child, port }
+    }
+}
+
+impl Drop for CrlServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The dev CA's CRL as a distribution point serves it: DER (RFC 5280 §4.2.1.13), current for a
+/// day.
+fn der_crl(revoked: &[&str]) -> Vec<u8> {
+    der(&dev_ca_crl(
+        certs(),
+        revoked,
+        now() + time::Duration::days(1),
+    ))
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .as_ref()
+        .to_vec()
+}
+
+/// A listener whose only CRL comes from `url`, refreshed every 300 ms.
+async fn proxy_with_crl_url(up: &Upstream, url: &str) -> Proxy {
+    let mut o = Options::new(up.addr);
+    o.config.listener.tls.crl = Vec::new();
+    o.config.listener.tls.crl_urls = vec![FileCrlUrl {
+        url: url.to_string(),
+        refresh_interval: Some(dur("300ms")),
+        fetch_timeout: Some(dur("5s")),
+        ..FileCrlUrl::default()
+    }];
+    Proxy::start(o).await
+}
+
+/// The value of the metric line starting with `prefix` (name and labels).
+async fn metric(p: &Proxy, prefix: &str) -> Option<f64> {
+    let (_, m) = p.admin_get("/metrics").await;
+    m.lines()
+        .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+}
+
+/// Polls `cond` for up to five seconds.
+async fn eventually<F: std::future::Future<Output = bool>>(mut cond: impl FnMut() -> F) -> bool {
+    for _ in 0..50 {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_fetched_from_a_url_revokes_new_and_open_connections_and_outlives_its_server() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let served = tempfile::tempdir().unwrap();
+    let file = served.path().join("ca.crl");
+    replace(&file, der_crl(&["revoked"]));
+    let server = CrlServer::start(served.path());
+    let url = format!("http://127.0.0.1:{}/ca.crl", server.port);
+    let p = proxy_with_crl_url(&up, &url).await;
+    let ready = format!("portcullis_crl_ready{{crl=\"{url}\"}}");
+    assert!(
+        eventually(|| async { metric(&p, &ready).await == Some(1.0) }).await,
+        "the CRL was never fetched"
+    );
+    assert_eq!(p.admin_get("/readyz").await.0, 200);
+    // The fetched CRL is the one in force: the certificate it lists is refused, tpp1 is not.
+    assert!(refused_at_the_handshake(&p, "revoked").await);
+    assert_eq!(handshake_records(&p, 1, "cert_revoked").await.len(), 1);
+    let mut open = p.client(Some("tpp1"), false).await.unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    assert_eq!(open.send(get(&id)).await.unwrap().status, 200);
+    let next_update = format!(
+        "portcullis_crl_next_update_timestamp_seconds{{crl=\"{url}\",issuer=\"CN=portcullis dev CA,O=portcullis dev\"}}"
+    );
+    assert!(metric(&p, &next_update).await.unwrap() > now().unix_timestamp() as f64);
+
+    // The CA publishes a CRL listing tpp1: no reload, no config change.
+    replace(&file, der_crl(&["revoked", "tpp1"]));
+    assert!(
+        eventually(|| refused_at_the_handshake(&p, "tpp1")).await,
+        "tpp1's new connections still pass after the served CRL listed it"
+    );
+    assert_eq!(handshake_records(&p, 2, "cert_revoked").await.len(), 2);
+    open_connection_refused(&p, &up, &mut open, "identity.client_cert_revoked").await;
+
+    // The server goes away: the fetches fail and count, the last good CRL stays in force.
+    drop(server);
+    let failures = format!("portcullis_crl_fetch_failures_total{{crl=\"{url}\"}}");
+    let before = metric(&p, &failures).await.unwrap();
+    assert!(
+        eventually(|| async { metric(&p, &failures).await.unwrap() >= before + 2.0 }).await,
+        "failed fetches are not counted"
+    );
+    assert!(refused_at_the_handshake(&p, "tpp1").await);
+    let mut c = p.client(Some("tpp2"), false).await.unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    assert_eq!(c.send(get(&id)).await.unwrap().status, 200);
+    assert_eq!(metric(&p, &ready).await, Some(1.0));
+    assert_eq!(p.admin_get("/readyz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_a_crl_url_delivers_client_certificates_are_refused_and_the_proxy_is_not_ready() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let dead = Upstream::dead_addr().await;
+    let url = format!("http://{dead}/ca.crl");
+    let p = proxy_with_crl_url(&up, &url).await;
+    let failures = format!("portcullis_crl_fetch_failures_total{{crl=\"{url}\"}}");
+    assert!(eventually(|| async { metric(&p, &failures).await.unwrap_or(0.0) >= 1.0 }).await);
+    assert_eq!(p.admin_get("/readyz").await.0, 503);
+    assert_eq!(
+        metric(&p, &format!("portcullis_crl_ready{{crl=\"{url}\"}}")).await,
+        Some(0.0)
+    );
+    // Fail closed: no client certificate is taken while its revocation status is unknown.
+    assert!(refused_at_the_handshake(&p, "tpp1").await);
+    let recs = handshake_records(&p, 1, "revocation_unknown").await;
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(up.count(), 0, "nothing forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetched_body_that_is_not_a_current_crl_of_a_client_ca_is_not_taken() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let served = tempfile::tempdir().unwrap();
+    let file = served.path().join("ca.crl");
+    replace(&file, der_crl(&["tpp1"]));
+    let server = CrlServer::start(served.path());
+    let url = format!("http://127.0.0.1:{}/ca.crl", server.port);
+    let p = proxy_with_crl_url(&up, &url).await;
+    let ready = format!("portcullis_crl_ready{{crl=\"{url}\"}}");
+    assert!(eventually(|| async { metric(&p, &ready).await == Some(1.0) }).await);
+    assert!(refused_at_the_handshake(&p, "tpp1").await);
+    let failures = format!("portcullis_crl_fetch_failures_total{{crl=\"{url}\"}}");
+    // Garbage, a CRL in the CA's name signed by a key that is not the CA's, and a replayed
+    // older CRL: each fetch fails, and the CRL that revokes tpp1 stays.
+    let foreign = der(&forged_dev_ca_crl());
+    // The CA's own list from before tpp1 was revoked (issued earlier), replayed.
+    let older = der(&dev_ca_crl(certs(), &[], now() + time::Duration::hours(1)));
+    for (what, body) in [
+        ("garbage", b"<html>not a CRL</html>".to_vec()),
+        ("a CRL under the CA's name signed by another key", foreign),
+        ("an older CRL of the CA", older),
+    ] {
+        let before = metric(&p, &failures).await.unwrap_or(0.0);
+        replace(&file, &body);
+        assert!(
+            eventually(|| async { metric(&p, &failures).await.unwrap_or(0.0) >= before + 2.0 })
+                .await,
+            "{what}: not counted as a failure"
+        );
+        assert!(
+            refused_at_the_handshake(&p, "tpp1").await,
+            "{what} was taken"
+        );
+        let mut c = p.client(Some("tpp2"), false).await.unwrap();
+        let id = uuid::Uuid::new_v4().to_string();
+        assert_eq!(c.send(get(&id)).await.unwrap().status, 200);
+    }
+}
