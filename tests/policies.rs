@@ -209,6 +209,71 @@ async fn response_rules_withhold_or_filter_a_leaking_upstream() {
     );
 }
 
+/// The shipped OBIE payment policy: a payment's owner (its consent) is known only from the
+/// bank's answer, so a `forbid` response rule refuses another consent's payment with 403
+/// `authz.object` and the answer never reaches the caller; the caller's own payment passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_made_under_another_consent_is_forbidden_from_the_banks_answer() {
+    const FOREIGN: &str = r#"{"Data":{"DomesticPaymentId":"dp-1","ConsentId":"pdc-victim","Status":"AcceptedSettlementCompleted"}}"#;
+    const OWN: &str = r#"{"Data":{"DomesticPaymentId":"dp-2","ConsentId":"pdc-1","Status":"AcceptedSettlementCompleted"}}"#;
+    let key = SigningKey::generate(Alg::ES256, "as-1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), key.jwks().to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("consents.json"),
+        json!({"consents": {"pdc-1": {"status": "Authorised"}}}).to_string(),
+    )
+    .unwrap();
+    let up = Upstream::start(Behaviour::Json(FOREIGN)).await;
+    let mut o = Options::new(up.addr);
+    o.policy = include_str!("../policies/obie-pisp.yaml").to_string();
+    o.config.issuers.insert(
+        "as".into(),
+        file_issuer("https://as", "https://rs", &dir.path().join("jwks.json")),
+    );
+    o.config.consent = Some(FileConsentSource {
+        file: Some(dir.path().join("consents.json").display().to_string()),
+        ..FileConsentSource::default()
+    });
+    let e = Env::start(o, up, dir, Some(NOW)).await;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join("tpp1.pem")).unwrap();
+    let token = key.access_token(&json!({
+        "iss": "https://as", "aud": "https://rs", "exp": NOW + 300, "scope": "payments",
+        "openbanking_intent_id": "pdc-1",
+        "cnf": {"x5t#S256": portcullis_crypto::pki::thumbprint_s256(der.as_ref())},
+    }));
+    let get = |path: &'static str| {
+        let (e, token) = (&e, token.clone());
+        async move {
+            e.p.send(
+                req("GET", path)
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let (a, id) = get("/open-banking/v3.1/pisp/domestic-payments/dp-1").await;
+    assert_eq!(a.status, 403, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["reason"], "authz.object");
+    assert!(!String::from_utf8_lossy(&a.body).contains("pdc-victim"));
+    assert_eq!(
+        a.headers["www-authenticate"],
+        r#"Bearer error="insufficient_scope""#
+    );
+    let rec = e.p.audit_of(&id).await;
+    assert_eq!(rec["reason"], "authz.object", "{rec}");
+    assert_eq!(rec["rule_id"], "own-payment", "{rec}");
+    assert_eq!(rec["decision"], "deny", "{rec}");
+    // The bank was asked (a GET: its answer is the only source of the owner).
+    assert_eq!(rec["upstream_status"], 200, "{rec}");
+    e.up.set(Behaviour::Json(OWN));
+    let (a, _) = get("/open-banking/v3.1/pisp/domestic-payments/dp-2").await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["Data"]["ConsentId"], "pdc-1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_route_forwards_and_records_what_it_would_have_denied() {
     let e = env(consents_file()).await;

@@ -141,8 +141,15 @@ pub struct ConsentReq {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ResponseAction {
+    /// The answer is replaced with 502 `authz.response_leak`: the upstream answered outside the
+    /// grant.
     Withhold,
+    /// Offending array elements are dropped.
     Remove,
+    /// The answer shows the requested object is outside the caller's grant (its owner is known
+    /// only from the answer, e.g. the consent of a payment): refused as a request for a foreign
+    /// object is, 403 `authz.object`.
+    Forbid,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -398,10 +405,11 @@ pub(crate) fn compile(
         let action = match r.action.as_deref() {
             None | Some("withhold") => Some(ResponseAction::Withhold),
             Some("remove") => Some(ResponseAction::Remove),
+            Some("forbid") => Some(ResponseAction::Forbid),
             Some(o) => {
                 p.push(
                     rf("action"),
-                    format!("unknown action `{o}` (withhold or remove)"),
+                    format!("unknown action `{o}` (withhold, remove or forbid)"),
                 );
                 None
             }
@@ -832,29 +840,33 @@ pub fn evaluate(
     Ok(())
 }
 
-/// Checks (and, for `remove` rules, edits) an upstream JSON response. Returns the rule that
-/// withheld it, if any.
-pub fn check_response(
-    rules: &[ResponseRule],
+/// Checks (and, for `remove` rules, edits) an upstream JSON response. Returns whether it was
+/// edited, or the `withhold` or `forbid` rule that refuses it.
+pub fn check_response<'r>(
+    rules: &'r [ResponseRule],
     claims: &Map<String, Value>,
     consent: Option<&ConsentRecord>,
     doc: &mut Value,
-) -> Result<bool, String> {
+) -> Result<bool, &'r ResponseRule> {
     let mut changed = false;
     for r in rules {
         let granted = granted(&r.in_set, claims, consent);
         match r.action {
-            ResponseAction::Withhold => {
+            ResponseAction::Withhold | ResponseAction::Forbid => {
                 let mut found = Vec::new();
                 // Case twins in the response are as ambiguous to the client as to us.
                 if at_pointer(doc, &r.pointer, &mut found).is_err() {
-                    return Err(r.id.clone());
+                    return Err(r);
+                }
+                // An answer that does not name its owner proves no ownership.
+                if r.action == ResponseAction::Forbid && found.is_empty() {
+                    return Err(r);
                 }
                 if found.iter().any(|v| {
                     !strings(v).iter().all(|s| granted.contains(s))
                         || !(v.is_string() || v.is_array())
                 }) {
-                    return Err(r.id.clone());
+                    return Err(r);
                 }
             }
             ResponseAction::Remove => {

@@ -433,6 +433,8 @@ struct Evidence {
     signature_route: Option<RouteSignature>,
     signature: pipeline::signature::Checked,
     claims: Option<Arc<pipeline::token::AccessToken>>,
+    /// The scheme the token came in, for the challenge of a refusal the answer causes.
+    scheme: Option<pipeline::token::Scheme>,
     consent: Option<portcullis_policy::rules::ConsentRecord>,
     dpop_nonce: Option<String>,
 }
@@ -445,6 +447,7 @@ impl Evidence {
             route: a.route.route,
             has_client_cert: a.identity.cert().is_some(),
             signature: a.signature,
+            scheme: a.token.as_ref().map(|t| t.scheme()),
             claims: a.token.map(|t| Arc::clone(t.token())),
             consent: a.permit.into_consent(),
             dpop_nonce: a.dpop_nonce,
@@ -498,8 +501,7 @@ impl Exchange {
         let body = if route.authz.response_rules.is_empty() {
             body.map_err(BoxError::from).boxed_unsync()
         } else {
-            let claims = evidence.claims.as_ref().map(|t| &t.claims);
-            check_response(&mut parts, body, route, claims, evidence.consent.as_ref()).await?
+            check_response(&mut parts, body, route, &evidence).await?
         };
         let body = match reservation {
             None => body,
@@ -557,16 +559,18 @@ async fn finish(
 const MAX_CHECKED_RESPONSE: usize = 16 * 1024 * 1024;
 
 /// Response rules: the JSON response is buffered and every value the rules name must be in the
-/// granted set; a `withhold` rule refuses the response (502), a `remove` rule drops offending
-/// array elements. A successful response that is not JSON cannot be checked and is withheld.
+/// granted set; a `withhold` rule refuses the response (502), a `forbid` rule refuses the
+/// request for a foreign object (403), a `remove` rule drops offending array elements. A
+/// successful response that is not JSON cannot be checked and is withheld.
 async fn check_response(
     parts: &mut http::response::Parts,
     body: Incoming,
     route: &portcullis_policy::Route,
-    claims: Option<&serde_json::Map<String, serde_json::Value>>,
-    consent: Option<&portcullis_policy::rules::ConsentRecord>,
+    evidence: &Evidence,
 ) -> Result<ProxyBody, Rejection> {
-    use portcullis_policy::rules::{AuthzError, Denial};
+    use portcullis_policy::rules::{AuthzError, Denial, ResponseAction};
+    let claims = evidence.claims.as_ref().map(|t| &t.claims);
+    let consent = evidence.consent.as_ref();
     let leak = |rule: &str| {
         // A withheld response (502) is no refusal of the token: no challenge, so no scheme.
         Rejection::Authz(
@@ -597,7 +601,18 @@ async fn check_response(
         consent,
         &mut doc,
     )
-    .map_err(|rule| leak(&rule))?;
+    .map_err(|rule| match rule.action {
+        ResponseAction::Forbid => Rejection::Authz(
+            Denial {
+                error: AuthzError::Object,
+                rule: rule.id.clone(),
+                hidden: false,
+                shadow: false,
+            },
+            evidence.scheme,
+        ),
+        ResponseAction::Withhold | ResponseAction::Remove => leak(&rule.id),
+    })?;
     if !changed {
         return Ok(full(bytes));
     }

@@ -19,18 +19,32 @@ use tokio_util::sync::CancellationToken;
 
 const BASE: &str = "/open-banking/v3.1";
 
+/// Payments remembered for their status reads (the oldest forgotten beyond this).
+const MAX_PAYMENTS: usize = 100_000;
+
+/// What the mock bank remembers: an id counter and each payment's consent, so a payment's
+/// status answer names its consent as a real bank's does.
+#[derive(Default)]
+struct Bank {
+    ids: AtomicU64,
+    payments: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
 /// Serves the mock bank on `listener` until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
-    let ids = Arc::new(AtomicU64::new(1000));
+    let bank = Arc::new(Bank {
+        ids: AtomicU64::new(1000),
+        ..Bank::default()
+    });
     loop {
         let (tcp, _) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
             _ = shutdown.cancelled() => return,
         };
         let _ = tcp.set_nodelay(true);
-        let ids = Arc::clone(&ids);
+        let bank = Arc::clone(&bank);
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, Arc::clone(&ids)));
+            let svc = service_fn(move |req| handle(req, Arc::clone(&bank)));
             let mut b = auto::Builder::new(TokioExecutor::new());
             b.http1().timer(TokioTimer::new());
             let _ = b.serve_connection(TokioIo::new(tcp), svc).await;
@@ -69,7 +83,7 @@ fn merge(mut a: Value, b: Value) -> Value {
 
 async fn handle(
     req: Request<Incoming>,
-    ids: Arc<AtomicU64>,
+    bank: Arc<Bank>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -81,7 +95,7 @@ async fn handle(
         return Ok(reply(StatusCode::NOT_FOUND, json!({"Code": "404"})));
     };
     let segs: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
-    let next_id = |prefix: &str| format!("{prefix}-{}", ids.fetch_add(1, Ordering::Relaxed));
+    let next_id = |prefix: &str| format!("{prefix}-{}", bank.ids.fetch_add(1, Ordering::Relaxed));
     let resp = match (method, segs.as_slice()) {
         (Method::GET, ["aisp", "accounts"]) => reply(
             StatusCode::OK,
@@ -141,21 +155,45 @@ async fn handle(
                 links(&path),
             ),
         ),
-        (Method::POST, ["pisp", "domestic-payments"]) => reply(
-            StatusCode::CREATED,
-            merge(
-                json!({"Data": {"DomesticPaymentId": next_id("dp"), "Status": "AcceptedSettlementInProcess",
-                    "CreationDateTime": "2026-11-22T09:00:00+00:00"}}),
-                links(&path),
-            ),
-        ),
-        (Method::GET, ["pisp", "domestic-payments", id]) => reply(
-            StatusCode::OK,
-            merge(
-                json!({"Data": {"DomesticPaymentId": id, "Status": "AcceptedSettlementCompleted"}}),
-                links(&path),
-            ),
-        ),
+        (Method::POST, ["pisp", "domestic-payments"]) => {
+            let consent = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.pointer("/Data/ConsentId").cloned())
+                .unwrap_or(Value::Null);
+            let id = next_id("dp");
+            if let (Some(c), Ok(mut m)) = (consent.as_str(), bank.payments.lock()) {
+                if m.len() >= MAX_PAYMENTS {
+                    m.clear();
+                }
+                m.insert(id.clone(), c.to_string());
+            }
+            reply(
+                StatusCode::CREATED,
+                merge(
+                    json!({"Data": {"DomesticPaymentId": id, "ConsentId": consent,
+                        "Status": "AcceptedSettlementInProcess",
+                        "CreationDateTime": "2026-11-22T09:00:00+00:00"}}),
+                    links(&path),
+                ),
+            )
+        }
+        (Method::GET, ["pisp", "domestic-payments", id]) => {
+            let consent = bank.payments.lock().ok().and_then(|m| m.get(*id).cloned());
+            match consent {
+                Some(c) => reply(
+                    StatusCode::OK,
+                    merge(
+                        json!({"Data": {"DomesticPaymentId": id, "ConsentId": c,
+                            "Status": "AcceptedSettlementCompleted"}}),
+                        links(&path),
+                    ),
+                ),
+                None => reply(
+                    StatusCode::NOT_FOUND,
+                    json!({"Code": "404", "Message": "Not found"}),
+                ),
+            }
+        }
         _ => reply(
             StatusCode::NOT_FOUND,
             json!({"Code": "404", "Message": "Not found"}),

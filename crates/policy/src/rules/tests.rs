@@ -324,8 +324,8 @@ fn response_rules_withhold_or_remove_foreign_objects() {
     let c = claims(json!({"accounts": ["acc-1"]}));
     let mut doc = json!({"Data": {"Account": [{"AccountId": "acc-1"}, {"AccountId": "acc-2"}]}});
     assert_eq!(
-        check_response(&w.response_rules, &c, None, &mut doc),
-        Err("w".into())
+        check_response(&w.response_rules, &c, None, &mut doc).map_err(|r| r.id.as_str()),
+        Err("w")
     );
     let mut ok = json!({"Data": {"Account": [{"AccountId": "acc-1"}]}});
     assert_eq!(
@@ -343,6 +343,28 @@ fn response_rules_withhold_or_remove_foreign_objects() {
         Ok(true)
     );
     assert_eq!(doc, json!({"Data": {"Account": [{"AccountId": "acc-1"}]}}));
+    // `forbid`: a foreign owner, and an answer that names none, are refused; ours passes.
+    let f = compile_yaml(
+        "response_rules:\n  - {id: own, pointer: /Data/ConsentId, in: {claim: openbanking_intent_id}, action: forbid}\n",
+        &[],
+        true,
+    )
+    .unwrap();
+    let c = claims(json!({"openbanking_intent_id": "pdc-1"}));
+    for (mut answer, refused) in [
+        (json!({"Data": {"ConsentId": "pdc-victim"}}), true),
+        (
+            json!({"Data": {"Status": "AcceptedSettlementCompleted"}}),
+            true,
+        ),
+        (json!({"Data": {"ConsentId": "pdc-1"}}), false),
+    ] {
+        let r = check_response(&f.response_rules, &c, None, &mut answer);
+        assert_eq!(r.is_err(), refused, "{answer}");
+        if let Err(rule) = r {
+            assert_eq!(rule.action, ResponseAction::Forbid);
+        }
+    }
 }
 
 #[test]
