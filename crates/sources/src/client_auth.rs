@@ -17,8 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use serde_json::Value;
 
-use crate::https::{basic_auth, form_encode, oauth_error};
-use crate::introspect::ClientAuth;
+use crate::https::{form_encode, oauth_error, oauth_form_post, ClientAuth};
 
 /// How often a token file is looked at: a rotated token is in use within about a second, and a
 /// busy proxy does not stat the file on every request.
@@ -211,24 +210,8 @@ impl ClientCredentials {
             body.push_str("&scope=");
             body.push_str(&form_encode(scope));
         }
-        let mut req = http::Request::post(e.uri.clone())
-            .header(
-                http::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .header(http::header::ACCEPT, "application/json");
-        match &e.auth {
-            ClientAuth::Basic { client_id, secret } => {
-                req = req.header(http::header::AUTHORIZATION, basic_auth(client_id, secret));
-            }
-            ClientAuth::TlsClientAuth { client_id } => {
-                body.push_str("&client_id=");
-                body.push_str(&form_encode(client_id));
-            }
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|_| TokenFailure::Request)?;
+        let req =
+            oauth_form_post(e.uri.clone(), body, &e.auth).map_err(|_| TokenFailure::Request)?;
         let resp = tokio::time::timeout(e.timeout, self.client.request(req))
             .await
             .map_err(|_| TokenFailure::Timeout)?

@@ -171,20 +171,9 @@ impl CrlFeed {
     /// retries every two seconds (or sooner, with a shorter interval).
     pub fn spawn_refresh(self: &Arc<Self>, shutdown: CancellationToken) {
         let me = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
-                let ok = me.refresh().await;
-                let every = me.cfg.refresh;
-                let wait = if ok {
-                    every
-                } else {
-                    Duration::from_secs(2).min(every)
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-            }
+        crate::https::spawn_refresh_loop(self.cfg.refresh, shutdown, move || {
+            let me = Arc::clone(&me);
+            async move { me.refresh().await }
         });
     }
 }

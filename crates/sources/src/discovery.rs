@@ -160,20 +160,9 @@ impl Discovery {
     /// is no good document).
     pub fn spawn_refresh(self: &Arc<Self>, shutdown: CancellationToken) {
         let me = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
-                let ok = me.refresh().await;
-                let every = me.config.refresh;
-                let wait = if ok {
-                    every
-                } else {
-                    Duration::from_secs(2).min(every)
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-            }
+        crate::https::spawn_refresh_loop(self.config.refresh, shutdown, move || {
+            let me = Arc::clone(&me);
+            async move { me.refresh().await }
         });
     }
 }

@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use base64::Engine;
+use bytes::Bytes;
+use http_body_util::Full;
 
 /// An HTTPS-only client (HTTP/1.1) for the proxy's own calls to a control-plane endpoint — key
 /// sets, introspection, consent — with pinned trust from `tls` and a connect timeout.
@@ -60,4 +62,65 @@ pub fn basic_auth(client_id: &str, secret: &str) -> String {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(raw)
     )
+}
+
+/// Runs `refresh` now and then every `every` until `shutdown`; while it reports no good copy
+/// (`false`), again after two seconds (or `every`, if shorter). The loop of every refreshed
+/// control-plane source (key sets, issuer metadata, CRLs).
+pub fn spawn_refresh_loop<F, Fut>(
+    every: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+    refresh: F,
+) where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    tokio::spawn(async move {
+        loop {
+            let wait = if refresh().await {
+                every
+            } else {
+                Duration::from_secs(2).min(every)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// How the proxy authenticates itself to an OAuth endpoint (introspection, RFC 7662 §2.1; a
+/// token endpoint).
+#[derive(Clone)]
+pub enum ClientAuth {
+    /// `client_secret_basic` (RFC 6749 §2.3.1): `Authorization: Basic` with the id and secret.
+    Basic { client_id: String, secret: String },
+    /// `tls_client_auth` (RFC 8705 §2): the client certificate of the TLS config authenticates;
+    /// `client_id` is sent in the form.
+    TlsClientAuth { client_id: String },
+}
+
+/// A form POST of `form` to `uri` asking for JSON, authenticated as `auth` says.
+pub fn oauth_form_post(
+    uri: http::Uri,
+    mut form: String,
+    auth: &ClientAuth,
+) -> Result<http::Request<Full<Bytes>>, http::Error> {
+    let mut req = http::Request::post(uri)
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(http::header::ACCEPT, "application/json");
+    match auth {
+        ClientAuth::Basic { client_id, secret } => {
+            req = req.header(http::header::AUTHORIZATION, basic_auth(client_id, secret));
+        }
+        ClientAuth::TlsClientAuth { client_id } => {
+            form.push_str("&client_id=");
+            form.push_str(&form_encode(client_id));
+        }
+    }
+    req.body(Full::new(Bytes::from(form)))
 }

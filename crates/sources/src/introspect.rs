@@ -22,7 +22,7 @@ use hyper_util::client::legacy::Client;
 use serde_json::{Map, Value};
 
 use crate::discovery::Discovery;
-use crate::https::{basic_auth, form_encode, oauth_error};
+use crate::https::{form_encode, oauth_error, oauth_form_post, ClientAuth};
 
 const MAX_BODY: usize = 64 * 1024;
 
@@ -39,17 +39,6 @@ pub struct IntrospectionConfig {
     pub cache_ttl: i64,
     /// Ask about JWT access tokens too (revocation), after their signature and claims passed.
     pub jwts: bool,
-}
-
-/// How the proxy authenticates itself to the introspection endpoint (RFC 7662 §2.1 requires
-/// some client authentication).
-#[derive(Clone)]
-pub enum ClientAuth {
-    /// `client_secret_basic` (RFC 6749 §2.3.1): `Authorization: Basic` with the id and secret.
-    Basic { client_id: String, secret: String },
-    /// `tls_client_auth` (RFC 8705 §2): the client certificate in `tls` authenticates;
-    /// `client_id` is sent in the form.
-    TlsClientAuth { client_id: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,7 +150,7 @@ impl Introspector {
     }
 
     async fn call(&self, token: &str) -> Result<Option<Map<String, Value>>, Failure> {
-        let mut body = format!("token={}&token_type_hint=access_token", form_encode(token));
+        let body = format!("token={}&token_type_hint=access_token", form_encode(token));
         let uri = match (&self.config.uri, &self.discovery) {
             (Some(u), _) => u.clone(),
             (None, Some(d)) => d
@@ -173,24 +162,7 @@ impl Introspector {
                 .ok_or(Failure::NoMetadata)?,
             (None, None) => return Err(Failure::NoMetadata),
         };
-        let mut req = http::Request::post(uri)
-            .header(
-                http::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .header(http::header::ACCEPT, "application/json");
-        match &self.config.auth {
-            ClientAuth::Basic { client_id, secret } => {
-                req = req.header(http::header::AUTHORIZATION, basic_auth(client_id, secret));
-            }
-            ClientAuth::TlsClientAuth { client_id } => {
-                body.push_str("&client_id=");
-                body.push_str(&form_encode(client_id));
-            }
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|_| Failure::Request)?;
+        let req = oauth_form_post(uri, body, &self.config.auth).map_err(|_| Failure::Request)?;
         let t = self.config.timeout;
         let resp = tokio::time::timeout(t, self.client.request(req))
             .await

@@ -227,22 +227,10 @@ impl KeySource {
     /// Fetches now and then every refresh interval until `shutdown`.
     pub fn spawn_refresh(self: &Arc<Self>, shutdown: CancellationToken) {
         let Some(r) = &self.remote else { return };
-        let every = r.cfg.refresh;
         let me = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
-                // Retry quickly until the first good set, then on the interval.
-                let ok = me.refresh(Duration::ZERO).await;
-                let wait = if ok {
-                    every
-                } else {
-                    Duration::from_secs(2).min(every)
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-            }
+        crate::https::spawn_refresh_loop(r.cfg.refresh, shutdown, move || {
+            let me = Arc::clone(&me);
+            async move { me.refresh(Duration::ZERO).await }
         });
     }
 }

@@ -14,7 +14,7 @@ use portcullis_base::duration::ConfigDuration;
 use portcullis_crypto::jose::jws::KeySet;
 use portcullis_crypto::jose::Alg;
 use portcullis_sources::discovery::DiscoveryConfig;
-use portcullis_sources::introspect::ClientAuth;
+use portcullis_sources::https::ClientAuth;
 use portcullis_sources::keys::Remote;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -342,24 +342,15 @@ fn validate_consent_client_auth(
     use portcullis_sources::client_auth::{is_b64token, TokenEndpoint};
     use portcullis_sources::consent::ConsentAuth;
     let field = |s: &str| format!("consent.client_auth.{s}");
-    let identity = match (&f.client_certificate, &f.client_private_key) {
-        (Some(c), Some(k)) => {
-            let (cp, kp) = (resolve(base, c), resolve(base, k));
-            watched.push(cp.clone());
-            watched.push(kp.clone());
-            let chain = read_certs(p, &field("client_certificate"), &cp);
-            let key = super::read_key(p, &field("client_private_key"), &kp)?;
-            Some((chain, key))
-        }
-        (None, None) => None,
-        _ => {
-            p.push(
-                field("client_certificate"),
-                "client_certificate and client_private_key go together",
-            );
-            return None;
-        }
-    };
+    let identity = client_identity(
+        p,
+        base,
+        "consent.client_auth.",
+        &f.client_certificate,
+        &f.client_private_key,
+        watched,
+    )
+    .ok()?;
     match (&f.bearer_token_file, &f.client_credentials) {
         (None, None) if identity.is_some() => Some((identity, ConsentAuth::Tls)),
         (None, None) => {
@@ -436,27 +427,14 @@ fn validate_consent_client_auth(
                     return None;
                 }
             }
-            let secret = match &cc.client_secret_file {
-                Some(file) => {
-                    let path = resolve(base, file);
-                    watched.push(path.clone());
-                    match std::fs::read_to_string(&path) {
-                        Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
-                        Ok(_) => {
-                            p.push(cfield("client_secret_file"), "the secret file is empty");
-                            return None;
-                        }
-                        Err(e) => {
-                            p.push(
-                                cfield("client_secret_file"),
-                                format!("cannot read {}: {e}", path.display()),
-                            );
-                            return None;
-                        }
-                    }
-                }
-                None => None,
-            };
+            let secret = secret_file(
+                p,
+                base,
+                &cfield("client_secret_file"),
+                &cc.client_secret_file,
+                watched,
+            )
+            .ok()?;
             let client_id = cc.client_id.clone();
             let auth = match (secret, identity.is_some()) {
                 (Some(secret), false) => ClientAuth::Basic { client_id, secret },
@@ -727,45 +705,23 @@ fn validate_introspection(
         "the introspection endpoint",
         watched,
     )?;
-    let identity = match (&f.client_certificate, &f.client_private_key) {
-        (Some(c), Some(k)) => {
-            let (cp, kp) = (resolve(base, c), resolve(base, k));
-            watched.push(cp.clone());
-            watched.push(kp.clone());
-            let chain = read_certs(p, &field("client_certificate"), &cp);
-            let key = super::read_key(p, &field("client_private_key"), &kp)?;
-            Some((chain, key))
-        }
-        (None, None) => None,
-        _ => {
-            p.push(
-                field("client_certificate"),
-                "client_certificate and client_private_key go together",
-            );
-            return None;
-        }
-    };
-    let secret = match &f.client_secret_file {
-        Some(file) => {
-            let path = resolve(base, file);
-            watched.push(path.clone());
-            match std::fs::read_to_string(&path) {
-                Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
-                Ok(_) => {
-                    p.push(field("client_secret_file"), "the secret file is empty");
-                    return None;
-                }
-                Err(e) => {
-                    p.push(
-                        field("client_secret_file"),
-                        format!("cannot read {}: {e}", path.display()),
-                    );
-                    return None;
-                }
-            }
-        }
-        None => None,
-    };
+    let identity = client_identity(
+        p,
+        base,
+        &field(""),
+        &f.client_certificate,
+        &f.client_private_key,
+        watched,
+    )
+    .ok()?;
+    let secret = secret_file(
+        p,
+        base,
+        &field("client_secret_file"),
+        &f.client_secret_file,
+        watched,
+    )
+    .ok()?;
     // A secret means client_secret_basic (the certificate, if any, is then only for the TLS
     // connection); a certificate alone means tls_client_auth, where RFC 8705 §2 has the client
     // send its client_id so the server can find the certificate it registered.
@@ -1077,6 +1033,64 @@ pub(crate) fn check_routes(
                     issuer.name
                 ),
             );
+        }
+    }
+}
+
+/// The proxy's client certificate and key for an outbound call, as
+/// `<prefix>client_certificate` and `<prefix>client_private_key`: both or neither. `Err` once a
+/// problem is pushed.
+fn client_identity(
+    p: &mut Problems<'_>,
+    base: &Path,
+    prefix: &str,
+    cert: &Option<String>,
+    key: &Option<String>,
+    watched: &mut Vec<PathBuf>,
+) -> Result<Option<Identity>, ()> {
+    match (cert, key) {
+        (Some(c), Some(k)) => {
+            let (cp, kp) = (resolve(base, c), resolve(base, k));
+            watched.push(cp.clone());
+            watched.push(kp.clone());
+            let chain = read_certs(p, &format!("{prefix}client_certificate"), &cp);
+            let key = super::read_key(p, &format!("{prefix}client_private_key"), &kp).ok_or(())?;
+            Ok(Some((chain, key)))
+        }
+        (None, None) => Ok(None),
+        _ => {
+            p.push(
+                format!("{prefix}client_certificate"),
+                "client_certificate and client_private_key go together",
+            );
+            Err(())
+        }
+    }
+}
+
+/// The content of a client secret file named at `field`, trimmed; an empty or unreadable file
+/// is a problem (`Err` once it is pushed).
+fn secret_file(
+    p: &mut Problems<'_>,
+    base: &Path,
+    field: &str,
+    file: &Option<String>,
+    watched: &mut Vec<PathBuf>,
+) -> Result<Option<String>, ()> {
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let path = resolve(base, file);
+    watched.push(path.clone());
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
+        Ok(_) => {
+            p.push(field, "the secret file is empty");
+            Err(())
+        }
+        Err(e) => {
+            p.push(field, format!("cannot read {}: {e}", path.display()));
+            Err(())
         }
     }
 }
