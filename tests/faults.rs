@@ -220,17 +220,6 @@ async fn with_token(
     (a, id, t.elapsed())
 }
 
-async fn ready_within(p: &Proxy, limit: Duration) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if p.admin_get("/readyz").await.0 == 200 {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
 const AUTH_POLICY: &str = "group: t\nupstream: bank\nroutes:\n  - id: accounts\n    method: GET\n    path: /accounts\n    auth: {profile: fapi2}\n  - id: balances\n    method: GET\n    path: /accounts/{AccountId}/balances\n    auth: {profile: fapi2}\n    consent: {claim: openbanking_intent_id, permissions: [ReadBalances]}\n    rules:\n      - {id: in-consent, value: {path: AccountId}, in: {consent: accounts}}\n";
 
 /// The key source (JWKS URL) down or slow before any set: not ready and 503 within the fetch
@@ -276,10 +265,7 @@ async fn a_slow_or_garbage_key_source_keeps_the_last_good_set() {
     assert_eq!(p.admin_get("/readyz").await.0, 503);
     // The source answers: ready, and tokens pass.
     jwks.set(Reply::With(200, key.jwks().to_string()));
-    assert!(
-        ready_within(&p, Duration::from_secs(10)).await,
-        "never ready"
-    );
+    assert!(p.ready_within(Duration::from_secs(10)).await, "never ready");
     assert_eq!(
         with_token(&p, "/accounts", &token(&key, serde_json::json!({})))
             .await

@@ -692,13 +692,11 @@ async fn proxy_with_policy(asrv: &As, audience: &str, policy: &str) -> Env {
     o.config.issuers.insert("as".into(), issuer);
     o.config.dpop.public_base_url = Some(BASE.into());
     let e = Env::start(o, up, tempfile::tempdir().unwrap(), None).await;
-    for _ in 0..50 {
-        if e.p.admin_get("/readyz").await.0 == 200 {
-            return e;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the proxy never became ready");
+    assert!(
+        e.p.ready_within(Duration::from_secs(5)).await,
+        "the proxy never became ready"
+    );
+    e
 }
 
 /// Runs `portcullis token inspect` on `config` with the token on standard input; returns the

@@ -858,15 +858,7 @@ async fn readiness_waits_for_key_sets_and_a_rotated_remote_key_is_fetched_on_an_
     );
     // The endpoint comes up with k1.
     server.set(Reply::With(200, k1.jwks().to_string()));
-    let mut ready = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if p.admin_get("/readyz").await.0 == 200 {
-            ready = true;
-            break;
-        }
-    }
-    assert!(ready);
+    assert!(p.ready_within(Duration::from_secs(5)).await);
     let (a, _) = p
         .send(
             req("GET", "/accounts")
@@ -978,15 +970,10 @@ async fn a_key_rotated_just_after_start_is_fetched_by_the_first_token_that_names
         env: Env::start(o, up, tempfile::tempdir().unwrap(), None).await,
         key: k1,
     };
-    let mut ready = false;
-    for _ in 0..50 {
-        if e.p.admin_get("/readyz").await.0 == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "the key set was never fetched");
+    assert!(
+        e.p.ready_within(Duration::from_secs(5)).await,
+        "the key set was never fetched"
+    );
     let now = portcullis_base::clock::SystemClock.now();
     let token = |k: &SigningKey, jti: &str| {
         bearer(&k.access_token(&json!({
@@ -1161,18 +1148,6 @@ async fn the_key_set_is_found_through_metadata_that_names_exactly_our_issuer() {
             "cnf": {"x5t#S256": thumb("tpp1")},
         })))
     };
-    let wait_ready = |want: u16| {
-        let p = &e.p;
-        async move {
-            for _ in 0..60 {
-                if p.admin_get("/readyz").await.0 == want {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            false
-        }
-    };
 
     // Another issuer's document: not taken, never ready, tokens refused, the key set untouched.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1205,7 +1180,10 @@ async fn the_key_set_is_found_through_metadata_that_names_exactly_our_issuer() {
 
     // Our issuer's document: ready, and the key set it names verifies tokens.
     metadata.set(doc(ISS, &jwks_url));
-    assert!(wait_ready(200).await, "never ready with a good document");
+    assert!(
+        e.p.ready_within(Duration::from_secs(6)).await,
+        "never ready with a good document"
+    );
     assert!(jwks.hits() >= 1);
     let (a, _) = e.send("tpp1", "GET", "/accounts", &[token("b")]).await;
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));

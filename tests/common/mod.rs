@@ -669,6 +669,18 @@ impl Proxy {
         recs.into_iter().next().unwrap()
     }
 
+    /// Whether `/readyz` says 200 within `limit` (asked every 100 ms).
+    pub(crate) async fn ready_within(&self, limit: Duration) -> bool {
+        let t = std::time::Instant::now();
+        while t.elapsed() < limit {
+            if self.admin_get("/readyz").await.0 == 200 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
     pub(crate) async fn admin_get(&self, path: &str) -> (u16, String) {
         let mut tcp = tokio::net::TcpStream::connect(self.admin).await.unwrap();
         let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
