@@ -2,7 +2,8 @@
 //! from the store without touching the upstream; a concurrent duplicate is 409; another body,
 //! path or method under the same key is 422; a missing or malformed key is 400; keys are scoped
 //! to the authenticated client; an upstream failure releases the key (or keeps it, by config);
-//! a key is new again after its TTL.
+//! a key is new again after its TTL; a route with `idempotency_current` replays the stored
+//! status with the resource's current state (OBIE: 201 with the current status).
 
 mod common;
 
@@ -41,6 +42,12 @@ routes:
     method: POST
     path: /notes
     body_limit: 4096
+  - id: transfers.create
+    method: POST
+    path: /transfers
+    body_limit: 4096
+    idempotency: required
+    idempotency_current: /payments/{/Data/PaymentId}
 "#;
 
 const BODY: &str = r#"{"Data":{"Amount":"10.00","Currency":"GBP"}}"#;
@@ -472,4 +479,95 @@ async fn bad_idempotency_config_is_refused_with_the_field() {
         .expect("refused")
         .to_string();
     assert!(err.contains("idempotency.max_response_bytes"), "{err}");
+}
+
+/// OBIE Read/Write "Idempotency": a repeated request creates nothing and answers 201 with the
+/// resource's current status, read by a GET; when that GET fails the stored answer is sent.
+/// Never a second POST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn obie_a_replay_answers_the_current_state_of_the_resource() {
+    let (p, up) = start_with(Behaviour::Created, FileIdempotency::default()).await;
+    let (first, id1) = p.send(post("/transfers", Some("t-1"), BODY)).await;
+    assert_eq!(first.status, 201);
+    assert_eq!(first.body, br#"{"Data":{"PaymentId":"p-1"}}"#.as_slice());
+    assert_eq!(p.audit_of(&id1).await["idempotency"], "stored");
+
+    // The payment moved on; the replay shows where it is now, with the stored 201.
+    const NOW: &str = r#"{"Data":{"PaymentId":"p-1","Status":"AcceptedSettlementCompleted"}}"#;
+    up.set(Behaviour::Json(NOW));
+    let (again, id2) = p.send(post("/transfers", Some("t-1"), BODY)).await;
+    assert_eq!(again.status, 201);
+    assert_eq!(again.body, NOW.as_bytes());
+    assert_eq!(again.headers["x-idempotent-replay"], "current");
+    assert_eq!(again.headers["location"], "/payments/p-1");
+    assert_eq!(again.headers["content-type"], "application/json");
+    assert_eq!(again.headers["x-fapi-interaction-id"], id2.as_str());
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2);
+    let get = &seen[1];
+    assert_eq!(
+        (get.method.as_str(), get.path_and_query.as_str()),
+        ("GET", "/payments/p-1")
+    );
+    assert!(get.body.is_empty());
+    assert_eq!(get.headers["x-fapi-interaction-id"], id2.as_str());
+    for h in ["x-idempotency-key", "content-type", "content-length"] {
+        assert!(get.headers.get(h).is_none(), "{h} must not reach the GET");
+    }
+    let rec = p.audit_of(&id2).await;
+    assert_eq!(rec["idempotency"], "replayed_current");
+    assert_eq!(rec["status"], 201);
+    assert_eq!(rec["upstream_status"], 200);
+    assert_eq!(rec["decision"], "allow");
+
+    // The upstream cannot tell the current state: the stored first answer, still no second POST.
+    up.set(Behaviour::Status(503));
+    let (third, id3) = p.send(post("/transfers", Some("t-1"), BODY)).await;
+    assert_eq!(third.status, 201);
+    assert_eq!(third.body, first.body);
+    assert_eq!(third.headers["x-idempotent-replay"], "true");
+    let rec = p.audit_of(&id3).await;
+    assert_eq!(rec["idempotency"], "replayed_stored");
+    assert_eq!(rec["upstream_status"], 503);
+    let posts = up.seen().iter().filter(|s| s.method == "POST").count();
+    assert_eq!(posts, 1, "a replay never executes the payment again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_idempotency_current_path_is_refused_with_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start(Behaviour::Ok).await;
+    let o = Options::new(up.addr);
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    let path = dir.path().join("portcullis.yaml");
+    std::fs::write(&path, o.config_text()).unwrap();
+    for (policy, why) in [
+        (
+            POLICY.replace(
+                "/payments/{/Data/PaymentId}",
+                "/payments/{/Data/PaymentId}?x=1",
+            ),
+            "may not hold",
+        ),
+        (
+            POLICY.replace("/payments/{/Data/PaymentId}", "/payments/p-1"),
+            "names no value",
+        ),
+        (
+            POLICY.replace(
+                "    idempotency: required\n    idempotency_current",
+                "    idempotency_current",
+            ),
+            "needs `idempotency: required` or `optional`",
+        ),
+    ] {
+        std::fs::write(dir.path().join("policies/test.yaml"), &policy).unwrap();
+        let err = portcullis_proxy::config::Config::load(&path)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("test.yaml"), "{err}");
+        assert!(err.contains("idempotency_current"), "{err}");
+        assert!(err.contains(why), "{err}");
+    }
 }

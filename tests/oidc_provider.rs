@@ -38,8 +38,9 @@
 //!   `authorization_details` granting `acc-1`; against the shipped `policies/fapi2-rar.yaml`,
 //!   `acc-1` is forwarded and `acc-2` is a hidden 404 (`authz.object_hidden`);
 //! - the provider rotates its signing key without a restart: the new key's first token is
-//!   forwarded at once; after a second rotation the withdrawn key's token is 401
-//!   `token.unknown_key` and the newest key's is forwarded.
+//!   forwarded at once; after a second rotation the withdrawn key's tokens are 401
+//!   `token.unknown_key` (also one verified and cached before the withdrawal) and the newest
+//!   key's is forwarded.
 //!
 //! Every refusal is checked three ways: status and reason code, the recording upstream saw
 //! nothing, and exactly one audit record with that reason.
@@ -654,6 +655,16 @@ async fn jwt_access_tokens_from_the_provider_are_verified_through_its_metadata_a
         "JWT by a withdrawn key",
         "/bearer/accounts",
         &[bearer(&asrv.token("jwt_spare"))],
+        401,
+        "token.unknown_key",
+    )
+    .await;
+    // And a token es-1 signed that the proxy verified (and cached) before the withdrawal: the
+    // cached verdict stands only while its key does.
+    e.refused(
+        "cached JWT by a withdrawn key",
+        "/bearer/accounts",
+        &[bearer(&access)],
         401,
         "token.unknown_key",
     )

@@ -367,3 +367,98 @@ async fn an_https_consent_source_is_asked_once_per_ttl_and_its_answer_governs() 
     let (a, _) = e.get("/accounts/acc-2/balances").await;
     assert_eq!(a.json()["reason"], "authz.object");
 }
+
+/// The shipped OBIE payment policy in front of the mock bank: a payment repeated with its
+/// `x-idempotency-key` creates nothing and answers 201 with the payment's current status (OBIE
+/// Read/Write profile, "Idempotency"); without a key the payment is refused before the bank.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn obie_a_repeated_payment_answers_201_with_its_current_status() {
+    let bank = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bank_addr = bank.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(portcullis_tools::mockbank::serve(bank, stop.clone()));
+    let _stop = stop.drop_guard();
+    let key = SigningKey::generate(Alg::ES256, "as-1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), key.jwks().to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("consents.json"),
+        json!({"consents": {"pdc-1": {"status": "Authorised"}}}).to_string(),
+    )
+    .unwrap();
+    let mut o = Options::new(bank_addr);
+    o.policy = include_str!("../policies/obie-pisp.yaml").to_string();
+    o.config.issuers.insert(
+        "as".into(),
+        file_issuer("https://as", "https://rs", &dir.path().join("jwks.json")),
+    );
+    o.config.consent = Some(FileConsentSource {
+        file: Some(dir.path().join("consents.json").display().to_string()),
+        ..FileConsentSource::default()
+    });
+    // The recording upstream stands by unused: the mock bank is this test's upstream.
+    let idle = Upstream::start(Behaviour::Ok).await;
+    let e = Env::start(o, idle, dir, Some(NOW)).await;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join("tpp1.pem")).unwrap();
+    let token = key.access_token(&json!({
+        "iss": "https://as", "aud": "https://rs", "exp": NOW + 300, "scope": "payments",
+        "openbanking_intent_id": "pdc-1",
+        "cnf": {"x5t#S256": portcullis_crypto::pki::thumbprint_s256(der.as_ref())},
+    }));
+    let pay = |idempotency_key: Option<&'static str>| {
+        let (e, token) = (&e, token.clone());
+        async move {
+            let mut r = req("POST", "/open-banking/v3.1/pisp/domestic-payments")
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/json");
+            if let Some(k) = idempotency_key {
+                r = r.header("x-idempotency-key", k);
+            }
+            e.p.send(
+                r.body(Full::new(Bytes::from_static(
+                    br#"{"Data":{"ConsentId":"pdc-1"}}"#,
+                )))
+                .unwrap(),
+            )
+            .await
+        }
+    };
+    let (first, _) = pay(Some("pay-1")).await;
+    assert_eq!(
+        first.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    assert_eq!(
+        first.json()["Data"]["Status"],
+        "AcceptedSettlementInProcess"
+    );
+    let payment = first.json()["Data"]["DomesticPaymentId"].clone();
+    let (again, id) = pay(Some("pay-1")).await;
+    assert_eq!(
+        again.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&again.body)
+    );
+    assert_eq!(again.headers["x-idempotent-replay"], "current");
+    assert_eq!(
+        again.json()["Data"]["DomesticPaymentId"],
+        payment,
+        "the same payment"
+    );
+    assert_eq!(
+        again.json()["Data"]["Status"],
+        "AcceptedSettlementCompleted"
+    );
+    let rec = e.p.audit_of(&id).await;
+    assert_eq!(rec["idempotency"], "replayed_current", "{rec}");
+
+    // No key on a payment: refused before the bank, recorded.
+    let (a, id) = pay(None).await;
+    assert_eq!(a.status, 400, "{}", String::from_utf8_lossy(&a.body));
+    let rec = e.p.audit_of(&id).await;
+    assert_eq!(rec["reason"], "idempotency.key_missing", "{rec}");
+    assert!(rec["upstream_status"].is_null(), "{rec}");
+}

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+pub mod current;
 pub mod rules;
 pub mod signature;
 pub mod template;
@@ -72,6 +73,10 @@ struct FileRoute {
     /// `required`, `optional` or `none` (default): idempotency keys.
     #[serde(default)]
     idempotency: Option<String>,
+    /// On a replayed key, answer with the resource's current state read by a GET of this path
+    /// (JSON pointers into the stored first answer in braces) instead of the stored body.
+    #[serde(default)]
+    idempotency_current: Option<String>,
     /// Let `;` path parameters through (refused by default: servlet containers strip them, so
     /// the segment a rule read is not the one the upstream acts on).
     #[serde(default)]
@@ -202,6 +207,8 @@ pub struct Route {
     pub rate_limit: Option<String>,
     /// Idempotency keys on this route.
     pub idempotency: crate::IdempotencyMode,
+    /// Where a replay reads the resource's current state (`None`: the stored answer as it is).
+    pub idempotency_current: Option<current::CurrentFrom>,
     /// Whether `;` path parameters are accepted on this route.
     pub path_parameters: bool,
     /// Whether a `_method` query parameter is accepted on this route.
@@ -532,6 +539,23 @@ pub fn load(
                     }
                 },
             };
+            let idempotency_current = match r.idempotency_current.as_deref() {
+                None => None,
+                Some(_) if idempotency == crate::IdempotencyMode::None => {
+                    p.push(
+                        field("idempotency_current"),
+                        "needs `idempotency: required` or `optional` (a replay is what it answers)",
+                    );
+                    continue;
+                }
+                Some(v) => match current::CurrentFrom::parse(v) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        p.push(field("idempotency_current"), e);
+                        continue;
+                    }
+                },
+            };
             let Some(method) = method else { continue };
             let Some(authz) = authz else { continue };
             let route = Arc::new(Route {
@@ -547,6 +571,7 @@ pub fn load(
                 signature,
                 rate_limit: r.rate_limit.clone(),
                 idempotency,
+                idempotency_current,
                 path_parameters: r.path_parameters,
                 method_override: r.method_override,
                 file: file.clone(),

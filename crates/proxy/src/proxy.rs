@@ -351,8 +351,42 @@ async fn inner(
         Outcome::None => None,
         Outcome::Reserved(r) => Some(r),
         Outcome::Replay(stored) => {
-            let (parts, bytes) = pipeline::idempotency::replay(&stored).into_parts();
-            return finish(parts, full(bytes), &evidence, rt, &shared).await;
+            let (mut answer, bytes) = pipeline::idempotency::replay(&stored).into_parts();
+            let mut body = full(bytes);
+            if let Some(from) = &route.idempotency_current {
+                let interaction_id = pending.answer.id_header.clone();
+                let to = Forwarding {
+                    conn,
+                    evidence: &evidence,
+                    rt,
+                    interaction_id: &interaction_id,
+                    trace,
+                };
+                let trail = pending.trail();
+                trail.idempotency = Some("replayed_stored");
+                if let Some((head, current)) =
+                    current_state(from, &stored, &parts, &upstream, &to, trail).await
+                {
+                    trail.idempotency = Some("replayed_current");
+                    let (h, mut current_head) = (&mut answer.headers, head);
+                    // The stored status (201 for a created payment) with the state as it is now.
+                    h.remove(CONTENT_LENGTH);
+                    match current_head.headers.remove(http::header::CONTENT_TYPE) {
+                        Some(ct) => h.insert(http::header::CONTENT_TYPE, ct),
+                        None => h.remove(http::header::CONTENT_TYPE),
+                    };
+                    h.insert(
+                        pipeline::idempotency::REPLAY_HEADER,
+                        HeaderValue::from_static("current"),
+                    );
+                    body = if route.authz.response_rules.is_empty() {
+                        full(current)
+                    } else {
+                        check_response_bytes(&mut answer, current, &route, &evidence)?
+                    };
+                }
+            }
+            return finish(answer, body, &evidence, rt, &shared).await;
         }
     };
     let uri = upstream
@@ -365,26 +399,14 @@ async fn inner(
     *out.method_mut() = parts.method;
     *out.uri_mut() = uri;
     *out.headers_mut() = parts.headers;
-    let forwarding = rt.config.client_cert_forwarding;
-    upstream::prepare_headers(
-        out.headers_mut(),
-        &Vouched {
-            peer_ip: &conn.peer_ip_header,
-            host: host.as_deref(),
-            client_cert: evidence
-                .has_client_cert
-                .then(|| conn.forwarded_cert(forwarding))
-                .flatten(),
-            forwarding,
-            interaction_id: &pending.answer.id_header,
-        },
-    );
-    trace.inject(out.headers_mut());
-    vouch_for_token(
-        out.headers_mut(),
-        &evidence,
-        &rt.config.auth.identity_headers,
-    );
+    Forwarding {
+        conn,
+        evidence: &evidence,
+        rt,
+        interaction_id: &pending.answer.id_header,
+        trace,
+    }
+    .headers(out.headers_mut(), host.as_deref());
     let exchange = Exchange {
         out,
         upstream,
@@ -422,6 +444,87 @@ async fn inner(
         // record.
         Err(_) => Err(UpstreamError::Protocol.into()),
     }
+}
+
+/// What a request sent upstream on the caller's behalf carries besides its own headers.
+struct Forwarding<'a> {
+    conn: &'a ConnInfo,
+    evidence: &'a Evidence,
+    rt: &'a Runtime,
+    interaction_id: &'a HeaderValue,
+    trace: &'a crate::telemetry::TraceContext,
+}
+
+impl Forwarding<'_> {
+    /// Cleans the client's headers and adds what the proxy vouches for: peer, host, client
+    /// certificate, interaction id, trace context and the verified token's identity headers.
+    fn headers(&self, h: &mut HeaderMap, host: Option<&str>) {
+        let forwarding = self.rt.config.client_cert_forwarding;
+        upstream::prepare_headers(
+            h,
+            &Vouched {
+                peer_ip: &self.conn.peer_ip_header,
+                host,
+                client_cert: self
+                    .evidence
+                    .has_client_cert
+                    .then(|| self.conn.forwarded_cert(forwarding))
+                    .flatten(),
+                forwarding,
+                interaction_id: self.interaction_id,
+            },
+        );
+        self.trace.inject(h);
+        vouch_for_token(h, self.evidence, &self.rt.config.auth.identity_headers);
+    }
+}
+
+/// The request headers a current-state GET keeps: who is asking and in what terms, never the
+/// replayed request's body, signature or key.
+const CURRENT_STATE_HEADERS: [&str; 8] = [
+    "host",
+    "accept",
+    "authorization",
+    "dpop",
+    "x-fapi-financial-id",
+    "x-fapi-auth-date",
+    "x-fapi-customer-ip-address",
+    "x-customer-user-agent",
+];
+
+/// A replay on a route with `idempotency_current`: the resource's current state, read by a GET
+/// on the route's upstream that carries the caller's identity as a forwarded request does.
+/// `None` — the stored answer is sent as it is — when the stored answer does not name the
+/// resource, or the upstream does not answer 200 with a body within the store's size limit:
+/// the first answer is still a true answer, a second execution is never an option.
+async fn current_state(
+    from: &portcullis_policy::current::CurrentFrom,
+    stored: &portcullis_state::idempotency::StoredResponse,
+    request: &http::request::Parts,
+    upstream: &upstream::UpstreamClient,
+    to: &Forwarding<'_>,
+    trail: &mut Trail,
+) -> Option<(http::response::Parts, Bytes)> {
+    let answer: serde_json::Value = serde_json::from_slice(&stored.body).ok()?;
+    let path = from.render(&answer)?;
+    let mut get = Request::new(full(Bytes::new()));
+    *get.uri_mut() = upstream.uri(&path, None).ok()?;
+    for name in CURRENT_STATE_HEADERS {
+        for v in request.headers.get_all(name) {
+            get.headers_mut().append(name, v.clone());
+        }
+    }
+    to.headers(get.headers_mut(), pipeline::http::host(request).as_deref());
+    let (resp, took) = upstream.send(get).await.ok()?;
+    trail.upstream = Some((resp.status().as_u16(), took));
+    if resp.status() != http::StatusCode::OK {
+        return None;
+    }
+    let (mut head, body) = resp.into_parts();
+    upstream::clean_response_headers(&mut head.headers);
+    let limit = to.rt.config.idempotency.max_response_bytes;
+    let bytes = Limited::new(body, limit).collect().await.ok()?.to_bytes();
+    Some((head, bytes))
 }
 
 /// What the answer of an admitted request still needs of its evidence: response rules, the
@@ -568,27 +671,39 @@ async fn check_response(
     route: &portcullis_policy::Route,
     evidence: &Evidence,
 ) -> Result<ProxyBody, Rejection> {
+    let bytes = match Limited::new(body, MAX_CHECKED_RESPONSE).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Err(response_leak(&route.authz.response_rules[0].id)),
+    };
+    check_response_bytes(parts, bytes, route, evidence)
+}
+
+/// A withheld response (502) is no refusal of the token: no challenge, so no scheme.
+fn response_leak(rule: &str) -> Rejection {
+    use portcullis_policy::rules::{AuthzError, Denial};
+    Rejection::Authz(
+        Denial {
+            error: AuthzError::ResponseLeak,
+            rule: rule.to_string(),
+            hidden: false,
+            shadow: false,
+        },
+        None,
+    )
+}
+
+/// [`check_response`] on a body already read in full.
+fn check_response_bytes(
+    parts: &mut http::response::Parts,
+    bytes: Bytes,
+    route: &portcullis_policy::Route,
+    evidence: &Evidence,
+) -> Result<ProxyBody, Rejection> {
     use portcullis_policy::rules::{AuthzError, Denial, ResponseAction};
     let claims = evidence.claims.as_ref().map(|t| &t.claims);
     let consent = evidence.consent.as_ref();
-    let leak = |rule: &str| {
-        // A withheld response (502) is no refusal of the token: no challenge, so no scheme.
-        Rejection::Authz(
-            Denial {
-                error: AuthzError::ResponseLeak,
-                rule: rule.to_string(),
-                hidden: false,
-                shadow: false,
-            },
-            None,
-        )
-    };
+    let leak = response_leak;
     let first_rule = route.authz.response_rules[0].id.as_str();
-    let bytes = Limited::new(body, MAX_CHECKED_RESPONSE)
-        .collect()
-        .await
-        .map_err(|_| leak(first_rule))?
-        .to_bytes();
     let mut doc: serde_json::Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(_) if !parts.status.is_success() => return Ok(full(bytes)),

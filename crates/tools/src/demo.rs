@@ -98,7 +98,10 @@ fn examples() -> Vec<Example> {
         ),
         Example {
             body: Some(PAYMENT),
-            headers: &[("content-type", "application/json")],
+            headers: &[
+                ("content-type", "application/json"),
+                ("x-idempotency-key", "demo-consent-1"),
+            ],
             ..e(
                 "create a domestic payment consent",
                 Caller::Tpp1,

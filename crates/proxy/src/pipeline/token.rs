@@ -100,7 +100,26 @@ pub struct AccessToken {
     /// Until when the cached verdict may be reused (`exp` for a JWT; min(`exp`, TTL) for an
     /// introspected token).
     pub cache_until: i64,
+    /// The key that verified a JWT: a cached verdict stands only while the issuer's key set
+    /// still holds that key, so withdrawing a key revokes the tokens it signed at the next
+    /// key-set refresh rather than at their `exp`.
+    pub signed_by: Option<SignedBy>,
     pub claims: Map<String, Value>,
+}
+
+/// Which key verified a JWT: its `kid`, algorithm and RFC 7638 thumbprint.
+#[derive(Debug)]
+pub struct SignedBy {
+    kid: String,
+    alg: portcullis_crypto::jose::Alg,
+    thumbprint: String,
+}
+
+impl SignedBy {
+    fn still_in(&self, keys: Option<&KeySource>) -> bool {
+        keys.and_then(|k| k.select(&self.kid, Some(self.alg)).ok())
+            .is_some_and(|k| k.thumbprint == self.thumbprint)
+    }
 }
 
 fn is_token68(s: &str) -> bool {
@@ -341,6 +360,7 @@ fn claims(
         cnf_jkt,
         hash,
         cache_until,
+        signed_by: None,
         claims: m,
     })
 }
@@ -359,7 +379,8 @@ pub async fn verify(
     }
     let key = cache_key(&issuer.name, token);
     if let Some(hit) = cache.map.get(&key).map(|r| Arc::clone(r.value())) {
-        if now < hit.cache_until {
+        let key_kept = hit.signed_by.as_ref().is_none_or(|s| s.still_in(keys));
+        if now < hit.cache_until && key_kept {
             cache.hits.fetch_add(1, Ordering::Relaxed);
             check_time(&hit, issuer, now)?;
             return Ok(hit);
@@ -445,7 +466,13 @@ async fn verify_jwt(
         _ => TokenError::BadSignature,
     })?;
     let m = parse_object(&jws.payload).ok_or(TokenError::Malformed)?;
-    claims(m, issuer, sha256_b64url(token.as_bytes()), now, Source::Jwt)
+    let mut t = claims(m, issuer, sha256_b64url(token.as_bytes()), now, Source::Jwt)?;
+    t.signed_by = Some(SignedBy {
+        kid: kid.to_string(),
+        alg: vk.alg,
+        thumbprint: vk.thumbprint.clone(),
+    });
+    Ok(t)
 }
 
 #[cfg(test)]
