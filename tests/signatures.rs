@@ -1069,6 +1069,17 @@ async fn c02_c03_c15_missing_minimal_mislabelled_or_malformed_signatures_are_ref
     }
     e.refused_http(FAPI, &h, PAYMENT, 401, "signature.http_label")
         .await;
+    // FAPI 2.0 Message Signing: a complete signature under another tag (or none) is no request
+    // signature at all.
+    for tag in [Some("fapi-2-response"), Some("FAPI-2-REQUEST"), None] {
+        let p = Params {
+            tag,
+            ..params(&e.es, NOW)
+        };
+        let other = fapi_signed(&e, &e.es, FAPI, PAYMENT, p);
+        e.refused_http(FAPI, &other.headers, PAYMENT, 401, "signature.http_missing")
+            .await;
+    }
     // C15: malformed structured fields.
     for (name, value) in [
         ("signature-input", "sig1=(\"@method\""),

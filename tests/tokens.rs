@@ -321,6 +321,61 @@ async fn certificate_binding_failures_are_401_invalid_token() {
     );
 }
 
+/// FAPI 1 Part 2 §6.2.1 and §8.6: a `fapi1-advanced` route takes certificate-bound tokens
+/// signed with PS256 or ES256 only; the same issuer's EdDSA token (which FAPI 2.0 allows)
+/// passes on the FAPI 2.0 route and is refused on the FAPI 1 route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fapi1_advanced_routes_take_only_ps256_and_es256_certificate_bound_tokens() {
+    use portcullis_crypto::jose::keypair::KeyPair;
+    let (es, ed) = (
+        SigningKey::generate(Alg::ES256, "es").unwrap(),
+        SigningKey::generate(Alg::EdDSA, "ed").unwrap(),
+    );
+    let ps = KeyPair::generate(Alg::PS256, "ps").unwrap();
+    let set = [es.jwks(), ed.jwks(), ps.jwks()].map(|s| s["keys"][0].clone());
+    let dir = tempfile::tempdir().unwrap();
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, json!({ "keys": set }).to_string()).unwrap();
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.policy = POLICY.to_string();
+    o.config
+        .issuers
+        .insert("as".into(), file_issuer(ISS, AUD, &jwks_path));
+    let e = TokenEnv {
+        env: Env::start(o, up, dir, Some(NOW)).await,
+        key: es,
+    };
+    let bound = json!({"cnf": {"x5t#S256": thumb("tpp1")}});
+    let ps_token = {
+        let header = json!({"alg": "PS256", "typ": "at+jwt", "kid": "ps"});
+        let input = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims(bound.clone()).to_string().as_bytes())
+        );
+        format!("{input}.{}", b64url(&ps.sign(input.as_bytes())))
+    };
+    for t in [e.key.access_token(&claims(bound.clone())), ps_token] {
+        let (a, _) = e
+            .send("tpp1", "GET", "/fapi1/accounts", &[bearer(&t)])
+            .await;
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    }
+    let t = ed.access_token(&claims(bound));
+    let (a, _) = e.send("tpp1", "GET", "/accounts", &[bearer(&t)]).await;
+    assert_eq!(a.status, 200, "EdDSA is a FAPI 2.0 algorithm");
+    // Verified and cached on the FAPI 2.0 route; still refused on the FAPI 1 route.
+    e.refused(
+        "tpp1",
+        "/fapi1/accounts",
+        &[bearer(&t)],
+        401,
+        "token.alg_not_allowed",
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_checks_each_refuse_with_their_own_reason() {
     let e = env().await;
@@ -448,14 +503,20 @@ async fn token_checks_each_refuse_with_their_own_reason() {
         .to_str()
         .unwrap()
         .starts_with("Bearer, DPoP algs="));
-    e.refused(
-        "tpp1",
-        &format!("/accounts?access_token={good}"),
-        &[],
-        400,
-        "token.in_query",
-    )
-    .await;
+    // RFC 6750 §2.3 / FAPI: never a token in the query; §3.1 names the error.
+    let a = e
+        .refused(
+            "tpp1",
+            &format!("/accounts?access_token={good}"),
+            &[],
+            400,
+            "token.in_query",
+        )
+        .await;
+    assert_eq!(
+        a.headers["www-authenticate"],
+        "Bearer error=\"invalid_request\""
+    );
     e.refused(
         "tpp1",
         "/accounts",

@@ -317,6 +317,9 @@ async fn authenticate(
         .await
         .map_err(|e| Rejection::Token(e, scheme))?;
     trail.token = Some(Arc::clone(&verified));
+    if auth.profile == portcullis_policy::Profile::Fapi1Advanced && !verified.fapi1_algorithm() {
+        return Err(Rejection::Token(token::TokenError::AlgNotAllowed, scheme));
+    }
     let dpop = &cx.config.auth.dpop;
     let htu = verified
         .cnf_jkt

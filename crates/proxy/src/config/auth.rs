@@ -1008,8 +1008,9 @@ pub(crate) fn validate(
 }
 
 /// RS256 is for APIs outside FAPI: an issuer that allows it may only be used by `bearer`
-/// routes (FAPI 1 Part 2 §8.6 and the FAPI 2.0 Security Profile allow PS256, ES256 and EdDSA),
-/// so a FAPI route can never accept an RS256 token.
+/// routes (FAPI 1 Part 2 §8.6 allows PS256 and ES256, the FAPI 2.0 Security Profile also
+/// EdDSA, which `fapi1-advanced` routes refuse per token), so a FAPI route can never accept an
+/// RS256 token.
 pub(crate) fn check_routes(
     auth: &Auth,
     policies: &portcullis_policy::PolicySet,

@@ -115,6 +115,18 @@ pub struct SignedBy {
     thumbprint: String,
 }
 
+impl AccessToken {
+    /// FAPI 1 Part 2 §8.6: JWS "shall use PS256 or ES256". An issuer may also allow EdDSA (the
+    /// FAPI 2.0 Security Profile does), so a `fapi1-advanced` route checks the algorithm its
+    /// token was signed with. An introspected token carries no signature to judge.
+    pub fn fapi1_algorithm(&self) -> bool {
+        use portcullis_crypto::jose::Alg;
+        self.signed_by
+            .as_ref()
+            .is_none_or(|s| matches!(s.alg, Alg::PS256 | Alg::ES256))
+    }
+}
+
 impl SignedBy {
     fn still_in(&self, keys: Option<&KeySource>) -> bool {
         keys.and_then(|k| k.select(&self.kid, Some(self.alg)).ok())
