@@ -1813,6 +1813,23 @@ async fn old_tls_versions_and_weak_suites_are_refused_at_the_handshake() {
         ),
     ];
     run(&lab, cases).await;
+    // FAPI 2.0 SP: TLS-only endpoints. Plain HTTP on the API listener gets no HTTP answer and
+    // reaches nothing.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let before = lab.up.count();
+    let mut tcp = tokio::net::TcpStream::connect(lab.p.addr).await.unwrap();
+    tcp.write_all(b"GET /accounts HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let wait = std::time::Duration::from_secs(5);
+    let _ = tokio::time::timeout(wait, tcp.read_to_end(&mut got)).await;
+    assert!(
+        !got.starts_with(b"HTTP/"),
+        "plain HTTP must not be answered: {}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(lab.up.count(), before, "plain HTTP must reach nothing");
 }
 
 /// E01 and E09 with `client_auth: optional`: the handshake passes without a certificate and
