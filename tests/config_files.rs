@@ -663,6 +663,19 @@ fn the_kubernetes_sidecar_manifest_points_at_files_and_ports_that_exist() {
         assert_eq!(sidecar[probe]["httpGet"]["port"], admin, "{probe}");
     }
     assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
+    // The kubelet kills the pod after terminationGracePeriodSeconds: the grace (readiness off,
+    // still serving) and the drain must both fit.
+    let pod_grace = pod["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("terminationGracePeriodSeconds");
+    assert!(
+        !c.shutdown_grace.is_zero(),
+        "the sidecar config sets a grace"
+    );
+    assert!(
+        std::time::Duration::from_secs(pod_grace) > c.shutdown_grace + c.drain_timeout,
+        "terminationGracePeriodSeconds {pod_grace} must exceed grace + drain"
+    );
     assert_eq!(sidecar["livenessProbe"]["httpGet"]["path"], "/healthz");
     let ports: Vec<u64> = sidecar["ports"]
         .as_array()

@@ -900,7 +900,13 @@ async fn readiness_waits_for_key_sets_and_a_rotated_remote_key_is_fetched_on_an_
     let p = Proxy::start(o).await;
     // No key set yet: not ready, and tokens are refused with 503 (fail closed).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(p.admin_get("/readyz").await.0, 503);
+    let (status, body) = p.admin_get("/readyz").await;
+    assert_eq!(status, 503);
+    // The probe's body names what is missing.
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["shutting_down"], false);
+    assert_eq!(body["not_ready"], json!(["keys: as"]));
     let now = portcullis_base::clock::SystemClock.now();
     let cl = |k: &SigningKey, jti: &str| {
         k.access_token(&json!({"iss": ISS, "aud": AUD, "exp": now + 300, "jti": jti, "cnf": {"x5t#S256": thumb("tpp1")}}))

@@ -486,6 +486,7 @@ pub(crate) fn base_config(upstream: SocketAddr) -> FileConfig {
         policies: vec!["policies".into()],
         shutdown: FileShutdown {
             drain_timeout: Some(dur("5s")),
+            ..FileShutdown::default()
         },
         ..FileConfig::default()
     }

@@ -542,6 +542,8 @@ pub struct Shared {
     /// Cancelled on drop: stops key refresh tasks.
     background: CancellationToken,
     conn_ids: AtomicU64,
+    /// SIGTERM came: `/readyz` says 503 from now on, whatever else holds.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// Remote sources kept across reloads, keyed by issuer name and where they fetch from.
@@ -651,6 +653,7 @@ impl Shared {
             remotes,
             background,
             conn_ids: AtomicU64::new(1),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -658,18 +661,56 @@ impl Shared {
         self.conn_ids.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Ready to serve: a valid config is loaded, every issuer has a good key set (and, with
-    /// discovery, a metadata document for exactly that issuer), every CRL URL a CRL, the audit
-    /// log is healthy, and the shared state can answer for every fail-closed feature the
-    /// routes use ([`Shared::state_ready`]).
+    /// Ready to serve ([`Shared::not_ready`] is empty) and not shutting down.
     pub fn ready(&self) -> bool {
+        !self.is_shutting_down() && self.not_ready().is_empty()
+    }
+
+    /// What keeps the proxy from serving, each named for an operator: no routes, an issuer
+    /// without a good key set (`keys: NAME`) or, with discovery, without a metadata document for
+    /// exactly that issuer (`discovery: NAME`), a CRL URL without a CRL (`crl: URL`), an
+    /// unhealthy audit log (`audit`), and shared state that cannot answer for a fail-closed
+    /// feature the routes use ([`Shared::state_ready`]).
+    pub fn not_ready(&self) -> Vec<String> {
         let rt = self.runtime.load();
-        !rt.config.policies.routes().is_empty()
-            && rt.keys.values().all(|k| k.is_ready())
-            && rt.discoveries.values().all(|d| d.is_ready())
-            && rt.crl_feeds.iter().all(|f| f.is_ready())
-            && self.audit.healthy()
-            && self.state_ready(&rt.config).is_ok()
+        let mut missing = Vec::new();
+        if rt.config.policies.routes().is_empty() {
+            missing.push("routes: none loaded".to_string());
+        }
+        let mut keys: Vec<_> = rt.keys.iter().filter(|(_, k)| !k.is_ready()).collect();
+        keys.sort_by_key(|(name, _)| name.as_str());
+        missing.extend(keys.iter().map(|(name, _)| format!("keys: {name}")));
+        let mut discoveries: Vec<_> = rt
+            .discoveries
+            .iter()
+            .filter(|(_, d)| !d.is_ready())
+            .collect();
+        discoveries.sort_by_key(|(name, _)| name.as_str());
+        missing.extend(
+            discoveries
+                .iter()
+                .map(|(name, _)| format!("discovery: {name}")),
+        );
+        for f in rt.crl_feeds.iter().filter(|f| !f.is_ready()) {
+            missing.push(format!("crl: {}", f.url()));
+        }
+        if !self.audit.healthy() {
+            missing.push("audit: the log cannot be written".to_string());
+        }
+        if let Err(why) = self.state_ready(&rt.config) {
+            missing.push(format!("state: {why}"));
+        }
+        missing
+    }
+
+    /// From SIGTERM on, `/readyz` answers 503 so endpoints are removed before the listener
+    /// stops accepting.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
     }
 
     /// Whether the shared state backend can serve the routes of `config`: with Redis, not while

@@ -40,7 +40,19 @@ pub struct Running {
 impl Running {
     /// Stops accepting, asks every connection to finish its in-flight requests, and waits up to
     /// the configured drain timeout. Returns whether every connection closed in time.
+    ///
+    /// First, for `shutdown.grace`, `/readyz` says 503 while the listener still accepts, so a
+    /// load balancer or Kubernetes removes this instance before connections are refused.
     pub async fn shutdown(self) -> bool {
+        let grace = self.shared.runtime.load().config.shutdown_grace;
+        self.shared.begin_shutdown();
+        if !grace.is_zero() {
+            tracing::info!(
+                grace_ms = grace.as_millis() as u64,
+                "not ready; still accepting for the shutdown grace"
+            );
+            tokio::time::sleep(grace).await;
+        }
         self.shutdown.cancel();
         self.tracker.close();
         let drain = self.shared.runtime.load().config.drain_timeout;
@@ -74,6 +86,7 @@ impl Drop for Running {
 /// accepts left one with most of a load generator's connections). The admin listener, reloads
 /// and background refreshes run on the caller's runtime too.
 pub async fn start(shared: Arc<Shared>) -> std::io::Result<Running> {
+    raise_open_files_limit();
     let config = Arc::clone(&shared.runtime.load().config);
     let listener = TcpListener::bind(config.listener.address).await?;
     let addr = listener.local_addr()?;
@@ -393,14 +406,20 @@ fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
     }
     match req.uri().path() {
         "/healthz" => text(200, "ok\n".into(), "text/plain"),
-        "/readyz" if shared.ready() => text(200, "ready\n".into(), "text/plain"),
         "/readyz" => {
-            // Say which part is missing when it is the shared state.
-            let why = shared.state_ready(&shared.runtime.load().config).err();
+            // A small JSON body that names what is missing, for the operator reading a probe.
+            let not_ready = shared.not_ready();
+            let shutting_down = shared.is_shutting_down();
+            let ready = not_ready.is_empty() && !shutting_down;
+            let body = serde_json::json!({
+                "ready": ready,
+                "shutting_down": shutting_down,
+                "not_ready": not_ready,
+            });
             text(
-                503,
-                why.map_or("not ready\n".into(), |w| format!("not ready: {w}\n")),
-                "text/plain",
+                if ready { 200 } else { 503 },
+                format!("{body}\n"),
+                "application/json",
             )
         }
         "/metrics" => {
@@ -427,6 +446,32 @@ fn parser_refusal(e: &(dyn std::error::Error + 'static)) -> Option<&'static str>
     } else {
         None
     }
+}
+
+/// Raises the soft open-files limit to the hard one, once per process: every connection is a
+/// descriptor (two with its upstream), and a soft limit of 1024 — many systems' default —
+/// would refuse connections long before `max_connections`.
+fn raise_open_files_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let l = getrlimit(Resource::Nofile);
+        let (Some(before), Some(max)) = (l.current, l.maximum) else {
+            return;
+        };
+        if before >= max {
+            tracing::info!(open_files = before, "open-files limit");
+            return;
+        }
+        let raised = Rlimit {
+            current: Some(max),
+            maximum: Some(max),
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::info!(from = before, to = max, "open-files limit raised"),
+            Err(e) => tracing::warn!(open_files = before, error = %e, "open-files limit could not be raised"),
+        }
+    });
 }
 
 /// Waits for SIGTERM or SIGINT (Ctrl-C).

@@ -241,6 +241,10 @@ pub struct FileAudit {
 pub struct FileShutdown {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<ConfigDuration>,
+    /// After SIGTERM, how long `/readyz` says 503 while the listener still accepts, so load
+    /// balancers and Kubernetes endpoints stop sending before connections are refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grace: Option<ConfigDuration>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

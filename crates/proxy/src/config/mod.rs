@@ -217,6 +217,8 @@ pub struct Config {
     pub audit: AuditSettings,
     pub policies: Arc<PolicySet>,
     pub drain_timeout: Duration,
+    /// After SIGTERM: `/readyz` 503 while still accepting, before the drain.
+    pub shutdown_grace: Duration,
     /// Access-token issuers, DPoP settings, token cache and identity headers.
     pub auth: Auth,
     /// Where consent records come from, for routes that check consent.
@@ -373,6 +375,13 @@ fn validate(
         .drain_timeout
         .map(|d| d.0)
         .unwrap_or(Duration::from_secs(15));
+    let shutdown_grace = f.shutdown.grace.map(|d| d.0).unwrap_or(Duration::ZERO);
+    if shutdown_grace > Duration::from_secs(300) {
+        p.push(
+            "shutdown.grace",
+            "at most 5m (the listener keeps accepting meanwhile)",
+        );
+    }
 
     if f.policies.is_empty() {
         p.push(
@@ -464,6 +473,7 @@ fn validate(
         audit,
         policies: Arc::new(policies?),
         drain_timeout,
+        shutdown_grace,
         auth,
         consent,
         signatures,

@@ -1,0 +1,189 @@
+//! The process lifecycle as Kubernetes drives it, with the real binary: on SIGTERM `/readyz`
+//! turns 503 at once (its JSON body says `shutting_down`) while the listener keeps accepting
+//! new connections for `shutdown.grace`, so endpoints are removed before connections are
+//! refused; then the listener closes, in-flight requests drain, and the process exits 0. A
+//! client sending requests on fresh connections throughout sees no failure before the grace
+//! ends.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A port nothing listens on right now (bound and released): the process binds it next.
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `GET path` on the plain-HTTP admin listener: status and body, or `None` when it does not
+/// answer.
+async fn admin_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut tcp = tokio::net::TcpStream::connect(admin).await.ok()?;
+    let head = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut raw))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text.get(9..12)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+/// One GET on a new TLS connection as TPP One: the status, or `None` when the connection or
+/// the request failed.
+async fn fresh_get(addr: SocketAddr) -> Option<u16> {
+    let c = certs();
+    let cfg = portcullis_tools::client::tls_config(
+        &c.join("ca.pem"),
+        Some((&c.join("tpp1.pem"), &c.join("tpp1.key"))),
+        false,
+    )
+    .ok()?;
+    let mut conn = portcullis_tools::client::Conn::connect(addr, "localhost", cfg)
+        .await
+        .ok()?;
+    let r = req("GET", "/open-banking/v3.1/aisp/accounts")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    Some(conn.send(r).await.ok()?.status.as_u16())
+}
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_readiness_off_at_once_keeps_accepting_for_the_grace_then_drains() {
+    const GRACE: Duration = Duration::from_secs(2);
+    let up = Upstream::start(Behaviour::Ok).await;
+    let (addr, admin) = (free_port(), free_port());
+    let mut o = Options::new(up.addr);
+    o.config.listener.address = addr.to_string();
+    o.config.admin = Some(FileAdmin {
+        address: admin.to_string(),
+    });
+    o.config.shutdown.grace = Some(dur("2s"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/test.yaml"), &o.policy).unwrap();
+    let config = dir.path().join("portcullis.yaml");
+    std::fs::write(&config, o.config_text()).unwrap();
+    let mut child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    loop {
+        if let Some((200, body)) = admin_get(admin, "/readyz").await {
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(body["ready"], true);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fresh_get(addr).await, Some(200));
+
+    // A client that keeps opening connections, as traffic does while endpoints update.
+    let load = tokio::spawn(async move {
+        let mut answers = Vec::new();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(3500) {
+            answers.push((t0.elapsed(), fresh_get(addr).await));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        answers
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = child.0.id().to_string();
+    let term = Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    // Not ready at once, and says why.
+    let (status, body) = loop {
+        if let Some((s, b)) = admin_get(admin, "/readyz").await {
+            if s == 503 {
+                break (s, b);
+            }
+        }
+        assert!(
+            term.elapsed() < Duration::from_millis(500),
+            "readiness still on"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status, 503);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["shutting_down"], true, "{body}");
+    assert_eq!(body["ready"], false, "{body}");
+
+    // During the grace new connections are still served.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(term.elapsed() < GRACE);
+    assert_eq!(
+        fresh_get(addr).await,
+        Some(200),
+        "accepting during the grace"
+    );
+
+    // After the grace and the drain the process exits 0 by itself.
+    let status = tokio::task::spawn_blocking(move || {
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = child.0.try_wait().unwrap() {
+                return Some((s, child));
+            }
+            if t0.elapsed() > Duration::from_secs(15) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    let (exit, _child) = status.expect("the process did not exit after the grace and drain");
+    assert!(exit.success(), "exit status {exit}");
+    assert!(term.elapsed() >= GRACE, "it waited out the grace");
+    assert_eq!(fresh_get(addr).await, None, "the listener is closed");
+
+    let answers = load.await.unwrap();
+    let since_term = |t: Duration| t.saturating_sub(Duration::from_millis(500));
+    let during: Vec<_> = answers
+        .iter()
+        .filter(|(t, _)| since_term(*t) < GRACE - Duration::from_millis(200))
+        .collect();
+    assert!(during.len() >= 10, "too few requests: {}", during.len());
+    for (t, a) in &during {
+        assert_eq!(
+            *a,
+            Some(200),
+            "a request {t:?} into the run failed before the grace ended"
+        );
+    }
+}
