@@ -672,7 +672,11 @@ async fn jwt_access_tokens_from_the_provider_are_verified_through_its_metadata_a
         )
         .await;
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
-    assert_eq!(rar_env.up.count(), before + 1, "a transfer within one grant");
+    assert_eq!(
+        rar_env.up.count(),
+        before + 1,
+        "a transfer within one grant"
+    );
     assert_eq!(rar_env.p.audit_of(&id).await["decision"], "allow");
     eprintln!("oidc-provider: RAR transfer within one grant: 200 forwarded");
     for (what, body, reason) in [

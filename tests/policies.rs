@@ -543,9 +543,8 @@ async fn the_details_of_a_payment_made_under_another_consent_are_forbidden() {
         .unwrap()
     };
     // The victim pays under its own consent; the bank names the payment.
-    let (a, _) = e
-        .p
-        .send(call(
+    let (a, _) =
+        e.p.send(call(
             &victim,
             "POST",
             "/open-banking/v3.1/pisp/domestic-payments",
@@ -590,7 +589,12 @@ async fn the_details_of_a_payment_made_under_another_consent_are_forbidden() {
         assert_eq!(rec["upstream_status"], 200, "{path}: {rec}");
         // The owner reads it.
         let (a, _) = e.p.send(call(&victim, "GET", &path, None)).await;
-        assert_eq!(a.status, 200, "{path}: {}", String::from_utf8_lossy(&a.body));
+        assert_eq!(
+            a.status,
+            200,
+            "{path}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
         assert_eq!(a.json()["Data"]["ConsentId"], "pdc-victim", "{path}");
     }
     assert_eq!(e.up.count(), 0);

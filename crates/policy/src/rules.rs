@@ -193,7 +193,8 @@ impl Check {
     fn reads_body(&self) -> bool {
         match self {
             Check::Value { value, equals, .. } => {
-                matches!(value, ValueSource::Json(_)) || matches!(equals, Some(ValueSource::Json(_)))
+                matches!(value, ValueSource::Json(_))
+                    || matches!(equals, Some(ValueSource::Json(_)))
             }
             Check::Grant(g) => g
                 .lines
@@ -1057,16 +1058,18 @@ pub fn evaluate(
                 value,
                 in_set,
                 equals,
-            } => check_value(value, in_set, equals, r.required, claims, record, facts, &body),
+            } => check_value(
+                value, in_set, equals, r.required, claims, record, facts, &body,
+            ),
             Check::Grant(g) => check_grant(g, r.required, claims, facts, &body),
         };
         match outcome {
             Ok(()) => {}
             // Only refusals about the object itself may hide it; a malformed or ambiguous
             // request is the caller's own business.
-            Err(
-                e @ (AuthzError::Object | AuthzError::ObjectMissing | AuthzError::GrantAmount),
-            ) => return bad(e, r.hide),
+            Err(e @ (AuthzError::Object | AuthzError::ObjectMissing | AuthzError::GrantAmount)) => {
+                return bad(e, r.hide)
+            }
             Err(e) => return bad(e, false),
         }
     }
@@ -1167,7 +1170,10 @@ pub fn is_currency(s: &str) -> bool {
 }
 
 /// The lone member of `m` named `name` ignoring case; twins are ambiguous.
-fn member_ignoring_case<'a>(m: &'a Map<String, Value>, name: &str) -> Result<Option<&'a Value>, ()> {
+fn member_ignoring_case<'a>(
+    m: &'a Map<String, Value>,
+    name: &str,
+) -> Result<Option<&'a Value>, ()> {
     let mut twins = m
         .iter()
         .filter(|(k, _)| portcullis_base::path::same_name_ignoring_case(k, name));

@@ -195,7 +195,11 @@ pub fn decide_response(
             hidden: false,
             shadow: false,
         };
-        deny(&Rejection::Authz(d, None), Some(rule.to_string()), route.clone())
+        deny(
+            &Rejection::Authz(d, None),
+            Some(rule.to_string()),
+            route.clone(),
+        )
     };
     let Ok(mut doc) = serde_json::from_str::<Value>(body) else {
         return Some(refuse(AuthzError::ResponseLeak, &first.id));

@@ -596,8 +596,27 @@ fn amounts_compare_as_exact_decimals() {
         assert_eq!(a(y).cmp(&a(x)), o.reverse(), "{y} vs {x}");
     }
     for bad in [
-        "", "-1", "+1", "-0.00", "1e2", "1E2", "1.5e-3", ".5", "5.", "1..2", "1.2.3", " 1", "1 ",
-        "1,00", "0x10", "NaN", "Infinity", "١٢", "１", "1_000", &"9".repeat(65),
+        "",
+        "-1",
+        "+1",
+        "-0.00",
+        "1e2",
+        "1E2",
+        "1.5e-3",
+        ".5",
+        "5.",
+        "1..2",
+        "1.2.3",
+        " 1",
+        "1 ",
+        "1,00",
+        "0x10",
+        "NaN",
+        "Infinity",
+        "١٢",
+        "１",
+        "1_000",
+        &"9".repeat(65),
     ] {
         assert_eq!(Amount::parse(bad), None, "{bad:?} must be refused");
     }
@@ -709,7 +728,10 @@ fn one_authorization_details_entry_must_grant_every_value_and_the_amount() {
         Err(AuthzError::Ambiguous)
     );
     let mut missing = Req::path(&[]);
-    missing.body = Some(br#"{"debtorAccount":{"iban":"DE02"},"instructedAmount":{"amount":"1","currency":"EUR"}}"#.to_vec());
+    missing.body = Some(
+        br#"{"debtorAccount":{"iban":"DE02"},"instructedAmount":{"amount":"1","currency":"EUR"}}"#
+            .to_vec(),
+    );
     assert_eq!(run(&missing), Err(AuthzError::ObjectMissing));
     let mut no_amount = Req::path(&[]);
     no_amount.body =
@@ -717,7 +739,14 @@ fn one_authorization_details_entry_must_grant_every_value_and_the_amount() {
     assert_eq!(run(&no_amount), Err(AuthzError::ObjectMissing));
     // No entries, or entries of another type, grant nothing.
     assert_eq!(
-        decide(&a, &[], &claims(json!({})), None, &payment("DE02", "DE89", eur("1"))).map_err(|e| e.0),
+        decide(
+            &a,
+            &[],
+            &claims(json!({})),
+            None,
+            &payment("DE02", "DE89", eur("1"))
+        )
+        .map_err(|e| e.0),
         Err(AuthzError::Object)
     );
 }
@@ -762,11 +791,15 @@ fn actions_locations_and_datatypes_narrow_only_where_the_entry_lists_them() {
     let run = |c: &Map<String, Value>| decide(&d, &[], c, None, &none).map_err(|e| e.0);
     assert_eq!(run(&ai(json!({"type": "account_information"}))), Ok(()));
     assert_eq!(
-        run(&ai(json!({"type": "account_information", "datatypes": ["balances", "details"]}))),
+        run(&ai(
+            json!({"type": "account_information", "datatypes": ["balances", "details"]})
+        )),
         Ok(())
     );
     assert_eq!(
-        run(&ai(json!({"type": "account_information", "datatypes": ["details"]}))),
+        run(&ai(
+            json!({"type": "account_information", "datatypes": ["details"]})
+        )),
         Err(AuthzError::Object)
     );
     assert!(!d.reads_body());
@@ -778,15 +811,27 @@ fn a_hidden_grant_rule_hides_its_refusals_but_not_malformed_requests() {
     let c = claims(json!({"authorization_details": [entry("DE02", "DE89", "1", "EUR")]}));
     let run = |r: &Req| decide(&a, &[], &c, None, r).map_err(|e| (e.0, e.2));
     assert_eq!(
-        run(&payment("DE02", "DE89", json!({"amount": "2", "currency": "EUR"}))),
+        run(&payment(
+            "DE02",
+            "DE89",
+            json!({"amount": "2", "currency": "EUR"})
+        )),
         Err((AuthzError::GrantAmount, true))
     );
     assert_eq!(
-        run(&payment("DE02", "XX", json!({"amount": "1", "currency": "EUR"}))),
+        run(&payment(
+            "DE02",
+            "XX",
+            json!({"amount": "1", "currency": "EUR"})
+        )),
         Err((AuthzError::Object, true))
     );
     assert_eq!(
-        run(&payment("DE02", "DE89", json!({"amount": "1e0", "currency": "EUR"}))),
+        run(&payment(
+            "DE02",
+            "DE89",
+            json!({"amount": "1e0", "currency": "EUR"})
+        )),
         Err((AuthzError::AmountMalformed, false))
     );
 }
@@ -795,25 +840,56 @@ fn a_hidden_grant_rule_hides_its_refusals_but_not_malformed_requests() {
 fn grant_rules_are_validated_at_load_with_the_field_and_the_reason() {
     let errs = |y: &str| compile_yaml(y, &["Id"], true).unwrap_err().join("\n");
     let e = errs("rules:\n  - {id: x}\n");
-    assert!(e.contains("rules[0]: a rule names exactly one of `value` or `authorization_details`"), "{e}");
+    assert!(
+        e.contains("rules[0]: a rule names exactly one of `value` or `authorization_details`"),
+        "{e}"
+    );
     let e = errs("rules:\n  - id: x\n    value: {path: Id}\n    authorization_details: {type: t, actions: [a]}\n");
     assert!(e.contains("rules[0]: a rule names exactly one"), "{e}");
     let e = errs("rules:\n  - id: x\n    authorization_details: {type: t}\n");
-    assert!(e.contains("rules[0].authorization_details: list what the entry must grant"), "{e}");
+    assert!(
+        e.contains("rules[0].authorization_details: list what the entry must grant"),
+        "{e}"
+    );
     let e = errs("rules:\n  - id: x\n    authorization_details: {type: '', actions: [a]}\n");
-    assert!(e.contains("rules[0].authorization_details.type: name the entry type"), "{e}");
+    assert!(
+        e.contains("rules[0].authorization_details.type: name the entry type"),
+        "{e}"
+    );
     let e = errs("rules:\n  - id: x\n    authorization_details: {type: t, match: [{value: {path: Id}, field: 'a//b'}]}\n");
-    assert!(e.contains("rules[0].authorization_details.match[0].field: `a//b` is not a member path"), "{e}");
+    assert!(
+        e.contains("rules[0].authorization_details.match[0].field: `a//b` is not a member path"),
+        "{e}"
+    );
     let e = errs("rules:\n  - id: x\n    authorization_details: {type: t, match: [{value: {path: Nope}, field: a}]}\n");
     assert!(e.contains("rules[0].authorization_details.match[0].value.path: the route template has no parameter {Nope}"), "{e}");
     let e = errs("rules:\n  - id: x\n    authorization_details: {type: t, amount: {value: {path: Id}, field: a}}\n");
-    assert!(e.contains("rules[0].authorization_details.amount.value: an amount is read from the JSON body"), "{e}");
+    assert!(
+        e.contains(
+            "rules[0].authorization_details.amount.value: an amount is read from the JSON body"
+        ),
+        "{e}"
+    );
     let e = errs("rules:\n  - id: x\n    authorization_details: {type: t, amount: {value: {json: /a/*/b}, field: a}}\n");
-    assert!(e.contains("rules[0].authorization_details.amount.value: an amount is read from the JSON body"), "{e}");
+    assert!(
+        e.contains(
+            "rules[0].authorization_details.amount.value: an amount is read from the JSON body"
+        ),
+        "{e}"
+    );
     let e = errs("rules:\n  - id: x\n    authorization_details: {type: t, locations: not-a-uri}\n");
-    assert!(e.contains("rules[0].authorization_details.locations: `not-a-uri` is not an absolute URI"), "{e}");
+    assert!(
+        e.contains("rules[0].authorization_details.locations: `not-a-uri` is not an absolute URI"),
+        "{e}"
+    );
     let e = errs("rules:\n  - id: x\n    authorization_details: {type: t, actions: ['']}\n");
-    assert!(e.contains("rules[0].authorization_details.actions: an empty string names nothing"), "{e}");
+    assert!(
+        e.contains("rules[0].authorization_details.actions: an empty string names nothing"),
+        "{e}"
+    );
     let e = errs("rules:\n  - id: x\n    authorization_details: {type: t, actions: [a]}\n    in: {claim: c}\n");
-    assert!(e.contains("rules[0]: `in` and `equals` belong to a `value` rule"), "{e}");
+    assert!(
+        e.contains("rules[0]: `in` and `equals` belong to a `value` rule"),
+        "{e}"
+    );
 }
