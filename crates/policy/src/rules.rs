@@ -4,6 +4,9 @@
 //! JSON body member by JSON pointer — to a set the caller was granted: a token claim, the
 //! entries of RFC 9396 `authorization_details` of one `type`, or a member of the consent
 //! record. Values are compared as exact strings (no case folding, no Unicode normalization).
+//! An `authorization_details` rule binds several request values to one RFC 9396 entry at once
+//! (a payment's debtor, creditor and amount from the same grant), amounts compared as exact
+//! decimals in the same currency.
 //! Ambiguity is refused, never resolved: a repeated query parameter, a header sent twice, a JSON
 //! body with duplicate members or that is not JSON, a path id that disagrees with a body id.
 //!
