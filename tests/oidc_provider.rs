@@ -36,7 +36,10 @@
 //! - a `private_key_jwt` client's token: forwarded, its client vouched for;
 //! - RFC 9396: `tpp-rar` (tls_client_auth at the token endpoint, so certificate-bound) asks for
 //!   `authorization_details` granting `acc-1`; against the shipped `policies/fapi2-rar.yaml`,
-//!   `acc-1` is forwarded and `acc-2` is a hidden 404 (`authz.object_hidden`);
+//!   `acc-1` is forwarded and `acc-2` is a hidden 404 (`authz.object_hidden`); and two
+//!   `payment_initiation` entries: a transfer within one is forwarded, one whose creditor comes
+//!   from the other entry is 403 `authz.object`, one above the entry's amount or in another
+//!   currency 403 `authz.grant_amount`;
 //! - the provider rotates its signing key without a restart: the new key's first token is
 //!   forwarded at once; after a second rotation the withdrawn key's tokens are 401
 //!   `token.unknown_key` (also one verified and cached before the withdrawal) and the newest
@@ -251,6 +254,28 @@ impl Env {
         let mut c = self.p.client(Some(identity), false).await.unwrap();
         let a = c
             .send(r.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        (a, id)
+    }
+
+    /// Sends `POST path` with the JSON `body` over tpp1's certificate.
+    async fn post_json(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Value,
+    ) -> (portcullis_tools::client::Answer, String) {
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut r = req("POST", path)
+            .header("x-fapi-interaction-id", &id)
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            r = r.header(*k, v.as_str());
+        }
+        let mut c = self.p.client(Some("tpp1"), false).await.unwrap();
+        let a = c
+            .send(r.body(Full::new(Bytes::from(body.to_string()))).unwrap())
             .await
             .unwrap();
         (a, id)
@@ -633,6 +658,68 @@ async fn jwt_access_tokens_from_the_provider_are_verified_through_its_metadata_a
     assert_eq!(rec["reason"], "authz.object_hidden", "{rec}");
     assert_eq!(rec["decision"], "deny", "{rec}");
     eprintln!("oidc-provider: RAR account outside the grant: 404 (authz.object_hidden)");
+    // RFC 9396 payment grants: debtor, creditor and amount must all come from one entry.
+    let transfer = |creditor: &str, amount: &str, currency: &str| {
+        json!({"debtorAccount": {"iban": "DE02100100109307118603"},
+               "creditorAccount": {"iban": creditor},
+               "instructedAmount": {"currency": currency, "amount": amount}})
+    };
+    let before = rar_env.up.count();
+    let (a, id) = rar_env
+        .post_json(
+            "/fapi2/transfers",
+            &[bearer(&rar)],
+            transfer("DE89370400440532013000", "123.50", "EUR"),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(
+        rar_env.up.count(),
+        before + 1,
+        "a transfer within one grant"
+    );
+    assert_eq!(rar_env.p.audit_of(&id).await["decision"], "allow");
+    eprintln!("oidc-provider: RAR transfer within one grant: 200 forwarded");
+    for (what, body, reason) in [
+        (
+            "RAR transfer: the second entry's creditor with the first entry's amount",
+            transfer("GB33BUKB20201555555555", "123.50", "EUR"),
+            "authz.grant_amount",
+        ),
+        (
+            "RAR transfer: a creditor no entry grants",
+            transfer("FR7630006000011234567890189", "1.00", "EUR"),
+            "authz.object",
+        ),
+        (
+            "RAR transfer: above the entry's amount",
+            transfer("DE89370400440532013000", "123.51", "EUR"),
+            "authz.grant_amount",
+        ),
+        (
+            "RAR transfer: another currency",
+            transfer("DE89370400440532013000", "1.00", "GBP"),
+            "authz.grant_amount",
+        ),
+    ] {
+        let before = rar_env.up.count();
+        let (a, id) = rar_env
+            .post_json("/fapi2/transfers", &[bearer(&rar)], body)
+            .await;
+        let text = String::from_utf8_lossy(&a.body).to_string();
+        assert_eq!(a.status, 403, "{what}: {text}");
+        assert_eq!(a.json()["reason"], reason, "{what}: {text}");
+        assert_eq!(
+            rar_env.up.count(),
+            before,
+            "{what}: the upstream must receive nothing"
+        );
+        let rec = rar_env.p.audit_of(&id).await;
+        assert_eq!(rec["reason"], reason, "{what}: {rec}");
+        assert_eq!(rec["decision"], "deny", "{what}: {rec}");
+        assert_eq!(rec["rule_id"], "payment-within-one-grant", "{what}: {rec}");
+        eprintln!("oidc-provider: {what}: 403 {reason}");
+    }
 
     // Rotation: es-2 is published and signs from now on. Its first token is accepted at once
     // (the unknown kid fetches the set again), without a restart.

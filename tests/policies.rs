@@ -368,6 +368,241 @@ async fn an_https_consent_source_is_asked_once_per_ttl_and_its_answer_governs() 
     assert_eq!(a.json()["reason"], "authz.object");
 }
 
+/// A token from the dev issuer `key`, bound to tpp1, with `claims` added.
+fn bound_token(key: &SigningKey, claims: serde_json::Value) -> String {
+    let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join("tpp1.pem")).unwrap();
+    let mut c = json!({
+        "iss": "https://as", "aud": "https://rs", "exp": NOW + 300,
+        "cnf": {"x5t#S256": portcullis_crypto::pki::thumbprint_s256(der.as_ref())},
+    });
+    for (k, v) in claims.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    key.access_token(&c)
+}
+
+/// The shipped `policies/fapi2-rar.yaml` transfers route: the debtor, the creditor and the
+/// amount of a transfer must all come from one `payment_initiation` entry of the token's RFC
+/// 9396 `authorization_details`; each refusal is seen three ways (status and reason, nothing
+/// upstream, one audit record naming the rule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_must_come_whole_from_one_authorization_details_entry() {
+    let key = SigningKey::generate(Alg::ES256, "as-1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), key.jwks().to_string()).unwrap();
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(up.addr);
+    o.policy = include_str!("../policies/fapi2-rar.yaml").to_string();
+    o.config.issuers.insert(
+        "as".into(),
+        file_issuer("https://as", "https://rs", &dir.path().join("jwks.json")),
+    );
+    let e = Env::start(o, up, dir, Some(NOW)).await;
+    let grant = |creditor: &str, amount: &str, actions: serde_json::Value| {
+        json!({"type": "payment_initiation", "actions": actions,
+               "debtorAccount": {"iban": "DE02"}, "creditorAccount": {"iban": creditor},
+               "instructedAmount": {"currency": "EUR", "amount": amount}})
+    };
+    let token = bound_token(
+        &key,
+        json!({"authorization_details": [
+            grant("DE89", "100.00", json!(["initiate"])),
+            grant("GB33", "5.00", json!(["initiate"])),
+        ]}),
+    );
+    let status_only = bound_token(
+        &key,
+        json!({"authorization_details": [grant("DE89", "100.00", json!(["status"]))]}),
+    );
+    let post = |token: &str, creditor: &str, amount: &str, currency: &str| {
+        let body = json!({"debtorAccount": {"iban": "DE02"}, "creditorAccount": {"iban": creditor},
+                          "instructedAmount": {"amount": amount, "currency": currency}});
+        req("POST", "/fapi2/transfers")
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    let (a, id) = e.p.send(post(&token, "DE89", "99.99", "EUR")).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(e.up.count(), 1);
+    assert_eq!(e.p.audit_of(&id).await["decision"], "allow");
+    // The second entry's creditor within the second entry's amount.
+    let (a, _) = e.p.send(post(&token, "GB33", "5", "EUR")).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(e.up.count(), 2);
+    for (what, request, status, reason) in [
+        (
+            "the second entry's creditor with the first entry's amount",
+            post(&token, "GB33", "99.99", "EUR"),
+            403,
+            "authz.grant_amount",
+        ),
+        (
+            "a creditor no entry grants together with the debtor",
+            post(&token, "FR76", "1.00", "EUR"),
+            403,
+            "authz.object",
+        ),
+        (
+            "one cent above the grant",
+            post(&token, "DE89", "100.01", "EUR"),
+            403,
+            "authz.grant_amount",
+        ),
+        (
+            "another currency",
+            post(&token, "DE89", "1.00", "GBP"),
+            403,
+            "authz.grant_amount",
+        ),
+        (
+            "an amount in exponent form",
+            post(&token, "DE89", "1e1", "EUR"),
+            400,
+            "authz.amount_malformed",
+        ),
+        (
+            "a grant whose actions lack initiate",
+            post(&status_only, "DE89", "1.00", "EUR"),
+            403,
+            "authz.object",
+        ),
+    ] {
+        let (a, id) = e.p.send(request).await;
+        let body = String::from_utf8_lossy(&a.body).to_string();
+        assert_eq!(a.status.as_u16(), status, "{what}: {body}");
+        assert_eq!(a.json()["reason"], reason, "{what}: {body}");
+        assert_eq!(e.up.count(), 2, "{what}: the upstream must receive nothing");
+        let rec = e.p.audit_of(&id).await;
+        assert_eq!(
+            (
+                rec["reason"].as_str(),
+                rec["decision"].as_str(),
+                rec["rule_id"].as_str()
+            ),
+            (Some(reason), Some("deny"), Some("payment-within-one-grant")),
+            "{what}: {rec}"
+        );
+        if status == 403 {
+            assert_eq!(
+                a.headers["www-authenticate"], r#"Bearer error="insufficient_scope""#,
+                "{what}"
+            );
+        }
+    }
+}
+
+/// The shipped OBIE payment policy in front of the mock bank (a real upstream that remembers
+/// each payment's consent): the details of a payment made under another consent are refused
+/// with 403 `authz.object` from the bank's answer, which never reaches the caller; the owner
+/// reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_details_of_a_payment_made_under_another_consent_are_forbidden() {
+    let key = SigningKey::generate(Alg::ES256, "as-1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), key.jwks().to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("consents.json"),
+        json!({"consents": {"pdc-1": {"status": "Authorised"}, "pdc-victim": {"status": "Authorised"}}})
+            .to_string(),
+    )
+    .unwrap();
+    let bank = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bank_addr = bank.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(portcullis_tools::mockbank::serve(bank, stop.clone()));
+    // The kit's recording upstream is not the route's upstream here: it must see nothing.
+    let spare = Upstream::start(Behaviour::Ok).await;
+    let mut o = Options::new(bank_addr);
+    o.policy = include_str!("../policies/obie-pisp.yaml").to_string();
+    o.config.issuers.insert(
+        "as".into(),
+        file_issuer("https://as", "https://rs", &dir.path().join("jwks.json")),
+    );
+    o.config.consent = Some(FileConsentSource {
+        file: Some(dir.path().join("consents.json").display().to_string()),
+        ..FileConsentSource::default()
+    });
+    let e = Env::start(o, spare, dir, Some(NOW)).await;
+    let token_of = |consent: &str| {
+        bound_token(
+            &key,
+            json!({"scope": "payments", "openbanking_intent_id": consent}),
+        )
+    };
+    let (mine, victim) = (token_of("pdc-1"), token_of("pdc-victim"));
+    let call = |token: &str, method: &str, path: &str, body: Option<serde_json::Value>| {
+        let r = req(method, path).header("authorization", format!("Bearer {token}"));
+        match body {
+            // The shipped policy requires an idempotency key on payment POSTs.
+            Some(b) => r
+                .header("content-type", "application/json")
+                .header("x-idempotency-key", uuid::Uuid::new_v4().to_string())
+                .body(Full::new(Bytes::from(b.to_string()))),
+            None => r.body(Full::new(Bytes::new())),
+        }
+        .unwrap()
+    };
+    // The victim pays under its own consent; the bank names the payment.
+    let (a, _) =
+        e.p.send(call(
+            &victim,
+            "POST",
+            "/open-banking/v3.1/pisp/domestic-payments",
+            Some(json!({"Data": {"ConsentId": "pdc-victim", "Initiation": {
+                "InstructedAmount": {"Amount": "10.50", "Currency": "GBP"}}}, "Risk": {}})),
+        ))
+        .await;
+    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    let payment = a.json()["Data"]["DomesticPaymentId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (path, rule) in [
+        (
+            format!("/open-banking/v3.1/pisp/domestic-payments/{payment}/payment-details"),
+            "own-payment-details",
+        ),
+        (
+            format!("/open-banking/v3.1/pisp/domestic-payments/{payment}"),
+            "own-payment",
+        ),
+    ] {
+        let (a, id) = e.p.send(call(&mine, "GET", &path, None)).await;
+        let body = String::from_utf8_lossy(&a.body).to_string();
+        assert_eq!(a.status, 403, "{path}: {body}");
+        assert_eq!(a.json()["reason"], "authz.object", "{path}: {body}");
+        // Nothing of the bank's answer reaches the caller.
+        for leak in ["pdc-victim", "PaymentStatus", "AcceptedSettlement", "-tx"] {
+            assert!(!body.contains(leak), "{path}: {leak} leaked in {body}");
+        }
+        let rec = e.p.audit_of(&id).await;
+        assert_eq!(
+            (
+                rec["reason"].as_str(),
+                rec["decision"].as_str(),
+                rec["rule_id"].as_str()
+            ),
+            (Some("authz.object"), Some("deny"), Some(rule)),
+            "{path}: {rec}"
+        );
+        // The bank was asked: its answer is the only source of the payment's owner.
+        assert_eq!(rec["upstream_status"], 200, "{path}: {rec}");
+        // The owner reads it.
+        let (a, _) = e.p.send(call(&victim, "GET", &path, None)).await;
+        assert_eq!(
+            a.status,
+            200,
+            "{path}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        assert_eq!(a.json()["Data"]["ConsentId"], "pdc-victim", "{path}");
+    }
+    assert_eq!(e.up.count(), 0);
+    stop.cancel();
+}
+
 /// The shipped OBIE payment policy in front of the mock bank: a payment repeated with its
 /// `x-idempotency-key` creates nothing and answers 201 with the payment's current status (OBIE
 /// Read/Write profile, "Idempotency"); without a key the payment is refused before the bank.

@@ -4,6 +4,9 @@
 //! JSON body member by JSON pointer — to a set the caller was granted: a token claim, the
 //! entries of RFC 9396 `authorization_details` of one `type`, or a member of the consent
 //! record. Values are compared as exact strings (no case folding, no Unicode normalization).
+//! An `authorization_details` rule binds several request values to one RFC 9396 entry at once
+//! (a payment's debtor, creditor and amount from the same grant), amounts compared as exact
+//! decimals in the same currency.
 //! Ambiguity is refused, never resolved: a repeated query parameter, a header sent twice, a JSON
 //! body with duplicate members or that is not JSON, a path id that disagrees with a body id.
 //!
@@ -65,11 +68,42 @@ pub(crate) struct FileSet {
     consent: Option<String>,
 }
 
+/// One line of an `authorization_details` rule: a request value and the member of the entry
+/// that must hold it (`creditorAccount/iban`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileGrantLine {
+    value: FileValue,
+    field: String,
+}
+
+/// A rule that binds several request values to one RFC 9396 `authorization_details` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileGrant {
+    r#type: String,
+    #[serde(default, rename = "match")]
+    lines: Vec<FileGrantLine>,
+    #[serde(default)]
+    amount: Option<FileGrantLine>,
+    #[serde(default)]
+    actions: Vec<String>,
+    #[serde(default)]
+    locations: Option<String>,
+    #[serde(default)]
+    datatypes: Vec<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileRule {
     id: String,
-    value: FileValue,
+    /// A value rule reads one request value…
+    #[serde(default)]
+    value: Option<FileValue>,
+    /// …an `authorization_details` rule reads several, all held by one entry.
+    #[serde(default)]
+    authorization_details: Option<FileGrant>,
     /// The value must be in this set…
     #[serde(default, rename = "in")]
     in_set: Option<FileSet>,
@@ -120,12 +154,64 @@ pub enum SetSource {
     Consent(Vec<String>),
 }
 
+/// A request value and where, in an `authorization_details` entry, it must be granted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantLine {
+    pub value: ValueSource,
+    /// Member path in the entry (`creditorAccount/iban` → `["creditorAccount", "iban"]`).
+    pub field: Vec<String>,
+}
+
+/// Everything one `authorization_details` entry of type `kind` must grant at once: the values
+/// of `lines`, an amount no larger than its own in the same currency, the `actions`, the
+/// resource server's `locations` and the `datatypes` (the last three only where the entry
+/// lists them: RFC 9396 §2.2 makes them optional, and an entry without them is not narrowed
+/// by them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantMatch {
+    pub kind: String,
+    pub lines: Vec<GrantLine>,
+    /// `value` is a JSON object with `amount` (a decimal string) and `currency`; so is the
+    /// entry's member at `field`.
+    pub amount: Option<GrantLine>,
+    pub actions: Vec<String>,
+    pub location: Option<String>,
+    pub datatypes: Vec<String>,
+}
+
+/// What an object rule checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// One request value in a granted set and/or equal to another request value.
+    Value {
+        value: ValueSource,
+        in_set: Option<SetSource>,
+        equals: Option<ValueSource>,
+    },
+    /// Several request values granted by the same `authorization_details` entry.
+    Grant(GrantMatch),
+}
+
+impl Check {
+    fn reads_body(&self) -> bool {
+        match self {
+            Check::Value { value, equals, .. } => {
+                matches!(value, ValueSource::Json(_))
+                    || matches!(equals, Some(ValueSource::Json(_)))
+            }
+            Check::Grant(g) => g
+                .lines
+                .iter()
+                .chain(&g.amount)
+                .any(|l| matches!(l.value, ValueSource::Json(_))),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectRule {
     pub id: String,
-    pub value: ValueSource,
-    pub in_set: Option<SetSource>,
-    pub equals: Option<ValueSource>,
+    pub check: Check,
     /// `deny_status: 404`: a refusal answers as if the object did not exist.
     pub hide: bool,
     pub required: bool,
@@ -175,10 +261,7 @@ pub struct Authz {
 impl Authz {
     /// Whether a rule reads the request body (so the proxy must buffer it first).
     pub fn reads_body(&self) -> bool {
-        self.rules.iter().any(|r| {
-            matches!(r.value, ValueSource::Json(_))
-                || matches!(r.equals, Some(ValueSource::Json(_)))
-        })
+        self.rules.iter().any(|r| r.check.reads_body())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -301,6 +384,161 @@ fn compile_set(p: &mut Problems<'_>, field: &str, s: &FileSet) -> Option<SetSour
     }
 }
 
+fn compile_value_rule(
+    p: &mut Problems<'_>,
+    rf: &dyn Fn(&str) -> String,
+    at: &str,
+    r: &FileRule,
+    v: &FileValue,
+    params: &[String],
+    has_consent: bool,
+) -> Option<Check> {
+    let mut ok = true;
+    let value = compile_value(p, &rf("value"), v, params);
+    let in_set = r.in_set.as_ref().map(|s| compile_set(p, &rf("in"), s));
+    let equals = r
+        .equals
+        .as_ref()
+        .map(|v| compile_value(p, &rf("equals"), v, params));
+    if r.in_set.is_none() && r.equals.is_none() {
+        p.push(at, "a rule needs `in` (a granted set) or `equals`");
+        ok = false;
+    }
+    let needs_consent = r.in_set.as_ref().and_then(|s| s.consent.as_ref()).is_some();
+    if needs_consent && !has_consent {
+        p.push(
+            rf("in.consent"),
+            "the route has no `consent` section to read",
+        );
+        ok = false;
+    }
+    match (value, in_set, equals) {
+        (Some(value), in_set, equals)
+            if ok
+                && in_set.as_ref().is_none_or(|s| s.is_some())
+                && equals.as_ref().is_none_or(|e| e.is_some()) =>
+        {
+            Some(Check::Value {
+                value,
+                in_set: in_set.flatten(),
+                equals: equals.flatten(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A member path of an `authorization_details` entry: `creditorAccount/iban`.
+fn member_path(s: &str) -> Option<Vec<String>> {
+    let segs: Vec<String> = s.split('/').map(str::to_string).collect();
+    segs.iter().all(|x| !x.is_empty()).then_some(segs)
+}
+
+fn compile_grant(
+    p: &mut Problems<'_>,
+    rf: &dyn Fn(&str) -> String,
+    g: &FileGrant,
+    params: &[String],
+) -> Option<GrantMatch> {
+    let mut ok = true;
+    if g.r#type.is_empty() {
+        p.push(rf("authorization_details.type"), "name the entry type");
+        ok = false;
+    }
+    let line = |p: &mut Problems<'_>, at: String, l: &FileGrantLine| {
+        let value = compile_value(p, &format!("{at}.value"), &l.value, params);
+        let field = member_path(&l.field);
+        if field.is_none() {
+            p.push(
+                format!("{at}.field"),
+                format!(
+                    "`{}` is not a member path of an entry (name or creditorAccount/iban)",
+                    l.field
+                ),
+            );
+        }
+        Some(GrantLine {
+            value: value?,
+            field: field?,
+        })
+    };
+    let mut lines = Vec::new();
+    for (j, l) in g.lines.iter().enumerate() {
+        match line(p, rf(&format!("authorization_details.match[{j}]")), l) {
+            Some(l) => lines.push(l),
+            None => ok = false,
+        }
+    }
+    let amount = match &g.amount {
+        None => None,
+        Some(l) => {
+            let at = rf("authorization_details.amount");
+            match line(p, at.clone(), l) {
+                // An amount is an object (amount and currency) in a JSON body, and exactly one.
+                Some(l) if matches!(&l.value, ValueSource::Json(ptr) if !ptr.iter().any(|s| s == "*")) => {
+                    Some(l)
+                }
+                Some(_) => {
+                    p.push(
+                        format!("{at}.value"),
+                        "an amount is read from the JSON body by a pointer without `*` (an object with amount and currency)",
+                    );
+                    ok = false;
+                    None
+                }
+                None => {
+                    ok = false;
+                    None
+                }
+            }
+        }
+    };
+    for (name, list) in [("actions", &g.actions), ("datatypes", &g.datatypes)] {
+        if list.iter().any(|a| a.is_empty()) {
+            p.push(
+                rf(&format!("authorization_details.{name}")),
+                "an empty string names nothing",
+            );
+            ok = false;
+        }
+    }
+    if let Some(l) = &g.locations {
+        // The resource server's own URI, from the policy: the request's Host header is the
+        // client's to choose, so it cannot say which server the client is talking to.
+        let good = l
+            .parse::<http::Uri>()
+            .ok()
+            .is_some_and(|u| u.scheme().is_some() && u.authority().is_some());
+        if !good {
+            p.push(
+                rf("authorization_details.locations"),
+                format!("`{l}` is not an absolute URI such as https://api.bank.example"),
+            );
+            ok = false;
+        }
+    }
+    if g.lines.is_empty()
+        && g.amount.is_none()
+        && g.actions.is_empty()
+        && g.locations.is_none()
+        && g.datatypes.is_empty()
+    {
+        p.push(
+            rf("authorization_details"),
+            "list what the entry must grant: match, amount, actions, locations or datatypes",
+        );
+        ok = false;
+    }
+    ok.then(|| GrantMatch {
+        kind: g.r#type.clone(),
+        lines,
+        amount,
+        actions: g.actions.clone(),
+        location: g.locations.clone(),
+        datatypes: g.datatypes.clone(),
+    })
+}
+
 pub(crate) struct FileAuthz<'a> {
     pub scopes: &'a Option<FileScopes>,
     pub consent: &'a Option<FileConsent>,
@@ -347,48 +585,48 @@ pub(crate) fn compile(
             p.push(rf("id"), format!("`{}` is empty or used twice", r.id));
             ok = false;
         }
-        let value = compile_value(p, &rf("value"), &r.value, params);
-        let in_set = r.in_set.as_ref().map(|s| compile_set(p, &rf("in"), s));
-        let equals = r
-            .equals
-            .as_ref()
-            .map(|v| compile_value(p, &rf("equals"), v, params));
-        if r.in_set.is_none() && r.equals.is_none() {
-            p.push(
-                field(&format!("rules[{i}]")),
-                "a rule needs `in` (a granted set) or `equals`",
-            );
-            ok = false;
-        }
         let deny_status = r.deny_status.unwrap_or(403);
         if deny_status != 403 && deny_status != 404 {
             p.push(rf("deny_status"), "must be 403 or 404");
             ok = false;
         }
-        let needs_consent = r.in_set.as_ref().and_then(|s| s.consent.as_ref()).is_some();
-        if needs_consent && f.consent.is_none() {
-            p.push(
-                rf("in.consent"),
-                "the route has no `consent` section to read",
-            );
-            ok = false;
-        }
-        match (value, in_set, equals) {
-            (Some(value), in_set, equals)
-                if in_set.as_ref().is_none_or(|s| s.is_some())
-                    && equals.as_ref().is_none_or(|e| e.is_some()) =>
-            {
-                out.rules.push(ObjectRule {
-                    id: r.id.clone(),
-                    value,
-                    in_set: in_set.flatten(),
-                    equals: equals.flatten(),
-                    hide: deny_status == 404,
-                    required: r.required.unwrap_or(true),
-                    shadow: r.shadow,
-                })
+        let check = match (&r.value, &r.authorization_details) {
+            (Some(v), None) => compile_value_rule(
+                p,
+                &rf,
+                &field(&format!("rules[{i}]")),
+                r,
+                v,
+                params,
+                f.consent.is_some(),
+            ),
+            (None, Some(g)) => {
+                if r.in_set.is_some() || r.equals.is_some() {
+                    p.push(
+                        field(&format!("rules[{i}]")),
+                        "`in` and `equals` belong to a `value` rule, not to an `authorization_details` rule",
+                    );
+                    ok = false;
+                }
+                compile_grant(p, &rf, g, params).map(Check::Grant)
             }
-            _ => ok = false,
+            _ => {
+                p.push(
+                    field(&format!("rules[{i}]")),
+                    "a rule names exactly one of `value` or `authorization_details`",
+                );
+                None
+            }
+        };
+        match check {
+            Some(check) => out.rules.push(ObjectRule {
+                id: r.id.clone(),
+                check,
+                hide: deny_status == 404,
+                required: r.required.unwrap_or(true),
+                shadow: r.shadow,
+            }),
+            None => ok = false,
         }
     }
     for (i, r) in f.response_rules.iter().enumerate() {
@@ -530,6 +768,12 @@ portcullis_base::variants! {
         ConsentUnavailable,
         /// A value is not in the granted set.
         Object,
+        /// An `authorization_details` entry grants the request's values but not its amount
+        /// (larger, or in another currency).
+        GrantAmount,
+        /// An amount or currency a rule compares is not a plain decimal string and an ISO 4217
+        /// code.
+        AmountMalformed,
         /// A required value is absent.
         ObjectMissing,
         /// A repeated query parameter or header, or duplicate JSON members.
@@ -812,32 +1056,246 @@ pub fn evaluate(
     for r in &authz.rules {
         let shadow = shadow || r.shadow;
         let bad = |e, hidden| Err(Denial::new(e, &r.id, hidden, shadow));
-        let got = match values(&r.value, facts, &body) {
-            Ok(v) => v,
-            Err(e) => return bad(e, false),
+        let outcome = match &r.check {
+            Check::Value {
+                value,
+                in_set,
+                equals,
+            } => check_value(
+                value, in_set, equals, r.required, claims, record, facts, &body,
+            ),
+            Check::Grant(g) => check_grant(g, r.required, claims, facts, &body),
         };
-        if got.is_empty() {
-            if r.required {
-                return bad(AuthzError::ObjectMissing, r.hide);
+        match outcome {
+            Ok(()) => {}
+            // Only refusals about the object itself may hide it; a malformed or ambiguous
+            // request is the caller's own business.
+            Err(e @ (AuthzError::Object | AuthzError::ObjectMissing | AuthzError::GrantAmount)) => {
+                return bad(e, r.hide)
             }
-            continue;
-        }
-        if let Some(other) = &r.equals {
-            match values(other, facts, &body) {
-                Ok(o) if o.iter().all(|x| got.contains(x)) && got.iter().all(|x| o.contains(x)) => {
-                }
-                Ok(_) => return bad(AuthzError::Mismatch, false),
-                Err(e) => return bad(e, false),
-            }
-        }
-        if let Some(set) = &r.in_set {
-            let granted = granted(set, claims, record);
-            if !got.iter().all(|v| granted.contains(v)) {
-                return bad(AuthzError::Object, r.hide);
-            }
+            Err(e) => return bad(e, false),
         }
     }
     Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_value(
+    value: &ValueSource,
+    in_set: &Option<SetSource>,
+    equals: &Option<ValueSource>,
+    required: bool,
+    claims: &Map<String, Value>,
+    record: Option<&ConsentRecord>,
+    facts: &Facts<'_>,
+    body: &Option<Value>,
+) -> Result<(), AuthzError> {
+    let got = values(value, facts, body)?;
+    if got.is_empty() {
+        return if required {
+            Err(AuthzError::ObjectMissing)
+        } else {
+            Ok(())
+        };
+    }
+    if let Some(other) = equals {
+        let o = values(other, facts, body)?;
+        if !(o.iter().all(|x| got.contains(x)) && got.iter().all(|x| o.contains(x))) {
+            return Err(AuthzError::Mismatch);
+        }
+    }
+    if let Some(set) = in_set {
+        let granted = granted(set, claims, record);
+        if !got.iter().all(|v| granted.contains(v)) {
+            return Err(AuthzError::Object);
+        }
+    }
+    Ok(())
+}
+
+/// A non-negative decimal amount, kept as digits so that comparison is exact: the integer part
+/// without leading zeros and the fraction without trailing zeros.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Amount {
+    int: String,
+    frac: String,
+}
+
+/// The longest amount read; OBIE allows 13 integer and 5 fraction digits, so this is generous,
+/// and it bounds the work on hostile input.
+const MAX_AMOUNT_LEN: usize = 64;
+
+impl Amount {
+    /// Parses `digits[.digits]`: no sign (a negative amount grants nothing), no exponent, no
+    /// spaces, no `.5` or `5.`. Numbers are read from strings only, never through a float.
+    pub fn parse(s: &str) -> Option<Amount> {
+        if s.is_empty() || s.len() > MAX_AMOUNT_LEN {
+            return None;
+        }
+        let (int, frac) = match s.split_once('.') {
+            Some((i, f)) => (i, Some(f)),
+            None => (s, None),
+        };
+        let digits = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
+        if !digits(int) || !frac.is_none_or(digits) {
+            return None;
+        }
+        let int = int.trim_start_matches('0');
+        let frac = frac.unwrap_or("").trim_end_matches('0');
+        Some(Amount {
+            int: int.to_string(),
+            frac: frac.to_string(),
+        })
+    }
+}
+
+impl Ord for Amount {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Without leading zeros the longer integer part is the larger; equal lengths compare
+        // digit by digit, and so do fractions (a missing digit is a zero, which sorts first).
+        self.int
+            .len()
+            .cmp(&other.int.len())
+            .then_with(|| self.int.cmp(&other.int))
+            .then_with(|| self.frac.cmp(&other.frac))
+    }
+}
+
+impl PartialOrd for Amount {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// An ISO 4217 alphabetic code: three upper-case ASCII letters.
+pub fn is_currency(s: &str) -> bool {
+    s.len() == 3 && s.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+/// The lone member of `m` named `name` ignoring case; twins are ambiguous.
+fn member_ignoring_case<'a>(
+    m: &'a Map<String, Value>,
+    name: &str,
+) -> Result<Option<&'a Value>, ()> {
+    let mut twins = m
+        .iter()
+        .filter(|(k, _)| portcullis_base::path::same_name_ignoring_case(k, name));
+    match (twins.next(), twins.next()) {
+        (Some(_), Some(_)) => Err(()),
+        (one, None) => Ok(one.map(|(_, v)| v)),
+        (None, Some(_)) => Err(()),
+    }
+}
+
+/// An `{amount, currency}` object (`InstructedAmount {Amount, Currency}` in OBIE). `None` when
+/// it is not one: members missing, repeated in another case, not strings, or malformed.
+fn money(v: &Value) -> Option<(Amount, String)> {
+    let m = v.as_object()?;
+    let amount = member_ignoring_case(m, "amount").ok()??.as_str()?;
+    let currency = member_ignoring_case(m, "currency").ok()??.as_str()?;
+    is_currency(currency).then_some(())?;
+    Some((Amount::parse(amount)?, currency.to_string()))
+}
+
+/// The member at `path` of an entry, by exact name: the authorization server wrote it.
+fn entry_at<'a>(entry: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(entry, |v, k| v.as_object()?.get(k))
+}
+
+/// Whether the entry's optional list `name` (absent: no narrowing) holds every one of `want`.
+fn entry_lists(entry: &Value, name: &str, want: &[String]) -> bool {
+    if want.is_empty() {
+        return true;
+    }
+    match entry.get(name) {
+        None => true,
+        Some(Value::Array(a)) => want
+            .iter()
+            .all(|w| a.iter().any(|x| x.as_str() == Some(w.as_str()))),
+        // A malformed list narrows to nothing.
+        Some(_) => false,
+    }
+}
+
+fn check_grant(
+    g: &GrantMatch,
+    required: bool,
+    claims: &Map<String, Value>,
+    facts: &Facts<'_>,
+    body: &Option<Value>,
+) -> Result<(), AuthzError> {
+    let mut want = Vec::new();
+    for l in &g.lines {
+        let got = values(&l.value, facts, body)?;
+        if got.is_empty() {
+            if required {
+                return Err(AuthzError::ObjectMissing);
+            }
+            continue;
+        }
+        want.push((&l.field, got));
+    }
+    let amount = match &g.amount {
+        None => None,
+        Some(l) => {
+            let ValueSource::Json(ptr) = &l.value else {
+                return Err(AuthzError::AmountMalformed);
+            };
+            let doc = body.as_ref().ok_or(AuthzError::BodyNotJson)?;
+            let mut found = Vec::new();
+            at_pointer(doc, ptr, &mut found)?;
+            match found.as_slice() {
+                [] if required => return Err(AuthzError::ObjectMissing),
+                [] => None,
+                [v] => {
+                    // Case twins inside the amount object are as ambiguous as anywhere.
+                    if let Some(m) = v.as_object() {
+                        for k in ["amount", "currency"] {
+                            if member_ignoring_case(m, k).is_err() {
+                                return Err(AuthzError::Ambiguous);
+                            }
+                        }
+                    }
+                    Some((money(v).ok_or(AuthzError::AmountMalformed)?, &l.field))
+                }
+                _ => return Err(AuthzError::Ambiguous),
+            }
+        }
+    };
+    let entries = claims
+        .get("authorization_details")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|d| d.get("type").and_then(Value::as_str) == Some(g.kind.as_str()));
+    // Whether some entry grants everything but the amount: the refusal then says so.
+    let mut short = false;
+    for e in entries {
+        let holds = want.iter().all(|(field, got)| {
+            let granted = entry_at(e, field).map(strings).unwrap_or_default();
+            got.iter().all(|v| granted.contains(v))
+        });
+        let location = g.location.as_slice();
+        if !holds
+            || !entry_lists(e, "actions", &g.actions)
+            || !entry_lists(e, "locations", location)
+            || !entry_lists(e, "datatypes", &g.datatypes)
+        {
+            continue;
+        }
+        let Some(((asked, currency), field)) = &amount else {
+            return Ok(());
+        };
+        match entry_at(e, field).and_then(money) {
+            Some((limit, c)) if c == *currency && *asked <= limit => return Ok(()),
+            _ => short = true,
+        }
+    }
+    Err(if short {
+        AuthzError::GrantAmount
+    } else {
+        AuthzError::Object
+    })
 }
 
 /// Checks (and, for `remove` rules, edits) an upstream JSON response. Returns whether it was

@@ -194,6 +194,29 @@ async fn handle(
                 ),
             }
         }
+        // OBIE's payment-details answer names no consent; this bank adds the payment's
+        // `ConsentId` to it, as a bank behind the shipped policy must, so that the proxy can
+        // tell whose payment it is.
+        (Method::GET, ["pisp", "domestic-payments", id, "payment-details"]) => {
+            let consent = bank.payments.lock().ok().and_then(|m| m.get(*id).cloned());
+            match consent {
+                Some(c) => reply(
+                    StatusCode::OK,
+                    merge(
+                        json!({"Data": {"ConsentId": c, "PaymentStatus": [{
+                            "PaymentTransactionId": format!("{id}-tx"),
+                            "Status": "AcceptedSettlementCompleted",
+                            "StatusUpdateDateTime": "2026-11-22T09:00:05+00:00"
+                        }]}}),
+                        links(&path),
+                    ),
+                ),
+                None => reply(
+                    StatusCode::NOT_FOUND,
+                    json!({"Code": "404", "Message": "Not found"}),
+                ),
+            }
+        }
         _ => reply(
             StatusCode::NOT_FOUND,
             json!({"Code": "404", "Message": "Not found"}),

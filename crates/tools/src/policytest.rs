@@ -3,7 +3,9 @@
 //!
 //! A test file (`*.test.yaml`, beside the policies) lists cases: a request (method, path with
 //! query, headers, body), the verified token's claims, consent records, and the expected
-//! decision — `allow`, or `{deny: {status, reason}}` (and optionally the rule id).
+//! decision — `allow`, or `{deny: {status, reason}}` (and optionally the rule id). A case may
+//! also give the upstream's JSON answer (`response`), which the route's response rules then
+//! check as the proxy does after an allowed request.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,6 +48,9 @@ struct Case {
     /// Evaluation time (unix seconds); default 1 800 000 000.
     #[serde(default)]
     now: Option<i64>,
+    /// The upstream's answer (a 2xx JSON body) to an allowed request, for response rules.
+    #[serde(default)]
+    response: Option<String>,
     expect: Expect,
 }
 
@@ -166,6 +171,51 @@ pub fn decide(
     }
 }
 
+/// The decision on the upstream's answer `body` (a 2xx) to an allowed request, as the proxy
+/// makes it: the route's response rules read it; `forbid` refuses as a foreign object (403),
+/// `withhold` and a success that is not JSON as a leak (502).
+pub fn decide_response(
+    set: &PolicySet,
+    req: &Request,
+    claims: &Map<String, Value>,
+    consents: &BTreeMap<String, ConsentRecord>,
+    body: &str,
+) -> Option<Outcome> {
+    use rules::{AuthzError, Denial, ResponseAction};
+    let path = req.path.split('?').next().unwrap_or("");
+    let method = req.method.parse::<http::Method>().ok()?;
+    let m = set.lookup(&method, path).ok()?;
+    let authz = &m.route.authz;
+    let first = authz.response_rules.first()?;
+    let route = Some(m.route.id.clone());
+    let refuse = |error, rule: &str| {
+        let d = Denial {
+            error,
+            rule: rule.to_string(),
+            hidden: false,
+            shadow: false,
+        };
+        deny(
+            &Rejection::Authz(d, None),
+            Some(rule.to_string()),
+            route.clone(),
+        )
+    };
+    let Ok(mut doc) = serde_json::from_str::<Value>(body) else {
+        return Some(refuse(AuthzError::ResponseLeak, &first.id));
+    };
+    let consent = rules::consent_id(authz, claims).and_then(|id| consents.get(id));
+    Some(
+        match rules::check_response(&authz.response_rules, claims, consent, &mut doc) {
+            Ok(_) => Outcome::Allow {
+                route: m.route.id.clone(),
+            },
+            Err(r) if r.action == ResponseAction::Forbid => refuse(AuthzError::Object, &r.id),
+            Err(r) => refuse(AuthzError::ResponseLeak, &r.id),
+        },
+    )
+}
+
 fn consent_map(v: &BTreeMap<String, Value>) -> Result<BTreeMap<String, ConsentRecord>, String> {
     v.iter()
         .map(|(id, rec)| {
@@ -261,13 +311,24 @@ pub fn run(dir: &Path) -> Result<Vec<CaseResult>, String> {
         for c in tf.cases {
             let consents = consent_map(&c.consents)
                 .map_err(|e| format!("{}: {}: {e}", f.display(), c.name))?;
-            let got = decide(
+            let mut got = decide(
                 &set,
                 &c.request,
                 &c.claims,
                 &consents,
                 c.now.unwrap_or(1_800_000_000),
             );
+            if let (Outcome::Allow { .. }, Some(body)) = (&got, &c.response) {
+                got = decide_response(&set, &c.request, &c.claims, &consents, body).ok_or_else(
+                    || {
+                        format!(
+                            "{}: {}: `response` is given but the route has no response rules",
+                            f.display(),
+                            c.name
+                        )
+                    },
+                )?;
+            }
             out.push(CaseResult {
                 file: f.clone(),
                 name: c.name,

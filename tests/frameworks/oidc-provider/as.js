@@ -366,7 +366,21 @@ try {
     scope: 'accounts',
     authorization_details: JSON.stringify([
       { type: 'account_information', accounts: ['acc-1'] },
-      { type: 'payment_initiation', debtorAccounts: ['acc-1'] },
+      // Two payment grants: each binds its debtor, creditor and amount together.
+      {
+        type: 'payment_initiation',
+        actions: ['initiate', 'status'],
+        debtorAccount: { iban: 'DE02100100109307118603' },
+        creditorAccount: { iban: 'DE89370400440532013000' },
+        instructedAmount: { currency: 'EUR', amount: '123.50' },
+      },
+      {
+        type: 'payment_initiation',
+        actions: ['initiate'],
+        debtorAccount: { iban: 'DE02100100109307118603' },
+        creditorAccount: { iban: 'GB33BUKB20201555555555' },
+        instructedAmount: { currency: 'EUR', amount: '5.00' },
+      },
     ]),
   }, { tls: clientTls });
   const jwtPkj = await token({

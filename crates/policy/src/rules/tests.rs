@@ -566,3 +566,330 @@ fn an_obie_domestic_vrp_consent_gives_its_control_parameters_and_ends_at_valid_t
         AuthzError::ConsentStatus
     );
 }
+
+#[test]
+fn amounts_compare_as_exact_decimals() {
+    use std::cmp::Ordering::*;
+    let a = |s: &str| Amount::parse(s).unwrap_or_else(|| panic!("{s} parses"));
+    for (x, y, o) in [
+        ("10.50", "10.5", Equal),
+        ("10", "10.00", Equal),
+        ("0", "0.000", Equal),
+        ("000", "0", Equal),
+        ("007.10", "7.1", Equal),
+        ("10.49", "10.5", Less),
+        ("10.51", "10.5", Greater),
+        ("9.99", "10", Less),
+        ("100", "99.999", Greater),
+        ("0.05", "0.5", Less),
+        ("0.5", "0.51", Less),
+        ("1.000000000000000001", "1", Greater),
+        // Beyond any float's or u64's precision, still exact.
+        (
+            "123456789012345678901234567890.1",
+            "123456789012345678901234567890.09",
+            Greater,
+        ),
+        ("99999999999999999999", "100000000000000000000", Less),
+    ] {
+        assert_eq!(a(x).cmp(&a(y)), o, "{x} vs {y}");
+        assert_eq!(a(y).cmp(&a(x)), o.reverse(), "{y} vs {x}");
+    }
+    for bad in [
+        "",
+        "-1",
+        "+1",
+        "-0.00",
+        "1e2",
+        "1E2",
+        "1.5e-3",
+        ".5",
+        "5.",
+        "1..2",
+        "1.2.3",
+        " 1",
+        "1 ",
+        "1,00",
+        "0x10",
+        "NaN",
+        "Infinity",
+        "١٢",
+        "１",
+        "1_000",
+        &"9".repeat(65),
+    ] {
+        assert_eq!(Amount::parse(bad), None, "{bad:?} must be refused");
+    }
+    assert!(Amount::parse(&"9".repeat(64)).is_some());
+    for (c, ok) in [
+        ("EUR", true),
+        ("GBP", true),
+        ("eur", false),
+        ("EU", false),
+        ("EURO", false),
+        ("E1R", false),
+        ("ÉUR", false),
+        ("", false),
+    ] {
+        assert_eq!(is_currency(c), ok, "{c}");
+    }
+}
+
+const ONE_GRANT: &str = r#"
+rules:
+  - id: g
+    authorization_details:
+      type: payment_initiation
+      match:
+        - {value: {json: /debtorAccount/iban}, field: debtorAccount/iban}
+        - {value: {json: /creditorAccount/iban}, field: creditorAccount/iban}
+      amount: {value: {json: /instructedAmount}, field: instructedAmount}
+      actions: [initiate]
+      locations: https://api.bank.example
+"#;
+
+fn payment(debtor: &str, creditor: &str, amount: Value) -> Req {
+    let mut r = Req::path(&[]);
+    r.body = Some(
+        json!({"debtorAccount": {"iban": debtor}, "creditorAccount": {"iban": creditor},
+               "instructedAmount": amount})
+        .to_string()
+        .into_bytes(),
+    );
+    r
+}
+
+fn entry(debtor: &str, creditor: &str, amount: &str, currency: &str) -> Value {
+    json!({"type": "payment_initiation", "debtorAccount": {"iban": debtor},
+           "creditorAccount": {"iban": creditor},
+           "instructedAmount": {"amount": amount, "currency": currency}})
+}
+
+#[test]
+fn one_authorization_details_entry_must_grant_every_value_and_the_amount() {
+    let a = compile_yaml(ONE_GRANT, &[], true).unwrap();
+    assert!(a.reads_body());
+    let eur = |x: &str| json!({"amount": x, "currency": "EUR"});
+    let c = claims(json!({"authorization_details": [
+        entry("DE02", "DE89", "100.00", "EUR"),
+        entry("FR76", "GB33", "5000", "EUR"),
+    ]}));
+    let run = |r: &Req| decide(&a, &[], &c, None, r).map_err(|e| e.0);
+    assert_eq!(run(&payment("DE02", "DE89", eur("100"))), Ok(()));
+    assert_eq!(run(&payment("FR76", "GB33", eur("4999.99"))), Ok(()));
+    // Each value is granted by some entry, but no entry grants both.
+    assert_eq!(
+        run(&payment("DE02", "GB33", eur("1"))),
+        Err(AuthzError::Object)
+    );
+    assert_eq!(
+        run(&payment("DE02", "DE89", eur("100.001"))),
+        Err(AuthzError::GrantAmount)
+    );
+    assert_eq!(
+        run(&payment(
+            "DE02",
+            "DE89",
+            json!({"amount": "1", "currency": "GBP"})
+        )),
+        Err(AuthzError::GrantAmount)
+    );
+    // OBIE's member names bind the same way upstream binders read them.
+    assert_eq!(
+        run(&payment(
+            "DE02",
+            "DE89",
+            json!({"Amount": "1", "Currency": "EUR"})
+        )),
+        Ok(())
+    );
+    for bad in [
+        json!({"amount": 1, "currency": "EUR"}),
+        json!({"amount": 1.5, "currency": "EUR"}),
+        json!({"amount": "1e1", "currency": "EUR"}),
+        json!({"amount": "-1", "currency": "EUR"}),
+        json!({"amount": "1", "currency": "eur"}),
+        json!({"amount": "1"}),
+        json!({"currency": "EUR"}),
+        json!("1.00 EUR"),
+    ] {
+        assert_eq!(
+            run(&payment("DE02", "DE89", bad.clone())),
+            Err(AuthzError::AmountMalformed),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        run(&payment(
+            "DE02",
+            "DE89",
+            json!({"amount": "1", "Amount": "1000", "currency": "EUR"})
+        )),
+        Err(AuthzError::Ambiguous)
+    );
+    let mut missing = Req::path(&[]);
+    missing.body = Some(
+        br#"{"debtorAccount":{"iban":"DE02"},"instructedAmount":{"amount":"1","currency":"EUR"}}"#
+            .to_vec(),
+    );
+    assert_eq!(run(&missing), Err(AuthzError::ObjectMissing));
+    let mut no_amount = Req::path(&[]);
+    no_amount.body =
+        Some(br#"{"debtorAccount":{"iban":"DE02"},"creditorAccount":{"iban":"DE89"}}"#.to_vec());
+    assert_eq!(run(&no_amount), Err(AuthzError::ObjectMissing));
+    // No entries, or entries of another type, grant nothing.
+    assert_eq!(
+        decide(
+            &a,
+            &[],
+            &claims(json!({})),
+            None,
+            &payment("DE02", "DE89", eur("1"))
+        )
+        .map_err(|e| e.0),
+        Err(AuthzError::Object)
+    );
+}
+
+#[test]
+fn actions_locations_and_datatypes_narrow_only_where_the_entry_lists_them() {
+    let a = compile_yaml(ONE_GRANT, &[], true).unwrap();
+    let with = |k: &str, v: Value| {
+        let mut e = entry("DE02", "DE89", "100", "EUR");
+        e[k] = v;
+        claims(json!({ "authorization_details": [e] }))
+    };
+    let r = payment("DE02", "DE89", json!({"amount": "1", "currency": "EUR"}));
+    let run = |c: &Map<String, Value>| decide(&a, &[], c, None, &r).map_err(|e| e.0);
+    assert_eq!(run(&with("actions", json!(["initiate", "status"]))), Ok(()));
+    assert_eq!(
+        run(&with("actions", json!(["status"]))),
+        Err(AuthzError::Object)
+    );
+    assert_eq!(
+        run(&with("actions", json!("initiate"))),
+        Err(AuthzError::Object)
+    );
+    assert_eq!(
+        run(&with("locations", json!(["https://api.bank.example"]))),
+        Ok(())
+    );
+    assert_eq!(
+        run(&with("locations", json!(["https://other.example"]))),
+        Err(AuthzError::Object)
+    );
+    // The rule names no datatypes, so the entry's do not matter.
+    assert_eq!(run(&with("datatypes", json!(["x"]))), Ok(()));
+    let d = compile_yaml(
+        "rules:\n  - id: d\n    authorization_details: {type: account_information, datatypes: [balances]}\n",
+        &[],
+        true,
+    )
+    .unwrap();
+    let ai = |v: Value| claims(json!({"authorization_details": [v]}));
+    let none = Req::path(&[]);
+    let run = |c: &Map<String, Value>| decide(&d, &[], c, None, &none).map_err(|e| e.0);
+    assert_eq!(run(&ai(json!({"type": "account_information"}))), Ok(()));
+    assert_eq!(
+        run(&ai(
+            json!({"type": "account_information", "datatypes": ["balances", "details"]})
+        )),
+        Ok(())
+    );
+    assert_eq!(
+        run(&ai(
+            json!({"type": "account_information", "datatypes": ["details"]})
+        )),
+        Err(AuthzError::Object)
+    );
+    assert!(!d.reads_body());
+}
+
+#[test]
+fn a_hidden_grant_rule_hides_its_refusals_but_not_malformed_requests() {
+    let a = compile_yaml(&format!("{ONE_GRANT}    deny_status: 404\n"), &[], true).unwrap();
+    let c = claims(json!({"authorization_details": [entry("DE02", "DE89", "1", "EUR")]}));
+    let run = |r: &Req| decide(&a, &[], &c, None, r).map_err(|e| (e.0, e.2));
+    assert_eq!(
+        run(&payment(
+            "DE02",
+            "DE89",
+            json!({"amount": "2", "currency": "EUR"})
+        )),
+        Err((AuthzError::GrantAmount, true))
+    );
+    assert_eq!(
+        run(&payment(
+            "DE02",
+            "XX",
+            json!({"amount": "1", "currency": "EUR"})
+        )),
+        Err((AuthzError::Object, true))
+    );
+    assert_eq!(
+        run(&payment(
+            "DE02",
+            "DE89",
+            json!({"amount": "1e0", "currency": "EUR"})
+        )),
+        Err((AuthzError::AmountMalformed, false))
+    );
+}
+
+#[test]
+fn grant_rules_are_validated_at_load_with_the_field_and_the_reason() {
+    let errs = |y: &str| compile_yaml(y, &["Id"], true).unwrap_err().join("\n");
+    let e = errs("rules:\n  - {id: x}\n");
+    assert!(
+        e.contains("rules[0]: a rule names exactly one of `value` or `authorization_details`"),
+        "{e}"
+    );
+    let e = errs("rules:\n  - id: x\n    value: {path: Id}\n    authorization_details: {type: t, actions: [a]}\n");
+    assert!(e.contains("rules[0]: a rule names exactly one"), "{e}");
+    let e = errs("rules:\n  - id: x\n    authorization_details: {type: t}\n");
+    assert!(
+        e.contains("rules[0].authorization_details: list what the entry must grant"),
+        "{e}"
+    );
+    let e = errs("rules:\n  - id: x\n    authorization_details: {type: '', actions: [a]}\n");
+    assert!(
+        e.contains("rules[0].authorization_details.type: name the entry type"),
+        "{e}"
+    );
+    let e = errs("rules:\n  - id: x\n    authorization_details: {type: t, match: [{value: {path: Id}, field: 'a//b'}]}\n");
+    assert!(
+        e.contains("rules[0].authorization_details.match[0].field: `a//b` is not a member path"),
+        "{e}"
+    );
+    let e = errs("rules:\n  - id: x\n    authorization_details: {type: t, match: [{value: {path: Nope}, field: a}]}\n");
+    assert!(e.contains("rules[0].authorization_details.match[0].value.path: the route template has no parameter {Nope}"), "{e}");
+    let e = errs("rules:\n  - id: x\n    authorization_details: {type: t, amount: {value: {path: Id}, field: a}}\n");
+    assert!(
+        e.contains(
+            "rules[0].authorization_details.amount.value: an amount is read from the JSON body"
+        ),
+        "{e}"
+    );
+    let e = errs("rules:\n  - id: x\n    authorization_details: {type: t, amount: {value: {json: /a/*/b}, field: a}}\n");
+    assert!(
+        e.contains(
+            "rules[0].authorization_details.amount.value: an amount is read from the JSON body"
+        ),
+        "{e}"
+    );
+    let e = errs("rules:\n  - id: x\n    authorization_details: {type: t, locations: not-a-uri}\n");
+    assert!(
+        e.contains("rules[0].authorization_details.locations: `not-a-uri` is not an absolute URI"),
+        "{e}"
+    );
+    let e = errs("rules:\n  - id: x\n    authorization_details: {type: t, actions: ['']}\n");
+    assert!(
+        e.contains("rules[0].authorization_details.actions: an empty string names nothing"),
+        "{e}"
+    );
+    let e = errs("rules:\n  - id: x\n    authorization_details: {type: t, actions: [a]}\n    in: {claim: c}\n");
+    assert!(
+        e.contains("rules[0]: `in` and `equals` belong to a `value` rule"),
+        "{e}"
+    );
+}

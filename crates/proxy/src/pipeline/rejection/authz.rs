@@ -57,6 +57,20 @@ pub(super) fn wire(d: &Denial) -> Wire {
             "authz.object",
             "the requested object is not covered by the grant",
         ),
+        // RFC 9396 §2: the entry that grants the payment's accounts grants at most its amount,
+        // in its currency; more is a different grant, refused like a foreign object.
+        AuthzError::GrantAmount => (
+            S::FORBIDDEN,
+            "authz.grant_amount",
+            "the amount exceeds the grant or is in another currency",
+        ),
+        // RFC 9110 §15.5.1: an amount that is not a plain decimal string (a float, an exponent,
+        // a sign) or a currency that is not an ISO 4217 code cannot be compared, only refused.
+        AuthzError::AmountMalformed => (
+            S::BAD_REQUEST,
+            "authz.amount_malformed",
+            "an amount or currency the policy checks is malformed",
+        ),
         AuthzError::ObjectMissing => (
             S::FORBIDDEN,
             "authz.object_missing",
@@ -112,10 +126,12 @@ pub(super) fn challenge(d: &Denial, scheme: Option<Scheme>, algs: &str) -> Optio
         | AuthzError::ConsentExpired
         | AuthzError::ConsentPermission
         | AuthzError::Object
+        | AuthzError::GrantAmount
         | AuthzError::ObjectMissing => None,
         AuthzError::ConsentUnavailable
         | AuthzError::Ambiguous
         | AuthzError::Mismatch
+        | AuthzError::AmountMalformed
         | AuthzError::BodyNotJson
         | AuthzError::ResponseLeak => return None,
     };
