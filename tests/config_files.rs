@@ -627,7 +627,10 @@ fn the_kubernetes_sidecar_manifest_points_at_files_and_ports_that_exist() {
         .map(|d| serde_saphyr::from_str(d).unwrap_or_else(|e| panic!("manifest document: {e}")))
         .collect();
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
-    assert_eq!(kinds, ["ConfigMap", "Deployment", "Service"]);
+    assert_eq!(
+        kinds,
+        ["ConfigMap", "Deployment", "Service", "NetworkPolicy"]
+    );
     let cm = &docs[0]["data"];
     let deploy = &docs[1];
     let pod = &deploy["spec"]["template"]["spec"];
@@ -744,6 +747,27 @@ fn the_kubernetes_sidecar_manifest_points_at_files_and_ports_that_exist() {
         .filter_map(|p| p["port"].as_u64())
         .collect();
     assert_eq!(svc_ports, [u64::from(c.listener.address.port())]);
+    // The NetworkPolicy opens the listener port, the admin port only to a named source, and
+    // nothing else (not the API's own port).
+    let rules = docs[3]["spec"]["ingress"].as_array().unwrap();
+    let port_of = |r: &serde_json::Value| r["ports"][0]["port"].as_u64().unwrap();
+    let listener = rules
+        .iter()
+        .find(|r| port_of(r) == u64::from(c.listener.address.port()))
+        .expect("a rule for the listener");
+    assert!(
+        listener["from"].is_null(),
+        "the listener is open to the cluster"
+    );
+    let admin_rule = rules
+        .iter()
+        .find(|r| port_of(r) == u64::from(admin))
+        .expect("a rule for the admin listener");
+    assert!(
+        admin_rule["from"].as_array().is_some_and(|f| !f.is_empty()),
+        "the admin listener is open only to a named source"
+    );
+    assert_eq!(rules.len(), 2, "no other port is opened");
 }
 
 /// `portcullis check --config <file>` run from `dir`: (success, stdout, stderr).
