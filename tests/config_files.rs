@@ -619,155 +619,222 @@ fn the_reason_code_table_is_generated_from_the_error_types() {
 
 #[test]
 fn the_kubernetes_sidecar_manifest_points_at_files_and_ports_that_exist() {
-    portcullis_proxy::install_crypto_provider();
-    let text = std::fs::read_to_string(repo().join("config/k8s-sidecar.yaml")).unwrap();
-    let docs: Vec<serde_json::Value> = text
-        .split("\n---")
-        .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
-        .map(|d| serde_saphyr::from_str(d).unwrap_or_else(|e| panic!("manifest document: {e}")))
-        .collect();
-    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
-    assert_eq!(
-        kinds,
-        ["ConfigMap", "Deployment", "Service", "NetworkPolicy"]
-    );
-    let cm = &docs[0]["data"];
-    let deploy = &docs[1];
-    let pod = &deploy["spec"]["template"]["spec"];
-    let sidecar = pod["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "portcullis")
-        .expect("sidecar");
-    let embedded = cm["sidecar.yaml"].as_str().unwrap();
-
-    // The embedded config loads once its mount paths point at dev certificates.
-    let d = tempfile::tempdir().unwrap();
-    portcullis_tools::devcerts::generate(&d.path().join("certs")).unwrap();
-    std::fs::write(
-        d.path().join("policies.yaml"),
-        cm["policies.yaml"].as_str().unwrap(),
-    )
-    .unwrap();
-    let local = embedded
-        .replace(
-            "/etc/portcullis/certs",
-            &d.path().join("certs").display().to_string(),
-        )
-        .replace("/etc/portcullis/config", &d.path().display().to_string());
-    std::fs::write(d.path().join("sidecar.yaml"), &local).unwrap();
-    let c = Config::load(&d.path().join("sidecar.yaml"))
-        .unwrap_or_else(|e| panic!("embedded config: {e}"));
-
-    // Probes hit the admin port; the container exposes the listener port.
-    let admin = c.admin.expect("admin listener").port();
-    for probe in ["livenessProbe", "readinessProbe"] {
-        assert_eq!(sidecar[probe]["httpGet"]["port"], admin, "{probe}");
-    }
-    assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
-    // The kubelet kills the pod after terminationGracePeriodSeconds: the grace (readiness off,
-    // still serving) and the drain must both fit.
-    let pod_grace = pod["terminationGracePeriodSeconds"]
-        .as_u64()
-        .expect("terminationGracePeriodSeconds");
-    assert!(
-        !c.shutdown_grace.is_zero(),
-        "the sidecar config sets a grace"
-    );
-    assert!(
-        std::time::Duration::from_secs(pod_grace) > c.shutdown_grace + c.drain_timeout,
-        "terminationGracePeriodSeconds {pod_grace} must exceed grace + drain"
-    );
-    assert_eq!(sidecar["livenessProbe"]["httpGet"]["path"], "/healthz");
-    let ports: Vec<u64> = sidecar["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|p| p["containerPort"].as_u64())
-        .collect();
-    assert!(
-        ports.contains(&u64::from(c.listener.address.port())),
-        "{ports:?}"
-    );
-
-    // Every path the embedded config names is under a volume mount, and every file the config
-    // needs is projected into its volume.
-    let mounts: Vec<&str> = sidecar["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["mountPath"].as_str())
-        .collect();
-    let named: Vec<&str> = embedded
-        .split(|c: char| c.is_whitespace() || c == '[' || c == ']' || c == ',')
-        .filter(|w| w.starts_with("/etc/portcullis/"))
-        .collect();
-    assert!(named.len() >= 5, "{named:?}");
-    let projected: Vec<String> = pod["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|v| {
-            let items = v["configMap"]["items"]
-                .as_array()
-                .or(v["secret"]["items"].as_array())
-                .cloned()
-                .unwrap_or_default();
-            let name = v["name"].as_str().unwrap_or("").to_string();
-            items
-                .into_iter()
-                .map(move |i| format!("{name}/{}", i["path"].as_str().unwrap_or("")))
-        })
-        .collect();
-    for path in named {
-        let mount = mounts
-            .iter()
-            .find(|m| path.starts_with(&format!("{m}/")))
-            .unwrap_or_else(|| panic!("{path} is not under a mount {mounts:?}"));
-        let file = &path[mount.len() + 1..];
-        let volume = sidecar["volumeMounts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["mountPath"] == *mount)
-            .unwrap()["name"]
-            .as_str()
-            .unwrap();
-        assert!(
-            projected.contains(&format!("{volume}/{file}")),
-            "{path}: {volume}/{file} not in {projected:?}"
-        );
-    }
+    let m = Manifest::check("config/k8s-sidecar.yaml", "Deployment", "sidecar.yaml");
     // The Service exposes the listener port and only it.
-    let svc_ports: Vec<u64> = docs[2]["spec"]["ports"]
+    let svc = m.of("Service");
+    let ports: Vec<u64> = svc["spec"]["ports"]
         .as_array()
         .unwrap()
         .iter()
         .filter_map(|p| p["port"].as_u64())
         .collect();
-    assert_eq!(svc_ports, [u64::from(c.listener.address.port())]);
-    // The NetworkPolicy opens the listener port, the admin port only to a named source, and
-    // nothing else (not the API's own port).
-    let rules = docs[3]["spec"]["ingress"].as_array().unwrap();
-    let port_of = |r: &serde_json::Value| r["ports"][0]["port"].as_u64().unwrap();
-    let listener = rules
-        .iter()
-        .find(|r| port_of(r) == u64::from(c.listener.address.port()))
-        .expect("a rule for the listener");
-    assert!(
-        listener["from"].is_null(),
-        "the listener is open to the cluster"
-    );
-    let admin_rule = rules
-        .iter()
-        .find(|r| port_of(r) == u64::from(admin))
-        .expect("a rule for the admin listener");
-    assert!(
-        admin_rule["from"].as_array().is_some_and(|f| !f.is_empty()),
-        "the admin listener is open only to a named source"
-    );
-    assert_eq!(rules.len(), 2, "no other port is opened");
+    assert_eq!(ports, [u64::from(m.listener_port)]);
+}
+
+#[test]
+fn the_kubernetes_edge_manifest_points_at_files_and_ports_that_exist() {
+    let m = Manifest::check("config/k8s-edge.yaml", "StatefulSet", "edge.yaml");
+    // The load balancer sends 443 to the listener, and keeps the client's address (the peer
+    // portcullis rate-limits and records).
+    let svc = m.of("Service");
+    assert_eq!(svc["spec"]["type"], "LoadBalancer");
+    assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], m.listener_port);
+    // Each pod keeps its own audit chain on its own volume.
+    let claims = m.workload["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .unwrap();
+    assert!(claims.iter().any(|c| c["metadata"]["name"] == "audit"));
+    let pdb = m.of("PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    let replicas = m.workload["spec"]["replicas"].as_u64().unwrap();
+    assert!(replicas >= 2, "an edge of one pod is down on every drain");
+}
+
+/// A Kubernetes manifest of the repository, checked against the portcullis config it embeds.
+struct Manifest {
+    docs: Vec<serde_json::Value>,
+    workload: serde_json::Value,
+    listener_port: u16,
+}
+
+impl Manifest {
+    /// Loads `file`, finds the `kind` workload running portcullis, and checks: the embedded
+    /// config `key` loads once its mount paths point at dev certificates; the probes hit the
+    /// admin port; the pod's termination grace covers `shutdown.grace` and the drain; every
+    /// path the config names is under a volume mount and, for Secret and ConfigMap volumes,
+    /// projected into it (paths under `/etc/portcullis/policies` come with the image); the
+    /// NetworkPolicy opens the listener, the admin port only to a named source, nothing else.
+    fn check(file: &str, kind: &str, key: &str) -> Manifest {
+        portcullis_proxy::install_crypto_provider();
+        let text = std::fs::read_to_string(repo().join(file)).unwrap();
+        let docs: Vec<serde_json::Value> = text
+            .split("\n---")
+            .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
+            .map(|d| serde_saphyr::from_str(d).unwrap_or_else(|e| panic!("{file} document: {e}")))
+            .collect();
+        let of = |k: &str| -> serde_json::Value {
+            docs.iter()
+                .find(|d| d["kind"] == k)
+                .unwrap_or_else(|| panic!("{file}: no {k}"))
+                .clone()
+        };
+        let cm = of("ConfigMap")["data"].clone();
+        let workload = of(kind);
+        let pod = &workload["spec"]["template"]["spec"];
+        let container = pod["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "portcullis")
+            .expect("a portcullis container")
+            .clone();
+        let embedded = cm[key].as_str().unwrap();
+
+        let d = tempfile::tempdir().unwrap();
+        let certs = d.path().join("certs");
+        portcullis_tools::devcerts::generate(&certs).unwrap();
+        // The edge's upstream client certificate: any dev client certificate will do.
+        std::fs::copy(certs.join("tpp1.pem"), certs.join("upstream.pem")).unwrap();
+        std::fs::copy(certs.join("tpp1.key"), certs.join("upstream.key")).unwrap();
+        if let Some(policies) = cm["policies.yaml"].as_str() {
+            std::fs::write(d.path().join("policies.yaml"), policies).unwrap();
+        }
+        let local = embedded
+            .replace("/etc/portcullis/certs", &certs.display().to_string())
+            .replace("/etc/portcullis/config", &d.path().display().to_string())
+            .replace(
+                "/etc/portcullis/policies",
+                &repo().join("policies").display().to_string(),
+            )
+            .replace("/var/lib/portcullis/audit", &d.path().display().to_string());
+        std::fs::write(d.path().join(key), &local).unwrap();
+        let c = Config::load(&d.path().join(key))
+            .unwrap_or_else(|e| panic!("{file}: embedded config: {e}"));
+
+        // Probes hit the admin port; the container exposes the listener port.
+        let admin = c.admin.expect("admin listener").port();
+        for probe in ["livenessProbe", "readinessProbe"] {
+            assert_eq!(container[probe]["httpGet"]["port"], admin, "{probe}");
+        }
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+        let listener_port = c.listener.address.port();
+        let ports: Vec<u64> = container["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["containerPort"].as_u64())
+            .collect();
+        assert!(ports.contains(&u64::from(listener_port)), "{ports:?}");
+        // The kubelet kills the pod after terminationGracePeriodSeconds: the grace (readiness
+        // off, still serving) and the drain must both fit.
+        let pod_grace = pod["terminationGracePeriodSeconds"]
+            .as_u64()
+            .expect("terminationGracePeriodSeconds");
+        assert!(
+            !c.shutdown_grace.is_zero(),
+            "{file}: the config sets a grace"
+        );
+        assert!(
+            std::time::Duration::from_secs(pod_grace) > c.shutdown_grace + c.drain_timeout,
+            "{file}: terminationGracePeriodSeconds {pod_grace} must exceed grace + drain"
+        );
+
+        // Every path the embedded config names is under a volume mount, and every file the
+        // config needs is projected into its volume.
+        let mounts: Vec<(&str, &str)> = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| Some((m["mountPath"].as_str()?, m["name"].as_str()?)))
+            .collect();
+        let named: Vec<&str> = embedded
+            .split(|c: char| c.is_whitespace() || c == '[' || c == ']' || c == ',')
+            .filter(|w| w.starts_with("/etc/portcullis/") || w.starts_with("/var/lib/"))
+            .collect();
+        assert!(named.len() >= 5, "{named:?}");
+        let projected: Vec<String> = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|v| {
+                let items = v["configMap"]["items"]
+                    .as_array()
+                    .or(v["secret"]["items"].as_array())
+                    .cloned()
+                    .unwrap_or_default();
+                let name = v["name"].as_str().unwrap_or("").to_string();
+                items
+                    .into_iter()
+                    .map(move |i| format!("{name}/{}", i["path"].as_str().unwrap_or("")))
+            })
+            .collect();
+        let claimed: Vec<&str> = workload["spec"]["volumeClaimTemplates"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["metadata"]["name"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+        for path in named {
+            if path.starts_with("/etc/portcullis/policies") {
+                assert!(dockerfile.contains("COPY policies /etc/portcullis/policies"));
+                continue;
+            }
+            let (mount, volume) = mounts
+                .iter()
+                .find(|(m, _)| path.starts_with(&format!("{m}/")))
+                .unwrap_or_else(|| panic!("{file}: {path} is not under a mount {mounts:?}"));
+            if claimed.contains(volume) {
+                continue;
+            }
+            let inside = &path[mount.len() + 1..];
+            assert!(
+                projected.contains(&format!("{volume}/{inside}")),
+                "{file}: {path}: {volume}/{inside} not in {projected:?}"
+            );
+        }
+
+        // The NetworkPolicy opens the listener port, the admin port only to a named source,
+        // and nothing else (not an application's own port).
+        let rules = of("NetworkPolicy")["spec"]["ingress"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let port_of = |r: &serde_json::Value| r["ports"][0]["port"].as_u64().unwrap();
+        let open = rules
+            .iter()
+            .find(|r| port_of(r) == u64::from(listener_port))
+            .expect("a rule for the listener");
+        assert!(
+            open["from"].is_null(),
+            "the listener is open to the cluster"
+        );
+        let admin_rule = rules
+            .iter()
+            .find(|r| port_of(r) == u64::from(admin))
+            .expect("a rule for the admin listener");
+        assert!(
+            admin_rule["from"].as_array().is_some_and(|f| !f.is_empty()),
+            "the admin listener is open only to a named source"
+        );
+        assert_eq!(rules.len(), 2, "{file}: no other port is opened");
+        Manifest {
+            docs,
+            workload,
+            listener_port,
+        }
+    }
+
+    fn of(&self, kind: &str) -> &serde_json::Value {
+        self.docs
+            .iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+    }
 }
 
 /// `portcullis check --config <file>` run from `dir`: (success, stdout, stderr).
