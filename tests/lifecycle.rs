@@ -3,7 +3,7 @@
 //! new connections for `shutdown.grace`, so endpoints are removed before connections are
 //! refused; then the listener closes, in-flight requests drain, and the process exits 0. A
 //! client sending requests on fresh connections throughout sees no failure before the grace
-//! ends.
+//! ends. Started with a soft open-files limit of 512, it raises the limit and says so.
 
 mod common;
 
@@ -84,9 +84,11 @@ async fn sigterm_turns_readiness_off_at_once_keeps_accepting_for_the_grace_then_
     std::fs::write(dir.path().join("policies/test.yaml"), &o.policy).unwrap();
     let config = dir.path().join("portcullis.yaml");
     std::fs::write(&config, o.config_text()).unwrap();
+    // Started with a low soft open-files limit, as many systems set it: the process raises it.
     let mut child = Child(
-        std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["run", "--config"])
+        std::process::Command::new("sh")
+            .args(["-c", "ulimit -Sn 512 && exec \"$0\" run --config \"$1\""])
+            .arg(env!("CARGO_BIN_EXE_portcullis"))
             .arg(&config)
             .current_dir(dir.path())
             .stdout(std::process::Stdio::null())
@@ -167,8 +169,14 @@ async fn sigterm_turns_readiness_off_at_once_keeps_accepting_for_the_grace_then_
     })
     .await
     .unwrap();
-    let (exit, _child) = status.expect("the process did not exit after the grace and drain");
+    let (exit, mut child) = status.expect("the process did not exit after the grace and drain");
     assert!(exit.success(), "exit status {exit}");
+    let mut log = String::new();
+    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(
+        log.contains("open-files limit raised") && log.contains("512"),
+        "the raised limit is logged: {log}"
+    );
     assert!(term.elapsed() >= GRACE, "it waited out the grace");
     assert_eq!(fresh_get(addr).await, None, "the listener is closed");
 
