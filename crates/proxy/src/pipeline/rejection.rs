@@ -361,13 +361,13 @@ pub(crate) fn answer(
     dialect: ErrorDialect,
 ) -> Response<Bytes> {
     let w = rejection.wire();
-    let body = match (dialect, rejection) {
-        (ErrorDialect::Obie, Rejection::Token(TokenError::Expired, _)) => None,
-        (ErrorDialect::Obie, _) => Some((
+    let body = match dialect {
+        ErrorDialect::Obie if !rejection.obie_has_body() => None,
+        ErrorDialect::Obie => Some((
             obie_body(&w, &rejection.obie(), interaction_id),
             "application/json",
         )),
-        (ErrorDialect::Problem, _) => Some((
+        ErrorDialect::Problem => Some((
             serde_json::json!({
                 "type": format!("urn:portcullis:problem:{}", w.reason),
                 "title": w.status.canonical_reason().unwrap_or("Error"),
@@ -480,6 +480,12 @@ const CONSENT_STATUS: &str = "UK.OBIE.Resource.InvalidConsentStatus";
 const UNEXPECTED: &str = "UK.OBIE.UnexpectedError";
 
 impl Rejection {
+    /// Whether the refusal has an error body on an OBIE route: all but an expired access token,
+    /// which OBIE answers with 401 and no body (the challenge says what to do).
+    pub fn obie_has_body(&self) -> bool {
+        !matches!(self, Rejection::Token(TokenError::Expired, _))
+    }
+
     /// The OBIE error code every refusal answers with on an OBIE route; each stage's module
     /// chooses the codes of its errors, exhaustively.
     pub fn obie(&self) -> ObieError {
@@ -504,17 +510,18 @@ impl Rejection {
     }
 }
 
-/// Every (reason code as audited, status, OBIE error code, `Path`) a refusal on an OBIE route
-/// can have, derived from the error types: the table in the documentation is made from it.
-/// Idempotency refusals appear with their OBIE statuses only.
-pub fn all_obie_codes() -> Vec<(&'static str, u16, &'static str, Option<&'static str>)> {
+/// Every (reason code as audited, status, OBIE error code and `Path`) a refusal on an OBIE
+/// route can have, derived from the error types: the table in the documentation is made from
+/// it. `None`: answered without a body. Idempotency refusals appear with their OBIE statuses
+/// only.
+pub fn all_obie_codes() -> Vec<(&'static str, u16, Option<ObieError>)> {
     let mut all = Vec::new();
     for r in Rejection::variants() {
         if matches!(r, Rejection::Idempotency(_, Dialect::Ietf)) {
             continue;
         }
-        let (w, ob) = (r.wire(), r.obie());
-        let row = (r.audit_reason(), w.status.as_u16(), ob.code, ob.path);
+        let ob = r.obie_has_body().then(|| r.obie());
+        let row = (r.audit_reason(), r.wire().status.as_u16(), ob);
         if !all.contains(&row) {
             all.push(row);
         }
