@@ -704,17 +704,23 @@ mod tests {
         }
         assert!(seen > 100, "{seen}");
         let table = all_obie_codes();
-        assert!(table
-            .iter()
-            .any(|(reason, s, code, _)| (*reason, *s, *code)
-                == ("authz.object_hidden", 404, NOT_FOUND)));
-        assert!(table
-            .iter()
-            .any(|(reason, _, code, path)| (*reason, *code, *path)
-                == (
-                    "http.unsupported_media_type",
-                    HEADER_INVALID,
-                    Some("Content-Type")
-                )));
+        let row = |reason: &str| table.iter().find(|r| r.0 == reason).copied();
+        assert_eq!(
+            row("authz.object_hidden"),
+            Some((
+                "authz.object_hidden",
+                404,
+                Some(ObieError::new(NOT_FOUND, None))
+            ))
+        );
+        assert_eq!(
+            row("http.unsupported_media_type"),
+            Some((
+                "http.unsupported_media_type",
+                415,
+                Some(ObieError::new(HEADER_INVALID, Some("Content-Type")))
+            ))
+        );
+        assert_eq!(row("token.expired"), Some(("token.expired", 401, None)));
     }
 }
