@@ -64,6 +64,10 @@ routes:
     method: GET
     path: /open-banking/v3.1/aisp/gone
     upstream: dead
+  - id: ob.limited
+    method: GET
+    path: /open-banking/v3.1/aisp/limited
+    rate_limit: one
   - id: plain.items
     method: POST
     path: /plain/items
@@ -129,6 +133,19 @@ async fn env() -> ObEnv {
     o.config
         .issuers
         .insert("as".into(), file_issuer(ISS, AUD, &jwks));
+    o.config.rate_limits = FileRateLimits {
+        classes: [(
+            "one".to_string(),
+            FileQuota {
+                rate: 1,
+                per: dur("60s"),
+                burst: Some(1),
+                shadow: false,
+            },
+        )]
+        .into(),
+        ..FileRateLimits::default()
+    };
     o.config.consent = Some(FileConsentSource {
         file: Some(consents.display().to_string()),
         ..FileConsentSource::default()
@@ -425,6 +442,21 @@ async fn every_stage_refuses_in_the_obie_error_body_on_obie_routes() {
     let path = Some("x-idempotency-key");
     e.refused(r, 400, HM, path, "idempotency.key_missing", "idempotency")
         .await;
+    // The client rate limit (after the identity).
+    let (a, _) = e.send(get("/open-banking/v3.1/aisp/limited")).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let code = "UK.OBIE.UnexpectedError";
+    let a = e
+        .refused(
+            get("/open-banking/v3.1/aisp/limited"),
+            429,
+            code,
+            None,
+            "rate_limit.client",
+            "rate_limit",
+        )
+        .await;
+    assert!(a.headers.contains_key("retry-after"));
     // The upstream.
     let code = "UK.OBIE.UnexpectedError";
     e.refused(
