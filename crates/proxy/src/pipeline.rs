@@ -208,10 +208,12 @@ pub(crate) async fn run(
             return Err(http::HttpError::BodyTooLarge.into());
         }
         // Before any crypto or the upstream: a body the route cannot take, or an answer the
-        // client cannot take, is refused now.
+        // client cannot take, is refused now. A route that takes no body asks no Content-Type:
+        // its body limit refuses any body (413), and an HTTP/2 client that ends an empty
+        // request with a separate empty DATA frame is not refused for a type it need not send.
         http::check_media(
             &parts.headers,
-            has_body,
+            has_body && route.route.body_limit > 0,
             &route.route.accepts,
             &route.route.produces,
         )?;
