@@ -607,11 +607,26 @@ async fn unsupported_content_types_and_unacceptable_accepts_are_refused_before_t
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
 }
 
-/// Refusals before a route matched cannot know the route: problem+json even under OBIE paths.
-/// After the match, a problem+json route in an OBIE group keeps problem+json.
+/// Refusals made before the route was matched (header hygiene, the FAPI headers) answer as the
+/// route the method and canonical path name — in the OBIE body, and signed on a signing route.
+/// A path that names no route (unknown, or not canonical) has no route: problem+json. After the
+/// match, a problem+json route in an OBIE group keeps problem+json.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn non_obie_routes_and_unrouted_refusals_answer_in_problem_json() {
+async fn refusals_before_the_match_answer_as_the_route_the_path_names() {
     let e = env().await;
+    const HI: &str = "UK.OBIE.Header.Invalid";
+    let path = Some("x-fapi-customer-ip-address");
+    let r = get(BALANCES).with("x-fapi-customer-ip-address", "not-an-ip");
+    e.refused(r, 400, HI, path, "fapi.customer_ip_invalid", "fapi")
+        .await;
+    let r = get(BALANCES).with("x_forwarded_for", "10.0.0.1");
+    e.refused(r, 400, HI, None, "http.header_underscore", "http")
+        .await;
+    let r = post(PAYMENTS, PAYMENT).with("x-fapi-customer-ip-address", "not-an-ip");
+    let a = e
+        .refused(r, 400, HI, path, "fapi.customer_ip_invalid", "fapi")
+        .await;
+    assert!(jws_verifies(&e, &a), "signed as the route signs");
     e.refused_problem(
         get("/open-banking/v3.1/aisp/unknown"),
         404,
@@ -624,15 +639,34 @@ async fn non_obie_routes_and_unrouted_refusals_answer_in_problem_json() {
         "path.dot_segment",
     )
     .await;
+    // A method the path does not have names no route, whatever else is wrong.
+    let r = get(BALANCES).with("x-fapi-customer-ip-address", "not-an-ip");
+    let r = Req {
+        method: "DELETE",
+        ..r
+    };
+    e.refused_problem(r, 400, "fapi.customer_ip_invalid").await;
+    let r = Req {
+        method: "DELETE",
+        ..get(BALANCES)
+    };
+    e.refused_problem(r, 405, "route.method_not_allowed").await;
     e.refused_problem(post("/plain/items", b"{}"), 401, "token.missing")
         .await;
-    // The bank key verifies a signed OBIE refusal (see tests/signatures.rs for the details).
+    // A refusal by a stage on a signing route verifies with the bank key (see
+    // tests/signatures.rs for the RFC 9421 kind).
     let (a, _) = e
         .send(post(PAYMENTS, PAYMENT).with("authorization", e.bearer(json!({}))))
         .await;
+    assert_eq!(a.status, 400);
+    assert!(jws_verifies(&e, &a));
+}
+
+/// The `x-jws-signature` of `a` verifies with the bank key over exactly its body.
+fn jws_verifies(e: &ObEnv, a: &Answer) -> bool {
     let jws = a.headers["x-jws-signature"].to_str().unwrap();
     let (h, s) = jws.split_once("..").unwrap();
     let input = portcullis_crypto::jose::detached::signing_input(h, &a.body, true);
     let sig = portcullis_crypto::jose::b64url_decode(s).unwrap();
-    assert!(e.bank.verify(&input, &sig));
+    e.bank.verify(&input, &sig)
 }

@@ -891,7 +891,7 @@ async fn obie_refusals_on_signing_routes_carry_an_x_jws_signature_over_the_error
     let (a, _) = e.send("tpp1", "POST", P313, &[], PAYMENT, false).await;
     assert_eq!(a.status, 400);
     assert!(!a.headers.contains_key("x-jws-signature"));
-    // Before a route matched there is no route to sign for: problem+json, unsigned.
+    // A path that names no route has no route to sign for: problem+json, unsigned.
     let (a, _) = e
         .send(
             "tpp1",

@@ -104,18 +104,18 @@ struct Answer {
 }
 
 impl Answer {
-    /// The response for `result`, and how the record states it. `trail` says what the request
+    /// The response for `result`, and how the record states it. `open` says what the request
     /// established before it was refused: its route chooses the error body and whether the
     /// refusal is signed.
     fn respond(
         &self,
         result: Result<Response<ProxyBody>, Rejection>,
-        trail: Option<&Trail>,
+        open: Option<&Open>,
     ) -> (Response<ProxyBody>, record::Outcome) {
         let (mut resp, refusal) = match result {
             Ok(resp) => (resp, None),
             Err(rejection) => {
-                let resp = self.refusal(&rejection, trail);
+                let resp = self.refusal(&rejection, open);
                 (resp, Some(Refusal::of(&rejection)))
             }
         };
@@ -131,13 +131,18 @@ impl Answer {
     }
 
     /// The proxy's own refusal, in the route's error dialect and, on routes that sign their
-    /// responses, signed as an upstream answer would be. A refusal made before a route matched
-    /// (framing, the interaction id, the path, an unknown route, a full audit queue) has no route
-    /// to say either, and is answered in problem+json, unsigned.
-    fn refusal(&self, rejection: &Rejection, trail: Option<&Trail>) -> Response<ProxyBody> {
+    /// responses, signed as an upstream answer would be. A refusal made before the route was
+    /// matched (framing and header checks, the FAPI headers, a full audit queue) answers as the
+    /// route its method and canonical path name would; one whose path names no route (a
+    /// non-canonical path, an unknown path or method) has no route to say either, and is
+    /// answered in problem+json, unsigned.
+    fn refusal(&self, rejection: &Rejection, open: Option<&Open>) -> Response<ProxyBody> {
         let id = self.id_header.to_str().unwrap_or_default();
         let algs = &self.rt.config.auth.dpop.challenge_algs;
-        let route = trail.and_then(|t| t.route.as_deref());
+        let trail = open.map(|o| &o.trail);
+        let unrouted = || open.and_then(|o| self.route_named_by(&o.head));
+        let route = trail.and_then(|t| t.route.clone()).or_else(unrouted);
+        let route = route.as_deref();
         let dialect = route.map_or(ErrorDialect::Problem, |r| r.errors);
         let (mut parts, body) =
             rejection::answer(rejection, id, self.version, algs, dialect).into_parts();
@@ -161,6 +166,19 @@ impl Answer {
             }
         }
         Response::from_parts(parts, full(body))
+    }
+
+    /// The route a request's method and path name, for a refusal made before the route was
+    /// matched; only a canonical path is looked up, so nothing is resolved that the path check
+    /// would refuse.
+    fn route_named_by(&self, head: &Head) -> Option<Arc<portcullis_policy::Route>> {
+        let method: http::Method = head.method.parse().ok()?;
+        if head.path.ends_with(portcullis_base::text::TRUNCATED) {
+            return None;
+        }
+        portcullis_base::path::check_path(&head.path).ok()?;
+        let m = self.rt.config.policies.lookup(&method, &head.path).ok()?;
+        Some(m.route)
     }
 }
 
@@ -206,9 +224,7 @@ impl Pending {
     /// Maps the result to the response; the trail travels in the response body and the record
     /// is written when hyper is done with it.
     fn conclude(mut self, result: Result<Response<ProxyBody>, Rejection>) -> Response<ProxyBody> {
-        let (resp, outcome) = self
-            .answer
-            .respond(result, self.open.as_deref().map(|o| &o.trail));
+        let (resp, outcome) = self.answer.respond(result, self.open.as_deref());
         let Some(open) = self.open.take() else {
             return resp;
         };
@@ -231,9 +247,7 @@ impl Pending {
     /// The client is gone and the exchange finished without it: the record is composed as if
     /// answered, marked `client_gone`, and written now.
     fn abandon(mut self, result: Result<Response<ProxyBody>, Rejection>) {
-        let (_, outcome) = self
-            .answer
-            .respond(result, self.open.as_deref().map(|o| &o.trail));
+        let (_, outcome) = self.answer.respond(result, self.open.as_deref());
         if let Some(mut open) = self.open.take() {
             open.trail.client_gone = true;
             seal(&self.answer.shared, open, outcome);
