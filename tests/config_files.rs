@@ -617,6 +617,29 @@ fn the_reason_code_table_is_generated_from_the_error_types() {
     common::check_generated("docs/reason-codes.md", "reasons", &table);
 }
 
+/// The OBIE error-code table in docs/reason-codes.md is exactly the mapping the error types
+/// give, so a new reason code cannot go undocumented on OBIE routes.
+/// `PORTCULLIS_WRITE_DOCS=1` rewrites it.
+#[test]
+fn the_obie_error_code_table_is_generated_from_the_error_types() {
+    let mut table =
+        String::from("| reason | status | OBIE `ErrorCode` | `Path` |\n|---|---|---|---|\n");
+    let rows = portcullis_proxy::all_obie_codes();
+    assert!(rows.len() > 100, "{}", rows.len());
+    for (reason, status, ob) in &rows {
+        let (code, path) = match ob {
+            Some(ob) => {
+                assert!(ob.code.starts_with("UK.OBIE."), "{reason}: {}", ob.code);
+                let path = ob.path.map(|p| format!("`{p}`")).unwrap_or_default();
+                (format!("`{}`", ob.code), path)
+            }
+            None => ("no body".to_string(), String::new()),
+        };
+        table.push_str(&format!("| `{reason}` | {status} | {code} | {path} |\n"));
+    }
+    common::check_generated("docs/reason-codes.md", "obie", &table);
+}
+
 #[test]
 fn the_kubernetes_sidecar_manifest_points_at_files_and_ports_that_exist() {
     let m = Manifest::check("config/k8s-sidecar.yaml", "Deployment", "sidecar.yaml");

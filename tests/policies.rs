@@ -256,7 +256,14 @@ async fn a_payment_made_under_another_consent_is_forbidden_from_the_banks_answer
     };
     let (a, id) = get("/open-banking/v3.1/pisp/domestic-payments/dp-1").await;
     assert_eq!(a.status, 403, "{}", String::from_utf8_lossy(&a.body));
-    assert_eq!(a.json()["reason"], "authz.object");
+    // An OBIE route (`errors: obie`): the OBIE error body; the reason is in the record.
+    assert_eq!(a.headers["content-type"], "application/json");
+    assert_eq!(a.json()["Code"], "403 Forbidden");
+    assert_eq!(a.json()["Id"], id.as_str());
+    assert_eq!(
+        a.json()["Errors"][0]["ErrorCode"],
+        "UK.OBIE.Resource.ConsentMismatch"
+    );
     assert!(!String::from_utf8_lossy(&a.body).contains("pdc-victim"));
     assert_eq!(
         a.headers["www-authenticate"],
@@ -572,7 +579,12 @@ async fn the_details_of_a_payment_made_under_another_consent_are_forbidden() {
         let (a, id) = e.p.send(call(&mine, "GET", &path, None)).await;
         let body = String::from_utf8_lossy(&a.body).to_string();
         assert_eq!(a.status, 403, "{path}: {body}");
-        assert_eq!(a.json()["reason"], "authz.object", "{path}: {body}");
+        // An OBIE route answers in the OBIE error body; the reason code is in the audit record.
+        assert_eq!(
+            a.json()["Errors"][0]["ErrorCode"],
+            "UK.OBIE.Resource.ConsentMismatch",
+            "{path}: {body}"
+        );
         // Nothing of the bank's answer reaches the caller.
         for leak in ["pdc-victim", "PaymentStatus", "AcceptedSettlement", "-tx"] {
             assert!(!body.contains(leak), "{path}: {leak} leaked in {body}");

@@ -57,6 +57,7 @@ routes:
     path: /fapi/payments
     auth: {profile: fapi2}
     signature: {kind: http-sig, sign_response: true}
+    idempotency: optional
   - id: fapi.nonce
     method: POST
     path: /fapi/nonce-payments
@@ -192,6 +193,10 @@ impl SigEnv {
     ) -> (Answer, String) {
         let id = uuid::Uuid::new_v4().to_string();
         let mut r = req(method, path).header("x-fapi-interaction-id", &id);
+        // A JSON body says so (OBIE routes take JSON only), unless the test sets its own type.
+        if !body.is_empty() && !headers.iter().any(|(k, _)| *k == "content-type") {
+            r = r.header("content-type", "application/json");
+        }
         for (k, v) in headers {
             r = r.header(*k, v.as_str());
         }
@@ -810,6 +815,196 @@ async fn a_signed_route_refuses_an_oversize_body_with_413_before_verifying() {
     assert_eq!(a.status, 413);
     assert_eq!(e.up.count(), 0);
     assert_eq!(e.p.audit_of(&id).await["reason"], "http.body_too_large");
+}
+
+/// The detached JWS of an `x-jws-signature` response header verifies with the bank key over
+/// exactly `body`.
+fn jws_response_verifies(e: &SigEnv, a: &Answer) -> bool {
+    let jws = a.headers["x-jws-signature"].to_str().unwrap();
+    let (h, s) = jws.split_once("..").unwrap();
+    let header: Value =
+        serde_json::from_slice(&portcullis_crypto::jose::b64url_decode(h).unwrap()).unwrap();
+    assert_eq!(
+        (header["kid"].as_str(), header[OB_TAN].as_str()),
+        (Some("bank-1"), Some(TAN))
+    );
+    let input = signing_input(h, &a.body, true);
+    let sig = portcullis_crypto::jose::b64url_decode(s).unwrap();
+    e.bank.verify(&input, &sig)
+}
+
+/// OBIE: the proxy's own refusals on a route that signs its responses are
+/// signed as the upstream's answers are, over the OBIE error body; a route that does not sign
+/// does not sign its refusals either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn obie_refusals_on_signing_routes_carry_an_x_jws_signature_over_the_error_body() {
+    let e = env().await;
+    // From the signature stage (missing signature) and from before it (415).
+    let j = e
+        .refused_obie(
+            P314,
+            &[],
+            PAYMENT,
+            "signature.jws_missing",
+            "UK.OBIE.Signature.Missing",
+        )
+        .await;
+    assert_eq!(j["Errors"][0]["ErrorCode"], "UK.OBIE.Signature.Missing");
+    let (a, id) = e.send("tpp1", "POST", P314, &[], PAYMENT, false).await;
+    assert_eq!(a.status, 400);
+    assert!(
+        jws_response_verifies(&e, &a),
+        "the refusal's signature verifies"
+    );
+    assert_eq!(e.p.audit_of(&id).await["reason"], "signature.jws_missing");
+    let sig = e.jws(&obie_header(Profile::Obie314), PAYMENT);
+    let before = e.up.count();
+    let (a, id) = e
+        .send(
+            "tpp1",
+            "POST",
+            P314,
+            &[sig, ("content-type", "text/plain".into())],
+            PAYMENT,
+            false,
+        )
+        .await;
+    assert_eq!(a.status, 415, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.headers["content-type"], "application/json");
+    assert_eq!(a.json()["Errors"][0]["ErrorCode"], "UK.OBIE.Header.Invalid");
+    assert_eq!(a.json()["Errors"][0]["Path"], "Content-Type");
+    assert!(jws_response_verifies(&e, &a));
+    // A changed body does not verify: the signature is over the bytes sent.
+    let tampered = Answer {
+        status: a.status,
+        headers: a.headers.clone(),
+        body: Bytes::from(String::from_utf8_lossy(&a.body).replace("415", "400")),
+    };
+    assert!(!jws_response_verifies(&e, &tampered));
+    assert_eq!(e.up.count(), before, "nothing upstream");
+    let rec = e.p.audit_of(&id).await;
+    assert_eq!(
+        (rec["reason"].as_str(), rec["stage"].as_str()),
+        (Some("http.unsupported_media_type"), Some("http"))
+    );
+    // obie-3.1.3 does not sign responses: no signature on its refusals.
+    let (a, _) = e.send("tpp1", "POST", P313, &[], PAYMENT, false).await;
+    assert_eq!(a.status, 400);
+    assert!(!a.headers.contains_key("x-jws-signature"));
+    // A path that names no route has no route to sign for: problem+json, unsigned.
+    let (a, _) = e
+        .send(
+            "tpp1",
+            "POST",
+            "/open-banking/v3.1.10/pisp/unknown",
+            &[],
+            PAYMENT,
+            false,
+        )
+        .await;
+    assert_eq!(a.status, 404);
+    assert_eq!(a.headers["content-type"], "application/problem+json");
+    assert!(!a.headers.contains_key("x-jws-signature"));
+}
+
+/// The RFC 9421 response signature of `a` covers `want` (in order) and verifies with the bank
+/// key, bound to `req` when given.
+fn response_signature_verifies(
+    e: &SigEnv,
+    a: &Answer,
+    req: Option<&RequestView<'_>>,
+    want: &[&str],
+) -> bool {
+    assert_eq!(
+        a.headers["content-digest"].to_str().unwrap(),
+        content_digest(DigestAlg::Sha256, &a.body)
+    );
+    let rdict = parse_field(a.headers.get_all("signature-input"))
+        .unwrap()
+        .unwrap();
+    let si = input("sig1", rdict.get("sig1").unwrap()).unwrap();
+    assert_eq!(si.tag.as_deref(), Some("fapi-2-response"));
+    assert_eq!(si.keyid.as_deref(), Some("bank-1"));
+    let ids: Vec<String> = si
+        .covered
+        .items
+        .iter()
+        .map(portcullis_crypto::httpsig::base::identifier)
+        .collect();
+    assert_eq!(ids, want);
+    let resp = ResponseView {
+        status: a.status.as_u16(),
+        headers: &a.headers,
+    };
+    let base = signature_base(&si.covered, Message::Response(&resp, req)).unwrap();
+    let rs = parse_field(a.headers.get_all("signature"))
+        .unwrap()
+        .unwrap();
+    e.bank
+        .verify(base.as_bytes(), signature_bytes(&rs, "sig1").unwrap())
+}
+
+/// RFC 9421: a refusal on a route that signs its responses carries a response
+/// signature over `@status` and its body's `content-digest`; once the request's signature was
+/// verified (here: the idempotency stage refuses after it), it is bound to the request with
+/// the `;req` components too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9421_refusals_on_signing_routes_are_signed_and_bound_to_a_verified_request() {
+    let e = env().await;
+    // No request signature: refused by the signature stage, signed without `;req`.
+    let before = e.up.count();
+    let h = base_headers(&e, PAYMENT);
+    let headers: Vec<(&str, String)> = h
+        .iter()
+        .map(|(k, v)| (static_name(k.as_str()), v.to_str().unwrap().to_string()))
+        .collect();
+    let (a, id) = e.send("tpp1", "POST", FAPI, &headers, PAYMENT, false).await;
+    assert_eq!(a.status, 401, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.headers["content-type"], "application/problem+json");
+    assert_eq!(a.json()["reason"], "signature.http_missing");
+    assert!(response_signature_verifies(
+        &e,
+        &a,
+        None,
+        &[r#""@status""#, r#""content-digest""#]
+    ));
+    assert_eq!(e.up.count(), before);
+    assert_eq!(e.p.audit_of(&id).await["reason"], "signature.http_missing");
+    // A verified request refused after its signature was checked: bound to it.
+    let s = fapi_signed(&e, &e.ps, FAPI, PAYMENT, params(&e.ps, NOW - 2));
+    let mut headers = s.headers.clone();
+    headers.push(("x-idempotency-key", "k".repeat(41)));
+    let (a, id) = e.send("tpp1", "POST", FAPI, &headers, PAYMENT, false).await;
+    assert_eq!(a.status, 400, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["reason"], "idempotency.key_invalid");
+    let req_view = RequestView {
+        method: "POST",
+        scheme: "https",
+        authority: "rs.example",
+        path: FAPI,
+        query: None,
+        headers: &s.map,
+    };
+    assert!(response_signature_verifies(
+        &e,
+        &a,
+        Some(&req_view),
+        &[
+            r#""@status""#,
+            r#""content-digest""#,
+            r#""@method";req"#,
+            r#""@target-uri";req"#,
+            r#""content-digest";req"#,
+            r#""signature-input";req;key="sig1""#,
+            r#""signature";req;key="sig1""#
+        ]
+    ));
+    assert_eq!(e.up.count(), before, "nothing upstream");
+    let rec = e.p.audit_of(&id).await;
+    assert_eq!(
+        (rec["reason"].as_str(), rec["decision"].as_str()),
+        (Some("idempotency.key_invalid"), Some("deny"))
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -29,6 +29,9 @@ struct FilePolicy {
     upstream: String,
     #[serde(default)]
     description: Option<String>,
+    /// The error body of the group's refusals: `obie` or `problem` (see [`ErrorDialect`]).
+    #[serde(default)]
+    errors: Option<String>,
     routes: Vec<FileRoute>,
 }
 
@@ -85,6 +88,15 @@ struct FileRoute {
     /// Express's method-override run the method it names).
     #[serde(default)]
     method_override: bool,
+    /// Overrides the group's `errors`.
+    #[serde(default)]
+    errors: Option<String>,
+    /// Media types the request body may have (`Content-Type`; 415 otherwise).
+    #[serde(default)]
+    accepts: Option<Vec<String>>,
+    /// Media types the route answers with (checked against `Accept`; 406 otherwise).
+    #[serde(default)]
+    produces: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +177,47 @@ pub enum CertRequirement {
     Optional,
 }
 
+/// The body a route's refusals are answered in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ErrorDialect {
+    /// RFC 9457 `application/problem+json` with the portcullis reason code.
+    #[default]
+    Problem,
+    /// The UK Open Banking error body (`OBErrorResponse1`, `UK.OBIE.*` error codes).
+    Obie,
+}
+
+impl ErrorDialect {
+    pub fn parse(s: &str) -> Option<ErrorDialect> {
+        match s {
+            "problem" => Some(ErrorDialect::Problem),
+            "obie" => Some(ErrorDialect::Obie),
+            _ => None,
+        }
+    }
+}
+
+/// The media type a JSON API takes and answers with.
+pub const JSON: &str = "application/json";
+
+/// Checks a media type of `accepts` / `produces`: `type/subtype` in RFC 9110 token characters,
+/// without parameters (a `charset` is judged by the request check, not configured); lowercased.
+fn media_type(s: &str) -> Result<String, String> {
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    match s.split_once('/') {
+        Some((t, st)) if token(t) && token(st) && t != "*" && st != "*" => {
+            Ok(s.to_ascii_lowercase())
+        }
+        _ => Err(format!(
+            "`{s}` is not a media type `type/subtype` (no wildcards, no parameters)"
+        )),
+    }
+}
+
 /// A route's `idempotency:` setting.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum IdempotencyMode {
@@ -213,6 +266,12 @@ pub struct Route {
     pub path_parameters: bool,
     /// Whether a `_method` query parameter is accepted on this route.
     pub method_override: bool,
+    /// The body its refusals are answered in.
+    pub errors: ErrorDialect,
+    /// Media types a request body may have, lowercased; empty: any (no 415).
+    pub accepts: Vec<String>,
+    /// Media types the route answers with, lowercased; empty: any (no 406).
+    pub produces: Vec<String>,
     pub file: PathBuf,
 }
 
@@ -416,6 +475,18 @@ pub fn load(
         if parsed.routes.is_empty() {
             p.push("routes", "at least one route is required");
         }
+        let group_errors = match parsed
+            .errors
+            .as_deref()
+            .map(|e| (e, ErrorDialect::parse(e)))
+        {
+            None => None,
+            Some((_, Some(d))) => Some(d),
+            Some((e, None)) => {
+                p.push("errors", format!("unknown value `{e}` (obie or problem)"));
+                None
+            }
+        };
         for (i, r) in parsed.routes.iter().enumerate() {
             let field = |s: &str| format!("routes[{i}].{s}");
             let upstream = r
@@ -556,6 +627,69 @@ pub fn load(
                     }
                 },
             };
+            // OBIE routes answer in the OBIE error body; a route that requires an OBIE
+            // `x-jws-signature` is one even when its group does not say so.
+            let obie_signed = matches!(
+                signature,
+                Some(signature::RouteSignature {
+                    kind: signature::SignatureKind::ObieJws(_),
+                    ..
+                })
+            );
+            let errors = match r.errors.as_deref().map(|e| (e, ErrorDialect::parse(e))) {
+                Some((_, Some(d))) => d,
+                Some((e, None)) => {
+                    p.push(
+                        field("errors"),
+                        format!("unknown value `{e}` (obie or problem)"),
+                    );
+                    continue;
+                }
+                None => match group_errors {
+                    Some(d) => d,
+                    None if obie_signed => ErrorDialect::Obie,
+                    None => ErrorDialect::Problem,
+                },
+            };
+            let mut media = |name: &str, list: &Option<Vec<String>>, default: Vec<String>| {
+                let Some(list) = list else {
+                    return Some(default);
+                };
+                let mut out = Vec::new();
+                for (j, m) in list.iter().enumerate() {
+                    match media_type(m) {
+                        Ok(m) => out.push(m),
+                        Err(e) => {
+                            p.push(field(&format!("{name}[{j}]")), e);
+                            return None;
+                        }
+                    }
+                }
+                if out.is_empty() {
+                    p.push(
+                        field(name),
+                        "must name at least one media type (leave it out to accept any)",
+                    );
+                    return None;
+                }
+                Some(out)
+            };
+            // An OBIE API takes and answers JSON: that is the default there. Elsewhere the proxy
+            // does not know what the upstream takes or makes, so nothing is assumed.
+            let json = |yes: bool| {
+                if yes {
+                    vec![JSON.to_string()]
+                } else {
+                    Vec::new()
+                }
+            };
+            let obie = errors == ErrorDialect::Obie;
+            let Some(accepts) = media("accepts", &r.accepts, json(obie)) else {
+                continue;
+            };
+            let Some(produces) = media("produces", &r.produces, json(obie)) else {
+                continue;
+            };
             let Some(method) = method else { continue };
             let Some(authz) = authz else { continue };
             let route = Arc::new(Route {
@@ -574,6 +708,9 @@ pub fn load(
                 idempotency_current,
                 path_parameters: r.path_parameters,
                 method_override: r.method_override,
+                errors,
+                accepts,
+                produces,
                 file: file.clone(),
             });
             let router = by_method.entry(method.clone()).or_default();

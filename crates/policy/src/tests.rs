@@ -154,6 +154,26 @@ fn bad_policies_are_refused_with_the_field_and_reason() {
             "unknown field `bogus_field`",
         ),
         ("group: g\nupstream: bank\nroutes: []\n", "routes: at least one route"),
+        (
+            "group: g\nupstream: bank\nerrors: soap\nroutes:\n  - id: a\n    method: GET\n    path: /a\n",
+            "errors: unknown value `soap` (obie or problem)",
+        ),
+        (
+            "group: g\nupstream: bank\nroutes:\n  - id: a\n    method: GET\n    path: /a\n    errors: xml\n",
+            "routes[0].errors: unknown value `xml`",
+        ),
+        (
+            "group: g\nupstream: bank\nroutes:\n  - id: a\n    method: POST\n    path: /a\n    accepts: [application/*]\n",
+            "routes[0].accepts[0]: `application/*` is not a media type",
+        ),
+        (
+            "group: g\nupstream: bank\nroutes:\n  - id: a\n    method: GET\n    path: /a\n    produces: [\"application/json; charset=utf-8\"]\n",
+            "routes[0].produces[0]: `application/json; charset=utf-8` is not a media type",
+        ),
+        (
+            "group: g\nupstream: bank\nroutes:\n  - id: a\n    method: GET\n    path: /a\n    produces: []\n",
+            "routes[0].produces: must name at least one media type",
+        ),
     ];
     for (text, want) in cases {
         let errs = errors_of(text);
@@ -174,4 +194,56 @@ fn route_problems_name_the_line_of_the_route() {
             .any(|e| e.contains("routes[1].method") && e.contains("(route at line 9)")),
         "{errs:?}"
     );
+}
+
+/// The error dialect and media types: a group's `errors` is its routes' default, a route may
+/// override it, and an `obie-jws` route is an OBIE one unless told otherwise; OBIE routes take
+/// and make JSON by default, other routes assume nothing; media types are lowercased.
+#[test]
+fn error_dialects_and_media_types_default_by_route_kind() {
+    let d = tempfile::tempdir().unwrap();
+    let f = write(
+        d.path(),
+        "p.yaml",
+        r#"
+group: g
+upstream: bank
+errors: obie
+routes:
+  - {id: a, method: GET, path: /a}
+  - {id: b, method: GET, path: /b, errors: problem}
+  - {id: c, method: POST, path: /c, accepts: [Text/XML, application/json], produces: [application/xml]}
+"#,
+    );
+    let g = write(
+        d.path(),
+        "q.yaml",
+        r#"
+group: h
+upstream: bank
+routes:
+  - {id: d, method: POST, path: /d, signature: {kind: obie-jws, profile: obie-3.1.4}}
+  - {id: e, method: POST, path: /e}
+"#,
+    );
+    let mut k = known(&["bank"], 100);
+    k.standalone = true;
+    let set = load_files(&[f, g], &k).unwrap();
+    let r = |id: &str| {
+        let r = set.routes().iter().find(|r| r.id == id).unwrap();
+        (r.errors, r.accepts.clone(), r.produces.clone())
+    };
+    let json = || vec![JSON.to_string()];
+    assert_eq!(r("a"), (ErrorDialect::Obie, json(), json()));
+    assert_eq!(r("b"), (ErrorDialect::Problem, vec![], vec![]));
+    assert_eq!(
+        r("c"),
+        (
+            ErrorDialect::Obie,
+            vec!["text/xml".to_string(), JSON.to_string()],
+            vec!["application/xml".to_string()]
+        )
+    );
+    assert_eq!(r("d"), (ErrorDialect::Obie, json(), json()));
+    assert_eq!(r("e"), (ErrorDialect::Problem, vec![], vec![]));
 }

@@ -7,8 +7,8 @@
 //!
 //! What an embedder uses: the [`config`] (load a file, or build one), [`Shared`] (the state of a
 //! running proxy), [`start`] and the [`Running`] handle, reloads ([`watch`], [`on_sighup`]), the
-//! [`Clock`], tracing set-up, and the refusal contract ([`Rejection`], [`all_reasons`]) that
-//! tools deciding requests the proxy's way need.
+//! [`Clock`], tracing set-up, and the refusal contract ([`Rejection`], [`all_reasons`],
+//! [`all_obie_codes`]) that tools deciding requests the proxy's way need.
 
 // The modules of the proxy; only what an embedder needs is exported below.
 pub mod config;
@@ -28,7 +28,7 @@ mod tls;
 mod upstream;
 mod worker;
 
-pub use pipeline::rejection::{all_reasons, Rejection};
+pub use pipeline::rejection::{all_obie_codes, all_reasons, Rejection};
 pub use portcullis_base::clock::{Clock, ManualClock, SystemClock};
 pub use reload::{on_sighup, watch};
 pub use runtime::Shared;

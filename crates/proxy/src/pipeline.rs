@@ -15,7 +15,8 @@
 //!    radix-tree lookup. Unknown path: 404; known path, other method: 405. Everything after this
 //!    works on the matched route, and the path matched is the path forwarded. A declared body
 //!    over the route's limit is refused right after the match (413, [`body`]), before any
-//!    crypto.
+//!    crypto, and so are media types the route does not take or make (415 for `Content-Type`,
+//!    406 for `Accept`, [`http::check_media`]).
 //! 4. **Pre-authentication rate limit per peer** ([`ratelimit`]) — bounds crypto CPU before any
 //!    signature is checked, so it sits before every stage that verifies a signature.
 //! 5. **Identity** ([`identity`]) — the verified mTLS client certificate, required unless the
@@ -118,6 +119,8 @@ pub(crate) struct Peer<'a> {
 #[derive(Debug, Default)]
 pub(crate) struct Trail {
     pub(crate) route_id: Option<String>,
+    /// The matched route: how its refusals are answered (error body, response signature).
+    pub(crate) route: Option<Arc<portcullis_policy::Route>>,
     /// The last rate limit applied.
     pub(crate) rate_limit: Option<RateLimitRecord>,
     pub(crate) token: Option<Arc<token::AccessToken>>,
@@ -178,6 +181,18 @@ pub(crate) async fn run(
     trail: &mut Trail,
 ) -> Result<Admitted, Rejection> {
     let config = cx.config;
+    // Whether body bytes may follow: a declared length above zero, chunked framing, or (HTTP/2,
+    // no length) a stream the client did not end with its headers.
+    let has_body = match http::declared_length(&parts.headers) {
+        Some(n) => n > 0,
+        None => {
+            parts
+                .headers
+                .contains_key(::http::header::TRANSFER_ENCODING)
+                || (parts.version == ::http::Version::HTTP_2
+                    && !hyper::body::Body::is_end_stream(&body))
+        }
+    };
     let head = async {
         http::check(
             parts,
@@ -187,10 +202,21 @@ pub(crate) async fn run(
         fapi::check_customer_ip(&parts.headers)?;
         let route = route::resolve(parts, &config.policies)?;
         trail.route_id = Some(route.route.id.clone());
+        trail.route = Some(Arc::clone(&route.route));
         let declared = http::declared_length(&parts.headers);
         if declared.is_some_and(|n| n > route.route.body_limit) {
             return Err(http::HttpError::BodyTooLarge.into());
         }
+        // Before any crypto or the upstream: a body the route cannot take, or an answer the
+        // client cannot take, is refused now. A route that takes no body asks no Content-Type:
+        // its body limit refuses any body (413), and an HTTP/2 client that ends an empty
+        // request with a separate empty DATA frame is not refused for a type it need not send.
+        http::check_media(
+            &parts.headers,
+            has_body && route.route.body_limit > 0,
+            &route.route.accepts,
+            &route.route.produces,
+        )?;
         trail.rate_limited(ratelimit::check_peer(peer.ip, cx.rate_limits))?;
         let identity = identity::identify(peer.cert, &route.route, &cx.revoked, cx.clock.now())?;
         // With a certificate the client is known now; otherwise after the token (its client id).

@@ -2,7 +2,7 @@
 //! pipeline ([`pipeline::run`]), the exchange with the upstream, and the response.
 //!
 //! `handle` settles the interaction id first (every response, refusals included, carries it),
-//! runs [`inner`], maps a [`Rejection`] through [`crate::pipeline::rejection::respond`] — the
+//! runs [`inner`], maps a [`Rejection`] through [`crate::pipeline::rejection::answer`] — the
 //! only place responses for refusals are made — and leaves exactly one audit record, composed
 //! by [`crate::record::compose`], on every path:
 //!
@@ -38,7 +38,8 @@ use crate::upstream::{self, UpstreamError, Vouched};
 use portcullis_audit::Record;
 pub(crate) use portcullis_base::body::{full, BoxError, ProxyBody};
 use portcullis_base::text::bounded;
-use portcullis_policy::signature::RouteSignature;
+use portcullis_policy::signature::{RouteSignature, SignatureKind};
+use portcullis_policy::ErrorDialect;
 
 /// Handles one request on a connection; never fails (refusals are responses).
 pub(crate) async fn handle(
@@ -103,17 +104,18 @@ struct Answer {
 }
 
 impl Answer {
-    /// The response for `result`, and how the record states it.
+    /// The response for `result`, and how the record states it. `open` says what the request
+    /// established before it was refused: its route chooses the error body and whether the
+    /// refusal is signed.
     fn respond(
         &self,
         result: Result<Response<ProxyBody>, Rejection>,
+        open: Option<&Open>,
     ) -> (Response<ProxyBody>, record::Outcome) {
         let (mut resp, refusal) = match result {
             Ok(resp) => (resp, None),
             Err(rejection) => {
-                let id = self.id_header.to_str().unwrap_or_default();
-                let algs = &self.rt.config.auth.dpop.challenge_algs;
-                let resp = rejection::respond(&rejection, id, self.version, algs);
+                let resp = self.refusal(&rejection, open);
                 (resp, Some(Refusal::of(&rejection)))
             }
         };
@@ -126,6 +128,57 @@ impl Answer {
             refusal,
         };
         (resp, outcome)
+    }
+
+    /// The proxy's own refusal, in the route's error dialect and, on routes that sign their
+    /// responses, signed as an upstream answer would be. A refusal made before the route was
+    /// matched (framing and header checks, the FAPI headers, a full audit queue) answers as the
+    /// route its method and canonical path name would; one whose path names no route (a
+    /// non-canonical path, an unknown path or method) has no route to say either, and is
+    /// answered in problem+json, unsigned.
+    fn refusal(&self, rejection: &Rejection, open: Option<&Open>) -> Response<ProxyBody> {
+        let id = self.id_header.to_str().unwrap_or_default();
+        let algs = &self.rt.config.auth.dpop.challenge_algs;
+        let trail = open.map(|o| &o.trail);
+        let unrouted = || open.and_then(|o| self.route_named_by(&o.head));
+        let route = trail.and_then(|t| t.route.clone()).or_else(unrouted);
+        let route = route.as_deref();
+        let dialect = route.map_or(ErrorDialect::Problem, |r| r.errors);
+        let (mut parts, body) =
+            rejection::answer(rejection, id, self.version, algs, dialect).into_parts();
+        let signing = route
+            .and_then(|r| r.signature)
+            .filter(|s| s.sign_response)
+            .zip(self.rt.config.signatures.response.as_ref());
+        if let Some((sig, key)) = signing {
+            // OBIE signs bodies: a refusal without one (an expired token) carries no
+            // `x-jws-signature`. RFC 9421 signs the status, so every refusal is signed; its
+            // `req` components only when the request's signature was verified.
+            let bodiless_jws = body.is_empty() && matches!(sig.kind, SignatureKind::ObieJws(_));
+            if !bodiless_jws {
+                let verified = trail.and_then(|t| t.signature.as_ref());
+                let now = self.shared.clock.now();
+                // Signing a refusal cannot fail short of a header value the signer itself
+                // makes being invalid; the refusal is then sent unsigned rather than replaced.
+                let _ = crate::response_signing::sign_bytes(
+                    &mut parts, &body, sig.kind, verified, key, now,
+                );
+            }
+        }
+        Response::from_parts(parts, full(body))
+    }
+
+    /// The route a request's method and path name, for a refusal made before the route was
+    /// matched; only a canonical path is looked up, so nothing is resolved that the path check
+    /// would refuse.
+    fn route_named_by(&self, head: &Head) -> Option<Arc<portcullis_policy::Route>> {
+        let method: http::Method = head.method.parse().ok()?;
+        if head.path.ends_with(portcullis_base::text::TRUNCATED) {
+            return None;
+        }
+        portcullis_base::path::check_path(&head.path).ok()?;
+        let m = self.rt.config.policies.lookup(&method, &head.path).ok()?;
+        Some(m.route)
     }
 }
 
@@ -171,7 +224,7 @@ impl Pending {
     /// Maps the result to the response; the trail travels in the response body and the record
     /// is written when hyper is done with it.
     fn conclude(mut self, result: Result<Response<ProxyBody>, Rejection>) -> Response<ProxyBody> {
-        let (resp, outcome) = self.answer.respond(result);
+        let (resp, outcome) = self.answer.respond(result, self.open.as_deref());
         let Some(open) = self.open.take() else {
             return resp;
         };
@@ -194,7 +247,7 @@ impl Pending {
     /// The client is gone and the exchange finished without it: the record is composed as if
     /// answered, marked `client_gone`, and written now.
     fn abandon(mut self, result: Result<Response<ProxyBody>, Rejection>) {
-        let (_, outcome) = self.answer.respond(result);
+        let (_, outcome) = self.answer.respond(result, self.open.as_deref());
         if let Some(mut open) = self.open.take() {
             open.trail.client_gone = true;
             seal(&self.answer.shared, open, outcome);

@@ -249,7 +249,7 @@ async fn try_example(
     token: &str,
 ) -> String {
     let before = handshake_failures(audit);
-    let answer = send_example(ex, certs, addr, token).await;
+    let answer = send_example(ex, certs, addr, audit, token).await;
     if answer.starts_with("TLS refused") {
         // Wait for this refusal's own record, then name its category.
         for _ in 0..50 {
@@ -266,6 +266,23 @@ async fn try_example(
     answer
 }
 
+/// The reason code of the request record with interaction id `id`, once it is written.
+async fn audited_reason(audit: &Path, id: &str) -> String {
+    for _ in 0..100 {
+        let found = std::fs::read_to_string(audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["interaction_id"] == id)
+            .and_then(|v| v["reason"].as_str().map(str::to_string));
+        if let Some(r) = found {
+            return r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    "unknown".to_string()
+}
+
 fn handshake_failures(audit: &Path) -> usize {
     std::fs::read_to_string(audit)
         .unwrap_or_default()
@@ -273,7 +290,13 @@ fn handshake_failures(audit: &Path) -> usize {
         .count()
 }
 
-async fn send_example(ex: &Example, certs: &Path, addr: SocketAddr, token: &str) -> String {
+async fn send_example(
+    ex: &Example,
+    certs: &Path,
+    addr: SocketAddr,
+    audit: &Path,
+    token: &str,
+) -> String {
     let ca = certs.join("ca.pem");
     let id = identity(ex.caller).map(|i| {
         (
@@ -310,6 +333,21 @@ async fn send_example(ex: &Example, certs: &Path, addr: SocketAddr, token: &str)
     match conn.send(req).await {
         Ok(a) => {
             let j = a.json();
+            // OBIE routes answer in the OBIE error body, which has no room for the reason code:
+            // the demo shows the one the audit record holds, and the OBIE code.
+            if let Some(code) = j["Errors"][0]["ErrorCode"].as_str() {
+                let id = a
+                    .headers
+                    .get("x-fapi-interaction-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                return format!(
+                    "{} {}: {} (OBIE {code})",
+                    a.status.as_u16(),
+                    audited_reason(audit, id).await,
+                    j["Message"].as_str().unwrap_or("")
+                );
+            }
             match j.get("reason").and_then(|r| r.as_str()) {
                 Some(reason) => format!(
                     "{} {reason}: {}",

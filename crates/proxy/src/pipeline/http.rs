@@ -33,6 +33,10 @@ portcullis_base::variants! {
         BodyTooLarge,
         BodyTimeout,
         BodyRead,
+        /// The body's `Content-Type` is not one the route takes.
+        UnsupportedMediaType,
+        /// `Accept` rules out every media type the route answers with.
+        NotAcceptable,
     }
 }
 
@@ -205,6 +209,132 @@ fn check_host(parts: &Parts, server_names: &[String]) -> Result<(), HttpError> {
     Ok(())
 }
 
+/// The route's media types, before anything upstream: a body whose `Content-Type` the route
+/// does not take is refused with 415 (RFC 9110 §15.5.16), and a request whose `Accept` rules out
+/// everything the route answers with is refused with 406 (RFC 9110 §12.5.1, §15.5.7). An empty
+/// list checks nothing. `has_body`: the request carries (or may carry) body bytes.
+pub fn check_media(
+    headers: &http::HeaderMap,
+    has_body: bool,
+    accepts: &[String],
+    produces: &[String],
+) -> Result<(), HttpError> {
+    if has_body && !accepts.is_empty() {
+        let mut ct = headers.get_all(http::header::CONTENT_TYPE).iter();
+        // One Content-Type only: two would let the proxy and the upstream read different ones.
+        let ok = match (ct.next(), ct.next()) {
+            (Some(v), None) => content_type_ok(v.as_bytes(), accepts),
+            _ => false,
+        };
+        if !ok {
+            return Err(HttpError::UnsupportedMediaType);
+        }
+    }
+    if !produces.is_empty() && !acceptable(headers, produces) {
+        return Err(HttpError::NotAcceptable);
+    }
+    Ok(())
+}
+
+/// `type/subtype` with at most a `charset` parameter, which must be UTF-8 (RFC 8259 §8.1: JSON
+/// exchanged between systems is UTF-8; a body the proxy reads as UTF-8 must be that).
+fn content_type_ok(v: &[u8], accepts: &[String]) -> bool {
+    let Ok(v) = std::str::from_utf8(v) else {
+        return false;
+    };
+    let mut parts = v.split(';');
+    let ty = parts.next().unwrap_or_default().trim();
+    if !accepts.iter().any(|a| a.eq_ignore_ascii_case(ty)) {
+        return false;
+    }
+    parts.all(|p| match p.split_once('=') {
+        Some((k, val)) if k.trim().eq_ignore_ascii_case("charset") => {
+            let val = val.trim();
+            let val = val
+                .strip_prefix('"')
+                .and_then(|x| x.strip_suffix('"'))
+                .unwrap_or(val);
+            val.eq_ignore_ascii_case("utf-8")
+        }
+        _ => false,
+    })
+}
+
+/// RFC 9110 §12.5.1: whether some media type the route produces is acceptable. No `Accept`
+/// accepts anything; each produced type takes the weight of the most specific range that
+/// matches it (`type/subtype` over `type/*` over `*/*`), and `q=0` means "not acceptable".
+/// Elements that do not parse are ignored; a field that is not ASCII accepts nothing.
+fn acceptable(headers: &http::HeaderMap, produces: &[String]) -> bool {
+    let mut ranges: Vec<(String, String, u16)> = Vec::new();
+    let mut any = false;
+    for v in headers.get_all(http::header::ACCEPT) {
+        any = true;
+        let Ok(v) = v.to_str() else {
+            return false;
+        };
+        for el in v.split(',') {
+            let mut ps = el.split(';');
+            let range = ps.next().unwrap_or_default().trim();
+            let Some((t, st)) = range.split_once('/') else {
+                continue;
+            };
+            let mut q = 1000u16;
+            for p in ps {
+                if let Some((k, val)) = p.split_once('=') {
+                    if k.trim().eq_ignore_ascii_case("q") {
+                        match qvalue(val.trim()) {
+                            Some(x) => q = x,
+                            None => q = 0,
+                        }
+                    }
+                }
+            }
+            ranges.push((
+                t.trim().to_ascii_lowercase(),
+                st.trim().to_ascii_lowercase(),
+                q,
+            ));
+        }
+    }
+    if !any {
+        return true;
+    }
+    produces.iter().any(|p| {
+        let (pt, pst) = p.split_once('/').unwrap_or((p.as_str(), ""));
+        let mut best: Option<(u8, u16)> = None;
+        for (t, st, q) in &ranges {
+            let specificity = match (t.as_str(), st.as_str()) {
+                ("*", "*") => 0,
+                (t, "*") if t == pt => 1,
+                (t, st) if t == pt && st == pst => 2,
+                _ => continue,
+            };
+            // Of equally specific ranges, the lowest weight wins: a client that says both
+            // `application/json` and `application/json;q=0` is not sent JSON.
+            best = match best {
+                Some((s, bq)) if s > specificity || (s == specificity && bq <= *q) => Some((s, bq)),
+                _ => Some((specificity, *q)),
+            };
+        }
+        best.is_some_and(|(_, q)| q > 0)
+    })
+}
+
+/// RFC 9110 §12.4.2: `qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )`, in
+/// thousandths.
+fn qvalue(s: &str) -> Option<u16> {
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let frac_v: u16 = format!("{frac:0<3}").parse().ok()?;
+    match int {
+        "0" => Some(frac_v),
+        "1" if frac_v == 0 => Some(1000),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +432,77 @@ mod tests {
         assert_eq!(check(&parts(many), &l, &[]), Err(HttpError::TooManyHeaders));
         let big = get("/a").header("x-big", "v".repeat(3000));
         assert_eq!(check(&parts(big), &l, &[]), Err(HttpError::HeadersTooLarge));
+    }
+
+    #[test]
+    fn media_types_give_415_and_406() {
+        let json = vec!["application/json".to_string()];
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = http::HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            m
+        };
+        let ct = |v: &str| check_media(&h(&[("content-type", v)]), true, &json, &[]);
+        assert_eq!(ct("application/json"), Ok(()));
+        assert_eq!(ct("Application/JSON; charset=UTF-8"), Ok(()));
+        assert_eq!(ct("application/json;charset=\"utf-8\""), Ok(()));
+        for bad in [
+            "text/plain",
+            "application/json; charset=latin1",
+            "application/json; boundary=x",
+            "application/jsonx",
+            "",
+        ] {
+            assert_eq!(ct(bad), Err(HttpError::UnsupportedMediaType), "{bad}");
+        }
+        // No body, no Content-Type needed; a body needs exactly one.
+        assert_eq!(check_media(&h(&[]), false, &json, &[]), Ok(()));
+        assert_eq!(
+            check_media(&h(&[]), true, &json, &[]),
+            Err(HttpError::UnsupportedMediaType)
+        );
+        let two = h(&[
+            ("content-type", "application/json"),
+            ("content-type", "application/json"),
+        ]);
+        assert_eq!(
+            check_media(&two, true, &json, &[]),
+            Err(HttpError::UnsupportedMediaType)
+        );
+        let acc = |v: &str| check_media(&h(&[("accept", v)]), false, &[], &json);
+        for ok in [
+            "application/json",
+            "*/*",
+            "application/*",
+            "text/html, application/json;q=0.1",
+            "application/json; charset=utf-8",
+            "*/*;q=0.001",
+            "APPLICATION/JSON",
+        ] {
+            assert_eq!(acc(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "text/html",
+            "application/json;q=0",
+            "application/*;q=0, text/*",
+            "*/*, application/json;q=0",
+            "application/json;q=0.000",
+            "application/json;q=2",
+            "application/xml",
+        ] {
+            assert_eq!(acc(bad), Err(HttpError::NotAcceptable), "{bad}");
+        }
+        assert_eq!(check_media(&h(&[]), false, &[], &json), Ok(()));
+        // Empty lists check nothing.
+        assert_eq!(
+            check_media(&h(&[("accept", "text/html")]), true, &[], &[]),
+            Ok(())
+        );
     }
 
     #[test]

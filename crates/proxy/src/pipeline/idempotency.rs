@@ -32,25 +32,22 @@ impl IdempotencyError {
 }
 
 portcullis_base::variants! {
-    /// The error body an idempotency refusal is answered in.
+    /// The statuses an idempotency refusal is answered with (the body follows the route's
+    /// `errors`).
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Dialect {
         /// RFC 9457 problem+json with the IETF draft's statuses (400, 409, 422, 503).
         Ietf,
-        /// The OBIE error body on routes that require an OBIE `x-jws-signature`; a reused key is
-        /// 400 `UK.OBIE.Header.Invalid` there.
+        /// OBIE routes (`errors: obie`): a reused key is 400 `UK.OBIE.Header.Invalid` there.
         Obie,
     }
 }
 
 impl Dialect {
     pub fn of(route: &portcullis_policy::Route) -> Dialect {
-        match route.signature {
-            Some(portcullis_policy::signature::RouteSignature {
-                kind: portcullis_policy::signature::SignatureKind::ObieJws(_),
-                ..
-            }) => Dialect::Obie,
-            _ => Dialect::Ietf,
+        match route.errors {
+            portcullis_policy::ErrorDialect::Obie => Dialect::Obie,
+            portcullis_policy::ErrorDialect::Problem => Dialect::Ietf,
         }
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! Stages return typed errors; they never build responses. Here every error maps to an HTTP
 //! status, a stable reason code, an optional `WWW-Authenticate` challenge and an RFC 9457
-//! `application/problem+json` body (or the OBIE error body on OBIE routes) that carries the
-//! reason code and the `x-fapi-interaction-id`. One module per stage chooses the statuses of its
+//! `application/problem+json` body that carries the reason code and the `x-fapi-interaction-id`,
+//! or, on OBIE routes (`errors: obie`), the OBIE error body with the `UK.OBIE.*` error code
+//! each stage's module maps its errors to ([`Rejection::obie`], [`all_obie_codes`]); there the
+//! reason code is in the audit record only, since `OBErrorResponse1` admits no other members. One module per stage chooses the statuses of its
 //! errors; every match is exhaustive — no catch-all arm — so a new error cannot silently become
 //! a 500, and the list of reason codes ([`all_reasons`]) is derived from the error types. The
 //! body says what is wrong in public words; the detail goes to the audit record.
@@ -19,7 +21,7 @@ mod signature;
 mod token;
 mod upstream;
 
-use ::http::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
+use ::http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use ::http::{Response, StatusCode};
 use bytes::Bytes;
 
@@ -33,11 +35,10 @@ use crate::pipeline::signature::SignatureError;
 use crate::pipeline::token::{Scheme, TokenError};
 use crate::upstream::UpstreamError;
 use portcullis_audit::AuditError;
-use portcullis_base::body::{full, ProxyBody};
 use portcullis_base::path::PathError;
 use portcullis_base::variants::Variants;
 use portcullis_policy::rules::Denial;
-use portcullis_policy::NoRoute;
+use portcullis_policy::{ErrorDialect, NoRoute};
 
 portcullis_base::variants! {
     /// Every way a request is refused.
@@ -342,19 +343,31 @@ impl Rejection {
     }
 }
 
-/// Builds the refusal response. `interaction_id` is already validated or generated; `version`
+/// Builds the refusal response in the route's error dialect, with its body as bytes (what a
+/// response signature covers). `interaction_id` is already validated or generated; `version`
 /// is the request's HTTP version.
-pub(crate) fn respond(
+///
+/// On OBIE routes the body is the OBIE error body (`OBErrorResponse1`), except for an expired
+/// access token: OBIE answers that with 401 and no body, the challenge alone saying what to do.
+/// Other 401s on OBIE routes keep the error body, which names the header at fault: OBIE's
+/// OpenAPI defines no body for a 401 and its clients ignore one, while an operator debugging a
+/// binding or signature failure needs the code. Elsewhere the body is RFC 9457 problem+json
+/// with the reason code.
+pub(crate) fn answer(
     rejection: &Rejection,
     interaction_id: &str,
     version: ::http::Version,
     dpop_algs: &str,
-) -> Response<ProxyBody> {
+    dialect: ErrorDialect,
+) -> Response<Bytes> {
     let w = rejection.wire();
-    let (body, content_type) = match rejection.obie_error() {
-        // OBIE routes answer in the OBIE error body (OBErrorResponse1).
-        Some(ob) => (obie_body(&w, &ob, interaction_id), "application/json"),
-        None => (
+    let body = match dialect {
+        ErrorDialect::Obie if !rejection.obie_has_body() => None,
+        ErrorDialect::Obie => Some((
+            obie_body(&w, &rejection.obie(), interaction_id),
+            "application/json",
+        )),
+        ErrorDialect::Problem => Some((
             serde_json::json!({
                 "type": format!("urn:portcullis:problem:{}", w.reason),
                 "title": w.status.canonical_reason().unwrap_or("Error"),
@@ -364,12 +377,22 @@ pub(crate) fn respond(
                 "interaction_id": interaction_id,
             }),
             "application/problem+json",
-        ),
+        )),
     };
-    let mut resp = Response::new(full(Bytes::from(body.to_string())));
+    let mut resp = Response::new(match &body {
+        Some((b, _)) => Bytes::from(b.to_string()),
+        None => Bytes::new(),
+    });
     *resp.status_mut() = w.status;
     let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    match body {
+        Some((_, content_type)) => {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        }
+        None => {
+            h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
+    }
     if let Some(c) = rejection
         .challenge(dpop_algs)
         .and_then(|c| HeaderValue::from_str(&c).ok())
@@ -429,37 +452,81 @@ pub fn all_reasons() -> Vec<(u16, &'static str, &'static str)> {
     all
 }
 
-/// The OBIE error code (and the header member it concerns) of a refusal on an OBIE route.
+/// The OBIE error code of a refusal on an OBIE route, and the header, claim or field it
+/// concerns (`Path`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ObieError {
     pub code: &'static str,
     pub path: Option<&'static str>,
 }
 
+impl ObieError {
+    fn new(code: &'static str, path: Option<&'static str>) -> ObieError {
+        ObieError { code, path }
+    }
+}
+
+// The OBIE Read/Write API "Standard Error Codes" (v3.1) this module answers with, besides the
+// `UK.OBIE.Signature.*` codes of the signature module.
+const HEADER_MISSING: &str = "UK.OBIE.Header.Missing";
+const HEADER_INVALID: &str = "UK.OBIE.Header.Invalid";
+const FIELD_INVALID: &str = "UK.OBIE.Field.Invalid";
+const FIELD_MISSING: &str = "UK.OBIE.Field.Missing";
+const FIELD_UNEXPECTED: &str = "UK.OBIE.Field.Unexpected";
+const NOT_FOUND: &str = "UK.OBIE.Resource.NotFound";
+const INVALID_FORMAT: &str = "UK.OBIE.Resource.InvalidFormat";
+const CONSENT_MISMATCH: &str = "UK.OBIE.Resource.ConsentMismatch";
+const CONSENT_STATUS: &str = "UK.OBIE.Resource.InvalidConsentStatus";
+const UNEXPECTED: &str = "UK.OBIE.UnexpectedError";
+
 impl Rejection {
-    /// Refusals answered in the OBIE error body (OBIE Read/Write API "Standard Error Codes"):
-    /// `x-jws-signature` failures (`UK.OBIE.Signature.*`) and idempotency-key refusals on
-    /// OBIE routes (`UK.OBIE.Header.*`).
-    pub fn obie_error(&self) -> Option<ObieError> {
+    /// Whether the refusal has an error body on an OBIE route: all but an expired access token,
+    /// which OBIE answers with 401 and no body (the challenge says what to do).
+    pub fn obie_has_body(&self) -> bool {
+        !matches!(self, Rejection::Token(TokenError::Expired, _))
+    }
+
+    /// The OBIE error code every refusal answers with on an OBIE route; each stage's module
+    /// chooses the codes of its errors, exhaustively.
+    pub fn obie(&self) -> ObieError {
         match self {
-            Rejection::Idempotency(e, Dialect::Obie) => Some(idempotency::obie(*e)),
-            Rejection::Signature(SignatureError::Jws(e)) => Some(signature::obie(*e)),
-            Rejection::Idempotency(_, Dialect::Ietf)
-            | Rejection::Signature(SignatureError::Http(_))
-            | Rejection::Http(_)
-            | Rejection::Path(_)
-            | Rejection::Route(_)
-            | Rejection::Fapi(_)
-            | Rejection::Identity(_)
-            | Rejection::Token(..)
-            | Rejection::Binding(_)
-            | Rejection::UseDpopNonce(_)
-            | Rejection::Authz(..)
-            | Rejection::Upstream(_)
-            | Rejection::Audit(_)
-            | Rejection::RateLimited(_) => None,
+            Rejection::Http(e) => http::obie(*e),
+            // The request target is the one field every request has.
+            Rejection::Path(_) => ObieError::new(FIELD_INVALID, None),
+            Rejection::Route(e) => route::obie(e),
+            Rejection::Fapi(e) => http::fapi_obie(*e),
+            Rejection::Identity(e) => identity::obie(*e),
+            Rejection::Token(e, _) => token::obie(*e),
+            Rejection::Binding(e) => binding::obie(*e),
+            Rejection::UseDpopNonce(_) => binding::use_nonce_obie(),
+            Rejection::Signature(SignatureError::Jws(e)) => signature::obie(*e),
+            Rejection::Signature(SignatureError::Http(e)) => signature::http_obie(*e),
+            Rejection::Authz(d, _) => authz::obie(d),
+            Rejection::Upstream(e) => upstream::obie(*e),
+            Rejection::Audit(e) => upstream::audit_obie(*e),
+            Rejection::RateLimited(l) => rate_limit::obie(l),
+            Rejection::Idempotency(e, _) => idempotency::obie(*e),
         }
     }
+}
+
+/// Every (reason code as audited, status, OBIE error code and `Path`) a refusal on an OBIE
+/// route can have, derived from the error types: the table in the documentation is made from
+/// it. `None`: answered without a body. Idempotency refusals appear with their OBIE statuses
+/// only.
+pub fn all_obie_codes() -> Vec<(&'static str, u16, Option<ObieError>)> {
+    let mut all = Vec::new();
+    for r in Rejection::variants() {
+        if matches!(r, Rejection::Idempotency(_, Dialect::Ietf)) {
+            continue;
+        }
+        let ob = r.obie_has_body().then(|| r.obie());
+        let row = (r.audit_reason(), r.wire().status.as_u16(), ob);
+        if !all.contains(&row) {
+            all.push(row);
+        }
+    }
+    all
 }
 
 /// OBErrorResponse1: `Code` (status and phrase), `Id` (the interaction id), `Message`, and
@@ -487,19 +554,33 @@ fn obie_body(w: &Wire, ob: &ObieError, interaction_id: &str) -> serde_json::Valu
 mod tests {
     use super::*;
     use crate::pipeline::idempotency::{Dialect, IdempotencyError as I};
-    use http_body_util::BodyExt;
 
-    async fn answer(r: &Rejection) -> (u16, serde_json::Value) {
-        let resp = respond(r, "id-1", ::http::Version::HTTP_11, "ES256");
+    fn respond(
+        r: &Rejection,
+        id: &str,
+        version: ::http::Version,
+        algs: &str,
+        d: ErrorDialect,
+    ) -> Response<Bytes> {
+        answer(r, id, version, algs, d)
+    }
+
+    async fn answer_in(r: &Rejection, d: ErrorDialect) -> (u16, serde_json::Value) {
+        let resp = respond(r, "id-1", ::http::Version::HTTP_11, "ES256", d);
         let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&body).unwrap())
+        (status, serde_json::from_slice(resp.body()).unwrap())
     }
 
     #[test]
     fn dpop_challenges_name_the_configured_algorithms() {
         let r = Rejection::Token(TokenError::Missing, Scheme::Bearer);
-        let resp = respond(&r, "id-1", ::http::Version::HTTP_11, "ES256");
+        let resp = respond(
+            &r,
+            "id-1",
+            ::http::Version::HTTP_11,
+            "ES256",
+            ErrorDialect::Problem,
+        );
         let c = resp.headers()[WWW_AUTHENTICATE].to_str().unwrap();
         assert_eq!(c, "Bearer, DPoP algs=\"ES256\"");
         let r = Rejection::Token(TokenError::Expired, Scheme::DPoP);
@@ -559,7 +640,11 @@ mod tests {
 
     #[tokio::test]
     async fn idempotency_refusals_on_obie_routes_use_the_obie_error_body() {
-        let (s, b) = answer(&Rejection::Idempotency(I::Mismatch, Dialect::Ietf)).await;
+        let (s, b) = answer_in(
+            &Rejection::Idempotency(I::Mismatch, Dialect::Ietf),
+            ErrorDialect::Problem,
+        )
+        .await;
         assert_eq!(
             (s, b["reason"].as_str()),
             (422, Some("idempotency.key_reused"))
@@ -572,10 +657,70 @@ mod tests {
             (I::Unavailable, 503, "UK.OBIE.UnexpectedError"),
         ];
         for (e, status, code) in cases {
-            let (s, b) = answer(&Rejection::Idempotency(e, Dialect::Obie)).await;
+            let (s, b) = answer_in(
+                &Rejection::Idempotency(e, Dialect::Obie),
+                ErrorDialect::Obie,
+            )
+            .await;
             assert_eq!(s, status, "{e:?}");
             assert_eq!(b["Errors"][0]["ErrorCode"], code, "{e:?}");
             assert_eq!(b["Id"], "id-1");
         }
+    }
+
+    /// Every refusal, in the OBIE dialect: the OBIE body with a `UK.OBIE.*` code and the
+    /// interaction id, except the expired token (401, no body, a challenge).
+    #[tokio::test]
+    async fn every_refusal_answers_in_the_obie_body_on_obie_routes() {
+        let mut seen = 0;
+        for r in Rejection::variants() {
+            let resp = respond(
+                &r,
+                "id-1",
+                ::http::Version::HTTP_11,
+                "ES256",
+                ErrorDialect::Obie,
+            );
+            let status = resp.status();
+            let ct = resp.headers().get(CONTENT_TYPE).cloned();
+            let body = resp.into_body();
+            if matches!(r, Rejection::Token(TokenError::Expired, _)) {
+                assert_eq!((status.as_u16(), ct, body.len()), (401, None, 0));
+                assert!(r.challenge("ES256").is_some());
+                continue;
+            }
+            assert_eq!(ct.unwrap(), "application/json", "{r:?}");
+            let b: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let code = b["Errors"][0]["ErrorCode"].as_str().unwrap();
+            assert!(code.starts_with("UK.OBIE."), "{r:?}: {code}");
+            assert_eq!(b["Id"], "id-1");
+            assert!(b["Code"]
+                .as_str()
+                .unwrap()
+                .starts_with(&status.as_u16().to_string()));
+            let members: Vec<&String> = b.as_object().unwrap().keys().collect();
+            assert_eq!(members, ["Code", "Errors", "Id", "Message"], "{r:?}");
+            seen += 1;
+        }
+        assert!(seen > 100, "{seen}");
+        let table = all_obie_codes();
+        let row = |reason: &str| table.iter().find(|r| r.0 == reason).copied();
+        assert_eq!(
+            row("authz.object_hidden"),
+            Some((
+                "authz.object_hidden",
+                404,
+                Some(ObieError::new(NOT_FOUND, None))
+            ))
+        );
+        assert_eq!(
+            row("http.unsupported_media_type"),
+            Some((
+                "http.unsupported_media_type",
+                415,
+                Some(ObieError::new(HEADER_INVALID, Some("Content-Type")))
+            ))
+        );
+        assert_eq!(row("token.expired"), Some(("token.expired", 401, None)));
     }
 }

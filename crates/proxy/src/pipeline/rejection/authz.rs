@@ -2,7 +2,7 @@
 
 use http::StatusCode as S;
 
-use super::Wire;
+use super::{ObieError, Wire};
 use crate::pipeline::token::Scheme;
 use portcullis_policy::rules::{AuthzError, Denial};
 
@@ -144,4 +144,37 @@ pub(super) fn challenge(d: &Denial, scheme: Option<Scheme>, algs: &str) -> Optio
         Scheme::Bearer => format!("Bearer {params}"),
         Scheme::DPoP => format!("DPoP {params}, {algs}"),
     })
+}
+
+/// The OBIE error code of a denial: consent problems are `UK.OBIE.Resource.*`
+/// (`InvalidConsentStatus` for a consent that is not Authorised or has expired,
+/// `ConsentMismatch` when the consent does not reach the request, an object outside it
+/// included); a hidden denial answers exactly like an unknown resource.
+pub(super) fn obie(d: &Denial) -> ObieError {
+    if d.hidden {
+        return ObieError::new(super::NOT_FOUND, None);
+    }
+    match &d.error {
+        // The token is valid but its grant does not reach the resource: a fault of what
+        // `Authorization` carries (OBIE has no scope code).
+        AuthzError::Scope(_) => ObieError::new(super::HEADER_INVALID, Some("Authorization")),
+        // An amount beyond the grant is the consent not reaching the request, like any value
+        // outside it.
+        AuthzError::ConsentMissing
+        | AuthzError::ConsentNotFound
+        | AuthzError::ConsentPermission
+        | AuthzError::Object
+        | AuthzError::GrantAmount => ObieError::new(super::CONSENT_MISMATCH, None),
+        AuthzError::ConsentStatus | AuthzError::ConsentExpired => {
+            ObieError::new(super::CONSENT_STATUS, None)
+        }
+        AuthzError::ObjectMissing => ObieError::new(super::FIELD_MISSING, None),
+        AuthzError::Ambiguous | AuthzError::Mismatch | AuthzError::AmountMalformed => {
+            ObieError::new(super::FIELD_INVALID, None)
+        }
+        AuthzError::BodyNotJson => ObieError::new(super::INVALID_FORMAT, None),
+        AuthzError::ConsentUnavailable | AuthzError::ResponseLeak => {
+            ObieError::new(super::UNEXPECTED, None)
+        }
+    }
 }

@@ -2,7 +2,7 @@
 
 use http::StatusCode as S;
 
-use super::Wire;
+use super::{ObieError, Wire};
 use crate::pipeline::binding::BindingError;
 use portcullis_crypto::jose::dpop::DpopError;
 
@@ -135,4 +135,30 @@ pub(super) fn challenge(e: BindingError, algs: &str) -> Option<String> {
         }
         BindingError::ReplayStoreFull => None,
     }
+}
+
+/// The OBIE error code of a sender-constraint refusal: the token's binding is about
+/// `Authorization`, the proof about the `DPoP` header.
+pub(super) fn obie(e: BindingError) -> ObieError {
+    const AUTHORIZATION: Option<&str> = Some("Authorization");
+    const DPOP: Option<&str> = Some("DPoP");
+    match e {
+        BindingError::Unbound
+        | BindingError::MtlsRequired
+        | BindingError::CertMismatch
+        | BindingError::NoClientCert
+        | BindingError::BearerForDpopToken
+        | BindingError::SchemeWithoutJkt => ObieError::new(super::HEADER_INVALID, AUTHORIZATION),
+        BindingError::ProofMissing => ObieError::new(super::HEADER_MISSING, DPOP),
+        BindingError::ProofMultiple
+        | BindingError::Proof(_)
+        | BindingError::JktMismatch
+        | BindingError::Replay => ObieError::new(super::HEADER_INVALID, DPOP),
+        BindingError::ReplayStoreFull => ObieError::new(super::UNEXPECTED, None),
+    }
+}
+
+/// RFC 9449 §9: the proof must carry the server's nonce.
+pub(super) fn use_nonce_obie() -> ObieError {
+    ObieError::new(super::HEADER_INVALID, Some("DPoP"))
 }

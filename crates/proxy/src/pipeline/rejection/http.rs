@@ -2,7 +2,7 @@
 
 use http::StatusCode as S;
 
-use super::Wire;
+use super::{ObieError, Wire};
 use crate::pipeline::fapi::FapiError;
 use crate::pipeline::http::HttpError;
 
@@ -100,6 +100,56 @@ pub(super) fn wire(e: HttpError) -> Wire {
             "http.body_read",
             "the request body could not be read",
         ),
+        // RFC 9110 §15.5.16.
+        HttpError::UnsupportedMediaType => Wire::new(
+            S::UNSUPPORTED_MEDIA_TYPE,
+            "http.unsupported_media_type",
+            "the Content-Type of the body is not one this resource takes",
+        ),
+        // RFC 9110 §15.5.7.
+        HttpError::NotAcceptable => Wire::new(
+            S::NOT_ACCEPTABLE,
+            "http.not_acceptable",
+            "Accept rules out every media type this resource answers with",
+        ),
+    }
+}
+
+/// The OBIE error code of an HTTP-level refusal: a header at fault is `UK.OBIE.Header.*` with
+/// the header as `Path`; the request target and the body are fields (`UK.OBIE.Field.Invalid`);
+/// a body that did not arrive is nothing the client can correct in a field.
+pub(super) fn obie(e: HttpError) -> ObieError {
+    let header = |name| ObieError::new(super::HEADER_INVALID, Some(name));
+    match e {
+        HttpError::ConflictingFraming | HttpError::BadTransferEncoding => {
+            header("Transfer-Encoding")
+        }
+        HttpError::BadContentLength => header("Content-Length"),
+        HttpError::UriTooLong => ObieError::new(super::FIELD_INVALID, None),
+        HttpError::TooManyHeaders | HttpError::HeadersTooLarge | HttpError::HeaderUnderscore => {
+            ObieError::new(super::HEADER_INVALID, None)
+        }
+        HttpError::MethodOverride => ObieError::new(super::HEADER_INVALID, None),
+        HttpError::ConnectionNominates => header("Connection"),
+        HttpError::UpgradeRefused => header("Upgrade"),
+        HttpError::MisdirectedHost => header("Host"),
+        HttpError::MissingHost => ObieError::new(super::HEADER_MISSING, Some("Host")),
+        HttpError::BodyTooLarge => ObieError::new(super::FIELD_INVALID, None),
+        HttpError::BodyTimeout | HttpError::BodyRead => ObieError::new(super::UNEXPECTED, None),
+        HttpError::UnsupportedMediaType => header("Content-Type"),
+        HttpError::NotAcceptable => header("Accept"),
+    }
+}
+
+/// The OBIE error code of a FAPI header refusal.
+pub(super) fn fapi_obie(e: FapiError) -> ObieError {
+    match e {
+        FapiError::InteractionIdInvalid => {
+            ObieError::new(super::HEADER_INVALID, Some("x-fapi-interaction-id"))
+        }
+        FapiError::CustomerIpInvalid => {
+            ObieError::new(super::HEADER_INVALID, Some("x-fapi-customer-ip-address"))
+        }
     }
 }
 

@@ -51,10 +51,9 @@ pub(super) fn wire(e: I, dialect: Dialect) -> Wire {
 /// The OBIE error code of an idempotency-key refusal on an OBIE route.
 pub(super) fn obie(e: I) -> ObieError {
     const KEY: Option<&str> = Some("x-idempotency-key");
-    let ob = |code, path| ObieError { code, path };
     match e {
-        I::KeyMissing => ob("UK.OBIE.Header.Missing", KEY),
-        I::KeyInvalid | I::Mismatch | I::InFlight => ob("UK.OBIE.Header.Invalid", KEY),
-        I::Unavailable => ob("UK.OBIE.UnexpectedError", None),
+        I::KeyMissing => ObieError::new(super::HEADER_MISSING, KEY),
+        I::KeyInvalid | I::Mismatch | I::InFlight => ObieError::new(super::HEADER_INVALID, KEY),
+        I::Unavailable => ObieError::new(super::UNEXPECTED, None),
     }
 }

@@ -2,7 +2,7 @@
 
 use http::StatusCode as S;
 
-use super::Wire;
+use super::{ObieError, Wire};
 use crate::pipeline::identity::IdentityError;
 
 pub(super) fn wire(e: IdentityError) -> Wire {
@@ -32,5 +32,16 @@ pub(super) fn wire(e: IdentityError) -> Wire {
             "identity.client_cert_revocation_unknown",
             "the revocation status of the client certificate is unknown",
         ),
+    }
+}
+
+/// The OBIE error code of a certificate refusal: the certificate is a TLS credential, not a
+/// header or field, and OBIE has no code for it.
+pub(super) fn obie(e: IdentityError) -> ObieError {
+    match e {
+        IdentityError::ClientCertRequired
+        | IdentityError::ClientCertExpired
+        | IdentityError::ClientCertRevoked
+        | IdentityError::ClientCertRevocationUnknown => ObieError::new(super::UNEXPECTED, None),
     }
 }

@@ -2,7 +2,7 @@
 
 use http::StatusCode as S;
 
-use super::Wire;
+use super::{ObieError, Wire};
 use crate::pipeline::ratelimit::{Limited, Scope};
 
 pub(super) fn wire(l: &Limited) -> Wire {
@@ -24,5 +24,13 @@ pub(super) fn wire(l: &Limited) -> Wire {
             "rate_limit.unavailable",
             "rate limits cannot be checked now; try again later",
         ),
+    }
+}
+
+/// OBIE has no code for a rate limit (its 429 carries no error body); `Retry-After` says what
+/// to do.
+pub(super) fn obie(l: &Limited) -> ObieError {
+    match l.scope {
+        Scope::Peer | Scope::Client | Scope::Unavailable => ObieError::new(super::UNEXPECTED, None),
     }
 }

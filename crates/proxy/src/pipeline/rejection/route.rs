@@ -2,7 +2,7 @@
 
 use http::StatusCode as S;
 
-use super::Wire;
+use super::{ObieError, Wire};
 use portcullis_base::path::PathError;
 use portcullis_policy::NoRoute;
 
@@ -25,5 +25,14 @@ pub(super) fn wire(e: &NoRoute) -> Wire {
             "route.method_not_allowed",
             "the method is not allowed on this resource",
         ),
+    }
+}
+
+/// The OBIE error code of an unknown resource or method.
+pub(super) fn obie(e: &NoRoute) -> ObieError {
+    match e {
+        NoRoute::NotFound => ObieError::new(super::NOT_FOUND, None),
+        // OBIE has no code for a method a resource does not have (its 405 has no error body).
+        NoRoute::MethodNotAllowed { .. } => ObieError::new(super::UNEXPECTED, None),
     }
 }

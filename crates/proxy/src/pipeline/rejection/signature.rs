@@ -269,3 +269,40 @@ pub(super) fn obie(e: JwsSigError) -> ObieError {
         },
     }
 }
+
+/// The OBIE error code of an RFC 9421 refusal on an OBIE route: the `UK.OBIE.Signature.*`
+/// codes read the same for either kind of signature, with the signature parameter or the
+/// header at fault as `Path`.
+pub(super) fn http_obie(e: HttpSigError) -> ObieError {
+    let ob = |code, path| ObieError { code, path };
+    const MISSING: &str = "UK.OBIE.Signature.Missing";
+    const MALFORMED: &str = "UK.OBIE.Signature.Malformed";
+    const INVALID: &str = "UK.OBIE.Signature.Invalid";
+    const INVALID_CLAIM: &str = "UK.OBIE.Signature.InvalidClaim";
+    const MISSING_CLAIM: &str = "UK.OBIE.Signature.MissingClaim";
+    const DIGEST: Option<&str> = Some("Content-Digest");
+    match e {
+        HttpSigError::Missing => ob(MISSING, None),
+        HttpSigError::Malformed
+        | HttpSigError::Label
+        | HttpSigError::Ambiguous
+        | HttpSigError::Component(_) => ob(MALFORMED, None),
+        HttpSigError::Coverage => ob(INVALID_CLAIM, None),
+        HttpSigError::CreatedMissing => ob(MISSING_CLAIM, Some("created")),
+        HttpSigError::Created => ob(INVALID_CLAIM, Some("created")),
+        HttpSigError::Expired => ob(INVALID_CLAIM, Some("expires")),
+        HttpSigError::KeyidMissing => ob(MISSING_CLAIM, Some("keyid")),
+        HttpSigError::NonceMissing => ob(MISSING_CLAIM, Some("nonce")),
+        HttpSigError::Replay => ob(INVALID_CLAIM, Some("nonce")),
+        HttpSigError::UnknownClient | HttpSigError::UnknownKey => ob(INVALID_CLAIM, Some("keyid")),
+        HttpSigError::Alg => ob(INVALID_CLAIM, Some("alg")),
+        HttpSigError::BadSignature => ob(INVALID, None),
+        HttpSigError::DigestMissing => ob(super::HEADER_MISSING, DIGEST),
+        HttpSigError::DigestMalformed | HttpSigError::DigestMismatch => {
+            ob(super::HEADER_INVALID, DIGEST)
+        }
+        HttpSigError::ReplayUnavailable | HttpSigError::KeysUnavailable => {
+            ob(super::UNEXPECTED, None)
+        }
+    }
+}

@@ -2,7 +2,7 @@
 
 use http::StatusCode as S;
 
-use super::Wire;
+use super::{ObieError, Wire};
 use crate::pipeline::token::{Scheme, TokenError};
 
 pub(super) fn wire(e: TokenError) -> Wire {
@@ -198,4 +198,41 @@ pub(super) fn challenge(e: TokenError, scheme: Scheme, algs: &str) -> Option<Str
         Scheme::Bearer => format!("Bearer error=\"{error}\""),
         Scheme::DPoP => format!("DPoP error=\"{error}\", {algs}"),
     })
+}
+
+/// The OBIE error code of a token refusal: the token travels in `Authorization`, so a missing
+/// token is `UK.OBIE.Header.Missing` and every token that does not verify is
+/// `UK.OBIE.Header.Invalid`, both with that header as `Path`; a token in the query is an
+/// unexpected field; an issuer that cannot be asked is the server's problem.
+pub(super) fn obie(e: TokenError) -> ObieError {
+    const AUTHORIZATION: Option<&str> = Some("Authorization");
+    match e {
+        TokenError::Missing => ObieError::new(super::HEADER_MISSING, AUTHORIZATION),
+        TokenError::InQuery => ObieError::new(super::FIELD_UNEXPECTED, Some("access_token")),
+        TokenError::Multiple
+        | TokenError::BadHeader
+        | TokenError::UnsupportedScheme
+        | TokenError::TooLarge
+        | TokenError::Malformed
+        | TokenError::AlgNotAllowed
+        | TokenError::ForbiddenHeader
+        | TokenError::UnknownKey
+        | TokenError::AmbiguousKey
+        | TokenError::KeyMismatch
+        | TokenError::BadSignature
+        | TokenError::Typ
+        | TokenError::Issuer
+        | TokenError::Audience
+        | TokenError::ExpMissing
+        | TokenError::Expired
+        | TokenError::NotYetValid
+        | TokenError::IssuedAt
+        | TokenError::ConfirmationUnsupported
+        | TokenError::NotAccessToken
+        | TokenError::ClaimType
+        | TokenError::Inactive => ObieError::new(super::HEADER_INVALID, AUTHORIZATION),
+        TokenError::KeysUnavailable | TokenError::IntrospectionUnavailable => {
+            ObieError::new(super::UNEXPECTED, None)
+        }
+    }
 }

@@ -2,7 +2,7 @@
 
 use http::StatusCode as S;
 
-use super::Wire;
+use super::{ObieError, Wire};
 use crate::upstream::UpstreamError;
 use portcullis_audit::AuditError;
 
@@ -38,5 +38,20 @@ pub(super) fn audit(e: AuditError) -> Wire {
             portcullis_audit::UNAVAILABLE_REASON,
             "the service cannot record this request now; try again later",
         ),
+    }
+}
+
+/// The upstream's and the audit log's failures are the server's: `UK.OBIE.UnexpectedError`.
+pub(super) fn obie(e: UpstreamError) -> ObieError {
+    match e {
+        UpstreamError::Connect | UpstreamError::Protocol | UpstreamError::Timeout => {
+            ObieError::new(super::UNEXPECTED, None)
+        }
+    }
+}
+
+pub(super) fn audit_obie(e: AuditError) -> ObieError {
+    match e {
+        AuditError::Unavailable => ObieError::new(super::UNEXPECTED, None),
     }
 }
