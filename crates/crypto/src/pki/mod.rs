@@ -12,6 +12,8 @@
 //! - Optional evidence (QCStatements) is tolerated when garbled; bytes that are not exactly one
 //!   DER X.509 certificate are an error.
 
+pub mod ocsp;
+
 use std::fmt::{self, Write as _};
 use std::net::{Ipv4Addr, Ipv6Addr};
 

@@ -111,6 +111,9 @@ pub struct ListenerTls {
     /// CRLs fetched from URLs; with any, the runtime rebuilds the verifier from `material`
     /// whenever one of them brings a new CRL.
     pub crl_urls: Vec<CrlUrl>,
+    /// OCSP for client certificates, when configured: checked per request by the identity
+    /// stage (see `portcullis_sources::ocsp`).
+    pub ocsp: Option<portcullis_sources::ocsp::OcspSettings>,
     pub material: Arc<TlsMaterial>,
 }
 
@@ -819,11 +822,16 @@ fn validate_listener_tls(
         }
     }
     let crl_urls = validate_crl_urls(p, base, &f.crl_urls, watched);
+    let ocsp = match &f.ocsp {
+        None => Some(None),
+        Some(o) => validate_ocsp(p, base, o, watched).map(Some),
+    };
     let key = key?;
     if chain.is_empty() || cas.is_empty() || crl_refused {
         return None;
     }
     let crl_urls = crl_urls?;
+    let ocsp = ocsp?;
     let (client_ca_count, crl_count) = (cas.len(), crls.len());
     let revoked = match portcullis_crypto::pki::Revoked::from_crls(crls.iter().map(|c| c.as_ref()))
     {
@@ -864,6 +872,7 @@ fn validate_listener_tls(
             revoked,
             crls: loaded_crls,
             crl_urls,
+            ocsp,
             material,
         }),
         Err(e) => {
@@ -954,6 +963,111 @@ fn validate_crl_urls(
         });
     }
     ok.then_some(out)
+}
+
+/// `listener.tls.ocsp`. http:// is allowed, as for CRLs: an OCSP answer is signed by the CA (or
+/// its delegated responder), and whoever relays it cannot forge it (RFC 6960 §4.2.2.2).
+fn validate_ocsp(
+    p: &mut Problems<'_>,
+    base: &Path,
+    o: &file::FileOcsp,
+    watched: &mut Vec<PathBuf>,
+) -> Option<portcullis_sources::ocsp::OcspSettings> {
+    use portcullis_sources::ocsp::{FailMode, OcspSettings, Responder};
+    let mut ok = true;
+    let responder = match o.responder.as_deref() {
+        None | Some("auto") => Some(Responder::Auto),
+        Some(url) => match url
+            .parse::<http::Uri>()
+            .ok()
+            .filter(|x| x.host().is_some())
+            .filter(|x| {
+                x.scheme() == Some(&http::uri::Scheme::HTTP)
+                    || x.scheme() == Some(&http::uri::Scheme::HTTPS)
+            }) {
+            Some(u) => Some(Responder::Url(u)),
+            None => {
+                p.push(
+                    "listener.tls.ocsp.responder",
+                    format!("`{url}` is neither `auto` nor an http:// or https:// URL"),
+                );
+                ok = false;
+                None
+            }
+        },
+    };
+    let fail = match o.fail.as_deref() {
+        None | Some("closed") => FailMode::Closed,
+        Some("open") => FailMode::Open,
+        Some(other) => {
+            p.push(
+                "listener.tls.ocsp.fail",
+                format!("unknown value `{other}` (closed or open)"),
+            );
+            ok = false;
+            FailMode::Closed
+        }
+    };
+    // An https:// responder needs trust; with `auto` the certificate decides the scheme, so
+    // trust is built when a CA bundle or the system store is named, and otherwise an https://
+    // AIA responder cannot be reached (fail as configured).
+    let https = matches!(&responder, Some(Responder::Url(u)) if u.scheme() == Some(&http::uri::Scheme::HTTPS));
+    let wants_trust =
+        https || !o.ca.is_empty() || o.trust == auth::Trust::System;
+    let roots = if wants_trust {
+        match trust_roots(
+            p,
+            base,
+            "listener.tls.ocsp.",
+            &o.ca,
+            o.trust,
+            None,
+            "an https:// OCSP responder",
+            watched,
+        ) {
+            Some(r) => r,
+            None => return None,
+        }
+    } else {
+        rustls::RootCertStore::empty()
+    };
+    let tls = match tls::upstream_client_config(roots, None) {
+        Ok(t) => t,
+        Err(e) => {
+            p.push("listener.tls.ocsp", e);
+            return None;
+        }
+    };
+    let timeout = o.fetch_timeout.map_or(Duration::from_secs(5), |d| d.0);
+    let max_age = o.max_age.map_or(Duration::from_secs(3600), |d| d.0);
+    let max_bytes = o.max_bytes.unwrap_or(64 * 1024);
+    let max_entries = o.max_entries.unwrap_or(10_000);
+    for (field, zero) in [
+        ("fetch_timeout", timeout.is_zero()),
+        ("max_age", max_age < Duration::from_secs(1)),
+        ("max_bytes", max_bytes == 0),
+        ("max_entries", max_entries == 0),
+    ] {
+        if zero {
+            p.push(
+                format!("listener.tls.ocsp.{field}"),
+                "must be above zero (max_age: at least 1s)",
+            );
+            ok = false;
+        }
+    }
+    if !ok {
+        return None;
+    }
+    Some(OcspSettings {
+        responder: responder?,
+        fail,
+        tls,
+        timeout,
+        max_age,
+        max_bytes,
+        max_entries,
+    })
 }
 
 /// A CRL already past its `nextUpdate` is taken (it is still the best list of what is revoked),

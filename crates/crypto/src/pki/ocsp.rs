@@ -1,0 +1,360 @@
+//! OCSP (RFC 6960) for client certificates: the request for one certificate, and the check of
+//! the responder's answer. No I/O: the caller posts the request and hands back the body.
+//!
+//! Invariants:
+//! - Never panics on hostile input: a response is bytes from the network, and every byte string
+//!   yields an [`OcspAnswer`] or an [`OcspError`].
+//! - An answer counts only when its `BasicOCSPResponse` is signed by the certificate's issuing
+//!   CA itself, or by a delegated responder certificate that this CA issued for the purpose
+//!   (`id-kp-OCSPSigning`, RFC 6960 §4.2.2.2), valid now; when it speaks of exactly this
+//!   certificate (issuer name hash, issuer key hash, serial); and when it is current
+//!   (`thisUpdate` not in the future beyond a small skew, `nextUpdate` not past).
+//! - The CertID uses SHA-1, which RFC 5019 §2.1.1 makes the one hash lightweight responders
+//!   (and `openssl ocsp`) must understand. SHA-1 only names the certificate here; nothing
+//!   is trusted because of it.
+
+use x509_cert::der::asn1::OctetString;
+use x509_cert::der::{Any, Decode, Encode};
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::spki::{AlgorithmIdentifierOwned, ObjectIdentifier};
+use x509_ocsp::{
+    BasicOcspResponse, CertId, CertStatus, OcspRequest, OcspResponse, OcspResponseStatus,
+    Request, TbsRequest,
+};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::der_parser::oid;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::FromDer;
+
+/// SHA-1 (RFC 5019 §2.1.1: the CertID hash responders must support).
+const OID_SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
+/// id-pkix-ocsp-basic (RFC 6960 §4.2.1): the only response type there is.
+const OID_OCSP_BASIC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.48.1.1");
+/// id-ad-ocsp (RFC 5280 §4.2.2.1): the responder's location in Authority Information Access.
+const OID_AD_OCSP: x509_parser::asn1_rs::Oid<'static> = oid!(1.3.6 .1 .5 .5 .7 .48 .1);
+
+/// How far in the future a `thisUpdate` may be (clock skew between us and the responder).
+pub const MAX_SKEW_SECS: i64 = 300;
+
+/// What a responder said about one certificate, once its answer was verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OcspStatus {
+    Good,
+    Revoked,
+    /// The responder does not know the certificate (RFC 6960 §2.2).
+    Unknown,
+}
+
+/// A verified answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OcspAnswer {
+    pub status: OcspStatus,
+    /// Unix seconds.
+    pub this_update: i64,
+    /// Unix seconds; `None` when the responder gave none (the caller's maximum age applies).
+    pub next_update: Option<i64>,
+}
+
+/// Why an answer is not taken. The words are for logs; none quotes the response.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OcspError {
+    /// Not DER, not an OCSP response, or not a basic one.
+    #[error("malformed OCSP response: {0}")]
+    Malformed(&'static str),
+    /// `responseStatus` other than successful (RFC 6960 §4.2.1), e.g. `tryLater`.
+    #[error("the responder answered {0}")]
+    NotSuccessful(&'static str),
+    /// Signed by no key that may speak for the certificate's issuer.
+    #[error("the OCSP response's signature does not verify with the issuing CA or a delegated responder it issued")]
+    BadSignature,
+    /// The answer speaks of another certificate (or another issuer).
+    #[error("the OCSP response does not name the certificate asked about")]
+    WrongCertificate,
+    #[error("the OCSP response's thisUpdate is in the future")]
+    NotYetValid,
+    #[error("the OCSP response is past its nextUpdate")]
+    Expired,
+}
+
+/// What identifies one certificate to a responder, and the request that asks about it.
+#[derive(Clone, Debug)]
+pub struct OcspQuery {
+    cert_id: CertId,
+    /// `OCSPRequest` (DER), to POST as `application/ocsp-request` (RFC 6960 §A.1).
+    pub request_der: Vec<u8>,
+    /// The issuing CA (DER), which the answer's signature is checked against.
+    issuer_der: Vec<u8>,
+}
+
+fn sha1(data: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, data)
+        .as_ref()
+        .to_vec()
+}
+
+fn parse_cert(der: &[u8]) -> Option<X509Certificate<'_>> {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok((rest, c)) if rest.is_empty() => Some(c),
+        _ => None,
+    }
+}
+
+/// The issuing CA of the DER certificate `leaf` among `cas` (DER): the one whose subject is the
+/// leaf's issuer and whose key verifies the leaf's signature.
+pub fn find_issuer<'a>(leaf: &[u8], cas: impl IntoIterator<Item = &'a [u8]>) -> Option<&'a [u8]> {
+    let leaf = parse_cert(leaf)?;
+    cas.into_iter().find(|ca| {
+        parse_cert(ca).is_some_and(|ca| {
+            ca.subject().as_raw() == leaf.issuer().as_raw()
+                && leaf.verify_signature(Some(ca.public_key())).is_ok()
+        })
+    })
+}
+
+/// The OCSP responder URLs of a DER certificate's Authority Information Access extension
+/// (`id-ad-ocsp`, http or https only), in certificate order.
+pub fn responder_urls(cert: &[u8]) -> Vec<String> {
+    let Some(cert) = parse_cert(cert) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for ext in cert.extensions() {
+        if let ParsedExtension::AuthorityInfoAccess(aia) = ext.parsed_extension() {
+            for d in &aia.accessdescs {
+                if d.access_method != OID_AD_OCSP {
+                    continue;
+                }
+                if let GeneralName::URI(u) = &d.access_location {
+                    if u.starts_with("http://") || u.starts_with("https://") {
+                        out.push((*u).to_string());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+impl OcspQuery {
+    /// The query for the DER certificate `leaf` issued by the DER CA certificate `issuer`.
+    pub fn new(leaf: &[u8], issuer: &[u8]) -> Result<OcspQuery, String> {
+        let leaf_c = parse_cert(leaf).ok_or("the certificate cannot be parsed")?;
+        let ca = parse_cert(issuer).ok_or("the issuing CA cannot be parsed")?;
+        let der_err = |e: x509_cert::der::Error| format!("cannot encode the OCSP request: {e}");
+        let cert_id = CertId {
+            hash_algorithm: AlgorithmIdentifierOwned {
+                oid: OID_SHA1,
+                parameters: Some(Any::null()),
+            },
+            issuer_name_hash: OctetString::new(sha1(leaf_c.issuer().as_raw())).map_err(der_err)?,
+            issuer_key_hash: OctetString::new(sha1(&ca.public_key().subject_public_key.data))
+                .map_err(der_err)?,
+            serial_number: SerialNumber::new(leaf_c.raw_serial()).map_err(der_err)?,
+        };
+        let request = OcspRequest {
+            tbs_request: TbsRequest {
+                version: x509_ocsp::Version::V1,
+                requestor_name: None,
+                request_list: vec![Request {
+                    req_cert: cert_id.clone(),
+                    single_request_extensions: None,
+                }],
+                // No nonce: RFC 5019 responders answer from pre-signed responses, and the
+                // freshness that matters is checked on thisUpdate / nextUpdate.
+                request_extensions: None,
+            },
+            optional_signature: None,
+        };
+        Ok(OcspQuery {
+            cert_id,
+            request_der: request.to_der().map_err(der_err)?,
+            issuer_der: issuer.to_vec(),
+        })
+    }
+
+    /// Checks a responder's answer (DER `OCSPResponse`) at `now` (Unix seconds).
+    pub fn check(&self, response: &[u8], now: i64) -> Result<OcspAnswer, OcspError> {
+        let resp = OcspResponse::from_der(response)
+            .map_err(|_| OcspError::Malformed("not a DER OCSPResponse"))?;
+        match resp.response_status {
+            OcspResponseStatus::Successful => {}
+            OcspResponseStatus::MalformedRequest => {
+                return Err(OcspError::NotSuccessful("malformedRequest"))
+            }
+            OcspResponseStatus::InternalError => {
+                return Err(OcspError::NotSuccessful("internalError"))
+            }
+            OcspResponseStatus::TryLater => return Err(OcspError::NotSuccessful("tryLater")),
+            OcspResponseStatus::SigRequired => {
+                return Err(OcspError::NotSuccessful("sigRequired"))
+            }
+            OcspResponseStatus::Unauthorized => {
+                return Err(OcspError::NotSuccessful("unauthorized"))
+            }
+        }
+        let bytes = resp
+            .response_bytes
+            .ok_or(OcspError::Malformed("a successful response without responseBytes"))?;
+        if bytes.response_type != OID_OCSP_BASIC {
+            return Err(OcspError::Malformed("not a basic OCSP response"));
+        }
+        let raw = bytes.response.as_bytes();
+        let basic = BasicOcspResponse::from_der(raw)
+            .map_err(|_| OcspError::Malformed("not a DER BasicOCSPResponse"))?;
+        // The signature covers tbsResponseData exactly as the responder sent it.
+        let tbs = first_element(raw).ok_or(OcspError::Malformed("no tbsResponseData"))?;
+        self.check_signature(&basic, tbs, now)?;
+        let single = basic
+            .tbs_response_data
+            .responses
+            .iter()
+            .find(|s| self.names(&s.cert_id))
+            .ok_or(OcspError::WrongCertificate)?;
+        let this_update = unix(&single.this_update);
+        let next_update = single.next_update.as_ref().map(unix);
+        if this_update > now.saturating_add(MAX_SKEW_SECS) {
+            return Err(OcspError::NotYetValid);
+        }
+        if next_update.is_some_and(|t| t < now) {
+            return Err(OcspError::Expired);
+        }
+        let status = match single.cert_status {
+            CertStatus::Good(_) => OcspStatus::Good,
+            CertStatus::Revoked(_) => OcspStatus::Revoked,
+            CertStatus::Unknown(_) => OcspStatus::Unknown,
+        };
+        Ok(OcspAnswer {
+            status,
+            this_update,
+            next_update,
+        })
+    }
+
+    /// Whether a response's CertID is ours. The hash algorithm must be ours too: a responder
+    /// answers with the CertID it was asked about (RFC 6960 §4.2.1).
+    fn names(&self, id: &CertId) -> bool {
+        let ours = &self.cert_id;
+        id.hash_algorithm.oid == ours.hash_algorithm.oid
+            && id.issuer_name_hash == ours.issuer_name_hash
+            && id.issuer_key_hash == ours.issuer_key_hash
+            && id.serial_number.to_der().ok() == ours.serial_number.to_der().ok()
+    }
+
+    /// RFC 6960 §4.2.2.2: signed by the CA itself, or by a certificate the CA issued with the
+    /// OCSPSigning EKU (valid at `now`). Anything else — another CA's responder, a
+    /// self-signed one, an expired delegate — is refused.
+    fn check_signature(
+        &self,
+        basic: &BasicOcspResponse,
+        tbs: &[u8],
+        now: i64,
+    ) -> Result<(), OcspError> {
+        let ca = parse_cert(&self.issuer_der).ok_or(OcspError::BadSignature)?;
+        let alg_der = basic
+            .signature_algorithm
+            .to_der()
+            .map_err(|_| OcspError::Malformed("signatureAlgorithm"))?;
+        let (_, alg) = x509_parser::x509::AlgorithmIdentifier::from_der(&alg_der)
+            .map_err(|_| OcspError::Malformed("signatureAlgorithm"))?;
+        let sig_bytes = basic
+            .signature
+            .as_bytes()
+            .ok_or(OcspError::Malformed("signature"))?;
+        let sig = x509_parser::asn1_rs::BitString::new(0, sig_bytes);
+        let verifies = |spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>| {
+            x509_parser::verify::verify_signature(spki, &alg, &sig, tbs).is_ok()
+        };
+        if verifies(ca.public_key()) {
+            return Ok(());
+        }
+        for delegate in basic.certs.iter().flatten() {
+            let Ok(der) = delegate.to_der() else {
+                continue;
+            };
+            let Some(d) = parse_cert(&der) else {
+                continue;
+            };
+            let issued_by_ca = d.issuer().as_raw() == ca.subject().as_raw()
+                && d.verify_signature(Some(ca.public_key())).is_ok();
+            let ocsp_signing = matches!(d.extended_key_usage(), Ok(Some(eku)) if eku.value.ocsp_signing);
+            let validity = d.validity();
+            let current = validity.not_before.timestamp() <= now.saturating_add(MAX_SKEW_SECS)
+                && now <= validity.not_after.timestamp();
+            if issued_by_ca && ocsp_signing && current && verifies(d.public_key()) {
+                return Ok(());
+            }
+        }
+        Err(OcspError::BadSignature)
+    }
+}
+
+fn unix(t: &x509_ocsp::OcspGeneralizedTime) -> i64 {
+    i64::try_from(t.0.to_unix_duration().as_secs()).unwrap_or(i64::MAX)
+}
+
+/// The first element (tag, length and value, as sent) of the DER SEQUENCE `der`.
+fn first_element(der: &[u8]) -> Option<&[u8]> {
+    let (_, body) = tlv(der)?;
+    let (len, _) = tlv(body)?;
+    body.get(..len)
+}
+
+/// Splits a DER TLV at the start of `der`: returns the TLV's total length and its value.
+/// Only single-byte tags and definite lengths (DER).
+fn tlv(der: &[u8]) -> Option<(usize, &[u8])> {
+    let first = *der.get(1)?;
+    let (len, head) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for b in der.get(2..2 + n)? {
+            len = (len << 8) | usize::from(*b);
+        }
+        (len, 2 + n)
+    };
+    let total = head.checked_add(len)?;
+    Some((total, der.get(head..total)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_malformed() {
+        let issuer = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = issuer.self_signed(&key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let issuer = rcgen::Issuer::new(
+            rcgen::CertificateParams::new(Vec::<String>::new()).unwrap(),
+            &key,
+        );
+        let leaf = rcgen::CertificateParams::new(vec!["leaf".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let q = OcspQuery::new(leaf.der(), ca.der()).unwrap();
+        assert!(!q.request_der.is_empty());
+        for bad in [
+            &b""[..],
+            &b"\x30"[..],
+            &b"\x30\x84\xff\xff\xff\xff"[..],
+            &b"\x30\x03\x0a\x01\x00"[..],
+            &b"<html>"[..],
+        ] {
+            assert!(q.check(bad, 0).is_err());
+        }
+        // tryLater (3) with no body.
+        assert_eq!(
+            q.check(b"\x30\x03\x0a\x01\x03", 0),
+            Err(OcspError::NotSuccessful("tryLater"))
+        );
+        assert_eq!(tlv(b"\x30\x82\x00"), None);
+        assert_eq!(first_element(b"\x30\x02\x05\x00"), Some(&b"\x05\x00"[..]));
+    }
+}
