@@ -25,9 +25,8 @@ fn get(id: &str) -> http::Request<http_body_util::Full<Bytes>> {
 
 /// The dev CA as an rcgen issuer (its name in the order `dev-certs` writes it).
 fn dev_ca() -> rcgen::Issuer<'static, rcgen::KeyPair> {
-    let key =
-        rcgen::KeyPair::from_pem(&std::fs::read_to_string(certs().join("ca.key")).unwrap())
-            .unwrap();
+    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(certs().join("ca.key")).unwrap())
+        .unwrap();
     let mut ca = rcgen::CertificateParams::default();
     ca.distinguished_name = rcgen::DistinguishedName::new();
     ca.distinguished_name
@@ -55,7 +54,10 @@ fn responder_cert(
         Some(i) => p.signed_by(&key, i).unwrap(),
         None => p.self_signed(&key).unwrap(),
     };
-    let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    let (c, k) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
     std::fs::write(&c, cert.pem()).unwrap();
     std::fs::write(&k, key.serialize_pem()).unwrap();
     (c, k)
@@ -265,7 +267,10 @@ async fn a_delegated_responder_answers_good_revoked_and_unknown() {
     let asked = metric(&p, "portcullis_ocsp_requests_total").await;
     passes(&p, "tpp1", "ocsp_good").await;
     assert_eq!(metric(&p, "portcullis_ocsp_requests_total").await, asked);
-    assert_eq!(metric(&p, "portcullis_ocsp_fetch_failures_total").await, 0.0);
+    assert_eq!(
+        metric(&p, "portcullis_ocsp_fetch_failures_total").await,
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,7 +336,10 @@ async fn a_responder_that_is_down_refuses_when_fail_closed_and_passes_counted_wh
         metric(&closed, "portcullis_ocsp_fetch_failures_total").await,
         1.0
     );
-    assert_eq!(metric(&closed, "portcullis_ocsp_fail_open_total").await, 0.0);
+    assert_eq!(
+        metric(&closed, "portcullis_ocsp_fail_open_total").await,
+        0.0
+    );
 
     let open = proxy(&up, &url, "open", "1h").await;
     assert_eq!(metric(&open, "portcullis_ocsp_fail_open_total").await, 0.0);

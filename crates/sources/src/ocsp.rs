@@ -34,6 +34,24 @@ pub enum Responder {
     Url(http::Uri),
 }
 
+impl std::fmt::Display for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Responder::Auto => f.write_str("auto"),
+            Responder::Url(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+impl std::fmt::Display for FailMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FailMode::Closed => "closed",
+            FailMode::Open => "open",
+        })
+    }
+}
+
 /// What to do when no verified answer can be had.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailMode {
@@ -262,7 +280,8 @@ impl OcspChecker {
         let answer = query
             .check(&body, now)
             .map_err(|e| (OcspOutcome::Invalid, format!("{uri}: {e}")))?;
-        let cap = now.saturating_add(i64::try_from(self.settings.max_age.as_secs()).unwrap_or(i64::MAX));
+        let cap =
+            now.saturating_add(i64::try_from(self.settings.max_age.as_secs()).unwrap_or(i64::MAX));
         let until = answer.next_update.map_or(cap, |t| t.min(cap));
         let outcome = match answer.status {
             OcspStatus::Good => OcspOutcome::Good,

@@ -18,8 +18,8 @@ use x509_cert::der::{Any, Decode, Encode};
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::spki::{AlgorithmIdentifierOwned, ObjectIdentifier};
 use x509_ocsp::{
-    BasicOcspResponse, CertId, CertStatus, OcspRequest, OcspResponse, OcspResponseStatus,
-    Request, TbsRequest,
+    BasicOcspResponse, CertId, CertStatus, OcspRequest, OcspResponse, OcspResponseStatus, Request,
+    TbsRequest,
 };
 use x509_parser::certificate::X509Certificate;
 use x509_parser::der_parser::oid;
@@ -94,7 +94,7 @@ fn sha1(data: &[u8]) -> Vec<u8> {
 
 fn parse_cert(der: &[u8]) -> Option<X509Certificate<'_>> {
     match x509_parser::parse_x509_certificate(der) {
-        Ok((rest, c)) if rest.is_empty() => Some(c),
+        Ok(([], c)) => Some(c),
         _ => None,
     }
 }
@@ -185,16 +185,14 @@ impl OcspQuery {
                 return Err(OcspError::NotSuccessful("internalError"))
             }
             OcspResponseStatus::TryLater => return Err(OcspError::NotSuccessful("tryLater")),
-            OcspResponseStatus::SigRequired => {
-                return Err(OcspError::NotSuccessful("sigRequired"))
-            }
+            OcspResponseStatus::SigRequired => return Err(OcspError::NotSuccessful("sigRequired")),
             OcspResponseStatus::Unauthorized => {
                 return Err(OcspError::NotSuccessful("unauthorized"))
             }
         }
-        let bytes = resp
-            .response_bytes
-            .ok_or(OcspError::Malformed("a successful response without responseBytes"))?;
+        let bytes = resp.response_bytes.ok_or(OcspError::Malformed(
+            "a successful response without responseBytes",
+        ))?;
         if bytes.response_type != OID_OCSP_BASIC {
             return Err(OcspError::Malformed("not a basic OCSP response"));
         }
@@ -276,7 +274,8 @@ impl OcspQuery {
             };
             let issued_by_ca = d.issuer().as_raw() == ca.subject().as_raw()
                 && d.verify_signature(Some(ca.public_key())).is_ok();
-            let ocsp_signing = matches!(d.extended_key_usage(), Ok(Some(eku)) if eku.value.ocsp_signing);
+            let ocsp_signing =
+                matches!(d.extended_key_usage(), Ok(Some(eku)) if eku.value.ocsp_signing);
             let validity = d.validity();
             let current = validity.not_before.timestamp() <= now.saturating_add(MAX_SKEW_SECS)
                 && now <= validity.not_after.timestamp();

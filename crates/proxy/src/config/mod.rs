@@ -1012,10 +1012,9 @@ fn validate_ocsp(
     // trust is built when a CA bundle or the system store is named, and otherwise an https://
     // AIA responder cannot be reached (fail as configured).
     let https = matches!(&responder, Some(Responder::Url(u)) if u.scheme() == Some(&http::uri::Scheme::HTTPS));
-    let wants_trust =
-        https || !o.ca.is_empty() || o.trust == auth::Trust::System;
+    let wants_trust = https || !o.ca.is_empty() || o.trust == auth::Trust::System;
     let roots = if wants_trust {
-        match trust_roots(
+        trust_roots(
             p,
             base,
             "listener.tls.ocsp.",
@@ -1024,10 +1023,7 @@ fn validate_ocsp(
             None,
             "an https:// OCSP responder",
             watched,
-        ) {
-            Some(r) => r,
-            None => return None,
-        }
+        )?
     } else {
         rustls::RootCertStore::empty()
     };
