@@ -322,23 +322,221 @@ fn tlv(der: &[u8]) -> Option<(usize, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rcgen::SigningKey as _;
+    use x509_cert::der::asn1::{BitString, GeneralizedTime};
+    use x509_ocsp::{
+        OcspGeneralizedTime, ResponderId, ResponseBytes, ResponseData, SingleResponse,
+    };
+
+    const ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+    const NOW: i64 = 1_800_000_000;
+
+    struct Pki {
+        ca_key: rcgen::KeyPair,
+        ca: rcgen::Certificate,
+        leaf: rcgen::Certificate,
+    }
+
+    fn ca_params(cn: &str) -> rcgen::CertificateParams {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p
+    }
+
+    fn pki() -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca_params("ca").self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params("ca"), &ca_key);
+        let leaf = rcgen::CertificateParams::new(vec!["leaf".to_string()])
+            .unwrap()
+            .signed_by(&rcgen::KeyPair::generate().unwrap(), &issuer)
+            .unwrap();
+        Pki { ca_key, ca, leaf }
+    }
+
+    /// A responder certificate for `key`, issued by `issuer`, with or without OCSPSigning.
+    fn responder(
+        key: &rcgen::KeyPair,
+        issuer: &rcgen::Issuer<'_, &rcgen::KeyPair>,
+        ocsp_signing: bool,
+    ) -> Vec<u8> {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        if ocsp_signing {
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::OcspSigning];
+        }
+        p.not_before = time::OffsetDateTime::from_unix_timestamp(NOW - 3600).unwrap();
+        p.not_after = time::OffsetDateTime::from_unix_timestamp(NOW + 3600).unwrap();
+        p.signed_by(key, issuer).unwrap().der().to_vec()
+    }
+
+    fn time(t: i64) -> OcspGeneralizedTime {
+        OcspGeneralizedTime(
+            GeneralizedTime::from_unix_duration(std::time::Duration::from_secs(t as u64)).unwrap(),
+        )
+    }
+
+    /// A successful basic response about `id`, signed by `signer`, carrying `certs`.
+    fn response(
+        id: CertId,
+        status: CertStatus,
+        this: i64,
+        next: Option<i64>,
+        signer: &rcgen::KeyPair,
+        certs: &[&[u8]],
+    ) -> Vec<u8> {
+        let tbs = ResponseData {
+            version: x509_ocsp::Version::V1,
+            responder_id: ResponderId::ByName(Default::default()),
+            produced_at: time(this),
+            responses: vec![SingleResponse {
+                cert_id: id,
+                cert_status: status,
+                this_update: time(this),
+                next_update: next.map(time),
+                single_extensions: None,
+            }],
+            response_extensions: None,
+        };
+        let sig = signer.sign(&tbs.to_der().unwrap()).unwrap();
+        let certs = (!certs.is_empty()).then(|| {
+            certs
+                .iter()
+                .map(|c| x509_cert::Certificate::from_der(c).unwrap())
+                .collect()
+        });
+        let basic = BasicOcspResponse {
+            tbs_response_data: tbs,
+            signature_algorithm: AlgorithmIdentifierOwned {
+                oid: ECDSA_SHA256,
+                parameters: None,
+            },
+            signature: BitString::from_bytes(&sig).unwrap(),
+            certs,
+        };
+        OcspResponse {
+            response_status: OcspResponseStatus::Successful,
+            response_bytes: Some(ResponseBytes {
+                response_type: OID_OCSP_BASIC,
+                response: OctetString::new(basic.to_der().unwrap()).unwrap(),
+            }),
+        }
+        .to_der()
+        .unwrap()
+    }
+
+    #[test]
+    fn answers_are_taken_only_from_the_ca_or_its_delegate_about_this_certificate_while_current() {
+        let pki = pki();
+        let q = OcspQuery::new(pki.leaf.der(), pki.ca.der()).unwrap();
+        let id = q.cert_id.clone();
+        let good = CertStatus::good();
+        let ok = |r: Vec<u8>| q.check(&r, NOW);
+
+        // The CA itself.
+        let a = ok(response(
+            id.clone(),
+            good,
+            NOW - 10,
+            Some(NOW + 60),
+            &pki.ca_key,
+            &[],
+        ))
+        .unwrap();
+        assert_eq!(
+            a,
+            OcspAnswer {
+                status: OcspStatus::Good,
+                this_update: NOW - 10,
+                next_update: Some(NOW + 60)
+            }
+        );
+        let unknown = CertStatus::Unknown(x509_cert::der::asn1::Null);
+        assert_eq!(
+            ok(response(id.clone(), unknown, NOW, None, &pki.ca_key, &[]))
+                .unwrap()
+                .status,
+            OcspStatus::Unknown
+        );
+
+        // A delegate of the CA with OCSPSigning; without the EKU, or from another CA: refused.
+        let issuer = rcgen::Issuer::new(ca_params("ca"), &pki.ca_key);
+        let d_key = rcgen::KeyPair::generate().unwrap();
+        let delegate = responder(&d_key, &issuer, true);
+        assert!(ok(response(id.clone(), good, NOW, None, &d_key, &[&delegate])).is_ok());
+        let no_eku = responder(&d_key, &issuer, false);
+        assert_eq!(
+            ok(response(id.clone(), good, NOW, None, &d_key, &[&no_eku])),
+            Err(OcspError::BadSignature)
+        );
+        let other_key = rcgen::KeyPair::generate().unwrap();
+        let other = rcgen::Issuer::new(ca_params("ca"), &other_key);
+        let foreign = responder(&d_key, &other, true);
+        assert_eq!(
+            ok(response(id.clone(), good, NOW, None, &d_key, &[&foreign])),
+            Err(OcspError::BadSignature)
+        );
+        // A key that is nobody's.
+        assert_eq!(
+            ok(response(id.clone(), good, NOW, None, &other_key, &[])),
+            Err(OcspError::BadSignature)
+        );
+
+        // About another certificate (another serial).
+        let mut other_id = id.clone();
+        other_id.serial_number = SerialNumber::new(&[0x01, 0x02]).unwrap();
+        assert_eq!(
+            ok(response(other_id, good, NOW, None, &pki.ca_key, &[])),
+            Err(OcspError::WrongCertificate)
+        );
+
+        // Not current.
+        assert_eq!(
+            ok(response(
+                id.clone(),
+                good,
+                NOW + 3600,
+                None,
+                &pki.ca_key,
+                &[]
+            )),
+            Err(OcspError::NotYetValid)
+        );
+        assert_eq!(
+            ok(response(
+                id.clone(),
+                good,
+                NOW - 7200,
+                Some(NOW - 1),
+                &pki.ca_key,
+                &[]
+            )),
+            Err(OcspError::Expired)
+        );
+
+        // One bit changed anywhere, or the answer cut short: refused, never a panic.
+        let r = response(id, good, NOW, None, &pki.ca_key, &[]);
+        assert!(q.check(&r, NOW).is_ok());
+        for i in 0..r.len() {
+            let mut bad = r.clone();
+            bad[i] ^= 0x01;
+            assert!(q.check(&bad, NOW).is_err(), "byte {i} changed and taken");
+            assert!(q.check(&r[..i], NOW).is_err(), "cut at {i} and taken");
+        }
+    }
 
     #[test]
     fn garbage_is_malformed() {
-        let issuer = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let ca = issuer.self_signed(&key).unwrap();
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let issuer = rcgen::Issuer::new(
-            rcgen::CertificateParams::new(Vec::<String>::new()).unwrap(),
-            &key,
-        );
-        let leaf = rcgen::CertificateParams::new(vec!["leaf".to_string()])
-            .unwrap()
-            .signed_by(&leaf_key, &issuer)
-            .unwrap();
-        let q = OcspQuery::new(leaf.der(), ca.der()).unwrap();
+        let pki = pki();
+        let q = OcspQuery::new(pki.leaf.der(), pki.ca.der()).unwrap();
         assert!(!q.request_der.is_empty());
+        assert_eq!(
+            find_issuer(pki.leaf.der(), [pki.ca.der().as_ref()]),
+            Some(pki.ca.der().as_ref())
+        );
+        assert_eq!(find_issuer(pki.ca.der(), [pki.leaf.der().as_ref()]), None);
+        assert!(responder_urls(pki.leaf.der()).is_empty());
         for bad in [
             &b""[..],
             &b"\x30"[..],
