@@ -510,3 +510,51 @@ fn bad_ocsp_settings_are_refused_at_load_naming_the_field() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_responder_answering_garbage_an_error_too_much_or_nothing_refuses_when_fail_closed() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    for (behaviour, revocation) in [
+        // 200 with a JSON body: not an OCSP response.
+        (Behaviour::Ok, "ocsp_invalid"),
+        (Behaviour::Status(503), "ocsp_unavailable"),
+        // 64 KiB, over max_bytes.
+        (Behaviour::Trickle, "ocsp_unavailable"),
+        // Never answers: the request waits fetch_timeout, no longer.
+        (Behaviour::Hang, "ocsp_unavailable"),
+    ] {
+        let responder = Upstream::start(behaviour).await;
+        let mut o = Options::new(up.addr);
+        o.config.listener.tls.crl = Vec::new();
+        o.config.listener.tls.ocsp = Some(FileOcsp {
+            responder: Some(format!("http://{}/", responder.addr)),
+            fetch_timeout: Some(dur("1s")),
+            max_bytes: Some(1024),
+            ..FileOcsp::default()
+        });
+        let p = Proxy::start(o).await;
+        let mut conn = p.client(Some("tpp1"), false).await.unwrap();
+        let t = std::time::Instant::now();
+        refused(
+            &p,
+            &up,
+            &mut conn,
+            "identity.client_cert_revocation_unknown",
+            revocation,
+        )
+        .await;
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "{behaviour:?} waited too long"
+        );
+        assert!(
+            responder.count() >= 1,
+            "{behaviour:?}: the responder was asked"
+        );
+        assert_eq!(
+            metric(&p, "portcullis_ocsp_fetch_failures_total").await,
+            1.0,
+            "{behaviour:?}"
+        );
+    }
+}
