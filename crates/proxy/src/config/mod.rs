@@ -821,7 +821,7 @@ fn validate_listener_tls(
             Err(e) => p.push(field, format!("cannot read {}: {e}", path.display())),
         }
     }
-    let crl_urls = validate_crl_urls(p, base, &f.crl_urls, watched);
+    let crl_urls = validate_crl_urls(p, base, &f.crl_urls, &cas, watched);
     let ocsp = match &f.ocsp {
         None => Some(None),
         Some(o) => validate_ocsp(p, base, o, watched).map(Some),
@@ -888,79 +888,114 @@ fn validate_crl_urls(
     p: &mut Problems<'_>,
     base: &Path,
     urls: &[file::FileCrlUrl],
+    cas: &[CertificateDer<'static>],
     watched: &mut Vec<PathBuf>,
 ) -> Option<Vec<CrlUrl>> {
     let mut out = Vec::new();
     let mut ok = true;
-    for (i, u) in urls.iter().enumerate() {
-        let field = |s: &str| format!("listener.tls.crl_urls[{i}]{s}");
-        let uri = u
-            .url
-            .parse::<http::Uri>()
+    let http_uri = |s: &str| {
+        s.parse::<http::Uri>()
             .ok()
             .filter(|x| x.host().is_some())
             .filter(|x| {
                 x.scheme() == Some(&http::uri::Scheme::HTTP)
                     || x.scheme() == Some(&http::uri::Scheme::HTTPS)
-            });
-        let Some(uri) = uri else {
-            p.push(
-                field(".url"),
-                format!("`{}` is not an http:// or https:// URL", u.url),
-            );
-            ok = false;
-            continue;
-        };
-        let roots = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
-            match trust_roots(
-                p,
-                base,
-                &field("."),
-                &u.ca,
-                u.trust,
-                None,
-                "an https:// CRL URL",
-                watched,
-            ) {
-                Some(r) => r,
+            })
+    };
+    for (i, u) in urls.iter().enumerate() {
+        let field = |s: &str| format!("listener.tls.crl_urls[{i}]{s}");
+        // `distribution_points`: the CRL URLs the client CA certificates name. A certificate's
+        // distribution point serves the CRL that covers that certificate, so these are the
+        // CRLs of the CAs above the configured ones (an intermediate's, from its root); the
+        // points inside client certificates cannot be known at load and are not followed.
+        let uris: Vec<http::Uri> = if u.url == "distribution_points" {
+            let found: Vec<String> = cas
+                .iter()
+                .flat_map(|c| portcullis_crypto::pki::crl_distribution_points(c.as_ref()))
+                .collect();
+            let mut uris: Vec<http::Uri> = Vec::new();
+            for f in found.iter().filter_map(|f| http_uri(f)) {
+                if !uris.contains(&f) {
+                    uris.push(f);
+                }
+            }
+            if uris.is_empty() {
+                p.push(
+                    field(".url"),
+                    "`distribution_points`: no client_ca certificate names an http:// or https:// CRL distribution point",
+                );
+                ok = false;
+                continue;
+            }
+            uris
+        } else {
+            match http_uri(&u.url) {
+                Some(uri) => vec![uri],
                 None => {
+                    p.push(
+                        field(".url"),
+                        format!(
+                            "`{}` is not an http:// or https:// URL (or `distribution_points`)",
+                            u.url
+                        ),
+                    );
                     ok = false;
                     continue;
                 }
             }
-        } else {
-            rustls::RootCertStore::empty()
         };
-        let tls = match tls::upstream_client_config(roots, None) {
-            Ok(t) => t,
-            Err(e) => {
-                p.push(field(""), e);
+        for uri in uris {
+            let roots = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+                match trust_roots(
+                    p,
+                    base,
+                    &field("."),
+                    &u.ca,
+                    u.trust,
+                    None,
+                    "an https:// CRL URL",
+                    watched,
+                ) {
+                    Some(r) => r,
+                    None => {
+                        ok = false;
+                        continue;
+                    }
+                }
+            } else {
+                rustls::RootCertStore::empty()
+            };
+            let tls = match tls::upstream_client_config(roots, None) {
+                Ok(t) => t,
+                Err(e) => {
+                    p.push(field(""), e);
+                    ok = false;
+                    continue;
+                }
+            };
+            let refresh = u
+                .refresh_interval
+                .map_or(Duration::from_secs(3600), |d| d.0);
+            let timeout = u.fetch_timeout.map_or(Duration::from_secs(10), |d| d.0);
+            let max_bytes = u.max_bytes.unwrap_or(10 * 1024 * 1024);
+            if refresh.is_zero() || timeout.is_zero() || max_bytes == 0 {
+                p.push(
+                    field(""),
+                    "refresh_interval, fetch_timeout and max_bytes must be above zero",
+                );
                 ok = false;
                 continue;
             }
-        };
-        let refresh = u
-            .refresh_interval
-            .map_or(Duration::from_secs(3600), |d| d.0);
-        let timeout = u.fetch_timeout.map_or(Duration::from_secs(10), |d| d.0);
-        let max_bytes = u.max_bytes.unwrap_or(10 * 1024 * 1024);
-        if refresh.is_zero() || timeout.is_zero() || max_bytes == 0 {
-            p.push(
-                field(""),
-                "refresh_interval, fetch_timeout and max_bytes must be above zero",
-            );
-            ok = false;
-            continue;
+            out.push(CrlUrl {
+                remote: portcullis_sources::crl::CrlRemote {
+                    uri,
+                    tls,
+                    refresh,
+                    timeout,
+                    max_bytes,
+                },
+            });
         }
-        out.push(CrlUrl {
-            remote: portcullis_sources::crl::CrlRemote {
-                uri,
-                tls,
-                refresh,
-                timeout,
-                max_bytes,
-            },
-        });
     }
     ok.then_some(out)
 }
