@@ -558,3 +558,59 @@ async fn a_responder_answering_garbage_an_error_too_much_or_nothing_refuses_when
         );
     }
 }
+
+/// Sends one request on each of `conns` at once; the statuses, in order.
+async fn all_at_once(conns: Vec<portcullis_tools::client::Conn>) -> Vec<u16> {
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let id = uuid::Uuid::new_v4().to_string();
+                c.send(get(&id)).await.unwrap().status.as_u16()
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_need_the_same_answer_at_once_ask_the_responder_once() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let dir = tempfile::tempdir().unwrap();
+    let signer = delegated(dir.path());
+    let c = certs();
+    let r = Responder::start(0, &index(&[&c.join("tpp1.pem")], &[]), &signer);
+    let p = proxy(&up, &r.url(), "closed", "1h").await;
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        conns.push(p.client(Some("tpp1"), false).await.unwrap());
+    }
+    assert_eq!(all_at_once(conns).await, vec![200; 8]);
+    assert_eq!(metric(&p, "portcullis_ocsp_requests_total").await, 1.0);
+
+    // A responder that never answers: one request waits fetch_timeout, the others wait for it
+    // and share its failure, rather than each asking and waiting in turn.
+    let hang = Upstream::start(Behaviour::Hang).await;
+    let mut o = Options::new(up.addr);
+    o.config.listener.tls.crl = Vec::new();
+    o.config.listener.tls.ocsp = Some(FileOcsp {
+        responder: Some(format!("http://{}/", hang.addr)),
+        fetch_timeout: Some(dur("1s")),
+        ..FileOcsp::default()
+    });
+    let p = Proxy::start(o).await;
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        conns.push(p.client(Some("tpp1"), false).await.unwrap());
+    }
+    let before = up.count();
+    let t = std::time::Instant::now();
+    assert_eq!(all_at_once(conns).await, vec![401; 8]);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(metric(&p, "portcullis_ocsp_requests_total").await, 1.0);
+    assert_eq!(up.count(), before, "nothing forwarded");
+}

@@ -10,7 +10,8 @@
 //! The response is hostile input until [`OcspQuery::check`] has taken it: bounded in size and
 //! time, signed by the issuing CA or its delegated responder, about this certificate, current.
 //! Failed fetches and refused answers are not cached: the next request asks again (bounded by
-//! `fetch_timeout`, and by the per-peer rate limit before the identity stage).
+//! `fetch_timeout`, and by the per-peer rate limit before the identity stage). One request per
+//! certificate is in flight at a time; concurrent requests for it wait and share its outcome.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -124,6 +125,8 @@ impl OcspOutcome {
     }
 }
 
+type InFlight = tokio::sync::Mutex<Option<(OcspOutcome, std::time::Instant)>>;
+
 #[derive(Clone, Copy)]
 struct Cached {
     outcome: OcspOutcome,
@@ -138,6 +141,11 @@ pub struct OcspChecker {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// Verified answers by (issuer name DER, serial DER).
     cache: DashMap<(Vec<u8>, Vec<u8>), Cached>,
+    /// One request to the responder per certificate at a time: requests that need the same
+    /// answer (an HTTP/2 connection may send a hundred at once) wait for the one in flight and
+    /// take its outcome, rather than each asking. The slot holds the last failure and when it
+    /// happened, for those that waited on it (failures are not cached beyond that).
+    inflight: DashMap<(Vec<u8>, Vec<u8>), Arc<InFlight>>,
     pub fetches: AtomicU64,
     /// Requests to the responder that brought no verified answer.
     pub failures: AtomicU64,
@@ -166,6 +174,7 @@ impl OcspChecker {
             cas,
             client,
             cache: DashMap::new(),
+            inflight: DashMap::new(),
             fetches: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             fail_open: AtomicU64::new(0),
@@ -185,11 +194,39 @@ impl OcspChecker {
     /// the responder (the caller waits, at most about `fetch_timeout`).
     pub async fn status(&self, cert: &ClientCert, now: i64) -> OcspOutcome {
         let key = (cert.issuer_der.clone(), cert.serial_der.clone());
-        if let Some(c) = self.cache.get(&key).map(|c| *c) {
-            if now < c.until {
-                return c.outcome;
-            }
+        if let Some(outcome) = self.cached(&key, now) {
+            return outcome;
         }
+        let started = std::time::Instant::now();
+        let slot = Arc::clone(self.inflight.entry(key.clone()).or_default().value());
+        let outcome = {
+            let mut last = slot.lock().await;
+            // Whoever held the slot while this request waited has asked: take what it got.
+            if let Some(outcome) = self.cached(&key, now) {
+                outcome
+            } else if let Some((outcome, _)) = last.filter(|(_, at)| *at >= started) {
+                outcome
+            } else {
+                let outcome = self.fetch(cert, key.clone(), now).await;
+                // Verified answers are in the cache; a failure is kept for the waiters only.
+                *last = matches!(outcome, OcspOutcome::Unavailable | OcspOutcome::Invalid)
+                    .then(|| (outcome, std::time::Instant::now()));
+                outcome
+            }
+        };
+        // The slot goes when no other request holds it (the map's reference and ours).
+        self.inflight
+            .remove_if(&key, |_, s| Arc::strong_count(s) <= 2);
+        outcome
+    }
+
+    fn cached(&self, key: &(Vec<u8>, Vec<u8>), now: i64) -> Option<OcspOutcome> {
+        let c = self.cache.get(key).map(|c| *c)?;
+        (now < c.until).then_some(c.outcome)
+    }
+
+    /// Asks the responder; a verified answer is cached.
+    async fn fetch(&self, cert: &ClientCert, key: (Vec<u8>, Vec<u8>), now: i64) -> OcspOutcome {
         self.fetches.fetch_add(1, Ordering::Relaxed);
         match self.ask(cert, now).await {
             Ok((outcome, until)) => {
