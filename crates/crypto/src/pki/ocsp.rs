@@ -6,9 +6,9 @@
 //!   yields an [`OcspAnswer`] or an [`OcspError`].
 //! - An answer counts only when its `BasicOCSPResponse` is signed by the certificate's issuing
 //!   CA itself, or by a delegated responder certificate that this CA issued for the purpose
-//!   (`id-kp-OCSPSigning`, RFC 6960 §4.2.2.2), valid now; when it speaks of exactly this
-//!   certificate (issuer name hash, issuer key hash, serial); and when it is current
-//!   (`thisUpdate` not in the future beyond a small skew, `nextUpdate` not past).
+//!   (`id-kp-OCSPSigning`, RFC 6960 §4.2.2.2), valid now, and not with SHA-1; when it speaks
+//!   of exactly this certificate (issuer name hash, issuer key hash, serial); and when it is
+//!   current (`thisUpdate` not in the future beyond a small skew, `nextUpdate` not past).
 //! - The CertID uses SHA-1, which RFC 5019 §2.1.1 makes the one hash lightweight responders
 //!   (and `openssl ocsp`) must understand. SHA-1 only names the certificate here; nothing
 //!   is trusted because of it.
@@ -64,8 +64,8 @@ pub enum OcspError {
     /// `responseStatus` other than successful (RFC 6960 §4.2.1), e.g. `tryLater`.
     #[error("the responder answered {0}")]
     NotSuccessful(&'static str),
-    /// Signed by no key that may speak for the certificate's issuer.
-    #[error("the OCSP response's signature does not verify with the issuing CA or a delegated responder it issued")]
+    /// Signed by no key that may speak for the certificate's issuer, or with SHA-1.
+    #[error("the OCSP response's signature does not verify with the issuing CA or a delegated responder it issued (or is SHA-1)")]
     BadSignature,
     /// The answer speaks of another certificate (or another issuer).
     #[error("the OCSP response does not name the certificate asked about")]
@@ -254,6 +254,13 @@ impl OcspQuery {
             .map_err(|_| OcspError::Malformed("signatureAlgorithm"))?;
         let (_, alg) = x509_parser::x509::AlgorithmIdentifier::from_der(&alg_der)
             .map_err(|_| OcspError::Malformed("signatureAlgorithm"))?;
+        // SHA-1 signatures are refused, as for CRLs (and as rustls refuses them).
+        {
+            use x509_parser::oid_registry::{OID_PKCS1_SHA1WITHRSA, OID_SHA1_WITH_RSA};
+            if alg.algorithm == OID_PKCS1_SHA1WITHRSA || alg.algorithm == OID_SHA1_WITH_RSA {
+                return Err(OcspError::BadSignature);
+            }
+        }
         let sig_bytes = basic
             .signature
             .as_bytes()
@@ -386,6 +393,19 @@ mod tests {
         signer: &rcgen::KeyPair,
         certs: &[&[u8]],
     ) -> Vec<u8> {
+        response_alg(ECDSA_SHA256, id, status, this, next, signer, certs)
+    }
+
+    /// As [`response`], naming `alg` as the signature algorithm.
+    fn response_alg(
+        alg: ObjectIdentifier,
+        id: CertId,
+        status: CertStatus,
+        this: i64,
+        next: Option<i64>,
+        signer: &rcgen::KeyPair,
+        certs: &[&[u8]],
+    ) -> Vec<u8> {
         let tbs = ResponseData {
             version: x509_ocsp::Version::V1,
             responder_id: ResponderId::ByName(Default::default()),
@@ -409,7 +429,7 @@ mod tests {
         let basic = BasicOcspResponse {
             tbs_response_data: tbs,
             signature_algorithm: AlgorithmIdentifierOwned {
-                oid: ECDSA_SHA256,
+                oid: alg,
                 parameters: None,
             },
             signature: BitString::from_bytes(&sig).unwrap(),
@@ -480,6 +500,16 @@ mod tests {
         // A key that is nobody's.
         assert_eq!(
             ok(response(id.clone(), good, NOW, None, &other_key, &[])),
+            Err(OcspError::BadSignature)
+        );
+
+        // Named SHA-1 (sha1WithRSAEncryption): refused whatever the signature.
+        let sha1_rsa = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.5");
+        assert_eq!(
+            q.check(
+                &response_alg(sha1_rsa, id.clone(), good, NOW, None, &pki.ca_key, &[]),
+                NOW
+            ),
             Err(OcspError::BadSignature)
         );
 
