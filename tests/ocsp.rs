@@ -614,3 +614,30 @@ async fn requests_that_need_the_same_answer_at_once_ask_the_responder_once() {
     assert_eq!(metric(&p, "portcullis_ocsp_requests_total").await, 1.0);
     assert_eq!(up.count(), before, "nothing forwarded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_cached_answers_and_one_without_ocsp_stops_the_check() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let dir = tempfile::tempdir().unwrap();
+    let signer = delegated(dir.path());
+    let c = certs();
+    let r = Responder::start(0, &index(&[&c.join("tpp1.pem")], &[]), &signer);
+    let p = proxy(&up, &r.url(), "closed", "1h").await;
+    passes(&p, "tpp1", "ocsp_good").await;
+    assert_eq!(metric(&p, "portcullis_ocsp_requests_total").await, 1.0);
+    // Same settings: the same checker, its answers still cached.
+    p.shared.reload().expect("reload");
+    passes(&p, "tpp1", "ocsp_good").await;
+    assert_eq!(metric(&p, "portcullis_ocsp_requests_total").await, 1.0);
+    // OCSP taken out of the config, and the responder gone: nothing asks it any more.
+    p.edit_config(|c| c.listener.tls.ocsp = None);
+    p.shared.reload().expect("reload");
+    drop(r);
+    let mut conn = p.client(Some("tpp1"), false).await.unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    assert_eq!(conn.send(get(&id)).await.unwrap().status, 200);
+    let rec = p.audit_of(&id).await;
+    assert_eq!(rec["revocation"], serde_json::Value::Null);
+    let (_, m) = p.admin_get("/metrics").await;
+    assert!(!m.contains("portcullis_ocsp_"), "{m}");
+}
