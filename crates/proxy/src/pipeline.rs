@@ -21,7 +21,8 @@
 //! 5. **Identity** ([`identity`]) — the verified mTLS client certificate, required unless the
 //!    route says otherwise; not expired, not revoked by the CRLs loaded now, and, on listeners
 //!    with OCSP, not revoked by its responder (asked here, not at the handshake, which cannot
-//!    wait on the network; the request waits for the answer, cached until its `nextUpdate`). Every later stage keys on this identity, never on a header.
+//!    wait on the network; the request waits for the answer, cached until its `nextUpdate`).
+//!    Every later stage keys on this identity, never on a header.
 //! 6. **Client rate limit** ([`ratelimit`]) — the route class's quota, keyed by the identity
 //!    from step 5 (the certificate thumbprint; without a certificate, the verified token's
 //!    client id after step 8, else the peer address).
