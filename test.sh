@@ -48,7 +48,9 @@ if ! command -v dpkg-query >/dev/null 2>&1; then
   exit 1
 fi
 # gcc and libc6-dev: aws-lc-sys compiles C; redis-server: tests/redis.rs; openssl: the
-# handshakes rustls cannot offer (TLS 1.0/1.1, CBC suites) in tests/attacks_auth.rs.
+# handshakes rustls cannot offer (TLS 1.0/1.1, CBC suites) in tests/attacks_auth.rs, the OCSP
+# responder (`openssl ocsp`) in tests/ocsp.rs and the HTTPS CRL server (`openssl s_server`) in
+# tests/revocation.rs.
 need_packages gcc libc6-dev redis-server openssl ca-certificates
 # tests/differential.rs runs real frameworks behind the proxy (Tomcat's libraries, Jackson and a
 # JDK; Node for Express; Python's venv for Flask) and tests/oidc_provider.rs a real authorization

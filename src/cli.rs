@@ -399,7 +399,7 @@ pub(crate) fn summary(c: &Config) -> String {
     let _ = writeln!(s, "config {} is valid", c.source.display());
     let _ = writeln!(
         s,
-        "listener {} (mTLS {:?}, {} client CA(s), {} CRL(s){})",
+        "listener {} (mTLS {:?}, {} client CA(s), {} CRL(s){}{})",
         l.address,
         l.tls.client_auth,
         l.tls.client_ca_count,
@@ -407,6 +407,10 @@ pub(crate) fn summary(c: &Config) -> String {
         match l.tls.crl_urls.len() {
             0 => String::new(),
             n => format!(", {n} CRL URL(s)"),
+        },
+        match &l.tls.ocsp {
+            None => String::new(),
+            Some(o) => format!(", OCSP {} fail {}", o.responder, o.fail),
         }
     );
     if let Some(a) = c.admin {

@@ -1,8 +1,10 @@
 //! Revocation from CRLs: a CRL file that changes is picked up without a restart, a CRL past its
 //! `nextUpdate` refuses its issuer's certificates at the handshake and on open connections (fail
-//! closed), and each CRL's `nextUpdate` is a metric to alert on before that happens. Refusals are
-//! checked three ways: the answer (or the failed handshake), nothing at the upstream, and exactly
-//! one audit record saying why.
+//! closed), and each CRL's `nextUpdate` is a metric to alert on before that happens. CRL URLs
+//! are fetched over http and https (with the configured trust only), a body over `max_bytes` is
+//! not taken, and `distribution_points` takes the URLs the client CA certificates name.
+//! Refusals are checked three ways: the answer (or the failed handshake), nothing at the
+//! upstream, and exactly one audit record saying why.
 
 mod common;
 
@@ -378,4 +380,239 @@ async fn a_fetched_body_that_is_not_a_current_crl_of_a_client_ca_is_not_taken() 
         let id = uuid::Uuid::new_v4().to_string();
         assert_eq!(c.send(get(&id)).await.unwrap().status, 200);
     }
+}
+
+/// `openssl s_server -WWW` serving `dir` over HTTPS with the dev server certificate, on a free
+/// loopback port: a CRL distribution point behind TLS. Killed when dropped.
+struct HttpsCrlServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl HttpsCrlServer {
+    fn start(dir: &Path) -> HttpsCrlServer {
+        use std::io::BufRead;
+        let c = certs();
+        let mut child = std::process::Command::new("openssl")
+            .args(["s_server", "-accept", "0", "-WWW", "-cert"])
+            .arg(c.join("server.pem"))
+            .arg("-key")
+            .arg(c.join("server.key"))
+            .current_dir(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run `openssl s_server` (test.sh installs the openssl CLI): {e}")
+            });
+        // "ACCEPT [::]:40123" once it listens.
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut port = None;
+        for _ in 0..5 {
+            let mut line = String::new();
+            if out.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            if let Some(rest) = line.trim().strip_prefix("ACCEPT ") {
+                port = rest.rsplit(':').next().and_then(|p| p.parse().ok());
+                break;
+            }
+        }
+        let Some(port) = port else {
+            let _ = child.kill();
+            panic!("`openssl s_server` did not say where it listens");
+        };
+        // Keep its stdout drained, so that it never blocks writing to it.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        HttpsCrlServer { child, port }
+    }
+}
+
+impl Drop for HttpsCrlServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_url_over_https_is_fetched_with_the_configured_trust() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let served = tempfile::tempdir().unwrap();
+    replace(&served.path().join("ca.crl"), der_crl(&["revoked"]));
+    let server = HttpsCrlServer::start(served.path());
+    let url = format!("https://localhost:{}/ca.crl", server.port);
+    let mut o = Options::new(up.addr);
+    o.config.listener.tls.crl = Vec::new();
+    o.config.listener.tls.crl_urls = vec![FileCrlUrl {
+        url: url.clone(),
+        ca: vec![certs().join("ca.pem").display().to_string()],
+        refresh_interval: Some(dur("300ms")),
+        fetch_timeout: Some(dur("5s")),
+        ..FileCrlUrl::default()
+    }];
+    let p = Proxy::start(o).await;
+    let ready = format!("portcullis_crl_ready{{crl=\"{url}\"}}");
+    assert!(
+        eventually(|| async { metric(&p, &ready).await == Some(1.0) }).await,
+        "the CRL was never fetched over https"
+    );
+    assert!(refused_at_the_handshake(&p, "revoked").await);
+    assert_eq!(handshake_records(&p, 1, "cert_revoked").await.len(), 1);
+    let mut c = p.client(Some("tpp1"), false).await.unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    assert_eq!(c.send(get(&id)).await.unwrap().status, 200);
+
+    // Trusting something else (here a client certificate, as if it were a CA): the server's
+    // certificate does not verify, nothing is fetched, and certificates stay refused.
+    let mut o = Options::new(up.addr);
+    o.config.listener.tls.crl = Vec::new();
+    o.config.listener.tls.crl_urls = vec![FileCrlUrl {
+        url: url.clone(),
+        ca: vec![certs().join("tpp2.pem").display().to_string()],
+        refresh_interval: Some(dur("300ms")),
+        fetch_timeout: Some(dur("5s")),
+        ..FileCrlUrl::default()
+    }];
+    let q = Proxy::start(o).await;
+    let failures = format!("portcullis_crl_fetch_failures_total{{crl=\"{url}\"}}");
+    assert!(
+        eventually(|| async { metric(&q, &failures).await.unwrap_or(0.0) >= 1.0 }).await,
+        "an https CRL server outside the configured trust was not refused"
+    );
+    assert_eq!(metric(&q, &ready).await, Some(0.0));
+    assert!(refused_at_the_handshake(&q, "tpp1").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_over_max_bytes_is_not_read_and_certificates_stay_refused() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let served = tempfile::tempdir().unwrap();
+    let crl = der_crl(&["revoked"]);
+    replace(&served.path().join("ca.crl"), &crl);
+    let server = CrlServer::start(served.path());
+    let url = format!("http://127.0.0.1:{}/ca.crl", server.port);
+    let mut o = Options::new(up.addr);
+    o.config.listener.tls.crl = Vec::new();
+    o.config.listener.tls.crl_urls = vec![FileCrlUrl {
+        url: url.clone(),
+        refresh_interval: Some(dur("300ms")),
+        fetch_timeout: Some(dur("5s")),
+        max_bytes: Some(crl.len() - 1),
+        ..FileCrlUrl::default()
+    }];
+    let p = Proxy::start(o).await;
+    let failures = format!("portcullis_crl_fetch_failures_total{{crl=\"{url}\"}}");
+    assert!(
+        eventually(|| async { metric(&p, &failures).await.unwrap_or(0.0) >= 2.0 }).await,
+        "a CRL one byte over max_bytes was not counted as a failure"
+    );
+    assert_eq!(
+        metric(&p, &format!("portcullis_crl_ready{{crl=\"{url}\"}}")).await,
+        Some(0.0)
+    );
+    assert!(refused_at_the_handshake(&p, "tpp1").await);
+    assert_eq!(
+        handshake_records(&p, 1, "revocation_unknown").await.len(),
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(up.count(), 0, "nothing forwarded");
+}
+
+/// A client CA bundle: the dev CA and an intermediate it issued whose CRL distribution point
+/// is `cdp` (`None`: no distribution point), written to `dir/cas.pem`.
+fn ca_bundle_with_distribution_point(dir: &Path, cdp: Option<&str>) -> PathBuf {
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(certs().join("ca.key")).unwrap())
+            .unwrap();
+    let mut ca = rcgen::CertificateParams::default();
+    ca.distinguished_name = rcgen::DistinguishedName::new();
+    ca.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "portcullis dev");
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "portcullis dev CA");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "portcullis dev intermediate");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    p.not_before = now() - time::Duration::hours(1);
+    p.not_after = now() + time::Duration::days(30);
+    if let Some(u) = cdp {
+        p.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+            uris: vec![u.to_string()],
+        }];
+    }
+    let cert = p
+        .signed_by(&rcgen::KeyPair::generate().unwrap(), &issuer)
+        .unwrap();
+    let path = dir.join("cas.pem");
+    let mut pem = std::fs::read_to_string(certs().join("ca.pem")).unwrap();
+    pem.push_str(&cert.pem());
+    std::fs::write(&path, pem).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distribution_points_fetches_the_crls_the_client_ca_certificates_name() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let served = tempfile::tempdir().unwrap();
+    replace(&served.path().join("ca.crl"), der_crl(&["revoked"]));
+    let server = CrlServer::start(served.path());
+    let url = format!("http://127.0.0.1:{}/ca.crl", server.port);
+    // The intermediate's distribution point serves the CRL covering it: the dev CA's.
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = ca_bundle_with_distribution_point(dir.path(), Some(&url));
+    let mut o = Options::new(up.addr);
+    o.config.listener.tls.crl = Vec::new();
+    o.config.listener.tls.client_ca = vec![bundle.display().to_string()];
+    o.config.listener.tls.crl_urls = vec![FileCrlUrl {
+        url: "distribution_points".to_string(),
+        refresh_interval: Some(dur("300ms")),
+        fetch_timeout: Some(dur("5s")),
+        ..FileCrlUrl::default()
+    }];
+    let p = Proxy::start(o).await;
+    let ready = format!("portcullis_crl_ready{{crl=\"{url}\"}}");
+    assert!(
+        eventually(|| async { metric(&p, &ready).await == Some(1.0) }).await,
+        "the distribution point's CRL was never fetched"
+    );
+    assert!(refused_at_the_handshake(&p, "revoked").await);
+    assert_eq!(handshake_records(&p, 1, "cert_revoked").await.len(), 1);
+    let mut c = p.client(Some("tpp1"), false).await.unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    assert_eq!(c.send(get(&id)).await.unwrap().status, 200);
+}
+
+#[test]
+fn distribution_points_without_any_in_the_client_cas_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = ca_bundle_with_distribution_point(dir.path(), None);
+    let mut o = Options::new("127.0.0.1:9".parse().unwrap());
+    o.config.listener.tls.client_ca = vec![bundle.display().to_string()];
+    o.config.listener.tls.crl_urls = vec![FileCrlUrl {
+        url: "distribution_points".to_string(),
+        ..FileCrlUrl::default()
+    }];
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/test.yaml"), &o.policy).unwrap();
+    let path = dir.path().join("portcullis.yaml");
+    std::fs::write(&path, o.config_text()).unwrap();
+    let err = match portcullis_proxy::config::Config::load(&path) {
+        Ok(_) => panic!("loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(
+        err.contains("listener.tls.crl_urls[0].url: `distribution_points`: no client_ca certificate names an http:// or https:// CRL distribution point"),
+        "{err}"
+    );
 }

@@ -115,6 +115,9 @@ pub struct RequestRecord {
     pub signature: Option<SignatureRecord>,
     /// Idempotency outcome: a bounded set such as `new`, `replayed`, `conflict`.
     pub idempotency: Option<&'static str>,
+    /// The OCSP check of the client certificate, where the listener has one: a bounded set
+    /// such as `ocsp_good`, `ocsp_revoked`, `ocsp_unavailable`, `ocsp_invalid_fail_open`.
+    pub revocation: Option<&'static str>,
     pub rate_limit: Option<RateLimitRecord>,
     pub upstream_status: Option<u16>,
     pub upstream_latency_us: Option<u64>,
@@ -174,6 +177,7 @@ impl RequestRecord {
             });
         }
         m.opt_str("idempotency", self.idempotency);
+        m.opt_str("revocation", self.revocation);
         if let Some(r) = &self.rate_limit {
             m.object("rate_limit", |o| {
                 o.str("scope", r.scope);

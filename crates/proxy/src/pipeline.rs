@@ -20,7 +20,10 @@
 //! 4. **Pre-authentication rate limit per peer** ([`ratelimit`]) — bounds crypto CPU before any
 //!    signature is checked, so it sits before every stage that verifies a signature.
 //! 5. **Identity** ([`identity`]) — the verified mTLS client certificate, required unless the
-//!    route says otherwise. Every later stage keys on this identity, never on a header.
+//!    route says otherwise; not expired, not revoked by the CRLs loaded now, and, on listeners
+//!    with OCSP, not revoked by its responder (asked here, not at the handshake, which cannot
+//!    wait on the network; the request waits for the answer, cached until its `nextUpdate`).
+//!    Every later stage keys on this identity, never on a header.
 //! 6. **Client rate limit** ([`ratelimit`]) — the route class's quota, keyed by the identity
 //!    from step 5 (the certificate thumbprint; without a certificate, the verified token's
 //!    client id after step 8, else the peer address).
@@ -105,6 +108,8 @@ pub struct Context<'a> {
     pub clock: &'a dyn Clock,
     /// What the listener's CRLs (files and URLs) revoke now.
     pub revoked: Arc<portcullis_crypto::pki::Revoked>,
+    /// OCSP for client certificates, when the listener has it.
+    pub ocsp: Option<&'a portcullis_sources::ocsp::OcspChecker>,
 }
 
 /// The connection facts the stages read.
@@ -131,6 +136,8 @@ pub(crate) struct Trail {
     /// rule that made it.
     pub(crate) shadow: Option<(Rejection, String)>,
     pub(crate) idempotency: Option<&'static str>,
+    /// The OCSP check of the client certificate (see [`identity::check_ocsp`]).
+    pub(crate) revocation: Option<&'static str>,
     /// The upstream's status and how long it took to answer.
     pub(crate) upstream: Option<(u16, Duration)>,
     /// The request was handed to the upstream.
@@ -219,6 +226,7 @@ pub(crate) async fn run(
         )?;
         trail.rate_limited(ratelimit::check_peer(peer.ip, cx.rate_limits))?;
         let identity = identity::identify(peer.cert, &route.route, &cx.revoked, cx.clock.now())?;
+        identity::check_ocsp(&identity, cx.ocsp, cx.clock.now(), &mut trail.revocation).await?;
         // With a certificate the client is known now; otherwise after the token (its client id).
         if identity.cert().is_some() {
             let key = ratelimit::client_key(&identity, None, peer.ip);

@@ -47,6 +47,8 @@ pub struct Runtime {
     pub rate_limits: Arc<portcullis_state::limits::RateLimits>,
     /// The listener's CRL URLs, fetched and refreshed (kept across reloads).
     pub crl_feeds: Vec<Arc<CrlFeed>>,
+    /// OCSP for client certificates, when configured (kept across reloads with its cache).
+    pub ocsp: Option<Arc<portcullis_sources::ocsp::OcspChecker>>,
     /// The listener's rustls config and revocation set with the CRLs fetched so far.
     live_tls: ArcSwap<LiveTls>,
     /// Held while the listener's TLS is rebuilt for a new fetched CRL.
@@ -83,6 +85,7 @@ impl Runtime {
             nonces: &shared.nonces,
             clock: shared.clock.as_ref(),
             revoked: Arc::clone(&self.live_tls().revoked),
+            ocsp: self.ocsp.as_deref(),
         }
     }
 
@@ -290,6 +293,29 @@ impl Runtime {
                 })
             })
             .collect();
+        let ocsp = config.listener.tls.ocsp.as_ref().map(|o| {
+            let cas: Vec<Vec<u8>> = config
+                .listener
+                .tls
+                .material
+                .client_cas
+                .iter()
+                .map(|c| c.as_ref().to_vec())
+                .collect();
+            let thumbprints: Vec<String> = cas
+                .iter()
+                .map(|c| portcullis_crypto::pki::thumbprint_s256(c))
+                .collect();
+            // Its cached answers were verified against these CAs: new CAs, a new checker.
+            let key = format!("{} {}", o.key(), thumbprints.join(","));
+            let existing = remotes.ocsp.get(&key).map(|r| Arc::clone(r.value()));
+            existing.unwrap_or_else(|| {
+                let checker = Arc::new(portcullis_sources::ocsp::OcspChecker::new(o.clone(), cas));
+                remotes.ocsp.clear();
+                remotes.ocsp.insert(key, Arc::clone(&checker));
+                checker
+            })
+        });
         let initial = LiveTls {
             server_config: Arc::clone(&config.listener.tls.server_config),
             revoked: Arc::clone(&config.listener.tls.revoked),
@@ -306,6 +332,7 @@ impl Runtime {
         Runtime {
             rate_limits,
             crl_feeds,
+            ocsp,
             live_tls: ArcSwap::from_pointee(live_tls),
             rebuilding: std::sync::Mutex::new(()),
             config: Arc::new(config),
@@ -438,6 +465,32 @@ impl Runtime {
             "1 when the CRL URL has delivered a CRL; until then client certificates are refused.",
             feeds(&|c| u8::from(c.is_ready()).to_string()),
         );
+        if let Some(o) = &self.ocsp {
+            for (name, help, v) in [
+                (
+                    "portcullis_ocsp_requests_total",
+                    "OCSP requests sent to a responder for client certificates.",
+                    &o.fetches,
+                ),
+                (
+                    "portcullis_ocsp_fetch_failures_total",
+                    "OCSP requests that brought no verified answer (unreachable, timed out, HTTP error, too big, malformed, not successful, badly signed, about another certificate, not current).",
+                    &o.failures,
+                ),
+                (
+                    "portcullis_ocsp_fail_open_total",
+                    "Requests let through with fail: open although no good OCSP answer was had for the client certificate.",
+                    &o.fail_open,
+                ),
+            ] {
+                family(
+                    name,
+                    "counter",
+                    help,
+                    vec![(String::new(), v.load(Ordering::Relaxed).to_string())],
+                );
+            }
+        }
         let mut disc: Vec<(&String, &Arc<Discovery>)> = self.discoveries.iter().collect();
         disc.sort_by_key(|(n, _)| n.as_str());
         let per_discovery = |f: &dyn Fn(&Discovery) -> String| -> Vec<(String, String)> {
@@ -553,6 +606,8 @@ struct Remotes {
     discoveries: DashMap<(String, String), Arc<Discovery>>,
     /// CRL feeds by URL, settings and the client CAs they check against.
     crls: DashMap<String, Arc<CrlFeed>>,
+    /// The OCSP checker (at most one) by its settings and the client CAs.
+    ocsp: DashMap<String, Arc<portcullis_sources::ocsp::OcspChecker>>,
 }
 
 /// The stores `config.state` asks for: memory, or Redis (one connection for all of them).

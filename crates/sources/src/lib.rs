@@ -12,3 +12,4 @@ pub mod discovery;
 pub mod https;
 pub mod introspect;
 pub mod keys;
+pub mod ocsp;

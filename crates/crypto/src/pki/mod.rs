@@ -12,6 +12,8 @@
 //! - Optional evidence (QCStatements) is tolerated when garbled; bytes that are not exactly one
 //!   DER X.509 certificate are an error.
 
+pub mod ocsp;
+
 use std::fmt::{self, Write as _};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -291,6 +293,37 @@ impl Revoked {
             .get(cert.issuer_der.as_slice())
             .is_some_and(|t| *t < now)
     }
+}
+
+/// The `http://` and `https://` URIs of a DER certificate's CRL Distribution Points extension
+/// (RFC 5280 §4.2.1.13: full names only; a point with a `cRLIssuer` names an indirect CRL,
+/// which is skipped), in certificate order without duplicates. Nothing for a certificate that
+/// does not parse or has none.
+pub fn crl_distribution_points(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::{DistributionPointName, ParsedExtension};
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for ext in cert.extensions() {
+        let ParsedExtension::CRLDistributionPoints(points) = ext.parsed_extension() else {
+            continue;
+        };
+        for point in points.iter().filter(|p| p.crl_issuer.is_none()) {
+            let Some(DistributionPointName::FullName(names)) = &point.distribution_point else {
+                continue;
+            };
+            for name in names {
+                if let GeneralName::URI(u) = name {
+                    let http = u.starts_with("http://") || u.starts_with("https://");
+                    if http && !out.iter().any(|o| o == u) {
+                        out.push((*u).to_string());
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// x5t#S256 of a DER certificate: unpadded base64url SHA-256 (RFC 8705 §3.1).

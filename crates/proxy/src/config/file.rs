@@ -90,6 +90,9 @@ pub struct FileTls {
     /// CRLs fetched from URLs (a CA's CRL distribution point), refreshed on an interval.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub crl_urls: Vec<FileCrlUrl>,
+    /// OCSP (RFC 6960) for client certificates, checked per request (see `FileOcsp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ocsp: Option<FileOcsp>,
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_auth: Option<String>,
@@ -117,6 +120,37 @@ pub struct FileCrlUrl {
     /// Default 10 MiB.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<usize>,
+}
+
+/// OCSP for client certificates: the responder the certificate names, or a configured one.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOcsp {
+    /// `auto` (the certificate's Authority Information Access `id-ad-ocsp` URL) or an
+    /// `http://` / `https://` URL. Default `auto`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub responder: Option<String>,
+    /// `closed` (default): no verified answer refuses the certificate; `open`: it passes,
+    /// counted by `portcullis_ocsp_fail_open_total`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail: Option<String>,
+    /// Trust for an `https://` responder, as for other outbound HTTPS calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ca: Vec<String>,
+    #[serde(default, skip_serializing_if = "super::auth::is_pinned")]
+    pub trust: Trust,
+    /// Default 5s: a request waits at most this long for the responder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetch_timeout: Option<ConfigDuration>,
+    /// Default 1h: an answer is used until its nextUpdate, but never longer than this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<ConfigDuration>,
+    /// Default 64 KiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<usize>,
+    /// Default 10000 cached answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_entries: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -111,6 +111,9 @@ pub struct ListenerTls {
     /// CRLs fetched from URLs; with any, the runtime rebuilds the verifier from `material`
     /// whenever one of them brings a new CRL.
     pub crl_urls: Vec<CrlUrl>,
+    /// OCSP for client certificates, when configured: checked per request by the identity
+    /// stage (see `portcullis_sources::ocsp`).
+    pub ocsp: Option<portcullis_sources::ocsp::OcspSettings>,
     pub material: Arc<TlsMaterial>,
 }
 
@@ -828,12 +831,17 @@ fn validate_listener_tls(
             Err(e) => p.push(field, format!("cannot read {}: {e}", path.display())),
         }
     }
-    let crl_urls = validate_crl_urls(p, base, &f.crl_urls, watched);
+    let crl_urls = validate_crl_urls(p, base, &f.crl_urls, &cas, watched);
+    let ocsp = match &f.ocsp {
+        None => Some(None),
+        Some(o) => validate_ocsp(p, base, o, watched).map(Some),
+    };
     let key = key?;
     if chain.is_empty() || cas.is_empty() || crl_refused {
         return None;
     }
     let crl_urls = crl_urls?;
+    let ocsp = ocsp?;
     let (client_ca_count, crl_count) = (cas.len(), crls.len());
     let revoked = match portcullis_crypto::pki::Revoked::from_crls(crls.iter().map(|c| c.as_ref()))
     {
@@ -874,6 +882,7 @@ fn validate_listener_tls(
             revoked,
             crls: loaded_crls,
             crl_urls,
+            ocsp,
             material,
         }),
         Err(e) => {
@@ -889,81 +898,217 @@ fn validate_crl_urls(
     p: &mut Problems<'_>,
     base: &Path,
     urls: &[file::FileCrlUrl],
+    cas: &[CertificateDer<'static>],
     watched: &mut Vec<PathBuf>,
 ) -> Option<Vec<CrlUrl>> {
     let mut out = Vec::new();
     let mut ok = true;
+    let http_uri = |s: &str| {
+        s.parse::<http::Uri>()
+            .ok()
+            .filter(|x| x.host().is_some())
+            .filter(|x| {
+                x.scheme() == Some(&http::uri::Scheme::HTTP)
+                    || x.scheme() == Some(&http::uri::Scheme::HTTPS)
+            })
+    };
     for (i, u) in urls.iter().enumerate() {
         let field = |s: &str| format!("listener.tls.crl_urls[{i}]{s}");
-        let uri = u
-            .url
+        // `distribution_points`: the CRL URLs the client CA certificates name. A certificate's
+        // distribution point serves the CRL that covers that certificate, so these are the
+        // CRLs of the CAs above the configured ones (an intermediate's, from its root); the
+        // points inside client certificates cannot be known at load and are not followed.
+        let uris: Vec<http::Uri> = if u.url == "distribution_points" {
+            let found: Vec<String> = cas
+                .iter()
+                .flat_map(|c| portcullis_crypto::pki::crl_distribution_points(c.as_ref()))
+                .collect();
+            let mut uris: Vec<http::Uri> = Vec::new();
+            for f in found.iter().filter_map(|f| http_uri(f)) {
+                if !uris.contains(&f) {
+                    uris.push(f);
+                }
+            }
+            if uris.is_empty() {
+                p.push(
+                    field(".url"),
+                    "`distribution_points`: no client_ca certificate names an http:// or https:// CRL distribution point",
+                );
+                ok = false;
+                continue;
+            }
+            uris
+        } else {
+            match http_uri(&u.url) {
+                Some(uri) => vec![uri],
+                None => {
+                    p.push(
+                        field(".url"),
+                        format!(
+                            "`{}` is not an http:// or https:// URL (or `distribution_points`)",
+                            u.url
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                }
+            }
+        };
+        for uri in uris {
+            let roots = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+                match trust_roots(
+                    p,
+                    base,
+                    &field("."),
+                    &u.ca,
+                    u.trust,
+                    None,
+                    "an https:// CRL URL",
+                    watched,
+                ) {
+                    Some(r) => r,
+                    None => {
+                        ok = false;
+                        continue;
+                    }
+                }
+            } else {
+                rustls::RootCertStore::empty()
+            };
+            let tls = match tls::upstream_client_config(roots, None) {
+                Ok(t) => t,
+                Err(e) => {
+                    p.push(field(""), e);
+                    ok = false;
+                    continue;
+                }
+            };
+            let refresh = u
+                .refresh_interval
+                .map_or(Duration::from_secs(3600), |d| d.0);
+            let timeout = u.fetch_timeout.map_or(Duration::from_secs(10), |d| d.0);
+            let max_bytes = u.max_bytes.unwrap_or(10 * 1024 * 1024);
+            if refresh.is_zero() || timeout.is_zero() || max_bytes == 0 {
+                p.push(
+                    field(""),
+                    "refresh_interval, fetch_timeout and max_bytes must be above zero",
+                );
+                ok = false;
+                continue;
+            }
+            out.push(CrlUrl {
+                remote: portcullis_sources::crl::CrlRemote {
+                    uri,
+                    tls,
+                    refresh,
+                    timeout,
+                    max_bytes,
+                },
+            });
+        }
+    }
+    ok.then_some(out)
+}
+
+/// `listener.tls.ocsp`. http:// is allowed, as for CRLs: an OCSP answer is signed by the CA (or
+/// its delegated responder), and whoever relays it cannot forge it (RFC 6960 §4.2.2.2).
+fn validate_ocsp(
+    p: &mut Problems<'_>,
+    base: &Path,
+    o: &file::FileOcsp,
+    watched: &mut Vec<PathBuf>,
+) -> Option<portcullis_sources::ocsp::OcspSettings> {
+    use portcullis_sources::ocsp::{FailMode, OcspSettings, Responder};
+    let mut ok = true;
+    let responder = match o.responder.as_deref() {
+        None | Some("auto") => Some(Responder::Auto),
+        Some(url) => match url
             .parse::<http::Uri>()
             .ok()
             .filter(|x| x.host().is_some())
             .filter(|x| {
                 x.scheme() == Some(&http::uri::Scheme::HTTP)
                     || x.scheme() == Some(&http::uri::Scheme::HTTPS)
-            });
-        let Some(uri) = uri else {
-            p.push(
-                field(".url"),
-                format!("`{}` is not an http:// or https:// URL", u.url),
-            );
-            ok = false;
-            continue;
-        };
-        let roots = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
-            match trust_roots(
-                p,
-                base,
-                &field("."),
-                &u.ca,
-                u.trust,
-                None,
-                "an https:// CRL URL",
-                watched,
-            ) {
-                Some(r) => r,
-                None => {
-                    ok = false;
-                    continue;
-                }
-            }
-        } else {
-            rustls::RootCertStore::empty()
-        };
-        let tls = match tls::upstream_client_config(roots, None) {
-            Ok(t) => t,
-            Err(e) => {
-                p.push(field(""), e);
+            }) {
+            Some(u) => Some(Responder::Url(u)),
+            None => {
+                p.push(
+                    "listener.tls.ocsp.responder",
+                    format!("`{url}` is neither `auto` nor an http:// or https:// URL"),
+                );
                 ok = false;
-                continue;
+                None
             }
-        };
-        let refresh = u
-            .refresh_interval
-            .map_or(Duration::from_secs(3600), |d| d.0);
-        let timeout = u.fetch_timeout.map_or(Duration::from_secs(10), |d| d.0);
-        let max_bytes = u.max_bytes.unwrap_or(10 * 1024 * 1024);
-        if refresh.is_zero() || timeout.is_zero() || max_bytes == 0 {
+        },
+    };
+    let fail = match o.fail.as_deref() {
+        None | Some("closed") => FailMode::Closed,
+        Some("open") => FailMode::Open,
+        Some(other) => {
             p.push(
-                field(""),
-                "refresh_interval, fetch_timeout and max_bytes must be above zero",
+                "listener.tls.ocsp.fail",
+                format!("unknown value `{other}` (closed or open)"),
             );
             ok = false;
-            continue;
+            FailMode::Closed
         }
-        out.push(CrlUrl {
-            remote: portcullis_sources::crl::CrlRemote {
-                uri,
-                tls,
-                refresh,
-                timeout,
-                max_bytes,
-            },
-        });
+    };
+    // An https:// responder needs trust; with `auto` the certificate decides the scheme, so
+    // trust is built when a CA bundle or the system store is named, and otherwise an https://
+    // AIA responder cannot be reached (fail as configured).
+    let https = matches!(&responder, Some(Responder::Url(u)) if u.scheme() == Some(&http::uri::Scheme::HTTPS));
+    let wants_trust = https || !o.ca.is_empty() || o.trust == auth::Trust::System;
+    let roots = if wants_trust {
+        trust_roots(
+            p,
+            base,
+            "listener.tls.ocsp.",
+            &o.ca,
+            o.trust,
+            None,
+            "an https:// OCSP responder",
+            watched,
+        )?
+    } else {
+        rustls::RootCertStore::empty()
+    };
+    let tls = match tls::upstream_client_config(roots, None) {
+        Ok(t) => t,
+        Err(e) => {
+            p.push("listener.tls.ocsp", e);
+            return None;
+        }
+    };
+    let timeout = o.fetch_timeout.map_or(Duration::from_secs(5), |d| d.0);
+    let max_age = o.max_age.map_or(Duration::from_secs(3600), |d| d.0);
+    let max_bytes = o.max_bytes.unwrap_or(64 * 1024);
+    let max_entries = o.max_entries.unwrap_or(10_000);
+    for (field, zero) in [
+        ("fetch_timeout", timeout.is_zero()),
+        ("max_age", max_age < Duration::from_secs(1)),
+        ("max_bytes", max_bytes == 0),
+        ("max_entries", max_entries == 0),
+    ] {
+        if zero {
+            p.push(
+                format!("listener.tls.ocsp.{field}"),
+                "must be above zero (max_age: at least 1s)",
+            );
+            ok = false;
+        }
     }
-    ok.then_some(out)
+    if !ok {
+        return None;
+    }
+    Some(OcspSettings {
+        responder: responder?,
+        fail,
+        tls,
+        timeout,
+        max_age,
+        max_bytes,
+        max_entries,
+    })
 }
 
 /// A CRL already past its `nextUpdate` is taken (it is still the best list of what is revoked),

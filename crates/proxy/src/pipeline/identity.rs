@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use portcullis_crypto::pki::{ClientCert, Revoked};
 use portcullis_policy::{CertRequirement, Route};
+use portcullis_sources::ocsp::{FailMode, OcspChecker, OcspOutcome};
 
 portcullis_base::variants! {
     // Named like their reason codes (`identity.client_cert_*`).
@@ -13,9 +14,11 @@ portcullis_base::variants! {
         ClientCertRequired,
         /// The connection's certificate has expired since its handshake.
         ClientCertExpired,
-        /// The connection's certificate is revoked by the CRLs loaded now.
+        /// The connection's certificate is revoked by the CRLs loaded now, or by its OCSP
+        /// responder.
         ClientCertRevoked,
-        /// Every CRL of the certificate's issuer is past its `nextUpdate`.
+        /// Every CRL of the certificate's issuer is past its `nextUpdate`, or (OCSP, `fail:
+        /// closed`) no verified good answer could be had.
         ClientCertRevocationUnknown,
     }
 }
@@ -53,5 +56,46 @@ pub(crate) fn identify(
         }),
         (None, CertRequirement::Optional) => Ok(ClientIdentity { cert: None }),
         (None, CertRequirement::Required) => Err(IdentityError::ClientCertRequired),
+    }
+}
+
+/// On listeners with OCSP: what the certificate's responder says of it (cached until the
+/// answer's `nextUpdate`, capped by `max_age`; see `portcullis_sources::ocsp`). Checked on
+/// every request, so a connection opened before a revocation meets it once the cached answer
+/// is stale. `revoked` is always a refusal; no verified answer refuses too, unless the
+/// listener says `fail: open`, which lets the request on and counts it. `record` gets what
+/// the check found, for the audit record.
+pub(crate) async fn check_ocsp(
+    identity: &ClientIdentity,
+    ocsp: Option<&OcspChecker>,
+    now: i64,
+    record: &mut Option<&'static str>,
+) -> Result<(), IdentityError> {
+    let (Some(cert), Some(ocsp)) = (identity.cert.as_deref(), ocsp) else {
+        return Ok(());
+    };
+    let outcome = ocsp.status(cert, now).await;
+    match outcome {
+        OcspOutcome::Good => {
+            *record = Some(outcome.as_str());
+            Ok(())
+        }
+        OcspOutcome::Revoked => {
+            *record = Some(outcome.as_str());
+            Err(IdentityError::ClientCertRevoked)
+        }
+        OcspOutcome::Unknown | OcspOutcome::Unavailable | OcspOutcome::Invalid => {
+            match ocsp.fail_mode() {
+                FailMode::Closed => {
+                    *record = Some(outcome.as_str());
+                    Err(IdentityError::ClientCertRevocationUnknown)
+                }
+                FailMode::Open => {
+                    ocsp.count_fail_open();
+                    *record = Some(outcome.as_fail_open_str());
+                    Ok(())
+                }
+            }
+        }
     }
 }
