@@ -1161,7 +1161,9 @@ pub(crate) fn assert_self_contained_html(html: &str, min_svgs: usize) {
     assert!(html.starts_with("<!DOCTYPE html>"), "not a document");
     assert!(html.trim_end().ends_with("</html>"), "not whole");
     let lower = html.to_ascii_lowercase();
-    for bad in ["http://", "https://", "<script", "src=", "@import", "url(", "<link"] {
+    for bad in [
+        "http://", "https://", "<script", "src=", "@import", "url(", "<link",
+    ] {
         assert!(!lower.contains(bad), "the report contains `{bad}`");
     }
     assert_eq!(

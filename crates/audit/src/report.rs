@@ -344,10 +344,16 @@ impl fmt::Display for Report {
 /// A certificate's notAfter against `today` (days since the Unix epoch).
 fn expiry(not_after: Option<&str>, today: i64) -> (i64, String) {
     let Some(n) = not_after else {
-        return (i64::MAX, "<span class=\"muted\">no certificate</span>".into());
+        return (
+            i64::MAX,
+            "<span class=\"muted\">no certificate</span>".into(),
+        );
     };
     match unix_days(n) {
-        Some(d) if d < today => (d, format!("{} <span class=\"fail\">expired</span>", escape(n))),
+        Some(d) if d < today => (
+            d,
+            format!("{} <span class=\"fail\">expired</span>", escape(n)),
+        ),
         Some(d) if d - today <= 30 => (
             d,
             format!(
@@ -356,7 +362,14 @@ fn expiry(not_after: Option<&str>, today: i64) -> (i64, String) {
                 d - today
             ),
         ),
-        Some(d) => (d, format!("{} <span class=\"muted\">in {} days</span>", escape(n), d - today)),
+        Some(d) => (
+            d,
+            format!(
+                "{} <span class=\"muted\">in {} days</span>",
+                escape(n),
+                d - today
+            ),
+        ),
         None => (i64::MAX - 1, escape(n)),
     }
 }
@@ -505,9 +518,7 @@ hash chain and signatures.</p>\
         // Routes never called.
         b.push_str("<h2>Routes never called</h2>");
         match &self.routes_never_called {
-            Some(r) if r.is_empty() => {
-                b.push_str("<p>Every route of the policy was called.</p>")
-            }
+            Some(r) if r.is_empty() => b.push_str("<p>Every route of the policy was called.</p>"),
             Some(r) => {
                 let _ = write!(
                     b,
@@ -645,7 +656,8 @@ not json
         long.extend_from_slice(log.as_bytes());
         // A small buffer, so lines cross buffer boundaries.
         let mut b = Builder::default();
-        b.read(std::io::BufReader::with_capacity(7, &long[..])).unwrap();
+        b.read(std::io::BufReader::with_capacity(7, &long[..]))
+            .unwrap();
         let streamed = b.finish(None);
         let whole = build(&[log.as_bytes()], None);
         assert_eq!(streamed.unreadable_lines, 1);
@@ -663,12 +675,23 @@ not json
         // 2026-01-01: the first certificate expires in 9 days, the second has expired.
         let html = r.html(&["<f>.log".to_string()], 1_767_225_600.0);
         assert!(html.starts_with("<!DOCTYPE html>"));
-        assert!(!html.contains("<script") && !html.contains("<img"), "{html}");
+        assert!(
+            !html.contains("<script") && !html.contains("<img"),
+            "{html}"
+        );
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("&lt;img src=x&gt;") && html.contains("r&lt;&amp;&gt;"));
         assert!(html.contains("&lt;f&gt;.log") && html.contains("never&quot;x"));
-        assert!(html.contains("in 9 day(s)") && html.contains("expired"), "{html}");
-        for section in ["Clients", "Refusals by reason", "Certificate expiry", "Routes never called"] {
+        assert!(
+            html.contains("in 9 day(s)") && html.contains("expired"),
+            "{html}"
+        );
+        for section in [
+            "Clients",
+            "Refusals by reason",
+            "Certificate expiry",
+            "Routes never called",
+        ] {
             assert!(html.contains(&format!("<h2>{section}</h2>")), "{section}");
         }
     }

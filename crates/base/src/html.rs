@@ -109,7 +109,8 @@ pub fn line_chart(
     height: u32,
 ) -> String {
     let (w, h) = (f64::from(width), f64::from(height));
-    let (left, right, top, bottom) = (64.0, 16.0, 30.0, 44.0);
+    // The legend has a row of its own under the title, so a long title never runs into it.
+    let (left, right, top, bottom) = (64.0, 28.0, 46.0, 44.0);
     let (pw, ph) = (w - left - right, h - top - bottom);
     let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
     let all: Vec<(f64, f64)> = series
@@ -120,7 +121,8 @@ pub fn line_chart(
     let x_max = all.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
     let y_top = all.iter().map(|p| p.1).fold(0.0, f64::max);
     let (x_min, x_max) = match x {
-        XAxis::Percentile => (0.0, x_max.max(2.0).ceil()),
+        // -log10(1 - 0.9999) is 4 plus a rounding error: not a reason for a fifth decade.
+        XAxis::Percentile => (0.0, (x_max - 1e-6).max(2.0).ceil()),
         XAxis::Linear(_) if all.is_empty() => (0.0, 1.0),
         XAxis::Linear(_) => (x_min.min(0.0), x_max.max(x_min + 1.0)),
     };
@@ -212,8 +214,8 @@ viewBox=\"0 0 {width} {height}\" role=\"img\" aria-label=\"{t}\" font-family=\"s
         );
     }
     // Lines and legend.
-    let mut lx = left + pw;
-    for s in series.iter().rev() {
+    let mut lx = left;
+    for s in series {
         let pts: Vec<String> = s
             .points
             .iter()
@@ -235,14 +237,13 @@ viewBox=\"0 0 {width} {height}\" role=\"img\" aria-label=\"{t}\" font-family=\"s
             );
         }
         let name = escape(s.name);
-        lx -= 14.0 + 7.0 * s.name.chars().count() as f64;
         let _ = write!(
             svg,
-            "<rect x=\"{lx:.1}\" y=\"8\" width=\"10\" height=\"10\" fill=\"{color}\"/>\
-<text x=\"{:.1}\" y=\"17\">{name}</text>",
+            "<rect x=\"{lx:.1}\" y=\"25\" width=\"10\" height=\"10\" fill=\"{color}\"/>\
+<text x=\"{:.1}\" y=\"34\">{name}</text>",
             lx + 13.0
         );
-        lx -= 8.0;
+        lx += 24.0 + 7.0 * s.name.chars().count() as f64;
     }
     svg.push_str("</svg>");
     svg
@@ -304,7 +305,10 @@ mod tests {
         assert_eq!(utc(1_798_761_599.5), "2026-12-31 23:59:59 UTC");
         assert_eq!(utc(f64::NAN), "-");
         assert_eq!(unix_days("1970-01-02T00:00:00Z"), Some(1));
-        assert_eq!(unix_days("2026-12-31T23:59:59Z"), Some(1_798_761_599 / 86_400));
+        assert_eq!(
+            unix_days("2026-12-31T23:59:59Z"),
+            Some(1_798_761_599 / 86_400)
+        );
         assert_eq!(unix_days("2026-13-01"), None);
         assert_eq!(unix_days("20261231"), None);
         assert_eq!(unix_days("é"), None);

@@ -393,13 +393,13 @@ fn progress_line(
 ) -> String {
     if elapsed < warmup {
         return format!(
-            "loadgen {:>5.0} s  warming up ({:.0} s)",
+            "loadgen {:.0} s  warming up ({:.0} s)",
             elapsed.as_secs_f64(),
             warmup.as_secs_f64()
         );
     }
     format!(
-        "loadgen {:>5.0} s  requests {}  errors {}  rate {rate}/s  p99 so far {:.2} ms",
+        "loadgen {:.0} s  requests {}  errors {}  rate {rate}/s  p99 so far {:.2} ms",
         (elapsed - warmup).as_secs_f64(),
         p.requests,
         p.errors,
@@ -408,12 +408,7 @@ fn progress_line(
 }
 
 /// Prints the progress line once a second until `done`.
-async fn show_progress(
-    shared: Arc<Shared>,
-    warmup: Duration,
-    terminal: bool,
-    done: Arc<Notify>,
-) {
+async fn show_progress(shared: Arc<Shared>, warmup: Duration, terminal: bool, done: Arc<Notify>) {
     use std::io::Write as _;
     let start = Instant::now();
     let mut tick = tokio::time::interval_at(

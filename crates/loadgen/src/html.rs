@@ -119,8 +119,11 @@ pub fn render(s: &Summary) -> String {
 
     // Refusal checks.
     b.push_str("<h2>Refusal checks</h2>");
-    let checks: Vec<(&String, &Figures)> =
-        s.routes.iter().filter(|(_, f)| is_refusal_check(f)).collect();
+    let checks: Vec<(&String, &Figures)> = s
+        .routes
+        .iter()
+        .filter(|(_, f)| is_refusal_check(f))
+        .collect();
     if checks.is_empty() {
         b.push_str(
             "<p class=\"muted\">No route of this scenario expects a refusal \
@@ -135,12 +138,7 @@ pub fn render(s: &Summary) -> String {
             let expect = f
                 .expect
                 .as_ref()
-                .map(|e| {
-                    e.iter()
-                        .map(u16::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
+                .map(|e| e.iter().map(u16::to_string).collect::<Vec<_>>().join(", "))
                 .unwrap_or_default();
             let _ = write!(
                 b,
@@ -266,8 +264,7 @@ is a second of the run by {} time.</p>",
 <th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th>\
 <th>statuses</th><th>errors</th><th>errors by reason</th></tr>",
     );
-    let mut rows: Vec<(String, &Figures)> =
-        s.routes.iter().map(|(k, v)| (escape(k), v)).collect();
+    let mut rows: Vec<(String, &Figures)> = s.routes.iter().map(|(k, v)| (escape(k), v)).collect();
     rows.push(("<b>all</b>".into(), &s.total));
     for (name, f) in rows {
         let l = &f.latency;
@@ -348,7 +345,14 @@ mod tests {
         assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(page.contains("401 &lt;img src=x onerror=alert(1)&gt;"));
         assert!(page.contains("&lt;b&gt;s&lt;/b&gt;"));
-        assert_eq!(page.matches("<svg").count(), 3, "closed loop: no backlog plot");
-        assert!(page.contains("<td>refused</td><td>401</td>"), "a refusal check row");
+        assert_eq!(
+            page.matches("<svg").count(),
+            3,
+            "closed loop: no backlog plot"
+        );
+        assert!(
+            page.contains("<td>refused</td><td>401</td>"),
+            "a refusal check row"
+        );
     }
 }

@@ -896,9 +896,6 @@ mod tests {
         assert_eq!((p.requests, p.errors), (104, 2));
         assert_eq!(p.p99_us, 100, "the p99 so far covers every answer");
         let sec = live.finish();
-        assert_eq!(
-            sec,
-            vec![(50, 99), (7, 7), (0, 0), (0, 0), (0, 0), (9, 9)]
-        );
+        assert_eq!(sec, vec![(50, 99), (7, 7), (0, 0), (0, 0), (0, 0), (9, 9)]);
     }
 }
