@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: `./test.sh` (extra arguments go to `cargo test`). Needs the Rust
-# toolchain (rust-toolchain.toml), a C compiler (aws-lc-sys builds from source) and Debian's
+# toolchain (rust-toolchain.toml), a C compiler (aws-lc-sys builds from source), Debian's
 # redis-server, which the shared-state tests start privately on a free port (never the system
-# service). Missing Debian packages are installed when this can (root, or sudo without a
-# password); otherwise it stops at once and prints the command to run.
+# service), and Chromium, which renders the HTML reports headless. Missing Debian packages are
+# installed when this can (root, or sudo without a password); otherwise it stops at once and
+# prints the command to run.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -52,6 +53,10 @@ fi
 # responder (`openssl ocsp`) in tests/ocsp.rs and the HTTPS CRL server (`openssl s_server`) in
 # tests/revocation.rs.
 need_packages gcc libc6-dev redis-server openssl ca-certificates
+# chromium: tests/loadgen.rs and tests/audit.rs render the HTML reports in headless Chromium and
+# check the screenshot (about 1.5 minutes to install on the 2-core VM; a Chromium already on
+# PATH is used as it is).
+command -v chromium >/dev/null 2>&1 || need_packages chromium
 # tests/differential.rs runs real frameworks behind the proxy (Tomcat's libraries, Jackson and a
 # JDK; Node for Express; Python's venv for Flask) and tests/oidc_provider.rs a real authorization
 # server (Node). These are looked for by what the tests run, not by package name: a Node or JDK

@@ -57,8 +57,9 @@
 #   KEEP_WORKDIR=0        1 keeps the temporary directory (configs, logs, audit, raw reports)
 #   TMPDIR=/tmp           where the temporary directory is made
 #
-# Results: target/soak.json or target/saturation.json (in CARGO_TARGET_DIR), the report on
-# stdout, progress on stderr; the checks and the report are benches/py/soak.py.
+# Results: target/soak.json or target/saturation.json (in CARGO_TARGET_DIR) with the run as an
+# HTML page beside it (soak.html, saturation.html), the report on stdout, progress on stderr (a
+# line a minute during each load run); the checks and the report are benches/py/soak.py.
 #
 # Time: soak ~ WARMUP + CAPACITY_DURATION + WARMUP + SOAK_DURATION (~31 minutes by default);
 #       saturation ~ WARMUP + DURATION (~5 minutes). Loopback only; every run stops by itself;
@@ -117,12 +118,31 @@ RAW=$WORK/results
 log "$MODE: refusal checks on the full-FAPI route (loadgen, one connection)"
 fapi_checks "$P_PCF" "$RAW/fapi-checks.json"
 
-# One loadgen scenario run: $1 name, $2 load block; the report in $RAW/$1.json. The exit status
-# (1 on errors) is left to the checks below, which read the report.
+# Prints the newest line of loadgen's progress ($1, its standard error) once a minute, named $2:
+# elapsed seconds, requests, errors, the rate over the last second and the p99 so far.
+report_progress() {
+    local file=$1 name=$2 line
+    while sleep 60; do
+        line=$(tail -n 1 "$file" 2>/dev/null) || true
+        [[ -n $line ]] && log "$name: ${line#loadgen }"
+    done
+}
+
+# One loadgen scenario run: $1 name, $2 load block; the report in $RAW/$1.json and, as a page
+# with plots, $RAW/$1.html. The exit status (1 on errors) is left to the checks below, which
+# read the report. loadgen writes a progress line a second to $RAW/$1.stderr (--progress: it is
+# not a terminal); a line a minute of it is printed here.
 run_load() {
     fapi_scenario "$P_PCF" "$2" "$FAPI_ROUTE_LOAD" >"$WORK/$1.yaml"
-    run_fg "$BIN" loadgen --scenario "$WORK/$1.yaml" --json "$RAW/$1.json" \
-        >"$RAW/$1.stdout" 2>"$RAW/$1.stderr" || true
+    : >"$RAW/$1.stderr"
+    report_progress "$RAW/$1.stderr" "$1" &
+    local reporter=$!
+    PIDS+=("$reporter")
+    run_fg "$BIN" loadgen --scenario "$WORK/$1.yaml" --json "$RAW/$1.json" --html "$RAW/$1.html" \
+        --progress >"$RAW/$1.stdout" 2>"$RAW/$1.stderr" || true
+    kill "$reporter" 2>/dev/null || true
+    wait "$reporter" 2>/dev/null || true
+    forget_pid "$reporter"
     [[ -s $RAW/$1.json ]] || { cat "$RAW/$1.stderr" >&2; die "loadgen ($1) did not finish"; }
 }
 
@@ -177,6 +197,8 @@ AUDIT_BYTES=$(cat "$WORK"/audit/fapi.log* 2>/dev/null | wc -c)
 AUDIT_FILES=$(find "$WORK/audit" -name 'fapi.log*' | wc -l)
 
 mkdir -p "$TARGET_DIR"
+# The run as a page with plots (latency and throughput over time, the distribution).
+cp "$RAW/$MODE.html" "${RESULT_JSON%.json}.html" 2>/dev/null || true
 rc=0
 python3 "$ROOT/benches/py/soak.py" report "$RAW/$MODE.json" "$SAMPLES" "$CPU_SAMPLES" \
     "$RAW/fapi-checks.json" "$RESULT_JSON" --mode "$MODE" --revision "$(revision)" --cores "$(nproc)" \

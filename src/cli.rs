@@ -131,6 +131,16 @@ pub(crate) enum Command {
         /// report, if any, goes to standard error).
         #[arg(long, num_args = 0..=1, default_missing_value = "-", value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Also write a self-contained HTML report (plots, checks, parameters) to FILE.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// Print a progress line every second on standard error even when it is not a
+        /// terminal (by default only on a terminal, so CI logs stay quiet).
+        #[arg(long, conflicts_with = "quiet")]
+        progress: bool,
+        /// No progress line, even on a terminal.
+        #[arg(long)]
+        quiet: bool,
     },
 }
 
@@ -251,8 +261,14 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
             scenario: Some(file),
             addr,
             json,
+            html,
+            progress,
+            quiet,
             ..
-        } => run_scenario(&file, addr, json.as_deref()).await,
+        } => {
+            let progress = show_progress(progress, quiet);
+            run_scenario(&file, addr, json.as_deref(), html.as_deref(), progress).await
+        }
         Command::Loadgen {
             scenario: None,
             addr,
@@ -266,6 +282,9 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
             http2,
             headers,
             json,
+            html,
+            progress,
+            quiet,
         } => {
             let (Some(addr), Some(ca), Some(cert), Some(key)) = (addr, ca, cert, key) else {
                 eprintln!("loadgen: give --scenario FILE, or --addr, --ca, --cert and --key");
@@ -305,9 +324,13 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
                 duration,
                 http2,
                 headers: parsed,
+                progress: show_progress(progress, quiet),
             };
             match portcullis_loadgen::run(opts).await {
-                Ok(r) => match json {
+                Ok((r, summary)) => match json {
+                    _ if html.as_deref().is_some_and(|f| !write_html(f, &summary)) => {
+                        ExitCode::from(1)
+                    }
                     Some(file) => {
                         let text = serde_json::to_string(&r).unwrap_or_default();
                         if write_out(&file, &text) {
@@ -345,12 +368,33 @@ fn write_out(file: &std::path::Path, text: &str) -> bool {
     }
 }
 
+fn show_progress(progress: bool, quiet: bool) -> portcullis_loadgen::ShowProgress {
+    match (progress, quiet) {
+        (true, _) => portcullis_loadgen::ShowProgress::Always,
+        (_, true) => portcullis_loadgen::ShowProgress::Never,
+        _ => portcullis_loadgen::ShowProgress::Auto,
+    }
+}
+
+/// Writes the HTML report; reports a failure.
+fn write_html(file: &std::path::Path, summary: &portcullis_loadgen::Summary) -> bool {
+    match std::fs::write(file, portcullis_loadgen::html::render(summary)) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("cannot write {}: {e}", file.display());
+            false
+        }
+    }
+}
+
 /// `loadgen --scenario`: 0 when every threshold holds, 1 when one is missed (or the run
 /// failed), 2 when the scenario file is invalid.
 async fn run_scenario(
     file: &std::path::Path,
     addr: Option<SocketAddr>,
     json: Option<&std::path::Path>,
+    html: Option<&std::path::Path>,
+    progress: portcullis_loadgen::ShowProgress,
 ) -> ExitCode {
     let mut s = match portcullis_loadgen::Scenario::load(file) {
         Ok(s) => s,
@@ -365,7 +409,7 @@ async fn run_scenario(
     if let Some(a) = addr {
         s.target.address = a;
     }
-    let summary = match portcullis_loadgen::run_scenario(s).await {
+    let summary = match portcullis_loadgen::run_scenario(s, progress).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("loadgen failed: {e}");
@@ -383,6 +427,9 @@ async fn run_scenario(
         if !write_out(f, &text) {
             return ExitCode::from(1);
         }
+    }
+    if html.is_some_and(|f| !write_html(f, &summary)) {
+        return ExitCode::from(1);
     }
     if summary.passed {
         ExitCode::SUCCESS

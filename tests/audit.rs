@@ -971,6 +971,54 @@ async fn the_report_matches_what_the_clients_did() {
     assert_eq!(code, 0);
     assert!(text.contains("client  thumbprint"), "{text}");
     assert!(text.contains("give --config"), "{text}");
+
+    // The HTML page: the same inventory, streamed from the same log plus a hand-made file with
+    // a hostile client id (a second file, as rotated logs are given).
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let hostile = p.dir.path().join("hostile.log");
+    std::fs::write(
+        &hostile,
+        concat!(
+            r#"{"kind":"request","client_id":"<script>alert(1)</script>","route_id":"accounts.list","decision":"deny","reason":"authz.scope"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let html = dir.join("audit-report.html");
+    let (code, out) = cli(&[
+        "audit",
+        "report",
+        "--config",
+        &config,
+        "--html",
+        &html.display().to_string(),
+        &log,
+        &hostile.display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert_self_contained_html(&page, 0);
+    for text in [
+        "<h2>Clients</h2>",
+        "PSDGB-FCA-123456",
+        "PSDGB-FCA-654321",
+        "<h2>Refusals by reason</h2>",
+        "<code>route.not_found</code>",
+        "<code>http.body_too_large</code>",
+        "<h2>Certificate expiry</h2>",
+        "<h2>Routes never called</h2>",
+        "<code>public.status</code>",
+        "<code>cert_expired</code>",
+        "<code>accounts.list</code>",
+        "&lt;script&gt;alert(1)&lt;/script&gt;",
+    ] {
+        assert!(page.contains(text), "`{text}` missing");
+    }
+    let png = dir.join("audit-report.png");
+    if let Some(size) = screenshot(&html, &png, p.dir.path()) {
+        // A blank 1280 x 2000 page is about 12 KB; this one has tables and plots.
+        assert!(size > 40_000, "a {size}-byte screenshot is next to blank");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -508,3 +508,109 @@ async fn a_missing_or_replayed_proof_is_refused_by_the_proxy() {
         "only the first use of the proof went upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_html_report_is_self_contained_escaped_and_renders() {
+    let e = env().await;
+    // A hostile route name: the page must show it as text.
+    let routes = r#"  - name: "<script>alert(1)</script>"
+    path: /dpop/accounts
+    clients: [dpop]
+    weight: 3
+    expect: [200]
+  - name: no-proof
+    path: /dpop/accounts
+    clients: [dpop]
+    dpop_proof: none
+    expect: [401]"#;
+    // Open loop at 100/s for 250 requests: about 2.5 s, so the timeline has a few seconds.
+    let s = scenario(
+        &e,
+        "html",
+        routes,
+        "load: {mode: open, rate: 100, connections: 2, requests: 250}",
+    );
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let html = dir.join("loadgen-report.html");
+    let json = e.dir.path().join("html.json");
+    let (code, out, err) = loadgen(vec![
+        "--scenario".into(),
+        arg(&s),
+        "--json".into(),
+        arg(&json),
+        "--html".into(),
+        arg(&html),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    // Standard error is a pipe here, as in CI: no progress line.
+    assert!(!err.contains("p99 so far"), "{err}");
+    assert!(
+        out.contains("latency percentiles by HdrHistogram, 3 significant digits"),
+        "{out}"
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["requests"], 250, "{r}");
+    assert_eq!(r["latency_precision"], "HdrHistogram, 3 significant digits");
+    let tl = r["timeline"].as_array().unwrap();
+    assert!(tl.len() >= 2, "{r}");
+    assert!(tl.iter().any(|t| t["p99_us"].as_u64().unwrap() > 0), "{r}");
+    assert!(tl
+        .iter()
+        .all(|t| t["p50_us"].as_u64() <= t["p99_us"].as_u64()
+            && t["p99_us"].as_u64() <= t["max_us"].as_u64()));
+    let refused = r["routes"]["no-proof"]["requests"].as_u64().unwrap();
+    assert!(refused > 0);
+
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert_self_contained_html(&page, 3);
+    for text in [
+        "Latency over time",
+        "Latency distribution",
+        "Throughput and errors over time",
+        "Refusal checks",
+        "Parameters",
+        "HdrHistogram, 3 significant digits",
+        "&lt;script&gt;alert(1)&lt;/script&gt;",
+    ] {
+        assert!(page.contains(text), "`{text}` missing");
+    }
+    // The refusal check's row: the route, what it expects, what the proxy said, the verdict.
+    let row = page
+        .split("<tr>")
+        .find(|r| r.starts_with("<td>no-proof</td><td>401</td>"))
+        .unwrap_or_else(|| panic!("no refusal row in {page}"));
+    assert!(row.contains("401 binding.dpop_proof_missing"), "{row}");
+    assert!(row.contains("class=\"pass\""), "{row}");
+    // The proxy refused them: the upstream saw only the other route's requests.
+    assert_eq!(e.up.count() as u64, 250 - refused);
+
+    let png = dir.join("loadgen-report.png");
+    let shot_dir = e.dir.path().to_path_buf();
+    if let Some(size) = tokio::task::spawn_blocking(move || screenshot(&html, &png, &shot_dir))
+        .await
+        .unwrap()
+    {
+        // A blank 1280 x 2000 page is about 12 KB; this one has tables and plots.
+        assert!(size > 40_000, "a {size}-byte screenshot is next to blank");
+    }
+
+    // `--progress` prints a line a second even to a pipe.
+    let s = scenario(
+        &e,
+        "progress",
+        "  - name: a\n    path: /dpop/accounts\n    clients: [dpop]",
+        "load: {mode: open, rate: 100, connections: 2, requests: 150}",
+    );
+    let (code, out, err) = loadgen(vec!["--scenario".into(), arg(&s), "--progress".into()]).await;
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("p99 so far"))
+        .unwrap_or_else(|| panic!("no progress line in {err}"));
+    assert!(
+        line.starts_with("loadgen ") && line.contains(" requests "),
+        "{line}"
+    );
+    assert!(line.contains(" errors 0 "), "{line}");
+}

@@ -1154,3 +1154,73 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
         self.clone()
     }
 }
+
+/// Checks what every self-contained HTML report must be: a whole document that loads nothing
+/// (no URL of any kind, no script) and draws its plots as inline SVG; panics naming what is wrong.
+pub(crate) fn assert_self_contained_html(html: &str, min_svgs: usize) {
+    assert!(html.starts_with("<!DOCTYPE html>"), "not a document");
+    assert!(html.trim_end().ends_with("</html>"), "not whole");
+    let lower = html.to_ascii_lowercase();
+    for bad in [
+        "http://", "https://", "<script", "src=", "@import", "url(", "<link",
+    ] {
+        assert!(!lower.contains(bad), "the report contains `{bad}`");
+    }
+    assert_eq!(
+        lower.matches("<svg").count(),
+        lower.matches("</svg>").count(),
+        "unbalanced SVG"
+    );
+    assert!(
+        lower.matches("<svg").count() >= min_svgs,
+        "fewer than {min_svgs} plots"
+    );
+    assert_eq!(
+        lower.matches("<table").count(),
+        lower.matches("</table>").count(),
+        "unbalanced tables"
+    );
+}
+
+/// Renders `html` with headless Chromium into `png` (1280 × 2000) when `chromium` is on PATH;
+/// returns the screenshot's size in bytes, or `None` without Chromium. The page, the
+/// screenshot and Chromium's profile stay under `dir`.
+pub(crate) fn screenshot(html: &Path, png: &Path, dir: &Path) -> Option<u64> {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("chromium").is_file()));
+    if !found {
+        eprintln!("chromium is not on PATH: the report is not rendered");
+        return None;
+    }
+    let _ = std::fs::remove_file(png);
+    let profile = dir.join("chromium-profile");
+    let mut child = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--window-size=1280,2000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", html.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start chromium");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chromium did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(std::fs::metadata(png).map(|m| m.len()).unwrap_or(0))
+}

@@ -8,10 +8,18 @@
 //! listed too. Failed handshakes are counted by category.
 //!
 //! The report reads records; it does not check them — run `audit verify` for that. Lines that
-//! are not JSON are counted and skipped.
+//! are not JSON are counted and skipped, and so is a line longer than [`MAX_LINE`] (no record
+//! is that long), without holding it in memory.
+//!
+//! Input is streamed: [`Builder::read`] takes any `BufRead` a line at a time, so memory grows
+//! with the number of distinct clients, routes and reasons, not with the number of records.
+//! [`Report::html`] renders the same inventory as one self-contained page.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
+use std::io::BufRead;
+
+use portcullis_base::html::{escape, page, unix_days, utc};
 
 use serde::Serialize;
 
@@ -70,59 +78,135 @@ fn strings(v: &serde_json::Value, k: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Longest line read as a record, in bytes. A record's attacker-controlled fields are bounded
+/// (512 bytes each), so real records are far shorter; a longer line is not one of ours.
+pub const MAX_LINE: usize = 1 << 20;
+
 /// Builds the report from log contents (in any order); `policy_routes` are the route ids of
 /// the configured policy, when known.
 pub fn build(logs: &[&[u8]], policy_routes: Option<&[String]>) -> Report {
-    let mut r = Report::default();
-    let mut clients: BTreeMap<Key, ClientReport> = BTreeMap::new();
-    let mut called: BTreeSet<String> = BTreeSet::new();
+    let mut b = Builder::default();
     for data in logs {
-        for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
-                r.unreadable_lines += 1;
+        for line in data.split(|&b| b == b'\n') {
+            b.line(line);
+        }
+    }
+    b.finish(policy_routes)
+}
+
+/// The report, built a record at a time.
+#[derive(Default)]
+pub struct Builder {
+    r: Report,
+    clients: BTreeMap<Key, ClientReport>,
+    called: BTreeSet<String>,
+}
+
+impl Builder {
+    /// Reads `input` to its end a line at a time (logs in any order, one call per file).
+    pub fn read<R: BufRead>(&mut self, mut input: R) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let n = std::io::Read::take(input.by_ref(), MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            if buf.len() > MAX_LINE && buf.last() != Some(&b'\n') {
+                // Too long to be a record: skip the rest of it without keeping it.
+                self.r.unreadable_lines += 1;
+                skip_line(&mut input)?;
                 continue;
-            };
-            r.records += 1;
-            match v.get("kind").and_then(|k| k.as_str()) {
-                Some("tls_handshake") => {
-                    let f = s(&v, "failure").unwrap_or_else(|| "unknown".into());
-                    *r.handshake_failures.entry(f).or_default() += 1;
-                }
-                Some("request") => {
-                    r.requests += 1;
-                    let key = (
-                        s(&v, "client_cert_thumbprint"),
-                        s(&v, "client_org_id"),
-                        s(&v, "client_id"),
-                    );
-                    let c = clients.entry(key.clone()).or_insert_with(|| ClientReport {
+            }
+            self.line(&buf);
+        }
+    }
+
+    /// One line of a log (its newline, if any, included or not).
+    pub fn line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return;
+        }
+        let r = &mut self.r;
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+            r.unreadable_lines += 1;
+            return;
+        };
+        r.records += 1;
+        match v.get("kind").and_then(|k| k.as_str()) {
+            Some("tls_handshake") => {
+                let f = s(&v, "failure").unwrap_or_else(|| "unknown".into());
+                *r.handshake_failures.entry(f).or_default() += 1;
+            }
+            Some("request") => {
+                r.requests += 1;
+                let key = (
+                    s(&v, "client_cert_thumbprint"),
+                    s(&v, "client_org_id"),
+                    s(&v, "client_id"),
+                );
+                let c = self
+                    .clients
+                    .entry(key.clone())
+                    .or_insert_with(|| ClientReport {
                         thumbprint: key.0,
                         org_id: key.1,
                         client_id: key.2,
                         ..ClientReport::default()
                     });
-                    add(c, &v, &mut called);
-                }
-                _ => {}
+                add(c, &v, &mut self.called);
             }
+            _ => {}
         }
     }
-    for c in clients.values_mut() {
-        c.scopes_unused = c
-            .scopes_granted
-            .difference(&c.scopes_used)
-            .cloned()
-            .collect();
+
+    /// The report; `policy_routes` are the route ids of the configured policy, when known.
+    pub fn finish(self, policy_routes: Option<&[String]>) -> Report {
+        let Builder {
+            mut r,
+            mut clients,
+            called,
+        } = self;
+        for c in clients.values_mut() {
+            c.scopes_unused = c
+                .scopes_granted
+                .difference(&c.scopes_used)
+                .cloned()
+                .collect();
+        }
+        r.clients = clients.into_values().collect();
+        r.routes_never_called = policy_routes.map(|routes| {
+            routes
+                .iter()
+                .filter(|id| !called.contains(*id))
+                .cloned()
+                .collect()
+        });
+        r
     }
-    r.clients = clients.into_values().collect();
-    r.routes_never_called = policy_routes.map(|routes| {
-        routes
-            .iter()
-            .filter(|id| !called.contains(*id))
-            .cloned()
-            .collect()
-    });
-    r
+}
+
+/// Consumes `input` up to and including the next newline.
+fn skip_line<R: BufRead>(input: &mut R) -> std::io::Result<()> {
+    loop {
+        let (done, used) = {
+            let buf = input.fill_buf()?;
+            if buf.is_empty() {
+                return Ok(());
+            }
+            match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (true, i + 1),
+                None => (false, buf.len()),
+            }
+        };
+        input.consume(used);
+        if done {
+            return Ok(());
+        }
+    }
 }
 
 fn add(c: &mut ClientReport, v: &serde_json::Value, called: &mut BTreeSet<String>) {
@@ -257,6 +341,266 @@ impl fmt::Display for Report {
     }
 }
 
+/// A certificate's notAfter against `today` (days since the Unix epoch).
+fn expiry(not_after: Option<&str>, today: i64) -> (i64, String) {
+    let Some(n) = not_after else {
+        return (
+            i64::MAX,
+            "<span class=\"muted\">no certificate</span>".into(),
+        );
+    };
+    match unix_days(n) {
+        Some(d) if d < today => (
+            d,
+            format!("{} <span class=\"fail\">expired</span>", escape(n)),
+        ),
+        Some(d) if d - today <= 30 => (
+            d,
+            format!(
+                "{} <span class=\"warn\">in {} day(s)</span>",
+                escape(n),
+                d - today
+            ),
+        ),
+        Some(d) => (
+            d,
+            format!(
+                "{} <span class=\"muted\">in {} days</span>",
+                escape(n),
+                d - today
+            ),
+        ),
+        None => (i64::MAX - 1, escape(n)),
+    }
+}
+
+fn cell(v: &Option<String>) -> String {
+    v.as_deref().map_or_else(|| "-".into(), escape)
+}
+
+fn names<'a>(items: impl IntoIterator<Item = &'a String>) -> String {
+    let v: Vec<String> = items.into_iter().map(|s| escape(s)).collect();
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+impl ClientReport {
+    fn label(&self) -> String {
+        match (&self.org_id, &self.client_id, &self.thumbprint) {
+            (None, None, None) => "(no client identity)".into(),
+            (o, c, _) if o.is_some() || c.is_some() => format!(
+                "{} / {}",
+                o.as_deref().unwrap_or("-"),
+                c.as_deref().unwrap_or("-")
+            ),
+            (_, _, Some(t)) => format!("certificate {t}"),
+            _ => "-".into(),
+        }
+    }
+
+    fn refused(&self) -> u64 {
+        self.refusals.values().sum()
+    }
+}
+
+impl Report {
+    /// The report as one self-contained HTML page. `sources` names the input files and `now`
+    /// is the Unix time the report is made (for certificate expiry). Every string from the log
+    /// is escaped.
+    pub fn html(&self, sources: &[String], now_unix_s: f64) -> String {
+        let today = (now_unix_s / 86_400.0).floor() as i64;
+        let mut b = String::new();
+        let refused: u64 = self.clients.iter().map(ClientReport::refused).sum();
+        let _ = write!(
+            b,
+            "<h1>Audit report</h1><p class=\"muted\">portcullis audit report, made {} from {}. \
+It reads the records and does not check them: run <code>portcullis audit verify</code> for the \
+hash chain and signatures.</p>\
+<p><b>{}</b> record(s), <b>{}</b> request(s) of which <b>{}</b> refused, <b>{}</b> client(s), \
+{} failed handshake(s){}.</p>",
+            utc(now_unix_s),
+            names(sources),
+            self.records,
+            self.requests,
+            refused,
+            self.clients.len(),
+            self.handshake_failures.values().sum::<u64>(),
+            if self.unreadable_lines > 0 {
+                format!(
+                    ", <span class=\"warn\">{} unreadable line(s) skipped</span>",
+                    self.unreadable_lines
+                )
+            } else {
+                String::new()
+            }
+        );
+
+        // Clients at a glance.
+        b.push_str(
+            "<h2>Clients</h2><table><tr><th>organization / client id</th><th>subject</th>\
+<th>requests</th><th>refused</th><th>first seen</th><th>last seen</th>\
+<th>certificate expiry</th><th>scopes granted but never used</th></tr>",
+        );
+        for (i, c) in self.clients.iter().enumerate() {
+            let _ = write!(
+                b,
+                "<tr><td><a href=\"#c{i}\">{}</a></td><td>{}</td><td class=\"n\">{}</td>\
+<td class=\"n\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&c.label()),
+                cell(&c.subject),
+                c.requests,
+                c.refused(),
+                cell(&c.first_seen),
+                cell(&c.last_seen),
+                expiry(c.cert_not_after.as_deref(), today).1,
+                names(&c.scopes_unused)
+            );
+        }
+        b.push_str("</table>");
+
+        // Refusals by reason, all clients.
+        let mut reasons: BTreeMap<&str, u64> = BTreeMap::new();
+        for c in &self.clients {
+            for (r, n) in &c.refusals {
+                *reasons.entry(r).or_default() += n;
+            }
+        }
+        let mut reasons: Vec<(&str, u64)> = reasons.into_iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        b.push_str("<h2>Refusals by reason</h2>");
+        if reasons.is_empty() {
+            b.push_str("<p class=\"muted\">No request was refused.</p>");
+        } else {
+            b.push_str("<table><tr><th>reason</th><th>refusals</th></tr>");
+            for (r, n) in reasons {
+                let _ = write!(
+                    b,
+                    "<tr><td><code>{}</code></td><td class=\"n\">{n}</td></tr>",
+                    escape(r)
+                );
+            }
+            b.push_str("</table>");
+        }
+
+        // Certificate expiry, soonest first.
+        let mut certs: Vec<(i64, String, &ClientReport)> = self
+            .clients
+            .iter()
+            .filter(|c| c.cert_not_after.is_some())
+            .map(|c| {
+                let (d, text) = expiry(c.cert_not_after.as_deref(), today);
+                (d, text, c)
+            })
+            .collect();
+        certs.sort_by_key(|c| c.0);
+        b.push_str("<h2>Certificate expiry</h2>");
+        if certs.is_empty() {
+            b.push_str("<p class=\"muted\">No record carries a client certificate.</p>");
+        } else {
+            b.push_str(
+                "<table><tr><th>notAfter</th><th>organization / client id</th>\
+<th>certificate thumbprint (SHA-256)</th></tr>",
+            );
+            for (_, text, c) in certs {
+                let _ = write!(
+                    b,
+                    "<tr><td>{text}</td><td>{}</td><td><code>{}</code></td></tr>",
+                    escape(&c.label()),
+                    cell(&c.thumbprint)
+                );
+            }
+            b.push_str("</table>");
+        }
+
+        // Routes never called.
+        b.push_str("<h2>Routes never called</h2>");
+        match &self.routes_never_called {
+            Some(r) if r.is_empty() => b.push_str("<p>Every route of the policy was called.</p>"),
+            Some(r) => {
+                let _ = write!(
+                    b,
+                    "<p>Policy routes no request matched (candidates for removal): {}</p>",
+                    r.iter()
+                        .map(|x| format!("<code>{}</code>", escape(x)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            None => b.push_str(
+                "<p class=\"muted\">Unknown: give <code>--config</code> to compare with the \
+policy.</p>",
+            ),
+        }
+
+        // Failed handshakes.
+        b.push_str("<h2>Failed TLS handshakes</h2>");
+        if self.handshake_failures.is_empty() {
+            b.push_str("<p class=\"muted\">None.</p>");
+        } else {
+            b.push_str("<table><tr><th>category</th><th>count</th></tr>");
+            for (k, n) in &self.handshake_failures {
+                let _ = write!(
+                    b,
+                    "<tr><td><code>{}</code></td><td class=\"n\">{n}</td></tr>",
+                    escape(k)
+                );
+            }
+            b.push_str("</table>");
+        }
+
+        // Each client in full.
+        b.push_str("<h2>Clients in detail</h2>");
+        for (i, c) in self.clients.iter().enumerate() {
+            let _ = write!(
+                b,
+                "<h3 id=\"c{i}\">{}</h3><table>\
+<tr><th>certificate thumbprint</th><td><code>{}</code></td></tr>\
+<tr><th>organization id</th><td>{}</td></tr><tr><th>client id</th><td>{}</td></tr>\
+<tr><th>subject</th><td>{}</td></tr><tr><th>seen</th><td>{} .. {} ({} request(s))</td></tr>\
+<tr><th>certificate expiry</th><td>{}</td></tr>\
+<tr><th>scopes granted</th><td>{}</td></tr><tr><th>scopes used</th><td>{}</td></tr>\
+<tr><th>granted, never used</th><td>{}</td></tr><tr><th>refusals</th><td>{}</td></tr></table>",
+                escape(&c.label()),
+                cell(&c.thumbprint),
+                cell(&c.org_id),
+                cell(&c.client_id),
+                cell(&c.subject),
+                cell(&c.first_seen),
+                cell(&c.last_seen),
+                c.requests,
+                expiry(c.cert_not_after.as_deref(), today).1,
+                names(&c.scopes_granted),
+                names(&c.scopes_used),
+                names(&c.scopes_unused),
+                if c.refusals.is_empty() {
+                    "-".to_string()
+                } else {
+                    c.refusals
+                        .iter()
+                        .map(|(r, n)| format!("<code>{}</code> {n}", escape(r)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            );
+            b.push_str("<table><tr><th>route</th><th>allowed</th><th>refused</th></tr>");
+            for (route, u) in &c.routes {
+                let _ = write!(
+                    b,
+                    "<tr><td><code>{}</code></td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+                    escape(route),
+                    u.allowed,
+                    u.refused
+                );
+            }
+            b.push_str("</table>");
+        }
+        page("portcullis audit report", &b)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +642,57 @@ not json
             "{text}"
         );
         assert!(text.contains("routes never called  b"), "{text}");
+    }
+
+    #[test]
+    fn a_stream_gives_the_same_report_and_skips_an_overlong_line() {
+        let log = concat!(
+            r#"{"kind":"request","client_id":"c1","route_id":"a","decision":"allow"}"#,
+            "\n",
+            r#"{"kind":"request","client_id":"c1","route_id":"a","decision":"deny","reason":"x"}"#,
+        );
+        let mut long = vec![b'x'; MAX_LINE + 10];
+        long.push(b'\n');
+        long.extend_from_slice(log.as_bytes());
+        // A small buffer, so lines cross buffer boundaries.
+        let mut b = Builder::default();
+        b.read(std::io::BufReader::with_capacity(7, &long[..]))
+            .unwrap();
+        let streamed = b.finish(None);
+        let whole = build(&[log.as_bytes()], None);
+        assert_eq!(streamed.unreadable_lines, 1);
+        assert_eq!(streamed.requests, 2);
+        assert_eq!(streamed.clients, whole.clients);
+    }
+
+    #[test]
+    fn the_html_report_escapes_what_the_log_says() {
+        let log = br#"{"time":"2026-01-01T00:00:00Z","kind":"request","client_id":"<script>alert(1)</script>","route_id":"<img src=x>","decision":"deny","reason":"r<&>","client_cert_thumbprint":"T","client_cert_not_after":"2026-01-10T00:00:00Z"}
+{"kind":"request","client_id":"ok","route_id":"a","decision":"allow","client_cert_not_after":"2020-01-01T00:00:00Z"}
+"#;
+        let routes = vec!["a".to_string(), "never\"x".to_string()];
+        let r = build(&[log], Some(&routes));
+        // 2026-01-01: the first certificate expires in 9 days, the second has expired.
+        let html = r.html(&["<f>.log".to_string()], 1_767_225_600.0);
+        assert!(html.starts_with("<!DOCTYPE html>"));
+        assert!(
+            !html.contains("<script") && !html.contains("<img"),
+            "{html}"
+        );
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(html.contains("&lt;img src=x&gt;") && html.contains("r&lt;&amp;&gt;"));
+        assert!(html.contains("&lt;f&gt;.log") && html.contains("never&quot;x"));
+        assert!(
+            html.contains("in 9 day(s)") && html.contains("expired"),
+            "{html}"
+        );
+        for section in [
+            "Clients",
+            "Refusals by reason",
+            "Certificate expiry",
+            "Routes never called",
+        ] {
+            assert!(html.contains(&format!("<h2>{section}</h2>")), "{section}");
+        }
     }
 }

@@ -7,6 +7,7 @@
 pub mod body;
 pub mod clock;
 pub mod duration;
+pub mod html;
 pub mod json;
 pub mod metrics;
 pub mod path;

@@ -17,6 +17,10 @@
 //!
 //! Warm-up requests are sent like the others and not recorded. The measured time runs from the
 //! end of the warm-up to the last measured answer.
+//!
+//! With progress on, a line a second on standard error: elapsed time, requests, errors, the
+//! rate over the last second and the p99 so far (from the shared [`Live`]). On a terminal it
+//! rewrites one line; elsewhere (a log file, `--progress` in a script) it prints one per second.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::fapi::Fapi;
-use super::report::{Failure, Outcome, Recorder, RunFacts, Summary};
+use super::report::{Failure, Live, Outcome, Recorder, RunFacts, Summary};
 use super::scenario::{Mode, Pair, Scenario, Stop};
 use portcullis_tools::client::{Answer, BoxError, Conn};
 
@@ -73,6 +77,7 @@ struct Shared {
     fapi: Fapi,
     picker: Picker,
     nonce_retries: AtomicU64,
+    live: Live,
 }
 
 /// A worker's connections, one per client, opened when first needed.
@@ -163,7 +168,29 @@ impl Worker {
     fn record(&mut self, due: Instant, pair: Pair, latency: Duration, outcome: Outcome) {
         let expect = self.shared.scenario.routes[pair.route].expect.as_deref();
         let at = due.saturating_duration_since(self.measure_start);
+        record_live(&self.shared.live, at, expect, latency, &outcome);
         self.rec.record(at, pair.route, expect, latency, outcome);
+    }
+}
+
+/// Notes a measured request in the shared [`Live`] (the same error rule as the recorder's).
+fn record_live(
+    live: &Live,
+    at: Duration,
+    expect: Option<&[u16]>,
+    latency: Duration,
+    outcome: &Outcome,
+) {
+    let us = latency.as_micros().min(u128::from(u32::MAX)) as u64;
+    match outcome {
+        Outcome::Answer { status, .. } => {
+            let ok = match expect {
+                Some(list) => list.contains(status),
+                None => (200..300).contains(status),
+            };
+            live.record(at, Some(us), !ok);
+        }
+        Outcome::Failed(_) => live.record(at, None, true),
     }
 }
 
@@ -336,13 +363,10 @@ fn dispatch(
             }
             Err(_) if measured => {
                 let expect = shared.scenario.routes[pair.route].expect.as_deref();
-                unsent.record(
-                    intended.saturating_duration_since(clock.measure_start),
-                    pair.route,
-                    expect,
-                    Duration::ZERO,
-                    Outcome::Failed(Failure::NotSent),
-                );
+                let at = intended.saturating_duration_since(clock.measure_start);
+                let outcome = Outcome::Failed(Failure::NotSent);
+                record_live(&shared.live, at, expect, Duration::ZERO, &outcome);
+                unsent.record(at, pair.route, expect, Duration::ZERO, outcome);
             }
             Err(_) => {}
         }
@@ -351,14 +375,94 @@ fn dispatch(
     unsent
 }
 
+/// Whether to print the progress line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShowProgress {
+    /// When standard error is a terminal (so not in CI or a redirected log).
+    Auto,
+    Always,
+    Never,
+}
+
+/// The progress line at `elapsed` since the start (warm-up included).
+fn progress_line(
+    elapsed: Duration,
+    warmup: Duration,
+    p: super::report::Progress,
+    rate: u64,
+) -> String {
+    if elapsed < warmup {
+        return format!(
+            "loadgen {:.0} s  warming up ({:.0} s)",
+            elapsed.as_secs_f64(),
+            warmup.as_secs_f64()
+        );
+    }
+    format!(
+        "loadgen {:.0} s  requests {}  errors {}  rate {rate}/s  p99 so far {:.2} ms",
+        (elapsed - warmup).as_secs_f64(),
+        p.requests,
+        p.errors,
+        p.p99_us as f64 / 1000.0
+    )
+}
+
+/// Prints the progress line once a second until `done`.
+async fn show_progress(shared: Arc<Shared>, warmup: Duration, terminal: bool, done: Arc<Notify>) {
+    use std::io::Write as _;
+    let start = Instant::now();
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
+    let mut last = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = done.notified() => break,
+        }
+        let p = shared.live.progress();
+        let line = progress_line(start.elapsed(), warmup, p, p.requests - last);
+        last = p.requests;
+        let mut err = std::io::stderr().lock();
+        // A failed write to standard error is no reason to stop the run.
+        let _ = if terminal {
+            write!(err, "\r{line}\x1b[K")
+        } else {
+            writeln!(err, "{line}")
+        };
+        let _ = err.flush();
+    }
+    if terminal {
+        let _ = writeln!(std::io::stderr());
+    }
+}
+
 /// Runs the scenario to its end and summarizes it.
-pub async fn run(scenario: Arc<Scenario>) -> Result<Summary, BoxError> {
+pub async fn run(scenario: Arc<Scenario>, progress: ShowProgress) -> Result<Summary, BoxError> {
+    use std::io::IsTerminal as _;
     let fapi = Fapi::new(Arc::clone(&scenario))?;
     let shared = Arc::new(Shared {
         picker: Picker::new(&scenario.mix),
         fapi,
         scenario: Arc::clone(&scenario),
         nonce_retries: AtomicU64::new(0),
+        live: Live::new(scenario.target.timeout),
+    });
+    let terminal = std::io::stderr().is_terminal();
+    let progress_done = Arc::new(Notify::new());
+    let progress_task = match progress {
+        ShowProgress::Always => true,
+        ShowProgress::Auto => terminal,
+        ShowProgress::Never => false,
+    }
+    .then(|| {
+        tokio::spawn(show_progress(
+            Arc::clone(&shared),
+            scenario.load.warmup,
+            terminal,
+            Arc::clone(&progress_done),
+        ))
     });
     let load = scenario.load;
     let started_unix_s = std::time::SystemTime::now()
@@ -412,7 +516,16 @@ pub async fn run(scenario: Arc<Scenario>) -> Result<Summary, BoxError> {
         rec.merge(w.await?.rec);
     }
     let seconds = clock.measure_start.elapsed().as_secs_f64();
+    if let Some(t) = progress_task {
+        progress_done.notify_one();
+        let _ = t.await;
+    }
     let route_names = scenario.routes.iter().map(|r| r.name.as_str()).collect();
+    let route_expect = scenario.routes.iter().map(|r| r.expect.clone()).collect();
+    let nonce_retries = shared.nonce_retries.load(Ordering::Relaxed);
+    let tokens_minted = shared.fapi.tokens_minted.load(Ordering::Relaxed);
+    // Every worker has ended: no answer is still to come.
+    let second_percentiles = shared.live.finish();
     let (mode, rate) = match load.mode {
         Mode::Closed => ("closed", None),
         Mode::Open { rate, .. } => ("open", Some(rate)),
@@ -428,10 +541,12 @@ pub async fn run(scenario: Arc<Scenario>) -> Result<Summary, BoxError> {
             rate,
             seconds,
             warmup: load.warmup,
-            tokens_minted: shared.fapi.tokens_minted.load(Ordering::Relaxed),
-            dpop_nonce_retries: shared.nonce_retries.load(Ordering::Relaxed),
+            tokens_minted,
+            dpop_nonce_retries: nonce_retries,
             thresholds: scenario.thresholds,
             started_unix_s,
+            route_expect,
+            second_percentiles,
         },
     ))
 }

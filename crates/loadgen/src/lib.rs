@@ -14,6 +14,7 @@
 
 pub mod engine;
 pub mod fapi;
+pub mod html;
 pub mod report;
 pub mod scenario;
 
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use engine::ShowProgress;
 pub use report::Summary;
 pub use scenario::Scenario;
 
@@ -44,6 +46,7 @@ pub struct LoadOptions {
     pub http2: bool,
     /// Extra headers sent on every request.
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub progress: ShowProgress,
 }
 
 /// The flag mode's report (the shape `benches/compare_haproxy.sh` reads).
@@ -63,12 +66,13 @@ pub struct Report {
 }
 
 /// Runs a validated scenario.
-pub async fn run_scenario(s: Scenario) -> Result<Summary, BoxError> {
-    engine::run(Arc::new(s)).await
+pub async fn run_scenario(s: Scenario, progress: ShowProgress) -> Result<Summary, BoxError> {
+    engine::run(Arc::new(s), progress).await
 }
 
-/// The flag mode: closed loop, one GET route, one client certificate, no token.
-pub async fn run(o: LoadOptions) -> Result<Report, BoxError> {
+/// The flag mode: closed loop, one GET route, one client certificate, no token. Returns the
+/// flag mode's report and the full summary (for `--html`).
+pub async fn run(o: LoadOptions) -> Result<(Report, Summary), BoxError> {
     let tls = tls_config(&o.ca, Some((&o.cert, &o.key)), o.http2)?;
     let der = {
         use rustls_pki_types::pem::PemObject;
@@ -126,10 +130,10 @@ pub async fn run(o: LoadOptions) -> Result<Report, BoxError> {
         },
         thresholds: Thresholds::default(),
     };
-    let sum = run_scenario(s).await?;
+    let sum = run_scenario(s, o.progress).await?;
     let t = &sum.total;
     let failures = t.errors - t.errors_by_status.values().sum::<u64>();
-    Ok(Report {
+    let report = Report {
         requests: t.requests,
         seconds: sum.seconds,
         rps: t.rps,
@@ -140,7 +144,8 @@ pub async fn run(o: LoadOptions) -> Result<Report, BoxError> {
         max_us: t.latency.max_us,
         statuses: t.statuses.clone(),
         errors: failures,
-    })
+    };
+    Ok((report, sum))
 }
 
 impl Report {

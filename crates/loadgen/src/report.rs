@@ -10,14 +10,52 @@
 //! waiting for a free connection when it has passed is not sent (`loadgen.late`).
 //!
 //! The timeline counts, per second of the run (by intended send time in the open loop, by send
-//! time in the closed loop), requests, errors, the slowest answer and (open loop) the most
-//! requests queued or under way at once — where in a long run the errors and stalls were.
+//! time in the closed loop), requests, errors, the slowest answer, p50 and p99, and (open loop)
+//! the most requests queued or under way at once — where in a long run the errors and stalls were.
+//!
+//! Latencies go into HdrHistograms (3 significant digits: a percentile is at most 0.1 % above
+//! the exact one, never below it), not a list of samples, so a run's memory does not grow with
+//! its length: one histogram per route per worker, merged at the end, and for the timeline a
+//! shared [`Live`] that keeps histograms only for the seconds still being answered (the
+//! target's timeout plus two) and reduces each older second to its p50 and p99.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
+
+/// What the JSON and text reports say about how percentiles were measured.
+pub const PRECISION: &str = "HdrHistogram, 3 significant digits";
+
+/// Distinct refusal reasons kept per route; more count as `(other)` so a target that puts a
+/// fresh string in every answer cannot grow the report without bound.
+const MAX_REASONS: usize = 64;
+
+/// A histogram of microseconds at 3 significant digits that grows with the largest value
+/// recorded (a run that stays under 10 ms keeps about 40 KiB per histogram).
+fn histogram() -> Histogram<u64> {
+    // 3 significant digits is a valid precision: creation cannot fail.
+    Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant digits is valid"))
+}
+
+/// Records `v` in `h`, growing it as needed (`saturating_record` clamps to the current top
+/// instead of growing, so it is only the fallback for a value beyond any range).
+fn put(h: &mut Histogram<u64>, v: u64) {
+    if h.record(v).is_err() {
+        h.saturating_record(v);
+    }
+}
+
+fn count_reason(map: &mut BTreeMap<String, u64>, reason: String) {
+    if map.len() >= MAX_REASONS && !map.contains_key(&reason) {
+        *map.entry("(other)".into()).or_default() += 1;
+    } else {
+        *map.entry(reason).or_default() += 1;
+    }
+}
 
 /// Why a request got no answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,14 +92,31 @@ pub enum Outcome {
     Failed(Failure),
 }
 
-#[derive(Default)]
 struct RouteRec {
-    latencies_us: Vec<u32>,
+    latency: Histogram<u64>,
+    /// The exact slowest answer (the histogram's is rounded up to its precision).
+    max_us: u64,
     statuses: BTreeMap<u16, u64>,
     errors_by_status: BTreeMap<u16, u64>,
     errors_by_reason: BTreeMap<String, u64>,
+    refusal_reasons: BTreeMap<String, u64>,
     ok: u64,
     errors: u64,
+}
+
+impl Default for RouteRec {
+    fn default() -> RouteRec {
+        RouteRec {
+            latency: histogram(),
+            max_us: 0,
+            statuses: BTreeMap::new(),
+            errors_by_status: BTreeMap::new(),
+            errors_by_reason: BTreeMap::new(),
+            refusal_reasons: BTreeMap::new(),
+            ok: 0,
+            errors: 0,
+        }
+    }
 }
 
 /// One second of the run.
@@ -72,6 +127,11 @@ pub struct Tick {
     pub errors: u64,
     /// The slowest answer of a request due in this second.
     pub max_us: u32,
+    /// The median and the 99th percentile of the answers of requests due in this second (0
+    /// without one; an answer that came more than the target's timeout plus two seconds after
+    /// the newest second seen counts in `requests` but not here).
+    pub p50_us: u32,
+    pub p99_us: u32,
     /// Open loop: the most requests queued or under way at once.
     pub backlog: u32,
 }
@@ -127,26 +187,29 @@ impl Recorder {
         let us = latency.as_micros().min(u128::from(u32::MAX)) as u32;
         let (answered, ok) = match outcome {
             Outcome::Answer { status, reason } => {
-                r.latencies_us.push(us);
+                put(&mut r.latency, u64::from(us));
+                r.max_us = r.max_us.max(u64::from(us));
                 *r.statuses.entry(status).or_default() += 1;
                 let expected = match expect {
                     Some(list) => list.contains(&status),
                     None => (200..300).contains(&status),
                 };
+                let reason = reason.unwrap_or_else(|| "(none)".into());
+                if !(200..300).contains(&status) {
+                    count_reason(&mut r.refusal_reasons, format!("{status} {reason}"));
+                }
                 if expected {
                     r.ok += 1;
                 } else {
                     r.errors += 1;
                     *r.errors_by_status.entry(status).or_default() += 1;
-                    *r.errors_by_reason
-                        .entry(reason.unwrap_or_else(|| "(none)".into()))
-                        .or_default() += 1;
+                    count_reason(&mut r.errors_by_reason, reason);
                 }
                 (true, expected)
             }
             Outcome::Failed(f) => {
                 r.errors += 1;
-                *r.errors_by_reason.entry(f.as_str().into()).or_default() += 1;
+                count_reason(&mut r.errors_by_reason, f.as_str().into());
                 (false, false)
             }
         };
@@ -172,13 +235,15 @@ impl Recorder {
         }
         for (a, b) in self.routes.iter_mut().zip(other.routes) {
             add_counts(a, &b);
-            a.latencies_us.extend(b.latencies_us);
         }
     }
 }
 
-/// Adds `b`'s counts (not its latencies) to `a`.
+/// Adds `b`'s counts and latencies to `a`.
 fn add_counts(a: &mut RouteRec, b: &RouteRec) {
+    // Auto-resizing histograms of one precision always add.
+    let _ = a.latency.add(&b.latency);
+    a.max_us = a.max_us.max(b.max_us);
     for (k, v) in &b.statuses {
         *a.statuses.entry(*k).or_default() += v;
     }
@@ -186,13 +251,25 @@ fn add_counts(a: &mut RouteRec, b: &RouteRec) {
         *a.errors_by_status.entry(*k).or_default() += v;
     }
     for (k, v) in &b.errors_by_reason {
-        *a.errors_by_reason.entry(k.clone()).or_default() += v;
+        if a.errors_by_reason.len() >= MAX_REASONS && !a.errors_by_reason.contains_key(k) {
+            *a.errors_by_reason.entry("(other)".into()).or_default() += v;
+        } else {
+            *a.errors_by_reason.entry(k.clone()).or_default() += v;
+        }
+    }
+    for (k, v) in &b.refusal_reasons {
+        if a.refusal_reasons.len() >= MAX_REASONS && !a.refusal_reasons.contains_key(k) {
+            *a.refusal_reasons.entry("(other)".into()).or_default() += v;
+        } else {
+            *a.refusal_reasons.entry(k.clone()).or_default() += v;
+        }
     }
     a.ok += b.ok;
     a.errors += b.errors;
 }
 
-/// Latency percentiles in microseconds (nearest rank).
+/// Latency percentiles in microseconds: nearest rank, to 3 significant digits (the top of the
+/// histogram bucket that holds the exact value, at most the exact maximum); `max_us` is exact.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Latency {
     pub p50_us: u64,
@@ -202,22 +279,173 @@ pub struct Latency {
     pub max_us: u64,
 }
 
-fn percentile(sorted: &[u32], p: f64) -> u64 {
-    if sorted.is_empty() {
+/// The nearest-rank `q` quantile of `h`, capped at the exact maximum `max`; 0 when empty.
+fn quantile(h: &Histogram<u64>, q: f64, max: u64) -> u64 {
+    if h.is_empty() {
         return 0;
     }
-    let rank = (sorted.len() as f64 * p).ceil() as usize;
-    u64::from(sorted[rank.clamp(1, sorted.len()) - 1])
+    h.value_at_quantile(q).min(max)
 }
 
 impl Latency {
-    fn of(sorted: &[u32]) -> Latency {
+    fn of(h: &Histogram<u64>, max: u64) -> Latency {
         Latency {
-            p50_us: percentile(sorted, 0.50),
-            p90_us: percentile(sorted, 0.90),
-            p99_us: percentile(sorted, 0.99),
-            p999_us: percentile(sorted, 0.999),
-            max_us: sorted.last().copied().map_or(0, u64::from),
+            p50_us: quantile(h, 0.50, max),
+            p90_us: quantile(h, 0.90, max),
+            p99_us: quantile(h, 0.99, max),
+            p999_us: quantile(h, 0.999, max),
+            max_us: if h.is_empty() { 0 } else { max },
+        }
+    }
+}
+
+/// One point of the latency distribution.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct Quantile {
+    pub quantile: f64,
+    pub us: u64,
+}
+
+/// The percentile curve of `h`: evenly spaced in `-log10(1 - q)` from 0 to 99.99 %, then 100 %.
+fn distribution(h: &Histogram<u64>, max: u64) -> Vec<Quantile> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let mut out: Vec<Quantile> = (0..=80)
+        .map(|i| {
+            let q = 1.0 - 10f64.powf(-f64::from(i) / 20.0);
+            Quantile {
+                quantile: q,
+                us: quantile(h, q, max),
+            }
+        })
+        .collect();
+    out.push(Quantile {
+        quantile: 1.0,
+        us: max,
+    });
+    out
+}
+
+/// What every worker reports while the run goes on: counts and the overall histogram for the
+/// progress line, and the per-second histograms of the timeline. One lock per measured request;
+/// at the rates one generator reaches it is not contended enough to matter.
+pub struct Live {
+    inner: Mutex<LiveInner>,
+    /// Seconds a second's histogram stays open after a newer second is seen.
+    window: usize,
+}
+
+struct LiveInner {
+    requests: u64,
+    errors: u64,
+    total: Histogram<u64>,
+    total_max: u64,
+    /// Seconds whose answers may still come: second → histogram.
+    open: BTreeMap<usize, Histogram<u64>>,
+    /// p50 and p99 of each closed second.
+    closed: Vec<(u32, u32)>,
+    newest: usize,
+}
+
+/// What the progress line shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub requests: u64,
+    pub errors: u64,
+    pub p99_us: u64,
+}
+
+fn clamp32(v: u64) -> u32 {
+    v.min(u64::from(u32::MAX)) as u32
+}
+
+impl Live {
+    /// `timeout`: the target's; an answer comes at most that long after its second.
+    pub fn new(timeout: Duration) -> Live {
+        Live {
+            inner: Mutex::new(LiveInner {
+                requests: 0,
+                errors: 0,
+                total: histogram(),
+                total_max: 0,
+                open: BTreeMap::new(),
+                closed: Vec::new(),
+                newest: 0,
+            }),
+            window: timeout.as_secs() as usize + 2,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LiveInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes one measured request due `at`: its latency when answered, and whether it counts
+    /// as an error.
+    pub fn record(&self, at: Duration, latency_us: Option<u64>, error: bool) {
+        let sec = second(at);
+        let mut l = self.lock();
+        l.requests += 1;
+        if error {
+            l.errors += 1;
+        }
+        let Some(us) = latency_us else {
+            return;
+        };
+        put(&mut l.total, us);
+        l.total_max = l.total_max.max(us);
+        if sec < l.closed.len() {
+            // Its second is already reduced to percentiles (see `Tick::p50_us`).
+            return;
+        }
+        put(l.open.entry(sec).or_insert_with(histogram), us);
+        if sec > l.newest {
+            l.newest = sec;
+            let keep_from = sec.saturating_sub(self.window);
+            l.close_before(keep_from);
+        }
+    }
+
+    /// The counts so far and the p99 of every answer so far.
+    pub fn progress(&self) -> Progress {
+        let l = self.lock();
+        Progress {
+            requests: l.requests,
+            errors: l.errors,
+            p99_us: quantile(&l.total, 0.99, l.total_max),
+        }
+    }
+
+    /// p50 and p99 of each second, every second closed (at the end of the run).
+    pub fn finish(&self) -> Vec<(u32, u32)> {
+        let mut l = self.lock();
+        l.close_before(usize::MAX);
+        std::mem::take(&mut l.closed)
+    }
+}
+
+impl LiveInner {
+    /// Reduces every open second before `end` to its p50 and p99.
+    fn close_before(&mut self, end: usize) {
+        while let Some(entry) = self.open.first_entry() {
+            if *entry.key() >= end {
+                break;
+            }
+            let (sec, h) = entry.remove_entry();
+            if self.closed.len() <= sec {
+                self.closed.resize(sec + 1, (0, 0));
+            }
+            // `max` of the histogram is rounded up; cap at it only to stay in the bucket.
+            let top = h.max();
+            self.closed[sec] = (
+                clamp32(quantile(&h, 0.50, top)),
+                clamp32(quantile(&h, 0.99, top)),
+            );
+        }
+        // Seconds with no answer up to the newest closed one stay (0, 0).
+        if end != usize::MAX && self.closed.len() < end.min(self.newest) {
+            self.closed.resize(end.min(self.newest), (0, 0));
         }
     }
 }
@@ -239,18 +467,23 @@ pub struct Figures {
     pub error_rate: f64,
     pub errors_by_status: BTreeMap<u16, u64>,
     pub errors_by_reason: BTreeMap<String, u64>,
+    /// Every answer that was not 2xx, expected or not, by `STATUS reason` (at most 64 kinds,
+    /// more as `(other)`): what a refusal check saw.
+    pub refusals: BTreeMap<String, u64>,
+    /// The statuses the route expects (`None`: any 2xx); for routes, not the total.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Vec<u16>>,
 }
 
-fn figures(r: &mut RouteRec, seconds: f64) -> Figures {
-    r.latencies_us.sort_unstable();
-    let requests = r.latencies_us.len() as u64;
+fn figures(r: &RouteRec, seconds: f64) -> Figures {
+    let requests = r.latency.len();
     let attempts = requests + (r.errors - (requests - r.ok));
     Figures {
         requests,
         ok: r.ok,
         rps: requests as f64 / seconds,
         ok_rps: r.ok as f64 / seconds,
-        latency: Latency::of(&r.latencies_us),
+        latency: Latency::of(&r.latency, r.max_us),
         statuses: r.statuses.clone(),
         errors: r.errors,
         error_rate: if attempts == 0 {
@@ -260,6 +493,8 @@ fn figures(r: &mut RouteRec, seconds: f64) -> Figures {
         },
         errors_by_status: r.errors_by_status.clone(),
         errors_by_reason: r.errors_by_reason.clone(),
+        refusals: r.refusal_reasons.clone(),
+        expect: None,
     }
 }
 
@@ -296,6 +531,10 @@ pub struct Summary {
     /// Unix time (seconds) of the end of the warm-up: second 0 of the timeline.
     pub started_unix_s: f64,
     pub timeline: Vec<Tick>,
+    /// How the percentiles were measured ([`PRECISION`]).
+    pub latency_precision: &'static str,
+    /// The percentile curve of every answer (for the HTML report's distribution plot).
+    pub latency_distribution: Vec<Quantile>,
 }
 
 /// What [`Summary::build`] needs besides the recorder.
@@ -312,6 +551,10 @@ pub struct RunFacts<'a> {
     pub dpop_nonce_retries: u64,
     pub thresholds: super::scenario::Thresholds,
     pub started_unix_s: f64,
+    /// Each route's expected statuses, in `route_names` order (`None`: any 2xx).
+    pub route_expect: Vec<Option<Vec<u16>>>,
+    /// p50 and p99 of each second ([`Live::finish`]).
+    pub second_percentiles: Vec<(u32, u32)>,
 }
 
 impl Summary {
@@ -319,13 +562,18 @@ impl Summary {
         let seconds = f.seconds.max(1e-9);
         let mut all = RouteRec::default();
         let mut routes = BTreeMap::new();
-        for (name, r) in f.route_names.iter().zip(rec.routes.iter_mut()) {
-            let fig = figures(r, seconds);
-            all.latencies_us.extend_from_slice(&r.latencies_us);
+        for (i, (name, r)) in f.route_names.iter().zip(rec.routes.iter()).enumerate() {
+            let mut fig = figures(r, seconds);
+            fig.expect = f.route_expect.get(i).cloned().flatten();
             add_counts(&mut all, r);
             routes.insert((*name).to_string(), fig);
         }
-        let total = figures(&mut all, seconds);
+        let total = figures(&all, seconds);
+        let mut timeline = std::mem::take(&mut rec.timeline);
+        for (t, &(p50, p99)) in timeline.iter_mut().zip(&f.second_percentiles) {
+            t.p50_us = p50.min(t.max_us);
+            t.p99_us = p99.min(t.max_us);
+        }
         let t = f.thresholds;
         let mut checks = Vec::new();
         if let Some(min) = t.min_rps {
@@ -368,7 +616,9 @@ impl Summary {
             thresholds: checks,
             passed,
             started_unix_s: f.started_unix_s,
-            timeline: std::mem::take(&mut rec.timeline),
+            timeline,
+            latency_precision: PRECISION,
+            latency_distribution: distribution(&all.latency, all.max_us),
         }
     }
 
@@ -389,8 +639,8 @@ impl Summary {
         );
         let _ = writeln!(
             s,
-            "tokens minted {}, DPoP nonce retries {}",
-            self.tokens_minted, self.dpop_nonce_retries
+            "tokens minted {}, DPoP nonce retries {}; latency percentiles by {}",
+            self.tokens_minted, self.dpop_nonce_retries, self.latency_precision
         );
         figures_text(&mut s, "all", &self.total);
         if self.routes.len() > 1 {
@@ -531,6 +781,8 @@ mod tests {
                     ..Default::default()
                 },
                 started_unix_s: 1.5,
+                route_expect: vec![None, Some(vec![201])],
+                second_percentiles: vec![(1000, 3001), (0, 0), (2000, 4000)],
             },
         );
         assert_eq!(s.total.requests, 4);
@@ -548,33 +800,102 @@ mod tests {
         assert_eq!(s.total.latency.max_us, 4000);
         assert_eq!(s.total.latency.p50_us, 2000);
         assert!(!s.passed, "0.6 > 0.5");
-        let tick = |requests, errors, max_us, backlog| Tick {
+        let tick = |requests, errors, max_us, backlog, p50_us, p99_us| Tick {
             requests,
             errors,
             max_us,
             backlog,
+            p50_us,
+            p99_us,
         };
         assert_eq!(
             s.timeline,
             vec![
-                tick(2, 0, 3000, 0),
-                tick(0, 0, 0, 0),
-                tick(3, 3, 4000, 7),
-                tick(0, 0, 0, 2),
+                tick(2, 0, 3000, 0, 1000, 3000),
+                tick(0, 0, 0, 0, 0, 0),
+                tick(3, 3, 4000, 7, 2000, 4000),
+                tick(0, 0, 0, 2, 0, 0),
             ],
-            "per second: requests, errors, slowest answer, largest backlog"
+            "per second: requests, errors, slowest answer, largest backlog, p50, p99 \
+             (a rounded-up p99 capped at the exact maximum)"
         );
+        assert_eq!(s.routes["r1"].expect, Some(vec![201]));
+        assert_eq!(s.routes["r0"].expect, None);
+        assert_eq!(s.total.refusals["401 binding.dpop_replay"], 1);
+        assert_eq!(s.latency_precision, PRECISION);
+        let last = s.latency_distribution.last().unwrap();
+        assert_eq!((last.quantile, last.us), (1.0, 4000));
         assert_eq!(s.started_unix_s, 1.5);
+    }
+
+    fn hist(values: &[u64]) -> Histogram<u64> {
+        let mut h = histogram();
+        for &v in values {
+            put(&mut h, v);
+        }
+        h
+    }
+
+    /// The exact nearest-rank percentile of a sorted list.
+    fn exact(sorted: &[u64], p: f64) -> u64 {
+        let rank = (sorted.len() as f64 * p).ceil() as usize;
+        sorted[rank.clamp(1, sorted.len()) - 1]
     }
 
     #[test]
     fn percentiles_are_nearest_rank() {
-        let v: Vec<u32> = (1..=1000).collect();
-        let l = Latency::of(&v);
+        // Below 2048 us a 3-digit histogram has unit buckets: exact.
+        let v: Vec<u64> = (1..=1000).collect();
+        let l = Latency::of(&hist(&v), 1000);
         assert_eq!(
             (l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us),
             (500, 900, 990, 999, 1000)
         );
-        assert_eq!(Latency::of(&[]), Latency::default());
+        assert_eq!(Latency::of(&histogram(), 0), Latency::default());
+    }
+
+    #[test]
+    fn histogram_percentiles_are_within_three_significant_digits_of_the_exact_ones() {
+        // A skewed spread from 50 us to about 40 s, in a fixed pseudo-random order.
+        let mut v: Vec<u64> = (0..5000u64)
+            .map(|i| {
+                let x = (i.wrapping_mul(2_654_435_761) % 5000) as f64 / 5000.0;
+                50 + (x.powi(6) * 4.0e7) as u64
+            })
+            .collect();
+        let h = hist(&v);
+        v.sort_unstable();
+        let max = *v.last().unwrap();
+        for p in [0.0, 0.25, 0.5, 0.9, 0.99, 0.999, 1.0] {
+            let want = exact(&v, p);
+            let got = quantile(&h, p, max);
+            assert!(
+                got >= want && got as f64 <= want as f64 * 1.001 + 1.0,
+                "p{p}: histogram {got}, exact {want}"
+            );
+        }
+        assert_eq!(Latency::of(&h, max).max_us, max);
+    }
+
+    #[test]
+    fn the_timeline_keeps_histograms_only_for_seconds_still_answered() {
+        let s = Duration::from_secs;
+        let live = Live::new(Duration::from_secs(1));
+        for us in 1..=100 {
+            live.record(s(0), Some(us), false);
+        }
+        live.record(s(1), Some(7), false);
+        live.record(s(1), None, true);
+        assert_eq!(live.lock().open.len(), 2);
+        // Second 5 is more than the window (timeout 1 s + 2) past seconds 0 and 1: both close.
+        live.record(s(5), Some(9), false);
+        assert_eq!(live.lock().open.len(), 1);
+        // An answer for a closed second still counts, but not in its percentiles.
+        live.record(s(0), Some(1_000_000), true);
+        let p = live.progress();
+        assert_eq!((p.requests, p.errors), (104, 2));
+        assert_eq!(p.p99_us, 100, "the p99 so far covers every answer");
+        let sec = live.finish();
+        assert_eq!(sec, vec![(50, 99), (7, 7), (0, 0), (0, 0), (0, 0), (9, 9)]);
     }
 }

@@ -33,7 +33,8 @@ pub enum AuditCommand {
         files: Vec<PathBuf>,
     },
     /// Summarize audit files per client: routes, scopes granted vs used, refusals by reason,
-    /// first/last seen, certificate expiry; with --config, policy routes never called.
+    /// first/last seen, certificate expiry; with --config, policy routes never called. The
+    /// files are read a line at a time, so any size of log fits in memory.
     Report {
         /// The proxy config, to list policy routes that were never called.
         #[arg(long, short)]
@@ -41,6 +42,9 @@ pub enum AuditCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Also write the report as one self-contained HTML page to FILE.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -65,8 +69,9 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
         AuditCommand::Report {
             config,
             json,
+            html,
             files,
-        } => run_report(config, json, &files),
+        } => run_report(config, json, html.as_deref(), &files),
         AuditCommand::Keygen { out } => match keygen(&out) {
             Ok((key, public)) => {
                 println!(
@@ -142,7 +147,12 @@ fn run_verify(
     }
 }
 
-fn run_report(config: Option<PathBuf>, json: bool, files: &[PathBuf]) -> ExitCode {
+fn run_report(
+    config: Option<PathBuf>,
+    json: bool,
+    html: Option<&std::path::Path>,
+    files: &[PathBuf],
+) -> ExitCode {
     let routes = match config {
         None => None,
         Some(path) => match portcullis_proxy::config::Config::load(&path) {
@@ -159,18 +169,27 @@ fn run_report(config: Option<PathBuf>, json: bool, files: &[PathBuf]) -> ExitCod
             }
         },
     };
-    let mut data = Vec::new();
+    let mut builder = report::Builder::default();
     for f in files {
-        match std::fs::read(f) {
-            Ok(d) => data.push(d),
-            Err(e) => {
-                eprintln!("audit report: {}: {e}", f.display());
-                return ExitCode::from(2);
-            }
+        let read = std::fs::File::open(f)
+            .and_then(|file| builder.read(std::io::BufReader::with_capacity(1 << 16, file)));
+        if let Err(e) = read {
+            eprintln!("audit report: {}: {e}", f.display());
+            return ExitCode::from(2);
         }
     }
-    let logs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
-    let r = report::build(&logs, routes.as_deref());
+    let r = builder.finish(routes.as_deref());
+    if let Some(out) = html {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let sources: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        if let Err(e) = std::fs::write(out, r.html(&sources, now)) {
+            eprintln!("audit report: cannot write {}: {e}", out.display());
+            return ExitCode::from(2);
+        }
+    }
     if json {
         println!("{}", serde_json::to_string(&r).unwrap_or_default());
     } else {
