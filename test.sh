@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: `./test.sh` (extra arguments go to `cargo test`). Needs the Rust
 # toolchain (rust-toolchain.toml), a C compiler (aws-lc-sys builds from source) and Debian's
-# redis-server, which the shared-state tests start privately on a free port (never the system
+# redis-server and redis-sentinel, which the shared-state tests start privately on a free port (never the system
 # service). Missing Debian packages are installed when this can (root, or sudo without a
 # password); otherwise it stops at once and prints the command to run.
 set -euo pipefail
@@ -30,6 +30,9 @@ install() {
   if [[ " $* " == *" redis-server "* ]] && command -v systemctl >/dev/null 2>&1; then
     "${sudo[@]}" systemctl disable --now redis-server >/dev/null 2>&1 || true
   fi
+  if [[ " $* " == *" redis-sentinel "* ]] && command -v systemctl >/dev/null 2>&1; then
+    "${sudo[@]}" systemctl disable --now redis-sentinel >/dev/null 2>&1 || true
+  fi
 }
 
 # need_packages PACKAGE... installs the Debian packages that are not installed yet.
@@ -47,9 +50,10 @@ if ! command -v dpkg-query >/dev/null 2>&1; then
   echo "test.sh: not a Debian system: install gcc, redis-server, the openssl CLI, a JDK with Tomcat 10 and Jackson jars, Node with npm and Python's venv with your package manager, then run cargo test --locked --all-features" >&2
   exit 1
 fi
-# gcc and libc6-dev: aws-lc-sys compiles C; redis-server: tests/redis.rs; openssl: the
-# handshakes rustls cannot offer (TLS 1.0/1.1, CBC suites) in tests/attacks_auth.rs.
-need_packages gcc libc6-dev redis-server openssl ca-certificates
+# gcc and libc6-dev: aws-lc-sys compiles C; redis-server: tests/redis.rs and tests/redis_ha.rs;
+# redis-sentinel: the failover in tests/redis_ha.rs; openssl: the handshakes rustls cannot offer
+# (TLS 1.0/1.1, CBC suites) in tests/attacks_auth.rs.
+need_packages gcc libc6-dev redis-server redis-sentinel openssl ca-certificates
 # tests/differential.rs runs real frameworks behind the proxy (Tomcat's libraries, Jackson and a
 # JDK; Node for Express; Python's venv for Flask) and tests/oidc_provider.rs a real authorization
 # server (Node). These are looked for by what the tests run, not by package name: a Node or JDK
