@@ -279,11 +279,20 @@ async fn rediss_with_a_pinned_ca_client_certificate_and_acl_user() {
     let env = Env::start(o, up, tempfile::tempdir().unwrap(), Some(NOW)).await;
     assert!(env.p.ready_within(Duration::from_secs(10)).await);
     let (first, _) = pay(&env.p, "tls-1").await;
-    assert_eq!(first.status, 201, "{}", String::from_utf8_lossy(&first.body));
+    assert_eq!(
+        first.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
     let (again, _) = pay(&env.p, "tls-1").await;
     assert_eq!(again.status, 201);
     assert_eq!(again.headers["x-idempotent-replay"], "true");
-    assert_eq!(env.up.count(), 1, "the retry was answered from Redis over TLS");
+    assert_eq!(
+        env.up.count(),
+        1,
+        "the retry was answered from Redis over TLS"
+    );
 
     // A proxy that pins another CA: the handshake fails, so it is not ready and refuses.
     let up = Upstream::start(Behaviour::Created).await;
@@ -322,6 +331,53 @@ async fn rediss_with_a_pinned_ca_client_certificate_and_acl_user() {
     assert_eq!(rec["reason"], "idempotency.unavailable", "{rec}");
     assert_eq!(rec["decision"], "error");
 
+    // A wrong password: not ready, refused; the right one written to the file and the config
+    // reloaded (SIGHUP does the same): the proxy reconnects without a restart.
+    let rotating = dir.path().join("rotating-password");
+    std::fs::write(&rotating, "an-old-password\n").unwrap();
+    let up = Upstream::start(Behaviour::Created).await;
+    let mut o = Options::new(up.addr);
+    o.policy = PAYMENTS.to_string();
+    o.config.state = FileState {
+        backend: Some("redis".into()),
+        redis: Some(FileRedis {
+            url: url.clone(),
+            ca: vec![good.ca.display().to_string()],
+            client_certificate: Some(good.client_cert.display().to_string()),
+            client_private_key: Some(good.client_key.display().to_string()),
+            username: Some("portcullis".into()),
+            password_file: Some(rotating.display().to_string()),
+            command_timeout: Some(dur("500ms")),
+            connect_timeout: Some(dur("500ms")),
+            health_interval: Some(dur("100ms")),
+            ..FileRedis::default()
+        }),
+        ..FileState::default()
+    };
+    let rotated = Env::start(o, up, tempfile::tempdir().unwrap(), Some(NOW)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    readyz_until(
+        &rotated.p,
+        503,
+        "the shared state backend (Redis) is unavailable",
+        Duration::from_secs(5),
+    )
+    .await;
+    let (a, id) = pay(&rotated.p, "rotated-1").await;
+    assert_eq!(a.status, 503);
+    assert_eq!(a.json()["reason"], "idempotency.unavailable");
+    assert_eq!(rotated.up.count(), 0);
+    assert_eq!(
+        rotated.p.audit_of(&id).await["reason"],
+        "idempotency.unavailable"
+    );
+    std::fs::write(&rotating, "pw-from-a-file\n").unwrap();
+    rotated.p.shared.reload().expect("reload");
+    assert!(rotated.p.ready_within(Duration::from_secs(10)).await);
+    let (a, _) = pay(&rotated.p, "rotated-1").await;
+    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(rotated.up.count(), 1);
+
     // The state directly: the right settings connect, a wrong password or CA never does.
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(NOW));
     let stop = tokio_util::sync::CancellationToken::new();
@@ -351,7 +407,10 @@ async fn rediss_with_a_pinned_ca_client_certificate_and_acl_user() {
     assert!(ok.is_up(), "pinned CA, client certificate and ACL user");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!bad_pw.is_up(), "a wrong password never connects");
-    assert!(!bad_ca.is_up(), "a server outside the pinned CA never connects");
+    assert!(
+        !bad_ca.is_up(),
+        "a server outside the pinned CA never connects"
+    );
     for s in [&ok, &bad_pw, &bad_ca] {
         let m = s.render_metrics(NOW);
         assert!(!m.contains("pw-from-a-file") && !s.endpoint().contains("pw-from"));
@@ -401,13 +460,19 @@ fn spawn_sentinel(conf: &Path) -> Proc {
     // Debian's `redis-sentinel` (./test.sh installs it); the same binary as
     // `redis-server --sentinel`.
     let child = match redis_binary(&["redis-sentinel"]) {
-        Some(b) => Command::new(b).arg(conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn(),
-        None => Command::new(redis_binary(&["redis-server"]).unwrap_or_else(|| "redis-server".into()))
+        Some(b) => Command::new(b)
             .arg(conf)
-            .arg("--sentinel")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn(),
+        None => {
+            Command::new(redis_binary(&["redis-server"]).unwrap_or_else(|| "redis-server".into()))
+                .arg(conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+        }
     };
     Proc(Some(child.expect("redis-sentinel (./test.sh installs it)")))
 }
@@ -481,7 +546,9 @@ async fn sentinel_failover_fails_closed_and_recovers_without_restart() {
     let up = Upstream::start(Behaviour::Created).await;
     let mut o = Options::new(up.addr);
     o.policy = POLICY.to_string();
-    o.config.issuers.insert("as".into(), file_issuer(ISS, AUD, &jwks));
+    o.config
+        .issuers
+        .insert("as".into(), file_issuer(ISS, AUD, &jwks));
     o.config.dpop.public_base_url = Some(BASE.into());
     o.config.state = FileState {
         backend: Some("redis".into()),
@@ -500,7 +567,13 @@ async fn sentinel_failover_fails_closed_and_recovers_without_restart() {
     };
     let env = Env::on_clock(o, up, tempfile::tempdir().unwrap(), clock.clone()).await;
     // A new Redis has no replay history: one replay window, then ready.
-    readyz_until(&env.p, 503, "younger than one replay window", Duration::from_secs(10)).await;
+    readyz_until(
+        &env.p,
+        503,
+        "younger than one replay window",
+        Duration::from_secs(10),
+    )
+    .await;
     clock.advance(100);
     assert!(env.p.ready_within(Duration::from_secs(10)).await);
 
@@ -514,14 +587,8 @@ async fn sentinel_failover_fails_closed_and_recovers_without_restart() {
     };
     let accounts = |now: i64, jti: &str| {
         let t = token(now);
-        let proof = dpop_key.dpop_proof(
-            "GET",
-            &format!("{BASE}/accounts"),
-            Some(&t),
-            now,
-            jti,
-            None,
-        );
+        let proof =
+            dpop_key.dpop_proof("GET", &format!("{BASE}/accounts"), Some(&t), now, jti, None);
         req("GET", "/accounts")
             .header("authorization", format!("DPoP {t}"))
             .header("dpop", proof)
@@ -552,7 +619,10 @@ async fn sentinel_failover_fails_closed_and_recovers_without_restart() {
     assert_eq!(a.status, 401, "a replay before the failover");
     let (first, _) = pay(&env.p, "before-failover").await;
     assert_eq!(first.status, 201);
-    assert!(command(m_port, "WAIT 1 2000").is_some_and(|r| r == ":1"), "replicated");
+    assert!(
+        command(m_port, "WAIT 1 2000").is_some_and(|r| r == ":1"),
+        "replicated"
+    );
     let upstream_before = env.up.count();
 
     // Load: payments with fresh keys and the used proof again, all through the failover.
@@ -564,10 +634,14 @@ async fn sentinel_failover_fails_closed_and_recovers_without_restart() {
             n += 1;
             let (a, _) = pay(&env.p, &format!("load-{n}")).await;
             let reason = a.json()["reason"].as_str().unwrap_or_default().to_string();
-            seen.lock().unwrap().push((a.status.as_u16(), reason, "payment"));
+            seen.lock()
+                .unwrap()
+                .push((a.status.as_u16(), reason, "payment"));
             let a = send(used_again()).await;
             let reason = a.json()["reason"].as_str().unwrap_or_default().to_string();
-            seen.lock().unwrap().push((a.status.as_u16(), reason, "replay"));
+            seen.lock()
+                .unwrap()
+                .push((a.status.as_u16(), reason, "replay"));
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
@@ -585,7 +659,10 @@ async fn sentinel_failover_fails_closed_and_recovers_without_restart() {
         let (a, id) = pay(&env.p, "during-failover").await;
         if a.status == 503 {
             assert_eq!(a.json()["reason"], "idempotency.unavailable");
-            assert_eq!(env.p.audit_of(&id).await["reason"], "idempotency.unavailable");
+            assert_eq!(
+                env.p.audit_of(&id).await["reason"],
+                "idempotency.unavailable"
+            );
         }
         // The promotion: Sentinel names the replica; the proxy follows without a restart, and
         // its replay checks wait one window (a new epoch marker on the new master).
@@ -595,14 +672,24 @@ async fn sentinel_failover_fails_closed_and_recovers_without_restart() {
             assert!(Instant::now() < deadline, "the replica was never promoted");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        readyz_until(&env.p, 503, "younger than one replay window", Duration::from_secs(10))
-            .await;
+        readyz_until(
+            &env.p,
+            503,
+            "younger than one replay window",
+            Duration::from_secs(10),
+        )
+        .await;
         let a = send(accounts(clock.now(), "fresh-after-promotion")).await;
         assert_eq!(a.status, 503, "{}", String::from_utf8_lossy(&a.body));
         assert_eq!(a.json()["reason"], "binding.replay_store_unavailable");
         // Idempotency needs no window: the stored payment survived on the replica.
         let (again, _) = pay(&env.p, "before-failover").await;
-        assert_eq!(again.status, 201, "{}", String::from_utf8_lossy(&again.body));
+        assert_eq!(
+            again.status,
+            201,
+            "{}",
+            String::from_utf8_lossy(&again.body)
+        );
         assert_eq!(again.headers["x-idempotent-replay"], "true");
         assert_eq!(again.body, first.body);
         stop.store(true, Ordering::Release);

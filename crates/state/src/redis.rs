@@ -368,11 +368,7 @@ impl RedisState {
 
     /// Asks the sentinels, in order, which node is the master; keeps a connection to the one
     /// that answered.
-    async fn ask_sentinels(
-        &self,
-        s: &RedisSettings,
-        link: &mut Link,
-    ) -> Option<(String, u16)> {
+    async fn ask_sentinels(&self, s: &RedisSettings, link: &mut Link) -> Option<(String, u16)> {
         let sn = s.sentinel.as_ref()?;
         let n = sn.addresses.len();
         let start = link.sentinel.as_ref().map_or(0, |(i, _)| *i);

@@ -225,6 +225,9 @@ pub struct RedisSettings {
     pub key_prefix: String,
 }
 
+// One value per loaded config: its size does not matter, and a box would only add noise to
+// every match on it.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Backend {
     Memory,
@@ -338,7 +341,8 @@ fn username(p: &mut Problems<'_>, field: &str, u: Option<&String>) -> Result<Opt
 fn is_loopback(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h.eq_ignore_ascii_case("localhost")
-        || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Reads PEM certificates; problems name the field and the file.
@@ -515,7 +519,8 @@ fn validate_sentinel(
         let parsed = a.rsplit_once(':').and_then(|(h, port)| {
             let h = h.trim_start_matches('[').trim_end_matches(']');
             let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
-            (!h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic())).then(|| (h.to_string(), port))
+            (!h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+                .then(|| (h.to_string(), port))
         });
         match parsed {
             Some(hp) => addresses.push(hp),
@@ -615,7 +620,10 @@ fn validate_redis(p: &mut Problems<'_>, base: &Path, r: &FileRedis) -> Option<Re
                         _ => {}
                     },
                     Err(_) => {
-                        p.push("state.redis.url", "is not a valid redis:// or rediss:// URL");
+                        p.push(
+                            "state.redis.url",
+                            "is not a valid redis:// or rediss:// URL",
+                        );
                         ok = false;
                     }
                 }
