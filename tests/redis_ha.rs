@@ -519,6 +519,38 @@ async fn sentinel_failover_fails_closed_and_recovers_without_restart() {
     until("the replica to sync", Duration::from_secs(15), || {
         reply(r_port, "INFO replication").contains("master_link_status:up")
     });
+    // A replica is no master: pointed at it directly, the state never counts as up (its
+    // health check writes the epoch marker, which a replica refuses with READONLY).
+    {
+        use portcullis_state::redis::RedisState;
+        use portcullis_state::settings::RedisSettings;
+        let settings = RedisSettings {
+            url: format!("redis://127.0.0.1:{r_port}/0"),
+            username: None,
+            password: None,
+            tls: None,
+            sentinel: None,
+            connect_timeout: Duration::from_millis(300),
+            command_timeout: Duration::from_millis(300),
+            health_interval: Duration::from_millis(50),
+            key_prefix: "ro:".into(),
+        };
+        // The marker is there (replicated): reading it alone would look healthy.
+        assert_eq!(
+            command(m_port, "SET ro:epoch 00:1800000000|").as_deref(),
+            Some("+OK")
+        );
+        assert_eq!(command(m_port, "WAIT 1 2000").as_deref(), Some(":1"));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(NOW));
+        let on_replica = RedisState::start(&settings, clock, 1, stop.clone());
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(
+            !on_replica.is_up(),
+            "a read-only replica is not a usable master"
+        );
+        stop.cancel();
+    }
     let mut sentinels = Vec::new();
     let mut s_ports = Vec::new();
     for i in 0..3 {
