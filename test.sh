@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: `./test.sh` (extra arguments go to `cargo test`). Needs the Rust
 # toolchain (rust-toolchain.toml), a C compiler (aws-lc-sys builds from source), Debian's
-# redis-server, which the shared-state tests start privately on a free port (never the system
-# service), and Chromium, which renders the HTML reports headless. Missing Debian packages are
-# installed when this can (root, or sudo without a password); otherwise it stops at once and
-# prints the command to run.
+# redis-server and redis-sentinel, which the shared-state tests start privately on free ports
+# (never the system services), and Chromium, which renders the HTML reports headless. Missing
+# Debian packages are installed when this can (root, or sudo without a password); otherwise it
+# stops at once and prints the command to run.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -31,6 +31,9 @@ install() {
   if [[ " $* " == *" redis-server "* ]] && command -v systemctl >/dev/null 2>&1; then
     "${sudo[@]}" systemctl disable --now redis-server >/dev/null 2>&1 || true
   fi
+  if [[ " $* " == *" redis-sentinel "* ]] && command -v systemctl >/dev/null 2>&1; then
+    "${sudo[@]}" systemctl disable --now redis-sentinel >/dev/null 2>&1 || true
+  fi
 }
 
 # need_packages PACKAGE... installs the Debian packages that are not installed yet.
@@ -45,14 +48,14 @@ need_packages() {
 }
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
-  echo "test.sh: not a Debian system: install gcc, redis-server, the openssl CLI, a JDK with Tomcat 10 and Jackson jars, Node with npm and Python's venv with your package manager, then run cargo test --locked --all-features" >&2
+  echo "test.sh: not a Debian system: install gcc, redis-server, redis-sentinel, the openssl CLI, Chromium, a JDK with Tomcat 10 and Jackson jars, Node with npm and Python's venv with your package manager, then run cargo test --locked --all-features" >&2
   exit 1
 fi
-# gcc and libc6-dev: aws-lc-sys compiles C; redis-server: tests/redis.rs; openssl: the
-# handshakes rustls cannot offer (TLS 1.0/1.1, CBC suites) in tests/attacks_auth.rs, the OCSP
-# responder (`openssl ocsp`) in tests/ocsp.rs and the HTTPS CRL server (`openssl s_server`) in
-# tests/revocation.rs.
-need_packages gcc libc6-dev redis-server openssl ca-certificates
+# gcc and libc6-dev: aws-lc-sys compiles C; redis-server: tests/redis.rs and tests/redis_ha.rs;
+# redis-sentinel: the failover in tests/redis_ha.rs; openssl: the handshakes rustls cannot offer
+# (TLS 1.0/1.1, CBC suites) in tests/attacks_auth.rs, the OCSP responder (`openssl ocsp`) in
+# tests/ocsp.rs and the HTTPS CRL server (`openssl s_server`) in tests/revocation.rs.
+need_packages gcc libc6-dev redis-server redis-sentinel openssl ca-certificates
 # chromium: tests/loadgen.rs and tests/audit.rs render the HTML reports in headless Chromium and
 # check the screenshot (about 1.5 minutes to install on the 2-core VM; a Chromium already on
 # PATH is used as it is).

@@ -722,6 +722,9 @@ async fn redis_stores_answer_like_the_memory_stores() {
     let mut redis = RedisServer::start();
     let settings = RedisSettings {
         url: redis.url(),
+        username: None,
+        tls: None,
+        sentinel: None,
         password: None,
         connect_timeout: Duration::from_millis(500),
         command_timeout: Duration::from_millis(500),
@@ -910,6 +913,9 @@ async fn a_redis_password_is_used_and_never_shown() {
     let stop = tokio_util::sync::CancellationToken::new();
     let settings = |pw: &str| RedisSettings {
         url: redis.url(),
+        username: None,
+        tls: None,
+        sentinel: None,
         password: Some(Secret(pw.to_string())),
         connect_timeout: Duration::from_millis(500),
         command_timeout: Duration::from_millis(500),

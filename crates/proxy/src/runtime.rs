@@ -818,7 +818,24 @@ impl Shared {
                 let version = new.policies.version.clone();
                 self.metrics
                     .server_cert(new.listener.tls.server_cert_not_after);
-                if new.state != old.config.state {
+                // Credentials, TLS material and sentinels are re-read on reload (a rotated
+                // password must not need a restart); the rest of `state:` needs one.
+                let mut applied = old.config.state.clone();
+                if let (
+                    Some(redis),
+                    portcullis_state::settings::Backend::Redis(now),
+                    portcullis_state::settings::Backend::Redis(before),
+                ) = (&self.redis, &new.state.backend, &mut applied.backend)
+                {
+                    redis.reconfigure(now);
+                    let mut kept = now.clone();
+                    kept.key_prefix.clone_from(&before.key_prefix);
+                    kept.connect_timeout = before.connect_timeout;
+                    kept.command_timeout = before.command_timeout;
+                    kept.health_interval = before.health_interval;
+                    *before = kept;
+                }
+                if new.state != applied {
                     tracing::warn!("state backend changes take effect only after a restart");
                 }
                 self.runtime.store(Arc::new(Runtime::new(

@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use crate::idempotency::{Begin, IdempotencyStore, StoreFuture, StoreUnavailable, StoredResponse};
 use crate::ratelimit::{Decision, QuotaSpec};
 use crate::replay::{MemoryReplayStore, ReplayError, ReplayStore};
-use crate::settings::{OnOutage, RedisSettings};
+use crate::settings::{OnOutage, RedisSettings, Secret};
 use portcullis_base::clock::Clock;
 
 /// Redis did not answer (down, timed out, or an answer we cannot read).
@@ -82,14 +82,25 @@ struct Stats {
     epoch_changes: AtomicU64,
 }
 
+/// The epoch marker: `random:created|master`. ARGV[2] names the master as Sentinel reports it
+/// (empty without Sentinel): a marker written under another master means a failover happened,
+/// and the promoted replica may have missed the last writes, so a new marker is written and
+/// replay answers wait one window again, on every instance alike. The marker is written back
+/// even when unchanged: a replica refuses the write (READONLY), so a node that is no longer the
+/// master never counts as healthy.
 static EPOCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"local v = redis.call('GET', KEYS[1])
-if not v then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return ARGV[1]
+if v then
+  local m = string.match(v, '|(.*)$') or ''
+  if ARGV[2] == '' or m == ARGV[2] then
+    redis.call('SET', KEYS[1], v)
+    return v
+  end
 end
-return v",
+local n = ARGV[1] .. '|' .. ARGV[2]
+redis.call('SET', KEYS[1], n)
+return n",
     )
 });
 
@@ -170,13 +181,91 @@ fn category(e: &::redis::RedisError) -> &'static str {
     }
 }
 
+/// Builds a client for one node: `addr` overrides the URL's host and port (a master named by
+/// Sentinel, or a sentinel itself); credentials and TLS come from the settings.
+fn client_for(
+    s: &RedisSettings,
+    addr: Option<(&str, u16)>,
+    db: u16,
+    username: Option<&String>,
+    password: Option<&Secret>,
+) -> Result<::redis::Client, ::redis::RedisError> {
+    let info = match addr {
+        None => s.url.as_str().into_connection_info()?,
+        Some((host, port)) => {
+            let scheme = if s.tls.is_some() { "rediss" } else { "redis" };
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.to_string()
+            };
+            format!("{scheme}://{host}:{port}/{db}").into_connection_info()?
+        }
+    };
+    let mut rs = info.redis_settings().clone();
+    if let Some(u) = username {
+        rs = rs.set_username(u);
+    }
+    if let Some(p) = password {
+        rs = rs.set_password(&p.0);
+    }
+    let info = info.set_redis_settings(rs);
+    match &s.tls {
+        // Our roots only (the pinned bundle, or the system roots read at load), never
+        // webpki-roots.
+        Some(t) => ::redis::Client::build_with_tls(
+            info,
+            ::redis::TlsCertificates {
+                client_tls: match (&t.client_certificate_pem, &t.client_private_key_pem) {
+                    (Some(c), Some(k)) => Some(::redis::ClientTlsConfig {
+                        client_cert: c.clone(),
+                        client_key: k.0.as_bytes().to_vec(),
+                    }),
+                    _ => None,
+                },
+                root_cert: Some(t.roots_pem.clone()),
+            },
+        ),
+        None => ::redis::Client::open(info),
+    }
+}
+
+fn endpoint_of(s: &RedisSettings) -> String {
+    match &s.sentinel {
+        Some(sn) => format!("sentinel master {}", sn.master),
+        None => s
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_or_else(|_| "invalid".to_string(), |i| i.addr().to_string()),
+    }
+}
+
+/// What the health task knows about the connection it built (one task per state).
+#[derive(Default)]
+struct Link {
+    generation: u64,
+    /// The master Sentinel named last (`host:port`), empty without Sentinel.
+    master: String,
+    /// A connection to the sentinel that answered last, and its index.
+    sentinel: Option<(usize, ::redis::aio::MultiplexedConnection)>,
+    /// Whether the last "no sentinel answers" was logged (once per outage).
+    sentinel_failure_logged: bool,
+}
+
 /// The connection to Redis and what we know about its health; shared by every feature and
-/// kept across config reloads.
+/// kept across config reloads (a reload with new credentials or TLS material reconnects).
 pub struct RedisState {
-    conn: Option<ConnectionManager>,
+    conn: std::sync::RwLock<Option<ConnectionManager>>,
+    settings: Mutex<Arc<RedisSettings>>,
+    /// Bumped when the settings change: the health task then rebuilds the connection.
+    generation: AtomicU64,
+    /// Whether a connection can be made at all (a Tokio runtime runs the health task).
+    connectable: bool,
     prefix: String,
     /// `host:port` for logs: never the URL (credentials stay out of logs).
-    endpoint: String,
+    endpoint: Mutex<String>,
+    connect_timeout: Duration,
     command_timeout: Duration,
     health_interval: Duration,
     clock: Arc<dyn Clock>,
@@ -201,32 +290,16 @@ impl RedisState {
         replay_window: i64,
         stop: CancellationToken,
     ) -> Arc<RedisState> {
-        let info = s.url.as_str().into_connection_info().ok().map(|mut info| {
-            if let Some(pw) = &s.password {
-                let settings = info.redis_settings().clone().set_password(&pw.0);
-                info = info.set_redis_settings(settings);
-            }
-            info
-        });
-        let endpoint = info
-            .as_ref()
-            .map_or_else(|| "invalid".to_string(), |i| i.addr().to_string());
-        let conn = info
-            .filter(|_| tokio::runtime::Handle::try_current().is_ok())
-            .and_then(|info| ::redis::Client::open(info).ok())
-            .and_then(|client| {
-                let cfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(s.connect_timeout))
-                    .set_response_timeout(Some(s.command_timeout))
-                    .set_number_of_retries(1)
-                    .set_min_delay(Duration::from_millis(50))
-                    .set_max_delay(Duration::from_millis(500));
-                ConnectionManager::new_lazy_with_config(client, cfg).ok()
-            });
+        let connectable = tokio::runtime::Handle::try_current().is_ok()
+            && (s.sentinel.is_some() || client_for(s, None, 0, None, None).is_ok());
         let state = Arc::new(RedisState {
-            conn,
+            conn: std::sync::RwLock::new(None),
+            settings: Mutex::new(Arc::new(s.clone())),
+            generation: AtomicU64::new(0),
+            connectable,
             prefix: s.key_prefix.clone(),
-            endpoint,
+            endpoint: Mutex::new(endpoint_of(s)),
+            connect_timeout: s.connect_timeout,
             command_timeout: s.command_timeout,
             health_interval: s.health_interval,
             clock,
@@ -237,12 +310,12 @@ impl RedisState {
             last_error_log: AtomicI64::new(i64::MIN),
             stats: Stats::default(),
         });
-        if state.conn.is_some() {
+        if state.connectable {
             let weak = Arc::downgrade(&state);
             tokio::spawn(health_loop(weak, stop));
         } else {
             tracing::error!(
-                endpoint = %state.endpoint,
+                endpoint = %state.endpoint(),
                 "shared state: no Redis connection can be made; state checks will refuse"
             );
         }
@@ -260,8 +333,157 @@ impl RedisState {
         self.is_up() && now >= self.trusted_from.load(Ordering::Acquire)
     }
 
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
+    /// Where Redis is, for logs (`host:port`, or the Sentinel master name and address).
+    pub fn endpoint(&self) -> String {
+        self.endpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Applies settings read by a config reload: new credentials, TLS material or sentinels
+    /// take effect at the next health check, which reconnects. The key prefix and timeouts
+    /// stay as they were at start-up.
+    pub fn reconfigure(&self, s: &RedisSettings) {
+        let mut cur = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+        if **cur != *s {
+            *cur = Arc::new(s.clone());
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            tracing::info!(
+                endpoint = %endpoint_of(s),
+                "shared state: Redis connection settings changed; reconnecting"
+            );
+        }
+    }
+
+    fn manager(&self, client: ::redis::Client) -> Option<ConnectionManager> {
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.command_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        ConnectionManager::new_lazy_with_config(client, cfg).ok()
+    }
+
+    /// Asks the sentinels, in order, which node is the master; keeps a connection to the one
+    /// that answered.
+    async fn ask_sentinels(&self, s: &RedisSettings, link: &mut Link) -> Option<(String, u16)> {
+        let sn = s.sentinel.as_ref()?;
+        let n = sn.addresses.len();
+        let start = link.sentinel.as_ref().map_or(0, |(i, _)| *i);
+        for k in 0..n {
+            let i = (start + k) % n;
+            let conn = match link.sentinel.take() {
+                Some((j, c)) if j == i => Some(c),
+                _ => {
+                    let (h, p) = &sn.addresses[i];
+                    let client = client_for(
+                        s,
+                        Some((h, *p)),
+                        0,
+                        sn.username.as_ref(),
+                        sn.password.as_ref(),
+                    )
+                    .ok();
+                    let cfg = ::redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(self.connect_timeout))
+                        .set_response_timeout(Some(self.command_timeout));
+                    match client {
+                        Some(c) => tokio::time::timeout(
+                            self.connect_timeout + self.command_timeout,
+                            c.get_multiplexed_async_connection_with_config(&cfg),
+                        )
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                        None => None,
+                    }
+                }
+            };
+            let Some(mut c) = conn else { continue };
+            let r = tokio::time::timeout(
+                self.command_timeout,
+                ::redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(&sn.master)
+                    .query_async::<Option<(String, u16)>>(&mut c),
+            )
+            .await;
+            if let Ok(Ok(Some(addr))) = r {
+                link.sentinel = Some((i, c));
+                link.sentinel_failure_logged = false;
+                return Some(addr);
+            }
+        }
+        if !link.sentinel_failure_logged {
+            link.sentinel_failure_logged = true;
+            tracing::warn!(
+                master = %sn.master,
+                "shared state: no sentinel named the Redis master; keeping the last one known"
+            );
+        }
+        None
+    }
+
+    /// Builds the connection when there is none, when the settings changed, or when Sentinel
+    /// names another master; returns the master's name for the epoch marker.
+    async fn refresh_connection(&self, link: &mut Link) -> String {
+        let generation = self.generation.load(Ordering::Acquire);
+        let s = Arc::clone(&self.settings.lock().unwrap_or_else(|e| e.into_inner()));
+        let stale = generation != link.generation;
+        if stale {
+            *link = Link {
+                generation,
+                ..Link::default()
+            };
+        }
+        let have = self
+            .conn
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        let Some(sn) = &s.sentinel else {
+            if stale || !have {
+                let m = client_for(&s, None, 0, s.username.as_ref(), s.password.as_ref())
+                    .ok()
+                    .and_then(|c| self.manager(c));
+                *self.conn.write().unwrap_or_else(|e| e.into_inner()) = m;
+                *self.endpoint.lock().unwrap_or_else(|e| e.into_inner()) = endpoint_of(&s);
+            }
+            return String::new();
+        };
+        if let Some((host, port)) = self.ask_sentinels(&s, link).await {
+            let name = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            if name != link.master || !have {
+                let m = client_for(
+                    &s,
+                    Some((&host, port)),
+                    sn.database,
+                    s.username.as_ref(),
+                    s.password.as_ref(),
+                )
+                .ok()
+                .and_then(|c| self.manager(c));
+                if !link.master.is_empty() && name != link.master {
+                    tracing::warn!(
+                        master = %sn.master,
+                        from = %link.master,
+                        to = %name,
+                        "shared state: Sentinel names a new Redis master (failover); replay checks refuse until its history covers one window"
+                    );
+                }
+                *self.conn.write().unwrap_or_else(|e| e.into_inner()) = m;
+                *self.endpoint.lock().unwrap_or_else(|e| e.into_inner()) =
+                    format!("sentinel master {} at {name}", sn.master);
+                link.master = name;
+            }
+        }
+        link.master.clone()
     }
 
     fn key(&self, kind: &str, rest: &str) -> String {
@@ -276,7 +498,7 @@ impl RedisState {
         self.stats.failed[feature as usize].fetch_add(1, Ordering::Relaxed);
         if self.up.swap(false, Ordering::AcqRel) {
             tracing::warn!(
-                endpoint = %self.endpoint,
+                endpoint = %self.endpoint(),
                 failure = why,
                 "shared state: Redis is unavailable; replay and idempotency checks refuse, rate limits follow state.on_outage"
             );
@@ -297,7 +519,12 @@ impl RedisState {
     where
         F: FnOnce(ConnectionManager) -> ::redis::RedisFuture<'static, T>,
     {
-        let conn = self.conn.clone().ok_or(Unavailable)?;
+        let conn = self
+            .conn
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(Unavailable)?;
         match tokio::time::timeout(self.command_timeout, f(conn)).await {
             Ok(Ok(v)) => {
                 self.stats.ok[feature as usize].fetch_add(1, Ordering::Relaxed);
@@ -305,7 +532,17 @@ impl RedisState {
             }
             // Connection trouble marks Redis down for every feature; an error answer (a script
             // or command error) fails this call only.
-            Ok(Err(e)) if e.is_unrecoverable_error() || e.is_io_error() || e.is_timeout() => {
+            // A node that is no longer (or not yet) a writable master is down for us too: a
+            // replica left behind by a failover answers READONLY, a master cut off from its
+            // replicas MASTERDOWN, a restarting one LOADING. The health check fails on any
+            // error.
+            Ok(Err(e))
+                if e.is_unrecoverable_error()
+                    || e.is_io_error()
+                    || e.is_timeout()
+                    || feature == Feature::Health
+                    || matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING")) =>
+            {
                 self.mark_down(feature, category(&e));
                 Err(Unavailable)
             }
@@ -323,7 +560,7 @@ impl RedisState {
                     return Err(Unavailable);
                 }
                 tracing::warn!(
-                    endpoint = %self.endpoint,
+                    endpoint = %self.endpoint(),
                     failure = category(&e),
                     code = e.code().unwrap_or("none"),
                     "shared state: Redis refused a command"
@@ -338,7 +575,7 @@ impl RedisState {
     }
 
     /// Reads (or writes, when absent) the epoch marker; marks Redis up when it answers.
-    async fn check_health(&self) {
+    async fn check_health(&self, master: String) {
         let now = self.clock.now();
         let mut fresh = [0u8; 16];
         let _ = aws_lc_rs::rand::fill(&mut fresh);
@@ -350,6 +587,7 @@ impl RedisState {
                     EPOCH
                         .key(key)
                         .arg(candidate)
+                        .arg(master)
                         .invoke_async::<String>(&mut c)
                         .await
                 })
@@ -357,6 +595,9 @@ impl RedisState {
             .await;
         let Ok(epoch) = r else { return };
         let created = epoch
+            .split('|')
+            .next()
+            .unwrap_or_default()
             .rsplit_once(':')
             .and_then(|(_, t)| t.parse::<i64>().ok())
             .unwrap_or(now);
@@ -378,14 +619,14 @@ impl RedisState {
             self.trusted_from.store(from, Ordering::Release);
             if from > now {
                 tracing::warn!(
-                    endpoint = %self.endpoint,
+                    endpoint = %self.endpoint(),
                     seconds = from - now,
                     "shared state: Redis holds no replay history older than one replay window (new or restarted without its data); replay checks refuse until then"
                 );
             }
         }
         if !self.up.swap(true, Ordering::AcqRel) {
-            tracing::info!(endpoint = %self.endpoint, "shared state: Redis is available");
+            tracing::info!(endpoint = %self.endpoint(), "shared state: Redis is available");
         }
     }
 
@@ -508,10 +749,12 @@ impl RedisState {
 }
 
 async fn health_loop(weak: Weak<RedisState>, stop: CancellationToken) {
+    let mut link = Link::default();
     loop {
         let Some(s) = weak.upgrade() else { return };
         let every = s.health_interval;
-        s.check_health().await;
+        let master = s.refresh_connection(&mut link).await;
+        s.check_health(master).await;
         drop(s);
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -17,7 +17,7 @@ pub use super::signatures::{FileClientKeys, FileHttpSig, FileJws, FileResponse, 
 pub use portcullis_base::duration::ConfigDuration;
 pub use portcullis_state::idempotency::FileIdempotency;
 pub use portcullis_state::ratelimit::{FileQuota, FileRateLimits};
-pub use portcullis_state::settings::{FileLease, FileOnOutage, FileRedis, FileState};
+pub use portcullis_state::settings::{FileLease, FileOnOutage, FileRedis, FileSentinel, FileState};
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
