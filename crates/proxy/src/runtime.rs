@@ -535,7 +535,7 @@ pub struct Shared {
     pub redis: Option<Arc<portcullis_state::redis::RedisState>>,
     /// DPoP server nonces (secret fixed at start-up).
     pub nonces: portcullis_state::nonce::NonceIssuer,
-    /// OTLP span export (feature `otlp`; endpoint fixed at start-up).
+    /// OTLP span export (feature `otlp`; settings fixed at start-up).
     #[cfg(feature = "otlp")]
     pub otlp: Option<crate::otlp::Exporter>,
     remotes: Remotes,
@@ -630,10 +630,18 @@ impl Shared {
             None => portcullis_state::nonce::NonceIssuer::random(dpop.nonce_lifetime),
         };
         #[cfg(feature = "otlp")]
+        // The settings were checked at load; an SDK that still refuses them leaves the proxy
+        // serving without export, and says so, rather than refusing traffic over telemetry.
         let otlp = config
             .otlp
-            .clone()
-            .map(|(uri, service)| crate::otlp::Exporter::start(uri, service));
+            .as_ref()
+            .and_then(|o| match crate::otlp::Exporter::start(o) {
+                Ok(x) => Some(x),
+                Err(e) => {
+                    tracing::error!(error = %e, "OTLP trace export could not start; spans are not exported");
+                    None
+                }
+            });
         let runtime = Runtime::new(config, &remotes, &background, redis.as_ref());
         let metrics = Metrics::default();
         metrics.attach_audit(audit.clone());
