@@ -187,9 +187,15 @@ async fn the_span_is_a_child_of_the_callers_and_the_sampled_flag_says_whether_it
     assert_eq!(a.status, 200);
     let (t, parent, flags) = upstream_traceparent(&up, 0);
     assert_eq!((t.as_str(), flags.as_str()), (unsampled, "00"));
-    assert_ne!(parent, "b7ad6b7169203331", "the proxy's span is the upstream's parent");
+    assert_ne!(
+        parent, "b7ad6b7169203331",
+        "the proxy's span is the upstream's parent"
+    );
     let rec = p.audit_of(&unsampled_id).await;
-    assert_eq!((rec["trace_id"].as_str(), rec["span_id"].as_str()), (Some(unsampled), Some(parent.as_str())));
+    assert_eq!(
+        (rec["trace_id"].as_str(), rec["span_id"].as_str()),
+        (Some(unsampled), Some(parent.as_str()))
+    );
 
     // No traceparent at all, ratio 0: a new root trace, not sampled, not exported.
     let (a, root_id) = p.send(traced(ACCOUNTS, None)).await;
@@ -215,7 +221,8 @@ async fn the_span_is_a_child_of_the_callers_and_the_sampled_flag_says_whether_it
     let (t, our_span, flags) = upstream_traceparent(&up, 2);
     assert_eq!((t.as_str(), flags.as_str()), (trace, "01"));
     assert_eq!(
-        up.seen()[2].headers["tracestate"], "bank=7",
+        up.seen()[2].headers["tracestate"],
+        "bank=7",
         "the caller's tracestate travels on"
     );
     let got = collector.span_of(trace).await;
@@ -250,7 +257,11 @@ async fn the_span_is_a_child_of_the_callers_and_the_sampled_flag_says_whether_it
         ))
         .await;
     assert_eq!(a.status, 404);
-    assert_eq!(up.count(), 3, "the refused request never reached the upstream");
+    assert_eq!(
+        up.count(),
+        3,
+        "the refused request never reached the upstream"
+    );
     let got = collector.span_of(refused).await;
     let rec = p.audit_of(&refused_id).await;
     assert_eq!(rec["reason"], "route.not_found");
@@ -260,7 +271,10 @@ async fn the_span_is_a_child_of_the_callers_and_the_sampled_flag_says_whether_it
         got.attr("http.response.status_code"),
         Some(Value::IntValue(404))
     );
-    assert_eq!(got.attr("portcullis.decision"), s(rec["decision"].as_str().unwrap()));
+    assert_eq!(
+        got.attr("portcullis.decision"),
+        s(rec["decision"].as_str().unwrap())
+    );
     assert_eq!(got.attr("portcullis.reason"), s("route.not_found"));
     assert_eq!(got.attr("portcullis.route"), s("unrouted"));
 

@@ -224,9 +224,8 @@ const OTLP_ENDPOINT_VARS: [&str; 2] = [
 
 /// Whether `e` is an OTLP/HTTP URL we can post to.
 fn otlp_url_ok(e: &str) -> bool {
-    e.parse::<http::Uri>().is_ok_and(|u| {
-        matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
-    })
+    e.parse::<http::Uri>()
+        .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some())
 }
 
 /// `tracing:` and the `OTEL_*` endpoint variables: export is on when either names an endpoint
