@@ -441,3 +441,78 @@ async fn the_real_process_takes_its_exporter_sampler_and_resource_from_otel_vari
     let traces: Vec<String> = collector.spans().iter().map(Got::trace_id).collect();
     assert!(!traces.contains(&unsampled.to_string()), "{traces:?}");
 }
+
+#[test]
+fn bad_tracing_settings_are_refused_at_load_by_file_field_and_reason() {
+    let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/test.yaml"), POLICY).unwrap();
+    let write = |name: &str, tracing: FileTracing| {
+        let mut o = Options::new(up);
+        o.config.tracing = tracing;
+        let path = dir.path().join(name);
+        std::fs::write(&path, o.config_text()).unwrap();
+        path
+    };
+    let check = |path: &std::path::Path, env: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        c.args(["check", "--config"])
+            .arg(path)
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+        if let Some(e) = env {
+            c.env("OTEL_EXPORTER_OTLP_ENDPOINT", e);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    let ratio = write(
+        "ratio.yaml",
+        FileTracing {
+            otlp_endpoint: Some("http://127.0.0.1:4318/v1/traces".into()),
+            sample_ratio: Some(1.5),
+            ..FileTracing::default()
+        },
+    );
+    let (code, err) = check(&ratio, None);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("ratio.yaml")
+            && err.contains("tracing.sample_ratio")
+            && err.contains("between 0.0 and 1.0"),
+        "{err}"
+    );
+
+    let scheme = write(
+        "scheme.yaml",
+        FileTracing {
+            otlp_endpoint: Some("ftp://collector/v1/traces".into()),
+            ..FileTracing::default()
+        },
+    );
+    let (code, err) = check(&scheme, None);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("scheme.yaml")
+            && err.contains("tracing.otlp_endpoint")
+            && err.contains("http:// or https://"),
+        "{err}"
+    );
+
+    // An endpoint from the environment is checked as strictly, and named.
+    let plain = write("plain.yaml", FileTracing::default());
+    let (code, err) = check(&plain, Some("collector:4318"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_ENDPOINT (environment)")
+            && err.contains("`collector:4318`"),
+        "{err}"
+    );
+    let (code, err) = check(&plain, Some("http://127.0.0.1:4318"));
+    assert_eq!(code, Some(0), "{err}");
+}
