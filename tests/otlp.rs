@@ -284,6 +284,11 @@ async fn the_span_is_a_child_of_the_callers_and_the_sampled_flag_says_whether_it
     assert!(!traces.contains(&unsampled.to_string()), "{traces:?}");
     assert!(!traces.contains(&root_trace), "{traces:?}");
     assert_eq!(traces.len(), 2, "{traces:?}");
+    assert_eq!(
+        metric_reaches(&p, "portcullis_otlp_spans_exported_total", 2).await,
+        2
+    );
+    assert_eq!(metric(&p, "portcullis_otlp_spans_failed_total").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,6 +317,35 @@ async fn a_collector_that_is_down_costs_requests_nothing() {
         "requests waited on the collector: {:?}",
         t0.elapsed()
     );
+    // The lost spans are counted once the batch processor has tried (every 5 s).
+    assert_eq!(
+        metric_reaches(&p, "portcullis_otlp_spans_failed_total", 20).await,
+        20
+    );
+    assert_eq!(metric(&p, "portcullis_otlp_spans_exported_total").await, 0);
+}
+
+/// A counter's value on `/metrics`.
+async fn metric(p: &Proxy, name: &str) -> u64 {
+    let (status, body) = p.admin_get("/metrics").await;
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+        .parse()
+        .unwrap()
+}
+
+/// Waits (up to 15 s) until counter `name` is at least `n`; its value then.
+async fn metric_reaches(p: &Proxy, name: &str, n: u64) -> u64 {
+    let t0 = Instant::now();
+    loop {
+        let v = metric(p, name).await;
+        if v >= n || t0.elapsed() > Duration::from_secs(15) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 struct Child(std::process::Child);

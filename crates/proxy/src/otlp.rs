@@ -14,13 +14,16 @@
 //!   `tracing.sample_ratio` sets `ParentBased(TraceIdRatioBased(ratio))`; without it the SDK
 //!   reads `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (default `parentbased_always_on`).
 //! - Off the request path: the SDK's batch span processor queues ended spans (2,048) and
-//!   exports from its own thread. A full queue or a collector that is down drops spans; the SDK
-//!   reports drops through its internal logs (`RUST_LOG=opentelemetry_sdk=warn`), it exposes no
-//!   counter for them.
+//!   exports from its own thread. A full queue or a collector that is down drops spans. Spans
+//!   of batches the collector did not accept are counted on `/metrics`
+//!   (`portcullis_otlp_spans_failed_total`); spans dropped at a full queue are only reported in
+//!   the SDK's internal log (`RUST_LOG=opentelemetry_sdk=warn`): it exposes no count of them.
 //! - Transport: a hyper client over rustls (the platform's roots) for `https://` collectors,
 //!   plain TCP for `http://`. The batch processor's thread is not a Tokio thread, so each export
 //!   runs as a task on the runtime the exporter was started on.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -32,7 +35,10 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_http::{HttpClient, HttpError};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
-use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
+};
 use opentelemetry_sdk::Resource;
 
 use crate::config::Otlp;
@@ -53,6 +59,47 @@ pub(crate) struct Finished<'a> {
 pub struct Exporter {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    counts: Arc<Counts>,
+}
+
+/// Spans by how their export ended (the SDK keeps no such count).
+#[derive(Debug, Default)]
+struct Counts {
+    exported: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// The OTLP exporter, counting the spans of each batch by outcome for `/metrics`.
+#[derive(Debug)]
+struct Counted<E> {
+    inner: E,
+    counts: Arc<Counts>,
+}
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len() as u64;
+        let result = self.inner.export(batch).await;
+        let c = match result {
+            Ok(()) => &self.counts.exported,
+            Err(_) => &self.counts.failed,
+        };
+        c.fetch_add(n, Ordering::Relaxed);
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    // The provider hands its resource (service.name, ...) to the exporter this way.
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 impl std::fmt::Debug for Exporter {
@@ -133,7 +180,11 @@ impl Exporter {
         if let Some(e) = &settings.endpoint {
             builder = builder.with_endpoint(e.clone());
         }
-        let exporter = builder.build().map_err(|e| e.to_string())?;
+        let counts = Arc::new(Counts::default());
+        let exporter = Counted {
+            inner: builder.build().map_err(|e| e.to_string())?,
+            counts: Arc::clone(&counts),
+        };
         let mut resource = Resource::builder();
         match &settings.service_name {
             Some(name) => resource = resource.with_service_name(name.clone()),
@@ -150,7 +201,11 @@ impl Exporter {
         }
         let provider = provider.build();
         let tracer = provider.tracer("portcullis");
-        Ok(Exporter { provider, tracer })
+        Ok(Exporter {
+            provider,
+            tracer,
+            counts,
+        })
     }
 
     /// Starts the request's server span under the incoming trace context, and the trace context
@@ -216,6 +271,22 @@ impl Exporter {
             span.set_status(Status::error(f.reason.unwrap_or("server error")));
         }
         span.end_with_timestamp(SystemTime::now());
+    }
+}
+
+impl Exporter {
+    /// The export counters, in Prometheus text format.
+    pub(crate) fn render_metrics(&self) -> String {
+        format!(
+            "# HELP portcullis_otlp_spans_exported_total Spans the OTLP collector accepted.\n\
+             # TYPE portcullis_otlp_spans_exported_total counter\n\
+             portcullis_otlp_spans_exported_total {}\n\
+             # HELP portcullis_otlp_spans_failed_total Spans dropped because their batch was not accepted (collector down, refused, timed out).\n\
+             # TYPE portcullis_otlp_spans_failed_total counter\n\
+             portcullis_otlp_spans_failed_total {}\n",
+            self.counts.exported.load(Ordering::Relaxed),
+            self.counts.failed.load(Ordering::Relaxed),
+        )
     }
 }
 
