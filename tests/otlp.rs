@@ -402,7 +402,7 @@ async fn the_real_process_takes_its_exporter_sampler_and_resource_from_otel_vari
     std::fs::write(dir.path().join("policies/test.yaml"), &o.policy).unwrap();
     let config = dir.path().join("portcullis.yaml");
     std::fs::write(&config, o.config_text()).unwrap();
-    let _child = Child(
+    let mut child = Child(
         std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["run", "--config"])
             .arg(&config)
@@ -474,6 +474,36 @@ async fn the_real_process_takes_its_exporter_sampler_and_resource_from_otel_vari
     assert_eq!(rec["span_id"].as_str(), Some(our_span.as_str()));
     let traces: Vec<String> = collector.spans().iter().map(Got::trace_id).collect();
     assert!(!traces.contains(&unsampled.to_string()), "{traces:?}");
+
+    // A span still queued when SIGTERM comes is exported before the process exits (the batch
+    // processor alone would wait up to 5 s, and the process is gone by then).
+    let last = "6bf92f3577b34da6a3ce929d0e0e4738";
+    let (status, _) = get_from(
+        addr,
+        traced(ACCOUNTS, Some(&format!("00-{last}-00f067aa0ba902b7-01"))),
+    )
+    .await
+    .expect("served");
+    assert_eq!(status, 200);
+    let term = Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = tokio::task::spawn_blocking(move || {
+        let code = child.0.wait().unwrap();
+        (code, child)
+    })
+    .await
+    .unwrap()
+    .0;
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        collector.spans().iter().any(|g| g.trace_id() == last),
+        "the last span was lost at shutdown ({:?} after SIGTERM)",
+        term.elapsed()
+    );
 }
 
 #[test]

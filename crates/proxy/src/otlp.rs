@@ -275,6 +275,16 @@ impl Exporter {
 }
 
 impl Exporter {
+    /// Exports what is queued now (at shutdown, after the drain). The SDK's flush blocks until
+    /// the batch processor is done, and the export itself runs on this runtime, so it waits on
+    /// a blocking thread rather than on a worker the export needs.
+    pub(crate) async fn flush(&self) {
+        let provider = self.provider.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || provider.force_flush()).await {
+            tracing::warn!(error = %e, "OTLP spans could not all be exported at shutdown");
+        }
+    }
+
     /// The export counters, in Prometheus text format.
     pub(crate) fn render_metrics(&self) -> String {
         format!(

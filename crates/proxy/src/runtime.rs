@@ -665,6 +665,15 @@ impl Shared {
         }
     }
 
+    /// Exports the trace spans still queued (feature `otlp`; a no-op without an exporter): at
+    /// shutdown, after the drain, so the last requests' spans are not lost with the process.
+    pub async fn flush_traces(&self) {
+        #[cfg(feature = "otlp")]
+        if let Some(x) = &self.otlp {
+            x.flush().await;
+        }
+    }
+
     pub(crate) fn next_conn_id(&self) -> u64 {
         self.conn_ids.fetch_add(1, Ordering::Relaxed)
     }
