@@ -14,10 +14,13 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY .cargo ./.cargo
-# benches/ is needed: Cargo.toml declares the hot_paths bench target.
+# benches/ is needed: Cargo.toml declares the bench targets; crates/ holds the workspace members.
 COPY src ./src
+COPY crates ./crates
 COPY benches ./benches
-RUN cargo build --release --locked --bin portcullis \
+# With OTLP trace export (OpenTelemetry SDK): off unless `tracing.otlp_endpoint` or
+# OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT names a collector.
+RUN cargo build --release --locked --features otlp --bin portcullis \
     && strip --strip-debug target/release/portcullis
 
 # Needs only glibc, libm and libgcc_s (aws-lc is linked statically).

@@ -51,6 +51,20 @@ pub(crate) async fn handle(
     let rt = shared.runtime.load_full();
     let (interaction_id, id_refusal) =
         fapi::interaction_id(req.headers(), rt.config.interaction_id);
+    // With OTLP export the SDK's span sets the ids and the sampled flag; without it the
+    // incoming trace is continued under a fresh span id of ours.
+    #[cfg(feature = "otlp")]
+    let (trace, span) = match &shared.otlp {
+        Some(x) => {
+            let (trace, span) = x.begin(req.headers());
+            (trace, Some(span))
+        }
+        None => (
+            crate::telemetry::TraceContext::from_headers(req.headers()),
+            None,
+        ),
+    };
+    #[cfg(not(feature = "otlp"))]
     let trace = crate::telemetry::TraceContext::from_headers(req.headers());
     // The id is always a UUID, so this never fails; it is built once for both directions.
     let id_header = HeaderValue::from_str(&interaction_id).unwrap_or(HeaderValue::from_static(""));
@@ -80,6 +94,10 @@ pub(crate) async fn handle(
         started,
     };
     let mut pending = Pending::new(head, answer);
+    #[cfg(feature = "otlp")]
+    if let Some(open) = pending.open.as_mut() {
+        open.span = span;
+    }
     let result = match id_refusal {
         Some(e) => Err(e.into()),
         // Before any stage runs: under `audit.queue_full: refuse`, nothing we cannot audit.
@@ -186,6 +204,9 @@ impl Answer {
 struct Open {
     head: Head,
     trail: Trail,
+    /// The request's exported span (feature `otlp`), ended with the record.
+    #[cfg(feature = "otlp")]
+    span: Option<crate::otlp::RequestSpan>,
 }
 
 /// A request's trail until its record is written. Exactly one of three things writes it: the
@@ -202,6 +223,8 @@ impl Pending {
             open: Some(Box::new(Open {
                 head,
                 trail: Trail::default(),
+                #[cfg(feature = "otlp")]
+                span: None,
             })),
             answer,
         }
@@ -216,6 +239,8 @@ impl Pending {
                 Box::new(Open {
                     head: Head::default(),
                     trail: Trail::default(),
+                    #[cfg(feature = "otlp")]
+                    span: None,
                 })
             })
             .trail
@@ -279,7 +304,10 @@ impl Drop for Pending {
 
 /// Writes a finished request: metrics, the trace span and the audit record, together.
 fn seal(shared: &Shared, open: Box<Open>, outcome: record::Outcome) {
-    let Open { head, trail } = *open;
+    let open = *open;
+    #[cfg(feature = "otlp")]
+    let span = open.span;
+    let Open { head, trail, .. } = open;
     if let Some((Rejection::RateLimited(_), _)) = &trail.shadow {
         shared.metrics.rate_limit_refused("shadow");
     }
@@ -312,19 +340,17 @@ fn seal(shared: &Shared, open: Box<Open>, outcome: record::Outcome) {
         .metrics
         .request_outcome(record.decision, record.upstream_latency_us);
     #[cfg(feature = "otlp")]
-    if let Some(x) = &shared.otlp {
-        let end = std::time::SystemTime::now();
-        x.record(crate::otlp::Span {
-            trace_id: record.trace_id.clone().unwrap_or_default(),
-            span_id: record.span_id.clone().unwrap_or_default(),
-            name: record.route_id.clone().unwrap_or_else(|| "unrouted".into()),
-            start: end - took,
-            end,
-            method: record.method.clone(),
-            status: record.status,
-            decision: record.decision,
-            reason: record.reason,
-        });
+    if let (Some(x), Some(span)) = (&shared.otlp, span) {
+        x.end(
+            span,
+            &crate::otlp::Finished {
+                route: record.route_id.as_deref(),
+                method: &record.method,
+                status: record.status,
+                decision: record.decision,
+                reason: record.reason,
+            },
+        );
     }
     shared.audit.emit(Record::Request(record));
 }

@@ -588,7 +588,7 @@ pub struct Shared {
     pub redis: Option<Arc<portcullis_state::redis::RedisState>>,
     /// DPoP server nonces (secret fixed at start-up).
     pub nonces: portcullis_state::nonce::NonceIssuer,
-    /// OTLP span export (feature `otlp`; endpoint fixed at start-up).
+    /// OTLP span export (feature `otlp`; settings fixed at start-up).
     #[cfg(feature = "otlp")]
     pub otlp: Option<crate::otlp::Exporter>,
     remotes: Remotes,
@@ -685,10 +685,18 @@ impl Shared {
             None => portcullis_state::nonce::NonceIssuer::random(dpop.nonce_lifetime),
         };
         #[cfg(feature = "otlp")]
+        // The settings were checked at load; an SDK that still refuses them leaves the proxy
+        // serving without export, and says so, rather than refusing traffic over telemetry.
         let otlp = config
             .otlp
-            .clone()
-            .map(|(uri, service)| crate::otlp::Exporter::start(uri, service));
+            .as_ref()
+            .and_then(|o| match crate::otlp::Exporter::start(o) {
+                Ok(x) => Some(x),
+                Err(e) => {
+                    tracing::error!(error = %e, "OTLP trace export could not start; spans are not exported");
+                    None
+                }
+            });
         let runtime = Runtime::new(config, &remotes, &background, redis.as_ref());
         let metrics = Metrics::default();
         metrics.attach_audit(audit.clone());
@@ -709,6 +717,15 @@ impl Shared {
             background,
             conn_ids: AtomicU64::new(1),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Exports the trace spans still queued (feature `otlp`; a no-op without an exporter): at
+    /// shutdown, after the drain, so the last requests' spans are not lost with the process.
+    pub async fn flush_traces(&self) {
+        #[cfg(feature = "otlp")]
+        if let Some(x) = &self.otlp {
+            x.flush().await;
         }
     }
 

@@ -428,6 +428,10 @@ fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
             if let Some(r) = &shared.redis {
                 m.push_str(&r.render_metrics(now));
             }
+            #[cfg(feature = "otlp")]
+            if let Some(x) = &shared.otlp {
+                m.push_str(&x.render_metrics());
+            }
             text(200, m, "text/plain; version=0.0.4; charset=utf-8")
         }
         _ => text(404, "not found\n".into(), "text/plain"),

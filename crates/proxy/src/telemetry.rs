@@ -11,7 +11,9 @@
 //! Trace context ([`TraceContext`]): a valid incoming `traceparent` (W3C Trace Context level 1)
 //! keeps its trace id and flags and gets our span id as the new parent id; an absent or invalid
 //! one is replaced by a generated trace (flags `00`, not sampled: we record no spans), and an
-//! incoming `tracestate` is then dropped, as the specification requires.
+//! incoming `tracestate` is then dropped, as the specification requires. With OTLP export on
+//! (feature `otlp`, see `otlp.rs`) the ids and the sampled flag come from the SDK's span instead,
+//! so that what goes upstream and into the audit record matches what is exported.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -560,16 +562,21 @@ pub fn parse_traceparent(value: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     Some((trace, parent, flags))
 }
 
+/// The request's `traceparent` when there is exactly one and it is valid: trace id, parent id,
+/// flags. Two or more are ambiguous, so none is trusted.
+pub(crate) fn incoming_traceparent(h: &HeaderMap) -> Option<([u8; 16], [u8; 8], u8)> {
+    let mut values = h.get_all(TRACEPARENT).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => parse_traceparent(v.as_bytes()),
+        _ => None,
+    }
+}
+
 impl TraceContext {
     /// Continues the incoming trace when there is exactly one valid `traceparent`; otherwise
     /// starts a new one. Either way the span id is ours and fresh.
     pub(crate) fn from_headers(h: &HeaderMap) -> TraceContext {
-        let mut values = h.get_all(TRACEPARENT).iter();
-        let incoming = match (values.next(), values.next()) {
-            (Some(v), None) => parse_traceparent(v.as_bytes()),
-            _ => None,
-        };
-        match incoming {
+        match incoming_traceparent(h) {
             Some((trace_id, _, flags)) => TraceContext {
                 trace_id,
                 span_id: random_bytes(),
@@ -583,6 +590,23 @@ impl TraceContext {
                 flags: 0,
                 continued: false,
             },
+        }
+    }
+
+    /// The context of the proxy's own exported span (feature `otlp`): its ids, and the sampled
+    /// flag exactly when the SDK's sampler chose to export it.
+    #[cfg(feature = "otlp")]
+    pub(crate) fn of_span(
+        trace_id: [u8; 16],
+        span_id: [u8; 8],
+        sampled: bool,
+        continued: bool,
+    ) -> TraceContext {
+        TraceContext {
+            trace_id,
+            span_id,
+            flags: u8::from(sampled),
+            continued,
         }
     }
 

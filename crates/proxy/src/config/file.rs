@@ -285,9 +285,14 @@ pub struct FileShutdown {
 #[serde(deny_unknown_fields)]
 pub struct FileTracing {
     /// OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces` (needs the `otlp`
-    /// cargo feature).
+    /// cargo feature). Wins over `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `..._ENDPOINT`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans; wins over `OTEL_SERVICE_NAME`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service_name: Option<String>,
+    /// Sampling `ParentBased(TraceIdRatioBased(ratio))`, 0.0 to 1.0; wins over
+    /// `OTEL_TRACES_SAMPLER` (whose default is `parentbased_always_on`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_ratio: Option<f64>,
 }

@@ -208,6 +208,84 @@ pub struct Upstream {
     pub tls: Option<UpstreamTls>,
 }
 
+/// OTLP trace export settings (`tracing:`); what is unset here the SDK takes from `OTEL_*`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Otlp {
+    /// The traces URL; `None`: from `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (+ `/v1/traces`).
+    pub endpoint: Option<String>,
+    pub service_name: Option<String>,
+    /// `ParentBased(TraceIdRatioBased(ratio))`; `None`: `OTEL_TRACES_SAMPLER`.
+    pub sample_ratio: Option<f64>,
+}
+
+/// The OTLP endpoint variables the SDK reads, most specific first.
+const OTLP_ENDPOINT_VARS: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+];
+
+/// Whether `e` is an OTLP/HTTP URL we can post to.
+fn otlp_url_ok(e: &str) -> bool {
+    e.parse::<http::Uri>()
+        .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some())
+}
+
+/// `tracing:` and the `OTEL_*` endpoint variables: export is on when either names an endpoint
+/// (and the build has the `otlp` feature); the config wins over the environment.
+fn validate_tracing(p: &mut Problems<'_>, t: &file::FileTracing) -> Option<Otlp> {
+    if let Some(r) = t.sample_ratio {
+        if !(0.0..=1.0).contains(&r) {
+            p.push(
+                "tracing.sample_ratio",
+                format!("{r} must be between 0.0 and 1.0"),
+            );
+        }
+    }
+    if let Some(e) = &t.otlp_endpoint {
+        if !cfg!(feature = "otlp") {
+            p.push(
+                "tracing.otlp_endpoint",
+                "this build has no OTLP export (cargo feature `otlp`)",
+            );
+            return None;
+        }
+        if !otlp_url_ok(e) {
+            p.push(
+                "tracing.otlp_endpoint",
+                format!("`{e}` must be an http:// or https:// URL (OTLP/HTTP)"),
+            );
+            return None;
+        }
+    }
+    if !cfg!(feature = "otlp") {
+        return None;
+    }
+    let mut from_env = false;
+    if t.otlp_endpoint.is_none() {
+        // The SDK would read these itself; a bad one is refused here, at load, by name.
+        for var in OTLP_ENDPOINT_VARS {
+            let Ok(v) = std::env::var(var) else { continue };
+            if v.trim().is_empty() {
+                continue;
+            }
+            if !otlp_url_ok(v.trim()) {
+                p.push(
+                    format!("{var} (environment)"),
+                    format!("`{v}` must be an http:// or https:// URL (OTLP/HTTP)"),
+                );
+                return None;
+            }
+            from_env = true;
+        }
+    }
+    (t.otlp_endpoint.is_some() || from_env).then(|| Otlp {
+        endpoint: t.otlp_endpoint.clone(),
+        service_name: t.service_name.clone(),
+        sample_ratio: t.sample_ratio,
+    })
+}
+
 /// A validated configuration: everything the proxy needs to serve.
 #[derive(Clone)]
 pub struct Config {
@@ -226,8 +304,8 @@ pub struct Config {
     pub auth: Auth,
     /// Where consent records come from, for routes that check consent.
     pub consent: Option<portcullis_sources::consent::ConsentConfig>,
-    /// OTLP trace export: endpoint and service name.
-    pub otlp: Option<(http::Uri, String)>,
+    /// OTLP trace export, when on (an endpoint in the config or the environment).
+    pub otlp: Option<Otlp>,
     /// Request-signature verification and response signing.
     pub signatures: Signatures,
     /// Rate limits.
@@ -410,31 +488,7 @@ fn validate(
         .consent
         .as_ref()
         .and_then(|c| auth::validate_consent(&mut p, base, c, &mut watched));
-    let otlp = f.tracing.otlp_endpoint.as_ref().and_then(|e| {
-        if !cfg!(feature = "otlp") {
-            p.push(
-                "tracing.otlp_endpoint",
-                "this build has no OTLP export (cargo feature `otlp`)",
-            );
-            return None;
-        }
-        match e.parse::<http::Uri>() {
-            Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => Some((
-                u,
-                f.tracing
-                    .service_name
-                    .clone()
-                    .unwrap_or_else(|| "portcullis".into()),
-            )),
-            _ => {
-                p.push(
-                    "tracing.otlp_endpoint",
-                    format!("`{e}` must be an http:// URL (OTLP/HTTP)"),
-                );
-                None
-            }
-        }
-    });
+    let otlp = validate_tracing(&mut p, &f.tracing);
     let signatures = signatures::validate(
         &mut p,
         base,
