@@ -30,6 +30,9 @@ install() {
   if [[ " $* " == *" redis-server "* ]] && command -v systemctl >/dev/null 2>&1; then
     "${sudo[@]}" systemctl disable --now redis-server >/dev/null 2>&1 || true
   fi
+  if [[ " $* " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
+    "${sudo[@]}" systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
+  fi
 }
 
 # need_packages PACKAGE... installs the Debian packages that are not installed yet.
@@ -49,7 +52,9 @@ if ! command -v dpkg-query >/dev/null 2>&1; then
 fi
 # gcc and libc6-dev: aws-lc-sys compiles C; redis-server: tests/redis.rs; openssl: the
 # handshakes rustls cannot offer (TLS 1.0/1.1, CBC suites) in tests/attacks_auth.rs.
-need_packages gcc libc6-dev redis-server openssl ca-certificates
+# prometheus: its promtool checks the example alert rules in tests/metrics.rs (the server it
+# also ships is not started by the tests).
+need_packages gcc libc6-dev redis-server openssl ca-certificates prometheus
 # tests/differential.rs runs real frameworks behind the proxy (Tomcat's libraries, Jackson and a
 # JDK; Node for Express; Python's venv for Flask) and tests/oidc_provider.rs a real authorization
 # server (Node). These are looked for by what the tests run, not by package name: a Node or JDK

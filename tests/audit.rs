@@ -1043,9 +1043,23 @@ async fn metrics_show_decisions_upstream_latency_audit_and_certificate_expiry() 
         "portcullis_audit_queue_capacity 65536".to_string(),
         "portcullis_audit_records_written_total 2".to_string(),
         "portcullis_audit_write_seconds_count".to_string(),
-        "portcullis_server_cert_expiry_days 7".to_string(),
-        format!("portcullis_client_cert_expiry_days{{thumbprint=\"{thumbprint}\"}} 7"),
     ] {
         assert!(m.contains(&want), "{want} missing in\n{m}");
+    }
+    // Expiry as a Unix timestamp (Prometheus base units); the test certificates expire in
+    // seven days and some hours.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
+    for series in [
+        "portcullis_server_cert_expiry_timestamp_seconds ".to_string(),
+        format!("portcullis_client_cert_expiry_timestamp_seconds{{thumbprint=\"{thumbprint}\"}} "),
+    ] {
+        let v: f64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .unwrap_or_else(|| panic!("{series} missing in\n{m}"))
+            .parse()
+            .unwrap();
+        let days = (v - now) / 86_400.0;
+        assert!((7.0..8.0).contains(&days), "{series}: {days} days");
     }
 }
