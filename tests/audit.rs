@@ -1033,9 +1033,18 @@ async fn metrics_show_decisions_upstream_latency_audit_and_certificate_expiry() 
     p.get("/nope").await;
     p.shared.audit.sync(WAIT);
     let (_, m) = p.admin_get("/metrics").await;
-    let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join("tpp1.pem"));
     use rustls_pki_types::pem::PemObject;
-    let thumbprint = portcullis_crypto::pki::thumbprint_s256(der.unwrap().as_ref());
+    let der = |f: &str| {
+        rustls_pki_types::CertificateDer::from_pem_file(certs().join(f))
+            .unwrap()
+            .to_vec()
+    };
+    let not_after = |der: &[u8]| {
+        let (_, c) = x509_parser::parse_x509_certificate(der).unwrap();
+        c.validity().not_after.timestamp()
+    };
+    let (client, server) = (der("tpp1.pem"), der("server.pem"));
+    let thumbprint = portcullis_crypto::pki::thumbprint_s256(&client);
     for want in [
         "portcullis_requests_by_decision_total{decision=\"allow\"} 1".to_string(),
         "portcullis_requests_by_decision_total{decision=\"deny\"} 1".to_string(),
@@ -1046,20 +1055,20 @@ async fn metrics_show_decisions_upstream_latency_audit_and_certificate_expiry() 
     ] {
         assert!(m.contains(&want), "{want} missing in\n{m}");
     }
-    // Expiry as a Unix timestamp (Prometheus base units); the test certificates expire in
-    // seven days and some hours.
-    let now = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
-    for series in [
-        "portcullis_server_cert_expiry_timestamp_seconds ".to_string(),
-        format!("portcullis_client_cert_expiry_timestamp_seconds{{thumbprint=\"{thumbprint}\"}} "),
+    // Expiry as a Unix timestamp (Prometheus base units): each certificate's own notAfter.
+    for (series, cert) in [
+        (
+            "portcullis_server_cert_expiry_timestamp_seconds".to_string(),
+            &server,
+        ),
+        (
+            format!(
+                "portcullis_client_cert_expiry_timestamp_seconds{{thumbprint=\"{thumbprint}\"}}"
+            ),
+            &client,
+        ),
     ] {
-        let v: f64 = m
-            .lines()
-            .find_map(|l| l.strip_prefix(series.as_str()))
-            .unwrap_or_else(|| panic!("{series} missing in\n{m}"))
-            .parse()
-            .unwrap();
-        let days = (v - now) / 86_400.0;
-        assert!((7.0..8.0).contains(&days), "{series}: {days} days");
+        let want = format!("{series} {}", not_after(cert));
+        assert!(m.lines().any(|l| l == want), "{want} missing in\n{m}");
     }
 }
