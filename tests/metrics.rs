@@ -158,6 +158,9 @@ fn names(s: &Scrape) -> BTreeSet<String> {
     out
 }
 
+/// One histogram's series under one label set: buckets (le, count), `_sum`, `_count`.
+type Series = (Vec<(f64, f64)>, Option<f64>, Option<f64>);
+
 async fn scrape_after_traffic() -> (Proxy, Upstream, String) {
     let up = Upstream::start(Behaviour::Ok).await;
     let p = Proxy::start(Options::new(up.addr)).await;
@@ -236,8 +239,7 @@ async fn a_scrape_after_traffic_follows_the_prometheus_conventions() {
             continue;
         }
         histograms += 1;
-        let mut sets: BTreeMap<Vec<(String, String)>, (Vec<(f64, f64)>, Option<f64>, Option<f64>)> =
-            BTreeMap::new();
+        let mut sets: BTreeMap<Vec<(String, String)>, Series> = BTreeMap::new();
         for sample in &s.samples[name] {
             let mut key: Vec<(String, String)> = sample
                 .labels
