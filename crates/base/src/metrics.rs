@@ -319,3 +319,60 @@ pub fn stat_field(stat: &str, n: usize) -> Option<&str> {
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(n.checked_sub(3)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_have_help_and_type_and_labelled_histograms_are_whole() {
+        static BOUNDS: [f64; 2] = [0.1, 1.0];
+        let h = Histogram::new(&BOUNDS);
+        h.observe(Duration::from_millis(50));
+        h.observe(Duration::from_secs(5));
+        let mut out = Exposition::new();
+        out.family("x_total", Kind::Counter, "Xs, with a \\ and\na line feed.")
+            .sample(&[("route", "a\"b")], 3);
+        out.family("d_seconds", Kind::Histogram, "D.")
+            .histogram(&[("route", "r")], &h);
+        out.single("g", Kind::Gauge, "G.", Float(f64::INFINITY));
+        let text = out.finish();
+        assert_eq!(
+            text,
+            "# HELP x_total Xs, with a \\\\ and\\na line feed.\n# TYPE x_total counter\n\
+             x_total{route=\"a\\\"b\"} 3\n\
+             # HELP d_seconds D.\n# TYPE d_seconds histogram\n\
+             d_seconds_bucket{route=\"r\",le=\"0.1\"} 1\n\
+             d_seconds_bucket{route=\"r\",le=\"1\"} 1\n\
+             d_seconds_bucket{route=\"r\",le=\"+Inf\"} 2\n\
+             d_seconds_sum{route=\"r\"} 5.05\n\
+             d_seconds_count{route=\"r\"} 2\n\
+             # HELP g G.\n# TYPE g gauge\ng +Inf\n"
+        );
+    }
+
+    #[test]
+    fn floats_are_spelled_as_the_text_format_does() {
+        assert_eq!(Float(f64::NAN).to_string(), "NaN");
+        assert_eq!(Float(f64::NEG_INFINITY).to_string(), "-Inf");
+        assert_eq!(Float(0.25).to_string(), "0.25");
+    }
+
+    #[test]
+    fn the_process_metrics_are_read_from_proc() {
+        let mut out = Exposition::new();
+        write_process_metrics(&mut out);
+        let text = out.finish();
+        if std::path::Path::new("/proc/self/stat").exists() {
+            for name in [
+                "process_cpu_seconds_total ",
+                "process_resident_memory_bytes ",
+                "process_open_fds ",
+                "process_max_fds ",
+                "process_start_time_seconds ",
+            ] {
+                assert!(text.lines().any(|l| l.starts_with(name)), "{name}\n{text}");
+            }
+        }
+    }
+}
