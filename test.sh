@@ -34,6 +34,9 @@ install() {
   if [[ " $* " == *" redis-sentinel "* ]] && command -v systemctl >/dev/null 2>&1; then
     "${sudo[@]}" systemctl disable --now redis-sentinel >/dev/null 2>&1 || true
   fi
+  if [[ " $* " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
+    "${sudo[@]}" systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
+  fi
 }
 
 # need_packages PACKAGE... installs the Debian packages that are not installed yet.
@@ -48,14 +51,16 @@ need_packages() {
 }
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
-  echo "test.sh: not a Debian system: install gcc, redis-server, redis-sentinel, the openssl CLI, Chromium, a JDK with Tomcat 10 and Jackson jars, Node with npm and Python's venv with your package manager, then run cargo test --locked --all-features" >&2
+  echo "test.sh: not a Debian system: install gcc, redis-server, redis-sentinel, the openssl CLI, Chromium, Prometheus's promtool, a JDK with Tomcat 10 and Jackson jars, Node with npm and Python's venv with your package manager, then run cargo test --locked --all-features" >&2
   exit 1
 fi
 # gcc and libc6-dev: aws-lc-sys compiles C; redis-server: tests/redis.rs and tests/redis_ha.rs;
 # redis-sentinel: the failover in tests/redis_ha.rs; openssl: the handshakes rustls cannot offer
 # (TLS 1.0/1.1, CBC suites) in tests/attacks_auth.rs, the OCSP responder (`openssl ocsp`) in
-# tests/ocsp.rs and the HTTPS CRL server (`openssl s_server`) in tests/revocation.rs.
-need_packages gcc libc6-dev redis-server redis-sentinel openssl ca-certificates
+# tests/ocsp.rs and the HTTPS CRL server (`openssl s_server`) in tests/revocation.rs;
+# prometheus: its promtool checks the example alert rules in tests/metrics.rs (the server it
+# also ships is not started by the tests).
+need_packages gcc libc6-dev redis-server redis-sentinel openssl ca-certificates prometheus
 # chromium: tests/loadgen.rs and tests/audit.rs render the HTML reports in headless Chromium and
 # check the screenshot (about 1.5 minutes to install on the 2-core VM; a Chromium already on
 # PATH is used as it is).

@@ -1081,9 +1081,18 @@ async fn metrics_show_decisions_upstream_latency_audit_and_certificate_expiry() 
     p.get("/nope").await;
     p.shared.audit.sync(WAIT);
     let (_, m) = p.admin_get("/metrics").await;
-    let der = rustls_pki_types::CertificateDer::from_pem_file(certs().join("tpp1.pem"));
     use rustls_pki_types::pem::PemObject;
-    let thumbprint = portcullis_crypto::pki::thumbprint_s256(der.unwrap().as_ref());
+    let der = |f: &str| {
+        rustls_pki_types::CertificateDer::from_pem_file(certs().join(f))
+            .unwrap()
+            .to_vec()
+    };
+    let not_after = |der: &[u8]| {
+        let (_, c) = x509_parser::parse_x509_certificate(der).unwrap();
+        c.validity().not_after.timestamp()
+    };
+    let (client, server) = (der("tpp1.pem"), der("server.pem"));
+    let thumbprint = portcullis_crypto::pki::thumbprint_s256(&client);
     for want in [
         "portcullis_requests_by_decision_total{decision=\"allow\"} 1".to_string(),
         "portcullis_requests_by_decision_total{decision=\"deny\"} 1".to_string(),
@@ -1091,9 +1100,23 @@ async fn metrics_show_decisions_upstream_latency_audit_and_certificate_expiry() 
         "portcullis_audit_queue_capacity 65536".to_string(),
         "portcullis_audit_records_written_total 2".to_string(),
         "portcullis_audit_write_seconds_count".to_string(),
-        "portcullis_server_cert_expiry_days 7".to_string(),
-        format!("portcullis_client_cert_expiry_days{{thumbprint=\"{thumbprint}\"}} 7"),
     ] {
         assert!(m.contains(&want), "{want} missing in\n{m}");
+    }
+    // Expiry as a Unix timestamp (Prometheus base units): each certificate's own notAfter.
+    for (series, cert) in [
+        (
+            "portcullis_server_cert_expiry_timestamp_seconds".to_string(),
+            &server,
+        ),
+        (
+            format!(
+                "portcullis_client_cert_expiry_timestamp_seconds{{thumbprint=\"{thumbprint}\"}}"
+            ),
+            &client,
+        ),
+    ] {
+        let want = format!("{series} {}", not_after(cert));
+        assert!(m.lines().any(|l| l == want), "{want} missing in\n{m}");
     }
 }

@@ -285,18 +285,21 @@ impl Exporter {
         }
     }
 
-    /// The export counters, in Prometheus text format.
-    pub(crate) fn render_metrics(&self) -> String {
-        format!(
-            "# HELP portcullis_otlp_spans_exported_total Spans the OTLP collector accepted.\n\
-             # TYPE portcullis_otlp_spans_exported_total counter\n\
-             portcullis_otlp_spans_exported_total {}\n\
-             # HELP portcullis_otlp_spans_failed_total Spans dropped because their batch was not accepted (collector down, refused, timed out).\n\
-             # TYPE portcullis_otlp_spans_failed_total counter\n\
-             portcullis_otlp_spans_failed_total {}\n",
-            self.counts.exported.load(Ordering::Relaxed),
-            self.counts.failed.load(Ordering::Relaxed),
+    /// The export counters, for `/metrics`.
+    pub(crate) fn write_metrics(&self, out: &mut portcullis_base::metrics::Exposition) {
+        use portcullis_base::metrics::Kind;
+        out.family(
+            "portcullis_otlp_spans_exported_total",
+            Kind::Counter,
+            "Spans the OTLP collector accepted.",
         )
+        .sample(&[], self.counts.exported.load(Ordering::Relaxed));
+        out.family(
+            "portcullis_otlp_spans_failed_total",
+            Kind::Counter,
+            "Spans dropped because their batch was not accepted (collector down, refused, timed out).",
+        )
+        .sample(&[], self.counts.failed.load(Ordering::Relaxed));
     }
 }
 

@@ -19,10 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigErrors, JwksSource, LoadedCrl};
 use crate::pipeline::token::TokenCache;
-use crate::telemetry::{LabelValue, Metrics};
+use crate::telemetry::Metrics;
 use crate::upstream::UpstreamClient;
 use portcullis_audit::AuditLog;
 use portcullis_base::clock::{Clock, SystemClock};
+use portcullis_base::metrics::{Exposition, Float, Kind};
 use portcullis_sources::crl::CrlFeed;
 use portcullis_sources::discovery::Discovery;
 use portcullis_sources::keys::KeySource;
@@ -348,68 +349,64 @@ impl Runtime {
 }
 
 impl Runtime {
-    /// Prometheus text for the token machinery of this config: per issuer, the key source
-    /// (ready, keys, fetches, failures, age of the last good set) and introspection calls; the
-    /// verified-token cache (hits and signature verifications). Labels are config names only,
-    /// escaped all the same (a name with a quote must not break the scrape).
-    pub fn render_metrics(&self, now: i64) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in rows {
-                let _ = writeln!(out, "{name}{labels} {v}");
-            }
-        };
+    /// The families of this config: per issuer, the key source (ready, keys, fetches, failures,
+    /// age of the last good set), discovery and introspection calls; CRLs; the verified-token
+    /// cache (hits and signature verifications); rate-limit keys. Labels are config names
+    /// only, escaped all the same (a name with a quote must not break the scrape).
+    pub fn write_metrics(&self, now: i64, out: &mut Exposition) {
         let mut names: Vec<&String> = self.keys.keys().collect();
         names.sort();
-        let rows = |f: &dyn Fn(&KeySource) -> String| -> Vec<(String, String)> {
-            names
-                .iter()
-                .map(|n| {
-                    (
-                        format!("{{issuer=\"{}\"}}", LabelValue(n)),
-                        f(&self.keys[*n]),
-                    )
-                })
-                .collect()
+        let per_issuer = |out: &mut Exposition,
+                          name: &str,
+                          kind: Kind,
+                          help: &str,
+                          v: &dyn Fn(&KeySource) -> String| {
+            let mut f = out.family(name, kind, help);
+            for n in &names {
+                f.sample(&[("issuer", n.as_str())], v(&self.keys[*n]));
+            }
         };
-        family(
+        per_issuer(
+            out,
             "portcullis_key_source_ready",
-            "gauge",
+            Kind::Gauge,
             "1 when the issuer has a good key set.",
-            rows(&|k| u8::from(k.is_ready()).to_string()),
+            &|k| u8::from(k.is_ready()).to_string(),
         );
-        family(
+        per_issuer(
+            out,
             "portcullis_key_source_keys",
-            "gauge",
+            Kind::Gauge,
             "Keys in the current set.",
-            rows(&|k| k.key_count().to_string()),
+            &|k| k.key_count().to_string(),
         );
-        family(
+        per_issuer(
+            out,
             "portcullis_key_source_fetches_total",
-            "counter",
+            Kind::Counter,
             "Key set fetches.",
-            rows(&|k| k.fetches.load(Ordering::Relaxed).to_string()),
+            &|k| k.fetches.load(Ordering::Relaxed).to_string(),
         );
-        family(
+        per_issuer(
+            out,
             "portcullis_key_source_failures_total",
-            "counter",
+            Kind::Counter,
             "Failed key set fetches.",
-            rows(&|k| k.failures.load(Ordering::Relaxed).to_string()),
+            &|k| k.failures.load(Ordering::Relaxed).to_string(),
         );
-        family(
+        per_issuer(
+            out,
             "portcullis_key_source_age_seconds",
-            "gauge",
+            Kind::Gauge,
             "Age of the current key set.",
-            rows(&|k| {
+            &|k| {
                 let t = k.last_good.load(Ordering::Relaxed);
                 if t == 0 {
                     "NaN".to_string()
                 } else {
                     (now - t).max(0).to_string()
                 }
-            }),
+            },
         );
         let live = self.live_tls();
         let mut crls: Vec<_> = live
@@ -424,46 +421,45 @@ impl Runtime {
             })
             .collect();
         crls.sort();
-        family(
+        let mut f = out.family(
             "portcullis_crl_next_update_timestamp_seconds",
-            "gauge",
+            Kind::Gauge,
             "nextUpdate of each CRL of the listener (Unix seconds), by file or URL; past it, the certificates of its issuer are refused.",
-            crls.iter()
-                .map(|(source, issuer, t)| {
-                    (
-                        format!(
-                            "{{crl=\"{}\",issuer=\"{}\"}}",
-                            LabelValue(source),
-                            LabelValue(issuer)
-                        ),
-                        t.to_string(),
-                    )
-                })
-                .collect(),
         );
-        let feeds = |f: &dyn Fn(&CrlFeed) -> String| -> Vec<(String, String)> {
-            self.crl_feeds
-                .iter()
-                .map(|c| (format!("{{crl=\"{}\"}}", LabelValue(&c.url())), f(c)))
-                .collect()
+        for (source, issuer, t) in &crls {
+            f.sample(&[("crl", *source), ("issuer", *issuer)], t);
+        }
+        let urls: Vec<String> = self.crl_feeds.iter().map(|c| c.url()).collect();
+        let per_feed = |out: &mut Exposition,
+                        name: &str,
+                        kind: Kind,
+                        help: &str,
+                        v: &dyn Fn(&CrlFeed) -> u64| {
+            let mut f = out.family(name, kind, help);
+            for (c, url) in self.crl_feeds.iter().zip(&urls) {
+                f.sample(&[("crl", url)], v(c));
+            }
         };
-        family(
+        per_feed(
+            out,
             "portcullis_crl_fetches_total",
-            "counter",
+            Kind::Counter,
             "Fetches of each CRL URL.",
-            feeds(&|c| c.fetches.load(Ordering::Relaxed).to_string()),
+            &|c| c.fetches.load(Ordering::Relaxed),
         );
-        family(
+        per_feed(
+            out,
             "portcullis_crl_fetch_failures_total",
-            "counter",
+            Kind::Counter,
             "Fetches of each CRL URL not taken (unreachable, garbage, too big, not signed by a client CA, older than the CRL held); the last good CRL stays.",
-            feeds(&|c| c.failures.load(Ordering::Relaxed).to_string()),
+            &|c| c.failures.load(Ordering::Relaxed),
         );
-        family(
+        per_feed(
+            out,
             "portcullis_crl_ready",
-            "gauge",
+            Kind::Gauge,
             "1 when the CRL URL has delivered a CRL; until then client certificates are refused.",
-            feeds(&|c| u8::from(c.is_ready()).to_string()),
+            &|c| u64::from(c.is_ready()),
         );
         if let Some(o) = &self.ocsp {
             for (name, help, v) in [
@@ -483,92 +479,77 @@ impl Runtime {
                     &o.fail_open,
                 ),
             ] {
-                family(
-                    name,
-                    "counter",
-                    help,
-                    vec![(String::new(), v.load(Ordering::Relaxed).to_string())],
-                );
+                out.family(name, Kind::Counter, help)
+                    .sample(&[], v.load(Ordering::Relaxed));
             }
         }
         let mut disc: Vec<(&String, &Arc<Discovery>)> = self.discoveries.iter().collect();
         disc.sort_by_key(|(n, _)| n.as_str());
-        let per_discovery = |f: &dyn Fn(&Discovery) -> String| -> Vec<(String, String)> {
-            disc.iter()
-                .map(|(n, d)| (format!("{{issuer=\"{}\"}}", LabelValue(n)), f(d)))
-                .collect()
-        };
-        family(
+        let mut f = out.family(
             "portcullis_discovery_ready",
-            "gauge",
+            Kind::Gauge,
             "1 when the issuer's metadata document has been taken (its issuer matched).",
-            per_discovery(&|d| u8::from(d.is_ready()).to_string()),
         );
-        family(
+        for (n, d) in &disc {
+            f.sample(&[("issuer", n.as_str())], u8::from(d.is_ready()));
+        }
+        let mut f = out.family(
             "portcullis_discovery_failures_total",
-            "counter",
+            Kind::Counter,
             "Metadata fetches not taken (unreachable, garbage, another issuer, an http:// endpoint).",
-            per_discovery(&|d| d.failures.load(Ordering::Relaxed).to_string()),
         );
+        for (n, d) in &disc {
+            f.sample(
+                &[("issuer", n.as_str())],
+                d.failures.load(Ordering::Relaxed),
+            );
+        }
         let mut intro: Vec<(&String, &Arc<portcullis_sources::introspect::Introspector>)> =
             self.introspectors.iter().collect();
         intro.sort_by_key(|(n, _)| n.as_str());
-        family(
+        let mut f = out.family(
             "portcullis_introspection_calls_total",
-            "counter",
+            Kind::Counter,
             "Introspection requests.",
-            intro
-                .iter()
-                .map(|(n, i)| {
-                    (
-                        format!("{{issuer=\"{}\"}}", LabelValue(n)),
-                        i.calls.load(Ordering::Relaxed).to_string(),
-                    )
-                })
-                .collect(),
         );
-        family(
+        for (n, i) in &intro {
+            f.sample(&[("issuer", n.as_str())], i.calls.load(Ordering::Relaxed));
+        }
+        let mut f = out.family(
             "portcullis_introspection_failures_total",
-            "counter",
+            Kind::Counter,
             "Introspection requests without a decision.",
-            intro
-                .iter()
-                .map(|(n, i)| {
-                    (
-                        format!("{{issuer=\"{}\"}}", LabelValue(n)),
-                        i.failures.load(Ordering::Relaxed).to_string(),
-                    )
-                })
-                .collect(),
         );
-        family(
+        for (n, i) in &intro {
+            f.sample(
+                &[("issuer", n.as_str())],
+                i.failures.load(Ordering::Relaxed),
+            );
+        }
+        out.single(
             "portcullis_token_cache_hits_total",
-            "counter",
+            Kind::Counter,
             "Token checks answered from the verified-token cache.",
-            vec![(
-                String::new(),
-                self.tokens.hits.load(Ordering::Relaxed).to_string(),
-            )],
+            self.tokens.hits.load(Ordering::Relaxed),
         );
-        family(
+        out.single(
             "portcullis_token_verifications_total",
-            "counter",
+            Kind::Counter,
             "Token signatures verified or tokens introspected (cache misses).",
-            vec![(
-                String::new(),
-                self.tokens
-                    .verifications
-                    .load(Ordering::Relaxed)
-                    .to_string(),
-            )],
+            self.tokens.verifications.load(Ordering::Relaxed),
         );
-        family(
+        out.single(
             "portcullis_token_cache_entries",
-            "gauge",
+            Kind::Gauge,
             "Tokens in the verified-token cache.",
-            vec![(String::new(), self.tokens.len().to_string())],
+            self.tokens.len(),
         );
-        out
+        out.single(
+            "portcullis_rate_limit_keys",
+            Kind::Gauge,
+            "Keys held by this instance's rate limiters (peer and classes); not capped, idle keys are dropped by maintenance, so no fill ratio.",
+            self.rate_limits.keys(),
+        );
     }
 }
 
@@ -665,6 +646,59 @@ impl Drop for Shared {
 }
 
 impl Shared {
+    /// Everything `/metrics` shows, through one writer: the proxy's registry, build and
+    /// process metrics, this config's sources, the fill of every bounded store, and the shared
+    /// state when it is on Redis.
+    pub fn render_metrics(&self) -> String {
+        let now = self.clock.now();
+        let mut out = Exposition::new();
+        self.metrics.write(&mut out);
+        let runtime = self.runtime.load();
+        runtime.write_metrics(now, &mut out);
+        // Entries ÷ capacity of each store that fails closed (or stops taking entries) when
+        // full, so an alert can fire before it does. A store on Redis has no capacity here
+        // (Redis evicts by TTL) and is left out.
+        let (certs, certs_cap) = self.metrics.client_certs_tracked();
+        let mut stores: Vec<(&str, Option<(usize, usize)>)> = vec![
+            ("dpop_replay", self.replay.fill()),
+            ("idempotency", self.idempotency.fill()),
+            (
+                "token_cache",
+                Some((runtime.tokens.len(), runtime.tokens.capacity())),
+            ),
+            ("client_cert_expiry", Some((certs, certs_cap))),
+        ];
+        stores.retain(|(_, f)| f.is_some_and(|(_, cap)| cap > 0));
+        let mut f = out.family(
+            "portcullis_store_fill_ratio",
+            Kind::Gauge,
+            "Entries ÷ capacity of each bounded in-memory store (at 1 a full store refuses or stops taking entries).",
+        );
+        for (store, fill) in &stores {
+            if let Some((n, cap)) = fill {
+                f.sample(&[("store", store)], Float(*n as f64 / *cap as f64));
+            }
+        }
+        let mut f = out.family(
+            "portcullis_store_capacity",
+            Kind::Gauge,
+            "Capacity (entries) of each bounded in-memory store.",
+        );
+        for (store, fill) in &stores {
+            if let Some((_, cap)) = fill {
+                f.sample(&[("store", store)], cap);
+            }
+        }
+        if let Some(r) = &self.redis {
+            r.write_metrics(now, &mut out);
+        }
+        #[cfg(feature = "otlp")]
+        if let Some(x) = &self.otlp {
+            x.write_metrics(&mut out);
+        }
+        out.finish()
+    }
+
     pub fn new(config: Config, audit: AuditLog, config_path: Option<PathBuf>) -> Shared {
         Shared::with_clock(config, audit, config_path, Arc::new(SystemClock))
     }

@@ -422,18 +422,11 @@ fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
                 "application/json",
             )
         }
-        "/metrics" => {
-            let now = shared.clock.now();
-            let mut m = shared.metrics.render() + &shared.runtime.load().render_metrics(now);
-            if let Some(r) = &shared.redis {
-                m.push_str(&r.render_metrics(now));
-            }
-            #[cfg(feature = "otlp")]
-            if let Some(x) = &shared.otlp {
-                m.push_str(&x.render_metrics());
-            }
-            text(200, m, "text/plain; version=0.0.4; charset=utf-8")
-        }
+        "/metrics" => text(
+            200,
+            shared.render_metrics(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
         _ => text(404, "not found\n".into(), "text/plain"),
     }
 }

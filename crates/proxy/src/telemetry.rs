@@ -1,9 +1,10 @@
-//! Metrics in Prometheus text format, W3C trace context, and the tracing subscriber.
+//! The proxy's metrics, W3C trace context, and the tracing subscriber.
 //!
-//! The registry is hand-rolled and lock-light: counters are atomics, keyed where needed in a
-//! `DashMap` by values from bounded sets — route ids from the config, reason codes from the
-//! rejection table, `&'static str` categories from the code. Nothing a client sends becomes a
-//! label. The one label derived from a connection, the client certificate thumbprint on the
+//! The registry is lock-light: counters are atomics, keyed where needed in a `DashMap` by
+//! values from bounded sets — route ids from the config (a request no route took counts under
+//! `route="unrouted"`), reason codes from the rejection table, `&'static str` categories from
+//! the code. Nothing a client sends becomes a label. It is written to `/metrics` through the
+//! one exposition writer, [`portcullis_base::metrics::Exposition`]. The one label derived from a connection, the client certificate thumbprint on the
 //! expiry gauge, is bounded by [`MAX_CLIENT_CERTS`]: past the cap only certificates expiring
 //! sooner than the latest-expiring tracked one replace it, so the gauge always shows the
 //! soonest expiries seen.
@@ -16,7 +17,6 @@
 //! so that what goes upstream and into the audit record matches what is exported.
 
 use std::collections::HashMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -26,8 +26,9 @@ use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 
 use portcullis_audit::AuditLog;
-pub(crate) use portcullis_base::metrics::LabelValue;
-use portcullis_base::metrics::{stat_field, Histogram};
+#[cfg(test)]
+use portcullis_base::metrics::LabelValue;
+use portcullis_base::metrics::{stat_field, Exposition, Float, Histogram, Kind};
 
 const BUCKETS_SECONDS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -51,14 +52,13 @@ fn thread_cpu_seconds(tid: u32) -> Option<f64> {
     Some((utime + stime) as f64 / 100.0)
 }
 
-fn days_until(not_after: i64) -> f64 {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    (not_after - now) as f64 / 86_400.0
-}
+/// The route label of a request no route took.
+pub(crate) const UNROUTED: &str = "unrouted";
 
 pub struct Metrics {
     requests: DashMap<(String, u16, &'static str), AtomicU64>,
-    latency: Histogram,
+    /// Time to response headers by route id (or [`UNROUTED`]).
+    latency: DashMap<String, Histogram>,
     decisions: DashMap<&'static str, AtomicU64>,
     upstream_latency: Histogram,
     handshake_failures: DashMap<&'static str, AtomicU64>,
@@ -80,7 +80,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             requests: DashMap::new(),
-            latency: Histogram::new(&BUCKETS_SECONDS),
+            latency: DashMap::new(),
             decisions: DashMap::new(),
             upstream_latency: Histogram::new(&BUCKETS_SECONDS),
             handshake_failures: DashMap::new(),
@@ -116,15 +116,18 @@ fn sorted<K: Ord + Clone + std::hash::Hash + Eq>(map: &DashMap<K, AtomicU64>) ->
     rows
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
 impl Metrics {
     pub fn request(&self, route: Option<&str>, status: u16, reason: &'static str, took: Duration) {
-        let key = (route.unwrap_or("none").to_string(), status, reason);
-        bump(&self.requests, key);
-        self.latency.observe(took);
+        let route = route.unwrap_or(UNROUTED);
+        bump(&self.requests, (route.to_string(), status, reason));
+        if let Some(h) = self.latency.get(route) {
+            h.observe(took);
+            return;
+        }
+        self.latency
+            .entry(route.to_string())
+            .or_insert_with(|| Histogram::new(&BUCKETS_SECONDS))
+            .observe(took);
     }
 
     /// The outcome of one request: its decision (`allow`, `deny`, `error`) and, when it was
@@ -211,7 +214,7 @@ impl Metrics {
     pub fn would_deny(&self, route: Option<&str>, reason: &'static str) {
         bump(
             &self.would_deny,
-            (route.unwrap_or("none").to_string(), reason),
+            (route.unwrap_or(UNROUTED).to_string(), reason),
         );
     }
 
@@ -238,119 +241,125 @@ impl Metrics {
             .collect()
     }
 
-    /// Renders the Prometheus text exposition format.
+    /// Distinct client certificates tracked for the expiry gauge, and the cap.
+    pub fn client_certs_tracked(&self) -> (usize, usize) {
+        let n = self.client_certs.lock().map(|c| c.len()).unwrap_or(0);
+        (n, MAX_CLIENT_CERTS)
+    }
+
+    /// Renders this registry alone (tests; `/metrics` writes it with the rest through
+    /// [`Metrics::write`]).
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(8192);
-        header(
-            &mut out,
+        let mut out = Exposition::new();
+        self.write(&mut out);
+        out.finish()
+    }
+
+    /// Writes the proxy's own families, the build info and the process metrics.
+    pub fn write(&self, out: &mut Exposition) {
+        let commit = option_env!("PORTCULLIS_COMMIT").unwrap_or("unknown");
+        out.family(
+            "portcullis_build_info",
+            Kind::Gauge,
+            "Always 1; the labels name the running build (commit from PORTCULLIS_COMMIT at build time).",
+        )
+        .sample(
+            &[("version", env!("CARGO_PKG_VERSION")), ("commit", commit)],
+            1,
+        );
+        portcullis_base::metrics::write_process_metrics(out);
+        let mut f = out.family(
             "portcullis_requests_total",
-            "counter",
+            Kind::Counter,
             "Requests by route, status and reason.",
         );
         for ((route, status, reason), n) in sorted(&self.requests) {
-            let (route, reason) = (LabelValue(&route), LabelValue(reason));
-            let _ = writeln!(
-                out,
-                "portcullis_requests_total{{route=\"{route}\",status=\"{status}\",reason=\"{reason}\"}} {n}"
+            let status = status.to_string();
+            f.sample(
+                &[("route", &route), ("status", &status), ("reason", reason)],
+                n,
             );
         }
-        header(
-            &mut out,
+        let mut f = out.family(
             "portcullis_requests_by_decision_total",
-            "counter",
+            Kind::Counter,
             "Requests by decision (allow, deny, error).",
         );
         for (d, n) in sorted(&self.decisions) {
-            let d = LabelValue(d);
-            let _ = writeln!(
-                out,
-                "portcullis_requests_by_decision_total{{decision=\"{d}\"}} {n}"
-            );
+            f.sample(&[("decision", d)], n);
         }
-        self.latency.render(
-            &mut out,
+        let mut f = out.family(
             "portcullis_request_duration_seconds",
-            "Time to response headers.",
+            Kind::Histogram,
+            "Time to response headers, by route id (unrouted: no route took the request).",
         );
+        let mut routes: Vec<String> = self.latency.iter().map(|e| e.key().clone()).collect();
+        routes.sort();
+        for route in routes {
+            if let Some(h) = self.latency.get(&route) {
+                f.histogram(&[("route", &route)], &h);
+            }
+        }
         self.upstream_latency.render(
-            &mut out,
+            out,
             "portcullis_upstream_duration_seconds",
             "Upstream time to response headers.",
         );
-        header(
-            &mut out,
+        let mut f = out.family(
             "portcullis_tls_handshake_failures_total",
-            "counter",
+            Kind::Counter,
             "Failed handshakes by category.",
         );
         for (cat, n) in sorted(&self.handshake_failures) {
-            let cat = LabelValue(cat);
-            let _ = writeln!(
-                out,
-                "portcullis_tls_handshake_failures_total{{failure=\"{cat}\"}} {n}"
-            );
+            f.sample(&[("failure", cat)], n);
         }
-        let gauge = |out: &mut String, name: &str, kind: &str, help: &str, v: String| {
-            header(out, name, kind, help);
-            let _ = writeln!(out, "{name} {v}");
-        };
-        gauge(
-            &mut out,
+        out.single(
             "portcullis_connections_total",
-            "counter",
+            Kind::Counter,
             "Accepted TLS connections.",
-            self.connections_total.load(Ordering::Relaxed).to_string(),
+            self.connections_total.load(Ordering::Relaxed),
         );
-        gauge(
-            &mut out,
+        out.single(
             "portcullis_connections_active",
-            "gauge",
+            Kind::Gauge,
             "Open TLS connections.",
-            self.connections_active.load(Ordering::Relaxed).to_string(),
+            self.connections_active.load(Ordering::Relaxed),
         );
-        header(
-            &mut out,
+        let mut f = out.family(
             "portcullis_worker_cpu_seconds_total",
-            "counter",
+            Kind::Counter,
             "CPU time (user + system) of each data-plane worker thread.",
         );
         for (i, secs) in self.worker_cpu_seconds() {
-            let _ = writeln!(
-                out,
-                "portcullis_worker_cpu_seconds_total{{worker=\"{i}\"}} {secs}"
-            );
+            f.sample(&[("worker", &i.to_string())], Float(secs));
         }
         let (ok, failed) = self.reloads();
-        let _ = writeln!(
-            out,
-            "# HELP portcullis_config_reloads_total Config reloads by result.\n# TYPE portcullis_config_reloads_total counter\nportcullis_config_reloads_total{{result=\"ok\"}} {ok}\nportcullis_config_reloads_total{{result=\"failed\"}} {failed}"
-        );
-        self.render_certs(&mut out, &gauge);
-        self.render_audit(&mut out, &gauge);
-        self.render_hooks(&mut out);
-        out
+        out.family(
+            "portcullis_config_reloads_total",
+            Kind::Counter,
+            "Config reloads by result.",
+        )
+        .sample(&[("result", "ok")], ok)
+        .sample(&[("result", "failed")], failed);
+        self.write_certs(out);
+        self.write_audit(out);
+        self.write_hooks(out);
     }
 
-    fn render_certs(
-        &self,
-        out: &mut String,
-        gauge: &impl Fn(&mut String, &str, &str, &str, String),
-    ) {
+    fn write_certs(&self, out: &mut Exposition) {
         let server = self.server_cert_not_after.load(Ordering::Relaxed);
         if server != i64::MIN {
-            gauge(
-                out,
-                "portcullis_server_cert_expiry_days",
-                "gauge",
-                "Days until the listener certificate expires.",
-                format!("{:.3}", days_until(server)),
+            out.single(
+                "portcullis_server_cert_expiry_timestamp_seconds",
+                Kind::Gauge,
+                "notAfter of the listener certificate (Unix seconds).",
+                server,
             );
         }
-        header(
-            out,
-            "portcullis_client_cert_expiry_days",
-            "gauge",
-            "Days until each client certificate seen expires (the soonest 256).",
+        let mut f = out.family(
+            "portcullis_client_cert_expiry_timestamp_seconds",
+            Kind::Gauge,
+            "notAfter (Unix seconds) of each client certificate seen, by SHA-256 thumbprint (the soonest 256).",
         );
         let mut certs: Vec<(String, i64)> = self
             .client_certs
@@ -359,29 +368,17 @@ impl Metrics {
             .unwrap_or_default();
         certs.sort();
         for (thumbprint, not_after) in certs {
-            let thumbprint = LabelValue(&thumbprint);
-            let _ = writeln!(
-                out,
-                "portcullis_client_cert_expiry_days{{thumbprint=\"{thumbprint}\"}} {:.3}",
-                days_until(not_after)
-            );
+            f.sample(&[("thumbprint", &thumbprint)], not_after);
         }
-        gauge(
-            out,
+        out.single(
             "portcullis_client_certs_untracked_total",
-            "counter",
+            Kind::Counter,
             "Client certificates seen beyond the tracking cap.",
-            self.client_certs_untracked
-                .load(Ordering::Relaxed)
-                .to_string(),
+            self.client_certs_untracked.load(Ordering::Relaxed),
         );
     }
 
-    fn render_audit(
-        &self,
-        out: &mut String,
-        gauge: &impl Fn(&mut String, &str, &str, &str, String),
-    ) {
+    fn write_audit(&self, out: &mut Exposition) {
         let Some(audit) = self.audit.get() else {
             return;
         };
@@ -389,59 +386,57 @@ impl Metrics {
             return;
         };
         let (depth, capacity) = audit.queue_depth();
-        gauge(
-            out,
+        out.single(
             "portcullis_audit_queue_depth",
-            "gauge",
+            Kind::Gauge,
             "Audit records waiting for the writer.",
-            depth.to_string(),
+            depth,
         );
-        gauge(
-            out,
+        out.single(
             "portcullis_audit_queue_capacity",
-            "gauge",
+            Kind::Gauge,
             "Capacity of the audit queue.",
-            capacity.to_string(),
+            capacity,
         );
         for (name, kind, help, v) in [
             (
                 "portcullis_audit_records_written_total",
-                "counter",
+                Kind::Counter,
                 "Audit records written (checkpoints and markers included).",
                 stats.written(),
             ),
             (
                 "portcullis_audit_records_dropped_total",
-                "counter",
+                Kind::Counter,
                 "Audit records dropped under the drop policy or best effort.",
                 stats.dropped(),
             ),
             (
                 "portcullis_audit_write_errors_total",
-                "counter",
+                Kind::Counter,
                 "Failed audit write or fsync attempts.",
                 stats.write_errors(),
             ),
             (
                 "portcullis_audit_output_failing",
-                "gauge",
+                Kind::Gauge,
                 "1 while the audit output fails.",
                 u64::from(stats.failing()),
             ),
             (
                 "portcullis_audit_checkpoints_total",
-                "counter",
+                Kind::Counter,
                 "Signed audit checkpoints written.",
                 stats.checkpoints(),
             ),
             (
                 "portcullis_audit_rotations_total",
-                "counter",
+                Kind::Counter,
                 "Audit file rotations.",
                 stats.rotations(),
             ),
         ] {
-            gauge(out, name, kind, help, v.to_string());
+            out.single(name, kind, help, v);
         }
         stats.write_latency().render(
             out,
@@ -450,32 +445,22 @@ impl Metrics {
         );
     }
 
-    fn render_hooks(&self, out: &mut String) {
-        header(
-            out,
+    fn write_hooks(&self, out: &mut Exposition) {
+        let mut f = out.family(
             "portcullis_rate_limit_refusals_total",
-            "counter",
+            Kind::Counter,
             "Requests refused by a rate limit, by scope.",
         );
         for (scope, n) in sorted(&self.rate_limit_refusals) {
-            let scope = LabelValue(scope);
-            let _ = writeln!(
-                out,
-                "portcullis_rate_limit_refusals_total{{scope=\"{scope}\"}} {n}"
-            );
+            f.sample(&[("scope", scope)], n);
         }
-        header(
-            out,
+        let mut f = out.family(
             "portcullis_would_deny_total",
-            "counter",
+            Kind::Counter,
             "Requests a shadow rule would have denied, by route and reason (not enforced).",
         );
         for ((route, reason), n) in sorted(&self.would_deny) {
-            let (route, reason) = (LabelValue(&route), LabelValue(reason));
-            let _ = writeln!(
-                out,
-                "portcullis_would_deny_total{{route=\"{route}\",reason=\"{reason}\"}} {n}"
-            );
+            f.sample(&[("route", &route), ("reason", reason)], n);
         }
     }
 }

@@ -131,6 +131,12 @@ pub trait IdempotencyStore: Send + Sync {
     ) -> StoreFuture<'static, Result<(), StoreUnavailable>>;
     /// Forgets a reserved key (the request failed; the client may retry).
     fn release(&self, key: [u8; 32]) -> StoreFuture<'static, Result<(), StoreUnavailable>>;
+
+    /// Entries held and capacity, for a store bounded in this process (`None`: not bounded
+    /// here, e.g. on Redis).
+    fn fill(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -210,6 +216,10 @@ impl MemoryIdempotencyStore {
 }
 
 impl IdempotencyStore for MemoryIdempotencyStore {
+    fn fill(&self) -> Option<(usize, usize)> {
+        Some((self.len(), self.capacity))
+    }
+
     fn begin(
         &self,
         key: [u8; 32],

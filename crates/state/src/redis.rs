@@ -50,6 +50,7 @@ use crate::ratelimit::{Decision, QuotaSpec};
 use crate::replay::{MemoryReplayStore, ReplayError, ReplayStore};
 use crate::settings::{OnOutage, RedisSettings, Secret};
 use portcullis_base::clock::Clock;
+use portcullis_base::metrics::{Exposition, Kind};
 
 /// Redis did not answer (down, timed out, or an answer we cannot read).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -630,76 +631,67 @@ impl RedisState {
         }
     }
 
-    /// Prometheus text for the shared state.
+    /// Prometheus text for the shared state alone (tests; `/metrics` uses
+    /// [`RedisState::write_metrics`]).
     pub fn render_metrics(&self, now: i64) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, u64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in rows {
-                let _ = writeln!(out, "{name}{labels} {v}");
+        let mut out = Exposition::new();
+        self.write_metrics(now, &mut out);
+        out.finish()
+    }
+
+    /// Writes the shared state's families.
+    pub fn write_metrics(&self, now: i64, out: &mut Exposition) {
+        let per = |out: &mut Exposition, name: &str, help: &str, arr: &[AtomicU64; 4]| {
+            let mut f = out.family(name, Kind::Counter, help);
+            for (feature, n) in FEATURES {
+                f.sample(
+                    &[("feature", n)],
+                    arr[feature as usize].load(Ordering::Relaxed),
+                );
             }
         };
-        let per = |arr: &[AtomicU64; 4]| -> Vec<(String, u64)> {
-            FEATURES
-                .iter()
-                .map(|(f, n)| {
-                    (
-                        format!(
-                            "{{feature=\"{}\"}}",
-                            portcullis_base::metrics::LabelValue(n)
-                        ),
-                        arr[*f as usize].load(Ordering::Relaxed),
-                    )
-                })
-                .collect()
-        };
-        family(
+        out.family(
             "portcullis_state_backend_up",
-            "gauge",
+            Kind::Gauge,
             "1 when the shared state backend (Redis) answers.",
-            vec![("{backend=\"redis\"}".into(), u64::from(self.is_up()))],
-        );
-        family(
+        )
+        .sample(&[("backend", "redis")], u64::from(self.is_up()));
+        out.single(
             "portcullis_state_replay_trusted",
-            "gauge",
+            Kind::Gauge,
             "1 when replay checks are answered (Redis up and its replay history covers the window).",
-            vec![(String::new(), u64::from(self.replay_trusted(now)))],
+            u64::from(self.replay_trusted(now)),
         );
-        family(
+        per(
+            out,
             "portcullis_state_commands_total",
-            "counter",
             "Redis commands that answered, by feature.",
-            per(&self.stats.ok),
+            &self.stats.ok,
         );
-        family(
+        per(
+            out,
             "portcullis_state_command_failures_total",
-            "counter",
             "Redis commands that failed or timed out, by feature.",
-            per(&self.stats.failed),
+            &self.stats.failed,
         );
-        family(
+        per(
+            out,
             "portcullis_state_unavailable_refusals_total",
-            "counter",
             "Requests refused because the shared state could not answer, by feature.",
-            per(&self.stats.refused),
+            &self.stats.refused,
         );
-        family(
+        per(
+            out,
             "portcullis_state_local_fallbacks_total",
-            "counter",
             "Requests answered from this instance's own state because Redis could not, by feature.",
-            per(&self.stats.local),
+            &self.stats.local,
         );
-        family(
+        out.single(
             "portcullis_state_epoch_changes_total",
-            "counter",
+            Kind::Counter,
             "Times Redis was found to have lost its data (a new epoch marker).",
-            vec![(
-                String::new(),
-                self.stats.epoch_changes.load(Ordering::Relaxed),
-            )],
+            self.stats.epoch_changes.load(Ordering::Relaxed),
         );
-        out
     }
 
     async fn set_nx(&self, key: [u8; 32], ttl_ms: i64) -> Result<bool, Unavailable> {

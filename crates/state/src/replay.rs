@@ -39,6 +39,12 @@ pub trait ReplayStore: Send + Sync {
         expires_at: i64,
         now: i64,
     ) -> StoreFuture<'static, Result<bool, ReplayError>>;
+
+    /// Entries held and capacity, for a store bounded in this process (`None`: not bounded
+    /// here, e.g. on Redis).
+    fn fill(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
 /// One generation: its entries (key → expiry), how many, and the latest expiry among them.
@@ -141,6 +147,10 @@ fn held(g: &VecDeque<Arc<Generation>>) -> usize {
 }
 
 impl ReplayStore for MemoryReplayStore {
+    fn fill(&self) -> Option<(usize, usize)> {
+        Some((self.len(), self.capacity))
+    }
+
     fn first_use(
         &self,
         key: [u8; 32],

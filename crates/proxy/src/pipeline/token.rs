@@ -215,6 +215,11 @@ impl TokenCache {
         self.map.len()
     }
 
+    /// The most entries held (0: the cache is off).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

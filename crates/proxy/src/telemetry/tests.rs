@@ -95,9 +95,7 @@ fn hooks_and_outcomes_render_with_bounded_labels() {
     m.request_outcome("allow", Some(1500));
     m.request_outcome("deny", None);
     m.rate_limit_refused("client");
-    m.server_cert(Some(
-        time::OffsetDateTime::now_utc().unix_timestamp() + 86_400 * 10 + 3_600,
-    ));
+    m.server_cert(Some(1_900_000_000));
     m.client_cert_seen("abc", 0);
     let text = m.render();
     for want in [
@@ -106,8 +104,8 @@ fn hooks_and_outcomes_render_with_bounded_labels() {
         "portcullis_upstream_duration_seconds_count 1",
         "portcullis_upstream_duration_seconds_bucket{le=\"0.0025\"} 1",
         "portcullis_rate_limit_refusals_total{scope=\"client\"} 1",
-        "portcullis_server_cert_expiry_days 10.04",
-        "portcullis_client_cert_expiry_days{thumbprint=\"abc\"} -",
+        "portcullis_server_cert_expiry_timestamp_seconds 1900000000",
+        "portcullis_client_cert_expiry_timestamp_seconds{thumbprint=\"abc\"} 0",
     ] {
         assert!(text.contains(want), "{want} missing in\n{text}");
     }
