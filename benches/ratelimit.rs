@@ -81,6 +81,9 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let settings = RedisSettings {
         url: format!("redis://127.0.0.1:{port}/0"),
+        username: None,
+        tls: None,
+        sentinel: None,
         password: None,
         connect_timeout: Duration::from_secs(1),
         command_timeout: Duration::from_secs(1),
