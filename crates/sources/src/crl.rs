@@ -65,19 +65,7 @@ fn now_unix() -> i64 {
 
 impl CrlFeed {
     pub fn new(cfg: CrlRemote, accept: Accept) -> CrlFeed {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(cfg.timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*cfg.tls).clone())
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        // No pooled connections: fetches are minutes apart, and a CRL server that closes an
-        // idle connection must not turn the next fetch into a failure.
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .build(connector);
+        let client = crate::https::signed_document_client(&cfg.tls, cfg.timeout);
         CrlFeed {
             cfg,
             accept,

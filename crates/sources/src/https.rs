@@ -31,6 +31,35 @@ where
         .build(connector)
 }
 
+/// A client for documents that carry their own signature — CRLs and OCSP answers — so plain
+/// `http://` is allowed (RFC 5280 and RFC 6960 distribution points usually are), over
+/// HTTP/1.1 with trust from `tls` for `https://` and a connect timeout. No pooled connections:
+/// fetches are minutes apart, and a server that closes an idle connection (`openssl ocsp`
+/// serves one request per connection) must not turn the next fetch into a failure.
+pub fn signed_document_client<B>(
+    tls: &rustls::ClientConfig,
+    connect_timeout: Duration,
+) -> hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    B,
+>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector)
+}
+
 /// The `error` member of an OAuth error answer (RFC 6749 §5.2), when it is short and printable:
 /// it is the server's own code, safe to log, unlike the rest of the body.
 pub fn oauth_error(body: &[u8]) -> Option<String> {

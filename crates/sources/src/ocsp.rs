@@ -155,20 +155,9 @@ pub struct OcspChecker {
 
 impl OcspChecker {
     pub fn new(settings: OcspSettings, cas: Vec<Vec<u8>>) -> OcspChecker {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(settings.timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*settings.tls).clone())
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        // No pooled connections: a responder that closes an idle connection (`openssl ocsp`
-        // serves one request per connection) must not turn the next check into a failure,
-        // which `fail: closed` would make a refusal.
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .build(connector);
+        // Unpooled: a responder that drops idle connections would otherwise turn the next
+        // check into a failure, which `fail: closed` makes a refusal.
+        let client = crate::https::signed_document_client(&settings.tls, settings.timeout);
         OcspChecker {
             settings,
             cas,
