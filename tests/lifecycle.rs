@@ -15,14 +15,6 @@ use common::*;
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A port nothing listens on right now (bound and released): the process binds it next.
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// `GET path` on the plain-HTTP admin listener: status and body, or `None` when it does not
 /// answer.
 async fn admin_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
@@ -43,36 +35,17 @@ async fn admin_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
 /// One GET on a new TLS connection as TPP One: the status, or `None` when the connection or
 /// the request failed.
 async fn fresh_get(addr: SocketAddr) -> Option<u16> {
-    let c = certs();
-    let cfg = portcullis_tools::client::tls_config(
-        &c.join("ca.pem"),
-        Some((&c.join("tpp1.pem"), &c.join("tpp1.key"))),
-        false,
-    )
-    .ok()?;
-    let mut conn = portcullis_tools::client::Conn::connect(addr, "localhost", cfg)
-        .await
-        .ok()?;
     let r = req("GET", "/open-banking/v3.1/aisp/accounts")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    Some(conn.send(r).await.ok()?.status.as_u16())
-}
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    Some(send_fresh(addr, r).await?.status.as_u16())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_turns_readiness_off_at_once_keeps_accepting_for_the_grace_then_drains() {
     const GRACE: Duration = Duration::from_secs(2);
     let up = Upstream::start(Behaviour::Ok).await;
-    let (addr, admin) = (free_port(), free_port());
+    let (addr, admin) = (free_addr(), free_addr());
     let mut o = Options::new(up.addr);
     o.config.listener.address = addr.to_string();
     o.config.admin = Some(FileAdmin {
@@ -85,7 +58,7 @@ async fn sigterm_turns_readiness_off_at_once_keeps_accepting_for_the_grace_then_
     let config = dir.path().join("portcullis.yaml");
     std::fs::write(&config, o.config_text()).unwrap();
     // Started with a low soft open-files limit, as many systems set it: the process raises it.
-    let mut child = Child(
+    let mut child = ChildGuard(
         std::process::Command::new("sh")
             .args(["-c", "ulimit -Sn 512 && exec \"$0\" run --config \"$1\""])
             .arg(env!("CARGO_BIN_EXE_portcullis"))

@@ -348,43 +348,15 @@ async fn metric_reaches(p: &Proxy, name: &str, n: u64) -> u64 {
     }
 }
 
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// A GET on a new TLS connection as TPP One to the process at `addr`.
+/// `r` on a new TLS connection as TPP One to the process at `addr`, with a fresh interaction
+/// id: the status and that id.
 async fn get_from(addr: SocketAddr, r: http::Request<Full<Bytes>>) -> Option<(u16, String)> {
-    let c = certs();
-    let cfg = portcullis_tools::client::tls_config(
-        &c.join("ca.pem"),
-        Some((&c.join("tpp1.pem"), &c.join("tpp1.key"))),
-        false,
-    )
-    .ok()?;
-    let mut conn = portcullis_tools::client::Conn::connect(addr, "localhost", cfg)
-        .await
-        .ok()?;
     let id = uuid::Uuid::new_v4().to_string();
     let (mut parts, body) = r.into_parts();
     parts
         .headers
         .insert("x-fapi-interaction-id", id.parse().unwrap());
-    let a = conn
-        .send(http::Request::from_parts(parts, body))
-        .await
-        .ok()?;
+    let a = send_fresh(addr, http::Request::from_parts(parts, body)).await?;
     Some((a.status.as_u16(), id))
 }
 
@@ -392,7 +364,7 @@ async fn get_from(addr: SocketAddr, r: http::Request<Full<Bytes>>) -> Option<(u1
 async fn the_real_process_takes_its_exporter_sampler_and_resource_from_otel_variables() {
     let collector = Collector::start().await;
     let up = Upstream::start(Behaviour::Ok).await;
-    let addr = free_port();
+    let addr = free_addr();
     let mut o = Options::new(up.addr);
     o.config.listener.address = addr.to_string();
     o.config.admin = None;
@@ -402,7 +374,7 @@ async fn the_real_process_takes_its_exporter_sampler_and_resource_from_otel_vari
     std::fs::write(dir.path().join("policies/test.yaml"), &o.policy).unwrap();
     let config = dir.path().join("portcullis.yaml");
     std::fs::write(&config, o.config_text()).unwrap();
-    let mut child = Child(
+    let mut child = ChildGuard(
         std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["run", "--config"])
             .arg(&config)

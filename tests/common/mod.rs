@@ -604,19 +604,7 @@ impl Proxy {
         identity: Option<&str>,
         h2: bool,
     ) -> Result<Conn, portcullis_tools::client::BoxError> {
-        let certs = certs();
-        let id = identity.map(|i| {
-            (
-                certs.join(format!("{i}.pem")),
-                certs.join(format!("{i}.key")),
-            )
-        });
-        let cfg = tls_config(
-            &certs.join("ca.pem"),
-            id.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
-            h2,
-        )?;
-        Conn::connect(self.addr, "localhost", cfg).await
+        connect(self.addr, identity, h2).await
     }
 
     /// Sends a GET with a fresh interaction id as TPP One over HTTP/1.1.
@@ -1086,6 +1074,58 @@ pub(crate) fn forged_dev_ca_crl() -> String {
     .unwrap()
     .pem()
     .unwrap()
+}
+
+/// A TLS connection to a listener at `addr` (the dev server certificate, `localhost`)
+/// presenting the dev certificate `identity` (`tpp1`, `revoked`, ... or `None`).
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    identity: Option<&str>,
+    h2: bool,
+) -> Result<Conn, portcullis_tools::client::BoxError> {
+    let certs = certs();
+    let id = identity.map(|i| {
+        (
+            certs.join(format!("{i}.pem")),
+            certs.join(format!("{i}.key")),
+        )
+    });
+    let cfg = tls_config(
+        &certs.join("ca.pem"),
+        id.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        h2,
+    )?;
+    Conn::connect(addr, "localhost", cfg).await
+}
+
+/// `r` on a new TLS connection as TPP One to the listener at `addr` (a proxy process the test
+/// started): the answer, or `None` when the connection or the request failed.
+pub(crate) async fn send_fresh(addr: SocketAddr, r: http::Request<Full<Bytes>>) -> Option<Answer> {
+    connect(addr, Some("tpp1"), false)
+        .await
+        .ok()?
+        .send(r)
+        .await
+        .ok()
+}
+
+/// A loopback address nothing listens on right now (bound and released): for a process the
+/// test starts, which binds it next.
+pub(crate) fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A child process killed and reaped when the test ends, however it ends.
+pub(crate) struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Checks that the section of the repository file `rel` between `<!-- NAME: begin -->` and
