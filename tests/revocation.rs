@@ -841,6 +841,22 @@ async fn leaf_crls_refuse_the_certificates_their_distribution_point_revokes() {
     // Its issuer has no CRL among the listener's (the dev CA's file): the handshake lets it
     // through and the identity stage asks the point it names.
     leaf_passes(&p, "dp1-good", "crl_dp_good").await;
+    // Without `leaf_crls` the same certificate is refused at the handshake: the listener has
+    // CRLs, none of its issuer (unknown status).
+    let mut o = Options::new(up.addr);
+    o.config
+        .listener
+        .tls
+        .client_ca
+        .push(ca.pem.display().to_string());
+    let without = Proxy::start(o).await;
+    assert!(refused_at_the_handshake(&without, "dp1-good").await);
+    assert_eq!(
+        handshake_records(&without, 1, "revocation_unknown")
+            .await
+            .len(),
+        1
+    );
     let mut conn = p.client(Some("dp1-revoked"), false).await.unwrap();
     leaf_refused(
         &p,
@@ -956,6 +972,25 @@ async fn a_crl_not_signed_by_the_certificates_issuer_or_not_current_is_not_taken
     // The real one is taken.
     dp.serve(ca.crl(&[], day()));
     leaf_passes(&p, "dp3", "crl_dp_good").await;
+    // Over max_bytes: not read.
+    let small = proxy_following(
+        &up,
+        &ca,
+        FileLeafCrls {
+            max_bytes: Some(64),
+            ..FileLeafCrls::default()
+        },
+    )
+    .await;
+    let mut conn = small.client(Some("dp3"), false).await.unwrap();
+    leaf_refused(
+        &small,
+        &up,
+        &mut conn,
+        "identity.client_cert_revocation_unknown",
+        "crl_dp_unavailable",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

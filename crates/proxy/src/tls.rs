@@ -3,8 +3,10 @@
 //! Protocol policy (BCP 195, as FAPI requires): TLS 1.3 with its AEAD suites, and TLS 1.2 only
 //! with ECDHE key exchange and AES-GCM. ALPN offers `h2` then `http/1.1`. Client certificates are
 //! verified against the configured CAs and CRLs by rustls' WebPKI verifier (chain, validity,
-//! clientAuth EKU, revocation); an expired CRL fails closed. A reload builds a new
-//! `ServerConfig` — and so a new session cache — so a newly revoked certificate cannot resume.
+//! clientAuth EKU, revocation); an expired CRL fails closed. With `leaf_crls`, a certificate whose
+//! own issuer has no configured CRL passes the handshake and its distribution point is checked per
+//! request instead (see [`server_config`]). A reload builds a new `ServerConfig` — and so a new
+//! session cache — so a newly revoked certificate cannot resume.
 
 use std::io;
 use std::sync::Arc;

@@ -688,3 +688,99 @@ fn parse_psd2_statement(info: &BerObject<'_>) -> Option<Psd2Info> {
     }
     Some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+    const URL: &str = "http://crl.example/ca.crl";
+
+    fn ca_params(cn: &str) -> rcgen::CertificateParams {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        p
+    }
+
+    fn at(t: i64) -> time::OffsetDateTime {
+        time::OffsetDateTime::from_unix_timestamp(t).unwrap()
+    }
+
+    /// A CRL of `issuer` current from `this` to `next`, revoking serial 7, with `idp`.
+    fn crl(
+        issuer: &rcgen::Issuer<'_, &rcgen::KeyPair>,
+        (this, next): (i64, i64),
+        idp: Option<rcgen::CrlIssuingDistributionPoint>,
+    ) -> Vec<u8> {
+        rcgen::CertificateRevocationListParams {
+            this_update: at(this),
+            next_update: at(next),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: idp,
+            revoked_certs: vec![rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(7u64),
+                revocation_time: at(this),
+                reason_code: None,
+                invalidity_date: None,
+            }],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(issuer)
+        .unwrap()
+        .der()
+        .to_vec()
+    }
+
+    fn idp(uri: &str, scope: Option<rcgen::CrlScope>) -> Option<rcgen::CrlIssuingDistributionPoint> {
+        Some(rcgen::CrlIssuingDistributionPoint {
+            distribution_point: rcgen::CrlDistributionPoint {
+                uris: vec![uri.to_string()],
+            },
+            scope,
+        })
+    }
+
+    #[test]
+    fn a_crl_is_taken_only_from_its_issuer_current_and_complete_for_the_url() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca_params("ca").self_signed(&key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params("ca"), &key);
+        let current = (NOW - 60, NOW + 3600);
+
+        let good = VerifiedCrl::check(&crl(&issuer, current, None), ca.der(), URL, NOW).unwrap();
+        assert_eq!(good.next_update, NOW + 3600);
+        assert!(good.serials.contains([7u8].as_slice()));
+        let named = crl(&issuer, current, idp(URL, Some(rcgen::CrlScope::UserCertsOnly)));
+        assert!(VerifiedCrl::check(&named, ca.der(), URL, NOW).is_ok());
+
+        let refused = |der: Vec<u8>, why: &str| {
+            let e = VerifiedCrl::check(&der, ca.der(), URL, NOW).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        };
+        refused(crl(&issuer, (NOW - 7200, NOW - 60), None), "past its nextUpdate");
+        refused(crl(&issuer, (NOW + 3600, NOW + 7200), None), "in the future");
+        refused(
+            crl(&issuer, current, idp("http://elsewhere/ca.crl", None)),
+            "does not name",
+        );
+        refused(
+            crl(&issuer, current, idp(URL, Some(rcgen::CrlScope::CaCertsOnly))),
+            "limits its scope",
+        );
+        // The CA's name, another key.
+        let other = rcgen::KeyPair::generate().unwrap();
+        let forger = rcgen::Issuer::new(ca_params("ca"), &other);
+        refused(crl(&forger, current, None), "does not verify");
+        // Another CA altogether.
+        let stranger = rcgen::Issuer::new(ca_params("stranger"), &other);
+        refused(crl(&stranger, current, None), "none of the client CAs");
+        refused(b"\x30\x03\x02\x01\x01".to_vec(), "cannot be parsed");
+        refused(Vec::new(), "cannot be parsed");
+    }
+}
