@@ -751,9 +751,10 @@ fn crl_signed_by(
     let revoked_certs = revoked
         .iter()
         .map(|name| {
-            let der =
-                rustls_pki_types::CertificateDer::from_pem_file(certs().join(format!("{name}.pem")))
-                    .unwrap();
+            let der = rustls_pki_types::CertificateDer::from_pem_file(
+                certs().join(format!("{name}.pem")),
+            )
+            .unwrap();
             let cert = portcullis_crypto::pki::ClientCert::from_der(der.as_ref()).unwrap();
             rcgen::RevokedCertParams {
                 serial_number: rcgen::SerialNumber::from_slice(&cert.serial_der),
@@ -765,7 +766,8 @@ fn crl_signed_by(
         .collect();
     let number = (now().unix_timestamp_nanos() as i64).to_be_bytes();
     let pem = rcgen::CertificateRevocationListParams {
-        this_update: (now() - time::Duration::minutes(1)).min(next_update - time::Duration::days(1)),
+        this_update: (now() - time::Duration::minutes(1))
+            .min(next_update - time::Duration::days(1)),
         next_update,
         crl_number: rcgen::SerialNumber::from_slice(&number),
         issuing_distribution_point: None,
@@ -809,7 +811,9 @@ async fn leaf_refused(p: &Proxy, up: &Upstream, conn: &mut Conn, reason: &str, f
     assert_eq!(a.json()["reason"], reason);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(up.count(), before, "nothing forwarded");
-    let recs = p.audit_where(1, |r| r["interaction_id"] == id.as_str()).await;
+    let recs = p
+        .audit_where(1, |r| r["interaction_id"] == id.as_str())
+        .await;
     assert_eq!(recs.len(), 1, "one record: {recs:?}");
     let rec = &recs[0];
     assert_eq!(rec["reason"], reason);

@@ -314,7 +314,9 @@ impl Runtime {
             .collect();
         let ocsp = config.listener.tls.ocsp.as_ref().map(|o| {
             let key = format!("{} {}", o.key(), thumbprints.join(","));
-            kept(&remotes.ocsp, key, || OcspChecker::new(o.clone(), cas.clone()))
+            kept(&remotes.ocsp, key, || {
+                OcspChecker::new(o.clone(), cas.clone())
+            })
         });
         let leaf_crls = config.listener.tls.leaf_crls.as_ref().map(|l| {
             let key = format!("{} {}", l.key(), thumbprints.join(","));

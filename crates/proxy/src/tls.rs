@@ -12,9 +12,9 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::aws_lc_rs::{self as provider, cipher_suite};
 use rustls::crypto::CryptoProvider;
-use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::CertificateError;
@@ -153,8 +153,13 @@ impl ClientCertVerifier for LeafCrlVerifier {
         intermediates: &[CertificateDer<'_>],
         now: rustls_pki_types::UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let refused = match self.strict.verify_client_cert(end_entity, intermediates, now) {
-            Err(e @ rustls::Error::InvalidCertificate(CertificateError::UnknownRevocationStatus)) => e,
+        let refused = match self
+            .strict
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            Err(
+                e @ rustls::Error::InvalidCertificate(CertificateError::UnknownRevocationStatus),
+            ) => e,
             other => return other,
         };
         let leaf_uncovered = self.covered(end_entity.as_ref()) == Some(false);
@@ -163,7 +168,8 @@ impl ClientCertVerifier for LeafCrlVerifier {
                 || self.covered(i.as_ref()) == Some(true)
         });
         if leaf_uncovered && chain_known {
-            self.lenient.verify_client_cert(end_entity, intermediates, now)
+            self.lenient
+                .verify_client_cert(end_entity, intermediates, now)
         } else {
             Err(refused)
         }

@@ -191,7 +191,12 @@ impl LeafCrlChecker {
             let req = http::Request::get(url)
                 .header(http::header::ACCEPT, "application/pkix-crl")
                 .body(Full::new(Bytes::new()))
-                .map_err(|_| (LeafCrlOutcome::Unavailable, format!("{url}: not a request URL")))?;
+                .map_err(|_| {
+                    (
+                        LeafCrlOutcome::Unavailable,
+                        format!("{url}: not a request URL"),
+                    )
+                })?;
             let body = crate::revocation::fetch_signed(
                 &self.client,
                 req,
@@ -203,7 +208,8 @@ impl LeafCrlChecker {
             let der = crate::crl::parse(&body).map_err(|why| (LeafCrlOutcome::Invalid, why))?;
             let crl = VerifiedCrl::check(der.as_ref(), issuer, url, now)
                 .map_err(|why| (LeafCrlOutcome::Invalid, format!("{url}: {why}")))?;
-            let until = crate::revocation::capped(now, self.settings.max_age, Some(crl.next_update));
+            let until =
+                crate::revocation::capped(now, self.settings.max_age, Some(crl.next_update));
             Ok((Arc::new(crl), until))
         };
         got.await.map_err(|(outcome, why)| {

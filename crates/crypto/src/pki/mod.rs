@@ -368,8 +368,7 @@ impl VerifiedCrl {
                                 .to_string(),
                         );
                     }
-                    if let Some(DistributionPointName::FullName(names)) = &idp.distribution_point
-                    {
+                    if let Some(DistributionPointName::FullName(names)) = &idp.distribution_point {
                         let named = names
                             .iter()
                             .any(|n| matches!(n, GeneralName::URI(u) if *u == url));
@@ -737,7 +736,10 @@ mod tests {
         .to_vec()
     }
 
-    fn idp(uri: &str, scope: Option<rcgen::CrlScope>) -> Option<rcgen::CrlIssuingDistributionPoint> {
+    fn idp(
+        uri: &str,
+        scope: Option<rcgen::CrlScope>,
+    ) -> Option<rcgen::CrlIssuingDistributionPoint> {
         Some(rcgen::CrlIssuingDistributionPoint {
             distribution_point: rcgen::CrlDistributionPoint {
                 uris: vec![uri.to_string()],
@@ -756,21 +758,35 @@ mod tests {
         let good = VerifiedCrl::check(&crl(&issuer, current, None), ca.der(), URL, NOW).unwrap();
         assert_eq!(good.next_update, NOW + 3600);
         assert!(good.serials.contains([7u8].as_slice()));
-        let named = crl(&issuer, current, idp(URL, Some(rcgen::CrlScope::UserCertsOnly)));
+        let named = crl(
+            &issuer,
+            current,
+            idp(URL, Some(rcgen::CrlScope::UserCertsOnly)),
+        );
         assert!(VerifiedCrl::check(&named, ca.der(), URL, NOW).is_ok());
 
         let refused = |der: Vec<u8>, why: &str| {
             let e = VerifiedCrl::check(&der, ca.der(), URL, NOW).unwrap_err();
             assert!(e.contains(why), "{e}");
         };
-        refused(crl(&issuer, (NOW - 7200, NOW - 60), None), "past its nextUpdate");
-        refused(crl(&issuer, (NOW + 3600, NOW + 7200), None), "in the future");
+        refused(
+            crl(&issuer, (NOW - 7200, NOW - 60), None),
+            "past its nextUpdate",
+        );
+        refused(
+            crl(&issuer, (NOW + 3600, NOW + 7200), None),
+            "in the future",
+        );
         refused(
             crl(&issuer, current, idp("http://elsewhere/ca.crl", None)),
             "does not name",
         );
         refused(
-            crl(&issuer, current, idp(URL, Some(rcgen::CrlScope::CaCertsOnly))),
+            crl(
+                &issuer,
+                current,
+                idp(URL, Some(rcgen::CrlScope::CaCertsOnly)),
+            ),
             "limits its scope",
         );
         // The CA's name, another key.
