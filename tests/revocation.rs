@@ -3,7 +3,11 @@
 //! closed), and each CRL's `nextUpdate` is a metric to alert on before that happens. CRL URLs
 //! are fetched over http and https (with the configured trust only), a body over `max_bytes` is
 //! not taken, and `distribution_points` takes the URLs the client CA certificates name.
-//! Refusals are checked three ways: the answer (or the failed handshake), nothing at the
+//! `leaf_crls` follows the distribution point inside each verified client certificate, against
+//! a real HTTP server on loopback that counts its fetches: revoked, down (fail closed / open),
+//! forged, expired or garbage CRLs, one fetch for fifty requests, a revocation met on an open
+//! connection once the cached CRL is stale, `ldap://` only, and what the handshake still
+//! refuses. Refusals are checked three ways: the answer (or the failed handshake), nothing at the
 //! upstream, and exactly one audit record saying why.
 
 mod common;
@@ -717,28 +721,68 @@ impl LeafCa {
     /// A client certificate `name` of this CA naming `points` as its CRL distribution point,
     /// written into the kit's certificate directory as `name.pem` / `.key`.
     fn leaf(&self, name: &str, points: &[&str]) {
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name = rcgen::DistinguishedName::new();
-        p.distinguished_name
-            .push(rcgen::DnType::OrganizationName, "Tpp Dp Ltd");
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-        p.not_before = now() - time::Duration::hours(1);
-        p.not_after = now() + time::Duration::days(30);
-        p.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
-            uris: points.iter().map(|u| u.to_string()).collect(),
-        }];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.issuer).unwrap();
-        std::fs::write(certs().join(format!("{name}.pem")), cert.pem()).unwrap();
-        std::fs::write(certs().join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        issue_leaf(&self.issuer, name, points, "");
     }
 
     /// Its CRL (DER) revoking the kit certificates `revoked`, current until `next_update`.
     fn crl(&self, revoked: &[&str], next_update: time::OffsetDateTime) -> Vec<u8> {
         crl_signed_by(&self.issuer, revoked, next_update)
     }
+}
+
+/// A client certificate `name` issued by `issuer`, naming `points` as its CRL distribution
+/// point, written into the kit's certificate directory as `name.pem` (followed by `chain`, the
+/// PEM certificates the client sends with it) and `name.key`.
+fn issue_leaf(
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    name: &str,
+    points: &[&str],
+    chain: &str,
+) {
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "Tpp Dp Ltd");
+    p.distinguished_name.push(rcgen::DnType::CommonName, name);
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    p.not_before = now() - time::Duration::hours(1);
+    p.not_after = now() + time::Duration::days(30);
+    p.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+        uris: points.iter().map(|u| u.to_string()).collect(),
+    }];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, issuer).unwrap();
+    std::fs::write(
+        certs().join(format!("{name}.pem")),
+        format!("{}{chain}", cert.pem()),
+    )
+    .unwrap();
+    std::fs::write(certs().join(format!("{name}.key")), key.serialize_pem()).unwrap();
+}
+
+/// An intermediate CA `cn` issued by `parent`: its issuer and its PEM certificate.
+fn intermediate(
+    parent: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    cn: &str,
+) -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = leaf_ca_params(cn);
+    let cert = params.signed_by(&key, parent).unwrap();
+    (rcgen::Issuer::new(params, key), cert.pem())
+}
+
+/// The dev CA as an rcgen issuer (its name in the order `dev-certs` writes it).
+fn dev_ca_issuer() -> rcgen::Issuer<'static, rcgen::KeyPair> {
+    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(certs().join("ca.key")).unwrap())
+        .unwrap();
+    let mut ca = rcgen::CertificateParams::default();
+    ca.distinguished_name = rcgen::DistinguishedName::new();
+    ca.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "portcullis dev");
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "portcullis dev CA");
+    rcgen::Issuer::new(ca, key)
 }
 
 /// A DER CRL signed by `issuer` revoking the kit certificates `revoked`.
@@ -1126,6 +1170,38 @@ async fn a_certificate_that_does_not_verify_never_has_its_distribution_point_fet
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(dp.hits(), 0);
     assert_eq!(up.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handshake_lets_through_only_an_unknown_status_that_is_the_leafs_alone() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let root = LeafCa::new("leaf root eight");
+    let dp = DistributionPoint::start(root.crl(&[], day()), Duration::ZERO).await;
+    // An intermediate of `root`, sent by the client: the listener has no CRL of `root`, so the
+    // intermediate's own status is unknown, and that is refused at the handshake as before.
+    let (a, a_pem) = intermediate(&root.issuer, "intermediate eight a");
+    issue_leaf(&a, "dp8-a", &[&dp.url()], &a_pem);
+    // An intermediate of the dev CA, whose CRL (the file) covers it: only the leaf's status is
+    // unknown, so the handshake passes; its issuing CA is not a client CA, so the CRL it names
+    // cannot be verified (fail closed) and is not fetched.
+    let (b, b_pem) = intermediate(&dev_ca_issuer(), "intermediate eight b");
+    issue_leaf(&b, "dp8-b", &[&dp.url()], &b_pem);
+    let p = proxy_following(&up, &root, FileLeafCrls::default()).await;
+    assert!(refused_at_the_handshake(&p, "dp8-a").await);
+    assert_eq!(
+        handshake_records(&p, 1, "revocation_unknown").await.len(),
+        1
+    );
+    let mut conn = p.client(Some("dp8-b"), false).await.unwrap();
+    leaf_refused(
+        &p,
+        &up,
+        &mut conn,
+        "identity.client_cert_revocation_unknown",
+        "crl_dp_invalid",
+    )
+    .await;
+    assert_eq!(dp.hits(), 0);
 }
 
 #[test]
