@@ -1204,6 +1204,51 @@ async fn the_handshake_lets_through_only_an_unknown_status_that_is_the_leafs_alo
     assert_eq!(dp.hits(), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_distribution_point_is_fetched_with_the_configured_trust_only() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let ca = LeafCa::new("leaf CA nine");
+    let served = tempfile::tempdir().unwrap();
+    let server = HttpsCrlServer::start(served.path());
+    let url = format!("https://localhost:{}/leaf-ca.crl", server.port);
+    ca.leaf("dp9-good", &[&url]);
+    ca.leaf("dp9-revoked", &[&url]);
+    replace(
+        &served.path().join("leaf-ca.crl"),
+        ca.crl(&["dp9-revoked"], day()),
+    );
+    let p = proxy_following(
+        &up,
+        &ca,
+        FileLeafCrls {
+            ca: vec![certs().join("ca.pem").display().to_string()],
+            ..FileLeafCrls::default()
+        },
+    )
+    .await;
+    leaf_passes(&p, "dp9-good", "crl_dp_good").await;
+    let mut conn = p.client(Some("dp9-revoked"), false).await.unwrap();
+    leaf_refused(
+        &p,
+        &up,
+        &mut conn,
+        "identity.client_cert_revoked",
+        "crl_dp_revoked",
+    )
+    .await;
+    // No trust configured: the https:// point cannot be verified, so it is not reached.
+    let q = proxy_following(&up, &ca, FileLeafCrls::default()).await;
+    let mut conn = q.client(Some("dp9-good"), false).await.unwrap();
+    leaf_refused(
+        &q,
+        &up,
+        &mut conn,
+        "identity.client_cert_revocation_unknown",
+        "crl_dp_unavailable",
+    )
+    .await;
+}
+
 #[test]
 fn bad_leaf_crl_settings_are_refused_at_load_naming_the_field() {
     for (leaf, field, why) in [
