@@ -446,7 +446,7 @@ pub(crate) fn summary(c: &Config) -> String {
     let _ = writeln!(s, "config {} is valid", c.source.display());
     let _ = writeln!(
         s,
-        "listener {} (mTLS {:?}, {} client CA(s), {} CRL(s){}{})",
+        "listener {} (mTLS {:?}, {} client CA(s), {} CRL(s){}{}{})",
         l.address,
         l.tls.client_auth,
         l.tls.client_ca_count,
@@ -458,6 +458,10 @@ pub(crate) fn summary(c: &Config) -> String {
         match &l.tls.ocsp {
             None => String::new(),
             Some(o) => format!(", OCSP {} fail {}", o.responder, o.fail),
+        },
+        match &l.tls.leaf_crls {
+            None => String::new(),
+            Some(lc) => format!(", certificates' CRL distribution points fail {}", lc.fail),
         }
     );
     if let Some(a) = c.admin {

@@ -118,6 +118,10 @@ pub struct RequestRecord {
     /// The OCSP check of the client certificate, where the listener has one: a bounded set
     /// such as `ocsp_good`, `ocsp_revoked`, `ocsp_unavailable`, `ocsp_invalid_fail_open`.
     pub revocation: Option<&'static str>,
+    /// The check of the CRL the client certificate's distribution point serves, where the
+    /// listener has `leaf_crls`: a bounded set such as `crl_dp_good`, `crl_dp_revoked`,
+    /// `crl_dp_unavailable_fail_open`.
+    pub revocation_crl: Option<&'static str>,
     pub rate_limit: Option<RateLimitRecord>,
     pub upstream_status: Option<u16>,
     pub upstream_latency_us: Option<u64>,
@@ -178,6 +182,7 @@ impl RequestRecord {
         }
         m.opt_str("idempotency", self.idempotency);
         m.opt_str("revocation", self.revocation);
+        m.opt_str("revocation_crl", self.revocation_crl);
         if let Some(r) = &self.rate_limit {
             m.object("rate_limit", |o| {
                 o.str("scope", r.scope);

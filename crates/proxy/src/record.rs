@@ -169,6 +169,7 @@ pub(crate) fn compose(head: Head, trail: Trail, outcome: Outcome) -> RequestReco
         }),
         idempotency: trail.idempotency,
         revocation: trail.revocation,
+        revocation_crl: trail.revocation_crl,
         rate_limit: trail.rate_limit,
         upstream_status: trail.upstream.map(|u| u.0),
         upstream_latency_us: trail.upstream.map(|u| u.1.as_micros() as u64),

@@ -27,6 +27,8 @@ use portcullis_base::metrics::{Exposition, Float, Kind};
 use portcullis_sources::crl::CrlFeed;
 use portcullis_sources::discovery::Discovery;
 use portcullis_sources::keys::KeySource;
+use portcullis_sources::leafcrl::LeafCrlChecker;
+use portcullis_sources::ocsp::OcspChecker;
 use portcullis_state::replay::{MemoryReplayStore, ReplayStore};
 
 pub struct Runtime {
@@ -50,6 +52,8 @@ pub struct Runtime {
     pub crl_feeds: Vec<Arc<CrlFeed>>,
     /// OCSP for client certificates, when configured (kept across reloads with its cache).
     pub ocsp: Option<Arc<portcullis_sources::ocsp::OcspChecker>>,
+    /// The CRLs client certificates name, when configured (kept across reloads with its cache).
+    pub leaf_crls: Option<Arc<LeafCrlChecker>>,
     /// The listener's rustls config and revocation set with the CRLs fetched so far.
     live_tls: ArcSwap<LiveTls>,
     /// Held while the listener's TLS is rebuilt for a new fetched CRL.
@@ -87,6 +91,7 @@ impl Runtime {
             clock: shared.clock.as_ref(),
             revoked: Arc::clone(&self.live_tls().revoked),
             ocsp: self.ocsp.as_deref(),
+            leaf_crls: self.leaf_crls.as_deref(),
         }
     }
 
@@ -294,27 +299,29 @@ impl Runtime {
                 })
             })
             .collect();
+        let cas: Vec<Vec<u8>> = config
+            .listener
+            .tls
+            .material
+            .client_cas
+            .iter()
+            .map(|c| c.as_ref().to_vec())
+            .collect();
+        // What the checkers cached was verified against these CAs: new CAs, a new checker.
+        let thumbprints: Vec<String> = cas
+            .iter()
+            .map(|c| portcullis_crypto::pki::thumbprint_s256(c))
+            .collect();
         let ocsp = config.listener.tls.ocsp.as_ref().map(|o| {
-            let cas: Vec<Vec<u8>> = config
-                .listener
-                .tls
-                .material
-                .client_cas
-                .iter()
-                .map(|c| c.as_ref().to_vec())
-                .collect();
-            let thumbprints: Vec<String> = cas
-                .iter()
-                .map(|c| portcullis_crypto::pki::thumbprint_s256(c))
-                .collect();
-            // Its cached answers were verified against these CAs: new CAs, a new checker.
             let key = format!("{} {}", o.key(), thumbprints.join(","));
-            let existing = remotes.ocsp.get(&key).map(|r| Arc::clone(r.value()));
-            existing.unwrap_or_else(|| {
-                let checker = Arc::new(portcullis_sources::ocsp::OcspChecker::new(o.clone(), cas));
-                remotes.ocsp.clear();
-                remotes.ocsp.insert(key, Arc::clone(&checker));
-                checker
+            kept(&remotes.ocsp, key, || {
+                OcspChecker::new(o.clone(), cas.clone())
+            })
+        });
+        let leaf_crls = config.listener.tls.leaf_crls.as_ref().map(|l| {
+            let key = format!("{} {}", l.key(), thumbprints.join(","));
+            kept(&remotes.leaf_crls, key, || {
+                LeafCrlChecker::new(l.clone(), cas.clone())
             })
         });
         let initial = LiveTls {
@@ -334,6 +341,7 @@ impl Runtime {
             rate_limits,
             crl_feeds,
             ocsp,
+            leaf_crls,
             live_tls: ArcSwap::from_pointee(live_tls),
             rebuilding: std::sync::Mutex::new(()),
             config: Arc::new(config),
@@ -461,8 +469,8 @@ impl Runtime {
             "1 when the CRL URL has delivered a CRL; until then client certificates are refused.",
             &|c| u64::from(c.is_ready()),
         );
-        if let Some(o) = &self.ocsp {
-            for (name, help, v) in [
+        let ocsp = self.ocsp.as_deref().map(|o| {
+            [
                 (
                     "portcullis_ocsp_requests_total",
                     "OCSP requests sent to a responder for client certificates.",
@@ -478,10 +486,30 @@ impl Runtime {
                     "Requests let through with fail: open although no good OCSP answer was had for the client certificate.",
                     &o.fail_open,
                 ),
-            ] {
-                out.family(name, Kind::Counter, help)
-                    .sample(&[], v.load(Ordering::Relaxed));
-            }
+            ]
+        });
+        let leaf = self.leaf_crls.as_deref().map(|l| {
+            [
+                (
+                    "portcullis_leaf_crl_fetches_total",
+                    "Fetches of a CRL distribution point named by a client certificate.",
+                    &l.fetches,
+                ),
+                (
+                    "portcullis_leaf_crl_fetch_failures_total",
+                    "Fetches of a client certificate's CRL distribution point that brought no verified CRL (unreachable, timed out, HTTP error, too big, not a CRL, not signed by the issuing CA, not current, not complete).",
+                    &l.failures,
+                ),
+                (
+                    "portcullis_leaf_crl_fail_open_total",
+                    "Requests let through with fail: open although no verified CRL was had for the client certificate.",
+                    &l.fail_open,
+                ),
+            ]
+        });
+        for (name, help, v) in ocsp.into_iter().chain(leaf).flatten() {
+            out.family(name, Kind::Counter, help)
+                .sample(&[], v.load(Ordering::Relaxed));
         }
         let mut disc: Vec<(&String, &Arc<Discovery>)> = self.discoveries.iter().collect();
         disc.sort_by_key(|(n, _)| n.as_str());
@@ -588,7 +616,21 @@ struct Remotes {
     /// CRL feeds by URL, settings and the client CAs they check against.
     crls: DashMap<String, Arc<CrlFeed>>,
     /// The OCSP checker (at most one) by its settings and the client CAs.
-    ocsp: DashMap<String, Arc<portcullis_sources::ocsp::OcspChecker>>,
+    ocsp: DashMap<String, Arc<OcspChecker>>,
+    /// The checker of the CRLs client certificates name (at most one), likewise.
+    leaf_crls: DashMap<String, Arc<LeafCrlChecker>>,
+}
+
+/// The checker kept under `key` in `slot` (the one remote of its kind), else a new one from
+/// `make`, which replaces any other there.
+fn kept<T>(slot: &DashMap<String, Arc<T>>, key: String, make: impl FnOnce() -> T) -> Arc<T> {
+    if let Some(existing) = slot.get(&key) {
+        return Arc::clone(existing.value());
+    }
+    let fresh = Arc::new(make());
+    slot.clear();
+    slot.insert(key, Arc::clone(&fresh));
+    fresh
 }
 
 /// The stores `config.state` asks for: memory, or Redis (one connection for all of them).

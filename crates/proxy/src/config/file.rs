@@ -93,6 +93,10 @@ pub struct FileTls {
     /// OCSP (RFC 6960) for client certificates, checked per request (see `FileOcsp`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ocsp: Option<FileOcsp>,
+    /// The CRLs client certificates name in their CRL distribution points, fetched per
+    /// certificate and checked per request (see `FileLeafCrls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaf_crls: Option<FileLeafCrls>,
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_auth: Option<String>,
@@ -151,6 +155,37 @@ pub struct FileOcsp {
     /// Default 10000 cached answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_entries: Option<usize>,
+}
+
+/// The CRL distribution points of client certificates, followed per certificate.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLeafCrls {
+    /// `closed` (default): no verified CRL refuses the certificate; `open`: it passes,
+    /// counted by `portcullis_leaf_crl_fail_open_total`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail: Option<String>,
+    /// Trust for an `https://` distribution point, as for other outbound HTTPS calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ca: Vec<String>,
+    #[serde(default, skip_serializing_if = "super::auth::is_pinned")]
+    pub trust: Trust,
+    /// Default 5s: a request waits at most this long for a CRL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetch_timeout: Option<ConfigDuration>,
+    /// Default 1h: a CRL is used until its nextUpdate, but never longer than this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<ConfigDuration>,
+    /// Default 1 MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<usize>,
+    /// Default 100 cached CRLs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_entries: Option<usize>,
+    /// When set, only distribution points starting with one of these http(s) URL prefixes are
+    /// fetched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_urls: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -114,6 +114,9 @@ pub struct ListenerTls {
     /// OCSP for client certificates, when configured: checked per request by the identity
     /// stage (see `portcullis_sources::ocsp`).
     pub ocsp: Option<portcullis_sources::ocsp::OcspSettings>,
+    /// The CRLs client certificates name, when configured: checked per request by the identity
+    /// stage (see `portcullis_sources::leafcrl`).
+    pub leaf_crls: Option<portcullis_sources::leafcrl::LeafCrlSettings>,
     pub material: Arc<TlsMaterial>,
 }
 
@@ -124,6 +127,9 @@ pub struct TlsMaterial {
     pub client_cas: Vec<CertificateDer<'static>>,
     /// The CRLs from files.
     pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// Whether the CRLs client certificates name are followed per request: the handshake then
+    /// lets through a certificate whose issuer has no CRL here (see [`tls::server_config`]).
+    pub leaf_crls: bool,
 }
 
 impl TlsMaterial {
@@ -141,6 +147,7 @@ impl TlsMaterial {
             self.client_cas.clone(),
             crls,
             client_auth,
+            self.leaf_crls.then_some(&revoked),
         )?;
         Ok((config, revoked))
     }
@@ -890,12 +897,17 @@ fn validate_listener_tls(
         None => Some(None),
         Some(o) => validate_ocsp(p, base, o, watched).map(Some),
     };
+    let leaf_crls = match &f.leaf_crls {
+        None => Some(None),
+        Some(l) => validate_leaf_crls(p, base, l, watched).map(Some),
+    };
     let key = key?;
     if chain.is_empty() || cas.is_empty() || crl_refused {
         return None;
     }
     let crl_urls = crl_urls?;
     let ocsp = ocsp?;
+    let leaf_crls = leaf_crls?;
     let (client_ca_count, crl_count) = (cas.len(), crls.len());
     let revoked = match portcullis_crypto::pki::Revoked::from_crls(crls.iter().map(|c| c.as_ref()))
     {
@@ -924,6 +936,7 @@ fn validate_listener_tls(
         key,
         client_cas: cas,
         crls,
+        leaf_crls: leaf_crls.is_some(),
     });
     match material.build(client_auth, &[]) {
         Ok((server_config, _)) => Some(ListenerTls {
@@ -937,6 +950,7 @@ fn validate_listener_tls(
             crls: loaded_crls,
             crl_urls,
             ocsp,
+            leaf_crls,
             material,
         }),
         Err(e) => {
@@ -1072,7 +1086,7 @@ fn validate_ocsp(
     o: &file::FileOcsp,
     watched: &mut Vec<PathBuf>,
 ) -> Option<portcullis_sources::ocsp::OcspSettings> {
-    use portcullis_sources::ocsp::{FailMode, OcspSettings, Responder};
+    use portcullis_sources::ocsp::{OcspSettings, Responder};
     let mut ok = true;
     let responder = match o.responder.as_deref() {
         None | Some("auto") => Some(Responder::Auto),
@@ -1095,73 +1109,182 @@ fn validate_ocsp(
             }
         },
     };
-    let fail = match o.fail.as_deref() {
+    // An https:// responder needs trust; with `auto` the certificate decides the scheme, so
+    // trust is built when a CA bundle or the system store is named, and otherwise an https://
+    // AIA responder cannot be reached (fail as configured).
+    let https = matches!(&responder, Some(Responder::Url(u)) if u.scheme() == Some(&http::uri::Scheme::HTTPS));
+    let fetch = validate_signed_fetch(
+        p,
+        base,
+        "listener.tls.ocsp.",
+        SignedFetch {
+            fail: o.fail.as_deref(),
+            ca: &o.ca,
+            trust: o.trust,
+            needs_trust: https,
+            what: "an https:// OCSP responder",
+            fetch_timeout: o.fetch_timeout,
+            max_age: o.max_age,
+            max_bytes: o.max_bytes.unwrap_or(64 * 1024),
+            max_entries: o.max_entries.unwrap_or(10_000),
+        },
+        watched,
+    );
+    let fetch = fetch?;
+    if !ok {
+        return None;
+    }
+    Some(OcspSettings {
+        responder: responder?,
+        fail: fetch.fail,
+        tls: fetch.tls,
+        timeout: fetch.timeout,
+        max_age: fetch.max_age,
+        max_bytes: fetch.max_bytes,
+        max_entries: fetch.max_entries,
+    })
+}
+
+/// The settings OCSP and `leaf_crls` share, as the file says them.
+struct SignedFetch<'a> {
+    fail: Option<&'a str>,
+    ca: &'a [String],
+    trust: auth::Trust,
+    /// The configured URL is https://: trust is required.
+    needs_trust: bool,
+    what: &'a str,
+    fetch_timeout: Option<ConfigDuration>,
+    max_age: Option<ConfigDuration>,
+    max_bytes: usize,
+    max_entries: usize,
+}
+
+/// [`SignedFetch`] checked: the fail mode, trust, and bounds above zero.
+struct SignedFetchSettings {
+    fail: portcullis_sources::revocation::FailMode,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+    max_age: Duration,
+    max_bytes: usize,
+    max_entries: usize,
+}
+
+/// The fetch settings of a per-request revocation check (`listener.tls.ocsp`,
+/// `listener.tls.leaf_crls`), each problem under `prefix` + its field. Without a CA bundle or
+/// the system store an https:// URL a certificate names cannot be reached (its check fails as
+/// configured), unless `needs_trust`, which requires one.
+fn validate_signed_fetch(
+    p: &mut Problems<'_>,
+    base: &Path,
+    prefix: &str,
+    f: SignedFetch<'_>,
+    watched: &mut Vec<PathBuf>,
+) -> Option<SignedFetchSettings> {
+    use portcullis_sources::revocation::FailMode;
+    let mut ok = true;
+    let fail = match f.fail {
         None | Some("closed") => FailMode::Closed,
         Some("open") => FailMode::Open,
         Some(other) => {
             p.push(
-                "listener.tls.ocsp.fail",
+                format!("{prefix}fail"),
                 format!("unknown value `{other}` (closed or open)"),
             );
             ok = false;
             FailMode::Closed
         }
     };
-    // An https:// responder needs trust; with `auto` the certificate decides the scheme, so
-    // trust is built when a CA bundle or the system store is named, and otherwise an https://
-    // AIA responder cannot be reached (fail as configured).
-    let https = matches!(&responder, Some(Responder::Url(u)) if u.scheme() == Some(&http::uri::Scheme::HTTPS));
-    let wants_trust = https || !o.ca.is_empty() || o.trust == auth::Trust::System;
+    let wants_trust = f.needs_trust || !f.ca.is_empty() || f.trust == auth::Trust::System;
     let roots = if wants_trust {
-        trust_roots(
-            p,
-            base,
-            "listener.tls.ocsp.",
-            &o.ca,
-            o.trust,
-            None,
-            "an https:// OCSP responder",
-            watched,
-        )?
+        trust_roots(p, base, prefix, f.ca, f.trust, None, f.what, watched)?
     } else {
         rustls::RootCertStore::empty()
     };
     let tls = match tls::upstream_client_config(roots, None) {
         Ok(t) => t,
         Err(e) => {
-            p.push("listener.tls.ocsp", e);
+            p.push(prefix.trim_end_matches('.'), e);
             return None;
         }
     };
-    let timeout = o.fetch_timeout.map_or(Duration::from_secs(5), |d| d.0);
-    let max_age = o.max_age.map_or(Duration::from_secs(3600), |d| d.0);
-    let max_bytes = o.max_bytes.unwrap_or(64 * 1024);
-    let max_entries = o.max_entries.unwrap_or(10_000);
+    let timeout = f.fetch_timeout.map_or(Duration::from_secs(5), |d| d.0);
+    let max_age = f.max_age.map_or(Duration::from_secs(3600), |d| d.0);
     for (field, zero) in [
         ("fetch_timeout", timeout.is_zero()),
         ("max_age", max_age < Duration::from_secs(1)),
-        ("max_bytes", max_bytes == 0),
-        ("max_entries", max_entries == 0),
+        ("max_bytes", f.max_bytes == 0),
+        ("max_entries", f.max_entries == 0),
     ] {
         if zero {
             p.push(
-                format!("listener.tls.ocsp.{field}"),
+                format!("{prefix}{field}"),
                 "must be above zero (max_age: at least 1s)",
             );
             ok = false;
         }
     }
-    if !ok {
-        return None;
-    }
-    Some(OcspSettings {
-        responder: responder?,
+    ok.then_some(SignedFetchSettings {
         fail,
         tls,
         timeout,
         max_age,
-        max_bytes,
-        max_entries,
+        max_bytes: f.max_bytes,
+        max_entries: f.max_entries,
+    })
+}
+
+/// `listener.tls.leaf_crls`. http:// distribution points are fetched, as for CRL URLs: a CRL
+/// is signed by its CA, and whoever serves it cannot forge it.
+fn validate_leaf_crls(
+    p: &mut Problems<'_>,
+    base: &Path,
+    l: &file::FileLeafCrls,
+    watched: &mut Vec<PathBuf>,
+) -> Option<portcullis_sources::leafcrl::LeafCrlSettings> {
+    let mut ok = true;
+    for (i, a) in l.allowed_urls.iter().enumerate() {
+        let http = a
+            .parse::<http::Uri>()
+            .ok()
+            .filter(|x| x.host().is_some())
+            .is_some_and(|x| {
+                x.scheme() == Some(&http::uri::Scheme::HTTP)
+                    || x.scheme() == Some(&http::uri::Scheme::HTTPS)
+            });
+        if !http {
+            p.push(
+                format!("listener.tls.leaf_crls.allowed_urls[{i}]"),
+                format!("`{a}` is not an http:// or https:// URL prefix with a host"),
+            );
+            ok = false;
+        }
+    }
+    let needs_trust = l.allowed_urls.iter().any(|a| a.starts_with("https://"));
+    let fetch = validate_signed_fetch(
+        p,
+        base,
+        "listener.tls.leaf_crls.",
+        SignedFetch {
+            fail: l.fail.as_deref(),
+            ca: &l.ca,
+            trust: l.trust,
+            needs_trust,
+            what: "an https:// CRL distribution point in allowed_urls",
+            fetch_timeout: l.fetch_timeout,
+            max_age: l.max_age,
+            max_bytes: l.max_bytes.unwrap_or(1024 * 1024),
+            max_entries: l.max_entries.unwrap_or(100),
+        },
+        watched,
+    )?;
+    ok.then_some(portcullis_sources::leafcrl::LeafCrlSettings {
+        fail: fetch.fail,
+        tls: fetch.tls,
+        timeout: fetch.timeout,
+        max_age: fetch.max_age,
+        max_bytes: fetch.max_bytes,
+        max_entries: fetch.max_entries,
+        allowed_urls: l.allowed_urls.clone(),
     })
 }
 
