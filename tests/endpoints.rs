@@ -341,6 +341,11 @@ async fn all_instances_killed_answer_503_at_once_and_recover_through_half_open()
         open_for: Some(dur("600ms")),
         half_open_requests: Some(1),
     });
+    // Only the breakers decide here, not the retry budget.
+    up.retries = Some(FileRetries {
+        min_retries: Some(100),
+        ..FileRetries::default()
+    });
     let p = proxy(up).await;
     assert_eq!(p.get(ACCOUNTS).await.0.status, 200);
     for i in [&a, &b, &c] {
@@ -355,7 +360,12 @@ async fn all_instances_killed_answer_503_at_once_and_recover_through_half_open()
             opened = true;
             break;
         }
-        assert_eq!(a.json()["reason"], "upstream.connect_failed");
+        // Refused connects; a pooled connection the kill closed may break instead.
+        let reason = a.json()["reason"].clone();
+        assert!(
+            reason == "upstream.connect_failed" || reason == "upstream.bad_response",
+            "{reason}"
+        );
     }
     assert!(opened, "the breakers opened");
     let before = all_seen(&[&a, &b, &c]).len();
