@@ -281,7 +281,7 @@ impl Runtime {
             .map(|(name, u)| {
                 (
                     name.clone(),
-                    UpstreamClient::new(u, config.listener.workers, &remotes.upstreams),
+                    crate::upstream::start(u, config.listener.workers, &remotes.upstreams),
                 )
             })
             .collect();

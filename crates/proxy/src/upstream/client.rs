@@ -102,9 +102,9 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    /// The client for `config` with a pool per endpoint and data-plane worker, its health
-    /// checks and DNS refresh started (when a Tokio runtime is there to run them).
-    pub fn new(config: &Upstream, workers: usize, registry: &Registry) -> Arc<UpstreamClient> {
+    /// The client for `config` with a pool per endpoint and data-plane worker (see
+    /// [`super::start`] for its background work).
+    pub(crate) fn new(config: &Upstream, workers: usize, registry: &Registry) -> Arc<UpstreamClient> {
         let set: Vec<Arc<Endpoint>> = config
             .endpoints
             .iter()
@@ -141,14 +141,6 @@ impl UpstreamClient {
             ejecting: Mutex::new(()),
             config: config.clone(),
         });
-        if tokio::runtime::Handle::try_current().is_ok() {
-            if client.config.dns.is_some() {
-                tokio::spawn(super::health::refresh_dns(Arc::downgrade(&client)));
-            }
-            if client.config.health_check.is_some() {
-                tokio::spawn(super::health::check(Arc::downgrade(&client)));
-            }
-        }
         client
     }
 

@@ -35,6 +35,26 @@ portcullis_base::variants! {
     }
 }
 
+/// The client for one upstream of a config generation, with its DNS refresh and health
+/// checks started when a Tokio runtime is there to run them (they end with the client).
+pub(crate) fn start(
+    config: &crate::config::Upstream,
+    workers: usize,
+    registry: &Registry,
+) -> std::sync::Arc<UpstreamClient> {
+    let client = UpstreamClient::new(config, workers, registry);
+    if tokio::runtime::Handle::try_current().is_ok() {
+        let weak = std::sync::Arc::downgrade(&client);
+        if client.config.dns.is_some() {
+            tokio::spawn(health::refresh_dns(weak.clone()));
+        }
+        if client.config.health_check.is_some() {
+            tokio::spawn(health::check(weak));
+        }
+    }
+    client
+}
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus legacy ones proxies must not forward.
 fn is_hop_by_hop(name: &str) -> bool {
     matches!(
