@@ -22,6 +22,7 @@ use portcullis_proxy::config::file::{
     FileUpstreamDns, FileUpstreamLimits,
 };
 use portcullis_proxy::config::Config;
+use portcullis_tools::client::Answer;
 
 const ACCOUNTS: &str = "/open-banking/v3.1/aisp/accounts";
 const CONSENTS: &str = "/open-banking/v3.1/pisp/domestic-payment-consents";

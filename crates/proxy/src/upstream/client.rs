@@ -53,7 +53,7 @@ pub(crate) struct UpstreamStats {
 /// keeps each endpoint's health, breaker and in-flight count, so an endpoint known to be down
 /// stays down and one being drained is still seen as busy.
 #[derive(Clone, Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     states: Arc<DashMap<String, Weak<EndpointState>>>,
     stats: Arc<DashMap<String, Arc<UpstreamStats>>>,
 }
