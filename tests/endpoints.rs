@@ -725,3 +725,64 @@ fn bad_upstream_sets_are_refused_at_load_by_field() {
         assert!(err.contains("portcullis.yaml"), "names the file: {err}");
     }
 }
+
+const IDEMPOTENT_POLICY: &str = r#"
+group: t
+upstream: bank
+routes:
+  - id: payments.create
+    method: POST
+    path: /payments
+    body_limit: 4096
+    idempotency: required
+"#;
+
+/// A payment answered 503 by one instance is sent to another only when the route reserved its
+/// idempotency key and the upstream is declared to honour it; otherwise the 503 is passed on
+/// and the payment is never sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_is_retried_only_with_a_key_the_upstream_honours() {
+    for honours in [true, false] {
+        let (a, b) = (Instance::start().await, Instance::start().await);
+        a.status.store(503, Ordering::SeqCst);
+        let mut up = set_of(&[&a, &b]);
+        up.retries = Some(FileRetries {
+            min_retries: Some(100),
+            honours_idempotency_key: honours,
+            ..FileRetries::default()
+        });
+        up.outlier_detection = Some(FileOutlierDetection {
+            consecutive_failures: Some(0),
+            ..FileOutlierDetection::default()
+        });
+        let mut o = Options::new("127.0.0.1:9".parse().unwrap());
+        *o.bank() = up;
+        o.policy = IDEMPOTENT_POLICY.to_string();
+        let p = Proxy::start(o).await;
+        let mut statuses = Vec::new();
+        for n in 0..12 {
+            let r = req("POST", "/payments")
+                .header("content-type", "application/json")
+                .header("x-idempotency-key", format!("key-{honours}-{n}"))
+                .body(Full::new(Bytes::from(format!("{{\"n\":{n}}}"))))
+                .unwrap();
+            let (ans, _) = p.send(r).await;
+            statuses.push(ans.status.as_u16());
+        }
+        let at_a: Vec<Bytes> = a.seen().into_iter().map(|s| s.2).collect();
+        let at_b: Vec<Bytes> = b.seen().into_iter().map(|s| s.2).collect();
+        assert!(!at_a.is_empty(), "some payment went to the failing instance first");
+        let both = at_a.iter().filter(|x| at_b.contains(x)).count();
+        if honours {
+            assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+            assert_eq!(both, at_a.len(), "each payment a refused was sent to b");
+        } else {
+            assert_eq!(both, 0, "no payment sent twice");
+            assert_eq!(
+                statuses.iter().filter(|s| **s == 503).count(),
+                at_a.len(),
+                "{statuses:?}"
+            );
+        }
+    }
+}
