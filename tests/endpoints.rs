@@ -266,7 +266,11 @@ async fn one_instance_killed_under_load_fails_no_read_and_sends_no_post_twice() 
             while Instant::now() < stop {
                 n += 1;
                 let is_post = n % 3 == 0;
-                let r = if is_post { post(w * 100_000 + n) } else { get() };
+                let r = if is_post {
+                    post(w * 100_000 + n)
+                } else {
+                    get()
+                };
                 let a = match c.send(r).await {
                     Ok(a) => a,
                     Err(_) => {
@@ -318,7 +322,11 @@ async fn one_instance_killed_under_load_fails_no_read_and_sends_no_post_twice() 
     assert!(!retried.is_empty(), "no request was retried");
     let first = &retried[0];
     assert_eq!(first["status"], 200, "{first}");
-    assert_eq!(first["upstream_endpoints"][0], a.addr.to_string(), "{first}");
+    assert_eq!(
+        first["upstream_endpoints"][0],
+        a.addr.to_string(),
+        "{first}"
+    );
     let m = metrics(&p).await;
     let label = format!(
         "portcullis_upstream_attempts_total{{upstream=\"bank\",endpoint=\"{}\",result=\"connect_failed\"}}",
@@ -616,7 +624,10 @@ async fn a_reload_removing_an_endpoint_lets_its_request_in_flight_finish() {
     assert_eq!(ans.status, 200);
     assert_eq!(b.count(), 1, "new requests go to the new set");
     let (ans, id) = slow.await.unwrap();
-    assert_eq!(ans.status, 200, "the request in flight on the removed endpoint finished");
+    assert_eq!(
+        ans.status, 200,
+        "the request in flight on the removed endpoint finished"
+    );
     let rec = p.audit_of(&id).await;
     assert_eq!(rec["upstream_endpoints"][0], a.addr.to_string());
     assert_eq!(a.count(), 1);
@@ -651,12 +662,18 @@ async fn a_dns_name_is_resolved_to_its_addresses_and_named_in_requests() {
     );
     let seen = a.seen();
     assert_eq!(seen.len(), 1);
-    assert!(seen[0].1.ends_with(&format!("host=localhost:{port}")), "{seen:?}");
+    assert!(
+        seen[0].1.ends_with(&format!("host=localhost:{port}")),
+        "{seen:?}"
+    );
 }
+
+/// A change to the `bank` upstream's entry.
+type Edit = Box<dyn Fn(&mut FileUpstream)>;
 
 #[test]
 fn bad_upstream_sets_are_refused_at_load_by_field() {
-    let cases: Vec<(Box<dyn Fn(&mut FileUpstream)>, &str, &str)> = vec![
+    let cases: Vec<(Edit, &str, &str)> = vec![
         (
             Box::new(|u| u.endpoints = vec!["http://127.0.0.1:1".into()]),
             "upstreams.bank",
@@ -771,7 +788,10 @@ async fn a_payment_is_retried_only_with_a_key_the_upstream_honours() {
         }
         let at_a: Vec<Bytes> = a.seen().into_iter().map(|s| s.2).collect();
         let at_b: Vec<Bytes> = b.seen().into_iter().map(|s| s.2).collect();
-        assert!(!at_a.is_empty(), "some payment went to the failing instance first");
+        assert!(
+            !at_a.is_empty(),
+            "some payment went to the failing instance first"
+        );
         let both = at_a.iter().filter(|x| at_b.contains(x)).count();
         if honours {
             assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");

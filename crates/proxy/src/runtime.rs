@@ -184,7 +184,11 @@ impl Runtime {
                 ] {
                     let v = u8::from(*standing == st);
                     f.sample(
-                        &[("upstream", up), ("endpoint", &e.label), ("state", st.as_str())],
+                        &[
+                            ("upstream", up),
+                            ("endpoint", &e.label),
+                            ("state", st.as_str()),
+                        ],
                         v,
                     );
                 }
@@ -212,7 +216,11 @@ impl Runtime {
             for (e, _) in eps {
                 for o in Outcome::ALL {
                     f.sample(
-                        &[("upstream", up), ("endpoint", &e.label), ("result", o.as_str())],
+                        &[
+                            ("upstream", up),
+                            ("endpoint", &e.label),
+                            ("result", o.as_str()),
+                        ],
                         e.state.attempts(o),
                     );
                 }

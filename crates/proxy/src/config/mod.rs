@@ -1568,7 +1568,10 @@ fn upstream_resilience(
     let d = |v: Option<file::ConfigDuration>, default: Duration| v.map_or(default, |x| x.0);
     let health = f.health_check.as_ref().map(|h| {
         if !h.path.starts_with('/') || h.path.contains(['#', ' ']) {
-            p.push(field("health_check.path"), "must be a path starting with `/`");
+            p.push(
+                field("health_check.path"),
+                "must be a path starting with `/`",
+            );
         }
         let interval = d(h.interval, Duration::from_secs(5));
         let timeout = d(h.timeout, Duration::from_secs(1));

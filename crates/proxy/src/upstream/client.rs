@@ -104,7 +104,11 @@ pub struct UpstreamClient {
 impl UpstreamClient {
     /// The client for `config` with a pool per endpoint and data-plane worker (see
     /// [`super::start`] for its background work).
-    pub(crate) fn new(config: &Upstream, workers: usize, registry: &Registry) -> Arc<UpstreamClient> {
+    pub(crate) fn new(
+        config: &Upstream,
+        workers: usize,
+        registry: &Registry,
+    ) -> Arc<UpstreamClient> {
         let set: Vec<Arc<Endpoint>> = config
             .endpoints
             .iter()
@@ -128,7 +132,7 @@ impl UpstreamClient {
             (None, Some(a)) => a.clone(),
             (None, None) => Authority::from_static("invalid"),
         };
-        let client = Arc::new(UpstreamClient {
+        Arc::new(UpstreamClient {
             workers,
             set: ArcSwap::from_pointee(set),
             authority,
@@ -140,8 +144,7 @@ impl UpstreamClient {
             first_resolution: Notify::new(),
             ejecting: Mutex::new(()),
             config: config.clone(),
-        });
-        client
+        })
     }
 
     /// The upstream URI for an already checked path and query.
@@ -184,7 +187,8 @@ impl UpstreamClient {
                 }
             })
             .collect();
-        let changed = set.len() != old.len() || set.iter().any(|e| !old.iter().any(|o| Arc::ptr_eq(e, o)));
+        let changed =
+            set.len() != old.len() || set.iter().any(|e| !old.iter().any(|o| Arc::ptr_eq(e, o)));
         if changed {
             tracing::info!(upstream = %self.config.name, endpoints = set.len(), "upstream endpoints changed");
         }
@@ -276,12 +280,7 @@ impl UpstreamClient {
         Box::pin(self.tries(req, repeatable, tries))
     }
 
-    async fn tries(
-        &self,
-        req: Request<ProxyBody>,
-        repeatable: bool,
-        tries: &mut Tries,
-    ) -> Sent {
+    async fn tries(&self, req: Request<ProxyBody>, repeatable: bool, tries: &mut Tries) -> Sent {
         let start = Instant::now();
         if !self.resolved.load(Ordering::Acquire) {
             let first = self.first_resolution.notified();
@@ -351,9 +350,18 @@ impl UpstreamClient {
                     Ok(r) => repeatable && matches!(r.status().as_u16(), 502..=504),
                 };
             let more = again && tries.count < retries.attempts && Instant::now() < deadline;
-            let next = if more { self.pick(&tries.endpoints) } else { None };
+            let next = if more {
+                self.pick(&tries.endpoints)
+            } else {
+                None
+            };
             match next {
-                Some(n) if self.stats.budget.try_retry(retries.budget_percent, retries.min_retries) => {
+                Some(n)
+                    if self
+                        .stats
+                        .budget
+                        .try_retry(retries.budget_percent, retries.min_retries) =>
+                {
                     current = n;
                 }
                 _ => return answer.map(|r| (r, start.elapsed())),

@@ -92,7 +92,10 @@ impl Outcome {
     /// What the breaker counts: the endpoint could not hold an exchange. A 5xx is an answer
     /// (outlier detection counts it).
     fn breaks(self) -> bool {
-        matches!(self, Outcome::Connect | Outcome::Timeout | Outcome::Protocol)
+        matches!(
+            self,
+            Outcome::Connect | Outcome::Timeout | Outcome::Protocol
+        )
     }
 
     /// What outlier detection counts.
@@ -466,7 +469,9 @@ mod tests {
         let s = Arc::new(EndpointState::default());
         let t0 = Instant::now();
         for _ in 0..2 {
-            s.admit(t0, &b).unwrap().report(Outcome::Connect, t0, &b, &o);
+            s.admit(t0, &b)
+                .unwrap()
+                .report(Outcome::Connect, t0, &b, &o);
         }
         assert_eq!(s.standing(t0, &b), Standing::Open);
         assert!(s.admit(t0, &b).is_none(), "open: nothing gets through");
@@ -484,11 +489,15 @@ mod tests {
         let s = Arc::new(EndpointState::default());
         let t0 = Instant::now();
         for _ in 0..2 {
-            s.admit(t0, &b).unwrap().report(Outcome::Timeout, t0, &b, &o);
+            s.admit(t0, &b)
+                .unwrap()
+                .report(Outcome::Timeout, t0, &b, &o);
         }
         let later = t0 + Duration::from_secs(6);
         drop(s.admit(later, &b).unwrap());
-        let trial = s.admit(later, &b).expect("the dropped trial freed its slot");
+        let trial = s
+            .admit(later, &b)
+            .expect("the dropped trial freed its slot");
         trial.report(Outcome::Connect, later, &b, &o);
         assert_eq!(s.standing(later, &b), Standing::Open);
         assert_eq!(s.outstanding(), 0);
@@ -529,10 +538,7 @@ mod tests {
         let s = EndpointState::default();
         assert!(!s.checked(false, 2, 2));
         assert!(s.checked(false, 2, 2), "second failure: unhealthy");
-        assert_eq!(
-            s.standing(Instant::now(), &breaker()),
-            Standing::Unhealthy
-        );
+        assert_eq!(s.standing(Instant::now(), &breaker()), Standing::Unhealthy);
         assert!(!s.checked(true, 2, 2));
         assert!(s.checked(true, 2, 2), "second success: healthy");
     }

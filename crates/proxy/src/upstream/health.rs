@@ -20,7 +20,9 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) async fn refresh_dns(client: Weak<UpstreamClient>) {
     loop {
         let Some(c) = client.upgrade() else { return };
-        let Some(d) = c.config.dns.clone() else { return };
+        let Some(d) = c.config.dns.clone() else {
+            return;
+        };
         let looked = tokio::time::timeout(
             RESOLVE_TIMEOUT,
             tokio::net::lookup_host((d.name.as_str(), d.port)),

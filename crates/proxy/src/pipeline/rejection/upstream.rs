@@ -60,9 +60,7 @@ pub(super) fn obie(e: UpstreamError) -> ObieError {
         | UpstreamError::Protocol
         | UpstreamError::Timeout
         | UpstreamError::Unavailable
-        | UpstreamError::Overloaded => {
-            ObieError::new(super::UNEXPECTED, None)
-        }
+        | UpstreamError::Overloaded => ObieError::new(super::UNEXPECTED, None),
     }
 }
 
