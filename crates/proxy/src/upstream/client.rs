@@ -294,7 +294,7 @@ impl UpstreamClient {
             return Err(UpstreamError::Unavailable);
         };
         self.stats.budget.request();
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let retries = &self.config.retries;
         // Another try needs the body again: kept when it is small and of known length.
         let upper = body.size_hint().upper();
@@ -322,7 +322,12 @@ impl UpstreamClient {
             *out.method_mut() = parts.method.clone();
             *out.uri_mut() = at(&parts.uri, &ep.authority);
             *out.version_mut() = parts.version;
-            *out.headers_mut() = parts.headers.clone();
+            // Without a kept body there is one try only: the headers need no copy.
+            *out.headers_mut() = if replay.is_some() {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
             tries.count += 1;
             tries.endpoints.push(ep.label.clone());
             let left = deadline.saturating_duration_since(Instant::now());
@@ -385,4 +390,105 @@ fn at(uri: &Uri, authority: &Authority) -> Uri {
     let mut p = uri.clone().into_parts();
     p.authority = Some(authority.clone());
     Uri::from_parts(p).unwrap_or_else(|_| uri.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CircuitBreaker, DnsEndpoints, OutlierDetection, Retries, UpstreamLimits};
+
+    fn dns_upstream() -> Upstream {
+        Upstream {
+            name: "bank".into(),
+            scheme: http::uri::Scheme::HTTP,
+            endpoints: Vec::new(),
+            dns: Some(DnsEndpoints {
+                name: "bank.svc".into(),
+                port: 8080,
+                interval: Duration::from_secs(10),
+            }),
+            health_check: None,
+            outlier: OutlierDetection {
+                consecutive_failures: 5,
+                base_ejection: Duration::from_secs(30),
+                max_ejection: Duration::from_secs(300),
+                max_ejected_percent: 50,
+            },
+            breaker: CircuitBreaker {
+                failure_threshold: 5,
+                open_for: Duration::from_secs(5),
+                half_open_requests: 1,
+            },
+            limits: UpstreamLimits {
+                max_concurrent: 8,
+                max_pending: 0,
+                pending_timeout: Duration::from_secs(1),
+            },
+            retries: Retries {
+                attempts: 3,
+                per_try_timeout: Duration::from_secs(1),
+                budget_percent: 20,
+                min_retries: 3,
+                honours_idempotency_key: false,
+            },
+            base_path: String::new(),
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            pool_idle_timeout: Duration::from_secs(30),
+            pool_max_idle_per_host: 4,
+            http2: false,
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn a_new_dns_answer_keeps_the_endpoints_that_stay_and_their_state() {
+        let registry = Registry::default();
+        let c = UpstreamClient::new(&dns_upstream(), 1, &registry);
+        assert!(c.endpoints().is_empty(), "nothing before the first answer");
+        let (a, b, d): (
+            std::net::SocketAddr,
+            std::net::SocketAddr,
+            std::net::SocketAddr,
+        ) = (
+            "10.0.0.1:8080".parse().unwrap(),
+            "10.0.0.2:8080".parse().unwrap(),
+            "[fd00::3]:8080".parse().unwrap(),
+        );
+        c.replace(&[a, b]);
+        let first = c.endpoints();
+        let labels: Vec<&str> = first.iter().map(|e| e.label.as_str()).collect();
+        assert_eq!(labels, ["10.0.0.1:8080", "10.0.0.2:8080"]);
+        // Requests name the service, whichever address they go to.
+        assert_eq!(first[0].authority.as_str(), "bank.svc:8080");
+        let held = c.pick(&[]).expect("an endpoint");
+        c.replace(&[b, d]);
+        let second = c.endpoints();
+        let labels: Vec<&str> = second.iter().map(|e| e.label.as_str()).collect();
+        assert_eq!(labels, ["10.0.0.2:8080", "[fd00::3]:8080"]);
+        assert!(Arc::ptr_eq(&first[1], &second[0]), "b kept its pools");
+        // A try on a removed endpoint still holds it, and its count.
+        assert_eq!(held.0.state.outstanding(), 1);
+        drop(held);
+        // A reload (a new client) finds the same state for the same address.
+        let again = UpstreamClient::new(&dns_upstream(), 1, &registry);
+        again.replace(&[b]);
+        assert!(Arc::ptr_eq(&again.endpoints()[0].state, &second[0].state));
+    }
+
+    #[test]
+    fn nothing_can_take_the_request_when_every_breaker_is_open() {
+        let mut u = dns_upstream();
+        u.breaker.failure_threshold = 1;
+        let c = UpstreamClient::new(&u, 1, &Registry::default());
+        c.replace(&[
+            "10.0.0.1:8080".parse().unwrap(),
+            "10.0.0.2:8080".parse().unwrap(),
+        ]);
+        for _ in 0..2 {
+            let (ep, t) = c.pick(&[]).expect("an endpoint");
+            c.report(&ep, t, Outcome::Connect);
+        }
+        assert!(c.pick(&[]).is_none());
+    }
 }
