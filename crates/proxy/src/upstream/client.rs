@@ -387,6 +387,9 @@ impl UpstreamClient {
 
 /// `uri` with `authority` in place of its own.
 fn at(uri: &Uri, authority: &Authority) -> Uri {
+    if uri.authority() == Some(authority) {
+        return uri.clone();
+    }
     let mut p = uri.clone().into_parts();
     p.authority = Some(authority.clone());
     Uri::from_parts(p).unwrap_or_else(|_| uri.clone())
