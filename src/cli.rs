@@ -472,7 +472,15 @@ pub(crate) fn summary(c: &Config) -> String {
             s,
             "upstream {name} -> {}://{}{}{}",
             u.scheme,
-            u.authority,
+            match &u.dns {
+                Some(d) => format!("{}:{} (DNS, every {:?})", d.name, d.port, d.interval),
+                None => u
+                    .endpoints
+                    .iter()
+                    .map(|a| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
             u.base_path,
             if u.tls.is_some() { " (pinned TLS)" } else { "" }
         );

@@ -145,6 +145,8 @@ pub(crate) struct Trail {
     pub(crate) revocation_crl: Option<&'static str>,
     /// The upstream's status and how long it took to answer.
     pub(crate) upstream: Option<(u16, Duration)>,
+    /// The tries made upstream: how many, on which endpoints.
+    pub(crate) tries: Option<crate::upstream::Tries>,
     /// The request was handed to the upstream.
     pub(crate) forwarded: bool,
     /// The client left before the answer was delivered.

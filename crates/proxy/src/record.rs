@@ -173,6 +173,8 @@ pub(crate) fn compose(head: Head, trail: Trail, outcome: Outcome) -> RequestReco
         rate_limit: trail.rate_limit,
         upstream_status: trail.upstream.map(|u| u.0),
         upstream_latency_us: trail.upstream.map(|u| u.1.as_micros() as u64),
+        upstream_attempts: trail.tries.as_ref().map(|t| u64::from(t.count)),
+        upstream_endpoints: trail.tries.map(|t| t.endpoints).filter(|e| !e.is_empty()),
         total_latency_us: took.as_micros() as u64,
         policy_version: head.policy_version,
         client_gone: trail.client_gone || cancelled,

@@ -164,6 +164,122 @@ fn build_live_tls(
 }
 
 impl Runtime {
+    /// Each upstream's endpoints (where they stand, what is in flight, how tries ended) and
+    /// its retries and refusals.
+    fn write_upstream_metrics(&self, out: &mut Exposition) {
+        use crate::upstream::{Outcome, Standing};
+        let mut names: Vec<&String> = self.upstreams.keys().collect();
+        names.sort();
+        let endpoints: Vec<_> = names
+            .iter()
+            .map(|n| (n.as_str(), self.upstreams[*n].standings()))
+            .collect();
+        let mut f = out.family(
+            "portcullis_upstream_endpoint_state",
+            Kind::Gauge,
+            "1 for the state each upstream endpoint is in (available, unhealthy, ejected, breaker_open).",
+        );
+        for (up, eps) in &endpoints {
+            for (e, standing) in eps {
+                for st in [
+                    Standing::Available,
+                    Standing::Unhealthy,
+                    Standing::Ejected,
+                    Standing::Open,
+                ] {
+                    let v = u8::from(*standing == st);
+                    f.sample(
+                        &[
+                            ("upstream", up),
+                            ("endpoint", &e.label),
+                            ("state", st.as_str()),
+                        ],
+                        v,
+                    );
+                }
+            }
+        }
+        let mut f = out.family(
+            "portcullis_upstream_endpoint_outstanding",
+            Kind::Gauge,
+            "Tries in flight on each upstream endpoint (to response headers).",
+        );
+        for (up, eps) in &endpoints {
+            for (e, _) in eps {
+                f.sample(
+                    &[("upstream", up), ("endpoint", &e.label)],
+                    e.state.outstanding(),
+                );
+            }
+        }
+        let mut f = out.family(
+            "portcullis_upstream_attempts_total",
+            Kind::Counter,
+            "Tries on each upstream endpoint by result (answered, status_5xx, connect_failed, timeout, broken).",
+        );
+        for (up, eps) in &endpoints {
+            for (e, _) in eps {
+                for o in Outcome::ALL {
+                    f.sample(
+                        &[
+                            ("upstream", up),
+                            ("endpoint", &e.label),
+                            ("result", o.as_str()),
+                        ],
+                        e.state.attempts(o),
+                    );
+                }
+            }
+        }
+        let mut f = out.family(
+            "portcullis_upstream_ejections_total",
+            Kind::Counter,
+            "Times outlier detection ejected each upstream endpoint.",
+        );
+        for (up, eps) in &endpoints {
+            for (e, _) in eps {
+                f.sample(
+                    &[("upstream", up), ("endpoint", &e.label)],
+                    e.state.ejections_total(),
+                );
+            }
+        }
+        let stats: Vec<_> = names
+            .iter()
+            .map(|n| (n.as_str(), &self.upstreams[*n].stats))
+            .collect();
+        let mut f = out.family(
+            "portcullis_upstream_retries_total",
+            Kind::Counter,
+            "Retries on another endpoint, by upstream and whether the retry budget allowed them (sent, budget_exhausted).",
+        );
+        for (up, s) in &stats {
+            f.sample(
+                &[("upstream", up), ("result", "sent")],
+                s.budget.spent_total.load(Ordering::Relaxed),
+            );
+            f.sample(
+                &[("upstream", up), ("result", "budget_exhausted")],
+                s.budget.refused_total.load(Ordering::Relaxed),
+            );
+        }
+        let mut f = out.family(
+            "portcullis_upstream_refused_total",
+            Kind::Counter,
+            "Requests answered 503 without a try, by upstream and reason (unavailable, overloaded).",
+        );
+        for (up, s) in &stats {
+            f.sample(
+                &[("upstream", up), ("reason", "unavailable")],
+                s.unavailable.load(Ordering::Relaxed),
+            );
+            f.sample(
+                &[("upstream", up), ("reason", "overloaded")],
+                s.overloaded.load(Ordering::Relaxed),
+            );
+        }
+    }
+
     /// Builds the runtime for `config`, reusing remote sources from `remotes` so a reload does
     /// not drop fetched keys and metadata.
     fn new(
@@ -178,7 +294,7 @@ impl Runtime {
             .map(|(name, u)| {
                 (
                     name.clone(),
-                    Arc::new(UpstreamClient::new(u, config.listener.workers)),
+                    crate::upstream::start(u, config.listener.workers, &remotes.upstreams),
                 )
             })
             .collect();
@@ -362,6 +478,7 @@ impl Runtime {
     /// cache (hits and signature verifications); rate-limit keys. Labels are config names
     /// only, escaped all the same (a name with a quote must not break the scrape).
     pub fn write_metrics(&self, now: i64, out: &mut Exposition) {
+        self.write_upstream_metrics(out);
         let mut names: Vec<&String> = self.keys.keys().collect();
         names.sort();
         let per_issuer = |out: &mut Exposition,
@@ -611,6 +728,8 @@ pub struct Shared {
 /// Remote sources kept across reloads, keyed by issuer name and where they fetch from.
 #[derive(Default)]
 struct Remotes {
+    /// Endpoint health, breakers and in-flight counts, and upstream counters.
+    upstreams: crate::upstream::Registry,
     keys: DashMap<(String, String), Arc<KeySource>>,
     discoveries: DashMap<(String, String), Arc<Discovery>>,
     /// CRL feeds by URL, settings and the client CAs they check against.

@@ -226,7 +226,27 @@ pub struct FileAdmin {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileUpstream {
+    /// One endpoint (the common case). Exactly one of `url`, `endpoints` and `dns` is set.
+    #[serde(default)]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub url: String,
+    /// A static set of endpoints: URLs that differ only in their authority.
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// Endpoints from a DNS name, resolved again on an interval (a headless service).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<FileUpstreamDns>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<FileHealthCheck>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<FileOutlierDetection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<FileCircuitBreaker>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<FileUpstreamLimits>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<FileRetries>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<ConfigDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -240,6 +260,100 @@ pub struct FileUpstream {
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<FileUpstreamTls>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstreamDns {
+    pub name: String,
+    pub port: u16,
+    /// `http` (default) or `https`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// Path prefix prepended to forwarded paths.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_path: Option<String>,
+    /// How often the name is resolved again (default 10s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<ConfigDuration>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealthCheck {
+    /// The path probed with a GET; any 2xx is healthy.
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOutlierDetection {
+    /// Consecutive 5xx answers, connect failures or timeouts that eject an endpoint; 0: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// The first ejection's length; each further one doubles it, up to `max_ejection`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_ejection: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_ejection: Option<ConfigDuration>,
+    /// The largest share of the set ejected at once, in percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_ejected_percent: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCircuitBreaker {
+    /// Consecutive connect failures, timeouts or broken exchanges that open it; 0: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
+    /// How long it stays open before trial requests are let through (half-open).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_for: Option<ConfigDuration>,
+    /// Trial requests at once while half-open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub half_open_requests: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstreamLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<usize>,
+    /// How long a pending request waits for a slot before it is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_timeout: Option<ConfigDuration>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRetries {
+    /// Tries in all, the first included (1: no retries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<ConfigDuration>,
+    /// Retries allowed as a share of requests, in percent, over a 10 s window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_percent: Option<u32>,
+    /// Retries allowed per window whatever the share (so a quiet upstream can retry at all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_retries: Option<u32>,
+    /// The upstream answers a repeated idempotency key with the first answer, so a request
+    /// the route reserved a key for may be sent again.
+    #[serde(default)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub honours_idempotency_key: bool,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
