@@ -29,7 +29,9 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-pub use config::{DetectionConfig, DetectorConfig, FileDetection, FileDetector, FileWebhook};
+pub use config::{
+    DetectionConfig, DetectorConfig, FileDetection, FileDetector, FileWebhook, WebhookConfig,
+};
 
 /// Bits in a distinct-count sketch.
 pub const BITS: usize = 1024;

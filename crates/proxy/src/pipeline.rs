@@ -56,6 +56,7 @@ pub mod fapi;
 pub mod http;
 pub(crate) mod idempotency;
 pub(crate) mod identity;
+pub(crate) mod quarantine;
 pub(crate) mod ratelimit;
 pub(crate) mod rejection;
 #[cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
@@ -79,6 +80,7 @@ use portcullis_base::body::ProxyBody;
 use portcullis_base::clock::Clock;
 use portcullis_crypto::jose::dpop::DpopError;
 use portcullis_crypto::pki::ClientCert;
+use portcullis_detect::Subject;
 use portcullis_policy::RouteMatch;
 use portcullis_sources::clientkeys::ClientKeys;
 use portcullis_sources::consent::ConsentSource;
@@ -110,6 +112,8 @@ pub struct Context<'a> {
     pub revoked: Arc<portcullis_crypto::pki::Revoked>,
     /// OCSP for client certificates, when the listener has it.
     pub ocsp: Option<&'a portcullis_sources::ocsp::OcspChecker>,
+    /// The detectors' quarantines (their counting happens when the request is recorded).
+    pub detect: &'a portcullis_detect::Detector,
 }
 
 /// The connection facts the stages read.
@@ -225,8 +229,12 @@ pub(crate) async fn run(
             &route.route.produces,
         )?;
         trail.rate_limited(ratelimit::check_peer(peer.ip, cx.rate_limits))?;
+        quarantine::check(cx.detect, Subject::Peer(peer.ip), cx.clock.now())?;
         let identity = identity::identify(peer.cert, &route.route, &cx.revoked, cx.clock.now())?;
         identity::check_ocsp(&identity, cx.ocsp, cx.clock.now(), &mut trail.revocation).await?;
+        if let Some(c) = identity.cert() {
+            quarantine::check(cx.detect, Subject::Cert(&c.thumbprint), cx.clock.now())?;
+        }
         // With a certificate the client is known now; otherwise after the token (its client id).
         if identity.cert().is_some() {
             let key = ratelimit::client_key(&identity, None, peer.ip);
@@ -239,6 +247,10 @@ pub(crate) async fn run(
         };
         let client_key = ratelimit::client_key(&identity, token.as_ref(), peer.ip);
         if identity.cert().is_none() {
+            let client_id = token.as_ref().and_then(|t| t.token().client_id.as_deref());
+            if let Some(id) = client_id {
+                quarantine::check(cx.detect, Subject::Client(id), cx.clock.now())?;
+            }
             let applied =
                 ratelimit::check_client(&route.route, &client_key, cx.rate_limits).await?;
             trail.rate_limited(applied)?;

@@ -1,0 +1,236 @@
+//! Behavioural detection on the proxy's side: every finished request is handed to the
+//! detectors (`portcullis-detect`) when it is recorded, and what they raise is acted on here —
+//! the alert record (composed in `crate::record`), a log line and the webhook. Quarantines are
+//! enforced by the pipeline (`crate::pipeline::quarantine`) and listed and lifted from the admin
+//! listener (`crate::server`).
+//!
+//! The webhook never sits on the request path: alerts go into a bounded queue that one task
+//! drains, posting each as JSON with a few attempts. A full queue drops the alert (counted);
+//! a receiver that is down or slow costs only its own attempts and the drops.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::mpsc;
+
+use portcullis_audit::{AlertRecord, RequestRecord};
+use portcullis_base::metrics::{Exposition, Kind as MetricKind};
+use portcullis_crypto::pki::ClientCert;
+use portcullis_detect::{Action, Alert, DetectionConfig, Event, Kind, Subject, WebhookConfig};
+
+use crate::runtime::Shared;
+
+/// Who a finished request was, for the detectors: taken from the connection and the token
+/// before the record is composed.
+pub(crate) struct Who {
+    pub(crate) cert: Option<Arc<ClientCert>>,
+    pub(crate) token: Option<Arc<crate::pipeline::token::AccessToken>>,
+    pub(crate) peer: Option<IpAddr>,
+}
+
+/// Hands a finished request to the detectors and acts on what they raise; returns the alert
+/// record to write after the request's. A request let through, or refused for a reason no
+/// detector counts, returns at the first check.
+pub(crate) fn after_request(
+    shared: &Shared,
+    record: &RequestRecord,
+    who: &Who,
+) -> Option<AlertRecord> {
+    let reason = record.reason?;
+    Kind::of_reason(reason)?;
+    let rt = shared.runtime.load();
+    let cfg = &rt.config.detection;
+    if !cfg.enabled {
+        return None;
+    }
+    let client_id = who.token.as_ref().and_then(|t| t.client_id.as_deref());
+    let subject = match (&who.cert, client_id, who.peer) {
+        (Some(c), _, _) => Subject::Cert(&c.thumbprint),
+        (None, Some(id), _) => Subject::Client(id),
+        (None, None, Some(ip)) => Subject::Peer(ip),
+        (None, None, None) => return None,
+    };
+    let event = Event {
+        subject,
+        reason: Some(reason),
+        route: record.route_id.as_deref(),
+        path: &record.path,
+        now: shared.clock.now(),
+    };
+    let alert = shared.detect.observe(cfg, &event)?;
+    raise(shared, cfg, &alert, record)
+}
+
+/// Acts on one alert: `observe` is the metric only (counted by the detector); `alert` and
+/// `quarantine` also write the record, log and post.
+fn raise(
+    shared: &Shared,
+    cfg: &DetectionConfig,
+    alert: &Alert,
+    record: &RequestRecord,
+) -> Option<AlertRecord> {
+    if alert.action == Action::Observe {
+        return None;
+    }
+    let a = crate::record::alert(alert, record);
+    tracing::warn!(
+        detector = a.detector,
+        action = a.action,
+        subject = %a.subject,
+        count = a.count,
+        threshold = a.threshold,
+        "behavioural detector fired"
+    );
+    if let (Some(w), Some(_)) = (&shared.webhook, &cfg.webhook) {
+        w.post(webhook_body(&a));
+    }
+    Some(a)
+}
+
+/// The webhook's JSON: the members of the alert record, and `kind: alert`.
+fn webhook_body(a: &portcullis_audit::AlertRecord) -> Bytes {
+    let v = serde_json::json!({
+        "kind": "alert",
+        "detector": a.detector,
+        "action": a.action,
+        "subject": a.subject,
+        "count": a.count,
+        "threshold": a.threshold,
+        "window_s": a.window_s,
+        "reason": a.reason,
+        "route_id": a.route_id,
+        "client_id": a.client_id,
+        "quarantined_until": a.quarantined_until,
+        "interaction_id": a.interaction_id,
+    });
+    Bytes::from(v.to_string())
+}
+
+/// The webhook's queue and its counters.
+pub(crate) struct Webhook {
+    tx: mpsc::Sender<Bytes>,
+    stats: Arc<WebhookStats>,
+}
+
+#[derive(Default)]
+struct WebhookStats {
+    sent: AtomicU64,
+    /// The queue was full: the alert was never posted.
+    dropped: AtomicU64,
+    /// Every attempt failed (the receiver down, slow or refusing).
+    failed: AtomicU64,
+}
+
+impl Webhook {
+    /// Starts the sender task; `None` outside a Tokio runtime (nothing could drain the queue).
+    pub(crate) fn start(cfg: &WebhookConfig) -> Option<Webhook> {
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        let (tx, mut rx) = mpsc::channel::<Bytes>(cfg.queue);
+        let stats = Arc::new(WebhookStats::default());
+        let cfg = cfg.clone();
+        let task_stats = Arc::clone(&stats);
+        handle.spawn(async move {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(cfg.timeout));
+            let client: Client<HttpConnector, Full<Bytes>> =
+                Client::builder(TokioExecutor::new()).build(connector);
+            while let Some(body) = rx.recv().await {
+                if deliver(&client, &cfg, body).await {
+                    task_stats.sent.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    task_stats.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Some(Webhook { tx, stats })
+    }
+
+    /// Queues one alert; never waits.
+    fn post(&self, body: Bytes) {
+        if self.tx.try_send(body).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Posts `body`, retrying with a doubling pause; true on a 2xx answer.
+async fn deliver(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    cfg: &WebhookConfig,
+    body: Bytes,
+) -> bool {
+    let mut pause = Duration::from_millis(100);
+    for attempt in 0..cfg.attempts {
+        if attempt > 0 {
+            tokio::time::sleep(pause).await;
+            pause = pause.saturating_mul(2);
+        }
+        let Ok(req) = http::Request::post(cfg.url.as_str())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body.clone()))
+        else {
+            return false;
+        };
+        match tokio::time::timeout(cfg.timeout, client.request(req)).await {
+            Ok(Ok(resp)) if resp.status().is_success() => return true,
+            _ => continue,
+        }
+    }
+    false
+}
+
+/// The detection metrics: fired per detector, quarantines in force, windows forgotten early,
+/// and the webhook's outcomes.
+pub(crate) fn write_metrics(shared: &Shared, now: i64, out: &mut Exposition) {
+    let stats = &shared.detect.stats;
+    let mut f = out.family(
+        "portcullis_detection_fired_total",
+        MetricKind::Counter,
+        "Behavioural detectors fired, by detector (each once per window and client).",
+    );
+    for k in Kind::ALL {
+        f.sample(
+            &[("detector", k.as_str())],
+            stats.fired[k as usize].load(Ordering::Relaxed),
+        );
+    }
+    out.single(
+        "portcullis_detection_quarantined",
+        MetricKind::Gauge,
+        "Clients quarantined now.",
+        shared.detect.list(now).len(),
+    );
+    out.single(
+        "portcullis_detection_evicted_total",
+        MetricKind::Counter,
+        "Live detection windows forgotten because the window map was full (detection.max_tracked).",
+        stats.evicted.load(Ordering::Relaxed),
+    );
+    out.single(
+        "portcullis_detection_quarantine_full_total",
+        MetricKind::Counter,
+        "Quarantines not made because the quarantine map was full (detection.max_quarantined).",
+        stats.quarantine_full.load(Ordering::Relaxed),
+    );
+    if let Some(w) = &shared.webhook {
+        let mut f = out.family(
+            "portcullis_detection_webhook_total",
+            MetricKind::Counter,
+            "Alerts for the webhook: sent, dropped (queue full) or failed (every attempt).",
+        );
+        for (outcome, n) in [
+            ("sent", &w.stats.sent),
+            ("dropped", &w.stats.dropped),
+            ("failed", &w.stats.failed),
+        ] {
+            f.sample(&[("outcome", outcome)], n.load(Ordering::Relaxed));
+        }
+    }
+}
