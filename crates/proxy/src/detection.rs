@@ -25,7 +25,15 @@ use portcullis_base::metrics::{Exposition, Kind as MetricKind};
 use portcullis_crypto::pki::ClientCert;
 use portcullis_detect::{Action, Alert, DetectionConfig, Event, Kind, Subject, WebhookConfig};
 
-use crate::runtime::Shared;
+/// What detection needs from the running proxy (given by the caller, so that this module and
+/// the runtime do not name each other).
+pub(crate) struct Detection<'a> {
+    /// The request's config snapshot's `detection:`.
+    pub(crate) cfg: &'a DetectionConfig,
+    pub(crate) detect: &'a portcullis_detect::Detector,
+    pub(crate) webhook: Option<&'a Webhook>,
+    pub(crate) now: i64,
+}
 
 /// Who a finished request was, for the detectors: taken from the connection and the token
 /// before the record is composed.
@@ -39,14 +47,13 @@ pub(crate) struct Who {
 /// record to write after the request's. A request let through, or refused for a reason no
 /// detector counts, returns at the first check.
 pub(crate) fn after_request(
-    shared: &Shared,
+    to: &Detection<'_>,
     record: &RequestRecord,
     who: &Who,
 ) -> Option<AlertRecord> {
     let reason = record.reason?;
     Kind::of_reason(reason)?;
-    let rt = shared.runtime.load();
-    let cfg = &rt.config.detection;
+    let cfg = to.cfg;
     if !cfg.enabled {
         return None;
     }
@@ -62,16 +69,16 @@ pub(crate) fn after_request(
         reason: Some(reason),
         route: record.route_id.as_deref(),
         path: &record.path,
-        now: shared.clock.now(),
+        now: to.now,
     };
-    let alert = shared.detect.observe(cfg, &event)?;
-    raise(shared, cfg, &alert, record)
+    let alert = to.detect.observe(cfg, &event)?;
+    raise(to.webhook, cfg, &alert, record)
 }
 
 /// Acts on one alert: `observe` is the metric only (counted by the detector); `alert` and
 /// `quarantine` also write the record, log and post.
 fn raise(
-    shared: &Shared,
+    webhook: Option<&Webhook>,
     cfg: &DetectionConfig,
     alert: &Alert,
     record: &RequestRecord,
@@ -88,7 +95,7 @@ fn raise(
         threshold = a.threshold,
         "behavioural detector fired"
     );
-    if let (Some(w), Some(_)) = (&shared.webhook, &cfg.webhook) {
+    if let (Some(w), Some(_)) = (webhook, &cfg.webhook) {
         w.post(webhook_body(&a));
     }
     Some(a)
@@ -188,8 +195,13 @@ async fn deliver(
 
 /// The detection metrics: fired per detector, quarantines in force, windows forgotten early,
 /// and the webhook's outcomes.
-pub(crate) fn write_metrics(shared: &Shared, now: i64, out: &mut Exposition) {
-    let stats = &shared.detect.stats;
+pub(crate) fn write_metrics(
+    detect: &portcullis_detect::Detector,
+    webhook: Option<&Webhook>,
+    now: i64,
+    out: &mut Exposition,
+) {
+    let stats = &detect.stats;
     let mut f = out.family(
         "portcullis_detection_fired_total",
         MetricKind::Counter,
@@ -205,7 +217,7 @@ pub(crate) fn write_metrics(shared: &Shared, now: i64, out: &mut Exposition) {
         "portcullis_detection_quarantined",
         MetricKind::Gauge,
         "Clients quarantined now.",
-        shared.detect.list(now).len(),
+        detect.list(now).len(),
     );
     out.single(
         "portcullis_detection_evicted_total",
@@ -219,7 +231,7 @@ pub(crate) fn write_metrics(shared: &Shared, now: i64, out: &mut Exposition) {
         "Quarantines not made because the quarantine map was full (detection.max_quarantined).",
         stats.quarantine_full.load(Ordering::Relaxed),
     );
-    if let Some(w) = &shared.webhook {
+    if let Some(w) = webhook {
         let mut f = out.family(
             "portcullis_detection_webhook_total",
             MetricKind::Counter,

@@ -360,7 +360,22 @@ fn seal(shared: &Shared, open: Box<Open>, outcome: record::Outcome) {
         );
     }
     // An alert's record follows the record of the request that fired it.
-    let alert = crate::detection::after_request(shared, &record, &who);
+    // Only a refusal some detector counts needs the config snapshot.
+    let counted = record
+        .reason
+        .is_some_and(|r| portcullis_detect::Kind::of_reason(r).is_some());
+    let alert = counted
+        .then(|| {
+            let rt = shared.runtime.load();
+            let to = crate::detection::Detection {
+                cfg: &rt.config.detection,
+                detect: &shared.detect,
+                webhook: shared.webhook.as_ref(),
+                now: shared.clock.now(),
+            };
+            crate::detection::after_request(&to, &record, &who)
+        })
+        .flatten();
     shared.audit.emit(Record::Request(record));
     if let Some(a) = alert {
         shared.audit.emit(Record::Alert(a));

@@ -698,7 +698,7 @@ impl Shared {
         if let Some(r) = &self.redis {
             r.write_metrics(now, &mut out);
         }
-        crate::detection::write_metrics(self, now, &mut out);
+        crate::detection::write_metrics(&self.detect, self.webhook.as_ref(), now, &mut out);
         #[cfg(feature = "otlp")]
         if let Some(x) = &self.otlp {
             x.write_metrics(&mut out);
