@@ -10,6 +10,7 @@
 mod common;
 mod support {
     pub(crate) mod attack;
+    pub(crate) mod h2raw;
 }
 
 use std::time::{Duration, Instant};
@@ -47,6 +48,11 @@ routes:
     path: /payments
     auth: {profile: fapi2}
     scopes: {all_of: [payments]}
+  - id: optional
+    method: GET
+    path: /optional
+    client_cert: optional
+    auth: {profile: bearer}
 "#;
 
 const ADMIN_TOKEN: &str = "0123456789abcdef0123456789abcdef-admin";
@@ -61,7 +67,12 @@ fn detector(threshold: u32, action: &str) -> Option<FileDetector> {
 
 /// A lab with `detection` (and the admin token file next to the config).
 async fn lab(detection: FileDetection) -> Lab {
+    lab_with(detection, |_| {}).await
+}
+
+async fn lab_with(detection: FileDetection, edit: impl FnOnce(&mut common::FileConfig)) -> Lab {
     let mut o = LabOptions::new(POLICY);
+    edit(&mut o.config);
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
@@ -107,6 +118,11 @@ async fn metric(p: &common::Proxy, prefix: &str) -> Option<f64> {
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Interaction ids (UUIDs: the proxy replaces anything else).
+fn fresh_ids(n: usize) -> Vec<String> {
+    (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect()
 }
 
 fn alerts(p: &common::Proxy) -> Vec<Value> {
@@ -277,37 +293,59 @@ async fn replayed_dpop_proofs_raise_the_replay_alert() {
         .header("dpop", proof);
     let first = send(&lab.p, &r, "first").await.unwrap();
     assert_eq!(first.status, 200);
-    for i in 0..8 {
-        let a = send(&lab.p, &r, &format!("replay-{i}")).await.unwrap();
+    let ids = fresh_ids(8);
+    for id in &ids {
+        let a = send(&lab.p, &r, id).await.unwrap();
         assert_eq!(a.json()["reason"], "binding.dpop_replay");
     }
     let found = lab.p.audit_where(1, |r| r["kind"] == "alert").await;
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0]["detector"], "replay");
     assert_eq!(found[0]["count"], 5);
-    assert_eq!(found[0]["interaction_id"], "replay-4");
+    assert_eq!(found[0]["interaction_id"], ids[4].as_str());
     assert_eq!(found[0]["reason"], "binding.dpop_replay");
     assert_eq!(lab.up.count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credential_failures_without_a_certificate_are_counted_per_peer_address() {
-    let lab = lab(FileDetection {
-        credential_abuse: detector(4, "alert"),
+async fn credential_failures_are_counted_per_certificate_and_per_peer_address_without_one() {
+    let detection = FileDetection {
+        credential_abuse: detector(4, "quarantine"),
+        quarantine_ttl: Some(dur("1m")),
         ..FileDetection::default()
+    };
+    // Certificates optional at the handshake: the routes say which need one.
+    let lab = lab_with(detection, |c| {
+        c.listener.tls.client_auth = Some("optional".into())
     })
     .await;
-    for i in 0..6 {
+    let ids = fresh_ids(6);
+    for id in &ids {
         let r = Req::get("/accounts").bearer("not-a-jwt");
-        let a = send(&lab.p, &r, &format!("bad-{i}")).await.unwrap();
-        assert_eq!(a.json()["reason"], "token.malformed");
+        let a = send(&lab.p, &r, id).await.unwrap();
+        let reason = a.json()["reason"].as_str().unwrap().to_string();
+        assert!(reason.starts_with("token.") || reason == "detect.quarantined", "{reason}");
     }
     let found = lab.p.audit_where(1, |r| r["kind"] == "alert").await;
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0]["detector"], "credential_abuse");
     // tpp1's certificate is the subject: it is verified before the token.
     assert_eq!(found[0]["subject"], format!("cert:{}", thumb("tpp1")));
-    assert_eq!(found[0]["interaction_id"], "bad-3");
+    assert_eq!(found[0]["interaction_id"], ids[3].as_str());
+    // Without a certificate nothing is known but the address: that is the subject.
+    for id in fresh_ids(4) {
+        let r = Req::get("/optional").bearer("not-a-jwt").as_(None);
+        let a = send(&lab.p, &r, &id).await.unwrap();
+        assert_eq!(a.status, 401, "{:?}", a.json());
+    }
+    let found = lab.p.audit_where(2, |r| r["kind"] == "alert").await;
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found[1]["subject"], "peer:127.0.0.1");
+    // The address is quarantined: refused before anything else, with or without a certificate.
+    let a = send(&lab.p, &Req::get("/optional").as_(None), &fresh_ids(1)[0])
+        .await
+        .unwrap();
+    assert_eq!(a.json()["reason"], "detect.quarantined");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,9 +450,10 @@ async fn a_webhook_receiver_gets_each_alert_as_json() {
     })
     .await;
     let t = token(&lab);
-    for i in 0..3 {
+    let ids = fresh_ids(3);
+    for (i, id) in ids.iter().enumerate() {
         let r = Req::get(&format!("/probe-{i}")).bearer(&t);
-        send(&lab.p, &r, &format!("w{i}")).await.unwrap();
+        send(&lab.p, &r, id).await.unwrap();
     }
     let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
@@ -423,7 +462,7 @@ async fn a_webhook_receiver_gets_each_alert_as_json() {
     assert_eq!(got["kind"], "alert");
     assert_eq!(got["detector"], "probing");
     assert_eq!(got["subject"], format!("cert:{}", thumb("tpp1")));
-    assert_eq!(got["interaction_id"], "w1");
+    assert_eq!(got["interaction_id"], ids[1].as_str());
     for _ in 0..50 {
         if metric(&lab.p, "portcullis_detection_webhook_total{outcome=\"sent\"}").await == Some(1.0) {
             return;

@@ -18,7 +18,10 @@
 //!    crypto, and so are media types the route does not take or make (415 for `Content-Type`,
 //!    406 for `Accept`, [`http::check_media`]).
 //! 4. **Pre-authentication rate limit per peer** ([`ratelimit`]) — bounds crypto CPU before any
-//!    signature is checked, so it sits before every stage that verifies a signature.
+//!    signature is checked, so it sits before every stage that verifies a signature. Then the
+//!    **quarantine** check ([`quarantine`]) by peer address, repeated by certificate thumbprint
+//!    after step 5 and by client id after step 8 (without a certificate): a client a detector
+//!    quarantined costs no crypto, and is refused as soon as it is known.
 //! 5. **Identity** ([`identity`]) — the verified mTLS client certificate, required unless the
 //!    route says otherwise; not expired, not revoked by the CRLs loaded now, and, on listeners
 //!    with OCSP, not revoked by its responder (asked here, not at the handshake, which cannot
