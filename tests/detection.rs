@@ -70,7 +70,10 @@ async fn lab(detection: FileDetection) -> Lab {
     lab_with(detection, |_| {}).await
 }
 
-async fn lab_with(detection: FileDetection, edit: impl FnOnce(&mut common::FileConfig)) -> Lab {
+async fn lab_with(
+    detection: FileDetection,
+    edit: impl FnOnce(&mut common::FileConfig),
+) -> Lab {
     let mut o = LabOptions::new(POLICY);
     edit(&mut o.config);
     let dir = tempfile::tempdir().unwrap();
@@ -534,4 +537,70 @@ fn bad_detection_config_is_refused_naming_file_field_and_reason() {
     std::fs::write(&path, serde_json::to_string(&c).unwrap()).unwrap();
     let e = portcullis_proxy::config::Config::load(&path).err().unwrap().to_string();
     assert!(e.contains("detection.admin_token_file:") && e.contains("at least 32"), "{e}");
+}
+
+/// Two instances on one Redis: a quarantine made by A refuses the client on B within a sync
+/// interval (1 s), and lifting it on B frees the client on A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantine_is_seen_by_a_second_instance_through_redis_and_lifted_for_both() {
+    let redis = common::redis::RedisServer::start();
+    let detection = || FileDetection {
+        enumeration: detector(5, "quarantine"),
+        quarantine_ttl: Some(dur("10m")),
+        ..FileDetection::default()
+    };
+    let state = redis.state();
+    let a = lab_with(detection(), |c| c.state = state.clone()).await;
+    let b = lab_with(detection(), |c| c.state = state.clone()).await;
+    let (ta, tb) = (token(&a), token(&b));
+    let tpp1 = format!("cert:{}", thumb("tpp1"));
+    // Before: B serves tpp1.
+    let r = send(&b.p, &Req::get("/hidden/acc-1").bearer(&tb), &fresh_ids(1)[0])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    for i in 0..8 {
+        let r = Req::get(&format!("/hidden/acc-x{i}")).bearer(&ta);
+        send(&a.p, &r, &fresh_ids(1)[0]).await.unwrap();
+    }
+    assert_eq!(a.p.audit_where(1, |r| r["kind"] == "alert").await.len(), 1);
+    // B refuses tpp1 once it has synced (every second), without any alert of its own.
+    let refused_on_b = async {
+        for _ in 0..60 {
+            let id = fresh_ids(1).remove(0);
+            let before = b.up.count();
+            let r = send(&b.p, &Req::get("/hidden/acc-1").bearer(&tb), &id)
+                .await
+                .unwrap();
+            if r.status == 403 {
+                return Some((r, id, before));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    };
+    let (r, id, before) = refused_on_b.await.expect("B never saw the quarantine");
+    assert_eq!(r.json()["reason"], "detect.quarantined");
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(b.up.count(), before, "nothing upstream");
+    assert_eq!(b.p.audit_of(&id).await["reason"], "detect.quarantined");
+    assert!(alerts(&b.p).is_empty());
+    let (s, list) = admin(&b.p, "GET", "/quarantines", Some(ADMIN_TOKEN)).await;
+    assert_eq!((s, list["quarantines"][0]["subject"].as_str()), (200, Some(tpp1.as_str())));
+    // Lifted on B: A serves tpp1 again after its next sync.
+    let (s, _) = admin(&b.p, "DELETE", &format!("/quarantines/{tpp1}"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(s, 200);
+    let mut served = false;
+    for _ in 0..60 {
+        let r = send(&a.p, &Req::get("/hidden/acc-1").bearer(&ta), &fresh_ids(1)[0])
+            .await
+            .unwrap();
+        if r.status == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "A still refuses tpp1 after the lift on B");
+    drop(redis);
 }

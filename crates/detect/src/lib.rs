@@ -199,6 +199,38 @@ pub struct Quarantine {
     pub until: i64,
 }
 
+impl Quarantine {
+    /// The form a shared store keeps it in (with its subject as the key): `until since detector`.
+    pub fn encode(&self) -> String {
+        format!("{} {} {}", self.until, self.since, self.detector.as_str())
+    }
+
+    /// The inverse of [`Quarantine::encode`]; `None` for anything else (a store is not trusted
+    /// to hold only what we wrote).
+    pub fn decode(subject: &str, value: &str) -> Option<Quarantine> {
+        let mut parts = value.split(' ');
+        let until = parts.next()?.parse().ok()?;
+        let since = parts.next()?.parse().ok()?;
+        let detector = Kind::parse(parts.next()?)?;
+        if parts.next().is_some() || subject.is_empty() || subject.len() > 1024 {
+            return None;
+        }
+        Some(Quarantine {
+            subject: subject.to_string(),
+            detector,
+            since,
+            until,
+        })
+    }
+}
+
+/// A quarantine held here, and whether the fleet's set has shown it (see
+/// [`Detector::merge_fleet`]).
+struct Held {
+    q: Quarantine,
+    in_fleet: bool,
+}
+
 #[derive(Clone)]
 struct Window {
     start: i64,
@@ -242,7 +274,7 @@ pub struct Stats {
 pub struct Detector {
     shards: Vec<Mutex<HashMap<(String, Kind), Window>>>,
     hasher: RandomState,
-    quarantines: Mutex<HashMap<String, Quarantine>>,
+    quarantines: Mutex<HashMap<String, Held>>,
     /// How many quarantines are held: the request path skips the lock when none is.
     quarantined_n: AtomicUsize,
     pub stats: Stats,
@@ -355,7 +387,7 @@ impl Detector {
         let until = now.saturating_add(cfg.quarantine_ttl.as_secs() as i64);
         let mut q = self.quarantines.lock().unwrap_or_else(|p| p.into_inner());
         if !q.contains_key(subject) && q.len() >= cfg.max_quarantined {
-            q.retain(|_, v| v.until > now);
+            q.retain(|_, v| v.q.until > now);
             if q.len() >= cfg.max_quarantined {
                 self.stats.quarantine_full.fetch_add(1, Ordering::Relaxed);
                 return None;
@@ -363,11 +395,14 @@ impl Detector {
         }
         q.insert(
             subject.to_string(),
-            Quarantine {
-                subject: subject.to_string(),
-                detector,
-                since: now,
-                until,
+            Held {
+                q: Quarantine {
+                    subject: subject.to_string(),
+                    detector,
+                    since: now,
+                    until,
+                },
+                in_fleet: false,
             },
         );
         self.quarantined_n.store(q.len(), Ordering::Relaxed);
@@ -381,7 +416,7 @@ impl Detector {
         }
         let key = subject.key();
         let q = self.quarantines.lock().unwrap_or_else(|p| p.into_inner());
-        let until = q.get(&key)?.until;
+        let until = q.get(&key)?.q.until;
         (until > now).then(|| (until - now) as u64)
     }
 
@@ -393,10 +428,38 @@ impl Detector {
         had
     }
 
+    /// Takes the fleet's quarantines (a shared store's whole set) as the truth: the map becomes
+    /// those in force, plus the ones made here that the set has never shown (not written yet,
+    /// or Redis refused the write: they hold here until they end). One the set showed before
+    /// and no longer does was lifted on another instance (or ended), and goes. At most
+    /// `max_quarantined` are kept.
+    pub fn merge_fleet(&self, cfg: &DetectionConfig, fleet: Vec<Quarantine>, now: i64) {
+        let mut q = self.quarantines.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next: HashMap<String, Held> = q
+            .drain()
+            .filter(|(_, v)| v.q.until > now && !v.in_fleet)
+            .collect();
+        for f in fleet {
+            if next.len() >= cfg.max_quarantined && !next.contains_key(&f.subject) {
+                self.stats.quarantine_full.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if f.until > now {
+                next.insert(f.subject.clone(), Held { q: f, in_fleet: true });
+            }
+        }
+        *q = next;
+        self.quarantined_n.store(q.len(), Ordering::Relaxed);
+    }
+
     /// The quarantines in force now, by subject.
     pub fn list(&self, now: i64) -> Vec<Quarantine> {
         let q = self.quarantines.lock().unwrap_or_else(|p| p.into_inner());
-        let mut all: Vec<Quarantine> = q.values().filter(|v| v.until > now).cloned().collect();
+        let mut all: Vec<Quarantine> = q
+            .values()
+            .filter(|v| v.q.until > now)
+            .map(|v| v.q.clone())
+            .collect();
         all.sort_by(|a, b| a.subject.cmp(&b.subject));
         all
     }

@@ -145,3 +145,29 @@ fn config_is_validated_field_by_field() {
     let mut p = portcullis_base::problems::Problems::new(Path::new("c.yaml"), &mut errors);
     assert!(!config::validate(&mut p, None).enabled);
 }
+
+#[test]
+fn the_fleet_set_is_the_truth_for_what_it_has_shown() {
+    let d = Detector::new();
+    let cfg = on();
+    d.quarantine(&cfg, "cert:lifted", Kind::Probing, 0);
+    d.quarantine(&cfg, "cert:unshared", Kind::Probing, 0);
+    let shown = |subject: &str| Quarantine {
+        subject: subject.into(),
+        detector: Kind::Probing,
+        since: 0,
+        until: 1000,
+    };
+    let other = Quarantine::decode("cert:other", &shown("x").encode()).unwrap();
+    d.merge_fleet(&cfg, vec![shown("cert:lifted"), other.clone()], 10);
+    let held = |d: &Detector| -> Vec<String> { d.list(10).into_iter().map(|q| q.subject).collect() };
+    assert_eq!(held(&d), ["cert:lifted", "cert:other", "cert:unshared"]);
+    // `lifted` leaves the set (lifted elsewhere): it goes; `unshared` was never in it: it stays
+    // until it ends; `gone` has ended.
+    let gone = Quarantine::decode("cert:gone", "5 1 replay").unwrap();
+    d.merge_fleet(&cfg, vec![other, gone], 10);
+    assert_eq!(held(&d), ["cert:other", "cert:unshared"]);
+    assert_eq!(Quarantine::decode("s", "1 2 nonsense"), None);
+    assert_eq!(Quarantine::decode("s", "1 2 replay extra"), None);
+    assert_eq!(Quarantine::decode("", "1 2 replay"), None);
+}

@@ -24,6 +24,7 @@ use portcullis_audit::{AlertRecord, RequestRecord};
 use portcullis_base::metrics::{Exposition, Kind as MetricKind};
 use portcullis_crypto::pki::ClientCert;
 use portcullis_detect::{Action, Alert, DetectionConfig, Event, Kind, Subject, WebhookConfig};
+use portcullis_state::redis::RedisState;
 
 /// What detection needs from the running proxy (given by the caller, so that this module and
 /// the runtime do not name each other).
@@ -32,6 +33,8 @@ pub(crate) struct Detection<'a> {
     pub(crate) cfg: &'a DetectionConfig,
     pub(crate) detect: &'a portcullis_detect::Detector,
     pub(crate) webhook: Option<&'a Webhook>,
+    /// The fleet's shared state, when on Redis: quarantines are written there.
+    pub(crate) fleet: Option<&'a Arc<RedisState>>,
     pub(crate) now: i64,
 }
 
@@ -72,7 +75,82 @@ pub(crate) fn after_request(
         now: to.now,
     };
     let alert = to.detect.observe(cfg, &event)?;
+    if let (Some(until), Some(redis)) = (alert.quarantined_until, to.fleet) {
+        share_quarantine(redis, &alert, until);
+    }
     raise(to.webhook, cfg, &alert, record)
+}
+
+/// Writes a quarantine made here to the fleet's set, off the request path. Until it lands (or
+/// when Redis is down) it holds on this instance only.
+fn share_quarantine(redis: &Arc<RedisState>, alert: &Alert, until: i64) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let q = portcullis_detect::Quarantine {
+        subject: alert.subject.clone(),
+        detector: alert.detector,
+        since: alert.at,
+        until,
+    };
+    let redis = Arc::clone(redis);
+    rt.spawn(async move {
+        if redis.quarantine_set(&q.subject, &q.encode()).await.is_err() {
+            tracing::warn!(subject = %q.subject, "quarantine not shared with the fleet: Redis did not answer");
+        }
+    });
+}
+
+/// Keeps this instance's quarantines in step with the fleet's set in Redis, once a second:
+/// quarantines made elsewhere start here, lifted or ended ones stop; expired fields are removed
+/// from the set. `config` gives the current `detection:` (`None`: the proxy is gone, stop).
+/// While Redis does not answer, the quarantines held here stay as they are.
+pub(crate) async fn fleet_sync(
+    detect: Arc<portcullis_detect::Detector>,
+    redis: Arc<RedisState>,
+    clock: Arc<dyn portcullis_base::clock::Clock>,
+    config: impl Fn() -> Option<DetectionConfig>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let Some(cfg) = config() else { return };
+        if !cfg.enabled {
+            continue;
+        }
+        let Ok(all) = redis.quarantine_all(cfg.max_quarantined.saturating_mul(2)).await else {
+            continue;
+        };
+        let now = clock.now();
+        let mut live = Vec::with_capacity(all.len());
+        let mut ended = Vec::new();
+        for (subject, value) in all {
+            match portcullis_detect::Quarantine::decode(&subject, &value) {
+                Some(q) if q.until > now => live.push(q),
+                _ => ended.push(subject),
+            }
+        }
+        detect.merge_fleet(&cfg, live, now);
+        let _ = redis.quarantine_del(ended).await;
+    }
+}
+
+/// Lifts `subject`'s quarantine here and in the fleet's set; whether it was quarantined.
+pub(crate) async fn lift(
+    detect: &portcullis_detect::Detector,
+    fleet: Option<&Arc<RedisState>>,
+    subject: &str,
+) -> Result<bool, portcullis_state::redis::Unavailable> {
+    let here = detect.lift(subject);
+    match fleet {
+        None => Ok(here),
+        Some(r) => Ok(r.quarantine_del(vec![subject.to_string()]).await? > 0 || here),
+    }
 }
 
 /// Acts on one alert: `observe` is the metric only (counted by the detector); `alert` and

@@ -371,6 +371,7 @@ fn seal(shared: &Shared, open: Box<Open>, outcome: record::Outcome) {
                 cfg: &rt.config.detection,
                 detect: &shared.detect,
                 webhook: shared.webhook.as_ref(),
+                fleet: shared.redis.as_ref(),
                 now: shared.clock.now(),
             };
             crate::detection::after_request(&to, &record, &who)

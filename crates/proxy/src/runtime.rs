@@ -572,7 +572,7 @@ pub struct Shared {
     pub nonces: portcullis_state::nonce::NonceIssuer,
     /// Behavioural detectors and quarantines (kept across reloads; the thresholds are read
     /// from each request's config snapshot).
-    pub detect: portcullis_detect::Detector,
+    pub detect: Arc<portcullis_detect::Detector>,
     /// The alert webhook's queue (settings fixed at start-up).
     pub(crate) webhook: Option<crate::detection::Webhook>,
     /// OTLP span export (feature `otlp`; settings fixed at start-up).
@@ -757,7 +757,7 @@ impl Shared {
             idempotency,
             redis,
             nonces,
-            detect: portcullis_detect::Detector::new(),
+            detect: Arc::new(portcullis_detect::Detector::new()),
             webhook,
             #[cfg(feature = "otlp")]
             otlp,

@@ -102,6 +102,19 @@ pub async fn start(shared: Arc<Shared>) -> std::io::Result<Running> {
         }
         None => None,
     };
+    if let Some(redis) = &shared.redis {
+        let weak = Arc::downgrade(&shared);
+        tokio::spawn(crate::detection::fleet_sync(
+            Arc::clone(&shared.detect),
+            Arc::clone(redis),
+            Arc::clone(&shared.clock),
+            move || {
+                weak.upgrade()
+                    .map(|s| s.runtime.load().config.detection.clone())
+            },
+            shutdown.clone(),
+        ));
+    }
     let mut workers = Vec::with_capacity(config.listener.workers);
     for i in 0..config.listener.workers {
         workers.push(Worker::spawn(i, &shared, &shutdown, &tracker)?);
@@ -382,7 +395,7 @@ async fn admin_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancel
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let shared = Arc::clone(&shared);
-                async move { Ok::<_, std::convert::Infallible>(admin(req, &shared)) }
+                async move { Ok::<_, std::convert::Infallible>(admin(req, &shared).await) }
             });
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
@@ -392,7 +405,7 @@ async fn admin_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancel
     }
 }
 
-fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
+async fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
     let text = |status: u16, body: String, ctype: &'static str| {
         let mut r = Response::new(full(body.into()));
         *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
@@ -404,7 +417,7 @@ fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
     };
     let path = req.uri().path();
     if path == "/quarantines" || path.starts_with("/quarantines/") {
-        let (status, body) = quarantines(&req, shared);
+        let (status, body) = quarantines(&req, shared).await;
         let mut r = text(status, format!("{body}\n"), "application/json");
         if status == 401 {
             r.headers_mut().insert(
@@ -454,7 +467,7 @@ fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
 /// constant time), and 404 when no token is configured, so a listener without one cannot be
 /// used to lift a quarantine. The listener should still be bound to an address only operators
 /// reach: the token travels in clear.
-fn quarantines(req: &Request<Incoming>, shared: &Shared) -> (u16, serde_json::Value) {
+async fn quarantines(req: &Request<Incoming>, shared: &Shared) -> (u16, serde_json::Value) {
     let rt = shared.runtime.load();
     let Some(expected) = rt.config.admin_token.as_deref() else {
         return (404, serde_json::json!({"error": "quarantine administration is not configured (detection.admin_token_file)"}));
@@ -493,11 +506,17 @@ fn quarantines(req: &Request<Incoming>, shared: &Shared) -> (u16, serde_json::Va
             let Some(subject) = percent_decode(subject) else {
                 return (400, serde_json::json!({"error": "bad percent-encoding"}));
             };
-            if shared.detect.lift(&subject) {
-                tracing::warn!(subject = %bounded(&subject), "admin: quarantine lifted");
-                (200, serde_json::json!({"lifted": subject}))
-            } else {
-                (404, serde_json::json!({"error": "not quarantined"}))
+            // With Redis, lifted for the fleet: the others drop it at their next sync.
+            match crate::detection::lift(&shared.detect, shared.redis.as_ref(), &subject).await {
+                Ok(true) => {
+                    tracing::warn!(subject = %bounded(&subject), "admin: quarantine lifted");
+                    (200, serde_json::json!({"lifted": subject}))
+                }
+                Ok(false) => (404, serde_json::json!({"error": "not quarantined"})),
+                Err(_) => (
+                    503,
+                    serde_json::json!({"error": "lifted here; the fleet's state (Redis) did not answer: retry"}),
+                ),
             }
         }
         _ => (405, serde_json::json!({"error": "GET /quarantines or DELETE /quarantines/{subject}"})),
