@@ -70,10 +70,7 @@ async fn lab(detection: FileDetection) -> Lab {
     lab_with(detection, |_| {}).await
 }
 
-async fn lab_with(
-    detection: FileDetection,
-    edit: impl FnOnce(&mut common::FileConfig),
-) -> Lab {
+async fn lab_with(detection: FileDetection, edit: impl FnOnce(&mut common::FileConfig)) -> Lab {
     let mut o = LabOptions::new(POLICY);
     edit(&mut o.config);
     let dir = tempfile::tempdir().unwrap();
@@ -164,10 +161,7 @@ async fn enumeration_quarantines_the_client_until_an_operator_lifts_it() {
     assert!((20..=22).contains(&hidden), "fired after {hidden} objects");
     assert_eq!(hidden + quarantined, 100);
     assert_eq!(lab.up.count(), 0);
-    let found = lab
-        .p
-        .audit_where(1, |r| r["kind"] == "alert")
-        .await;
+    let found = lab.p.audit_where(1, |r| r["kind"] == "alert").await;
     assert_eq!(found.len(), 1, "{found:?}");
     let a = &found[0];
     assert_eq!(a["detector"], "enumeration");
@@ -178,10 +172,17 @@ async fn enumeration_quarantines_the_client_until_an_operator_lifts_it() {
     assert_eq!(a["threshold"], 20);
     assert!(a["quarantined_until"].is_string(), "{a}");
     assert_eq!(
-        metric(&lab.p, "portcullis_detection_fired_total{detector=\"enumeration\"}").await,
+        metric(
+            &lab.p,
+            "portcullis_detection_fired_total{detector=\"enumeration\"}"
+        )
+        .await,
         Some(1.0)
     );
-    assert_eq!(metric(&lab.p, "portcullis_detection_quarantined ").await, Some(1.0));
+    assert_eq!(
+        metric(&lab.p, "portcullis_detection_quarantined ").await,
+        Some(1.0)
+    );
 
     // The account the client may read is refused too, three ways.
     let id = uuid::Uuid::new_v4().to_string();
@@ -196,10 +197,17 @@ async fn enumeration_quarantines_the_client_until_an_operator_lifts_it() {
     let a = send(&lab.p, &Req::get("/accounts"), "nt").await.unwrap();
     assert_eq!(a.json()["reason"], "detect.quarantined");
     // Another client is not quarantined.
-    let t2 = lab.token_for("tpp2", json!({"accounts": ["acc-1"], "client_id": "tpp-two"}));
-    let a = send(&lab.p, &Req::get("/hidden/acc-1").bearer(&t2).as_(Some("tpp2")), "t2")
-        .await
-        .unwrap();
+    let t2 = lab.token_for(
+        "tpp2",
+        json!({"accounts": ["acc-1"], "client_id": "tpp-two"}),
+    );
+    let a = send(
+        &lab.p,
+        &Req::get("/hidden/acc-1").bearer(&t2).as_(Some("tpp2")),
+        "t2",
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 200);
 
     // Listing and lifting need the admin bearer token.
@@ -208,7 +216,10 @@ async fn enumeration_quarantines_the_client_until_an_operator_lifts_it() {
     assert_eq!(admin(&lab.p, "DELETE", &path, None).await.0, 401);
     let wrong = "0123456789abcdef0123456789abcdef-admiN";
     assert_eq!(admin(&lab.p, "DELETE", &path, Some(wrong)).await.0, 401);
-    assert_eq!(metric(&lab.p, "portcullis_detection_quarantined ").await, Some(1.0));
+    assert_eq!(
+        metric(&lab.p, "portcullis_detection_quarantined ").await,
+        Some(1.0)
+    );
     let (s, list) = admin(&lab.p, "GET", "/quarantines", Some(ADMIN_TOKEN)).await;
     assert_eq!(s, 200);
     assert_eq!(list["quarantines"][0]["subject"], tpp1.as_str());
@@ -216,7 +227,10 @@ async fn enumeration_quarantines_the_client_until_an_operator_lifts_it() {
     assert_eq!(list["quarantines"][0]["retry_after_s"], 600);
     let (s, body) = admin(&lab.p, "DELETE", &path, Some(ADMIN_TOKEN)).await;
     assert_eq!((s, body["lifted"].as_str()), (200, Some(tpp1.as_str())));
-    assert_eq!(admin(&lab.p, "DELETE", &path, Some(ADMIN_TOKEN)).await.0, 404);
+    assert_eq!(
+        admin(&lab.p, "DELETE", &path, Some(ADMIN_TOKEN)).await.0,
+        404
+    );
     let a = send(&lab.p, &Req::get("/hidden/acc-1").bearer(&t), "back")
         .await
         .unwrap();
@@ -238,7 +252,9 @@ async fn a_quarantine_ends_with_its_ttl() {
         let a = send(&lab.p, &r, &format!("e{i}")).await.unwrap();
         assert_eq!(a.json()["reason"], "authz.object");
     }
-    let a = send(&lab.p, &Req::get("/accounts").bearer(&t), "q").await.unwrap();
+    let a = send(&lab.p, &Req::get("/accounts").bearer(&t), "q")
+        .await
+        .unwrap();
     assert_eq!(a.json()["reason"], "detect.quarantined");
     assert_eq!(a.headers["retry-after"], "30");
     lab.clock().advance(30);
@@ -265,7 +281,10 @@ async fn probing_thirty_undeclared_routes_raises_one_alert_at_the_default_thresh
     let found = lab.p.audit_where(1, |r| r["kind"] == "alert").await;
     assert_eq!(found.len(), 1, "{found:?}");
     let a = &found[0];
-    assert_eq!((a["detector"].as_str(), a["action"].as_str()), (Some("probing"), Some("alert")));
+    assert_eq!(
+        (a["detector"].as_str(), a["action"].as_str()),
+        (Some("probing"), Some("alert"))
+    );
     assert_eq!(a["threshold"], 10);
     assert_eq!(a["quarantined_until"], Value::Null);
     let at = ids
@@ -275,7 +294,11 @@ async fn probing_thirty_undeclared_routes_raises_one_alert_at_the_default_thresh
         + 1;
     assert!((10..=12).contains(&at), "fired at probe {at}");
     assert_eq!(
-        metric(&lab.p, "portcullis_detection_fired_total{detector=\"probing\"}").await,
+        metric(
+            &lab.p,
+            "portcullis_detection_fired_total{detector=\"probing\"}"
+        )
+        .await,
         Some(1.0)
     );
     assert_eq!(lab.up.count(), 0);
@@ -327,7 +350,10 @@ async fn credential_failures_are_counted_per_certificate_and_per_peer_address_wi
         let r = Req::get("/accounts").bearer("not-a-jwt");
         let a = send(&lab.p, &r, id).await.unwrap();
         let reason = a.json()["reason"].as_str().unwrap().to_string();
-        assert!(reason.starts_with("token.") || reason == "detect.quarantined", "{reason}");
+        assert!(
+            reason.starts_with("token.") || reason == "detect.quarantined",
+            "{reason}"
+        );
     }
     let found = lab.p.audit_where(1, |r| r["kind"] == "alert").await;
     assert_eq!(found.len(), 1, "{found:?}");
@@ -393,12 +419,18 @@ async fn a_webhook_receiver_that_never_answers_costs_requests_nothing_and_drops_
     );
     let found = lab.p.audit_where(10, |r| r["kind"] == "alert").await;
     assert_eq!(found.len(), 10);
-    let dropped = metric(&lab.p, "portcullis_detection_webhook_total{outcome=\"dropped\"}")
-        .await
-        .unwrap();
-    let sent = metric(&lab.p, "portcullis_detection_webhook_total{outcome=\"sent\"}")
-        .await
-        .unwrap();
+    let dropped = metric(
+        &lab.p,
+        "portcullis_detection_webhook_total{outcome=\"dropped\"}",
+    )
+    .await
+    .unwrap();
+    let sent = metric(
+        &lab.p,
+        "portcullis_detection_webhook_total{outcome=\"sent\"}",
+    )
+    .await
+    .unwrap();
     // One alert in flight, one queued, the rest dropped.
     assert!(dropped >= 8.0, "dropped {dropped}");
     assert_eq!(sent, 0.0);
@@ -467,7 +499,13 @@ async fn a_webhook_receiver_gets_each_alert_as_json() {
     assert_eq!(got["subject"], format!("cert:{}", thumb("tpp1")));
     assert_eq!(got["interaction_id"], ids[1].as_str());
     for _ in 0..50 {
-        if metric(&lab.p, "portcullis_detection_webhook_total{outcome=\"sent\"}").await == Some(1.0) {
+        if metric(
+            &lab.p,
+            "portcullis_detection_webhook_total{outcome=\"sent\"}",
+        )
+        .await
+            == Some(1.0)
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -497,15 +535,22 @@ async fn the_shipped_defaults_raise_nothing_on_a_realistic_mix() {
                 n if n % 2 == 0 => Req::get("/accounts/acc-1/balances").bearer(&t),
                 _ => Req::get("/hidden/acc-2").bearer(&t),
             };
-            let a = send(&lab.p, &r.as_(Some(identity)), &uuid::Uuid::new_v4().to_string())
-                .await
-                .unwrap();
+            let a = send(
+                &lab.p,
+                &r.as_(Some(identity)),
+                &uuid::Uuid::new_v4().to_string(),
+            )
+            .await
+            .unwrap();
             let reason = a.json()["reason"].as_str().unwrap_or("ok").to_string();
             *counts.entry(reason).or_default() += 1;
         }
     }
     eprintln!("false-positive mix: {counts:?}");
-    assert_eq!(lab.p.audit_where(1, |r| r["kind"] == "alert").await.len(), 0);
+    assert_eq!(
+        lab.p.audit_where(1, |r| r["kind"] == "alert").await.len(),
+        0
+    );
     assert!(counts["ok"] > 80, "{counts:?}");
 }
 
@@ -527,22 +572,35 @@ fn bad_detection_config_is_refused_naming_file_field_and_reason() {
     std::fs::write(&short, "short").unwrap();
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, serde_json::to_string(&c).unwrap()).unwrap();
-    let e = portcullis_proxy::config::Config::load(&path).err().unwrap().to_string();
-    assert!(e.contains("c.yaml: detection.probing.action: unknown value `ban`"), "{e}");
+    let e = portcullis_proxy::config::Config::load(&path)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("c.yaml: detection.probing.action: unknown value `ban`"),
+        "{e}"
+    );
     assert!(e.contains("detection.admin_token_file: cannot read"), "{e}");
     c.detection = Some(FileDetection {
         admin_token_file: Some(short.display().to_string()),
         ..FileDetection::default()
     });
     std::fs::write(&path, serde_json::to_string(&c).unwrap()).unwrap();
-    let e = portcullis_proxy::config::Config::load(&path).err().unwrap().to_string();
-    assert!(e.contains("detection.admin_token_file:") && e.contains("at least 32"), "{e}");
+    let e = portcullis_proxy::config::Config::load(&path)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("detection.admin_token_file:") && e.contains("at least 32"),
+        "{e}"
+    );
 }
 
-/// Two instances on one Redis: a quarantine made by A refuses the client on B within a sync
-/// interval (1 s), and lifting it on B frees the client on A.
+/// Two instances on one Redis: enumeration spread over both is counted once for the fleet
+/// (3 ids on A, then B's 2nd id reaches the threshold of 5: one alert, on B), the quarantine
+/// refuses the client on A within a sync interval (1 s), and lifting it on A frees it on B.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_quarantine_is_seen_by_a_second_instance_through_redis_and_lifted_for_both() {
+async fn enumeration_spread_over_two_instances_is_counted_and_quarantined_for_the_fleet() {
     let redis = common::redis::RedisServer::start();
     let detection = || FileDetection {
         enumeration: detector(5, "quarantine"),
@@ -554,22 +612,46 @@ async fn a_quarantine_is_seen_by_a_second_instance_through_redis_and_lifted_for_
     let b = lab_with(detection(), |c| c.state = state.clone()).await;
     let (ta, tb) = (token(&a), token(&b));
     let tpp1 = format!("cert:{}", thumb("tpp1"));
-    // Before: B serves tpp1.
-    let r = send(&b.p, &Req::get("/hidden/acc-1").bearer(&tb), &fresh_ids(1)[0])
-        .await
-        .unwrap();
+    let r = send(
+        &a.p,
+        &Req::get("/hidden/acc-1").bearer(&ta),
+        &fresh_ids(1)[0],
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200);
-    for i in 0..8 {
+    for i in 0..3 {
         let r = Req::get(&format!("/hidden/acc-x{i}")).bearer(&ta);
-        send(&a.p, &r, &fresh_ids(1)[0]).await.unwrap();
+        let r = send(&a.p, &r, &fresh_ids(1)[0]).await.unwrap();
+        assert_eq!(r.status, 404);
     }
-    assert_eq!(a.p.audit_where(1, |r| r["kind"] == "alert").await.len(), 1);
-    // B refuses tpp1 once it has synced (every second), without any alert of its own.
-    let refused_on_b = async {
+    let mut statuses = Vec::new();
+    for i in 3..8 {
+        let r = Req::get(&format!("/hidden/acc-x{i}")).bearer(&tb);
+        statuses.push(
+            send(&b.p, &r, &fresh_ids(1)[0])
+                .await
+                .unwrap()
+                .status
+                .as_u16(),
+        );
+        // The count is kept off the request path: give it its round trip.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(statuses, [404, 404, 403, 403, 403], "B: {statuses:?}");
+    let on_b = b.p.audit_where(1, |r| r["kind"] == "alert").await;
+    assert_eq!(on_b.len(), 1, "{on_b:?}");
+    assert_eq!(
+        (on_b[0]["detector"].as_str(), on_b[0]["count"].as_u64()),
+        (Some("enumeration"), Some(5))
+    );
+    assert!(alerts(&a.p).is_empty());
+    // A refuses tpp1 once it has synced (every second), three ways.
+    let refused_on_a = async {
         for _ in 0..60 {
             let id = fresh_ids(1).remove(0);
-            let before = b.up.count();
-            let r = send(&b.p, &Req::get("/hidden/acc-1").bearer(&tb), &id)
+            let before = a.up.count();
+            let r = send(&a.p, &Req::get("/hidden/acc-1").bearer(&ta), &id)
                 .await
                 .unwrap();
             if r.status == 403 {
@@ -579,28 +661,40 @@ async fn a_quarantine_is_seen_by_a_second_instance_through_redis_and_lifted_for_
         }
         None
     };
-    let (r, id, before) = refused_on_b.await.expect("B never saw the quarantine");
+    let (r, id, before) = refused_on_a.await.expect("A never saw the quarantine");
     assert_eq!(r.json()["reason"], "detect.quarantined");
     assert!(r.headers.contains_key("retry-after"));
-    assert_eq!(b.up.count(), before, "nothing upstream");
-    assert_eq!(b.p.audit_of(&id).await["reason"], "detect.quarantined");
-    assert!(alerts(&b.p).is_empty());
-    let (s, list) = admin(&b.p, "GET", "/quarantines", Some(ADMIN_TOKEN)).await;
-    assert_eq!((s, list["quarantines"][0]["subject"].as_str()), (200, Some(tpp1.as_str())));
-    // Lifted on B: A serves tpp1 again after its next sync.
-    let (s, _) = admin(&b.p, "DELETE", &format!("/quarantines/{tpp1}"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(a.up.count(), before, "nothing upstream");
+    assert_eq!(a.p.audit_of(&id).await["reason"], "detect.quarantined");
+    let (s, list) = admin(&a.p, "GET", "/quarantines", Some(ADMIN_TOKEN)).await;
+    assert_eq!(
+        (s, list["quarantines"][0]["subject"].as_str()),
+        (200, Some(tpp1.as_str()))
+    );
+    // Lifted on A: B serves tpp1 again after its next sync.
+    let (s, _) = admin(
+        &a.p,
+        "DELETE",
+        &format!("/quarantines/{tpp1}"),
+        Some(ADMIN_TOKEN),
+    )
+    .await;
     assert_eq!(s, 200);
     let mut served = false;
     for _ in 0..60 {
-        let r = send(&a.p, &Req::get("/hidden/acc-1").bearer(&ta), &fresh_ids(1)[0])
-            .await
-            .unwrap();
+        let r = send(
+            &b.p,
+            &Req::get("/hidden/acc-1").bearer(&tb),
+            &fresh_ids(1)[0],
+        )
+        .await
+        .unwrap();
         if r.status == 200 {
             served = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(served, "A still refuses tpp1 after the lift on B");
+    assert!(served, "B still refuses tpp1 after the lift on A");
     drop(redis);
 }

@@ -755,7 +755,12 @@ not json
         assert_eq!(r.alerts.len(), 2);
         let e = &r.alerts[0];
         assert_eq!(
-            (e.subject.as_str(), e.detector.as_str(), e.alerts, e.quarantines),
+            (
+                e.subject.as_str(),
+                e.detector.as_str(),
+                e.alerts,
+                e.quarantines
+            ),
             ("cert:T1", "enumeration", 2, 1)
         );
         assert_eq!(e.client_id.as_deref(), Some("c1"));
@@ -763,14 +768,23 @@ not json
         assert_eq!(e.last.as_deref(), Some("2026-01-01T00:00:09Z"));
         assert_eq!(e.reasons.len(), 2);
         let text = r.to_string();
-        assert!(text.contains("cert:T1") && text.contains("enumeration"), "{text}");
+        assert!(
+            text.contains("cert:T1") && text.contains("enumeration"),
+            "{text}"
+        );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["alerts"][1]["detector"], "probing");
         let html = r.html(&[], 1_767_225_600.0);
-        assert!(html.contains("<h2>Alerts</h2>") && html.contains("peer:&lt;b&gt;"), "{html}");
+        assert!(
+            html.contains("<h2>Alerts</h2>") && html.contains("peer:&lt;b&gt;"),
+            "{html}"
+        );
         // No alerts: the report is what it was before alerts existed.
         let quiet = build(&[br#"{"kind":"request","decision":"allow"}"#], None);
-        assert!(serde_json::to_value(&quiet).unwrap().get("alerts").is_none());
+        assert!(serde_json::to_value(&quiet)
+            .unwrap()
+            .get("alerts")
+            .is_none());
         assert!(!quiet.to_string().contains("alerts"));
     }
 

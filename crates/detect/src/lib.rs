@@ -25,7 +25,7 @@ pub mod config;
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -298,9 +298,7 @@ impl Detector {
     }
 
     fn hash(&self, s: &str) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        s.hash(&mut h);
-        h.finish()
+        self.hasher.hash_one(s)
     }
 
     /// Counts one finished request; returns the alert when a detector fires (once per window
@@ -309,10 +307,19 @@ impl Detector {
         if !cfg.enabled {
             return None;
         }
+        self.observe_keyed(cfg, e, e.subject.key())
+    }
+
+    /// As [`Detector::observe`], with the subject's key already made (`e.subject` is not read).
+    pub fn observe_keyed(
+        &self,
+        cfg: &DetectionConfig,
+        e: &Event<'_>,
+        subject: String,
+    ) -> Option<Alert> {
         let reason = e.reason?;
         let kind = Kind::of_reason(reason)?;
         let d = cfg.detector(kind);
-        let subject = e.subject.key();
         let window_s = d.window.as_secs().max(1) as i64;
         let item = match kind {
             Kind::Enumeration => Some(e.path),
@@ -329,7 +336,8 @@ impl Detector {
             let key = (subject, kind);
             if !shard.contains_key(&key) && shard.len() >= per_shard {
                 let before = shard.len();
-                shard.retain(|(_, k), w| e.now - w.start < cfg.detector(*k).window.as_secs() as i64);
+                shard
+                    .retain(|(_, k), w| e.now - w.start < cfg.detector(*k).window.as_secs() as i64);
                 if shard.len() == before {
                     if let Some(k) = shard.keys().next().cloned() {
                         shard.remove(&k);
@@ -358,22 +366,52 @@ impl Detector {
             (key.0, n)
         };
         let (subject, n) = count;
+        Some(self.fired(cfg, kind, subject, n, reason, e.route, e.now))
+    }
+
+    /// The fleet's window of `kind` for `subject` at `now` (windows aligned on multiples of
+    /// their length, so every instance names the same one), and how long to keep it (s).
+    pub fn fleet_window(
+        cfg: &DetectionConfig,
+        kind: Kind,
+        subject: &str,
+        now: i64,
+    ) -> (String, u64) {
+        let w = cfg.detector(kind).window.as_secs().max(1);
+        let n = now.max(0) as u64 / w;
+        (format!("{}:{n}:{subject}", kind.as_str()), w)
+    }
+
+    /// A detector fired with `count` (counted here, or by the fleet): the alert, with the
+    /// quarantine made here when that is its action.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fired(
+        &self,
+        cfg: &DetectionConfig,
+        kind: Kind,
+        subject: String,
+        count: u32,
+        reason: &str,
+        route: Option<&str>,
+        now: i64,
+    ) -> Alert {
+        let d = cfg.detector(kind);
         self.stats.fired[kind as usize].fetch_add(1, Ordering::Relaxed);
         let quarantined_until = (d.action == Action::Quarantine)
-            .then(|| self.quarantine(cfg, &subject, kind, e.now))
+            .then(|| self.quarantine(cfg, &subject, kind, now))
             .flatten();
-        Some(Alert {
+        Alert {
             detector: kind,
             action: d.action,
             subject,
-            count: n,
+            count,
             threshold: d.threshold,
-            window_s: window_s as u64,
+            window_s: d.window.as_secs().max(1),
             reason: reason.to_string(),
-            route: e.route.map(str::to_string),
+            route: route.map(str::to_string),
             quarantined_until,
-            at: e.now,
-        })
+            at: now,
+        }
     }
 
     /// Quarantines `subject` for the configured TTL; `None` when the map is full of live ones.
@@ -445,7 +483,13 @@ impl Detector {
                 continue;
             }
             if f.until > now {
-                next.insert(f.subject.clone(), Held { q: f, in_fleet: true });
+                next.insert(
+                    f.subject.clone(),
+                    Held {
+                        q: f,
+                        in_fleet: true,
+                    },
+                );
             }
         }
         *q = next;

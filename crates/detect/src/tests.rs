@@ -66,14 +66,24 @@ fn a_new_window_starts_over() {
     let mut cfg = on();
     cfg.detectors[Kind::Replay as usize].threshold = 3;
     cfg.detectors[Kind::Replay as usize].window = Duration::from_secs(10);
-    let e = |now| refused(Subject::Peer([10, 0, 0, 1].into()), "binding.dpop_replay", "/", now);
+    let e = |now| {
+        refused(
+            Subject::Peer([10, 0, 0, 1].into()),
+            "binding.dpop_replay",
+            "/",
+            now,
+        )
+    };
     assert!(d.observe(&cfg, &e(0)).is_none());
     assert!(d.observe(&cfg, &e(1)).is_none());
     // Window over: two in the old window and one in the new do not add up.
     assert!(d.observe(&cfg, &e(10)).is_none());
     assert!(d.observe(&cfg, &e(11)).is_none());
     let a = d.observe(&cfg, &e(12)).unwrap();
-    assert_eq!((a.detector, a.count, a.subject.as_str()), (Kind::Replay, 3, "peer:10.0.0.1"));
+    assert_eq!(
+        (a.detector, a.count, a.subject.as_str()),
+        (Kind::Replay, 3, "peer:10.0.0.1")
+    );
 }
 
 #[test]
@@ -86,7 +96,9 @@ fn quarantine_holds_for_its_ttl_and_lifts_early() {
     let s = Subject::Cert("abc");
     assert_eq!(d.quarantined(&s, 0), None);
     d.observe(&cfg, &refused(s, "token.bad_signature", "/", 0));
-    let a = d.observe(&cfg, &refused(s, "signature.http_invalid", "/", 0)).unwrap();
+    let a = d
+        .observe(&cfg, &refused(s, "signature.http_invalid", "/", 0))
+        .unwrap();
     assert_eq!(a.quarantined_until, Some(60));
     assert_eq!(d.quarantined(&s, 10), Some(50));
     assert_eq!(d.quarantined(&Subject::Cert("other"), 10), None);
@@ -160,7 +172,8 @@ fn the_fleet_set_is_the_truth_for_what_it_has_shown() {
     };
     let other = Quarantine::decode("cert:other", &shown("x").encode()).unwrap();
     d.merge_fleet(&cfg, vec![shown("cert:lifted"), other.clone()], 10);
-    let held = |d: &Detector| -> Vec<String> { d.list(10).into_iter().map(|q| q.subject).collect() };
+    let held =
+        |d: &Detector| -> Vec<String> { d.list(10).into_iter().map(|q| q.subject).collect() };
     assert_eq!(held(&d), ["cert:lifted", "cert:other", "cert:unshared"]);
     // `lifted` leaves the set (lifted elsewhere): it goes; `unshared` was never in it: it stays
     // until it ends; `gone` has ended.

@@ -31,10 +31,11 @@ use portcullis_state::redis::RedisState;
 pub(crate) struct Detection<'a> {
     /// The request's config snapshot's `detection:`.
     pub(crate) cfg: &'a DetectionConfig,
-    pub(crate) detect: &'a portcullis_detect::Detector,
+    pub(crate) detect: &'a Arc<portcullis_detect::Detector>,
     pub(crate) webhook: Option<&'a Webhook>,
-    /// The fleet's shared state, when on Redis: quarantines are written there.
+    /// The fleet's shared state, when on Redis: counts and quarantines are kept there.
     pub(crate) fleet: Option<&'a Arc<RedisState>>,
+    pub(crate) audit: &'a portcullis_audit::AuditLog,
     pub(crate) now: i64,
 }
 
@@ -74,11 +75,89 @@ pub(crate) fn after_request(
         path: &record.path,
         now: to.now,
     };
+    if let Some(redis) = to.fleet {
+        count_in_fleet(to, redis, &event, record);
+        return None;
+    }
     let alert = to.detect.observe(cfg, &event)?;
     if let (Some(until), Some(redis)) = (alert.quarantined_until, to.fleet) {
         share_quarantine(redis, &alert, until);
     }
     raise(to.webhook, cfg, &alert, record)
+}
+
+/// Counts the event in the fleet's window (Redis), off the request path, so that a client
+/// cannot spread its probing over instances; the instance whose count reaches the threshold
+/// raises the alert (once per window, fleet-wide). When Redis does not answer, it is counted
+/// here instead.
+fn count_in_fleet(
+    to: &Detection<'_>,
+    redis: &Arc<RedisState>,
+    e: &Event<'_>,
+    record: &RequestRecord,
+) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let (Some(reason), Some(kind)) = (e.reason, e.reason.and_then(Kind::of_reason)) else {
+        return;
+    };
+    let subject = e.subject.key();
+    let (window, ttl) = portcullis_detect::Detector::fleet_window(to.cfg, kind, &subject, e.now);
+    let item = match kind {
+        Kind::Enumeration => Some(e.path.to_string()),
+        Kind::Probing => Some(e.route.unwrap_or(e.path).to_string()),
+        Kind::CredentialAbuse | Kind::Replay => None,
+    };
+    let owned = (
+        reason.to_string(),
+        e.route.map(str::to_string),
+        e.path.to_string(),
+        e.now,
+    );
+    let cfg = to.cfg.clone();
+    let detect = Arc::clone(to.detect);
+    let redis = Arc::clone(redis);
+    let audit = to.audit.clone();
+    let webhook = to.webhook.cloned();
+    let request = RequestRecord {
+        client_id: record.client_id.clone(),
+        interaction_id: record.interaction_id.clone(),
+        ..RequestRecord::default()
+    };
+    let threshold = cfg.detector(kind).threshold;
+    rt.spawn(async move {
+        let (reason, route, path, now) = owned;
+        let alert = match redis
+            .detect_count(&window, item.as_deref(), threshold, ttl)
+            .await
+        {
+            Ok((n, true)) => {
+                let n = u32::try_from(n).unwrap_or(u32::MAX);
+                Some(detect.fired(&cfg, kind, subject, n, &reason, route.as_deref(), now))
+            }
+            Ok((_, false)) => None,
+            Err(_) => {
+                let local = Event {
+                    // Not read: the key is given.
+                    subject: Subject::Client(""),
+                    reason: Some(&reason),
+                    route: route.as_deref(),
+                    path: &path,
+                    now,
+                };
+                // The key is already made: count it under the same name.
+                detect.observe_keyed(&cfg, &local, subject.clone())
+            }
+        };
+        let Some(alert) = alert else { return };
+        if let Some(until) = alert.quarantined_until {
+            share_quarantine(&redis, &alert, until);
+        }
+        if let Some(a) = raise(webhook.as_ref(), &cfg, &alert, &request) {
+            audit.emit(portcullis_audit::Record::Alert(a));
+        }
+    });
 }
 
 /// Writes a quarantine made here to the fleet's set, off the request path. Until it lands (or
@@ -123,7 +202,10 @@ pub(crate) async fn fleet_sync(
         if !cfg.enabled {
             continue;
         }
-        let Ok(all) = redis.quarantine_all(cfg.max_quarantined.saturating_mul(2)).await else {
+        let Ok(all) = redis
+            .quarantine_all(cfg.max_quarantined.saturating_mul(2))
+            .await
+        else {
             continue;
         };
         let now = clock.now();
@@ -199,6 +281,7 @@ fn webhook_body(a: &portcullis_audit::AlertRecord) -> Bytes {
 }
 
 /// The webhook's queue and its counters.
+#[derive(Clone)]
 pub(crate) struct Webhook {
     tx: mpsc::Sender<Bytes>,
     stats: Arc<WebhookStats>,

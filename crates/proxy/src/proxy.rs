@@ -372,6 +372,7 @@ fn seal(shared: &Shared, open: Box<Open>, outcome: record::Outcome) {
                 detect: &shared.detect,
                 webhook: shared.webhook.as_ref(),
                 fleet: shared.redis.as_ref(),
+                audit: &shared.audit,
                 now: shared.clock.now(),
             };
             crate::detection::after_request(&to, &record, &who)

@@ -470,7 +470,10 @@ async fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
 async fn quarantines(req: &Request<Incoming>, shared: &Shared) -> (u16, serde_json::Value) {
     let rt = shared.runtime.load();
     let Some(expected) = rt.config.admin_token.as_deref() else {
-        return (404, serde_json::json!({"error": "quarantine administration is not configured (detection.admin_token_file)"}));
+        return (
+            404,
+            serde_json::json!({"error": "quarantine administration is not configured (detection.admin_token_file)"}),
+        );
     };
     let presented = req
         .headers()
@@ -480,7 +483,10 @@ async fn quarantines(req: &Request<Incoming>, shared: &Shared) -> (u16, serde_js
         .unwrap_or("");
     if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
         tracing::warn!(path = %bounded(req.uri().path()), "admin: quarantine request without a valid token");
-        return (401, serde_json::json!({"error": "a valid bearer token is required"}));
+        return (
+            401,
+            serde_json::json!({"error": "a valid bearer token is required"}),
+        );
     }
     let now = shared.clock.now();
     let path = req.uri().path();
@@ -519,7 +525,10 @@ async fn quarantines(req: &Request<Incoming>, shared: &Shared) -> (u16, serde_js
                 ),
             }
         }
-        _ => (405, serde_json::json!({"error": "GET /quarantines or DELETE /quarantines/{subject}"})),
+        _ => (
+            405,
+            serde_json::json!({"error": "GET /quarantines or DELETE /quarantines/{subject}"}),
+        ),
     }
 }
 

@@ -108,6 +108,28 @@ return n",
     )
 });
 
+/// Detection: counts one event in a fleet window and says whether this call is the first to
+/// reach the threshold. KEYS[1] the window's counter (a HyperLogLog for distinct counts),
+/// KEYS[2] its fired marker; ARGV[1] the item ('' for a plain count), ARGV[2] the TTL (s),
+/// ARGV[3] the threshold. Returns {count, fired}.
+static DETECT_COUNT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local n
+if ARGV[1] ~= '' then
+  redis.call('PFADD', KEYS[1], ARGV[1])
+  n = redis.call('PFCOUNT', KEYS[1])
+else
+  n = redis.call('INCR', KEYS[1])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+local fired = 0
+if n >= tonumber(ARGV[3]) then
+  if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then fired = 1 end
+end
+return {n, fired}",
+    )
+});
+
 static IDEM_BEGIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"local v = redis.call('GET', KEYS[1])
@@ -697,10 +719,46 @@ impl RedisState {
         );
     }
 
+    /// Detection: counts one event of `window` (the detector, window number and subject) for
+    /// the fleet — `item` counted distinct (HyperLogLog) when given — and returns the count and
+    /// whether this call is the one that reached `threshold` (once per window, fleet-wide).
+    pub async fn detect_count(
+        &self,
+        window: &str,
+        item: Option<&str>,
+        threshold: u32,
+        ttl_s: u64,
+    ) -> Result<(u64, bool), Unavailable> {
+        let (count, fired) = (self.key("d:", window), self.key("f:", window));
+        let item = item.unwrap_or("").to_string();
+        let r: Vec<i64> = self
+            .call(Feature::Detection, move |mut c| {
+                Box::pin(async move {
+                    DETECT_COUNT
+                        .key(count)
+                        .key(fired)
+                        .arg(item)
+                        .arg(ttl_s.max(1))
+                        .arg(threshold)
+                        .invoke_async::<Vec<i64>>(&mut c)
+                        .await
+                })
+            })
+            .await?;
+        match r.as_slice() {
+            [n, f] => Ok((u64::try_from(*n).unwrap_or(0), *f == 1)),
+            _ => Err(Unavailable),
+        }
+    }
+
     /// Detection: sets one field of the fleet's quarantine hash (`<prefix>quarantine`): the
     /// subject, and `value` as the detector crate encodes it.
     pub async fn quarantine_set(&self, subject: &str, value: &str) -> Result<(), Unavailable> {
-        let (k, f, v) = (self.key("quarantine", ""), subject.to_string(), value.to_string());
+        let (k, f, v) = (
+            self.key("quarantine", ""),
+            subject.to_string(),
+            value.to_string(),
+        );
         self.call(Feature::Detection, move |mut c| {
             Box::pin(async move {
                 ::redis::cmd("HSET")

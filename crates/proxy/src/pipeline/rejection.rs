@@ -436,7 +436,10 @@ pub(crate) fn answer(
         }
     }
     if let Rejection::Quarantined(q) = rejection {
-        h.insert(::http::header::RETRY_AFTER, HeaderValue::from(q.retry_after_s));
+        h.insert(
+            ::http::header::RETRY_AFTER,
+            HeaderValue::from(q.retry_after_s),
+        );
     }
     if let Rejection::Route(NoRoute::MethodNotAllowed { allow }) = rejection {
         let list: Vec<&str> = allow.iter().map(|m| m.as_str()).collect();
