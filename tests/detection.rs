@@ -15,7 +15,7 @@ mod support {
 
 use std::time::{Duration, Instant};
 
-use common::{dur, FileDetection, FileDetector, FileWebhook};
+use common::{dur, FileDetection, FileDetector, FileVolume, FileWebhook};
 use portcullis_crypto::jose::sign::SigningKey;
 use portcullis_crypto::jose::Alg;
 use serde_json::{json, Value};
@@ -511,6 +511,58 @@ async fn a_webhook_receiver_gets_each_alert_as_json() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("the sent counter never reached 1");
+}
+
+/// A client calling at a steady 2 requests a second, then 8 in one second: the volume detector
+/// fires on the 6th of them (3 × its baseline of 1.875, above the minimum of 5), once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_spike_against_the_clients_own_baseline_raises_the_volume_alert() {
+    let lab = lab(FileDetection {
+        volume: Some(FileVolume {
+            multiple: Some(3.0),
+            min_requests: Some(5),
+            warmup: Some(3),
+            bucket: Some(dur("1s")),
+            ..FileVolume::default()
+        }),
+        ..FileDetection::default()
+    })
+    .await;
+    let t = token(&lab);
+    for _ in 0..4 {
+        for _ in 0..2 {
+            let a = send(&lab.p, &Req::get("/accounts").bearer(&t), &fresh_ids(1)[0])
+                .await
+                .unwrap();
+            assert_eq!(a.status, 200);
+        }
+        lab.clock().advance(1);
+    }
+    let ids = fresh_ids(8);
+    for id in &ids {
+        let a = send(&lab.p, &Req::get("/accounts").bearer(&t), id)
+            .await
+            .unwrap();
+        // `alert`: the spike is served.
+        assert_eq!(a.status, 200);
+    }
+    let found = lab.p.audit_where(1, |r| r["kind"] == "alert").await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let a = &found[0];
+    assert_eq!(
+        (a["detector"].as_str(), a["count"].as_u64()),
+        (Some("volume"), Some(6))
+    );
+    assert_eq!(a["route_id"], "accounts");
+    assert_eq!(a["interaction_id"], ids[5].as_str());
+    assert_eq!(
+        metric(
+            &lab.p,
+            "portcullis_detection_fired_total{detector=\"volume\"}"
+        )
+        .await,
+        Some(1.0)
+    );
 }
 
 /// A well-behaved mix from two clients under the shipped defaults: reads of their own

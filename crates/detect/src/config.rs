@@ -57,6 +57,9 @@ pub struct FileDetection {
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replay: Option<FileDetector>,
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume: Option<FileVolume>,
     /// Where alerts are posted (JSON), off the request path.
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -66,6 +69,60 @@ pub struct FileDetection {
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<String>,
+}
+
+/// `detection.volume:` as written.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileVolume {
+    /// Default true.
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Fire when a bucket's count exceeds this multiple of the baseline (default 10).
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multiple: Option<f64>,
+    /// ... and this many requests (default 600).
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u32>,
+    /// Buckets seen before it may fire; also the baseline's span (default 60).
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<u32>,
+    /// Default 1m.
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<ConfigDuration>,
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+}
+
+/// The validated volume detector.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VolumeConfig {
+    pub multiple: f64,
+    pub min_requests: u32,
+    pub warmup: u32,
+    pub bucket: Duration,
+    /// The baseline's weight for the newest bucket: 2 / (warmup + 1).
+    pub alpha: f64,
+    pub action: Action,
+}
+
+impl Default for VolumeConfig {
+    fn default() -> Self {
+        VolumeConfig {
+            multiple: 10.0,
+            min_requests: 600,
+            warmup: 60,
+            bucket: Duration::from_secs(60),
+            alpha: 2.0 / 61.0,
+            action: Action::Alert,
+        }
+    }
 }
 
 /// `detection.webhook:` as written.
@@ -106,7 +163,7 @@ pub struct WebhookConfig {
 }
 
 /// The validated `detection:` section.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DetectionConfig {
     pub enabled: bool,
     pub max_tracked: usize,
@@ -114,6 +171,8 @@ pub struct DetectionConfig {
     pub quarantine_ttl: Duration,
     /// By [`Kind`] index.
     pub detectors: [DetectorConfig; Kind::ALL.len()],
+    /// The volume detector; `None` when off.
+    pub volume: Option<VolumeConfig>,
     pub webhook: Option<WebhookConfig>,
     /// The admin bearer token's file, resolved by the caller against the config file.
     pub admin_token_file: Option<String>,
@@ -128,6 +187,7 @@ impl Default for DetectionConfig {
             max_quarantined: 10_000,
             quarantine_ttl: Duration::from_secs(15 * 60),
             detectors: Kind::ALL.map(Kind::default_config),
+            volume: Some(VolumeConfig::default()),
             webhook: None,
             admin_token_file: None,
         }
@@ -135,8 +195,23 @@ impl Default for DetectionConfig {
 }
 
 impl DetectionConfig {
+    /// A detector's threshold, window and action (for volume: its minimum, bucket and action).
     pub fn detector(&self, kind: Kind) -> DetectorConfig {
-        self.detectors[kind as usize]
+        match (kind, self.volume) {
+            (Kind::Volume, v) => {
+                let v = v.unwrap_or_default();
+                DetectorConfig {
+                    threshold: v.min_requests,
+                    window: v.bucket,
+                    action: v.action,
+                }
+            }
+            _ => self
+                .detectors
+                .get(kind as usize)
+                .copied()
+                .unwrap_or(kind.default_config()),
+        }
     }
 }
 
@@ -149,6 +224,7 @@ impl Kind {
             Kind::Probing => 10,
             Kind::CredentialAbuse => 30,
             Kind::Replay => 10,
+            Kind::Volume => VolumeConfig::default().min_requests,
         };
         DetectorConfig {
             threshold,
@@ -190,6 +266,7 @@ pub fn validate(p: &mut Problems<'_>, f: Option<&FileDetection>) -> DetectionCon
             Kind::Probing => &f.probing,
             Kind::CredentialAbuse => &f.credential_abuse,
             Kind::Replay => &f.replay,
+            Kind::Volume => &None,
         };
         let Some(d) = file else { continue };
         let at = |field: &str| format!("detection.{}.{field}", kind.as_str());
@@ -221,6 +298,48 @@ pub fn validate(p: &mut Problems<'_>, f: Option<&FileDetection>) -> DetectionCon
             }
         }
         c.detectors[kind as usize] = v;
+    }
+    if let Some(v) = &f.volume {
+        let mut c_v = VolumeConfig::default();
+        if let Some(m) = v.multiple {
+            if !(m.is_finite() && (1.5..=1000.0).contains(&m)) {
+                p.push("detection.volume.multiple", "must be between 1.5 and 1000");
+            } else {
+                c_v.multiple = m;
+            }
+        }
+        if let Some(n) = v.min_requests {
+            if n == 0 {
+                p.push("detection.volume.min_requests", "must be at least 1");
+            }
+            c_v.min_requests = n.max(1);
+        }
+        if let Some(w) = v.warmup {
+            if !(1..=10_000).contains(&w) {
+                p.push(
+                    "detection.volume.warmup",
+                    "must be between 1 and 10000 buckets",
+                );
+            }
+            c_v.warmup = w.clamp(1, 10_000);
+        }
+        c_v.alpha = 2.0 / (f64::from(c_v.warmup) + 1.0);
+        if let Some(b) = v.bucket {
+            if b.0 < Duration::from_secs(1) || b.0 > Duration::from_secs(3600) {
+                p.push("detection.volume.bucket", "must be between 1s and 1h");
+            }
+            c_v.bucket = b.0.max(Duration::from_secs(1));
+        }
+        if let Some(a) = v.action.as_deref() {
+            match Action::parse(a) {
+                Some(a) => c_v.action = a,
+                None => p.push(
+                    "detection.volume.action",
+                    format!("unknown value `{a}` (observe, alert or quarantine)"),
+                ),
+            }
+        }
+        c.volume = v.enabled.unwrap_or(true).then_some(c_v);
     }
     if let Some(w) = &f.webhook {
         let ok = w

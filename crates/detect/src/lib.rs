@@ -30,7 +30,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 pub use config::{
-    DetectionConfig, DetectorConfig, FileDetection, FileDetector, FileWebhook, WebhookConfig,
+    DetectionConfig, DetectorConfig, FileDetection, FileDetector, FileVolume, FileWebhook,
+    VolumeConfig, WebhookConfig,
 };
 
 /// Bits in a distinct-count sketch.
@@ -50,14 +51,27 @@ pub enum Kind {
     CredentialAbuse = 2,
     /// DPoP proof replays, signature nonce replays, idempotency-key conflicts.
     Replay = 3,
+    /// A client's requests on one route in one bucket against its own exponentially weighted
+    /// baseline, after a warm-up.
+    Volume = 4,
 }
 
 impl Kind {
+    /// The detectors that count refusals (threshold, window, action).
     pub const ALL: [Kind; 4] = [
         Kind::Enumeration,
         Kind::Probing,
         Kind::CredentialAbuse,
         Kind::Replay,
+    ];
+
+    /// Every detector.
+    pub const EVERY: [Kind; 5] = [
+        Kind::Enumeration,
+        Kind::Probing,
+        Kind::CredentialAbuse,
+        Kind::Replay,
+        Kind::Volume,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,11 +80,12 @@ impl Kind {
             Kind::Probing => "probing",
             Kind::CredentialAbuse => "credential_abuse",
             Kind::Replay => "replay",
+            Kind::Volume => "volume",
         }
     }
 
     pub fn parse(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+        Kind::EVERY.into_iter().find(|k| k.as_str() == s)
     }
 
     /// Whether the detector counts distinct values (else every event).
@@ -259,11 +274,22 @@ impl Window {
     }
 }
 
+/// One client's rate on one route: the current bucket's count and the baseline.
+struct Rate {
+    bucket: i64,
+    count: u32,
+    /// Exponentially weighted mean of past buckets' counts.
+    ewma: f64,
+    /// Buckets seen since the first request (the warm-up).
+    buckets: u32,
+    fired_bucket: i64,
+}
+
 /// Counters the proxy renders as metrics.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Fired, by [`Kind`] index.
-    pub fired: [AtomicU64; 4],
+    pub fired: [AtomicU64; 5],
     /// Windows forgotten while still live because a shard was full.
     pub evicted: AtomicU64,
     /// Quarantines not made because the map was full.
@@ -273,6 +299,8 @@ pub struct Stats {
 /// The detectors' state for one process (memory backend).
 pub struct Detector {
     shards: Vec<Mutex<HashMap<(String, Kind), Window>>>,
+    /// Volume baselines by a hash of (subject, route): no allocation per request.
+    rates: Vec<Mutex<HashMap<u64, Rate>>>,
     hasher: RandomState,
     quarantines: Mutex<HashMap<String, Held>>,
     /// How many quarantines are held: the request path skips the lock when none is.
@@ -290,6 +318,7 @@ impl Detector {
     pub fn new() -> Detector {
         Detector {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            rates: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             quarantines: Mutex::new(HashMap::new()),
             quarantined_n: AtomicUsize::new(0),
@@ -324,7 +353,7 @@ impl Detector {
         let item = match kind {
             Kind::Enumeration => Some(e.path),
             Kind::Probing => Some(e.route.unwrap_or(e.path)),
-            Kind::CredentialAbuse | Kind::Replay => None,
+            Kind::CredentialAbuse | Kind::Replay | Kind::Volume => None,
         };
         let bit = item.map(|i| (self.hash(i) % BITS as u64) as usize);
         let shard_of = (self.hash(&subject) as usize) % SHARDS;
@@ -367,6 +396,78 @@ impl Detector {
         };
         let (subject, n) = count;
         Some(self.fired(cfg, kind, subject, n, reason, e.route, e.now))
+    }
+
+    /// Counts one request of `e.subject` on `e.route` against its baseline: fires when the
+    /// current bucket's count exceeds `multiple` × the baseline (and `min_requests`), after
+    /// `warmup` buckets; once per bucket. Every request (allowed or not) is counted; one lock
+    /// of one shard, no allocation unless it fires or the client is new.
+    pub fn observe_volume(&self, cfg: &DetectionConfig, e: &Event<'_>) -> Option<Alert> {
+        let v = cfg.volume?;
+        if !cfg.enabled {
+            return None;
+        }
+        let route = e.route?;
+        let key = match e.subject {
+            Subject::Cert(t) => self.hasher.hash_one((0u8, t, route)),
+            Subject::Client(c) => self.hasher.hash_one((1u8, c, route)),
+            Subject::Peer(ip) => self.hasher.hash_one((2u8, ip, route)),
+        };
+        let bucket_s = v.bucket.as_secs().max(1) as i64;
+        let b = e.now.div_euclid(bucket_s);
+        let per_shard = (cfg.max_tracked / SHARDS).max(1);
+        let (count, baseline) = {
+            let mut shard = self.rates[(key as usize) % SHARDS]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !shard.contains_key(&key) && shard.len() >= per_shard {
+                // Full: forget the idlest bucket's owners first (O(shard), rare), else one.
+                let before = shard.len();
+                shard.retain(|_, r| b - r.bucket <= 1);
+                if shard.len() == before {
+                    if let Some(k) = shard.keys().next().copied() {
+                        shard.remove(&k);
+                    }
+                }
+                self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+            }
+            let r = shard.entry(key).or_insert(Rate {
+                bucket: b,
+                count: 0,
+                ewma: 0.0,
+                buckets: 0,
+                fired_bucket: i64::MIN,
+            });
+            if b > r.bucket {
+                let gap = (b - r.bucket).min(1_000) as i32;
+                let a = v.alpha;
+                r.ewma = a * f64::from(r.count) + (1.0 - a) * r.ewma;
+                // Buckets without a request count as zeros.
+                r.ewma *= (1.0 - a).powi(gap - 1);
+                r.buckets = r.buckets.saturating_add(gap as u32);
+                r.count = 0;
+                r.bucket = b;
+            }
+            r.count = r.count.saturating_add(1);
+            let limit = (v.multiple * r.ewma).max(f64::from(v.min_requests));
+            if r.buckets < v.warmup || f64::from(r.count) <= limit || r.fired_bucket == b {
+                return None;
+            }
+            r.fired_bucket = b;
+            (r.count, limit)
+        };
+        let mut a = self.fired(
+            cfg,
+            Kind::Volume,
+            e.subject.key(),
+            count,
+            "volume",
+            e.route,
+            e.now,
+        );
+        a.threshold = baseline.ceil() as u32;
+        a.window_s = bucket_s as u64;
+        Some(a)
     }
 
     /// The fleet's window of `kind` for `subject` at `now` (windows aligned on multiples of

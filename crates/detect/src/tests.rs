@@ -184,3 +184,56 @@ fn the_fleet_set_is_the_truth_for_what_it_has_shown() {
     assert_eq!(Quarantine::decode("s", "1 2 replay extra"), None);
     assert_eq!(Quarantine::decode("", "1 2 replay"), None);
 }
+
+#[test]
+fn volume_fires_on_a_spike_against_the_clients_own_baseline_after_the_warm_up() {
+    let d = Detector::new();
+    let mut cfg = on();
+    cfg.volume = Some(VolumeConfig {
+        multiple: 3.0,
+        min_requests: 5,
+        warmup: 3,
+        bucket: Duration::from_secs(1),
+        alpha: 0.5,
+        action: Action::Alert,
+    });
+    let at = |subject, now| Event {
+        subject,
+        reason: None,
+        route: Some("accounts"),
+        path: "/accounts",
+        now,
+    };
+    // During the warm-up even a burst does not fire.
+    for _ in 0..100 {
+        assert_eq!(
+            d.observe_volume(&cfg, &at(Subject::Client("burst"), 0)),
+            None
+        );
+    }
+    let s = Subject::Client("steady");
+    for now in 0..4 {
+        for _ in 0..2 {
+            assert_eq!(d.observe_volume(&cfg, &at(s, now)), None);
+        }
+    }
+    // Baseline 1.875 after four buckets of 2: the limit is max(3 × 1.875, 5) = 5.625.
+    let mut fired = Vec::new();
+    for i in 1..=10 {
+        if let Some(a) = d.observe_volume(&cfg, &at(s, 4)) {
+            fired.push((i, a));
+        }
+    }
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    let (i, a) = &fired[0];
+    assert_eq!(*i, 6);
+    assert_eq!(
+        (a.detector, a.count, a.threshold, a.window_s),
+        (Kind::Volume, 6, 6, 1)
+    );
+    assert_eq!(a.subject, "client:steady");
+    // Another route of the same client has its own baseline (none yet: warming up).
+    let mut other = at(s, 4);
+    other.route = Some("payments");
+    assert_eq!(d.observe_volume(&cfg, &other), None);
+}

@@ -48,42 +48,56 @@ pub(crate) struct Who {
 }
 
 /// Hands a finished request to the detectors and acts on what they raise; returns the alert
-/// record to write after the request's. A request let through, or refused for a reason no
-/// detector counts, returns at the first check.
+/// records to write after the request's. Every request feeds the volume detector (when on); a
+/// refusal some detector counts feeds that one too.
 pub(crate) fn after_request(
     to: &Detection<'_>,
     record: &RequestRecord,
     who: &Who,
-) -> Option<AlertRecord> {
-    let reason = record.reason?;
-    Kind::of_reason(reason)?;
+) -> Vec<AlertRecord> {
     let cfg = to.cfg;
-    if !cfg.enabled {
-        return None;
+    let counted = record.reason.and_then(Kind::of_reason);
+    if !cfg.enabled || (counted.is_none() && cfg.volume.is_none()) {
+        return Vec::new();
     }
     let client_id = who.token.as_ref().and_then(|t| t.client_id.as_deref());
     let subject = match (&who.cert, client_id, who.peer) {
         (Some(c), _, _) => Subject::Cert(&c.thumbprint),
         (None, Some(id), _) => Subject::Client(id),
         (None, None, Some(ip)) => Subject::Peer(ip),
-        (None, None, None) => return None,
+        (None, None, None) => return Vec::new(),
     };
     let event = Event {
         subject,
-        reason: Some(reason),
+        reason: record.reason,
         route: record.route_id.as_deref(),
         path: &record.path,
         now: to.now,
     };
+    let mut out = Vec::new();
+    // Volume is counted per instance, also on a fleet (see docs/detection.md).
+    if let Some(alert) = to.detect.observe_volume(cfg, &event) {
+        out.extend(act(to, &alert, record));
+    }
+    if counted.is_none() {
+        return out;
+    }
     if let Some(redis) = to.fleet {
         count_in_fleet(to, redis, &event, record);
-        return None;
+        return out;
     }
-    let alert = to.detect.observe(cfg, &event)?;
+    if let Some(alert) = to.detect.observe(cfg, &event) {
+        out.extend(act(to, &alert, record));
+    }
+    out
+}
+
+/// A quarantine shared with the fleet, and the alert raised.
+fn act(to: &Detection<'_>, alert: &Alert, record: &RequestRecord) -> Option<AlertRecord> {
     if let (Some(until), Some(redis)) = (alert.quarantined_until, to.fleet) {
-        share_quarantine(redis, &alert, until);
+        share_quarantine(redis, alert, until);
     }
-    raise(to.webhook, cfg, &alert, record)
+    raise(to.webhook, to.cfg, alert, record)
 }
 
 /// Counts the event in the fleet's window (Redis), off the request path, so that a client
@@ -107,7 +121,7 @@ fn count_in_fleet(
     let item = match kind {
         Kind::Enumeration => Some(e.path.to_string()),
         Kind::Probing => Some(e.route.unwrap_or(e.path).to_string()),
-        Kind::CredentialAbuse | Kind::Replay => None,
+        Kind::CredentialAbuse | Kind::Replay | Kind::Volume => None,
     };
     let owned = (
         reason.to_string(),
@@ -368,7 +382,7 @@ pub(crate) fn write_metrics(
         MetricKind::Counter,
         "Behavioural detectors fired, by detector (each once per window and client).",
     );
-    for k in Kind::ALL {
+    for k in Kind::EVERY {
         f.sample(
             &[("detector", k.as_str())],
             stats.fired[k as usize].load(Ordering::Relaxed),

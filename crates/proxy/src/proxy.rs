@@ -360,26 +360,22 @@ fn seal(shared: &Shared, open: Box<Open>, outcome: record::Outcome) {
         );
     }
     // An alert's record follows the record of the request that fired it.
-    // Only a refusal some detector counts needs the config snapshot.
-    let counted = record
-        .reason
-        .is_some_and(|r| portcullis_detect::Kind::of_reason(r).is_some());
-    let alert = counted
-        .then(|| {
-            let rt = shared.runtime.load();
-            let to = crate::detection::Detection {
-                cfg: &rt.config.detection,
-                detect: &shared.detect,
-                webhook: shared.webhook.as_ref(),
-                fleet: shared.redis.as_ref(),
-                audit: &shared.audit,
-                now: shared.clock.now(),
-            };
-            crate::detection::after_request(&to, &record, &who)
-        })
-        .flatten();
+    let rt = shared.runtime.load();
+    let alerts = if rt.config.detection.enabled {
+        let to = crate::detection::Detection {
+            cfg: &rt.config.detection,
+            detect: &shared.detect,
+            webhook: shared.webhook.as_ref(),
+            fleet: shared.redis.as_ref(),
+            audit: &shared.audit,
+            now: shared.clock.now(),
+        };
+        crate::detection::after_request(&to, &record, &who)
+    } else {
+        Vec::new()
+    };
     shared.audit.emit(Record::Request(record));
-    if let Some(a) = alert {
+    for a in alerts {
         shared.audit.emit(Record::Alert(a));
     }
 }
