@@ -227,6 +227,16 @@ async fn enumeration_quarantines_the_client_until_an_operator_lifts_it() {
     assert_eq!(list["quarantines"][0]["retry_after_s"], 600);
     let (s, body) = admin(&lab.p, "DELETE", &path, Some(ADMIN_TOKEN)).await;
     assert_eq!((s, body["lifted"].as_str()), (200, Some(tpp1.as_str())));
+    let lifts = lab
+        .p
+        .audit_where(1, |r| r["kind"] == "quarantine_lifted")
+        .await;
+    assert_eq!(lifts.len(), 1, "{lifts:?}");
+    assert_eq!(lifts[0]["subject"], tpp1.as_str());
+    assert!(lifts[0]["admin_peer"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
     assert_eq!(
         admin(&lab.p, "DELETE", &path, Some(ADMIN_TOKEN)).await.0,
         404

@@ -256,6 +256,8 @@ pub enum Record {
     /// A behavioural detector fired (`portcullis-detect`): who, which detector, what it
     /// counted and what was done. In the chain like every record, so checkpoints sign it.
     Alert(AlertRecord),
+    /// An operator lifted a quarantine early from the admin listener.
+    QuarantineLifted(QuarantineLiftedRecord),
 }
 
 impl Record {
@@ -291,8 +293,21 @@ impl Record {
                 m.opt_str("quarantined_until", a.quarantined_until.as_deref());
                 m.opt_str("interaction_id", a.interaction_id.as_deref());
             }
+            Record::QuarantineLifted(l) => {
+                m.str("kind", "quarantine_lifted");
+                m.str("subject", &l.subject);
+                m.str("admin_peer", &l.admin_peer);
+            }
         }
     }
+}
+
+/// See [`Record::QuarantineLifted`]: whose quarantine, and from which address the
+/// authenticated admin request came.
+#[derive(Clone, Debug, Default)]
+pub struct QuarantineLiftedRecord {
+    pub subject: String,
+    pub admin_peer: String,
 }
 
 /// See [`Record::Alert`]. Every string is bounded by whoever composes it.

@@ -201,3 +201,11 @@ pub(crate) fn alert(a: &portcullis_detect::Alert, request: &RequestRecord) -> Al
         interaction_id: Some(request.interaction_id.clone()),
     }
 }
+
+/// The record of a quarantine an operator lifted from the admin listener.
+pub(crate) fn lifted(subject: &str, admin_peer: std::net::SocketAddr) -> portcullis_audit::Record {
+    portcullis_audit::Record::QuarantineLifted(portcullis_audit::QuarantineLiftedRecord {
+        subject: bounded(subject),
+        admin_peer: admin_peer.to_string(),
+    })
+}

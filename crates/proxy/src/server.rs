@@ -387,7 +387,7 @@ async fn serve_connection(
 
 async fn admin_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
             _ = shutdown.cancelled() => break,
         };
@@ -395,7 +395,7 @@ async fn admin_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancel
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let shared = Arc::clone(&shared);
-                async move { Ok::<_, std::convert::Infallible>(admin(req, &shared).await) }
+                async move { Ok::<_, std::convert::Infallible>(admin(req, &shared, peer).await) }
             });
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
@@ -405,7 +405,7 @@ async fn admin_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancel
     }
 }
 
-async fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
+async fn admin(req: Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Response<ProxyBody> {
     let text = |status: u16, body: String, ctype: &'static str| {
         let mut r = Response::new(full(body.into()));
         *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
@@ -417,7 +417,7 @@ async fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
     };
     let path = req.uri().path();
     if path == "/quarantines" || path.starts_with("/quarantines/") {
-        let (status, body) = quarantines(&req, shared).await;
+        let (status, body) = quarantines(&req, shared, peer).await;
         let mut r = text(status, format!("{body}\n"), "application/json");
         if status == 401 {
             r.headers_mut().insert(
@@ -467,7 +467,11 @@ async fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
 /// constant time), and 404 when no token is configured, so a listener without one cannot be
 /// used to lift a quarantine. The listener should still be bound to an address only operators
 /// reach: the token travels in clear.
-async fn quarantines(req: &Request<Incoming>, shared: &Shared) -> (u16, serde_json::Value) {
+async fn quarantines(
+    req: &Request<Incoming>,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> (u16, serde_json::Value) {
     let rt = shared.runtime.load();
     let Some(expected) = rt.config.admin_token.as_deref() else {
         return (
@@ -516,6 +520,7 @@ async fn quarantines(req: &Request<Incoming>, shared: &Shared) -> (u16, serde_js
             match crate::detection::lift(&shared.detect, shared.redis.as_ref(), &subject).await {
                 Ok(true) => {
                     tracing::warn!(subject = %bounded(&subject), "admin: quarantine lifted");
+                    shared.audit.emit(crate::record::lifted(&subject, peer));
                     (200, serde_json::json!({"lifted": subject}))
                 }
                 Ok(false) => (404, serde_json::json!({"error": "not quarantined"})),
