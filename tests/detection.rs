@@ -15,7 +15,7 @@ mod support {
 
 use std::time::{Duration, Instant};
 
-use common::{dur, FileDetection, FileDetector, FileVolume, FileWebhook};
+use common::{dur, FileDetection, FileDetector, FileFirstUse, FileVolume, FileWebhook};
 use portcullis_crypto::jose::sign::SigningKey;
 use portcullis_crypto::jose::Alg;
 use serde_json::{json, Value};
@@ -118,6 +118,14 @@ async fn metric(p: &common::Proxy, prefix: &str) -> Option<f64> {
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// A GET with bearer `t` that must be answered 200; its interaction id.
+async fn get_ok(p: &common::Proxy, path: &str, t: &str) -> String {
+    let id = fresh_ids(1).remove(0);
+    let a = send(p, &Req::get(path).bearer(t), &id).await.unwrap();
+    assert_eq!(a.status, 200, "{path}: {:?}", a.json());
+    id
 }
 
 /// Interaction ids (UUIDs: the proxy replaces anything else).
@@ -573,6 +581,35 @@ async fn a_volume_spike_against_the_clients_own_baseline_raises_the_volume_alert
         .await,
         Some(1.0)
     );
+}
+
+/// After the learning period, the first request let through on a route the client never used
+/// raises one first-use alert; the routes it used while learning raise none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_first_used_after_the_learning_period_raises_the_first_use_alert() {
+    let lab = lab(FileDetection {
+        first_use: Some(FileFirstUse {
+            learning: Some(dur("1h")),
+            ..FileFirstUse::default()
+        }),
+        ..FileDetection::default()
+    })
+    .await;
+    let t = token(&lab);
+    get_ok(&lab.p, "/accounts", &t).await;
+    lab.clock().advance(3600);
+    // A fresh token: the first one's lifetime is shorter than the learning period.
+    let t = lab.token(
+        json!({"accounts": ["acc-1"], "iat": NOW + 3600, "nbf": NOW + 3599, "exp": NOW + 3900}),
+    );
+    get_ok(&lab.p, "/accounts", &t).await;
+    let first = get_ok(&lab.p, "/hidden/acc-1", &t).await;
+    get_ok(&lab.p, "/hidden/acc-1", &t).await;
+    let found = lab.p.audit_where(1, |r| r["kind"] == "alert").await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["detector"], "first_use");
+    assert_eq!(found[0]["route_id"], "hidden");
+    assert_eq!(found[0]["interaction_id"], first.as_str());
 }
 
 /// A well-behaved mix from two clients under the shipped defaults: reads of their own

@@ -306,7 +306,7 @@ async fn the_fapi_mix_raises_no_alert_under_the_shipped_detection_defaults() {
         .lines()
         .filter(|l| l.starts_with("portcullis_detection_fired_total{"))
         .collect();
-    assert_eq!(fired.len(), 5, "{fired:?}");
+    assert_eq!(fired.len(), 6, "{fired:?}");
     assert!(fired.iter().all(|l| l.ends_with(" 0")), "{fired:?}");
 }
 

@@ -60,6 +60,9 @@ pub struct FileDetection {
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub volume: Option<FileVolume>,
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_use: Option<FileFirstUse>,
     /// Where alerts are posted (JSON), off the request path.
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,6 +128,40 @@ impl Default for VolumeConfig {
     }
 }
 
+/// `detection.first_use:` as written.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFirstUse {
+    /// Default true.
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// How long after a client's first request its routes are learned, not alerted on
+    /// (default 168h).
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub learning: Option<ConfigDuration>,
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+}
+
+/// The validated first-use detector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FirstUseConfig {
+    pub learning: Duration,
+    pub action: Action,
+}
+
+impl Default for FirstUseConfig {
+    fn default() -> Self {
+        FirstUseConfig {
+            learning: Duration::from_secs(7 * 24 * 3600),
+            action: Action::Alert,
+        }
+    }
+}
+
 /// `detection.webhook:` as written.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -173,6 +210,8 @@ pub struct DetectionConfig {
     pub detectors: [DetectorConfig; Kind::ALL.len()],
     /// The volume detector; `None` when off.
     pub volume: Option<VolumeConfig>,
+    /// The first-use detector; `None` when off.
+    pub first_use: Option<FirstUseConfig>,
     pub webhook: Option<WebhookConfig>,
     /// The admin bearer token's file, resolved by the caller against the config file.
     pub admin_token_file: Option<String>,
@@ -188,6 +227,7 @@ impl Default for DetectionConfig {
             quarantine_ttl: Duration::from_secs(15 * 60),
             detectors: Kind::ALL.map(Kind::default_config),
             volume: Some(VolumeConfig::default()),
+            first_use: Some(FirstUseConfig::default()),
             webhook: None,
             admin_token_file: None,
         }
@@ -204,6 +244,14 @@ impl DetectionConfig {
                     threshold: v.min_requests,
                     window: v.bucket,
                     action: v.action,
+                }
+            }
+            (Kind::FirstUse, _) => {
+                let f = self.first_use.unwrap_or_default();
+                DetectorConfig {
+                    threshold: 1,
+                    window: f.learning,
+                    action: f.action,
                 }
             }
             _ => self
@@ -225,6 +273,7 @@ impl Kind {
             Kind::CredentialAbuse => 30,
             Kind::Replay => 10,
             Kind::Volume => VolumeConfig::default().min_requests,
+            Kind::FirstUse => 1,
         };
         DetectorConfig {
             threshold,
@@ -266,7 +315,7 @@ pub fn validate(p: &mut Problems<'_>, f: Option<&FileDetection>) -> DetectionCon
             Kind::Probing => &f.probing,
             Kind::CredentialAbuse => &f.credential_abuse,
             Kind::Replay => &f.replay,
-            Kind::Volume => &None,
+            Kind::Volume | Kind::FirstUse => &None,
         };
         let Some(d) = file else { continue };
         let at = |field: &str| format!("detection.{}.{field}", kind.as_str());
@@ -340,6 +389,25 @@ pub fn validate(p: &mut Problems<'_>, f: Option<&FileDetection>) -> DetectionCon
             }
         }
         c.volume = v.enabled.unwrap_or(true).then_some(c_v);
+    }
+    if let Some(u) = &f.first_use {
+        let mut c_f = FirstUseConfig::default();
+        if let Some(l) = u.learning {
+            if l.0 > Duration::from_secs(365 * 24 * 3600) {
+                p.push("detection.first_use.learning", "must be at most 8760h");
+            }
+            c_f.learning = l.0;
+        }
+        if let Some(a) = u.action.as_deref() {
+            match Action::parse(a) {
+                Some(a) => c_f.action = a,
+                None => p.push(
+                    "detection.first_use.action",
+                    format!("unknown value `{a}` (observe, alert or quarantine)"),
+                ),
+            }
+        }
+        c.first_use = u.enabled.unwrap_or(true).then_some(c_f);
     }
     if let Some(w) = &f.webhook {
         let ok = w

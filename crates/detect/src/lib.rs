@@ -30,8 +30,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 pub use config::{
-    DetectionConfig, DetectorConfig, FileDetection, FileDetector, FileVolume, FileWebhook,
-    VolumeConfig, WebhookConfig,
+    DetectionConfig, DetectorConfig, FileDetection, FileDetector, FileFirstUse, FileVolume,
+    FileWebhook, FirstUseConfig, VolumeConfig, WebhookConfig,
 };
 
 /// Bits in a distinct-count sketch.
@@ -54,6 +54,8 @@ pub enum Kind {
     /// A client's requests on one route in one bucket against its own exponentially weighted
     /// baseline, after a warm-up.
     Volume = 4,
+    /// A client let through on a route it has never used, after a learning period.
+    FirstUse = 5,
 }
 
 impl Kind {
@@ -66,12 +68,13 @@ impl Kind {
     ];
 
     /// Every detector.
-    pub const EVERY: [Kind; 5] = [
+    pub const EVERY: [Kind; 6] = [
         Kind::Enumeration,
         Kind::Probing,
         Kind::CredentialAbuse,
         Kind::Replay,
         Kind::Volume,
+        Kind::FirstUse,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +84,7 @@ impl Kind {
             Kind::CredentialAbuse => "credential_abuse",
             Kind::Replay => "replay",
             Kind::Volume => "volume",
+            Kind::FirstUse => "first_use",
         }
     }
 
@@ -285,11 +289,22 @@ struct Rate {
     fired_bucket: i64,
 }
 
+/// The routes a client has been let through on (hashes, at most [`MAX_ROUTES_KNOWN`]) and
+/// when it was first seen.
+struct Known {
+    first: i64,
+    routes: Vec<u64>,
+}
+
+/// Routes remembered per client for first use: a linear scan of at most this many is the
+/// per-request cost; a client beyond it stops being watched for first use (counted as evicted).
+pub const MAX_ROUTES_KNOWN: usize = 64;
+
 /// Counters the proxy renders as metrics.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Fired, by [`Kind`] index.
-    pub fired: [AtomicU64; 5],
+    pub fired: [AtomicU64; 6],
     /// Windows forgotten while still live because a shard was full.
     pub evicted: AtomicU64,
     /// Quarantines not made because the map was full.
@@ -301,6 +316,8 @@ pub struct Detector {
     shards: Vec<Mutex<HashMap<(String, Kind), Window>>>,
     /// Volume baselines by a hash of (subject, route): no allocation per request.
     rates: Vec<Mutex<HashMap<u64, Rate>>>,
+    /// First use: routes known per client, by a hash of the subject.
+    known: Vec<Mutex<HashMap<u64, Known>>>,
     hasher: RandomState,
     quarantines: Mutex<HashMap<String, Held>>,
     /// How many quarantines are held: the request path skips the lock when none is.
@@ -319,6 +336,7 @@ impl Detector {
         Detector {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             rates: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            known: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             quarantines: Mutex::new(HashMap::new()),
             quarantined_n: AtomicUsize::new(0),
@@ -353,7 +371,7 @@ impl Detector {
         let item = match kind {
             Kind::Enumeration => Some(e.path),
             Kind::Probing => Some(e.route.unwrap_or(e.path)),
-            Kind::CredentialAbuse | Kind::Replay | Kind::Volume => None,
+            Kind::CredentialAbuse | Kind::Replay | Kind::Volume | Kind::FirstUse => None,
         };
         let bit = item.map(|i| (self.hash(i) % BITS as u64) as usize);
         let shard_of = (self.hash(&subject) as usize) % SHARDS;
@@ -467,6 +485,62 @@ impl Detector {
         );
         a.threshold = baseline.ceil() as u32;
         a.window_s = bucket_s as u64;
+        Some(a)
+    }
+
+    /// First use: a request let through on a route the client was never let through on
+    /// before, once its first request is `learning` old, fires (once per route: the route is
+    /// known from then on). Only verified clients (certificate or client id) are watched.
+    pub fn observe_first_use(&self, cfg: &DetectionConfig, e: &Event<'_>) -> Option<Alert> {
+        let f = cfg.first_use?;
+        if !cfg.enabled || e.reason.is_some() {
+            return None;
+        }
+        let route = e.route?;
+        let key = match e.subject {
+            Subject::Cert(t) => self.hasher.hash_one((0u8, t)),
+            Subject::Client(c) => self.hasher.hash_one((1u8, c)),
+            Subject::Peer(_) => return None,
+        };
+        let r = self.hasher.hash_one(route);
+        let per_shard = (cfg.max_tracked / SHARDS).max(1);
+        {
+            let mut shard = self.known[(key as usize) % SHARDS]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !shard.contains_key(&key) && shard.len() >= per_shard {
+                if let Some(k) = shard.keys().next().copied() {
+                    shard.remove(&k);
+                }
+                self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+            }
+            let k = shard.entry(key).or_insert(Known {
+                first: e.now,
+                routes: Vec::new(),
+            });
+            if k.routes.contains(&r) {
+                return None;
+            }
+            if k.routes.len() >= MAX_ROUTES_KNOWN {
+                self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            k.routes.push(r);
+            let learned = e.now.saturating_sub(k.first) >= f.learning.as_secs() as i64;
+            if !learned {
+                return None;
+            }
+        }
+        let mut a = self.fired(
+            cfg,
+            Kind::FirstUse,
+            e.subject.key(),
+            1,
+            "first_use",
+            e.route,
+            e.now,
+        );
+        a.window_s = f.learning.as_secs();
         Some(a)
     }
 

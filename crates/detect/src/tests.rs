@@ -237,3 +237,39 @@ fn volume_fires_on_a_spike_against_the_clients_own_baseline_after_the_warm_up() 
     other.route = Some("payments");
     assert_eq!(d.observe_volume(&cfg, &other), None);
 }
+
+#[test]
+fn first_use_fires_once_per_new_route_after_the_learning_period() {
+    let d = Detector::new();
+    let mut cfg = on();
+    cfg.first_use = Some(FirstUseConfig {
+        learning: Duration::from_secs(3600),
+        action: Action::Alert,
+    });
+    let at = |route, now, reason| Event {
+        subject: Subject::Cert("t"),
+        reason,
+        route: Some(route),
+        path: "/",
+        now,
+    };
+    assert_eq!(d.observe_first_use(&cfg, &at("accounts", 0, None)), None);
+    // Learning: new routes are learned, not alerted on.
+    assert_eq!(d.observe_first_use(&cfg, &at("balances", 3599, None)), None);
+    assert_eq!(d.observe_first_use(&cfg, &at("accounts", 4000, None)), None);
+    // A refusal is not a use.
+    let refused = at("payments", 4000, Some("authz.scope"));
+    assert_eq!(d.observe_first_use(&cfg, &refused), None);
+    let a = d
+        .observe_first_use(&cfg, &at("payments", 4000, None))
+        .unwrap();
+    assert_eq!(
+        (a.detector, a.route.as_deref()),
+        (Kind::FirstUse, Some("payments"))
+    );
+    assert_eq!(d.observe_first_use(&cfg, &at("payments", 4001, None)), None);
+    // Addresses are not watched.
+    let mut peer = at("x", 9999, None);
+    peer.subject = Subject::Peer([10, 0, 0, 1].into());
+    assert_eq!(d.observe_first_use(&cfg, &peer), None);
+}

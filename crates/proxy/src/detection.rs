@@ -57,7 +57,7 @@ pub(crate) fn after_request(
 ) -> Vec<AlertRecord> {
     let cfg = to.cfg;
     let counted = record.reason.and_then(Kind::of_reason);
-    if !cfg.enabled || (counted.is_none() && cfg.volume.is_none()) {
+    if !cfg.enabled || (counted.is_none() && cfg.volume.is_none() && cfg.first_use.is_none()) {
         return Vec::new();
     }
     let client_id = who.token.as_ref().and_then(|t| t.client_id.as_deref());
@@ -77,6 +77,10 @@ pub(crate) fn after_request(
     let mut out = Vec::new();
     // Volume is counted per instance, also on a fleet (see docs/detection.md).
     if let Some(alert) = to.detect.observe_volume(cfg, &event) {
+        out.extend(act(to, &alert, record));
+    }
+    // First use is per instance too: each instance learns the routes it serves the client.
+    if let Some(alert) = to.detect.observe_first_use(cfg, &event) {
         out.extend(act(to, &alert, record));
     }
     if counted.is_none() {
@@ -121,7 +125,7 @@ fn count_in_fleet(
     let item = match kind {
         Kind::Enumeration => Some(e.path.to_string()),
         Kind::Probing => Some(e.route.unwrap_or(e.path).to_string()),
-        Kind::CredentialAbuse | Kind::Replay | Kind::Volume => None,
+        Kind::CredentialAbuse | Kind::Replay | Kind::Volume | Kind::FirstUse => None,
     };
     let owned = (
         reason.to_string(),

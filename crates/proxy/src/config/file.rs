@@ -15,7 +15,7 @@ pub use super::auth::{
 };
 pub use super::signatures::{FileClientKeys, FileHttpSig, FileJws, FileResponse, FileSignatures};
 pub use portcullis_base::duration::ConfigDuration;
-pub use portcullis_detect::{FileDetection, FileDetector, FileVolume, FileWebhook};
+pub use portcullis_detect::{FileDetection, FileDetector, FileFirstUse, FileVolume, FileWebhook};
 pub use portcullis_state::idempotency::FileIdempotency;
 pub use portcullis_state::ratelimit::{FileQuota, FileRateLimits};
 pub use portcullis_state::settings::{FileLease, FileOnOutage, FileRedis, FileSentinel, FileState};
