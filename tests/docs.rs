@@ -151,6 +151,11 @@ fn staged() -> tempfile::TempDir {
     std::fs::write(secrets.join("consent-token"), "consent-api-token\n").unwrap();
     std::fs::write(secrets.join("consent-client"), "consent-client-secret\n").unwrap();
     std::fs::write(secrets.join("dpop-nonce"), [7u8; 32]).unwrap();
+    std::fs::write(
+        secrets.join("admin-token"),
+        "admin-token-for-the-docs-samples-0123456789\n",
+    )
+    .unwrap();
     d
 }
 

@@ -46,6 +46,11 @@ routes:
 /// The proxy with a DPoP route, a nonce route, a certificate-bound route and an OBIE-signed
 /// payment route; tpp1's JWS key in its client key directory.
 async fn env() -> Env {
+    env_with(None).await
+}
+
+/// As [`env`], with a `detection:` section.
+async fn env_with(detection: Option<FileDetection>) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let clients = dir.path().join("clients");
     std::fs::create_dir_all(&clients).unwrap();
@@ -77,6 +82,7 @@ async fn env() -> Env {
         },
         ..FileSignatures::default()
     };
+    o.config.detection = detection;
     Env::start(o, up, dir, None).await
 }
 
@@ -251,6 +257,57 @@ async fn a_fapi_scenario_runs_without_unexpected_errors_and_every_proof_is_fresh
     let bodies: HashSet<_> = payments.iter().map(|s| s.body.clone()).collect();
     assert_eq!(keys.len(), payments.len());
     assert_eq!(bodies.len(), payments.len());
+}
+
+/// False positives: the FAPI mix above (DPoP with fresh proofs and a nonce route, a
+/// certificate-bound token, OBIE-signed payments with idempotency keys), shortened for the
+/// suite, under the shipped detection defaults raises no alert (docs/detection.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fapi_mix_raises_no_alert_under_the_shipped_detection_defaults() {
+    let e = env_with(Some(FileDetection::default())).await;
+    let s = scenario(
+        &e,
+        "mix",
+        &routes(&e),
+        "load: {connections: 4, requests: 400}\nthresholds: {max_error_rate: 0}",
+    );
+    let json = e.dir.path().join("report.json");
+    let (code, out, err) = loadgen(vec![
+        "--scenario".into(),
+        arg(&s),
+        "--json".into(),
+        arg(&json),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let retries = r["dpop_nonce_retries"].as_u64().unwrap();
+    let recs =
+        e.p.audit_where(400 + retries as usize, |r| r["kind"] == "request")
+            .await;
+    let mut reasons = std::collections::BTreeMap::<String, usize>::new();
+    for rec in &recs {
+        let reason = rec["reason"].as_str().unwrap_or("allowed").to_string();
+        *reasons.entry(reason).or_default() += 1;
+    }
+    eprintln!(
+        "detection false-positive run: {} requests, {reasons:?}",
+        recs.len()
+    );
+    assert_eq!(recs.len(), 400 + retries as usize);
+    let alerts: Vec<Value> =
+        e.p.audit()
+            .into_iter()
+            .filter(|r| r["kind"] == "alert")
+            .collect();
+    assert!(alerts.is_empty(), "{alerts:?}");
+    let (_, metrics) = e.p.admin_get("/metrics").await;
+    let fired: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("portcullis_detection_fired_total{"))
+        .collect();
+    assert_eq!(fired.len(), 6, "{fired:?}");
+    assert!(fired.iter().all(|l| l.ends_with(" 0")), "{fired:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,9 +39,9 @@ use crossbeam_channel::{Sender, TrySendError};
 
 pub use chain::{split_hash, split_sig, AuditKey, AuditPublicKey, KeyError, GENESIS};
 pub use record::{
-    bounded, bounded_bytes, connection_members, token_hash, unix_to_rfc3339, ConnectionFacts,
-    HandshakeRecord, HttpErrorRecord, RateLimitRecord, Record, RequestRecord, SignatureRecord,
-    MAX_FIELD, TRUNCATED,
+    bounded, bounded_bytes, connection_members, token_hash, unix_to_rfc3339, AlertRecord,
+    ConnectionFacts, HandshakeRecord, HttpErrorRecord, QuarantineLiftedRecord, RateLimitRecord,
+    Record, RequestRecord, SignatureRecord, MAX_FIELD, TRUNCATED,
 };
 pub use writer::{rotated_files, rotated_name};
 
@@ -248,6 +248,8 @@ impl AuditLog {
             QueueFull::Refuse => match &record {
                 Record::Request(r) => r.reason == Some(UNAVAILABLE_REASON),
                 Record::TlsHandshake(_) | Record::HttpError(_) => true,
+                // An alert outranks the request that fired it: never dropped under `refuse`.
+                Record::Alert(_) | Record::QuarantineLifted(_) => false,
             },
         };
         match inner.tx.try_send(Msg::Record(body)) {

@@ -265,6 +265,11 @@ pub enum Record {
     /// backstop limits, or too slow to send its headers): there is no request to record, only
     /// the connection and a bounded category.
     HttpError(HttpErrorRecord),
+    /// A behavioural detector fired (`portcullis-detect`): who, which detector, what it
+    /// counted and what was done. In the chain like every record, so checkpoints sign it.
+    Alert(AlertRecord),
+    /// An operator lifted a quarantine early from the admin listener.
+    QuarantineLifted(QuarantineLiftedRecord),
 }
 
 impl Record {
@@ -286,8 +291,56 @@ impl Record {
                 m.u64("conn_id", h.conn_id);
                 m.str("failure", h.failure);
             }
+            Record::Alert(a) => {
+                m.str("kind", "alert");
+                m.str("detector", a.detector);
+                m.str("action", a.action);
+                m.str("subject", &a.subject);
+                m.u64("count", u64::from(a.count));
+                m.u64("threshold", u64::from(a.threshold));
+                m.u64("window_s", a.window_s);
+                m.str("reason", &a.reason);
+                m.opt_str("route_id", a.route_id.as_deref());
+                m.opt_str("client_id", a.client_id.as_deref());
+                m.opt_str("quarantined_until", a.quarantined_until.as_deref());
+                m.opt_str("interaction_id", a.interaction_id.as_deref());
+            }
+            Record::QuarantineLifted(l) => {
+                m.str("kind", "quarantine_lifted");
+                m.str("subject", &l.subject);
+                m.str("admin_peer", &l.admin_peer);
+            }
         }
     }
+}
+
+/// See [`Record::QuarantineLifted`]: whose quarantine, and from which address the
+/// authenticated admin request came.
+#[derive(Clone, Debug, Default)]
+pub struct QuarantineLiftedRecord {
+    pub subject: String,
+    pub admin_peer: String,
+}
+
+/// See [`Record::Alert`]. Every string is bounded by whoever composes it.
+#[derive(Clone, Debug, Default)]
+pub struct AlertRecord {
+    pub detector: &'static str,
+    /// `alert` or `quarantine` (`observe` makes no record).
+    pub action: &'static str,
+    /// `cert:<thumbprint>`, `client:<client id>` or `peer:<address>`.
+    pub subject: String,
+    pub count: u32,
+    pub threshold: u32,
+    pub window_s: u64,
+    /// The reason code of the refusal that fired it.
+    pub reason: String,
+    pub route_id: Option<String>,
+    pub client_id: Option<String>,
+    /// RFC 3339.
+    pub quarantined_until: Option<String>,
+    /// The request that fired it.
+    pub interaction_id: Option<String>,
 }
 
 /// See [`Record::HttpError`].

@@ -59,6 +59,25 @@ pub struct Report {
     pub handshake_failures: BTreeMap<String, u64>,
     /// Policy routes no request matched; `None` without a policy.
     pub routes_never_called: Option<Vec<String>>,
+    /// Behavioural alerts (`kind: alert`) by subject and detector; absent when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<AlertSummary>,
+}
+
+/// The alerts one detector raised about one subject.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AlertSummary {
+    /// `cert:<thumbprint>`, `client:<id>` or `peer:<address>`.
+    pub subject: String,
+    pub detector: String,
+    pub alerts: u64,
+    /// How many of them quarantined the subject.
+    pub quarantines: u64,
+    pub client_id: Option<String>,
+    /// Reason codes that fired them.
+    pub reasons: BTreeSet<String>,
+    pub first: Option<String>,
+    pub last: Option<String>,
 }
 
 type Key = (Option<String>, Option<String>, Option<String>);
@@ -100,6 +119,7 @@ pub struct Builder {
     r: Report,
     clients: BTreeMap<Key, ClientReport>,
     called: BTreeSet<String>,
+    alerts: BTreeMap<(String, String), AlertSummary>,
 }
 
 impl Builder {
@@ -159,6 +179,38 @@ impl Builder {
                     });
                 add(c, &v, &mut self.called);
             }
+            Some("alert") => {
+                let key = (
+                    s(&v, "subject").unwrap_or_else(|| "-".into()),
+                    s(&v, "detector").unwrap_or_else(|| "-".into()),
+                );
+                let a = self
+                    .alerts
+                    .entry(key.clone())
+                    .or_insert_with(|| AlertSummary {
+                        subject: key.0,
+                        detector: key.1,
+                        ..AlertSummary::default()
+                    });
+                a.alerts += 1;
+                if s(&v, "action").as_deref() == Some("quarantine") {
+                    a.quarantines += 1;
+                }
+                if a.client_id.is_none() {
+                    a.client_id = s(&v, "client_id");
+                }
+                if let Some(r) = s(&v, "reason") {
+                    a.reasons.insert(r);
+                }
+                if let Some(t) = s(&v, "time") {
+                    if a.first.as_ref().is_none_or(|f| t < *f) {
+                        a.first = Some(t.clone());
+                    }
+                    if a.last.as_ref().is_none_or(|l| t > *l) {
+                        a.last = Some(t);
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -169,7 +221,9 @@ impl Builder {
             mut r,
             mut clients,
             called,
+            alerts,
         } = self;
+        r.alerts = alerts.into_values().collect();
         for c in clients.values_mut() {
             c.scopes_unused = c
                 .scopes_granted
@@ -324,6 +378,28 @@ impl fmt::Display for Report {
                 let _ = write!(line, "{cat}={n} ");
             }
             writeln!(f, "failed handshakes  {}", line.trim_end())?;
+        }
+        if !self.alerts.is_empty() {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "alerts  {:<60} {:<18} {:>6} {:>11}  client_id",
+                "subject", "detector", "alerts", "quarantines"
+            )?;
+            for a in &self.alerts {
+                writeln!(
+                    f,
+                    "  {:<66} {:<18} {:>6} {:>11}  {}  ({} .. {}; {})",
+                    a.subject,
+                    a.detector,
+                    a.alerts,
+                    a.quarantines,
+                    opt(&a.client_id),
+                    opt(&a.first),
+                    opt(&a.last),
+                    list(&a.reasons)
+                )?;
+            }
         }
         match &self.routes_never_called {
             Some(r) => {
@@ -480,6 +556,30 @@ hash chain and signatures.</p>\
                     b,
                     "<tr><td><code>{}</code></td><td class=\"n\">{n}</td></tr>",
                     escape(r)
+                );
+            }
+            b.push_str("</table>");
+        }
+
+        // Behavioural alerts, by subject and detector.
+        if !self.alerts.is_empty() {
+            b.push_str(
+                "<h2>Alerts</h2><table><tr><th>subject</th><th>detector</th><th>alerts</th>\
+<th>quarantines</th><th>client id</th><th>reasons</th><th>first</th><th>last</th></tr>",
+            );
+            for a in &self.alerts {
+                let _ = write!(
+                    b,
+                    "<tr><td><code>{}</code></td><td>{}</td><td class=\"n\">{}</td>\
+<td class=\"n\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    escape(&a.subject),
+                    escape(&a.detector),
+                    a.alerts,
+                    a.quarantines,
+                    cell(&a.client_id),
+                    names(&a.reasons),
+                    cell(&a.first),
+                    cell(&a.last)
                 );
             }
             b.push_str("</table>");
@@ -642,6 +742,50 @@ not json
             "{text}"
         );
         assert!(text.contains("routes never called  b"), "{text}");
+    }
+
+    #[test]
+    fn alerts_are_listed_by_subject_and_detector_in_text_json_and_html() {
+        let log = br#"{"time":"2026-01-01T00:00:05Z","kind":"alert","detector":"enumeration","action":"quarantine","subject":"cert:T1","client_id":"c1","reason":"authz.object_hidden"}
+{"time":"2026-01-01T00:00:09Z","kind":"alert","detector":"enumeration","action":"alert","subject":"cert:T1","reason":"authz.object"}
+{"time":"2026-01-01T00:00:07Z","kind":"alert","detector":"probing","action":"alert","subject":"peer:<b>","reason":"route.not_found"}
+{"kind":"request","client_id":"c1","route_id":"a","decision":"allow"}
+"#;
+        let r = build(&[log], None);
+        assert_eq!(r.alerts.len(), 2);
+        let e = &r.alerts[0];
+        assert_eq!(
+            (
+                e.subject.as_str(),
+                e.detector.as_str(),
+                e.alerts,
+                e.quarantines
+            ),
+            ("cert:T1", "enumeration", 2, 1)
+        );
+        assert_eq!(e.client_id.as_deref(), Some("c1"));
+        assert_eq!(e.first.as_deref(), Some("2026-01-01T00:00:05Z"));
+        assert_eq!(e.last.as_deref(), Some("2026-01-01T00:00:09Z"));
+        assert_eq!(e.reasons.len(), 2);
+        let text = r.to_string();
+        assert!(
+            text.contains("cert:T1") && text.contains("enumeration"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["alerts"][1]["detector"], "probing");
+        let html = r.html(&[], 1_767_225_600.0);
+        assert!(
+            html.contains("<h2>Alerts</h2>") && html.contains("peer:&lt;b&gt;"),
+            "{html}"
+        );
+        // No alerts: the report is what it was before alerts existed.
+        let quiet = build(&[br#"{"kind":"request","decision":"allow"}"#], None);
+        assert!(serde_json::to_value(&quiet)
+            .unwrap()
+            .get("alerts")
+            .is_none());
+        assert!(!quiet.to_string().contains("alerts"));
     }
 
     #[test]

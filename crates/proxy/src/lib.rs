@@ -13,6 +13,7 @@
 // The modules of the proxy; only what an embedder needs is exported below.
 pub mod config;
 mod conn;
+mod detection;
 mod linger;
 #[cfg(feature = "otlp")]
 mod otlp;

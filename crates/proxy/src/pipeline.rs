@@ -18,7 +18,10 @@
 //!    crypto, and so are media types the route does not take or make (415 for `Content-Type`,
 //!    406 for `Accept`, [`http::check_media`]).
 //! 4. **Pre-authentication rate limit per peer** ([`ratelimit`]) — bounds crypto CPU before any
-//!    signature is checked, so it sits before every stage that verifies a signature.
+//!    signature is checked, so it sits before every stage that verifies a signature. Then the
+//!    **quarantine** check ([`quarantine`]) by peer address, repeated by certificate thumbprint
+//!    after step 5 and by client id after step 8 (without a certificate): a client a detector
+//!    quarantined costs no crypto, and is refused as soon as it is known.
 //! 5. **Identity** ([`identity`]) — the verified mTLS client certificate, required unless the
 //!    route says otherwise; not expired, not revoked by the CRLs loaded now, and, on listeners
 //!    with OCSP, not revoked by its responder, and on listeners with `leaf_crls`, not revoked by
@@ -57,6 +60,7 @@ pub mod fapi;
 pub mod http;
 pub(crate) mod idempotency;
 pub(crate) mod identity;
+pub(crate) mod quarantine;
 pub(crate) mod ratelimit;
 pub(crate) mod rejection;
 #[cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
@@ -80,6 +84,7 @@ use portcullis_base::body::ProxyBody;
 use portcullis_base::clock::Clock;
 use portcullis_crypto::jose::dpop::DpopError;
 use portcullis_crypto::pki::ClientCert;
+use portcullis_detect::Subject;
 use portcullis_policy::RouteMatch;
 use portcullis_sources::clientkeys::ClientKeys;
 use portcullis_sources::consent::ConsentSource;
@@ -113,6 +118,8 @@ pub struct Context<'a> {
     pub ocsp: Option<&'a portcullis_sources::ocsp::OcspChecker>,
     /// The CRLs client certificates name, when the listener follows them.
     pub leaf_crls: Option<&'a portcullis_sources::leafcrl::LeafCrlChecker>,
+    /// The detectors' quarantines (their counting happens when the request is recorded).
+    pub detect: &'a portcullis_detect::Detector,
 }
 
 /// The connection facts the stages read.
@@ -232,6 +239,7 @@ pub(crate) async fn run(
             &route.route.produces,
         )?;
         trail.rate_limited(ratelimit::check_peer(peer.ip, cx.rate_limits))?;
+        quarantine::check(cx.detect, Subject::Peer(peer.ip), cx.clock.now())?;
         let identity = identity::identify(peer.cert, &route.route, &cx.revoked, cx.clock.now())?;
         identity::check_ocsp(&identity, cx.ocsp, cx.clock.now(), &mut trail.revocation).await?;
         identity::check_leaf_crl(
@@ -242,6 +250,9 @@ pub(crate) async fn run(
             &mut trail.revocation_crl,
         )
         .await?;
+        if let Some(c) = identity.cert() {
+            quarantine::check(cx.detect, Subject::Cert(&c.thumbprint), cx.clock.now())?;
+        }
         // With a certificate the client is known now; otherwise after the token (its client id).
         if identity.cert().is_some() {
             let key = ratelimit::client_key(&identity, None, peer.ip);
@@ -254,6 +265,10 @@ pub(crate) async fn run(
         };
         let client_key = ratelimit::client_key(&identity, token.as_ref(), peer.ip);
         if identity.cert().is_none() {
+            let client_id = token.as_ref().and_then(|t| t.token().client_id.as_deref());
+            if let Some(id) = client_id {
+                quarantine::check(cx.detect, Subject::Client(id), cx.clock.now())?;
+            }
             let applied =
                 ratelimit::check_client(&route.route, &client_key, cx.rate_limits).await?;
             trail.rate_limited(applied)?;

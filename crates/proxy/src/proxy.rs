@@ -84,6 +84,8 @@ pub(crate) async fn handle(
         path: bounded(req.uri().path()),
         has_query: req.uri().query().is_some(),
         policy_version: rt.config.policies.version.clone(),
+        peer_ip: Some(conn.peer.ip()),
+        client_cert: conn.client_cert.clone(),
     };
     let answer = Answer {
         shared: Arc::clone(&shared),
@@ -321,6 +323,11 @@ fn seal(shared: &Shared, open: Box<Open>, outcome: record::Outcome) {
     {
         shared.metrics.rate_limit_refused(scope);
     }
+    let who = crate::detection::Who {
+        cert: head.client_cert.clone(),
+        token: trail.token.clone(),
+        peer: head.peer_ip,
+    };
     let record = Box::new(record::compose(head, trail, outcome));
     let took = Duration::from_micros(record.total_latency_us);
     if record.decision == "shadow_deny" {
@@ -352,7 +359,25 @@ fn seal(shared: &Shared, open: Box<Open>, outcome: record::Outcome) {
             },
         );
     }
+    // An alert's record follows the record of the request that fired it.
+    let rt = shared.runtime.load();
+    let alerts = if rt.config.detection.enabled {
+        let to = crate::detection::Detection {
+            cfg: &rt.config.detection,
+            detect: &shared.detect,
+            webhook: shared.webhook.as_ref(),
+            fleet: shared.redis.as_ref(),
+            audit: &shared.audit,
+            now: shared.clock.now(),
+        };
+        crate::detection::after_request(&to, &record, &who)
+    } else {
+        Vec::new()
+    };
     shared.audit.emit(Record::Request(record));
+    for a in alerts {
+        shared.audit.emit(Record::Alert(a));
+    }
 }
 
 /// The response body with the request's trail: the record is written when hyper drops the

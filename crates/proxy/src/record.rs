@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::pipeline::ratelimit::Scope;
 use crate::pipeline::rejection::Decision;
 use crate::pipeline::{Rejection, Trail};
-use portcullis_audit::{RequestRecord, SignatureRecord};
+use portcullis_audit::{AlertRecord, RequestRecord, SignatureRecord};
 use portcullis_base::text::bounded;
 
 /// The status recorded for a request whose client left before any answer was made (the
@@ -30,6 +30,10 @@ pub(crate) struct Head {
     pub(crate) path: String,
     pub(crate) has_query: bool,
     pub(crate) policy_version: String,
+    /// Who the connection is, for the detectors (`crate::detection`); not recorded from here
+    /// (the connection's members carry it).
+    pub(crate) peer_ip: Option<std::net::IpAddr>,
+    pub(crate) client_cert: Option<Arc<portcullis_crypto::pki::ClientCert>>,
 }
 
 /// A refusal as the record states it.
@@ -180,4 +184,31 @@ pub(crate) fn compose(head: Head, trail: Trail, outcome: Outcome) -> RequestReco
         client_gone: trail.client_gone || cancelled,
         ..RequestRecord::default()
     }
+}
+
+/// The record of a detector that fired, with the request that fired it.
+pub(crate) fn alert(a: &portcullis_detect::Alert, request: &RequestRecord) -> AlertRecord {
+    AlertRecord {
+        detector: a.detector.as_str(),
+        action: a.action.as_str(),
+        subject: bounded(&a.subject),
+        count: a.count,
+        threshold: a.threshold,
+        window_s: a.window_s,
+        reason: bounded(&a.reason),
+        route_id: a.route.as_deref().map(bounded),
+        client_id: request.client_id.clone(),
+        quarantined_until: a
+            .quarantined_until
+            .and_then(portcullis_audit::unix_to_rfc3339),
+        interaction_id: Some(request.interaction_id.clone()),
+    }
+}
+
+/// The record of a quarantine an operator lifted from the admin listener.
+pub(crate) fn lifted(subject: &str, admin_peer: std::net::SocketAddr) -> portcullis_audit::Record {
+    portcullis_audit::Record::QuarantineLifted(portcullis_audit::QuarantineLiftedRecord {
+        subject: bounded(subject),
+        admin_peer: admin_peer.to_string(),
+    })
 }

@@ -92,6 +92,7 @@ impl Runtime {
             revoked: Arc::clone(&self.live_tls().revoked),
             ocsp: self.ocsp.as_deref(),
             leaf_crls: self.leaf_crls.as_deref(),
+            detect: &shared.detect,
         }
     }
 
@@ -714,6 +715,11 @@ pub struct Shared {
     pub redis: Option<Arc<portcullis_state::redis::RedisState>>,
     /// DPoP server nonces (secret fixed at start-up).
     pub nonces: portcullis_state::nonce::NonceIssuer,
+    /// Behavioural detectors and quarantines (kept across reloads; the thresholds are read
+    /// from each request's config snapshot).
+    pub detect: Arc<portcullis_detect::Detector>,
+    /// The alert webhook's queue (settings fixed at start-up).
+    pub(crate) webhook: Option<crate::detection::Webhook>,
     /// OTLP span export (feature `otlp`; settings fixed at start-up).
     #[cfg(feature = "otlp")]
     pub otlp: Option<crate::otlp::Exporter>,
@@ -853,6 +859,7 @@ impl Shared {
         if let Some(r) = &self.redis {
             r.write_metrics(now, &mut out);
         }
+        crate::detection::write_metrics(&self.detect, self.webhook.as_ref(), now, &mut out);
         #[cfg(feature = "otlp")]
         if let Some(x) = &self.otlp {
             x.write_metrics(&mut out);
@@ -892,6 +899,11 @@ impl Shared {
                     None
                 }
             });
+        let webhook = config
+            .detection
+            .webhook
+            .as_ref()
+            .and_then(crate::detection::Webhook::start);
         let runtime = Runtime::new(config, &remotes, &background, redis.as_ref());
         let metrics = Metrics::default();
         metrics.attach_audit(audit.clone());
@@ -906,6 +918,8 @@ impl Shared {
             idempotency,
             redis,
             nonces,
+            detect: Arc::new(portcullis_detect::Detector::new()),
+            webhook,
             #[cfg(feature = "otlp")]
             otlp,
             remotes,

@@ -26,6 +26,7 @@ use crate::conn::ConnInfo;
 use crate::proxy::{self, full, ProxyBody};
 use crate::runtime::Shared;
 use portcullis_audit::{HandshakeRecord, Record};
+use portcullis_base::text::bounded;
 
 /// A started proxy: its bound addresses and the handle to stop it. Dropping it starts the same
 /// drain as [`Running::shutdown`] without waiting for it.
@@ -101,6 +102,19 @@ pub async fn start(shared: Arc<Shared>) -> std::io::Result<Running> {
         }
         None => None,
     };
+    if let Some(redis) = &shared.redis {
+        let weak = Arc::downgrade(&shared);
+        tokio::spawn(crate::detection::fleet_sync(
+            Arc::clone(&shared.detect),
+            Arc::clone(redis),
+            Arc::clone(&shared.clock),
+            move || {
+                weak.upgrade()
+                    .map(|s| s.runtime.load().config.detection.clone())
+            },
+            shutdown.clone(),
+        ));
+    }
     let mut workers = Vec::with_capacity(config.listener.workers);
     for i in 0..config.listener.workers {
         workers.push(Worker::spawn(i, &shared, &shutdown, &tracker)?);
@@ -373,7 +387,7 @@ async fn serve_connection(
 
 async fn admin_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
             _ = shutdown.cancelled() => break,
         };
@@ -381,7 +395,7 @@ async fn admin_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancel
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let shared = Arc::clone(&shared);
-                async move { Ok::<_, std::convert::Infallible>(admin(req, &shared)) }
+                async move { Ok::<_, std::convert::Infallible>(admin(req, &shared, peer).await) }
             });
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
@@ -391,7 +405,7 @@ async fn admin_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancel
     }
 }
 
-fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
+async fn admin(req: Request<Incoming>, shared: &Shared, peer: SocketAddr) -> Response<ProxyBody> {
     let text = |status: u16, body: String, ctype: &'static str| {
         let mut r = Response::new(full(body.into()));
         *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
@@ -401,6 +415,18 @@ fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
         );
         r
     };
+    let path = req.uri().path();
+    if path == "/quarantines" || path.starts_with("/quarantines/") {
+        let (status, body) = quarantines(&req, shared, peer).await;
+        let mut r = text(status, format!("{body}\n"), "application/json");
+        if status == 401 {
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"portcullis-admin\""),
+            );
+        }
+        return r;
+    }
     if req.method() != http::Method::GET {
         return text(405, "method not allowed\n".into(), "text/plain");
     }
@@ -429,6 +455,115 @@ fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
         ),
         _ => text(404, "not found\n".into(), "text/plain"),
     }
+}
+
+/// The quarantines: `GET /quarantines` lists them, `DELETE /quarantines/{subject}` lifts one
+/// early (`subject` as the list names it, e.g. `cert:<thumbprint>`, percent-encoded where it
+/// must be).
+///
+/// The admin listener is plain HTTP and its other endpoints (probes, metrics) are open to
+/// whoever reaches it. These two are not: they answer only a request carrying
+/// `Authorization: Bearer <token>` with the token of `detection.admin_token_file` (compared in
+/// constant time), and 404 when no token is configured, so a listener without one cannot be
+/// used to lift a quarantine. The listener should still be bound to an address only operators
+/// reach: the token travels in clear.
+async fn quarantines(
+    req: &Request<Incoming>,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> (u16, serde_json::Value) {
+    let rt = shared.runtime.load();
+    let Some(expected) = rt.config.admin_token.as_deref() else {
+        return (
+            404,
+            serde_json::json!({"error": "quarantine administration is not configured (detection.admin_token_file)"}),
+        );
+    };
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+        tracing::warn!(path = %bounded(req.uri().path()), "admin: quarantine request without a valid token");
+        return (
+            401,
+            serde_json::json!({"error": "a valid bearer token is required"}),
+        );
+    }
+    let now = shared.clock.now();
+    let path = req.uri().path();
+    match (req.method(), path.strip_prefix("/quarantines/")) {
+        (&http::Method::GET, None) => {
+            let list: Vec<serde_json::Value> = shared
+                .detect
+                .list(now)
+                .into_iter()
+                .map(|q| {
+                    serde_json::json!({
+                        "subject": q.subject,
+                        "detector": q.detector.as_str(),
+                        "since": portcullis_audit::unix_to_rfc3339(q.since),
+                        "until": portcullis_audit::unix_to_rfc3339(q.until),
+                        "retry_after_s": (q.until - now).max(0),
+                    })
+                })
+                .collect();
+            (200, serde_json::json!({"quarantines": list}))
+        }
+        (&http::Method::DELETE, Some(subject)) => {
+            let Some(subject) = percent_decode(subject) else {
+                return (400, serde_json::json!({"error": "bad percent-encoding"}));
+            };
+            // With Redis, lifted for the fleet: the others drop it at their next sync.
+            match crate::detection::lift(&shared.detect, shared.redis.as_ref(), &subject).await {
+                Ok(true) => {
+                    tracing::warn!(subject = %bounded(&subject), "admin: quarantine lifted");
+                    shared.audit.emit(crate::record::lifted(&subject, peer));
+                    (200, serde_json::json!({"lifted": subject}))
+                }
+                Ok(false) => (404, serde_json::json!({"error": "not quarantined"})),
+                Err(_) => (
+                    503,
+                    serde_json::json!({"error": "lifted here; the fleet's state (Redis) did not answer: retry"}),
+                ),
+            }
+        }
+        _ => (
+            405,
+            serde_json::json!({"error": "GET /quarantines or DELETE /quarantines/{subject}"}),
+        ),
+    }
+}
+
+/// Equal bytes, in time that depends on the lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `%XX` escapes decoded; `None` when one is malformed or the result is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return None;
+            }
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// A bounded category for a request the HTTP parser refused before any handler ran.

@@ -63,23 +63,26 @@ pub enum Feature {
     Idempotency = 1,
     RateLimit = 2,
     Health = 3,
+    /// Behavioural detection's fleet quarantines (`portcullis-detect`).
+    Detection = 4,
 }
 
-const FEATURES: [(Feature, &str); 4] = [
+const FEATURES: [(Feature, &str); 5] = [
     (Feature::Replay, "replay"),
     (Feature::Idempotency, "idempotency"),
     (Feature::RateLimit, "rate_limit"),
     (Feature::Health, "health"),
+    (Feature::Detection, "detection"),
 ];
 
 #[derive(Default)]
 struct Stats {
-    ok: [AtomicU64; 4],
-    failed: [AtomicU64; 4],
+    ok: [AtomicU64; 5],
+    failed: [AtomicU64; 5],
     /// Requests answered from this instance's state because Redis could not.
-    local: [AtomicU64; 4],
+    local: [AtomicU64; 5],
     /// Requests refused because Redis could not answer.
-    refused: [AtomicU64; 4],
+    refused: [AtomicU64; 5],
     epoch_changes: AtomicU64,
 }
 
@@ -102,6 +105,28 @@ end
 local n = ARGV[1] .. '|' .. ARGV[2]
 redis.call('SET', KEYS[1], n)
 return n",
+    )
+});
+
+/// Detection: counts one event in a fleet window and says whether this call is the first to
+/// reach the threshold. KEYS[1] the window's counter (a HyperLogLog for distinct counts),
+/// KEYS[2] its fired marker; ARGV[1] the item ('' for a plain count), ARGV[2] the TTL (s),
+/// ARGV[3] the threshold. Returns {count, fired}.
+static DETECT_COUNT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local n
+if ARGV[1] ~= '' then
+  redis.call('PFADD', KEYS[1], ARGV[1])
+  n = redis.call('PFCOUNT', KEYS[1])
+else
+  n = redis.call('INCR', KEYS[1])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+local fired = 0
+if n >= tonumber(ARGV[3]) then
+  if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then fired = 1 end
+end
+return {n, fired}",
     )
 });
 
@@ -641,7 +666,7 @@ impl RedisState {
 
     /// Writes the shared state's families.
     pub fn write_metrics(&self, now: i64, out: &mut Exposition) {
-        let per = |out: &mut Exposition, name: &str, help: &str, arr: &[AtomicU64; 4]| {
+        let per = |out: &mut Exposition, name: &str, help: &str, arr: &[AtomicU64; 5]| {
             let mut f = out.family(name, Kind::Counter, help);
             for (feature, n) in FEATURES {
                 f.sample(
@@ -692,6 +717,95 @@ impl RedisState {
             "Times Redis was found to have lost its data (a new epoch marker).",
             self.stats.epoch_changes.load(Ordering::Relaxed),
         );
+    }
+
+    /// Detection: counts one event of `window` (the detector, window number and subject) for
+    /// the fleet — `item` counted distinct (HyperLogLog) when given — and returns the count and
+    /// whether this call is the one that reached `threshold` (once per window, fleet-wide).
+    pub async fn detect_count(
+        &self,
+        window: &str,
+        item: Option<&str>,
+        threshold: u32,
+        ttl_s: u64,
+    ) -> Result<(u64, bool), Unavailable> {
+        let (count, fired) = (self.key("d:", window), self.key("f:", window));
+        let item = item.unwrap_or("").to_string();
+        let r: Vec<i64> = self
+            .call(Feature::Detection, move |mut c| {
+                Box::pin(async move {
+                    DETECT_COUNT
+                        .key(count)
+                        .key(fired)
+                        .arg(item)
+                        .arg(ttl_s.max(1))
+                        .arg(threshold)
+                        .invoke_async::<Vec<i64>>(&mut c)
+                        .await
+                })
+            })
+            .await?;
+        match r.as_slice() {
+            [n, f] => Ok((u64::try_from(*n).unwrap_or(0), *f == 1)),
+            _ => Err(Unavailable),
+        }
+    }
+
+    /// Detection: sets one field of the fleet's quarantine hash (`<prefix>quarantine`): the
+    /// subject, and `value` as the detector crate encodes it.
+    pub async fn quarantine_set(&self, subject: &str, value: &str) -> Result<(), Unavailable> {
+        let (k, f, v) = (
+            self.key("quarantine", ""),
+            subject.to_string(),
+            value.to_string(),
+        );
+        self.call(Feature::Detection, move |mut c| {
+            Box::pin(async move {
+                ::redis::cmd("HSET")
+                    .arg(k)
+                    .arg(f)
+                    .arg(v)
+                    .query_async::<i64>(&mut c)
+                    .await
+            })
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Detection: removes subjects from the fleet's quarantine hash; how many were there.
+    pub async fn quarantine_del(&self, subjects: Vec<String>) -> Result<u64, Unavailable> {
+        if subjects.is_empty() {
+            return Ok(0);
+        }
+        let k = self.key("quarantine", "");
+        self.call(Feature::Detection, move |mut c| {
+            Box::pin(async move {
+                ::redis::cmd("HDEL")
+                    .arg(k)
+                    .arg(subjects)
+                    .query_async::<u64>(&mut c)
+                    .await
+            })
+        })
+        .await
+    }
+
+    /// Detection: the fleet's quarantine hash, at most `max` fields (`HSCAN` would page a
+    /// larger one; the detector caps quarantines well below what one reply carries).
+    pub async fn quarantine_all(&self, max: usize) -> Result<Vec<(String, String)>, Unavailable> {
+        let k = self.key("quarantine", "");
+        let all = self
+            .call(Feature::Detection, move |mut c| {
+                Box::pin(async move {
+                    ::redis::cmd("HGETALL")
+                        .arg(k)
+                        .query_async::<Vec<(String, String)>>(&mut c)
+                        .await
+                })
+            })
+            .await?;
+        Ok(all.into_iter().take(max).collect())
     }
 
     async fn set_nx(&self, key: [u8; 32], ttl_ms: i64) -> Result<bool, Unavailable> {

@@ -15,6 +15,7 @@ pub use super::auth::{
 };
 pub use super::signatures::{FileClientKeys, FileHttpSig, FileJws, FileResponse, FileSignatures};
 pub use portcullis_base::duration::ConfigDuration;
+pub use portcullis_detect::{FileDetection, FileDetector, FileFirstUse, FileVolume, FileWebhook};
 pub use portcullis_state::idempotency::FileIdempotency;
 pub use portcullis_state::ratelimit::{FileQuota, FileRateLimits};
 pub use portcullis_state::settings::{FileLease, FileOnOutage, FileRedis, FileSentinel, FileState};
@@ -60,6 +61,10 @@ pub struct FileConfig {
     /// Shared state backend: memory or Redis, and outage behaviour.
     #[serde(default)]
     pub state: FileState,
+    /// Behavioural detection (`docs/detection.md`); off when absent.
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detection: Option<FileDetection>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -386,6 +386,11 @@ pub struct Config {
     pub idempotency: portcullis_state::idempotency::IdempotencyConfig,
     /// Shared state backend and outage behaviour.
     pub state: portcullis_state::settings::StateConfig,
+    /// Behavioural detection: detectors, actions, quarantine TTL, webhook.
+    pub detection: portcullis_detect::DetectionConfig,
+    /// The bearer token the admin listener asks for before it lists or lifts quarantines
+    /// (`detection.admin_token_file`); never logged.
+    pub admin_token: Option<Arc<str>>,
     /// Files and directories whose change triggers a reload.
     pub watched: Vec<PathBuf>,
 }
@@ -571,6 +576,11 @@ fn validate(
     let rate_limits = portcullis_state::ratelimit::validate(&mut p, &f.rate_limits);
     let idempotency = portcullis_state::idempotency::validate(&mut p, &f.idempotency);
     let state = portcullis_state::settings::validate(&mut p, base, &f.state);
+    let detection = portcullis_detect::config::validate(&mut p, f.detection.as_ref());
+    let admin_token = detection
+        .admin_token_file
+        .as_deref()
+        .and_then(|t| read_admin_token(&mut p, base, t, &mut watched));
     let known = portcullis_policy::Known {
         upstreams: upstreams.keys().map(String::as_str).collect(),
         issuers: auth.issuers.keys().map(String::as_str).collect(),
@@ -609,9 +619,43 @@ fn validate(
         rate_limits,
         idempotency,
         state,
+        detection,
+        admin_token,
         otlp,
         watched,
     })
+}
+
+/// The admin bearer token: the file's content, trimmed; at least 32 characters, so that it
+/// cannot be guessed from the admin listener's network.
+fn read_admin_token(
+    p: &mut Problems<'_>,
+    base: &Path,
+    file: &str,
+    watched: &mut Vec<PathBuf>,
+) -> Option<Arc<str>> {
+    const FIELD: &str = "detection.admin_token_file";
+    let path = resolve(base, file);
+    watched.push(path.clone());
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            p.push(FIELD, format!("cannot read {}: {e}", path.display()));
+            return None;
+        }
+    };
+    let token = text.trim();
+    if token.len() < 32 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        p.push(
+            FIELD,
+            format!(
+                "{} must hold one token of at least 32 printable ASCII characters",
+                path.display()
+            ),
+        );
+        return None;
+    }
+    Some(token.into())
 }
 
 fn validate_audit(

@@ -15,6 +15,7 @@ mod binding;
 mod http;
 mod idempotency;
 mod identity;
+mod quarantine;
 mod rate_limit;
 mod route;
 mod signature;
@@ -30,6 +31,7 @@ use crate::pipeline::fapi::FapiError;
 use crate::pipeline::http::HttpError;
 use crate::pipeline::idempotency::{Dialect, IdempotencyError};
 use crate::pipeline::identity::IdentityError;
+use crate::pipeline::quarantine::Quarantined;
 use crate::pipeline::ratelimit::Limited;
 use crate::pipeline::signature::SignatureError;
 use crate::pipeline::token::{Scheme, TokenError};
@@ -68,6 +70,8 @@ portcullis_base::variants! {
         /// An idempotency-key refusal, in the route's error dialect (OBIE routes answer
         /// in the OBIE error body).
         Idempotency(IdempotencyError, Dialect),
+        /// A detector quarantined the client (`portcullis-detect`): 403 with `Retry-After`.
+        Quarantined(Quarantined),
     }
 }
 
@@ -86,6 +90,7 @@ pub enum Stage {
     Audit,
     RateLimit,
     Idempotency,
+    Detect,
 }
 
 impl Stage {
@@ -103,6 +108,7 @@ impl Stage {
             Stage::Audit => "audit",
             Stage::RateLimit => "rate_limit",
             Stage::Idempotency => "idempotency",
+            Stage::Detect => "detect",
         }
     }
 }
@@ -145,6 +151,12 @@ impl From<BindingError> for Rejection {
 impl From<UpstreamError> for Rejection {
     fn from(e: UpstreamError) -> Self {
         Rejection::Upstream(e)
+    }
+}
+
+impl From<Quarantined> for Rejection {
+    fn from(e: Quarantined) -> Self {
+        Rejection::Quarantined(e)
     }
 }
 
@@ -235,7 +247,8 @@ impl Rejection {
             | Rejection::Signature(_)
             | Rejection::Authz(..)
             | Rejection::RateLimited(_)
-            | Rejection::Idempotency(..) => Decision::Deny,
+            | Rejection::Idempotency(..)
+            | Rejection::Quarantined(_) => Decision::Deny,
         }
     }
 
@@ -255,7 +268,8 @@ impl Rejection {
             | Rejection::Upstream(_)
             | Rejection::Audit(_)
             | Rejection::RateLimited(_)
-            | Rejection::Idempotency(..) => None,
+            | Rejection::Idempotency(..)
+            | Rejection::Quarantined(_) => None,
         }
     }
 
@@ -273,6 +287,7 @@ impl Rejection {
             Rejection::Audit(_) => Stage::Audit,
             Rejection::RateLimited(_) => Stage::RateLimit,
             Rejection::Idempotency(..) => Stage::Idempotency,
+            Rejection::Quarantined(_) => Stage::Detect,
         }
     }
 
@@ -311,6 +326,7 @@ impl Rejection {
             Rejection::Audit(e) => upstream::audit(*e),
             Rejection::RateLimited(l) => rate_limit::wire(l),
             Rejection::Idempotency(e, dialect) => idempotency::wire(*e, *dialect),
+            Rejection::Quarantined(_) => quarantine::wire(),
         }
     }
 
@@ -338,7 +354,8 @@ impl Rejection {
             | Rejection::Upstream(_)
             | Rejection::Audit(_)
             | Rejection::RateLimited(_)
-            | Rejection::Idempotency(..) => None,
+            | Rejection::Idempotency(..)
+            | Rejection::Quarantined(_) => None,
         }
     }
 }
@@ -417,6 +434,12 @@ pub(crate) fn answer(
                 h.insert(name, v);
             }
         }
+    }
+    if let Rejection::Quarantined(q) = rejection {
+        h.insert(
+            ::http::header::RETRY_AFTER,
+            HeaderValue::from(q.retry_after_s),
+        );
     }
     if let Rejection::Route(NoRoute::MethodNotAllowed { allow }) = rejection {
         let list: Vec<&str> = allow.iter().map(|m| m.as_str()).collect();
@@ -506,6 +529,7 @@ impl Rejection {
             Rejection::Audit(e) => upstream::audit_obie(*e),
             Rejection::RateLimited(l) => rate_limit::obie(l),
             Rejection::Idempotency(e, _) => idempotency::obie(*e),
+            Rejection::Quarantined(_) => quarantine::obie(),
         }
     }
 }
