@@ -40,8 +40,8 @@ use crossbeam_channel::{Sender, TrySendError};
 pub use chain::{split_hash, split_sig, AuditKey, AuditPublicKey, KeyError, GENESIS};
 pub use record::{
     bounded, bounded_bytes, connection_members, token_hash, unix_to_rfc3339, ConnectionFacts,
-    HandshakeRecord, HttpErrorRecord, RateLimitRecord, Record, RequestRecord, SignatureRecord,
-    MAX_FIELD, TRUNCATED,
+    ContractRecord, HandshakeRecord, HttpErrorRecord, RateLimitRecord, Record, RequestRecord,
+    SignatureRecord, MAX_FIELD, TRUNCATED,
 };
 pub use writer::{rotated_files, rotated_name};
 
