@@ -28,7 +28,7 @@ pub(super) fn wire(v: &Violation) -> Wire {
 }
 
 /// OBIE Standard Error Codes: a header parameter is a `Header` error, everything else a
-/// `Field` error; `Path` (the JSON pointer) is added by the answer.
+/// `Field` error; `Path` is the JSON pointer of the refusal, put in by the answer.
 pub(super) fn obie(v: &Violation) -> ObieError {
     let header = v.pointer.starts_with("/header/");
     let code = match (v.fault, header) {
@@ -51,5 +51,6 @@ pub(super) fn obie(v: &Violation) -> ObieError {
             false,
         ) => super::FIELD_INVALID,
     };
-    ObieError::new(code, None)
+    // Stands for the pointer of each refusal, which the answer puts in its place.
+    ObieError::new(code, Some("<JSON pointer>"))
 }
