@@ -83,6 +83,13 @@ pub fn import(req: &Import) -> Result<Imported, String> {
     }
     std::fs::create_dir_all(&req.out).map_err(|e| format!("{}: {e}", req.out.display()))?;
     let spec_ref = relative(&req.out, &req.spec)?;
+    // Every `*.yaml` of a policy directory is read as a policy: the description cannot be one.
+    if !spec_ref.contains('/') {
+        return Err(format!(
+            "{}: the description must not be in the policy directory --out (every *.yaml there is read as a policy)",
+            req.spec.display()
+        ));
+    }
     let text = std::fs::read(&req.spec).map_err(|e| format!("{}: {e}", req.spec.display()))?;
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &text);
     let sha: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
