@@ -723,9 +723,11 @@ fn bad_contracts_are_refused_at_load_naming_file_field_and_reason() {
             format!("group: g\nupstream: bank\nroutes:\n  - id: r\n    method: POST\n    path: /x\n    contract: {contract}\n"),
         )
         .unwrap();
-        let errs =
-            portcullis_policy::load_files(&[file.clone()], &portcullis_policy::Known::standalone())
-                .unwrap_err();
+        let errs = portcullis_policy::load_files(
+            std::slice::from_ref(&file),
+            &portcullis_policy::Known::standalone(),
+        )
+        .unwrap_err();
         let e = &errs.0[0];
         assert_eq!(e.file, file, "{errs}");
         assert_eq!(e.field, field, "{errs}");

@@ -255,7 +255,11 @@ fn every_policy_sample_loads() {
             "obie-payment-initiation-v4.0.0.yaml",
             "obie-account-info-v4.0.0.yaml",
         ] {
-            std::fs::copy(repo().join("tests/vectors/openapi").join(f), openapi.join(f)).unwrap();
+            std::fs::copy(
+                repo().join("tests/vectors/openapi").join(f),
+                openapi.join(f),
+            )
+            .unwrap();
         }
         let path = d.path().join(file_name(s, "yaml"));
         std::fs::write(&path, &s.text).unwrap();
