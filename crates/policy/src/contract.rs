@@ -386,14 +386,24 @@ fn shape(v: &Value, at: &mut String, depth: usize) -> Result<(), Violation> {
     let len = at.len();
     match v {
         Value::Object(m) => {
-            let names: Vec<&String> = m.keys().collect();
-            for (i, a) in names.iter().enumerate() {
-                if names[i + 1..]
-                    .iter()
-                    .any(|b| portcullis_base::path::same_name_ignoring_case(a, b))
-                {
+            // Linear, not pairwise: a body of many members must not cost quadratic time. Two
+            // names are twins when their lower-case or their upper-case forms agree (as
+            // `same_name_ignoring_case` decides).
+            let mut lower = std::collections::HashSet::with_capacity(m.len());
+            let mut upper = std::collections::HashSet::with_capacity(m.len());
+            for k in m.keys() {
+                let (l, u) = if k.is_ascii() {
+                    (k.to_ascii_lowercase(), k.to_ascii_uppercase())
+                } else {
+                    (k.to_lowercase(), k.to_uppercase())
+                };
+                if !lower.insert(l) | !upper.insert(u) {
+                    let twin = m
+                        .keys()
+                        .find(|a| *a != k && portcullis_base::path::same_name_ignoring_case(a, k))
+                        .unwrap_or(k);
                     at.push('/');
-                    at.push_str(&escape(a));
+                    at.push_str(&escape(twin));
                     return Err(Violation::new(
                         Fault::Ambiguous,
                         at.clone(),
@@ -1096,6 +1106,23 @@ mod tests {
         let deep = format!("{{\"Data\":{}{}}}", "[".repeat(40), "]".repeat(40));
         let v = check(&c, &deep).unwrap_err();
         assert_eq!(v.fault, Fault::TooDeep);
+        // Many members: the twin check is linear, and the last twin is still found.
+        let many: Vec<String> = (0..20_000).map(|i| format!("\"m{i}\":1")).collect();
+        let t = std::time::Instant::now();
+        let v = check(
+            &c,
+            &format!("{{\"Data\":{{{},\"M19999\":1}}}}", many.join(",")),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (v.fault, v.pointer.as_str()),
+            (Fault::Ambiguous, "/Data/M19999")
+        );
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            t.elapsed()
+        );
         // Not strict: the description's open object takes an undeclared member.
         let c = s
             .compile(Path::new("s"), "op", ContractMode::Enforce, false)
