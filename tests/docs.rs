@@ -5,7 +5,8 @@
 //!   repository's layout (dev certificates in `certs/`, `policies/`, `clients/`, `secrets/`);
 //! - ```` ```yaml config otlp ```` — the same; a build without the `otlp` feature must refuse it
 //!   with exactly the one `tracing.otlp_endpoint` error;
-//! - ```` ```yaml policy ```` — `policy::load_files` on the file alone;
+//! - ```` ```yaml policy ```` — `policy::load_files` on the file alone (with the vendored
+//!   OpenAPI descriptions in `openapi/` beside it, for `contract` samples);
 //! - ```` ```yaml policy-test ```` — `policy::testing::run` against the repository's policies;
 //!   every case must pass;
 //! - ```` ```yaml scenario ```` — `loadgen::Scenario::load_with`, beside the staged `certs/`;
@@ -252,6 +253,19 @@ fn every_policy_sample_loads() {
     let mut failures = Vec::new();
     for s in &policies {
         let d = tempfile::tempdir().unwrap();
+        // The OpenAPI descriptions a `contract` sample names, beside it.
+        let openapi = d.path().join("openapi");
+        std::fs::create_dir_all(&openapi).unwrap();
+        for f in [
+            "obie-payment-initiation-v4.0.0.yaml",
+            "obie-account-info-v4.0.0.yaml",
+        ] {
+            std::fs::copy(
+                repo().join("tests/vectors/openapi").join(f),
+                openapi.join(f),
+            )
+            .unwrap();
+        }
         let path = d.path().join(file_name(s, "yaml"));
         std::fs::write(&path, &s.text).unwrap();
         match portcullis_policy::load_files(&[path], &portcullis_policy::Known::standalone()) {

@@ -57,6 +57,19 @@ pub struct RateLimitRecord {
     pub limited: bool,
 }
 
+/// What a route's request contract (an OpenAPI operation) found: the operation, the mode, and
+/// where the request broke it — a JSON pointer and the keyword, never the value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContractRecord {
+    pub operation: String,
+    /// `enforce` or `shadow`.
+    pub mode: &'static str,
+    /// `valid` or `invalid`.
+    pub result: &'static str,
+    pub pointer: Option<String>,
+    pub keyword: Option<String>,
+}
+
 /// One request's record; filled by the outer handler as the request moves through the stages.
 ///
 /// Stages that have not landed yet leave their fields `None`; they are then absent from the
@@ -123,6 +136,8 @@ pub struct RequestRecord {
     /// `crl_dp_unavailable_fail_open`.
     pub revocation_crl: Option<&'static str>,
     pub rate_limit: Option<RateLimitRecord>,
+    /// The request contract's check, on routes that have one.
+    pub contract: Option<ContractRecord>,
     pub upstream_status: Option<u16>,
     pub upstream_latency_us: Option<u64>,
     /// Tries made upstream (absent when the request was never sent): more than 1 when it
@@ -195,6 +210,19 @@ impl RequestRecord {
                 o.u64("remaining", r.remaining);
                 o.u64("reset_s", r.reset_s);
                 o.bool("limited", r.limited);
+            });
+        }
+        if let Some(c) = &self.contract {
+            m.object("contract", |o| {
+                o.str("operation", &c.operation);
+                o.str("mode", c.mode);
+                o.str("result", c.result);
+                if let Some(p) = &c.pointer {
+                    o.str("pointer", p);
+                }
+                if let Some(k) = &c.keyword {
+                    o.str("keyword", k);
+                }
             });
         }
         m.opt_u64("upstream_status", self.upstream_status.map(u64::from));

@@ -76,6 +76,13 @@ pub fn parse_object(bytes: &[u8]) -> Option<Map<String, Value>> {
     }
 }
 
+/// Parses bytes as one JSON value of any type, refusing duplicate member names at any depth.
+pub fn parse_value(bytes: &[u8]) -> Option<Value> {
+    serde_json::from_slice::<Strict>(bytes)
+        .ok()
+        .map(|Strict(v)| v)
+}
+
 /// A claim read with its JSON type enforced. `Absent` and `WrongType` are different answers:
 /// a string `exp` is not a missing `exp` (CVE-2026-25537).
 #[derive(Debug, PartialEq)]

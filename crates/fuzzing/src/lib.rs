@@ -23,6 +23,9 @@
 //! - `policy`, `config`: a YAML file.
 //! - `audit`: mode 0 raw log; 1 log re-sealed by the harness (each line's `prev`, checkpoint
 //!   `sig` and `hash` recomputed); NUL bytes separate files.
+//! - `contract`: one byte picking an operation with a body of the OBIE v4.0.0 Payment Initiation
+//!   description (`tests/vectors/openapi/`), then the body: checked against the operation's
+//!   contract, strict and as the description wrote it.
 //! - `head`: the HTTP version (`0` HTTP/1.0, `1` HTTP/1.1, `2` HTTP/2), then
 //!   `METHOD target \n name: value ... \n\n`: the request head checks.
 
@@ -54,6 +57,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config", config),
     ("audit", audit),
     ("head", head),
+    ("contract", contract),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -1370,4 +1374,92 @@ pub fn head_accepted(data: &[u8]) -> Option<[bool; 2]> {
         }
     }
     Some(accepted)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request contracts (OpenAPI).
+
+/// The OBIE v4.0.0 Payment Initiation description, read once.
+pub fn obie_spec() -> &'static Arc<portcullis_policy::contract::Spec> {
+    static SPEC: OnceLock<Arc<portcullis_policy::contract::Spec>> = OnceLock::new();
+    SPEC.get_or_init(|| {
+        Arc::new(
+            portcullis_policy::contract::Spec::parse(include_str!(
+                "../../../tests/vectors/openapi/obie-payment-initiation-v4.0.0.yaml"
+            ))
+            .expect("the vendored description"),
+        )
+    })
+}
+
+/// The operations of [`obie_spec`] that take a body, in the description's order: their ids.
+pub fn contract_operations() -> Vec<String> {
+    let spec = obie_spec();
+    spec.operations()
+        .iter()
+        .filter(|o| o.op.contains_key("requestBody"))
+        .map(|o| o.id.clone())
+        .collect()
+}
+
+type Pair = (
+    portcullis_policy::contract::Contract,
+    portcullis_policy::contract::Contract,
+);
+
+/// Each body-taking operation's contract, strict and not, compiled once.
+fn contracts() -> &'static [Pair] {
+    static ALL: OnceLock<Vec<Pair>> = OnceLock::new();
+    ALL.get_or_init(|| {
+        use portcullis_policy::contract::ContractMode::Enforce;
+        let spec = obie_spec();
+        let file = Path::new("obie-payment-initiation-v4.0.0.yaml");
+        contract_operations()
+            .iter()
+            .map(|id| {
+                let c = |strict| spec.compile(file, id, Enforce, strict).expect("compiles");
+                (c(true), c(false))
+            })
+            .collect()
+    })
+}
+
+pub fn contract(data: &[u8]) {
+    let Some((&pick, body)) = data.split_first() else {
+        return;
+    };
+    let all = contracts();
+    let (strict, loose) = &all[usize::from(pick) % all.len()];
+    let mut headers = http::HeaderMap::new();
+    // The headers every OBIE payment POST requires, so the body is what decides.
+    headers.insert(
+        "x-idempotency-key",
+        http::HeaderValue::from_static("fuzz-1"),
+    );
+    headers.insert("x-jws-signature", http::HeaderValue::from_static("h..s"));
+    let check = |c: &portcullis_policy::contract::Contract| {
+        c.check(&portcullis_policy::contract::Request {
+            params: &[],
+            query: None,
+            headers: &headers,
+            body: Some(body),
+        })
+    };
+    let (s, l) = (check(strict), check(loose));
+    // Strict mode only adds refusals: what it accepts, the description accepts.
+    if s.is_ok() {
+        assert!(
+            l.is_ok(),
+            "strict accepted what the description refuses: {l:?}"
+        );
+    }
+    // An accepted body is JSON without duplicate members.
+    if l.is_ok() && !body.is_empty() {
+        assert!(portcullis_base::json::parse_value(body).is_some());
+    }
+    // A refusal names a JSON pointer (the document, or a path into it) and a keyword.
+    for v in [s.err(), l.err()].into_iter().flatten() {
+        assert!(v.pointer.is_empty() || v.pointer.starts_with('/'), "{v:?}");
+        assert!(!v.keyword.is_empty(), "{v:?}");
+    }
 }

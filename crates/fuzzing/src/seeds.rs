@@ -86,7 +86,87 @@ pub fn all(repo: &Path, vectors: &Path) -> io::Result<Seeds> {
     file_seeds(&mut s, repo)?;
     audit_seeds(&mut s)?;
     head_seeds(&mut s);
+    contract_seeds(&mut s);
     Ok(s)
+}
+
+/// Bodies for the `contract` target, made from the OBIE description's own schemas: for each
+/// operation that takes a body, an instance with its required members (enum values, formats
+/// and lengths as declared), so the fuzzer starts inside every schema.
+fn contract_seeds(s: &mut Seeds) {
+    let spec = super::obie_spec();
+    for (i, id) in super::contract_operations().iter().enumerate() {
+        let op = spec.operations().into_iter().find(|o| &o.id == id);
+        let Some(schema) = op.and_then(|o| spec.body_schema(&o).ok()?.0.cloned()) else {
+            continue;
+        };
+        let body = sample(spec, &schema, 0).to_string();
+        let mut data = vec![i as u8];
+        data.extend_from_slice(body.as_bytes());
+        add(s, "contract", format!("contract-{id}"), data);
+    }
+}
+
+fn sample(spec: &portcullis_policy::contract::Spec, v: &Value, depth: usize) -> Value {
+    let Ok(v) = spec.deref(v) else {
+        return Value::Null;
+    };
+    if depth > 16 {
+        return Value::Null;
+    }
+    if let Some(e) = v
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+    {
+        return e.clone();
+    }
+    if let Some(first) = ["oneOf", "anyOf"]
+        .iter()
+        .find_map(|k| v.get(*k).and_then(Value::as_array).and_then(|l| l.first()))
+    {
+        return sample(spec, first, depth + 1);
+    }
+    let ty = v.get("type").and_then(Value::as_str).unwrap_or("object");
+    match ty {
+        "object" => {
+            let mut m = serde_json::Map::new();
+            let props = v.get("properties").and_then(Value::as_object);
+            for name in v
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let Some(name) = name.as_str() else { continue };
+                let p = props
+                    .and_then(|p| p.get(name))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                m.insert(name.to_string(), sample(spec, &p, depth + 1));
+            }
+            Value::Object(m)
+        }
+        "array" => json!([v
+            .get("items")
+            .map_or(Value::Null, |i| sample(spec, i, depth + 1))]),
+        "string" => match v.get("format").and_then(Value::as_str) {
+            Some("date-time") => json!("2027-01-01T10:00:00+00:00"),
+            Some("date") => json!("2027-01-01"),
+            Some("uri") => json!("https://tpp.example/cb"),
+            _ => {
+                let n = v
+                    .get("minLength")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(1)
+                    .max(1);
+                json!("1".repeat(n as usize))
+            }
+        },
+        "integer" | "number" => json!(1),
+        "boolean" => json!(true),
+        _ => Value::Null,
+    }
 }
 
 /// Request heads for the `head` target: a good one per HTTP version, then one of each refusal

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+pub mod contract;
 pub mod current;
 pub mod rules;
 pub mod signature;
@@ -97,6 +98,9 @@ struct FileRoute {
     /// Media types the route answers with (checked against `Accept`; 406 otherwise).
     #[serde(default)]
     produces: Option<Vec<String>>,
+    /// The OpenAPI operation whose parameters and body schema requests must fit.
+    #[serde(default)]
+    contract: Option<contract::FileContract>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,6 +276,9 @@ pub struct Route {
     pub accepts: Vec<String>,
     /// Media types the route answers with, lowercased; empty: any (no 406).
     pub produces: Vec<String>,
+    /// The OpenAPI operation requests must fit, compiled at load. Shared, so a response check
+    /// can reach the same operation's compiled schemas from the route.
+    pub contract: Option<Arc<contract::Contract>>,
     pub file: PathBuf,
 }
 
@@ -444,6 +451,7 @@ pub fn load(
     let mut templates: BTreeMap<String, Vec<http::Method>> = BTreeMap::new();
     let mut ids: HashMap<String, PathBuf> = HashMap::new();
     let start_errors = errors.len();
+    let mut specs = contract::Specs::default();
     if files.is_empty() && errors.len() == start_errors {
         if let Some(first) = paths.first() {
             Problems::new(first, errors).push("", "no policy files found");
@@ -690,6 +698,16 @@ pub fn load(
             let Some(produces) = media("produces", &r.produces, json(obie)) else {
                 continue;
             };
+            let contract = match &r.contract {
+                None => None,
+                Some(c) => match contract::compile(c, file, &mut specs) {
+                    Ok(c) => Some(Arc::new(c)),
+                    Err((f, e)) => {
+                        p.push(field(&format!("contract.{f}")), e);
+                        continue;
+                    }
+                },
+            };
             let Some(method) = method else { continue };
             let Some(authz) = authz else { continue };
             let route = Arc::new(Route {
@@ -711,6 +729,7 @@ pub fn load(
                 errors,
                 accepts,
                 produces,
+                contract,
                 file: file.clone(),
             });
             let router = by_method.entry(method.clone()).or_default();
@@ -750,6 +769,10 @@ pub fn load(
     }
     if errors.len() > start_errors {
         return None;
+    }
+    // A changed description is a changed policy: its bytes are part of the version.
+    for text in specs.texts() {
+        digest.update(text.as_bytes());
     }
     let hash = digest.finish();
     let version: String = hash.as_ref()[..8]

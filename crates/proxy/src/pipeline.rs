@@ -40,9 +40,14 @@
 //! 10. **Request signature** ([`signature`]) — OBIE `x-jws-signature` or RFC 9421, per route;
 //!     needs the caller's identity and token (to name it and find its keys) and the buffered
 //!     body; before authorization, so nothing whose bytes are unproven is ever authorized.
-//! 11. **Authorization** ([`authz`]) — scopes, consent and object rules; needs the bound token,
+//! 11. **Request contract** ([`contract`]) — on routes with `contract`: path, query and header
+//!     parameters and the buffered JSON body against the OpenAPI operation's schemas, compiled
+//!     at load. After every authentication stage, so an unauthenticated caller learns nothing
+//!     of the contract; before authorization, so no rule ever reads a value the API does not
+//!     declare; on the bytes that are forwarded.
+//! 12. **Authorization** ([`authz`]) — scopes, consent and object rules; needs the bound token,
 //!     so it runs only on proven callers, and the buffered body when a rule reads it.
-//! 12. **Idempotency** ([`idempotency`]) — on routes that ask for it: the client-scoped key and
+//! 13. **Idempotency** ([`idempotency`]) — on routes that ask for it: the client-scoped key and
 //!     the fingerprint of the buffered body; last, so a refused request never reserves a key.
 //!     It answers from the store (a replay) or reserves the key, which the caller completes
 //!     with the upstream's answer.
@@ -53,6 +58,7 @@
 pub(crate) mod authz;
 pub(crate) mod binding;
 pub(crate) mod body;
+pub(crate) mod contract;
 // `fapi`, `http`, `route` and `token` are public for the `internals` feature.
 #[cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
 pub mod fapi;
@@ -146,6 +152,8 @@ pub(crate) struct Trail {
     /// rule that made it.
     pub(crate) shadow: Option<(Rejection, String)>,
     pub(crate) idempotency: Option<&'static str>,
+    /// The contract check of a route that has one (see [`contract::check`]).
+    pub(crate) contract: Option<contract::Checked>,
     /// The OCSP check of the client certificate (see [`identity::check_ocsp`]).
     pub(crate) revocation: Option<&'static str>,
     /// The check of the CRL the client certificate names (see [`identity::check_leaf_crl`]).
@@ -307,6 +315,18 @@ pub(crate) async fn run(
     .await
     .map_err(Rejection::Signature)?;
     trail.signature = signature.verified().cloned();
+    if let Some(c) = &route.route.contract {
+        let checked = contract::check(c, &route, parts, buffered);
+        let refusal = checked.refusal();
+        let shadow = checked.shadow_refusal();
+        trail.contract = Some(checked);
+        if let Some(r) = refusal {
+            return Err(r);
+        }
+        if let Some(r) = shadow {
+            trail.shadow = Some((r, format!("contract:{}", c.operation)));
+        }
+    }
     let scheme = token.as_ref().map(binding::BoundToken::scheme);
     let mut permit = authz::authorize(
         &route,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::pipeline::ratelimit::Scope;
 use crate::pipeline::rejection::Decision;
 use crate::pipeline::{Rejection, Trail};
-use portcullis_audit::{AlertRecord, RequestRecord, SignatureRecord};
+use portcullis_audit::{AlertRecord, ContractRecord, RequestRecord, SignatureRecord};
 use portcullis_base::text::bounded;
 
 /// The status recorded for a request whose client left before any answer was made (the
@@ -175,6 +175,17 @@ pub(crate) fn compose(head: Head, trail: Trail, outcome: Outcome) -> RequestReco
         revocation: trail.revocation,
         revocation_crl: trail.revocation_crl,
         rate_limit: trail.rate_limit,
+        contract: trail.contract.map(|c| ContractRecord {
+            operation: bounded(&c.operation),
+            mode: c.mode.as_str(),
+            result: if c.violation.is_some() {
+                "invalid"
+            } else {
+                "valid"
+            },
+            keyword: c.violation.as_ref().map(|v| bounded(&v.keyword)),
+            pointer: c.violation.map(|v| bounded(&v.pointer)),
+        }),
         upstream_status: trail.upstream.map(|u| u.0),
         upstream_latency_us: trail.upstream.map(|u| u.1.as_micros() as u64),
         upstream_attempts: trail.tries.as_ref().map(|t| u64::from(t.count)),

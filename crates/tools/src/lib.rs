@@ -7,6 +7,7 @@ pub mod client;
 pub mod demo;
 pub mod devcerts;
 pub mod mockbank;
+pub mod openapi;
 pub mod policytest;
 pub mod sign;
 pub mod tokentool;

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use portcullis_policy::contract::{self, ContractMode};
 use portcullis_policy::rules::{self, ConsentRecord, Facts};
 use portcullis_policy::{load_files, Known, PolicySet};
 use portcullis_proxy::Rejection;
@@ -109,6 +110,15 @@ fn deny(r: &Rejection, rule: Option<String>, route: Option<String>) -> Outcome {
     }
 }
 
+fn contract_request<'a>(f: &Facts<'a>) -> contract::Request<'a> {
+    contract::Request {
+        params: f.params,
+        query: f.query,
+        headers: f.headers,
+        body: f.body,
+    }
+}
+
 /// Decides `req` with `claims` and `consents` at `now`.
 pub fn decide(
     set: &PolicySet,
@@ -141,6 +151,17 @@ pub fn decide(
         headers: &headers,
         body: req.body.as_deref().map(str::as_bytes),
     };
+    // The contract is checked before authorization, as in the proxy.
+    let mut shadow_contract = None;
+    if let Some(c) = &m.route.contract {
+        if let Err(v) = c.check(&contract_request(&facts)) {
+            let r = Rejection::Contract(v);
+            match c.mode {
+                ContractMode::Enforce => return deny(&r, None, Some(m.route.id.clone())),
+                ContractMode::Shadow => shadow_contract = Some(r.audit_reason()),
+            }
+        }
+    }
     let scopes: Vec<String> = claims
         .get("scope")
         .and_then(Value::as_str)
@@ -155,7 +176,20 @@ pub fn decide(
     let consent = rules::consent_id(authz, claims).and_then(|id| consents.get(id));
     let route = m.route.id.clone();
     match rules::evaluate(authz, &scopes, claims, Ok(consent), &facts, now) {
-        Ok(()) => Outcome::Allow { route },
+        Ok(()) => match shadow_contract {
+            Some(reason) => Outcome::ShadowDeny {
+                rule: format!(
+                    "contract:{}",
+                    m.route
+                        .contract
+                        .as_ref()
+                        .map_or("", |c| c.operation.as_str())
+                ),
+                route,
+                reason,
+            },
+            None => Outcome::Allow { route },
+        },
         Err(d) if d.shadow => {
             let reason = Rejection::Authz(d.clone(), None).audit_reason();
             Outcome::ShadowDeny {
@@ -370,6 +404,37 @@ pub fn explain(
                 m.route.file.display()
             );
             let _ = writeln!(s, "params {:?}", m.params);
+            if let Some(c) = &m.route.contract {
+                let headers = header_map(req);
+                let facts = Facts {
+                    params: &m.params,
+                    query: req.path.split_once('?').map(|x| x.1),
+                    headers: &headers,
+                    body: req.body.as_deref().map(str::as_bytes),
+                };
+                let outcome = match c.check(&contract_request(&facts)) {
+                    Ok(()) => "valid".to_string(),
+                    Err(v) => format!(
+                        "{} {} at `{}` (keyword {})",
+                        if c.mode == ContractMode::Shadow {
+                            "would refuse"
+                        } else {
+                            "refuse"
+                        },
+                        v.fault.reason(),
+                        v.pointer,
+                        v.keyword
+                    ),
+                };
+                let _ = writeln!(
+                    s,
+                    "contract {} ({}{}) from {}: {outcome}",
+                    c.operation,
+                    c.mode.as_str(),
+                    if c.strict { ", strict" } else { "" },
+                    c.spec.display()
+                );
+            }
             let a = &m.route.authz;
             let _ = writeln!(
                 s,
@@ -459,7 +524,26 @@ pub enum PolicyCommand {
         #[arg(default_value = "policies")]
         dir: PathBuf,
     },
-    /// For one request and token claims: the route that matches and each rule's outcome.
+    /// Write (or update) a policy file from an OpenAPI 3.0/3.1 description: one route per
+    /// operation, its scopes, body limit and request contract; prints what changed.
+    Import {
+        /// The OpenAPI description (YAML or JSON).
+        spec: PathBuf,
+        /// The policy directory to write `GROUP.yaml` (and, once, `GROUP.test.yaml`) into.
+        #[arg(long)]
+        out: PathBuf,
+        /// The policy group (default: the description's file name).
+        #[arg(long)]
+        group: Option<String>,
+        /// The upstream the routes go to (a name of the config's `upstreams`).
+        #[arg(long, default_value = "bank")]
+        upstream: String,
+        /// The token profile of every route: fapi2, fapi1-advanced or bearer.
+        #[arg(long, default_value = "fapi2")]
+        profile: String,
+    },
+    /// For one request and token claims: the route that matches, the contract's outcome and
+    /// each rule's outcome.
     Explain {
         #[arg(long, default_value = "policies")]
         policies: PathBuf,
@@ -485,6 +569,19 @@ pub enum PolicyCommand {
 pub fn run_command(cmd: PolicyCommand) -> std::process::ExitCode {
     use std::process::ExitCode;
     match cmd {
+        PolicyCommand::Import {
+            spec,
+            out,
+            group,
+            upstream,
+            profile,
+        } => crate::openapi::run(&crate::openapi::Import {
+            spec,
+            out,
+            group,
+            upstream,
+            profile,
+        }),
         PolicyCommand::Test { dir } => match run(&dir) {
             Err(e) => {
                 eprintln!("policy test: {e}");

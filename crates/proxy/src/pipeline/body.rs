@@ -42,6 +42,7 @@ pub(crate) struct Admitted {
 pub(crate) fn needed(route: &Route) -> bool {
     route.authz.reads_body()
         || route.signature.is_some()
+        || route.contract.as_ref().is_some_and(|c| c.reads_body())
         || route.idempotency != IdempotencyMode::None
 }
 

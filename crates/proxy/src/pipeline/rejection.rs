@@ -12,6 +12,7 @@
 
 mod authz;
 mod binding;
+mod contract;
 mod http;
 mod idempotency;
 mod identity;
@@ -39,6 +40,7 @@ use crate::upstream::UpstreamError;
 use portcullis_audit::AuditError;
 use portcullis_base::path::PathError;
 use portcullis_base::variants::Variants;
+use portcullis_policy::contract::Violation;
 use portcullis_policy::rules::Denial;
 use portcullis_policy::{ErrorDialect, NoRoute};
 
@@ -59,6 +61,8 @@ portcullis_base::variants! {
         /// A request signature is missing or does not verify (OBIE `x-jws-signature`: 400 with the
         /// OBIE error body; RFC 9421: 401).
         Signature(SignatureError),
+        /// The request does not fit the OpenAPI operation its route names (400).
+        Contract(Violation),
         /// A scope, consent, object or response rule denied the request; with the scheme the
         /// client's token came in, on routes that take one (for the challenge).
         Authz(Denial, Option<Scheme>),
@@ -85,6 +89,7 @@ pub enum Stage {
     Token,
     Binding,
     Signature,
+    Contract,
     Authz,
     Upstream,
     Audit,
@@ -103,6 +108,7 @@ impl Stage {
             Stage::Token => "token",
             Stage::Binding => "binding",
             Stage::Signature => "signature",
+            Stage::Contract => "contract",
             Stage::Authz => "authz",
             Stage::Upstream => "upstream",
             Stage::Audit => "audit",
@@ -245,6 +251,7 @@ impl Rejection {
             | Rejection::Binding(_)
             | Rejection::UseDpopNonce(_)
             | Rejection::Signature(_)
+            | Rejection::Contract(_)
             | Rejection::Authz(..)
             | Rejection::RateLimited(_)
             | Rejection::Idempotency(..)
@@ -265,6 +272,7 @@ impl Rejection {
             | Rejection::Binding(_)
             | Rejection::UseDpopNonce(_)
             | Rejection::Signature(_)
+            | Rejection::Contract(_)
             | Rejection::Upstream(_)
             | Rejection::Audit(_)
             | Rejection::RateLimited(_)
@@ -282,6 +290,7 @@ impl Rejection {
             Rejection::Token(..) => Stage::Token,
             Rejection::Binding(_) | Rejection::UseDpopNonce(_) => Stage::Binding,
             Rejection::Signature(_) => Stage::Signature,
+            Rejection::Contract(_) => Stage::Contract,
             Rejection::Authz(..) => Stage::Authz,
             Rejection::Upstream(_) => Stage::Upstream,
             Rejection::Audit(_) => Stage::Audit,
@@ -321,6 +330,7 @@ impl Rejection {
             Rejection::Binding(e) => binding::wire(*e),
             Rejection::UseDpopNonce(_) => binding::use_nonce(),
             Rejection::Signature(e) => signature::wire(*e),
+            Rejection::Contract(v) => contract::wire(v),
             Rejection::Authz(d, _) => authz::wire(d),
             Rejection::Upstream(e) => upstream::wire(*e),
             Rejection::Audit(e) => upstream::audit(*e),
@@ -351,6 +361,7 @@ impl Rejection {
             | Rejection::Fapi(_)
             | Rejection::Identity(_)
             | Rejection::Signature(_)
+            | Rejection::Contract(_)
             | Rejection::Upstream(_)
             | Rejection::Audit(_)
             | Rejection::RateLimited(_)
@@ -380,21 +391,33 @@ pub(crate) fn answer(
     let w = rejection.wire();
     let body = match dialect {
         ErrorDialect::Obie if !rejection.obie_has_body() => None,
-        ErrorDialect::Obie => Some((
-            obie_body(&w, &rejection.obie(), interaction_id),
-            "application/json",
-        )),
-        ErrorDialect::Problem => Some((
-            serde_json::json!({
+        ErrorDialect::Obie => {
+            let mut b = obie_body(&w, &rejection.obie(), interaction_id);
+            // A contract refusal names the member at fault (`Path`, a JSON pointer) and the
+            // keyword it broke; nothing of its value.
+            if let Rejection::Contract(v) = rejection {
+                b["Errors"][0]["Path"] = serde_json::Value::String(v.pointer.clone());
+                b["Errors"][0]["Message"] =
+                    serde_json::Value::String(format!("{} ({})", w.detail, v.keyword));
+            }
+            Some((b, "application/json"))
+        }
+        ErrorDialect::Problem => {
+            let mut b = serde_json::json!({
                 "type": format!("urn:portcullis:problem:{}", w.reason),
                 "title": w.status.canonical_reason().unwrap_or("Error"),
                 "status": w.status.as_u16(),
                 "detail": w.detail,
                 "reason": w.reason,
                 "interaction_id": interaction_id,
-            }),
-            "application/problem+json",
-        )),
+            });
+            // RFC 9457 §3.2 extension members: where, and which keyword.
+            if let Rejection::Contract(v) = rejection {
+                b["pointer"] = serde_json::Value::String(v.pointer.clone());
+                b["keyword"] = serde_json::Value::String(v.keyword.clone());
+            }
+            Some((b, "application/problem+json"))
+        }
     };
     let mut resp = Response::new(match &body {
         Some((b, _)) => Bytes::from(b.to_string()),
@@ -524,6 +547,7 @@ impl Rejection {
             Rejection::UseDpopNonce(_) => binding::use_nonce_obie(),
             Rejection::Signature(SignatureError::Jws(e)) => signature::obie(*e),
             Rejection::Signature(SignatureError::Http(e)) => signature::http_obie(*e),
+            Rejection::Contract(v) => contract::obie(v),
             Rejection::Authz(d, _) => authz::obie(d),
             Rejection::Upstream(e) => upstream::obie(*e),
             Rejection::Audit(e) => upstream::audit_obie(*e),
