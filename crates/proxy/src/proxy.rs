@@ -415,8 +415,15 @@ async fn inner(
         ip: conn.peer.ip(),
         cert: conn.client_cert.as_ref(),
     };
-    let admitted =
-        pipeline::run(&parts, body, &peer, &rt.context(&shared), pending.trail()).await?;
+    // The host the handshake chose, as this config has it. A reload that removed it, or
+    // changed its names, client CAs or `client_auth`, leaves the connection with no host to be
+    // served as: refused like a request for a host we do not serve, and the client reconnects.
+    let Some((listener, host)) = rt.host(conn.listener, &conn.host_key) else {
+        pipeline::body::discard(body).await;
+        return Err(pipeline::http::HttpError::MisdirectedHost.into());
+    };
+    let cx = rt.context(&shared, listener, host);
+    let admitted = pipeline::run(&parts, body, &peer, &cx, pending.trail()).await?;
     let route = Arc::clone(&admitted.route.route);
     // The config loader refuses routes that name an unknown upstream, so this is unreachable;
     // it still fails closed rather than panicking.

@@ -203,7 +203,12 @@ fn check_host(parts: &Parts, server_names: &[String]) -> Result<(), HttpError> {
     let Some(name) = host(parts) else {
         return Err(HttpError::MissingHost);
     };
-    if !server_names.is_empty() && !server_names.contains(&name) {
+    // The names of the host the handshake chose (SNI): a request naming another host, even
+    // one this listener serves, would escape that host's client-certificate rules.
+    let ours = server_names
+        .iter()
+        .any(|n| *n == name || crate::config::wildcard_matches(n, &name));
+    if !server_names.is_empty() && !ours {
         return Err(HttpError::MisdirectedHost);
     }
     Ok(())
