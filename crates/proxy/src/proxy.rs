@@ -415,9 +415,9 @@ async fn inner(
         ip: conn.peer.ip(),
         cert: conn.client_cert.as_ref(),
     };
-    // The host the handshake chose, as this config has it. A reload that removed it, or
-    // changed its names, client CAs or `client_auth`, leaves the connection with no host to be
-    // served as: refused like a request for a host we do not serve, and the client reconnects.
+    // The host the handshake chose, as this config has it. A reload that removed it or
+    // changed its names (see `Host::key`) leaves the connection with no host to be served as:
+    // refused like a request for a host we do not serve, and the client reconnects.
     let Some((listener, host)) = rt.host(conn.listener, &conn.host_key) else {
         pipeline::body::discard(body).await;
         return Err(pipeline::http::HttpError::MisdirectedHost.into());

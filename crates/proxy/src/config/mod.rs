@@ -218,10 +218,13 @@ impl Listener {
 
 /// One virtual host of a listener.
 pub struct Host {
-    /// What a connection remembers of the host its handshake chose: the listener, the names,
-    /// `client_auth` and the client CAs. A reload that changes any of them makes it another host,
-    /// so a connection verified under the old CAs is never served as the new host (its requests
-    /// are refused with 421 and the client reconnects).
+    /// What a connection remembers of the host its handshake chose: the listener and the
+    /// host's names. A reload that removes the host or changes its names leaves the
+    /// connection without a host: its requests are refused with 421 and the client reconnects.
+    /// A reload that changes only the host's TLS (client CAs, CRLs, `client_auth`) or groups
+    /// keeps it, as on a single listener: the connection keeps the identity verified at its
+    /// handshake (`limits.max_connection_age` bounds how long), and every request meets the
+    /// current routes and CRLs.
     pub key: Arc<str>,
     /// Lower-case DNS names, exact or `*.` wildcards; empty (the `listener:` form without
     /// `server_names`): any name.
@@ -827,18 +830,11 @@ fn build_listeners(
                 continue;
             };
             hello_timeout = hello_timeout.max(tls.handshake_timeout);
-            let cas: Vec<String> = tls
-                .material
-                .client_cas
-                .iter()
-                .map(|c| portcullis_crypto::pki::thumbprint_s256(c.as_ref()))
-                .collect();
-            let key = format!(
-                "{address} {} {:?} {}",
-                h.names.join(","),
-                tls.client_auth,
-                cas.join(",")
-            );
+            let key = match &h.groups {
+                // The `listener:` form has one host, whatever its names.
+                None => address.to_string(),
+                Some(_) => format!("{address} {}", h.names.join(",")),
+            };
             hosts.push(Arc::new(Host {
                 key: Arc::from(key),
                 names: h.names,

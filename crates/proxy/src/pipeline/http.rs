@@ -521,4 +521,19 @@ mod tests {
             Err(HttpError::MisdirectedHost)
         );
     }
+
+    #[test]
+    fn a_wildcard_name_covers_one_label() {
+        let l = Limits::default();
+        let names = vec!["*.bank.test".to_string()];
+        let with = |host: &str| {
+            let r = http::Request::get("/a").header(HOST, host);
+            check(&parts(r), &l, &names)
+        };
+        assert_eq!(with("api.bank.test"), Ok(()));
+        assert_eq!(with("API.bank.test:443"), Ok(()));
+        for other in ["bank.test", "a.b.bank.test", "xbank.test", ".bank.test"] {
+            assert_eq!(with(other), Err(HttpError::MisdirectedHost), "{other}");
+        }
+    }
 }
