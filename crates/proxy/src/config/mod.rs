@@ -200,7 +200,7 @@ impl Listener {
             let n = n.to_ascii_lowercase();
             self.hosts
                 .iter()
-                .find(|h| h.names.iter().any(|x| *x == n))
+                .find(|h| h.names.contains(&n))
                 .or_else(|| {
                     self.hosts
                         .iter()
