@@ -92,6 +92,11 @@ pub(crate) async fn handle(
         version: req.version(),
         head_only: req.method() == http::Method::HEAD,
         started,
+        // The routes of the host the handshake chose: a refusal before the route match is
+        // answered as that host's route would be, never as another host's.
+        policies: rt
+            .host(conn.listener, &conn.host_key)
+            .map(|(_, h)| Arc::clone(&h.host.policies)),
     };
     let mut pending = Pending::new(head, answer);
     #[cfg(feature = "otlp")]
@@ -119,6 +124,8 @@ struct Answer {
     /// HEAD: hyper sends no body, so an unread body is no sign that the client left.
     head_only: bool,
     started: Instant,
+    /// The routes of the connection's host; `None` when a reload removed it.
+    policies: Option<Arc<portcullis_policy::PolicySet>>,
 }
 
 impl Answer {
@@ -195,7 +202,7 @@ impl Answer {
             return None;
         }
         portcullis_base::path::check_path(&head.path).ok()?;
-        let m = self.rt.config.policies.lookup(&method, &head.path).ok()?;
+        let m = self.policies.as_ref()?.lookup(&method, &head.path).ok()?;
         Some(m.route)
     }
 }
