@@ -49,7 +49,8 @@ routes:
     client_cert: optional
 "#;
 
-/// Host certificates (`a`, `b`, `pub`, `c` `.bank.test`, each also for 127.0.0.1) issued by
+/// Host certificates (`a`, `b`, `pub`, `c` `.bank.test`, and `w` for `*.w.bank.test`, each
+/// also for 127.0.0.1) issued by
 /// the dev CA, and a second client CA (`partner-ca.pem`) with its client `partner`.
 fn pki() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
@@ -72,8 +73,9 @@ fn pki() -> &'static Path {
         ca.distinguished_name
             .push(rcgen::DnType::CommonName, "portcullis dev CA");
         let dev = rcgen::Issuer::new(ca, ca_key);
-        for host in ["a", "b", "pub", "c"] {
+        for host in ["a", "b", "pub", "c", "*.w"] {
             let name = format!("{host}.bank.test");
+            let host = host.trim_start_matches("*.");
             let mut p = rcgen::CertificateParams::new(vec![name.clone()]).unwrap();
             p.subject_alt_names.push(rcgen::SanType::IpAddress(
                 std::net::Ipv4Addr::LOCALHOST.into(),
@@ -411,6 +413,28 @@ async fn without_sni_the_default_host_answers_or_the_handshake_is_refused() {
         .await
         .unwrap();
     ok(&mut c, "a.bank.test", "/open/accounts", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_host_takes_any_one_label_under_its_domain() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut hosts = three_hosts();
+    let mut wild = host("w", Some(certs().join("ca.pem")), "required", &["corp"]);
+    wild.names = vec!["*.w.bank.test".into()];
+    hosts.push(wild);
+    hosts[1].policy_groups = vec!["open".into()];
+    let p = start(config_with(up.addr, one_listener(hosts))).await;
+    let mut c = connect_as(p.addr, "x.w.bank.test", Some("tpp1"), true)
+        .await
+        .unwrap();
+    ok(&mut c, "x.w.bank.test", "/corp/payments", true).await;
+    // Another name under the same wildcard is the same host.
+    ok(&mut c, "y.w.bank.test", "/corp/payments", true).await;
+    for other in ["w.bank.test", "a.b.w.bank.test", "a.bank.test"] {
+        let (r, id) = get(other, "/corp/payments", true);
+        let a = c.send(r).await.unwrap();
+        refused_after(&p, &up, 2, &a, &id, 421, "http.misdirected").await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
