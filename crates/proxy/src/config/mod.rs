@@ -1255,8 +1255,8 @@ fn validate_listener_tls(
         .map(|c| c.not_after);
     // An expired server certificate would fail every handshake: refuse it (at start-up, and at
     // reload, where the current one keeps serving).
-    if let Some(t) = server_cert_not_after.filter(|t| *t < now) {
-        let when = portcullis_audit::unix_to_rfc3339(t).unwrap_or_default();
+    if let Some(expired) = server_cert_not_after.filter(|at| *at < now) {
+        let when = portcullis_audit::unix_to_rfc3339(expired).unwrap_or_default();
         p.push(
             format!("{t}.certificate"),
             format!("the server certificate expired at {when}; renew it"),
