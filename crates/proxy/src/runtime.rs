@@ -662,7 +662,23 @@ pub struct Shared {
     /// SIGTERM came: `/readyz` says 503 from now on, whatever else holds.
     shutting_down: std::sync::atomic::AtomicBool,
     /// The bound listeners, once started: a reload adds and removes listeners through it.
-    pub(crate) listeners: std::sync::OnceLock<Arc<crate::server::Listeners>>,
+    pub(crate) listeners: std::sync::OnceLock<Arc<dyn ListenerControl>>,
+}
+
+/// Listening sockets bound for a config, by configured address, before they accept: the
+/// socket and its bound address.
+pub(crate) type Bound = Vec<(
+    std::net::SocketAddr,
+    (std::net::TcpListener, std::net::SocketAddr),
+)>;
+
+/// What a reload asks of the running listeners (the server implements it).
+pub(crate) trait ListenerControl: Send + Sync {
+    /// Binds the addresses of `config` that no listener has yet; an address that cannot be
+    /// bound is a config error naming the listener, and nothing is bound.
+    fn bind_new(&self, config: &Config) -> Result<Bound, ConfigErrors>;
+    /// Starts accepting on `bound` and stops the listeners `config` no longer has.
+    fn apply(&self, config: &Config, bound: Bound);
 }
 
 /// Remote sources kept across reloads, keyed by issuer name and where they fetch from.

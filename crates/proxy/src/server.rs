@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::conn::ConnInfo;
 use crate::proxy::{self, full, ProxyBody};
-use crate::runtime::Shared;
+use crate::runtime::{Bound, ListenerControl, Shared};
 use portcullis_audit::{HandshakeRecord, Record};
 
 /// A started proxy: its bound addresses and the handle to stop it. Dropping it starts the same
@@ -120,7 +120,9 @@ pub async fn start(shared: Arc<Shared>) -> std::io::Result<Running> {
     });
     let addrs: Vec<SocketAddr> = bound.iter().map(|(_, (_, a))| *a).collect();
     listeners.apply(&config, bound);
-    let _ = shared.listeners.set(Arc::clone(&listeners));
+    let _ = shared
+        .listeners
+        .set(Arc::clone(&listeners) as Arc<dyn ListenerControl>);
     let addr = *addrs
         .first()
         .ok_or_else(|| std::io::Error::other("no listener"))?;
@@ -150,12 +152,9 @@ fn bind(address: SocketAddr) -> std::io::Result<(std::net::TcpListener, SocketAd
     Ok((l.into_std()?, local))
 }
 
-/// Listening sockets bound for a config, by configured address, before they accept.
-pub(crate) type Bound = Vec<(SocketAddr, (std::net::TcpListener, SocketAddr))>;
-
 /// The listeners accepting now, and what starting another needs: a reload adds and removes
 /// them (see [`Listeners::bind_new`] and [`Listeners::apply`]).
-pub(crate) struct Listeners {
+struct Listeners {
     workers: Arc<Vec<Worker>>,
     shutdown: CancellationToken,
     /// The runtime the accept loops run on (the one `start` was called on).
@@ -164,10 +163,10 @@ pub(crate) struct Listeners {
     open: std::sync::Mutex<Vec<(SocketAddr, SocketAddr, CancellationToken)>>,
 }
 
-impl Listeners {
+impl ListenerControl for Listeners {
     /// Binds the addresses of `config` that no listener has yet. An address that cannot be
     /// bound is a config error naming the listener, and nothing is bound.
-    pub(crate) fn bind_new(&self, config: &Config) -> Result<Bound, ConfigErrors> {
+    fn bind_new(&self, config: &Config) -> Result<Bound, ConfigErrors> {
         let open: Vec<SocketAddr> = self
             .open
             .lock()
@@ -203,7 +202,7 @@ impl Listeners {
 
     /// Starts accepting on `bound` and stops the listeners `config` no longer has: they close
     /// their socket, and their connections finish the requests in flight and close.
-    pub(crate) fn apply(&self, config: &Config, bound: Bound) {
+    fn apply(&self, config: &Config, bound: Bound) {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|(a, local, stop)| {
             let keep = config.listeners.iter().any(|l| l.address == *a);
