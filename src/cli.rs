@@ -445,7 +445,7 @@ pub(crate) fn summary(c: &Config) -> String {
     let _ = writeln!(s, "config {} is valid", c.source.display());
     let tls_summary = |t: &portcullis_proxy::config::ListenerTls| {
         format!(
-            "mTLS {:?}, {} client CA(s), {} CRL(s){}{}",
+            "mTLS {:?}, {} client CA(s), {} CRL(s){}{}{}",
             t.client_auth,
             t.client_ca_count,
             t.crl_count,
@@ -456,6 +456,10 @@ pub(crate) fn summary(c: &Config) -> String {
             match &t.ocsp {
                 None => String::new(),
                 Some(o) => format!(", OCSP {} fail {}", o.responder, o.fail),
+            },
+            match &t.leaf_crls {
+                None => String::new(),
+                Some(lc) => format!(", certificates' CRL distribution points fail {}", lc.fail),
             }
         )
     };
@@ -492,7 +496,15 @@ pub(crate) fn summary(c: &Config) -> String {
             s,
             "upstream {name} -> {}://{}{}{}",
             u.scheme,
-            u.authority,
+            match &u.dns {
+                Some(d) => format!("{}:{} (DNS, every {:?})", d.name, d.port, d.interval),
+                None => u
+                    .endpoints
+                    .iter()
+                    .map(|a| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
             u.base_path,
             if u.tls.is_some() { " (pinned TLS)" } else { "" }
         );

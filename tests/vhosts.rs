@@ -56,23 +56,12 @@ fn pki() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let d = tempfile::tempdir().unwrap();
-        let certs = certs();
         let now = time::OffsetDateTime::now_utc();
         let dated = |p: &mut rcgen::CertificateParams| {
             p.not_before = now - time::Duration::hours(1);
             p.not_after = now + time::Duration::days(30);
         };
-        let ca_key =
-            rcgen::KeyPair::from_pem(&std::fs::read_to_string(certs.join("ca.key")).unwrap())
-                .unwrap();
-        // The dev CA's name, in the order `dev-certs` writes it.
-        let mut ca = rcgen::CertificateParams::default();
-        ca.distinguished_name = rcgen::DistinguishedName::new();
-        ca.distinguished_name
-            .push(rcgen::DnType::OrganizationName, "portcullis dev");
-        ca.distinguished_name
-            .push(rcgen::DnType::CommonName, "portcullis dev CA");
-        let dev = rcgen::Issuer::new(ca, ca_key);
+        let dev = dev_ca();
         for host in ["a", "b", "pub", "c", "*.w"] {
             let name = format!("{host}.bank.test");
             let host = host.trim_start_matches("*.");
@@ -122,6 +111,42 @@ fn pki() -> &'static Path {
         d
     })
     .path()
+}
+
+/// The dev CA as an rcgen issuer (its name in the order `dev-certs` writes it).
+fn dev_ca() -> rcgen::Issuer<'static, rcgen::KeyPair> {
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(certs().join("ca.key")).unwrap())
+            .unwrap();
+    let mut ca = rcgen::CertificateParams::default();
+    ca.distinguished_name = rcgen::DistinguishedName::new();
+    ca.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "portcullis dev");
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "portcullis dev CA");
+    rcgen::Issuer::new(ca, ca_key)
+}
+
+/// A dev CA client certificate `name` naming `point` as its CRL distribution point, written
+/// beside the test's host certificates.
+fn dev_leaf_naming(name: &str, point: &str) {
+    let now = time::OffsetDateTime::now_utc();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "Tpp Dp Ltd");
+    p.distinguished_name.push(rcgen::DnType::CommonName, name);
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    p.not_before = now - time::Duration::hours(1);
+    p.not_after = now + time::Duration::days(30);
+    p.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+        uris: vec![point.to_string()],
+    }];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &dev_ca()).unwrap();
+    std::fs::write(pki().join(format!("{name}.pem")), cert.pem()).unwrap();
+    std::fs::write(pki().join(format!("{name}.key")), key.serialize_pem()).unwrap();
 }
 
 fn at(p: &Path) -> String {
@@ -202,9 +227,14 @@ async fn start(config: FileConfig) -> Proxy {
     }
 }
 
-/// The dev client `tpp1` (dev CA) or `partner` (partner CA), as key and certificate paths.
+/// A client `who` of the test's own (`partner`, or one [`dev_leaf_naming`] wrote) or of the
+/// kit (`tpp1`, dev CA), as certificate and key paths.
 fn identity(who: &str) -> (PathBuf, PathBuf) {
-    let dir = if who == "partner" { pki() } else { certs() };
+    let dir = if pki().join(format!("{who}.pem")).exists() {
+        pki()
+    } else {
+        certs()
+    };
     (
         dir.join(format!("{who}.pem")),
         dir.join(format!("{who}.key")),
@@ -304,6 +334,50 @@ async fn two_hosts_with_different_client_cas_each_take_only_their_own_clients() 
     let (r, id) = get("b.bank.test", "/open/accounts", false);
     let answer = b.send(r).await.unwrap();
     refused_after(&p, &up, 3, &answer, &id, 404, "route.not_found").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_host_applies_its_own_leaf_crls_setting() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let dead = Upstream::dead_addr().await;
+    dev_leaf_naming("vh-dp", &format!("http://{dead}/dev-ca.crl"));
+    // `a` follows the CRLs client certificates name (fail closed); `c`, on the same listener
+    // with the same CA and CRL file, does not.
+    let mut hosts = three_hosts();
+    hosts[0].tls.leaf_crls = Some(FileLeafCrls {
+        fetch_timeout: Some(dur("2s")),
+        ..FileLeafCrls::default()
+    });
+    let mut c = host("c", Some(certs().join("ca.pem")), "required", &["open"]);
+    c.tls.crl = vec![at(&certs().join("ca.crl"))];
+    hosts.push(c);
+    let p = start(config_with(up.addr, one_listener(hosts))).await;
+
+    // On `c` the issuer's CRL file decides at the handshake: the certificate is not revoked.
+    let mut on_c = connect_as(p.addr, "c.bank.test", Some("vh-dp"), false)
+        .await
+        .unwrap();
+    ok(&mut on_c, "c.bank.test", "/open/accounts", false).await;
+    // On `a` the point it names is asked per request, and cannot be reached.
+    let mut on_a = connect_as(p.addr, "a.bank.test", Some("vh-dp"), false)
+        .await
+        .unwrap();
+    let (r, id) = get("a.bank.test", "/open/accounts", false);
+    let answer = on_a.send(r).await.unwrap();
+    refused_after(
+        &p,
+        &up,
+        1,
+        &answer,
+        &id,
+        401,
+        "identity.client_cert_revocation_unknown",
+    )
+    .await;
+    assert_eq!(
+        p.audit_of(&id).await["revocation_crl"],
+        "crl_dp_unavailable"
+    );
 }
 
 /// [`assert_refused`] for an upstream that had received `n` requests before: status and
@@ -656,6 +730,7 @@ fn bad_listener_and_host_configs_are_refused_naming_the_field() {
     hosts[2].default = true;
     hosts[2].policy_groups = vec!["public".into(), "nope".into()];
     hosts[2].tls.client_ca = vec![at(&certs().join("ca.pem"))];
+    hosts[2].tls.leaf_crls = Some(FileLeafCrls::default());
     let (code, out) = check(one_listener(hosts), false);
     assert_eq!(code, Some(1), "{out}");
     for (field, why) in [
@@ -669,6 +744,10 @@ fn bad_listener_and_host_configs_are_refused_naming_the_field() {
         ),
         (
             "listeners[0].hosts[2].tls.client_ca",
+            "client_auth: none asks for no client certificate",
+        ),
+        (
+            "listeners[0].hosts[2].tls.leaf_crls",
             "client_auth: none asks for no client certificate",
         ),
     ] {

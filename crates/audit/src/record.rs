@@ -118,9 +118,18 @@ pub struct RequestRecord {
     /// The OCSP check of the client certificate, where the listener has one: a bounded set
     /// such as `ocsp_good`, `ocsp_revoked`, `ocsp_unavailable`, `ocsp_invalid_fail_open`.
     pub revocation: Option<&'static str>,
+    /// The check of the CRL the client certificate's distribution point serves, where the
+    /// listener has `leaf_crls`: a bounded set such as `crl_dp_good`, `crl_dp_revoked`,
+    /// `crl_dp_unavailable_fail_open`.
+    pub revocation_crl: Option<&'static str>,
     pub rate_limit: Option<RateLimitRecord>,
     pub upstream_status: Option<u16>,
     pub upstream_latency_us: Option<u64>,
+    /// Tries made upstream (absent when the request was never sent): more than 1 when it
+    /// was retried on another endpoint; 0 when no endpoint could take it.
+    pub upstream_attempts: Option<u64>,
+    /// The endpoints tried, in order (`host:port`, or the address a DNS name gave).
+    pub upstream_endpoints: Option<Vec<String>>,
     pub total_latency_us: u64,
     pub policy_version: String,
     /// The client left before the answer was delivered (it reset the stream or closed the
@@ -178,6 +187,7 @@ impl RequestRecord {
         }
         m.opt_str("idempotency", self.idempotency);
         m.opt_str("revocation", self.revocation);
+        m.opt_str("revocation_crl", self.revocation_crl);
         if let Some(r) = &self.rate_limit {
             m.object("rate_limit", |o| {
                 o.str("scope", r.scope);
@@ -189,6 +199,8 @@ impl RequestRecord {
         }
         m.opt_u64("upstream_status", self.upstream_status.map(u64::from));
         m.opt_u64("upstream_latency_us", self.upstream_latency_us);
+        m.opt_u64("upstream_attempts", self.upstream_attempts);
+        m.opt_strs("upstream_endpoints", self.upstream_endpoints.as_deref());
         m.u64("total_latency_us", self.total_latency_us);
         m.str("policy_version", &self.policy_version);
         if self.client_gone {

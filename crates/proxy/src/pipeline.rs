@@ -21,7 +21,8 @@
 //!    signature is checked, so it sits before every stage that verifies a signature.
 //! 5. **Identity** ([`identity`]) — the verified mTLS client certificate, required unless the
 //!    route says otherwise; not expired, not revoked by the CRLs loaded now, and, on listeners
-//!    with OCSP, not revoked by its responder (asked here, not at the handshake, which cannot
+//!    with OCSP, not revoked by its responder, and on listeners with `leaf_crls`, not revoked by
+//!    the CRL its distribution point serves (asked here, not at the handshake, which cannot
 //!    wait on the network; the request waits for the answer, cached until its `nextUpdate`).
 //!    Every later stage keys on this identity, never on a header.
 //! 6. **Client rate limit** ([`ratelimit`]) — the route class's quota, keyed by the identity
@@ -114,6 +115,8 @@ pub(crate) struct Context<'a> {
     pub revoked: Arc<portcullis_crypto::pki::Revoked>,
     /// OCSP for client certificates, when the host has it.
     pub ocsp: Option<&'a portcullis_sources::ocsp::OcspChecker>,
+    /// The CRLs client certificates name, when the listener follows them.
+    pub leaf_crls: Option<&'a portcullis_sources::leafcrl::LeafCrlChecker>,
 }
 
 /// The connection facts the stages read.
@@ -142,8 +145,12 @@ pub(crate) struct Trail {
     pub(crate) idempotency: Option<&'static str>,
     /// The OCSP check of the client certificate (see [`identity::check_ocsp`]).
     pub(crate) revocation: Option<&'static str>,
+    /// The check of the CRL the client certificate names (see [`identity::check_leaf_crl`]).
+    pub(crate) revocation_crl: Option<&'static str>,
     /// The upstream's status and how long it took to answer.
     pub(crate) upstream: Option<(u16, Duration)>,
+    /// The tries made upstream: how many, on which endpoints.
+    pub(crate) tries: Option<crate::upstream::Tries>,
     /// The request was handed to the upstream.
     pub(crate) forwarded: bool,
     /// The client left before the answer was delivered.
@@ -227,6 +234,14 @@ pub(crate) async fn run(
         trail.rate_limited(ratelimit::check_peer(peer.ip, cx.rate_limits))?;
         let identity = identity::identify(peer.cert, &route.route, &cx.revoked, cx.clock.now())?;
         identity::check_ocsp(&identity, cx.ocsp, cx.clock.now(), &mut trail.revocation).await?;
+        identity::check_leaf_crl(
+            &identity,
+            cx.leaf_crls,
+            &cx.revoked,
+            cx.clock.now(),
+            &mut trail.revocation_crl,
+        )
+        .await?;
         // With a certificate the client is known now; otherwise after the token (its client id).
         if identity.cert().is_some() {
             let key = ratelimit::client_key(&identity, None, peer.ip);

@@ -488,6 +488,10 @@ async fn inner(
     let host = pipeline::http::host(&parts);
     // Safe methods change nothing upstream, so they may be cancelled with their client.
     let detach = reservation.is_some() || !parts.method.is_safe();
+    // Executing twice does no harm: a safe method without a body, or a reserved idempotency
+    // key on an upstream declared to answer a repeated key with its first answer.
+    let repeatable = (parts.method.is_safe() && body.is_end_stream())
+        || (reservation.is_some() && upstream.config.retries.honours_idempotency_key);
     let mut out = Request::new(body);
     *out.method_mut() = parts.method;
     *out.uri_mut() = uri;
@@ -502,6 +506,7 @@ async fn inner(
     .headers(out.headers_mut(), host.as_deref());
     let exchange = Exchange {
         out,
+        repeatable,
         upstream,
         reservation,
         evidence,
@@ -608,7 +613,10 @@ async fn current_state(
         }
     }
     to.headers(get.headers_mut(), pipeline::http::host(request).as_deref());
-    let (resp, took) = upstream.send(get).await.ok()?;
+    let mut tries = upstream::Tries::default();
+    let sent = upstream.send(get, true, &mut tries).await;
+    trail.tries = Some(tries);
+    let (resp, took) = sent.ok()?;
     trail.upstream = Some((resp.status().as_u16(), took));
     if resp.status() != http::StatusCode::OK {
         return None;
@@ -657,6 +665,8 @@ impl Evidence {
 /// detached from the client's connection.
 struct Exchange {
     out: Request<ProxyBody>,
+    /// The request may be sent again (to another endpoint) even after it may have arrived.
+    repeatable: bool,
     upstream: Arc<upstream::UpstreamClient>,
     reservation: Option<Reservation>,
     evidence: Evidence,
@@ -668,6 +678,7 @@ impl Exchange {
     async fn run(self, trail: &mut Trail) -> Result<Response<ProxyBody>, Rejection> {
         let Exchange {
             out,
+            repeatable,
             upstream,
             reservation,
             evidence,
@@ -675,7 +686,10 @@ impl Exchange {
             shared,
         } = self;
         let route = &evidence.route;
-        let (resp, took) = match upstream.send(out).await {
+        let mut tries = upstream::Tries::default();
+        let sent = upstream.send(out, repeatable, &mut tries).await;
+        trail.tries = Some(tries);
+        let (resp, took) = match sent {
             Ok(sent) => sent,
             Err(e) => {
                 // No answer: release the key so the client may retry, or keep it reserved

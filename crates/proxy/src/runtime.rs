@@ -27,6 +27,8 @@ use portcullis_base::metrics::{Exposition, Float, Kind};
 use portcullis_sources::crl::CrlFeed;
 use portcullis_sources::discovery::Discovery;
 use portcullis_sources::keys::KeySource;
+use portcullis_sources::leafcrl::LeafCrlChecker;
+use portcullis_sources::ocsp::OcspChecker;
 use portcullis_state::replay::{MemoryReplayStore, ReplayStore};
 
 pub struct Runtime {
@@ -50,7 +52,10 @@ pub struct Runtime {
     pub crl_feeds: Vec<Arc<CrlFeed>>,
     /// OCSP for client certificates of the hosts that have it (kept across reloads with its
     /// cache), each once.
-    pub ocsp: Vec<Arc<portcullis_sources::ocsp::OcspChecker>>,
+    pub ocsp: Vec<Arc<OcspChecker>>,
+    /// The checkers of the CRLs client certificates name, of the hosts that follow them (kept
+    /// across reloads with their caches), each once.
+    pub leaf_crls: Vec<Arc<LeafCrlChecker>>,
     /// Each host's TLS, by [`crate::config::Host::key`].
     hosts: HashMap<Arc<str>, HostTls>,
 }
@@ -59,7 +64,9 @@ pub struct Runtime {
 pub(crate) struct HostTls {
     pub host: Arc<crate::config::Host>,
     feeds: Vec<Arc<CrlFeed>>,
-    pub ocsp: Option<Arc<portcullis_sources::ocsp::OcspChecker>>,
+    pub ocsp: Option<Arc<OcspChecker>>,
+    /// The CRLs client certificates name, when the host follows them.
+    pub leaf_crls: Option<Arc<LeafCrlChecker>>,
     live: ArcSwap<LiveTls>,
     /// Held while the host's TLS is rebuilt for a new fetched CRL.
     rebuilding: std::sync::Mutex<()>,
@@ -104,6 +111,7 @@ impl Runtime {
             clock: shared.clock.as_ref(),
             revoked: Arc::clone(&host.live().revoked),
             ocsp: host.ocsp.as_deref(),
+            leaf_crls: host.leaf_crls.as_deref(),
         }
     }
 
@@ -205,6 +213,122 @@ fn build_live_tls(
 }
 
 impl Runtime {
+    /// Each upstream's endpoints (where they stand, what is in flight, how tries ended) and
+    /// its retries and refusals.
+    fn write_upstream_metrics(&self, out: &mut Exposition) {
+        use crate::upstream::{Outcome, Standing};
+        let mut names: Vec<&String> = self.upstreams.keys().collect();
+        names.sort();
+        let endpoints: Vec<_> = names
+            .iter()
+            .map(|n| (n.as_str(), self.upstreams[*n].standings()))
+            .collect();
+        let mut f = out.family(
+            "portcullis_upstream_endpoint_state",
+            Kind::Gauge,
+            "1 for the state each upstream endpoint is in (available, unhealthy, ejected, breaker_open).",
+        );
+        for (up, eps) in &endpoints {
+            for (e, standing) in eps {
+                for st in [
+                    Standing::Available,
+                    Standing::Unhealthy,
+                    Standing::Ejected,
+                    Standing::Open,
+                ] {
+                    let v = u8::from(*standing == st);
+                    f.sample(
+                        &[
+                            ("upstream", up),
+                            ("endpoint", &e.label),
+                            ("state", st.as_str()),
+                        ],
+                        v,
+                    );
+                }
+            }
+        }
+        let mut f = out.family(
+            "portcullis_upstream_endpoint_outstanding",
+            Kind::Gauge,
+            "Tries in flight on each upstream endpoint (to response headers).",
+        );
+        for (up, eps) in &endpoints {
+            for (e, _) in eps {
+                f.sample(
+                    &[("upstream", up), ("endpoint", &e.label)],
+                    e.state.outstanding(),
+                );
+            }
+        }
+        let mut f = out.family(
+            "portcullis_upstream_attempts_total",
+            Kind::Counter,
+            "Tries on each upstream endpoint by result (answered, status_5xx, connect_failed, timeout, broken).",
+        );
+        for (up, eps) in &endpoints {
+            for (e, _) in eps {
+                for o in Outcome::ALL {
+                    f.sample(
+                        &[
+                            ("upstream", up),
+                            ("endpoint", &e.label),
+                            ("result", o.as_str()),
+                        ],
+                        e.state.attempts(o),
+                    );
+                }
+            }
+        }
+        let mut f = out.family(
+            "portcullis_upstream_ejections_total",
+            Kind::Counter,
+            "Times outlier detection ejected each upstream endpoint.",
+        );
+        for (up, eps) in &endpoints {
+            for (e, _) in eps {
+                f.sample(
+                    &[("upstream", up), ("endpoint", &e.label)],
+                    e.state.ejections_total(),
+                );
+            }
+        }
+        let stats: Vec<_> = names
+            .iter()
+            .map(|n| (n.as_str(), &self.upstreams[*n].stats))
+            .collect();
+        let mut f = out.family(
+            "portcullis_upstream_retries_total",
+            Kind::Counter,
+            "Retries on another endpoint, by upstream and whether the retry budget allowed them (sent, budget_exhausted).",
+        );
+        for (up, s) in &stats {
+            f.sample(
+                &[("upstream", up), ("result", "sent")],
+                s.budget.spent_total.load(Ordering::Relaxed),
+            );
+            f.sample(
+                &[("upstream", up), ("result", "budget_exhausted")],
+                s.budget.refused_total.load(Ordering::Relaxed),
+            );
+        }
+        let mut f = out.family(
+            "portcullis_upstream_refused_total",
+            Kind::Counter,
+            "Requests answered 503 without a try, by upstream and reason (unavailable, overloaded).",
+        );
+        for (up, s) in &stats {
+            f.sample(
+                &[("upstream", up), ("reason", "unavailable")],
+                s.unavailable.load(Ordering::Relaxed),
+            );
+            f.sample(
+                &[("upstream", up), ("reason", "overloaded")],
+                s.overloaded.load(Ordering::Relaxed),
+            );
+        }
+    }
+
     /// Builds the runtime for `config`, reusing remote sources from `remotes` so a reload does
     /// not drop fetched keys and metadata.
     fn new(
@@ -219,7 +343,7 @@ impl Runtime {
             .map(|(name, u)| {
                 (
                     name.clone(),
-                    Arc::new(UpstreamClient::new(u, config.listener.workers)),
+                    crate::upstream::start(u, config.listener.workers, &remotes.upstreams),
                 )
             })
             .collect();
@@ -314,10 +438,11 @@ impl Runtime {
         );
         let mut hosts = HashMap::new();
         let mut crl_feeds: Vec<Arc<CrlFeed>> = Vec::new();
-        let mut ocsp: Vec<Arc<portcullis_sources::ocsp::OcspChecker>> = Vec::new();
-        let mut ocsp_keys = Vec::new();
+        let mut ocsp: Vec<Arc<OcspChecker>> = Vec::new();
+        let mut leaf_crls: Vec<Arc<LeafCrlChecker>> = Vec::new();
+        let mut kept = KeptKeys::default();
         for host in config.listeners.iter().flat_map(|l| &l.hosts) {
-            let tls = host_tls(host, remotes, background, &mut ocsp_keys);
+            let tls = host_tls(host, remotes, background, &mut kept);
             for f in &tls.feeds {
                 if !crl_feeds.iter().any(|x| Arc::ptr_eq(x, f)) {
                     crl_feeds.push(Arc::clone(f));
@@ -328,14 +453,21 @@ impl Runtime {
                     ocsp.push(Arc::clone(o));
                 }
             }
+            if let Some(l) = &tls.leaf_crls {
+                if !leaf_crls.iter().any(|x| Arc::ptr_eq(x, l)) {
+                    leaf_crls.push(Arc::clone(l));
+                }
+            }
             hosts.insert(Arc::clone(&host.key), tls);
         }
         // Checkers no host uses any more go, with their cached answers.
-        remotes.ocsp.retain(|k, _| ocsp_keys.contains(k));
+        remotes.ocsp.retain(|k, _| kept.ocsp.contains(k));
+        remotes.leaf_crls.retain(|k, _| kept.leaf_crls.contains(k));
         Runtime {
             rate_limits,
             crl_feeds,
             ocsp,
+            leaf_crls,
             hosts,
             config: Arc::new(config),
             upstreams,
@@ -349,13 +481,21 @@ impl Runtime {
     }
 }
 
+/// The keys in [`Remotes`] of the checkers some host of the new config uses; the others go.
+#[derive(Default)]
+struct KeptKeys {
+    ocsp: Vec<String>,
+    leaf_crls: Vec<String>,
+}
+
 /// A host's CRL feeds (shared with any host or earlier config fetching the same URL against
-/// the same CAs), its OCSP checker (likewise) and its TLS built with what the feeds hold now.
+/// the same CAs), its OCSP and leaf CRL checkers (likewise) and its TLS built with what the
+/// feeds hold now.
 fn host_tls(
     host: &Arc<crate::config::Host>,
     remotes: &Remotes,
     background: &CancellationToken,
-    ocsp_keys: &mut Vec<String>,
+    kept: &mut KeptKeys,
 ) -> HostTls {
     let tls = &host.tls;
     let cas: Vec<String> = tls
@@ -385,20 +525,32 @@ fn host_tls(
             })
         })
         .collect();
-    let ocsp = tls.ocsp.as_ref().map(|o| {
-        let der: Vec<Vec<u8>> = tls
-            .material
+    let der = || -> Vec<Vec<u8>> {
+        tls.material
             .client_cas
             .iter()
             .map(|c| c.as_ref().to_vec())
-            .collect();
+            .collect()
+    };
+    let ocsp = tls.ocsp.as_ref().map(|o| {
         // Its cached answers were verified against these CAs: new CAs, a new checker.
         let key = format!("{} {}", o.key(), cas.join(","));
-        ocsp_keys.push(key.clone());
+        kept.ocsp.push(key.clone());
         let existing = remotes.ocsp.get(&key).map(|r| Arc::clone(r.value()));
         existing.unwrap_or_else(|| {
-            let checker = Arc::new(portcullis_sources::ocsp::OcspChecker::new(o.clone(), der));
+            let checker = Arc::new(OcspChecker::new(o.clone(), der()));
             remotes.ocsp.insert(key, Arc::clone(&checker));
+            checker
+        })
+    });
+    let leaf_crls = tls.leaf_crls.as_ref().map(|l| {
+        // Its cached CRLs were verified against these CAs: new CAs, a new checker.
+        let key = format!("{} {}", l.key(), cas.join(","));
+        kept.leaf_crls.push(key.clone());
+        let existing = remotes.leaf_crls.get(&key).map(|r| Arc::clone(r.value()));
+        existing.unwrap_or_else(|| {
+            let checker = Arc::new(LeafCrlChecker::new(l.clone(), der()));
+            remotes.leaf_crls.insert(key, Arc::clone(&checker));
             checker
         })
     });
@@ -419,6 +571,7 @@ fn host_tls(
         host: Arc::clone(host),
         feeds,
         ocsp,
+        leaf_crls,
         live: ArcSwap::from_pointee(live),
         rebuilding: std::sync::Mutex::new(()),
     }
@@ -430,6 +583,7 @@ impl Runtime {
     /// cache (hits and signature verifications); rate-limit keys. Labels are config names
     /// only, escaped all the same (a name with a quote must not break the scrape).
     pub fn write_metrics(&self, now: i64, out: &mut Exposition) {
+        self.write_upstream_metrics(out);
         let mut names: Vec<&String> = self.keys.keys().collect();
         names.sort();
         let per_issuer = |out: &mut Exposition,
@@ -540,10 +694,7 @@ impl Runtime {
         );
         if !self.ocsp.is_empty() {
             // Summed over the hosts' checkers: one family each, as with a single checker.
-            let sum = |v: fn(
-                &portcullis_sources::ocsp::OcspChecker,
-            ) -> &std::sync::atomic::AtomicU64|
-             -> u64 {
+            let sum = |v: fn(&OcspChecker) -> &AtomicU64| -> u64 {
                 self.ocsp.iter().map(|o| v(o).load(Ordering::Relaxed)).sum()
             };
             for (name, help, v) in [
@@ -561,6 +712,34 @@ impl Runtime {
                     "portcullis_ocsp_fail_open_total",
                     "Requests let through with fail: open although no good OCSP answer was had for the client certificate.",
                     sum(|o| &o.fail_open),
+                ),
+            ] {
+                out.family(name, Kind::Counter, help).sample(&[], v);
+            }
+        }
+        if !self.leaf_crls.is_empty() {
+            // Summed over the hosts' checkers, as for OCSP.
+            let sum = |v: fn(&LeafCrlChecker) -> &AtomicU64| -> u64 {
+                self.leaf_crls
+                    .iter()
+                    .map(|l| v(l).load(Ordering::Relaxed))
+                    .sum()
+            };
+            for (name, help, v) in [
+                (
+                    "portcullis_leaf_crl_fetches_total",
+                    "Fetches of a CRL distribution point named by a client certificate.",
+                    sum(|l| &l.fetches),
+                ),
+                (
+                    "portcullis_leaf_crl_fetch_failures_total",
+                    "Fetches of a client certificate's CRL distribution point that brought no verified CRL (unreachable, timed out, HTTP error, too big, not a CRL, not signed by the issuing CA, not current, not complete).",
+                    sum(|l| &l.failures),
+                ),
+                (
+                    "portcullis_leaf_crl_fail_open_total",
+                    "Requests let through with fail: open although no verified CRL was had for the client certificate.",
+                    sum(|l| &l.fail_open),
                 ),
             ] {
                 out.family(name, Kind::Counter, help).sample(&[], v);
@@ -684,12 +863,16 @@ pub(crate) trait ListenerControl: Send + Sync {
 /// Remote sources kept across reloads, keyed by issuer name and where they fetch from.
 #[derive(Default)]
 struct Remotes {
+    /// Endpoint health, breakers and in-flight counts, and upstream counters.
+    upstreams: crate::upstream::Registry,
     keys: DashMap<(String, String), Arc<KeySource>>,
     discoveries: DashMap<(String, String), Arc<Discovery>>,
     /// CRL feeds by URL, settings and the client CAs they check against.
     crls: DashMap<String, Arc<CrlFeed>>,
     /// The OCSP checkers of the hosts, by their settings and client CAs.
-    ocsp: DashMap<String, Arc<portcullis_sources::ocsp::OcspChecker>>,
+    ocsp: DashMap<String, Arc<OcspChecker>>,
+    /// The checkers of the CRLs client certificates name, of the hosts, likewise.
+    leaf_crls: DashMap<String, Arc<LeafCrlChecker>>,
 }
 
 /// The stores `config.state` asks for: memory, or Redis (one connection for all of them).

@@ -167,7 +167,7 @@ impl CrlFeed {
 }
 
 /// A CRL as distribution points serve it (DER, RFC 5280 §4.2.1.13) or as files hold it (PEM).
-fn parse(body: &[u8]) -> Result<CertificateRevocationListDer<'static>, String> {
+pub(crate) fn parse(body: &[u8]) -> Result<CertificateRevocationListDer<'static>, String> {
     if body.starts_with(b"-----BEGIN") {
         CertificateRevocationListDer::from_pem_slice(body)
             .map_err(|e| format!("not a PEM CRL: {e}"))

@@ -1,5 +1,6 @@
 //! Where keys and consent records come from: JWKS (a file or an HTTPS endpoint, refreshed),
-//! authorization server metadata (RFC 8414), RFC 7662 token introspection, consent records (a file or an HTTPS endpoint), and the
+//! authorization server metadata (RFC 8414), RFC 7662 token introspection, revocation of client certificates (CRL URLs, OCSP, the CRLs
+//! certificates name), consent records (a file or an HTTPS endpoint), and the
 //! proxy's own client authentication to such endpoints (bearer token files, client credentials). The I/O of
 //! the proxy's checks lives here; the checks themselves are pure (`portcullis-crypto`,
 //! `portcullis-policy`).
@@ -12,4 +13,6 @@ pub mod discovery;
 pub mod https;
 pub mod introspect;
 pub mod keys;
+pub mod leafcrl;
 pub mod ocsp;
+pub mod revocation;

@@ -18,13 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dashmap::DashMap;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use portcullis_crypto::pki::ocsp::{OcspQuery, OcspStatus};
 use portcullis_crypto::pki::ClientCert;
+
+use crate::revocation::FlightCache;
 
 /// Where the responder is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,23 +45,7 @@ impl std::fmt::Display for Responder {
     }
 }
 
-impl std::fmt::Display for FailMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            FailMode::Closed => "closed",
-            FailMode::Open => "open",
-        })
-    }
-}
-
-/// What to do when no verified answer can be had.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailMode {
-    /// Refuse the certificate (the default).
-    Closed,
-    /// Let it through, and count it.
-    Open,
-}
+pub use crate::revocation::FailMode;
 
 #[derive(Clone)]
 pub struct OcspSettings {
@@ -125,27 +110,14 @@ impl OcspOutcome {
     }
 }
 
-type InFlight = tokio::sync::Mutex<Option<(OcspOutcome, std::time::Instant)>>;
-
-#[derive(Clone, Copy)]
-struct Cached {
-    outcome: OcspOutcome,
-    /// Unix seconds after which the answer is asked again.
-    until: i64,
-}
-
 pub struct OcspChecker {
     settings: OcspSettings,
     /// The client CAs (DER): the issuer of a client certificate is one of them.
     cas: Vec<Vec<u8>>,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    /// Verified answers by (issuer name DER, serial DER).
-    cache: DashMap<(Vec<u8>, Vec<u8>), Cached>,
-    /// One request to the responder per certificate at a time: requests that need the same
-    /// answer (an HTTP/2 connection may send a hundred at once) wait for the one in flight and
-    /// take its outcome, rather than each asking. The slot holds the last failure and when it
-    /// happened, for those that waited on it (failures are not cached beyond that).
-    inflight: DashMap<(Vec<u8>, Vec<u8>), Arc<InFlight>>,
+    /// Verified answers by (issuer name DER, serial DER); a failed request's outcome is shared
+    /// by the requests that waited for it.
+    cache: FlightCache<(Vec<u8>, Vec<u8>), OcspOutcome, OcspOutcome>,
     pub fetches: AtomicU64,
     /// Requests to the responder that brought no verified answer.
     pub failures: AtomicU64,
@@ -159,11 +131,10 @@ impl OcspChecker {
         // check into a failure, which `fail: closed` makes a refusal.
         let client = crate::https::signed_document_client(&settings.tls, settings.timeout);
         OcspChecker {
+            cache: FlightCache::new(settings.max_entries),
             settings,
             cas,
             client,
-            cache: DashMap::new(),
-            inflight: DashMap::new(),
             fetches: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             fail_open: AtomicU64::new(0),
@@ -183,70 +154,25 @@ impl OcspChecker {
     /// the responder (the caller waits, at most about `fetch_timeout`).
     pub async fn status(&self, cert: &ClientCert, now: i64) -> OcspOutcome {
         let key = (cert.issuer_der.clone(), cert.serial_der.clone());
-        if let Some(outcome) = self.cached(&key, now) {
-            return outcome;
-        }
-        let started = std::time::Instant::now();
-        let slot = Arc::clone(self.inflight.entry(key.clone()).or_default().value());
-        let outcome = {
-            let mut last = slot.lock().await;
-            // Whoever held the slot while this request waited has asked: take what it got.
-            if let Some(outcome) = self.cached(&key, now) {
-                outcome
-            } else if let Some((outcome, _)) = last.filter(|(_, at)| *at >= started) {
-                outcome
-            } else {
-                let outcome = self.fetch(cert, key.clone(), now).await;
-                // Verified answers are in the cache; a failure is kept for the waiters only.
-                *last = matches!(outcome, OcspOutcome::Unavailable | OcspOutcome::Invalid)
-                    .then(|| (outcome, std::time::Instant::now()));
-                outcome
-            }
-        };
-        // The slot goes when no other request holds it (the map's reference and ours).
-        self.inflight
-            .remove_if(&key, |_, s| Arc::strong_count(s) <= 2);
-        outcome
+        self.cache
+            .get(key, now, || self.fetch(cert, now))
+            .await
+            .unwrap_or_else(|failed| failed)
     }
 
-    fn cached(&self, key: &(Vec<u8>, Vec<u8>), now: i64) -> Option<OcspOutcome> {
-        let c = self.cache.get(key).map(|c| *c)?;
-        (now < c.until).then_some(c.outcome)
-    }
-
-    /// Asks the responder; a verified answer is cached.
-    async fn fetch(&self, cert: &ClientCert, key: (Vec<u8>, Vec<u8>), now: i64) -> OcspOutcome {
+    /// Asks the responder: a verified answer and until when it is used, or the failure.
+    async fn fetch(&self, cert: &ClientCert, now: i64) -> Result<(OcspOutcome, i64), OcspOutcome> {
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        match self.ask(cert, now).await {
-            Ok((outcome, until)) => {
-                self.remember(key, Cached { outcome, until }, now);
-                outcome
-            }
-            Err((outcome, why)) => {
-                self.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    certificate = %cert.thumbprint,
-                    issuer = %cert.issuer,
-                    failure = %portcullis_base::text::bounded(&why),
-                    "OCSP: no verified answer for a client certificate"
-                );
-                outcome
-            }
-        }
-    }
-
-    fn remember(&self, key: (Vec<u8>, Vec<u8>), entry: Cached, now: i64) {
-        if self.cache.len() >= self.settings.max_entries {
-            self.cache.retain(|_, c| now < c.until);
-        }
-        if self.cache.len() >= self.settings.max_entries {
-            // Still full of current answers: drop one; it is asked again when next needed.
-            let victim = self.cache.iter().next().map(|e| e.key().clone());
-            if let Some(v) = victim {
-                self.cache.remove(&v);
-            }
-        }
-        self.cache.insert(key, entry);
+        self.ask(cert, now).await.map_err(|(outcome, why)| {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                certificate = %cert.thumbprint,
+                issuer = %cert.issuer,
+                failure = %portcullis_base::text::bounded(&why),
+                "OCSP: no verified answer for a client certificate"
+            );
+            outcome
+        })
     }
 
     /// One round trip: a verified answer and until when it is used, or the outcome and why.
@@ -276,39 +202,18 @@ impl OcspChecker {
             .header(http::header::ACCEPT, "application/ocsp-response")
             .body(Full::new(Bytes::from(query.request_der.clone())))
             .map_err(|_| unavailable("request".to_string()))?;
-        let timeout = self.settings.timeout;
-        let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|_| unavailable(format!("cannot reach {uri}")))?;
-            if resp.status() != http::StatusCode::OK {
-                return Err(unavailable(format!(
-                    "{uri} answered {}",
-                    resp.status().as_u16()
-                )));
-            }
-            let body = Limited::new(resp.into_body(), self.settings.max_bytes)
-                .collect()
-                .await
-                .map_err(|_| {
-                    unavailable(format!(
-                        "the answer of {uri} is over {} bytes, or cut off",
-                        self.settings.max_bytes
-                    ))
-                })?;
-            Ok(body.to_bytes())
-        };
-        let body = tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| unavailable(format!("{uri} did not answer within {timeout:?}")))??;
+        let body = crate::revocation::fetch_signed(
+            &self.client,
+            req,
+            self.settings.timeout,
+            self.settings.max_bytes,
+        )
+        .await
+        .map_err(unavailable)?;
         let answer = query
             .check(&body, now)
             .map_err(|e| (OcspOutcome::Invalid, format!("{uri}: {e}")))?;
-        let cap =
-            now.saturating_add(i64::try_from(self.settings.max_age.as_secs()).unwrap_or(i64::MAX));
-        let until = answer.next_update.map_or(cap, |t| t.min(cap));
+        let until = crate::revocation::capped(now, self.settings.max_age, answer.next_update);
         let outcome = match answer.status {
             OcspStatus::Good => OcspOutcome::Good,
             OcspStatus::Revoked => OcspOutcome::Revoked,

@@ -412,7 +412,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     config.listener.address = opts.listen;
     config.admin = Some(opts.admin);
     if let Some(up) = config.upstreams.get_mut("bank") {
-        up.authority = bank_addr.to_string().parse()?;
+        up.endpoints = vec![bank_addr.to_string().parse()?];
     }
     let audit = AuditLog::start(&config.audit)?;
     let shared = Arc::new(Shared::new(config, audit, None));

@@ -278,6 +278,16 @@ impl Revoked {
         })
     }
 
+    /// Whether the CRLs loaded include one of the issuer named `issuer` (DER).
+    pub fn covers(&self, issuer: &[u8]) -> bool {
+        self.next_update.contains_key(issuer)
+    }
+
+    /// The issuer names (DER) the loaded CRLs cover.
+    pub fn issuers(&self) -> impl Iterator<Item = &[u8]> {
+        self.next_update.keys().map(Vec::as_slice)
+    }
+
     /// Checked on every request: two hash lookups, no allocation.
     pub fn contains(&self, cert: &ClientCert) -> bool {
         self.by_issuer
@@ -292,6 +302,119 @@ impl Revoked {
         self.next_update
             .get(cert.issuer_der.as_slice())
             .is_some_and(|t| *t < now)
+    }
+}
+
+/// A CRL fetched from the distribution point a client certificate names, taken after
+/// [`VerifiedCrl::check`]: the serials it revokes and until when it speaks.
+#[derive(Debug)]
+pub struct VerifiedCrl {
+    /// The issuer's name (DER), which is the certificate's issuer.
+    pub issuer_der: Vec<u8>,
+    /// `thisUpdate` and `nextUpdate`, Unix seconds.
+    pub this_update: i64,
+    pub next_update: i64,
+    serials: std::collections::HashSet<Vec<u8>>,
+}
+
+impl VerifiedCrl {
+    /// Takes the DER CRL fetched from `url` for a certificate issued by `issuer` (a DER CA
+    /// certificate, one of the client CAs) at `now` (Unix seconds), or says why not. The CRL
+    /// must be signed by `issuer` (its name and key; never SHA-1), current (`thisUpdate` at
+    /// most 5 minutes ahead of the clock, `nextUpdate` present and not past: RFC 5280
+    /// §6.3.3 (a)), complete for the issuer's end-entity certificates (no delta CRL, no
+    /// indirect or partial scope in an issuingDistributionPoint, whose point, when it names
+    /// one, includes `url`: §6.3.3 (b)), with no critical extension we do not understand
+    /// and no critical entry extension (an entry's `certificateIssuer` would move it to
+    /// another CA). The error is in words for logs.
+    pub fn check(
+        crl_der: &[u8],
+        issuer: &[u8],
+        url: &str,
+        now: i64,
+    ) -> Result<VerifiedCrl, String> {
+        use x509_parser::extensions::{DistributionPointName, ParsedExtension};
+        use x509_parser::oid_registry::OID_X509_EXT_DELTA_CRL_INDICATOR;
+        check_crl_signer(crl_der, [issuer])?;
+        let crl = match x509_parser::parse_x509_crl(crl_der) {
+            Ok(([], crl)) => crl,
+            Ok(_) => return Err("trailing bytes after the CRL".to_string()),
+            Err(e) => return Err(format!("the CRL cannot be parsed: {e}")),
+        };
+        let this_update = crl.last_update().timestamp();
+        if this_update > now.saturating_add(300) {
+            return Err("the CRL's thisUpdate is in the future".to_string());
+        }
+        let next_update = crl
+            .next_update()
+            .ok_or("the CRL has no nextUpdate")?
+            .timestamp();
+        if next_update < now {
+            return Err("the CRL is past its nextUpdate".to_string());
+        }
+        for ext in crl.extensions() {
+            if ext.oid == OID_X509_EXT_DELTA_CRL_INDICATOR {
+                return Err("a delta CRL, not a complete one".to_string());
+            }
+            match ext.parsed_extension() {
+                ParsedExtension::IssuingDistributionPoint(idp) => {
+                    if idp.indirect_crl
+                        || idp.only_contains_ca_certs
+                        || idp.only_contains_attribute_certs
+                        || idp.only_some_reasons.is_some()
+                    {
+                        return Err(
+                            "the CRL's issuingDistributionPoint limits its scope (indirect, CA or attribute certificates only, or some reasons only)"
+                                .to_string(),
+                        );
+                    }
+                    if let Some(DistributionPointName::FullName(names)) = &idp.distribution_point {
+                        let named = names
+                            .iter()
+                            .any(|n| matches!(n, GeneralName::URI(u) if *u == url));
+                        if !named {
+                            return Err(format!(
+                                "the CRL's issuingDistributionPoint does not name {url}"
+                            ));
+                        }
+                    }
+                }
+                ParsedExtension::CRLNumber(_) | ParsedExtension::AuthorityKeyIdentifier(_) => {}
+                _ if ext.critical => {
+                    return Err(format!(
+                        "the CRL has a critical extension {} this proxy does not understand",
+                        ext.oid.to_id_string()
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let mut serials = std::collections::HashSet::new();
+        for r in crl.iter_revoked_certificates() {
+            if r.extensions().iter().any(|e| e.critical) {
+                return Err("a CRL entry has a critical extension".to_string());
+            }
+            serials.insert(r.raw_serial().to_vec());
+        }
+        Ok(VerifiedCrl {
+            issuer_der: crl.issuer().as_raw().to_vec(),
+            this_update,
+            next_update,
+            serials,
+        })
+    }
+
+    /// Whether it revokes `cert` (issuer name and serial).
+    pub fn revokes(&self, cert: &ClientCert) -> bool {
+        self.issuer_der == cert.issuer_der && self.serials.contains(cert.serial_der.as_slice())
+    }
+}
+
+/// The issuer name (DER) of a DER certificate; `None` when it does not parse.
+pub fn issuer_name_der(der: &[u8]) -> Option<Vec<u8>> {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok(([], c)) => Some(c.issuer().as_raw().to_vec()),
+        _ => None,
     }
 }
 
@@ -563,4 +686,117 @@ fn parse_psd2_statement(info: &BerObject<'_>) -> Option<Psd2Info> {
         }
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+    const URL: &str = "http://crl.example/ca.crl";
+
+    fn ca_params(cn: &str) -> rcgen::CertificateParams {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        p
+    }
+
+    fn at(t: i64) -> time::OffsetDateTime {
+        time::OffsetDateTime::from_unix_timestamp(t).unwrap()
+    }
+
+    /// A CRL of `issuer` current from `this` to `next`, revoking serial 7, with `idp`.
+    fn crl(
+        issuer: &rcgen::Issuer<'_, &rcgen::KeyPair>,
+        (this, next): (i64, i64),
+        idp: Option<rcgen::CrlIssuingDistributionPoint>,
+    ) -> Vec<u8> {
+        rcgen::CertificateRevocationListParams {
+            this_update: at(this),
+            next_update: at(next),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: idp,
+            revoked_certs: vec![rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(7u64),
+                revocation_time: at(this),
+                reason_code: None,
+                invalidity_date: None,
+            }],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(issuer)
+        .unwrap()
+        .der()
+        .to_vec()
+    }
+
+    fn idp(
+        uri: &str,
+        scope: Option<rcgen::CrlScope>,
+    ) -> Option<rcgen::CrlIssuingDistributionPoint> {
+        Some(rcgen::CrlIssuingDistributionPoint {
+            distribution_point: rcgen::CrlDistributionPoint {
+                uris: vec![uri.to_string()],
+            },
+            scope,
+        })
+    }
+
+    #[test]
+    fn a_crl_is_taken_only_from_its_issuer_current_and_complete_for_the_url() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca_params("ca").self_signed(&key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params("ca"), &key);
+        let current = (NOW - 60, NOW + 3600);
+
+        let good = VerifiedCrl::check(&crl(&issuer, current, None), ca.der(), URL, NOW).unwrap();
+        assert_eq!(good.next_update, NOW + 3600);
+        assert!(good.serials.contains([7u8].as_slice()));
+        let named = crl(
+            &issuer,
+            current,
+            idp(URL, Some(rcgen::CrlScope::UserCertsOnly)),
+        );
+        assert!(VerifiedCrl::check(&named, ca.der(), URL, NOW).is_ok());
+
+        let refused = |der: Vec<u8>, why: &str| {
+            let e = VerifiedCrl::check(&der, ca.der(), URL, NOW).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        };
+        refused(
+            crl(&issuer, (NOW - 7200, NOW - 60), None),
+            "past its nextUpdate",
+        );
+        refused(
+            crl(&issuer, (NOW + 3600, NOW + 7200), None),
+            "in the future",
+        );
+        refused(
+            crl(&issuer, current, idp("http://elsewhere/ca.crl", None)),
+            "does not name",
+        );
+        refused(
+            crl(
+                &issuer,
+                current,
+                idp(URL, Some(rcgen::CrlScope::CaCertsOnly)),
+            ),
+            "limits its scope",
+        );
+        // The CA's name, another key.
+        let other = rcgen::KeyPair::generate().unwrap();
+        let forger = rcgen::Issuer::new(ca_params("ca"), &other);
+        refused(crl(&forger, current, None), "does not verify");
+        // Another CA altogether.
+        let stranger = rcgen::Issuer::new(ca_params("stranger"), &other);
+        refused(crl(&stranger, current, None), "none of the client CAs");
+        refused(b"\x30\x03\x02\x01\x01".to_vec(), "cannot be parsed");
+        refused(Vec::new(), "cannot be parsed");
+    }
 }

@@ -140,6 +140,10 @@ pub struct FileTls {
     /// OCSP (RFC 6960) for client certificates, checked per request (see `FileOcsp`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ocsp: Option<FileOcsp>,
+    /// The CRLs client certificates name in their CRL distribution points, fetched per
+    /// certificate and checked per request (see `FileLeafCrls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaf_crls: Option<FileLeafCrls>,
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_auth: Option<String>,
@@ -200,6 +204,37 @@ pub struct FileOcsp {
     pub max_entries: Option<usize>,
 }
 
+/// The CRL distribution points of client certificates, followed per certificate.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLeafCrls {
+    /// `closed` (default): no verified CRL refuses the certificate; `open`: it passes,
+    /// counted by `portcullis_leaf_crl_fail_open_total`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail: Option<String>,
+    /// Trust for an `https://` distribution point, as for other outbound HTTPS calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ca: Vec<String>,
+    #[serde(default, skip_serializing_if = "super::auth::is_pinned")]
+    pub trust: Trust,
+    /// Default 5s: a request waits at most this long for a CRL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetch_timeout: Option<ConfigDuration>,
+    /// Default 1h: a CRL is used until its nextUpdate, but never longer than this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<ConfigDuration>,
+    /// Default 1 MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<usize>,
+    /// Default 100 cached CRLs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_entries: Option<usize>,
+    /// When set, only distribution points starting with one of these http(s) URL prefixes are
+    /// fetched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_urls: Vec<String>,
+}
+
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileLimits {
@@ -238,7 +273,27 @@ pub struct FileAdmin {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileUpstream {
+    /// One endpoint (the common case). Exactly one of `url`, `endpoints` and `dns` is set.
+    #[serde(default)]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub url: String,
+    /// A static set of endpoints: URLs that differ only in their authority.
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// Endpoints from a DNS name, resolved again on an interval (a headless service).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<FileUpstreamDns>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<FileHealthCheck>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<FileOutlierDetection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<FileCircuitBreaker>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<FileUpstreamLimits>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<FileRetries>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<ConfigDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -252,6 +307,100 @@ pub struct FileUpstream {
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<FileUpstreamTls>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstreamDns {
+    pub name: String,
+    pub port: u16,
+    /// `http` (default) or `https`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// Path prefix prepended to forwarded paths.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_path: Option<String>,
+    /// How often the name is resolved again (default 10s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<ConfigDuration>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealthCheck {
+    /// The path probed with a GET; any 2xx is healthy.
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOutlierDetection {
+    /// Consecutive 5xx answers, connect failures or timeouts that eject an endpoint; 0: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// The first ejection's length; each further one doubles it, up to `max_ejection`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_ejection: Option<ConfigDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_ejection: Option<ConfigDuration>,
+    /// The largest share of the set ejected at once, in percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_ejected_percent: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCircuitBreaker {
+    /// Consecutive connect failures, timeouts or broken exchanges that open it; 0: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
+    /// How long it stays open before trial requests are let through (half-open).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_for: Option<ConfigDuration>,
+    /// Trial requests at once while half-open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub half_open_requests: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstreamLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<usize>,
+    /// How long a pending request waits for a slot before it is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_timeout: Option<ConfigDuration>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRetries {
+    /// Tries in all, the first included (1: no retries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<ConfigDuration>,
+    /// Retries allowed as a share of requests, in percent, over a 10 s window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_percent: Option<u32>,
+    /// Retries allowed per window whatever the share (so a quiet upstream can retry at all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_retries: Option<u32>,
+    /// The upstream answers a repeated idempotency key with the first answer, so a request
+    /// the route reserved a key for may be sent again.
+    #[serde(default)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub honours_idempotency_key: bool,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -114,6 +114,9 @@ pub struct ListenerTls {
     /// OCSP for client certificates, when configured: checked per request by the identity
     /// stage (see `portcullis_sources::ocsp`).
     pub ocsp: Option<portcullis_sources::ocsp::OcspSettings>,
+    /// The CRLs client certificates name, when configured: checked per request by the identity
+    /// stage (see `portcullis_sources::leafcrl`).
+    pub leaf_crls: Option<portcullis_sources::leafcrl::LeafCrlSettings>,
     pub material: Arc<TlsMaterial>,
 }
 
@@ -124,6 +127,9 @@ pub struct TlsMaterial {
     pub client_cas: Vec<CertificateDer<'static>>,
     /// The CRLs from files.
     pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// Whether the CRLs client certificates name are followed per request: the handshake then
+    /// lets through a certificate whose issuer has no CRL here (see [`tls::server_config`]).
+    pub leaf_crls: bool,
 }
 
 impl TlsMaterial {
@@ -141,6 +147,7 @@ impl TlsMaterial {
             self.client_cas.clone(),
             crls,
             client_auth,
+            self.leaf_crls.then_some(&revoked),
         )?;
         Ok((config, revoked))
     }
@@ -266,12 +273,77 @@ pub struct UpstreamTls {
     pub client_config: Arc<rustls::ClientConfig>,
 }
 
+/// Endpoints from a DNS name resolved again on an interval (a Kubernetes headless service):
+/// each address is an endpoint, reached by its address and named by `name` (TLS server name,
+/// `Host`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DnsEndpoints {
+    pub name: String,
+    pub port: u16,
+    pub interval: Duration,
+}
+
+/// Active health checks: a GET of `path` on each endpoint every `interval`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+/// Passive outlier detection: consecutive failures eject an endpoint for a growing time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutlierDetection {
+    /// 0: off.
+    pub consecutive_failures: u32,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    pub max_ejected_percent: u32,
+}
+
+/// The per-endpoint circuit breaker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CircuitBreaker {
+    /// 0: off.
+    pub failure_threshold: u32,
+    pub open_for: Duration,
+    pub half_open_requests: u32,
+}
+
+/// The per-upstream bulkhead.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpstreamLimits {
+    pub max_concurrent: usize,
+    pub max_pending: usize,
+    pub pending_timeout: Duration,
+}
+
+/// When and how often a request is tried again on another endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Retries {
+    /// Tries in all (1: none).
+    pub attempts: u32,
+    pub per_try_timeout: Duration,
+    pub budget_percent: u32,
+    pub min_retries: u32,
+    pub honours_idempotency_key: bool,
+}
+
 #[derive(Clone)]
 pub struct Upstream {
     pub name: String,
-    /// `http` or `https`.
+    /// `http` or `https` (every endpoint's).
     pub scheme: http::uri::Scheme,
-    pub authority: http::uri::Authority,
+    /// The static endpoint set (`url` is a set of one); empty with `dns`.
+    pub endpoints: Vec<http::uri::Authority>,
+    pub dns: Option<DnsEndpoints>,
+    pub health_check: Option<HealthCheck>,
+    pub outlier: OutlierDetection,
+    pub breaker: CircuitBreaker,
+    pub limits: UpstreamLimits,
+    pub retries: Retries,
     /// Path prefix prepended to the forwarded path (no trailing slash; may be empty).
     pub base_path: String,
     pub connect_timeout: Duration,
@@ -1146,13 +1218,14 @@ fn validate_listener_tls(
         }
     };
     if client_auth == ClientAuth::None {
-        // No certificate is asked for: a CA, CRL or OCSP setting would suggest a check that
-        // never happens.
+        // No certificate is asked for: a CA, CRL, OCSP or leaf CRL setting would suggest a
+        // check that never happens.
         for (field, set) in [
             ("client_ca", !f.client_ca.is_empty()),
             ("crl", !f.crl.is_empty()),
             ("crl_urls", !f.crl_urls.is_empty()),
             ("ocsp", f.ocsp.is_some()),
+            ("leaf_crls", f.leaf_crls.is_some()),
         ] {
             if set {
                 p.push(
@@ -1234,12 +1307,17 @@ fn validate_listener_tls(
         None => Some(None),
         Some(o) => validate_ocsp(p, t, base, o, watched).map(Some),
     };
+    let leaf_crls = match &f.leaf_crls {
+        None => Some(None),
+        Some(l) => validate_leaf_crls(p, t, base, l, watched).map(Some),
+    };
     let key = key?;
     if chain.is_empty() || (cas.is_empty() && client_auth != ClientAuth::None) || crl_refused {
         return None;
     }
     let crl_urls = crl_urls?;
     let ocsp = ocsp?;
+    let leaf_crls = leaf_crls?;
     let (client_ca_count, crl_count) = (cas.len(), crls.len());
     let revoked = match portcullis_crypto::pki::Revoked::from_crls(crls.iter().map(|c| c.as_ref()))
     {
@@ -1268,6 +1346,7 @@ fn validate_listener_tls(
         key,
         client_cas: cas,
         crls,
+        leaf_crls: leaf_crls.is_some(),
     });
     match material.build(client_auth, &[]) {
         Ok((server_config, _)) => Some(ListenerTls {
@@ -1281,6 +1360,7 @@ fn validate_listener_tls(
             crls: loaded_crls,
             crl_urls,
             ocsp,
+            leaf_crls,
             material,
         }),
         Err(e) => {
@@ -1418,7 +1498,7 @@ fn validate_ocsp(
     o: &file::FileOcsp,
     watched: &mut Vec<PathBuf>,
 ) -> Option<portcullis_sources::ocsp::OcspSettings> {
-    use portcullis_sources::ocsp::{FailMode, OcspSettings, Responder};
+    use portcullis_sources::ocsp::{OcspSettings, Responder};
     let mut ok = true;
     let responder = match o.responder.as_deref() {
         None | Some("auto") => Some(Responder::Auto),
@@ -1441,73 +1521,183 @@ fn validate_ocsp(
             }
         },
     };
-    let fail = match o.fail.as_deref() {
+    // An https:// responder needs trust; with `auto` the certificate decides the scheme, so
+    // trust is built when a CA bundle or the system store is named, and otherwise an https://
+    // AIA responder cannot be reached (fail as configured).
+    let https = matches!(&responder, Some(Responder::Url(u)) if u.scheme() == Some(&http::uri::Scheme::HTTPS));
+    let fetch = validate_signed_fetch(
+        p,
+        base,
+        &format!("{t}.ocsp."),
+        SignedFetch {
+            fail: o.fail.as_deref(),
+            ca: &o.ca,
+            trust: o.trust,
+            needs_trust: https,
+            what: "an https:// OCSP responder",
+            fetch_timeout: o.fetch_timeout,
+            max_age: o.max_age,
+            max_bytes: o.max_bytes.unwrap_or(64 * 1024),
+            max_entries: o.max_entries.unwrap_or(10_000),
+        },
+        watched,
+    );
+    let fetch = fetch?;
+    if !ok {
+        return None;
+    }
+    Some(OcspSettings {
+        responder: responder?,
+        fail: fetch.fail,
+        tls: fetch.tls,
+        timeout: fetch.timeout,
+        max_age: fetch.max_age,
+        max_bytes: fetch.max_bytes,
+        max_entries: fetch.max_entries,
+    })
+}
+
+/// The settings OCSP and `leaf_crls` share, as the file says them.
+struct SignedFetch<'a> {
+    fail: Option<&'a str>,
+    ca: &'a [String],
+    trust: auth::Trust,
+    /// The configured URL is https://: trust is required.
+    needs_trust: bool,
+    what: &'a str,
+    fetch_timeout: Option<ConfigDuration>,
+    max_age: Option<ConfigDuration>,
+    max_bytes: usize,
+    max_entries: usize,
+}
+
+/// [`SignedFetch`] checked: the fail mode, trust, and bounds above zero.
+struct SignedFetchSettings {
+    fail: portcullis_sources::revocation::FailMode,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+    max_age: Duration,
+    max_bytes: usize,
+    max_entries: usize,
+}
+
+/// The fetch settings of a per-request revocation check (`listener.tls.ocsp`,
+/// `listener.tls.leaf_crls`), each problem under `prefix` + its field. Without a CA bundle or
+/// the system store an https:// URL a certificate names cannot be reached (its check fails as
+/// configured), unless `needs_trust`, which requires one.
+fn validate_signed_fetch(
+    p: &mut Problems<'_>,
+    base: &Path,
+    prefix: &str,
+    f: SignedFetch<'_>,
+    watched: &mut Vec<PathBuf>,
+) -> Option<SignedFetchSettings> {
+    use portcullis_sources::revocation::FailMode;
+    let mut ok = true;
+    let fail = match f.fail {
         None | Some("closed") => FailMode::Closed,
         Some("open") => FailMode::Open,
         Some(other) => {
             p.push(
-                format!("{t}.ocsp.fail"),
+                format!("{prefix}fail"),
                 format!("unknown value `{other}` (closed or open)"),
             );
             ok = false;
             FailMode::Closed
         }
     };
-    // An https:// responder needs trust; with `auto` the certificate decides the scheme, so
-    // trust is built when a CA bundle or the system store is named, and otherwise an https://
-    // AIA responder cannot be reached (fail as configured).
-    let https = matches!(&responder, Some(Responder::Url(u)) if u.scheme() == Some(&http::uri::Scheme::HTTPS));
-    let wants_trust = https || !o.ca.is_empty() || o.trust == auth::Trust::System;
+    let wants_trust = f.needs_trust || !f.ca.is_empty() || f.trust == auth::Trust::System;
     let roots = if wants_trust {
-        trust_roots(
-            p,
-            base,
-            &format!("{t}.ocsp."),
-            &o.ca,
-            o.trust,
-            None,
-            "an https:// OCSP responder",
-            watched,
-        )?
+        trust_roots(p, base, prefix, f.ca, f.trust, None, f.what, watched)?
     } else {
         rustls::RootCertStore::empty()
     };
     let tls = match tls::upstream_client_config(roots, None) {
         Ok(t) => t,
         Err(e) => {
-            p.push(format!("{t}.ocsp"), e);
+            p.push(prefix.trim_end_matches('.'), e);
             return None;
         }
     };
-    let timeout = o.fetch_timeout.map_or(Duration::from_secs(5), |d| d.0);
-    let max_age = o.max_age.map_or(Duration::from_secs(3600), |d| d.0);
-    let max_bytes = o.max_bytes.unwrap_or(64 * 1024);
-    let max_entries = o.max_entries.unwrap_or(10_000);
+    let timeout = f.fetch_timeout.map_or(Duration::from_secs(5), |d| d.0);
+    let max_age = f.max_age.map_or(Duration::from_secs(3600), |d| d.0);
     for (field, zero) in [
         ("fetch_timeout", timeout.is_zero()),
         ("max_age", max_age < Duration::from_secs(1)),
-        ("max_bytes", max_bytes == 0),
-        ("max_entries", max_entries == 0),
+        ("max_bytes", f.max_bytes == 0),
+        ("max_entries", f.max_entries == 0),
     ] {
         if zero {
             p.push(
-                format!("{t}.ocsp.{field}"),
+                format!("{prefix}{field}"),
                 "must be above zero (max_age: at least 1s)",
             );
             ok = false;
         }
     }
-    if !ok {
-        return None;
-    }
-    Some(OcspSettings {
-        responder: responder?,
+    ok.then_some(SignedFetchSettings {
         fail,
         tls,
         timeout,
         max_age,
-        max_bytes,
-        max_entries,
+        max_bytes: f.max_bytes,
+        max_entries: f.max_entries,
+    })
+}
+
+/// `listener.tls.leaf_crls`. http:// distribution points are fetched, as for CRL URLs: a CRL
+/// is signed by its CA, and whoever serves it cannot forge it.
+fn validate_leaf_crls(
+    p: &mut Problems<'_>,
+    t: &str,
+    base: &Path,
+    l: &file::FileLeafCrls,
+    watched: &mut Vec<PathBuf>,
+) -> Option<portcullis_sources::leafcrl::LeafCrlSettings> {
+    let mut ok = true;
+    for (i, a) in l.allowed_urls.iter().enumerate() {
+        let http = a
+            .parse::<http::Uri>()
+            .ok()
+            .filter(|x| x.host().is_some())
+            .is_some_and(|x| {
+                x.scheme() == Some(&http::uri::Scheme::HTTP)
+                    || x.scheme() == Some(&http::uri::Scheme::HTTPS)
+            });
+        if !http {
+            p.push(
+                format!("{t}.leaf_crls.allowed_urls[{i}]"),
+                format!("`{a}` is not an http:// or https:// URL prefix with a host"),
+            );
+            ok = false;
+        }
+    }
+    let needs_trust = l.allowed_urls.iter().any(|a| a.starts_with("https://"));
+    let fetch = validate_signed_fetch(
+        p,
+        base,
+        &format!("{t}.leaf_crls."),
+        SignedFetch {
+            fail: l.fail.as_deref(),
+            ca: &l.ca,
+            trust: l.trust,
+            needs_trust,
+            what: "an https:// CRL distribution point in allowed_urls",
+            fetch_timeout: l.fetch_timeout,
+            max_age: l.max_age,
+            max_bytes: l.max_bytes.unwrap_or(1024 * 1024),
+            max_entries: l.max_entries.unwrap_or(100),
+        },
+        watched,
+    )?;
+    ok.then_some(portcullis_sources::leafcrl::LeafCrlSettings {
+        fail: fetch.fail,
+        tls: fetch.tls,
+        timeout: fetch.timeout,
+        max_age: fetch.max_age,
+        max_bytes: fetch.max_bytes,
+        max_entries: fetch.max_entries,
+        allowed_urls: l.allowed_urls.clone(),
     })
 }
 
@@ -1617,25 +1807,7 @@ fn validate_upstream(
             "names use letters, digits, `-` and `_` only",
         );
     }
-    let uri: http::Uri = match f.url.parse() {
-        Ok(u) => u,
-        Err(e) => {
-            p.push(field("url"), format!("`{}` is not a URL: {e}", f.url));
-            return None;
-        }
-    };
-    let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
-        p.push(field("url"), "must be an absolute http:// or https:// URL");
-        return None;
-    };
-    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
-        p.push(field("url"), "scheme must be http or https");
-        return None;
-    }
-    if uri.query().is_some() {
-        p.push(field("url"), "must not carry a query");
-    }
-    let base_path = uri.path().trim_end_matches('/').to_string();
+    let (scheme, endpoints, dns, base_path) = upstream_endpoints(p, name, f)?;
     let tls = match (&f.tls, scheme == http::uri::Scheme::HTTPS) {
         (Some(_), false) => {
             p.push(field("tls"), "only applies to an https:// url");
@@ -1689,16 +1861,283 @@ fn validate_upstream(
         }
         (None, false) => None,
     };
+    let connect_timeout = f.connect_timeout.map_or(Duration::from_secs(2), |d| d.0);
+    let response_timeout = f.response_timeout.map_or(Duration::from_secs(30), |d| d.0);
+    // A set of one keeps what `url` always did: no breaker, no ejection, no retries, unless
+    // asked for; a real set gets them by default, since that is what a set is for.
+    let set = dns.is_some() || endpoints.len() > 1;
+    let resilience = upstream_resilience(p, name, f, set, response_timeout);
     Some(Upstream {
         name: name.to_string(),
         scheme,
-        authority,
+        endpoints,
+        dns,
+        health_check: resilience.0,
+        outlier: resilience.1,
+        breaker: resilience.2,
+        limits: resilience.3,
+        retries: resilience.4,
         base_path,
-        connect_timeout: f.connect_timeout.map_or(Duration::from_secs(2), |d| d.0),
-        response_timeout: f.response_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        connect_timeout,
+        response_timeout,
         pool_idle_timeout: f.pool_idle_timeout.map_or(Duration::from_secs(30), |d| d.0),
         pool_max_idle_per_host: f.pool_max_idle_per_host.unwrap_or(256),
         http2: f.http2,
         tls,
     })
+}
+
+/// One endpoint URL: scheme, authority and base path (no query).
+fn endpoint_url(
+    p: &mut Problems<'_>,
+    field: &str,
+    text: &str,
+) -> Option<(http::uri::Scheme, http::uri::Authority, String)> {
+    let uri: http::Uri = match text.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            p.push(field, format!("`{text}` is not a URL: {e}"));
+            return None;
+        }
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
+        p.push(field, "must be an absolute http:// or https:// URL");
+        return None;
+    };
+    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+        p.push(field, "scheme must be http or https");
+        return None;
+    }
+    if uri.query().is_some() {
+        p.push(field, "must not carry a query");
+    }
+    if authority.as_str().contains('@') {
+        p.push(field, "must not carry user information");
+        return None;
+    }
+    Some((
+        scheme,
+        authority,
+        uri.path().trim_end_matches('/').to_string(),
+    ))
+}
+
+/// Where an upstream's endpoints come from: exactly one of `url`, `endpoints` and `dns`.
+#[allow(clippy::type_complexity)]
+fn upstream_endpoints(
+    p: &mut Problems<'_>,
+    name: &str,
+    f: &file::FileUpstream,
+) -> Option<(
+    http::uri::Scheme,
+    Vec<http::uri::Authority>,
+    Option<DnsEndpoints>,
+    String,
+)> {
+    let field = |s: &str| format!("upstreams.{name}.{s}");
+    let given = usize::from(!f.url.is_empty())
+        + usize::from(!f.endpoints.is_empty())
+        + usize::from(f.dns.is_some());
+    if given != 1 {
+        p.push(
+            format!("upstreams.{name}"),
+            "exactly one of `url`, `endpoints` and `dns` names the endpoints",
+        );
+        return None;
+    }
+    if !f.url.is_empty() {
+        let (scheme, authority, base) = endpoint_url(p, &field("url"), &f.url)?;
+        return Some((scheme, vec![authority], None, base));
+    }
+    if let Some(d) = &f.dns {
+        let scheme = match d.scheme.as_deref().unwrap_or("http") {
+            "http" => http::uri::Scheme::HTTP,
+            "https" => http::uri::Scheme::HTTPS,
+            other => {
+                p.push(
+                    field("dns.scheme"),
+                    format!("`{other}` must be http or https"),
+                );
+                return None;
+            }
+        };
+        let host_ok = !d.name.is_empty()
+            && d.name.len() <= 253
+            && d.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !host_ok {
+            p.push(field("dns.name"), format!("`{}` is not a DNS name", d.name));
+            return None;
+        }
+        if d.port == 0 {
+            p.push(field("dns.port"), "must be 1 to 65535");
+            return None;
+        }
+        let interval = d.interval.map_or(Duration::from_secs(10), |i| i.0);
+        if interval < Duration::from_millis(100) {
+            p.push(field("dns.interval"), "must be at least 100ms");
+        }
+        let base = d.base_path.as_deref().unwrap_or("");
+        if !base.is_empty() && (!base.starts_with('/') || base.contains(['?', '#', ' '])) {
+            p.push(field("dns.base_path"), "must be a path starting with `/`");
+        }
+        return Some((
+            scheme,
+            Vec::new(),
+            Some(DnsEndpoints {
+                name: d.name.to_ascii_lowercase(),
+                port: d.port,
+                interval,
+            }),
+            base.trim_end_matches('/').to_string(),
+        ));
+    }
+    let mut first: Option<(http::uri::Scheme, String)> = None;
+    let mut set: Vec<http::uri::Authority> = Vec::new();
+    for (i, url) in f.endpoints.iter().enumerate() {
+        let at = field(&format!("endpoints[{i}]"));
+        let Some((scheme, authority, base)) = endpoint_url(p, &at, url) else {
+            continue;
+        };
+        match &first {
+            None => first = Some((scheme, base)),
+            Some((s, b)) if *s != scheme || *b != base => {
+                // One TLS setting and one path prefix serve the whole set.
+                p.push(at, "every endpoint has the first one's scheme and path");
+                continue;
+            }
+            Some(_) => {}
+        }
+        if set.contains(&authority) {
+            p.push(at, format!("`{authority}` is listed twice"));
+            continue;
+        }
+        set.push(authority);
+    }
+    let (scheme, base) = first?;
+    Some((scheme, set, None, base))
+}
+
+/// Health checks, outlier detection, the breaker, the bulkhead and retries, with their
+/// defaults: on for a set (`set`), off for a single `url` unless configured.
+#[allow(clippy::type_complexity)]
+fn upstream_resilience(
+    p: &mut Problems<'_>,
+    name: &str,
+    f: &file::FileUpstream,
+    set: bool,
+    response_timeout: Duration,
+) -> (
+    Option<HealthCheck>,
+    OutlierDetection,
+    CircuitBreaker,
+    UpstreamLimits,
+    Retries,
+) {
+    let field = |s: &str| format!("upstreams.{name}.{s}");
+    let d = |v: Option<file::ConfigDuration>, default: Duration| v.map_or(default, |x| x.0);
+    let health = f.health_check.as_ref().map(|h| {
+        if !h.path.starts_with('/') || h.path.contains(['#', ' ']) {
+            p.push(
+                field("health_check.path"),
+                "must be a path starting with `/`",
+            );
+        }
+        let interval = d(h.interval, Duration::from_secs(5));
+        let timeout = d(h.timeout, Duration::from_secs(1));
+        if interval < Duration::from_millis(50) {
+            p.push(field("health_check.interval"), "must be at least 50ms");
+        }
+        if timeout.is_zero() || timeout > interval {
+            p.push(
+                field("health_check.timeout"),
+                "must be more than 0 and at most the interval",
+            );
+        }
+        for (k, v) in [
+            ("healthy_threshold", h.healthy_threshold),
+            ("unhealthy_threshold", h.unhealthy_threshold),
+        ] {
+            if v == Some(0) {
+                p.push(field(&format!("health_check.{k}")), "must be at least 1");
+            }
+        }
+        HealthCheck {
+            path: h.path.clone(),
+            interval,
+            timeout,
+            healthy_threshold: h.healthy_threshold.unwrap_or(2),
+            unhealthy_threshold: h.unhealthy_threshold.unwrap_or(3),
+        }
+    });
+    let o = f.outlier_detection.clone().unwrap_or_default();
+    let on = set || f.outlier_detection.is_some();
+    let outlier = OutlierDetection {
+        consecutive_failures: o.consecutive_failures.unwrap_or(if on { 5 } else { 0 }),
+        base_ejection: d(o.base_ejection, Duration::from_secs(30)),
+        max_ejection: d(o.max_ejection, Duration::from_secs(300)),
+        max_ejected_percent: o.max_ejected_percent.unwrap_or(50),
+    };
+    if outlier.max_ejected_percent > 100 {
+        p.push(
+            field("outlier_detection.max_ejected_percent"),
+            "must be 0 to 100",
+        );
+    }
+    if outlier.base_ejection.is_zero() || outlier.max_ejection < outlier.base_ejection {
+        p.push(
+            field("outlier_detection.max_ejection"),
+            "base_ejection must be more than 0 and max_ejection at least base_ejection",
+        );
+    }
+    let b = f.circuit_breaker.clone().unwrap_or_default();
+    let on = set || f.circuit_breaker.is_some();
+    let breaker = CircuitBreaker {
+        failure_threshold: b.failure_threshold.unwrap_or(if on { 5 } else { 0 }),
+        open_for: d(b.open_for, Duration::from_secs(5)),
+        half_open_requests: b.half_open_requests.unwrap_or(1),
+    };
+    if breaker.open_for.is_zero() {
+        p.push(field("circuit_breaker.open_for"), "must be more than 0");
+    }
+    if breaker.half_open_requests == 0 {
+        p.push(
+            field("circuit_breaker.half_open_requests"),
+            "must be at least 1",
+        );
+    }
+    let l = f.limits.clone().unwrap_or_default();
+    let limits = UpstreamLimits {
+        max_concurrent: l.max_concurrent.unwrap_or(4096),
+        max_pending: l.max_pending.unwrap_or(1024),
+        pending_timeout: d(l.pending_timeout, Duration::from_secs(1)),
+    };
+    if limits.max_concurrent == 0 {
+        p.push(field("limits.max_concurrent"), "must be at least 1");
+    }
+    if limits.max_concurrent > tokio::sync::Semaphore::MAX_PERMITS {
+        p.push(field("limits.max_concurrent"), "is too large");
+    }
+    let r = f.retries.clone().unwrap_or_default();
+    let retries = Retries {
+        attempts: r.attempts.unwrap_or(if set { 3 } else { 1 }),
+        per_try_timeout: d(r.per_try_timeout, response_timeout),
+        budget_percent: r.budget_percent.unwrap_or(20),
+        min_retries: r.min_retries.unwrap_or(3),
+        honours_idempotency_key: r.honours_idempotency_key,
+    };
+    if retries.attempts == 0 || retries.attempts > 10 {
+        p.push(field("retries.attempts"), "must be 1 to 10");
+    }
+    if retries.per_try_timeout.is_zero() || retries.per_try_timeout > response_timeout {
+        p.push(
+            field("retries.per_try_timeout"),
+            "must be more than 0 and at most response_timeout",
+        );
+    }
+    if retries.budget_percent > 100 {
+        p.push(field("retries.budget_percent"), "must be 0 to 100");
+    }
+    (health, outlier, breaker, limits, retries)
 }

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use portcullis_crypto::pki::{ClientCert, Revoked};
 use portcullis_policy::{CertRequirement, Route};
-use portcullis_sources::ocsp::{FailMode, OcspChecker, OcspOutcome};
+use portcullis_sources::leafcrl::{LeafCrlChecker, LeafCrlOutcome};
+use portcullis_sources::ocsp::{OcspChecker, OcspOutcome};
+use portcullis_sources::revocation::FailMode;
 
 portcullis_base::variants! {
     // Named like their reason codes (`identity.client_cert_*`).
@@ -14,11 +16,11 @@ portcullis_base::variants! {
         ClientCertRequired,
         /// The connection's certificate has expired since its handshake.
         ClientCertExpired,
-        /// The connection's certificate is revoked by the CRLs loaded now, or by its OCSP
-        /// responder.
+        /// The connection's certificate is revoked by the CRLs loaded now, by its OCSP
+        /// responder, or by the CRL its distribution point serves.
         ClientCertRevoked,
-        /// Every CRL of the certificate's issuer is past its `nextUpdate`, or (OCSP, `fail:
-        /// closed`) no verified good answer could be had.
+        /// Every CRL of the certificate's issuer is past its `nextUpdate`, or (OCSP or
+        /// `leaf_crls`, `fail: closed`) no verified good answer or CRL could be had.
         ClientCertRevocationUnknown,
     }
 }
@@ -59,12 +61,53 @@ pub(crate) fn identify(
     }
 }
 
+/// What a per-request revocation check found for a certificate.
+enum Found {
+    Good(&'static str),
+    Revoked(&'static str),
+    /// No verified status: what to record when the listener fails closed, and when open.
+    Unknown {
+        closed: &'static str,
+        open: &'static str,
+    },
+}
+
+/// The outcome of a revocation check as the listener's `fail` mode decides it: `revoked` is
+/// always a refusal; no verified status refuses too, unless `fail: open`, which lets the request
+/// on and counts it (`count_open`). `record` gets what the check found, for the audit record.
+fn settle(
+    found: Found,
+    fail: FailMode,
+    count_open: impl FnOnce(),
+    record: &mut Option<&'static str>,
+) -> Result<(), IdentityError> {
+    match found {
+        Found::Good(r) => {
+            *record = Some(r);
+            Ok(())
+        }
+        Found::Revoked(r) => {
+            *record = Some(r);
+            Err(IdentityError::ClientCertRevoked)
+        }
+        Found::Unknown { closed, open } => match fail {
+            FailMode::Closed => {
+                *record = Some(closed);
+                Err(IdentityError::ClientCertRevocationUnknown)
+            }
+            FailMode::Open => {
+                count_open();
+                *record = Some(open);
+                Ok(())
+            }
+        },
+    }
+}
+
 /// On listeners with OCSP: what the certificate's responder says of it (cached until the
 /// answer's `nextUpdate`, capped by `max_age`; see `portcullis_sources::ocsp`). Checked on
 /// every request, so a connection opened before a revocation meets it once the cached answer
-/// is stale. `revoked` is always a refusal; no verified answer refuses too, unless the
-/// listener says `fail: open`, which lets the request on and counts it. `record` gets what
-/// the check found, for the audit record.
+/// is stale.
 pub(crate) async fn check_ocsp(
     identity: &ClientIdentity,
     ocsp: Option<&OcspChecker>,
@@ -75,27 +118,47 @@ pub(crate) async fn check_ocsp(
         return Ok(());
     };
     let outcome = ocsp.status(cert, now).await;
-    match outcome {
-        OcspOutcome::Good => {
-            *record = Some(outcome.as_str());
-            Ok(())
+    let found = match outcome {
+        OcspOutcome::Good => Found::Good(outcome.as_str()),
+        OcspOutcome::Revoked => Found::Revoked(outcome.as_str()),
+        OcspOutcome::Unknown | OcspOutcome::Unavailable | OcspOutcome::Invalid => Found::Unknown {
+            closed: outcome.as_str(),
+            open: outcome.as_fail_open_str(),
+        },
+    };
+    settle(found, ocsp.fail_mode(), || ocsp.count_fail_open(), record)
+}
+
+/// On listeners with `leaf_crls`: what the CRL at the certificate's own distribution point
+/// says of it (the certificate verified at the handshake, so only a URL a client CA signed is
+/// fetched; cached until the CRL's `nextUpdate`, capped by `max_age`; see
+/// `portcullis_sources::leafcrl`). Checked on every request, like OCSP, so a connection opened
+/// before a revocation meets it once the cached CRL is stale. A certificate that names no
+/// point to fetch, but whose issuer has a current CRL among the listener's own (`revoked`,
+/// which [`identify`] has checked), has a known status: it passes, recorded as such.
+pub(crate) async fn check_leaf_crl(
+    identity: &ClientIdentity,
+    crls: Option<&LeafCrlChecker>,
+    revoked: &Revoked,
+    now: i64,
+    record: &mut Option<&'static str>,
+) -> Result<(), IdentityError> {
+    let (Some(cert), Some(crls)) = (identity.cert.as_deref(), crls) else {
+        return Ok(());
+    };
+    let outcome = crls.status(cert, now).await;
+    let found = match outcome {
+        LeafCrlOutcome::NoUrl if revoked.covers(&cert.issuer_der) => {
+            Found::Good("crl_dp_none_covered")
         }
-        OcspOutcome::Revoked => {
-            *record = Some(outcome.as_str());
-            Err(IdentityError::ClientCertRevoked)
-        }
-        OcspOutcome::Unknown | OcspOutcome::Unavailable | OcspOutcome::Invalid => {
-            match ocsp.fail_mode() {
-                FailMode::Closed => {
-                    *record = Some(outcome.as_str());
-                    Err(IdentityError::ClientCertRevocationUnknown)
-                }
-                FailMode::Open => {
-                    ocsp.count_fail_open();
-                    *record = Some(outcome.as_fail_open_str());
-                    Ok(())
-                }
+        LeafCrlOutcome::Good => Found::Good(outcome.as_str()),
+        LeafCrlOutcome::Revoked => Found::Revoked(outcome.as_str()),
+        LeafCrlOutcome::NoUrl | LeafCrlOutcome::Unavailable | LeafCrlOutcome::Invalid => {
+            Found::Unknown {
+                closed: outcome.as_str(),
+                open: outcome.as_fail_open_str(),
             }
         }
-    }
+    };
+    settle(found, crls.fail_mode(), || crls.count_fail_open(), record)
 }

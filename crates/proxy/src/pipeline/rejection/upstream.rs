@@ -26,6 +26,18 @@ pub(super) fn wire(e: UpstreamError) -> Wire {
             "upstream.timeout",
             "the upstream service did not answer in time",
         ),
+        // RFC 9110 §15.6.4: answered at once, without waiting out a connect timeout.
+        UpstreamError::Unavailable => Wire::new(
+            S::SERVICE_UNAVAILABLE,
+            "upstream.unavailable",
+            "no instance of the upstream service can take the request now; try again later",
+        ),
+        // RFC 9110 §15.6.4.
+        UpstreamError::Overloaded => Wire::new(
+            S::SERVICE_UNAVAILABLE,
+            "upstream.overloaded",
+            "the upstream service has too many requests in progress; try again later",
+        ),
     }
 }
 
@@ -44,9 +56,11 @@ pub(super) fn audit(e: AuditError) -> Wire {
 /// The upstream's and the audit log's failures are the server's: `UK.OBIE.UnexpectedError`.
 pub(super) fn obie(e: UpstreamError) -> ObieError {
     match e {
-        UpstreamError::Connect | UpstreamError::Protocol | UpstreamError::Timeout => {
-            ObieError::new(super::UNEXPECTED, None)
-        }
+        UpstreamError::Connect
+        | UpstreamError::Protocol
+        | UpstreamError::Timeout
+        | UpstreamError::Unavailable
+        | UpstreamError::Overloaded => ObieError::new(super::UNEXPECTED, None),
     }
 }
 

@@ -1,22 +1,24 @@
-//! Upstreams: pooled clients, header hygiene and the forwarding headers we vouch for.
+//! Upstreams: endpoint sets ([`client`]: choice, bulkhead, tries; [`endpoint`]: pools,
+//! health, breaker; [`health`]: checks and DNS refresh; [`retry`]: two choices and the retry
+//! budget), header hygiene and the forwarding headers we vouch for.
 //!
 //! Order matters in [`prepare_headers`]: first every hop-by-hop header goes (the fixed list and
 //! whatever the client names in `Connection`), then every client copy of a header we vouch for
 //! (forwarding, identity, original-path and our own), and only then are ours added. So no client
 //! header can remove, forge or shadow them.
 
-use std::time::{Duration, Instant};
+mod client;
+mod endpoint;
+mod health;
+mod retry;
 
 use http::header::{HeaderName, HeaderValue, CONNECTION};
-use http::{HeaderMap, Request, Response, Uri};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::HeaderMap;
 
-use crate::config::{ClientCertForwarding, Upstream};
-use portcullis_base::body::ProxyBody;
+use crate::config::ClientCertForwarding;
+pub(crate) use client::Tries;
+pub(crate) use client::{Registry, UpstreamClient};
+pub(crate) use endpoint::{Outcome, Standing};
 
 portcullis_base::variants! {
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,7 +26,33 @@ portcullis_base::variants! {
         Connect,
         Protocol,
         Timeout,
+        /// No endpoint may take the request: every one unhealthy, ejected or behind an open
+        /// breaker (or a DNS set not resolved yet).
+        Unavailable,
+        /// The upstream's bulkhead is full: its concurrent and pending requests are at their
+        /// limits.
+        Overloaded,
     }
+}
+
+/// The client for one upstream of a config generation, with its DNS refresh and health
+/// checks started when a Tokio runtime is there to run them (they end with the client).
+pub(crate) fn start(
+    config: &crate::config::Upstream,
+    workers: usize,
+    registry: &Registry,
+) -> std::sync::Arc<UpstreamClient> {
+    let client = UpstreamClient::new(config, workers, registry);
+    if tokio::runtime::Handle::try_current().is_ok() {
+        let weak = std::sync::Arc::downgrade(&client);
+        if client.config.dns.is_some() {
+            tokio::spawn(health::refresh_dns(weak.clone()));
+        }
+        if client.config.health_check.is_some() {
+            tokio::spawn(health::check(weak));
+        }
+    }
+    client
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus legacy ones proxies must not forward.
@@ -72,101 +100,6 @@ const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded
 const CLIENT_CERT: HeaderName = HeaderName::from_static("client-cert");
 const INTERACTION_ID: HeaderName = HeaderName::from_static("x-fapi-interaction-id");
 const HTTPS: HeaderValue = HeaderValue::from_static("https");
-
-type Pool = Client<HttpsConnector<HttpConnector>, ProxyBody>;
-
-/// Pooled clients for one upstream: one pool per data-plane worker, so a request is sent on a
-/// connection driven by the same thread and event loop as the downstream connection it came
-/// from (no cross-thread hand-off per request), plus one for every other thread.
-pub struct UpstreamClient {
-    pub config: Upstream,
-    pools: Vec<Pool>,
-}
-
-impl UpstreamClient {
-    /// A client with a pool for each of `workers` data-plane workers.
-    pub fn new(config: &Upstream, workers: usize) -> UpstreamClient {
-        let pools = (0..=workers)
-            .map(|_| UpstreamClient::pool(config))
-            .collect();
-        UpstreamClient {
-            config: config.clone(),
-            pools,
-        }
-    }
-
-    fn pool(config: &Upstream) -> Pool {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        let tls = match &config.tls {
-            Some(t) => (*t.client_config).clone(),
-            None => rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())
-                .with_safe_default_protocol_versions()
-                .map(|b| {
-                    b.with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth()
-                })
-                .unwrap_or_else(|_| {
-                    rustls::ClientConfig::builder()
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth()
-                }),
-        };
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .http2_only(config.http2)
-            .build(connector)
-    }
-
-    /// The upstream URI for an already checked path and query.
-    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
-        let c = &self.config;
-        let pq = match query {
-            Some(q) => format!("{}{path}?{q}", c.base_path),
-            None => format!("{}{path}", c.base_path),
-        };
-        Uri::builder()
-            .scheme(c.scheme.clone())
-            .authority(c.authority.clone())
-            .path_and_query(pq)
-            .build()
-    }
-
-    /// Sends the request; returns the response and the time to its headers.
-    pub async fn send(
-        &self,
-        req: Request<ProxyBody>,
-    ) -> Result<(Response<Incoming>, Duration), UpstreamError> {
-        let start = Instant::now();
-        let pool = self
-            .pools
-            .get(crate::worker::worker_index())
-            .unwrap_or(&self.pools[0]);
-        match tokio::time::timeout(self.config.response_timeout, pool.request(req)).await {
-            Err(_) => Err(UpstreamError::Timeout),
-            Ok(Err(e)) if e.is_connect() => {
-                tracing::warn!(upstream = %self.config.name, failure = "connect", error = %e, "upstream connect failed");
-                Err(UpstreamError::Connect)
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(upstream = %self.config.name, failure = "protocol", error = %e, "upstream request failed");
-                Err(UpstreamError::Protocol)
-            }
-            Ok(Ok(r)) => Ok((r, start.elapsed())),
-        }
-    }
-}
 
 /// Removes the headers `drop` selects and those named in `Connection`, in one pass over the
 /// (few) header names rather than one lookup per listed header.

@@ -1,0 +1,809 @@
+//! Upstreams as endpoint sets, on loopback with real servers: instances that can be killed,
+//! revived, slowed and made unhealthy; the proxy's choice of endpoint, its health checks,
+//! outlier ejection, breakers, bulkhead, retries and their budget, and a reload that removes an
+//! endpoint under a request. Each refusal is checked three ways: status and reason, nothing
+//! upstream, one audit record that says why. docs/failure-behaviour.md lists each case.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use portcullis_proxy::config::file::{
+    FileCircuitBreaker, FileHealthCheck, FileOutlierDetection, FileRetries, FileUpstream,
+    FileUpstreamDns, FileUpstreamLimits,
+};
+use portcullis_proxy::config::Config;
+use portcullis_tools::client::Answer;
+
+const ACCOUNTS: &str = "/open-banking/v3.1/aisp/accounts";
+const CONSENTS: &str = "/open-banking/v3.1/pisp/domestic-payment-consents";
+const HEALTH: &str = "/healthz";
+
+/// What an instance received: method, path and body.
+type Seen = (String, String, Bytes);
+
+/// A bank instance on loopback that records what it receives and can be killed (its
+/// listener and every open connection closed at once) and revived on the same address.
+struct Instance {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    delay: Arc<Mutex<Duration>>,
+    status: Arc<AtomicU16>,
+    /// What `/healthz` answers.
+    health: Arc<AtomicU16>,
+    stop: Mutex<Option<tokio::sync::watch::Sender<bool>>>,
+}
+
+impl Instance {
+    async fn start() -> Instance {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Instance::on(listener)
+    }
+
+    fn on(listener: tokio::net::TcpListener) -> Instance {
+        let i = Instance {
+            addr: listener.local_addr().unwrap(),
+            seen: Arc::default(),
+            delay: Arc::default(),
+            status: Arc::new(AtomicU16::new(200)),
+            health: Arc::new(AtomicU16::new(200)),
+            stop: Mutex::new(None),
+        };
+        i.serve(listener);
+        i
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        *self.stop.lock().unwrap() = Some(tx);
+        let (seen, delay, status, health) = (
+            Arc::clone(&self.seen),
+            Arc::clone(&self.delay),
+            Arc::clone(&self.status),
+            Arc::clone(&self.health),
+        );
+        tokio::spawn(async move {
+            let mut stopped = rx.clone();
+            loop {
+                let tcp = tokio::select! {
+                    a = listener.accept() => match a { Ok((t, _)) => t, Err(_) => return },
+                    _ = stopped.changed() => return,
+                };
+                let (seen, delay, status, health) = (
+                    Arc::clone(&seen),
+                    Arc::clone(&delay),
+                    Arc::clone(&status),
+                    Arc::clone(&health),
+                );
+                let mut stopped = rx.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (seen, delay, status, health) = (
+                            Arc::clone(&seen),
+                            Arc::clone(&delay),
+                            Arc::clone(&status),
+                            Arc::clone(&health),
+                        );
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let path = parts.uri.path().to_string();
+                            let code = if path == HEALTH {
+                                health.load(Ordering::SeqCst)
+                            } else {
+                                let body = body.collect().await.map(|c| c.to_bytes());
+                                let body = body.unwrap_or_default();
+                                let host = parts
+                                    .headers
+                                    .get("host")
+                                    .and_then(|h| h.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_string();
+                                seen.lock().unwrap().push((
+                                    parts.method.to_string(),
+                                    format!("{path} host={host}"),
+                                    body,
+                                ));
+                                let d = *delay.lock().unwrap();
+                                if !d.is_zero() {
+                                    tokio::time::sleep(d).await;
+                                }
+                                status.load(Ordering::SeqCst)
+                            };
+                            let mut r = http::Response::new(Full::new(Bytes::from_static(
+                                b"{\"Data\":{}}",
+                            )));
+                            *r.status_mut() = http::StatusCode::from_u16(code).unwrap();
+                            r.headers_mut()
+                                .insert("content-type", "application/json".parse().unwrap());
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                    let mut b = auto::Builder::new(TokioExecutor::new());
+                    b.http1().timer(TokioTimer::new());
+                    let conn = b.serve_connection(TokioIo::new(tcp), svc);
+                    // Killed: the connection is dropped mid-whatever, as a dying process's is.
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stopped.changed() => {}
+                    }
+                });
+            }
+        });
+    }
+
+    /// Closes the listener and every connection: connects are refused from now on.
+    fn kill(&self) {
+        if let Some(tx) = self.stop.lock().unwrap().take() {
+            let _ = tx.send(true);
+        }
+    }
+
+    /// Listens again on the same address.
+    async fn revive(&self) {
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("revive {}: {e}", self.addr),
+            }
+        };
+        self.serve(listener);
+    }
+
+    fn set_delay(&self, d: Duration) {
+        *self.delay.lock().unwrap() = d;
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+/// A `bank` upstream over `instances`, with the kit's timeouts (500 ms connect, 5 s answer).
+fn set_of(instances: &[&Instance]) -> FileUpstream {
+    FileUpstream {
+        endpoints: instances
+            .iter()
+            .map(|i| format!("http://{}", i.addr))
+            .collect(),
+        connect_timeout: Some(dur("500ms")),
+        response_timeout: Some(dur("5s")),
+        ..FileUpstream::default()
+    }
+}
+
+async fn proxy(up: FileUpstream) -> Proxy {
+    let mut o = Options::new("127.0.0.1:9".parse().unwrap());
+    *o.bank() = up;
+    Proxy::start(o).await
+}
+
+fn get() -> http::Request<Full<Bytes>> {
+    req("GET", ACCOUNTS).body(Full::new(Bytes::new())).unwrap()
+}
+
+fn post(n: usize) -> http::Request<Full<Bytes>> {
+    req("POST", CONSENTS)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(format!("{{\"n\":{n}}}"))))
+        .unwrap()
+}
+
+/// Every request the instances received, by body (POSTs) or path (GETs).
+fn all_seen(instances: &[&Instance]) -> Vec<Seen> {
+    instances.iter().flat_map(|i| i.seen()).collect()
+}
+
+/// Asserts an upstream refusal of `id`: status and reason in the answer, one audit record with
+/// them (decision `error`, stage `upstream`) and no try made.
+async fn assert_upstream_refusal(p: &Proxy, a: &Answer, id: &str, status: u16, reason: &str) {
+    assert_eq!(
+        a.status.as_u16(),
+        status,
+        "status; body {}",
+        String::from_utf8_lossy(&a.body)
+    );
+    assert_eq!(a.json()["reason"], reason, "{}", a.json());
+    assert_eq!(a.headers["x-fapi-interaction-id"], id);
+    let rec = p.audit_of(id).await;
+    assert_eq!(rec["reason"], reason, "{rec}");
+    assert_eq!(rec["status"], status);
+    assert_eq!(rec["decision"], "error");
+    assert_eq!(rec["stage"], "upstream");
+    assert_eq!(rec["upstream_attempts"], 0, "no try was made: {rec}");
+    assert!(rec["upstream_endpoints"].is_null(), "{rec}");
+}
+
+async fn metrics(p: &Proxy) -> String {
+    p.admin_get("/metrics").await.1
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_instance_killed_under_load_fails_no_read_and_sends_no_post_twice() {
+    let (a, b, c) = (
+        Instance::start().await,
+        Instance::start().await,
+        Instance::start().await,
+    );
+    for i in [&a, &b, &c] {
+        i.set_delay(Duration::from_millis(5));
+    }
+    let p = Arc::new(proxy(set_of(&[&a, &b, &c])).await);
+    let stop = Instant::now() + Duration::from_millis(1500);
+    let mut load = tokio::task::JoinSet::new();
+    for w in 0..8usize {
+        let p = Arc::clone(&p);
+        load.spawn(async move {
+            let mut c = p.client(Some("tpp1"), false).await.unwrap();
+            let mut out = Vec::new();
+            let mut n = 0;
+            while Instant::now() < stop {
+                n += 1;
+                let is_post = n % 3 == 0;
+                let r = if is_post {
+                    post(w * 100_000 + n)
+                } else {
+                    get()
+                };
+                let a = match c.send(r).await {
+                    Ok(a) => a,
+                    Err(_) => {
+                        c = p.client(Some("tpp1"), false).await.unwrap();
+                        continue;
+                    }
+                };
+                out.push((is_post, a.status.as_u16(), a.json()["reason"].clone()));
+            }
+            out
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.kill();
+    let killed_at = a.count();
+    let mut answers = Vec::new();
+    while let Some(r) = load.join_next().await {
+        answers.extend(r.unwrap());
+    }
+    let reads: Vec<_> = answers.iter().filter(|x| !x.0).collect();
+    assert!(reads.len() > 50, "load ran: {} reads", reads.len());
+    for (_, status, reason) in &reads {
+        assert_eq!(*status, 200, "a read failed: {reason}");
+    }
+    // A POST is never sent twice: each body arrived at most once across the set.
+    let mut bodies: Vec<Bytes> = all_seen(&[&a, &b, &c])
+        .into_iter()
+        .filter(|s| s.0 == "POST")
+        .map(|s| s.2)
+        .collect();
+    let sent = bodies.len();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), sent, "a POST reached the set twice");
+    // A POST the killed instance may have been working on fails (502) rather than repeat.
+    for (_, status, reason) in answers.iter().filter(|x| x.0) {
+        assert!(
+            *status == 200 || (*status == 502 && reason == "upstream.bad_response"),
+            "POST answered {status} {reason}"
+        );
+    }
+    assert_eq!(a.count(), killed_at, "nothing reached the killed instance");
+    // Some request found the instance dead and went on to another one.
+    let retried: Vec<_> = p
+        .audit()
+        .into_iter()
+        .filter(|r| r["upstream_attempts"].as_u64().unwrap_or(0) >= 2)
+        .collect();
+    assert!(!retried.is_empty(), "no request was retried");
+    let first = &retried[0];
+    assert_eq!(first["status"], 200, "{first}");
+    assert_eq!(
+        first["upstream_endpoints"][0],
+        a.addr.to_string(),
+        "{first}"
+    );
+    let m = metrics(&p).await;
+    let label = format!(
+        "portcullis_upstream_attempts_total{{upstream=\"bank\",endpoint=\"{}\",result=\"connect_failed\"}}",
+        a.addr
+    );
+    assert!(metric(&m, &label) >= 1.0, "{label} in\n{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_instances_killed_answer_503_at_once_and_recover_through_half_open() {
+    let (a, b, c) = (
+        Instance::start().await,
+        Instance::start().await,
+        Instance::start().await,
+    );
+    let mut up = set_of(&[&a, &b, &c]);
+    // A slow connect would show: the refusal must not wait for it.
+    up.connect_timeout = Some(dur("2s"));
+    up.circuit_breaker = Some(FileCircuitBreaker {
+        failure_threshold: Some(2),
+        open_for: Some(dur("600ms")),
+        half_open_requests: Some(1),
+    });
+    // Only the breakers decide here, not the retry budget.
+    up.retries = Some(FileRetries {
+        min_retries: Some(100),
+        ..FileRetries::default()
+    });
+    let p = proxy(up).await;
+    assert_eq!(p.get(ACCOUNTS).await.0.status, 200);
+    for i in [&a, &b, &c] {
+        i.kill();
+    }
+    // Connect failures open every breaker (each request tries up to three endpoints).
+    let mut c1 = p.client(Some("tpp1"), false).await.unwrap();
+    let mut opened = false;
+    for _ in 0..10 {
+        let a = c1.send(get()).await.unwrap();
+        if a.json()["reason"] == "upstream.unavailable" {
+            opened = true;
+            break;
+        }
+        // Refused connects; a pooled connection the kill closed may break instead.
+        let reason = a.json()["reason"].clone();
+        assert!(
+            reason == "upstream.connect_failed" || reason == "upstream.bad_response",
+            "{reason}"
+        );
+    }
+    assert!(opened, "the breakers opened");
+    let before = all_seen(&[&a, &b, &c]).len();
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut r = get();
+    r.headers_mut()
+        .insert("x-fapi-interaction-id", id.parse().unwrap());
+    let t = Instant::now();
+    let ans = c1.send(r).await.unwrap();
+    let took = t.elapsed();
+    eprintln!("all breakers open: 503 in {took:?}");
+    assert!(
+        took < Duration::from_millis(100),
+        "answered in {took:?}: no connect was tried"
+    );
+    assert_upstream_refusal(&p, &ans, &id, 503, "upstream.unavailable").await;
+    assert_eq!(all_seen(&[&a, &b, &c]).len(), before, "nothing upstream");
+    // One instance comes back; after `open_for` a trial request goes through and closes its
+    // breaker; the others stay open until their own trials.
+    b.revive().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut ok = 0;
+    for _ in 0..6 {
+        let (ans, id) = p.get(ACCOUNTS).await;
+        if ans.status == 200 {
+            ok += 1;
+            let rec = p.audit_of(&id).await;
+            assert!(
+                rec["upstream_endpoints"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&serde_json::json!(b.addr.to_string())),
+                "{rec}"
+            );
+        }
+    }
+    assert_eq!(ok, 6, "recovered: every request answered once b was back");
+    assert!(b.count() >= 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_instance_is_ejected_and_readmitted() {
+    let (a, b, c) = (
+        Instance::start().await,
+        Instance::start().await,
+        Instance::start().await,
+    );
+    b.set_delay(Duration::from_secs(2));
+    let mut up = set_of(&[&a, &b, &c]);
+    up.retries = Some(FileRetries {
+        per_try_timeout: Some(dur("150ms")),
+        ..FileRetries::default()
+    });
+    up.outlier_detection = Some(FileOutlierDetection {
+        consecutive_failures: Some(2),
+        base_ejection: Some(dur("800ms")),
+        max_ejection: Some(dur("5s")),
+        max_ejected_percent: Some(34),
+    });
+    // The breaker would also take it out; this test is about ejection.
+    up.circuit_breaker = Some(FileCircuitBreaker {
+        failure_threshold: Some(0),
+        ..FileCircuitBreaker::default()
+    });
+    let p = proxy(up).await;
+    let mut slow_ids = Vec::new();
+    for _ in 0..30 {
+        let (ans, id) = p.get(ACCOUNTS).await;
+        assert_eq!(ans.status, 200, "reads are retried past the slow instance");
+        let rec = p.audit_of(&id).await;
+        if rec["upstream_endpoints"][0] == b.addr.to_string() {
+            slow_ids.push(rec);
+        }
+        if b.count() >= 2 {
+            break;
+        }
+    }
+    assert_eq!(b.count(), 2, "two timeouts eject it");
+    let r = &slow_ids[0];
+    assert_eq!(r["upstream_attempts"], 2, "{r}");
+    assert_ne!(r["upstream_endpoints"][1], b.addr.to_string(), "{r}");
+    let m = metrics(&p).await;
+    let state = format!(
+        "portcullis_upstream_endpoint_state{{upstream=\"bank\",endpoint=\"{}\",state=\"ejected\"}}",
+        b.addr
+    );
+    assert_eq!(metric(&m, &state), 1.0, "{m}");
+    // Ejected: none of the next requests goes there.
+    for _ in 0..10 {
+        assert_eq!(p.get(ACCOUNTS).await.0.status, 200);
+    }
+    assert_eq!(b.count(), 2, "an ejected endpoint gets nothing");
+    // Fast again and its time is up: it is back in the set.
+    b.set_delay(Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    for _ in 0..30 {
+        assert_eq!(p.get(ACCOUNTS).await.0.status, 200);
+    }
+    assert!(b.count() > 2, "readmitted");
+    let m = metrics(&p).await;
+    let ejections = format!(
+        "portcullis_upstream_ejections_total{{upstream=\"bank\",endpoint=\"{}\"}}",
+        b.addr
+    );
+    assert_eq!(metric(&m, &ejections), 1.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_failing_its_health_check_gets_nothing_until_it_passes() {
+    let (a, b) = (Instance::start().await, Instance::start().await);
+    let mut up = set_of(&[&a, &b]);
+    up.health_check = Some(FileHealthCheck {
+        path: HEALTH.into(),
+        interval: Some(dur("100ms")),
+        timeout: Some(dur("100ms")),
+        healthy_threshold: Some(2),
+        unhealthy_threshold: Some(2),
+    });
+    let p = proxy(up).await;
+    a.health.store(503, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = a.count();
+    for _ in 0..10 {
+        assert_eq!(p.get(ACCOUNTS).await.0.status, 200);
+    }
+    assert_eq!(a.count(), before, "an unhealthy endpoint gets nothing");
+    a.health.store(200, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..20 {
+        assert_eq!(p.get(ACCOUNTS).await.0.status, 200);
+    }
+    assert!(a.count() > before, "healthy again: back in the set");
+    // Both unhealthy: refused at once, nothing sent.
+    a.health.store(503, Ordering::SeqCst);
+    b.health.store(503, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = all_seen(&[&a, &b]).len();
+    let (ans, id) = p.get(ACCOUNTS).await;
+    assert_upstream_refusal(&p, &ans, &id, 503, "upstream.unavailable").await;
+    assert_eq!(all_seen(&[&a, &b]).len(), before, "nothing upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_bulkhead_answers_503_overloaded_at_once() {
+    let a = Instance::start().await;
+    a.set_delay(Duration::from_millis(800));
+    let mut up = set_of(&[&a]);
+    up.limits = Some(FileUpstreamLimits {
+        max_concurrent: Some(1),
+        max_pending: Some(0),
+        pending_timeout: None,
+    });
+    let p = Arc::new(proxy(up).await);
+    let q = Arc::clone(&p);
+    let slow = tokio::spawn(async move { q.get(ACCOUNTS).await.0.status });
+    while a.count() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let t = Instant::now();
+    let (ans, id) = p.get(ACCOUNTS).await;
+    assert!(t.elapsed() < Duration::from_millis(400), "not queued");
+    assert_upstream_refusal(&p, &ans, &id, 503, "upstream.overloaded").await;
+    assert_eq!(a.count(), 1, "nothing upstream but the first request");
+    assert_eq!(slow.await.unwrap(), 200);
+    let m = metrics(&p).await;
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_upstream_refused_total{upstream=\"bank\",reason=\"overloaded\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stay_within_the_budget_and_never_repeat_a_post() {
+    let (a, b) = (Instance::start().await, Instance::start().await);
+    a.status.store(503, Ordering::SeqCst);
+    let mut up = set_of(&[&a, &b]);
+    up.retries = Some(FileRetries {
+        attempts: Some(2),
+        budget_percent: Some(20),
+        min_retries: Some(0),
+        ..FileRetries::default()
+    });
+    // Only the budget limits the retries here.
+    up.outlier_detection = Some(FileOutlierDetection {
+        consecutive_failures: Some(0),
+        ..FileOutlierDetection::default()
+    });
+    let p = proxy(up).await;
+    let mut c = p.client(Some("tpp1"), false).await.unwrap();
+    let n = 60;
+    let mut passed_503 = 0;
+    for _ in 0..n {
+        let ans = c.send(get()).await.unwrap();
+        match ans.status.as_u16() {
+            200 => {}
+            503 => passed_503 += 1,
+            s => panic!("status {s}"),
+        }
+    }
+    let total = a.count() + b.count();
+    let retries = total - n;
+    assert!(retries >= 1, "some reads were retried");
+    assert!(
+        retries <= n / 5 + 1,
+        "{retries} retries for {n} requests: over the 20 % budget"
+    );
+    assert!(passed_503 >= 1, "past the budget the 503 is passed on");
+    let m = metrics(&p).await;
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_upstream_retries_total{upstream=\"bank\",result=\"sent\"}"
+        ),
+        retries as f64
+    );
+    // A POST answered 503 is never sent again.
+    let before = all_seen(&[&a, &b]).len();
+    let mut sent = 0;
+    for k in 0..20 {
+        let ans = c.send(post(k)).await.unwrap();
+        sent += 1;
+        if ans.status == 503 {
+            break;
+        }
+    }
+    assert_eq!(all_seen(&[&a, &b]).len() - before, sent, "one try per POST");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_removing_an_endpoint_lets_its_request_in_flight_finish() {
+    let (a, b) = (Instance::start().await, Instance::start().await);
+    a.set_delay(Duration::from_millis(1000));
+    let p = Arc::new(proxy(set_of(&[&a])).await);
+    let q = Arc::clone(&p);
+    let slow = tokio::spawn(async move { q.get(ACCOUNTS).await });
+    while a.count() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    p.edit_config(|c| {
+        let bank = c.upstreams.get_mut("bank").unwrap();
+        bank.endpoints = vec![format!("http://{}", b.addr)];
+    });
+    p.shared.reload().expect("the new set loads");
+    let (ans, _) = p.get(ACCOUNTS).await;
+    assert_eq!(ans.status, 200);
+    assert_eq!(b.count(), 1, "new requests go to the new set");
+    let (ans, id) = slow.await.unwrap();
+    assert_eq!(
+        ans.status, 200,
+        "the request in flight on the removed endpoint finished"
+    );
+    let rec = p.audit_of(&id).await;
+    assert_eq!(rec["upstream_endpoints"][0], a.addr.to_string());
+    assert_eq!(a.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_name_is_resolved_to_its_addresses_and_named_in_requests() {
+    // `localhost` resolves to the loopback address here (and to ::1 too where the resolver
+    // says so): each address is an endpoint, requests name the service.
+    let a = Instance::start().await;
+    let port = a.addr.port();
+    let up = FileUpstream {
+        dns: Some(FileUpstreamDns {
+            name: "localhost".into(),
+            port,
+            scheme: None,
+            base_path: None,
+            interval: Some(dur("200ms")),
+        }),
+        connect_timeout: Some(dur("500ms")),
+        response_timeout: Some(dur("5s")),
+        ..FileUpstream::default()
+    };
+    let p = proxy(up).await;
+    let (ans, id) = p.get(ACCOUNTS).await;
+    assert_eq!(ans.status, 200);
+    let rec = p.audit_of(&id).await;
+    let tried = rec["upstream_endpoints"][0].as_str().unwrap().to_string();
+    assert!(
+        tried == a.addr.to_string() || tried == format!("[::1]:{port}"),
+        "{rec}"
+    );
+    let seen = a.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(
+        seen[0].1.ends_with(&format!("host=localhost:{port}")),
+        "{seen:?}"
+    );
+}
+
+/// A change to the `bank` upstream's entry.
+type Edit = Box<dyn Fn(&mut FileUpstream)>;
+
+#[test]
+fn bad_upstream_sets_are_refused_at_load_by_field() {
+    let cases: Vec<(Edit, &str, &str)> = vec![
+        (
+            Box::new(|u| u.endpoints = vec!["http://127.0.0.1:1".into()]),
+            "upstreams.bank",
+            "exactly one of",
+        ),
+        (
+            Box::new(|u| {
+                u.url = String::new();
+                u.endpoints = vec!["http://127.0.0.1:1".into(), "https://127.0.0.1:2".into()];
+            }),
+            "upstreams.bank.endpoints[1]",
+            "scheme and path",
+        ),
+        (
+            Box::new(|u| {
+                u.url = String::new();
+                u.endpoints = vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:1".into()];
+            }),
+            "upstreams.bank.endpoints[1]",
+            "listed twice",
+        ),
+        (
+            Box::new(|u| {
+                u.retries = Some(FileRetries {
+                    attempts: Some(0),
+                    ..FileRetries::default()
+                })
+            }),
+            "upstreams.bank.retries.attempts",
+            "1 to 10",
+        ),
+        (
+            Box::new(|u| {
+                u.url = String::new();
+                u.dns = Some(FileUpstreamDns {
+                    name: "bad name!".into(),
+                    port: 80,
+                    ..FileUpstreamDns::default()
+                })
+            }),
+            "upstreams.bank.dns.name",
+            "not a DNS name",
+        ),
+        (
+            Box::new(|u| {
+                u.outlier_detection = Some(FileOutlierDetection {
+                    max_ejected_percent: Some(150),
+                    ..FileOutlierDetection::default()
+                })
+            }),
+            "upstreams.bank.outlier_detection.max_ejected_percent",
+            "0 to 100",
+        ),
+    ];
+    for (edit, field, why) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+        std::fs::write(dir.path().join("policies/test.yaml"), POLICY).unwrap();
+        let mut o = Options::new("127.0.0.1:9".parse().unwrap());
+        edit(o.bank());
+        let path = dir.path().join("portcullis.yaml");
+        std::fs::write(&path, o.config_text()).unwrap();
+        let err = Config::load(&path).err().expect(field).to_string();
+        assert!(err.contains(field), "{field}: {err}");
+        assert!(err.contains(why), "{why}: {err}");
+        assert!(err.contains("portcullis.yaml"), "names the file: {err}");
+    }
+}
+
+const IDEMPOTENT_POLICY: &str = r#"
+group: t
+upstream: bank
+routes:
+  - id: payments.create
+    method: POST
+    path: /payments
+    body_limit: 4096
+    idempotency: required
+"#;
+
+/// A payment answered 503 by one instance is sent to another only when the route reserved its
+/// idempotency key and the upstream is declared to honour it; otherwise the 503 is passed on
+/// and the payment is never sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_is_retried_only_with_a_key_the_upstream_honours() {
+    for honours in [true, false] {
+        let (a, b) = (Instance::start().await, Instance::start().await);
+        a.status.store(503, Ordering::SeqCst);
+        let mut up = set_of(&[&a, &b]);
+        up.retries = Some(FileRetries {
+            min_retries: Some(100),
+            honours_idempotency_key: honours,
+            ..FileRetries::default()
+        });
+        up.outlier_detection = Some(FileOutlierDetection {
+            consecutive_failures: Some(0),
+            ..FileOutlierDetection::default()
+        });
+        let mut o = Options::new("127.0.0.1:9".parse().unwrap());
+        *o.bank() = up;
+        o.policy = IDEMPOTENT_POLICY.to_string();
+        let p = Proxy::start(o).await;
+        let mut statuses = Vec::new();
+        for n in 0..12 {
+            let r = req("POST", "/payments")
+                .header("content-type", "application/json")
+                .header("x-idempotency-key", format!("key-{honours}-{n}"))
+                .body(Full::new(Bytes::from(format!("{{\"n\":{n}}}"))))
+                .unwrap();
+            let (ans, _) = p.send(r).await;
+            statuses.push(ans.status.as_u16());
+        }
+        let at_a: Vec<Bytes> = a.seen().into_iter().map(|s| s.2).collect();
+        let at_b: Vec<Bytes> = b.seen().into_iter().map(|s| s.2).collect();
+        assert!(
+            !at_a.is_empty(),
+            "some payment went to the failing instance first"
+        );
+        let both = at_a.iter().filter(|x| at_b.contains(x)).count();
+        if honours {
+            assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+            assert_eq!(both, at_a.len(), "each payment a refused was sent to b");
+        } else {
+            assert_eq!(both, 0, "no payment sent twice");
+            assert_eq!(
+                statuses.iter().filter(|s| **s == 503).count(),
+                at_a.len(),
+                "{statuses:?}"
+            );
+        }
+    }
+}
