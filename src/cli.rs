@@ -442,28 +442,52 @@ async fn run_scenario(
 pub(crate) fn summary(c: &Config) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let l = &c.listener;
     let _ = writeln!(s, "config {} is valid", c.source.display());
-    let _ = writeln!(
-        s,
-        "listener {} (mTLS {:?}, {} client CA(s), {} CRL(s){}{}{})",
-        l.address,
-        l.tls.client_auth,
-        l.tls.client_ca_count,
-        l.tls.crl_count,
-        match l.tls.crl_urls.len() {
-            0 => String::new(),
-            n => format!(", {n} CRL URL(s)"),
-        },
-        match &l.tls.ocsp {
-            None => String::new(),
-            Some(o) => format!(", OCSP {} fail {}", o.responder, o.fail),
-        },
-        match &l.tls.leaf_crls {
-            None => String::new(),
-            Some(lc) => format!(", certificates' CRL distribution points fail {}", lc.fail),
+    let tls_summary = |t: &portcullis_proxy::config::ListenerTls| {
+        format!(
+            "mTLS {:?}, {} client CA(s), {} CRL(s){}{}{}",
+            t.client_auth,
+            t.client_ca_count,
+            t.crl_count,
+            match t.crl_urls.len() {
+                0 => String::new(),
+                n => format!(", {n} CRL URL(s)"),
+            },
+            match &t.ocsp {
+                None => String::new(),
+                Some(o) => format!(", OCSP {} fail {}", o.responder, o.fail),
+            },
+            match &t.leaf_crls {
+                None => String::new(),
+                Some(lc) => format!(", certificates' CRL distribution points fail {}", lc.fail),
+            }
+        )
+    };
+    for l in &c.listeners {
+        match l.hosts.as_slice() {
+            // The `listener:` form: one host, SNI not consulted.
+            [h] if h.groups.is_none() => {
+                let _ = writeln!(s, "listener {} ({})", l.address, tls_summary(&h.tls));
+            }
+            hosts => {
+                let _ = writeln!(s, "listener {} ({} host(s))", l.address, hosts.len());
+                for (i, h) in hosts.iter().enumerate() {
+                    let _ = writeln!(
+                        s,
+                        "  host   {}{} ({}; groups {})",
+                        h.names.join(", "),
+                        if l.default_host == Some(i) {
+                            " [default]"
+                        } else {
+                            ""
+                        },
+                        tls_summary(&h.tls),
+                        h.groups.as_deref().unwrap_or_default().join(", "),
+                    );
+                }
+            }
         }
-    );
+    }
     if let Some(a) = c.admin {
         let _ = writeln!(s, "admin    {a}");
     }

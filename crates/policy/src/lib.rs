@@ -347,6 +347,46 @@ impl PolicySet {
     pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
     }
+
+    /// The groups of this set, sorted, each once.
+    pub fn groups(&self) -> Vec<&str> {
+        let mut g: Vec<&str> = self.routes.iter().map(|r| r.group.as_str()).collect();
+        g.sort_unstable();
+        g.dedup();
+        g
+    }
+
+    /// The routes of `groups` only, compiled for lookup: what a virtual host serves. A path of
+    /// another group is then unknown (404), never a 405 naming that group's methods. The
+    /// version is the whole set's: the files loaded are the same.
+    pub fn subset(&self, groups: &[String]) -> PolicySet {
+        let mut by_method: HashMap<http::Method, matchit::Router<Arc<Route>>> = HashMap::new();
+        let mut templates: BTreeMap<String, Vec<http::Method>> = BTreeMap::new();
+        let mut routes = Vec::new();
+        for r in self.routes.iter().filter(|r| groups.contains(&r.group)) {
+            // Every route was inserted into the whole set without conflict, so a subset of
+            // them inserts without conflict too.
+            let _ = by_method
+                .entry(r.method.clone())
+                .or_default()
+                .insert(r.template.clone(), Arc::clone(r));
+            templates
+                .entry(r.template.clone())
+                .or_default()
+                .push(r.method.clone());
+            routes.push(Arc::clone(r));
+        }
+        let mut any_method = matchit::Router::new();
+        for (t, methods) in templates {
+            let _ = any_method.insert(t, methods);
+        }
+        PolicySet {
+            by_method,
+            any_method,
+            routes,
+            version: self.version.clone(),
+        }
+    }
 }
 
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];

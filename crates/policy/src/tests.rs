@@ -247,3 +247,36 @@ routes:
     assert_eq!(r("d"), (ErrorDialect::Obie, json(), json()));
     assert_eq!(r("e"), (ErrorDialect::Problem, vec![], vec![]));
 }
+
+#[test]
+fn a_subset_serves_only_its_groups_routes() {
+    let d = tempfile::tempdir().unwrap();
+    let a = write(d.path(), "a.yaml", OK);
+    let other = "group: other\nupstream: bank\nroutes:\n  - id: pay\n    method: PUT\n    path: /payments\n";
+    let b = write(d.path(), "b.yaml", other);
+    let set = load_files(&[a, b], &known(&["bank"], 100)).unwrap();
+    assert_eq!(set.groups(), ["g", "other"]);
+    let g = set.subset(&["g".to_string()]);
+    assert_eq!(g.routes().len(), 4);
+    assert_eq!(g.version, set.version);
+    assert_eq!(
+        g.lookup(&http::Method::POST, "/accounts").unwrap().route.id,
+        "create"
+    );
+    // Another group's path is unknown here, not a 405 naming its methods.
+    assert_eq!(
+        g.lookup(&http::Method::GET, "/payments").unwrap_err(),
+        NoRoute::NotFound
+    );
+    let o = set.subset(&["other".to_string()]);
+    assert_eq!(
+        o.lookup(&http::Method::GET, "/payments").unwrap_err(),
+        NoRoute::MethodNotAllowed {
+            allow: vec![http::Method::PUT]
+        }
+    );
+    assert_eq!(
+        o.lookup(&http::Method::GET, "/accounts").unwrap_err(),
+        NoRoute::NotFound
+    );
+}

@@ -17,6 +17,11 @@ pub(crate) struct ConnInfo {
     pub id: u64,
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// The configured address of the listener that accepted it.
+    pub listener: SocketAddr,
+    /// The host its handshake chose ([`crate::config::Host::key`]): every request must name
+    /// one of that host's names, and is served by that host's routes and revocation checks.
+    pub host_key: Arc<str>,
     pub tls_version: &'static str,
     pub cipher: &'static str,
     /// The verified client certificate, when one was presented.
@@ -43,6 +48,8 @@ impl ConnInfo {
         tls: &TlsStream<TcpStream>,
         tasks: tokio_util::task::TaskTracker,
         max_detached: usize,
+        listener: SocketAddr,
+        host_key: Arc<str>,
     ) -> std::io::Result<ConnInfo> {
         let (tcp, session) = tls.get_ref();
         let tls_version = match session.protocol_version() {
@@ -75,6 +82,8 @@ impl ConnInfo {
             cert_xfcc: encode(ClientCertForwarding::Xfcc),
             peer,
             local: tcp.local_addr()?,
+            listener,
+            host_key,
             tls_version,
             cipher,
             client_cert,

@@ -104,8 +104,12 @@ pub(crate) use rejection::Rejection;
 
 /// What the stages need from the running proxy, for one request: one config snapshot, start to
 /// end, and the sources and stores that go with it.
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     pub config: &'a Config,
+    /// The listener the connection came in on (its limits).
+    pub listener: &'a crate::config::Listener,
+    /// The host the connection's handshake chose: its names and its routes.
+    pub host: &'a crate::config::Host,
     /// Key source per issuer name.
     pub keys: &'a HashMap<String, Arc<KeySource>>,
     /// Introspection client per issuer that has one.
@@ -118,9 +122,9 @@ pub struct Context<'a> {
     pub idempotency: &'a Arc<dyn IdempotencyStore>,
     pub nonces: &'a NonceIssuer,
     pub clock: &'a dyn Clock,
-    /// What the listener's CRLs (files and URLs) revoke now.
+    /// What the host's CRLs (files and URLs) revoke now.
     pub revoked: Arc<portcullis_crypto::pki::Revoked>,
-    /// OCSP for client certificates, when the listener has it.
+    /// OCSP for client certificates, when the host has it.
     pub ocsp: Option<&'a portcullis_sources::ocsp::OcspChecker>,
     /// The CRLs client certificates name, when the listener follows them.
     pub leaf_crls: Option<&'a portcullis_sources::leafcrl::LeafCrlChecker>,
@@ -223,13 +227,9 @@ pub(crate) async fn run(
         }
     };
     let head = async {
-        http::check(
-            parts,
-            &config.listener.limits,
-            &config.listener.server_names,
-        )?;
+        http::check(parts, &cx.listener.limits, &cx.host.names)?;
         fapi::check_customer_ip(&parts.headers)?;
-        let route = route::resolve(parts, &config.policies)?;
+        let route = route::resolve(parts, &cx.host.policies)?;
         trail.route_id = Some(route.route.id.clone());
         trail.route = Some(Arc::clone(&route.route));
         let declared = http::declared_length(&parts.headers);
@@ -290,7 +290,7 @@ pub(crate) async fn run(
             return Err(e);
         }
     };
-    let timeout = config.listener.limits.request_timeout;
+    let timeout = cx.listener.limits.request_timeout;
     let admitted = body::admit(body, &route.route, declared, parts.version, timeout)
         .await
         .map_err(|e| {

@@ -94,6 +94,11 @@ pub(crate) async fn handle(
         version: req.version(),
         head_only: req.method() == http::Method::HEAD,
         started,
+        // The routes of the host the handshake chose: a refusal before the route match is
+        // answered as that host's route would be, never as another host's.
+        policies: rt
+            .host(conn.listener, &conn.host_key)
+            .map(|(_, h)| Arc::clone(&h.host.policies)),
     };
     let mut pending = Pending::new(head, answer);
     #[cfg(feature = "otlp")]
@@ -121,6 +126,8 @@ struct Answer {
     /// HEAD: hyper sends no body, so an unread body is no sign that the client left.
     head_only: bool,
     started: Instant,
+    /// The routes of the connection's host; `None` when a reload removed it.
+    policies: Option<Arc<portcullis_policy::PolicySet>>,
 }
 
 impl Answer {
@@ -197,7 +204,7 @@ impl Answer {
             return None;
         }
         portcullis_base::path::check_path(&head.path).ok()?;
-        let m = self.rt.config.policies.lookup(&method, &head.path).ok()?;
+        let m = self.policies.as_ref()?.lookup(&method, &head.path).ok()?;
         Some(m.route)
     }
 }
@@ -440,8 +447,15 @@ async fn inner(
         ip: conn.peer.ip(),
         cert: conn.client_cert.as_ref(),
     };
-    let admitted =
-        pipeline::run(&parts, body, &peer, &rt.context(&shared), pending.trail()).await?;
+    // The host the handshake chose, as this config has it. A reload that removed it or
+    // changed its names (see `Host::key`) leaves the connection with no host to be served as:
+    // refused like a request for a host we do not serve, and the client reconnects.
+    let Some((listener, host)) = rt.host(conn.listener, &conn.host_key) else {
+        pipeline::body::discard(body).await;
+        return Err(pipeline::http::HttpError::MisdirectedHost.into());
+    };
+    let cx = rt.context(&shared, listener, host);
+    let admitted = pipeline::run(&parts, body, &peer, &cx, pending.trail()).await?;
     let route = Arc::clone(&admitted.route.route);
     // The config loader refuses routes that name an unknown upstream, so this is unreachable;
     // it still fails closed rather than panicking.

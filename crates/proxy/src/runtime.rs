@@ -48,21 +48,33 @@ pub struct Runtime {
     pub client_keys: Option<Arc<portcullis_sources::clientkeys::ClientKeys>>,
     /// Local rate limiters of this config; a reload starts them empty.
     pub rate_limits: Arc<portcullis_state::limits::RateLimits>,
-    /// The listener's CRL URLs, fetched and refreshed (kept across reloads).
+    /// Every CRL URL of every host, fetched and refreshed (kept across reloads), each once.
     pub crl_feeds: Vec<Arc<CrlFeed>>,
-    /// OCSP for client certificates, when configured (kept across reloads with its cache).
-    pub ocsp: Option<Arc<portcullis_sources::ocsp::OcspChecker>>,
-    /// The CRLs client certificates name, when configured (kept across reloads with its cache).
+    /// OCSP for client certificates of the hosts that have it (kept across reloads with its
+    /// cache), each once.
+    pub ocsp: Vec<Arc<OcspChecker>>,
+    /// The checkers of the CRLs client certificates name, of the hosts that follow them (kept
+    /// across reloads with their caches), each once.
+    pub leaf_crls: Vec<Arc<LeafCrlChecker>>,
+    /// Each host's TLS, by [`crate::config::Host::key`].
+    hosts: HashMap<Arc<str>, HostTls>,
+}
+
+/// One host's handshake and revocation state: its rustls config with the CRLs fetched so far.
+pub(crate) struct HostTls {
+    pub host: Arc<crate::config::Host>,
+    feeds: Vec<Arc<CrlFeed>>,
+    pub ocsp: Option<Arc<OcspChecker>>,
+    /// The CRLs client certificates name, when the host follows them.
     pub leaf_crls: Option<Arc<LeafCrlChecker>>,
-    /// The listener's rustls config and revocation set with the CRLs fetched so far.
-    live_tls: ArcSwap<LiveTls>,
-    /// Held while the listener's TLS is rebuilt for a new fetched CRL.
+    live: ArcSwap<LiveTls>,
+    /// Held while the host's TLS is rebuilt for a new fetched CRL.
     rebuilding: std::sync::Mutex<()>,
 }
 
 /// The listener's TLS as it is now: from the config's files and, with CRL URLs, the CRLs
 /// fetched so far. Handshakes and the per-request revocation check read it.
-pub struct LiveTls {
+pub(crate) struct LiveTls {
     pub server_config: Arc<rustls::ServerConfig>,
     pub revoked: Arc<portcullis_crypto::pki::Revoked>,
     /// Every CRL in use, from files and URLs, for the `nextUpdate` gauge.
@@ -75,10 +87,18 @@ pub struct LiveTls {
 }
 
 impl Runtime {
-    /// What the pipeline needs for one request: this snapshot and the process-wide stores.
-    pub fn context<'a>(&'a self, shared: &'a Shared) -> crate::pipeline::Context<'a> {
+    /// What the pipeline needs for one request on a connection to `host` of `listener`: this
+    /// snapshot and the process-wide stores.
+    pub(crate) fn context<'a>(
+        &'a self,
+        shared: &'a Shared,
+        listener: &'a crate::config::Listener,
+        host: &'a HostTls,
+    ) -> crate::pipeline::Context<'a> {
         crate::pipeline::Context {
             config: &self.config,
+            listener,
+            host: &host.host,
             keys: &self.keys,
             introspectors: &self.introspectors,
             tokens: &self.tokens,
@@ -89,49 +109,78 @@ impl Runtime {
             idempotency: &shared.idempotency,
             nonces: &shared.nonces,
             clock: shared.clock.as_ref(),
-            revoked: Arc::clone(&self.live_tls().revoked),
-            ocsp: self.ocsp.as_deref(),
-            leaf_crls: self.leaf_crls.as_deref(),
+            revoked: Arc::clone(&host.live().revoked),
+            ocsp: host.ocsp.as_deref(),
+            leaf_crls: host.leaf_crls.as_deref(),
             detect: &shared.detect,
         }
     }
 
-    /// The listener's TLS now: rebuilt first when a CRL feed has taken a new CRL since.
-    pub fn live_tls(&self) -> Arc<LiveTls> {
-        let now = self.live_tls.load_full();
+    /// The listener configured at `address` and its host `key`, when this config still has
+    /// them as they were (see [`crate::config::Host::key`]).
+    pub(crate) fn host(
+        &self,
+        address: std::net::SocketAddr,
+        key: &str,
+    ) -> Option<(&crate::config::Listener, &HostTls)> {
+        let listener = self
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.address == address)?;
+        listener.host(key)?;
+        Some((listener, self.hosts.get(key)?))
+    }
+
+    /// The TLS state of the host `key`.
+    pub(crate) fn host_tls(&self, key: &str) -> Option<&HostTls> {
+        self.hosts.get(key)
+    }
+
+    /// Every host's TLS now (see [`HostTls::live`]).
+    fn all_live(&self) -> Vec<Arc<LiveTls>> {
+        let mut keys: Vec<&Arc<str>> = self.hosts.keys().collect();
+        keys.sort();
+        keys.into_iter().map(|k| self.hosts[k].live()).collect()
+    }
+}
+
+impl HostTls {
+    /// The host's TLS now: rebuilt first when a CRL feed has taken a new CRL since.
+    pub(crate) fn live(&self) -> Arc<LiveTls> {
+        let now = self.live.load_full();
         if self.feed_generation() == now.generation {
             return now;
         }
         let _one = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
-        let now = self.live_tls.load_full();
+        let now = self.live.load_full();
         let generation = self.feed_generation();
         if generation == now.generation {
             return now;
         }
         let fresh = Arc::new(build_live_tls(
-            &self.config,
-            &self.crl_feeds,
+            &self.host.tls,
+            &self.feeds,
             generation,
             &now,
         ));
-        self.live_tls.store(Arc::clone(&fresh));
+        self.live.store(Arc::clone(&fresh));
         fresh
     }
 
     fn feed_generation(&self) -> u64 {
-        self.crl_feeds.iter().map(|f| f.generation()).sum()
+        self.feeds.iter().map(|f| f.generation()).sum()
     }
 }
 
-/// The listener's TLS with the CRLs the feeds hold now. Each fetched CRL passed the listener's
+/// The host's TLS with the CRLs the feeds hold now. Each fetched CRL passed the host's
 /// CRL check when it was taken; should the build fail all the same, `previous` stays.
 fn build_live_tls(
-    config: &Config,
+    tls: &crate::config::ListenerTls,
     feeds: &[Arc<CrlFeed>],
     generation: u64,
     previous: &LiveTls,
 ) -> LiveTls {
-    let tls = &config.listener.tls;
     let fetched: Vec<_> = feeds.iter().filter_map(|f| f.current()).collect();
     let ders: Vec<_> = fetched.iter().map(|c| c.der.clone()).collect();
     match tls.material.build(tls.client_auth, &ders) {
@@ -388,79 +437,39 @@ impl Runtime {
             &rate_limits,
             background.child_token(),
         );
-        let crl_feeds: Vec<Arc<CrlFeed>> = config
-            .listener
-            .tls
-            .crl_urls
-            .iter()
-            .map(|u| {
-                let material = Arc::clone(&config.listener.tls.material);
-                let cas: Vec<String> = material
-                    .client_cas
-                    .iter()
-                    .map(|c| portcullis_crypto::pki::thumbprint_s256(c.as_ref()))
-                    .collect();
-                // The feed checks what it fetches against these CAs: new CAs, a new feed.
-                let key = format!("{} {}", u.key(), cas.join(","));
-                let existing = remotes.crls.get(&key).map(|r| Arc::clone(r.value()));
-                existing.unwrap_or_else(|| {
-                    let accept: portcullis_sources::crl::Accept =
-                        Arc::new(move |crl| match material.crl_refusal(crl) {
-                            Some(why) => Err(why),
-                            None => Ok(()),
-                        });
-                    let feed = Arc::new(CrlFeed::new(u.remote.clone(), accept));
-                    feed.spawn_refresh(background.child_token());
-                    remotes.crls.insert(key, Arc::clone(&feed));
-                    feed
-                })
-            })
-            .collect();
-        let cas: Vec<Vec<u8>> = config
-            .listener
-            .tls
-            .material
-            .client_cas
-            .iter()
-            .map(|c| c.as_ref().to_vec())
-            .collect();
-        // What the checkers cached was verified against these CAs: new CAs, a new checker.
-        let thumbprints: Vec<String> = cas
-            .iter()
-            .map(|c| portcullis_crypto::pki::thumbprint_s256(c))
-            .collect();
-        let ocsp = config.listener.tls.ocsp.as_ref().map(|o| {
-            let key = format!("{} {}", o.key(), thumbprints.join(","));
-            kept(&remotes.ocsp, key, || {
-                OcspChecker::new(o.clone(), cas.clone())
-            })
-        });
-        let leaf_crls = config.listener.tls.leaf_crls.as_ref().map(|l| {
-            let key = format!("{} {}", l.key(), thumbprints.join(","));
-            kept(&remotes.leaf_crls, key, || {
-                LeafCrlChecker::new(l.clone(), cas.clone())
-            })
-        });
-        let initial = LiveTls {
-            server_config: Arc::clone(&config.listener.tls.server_config),
-            revoked: Arc::clone(&config.listener.tls.revoked),
-            crls: config.listener.tls.crls.clone(),
-            complete: crl_feeds.is_empty(),
-            generation: 0,
-        };
-        let generation = crl_feeds.iter().map(|f| f.generation()).sum();
-        let live_tls = if generation == 0 {
-            initial
-        } else {
-            build_live_tls(&config, &crl_feeds, generation, &initial)
-        };
+        let mut hosts = HashMap::new();
+        let mut crl_feeds: Vec<Arc<CrlFeed>> = Vec::new();
+        let mut ocsp: Vec<Arc<OcspChecker>> = Vec::new();
+        let mut leaf_crls: Vec<Arc<LeafCrlChecker>> = Vec::new();
+        let mut kept = KeptKeys::default();
+        for host in config.listeners.iter().flat_map(|l| &l.hosts) {
+            let tls = host_tls(host, remotes, background, &mut kept);
+            for f in &tls.feeds {
+                if !crl_feeds.iter().any(|x| Arc::ptr_eq(x, f)) {
+                    crl_feeds.push(Arc::clone(f));
+                }
+            }
+            if let Some(o) = &tls.ocsp {
+                if !ocsp.iter().any(|x| Arc::ptr_eq(x, o)) {
+                    ocsp.push(Arc::clone(o));
+                }
+            }
+            if let Some(l) = &tls.leaf_crls {
+                if !leaf_crls.iter().any(|x| Arc::ptr_eq(x, l)) {
+                    leaf_crls.push(Arc::clone(l));
+                }
+            }
+            hosts.insert(Arc::clone(&host.key), tls);
+        }
+        // Checkers no host uses any more go, with their cached answers.
+        remotes.ocsp.retain(|k, _| kept.ocsp.contains(k));
+        remotes.leaf_crls.retain(|k, _| kept.leaf_crls.contains(k));
         Runtime {
             rate_limits,
             crl_feeds,
             ocsp,
             leaf_crls,
-            live_tls: ArcSwap::from_pointee(live_tls),
-            rebuilding: std::sync::Mutex::new(()),
+            hosts,
             config: Arc::new(config),
             upstreams,
             keys,
@@ -470,6 +479,102 @@ impl Runtime {
             consent,
             client_keys,
         }
+    }
+}
+
+/// The keys in [`Remotes`] of the checkers some host of the new config uses; the others go.
+#[derive(Default)]
+struct KeptKeys {
+    ocsp: Vec<String>,
+    leaf_crls: Vec<String>,
+}
+
+/// A host's CRL feeds (shared with any host or earlier config fetching the same URL against
+/// the same CAs), its OCSP and leaf CRL checkers (likewise) and its TLS built with what the
+/// feeds hold now.
+fn host_tls(
+    host: &Arc<crate::config::Host>,
+    remotes: &Remotes,
+    background: &CancellationToken,
+    kept: &mut KeptKeys,
+) -> HostTls {
+    let tls = &host.tls;
+    let cas: Vec<String> = tls
+        .material
+        .client_cas
+        .iter()
+        .map(|c| portcullis_crypto::pki::thumbprint_s256(c.as_ref()))
+        .collect();
+    let feeds: Vec<Arc<CrlFeed>> = tls
+        .crl_urls
+        .iter()
+        .map(|u| {
+            let material = Arc::clone(&tls.material);
+            // The feed checks what it fetches against these CAs: new CAs, a new feed.
+            let key = format!("{} {}", u.key(), cas.join(","));
+            let existing = remotes.crls.get(&key).map(|r| Arc::clone(r.value()));
+            existing.unwrap_or_else(|| {
+                let accept: portcullis_sources::crl::Accept =
+                    Arc::new(move |crl| match material.crl_refusal(crl) {
+                        Some(why) => Err(why),
+                        None => Ok(()),
+                    });
+                let feed = Arc::new(CrlFeed::new(u.remote.clone(), accept));
+                feed.spawn_refresh(background.child_token());
+                remotes.crls.insert(key, Arc::clone(&feed));
+                feed
+            })
+        })
+        .collect();
+    let der = || -> Vec<Vec<u8>> {
+        tls.material
+            .client_cas
+            .iter()
+            .map(|c| c.as_ref().to_vec())
+            .collect()
+    };
+    let ocsp = tls.ocsp.as_ref().map(|o| {
+        // Its cached answers were verified against these CAs: new CAs, a new checker.
+        let key = format!("{} {}", o.key(), cas.join(","));
+        kept.ocsp.push(key.clone());
+        let existing = remotes.ocsp.get(&key).map(|r| Arc::clone(r.value()));
+        existing.unwrap_or_else(|| {
+            let checker = Arc::new(OcspChecker::new(o.clone(), der()));
+            remotes.ocsp.insert(key, Arc::clone(&checker));
+            checker
+        })
+    });
+    let leaf_crls = tls.leaf_crls.as_ref().map(|l| {
+        // Its cached CRLs were verified against these CAs: new CAs, a new checker.
+        let key = format!("{} {}", l.key(), cas.join(","));
+        kept.leaf_crls.push(key.clone());
+        let existing = remotes.leaf_crls.get(&key).map(|r| Arc::clone(r.value()));
+        existing.unwrap_or_else(|| {
+            let checker = Arc::new(LeafCrlChecker::new(l.clone(), der()));
+            remotes.leaf_crls.insert(key, Arc::clone(&checker));
+            checker
+        })
+    });
+    let initial = LiveTls {
+        server_config: Arc::clone(&tls.server_config),
+        revoked: Arc::clone(&tls.revoked),
+        crls: tls.crls.clone(),
+        complete: feeds.is_empty(),
+        generation: 0,
+    };
+    let generation = feeds.iter().map(|f| f.generation()).sum();
+    let live = if generation == 0 {
+        initial
+    } else {
+        build_live_tls(tls, &feeds, generation, &initial)
+    };
+    HostTls {
+        host: Arc::clone(host),
+        feeds,
+        ocsp,
+        leaf_crls,
+        live: ArcSwap::from_pointee(live),
+        rebuilding: std::sync::Mutex::new(()),
     }
 }
 
@@ -534,10 +639,10 @@ impl Runtime {
                 }
             },
         );
-        let live = self.live_tls();
+        let live = self.all_live();
         let mut crls: Vec<_> = live
-            .crls
             .iter()
+            .flat_map(|l| &l.crls)
             .filter_map(|c| {
                 Some((
                     c.source.as_str(),
@@ -547,6 +652,7 @@ impl Runtime {
             })
             .collect();
         crls.sort();
+        crls.dedup();
         let mut f = out.family(
             "portcullis_crl_next_update_timestamp_seconds",
             Kind::Gauge,
@@ -587,47 +693,58 @@ impl Runtime {
             "1 when the CRL URL has delivered a CRL; until then client certificates are refused.",
             &|c| u64::from(c.is_ready()),
         );
-        let ocsp = self.ocsp.as_deref().map(|o| {
-            [
+        if !self.ocsp.is_empty() {
+            // Summed over the hosts' checkers: one family each, as with a single checker.
+            let sum = |v: fn(&OcspChecker) -> &AtomicU64| -> u64 {
+                self.ocsp.iter().map(|o| v(o).load(Ordering::Relaxed)).sum()
+            };
+            for (name, help, v) in [
                 (
                     "portcullis_ocsp_requests_total",
                     "OCSP requests sent to a responder for client certificates.",
-                    &o.fetches,
+                    sum(|o| &o.fetches),
                 ),
                 (
                     "portcullis_ocsp_fetch_failures_total",
                     "OCSP requests that brought no verified answer (unreachable, timed out, HTTP error, too big, malformed, not successful, badly signed, about another certificate, not current).",
-                    &o.failures,
+                    sum(|o| &o.failures),
                 ),
                 (
                     "portcullis_ocsp_fail_open_total",
                     "Requests let through with fail: open although no good OCSP answer was had for the client certificate.",
-                    &o.fail_open,
+                    sum(|o| &o.fail_open),
                 ),
-            ]
-        });
-        let leaf = self.leaf_crls.as_deref().map(|l| {
-            [
+            ] {
+                out.family(name, Kind::Counter, help).sample(&[], v);
+            }
+        }
+        if !self.leaf_crls.is_empty() {
+            // Summed over the hosts' checkers, as for OCSP.
+            let sum = |v: fn(&LeafCrlChecker) -> &AtomicU64| -> u64 {
+                self.leaf_crls
+                    .iter()
+                    .map(|l| v(l).load(Ordering::Relaxed))
+                    .sum()
+            };
+            for (name, help, v) in [
                 (
                     "portcullis_leaf_crl_fetches_total",
                     "Fetches of a CRL distribution point named by a client certificate.",
-                    &l.fetches,
+                    sum(|l| &l.fetches),
                 ),
                 (
                     "portcullis_leaf_crl_fetch_failures_total",
                     "Fetches of a client certificate's CRL distribution point that brought no verified CRL (unreachable, timed out, HTTP error, too big, not a CRL, not signed by the issuing CA, not current, not complete).",
-                    &l.failures,
+                    sum(|l| &l.failures),
                 ),
                 (
                     "portcullis_leaf_crl_fail_open_total",
                     "Requests let through with fail: open although no verified CRL was had for the client certificate.",
-                    &l.fail_open,
+                    sum(|l| &l.fail_open),
                 ),
-            ]
-        });
-        for (name, help, v) in ocsp.into_iter().chain(leaf).flatten() {
-            out.family(name, Kind::Counter, help)
-                .sample(&[], v.load(Ordering::Relaxed));
+            ] {
+                out.family(name, Kind::Counter, help).sample(&[], v);
+            }
         }
         let mut disc: Vec<(&String, &Arc<Discovery>)> = self.discoveries.iter().collect();
         disc.sort_by_key(|(n, _)| n.as_str());
@@ -729,6 +846,24 @@ pub struct Shared {
     conn_ids: AtomicU64,
     /// SIGTERM came: `/readyz` says 503 from now on, whatever else holds.
     shutting_down: std::sync::atomic::AtomicBool,
+    /// The bound listeners, once started: a reload adds and removes listeners through it.
+    pub(crate) listeners: std::sync::OnceLock<Arc<dyn ListenerControl>>,
+}
+
+/// Listening sockets bound for a config, by configured address, before they accept: the
+/// socket and its bound address.
+pub(crate) type Bound = Vec<(
+    std::net::SocketAddr,
+    (std::net::TcpListener, std::net::SocketAddr),
+)>;
+
+/// What a reload asks of the running listeners (the server implements it).
+pub(crate) trait ListenerControl: Send + Sync {
+    /// Binds the addresses of `config` that no listener has yet; an address that cannot be
+    /// bound is a config error naming the listener, and nothing is bound.
+    fn bind_new(&self, config: &Config) -> Result<Bound, ConfigErrors>;
+    /// Starts accepting on `bound` and stops the listeners `config` no longer has.
+    fn apply(&self, config: &Config, bound: Bound);
 }
 
 /// Remote sources kept across reloads, keyed by issuer name and where they fetch from.
@@ -740,22 +875,10 @@ struct Remotes {
     discoveries: DashMap<(String, String), Arc<Discovery>>,
     /// CRL feeds by URL, settings and the client CAs they check against.
     crls: DashMap<String, Arc<CrlFeed>>,
-    /// The OCSP checker (at most one) by its settings and the client CAs.
+    /// The OCSP checkers of the hosts, by their settings and client CAs.
     ocsp: DashMap<String, Arc<OcspChecker>>,
-    /// The checker of the CRLs client certificates name (at most one), likewise.
+    /// The checkers of the CRLs client certificates name, of the hosts, likewise.
     leaf_crls: DashMap<String, Arc<LeafCrlChecker>>,
-}
-
-/// The checker kept under `key` in `slot` (the one remote of its kind), else a new one from
-/// `make`, which replaces any other there.
-fn kept<T>(slot: &DashMap<String, Arc<T>>, key: String, make: impl FnOnce() -> T) -> Arc<T> {
-    if let Some(existing) = slot.get(&key) {
-        return Arc::clone(existing.value());
-    }
-    let fresh = Arc::new(make());
-    slot.clear();
-    slot.insert(key, Arc::clone(&fresh));
-    fresh
 }
 
 /// The stores `config.state` asks for: memory, or Redis (one connection for all of them).
@@ -907,7 +1030,7 @@ impl Shared {
         let runtime = Runtime::new(config, &remotes, &background, redis.as_ref());
         let metrics = Metrics::default();
         metrics.attach_audit(audit.clone());
-        metrics.server_cert(runtime.config.listener.tls.server_cert_not_after);
+        metrics.server_cert(runtime.config.server_cert_not_after());
         Shared {
             runtime: ArcSwap::from_pointee(runtime),
             metrics,
@@ -926,6 +1049,7 @@ impl Shared {
             background,
             conn_ids: AtomicU64::new(1),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            listeners: std::sync::OnceLock::new(),
         }
     }
 
@@ -1033,17 +1157,23 @@ impl Shared {
         match Config::load(path) {
             Ok(new) => {
                 let old = self.runtime.load();
-                if new.listener.address != old.config.listener.address
-                    || new.admin != old.config.admin
-                    || new.audit.sink != old.config.audit.sink
-                {
-                    tracing::warn!(
-                        "listener, admin or audit sink changes take effect only after a restart"
-                    );
+                if new.admin != old.config.admin || new.audit.sink != old.config.audit.sink {
+                    tracing::warn!("admin or audit sink changes take effect only after a restart");
                 }
+                // New listener addresses are bound before anything is swapped: an address that
+                // cannot be bound refuses the whole reload, and the old config keeps serving.
+                let listeners = self.listeners.get();
+                let bound = match listeners.map(|l| l.bind_new(&new)) {
+                    None => None,
+                    Some(Ok(b)) => Some(b),
+                    Some(Err(e)) => {
+                        self.metrics.reload(false);
+                        tracing::error!(errors = %e, "config reload refused; the previous config stays");
+                        return Err(e);
+                    }
+                };
                 let version = new.policies.version.clone();
-                self.metrics
-                    .server_cert(new.listener.tls.server_cert_not_after);
+                self.metrics.server_cert(new.server_cert_not_after());
                 // Credentials, TLS material and sentinels are re-read on reload (a rotated
                 // password must not need a restart); the rest of `state:` needs one.
                 let mut applied = old.config.state.clone();
@@ -1070,6 +1200,10 @@ impl Shared {
                     &self.background,
                     self.redis.as_ref(),
                 )));
+                // After the swap, so that a connection accepted on a new listener finds it.
+                if let (Some(l), Some(b)) = (listeners, bound) {
+                    l.apply(&self.runtime.load().config, b);
+                }
                 self.metrics.reload(true);
                 tracing::info!(policy_version = %version, "config reloaded");
                 Ok(())

@@ -22,16 +22,20 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::conn::ConnInfo;
 use crate::proxy::{self, full, ProxyBody};
-use crate::runtime::Shared;
+use crate::runtime::{Bound, ListenerControl, Shared};
 use portcullis_audit::{HandshakeRecord, Record};
 use portcullis_base::text::bounded;
 
 /// A started proxy: its bound addresses and the handle to stop it. Dropping it starts the same
 /// drain as [`Running::shutdown`] without waiting for it.
 pub struct Running {
+    /// The first listener's bound address.
     pub addr: SocketAddr,
+    /// Every listener's bound address at start-up, in config order.
+    pub addrs: Vec<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -76,23 +80,26 @@ impl Drop for Running {
     }
 }
 
-/// Binds the listener and the admin listener and starts serving.
+/// Binds the listeners and the admin listener and starts serving.
 ///
-/// The data plane is `listener.workers` threads, each with its own single-threaded Tokio
-/// runtime: a connection, the requests on it and the upstream connections they use (one pool
-/// per worker, see `upstream.rs`) stay on one thread and one event loop, as in HAProxy or
-/// nginx, instead of hopping between the threads of a work-stealing runtime with a wake-up per
-/// hand-off. One accept loop on the caller's runtime hands each new connection to the worker
-/// with the fewest open connections, so keep-alive load stays balanced (workers racing for
-/// accepts left one with most of a load generator's connections). The admin listener, reloads
-/// and background refreshes run on the caller's runtime too.
+/// The data plane is `workers` threads, each with its own single-threaded Tokio runtime,
+/// shared by every listener: a connection, the requests on it and the upstream connections
+/// they use (one pool per worker, see `upstream.rs`) stay on one thread and one event loop, as
+/// in HAProxy or nginx, instead of hopping between the threads of a work-stealing runtime with
+/// a wake-up per hand-off. One accept loop per listener on the caller's runtime hands each new
+/// connection to the worker with the fewest open connections, so keep-alive load stays
+/// balanced (workers racing for accepts left one with most of a load generator's
+/// connections). The admin listener, reloads and background refreshes run on the caller's
+/// runtime too.
 pub async fn start(shared: Arc<Shared>) -> std::io::Result<Running> {
     raise_open_files_limit();
     let config = Arc::clone(&shared.runtime.load().config);
-    let listener = TcpListener::bind(config.listener.address).await?;
-    let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let mut bound = Vec::new();
+    for l in &config.listeners {
+        bound.push((l.address, bind(l.address)?));
+    }
     let admin_addr = match config.admin {
         Some(a) => {
             let l = TcpListener::bind(a).await?;
@@ -119,11 +126,24 @@ pub async fn start(shared: Arc<Shared>) -> std::io::Result<Running> {
     for i in 0..config.listener.workers {
         workers.push(Worker::spawn(i, &shared, &shutdown, &tracker)?);
     }
-    let slots = Arc::new(Semaphore::new(config.listener.limits.max_connections));
-    tokio::spawn(accept_loop(listener, workers, slots, shutdown.clone()));
-    tracing::info!(%addr, admin = ?admin_addr, workers = config.listener.workers, routes = config.policies.routes().len(), policy_version = %config.policies.version, "portcullis listening");
+    let listeners = Arc::new(Listeners {
+        workers: Arc::new(workers),
+        shutdown: shutdown.clone(),
+        handle: tokio::runtime::Handle::current(),
+        open: std::sync::Mutex::new(Vec::new()),
+    });
+    let addrs: Vec<SocketAddr> = bound.iter().map(|(_, (_, a))| *a).collect();
+    listeners.apply(&config, bound);
+    let _ = shared
+        .listeners
+        .set(Arc::clone(&listeners) as Arc<dyn ListenerControl>);
+    let addr = *addrs
+        .first()
+        .ok_or_else(|| std::io::Error::other("no listener"))?;
+    tracing::info!(addrs = ?addrs, admin = ?admin_addr, workers = config.listener.workers, routes = config.policies.routes().len(), policy_version = %config.policies.version, "portcullis listening");
     Ok(Running {
         addr,
+        addrs,
         admin_addr,
         shared,
         shutdown,
@@ -131,8 +151,116 @@ pub async fn start(shared: Arc<Shared>) -> std::io::Result<Running> {
     })
 }
 
-/// An accepted connection on its way to a worker, with its connection-cap permit.
-type Handoff = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
+/// A listening socket, bound and not yet accepting.
+fn bind(address: SocketAddr) -> std::io::Result<(std::net::TcpListener, SocketAddr)> {
+    // As tokio's `TcpListener::bind`: SO_REUSEADDR, so a restart need not wait out TIME_WAIT.
+    let s = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    s.set_reuseaddr(true)?;
+    s.bind(address)?;
+    let l = s.listen(1024)?;
+    let local = l.local_addr()?;
+    Ok((l.into_std()?, local))
+}
+
+/// The listeners accepting now, and what starting another needs: a reload adds and removes
+/// them (see [`Listeners::bind_new`] and [`Listeners::apply`]).
+struct Listeners {
+    workers: Arc<Vec<Worker>>,
+    shutdown: CancellationToken,
+    /// The runtime the accept loops run on (the one `start` was called on).
+    handle: tokio::runtime::Handle,
+    /// Configured address, bound address and the token that stops the listener.
+    open: std::sync::Mutex<Vec<(SocketAddr, SocketAddr, CancellationToken)>>,
+}
+
+impl ListenerControl for Listeners {
+    /// Binds the addresses of `config` that no listener has yet. An address that cannot be
+    /// bound is a config error naming the listener, and nothing is bound.
+    fn bind_new(&self, config: &Config) -> Result<Bound, ConfigErrors> {
+        let open: Vec<SocketAddr> = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(a, _, _)| *a)
+            .collect();
+        let mut bound = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            if open.contains(&l.address) {
+                continue;
+            }
+            match bind(l.address) {
+                Ok(b) => bound.push((l.address, b)),
+                Err(e) => {
+                    let field = if config.listeners.len() == 1
+                        && config.listener.hosts[0].groups.is_none()
+                    {
+                        "listener.address".to_string()
+                    } else {
+                        format!("listeners[{i}].address")
+                    };
+                    return Err(ConfigErrors(vec![ConfigError {
+                        file: config.source.clone(),
+                        field,
+                        reason: format!("cannot listen on {}: {e}", l.address),
+                    }]));
+                }
+            }
+        }
+        Ok(bound)
+    }
+
+    /// Starts accepting on `bound` and stops the listeners `config` no longer has: they close
+    /// their socket, and their connections finish the requests in flight and close.
+    fn apply(&self, config: &Config, bound: Bound) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|(a, local, stop)| {
+            let keep = config.listeners.iter().any(|l| l.address == *a);
+            if !keep {
+                tracing::info!(address = %a, bound = %local, "listener removed; its connections drain");
+                stop.cancel();
+            }
+            keep
+        });
+        for (address, (std_listener, local)) in bound {
+            let Some(l) = config.listeners.iter().find(|l| l.address == address) else {
+                continue;
+            };
+            let stop = self.shutdown.child_token();
+            let slots = Arc::new(Semaphore::new(l.limits.max_connections));
+            let workers = Arc::clone(&self.workers);
+            let token = stop.clone();
+            let _guard = self.handle.enter();
+            let listener = match TcpListener::from_std(std_listener) {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::error!(address = %address, error = %e, "listener could not start");
+                    continue;
+                }
+            };
+            self.handle
+                .spawn(accept_loop(listener, address, workers, slots, token));
+            if !open.iter().any(|(a, _, _)| *a == address) {
+                tracing::info!(address = %address, bound = %local, "listener accepting");
+            }
+            open.push((address, local, stop));
+        }
+    }
+}
+
+/// An accepted connection on its way to a worker: the configured address of its listener,
+/// the token that stops that listener, and its connection-cap permit.
+struct Handoff {
+    tcp: std::net::TcpStream,
+    peer: SocketAddr,
+    listener: SocketAddr,
+    stop: CancellationToken,
+    permit: OwnedSemaphorePermit,
+}
 
 /// One data-plane thread: where new connections are sent, and how many it serves.
 struct Worker {
@@ -164,17 +292,22 @@ impl Worker {
                 crate::worker::enter(i + 1);
                 shared.metrics.worker_started(i);
                 runtime.block_on(async move {
-                    // Ends when the accept loop stops (its senders are dropped).
-                    while let Some((std_tcp, peer, permit)) = rx.recv().await {
+                    // Ends when the process stops: the listeners hold the senders.
+                    loop {
+                        let h = tokio::select! {
+                            h = rx.recv() => match h { Some(h) => h, None => break },
+                            _ = shutdown.cancelled() => break,
+                        };
                         let count = Arc::clone(&count);
-                        let Ok(tcp) = TcpStream::from_std(std_tcp) else {
+                        let Ok(tcp) = TcpStream::from_std(h.tcp) else {
                             count.fetch_sub(1, Ordering::Relaxed);
                             continue;
                         };
-                        let (shared, shutdown) = (Arc::clone(&shared), shutdown.clone());
+                        let shared = Arc::clone(&shared);
                         let tasks = tracker.clone();
+                        let (peer, listener, stop, permit) = (h.peer, h.listener, h.stop, h.permit);
                         tracker.spawn(async move {
-                            serve_connection(tcp, peer, shared, shutdown, tasks).await;
+                            serve_connection(tcp, peer, listener, shared, stop, tasks).await;
                             count.fetch_sub(1, Ordering::Relaxed);
                             drop(permit);
                         });
@@ -189,14 +322,15 @@ impl Worker {
 
 async fn accept_loop(
     listener: TcpListener,
-    workers: Vec<Worker>,
+    address: SocketAddr,
+    workers: Arc<Vec<Worker>>,
     slots: Arc<Semaphore>,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) {
     loop {
         let permit = tokio::select! {
             p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
         };
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -208,7 +342,7 @@ async fn accept_loop(
                     continue;
                 }
             },
-            _ = shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
         };
         // Leave this runtime's reactor; the worker registers it with its own.
         let Ok(std_tcp) = tcp.into_std() else {
@@ -221,7 +355,14 @@ async fn accept_loop(
             break;
         };
         w.open.fetch_add(1, Ordering::Relaxed);
-        if w.tx.send((std_tcp, peer, permit)).is_err() {
+        let h = Handoff {
+            tcp: std_tcp,
+            peer,
+            listener: address,
+            stop: stop.clone(),
+            permit,
+        };
+        if w.tx.send(h).is_err() {
             w.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -252,29 +393,24 @@ impl Activity {
 async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
+    listener_at: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
     let _ = tcp.set_nodelay(true);
     let rt = shared.runtime.load_full();
-    let listener = &rt.config.listener;
-    let live = rt.live_tls();
-    let accepted = if live.complete {
-        crate::tls::accept(
-            Arc::clone(&live.server_config),
-            tcp,
-            listener.tls.handshake_timeout,
-        )
-        .await
-    } else {
-        // A CRL URL has not delivered its first CRL: no client certificate's revocation status
-        // is known, so none is taken (fail closed); `/readyz` says not ready meanwhile.
-        drop(tcp);
-        Err(crate::tls::HandshakeFailure::RevocationUnknown)
+    // Removed by a reload between the accept and now: nothing to serve it as.
+    let Some(listener) = rt
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.address == listener_at)
+    else {
+        return;
     };
-    drop(live);
-    let tls = match accepted {
+    let accepted = handshake(&rt, listener, tcp).await;
+    let (tls, host) = match accepted {
         Ok(s) => s,
         Err(failure) => {
             shared.metrics.handshake_failure(failure.as_str());
@@ -287,7 +423,14 @@ async fn serve_connection(
         }
     };
     let max_detached = listener.limits.h2_max_concurrent_streams as usize;
-    let info = match ConnInfo::from_stream(shared.next_conn_id(), &tls, tasks, max_detached) {
+    let info = match ConnInfo::from_stream(
+        shared.next_conn_id(),
+        &tls,
+        tasks,
+        max_detached,
+        listener_at,
+        Arc::clone(&host.key),
+    ) {
         Ok(i) => Arc::new(i),
         Err(_) => return,
     };
@@ -383,6 +526,51 @@ async fn serve_connection(
     }
     crate::linger::close(&returned).await;
     shared.metrics.connection_closed();
+}
+
+/// The TLS handshake with SNI: the ClientHello names the host (exact name, then wildcard,
+/// then the listener's default host), and the rest of the handshake is that host's: its
+/// certificate, client CAs, CRLs and `client_auth`. No host for the name and no default: the
+/// handshake is refused.
+async fn handshake(
+    rt: &crate::runtime::Runtime,
+    listener: &crate::config::Listener,
+    tcp: TcpStream,
+) -> Result<
+    (
+        tokio_rustls::server::TlsStream<TcpStream>,
+        Arc<crate::config::Host>,
+    ),
+    crate::tls::HandshakeFailure,
+> {
+    use crate::tls::HandshakeFailure;
+    let started = Instant::now();
+    let lazy = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+    let start = match tokio::time::timeout(listener.hello_timeout, lazy).await {
+        Err(_) => return Err(HandshakeFailure::Timeout),
+        Ok(Err(e)) => return Err(HandshakeFailure::classify(&e)),
+        Ok(Ok(s)) => s,
+    };
+    let host = listener
+        .host_for_sni(start.client_hello().server_name())
+        .ok_or(HandshakeFailure::UnknownServerName)?;
+    let host_tls = rt
+        .host_tls(&host.key)
+        .ok_or(HandshakeFailure::UnknownServerName)?;
+    let live = host_tls.live();
+    if !live.complete {
+        // A CRL URL has not delivered its first CRL: no client certificate's revocation status
+        // is known, so none is taken (fail closed); `/readyz` says not ready meanwhile.
+        return Err(HandshakeFailure::RevocationUnknown);
+    }
+    let left = host.tls.handshake_timeout.saturating_sub(started.elapsed());
+    let config = Arc::clone(&live.server_config);
+    drop(live);
+    match tokio::time::timeout(left, start.into_stream(config)).await {
+        Err(_) => Err(HandshakeFailure::Timeout),
+        Ok(Err(e)) => Err(HandshakeFailure::classify(&e)),
+        Ok(Ok(s)) => Ok((s, Arc::clone(host))),
+    }
 }
 
 async fn admin_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {

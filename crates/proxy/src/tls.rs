@@ -10,7 +10,6 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::aws_lc_rs::{self as provider, cipher_suite};
@@ -19,8 +18,6 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::CertificateError;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
-use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
 /// Whether the TLS handshake demands a client certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +26,9 @@ pub enum ClientAuth {
     Required,
     /// A certificate is verified when presented; routes decide whether they need one.
     Optional,
+    /// No certificate is asked for (a host for public metadata, say): routes that require one
+    /// refuse every request.
+    None,
 }
 
 /// The one crypto provider, restricted to the suites we allow.
@@ -67,6 +67,17 @@ pub(crate) fn server_config(
     leaf_crls: Option<&portcullis_crypto::pki::Revoked>,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = crypto_provider();
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("protocol versions: {e}"))?;
+    if client_auth == ClientAuth::None {
+        let mut config = builder
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| format!("certificate and private key do not form a usable pair: {e}"))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        return Ok(Arc::new(config));
+    }
     let mut roots = rustls::RootCertStore::empty();
     for ca in &client_cas {
         roots
@@ -100,9 +111,7 @@ pub(crate) fn server_config(
         }),
         _ => build(false, crls)?,
     };
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("protocol versions: {e}"))?
+    let mut config = builder
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| format!("certificate and private key do not form a usable pair: {e}"))?;
@@ -233,6 +242,8 @@ pub(crate) enum HandshakeFailure {
     AlertReceived,
     Protocol,
     Io,
+    /// No SNI, or a name no host of the listener has, and the listener has no default host.
+    UnknownServerName,
 }
 
 impl HandshakeFailure {
@@ -251,10 +262,11 @@ impl HandshakeFailure {
             HandshakeFailure::AlertReceived => "alert_received",
             HandshakeFailure::Protocol => "protocol",
             HandshakeFailure::Io => "io",
+            HandshakeFailure::UnknownServerName => "unknown_server_name",
         }
     }
 
-    fn classify(e: &io::Error) -> HandshakeFailure {
+    pub(crate) fn classify(e: &io::Error) -> HandshakeFailure {
         use rustls::{CertificateError as C, Error as E, PeerIncompatible as P};
         let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) else {
             return HandshakeFailure::Io;
@@ -281,19 +293,5 @@ impl HandshakeFailure {
             E::AlertReceived(_) => HandshakeFailure::AlertReceived,
             _ => HandshakeFailure::Protocol,
         }
-    }
-}
-
-/// Runs the server handshake within `timeout`.
-pub(crate) async fn accept(
-    config: Arc<rustls::ServerConfig>,
-    tcp: TcpStream,
-    timeout: Duration,
-) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-        Err(_) => Err(HandshakeFailure::Timeout),
-        Ok(Err(e)) => Err(HandshakeFailure::classify(&e)),
-        Ok(Ok(s)) => Ok(s),
     }
 }

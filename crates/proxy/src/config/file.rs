@@ -23,7 +23,16 @@ pub use portcullis_state::settings::{FileLease, FileOnOutage, FileRedis, FileSen
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// One listener serving one host (SNI not consulted). Either this or `listeners`.
+    #[serde(default, skip_serializing_if = "FileListener::is_unset")]
     pub listener: FileListener,
+    /// Several listeners, each with virtual hosts chosen by SNI. Either this or `listener`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<FileListenerEntry>,
+    /// Data-plane threads shared by every listener of `listeners` (with `listener`, its own
+    /// `workers`); default: one per available core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<FileAdmin>,
@@ -81,6 +90,44 @@ pub struct FileListener {
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+}
+
+impl FileListener {
+    /// Not written in the file (the config uses `listeners` instead).
+    pub fn is_unset(&self) -> bool {
+        self.address.is_empty()
+            && self.tls.certificate.is_empty()
+            && self.tls.private_key.is_empty()
+            && self.server_names.is_empty()
+            && self.workers.is_none()
+    }
+}
+
+/// One of `listeners`: an address, its limits, and the virtual hosts it serves.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListenerEntry {
+    pub address: String,
+    #[serde(default)]
+    pub limits: FileLimits,
+    pub hosts: Vec<FileHost>,
+}
+
+/// A virtual host: the names it answers to (SNI and `Host` / `:authority`), its TLS, and the
+/// policy groups whose routes it serves.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHost {
+    /// DNS names, exact or `*.example.com` (one label, any name under it).
+    pub names: Vec<String>,
+    /// The host a handshake without SNI, or with a name no host has, is given. At most one per
+    /// listener; without one such handshakes are refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default: bool,
+    pub tls: FileTls,
+    /// The policy groups (`group:` of the policy files) this host serves; a request is matched
+    /// against their routes only.
+    pub policy_groups: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

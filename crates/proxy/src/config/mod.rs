@@ -184,13 +184,87 @@ pub struct LoadedCrl {
 
 #[derive(Clone)]
 pub struct Listener {
+    /// The address as configured: what names this listener across reloads.
     pub address: SocketAddr,
-    pub tls: ListenerTls,
     pub limits: Limits,
-    /// Lower-case host names accepted in `Host` / `:authority`; empty accepts any.
-    pub server_names: Vec<String>,
-    /// Data-plane threads, each running its own single-threaded event loop (see `server.rs`).
+    /// The virtual hosts, chosen by SNI at the handshake (see [`Listener::host_for_sni`]).
+    pub hosts: Vec<Arc<Host>>,
+    /// The host a handshake without SNI or with an unknown name gets; `None`: refused.
+    pub default_host: Option<usize>,
+    /// How long the client has to send its ClientHello (the longest of the hosts'
+    /// `handshake_timeout`); the rest of the handshake has its host's.
+    pub hello_timeout: Duration,
+    /// Data-plane threads, each running its own single-threaded event loop (see `server.rs`);
+    /// the same on every listener (they share the workers).
     pub workers: usize,
+}
+
+impl Listener {
+    /// The host a ClientHello naming `sni` is given: an exact name, else a wildcard, else the
+    /// default host.
+    pub fn host_for_sni(&self, sni: Option<&str>) -> Option<&Arc<Host>> {
+        let named = sni.and_then(|n| {
+            let n = n.to_ascii_lowercase();
+            self.hosts
+                .iter()
+                .find(|h| h.names.contains(&n))
+                .or_else(|| {
+                    self.hosts
+                        .iter()
+                        .find(|h| h.names.iter().any(|x| wildcard_matches(x, &n)))
+                })
+        });
+        named.or_else(|| self.default_host.and_then(|i| self.hosts.get(i)))
+    }
+
+    /// The host whose handshake identity is `key` (see [`Host::key`]).
+    pub fn host(&self, key: &str) -> Option<&Arc<Host>> {
+        self.hosts.iter().find(|h| &*h.key == key)
+    }
+}
+
+/// One virtual host of a listener.
+pub struct Host {
+    /// What a connection remembers of the host its handshake chose: the listener and the
+    /// host's names. A reload that removes the host or changes its names leaves the
+    /// connection without a host: its requests are refused with 421 and the client reconnects.
+    /// A reload that changes only the host's TLS (client CAs, CRLs, `client_auth`) or groups
+    /// keeps it, as on a single listener: the connection keeps the identity verified at its
+    /// handshake (`limits.max_connection_age` bounds how long), and every request meets the
+    /// current routes and CRLs.
+    pub key: Arc<str>,
+    /// Lower-case DNS names, exact or `*.` wildcards; empty (the `listener:` form without
+    /// `server_names`): any name.
+    pub names: Vec<String>,
+    pub tls: ListenerTls,
+    /// The routes this host serves: its policy groups' (all of them in the `listener:` form).
+    pub policies: Arc<PolicySet>,
+    /// The policy groups bound to it; `None`: every group (the `listener:` form).
+    pub groups: Option<Vec<String>>,
+    /// Where it is in the config file, for logs (`listener`, `listeners[0].hosts[1]`).
+    pub field: String,
+}
+
+impl Host {
+    /// Whether a request naming `name` (lower-case, no port) belongs to this host.
+    pub fn serves(&self, name: &str) -> bool {
+        self.names.is_empty()
+            || self
+                .names
+                .iter()
+                .any(|x| x == name || wildcard_matches(x, name))
+    }
+}
+
+/// `*.example.com` matches `a.example.com`, not `example.com` nor `a.b.example.com` (one
+/// label, as in certificates, RFC 6125 §6.4.3).
+pub(crate) fn wildcard_matches(pattern: &str, name: &str) -> bool {
+    let Some(suffix) = pattern.strip_prefix("*.") else {
+        return false;
+    };
+    name.strip_suffix(suffix)
+        .and_then(|l| l.strip_suffix('.'))
+        .is_some_and(|label| !label.is_empty() && !label.contains('.'))
 }
 
 /// An upstream TLS client identity and trust.
@@ -362,7 +436,11 @@ fn validate_tracing(p: &mut Problems<'_>, t: &file::FileTracing) -> Option<Otlp>
 #[derive(Clone)]
 pub struct Config {
     pub source: PathBuf,
+    /// The first of `listeners`: what a single-listener embedder reads, and what is the same on
+    /// every listener (`workers`).
     pub listener: Listener,
+    /// Every listener, in file order (one for the `listener:` form).
+    pub listeners: Vec<Listener>,
     pub admin: Option<SocketAddr>,
     pub upstreams: BTreeMap<String, Upstream>,
     pub client_cert_forwarding: ClientCertForwarding,
@@ -396,6 +474,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The earliest notAfter of the hosts' server certificates (unix seconds), for the expiry
+    /// metric: the one to renew first.
+    pub fn server_cert_not_after(&self) -> Option<i64> {
+        self.listeners
+            .iter()
+            .flat_map(|l| &l.hosts)
+            .filter_map(|h| h.tls.server_cert_not_after)
+            .min()
+    }
+
     /// Reads and validates `path` and everything it names.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let mut errors = Vec::new();
@@ -431,47 +519,16 @@ fn validate(
     let mut watched = vec![path.to_path_buf()];
     let mut p = Problems::new(path, errors);
 
-    let address = parse_addr(&mut p, "listener.address", &f.listener.address);
     let admin = f
         .admin
         .as_ref()
         .and_then(|a| parse_addr(&mut p, "admin.address", &a.address));
-    let limits = validate_limits(&mut p, &f.listener.limits);
-    let tls = validate_listener_tls(&mut p, base, &f.listener.tls, &mut watched);
-    let server_names = f
-        .listener
-        .server_names
-        .iter()
-        .enumerate()
-        .filter_map(|(i, n)| {
-            let lower = n.to_ascii_lowercase();
-            if lower.is_empty()
-                || !lower
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-            {
-                p.push(
-                    format!("listener.server_names[{i}]"),
-                    "must be a DNS name or IP address without port",
-                );
-                None
-            } else {
-                Some(lower)
-            }
-        })
-        .collect();
-
-    let workers = match f.listener.workers {
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        Some(n) if (1..=MAX_WORKERS).contains(&n) => n,
-        Some(_) => {
-            p.push(
-                "listener.workers",
-                format!("must be between 1 and {MAX_WORKERS}"),
-            );
-            1
-        }
-    };
+    let (pending, workers) = validate_listeners(&mut p, base, &f, &mut watched);
+    let default_body_limit = pending
+        .first()
+        .map_or(Limits::default().default_body_limit, |l| {
+            l.limits.default_body_limit
+        });
 
     let mut upstreams = BTreeMap::new();
     if f.upstreams.is_empty() {
@@ -586,7 +643,7 @@ fn validate(
         issuers: auth.issuers.keys().map(String::as_str).collect(),
         has_consent: consent.is_some(),
         standalone: false,
-        default_body_limit: limits.default_body_limit,
+        default_body_limit,
     };
     let policies = portcullis_policy::load(&policy_paths, &known, errors);
     if let Some(set) = &policies {
@@ -595,22 +652,23 @@ fn validate(
         portcullis_state::ratelimit::check_routes(&rate_limits, set, errors);
     }
 
-    let tls = tls?;
+    let policies = Arc::new(policies?);
+    let listeners = build_listeners(
+        &mut Problems::new(path, errors),
+        pending,
+        &policies,
+        workers,
+    )?;
     Some(Config {
         source: path.to_path_buf(),
-        listener: Listener {
-            address: address?,
-            tls,
-            limits,
-            server_names,
-            workers,
-        },
+        listener: listeners.first()?.clone(),
+        listeners,
         admin,
         upstreams,
         client_cert_forwarding,
         interaction_id,
         audit,
-        policies: Arc::new(policies?),
+        policies,
         drain_timeout,
         shutdown_grace,
         auth,
@@ -656,6 +714,277 @@ fn read_admin_token(
         return None;
     }
     Some(token.into())
+}
+
+/// A listener validated up to its hosts' policy groups, which need the policy set.
+struct PendingListener {
+    address: Option<SocketAddr>,
+    limits: Limits,
+    hosts: Vec<PendingHost>,
+    default_host: Option<usize>,
+}
+
+struct PendingHost {
+    field: String,
+    names: Vec<String>,
+    tls: Option<ListenerTls>,
+    /// `None`: every group (the `listener:` form).
+    groups: Option<Vec<String>>,
+}
+
+/// A host name as written: a DNS name (or IP address), or `*.` and a DNS name with a dot.
+fn host_name(p: &mut Problems<'_>, field: String, n: &str, wildcard: bool) -> Option<String> {
+    let lower = n.to_ascii_lowercase();
+    let (star, rest) = match lower.strip_prefix("*.") {
+        Some(rest) if wildcard => (true, rest),
+        _ => (false, lower.as_str()),
+    };
+    let ok = !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && (!star || rest.contains('.'));
+    if ok {
+        Some(lower)
+    } else if wildcard {
+        p.push(
+            field,
+            "must be a DNS name without port, or `*.` and a domain (`*.example.com`)",
+        );
+        None
+    } else {
+        p.push(field, "must be a DNS name or IP address without port");
+        None
+    }
+}
+
+/// `listener:` (one host, SNI not consulted) or `listeners:` (hosts chosen by SNI), and the
+/// number of data-plane workers they share.
+fn validate_listeners(
+    p: &mut Problems<'_>,
+    base: &Path,
+    f: &FileConfig,
+    watched: &mut Vec<PathBuf>,
+) -> (Vec<PendingListener>, usize) {
+    let workers_of = |p: &mut Problems<'_>, field: &str, w: Option<usize>| match w {
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Some(n) if (1..=MAX_WORKERS).contains(&n) => n,
+        Some(_) => {
+            p.push(field, format!("must be between 1 and {MAX_WORKERS}"));
+            1
+        }
+    };
+    if f.listeners.is_empty() {
+        let l = &f.listener;
+        if l.is_unset() {
+            p.push(
+                "listener",
+                "a listener is required (`listener` or `listeners`)",
+            );
+            return (Vec::new(), 1);
+        }
+        if f.workers.is_some() {
+            p.push(
+                "workers",
+                "applies to `listeners`; with `listener` use `listener.workers`",
+            );
+        }
+        let address = parse_addr(p, "listener.address", &l.address);
+        let limits = validate_limits(p, "listener", &l.limits);
+        let tls = validate_listener_tls(p, "listener.tls", base, &l.tls, watched);
+        let names = l
+            .server_names
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| host_name(p, format!("listener.server_names[{i}]"), n, false))
+            .collect();
+        let workers = workers_of(p, "listener.workers", l.workers);
+        let host = PendingHost {
+            field: "listener".into(),
+            names,
+            tls,
+            groups: None,
+        };
+        return (
+            vec![PendingListener {
+                address,
+                limits,
+                hosts: vec![host],
+                default_host: Some(0),
+            }],
+            workers,
+        );
+    }
+    if !f.listener.is_unset() {
+        p.push(
+            "listener",
+            "use either `listener` (one host) or `listeners` (virtual hosts), not both",
+        );
+    }
+    let workers = workers_of(p, "workers", f.workers);
+    let mut out: Vec<PendingListener> = Vec::new();
+    for (i, l) in f.listeners.iter().enumerate() {
+        let at = format!("listeners[{i}]");
+        let address = parse_addr(p, &format!("{at}.address"), &l.address);
+        if let Some(a) = address {
+            if let Some(j) = out.iter().position(|o| o.address == Some(a)) {
+                p.push(
+                    format!("{at}.address"),
+                    format!("{a} is already the address of listeners[{j}]"),
+                );
+            }
+        }
+        let limits = validate_limits(p, &at, &l.limits);
+        if l.hosts.is_empty() {
+            p.push(format!("{at}.hosts"), "a listener needs at least one host");
+        }
+        let mut hosts: Vec<PendingHost> = Vec::new();
+        let mut default_host = None;
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for (j, h) in l.hosts.iter().enumerate() {
+            let hf = format!("{at}.hosts[{j}]");
+            if h.names.is_empty() {
+                p.push(format!("{hf}.names"), "a host needs at least one name");
+            }
+            let mut names = Vec::new();
+            for (k, n) in h.names.iter().enumerate() {
+                let Some(name) = host_name(p, format!("{hf}.names[{k}]"), n, true) else {
+                    continue;
+                };
+                // A name on two hosts would leave the handshake's choice, and so the client
+                // CAs that apply, to file order.
+                match seen.get(&name) {
+                    Some(&other) => p.push(
+                        format!("{hf}.names[{k}]"),
+                        format!("`{name}` is already a name of {at}.hosts[{other}]"),
+                    ),
+                    None => {
+                        seen.insert(name.clone(), j);
+                        names.push(name);
+                    }
+                }
+            }
+            if h.default {
+                match default_host {
+                    Some(other) => p.push(
+                        format!("{hf}.default"),
+                        format!("{at}.hosts[{other}] is already the default host of this listener"),
+                    ),
+                    None => default_host = Some(j),
+                }
+            }
+            if h.policy_groups.is_empty() {
+                p.push(
+                    format!("{hf}.policy_groups"),
+                    "a host serves at least one policy group",
+                );
+            }
+            let tls = validate_listener_tls(p, &format!("{hf}.tls"), base, &h.tls, watched);
+            hosts.push(PendingHost {
+                field: hf,
+                names,
+                tls,
+                groups: Some(h.policy_groups.clone()),
+            });
+        }
+        out.push(PendingListener {
+            address,
+            limits,
+            hosts,
+            default_host,
+        });
+    }
+    (out, workers)
+}
+
+/// The listeners with their hosts' routes: every policy group a host names must exist, and in
+/// the `listeners:` form every group must be served by some host (a group bound to none would
+/// be policy that silently applies nowhere).
+fn build_listeners(
+    p: &mut Problems<'_>,
+    pending: Vec<PendingListener>,
+    policies: &Arc<PolicySet>,
+    workers: usize,
+) -> Option<Vec<Listener>> {
+    let groups = policies.groups();
+    let mut bound: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    let mut every = false;
+    let mut ok = true;
+    let mut out = Vec::new();
+    for l in pending {
+        let mut hosts = Vec::new();
+        let mut hello_timeout = Duration::ZERO;
+        for h in l.hosts {
+            let host_policies = match &h.groups {
+                None => {
+                    every = true;
+                    Arc::clone(policies)
+                }
+                Some(g) => {
+                    for (k, name) in g.iter().enumerate() {
+                        match groups.iter().find(|x| **x == name.as_str()) {
+                            Some(x) => {
+                                bound.insert(x);
+                            }
+                            None => {
+                                p.push(
+                                    format!("{}.policy_groups[{k}]", h.field),
+                                    format!(
+                                        "no policy file has `group: {name}` (groups: {})",
+                                        groups.join(", ")
+                                    ),
+                                );
+                                ok = false;
+                            }
+                        }
+                    }
+                    Arc::new(policies.subset(g))
+                }
+            };
+            let (Some(tls), Some(address)) = (h.tls, l.address) else {
+                ok = false;
+                continue;
+            };
+            hello_timeout = hello_timeout.max(tls.handshake_timeout);
+            let key = match &h.groups {
+                // The `listener:` form has one host, whatever its names.
+                None => address.to_string(),
+                Some(_) => format!("{address} {}", h.names.join(",")),
+            };
+            hosts.push(Arc::new(Host {
+                key: Arc::from(key),
+                names: h.names,
+                tls,
+                policies: host_policies,
+                groups: h.groups,
+                field: h.field,
+            }));
+        }
+        let Some(address) = l.address else {
+            ok = false;
+            continue;
+        };
+        out.push(Listener {
+            address,
+            limits: l.limits,
+            hosts,
+            default_host: l.default_host,
+            hello_timeout,
+            workers,
+        });
+    }
+    if !every {
+        for g in groups.iter().filter(|g| !bound.contains(*g)) {
+            p.push(
+                "listeners",
+                format!(
+                    "policy group `{g}` is bound to no host (list it in a host's policy_groups)"
+                ),
+            );
+            ok = false;
+        }
+    }
+    (ok && !out.is_empty()).then_some(out)
 }
 
 fn validate_audit(
@@ -746,7 +1075,7 @@ fn parse_addr(p: &mut Problems<'_>, field: &str, text: &str) -> Option<SocketAdd
     }
 }
 
-fn validate_limits(p: &mut Problems<'_>, f: &file::FileLimits) -> Limits {
+fn validate_limits(p: &mut Problems<'_>, prefix: &str, f: &file::FileLimits) -> Limits {
     let d = Limits::default();
     let l = Limits {
         max_header_bytes: f.max_header_bytes.unwrap_or(d.max_header_bytes),
@@ -771,7 +1100,7 @@ fn validate_limits(p: &mut Problems<'_>, f: &file::FileLimits) -> Limits {
     let range = |p: &mut Problems<'_>, name: &str, v: usize, lo: usize, hi: usize| {
         if v < lo || v > hi {
             p.push(
-                format!("listener.limits.{name}"),
+                format!("{prefix}.limits.{name}"),
                 format!("{v} is outside {lo}..={hi}"),
             );
         }
@@ -789,7 +1118,7 @@ fn validate_limits(p: &mut Problems<'_>, f: &file::FileLimits) -> Limits {
     );
     let nonzero = |p: &mut Problems<'_>, name: &str, v: Duration| {
         if v.is_zero() {
-            p.push(format!("listener.limits.{name}"), "must be greater than 0");
+            p.push(format!("{prefix}.limits.{name}"), "must be greater than 0");
         }
     };
     nonzero(p, "header_read_timeout", l.header_read_timeout);
@@ -915,6 +1244,7 @@ pub(crate) fn read_key(
 
 fn validate_listener_tls(
     p: &mut Problems<'_>,
+    t: &str,
     base: &Path,
     f: &file::FileTls,
     watched: &mut Vec<PathBuf>,
@@ -922,33 +1252,48 @@ fn validate_listener_tls(
     let client_auth = match f.client_auth.as_deref() {
         None | Some("required") => ClientAuth::Required,
         Some("optional") => ClientAuth::Optional,
+        Some("none") => ClientAuth::None,
         Some(other) => {
             p.push(
-                "listener.tls.client_auth",
-                format!("unknown value `{other}` (required or optional)"),
+                format!("{t}.client_auth"),
+                format!("unknown value `{other}` (required, optional or none)"),
             );
             return None;
         }
     };
+    if client_auth == ClientAuth::None {
+        // No certificate is asked for: a CA, CRL, OCSP or leaf CRL setting would suggest a
+        // check that never happens.
+        for (field, set) in [
+            ("client_ca", !f.client_ca.is_empty()),
+            ("crl", !f.crl.is_empty()),
+            ("crl_urls", !f.crl_urls.is_empty()),
+            ("ocsp", f.ocsp.is_some()),
+            ("leaf_crls", f.leaf_crls.is_some()),
+        ] {
+            if set {
+                p.push(
+                    format!("{t}.{field}"),
+                    "client_auth: none asks for no client certificate; remove this or use optional",
+                );
+            }
+        }
+    }
     let cert_path = resolve(base, &f.certificate);
     let key_path = resolve(base, &f.private_key);
     watched.push(cert_path.clone());
     watched.push(key_path.clone());
-    let chain = read_certs(p, "listener.tls.certificate", &cert_path);
-    let key = read_key(p, "listener.tls.private_key", &key_path);
+    let chain = read_certs(p, &format!("{t}.certificate"), &cert_path);
+    let key = read_key(p, &format!("{t}.private_key"), &key_path);
     let mut cas = Vec::new();
     for (i, ca) in f.client_ca.iter().enumerate() {
         let path = resolve(base, ca);
         watched.push(path.clone());
-        cas.extend(read_certs(
-            p,
-            &format!("listener.tls.client_ca[{i}]"),
-            &path,
-        ));
+        cas.extend(read_certs(p, &format!("{t}.client_ca[{i}]"), &path));
     }
-    if f.client_ca.is_empty() {
+    if f.client_ca.is_empty() && client_auth != ClientAuth::None {
         p.push(
-            "listener.tls.client_ca",
+            format!("{t}.client_ca"),
             "at least one client CA bundle is required (portcullis always verifies client certificates)",
         );
     }
@@ -961,7 +1306,7 @@ fn validate_listener_tls(
     for (i, crl) in f.crl.iter().enumerate() {
         let path = resolve(base, crl);
         watched.push(path.clone());
-        let field = format!("listener.tls.crl[{i}]");
+        let field = format!("{t}.crl[{i}]");
         match std::fs::read(&path) {
             Ok(bytes) => {
                 let parsed: Result<Vec<_>, _> =
@@ -1001,17 +1346,17 @@ fn validate_listener_tls(
             Err(e) => p.push(field, format!("cannot read {}: {e}", path.display())),
         }
     }
-    let crl_urls = validate_crl_urls(p, base, &f.crl_urls, &cas, watched);
+    let crl_urls = validate_crl_urls(p, t, base, &f.crl_urls, &cas, watched);
     let ocsp = match &f.ocsp {
         None => Some(None),
-        Some(o) => validate_ocsp(p, base, o, watched).map(Some),
+        Some(o) => validate_ocsp(p, t, base, o, watched).map(Some),
     };
     let leaf_crls = match &f.leaf_crls {
         None => Some(None),
-        Some(l) => validate_leaf_crls(p, base, l, watched).map(Some),
+        Some(l) => validate_leaf_crls(p, t, base, l, watched).map(Some),
     };
     let key = key?;
-    if chain.is_empty() || cas.is_empty() || crl_refused {
+    if chain.is_empty() || (cas.is_empty() && client_auth != ClientAuth::None) || crl_refused {
         return None;
     }
     let crl_urls = crl_urls?;
@@ -1022,7 +1367,7 @@ fn validate_listener_tls(
     {
         Ok(r) => Arc::new(r),
         Err(e) => {
-            p.push("listener.tls.crl", e);
+            p.push(format!("{t}.crl"), e);
             return None;
         }
     };
@@ -1032,10 +1377,10 @@ fn validate_listener_tls(
         .map(|c| c.not_after);
     // An expired server certificate would fail every handshake: refuse it (at start-up, and at
     // reload, where the current one keeps serving).
-    if let Some(t) = server_cert_not_after.filter(|t| *t < now) {
-        let when = portcullis_audit::unix_to_rfc3339(t).unwrap_or_default();
+    if let Some(expired) = server_cert_not_after.filter(|at| *at < now) {
+        let when = portcullis_audit::unix_to_rfc3339(expired).unwrap_or_default();
         p.push(
-            "listener.tls.certificate",
+            format!("{t}.certificate"),
             format!("the server certificate expired at {when}; renew it"),
         );
         return None;
@@ -1063,7 +1408,7 @@ fn validate_listener_tls(
             material,
         }),
         Err(e) => {
-            p.push("listener.tls", e);
+            p.push(t, e);
             None
         }
     }
@@ -1073,6 +1418,7 @@ fn validate_listener_tls(
 /// the CA it speaks for (RFC 5280 §4.2.1.13): whoever serves it cannot forge it.
 fn validate_crl_urls(
     p: &mut Problems<'_>,
+    t: &str,
     base: &Path,
     urls: &[file::FileCrlUrl],
     cas: &[CertificateDer<'static>],
@@ -1090,7 +1436,7 @@ fn validate_crl_urls(
             })
     };
     for (i, u) in urls.iter().enumerate() {
-        let field = |s: &str| format!("listener.tls.crl_urls[{i}]{s}");
+        let field = |s: &str| format!("{t}.crl_urls[{i}]{s}");
         // `distribution_points`: the CRL URLs the client CA certificates name. A certificate's
         // distribution point serves the CRL that covers that certificate, so these are the
         // CRLs of the CAs above the configured ones (an intermediate's, from its root); the
@@ -1191,6 +1537,7 @@ fn validate_crl_urls(
 /// its delegated responder), and whoever relays it cannot forge it (RFC 6960 §4.2.2.2).
 fn validate_ocsp(
     p: &mut Problems<'_>,
+    t: &str,
     base: &Path,
     o: &file::FileOcsp,
     watched: &mut Vec<PathBuf>,
@@ -1210,7 +1557,7 @@ fn validate_ocsp(
             Some(u) => Some(Responder::Url(u)),
             None => {
                 p.push(
-                    "listener.tls.ocsp.responder",
+                    format!("{t}.ocsp.responder"),
                     format!("`{url}` is neither `auto` nor an http:// or https:// URL"),
                 );
                 ok = false;
@@ -1225,7 +1572,7 @@ fn validate_ocsp(
     let fetch = validate_signed_fetch(
         p,
         base,
-        "listener.tls.ocsp.",
+        &format!("{t}.ocsp."),
         SignedFetch {
             fail: o.fail.as_deref(),
             ca: &o.ca,
@@ -1346,6 +1693,7 @@ fn validate_signed_fetch(
 /// is signed by its CA, and whoever serves it cannot forge it.
 fn validate_leaf_crls(
     p: &mut Problems<'_>,
+    t: &str,
     base: &Path,
     l: &file::FileLeafCrls,
     watched: &mut Vec<PathBuf>,
@@ -1362,7 +1710,7 @@ fn validate_leaf_crls(
             });
         if !http {
             p.push(
-                format!("listener.tls.leaf_crls.allowed_urls[{i}]"),
+                format!("{t}.leaf_crls.allowed_urls[{i}]"),
                 format!("`{a}` is not an http:// or https:// URL prefix with a host"),
             );
             ok = false;
@@ -1372,7 +1720,7 @@ fn validate_leaf_crls(
     let fetch = validate_signed_fetch(
         p,
         base,
-        "listener.tls.leaf_crls.",
+        &format!("{t}.leaf_crls."),
         SignedFetch {
             fail: l.fail.as_deref(),
             ca: &l.ca,

@@ -203,7 +203,12 @@ fn check_host(parts: &Parts, server_names: &[String]) -> Result<(), HttpError> {
     let Some(name) = host(parts) else {
         return Err(HttpError::MissingHost);
     };
-    if !server_names.is_empty() && !server_names.contains(&name) {
+    // The names of the host the handshake chose (SNI): a request naming another host, even
+    // one this listener serves, would escape that host's client-certificate rules.
+    let ours = server_names
+        .iter()
+        .any(|n| *n == name || crate::config::wildcard_matches(n, &name));
+    if !server_names.is_empty() && !ours {
         return Err(HttpError::MisdirectedHost);
     }
     Ok(())
@@ -515,5 +520,20 @@ mod tests {
             check(&parts(other), &l, &names),
             Err(HttpError::MisdirectedHost)
         );
+    }
+
+    #[test]
+    fn a_wildcard_name_covers_one_label() {
+        let l = Limits::default();
+        let names = vec!["*.bank.test".to_string()];
+        let with = |host: &str| {
+            let r = http::Request::get("/a").header(HOST, host);
+            check(&parts(r), &l, &names)
+        };
+        assert_eq!(with("api.bank.test"), Ok(()));
+        assert_eq!(with("API.bank.test:443"), Ok(()));
+        for other in ["bank.test", "a.b.bank.test", "xbank.test", ".bank.test"] {
+            assert_eq!(with(other), Err(HttpError::MisdirectedHost), "{other}");
+        }
     }
 }
