@@ -7,7 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,9 @@ struct Instance {
     status: Arc<AtomicU16>,
     /// What `/healthz` answers.
     health: Arc<AtomicU16>,
+    /// Set (under the `seen` lock) by `kill`: from then on a request is dropped unrecorded,
+    /// so what `seen` holds at the kill is all the instance ever received.
+    dead: Arc<AtomicBool>,
     stop: Mutex<Option<tokio::sync::watch::Sender<bool>>>,
 }
 
@@ -56,6 +59,7 @@ impl Instance {
             delay: Arc::default(),
             status: Arc::new(AtomicU16::new(200)),
             health: Arc::new(AtomicU16::new(200)),
+            dead: Arc::default(),
             stop: Mutex::new(None),
         };
         i.serve(listener);
@@ -65,11 +69,13 @@ impl Instance {
     fn serve(&self, listener: tokio::net::TcpListener) {
         let (tx, rx) = tokio::sync::watch::channel(false);
         *self.stop.lock().unwrap() = Some(tx);
-        let (seen, delay, status, health) = (
+        self.dead.store(false, Ordering::SeqCst);
+        let (seen, delay, status, health, dead) = (
             Arc::clone(&self.seen),
             Arc::clone(&self.delay),
             Arc::clone(&self.status),
             Arc::clone(&self.health),
+            Arc::clone(&self.dead),
         );
         tokio::spawn(async move {
             let mut stopped = rx.clone();
@@ -78,20 +84,22 @@ impl Instance {
                     a = listener.accept() => match a { Ok((t, _)) => t, Err(_) => return },
                     _ = stopped.changed() => return,
                 };
-                let (seen, delay, status, health) = (
+                let (seen, delay, status, health, dead) = (
                     Arc::clone(&seen),
                     Arc::clone(&delay),
                     Arc::clone(&status),
                     Arc::clone(&health),
+                    Arc::clone(&dead),
                 );
                 let mut stopped = rx.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (seen, delay, status, health) = (
+                        let (seen, delay, status, health, dead) = (
                             Arc::clone(&seen),
                             Arc::clone(&delay),
                             Arc::clone(&status),
                             Arc::clone(&health),
+                            Arc::clone(&dead),
                         );
                         async move {
                             let (parts, body) = req.into_parts();
@@ -107,11 +115,19 @@ impl Instance {
                                     .and_then(|h| h.to_str().ok())
                                     .unwrap_or("")
                                     .to_string();
-                                seen.lock().unwrap().push((
-                                    parts.method.to_string(),
-                                    format!("{path} host={host}"),
-                                    body,
-                                ));
+                                {
+                                    let mut seen = seen.lock().unwrap();
+                                    // Killed while this request was on its way: a dead
+                                    // process neither records nor answers it.
+                                    if dead.load(Ordering::SeqCst) {
+                                        return Err(std::io::Error::other("killed"));
+                                    }
+                                    seen.push((
+                                        parts.method.to_string(),
+                                        format!("{path} host={host}"),
+                                        body,
+                                    ));
+                                }
                                 let d = *delay.lock().unwrap();
                                 if !d.is_zero() {
                                     tokio::time::sleep(d).await;
@@ -124,7 +140,7 @@ impl Instance {
                             *r.status_mut() = http::StatusCode::from_u16(code).unwrap();
                             r.headers_mut()
                                 .insert("content-type", "application/json".parse().unwrap());
-                            Ok::<_, std::convert::Infallible>(r)
+                            Ok::<_, std::io::Error>(r)
                         }
                     });
                     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -142,6 +158,10 @@ impl Instance {
 
     /// Closes the listener and every connection: connects are refused from now on.
     fn kill(&self) {
+        {
+            let _seen = self.seen.lock().unwrap();
+            self.dead.store(true, Ordering::SeqCst);
+        }
         if let Some(tx) = self.stop.lock().unwrap().take() {
             let _ = tx.send(true);
         }
