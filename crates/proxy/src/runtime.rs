@@ -29,6 +29,7 @@ use portcullis_sources::discovery::Discovery;
 use portcullis_sources::keys::KeySource;
 use portcullis_sources::leafcrl::LeafCrlChecker;
 use portcullis_sources::ocsp::OcspChecker;
+use portcullis_sources::revocation::Counts;
 use portcullis_state::replay::{MemoryReplayStore, ReplayStore};
 
 pub struct Runtime {
@@ -693,59 +694,43 @@ impl Runtime {
             "1 when the CRL URL has delivered a CRL; until then client certificates are refused.",
             &|c| u64::from(c.is_ready()),
         );
-        if !self.ocsp.is_empty() {
-            // Summed over the hosts' checkers: one family each, as with a single checker.
-            let sum = |v: fn(&OcspChecker) -> &AtomicU64| -> u64 {
-                self.ocsp.iter().map(|o| v(o).load(Ordering::Relaxed)).sum()
-            };
-            for (name, help, v) in [
+        // Each summed over the hosts' checkers: one family each, as with a single checker.
+        write_revocation_counts(
+            out,
+            self.ocsp.iter().map(|o| &o.counts),
+            [
                 (
                     "portcullis_ocsp_requests_total",
                     "OCSP requests sent to a responder for client certificates.",
-                    sum(|o| &o.fetches),
                 ),
                 (
                     "portcullis_ocsp_fetch_failures_total",
                     "OCSP requests that brought no verified answer (unreachable, timed out, HTTP error, too big, malformed, not successful, badly signed, about another certificate, not current).",
-                    sum(|o| &o.failures),
                 ),
                 (
                     "portcullis_ocsp_fail_open_total",
                     "Requests let through with fail: open although no good OCSP answer was had for the client certificate.",
-                    sum(|o| &o.fail_open),
                 ),
-            ] {
-                out.family(name, Kind::Counter, help).sample(&[], v);
-            }
-        }
-        if !self.leaf_crls.is_empty() {
-            // Summed over the hosts' checkers, as for OCSP.
-            let sum = |v: fn(&LeafCrlChecker) -> &AtomicU64| -> u64 {
-                self.leaf_crls
-                    .iter()
-                    .map(|l| v(l).load(Ordering::Relaxed))
-                    .sum()
-            };
-            for (name, help, v) in [
+            ],
+        );
+        write_revocation_counts(
+            out,
+            self.leaf_crls.iter().map(|l| &l.counts),
+            [
                 (
                     "portcullis_leaf_crl_fetches_total",
                     "Fetches of a CRL distribution point named by a client certificate.",
-                    sum(|l| &l.fetches),
                 ),
                 (
                     "portcullis_leaf_crl_fetch_failures_total",
                     "Fetches of a client certificate's CRL distribution point that brought no verified CRL (unreachable, timed out, HTTP error, too big, not a CRL, not signed by the issuing CA, not current, not complete).",
-                    sum(|l| &l.failures),
                 ),
                 (
                     "portcullis_leaf_crl_fail_open_total",
                     "Requests let through with fail: open although no verified CRL was had for the client certificate.",
-                    sum(|l| &l.fail_open),
                 ),
-            ] {
-                out.family(name, Kind::Counter, help).sample(&[], v);
-            }
-        }
+            ],
+        );
         let mut disc: Vec<(&String, &Arc<Discovery>)> = self.discoveries.iter().collect();
         disc.sort_by_key(|(n, _)| n.as_str());
         let mut f = out.family(
@@ -813,6 +798,29 @@ impl Runtime {
             "Keys held by this instance's rate limiters (peer and classes); not capped, idle keys are dropped by maintenance, so no fill ratio.",
             self.rate_limits.keys(),
         );
+    }
+}
+
+/// One revocation checker kind's three counter families (fetches, fetch failures, fail-open),
+/// each summed over the hosts' checkers; nothing when no host has such a checker.
+fn write_revocation_counts<'a>(
+    out: &mut Exposition,
+    checkers: impl Iterator<Item = &'a Counts> + Clone,
+    families: [(&str, &str); 3],
+) {
+    if checkers.clone().next().is_none() {
+        return;
+    }
+    let sum = |v: fn(&Counts) -> &AtomicU64| -> u64 {
+        checkers.clone().map(|c| v(c).load(Ordering::Relaxed)).sum()
+    };
+    let values = [
+        sum(|c| &c.fetches),
+        sum(|c| &c.failures),
+        sum(|c| &c.fail_open),
+    ];
+    for ((name, help), v) in families.into_iter().zip(values) {
+        out.family(name, Kind::Counter, help).sample(&[], v);
     }
 }
 

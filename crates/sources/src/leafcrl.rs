@@ -10,7 +10,7 @@
 //! fetch and cache, `crate::revocation`), failures are not cached, and one fetch per URL is in
 //! flight at a time: concurrent requests wait for it and share its outcome.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use portcullis_crypto::pki::{ClientCert, VerifiedCrl};
 
-use crate::revocation::{FailMode, FlightCache};
+use crate::revocation::{Counts, FailMode, FlightCache};
 
 #[derive(Clone)]
 pub struct LeafCrlSettings {
@@ -99,12 +99,9 @@ pub struct LeafCrlChecker {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// Verified CRLs by (issuer name DER, URL).
     cache: FlightCache<(Vec<u8>, String), Arc<VerifiedCrl>, LeafCrlOutcome>,
-    /// Fetches of a distribution point.
-    pub fetches: AtomicU64,
-    /// Fetches that brought no verified CRL.
-    pub failures: AtomicU64,
-    /// Certificates let through without a verified CRL (`fail: open`).
-    pub fail_open: AtomicU64,
+    /// Fetches of a distribution point; failures are those that brought no verified CRL;
+    /// `fail_open` counts certificates let through without one.
+    pub counts: Counts,
 }
 
 impl LeafCrlChecker {
@@ -115,19 +112,12 @@ impl LeafCrlChecker {
             settings,
             cas,
             client,
-            fetches: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            fail_open: AtomicU64::new(0),
+            counts: Counts::default(),
         }
     }
 
     pub fn fail_mode(&self) -> FailMode {
         self.settings.fail
-    }
-
-    /// Counts a certificate let through by `fail: open`.
-    pub fn count_fail_open(&self) {
-        self.fail_open.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The status of `cert` (verified by the handshake) at `now` (Unix seconds): by the first of
@@ -186,7 +176,7 @@ impl LeafCrlChecker {
         url: &str,
         now: i64,
     ) -> Result<(Arc<VerifiedCrl>, i64), LeafCrlOutcome> {
-        self.fetches.fetch_add(1, Ordering::Relaxed);
+        self.counts.fetches.fetch_add(1, Ordering::Relaxed);
         let got = async {
             let req = http::Request::get(url)
                 .header(http::header::ACCEPT, "application/pkix-crl")
@@ -213,7 +203,7 @@ impl LeafCrlChecker {
             Ok((Arc::new(crl), until))
         };
         got.await.map_err(|(outcome, why)| {
-            self.failures.fetch_add(1, Ordering::Relaxed);
+            self.counts.failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 certificate = %cert.thumbprint,
                 issuer = %cert.issuer,

@@ -13,7 +13,7 @@
 //! `fetch_timeout`, and by the per-peer rate limit before the identity stage). One request per
 //! certificate is in flight at a time; concurrent requests for it wait and share its outcome.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use hyper_util::client::legacy::Client;
 use portcullis_crypto::pki::ocsp::{OcspQuery, OcspStatus};
 use portcullis_crypto::pki::ClientCert;
 
-use crate::revocation::FlightCache;
+use crate::revocation::{Counts, FlightCache};
 
 /// Where the responder is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,11 +118,9 @@ pub struct OcspChecker {
     /// Verified answers by (issuer name DER, serial DER); a failed request's outcome is shared
     /// by the requests that waited for it.
     cache: FlightCache<(Vec<u8>, Vec<u8>), OcspOutcome, OcspOutcome>,
-    pub fetches: AtomicU64,
-    /// Requests to the responder that brought no verified answer.
-    pub failures: AtomicU64,
-    /// Certificates let through without a `good` answer (`fail: open`).
-    pub fail_open: AtomicU64,
+    /// Requests to the responder; failures are those that brought no verified answer;
+    /// `fail_open` counts certificates let through without a `good` answer.
+    pub counts: Counts,
 }
 
 impl OcspChecker {
@@ -135,19 +133,12 @@ impl OcspChecker {
             settings,
             cas,
             client,
-            fetches: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            fail_open: AtomicU64::new(0),
+            counts: Counts::default(),
         }
     }
 
     pub fn fail_mode(&self) -> FailMode {
         self.settings.fail
-    }
-
-    /// Counts a certificate let through by `fail: open`.
-    pub fn count_fail_open(&self) {
-        self.fail_open.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The status of `cert` at `now` (Unix seconds): from the cache while current, else from
@@ -162,9 +153,9 @@ impl OcspChecker {
 
     /// Asks the responder: a verified answer and until when it is used, or the failure.
     async fn fetch(&self, cert: &ClientCert, now: i64) -> Result<(OcspOutcome, i64), OcspOutcome> {
-        self.fetches.fetch_add(1, Ordering::Relaxed);
+        self.counts.fetches.fetch_add(1, Ordering::Relaxed);
         self.ask(cert, now).await.map_err(|(outcome, why)| {
-            self.failures.fetch_add(1, Ordering::Relaxed);
+            self.counts.failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 certificate = %cert.thumbprint,
                 issuer = %cert.issuer,

@@ -20,6 +20,17 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 
+/// The counters of one checker, written out as its metric families.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Requests for a signed document (an OCSP answer, a CRL).
+    pub fetches: std::sync::atomic::AtomicU64,
+    /// Requests that brought no verified document.
+    pub failures: std::sync::atomic::AtomicU64,
+    /// Certificates let through without one (`fail: open`).
+    pub fail_open: std::sync::atomic::AtomicU64,
+}
+
 /// What to do when no verified answer can be had.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailMode {

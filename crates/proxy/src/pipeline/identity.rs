@@ -1,12 +1,13 @@
 //! Identity: who the caller is, from the verified mTLS certificate only.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use portcullis_crypto::pki::{ClientCert, Revoked};
 use portcullis_policy::{CertRequirement, Route};
 use portcullis_sources::leafcrl::{LeafCrlChecker, LeafCrlOutcome};
 use portcullis_sources::ocsp::{OcspChecker, OcspOutcome};
-use portcullis_sources::revocation::FailMode;
+use portcullis_sources::revocation::{Counts, FailMode};
 
 portcullis_base::variants! {
     // Named like their reason codes (`identity.client_cert_*`).
@@ -74,11 +75,11 @@ enum Found {
 
 /// The outcome of a revocation check as the listener's `fail` mode decides it: `revoked` is
 /// always a refusal; no verified status refuses too, unless `fail: open`, which lets the request
-/// on and counts it (`count_open`). `record` gets what the check found, for the audit record.
+/// on and counts it in `counts`. `record` gets what the check found, for the audit record.
 fn settle(
     found: Found,
     fail: FailMode,
-    count_open: impl FnOnce(),
+    counts: &Counts,
     record: &mut Option<&'static str>,
 ) -> Result<(), IdentityError> {
     match found {
@@ -96,7 +97,7 @@ fn settle(
                 Err(IdentityError::ClientCertRevocationUnknown)
             }
             FailMode::Open => {
-                count_open();
+                counts.fail_open.fetch_add(1, Ordering::Relaxed);
                 *record = Some(open);
                 Ok(())
             }
@@ -126,7 +127,7 @@ pub(crate) async fn check_ocsp(
             open: outcome.as_fail_open_str(),
         },
     };
-    settle(found, ocsp.fail_mode(), || ocsp.count_fail_open(), record)
+    settle(found, ocsp.fail_mode(), &ocsp.counts, record)
 }
 
 /// On listeners with `leaf_crls`: what the CRL at the certificate's own distribution point
@@ -160,5 +161,5 @@ pub(crate) async fn check_leaf_crl(
             }
         }
     };
-    settle(found, crls.fail_mode(), || crls.count_fail_open(), record)
+    settle(found, crls.fail_mode(), &crls.counts, record)
 }
