@@ -214,6 +214,16 @@ pub fn has_parameters(path: &str) -> bool {
 /// `application/x-www-form-urlencoded` percent-decoding (WHATWG): `+` is a space, then percent
 /// escapes. `None` for a malformed escape. The bytes need not be UTF-8.
 pub fn form_decode(s: &str) -> Option<Vec<u8>> {
+    decode(s, true)
+}
+
+/// RFC 3986 percent-decoding of a path segment: `%XX` escapes, `+` stays `+`. `None` for a
+/// malformed escape. The bytes need not be UTF-8.
+pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    decode(s, false)
+}
+
+fn decode(s: &str, plus_is_space: bool) -> Option<Vec<u8>> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -229,7 +239,7 @@ pub fn form_decode(s: &str) -> Option<Vec<u8>> {
                 out.push(h << 4 | l);
                 i += 3;
             }
-            b'+' => {
+            b'+' if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }

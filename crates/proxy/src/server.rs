@@ -701,7 +701,8 @@ async fn quarantines(
             (200, serde_json::json!({"quarantines": list}))
         }
         (&http::Method::DELETE, Some(subject)) => {
-            let Some(subject) = percent_decode(subject) else {
+            let decoded = portcullis_base::path::percent_decode(subject);
+            let Some(subject) = decoded.and_then(|b| String::from_utf8(b).ok()) else {
                 return (400, serde_json::json!({"error": "bad percent-encoding"}));
             };
             // With Redis, lifted for the fleet: the others drop it at their next sync.
@@ -731,27 +732,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// `%XX` escapes decoded; `None` when one is malformed or the result is not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
-                return None;
-            }
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// A bounded category for a request the HTTP parser refused before any handler ran.

@@ -91,3 +91,15 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn percent_decoding_of_a_segment_keeps_plus_and_refuses_bad_escapes() {
+    assert_eq!(
+        percent_decode("cert%3Aab+c").as_deref(),
+        Some(&b"cert:ab+c"[..])
+    );
+    assert_eq!(form_decode("ab+c").as_deref(), Some(&b"ab c"[..]));
+    for bad in ["%", "%4", "%zz", "a%4g"] {
+        assert_eq!(percent_decode(bad), None, "{bad}");
+    }
+}
