@@ -108,7 +108,14 @@ fn work_dir() -> PathBuf {
 }
 
 /// Installs the npm packages when missing or changed; the error names the command to run.
+/// Once per test process: the tests run in parallel, and a second `npm ci` in the same
+/// directory would delete `node_modules` under the first (or under a provider already started).
 fn prepare() -> Result<(), String> {
+    static PREPARED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    PREPARED.get_or_init(install).clone()
+}
+
+fn install() -> Result<(), String> {
     apps::need_node("oidc-provider")?;
     let work = work_dir();
     let changed = apps::sync(&src_dir(), &work, &["package.json", "package-lock.json"]);
