@@ -102,7 +102,8 @@ fn pisp_policy() -> String {
         .unwrap()
         .to_string();
     let text = text.replace(&rel, &pisp_spec().display().to_string());
-    let shadow = "operation: CreateDomesticScheduledPaymentConsents, strict: true, response: shadow}";
+    let shadow =
+        "operation: CreateDomesticScheduledPaymentConsents, strict: true, response: shadow}";
     assert!(text.contains(shadow));
     let enforce = "operation: GetInternationalPaymentConsentsConsentIdFundsConfirmation, strict: true, response: shadow}";
     assert!(text.contains(enforce));
@@ -700,8 +701,15 @@ async fn answers_are_checked_against_the_operation_responses_in_shadow_and_enfor
     let (a, id) = e.send("GET", FUNDS_ENFORCED, &[], Vec::new()).await;
     assert_eq!(a.status, 502);
     let body = String::from_utf8_lossy(&a.body).to_string();
-    assert!(!body.contains("secret-when") && !body.contains("FundsAvailable"), "{body}");
-    assert_eq!(a.json()["Errors"][0]["ErrorCode"], "UK.OBIE.UnexpectedError", "{body}");
+    assert!(
+        !body.contains("secret-when") && !body.contains("FundsAvailable"),
+        "{body}"
+    );
+    assert_eq!(
+        a.json()["Errors"][0]["ErrorCode"],
+        "UK.OBIE.UnexpectedError",
+        "{body}"
+    );
     let rec = e.p.audit_of(&id).await;
     assert_eq!(rec["decision"], "deny", "{rec}");
     assert_eq!(rec["stage"], "contract", "{rec}");
@@ -711,7 +719,10 @@ async fn answers_are_checked_against_the_operation_responses_in_shadow_and_enfor
     assert_eq!(rec["contract"]["response"]["pointer"], pointer, "{rec}");
     assert!(!rec.to_string().contains("secret-when"), "{rec}");
     let (_, metrics) = e.p.admin_get("/metrics").await;
-    assert!(drift_metric(&metrics, enforce_op, "format") >= 1, "{metrics}");
+    assert!(
+        drift_metric(&metrics, enforce_op, "format") >= 1,
+        "{metrics}"
+    );
 
     // A status the operation does not declare (nor `default`): withheld under enforce.
     e.up.set(Behaviour::Status(418));
@@ -762,7 +773,9 @@ async fn the_audit_report_inventories_undeclared_shapes_zombies_spec_differences
     let e = env().await;
     // Declared: a payment consent (the test upstream answers 200 where 201 is declared: drift)
     // and a funds check (its answer fits).
-    let (a, _) = e.post(CONSENTS, serde_json::to_vec(&consent()).unwrap()).await;
+    let (a, _) = e
+        .post(CONSENTS, serde_json::to_vec(&consent()).unwrap())
+        .await;
     assert_eq!(a.status, 200);
     let (a, _) = e.send("GET", FUNDS, &[], Vec::new()).await;
     assert_eq!(a.status, 200);
@@ -778,7 +791,10 @@ async fn the_audit_report_inventories_undeclared_shapes_zombies_spec_differences
     .await;
     let last = e.probe("tpp2", "/open-banking/v4.0/pisp/admin").await;
     e.p.audit_of(&last).await;
-    assert_eq!(e.p.audit_where(7, |r| r["kind"] == "request").await.len(), 7);
+    assert_eq!(
+        e.p.audit_where(7, |r| r["kind"] == "request").await.len(),
+        7
+    );
 
     let policies = e.p.dir.path().join("policies").display().to_string();
     let log = e.p.dir.path().join("audit.log").display().to_string();
@@ -800,16 +816,25 @@ async fn the_audit_report_inventories_undeclared_shapes_zombies_spec_differences
         .find(|u| u["shape"] == shape)
         .unwrap_or_else(|| panic!("{shape} in {undeclared:?}"));
     assert_eq!(statements["method"], "GET");
-    assert_eq!((statements["requests"].as_u64(), statements["paths"].as_u64()), (Some(3), Some(3)));
+    assert_eq!(
+        (
+            statements["requests"].as_u64(),
+            statements["paths"].as_u64()
+        ),
+        (Some(3), Some(3))
+    );
     assert_eq!(statements["clients"], json!({tpp1: 2, tpp2: 1}));
     assert_eq!(statements["reasons"], json!(["route.not_found"]));
     assert!(
         undeclared
             .iter()
-            .any(|u| u["shape"] == "/open-banking/v4.0/pisp/refunds/{id}" && u["clients"] == json!({tpp2: 1})),
+            .any(|u| u["shape"] == "/open-banking/v4.0/pisp/refunds/{id}"
+                && u["clients"] == json!({tpp2: 1})),
         "{undeclared:?}"
     );
-    assert!(undeclared.iter().any(|u| u["shape"] == "/open-banking/v4.0/pisp/admin"));
+    assert!(undeclared
+        .iter()
+        .any(|u| u["shape"] == "/open-banking/v4.0/pisp/admin"));
     assert_eq!(undeclared.len(), 3, "{undeclared:?}");
     // Zombie candidates: the routes nobody called, the hand-written one among them.
     let never: Vec<&str> = r["routes_never_called"]
@@ -819,8 +844,14 @@ async fn the_audit_report_inventories_undeclared_shapes_zombies_spec_differences
         .map(|v| v.as_str().unwrap())
         .collect();
     assert!(never.contains(&"legacy.status"), "{never:?}");
-    assert!(never.contains(&"obie-pisp.CreateDomesticPayments"), "{never:?}");
-    assert!(!never.contains(&"obie-pisp.CreateDomesticPaymentConsents"), "{never:?}");
+    assert!(
+        never.contains(&"obie-pisp.CreateDomesticPayments"),
+        "{never:?}"
+    );
+    assert!(
+        !never.contains(&"obie-pisp.CreateDomesticPaymentConsents"),
+        "{never:?}"
+    );
     assert_eq!(never.len(), 42 - 2, "{never:?}");
     // The descriptions against the policy: every payment operation has its route, no account
     // operation has one, and the hand-written route is in neither.
@@ -828,7 +859,13 @@ async fn the_audit_report_inventories_undeclared_shapes_zombies_spec_differences
     assert_eq!(specs[0]["operations"], 41);
     assert_eq!(specs[0]["operations_without_route"], json!([]));
     assert_eq!(specs[1]["operations"], 29);
-    assert_eq!(specs[1]["operations_without_route"].as_array().unwrap().len(), 29);
+    assert_eq!(
+        specs[1]["operations_without_route"]
+            .as_array()
+            .unwrap()
+            .len(),
+        29
+    );
     assert!(specs[1]["operations_without_route"][0]
         .as_str()
         .unwrap()
@@ -860,9 +897,19 @@ async fn the_audit_report_inventories_undeclared_shapes_zombies_spec_differences
     assert_eq!(client(tpp1)["requests"], 2);
     // Drift per route.
     let consents = &r["response_drift"]["obie-pisp.CreateDomesticPaymentConsents"];
-    assert_eq!((consents["invalid"].as_u64(), consents["keywords"]["status"].as_u64()), (Some(1), Some(1)));
-    let funds = &r["response_drift"]["obie-pisp.GetDomesticPaymentConsentsConsentIdFundsConfirmation"];
-    assert_eq!((funds["checked"].as_u64(), funds["invalid"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(
+        (
+            consents["invalid"].as_u64(),
+            consents["keywords"]["status"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let funds =
+        &r["response_drift"]["obie-pisp.GetDomesticPaymentConsentsConsentIdFundsConfirmation"];
+    assert_eq!(
+        (funds["checked"].as_u64(), funds["invalid"].as_u64()),
+        (Some(1), Some(0))
+    );
 
     // Text.
     let (code, text) = cli(&[&args[..], &[&log]].concat());

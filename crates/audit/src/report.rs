@@ -479,7 +479,9 @@ fn shapes(paths: BTreeMap<(String, String), Undeclared>) -> Vec<UndeclaredShape>
             .map(|((m, prefix), _)| (m.to_string(), prefix.to_vec()))
             .collect();
         for (m, segs, _) in &mut rows {
-            let digit = segs.get(i).is_some_and(|v| v.bytes().any(|c| c.is_ascii_digit()));
+            let digit = segs
+                .get(i)
+                .is_some_and(|v| v.bytes().any(|c| c.is_ascii_digit()));
             if digit && varying.contains(&(m.clone(), segs[..i].to_vec())) {
                 segs[i] = ID.to_string();
             }
@@ -1218,14 +1220,44 @@ not json
             )
         };
         let mut lines = vec![
-            rec("c1", "GET", "/accounts/acc-1/statements-v2", "route.not_found"),
-            rec("c1", "GET", "/accounts/acc-2/statements-v2", "route.not_found"),
-            rec("c2", "GET", "/accounts/acc-3/statements-v2", "route.not_found"),
-            rec("c2", "GET", "/accounts/12345/beneficiaries", "route.not_found"),
-            rec("c2", "GET", "/accounts/2f1c9c1e-7d2b-4d8e-9c3a-2b1e0f9a8d7c/beneficiaries", "route.not_found"),
+            rec(
+                "c1",
+                "GET",
+                "/accounts/acc-1/statements-v2",
+                "route.not_found",
+            ),
+            rec(
+                "c1",
+                "GET",
+                "/accounts/acc-2/statements-v2",
+                "route.not_found",
+            ),
+            rec(
+                "c2",
+                "GET",
+                "/accounts/acc-3/statements-v2",
+                "route.not_found",
+            ),
+            rec(
+                "c2",
+                "GET",
+                "/accounts/12345/beneficiaries",
+                "route.not_found",
+            ),
+            rec(
+                "c2",
+                "GET",
+                "/accounts/2f1c9c1e-7d2b-4d8e-9c3a-2b1e0f9a8d7c/beneficiaries",
+                "route.not_found",
+            ),
             rec("c3", "DELETE", "/admin", "route.method_not_allowed"),
             rec("c3", "GET", "/v2/status", "route.not_found"),
-            rec("c3", "GET", "/tokens/eyJhbGciOiJIUzI1NiJ9abc123", "route.not_found"),
+            rec(
+                "c3",
+                "GET",
+                "/tokens/eyJhbGciOiJIUzI1NiJ9abc123",
+                "route.not_found",
+            ),
         ];
         lines.push(r#"{"kind":"request","client_id":"c1","route_id":"r","decision":"allow","contract":{"operation":"op","mode":"enforce","result":"valid","response":{"mode":"shadow","result":"invalid","status":200,"pointer":"/Data","keyword":"required"}}}"#.into());
         lines.push(r#"{"kind":"request","client_id":"c1","route_id":"r","decision":"allow","contract":{"operation":"op","mode":"enforce","result":"valid","response":{"mode":"shadow","result":"ok","status":200}}}"#.into());
@@ -1253,7 +1285,10 @@ not json
         let s = shape("GET", "/accounts/{id}/statements-v2");
         assert_eq!((s.requests, s.paths), (3, 3));
         assert_eq!(
-            s.clients.iter().map(|(c, n)| (c.as_str(), *n)).collect::<Vec<_>>(),
+            s.clients
+                .iter()
+                .map(|(c, n)| (c.as_str(), *n))
+                .collect::<Vec<_>>(),
             [("- / c1", 2), ("- / c2", 1)]
         );
         let b = shape("GET", "/accounts/{id}/beneficiaries");

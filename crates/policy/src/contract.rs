@@ -337,7 +337,12 @@ impl Contract {
     /// body must fit the JSON schema declared for that status. A response that declares no
     /// JSON body is not read (an error page in another type is the upstream's to make).
     /// `json` says whether the answer's `Content-Type` is JSON.
-    pub fn check_response(&self, status: u16, json: bool, body: &[u8]) -> Result<(), ResponseDrift> {
+    pub fn check_response(
+        &self,
+        status: u16,
+        json: bool,
+        body: &[u8],
+    ) -> Result<(), ResponseDrift> {
         let found = [
             StatusKey::Exact(status),
             StatusKey::Class(status / 100),
@@ -780,7 +785,11 @@ impl Spec {
         Ok(out)
     }
 
-    fn compile_cached(&self, schema: &Value, strict: bool) -> Result<Arc<jsonschema::Validator>, String> {
+    fn compile_cached(
+        &self,
+        schema: &Value,
+        strict: bool,
+    ) -> Result<Arc<jsonschema::Validator>, String> {
         let key = schema
             .as_object()
             .filter(|m| m.len() == 1)
@@ -1438,15 +1447,31 @@ mod tests {
         });
         let s = Arc::new(Spec::parse(&doc.to_string()).unwrap());
         let c = s
-            .compile_with(Path::new("s"), "op", ContractMode::Enforce, true, ResponseMode::Shadow)
+            .compile_with(
+                Path::new("s"),
+                "op",
+                ContractMode::Enforce,
+                true,
+                ResponseMode::Shadow,
+            )
             .unwrap();
         assert!(c.checks_responses());
-        assert_eq!(c.check_response(200, true, br#"{"Data":{"Status":"A"}}"#), Ok(()));
-        let d = c.check_response(200, true, br#"{"Data":{"Status":"C"}}"#).unwrap_err();
+        assert_eq!(
+            c.check_response(200, true, br#"{"Data":{"Status":"A"}}"#),
+            Ok(())
+        );
+        let d = c
+            .check_response(200, true, br#"{"Data":{"Status":"C"}}"#)
+            .unwrap_err();
         assert_eq!((d.pointer(), d.keyword()), ("/Data/Status", "enum"));
         // Strict closes the answer's objects as it closes the request's.
-        let d = c.check_response(200, true, br#"{"Data":{},"Extra":1}"#).unwrap_err();
-        assert_eq!((d.pointer(), d.keyword()), ("/Extra", "additionalProperties"));
+        let d = c
+            .check_response(200, true, br#"{"Data":{},"Extra":1}"#)
+            .unwrap_err();
+        assert_eq!(
+            (d.pointer(), d.keyword()),
+            ("/Extra", "additionalProperties")
+        );
         let d = c.check_response(200, false, b"<html>").unwrap_err();
         assert_eq!(d.keyword(), "contentType");
         let d = c.check_response(200, true, b"").unwrap_err();
@@ -1461,11 +1486,22 @@ mod tests {
         });
         let s = Arc::new(Spec::parse(&only.to_string()).unwrap());
         let c = s
-            .compile_with(Path::new("s"), "op", ContractMode::Enforce, false, ResponseMode::Enforce)
+            .compile_with(
+                Path::new("s"),
+                "op",
+                ContractMode::Enforce,
+                false,
+                ResponseMode::Enforce,
+            )
             .unwrap();
-        assert_eq!(c.check_response(201, true, b"{}"), Err(ResponseDrift::Status));
+        assert_eq!(
+            c.check_response(201, true, b"{}"),
+            Err(ResponseDrift::Status)
+        );
         // Off: nothing compiled, nothing checked.
-        let c = s.compile(Path::new("s"), "op", ContractMode::Enforce, false).unwrap();
+        let c = s
+            .compile(Path::new("s"), "op", ContractMode::Enforce, false)
+            .unwrap();
         assert!(!c.checks_responses());
     }
 

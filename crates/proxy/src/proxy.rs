@@ -805,8 +805,7 @@ async fn settle_and_finish(
         Some(r) => {
             let max = rt.config.idempotency.max_response_bytes;
             let now = shared.clock.now();
-            let (settled, label) =
-                pipeline::idempotency::settle(r, &parts, body, max, now).await;
+            let (settled, label) = pipeline::idempotency::settle(r, &parts, body, max, now).await;
             trail.idempotency = Some(label);
             match settled {
                 Settled::Send(bytes) => full(bytes),

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::pipeline::contract::{AnswerOutcome, Answered};
 use crate::pipeline::ratelimit::Scope;
 use crate::pipeline::rejection::Decision;
 use crate::pipeline::{Rejection, Trail};
-use crate::pipeline::contract::{AnswerOutcome, Answered};
 use portcullis_audit::{
     AlertRecord, ContractRecord, ContractResponseRecord, RequestRecord, SignatureRecord,
 };

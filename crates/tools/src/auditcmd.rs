@@ -4,8 +4,8 @@
 //! finds damage, 2 on a usage or I/O error.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Subcommand;
 

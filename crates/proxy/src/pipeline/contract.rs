@@ -156,7 +156,10 @@ pub(crate) async fn check_answer(
     {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            let why = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            let why = if e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 "over_limit"
             } else {
                 "read_failed"
@@ -169,7 +172,12 @@ pub(crate) async fn check_answer(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| {
-            let base = t.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let base = t
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             base == "application/json" || base.ends_with("+json")
         });
     let outcome = match c.check_response(status, json, &bytes) {

@@ -28,6 +28,7 @@ use ::http::{Response, StatusCode};
 use bytes::Bytes;
 
 use crate::pipeline::binding::BindingError;
+use crate::pipeline::contract::ResponseRefusal;
 use crate::pipeline::fapi::FapiError;
 use crate::pipeline::http::HttpError;
 use crate::pipeline::idempotency::{Dialect, IdempotencyError};
@@ -40,7 +41,6 @@ use crate::upstream::UpstreamError;
 use portcullis_audit::AuditError;
 use portcullis_base::path::PathError;
 use portcullis_base::variants::Variants;
-use crate::pipeline::contract::ResponseRefusal;
 use portcullis_policy::contract::Violation;
 use portcullis_policy::rules::Denial;
 use portcullis_policy::{ErrorDialect, NoRoute};
