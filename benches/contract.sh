@@ -30,8 +30,11 @@ BIN=${BIN:-$ROOT/target/release/portcullis}
 [[ -x $BIN ]] || { echo "set BIN to a portcullis binary (cargo build --release)" >&2; exit 2; }
 case $CONTRACT_RESPONSE in shadow | enforce | off) ;; *) echo "CONTRACT_RESPONSE: shadow, enforce or off" >&2; exit 2 ;; esac
 
+# lib.sh sets BIN to the release binary of CARGO_TARGET_DIR; the one asked for wins.
+WANT_BIN=$BIN
 # shellcheck source=lib.sh
 source "$ROOT/benches/lib.sh"
+BIN=$WANT_BIN
 bench_traps
 require_tools curl python3
 bench_workdir contract
@@ -82,17 +85,24 @@ start_portcullis "$WORK/off.yaml" off "$A_OFF"
 start_portcullis "$WORK/on.yaml" on "$A_ON"
 declare -A PORT=([off]=$P_OFF [on]=$P_ON)
 
-# The headers OBIE requires of a consent POST; the route verifies no request signature, so the
-# x-jws-signature only has to be there.
+# The headers OBIE requires of a consent POST. The load generator signs each body (the route
+# verifies no request signature, but the description requires x-jws-signature), the same cost
+# on both instances.
 CONSENT_LOAD="  - name: consent
     method: POST
     path: $CONSENTS
     clients: [tpp-one]
     headers:
       content-type: application/json
-      x-idempotency-key: bench-consent-0001
-      x-jws-signature: \"header..signature\"
+      x-idempotency-key: \"{uuid}\"
     body: {file: $WORK/consent.json}
+    jws:
+      format: obie
+      profile: obie-3.1.4
+      key: $CERTS/tpp1.key
+      kid: tpp-one-signing
+      iss: PSDGB-FCA-123456/tpp-one-software-id
+      tan: openbanking.org.uk
     expect: [201]"
 
 # One run against $1 (off|on) for $2, JSON report in $3.
