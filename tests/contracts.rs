@@ -1047,6 +1047,30 @@ fn import_is_idempotent_reports_changes_and_keeps_hand_written_rules() {
     // And again: unchanged.
     let last = run(&pisp, "obie-pisp");
     assert!(!last.changed, "{last:?}");
+    // Enforcing the answers is a reviewed change, route by route; an unknown mode is refused.
+    let enforce = |response: &str| {
+        import(&Import {
+            spec: pisp.clone(),
+            out: out.path().to_path_buf(),
+            group: Some("obie-pisp".into()),
+            upstream: "bank".into(),
+            profile: "fapi2".into(),
+            response: response.into(),
+        })
+    };
+    let r = enforce("enforce").unwrap();
+    assert!(r.changed);
+    assert!(
+        r.changes
+            .contains(&"response obie-pisp.CreateDomesticPayments: shadow -> enforce".to_string()),
+        "{:?}",
+        r.changes
+    );
+    assert!(std::fs::read_to_string(&file)
+        .unwrap()
+        .contains("operation: CreateDomesticPayments, strict: true, response: enforce}"));
+    let e = enforce("loud").unwrap_err();
+    assert!(e.contains("--response: unknown value `loud`"), "{e}");
 }
 
 /// A contract that cannot be made is refused at load: the file, the field and the reason.
@@ -1084,6 +1108,11 @@ fn bad_contracts_are_refused_at_load_naming_file_field_and_reason() {
             format!("{{spec: \"{spec}\", operation: CreateDomesticPayments, mode: loud}}"),
             "routes[0].contract.mode",
             "unknown value `loud`",
+        ),
+        (
+            format!("{{spec: \"{spec}\", operation: CreateDomesticPayments, response: loud}}"),
+            "routes[0].contract.response",
+            "unknown value `loud` (shadow, enforce or off)",
         ),
     ];
     for (contract, field, reason) in cases {

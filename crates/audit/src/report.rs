@@ -1346,7 +1346,11 @@ not json
 {"kind":"request","client_id":"ok","route_id":"a","decision":"allow","client_cert_not_after":"2020-01-01T00:00:00Z"}
 "#;
         let routes = vec!["a".to_string(), "never\"x".to_string()];
-        let r = build(&[log], Some(&routes));
+        let mut log = log.to_vec();
+        log.extend_from_slice(
+            br#"{"kind":"request","method":"GET","path":"/<svg onload=x>/1","decision":"deny","reason":"route.not_found"}"#,
+        );
+        let r = build(&[&log], Some(&routes));
         // 2026-01-01: the first certificate expires in 9 days, the second has expired.
         let html = r.html(&["<f>.log".to_string()], 1_767_225_600.0);
         assert!(html.starts_with("<!DOCTYPE html>"));
@@ -1357,6 +1361,10 @@ not json
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("&lt;img src=x&gt;") && html.contains("r&lt;&amp;&gt;"));
         assert!(html.contains("&lt;f&gt;.log") && html.contains("never&quot;x"));
+        assert!(
+            !html.contains("<svg") && html.contains("/&lt;svg onload=x&gt;/{id}"),
+            "{html}"
+        );
         assert!(
             html.contains("in 9 day(s)") && html.contains("expired"),
             "{html}"
