@@ -103,12 +103,17 @@ impl Answered {
             AnswerOutcome::Drift(ResponseDrift::Body(_)) => {
                 Some(Rejection::ContractResponse(ResponseRefusal::Invalid))
             }
+            // An answer to HEAD has no body by definition: nothing was withheld from the check.
+            AnswerOutcome::Unchecked(HEAD) => None,
             AnswerOutcome::Unchecked(_) => {
                 Some(Rejection::ContractResponse(ResponseRefusal::Unchecked))
             }
         }
     }
 }
+
+/// Why an answer to HEAD is not checked (and, under enforce, still not withheld).
+const HEAD: &str = "head";
 
 /// The largest answer read to check it. Answers are buffered only on routes whose contract
 /// checks responses, and only up to this: a larger one is never held whole.
@@ -138,7 +143,7 @@ pub(crate) async fn check_answer(
         || parts.status == http::StatusCode::NO_CONTENT
         || parts.status == http::StatusCode::NOT_MODIFIED;
     if head {
-        return (answered(AnswerOutcome::Unchecked("head")), Err(body));
+        return (answered(AnswerOutcome::Unchecked(HEAD)), Err(body));
     }
     let enforce = c.response == ResponseMode::Enforce;
     match declared {
