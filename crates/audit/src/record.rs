@@ -68,6 +68,24 @@ pub struct ContractRecord {
     pub result: &'static str,
     pub pointer: Option<String>,
     pub keyword: Option<String>,
+    /// The check of the upstream's answer, on routes whose contract checks responses.
+    pub response: Option<ContractResponseRecord>,
+}
+
+/// What the check of the upstream's answer against the operation's responses found: where
+/// the answer broke its contract (a JSON pointer and the keyword), never a value of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContractResponseRecord {
+    /// `shadow` or `enforce`.
+    pub mode: &'static str,
+    /// `ok`, `invalid` or `unchecked`.
+    pub result: &'static str,
+    /// The upstream's status.
+    pub status: u16,
+    pub pointer: Option<String>,
+    pub keyword: Option<String>,
+    /// Why an answer was not checked: `streamed`, `over_limit`, `read_failed` or `head`.
+    pub why: Option<&'static str>,
 }
 
 /// One request's record; filled by the outer handler as the request moves through the stages.
@@ -222,6 +240,22 @@ impl RequestRecord {
                 }
                 if let Some(k) = &c.keyword {
                     o.str("keyword", k);
+                }
+                if let Some(r) = &c.response {
+                    o.object("response", |a| {
+                        a.str("mode", r.mode);
+                        a.str("result", r.result);
+                        a.u64("status", u64::from(r.status));
+                        if let Some(p) = &r.pointer {
+                            a.str("pointer", p);
+                        }
+                        if let Some(k) = &r.keyword {
+                            a.str("keyword", k);
+                        }
+                        if let Some(w) = r.why {
+                            a.str("why", w);
+                        }
+                    });
                 }
             });
         }
