@@ -23,7 +23,7 @@
 #
 # Usage: BIN=target/debug/portcullis bash benches/detection_fp.sh
 # Environment: DURATION (10m), PHASE (1m), RATES ("20 40 10 30 60 15" requests/s),
-# TOKEN_LIFETIME (60s: tpp2's tokens), VOLUME (empty: the shipped volume detector; e.g.
+# TOKEN_LIFETIME (20s: tpp2's tokens), VOLUME (empty: the shipped volume detector; e.g.
 # '{bucket: 5s, min_requests: 50}' to let it warm up within the run — the shipped warm-up is an
 # hour), KEEP_WORKDIR (0), TMPDIR, OUT (detection-fp.json). Loopback only; stops by itself.
 set -euo pipefail
@@ -33,7 +33,7 @@ KEEP_WORKDIR=${KEEP_WORKDIR:-0}
 DURATION=${DURATION:-10m}
 PHASE=${PHASE:-1m}
 RATES=${RATES:-"20 40 10 30 60 15"}
-TOKEN_LIFETIME=${TOKEN_LIFETIME:-60s}
+TOKEN_LIFETIME=${TOKEN_LIFETIME:-20s}
 VOLUME=${VOLUME:-}
 OUT=${OUT:-detection-fp.json}
 BIN_GIVEN=${BIN:-}

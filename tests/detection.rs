@@ -417,6 +417,7 @@ async fn a_webhook_receiver_that_never_answers_costs_requests_nothing_and_drops_
             queue: Some(1),
             attempts: Some(2),
             timeout: Some(dur("2s")),
+            ca: None,
         }),
         ..FileDetection::default()
     })
@@ -802,14 +803,12 @@ async fn enumeration_spread_over_two_instances_is_counted_and_quarantined_for_th
 /// each POST 204 and hands its JSON body over.
 async fn https_receiver() -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<Value>) {
     let certs = common::certs();
+    use rustls_pki_types::pem::PemObject;
     let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(certs.join("server.pem"))
         .unwrap()
         .map(|c| c.unwrap())
         .collect();
-    let key = {
-        use rustls_pki_types::pem::PemObject;
-        rustls_pki_types::PrivateKeyDer::from_pem_file(certs.join("server.key")).unwrap()
-    };
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(certs.join("server.key")).unwrap();
     let cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(chain, key)
