@@ -613,6 +613,37 @@ async fn a_route_first_used_after_the_learning_period_raises_the_first_use_alert
     assert_eq!(found[0]["interaction_id"], first.as_str());
 }
 
+/// A scope the client never used (the balances route requires `accounts`; the route it used
+/// while learning requires none), after the learning period: the first-use alert names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_first_used_after_the_learning_period_is_named_in_the_first_use_alert() {
+    let lab = lab(FileDetection {
+        first_use: Some(FileFirstUse {
+            learning: Some(dur("1h")),
+            ..FileFirstUse::default()
+        }),
+        ..FileDetection::default()
+    })
+    .await;
+    let t = token(&lab);
+    get_ok(&lab.p, "/accounts", &t).await;
+    lab.clock().advance(3600);
+    let t = lab.token(json!({"accounts": ["acc-1"], "scope": "accounts", "iat": NOW + 3600,
+        "nbf": NOW + 3599, "exp": NOW + 3900}));
+    let first = get_ok(&lab.p, "/accounts/acc-1/balances", &t).await;
+    get_ok(&lab.p, "/accounts/acc-1/balances", &t).await;
+    let found = lab.p.audit_where(1, |r| r["kind"] == "alert").await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let a = &found[0];
+    assert_eq!(
+        (a["detector"].as_str(), a["reason"].as_str()),
+        (Some("first_use"), Some("first_use"))
+    );
+    assert_eq!(a["route_id"], "balances");
+    assert_eq!(a["scope"], "accounts");
+    assert_eq!(a["interaction_id"], first.as_str());
+}
+
 /// A well-behaved mix from two clients under the shipped defaults: reads of their own
 /// accounts, payments, an occasional expired token and refused object (a stale link), a scope
 /// refusal or two. Nothing fires.
