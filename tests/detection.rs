@@ -628,8 +628,10 @@ async fn a_scope_first_used_after_the_learning_period_is_named_in_the_first_use_
     let t = token(&lab);
     get_ok(&lab.p, "/accounts", &t).await;
     lab.clock().advance(3600);
-    let t = lab.token(json!({"accounts": ["acc-1"], "scope": "accounts", "iat": NOW + 3600,
-        "nbf": NOW + 3599, "exp": NOW + 3900}));
+    let t = lab.token(
+        json!({"accounts": ["acc-1"], "scope": "accounts", "iat": NOW + 3600,
+        "nbf": NOW + 3599, "exp": NOW + 3900}),
+    );
     let first = get_ok(&lab.p, "/accounts/acc-1/balances", &t).await;
     get_ok(&lab.p, "/accounts/acc-1/balances", &t).await;
     let found = lab.p.audit_where(1, |r| r["kind"] == "alert").await;
@@ -921,7 +923,10 @@ async fn an_https_webhook_receiver_gets_alerts_only_when_its_certificate_chains_
             assert_eq!(got["detector"], "probing");
             assert_eq!(got["interaction_id"], ids[1].as_str());
         } else {
-            assert!(got.is_err(), "posted to a receiver the pinned CA does not vouch for");
+            assert!(
+                got.is_err(),
+                "posted to a receiver the pinned CA does not vouch for"
+            );
         }
         let mut counted = false;
         for _ in 0..100 {

@@ -285,7 +285,9 @@ fn the_routes_of_one_class_share_one_volume_baseline() {
             assert_eq!(d.observe_volume(&cfg, &at(route, None, now)), None);
         }
     }
-    assert!((1..=9).all(|i| d.observe_volume(&cfg, &at(routes[i % 3], None, 4)).is_none()));
+    assert!((1..=9).all(|i| d
+        .observe_volume(&cfg, &at(routes[i % 3], None, 4))
+        .is_none()));
 }
 
 #[test]
@@ -363,9 +365,7 @@ fn first_use_of_a_scope_is_named_and_outside_hours_only_fires_outside_them() {
     );
     // A known route that now asks for a scope the client never used (the policy changed).
     let both = ["accounts".to_string(), "extra".to_string()];
-    let a = d
-        .observe_first_use(&cfg, &at("list", &both, 4000))
-        .unwrap();
+    let a = d.observe_first_use(&cfg, &at("list", &both, 4000)).unwrap();
     assert_eq!(
         (a.reason.as_str(), a.scope.as_deref()),
         ("first_use.scope", Some("extra"))
@@ -378,8 +378,14 @@ fn first_use_of_a_scope_is_named_and_outside_hours_only_fires_outside_them() {
         scopes: false,
         ..FirstUseConfig::default()
     });
-    assert_eq!(d.observe_first_use(&no_scopes, &at("list", &accounts, 0)), None);
-    assert_eq!(d.observe_first_use(&no_scopes, &at("list", &both, 4000)), None);
+    assert_eq!(
+        d.observe_first_use(&no_scopes, &at("list", &accounts, 0)),
+        None
+    );
+    assert_eq!(
+        d.observe_first_use(&no_scopes, &at("list", &both, 4000)),
+        None
+    );
 
     // Outside 07:00-19:00 UTC only: a first use at noon is learned silently, one at 22:00
     // fires.
@@ -396,20 +402,46 @@ fn first_use_of_a_scope_is_named_and_outside_hours_only_fires_outside_them() {
     assert_eq!(d.observe_first_use(&hours, &at("a", &[], noon)), None);
     let night = day + 22 * 3600;
     assert!(d.observe_first_use(&hours, &at("b", &[], night)).is_some());
-    assert_eq!(d.observe_first_use(&hours, &at("a", &[], night)), None, "learned at noon");
+    assert_eq!(
+        d.observe_first_use(&hours, &at("a", &[], night)),
+        None,
+        "learned at noon"
+    );
 }
 
 #[test]
 fn hours_parse_and_wrap_midnight() {
     assert_eq!(
         Hours::parse("07:00-19:30"),
-        Some(Hours { from: 420, to: 1170 })
+        Some(Hours {
+            from: 420,
+            to: 1170
+        })
     );
-    assert_eq!(Hours::parse("22:00-06:00").map(|h| h.contains(23 * 3600)), Some(true));
-    assert_eq!(Hours::parse("22:00-06:00").map(|h| h.contains(5 * 3600)), Some(true));
-    assert_eq!(Hours::parse("22:00-06:00").map(|h| h.contains(12 * 3600)), Some(false));
-    assert_eq!(Hours::parse("00:00-24:00").map(|h| h.contains(86_399)), Some(true));
-    for bad in ["7:00-19:00", "07:00-07:00", "25:00-01:00", "07:60-08:00", "0700-1900", ""] {
+    assert_eq!(
+        Hours::parse("22:00-06:00").map(|h| h.contains(23 * 3600)),
+        Some(true)
+    );
+    assert_eq!(
+        Hours::parse("22:00-06:00").map(|h| h.contains(5 * 3600)),
+        Some(true)
+    );
+    assert_eq!(
+        Hours::parse("22:00-06:00").map(|h| h.contains(12 * 3600)),
+        Some(false)
+    );
+    assert_eq!(
+        Hours::parse("00:00-24:00").map(|h| h.contains(86_399)),
+        Some(true)
+    );
+    for bad in [
+        "7:00-19:00",
+        "07:00-07:00",
+        "25:00-01:00",
+        "07:60-08:00",
+        "0700-1900",
+        "",
+    ] {
         assert_eq!(Hours::parse(bad), None, "{bad}");
     }
 }

@@ -390,11 +390,7 @@ fn webhook_tls(cfg: &WebhookConfig) -> Option<rustls::ClientConfig> {
 }
 
 /// Posts `body`, retrying with a doubling pause; true on a 2xx answer.
-async fn deliver(
-    client: &HookClient,
-    cfg: &WebhookConfig,
-    body: Bytes,
-) -> bool {
+async fn deliver(client: &HookClient, cfg: &WebhookConfig, body: Bytes) -> bool {
     let mut pause = Duration::from_millis(100);
     for attempt in 0..cfg.attempts {
         if attempt > 0 {
