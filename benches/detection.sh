@@ -35,11 +35,13 @@ ROUNDS=${ROUNDS:-5}
 WARMUP=${WARMUP:-2s}
 PERF=${PERF:-0}
 OUT=${OUT:-detection.json}
-BIN=${BIN:-$ROOT/target/release/portcullis}
-[[ -x $BIN ]] || { echo "set BIN to a portcullis binary (cargo build --release)" >&2; exit 2; }
+BIN_GIVEN=${BIN:-}
 
 # shellcheck source=lib.sh
 source "$ROOT/benches/lib.sh"
+# lib.sh sets BIN to the release build of CARGO_TARGET_DIR: a BIN given wins.
+[[ -n $BIN_GIVEN ]] && BIN=$BIN_GIVEN
+[[ -x $BIN ]] || { echo "set BIN to a portcullis binary (cargo build --release)" >&2; exit 2; }
 bench_traps
 require_tools curl python3
 bench_workdir detection
@@ -64,8 +66,10 @@ PID_ON=$STARTED_PID
 declare -A PORT=([off]=$P_OFF [on]=$P_ON) PID=([off]=$PID_OFF [on]=$PID_ON)
 if [[ $PERF == 1 ]]; then
     require_tools perf
-    perf stat -e instructions -p "$PID_OFF" -- sleep 0.1 >/dev/null 2>&1 \
-        || die "perf cannot count the proxy's instructions (kernel.perf_event_paranoid?)"
+    # perf exits 0 with `<not supported>` where there are no hardware counters (many VMs).
+    probe=$(perf stat -x, -e instructions -p "$PID_OFF" -- sleep 0.2 2>&1 >/dev/null || true)
+    grep -Eq '^[0-9]+,' <<<"$probe" \
+        || die "perf cannot count the proxy's instructions here: ${probe//$'\n'/ } (no hardware counters, or kernel.perf_event_paranoid)"
 fi
 
 # One run against $1 (off|on) for $2, JSON report in $3; with PERF=1 and $4, the proxy's
