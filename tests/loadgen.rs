@@ -977,8 +977,9 @@ async fn the_enumeration_scenario_on_one_instance_quarantines_the_client_on_anot
     path: /accounts/acc-1
     expect: [200, 403]"#;
     let on_b = attack_bound(&b, "own", own, "load: {connections: 1, requests: 1}", false);
-    // A certificate-bound token: with this Redis set-up a DPoP proof was refused 503
-    // binding.replay_store_unavailable (not what this test is about). Both instances serve the
+    // A certificate-bound token: a fresh Redis holds no replay history, so DPoP replay checks
+    // refuse (503 binding.replay_store_unavailable, fail closed) for one replay window after
+    // it starts — on the system clock this test runs on, a minute. Both instances serve the
     // client before the attack.
     for (e, name) in [(&a, "A"), (&b, "B")] {
         let s = attack_bound(
