@@ -584,6 +584,72 @@ async fn a_volume_spike_against_the_clients_own_baseline_raises_the_volume_alert
     );
 }
 
+/// The volume baseline is per route class: two routes that name one rate-limit class are one
+/// rate. A client calling each once a second (its class: 2 a second), then 3 times each in one
+/// second, fires on the 6th request of the class — neither route alone reaches the minimum of
+/// 5 — and the alert names the route of that request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_of_one_rate_limit_class_share_one_volume_baseline() {
+    const CLASS_POLICY: &str = r#"
+group: detect
+upstream: bank
+routes:
+  - id: accounts
+    method: GET
+    path: /accounts
+    auth: {profile: fapi2}
+    rate_limit: reads
+  - id: balances
+    method: GET
+    path: /accounts/{AccountId}/balances
+    auth: {profile: fapi2}
+    rate_limit: reads
+    rules:
+      - {id: own-account, value: {path: AccountId}, in: {claim: accounts}}
+"#;
+    let mut o = LabOptions::new(CLASS_POLICY);
+    o.config.rate_limits.classes.insert(
+        "reads".into(),
+        common::FileQuota {
+            rate: 10_000,
+            per: dur("1s"),
+            burst: Some(10_000),
+            shadow: false,
+        },
+    );
+    o.config.detection = Some(FileDetection {
+        volume: Some(FileVolume {
+            multiple: Some(3.0),
+            min_requests: Some(5),
+            warmup: Some(3),
+            bucket: Some(dur("1s")),
+            ..FileVolume::default()
+        }),
+        ..FileDetection::default()
+    });
+    let lab = Lab::start(o).await;
+    let t = token(&lab);
+    for _ in 0..4 {
+        get_ok(&lab.p, "/accounts", &t).await;
+        get_ok(&lab.p, "/accounts/acc-1/balances", &t).await;
+        lab.clock().advance(1);
+    }
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(get_ok(&lab.p, "/accounts", &t).await);
+        ids.push(get_ok(&lab.p, "/accounts/acc-1/balances", &t).await);
+    }
+    let found = lab.p.audit_where(1, |r| r["kind"] == "alert").await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let a = &found[0];
+    assert_eq!(
+        (a["detector"].as_str(), a["count"].as_u64()),
+        (Some("volume"), Some(6))
+    );
+    assert_eq!(a["route_id"], "balances");
+    assert_eq!(a["interaction_id"], ids[5].as_str());
+}
+
 /// After the learning period, the first request let through on a route the client never used
 /// raises one first-use alert; the routes it used while learning raise none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
