@@ -363,6 +363,7 @@ impl Record {
                 m.u64("window_s", a.window_s);
                 m.str("reason", &a.reason);
                 m.opt_str("route_id", a.route_id.as_deref());
+                m.opt_str("scope", a.scope.as_deref());
                 m.opt_str("client_id", a.client_id.as_deref());
                 m.opt_str("quarantined_until", a.quarantined_until.as_deref());
                 m.opt_str("interaction_id", a.interaction_id.as_deref());
@@ -398,6 +399,8 @@ pub struct AlertRecord {
     /// The reason code of the refusal that fired it.
     pub reason: String,
     pub route_id: Option<String>,
+    /// First use: the scope the client had never used.
+    pub scope: Option<String>,
     pub client_id: Option<String>,
     /// RFC 3339.
     pub quarantined_until: Option<String>,

@@ -343,6 +343,7 @@ fn seal(shared: &Shared, open: Box<Open>, outcome: record::Outcome) {
         cert: head.client_cert.clone(),
         token: trail.token.clone(),
         peer: head.peer_ip,
+        route: trail.route.clone(),
     };
     let record = Box::new(record::compose(head, trail, outcome));
     let took = Duration::from_micros(record.total_latency_us);

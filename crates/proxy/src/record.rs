@@ -235,6 +235,7 @@ pub(crate) fn alert(a: &portcullis_detect::Alert, request: &RequestRecord) -> Al
         window_s: a.window_s,
         reason: bounded(&a.reason),
         route_id: a.route.as_deref().map(bounded),
+        scope: a.scope.as_deref().map(bounded),
         client_id: request.client_id.clone(),
         quarantined_until: a
             .quarantined_until
