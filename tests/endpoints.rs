@@ -479,7 +479,10 @@ async fn all_bank_processes_killed_answer_503_at_once_with_retry_after_and_recov
             );
         }
     }
-    assert_eq!(ok, 6, "recovered: every request answered once bank 2 was back");
+    assert_eq!(
+        ok, 6,
+        "recovered: every request answered once bank 2 was back"
+    );
     assert!(banks[1].count() >= 6);
 }
 

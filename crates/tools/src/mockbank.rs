@@ -52,7 +52,11 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
 }
 
 /// Serves one mock bank (one id counter, one record) on every listener until `shutdown`.
-pub async fn serve_with(listeners: Vec<TcpListener>, shutdown: CancellationToken, options: Options) {
+pub async fn serve_with(
+    listeners: Vec<TcpListener>,
+    shutdown: CancellationToken,
+    options: Options,
+) {
     let bank = Arc::new(Bank {
         ids: AtomicU64::new(1000),
         options,

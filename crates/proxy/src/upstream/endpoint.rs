@@ -639,7 +639,11 @@ mod tests {
                 .report(Outcome::Timeout, t0, &b, &o);
         }
         assert!(!s.is_pristine());
-        assert_eq!(s.standing(t0, &b), Standing::Open, "not taken for available");
+        assert_eq!(
+            s.standing(t0, &b),
+            Standing::Open,
+            "not taken for available"
+        );
         assert!(s.admit(t0, &b).is_none());
         assert_eq!(s.outstanding(), 0);
         let u = EndpointState::default();
