@@ -571,7 +571,7 @@ async fn audit_records_and_metrics_name_the_listener_and_host_that_served() {
         },
     ];
     let p = start(config_with(up.addr, listeners)).await;
-    let mut conns = vec![
+    let mut conns = [
         connect_as(first, "a.bank.test", Some("tpp1"), false)
             .await
             .unwrap(),
