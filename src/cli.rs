@@ -65,8 +65,16 @@ pub(crate) enum Command {
     },
     /// Serve the built-in mock bank API over plain HTTP (for benchmarks and local trials).
     MockBank {
+        /// An address to listen on; repeat for several (one bank behind them all).
         #[arg(long, default_value = "127.0.0.1:9080")]
-        listen: SocketAddr,
+        listen: Vec<SocketAddr>,
+        /// Append one line per request received to FILE: method, path, body SHA-256 (hex),
+        /// `x-idempotency-key` (`-`: none), written before the answer.
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+        /// Milliseconds each answer waits.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
     },
     /// Audit log tools: verify the hash chain and signed checkpoints, report per client,
     /// make an audit signing key.
@@ -237,17 +245,48 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::MockBank { listen } => {
-            let l = match tokio::net::TcpListener::bind(listen).await {
-                Ok(l) => l,
-                Err(e) => {
-                    eprintln!("cannot bind {listen}: {e}");
-                    return ExitCode::from(1);
+        Command::MockBank {
+            listen,
+            record,
+            delay_ms,
+        } => {
+            let mut listeners = Vec::new();
+            for a in &listen {
+                match tokio::net::TcpListener::bind(a).await {
+                    Ok(l) => listeners.push(l),
+                    Err(e) => {
+                        eprintln!("cannot bind {a}: {e}");
+                        return ExitCode::from(1);
+                    }
                 }
+            }
+            let record = match record {
+                Some(p) => match std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&p)
+                {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        eprintln!("cannot open {}: {e}", p.display());
+                        return ExitCode::from(1);
+                    }
+                },
+                None => None,
             };
-            eprintln!("mock bank on http://{listen}");
+            for a in &listen {
+                eprintln!("mock bank on http://{a}");
+            }
             let token = tokio_util::sync::CancellationToken::new();
-            tokio::spawn(portcullis_tools::mockbank::serve(l, token.clone()));
+            let options = portcullis_tools::mockbank::Options {
+                record,
+                delay: std::time::Duration::from_millis(delay_ms),
+            };
+            tokio::spawn(portcullis_tools::mockbank::serve_with(
+                listeners,
+                token.clone(),
+                options,
+            ));
             portcullis_proxy::wait_for_signal().await;
             token.cancel();
             ExitCode::SUCCESS

@@ -551,6 +551,73 @@ async fn two_listeners_on_two_ports_serve_different_policies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_and_metrics_name_the_listener_and_host_that_served() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let (first, second) = (free_addr(), free_addr());
+    let mut a = host("a", Some(certs().join("ca.pem")), "required", &["open"]);
+    a.default = true;
+    let mut corp = host("a", Some(certs().join("ca.pem")), "required", &["corp"]);
+    corp.default = true;
+    let listeners = vec![
+        FileListenerEntry {
+            address: first.to_string(),
+            limits: FileLimits::default(),
+            hosts: vec![a, host("pub", None, "none", &["public"])],
+        },
+        FileListenerEntry {
+            address: second.to_string(),
+            limits: FileLimits::default(),
+            hosts: vec![corp],
+        },
+    ];
+    let p = start(config_with(up.addr, listeners)).await;
+    let mut conns = [
+        connect_as(first, "a.bank.test", Some("tpp1"), false)
+            .await
+            .unwrap(),
+        connect_as(first, "pub.bank.test", None, false)
+            .await
+            .unwrap(),
+        connect_as(second, "a.bank.test", Some("tpp1"), false)
+            .await
+            .unwrap(),
+    ];
+    let mut served = Vec::new();
+    for (c, name, path, listener, host) in [
+        (0, "a.bank.test", "/open/accounts", first, "a.bank.test"),
+        (1, "pub.bank.test", "/public/status", first, "pub.bank.test"),
+        (2, "a.bank.test", "/corp/payments", second, "a.bank.test"),
+        (2, "a.bank.test", "/corp/payments", second, "a.bank.test"),
+    ] {
+        let (r, id) = get(name, path, false);
+        let answer = conns[c].send(r).await.unwrap();
+        assert_eq!(answer.status, 200, "{name}{path}");
+        served.push((id, listener, host));
+    }
+    // A refusal names the host whose handshake the connection made, not the one it asked for.
+    let (r, id) = get("pub.bank.test", "/public/status", false);
+    let answer = conns[0].send(r).await.unwrap();
+    refused_after(&p, &up, 4, &answer, &id, 421, "http.misdirected").await;
+    served.push((id, first, "a.bank.test"));
+    for (id, listener, host) in &served {
+        let rec = p.audit_of(id).await;
+        assert_eq!(rec["listener"], listener.to_string(), "{rec}");
+        assert_eq!(rec["host"], *host, "{rec}");
+    }
+    let (_, metrics) = p.admin_get("/metrics").await;
+    for (listener, host, n) in [
+        (first, "a.bank.test", 2),
+        (first, "pub.bank.test", 1),
+        (second, "a.bank.test", 2),
+    ] {
+        let line = format!(
+            "portcullis_host_requests_total{{listener=\"{listener}\",host=\"{host}\"}} {n}"
+        );
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_adds_a_host_and_a_listener_while_a_slow_request_completes() {
     let up = Upstream::start(Behaviour::Delay(Duration::from_millis(1500))).await;
     let p = start(config_with(up.addr, one_listener(three_hosts()))).await;

@@ -277,6 +277,9 @@ impl RequestRecord {
 /// What the audit log records of a connection.
 pub struct ConnectionFacts<'a> {
     pub local: std::net::SocketAddr,
+    /// The virtual host the handshake chose (its first configured name, `*` for a listener's
+    /// only host that takes any name).
+    pub host: &'a str,
     pub peer: std::net::SocketAddr,
     pub tls_version: &'static str,
     pub cipher: &'static str,
@@ -284,7 +287,7 @@ pub struct ConnectionFacts<'a> {
 }
 
 /// The members a connection adds to each of its request records, encoded once per connection
-/// (escaped and bounded like every other value): `"listener":…,"peer":…,"tls_version":…,
+/// (escaped and bounded like every other value): `"listener":…,"host":…,"peer":…,"tls_version":…,
 /// "cipher":…` and, with a client certificate, its thumbprint, subject, organization id and
 /// notAfter.
 pub fn connection_members(conn: &ConnectionFacts<'_>) -> std::sync::Arc<str> {
@@ -292,6 +295,7 @@ pub fn connection_members(conn: &ConnectionFacts<'_>) -> std::sync::Arc<str> {
     let mut out = Vec::with_capacity(512);
     let mut m = Members::new(&mut out);
     m.str("listener", &conn.local.to_string());
+    m.str("host", &bounded(conn.host));
     m.str("peer", &conn.peer.to_string());
     m.str("tls_version", conn.tls_version);
     m.str("cipher", conn.cipher);

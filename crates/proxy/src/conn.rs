@@ -22,6 +22,9 @@ pub(crate) struct ConnInfo {
     /// The host its handshake chose ([`crate::config::Host::key`]): every request must name
     /// one of that host's names, and is served by that host's routes and revocation checks.
     pub host_key: Arc<str>,
+    /// Requests served on this connection's listener and host (the
+    /// `portcullis_host_requests_total` sample, looked up once per connection).
+    pub host_requests: Arc<std::sync::atomic::AtomicU64>,
     pub tls_version: &'static str,
     pub cipher: &'static str,
     /// The verified client certificate, when one was presented.
@@ -49,7 +52,8 @@ impl ConnInfo {
         tasks: tokio_util::task::TaskTracker,
         max_detached: usize,
         listener: SocketAddr,
-        host_key: Arc<str>,
+        host: &crate::config::Host,
+        host_requests: Arc<std::sync::atomic::AtomicU64>,
     ) -> std::io::Result<ConnInfo> {
         let (tcp, session) = tls.get_ref();
         let tls_version = match session.protocol_version() {
@@ -83,7 +87,8 @@ impl ConnInfo {
             peer,
             local: tcp.local_addr()?,
             listener,
-            host_key,
+            host_key: Arc::clone(&host.key),
+            host_requests,
             tls_version,
             cipher,
             client_cert,
@@ -94,6 +99,7 @@ impl ConnInfo {
         info.audit_members =
             portcullis_audit::connection_members(&portcullis_audit::ConnectionFacts {
                 local: info.local,
+                host: host.label(),
                 peer: info.peer,
                 tls_version: info.tls_version,
                 cipher: info.cipher,

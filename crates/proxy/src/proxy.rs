@@ -68,6 +68,8 @@ pub(crate) async fn handle(
     let trace = crate::telemetry::TraceContext::from_headers(req.headers());
     // The id is always a UUID, so this never fails; it is built once for both directions.
     let id_header = HeaderValue::from_str(&interaction_id).unwrap_or(HeaderValue::from_static(""));
+    conn.host_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let head = Head {
         interaction_id,
         trace_id: trace.trace_id(),

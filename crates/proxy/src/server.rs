@@ -429,7 +429,8 @@ async fn serve_connection(
         tasks,
         max_detached,
         listener_at,
-        Arc::clone(&host.key),
+        &host,
+        shared.metrics.host_requests(listener_at, host.label()),
     ) {
         Ok(i) => Arc::new(i),
         Err(_) => return,

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -75,6 +75,9 @@ pub struct Metrics {
     /// Answers outside their route's contract, by route and failed keyword (the keywords are
     /// JSON Schema's fixed set, so the label stays bounded).
     contract_drift: DashMap<(String, String), AtomicU64>,
+    /// Requests by listener (configured address) and virtual host ([`crate::config::Host::label`]):
+    /// both from the config, so bounded by it.
+    host_requests: DashMap<(String, String), Arc<AtomicU64>>,
     /// The thread ids of the data-plane workers, by worker index (Linux).
     workers: Mutex<Vec<Option<u32>>>,
 }
@@ -98,6 +101,7 @@ impl Default for Metrics {
             rate_limit_refusals: DashMap::new(),
             would_deny: DashMap::new(),
             contract_drift: DashMap::new(),
+            host_requests: DashMap::new(),
             workers: Mutex::new(Vec::new()),
         }
     }
@@ -136,6 +140,20 @@ impl Metrics {
 
     /// The outcome of one request: its decision (`allow`, `deny`, `error`) and, when it was
     /// forwarded, the upstream's time to response headers.
+    /// The counter of requests served on `listener`'s `host`: taken once per connection, so
+    /// a request costs one atomic add.
+    pub(crate) fn host_requests(
+        &self,
+        listener: std::net::SocketAddr,
+        host: &str,
+    ) -> Arc<AtomicU64> {
+        let key = (listener.to_string(), host.to_string());
+        if let Some(c) = self.host_requests.get(&key) {
+            return Arc::clone(c.value());
+        }
+        Arc::clone(self.host_requests.entry(key).or_default().value())
+    }
+
     pub fn request_outcome(&self, decision: &'static str, upstream_latency_us: Option<u64>) {
         bump(&self.decisions, decision);
         if let Some(us) = upstream_latency_us {
@@ -297,6 +315,20 @@ impl Metrics {
         );
         for (d, n) in sorted(&self.decisions) {
             f.sample(&[("decision", d)], n);
+        }
+        let mut f = out.family(
+            "portcullis_host_requests_total",
+            Kind::Counter,
+            "Requests by listener (its configured address) and virtual host (its first name; * for a listener's only host that takes any name).",
+        );
+        let mut hosts: Vec<((String, String), u64)> = self
+            .host_requests
+            .iter()
+            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        hosts.sort();
+        for ((listener, host), n) in hosts {
+            f.sample(&[("listener", &listener), ("host", &host)], n);
         }
         let mut f = out.family(
             "portcullis_request_duration_seconds",

@@ -1,6 +1,12 @@
 //! A built-in mock bank API (plain HTTP on loopback) for the demo and the load comparison:
 //! accounts, balances, transactions, domestic payment consents and payments in OBIE-like JSON.
 //! It is a stand-in upstream, not part of the security boundary.
+//!
+//! With [`Options::record`] it appends one line per request it received to a file — method,
+//! path, the SHA-256 of the body (hex), the `x-idempotency-key` (`-` without one) — written
+//! with one `write` before the answer, so a test that kills the process with SIGKILL still
+//! reads every request it took; with [`Options::delay`] it waits that long before answering
+//! (requests in flight when it is killed).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,14 +34,42 @@ const MAX_PAYMENTS: usize = 100_000;
 struct Bank {
     ids: AtomicU64,
     payments: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    options: Options,
+}
+
+/// How the mock bank behaves beyond its API.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// Where each request received is recorded (see the module doc).
+    pub record: Option<std::fs::File>,
+    /// How long each answer waits.
+    pub delay: std::time::Duration,
 }
 
 /// Serves the mock bank on `listener` until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
+    serve_with(vec![listener], shutdown, Options::default()).await
+}
+
+/// Serves one mock bank (one id counter, one record) on every listener until `shutdown`.
+pub async fn serve_with(
+    listeners: Vec<TcpListener>,
+    shutdown: CancellationToken,
+    options: Options,
+) {
     let bank = Arc::new(Bank {
         ids: AtomicU64::new(1000),
+        options,
         ..Bank::default()
     });
+    let mut all = tokio::task::JoinSet::new();
+    for l in listeners {
+        all.spawn(accept(l, Arc::clone(&bank), shutdown.clone()));
+    }
+    while all.join_next().await.is_some() {}
+}
+
+async fn accept(listener: TcpListener, bank: Arc<Bank>, shutdown: CancellationToken) {
     loop {
         let (tcp, _) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
@@ -50,6 +84,14 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
             let _ = b.serve_connection(TokioIo::new(tcp), svc).await;
         });
     }
+}
+
+/// `bytes` as one word of a record line: visible ASCII, anything else as `_`.
+fn printable(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|&b| if b.is_ascii_graphic() { b as char } else { '_' })
+        .collect()
 }
 
 fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
@@ -87,10 +129,31 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    let key = req
+        .headers()
+        .get("x-idempotency-key")
+        .map(|v| printable(v.as_bytes()));
     let body = match Limited::new(req.into_body(), 1024 * 1024).collect().await {
         Ok(c) => c.to_bytes(),
         Err(_) => return Ok(reply(StatusCode::BAD_REQUEST, json!({"Code": "400"}))),
     };
+    if let Some(f) = &bank.options.record {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body);
+        let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let line = format!(
+            "{method} {} {hash} {}\n",
+            printable(path.as_bytes()),
+            key.as_deref().unwrap_or("-")
+        );
+        use std::io::Write as _;
+        // One write per line: the kernel has it before the answer leaves, whatever kills
+        // the process afterwards.
+        let mut f: &std::fs::File = f;
+        let _ = f.write_all(line.as_bytes());
+    }
+    if !bank.options.delay.is_zero() {
+        tokio::time::sleep(bank.options.delay).await;
+    }
     let Some(rest) = path.strip_prefix(BASE) else {
         return Ok(reply(StatusCode::NOT_FOUND, json!({"Code": "404"})));
     };

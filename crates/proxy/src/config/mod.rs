@@ -246,6 +246,13 @@ pub struct Host {
 }
 
 impl Host {
+    /// What names the host in audit records and metrics: its first configured name, or `*`
+    /// for the `listener:` form's one host, which takes any name. From the config, so a
+    /// metric label of it stays bounded.
+    pub fn label(&self) -> &str {
+        self.names.first().map_or("*", String::as_str)
+    }
+
     /// Whether a request naming `name` (lower-case, no port) belongs to this host.
     pub fn serves(&self, name: &str) -> bool {
         self.names.is_empty()

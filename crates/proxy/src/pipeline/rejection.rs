@@ -466,6 +466,13 @@ pub(crate) fn answer(
             }
         }
     }
+    // RFC 9110 §10.2.3: when an upstream instance may take requests again.
+    if let Some(r) = match rejection {
+        Rejection::Upstream(e) => e.retry_after(),
+        _ => None,
+    } {
+        h.insert(::http::header::RETRY_AFTER, HeaderValue::from(r.0));
+    }
     if let Rejection::Quarantined(q) = rejection {
         h.insert(
             ::http::header::RETRY_AFTER,

@@ -22,8 +22,8 @@ use hyper::body::{Body, Incoming};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::endpoint::{Endpoint, EndpointState, Outcome, Standing, Ticket};
-use super::retry::{two_choices, Budget};
-use super::UpstreamError;
+use super::retry::{two_choices, two_draws, Budget};
+use super::{RetryAfter, UpstreamError};
 use crate::config::Upstream;
 use portcullis_base::body::{full, ProxyBody};
 
@@ -231,6 +231,23 @@ impl UpstreamClient {
         let set = self.set.load();
         let now = Instant::now();
         let b = &self.config.breaker;
+        // The common case, without a lock or an allocation: a first try, and both endpoints
+        // drawn have nothing against them.
+        if tried.is_empty() {
+            if let Some((i, j)) = two_draws(set.len()) {
+                let (x, y) = (&set[i], &set[j]);
+                if x.state.is_pristine() && y.state.is_pristine() {
+                    let e = if y.state.outstanding() < x.state.outstanding() {
+                        y
+                    } else {
+                        x
+                    };
+                    if let Some(t) = e.state.admit(now, b) {
+                        return Some((Arc::clone(e), t));
+                    }
+                }
+            }
+        }
         let mut candidates: Vec<&Arc<Endpoint>> = set
             .iter()
             .filter(|e| !tried.contains(&e.label))
@@ -244,6 +261,24 @@ impl UpstreamClient {
             candidates.swap_remove(i);
         }
         None
+    }
+
+    /// When an endpoint of the set may take a request again: the soonest end of an ejection
+    /// or open breaker; with every endpoint unhealthy (or none resolved yet), the time the
+    /// active check needs to call one healthy, else 1 s.
+    fn retry_after(&self) -> RetryAfter {
+        let now = Instant::now();
+        let soonest = self
+            .set
+            .load()
+            .iter()
+            .filter_map(|e| e.state.back_in(now))
+            .min();
+        let d = soonest.unwrap_or_else(|| match &self.config.health_check {
+            Some(h) => h.interval.saturating_mul(h.healthy_threshold),
+            None => Duration::from_secs(1),
+        });
+        RetryAfter::of(d)
     }
 
     /// Records a try's outcome and ejects the endpoint when outlier detection asks and the
@@ -291,7 +326,7 @@ impl UpstreamClient {
         let _slot = self.slot().await?;
         let Some(mut current) = self.pick(&tries.endpoints) else {
             self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
-            return Err(UpstreamError::Unavailable);
+            return Err(UpstreamError::Unavailable(self.retry_after()));
         };
         self.stats.budget.request();
         let (mut parts, body) = req.into_parts();
@@ -299,6 +334,8 @@ impl UpstreamClient {
         // Another try needs the body again: kept when it is small and of known length.
         let upper = body.size_hint().upper();
         let (mut body, replay) = match upper {
+            // Ended already (a GET): nothing to read or keep.
+            Some(0) if retries.attempts > 1 && body.is_end_stream() => (None, Some(Bytes::new())),
             Some(n) if retries.attempts > 1 && n <= MAX_REPLAYABLE => {
                 // The upper bound is the declared length, which the admitted body enforces.
                 match body.collect().await {
@@ -493,5 +530,31 @@ mod tests {
             c.report(&ep, t, Outcome::Connect);
         }
         assert!(c.pick(&[]).is_none());
+        // Both open for 5 s from about now: the soonest half-opens within 5 s.
+        assert_eq!(c.retry_after(), RetryAfter(5));
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds_and_never_says_zero() {
+        assert_eq!(RetryAfter::of(Duration::ZERO), RetryAfter(1));
+        assert_eq!(RetryAfter::of(Duration::from_millis(1)), RetryAfter(1));
+        assert_eq!(RetryAfter::of(Duration::from_millis(1001)), RetryAfter(2));
+        assert_eq!(RetryAfter::of(Duration::from_secs(30)), RetryAfter(30));
+    }
+
+    #[test]
+    fn retry_after_is_the_soonest_return_of_any_endpoint() {
+        let c = UpstreamClient::new(&dns_upstream(), 1, &Registry::default());
+        // Nothing resolved and no health check: 1 s.
+        assert_eq!(c.retry_after(), RetryAfter(1));
+        c.replace(&[
+            "10.0.0.1:8080".parse().unwrap(),
+            "10.0.0.2:8080".parse().unwrap(),
+        ]);
+        let now = Instant::now();
+        let set = c.endpoints();
+        set[0].state.eject(now, Duration::from_secs(30));
+        set[1].state.eject(now, Duration::from_secs(12));
+        assert_eq!(c.retry_after(), RetryAfter(12));
     }
 }

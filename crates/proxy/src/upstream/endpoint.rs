@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -128,10 +128,26 @@ struct Health {
     breaker: Breaker,
 }
 
+impl Health {
+    /// Nothing to remember: healthy, never ejected (or forgiven), breaker closed without a
+    /// failure counted. A try then neither needs nor changes anything here.
+    fn pristine(&self) -> bool {
+        self.healthy
+            && self.failures == 0
+            && self.ejected_until.is_none()
+            && self.breaker == Breaker::Closed { failures: 0 }
+    }
+}
+
 /// What is known of an endpoint, shared by every config generation that has it.
 #[derive(Debug)]
 pub(crate) struct EndpointState {
     outstanding: AtomicUsize,
+    /// [`Health::pristine`], kept by every change under the lock: while it holds, choosing,
+    /// admitting and reporting an answered try take no lock (a set costs no more per request
+    /// than a single endpoint). Read without the lock, it may lag a concurrent change by one
+    /// try, which is the same as that try having started a moment earlier.
+    pristine: AtomicBool,
     health: Mutex<Health>,
     attempts: [AtomicU64; 5],
     ejections_total: AtomicU64,
@@ -141,6 +157,7 @@ impl Default for EndpointState {
     fn default() -> Self {
         EndpointState {
             outstanding: AtomicUsize::new(0),
+            pristine: AtomicBool::new(true),
             health: Mutex::new(Health {
                 healthy: true,
                 checks_ok: 0,
@@ -178,10 +195,63 @@ impl Standing {
     }
 }
 
+/// The health under the lock; on release it refreshes [`EndpointState::pristine`], so no
+/// change can forget to.
+struct Locked<'a> {
+    guard: std::sync::MutexGuard<'a, Health>,
+    pristine: &'a AtomicBool,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Health;
+    fn deref(&self) -> &Health {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Health {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.pristine
+            .store(self.guard.pristine(), Ordering::Relaxed);
+    }
+}
+
 impl EndpointState {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Health> {
+    fn lock(&self) -> Locked<'_> {
         // A poisoned lock only means a panic elsewhere mid-update; the counters stay usable.
-        self.health.lock().unwrap_or_else(|p| p.into_inner())
+        Locked {
+            guard: self.health.lock().unwrap_or_else(|p| p.into_inner()),
+            pristine: &self.pristine,
+        }
+    }
+
+    /// Nothing is known against the endpoint (see [`Health::pristine`]); no lock taken.
+    pub(crate) fn is_pristine(&self) -> bool {
+        self.pristine.load(Ordering::Relaxed)
+    }
+
+    /// How long until the endpoint may take a try again as far as its ejection and breaker
+    /// say (zero: now, or as soon as a half-open trial slot frees); `None` while the active
+    /// check calls it unhealthy (only a later check can say when that ends).
+    pub(crate) fn back_in(&self, now: Instant) -> Option<Duration> {
+        let h = self.lock();
+        if !h.healthy {
+            return None;
+        }
+        let ejected = h
+            .ejected_until
+            .map_or(Duration::ZERO, |u| u.saturating_duration_since(now));
+        let open = match h.breaker {
+            Breaker::Open { until } => until.saturating_duration_since(now),
+            Breaker::Closed { .. } | Breaker::HalfOpen { .. } => Duration::ZERO,
+        };
+        Some(ejected.max(open))
     }
 
     pub(crate) fn outstanding(&self) -> usize {
@@ -202,6 +272,9 @@ impl EndpointState {
 
     /// Where the endpoint stands now, without taking anything.
     pub(crate) fn standing(&self, now: Instant, b: &CircuitBreaker) -> Standing {
+        if self.is_pristine() {
+            return Standing::Available;
+        }
         let h = self.lock();
         if !h.healthy {
             return Standing::Unhealthy;
@@ -219,6 +292,10 @@ impl EndpointState {
     /// Takes the endpoint for one try, if it may have one: an open breaker whose time is up
     /// lets trial requests through (half-open).
     pub(crate) fn admit(self: &Arc<Self>, now: Instant, b: &CircuitBreaker) -> Option<Ticket> {
+        if self.is_pristine() {
+            // A closed breaker: no trial, nothing to change.
+            return Some(self.ticket(false));
+        }
         let mut h = self.lock();
         if !h.healthy || h.ejected_until.is_some_and(|u| u > now) {
             return None;
@@ -237,12 +314,16 @@ impl EndpointState {
             }
         };
         drop(h);
+        Some(self.ticket(trial))
+    }
+
+    fn ticket(self: &Arc<Self>, trial: bool) -> Ticket {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
-        Some(Ticket {
+        Ticket {
             state: Arc::clone(self),
             trial,
             reported: false,
-        })
+        }
     }
 
     /// An active check's result; `true` when the verdict changed.
@@ -299,6 +380,11 @@ impl Ticket {
     ) -> Verdict {
         self.reported = true;
         self.state.attempts[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        // An answer from an endpoint nothing is known against changes nothing (a closed
+        // breaker stays closed with no failure counted, outlier detection counts none).
+        if !self.trial && !outcome.breaks() && !outcome.fails() && self.state.is_pristine() {
+            return Verdict { eject_for: None };
+        }
         let mut h = self.state.lock();
         if b.failure_threshold > 0 {
             h.breaker = match (h.breaker, outcome.breaks()) {
@@ -531,6 +617,38 @@ mod tests {
             now += d;
         }
         assert_eq!(lengths, [10, 20, 25]);
+    }
+
+    #[test]
+    fn the_lock_free_path_holds_only_while_nothing_is_known_against_the_endpoint() {
+        let (b, o) = (breaker(), outlier());
+        let s = Arc::new(EndpointState::default());
+        let t0 = Instant::now();
+        assert!(s.is_pristine());
+        s.admit(t0, &b)
+            .unwrap()
+            .report(Outcome::Connect, t0, &b, &o);
+        assert!(!s.is_pristine(), "one failure counted");
+        s.admit(t0, &b)
+            .unwrap()
+            .report(Outcome::Answered, t0, &b, &o);
+        assert!(s.is_pristine(), "an answer clears the count");
+        for _ in 0..2 {
+            s.admit(t0, &b)
+                .unwrap()
+                .report(Outcome::Timeout, t0, &b, &o);
+        }
+        assert!(!s.is_pristine());
+        assert_eq!(
+            s.standing(t0, &b),
+            Standing::Open,
+            "not taken for available"
+        );
+        assert!(s.admit(t0, &b).is_none());
+        assert_eq!(s.outstanding(), 0);
+        let u = EndpointState::default();
+        assert!(u.checked(false, 1, 1));
+        assert!(!u.is_pristine(), "unhealthy");
     }
 
     #[test]

@@ -27,11 +27,43 @@ portcullis_base::variants! {
         Protocol,
         Timeout,
         /// No endpoint may take the request: every one unhealthy, ejected or behind an open
-        /// breaker (or a DNS set not resolved yet).
-        Unavailable,
+        /// breaker (or a DNS set not resolved yet); with the time until one may (`Retry-After`).
+        Unavailable(RetryAfter),
         /// The upstream's bulkhead is full: its concurrent and pending requests are at their
         /// limits.
         Overloaded,
+    }
+}
+
+/// Whole seconds until the upstream may take a request again, at least 1: what `Retry-After`
+/// says (`0` would invite an immediate retry, which an open breaker would refuse again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryAfter(pub u64);
+
+impl RetryAfter {
+    /// `d` rounded up to whole seconds, at least 1.
+    pub(crate) fn of(d: std::time::Duration) -> RetryAfter {
+        let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        RetryAfter(s.max(1))
+    }
+}
+
+impl portcullis_base::variants::Variants for RetryAfter {
+    fn variants() -> Vec<Self> {
+        vec![RetryAfter(1)]
+    }
+}
+
+impl UpstreamError {
+    /// What `Retry-After` says of a refusal that is expected to pass: the soonest an endpoint
+    /// comes back for `Unavailable`, 1 s for a full bulkhead (its queue drains in
+    /// milliseconds; a caller told to wait longer would leave capacity unused).
+    pub(crate) fn retry_after(self) -> Option<RetryAfter> {
+        match self {
+            UpstreamError::Unavailable(r) => Some(r),
+            UpstreamError::Overloaded => Some(RetryAfter(1)),
+            UpstreamError::Connect | UpstreamError::Protocol | UpstreamError::Timeout => None,
+        }
     }
 }
 

@@ -30,25 +30,31 @@ fn below(n: usize) -> usize {
     })
 }
 
-/// Power of two choices: of two candidates drawn at random, the one with fewer requests
-/// outstanding; with one candidate, that one.
-pub(crate) fn two_choices(candidates: &[&Arc<Endpoint>]) -> Option<usize> {
-    match candidates.len() {
+/// Two distinct indices below `n` drawn at random (the same one twice when `n` is 1).
+pub(crate) fn two_draws(n: usize) -> Option<(usize, usize)> {
+    match n {
         0 => None,
-        1 => Some(0),
+        1 => Some((0, 0)),
         n => {
             let a = below(n);
             let mut b = below(n - 1);
             if b >= a {
                 b += 1;
             }
-            let (oa, ob) = (
-                candidates[a].state.outstanding(),
-                candidates[b].state.outstanding(),
-            );
-            Some(if ob < oa { b } else { a })
+            Some((a, b))
         }
     }
+}
+
+/// Power of two choices: of two candidates drawn at random, the one with fewer requests
+/// outstanding; with one candidate, that one.
+pub(crate) fn two_choices(candidates: &[&Arc<Endpoint>]) -> Option<usize> {
+    let (a, b) = two_draws(candidates.len())?;
+    let (oa, ob) = (
+        candidates[a].state.outstanding(),
+        candidates[b].state.outstanding(),
+    );
+    Some(if ob < oa { b } else { a })
 }
 
 const WINDOW: Duration = Duration::from_secs(10);

@@ -27,7 +27,7 @@ pub(super) fn wire(e: UpstreamError) -> Wire {
             "the upstream service did not answer in time",
         ),
         // RFC 9110 §15.6.4: answered at once, without waiting out a connect timeout.
-        UpstreamError::Unavailable => Wire::new(
+        UpstreamError::Unavailable(_) => Wire::new(
             S::SERVICE_UNAVAILABLE,
             "upstream.unavailable",
             "no instance of the upstream service can take the request now; try again later",
@@ -59,7 +59,7 @@ pub(super) fn obie(e: UpstreamError) -> ObieError {
         UpstreamError::Connect
         | UpstreamError::Protocol
         | UpstreamError::Timeout
-        | UpstreamError::Unavailable
+        | UpstreamError::Unavailable(_)
         | UpstreamError::Overloaded => ObieError::new(super::UNEXPECTED, None),
     }
 }
