@@ -46,10 +46,29 @@
 #   both         passthrough + token
 #   all          passthrough + token + fapi + latency
 #
+# Drivers and upstreams: a verdict can depend on who drives the load and what sits upstream,
+# so both can be chosen, and each (scenario, driver, upstream) is one row of the final table.
+#   DRIVER=loadgen   loadgen | oha | both. `oha` (a third-party load generator; installed with
+#                    `cargo install oha --locked` when missing) drives the passthrough and token
+#                    scenarios: OHA_CONNECTIONS connections, HTTP/1.1 keep-alive, TPP One's
+#                    client certificate, `-w` (requests under way at the deadline are awaited,
+#                    not counted as errors). `both` alternates the drivers inside every round.
+#                    fapi (a fresh DPoP proof per request) and latency (open loop) need loadgen:
+#                    with DRIVER=both they run with loadgen only, DRIVER=oha refuses them.
+#   UPSTREAM=mock    mock | nginx | both. `nginx`: an nginx on a free loopback port (Debian's
+#                    package, installed when missing; a config generated in the work
+#                    directory, run in the foreground as the current user, no system service)
+#                    answering the bench routes with the mock bank's own JSON bodies, byte for
+#                    byte, from memory (`return 200`). `both` runs the whole script once per
+#                    upstream (mock, then nginx) and prints the rows of both.
+#
 # Knobs (environment):
 #   SCENARIO=passthrough   see above
-#   CONNECTIONS=32   concurrent keep-alive connections of the load generator (every contender,
+#   DRIVER=loadgen   see above
+#   UPSTREAM=mock    see above
+#   CONNECTIONS=32   concurrent keep-alive connections of `portcullis loadgen` (every contender,
 #                    closed and open loop)
+#   OHA_CONNECTIONS=50   concurrent keep-alive connections of oha (`-c`; oha's own default)
 #   DURATION=10s     length of each measured run
 #   ROUNDS=3         rounds; each round measures every contender once
 #   WARMUP=2s        warm-up before every measured run (discarded)
@@ -70,7 +89,9 @@
 #   TMPDIR=/tmp      where the temporary directory is made
 #
 # Results: target/compare_haproxy.json (passthrough), compare_haproxy_token.json,
-# compare_haproxy_fapi.json and latency.json, in CARGO_TARGET_DIR; the tables on stdout,
+# compare_haproxy_fapi.json and latency.json, in CARGO_TARGET_DIR, for loadgen against the mock
+# bank; any other driver or upstream adds -DRIVER-UPSTREAM to the name
+# (compare_haproxy-oha-nginx.json, compare_haproxy_token-loadgen-nginx.json); the tables on stdout,
 # progress on stderr. The Python steps: benches/py/compare_setup.py (before measuring) and
 # benches/compare_report.py (the JSON arithmetic and the tables).
 #
@@ -82,6 +103,7 @@
 #   fapi 3 x ROUNDS, latency 7 x ROUNDS. Defaults: SCENARIO=all ~ 8 minutes.
 #
 # Example: DURATION=3s ROUNDS=1 benches/compare_haproxy.sh
+#          DRIVER=both UPSTREAM=both ROUNDS=2 DURATION=3s WARMUP=1s benches/compare_haproxy.sh
 #          SCENARIO=all DURATION=3s ROUNDS=1 WARMUP=1s benches/compare_haproxy.sh
 #          STATE=redis DURATION=8s ROUNDS=3 benches/compare_haproxy.sh
 set -euo pipefail
@@ -96,16 +118,15 @@ AUDIT=${AUDIT:-0}
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}
 STATE=${STATE:-memory}
 STATE_LEASE=${STATE_LEASE:-10}
+DRIVER=${DRIVER:-loadgen}
+UPSTREAM=${UPSTREAM:-mock}
+OHA_CONNECTIONS=${OHA_CONNECTIONS:-50}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
 bench_traps
 REPORT=(python3 "$ROOT/benches/compare_report.py")
-RESULT_JSON=$TARGET_DIR/compare_haproxy.json
-RESULT_JSON_TOKEN=$TARGET_DIR/compare_haproxy_token.json
-RESULT_JSON_FAPI=$TARGET_DIR/compare_haproxy_fapi.json
-RESULT_JSON_LATENCY=$TARGET_DIR/latency.json
 
 case $SCENARIO in
     passthrough | token | fapi | latency) SCENARIOS=("$SCENARIO") ;;
@@ -121,15 +142,73 @@ need_token() { want token || want fapi || want latency; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
 [[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer (got '$CONNECTIONS')"
 [[ $LATENCY_FRACTION =~ ^0?\.[0-9]+$|^1(\.0*)?$ ]] || die "LATENCY_FRACTION must be in (0, 1] (got '$LATENCY_FRACTION')"
+[[ $OHA_CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "OHA_CONNECTIONS must be a positive integer (got '$OHA_CONNECTIONS')"
+case $DRIVER in
+    loadgen | oha) DRIVERS=("$DRIVER") ;;
+    both) DRIVERS=(loadgen oha) ;;
+    *) die "DRIVER must be loadgen, oha or both (got '$DRIVER')" ;;
+esac
+case $UPSTREAM in mock | nginx | both) ;; *) die "UPSTREAM must be mock, nginx or both (got '$UPSTREAM')" ;; esac
+if [[ $DRIVER == oha ]] && { want fapi || want latency; }; then
+    die "SCENARIO=fapi and latency need portcullis loadgen (DPoP proofs per request, open loop): use DRIVER=loadgen or both"
+fi
 require_tools python3 curl
+
+# The result file of scenario $1 (compare_haproxy, compare_haproxy_token, ...) for driver $2 and
+# upstream $3: the historical name for loadgen against the mock bank, suffixed otherwise.
+result_json() {
+    if [[ $2 == loadgen && $3 == mock ]]; then echo "$TARGET_DIR/$1.json"; else echo "$TARGET_DIR/$1-$2-$3.json"; fi
+}
+
+# UPSTREAM=both: the whole bench once per upstream, then the rows of both.
+if [[ $UPSTREAM == both ]]; then
+    for u in mock nginx; do
+        log "=== upstream $u ==="
+        # The second run finds the binary built.
+        UPSTREAM=$u "${BASH_SOURCE[0]}"
+        export BUILD=0
+    done
+    rows=()
+    for u in mock nginx; do
+        for d in "${DRIVERS[@]}"; do
+            for name in compare_haproxy compare_haproxy_token compare_haproxy_fapi; do
+                f=$(result_json "$name" "$d" "$u")
+                case $name in
+                    compare_haproxy) want passthrough || continue ;;
+                    compare_haproxy_token) want token || continue ;;
+                    compare_haproxy_fapi) { want fapi && [[ $d == loadgen ]]; } || continue ;;
+                esac
+                rows+=("$f")
+            done
+        done
+    done
+    python3 "$ROOT/benches/compare_report.py" rows "${rows[@]}"
+    exit 0
+fi
 
 # --- prerequisites ---------------------------------------------------------------------------
 
 # /usr/sbin is not on every user's PATH.
 find_haproxy() { command -v haproxy 2>/dev/null || { [[ -x /usr/sbin/haproxy ]] && echo /usr/sbin/haproxy; }; }
+find_nginx() { command -v nginx 2>/dev/null || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; }; }
+# cargo install puts it in ~/.cargo/bin, which is not on every PATH.
+find_oha() {
+    command -v oha 2>/dev/null ||
+        { [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/oha ]] && echo "${CARGO_HOME:-$HOME/.cargo}/bin/oha"; }
+}
 if ! HAPROXY=$(find_haproxy); then
     apt_install haproxy
     HAPROXY=$(find_haproxy) || die "haproxy is still not installed"
+fi
+if [[ $UPSTREAM == nginx ]] && ! NGINX=$(find_nginx); then
+    apt_install nginx
+    NGINX=$(find_nginx) || die "nginx is still not installed"
+fi
+if [[ " ${DRIVERS[*]} " == *" oha "* ]] && ! OHA=$(find_oha); then
+    log "installing oha (cargo install oha --locked; a few minutes)"
+    # Its own target directory: nothing of it mixes with portcullis's build.
+    CARGO_TARGET_DIR=$TARGET_DIR/oha-install cargo install oha --locked
+    OHA=$(find_oha) || die "oha is still not installed (cargo install oha --locked)"
 fi
 if [[ $STATE == redis ]] && ! command -v redis-server >/dev/null 2>&1; then
     apt_install redis-server
@@ -144,13 +223,70 @@ write_policies
 # Free loopback ports, all distinct: upstream, haproxy, haproxy probe, portcullis (+ admin),
 # portcullis with audit (+ admin), haproxy token frontend, portcullis with tokens (+ admin),
 # portcullis with a rate limit in memory (+ admin) and on Redis (+ admin), redis-server,
-# portcullis full FAPI (+ admin).
+# portcullis full FAPI (+ admin), nginx.
 read -r P_BANK P_HA P_HA_PROBE P_PC P_PC_ADMIN P_PCA P_PCA_ADMIN P_HAT P_PCT P_PCT_ADMIN \
-    P_PCL P_PCL_ADMIN P_PCR P_PCR_ADMIN P_REDIS P_PCF P_PCF_ADMIN < <(free_ports 17)
+    P_PCL P_PCL_ADMIN P_PCR P_PCR_ADMIN P_REDIS P_PCF P_PCF_ADMIN P_NGINX < <(free_ports 18)
 
 # --- the shared upstream ---------------------------------------------------------------------
 
+# The mock bank always runs: with UPSTREAM=nginx it provides the bodies nginx serves.
 start_mock_bank "$P_BANK"
+UPSTREAM_DESC="one portcullis mock-bank on 127.0.0.1:$P_BANK (plain HTTP/1.1), shared"
+if [[ $UPSTREAM == nginx ]]; then
+    mkdir -p "$WORK/nginx"
+    # The mock bank's answers, byte for byte; nginx's `return` takes them from its config.
+    for path in "$ROUTE" "$FAPI_PATH"; do
+        curl -sf --max-time 5 "http://127.0.0.1:$P_BANK$path" >"$WORK/nginx/body" ||
+            die "the mock bank did not answer $path"
+        # Inside a single-quoted nginx string, ' and \ end or escape it and $ names a variable.
+        if grep -q "['\\\$]" "$WORK/nginx/body"; then
+            die "the mock bank's body for $path cannot be inlined in nginx.conf"
+        fi
+        printf "        location = %s { return 200 '%s'; }\n" "$path" "$(cat "$WORK/nginx/body")"
+    done >"$WORK/nginx/locations.conf"
+    # In the foreground, everything in the work directory, keep-alive like the mock bank (no
+    # request cap), no access log. Not a system service: no root needed. (Started as root,
+    # nginx would run its workers as nobody, who cannot enter the work directory; they read
+    # nothing from it, but `user root` keeps them where the master is.)
+    cat >"$WORK/nginx/nginx.conf" <<EOF
+# Generated by benches/compare_haproxy.sh: the bench's upstream, answering the bench routes
+# with the mock bank's JSON from memory.
+daemon off;
+master_process on;
+worker_processes $(nproc);
+$([[ $(id -u) -eq 0 ]] && echo "user root;")
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx/client_body;
+    proxy_temp_path $WORK/nginx/proxy;
+    fastcgi_temp_path $WORK/nginx/fastcgi;
+    uwsgi_temp_path $WORK/nginx/uwsgi;
+    scgi_temp_path $WORK/nginx/scgi;
+    keepalive_timeout 75s;
+    keepalive_requests 100000000;
+    server_tokens off;
+    default_type application/json;
+    server {
+        listen 127.0.0.1:$P_NGINX;
+$(cat "$WORK/nginx/locations.conf")
+        location / { return 404; }
+    }
+}
+EOF
+    NGINX_CMD=("$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log")
+    "${NGINX_CMD[@]}" -t -q || die "nginx rejects $WORK/nginx/nginx.conf"
+    start_bg "$WORK/nginx.log" "${NGINX_CMD[@]}"
+    PID_NGINX=$STARTED_PID
+    wait_200 "$PID_NGINX" "$WORK/nginx.log" "http://127.0.0.1:$P_NGINX$ROUTE"
+    # Everything below reaches the upstream by P_BANK.
+    P_MOCK=$P_BANK
+    P_BANK=$P_NGINX
+    UPSTREAM_DESC="$("$NGINX" -v 2>&1 | sed 's|^nginx version: ||') on 127.0.0.1:$P_NGINX ($(nproc) workers, keep-alive, no access log) answering the mock bank's JSON from memory, shared"
+    log "upstream: nginx on 127.0.0.1:$P_NGINX with the mock bank's bodies (mock bank on $P_MOCK not used from here)"
+fi
 
 # --- access tokens (token, fapi and latency scenarios) ---------------------------------------
 
@@ -195,14 +331,6 @@ if need_token; then
         printf '401\t401\ttoken with a broken signature\t%s\n' "$TOKEN_BAD_SIG"
         printf '403\t403\ttoken without the %s scope\t%s\n' "'$TOKEN_SCOPE'" "$TOKEN_NO_SCOPE"
     } >"$TOK/cases.tsv"
-    # Claims `dev-token` cannot produce (expired, not yet valid, other issuer, typ, kid, alg),
-    # signed with the same AS key, when python3 has the `cryptography` package.
-    if python3 -c 'import cryptography' 2>/dev/null; then
-        python3 "$ROOT/benches/py/compare_setup.py" crafted-tokens "$TOK/as.key" "$CERTS/tpp1.pem" \
-            "$AS_ISSUER" "$AS_AUDIENCE" >>"$TOK/cases.tsv"
-    else
-        log "python3 has no 'cryptography': skipping the crafted-claim checks (expired, nbf, iss, typ, kid, alg)"
-    fi
 fi
 
 # --- portcullis ------------------------------------------------------------------------------
@@ -256,54 +384,8 @@ fi
 # --- haproxy ---------------------------------------------------------------------------------
 
 NPROC=$(nproc)
-cat "$CERTS/server.pem" "$CERTS/server.key" >"$CERTS/haproxy-server.pem"
-BIND_TLS="ssl crt $CERTS/haproxy-server.pem ca-file $CERTS/ca.pem crl-file $CERTS/ca.crl verify required alpn h2,http/1.1"
-cat >"$WORK/haproxy.cfg" <<EOF
-# Generated by benches/compare_haproxy.sh. Mirrors the portcullis config above as far as
-# HAProxy can: mTLS required against the same CA and CRL, one route forwarded, the same
-# forwarding headers set, the same timeouts, keep-alive on both sides, no request log.
-global
-    nbthread $NPROC
-    maxconn 4096
-    # portcullis's protocol policy (src/tls.rs): TLS 1.3 AEAD suites, TLS 1.2 ECDHE + AES-GCM,
-    # in its order, so that both servers negotiate the same suite with the load generator.
-    # (Left alone, HAProxy's server preference picks AES-256-GCM, rustls AES-128-GCM.)
-    ssl-default-bind-options ssl-min-ver TLSv1.2
-    ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
-    ssl-default-bind-ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384
-    log stdout format raw local0
-
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 1s
-    timeout client 60s
-    timeout http-request 10s
-    timeout http-keep-alive 60s
-    timeout server 10s
-
-frontend mtls
-    bind 127.0.0.1:$P_HA $BIND_TLS
-    default_backend bank
-    acl host_ok req.hdr(host),field(1,:) -i -m str localhost
-    acl route_accounts path $ROUTE
-    http-request deny deny_status 421 unless host_ok
-    http-request deny deny_status 404 unless route_accounts
-    http-request deny deny_status 405 unless METH_GET
-    # Vouched headers: client copies never survive (set-header replaces, del-header drops);
-    # the client certificate comes from the TLS session.
-    http-request del-header x-forwarded-client-cert
-    http-request del-header forwarded
-    http-request del-header x-real-ip
-    http-request set-header client-cert :%[ssl_c_der,base64]:
-    http-request set-header x-forwarded-for %[src]
-    http-request set-header x-forwarded-proto https
-    http-request set-header x-forwarded-host %[req.hdr(host)]
-    # FAPI interaction id: echoed if a UUID, generated otherwise, returned on the response.
-    http-request set-header x-fapi-interaction-id %[uuid] unless { req.hdr(x-fapi-interaction-id) -m reg -i ^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\$ }
-    http-request set-var(txn.iid) req.hdr(x-fapi-interaction-id)
-    http-response set-header x-fapi-interaction-id %[var(txn.iid)]
+haproxy_passthrough_config "$P_HA" >"$WORK/haproxy.cfg"
+cat >>"$WORK/haproxy.cfg" <<EOF
 
 # Same TLS settings, but logs the negotiated TLS version and cipher; used only for the probe.
 frontend probe
@@ -311,9 +393,6 @@ frontend probe
     log global
     log-format "probe tls=%sslv cipher=%sslc alpn=%[ssl_fc_alpn] status=%ST"
     default_backend bank
-
-backend bank
-    server bank 127.0.0.1:$P_BANK
 EOF
 if want token || want fapi; then
     # The token frontend: benches/haproxy-token.cfg.tmpl with its placeholders filled in.
@@ -365,6 +444,26 @@ loadgen_scenario() {
     [[ -s $out ]] || { cat "$out.stderr" >&2; die "loadgen --scenario $file failed"; }
     children_cpu_ms
     echo $((CHILD_MS - c0)) >"$out.lgcpu"
+}
+
+# Runs oha against a port (https://localhost:PORT$ROUTE, TPP One's certificate, HTTP/1.1
+# keep-alive, OHA_CONNECTIONS connections, `-w`: requests under way at the deadline are awaited
+# rather than counted as errors) for $2; the report, in the flag-mode shape the report script
+# reads, goes to $3 (oha's own JSON to $3.oha, its CPU time in ms to $3.lgcpu); further
+# arguments go to oha (e.g. -H).
+oha_run() {
+    local port=$1 duration=$2 out=$3 c0
+    shift 3
+    children_cpu_ms
+    c0=$CHILD_MS
+    run_fg "$OHA" --no-tui --output-format json -o "$out.oha" -z "$duration" -w \
+        -c "$OHA_CONNECTIONS" --http-version 1.1 \
+        --cacert "$CERTS/ca.pem" --cert "$CERTS/tpp1.pem" --key "$CERTS/tpp1.key" \
+        --connect-to "localhost:$port:127.0.0.1:$port" "$@" "https://localhost:$port$ROUTE" \
+        >"$out.stdout" 2>"$out.stderr" || { cat "$out.stderr" >&2; die "oha against 127.0.0.1:$port failed"; }
+    children_cpu_ms
+    echo $((CHILD_MS - c0)) >"$out.lgcpu"
+    python3 "$ROOT/benches/compare_report.py" oha-flatten "$out.oha" "$out"
 }
 
 # The full-FAPI closed-loop load against portcullis-fapi for $1 (a duration).
@@ -452,6 +551,16 @@ token_checks() {
         "403 without the scope)$noted"
 }
 if want token || want fapi; then
+    # Claims `dev-token` cannot produce (expired, not yet valid, other issuer, typ, kid, alg),
+    # signed with the same AS key, when python3 has the `cryptography` package. Minted here,
+    # right before the checks: some sit seconds from a time limit ("expired 10 s ago, within
+    # the 30 s skew"), and on a loaded machine starting the proxies took longer than that.
+    if python3 -c 'import cryptography' 2>/dev/null; then
+        python3 "$ROOT/benches/py/compare_setup.py" crafted-tokens "$TOK/as.key" "$CERTS/tpp1.pem" \
+            "$AS_ISSUER" "$AS_AUDIENCE" >>"$TOK/cases.tsv"
+    else
+        log "python3 has no 'cryptography': skipping the crafted-claim checks (expired, nbf, iss, typ, kid, alg)"
+    fi
     : >"$TOK/checks.tsv"
     token_checks haproxy "$P_HAT"
     token_checks portcullis "$P_PCT"
@@ -478,41 +587,58 @@ HA_VERSION=$(sed -n '1s/ - https:.*//p' <<<"$HA_VV")
 HA_OPENSSL=$(sed -n 's/^Running on OpenSSL version : //p' <<<"$HA_VV")
 PC_REV=$(revision)
 
-# One measured run (or warm-up) of contender $1 for $2, report in $3: flag mode (with the good
-# token for the contenders in SENDS_TOKEN), or the full-FAPI scenario for portcullis-fapi.
+# One measured run (or warm-up) by driver $1 of contender $2 for $3, report in $4: flag mode
+# (with the good token for the contenders in SENDS_TOKEN), or the full-FAPI scenario for
+# portcullis-fapi (loadgen only).
 drive() {
-    local c=$1 duration=$2 out=$3 extra=()
+    local driver=$1 c=$2 duration=$3 out=$4 extra=()
     if [[ $c == portcullis-fapi ]]; then
         fapi_run "$duration" "$out"
+        return
+    fi
+    if [[ $driver == oha ]]; then
+        [[ ${SENDS_TOKEN[$c]:-0} == 1 ]] && extra=(-H "authorization: Bearer $TOKEN_GOOD")
+        oha_run "${PORT[$c]}" "$duration" "$out" "${extra[@]}"
         return
     fi
     [[ ${SENDS_TOKEN[$c]:-0} == 1 ]] && extra=(--header "authorization: Bearer $TOKEN_GOOD")
     loadgen "${PORT[$c]}" "$CONNECTIONS" "$duration" "$out" "${extra[@]}"
 }
 
-# Measures one scenario: alternating rounds over CONTENDERS (PORT, PID_OF by contender name),
-# raw results in $1. Even rounds run the contenders in reverse order, so that no contender
-# always runs first or always right after another (a drift of the machine's speed within a
-# round then does not favour one side of a comparison).
+# The items of an array in reverse order, on one line.
+reversed() {
+    local i out=()
+    for ((i = $#; i >= 1; i--)); do out+=("${!i}"); done
+    echo "${out[*]}"
+}
+
+# Measures one scenario: alternating rounds over MEASURE_DRIVERS and CONTENDERS (PORT, PID_OF
+# by contender name), raw results in $1/DRIVER. Even rounds run the drivers and the contenders
+# in reverse order, so that no contender always runs first or always right after another (a
+# drift of the machine's speed within a round then does not favour one side of a comparison);
+# a driver's contenders always run back to back, which is what the paired ratios pair.
 measure() {
-    local raw=$1 round c before writer steal i order
-    mkdir -p "$raw"
+    local raw=$1 round c d before writer steal order drivers
+    for d in "${MEASURE_DRIVERS[@]}"; do mkdir -p "$raw/$d"; done
     for ((round = 1; round <= ROUNDS; round++)); do
+        drivers=("${MEASURE_DRIVERS[@]}")
         order=("${CONTENDERS[@]}")
         if ((round % 2 == 0)); then
-            order=()
-            for ((i = ${#CONTENDERS[@]} - 1; i >= 0; i--)); do order+=("${CONTENDERS[i]}"); done
+            read -r -a drivers <<<"$(reversed "${MEASURE_DRIVERS[@]}")"
+            read -r -a order <<<"$(reversed "${CONTENDERS[@]}")"
         fi
-        for c in "${order[@]}"; do
-            drive "$c" "$WARMUP" "$raw/warmup-$round-$c.json"
-            before=$(cpu_ticks "${PID_OF[$c]}")
-            writer=$(audit_writer_ticks "${PID_OF[$c]}")
-            steal=$(steal_ticks)
-            drive "$c" "$DURATION" "$raw/run-$round-$c.json"
-            echo $(($(cpu_ticks "${PID_OF[$c]}") - before)) >"$raw/run-$round-$c.cpu"
-            echo $(($(audit_writer_ticks "${PID_OF[$c]}") - writer)) >"$raw/run-$round-$c.writer"
-            echo $(($(steal_ticks) - steal)) >"$raw/run-$round-$c.steal"
-            log "$SCENARIO_NOW round $round $c: $("${REPORT[@]}" line "$raw/run-$round-$c.json")"
+        for d in "${drivers[@]}"; do
+            for c in "${order[@]}"; do
+                drive "$d" "$c" "$WARMUP" "$raw/$d/warmup-$round-$c.json"
+                before=$(cpu_ticks "${PID_OF[$c]}")
+                writer=$(audit_writer_ticks "${PID_OF[$c]}")
+                steal=$(steal_ticks)
+                drive "$d" "$c" "$DURATION" "$raw/$d/run-$round-$c.json"
+                echo $(($(cpu_ticks "${PID_OF[$c]}") - before)) >"$raw/$d/run-$round-$c.cpu"
+                echo $(($(audit_writer_ticks "${PID_OF[$c]}") - writer)) >"$raw/$d/run-$round-$c.writer"
+                echo $(($(steal_ticks) - steal)) >"$raw/$d/run-$round-$c.steal"
+                log "$SCENARIO_NOW round $round $d $c: $("${REPORT[@]}" line "$raw/$d/run-$round-$c.json")"
+            done
         done
     done
 }
@@ -532,6 +658,16 @@ token_counters() {
         END { print (h == "" ? "unknown" : h), (v == "" ? "unknown" : v) }'
 }
 
+# The connections of the drivers measuring, for the progress lines.
+conns_desc() {
+    local d out=()
+    for d in "${MEASURE_DRIVERS[@]}"; do
+        if [[ $d == oha ]]; then out+=("oha $OHA_CONNECTIONS connections"); else out+=("loadgen $CONNECTIONS connections"); fi
+    done
+    local IFS=,
+    echo "${out[*]}"
+}
+
 declare -A PORT PID_OF SENDS_TOKEN
 PORT=([haproxy]=$P_HA [portcullis]=$P_PC [portcullis-audit]=$P_PCA [haproxy-token]=$P_HAT
     [portcullis-token]=$P_PCT [portcullis-limited]=$P_PCL [portcullis-redis]=$P_PCR)
@@ -544,7 +680,8 @@ if want passthrough; then
     SCENARIO_NOW=passthrough
     CONTENDERS=("${PASSTHROUGH_CONTENDERS[@]}")
     [[ $STATE == redis ]] && REDIS_CALLS0=$(state_calls)
-    log "measuring passthrough: $ROUNDS round(s) of ${CONTENDERS[*]}, $CONNECTIONS connections, $DURATION each after a $WARMUP warm-up"
+    MEASURE_DRIVERS=("${DRIVERS[@]}")
+    log "measuring passthrough: $ROUNDS round(s) of ${CONTENDERS[*]} by ${MEASURE_DRIVERS[*]} ($(conns_desc)), $DURATION each after a $WARMUP warm-up"
     measure "$RAW/passthrough"
     [[ $STATE == redis ]] && REDIS_CALLS1=$(state_calls)
 fi
@@ -562,7 +699,8 @@ if want token; then
     PORT[haproxy]=$P_HAT PORT[portcullis]=$P_PCT
     PID_OF[portcullis]=$PID_PCT
     SENDS_TOKEN[haproxy]=1 SENDS_TOKEN[portcullis]=1
-    log "measuring token: $ROUNDS round(s) of ${CONTENDERS[*]}, $CONNECTIONS connections, $DURATION each after a $WARMUP warm-up"
+    MEASURE_DRIVERS=("${DRIVERS[@]}")
+    log "measuring token: $ROUNDS round(s) of ${CONTENDERS[*]} by ${MEASURE_DRIVERS[*]} ($(conns_desc)), $DURATION each after a $WARMUP warm-up"
     read -r HITS0 VERIF0 < <(token_counters)
     measure "$RAW/token"
     read -r HITS1 VERIF1 < <(token_counters)
@@ -572,7 +710,9 @@ fi
 if want fapi; then
     SCENARIO_NOW=fapi
     CONTENDERS=(haproxy-token portcullis portcullis-fapi)
-    log "measuring fapi: $ROUNDS round(s) of ${CONTENDERS[*]}, $CONNECTIONS connections, $DURATION each after a $WARMUP warm-up"
+    # A fresh DPoP proof per request: loadgen only.
+    MEASURE_DRIVERS=(loadgen)
+    log "measuring fapi: $ROUNDS round(s) of ${CONTENDERS[*]} by loadgen, $CONNECTIONS connections, $DURATION each after a $WARMUP warm-up"
     measure "$RAW/fapi"
 fi
 if want latency; then
@@ -587,8 +727,8 @@ if want latency; then
     for ((round = 1; round <= ROUNDS; round++)); do
         for pl in "${PIPELINES[@]}"; do
             c=${LAT_CONTENDER[$pl]}
-            drive "$c" "$WARMUP" "$LAT/max-warmup-$round-$pl.json"
-            drive "$c" "$DURATION" "$LAT/max-$round-$pl.json"
+            drive loadgen "$c" "$WARMUP" "$LAT/max-warmup-$round-$pl.json"
+            drive loadgen "$c" "$DURATION" "$LAT/max-$round-$pl.json"
             log "latency round $round $pl maximum: $("${REPORT[@]}" line "$LAT/max-$round-$pl.json")"
         done
     done
@@ -672,35 +812,55 @@ export BENCH_HA_VERSION=$HA_VERSION BENCH_HA_OPENSSL=$HA_OPENSSL BENCH_TLS_HA=${
 export BENCH_CLK_TCK=$(getconf CLK_TCK)
 export BENCH_PC_REV=$PC_REV BENCH_TLS_PC=${TLS_PC:-unknown} BENCH_AUDIT_BYTES=$AUDIT_BYTES BENCH_AUDIT_LINES=$AUDIT_LINES
 
-if want passthrough; then
-    BENCH_SCENARIO=passthrough BENCH_CONTENDERS="${PASSTHROUGH_CONTENDERS[*]}" \
-        "${REPORT[@]}" final "$RAW/passthrough" "$RESULT_JSON"
-    if [[ $STATE == redis ]]; then
-        "${REPORT[@]}" redis-ratio "$RESULT_JSON" "$REDIS_CALLS0" "$REDIS_CALLS1" "$STATE_LEASE"
+export BENCH_UPSTREAM=$UPSTREAM BENCH_UPSTREAM_DESC=$UPSTREAM_DESC BENCH_OHA_CONNECTIONS=$OHA_CONNECTIONS
+ROWS=()
+for d in "${DRIVERS[@]}"; do
+    export BENCH_DRIVER=$d
+    if want passthrough; then
+        out=$(result_json compare_haproxy "$d" "$UPSTREAM")
+        BENCH_SCENARIO=passthrough BENCH_CONTENDERS="${PASSTHROUGH_CONTENDERS[*]}" \
+            "${REPORT[@]}" final "$RAW/passthrough/$d" "$out"
+        if [[ $STATE == redis ]]; then
+            "${REPORT[@]}" redis-ratio "$out" "$REDIS_CALLS0" "$REDIS_CALLS1" "$STATE_LEASE"
+        fi
+        ROWS+=("$out")
     fi
-fi
 
-if want token; then
-    # What each side checks, for the report: HAProxy's own config lines, portcullis's route, and
-    # the differences between the two.
-    "${REPORT[@]}" token-info "$WORK/haproxy.cfg" "$TOK/checks.tsv" "$TOK/info.json" \
-        "$AS_ISSUER" "$AS_AUDIENCE" "$TOKEN_SCOPE" "$HITS0" "$VERIF0" "$HITS1" "$VERIF1"
-    BENCH_SCENARIO=token BENCH_CONTENDERS="haproxy portcullis" BENCH_TOKEN_INFO=$TOK/info.json \
-        "${REPORT[@]}" final "$RAW/token" "$RESULT_JSON_TOKEN"
-fi
+    if want token; then
+        # What each side checks, for the report: HAProxy's own config lines, portcullis's route,
+        # and the differences between the two.
+        "${REPORT[@]}" token-info "$WORK/haproxy.cfg" "$TOK/checks.tsv" "$TOK/info.json" \
+            "$AS_ISSUER" "$AS_AUDIENCE" "$TOKEN_SCOPE" "$HITS0" "$VERIF0" "$HITS1" "$VERIF1"
+        out=$(result_json compare_haproxy_token "$d" "$UPSTREAM")
+        BENCH_SCENARIO=token BENCH_CONTENDERS="haproxy portcullis" BENCH_TOKEN_INFO=$TOK/info.json \
+            "${REPORT[@]}" final "$RAW/token/$d" "$out"
+        ROWS+=("$out")
+    fi
 
-if want fapi; then
-    BENCH_SCENARIO=fapi BENCH_CONTENDERS="haproxy-token portcullis portcullis-fapi" \
-        BENCH_BASELINE=haproxy-token BENCH_FAPI_CHECKS=$RAW/fapi-checks.json \
-        BENCH_FAPI_PATH=$FAPI_PATH "${REPORT[@]}" final "$RAW/fapi" "$RESULT_JSON_FAPI"
-fi
+    if want fapi && [[ $d == loadgen ]]; then
+        out=$(result_json compare_haproxy_fapi "$d" "$UPSTREAM")
+        BENCH_SCENARIO=fapi BENCH_CONTENDERS="haproxy-token portcullis portcullis-fapi" \
+            BENCH_BASELINE=haproxy-token BENCH_FAPI_CHECKS=$RAW/fapi-checks.json \
+            BENCH_FAPI_PATH=$FAPI_PATH "${REPORT[@]}" final "$RAW/fapi/$d" "$out"
+        ROWS+=("$out")
+    fi
+done
+export BENCH_DRIVER=loadgen
+RESULT_JSON=$(result_json compare_haproxy loadgen "$UPSTREAM")
+RESULT_JSON_TOKEN=$(result_json compare_haproxy_token loadgen "$UPSTREAM")
+RESULT_JSON_FAPI=$(result_json compare_haproxy_fapi loadgen "$UPSTREAM")
+RESULT_JSON_LATENCY=$(result_json latency loadgen "$UPSTREAM")
 
 if want latency; then
     BENCH_PIPELINES="passthrough token" BENCH_LATENCY_FRACTION=$LATENCY_FRACTION \
         "${REPORT[@]}" latency "$RAW/latency" "$RESULT_JSON_LATENCY"
 fi
 
-if ((${#SCENARIOS[@]} > 1)); then
+if ((${#SCENARIOS[@]} > 1)) && [[ " ${DRIVERS[*]} " == *" loadgen "* ]]; then
     "${REPORT[@]}" summary "$RESULT_JSON" "$RESULT_JSON_TOKEN" "$RESULT_JSON_FAPI" "$RESULT_JSON_LATENCY" \
         "${SCENARIOS[@]}"
+fi
+# One row per (scenario, driver, upstream) measured in this run.
+if ((${#ROWS[@]} > 0)); then
+    "${REPORT[@]}" rows "${ROWS[@]}"
 fi

@@ -20,6 +20,12 @@ only, no jq needed).
   compare_report.py latency RAW_DIR OUT.json     SCENARIO=latency
   compare_report.py summary PASSTHROUGH.json TOKEN.json FAPI.json LATENCY.json SCENARIO...
                                                  the summary of a run of several scenarios
+  compare_report.py oha-flatten OHA.json OUT.json
+                                                 an oha run (--output-format json) in the shape
+                                                 of a loadgen flag-mode report
+  compare_report.py rows RESULT.json...          one row per (scenario, driver, upstream): both
+                                                 medians, their ratio, the paired ratio with its
+                                                 95 % interval, both p99s
 """
 import json
 import os
@@ -201,6 +207,72 @@ def token_info(cfg, checks, out, issuer, audience, scope, hits0, verif0, hits1, 
     json.dump(info, open(out, "w"), indent=2)
 
 
+def oha_flatten(src, out):
+    """oha's JSON report (latencies in seconds) as the flag-mode report of `portcullis loadgen`
+    (requests, rps, p50_us, p99_us, p999_us, statuses, errors) that `line` and `final` read.
+    `errors` are requests without an answer (oha's errorDistribution); rps is oha's own
+    requestsPerSec (answers / run time)."""
+    r = load(src)
+    pct = r.get("latencyPercentiles") or {}
+
+    def us(key):
+        v = pct.get(key)
+        return None if v is None else round(v * 1e6)
+    statuses = {str(k): int(v) for k, v in (r.get("statusCodeDistribution") or {}).items()}
+    flat = {
+        "driver": "oha",
+        "requests": sum(statuses.values()),
+        "rps": float(r["summary"].get("requestsPerSec") or 0.0),
+        "p50_us": us("p50"),
+        "p99_us": us("p99"),
+        "p999_us": us("p99.9"),
+        "statuses": statuses,
+        "errors": sum(int(v) for v in (r.get("errorDistribution") or {}).values()),
+        "errors_by_reason": r.get("errorDistribution") or {},
+    }
+    with open(out, "w") as f:
+        json.dump(flat, f, indent=2)
+        f.write("\n")
+
+
+def rows(*paths):
+    """The table of the issue: one row per (path, driver, upstream), from final() results."""
+    out = []
+    for path in paths:
+        r = load(path)
+        s, med = r["setup"], r["median"]
+        driver, upstream = s.get("driver", "loadgen"), s.get("upstream", "mock")
+        base = r["baseline"]
+        paired_all = r["paired_vs_" + base.replace("-", "_")]
+        label = {"passthrough": "mTLS pass-through",
+                 "token": "mTLS + ES256 JWT + scope + cnf + limit",
+                 "fapi": "full FAPI vs HAProxy's JWT pipeline"}[s["scenario"]]
+        c = "portcullis-fapi" if s["scenario"] == "fapi" else "portcullis"
+        out.append((label, driver, upstream, base, med[base], c, med[c], paired_all.get(c),
+                    r["valid"]))
+        if "portcullis-audit" in med:
+            out.append(("  + audit log to a file", driver, upstream, "portcullis",
+                        med["portcullis"], "portcullis-audit", med["portcullis-audit"],
+                        r.get("audit_paired"), r["valid"]))
+    print()
+    print("rows (medians of this run; paired: the per-round ratio of the two run back to back,")
+    print("its median and the 95 % bootstrap interval of its mean)")
+    head = (f"  {'path':<40} {'driver':<7} {'upstream':<8} {'baseline req/s':>24} "
+            f"{'ours req/s':>24} {'ratio':>6} {'paired [95 % CI]':>22} {'p99 base':>9} "
+            f"{'p99 ours':>9} {'p99 ratio':>9}")
+    print(head)
+    for label, driver, upstream, base, mb, c, mc, pr, valid in out:
+        pcell = f"{pr['median']} [{pr['mean_ci95'][0]}-{pr['mean_ci95'][1]}]" if pr else "-"
+
+        def p99(m):
+            return f"{m['p99_us'] / 1000:.2f} ms" if m.get("p99_us") is not None else "-"
+        print(f"  {label:<40} {driver:<7} {upstream:<8} {base + ' ' + format(mb['rps'], '.0f'):>24} "
+              f"{c + ' ' + format(mc['rps'], '.0f'):>24} {str(ratio(mc['rps'], mb['rps'])):>6} "
+              f"{pcell:>22} {p99(mb):>9} {p99(mc):>9} "
+              f"{str(ratio(mc.get('p99_us'), mb.get('p99_us'))):>9}"
+              + ("" if valid else "   NOT VALID (errors)"))
+
+
 def machine():
     e = os.environ
     return {"cores": int(e["BENCH_CORES"]), "cpu": e["BENCH_CPU"], "kernel": e["BENCH_KERNEL"]}
@@ -222,6 +294,14 @@ CONTENDERS = {
 }
 
 
+LOAD_GENERATORS = {
+    "loadgen": "portcullis loadgen: closed loop, HTTP/1.1 keep-alive, rustls client, "
+               "TPP One's client certificate; the same for every proxy",
+    "oha": "oha (third-party; rustls client): closed loop, HTTP/1.1 keep-alive, TPP One's client "
+           "certificate, -w (requests under way at the deadline awaited); the same for every proxy",
+}
+
+
 def final(raw, out):
     e = os.environ
     contenders = e["BENCH_CONTENDERS"].split()
@@ -233,16 +313,19 @@ def final(raw, out):
     setup = {
         "scenario": scenario,
         "machine": machine(),
-        "connections": int(e["BENCH_CONNECTIONS"]),
+        "connections": int(e["BENCH_OHA_CONNECTIONS"] if e.get("BENCH_DRIVER") == "oha"
+                           else e["BENCH_CONNECTIONS"]),
         "duration": e["BENCH_DURATION"],
         "warmup": e["BENCH_WARMUP"],
         "rounds": rounds,
         "order": "alternating: " + ", ".join(contenders) + " in odd rounds, the reverse in even ones",
         "contenders": {c: CONTENDERS.get(c, c) for c in contenders},
         "route": "GET " + e["BENCH_ROUTE"],
-        "load_generator": "portcullis loadgen: closed loop, HTTP/1.1 keep-alive, rustls client, "
-                          "TPP One's client certificate; the same for every proxy",
-        "upstream": f"one portcullis mock-bank on {e['BENCH_BANK']} (plain HTTP/1.1), shared",
+        "driver": e.get("BENCH_DRIVER", "loadgen"),
+        "load_generator": LOAD_GENERATORS[e.get("BENCH_DRIVER", "loadgen")],
+        "upstream": e.get("BENCH_UPSTREAM", "mock"),
+        "upstream_detail": e.get("BENCH_UPSTREAM_DESC")
+        or f"one portcullis mock-bank on {e['BENCH_BANK']} (plain HTTP/1.1), shared",
         "shared_cores": "load generator, proxy and upstream run on the same cores",
         "haproxy": {
             "version": e["BENCH_HA_VERSION"],
@@ -398,10 +481,9 @@ def final(raw, out):
         print("portcullis vs HAProxy: mTLS termination, keep-alive, pass-through to the same upstream")
     print(f"  machine     {cores} cores ({s['machine']['cpu']}), Linux {s['machine']['kernel']};")
     print("              load generator, proxy and upstream all share these cores, nothing pinned")
-    print("  load        portcullis loadgen for all: closed loop, HTTP/1.1 keep-alive, rustls client,")
-    print(f"              {s['connections']} connections, {s['duration']} per run after a {s['warmup']} warm-up,")
-    print(f"              {rounds} round(s), {s['order']}")
-    para("route", f"{s['route']} -> shared mock bank (~600-byte JSON)")
+    para("load", f"{s['load_generator']}; {s['connections']} connections, {s['duration']} per run "
+                 f"after a {s['warmup']} warm-up, {rounds} round(s), {s['order']}")
+    para("route", f"{s['route']} -> {s['upstream_detail']} (~600-byte JSON)")
     print(f"  haproxy     {h['version']}, {h['openssl']}")
     print(f"              nbthread {h['nbthread']}, no request log, {h['keep_alive']}")
     print(f"              negotiated with the load generator: {h['negotiated']}")
@@ -670,4 +752,5 @@ def summary(passthrough, token, fapi, latency_json, *scenarios):
 
 if __name__ == "__main__":
     {"line": line, "open-rate": open_rate, "final": final, "redis-ratio": redis_ratio,
-     "token-info": token_info, "latency": latency, "summary": summary}[sys.argv[1]](*sys.argv[2:])
+     "token-info": token_info, "latency": latency, "summary": summary,
+     "oha-flatten": oha_flatten, "rows": rows}[sys.argv[1]](*sys.argv[2:])

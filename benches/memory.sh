@@ -8,7 +8,10 @@
 # One's certificate (loopback), sends one GET on each (keep-alive), reads the answer and then
 # holds every connection idle for IDLE_HOLD. The proxy's VmRSS/VmHWM (/proc/PID/status), open
 # descriptors and portcullis_connections_active are read before, once all are connected, and at
-# the end of the hold.
+# the end of the hold. Then, in the same run, the same clients against HAProxy's pass-through
+# frontend (benches/lib.sh haproxy_passthrough_config, as benches/compare_haproxy.sh runs it:
+# mTLS required + CRL, the same timeouts, in front of the same mock bank), measured the same
+# way, and the KiB per connection of the two compared (target: portcullis <= HAProxy).
 #
 # Part 2, rate-limit keys: a second portcullis whose route takes an optional client
 # certificate and a bearer token, with a rate-limit class. Without a certificate the class keys
@@ -37,7 +40,9 @@
 #   PART=all              idle | keys | all
 #   IDLE_CONNECTIONS=1000 connections held idle
 #   IDLE_HOLD=30s         how long they are held (seconds, `s` optional); the instance's
-#                         idle_timeout and header_read_timeout are set above it
+#                         idle_timeout and header_read_timeout (HAProxy's timeout client,
+#                         http-keep-alive and http-request) are set above it
+#   IDLE_HAPROXY=1        0 skips HAProxy (installed from Debian's packages when missing)
 #   KEYS=1000000          distinct rate-limit keys
 #   DRIVERS=2             python3 processes feeding keys (one TLS connection each)
 #   BATCH=200             pipelined requests per write
@@ -50,7 +55,7 @@
 #   TMPDIR=/tmp           where the temporary directory is made
 # Needs python3 with the `cryptography` package for part 2 (python3-cryptography).
 #
-# Time: part 1 ~ IDLE_HOLD + 10 s; part 2 ~ feed (KEYS / request rate: about 3 minutes for 1M
+# Time: part 1 ~ 2 x (IDLE_HOLD + 10 s); part 2 ~ feed (KEYS / request rate: about 3 minutes for 1M
 # keys at ~5,500 req/s on the 2-core VM) + 2 x KEY_REFILL + MAINTENANCE: about 9 minutes.
 # Results: target/memory.json (in CARGO_TARGET_DIR), the report on stdout, progress on stderr.
 # The clients are benches/py/idle_client.py and benches/py/key_feeder.py; the JSON and the
@@ -70,6 +75,7 @@ MAINTENANCE=${MAINTENANCE:-10s}
 KEY_REFILL=${KEY_REFILL:-150s}
 KEYS_TIMEOUT=${KEYS_TIMEOUT:-1200}
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}
+IDLE_HAPROXY=${IDLE_HAPROXY:-1}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=benches/lib.sh
@@ -90,6 +96,16 @@ require_tools python3 curl
 if want_part keys && ! python3 -c 'import cryptography' 2>/dev/null; then
     die "part 2 needs python3's cryptography package (apt-get install python3-cryptography)"
 fi
+[[ $IDLE_HAPROXY == 0 || $IDLE_HAPROXY == 1 ]] || die "IDLE_HAPROXY must be 0 or 1 (got '$IDLE_HAPROXY')"
+if want_part idle && [[ $IDLE_HAPROXY == 1 ]]; then
+    # /usr/sbin is not on every user's PATH.
+    find_haproxy() { command -v haproxy 2>/dev/null || { [[ -x /usr/sbin/haproxy ]] && echo /usr/sbin/haproxy; }; }
+    if ! HAPROXY=$(find_haproxy); then
+        apt_install haproxy
+        HAPROXY=$(find_haproxy) || die "haproxy is still not installed"
+    fi
+    HA_VERSION=$("$HAPROXY" -v | sed -n '1s/ - https:.*//p')
+fi
 if want_part idle && (($(ulimit -n) < IDLE_CONNECTIONS + 100)); then
     ulimit -n $((IDLE_CONNECTIONS + 200)) 2>/dev/null ||
         die "open-file limit $(ulimit -n) is below IDLE_CONNECTIONS + 100"
@@ -98,7 +114,7 @@ fi
 ensure_binary
 bench_workdir memory
 write_policies
-read -r P_BANK P_FULL P_FULL_ADMIN P_KEYS P_KEYS_ADMIN < <(free_ports 5)
+read -r P_BANK P_FULL P_FULL_ADMIN P_KEYS P_KEYS_ADMIN P_HA < <(free_ports 6)
 start_mock_bank "$P_BANK"
 PC_REV=$(revision)
 
@@ -112,54 +128,82 @@ active_connections() {
 # --- part 1: idle keep-alive connections -----------------------------------------------------
 
 IDLE_JSON=$WORK/results/idle.json
+IDLE_HA_JSON=$WORK/results/idle-haproxy.json
+
+# Holds IDLE_CONNECTIONS idle connections to one proxy and writes the figures to a JSON file:
+# $1 name (log prefix and file names), $2 its pid, $3 its TLS port, $4 its admin port (empty:
+# none, so no connections_active), $5 the JSON file.
+idle_measure() {
+    local name=$1 pid=$2 port=$3 admin=$4 out=$5
+    local rss0 hwm0 fd0 rss1 hwm1 fd1 rss2 hwm2 fd2 active1=n/a active2=n/a t0 open_s statuses closed
+    # One request first, so that the baseline includes a warm upstream pool (and audit writer).
+    curl -s -o /dev/null --resolve "localhost:$port:127.0.0.1" "${CURL_MTLS[@]}" \
+        "https://localhost:$port$ROUTE"
+    sleep 1
+    read -r rss0 hwm0 fd0 < <(proc_line "$pid")
+    log "idle $name: baseline VmRSS ${rss0} KiB, VmHWM ${hwm0} KiB, ${fd0} fds; opening $IDLE_CONNECTIONS connections"
+
+    # The client opens the connections, one GET on each, writes their answers to .ready,
+    # holds them until .stop exists and writes how many the proxy closed to .stop.result.
+    t0=$EPOCHREALTIME
+    rm -f "$WORK/idle-$name.ready" "$WORK/idle-$name.stop" "$WORK/idle-$name.stop.result"
+    start_bg "$WORK/idle-client-$name.log" python3 "$ROOT/benches/py/idle_client.py" "$port" \
+        "$IDLE_CONNECTIONS" "$CERTS" "$ROUTE" "$WORK/idle-$name.ready" "$WORK/idle-$name.stop" \
+        $((IDLE_HOLD_S + 300))
+    local client=$STARTED_PID
+    while [[ ! -s $WORK/idle-$name.ready ]]; do
+        kill -0 "$client" 2>/dev/null || { cat "$WORK/idle-client-$name.log" >&2; die "the idle-connection client ($name) failed"; }
+        sleep 0.2
+    done
+    open_s=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+    statuses=$(cat "$WORK/idle-$name.ready")
+    sleep 1
+    read -r rss1 hwm1 fd1 < <(proc_line "$pid")
+    [[ -n $admin ]] && active1=$(active_connections "$admin")
+    log "idle $name: $IDLE_CONNECTIONS connected in ${open_s} s (answers $statuses); VmRSS ${rss1} KiB, ${fd1} fds, ${active1} active; holding ${IDLE_HOLD_S} s"
+    sleep "$IDLE_HOLD_S"
+    read -r rss2 hwm2 fd2 < <(proc_line "$pid")
+    [[ -n $admin ]] && active2=$(active_connections "$admin")
+    touch "$WORK/idle-$name.stop"
+    wait "$client" || die "the idle-connection client ($name) failed (log: $WORK/idle-client-$name.log)"
+    forget_pid "$client"
+    closed=$(cat "$WORK/idle-$name.stop.result")
+    log "idle $name: after ${IDLE_HOLD_S} s VmRSS ${rss2} KiB, VmHWM ${hwm2} KiB, ${fd2} fds, ${active2} active; $closed closed by the proxy"
+    python3 "$ROOT/benches/py/memory.py" idle-json "$out" --connections "$IDLE_CONNECTIONS" \
+        --answers "$statuses" --open-seconds "$open_s" --hold-seconds "$IDLE_HOLD_S" \
+        --closed "$closed" --baseline "$rss0" "$hwm0" "$fd0" \
+        --connected "$rss1" "$hwm1" "$fd1" "$active1" --after-hold "$rss2" "$hwm2" "$fd2" "$active2"
+}
+
 if want_part idle; then
     # Both routes in one policy file (the full config's routes).
     cat "$WORK/policies/bench.yaml" >"$WORK/policies/full.yaml"
     sed -n '/^  - id: aisp.accounts.get/,$p' "$WORK/policies/bench-fapi.yaml" >>"$WORK/policies/full.yaml"
     # Both timeouts above the hold: hyper's header_read_timeout also closes a keep-alive
-    # connection that waits that long for its next request (see README, Performance).
-    IDLE_TIMEOUT=$((IDLE_HOLD_S + 120))s HEADER_READ_TIMEOUT=$((IDLE_HOLD_S + 60))s portcullis_config "$P_FULL" "$P_FULL_ADMIN" \
-        "$(audit_file full.log)
+    # connection that waits that long for its next request (see README, Performance). HAProxy
+    # gets the same two (timeout http-request, http-keep-alive and client).
+    export IDLE_TIMEOUT=$((IDLE_HOLD_S + 120))s HEADER_READ_TIMEOUT=$((IDLE_HOLD_S + 60))s
+    portcullis_config "$P_FULL" "$P_FULL_ADMIN" "$(audit_file full.log)
 $ISSUERS
 $RATE_LIMITS" policies/full.yaml >"$WORK/full.yaml"
     start_portcullis "$WORK/full.yaml" full "$P_FULL_ADMIN"
     PID_FULL=$STARTED_PID
-    # One request first, so that the baseline includes a warm upstream pool and audit writer.
-    curl -s -o /dev/null --resolve "localhost:$P_FULL:127.0.0.1" "${CURL_MTLS[@]}" \
-        "https://localhost:$P_FULL$ROUTE"
-    sleep 1
-    read -r RSS0 HWM0 FD0 < <(proc_line "$PID_FULL")
-    log "idle: baseline VmRSS ${RSS0} KiB, VmHWM ${HWM0} KiB, ${FD0} fds; opening $IDLE_CONNECTIONS connections"
-
-    # The client opens the connections, one GET on each, writes their answers to idle.ready,
-    # holds them until idle.stop exists and writes how many the proxy closed to idle.stop.result.
-    T0=$EPOCHREALTIME
-    start_bg "$WORK/idle-client.log" python3 "$ROOT/benches/py/idle_client.py" "$P_FULL" "$IDLE_CONNECTIONS" \
-        "$CERTS" "$ROUTE" "$WORK/idle.ready" "$WORK/idle.stop" $((IDLE_HOLD_S + 300))
-    PID_IDLE=$STARTED_PID
-    while [[ ! -s $WORK/idle.ready ]]; do
-        kill -0 "$PID_IDLE" 2>/dev/null || { cat "$WORK/idle-client.log" >&2; die "the idle-connection client failed"; }
-        sleep 0.2
-    done
-    OPEN_S=$(awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
-    IDLE_STATUSES=$(cat "$WORK/idle.ready")
-    sleep 1
-    read -r RSS1 HWM1 FD1 < <(proc_line "$PID_FULL")
-    ACTIVE1=$(active_connections "$P_FULL_ADMIN")
-    log "idle: $IDLE_CONNECTIONS connected in ${OPEN_S} s (answers $IDLE_STATUSES); VmRSS ${RSS1} KiB, ${FD1} fds, ${ACTIVE1} active; holding ${IDLE_HOLD_S} s"
-    sleep "$IDLE_HOLD_S"
-    read -r RSS2 HWM2 FD2 < <(proc_line "$PID_FULL")
-    ACTIVE2=$(active_connections "$P_FULL_ADMIN")
-    touch "$WORK/idle.stop"
-    wait "$PID_IDLE" || die "the idle-connection client failed (log: $WORK/idle-client.log)"
-    forget_pid "$PID_IDLE"
-    CLOSED=$(cat "$WORK/idle.stop.result")
-    log "idle: after ${IDLE_HOLD_S} s VmRSS ${RSS2} KiB, VmHWM ${HWM2} KiB, ${FD2} fds, ${ACTIVE2} active; $CLOSED closed by the proxy"
-    python3 "$ROOT/benches/py/memory.py" idle-json "$IDLE_JSON" --connections "$IDLE_CONNECTIONS" \
-        --answers "$IDLE_STATUSES" --open-seconds "$OPEN_S" --hold-seconds "$IDLE_HOLD_S" \
-        --closed "$CLOSED" --baseline "$RSS0" "$HWM0" "$FD0" \
-        --connected "$RSS1" "$HWM1" "$FD1" "$ACTIVE1" --after-hold "$RSS2" "$HWM2" "$FD2" "$ACTIVE2"
+    idle_measure portcullis "$PID_FULL" "$P_FULL" "$P_FULL_ADMIN" "$IDLE_JSON"
     stop_started "$PID_FULL"
+
+    if [[ $IDLE_HAPROXY == 1 ]]; then
+        # The same clients against HAProxy's pass-through (benches/lib.sh, as in
+        # benches/compare_haproxy.sh), in the same run, after portcullis has stopped.
+        HAPROXY_MAXCONN=$((IDLE_CONNECTIONS + 100)) haproxy_passthrough_config "$P_HA" >"$WORK/haproxy.cfg"
+        "$HAPROXY" -c -q -f "$WORK/haproxy.cfg" || die "haproxy rejects $WORK/haproxy.cfg"
+        start_bg "$WORK/haproxy.log" "$HAPROXY" -db -f "$WORK/haproxy.cfg"
+        PID_HA=$STARTED_PID
+        wait_200 "$PID_HA" "$WORK/haproxy.log" "${CURL_MTLS[@]}" "https://localhost:$P_HA$ROUTE" \
+            --resolve "localhost:$P_HA:127.0.0.1"
+        idle_measure haproxy "$PID_HA" "$P_HA" "" "$IDLE_HA_JSON"
+        stop_started "$PID_HA"
+    fi
+    unset IDLE_TIMEOUT HEADER_READ_TIMEOUT
 fi
 
 # --- part 2: 1M distinct rate-limit keys ----------------------------------------------------
@@ -268,4 +312,5 @@ fi
 # --- report ----------------------------------------------------------------------------------
 
 mkdir -p "$TARGET_DIR"
-python3 "$ROOT/benches/py/memory.py" report "$RESULT_JSON" "$IDLE_JSON" "$KEYS_JSON" "$PC_REV" "$(nproc)"
+python3 "$ROOT/benches/py/memory.py" report "$RESULT_JSON" "$IDLE_JSON" "$KEYS_JSON" "$PC_REV" "$(nproc)" \
+    --haproxy "$IDLE_HA_JSON" --haproxy-version "${HA_VERSION:-}"

@@ -19,9 +19,11 @@ part 2).
       writes part 2's result (rate-limit keys; CHECK as above) to OUT, from the feeders' reports
       WORK/feed-D.json (the last line of each) and the RSS samples WORK/keys-rss.tsv and
       WORK/keys-after.tsv.
-  memory.py report OUT IDLE_JSON KEYS_JSON REVISION CORES
+  memory.py report OUT IDLE_JSON KEYS_JSON REVISION CORES [--haproxy IDLE_JSON]
+                   [--haproxy-version V]
       prints the report of the parts whose JSON exists and writes them together to OUT
-      (target/memory.json).
+      (target/memory.json); with --haproxy (HAProxy's idle-json of the same run), HAProxy's
+      figures and the per-connection comparison too.
 """
 import argparse
 import base64
@@ -136,6 +138,27 @@ def report(a):
               f"{r['after_hold']['fds']}; connections_active {r['after_hold']['active']}; "
               f"closed by the proxy during the hold: {r['closed_by_proxy_during_hold']}")
         print(f"        target {t['name']}: {'met' if t['met'] else 'NOT met'} ({mib(t['vmrss_kib'])})")
+        if a.haproxy and os.path.exists(a.haproxy):
+            h = json.load(open(a.haproxy))
+            ok_h = h["closed_by_proxy_during_hold"] == 0 and h["answers"] == f"200:{h['connections']}"
+            print(f"  idle, HAProxy ({a.haproxy_version or 'haproxy'}, the pass-through frontend of "
+                  f"benches/compare_haproxy.sh), the same clients in the same run:")
+            print(f"        answers {h['answers']}; VmRSS baseline {mib(h['baseline']['vmrss_kib'])}, connected "
+                  f"{mib(h['connected']['vmrss_kib'])}, after the hold {mib(h['after_hold']['vmrss_kib'])}")
+            print(f"        {h['per_connection_kib']} KiB per connection; fds {h['baseline']['fds']} -> "
+                  f"{h['after_hold']['fds']}; closed by HAProxy during the hold: "
+                  f"{h['closed_by_proxy_during_hold']}")
+            pc, hc = r["per_connection_kib"], h["per_connection_kib"]
+            valid = ok_h and r["closed_by_proxy_during_hold"] == 0
+            cmp = {"name": "memory per idle mTLS connection <= HAProxy's",
+                   "portcullis_kib": pc, "haproxy_kib": hc,
+                   "ratio": round(pc / hc, 2) if hc else None,
+                   "valid": valid, "met": valid and pc <= hc}
+            res["idle_connections_haproxy"] = h
+            res["idle_vs_haproxy"] = cmp
+            print(f"        per idle connection: portcullis {pc} KiB, HAProxy {hc} KiB (ratio "
+                  f"{cmp['ratio']}); target {cmp['name']}: {'met' if cmp['met'] else 'NOT met'}"
+                  + ("" if valid else " (NOT VALID: a connection was closed or refused)"))
     if os.path.exists(keys_p):
         r = res["rate_limit_keys"] = json.load(open(keys_p))
         t = r["target"]
@@ -191,6 +214,8 @@ def main():
     s = sub.add_parser("report")
     for name in ("out", "idle_json", "keys_json", "revision", "cores"):
         s.add_argument(name)
+    s.add_argument("--haproxy", default="", help="HAProxy's idle-json, when measured")
+    s.add_argument("--haproxy-version", default="")
     s.set_defaults(run=report)
     a = p.parse_args()
     a.run(a)

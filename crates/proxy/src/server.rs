@@ -471,15 +471,12 @@ async fn serve_connection(
         let activity = Arc::clone(&activity);
         let shared = Arc::clone(&shared);
         service_fn(move |req: Request<Incoming>| {
-            activity.in_flight.fetch_add(1, Ordering::Relaxed);
-            let activity = Arc::clone(&activity);
-            let fut = proxy::handle(req, Arc::clone(&info), Arc::clone(&shared));
-            async move {
-                let r = fut.await;
-                activity.touch();
-                activity.in_flight.fetch_sub(1, Ordering::Relaxed);
-                r
-            }
+            respond(
+                req,
+                Arc::clone(&info),
+                Arc::clone(&shared),
+                Arc::clone(&activity),
+            )
         })
     };
     let (io, returned) = crate::linger::Returnable::new(tls);
@@ -527,6 +524,28 @@ async fn serve_connection(
     }
     crate::linger::close(&returned).await;
     shared.metrics.connection_closed();
+}
+
+/// The future hyper's HTTP/1 dispatcher holds for a request: the request pipeline, boxed.
+///
+/// hyper allocates room for one service future per HTTP/1 connection when the connection
+/// starts and keeps that room while the connection idles between requests. The pipeline's
+/// state machine inline would be held by every idle keep-alive connection; boxed, its memory
+/// lives only while a request does, at the cost of one allocation per request.
+fn respond(
+    req: Request<Incoming>,
+    info: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+    activity: Arc<Activity>,
+) -> impl std::future::Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> {
+    activity.in_flight.fetch_add(1, Ordering::Relaxed);
+    let fut = Box::pin(proxy::handle(req, info, shared));
+    async move {
+        let r = fut.await;
+        activity.touch();
+        activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        r
+    }
 }
 
 /// The TLS handshake with SNI: the ClientHello names the host (exact name, then wildcard,
@@ -789,4 +808,27 @@ pub async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    fn returned_size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn returned_size3<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// hyper keeps room for one service future per HTTP/1 connection for the connection's
+    /// whole life: what `respond` returns must stay a pointer and a few counters, not the
+    /// request pipeline (which runs to kilobytes), or every idle keep-alive connection holds it.
+    #[test]
+    fn an_idle_http1_connection_holds_no_request_pipeline() {
+        let held = returned_size(super::respond);
+        let pipeline = returned_size3(crate::proxy::handle);
+        eprintln!("service future {held} bytes; request pipeline {pipeline} bytes");
+        assert!(held <= 64, "service future {held} bytes");
+        assert!(pipeline > held);
+    }
 }
