@@ -26,15 +26,11 @@ ROUNDS=${ROUNDS:-5}
 WARMUP=${WARMUP:-2s}
 CONTRACT_RESPONSE=${CONTRACT_RESPONSE:-shadow}
 OUT=${OUT:-contract.json}
-BIN=${BIN:-$ROOT/target/release/portcullis}
-[[ -x $BIN ]] || { echo "set BIN to a portcullis binary (cargo build --release)" >&2; exit 2; }
 case $CONTRACT_RESPONSE in shadow | enforce | off) ;; *) echo "CONTRACT_RESPONSE: shadow, enforce or off" >&2; exit 2 ;; esac
 
-# lib.sh sets BIN to the release binary of CARGO_TARGET_DIR; the one asked for wins.
-WANT_BIN=$BIN
 # shellcheck source=lib.sh
 source "$ROOT/benches/lib.sh"
-BIN=$WANT_BIN
+[[ -x $BIN ]] || { echo "set BIN to a portcullis binary (cargo build --release)" >&2; exit 2; }
 bench_traps
 require_tools curl python3
 bench_workdir contract

@@ -35,12 +35,9 @@ ROUNDS=${ROUNDS:-5}
 WARMUP=${WARMUP:-2s}
 PERF=${PERF:-0}
 OUT=${OUT:-detection.json}
-BIN_GIVEN=${BIN:-}
 
 # shellcheck source=lib.sh
 source "$ROOT/benches/lib.sh"
-# lib.sh sets BIN to the release build of CARGO_TARGET_DIR: a BIN given wins.
-[[ -n $BIN_GIVEN ]] && BIN=$BIN_GIVEN
 [[ -x $BIN ]] || { echo "set BIN to a portcullis binary (cargo build --release)" >&2; exit 2; }
 bench_traps
 require_tools curl python3

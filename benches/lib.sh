@@ -16,7 +16,8 @@
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 case $TARGET_DIR in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
-BIN=$TARGET_DIR/release/portcullis
+# A BIN given by the caller wins over the release build of CARGO_TARGET_DIR.
+BIN=${BIN:-$TARGET_DIR/release/portcullis}
 
 # The access tokens' issuer and audience, and the scope the token routes require.
 AS_ISSUER=https://as.bank.example
