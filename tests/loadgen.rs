@@ -955,7 +955,15 @@ async fn the_volume_spike_scenario_fires_against_the_baseline_the_client_built()
     assert_eq!(f.alert["route_id"], "dpop.accounts");
     // `alert`: the spike is served.
     assert_eq!(f.report["errors"], 0, "{}", f.report);
-    assert_eq!(alerts_of(&e).len(), 1, "{:?}", alerts_of(&e));
+    // The detector fires at most once per bucket; a two-second spike spans two or three
+    // buckets, and a loaded machine can push a later bucket over the raised baseline too.
+    let all = alerts_of(&e);
+    assert!((1..=3).contains(&all.len()), "{all:?}");
+    assert!(
+        all.iter()
+            .all(|a| a["detector"] == "volume" && a["route_id"] == "dpop.accounts"),
+        "{all:?}"
+    );
 }
 
 /// Two instances on one Redis: the enumeration scenario against A quarantines the client on
