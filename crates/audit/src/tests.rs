@@ -791,17 +791,26 @@ fn a_removed_connection_record_fails_verify_even_when_the_chain_is_rewritten() {
     let sink = Sink::default();
     let log = AuditLog::start_with_writer(&settings(), Box::new(sink.clone())).unwrap();
     let a = facts(3);
+    log.emit(Record::TlsHandshake(HandshakeRecord {
+        peer: "10.0.0.9:1".into(),
+        failure: "no_client_cert",
+    }));
     for i in 0..4 {
         log.emit(request_on(i, 3, &a));
     }
     assert!(log.close(WAIT));
     let ls = lines(&sink.text());
     let at = ls.iter().position(|l| field(l, "kind") == "connection").unwrap();
+    assert!(at > 0);
     // Cut out: the chain says so.
     let mut cut = ls.clone();
     cut.remove(at);
     let o = check(&join(&cut), None);
     assert_eq!(o.damage.unwrap().kind, DamageKind::Deleted);
+    // Cut out where it was the first record of a file: the chain alone cannot tell (a log may
+    // start after seq 1 when older files were rotated away), the dangling reference can.
+    let o = check(&join(&ls[at + 1..]), None);
+    assert_eq!(o.damage.unwrap().kind, DamageKind::DanglingReference);
     // Cut out and every later record renumbered and re-sealed (no checkpoint key to stop it):
     // the dangling reference still says so.
     let mut prev = field(&ls[at], "prev").as_str().unwrap().to_string();
@@ -819,7 +828,7 @@ fn a_removed_connection_record_fails_verify_even_when_the_chain_is_rewritten() {
         forged.push(line);
     }
     let o = check(&join(&forged), None);
-    let d = o.damage.expect("damage");
+    let d = o.damage.clone().expect("damage");
     assert_eq!(d.kind, DamageKind::DanglingReference, "{o}");
     assert!(d.detail.contains("names connection 3"), "{}", d.detail);
     // The chain split into two files after the first request: the chain holds across them,
