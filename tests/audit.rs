@@ -41,11 +41,15 @@ impl Sink {
     fn text(&self) -> String {
         String::from_utf8(self.buf.lock().unwrap().clone()).unwrap()
     }
+    /// The records in the inline form, as `Proxy::audit` gives them (`connection` records
+    /// folded into their requests).
     fn records(&self) -> Vec<serde_json::Value> {
-        self.text()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        portcullis_audit::resolve::inline_file(
+            self.text()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect(),
+        )
     }
     fn hold(&self) {
         self.held.store(true, Ordering::SeqCst);
@@ -1102,7 +1106,8 @@ async fn metrics_show_decisions_upstream_latency_audit_and_certificate_expiry() 
         "portcullis_requests_by_decision_total{decision=\"deny\"} 1".to_string(),
         "portcullis_upstream_duration_seconds_count 1".to_string(),
         "portcullis_audit_queue_capacity 65536".to_string(),
-        "portcullis_audit_records_written_total 2".to_string(),
+        // Two requests on two connections: two request and two connection records.
+        "portcullis_audit_records_written_total 4".to_string(),
         "portcullis_audit_write_seconds_count".to_string(),
     ] {
         assert!(m.contains(&want), "{want} missing in\n{m}");

@@ -485,6 +485,13 @@ impl Writer {
 
     /// Seals one record: `{"seq":N,` + members + [`,"dropped_before":D`] + `,"prev":"P"}`.
     fn append(&mut self, members: &[u8]) {
+        self.seal(members, true);
+    }
+
+    /// [`Writer::append`]; `report_drops`: the record carries the drops not yet reported (a
+    /// `connection` record leaves them to the request that follows it, whose record they
+    /// were dropped before from the reader's point of view).
+    fn seal(&mut self, members: &[u8], report_drops: bool) {
         self.seq += 1;
         let start = self.pending.len();
         self.pending.extend_from_slice(b"{\"seq\":");
@@ -492,7 +499,11 @@ impl Writer {
             .extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
         self.pending.push(b',');
         self.pending.extend_from_slice(members);
-        let dropped = self.stats.dropped_unreported.swap(0, Ordering::Relaxed);
+        let dropped = if report_drops {
+            self.stats.dropped_unreported.swap(0, Ordering::Relaxed)
+        } else {
+            0
+        };
         if dropped > 0 {
             let _ = write!(self.pending, ",\"dropped_before\":{dropped}");
         }
@@ -528,7 +539,7 @@ impl Writer {
         members.extend_from_slice(b"\"time\":");
         json::push_str(&mut members, &super::now_rfc3339());
         super::record::write_connection(&mut json::Members::after(&mut members), c.id, &c.members);
-        self.append(&members);
+        self.seal(&members, false);
     }
 
     fn record_sealed(&mut self) {
