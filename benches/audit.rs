@@ -30,7 +30,9 @@ const CONNS: u64 = 50;
 fn conn_members(conn: u64) -> Arc<str> {
     let m = connection_members(&portcullis_audit::ConnectionFacts {
         local: "10.0.0.1:8443".parse().expect("addr"),
-        peer: format!("203.0.113.7:{}", 51000 + conn).parse().expect("addr"),
+        peer: format!("203.0.113.7:{}", 51000 + conn)
+            .parse()
+            .expect("addr"),
         tls_version: "TLSv1.3",
         cipher: "TLS13_AES_128_GCM_SHA256",
         client_cert: None,
@@ -155,7 +157,9 @@ fn throughput(c: &mut Criterion) {
         });
         assert!(discard.close(WAIT));
 
-        let mut s = settings(AuditSink::File(dir.path().join(format!("audit-{name}.log"))));
+        let mut s = settings(AuditSink::File(
+            dir.path().join(format!("audit-{name}.log")),
+        ));
         s.connection_records = by_ref;
         let file = AuditLog::start(&s).expect("file writer");
         g.bench_function(format!("records_to_a_file_fsync_1s_{name}"), |b| {

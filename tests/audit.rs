@@ -439,7 +439,11 @@ async fn hostile_values_leave_exactly_one_valid_json_line_per_record() {
     let text = String::from_utf8(bytes).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     // One connection record per connection that sent a request (four connections).
-    let conns = p.raw_audit().iter().filter(|r| r["kind"] == "connection").count();
+    let conns = p
+        .raw_audit()
+        .iter()
+        .filter(|r| r["kind"] == "connection")
+        .count();
     assert_eq!(conns, 4);
     assert_eq!(
         lines.len(),
@@ -1144,8 +1148,12 @@ fn rechain(lines: &[String], mut seq: u64, mut prev: String) -> Vec<String> {
                 .strip_prefix(&format!("{{\"seq\":{},", v["seq"]))
                 .unwrap();
             let old_prev = format!("\"prev\":\"{}\"", v["prev"].as_str().unwrap());
-            let body = format!("{{\"seq\":{seq},{rest}").replace(&old_prev, &format!("\"prev\":\"{prev}\""));
-            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, format!("{body}}}").as_bytes());
+            let body = format!("{{\"seq\":{seq},{rest}")
+                .replace(&old_prev, &format!("\"prev\":\"{prev}\""));
+            let d = aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                format!("{body}}}").as_bytes(),
+            );
             let h = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.as_ref());
             seq += 1;
             prev = h.clone();
@@ -1218,7 +1226,10 @@ async fn a_keep_alive_connection_across_rotated_files_has_its_connection_record_
     assert_eq!(conn.len(), 1, "one connection: {per_file:?}");
     for (records, named) in with_requests {
         assert_eq!(records.values().sum::<usize>(), 1, "{per_file:?}");
-        assert_eq!(records.keys().collect::<Vec<_>>(), named.iter().collect::<Vec<_>>());
+        assert_eq!(
+            records.keys().collect::<Vec<_>>(),
+            named.iter().collect::<Vec<_>>()
+        );
     }
     // Each file verifies alone (retention may leave any one of them).
     let public = certs().join("audit.pub").display().to_string();
@@ -1228,7 +1239,11 @@ async fn a_keep_alive_connection_across_rotated_files_has_its_connection_record_
         assert_eq!(code, 0, "{}: {out}", f.display());
     }
     // The connection's facts, as the kit resolves them, on every request.
-    let recs: Vec<_> = p.audit().into_iter().filter(|r| r["kind"] == "request").collect();
+    let recs: Vec<_> = p
+        .audit()
+        .into_iter()
+        .filter(|r| r["kind"] == "request")
+        .collect();
     assert!(recs.iter().all(|r| r["client_org_id"] == "PSDGB-FCA-123456"
         && r["tls_version"].is_string()
         && r["conn_id"].as_u64() == conn.first().copied()));
@@ -1271,8 +1286,16 @@ async fn many_http2_streams_on_one_connection_leave_one_connection_record_per_fi
             continue;
         }
         assert_eq!(named.len(), 1, "{per_file:?}");
-        assert_eq!(records.values().sum::<usize>(), 1, "{}: {per_file:?}", f.display());
-        requests += file_records(f).iter().filter(|r| r["kind"] == "request").count();
+        assert_eq!(
+            records.values().sum::<usize>(),
+            1,
+            "{}: {per_file:?}",
+            f.display()
+        );
+        requests += file_records(f)
+            .iter()
+            .filter(|r| r["kind"] == "request")
+            .count();
     }
     assert_eq!(requests, 60);
     assert!(files.len() >= 2, "rotated: {files:?}");
@@ -1356,7 +1379,9 @@ async fn report_clients(p: &Proxy) {
     .await;
     let mut c = p.client(Some("tpp1"), false).await.unwrap();
     for path in [ACCOUNTS, "/open-banking/v3.1/aisp/accounts/acc-1", "/nope"] {
-        c.send(req("GET", path).body(empty()).unwrap()).await.unwrap();
+        c.send(req("GET", path).body(empty()).unwrap())
+            .await
+            .unwrap();
     }
     let mut c = p.client(Some("tpp2"), false).await.unwrap();
     c.send(req("GET", ACCOUNTS).body(empty()).unwrap())
@@ -1410,7 +1435,13 @@ async fn the_report_is_the_same_as_before_connection_records() {
     // member that does not depend on the run has the same value.
     assert_eq!(requests[0].len(), requests[1].len());
     for (a, b) in requests[0].iter().zip(&requests[1]) {
-        let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<BTreeSet<_>>();
+        let keys = |v: &serde_json::Value| {
+            v.as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<BTreeSet<_>>()
+        };
         assert_eq!(keys(a), keys(b), "{a}\n{b}");
         for k in [
             "tls_version",
@@ -1429,7 +1460,15 @@ async fn the_report_is_the_same_as_before_connection_records() {
         ] {
             assert_eq!(a[k], b[k], "{k}: {a}\n{b}");
         }
-        let ip = |v: &serde_json::Value| v["peer"].as_str().unwrap().rsplit_once(':').unwrap().0.to_string();
+        let ip = |v: &serde_json::Value| {
+            v["peer"]
+                .as_str()
+                .unwrap()
+                .rsplit_once(':')
+                .unwrap()
+                .0
+                .to_string()
+        };
         assert_eq!(ip(a), ip(b));
     }
 }

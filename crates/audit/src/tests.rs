@@ -697,18 +697,27 @@ fn a_request_names_its_connection_whose_record_is_written_once_before_it() {
     let log = AuditLog::start_with_writer(&settings(), Box::new(sink.clone())).unwrap();
     let (a, b) = (facts(1), facts(2));
     for i in 0..10 {
-        log.emit(request_on(i, 1 + (i as u64 % 2), if i % 2 == 0 { &a } else { &b }));
+        log.emit(request_on(
+            i,
+            1 + (i as u64 % 2),
+            if i % 2 == 0 { &a } else { &b },
+        ));
     }
     assert!(log.close(WAIT));
     let recs = json_lines(&sink.text());
-    let conns: Vec<&serde_json::Value> = recs.iter().filter(|r| r["kind"] == "connection").collect();
+    let conns: Vec<&serde_json::Value> =
+        recs.iter().filter(|r| r["kind"] == "connection").collect();
     assert_eq!(conns.len(), 2, "one connection record per connection");
     assert_eq!(conns[0]["conn_id"], 1);
     assert_eq!(conns[0]["peer"], "10.0.0.1:5000");
     assert_eq!(conns[0]["cipher"], "TLS13_AES_128_GCM_SHA256");
     assert_eq!(conns[0]["listener"], "127.0.0.1:8443");
     let first = recs.iter().position(|r| r["kind"] == "request").unwrap();
-    assert_eq!(recs[first - 1]["kind"], "connection", "written just before its first request");
+    assert_eq!(
+        recs[first - 1]["kind"],
+        "connection",
+        "written just before its first request"
+    );
     for r in recs.iter().filter(|r| r["kind"] == "request") {
         assert!(r["conn"].is_u64(), "{r}");
         for inline in ["conn_id", "peer", "tls_version", "cipher", "listener"] {
@@ -724,7 +733,11 @@ fn a_request_names_its_connection_whose_record_is_written_once_before_it() {
     s.connection_records = false;
     let log = AuditLog::start_with_writer(&s, Box::new(old.clone())).unwrap();
     for i in 0..10 {
-        log.emit(request_on(i, 1 + (i as u64 % 2), if i % 2 == 0 { &a } else { &b }));
+        log.emit(request_on(
+            i,
+            1 + (i as u64 % 2),
+            if i % 2 == 0 { &a } else { &b },
+        ));
     }
     assert!(log.close(WAIT));
     let before = json_lines(&old.text());
@@ -759,7 +772,11 @@ fn every_rotated_file_holds_the_connection_records_of_its_requests_and_verifies_
     // One long-lived connection and a second one, across many files.
     let (a, b) = (facts(7), facts(8));
     for i in 0..120 {
-        log.emit(request_on(i, if i % 5 == 0 { 8 } else { 7 }, if i % 5 == 0 { &b } else { &a }));
+        log.emit(request_on(
+            i,
+            if i % 5 == 0 { 8 } else { 7 },
+            if i % 5 == 0 { &b } else { &a },
+        ));
         if i % 10 == 0 {
             assert!(log.sync(WAIT));
         }
@@ -800,7 +817,10 @@ fn a_removed_connection_record_fails_verify_even_when_the_chain_is_rewritten() {
     }
     assert!(log.close(WAIT));
     let ls = lines(&sink.text());
-    let at = ls.iter().position(|l| field(l, "kind") == "connection").unwrap();
+    let at = ls
+        .iter()
+        .position(|l| field(l, "kind") == "connection")
+        .unwrap();
     assert!(at > 0);
     // Cut out: the chain says so.
     let mut cut = ls.clone();
@@ -833,15 +853,24 @@ fn a_removed_connection_record_fails_verify_even_when_the_chain_is_rewritten() {
     assert!(d.detail.contains("names connection 3"), "{}", d.detail);
     // The chain split into two files after the first request: the chain holds across them,
     // but the second file's requests have no connection record in their file.
-    let req = ls.iter().position(|l| field(l, "kind") == "request").unwrap();
+    let req = ls
+        .iter()
+        .position(|l| field(l, "kind") == "request")
+        .unwrap();
     let (first, second) = ls.split_at(req + 1);
     let o = check_files(
-        &[("a", join(first).as_bytes()), ("b", join(second).as_bytes())],
+        &[
+            ("a", join(first).as_bytes()),
+            ("b", join(second).as_bytes()),
+        ],
         None,
         None,
     );
     let d = o.damage.expect("damage");
-    assert_eq!((d.kind, d.file.as_str(), d.line), (DamageKind::DanglingReference, "b", 1));
+    assert_eq!(
+        (d.kind, d.file.as_str(), d.line),
+        (DamageKind::DanglingReference, "b", 1)
+    );
 }
 
 #[test]
@@ -854,7 +883,11 @@ fn the_report_is_the_same_for_a_log_with_connection_records_and_one_with_the_fac
         let log = AuditLog::start_with_writer(&s, Box::new(sink.clone())).unwrap();
         let (a, b) = (facts(1), facts(2));
         for i in 0..20 {
-            log.emit(request_on(i, 1 + (i as u64 % 2), if i % 2 == 0 { &a } else { &b }));
+            log.emit(request_on(
+                i,
+                1 + (i as u64 % 2),
+                if i % 2 == 0 { &a } else { &b },
+            ));
         }
         assert!(log.close(WAIT));
         logs.push(sink.text());
