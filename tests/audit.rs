@@ -1387,7 +1387,7 @@ async fn report_clients(p: &Proxy) {
     c.send(req("GET", ACCOUNTS).body(empty()).unwrap())
         .await
         .unwrap();
-    assert!(handshake_fails(&p, "expired").await);
+    assert!(handshake_fails(p, "expired").await);
     p.audit_where(1, |r| r["kind"] == "tls_handshake").await;
 }
 
