@@ -3,7 +3,8 @@
 //! them through real mTLS and a real client. Valid payloads pass; every mutated payload is
 //! refused three ways — 400 with the OBIE error body naming the JSON pointer, nothing upstream,
 //! one audit record with the `contract.*` reason, the pointer and the keyword — and a shadow
-//! route forwards and records. Re-import is byte-identical, reports changes and keeps
+//! route forwards and records. The upstream's answers are checked against the operation's
+//! responses: drift is recorded (shadow) or the answer withheld (enforce). Re-import is byte-identical, reports changes and keeps
 //! hand-written lines; bad contracts are refused at load naming file, field and reason.
 
 mod common;
@@ -90,6 +91,7 @@ fn pisp_policy() -> String {
         group: Some("obie-pisp".into()),
         upstream: "bank".into(),
         profile: "fapi2".into(),
+        response: "shadow".into(),
     })
     .unwrap();
     let text = std::fs::read_to_string(&r.file).unwrap();
@@ -100,13 +102,28 @@ fn pisp_policy() -> String {
         .unwrap()
         .to_string();
     let text = text.replace(&rel, &pisp_spec().display().to_string());
-    let shadow = "operation: CreateDomesticScheduledPaymentConsents, strict: true}";
+    let shadow =
+        "operation: CreateDomesticScheduledPaymentConsents, strict: true, response: shadow}";
     assert!(text.contains(shadow));
+    let enforce = "operation: GetInternationalPaymentConsentsConsentIdFundsConfirmation, strict: true, response: shadow}";
+    assert!(text.contains(enforce));
     text.replace(
         shadow,
-        "operation: CreateDomesticScheduledPaymentConsents, strict: true, mode: shadow}",
+        "operation: CreateDomesticScheduledPaymentConsents, strict: true, mode: shadow, response: shadow}",
     )
+    .replace(
+        enforce,
+        "operation: GetInternationalPaymentConsentsConsentIdFundsConfirmation, strict: true, response: enforce}",
+    )
+        + LEGACY_ROUTE
 }
+
+/// A route no description declares (what `audit report --spec` finds).
+const LEGACY_ROUTE: &str = "  - id: legacy.status
+    method: GET
+    path: /open-banking/v3.1/pisp/status
+    auth: {profile: fapi2}
+";
 
 struct CEnv {
     env: Env,
@@ -169,6 +186,20 @@ impl CEnv {
             .await
             .unwrap();
         (a, id)
+    }
+
+    /// A request without a token as `who` (a certificate name): enough for a path no route
+    /// declares, which is refused before any token is read.
+    async fn probe(&self, who: &str, path: &str) -> String {
+        let id = uuid::Uuid::new_v4().to_string();
+        let r = req("GET", path)
+            .header("x-fapi-interaction-id", &id)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let mut c = self.p.client(Some(who), false).await.unwrap();
+        let a = c.send(r).await.unwrap();
+        assert_eq!(a.status, 404, "{path}");
+        id
     }
 
     async fn post(&self, path: &str, body: Vec<u8>) -> (Answer, String) {
@@ -438,9 +469,23 @@ async fn valid_payloads_pass_and_mutated_ones_are_refused_with_the_pointer_nothi
         assert_eq!(e.up.seen().last().unwrap().body, body);
         let rec = e.p.audit_of(&id).await;
         assert_eq!(rec["decision"], "allow", "{rec}");
+        let c = &rec["contract"];
         assert_eq!(
-            rec["contract"],
-            json!({"operation": "CreateDomesticPaymentConsents", "mode": "enforce", "result": "valid"})
+            (&c["operation"], &c["mode"], &c["result"]),
+            (
+                &json!("CreateDomesticPaymentConsents"),
+                &json!("enforce"),
+                &json!("valid")
+            ),
+            "{rec}"
+        );
+        assert!(c.get("pointer").is_none(), "{rec}");
+        // The test upstream answers 200 where the operation declares 201: the bank's drift,
+        // recorded (shadow), the answer forwarded.
+        assert_eq!(
+            c["response"],
+            json!({"mode": "shadow", "result": "invalid", "status": 200, "pointer": "", "keyword": "status"}),
+            "{rec}"
         );
     }
     let all = mutations();
@@ -580,6 +625,330 @@ async fn parameters_are_checked_and_a_shadow_route_forwards_and_records() {
     );
 }
 
+const FUNDS: &str = "/open-banking/v4.0/pisp/domestic-payment-consents/pdc-1/funds-confirmation";
+/// The same operation's twin, on a route that enforces its responses.
+const FUNDS_ENFORCED: &str =
+    "/open-banking/v4.0/pisp/international-payment-consents/ipc-1/funds-confirmation";
+
+/// A body for the test upstream to answer with (it takes `'static` text).
+fn answer(v: Value) -> Behaviour {
+    Behaviour::Json(Box::leak(v.to_string().into_boxed_str()))
+}
+
+fn drift_metric(text: &str, route: &str, keyword: &str) -> u64 {
+    let series = format!(
+        "portcullis_contract_response_drift_total{{route=\"obie-pisp.{route}\",keyword=\"{keyword}\"}} "
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// The upstream's answers against the operation's responses (OBWriteFundsConfirmationResponse1
+/// for 200): a conforming answer passes with `response.result: ok`; drift on a shadow route is
+/// forwarded unchanged, recorded with its pointer and keyword (never a value) and counted; on an
+/// enforcing route it is withheld (502 `contract.response_*`, the client sees nothing of it);
+/// a body streamed without a length is passed on and recorded `unchecked`.
+#[tokio::test]
+async fn answers_are_checked_against_the_operation_responses_in_shadow_and_enforce() {
+    let e = env().await;
+    let good = json!({"Data": {"FundsAvailableResult": {
+        "FundsAvailableDateTime": "2027-01-01T10:00:00+00:00", "FundsAvailable": true}}});
+    let bad = json!({"Data": {"FundsAvailableResult": {
+        "FundsAvailableDateTime": "secret-when-7731", "FundsAvailable": true}}});
+    let pointer = "/Data/FundsAvailableResult/FundsAvailableDateTime";
+    let shadow_op = "GetDomesticPaymentConsentsConsentIdFundsConfirmation";
+    let enforce_op = "GetInternationalPaymentConsentsConsentIdFundsConfirmation";
+
+    // Conforming, on both routes.
+    e.up.set(answer(good.clone()));
+    for (path, mode) in [(FUNDS, "shadow"), (FUNDS_ENFORCED, "enforce")] {
+        let (a, id) = e.send("GET", path, &[], Vec::new()).await;
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        assert_eq!(a.json(), good);
+        let rec = e.p.audit_of(&id).await;
+        assert_eq!(rec["decision"], "allow", "{rec}");
+        assert_eq!(
+            rec["contract"]["response"],
+            json!({"mode": mode, "result": "ok", "status": 200}),
+            "{rec}"
+        );
+    }
+
+    // Drift in shadow: forwarded unchanged, one record that says where, the metric up.
+    let (_, before) = e.p.admin_get("/metrics").await;
+    e.up.set(answer(bad.clone()));
+    let (a, id) = e.send("GET", FUNDS, &[], Vec::new()).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json(), bad, "forwarded unchanged");
+    let rec = e.p.audit_of(&id).await;
+    assert_eq!(rec["decision"], "allow", "{rec}");
+    assert!(rec.get("reason").is_none(), "{rec}");
+    assert_eq!(
+        rec["contract"]["response"],
+        json!({"mode": "shadow", "result": "invalid", "status": 200, "pointer": pointer, "keyword": "format"}),
+        "{rec}"
+    );
+    assert!(!rec.to_string().contains("secret-when"), "{rec}");
+    let (_, after) = e.p.admin_get("/metrics").await;
+    assert_eq!(
+        drift_metric(&after, shadow_op, "format"),
+        drift_metric(&before, shadow_op, "format") + 1,
+        "{after}"
+    );
+
+    // Drift under enforce: 502 with the reason code, nothing of the upstream's body, one record.
+    let (a, id) = e.send("GET", FUNDS_ENFORCED, &[], Vec::new()).await;
+    assert_eq!(a.status, 502);
+    let body = String::from_utf8_lossy(&a.body).to_string();
+    assert!(
+        !body.contains("secret-when") && !body.contains("FundsAvailable"),
+        "{body}"
+    );
+    assert_eq!(
+        a.json()["Errors"][0]["ErrorCode"],
+        "UK.OBIE.UnexpectedError",
+        "{body}"
+    );
+    let rec = e.p.audit_of(&id).await;
+    assert_eq!(rec["decision"], "deny", "{rec}");
+    assert_eq!(rec["stage"], "contract", "{rec}");
+    assert_eq!(rec["reason"], "contract.response_invalid", "{rec}");
+    assert_eq!(rec["status"], 502, "{rec}");
+    assert_eq!(rec["upstream_status"], 200, "{rec}");
+    assert_eq!(rec["contract"]["response"]["pointer"], pointer, "{rec}");
+    assert!(!rec.to_string().contains("secret-when"), "{rec}");
+    let (_, metrics) = e.p.admin_get("/metrics").await;
+    assert!(
+        drift_metric(&metrics, enforce_op, "format") >= 1,
+        "{metrics}"
+    );
+
+    // A status the operation does not declare (nor `default`): withheld under enforce.
+    e.up.set(Behaviour::Status(418));
+    let (a, id) = e.send("GET", FUNDS_ENFORCED, &[], Vec::new()).await;
+    assert_eq!(a.status, 502);
+    let rec = e.p.audit_of(&id).await;
+    assert_eq!(rec["reason"], "contract.response_status", "{rec}");
+    assert_eq!(
+        rec["contract"]["response"],
+        json!({"mode": "enforce", "result": "invalid", "status": 418, "pointer": "", "keyword": "status"}),
+        "{rec}"
+    );
+
+    // Streamed without a length: passed on as it comes in shadow, recorded unchecked and why.
+    e.up.set(Behaviour::Trickle);
+    let (a, id) = e.send("GET", FUNDS, &[], Vec::new()).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body.len(), 64 * 1024);
+    let rec = e.p.audit_of(&id).await;
+    assert_eq!(
+        rec["contract"]["response"],
+        json!({"mode": "shadow", "result": "unchecked", "status": 200, "why": "streamed"}),
+        "{rec}"
+    );
+}
+
+fn cli(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `audit report` over the log the real proxy wrote: requests to undeclared paths grouped by
+/// shape with the clients that sent them, routes never called, the descriptions against the
+/// policy (`--spec`), each client's operations, and the upstream's drift per route — in text,
+/// JSON and HTML.
+#[tokio::test]
+async fn the_audit_report_inventories_undeclared_shapes_zombies_spec_differences_and_drift() {
+    let e = env().await;
+    // Declared: a payment consent (the test upstream answers 200 where 201 is declared: drift)
+    // and a funds check (its answer fits).
+    let (a, _) = e
+        .post(CONSENTS, serde_json::to_vec(&consent()).unwrap())
+        .await;
+    assert_eq!(a.status, 200);
+    let (a, _) = e.send("GET", FUNDS, &[], Vec::new()).await;
+    assert_eq!(a.status, 200);
+    // Undeclared: one shape from two clients under three made-up ids, one with a UUID.
+    let shape = "/open-banking/v4.0/pisp/domestic-payment-consents/{id}/statements-v2";
+    for (who, id) in [("tpp1", "pdc-1"), ("tpp1", "pdc-2"), ("tpp2", "pdc-3")] {
+        e.probe(who, &shape.replace("{id}", id)).await;
+    }
+    e.probe(
+        "tpp2",
+        "/open-banking/v4.0/pisp/refunds/2f1c9c1e-7d2b-4d8e-9c3a-2b1e0f9a8d7c",
+    )
+    .await;
+    let last = e.probe("tpp2", "/open-banking/v4.0/pisp/admin").await;
+    e.p.audit_of(&last).await;
+    assert_eq!(
+        e.p.audit_where(7, |r| r["kind"] == "request").await.len(),
+        7
+    );
+
+    let policies = e.p.dir.path().join("policies").display().to_string();
+    let log = e.p.dir.path().join("audit.log").display().to_string();
+    let (pisp, aisp) = (
+        pisp_spec().display().to_string(),
+        aisp_spec().display().to_string(),
+    );
+    let args = [
+        "audit", "report", "--policy", &policies, "--spec", &pisp, "--spec", &aisp,
+    ];
+    let (code, out) = cli(&[&args[..], &["--json", &log]].concat());
+    assert_eq!(code, 0, "{out}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    let tpp1 = "PSDGB-FCA-123456 / -";
+    let tpp2 = "PSDGB-FCA-654321 / -";
+    let undeclared = r["undeclared"].as_array().unwrap();
+    let statements = undeclared
+        .iter()
+        .find(|u| u["shape"] == shape)
+        .unwrap_or_else(|| panic!("{shape} in {undeclared:?}"));
+    assert_eq!(statements["method"], "GET");
+    assert_eq!(
+        (
+            statements["requests"].as_u64(),
+            statements["paths"].as_u64()
+        ),
+        (Some(3), Some(3))
+    );
+    assert_eq!(statements["clients"], json!({tpp1: 2, tpp2: 1}));
+    assert_eq!(statements["reasons"], json!(["route.not_found"]));
+    assert!(
+        undeclared
+            .iter()
+            .any(|u| u["shape"] == "/open-banking/v4.0/pisp/refunds/{id}"
+                && u["clients"] == json!({tpp2: 1})),
+        "{undeclared:?}"
+    );
+    assert!(undeclared
+        .iter()
+        .any(|u| u["shape"] == "/open-banking/v4.0/pisp/admin"));
+    assert_eq!(undeclared.len(), 3, "{undeclared:?}");
+    // Zombie candidates: the routes nobody called, the hand-written one among them.
+    let never: Vec<&str> = r["routes_never_called"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(never.contains(&"legacy.status"), "{never:?}");
+    assert!(
+        never.contains(&"obie-pisp.CreateDomesticPayments"),
+        "{never:?}"
+    );
+    assert!(
+        !never.contains(&"obie-pisp.CreateDomesticPaymentConsents"),
+        "{never:?}"
+    );
+    assert_eq!(never.len(), 42 - 2, "{never:?}");
+    // The descriptions against the policy: every payment operation has its route, no account
+    // operation has one, and the hand-written route is in neither.
+    let specs = r["spec"]["specs"].as_array().unwrap();
+    assert_eq!(specs[0]["operations"], 41);
+    assert_eq!(specs[0]["operations_without_route"], json!([]));
+    assert_eq!(specs[1]["operations"], 29);
+    assert_eq!(
+        specs[1]["operations_without_route"]
+            .as_array()
+            .unwrap()
+            .len(),
+        29
+    );
+    assert!(specs[1]["operations_without_route"][0]
+        .as_str()
+        .unwrap()
+        .contains("/open-banking/v4.0/aisp/"));
+    assert_eq!(r["spec"]["routes_not_in_specs"], json!(["legacy.status"]));
+    // Per client: the operations it used (the token's client on declared routes).
+    let client = |label: &str| {
+        r["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| {
+                let org = c["org_id"].as_str().unwrap_or("-");
+                let id = c["client_id"].as_str().unwrap_or("-");
+                format!("{org} / {id}") == label
+            })
+            .unwrap_or_else(|| panic!("{label} in {r}"))
+            .clone()
+    };
+    let tpp1_token = client("PSDGB-FCA-123456 / tpp-one");
+    assert_eq!(
+        tpp1_token["operations"],
+        json!([
+            "CreateDomesticPaymentConsents",
+            "GetDomesticPaymentConsentsConsentIdFundsConfirmation"
+        ])
+    );
+    assert_eq!(client(tpp2)["requests"], 3);
+    assert_eq!(client(tpp1)["requests"], 2);
+    // Drift per route.
+    let consents = &r["response_drift"]["obie-pisp.CreateDomesticPaymentConsents"];
+    assert_eq!(
+        (
+            consents["invalid"].as_u64(),
+            consents["keywords"]["status"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let funds =
+        &r["response_drift"]["obie-pisp.GetDomesticPaymentConsentsConsentIdFundsConfirmation"];
+    assert_eq!(
+        (funds["checked"].as_u64(), funds["invalid"].as_u64()),
+        (Some(1), Some(0))
+    );
+
+    // Text.
+    let (code, text) = cli(&[&args[..], &[&log]].concat());
+    assert_eq!(code, 0, "{text}");
+    for line in [
+        format!("GET {shape}"),
+        format!("{tpp1}=2 {tpp2}=1"),
+        "routes in no description  legacy.status".to_string(),
+        "no route     GetAccounts".to_string(),
+        "operations   CreateDomesticPaymentConsents GetDomesticPaymentConsentsConsentIdFundsConfirmation".to_string(),
+        "obie-pisp.CreateDomesticPaymentConsents".to_string(),
+        "legacy.status".to_string(),
+    ] {
+        assert!(text.contains(&line), "`{line}` missing:\n{text}");
+    }
+    assert!(text.contains("response drift"), "{text}");
+    // HTML.
+    let html = e.p.dir.path().join("report.html");
+    let h = html.display().to_string();
+    let (code, out) = cli(&[&args[..], &["--html", &h, &log]].concat());
+    assert_eq!(code, 0, "{out}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    for text in [
+        "<h2>Undeclared requests</h2>",
+        "/open-banking/v4.0/pisp/domestic-payment-consents/{id}/statements-v2",
+        "<h2>Response drift</h2>",
+        "<h2>Descriptions and policy</h2>",
+        "<code>legacy.status</code>",
+        "GetAccounts",
+        "CreateDomesticPaymentConsents",
+    ] {
+        assert!(page.contains(text), "`{text}` missing");
+    }
+    // --spec without the policy is a usage error.
+    let (code, out) = cli(&["audit", "report", "--spec", &pisp, &log]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--spec needs the policy"), "{out}");
+}
+
 /// Both descriptions import into policies that load, pass their policy tests and decide a
 /// valid payment as the proxy does; re-import is byte-identical, a changed description is
 /// reported, and hand-written lines survive.
@@ -596,6 +965,7 @@ fn import_is_idempotent_reports_changes_and_keeps_hand_written_rules() {
             group: Some(group.into()),
             upstream: "bank".into(),
             profile: "fapi2".into(),
+            response: "shadow".into(),
         })
         .unwrap()
     };
@@ -677,6 +1047,30 @@ fn import_is_idempotent_reports_changes_and_keeps_hand_written_rules() {
     // And again: unchanged.
     let last = run(&pisp, "obie-pisp");
     assert!(!last.changed, "{last:?}");
+    // Enforcing the answers is a reviewed change, route by route; an unknown mode is refused.
+    let enforce = |response: &str| {
+        import(&Import {
+            spec: pisp.clone(),
+            out: out.path().to_path_buf(),
+            group: Some("obie-pisp".into()),
+            upstream: "bank".into(),
+            profile: "fapi2".into(),
+            response: response.into(),
+        })
+    };
+    let r = enforce("enforce").unwrap();
+    assert!(r.changed);
+    assert!(
+        r.changes
+            .contains(&"response obie-pisp.CreateDomesticPayments: shadow -> enforce".to_string()),
+        "{:?}",
+        r.changes
+    );
+    assert!(std::fs::read_to_string(&file)
+        .unwrap()
+        .contains("operation: CreateDomesticPayments, strict: true, response: enforce}"));
+    let e = enforce("loud").unwrap_err();
+    assert!(e.contains("--response: unknown value `loud`"), "{e}");
 }
 
 /// A contract that cannot be made is refused at load: the file, the field and the reason.
@@ -714,6 +1108,11 @@ fn bad_contracts_are_refused_at_load_naming_file_field_and_reason() {
             format!("{{spec: \"{spec}\", operation: CreateDomesticPayments, mode: loud}}"),
             "routes[0].contract.mode",
             "unknown value `loud`",
+        ),
+        (
+            format!("{{spec: \"{spec}\", operation: CreateDomesticPayments, response: loud}}"),
+            "routes[0].contract.response",
+            "unknown value `loud` (shadow, enforce or off)",
         ),
     ];
     for (contract, field, reason) in cases {

@@ -417,6 +417,7 @@ async fn a_webhook_receiver_that_never_answers_costs_requests_nothing_and_drops_
             queue: Some(1),
             attempts: Some(2),
             timeout: Some(dur("2s")),
+            ca: None,
         }),
         ..FileDetection::default()
     })
@@ -583,6 +584,72 @@ async fn a_volume_spike_against_the_clients_own_baseline_raises_the_volume_alert
     );
 }
 
+/// The volume baseline is per route class: two routes that name one rate-limit class are one
+/// rate. A client calling each once a second (its class: 2 a second), then 3 times each in one
+/// second, fires on the 6th request of the class — neither route alone reaches the minimum of
+/// 5 — and the alert names the route of that request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_of_one_rate_limit_class_share_one_volume_baseline() {
+    const CLASS_POLICY: &str = r#"
+group: detect
+upstream: bank
+routes:
+  - id: accounts
+    method: GET
+    path: /accounts
+    auth: {profile: fapi2}
+    rate_limit: reads
+  - id: balances
+    method: GET
+    path: /accounts/{AccountId}/balances
+    auth: {profile: fapi2}
+    rate_limit: reads
+    rules:
+      - {id: own-account, value: {path: AccountId}, in: {claim: accounts}}
+"#;
+    let mut o = LabOptions::new(CLASS_POLICY);
+    o.config.rate_limits.classes.insert(
+        "reads".into(),
+        common::FileQuota {
+            rate: 10_000,
+            per: dur("1s"),
+            burst: Some(10_000),
+            shadow: false,
+        },
+    );
+    o.config.detection = Some(FileDetection {
+        volume: Some(FileVolume {
+            multiple: Some(3.0),
+            min_requests: Some(5),
+            warmup: Some(3),
+            bucket: Some(dur("1s")),
+            ..FileVolume::default()
+        }),
+        ..FileDetection::default()
+    });
+    let lab = Lab::start(o).await;
+    let t = token(&lab);
+    for _ in 0..4 {
+        get_ok(&lab.p, "/accounts", &t).await;
+        get_ok(&lab.p, "/accounts/acc-1/balances", &t).await;
+        lab.clock().advance(1);
+    }
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(get_ok(&lab.p, "/accounts", &t).await);
+        ids.push(get_ok(&lab.p, "/accounts/acc-1/balances", &t).await);
+    }
+    let found = lab.p.audit_where(1, |r| r["kind"] == "alert").await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let a = &found[0];
+    assert_eq!(
+        (a["detector"].as_str(), a["count"].as_u64()),
+        (Some("volume"), Some(6))
+    );
+    assert_eq!(a["route_id"], "balances");
+    assert_eq!(a["interaction_id"], ids[5].as_str());
+}
+
 /// After the learning period, the first request let through on a route the client never used
 /// raises one first-use alert; the routes it used while learning raise none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,6 +677,39 @@ async fn a_route_first_used_after_the_learning_period_raises_the_first_use_alert
     assert_eq!(found[0]["detector"], "first_use");
     assert_eq!(found[0]["route_id"], "hidden");
     assert_eq!(found[0]["interaction_id"], first.as_str());
+}
+
+/// A scope the client never used (the balances route requires `accounts`; the route it used
+/// while learning requires none), after the learning period: the first-use alert names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_first_used_after_the_learning_period_is_named_in_the_first_use_alert() {
+    let lab = lab(FileDetection {
+        first_use: Some(FileFirstUse {
+            learning: Some(dur("1h")),
+            ..FileFirstUse::default()
+        }),
+        ..FileDetection::default()
+    })
+    .await;
+    let t = token(&lab);
+    get_ok(&lab.p, "/accounts", &t).await;
+    lab.clock().advance(3600);
+    let t = lab.token(
+        json!({"accounts": ["acc-1"], "scope": "accounts", "iat": NOW + 3600,
+        "nbf": NOW + 3599, "exp": NOW + 3900}),
+    );
+    let first = get_ok(&lab.p, "/accounts/acc-1/balances", &t).await;
+    get_ok(&lab.p, "/accounts/acc-1/balances", &t).await;
+    let found = lab.p.audit_where(1, |r| r["kind"] == "alert").await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let a = &found[0];
+    assert_eq!(
+        (a["detector"].as_str(), a["reason"].as_str()),
+        (Some("first_use"), Some("first_use"))
+    );
+    assert_eq!(a["route_id"], "balances");
+    assert_eq!(a["scope"], "accounts");
+    assert_eq!(a["interaction_id"], first.as_str());
 }
 
 /// A well-behaved mix from two clients under the shipped defaults: reads of their own
@@ -796,4 +896,154 @@ async fn enumeration_spread_over_two_instances_is_counted_and_quarantined_for_th
     }
     assert!(served, "B still refuses tpp1 after the lift on A");
     drop(redis);
+}
+
+/// An https:// receiver (the dev server certificate, no client certificate asked): answers
+/// each POST 204 and hands its JSON body over.
+async fn https_receiver() -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<Value>) {
+    let certs = common::certs();
+    use rustls_pki_types::pem::PemObject;
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(certs.join("server.pem"))
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(certs.join("server.key")).unwrap();
+    let cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Value>(8);
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = sink.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = sink.accept().await {
+            let (tx, acceptor) = (tx.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                let Ok(mut c) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = c.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        continue;
+                    };
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        let _ = tx.send(serde_json::from_str(body).unwrap()).await;
+                        let _ = c
+                            .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+                            .await;
+                        buf.clear();
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// The webhook over https (rustls, the project's client stack): a receiver whose certificate
+/// chains to `webhook.ca` gets the alert; one that does not (another CA pinned) gets nothing,
+/// and each such alert is counted as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_webhook_receiver_gets_alerts_only_when_its_certificate_chains_to_the_pinned_ca() {
+    for (ca, delivered) in [("ca.pem", true), ("rogue-ca.pem", false)] {
+        let (hook, mut rx) = https_receiver().await;
+        let lab = lab(FileDetection {
+            probing: detector(2, "alert"),
+            webhook: Some(FileWebhook {
+                url: format!("https://localhost:{}/alerts", hook.port()),
+                ca: Some(common::certs().join(ca).display().to_string()),
+                attempts: Some(2),
+                timeout: Some(dur("1s")),
+                ..FileWebhook::default()
+            }),
+            ..FileDetection::default()
+        })
+        .await;
+        let t = token(&lab);
+        let ids = fresh_ids(2);
+        for (i, id) in ids.iter().enumerate() {
+            let r = Req::get(&format!("/probe-{i}")).bearer(&t);
+            send(&lab.p, &r, id).await.unwrap();
+        }
+        let outcome = if delivered { "sent" } else { "failed" };
+        let got = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await;
+        if delivered {
+            let got = got.expect("the webhook was posted").unwrap();
+            assert_eq!(got["detector"], "probing");
+            assert_eq!(got["interaction_id"], ids[1].as_str());
+        } else {
+            assert!(
+                got.is_err(),
+                "posted to a receiver the pinned CA does not vouch for"
+            );
+        }
+        let mut counted = false;
+        for _ in 0..100 {
+            let m = format!("portcullis_detection_webhook_total{{outcome=\"{outcome}\"}}");
+            if metric(&lab.p, &m).await == Some(1.0) {
+                counted = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(counted, "{ca}: the {outcome} counter never reached 1");
+    }
+}
+
+#[test]
+fn a_webhook_ca_without_https_or_unreadable_is_refused_at_load() {
+    let mut c = common::base_config(std::net::SocketAddr::from(([127, 0, 0, 1], 9)));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/p.yaml"), common::POLICY).unwrap();
+    let path = dir.path().join("c.yaml");
+    for (url, ca, expect) in [
+        (
+            "http://hooks.example/a",
+            "ca.pem",
+            "c.yaml: detection.webhook.ca: only with an https:// url",
+        ),
+        (
+            "https://hooks.example/a",
+            "missing.pem",
+            "c.yaml: detection.webhook.ca: cannot read",
+        ),
+        (
+            "ftp://hooks.example/a",
+            "ca.pem",
+            "detection.webhook.url: `ftp://hooks.example/a` must be an http:// or https:// URL",
+        ),
+    ] {
+        c.detection = Some(FileDetection {
+            webhook: Some(FileWebhook {
+                url: url.into(),
+                ca: Some(common::certs().join(ca).display().to_string()),
+                ..FileWebhook::default()
+            }),
+            ..FileDetection::default()
+        });
+        std::fs::write(&path, serde_json::to_string(&c).unwrap()).unwrap();
+        let e = portcullis_proxy::config::Config::load(&path)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(expect), "{url} {ca}: {e}");
+    }
 }

@@ -41,6 +41,13 @@ routes:
     body_limit: 4096
     auth: {profile: fapi2}
     signature: {kind: obie-jws, profile: obie-3.1.4}
+    idempotency: required
+  - id: accounts.one
+    method: GET
+    path: /accounts/{AccountId}
+    auth: {profile: fapi2}
+    rules:
+      - {id: own-account, value: {path: AccountId}, in: {claim: accounts}, deny_status: 404}
 "#;
 
 /// The proxy with a DPoP route, a nonce route, a certificate-bound route and an OBIE-signed
@@ -51,6 +58,11 @@ async fn env() -> Env {
 
 /// As [`env`], with a `detection:` section.
 async fn env_with(detection: Option<FileDetection>) -> Env {
+    env_edit(detection, |_| {}).await
+}
+
+/// As [`env_with`], with `edit` applied to the config last.
+async fn env_edit(detection: Option<FileDetection>, edit: impl FnOnce(&mut FileConfig)) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let clients = dir.path().join("clients");
     std::fs::create_dir_all(&clients).unwrap();
@@ -83,6 +95,7 @@ async fn env_with(detection: Option<FileDetection>) -> Env {
         ..FileSignatures::default()
     };
     o.config.detection = detection;
+    edit(&mut o.config);
     Env::start(o, up, dir, None).await
 }
 
@@ -670,4 +683,564 @@ async fn the_html_report_is_self_contained_escaped_and_renders() {
         "{line}"
     );
     assert!(line.contains(" errors 0 "), "{line}");
+}
+
+// --- attack scenarios against the detectors (docs/detection.md) ----------------------------
+
+/// An attack scenario: one client, tpp1 with a DPoP-bound token (scope accounts) granting
+/// `acc-1` only, and `routes`.
+fn attack(e: &Env, name: &str, routes: &str, load: &str) -> PathBuf {
+    attack_bound(e, name, routes, load, true)
+}
+
+/// As [`attack`]; `dpop: false` binds the token to the certificate instead.
+fn attack_bound(e: &Env, name: &str, routes: &str, load: &str, dpop: bool) -> PathBuf {
+    let c = |f: &str| certs().join(f).display().to_string();
+    let binding = if dpop {
+        format!("binding: dpop\n      dpop_key: {}", c("dpop.key"))
+    } else {
+        "binding: cert".to_string()
+    };
+    let text = format!(
+        r#"name: {name}
+target:
+  address: {addr}
+  server_name: localhost
+  ca: {ca}
+  public_base_url: {BASE}
+clients:
+  - name: attacker
+    cert: {cert}
+    key: {key}
+    token:
+      signing_key: {as_key}
+      issuer: {ISS}
+      audience: {AUD}
+      client_id: tpp-one
+      scopes: [accounts]
+      claims: {{accounts: [acc-1]}}
+      {binding}
+routes:
+{routes}
+{load}
+"#,
+        addr = e.p.addr,
+        ca = c("ca.pem"),
+        cert = c("tpp1.pem"),
+        key = c("tpp1.key"),
+        as_key = c("as.key"),
+    );
+    let path = e.dir.path().join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// What an attack run showed.
+struct Fired {
+    /// The `kind: alert` record.
+    alert: Value,
+    /// The request that fired it: its place among the run's requests as the proxy recorded
+    /// them (1 is the first).
+    at: usize,
+    /// From the run's first request record to the alert record, as a reader of the audit
+    /// file polling every 5 ms sees them.
+    ms: u128,
+    /// The load generator's JSON report.
+    report: Value,
+    /// When the poller saw the alert.
+    seen: Option<std::time::Instant>,
+}
+
+/// Runs the scenario `s` with the load generator against `e` while watching the audit log;
+/// returns the first alert of `detector` it raised (the run must raise one).
+async fn run_until_alert(e: &Env, s: &Path, detector: &str) -> Fired {
+    let before = e.p.audit().len();
+    let json = s.with_extension("json");
+    let run = tokio::spawn(loadgen(vec![
+        "--scenario".into(),
+        arg(s),
+        "--json".into(),
+        arg(&json),
+        "--quiet".into(),
+    ]));
+    let (mut first, mut fired) = (None, None);
+    while fired.is_none() && !run.is_finished() {
+        let recs = e.p.audit();
+        let new = recs.get(before..).unwrap_or_default();
+        if first.is_none() && new.iter().any(|r| r["kind"] == "request") {
+            first = Some(std::time::Instant::now());
+        }
+        if new
+            .iter()
+            .any(|r| r["kind"] == "alert" && r["detector"] == detector)
+        {
+            fired = Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (code, out, err) = run.await.unwrap();
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let recs = e.p.audit();
+    let new = &recs[before..];
+    let alert = new
+        .iter()
+        .find(|r| r["kind"] == "alert" && r["detector"] == detector)
+        .unwrap_or_else(|| panic!("no {detector} alert: {report}"))
+        .clone();
+    let requests: Vec<&Value> = new.iter().filter(|r| r["kind"] == "request").collect();
+    let at = requests
+        .iter()
+        .position(|r| r["interaction_id"] == alert["interaction_id"])
+        .expect("the alert names a request of the run")
+        + 1;
+    // An alert seen before the poller saw a request (both in one read): 0 ms at 5 ms grain.
+    let ms = match (first, fired) {
+        (Some(a), Some(b)) => b.saturating_duration_since(a).as_millis(),
+        _ => 0,
+    };
+    eprintln!(
+        "time to alert: {detector} fired at request {at} (count {}, threshold {}) {ms} ms after the run's first request; run: {}",
+        alert["count"], alert["threshold"], report["statuses"]
+    );
+    Fired {
+        alert,
+        at,
+        ms,
+        report,
+        seen: fired,
+    }
+}
+
+fn detector(threshold: u32, action: &str) -> Option<FileDetector> {
+    Some(FileDetector {
+        threshold: Some(threshold),
+        window: Some(dur("1m")),
+        action: Some(action.into()),
+    })
+}
+
+fn alerts_of(e: &Env) -> Vec<Value> {
+    e.p.audit()
+        .into_iter()
+        .filter(|r| r["kind"] == "alert")
+        .collect()
+}
+
+/// `enumerate` a hundred account ids the token does not grant (hidden as 404).
+const ENUMERATE: &str = r#"  - name: enumerate
+    path: /accounts/acc-victim-{n}
+    expect: [404, 403]"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enumeration_scenario_fires_within_its_count_and_quarantines_the_client() {
+    let e = env_with(Some(FileDetection {
+        enumeration: detector(20, "quarantine"),
+        quarantine_ttl: Some(dur("10m")),
+        ..FileDetection::default()
+    }))
+    .await;
+    let s = attack(
+        &e,
+        "enumerate",
+        ENUMERATE,
+        "load: {connections: 1, requests: 100}",
+    );
+    let f = run_until_alert(&e, &s, "enumeration").await;
+    // Linear counting may need an id or two more than the threshold after a collision.
+    assert!((20..=22).contains(&f.at), "fired at id {}", f.at);
+    assert_eq!(f.alert["count"], 20);
+    assert_eq!(f.alert["action"], "quarantine");
+    let enumerated = &f.report["routes"]["enumerate"];
+    assert_eq!(
+        enumerated["statuses"],
+        json!({"404": f.at, "403": 100 - f.at}),
+        "hidden until the alert, quarantined from the next request: {}",
+        f.report
+    );
+    assert_eq!(
+        enumerated["refusals"]["403 detect.quarantined"],
+        100 - f.at as u64
+    );
+    assert_eq!(e.up.count(), 0);
+    assert_eq!(alerts_of(&e).len(), 1);
+    assert!(f.ms < 60_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probing_scenario_fires_at_the_shipped_threshold() {
+    let e = env_with(Some(FileDetection::default())).await;
+    let s = attack(
+        &e,
+        "probe",
+        r#"  - name: probe
+    path: /undeclared/probe-{n}
+    expect: [404]"#,
+        "load: {connections: 1, requests: 30}",
+    );
+    let f = run_until_alert(&e, &s, "probing").await;
+    assert!((10..=12).contains(&f.at), "fired at route {}", f.at);
+    assert_eq!(f.alert["threshold"], 10);
+    assert_eq!(f.alert["action"], "alert");
+    // `alert` refuses nothing by itself: every probe was answered as before.
+    assert_eq!(f.report["statuses"], json!({"404": 30}));
+    assert_eq!(e.up.count(), 0);
+    assert_eq!(alerts_of(&e).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replay_scenario_fires_at_its_threshold() {
+    let e = env_with(Some(FileDetection {
+        replay: detector(5, "alert"),
+        ..FileDetection::default()
+    }))
+    .await;
+    let s = attack(
+        &e,
+        "replay",
+        r#"  - name: replay
+    path: /dpop/accounts
+    dpop_proof: replay
+    expect: [200, 401]"#,
+        "load: {connections: 1, requests: 12}",
+    );
+    let f = run_until_alert(&e, &s, "replay").await;
+    // The first use of the proof is accepted; the 5th replay is the 6th request.
+    assert_eq!(f.at, 6);
+    assert_eq!(f.alert["count"], 5);
+    assert_eq!(f.alert["reason"], "binding.dpop_replay");
+    assert_eq!(f.report["statuses"], json!({"200": 1, "401": 11}));
+    assert_eq!(e.up.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_volume_spike_scenario_fires_against_the_baseline_the_client_built() {
+    let e = env_with(Some(FileDetection {
+        volume: Some(FileVolume {
+            multiple: Some(3.0),
+            min_requests: Some(10),
+            warmup: Some(3),
+            bucket: Some(dur("1s")),
+            ..FileVolume::default()
+        }),
+        ..FileDetection::default()
+    }))
+    .await;
+    let route = r#"  - name: accounts
+    path: /dpop/accounts
+    expect: [200]"#;
+    // Two requests a second for five seconds: the baseline (and nothing fires).
+    let base = attack(
+        &e,
+        "baseline",
+        route,
+        "load: {mode: open, rate: 2, connections: 2, duration: 5s}",
+    );
+    let (code, out, err) = loadgen(vec!["--scenario".into(), arg(&base), "--quiet".into()]).await;
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(alerts_of(&e).is_empty(), "{:?}", alerts_of(&e));
+    // Then forty a second.
+    let spike = attack(
+        &e,
+        "spike",
+        route,
+        "load: {mode: open, rate: 40, connections: 8, max_outstanding: 64, duration: 2s}",
+    );
+    let f = run_until_alert(&e, &spike, "volume").await;
+    let count = f.alert["count"].as_u64().unwrap();
+    assert!(
+        (11..=40).contains(&count),
+        "fired with {count} in its bucket"
+    );
+    assert_eq!(f.alert["route_id"], "dpop.accounts");
+    // `alert`: the spike is served.
+    assert_eq!(f.report["errors"], 0, "{}", f.report);
+    assert_eq!(alerts_of(&e).len(), 1, "{:?}", alerts_of(&e));
+}
+
+/// Two instances on one Redis: the enumeration scenario against A quarantines the client on
+/// B too (within B's next read of the fleet's quarantines, every second), three ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enumeration_scenario_on_one_instance_quarantines_the_client_on_another() {
+    let redis = common::redis::RedisServer::start();
+    let detection = || {
+        Some(FileDetection {
+            enumeration: detector(20, "quarantine"),
+            quarantine_ttl: Some(dur("10m")),
+            ..FileDetection::default()
+        })
+    };
+    let state = redis.state();
+    let a = env_edit(detection(), |c| c.state = state.clone()).await;
+    let b = env_edit(detection(), |c| c.state = state.clone()).await;
+    let own = r#"  - name: own
+    path: /accounts/acc-1
+    expect: [200, 403]"#;
+    let on_b = attack_bound(&b, "own", own, "load: {connections: 1, requests: 1}", false);
+    // A certificate-bound token: a fresh Redis holds no replay history, so DPoP replay checks
+    // refuse (503 binding.replay_store_unavailable, fail closed) for one replay window after
+    // it starts — on the system clock this test runs on, a minute. Both instances serve the
+    // client before the attack.
+    for (e, name) in [(&a, "A"), (&b, "B")] {
+        let s = attack_bound(
+            e,
+            "ready",
+            own,
+            "load: {connections: 1, requests: 1}",
+            false,
+        );
+        let mut served = false;
+        for _ in 0..50 {
+            let (code, out, _) =
+                loadgen(vec!["--scenario".into(), arg(&s), "--quiet".into()]).await;
+            if code == Some(0) && e.up.count() == 1 {
+                served = true;
+                break;
+            }
+            eprintln!("{name} not ready: {out}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(served, "{name} never served the client's own account");
+    }
+
+    let s = attack_bound(
+        &a,
+        "enumerate",
+        ENUMERATE,
+        "load: {connections: 1, requests: 100}",
+        false,
+    );
+    let f = run_until_alert(&a, &s, "enumeration").await;
+    let fired = f.seen.unwrap_or_else(std::time::Instant::now);
+    assert!((20..=22).contains(&f.at), "fired at id {}", f.at);
+    // B refuses the client's own account once it has read the quarantine.
+    let json = b.dir.path().join("own.json");
+    let mut refused = None;
+    for _ in 0..50 {
+        let before = b.up.count();
+        let (code, out, err) = loadgen(vec![
+            "--scenario".into(),
+            arg(&on_b),
+            "--json".into(),
+            arg(&json),
+            "--quiet".into(),
+        ])
+        .await;
+        assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+        let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        if r["statuses"] == json!({"403": 1}) {
+            refused = Some((r, before));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (r, before) = refused.expect("B never refused the quarantined client");
+    eprintln!(
+        "fleet: B refused the client {} ms after A's alert was seen (an upper bound: B is asked only after A's run ends, each try starts a load generator)",
+        fired.elapsed().as_millis()
+    );
+    assert_eq!(r["refusals"], json!({"403 detect.quarantined": 1}), "{r}");
+    assert_eq!(b.up.count(), before, "nothing upstream on B");
+    let last =
+        b.p.audit()
+            .into_iter()
+            .rfind(|r| r["kind"] == "request")
+            .unwrap();
+    assert_eq!(last["reason"], "detect.quarantined");
+    assert_eq!(last["decision"], "deny");
+    assert!(
+        alerts_of(&b).is_empty(),
+        "the alert is A's: {:?}",
+        alerts_of(&b)
+    );
+    drop(redis);
+}
+
+/// The realistic mix of the false-positive check: tpp1 (account reads with a DPoP-bound token,
+/// a nonce route, payments signed and with idempotency keys, a certificate-bound reader) and
+/// tpp2 (another certificate and client id, short-lived tokens it refreshes only when refused
+/// as expired), each reading its own accounts, tpp1 now and then following a stale link to a
+/// closed account.
+fn fp_mix(e: &Env, load: &str) -> PathBuf {
+    let c = |f: &str| certs().join(f).display().to_string();
+    let token = |client_id: &str, binding: &str, claims: &str, extra: &str| {
+        format!(
+            "      signing_key: {as_key}\n      issuer: {ISS}\n      audience: {AUD}\n      client_id: {client_id}\n      scopes: [accounts, payments]\n      claims: {claims}\n      binding: {binding}\n{extra}",
+            as_key = c("as.key"),
+        )
+    };
+    let dpop = format!("      dpop_key: {}\n", c("dpop.key"));
+    let short = "      lifetime: 10s\n      refresh: on_expiry\n";
+    let text = format!(
+        r#"name: fp-mix
+target:
+  address: {addr}
+  server_name: localhost
+  ca: {ca}
+  public_base_url: {BASE}
+clients:
+  - name: tpp1-dpop
+    cert: {tpp1}
+    key: {tpp1_key}
+    weight: 3
+    token:
+{t1}
+  - name: tpp1-cert
+    cert: {tpp1}
+    key: {tpp1_key}
+    token:
+{t1c}
+  - name: tpp2-dpop
+    cert: {tpp2}
+    key: {tpp2_key}
+    weight: 2
+    token:
+{t2}
+  - name: tpp2-cert
+    cert: {tpp2}
+    key: {tpp2_key}
+    token:
+{t2c}
+routes:
+  - name: accounts.list
+    path: /dpop/accounts
+    headers: {{x-fapi-interaction-id: "{{uuid}}"}}
+    clients: [tpp1-dpop, tpp2-dpop]
+    weight: 6
+    expect: [200]
+  - name: tpp1.own
+    path: /accounts/acc-1
+    clients: [tpp1-dpop]
+    weight: 4
+    expect: [200]
+  - name: tpp2.own
+    path: /accounts/acc-9
+    clients: [tpp2-dpop]
+    weight: 4
+    expect: [200]
+  - name: stale.link
+    path: /accounts/acc-closed
+    clients: [tpp1-dpop]
+    weight: 1
+    expect: [404]
+  - name: nonce.accounts
+    path: /nonce/accounts
+    clients: [tpp1-dpop]
+    weight: 1
+    expect: [200]
+  - name: cert.accounts
+    path: /cert/accounts
+    clients: [tpp1-cert, tpp2-cert]
+    weight: 3
+    expect: [200]
+{payment}
+{load}
+"#,
+        addr = e.p.addr,
+        ca = c("ca.pem"),
+        tpp1 = c("tpp1.pem"),
+        tpp1_key = c("tpp1.key"),
+        tpp2 = c("tpp2.pem"),
+        tpp2_key = c("tpp2.key"),
+        t1 = token("tpp-one", "dpop", "{accounts: [acc-1, acc-2]}", &dpop),
+        t1c = token("tpp-one", "cert", "{}", ""),
+        t2 = token("tpp-two", "dpop", "{accounts: [acc-9]}", short),
+        t2c = token("tpp-two", "cert", "{}", short),
+        payment = ROUTES
+            .split("  - name: payment")
+            .nth(1)
+            .map(|p| format!("  - name: payment{p}"))
+            .unwrap()
+            .replace("clients: [dpop]", "clients: [tpp1-dpop]")
+            .replace("weight: 2", "weight: 3")
+            .replace(
+                "JWS_KEY",
+                &e.dir.path().join("jws.key").display().to_string()
+            ),
+    );
+    let path = e.dir.path().join("fp-mix.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// False positives, the short version of `benches/detection_fp.sh`: the realistic mix from
+/// two certificates and two client ids, open loop for 40 s, under the shipped detection
+/// defaults, raises no alert; expired tokens are refused and refreshed on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_realistic_fapi_mix_from_several_clients_raises_no_alert_under_the_shipped_defaults() {
+    let e = env_edit(Some(FileDetection::default()), |c| {
+        // Tokens end on time (10 s lifetimes), so the refresh-on-expiry path is taken.
+        if let Some(i) = c.issuers.get_mut("as") {
+            i.clock_skew = Some(dur("1s"));
+        }
+    })
+    .await;
+    let s = fp_mix(
+        &e,
+        "load: {mode: open, rate: 25, connections: 8, max_outstanding: 64, duration: 40s}\nthresholds: {max_error_rate: 0}",
+    );
+    let json = e.dir.path().join("fp.json");
+    let (code, out, err) = loadgen(vec![
+        "--scenario".into(),
+        arg(&s),
+        "--json".into(),
+        arg(&json),
+        "--quiet".into(),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let recs: Vec<Value> =
+        e.p.audit()
+            .into_iter()
+            .filter(|r| r["kind"] == "request")
+            .collect();
+    let mut by_client = std::collections::BTreeMap::<String, usize>::new();
+    let mut by_status = std::collections::BTreeMap::<String, usize>::new();
+    for rec in &recs {
+        // The certificate's organisation and the token's client id (none when the token
+        // was refused before it was verified, as an expired one is).
+        let who = format!(
+            "{}/{}",
+            rec["client_org_id"].as_str().unwrap_or("-"),
+            rec["client_id"].as_str().unwrap_or("-")
+        );
+        *by_client.entry(who).or_default() += 1;
+        let status = format!(
+            "{} {}",
+            rec["status"],
+            rec["reason"].as_str().unwrap_or("allowed")
+        );
+        *by_status.entry(status).or_default() += 1;
+    }
+    eprintln!(
+        "false-positive mix: {} requests; by client {by_client:?}; by status {by_status:?}; token refreshes {}",
+        recs.len(),
+        r["token_refreshes"]
+    );
+    let alerts = alerts_of(&e);
+    assert!(alerts.is_empty(), "{alerts:?}");
+    let (_, metrics) = e.p.admin_get("/metrics").await;
+    let fired: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("portcullis_detection_fired_total{"))
+        .collect();
+    assert_eq!(fired.len(), 6, "{fired:?}");
+    assert!(fired.iter().all(|l| l.ends_with(" 0")), "{fired:?}");
+    // The mix is what it says: both client ids, expiries refreshed, stale links refused.
+    assert!(
+        by_client
+            .iter()
+            .any(|(k, n)| k.ends_with("/tpp-two") && *n > 50),
+        "{by_client:?}"
+    );
+    assert!(r["token_refreshes"].as_u64().unwrap() >= 2, "{r}");
+    assert!(
+        by_status.keys().any(|k| k.contains("token.expired")),
+        "{by_status:?}"
+    );
+    assert!(
+        by_status.keys().any(|k| k.contains("authz.object_hidden")),
+        "{by_status:?}"
+    );
 }

@@ -48,8 +48,9 @@ use crossbeam_channel::{Sender, TrySendError};
 pub use chain::{split_hash, split_sig, AuditKey, AuditPublicKey, KeyError, GENESIS};
 pub use record::{
     bounded, bounded_bytes, connection_members, token_hash, unix_to_rfc3339, AlertRecord,
-    ConnectionFacts, ContractRecord, HandshakeRecord, HttpErrorRecord, QuarantineLiftedRecord,
-    RateLimitRecord, Record, RequestRecord, SignatureRecord, MAX_FIELD, TRUNCATED,
+    ConnectionFacts, ContractRecord, ContractResponseRecord, HandshakeRecord, HttpErrorRecord,
+    QuarantineLiftedRecord, RateLimitRecord, Record, RequestRecord, SignatureRecord, MAX_FIELD,
+    TRUNCATED,
 };
 pub use writer::{rotated_files, rotated_name};
 

@@ -68,6 +68,24 @@ pub struct ContractRecord {
     pub result: &'static str,
     pub pointer: Option<String>,
     pub keyword: Option<String>,
+    /// The check of the upstream's answer, on routes whose contract checks responses.
+    pub response: Option<ContractResponseRecord>,
+}
+
+/// What the check of the upstream's answer against the operation's responses found: where
+/// the answer broke its contract (a JSON pointer and the keyword), never a value of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContractResponseRecord {
+    /// `shadow` or `enforce`.
+    pub mode: &'static str,
+    /// `ok`, `invalid` or `unchecked`.
+    pub result: &'static str,
+    /// The upstream's status.
+    pub status: u16,
+    pub pointer: Option<String>,
+    pub keyword: Option<String>,
+    /// Why an answer was not checked: `streamed`, `over_limit`, `read_failed` or `head`.
+    pub why: Option<&'static str>,
 }
 
 /// One request's record; filled by the outer handler as the request moves through the stages.
@@ -228,6 +246,22 @@ impl RequestRecord {
                 if let Some(k) = &c.keyword {
                     o.str("keyword", k);
                 }
+                if let Some(r) = &c.response {
+                    o.object("response", |a| {
+                        a.str("mode", r.mode);
+                        a.str("result", r.result);
+                        a.u64("status", u64::from(r.status));
+                        if let Some(p) = &r.pointer {
+                            a.str("pointer", p);
+                        }
+                        if let Some(k) = &r.keyword {
+                            a.str("keyword", k);
+                        }
+                        if let Some(w) = r.why {
+                            a.str("why", w);
+                        }
+                    });
+                }
             });
         }
         m.opt_u64("upstream_status", self.upstream_status.map(u64::from));
@@ -344,6 +378,7 @@ impl Record {
                 m.u64("window_s", a.window_s);
                 m.str("reason", &a.reason);
                 m.opt_str("route_id", a.route_id.as_deref());
+                m.opt_str("scope", a.scope.as_deref());
                 m.opt_str("client_id", a.client_id.as_deref());
                 m.opt_str("quarantined_until", a.quarantined_until.as_deref());
                 m.opt_str("interaction_id", a.interaction_id.as_deref());
@@ -379,6 +414,8 @@ pub struct AlertRecord {
     /// The reason code of the refusal that fired it.
     pub reason: String,
     pub route_id: Option<String>,
+    /// First use: the scope the client had never used.
+    pub scope: Option<String>,
     pub client_id: Option<String>,
     /// RFC 3339.
     pub quarantined_until: Option<String>,

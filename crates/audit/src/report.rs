@@ -4,8 +4,16 @@
 //! may be absent (`-`): a route with optional mTLS, or a token stage that has not run. For each
 //! client: routes used (allowed and refused counts), scopes granted (from tokens) against scopes
 //! used (required by the routes it was allowed on), refusals by reason, first and last seen, and
-//! the certificate's notAfter. With the policy (`--config`), routes that no request matched are
-//! listed too. Failed handshakes are counted by category.
+//! the certificate's notAfter. With the policy (`--config` or `--policy`), routes that no request
+//! matched are listed too (zombie candidates), and each client's OpenAPI operations. Failed
+//! handshakes are counted by category.
+//!
+//! The API inventory: requests to paths (or methods) no route declares, grouped by shape — the
+//! segments that look like identifiers, or that vary under one prefix, become `{id}`
+//! (`/accounts/{id}/statements-v2`) — with the clients that sent them; per route, the answers that
+//! drifted from the route's OpenAPI contract (`contract.response` in the record). With
+//! descriptions (`--spec`), the operations no route declares and the routes no description does
+//! (computed by the caller, which reads OpenAPI, into [`SpecComparison`]).
 //!
 //! The report reads records; it does not check them — run `audit verify` for that. Lines that
 //! are not JSON are counted and skipped, and so is a line longer than [`MAX_LINE`] (no record
@@ -49,6 +57,10 @@ pub struct ClientReport {
     /// Granted but never needed: candidates for a narrower grant.
     pub scopes_unused: BTreeSet<String>,
     pub refusals: BTreeMap<String, u64>,
+    /// The OpenAPI operations of the routes it called (with the policy, for routes that name
+    /// one in their contract).
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub operations: BTreeSet<String>,
     pub first_seen: Option<String>,
     pub last_seen: Option<String>,
     pub cert_not_after: Option<String>,
@@ -67,7 +79,78 @@ pub struct Report {
     /// Behavioural alerts (`kind: alert`) by subject and detector; absent when there are none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<AlertSummary>,
+    /// Requests no route declares, by method and path shape, most requests first.
+    pub undeclared: Vec<UndeclaredShape>,
+    /// Distinct undeclared paths past [`MAX_UNDECLARED_PATHS`], counted but not shaped.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub undeclared_overflow: u64,
+    /// Per route with a contract that checks answers: how the upstream's answers fared.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub response_drift: BTreeMap<String, DriftSummary>,
+    /// The policy against OpenAPI descriptions (`--spec`); `None` without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spec: Option<SpecComparison>,
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Requests to one shape of undeclared path.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UndeclaredShape {
+    pub method: String,
+    /// The path with identifier-like segments replaced by `{id}`.
+    pub shape: String,
+    pub requests: u64,
+    /// How many distinct paths fell into the shape.
+    pub paths: u64,
+    /// Refusal reasons (`route.not_found`, `route.method_not_allowed`).
+    pub reasons: BTreeSet<String>,
+    /// Requests by client (the label the text report uses).
+    pub clients: BTreeMap<String, u64>,
+}
+
+/// How one route's upstream answers fared against its contract.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DriftSummary {
+    pub checked: u64,
+    pub invalid: u64,
+    pub unchecked: u64,
+    /// Invalid answers by failed keyword (`status` for an undeclared status).
+    pub keywords: BTreeMap<String, u64>,
+    /// Unchecked answers by why.
+    pub why_unchecked: BTreeMap<String, u64>,
+}
+
+/// The policy's routes against OpenAPI descriptions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SpecComparison {
+    pub specs: Vec<SpecDiff>,
+    /// Policy routes no description declares (method and template), by id.
+    pub routes_not_in_specs: Vec<String>,
+}
+
+/// One description against the policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SpecDiff {
+    pub file: String,
+    pub operations: u64,
+    /// Operations no policy route declares: `operationId (METHOD /path)`.
+    pub operations_without_route: Vec<String>,
+}
+
+/// A policy route, as the report needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyRoute {
+    pub id: String,
+    /// The OpenAPI operation its contract names.
+    pub operation: Option<String>,
+}
+
+/// The most distinct undeclared paths kept for shaping: a scan of random paths must not grow
+/// the report without bound. Paths past it are counted in `undeclared_overflow`.
+pub const MAX_UNDECLARED_PATHS: usize = 50_000;
 
 /// The alerts one detector raised about one subject.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -127,6 +210,15 @@ pub struct Builder {
     called: BTreeSet<String>,
     alerts: BTreeMap<(String, String), AlertSummary>,
     conns: crate::resolve::Connections,
+    /// Undeclared requests by (method, path): count, reasons, clients.
+    undeclared: BTreeMap<(String, String), Undeclared>,
+}
+
+#[derive(Default)]
+struct Undeclared {
+    requests: u64,
+    reasons: BTreeSet<String>,
+    clients: BTreeMap<String, u64>,
 }
 
 impl Builder {
@@ -193,6 +285,8 @@ impl Builder {
                         ..ClientReport::default()
                     });
                 add(c, &v, &mut self.called);
+                let label = c.label();
+                self.inventory(&v, label);
             }
             Some("alert") => {
                 let key = (
@@ -230,15 +324,83 @@ impl Builder {
         }
     }
 
+    /// What a request record adds to the inventory: an undeclared path, or an answer's check.
+    fn inventory(&mut self, v: &serde_json::Value, client: String) {
+        let reason = v.get("reason").and_then(|x| x.as_str());
+        if let Some(reason @ ("route.not_found" | "route.method_not_allowed")) = reason {
+            let key = (
+                s(v, "method").unwrap_or_else(|| "-".into()),
+                s(v, "path").unwrap_or_default(),
+            );
+            let known = self.undeclared.contains_key(&key);
+            if !known && self.undeclared.len() >= MAX_UNDECLARED_PATHS {
+                self.r.undeclared_overflow += 1;
+            } else {
+                let u = self.undeclared.entry(key).or_default();
+                u.requests += 1;
+                u.reasons.insert(reason.to_string());
+                *u.clients.entry(client).or_default() += 1;
+            }
+        }
+        let (Some(route), Some(answer)) = (s(v, "route_id"), v.pointer("/contract/response"))
+        else {
+            return;
+        };
+        let d = self.r.response_drift.entry(route).or_default();
+        match answer.get("result").and_then(|x| x.as_str()) {
+            Some("ok") => d.checked += 1,
+            Some("invalid") => {
+                d.checked += 1;
+                d.invalid += 1;
+                let k = s(answer, "keyword").unwrap_or_else(|| "-".into());
+                *d.keywords.entry(k).or_default() += 1;
+            }
+            _ => {
+                d.unchecked += 1;
+                let w = s(answer, "why").unwrap_or_else(|| "-".into());
+                *d.why_unchecked.entry(w).or_default() += 1;
+            }
+        }
+    }
+
     /// The report; `policy_routes` are the route ids of the configured policy, when known.
     pub fn finish(self, policy_routes: Option<&[String]>) -> Report {
+        let routes: Option<Vec<PolicyRoute>> = policy_routes.map(|ids| {
+            ids.iter()
+                .map(|id| PolicyRoute {
+                    id: id.clone(),
+                    operation: None,
+                })
+                .collect()
+        });
+        self.finish_with(routes.as_deref())
+    }
+
+    /// The report; `policy_routes` are the routes of the policy, when known (with the
+    /// operations their contracts name).
+    pub fn finish_with(self, policy_routes: Option<&[PolicyRoute]>) -> Report {
         let Builder {
             mut r,
             mut clients,
             called,
             alerts,
             conns: _,
+            undeclared,
         } = self;
+        r.undeclared = shapes(undeclared);
+        if let Some(routes) = policy_routes {
+            let ops: BTreeMap<&str, &str> = routes
+                .iter()
+                .filter_map(|p| Some((p.id.as_str(), p.operation.as_deref()?)))
+                .collect();
+            for c in clients.values_mut() {
+                c.operations = c
+                    .routes
+                    .keys()
+                    .filter_map(|id| ops.get(id.as_str()).map(|o| o.to_string()))
+                    .collect();
+            }
+        }
         r.alerts = alerts.into_values().collect();
         for c in clients.values_mut() {
             c.scopes_unused = c
@@ -251,12 +413,116 @@ impl Builder {
         r.routes_never_called = policy_routes.map(|routes| {
             routes
                 .iter()
-                .filter(|id| !called.contains(*id))
-                .cloned()
+                .filter(|p| !called.contains(&p.id))
+                .map(|p| p.id.clone())
                 .collect()
         });
         r
     }
+}
+
+/// How many distinct values one position may take under one prefix before it is read as an
+/// identifier (`/accounts/acc-1`, `/accounts/acc-2`, `/accounts/acc-3`).
+const VARYING: usize = 3;
+
+/// Whether a path segment looks like an identifier on its own: digits, a UUID, a long hex
+/// string, or a long token of letters and digits (base64url and the like).
+fn looks_like_id(seg: &str) -> bool {
+    let b = seg.as_bytes();
+    if b.is_empty() {
+        return false;
+    }
+    let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
+    if digits == b.len() {
+        return true;
+    }
+    let uuid = b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    if uuid {
+        return true;
+    }
+    if b.len() >= 8 && digits > 0 && b.iter().all(u8::is_ascii_hexdigit) {
+        return true;
+    }
+    let letters = b.iter().filter(|c| c.is_ascii_alphabetic()).count();
+    b.len() >= 16
+        && digits > 0
+        && letters > 0
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_=+.~%".contains(c))
+}
+
+/// Groups undeclared (method, path) pairs by shape: each segment that looks like an id becomes
+/// `{id}`, and then, position by position, a segment holding at least [`VARYING`] distinct
+/// values with digits under one prefix (identifiers a bank made up, `acc-1`, `acc-2`, ...).
+fn shapes(paths: BTreeMap<(String, String), Undeclared>) -> Vec<UndeclaredShape> {
+    const ID: &str = "{id}";
+    let mut rows: Vec<(String, Vec<String>, Undeclared)> = paths
+        .into_iter()
+        .map(|((method, path), u)| {
+            let segs = path
+                .split('/')
+                .map(|seg| {
+                    if looks_like_id(seg) {
+                        ID.to_string()
+                    } else {
+                        seg.to_string()
+                    }
+                })
+                .collect();
+            (method, segs, u)
+        })
+        .collect();
+    let depth = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    for i in 1..depth {
+        let mut values: BTreeMap<(&str, &[String]), BTreeSet<&str>> = BTreeMap::new();
+        for (m, segs, _) in &rows {
+            if let Some(v) = segs.get(i) {
+                if v != ID && v.bytes().any(|c| c.is_ascii_digit()) {
+                    values
+                        .entry((m.as_str(), &segs[..i]))
+                        .or_default()
+                        .insert(v.as_str());
+                }
+            }
+        }
+        let varying: BTreeSet<(String, Vec<String>)> = values
+            .into_iter()
+            .filter(|(_, v)| v.len() >= VARYING)
+            .map(|((m, prefix), _)| (m.to_string(), prefix.to_vec()))
+            .collect();
+        for (m, segs, _) in &mut rows {
+            let digit = segs
+                .get(i)
+                .is_some_and(|v| v.bytes().any(|c| c.is_ascii_digit()));
+            if digit && varying.contains(&(m.clone(), segs[..i].to_vec())) {
+                segs[i] = ID.to_string();
+            }
+        }
+    }
+    let mut grouped: BTreeMap<(String, String), UndeclaredShape> = BTreeMap::new();
+    for (method, segs, u) in rows {
+        let shape = segs.join("/");
+        let g = grouped
+            .entry((method.clone(), shape.clone()))
+            .or_insert_with(|| UndeclaredShape {
+                method,
+                shape,
+                ..UndeclaredShape::default()
+            });
+        g.requests += u.requests;
+        g.paths += 1;
+        g.reasons.extend(u.reasons);
+        for (c, n) in u.clients {
+            *g.clients.entry(c).or_default() += n;
+        }
+    }
+    let mut out: Vec<UndeclaredShape> = grouped.into_values().collect();
+    out.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.shape.cmp(&b.shape)));
+    out
 }
 
 /// Consumes `input` up to and including the next newline.
@@ -313,6 +579,17 @@ fn add(c: &mut ClientReport, v: &serde_json::Value, called: &mut BTreeSet<String
     if let Some(n) = s(v, "client_cert_not_after") {
         c.cert_not_after = Some(n);
     }
+}
+
+/// `a=2 b=1`, or `-`.
+fn counts(m: &BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        return "-".into();
+    }
+    m.iter()
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn opt(v: &Option<String>) -> &str {
@@ -386,6 +663,72 @@ impl fmt::Display for Report {
                     refusals.trim_end()
                 }
             )?;
+            if !c.operations.is_empty() {
+                writeln!(f, "  operations   {}", list(&c.operations))?;
+            }
+        }
+        if !self.undeclared.is_empty() {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "undeclared requests  {:<56} {:>8} {:>6}  clients",
+                "method and path shape", "requests", "paths"
+            )?;
+            for u in &self.undeclared {
+                writeln!(
+                    f,
+                    "  {:<75} {:>8} {:>6}  {}",
+                    format!("{} {}", u.method, u.shape),
+                    u.requests,
+                    u.paths,
+                    counts(&u.clients)
+                )?;
+            }
+            if self.undeclared_overflow > 0 {
+                writeln!(
+                    f,
+                    "  ({} more request(s) to paths past the first {MAX_UNDECLARED_PATHS}, not shaped)",
+                    self.undeclared_overflow
+                )?;
+            }
+        }
+        if !self.response_drift.is_empty() {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "response drift  {:<50} {:>8} {:>8} {:>9}  keywords",
+                "route", "checked", "invalid", "unchecked"
+            )?;
+            for (route, d) in &self.response_drift {
+                writeln!(
+                    f,
+                    "  {route:<63} {:>8} {:>8} {:>9}  {}",
+                    d.checked,
+                    d.invalid,
+                    d.unchecked,
+                    counts(&d.keywords)
+                )?;
+            }
+        }
+        if let Some(spec) = &self.spec {
+            writeln!(f)?;
+            for d in &spec.specs {
+                writeln!(
+                    f,
+                    "spec {}  {} operation(s), {} without a route",
+                    d.file,
+                    d.operations,
+                    d.operations_without_route.len()
+                )?;
+                for o in &d.operations_without_route {
+                    writeln!(f, "  no route     {o}")?;
+                }
+            }
+            writeln!(
+                f,
+                "routes in no description  {}",
+                list(&spec.routes_not_in_specs)
+            )?;
         }
         if !self.handshake_failures.is_empty() {
             writeln!(f)?;
@@ -426,7 +769,7 @@ impl fmt::Display for Report {
                 writeln!(f)?;
                 writeln!(
                     f,
-                    "routes never called  (give --config to compare with the policy)"
+                    "routes never called  (give --config or --policy to compare with the policy)"
                 )
             }
         }
@@ -631,6 +974,85 @@ hash chain and signatures.</p>\
             b.push_str("</table>");
         }
 
+        // The API inventory: undeclared requests by shape, drift, the descriptions.
+        b.push_str("<h2>Undeclared requests</h2>");
+        if self.undeclared.is_empty() {
+            b.push_str("<p class=\"muted\">Every request named a declared route.</p>");
+        } else {
+            b.push_str(
+                "<p>Requests to paths or methods no route declares (probing, or an API nobody \
+declared), grouped by shape.</p><table><tr><th>method</th><th>path shape</th><th>requests</th>\
+<th>distinct paths</th><th>reasons</th><th>clients</th></tr>",
+            );
+            for u in &self.undeclared {
+                let _ = write!(
+                    b,
+                    "<tr><td>{}</td><td><code>{}</code></td><td class=\"n\">{}</td>\
+<td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
+                    escape(&u.method),
+                    escape(&u.shape),
+                    u.requests,
+                    u.paths,
+                    names(&u.reasons),
+                    escape(&counts(&u.clients))
+                );
+            }
+            b.push_str("</table>");
+        }
+        if !self.response_drift.is_empty() {
+            b.push_str(
+                "<h2>Response drift</h2><p>Upstream answers checked against the route's OpenAPI \
+contract.</p><table><tr><th>route</th><th>checked</th><th>invalid</th><th>unchecked</th>\
+<th>keywords</th><th>why unchecked</th></tr>",
+            );
+            for (route, d) in &self.response_drift {
+                let _ = write!(
+                    b,
+                    "<tr><td><code>{}</code></td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+<td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
+                    escape(route),
+                    d.checked,
+                    d.invalid,
+                    d.unchecked,
+                    escape(&counts(&d.keywords)),
+                    escape(&counts(&d.why_unchecked))
+                );
+            }
+            b.push_str("</table>");
+        }
+        if let Some(spec) = &self.spec {
+            b.push_str("<h2>Descriptions and policy</h2>");
+            for d in &spec.specs {
+                let _ = write!(
+                    b,
+                    "<p><code>{}</code>: {} operation(s), {} without a policy route.</p>",
+                    escape(&d.file),
+                    d.operations,
+                    d.operations_without_route.len()
+                );
+                if !d.operations_without_route.is_empty() {
+                    b.push_str("<ul>");
+                    for o in &d.operations_without_route {
+                        let _ = write!(b, "<li><code>{}</code></li>", escape(o));
+                    }
+                    b.push_str("</ul>");
+                }
+            }
+            let _ = write!(
+                b,
+                "<p>Policy routes in no description: {}</p>",
+                if spec.routes_not_in_specs.is_empty() {
+                    "none".to_string()
+                } else {
+                    spec.routes_not_in_specs
+                        .iter()
+                        .map(|x| format!("<code>{}</code>", escape(x)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            );
+        }
+
         // Routes never called.
         b.push_str("<h2>Routes never called</h2>");
         match &self.routes_never_called {
@@ -646,8 +1068,8 @@ hash chain and signatures.</p>\
                 );
             }
             None => b.push_str(
-                "<p class=\"muted\">Unknown: give <code>--config</code> to compare with the \
-policy.</p>",
+                "<p class=\"muted\">Unknown: give <code>--config</code> or <code>--policy</code> \
+to compare with the policy.</p>",
             ),
         }
 
@@ -678,7 +1100,8 @@ policy.</p>",
 <tr><th>subject</th><td>{}</td></tr><tr><th>seen</th><td>{} .. {} ({} request(s))</td></tr>\
 <tr><th>certificate expiry</th><td>{}</td></tr>\
 <tr><th>scopes granted</th><td>{}</td></tr><tr><th>scopes used</th><td>{}</td></tr>\
-<tr><th>granted, never used</th><td>{}</td></tr><tr><th>refusals</th><td>{}</td></tr></table>",
+<tr><th>granted, never used</th><td>{}</td></tr><tr><th>refusals</th><td>{}</td></tr>\
+<tr><th>operations</th><td>{}</td></tr></table>",
                 escape(&c.label()),
                 cell(&c.thumbprint),
                 cell(&c.org_id),
@@ -699,7 +1122,8 @@ policy.</p>",
                         .map(|(r, n)| format!("<code>{}</code> {n}", escape(r)))
                         .collect::<Vec<_>>()
                         .join(", ")
-                }
+                },
+                names(&c.operations)
             );
             b.push_str("<table><tr><th>route</th><th>allowed</th><th>refused</th></tr>");
             for (route, u) in &c.routes {
@@ -805,6 +1229,113 @@ not json
     }
 
     #[test]
+    fn undeclared_paths_are_grouped_by_shape_with_their_clients() {
+        let rec = |client: &str, method: &str, path: &str, reason: &str| {
+            format!(
+                r#"{{"kind":"request","client_id":"{client}","method":"{method}","path":"{path}","decision":"deny","reason":"{reason}"}}"#
+            )
+        };
+        let mut lines = vec![
+            rec(
+                "c1",
+                "GET",
+                "/accounts/acc-1/statements-v2",
+                "route.not_found",
+            ),
+            rec(
+                "c1",
+                "GET",
+                "/accounts/acc-2/statements-v2",
+                "route.not_found",
+            ),
+            rec(
+                "c2",
+                "GET",
+                "/accounts/acc-3/statements-v2",
+                "route.not_found",
+            ),
+            rec(
+                "c2",
+                "GET",
+                "/accounts/12345/beneficiaries",
+                "route.not_found",
+            ),
+            rec(
+                "c2",
+                "GET",
+                "/accounts/2f1c9c1e-7d2b-4d8e-9c3a-2b1e0f9a8d7c/beneficiaries",
+                "route.not_found",
+            ),
+            rec("c3", "DELETE", "/admin", "route.method_not_allowed"),
+            rec("c3", "GET", "/v2/status", "route.not_found"),
+            rec(
+                "c3",
+                "GET",
+                "/tokens/eyJhbGciOiJIUzI1NiJ9abc123",
+                "route.not_found",
+            ),
+        ];
+        lines.push(r#"{"kind":"request","client_id":"c1","route_id":"r","decision":"allow","contract":{"operation":"op","mode":"enforce","result":"valid","response":{"mode":"shadow","result":"invalid","status":200,"pointer":"/Data","keyword":"required"}}}"#.into());
+        lines.push(r#"{"kind":"request","client_id":"c1","route_id":"r","decision":"allow","contract":{"operation":"op","mode":"enforce","result":"valid","response":{"mode":"shadow","result":"ok","status":200}}}"#.into());
+        lines.push(r#"{"kind":"request","client_id":"c1","route_id":"r","decision":"allow","contract":{"operation":"op","mode":"enforce","result":"valid","response":{"mode":"shadow","result":"unchecked","status":200,"why":"streamed"}}}"#.into());
+        let log = lines.join("\n");
+        let routes = [
+            PolicyRoute {
+                id: "r".into(),
+                operation: Some("op".into()),
+            },
+            PolicyRoute {
+                id: "zombie".into(),
+                operation: None,
+            },
+        ];
+        let mut b = Builder::default();
+        b.read(log.as_bytes()).unwrap();
+        let r = b.finish_with(Some(&routes));
+        let shape = |m: &str, p: &str| {
+            r.undeclared
+                .iter()
+                .find(|u| u.method == m && u.shape == p)
+                .unwrap_or_else(|| panic!("{m} {p} in {:#?}", r.undeclared))
+        };
+        let s = shape("GET", "/accounts/{id}/statements-v2");
+        assert_eq!((s.requests, s.paths), (3, 3));
+        assert_eq!(
+            s.clients
+                .iter()
+                .map(|(c, n)| (c.as_str(), *n))
+                .collect::<Vec<_>>(),
+            [("- / c1", 2), ("- / c2", 1)]
+        );
+        let b = shape("GET", "/accounts/{id}/beneficiaries");
+        assert_eq!(b.requests, 2);
+        let a = shape("DELETE", "/admin");
+        assert!(a.reasons.contains("route.method_not_allowed"));
+        shape("GET", "/v2/status");
+        shape("GET", "/tokens/{id}");
+        assert_eq!(r.undeclared.len(), 5, "{:#?}", r.undeclared);
+        assert_eq!(r.undeclared[0].shape, "/accounts/{id}/statements-v2");
+        let d = &r.response_drift["r"];
+        assert_eq!((d.checked, d.invalid, d.unchecked), (2, 1, 1));
+        assert_eq!(d.keywords["required"], 1);
+        assert_eq!(d.why_unchecked["streamed"], 1);
+        assert_eq!(r.routes_never_called, Some(vec!["zombie".to_string()]));
+        let c1 = r
+            .clients
+            .iter()
+            .find(|c| c.client_id.as_deref() == Some("c1"))
+            .unwrap();
+        assert_eq!(c1.operations.iter().collect::<Vec<_>>(), ["op"]);
+        let text = r.to_string();
+        assert!(text.contains("GET /accounts/{id}/statements-v2"), "{text}");
+        assert!(text.contains("response drift"), "{text}");
+        let html = r.html(&[], 1_767_225_600.0);
+        assert!(html.contains("<h2>Undeclared requests</h2>"), "{html}");
+        assert!(html.contains("/accounts/{id}/statements-v2"), "{html}");
+        assert!(html.contains("<h2>Response drift</h2>"), "{html}");
+    }
+
+    #[test]
     fn a_stream_gives_the_same_report_and_skips_an_overlong_line() {
         let log = concat!(
             r#"{"kind":"request","client_id":"c1","route_id":"a","decision":"allow"}"#,
@@ -831,7 +1362,11 @@ not json
 {"kind":"request","client_id":"ok","route_id":"a","decision":"allow","client_cert_not_after":"2020-01-01T00:00:00Z"}
 "#;
         let routes = vec!["a".to_string(), "never\"x".to_string()];
-        let r = build(&[log], Some(&routes));
+        let mut log = log.to_vec();
+        log.extend_from_slice(
+            br#"{"kind":"request","method":"GET","path":"/<svg onload=x>/1","decision":"deny","reason":"route.not_found"}"#,
+        );
+        let r = build(&[&log], Some(&routes));
         // 2026-01-01: the first certificate expires in 9 days, the second has expired.
         let html = r.html(&["<f>.log".to_string()], 1_767_225_600.0);
         assert!(html.starts_with("<!DOCTYPE html>"));
@@ -842,6 +1377,10 @@ not json
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("&lt;img src=x&gt;") && html.contains("r&lt;&amp;&gt;"));
         assert!(html.contains("&lt;f&gt;.log") && html.contains("never&quot;x"));
+        assert!(
+            !html.contains("<svg") && html.contains("/&lt;svg onload=x&gt;/{id}"),
+            "{html}"
+        );
         assert!(
             html.contains("in 9 day(s)") && html.contains("expired"),
             "{html}"

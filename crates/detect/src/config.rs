@@ -141,15 +141,63 @@ pub struct FileFirstUse {
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub learning: Option<ConfigDuration>,
+    /// Watch the scopes a client uses too, not only its routes (default true).
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<bool>,
+    /// Daily hours, UTC, `HH:MM-HH:MM` (e.g. `07:00-19:00`; may wrap midnight): a first use
+    /// inside them is learned silently, only one outside them fires. Default: any time fires.
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outside_hours: Option<String>,
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+}
+
+/// Daily hours in UTC, as minutes of the day: `from` inclusive, `to` exclusive; `from > to`
+/// wraps midnight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hours {
+    pub from: u16,
+    pub to: u16,
+}
+
+impl Hours {
+    /// Parses `HH:MM-HH:MM` (00:00 to 24:00; the two ends differ).
+    pub fn parse(text: &str) -> Option<Hours> {
+        let minute = |t: &str| -> Option<u16> {
+            let (h, m) = t.trim().split_once(':')?;
+            if h.len() != 2 || m.len() != 2 {
+                return None;
+            }
+            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+            (m < 60 && (h < 24 || (h == 24 && m == 0))).then_some(h * 60 + m)
+        };
+        let (a, b) = text.split_once('-')?;
+        let (from, to) = (minute(a)?, minute(b)?);
+        (from != to).then_some(Hours { from, to })
+    }
+
+    /// Whether `now` (Unix seconds) falls inside these hours.
+    pub fn contains(&self, now: i64) -> bool {
+        let m = (now.rem_euclid(86_400) / 60) as u16;
+        if self.from < self.to {
+            (self.from..self.to).contains(&m)
+        } else {
+            m >= self.from || m < self.to
+        }
+    }
 }
 
 /// The validated first-use detector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FirstUseConfig {
     pub learning: Duration,
+    /// Scopes are watched as well as routes.
+    pub scopes: bool,
+    /// Only a first use outside these hours fires.
+    pub hours: Option<Hours>,
     pub action: Action,
 }
 
@@ -157,6 +205,8 @@ impl Default for FirstUseConfig {
     fn default() -> Self {
         FirstUseConfig {
             learning: Duration::from_secs(7 * 24 * 3600),
+            scopes: true,
+            hours: None,
             action: Action::Alert,
         }
     }
@@ -166,8 +216,13 @@ impl Default for FirstUseConfig {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileWebhook {
-    /// An http:// URL (a receiver on the operator's network).
+    /// An http:// or https:// URL.
     pub url: String,
+    /// https:// only: a PEM file of the CA certificates the receiver's certificate must chain
+    /// to (pinned trust). Default: the system's roots.
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
     /// Alerts waiting to be posted at most (default 1000); more are dropped and counted.
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -194,6 +249,10 @@ pub struct DetectorConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebhookConfig {
     pub url: String,
+    /// `webhook.ca` as written (the proxy's config reads it into `ca_der`).
+    pub ca: Option<String>,
+    /// The CA certificates (DER) an https:// receiver must chain to; empty: the system's.
+    pub ca_der: Vec<Vec<u8>>,
     pub queue: usize,
     pub attempts: u32,
     pub timeout: Duration,
@@ -398,6 +457,16 @@ pub fn validate(p: &mut Problems<'_>, f: Option<&FileDetection>) -> DetectionCon
             }
             c_f.learning = l.0;
         }
+        c_f.scopes = u.scopes.unwrap_or(true);
+        if let Some(h) = u.outside_hours.as_deref() {
+            match Hours::parse(h) {
+                Some(h) => c_f.hours = Some(h),
+                None => p.push(
+                    "detection.first_use.outside_hours",
+                    format!("`{h}` is not daily hours `HH:MM-HH:MM` (UTC, two different times)"),
+                ),
+            }
+        }
         if let Some(a) = u.action.as_deref() {
             match Action::parse(a) {
                 Some(a) => c_f.action = a,
@@ -410,14 +479,22 @@ pub fn validate(p: &mut Problems<'_>, f: Option<&FileDetection>) -> DetectionCon
         c.first_use = u.enabled.unwrap_or(true).then_some(c_f);
     }
     if let Some(w) = &f.webhook {
+        let https = w.url.starts_with("https://");
         let ok = w
             .url
             .strip_prefix("http://")
+            .or_else(|| w.url.strip_prefix("https://"))
             .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
         if !ok {
             p.push(
                 "detection.webhook.url",
-                format!("`{}` must be an http:// URL with a host", w.url),
+                format!("`{}` must be an http:// or https:// URL with a host", w.url),
+            );
+        }
+        if w.ca.is_some() && !https {
+            p.push(
+                "detection.webhook.ca",
+                "only with an https:// url (it names whom the receiver's certificate must chain to)",
             );
         }
         let queue = w.queue.unwrap_or(1000);
@@ -434,6 +511,8 @@ pub fn validate(p: &mut Problems<'_>, f: Option<&FileDetection>) -> DetectionCon
         }
         c.webhook = Some(WebhookConfig {
             url: w.url.clone(),
+            ca: w.ca.clone(),
+            ca_der: Vec::new(),
             queue: queue.max(1),
             attempts: attempts.max(1),
             timeout,

@@ -31,7 +31,7 @@ use std::sync::Mutex;
 
 pub use config::{
     DetectionConfig, DetectorConfig, FileDetection, FileDetector, FileFirstUse, FileVolume,
-    FileWebhook, FirstUseConfig, VolumeConfig, WebhookConfig,
+    FileWebhook, FirstUseConfig, Hours, VolumeConfig, WebhookConfig,
 };
 
 /// Bits in a distinct-count sketch.
@@ -183,8 +183,13 @@ pub struct Event<'a> {
     /// The audited reason code of a refusal; `None` for a request let through.
     pub reason: Option<&'a str>,
     pub route: Option<&'a str>,
+    /// The route's class (its rate-limit class, when it names one): the routes of one class
+    /// share one volume baseline per client.
+    pub class: Option<&'a str>,
     /// The request path: the object an object rule refused is named in it.
     pub path: &'a str,
+    /// The scopes the route required (a request let through used them).
+    pub scopes: &'a [String],
     /// Seconds since the Unix epoch.
     pub now: i64,
 }
@@ -203,6 +208,8 @@ pub struct Alert {
     /// The reason code of the event that fired it.
     pub reason: String,
     pub route: Option<String>,
+    /// First use: the scope never used before, when the request used one.
+    pub scope: Option<String>,
     /// Quarantined until (Unix seconds), for `quarantine`; `None` when not quarantined (other
     /// actions, or the quarantine map was full).
     pub quarantined_until: Option<i64>,
@@ -289,8 +296,8 @@ struct Rate {
     fired_bucket: i64,
 }
 
-/// The routes a client has been let through on (hashes, at most [`MAX_ROUTES_KNOWN`]) and
-/// when it was first seen.
+/// The routes a client has been let through on and the scopes it used (tagged hashes, at most
+/// [`MAX_ROUTES_KNOWN`] together) and when it was first seen.
 struct Known {
     first: i64,
     routes: Vec<u64>,
@@ -314,7 +321,7 @@ pub struct Stats {
 /// The detectors' state for one process (memory backend).
 pub struct Detector {
     shards: Vec<Mutex<HashMap<(String, Kind), Window>>>,
-    /// Volume baselines by a hash of (subject, route): no allocation per request.
+    /// Volume baselines by a hash of (subject, route class): no allocation per request.
     rates: Vec<Mutex<HashMap<u64, Rate>>>,
     /// First use: routes known per client, by a hash of the subject.
     known: Vec<Mutex<HashMap<u64, Known>>>,
@@ -416,7 +423,7 @@ impl Detector {
         Some(self.fired(cfg, kind, subject, n, reason, e.route, e.now))
     }
 
-    /// Counts one request of `e.subject` on `e.route` against its baseline: fires when the
+    /// Counts one request of `e.subject` on `e.route` (its class) against its baseline: fires when the
     /// current bucket's count exceeds `multiple` × the baseline (and `min_requests`), after
     /// `warmup` buckets; once per bucket. Every request (allowed or not) is counted; one lock
     /// of one shard, no allocation unless it fires or the client is new.
@@ -426,10 +433,17 @@ impl Detector {
             return None;
         }
         let route = e.route?;
+        // Per route class: a client that spreads its reads over the routes of one class (an
+        // account's balances, transactions, ...) is one rate, as the operator's rate limits
+        // already see it; a route without a class is its own.
+        let (tag, name) = match e.class {
+            Some(c) => (1u8, c),
+            None => (0u8, route),
+        };
         let key = match e.subject {
-            Subject::Cert(t) => self.hasher.hash_one((0u8, t, route)),
-            Subject::Client(c) => self.hasher.hash_one((1u8, c, route)),
-            Subject::Peer(ip) => self.hasher.hash_one((2u8, ip, route)),
+            Subject::Cert(t) => self.hasher.hash_one((0u8, t, tag, name)),
+            Subject::Client(c) => self.hasher.hash_one((1u8, c, tag, name)),
+            Subject::Peer(ip) => self.hasher.hash_one((2u8, ip, tag, name)),
         };
         let bucket_s = v.bucket.as_secs().max(1) as i64;
         let b = e.now.div_euclid(bucket_s);
@@ -488,9 +502,12 @@ impl Detector {
         Some(a)
     }
 
-    /// First use: a request let through on a route the client was never let through on
-    /// before, once its first request is `learning` old, fires (once per route: the route is
-    /// known from then on). Only verified clients (certificate or client id) are watched.
+    /// First use: a request let through on a route, or with a scope, the client was never let
+    /// through on (with) before, once its first request is `learning` old, fires (once per
+    /// route or scope: it is known from then on; one alert per request, naming the route and
+    /// the first new scope). With `outside_hours`, only a first use outside those daily hours
+    /// fires; one inside them is learned silently. Only verified clients (certificate or
+    /// client id) are watched.
     pub fn observe_first_use(&self, cfg: &DetectionConfig, e: &Event<'_>) -> Option<Alert> {
         let f = cfg.first_use?;
         if !cfg.enabled || e.reason.is_some() {
@@ -502,9 +519,10 @@ impl Detector {
             Subject::Client(c) => self.hasher.hash_one((1u8, c)),
             Subject::Peer(_) => return None,
         };
-        let r = self.hasher.hash_one(route);
+        // Routes and scopes share the client's list, tagged apart.
+        let r = self.hasher.hash_one((0u8, route));
         let per_shard = (cfg.max_tracked / SHARDS).max(1);
-        {
+        let (new_route, new_scope) = {
             let mut shard = self.known[(key as usize) % SHARDS]
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
@@ -518,28 +536,50 @@ impl Detector {
                 first: e.now,
                 routes: Vec::new(),
             });
-            if k.routes.contains(&r) {
-                return None;
+            let mut learn = |h: u64| -> bool {
+                if k.routes.contains(&h) {
+                    return false;
+                }
+                if k.routes.len() >= MAX_ROUTES_KNOWN {
+                    self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+                k.routes.push(h);
+                true
+            };
+            let new_route = learn(r);
+            let mut new_scope = None;
+            if f.scopes {
+                for sc in e.scopes {
+                    if learn(self.hasher.hash_one((1u8, sc.as_str()))) && new_scope.is_none() {
+                        new_scope = Some(sc.as_str());
+                    }
+                }
             }
-            if k.routes.len() >= MAX_ROUTES_KNOWN {
-                self.stats.evicted.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-            k.routes.push(r);
             let learned = e.now.saturating_sub(k.first) >= f.learning.as_secs() as i64;
-            if !learned {
+            if !learned || !(new_route || new_scope.is_some()) {
                 return None;
             }
+            (new_route, new_scope)
+        };
+        if f.hours.is_some_and(|h| h.contains(e.now)) {
+            return None;
         }
+        let reason = if new_route {
+            "first_use"
+        } else {
+            "first_use.scope"
+        };
         let mut a = self.fired(
             cfg,
             Kind::FirstUse,
             e.subject.key(),
             1,
-            "first_use",
+            reason,
             e.route,
             e.now,
         );
+        a.scope = new_scope.map(str::to_string);
         a.window_s = f.learning.as_secs();
         Some(a)
     }
@@ -584,6 +624,7 @@ impl Detector {
             window_s: d.window.as_secs().max(1),
             reason: reason.to_string(),
             route: route.map(str::to_string),
+            scope: None,
             quarantined_until,
             at: now,
         }

@@ -15,6 +15,8 @@ fn refused<'a>(subject: Subject<'a>, reason: &'a str, path: &'a str, now: i64) -
         subject,
         reason: Some(reason),
         route: Some("accounts"),
+        class: None,
+        scopes: &[],
         path,
         now,
     }
@@ -201,6 +203,8 @@ fn volume_fires_on_a_spike_against_the_clients_own_baseline_after_the_warm_up() 
         subject,
         reason: None,
         route: Some("accounts"),
+        class: None,
+        scopes: &[],
         path: "/accounts",
         now,
     };
@@ -239,17 +243,67 @@ fn volume_fires_on_a_spike_against_the_clients_own_baseline_after_the_warm_up() 
 }
 
 #[test]
+fn the_routes_of_one_class_share_one_volume_baseline() {
+    let d = Detector::new();
+    let mut cfg = on();
+    cfg.volume = Some(VolumeConfig {
+        multiple: 3.0,
+        min_requests: 5,
+        warmup: 3,
+        bucket: Duration::from_secs(1),
+        alpha: 0.5,
+        action: Action::Alert,
+    });
+    let at = |route, class, now| Event {
+        subject: Subject::Client("c"),
+        reason: None,
+        route: Some(route),
+        class,
+        scopes: &[],
+        path: "/",
+        now,
+    };
+    // A baseline of 2 a second on the class, one request on each of two of its routes.
+    for now in 0..4 {
+        for route in ["balances", "transactions"] {
+            assert_eq!(d.observe_volume(&cfg, &at(route, Some("reads"), now)), None);
+        }
+    }
+    // A spike spread over the class's routes is one rate: it fires at the 6th request.
+    let routes = ["balances", "transactions", "beneficiaries"];
+    let fired: Vec<usize> = (1..=9)
+        .filter(|i| {
+            d.observe_volume(&cfg, &at(routes[i % 3], Some("reads"), 4))
+                .is_some()
+        })
+        .collect();
+    assert_eq!(fired, [6]);
+    // Without the class, each route would still be warming up or below its own limit.
+    let d = Detector::new();
+    for now in 0..4 {
+        for route in ["balances", "transactions"] {
+            assert_eq!(d.observe_volume(&cfg, &at(route, None, now)), None);
+        }
+    }
+    assert!((1..=9).all(|i| d
+        .observe_volume(&cfg, &at(routes[i % 3], None, 4))
+        .is_none()));
+}
+
+#[test]
 fn first_use_fires_once_per_new_route_after_the_learning_period() {
     let d = Detector::new();
     let mut cfg = on();
     cfg.first_use = Some(FirstUseConfig {
         learning: Duration::from_secs(3600),
-        action: Action::Alert,
+        ..FirstUseConfig::default()
     });
     let at = |route, now, reason| Event {
         subject: Subject::Cert("t"),
         reason,
         route: Some(route),
+        class: None,
+        scopes: &[],
         path: "/",
         now,
     };
@@ -272,4 +326,122 @@ fn first_use_fires_once_per_new_route_after_the_learning_period() {
     let mut peer = at("x", 9999, None);
     peer.subject = Subject::Peer([10, 0, 0, 1].into());
     assert_eq!(d.observe_first_use(&cfg, &peer), None);
+}
+
+#[test]
+fn first_use_of_a_scope_is_named_and_outside_hours_only_fires_outside_them() {
+    let d = Detector::new();
+    let mut cfg = on();
+    cfg.first_use = Some(FirstUseConfig {
+        learning: Duration::from_secs(3600),
+        ..FirstUseConfig::default()
+    });
+    let accounts = ["accounts".to_string()];
+    let payments = ["payments".to_string()];
+    fn at<'a>(route: &'a str, scopes: &'a [String], now: i64) -> Event<'a> {
+        Event {
+            subject: Subject::Client("c"),
+            reason: None,
+            route: Some(route),
+            class: None,
+            scopes,
+            path: "/",
+            now,
+        }
+    }
+    assert_eq!(d.observe_first_use(&cfg, &at("list", &accounts, 0)), None);
+    // A new route with a known scope: the route is named, no scope.
+    let a = d
+        .observe_first_use(&cfg, &at("balances", &accounts, 4000))
+        .unwrap();
+    assert_eq!((a.reason.as_str(), a.scope.as_deref()), ("first_use", None));
+    // A new route with a new scope: one alert naming both.
+    let a = d
+        .observe_first_use(&cfg, &at("pay", &payments, 4000))
+        .unwrap();
+    assert_eq!(
+        (a.reason.as_str(), a.route.as_deref(), a.scope.as_deref()),
+        ("first_use", Some("pay"), Some("payments"))
+    );
+    // A known route that now asks for a scope the client never used (the policy changed).
+    let both = ["accounts".to_string(), "extra".to_string()];
+    let a = d.observe_first_use(&cfg, &at("list", &both, 4000)).unwrap();
+    assert_eq!(
+        (a.reason.as_str(), a.scope.as_deref()),
+        ("first_use.scope", Some("extra"))
+    );
+    // Scopes not watched: only routes.
+    let d = Detector::new();
+    let mut no_scopes = cfg.clone();
+    no_scopes.first_use = Some(FirstUseConfig {
+        learning: Duration::from_secs(3600),
+        scopes: false,
+        ..FirstUseConfig::default()
+    });
+    assert_eq!(
+        d.observe_first_use(&no_scopes, &at("list", &accounts, 0)),
+        None
+    );
+    assert_eq!(
+        d.observe_first_use(&no_scopes, &at("list", &both, 4000)),
+        None
+    );
+
+    // Outside 07:00-19:00 UTC only: a first use at noon is learned silently, one at 22:00
+    // fires.
+    let d = Detector::new();
+    let mut hours = cfg.clone();
+    hours.first_use = Some(FirstUseConfig {
+        learning: Duration::from_secs(3600),
+        hours: Hours::parse("07:00-19:00"),
+        ..FirstUseConfig::default()
+    });
+    let day = 20_000 * 86_400;
+    assert_eq!(d.observe_first_use(&hours, &at("list", &[], day)), None);
+    let noon = day + 12 * 3600;
+    assert_eq!(d.observe_first_use(&hours, &at("a", &[], noon)), None);
+    let night = day + 22 * 3600;
+    assert!(d.observe_first_use(&hours, &at("b", &[], night)).is_some());
+    assert_eq!(
+        d.observe_first_use(&hours, &at("a", &[], night)),
+        None,
+        "learned at noon"
+    );
+}
+
+#[test]
+fn hours_parse_and_wrap_midnight() {
+    assert_eq!(
+        Hours::parse("07:00-19:30"),
+        Some(Hours {
+            from: 420,
+            to: 1170
+        })
+    );
+    assert_eq!(
+        Hours::parse("22:00-06:00").map(|h| h.contains(23 * 3600)),
+        Some(true)
+    );
+    assert_eq!(
+        Hours::parse("22:00-06:00").map(|h| h.contains(5 * 3600)),
+        Some(true)
+    );
+    assert_eq!(
+        Hours::parse("22:00-06:00").map(|h| h.contains(12 * 3600)),
+        Some(false)
+    );
+    assert_eq!(
+        Hours::parse("00:00-24:00").map(|h| h.contains(86_399)),
+        Some(true)
+    );
+    for bad in [
+        "7:00-19:00",
+        "07:00-07:00",
+        "25:00-01:00",
+        "07:60-08:00",
+        "0700-1900",
+        "",
+    ] {
+        assert_eq!(Hours::parse(bad), None, "{bad}");
+    }
 }

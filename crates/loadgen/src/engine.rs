@@ -77,6 +77,8 @@ struct Shared {
     fapi: Fapi,
     picker: Picker,
     nonce_retries: AtomicU64,
+    /// Requests sent again with a new token after a `token.expired` refusal.
+    token_refreshes: AtomicU64,
     live: Live,
 }
 
@@ -133,6 +135,7 @@ impl Worker {
         };
         let mut sent = None;
         let mut retried = false;
+        let mut refreshed = false;
         loop {
             let Ok(req) = s.fapi.request(pair.route, pair.client) else {
                 return (Instant::now(), Outcome::Failed(Failure::Build));
@@ -160,6 +163,18 @@ impl Worker {
             let reason = (!answer.status.is_success())
                 .then(|| reason(&answer))
                 .flatten();
+            // `refresh: on_expiry`: the client learns its token ended from the refusal, gets
+            // a new one and sends the request again once (the refusal is the proxy's to count).
+            if status == 401
+                && !refreshed
+                && reason.as_deref() == Some("token.expired")
+                && s.fapi.refreshes_on_expiry(pair.client)
+            {
+                refreshed = true;
+                s.token_refreshes.fetch_add(1, Ordering::Relaxed);
+                s.fapi.refresh(pair.client);
+                continue;
+            }
             return (start, Outcome::Answer { status, reason });
         }
     }
@@ -447,6 +462,7 @@ pub async fn run(scenario: Arc<Scenario>, progress: ShowProgress) -> Result<Summ
         fapi,
         scenario: Arc::clone(&scenario),
         nonce_retries: AtomicU64::new(0),
+        token_refreshes: AtomicU64::new(0),
         live: Live::new(scenario.target.timeout),
     });
     let terminal = std::io::stderr().is_terminal();
@@ -542,6 +558,7 @@ pub async fn run(scenario: Arc<Scenario>, progress: ShowProgress) -> Result<Summ
             seconds,
             warmup: load.warmup,
             tokens_minted,
+            token_refreshes: shared.token_refreshes.load(Ordering::Relaxed),
             dpop_nonce_retries: nonce_retries,
             thresholds: scenario.thresholds,
             started_unix_s,

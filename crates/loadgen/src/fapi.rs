@@ -164,6 +164,8 @@ pub struct BuildError(String);
 
 struct PreparedRoute {
     uri: Uri,
+    /// The next `{n}` of a numbered path.
+    next: AtomicU64,
     htu_json: String,
     /// `dpop_proof: replay`: the proof of the route's first request, per client.
     replayed: Vec<std::sync::OnceLock<HeaderValue>>,
@@ -198,10 +200,12 @@ impl Fapi {
         };
         let mut routes = Vec::new();
         for r in &scenario.routes {
+            // A numbered path's URI is made per request; this one (number 0) is not sent.
+            let path = r.path.replace(super::scenario::SEQ_HOLE, "0");
             let uri = if http2 {
-                format!("https://{}{}", t.host, r.path)
+                format!("https://{}{path}", t.host)
             } else {
-                r.path.clone()
+                path
             };
             let uri: Uri = uri.parse().map_err(|e| BuildError(format!("{e}")))?;
             let mut literal = Vec::new();
@@ -218,6 +222,7 @@ impl Fapi {
             }
             routes.push(PreparedRoute {
                 uri,
+                next: AtomicU64::new(0),
                 htu_json: Value::String(r.htu.clone()).to_string(),
                 replayed: scenario
                     .clients
@@ -271,7 +276,11 @@ impl Fapi {
             authorization: HeaderValue::from_str(&format!("{scheme} {token}"))
                 .map_err(|_| BuildError("token is not a header value".into()))?,
             ath: sha256_b64url(token.as_bytes()),
-            refresh_at: iat + spec.lifetime.as_secs() as i64 * 3 / 4,
+            refresh_at: if spec.refresh_on_expiry {
+                i64::MAX
+            } else {
+                iat + spec.lifetime.as_secs() as i64 * 3 / 4
+            },
         })
     }
 
@@ -299,6 +308,38 @@ impl Fapi {
         Some((current, state.prover.as_ref()))
     }
 
+    /// Whether this client's token is re-minted only when refused as expired.
+    pub fn refreshes_on_expiry(&self, client: usize) -> bool {
+        self.scenario
+            .clients
+            .get(client)
+            .and_then(|c| c.token.as_ref())
+            .is_some_and(|t| t.refresh_on_expiry)
+    }
+
+    /// Mints a new token for `client` now (its current one was refused as expired); a
+    /// refresh already under way elsewhere is left to finish.
+    pub fn refresh(&self, client: usize) {
+        let Some(state) = self.tokens.get(client).and_then(Option::as_ref) else {
+            return;
+        };
+        if state
+            .refreshing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        let c = &self.scenario.clients[client];
+        if let Some(spec) = &c.token {
+            if let Ok(m) = self.mint_for(spec, c.cert_thumbprint.as_deref(), state.prover.as_ref())
+            {
+                state.current.store(Arc::new(m));
+            }
+        }
+        state.refreshing.store(false, Ordering::Release);
+    }
+
     /// Whether this client's requests carry DPoP proofs.
     pub fn uses_dpop(&self, client: usize) -> bool {
         self.tokens
@@ -315,7 +356,32 @@ impl Fapi {
         let body = r.body.as_ref().map_or_else(Bytes::new, Text::render);
         let mut req = Request::new(Full::new(body.clone()));
         *req.method_mut() = r.method.clone();
-        *req.uri_mut() = prepared.uri.clone();
+        // A numbered path (attack scenarios) is made per request: its URI and its DPoP htu.
+        let numbered = if r.numbered {
+            let n = prepared.next.fetch_add(1, Ordering::Relaxed);
+            let path = r.path.replace(super::scenario::SEQ_HOLE, &n.to_string());
+            let t = &self.scenario.target;
+            let uri = if self.scenario.load.http2 {
+                format!("https://{}{path}", t.host)
+            } else {
+                path.clone()
+            };
+            let uri: Uri = uri.parse().map_err(|e| BuildError(format!("{e}")))?;
+            let htu = portcullis_crypto::jose::dpop::normalize_htu(&format!(
+                "{}{}",
+                t.base_url,
+                uri.path()
+            ))
+            .ok_or_else(|| BuildError("htu".into()))?;
+            Some((uri, Value::String(htu).to_string()))
+        } else {
+            None
+        };
+        let (uri, htu_json) = match &numbered {
+            Some((uri, htu)) => (uri, htu.as_str()),
+            None => (&prepared.uri, prepared.htu_json.as_str()),
+        };
+        *req.uri_mut() = uri.clone();
         let h = req.headers_mut();
         if let Some(host) = &self.host {
             h.insert(http::header::HOST, host.clone());
@@ -327,7 +393,7 @@ impl Fapi {
                     let nonce = self.nonce.load();
                     let proof = p.proof(
                         r.method.as_str(),
-                        &prepared.htu_json,
+                        htu_json,
                         &minted.ath,
                         nonce.as_deref().map(String::as_str),
                         now,

@@ -334,6 +334,7 @@ mod tests {
                 warmup: Duration::ZERO,
                 tokens_minted: 0,
                 dpop_nonce_retries: 0,
+                token_refreshes: 0,
                 thresholds: Default::default(),
                 started_unix_s: 0.0,
                 route_expect: vec![None, Some(vec![401])],

@@ -105,6 +105,7 @@ pub async fn run(o: LoadOptions) -> Result<(Report, Summary), BoxError> {
             name: o.path.clone(),
             method: http::Method::GET,
             path: pq.as_str().to_string(),
+            numbered: false,
             htu: format!("{base_url}{}", pq.path()),
             headers: o
                 .headers

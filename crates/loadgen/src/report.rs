@@ -526,6 +526,9 @@ pub struct Summary {
     pub tokens_minted: u64,
     /// Requests sent again at once with a server-provided DPoP nonce.
     pub dpop_nonce_retries: u64,
+    /// Requests sent again with a new token after a `token.expired` refusal
+    /// (`refresh: on_expiry`).
+    pub token_refreshes: u64,
     pub thresholds: Vec<Check>,
     pub passed: bool,
     /// Unix time (seconds) of the end of the warm-up: second 0 of the timeline.
@@ -549,6 +552,7 @@ pub struct RunFacts<'a> {
     pub warmup: Duration,
     pub tokens_minted: u64,
     pub dpop_nonce_retries: u64,
+    pub token_refreshes: u64,
     pub thresholds: super::scenario::Thresholds,
     pub started_unix_s: f64,
     /// Each route's expected statuses, in `route_names` order (`None`: any 2xx).
@@ -613,6 +617,7 @@ impl Summary {
             routes,
             tokens_minted: f.tokens_minted,
             dpop_nonce_retries: f.dpop_nonce_retries,
+            token_refreshes: f.token_refreshes,
             thresholds: checks,
             passed,
             started_unix_s: f.started_unix_s,
@@ -639,8 +644,8 @@ impl Summary {
         );
         let _ = writeln!(
             s,
-            "tokens minted {}, DPoP nonce retries {}; latency percentiles by {}",
-            self.tokens_minted, self.dpop_nonce_retries, self.latency_precision
+            "tokens minted {}, DPoP nonce retries {}, token refreshes after expiry {}; latency percentiles by {}",
+            self.tokens_minted, self.dpop_nonce_retries, self.token_refreshes, self.latency_precision
         );
         figures_text(&mut s, "all", &self.total);
         if self.routes.len() > 1 {
@@ -776,6 +781,7 @@ mod tests {
                 warmup: Duration::ZERO,
                 tokens_minted: 1,
                 dpop_nonce_retries: 0,
+                token_refreshes: 0,
                 thresholds: super::super::scenario::Thresholds {
                     max_error_rate: Some(0.5),
                     ..Default::default()

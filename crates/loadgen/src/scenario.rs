@@ -30,11 +30,14 @@
 //!       scopes: [accounts]
 //!       claims: {openbanking_intent_id: aac-demo}
 //!       binding: cert                 # cert (cnf.x5t#S256) | dpop (cnf.jkt) | none
+//!       # refresh: on_expiry          # early (default: at 3/4 of the lifetime) | on_expiry:
+//!       #                             # when refused token.expired, then the request again
 //!       # dpop_key: certs/dpop.key    # binding dpop: this key, or a fresh one per run
 //! routes:
 //!   - name: accounts
 //!     method: GET
-//!     path: /open-banking/v3.1/aisp/accounts
+//!     path: /open-banking/v3.1/aisp/accounts   # `{n}` in a path: the route's request number
+//!                                     # (0, 1, 2, ...): `/accounts/acc-{n}` names N accounts
 //!     headers: {x-fapi-interaction-id: "{uuid}"}   # `{uuid}`: a fresh UUID per request
 //!     # body: {file: payment.json}  or  {inline: '{"Data": ...}'}
 //!     # jws: {format: obie, key: signing.key, kid: k1, iss: org/ssa, profile: obie-3.1.4}
@@ -115,6 +118,14 @@ enum FileBinding {
     None,
 }
 
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum FileRefresh {
+    #[default]
+    Early,
+    OnExpiry,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileToken {
@@ -129,6 +140,11 @@ struct FileToken {
     #[serde(default)]
     claims: BTreeMap<String, Value>,
     lifetime: Option<ConfigDuration>,
+    /// `early` (default): a new token after three quarters of the lifetime; `on_expiry`: only
+    /// once the proxy refuses the current one as expired (`token.expired`), then the refused
+    /// request is sent again with the new one — how many real clients behave.
+    #[serde(default)]
+    refresh: FileRefresh,
     binding: FileBinding,
     dpop_key: Option<String>,
 }
@@ -277,6 +293,8 @@ pub struct TokenSpec {
     /// Further claims (consent ids, `authorization_details`, ...).
     pub claims: Map<String, Value>,
     pub lifetime: Duration,
+    /// Re-minted only when the proxy refuses the token as expired (`refresh: on_expiry`).
+    pub refresh_on_expiry: bool,
     pub binding: Binding,
 }
 
@@ -294,8 +312,12 @@ pub enum Binding {
 pub struct Route {
     pub name: String,
     pub method: http::Method,
-    /// Path and query, as sent.
+    /// Path and query, as sent; with `numbered`, `{n}` in it is replaced by the route's
+    /// request number.
     pub path: String,
+    /// The path holds `{n}`: each request of the route gets the next number (0, 1, 2, ...),
+    /// so one route names N different objects or N different paths (attack scenarios).
+    pub numbered: bool,
     /// The normalized DPoP `htu`: the base URL and the path without its query.
     pub htu: String,
     pub headers: Vec<(http::HeaderName, Text)>,
@@ -338,6 +360,9 @@ pub struct Text {
 }
 
 const UUID_HOLE: &[u8] = b"{uuid}";
+
+/// In a route's path: the route's request number (0, 1, 2, ...).
+pub const SEQ_HOLE: &str = "{n}";
 
 impl Text {
     pub fn parse(bytes: &[u8]) -> Text {
@@ -854,6 +879,7 @@ fn validate_token(
         scope: t.scopes.join(" "),
         claims: t.claims.clone().into_iter().collect(),
         lifetime,
+        refresh_on_expiry: t.refresh == FileRefresh::OnExpiry,
         binding: binding?,
     })
 }
@@ -887,8 +913,11 @@ fn validate_routes(
                 None
             }
         };
-        let pq = match http::uri::PathAndQuery::try_from(r.path.as_str()) {
-            Ok(pq) if r.path.starts_with('/') => Some(pq),
+        // `{n}` (the route's request number) is checked as its first value, 0.
+        let numbered = r.path.contains(SEQ_HOLE);
+        let first = r.path.replace(SEQ_HOLE, "0");
+        let pq = match http::uri::PathAndQuery::try_from(first.as_str()) {
+            Ok(pq) if first.starts_with('/') => Some(pq),
             _ => {
                 p.push(
                     f("path"),
@@ -983,7 +1012,12 @@ fn validate_routes(
             out.push(Route {
                 name: r.name.clone(),
                 method,
-                path: pq.as_str().to_string(),
+                path: if numbered {
+                    r.path.clone()
+                } else {
+                    pq.as_str().to_string()
+                },
+                numbered,
                 htu,
                 headers,
                 body,

@@ -38,6 +38,10 @@ pub struct FileContract {
     /// Refuse members the schemas do not declare, even where they leave objects open.
     #[serde(default)]
     pub strict: bool,
+    /// What is done with the upstream's answers: `shadow` (default: checked, drift recorded),
+    /// `enforce` (a non-conforming answer is withheld) or `off`.
+    #[serde(default)]
+    pub response: Option<String>,
 }
 
 /// Whether a violation refuses the request or is only recorded.
@@ -54,6 +58,66 @@ impl ContractMode {
             ContractMode::Shadow => "shadow",
         }
     }
+}
+
+/// What a route does with the upstream's answers. Shadow by default: an answer outside the
+/// contract is the bank's own drift, worth knowing about before anyone is refused for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseMode {
+    Off,
+    Shadow,
+    Enforce,
+}
+
+impl ResponseMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseMode::Off => "off",
+            ResponseMode::Shadow => "shadow",
+            ResponseMode::Enforce => "enforce",
+        }
+    }
+}
+
+/// How an answer breaks the operation's contract.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResponseDrift {
+    /// The operation declares neither this status, nor its class (`2XX`), nor `default`.
+    Status,
+    /// The body does not fit the schema declared for the status.
+    Body(Violation),
+}
+
+impl ResponseDrift {
+    /// The JSON pointer into the answer's body (empty for the status).
+    pub fn pointer(&self) -> &str {
+        match self {
+            ResponseDrift::Status => "",
+            ResponseDrift::Body(v) => &v.pointer,
+        }
+    }
+
+    /// The keyword that failed: `status` for an undeclared status, else the schema keyword.
+    pub fn keyword(&self) -> &str {
+        match self {
+            ResponseDrift::Status => "status",
+            ResponseDrift::Body(v) => &v.keyword,
+        }
+    }
+}
+
+/// One declared response of an operation: the JSON schema of its body, when it declares one.
+struct DeclaredResponse {
+    body: Option<Arc<jsonschema::Validator>>,
+}
+
+/// Which statuses a declared response covers, most specific first when looked up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StatusKey {
+    Exact(u16),
+    /// `2XX`: the hundreds digit.
+    Class(u16),
+    Default,
 }
 
 portcullis_base::variants! {
@@ -227,6 +291,10 @@ pub struct Contract {
     params_schema: Option<jsonschema::Validator>,
     body: Option<jsonschema::Validator>,
     body_required: bool,
+    /// What is done with the upstream's answers.
+    pub response: ResponseMode,
+    /// The declared responses, compiled at load (empty when `response` is off).
+    responses: Vec<(StatusKey, DeclaredResponse)>,
 }
 
 impl std::fmt::Debug for Contract {
@@ -238,6 +306,8 @@ impl std::fmt::Debug for Contract {
             .field("strict", &self.strict)
             .field("params", &self.params)
             .field("body", &self.body.is_some())
+            .field("response", &self.response)
+            .field("responses", &self.responses.len())
             .finish()
     }
 }
@@ -256,6 +326,55 @@ impl Contract {
     /// Whether the contract reads the body (it must then be buffered).
     pub fn reads_body(&self) -> bool {
         self.body.is_some() || self.body_required
+    }
+
+    /// Whether the upstream's answers are checked.
+    pub fn checks_responses(&self) -> bool {
+        self.response != ResponseMode::Off
+    }
+
+    /// Checks an answer: its status must be declared (exactly, by class, or `default`), and a
+    /// body must fit the JSON schema declared for that status. A response that declares no
+    /// JSON body is not read (an error page in another type is the upstream's to make).
+    /// `json` says whether the answer's `Content-Type` is JSON.
+    pub fn check_response(
+        &self,
+        status: u16,
+        json: bool,
+        body: &[u8],
+    ) -> Result<(), ResponseDrift> {
+        let found = [
+            StatusKey::Exact(status),
+            StatusKey::Class(status / 100),
+            StatusKey::Default,
+        ]
+        .into_iter()
+        .find_map(|k| self.responses.iter().find(|(s, _)| *s == k));
+        let Some((_, declared)) = found else {
+            return Err(ResponseDrift::Status);
+        };
+        let Some(schema) = &declared.body else {
+            return Ok(());
+        };
+        if body.is_empty() {
+            return Err(ResponseDrift::Body(Violation::new(
+                Fault::BodyMissing,
+                "",
+                "required",
+            )));
+        }
+        if !json {
+            return Err(ResponseDrift::Body(Violation::new(
+                Fault::BodyNotJson,
+                "",
+                "contentType",
+            )));
+        }
+        let doc = parse_body(body).map_err(ResponseDrift::Body)?;
+        shape(&doc, &mut String::new(), 0).map_err(ResponseDrift::Body)?;
+        schema
+            .validate(&doc)
+            .map_err(|e| ResponseDrift::Body(violation(&e)))
     }
 
     /// Checks a request; the first violation found (parameters before the body).
@@ -465,6 +584,9 @@ pub struct Spec {
     pub doc: Value,
     /// 3.0 schemas are translated to JSON Schema; 3.1 schemas are JSON Schema already.
     pub v30: bool,
+    /// Response schemas compiled for this load, by `$ref` and strictness: OBIE's operations
+    /// share a handful of error bodies, compiled once rather than once per operation.
+    compiled: std::sync::Mutex<BTreeMap<(String, bool), Arc<jsonschema::Validator>>>,
 }
 
 /// One operation of a description: where it is and what it declares.
@@ -505,7 +627,11 @@ impl Spec {
         if !doc.get("paths").is_some_and(Value::is_object) {
             return Err("has no `paths` object".into());
         }
-        Ok(Spec { doc, v30 })
+        Ok(Spec {
+            doc,
+            v30,
+            compiled: std::sync::Mutex::default(),
+        })
     }
 
     /// The base path of the first `servers` entry that is a path or URL (`/open-banking/v4.0/pisp`),
@@ -618,19 +744,68 @@ impl Spec {
         };
         let rb = self.deref(rb)?;
         let required = rb.get("required").and_then(Value::as_bool).unwrap_or(false);
-        let Some(content) = rb.get("content").and_then(Value::as_object) else {
-            return Ok((None, required));
+        Ok((json_schema_of(rb), required))
+    }
+
+    /// Compiles each declared response of an operation (a response's schema reached by a
+    /// `$ref` once per description).
+    fn responses(
+        &self,
+        op: &Operation<'_>,
+        strict: bool,
+    ) -> Result<Vec<(StatusKey, DeclaredResponse)>, String> {
+        let mut out = Vec::new();
+        let Some(list) = op.op.get("responses") else {
+            return Ok(out);
         };
-        let json = content.iter().find(|(media, _)| {
-            let base = media
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            base == "application/json" || base.ends_with("+json")
-        });
-        Ok((json.and_then(|(_, m)| m.get("schema")), required))
+        let Some(list) = list.as_object() else {
+            return Err("`responses` is not an object".into());
+        };
+        for (k, r) in list {
+            let key = match k.as_str() {
+                "default" => StatusKey::Default,
+                k if k.len() == 3 && (k.ends_with("XX") || k.ends_with("xx")) => {
+                    match k[..1].parse::<u16>() {
+                        Ok(c) if (1..=5).contains(&c) => StatusKey::Class(c),
+                        _ => return Err(format!("response status `{k}` is not a status")),
+                    }
+                }
+                k => match k.parse::<u16>() {
+                    Ok(n) if (100..=599).contains(&n) => StatusKey::Exact(n),
+                    _ => return Err(format!("response status `{k}` is not a status")),
+                },
+            };
+            let r = self.deref(r)?;
+            let body = match json_schema_of(r) {
+                None => None,
+                Some(schema) => Some(self.compile_cached(schema, strict)?),
+            };
+            out.push((key, DeclaredResponse { body }));
+        }
+        Ok(out)
+    }
+
+    fn compile_cached(
+        &self,
+        schema: &Value,
+        strict: bool,
+    ) -> Result<Arc<jsonschema::Validator>, String> {
+        let key = schema
+            .as_object()
+            .filter(|m| m.len() == 1)
+            .and_then(|m| m.get("$ref"))
+            .and_then(Value::as_str)
+            .map(|r| (r.to_string(), strict));
+        let cache = || self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = key.as_ref().and_then(|k| cache().get(k).cloned()) {
+            return Ok(v);
+        }
+        let translated = self.translate(schema, strict)?;
+        let v = Arc::new(build(&translated)?);
+        if let Some(k) = key {
+            cache().insert(k, Arc::clone(&v));
+        }
+        Ok(v)
     }
 
     /// The scopes of the operation's security requirements (the document's when it has none):
@@ -814,13 +989,25 @@ impl Spec {
         Ok(Value::Object(out))
     }
 
-    /// Compiles the contract of one operation.
+    /// Compiles the request contract of one operation (answers are not checked).
     pub fn compile(
         self: &Arc<Self>,
         spec_path: &Path,
         operation: &str,
         mode: ContractMode,
         strict: bool,
+    ) -> Result<Contract, (&'static str, String)> {
+        self.compile_with(spec_path, operation, mode, strict, ResponseMode::Off)
+    }
+
+    /// Compiles the contract of one operation, its responses too unless `response` is off.
+    pub fn compile_with(
+        self: &Arc<Self>,
+        spec_path: &Path,
+        operation: &str,
+        mode: ContractMode,
+        strict: bool,
+        response: ResponseMode,
     ) -> Result<Contract, (&'static str, String)> {
         let ops = self.operations();
         let Some(op) = ops.iter().find(|o| o.id == operation) else {
@@ -907,6 +1094,10 @@ impl Spec {
                 Some(build(&translated).map_err(fail)?)
             }
         };
+        let responses = match response {
+            ResponseMode::Off => Vec::new(),
+            _ => self.responses(op, strict).map_err(fail)?,
+        };
         Ok(Contract {
             spec: spec_path.to_path_buf(),
             operation: operation.to_string(),
@@ -916,8 +1107,25 @@ impl Spec {
             params_schema,
             body,
             body_required,
+            response,
+            responses,
         })
     }
+}
+
+/// The schema of the first JSON media type of a request body or response object's `content`.
+fn json_schema_of(v: &Value) -> Option<&Value> {
+    let content = v.get("content").and_then(Value::as_object)?;
+    let json = content.iter().find(|(media, _)| {
+        let base = media
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        base == "application/json" || base.ends_with("+json")
+    });
+    json.and_then(|(_, m)| m.get("schema"))
 }
 
 /// Compiles a translated schema: 2020-12, formats asserted (a `date-time` that is not one is
@@ -1023,10 +1231,21 @@ pub fn compile(
         Some("shadow") => ContractMode::Shadow,
         Some(o) => return Err(("mode", format!("unknown value `{o}` (enforce or shadow)"))),
     };
+    let response = match c.response.as_deref() {
+        None | Some("shadow") => ResponseMode::Shadow,
+        Some("enforce") => ResponseMode::Enforce,
+        Some("off") => ResponseMode::Off,
+        Some(o) => {
+            return Err((
+                "response",
+                format!("unknown value `{o}` (shadow, enforce or off)"),
+            ))
+        }
+    };
     let base = policy_file.parent().unwrap_or(Path::new("."));
     let path = base.join(&c.spec);
     let spec = specs.get(&path).map_err(|e| ("spec", e))?;
-    spec.compile(&path, &c.operation, mode, c.strict)
+    spec.compile_with(&path, &c.operation, mode, c.strict, response)
 }
 
 #[cfg(test)]
@@ -1204,6 +1423,88 @@ mod tests {
         assert!(e.1.contains("resolves to nothing"), "{}", e.1);
     }
 
+    #[test]
+    fn answers_are_checked_against_the_declared_response_of_their_status() {
+        let doc = serde_json::json!({
+            "openapi": "3.0.3",
+            "paths": {"/x": {"get": {
+                "operationId": "op",
+                "responses": {
+                    "200": {"$ref": "#/components/responses/Ok"},
+                    "4XX": {"description": "no body declared"},
+                    "default": {"$ref": "#/components/responses/Err"}
+                }
+            }}},
+            "components": {
+                "responses": {
+                    "Ok": {"content": {"application/json; charset=utf-8": {"schema": {"$ref": "#/components/schemas/Ok"}}}},
+                    "Err": {"content": {"application/json": {"schema": {"type": "object", "required": ["Code"]}}}}
+                },
+                "schemas": {"Ok": {"type": "object", "required": ["Data"], "properties": {
+                    "Data": {"type": "object", "properties": {"Status": {"type": "string", "enum": ["A", "B"]}}}
+                }}}
+            }
+        });
+        let s = Arc::new(Spec::parse(&doc.to_string()).unwrap());
+        let c = s
+            .compile_with(
+                Path::new("s"),
+                "op",
+                ContractMode::Enforce,
+                true,
+                ResponseMode::Shadow,
+            )
+            .unwrap();
+        assert!(c.checks_responses());
+        assert_eq!(
+            c.check_response(200, true, br#"{"Data":{"Status":"A"}}"#),
+            Ok(())
+        );
+        let d = c
+            .check_response(200, true, br#"{"Data":{"Status":"C"}}"#)
+            .unwrap_err();
+        assert_eq!((d.pointer(), d.keyword()), ("/Data/Status", "enum"));
+        // Strict closes the answer's objects as it closes the request's.
+        let d = c
+            .check_response(200, true, br#"{"Data":{},"Extra":1}"#)
+            .unwrap_err();
+        assert_eq!(
+            (d.pointer(), d.keyword()),
+            ("/Extra", "additionalProperties")
+        );
+        let d = c.check_response(200, false, b"<html>").unwrap_err();
+        assert_eq!(d.keyword(), "contentType");
+        let d = c.check_response(200, true, b"").unwrap_err();
+        assert_eq!(d.keyword(), "required");
+        // 404: the class, which declares no body; 500: `default`.
+        assert_eq!(c.check_response(404, false, b"nope"), Ok(()));
+        let d = c.check_response(500, true, b"{}").unwrap_err();
+        assert_eq!((d.pointer(), d.keyword()), ("/Code", "required"));
+        let only = serde_json::json!({
+            "openapi": "3.1.0",
+            "paths": {"/x": {"get": {"operationId": "op", "responses": {"200": {"description": "ok"}}}}}
+        });
+        let s = Arc::new(Spec::parse(&only.to_string()).unwrap());
+        let c = s
+            .compile_with(
+                Path::new("s"),
+                "op",
+                ContractMode::Enforce,
+                false,
+                ResponseMode::Enforce,
+            )
+            .unwrap();
+        assert_eq!(
+            c.check_response(201, true, b"{}"),
+            Err(ResponseDrift::Status)
+        );
+        // Off: nothing compiled, nothing checked.
+        let c = s
+            .compile(Path::new("s"), "op", ContractMode::Enforce, false)
+            .unwrap();
+        assert!(!c.checks_responses());
+    }
+
     /// Both OBIE v4.0.0 descriptions (half a megabyte each) load, and every operation of them
     /// compiles, strict and not.
     #[test]
@@ -1220,8 +1521,14 @@ mod tests {
             assert!(ops.len() > 25, "{f}: {}", ops.len());
             for o in &ops {
                 for strict in [false, true] {
-                    s.compile(Path::new(f), &o.id, ContractMode::Enforce, strict)
-                        .unwrap_or_else(|e| panic!("{f} {}: {e:?}", o.id));
+                    s.compile_with(
+                        Path::new(f),
+                        &o.id,
+                        ContractMode::Enforce,
+                        strict,
+                        ResponseMode::Shadow,
+                    )
+                    .unwrap_or_else(|e| panic!("{f} {}: {e:?}", o.id));
                 }
             }
             eprintln!(

@@ -45,6 +45,8 @@ pub(crate) struct Who {
     pub(crate) cert: Option<Arc<ClientCert>>,
     pub(crate) token: Option<Arc<crate::pipeline::token::AccessToken>>,
     pub(crate) peer: Option<IpAddr>,
+    /// The matched route (its class keys the volume baseline).
+    pub(crate) route: Option<Arc<portcullis_policy::Route>>,
 }
 
 /// Hands a finished request to the detectors and acts on what they raise; returns the alert
@@ -71,7 +73,9 @@ pub(crate) fn after_request(
         subject,
         reason: record.reason,
         route: record.route_id.as_deref(),
+        class: who.route.as_ref().and_then(|r| r.rate_limit.as_deref()),
         path: &record.path,
+        scopes: record.scopes_required.as_deref().unwrap_or(&[]),
         now: to.now,
     };
     let mut out = Vec::new();
@@ -161,6 +165,8 @@ fn count_in_fleet(
                     subject: Subject::Client(""),
                     reason: Some(&reason),
                     route: route.as_deref(),
+                    class: None,
+                    scopes: &[],
                     path: &path,
                     now,
                 };
@@ -291,6 +297,7 @@ fn webhook_body(a: &portcullis_audit::AlertRecord) -> Bytes {
         "window_s": a.window_s,
         "reason": a.reason,
         "route_id": a.route_id,
+        "scope": a.scope,
         "client_id": a.client_id,
         "quarantined_until": a.quarantined_until,
         "interaction_id": a.interaction_id,
@@ -322,11 +329,17 @@ impl Webhook {
         let stats = Arc::new(WebhookStats::default());
         let cfg = cfg.clone();
         let task_stats = Arc::clone(&stats);
+        let tls = webhook_tls(&cfg)?;
         handle.spawn(async move {
             let mut connector = HttpConnector::new();
             connector.set_connect_timeout(Some(cfg.timeout));
-            let client: Client<HttpConnector, Full<Bytes>> =
-                Client::builder(TokioExecutor::new()).build(connector);
+            connector.enforce_http(false);
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(connector);
+            let client: HookClient = Client::builder(TokioExecutor::new()).build(connector);
             while let Some(body) = rx.recv().await {
                 if deliver(&client, &cfg, body).await {
                     task_stats.sent.fetch_add(1, Ordering::Relaxed);
@@ -346,12 +359,38 @@ impl Webhook {
     }
 }
 
+type HookClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The TLS the webhook's client uses for an https:// receiver: the roots of `webhook.ca`, or
+/// the system's; no client certificate. `None` when no root is usable (then no alert could be
+/// delivered: the webhook is not started, and the error is logged).
+fn webhook_tls(cfg: &WebhookConfig) -> Option<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    if cfg.ca_der.is_empty() {
+        // Roots that fail to parse are skipped: an unusable root can only make a receiver
+        // unreachable, never trusted.
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+    } else {
+        for der in &cfg.ca_der {
+            let _ = roots.add(rustls_pki_types::CertificateDer::from(der.clone()));
+        }
+    }
+    if roots.is_empty() && cfg.url.starts_with("https://") {
+        tracing::error!("detection.webhook: no usable CA certificate; alerts are not posted");
+        return None;
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .ok()
+    .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}
+
 /// Posts `body`, retrying with a doubling pause; true on a 2xx answer.
-async fn deliver(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    cfg: &WebhookConfig,
-    body: Bytes,
-) -> bool {
+async fn deliver(client: &HookClient, cfg: &WebhookConfig, body: Bytes) -> bool {
     let mut pause = Duration::from_millis(100);
     for attempt in 0..cfg.attempts {
         if attempt > 0 {

@@ -158,6 +158,9 @@ pub(crate) struct Trail {
     pub(crate) idempotency: Option<&'static str>,
     /// The contract check of a route that has one (see [`contract::check`]).
     pub(crate) contract: Option<contract::Checked>,
+    /// The check of the upstream's answer against the contract's responses (see
+    /// [`contract::check_answer`]).
+    pub(crate) contract_answer: Option<contract::Answered>,
     /// The OCSP check of the client certificate (see [`identity::check_ocsp`]).
     pub(crate) revocation: Option<&'static str>,
     /// The check of the CRL the client certificate names (see [`identity::check_leaf_crl`]).

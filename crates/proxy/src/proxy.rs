@@ -330,10 +330,20 @@ fn seal(shared: &Shared, open: Box<Open>, outcome: record::Outcome) {
     {
         shared.metrics.rate_limit_refused(scope);
     }
+    if let Some(crate::pipeline::contract::Answered {
+        outcome: crate::pipeline::contract::AnswerOutcome::Drift(d),
+        ..
+    }) = &trail.contract_answer
+    {
+        shared
+            .metrics
+            .contract_response_drift(trail.route_id.as_deref(), d.keyword());
+    }
     let who = crate::detection::Who {
         cert: head.client_cert.clone(),
         token: trail.token.clone(),
         peer: head.peer_ip,
+        route: trail.route.clone(),
     };
     let record = Box::new(record::compose(head, trail, outcome));
     let took = Duration::from_micros(record.total_latency_us);
@@ -711,6 +721,7 @@ impl Exchange {
             shared,
         } = self;
         let route = &evidence.route;
+        let head = out.method() == http::Method::HEAD;
         let mut tries = upstream::Tries::default();
         let sent = upstream.send(out, repeatable, &mut tries).await;
         trail.tries = Some(tries);
@@ -733,27 +744,77 @@ impl Exchange {
         trail.upstream = Some((resp.status().as_u16(), took));
         let (mut parts, body) = resp.into_parts();
         upstream::clean_response_headers(&mut parts.headers);
+        // The contract's responses first: the upstream's own bytes are what drift is about,
+        // before any response rule changes them.
+        let contract = route.contract.as_ref().filter(|c| c.checks_responses());
+        let body = match contract {
+            None => body,
+            Some(c) => {
+                let (answered, read) =
+                    pipeline::contract::check_answer(c, &parts, body, head).await;
+                let refusal = answered.refusal();
+                trail.contract_answer = Some(answered);
+                if let Some(r) = refusal {
+                    return Err(r);
+                }
+                match read {
+                    Err(body) => body,
+                    Ok(pipeline::contract::Body::Failed) => {
+                        return Err(UpstreamError::Protocol.into())
+                    }
+                    Ok(pipeline::contract::Body::Read(bytes)) => {
+                        let body = if route.authz.response_rules.is_empty() {
+                            full(bytes)
+                        } else {
+                            check_response_bytes(&mut parts, bytes, route, &evidence)?
+                        };
+                        return settle_and_finish(
+                            parts,
+                            body,
+                            reservation,
+                            trail,
+                            &evidence,
+                            &rt,
+                            &shared,
+                        )
+                        .await;
+                    }
+                }
+            }
+        };
         let body = if route.authz.response_rules.is_empty() {
             body.map_err(BoxError::from).boxed_unsync()
         } else {
             check_response(&mut parts, body, route, &evidence).await?
         };
-        let body = match reservation {
-            None => body,
-            Some(r) => {
-                let max = rt.config.idempotency.max_response_bytes;
-                let now = shared.clock.now();
-                let (settled, label) =
-                    pipeline::idempotency::settle(r, &parts, body, max, now).await;
-                trail.idempotency = Some(label);
-                match settled {
-                    Settled::Send(bytes) => full(bytes),
-                    Settled::Withheld => return Err(UpstreamError::Protocol.into()),
-                }
-            }
-        };
-        finish(parts, body, &evidence, &rt, &shared).await
+        settle_and_finish(parts, body, reservation, trail, &evidence, &rt, &shared).await
     }
+}
+
+/// Completes a reserved idempotency key with the answer, then [`finish`].
+async fn settle_and_finish(
+    parts: http::response::Parts,
+    body: ProxyBody,
+    reservation: Option<Reservation>,
+    trail: &mut Trail,
+    evidence: &Evidence,
+    rt: &Runtime,
+    shared: &Shared,
+) -> Result<Response<ProxyBody>, Rejection> {
+    let body = match reservation {
+        None => body,
+        Some(r) => {
+            let max = rt.config.idempotency.max_response_bytes;
+            let now = shared.clock.now();
+            let (settled, label) = pipeline::idempotency::settle(r, &parts, body, max, now).await;
+            trail.idempotency = Some(label);
+            match settled {
+                Settled::Send(bytes) => full(bytes),
+                Settled::Withheld => return Err(UpstreamError::Protocol.into()),
+            }
+        }
+    };
+    finish(parts, body, evidence, rt, shared).await
 }
 
 /// The last steps of every response that passed the pipeline, forwarded or replayed: the

@@ -6,10 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::pipeline::contract::{AnswerOutcome, Answered};
 use crate::pipeline::ratelimit::Scope;
 use crate::pipeline::rejection::Decision;
 use crate::pipeline::{Rejection, Trail};
-use portcullis_audit::{AlertRecord, ContractRecord, RequestRecord, SignatureRecord};
+use portcullis_audit::{
+    AlertRecord, ContractRecord, ContractResponseRecord, RequestRecord, SignatureRecord,
+};
 use portcullis_base::text::bounded;
 
 /// The status recorded for a request whose client left before any answer was made (the
@@ -185,6 +188,7 @@ pub(crate) fn compose(head: Head, trail: Trail, outcome: Outcome) -> RequestReco
             },
             keyword: c.violation.as_ref().map(|v| bounded(&v.keyword)),
             pointer: c.violation.map(|v| bounded(&v.pointer)),
+            response: trail.contract_answer.as_ref().map(answer_record),
         }),
         upstream_status: trail.upstream.map(|u| u.0),
         upstream_latency_us: trail.upstream.map(|u| u.1.as_micros() as u64),
@@ -195,6 +199,29 @@ pub(crate) fn compose(head: Head, trail: Trail, outcome: Outcome) -> RequestReco
         client_gone: trail.client_gone || cancelled,
         ..RequestRecord::default()
     }
+}
+
+/// The answer's check as the record states it: where it drifted, never a value of it.
+fn answer_record(a: &Answered) -> ContractResponseRecord {
+    let mut r = ContractResponseRecord {
+        mode: a.mode.as_str(),
+        result: "ok",
+        status: a.status,
+        ..ContractResponseRecord::default()
+    };
+    match &a.outcome {
+        AnswerOutcome::Ok => {}
+        AnswerOutcome::Drift(d) => {
+            r.result = "invalid";
+            r.pointer = Some(bounded(d.pointer()));
+            r.keyword = Some(bounded(d.keyword()));
+        }
+        AnswerOutcome::Unchecked(why) => {
+            r.result = "unchecked";
+            r.why = Some(why);
+        }
+    }
+    r
 }
 
 /// The record of a detector that fired, with the request that fired it.
@@ -208,6 +235,7 @@ pub(crate) fn alert(a: &portcullis_detect::Alert, request: &RequestRecord) -> Al
         window_s: a.window_s,
         reason: bounded(&a.reason),
         route_id: a.route.as_deref().map(bounded),
+        scope: a.scope.as_deref().map(bounded),
         client_id: request.client_id.clone(),
         quarantined_until: a
             .quarantined_until

@@ -72,6 +72,9 @@ pub struct Metrics {
     client_certs_untracked: AtomicU64,
     rate_limit_refusals: DashMap<&'static str, AtomicU64>,
     would_deny: DashMap<(String, &'static str), AtomicU64>,
+    /// Answers outside their route's contract, by route and failed keyword (the keywords are
+    /// JSON Schema's fixed set, so the label stays bounded).
+    contract_drift: DashMap<(String, String), AtomicU64>,
     /// The thread ids of the data-plane workers, by worker index (Linux).
     workers: Mutex<Vec<Option<u32>>>,
 }
@@ -94,6 +97,7 @@ impl Default for Metrics {
             client_certs_untracked: AtomicU64::new(0),
             rate_limit_refusals: DashMap::new(),
             would_deny: DashMap::new(),
+            contract_drift: DashMap::new(),
             workers: Mutex::new(Vec::new()),
         }
     }
@@ -216,6 +220,12 @@ impl Metrics {
             &self.would_deny,
             (route.unwrap_or(UNROUTED).to_string(), reason),
         );
+    }
+
+    /// An upstream answer on `route` broke its contract at `keyword` (shadow or enforced).
+    pub fn contract_response_drift(&self, route: Option<&str>, keyword: &str) {
+        let key = (route.unwrap_or(UNROUTED).to_string(), keyword.to_string());
+        bump(&self.contract_drift, key);
     }
 
     /// Called on data-plane worker `index`'s own thread when it starts: remembers its thread
@@ -461,6 +471,14 @@ impl Metrics {
         );
         for ((route, reason), n) in sorted(&self.would_deny) {
             f.sample(&[("route", &route), ("reason", reason)], n);
+        }
+        let mut f = out.family(
+            "portcullis_contract_response_drift_total",
+            Kind::Counter,
+            "Upstream answers outside their route's OpenAPI contract, by route and failed keyword.",
+        );
+        for ((route, keyword), n) in sorted(&self.contract_drift) {
+            f.sample(&[("route", &route), ("keyword", &keyword)], n);
         }
     }
 }

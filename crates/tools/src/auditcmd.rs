@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Subcommand;
 
@@ -33,12 +34,22 @@ pub enum AuditCommand {
         files: Vec<PathBuf>,
     },
     /// Summarize audit files per client: routes, scopes granted vs used, refusals by reason,
-    /// first/last seen, certificate expiry; with --config, policy routes never called. The
-    /// files are read a line at a time, so any size of log fits in memory.
+    /// first/last seen, certificate expiry; requests to undeclared paths by shape and the
+    /// upstream's drift from route contracts; with --config or --policy, policy routes never
+    /// called; with --spec, the descriptions against the policy. The files are read a line at
+    /// a time, so any size of log fits in memory.
     Report {
         /// The proxy config, to list policy routes that were never called.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// A policy directory (instead of --config): routes never called, each client's
+        /// OpenAPI operations, and what --spec compares.
+        #[arg(long, value_name = "DIR", conflicts_with = "config")]
+        policy: Option<PathBuf>,
+        /// An OpenAPI description (repeatable): its operations no policy route declares, and
+        /// the policy routes no description declares. Needs --config or --policy.
+        #[arg(long, value_name = "FILE")]
+        spec: Vec<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -68,10 +79,21 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
         } => run_verify(&public_key, no_signatures, anchor.as_deref(), json, &files),
         AuditCommand::Report {
             config,
+            policy,
+            spec,
             json,
             html,
             files,
-        } => run_report(config, json, html.as_deref(), &files),
+        } => run_report(
+            &Inputs {
+                config,
+                policy,
+                specs: spec,
+            },
+            json,
+            html.as_deref(),
+            &files,
+        ),
         AuditCommand::Keygen { out } => match keygen(&out) {
             Ok((key, public)) => {
                 println!(
@@ -147,28 +169,127 @@ fn run_verify(
     }
 }
 
-fn run_report(
+/// What `audit report` compares the log with.
+struct Inputs {
     config: Option<PathBuf>,
+    policy: Option<PathBuf>,
+    specs: Vec<PathBuf>,
+}
+
+/// The policy's routes, from the config or a policy directory.
+fn policy_routes(i: &Inputs) -> Result<Option<Vec<Arc<portcullis_policy::Route>>>, String> {
+    if let Some(path) = &i.config {
+        let c = portcullis_proxy::config::Config::load(path).map_err(|e| e.to_string())?;
+        return Ok(Some(c.policies.routes().to_vec()));
+    }
+    if let Some(dir) = &i.policy {
+        let set = portcullis_policy::load_files(
+            std::slice::from_ref(dir),
+            &portcullis_policy::Known::standalone(),
+        )
+        .map_err(|e| e.to_string())?;
+        return Ok(Some(set.routes().to_vec()));
+    }
+    Ok(None)
+}
+
+/// A template with its parameter names dropped: `/a/{Id}` and `/a/{AccountId}` are one path.
+fn template_shape(t: &str) -> String {
+    t.split('/')
+        .map(|seg| {
+            if seg.starts_with('{') && seg.ends_with('}') {
+                "{}"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Each description's operations against the policy's routes: an operation is declared by a
+/// route with its method and path (the server's base path and the template, parameter names
+/// aside), or by a route whose contract names it in that description.
+fn compare_specs(
+    specs: &[PathBuf],
+    routes: &[Arc<portcullis_policy::Route>],
+) -> Result<report::SpecComparison, String> {
+    let canonical = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+    let mut out = report::SpecComparison::default();
+    let mut in_a_spec = std::collections::BTreeSet::new();
+    for file in specs {
+        let spec = portcullis_policy::contract::Spec::read(file)?;
+        let here = canonical(file);
+        let base = spec.base_path();
+        let ops = spec.operations();
+        let mut diff = report::SpecDiff {
+            file: file.display().to_string(),
+            operations: ops.len() as u64,
+            ..report::SpecDiff::default()
+        };
+        for op in &ops {
+            let shape = template_shape(&format!("{base}{}", op.path));
+            let mut found = false;
+            for r in routes {
+                let by_path = r.method == op.method && template_shape(&r.template) == shape;
+                let by_contract = r.contract.as_ref().is_some_and(|c| {
+                    c.operation == op.id && here.is_some() && canonical(&c.spec) == here
+                });
+                if by_path || by_contract {
+                    found = true;
+                    in_a_spec.insert(r.id.clone());
+                }
+            }
+            if !found {
+                diff.operations_without_route
+                    .push(format!("{} ({} {base}{})", op.id, op.method, op.path));
+            }
+        }
+        out.specs.push(diff);
+    }
+    out.routes_not_in_specs = routes
+        .iter()
+        .filter(|r| !in_a_spec.contains(&r.id))
+        .map(|r| r.id.clone())
+        .collect();
+    Ok(out)
+}
+
+fn run_report(
+    inputs: &Inputs,
     json: bool,
     html: Option<&std::path::Path>,
     files: &[PathBuf],
 ) -> ExitCode {
-    let routes = match config {
-        None => None,
-        Some(path) => match portcullis_proxy::config::Config::load(&path) {
-            Ok(c) => Some(
-                c.policies
-                    .routes()
-                    .iter()
-                    .map(|r| r.id.clone())
-                    .collect::<Vec<_>>(),
-            ),
+    let routes = match policy_routes(inputs) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("audit report: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let comparison = match (&routes, inputs.specs.is_empty()) {
+        (_, true) => None,
+        (None, false) => {
+            eprintln!("audit report: --spec needs the policy (--config or --policy)");
+            return ExitCode::from(2);
+        }
+        (Some(routes), false) => match compare_specs(&inputs.specs, routes) {
+            Ok(c) => Some(c),
             Err(e) => {
-                eprintln!("audit report: {e}");
+                eprintln!("audit report: --spec: {e}");
                 return ExitCode::from(2);
             }
         },
     };
+    let routes: Option<Vec<report::PolicyRoute>> = routes.map(|rs| {
+        rs.iter()
+            .map(|r| report::PolicyRoute {
+                id: r.id.clone(),
+                operation: r.contract.as_ref().map(|c| c.operation.clone()),
+            })
+            .collect()
+    });
     let mut builder = report::Builder::default();
     for f in files {
         let read = std::fs::File::open(f)
@@ -178,7 +299,8 @@ fn run_report(
             return ExitCode::from(2);
         }
     }
-    let r = builder.finish(routes.as_deref());
+    let mut r = builder.finish_with(routes.as_deref());
+    r.spec = comparison;
     if let Some(out) = html {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -1,8 +1,8 @@
 //! `portcullis policy import SPEC --out DIR`: an OpenAPI description becomes a policy file —
 //! one route per operation (method, the server's base path and the path template), the scopes
 //! of the operation's security requirements, a body limit where the schema bounds the body,
-//! and the request contract (`contract:`) that checks parameters and body against the
-//! operation. Nothing else is granted: whatever the description does not declare stays denied.
+//! and the contract (`contract:`) that checks parameters and body against the operation, and
+//! the upstream's answers against its responses (`response:`, shadow unless asked otherwise). Nothing else is granted: whatever the description does not declare stays denied.
 //!
 //! Re-importing is safe: the file is generated deterministically (the same description gives
 //! the same bytes), and each route ends with a marker line below which a security team writes
@@ -29,6 +29,8 @@ pub struct Import {
     pub group: Option<String>,
     pub upstream: String,
     pub profile: String,
+    /// `shadow`, `enforce` or `off`: what every route does with the upstream's answers.
+    pub response: String,
 }
 
 /// What an import did.
@@ -53,6 +55,7 @@ struct Gen {
     body_limit: Option<u64>,
     scopes: Option<(String, Vec<String>)>,
     operation: String,
+    response: String,
 }
 
 pub fn import(req: &Import) -> Result<Imported, String> {
@@ -60,6 +63,12 @@ pub fn import(req: &Import) -> Result<Imported, String> {
         return Err(format!(
             "--profile: unknown profile `{}` (fapi2, fapi1-advanced or bearer)",
             req.profile
+        ));
+    }
+    if !["shadow", "enforce", "off"].contains(&req.response.as_str()) {
+        return Err(format!(
+            "--response: unknown value `{}` (shadow, enforce or off)",
+            req.response
         ));
     }
     let spec = Arc::new(Spec::read(&req.spec)?);
@@ -98,7 +107,9 @@ pub fn import(req: &Import) -> Result<Imported, String> {
     let mut warnings = Vec::new();
     let mut gens = Vec::new();
     for op in spec.operations() {
-        gens.push(generate(&spec, &op, &group, &base, &mut warnings)?);
+        let mut g = generate(&spec, &op, &group, &base, &mut warnings)?;
+        g.response = req.response.clone();
+        gens.push(g);
     }
     if gens.is_empty() {
         return Err(format!(
@@ -174,9 +185,10 @@ pub fn import(req: &Import) -> Result<Imported, String> {
         }
         let _ = writeln!(
             s,
-            "    contract: {{spec: {}, operation: {}, strict: true}}",
+            "    contract: {{spec: {}, operation: {}, strict: true, response: {}}}",
             yaml_str(&spec_ref),
-            yaml_str(&g.operation)
+            yaml_str(&g.operation),
+            g.response
         );
         let _ = writeln!(s, "{MARKER}");
         if let Some(h) = hand.get(&g.id) {
@@ -202,6 +214,12 @@ pub fn import(req: &Import) -> Result<Imported, String> {
                         changes.push(format!(
                             "path    {}: {} {} -> {} {}",
                             g.id, o.method, o.path, g.method, g.path
+                        ));
+                    }
+                    if o.response != g.response {
+                        changes.push(format!(
+                            "response {}: {} -> {}",
+                            g.id, o.response, g.response
                         ));
                     }
                     if o.body_limit != g.body_limit {
@@ -352,6 +370,7 @@ fn generate(
         body_limit,
         scopes,
         operation: op.id.clone(),
+        response: String::new(),
     })
 }
 
@@ -550,6 +569,12 @@ fn parse_old(text: &str) -> Result<BTreeMap<String, Gen>, String> {
                     .pointer("/contract/operation")
                     .and_then(Value::as_str)
                     .unwrap_or("")
+                    .to_string(),
+                // An earlier import without the field: the proxy's default.
+                response: r
+                    .pointer("/contract/response")
+                    .and_then(Value::as_str)
+                    .unwrap_or("shadow")
                     .to_string(),
             },
         );

@@ -541,6 +541,11 @@ pub enum PolicyCommand {
         /// The token profile of every route: fapi2, fapi1-advanced or bearer.
         #[arg(long, default_value = "fapi2")]
         profile: String,
+        /// What every route does with the upstream's answers: shadow (checked against the
+        /// operation's responses, drift recorded), enforce (a non-conforming answer is
+        /// withheld, 502) or off.
+        #[arg(long, default_value = "shadow")]
+        response: String,
     },
     /// For one request and token claims: the route that matches, the contract's outcome and
     /// each rule's outcome.
@@ -575,12 +580,14 @@ pub fn run_command(cmd: PolicyCommand) -> std::process::ExitCode {
             group,
             upstream,
             profile,
+            response,
         } => crate::openapi::run(&crate::openapi::Import {
             spec,
             out,
             group,
             upstream,
             profile,
+            response,
         }),
         PolicyCommand::Test { dir } => match run(&dir) {
             Err(e) => {

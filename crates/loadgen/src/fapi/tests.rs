@@ -308,3 +308,40 @@ load: {{requests: 1}}
     assert_eq!(proof(2).unwrap(), first, "replay: the first proof again");
     assert_eq!(proof(2).unwrap(), first);
 }
+
+#[test]
+fn a_numbered_path_names_a_new_object_per_request_and_its_proof_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = |f: &str| certs().join(f).display().to_string();
+    let text = format!(
+        r#"
+target: {{address: 127.0.0.1:1, ca: {ca}, public_base_url: "https://rs.example"}}
+clients:
+  - name: d
+    cert: {cert}
+    key: {key}
+    token: {{signing_key: {as_key}, issuer: https://as, audience: https://rs, binding: dpop}}
+routes:
+  - {{name: enumerate, path: "/accounts/acc-{{n}}/balances?x=1"}}
+load: {{requests: 1}}
+"#,
+        ca = c("ca.pem"),
+        cert = c("tpp1.pem"),
+        key = c("tpp1.key"),
+        as_key = c("as.key"),
+    );
+    let path = dir.path().join("s.yaml");
+    std::fs::write(&path, text).unwrap();
+    let s = Arc::new(Scenario::load_with(&path, &|_| None).unwrap_or_else(|e| panic!("{e}")));
+    assert!(s.routes[0].numbered);
+    let f = Fapi::new(Arc::clone(&s)).unwrap();
+    for n in 0..3 {
+        let r = f.request(0, 0).unwrap();
+        assert_eq!(
+            r.uri().to_string(),
+            format!("/accounts/acc-{n}/balances?x=1")
+        );
+        let htu = format!("https://rs.example/accounts/acc-{n}/balances");
+        assert_eq!(claims(header(&r, "dpop"))["htu"], htu.as_str());
+    }
+}

@@ -633,7 +633,17 @@ fn validate(
     let rate_limits = portcullis_state::ratelimit::validate(&mut p, &f.rate_limits);
     let idempotency = portcullis_state::idempotency::validate(&mut p, &f.idempotency);
     let state = portcullis_state::settings::validate(&mut p, base, &f.state);
-    let detection = portcullis_detect::config::validate(&mut p, f.detection.as_ref());
+    let mut detection = portcullis_detect::config::validate(&mut p, f.detection.as_ref());
+    if let Some(w) = detection.webhook.as_mut() {
+        if let Some(ca) = w.ca.clone() {
+            let path = resolve(base, &ca);
+            watched.push(path.clone());
+            w.ca_der = read_certs(&mut p, "detection.webhook.ca", &path)
+                .into_iter()
+                .map(|c| c.as_ref().to_vec())
+                .collect();
+        }
+    }
     let admin_token = detection
         .admin_token_file
         .as_deref()

@@ -28,6 +28,7 @@ use ::http::{Response, StatusCode};
 use bytes::Bytes;
 
 use crate::pipeline::binding::BindingError;
+use crate::pipeline::contract::ResponseRefusal;
 use crate::pipeline::fapi::FapiError;
 use crate::pipeline::http::HttpError;
 use crate::pipeline::idempotency::{Dialect, IdempotencyError};
@@ -63,6 +64,9 @@ portcullis_base::variants! {
         Signature(SignatureError),
         /// The request does not fit the OpenAPI operation its route names (400).
         Contract(Violation),
+        /// The upstream's answer does not fit the operation's responses, on a route that
+        /// enforces them: withheld (502).
+        ContractResponse(ResponseRefusal),
         /// A scope, consent, object or response rule denied the request; with the scheme the
         /// client's token came in, on routes that take one (for the challenge).
         Authz(Denial, Option<Scheme>),
@@ -252,6 +256,7 @@ impl Rejection {
             | Rejection::UseDpopNonce(_)
             | Rejection::Signature(_)
             | Rejection::Contract(_)
+            | Rejection::ContractResponse(_)
             | Rejection::Authz(..)
             | Rejection::RateLimited(_)
             | Rejection::Idempotency(..)
@@ -273,6 +278,7 @@ impl Rejection {
             | Rejection::UseDpopNonce(_)
             | Rejection::Signature(_)
             | Rejection::Contract(_)
+            | Rejection::ContractResponse(_)
             | Rejection::Upstream(_)
             | Rejection::Audit(_)
             | Rejection::RateLimited(_)
@@ -290,7 +296,7 @@ impl Rejection {
             Rejection::Token(..) => Stage::Token,
             Rejection::Binding(_) | Rejection::UseDpopNonce(_) => Stage::Binding,
             Rejection::Signature(_) => Stage::Signature,
-            Rejection::Contract(_) => Stage::Contract,
+            Rejection::Contract(_) | Rejection::ContractResponse(_) => Stage::Contract,
             Rejection::Authz(..) => Stage::Authz,
             Rejection::Upstream(_) => Stage::Upstream,
             Rejection::Audit(_) => Stage::Audit,
@@ -331,6 +337,7 @@ impl Rejection {
             Rejection::UseDpopNonce(_) => binding::use_nonce(),
             Rejection::Signature(e) => signature::wire(*e),
             Rejection::Contract(v) => contract::wire(v),
+            Rejection::ContractResponse(r) => contract::response(*r),
             Rejection::Authz(d, _) => authz::wire(d),
             Rejection::Upstream(e) => upstream::wire(*e),
             Rejection::Audit(e) => upstream::audit(*e),
@@ -362,6 +369,7 @@ impl Rejection {
             | Rejection::Identity(_)
             | Rejection::Signature(_)
             | Rejection::Contract(_)
+            | Rejection::ContractResponse(_)
             | Rejection::Upstream(_)
             | Rejection::Audit(_)
             | Rejection::RateLimited(_)
@@ -548,6 +556,7 @@ impl Rejection {
             Rejection::Signature(SignatureError::Jws(e)) => signature::obie(*e),
             Rejection::Signature(SignatureError::Http(e)) => signature::http_obie(*e),
             Rejection::Contract(v) => contract::obie(v),
+            Rejection::ContractResponse(_) => ObieError::new(UNEXPECTED, None),
             Rejection::Authz(d, _) => authz::obie(d),
             Rejection::Upstream(e) => upstream::obie(*e),
             Rejection::Audit(e) => upstream::audit_obie(*e),

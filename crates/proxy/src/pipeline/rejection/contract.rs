@@ -5,6 +5,7 @@
 use http::StatusCode as S;
 
 use super::{ObieError, Wire};
+use crate::pipeline::contract::ResponseRefusal;
 use portcullis_policy::contract::{Fault, Violation};
 
 pub(super) fn wire(v: &Violation) -> Wire {
@@ -53,4 +54,27 @@ pub(super) fn obie(v: &Violation) -> ObieError {
     };
     // Stands for the pointer of each refusal, which the answer puts in its place.
     ObieError::new(code, Some("<JSON pointer>"))
+}
+
+/// An answer withheld because it breaks the operation's responses: the upstream failed to give
+/// a valid answer (RFC 9110 §15.6.3), as for a withheld response-rule answer. The client learns
+/// nothing of what was wrong with it; the record says.
+pub(super) fn response(r: ResponseRefusal) -> Wire {
+    match r {
+        ResponseRefusal::Invalid => Wire::new(
+            S::BAD_GATEWAY,
+            "contract.response_invalid",
+            "the upstream response was withheld",
+        ),
+        ResponseRefusal::Status => Wire::new(
+            S::BAD_GATEWAY,
+            "contract.response_status",
+            "the upstream response was withheld",
+        ),
+        ResponseRefusal::Unchecked => Wire::new(
+            S::BAD_GATEWAY,
+            "contract.response_unchecked",
+            "the upstream response was withheld",
+        ),
+    }
 }
