@@ -41,11 +41,15 @@ impl Sink {
     fn text(&self) -> String {
         String::from_utf8(self.buf.lock().unwrap().clone()).unwrap()
     }
+    /// The records in the inline form, as `Proxy::audit` gives them (`connection` records
+    /// folded into their requests).
     fn records(&self) -> Vec<serde_json::Value> {
-        self.text()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        portcullis_audit::resolve::inline_file(
+            self.text()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect(),
+        )
     }
     fn hold(&self) {
         self.held.store(true, Ordering::SeqCst);
@@ -434,17 +438,25 @@ async fn hostile_values_leave_exactly_one_valid_json_line_per_record() {
     }
     let text = String::from_utf8(bytes).unwrap();
     let lines: Vec<&str> = text.lines().collect();
+    // One connection record per connection that sent a request (four connections).
+    let conns = p
+        .raw_audit()
+        .iter()
+        .filter(|r| r["kind"] == "connection")
+        .count();
+    assert_eq!(conns, 4);
     assert_eq!(
         lines.len(),
-        recs.len() + refused.len(),
+        recs.len() + refused.len() + conns,
         "one line per record"
     );
     for l in &lines {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         // Requests carry a decision; a request hyper refused itself (the 1 MB header) leaves
-        // an `http_error` record with a bounded failure category instead.
+        // an `http_error` record with a bounded failure category instead; a connection's
+        // facts are in its `connection` record.
         assert!(
-            v["decision"].is_string() || v["kind"] == "http_error",
+            v["decision"].is_string() || v["kind"] == "http_error" || v["kind"] == "connection",
             "{v}"
         );
     }
@@ -1098,7 +1110,8 @@ async fn metrics_show_decisions_upstream_latency_audit_and_certificate_expiry() 
         "portcullis_requests_by_decision_total{decision=\"deny\"} 1".to_string(),
         "portcullis_upstream_duration_seconds_count 1".to_string(),
         "portcullis_audit_queue_capacity 65536".to_string(),
-        "portcullis_audit_records_written_total 2".to_string(),
+        // Two requests on two connections: two request and two connection records.
+        "portcullis_audit_records_written_total 4".to_string(),
         "portcullis_audit_write_seconds_count".to_string(),
     ] {
         assert!(m.contains(&want), "{want} missing in\n{m}");
@@ -1118,5 +1131,344 @@ async fn metrics_show_decisions_upstream_latency_audit_and_certificate_expiry() 
     ] {
         let want = format!("{series} {}", not_after(cert));
         assert!(m.lines().any(|l| l == want), "{want} missing in\n{m}");
+    }
+}
+
+/// The sealed lines of a file, and a re-sealing as an attacker who knows the format would do
+/// it: `seq` and `prev` replaced, the hash recomputed.
+fn rechain(lines: &[String], mut seq: u64, mut prev: String) -> Vec<String> {
+    use base64::Engine;
+    lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let (prefix, _) = portcullis_audit::split_hash(l.as_bytes()).unwrap();
+            let prefix = String::from_utf8(prefix.to_vec()).unwrap();
+            let rest = prefix
+                .strip_prefix(&format!("{{\"seq\":{},", v["seq"]))
+                .unwrap();
+            let old_prev = format!("\"prev\":\"{}\"", v["prev"].as_str().unwrap());
+            let body = format!("{{\"seq\":{seq},{rest}")
+                .replace(&old_prev, &format!("\"prev\":\"{prev}\""));
+            let d = aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                format!("{body}}}").as_bytes(),
+            );
+            let h = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.as_ref());
+            seq += 1;
+            prev = h.clone();
+            format!("{body},\"hash\":\"{h}\"}}")
+        })
+        .collect()
+}
+
+fn file_records(f: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(f)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Per file: how many `connection` records each connection has, and the connections its
+/// requests name; panics on a request whose connection record is not before it in its file.
+fn connections_per_file(files: &[PathBuf]) -> Vec<(BTreeMap<u64, usize>, BTreeSet<u64>)> {
+    files
+        .iter()
+        .map(|f| {
+            let mut records = BTreeMap::new();
+            let mut named = BTreeSet::new();
+            for r in file_records(f) {
+                if r["kind"] == "connection" {
+                    *records.entry(r["conn_id"].as_u64().unwrap()).or_insert(0) += 1;
+                }
+                if r["kind"] == "request" {
+                    let c = r["conn"].as_u64().unwrap_or_else(|| panic!("no conn: {r}"));
+                    assert!(records.contains_key(&c), "{}: {r}", f.display());
+                    named.insert(c);
+                }
+            }
+            (records, named)
+        })
+        .collect()
+}
+
+use std::collections::{BTreeMap, BTreeSet};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_across_rotated_files_has_its_connection_record_in_each() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let p = start_audited(
+        up.addr,
+        FileAudit {
+            checkpoint_every: Some(5),
+            rotate_bytes: Some(4096),
+            ..signed()
+        },
+        None,
+        |_| {},
+    )
+    .await;
+    let mut c = p.client(Some("tpp1"), false).await.unwrap();
+    for _ in 0..60 {
+        let a = c
+            .send(req("GET", ACCOUNTS).body(empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200);
+    }
+    close(&p);
+    let files = log_files(&p);
+    let per_file = connections_per_file(&files);
+    let with_requests: Vec<_> = per_file.iter().filter(|(_, n)| !n.is_empty()).collect();
+    assert!(with_requests.len() >= 3, "spans 3+ files: {per_file:?}");
+    let conn: BTreeSet<u64> = per_file.iter().flat_map(|(_, n)| n.clone()).collect();
+    assert_eq!(conn.len(), 1, "one connection: {per_file:?}");
+    for (records, named) in with_requests {
+        assert_eq!(records.values().sum::<usize>(), 1, "{per_file:?}");
+        assert_eq!(
+            records.keys().collect::<Vec<_>>(),
+            named.iter().collect::<Vec<_>>()
+        );
+    }
+    // Each file verifies alone (retention may leave any one of them).
+    let public = certs().join("audit.pub").display().to_string();
+    for f in &files {
+        let one = [f.display().to_string()];
+        let (code, out) = cli(&verify_args(&public, &one));
+        assert_eq!(code, 0, "{}: {out}", f.display());
+    }
+    // The connection's facts, as the kit resolves them, on every request.
+    let recs: Vec<_> = p
+        .audit()
+        .into_iter()
+        .filter(|r| r["kind"] == "request")
+        .collect();
+    assert!(recs.iter().all(|r| r["client_org_id"] == "PSDGB-FCA-123456"
+        && r["tls_version"].is_string()
+        && r["conn_id"].as_u64() == conn.first().copied()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_http2_streams_on_one_connection_leave_one_connection_record_per_file() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let p = start_audited(
+        up.addr,
+        FileAudit {
+            rotate_bytes: Some(8192),
+            ..signed()
+        },
+        None,
+        |_| {},
+    )
+    .await;
+    let c = p.client(Some("tpp1"), true).await.unwrap();
+    let tasks: Vec<_> = (0..60)
+        .map(|_| {
+            let mut s = c.stream_handle().expect("an HTTP/2 connection");
+            tokio::spawn(async move {
+                let mut r = req("GET", ACCOUNTS).body(empty()).unwrap();
+                *r.uri_mut() = format!("https://localhost{ACCOUNTS}").parse().unwrap();
+                r.headers_mut().remove("host");
+                s.send(r).await.unwrap().status
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    close(&p);
+    let files = log_files(&p);
+    let per_file = connections_per_file(&files);
+    let mut requests = 0;
+    for (f, (records, named)) in files.iter().zip(&per_file) {
+        if named.is_empty() {
+            continue;
+        }
+        assert_eq!(named.len(), 1, "{per_file:?}");
+        assert_eq!(
+            records.values().sum::<usize>(),
+            1,
+            "{}: {per_file:?}",
+            f.display()
+        );
+        requests += file_records(f)
+            .iter()
+            .filter(|r| r["kind"] == "request")
+            .count();
+    }
+    assert_eq!(requests, 60);
+    assert!(files.len() >= 2, "rotated: {files:?}");
+    let o = verify::verify_files(
+        &files,
+        &verify::Options {
+            keys: vec![public_key()],
+            check_signatures: true,
+            anchor: None,
+        },
+    )
+    .unwrap();
+    assert!(o.ok(), "{o}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_fails_on_a_removed_connection_record_and_on_a_dangling_reference() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let p = start_audited(up.addr, signed(), None, |_| {}).await;
+    for _ in 0..3 {
+        p.get(ACCOUNTS).await;
+    }
+    close(&p);
+    let log = p.dir.path().join("audit.log");
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let at = lines
+        .iter()
+        .rposition(|l| l.contains("\"kind\":\"connection\""))
+        .unwrap();
+    let public = certs().join("audit.pub").display().to_string();
+    let write = |name: &str, ls: &[String]| {
+        let f = p.dir.path().join(name);
+        std::fs::write(&f, ls.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+        f.display().to_string()
+    };
+    // Removed: the chain says so.
+    let mut cut = lines.clone();
+    cut.remove(at);
+    let f = [write("cut.log", &cut)];
+    let (code, out) = cli(&verify_args(&public, &f));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("DAMAGED: deleted"), "{out}");
+    // Removed and the rest re-chained, as whoever can write the file could do up to the next
+    // checkpoint: the request's dangling reference says so, with or without signatures.
+    let v: serde_json::Value = serde_json::from_str(&lines[at]).unwrap();
+    let mut forged = lines[..at].to_vec();
+    forged.extend(rechain(
+        &lines[at + 1..],
+        v["seq"].as_u64().unwrap(),
+        v["prev"].as_str().unwrap().to_string(),
+    ));
+    let f = [write("forged.log", &forged)];
+    let no_sig = ["audit", "verify", "--no-signatures", &f[0]];
+    for args in [verify_args(&public, &f), no_sig.to_vec()] {
+        let (code, out) = cli(&args);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.starts_with("DAMAGED: dangling_reference"), "{out}");
+        assert!(
+            out.contains(&format!("names connection {}", v["conn_id"])),
+            "{out}"
+        );
+    }
+}
+
+/// Drives the clients of the report test: TPP One's allowed and refused requests (a new
+/// connection each) and keep-alive requests, TPP Two's one, an expired certificate's handshake.
+async fn report_clients(p: &Proxy) {
+    for _ in 0..3 {
+        p.get(ACCOUNTS).await;
+    }
+    p.get("/nope").await;
+    p.send(
+        req("POST", CONSENTS)
+            .body(Full::new(Bytes::from(vec![b'x'; 2048])))
+            .unwrap(),
+    )
+    .await;
+    let mut c = p.client(Some("tpp1"), false).await.unwrap();
+    for path in [ACCOUNTS, "/open-banking/v3.1/aisp/accounts/acc-1", "/nope"] {
+        c.send(req("GET", path).body(empty()).unwrap())
+            .await
+            .unwrap();
+    }
+    let mut c = p.client(Some("tpp2"), false).await.unwrap();
+    c.send(req("GET", ACCOUNTS).body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert!(handshake_fails(p, "expired").await);
+    p.audit_where(1, |r| r["kind"] == "tls_handshake").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_is_the_same_as_before_connection_records() {
+    let up = Upstream::start(Behaviour::Ok).await;
+    let mut reports = Vec::new();
+    let mut requests = Vec::new();
+    for inline in [true, false] {
+        let audit = FileAudit {
+            connection_records: inline.then_some(false),
+            ..signed()
+        };
+        let p = start_audited(up.addr, audit, None, |_| {}).await;
+        report_clients(&p).await;
+        close(&p);
+        let raw = p.raw_audit();
+        assert_eq!(
+            raw.iter().any(|r| r["kind"] == "connection"),
+            !inline,
+            "the form asked for"
+        );
+        let config = p.config_path().display().to_string();
+        let log = p.dir.path().join("audit.log").display().to_string();
+        let (code, out) = cli(&["audit", "report", "--config", &config, "--json", &log]);
+        assert_eq!(code, 0, "{out}");
+        let mut r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        // The only members that differ between two runs: when the requests were made.
+        for c in r["clients"].as_array_mut().unwrap() {
+            let c = c.as_object_mut().unwrap();
+            assert!(c.remove("first_seen").unwrap().is_string());
+            assert!(c.remove("last_seen").unwrap().is_string());
+        }
+        reports.push(r);
+        requests.push(
+            p.audit()
+                .into_iter()
+                .filter(|r| r["kind"] == "request")
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(reports[0], reports[1]);
+    assert_eq!(reports[1]["requests"], 9);
+    // Record for record, the resolved form has the members the inline form has, and every
+    // member that does not depend on the run has the same value.
+    assert_eq!(requests[0].len(), requests[1].len());
+    for (a, b) in requests[0].iter().zip(&requests[1]) {
+        let keys = |v: &serde_json::Value| {
+            v.as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<BTreeSet<_>>()
+        };
+        assert_eq!(keys(a), keys(b), "{a}\n{b}");
+        for k in [
+            "tls_version",
+            "cipher",
+            "http_version",
+            "client_cert_thumbprint",
+            "client_subject",
+            "client_org_id",
+            "client_cert_not_after",
+            "method",
+            "path",
+            "route_id",
+            "decision",
+            "reason",
+            "status",
+        ] {
+            assert_eq!(a[k], b[k], "{k}: {a}\n{b}");
+        }
+        let ip = |v: &serde_json::Value| {
+            v["peer"]
+                .as_str()
+                .unwrap()
+                .rsplit_once(':')
+                .unwrap()
+                .0
+                .to_string()
+        };
+        assert_eq!(ip(a), ip(b));
     }
 }

@@ -815,9 +815,13 @@ async fn many_concurrent_requests_leave_exactly_one_audit_record_each() {
             1
         );
     }
-    let mut seqs: Vec<u64> = recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    // Every request on its own connection: a connection record before each, all in one chain
+    // without gaps.
+    let all = p.raw_audit();
+    assert_eq!(all.iter().filter(|r| r["kind"] == "connection").count(), 40);
+    let mut seqs: Vec<u64> = all.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     seqs.sort();
-    assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+    assert_eq!(seqs, (1..=80).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

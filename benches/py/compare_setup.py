@@ -97,11 +97,17 @@ def fill_template(template, *assignments):
 
 
 def negotiated_tls(audit_log):
+    # A request record names its connection ("conn": N) whose record came before it in the
+    # file; a log written with audit.connection_records: false has the members inline.
+    conns = {}
     try:
         for line in open(audit_log):
             r = json.loads(line)
-            if r.get("kind") == "request":
-                print(f"tls={r['tls_version']} cipher={r['cipher']} http={r['http_version']}")
+            if r.get("kind") == "connection":
+                conns[r["conn_id"]] = r
+            elif r.get("kind") == "request":
+                c = conns.get(r.get("conn"), r)
+                print(f"tls={c['tls_version']} cipher={c['cipher']} http={r['http_version']}")
                 break
     except OSError:
         pass

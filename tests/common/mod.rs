@@ -622,8 +622,15 @@ impl Proxy {
         (c.send(r).await.expect("send"), id)
     }
 
-    /// Every audit record written so far.
+    /// Every audit record written so far, in the inline form: a request record carries its
+    /// connection's members (`conn_id`, `peer`, `client_cert_thumbprint`, ...), and the
+    /// `connection` records it named are folded in and left out (see `raw_audit`).
     pub(crate) fn audit(&self) -> Vec<serde_json::Value> {
+        portcullis_audit::resolve::inline_file(self.raw_audit())
+    }
+
+    /// Every audit record written so far, exactly as written (`connection` records included).
+    pub(crate) fn raw_audit(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default();
         // The writer may be mid-write: only lines that end in a newline are complete.
         let complete = text.rfind('\n').map_or("", |i| &text[..=i]);

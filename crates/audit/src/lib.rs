@@ -8,6 +8,13 @@
 //! files by size and age with retention. `portcullis audit verify` ([`verify`]) checks a log; `portcullis audit report`
 //! ([`report`]) summarizes it per client.
 //!
+//! A connection's facts (listener, peer, TLS version and cipher, client certificate) are
+//! written once per file in a `connection` record, and each request record names it
+//! (`"conn":N`) instead of repeating them, unless `connection_records` is off. The writer
+//! writes the connection record before the first request record of that connection in each
+//! file, so every file that holds a request also holds its connection; [`resolve`] puts the
+//! members back into the request for readers that want the inline form.
+//!
 //! Invariants:
 //! - One record per request on every path, and one per failed handshake; each is exactly one
 //!   valid JSON line (`json.rs` writes it by hand and escapes C0/C1 controls, U+2028/U+2029
@@ -26,6 +33,7 @@ mod chain;
 mod json;
 mod record;
 pub mod report;
+pub mod resolve;
 pub mod verify;
 mod writer;
 
@@ -47,7 +55,7 @@ pub use record::{
 pub use writer::{rotated_files, rotated_name};
 
 use portcullis_base::metrics::Histogram;
-use writer::{FileOut, Msg, Output, Resume, Writer};
+use writer::{ConnRef, FileOut, Msg, Output, Resume, Writer};
 
 /// The reason code of a request refused because the audit log cannot take its record.
 pub const UNAVAILABLE_REASON: &str = "audit.unavailable";
@@ -152,6 +160,8 @@ impl AuditStats {
 struct Inner {
     tx: Sender<Msg>,
     policy: QueueFull,
+    /// Request records refer to their connection's record instead of carrying its members.
+    connection_records: bool,
     capacity: usize,
     stats: Arc<AuditStats>,
 }
@@ -224,6 +234,7 @@ impl AuditLog {
             inner: Some(Arc::new(Inner {
                 tx,
                 policy: settings.queue_full,
+                connection_records: settings.connection_records,
                 capacity,
                 stats,
             })),
@@ -239,7 +250,17 @@ impl AuditLog {
     /// is full depends on the [`QueueFull`] policy (see the module doc).
     pub fn emit(&self, record: Record) {
         let Some(inner) = &self.inner else { return };
-        let body = encode(&record);
+        let body = encode_with(&record, inner.connection_records);
+        // The writer needs the connection's members only when the record refers to them.
+        let conn = match &record {
+            Record::Request(r) if inner.connection_records => {
+                r.conn_members.as_ref().map(|members| ConnRef {
+                    id: r.conn_id,
+                    members: std::sync::Arc::clone(members),
+                })
+            }
+            _ => None,
+        };
         let best_effort = match inner.policy {
             QueueFull::Block => false,
             QueueFull::Drop => true,
@@ -253,7 +274,7 @@ impl AuditLog {
                 Record::Alert(_) | Record::QuarantineLifted(_) => false,
             },
         };
-        match inner.tx.try_send(Msg::Record(body)) {
+        match inner.tx.try_send(Msg::Record(body, conn)) {
             Ok(()) => {}
             Err(TrySendError::Full(msg)) if !best_effort => {
                 let _ = blocking(|| inner.tx.send(msg));
@@ -329,13 +350,20 @@ impl AuditLog {
     }
 }
 
-/// The members of one record as the writer splices them: `"time":"…","kind":"…",…`.
+/// The members of one record as the writer splices them: `"time":"…","kind":"…",…`, with a
+/// request's connection members inline.
 pub fn encode(record: &Record) -> Vec<u8> {
+    encode_with(record, false)
+}
+
+/// [`encode`]; with `connection_records`, a request record that has its connection's members
+/// names the connection (`"conn":N`) instead, and the writer writes the `connection` record.
+pub fn encode_with(record: &Record, connection_records: bool) -> Vec<u8> {
     let mut body = Vec::with_capacity(1024);
     body.extend_from_slice(b"\"time\":\"");
     push_now_rfc3339(&mut body);
     body.push(b'"');
-    record.write(&mut json::Members::after(&mut body));
+    record.write(&mut json::Members::after(&mut body), connection_records);
     body
 }
 
@@ -412,6 +440,9 @@ pub struct AuditSettings {
     /// Records between signed checkpoints; 0 = by time only.
     pub checkpoint_every: u64,
     pub checkpoint_interval: Option<Duration>,
+    /// Write each connection's facts once per file in a `connection` record that request
+    /// records refer to (the default), instead of in every request record.
+    pub connection_records: bool,
 }
 
 impl AuditSettings {
@@ -426,6 +457,7 @@ impl AuditSettings {
             signing_key: None,
             checkpoint_every: 0,
             checkpoint_interval: None,
+            connection_records: true,
         }
     }
 }

@@ -101,8 +101,10 @@ pub struct RequestRecord {
     pub span_id: Option<String>,
     /// The connection's facts (listener, peer, TLS version and cipher, client certificate
     /// thumbprint, subject, organization id and notAfter) as JSON members encoded once per
-    /// connection by [`connection_members`]; the encoder appends them to every record of the
-    /// connection. When set, the per-field forms below are left empty.
+    /// connection by [`connection_members`]. With connection records (the default) they go
+    /// into the connection's `connection` record and the request record names it (`conn`);
+    /// without, the encoder appends them to every record of the connection. When set, the
+    /// per-field forms below are left empty.
     pub conn_members: Option<std::sync::Arc<str>>,
     /// The local address of the listener that accepted the connection.
     pub listener: Option<String>,
@@ -171,13 +173,16 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
-    /// The members in their fixed order; the connection's members (when set) come last.
-    fn write(&self, m: &mut Members<'_>) {
+    /// The members in their fixed order; the connection's members (when set) come last. With
+    /// `by_ref` and `conn_members` set, the record names its connection (`"conn":N`) instead of
+    /// carrying its members: the writer puts the `connection` record before it in the file.
+    fn write(&self, m: &mut Members<'_>, by_ref: bool) {
+        let by_ref = by_ref && self.conn_members.is_some();
         m.str("interaction_id", &self.interaction_id);
         m.opt_str("trace_id", self.trace_id.as_deref());
         m.opt_str("span_id", self.span_id.as_deref());
         m.opt_str("listener", self.listener.as_deref());
-        m.u64("conn_id", self.conn_id);
+        m.u64(if by_ref { "conn" } else { "conn_id" }, self.conn_id);
         m.nonempty_str("peer", &self.peer);
         m.nonempty_str("tls_version", self.tls_version);
         m.nonempty_str("cipher", self.cipher);
@@ -268,10 +273,19 @@ impl RequestRecord {
         if self.client_gone {
             m.bool("client_gone", true);
         }
-        if let Some(c) = &self.conn_members {
+        if let Some(c) = self.conn_members.as_ref().filter(|_| !by_ref) {
             m.splice(c.as_bytes());
         }
     }
+}
+
+/// The `connection` record of connection `conn_id` whose members [`connection_members`] encoded:
+/// the members after `time`, as the writer frames them. The writer writes it once per file,
+/// before the first request record of that connection in the file (see `writer.rs`).
+pub(crate) fn write_connection(m: &mut Members<'_>, conn_id: u64, members: &str) {
+    m.str("kind", "connection");
+    m.u64("conn_id", conn_id);
+    m.splice(members.as_bytes());
 }
 
 /// What the audit log records of a connection.
@@ -286,10 +300,10 @@ pub struct ConnectionFacts<'a> {
     pub client_cert: Option<&'a portcullis_crypto::pki::ClientCert>,
 }
 
-/// The members a connection adds to each of its request records, encoded once per connection
-/// (escaped and bounded like every other value): `"listener":…,"host":…,"peer":…,"tls_version":…,
-/// "cipher":…` and, with a client certificate, its thumbprint, subject, organization id and
-/// notAfter.
+/// The members of a connection's `connection` record (or, in the inline form, of each of its
+/// request records), encoded once per connection (escaped and bounded like every other value):
+/// `"listener":…,"host":…,"peer":…,"tls_version":…,"cipher":…` and, with a client certificate,
+/// its thumbprint, subject, organization id and notAfter.
 pub fn connection_members(conn: &ConnectionFacts<'_>) -> std::sync::Arc<str> {
     let cert = conn.client_cert;
     let mut out = Vec::with_capacity(512);
@@ -339,12 +353,13 @@ pub enum Record {
 }
 
 impl Record {
-    /// The record's members after `time`, `kind` first, as the writer frames them.
-    pub(crate) fn write(&self, m: &mut Members<'_>) {
+    /// The record's members after `time`, `kind` first, as the writer frames them; `by_ref`:
+    /// a request record refers to its connection's record instead of carrying its members.
+    pub(crate) fn write(&self, m: &mut Members<'_>, by_ref: bool) {
         match self {
             Record::Request(r) => {
                 m.str("kind", "request");
-                r.write(m);
+                r.write(m, by_ref);
             }
             Record::TlsHandshake(h) => {
                 m.str("kind", "tls_handshake");
@@ -454,7 +469,7 @@ mod tests {
 
     fn json(record: &Record) -> serde_json::Value {
         let mut out = b"{".to_vec();
-        record.write(&mut Members::new(&mut out));
+        record.write(&mut Members::new(&mut out), false);
         out.push(b'}');
         serde_json::from_slice(&out).unwrap()
     }

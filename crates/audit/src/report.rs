@@ -19,8 +19,13 @@
 //! are not JSON are counted and skipped, and so is a line longer than [`MAX_LINE`] (no record
 //! is that long), without holding it in memory.
 //!
+//! A request record that names its connection (`"conn":N`) is read with the members of that
+//! connection's record in the same file ([`crate::resolve`]), so the report is the same as for
+//! a log written with the facts inline; `connection` records themselves are not counted.
+//!
 //! Input is streamed: [`Builder::read`] takes any `BufRead` a line at a time, so memory grows
-//! with the number of distinct clients, routes and reasons, not with the number of records.
+//! with the number of distinct clients, routes and reasons (and the connections of one file), not
+//! with the number of records.
 //! [`Report::html`] renders the same inventory as one self-contained page.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -189,6 +194,7 @@ pub const MAX_LINE: usize = 1 << 20;
 pub fn build(logs: &[&[u8]], policy_routes: Option<&[String]>) -> Report {
     let mut b = Builder::default();
     for data in logs {
+        b.conns.new_file();
         for line in data.split(|&b| b == b'\n') {
             b.line(line);
         }
@@ -203,6 +209,7 @@ pub struct Builder {
     clients: BTreeMap<Key, ClientReport>,
     called: BTreeSet<String>,
     alerts: BTreeMap<(String, String), AlertSummary>,
+    conns: crate::resolve::Connections,
     /// Undeclared requests by (method, path): count, reasons, clients.
     undeclared: BTreeMap<(String, String), Undeclared>,
 }
@@ -217,6 +224,8 @@ struct Undeclared {
 impl Builder {
     /// Reads `input` to its end a line at a time (logs in any order, one call per file).
     pub fn read<R: BufRead>(&mut self, mut input: R) -> std::io::Result<()> {
+        // A request's connection record is in the same file.
+        self.conns.new_file();
         let mut buf = Vec::new();
         loop {
             buf.clear();
@@ -243,10 +252,16 @@ impl Builder {
             return;
         }
         let r = &mut self.r;
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+        let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(line) else {
             r.unreadable_lines += 1;
             return;
         };
+        if self.conns.observe(&v) {
+            return;
+        }
+        // A dangling reference leaves the request without its connection's facts; `audit
+        // verify` is what says so.
+        let _ = self.conns.inline(&mut v);
         r.records += 1;
         match v.get("kind").and_then(|k| k.as_str()) {
             Some("tls_handshake") => {
@@ -369,6 +384,7 @@ impl Builder {
             mut clients,
             called,
             alerts,
+            conns: _,
             undeclared,
         } = self;
         r.undeclared = shapes(undeclared);

@@ -655,3 +655,255 @@ fn event_times_are_written_as_the_time_crate_writes_rfc3339() {
     let now = now_rfc3339();
     assert!(time::OffsetDateTime::parse(&now, &Rfc3339).is_ok(), "{now}");
 }
+
+/// A request on connection `conn`, whose facts are encoded once as the proxy does.
+fn request_on(i: usize, conn: u64, members: &Arc<str>) -> Record {
+    Record::Request(Box::new(RequestRecord {
+        interaction_id: format!("id-{i}"),
+        conn_id: conn,
+        conn_members: Some(Arc::clone(members)),
+        http_version: "HTTP/2",
+        path: "/open-banking/v3.1/aisp/accounts".into(),
+        decision: "allow",
+        status: 200,
+        ..RequestRecord::default()
+    }))
+}
+
+/// The facts of connection `conn`, with a client certificate's members as the proxy adds them.
+fn facts(conn: u64) -> Arc<str> {
+    let m = connection_members(&ConnectionFacts {
+        local: "127.0.0.1:8443".parse().unwrap(),
+        peer: format!("10.0.0.{conn}:5000").parse().unwrap(),
+        tls_version: "TLSv1.3",
+        cipher: "TLS13_AES_128_GCM_SHA256",
+        client_cert: None,
+    });
+    format!(
+        "{m},\"client_cert_thumbprint\":\"T{conn}\",\"client_subject\":\"CN=tpp{conn}\",\"client_org_id\":\"ORG{conn}\",\"client_cert_not_after\":\"2030-01-01T00:00:00Z\""
+    )
+    .into()
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_request_names_its_connection_whose_record_is_written_once_before_it() {
+    let sink = Sink::default();
+    let log = AuditLog::start_with_writer(&settings(), Box::new(sink.clone())).unwrap();
+    let (a, b) = (facts(1), facts(2));
+    for i in 0..10 {
+        log.emit(request_on(
+            i,
+            1 + (i as u64 % 2),
+            if i % 2 == 0 { &a } else { &b },
+        ));
+    }
+    assert!(log.close(WAIT));
+    let recs = json_lines(&sink.text());
+    let conns: Vec<&serde_json::Value> =
+        recs.iter().filter(|r| r["kind"] == "connection").collect();
+    assert_eq!(conns.len(), 2, "one connection record per connection");
+    assert_eq!(conns[0]["conn_id"], 1);
+    assert_eq!(conns[0]["peer"], "10.0.0.1:5000");
+    assert_eq!(conns[0]["cipher"], "TLS13_AES_128_GCM_SHA256");
+    assert_eq!(conns[0]["listener"], "127.0.0.1:8443");
+    let first = recs.iter().position(|r| r["kind"] == "request").unwrap();
+    assert_eq!(
+        recs[first - 1]["kind"],
+        "connection",
+        "written just before its first request"
+    );
+    for r in recs.iter().filter(|r| r["kind"] == "request") {
+        assert!(r["conn"].is_u64(), "{r}");
+        for inline in ["conn_id", "peer", "tls_version", "cipher", "listener"] {
+            assert!(r.get(inline).is_none(), "{inline} inline: {r}");
+        }
+    }
+    assert!(check(&sink.text(), None).ok());
+
+    // The inline form (`connection_records: false`) is the format before, and resolving the
+    // reference gives it back member for member.
+    let old = Sink::default();
+    let mut s = settings();
+    s.connection_records = false;
+    let log = AuditLog::start_with_writer(&s, Box::new(old.clone())).unwrap();
+    for i in 0..10 {
+        log.emit(request_on(
+            i,
+            1 + (i as u64 % 2),
+            if i % 2 == 0 { &a } else { &b },
+        ));
+    }
+    assert!(log.close(WAIT));
+    let before = json_lines(&old.text());
+    assert!(before.iter().all(|r| r["kind"] != "connection"));
+    let after = resolve::inline_file(recs);
+    let strip = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        for k in ["seq", "time", "prev", "hash"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        v
+    };
+    assert_eq!(before.len(), after.len());
+    for (x, y) in before.iter().zip(&after) {
+        assert_eq!(strip(x), strip(y));
+    }
+}
+
+#[test]
+fn every_rotated_file_holds_the_connection_records_of_its_requests_and_verifies_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let (s, public) = file_settings(
+        &path,
+        Rotation {
+            max_bytes: Some(4096),
+            max_age: None,
+            retain: 0,
+        },
+    );
+    let log = AuditLog::start(&s).unwrap();
+    // One long-lived connection and a second one, across many files.
+    let (a, b) = (facts(7), facts(8));
+    for i in 0..120 {
+        log.emit(request_on(
+            i,
+            if i % 5 == 0 { 8 } else { 7 },
+            if i % 5 == 0 { &b } else { &a },
+        ));
+        if i % 10 == 0 {
+            assert!(log.sync(WAIT));
+        }
+    }
+    assert!(log.close(WAIT));
+    let mut all = rotated_files(&path);
+    all.push(path.clone());
+    assert!(all.len() >= 4, "{all:?}");
+    assert!(check_paths(&all, &public).ok());
+    for f in &all {
+        let o = check_paths(std::slice::from_ref(f), &public);
+        assert!(o.ok(), "{} alone: {o}", f.display());
+        let recs = json_lines(&std::fs::read_to_string(f).unwrap());
+        let mut seen = std::collections::HashMap::new();
+        for r in &recs {
+            if r["kind"] == "connection" {
+                *seen.entry(r["conn_id"].as_u64().unwrap()).or_insert(0) += 1;
+            }
+            if let Some(c) = r["conn"].as_u64() {
+                assert!(seen.contains_key(&c), "{}: {r}", f.display());
+            }
+        }
+        assert!(seen.values().all(|&n| n == 1), "{}: {seen:?}", f.display());
+    }
+}
+
+#[test]
+fn a_removed_connection_record_fails_verify_even_when_the_chain_is_rewritten() {
+    let sink = Sink::default();
+    let log = AuditLog::start_with_writer(&settings(), Box::new(sink.clone())).unwrap();
+    let a = facts(3);
+    log.emit(Record::TlsHandshake(HandshakeRecord {
+        peer: "10.0.0.9:1".into(),
+        failure: "no_client_cert",
+    }));
+    for i in 0..4 {
+        log.emit(request_on(i, 3, &a));
+    }
+    assert!(log.close(WAIT));
+    let ls = lines(&sink.text());
+    let at = ls
+        .iter()
+        .position(|l| field(l, "kind") == "connection")
+        .unwrap();
+    assert!(at > 0);
+    // Cut out: the chain says so.
+    let mut cut = ls.clone();
+    cut.remove(at);
+    let o = check(&join(&cut), None);
+    assert_eq!(o.damage.unwrap().kind, DamageKind::Deleted);
+    // Cut out where it was the first record of a file: the chain alone cannot tell (a log may
+    // start after seq 1 when older files were rotated away), the dangling reference can.
+    let o = check(&join(&ls[at + 1..]), None);
+    assert_eq!(o.damage.unwrap().kind, DamageKind::DanglingReference);
+    // Cut out and every later record renumbered and re-sealed (no checkpoint key to stop it):
+    // the dangling reference still says so.
+    let mut prev = field(&ls[at], "prev").as_str().unwrap().to_string();
+    let mut forged = ls[..at].to_vec();
+    for l in &ls[at + 1..] {
+        let seq = field(l, "seq").as_u64().unwrap() - 1;
+        let old_seq = format!("{{\"seq\":{},", seq + 1);
+        let old_prev = format!(",\"prev\":\"{}\"}}", field(l, "prev").as_str().unwrap());
+        let p = prev.clone();
+        let line = reseal(l, |c| {
+            c.replace(&old_seq, &format!("{{\"seq\":{seq},"))
+                .replace(&old_prev, &format!(",\"prev\":\"{p}\"}}"))
+        });
+        prev = field(&line, "hash").as_str().unwrap().to_string();
+        forged.push(line);
+    }
+    let o = check(&join(&forged), None);
+    let d = o.damage.clone().expect("damage");
+    assert_eq!(d.kind, DamageKind::DanglingReference, "{o}");
+    assert!(d.detail.contains("names connection 3"), "{}", d.detail);
+    // The chain split into two files after the first request: the chain holds across them,
+    // but the second file's requests have no connection record in their file.
+    let req = ls
+        .iter()
+        .position(|l| field(l, "kind") == "request")
+        .unwrap();
+    let (first, second) = ls.split_at(req + 1);
+    let o = check_files(
+        &[
+            ("a", join(first).as_bytes()),
+            ("b", join(second).as_bytes()),
+        ],
+        None,
+        None,
+    );
+    let d = o.damage.expect("damage");
+    assert_eq!(
+        (d.kind, d.file.as_str(), d.line),
+        (DamageKind::DanglingReference, "b", 1)
+    );
+}
+
+#[test]
+fn the_report_is_the_same_for_a_log_with_connection_records_and_one_with_the_facts_inline() {
+    let mut logs = Vec::new();
+    for by_ref in [false, true] {
+        let sink = Sink::default();
+        let mut s = settings();
+        s.connection_records = by_ref;
+        let log = AuditLog::start_with_writer(&s, Box::new(sink.clone())).unwrap();
+        let (a, b) = (facts(1), facts(2));
+        for i in 0..20 {
+            log.emit(request_on(
+                i,
+                1 + (i as u64 % 2),
+                if i % 2 == 0 { &a } else { &b },
+            ));
+        }
+        assert!(log.close(WAIT));
+        logs.push(sink.text());
+    }
+    let report = |t: &str| {
+        let mut v = serde_json::to_value(report::build(&[t.as_bytes()], None)).unwrap();
+        // The requests were made twice, at different times.
+        for c in v["clients"].as_array_mut().unwrap() {
+            c.as_object_mut().unwrap().remove("first_seen");
+            c.as_object_mut().unwrap().remove("last_seen");
+        }
+        v
+    };
+    assert_eq!(report(&logs[0]), report(&logs[1]));
+    let r = report(&logs[1]);
+    assert_eq!(r["records"], 20);
+    assert_eq!(r["clients"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(r["clients"][0]["thumbprint"], "T1");
+}

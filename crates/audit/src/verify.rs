@@ -12,6 +12,11 @@
 //! external copy of a newer one: the proxy logs each checkpoint's `seq` and `hash` (tracing,
 //! `audit checkpoint`), and `--anchor SEQ:HASH` fails unless the log holds that record.
 //!
+//! A request record that names its connection (`"conn":N`) must follow that connection's
+//! `connection` record in the same file (the writer repeats connection records in each file);
+//! a missing one is damage (`dangling_reference`) even when the chain holds, as it does after
+//! a connection record is cut out and the rest re-chained without a signing key to stop it.
+//!
 //! Files are checked in the order given (rotated files first, oldest first — their names sort
 //! that way — then the current file). A log may start after seq 1 when older files were
 //! rotated away; its first link is then reported, not checked.
@@ -49,6 +54,8 @@ pub enum DamageKind {
     UnknownKey,
     /// The `--anchor` record is not in the log.
     MissingAnchor,
+    /// A request names a connection whose `connection` record is not before it in its file.
+    DanglingReference,
 }
 
 impl DamageKind {
@@ -64,6 +71,7 @@ impl DamageKind {
             DamageKind::BadSignature => "bad_signature",
             DamageKind::UnknownKey => "unknown_key",
             DamageKind::MissingAnchor => "missing_anchor",
+            DamageKind::DanglingReference => "dangling_reference",
         }
     }
 }
@@ -175,6 +183,8 @@ struct State<'o> {
     anchor_found: bool,
     /// Length of a malformed line that a `recovery` record may account for.
     torn: Option<(u64, String, u64)>,
+    /// Connections whose `connection` record the current file has shown so far.
+    conns: HashSet<u64>,
 }
 
 /// Verifies `files` in order. Files are read twice, one at a time (a first pass collects the
@@ -237,12 +247,15 @@ impl<'o> State<'o> {
             all_seqs,
             anchor_found: false,
             torn: None,
+            conns: HashSet::new(),
         }
     }
 
     /// Checks one file (index `fi` of `count`); false once damage is found.
     fn file(&mut self, name: &str, data: &[u8], fi: usize, count: usize) -> bool {
         let last_file = fi + 1 == count;
+        // References resolve within a file: each file carries its own connection records.
+        self.conns.clear();
         for (li, line) in lines(data).iter().enumerate() {
             let at = (name, li as u64 + 1, fi > 0 && li == 0);
             if let Err(d) = self.line(line, at, last_file) {
@@ -394,6 +407,7 @@ impl<'o> State<'o> {
                 ),
             ));
         };
+        self.reference(v, kind, seq, at)?;
         if kind == "checkpoint" {
             self.checkpoint(v, prefix, seq, hash, at)?;
         } else {
@@ -418,6 +432,49 @@ impl<'o> State<'o> {
         self.expected = Some(next);
         self.prev = Some(hash.to_string());
         Ok(())
+    }
+
+    /// Remembers a `connection` record; checks that a record naming a connection follows it.
+    fn reference(
+        &mut self,
+        v: &serde_json::Value,
+        kind: &str,
+        seq: u64,
+        at: At<'_>,
+    ) -> Result<(), Damage> {
+        if kind == "connection" {
+            let Some(id) = v.get("conn_id").and_then(|c| c.as_u64()) else {
+                return Err(damage(
+                    DamageKind::Malformed,
+                    Some(seq),
+                    at,
+                    format!("connection record {seq} has no numeric conn_id"),
+                ));
+            };
+            self.conns.insert(id);
+            return Ok(());
+        }
+        let Some(r) = v.get("conn") else {
+            return Ok(());
+        };
+        match r.as_u64() {
+            Some(id) if self.conns.contains(&id) => Ok(()),
+            Some(id) => Err(damage(
+                DamageKind::DanglingReference,
+                Some(seq),
+                at,
+                format!(
+                    "record {seq} names connection {id}, but no connection record of {id} comes before it in {}: the connection record was removed, or the record was moved here from another file",
+                    at.0
+                ),
+            )),
+            None => Err(damage(
+                DamageKind::Malformed,
+                Some(seq),
+                at,
+                format!("record {seq} names a connection that is not a number"),
+            )),
+        }
     }
 
     fn checkpoint(

@@ -21,7 +21,16 @@
 //! - A torn last line found on start (a crash mid-write) is never rewritten: it is terminated
 //!   with a newline and followed by a `recovery` record naming its length, chained to the last
 //!   complete record.
+//! - A request record that names its connection (`"conn":N`) follows that connection's
+//!   `connection` record in the same file: the writer remembers which connections it has
+//!   written to the current file and writes the connection record just before the first
+//!   request of a connection it has not, so a file kept alone (retention, export) never holds
+//!   a request without its connection. The memory is forgotten on rotation, on start, when the
+//!   file is reopened after a failure, and when it reaches [`MAX_CONNS`] (a connection record
+//!   may then appear twice in a file; readers take the latest before the request). A
+//!   connection that sends no request gets no connection record.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -51,11 +60,21 @@ const BATCH_BYTES: usize = 256 * 1024;
 pub(crate) const RETRY: Duration = Duration::from_millis(200);
 /// How far from the end of a file we look for its last record on start.
 const TAIL: u64 = 64 * 1024;
+/// Connections remembered as written to the current file; past this the memory starts over,
+/// which bounds it on a log that never rotates at the price of a repeated connection record.
+pub(crate) const MAX_CONNS: usize = 65_536;
+
+/// The connection a request record names, and its members as `connection_members` encoded them.
+pub(crate) struct ConnRef {
+    pub id: u64,
+    pub members: Arc<str>,
+}
 
 /// What the request path sends to the writer.
 pub(crate) enum Msg {
-    /// The members of one record (`"time":…,"kind":…`), already serialized.
-    Record(Vec<u8>),
+    /// The members of one record (`"time":…,"kind":…`), already serialized, and the
+    /// connection it names, whose record must precede it in the file.
+    Record(Vec<u8>, Option<ConnRef>),
     /// Write and fsync everything queued before this, then answer whether that worked.
     Sync(Sender<bool>),
     /// Write a final checkpoint, fsync, answer and stop.
@@ -101,6 +120,8 @@ pub(crate) struct FileOut {
     first_seq: u64,
     records: u64,
     rotation: Rotation,
+    /// Set when the file was opened again after a failure: it may be another file now.
+    reopened: bool,
 }
 
 pub(crate) enum Output {
@@ -114,6 +135,7 @@ impl Output {
             Output::File(f) => {
                 if f.file.is_none() {
                     f.file = Some(open_append(&f.path)?);
+                    f.reopened = true;
                 }
                 let file = f.file.as_mut().ok_or(io::ErrorKind::NotConnected)?;
                 let n = file.write(buf)?;
@@ -301,6 +323,7 @@ impl FileOut {
                 first_seq,
                 records: u64::from(has_records),
                 rotation,
+                reopened: false,
             },
             resume,
         ))
@@ -336,6 +359,8 @@ pub(crate) struct Writer {
     last_checkpoint: Instant,
     last_sync: Instant,
     dirty: bool,
+    /// Connections whose `connection` record is in the current file.
+    conns: HashSet<u64>,
 }
 
 impl Writer {
@@ -359,6 +384,7 @@ impl Writer {
             last_checkpoint: Instant::now(),
             last_sync: Instant::now(),
             dirty: false,
+            conns: HashSet::new(),
         }
     }
 
@@ -397,7 +423,12 @@ impl Writer {
             let mut taken = 0;
             while let Some(msg) = next.take() {
                 match msg {
-                    Msg::Record(body) => self.append(&body),
+                    Msg::Record(body, conn) => {
+                        if let Some(c) = conn {
+                            self.connection(&c);
+                        }
+                        self.append(&body);
+                    }
                     Msg::Sync(ack) => {
                         let ok = self.write_out() && self.sync();
                         let _ = ack.send(ok);
@@ -454,6 +485,13 @@ impl Writer {
 
     /// Seals one record: `{"seq":N,` + members + [`,"dropped_before":D`] + `,"prev":"P"}`.
     fn append(&mut self, members: &[u8]) {
+        self.seal(members, true);
+    }
+
+    /// [`Writer::append`]; `report_drops`: the record carries the drops not yet reported (a
+    /// `connection` record leaves them to the request that follows it, whose record they
+    /// were dropped before from the reader's point of view).
+    fn seal(&mut self, members: &[u8], report_drops: bool) {
         self.seq += 1;
         let start = self.pending.len();
         self.pending.extend_from_slice(b"{\"seq\":");
@@ -461,7 +499,11 @@ impl Writer {
             .extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
         self.pending.push(b',');
         self.pending.extend_from_slice(members);
-        let dropped = self.stats.dropped_unreported.swap(0, Ordering::Relaxed);
+        let dropped = if report_drops {
+            self.stats.dropped_unreported.swap(0, Ordering::Relaxed)
+        } else {
+            0
+        };
         if dropped > 0 {
             let _ = write!(self.pending, ",\"dropped_before\":{dropped}");
         }
@@ -475,6 +517,29 @@ impl Writer {
         {
             self.checkpoint("count");
         }
+    }
+
+    /// Writes the `connection` record of `c` unless the current file has it.
+    fn connection(&mut self, c: &ConnRef) {
+        if let Output::File(f) = &mut self.out {
+            if std::mem::take(&mut f.reopened) {
+                // Records written from now on may land in a file that lacks the earlier
+                // connection records.
+                self.conns.clear();
+            }
+        }
+        if self.conns.contains(&c.id) {
+            return;
+        }
+        if self.conns.len() >= MAX_CONNS {
+            self.conns.clear();
+        }
+        self.conns.insert(c.id);
+        let mut members = Vec::with_capacity(64 + c.members.len());
+        members.extend_from_slice(b"\"time\":");
+        json::push_str(&mut members, &super::now_rfc3339());
+        super::record::write_connection(&mut json::Members::after(&mut members), c.id, &c.members);
+        self.seal(&members, false);
     }
 
     fn record_sealed(&mut self) {
@@ -647,6 +712,8 @@ impl Writer {
         f.size = 0;
         f.records = 0;
         f.first_seq = self.seq + 1;
+        // The new file must carry its own connection records.
+        self.conns.clear();
         f.opened_at = SystemTime::now();
         let retain = f.rotation.retain;
         let path = f.path.clone();

@@ -69,6 +69,17 @@ impl Answer {
 }
 
 impl Conn {
+    /// Another handle on the same HTTP/2 connection, whose requests run as concurrent streams;
+    /// `None` over HTTP/1.1, which carries one request at a time.
+    pub fn stream_handle(&self) -> Option<Conn> {
+        match &self.sender {
+            Sender::H2(s) => Some(Conn {
+                sender: Sender::H2(s.clone()),
+            }),
+            Sender::H1(_) => None,
+        }
+    }
+
     /// Connects and completes the TLS handshake (HTTP/2 when the config offers only `h2`).
     pub async fn connect(
         addr: SocketAddr,

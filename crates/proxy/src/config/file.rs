@@ -469,6 +469,10 @@ pub struct FileAudit {
     /// Longest time between signed checkpoints (when records were written).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_interval: Option<ConfigDuration>,
+    /// `true` (default): a connection's facts in one `connection` record per file that request
+    /// records name; `false`: the facts inline in every request record (the format before).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_records: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

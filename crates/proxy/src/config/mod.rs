@@ -1050,6 +1050,7 @@ fn validate_audit(
     if f.rotate_age.is_some_and(|d| d.0 < Duration::from_secs(1)) {
         p.push("audit.rotate_age", "must be at least 1s");
     }
+    a.connection_records = f.connection_records.unwrap_or(true);
     a.rotation = portcullis_audit::Rotation {
         max_bytes: f.rotate_bytes,
         max_age: f.rotate_age.map(|d| d.0),
