@@ -33,6 +33,7 @@ fn conn_members(conn: u64) -> Arc<str> {
         peer: format!("203.0.113.7:{}", 51000 + conn)
             .parse()
             .expect("addr"),
+        host: "api.bank.example",
         tls_version: "TLSv1.3",
         cipher: "TLS13_AES_128_GCM_SHA256",
         client_cert: None,

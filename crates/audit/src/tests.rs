@@ -675,6 +675,7 @@ fn facts(conn: u64) -> Arc<str> {
     let m = connection_members(&ConnectionFacts {
         local: "127.0.0.1:8443".parse().unwrap(),
         peer: format!("10.0.0.{conn}:5000").parse().unwrap(),
+        host: "api.bank.example",
         tls_version: "TLSv1.3",
         cipher: "TLS13_AES_128_GCM_SHA256",
         client_cert: None,
