@@ -12,7 +12,7 @@
 # directory (KEEP_WORKDIR=1).
 #
 # Scenarios (SCENARIO=...):
-#   passthrough  mTLS only: haproxy vs portcullis. Target: >= 1.0 x throughput, p99 no worse.
+#   passthrough  mTLS only: haproxy vs portcullis. Target: >= 1.05 x throughput, p99 no worse.
 #                -> target/compare_haproxy.json
 #   token        mTLS + client rate limit + certificate-bound access token with a required
 #                scope, on every request: HAProxy (benches/haproxy-token.cfg.tmpl: a stick
@@ -24,7 +24,7 @@
 #                token, a token bound to TPP Two, an unbound token, one for another audience, a
 #                broken signature and (with python3's `cryptography`) crafted claims, and 403
 #                to a token without the scope, before anything is measured.
-#                Target: >= 2.0 x HAProxy. -> target/compare_haproxy_token.json
+#                Target: >= 3.0 x HAProxy. -> target/compare_haproxy_token.json
 #   fapi         portcullis's full FAPI pipeline ('portcullis-fapi': mTLS, a DPoP-bound token
 #                with a fresh DPoP proof per request, scope, an object rule tying the account
 #                in the path to the token's authorization_details, a client rate-limit class,

@@ -406,16 +406,16 @@ def final(raw, out):
     token = target = None
     if scenario == "passthrough":
         q = ratios["portcullis"]
-        target = {"name": "mTLS pass-through: >= 1.0 x HAProxy throughput, p99 no worse",
-                  "met": q["throughput"] is not None and q["throughput"] >= 1.0
+        target = {"name": "mTLS pass-through: >= 1.05 x HAProxy throughput, p99 no worse",
+                  "met": q["throughput"] is not None and q["throughput"] >= 1.05
                   and q["p99"] is not None and q["p99"] <= 1.0}
     elif scenario == "token":
         token = load(e["BENCH_TOKEN_INFO"])
         setup["token"] = token
         setup["portcullis"]["audit"] = "sink none, like HAProxy without a request log"
         tp = ratios["portcullis"]["throughput"]
-        target = {"name": "mTLS + JWT + cnf + scope + rate limit: >= 2.0 x HAProxy throughput",
-                  "throughput_ratio": 2.0, "met": tp is not None and tp >= 2.0}
+        target = {"name": "mTLS + JWT + cnf + scope + rate limit: >= 3.0 x HAProxy throughput",
+                  "throughput_ratio": 3.0, "met": tp is not None and tp >= 3.0}
     elif scenario == "fapi":
         result["fapi_checks"] = load(e["BENCH_FAPI_CHECKS"])
         vs_pt = ratios_vs("portcullis")["portcullis-fapi"]
@@ -432,12 +432,12 @@ def final(raw, out):
         lines = int(e.get("BENCH_AUDIT_LINES", "0"))
         result["audit_bytes_per_record"] = (
             round(result["audit_log_bytes"] / lines) if lines else None)
-        # Issue #7: auditing costs at most 5 % of throughput. Shown only when the whole 95 %
-        # interval of the mean per-round ratio is at or above 0.95.
+        # Auditing may cost at most 3 % of throughput. Shown only when the whole 95 %
+        # interval of the mean per-round ratio is at or above 0.97.
         pr = paired(runs, "portcullis-audit", "portcullis")
         if pr:
-            pr["target"] = "audit on / off >= 0.95 (at most 5 % of throughput), the whole interval"
-            pr["shown"] = pr["mean_ci95"][0] >= 0.95
+            pr["target"] = "audit on / off >= 0.97 (at most 3 % of throughput), the whole interval"
+            pr["shown"] = pr["mean_ci95"][0] >= 0.97
         result["audit_paired"] = pr
         # Where the audit's CPU goes: the writer thread (sealing, hashing, writing) and the rest
         # of the proxy's extra CPU per request (encoding and queueing on the workers).
@@ -575,7 +575,7 @@ def final(raw, out):
             print(f"  audit on / off, per round (back to back): median {pr['median']}, mean "
                   f"{pr['mean']}, 95 % interval of the mean {pr['mean_ci95'][0]}-"
                   f"{pr['mean_ci95'][1]} over {pr['rounds']} rounds")
-            print(f"  target: at most 5 % of throughput (the whole interval >= 0.95): "
+            print(f"  target: at most 3 % of throughput (the whole interval >= 0.97): "
                   f"{'shown' if pr['shown'] else 'NOT shown'} in this run")
     if problems:
         print()
