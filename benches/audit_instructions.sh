@@ -17,49 +17,24 @@
 #   ROUNDS=3 CONNECTIONS=50 DURATION=8s benches/audit_instructions.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${BIN:-$ROOT/target/release/portcullis}
 CONNECTIONS=${CONNECTIONS:-50}
 DURATION=${DURATION:-8s}
 ROUNDS=${ROUNDS:-3}
-ROUTE=/open-banking/v3.1/aisp/accounts
-[[ -x $BIN ]] || { echo "no binary at $BIN (cargo build --release)" >&2; exit 2; }
-command -v perf >/dev/null || { echo "perf is needed" >&2; exit 2; }
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-audit-instr.XXXXXX")
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [[ ${KEEP_WORKDIR:-0} == 1 ]] || rm -rf "$WORK"
-}
-trap cleanup EXIT
-"$BIN" dev-certs --out "$WORK/certs" >/dev/null
-mkdir -p "$WORK/policies" "$WORK/audit"
-cat >"$WORK/policies/bench.yaml" <<EOF
-group: bench
-upstream: bank
-routes:
-  - id: aisp.accounts.list
-    method: GET
-    path: $ROUTE
-    body_limit: 0
-EOF
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_200() {
-    for _ in $(seq 100); do
-        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "not ready: $1" >&2
-    exit 1
-}
-P_BANK=$(port)
-"$BIN" mock-bank --listen "127.0.0.1:$P_BANK" >"$WORK/bank.log" 2>&1 &
-PIDS+=($!)
-wait_200 "http://127.0.0.1:$P_BANK$ROUTE"
+# shellcheck source=lib.sh
+source "$ROOT/benches/lib.sh"
+[[ -x $BIN ]] || die "no binary at $BIN (cargo build --release)"
+bench_traps
+require_tools curl python3 perf
+bench_workdir audit-instr
+write_policies
+# One port for the bank, then a proxy and admin port per mode and round.
+read -r -a P < <(free_ports $((1 + 6 * ROUNDS)); echo)
+start_mock_bank "${P[0]}"
+NEXT_PORT=1
 
 audit_block() {
     case $1 in
-        off) printf 'audit:\n  sink: none\n' ;;
+        off) printf '%s\n' "$AUDIT_NONE" ;;
         inline) printf 'audit:\n  sink: file\n  path: audit/%s.log\n  connection_records: false\n' "$2" ;;
         by_reference) printf 'audit:\n  sink: file\n  path: audit/%s.log\n' "$2" ;;
     esac
@@ -67,37 +42,15 @@ audit_block() {
 
 run_mode() {
     local mode=$1 round=$2 p a pid out
-    p=$(port)
-    a=$(port)
-    cat >"$WORK/$mode.yaml" <<EOF
-listener:
-  address: "127.0.0.1:$p"
-  tls:
-    certificate: certs/server.pem
-    private_key: certs/server.key
-    client_ca: [certs/ca.pem]
-    crl: [certs/ca.crl]
-    client_auth: required
-  server_names: [localhost]
-admin:
-  address: "127.0.0.1:$a"
-upstreams:
-  bank:
-    url: http://127.0.0.1:$P_BANK
-forwarding:
-  client_cert: rfc9440
-$(audit_block "$mode" "$mode-$round")
-policies: [policies/bench.yaml]
-shutdown:
-  drain_timeout: 1s
-EOF
+    p=${P[NEXT_PORT]}
+    a=${P[NEXT_PORT + 1]}
+    NEXT_PORT=$((NEXT_PORT + 2))
+    portcullis_config "$p" "$a" "$(audit_block "$mode" "$mode-$round")" >"$WORK/$mode.yaml"
     rm -f "$WORK/audit/$mode-$round.log"
-    (cd "$WORK" && exec "$BIN" run --config "$mode.yaml") >"$WORK/$mode.log" 2>&1 &
-    pid=$!
-    PIDS+=("$pid")
-    wait_200 "http://127.0.0.1:$a/readyz"
+    start_portcullis "$WORK/$mode.yaml" "$mode" "$a"
+    pid=$STARTED_PID
     local lg=("$BIN" loadgen --addr "127.0.0.1:$p" --server-name localhost --path "$ROUTE"
-        --ca "$WORK/certs/ca.pem" --cert "$WORK/certs/tpp1.pem" --key "$WORK/certs/tpp1.key"
+        --ca "$CERTS/ca.pem" --cert "$CERTS/tpp1.pem" --key "$CERTS/tpp1.key"
         --connections "$CONNECTIONS" --quiet)
     "${lg[@]}" --duration 2s --json "$WORK/warm.json" >/dev/null 2>&1
     local before=0
@@ -112,8 +65,7 @@ EOF
     sleep 0.3
     local after=0
     [[ -f $WORK/audit/$mode-$round.log ]] && after=$(stat -c %s "$WORK/audit/$mode-$round.log")
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
+    stop_started "$pid"
     python3 - "$out.perf" "$out.json" "$mode" "$round" "$((after - before))" <<'EOF'
 import json, sys
 perf, report, mode, rnd, audit_bytes = sys.argv[1:]
