@@ -44,7 +44,8 @@ pub struct Running {
 
 impl Running {
     /// Stops accepting, asks every connection to finish its in-flight requests, and waits up to
-    /// the configured drain timeout. Returns whether every connection closed in time.
+    /// the configured drain timeout, then exports the trace spans still queued. Returns whether
+    /// every connection closed in time.
     ///
     /// First, for `shutdown.grace`, `/readyz` says 503 while the listener still accepts, so a
     /// load balancer or Kubernetes removes this instance before connections are refused.
@@ -61,9 +62,13 @@ impl Running {
         self.shutdown.cancel();
         self.tracker.close();
         let drain = self.shared.runtime.load().config.drain_timeout;
-        tokio::time::timeout(drain, self.tracker.wait())
+        let drained = tokio::time::timeout(drain, self.tracker.wait())
             .await
-            .is_ok()
+            .is_ok();
+        // The last requests' spans are still queued in the batch exporter; its export runs on
+        // this runtime, which is gone once the caller returns.
+        self.shared.flush_traces().await;
+        drained
     }
 
     /// A token that, when cancelled, starts the same drain as [`Running::shutdown`].
