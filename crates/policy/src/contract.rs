@@ -371,7 +371,7 @@ impl Contract {
             )));
         }
         let doc = parse_body(body).map_err(ResponseDrift::Body)?;
-        shape(&doc, &mut String::new(), 0).map_err(ResponseDrift::Body)?;
+        shape(&doc).map_err(ResponseDrift::Body)?;
         schema
             .validate(&doc)
             .map_err(|e| ResponseDrift::Body(violation(&e)))
@@ -392,7 +392,7 @@ impl Contract {
             }
             (Some(schema), Some(bytes)) => {
                 let doc = parse_body(bytes)?;
-                shape(&doc, &mut String::new(), 0)?;
+                shape(&doc)?;
                 schema.validate(&doc).map_err(|e| violation(&e))
             }
             _ => Ok(()),
@@ -498,56 +498,90 @@ fn parse_body(bytes: &[u8]) -> Result<Value, Violation> {
 }
 
 /// Refuses nesting beyond [`MAX_DEPTH`] and sibling members whose names differ only in case.
-fn shape(v: &Value, at: &mut String, depth: usize) -> Result<(), Violation> {
+/// Runs on every checked body, so a conforming one costs no allocation: the pointer is
+/// spelled only for a fault, from the segments collected as the walk unwinds.
+fn shape(doc: &Value) -> Result<(), Violation> {
+    shape_at(doc, 0).map_err(|mut f| {
+        f.path.reverse();
+        let pointer: String = f.path.iter().map(|s| format!("/{s}")).collect();
+        Violation::new(f.fault, pointer, f.keyword)
+    })
+}
+
+/// A [`shape`] fault and the reference tokens of its place, innermost first.
+struct ShapeFault {
+    fault: Fault,
+    keyword: &'static str,
+    path: Vec<String>,
+}
+
+fn shape_at(v: &Value, depth: usize) -> Result<(), ShapeFault> {
     if depth > MAX_DEPTH {
-        return Err(Violation::new(Fault::TooDeep, at.clone(), "maxDepth"));
+        return Err(ShapeFault {
+            fault: Fault::TooDeep,
+            keyword: "maxDepth",
+            path: Vec::new(),
+        });
     }
-    let len = at.len();
     match v {
         Value::Object(m) => {
-            // Linear, not pairwise: a body of many members must not cost quadratic time. Two
-            // names are twins when their lower-case or their upper-case forms agree (as
-            // `same_name_ignoring_case` decides).
-            let mut lower = std::collections::HashSet::with_capacity(m.len());
-            let mut upper = std::collections::HashSet::with_capacity(m.len());
-            for k in m.keys() {
-                let (l, u) = if k.is_ascii() {
-                    (k.to_ascii_lowercase(), k.to_ascii_uppercase())
-                } else {
-                    (k.to_lowercase(), k.to_uppercase())
-                };
-                if !lower.insert(l) | !upper.insert(u) {
-                    let twin = m
-                        .keys()
-                        .find(|a| *a != k && portcullis_base::path::same_name_ignoring_case(a, k))
-                        .unwrap_or(k);
-                    at.push('/');
-                    at.push_str(&escape(twin));
-                    return Err(Violation::new(
-                        Fault::Ambiguous,
-                        at.clone(),
-                        "propertyNames",
-                    ));
-                }
+            if let Some(twin) = case_twin(m) {
+                return Err(ShapeFault {
+                    fault: Fault::Ambiguous,
+                    keyword: "propertyNames",
+                    path: vec![escape(twin)],
+                });
             }
             for (k, x) in m {
-                at.push('/');
-                at.push_str(&escape(k));
-                shape(x, at, depth + 1)?;
-                at.truncate(len);
+                shape_at(x, depth + 1).map_err(|mut f| {
+                    f.path.push(escape(k));
+                    f
+                })?;
             }
         }
         Value::Array(a) => {
             for (i, x) in a.iter().enumerate() {
-                at.push('/');
-                at.push_str(&i.to_string());
-                shape(x, at, depth + 1)?;
-                at.truncate(len);
+                shape_at(x, depth + 1).map_err(|mut f| {
+                    f.path.push(i.to_string());
+                    f
+                })?;
             }
         }
         _ => {}
     }
     Ok(())
+}
+
+/// The first member (in the object's order) whose name a later member repeats but for case
+/// (as `same_name_ignoring_case` decides: lower-case or upper-case forms agree).
+fn case_twin(m: &Map<String, Value>) -> Option<&String> {
+    // Pairwise costs nothing to allocate and is quicker for the objects APIs send; a body of
+    // many members must not cost quadratic time, so large objects go through sets.
+    const PAIRWISE: usize = 16;
+    let twin_of = |k: &String| {
+        m.keys()
+            .find(|a| *a != k && portcullis_base::path::same_name_ignoring_case(a, k))
+    };
+    if m.len() <= PAIRWISE {
+        return m.keys().enumerate().find_map(|(j, b)| {
+            m.keys()
+                .take(j)
+                .find(|a| portcullis_base::path::same_name_ignoring_case(a, b))
+        });
+    }
+    let mut lower = std::collections::HashSet::with_capacity(m.len());
+    let mut upper = std::collections::HashSet::with_capacity(m.len());
+    for k in m.keys() {
+        let (l, u) = if k.is_ascii() {
+            (k.to_ascii_lowercase(), k.to_ascii_uppercase())
+        } else {
+            (k.to_lowercase(), k.to_uppercase())
+        };
+        if !lower.insert(l) | !upper.insert(u) {
+            return Some(twin_of(k).unwrap_or(k));
+        }
+    }
+    None
 }
 
 /// RFC 6901 escaping of one reference token.
@@ -1251,6 +1285,32 @@ pub fn compile(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shape_names_the_twin_and_the_too_deep_value_by_pointer() {
+        let fault = |v: Value| shape(&v).err().map(|e| (e.pointer, e.keyword));
+        assert_eq!(fault(serde_json::json!({"a": [1, {"b": {"c": 1}}]})), None);
+        let twin = serde_json::json!({"Data": {"Items": [{}, {"x/y": 1, "X/Y": 2}]}});
+        assert_eq!(
+            fault(twin),
+            Some(("/Data/Items/1/X~1Y".into(), "propertyNames".into()))
+        );
+        // Past the pairwise bound the sets decide, naming the same member.
+        let mut big: Map<String, Value> = (0..40).map(|i| (format!("m{i}"), Value::Null)).collect();
+        big.insert("M7".into(), Value::Null);
+        assert_eq!(
+            fault(serde_json::json!({"big": big})),
+            Some(("/big/M7".into(), "propertyNames".into()))
+        );
+        let mut deep = Value::Null;
+        for _ in 0..MAX_DEPTH {
+            deep = serde_json::json!([deep]);
+        }
+        assert_eq!(fault(deep.clone()), None);
+        let (pointer, keyword) = fault(serde_json::json!({"a": deep})).unwrap();
+        assert_eq!(keyword, "maxDepth");
+        assert_eq!(pointer, format!("/a{}", "/0".repeat(MAX_DEPTH)));
+    }
 
     fn spec(v30: bool, schema: Value) -> Arc<Spec> {
         let version = if v30 { "3.0.3" } else { "3.1.0" };
