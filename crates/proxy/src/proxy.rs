@@ -341,12 +341,18 @@ fn seal(shared: &Shared, open: Box<Open>, outcome: record::Outcome) {
             .metrics
             .contract_response_drift(trail.route_id.as_deref(), d.keyword());
     }
-    let who = crate::detection::Who {
-        cert: head.client_cert.clone(),
-        token: trail.token.clone(),
-        peer: head.peer_ip,
-        route: trail.route.clone(),
-    };
+    let rt = shared.runtime.load();
+    // Who the detectors count against; nothing to copy when detection is off.
+    let who = rt
+        .config
+        .detection
+        .enabled
+        .then(|| crate::detection::Who {
+            cert: head.client_cert.clone(),
+            token: trail.token.clone(),
+            peer: head.peer_ip,
+            route: trail.route.clone(),
+        });
     let record = Box::new(record::compose(head, trail, outcome));
     let took = Duration::from_micros(record.total_latency_us);
     if record.decision == "shadow_deny" {
@@ -379,8 +385,7 @@ fn seal(shared: &Shared, open: Box<Open>, outcome: record::Outcome) {
         );
     }
     // An alert's record follows the record of the request that fired it.
-    let rt = shared.runtime.load();
-    let alerts = if rt.config.detection.enabled {
+    let alerts = if let Some(who) = who {
         let to = crate::detection::Detection {
             cfg: &rt.config.detection,
             detect: &shared.detect,
