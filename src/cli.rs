@@ -69,7 +69,7 @@ pub(crate) enum Command {
         #[arg(long, default_value = "127.0.0.1:9080")]
         listen: Vec<SocketAddr>,
         /// Append one line per request received to FILE: method, path, body SHA-256 (hex),
-        /// `x-idempotency-key` (`-`: none), written before the answer.
+        /// `x-idempotency-key` (`-`: none), `Host` (`-`: none), written before the answer.
         #[arg(long, value_name = "FILE")]
         record: Option<PathBuf>,
         /// Milliseconds each answer waits.

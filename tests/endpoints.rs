@@ -1,8 +1,9 @@
 //! Upstreams as endpoint sets, on loopback with real servers: `portcullis mock-bank` processes
 //! killed with SIGKILL and started again, and in-process instances slowed, failing and made
 //! unhealthy; the proxy's choice of endpoint, its health checks,
-//! outlier ejection, breakers, bulkhead, retries and their budget, and a reload that removes an
-//! endpoint under a request. Each refusal is checked three ways: status and reason, nothing
+//! outlier ejection, breakers, bulkhead, retries and their budget, a reload that removes an
+//! endpoint under a request, and a real `portcullis run` process following a DNS name whose
+//! answer the test changes (a private `/etc/hosts` in a mount namespace). Each refusal is checked three ways: status and reason, nothing
 //! upstream, one audit record that says why. docs/failure-behaviour.md lists each case.
 
 mod common;
@@ -211,13 +212,15 @@ fn metric(text: &str, prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// What a bank process recorded of one request: method, path, body SHA-256, idempotency key.
+/// What a bank process recorded of one request: method, path, body SHA-256, idempotency key,
+/// the `Host` it was asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Recorded {
     method: String,
     path: String,
     body_sha256: String,
     key: String,
+    host: String,
 }
 
 /// A `portcullis mock-bank` process on loopback, recording every request it takes to a file
@@ -232,8 +235,12 @@ struct Bank {
 
 impl Bank {
     async fn start(dir: &std::path::Path, n: usize, delay_ms: u64) -> Bank {
+        Bank::start_at(dir, n, free_addr(), delay_ms).await
+    }
+
+    async fn start_at(dir: &std::path::Path, n: usize, addr: SocketAddr, delay_ms: u64) -> Bank {
         let mut b = Bank {
-            addr: free_addr(),
+            addr,
             record: dir.join(format!("bank-{n}.log")),
             delay_ms,
             child: None,
@@ -274,12 +281,13 @@ impl Bank {
         text.lines()
             .map(|l| {
                 let w: Vec<&str> = l.split(' ').collect();
-                assert_eq!(w.len(), 4, "record line {l:?}");
+                assert_eq!(w.len(), 5, "record line {l:?}");
                 Recorded {
                     method: w[0].into(),
                     path: w[1].into(),
                     body_sha256: w[2].into(),
                     key: w[3].into(),
+                    host: w[4].into(),
                 }
             })
             .collect()
@@ -741,6 +749,450 @@ async fn a_dns_name_is_resolved_to_its_addresses_and_named_in_requests() {
         seen[0].1.ends_with(&format!("host=localhost:{port}")),
         "{seen:?}"
     );
+}
+
+/// The name the DNS test's proxy process resolves: under `.test`, reserved, so it can only be
+/// answered by the hosts file the test writes.
+const BANK_NAME: &str = "bank.portcullis.test";
+
+/// How long bank 1 of the DNS test takes to answer: long enough that a request is still in
+/// flight on it after the proxy has resolved the name again (every 200 ms) and dropped it.
+const SLOW_MS: u64 = 2500;
+
+/// Fails, saying why, when this machine cannot give a process a private `/etc/hosts` (user and
+/// mount namespaces): the DNS test must not pass by not running.
+fn assert_namespaces() {
+    let out = std::process::Command::new("unshare")
+        .args(["-r", "-m", "true"])
+        .output();
+    let ok = matches!(&out, Ok(o) if o.status.success());
+    assert!(
+        ok,
+        "`unshare -r -m true` failed, so user and mount namespaces are unavailable here: the DNS \
+         re-resolution test needs them to give the proxy process a private /etc/hosts \
+         (allow unprivileged user namespaces, e.g. sysctl kernel.unprivileged_userns_clone=1 and \
+         user.max_user_namespaces > 0, or run as root): {out:?}"
+    );
+}
+
+/// Three addresses on the same free port, on 127.0.0.1, 127.0.0.2 and 127.0.0.3 (bound and
+/// released, for the bank processes to bind next): the three addresses one name resolves to.
+fn three_loopback_addrs() -> [SocketAddr; 3] {
+    for _ in 0..100 {
+        let port = free_addr().port();
+        let addrs = [1u8, 2, 3].map(|n| SocketAddr::from(([127, 0, 0, n], port)));
+        let free = addrs.iter().all(|a| std::net::TcpListener::bind(a).is_ok());
+        if free {
+            return addrs;
+        }
+    }
+    panic!("no port free on 127.0.0.1, 127.0.0.2 and 127.0.0.3 at once");
+}
+
+/// The file the proxy process sees as `/etc/hosts` (bind-mounted over it in its namespace).
+struct Hosts(std::path::PathBuf);
+
+impl Hosts {
+    /// Makes `BANK_NAME` resolve to `ips` (none: no line for it). The file is rewritten in
+    /// place, truncated and written on the same inode: the bind mount shows the inode it was
+    /// made on, so a new file renamed over it would never be seen.
+    fn answer(&self, ips: &[std::net::IpAddr]) {
+        let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+        for ip in ips {
+            text.push_str(&format!("{ip} {BANK_NAME}\n"));
+        }
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&self.0)
+            .expect("the hosts file");
+        f.write_all(text.as_bytes())
+            .expect("the hosts file written");
+    }
+}
+
+/// A real `portcullis run` process in front of an upstream that is the DNS name `BANK_NAME`,
+/// resolved through glibc (nsswitch `files`) against the test's hosts file.
+struct ProxyProcess {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    dir: tempfile::TempDir,
+    _child: ChildGuard,
+}
+
+impl ProxyProcess {
+    async fn start(port: u16, hosts: &Hosts) -> ProxyProcess {
+        let (addr, admin) = (free_addr(), free_addr());
+        let mut o = Options::new("127.0.0.1:9".parse().unwrap());
+        o.config.listener.address = addr.to_string();
+        o.config.admin = Some(FileAdmin {
+            address: admin.to_string(),
+        });
+        *o.bank() = FileUpstream {
+            dns: Some(FileUpstreamDns {
+                name: BANK_NAME.into(),
+                port,
+                scheme: None,
+                base_path: None,
+                interval: Some(dur("200ms")),
+            }),
+            connect_timeout: Some(dur("500ms")),
+            response_timeout: Some(dur("5s")),
+            ..FileUpstream::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+        std::fs::write(dir.path().join("policies/test.yaml"), &o.policy).unwrap();
+        let config = dir.path().join("portcullis.yaml");
+        std::fs::write(&config, o.config_text()).unwrap();
+        // A name missing from the hosts file falls through to DNS (nsswitch `files dns`): the
+        // resolver the process sees points at a loopback port nothing serves, so that answer
+        // fails at once and no query leaves the machine.
+        let resolv = dir.path().join("resolv.conf");
+        std::fs::write(
+            &resolv,
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
+        let child = std::process::Command::new("unshare")
+            .args([
+                "-r",
+                "-m",
+                "sh",
+                "-c",
+                "mount --bind \"$0\" /etc/hosts && mount --bind \"$1\" /etc/resolv.conf \
+                 && exec \"$2\" run --config \"$3\"",
+            ])
+            .arg(&hosts.0)
+            .arg(&resolv)
+            .arg(env!("CARGO_BIN_EXE_portcullis"))
+            .arg(&config)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("unshare");
+        let p = ProxyProcess {
+            addr,
+            admin,
+            dir,
+            _child: ChildGuard(child),
+        };
+        let t = Instant::now();
+        while p.admin_text("/readyz").await.0 != 200 {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "the proxy process never got ready; its log:\n{}",
+                p.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        p
+    }
+
+    /// What the process logged (JSON lines, info and up).
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    /// `GET path` on the admin listener: status (0 when it did not answer) and body.
+    async fn admin_text(&self, path: &str) -> (u16, String) {
+        let Ok(mut tcp) = tokio::net::TcpStream::connect(self.admin).await else {
+            return (0, String::new());
+        };
+        let head = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        if tcp.write_all(head.as_bytes()).await.is_err() {
+            return (0, String::new());
+        }
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut raw)).await;
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
+        (status, body)
+    }
+
+    /// The `bank` upstream's endpoints now, as `/metrics` lists them (sorted).
+    async fn endpoints(&self) -> Vec<String> {
+        let text = self.admin_text("/metrics").await.1;
+        let prefix = "portcullis_upstream_endpoint_state{upstream=\"bank\",endpoint=\"";
+        let mut set: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .filter_map(|l| l.split('"').next())
+            .map(String::from)
+            .collect();
+        set.sort();
+        set.dedup();
+        set
+    }
+
+    /// Waits (at most 5 s) until the upstream's endpoints are `want`.
+    async fn endpoints_become(&self, want: &[SocketAddr]) {
+        let mut want: Vec<String> = want.iter().map(|a| a.to_string()).collect();
+        want.sort();
+        let t = Instant::now();
+        loop {
+            let now = self.endpoints().await;
+            if now == want {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "the set is {now:?}, not {want:?}, 5 s on; the log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// How many times the process said a resolution kept the last set.
+    fn kept_last_set(&self) -> usize {
+        self.log().matches("keeping the last set").count()
+    }
+
+    /// The audit records of the interactions `ids`, one each, in their order (waited for at
+    /// most 2 s).
+    async fn audits_of(&self, ids: &[&str]) -> Vec<serde_json::Value> {
+        let t = Instant::now();
+        loop {
+            let text =
+                std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default();
+            // The writer may be mid-write: only lines that end in a newline are complete.
+            let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+            let raw: Vec<serde_json::Value> = complete
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+                .collect();
+            let mut by_id: std::collections::HashMap<String, Vec<serde_json::Value>> =
+                std::collections::HashMap::new();
+            for r in portcullis_audit::resolve::inline_file(raw) {
+                if let Some(id) = r["interaction_id"].as_str() {
+                    by_id.entry(id.to_string()).or_default().push(r);
+                }
+            }
+            let all_there = ids.iter().all(|id| by_id.contains_key(*id));
+            if all_there || t.elapsed() > Duration::from_secs(2) {
+                return ids
+                    .iter()
+                    .map(|id| {
+                        let recs = by_id.remove(*id).unwrap_or_default();
+                        assert_eq!(recs.len(), 1, "exactly one audit record for {id}: {recs:?}");
+                        recs.into_iter().next().unwrap()
+                    })
+                    .collect();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Asserts, by their audit records, that each of the requests `ids` answered 200 from one
+    /// of `endpoints`, tried once.
+    async fn assert_served_by(&self, ids: &[&str], endpoints: &[SocketAddr]) {
+        let endpoints: Vec<String> = endpoints.iter().map(|a| a.to_string()).collect();
+        for rec in self.audits_of(ids).await {
+            assert_eq!(rec["status"], 200, "{rec}");
+            assert_eq!(rec["upstream_attempts"], 1, "{rec}");
+            let tried = rec["upstream_endpoints"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                tried.len() == 1 && endpoints.iter().any(|e| tried[0] == e.as_str()),
+                "served by {tried:?}, not one of {endpoints:?}: {rec}"
+            );
+        }
+    }
+}
+/// A GET of the accounts on a new connection as TPP One with a fresh interaction id: the
+/// status (`None` when the connection or the request failed) and the id.
+async fn read_at(addr: SocketAddr) -> (Option<u16>, String) {
+    let id = uuid::Uuid::new_v4().to_string();
+    let r = req("GET", ACCOUNTS)
+        .header("x-fapi-interaction-id", &id)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    (send_fresh(addr, r).await.map(|a| a.status.as_u16()), id)
+}
+
+/// `workers` clients each sending reads one after another until `stop` is set; each returns
+/// its answers.
+fn readers(
+    addr: SocketAddr,
+    workers: usize,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinSet<Vec<(Option<u16>, String)>> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let stop = Arc::clone(stop);
+        set.spawn(async move {
+            let mut out = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                out.push(read_at(addr).await);
+            }
+            out
+        });
+    }
+    set
+}
+
+/// Stops the readers and returns every answer they had.
+async fn stop_readers(
+    mut set: tokio::task::JoinSet<Vec<(Option<u16>, String)>>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<(Option<u16>, String)> {
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    while let Some(r) = set.join_next().await {
+        all.extend(r.unwrap());
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_process_follows_its_dns_name_as_the_answer_changes() {
+    assert_namespaces();
+    let dir = tempfile::tempdir().unwrap();
+    let [a1, a2, a3] = three_loopback_addrs();
+    let port = a1.port();
+    let b1 = Bank::start_at(dir.path(), 1, a1, SLOW_MS).await;
+    let b2 = Bank::start_at(dir.path(), 2, a2, 0).await;
+    let b3 = Bank::start_at(dir.path(), 3, a3, 0).await;
+    let hosts = Hosts(dir.path().join("hosts"));
+    std::fs::write(&hosts.0, "").unwrap();
+    hosts.answer(&[a1.ip()]);
+    let p = ProxyProcess::start(port, &hosts).await;
+    p.endpoints_become(&[a1]).await;
+
+    // 1. The name answers 127.0.0.1: reads go to bank 1 only.
+    let (r1, r2) = tokio::join!(read_at(p.addr), read_at(p.addr));
+    for (status, id) in [&r1, &r2] {
+        assert_eq!(*status, Some(200), "{id}");
+    }
+    p.assert_served_by(&[&r1.1, &r2.1], &[a1]).await;
+    assert_eq!((b1.count(), b2.count(), b3.count()), (2, 0, 0));
+
+    // 2. It answers all three: within a bounded time all three take reads, none fails.
+    hosts.answer(&[a1.ip(), a2.ip(), a3.ip()]);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = readers(p.addr, 3, &stop);
+    let t = Instant::now();
+    while !(b1.count() > 2 && b2.count() > 0 && b3.count() > 0) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "not all three took reads 5 s after the change: {} {} {}; set {:?}",
+            b1.count(),
+            b2.count(),
+            b3.count(),
+            p.endpoints().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answers = stop_readers(load, &stop).await;
+    assert!(!answers.is_empty());
+    for (status, id) in &answers {
+        assert_eq!(*status, Some(200), "a read failed while the set grew: {id}");
+    }
+    let ids: Vec<&str> = answers.iter().map(|a| a.1.as_str()).collect();
+    p.assert_served_by(&ids, &[a1, a2, a3]).await;
+    p.endpoints_become(&[a1, a2, a3]).await;
+
+    // 3. A slow read in flight on bank 1 while the name stops answering 127.0.0.1: it
+    // finishes, and nothing new reaches bank 1. Reads are sent one at a time until one lands
+    // on bank 1 (two random choices: a third of them, each), which then holds it SLOW_MS.
+    let mut slow = None;
+    for _ in 0..60 {
+        let before = b1.count();
+        let task = tokio::spawn(read_at(p.addr));
+        loop {
+            if b1.count() > before {
+                slow = Some(task);
+                break;
+            }
+            if task.is_finished() {
+                let (status, id) = task.await.unwrap();
+                assert_eq!(status, Some(200), "{id}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if slow.is_some() {
+            break;
+        }
+    }
+    let slow = slow.expect("no read landed on bank 1 in 60 tries");
+    let on_bank_1 = b1.count();
+    hosts.answer(&[a2.ip(), a3.ip()]);
+    p.endpoints_become(&[a2, a3]).await;
+    assert!(
+        !slow.is_finished(),
+        "the set changed only after the slow read finished: the test proved nothing \
+         (SLOW_MS too short for this machine)"
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = readers(p.addr, 2, &stop);
+    let (status, slow_id) = slow.await.unwrap();
+    assert_eq!(
+        status,
+        Some(200),
+        "the read in flight on the dropped endpoint finished"
+    );
+    p.assert_served_by(&[&slow_id], &[a1]).await;
+    let (n2, n3) = (b2.count(), b3.count());
+    let t = Instant::now();
+    while !(b2.count() > n2 && b3.count() > n3) {
+        assert!(t.elapsed() < Duration::from_secs(5), "banks 2 and 3 serve");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answers = stop_readers(load, &stop).await;
+    assert!(!answers.is_empty());
+    for (status, id) in &answers {
+        assert_eq!(*status, Some(200), "a read failed after bank 1 left: {id}");
+    }
+    let ids: Vec<&str> = answers.iter().map(|a| a.1.as_str()).collect();
+    p.assert_served_by(&ids, &[a2, a3]).await;
+    assert_eq!(b1.count(), on_bank_1, "nothing new reached bank 1");
+
+    // 4. The name has no answer at all: the last set keeps serving.
+    let kept = p.kept_last_set();
+    hosts.answer(&[]);
+    let t = Instant::now();
+    // Two failed resolutions, so the reads below come after the proxy has known of it a while.
+    while p.kept_last_set() < kept + 2 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no failed resolution logged 5 s after the name went; the log:\n{}",
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let (status, id) = read_at(p.addr).await;
+        assert_eq!(
+            status,
+            Some(200),
+            "a read failed with no answer for the name: {id}"
+        );
+        ids.push(id);
+    }
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    p.assert_served_by(&ids, &[a2, a3]).await;
+    assert_eq!(p.endpoints().await.len(), 2, "the last set is kept");
+    assert_eq!(b1.count(), on_bank_1, "nothing new reached bank 1");
+
+    // 5. Every request the banks took named the service, not the address it was sent to.
+    let host = format!("{BANK_NAME}:{port}");
+    let seen = banks_seen(&[&b1, &b2, &b3]);
+    assert!(seen.len() >= 10, "{seen:?}");
+    for s in &seen {
+        assert_eq!(s.host, host, "{s:?}");
+        assert_eq!((s.method.as_str(), s.path.as_str()), ("GET", ACCOUNTS));
+    }
 }
 
 /// A change to the `bank` upstream's entry.

@@ -3,7 +3,8 @@
 //! It is a stand-in upstream, not part of the security boundary.
 //!
 //! With [`Options::record`] it appends one line per request it received to a file — method,
-//! path, the SHA-256 of the body (hex), the `x-idempotency-key` (`-` without one) — written
+//! path, the SHA-256 of the body (hex), the `x-idempotency-key` (`-` without one), the `Host`
+//! it was asked for (the HTTP/2 authority; `-` without one) — written
 //! with one `write` before the answer, so a test that kills the process with SIGKILL still
 //! reads every request it took; with [`Options::delay`] it waits that long before answering
 //! (requests in flight when it is killed).
@@ -133,6 +134,18 @@ async fn handle(
         .headers()
         .get("x-idempotency-key")
         .map(|v| printable(v.as_bytes()));
+    // Recorded so a test can see which name a proxy put on a request it sent to an address
+    // (a DNS upstream names the service, not the address it connected to).
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .map(|v| v.as_bytes().to_vec())
+        .or_else(|| {
+            req.uri()
+                .authority()
+                .map(|a| a.as_str().as_bytes().to_vec())
+        })
+        .map(|h| printable(&h));
     let body = match Limited::new(req.into_body(), 1024 * 1024).collect().await {
         Ok(c) => c.to_bytes(),
         Err(_) => return Ok(reply(StatusCode::BAD_REQUEST, json!({"Code": "400"}))),
@@ -141,9 +154,10 @@ async fn handle(
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body);
         let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         let line = format!(
-            "{method} {} {hash} {}\n",
+            "{method} {} {hash} {} {}\n",
             printable(path.as_bytes()),
-            key.as_deref().unwrap_or("-")
+            key.as_deref().unwrap_or("-"),
+            host.as_deref().unwrap_or("-")
         );
         use std::io::Write as _;
         // One write per line: the kernel has it before the answer leaves, whatever kills
