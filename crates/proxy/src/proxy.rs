@@ -343,16 +343,12 @@ fn seal(shared: &Shared, open: Box<Open>, outcome: record::Outcome) {
     }
     let rt = shared.runtime.load();
     // Who the detectors count against; nothing to copy when detection is off.
-    let who = rt
-        .config
-        .detection
-        .enabled
-        .then(|| crate::detection::Who {
-            cert: head.client_cert.clone(),
-            token: trail.token.clone(),
-            peer: head.peer_ip,
-            route: trail.route.clone(),
-        });
+    let who = rt.config.detection.enabled.then(|| crate::detection::Who {
+        cert: head.client_cert.clone(),
+        token: trail.token.clone(),
+        peer: head.peer_ip,
+        route: trail.route.clone(),
+    });
     let record = Box::new(record::compose(head, trail, outcome));
     let took = Duration::from_micros(record.total_latency_us);
     if record.decision == "shadow_deny" {
