@@ -900,20 +900,9 @@ impl ProxyProcess {
 
     /// `GET path` on the admin listener: status (0 when it did not answer) and body.
     async fn admin_text(&self, path: &str) -> (u16, String) {
-        let Ok(mut tcp) = tokio::net::TcpStream::connect(self.admin).await else {
-            return (0, String::new());
-        };
-        let head = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        if tcp.write_all(head.as_bytes()).await.is_err() {
-            return (0, String::new());
-        }
-        let mut raw = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut raw)).await;
-        let text = String::from_utf8_lossy(&raw).to_string();
-        let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
-        (status, body)
+        admin_get(self.admin, path)
+            .await
+            .unwrap_or((0, String::new()))
     }
 
     /// The `bank` upstream's endpoints now, as `/metrics` lists them (sorted).
@@ -960,14 +949,7 @@ impl ProxyProcess {
     async fn audits_of(&self, ids: &[&str]) -> Vec<serde_json::Value> {
         let t = Instant::now();
         loop {
-            let text =
-                std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default();
-            // The writer may be mid-write: only lines that end in a newline are complete.
-            let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
-            let raw: Vec<serde_json::Value> = complete
-                .lines()
-                .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
-                .collect();
+            let raw = raw_audit_file(&self.dir.path().join("audit.log"));
             let mut by_id: std::collections::HashMap<String, Vec<serde_json::Value>> =
                 std::collections::HashMap::new();
             for r in portcullis_audit::resolve::inline_file(raw) {

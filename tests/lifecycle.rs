@@ -13,24 +13,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// `GET path` on the plain-HTTP admin listener: status and body, or `None` when it does not
-/// answer.
-async fn admin_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut tcp = tokio::net::TcpStream::connect(admin).await.ok()?;
-    let head = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-    tcp.write_all(head.as_bytes()).await.ok()?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut raw))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text.get(9..12)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1.to_string();
-    Some((status, body))
-}
 
 /// One GET on a new TLS connection as TPP One: the status, or `None` when the connection or
 /// the request failed.

@@ -631,13 +631,7 @@ impl Proxy {
 
     /// Every audit record written so far, exactly as written (`connection` records included).
     pub(crate) fn raw_audit(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default();
-        // The writer may be mid-write: only lines that end in a newline are complete.
-        let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
-        complete
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
-            .collect()
+        raw_audit_file(&self.dir.path().join("audit.log"))
     }
 
     /// Waits for the audit records matching `pred`; returns them once `n` exist.
@@ -1118,6 +1112,35 @@ pub(crate) async fn send_fresh(addr: SocketAddr, r: http::Request<Full<Bytes>>) 
 
 /// A loopback address nothing listens on right now (bound and released): for a process the
 /// test starts, which binds it next.
+/// The complete records of the audit file at `path` (none when it does not exist yet), exactly
+/// as written; for a proxy run as a process as much as for [`Proxy`].
+pub(crate) fn raw_audit_file(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    // The writer may be mid-write: only lines that end in a newline are complete.
+    let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+    complete
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+        .collect()
+}
+
+/// `GET path` on a plain-HTTP admin listener (of a proxy run as a process): status and body,
+/// or `None` when it does not answer.
+pub(crate) async fn admin_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut tcp = tokio::net::TcpStream::connect(admin).await.ok()?;
+    let head = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut raw))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text.get(9..12)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
 pub(crate) fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
