@@ -372,18 +372,14 @@ impl Contract {
         }
         let doc = parse_body(body).map_err(ResponseDrift::Body)?;
         shape(&doc).map_err(ResponseDrift::Body)?;
-        schema
-            .validate(&doc)
-            .map_err(|e| ResponseDrift::Body(violation(&e)))
+        checked(schema, &doc).map_err(ResponseDrift::Body)
     }
 
     /// Checks a request; the first violation found (parameters before the body).
     pub fn check(&self, r: &Request<'_>) -> Result<(), Violation> {
         if let Some(v) = &self.params_schema {
             let instance = self.params_instance(r)?;
-            if let Err(e) = v.validate(&instance) {
-                return Err(violation(&e));
-            }
+            checked(v, &instance)?;
         }
         let body = r.body.filter(|b| !b.is_empty());
         match (&self.body, body) {
@@ -393,7 +389,7 @@ impl Contract {
             (Some(schema), Some(bytes)) => {
                 let doc = parse_body(bytes)?;
                 shape(&doc)?;
-                schema.validate(&doc).map_err(|e| violation(&e))
+                checked(schema, &doc)
             }
             _ => Ok(()),
         }
@@ -587,6 +583,19 @@ fn case_twin(m: &Map<String, Value>) -> Option<&String> {
 /// RFC 6901 escaping of one reference token.
 fn escape(s: &str) -> String {
     s.replace('~', "~0").replace('/', "~1")
+}
+
+/// Validates `doc`. The yes-or-no check tracks no location and builds no error, so a
+/// conforming document (the common case) costs least; the first error is asked for only when
+/// it says no. Should the two ever disagree, the no stands (fail closed).
+fn checked(schema: &jsonschema::Validator, doc: &Value) -> Result<(), Violation> {
+    if schema.is_valid(doc) {
+        return Ok(());
+    }
+    match schema.validate(doc) {
+        Err(e) => Err(violation(&e)),
+        Ok(()) => Err(Violation::new(Fault::Other, "", "schema")),
+    }
 }
 
 fn violation(e: &jsonschema::ValidationError<'_>) -> Violation {
@@ -1163,14 +1172,26 @@ fn json_schema_of(v: &Value) -> Option<&Value> {
 }
 
 /// Compiles a translated schema: 2020-12, formats asserted (a `date-time` that is not one is
-/// refused), regular expressions with a backtracking bound so a pattern cannot be made to run
-/// without end by a hostile value.
+/// refused). Regular expressions go to the linear-time `regex` engine, so no value can make a
+/// pattern run long, and it is the quicker of the two; only a schema with a pattern that engine
+/// cannot express (look-around, back-references) falls back to the backtracking engine, with a
+/// bound on its backtracking for the same reason.
 fn build(schema: &Value) -> Result<jsonschema::Validator, String> {
-    jsonschema::options()
-        .with_draft(jsonschema::Draft::Draft202012)
-        .should_validate_formats(true)
-        .with_pattern_options(jsonschema::PatternOptions::fancy_regex().backtrack_limit(100_000))
+    let options = || {
+        jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .should_validate_formats(true)
+    };
+    options()
+        .with_pattern_options(jsonschema::PatternOptions::regex())
         .build(schema)
+        .or_else(|_| {
+            options()
+                .with_pattern_options(
+                    jsonschema::PatternOptions::fancy_regex().backtrack_limit(100_000),
+                )
+                .build(schema)
+        })
         .map_err(|e| format!("the schema does not compile: {e}"))
 }
 
@@ -1481,6 +1502,27 @@ mod tests {
             .compile(Path::new("s"), "op", ContractMode::Enforce, false)
             .unwrap_err();
         assert!(e.1.contains("resolves to nothing"), "{}", e.1);
+    }
+
+    #[test]
+    fn patterns_run_in_linear_time_and_look_around_still_compiles() {
+        let run = |schema: Value, body: &str| {
+            let c = spec(true, schema)
+                .compile(Path::new("s"), "op", ContractMode::Enforce, false)
+                .unwrap();
+            check(&c, body).map_err(|v| v.fault)
+        };
+        // A pattern that backtracks exponentially on a near miss is judged at once.
+        let nested = serde_json::json!({"type": "string", "pattern": "^(a+)+$"});
+        assert_eq!(run(nested.clone(), "\"aaaa\""), Ok(()));
+        let started = std::time::Instant::now();
+        let near_miss = format!("\"{}b\"", "a".repeat(40));
+        assert_eq!(run(nested, &near_miss), Err(Fault::Pattern));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Look-ahead needs the backtracking engine: the schema still compiles and is enforced.
+        let ahead = serde_json::json!({"type": "string", "pattern": "^(?!GB)[A-Z]{2}$"});
+        assert_eq!(run(ahead.clone(), "\"FR\""), Ok(()));
+        assert_eq!(run(ahead, "\"GB\""), Err(Fault::Pattern));
     }
 
     #[test]
