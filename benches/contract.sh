@@ -7,6 +7,8 @@
 # strict, with the answer checked in CONTRACT_RESPONSE mode). Rounds alternate the order
 # (off, on / on, off) so a drift of the machine's speed within a round favours neither; the
 # verdict is the median over rounds of the paired ratio on ÷ off for throughput. Target: ≥ 0.95.
+# It also prints each instance's CPU per request (from /proc, over each round's requests) and
+# the contract's share of it, the figure the shared cores blur least.
 #
 # The mock bank answers the consent with its own body, which does not fit OBIE's response
 # schema: under the default (shadow) every answer is read, checked and recorded as drift, the
@@ -78,8 +80,11 @@ $RATE_LIMITS" "$4"
 consent_config "$P_OFF" "$A_OFF" off.log policies/bench-consent-off.yaml >"$WORK/off.yaml"
 consent_config "$P_ON" "$A_ON" on.log policies/bench-consent-on.yaml >"$WORK/on.yaml"
 start_portcullis "$WORK/off.yaml" off "$A_OFF"
+PID_OFF=$STARTED_PID
 start_portcullis "$WORK/on.yaml" on "$A_ON"
+PID_ON=$STARTED_PID
 declare -A PORT=([off]=$P_OFF [on]=$P_ON)
+declare -A PID=([off]=$PID_OFF [on]=$PID_ON)
 
 # The headers OBIE requires of a consent POST. The load generator signs each body (the route
 # verifies no request signature, but the description requires x-jws-signature), the same cost
@@ -120,7 +125,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
     for who in "${order[@]}"; do
         log "round $round/$ROUNDS: contract $who"
         drive "$who" "$WARMUP" "$RAW/warmup.json"
+        before=$(cpu_ticks "${PID[$who]}")
         drive "$who" "$DURATION" "$RAW/$who-$round.json"
+        echo $(($(cpu_ticks "${PID[$who]}") - before)) >"$RAW/$who-$round.ticks"
     done
 done
 
@@ -131,21 +138,29 @@ grep -q '"contract":{"operation":"CreateDomesticPaymentConsents"' "$WORK/audit/o
 python3 - "$RAW" "$ROUNDS" "$OUT" "$CONTRACT_RESPONSE" <<'PY'
 import json, statistics, sys
 raw, rounds, out, response = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-def flat(p):
-    s = json.load(open(p)); lat = s.get("latency", s)
+HZ = 100  # USER_HZ: /proc/PID/stat counts CPU time in 1/100 s
+def flat(w, r):
+    s = json.load(open(f"{raw}/{w}-{r}.json")); lat = s.get("latency", s)
+    n = s.get("requests") or 1
+    ticks = int(open(f"{raw}/{w}-{r}.ticks").read())
     return {"rps": s["rps"], "p50_us": lat["p50_us"], "p99_us": lat["p99_us"],
-            "errors": s.get("errors", 0)}
-runs = {w: [flat(f"{raw}/{w}-{r}.json") for r in range(1, rounds + 1)] for w in ["off", "on"]}
+            "errors": s.get("errors", 0), "cpu_us": ticks * 1e6 / HZ / n}
+runs = {w: [flat(w, r) for r in range(1, rounds + 1)] for w in ["off", "on"]}
 bad = [f"{w} round {i}: {r['errors']} errors" for w, rs in runs.items()
        for i, r in enumerate(rs, 1) if r["errors"]]
 ratios = [n["rps"] / o["rps"] for o, n in zip(runs["off"], runs["on"])]
-med = {w: {k: statistics.median(r[k] for r in rs) for k in ["rps", "p50_us", "p99_us"]}
+med = {w: {k: statistics.median(r[k] for r in rs) for k in ["rps", "p50_us", "p99_us", "cpu_us"]}
        for w, rs in runs.items()}
 ratio = statistics.median(ratios)
+# The proxy's own CPU per request: the figure the shared cores blur least.
+extra = statistics.median(n["cpu_us"] - o["cpu_us"] for o, n in zip(runs["off"], runs["on"]))
 print(f"consent  off {med['off']['rps']:.0f} req/s  on (response: {response}) "
       f"{med['on']['rps']:.0f} req/s  on/off {ratio:.3f} (target >= 0.95)  "
       f"paired {['%.3f' % r for r in ratios]}")
+print(f"proxy CPU per request: off {med['off']['cpu_us']:.1f} µs, on {med['on']['cpu_us']:.1f} µs, "
+      f"the contract's share (median of the paired differences) {extra:.1f} µs")
 json.dump({"median": med, "paired_ratios": ratios, "ratio_on_over_off": ratio,
+           "contract_cpu_us_per_request": extra,
            "response": response, "target": 0.95, "problems": bad}, open(out, "w"), indent=2)
 for b in bad:
     print("error:", b, file=sys.stderr)

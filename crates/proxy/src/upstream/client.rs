@@ -237,7 +237,7 @@ impl UpstreamClient {
             if let Some((i, j)) = two_draws(set.len()) {
                 let (x, y) = (&set[i], &set[j]);
                 if x.state.is_pristine() && y.state.is_pristine() {
-                    let e = if y.state.outstanding() < x.state.outstanding() {
+                    let e = if y.state.outstanding_here() < x.state.outstanding_here() {
                         y
                     } else {
                         x

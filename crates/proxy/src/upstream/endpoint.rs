@@ -139,10 +139,18 @@ impl Health {
     }
 }
 
+/// How many workers keep their own count of outstanding tries (more wrap around and share).
+const WORKER_SLOTS: usize = 16;
+
 /// What is known of an endpoint, shared by every config generation that has it.
 #[derive(Debug)]
 pub(crate) struct EndpointState {
-    outstanding: AtomicUsize,
+    /// Tries in flight, counted per data-plane worker. Each worker keeps its own pool of
+    /// connections to the endpoint, and a pool grows to the peak of the worker's tries on it:
+    /// balancing each worker's own tries across the set keeps every pool, and so the set's
+    /// connections, as small as the load allows (balancing the total lets one worker's share
+    /// of an endpoint swing while another's swings back).
+    outstanding: [AtomicUsize; WORKER_SLOTS],
     /// [`Health::pristine`], kept by every change under the lock: while it holds, choosing,
     /// admitting and reporting an answered try take no lock (a set costs no more per request
     /// than a single endpoint). Read without the lock, it may lag a concurrent change by one
@@ -156,7 +164,7 @@ pub(crate) struct EndpointState {
 impl Default for EndpointState {
     fn default() -> Self {
         EndpointState {
-            outstanding: AtomicUsize::new(0),
+            outstanding: Default::default(),
             pristine: AtomicBool::new(true),
             health: Mutex::new(Health {
                 healthy: true,
@@ -254,8 +262,17 @@ impl EndpointState {
         Some(ejected.max(open))
     }
 
+    /// This worker's tries in flight on the endpoint: what two choices compares.
+    pub(crate) fn outstanding_here(&self) -> usize {
+        self.outstanding[worker_slot()].load(Ordering::Relaxed)
+    }
+
+    /// Every worker's tries in flight on the endpoint.
     pub(crate) fn outstanding(&self) -> usize {
-        self.outstanding.load(Ordering::Relaxed)
+        self.outstanding
+            .iter()
+            .map(|o| o.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub(crate) fn attempts(&self, o: Outcome) -> u64 {
@@ -318,9 +335,11 @@ impl EndpointState {
     }
 
     fn ticket(self: &Arc<Self>, trial: bool) -> Ticket {
-        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        let slot = worker_slot();
+        self.outstanding[slot].fetch_add(1, Ordering::Relaxed);
         Ticket {
             state: Arc::clone(self),
+            slot,
             trial,
             reported: false,
         }
@@ -359,6 +378,8 @@ fn later(now: Instant, d: Duration) -> Instant {
 /// dropped unreported (the client left) frees a half-open trial slot without a verdict.
 pub(crate) struct Ticket {
     state: Arc<EndpointState>,
+    /// The worker count it is in (dropped elsewhere, it still leaves that one).
+    slot: usize,
     trial: bool,
     reported: bool,
 }
@@ -429,7 +450,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.state.outstanding.fetch_sub(1, Ordering::Relaxed);
+        self.state.outstanding[self.slot].fetch_sub(1, Ordering::Relaxed);
         if self.trial && !self.reported {
             let mut h = self.state.lock();
             if let Breaker::HalfOpen { trials } = h.breaker {
@@ -456,6 +477,10 @@ impl EndpointState {
     pub(crate) fn spare(&self) {
         self.lock().failures = 0;
     }
+}
+
+fn worker_slot() -> usize {
+    crate::worker::worker_index() % WORKER_SLOTS
 }
 
 /// An endpoint of one config generation: its name in records, the authority requests carry
@@ -586,6 +611,35 @@ mod tests {
             .expect("the dropped trial freed its slot");
         trial.report(Outcome::Connect, later, &b, &o);
         assert_eq!(s.standing(later, &b), Standing::Open);
+        assert_eq!(s.outstanding(), 0);
+    }
+
+    #[test]
+    fn each_worker_counts_its_own_tries_and_the_gauge_counts_all() {
+        let b = breaker();
+        let s = Arc::new(EndpointState::default());
+        let now = Instant::now();
+        let here = s.admit(now, &b).unwrap();
+        let (elsewhere, seen_there) = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    crate::worker::enter(2);
+                    let t = s.admit(now, &b).unwrap();
+                    let t2 = s.admit(now, &b).unwrap();
+                    drop(t2);
+                    let seen = s.outstanding_here();
+                    (t, seen)
+                })
+                .join()
+                .unwrap()
+        });
+        assert_eq!(seen_there, 1, "worker 2 sees its own try only");
+        assert_eq!(s.outstanding_here(), 1, "this thread sees its own try only");
+        assert_eq!(s.outstanding(), 2);
+        // Dropped on another thread, a try still leaves the count it was in.
+        drop(elsewhere);
+        assert_eq!((s.outstanding_here(), s.outstanding()), (1, 1));
+        drop(here);
         assert_eq!(s.outstanding(), 0);
     }
 

@@ -51,8 +51,8 @@ pub(crate) fn two_draws(n: usize) -> Option<(usize, usize)> {
 pub(crate) fn two_choices(candidates: &[&Arc<Endpoint>]) -> Option<usize> {
     let (a, b) = two_draws(candidates.len())?;
     let (oa, ob) = (
-        candidates[a].state.outstanding(),
-        candidates[b].state.outstanding(),
+        candidates[a].state.outstanding_here(),
+        candidates[b].state.outstanding_here(),
     );
     Some(if ob < oa { b } else { a })
 }
