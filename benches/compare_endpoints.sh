@@ -105,6 +105,13 @@ for ((round = 1; round <= ROUNDS; round++)); do
         echo $(($(cpu_ticks "${PID[$who]}") - before)) >"$RAW/$who-$round.ticks"
     done
 done
+# The upstream connections each proxy's pools hold after the load (the load generator's are
+# closed by now): a set's pools each grow to their own peak.
+for who in single set; do
+    if command -v ss >/dev/null; then
+        ss -tnpH state established | grep -c "pid=${PID[$who]}," >"$RAW/$who.connections" || true
+    fi
+done
 
 python3 - "$RAW" "$ROUNDS" "$OUT" <<'PY'
 import json, random, statistics, sys
@@ -134,9 +141,17 @@ result = {"rounds": rounds, "median_rps": med, "median_p99_us": p99, "errors": e
           "mean_ratio": statistics.mean(ratios), "interval_95": [lo, hi], "target": 0.98,
           "median_cpu_us_per_request": cpu, "cpu_ratios": cpu_ratios,
           "median_cpu_ratio": statistics.median(cpu_ratios)}
+try:
+    result["upstream_connections"] = {w: int(open(f"{raw}/{w}.connections").read())
+                                      for w in ["single", "set"]}
+except (OSError, ValueError):
+    pass
 json.dump(result, open(out, "w"), indent=2)
 print(f"single endpoint {med['single']:>10.0f} req/s  p99 {p99['single']:>7.0f} µs  errors {errors['single']}")
 print(f"three endpoints {med['set']:>10.0f} req/s  p99 {p99['set']:>7.0f} µs  errors {errors['set']}")
+if "upstream_connections" in result:
+    c = result["upstream_connections"]
+    print(f"upstream connections held after the load: single {c['single']}, set {c['set']}")
 print(f"proxy CPU per request: single {cpu['single']:.1f} µs, set {cpu['set']:.1f} µs, "
       f"set ÷ single median {result['median_cpu_ratio']:.3f}")
 print(f"set ÷ single: median {result['median_ratio']:.3f}, mean {result['mean_ratio']:.3f} "
