@@ -46,8 +46,8 @@ pub(crate) fn two_draws(n: usize) -> Option<(usize, usize)> {
     }
 }
 
-/// Power of two choices: of two candidates drawn at random, the one with fewer requests
-/// outstanding; with one candidate, that one.
+/// Power of two choices: of two candidates drawn at random, the one with fewer of this
+/// worker's tries in flight; with one candidate, that one.
 pub(crate) fn two_choices(candidates: &[&Arc<Endpoint>]) -> Option<usize> {
     let (a, b) = two_draws(candidates.len())?;
     let (oa, ob) = (
