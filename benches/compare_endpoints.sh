@@ -15,8 +15,11 @@
 # scheduling and cache misses that the single run does not, which measured 0.888 where one
 # process gave 0.935 on the same build.
 #
+# AA=1 gives the "set" side the single endpoint's config too (an A/A run): what the bench reads
+# when nothing differs, and how far its rounds spread on this machine.
+#
 # Usage: bash benches/compare_endpoints.sh
-# Environment: CONNECTIONS (32), DURATION (5s), ROUNDS (30), WARMUP (1s), BANKS (one | three),
+# Environment: AA (0), CONNECTIONS (32), DURATION (5s), ROUNDS (30), WARMUP (1s), BANKS (one | three),
 # KEEP_WORKDIR (0), BUILD (0: use the existing release binary), PORTCULLIS (another binary, e.g.
 # a debug build, to show the script works; its numbers mean nothing), PROXY (the binary run as
 # the two proxies, default the same: compare builds with the same banks and load generator),
@@ -70,9 +73,13 @@ three)
 *) die "BANKS is one or three, not $BANKS" ;;
 esac
 portcullis_config "$P_SINGLE" "$A_SINGLE" "" >"$WORK/single.yaml"
-portcullis_config "$P_SET" "$A_SET" "" |
-    sed "s|^    url: http://127.0.0.1:$B1\$|    endpoints: [$SET]|" >"$WORK/set.yaml"
-grep -q "endpoints: \[" "$WORK/set.yaml" || die "the set config has no endpoints line"
+if [[ ${AA:-0} == 1 ]]; then
+    portcullis_config "$P_SET" "$A_SET" "" >"$WORK/set.yaml"
+else
+    portcullis_config "$P_SET" "$A_SET" "" |
+        sed "s|^    url: http://127.0.0.1:$B1\$|    endpoints: [$SET]|" >"$WORK/set.yaml"
+    grep -q "endpoints: \[" "$WORK/set.yaml" || die "the set config has no endpoints line"
+fi
 BANK_BIN=$BIN
 BIN=${PROXY:-$BIN}
 [[ -x $BIN ]] || die "no binary at $BIN"
