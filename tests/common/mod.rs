@@ -1110,8 +1110,6 @@ pub(crate) async fn send_fresh(addr: SocketAddr, r: http::Request<Full<Bytes>>) 
         .ok()
 }
 
-/// A loopback address nothing listens on right now (bound and released): for a process the
-/// test starts, which binds it next.
 /// The complete records of the audit file at `path` (none when it does not exist yet), exactly
 /// as written; for a proxy run as a process as much as for [`Proxy`].
 pub(crate) fn raw_audit_file(path: &Path) -> Vec<serde_json::Value> {
@@ -1141,6 +1139,8 @@ pub(crate) async fn admin_get(admin: SocketAddr, path: &str) -> Option<(u16, Str
     Some((status, body))
 }
 
+/// A loopback address nothing listens on right now (bound and released): for a process the
+/// test starts, which binds it next.
 pub(crate) fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
