@@ -212,6 +212,24 @@ fn metric(text: &str, prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Polls `done` every 20 ms until it holds; past `limit`, fails with what `why` says then
+/// (asked only on failure: it may read the log or the proxy's metrics).
+async fn wait_until<F>(
+    limit: Duration,
+    mut done: impl FnMut() -> F,
+    why: impl AsyncFnOnce() -> String,
+) where
+    F: std::future::Future<Output = bool>,
+{
+    let t = Instant::now();
+    while !done().await {
+        if t.elapsed() >= limit {
+            panic!("{} ({limit:?} on)", why().await);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// What a bank process recorded of one request: method, path, body SHA-256, idempotency key,
 /// the `Host` it was asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -260,15 +278,13 @@ impl Bank {
             .spawn()
             .expect("portcullis mock-bank");
         self.child = Some(ChildGuard(child));
-        let t = Instant::now();
-        while tokio::net::TcpStream::connect(self.addr).await.is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "mock bank on {}",
-                self.addr
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let addr = self.addr;
+        wait_until(
+            Duration::from_secs(10),
+            || async move { tokio::net::TcpStream::connect(addr).await.is_ok() },
+            async || format!("mock bank on {addr}"),
+        )
+        .await;
     }
 
     /// SIGKILL, and reaped: its listener and every connection are gone at once.
@@ -881,15 +897,12 @@ impl ProxyProcess {
             dir,
             _child: ChildGuard(child),
         };
-        let t = Instant::now();
-        while p.admin_text("/readyz").await.0 != 200 {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "the proxy process never got ready; its log:\n{}",
-                p.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until(
+            Duration::from_secs(20),
+            || async { p.admin_text("/readyz").await.0 == 200 },
+            async || format!("the proxy process never got ready; its log:\n{}", p.log()),
+        )
+        .await;
         p
     }
 
@@ -924,19 +937,19 @@ impl ProxyProcess {
     async fn endpoints_become(&self, want: &[SocketAddr]) {
         let mut want: Vec<String> = want.iter().map(|a| a.to_string()).collect();
         want.sort();
-        let t = Instant::now();
-        loop {
-            let now = self.endpoints().await;
-            if now == want {
-                return;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(5),
-                "the set is {now:?}, not {want:?}, 5 s on; the log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let want = &want;
+        wait_until(
+            Duration::from_secs(5),
+            || async move { self.endpoints().await == *want },
+            async || {
+                format!(
+                    "the set is {:?}, not {want:?}; the log:\n{}",
+                    self.endpoints().await,
+                    self.log()
+                )
+            },
+        )
+        .await;
     }
 
     /// How many times the process said a resolution kept the last set.
@@ -1062,18 +1075,20 @@ async fn a_running_process_follows_its_dns_name_as_the_answer_changes() {
     hosts.answer(&[a1.ip(), a2.ip(), a3.ip()]);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = readers(p.addr, 3, &stop);
-    let t = Instant::now();
-    while !(b1.count() > 2 && b2.count() > 0 && b3.count() > 0) {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "not all three took reads 5 s after the change: {} {} {}; set {:?}",
-            b1.count(),
-            b2.count(),
-            b3.count(),
-            p.endpoints().await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        Duration::from_secs(5),
+        || async { b1.count() > 2 && b2.count() > 0 && b3.count() > 0 },
+        async || {
+            format!(
+                "not all three took reads after the change: {} {} {}; set {:?}",
+                b1.count(),
+                b2.count(),
+                b3.count(),
+                p.endpoints().await
+            )
+        },
+    )
+    .await;
     let answers = stop_readers(load, &stop).await;
     assert!(!answers.is_empty());
     for (status, id) in &answers {
@@ -1125,11 +1140,12 @@ async fn a_running_process_follows_its_dns_name_as_the_answer_changes() {
     );
     p.assert_served_by(&[&slow_id], &[a1]).await;
     let (n2, n3) = (b2.count(), b3.count());
-    let t = Instant::now();
-    while !(b2.count() > n2 && b3.count() > n3) {
-        assert!(t.elapsed() < Duration::from_secs(5), "banks 2 and 3 serve");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        Duration::from_secs(5),
+        || async { b2.count() > n2 && b3.count() > n3 },
+        async || "banks 2 and 3 serve".to_string(),
+    )
+    .await;
     let answers = stop_readers(load, &stop).await;
     assert!(!answers.is_empty());
     for (status, id) in &answers {
@@ -1142,16 +1158,18 @@ async fn a_running_process_follows_its_dns_name_as_the_answer_changes() {
     // 4. The name has no answer at all: the last set keeps serving.
     let kept = p.kept_last_set();
     hosts.answer(&[]);
-    let t = Instant::now();
     // Two failed resolutions, so the reads below come after the proxy has known of it a while.
-    while p.kept_last_set() < kept + 2 {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "no failed resolution logged 5 s after the name went; the log:\n{}",
-            p.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        Duration::from_secs(5),
+        || async { p.kept_last_set() >= kept + 2 },
+        async || {
+            format!(
+                "no failed resolution logged after the name went; the log:\n{}",
+                p.log()
+            )
+        },
+    )
+    .await;
     let mut ids = Vec::new();
     for _ in 0..6 {
         let (status, id) = read_at(p.addr).await;
