@@ -732,15 +732,11 @@ async fn a_reload_removing_an_endpoint_lets_its_request_in_flight_finish() {
     assert_eq!(a.count(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dns_name_is_resolved_to_its_addresses_and_named_in_requests() {
-    // `localhost` resolves to the loopback address here (and to ::1 too where the resolver
-    // says so): each address is an endpoint, requests name the service.
-    let a = Instance::start().await;
-    let port = a.addr.port();
-    let up = FileUpstream {
+/// An upstream that is the DNS name `name` on `port`, resolved again every 200 ms.
+fn dns_upstream(name: &str, port: u16) -> FileUpstream {
+    FileUpstream {
         dns: Some(FileUpstreamDns {
-            name: "localhost".into(),
+            name: name.into(),
             port,
             scheme: None,
             base_path: None,
@@ -749,8 +745,16 @@ async fn a_dns_name_is_resolved_to_its_addresses_and_named_in_requests() {
         connect_timeout: Some(dur("500ms")),
         response_timeout: Some(dur("5s")),
         ..FileUpstream::default()
-    };
-    let p = proxy(up).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_name_is_resolved_to_its_addresses_and_named_in_requests() {
+    // `localhost` resolves to the loopback address here (and to ::1 too where the resolver
+    // says so): each address is an endpoint, requests name the service.
+    let a = Instance::start().await;
+    let port = a.addr.port();
+    let p = proxy(dns_upstream("localhost", port)).await;
     let (ans, id) = p.get(ACCOUNTS).await;
     assert_eq!(ans.status, 200);
     let rec = p.audit_of(&id).await;
@@ -845,18 +849,7 @@ impl ProxyProcess {
         o.config.admin = Some(FileAdmin {
             address: admin.to_string(),
         });
-        *o.bank() = FileUpstream {
-            dns: Some(FileUpstreamDns {
-                name: BANK_NAME.into(),
-                port,
-                scheme: None,
-                base_path: None,
-                interval: Some(dur("200ms")),
-            }),
-            connect_timeout: Some(dur("500ms")),
-            response_timeout: Some(dur("5s")),
-            ..FileUpstream::default()
-        };
+        *o.bank() = dns_upstream(BANK_NAME, port);
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("policies")).unwrap();
         std::fs::write(dir.path().join("policies/test.yaml"), &o.policy).unwrap();
