@@ -1028,17 +1028,26 @@ fn readers(
     set
 }
 
-/// Stops the readers and returns every answer they had.
-async fn stop_readers(
-    mut set: tokio::task::JoinSet<Vec<(Option<u16>, String)>>,
+/// Stops the readers `load` and asserts that they read, that every read answered 200 and
+/// that each was served by one of `endpoints` (`when` names the phase in a failure).
+async fn assert_reads_served(
+    p: &ProxyProcess,
+    mut load: tokio::task::JoinSet<Vec<(Option<u16>, String)>>,
     stop: &std::sync::atomic::AtomicBool,
-) -> Vec<(Option<u16>, String)> {
+    endpoints: &[SocketAddr],
+    when: &str,
+) {
     stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    while let Some(r) = set.join_next().await {
-        all.extend(r.unwrap());
+    let mut answers = Vec::new();
+    while let Some(r) = load.join_next().await {
+        answers.extend(r.unwrap());
     }
-    all
+    assert!(!answers.is_empty(), "no read {when}");
+    for (status, id) in &answers {
+        assert_eq!(*status, Some(200), "a read failed {when}: {id}");
+    }
+    let ids: Vec<&str> = answers.iter().map(|a| a.1.as_str()).collect();
+    p.assert_served_by(&ids, endpoints).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1082,13 +1091,7 @@ async fn a_running_process_follows_its_dns_name_as_the_answer_changes() {
         },
     )
     .await;
-    let answers = stop_readers(load, &stop).await;
-    assert!(!answers.is_empty());
-    for (status, id) in &answers {
-        assert_eq!(*status, Some(200), "a read failed while the set grew: {id}");
-    }
-    let ids: Vec<&str> = answers.iter().map(|a| a.1.as_str()).collect();
-    p.assert_served_by(&ids, &[a1, a2, a3]).await;
+    assert_reads_served(&p, load, &stop, &[a1, a2, a3], "while the set grew").await;
     p.endpoints_become(&[a1, a2, a3]).await;
 
     // 3. A slow read in flight on bank 1 while the name stops answering 127.0.0.1: it
@@ -1139,13 +1142,7 @@ async fn a_running_process_follows_its_dns_name_as_the_answer_changes() {
         async || "banks 2 and 3 serve".to_string(),
     )
     .await;
-    let answers = stop_readers(load, &stop).await;
-    assert!(!answers.is_empty());
-    for (status, id) in &answers {
-        assert_eq!(*status, Some(200), "a read failed after bank 1 left: {id}");
-    }
-    let ids: Vec<&str> = answers.iter().map(|a| a.1.as_str()).collect();
-    p.assert_served_by(&ids, &[a2, a3]).await;
+    assert_reads_served(&p, load, &stop, &[a2, a3], "after bank 1 left").await;
     assert_eq!(b1.count(), on_bank_1, "nothing new reached bank 1");
 
     // 4. The name has no answer at all: the last set keeps serving.
