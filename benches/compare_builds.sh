@@ -17,7 +17,7 @@
 # Usage: OLD=path/to/old/portcullis NEW=path/to/new/portcullis bash benches/compare_builds.sh
 # Environment: CONNECTIONS (32), DURATION (10s), ROUNDS (5), WARMUP (2s), KEEP_WORKDIR (0),
 # TMPDIR (the work directory). The summary is printed and written as JSON to
-# $OUT (default: compare_builds.json in the current directory). Loopback only; stops by itself.
+# $OUT (default: target/compare_builds.json). Loopback only; stops by itself.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,7 +26,8 @@ CONNECTIONS=${CONNECTIONS:-32}
 DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-5}
 WARMUP=${WARMUP:-2s}
-OUT=${OUT:-compare_builds.json}
+OUT=${OUT:-$ROOT/target/compare_builds.json}
+mkdir -p "$(dirname "$OUT")"
 [[ -x ${OLD:-} && -x ${NEW:-} ]] || { echo "set OLD and NEW to two portcullis binaries" >&2; exit 2; }
 
 # shellcheck source=lib.sh

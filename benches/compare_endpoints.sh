@@ -23,8 +23,8 @@
 # KEEP_WORKDIR (0), BUILD (0: use the existing release binary), PORTCULLIS (another binary, e.g.
 # a debug build, to show the script works; its numbers mean nothing), PROXY (the binary run as
 # the two proxies, default the same: compare builds with the same banks and load generator),
-# TMPDIR. The summary is printed and written as JSON to $OUT (default: compare_endpoints.json in
-# the current directory). Loopback only; runs unattended (30 rounds of 2 × (1 s + 5 s) ≈ 6 min).
+# TMPDIR. The summary is printed and written as JSON to $OUT (default:
+# target/compare_endpoints.json). Loopback only; runs unattended (30 rounds of 2 × (1 s + 5 s) ≈ 6 min).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,7 +34,8 @@ DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-30}
 BANKS=${BANKS:-one}
 WARMUP=${WARMUP:-1s}
-OUT=${OUT:-compare_endpoints.json}
+OUT=${OUT:-$ROOT/target/compare_endpoints.json}
+mkdir -p "$(dirname "$OUT")"
 
 # shellcheck source=lib.sh
 source "$ROOT/benches/lib.sh"

@@ -16,7 +16,7 @@
 #
 # Usage: BIN=target/release/portcullis bash benches/contract.sh
 # Environment: CONNECTIONS (32), DURATION (10s), ROUNDS (5), WARMUP (2s), CONTRACT_RESPONSE
-# (shadow | enforce | off), KEEP_WORKDIR (0), TMPDIR, OUT (contract.json). Loopback only;
+# (shadow | enforce | off), KEEP_WORKDIR (0), TMPDIR, OUT (target/contract.json). Loopback only;
 # stops by itself.
 set -euo pipefail
 
@@ -27,7 +27,8 @@ DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-5}
 WARMUP=${WARMUP:-2s}
 CONTRACT_RESPONSE=${CONTRACT_RESPONSE:-shadow}
-OUT=${OUT:-contract.json}
+OUT=${OUT:-$ROOT/target/contract.json}
+mkdir -p "$(dirname "$OUT")"
 case $CONTRACT_RESPONSE in shadow | enforce | off) ;; *) echo "CONTRACT_RESPONSE: shadow, enforce or off" >&2; exit 2 ;; esac
 
 # shellcheck source=lib.sh

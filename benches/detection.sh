@@ -24,7 +24,7 @@
 #
 # Usage: BIN=target/release/portcullis bash benches/detection.sh
 # Environment: CONNECTIONS (32), DURATION (10s), ROUNDS (5), WARMUP (2s), PERF (0),
-# KEEP_WORKDIR (0), TMPDIR, OUT (detection.json). Loopback only; stops by itself.
+# KEEP_WORKDIR (0), TMPDIR, OUT (target/detection.json). Loopback only; stops by itself.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,7 +34,8 @@ DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-5}
 WARMUP=${WARMUP:-2s}
 PERF=${PERF:-0}
-OUT=${OUT:-detection.json}
+OUT=${OUT:-$ROOT/target/detection.json}
+mkdir -p "$(dirname "$OUT")"
 
 # shellcheck source=lib.sh
 source "$ROOT/benches/lib.sh"

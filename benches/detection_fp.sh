@@ -25,7 +25,7 @@
 # Environment: DURATION (10m), PHASE (1m), RATES ("20 40 10 30 60 15" requests/s),
 # TOKEN_LIFETIME (20s: tpp2's tokens), VOLUME (empty: the shipped volume detector; e.g.
 # '{bucket: 5s, min_requests: 50}' to let it warm up within the run — the shipped warm-up is an
-# hour), KEEP_WORKDIR (0), TMPDIR, OUT (detection-fp.json). Loopback only; stops by itself.
+# hour), KEEP_WORKDIR (0), TMPDIR, OUT (target/detection-fp.json). Loopback only; stops by itself.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,7 +35,8 @@ PHASE=${PHASE:-1m}
 RATES=${RATES:-"20 40 10 30 60 15"}
 TOKEN_LIFETIME=${TOKEN_LIFETIME:-20s}
 VOLUME=${VOLUME:-}
-OUT=${OUT:-detection-fp.json}
+OUT=${OUT:-$ROOT/target/detection-fp.json}
+mkdir -p "$(dirname "$OUT")"
 BIN_GIVEN=${BIN:-}
 
 # shellcheck source=lib.sh
