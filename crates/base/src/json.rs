@@ -1,23 +1,49 @@
-//! JSON for JOSE: objects parsed with duplicate member names refused at every depth
-//! (RFC 7515 §5.2 allows rejecting them; two parsers picking different duplicates is a
-//! classic confusion), and typed claim accessors that refuse the wrong JSON type.
+//! Strict JSON, for JOSE and for request contracts: documents parsed with duplicate member
+//! names refused at every depth (RFC 7515 §5.2 allows rejecting them; two parsers picking
+//! different duplicates is a classic confusion), and typed claim accessors that refuse the
+//! wrong JSON type.
 
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-struct Strict(Value);
+/// What a strict read accepts beyond unique member names: values nested at most `max_depth`
+/// deep (the document is at 0), and objects `object` accepts.
+#[derive(Clone, Copy)]
+struct Rules<'r> {
+    max_depth: usize,
+    object: &'r dyn Fn(&Map<String, Value>) -> bool,
+}
 
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(Strict)
+/// Reads one value at `depth` under `rules`.
+#[derive(Clone, Copy)]
+struct Strict<'r> {
+    depth: usize,
+    rules: Rules<'r>,
+}
+
+impl Strict<'_> {
+    fn below(self) -> Self {
+        Strict {
+            depth: self.depth + 1,
+            ..self
+        }
     }
 }
 
-struct StrictVisitor;
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
 
-impl<'de> Visitor<'de> for StrictVisitor {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        if self.depth > self.rules.max_depth {
+            return Err(de::Error::custom("nested too deep"));
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -51,7 +77,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut v = Vec::new();
-        while let Some(Strict(x)) = seq.next_element()? {
+        while let Some(x) = seq.next_element_seed(self.below())? {
             v.push(x);
         }
         Ok(Value::Array(v))
@@ -59,28 +85,47 @@ impl<'de> Visitor<'de> for StrictVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut m = Map::new();
         while let Some(k) = map.next_key::<String>()? {
-            let Strict(v) = map.next_value()?;
+            let v = map.next_value_seed(self.below())?;
             if m.insert(k, v).is_some() {
                 return Err(de::Error::custom("duplicate member name"));
             }
+        }
+        if !(self.rules.object)(&m) {
+            return Err(de::Error::custom("object refused"));
         }
         Ok(Value::Object(m))
     }
 }
 
+/// Parses bytes as one JSON value of any type, refusing duplicate member names at any depth,
+/// values nested deeper than `max_depth` (the document is at 0) and objects `object` refuses.
+pub fn parse_bounded(
+    bytes: &[u8],
+    max_depth: usize,
+    object: &dyn Fn(&Map<String, Value>) -> bool,
+) -> Option<Value> {
+    let read = Strict {
+        depth: 0,
+        rules: Rules { max_depth, object },
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = read.deserialize(&mut de).ok()?;
+    // Nothing but whitespace may follow the value.
+    de.end().ok()?;
+    Some(value)
+}
+
 /// Parses bytes as one JSON object, refusing duplicate member names at any depth.
 pub fn parse_object(bytes: &[u8]) -> Option<Map<String, Value>> {
-    match serde_json::from_slice::<Strict>(bytes) {
-        Ok(Strict(Value::Object(m))) => Some(m),
+    match parse_value(bytes) {
+        Some(Value::Object(m)) => Some(m),
         _ => None,
     }
 }
 
 /// Parses bytes as one JSON value of any type, refusing duplicate member names at any depth.
 pub fn parse_value(bytes: &[u8]) -> Option<Value> {
-    serde_json::from_slice::<Strict>(bytes)
-        .ok()
-        .map(|Strict(v)| v)
+    parse_bounded(bytes, usize::MAX, &|_| true)
 }
 
 /// A claim read with its JSON type enforced. `Absent` and `WrongType` are different answers:
@@ -130,6 +175,21 @@ mod tests {
         assert!(parse_object(br#"[{"a":1}]"#).is_none());
         assert!(parse_object(b"{\"a\":1} x").is_none());
         assert!(parse_object(b"\xff\xfe{").is_none());
+    }
+
+    #[test]
+    fn a_bounded_read_refuses_depth_refused_objects_and_trailing_text() {
+        let any = |_: &Map<String, Value>| true;
+        assert!(parse_bounded(br#"{"a":[1]}"#, 2, &any).is_some());
+        // `1` is at depth 2: the object is 0, the array 1.
+        assert!(parse_bounded(br#"{"a":[1]}"#, 1, &any).is_none());
+        assert!(parse_bounded(br#"{"a":[]}"#, 1, &any).is_some());
+        let no_b = |m: &Map<String, Value>| !m.contains_key("b");
+        assert!(parse_bounded(br#"{"a":{"c":1}}"#, 8, &no_b).is_some());
+        assert!(parse_bounded(br#"{"a":{"b":1}}"#, 8, &no_b).is_none());
+        assert!(parse_bounded(br#"{"a":1} "#, 8, &any).is_some());
+        assert!(parse_bounded(br#"{"a":1} x"#, 8, &any).is_none());
+        assert!(parse_value(br#"{"a":1}{}"#).is_none());
     }
 
     #[test]

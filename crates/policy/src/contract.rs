@@ -370,8 +370,7 @@ impl Contract {
                 "contentType",
             )));
         }
-        let doc = parse_body(body).map_err(ResponseDrift::Body)?;
-        shape(&doc).map_err(ResponseDrift::Body)?;
+        let doc = document(body).map_err(ResponseDrift::Body)?;
         checked(schema, &doc).map_err(ResponseDrift::Body)
     }
 
@@ -387,8 +386,7 @@ impl Contract {
                 Err(Violation::new(Fault::BodyMissing, "", "required"))
             }
             (Some(schema), Some(bytes)) => {
-                let doc = parse_body(bytes)?;
-                shape(&doc)?;
+                let doc = document(bytes)?;
                 checked(schema, &doc)
             }
             _ => Ok(()),
@@ -481,8 +479,23 @@ fn scalar(kind: Scalar, text: &str) -> Value {
     parsed.unwrap_or_else(|| Value::String(text.to_string()))
 }
 
-/// The body, parsed with duplicate members refused (two parsers picking different duplicates is
-/// the classic confusion).
+/// The body as a document that keeps the shape rules: parsed with duplicate members (two
+/// parsers picking different duplicates is the classic confusion), members whose names differ
+/// only in case, and nesting beyond [`MAX_DEPTH`] refused as it is read. A conforming body, the
+/// common case, is read once; only a refused one is read again ([`parse_body`], then [`shape`])
+/// to name the fault and its place.
+fn document(bytes: &[u8]) -> Result<Value, Violation> {
+    let twinless = |m: &Map<String, Value>| case_twin(m).is_none();
+    if let Some(doc) = portcullis_base::json::parse_bounded(bytes, MAX_DEPTH, &twinless) {
+        return Ok(doc);
+    }
+    let doc = parse_body(bytes)?;
+    shape(&doc)?;
+    // The one-pass read refused what the two-pass one accepts: refuse, without a place.
+    Err(Violation::new(Fault::Other, "", "schema"))
+}
+
+/// The body, parsed with duplicate members refused.
 fn parse_body(bytes: &[u8]) -> Result<Value, Violation> {
     match portcullis_base::json::parse_value(bytes) {
         Some(v) => Ok(v),
@@ -559,11 +572,19 @@ fn case_twin(m: &Map<String, Value>) -> Option<&String> {
             .find(|a| *a != k && portcullis_base::path::same_name_ignoring_case(a, k))
     };
     if m.len() <= PAIRWISE {
-        return m.keys().enumerate().find_map(|(j, b)| {
-            m.keys()
-                .take(j)
-                .find(|a| portcullis_base::path::same_name_ignoring_case(a, b))
-        });
+        // Names in ASCII (nearly all) are twins only at the same length: no case folding.
+        let ascii = m.keys().all(|k| k.is_ascii());
+        let same = |a: &str, b: &str| {
+            if ascii {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                portcullis_base::path::same_name_ignoring_case(a, b)
+            }
+        };
+        return m
+            .keys()
+            .enumerate()
+            .find_map(|(j, b)| m.keys().take(j).find(|a| same(a, b)));
     }
     let mut lower = std::collections::HashSet::with_capacity(m.len());
     let mut upper = std::collections::HashSet::with_capacity(m.len());
@@ -1331,6 +1352,33 @@ mod tests {
         let (pointer, keyword) = fault(serde_json::json!({"a": deep})).unwrap();
         assert_eq!(keyword, "maxDepth");
         assert_eq!(pointer, format!("/a{}", "/0".repeat(MAX_DEPTH)));
+    }
+
+    #[test]
+    fn the_one_pass_read_refuses_exactly_what_parse_and_shape_refuse() {
+        let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let many: Vec<String> = (0..40).map(|i| format!("\"m{i}\":1")).collect();
+        let cases = [
+            r#"{"a":[1,{"b":{"c":1}}],"B":"x"}"#.to_string(),
+            r#"{"Data":{"Items":[{},{"x/y":1,"X/Y":2}]}}"#.into(),
+            r#"{"a":1,"a":1}"#.into(),
+            r#"{"Straße":1,"STRASSE":2}"#.into(),
+            r#"{"é":1,"É":2}"#.into(),
+            r#"{"é":1,"e":2}"#.into(),
+            format!("{{{}}}", many.join(",")),
+            format!("{{{},\"M7\":1}}", many.join(",")),
+            nested(MAX_DEPTH),
+            nested(MAX_DEPTH + 1),
+            nested(200),
+            "{".into(),
+            r#"{"a":1} x"#.into(),
+            "1e999".into(),
+            "\"text\"".into(),
+        ];
+        for case in cases {
+            let two_pass = parse_body(case.as_bytes()).and_then(|d| shape(&d).map(|()| d));
+            assert_eq!(document(case.as_bytes()), two_pass, "{case}");
+        }
     }
 
     fn spec(v30: bool, schema: Value) -> Arc<Spec> {

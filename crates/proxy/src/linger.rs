@@ -32,8 +32,10 @@ pub(crate) const LINGER_BYTES: usize = 8 << 20;
 
 type Tls = TlsStream<TcpStream>;
 
-/// Where a [`Returnable`] puts its stream when it is dropped.
-pub(crate) type Slot = Arc<Mutex<Option<Tls>>>;
+/// Where a [`Returnable`] puts its stream when it is dropped. Boxed: the slot is allocated
+/// with the connection and stays empty while it lives, and room for a whole TLS stream
+/// (about 1 KiB) in every idle connection's slot would be memory held for nothing.
+pub(crate) type Slot = Arc<Mutex<Option<Box<Tls>>>>;
 
 /// The connection's TLS stream as hyper sees it; on drop the stream goes back to its slot
 /// instead of being closed.
@@ -60,7 +62,7 @@ impl Returnable {
 impl Drop for Returnable {
     fn drop(&mut self) {
         if let Some(io) = self.io.take() {
-            *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(io);
+            *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(io));
         }
     }
 }
@@ -127,7 +129,7 @@ pub(crate) async fn close(slot: &Slot) {
         return;
     };
     let _ = tokio::time::timeout(LINGER_READ, tls.shutdown()).await;
-    let (mut tcp, _) = tls.into_inner();
+    let (mut tcp, _) = (*tls).into_inner();
     let _ = tcp.shutdown().await;
     let _ = tokio::time::timeout(LINGER_TIME, drain(&mut tcp)).await;
 }
