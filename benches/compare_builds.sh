@@ -26,12 +26,11 @@ CONNECTIONS=${CONNECTIONS:-32}
 DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-5}
 WARMUP=${WARMUP:-2s}
-OUT=${OUT:-$ROOT/target/compare_builds.json}
-mkdir -p "$(dirname "$OUT")"
 [[ -x ${OLD:-} && -x ${NEW:-} ]] || { echo "set OLD and NEW to two portcullis binaries" >&2; exit 2; }
 
 # shellcheck source=lib.sh
 source "$ROOT/benches/lib.sh"
+OUT=$(result_json compare_builds.json)
 BIN=$NEW
 bench_traps
 require_tools curl python3

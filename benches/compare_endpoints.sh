@@ -34,11 +34,10 @@ DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-30}
 BANKS=${BANKS:-one}
 WARMUP=${WARMUP:-1s}
-OUT=${OUT:-$ROOT/target/compare_endpoints.json}
-mkdir -p "$(dirname "$OUT")"
 
 # shellcheck source=lib.sh
 source "$ROOT/benches/lib.sh"
+OUT=$(result_json compare_endpoints.json)
 if [[ -n ${PORTCULLIS:-} ]]; then
     BIN=$PORTCULLIS
     [[ -x $BIN ]] || die "no binary at $BIN"

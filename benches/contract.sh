@@ -27,12 +27,11 @@ DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-5}
 WARMUP=${WARMUP:-2s}
 CONTRACT_RESPONSE=${CONTRACT_RESPONSE:-shadow}
-OUT=${OUT:-$ROOT/target/contract.json}
-mkdir -p "$(dirname "$OUT")"
 case $CONTRACT_RESPONSE in shadow | enforce | off) ;; *) echo "CONTRACT_RESPONSE: shadow, enforce or off" >&2; exit 2 ;; esac
 
 # shellcheck source=lib.sh
 source "$ROOT/benches/lib.sh"
+OUT=$(result_json contract.json)
 [[ -x $BIN ]] || { echo "set BIN to a portcullis binary (cargo build --release)" >&2; exit 2; }
 bench_traps
 require_tools curl python3

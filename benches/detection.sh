@@ -34,11 +34,10 @@ DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-5}
 WARMUP=${WARMUP:-2s}
 PERF=${PERF:-0}
-OUT=${OUT:-$ROOT/target/detection.json}
-mkdir -p "$(dirname "$OUT")"
 
 # shellcheck source=lib.sh
 source "$ROOT/benches/lib.sh"
+OUT=$(result_json detection.json)
 [[ -x $BIN ]] || { echo "set BIN to a portcullis binary (cargo build --release)" >&2; exit 2; }
 bench_traps
 require_tools curl python3

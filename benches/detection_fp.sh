@@ -35,12 +35,11 @@ PHASE=${PHASE:-1m}
 RATES=${RATES:-"20 40 10 30 60 15"}
 TOKEN_LIFETIME=${TOKEN_LIFETIME:-20s}
 VOLUME=${VOLUME:-}
-OUT=${OUT:-$ROOT/target/detection-fp.json}
-mkdir -p "$(dirname "$OUT")"
 BIN_GIVEN=${BIN:-}
 
 # shellcheck source=lib.sh
 source "$ROOT/benches/lib.sh"
+OUT=$(result_json detection-fp.json)
 [[ -n $BIN_GIVEN ]] && BIN=$BIN_GIVEN
 [[ -x $BIN ]] || { echo "set BIN to a portcullis binary (cargo build)" >&2; exit 2; }
 bench_traps

@@ -19,6 +19,14 @@ case $TARGET_DIR in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
 # A BIN given by the caller wins over the release build of CARGO_TARGET_DIR.
 BIN=${BIN:-$TARGET_DIR/release/portcullis}
 
+# Where a bench writes its JSON summary: $OUT when the caller gives it, else TARGET_DIR/$1; its
+# directory is created.
+result_json() {
+    local out=${OUT:-$TARGET_DIR/$1}
+    mkdir -p "$(dirname "$out")"
+    echo "$out"
+}
+
 # The access tokens' issuer and audience, and the scope the token routes require.
 AS_ISSUER=https://as.bank.example
 AS_AUDIENCE=https://api.bank.example
