@@ -1241,12 +1241,8 @@ fn uncaptured(p: &str) -> std::borrow::Cow<'_, str> {
                 if chars.peek() == Some(&'?') {
                     // Only the groups that capture nothing or only look around are known here.
                     let rest: String = chars.clone().take(3).collect();
-                    if !(rest.starts_with("?:")
-                        || rest.starts_with("?=")
-                        || rest.starts_with("?!")
-                        || rest.starts_with("?<=")
-                        || rest.starts_with("?<!"))
-                    {
+                    let known = ["?:", "?=", "?!", "?<=", "?<!"];
+                    if !known.iter().any(|g| rest.starts_with(g)) {
                         return Cow::Borrowed(p);
                     }
                     out.push(c);
